@@ -1,9 +1,17 @@
-"""llmspell-events: an event bus for agent systems, built as actors."""
+"""llmspell-events: an event bus for agent systems, built as actors.
+
+Start with ``EventBus`` (or ``AsyncEventBus``), ``Event`` and ``subscribe``;
+``docs/architecture.md`` shows how the actors fit together.
+"""
 
 from __future__ import annotations
 
 import logging
 
+from actors._async import AsyncEventBus, EventStream
+from actors._bus import EventBus
+from actors._config import EventConfig
+from actors._dispatcher import DispatchedActor, Dispatcher
 from actors._errors import (
     BackpressureError,
     BridgeError,
@@ -16,18 +24,43 @@ from actors._errors import (
     JournalLockedError,
     RateLimitedError,
 )
+from actors._event import Event
+from actors._filter import EventFilter
+from actors._future import BusFuture, FutureTimeoutError
+from actors._mailbox import OverflowStrategy
+from actors._metrics import BusMetrics, SubscriptionStatistics
+from actors._subscriber import DeadLetter, Subscription
+from actors._topics import Pattern
+from actors._trace import Trace
 
 __all__ = [
+    "AsyncEventBus",
     "BackpressureError",
     "BridgeError",
     "BusClosedError",
+    "BusFuture",
+    "BusMetrics",
     "CorruptRecordError",
+    "DeadLetter",
+    "DispatchedActor",
+    "Dispatcher",
+    "Event",
+    "EventBus",
     "EventBusError",
+    "EventConfig",
+    "EventFilter",
+    "EventStream",
+    "FutureTimeoutError",
     "InvalidEventError",
     "InvalidPatternError",
     "JournalError",
     "JournalLockedError",
+    "OverflowStrategy",
+    "Pattern",
     "RateLimitedError",
+    "Subscription",
+    "SubscriptionStatistics",
+    "Trace",
 ]
 
 logging.getLogger("actors").addHandler(logging.NullHandler())

@@ -1,0 +1,575 @@
+"""The facade: ``EventBus`` wires the actors together and is what users hold.
+
+::
+
+    publish() ──Publish──▶ RouterActor ──offer──▶ SubscriberActor mailboxes ──▶ handlers
+                               │
+                               └──Record──▶ CorrelationActor, JournalActor, bridge
+
+Every actor runs on the bus's own ``Dispatcher`` (``EventConfig.threads``
+threads) unless a subscription asks for a dedicated thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import itertools
+import logging
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Iterable, Sequence
+from types import TracebackType
+from typing import Any
+
+import pykka
+from pykka import ActorRegistry
+
+from actors._config import EventConfig
+from actors._correlator import CorrelationActor
+from actors._dispatcher import Dispatcher
+from actors._errors import (
+    BackpressureError,
+    BusClosedError,
+    InvalidEventError,
+    RateLimitedError,
+)
+from actors._event import Event
+from actors._filter import FilterLike, as_predicate
+from actors._future import BusFuture
+from actors._mailbox import OverflowStrategy
+from actors._messages import Flush, GetCorrelated, Publish, PublishBatch, Route, Subscribe, Unsubscribe
+from actors._metrics import BusMetrics, LatencyWindow, to_prometheus
+from actors._ratelimit import TokenBucket
+from actors._router import RouterActor
+from actors._subscriber import DeadLetter, Handler, SubscriberActor, Subscription, current_event
+from actors._topics import Pattern, is_reserved
+from actors._trace import Trace
+
+__all__ = ["EventBus"]
+
+logger = logging.getLogger("actors.bus")
+
+_sub_ids = itertools.count(1)
+
+# Fields a caller may pass to publish() alongside the type and data.
+_EVENT_FIELDS = frozenset(
+    {
+        "id",
+        "timestamp",
+        "correlation_id",
+        "causation_id",
+        "source",
+        "target",
+        "tags",
+        "priority",
+        "ttl",
+        "language",
+        "metadata",
+    }
+)
+
+
+class EventBus:
+    """An in-process event bus of actors.  Use it as a context manager.
+
+    ``publish`` never waits for handlers; it blocks only while the router's
+    mailbox is full (a ``BLOCK`` subscription is behind), up to
+    ``EventConfig.block_timeout``.  Calls after ``close`` raise
+    ``BusClosedError``.
+    """
+
+    def __init__(self, config: EventConfig | None = None, *, name: str | None = None) -> None:
+        self.config = config or EventConfig()
+        self.name = name
+        cfg = self.config
+        self._closed = False
+        self._close_lock = threading.Lock()
+        self._dispatcher = Dispatcher(cfg.threads, name=f"bus-{name or format(id(self), 'x')}")
+        self._latency = LatencyWindow()
+        self._bucket = TokenBucket(cfg.rate_limit, cfg.burst) if cfg.rate_limit else None
+        self._rate_limited = 0
+        self._dead: deque[DeadLetter] = deque(maxlen=cfg.dead_letter_limit)
+        self._dead_count = 0
+        self._subs: dict[str, SubscriberActor] = {}
+        self._subs_lock = threading.Lock()
+        self._removed = [0, 0, 0, 0, 0]  # delivered, dropped, errors, expired, dead
+        self._loop_thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+        self._correlation = _start(
+            CorrelationActor(
+                dispatcher=self._dispatcher,
+                max_traces=cfg.max_traces,
+                max_events_per_trace=cfg.max_events_per_trace,
+                trace_ttl=cfg.trace_ttl,
+            )
+        )
+        recorders = [self._correlation.actor_inbox]
+        first_sequence = self._open_journal()
+        self._router = _start(
+            RouterActor(
+                dispatcher=self._dispatcher,
+                capacity=max(cfg.buffer_size, 1024),
+                origin=name,
+                first_sequence=first_sequence,
+                recorders=recorders,
+                correlation=self._correlation.actor_inbox,
+            )
+        )
+        self._router_mailbox = self._router.actor_inbox
+
+    # -- seams for the journal and the bridge ------------------------------------
+
+    def _open_journal(self) -> int:
+        """Open the journal (if any) and return the first sequence to assign."""
+        return 1
+
+    # -- publishing ------------------------------------------------------------------
+
+    def publish(
+        self, event_or_type: Event | str, data: Any = None, **fields: Any
+    ) -> BusFuture[Event]:
+        """Publish an event; return a future of the published (sequenced) event.
+
+        Takes an ``Event``, or an event type plus ``data`` and any other
+        ``Event`` fields.  Inside a handler, the new event inherits the handled
+        event's correlation id and takes its id as causation id, unless given.
+        Does not wait for handlers.  Raises ``InvalidEventError`` (bad or
+        reserved type, non-JSON data), ``RateLimitedError``, ``BusClosedError``,
+        and ``BackpressureError`` when the router's mailbox stays full for
+        ``block_timeout``.  The future fails with ``BackpressureError`` when a
+        ``REJECT`` subscription is full.
+        """
+        if self._closed:
+            raise BusClosedError("the bus is closed")
+        event = self._prepare(event_or_type, data, fields)
+        if self._bucket is not None and not self._bucket.try_take():
+            self._rate_limited += 1
+            raise RateLimitedError(f"rate limit of {self._bucket.rate:g} events/s exceeded")
+        future: BusFuture[Event] = BusFuture()
+        if not self._router_mailbox.put_blocking(
+            Publish(event, future, time.perf_counter()), self.config.block_timeout
+        ):
+            self._router.rejected += 1
+            raise BackpressureError(
+                f"publish blocked for {self.config.block_timeout}s: a BLOCK subscription is full"
+            )
+        return future
+
+    def publish_many(self, events: Iterable[Event]) -> list[BusFuture[Event]]:
+        """Publish a batch of events in order, as one message to the router.
+
+        Return one future per event.  Validation, rate limiting and the closed
+        check apply to the whole batch before anything is published.
+        """
+        if self._closed:
+            raise BusClosedError("the bus is closed")
+        prepared = [self._prepare(e, None, {}) for e in events]
+        if not prepared:
+            return []
+        if self._bucket is not None and not self._bucket.try_take(len(prepared)):
+            self._rate_limited += len(prepared)
+            raise RateLimitedError(f"rate limit of {self._bucket.rate:g} events/s exceeded")
+        futures: list[BusFuture[Event]] = [BusFuture() for _ in prepared]
+        if not self._router_mailbox.put_blocking(
+            PublishBatch(prepared, futures, time.perf_counter()), self.config.block_timeout
+        ):
+            self._router.rejected += len(prepared)
+            raise BackpressureError(
+                f"publish blocked for {self.config.block_timeout}s: a BLOCK subscription is full"
+            )
+        return futures
+
+    def publish_correlated(
+        self, event_type: str, data: Any, correlation_id: uuid.UUID, **fields: Any
+    ) -> BusFuture[Event]:
+        """Publish ``event_type`` with ``data`` as part of the workflow ``correlation_id``."""
+        return self.publish(event_type, data, correlation_id=correlation_id, **fields)
+
+    def _prepare(self, event_or_type: Event | str, data: Any, fields: dict[str, Any]) -> Event:
+        cause = current_event.get()
+        if isinstance(event_or_type, Event):
+            if data is not None or fields:
+                raise TypeError("pass either an Event or a type with data and fields, not both")
+            event = event_or_type
+            if cause is not None and (event.causation_id is None or event.correlation_id is None):
+                changes: dict[str, Any] = {}
+                if event.causation_id is None:
+                    changes["causation_id"] = cause.id
+                if event.correlation_id is None and cause.correlation_id is not None:
+                    changes["correlation_id"] = cause.correlation_id
+                event = event._with(**changes)
+        else:
+            unknown = fields.keys() - _EVENT_FIELDS
+            if unknown:
+                raise TypeError(f"unknown Event field(s): {', '.join(sorted(unknown))}")
+            if cause is not None:
+                if fields.get("causation_id") is None:
+                    fields["causation_id"] = cause.id
+                if fields.get("correlation_id") is None and cause.correlation_id is not None:
+                    fields["correlation_id"] = cause.correlation_id
+            event = Event(event_type=event_or_type, data=data, **fields)
+        if is_reserved(event.event_type):
+            raise InvalidEventError(
+                f"event type {event.event_type!r} is reserved for the bus ('$' types)"
+            )
+        return event
+
+    def _publish_internal(self, event: Event) -> None:
+        """Publish a ``$bus`` event: never blocks, never rejected, never rate limited."""
+        if not self._closed or self._router.actor_ref.is_alive():
+            self._router_mailbox.put(Publish(event, None, time.perf_counter(), internal=True))
+
+    # -- subscribing -------------------------------------------------------------------
+
+    def subscribe(
+        self,
+        pattern: str,
+        handler: Handler,
+        *,
+        filter: FilterLike | None = None,  # noqa: A002 - the name is the spec's
+        capacity: int | None = None,
+        overflow: OverflowStrategy | str | None = None,
+        from_sequence: int | None = None,
+        durable: str | None = None,
+        dedicated_thread: bool = False,
+    ) -> Subscription:
+        """Subscribe ``handler`` to the event types ``pattern`` matches.
+
+        Every matching event published after this returns reaches the handler,
+        in publish order.  ``handler`` is a callable taking an ``Event`` (a
+        plain function, run on the dispatcher; or ``async def``, run on the
+        event loop it was subscribed from) or a ``pykka.ActorRef`` (events
+        arrive as messages).  ``capacity`` and ``overflow`` default to the
+        config's ``buffer_size`` and ``overflow``.  ``dedicated_thread=True``
+        gives the subscription a thread of its own, for handlers that block
+        on I/O.  Never blocks.  Raises ``InvalidPatternError``, ``TypeError``
+        for a bad handler, ``BusClosedError``.
+        """
+        if self._closed:
+            raise BusClosedError("the bus is closed")
+        Pattern.parse(pattern)
+        if from_sequence is not None or durable is not None:
+            return self._subscribe_from_journal(
+                pattern,
+                handler,
+                filter=filter,
+                capacity=capacity,
+                overflow=overflow,
+                from_sequence=from_sequence,
+                durable=durable,
+                dedicated_thread=dedicated_thread,
+            )
+        actor = self._start_subscriber(
+            pattern, handler, capacity=capacity, overflow=overflow, dedicated_thread=dedicated_thread
+        )
+        self._router_mailbox.put(Subscribe(self._route_for(actor, filter)))
+        return Subscription(self, actor)
+
+    def _subscribe_from_journal(self, pattern: str, handler: Handler, **kwargs: Any) -> Subscription:
+        raise ValueError(
+            "from_sequence and durable subscriptions need a journal: use PersistentEventBus "
+            "or EventConfig(persistence_path=...)"
+        )
+
+    def _start_subscriber(
+        self,
+        pattern: str,
+        handler: Handler,
+        *,
+        capacity: int | None,
+        overflow: OverflowStrategy | str | None,
+        dedicated_thread: bool,
+    ) -> SubscriberActor:
+        if not (callable(handler) or isinstance(handler, pykka.ActorRef)):
+            raise TypeError(f"handler must be callable or a pykka.ActorRef, not {handler!r}")
+        cap = self.config.buffer_size if capacity is None else capacity
+        if cap < 1:
+            raise ValueError("capacity must be at least 1")
+        strategy = self.config.overflow if overflow is None else OverflowStrategy(overflow)
+        loop = None
+        if not isinstance(handler, pykka.ActorRef) and (
+            inspect.iscoroutinefunction(handler)
+            or inspect.iscoroutinefunction(getattr(handler, "__call__", None))  # noqa: B004
+        ):
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                loop = self._background_loop()
+        sub_id = f"sub-{next(_sub_ids)}"
+        dispatcher = (
+            Dispatcher(1, name=f"{sub_id}-thread") if dedicated_thread else self._dispatcher
+        )
+        actor = SubscriberActor(
+            bus=self,
+            sub_id=sub_id,
+            pattern=pattern,
+            handler=handler,
+            capacity=cap,
+            overflow=strategy,
+            retries=self.config.handler_retries,
+            dispatcher=dispatcher,
+            loop=loop,
+        )
+        _start(actor)
+        with self._subs_lock:
+            self._subs[sub_id] = actor
+        return actor
+
+    @staticmethod
+    def _route_for(actor: SubscriberActor, flt: FilterLike | None) -> Route:
+        strategy = actor.actor_inbox.overflow
+        return Route(
+            id=actor.sub_id,
+            pattern=actor.pattern,
+            mailbox=actor.actor_inbox,
+            predicate=as_predicate(flt),
+            strict=strategy in (OverflowStrategy.REJECT, OverflowStrategy.BLOCK),
+        )
+
+    def _unsubscribe(self, subscription: Subscription) -> None:
+        with self._subs_lock:
+            actor = self._subs.pop(subscription.id, None)
+        if actor is None:
+            return
+        # The router removes the route first, then stops the actor: no flush
+        # barrier can land on a stopped mailbox.
+        self._router_mailbox.put(Unsubscribe(subscription.id, then=actor.actor_ref.stop))
+        stats = actor.statistics()
+        self._removed[0] += stats.delivered
+        self._removed[1] += stats.dropped
+        self._removed[2] += stats.errors
+        self._removed[3] += stats.expired
+        self._removed[4] += stats.dead_letters
+
+    def subscriptions(self) -> list[Subscription]:
+        """Return the live subscriptions."""
+        with self._subs_lock:
+            return [Subscription(self, a) for a in self._subs.values()]
+
+    # -- dead letters ---------------------------------------------------------------------
+
+    def _dead_letter(self, letter: DeadLetter) -> None:
+        event = letter.event
+        announcement = Event(
+            event_type="$bus.deadletter",
+            data={
+                "subscription": letter.subscription_id,
+                "pattern": letter.pattern,
+                "event": event.to_dict(),
+                "error_type": letter.error_type,
+                "error": letter.error,
+                "attempts": letter.attempts,
+            },
+            correlation_id=event.correlation_id,
+            causation_id=event.id,
+            source="bus",
+        )
+        self._dead_count += 1
+        self._dead.append(
+            DeadLetter(
+                letter.subscription_id,
+                letter.pattern,
+                event,
+                letter.error_type,
+                letter.error,
+                letter.attempts,
+                announcement,
+            )
+        )
+        self._publish_internal(announcement)
+
+    def dead_letters(self) -> list[DeadLetter]:
+        """Return the dead letters kept (the most recent ``dead_letter_limit``)."""
+        return list(self._dead)
+
+    # -- queries ---------------------------------------------------------------------------
+
+    def get_correlated(self, correlation_id: uuid.UUID, *, timeout: float | None = 30.0) -> list[Event]:
+        """Return every event of ``correlation_id`` in sequence order.
+
+        Sees every event published before the call.  Blocks until the
+        correlation actor answers (``FutureTimeoutError`` after ``timeout``).
+        """
+        self._check_open()
+        future: BusFuture[Any] = BusFuture()
+        self._router_mailbox.put(GetCorrelated(correlation_id, future))
+        events, complete = future.get(timeout=timeout)
+        if not complete:
+            stored = self._correlated_from_journal(correlation_id)
+            if stored is not None:
+                return _merge(stored, events or [])
+        return list(events or [])
+
+    def _correlated_from_journal(self, correlation_id: uuid.UUID) -> list[Event] | None:
+        return None
+
+    def trace(self, correlation_id: uuid.UUID, *, timeout: float | None = 30.0) -> Trace:
+        """Return the causal ``Trace`` of ``correlation_id`` (see ``get_correlated``)."""
+        return Trace(correlation_id, self.get_correlated(correlation_id, timeout=timeout))
+
+    # -- flow ------------------------------------------------------------------------------
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until every event published so far is handled (or dropped) and recorded.
+
+        Raises ``FutureTimeoutError`` after ``timeout`` seconds,
+        ``BusClosedError`` after ``close``, and ``RuntimeError`` when called
+        from inside a handler (it would wait for itself).
+        """
+        self._check_open()
+        self._flush(timeout)
+
+    def _flush(self, timeout: float | None) -> None:
+        if current_event.get() is not None:
+            raise RuntimeError("flush() cannot be called from inside a handler")
+        future: BusFuture[None] = BusFuture()
+        self._router_mailbox.put(Flush(future))
+        future.get(timeout=timeout)
+
+    def close(self, timeout: float | None = None) -> None:
+        """Drain, flush and stop every actor.  Idempotent.
+
+        Events published before ``close`` are handled first (unless called
+        from inside a handler, where it cannot wait).  Afterwards calls raise
+        ``BusClosedError``.
+        """
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        inside = current_event.get() is not None or self._dispatcher.on_dispatcher_thread()
+        if not inside:
+            try:
+                self._flush(timeout)
+            except pykka.Timeout:
+                logger.warning("close(): flush timed out after %ss; stopping anyway", timeout)
+        self._stop_actors(wait=not inside, timeout=timeout)
+
+    def _stop_actors(self, *, wait: bool, timeout: float | None) -> None:
+        with self._subs_lock:
+            subs = list(self._subs.values())
+            self._subs.clear()
+        refs = [a.actor_ref for a in subs] + [self._router.actor_ref, self._correlation.actor_ref]
+        refs += self._extra_actor_refs()
+        futures = [ref.stop(block=False) for ref in refs if ref.is_alive()]
+        if wait:
+            for fut in futures:
+                try:
+                    fut.get(timeout=timeout)
+                except pykka.Timeout:
+                    logger.warning("an actor did not stop within %ss", timeout)
+        for actor in subs:
+            if actor.actor_dispatcher is not self._dispatcher:
+                actor.actor_dispatcher.shutdown(timeout if wait else 0)
+        self._after_stop()
+        self._dispatcher.shutdown(timeout if wait else 0)
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+
+    def _extra_actor_refs(self) -> list[pykka.ActorRef[Any]]:
+        return []
+
+    def _after_stop(self) -> None:
+        """Release what the journal or bridge hold, after their actors stopped."""
+
+    @property
+    def closed(self) -> bool:
+        """Return whether ``close`` was called."""
+        return self._closed
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise BusClosedError("the bus is closed")
+
+    def __enter__(self) -> EventBus:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- async handlers from sync code ------------------------------------------------------
+
+    def _background_loop(self) -> asyncio.AbstractEventLoop:
+        with self._subs_lock:
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                ready = threading.Event()
+
+                def run() -> None:
+                    asyncio.set_event_loop(loop)
+                    loop.call_soon(ready.set)
+                    loop.run_forever()
+                    loop.close()
+
+                self._loop_thread = threading.Thread(target=run, name="bus-async", daemon=True)
+                self._loop_thread.start()
+                ready.wait()
+                self._loop = loop
+            return self._loop
+
+    # -- metrics -----------------------------------------------------------------------------
+
+    def metrics(self) -> BusMetrics:
+        """Return a snapshot of the bus's figures (never blocks on the actors)."""
+        with self._subs_lock:
+            stats = tuple(a.statistics() for a in self._subs.values())
+        removed = self._removed
+        p50, p90, p99, pmax = self._latency.percentiles()
+        router = self._router
+        journal = self._journal_figures()
+        return BusMetrics(
+            published=router.published,
+            delivered=removed[0] + sum(s.delivered for s in stats),
+            dropped=removed[1] + sum(s.dropped for s in stats),
+            rejected=router.rejected,
+            expired=removed[3] + sum(s.expired for s in stats),
+            handler_errors=removed[2] + sum(s.errors for s in stats),
+            dead_letters=self._dead_count,
+            subscriptions=len(stats),
+            events_per_second=router.meter.current(),
+            peak_events_per_second=max(router.meter.peak(), router.meter.current()),
+            latency_p50=p50,
+            latency_p90=p90,
+            latency_p99=p99,
+            latency_max=pmax,
+            per_subscription=stats,
+            journal_written=journal[0],
+            journal_write_latency=journal[1],
+            journal_size_bytes=journal[2],
+            rate_limited=self._rate_limited,
+        )
+
+    def _journal_figures(self) -> tuple[int, float | None, int]:
+        return 0, None, 0
+
+    def prometheus(self) -> str:
+        """Return the metrics in the Prometheus text exposition format."""
+        return to_prometheus(self.metrics())
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<{type(self).__name__} {self.name or ''} {state}>"
+
+
+def _start(actor: Any) -> Any:
+    """Register and start an actor built directly (keeps the object, as start() would not)."""
+    ActorRegistry.register(actor.actor_ref)
+    actor._start_actor_loop()
+    return actor
+
+
+def _merge(stored: Sequence[Event], live: Sequence[Event]) -> list[Event]:
+    """Union of journal and memory events by id, in sequence order."""
+    seen: dict[uuid.UUID, Event] = {e.id: e for e in stored}
+    for e in live:
+        seen.setdefault(e.id, e)
+    return sorted(seen.values(), key=lambda e: (e.sequence or 0, e.timestamp))

@@ -1,0 +1,235 @@
+"""Event <-> protobuf (``llmspell.events.v1``), the byte form of ``actors.Event``.
+
+Pure functions; the schema is ``proto/llmspell/events/v1/events.proto``.
+
+- ``id``, ``correlation_id`` and ``causation_id`` are 16 big-endian bytes (empty
+  means None); ``timestamp`` is integer microseconds since the Unix epoch, so
+  every ``datetime`` round-trips exactly.
+- ``data`` is compact, ASCII-escaped JSON (``null`` for None).  JSON keeps ints
+  and floats distinct and exact.  An empty ``data_json`` decodes as None.
+- Map entries are written in sorted key order, so equal events encode to equal
+  bytes.
+- ``EventBatch`` bytes are the concatenation of each event's bytes behind a
+  field tag and length, so a batch encodes every event exactly once.
+
+Every decoding failure raises ``InvalidEventError`` with the reason: malformed
+protobuf, another ``schema_version``, bad JSON or an invalid field value.
+"""
+
+from __future__ import annotations
+
+import json
+import json.encoder
+import json.scanner
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from actors import _event
+from actors._errors import InvalidEventError
+from actors._pb.llmspell.events.v1 import events_pb2
+from actors._uuid7 import uuid_from_int
+
+if TYPE_CHECKING:
+    from actors._event import Event
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "decode_batch",
+    "decode_event",
+    "encode_batch",
+    "encode_event",
+    "event_to_message",
+    "message_to_event",
+]
+
+SCHEMA_VERSION = 1
+"""The ``schema_version`` this module writes and the only one it reads."""
+
+_PbEvent: Any = events_pb2.Event  # type: ignore[attr-defined]
+_PbBatch: Any = events_pb2.EventBatch  # type: ignore[attr-defined]
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
+_NULL = b"null"
+
+
+def _refuse_default(value: object) -> object:
+    raise TypeError(f"{type(value).__name__} is not a JSON value")
+
+
+def _refuse_constant(name: str) -> object:
+    raise ValueError(f"{name} is not allowed in event data")
+
+
+# A reusable C encoder / scanner: ``json.dumps`` and ``json.loads`` rebuild
+# theirs on every call, which costs more than the encoding of a small event.
+_dumps: Callable[[object], str]
+if json.encoder.c_make_encoder is not None:
+    _c_encode = json.encoder.c_make_encoder(
+        None,  # markers: no cycle check, validation bounds the depth
+        _refuse_default,
+        json.encoder.encode_basestring_ascii,
+        None,  # indent
+        ":",
+        ",",
+        False,  # sort_keys
+        False,  # skipkeys
+        False,  # allow_nan
+    )
+
+    def _dumps(value: object) -> str:
+        return "".join(_c_encode(value, 0))
+
+else:  # pragma: no cover - interpreters without the C accelerator
+    _dumps = json.JSONEncoder(
+        separators=(",", ":"), allow_nan=False, check_circular=False, default=_refuse_default
+    ).encode
+
+_decoder = json.JSONDecoder(parse_constant=_refuse_constant)
+_scan: Callable[[str, int], tuple[object, int]] = json.scanner.make_scanner(_decoder)
+
+
+def _loads(text: str) -> object:
+    """Parse one JSON value filling all of ``text``; raise ``ValueError`` otherwise."""
+    try:
+        value, end = _scan(text, 0)
+    except StopIteration:
+        raise ValueError("data_json is not JSON") from None
+    if end != len(text):
+        raise ValueError(f"data_json has extra characters at {end}")
+    return value
+
+
+def event_to_message(event: Event) -> Any:
+    """Return the protobuf message for ``event``.
+
+    Raise ``InvalidEventError`` if a field cannot be encoded (``data`` mutated
+    into a non-JSON value, or an unvalidated ``_with`` change).
+    """
+    data = event.data
+    cid = event.correlation_id
+    caid = event.causation_id
+    metadata = event.metadata
+    try:
+        return _PbEvent(
+            schema_version=SCHEMA_VERSION,
+            event_type=event.event_type,
+            id=event.id.int.to_bytes(16),
+            timestamp_us=(event.timestamp - _EPOCH) // _US,
+            data_json=_NULL if data is None else _dumps(data).encode(),
+            correlation_id=None if cid is None else cid.int.to_bytes(16),
+            causation_id=None if caid is None else caid.int.to_bytes(16),
+            source=event.source,
+            target=event.target,
+            tags=event.tags,
+            priority=event.priority,
+            ttl=event.ttl,
+            language=event.language,
+            metadata=dict(sorted(metadata.items())) if metadata else None,
+            sequence=event.sequence,
+            origin=event.origin,
+        )
+    except (TypeError, ValueError, OverflowError, RecursionError, AttributeError) as exc:
+        raise InvalidEventError(f"cannot encode event {event.id}: {exc}") from exc
+
+
+def encode_event(event: Event) -> bytes:
+    """Return the protobuf bytes of ``event``; raise ``InvalidEventError`` if it cannot."""
+    return event_to_message(event).SerializeToString()  # type: ignore[no-any-return]
+
+
+def message_to_event(message: Any) -> Event:
+    """Return the event a protobuf ``Event`` message describes.
+
+    Raise ``InvalidEventError`` if the schema version is not ``SCHEMA_VERSION``
+    or any field is invalid.
+    """
+    try:
+        version = message.schema_version
+        if version != SCHEMA_VERSION:
+            raise InvalidEventError(f"unsupported schema_version {version}")
+        raw_id = message.id
+        if len(raw_id) != 16:
+            raise InvalidEventError(f"id must be 16 bytes, not {len(raw_id)}")
+        data_json = message.data_json
+        return _event.Event(
+            event_type=message.event_type,
+            data=_loads(data_json.decode()) if data_json and data_json != _NULL else None,
+            id=uuid_from_int(int.from_bytes(raw_id)),
+            timestamp=_EPOCH + timedelta(microseconds=message.timestamp_us),
+            correlation_id=_optional_uuid("correlation_id", message.correlation_id),
+            causation_id=_optional_uuid("causation_id", message.causation_id),
+            source=message.source if message.HasField("source") else None,
+            target=message.target if message.HasField("target") else None,
+            tags=tuple(message.tags),
+            priority=message.priority,
+            ttl=message.ttl if message.HasField("ttl") else None,
+            language=message.language,
+            metadata=dict(message.metadata),
+            sequence=message.sequence if message.HasField("sequence") else None,
+            origin=message.origin if message.HasField("origin") else None,
+        )
+    except InvalidEventError:
+        raise
+    except (ValueError, OverflowError, RecursionError) as exc:  # bad JSON, timestamp
+        raise InvalidEventError(f"invalid event: {exc}") from exc
+
+
+def _optional_uuid(name: str, raw: bytes) -> Any:
+    if not raw:
+        return None
+    if len(raw) != 16:
+        raise InvalidEventError(f"{name} must be 16 bytes or empty, not {len(raw)}")
+    return uuid_from_int(int.from_bytes(raw))
+
+
+def decode_event(data: bytes) -> Event:
+    """Decode the bytes of one event.
+
+    Raise ``InvalidEventError`` if they are malformed, of another schema
+    version, or describe an invalid event.
+    """
+    return message_to_event(_parse(_PbEvent, data))
+
+
+def encode_batch(events: Iterable[Event]) -> bytes:
+    """Return the ``EventBatch`` bytes of ``events``, in order.
+
+    Raise ``InvalidEventError`` if an event cannot be encoded.
+    """
+    parts: list[bytes] = []
+    append = parts.append
+    for event in events:
+        body = encode_event(event)
+        append(b"\x0a" + _varint(len(body)) + body)  # field 1, wire type 2
+    return b"".join(parts)
+
+
+def decode_batch(data: bytes) -> list[Event]:
+    """Decode ``EventBatch`` bytes into events, in order.
+
+    Raise ``InvalidEventError`` if the bytes or any event in them are invalid.
+    """
+    batch = _parse(_PbBatch, data)
+    return [message_to_event(message) for message in batch.events]
+
+
+def _parse(message_type: Any, data: bytes) -> Any:
+    """Parse ``data`` as ``message_type``; raise ``InvalidEventError`` on any failure."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise InvalidEventError(f"expected bytes, not {type(data).__name__}")
+    try:
+        return message_type.FromString(bytes(data) if data.__class__ is not bytes else data)
+    except Exception as exc:  # noqa: BLE001 - DecodeError and whatever upb raises
+        raise InvalidEventError(f"malformed event bytes: {exc}") from exc
+
+
+def _varint(value: int) -> bytes:
+    if value < 0x80:
+        return bytes((value,))
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)

@@ -1,0 +1,134 @@
+"""A light pykka future for the publish path.
+
+pykka's ``ThreadingFuture`` builds a ``threading.Condition`` per future (about
+a microsecond); a publish needs a future that costs almost nothing unless
+somebody actually waits on it.  ``BusFuture`` keeps its result in plain slots
+and creates a ``threading.Event`` only when a caller blocks in ``get``.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, Generic, TypeVar
+
+import pykka
+
+__all__ = ["BusFuture", "FutureTimeoutError"]
+
+T = TypeVar("T")
+
+# Guards creation of waiter events and callback lists.  Uncontended on the
+# hot path: ``set`` takes it once, briefly.
+_LOCK = threading.Lock()
+
+
+class FutureTimeoutError(pykka.Timeout, TimeoutError):
+    """``get(timeout=...)`` ran out of time (a ``pykka.Timeout`` and a ``TimeoutError``)."""
+
+
+class BusFuture(pykka.Future[T], Generic[T]):
+    """A write-once result, readable with ``get(timeout=...)`` from any thread.
+
+    ``get`` blocks until the value is set (or the timeout passes, raising
+    ``FutureTimeoutError``), then returns it or raises the stored exception.
+    ``add_done_callback`` runs a function once the future is done (at once if
+    it already is), in the thread that completes it.
+    """
+
+    __slots__ = ("_callbacks", "_done", "_exc", "_value", "_waiter")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._done = False
+        self._value: Any = None
+        self._exc: BaseException | None = None
+        self._waiter: threading.Event | None = None
+        self._callbacks: list[Callable[[BusFuture[T]], None]] | None = None
+
+    @classmethod
+    def completed(cls, value: T) -> BusFuture[T]:
+        """Return a future that already holds ``value``."""
+        fut: BusFuture[T] = cls()
+        fut._value = value
+        fut._done = True
+        return fut
+
+    @classmethod
+    def failed(cls, exc: BaseException) -> BusFuture[T]:
+        """Return a future that already holds ``exc``."""
+        fut: BusFuture[T] = cls()
+        fut._exc = exc
+        fut._done = True
+        return fut
+
+    def done(self) -> bool:
+        """Return whether a value or an exception has been set."""
+        return self._done
+
+    def get(self, *, timeout: float | None = None) -> Any:
+        """Return the value, waiting up to ``timeout`` seconds (forever if None).
+
+        Raises the stored exception if one was set, or ``FutureTimeoutError``.
+        """
+        if not self._done:
+            if self._get_hook is not None:
+                return super().get(timeout=timeout)
+            with _LOCK:
+                if self._waiter is None:
+                    self._waiter = threading.Event()
+                waiter = self._waiter
+            if not self._done and not waiter.wait(timeout):
+                raise FutureTimeoutError(f"{timeout} seconds")
+        if self._exc is not None:
+            raise self._exc
+        return self._value
+
+    def exception(self) -> BaseException | None:
+        """Return the stored exception of a done future, or None."""
+        return self._exc
+
+    def set(self, value: Any | None = None) -> None:
+        """Store ``value`` and wake every waiter."""
+        self._complete(value, None)
+
+    def set_exception(
+        self,
+        exc_info: tuple[type[BaseException] | None, BaseException | None, TracebackType | None]
+        | BaseException
+        | None = None,
+    ) -> None:
+        """Store an exception (an instance, an ``exc_info`` triple, or the current one)."""
+        if exc_info is None:
+            exc_info = sys.exc_info()
+        exc = exc_info if isinstance(exc_info, BaseException) else exc_info[1]
+        if exc is None:
+            exc = RuntimeError("future failed without an exception")
+        self._complete(None, exc)
+
+    def add_done_callback(self, fn: Callable[[BusFuture[T]], None]) -> None:
+        """Call ``fn(self)`` when the future is done (immediately if it is)."""
+        with _LOCK:
+            if not self._done:
+                if self._callbacks is None:
+                    self._callbacks = []
+                self._callbacks.append(fn)
+                return
+        fn(self)
+
+    def _complete(self, value: Any, exc: BaseException | None) -> None:
+        with _LOCK:
+            if self._done:
+                return
+            self._value = value
+            self._exc = exc
+            self._done = True
+            waiter = self._waiter
+            callbacks = self._callbacks
+        if waiter is not None:
+            waiter.set()
+        if callbacks:
+            for fn in callbacks:
+                fn(self)

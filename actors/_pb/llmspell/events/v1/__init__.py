@@ -1,0 +1,1 @@
+"""Generated protobuf package (see actors/_pb/generate.py)."""

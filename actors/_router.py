@@ -1,0 +1,319 @@
+"""The router actor: sequence every event, resolve patterns, forward.
+
+The router owns the subscription table (a segment trie with a resolved-type
+cache) and the bus's one sequence.  Publishers put ``Publish`` messages in its
+mailbox; on its turn it takes a batch, and for each event:
+
+1. resolves the subscriptions whose pattern matches (one dict lookup when cached)
+   and applies their filters;
+2. checks the strict mailboxes (``REJECT``, ``BLOCK``) for room: a full
+   ``REJECT`` mailbox fails the publish with ``BackpressureError`` (the event
+   goes nowhere and takes no sequence); a full ``BLOCK`` mailbox parks the
+   router until that subscriber drains, which fills the router's own bounded
+   mailbox and so blocks publishers;
+3. assigns the next sequence, offers the event to each mailbox, and collects
+   it for the recorders (journal, correlation actor, bridge), which receive one
+   ``Record`` per turn.
+
+Subscriptions, flushes and queries travel through the same FIFO mailbox, so
+they are ordered with the publishes around them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from actors._dispatcher import DispatchedActor, Dispatcher, FifoMailbox
+from actors._errors import BackpressureError
+from actors._event import Event
+from actors._mailbox import STARTED, OverflowStrategy
+from actors._messages import (
+    Barrier,
+    Flush,
+    GetCorrelated,
+    Publish,
+    PublishBatch,
+    Record,
+    Relieved,
+    Route,
+    Subscribe,
+    Unsubscribe,
+)
+from actors._metrics import RateMeter
+from actors._topics import Pattern, TopicTrie
+
+if TYPE_CHECKING:
+    from actors._future import BusFuture
+
+__all__ = ["RouterActor"]
+
+logger = logging.getLogger("actors.router")
+
+
+class _Latch:
+    """Call ``done`` after ``count_down`` was called ``n`` times (from any threads)."""
+
+    __slots__ = ("_done", "_lock", "_n")
+
+    def __init__(self, n: int, done: Callable[[], None]) -> None:
+        self._n = n
+        self._done = done
+        self._lock = threading.Lock()
+        if n == 0:
+            done()
+
+    def count_down(self) -> None:
+        with self._lock:
+            self._n -= 1
+            fire = self._n == 0
+        if fire:
+            self._done()
+
+
+class RouterActor(DispatchedActor):
+    """Sequence, route and record events (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        dispatcher: Dispatcher,
+        capacity: int,
+        origin: str | None,
+        first_sequence: int = 1,
+        recorders: list[FifoMailbox] | None = None,
+        durable_recorder: FifoMailbox | None = None,
+        correlation: FifoMailbox | None = None,
+    ) -> None:
+        super().__init__(dispatcher=dispatcher)
+        self.actor_inbox.capacity = capacity
+        self.origin = origin
+        self.next_sequence = first_sequence
+        self._trie: TopicTrie[Route] = TopicTrie()
+        self._routes: dict[str, tuple[Route, Pattern]] = {}
+        self._strict = 0
+        # Recorders get every accepted event; the durable one (a journal with
+        # sync durability) also gets the publish futures to resolve.
+        self._recorders = list(recorders or [])
+        self._durable = durable_recorder
+        self._correlation = correlation
+        self._batch: list[Event] = []
+        self._batch_futures: list[BusFuture[Event] | None] = []
+        self._blocked_on: Route | None = None
+        self.published = 0
+        self.rejected = 0
+        self.meter = RateMeter()
+        self.removed_totals = [0, 0]  # dropped, delivered of unsubscribed routes
+        self.on_backpressure: Callable[[Event], None] | None = None
+
+    # -- wiring -------------------------------------------------------------
+
+    def add_recorder(self, mailbox: FifoMailbox) -> None:
+        """Forward every accepted event to ``mailbox`` (before the actor runs)."""
+        self._recorders.append(mailbox)
+
+    def routes(self) -> list[Route]:
+        """Return the current routes (read from any thread; a snapshot)."""
+        return [r for r, _ in list(self._routes.values())]
+
+    # -- message handling -----------------------------------------------------
+
+    def _on_message(self, message: Any) -> None:
+        if type(message) is Publish:
+            self._route(message.event, message.future, message.published_at)
+        elif type(message) is PublishBatch:
+            self._route_batch(message)
+        elif type(message) is Subscribe:
+            self._subscribe(message)
+        elif type(message) is Unsubscribe:
+            self._unsubscribe(message.id)
+            if message.then is not None:
+                message.then()
+        elif type(message) is Flush:
+            self._flush(message.future)
+        elif type(message) is GetCorrelated:
+            self._send_records()
+            if self._correlation is None:
+                message.future.set(None)
+            else:
+                self._correlation.put(message)
+        elif type(message) is Relieved:
+            self._emit(
+                "$bus.backpressure.relieved",
+                {
+                    "subscription": message.id,
+                    "pattern": message.pattern,
+                    "queued": message.queued,
+                    "capacity": message.capacity,
+                },
+            )
+        elif type(message) is Barrier:
+            self._send_records()
+            message.callback()
+        else:
+            super()._on_message(message)
+
+    def _route_batch(self, message: PublishBatch) -> None:
+        futures = message.futures
+        events = message.events
+        for i, event in enumerate(events):
+            if not self._route(event, futures[i], message.published_at):
+                # Parked on a BLOCK mailbox: re-queue the rest as one batch.
+                self.actor_inbox.put_front(
+                    [PublishBatch(events[i:], futures[i:], message.published_at)]
+                )
+                return
+
+    def _route(self, event: Event, future: BusFuture[Event] | None, published_at: float) -> bool:
+        """Route one event; return False if the router parked on a full BLOCK mailbox."""
+        targets = self._trie.match(event.event_type)
+        if targets:
+            if any(r.predicate is not None for r in targets):
+                targets = tuple(r for r in targets if r.predicate is None or _passes(r, event))
+            if self._strict:
+                for route in targets:
+                    if route.strict and not route.mailbox.has_room():
+                        if route.mailbox.overflow is OverflowStrategy.REJECT:
+                            self.rejected += 1
+                            if future is not None:
+                                future.set_exception(
+                                    BackpressureError(
+                                        f"subscription {route.id} ({route.pattern!r}) is full "
+                                        f"({route.mailbox.capacity} queued); event rejected"
+                                    )
+                                )
+                            return True
+                        self._park_on(route, event, future, published_at)
+                        return False
+        seq = self.next_sequence
+        self.next_sequence = seq + 1
+        stamped = event._stamped(seq, event.origin or self.origin)
+        if targets:
+            item = (stamped, published_at)
+            for route in targets:
+                if route.mailbox.offer(item) & STARTED:
+                    self._emit(
+                        "$bus.backpressure.started",
+                        {
+                            "subscription": route.id,
+                            "pattern": route.pattern,
+                            "queued": route.mailbox.queued,
+                            "capacity": route.mailbox.capacity,
+                        },
+                    )
+        self.published += 1
+        self._batch.append(stamped)
+        if self._durable is not None:
+            self._batch_futures.append(future)
+        elif future is not None:
+            future.set(stamped)
+        return True
+
+    def _emit(self, event_type: str, data: dict[str, Any]) -> None:
+        """Publish a ``$bus`` event from inside the router (never blocks, never rejected)."""
+        event = Event(event_type=event_type, data=data, source="bus")
+        targets = self._trie.match(event_type)
+        seq = self.next_sequence
+        self.next_sequence = seq + 1
+        stamped = event._stamped(seq, self.origin)
+        item = (stamped, time.perf_counter())
+        for route in targets:
+            if route.predicate is None or _passes(route, stamped):
+                route.mailbox.offer(item)
+        self.published += 1
+        self._batch.append(stamped)
+        if self._durable is not None:
+            self._batch_futures.append(None)
+
+    # -- BLOCK: park until the full mailbox drains ----------------------------
+
+    def _park_on(
+        self, route: Route, event: Event, future: BusFuture[Event] | None, published_at: float
+    ) -> None:
+        self.actor_inbox.put_front([Publish(event, future, published_at)])
+        self._blocked_on = route
+        self._park()
+        if not route.mailbox.wait_for_room(self._unblock):
+            self._blocked_on = None
+            self._actor_parked = False  # room appeared meanwhile: carry on next turn
+
+    def _unblock(self) -> None:
+        self._blocked_on = None
+        self._unpark()
+
+    def _after_park(self) -> None:
+        route = self._blocked_on
+        if route is not None and route.mailbox.has_room():
+            self._unblock()
+
+    # -- subscriptions --------------------------------------------------------
+
+    def _subscribe(self, message: Subscribe) -> None:
+        route = message.route
+        pattern = Pattern.parse(route.pattern)
+        self._routes[route.id] = (route, pattern)
+        self._trie.add(pattern, route)
+        if route.strict:
+            self._strict += 1
+        if message.on_subscribed is not None:
+            # Tells a catch-up subscription where live delivery starts.
+            message.on_subscribed(self.next_sequence)
+
+    def _unsubscribe(self, sub_id: str) -> None:
+        entry = self._routes.pop(sub_id, None)
+        if entry is None:
+            return
+        route, pattern = entry
+        self._trie.remove(pattern, route)
+        if route.strict:
+            self._strict -= 1
+        if self._blocked_on is route:
+            self._unblock()
+
+    # -- flush ----------------------------------------------------------------
+
+    def _flush(self, future: BusFuture[None]) -> None:
+        self._send_records()
+        mailboxes = [r.mailbox for r, _ in self._routes.values()]
+        recorders = list(self._recorders)
+        if self._durable is not None:
+            recorders.append(self._durable)
+        latch = _Latch(len(mailboxes) + len(recorders), lambda: future.set(None))
+        for mailbox in mailboxes:
+            mailbox.add_barrier(latch.count_down)
+        for recorder in recorders:
+            recorder.put(Barrier(latch.count_down))
+
+    # -- per turn -------------------------------------------------------------
+
+    def _send_records(self) -> None:
+        if not self._batch:
+            return
+        events = self._batch
+        self._batch = []
+        self.meter.add(len(events))
+        record = Record(events)
+        for recorder in self._recorders:
+            recorder.put(record)
+        if self._durable is not None:
+            futures = self._batch_futures
+            self._batch_futures = []
+            self._durable.put(Record(events, futures))
+
+    def _on_turn_end(self) -> bool:
+        self._send_records()
+        return False
+
+    def _on_stopped(self) -> None:
+        self._send_records()
+
+
+def _passes(route: Route, event: Event) -> bool:
+    try:
+        return bool(route.predicate(event))  # type: ignore[misc]
+    except Exception:
+        logger.exception("filter of subscription %s raised; event not delivered", route.id)
+        return False
