@@ -20,7 +20,8 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import replace
 from types import TracebackType
 from typing import Any
 
@@ -33,18 +34,41 @@ from actors._dispatcher import Dispatcher
 from actors._errors import (
     BackpressureError,
     BusClosedError,
+    EventBusError,
     InvalidEventError,
     RateLimitedError,
 )
 from actors._event import Event
 from actors._filter import FilterLike, as_predicate
 from actors._future import BusFuture
+from actors._journal import JournalActor, enforce_retention, first_free_sequence
 from actors._mailbox import OverflowStrategy
-from actors._messages import Flush, GetCorrelated, Publish, PublishBatch, Route, Subscribe, Unsubscribe
+from actors._messages import (
+    Flush,
+    Forward,
+    GetCorrelated,
+    LoadCheckpoint,
+    Publish,
+    PublishBatch,
+    ReadJournal,
+    Route,
+    SaveCheckpoint,
+    Subscribe,
+    Unsubscribe,
+)
 from actors._metrics import BusMetrics, LatencyWindow, to_prometheus
+from actors._query import EventQuery
 from actors._ratelimit import TokenBucket
 from actors._router import RouterActor
-from actors._subscriber import DeadLetter, Handler, SubscriberActor, Subscription, current_event
+from actors._storage import RocksStorage, Storage
+from actors._subscriber import (
+    CatchUp,
+    DeadLetter,
+    Handler,
+    SubscriberActor,
+    Subscription,
+    current_event,
+)
 from actors._topics import Pattern, is_reserved
 from actors._trace import Trace
 
@@ -87,7 +111,6 @@ class EventBus:
         cfg = self.config
         self._closed = False
         self._close_lock = threading.Lock()
-        self._dispatcher = Dispatcher(cfg.threads, name=f"bus-{name or format(id(self), 'x')}")
         self._latency = LatencyWindow()
         self._bucket = TokenBucket(cfg.rate_limit, cfg.burst) if cfg.rate_limit else None
         self._rate_limited = 0
@@ -99,6 +122,19 @@ class EventBus:
         self._loop_thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
+        # Open the journal before starting anything, so a locked or broken
+        # journal fails the constructor with nothing left running.
+        self._storage: Storage | None = None
+        first_sequence = 1
+        if cfg.persistence_path is not None:
+            self._storage = RocksStorage(cfg.persistence_path)
+            try:
+                enforce_retention(self._storage, cfg.retention_days, cfg.max_events)
+                first_sequence = first_free_sequence(self._storage)
+            except BaseException:
+                self._storage.close()
+                raise
+        self._dispatcher = Dispatcher(cfg.threads, name=f"bus-{name or format(id(self), 'x')}")
         self._correlation = _start(
             CorrelationActor(
                 dispatcher=self._dispatcher,
@@ -107,25 +143,31 @@ class EventBus:
                 trace_ttl=cfg.trace_ttl,
             )
         )
-        recorders = [self._correlation.actor_inbox]
-        first_sequence = self._open_journal()
+        self._journal: JournalActor | None = None
+        if self._storage is not None:
+            # Its own thread: a write (and its fsync) never holds a thread
+            # that handlers need.
+            self._journal = _start(
+                JournalActor(
+                    storage=self._storage,
+                    dispatcher=Dispatcher(1, name="journal"),
+                    sync=cfg.durability == "sync",
+                    retention_days=cfg.retention_days,
+                    max_events=cfg.max_events,
+                )
+            )
         self._router = _start(
             RouterActor(
                 dispatcher=self._dispatcher,
                 capacity=max(cfg.buffer_size, 1024),
                 origin=name,
                 first_sequence=first_sequence,
-                recorders=recorders,
+                recorders=[self._correlation.actor_inbox],
+                durable_recorder=self._journal.actor_inbox if self._journal else None,
                 correlation=self._correlation.actor_inbox,
             )
         )
         self._router_mailbox = self._router.actor_inbox
-
-    # -- seams for the journal and the bridge ------------------------------------
-
-    def _open_journal(self) -> int:
-        """Open the journal (if any) and return the first sequence to assign."""
-        return 1
 
     # -- publishing ------------------------------------------------------------------
 
@@ -269,11 +311,65 @@ class EventBus:
         self._router_mailbox.put(Subscribe(self._route_for(actor, filter)))
         return Subscription(self, actor)
 
-    def _subscribe_from_journal(self, pattern: str, handler: Handler, **kwargs: Any) -> Subscription:
-        raise ValueError(
-            "from_sequence and durable subscriptions need a journal: use PersistentEventBus "
-            "or EventConfig(persistence_path=...)"
+    def _subscribe_from_journal(
+        self,
+        pattern: str,
+        handler: Handler,
+        *,
+        filter: FilterLike | None,  # noqa: A002
+        capacity: int | None,
+        overflow: OverflowStrategy | str | None,
+        from_sequence: int | None,
+        durable: str | None,
+        dedicated_thread: bool,
+    ) -> Subscription:
+        journal = self._require_journal()
+        start = from_sequence
+        if durable is not None:
+            checkpoint = self._load_checkpoint(journal, f"sub:{durable}")
+            if checkpoint is not None:
+                start = checkpoint + 1
+        actor = self._start_subscriber(
+            pattern, handler, capacity=capacity, overflow=overflow, dedicated_thread=dedicated_thread
         )
+        route = self._route_for(actor, filter)
+        inbox = journal.actor_inbox
+        router = self._router_mailbox
+
+        def read(position: int, limit: int, future: BusFuture[Any]) -> None:
+            query = EventQuery(event_types=[pattern], after_sequence=position - 1, limit=limit)
+            router.put(Forward(inbox, ReadJournal(query, future)))
+
+        def join(route: Route, joined: Callable[[int], None]) -> None:
+            router.put(Subscribe(route, on_subscribed=joined))
+
+        def save(name: str, sequence: int) -> None:
+            inbox.put(SaveCheckpoint(f"sub:{name}", sequence))
+
+        catchup = CatchUp(
+            actor,
+            start=max(start or 1, 1),
+            route=route,
+            durable=durable,
+            read=read,
+            join=join,
+            save=save,
+        )
+        if start is None:
+            # A new durable subscription with no starting point starts live.
+            catchup.live = True
+            actor.catchup = catchup
+            router.put(Subscribe(route))
+        else:
+            actor.catchup = catchup
+            actor.actor_inbox.wake()
+        return Subscription(self, actor)
+
+    def _load_checkpoint(self, journal: JournalActor, name: str) -> int | None:
+        future: BusFuture[int | None] = BusFuture()
+        self._router_mailbox.put(Forward(journal.actor_inbox, LoadCheckpoint(name, future)))
+        result: int | None = future.get(timeout=30.0)
+        return result
 
     def _start_subscriber(
         self,
@@ -383,29 +479,124 @@ class EventBus:
         self._publish_internal(announcement)
 
     def dead_letters(self) -> list[DeadLetter]:
-        """Return the dead letters kept (the most recent ``dead_letter_limit``)."""
-        return list(self._dead)
+        """Return the dead letters: from the journal where persistent, else the recent ones kept."""
+        if self._journal is None:
+            return list(self._dead)
+        letters = []
+        for letter in self.query(EventQuery(event_types=["$bus.deadletter"])):
+            data = letter.data
+            if not isinstance(data, dict):
+                continue
+            try:
+                original = Event.from_dict(data["event"])
+            except (KeyError, TypeError, InvalidEventError):
+                logger.warning("dead letter %s has an unreadable payload", letter.id)
+                continue
+            letters.append(
+                DeadLetter(
+                    subscription_id=str(data.get("subscription")),
+                    pattern=str(data.get("pattern")),
+                    event=original,
+                    error_type=str(data.get("error_type")),
+                    error=str(data.get("error")),
+                    attempts=int(data.get("attempts", 0)),
+                    letter=letter,
+                )
+            )
+        return letters
 
     # -- queries ---------------------------------------------------------------------------
 
-    def get_correlated(self, correlation_id: uuid.UUID, *, timeout: float | None = 30.0) -> list[Event]:
+    def get_correlated(
+        self, correlation_id: uuid.UUID, *, timeout: float | None = 30.0
+    ) -> list[Event]:
         """Return every event of ``correlation_id`` in sequence order.
 
-        Sees every event published before the call.  Blocks until the
-        correlation actor answers (``FutureTimeoutError`` after ``timeout``).
+        Sees every event published before the call: from memory for live
+        traces, from the journal (where persistent) for old or evicted ones.
+        Blocks until answered (``FutureTimeoutError`` after ``timeout``).
         """
         self._check_open()
         future: BusFuture[Any] = BusFuture()
         self._router_mailbox.put(GetCorrelated(correlation_id, future))
         events, complete = future.get(timeout=timeout)
-        if not complete:
-            stored = self._correlated_from_journal(correlation_id)
-            if stored is not None:
-                return _merge(stored, events or [])
+        if not complete and self._journal is not None:
+            stored = self.query(EventQuery(correlation_id=correlation_id), timeout=timeout)
+            return _merge(stored, events or [])
         return list(events or [])
 
-    def _correlated_from_journal(self, correlation_id: uuid.UUID) -> list[Event] | None:
-        return None
+    def query(self, query: EventQuery, *, timeout: float | None = 30.0) -> list[Event]:
+        """Return the stored events ``query`` selects (sees every earlier publish).
+
+        Cost grows with the result, not the journal.  Raises
+        ``EventBusError`` on a bus without a journal, ``JournalError`` if the
+        read fails, ``FutureTimeoutError`` after ``timeout``.
+        """
+        self._check_open()
+        journal = self._require_journal()
+        future: BusFuture[list[Event]] = BusFuture()
+        self._router_mailbox.put(Forward(journal.actor_inbox, ReadJournal(query, future)))
+        result: list[Event] = future.get(timeout=timeout)
+        return result
+
+    def replay(
+        self,
+        query: EventQuery,
+        handler: Callable[[Event], Any],
+        *,
+        speed: float | None = None,
+        page_size: int = 1000,
+    ) -> int:
+        """Re-deliver stored events to ``handler`` in order, in the calling thread.
+
+        Replayed events go to ``handler`` only: not to live subscribers, and
+        they are not journaled again.  ``speed=1.0`` keeps the original
+        spacing (2.0 twice as fast); None delivers as fast as possible.  An
+        exception from ``handler`` stops the replay and propagates.  Returns
+        the number of events replayed.
+        """
+        if speed is not None and speed <= 0:
+            raise ValueError("speed must be positive")
+        count = 0
+        started: float | None = None
+        first_ts: float | None = None
+        for event in self._iter_query(query, page_size):
+            if speed is not None:
+                ts = event.timestamp.timestamp()
+                if started is None or first_ts is None:
+                    started, first_ts = time.monotonic(), ts
+                else:
+                    delay = started + (ts - first_ts) / speed - time.monotonic()
+                    if delay > 0:
+                        time.sleep(delay)
+            token = current_event.set(event)
+            try:
+                handler(event)
+            finally:
+                current_event.reset(token)
+            count += 1
+        return count
+
+    def _iter_query(self, query: EventQuery, page_size: int) -> Iterator[Event]:
+        """Yield a query's events page by page (bounded memory for big replays)."""
+        if query.descending or query.limit is not None:
+            yield from self.query(query)
+            return
+        after = query.after_sequence
+        while True:
+            page = self.query(replace(query, after_sequence=after, limit=page_size))
+            yield from page
+            if len(page) < page_size:
+                return
+            after = page[-1].sequence
+
+    def _require_journal(self) -> JournalActor:
+        if self._journal is None:
+            raise EventBusError(
+                "this bus has no journal: use PersistentEventBus or "
+                "EventConfig(persistence_path=...)"
+            )
+        return self._journal
 
     def trace(self, correlation_id: uuid.UUID, *, timeout: float | None = 30.0) -> Trace:
         """Return the causal ``Trace`` of ``correlation_id`` (see ``get_correlated``)."""
@@ -453,8 +644,22 @@ class EventBus:
         with self._subs_lock:
             subs = list(self._subs.values())
             self._subs.clear()
-        refs = [a.actor_ref for a in subs] + [self._router.actor_ref, self._correlation.actor_ref]
-        refs += self._extra_actor_refs()
+        # Subscribers, router and correlation first; the journal last, so the
+        # router's final records reach it.  The journal closes its storage.
+        first = [a.actor_ref for a in subs] + [self._router.actor_ref, self._correlation.actor_ref]
+        self._stop_refs(first, wait, timeout)
+        if self._journal is not None:
+            self._stop_refs([self._journal.actor_ref], wait, timeout)
+            self._journal.actor_dispatcher.shutdown(timeout if wait else 0)
+        for actor in subs:
+            if actor.actor_dispatcher is not self._dispatcher:
+                actor.actor_dispatcher.shutdown(timeout if wait else 0)
+        self._dispatcher.shutdown(timeout if wait else 0)
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+
+    @staticmethod
+    def _stop_refs(refs: list[pykka.ActorRef[Any]], wait: bool, timeout: float | None) -> None:
         futures = [ref.stop(block=False) for ref in refs if ref.is_alive()]
         if wait:
             for fut in futures:
@@ -462,19 +667,6 @@ class EventBus:
                     fut.get(timeout=timeout)
                 except pykka.Timeout:
                     logger.warning("an actor did not stop within %ss", timeout)
-        for actor in subs:
-            if actor.actor_dispatcher is not self._dispatcher:
-                actor.actor_dispatcher.shutdown(timeout if wait else 0)
-        self._after_stop()
-        self._dispatcher.shutdown(timeout if wait else 0)
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-
-    def _extra_actor_refs(self) -> list[pykka.ActorRef[Any]]:
-        return []
-
-    def _after_stop(self) -> None:
-        """Release what the journal or bridge hold, after their actors stopped."""
 
     @property
     def closed(self) -> bool:
@@ -549,7 +741,7 @@ class EventBus:
         )
 
     def _journal_figures(self) -> tuple[int, float | None, int]:
-        return 0, None, 0
+        return self._journal.figures() if self._journal is not None else (0, None, 0)
 
     def prometheus(self) -> str:
         """Return the metrics in the Prometheus text exposition format."""

@@ -46,8 +46,8 @@ __all__ = [
 SCHEMA_VERSION = 1
 """The ``schema_version`` this module writes and the only one it reads."""
 
-_PbEvent: Any = events_pb2.Event  # type: ignore[attr-defined]
-_PbBatch: Any = events_pb2.EventBatch  # type: ignore[attr-defined]
+_PbEvent: Any = events_pb2.Event
+_PbBatch: Any = events_pb2.EventBatch
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
 _NULL = b"null"
@@ -64,8 +64,9 @@ def _refuse_constant(name: str) -> object:
 # A reusable C encoder / scanner: ``json.dumps`` and ``json.loads`` rebuild
 # theirs on every call, which costs more than the encoding of a small event.
 _dumps: Callable[[object], str]
-if json.encoder.c_make_encoder is not None:
-    _c_encode = json.encoder.c_make_encoder(
+_c_make_encoder: Any = getattr(json.encoder, "c_make_encoder", None)
+if _c_make_encoder is not None:
+    _c_encode = _c_make_encoder(
         None,  # markers: no cycle check, validation bounds the depth
         _refuse_default,
         json.encoder.encode_basestring_ascii,
@@ -86,10 +87,11 @@ else:  # pragma: no cover - interpreters without the C accelerator
     ).encode
 
 _decoder = json.JSONDecoder(parse_constant=_refuse_constant)
-_scan: Callable[[str, int], tuple[object, int]] = json.scanner.make_scanner(_decoder)
+_make_scanner: Any = json.scanner.make_scanner
+_scan: Callable[[str, int], tuple[Any, int]] = _make_scanner(_decoder)
 
 
-def _loads(text: str) -> object:
+def _loads(text: str) -> Any:
     """Parse one JSON value filling all of ``text``; raise ``ValueError`` otherwise."""
     try:
         value, end = _scan(text, 0)
@@ -220,7 +222,7 @@ def _parse(message_type: Any, data: bytes) -> Any:
         raise InvalidEventError(f"expected bytes, not {type(data).__name__}")
     try:
         return message_type.FromString(bytes(data) if data.__class__ is not bytes else data)
-    except Exception as exc:  # noqa: BLE001 - DecodeError and whatever upb raises
+    except Exception as exc:  # DecodeError, and whatever else upb raises
         raise InvalidEventError(f"malformed event bytes: {exc}") from exc
 
 

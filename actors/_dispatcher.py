@@ -25,6 +25,7 @@ import logging
 import queue
 import sys
 import threading
+import time
 from collections import deque
 from itertools import count
 from typing import Any, ClassVar
@@ -124,24 +125,23 @@ class FifoMailbox:
     It satisfies pykka's inbox protocol (``put``, ``get``, ``empty``) for
     envelopes, and takes internal messages through ``put`` as they are.
     ``capacity`` (if set) makes ``put_blocking`` wait for room.
+
+    The hot path takes no lock: ``deque.append``/``popleft`` are atomic, and
+    "scheduled" is a non-blocking ``Lock.acquire(False)`` used as an atomic
+    test-and-set (Akka's mailbox protocol).  A producer appends, then tries
+    to claim the schedule; the actor, at the end of a turn, releases the
+    claim, then looks for mail again and re-claims if there is some.  Either
+    side sees the other's write, so no message is stranded, and no thread
+    ever waits for a lock held by a thread that lost the GIL.
     """
 
-    __slots__ = (
-        "_actor",
-        "_items",
-        "_lock",
-        "_not_full",
-        "_scheduled",
-        "_waiting",
-        "capacity",
-    )
+    __slots__ = ("_actor", "_items", "_not_full", "_sched", "_waiting", "capacity")
 
     def __init__(self, capacity: int | None = None) -> None:
         self._items: deque[Any] = deque()
-        self._lock = threading.Lock()
-        self._not_full = threading.Condition(self._lock)
+        self._sched = threading.Lock()
+        self._not_full = threading.Condition(threading.Lock())
         self._waiting = 0
-        self._scheduled = False
         self._actor: DispatchedActor | None = None
         self.capacity = capacity
 
@@ -151,81 +151,81 @@ class FifoMailbox:
 
     def put(self, item: Any, /) -> None:
         """Append ``item`` and schedule the actor if it was idle.  Never blocks."""
-        with self._lock:
-            self._items.append(item)
-            if self._scheduled:
-                return
-            self._scheduled = True
-        self._schedule()
+        self._items.append(item)
+        if self._sched.acquire(False):
+            self._schedule()
 
     def put_blocking(self, item: Any, timeout: float | None) -> bool:
-        """Append ``item``, waiting up to ``timeout`` for room; return False on timeout."""
-        with self._lock:
-            cap = self.capacity
-            if cap is not None and len(self._items) >= cap:
-                self._waiting += 1
-                try:
-                    if not self._not_full.wait_for(lambda: len(self._items) < cap, timeout):
-                        return False
-                finally:
-                    self._waiting -= 1
-            self._items.append(item)
-            if self._scheduled:
-                return True
-            self._scheduled = True
-        self._schedule()
+        """Append ``item``, waiting up to ``timeout`` for room; return False on timeout.
+
+        Under concurrent producers the bound is approximate (each checks, then
+        appends); it exists for backpressure, not as an exact limit.
+        """
+        cap = self.capacity
+        if cap is not None and len(self._items) >= cap and not self._wait_for_room(cap, timeout):
+            return False
+        self._items.append(item)
+        if self._sched.acquire(False):
+            self._schedule()
         return True
+
+    def _wait_for_room(self, cap: int, timeout: float | None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._not_full:
+            self._waiting += 1
+            try:
+                while len(self._items) >= cap:
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        return False
+                    # Short slices: the taker notifies without the lock, so a
+                    # wake-up can be missed; the slice bounds that to 50 ms.
+                    self._not_full.wait(0.05 if remaining is None else min(remaining, 0.05))
+                return True
+            finally:
+                self._waiting -= 1
 
     def put_front(self, items: list[Any]) -> None:
         """Return ``items`` to the head of the queue, in order (the actor re-reads them)."""
-        with self._lock:
-            self._items.extendleft(reversed(items))
+        self._items.extendleft(reversed(items))
 
     def take(self, limit: int) -> list[Any]:
-        """Remove and return up to ``limit`` items from the head."""
-        with self._lock:
-            items = self._items
-            n = len(items)
-            if n <= limit:
-                batch = list(items)
-                items.clear()
-            else:
-                popleft = items.popleft
-                batch = [popleft() for _ in range(limit)]
-            if self._waiting:
+        """Remove and return up to ``limit`` items from the head (owner only)."""
+        items = self._items
+        popleft = items.popleft
+        batch = []
+        append = batch.append
+        try:
+            for _ in range(min(limit, len(items))):
+                append(popleft())
+        except IndexError:  # pragma: no cover - only the owner takes
+            pass
+        if self._waiting:
+            with self._not_full:
                 self._not_full.notify_all()
-            return batch
+        return batch
 
     def has_mail(self) -> bool:
-        """Return whether anything is queued (called with the lock held)."""
+        """Return whether anything is queued."""
         return bool(self._items)
 
     def finish_turn(self, *, park: bool = False) -> None:
-        """End a turn: reschedule the actor if mail is left, unless it parks."""
-        with self._lock:
-            if not park and self.has_mail():
-                reschedule = True
-            else:
-                self._scheduled = False
-                reschedule = False
-        if reschedule:
+        """End a turn: release the schedule claim; re-claim if mail is left (unless parked)."""
+        self._sched.release()
+        if not park and self.has_mail() and self._sched.acquire(False):
             self._schedule()
 
     def wake(self) -> None:
         """Schedule the actor (after a park) if it is not scheduled already."""
-        with self._lock:
-            if self._scheduled:
-                return
-            self._scheduled = True
-        self._schedule()
+        if self._sched.acquire(False):
+            self._schedule()
 
     def __len__(self) -> int:
         return len(self._items)
 
     # pykka's inbox protocol, used by pykka for envelopes only.
     def get(self) -> Any:
-        with self._lock:
-            return self._items.popleft()
+        return self._items.popleft()
 
     def empty(self) -> bool:
         return not self._items
@@ -286,9 +286,17 @@ class DispatchedActor(pykka.Actor):
                     inbox.put_front(batch[i + 1 :])
                     break
             if not stopped() and not self._actor_parked:
-                self._drain(throughput)
+                try:
+                    self._drain(throughput)
+                except Exception:
+                    # A bug in a lane must not strand the actor: log, carry on.
+                    logger.exception("%s failed while draining", self)
             if not stopped():
-                park = self._on_turn_end() or self._actor_parked
+                try:
+                    park = self._on_turn_end() or self._actor_parked
+                except Exception:
+                    logger.exception("%s failed at the end of its turn", self)
+                    park = self._actor_parked
                 inbox.finish_turn(park=park)
                 if park:
                     self._after_park()

@@ -15,6 +15,7 @@ flush barrier waits for ``finished`` to reach the ``accepted`` value it saw.
 from __future__ import annotations
 
 import enum
+import threading
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -48,10 +49,13 @@ class EventMailbox(FifoMailbox):
     """Bounded event lane plus the control lane of ``FifoMailbox``.
 
     ``offer`` is called by the router only; ``take_events`` by the owning
-    subscriber only.  Neither blocks.
+    subscriber only; neither blocks nor takes a lock (see ``FifoMailbox``).
+    Each counter has one writer: ``accepted`` and ``dropped`` the router,
+    ``finished_by_owner`` the subscriber.
     """
 
     __slots__ = (
+        "_barrier_lock",
         "_barriers",
         "_events",
         "_high",
@@ -62,6 +66,8 @@ class EventMailbox(FifoMailbox):
         "overflow",
     )
 
+    capacity: int
+
     def __init__(self, capacity: int, overflow: OverflowStrategy) -> None:
         super().__init__(capacity)
         self.overflow = overflow
@@ -69,6 +75,7 @@ class EventMailbox(FifoMailbox):
         self._high = False
         self._room_waiter: Callable[[], None] | None = None
         self._barriers: list[tuple[int, Callable[[], None]]] = []
+        self._barrier_lock = threading.Lock()
         self.accepted = 0
         self.dropped = 0
         self.finished_by_owner = 0
@@ -80,69 +87,72 @@ class EventMailbox(FifoMailbox):
 
     def has_room(self) -> bool:
         """Return whether one more event fits without overflow."""
-        return len(self._events) < self.capacity  # type: ignore[operator]
+        return len(self._events) < self.capacity
 
     def wait_for_room(self, wake: Callable[[], None]) -> bool:
         """Register ``wake`` to be called once room frees up; False if there is room now."""
-        with self._lock:
-            if len(self._events) < self.capacity:  # type: ignore[operator]
-                return False
-            self._room_waiter = wake
-            return True
+        self._room_waiter = wake
+        if len(self._events) < self.capacity:
+            self._room_waiter = None
+            return False
+        return True
 
     def offer(self, item: Any) -> int:
         """Queue ``item`` under the overflow strategy; return STARTED/DROPPED flags.
 
         For ``REJECT`` and ``BLOCK`` the router checks ``has_room`` first, so
-        here a full lane means ``DROP_OLDEST`` or ``DROP_NEWEST``.
+        here a full lane means ``DROP_OLDEST`` or ``DROP_NEWEST`` (or a bus
+        event, which is never refused and displaces the oldest).
         """
         flags = 0
-        with self._lock:
-            events = self._events
-            self.accepted += 1
-            if len(events) >= self.capacity:  # type: ignore[operator]
+        events = self._events
+        self.accepted += 1
+        n = len(events)
+        if n >= self.capacity:
+            if self.overflow is OverflowStrategy.DROP_NEWEST:
+                self.dropped += 1
+                return DROPPED
+            try:
+                events.popleft()
                 self.dropped += 1
                 flags = DROPPED
-                if self.overflow is OverflowStrategy.DROP_NEWEST:
-                    return flags
-                events.popleft()
-            events.append(item)
-            if not self._high and len(events) >= HIGH_WATER * self.capacity:  # type: ignore[operator]
-                self._high = True
-                flags |= STARTED
-            if self._scheduled:
-                return flags
-            self._scheduled = True
-        self._schedule()
+            except IndexError:  # the owner emptied it meanwhile
+                pass
+        events.append(item)
+        if not self._high and n + 1 >= HIGH_WATER * self.capacity:
+            self._high = True
+            flags |= STARTED
+        if self._sched.acquire(False):
+            self._schedule()
         return flags
 
     def take_events(self, limit: int) -> tuple[list[Any], bool]:
         """Remove up to ``limit`` events; also return whether backpressure was relieved."""
-        waiter = None
-        with self._lock:
-            events = self._events
-            if len(events) <= limit:
-                batch = list(events)
-                events.clear()
-            else:
-                popleft = events.popleft
-                batch = [popleft() for _ in range(limit)]
-            relieved = self._high and len(events) < LOW_WATER * self.capacity  # type: ignore[operator]
-            if relieved:
-                self._high = False
-            if self._room_waiter is not None and batch:
-                waiter, self._room_waiter = self._room_waiter, None
-        if waiter is not None:
-            waiter()
+        events = self._events
+        popleft = events.popleft
+        batch: list[Any] = []
+        append = batch.append
+        for _ in range(min(limit, len(events))):
+            append(popleft())
+        relieved = False
+        if self._high and len(events) < LOW_WATER * self.capacity:
+            self._high = False
+            relieved = True
+        if batch and self._room_waiter is not None:
+            waiter, self._room_waiter = self._room_waiter, None
+            if waiter is not None:
+                waiter()
         return batch, relieved
 
     def clear_events(self) -> int:
         """Discard every queued event (at unsubscribe); return how many."""
-        with self._lock:
-            n = len(self._events)
-            self._events.clear()
-            self.finished_by_owner += n
-            waiter, self._room_waiter = self._room_waiter, None
+        n = 0
+        events = self._events
+        while events:
+            events.popleft()
+            n += 1
+        self.finished_by_owner += n
+        waiter, self._room_waiter = self._room_waiter, None
         if waiter is not None:
             waiter()
         self.check_barriers()
@@ -158,19 +168,17 @@ class EventMailbox(FifoMailbox):
         return self.finished_by_owner + self.dropped
 
     def add_barrier(self, callback: Callable[[], None]) -> None:
-        """Call ``callback`` once every event accepted so far is finished."""
-        with self._lock:
-            target = self.accepted
-            if self.finished_by_owner + self.dropped < target:
-                self._barriers.append((target, callback))
-                return
-        callback()
+        """Call ``callback`` once every event accepted so far is finished (router only)."""
+        with self._barrier_lock:
+            self._barriers.append((self.accepted, callback))
+        # The owner may have finished just before the append; look once more.
+        self.check_barriers()
 
     def check_barriers(self) -> None:
-        """Fire the barriers that are now satisfied (owner thread, after a batch)."""
+        """Fire the barriers that are now satisfied (each exactly once)."""
         if not self._barriers:
             return
-        with self._lock:
+        with self._barrier_lock:
             done = self.finished_by_owner + self.dropped
             ready = [cb for target, cb in self._barriers if target <= done]
             if ready:
@@ -180,7 +188,7 @@ class EventMailbox(FifoMailbox):
 
     def release_barriers(self) -> None:
         """Fire every barrier (the subscription is gone, nothing more will finish)."""
-        with self._lock:
+        with self._barrier_lock:
             ready = [cb for _, cb in self._barriers]
             self._barriers = []
         for cb in ready:

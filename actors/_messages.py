@@ -15,12 +15,16 @@ if TYPE_CHECKING:
 __all__ = [
     "Barrier",
     "Flush",
+    "Forward",
     "GetCorrelated",
+    "LoadCheckpoint",
     "Publish",
     "PublishBatch",
+    "ReadJournal",
     "Record",
     "Relieved",
     "Route",
+    "SaveCheckpoint",
     "Subscribe",
     "Unsubscribe",
 ]
@@ -114,3 +118,35 @@ class Relieved:
     pattern: str
     queued: int
     capacity: int
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """Router: send ``message`` to ``target`` after the events routed so far are recorded."""
+
+    target: Any  # a FifoMailbox
+    message: Any
+
+
+@dataclass(frozen=True, slots=True)
+class ReadJournal:
+    """Journal: reply with the stored events ``query`` selects."""
+
+    query: Any  # an EventQuery
+    future: BusFuture[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class SaveCheckpoint:
+    """Journal: remember that durable subscription ``name`` handled up to ``sequence``."""
+
+    name: str
+    sequence: int
+
+
+@dataclass(frozen=True, slots=True)
+class LoadCheckpoint:
+    """Journal: reply with the checkpoint of ``name`` (or None)."""
+
+    name: str
+    future: BusFuture[Any]

@@ -34,6 +34,7 @@ from actors._mailbox import STARTED, OverflowStrategy
 from actors._messages import (
     Barrier,
     Flush,
+    Forward,
     GetCorrelated,
     Publish,
     PublishBatch,
@@ -134,6 +135,9 @@ class RouterActor(DispatchedActor):
                 message.then()
         elif type(message) is Flush:
             self._flush(message.future)
+        elif type(message) is Forward:
+            self._send_records()
+            message.target.put(message.message)
         elif type(message) is GetCorrelated:
             self._send_records()
             if self._correlation is None:

@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Protocol, Self, TypeVar
+from typing import Protocol, Self, TypeVar, cast
 
 import rocksdict
 
@@ -49,6 +49,9 @@ _FLAG_SOURCE = 0x02
 _TS_BIAS = 1 << 63  # maps signed microseconds onto unsigned, order kept
 _MAX_SEQ = (1 << 64) - 1
 _CID_LEN = 16
+_TS_MIN = -_TS_BIAS
+_TS_MAX = _TS_BIAS - 1
+_WINDOW_PROBE = 10_000  # time-index reads spent narrowing a query to a sequence window
 _FORMAT = 1  # meta "s:format"; bump when the layout changes
 
 _CF_TYPE = "by_type"
@@ -189,19 +192,19 @@ class _IndexedStorage:
     def _known_types(self) -> Iterable[str]:
         raise NotImplementedError
 
-    def _type_seqs(self, event_type: str, low: int, descending: bool) -> Iterator[int]:
-        """Yield sequences >= low of one type, in order."""
+    def _type_seqs(self, event_type: str, low: int, high: int, descending: bool) -> Iterator[int]:
+        """Yield the sequences in [low, high) of one type, in order."""
         raise NotImplementedError
 
-    def _cid_seqs(self, cid: bytes, low: int, descending: bool) -> Iterator[int]:
+    def _cid_seqs(self, cid: bytes, low: int, high: int, descending: bool) -> Iterator[int]:
         raise NotImplementedError
 
     def _time_entries(self, start: int, end: int, descending: bool) -> Iterator[tuple[int, int]]:
         """Yield (timestamp, sequence) with start <= timestamp < end, in timestamp order."""
         raise NotImplementedError
 
-    def _primary_rows(self, low: int, descending: bool) -> Iterator[tuple[int, _Row]]:
-        """Yield (sequence, row) for sequences >= low, skipping corrupt records."""
+    def _primary_rows(self, low: int, high: int, descending: bool) -> Iterator[tuple[int, _Row]]:
+        """Yield (sequence, row) for sequences in [low, high), skipping corrupt records."""
         raise NotImplementedError
 
     def _fetch_rows(self, seqs: list[int]) -> list[_Row | None]:
@@ -259,11 +262,18 @@ class _IndexedStorage:
         if time_range_us is not None and time_range_us[0] >= time_range_us[1]:
             return iter(())
         low = 0 if after_sequence is None else max(after_sequence + 1, 0)
+        high = _MAX_SEQ + 1
+        if time_range_us is not None and (correlation_id is not None or types is not None):
+            # Narrow the chosen index to the sequences the time range can hold.
+            win_low, high = self._seq_window(*time_range_us)
+            low = max(low, win_low)
+        if low >= high:
+            return iter(())
         rows: Iterator[tuple[int, _Row]]
         if correlation_id is not None:
-            rows = self._rows_for(self._cid_seqs(correlation_id, low, descending), limit)
+            rows = self._rows_for(self._cid_seqs(correlation_id, low, high, descending), limit)
         elif types is not None:
-            streams = [self._type_seqs(t, low, descending) for t in sorted(types)]
+            streams = [self._type_seqs(t, low, high, descending) for t in sorted(types)]
             merged = streams[0] if len(streams) == 1 else heapq.merge(*streams, reverse=descending)
             rows = self._rows_for(merged, limit)
         elif time_range_us is not None:
@@ -271,8 +281,47 @@ class _IndexedStorage:
             ordered = _in_sequence_order(entries, self._skew, descending)
             rows = self._rows_for((s for s in ordered if s >= low), limit)
         else:
-            rows = self._primary_rows(low, descending)
-        return self._filter(rows, types, time_range_us, correlation_id, source, limit)
+            rows = self._primary_rows(low, high, descending)
+        return self._filter(
+            rows,
+            types=types,
+            time_range_us=time_range_us,
+            correlation_id=correlation_id,
+            source=source,
+            limit=limit,
+        )
+
+    def _seq_window(self, start: int, end: int) -> tuple[int, int]:
+        """Return [low, high): a sequence range holding every record with start <= ts < end.
+
+        By the skew bound (ts(a) <= ts(b) + skew for a < b), every entry with
+        ts < start - skew precedes the range and every entry with
+        ts >= end + skew follows it; the extreme sequence of each side lies
+        within ``skew`` of the timestamp nearest the range, so a few index
+        reads find it.  Gives up (whole range) past ``_WINDOW_PROBE`` reads.
+        """
+        skew = self._skew
+        low, nearest = 0, None
+        for n, (ts, seq) in enumerate(self._time_entries(_TS_MIN, start - skew, True)):
+            if nearest is None:
+                nearest = ts
+            elif ts < nearest - skew:
+                break
+            if n >= _WINDOW_PROBE:
+                low = 0
+                break
+            low = max(low, seq + 1)
+        high, nearest = _MAX_SEQ + 1, None
+        for n, (ts, seq) in enumerate(self._time_entries(end + skew, _TS_MAX, False)):
+            if nearest is None:
+                nearest = ts
+            elif ts > nearest + skew:
+                break
+            if n >= _WINDOW_PROBE:
+                high = _MAX_SEQ + 1
+                break
+            high = min(high, seq)
+        return low, high
 
     def _rows_for(self, seqs: Iterator[int], limit: int | None) -> Iterator[tuple[int, _Row]]:
         # Fetch index hits in growing chunks: a small limit costs few reads, a
@@ -296,6 +345,7 @@ class _IndexedStorage:
     @staticmethod
     def _filter(
         rows: Iterator[tuple[int, _Row]],
+        *,
         types: frozenset[str] | None,
         time_range_us: tuple[int, int] | None,
         correlation_id: bytes | None,
@@ -405,17 +455,18 @@ class MemoryStorage(_IndexedStorage):
         return self._by_type.keys()
 
     @staticmethod
-    def _slice(seqs: list[int], low: int, descending: bool) -> Iterator[int]:
+    def _slice(seqs: list[int], low: int, high: int, descending: bool) -> Iterator[int]:
         start = bisect.bisect_left(seqs, low)
+        stop = bisect.bisect_left(seqs, high)
         if descending:
-            return (seqs[i] for i in range(len(seqs) - 1, start - 1, -1))
-        return (seqs[i] for i in range(start, len(seqs)))
+            return (seqs[i] for i in range(stop - 1, start - 1, -1))
+        return (seqs[i] for i in range(start, stop))
 
-    def _type_seqs(self, event_type: str, low: int, descending: bool) -> Iterator[int]:
-        return self._slice(self._by_type.get(event_type, []), low, descending)
+    def _type_seqs(self, event_type: str, low: int, high: int, descending: bool) -> Iterator[int]:
+        return self._slice(self._by_type.get(event_type, []), low, high, descending)
 
-    def _cid_seqs(self, cid: bytes, low: int, descending: bool) -> Iterator[int]:
-        return self._slice(self._by_cid.get(cid, []), low, descending)
+    def _cid_seqs(self, cid: bytes, low: int, high: int, descending: bool) -> Iterator[int]:
+        return self._slice(self._by_cid.get(cid, []), low, high, descending)
 
     def _time_entries(self, start: int, end: int, descending: bool) -> Iterator[tuple[int, int]]:
         lo = bisect.bisect_left(self._by_time, (start, -1))
@@ -423,8 +474,8 @@ class MemoryStorage(_IndexedStorage):
         idx = range(hi - 1, lo - 1, -1) if descending else range(lo, hi)
         return (self._by_time[i] for i in idx)
 
-    def _primary_rows(self, low: int, descending: bool) -> Iterator[tuple[int, _Row]]:
-        return ((s, self._rows[s]) for s in self._slice(self._seqs, low, descending))
+    def _primary_rows(self, low: int, high: int, descending: bool) -> Iterator[tuple[int, _Row]]:
+        return ((s, self._rows[s]) for s in self._slice(self._seqs, low, high, descending))
 
     def _fetch_rows(self, seqs: list[int]) -> list[_Row | None]:
         return [self._rows.get(s) for s in seqs]
@@ -507,6 +558,23 @@ def _index_options() -> rocksdict.Options:
     return opts
 
 
+# rocksdict's stubs type keys and values loosely; in raw mode they are bytes.
+def _keys(
+    cf: rocksdict.Rdict, *, backwards: bool = False, from_key: bytes | None = None
+) -> Iterator[bytes]:
+    return cast("Iterator[bytes]", cf.keys(backwards=backwards, from_key=from_key))
+
+
+def _items(
+    cf: rocksdict.Rdict, *, backwards: bool = False, from_key: bytes | None = None
+) -> Iterator[tuple[bytes, bytes]]:
+    return cast("Iterator[tuple[bytes, bytes]]", cf.items(backwards=backwards, from_key=from_key))
+
+
+def _multi_get(cf: rocksdict.Rdict, seqs: list[int]) -> list[bytes | None]:
+    return cast("list[bytes | None]", cf.get([_SEQ.pack(s) for s in seqs]))
+
+
 def _is_lock_error(message: str) -> bool:
     # RocksDB: "IO error: While lock file: <path>/LOCK: Resource temporarily
     # unavailable" (other process) or "lock hold by current process" (this one).
@@ -583,7 +651,7 @@ class RocksStorage(_IndexedStorage):
             raise JournalError(msg)
         self._type_ids: dict[str, int] = {}
         self._type_names: dict[int, str] = {}
-        for key, value in self._meta.items(from_key=_META_TYPE):
+        for key, value in _items(self._meta, from_key=_META_TYPE):
             if not key.startswith(_META_TYPE):
                 break
             name = key[len(_META_TYPE) :].decode()
@@ -595,11 +663,11 @@ class RocksStorage(_IndexedStorage):
         skew = self._meta.get(_META_SKEW)
         self._skew = 0 if skew is None else _SEQ.unpack(skew)[0]
         self._last = 0
-        for key in self._db.keys(backwards=True):
+        for key in _keys(self._db, backwards=True):
             self._last = _SEQ.unpack(key)[0]
             break
         self._max_ts = None
-        for key in self._time_cf.keys(backwards=True):
+        for key in _keys(self._time_cf, backwards=True):
             self._max_ts = _TIME_KEY.unpack(key)[0] - _TS_BIAS
             break
 
@@ -721,7 +789,7 @@ class RocksStorage(_IndexedStorage):
     def first_sequence(self) -> int | None:
         """Return the lowest stored sequence, or None if empty.  Reads one key."""
         self._check_open()
-        for key in self._db.keys():
+        for key in _keys(self._db):
             return int(_SEQ.unpack(key)[0])
         return None
 
@@ -796,42 +864,39 @@ class RocksStorage(_IndexedStorage):
     def _known_types(self) -> Iterable[str]:
         return self._type_ids.keys()
 
-    def _type_seqs(self, event_type: str, low: int, descending: bool) -> Iterator[int]:
+    def _type_seqs(self, event_type: str, low: int, high: int, descending: bool) -> Iterator[int]:
         tid = self._type_ids[event_type]
-        if descending:
-            keys = self._type_cf.keys(backwards=True, from_key=_TYPE_KEY.pack(tid, _MAX_SEQ))
-            stop = _TYPE_KEY.pack(tid, low)
-            for key in keys:
-                if key < stop:
-                    return
-                yield _TYPE_KEY.unpack(key)[1]
-        else:
-            keys = self._type_cf.keys(from_key=_TYPE_KEY.pack(tid, low))
-            key_prefix = _TYPE_KEY.pack(tid, 0)[:4]
-            for key in keys:
-                if key[:4] != key_prefix:
-                    return
-                yield _TYPE_KEY.unpack(key)[1]
+        return self._index_seqs(self._type_cf, struct.pack(">I", tid), low, high, descending)
 
-    def _cid_seqs(self, cid: bytes, low: int, descending: bool) -> Iterator[int]:
+    def _cid_seqs(self, cid: bytes, low: int, high: int, descending: bool) -> Iterator[int]:
+        return self._index_seqs(self._cid_cf, cid, low, high, descending)
+
+    @staticmethod
+    def _index_seqs(
+        cf: rocksdict.Rdict, prefix: bytes, low: int, high: int, descending: bool
+    ) -> Iterator[int]:
+        """Yield the sequences of ``prefix + sequence`` keys with low <= sequence < high."""
+        # Bounds are checked here: rocksdict 0.3.29 ignores iterate_lower_bound.
+        first = prefix + _SEQ.pack(low)
+        size = len(prefix)
         if descending:
-            stop = cid + _SEQ.pack(low)
-            for key in self._cid_cf.keys(backwards=True, from_key=cid + _SEQ.pack(_MAX_SEQ)):
-                if key < stop:
+            for key in _keys(cf, backwards=True, from_key=prefix + _SEQ.pack(high - 1)):
+                if key < first:
                     return
-                yield _SEQ.unpack_from(key, _CID_LEN)[0]
+                yield _SEQ.unpack_from(key, size)[0]
         else:
-            for key in self._cid_cf.keys(from_key=cid + _SEQ.pack(low)):
-                if key[:_CID_LEN] != cid:
+            stop = prefix + _SEQ.pack(high) if high <= _MAX_SEQ else None
+            for key in _keys(cf, from_key=first):
+                if key[:size] != prefix or (stop is not None and key >= stop):
                     return
-                yield _SEQ.unpack_from(key, _CID_LEN)[0]
+                yield _SEQ.unpack_from(key, size)[0]
 
     def _time_entries(self, start: int, end: int, descending: bool) -> Iterator[tuple[int, int]]:
         first = _TIME_KEY.pack(max(start + _TS_BIAS, 0), 0)
         stop = _TIME_KEY.pack(min(end + _TS_BIAS, _MAX_SEQ), 0)
         if descending:
             # seek_for_prev lands on the last key <= from_key; stop is exclusive.
-            for key in self._time_cf.keys(backwards=True, from_key=stop):
+            for key in _keys(self._time_cf, backwards=True, from_key=stop):
                 if key >= stop:
                     continue
                 if key < first:
@@ -839,30 +904,28 @@ class RocksStorage(_IndexedStorage):
                 ts, seq = _TIME_KEY.unpack(key)
                 yield ts - _TS_BIAS, seq
         else:
-            for key in self._time_cf.keys(from_key=first):
+            for key in _keys(self._time_cf, from_key=first):
                 if key >= stop:
                     return
                 ts, seq = _TIME_KEY.unpack(key)
                 yield ts - _TS_BIAS, seq
 
-    def _primary_rows(self, low: int, descending: bool) -> Iterator[tuple[int, _Row]]:
+    def _primary_rows(self, low: int, high: int, descending: bool) -> Iterator[tuple[int, _Row]]:
         if descending:
-            items = self._db.items(backwards=True, from_key=_SEQ.pack(_MAX_SEQ))
+            items = _items(self._db, backwards=True, from_key=_SEQ.pack(high - 1))
         else:
-            items = self._db.items(from_key=_SEQ.pack(low))
+            items = _items(self._db, from_key=_SEQ.pack(low))
         for key, value in items:
             seq = _SEQ.unpack(key)[0]
-            if seq < low:
+            if not low <= seq < high:
                 return
             row = self._row(seq, value)
             if row is not None:
                 yield seq, row
 
     def _fetch_rows(self, seqs: list[int]) -> list[_Row | None]:
-        values = self._read(lambda: self._db.get([_SEQ.pack(s) for s in seqs]))
-        return [
-            None if v is None else self._row(s, v) for s, v in zip(seqs, values, strict=True)
-        ]
+        values = self._read(lambda: _multi_get(self._db, seqs))
+        return [None if v is None else self._row(s, v) for s, v in zip(seqs, values, strict=True)]
 
     # -- retention -------------------------------------------------------------
 
@@ -880,7 +943,7 @@ class RocksStorage(_IndexedStorage):
         deleted = 0
         while True:
             keys: list[bytes] = []
-            for key in self._time_cf.keys():
+            for key in _keys(self._time_cf):
                 if key >= stop or len(keys) >= _RETENTION_CHUNK:
                     break
                 keys.append(key)
@@ -908,7 +971,7 @@ class RocksStorage(_IndexedStorage):
         deleted = 0
         while (excess := self._count - max_events) > 0:
             seqs: list[int] = []
-            for key in self._db.keys():
+            for key in _keys(self._db):
                 if len(seqs) >= min(excess, _RETENTION_CHUNK):
                     break
                 seqs.append(_SEQ.unpack(key)[0])
@@ -919,9 +982,11 @@ class RocksStorage(_IndexedStorage):
             deleted += self._delete_records(batch, seqs, time_done=False)
         return deleted
 
-    def _delete_records(self, batch: rocksdict.WriteBatch, seqs: list[int], *, time_done: bool) -> int:
+    def _delete_records(
+        self, batch: rocksdict.WriteBatch, seqs: list[int], *, time_done: bool
+    ) -> int:
         """Add deletes of these sorted sequences and their index keys to ``batch``; write it."""
-        values = self._read(lambda: self._db.get([_SEQ.pack(s) for s in seqs]))
+        values = self._read(lambda: _multi_get(self._db, seqs))
         present = [(s, v) for s, v in zip(seqs, values, strict=True) if v is not None]
         # Runs of consecutive integers hold no other key: range-delete them.
         run_start = prev = -2

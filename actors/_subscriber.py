@@ -18,6 +18,7 @@ import asyncio
 import contextvars
 import inspect
 import logging
+import sys
 import time
 import traceback
 from collections.abc import Callable, Coroutine
@@ -28,15 +29,24 @@ from typing import TYPE_CHECKING, Any
 import pykka
 
 from actors._dispatcher import DispatchedActor, Dispatcher
+from actors._future import BusFuture
 from actors._mailbox import EventMailbox, OverflowStrategy
 from actors._messages import Relieved
 from actors._metrics import SubscriptionStatistics
+from actors._topics import Pattern
 
 if TYPE_CHECKING:
     from actors._bus import EventBus
     from actors._event import Event
 
-__all__ = ["DeadLetter", "Handler", "SubscriberActor", "Subscription", "current_event"]
+__all__ = [
+    "CatchUp",
+    "DeadLetter",
+    "Handler",
+    "SubscriberActor",
+    "Subscription",
+    "current_event",
+]
 
 logger = logging.getLogger("actors.subscriber")
 
@@ -93,6 +103,7 @@ class SubscriberActor(DispatchedActor):
         self.dead = 0
         self._inflight = False
         self._loop = loop
+        self.catchup: CatchUp | None = None
         self._call: Callable[[Event], Any]
         self._async_handler: Callable[[Event], Coroutine[Any, Any, Any]] | None = None
         if isinstance(handler, pykka.ActorRef):
@@ -115,6 +126,17 @@ class SubscriberActor(DispatchedActor):
     def _drain(self, throughput: int) -> None:
         if self._inflight:
             return
+        catchup = self.catchup
+        if catchup is not None:
+            page = catchup.take_page()
+            if page is not None:
+                self._deliver(page, history=True)
+            if not catchup.live:
+                if not catchup.waiting and not self._inflight:
+                    catchup.request()
+                return
+            if page is not None:
+                return  # the live lane waits for the next turn
         mailbox = self.actor_inbox
         batch, relieved = mailbox.take_events(throughput)
         if relieved:
@@ -124,31 +146,49 @@ class SubscriberActor(DispatchedActor):
         if not batch:
             mailbox.check_barriers()
             return
+        if catchup is not None and batch[0][0].sequence < catchup.position:  # type: ignore[operator]
+            # The first live events may overlap the history just read.
+            skipped = [b for b in batch if b[0].sequence < catchup.position]  # type: ignore[operator]
+            mailbox.finished_by_owner += len(skipped)
+            batch = batch[len(skipped) :]
+        self._deliver(batch, history=False)
+
+    def _deliver(self, batch: list[tuple[Event, float]], *, history: bool) -> None:
+        if not batch:
+            return
         if self._async_handler is not None:
             self._inflight = True
             assert self._loop is not None
             try:
-                fut = asyncio.run_coroutine_threadsafe(self._run_async(batch), self._loop)
+                fut = asyncio.run_coroutine_threadsafe(self._run_async(batch, history), self._loop)
             except RuntimeError:  # the loop is closed: nothing can run these
                 self._inflight = False
-                self._give_up(batch, RuntimeError("the handler's event loop is closed"))
+                self._give_up(batch, RuntimeError("the handler's event loop is closed"), history)
                 return
             fut.add_done_callback(self._async_done)
             return
-        self._run_sync(batch)
+        self._run_sync(batch, history)
 
-    def _run_sync(self, batch: list[tuple[Event, float]]) -> None:
+    def _batch_done(self, batch: list[tuple[Event, float]]) -> None:
+        catchup = self.catchup
+        if catchup is not None:
+            catchup.handled(batch[-1][0].sequence)  # type: ignore[arg-type]
+        self.actor_inbox.check_barriers()
+
+    def _run_sync(self, batch: list[tuple[Event, float]], history: bool = False) -> None:
         call = self._call
         mailbox = self.actor_inbox
         samples = self.bus._latency.samples
         perf = time.perf_counter
         now_wall = time.time()
+        count = 0 if history else 1
         for event, published_at in batch:
             if event.ttl is not None and event._expired_unix(now_wall):
                 self.expired += 1
-                mailbox.finished_by_owner += 1
+                mailbox.finished_by_owner += count
                 continue
-            samples.append(perf() - published_at)
+            if count:
+                samples.append(perf() - published_at)
             token = current_event.set(event)
             try:
                 call(event)
@@ -157,8 +197,8 @@ class SubscriberActor(DispatchedActor):
                 self._failed(event, exc, call)
             finally:
                 current_event.reset(token)
-            mailbox.finished_by_owner += 1
-        mailbox.check_barriers()
+            mailbox.finished_by_owner += count
+        self._batch_done(batch)
 
     def _failed(self, event: Event, exc: Exception, call: Callable[[Event], Any]) -> None:
         self.errors += 1
@@ -175,18 +215,20 @@ class SubscriberActor(DispatchedActor):
                 return
         self._dead_letter(event, exc, attempts)
 
-    async def _run_async(self, batch: list[tuple[Event, float]]) -> None:
+    async def _run_async(self, batch: list[tuple[Event, float]], history: bool) -> None:
         handler = self._async_handler
         assert handler is not None
         samples = self.bus._latency.samples
         mailbox = self.actor_inbox
         now_wall = time.time()
+        count = 0 if history else 1
         for event, published_at in batch:
             if event.ttl is not None and event._expired_unix(now_wall):
                 self.expired += 1
-                mailbox.finished_by_owner += 1
+                mailbox.finished_by_owner += count
                 continue
-            samples.append(time.perf_counter() - published_at)
+            if count:
+                samples.append(time.perf_counter() - published_at)
             token = current_event.set(event)
             try:
                 attempts = 0
@@ -204,7 +246,8 @@ class SubscriberActor(DispatchedActor):
                         break
             finally:
                 current_event.reset(token)
-            mailbox.finished_by_owner += 1
+            mailbox.finished_by_owner += count
+        self._batch_done(batch)
 
     def _async_done(self, fut: Any) -> None:
         if fut.exception() is not None:  # pragma: no cover - _run_async catches everything
@@ -214,17 +257,20 @@ class SubscriberActor(DispatchedActor):
         self.actor_inbox.wake()
 
     def _on_turn_end(self) -> bool:
-        return self._inflight
+        catchup = self.catchup
+        return self._inflight or (catchup is not None and catchup.waiting)
 
     def _after_park(self) -> None:
-        if not self._inflight:
+        catchup = self.catchup
+        if not self._inflight and (catchup is None or not catchup.waiting):
             self.actor_inbox.wake()
 
-    def _give_up(self, batch: list[tuple[Event, float]], exc: Exception) -> None:
+    def _give_up(self, batch: list[tuple[Event, float]], exc: Exception, history: bool) -> None:
         for event, _ in batch:
             self.errors += 1
             self._dead_letter(event, exc, 0)
-            self.actor_inbox.finished_by_owner += 1
+            if not history:
+                self.actor_inbox.finished_by_owner += 1
         self.actor_inbox.check_barriers()
 
     def _dead_letter(self, event: Event, exc: BaseException, attempts: int) -> None:
@@ -268,6 +314,121 @@ class SubscriberActor(DispatchedActor):
             expired=self.expired,
             dead_letters=self.dead,
         )
+
+
+class CatchUp:
+    """A catch-up (and durable) subscription's state: history first, then live.
+
+    As EventStoreDB's catch-up subscriptions do, it reads stored events page
+    by page until it reaches the journal's head, only then joins the router
+    (which tells it the first live sequence), reads the gap that opened
+    meanwhile, and goes live, skipping live events it already handled.  While
+    it joins, the mailbox is unbounded so the switch loses nothing; it gets
+    its capacity back once live.  Pages arrive through futures, so no
+    dispatcher thread waits on the journal.
+    """
+
+    PAGE = 512
+
+    def __init__(
+        self,
+        actor: SubscriberActor,
+        *,
+        start: int,
+        route: Any,
+        durable: str | None,
+        read: Callable[[int, int, BusFuture[Any]], None],
+        join: Callable[[Any, Callable[[int], None]], None],
+        save: Callable[[str, int], None],
+    ) -> None:
+        self.actor = actor
+        self.position = start  # next sequence to deliver
+        self.route = route
+        self.durable = durable
+        self._read = read
+        self._join = join
+        self._save = save
+        self.live = False
+        self.waiting = False
+        self.live_start: int | None = None
+        self._page: list[tuple[Event, float]] | None = None
+        self._capacity = actor.actor_inbox.capacity
+        self._matches = Pattern.parse(route.pattern).matches
+
+    def take_page(self) -> list[tuple[Event, float]] | None:
+        """Return the page that arrived (already filtered), if any."""
+        page, self._page = self._page, None
+        return page
+
+    def request(self) -> None:
+        """Ask for the next page, or join the router when history is exhausted."""
+        self.waiting = True
+        future: BusFuture[Any] = BusFuture()
+        future.add_done_callback(self._arrived)
+        self._read(self.position, self.PAGE, future)
+
+    def _arrived(self, future: BusFuture[Any]) -> None:
+        exc = future.exception()
+        if exc is not None:
+            logger.error("catch-up read of %s failed: %r", self.actor.sub_id, exc)
+            events: list[Event] = []
+        else:
+            events = future.get()
+        full = len(events) >= self.PAGE
+        if self.live_start is not None:
+            events = [e for e in events if e.sequence < self.live_start]  # type: ignore[operator]
+            full = full and len(events) >= self.PAGE
+        if events:
+            last = events[-1].sequence
+            predicate = self.route.predicate
+            pattern_ok = self._matches
+            page = [
+                (e, 0.0)
+                for e in events
+                if pattern_ok(e.event_type) and (predicate is None or _safe(predicate, e))
+            ]
+            self.position = last + 1  # type: ignore[operator]
+            if page:
+                self._page = page
+        if not full:
+            if self.live_start is None:
+                # History exhausted: join live delivery, then read the gap.
+                self.actor.actor_inbox.capacity = sys.maxsize
+                self._join(self.route, self._joined)
+                self.actor.actor_inbox.wake()  # deliver the last page meanwhile
+                return
+            self._go_live()
+        self.waiting = False
+        self.actor.actor_inbox.wake()
+
+    def _joined(self, live_start: int) -> None:
+        # Runs in the router's turn: the gap read it triggers is queued after
+        # every record of the events before ``live_start``.
+        self.live_start = live_start
+        future: BusFuture[Any] = BusFuture()
+        future.add_done_callback(self._arrived)
+        self._read(self.position, self.PAGE, future)
+
+    def _go_live(self) -> None:
+        self.live = True
+        self.actor.actor_inbox.capacity = self._capacity
+        if self.live_start is not None:
+            self.position = max(self.position, self.live_start)
+
+    def handled(self, sequence: int) -> None:
+        """Record progress after a batch (saves the durable checkpoint)."""
+        if sequence >= self.position:
+            self.position = sequence + 1
+        if self.durable is not None:
+            self._save(self.durable, sequence)
+
+
+def _safe(predicate: Callable[[Event], bool], event: Event) -> bool:
+    try:
+        return bool(predicate(event))
+    except Exception:
+        logger.exception("filter raised; event skipped")
+        return False
 
 
 class Subscription:

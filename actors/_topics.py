@@ -12,7 +12,9 @@ does it (every in-segment ``*`` but the last is an atomic lazy group), so a
 segment never backtracks catastrophically; ``{...}`` alternatives are expanded
 first, so each alternative may itself hold ``?``, ``*`` and classes.
 ``**`` is matched by a set-of-states walk, never by backtracking, so the cost
-is at most (pattern segments) x (type segments).
+is at most (pattern segments) x (type segments).  The trie indexes literal
+children by text and glob children by their literal leads, so subscriptions
+that cannot match are not visited.
 """
 
 from __future__ import annotations
@@ -117,6 +119,7 @@ class _Segment:
     test: Callable[[str], object]  # truthy when one type segment matches
     wildcard_led: bool  # starts with a wildcard, so never matches a leading "$" segment
     lead: str  # literal text every matching segment starts with
+    leads: tuple[str, ...] = ("",)  # each {a,b} variant's literal lead: the trie's index keys
 
 
 def _parse_segment(text: str, pattern: str) -> _Segment:
@@ -136,14 +139,20 @@ def _parse_segment(text: str, pattern: str) -> _Segment:
     variants = _expand(_tokenize(text, pattern), text, pattern)
     regex = "|".join(dict.fromkeys(_translate(variant) for variant in variants))
     fullmatch = re.compile(f"(?:{regex})", re.DOTALL).fullmatch
-    return _Segment(_GLOB, text, fullmatch, text[0] in _WILDCARD_LEAD, _common_lead(variants))
-
-
-def _common_lead(variants: list[list[_Token]]) -> str:
-    """Return the literal text that every variant starts with."""
     leads = [
         "".join(t[1] for t in itertools.takewhile(lambda t: t[0] == "lit", v)) for v in variants
     ]
+    return _Segment(
+        _GLOB,
+        text,
+        fullmatch,
+        text[0] in _WILDCARD_LEAD,
+        _common_prefix(leads),
+        tuple(dict.fromkeys(leads)),
+    )
+
+
+def _common_prefix(leads: list[str]) -> str:
     shortest = min(leads, key=len)
     for index, char in enumerate(shortest):
         if any(lead[index] != char for lead in leads):
@@ -385,19 +394,63 @@ def _walk(segments: tuple[_Segment, ...], parts: list[str]) -> bool:
 T = TypeVar("T")
 
 
+_GlobChild = tuple[_Segment, "_Node[T]"]
+
+
 class _Node(Generic[T]):
-    __slots__ = ("entries", "globs", "globstar", "literal", "loop", "star")
+    __slots__ = (
+        "entries",
+        "glob_index",
+        "globs",
+        "globstar",
+        "lead_lengths",
+        "literal",
+        "loop",
+        "star",
+    )
 
     def __init__(self, *, loop: bool = False) -> None:
         self.literal: dict[str, _Node[T]] = {}
         self.star: _Node[T] | None = None
         self.globstar: _Node[T] | None = None
-        self.globs: dict[str, tuple[_Segment, _Node[T]]] = {}
+        self.globs: dict[str, _GlobChild[T]] = {}  # by segment text
+        # Glob children by literal lead, so a segment is tested only against
+        # globs whose lead it starts with: one lookup per distinct lead length.
+        self.glob_index: dict[str, list[_GlobChild[T]]] = {}
+        self.lead_lengths: tuple[int, ...] = ()  # ascending
         self.entries: list[tuple[int, Pattern, T]] = []  # (add order, pattern, value)
         self.loop = loop  # reached through "**": consumes any segment and stays
 
     def is_empty(self) -> bool:
         return not (self.entries or self.literal or self.star or self.globstar or self.globs)
+
+    def add_glob(self, segment: _Segment, child: _Node[T]) -> None:
+        self.globs[segment.text] = (segment, child)
+        for lead in segment.leads:
+            self.glob_index.setdefault(lead, []).append((segment, child))
+        self.lead_lengths = tuple(sorted({len(lead) for lead in self.glob_index}))
+
+    def drop_glob(self, segment: _Segment) -> None:
+        del self.globs[segment.text]
+        for lead in segment.leads:
+            bucket = [glob for glob in self.glob_index[lead] if glob[0].text != segment.text]
+            if bucket:
+                self.glob_index[lead] = bucket
+            else:
+                del self.glob_index[lead]
+        self.lead_lengths = tuple(sorted({len(lead) for lead in self.glob_index}))
+
+    def glob_children(self, part: str, *, reserved: bool = False) -> list[_Node[T]]:
+        """Return the glob children matching ``part`` (literal-led ones only if ``reserved``)."""
+        found: list[_Node[T]] = []
+        size = len(part)
+        for length in self.lead_lengths:
+            if length > size:
+                break
+            for segment, child in self.glob_index.get(part[:length], ()):
+                if (not reserved or not segment.wildcard_led) and segment.test(part):
+                    found.append(child)
+        return found
 
 
 class _Resolved(dict[str, tuple[T, ...]]):
@@ -519,11 +572,10 @@ def _resolve(root: _Node[T], event_type: str) -> tuple[T, ...]:
             states[child] = None
             if child.globstar is not None:
                 states[child.globstar] = None
-        for segment, child in root.globs.values():
-            if not segment.wildcard_led and segment.test(first):
-                states[child] = None
-                if child.globstar is not None:
-                    states[child.globstar] = None
+        for child in root.glob_children(first, reserved=True) if root.globs else ():
+            states[child] = None
+            if child.globstar is not None:
+                states[child.globstar] = None
     else:
         states[root] = None
         if root.globstar is not None:
@@ -546,13 +598,15 @@ def _resolve(root: _Node[T], event_type: str) -> tuple[T, ...]:
                 if child.globstar is not None:
                     following[child.globstar] = None
             if node.globs:
-                for segment, child in node.globs.values():
-                    if segment.test(part):
-                        following[child] = None
-                        if child.globstar is not None:
-                            following[child.globstar] = None
+                for child in node.glob_children(part):
+                    following[child] = None
+                    if child.globstar is not None:
+                        following[child.globstar] = None
         states = following
-    entries = [entry for node in states if node.entries for entry in node.entries]
+    entries: list[tuple[int, Pattern, T]] = []
+    for node in states:
+        if node.entries:
+            entries += node.entries
     if len(entries) <= 1:
         return (entries[0][2],) if entries else ()
     entries.sort()  # the add counter comes first and is unique: patterns are never compared
@@ -577,7 +631,7 @@ def _child(node: _Node[T], segment: _Segment) -> _Node[T]:
     elif segment.kind == _GLOBSTAR:
         node.globstar = child
     else:
-        node.globs[segment.text] = (segment, child)
+        node.add_glob(segment, child)
     return child
 
 
@@ -600,4 +654,4 @@ def _drop_child(node: _Node[T], segment: _Segment) -> None:
     elif segment.kind == _GLOBSTAR:
         node.globstar = None
     else:
-        del node.globs[segment.text]
+        node.drop_glob(segment)

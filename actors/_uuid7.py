@@ -2,7 +2,8 @@
 
 Layout of the 128 bits::
 
-    unix_ts_ms (48) | ver=7 (4) | counter[41:30] (12) | var=0b10 (2) | counter[29:0] (30) | random (32)
+    unix_ts_ms (48) | ver=7 (4) | counter[41:30] (12)
+    | var=0b10 (2) | counter[29:0] (30) | random (32)
 
 ``counter`` is the 42-bit "fixed bit-length dedicated counter" of RFC 9562
 section 6.2, method 1: each new millisecond seeds it with 41 random bits (the
@@ -28,7 +29,7 @@ import uuid
 
 __all__ = ["uuid7", "uuid_from_int"]
 
-_rng = random.Random(os.urandom(32))  # noqa: S311 - uniqueness, not secrecy
+_rng = random.Random(os.urandom(32))  # uniqueness, not secrecy
 
 
 def _reseed() -> None:

@@ -470,3 +470,36 @@ def test_non_matching_literal_subscriptions_are_never_visited() -> None:
     assert len(trie._root.literal) == 5_001
     assert trie._root.star is None
     assert not trie._root.globs
+
+
+def test_non_matching_globs_are_skipped_by_their_lead() -> None:
+    trie: TopicTrie[int] = TopicTrie()
+    for index in range(2_000):
+        trie.add(Pattern.parse(f"svc{index}?.event"), index)
+        trie.add(Pattern.parse(f"user.x{index}y*"), index)
+    trie.add(Pattern.parse("user.{login,logout}"), -1)
+    trie.add(Pattern.parse("user.?ogin"), -2)
+    user = trie._root.literal["user"]
+    assert len(user.lead_lengths) <= 6  # "", "x0y".."x1999y", "login", "logout"
+    assert trie.match("user.login") == (-1, -2)
+    assert trie.match("user.x17yz") == (17,)
+    assert trie.match("svc12a.event") == (12,)
+    assert trie.remove(Pattern.parse("user.{login,logout}"), -1)
+    assert "logout" not in user.glob_index
+    assert trie.match("user.login") == (-2,)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "yes", "no"),
+    [
+        ("a.**.b", ["a.b", "a.x.b", "a.x.y.b"], ["a.x.c"]),
+        ("**.x.**", ["x", "a.x", "x.b", "a.x.b"], ["a.b"]),
+        ("user.log*", ["user.log", "user.login", "user.logout"], ["user.login.x"]),
+        ("v[0-9].*", ["v1.ready"], ["vx.ready"]),
+        ("$bus.**", ["$bus.deadletter", "$bus.backpressure.started"], ["bus.deadletter"]),
+    ],
+)
+def test_docs_table(pattern: str, yes: list[str], no: list[str]) -> None:
+    parsed = Pattern.parse(pattern)
+    assert all(parsed.matches(t) for t in yes)
+    assert not any(parsed.matches(t) for t in no)

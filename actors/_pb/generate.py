@@ -113,7 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     committed = _generated_files(OUT_DIR)
     if args.check:
         stale = sorted(
-            name for name in fresh.keys() | committed.keys() if fresh.get(name) != committed.get(name)
+            name
+            for name in fresh.keys() | committed.keys()
+            if fresh.get(name) != committed.get(name)
         )
         if stale:
             print("generated protobuf code is stale; run `make proto`:", file=sys.stderr)
