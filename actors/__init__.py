@@ -9,8 +9,8 @@ from __future__ import annotations
 import logging
 
 from actors._async import AsyncEventBus, EventStream
-from actors._bus import EventBus
-from actors._config import EventConfig
+from actors._bus import EventBus, PersistentEventBus
+from actors._config import EventConfig, NodeConfig
 from actors._dispatcher import DispatchedActor, Dispatcher
 from actors._errors import (
     BackpressureError,
@@ -29,6 +29,7 @@ from actors._filter import EventFilter
 from actors._future import BusFuture, FutureTimeoutError
 from actors._mailbox import OverflowStrategy
 from actors._metrics import BusMetrics, SubscriptionStatistics
+from actors._query import EventQuery
 from actors._subscriber import DeadLetter, Subscription
 from actors._topics import Pattern
 from actors._trace import Trace
@@ -49,14 +50,17 @@ __all__ = [
     "EventBusError",
     "EventConfig",
     "EventFilter",
+    "EventQuery",
     "EventStream",
     "FutureTimeoutError",
     "InvalidEventError",
     "InvalidPatternError",
     "JournalError",
     "JournalLockedError",
+    "NodeConfig",
     "OverflowStrategy",
     "Pattern",
+    "PersistentEventBus",
     "RateLimitedError",
     "Subscription",
     "SubscriptionStatistics",

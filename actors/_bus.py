@@ -23,12 +23,12 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import replace
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pykka
 from pykka import ActorRegistry
 
-from actors._config import EventConfig
+from actors._config import EventConfig, NodeConfig
 from actors._correlator import CorrelationActor
 from actors._dispatcher import Dispatcher
 from actors._errors import (
@@ -72,9 +72,12 @@ from actors._subscriber import (
 from actors._topics import Pattern, is_reserved
 from actors._trace import Trace
 
-__all__ = ["EventBus"]
+__all__ = ["EventBus", "PersistentEventBus"]
 
 logger = logging.getLogger("actors.bus")
+
+if TYPE_CHECKING:
+    from actors._bridge import Bridge
 
 _sub_ids = itertools.count(1)
 
@@ -105,9 +108,18 @@ class EventBus:
     ``BusClosedError``.
     """
 
-    def __init__(self, config: EventConfig | None = None, *, name: str | None = None) -> None:
+    def __init__(
+        self,
+        config: EventConfig | None = None,
+        *,
+        name: str | None = None,
+        node: NodeConfig | None = None,
+    ) -> None:
         self.config = config or EventConfig()
+        if node is not None:
+            name = node.name
         self.name = name
+        self.node = node
         cfg = self.config
         self._closed = False
         self._close_lock = threading.Lock()
@@ -168,6 +180,21 @@ class EventBus:
             )
         )
         self._router_mailbox = self._router.actor_inbox
+        self._bridge: Bridge | None = None
+        if node is not None:
+            from actors._bridge import Bridge  # the only module that imports zmq
+
+            try:
+                self._bridge = Bridge(self, node)
+            except BaseException:
+                self._stop_actors(wait=True, timeout=10)
+                raise
+            self._router.add_recorder(self._bridge.mailbox)
+            self._router.route_listeners.append(self._bridge.on_local_patterns)
+
+    def _inject(self, event: Event) -> None:
+        """Route an event that arrived from a peer (never blocks, never rejected)."""
+        self._router_mailbox.put(Publish(event, None, time.perf_counter(), internal=True))
 
     # -- publishing ------------------------------------------------------------------
 
@@ -520,19 +547,30 @@ class EventBus:
         future: BusFuture[Any] = BusFuture()
         self._router_mailbox.put(GetCorrelated(correlation_id, future))
         events, complete = future.get(timeout=timeout)
+        result = list(events or [])
         if not complete and self._journal is not None:
             stored = self.query(EventQuery(correlation_id=correlation_id), timeout=timeout)
-            return _merge(stored, events or [])
-        return list(events or [])
+            result = _merge(stored, result)
+        if self._bridge is not None:
+            result = _merge(result, self._bridge.remote_correlated(correlation_id, timeout))
+        return result
 
-    def query(self, query: EventQuery, *, timeout: float | None = 30.0) -> list[Event]:
+    def query(
+        self, query: EventQuery, *, node: str | None = None, timeout: float | None = 30.0
+    ) -> list[Event]:
         """Return the stored events ``query`` selects (sees every earlier publish).
 
-        Cost grows with the result, not the journal.  Raises
-        ``EventBusError`` on a bus without a journal, ``JournalError`` if the
-        read fails, ``FutureTimeoutError`` after ``timeout``.
+        Cost grows with the result, not the journal.  ``node`` sends the
+        query to that connected peer instead.  Raises ``EventBusError`` on a
+        bus without a journal, ``JournalError`` if the read fails,
+        ``BridgeError`` if the peer cannot answer, ``FutureTimeoutError``
+        after ``timeout``.
         """
         self._check_open()
+        if node is not None and node != self.name:
+            if self._bridge is None:
+                raise EventBusError("this bus is not connected to other nodes")
+            return self._bridge.remote_query(node, query, timeout)
         journal = self._require_journal()
         future: BusFuture[list[Event]] = BusFuture()
         self._router_mailbox.put(Forward(journal.actor_inbox, ReadJournal(query, future)))
@@ -646,6 +684,8 @@ class EventBus:
             self._subs.clear()
         # Subscribers, router and correlation first; the journal last, so the
         # router's final records reach it.  The journal closes its storage.
+        if self._bridge is not None:
+            self._bridge.close(timeout if wait else 0)
         first = [a.actor_ref for a in subs] + [self._router.actor_ref, self._correlation.actor_ref]
         self._stop_refs(first, wait, timeout)
         if self._journal is not None:
@@ -765,3 +805,19 @@ def _merge(stored: Sequence[Event], live: Sequence[Event]) -> list[Event]:
     for e in live:
         seen.setdefault(e.id, e)
     return sorted(seen.values(), key=lambda e: (e.sequence or 0, e.timestamp))
+
+
+class PersistentEventBus(EventBus):
+    """An ``EventBus`` whose events persist to a RocksDB journal.
+
+    Requires ``EventConfig.persistence_path``.  Raises ``JournalLockedError``
+    when another process holds the journal, ``JournalError`` when it cannot
+    be opened.
+    """
+
+    def __init__(
+        self, config: EventConfig, *, name: str | None = None, node: NodeConfig | None = None
+    ) -> None:
+        if config is None or config.persistence_path is None:
+            raise ValueError("PersistentEventBus needs EventConfig(persistence_path=...)")
+        super().__init__(config, name=name, node=node)

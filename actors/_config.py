@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from actors._mailbox import OverflowStrategy
 
-__all__ = ["EventConfig"]
+__all__ = ["EventConfig", "NodeConfig"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,3 +56,36 @@ class EventConfig:
             raise ValueError("threads must be >= 1")
         if not isinstance(self.overflow, OverflowStrategy):
             raise ValueError(f"overflow must be an OverflowStrategy, not {self.overflow!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    """Join this bus to others over ZeroMQ (see ``docs/cluster.md``).
+
+    ``name`` identifies the node (it becomes every local event's ``origin``);
+    ``listen`` is the endpoint peers connect to (``tcp://127.0.0.1:5701``,
+    ``ipc:///tmp/a.sock``); ``peers`` are the endpoints of other nodes or of a
+    ``Broker``.  With ``curve_secret_key`` (and its public key) set, the node
+    speaks CURVE and accepts only the ``authorized_keys`` it is given.
+    """
+
+    name: str
+    listen: str | None = None
+    peers: tuple[str, ...] = ()
+    curve_public_key: bytes | None = None
+    curve_secret_key: bytes | None = None
+    authorized_keys: tuple[bytes, ...] = ()
+    peer_public_keys: dict[str, bytes] = field(default_factory=dict)
+    heartbeat_interval: float = 1.0
+    heartbeat_timeout: float = 5.0
+    batch_size: int = 256
+    max_frame_bytes: int = 16 * 1024 * 1024
+    recovery_ring: int = 100_000
+
+    def __post_init__(self) -> None:
+        if not self.name or any(c.isspace() for c in self.name):
+            raise ValueError(f"node name must be non-empty without whitespace: {self.name!r}")
+        if not isinstance(self.peers, tuple):
+            object.__setattr__(self, "peers", tuple(self.peers))
+        if not isinstance(self.authorized_keys, tuple):
+            object.__setattr__(self, "authorized_keys", tuple(self.authorized_keys))

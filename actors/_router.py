@@ -108,7 +108,9 @@ class RouterActor(DispatchedActor):
         self.rejected = 0
         self.meter = RateMeter()
         self.removed_totals = [0, 0]  # dropped, delivered of unsubscribed routes
-        self.on_backpressure: Callable[[Event], None] | None = None
+        # Told the local patterns after every change (the bridge forwards them
+        # to peers as subscriptions).  Called on the router's thread.
+        self.route_listeners: list[Callable[[list[str]], None]] = []
 
     # -- wiring -------------------------------------------------------------
 
@@ -124,7 +126,7 @@ class RouterActor(DispatchedActor):
 
     def _on_message(self, message: Any) -> None:
         if type(message) is Publish:
-            self._route(message.event, message.future, message.published_at)
+            self._route(message.event, message.future, message.published_at, message.internal)
         elif type(message) is PublishBatch:
             self._route_batch(message)
         elif type(message) is Subscribe:
@@ -171,13 +173,24 @@ class RouterActor(DispatchedActor):
                 )
                 return
 
-    def _route(self, event: Event, future: BusFuture[Event] | None, published_at: float) -> bool:
-        """Route one event; return False if the router parked on a full BLOCK mailbox."""
+    def _route(
+        self,
+        event: Event,
+        future: BusFuture[Event] | None,
+        published_at: float,
+        internal: bool = False,
+    ) -> bool:
+        """Route one event; return False if the router parked on a full BLOCK mailbox.
+
+        ``internal`` events (the bus's own, and events from peers, which their
+        origin already accepted) skip the REJECT/BLOCK check: a full strict
+        mailbox drops its oldest event for them instead.
+        """
         targets = self._trie.match(event.event_type)
         if targets:
             if any(r.predicate is not None for r in targets):
                 targets = tuple(r for r in targets if r.predicate is None or _passes(r, event))
-            if self._strict:
+            if self._strict and not internal:
                 for route in targets:
                     if route.strict and not route.mailbox.has_room():
                         if route.mailbox.overflow is OverflowStrategy.REJECT:
@@ -265,6 +278,7 @@ class RouterActor(DispatchedActor):
         if message.on_subscribed is not None:
             # Tells a catch-up subscription where live delivery starts.
             message.on_subscribed(self.next_sequence)
+        self._routes_changed()
 
     def _unsubscribe(self, sub_id: str) -> None:
         entry = self._routes.pop(sub_id, None)
@@ -276,6 +290,17 @@ class RouterActor(DispatchedActor):
             self._strict -= 1
         if self._blocked_on is route:
             self._unblock()
+        self._routes_changed()
+
+    def _routes_changed(self) -> None:
+        if not self.route_listeners:
+            return
+        patterns = sorted({r.pattern for r, _ in self._routes.values() if not r.remote})
+        for listener in self.route_listeners:
+            try:
+                listener(patterns)
+            except Exception:
+                logger.exception("route listener failed")
 
     # -- flush ----------------------------------------------------------------
 

@@ -1,0 +1,182 @@
+"""Child process for the journal durability tests (``tests/test_durability.py``).
+
+Run as ``python tests/_journal_child.py MODE PATH [ARGS...]``.  Every line it
+prints is flushed at once, so the parent can act on it (e.g. kill -9) and know
+exactly what the child had acknowledged.  Modes:
+
+``sync-writer PATH THREADS``
+    Open a ``durability="sync"`` bus and publish forever from ``THREADS``
+    threads, each waiting for its publish future; print ``ack SEQ ID`` as soon
+    as a future resolves.  Runs until killed.
+``async-writer PATH N``
+    Open an ``async`` bus, publish ``N`` events, ``flush()``, print
+    ``flushed LAST_SEQ``, then keep publishing (printing ``ack SEQ ID`` for
+    each resolved future) until killed.
+``try-open PATH``
+    Try to open the journal; print ``opened`` or ``error CLASSNAME MESSAGE``.
+``hold PATH``
+    Open the journal, print ``opened``, then read commands from stdin:
+    ``publish`` (publish one event, print ``ack SEQ``) or ``close``.
+``fill PATH PAYLOAD_BYTES MAX``
+    Publish events of ``PAYLOAD_BYTES`` each, one at a time, printing
+    ``ack SEQ ID`` or ``error I CLASSNAME`` for each, until ``MAX`` attempts or
+    10 errors; then print ``closing``, close the bus and print ``closed``.
+``durable PATH NAME BLOCK_AT EXTRA``
+    Subscribe durably as ``NAME`` to ``job.*`` (from sequence 1 the first
+    time), publish ``EXTRA`` ``job.run`` events one at a time, each after the
+    previous one was handled, and print ``handled SEQ`` per handled event.
+    If ``BLOCK_AT`` > 0, the handler of the ``BLOCK_AT``-th event published
+    here blocks forever after printing ``blocking SEQ``; the main thread then
+    runs a journal query as a barrier (so every earlier checkpoint is written)
+    and prints ``barrier``.  Otherwise it closes the bus and prints ``done``.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import uuid
+from typing import TYPE_CHECKING
+
+from actors import EventBus, EventConfig, EventQuery
+
+if TYPE_CHECKING:
+    from actors import Event
+
+_print_lock = threading.Lock()
+
+
+def say(*parts: object) -> None:
+    """Print one line and flush it at once (the parent may kill us right after)."""
+    with _print_lock:
+        sys.stdout.write(" ".join(str(p) for p in parts) + "\n")
+        sys.stdout.flush()
+
+
+def sync_writer(path: str, threads: int) -> None:
+    bus = EventBus(EventConfig(persistence_path=path, durability="sync"))
+
+    def loop(worker: int) -> None:
+        i = 0
+        while True:
+            i += 1
+            event = bus.publish("load.sync", {"worker": worker, "i": i}).get(timeout=30)
+            say("ack", event.sequence, event.id)
+
+    workers = [threading.Thread(target=loop, args=(w,), daemon=True) for w in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+
+
+def async_writer(path: str, n: int) -> None:
+    bus = EventBus(EventConfig(persistence_path=path, durability="async"))
+    futures = [bus.publish("load.async", {"i": i}) for i in range(n)]
+    bus.flush(timeout=60)
+    say("flushed", futures[-1].get(timeout=30).sequence)
+    i = n
+    while True:
+        i += 1
+        event = bus.publish("load.async", {"i": i}).get(timeout=30)
+        say("ack", event.sequence, event.id)
+
+
+def try_open(path: str) -> None:
+    try:
+        bus = EventBus(EventConfig(persistence_path=path))
+    except Exception as exc:
+        say("error", type(exc).__name__, str(exc).replace("\n", " "))
+        return
+    say("opened")
+    bus.close()
+
+
+def hold(path: str) -> None:
+    bus = EventBus(EventConfig(persistence_path=path, durability="sync"))
+    say("opened")
+    for line in sys.stdin:
+        command = line.strip()
+        if command == "publish":
+            say("ack", bus.publish("hold.event", {"from": "child"}).get(timeout=30).sequence)
+        elif command == "close":
+            break
+    bus.close()
+    say("closed")
+
+
+def fill(path: str, payload_bytes: int, attempts: int) -> None:
+    bus = EventBus(EventConfig(persistence_path=path, durability="sync"))
+    payload = "x" * payload_bytes
+    errors = 0
+    for i in range(attempts):
+        try:
+            event = bus.publish("fill.event", {"i": i, "p": payload}).get(timeout=30)
+        except Exception as exc:
+            errors += 1
+            say("error", i, type(exc).__name__)
+            if errors >= 10:
+                break
+        else:
+            say("ack", event.sequence, event.id)
+    say("closing")
+    bus.close(timeout=30)
+    say("closed")
+
+
+def durable(path: str, name: str, block_at: int, extra: int) -> None:
+    bus = EventBus(EventConfig(persistence_path=path))
+    handled = threading.Event()
+    blocked = threading.Event()
+    never = threading.Event()
+    run = uuid.uuid4().hex  # marks the events this run publishes
+
+    def handler(event: Event) -> None:
+        if block_at and event.data == {"n": block_at, "run": run}:
+            say("blocking", event.sequence)
+            blocked.set()
+            never.wait()
+        say("handled", event.sequence)
+        handled.set()
+
+    bus.subscribe("job.*", handler, durable=name, from_sequence=1)
+    bus.flush(timeout=60)  # history handled first
+    for n in range(1, extra + 1):
+        handled.clear()
+        bus.publish("job.run", {"n": n, "run": run}).get(timeout=30)
+        if n == block_at:
+            if not blocked.wait(timeout=60):
+                say("never-blocked")
+                return
+            # A journal read is queued behind every checkpoint the subscriber
+            # saved before it started this event, so they are written now.
+            bus.query(EventQuery(limit=1))
+            say("barrier")
+            never.wait()
+        if not handled.wait(timeout=60):
+            say("stuck", n)
+            return
+    bus.close(timeout=60)
+    say("done")
+
+
+def main(argv: list[str]) -> None:
+    mode, path, *rest = argv
+    if mode == "sync-writer":
+        sync_writer(path, int(rest[0]))
+    elif mode == "async-writer":
+        async_writer(path, int(rest[0]))
+    elif mode == "try-open":
+        try_open(path)
+    elif mode == "hold":
+        hold(path)
+    elif mode == "fill":
+        fill(path, int(rest[0]), int(rest[1]))
+    elif mode == "durable":
+        durable(path, rest[0], int(rest[1]), int(rest[2]))
+    else:
+        raise SystemExit(f"unknown mode {mode!r}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
