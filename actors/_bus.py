@@ -219,8 +219,9 @@ class EventBus:
             self._rate_limited += 1
             raise RateLimitedError(f"rate limit of {self._bucket.rate:g} events/s exceeded")
         future: BusFuture[Event] = BusFuture()
+        owned = event is not event_or_type
         if not self._router_mailbox.put_blocking(
-            Publish(event, future, time.perf_counter()), self.config.block_timeout
+            Publish(event, future, time.perf_counter(), False, owned), self.config.block_timeout
         ):
             self._router.rejected += 1
             raise BackpressureError(

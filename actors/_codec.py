@@ -7,8 +7,8 @@ Pure functions; the schema is ``proto/llmspell/events/v1/events.proto``.
   every ``datetime`` round-trips exactly.
 - ``data`` is compact, ASCII-escaped JSON (``null`` for None).  JSON keeps ints
   and floats distinct and exact.  An empty ``data_json`` decodes as None.
-- Map entries are written in sorted key order, so equal events encode to equal
-  bytes.
+- Bytes are deterministic (map entries sorted by key), so equal events encode
+  to equal bytes.
 - ``EventBatch`` bytes are the concatenation of each event's bytes behind a
   field tag and length, so a batch encodes every event exactly once.
 
@@ -23,15 +23,16 @@ import json.encoder
 import json.scanner
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from types import MappingProxyType
+from typing import Any
 
-from actors import _event
 from actors._errors import InvalidEventError
+from actors._event import EMPTY_METADATA, Event, _build
+from actors._event import check_data as _check_data
+from actors._event import check_event_type as _check_event_type
+from actors._event import check_ttl as _check_ttl
 from actors._pb.llmspell.events.v1 import events_pb2
 from actors._uuid7 import uuid_from_int
-
-if TYPE_CHECKING:
-    from actors._event import Event
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -50,6 +51,7 @@ _PbEvent: Any = events_pb2.Event
 _PbBatch: Any = events_pb2.EventBatch
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
+_timedelta = timedelta
 _NULL = b"null"
 
 
@@ -108,73 +110,89 @@ def event_to_message(event: Event) -> Any:
     Raise ``InvalidEventError`` if a field cannot be encoded (``data`` mutated
     into a non-JSON value, or an unvalidated ``_with`` change).
     """
-    data = event.data
-    cid = event.correlation_id
-    caid = event.causation_id
-    metadata = event.metadata
     try:
-        return _PbEvent(
+        data = event.data
+        stamp = event.timestamp - _EPOCH
+        # Defaults stay unset: fewer upb calls, and proto3 omits them anyway.
+        message = _PbEvent(
             schema_version=SCHEMA_VERSION,
             event_type=event.event_type,
             id=event.id.int.to_bytes(16),
-            timestamp_us=(event.timestamp - _EPOCH) // _US,
+            timestamp_us=(stamp.days * 86_400 + stamp.seconds) * 1_000_000 + stamp.microseconds,
             data_json=_NULL if data is None else _dumps(data).encode(),
-            correlation_id=None if cid is None else cid.int.to_bytes(16),
-            causation_id=None if caid is None else caid.int.to_bytes(16),
-            source=event.source,
-            target=event.target,
-            tags=event.tags,
-            priority=event.priority,
-            ttl=event.ttl,
             language=event.language,
-            metadata=dict(sorted(metadata.items())) if metadata else None,
-            sequence=event.sequence,
-            origin=event.origin,
         )
+        if (value := event.correlation_id) is not None:
+            message.correlation_id = value.int.to_bytes(16)
+        if (value := event.causation_id) is not None:
+            message.causation_id = value.int.to_bytes(16)
+        if (value := event.source) is not None:
+            message.source = value
+        if (value := event.target) is not None:
+            message.target = value
+        if value := event.tags:
+            message.tags.extend(value)
+        if value := event.priority:
+            message.priority = value
+        if (value := event.ttl) is not None:
+            message.ttl = value
+        if value := event.metadata:
+            message.metadata.update(value)
+        if (value := event.sequence) is not None:
+            message.sequence = value
+        if (value := event.origin) is not None:
+            message.origin = value
     except (TypeError, ValueError, OverflowError, RecursionError, AttributeError) as exc:
         raise InvalidEventError(f"cannot encode event {event.id}: {exc}") from exc
+    return message
 
 
 def encode_event(event: Event) -> bytes:
     """Return the protobuf bytes of ``event``; raise ``InvalidEventError`` if it cannot."""
-    return event_to_message(event).SerializeToString()  # type: ignore[no-any-return]
+    # deterministic: map entries sorted by key, so equal events give equal bytes.
+    return event_to_message(event).SerializeToString(deterministic=True)  # type: ignore[no-any-return]
 
 
 def message_to_event(message: Any) -> Event:
     """Return the event a protobuf ``Event`` message describes.
 
     Raise ``InvalidEventError`` if the schema version is not ``SCHEMA_VERSION``
-    or any field is invalid.
+    or any field is invalid.  Fields whose type and range protobuf already
+    guarantees (UTF-8 strings, 64-bit integers) are not checked again.
     """
+    version = message.schema_version
+    if version != SCHEMA_VERSION:
+        raise InvalidEventError(f"unsupported schema_version {version}")
+    raw_id = message.id
+    if len(raw_id) != 16:
+        raise InvalidEventError(f"id must be 16 bytes, not {len(raw_id)}")
     try:
-        version = message.schema_version
-        if version != SCHEMA_VERSION:
-            raise InvalidEventError(f"unsupported schema_version {version}")
-        raw_id = message.id
-        if len(raw_id) != 16:
-            raise InvalidEventError(f"id must be 16 bytes, not {len(raw_id)}")
         data_json = message.data_json
-        return _event.Event(
-            event_type=message.event_type,
-            data=_loads(data_json.decode()) if data_json and data_json != _NULL else None,
-            id=uuid_from_int(int.from_bytes(raw_id)),
-            timestamp=_EPOCH + timedelta(microseconds=message.timestamp_us),
-            correlation_id=_optional_uuid("correlation_id", message.correlation_id),
-            causation_id=_optional_uuid("causation_id", message.causation_id),
-            source=message.source if message.HasField("source") else None,
-            target=message.target if message.HasField("target") else None,
-            tags=tuple(message.tags),
-            priority=message.priority,
-            ttl=message.ttl if message.HasField("ttl") else None,
-            language=message.language,
-            metadata=dict(message.metadata),
-            sequence=message.sequence if message.HasField("sequence") else None,
-            origin=message.origin if message.HasField("origin") else None,
-        )
-    except InvalidEventError:
-        raise
+        data = _loads(data_json.decode()) if data_json and data_json != _NULL else None
+        timestamp = _EPOCH + _timedelta(0, 0, message.timestamp_us)
     except (ValueError, OverflowError, RecursionError) as exc:  # bad JSON, timestamp
         raise InvalidEventError(f"invalid event: {exc}") from exc
+    _check_data(data)
+    tags = message.tags
+    metadata = message.metadata
+    which = message.WhichOneof  # proto3 ``optional`` fields are synthetic oneofs
+    return _build(
+        _check_event_type(message.event_type),
+        data,
+        uuid_from_int(int.from_bytes(raw_id)),
+        timestamp,
+        _optional_uuid("correlation_id", message.correlation_id),
+        _optional_uuid("causation_id", message.causation_id),
+        message.source if which("_source") else None,
+        message.target if which("_target") else None,
+        tuple(tags) if tags else (),
+        message.priority,
+        _check_ttl(message.ttl) if which("_ttl") else None,
+        message.language,
+        MappingProxyType(dict(metadata)) if metadata else EMPTY_METADATA,
+        message.sequence if which("_sequence") else None,
+        message.origin if which("_origin") else None,
+    )
 
 
 def _optional_uuid(name: str, raw: bytes) -> Any:

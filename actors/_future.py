@@ -15,6 +15,7 @@ from types import TracebackType
 from typing import Any, Generic, TypeVar
 
 import pykka
+from pykka._future import _Unset
 
 __all__ = ["BusFuture", "FutureTimeoutError"]
 
@@ -40,8 +41,12 @@ class BusFuture(pykka.Future[T], Generic[T]):
 
     __slots__ = ("_callbacks", "_done", "_exc", "_value", "_waiter")
 
+    # pykka.Future.__init__ only sets these two; class-level defaults save a
+    # call per publish (a future costs ~0.15 us instead of ~0.65 us).
+    _get_hook = None
+    _get_hook_result: Any = _Unset()
+
     def __init__(self) -> None:
-        super().__init__()
         self._done = False
         self._value: Any = None
         self._exc: BaseException | None = None

@@ -30,14 +30,21 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass's __init__ costs 2.5x (object.__setattr__ per
+# field) and one Publish is made per event.  Treated as immutable all the same.
+@dataclass(slots=True)
 class Publish:
-    """Sequence, route and record one event; resolve ``future`` with the result."""
+    """Sequence, route and record one event; resolve ``future`` with the result.
+
+    ``owned`` means the bus built ``event`` itself and nobody else holds it,
+    so the router may stamp the sequence in place instead of copying.
+    """
 
     event: Event
     future: BusFuture[Event] | None
     published_at: float
     internal: bool = False
+    owned: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from actors._dispatcher import DispatchedActor, Dispatcher, FifoMailbox
 from actors._errors import BackpressureError
-from actors._event import Event
+from actors._event import Event, _set_origin, _set_sequence
 from actors._mailbox import STARTED, OverflowStrategy
 from actors._messages import (
     Barrier,
@@ -126,7 +126,9 @@ class RouterActor(DispatchedActor):
 
     def _on_message(self, message: Any) -> None:
         if type(message) is Publish:
-            self._route(message.event, message.future, message.published_at, message.internal)
+            self._route(
+                message.event, message.future, message.published_at, message.internal, message.owned
+            )
         elif type(message) is PublishBatch:
             self._route_batch(message)
         elif type(message) is Subscribe:
@@ -179,6 +181,7 @@ class RouterActor(DispatchedActor):
         future: BusFuture[Event] | None,
         published_at: float,
         internal: bool = False,
+        owned: bool = False,
     ) -> bool:
         """Route one event; return False if the router parked on a full BLOCK mailbox.
 
@@ -203,11 +206,18 @@ class RouterActor(DispatchedActor):
                                     )
                                 )
                             return True
-                        self._park_on(route, event, future, published_at)
+                        self._park_on(route, event, future, published_at, owned)
                         return False
         seq = self.next_sequence
         self.next_sequence = seq + 1
-        stamped = event._stamped(seq, event.origin or self.origin)
+        if owned:
+            # Built by the bus and seen by no one yet: stamp in place.
+            stamped = event
+            _set_sequence(event, seq)
+            if event.origin is None:
+                _set_origin(event, self.origin)
+        else:
+            stamped = event._stamped(seq, event.origin or self.origin)
         if targets:
             item = (stamped, published_at)
             for route in targets:
@@ -248,9 +258,14 @@ class RouterActor(DispatchedActor):
     # -- BLOCK: park until the full mailbox drains ----------------------------
 
     def _park_on(
-        self, route: Route, event: Event, future: BusFuture[Event] | None, published_at: float
+        self,
+        route: Route,
+        event: Event,
+        future: BusFuture[Event] | None,
+        published_at: float,
+        owned: bool,
     ) -> None:
-        self.actor_inbox.put_front([Publish(event, future, published_at)])
+        self.actor_inbox.put_front([Publish(event, future, published_at, owned=owned)])
         self._blocked_on = route
         self._park()
         if not route.mailbox.wait_for_room(self._unblock):

@@ -243,15 +243,18 @@ def test_unsubscribe_stops_delivery(bus: EventBus) -> None:
     "dispatcher thread; with one thread the subscriber can never run its stop: deadlock",
 )
 def test_unsubscribe_on_a_single_thread_dispatcher() -> None:
-    with EventBus(EventConfig(threads=1)) as one:
+    one = EventBus(EventConfig(threads=1))
+    try:
         seen = Collector()
         sub = one.subscribe("u.*", seen)
         one.publish("u.before")
         one.flush(WAIT)
         sub.unsubscribe()
-        one.publish("u.after").get(timeout=3)
-        one.flush(3)
+        one.publish("u.after").get(timeout=2)
+        one.flush(2)
         assert seen.types == ["u.before"]
+    finally:
+        one.close(timeout=0.5)
 
 
 def test_subscription_context_manager_unsubscribes(bus: EventBus) -> None:

@@ -6,6 +6,7 @@ import contextlib
 import json
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
+from types import MappingProxyType
 from typing import Any
 
 import pytest
@@ -128,8 +129,10 @@ def test_int_and_float_stay_distinct() -> None:
 
 
 def test_encoding_is_deterministic_across_metadata_order() -> None:
-    a = Event(event_type="a", metadata={"x": "1", "y": "2"})
-    b = a._with(metadata={"y": "2", "x": "1"})
+    keys = [f"key{i}" for i in range(40)]
+    a = Event(event_type="a", metadata={k: k for k in keys})
+    b = a._with(metadata=MappingProxyType({k: k for k in reversed(keys)}))
+    assert a == b
     assert a.to_bytes() == b.to_bytes()
 
 
@@ -162,7 +165,7 @@ def _message(**overrides: Any) -> bytes:
             message.ClearField(name)
         else:
             setattr(message, name, value)
-    return message.SerializeToString()  # type: ignore[no-any-return]
+    return message.SerializeToString(deterministic=True)  # type: ignore[no-any-return]
 
 
 @pytest.mark.parametrize(

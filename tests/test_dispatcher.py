@@ -48,6 +48,9 @@ def test_pykka_seam_is_what_we_plug_into() -> None:
         assert hasattr(pykka.Actor, name), name
     from pykka._envelope import Envelope
 
+    from pykka._future import _Unset
+
+    assert isinstance(_Unset(), _Unset)  # BusFuture's class-level get-hook default
     env = Envelope("m", reply_to=None)
     assert env.message == "m"
     assert env.reply_to is None

@@ -1,0 +1,315 @@
+"""Flow control (SPEC 4.1): capacity, overflow strategies, backpressure events, rate limit.
+
+Mailboxes are filled deterministically: the handler blocks on a
+``threading.Event`` inside the first event, so every later event stays queued
+until the test releases it.  The publish futures resolve once the router has
+routed the event, which makes them a barrier for the mailbox's contents.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from actors import (
+    BackpressureError,
+    BusFuture,
+    Event,
+    EventBus,
+    EventConfig,
+    OverflowStrategy,
+    RateLimitedError,
+)
+
+WAIT = 10.0
+
+
+class Gate:
+    """A handler that blocks inside its first event until ``release`` is set."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.events: list[Event] = []
+
+    def __call__(self, event: Event) -> None:
+        self.entered.set()
+        if not self.release.wait(WAIT):
+            raise AssertionError("the test never released the gate")
+        self.events.append(event)
+
+    @property
+    def data(self) -> list[Any]:
+        return [e.data for e in self.events]
+
+
+class Collector:
+    def __init__(self, expected: int | None = None) -> None:
+        self.events: list[Event] = []
+        self.lock = threading.Lock()
+        self.expected = expected
+        self.done = threading.Event()
+
+    def __call__(self, event: Event) -> None:
+        with self.lock:
+            self.events.append(event)
+            if self.expected is not None and len(self.events) >= self.expected:
+                self.done.set()
+
+
+@pytest.fixture
+def bus() -> Iterator[EventBus]:
+    b = EventBus(EventConfig(threads=2))
+    yield b
+    b.close(timeout=WAIT)
+
+
+def _hold(bus: EventBus, gate: Gate, pattern: str = "q.*", **kwargs: Any) -> Any:
+    """Subscribe ``gate`` on its own thread and park it inside event 0."""
+    sub = bus.subscribe(pattern, gate, dedicated_thread=True, **kwargs)
+    bus.publish("q.e", 0).get(timeout=WAIT)
+    assert gate.entered.wait(WAIT)
+    return sub
+
+
+def _routed(futures: list[BusFuture[Event]]) -> list[Event]:
+    return [f.get(timeout=WAIT) for f in futures]
+
+
+def test_default_capacity_and_overflow_come_from_the_config() -> None:
+    config = EventConfig()
+    assert config.buffer_size == 10_000
+    assert config.overflow is OverflowStrategy.DROP_OLDEST
+    with EventBus(EventConfig(buffer_size=7)) as b:
+        sub = b.subscribe("a.*", lambda e: None)
+        assert sub.statistics().capacity == 7
+        other = b.subscribe("a.*", lambda e: None, capacity=3)
+        assert other.statistics().capacity == 3
+
+
+def test_capacity_must_be_positive(bus: EventBus) -> None:
+    with pytest.raises(ValueError):
+        bus.subscribe("a.*", lambda e: None, capacity=0)
+    with pytest.raises(ValueError):
+        EventConfig(buffer_size=0)
+
+
+def test_drop_oldest_keeps_the_newest_n(bus: EventBus) -> None:
+    gate = Gate()
+    sub = _hold(bus, gate, capacity=5, overflow=OverflowStrategy.DROP_OLDEST)
+    _routed([bus.publish("q.e", i) for i in range(1, 21)])
+    stats = sub.statistics()
+    assert stats.queued == 5
+    assert stats.dropped == 15
+    gate.release.set()
+    bus.flush(WAIT)
+    assert gate.data == [0, 16, 17, 18, 19, 20]
+    assert sub.statistics().dropped == 15
+    assert bus.metrics().dropped == 15
+
+
+def test_drop_newest_keeps_the_oldest_n(bus: EventBus) -> None:
+    gate = Gate()
+    sub = _hold(bus, gate, capacity=5, overflow=OverflowStrategy.DROP_NEWEST)
+    _routed([bus.publish("q.e", i) for i in range(1, 21)])
+    assert sub.statistics().queued == 5
+    gate.release.set()
+    bus.flush(WAIT)
+    assert gate.data == [0, 1, 2, 3, 4, 5]
+    assert sub.statistics().dropped == 15
+    assert bus.metrics().dropped == 15
+
+
+def test_overflow_accepts_the_strategy_value_as_a_string(bus: EventBus) -> None:
+    gate = Gate()
+    sub = _hold(bus, gate, capacity=2, overflow="drop_newest")
+    _routed([bus.publish("q.e", i) for i in range(1, 5)])
+    gate.release.set()
+    bus.flush(WAIT)
+    assert gate.data == [0, 1, 2]
+    assert sub.statistics().dropped == 2
+
+
+def test_drops_affect_only_the_full_subscription(bus: EventBus) -> None:
+    gate = Gate()
+    roomy = Collector()
+    bus.subscribe("q.*", roomy)
+    _hold(bus, gate, capacity=2)
+    _routed([bus.publish("q.e", i) for i in range(1, 11)])
+    gate.release.set()
+    bus.flush(WAIT)
+    assert [e.data for e in roomy.events] == list(range(11))
+    assert gate.data == [0, 9, 10]
+
+
+def test_reject_fails_the_publish_and_the_event_goes_nowhere(bus: EventBus) -> None:
+    gate = Gate()
+    everyone = Collector()
+    bus.subscribe("**", everyone)
+    sub = _hold(bus, gate, capacity=10, overflow=OverflowStrategy.REJECT)
+    _routed([bus.publish("q.e", i) for i in range(1, 11)])  # fills the mailbox
+    before = bus.publish("other.before").get(timeout=WAIT)
+    rejected = bus.publish("q.e", "rejected")
+    with pytest.raises(BackpressureError):
+        rejected.get(timeout=WAIT)
+    after = bus.publish("other.after").get(timeout=WAIT)
+    assert before.sequence is not None
+    assert after.sequence == before.sequence + 1  # the rejected event took no sequence
+    gate.release.set()
+    bus.flush(WAIT)
+    assert "rejected" not in [e.data for e in everyone.events]
+    assert "rejected" not in gate.data
+    assert gate.data == list(range(11))
+    assert sub.statistics().dropped == 0
+    metrics = bus.metrics()
+    assert metrics.rejected == 1
+    assert metrics.dropped == 0
+    # Room again: the publisher may retry.
+    retried = bus.publish("q.e", "retried").get(timeout=WAIT)
+    bus.flush(WAIT)
+    assert gate.data[-1] == "retried"
+    assert retried.sequence == after.sequence + 1
+
+
+def test_reject_with_publish_many_fails_only_the_events_that_do_not_fit(bus: EventBus) -> None:
+    gate = Gate()
+    _hold(bus, gate, capacity=3, overflow=OverflowStrategy.REJECT)
+    futures = bus.publish_many([Event(event_type="q.e", data=i) for i in range(1, 6)])
+    assert [f.get(timeout=WAIT).data for f in futures[:3]] == [1, 2, 3]
+    for f in futures[3:]:
+        with pytest.raises(BackpressureError):
+            f.get(timeout=WAIT)
+    gate.release.set()
+    bus.flush(WAIT)
+    assert gate.data == [0, 1, 2, 3]
+    assert bus.metrics().rejected == 2
+
+
+def test_block_waits_for_room_and_loses_nothing(bus: EventBus) -> None:
+    gate = Gate()
+    sub = _hold(bus, gate, capacity=2, overflow=OverflowStrategy.BLOCK)
+    futures = [bus.publish("q.e", i) for i in range(1, 51)]
+    _routed(futures[:2])  # these fit
+    stats = sub.statistics()
+    assert stats.queued == 2
+    assert stats.dropped == 0
+    assert not futures[2].done()  # waits for room
+    assert not futures[-1].done()
+    gate.release.set()
+    published = _routed(futures)
+    bus.flush(WAIT)
+    assert gate.data == list(range(51))
+    seqs = [e.sequence for e in published]
+    assert seqs == sorted(seqs)  # type: ignore[type-var]
+    assert sub.statistics().dropped == 0
+    assert bus.metrics().dropped == 0
+
+
+def test_block_raises_backpressure_after_block_timeout() -> None:
+    with EventBus(EventConfig(threads=2, block_timeout=0.2)) as b:
+        gate = Gate()
+        _hold(b, gate, capacity=1, overflow=OverflowStrategy.BLOCK)
+        accepted: list[BusFuture[Event]] = []
+        error: BackpressureError | None = None
+        for i in range(1, 100_000):
+            try:
+                accepted.append(b.publish("q.e", i))
+            except BackpressureError as exc:
+                error = exc
+                break
+        assert error is not None, "publish never blocked on a full BLOCK subscription"
+        refused = len(accepted) + 1
+        assert b.metrics().rejected == 1
+        gate.release.set()
+        _routed(accepted)
+        b.flush(WAIT)
+        assert gate.data == list(range(refused))  # nothing accepted was lost
+        assert refused not in gate.data
+
+
+def test_block_does_not_hold_up_other_subscriptions_already_routed(bus: EventBus) -> None:
+    gate = Gate()
+    roomy = Collector(3)
+    bus.subscribe("q.*", roomy)
+    _hold(bus, gate, capacity=1, overflow=OverflowStrategy.BLOCK)
+    bus.publish("q.e", 1).get(timeout=WAIT)  # fills the BLOCK mailbox
+    pending = bus.publish("q.e", 2)  # parks the router
+    assert not pending.done()
+    gate.release.set()
+    assert pending.get(timeout=WAIT).data == 2
+    bus.flush(WAIT)
+    assert [e.data for e in roomy.events] == [0, 1, 2]
+
+
+def test_backpressure_started_at_80_and_relieved_under_20_percent(bus: EventBus) -> None:
+    notices = Collector(2)
+    bus.subscribe("$bus.**", notices)
+    gate = Gate()
+    sub = _hold(bus, gate, capacity=10)
+    _routed([bus.publish("q.e", i) for i in range(1, 8)])  # 7 queued: 70%
+    assert bus.metrics().published == 8  # no $bus event yet
+    _routed([bus.publish("q.e", 8)])  # 8 queued: 80%
+    assert bus.metrics().published == 10  # ... plus $bus.backpressure.started
+    gate.release.set()
+    assert notices.done.wait(WAIT)
+    bus.flush(WAIT)
+    started, relieved = notices.events[:2]
+    assert started.event_type == "$bus.backpressure.started"
+    assert relieved.event_type == "$bus.backpressure.relieved"
+    assert started.data["subscription"] == sub.id
+    assert started.data["queued"] == 8
+    assert started.data["capacity"] == 10
+    assert relieved.data["subscription"] == sub.id
+    assert relieved.data["queued"] < 2
+    assert len(notices.events) == 2
+
+
+def test_backpressure_events_do_not_reach_wildcard_subscribers(bus: EventBus) -> None:
+    everything = Collector()
+    bus.subscribe("**", everything)
+    gate = Gate()
+    _hold(bus, gate, capacity=2)
+    _routed([bus.publish("q.e", i) for i in range(1, 4)])
+    gate.release.set()
+    bus.flush(WAIT)
+    assert all(not e.event_type.startswith("$") for e in everything.events)
+
+
+def test_rate_limit_rejects_publishes_beyond_the_bucket() -> None:
+    # A rate so low that no token comes back during the test.
+    with EventBus(EventConfig(rate_limit=0.001, burst=3)) as b:
+        seen = Collector()
+        b.subscribe("r.*", seen)
+        for i in range(3):
+            b.publish("r.e", i)
+        with pytest.raises(RateLimitedError):
+            b.publish("r.e", "over")
+        with pytest.raises(RateLimitedError):
+            b.publish_many([Event(event_type="r.e", data="batch")])
+        b.flush(WAIT)
+        assert [e.data for e in seen.events] == [0, 1, 2]
+        metrics = b.metrics()
+        assert metrics.published == 3
+        assert metrics.rate_limited == 2
+
+
+def test_rate_limit_refuses_a_batch_larger_than_the_tokens_left() -> None:
+    with EventBus(EventConfig(rate_limit=0.001, burst=5)) as b:
+        seen = Collector()
+        b.subscribe("r.*", seen)
+        b.publish("r.e", 0)
+        with pytest.raises(RateLimitedError):
+            b.publish_many([Event(event_type="r.e", data=i) for i in range(5)])
+        accepted = b.publish_many([Event(event_type="r.e", data=i) for i in range(4)])
+        _routed(accepted)
+        b.flush(WAIT)
+        assert [e.data for e in seen.events] == [0, 0, 1, 2, 3]
+
+
+def test_no_rate_limit_by_default(bus: EventBus) -> None:
+    assert bus.config.rate_limit is None
+    _routed([bus.publish("r.e", i) for i in range(2000)])
+    assert bus.metrics().rate_limited == 0
