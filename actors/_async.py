@@ -23,6 +23,7 @@ from actors._event import Event
 from actors._filter import FilterLike
 from actors._future import BusFuture
 from actors._mailbox import OverflowStrategy
+from actors._query import EventQuery
 from actors._subscriber import Handler, Subscription
 from actors._trace import Trace
 
@@ -104,7 +105,7 @@ class AsyncEventBus:
         pattern: str,
         handler: Handler,
         *,
-        filter: FilterLike | None = None,  # noqa: A002 - the spec's name
+        filter: FilterLike | None = None,
         capacity: int | None = None,
         overflow: OverflowStrategy | str | None = None,
         from_sequence: int | None = None,
@@ -127,7 +128,7 @@ class AsyncEventBus:
         self,
         pattern: str,
         *,
-        filter: FilterLike | None = None,  # noqa: A002
+        filter: FilterLike | None = None,
         capacity: int | None = None,
         overflow: OverflowStrategy | str | None = None,
         from_sequence: int | None = None,
@@ -157,10 +158,10 @@ class AsyncEventBus:
         """Return the causal trace of ``correlation_id``."""
         return Trace(correlation_id, await self.get_correlated(correlation_id))
 
-    async def query(self, query: Any) -> list[Event]:
+    async def query(self, query: EventQuery) -> list[Event]:
         """Query the journal (see ``PersistentEventBus.query``)."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(None, self.sync.query, query)  # type: ignore[attr-defined]
+        return await loop.run_in_executor(None, self.sync.query, query)
 
     async def flush(self, timeout: float | None = None) -> None:
         """Wait until everything published so far is handled and recorded."""
@@ -200,7 +201,7 @@ class EventStream(AsyncIterator[Event]):
         bus: EventBus,
         pattern: str,
         *,
-        filter: FilterLike | None,  # noqa: A002
+        filter: FilterLike | None,
         capacity: int | None,
         overflow: OverflowStrategy | str | None,
         from_sequence: int | None,

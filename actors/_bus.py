@@ -182,7 +182,7 @@ class EventBus:
         self._router_mailbox = self._router.actor_inbox
         self._bridge: Bridge | None = None
         if node is not None:
-            from actors._bridge import Bridge  # the only module that imports zmq
+            from actors._bridge import Bridge  # noqa: PLC0415 - zmq is imported only when needed
 
             try:
                 self._bridge = Bridge(self, node)
@@ -300,7 +300,7 @@ class EventBus:
         pattern: str,
         handler: Handler,
         *,
-        filter: FilterLike | None = None,  # noqa: A002 - the name is the spec's
+        filter: FilterLike | None = None,
         capacity: int | None = None,
         overflow: OverflowStrategy | str | None = None,
         from_sequence: int | None = None,
@@ -334,7 +334,11 @@ class EventBus:
                 dedicated_thread=dedicated_thread,
             )
         actor = self._start_subscriber(
-            pattern, handler, capacity=capacity, overflow=overflow, dedicated_thread=dedicated_thread
+            pattern,
+            handler,
+            capacity=capacity,
+            overflow=overflow,
+            dedicated_thread=dedicated_thread,
         )
         self._router_mailbox.put(Subscribe(self._route_for(actor, filter)))
         return Subscription(self, actor)
@@ -344,7 +348,7 @@ class EventBus:
         pattern: str,
         handler: Handler,
         *,
-        filter: FilterLike | None,  # noqa: A002
+        filter: FilterLike | None,
         capacity: int | None,
         overflow: OverflowStrategy | str | None,
         from_sequence: int | None,
@@ -358,7 +362,11 @@ class EventBus:
             if checkpoint is not None:
                 start = checkpoint + 1
         actor = self._start_subscriber(
-            pattern, handler, capacity=capacity, overflow=overflow, dedicated_thread=dedicated_thread
+            pattern,
+            handler,
+            capacity=capacity,
+            overflow=overflow,
+            dedicated_thread=dedicated_thread,
         )
         route = self._route_for(actor, filter)
         inbox = journal.actor_inbox
@@ -516,7 +524,12 @@ class EventBus:
             if not isinstance(data, dict):
                 continue
             try:
-                original = Event.from_dict(data["event"])
+                raw = data["event"]
+                if not isinstance(raw, dict):
+                    raise TypeError("not a dict")
+                original = Event.from_dict(raw)
+                attempts = data.get("attempts", 0)
+                attempts = attempts if isinstance(attempts, int) else 0
             except (KeyError, TypeError, InvalidEventError):
                 logger.warning("dead letter %s has an unreadable payload", letter.id)
                 continue
@@ -527,7 +540,7 @@ class EventBus:
                     event=original,
                     error_type=str(data.get("error_type")),
                     error=str(data.get("error")),
-                    attempts=int(data.get("attempts", 0)),
+                    attempts=attempts,
                     letter=letter,
                 )
             )

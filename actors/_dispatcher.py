@@ -193,7 +193,7 @@ class FifoMailbox:
         """Remove and return up to ``limit`` items from the head (owner only)."""
         items = self._items
         popleft = items.popleft
-        batch = []
+        batch: list[Any] = []
         append = batch.append
         try:
             for _ in range(min(limit, len(items))):

@@ -101,7 +101,9 @@ class JournalActor(DispatchedActor):
         if type(message) is Record:
             self._pending.extend(message.events)
             futures = message.futures
-            self._pending_futures.extend(futures if futures is not None else [None] * len(message.events))
+            self._pending_futures.extend(
+                futures if futures is not None else [None] * len(message.events)
+            )
         elif type(message) is SaveCheckpoint:
             self._checkpoints[message.name] = message.sequence
         elif type(message) is Barrier:

@@ -71,7 +71,7 @@ class LatencyWindow:
 
     def percentiles(self) -> tuple[float | None, float | None, float | None, float | None]:
         """Return (p50, p90, p99, max) of the window, or four Nones when empty."""
-        data = sorted(list(self.samples))
+        data = sorted(self.samples.copy())
         if not data:
             return None, None, None, None
         last = len(data) - 1
@@ -167,7 +167,10 @@ def to_prometheus(metrics: BusMetrics, *, prefix: str = "llmspell_events") -> st
         metric = f"{prefix}_{name}_total" if kind == "counter" else f"{prefix}_{name}"
         lines += [f"# HELP {metric} {_HELP[name]}", f"# TYPE {metric} {kind}", f"{metric} {value}"]
     lat = f"{prefix}_latency_seconds"
-    lines += [f"# HELP {lat} Publish-to-handler latency over the recent window.", f"# TYPE {lat} gauge"]
+    lines += [
+        f"# HELP {lat} Publish-to-handler latency over the recent window.",
+        f"# TYPE {lat} gauge",
+    ]
     for q, v in (
         ("0.5", metrics.latency_p50),
         ("0.9", metrics.latency_p90),

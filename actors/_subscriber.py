@@ -146,9 +146,9 @@ class SubscriberActor(DispatchedActor):
         if not batch:
             mailbox.check_barriers()
             return
-        if catchup is not None and batch[0][0].sequence < catchup.position:  # type: ignore[operator]
+        if catchup is not None and (batch[0][0].sequence or 0) < catchup.position:
             # The first live events may overlap the history just read.
-            skipped = [b for b in batch if b[0].sequence < catchup.position]  # type: ignore[operator]
+            skipped = [b for b in batch if (b[0].sequence or 0) < catchup.position]
             mailbox.finished_by_owner += len(skipped)
             batch = batch[len(skipped) :]
         self._deliver(batch, history=False)

@@ -8,8 +8,10 @@ from typing import Any
 import pykka
 import pytest
 from pykka import ActorDeadError
+from pykka._envelope import Envelope
+from pykka._future import _Unset
 
-from actors import Dispatcher, DispatchedActor
+from actors import DispatchedActor, Dispatcher
 from actors._dispatcher import FifoMailbox
 
 
@@ -43,13 +45,16 @@ class Echo(DispatchedActor):
 
 def test_pykka_seam_is_what_we_plug_into() -> None:
     # Guards the private parts of pykka this package relies on.
-    for name in ("_create_actor_inbox", "_start_actor_loop", "_create_future",
-                 "_actor_loop_setup", "_handle_receive", "_handle_failure", "_stop"):
+    for name in (
+        "_create_actor_inbox",
+        "_start_actor_loop",
+        "_create_future",
+        "_actor_loop_setup",
+        "_handle_receive",
+        "_handle_failure",
+        "_stop",
+    ):
         assert hasattr(pykka.Actor, name), name
-    from pykka._envelope import Envelope
-
-    from pykka._future import _Unset
-
     assert isinstance(_Unset(), _Unset)  # BusFuture's class-level get-hook default
     env = Envelope("m", reply_to=None)
     assert env.message == "m"
