@@ -40,7 +40,7 @@ from actors._errors import (
 )
 from actors._event import Event
 from actors._filter import FilterLike, as_predicate
-from actors._future import BusFuture
+from actors._future import BusFuture, FutureTimeoutError
 from actors._journal import JournalActor, enforce_retention, first_free_sequence
 from actors._mailbox import OverflowStrategy
 from actors._messages import (
@@ -394,6 +394,7 @@ class EventBus:
         if start is None:
             # A new durable subscription with no starting point starts live.
             catchup.live = True
+            catchup.caught_up.set()
             actor.catchup = catchup
             router.put(Subscribe(route))
         else:
@@ -669,9 +670,22 @@ class EventBus:
     def _flush(self, timeout: float | None) -> None:
         if current_event.get() is not None:
             raise RuntimeError("flush() cannot be called from inside a handler")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        # A catch-up subscription is not a route until it has read history;
+        # the events published before this call reach it through the journal.
+        with self._subs_lock:
+            catching_up = [
+                a.catchup
+                for a in self._subs.values()
+                if a.catchup and not a.catchup.caught_up.is_set()
+            ]
+        for catchup in catching_up:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not catchup.caught_up.wait(remaining):
+                raise FutureTimeoutError(f"{timeout} seconds (a catch-up subscription is behind)")
         future: BusFuture[None] = BusFuture()
         self._router_mailbox.put(Flush(future))
-        future.get(timeout=timeout)
+        future.get(timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
 
     def close(self, timeout: float | None = None) -> None:
         """Drain, flush and stop every actor.  Idempotent.

@@ -66,7 +66,15 @@ class NodeConfig:
     ``listen`` is the endpoint peers connect to (``tcp://127.0.0.1:5701``,
     ``ipc:///tmp/a.sock``); ``peers`` are the endpoints of other nodes or of a
     ``Broker``.  With ``curve_secret_key`` (and its public key) set, the node
-    speaks CURVE and accepts only the ``authorized_keys`` it is given.
+    speaks CURVE and accepts only the ``authorized_keys`` it is given;
+    ``peer_public_keys`` maps each endpoint of ``peers`` to that peer's public
+    key.  Keys are 40-byte Z85 (``actors.generate_keypair()``).
+    ``heartbeat_interval``/``heartbeat_timeout`` (seconds) pace heartbeats and
+    declare a silent peer dead; ``batch_size`` caps events per frame;
+    ``max_frame_bytes`` drops larger frames; ``recovery_ring`` is how many
+    recent local events a bus without a journal keeps to answer recovery
+    requests (and the size of the duplicate filter); ``send_hwm`` and
+    ``receive_hwm`` are the ZeroMQ high-water marks, in frames, of the stream.
     """
 
     name: str
@@ -81,6 +89,8 @@ class NodeConfig:
     batch_size: int = 256
     max_frame_bytes: int = 16 * 1024 * 1024
     recovery_ring: int = 100_000
+    send_hwm: int = 10_000
+    receive_hwm: int = 10_000
 
     def __post_init__(self) -> None:
         if not self.name or any(c.isspace() for c in self.name):

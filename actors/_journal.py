@@ -58,7 +58,8 @@ def enforce_retention(
         return 0
     # Remember the high-water mark first: a fully trimmed journal must not
     # hand out old sequences again after a restart.
-    storage.set_checkpoint(_HIGH_WATER, storage.last_sequence())
+    high = max(storage.get_checkpoint(_HIGH_WATER) or 0, storage.last_sequence())
+    storage.set_checkpoint(_HIGH_WATER, high)
     deleted = 0
     if retention_days is not None:
         cutoff = datetime.now(UTC) - timedelta(days=retention_days)

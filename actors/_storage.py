@@ -13,6 +13,7 @@ Neither is thread-safe: one owner (the journal actor) calls them.
 from __future__ import annotations
 
 import bisect
+import gc
 import heapq
 import logging
 import os
@@ -754,6 +755,9 @@ class RocksStorage(_IndexedStorage):
         put(_META_COUNT, pack_seq(self._count + len(records)), self._meta_h)
         if skew != self._skew:
             put(_META_SKEW, pack_seq(skew), self._meta_h)
+        # Column-family handles keep the database (and its LOCK) alive: drop
+        # them before a write error's traceback can capture this frame.
+        del type_h, time_h, cid_h
         self._write(batch, sync)
         for name, tid in new_types.items():
             self._type_ids[name] = tid
@@ -1065,15 +1069,28 @@ class RocksStorage(_IndexedStorage):
 
     def _release(self) -> None:
         # Column-family Rdicts and handles keep RocksDB (and its LOCK) alive
-        # until they are closed or dropped.
-        try:
-            for name in ("_type_cf", "_time_cf", "_cid_cf", "_meta"):
-                cf = self.__dict__.pop(name, None)
-                if cf is not None:
-                    cf.close()
-            for name in ("_type_h", "_time_h", "_cid_h", "_meta_h"):
-                self.__dict__.pop(name, None)
-            self._db.close()
-        except Exception as exc:
-            msg = f"journal close failed: {exc}"
-            raise JournalError(msg) from exc
+        # until they are closed or dropped.  Drop every reference first, then
+        # close each one even if an earlier close fails (after a write error
+        # RocksDB refuses to close cleanly), so the LOCK is always released.
+        handles = [
+            self.__dict__.pop(name, None)
+            for name in ("_type_cf", "_time_cf", "_cid_cf", "_meta", "_db")
+        ]
+        for name in ("_type_h", "_time_h", "_cid_h", "_meta_h"):
+            self.__dict__.pop(name, None)
+        first: Exception | None = None
+        while handles:
+            handle = handles.pop()
+            if handle is None:
+                continue
+            try:
+                handle.close()
+            except Exception as exc:
+                # Keep no traceback: its frames would keep the handle (and the
+                # LOCK) alive for as long as anyone holds the error.
+                first = first or exc.with_traceback(None)
+            del handle
+        gc.collect()  # rocksdict releases the LOCK when the last reference goes
+        if first is not None:
+            msg = f"journal close failed: {first}"
+            raise JournalError(msg) from first

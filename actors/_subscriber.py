@@ -19,6 +19,7 @@ import contextvars
 import inspect
 import logging
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Coroutine
@@ -137,6 +138,7 @@ class SubscriberActor(DispatchedActor):
                 return
             if page is not None:
                 return  # the live lane waits for the next turn
+            catchup.caught_up.set()  # history handled; the live lane is all there is
         mailbox = self.actor_inbox
         batch, relieved = mailbox.take_events(throughput)
         if relieved:
@@ -350,6 +352,7 @@ class CatchUp:
         self._save = save
         self.live = False
         self.waiting = False
+        self.caught_up = threading.Event()  # set once history is handled (flush waits)
         self.live_start: int | None = None
         self._page: list[tuple[Event, float]] | None = None
         self._capacity = actor.actor_inbox.capacity

@@ -19,12 +19,14 @@ exactly what the child had acknowledged.  Modes:
     ``publish`` (publish one event, print ``ack SEQ``) or ``close``.
 ``fill PATH PAYLOAD_BYTES MAX``
     Publish events of ``PAYLOAD_BYTES`` each, one at a time, printing
-    ``ack SEQ ID`` or ``error I CLASSNAME`` for each, until ``MAX`` attempts or
+    ``ack SEQ ID`` or ``error I CLASSNAME MESSAGE`` for each, until ``MAX`` attempts or
     10 errors; then print ``closing``, close the bus and print ``closed``.
 ``durable PATH NAME BLOCK_AT EXTRA``
     Subscribe durably as ``NAME`` to ``job.*`` (from sequence 1 the first
-    time), publish ``EXTRA`` ``job.run`` events one at a time, each after the
-    previous one was handled, and print ``handled SEQ`` per handled event.
+    time), publish a ``job.sync`` marker and wait until it is handled (the
+    history is done), then publish ``EXTRA`` ``job.run`` events one at a time,
+    each after the previous one was handled; print ``handled SEQ`` per
+    handled event.
     If ``BLOCK_AT`` > 0, the handler of the ``BLOCK_AT``-th event published
     here blocks forever after printing ``blocking SEQ``; the main thread then
     runs a journal query as a barrier (so every earlier checkpoint is written)
@@ -114,7 +116,7 @@ def fill(path: str, payload_bytes: int, attempts: int) -> None:
             event = bus.publish("fill.event", {"i": i, "p": payload}).get(timeout=30)
         except Exception as exc:
             errors += 1
-            say("error", i, type(exc).__name__)
+            say("error", i, type(exc).__name__, str(exc).replace("\n", " "))
             if errors >= 10:
                 break
         else:
@@ -126,36 +128,47 @@ def fill(path: str, payload_bytes: int, attempts: int) -> None:
 
 def durable(path: str, name: str, block_at: int, extra: int) -> None:
     bus = EventBus(EventConfig(persistence_path=path))
-    handled = threading.Event()
+    run = uuid.uuid4().hex  # marks the events this run publishes
+    cond = threading.Condition()
+    mine: set[int] = set()  # the "n" of this run's events handled so far
     blocked = threading.Event()
     never = threading.Event()
-    run = uuid.uuid4().hex  # marks the events this run publishes
 
     def handler(event: Event) -> None:
-        if block_at and event.data == {"n": block_at, "run": run}:
+        data = event.data if isinstance(event.data, dict) else {}
+        if block_at and data == {"n": block_at, "run": run}:
             say("blocking", event.sequence)
             blocked.set()
             never.wait()
         say("handled", event.sequence)
-        handled.set()
+        if data.get("run") == run:
+            with cond:
+                mine.add(int(data["n"]))
+                cond.notify_all()
+
+    def wait_handled(n: int) -> None:
+        with cond:
+            if not cond.wait_for(lambda: n in mine, timeout=60):
+                say("stuck", n)
+                raise SystemExit(1)
 
     bus.subscribe("job.*", handler, durable=name, from_sequence=1)
-    bus.flush(timeout=60)  # history handled first
+    # n=0 marks the end of the history: once it is handled, every later
+    # event arrives live, one per batch (each is published after the last).
+    bus.publish("job.sync", {"n": 0, "run": run})
+    wait_handled(0)
     for n in range(1, extra + 1):
-        handled.clear()
         bus.publish("job.run", {"n": n, "run": run}).get(timeout=30)
         if n == block_at:
             if not blocked.wait(timeout=60):
                 say("never-blocked")
-                return
+                raise SystemExit(1)
             # A journal read is queued behind every checkpoint the subscriber
             # saved before it started this event, so they are written now.
             bus.query(EventQuery(limit=1))
             say("barrier")
             never.wait()
-        if not handled.wait(timeout=60):
-            say("stuck", n)
-            return
+        wait_handled(n)
     bus.close(timeout=60)
     say("done")
 

@@ -141,12 +141,6 @@ def test_sequences_continue_after_retention_trimmed_everything(
     assert (bus.publish("new.e").get(timeout=10).sequence or 0) > high
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="enforce_retention() overwrites the $bus.high_water checkpoint with "
-    "storage.last_sequence(), which is 0 after reopening a fully trimmed journal, "
-    "so the second reopen hands out sequence 1 again (actors/_journal.py)",
-)
 def test_sequences_continue_after_reopening_a_trimmed_journal_twice(
     open_bus: Callable[..., EventBus],
 ) -> None:
@@ -236,10 +230,15 @@ def test_corrupt_records_are_reported_and_skipped(
     assert seen.sequences == [e.sequence for e in good]
     # Reported: logged with the sequence, and counted.
     messages = [r.getMessage() for r in caplog.records]
-    assert any(str(bad_header) in m and r.name == "actors.storage" for m, r in zip(
-        messages, caplog.records, strict=True))
-    assert any(str(bad_payload) in m or str(bad_payload) in str(r.exc_info) for m, r in zip(
-        messages, caplog.records, strict=True) if r.name == "actors.journal")
+    assert any(
+        str(bad_header) in m and r.name == "actors.storage"
+        for m, r in zip(messages, caplog.records, strict=True)
+    )
+    assert any(
+        str(bad_payload) in m or str(bad_payload) in str(r.exc_info)
+        for m, r in zip(messages, caplog.records, strict=True)
+        if r.name == "actors.journal"
+    )
     journal_actor = bus._journal
     assert journal_actor is not None
     assert journal_actor.storage.corrupt_records >= 1
@@ -340,7 +339,9 @@ QUERIES = {
     "limit zero": EventQuery(limit=0),
     "descending": EventQuery(descending=True),
     "types and time": EventQuery(event_types=["agent.**"], time_range=(_t(20), _t(90))),
-    "types cid source": EventQuery(event_types=["*.error"], correlation_id=CID_B, source="executor"),
+    "types cid source": EventQuery(
+        event_types=["*.error"], correlation_id=CID_B, source="executor"
+    ),
     "cid time desc limit": EventQuery(
         correlation_id=CID_A, time_range=(_t(30), _t(130)), descending=True, limit=6
     ),
@@ -518,9 +519,7 @@ def test_catch_up_subscription_filters_pattern_and_then_goes_live(
     open_bus: Callable[..., EventBus],
 ) -> None:
     bus = open_bus()
-    publish_all(
-        bus, [Event(event_type="a.x" if i % 3 else "b.x", data=i) for i in range(1, 1201)]
-    )
+    publish_all(bus, [Event(event_type="a.x" if i % 3 else "b.x", data=i) for i in range(1, 1201)])
     seen = Recorder()
     bus.subscribe("a.*", seen, from_sequence=600)
     bus.publish("b.x", "not mine")
@@ -530,12 +529,6 @@ def test_catch_up_subscription_filters_pattern_and_then_goes_live(
     assert seen.data == [i for i in range(600, 1201) if i % 3] + ["live"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="flush() puts barriers only on routes the router already has; a catch-up "
-    "subscription joins the router only after reading its history, so flush() "
-    "returns before it handled events published after subscribe() returned",
-)
 def test_flush_waits_for_a_catching_up_subscription(open_bus: Callable[..., EventBus]) -> None:
     bus = open_bus()
     publish_all(bus, [Event(event_type="a.x", data=i) for i in range(20_000)])
@@ -610,13 +603,13 @@ def test_get_correlated_and_trace_after_restart_come_from_the_journal(
     bus = open_bus()
     cid = uuid.uuid4()
     root = bus.publish_correlated("workflow.start", {"w": 1}, cid).get(timeout=10)
-    step = bus.publish(
-        "workflow.step", {"n": 1}, correlation_id=cid, causation_id=root.id
-    ).get(timeout=10)
+    step = bus.publish("workflow.step", {"n": 1}, correlation_id=cid, causation_id=root.id).get(
+        timeout=10
+    )
     bus.publish("unrelated.e").get(timeout=10)
-    end = bus.publish(
-        "workflow.complete", None, correlation_id=cid, causation_id=step.id
-    ).get(timeout=10)
+    end = bus.publish("workflow.complete", None, correlation_id=cid, causation_id=step.id).get(
+        timeout=10
+    )
     bus.close()
 
     bus = open_bus()

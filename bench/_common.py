@@ -1,0 +1,358 @@
+"""Shared pieces of the benchmarks: machine facts, statistics, results, the paced driver.
+
+Every benchmark family returns a ``Result``: its conditions, the raw figures
+of every run, their medians, and the ``Figure`` rows it contributes to the
+summary table.  ``paced`` is the open-loop sender used by every latency
+measurement: it never waits for the system under test and, when it falls
+behind its schedule, sends at once, so latencies measured from each event's
+*scheduled* time include any queueing the sender itself suffered (no
+coordinated omission).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "EVENT_BYTES",
+    "Figure",
+    "Params",
+    "Result",
+    "bench_event",
+    "disk_of",
+    "latency_summary",
+    "machine_info",
+    "median",
+    "median_dict",
+    "paced",
+    "percentile",
+    "print_header",
+    "rss_bytes",
+    "scratch_dir",
+]
+
+# Every benchmark event is about this many bytes once encoded (protobuf), the
+# frame size of the pyzmq baseline.
+EVENT_BYTES = 300
+EVENT_TYPE = "bench.tick"
+
+PACKAGES = ("llmspell-events", "pykka", "pyzmq", "protobuf", "rocksdict", "blinker")
+
+
+@dataclass(frozen=True, slots=True)
+class Params:
+    """What the command line asked for."""
+
+    runs: int
+    quick: bool
+    out: Path
+
+    def size(self, full: int, quick: int) -> int:
+        """Return ``full``, or ``quick`` under ``--quick``."""
+        return quick if self.quick else full
+
+
+@dataclass(slots=True)
+class Figure:
+    """One row of the summary table.
+
+    ``target`` is ``(">=", 400_000)`` or ``("<", 0.001)``; None for an
+    informational row.  ``ratio`` is ``measured / baseline`` whatever the
+    direction of the figure.
+    """
+
+    name: str
+    unit: str
+    measured: float | None
+    target: tuple[str, float] | None = None
+    baseline_name: str | None = None
+    baseline: float | None = None
+    note: str = ""
+
+    @property
+    def ratio(self) -> float | None:
+        """Return measured / baseline, where both exist."""
+        if self.measured is None or not self.baseline:
+            return None
+        return self.measured / self.baseline
+
+    @property
+    def status(self) -> str:
+        """Return "pass", "MISS", "info" or "skipped"."""
+        if self.measured is None:
+            return "skipped"
+        if self.target is None:
+            return "info"
+        op, value = self.target
+        ok = {
+            ">=": self.measured >= value,
+            ">": self.measured > value,
+            "<": self.measured < value,
+            "<=": self.measured <= value,
+        }[op]
+        return "pass" if ok else "MISS"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the row as JSON-able data."""
+        return {
+            "name": self.name,
+            "unit": self.unit,
+            "target": None if self.target is None else {"op": self.target[0], "value": self.target[1]},
+            "measured": self.measured,
+            "baseline_name": self.baseline_name,
+            "baseline": self.baseline,
+            "ratio": self.ratio,
+            "status": self.status,
+            "note": self.note,
+        }
+
+
+@dataclass(slots=True)
+class Result:
+    """Everything one benchmark family measured."""
+
+    name: str
+    conditions: dict[str, Any]
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    medians: dict[str, Any] = field(default_factory=dict)
+    figures: list[Figure] = field(default_factory=list)
+    skipped: str | None = None
+    seconds: float = 0.0
+
+    def write(self, out: Path, machine: dict[str, Any]) -> Path:
+        """Write ``<out>/<name>.json`` and return its path."""
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / f"{self.name}.json"
+        data = {
+            "benchmark": self.name,
+            "machine": machine,
+            "conditions": self.conditions,
+            "runs": self.runs,
+            "medians": self.medians,
+            "figures": [f.to_dict() for f in self.figures],
+            "skipped": self.skipped,
+            "seconds": round(self.seconds, 2),
+        }
+        path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+        return path
+
+
+# -- machine --------------------------------------------------------------------------
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def disk_of(path: str | os.PathLike[str]) -> dict[str, str]:
+    """Return the mount point, device and filesystem type that hold ``path``."""
+    real = os.path.realpath(path)
+    best = ("", "unknown", "unknown")
+    try:
+        with open("/proc/mounts") as f:
+            for line in f:
+                device, mount, fstype = line.split()[:3]
+                inside = real == mount or real.startswith(mount.rstrip("/") + "/")
+                if inside and len(mount) >= len(best[0]):
+                    best = (mount, device, fstype)
+    except OSError:
+        pass
+    return {"path": real, "mount": best[0], "device": best[1], "fstype": best[2]}
+
+
+def machine_info() -> dict[str, Any]:
+    """Return the facts every result carries: cores, CPU, Python, OS, package versions."""
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    try:
+        load = os.getloadavg()
+    except OSError:
+        load = (math.nan, math.nan, math.nan)
+    return {
+        "cores": os.cpu_count(),
+        "cpu": _cpu_model(),
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "os": platform.platform(),
+        "packages": versions,
+        "load_average_at_start": [round(x, 2) for x in load],
+        "scratch_disk": disk_of(tempfile.gettempdir()),
+        "repo_disk": disk_of(Path(__file__).resolve().parent),
+        "switch_interval_s": sys.getswitchinterval(),
+    }
+
+
+def print_header(title: str, machine: dict[str, Any], conditions: dict[str, Any]) -> None:
+    """Print the machine and the conditions of one benchmark."""
+    pk = machine["packages"]
+    print(f"\n=== {title} ===")
+    print(
+        f"machine: {machine['cores']} cores ({machine['cpu']}), Python {machine['python']}, "
+        f"{machine['os']}; load {machine['load_average_at_start']}"
+    )
+    print("packages: " + ", ".join(f"{k} {v}" for k, v in pk.items()))
+    for key, value in conditions.items():
+        print(f"  {key}: {value}")
+
+
+def rss_bytes() -> int:
+    """Return this process's resident set size (Linux ``/proc``)."""
+    with open("/proc/self/statm") as f:
+        pages = int(f.read().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def scratch_dir(prefix: str) -> tempfile.TemporaryDirectory[str]:
+    """Return a temporary directory on the disk of ``tempfile.gettempdir()``."""
+    return tempfile.TemporaryDirectory(prefix=f"llmspell-bench-{prefix}-")
+
+
+# -- statistics -------------------------------------------------------------------------
+
+
+def median(values: Iterable[float | None]) -> float | None:
+    """Return the median of the values that are not None (None if there are none)."""
+    data = sorted(v for v in values if v is not None)
+    if not data:
+        return None
+    mid = len(data) // 2
+    return data[mid] if len(data) % 2 else (data[mid - 1] + data[mid]) / 2
+
+
+def median_dict(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Return the per-key median of numeric values across runs (nested dicts too)."""
+    out: dict[str, Any] = {}
+    keys: list[str] = []
+    for run in runs:
+        keys.extend(k for k in run if k not in keys)
+    for key in keys:
+        values = [run.get(key) for run in runs]
+        if all(isinstance(v, dict) for v in values if v is not None):
+            out[key] = median_dict([v for v in values if v is not None])
+        elif all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+            out[key] = median(values)
+        else:
+            out[key] = values[-1]
+    return out
+
+
+def percentile(ordered: Sequence[float], q: float) -> float:
+    """Return the nearest-rank ``q``-th percentile (0-100) of an already sorted sequence."""
+    if not ordered:
+        return math.nan
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+def latency_summary(samples: list[float]) -> dict[str, float | int]:
+    """Return count, p50, p90, p99, p99.9, max and mean of latencies (seconds), sorting in place."""
+    samples.sort()
+    n = len(samples)
+    return {
+        "count": n,
+        "p50": percentile(samples, 50),
+        "p90": percentile(samples, 90),
+        "p99": percentile(samples, 99),
+        "p99_9": percentile(samples, 99.9),
+        "max": samples[-1] if samples else math.nan,
+        "mean": sum(samples) / n if n else math.nan,
+    }
+
+
+# -- events ---------------------------------------------------------------------------------
+
+
+def bench_event(i: int, event_type: str = EVENT_TYPE, **fields: Any) -> Any:
+    """Build the benchmark event number ``i``: ``data={"i": i, "pad": ...}``, ~300 bytes encoded."""
+    from actors import Event  # noqa: PLC0415 - keep bench._common importable without the bus
+
+    return Event(event_type=event_type, data={"i": i, "pad": _pad(event_type)}, **fields)
+
+
+_PADS: dict[str, str] = {}
+
+
+def _pad(event_type: str) -> str:
+    pad = _PADS.get(event_type)
+    if pad is None:
+        from actors import Event  # noqa: PLC0415
+
+        bare = Event(event_type=event_type, data={"i": 10**9, "pad": ""}).to_bytes()
+        pad = "x" * max(0, EVENT_BYTES - len(bare))
+        _PADS[event_type] = pad
+    return pad
+
+
+# -- the paced, open-loop sender ---------------------------------------------------------------
+
+
+def paced(
+    n: int,
+    rate: float,
+    send: Callable[[int], object],
+    begin: Callable[[float], None] | None = None,
+) -> dict[str, float]:
+    """Send ``n`` events at ``rate`` per second, open loop; return the sender's figures.
+
+    Event ``i`` is scheduled at ``start + i / rate``.  ``begin(start)`` is
+    called before the first send so receivers can compute scheduled times.
+    The sender never waits for receivers.  When it is ahead it sleeps
+    (releasing the GIL) until the next scheduled time; when it is behind it
+    sends every overdue event at once.  Sleep overshoot (~50-100 us on Linux)
+    therefore shows up as latency: it is charged to the measurement, never
+    hidden.  ``lag_*`` is the worst lateness of each burst of sends.
+    """
+    interval = 1.0 / rate
+    pc = time.perf_counter
+    sleep = time.sleep
+    start = pc() + 0.005
+    if begin is not None:
+        begin(start)
+    lags: list[float] = []
+    i = 0
+    while i < n:
+        now = pc()
+        due = int((now - start) * rate) + 1
+        if due > i:
+            lags.append(now - (start + i * interval))
+            stop = min(due, n)
+            while i < stop:
+                send(i)
+                i += 1
+        else:
+            sleep(start + i * interval - now)
+    end = pc()
+    elapsed = end - start
+    lag = latency_summary(lags)
+    return {
+        "start": start,
+        "sent_seconds": elapsed,
+        "sent_rate": n / elapsed if elapsed > 0 else math.inf,
+        "bursts": len(lags),
+        "lag_p50": lag["p50"],
+        "lag_p99": lag["p99"],
+        "lag_max": lag["max"],
+    }
+

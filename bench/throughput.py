@@ -1,0 +1,220 @@
+"""In-process throughput: 1 and 10 subscriptions, no journal, trivial handlers.
+
+The publisher thread publishes pre-built events (``bus.publish(event)`` one by
+one, or ``bus.publish_many`` in batches) as fast as it can; each subscription
+counts its own deliveries and, at the last expected one, notes the time and
+sets a ``threading.Event``.  Throughput is events (or deliveries) divided by
+the time from the first publish to the last handler call.  Building the
+``Event`` objects is excluded (measured on its own as ``shorthand``: the same
+loop with ``bus.publish(type, data)``, which builds each event).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from actors import Event, EventBus
+from bench import baselines
+from bench._common import (
+    EVENT_BYTES,
+    EVENT_TYPE,
+    Figure,
+    Params,
+    Result,
+    bench_event,
+    median_dict,
+)
+
+NAME = "throughput"
+
+
+class _Counters:
+    """One counter per subscription; each sets its ``threading.Event`` at ``goal``.
+
+    Each subscription's handler runs on one thread at a time, but different
+    subscriptions run concurrently: hence one counter each.
+    """
+
+    def __init__(self, subscriptions: int) -> None:
+        self.goal = 0
+        self.counts = [0] * subscriptions
+        self.finished = [0.0] * subscriptions
+        self.dones = [threading.Event() for _ in range(subscriptions)]
+        self.handlers = [self._make(k) for k in range(subscriptions)]
+
+    def _make(self, k: int) -> Callable[[Event], None]:
+        counts = self.counts
+        done = self.dones[k]
+        pc = time.perf_counter
+
+        def handler(_event: Event) -> None:
+            counts[k] += 1
+            if counts[k] == self.goal:
+                self.finished[k] = pc()
+                done.set()
+
+        return handler
+
+    def arm(self, goal: int) -> None:
+        """Start counting towards ``goal`` (call only while no event is in flight)."""
+        for k, done in enumerate(self.dones):
+            self.counts[k] = 0
+            done.clear()
+        self.goal = goal
+
+    def wait(self, timeout: float) -> None:
+        """Block until every subscription reached the goal; raise ``TimeoutError`` after ``timeout``."""
+        for done in self.dones:
+            if not done.wait(timeout):
+                raise TimeoutError(f"only {self.counts} of {self.goal} events arrived")
+
+
+def bus_throughput(
+    events: Sequence[Event], subscriptions: int, mode: str, batch: int = 1000
+) -> dict[str, float]:
+    """Return events/s and deliveries/s of one fresh bus (``mode``: publish, many, shorthand)."""
+    n = len(events)
+    warm = min(1000, n)
+    counters = _Counters(subscriptions)
+    with EventBus() as bus:
+        for h in counters.handlers:
+            bus.subscribe("bench.*", h)
+        # Warm up (code paths, route cache) before the timed part.
+        counters.arm(warm)
+        bus.publish_many(events[:warm])
+        counters.wait(60)
+        counters.arm(n)
+        publish = bus.publish
+        start = time.perf_counter()
+        if mode == "publish":
+            for event in events:
+                publish(event)
+        elif mode == "many":
+            many = bus.publish_many
+            for first in range(0, n, batch):
+                many(events[first : first + batch])
+        else:
+            data = events[0].data
+            for _ in range(n):
+                publish(EVENT_TYPE, data)
+        sent = time.perf_counter()
+        counters.wait(300)
+        elapsed = max(counters.finished) - start
+    return {
+        "events_per_s": n / elapsed,
+        "deliveries_per_s": n * subscriptions / elapsed,
+        "publish_calls_per_s": n / (sent - start),
+    }
+
+
+def run(params: Params) -> Result:
+    """Measure, ``params.runs`` times, the bus and its baselines; return the medians."""
+    n1 = params.size(200_000, 2_000)
+    n10 = params.size(100_000, 1_000)
+    n_pykka = params.size(100_000, 1_000)
+    n_pykka10 = params.size(20_000, 500)
+    batch = params.size(1000, 100)
+    events = [bench_event(i) for i in range(max(n1, n10))]
+    result = Result(
+        NAME,
+        {
+            "events_per_run": {"1 subscription": n1, "10 subscriptions": n10},
+            "payload": f"data={{'i': int, 'pad': str}}, ~{EVENT_BYTES} bytes encoded",
+            "handler": "trivial (counts, sets a threading.Event at the last event)",
+            "journal": "none",
+            "publish_many batch": batch,
+            "bus": "EventConfig() defaults: 2 dispatcher threads, buffer_size 10,000, DROP_OLDEST",
+            "events": "pre-built (construction excluded) except 'shorthand'",
+            "baselines": {
+                "pykka_chain_1": f"publisher -> stock relay actor -> 1 stock actor, "
+                f"{n_pykka} events",
+                "pykka_fanout_10": f"publisher -> stock relay actor -> 10 stock actors, "
+                f"{n_pykka10} events",
+                "blinker_1 / blinker_10": "Signal.send, 1 / 10 receivers",
+            },
+            "runs": params.runs,
+        },
+    )
+    for _ in range(params.runs):
+        r: dict[str, Any] = {
+            "bus_1_publish": bus_throughput(events[:n1], 1, "publish"),
+            "bus_1_publish_many": bus_throughput(events[:n1], 1, "many", batch),
+            "bus_1_shorthand": bus_throughput(events[: n1 // 2], 1, "shorthand"),
+            "bus_10_publish": bus_throughput(events[:n10], 10, "publish"),
+            "bus_10_publish_many": bus_throughput(events[:n10], 10, "many", batch),
+        }
+        r["pykka_chain_1"] = baselines.pykka_throughput(events[:n_pykka], 1)
+        r["pykka_fanout_10_deliveries"] = 10 * baselines.pykka_throughput(events[:n_pykka10], 10)
+        r["blinker_1"] = baselines.blinker_throughput(events[:n1], 1)
+        r["blinker_10_deliveries"] = 10 * baselines.blinker_throughput(events[:n10], 10)
+        result.runs.append(r)
+        print(
+            "  run: 1 sub {:,.0f} ev/s (many {:,.0f}); 10 subs {:,.0f} del/s (many {:,.0f}); "
+            "pykka {:,.0f} ev/s".format(
+                r["bus_1_publish"]["events_per_s"],
+                r["bus_1_publish_many"]["events_per_s"],
+                r["bus_10_publish"]["deliveries_per_s"],
+                r["bus_10_publish_many"]["deliveries_per_s"],
+                r["pykka_chain_1"],
+            )
+        )
+    m = median_dict(result.runs)
+    result.medians = m
+    pykka1 = m["pykka_chain_1"]
+    blinker10 = m["blinker_10_deliveries"]
+    result.figures = [
+        Figure(
+            "throughput, 1 sub, publish()",
+            "events/s",
+            m["bus_1_publish"]["events_per_s"],
+            (">=", 400_000),
+            "pykka chain 1 tell/event",
+            pykka1,
+        ),
+        Figure(
+            "throughput, 1 sub, publish_many()",
+            "events/s",
+            m["bus_1_publish_many"]["events_per_s"],
+            (">=", 400_000),
+            "pykka chain 1 tell/event",
+            pykka1,
+        ),
+        Figure(
+            "throughput, 1 sub, publish(type, data)",
+            "events/s",
+            m["bus_1_shorthand"]["events_per_s"],
+            None,
+            "pykka chain 1 tell/event",
+            pykka1,
+            note="includes building each Event",
+        ),
+        Figure(
+            "fan-out, 10 subs, publish()",
+            "deliveries/s",
+            m["bus_10_publish"]["deliveries_per_s"],
+            (">=", 1_000_000),
+            "blinker send, 10 receivers",
+            blinker10,
+        ),
+        Figure(
+            "fan-out, 10 subs, publish_many()",
+            "deliveries/s",
+            m["bus_10_publish_many"]["deliveries_per_s"],
+            (">=", 1_000_000),
+            "blinker send, 10 receivers",
+            blinker10,
+        ),
+        Figure(
+            "fan-out, 10 subs, vs pykka fan-out",
+            "deliveries/s",
+            m["bus_10_publish"]["deliveries_per_s"],
+            None,
+            "pykka relay -> 10 actors",
+            m["pykka_fanout_10_deliveries"],
+        ),
+    ]
+    return result
+

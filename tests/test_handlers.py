@@ -1,0 +1,211 @@
+"""Handler failures (SPEC 4): errors never stop the bus, retries, dead letters."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from actors import DeadLetter, Event, EventBus, EventConfig
+
+WAIT = 10.0
+
+
+class Collector:
+    def __init__(self, expected: int | None = None) -> None:
+        self.events: list[Event] = []
+        self.lock = threading.Lock()
+        self.expected = expected
+        self.done = threading.Event()
+
+    def __call__(self, event: Event) -> None:
+        with self.lock:
+            self.events.append(event)
+            if self.expected is not None and len(self.events) >= self.expected:
+                self.done.set()
+
+    @property
+    def data(self) -> list[object]:
+        return [e.data for e in self.events]
+
+
+class Flaky:
+    """Raise on every event whose data is in ``bad``, ``fail_times`` times each (None: always)."""
+
+    def __init__(self, bad: set[object], fail_times: int | None = None) -> None:
+        self.bad = bad
+        self.fail_times = fail_times
+        self.attempts: dict[object, int] = {}
+        self.handled: list[object] = []
+
+    def __call__(self, event: Event) -> None:
+        n = self.attempts.get(event.data, 0) + 1
+        self.attempts[event.data] = n
+        if event.data in self.bad and (self.fail_times is None or n <= self.fail_times):
+            raise RuntimeError(f"cannot handle {event.data!r}")
+        self.handled.append(event.data)
+
+
+@pytest.fixture
+def bus() -> Iterator[EventBus]:
+    b = EventBus(EventConfig(threads=2))
+    yield b
+    b.close(timeout=WAIT)
+
+
+def test_a_failing_handler_keeps_its_subscription_and_the_bus(bus: EventBus) -> None:
+    flaky = Flaky({2, 4})
+    sub = bus.subscribe("h.*", flaky)
+    for i in range(6):
+        bus.publish("h.e", i)
+    bus.flush(WAIT)
+    assert flaky.handled == [0, 1, 3, 5]
+    stats = sub.statistics()
+    assert stats.delivered == 4
+    assert stats.errors == 2
+    assert sub.active
+    # Still alive: later events arrive, and the bus still takes publishes.
+    bus.publish("h.e", 6).get(timeout=WAIT)
+    bus.flush(WAIT)
+    assert flaky.handled[-1] == 6
+
+
+def test_dead_letter_names_the_error_type(bus: EventBus) -> None:
+    class Custom(Exception):
+        pass
+
+    def handler(event: Event) -> None:
+        raise Custom("custom failure")
+
+    bus.subscribe("h.*", handler)
+    bus.publish("h.e")
+    bus.flush(WAIT)
+    letters = bus.dead_letters()
+    assert [d.error_type for d in letters] == ["Custom"]
+    assert "custom failure" in letters[0].error
+
+
+def test_a_failing_handler_does_not_affect_another_subscription(bus: EventBus) -> None:
+    def always_fails(event: Event) -> None:
+        raise ValueError("broken")
+
+    healthy = Collector()
+    broken = bus.subscribe("h.*", always_fails)
+    ok = bus.subscribe("h.*", healthy)
+    for i in range(100):
+        bus.publish("h.e", i)
+    bus.flush(WAIT)
+    assert healthy.data == list(range(100))
+    assert ok.statistics().errors == 0
+    assert broken.statistics().errors == 100
+    assert broken.statistics().delivered == 0
+    assert bus.metrics().dead_letters == 100
+
+
+def test_retries_then_success_is_no_dead_letter() -> None:
+    with EventBus(EventConfig(handler_retries=2)) as b:
+        flaky = Flaky({"x"}, fail_times=2)
+        sub = b.subscribe("h.*", flaky)
+        b.publish("h.e", "x")
+        b.flush(WAIT)
+        assert flaky.attempts["x"] == 3
+        assert flaky.handled == ["x"]
+        stats = sub.statistics()
+        assert stats.errors == 2
+        assert stats.delivered == 1
+        assert b.dead_letters() == []
+        assert b.metrics().dead_letters == 0
+
+
+def test_retries_exhausted_make_a_dead_letter() -> None:
+    with EventBus(EventConfig(handler_retries=2)) as b:
+        notices = Collector(1)
+        b.subscribe("$bus.deadletter", notices)
+        flaky = Flaky({"x"})
+        sub = b.subscribe("h.*", flaky)
+        event = b.publish("h.e", "x", source="test").get(timeout=WAIT)
+        b.flush(WAIT)
+        assert flaky.attempts["x"] == 3  # one try plus two retries
+        assert sub.statistics().errors == 3
+        assert notices.done.wait(WAIT)
+
+        letter = notices.events[0]
+        assert letter.event_type == "$bus.deadletter"
+        assert letter.causation_id == event.id
+        assert isinstance(letter.data, dict)
+        assert letter.data["subscription"] == sub.id
+        assert Event.from_dict(letter.data["event"]) == event
+        assert letter.data["error_type"] == "RuntimeError"
+        assert "cannot handle 'x'" in letter.data["error"]
+        assert letter.data["attempts"] == 3
+
+        letters = b.dead_letters()
+        assert len(letters) == 1
+        dead = letters[0]
+        assert isinstance(dead, DeadLetter)
+        assert dead.subscription_id == sub.id
+        assert dead.event == event
+        assert dead.error_type == "RuntimeError"
+        assert "cannot handle 'x'" in dead.error
+        assert dead.attempts == 3
+        metrics = b.metrics()
+        assert metrics.dead_letters == 1
+        assert metrics.handler_errors == 3
+
+
+def test_dead_letter_keeps_the_correlation(bus: EventBus) -> None:
+    notices = Collector(1)
+    bus.subscribe("$bus.deadletter", notices)
+    bus.subscribe("h.*", Flaky({"x"}))
+    cid = uuid.uuid4()
+    bus.publish_correlated("h.e", "x", cid)
+    assert notices.done.wait(WAIT)
+    assert notices.events[0].correlation_id == cid
+
+
+def test_dead_letters_are_not_seen_by_wildcard_subscribers(bus: EventBus) -> None:
+    everything = Collector()
+    bus.subscribe("**", everything)
+    bus.subscribe("h.*", Flaky({"x"}))
+    bus.publish("h.e", "x")
+    bus.flush(WAIT)
+    bus.flush(WAIT)  # the announcement is published while the first flush completes
+    assert [e.event_type for e in everything.events] == ["h.e"]
+    assert len(bus.dead_letters()) == 1
+
+
+def test_each_failing_subscription_gets_its_own_dead_letter(bus: EventBus) -> None:
+    first = bus.subscribe("h.*", Flaky({"x"}))
+    second = bus.subscribe("h.**", Flaky({"x"}))
+    event = bus.publish("h.e", "x").get(timeout=WAIT)
+    bus.flush(WAIT)
+    letters = bus.dead_letters()
+    assert sorted(d.subscription_id for d in letters) == sorted([first.id, second.id])
+    assert all(d.event.id == event.id for d in letters)
+
+
+def test_a_handler_error_inside_an_async_handler_is_a_dead_letter() -> None:
+    with EventBus(EventConfig(handler_retries=1)) as b:
+        attempts: list[object] = []
+
+        async def handler(event: Event) -> None:
+            attempts.append(event.data)
+            raise KeyError("async failure")
+
+        after = Collector()
+        sub = b.subscribe("h.*", handler)
+        b.subscribe("h.*", after)
+        b.publish("h.e", 1)
+        b.publish("h.e", 2)
+        b.flush(WAIT)
+        assert attempts == [1, 1, 2, 2]
+        assert sub.statistics().errors == 4
+        assert [d.event.data for d in b.dead_letters()] == [1, 2]
+        assert after.data == [1, 2]
+
+
+def test_negative_retries_are_refused() -> None:
+    with pytest.raises(ValueError):
+        EventConfig(handler_retries=-1)
