@@ -142,6 +142,7 @@ class Bridge:
         self._ctx = zmq.Context()
         self._auth: zmq.auth.thread.ThreadAuthenticator | None = None
         self._pub_endpoint: str | None = None
+        self.endpoint: str | None = None  # the resolved ``listen`` (ephemeral ports filled in)
         try:
             self._setup(node)
         except (zmq.ZMQError, ValueError, TypeError) as exc:
@@ -180,6 +181,7 @@ class Bridge:
         self._secure(self._router)
         if node.listen is not None:
             self._router.bind(node.listen)
+            self.endpoint = self._router.last_endpoint.decode()
             self._xpub.bind(derive_endpoint(node.listen, 1, ".pub"))
             self._pub_endpoint = self._xpub.last_endpoint.decode()
         self._sub = self._ctx.socket(zmq.SUB)

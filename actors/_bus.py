@@ -470,7 +470,11 @@ class EventBus:
             return
         # The router removes the route first, then stops the actor: no flush
         # barrier can land on a stopped mailbox.
-        self._router_mailbox.put(Unsubscribe(subscription.id, then=actor.actor_ref.stop))
+        # (Never a blocking stop: the router runs on a dispatcher thread that
+        # the subscriber may need in order to stop.)
+        self._router_mailbox.put(
+            Unsubscribe(subscription.id, then=lambda: actor.actor_ref.stop(block=False))
+        )
         stats = actor.statistics()
         self._removed[0] += stats.delivered
         self._removed[1] += stats.dropped

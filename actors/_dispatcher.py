@@ -256,6 +256,7 @@ class DispatchedActor(pykka.Actor):
         self._actor_started = False
         self._actor_torn_down = False
         self._actor_parked = False
+        self._actor_requeue: Any = None
 
     @staticmethod
     def _create_actor_inbox() -> FifoMailbox:
@@ -282,8 +283,12 @@ class DispatchedActor(pykka.Actor):
                     self._handle_envelope(item)
                 else:
                     self._handle_message(item)
-                if self._actor_parked or stopped():
-                    inbox.put_front(batch[i + 1 :])
+                if self._actor_parked or self._actor_requeue is not None or stopped():
+                    rest = batch[i + 1 :]
+                    if self._actor_requeue is not None:
+                        rest.insert(0, self._actor_requeue)
+                        self._actor_requeue = None
+                    inbox.put_front(rest)
                     break
             if not stopped() and not self._actor_parked:
                 try:
@@ -303,9 +308,14 @@ class DispatchedActor(pykka.Actor):
                 return
         self._teardown()
 
-    def _park(self) -> None:
-        """Stop taking messages after the current one until ``_unpark``."""
+    def _park(self, requeue: Any = None) -> None:
+        """Stop taking messages after the current one until ``_unpark``.
+
+        ``requeue`` goes back to the head of the mailbox, before the rest of
+        the batch, so it is handled first when the actor resumes.
+        """
         self._actor_parked = True
+        self._actor_requeue = requeue
 
     def _unpark(self) -> None:
         """Resume taking messages and schedule a turn."""

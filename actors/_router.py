@@ -126,9 +126,10 @@ class RouterActor(DispatchedActor):
 
     def _on_message(self, message: Any) -> None:
         if type(message) is Publish:
-            self._route(
+            if not self._route(
                 message.event, message.future, message.published_at, message.internal, message.owned
-            )
+            ):
+                self._park_on_blocked(message)
         elif type(message) is PublishBatch:
             self._route_batch(message)
         elif type(message) is Subscribe:
@@ -169,10 +170,8 @@ class RouterActor(DispatchedActor):
         events = message.events
         for i, event in enumerate(events):
             if not self._route(event, futures[i], message.published_at):
-                # Parked on a BLOCK mailbox: re-queue the rest as one batch.
-                self.actor_inbox.put_front(
-                    [PublishBatch(events[i:], futures[i:], message.published_at)]
-                )
+                # Blocked on a full BLOCK mailbox: the rest waits, as one batch.
+                self._park_on_blocked(PublishBatch(events[i:], futures[i:], message.published_at))
                 return
 
     def _route(
@@ -206,7 +205,7 @@ class RouterActor(DispatchedActor):
                                     )
                                 )
                             return True
-                        self._park_on(route, event, future, published_at, owned)
+                        self._blocked_on = route
                         return False
         seq = self.next_sequence
         self.next_sequence = seq + 1
@@ -257,20 +256,15 @@ class RouterActor(DispatchedActor):
 
     # -- BLOCK: park until the full mailbox drains ----------------------------
 
-    def _park_on(
-        self,
-        route: Route,
-        event: Event,
-        future: BusFuture[Event] | None,
-        published_at: float,
-        owned: bool,
-    ) -> None:
-        self.actor_inbox.put_front([Publish(event, future, published_at, owned=owned)])
-        self._blocked_on = route
-        self._park()
+    def _park_on_blocked(self, message: Publish | PublishBatch) -> None:
+        """Park until the mailbox in ``_blocked_on`` has room; ``message`` is retried first."""
+        route = self._blocked_on
+        assert route is not None
+        self._park(requeue=message)
         if not route.mailbox.wait_for_room(self._unblock):
+            # Room appeared meanwhile: retry at once (the message is requeued).
             self._blocked_on = None
-            self._actor_parked = False  # room appeared meanwhile: carry on next turn
+            self._actor_parked = False
 
     def _unblock(self) -> None:
         self._blocked_on = None

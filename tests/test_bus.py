@@ -237,11 +237,6 @@ def test_unsubscribe_stops_delivery(bus: EventBus) -> None:
     assert bus.metrics().subscriptions == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="RouterActor runs Unsubscribe.then=actor_ref.stop, a blocking stop, on its own "
-    "dispatcher thread; with one thread the subscriber can never run its stop: deadlock",
-)
 def test_unsubscribe_on_a_single_thread_dispatcher() -> None:
     one = EventBus(EventConfig(threads=1))
     try:

@@ -205,12 +205,6 @@ def test_block_waits_for_room_and_loses_nothing(bus: EventBus) -> None:
     assert bus.metrics().dropped == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="RouterActor._park_on puts the parked Publish back at the head of its inbox, then "
-    "DispatchedActor._actor_turn puts the rest of the turn's batch in front of it: the "
-    "events after the parked one overtake it (sequence and delivery order break)",
-)
 def test_block_keeps_publish_order(bus: EventBus) -> None:
     permits = threading.Semaphore(0)
     entered = threading.Event()

@@ -1,0 +1,306 @@
+"""The ZeroMQ bridge in one process: several buses joined over ipc:// and 127.0.0.1 tcp.
+
+Every wait is on an event, a future or ``Bridge.wait``/``wait_synced`` (a
+condition variable); nothing sleeps.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+
+from actors import (
+    BridgeError,
+    Event,
+    EventBus,
+    EventConfig,
+    EventQuery,
+    NodeConfig,
+    PersistentEventBus,
+)
+from actors._bridge import Bridge, generate_keypair
+from actors._broker import Broker
+from actors._wire import (
+    HELLO,
+    VERSION,
+    Request,
+    encode_data,
+    encode_request,
+)
+
+WAIT = 20.0
+
+
+class Collector:
+    """A handler that records events and signals when ``n`` arrived."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.events: list[Event] = []
+        self.done = threading.Event()
+        self._lock = threading.Lock()
+
+    def __call__(self, event: Event) -> None:
+        with self._lock:
+            self.events.append(event)
+            if len(self.events) >= self.n:
+                self.done.set()
+
+    def wait(self) -> list[Event]:
+        assert self.done.wait(WAIT), f"got {len(self.events)} of {self.n} events"
+        return self.events
+
+
+@pytest.fixture
+def nodes(tmp_path: Path) -> Iterator[Callable[..., EventBus]]:
+    opened: list[EventBus] = []
+
+    def make(name: str, *, persistent: bool = False, **node: Any) -> EventBus:
+        config = EventConfig(persistence_path=str(tmp_path / name)) if persistent else None
+        bus_type = PersistentEventBus if persistent else EventBus
+        bus = bus_type(config or EventConfig(), node=NodeConfig(name=name, **node))
+        opened.append(bus)
+        return bus
+
+    yield make
+    for bus in reversed(opened):
+        bus.close(timeout=10)
+
+
+def bridge(bus: EventBus) -> Bridge:
+    assert bus._bridge is not None
+    return bus._bridge
+
+
+def endpoint(bus: EventBus) -> str:
+    found = bridge(bus).endpoint
+    assert found is not None
+    return found
+
+
+def ipc(tmp_path: Path, name: str) -> str:
+    return f"ipc://{tmp_path}/{name}.sock"
+
+
+def test_wildcard_delivery_in_per_origin_order_over_ipc(
+    tmp_path: Path, nodes: Callable[..., EventBus]
+) -> None:
+    a = nodes("a", listen=ipc(tmp_path, "a"))
+    b = nodes("b", listen=ipc(tmp_path, "b"), peers=(ipc(tmp_path, "a"),))
+    got = Collector(300)
+    b.subscribe("job.*.done", got)
+    assert bridge(b).wait_synced(["a"], WAIT)
+    for i in range(300):
+        a.publish(f"job.{i % 7}.done", i)
+        a.publish("job.x.started", i)
+    events = got.wait()
+    assert [e.data for e in events] == list(range(300))
+    assert {e.origin for e in events} == {"a"}
+    assert all(e.event_type.endswith(".done") for e in events)
+
+
+def test_tcp_with_ephemeral_ports_both_directions(nodes: Callable[..., EventBus]) -> None:
+    a = nodes("a", listen="tcp://127.0.0.1:*")
+    b = nodes("b", listen="tcp://127.0.0.1:*", peers=(endpoint(a),))
+    at_a, at_b = Collector(1), Collector(1)
+    a.subscribe("ping", at_a)
+    b.subscribe("pong", at_b)
+    assert bridge(a).wait_synced(["b"], WAIT)
+    assert bridge(b).wait_synced(["a"], WAIT)
+    b.publish("ping", 1)
+    a.publish("pong", 2)
+    assert at_a.wait()[0].data == 1
+    assert at_b.wait()[0].data == 2
+
+
+def test_only_events_a_peer_can_match_are_sent(
+    tmp_path: Path, nodes: Callable[..., EventBus]
+) -> None:
+    a = nodes("a", listen=ipc(tmp_path, "a"))
+    b = nodes("b", peers=(ipc(tmp_path, "a"),))
+    got = Collector(5)
+    b.subscribe("user.*", got)
+    assert bridge(b).wait_synced(["a"], WAIT)
+    for i in range(5):
+        a.publish("tool.call", i).get(timeout=WAIT)
+        a.publish("users.x", i).get(timeout=WAIT)
+        a.publish("user.login", i).get(timeout=WAIT)
+    assert [e.data for e in got.wait()] == list(range(5))
+    stats = bridge(b).statistics()
+    assert stats.events_received == 5  # nothing else crossed the wire
+    assert stats.frames_received == bridge(a).statistics().frames_sent
+
+
+def test_no_loops_in_a_three_node_mesh(tmp_path: Path, nodes: Callable[..., EventBus]) -> None:
+    names = ["a", "b", "c"]
+    eps = {n: ipc(tmp_path, n) for n in names}
+    buses = {n: nodes(n, listen=eps[n], peers=tuple(eps[m] for m in names if m < n)) for n in names}
+    got = {n: Collector(6) for n in names}  # 2 local + 4 remote
+    for n, bus in buses.items():
+        bus.subscribe("**", got[n])
+    for n, bus in buses.items():
+        assert bridge(bus).wait_synced([m for m in names if m != n], WAIT)
+    for n, bus in buses.items():
+        bus.publish("work.item", n).get(timeout=WAIT)
+    for n, bus in buses.items():
+        bus.publish("work.marker", n).get(timeout=WAIT)
+    for n in names:
+        events = got[n].wait()
+        remote = [e for e in events if e.origin != n]
+        assert sorted((e.origin, e.event_type) for e in remote) == sorted(
+            (m, t) for m in names if m != n for t in ("work.item", "work.marker")
+        )
+        # Each remote event came straight from its origin, once.
+        stats = bridge(buses[n]).statistics()
+        assert stats.events_received == 4
+        assert stats.duplicates == 0
+
+
+def test_remote_get_correlated_and_query(tmp_path: Path, nodes: Callable[..., EventBus]) -> None:
+    a = nodes("a", persistent=True, listen=ipc(tmp_path, "a"))
+    b = nodes("b", peers=(ipc(tmp_path, "a"),))
+    assert bridge(b).wait_synced(["a"], WAIT)
+    assert bridge(a).wait_synced(["b"], WAIT)
+    cid = uuid.uuid4()
+    a.publish_correlated("flow.start", 1, cid).get(timeout=WAIT)
+    a.publish("other", 0).get(timeout=WAIT)
+    b.publish_correlated("flow.step", 2, cid).get(timeout=WAIT)
+    from_b = b.get_correlated(cid, timeout=WAIT)
+    assert sorted((e.origin, e.data) for e in from_b) == [("a", 1), ("b", 2)]
+    stored = b.query(EventQuery(event_types=["flow.*"]), node="a", timeout=WAIT)
+    assert [(e.origin, e.data) for e in stored] == [("a", 1)]
+    with pytest.raises(BridgeError):
+        a.query(EventQuery(), node="b", timeout=WAIT)  # b has no journal
+    with pytest.raises(BridgeError):
+        b.query(EventQuery(), node="nobody", timeout=WAIT)
+
+
+def test_curve_refuses_unknown_keys(tmp_path: Path, nodes: Callable[..., EventBus]) -> None:
+    a_pub, a_sec = generate_keypair()
+    b_pub, b_sec = generate_keypair()
+    x_pub, x_sec = generate_keypair()
+    a_ep = ipc(tmp_path, "a")
+    a = nodes(
+        "a",
+        listen=a_ep,
+        curve_public_key=a_pub,
+        curve_secret_key=a_sec,
+        authorized_keys=(b_pub,),
+    )
+    b = nodes(
+        "b",
+        listen=ipc(tmp_path, "b"),
+        peers=(a_ep,),
+        curve_public_key=b_pub,
+        curve_secret_key=b_sec,
+        authorized_keys=(a_pub,),
+        peer_public_keys={a_ep: a_pub},
+    )
+    x = nodes(
+        "x",
+        peers=(a_ep,),
+        curve_public_key=x_pub,
+        curve_secret_key=x_sec,
+        peer_public_keys={a_ep: a_pub},
+    )
+    at_b, at_x = Collector(1), Collector(1)
+    b.subscribe("secret.*", at_b)
+    x.subscribe("**", at_x)
+    assert bridge(a).wait(lambda s: s.auth_refused >= 1, WAIT)
+    assert bridge(b).wait_synced(["a"], WAIT)
+    a.publish("secret.plan", 42).get(timeout=WAIT)
+    assert at_b.wait()[0].data == 42
+    stats = bridge(x).statistics()
+    assert stats.events_received == 0
+    assert stats.peers_alive == ()
+    assert at_x.events == []
+
+
+def test_garbage_frames_are_dropped_and_the_node_keeps_running(
+    tmp_path: Path, nodes: Callable[..., EventBus]
+) -> None:
+    a = nodes("a", listen=ipc(tmp_path, "a"), max_frame_bytes=4096)
+    got = Collector(1)
+    a.subscribe("real.*", got)
+    a.flush()
+    ctx = zmq.Context()
+    try:
+        fake_pub = ctx.socket(zmq.XPUB)
+        fake_pub.bind(ipc(tmp_path, "fake"))
+        dealer = ctx.socket(zmq.DEALER)
+        dealer.connect(endpoint(a))
+        # Garbage on the request channel.
+        dealer.send_multipart([b"\x00"])
+        dealer.send_multipart([b"\x09\x10", b"", b"", b"", b"{}"])
+        dealer.send_multipart([bytes((VERSION, HELLO)), b"", b"\xff", b"1", b"{}"])
+        # A hello that points a's SUB at the fake publisher.
+        hello = Request(HELLO, "", "fake", "h", {"kind": "node", "pub": ipc(tmp_path, "fake")})
+        dealer.send_multipart(encode_request(hello))
+        assert dealer.poll(int(WAIT * 1000))
+        dealer.recv_multipart()  # the welcome
+        # Wait until a's subscriptions reached the fake publisher.
+        assert fake_pub.poll(int(WAIT * 1000))
+        while fake_pub.poll(0):
+            fake_pub.recv()
+        garbage: list[list[bytes]] = [
+            [b"real.x"],
+            [b"real.x", b"", b""],
+            [b"real.x", b"\x01", b"junk"],
+            [b"real.x", b"\x02\x01", b"junk"],  # unknown version
+            [b"real.x", b"\x01\x01" + b"\x00" * 10, b"junk"],  # truncated header
+            [b"real.x", b"\x01\x09", b"{}"],  # unknown kind
+            [b"\xffhb", b"\x01\x02", b"not json"],
+            [b"\xffhb", b"\x01\x02", b'{"node": 3}'],
+            [b"real.x", b"x" * 5000, b""],  # oversized
+        ]
+        for parts in garbage:
+            fake_pub.send_multipart(parts)
+        forged = Event(event_type="real.y", data=1)._stamped(1, "other")
+        fake_pub.send_multipart(encode_data(b"real.", "fake", 1, [], [forged]))
+        request_garbage = 3
+        expected = len(garbage) + 1 + request_garbage
+        assert bridge(a).wait(lambda s: s.frames_dropped >= expected, WAIT)
+        assert bridge(a).statistics().frames_dropped == expected
+        # Still working: a real peer's events arrive.
+        b = nodes("b", peers=(endpoint(a),))
+        assert bridge(a).wait_synced(["b"], WAIT)
+        b.publish("real.thing", "ok")
+        assert got.wait()[0].data == "ok"
+    finally:
+        ctx.destroy(0)
+
+
+def test_bad_endpoint_raises_bridge_error(nodes: Callable[..., EventBus]) -> None:
+    with pytest.raises(BridgeError):
+        nodes("a", listen="bogus://nowhere")
+    with pytest.raises(BridgeError):
+        nodes("k", curve_public_key=b"x" * 40, curve_secret_key=b"y" * 40, peers=("ipc://z",))
+
+
+def test_nodes_meet_through_a_broker(tmp_path: Path, nodes: Callable[..., EventBus]) -> None:
+    with Broker("tcp://127.0.0.1:*") as broker:
+        names = ["a", "b", "c"]
+        buses = {n: nodes(n, persistent=(n == "a"), peers=(broker.endpoint,)) for n in names}
+        got = {n: Collector(2) for n in names}
+        for n, bus in buses.items():
+            bus.subscribe("job.**", got[n])
+        for n, bus in buses.items():
+            assert bridge(bus).wait_synced([m for m in names if m != n], WAIT)
+        cid = uuid.uuid4()
+        for n, bus in buses.items():
+            bus.publish("job.run", n, correlation_id=cid).get(timeout=WAIT)
+            bus.publish("jobs.other", n).get(timeout=WAIT)
+        for n in names:
+            remote = sorted(e.data for e in got[n].wait() if e.origin != n)
+            assert remote == [m for m in names if m != n]
+        correlated = buses["c"].get_correlated(cid, timeout=WAIT)
+        assert sorted({e.data for e in correlated}) == names
+        stored = buses["b"].query(EventQuery(event_types=["jobs.*"]), node="a", timeout=WAIT)
+        assert [e.data for e in stored] == ["a"]
+        assert broker.routed >= 3
