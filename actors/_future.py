@@ -120,20 +120,31 @@ class BusFuture(pykka.Future[T], Generic[T]):
                 if self._callbacks is None:
                     self._callbacks = []
                 self._callbacks.append(fn)
-                return
-        fn(self)
+                fn = None  # type: ignore[assignment]
+        if fn is not None:
+            fn(self)
+        elif self._done:
+            # Completed while we appended: whoever takes the list runs it.
+            self._run_callbacks()
 
     def _complete(self, value: Any, exc: BaseException | None) -> None:
-        with _LOCK:
-            if self._done:
-                return
-            self._value = value
-            self._exc = exc
-            self._done = True
-            waiter = self._waiter
-            callbacks = self._callbacks
+        # Lock-free on the hot path.  The GIL orders these writes: a waiter
+        # creates its Event and then re-checks ``_done``, we set ``_done`` and
+        # then look for a waiter, so one of us always sees the other.
+        if self._done:
+            return
+        self._value = value
+        self._exc = exc
+        self._done = True
+        waiter = self._waiter
         if waiter is not None:
             waiter.set()
+        if self._callbacks is not None:
+            self._run_callbacks()
+
+    def _run_callbacks(self) -> None:
+        with _LOCK:
+            callbacks, self._callbacks = self._callbacks, None
         if callbacks:
             for fn in callbacks:
                 fn(self)

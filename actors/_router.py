@@ -54,6 +54,8 @@ __all__ = ["RouterActor"]
 
 logger = logging.getLogger("actors.router")
 
+_PLAN_CACHE_LIMIT = 100_000
+
 
 class _Latch:
     """Call ``done`` after ``count_down`` was called ``n`` times (from any threads)."""
@@ -95,7 +97,7 @@ class RouterActor(DispatchedActor):
         self.next_sequence = first_sequence
         self._trie: TopicTrie[Route] = TopicTrie()
         self._routes: dict[str, tuple[Route, Pattern]] = {}
-        self._strict = 0
+        self._plans: dict[str, tuple[tuple[Route, ...], bool, bool]] = {}
         # Recorders get every accepted event; the durable one (a journal with
         # sync durability) also gets the publish futures to resolve.
         self._recorders = list(recorders or [])
@@ -188,11 +190,14 @@ class RouterActor(DispatchedActor):
         origin already accepted) skip the REJECT/BLOCK check: a full strict
         mailbox drops its oldest event for them instead.
         """
-        targets = self._trie.match(event.event_type)
+        plan = self._plans.get(event.event_type)
+        if plan is None:
+            plan = self._plan(event.event_type)
+        targets, filtered, strict = plan
         if targets:
-            if any(r.predicate is not None for r in targets):
+            if filtered:
                 targets = tuple(r for r in targets if r.predicate is None or _passes(r, event))
-            if self._strict and not internal:
+            if strict and not internal:
                 for route in targets:
                     if route.strict and not route.mailbox.has_room():
                         if route.mailbox.overflow is OverflowStrategy.REJECT:
@@ -238,6 +243,23 @@ class RouterActor(DispatchedActor):
             future.set(stamped)
         return True
 
+    def _plan(self, event_type: str) -> tuple[tuple[Route, ...], bool, bool]:
+        """Resolve ``event_type`` once: its routes, whether any filters, whether any is strict.
+
+        Cached per type (one dict lookup per event afterwards); the cache is
+        cleared on every subscribe and unsubscribe, and when it grows large.
+        """
+        targets = self._trie.match(event_type)
+        plan = (
+            targets,
+            any(r.predicate is not None for r in targets),
+            any(r.strict for r in targets),
+        )
+        if len(self._plans) >= _PLAN_CACHE_LIMIT:
+            self._plans.clear()
+        self._plans[event_type] = plan
+        return plan
+
     def _emit(self, event_type: str, data: dict[str, Any]) -> None:
         """Publish a ``$bus`` event from inside the router (never blocks, never rejected)."""
         event = Event(event_type=event_type, data=data, source="bus")
@@ -282,8 +304,7 @@ class RouterActor(DispatchedActor):
         pattern = Pattern.parse(route.pattern)
         self._routes[route.id] = (route, pattern)
         self._trie.add(pattern, route)
-        if route.strict:
-            self._strict += 1
+        self._plans.clear()
         if message.on_subscribed is not None:
             # Tells a catch-up subscription where live delivery starts.
             message.on_subscribed(self.next_sequence)
@@ -295,8 +316,7 @@ class RouterActor(DispatchedActor):
             return
         route, pattern = entry
         self._trie.remove(pattern, route)
-        if route.strict:
-            self._strict -= 1
+        self._plans.clear()
         if self._blocked_on is route:
             self._unblock()
         self._routes_changed()
