@@ -585,9 +585,8 @@ class Bridge:
         kind, body = message.kind, message.body
         if message.sender and message.sender != self.name and kind in (HELLO, WELCOME):
             if body.get("kind") != "broker":
-                peer = self._peers.setdefault(message.sender, Peer(message.sender))
-                peer.route = route
-                peer.last_seen = now
+                self._seen(message.sender, now)
+                self._peers[message.sender].route = route
             via = host or (link.host() if link is not None else None)
             key = link.key if link is not None else _key(body.get("key"))
             self._connect_stream(message.sender, body, via, key, link)
@@ -643,6 +642,11 @@ class Bridge:
                 if key is None:
                     logger.warning("bridge %s: no key for %s; not connecting", self.name, endpoint)
                     return
+                # Options are copied per connection: a socket bound as a CURVE
+                # server can still connect as a client.
+                sock.curve_server = False
+                sock.curve_publickey = self._node.curve_public_key
+                sock.curve_secretkey = self._node.curve_secret_key
                 sock.curve_serverkey = key
             sock.connect(endpoint)
         except zmq.ZMQError as exc:

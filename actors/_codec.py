@@ -110,6 +110,7 @@ def event_to_message(event: Event) -> Any:
     Raise ``InvalidEventError`` if a field cannot be encoded (``data`` mutated
     into a non-JSON value, or an unvalidated ``_with`` change).
     """
+    value: Any
     try:
         data = event.data
         stamp = event.timestamp - _EPOCH

@@ -546,6 +546,8 @@ def _is_json(value: Any, depth: int) -> bool:  # noqa: PLR0911 - flat dispatch i
             cls = item.__class__
             if cls is str or cls is bool or item is None:
                 continue
+            if cls is int and -_INT_LIMIT < item < _INT_LIMIT:
+                continue
             if not _is_json(item, depth + 1):
                 return False
         return True

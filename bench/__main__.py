@@ -59,7 +59,7 @@ def _format(value: float | None, unit: str) -> str:
     if unit == "s":
         return f"{value * 1e3:.3f} ms" if value < 1 else f"{value:.2f} s"
     if unit == "bytes":
-        return f"{value / 1024:.2f} KiB"
+        return f"{value / 1000:.2f} kB"
     if unit == "ratio":
         return f"{value:.3f}x"
     if unit == "events/s (offered)":
@@ -71,6 +71,8 @@ def _target(figure: Figure) -> str:
     if figure.target is None:
         return "-"
     op, value = figure.target
+    if figure.target_on_ratio:
+        return f"ratio {op} {value:g}"
     return f"{op} {_format(value, figure.unit)}"
 
 

@@ -69,7 +69,8 @@ class Figure:
 
     ``target`` is ``(">=", 400_000)`` or ``("<", 0.001)``; None for an
     informational row.  ``ratio`` is ``measured / baseline`` whatever the
-    direction of the figure.
+    direction of the figure.  With ``target_on_ratio`` the target applies to
+    the ratio (routing: within 10% of the 10-pattern baseline).
     """
 
     name: str
@@ -79,6 +80,7 @@ class Figure:
     baseline_name: str | None = None
     baseline: float | None = None
     note: str = ""
+    target_on_ratio: bool = False
 
     @property
     def ratio(self) -> float | None:
@@ -95,11 +97,14 @@ class Figure:
         if self.target is None:
             return "info"
         op, value = self.target
+        got = self.ratio if self.target_on_ratio else self.measured
+        if got is None:
+            return "skipped"
         ok = {
-            ">=": self.measured >= value,
-            ">": self.measured > value,
-            "<": self.measured < value,
-            "<=": self.measured <= value,
+            ">=": got >= value,
+            ">": got > value,
+            "<": got < value,
+            "<=": got <= value,
         }[op]
         return "pass" if ok else "MISS"
 
@@ -108,7 +113,9 @@ class Figure:
         return {
             "name": self.name,
             "unit": self.unit,
-            "target": None if self.target is None else {"op": self.target[0], "value": self.target[1]},
+            "target": None
+            if self.target is None
+            else {"op": self.target[0], "value": self.target[1], "on_ratio": self.target_on_ratio},
             "measured": self.measured,
             "baseline_name": self.baseline_name,
             "baseline": self.baseline,
@@ -355,4 +362,3 @@ def paced(
         "lag_p99": lag["p99"],
         "lag_max": lag["max"],
     }
-

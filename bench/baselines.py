@@ -259,9 +259,7 @@ def zmq_paced_latency(n: int, rate: float) -> dict[str, float]:
         pad = b"x" * (EVENT_BYTES - _FRAME_HEAD.size)
         pair.conn.send(("latency", n, 1, 1.0 / rate))
         send = pair.push.send
-        sender = paced(
-            n, rate, lambda i: send(_FRAME_HEAD.pack(i) + pad), lambda s: pair.conn.send(s)
-        )
+        sender = paced(n, rate, lambda i: send(_FRAME_HEAD.pack(i) + pad), pair.conn.send)
         summary: dict[str, float] = pair.conn.recv()
         return {**sender, **summary}
     finally:

@@ -44,9 +44,7 @@ SUBSCRIPTIONS = 10
 KEEP_UP = 0.98  # a rate is kept up with when sent and handled rates reach 98% of it
 
 
-def _recorders(
-    records: list[list[float]], timing: list[float]
-) -> list[Callable[[Event], None]]:
+def _recorders(records: list[list[float]], timing: list[float]) -> list[Callable[[Event], None]]:
     def make(rec: list[float]) -> Callable[[Event], None]:
         append = rec.append
         pc = time.perf_counter
@@ -59,9 +57,7 @@ def _recorders(
     return [make(rec) for rec in records]
 
 
-def measure_bus(
-    events: Sequence[Event], rate: float, *, journal: str | None
-) -> dict[str, Any]:
+def measure_bus(events: Sequence[Event], rate: float, *, journal: str | None) -> dict[str, Any]:
     """Return sender figures, latency percentiles (s) and drops of one paced run."""
     n = len(events)
     timing = [0.0, 1.0 / rate]
@@ -161,7 +157,11 @@ def run(params: Params) -> Result:
     m = median_dict(result.runs)
     kept = {}
     for journal in ("memory", "journal"):
-        ok = [rate for rate in RATES if all(_kept_up(run[f"{rate}_{journal}"], rate) for run in result.runs)]
+        ok = [
+            rate
+            for rate in RATES
+            if all(_kept_up(run[f"{rate}_{journal}"], rate) for run in result.runs)
+        ]
         missed = [rate for rate in RATES if rate not in ok]
         kept[journal] = {"kept_up": ok, "first_missed": missed[0] if missed else None}
     m["keep_up"] = kept

@@ -66,7 +66,7 @@ class _Counters:
         self.goal = goal
 
     def wait(self, timeout: float) -> None:
-        """Block until every subscription reached the goal; raise ``TimeoutError`` after ``timeout``."""
+        """Block until every subscription reached the goal (``TimeoutError`` after ``timeout``)."""
         for done in self.dones:
             if not done.wait(timeout):
                 raise TimeoutError(f"only {self.counts} of {self.goal} events arrived")
@@ -217,4 +217,3 @@ def run(params: Params) -> Result:
         ),
     ]
     return result
-

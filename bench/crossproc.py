@@ -1,0 +1,299 @@
+"""Cross-process over ZeroMQ: two processes, two buses joined by the bridge.
+
+The parent runs node ``bench-a`` (``listen`` on a loopback TCP port) and
+publishes; a spawned child runs node ``bench-b`` (``peers=[a]``) with one
+subscription ``bench.*`` whose handler counts and timestamps.  Before
+measuring, the parent publishes probe events until the child has seen one
+(the child's subscription has reached the parent).  Both processes share
+the system-wide monotonic clock (``perf_counter``), so the child's receive
+times compare with the parent's send times.
+
+- throughput: the parent publishes ``n`` fresh pre-built events with
+  ``publish_many`` (batches of 1000) as fast as it can; events/s from the
+  first publish to the child's last handler call.
+- latency: paced, open loop (``bench._common.paced``) at 20,000 events/s,
+  one ``publish`` per event, measured from each event's scheduled send time
+  to the child's handler.
+
+Both with ``NodeConfig.batch_size`` 256 (the default, batched) and 1
+(unbatched).  Baselines: raw pyzmq PUSH/PULL between two processes on
+loopback TCP, 300-byte frames and 100 events per frame, and the same paced
+latency with one frame per event.
+
+Runs only when ``actors._bridge`` imports; otherwise every figure reads
+"skipped: bridge not available".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import multiprocessing as mp
+import random
+import threading
+import time
+from typing import Any
+
+from bench import baselines
+from bench._common import (
+    EVENT_BYTES,
+    Figure,
+    Params,
+    Result,
+    bench_event,
+    latency_summary,
+    median_dict,
+    paced,
+)
+
+NAME = "crossproc"
+LATENCY_RATE = 20_000
+BATCH_SIZES = {"batched": 256, "unbatched": 1}
+WAIT = 300.0
+
+
+def bridge_problem() -> str | None:
+    """Return why the bridge cannot be used, or None if it imports."""
+    try:
+        importlib.import_module("actors._bridge")
+        from actors import NodeConfig  # noqa: PLC0415
+
+        NodeConfig(name="probe", batch_size=1)
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+# -- the child: node bench-b ----------------------------------------------------------------
+
+
+def _child(conn: Any, endpoint: str, batch_size: int) -> None:
+    from actors import EventBus, NodeConfig  # noqa: PLC0415
+
+    probe = threading.Event()
+    done = threading.Event()
+    state: dict[str, Any] = {"goal": 0, "count": 0, "end": 0.0, "interval": 0.0, "rec": []}
+
+    def handler(event: Any) -> None:
+        i = event.data["i"]
+        if i < 0:
+            probe.set()
+            return
+        now = time.perf_counter()
+        state["rec"].append(now - i * state["interval"])
+        state["count"] += 1
+        if state["count"] == state["goal"]:
+            state["end"] = now
+            done.set()
+
+    node = NodeConfig(name="bench-b", peers=(endpoint,), batch_size=batch_size)
+    with EventBus(node=node) as bus:
+        bus.subscribe("bench.*", handler, capacity=1_000_000)
+        conn.send("ready")
+        while True:
+            command = conn.recv()
+            if command is None:
+                break
+            kind = command[0]
+            if kind == "probe":
+                conn.send(probe.wait(command[1]))
+                continue
+            _, goal, interval = command
+            done.clear()
+            state.update(goal=goal, count=0, interval=interval, rec=[])
+            conn.send("armed")
+            finished = done.wait(WAIT)
+            if kind == "throughput":
+                conn.send(state["end"] if finished else None)
+            else:
+                start = conn.recv()
+                rec = [x - start for x in state["rec"]]
+                conn.send({**latency_summary(rec), "received": state["count"]} if rec else None)
+
+
+# -- the parent: node bench-a ---------------------------------------------------------------
+
+
+class _Pair:
+    """Node bench-a here, node bench-b in a spawned child, subscription propagated."""
+
+    def __init__(self, batch_size: int) -> None:
+        from actors import BridgeError, EventBus, NodeConfig  # noqa: PLC0415
+
+        self.bus: Any = None
+        for _ in range(20):
+            port = random.randrange(20_000, 60_000, 2)
+            endpoint = f"tcp://127.0.0.1:{port}"
+            try:
+                node = NodeConfig(name="bench-a", listen=endpoint, batch_size=batch_size)
+                self.bus = EventBus(node=node)
+                break
+            except BridgeError:
+                continue  # port taken: try another
+        if self.bus is None:
+            raise RuntimeError("no free loopback port pair for node bench-a")
+        ctx = mp.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_child, args=(child, endpoint, batch_size), daemon=True)
+        self.proc.start()
+        if not self.conn.poll(60) or self.conn.recv() != "ready":
+            self.close()
+            raise RuntimeError("node bench-b did not start")
+        deadline = time.monotonic() + 60
+        while True:
+            self.bus.publish("bench.probe", {"i": -1})
+            self.conn.send(("probe", 0.05))
+            if self.conn.recv():
+                break
+            if time.monotonic() > deadline:
+                self.close()
+                raise RuntimeError("node bench-b never received a probe event from bench-a")
+
+    def throughput(self, events: list[Any]) -> float:
+        """Return events/s from the first publish here to the last handler call there."""
+        self.conn.send(("throughput", len(events), 0.0))
+        assert self.conn.recv() == "armed"
+        many = self.bus.publish_many
+        start = time.perf_counter()
+        for first in range(0, len(events), 1000):
+            many(events[first : first + 1000])
+        if not self.conn.poll(WAIT):
+            raise TimeoutError("node bench-b did not report")
+        end = self.conn.recv()
+        if end is None:
+            raise TimeoutError(f"node bench-b did not receive all {len(events)} events")
+        return len(events) / (end - start)
+
+    def latency(self, events: list[Any], rate: float) -> dict[str, Any]:
+        """Return sender figures and latency percentiles (s) at ``rate`` events/s offered."""
+        self.conn.send(("latency", len(events), 1.0 / rate))
+        assert self.conn.recv() == "armed"
+        publish = self.bus.publish
+        timing = [0.0]
+
+        def begin(start: float) -> None:
+            timing[0] = start
+
+        sender = paced(len(events), rate, lambda i: publish(events[i]), begin)
+        self.conn.send(timing[0])
+        if not self.conn.poll(WAIT):
+            raise TimeoutError("node bench-b did not report")
+        summary = self.conn.recv()
+        if summary is None:
+            raise TimeoutError("node bench-b received nothing")
+        return {**sender, **summary}
+
+    def close(self) -> None:
+        """Stop the child and close the bus."""
+        with contextlib.suppress(OSError):
+            self.conn.send(None)
+        self.proc.join(30)
+        if self.proc.is_alive():
+            self.proc.kill()
+        self.bus.close(timeout=30)
+
+
+def run(params: Params) -> Result:
+    """Measure bridge throughput and latency (if it imports) and the pyzmq baselines."""
+    n = params.size(200_000, 2_000)
+    n_lat = params.size(50_000, 1_000)
+    n_zmq = params.size(500_000, 5_000)
+    problem = bridge_problem()
+    result = Result(
+        NAME,
+        {
+            "processes": "2: publisher node bench-a, subscriber node bench-b (spawned)",
+            "transport": "tcp://127.0.0.1 (bridge and baselines)",
+            "events per throughput run": n,
+            "throughput publisher": "publish_many, batches of 1000, as fast as possible",
+            "latency": f"paced open loop at {LATENCY_RATE:,}/s offered, {n_lat} events, "
+            "one publish() each, scheduled send time -> remote handler",
+            "batch sizes": BATCH_SIZES,
+            "payload": f"~{EVENT_BYTES} bytes encoded, fresh events each run",
+            "subscriptions": "1 on bench-b (bench.*), trivial handler",
+            "baselines": f"raw pyzmq PUSH/PULL, {n_zmq} events: 300-byte frames, 100 events "
+            f"per frame; paced latency at {LATENCY_RATE:,}/s, one frame per event",
+            "bridge": "available" if problem is None else f"not available ({problem})",
+            "runs": params.runs,
+        },
+    )
+    if problem is not None:
+        result.skipped = "bridge not available"
+    for _ in range(params.runs):
+        r: dict[str, Any] = {
+            "zmq_frame_per_event": baselines.zmq_throughput(n_zmq, 1),
+            "zmq_100_per_frame": baselines.zmq_throughput(n_zmq, 100),
+            "zmq_latency": baselines.zmq_paced_latency(n_lat, LATENCY_RATE),
+        }
+        line = (
+            f"  run: zmq {r['zmq_frame_per_event']:,.0f} ev/s (100/frame "
+            f"{r['zmq_100_per_frame']:,.0f}), p99 {r['zmq_latency']['p99'] * 1e3:.3f} ms"
+        )
+        if problem is None:
+            for label, size in BATCH_SIZES.items():
+                # Fresh events (new ids): the receiving node removes duplicates by id.
+                events = [bench_event(i) for i in range(n)]
+                lat_events = [bench_event(i) for i in range(n_lat)]
+                pair = _Pair(size)
+                try:
+                    r[label] = {
+                        "events_per_s": pair.throughput(events),
+                        "latency": pair.latency(lat_events, LATENCY_RATE),
+                    }
+                finally:
+                    pair.close()
+                line += (
+                    f"; bridge {label} {r[label]['events_per_s']:,.0f} ev/s, "
+                    f"p99 {r[label]['latency']['p99'] * 1e3:.3f} ms"
+                )
+        result.runs.append(r)
+        print(line)
+    m = median_dict(result.runs)
+    result.medians = m
+    note = "" if problem is None else "bridge not available"
+
+    def get(label: str, *keys: str) -> float | None:
+        value: Any = m.get(label)
+        for key in keys:
+            value = None if value is None else value.get(key)
+        return value
+
+    result.figures = [
+        Figure(
+            "cross-process, batched (batch_size 256)",
+            "events/s",
+            get("batched", "events_per_s"),
+            (">=", 250_000),
+            "pyzmq PUSH/PULL 100 events/frame",
+            m["zmq_100_per_frame"],
+            note=note,
+        ),
+        Figure(
+            "cross-process, unbatched (batch_size 1)",
+            "events/s",
+            get("unbatched", "events_per_s"),
+            (">=", 250_000),
+            "pyzmq PUSH/PULL 300-byte frames",
+            m["zmq_frame_per_event"],
+            note=note,
+        ),
+        Figure(
+            f"cross-process p99, {LATENCY_RATE // 1000}K/s offered, batched",
+            "s",
+            get("batched", "latency", "p99"),
+            None,
+            "pyzmq PUSH/PULL p99",
+            m["zmq_latency"]["p99"],
+            note=note,
+        ),
+        Figure(
+            f"cross-process p99, {LATENCY_RATE // 1000}K/s offered, unbatched",
+            "s",
+            get("unbatched", "latency", "p99"),
+            None,
+            "pyzmq PUSH/PULL p99",
+            m["zmq_latency"]["p99"],
+            note=note,
+        ),
+    ]
+    return result

@@ -1,0 +1,119 @@
+"""Child process for the cluster tests (``tests/test_cluster.py``): one bus, one node.
+
+Run as ``python tests/_node_child.py CONFIG_JSON``.  CONFIG_JSON holds ``name``,
+``listen``, ``peers``, optional ``path`` (a persistent bus), ``pattern`` and
+``durable`` (a subscription whose handler prints ``got ORIGIN TYPE DATA``),
+optional ``keys`` (``public``, ``secret``, ``authorized``, ``peer_keys``) and
+``node`` (extra ``NodeConfig`` fields).  It prints ``ready ENDPOINT`` once
+started, then runs commands read from stdin, one per line, each answered by
+one line (every line is flushed at once):
+
+``sync NAME,NAME``     wait until those nodes acknowledged our subscriptions -> ``synced``
+``peers NAME,NAME``    wait until those nodes are heard from -> ``peers``
+``publish TYPE FROM TO``  publish events ``FROM..TO-1`` (data = the number) -> ``published``
+``pause`` / ``resume`` block / release the bridge's I/O thread -> ``paused`` / ``resumed``
+``refused``            wait until a CURVE client was refused -> ``refused``
+``stats``              -> ``stats JSON`` (the bridge's statistics)
+``close``              close the bus -> ``closed``, then exit
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from dataclasses import asdict
+
+from actors import Event, EventBus, EventConfig, NodeConfig, PersistentEventBus
+
+WAIT = 60.0
+
+
+def say(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def main() -> None:
+    cfg = json.loads(sys.argv[1])
+    keys = cfg.get("keys") or {}
+    node = NodeConfig(
+        name=cfg["name"],
+        listen=cfg.get("listen"),
+        peers=tuple(cfg.get("peers", ())),
+        curve_public_key=keys["public"].encode() if keys else None,
+        curve_secret_key=keys["secret"].encode() if keys else None,
+        authorized_keys=tuple(k.encode() for k in keys.get("authorized", ())),
+        peer_public_keys={ep: k.encode() for ep, k in keys.get("peer_keys", {}).items()},
+        **cfg.get("node", {}),
+    )
+    bus: EventBus
+    if cfg.get("path"):
+        bus = PersistentEventBus(EventConfig(persistence_path=cfg["path"]), node=node)
+    else:
+        bus = EventBus(node=node)
+    bridge = bus._bridge
+    assert bridge is not None
+
+    def handler(event: Event) -> None:
+        say(f"got {event.origin} {event.event_type} {json.dumps(event.data)}")
+
+    if cfg.get("pattern"):
+        durable = cfg.get("durable")
+        if durable:
+            bus.subscribe(cfg["pattern"], handler, durable=durable)
+        else:
+            bus.subscribe(cfg["pattern"], handler)
+    say(f"ready {bridge.endpoint}")
+    gate = threading.Event()
+    for line in sys.stdin:
+        words = line.split()
+        if not words:
+            continue
+        command = words[0]
+        if command == "sync":
+            ok = bridge.wait_synced(words[1].split(","), WAIT)
+            say("synced" if ok else "not-synced")
+        elif command == "peers":
+            wanted = set(words[1].split(","))
+            ok = bridge.wait(lambda s, w=wanted: w <= set(s.peers_alive), WAIT)
+            say("peers" if ok else "no-peers")
+        elif command == "publish":
+            start, stop = int(words[2]), int(words[3])
+            futures = bus.publish_many(
+                [Event(event_type=words[1], data=i) for i in range(start, stop)]
+            )
+            for future in futures:
+                future.get(timeout=WAIT)
+            bus.flush(WAIT)
+            say("published")
+        elif command == "pause":
+            gate.clear()
+            paused = threading.Event()
+
+            def block() -> None:
+                paused.set()
+                gate.wait(WAIT)
+
+            bridge._call_soon(block)
+            paused.wait(WAIT)
+            say("paused")
+        elif command == "resume":
+            gate.set()
+            say("resumed")
+        elif command == "refused":
+            ok = bridge.wait(lambda s: s.auth_refused >= 1, WAIT)
+            say("refused" if ok else "not-refused")
+        elif command == "stats":
+            stats = asdict(bridge.statistics())
+            stats.pop("counters", None)
+            say("stats " + json.dumps(stats))
+        elif command == "close":
+            gate.set()
+            bus.close(WAIT)
+            say("closed")
+            return
+
+
+if __name__ == "__main__":
+    main()

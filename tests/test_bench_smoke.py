@@ -1,0 +1,117 @@
+"""Smoke test of the benchmark suite: every benchmark runs at tiny sizes and writes its JSON.
+
+No timing is asserted: benchmarks measure, tests check that they run and
+report what they promise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+# The benchmarks SPEC section 11 asks for, as ``python -m bench`` names them.
+BENCHMARKS = ("throughput", "latency", "persistence", "routing", "memory", "query", "crossproc")
+ROOT = Path(__file__).resolve().parent.parent
+RESULT_KEYS = {
+    "benchmark",
+    "machine",
+    "conditions",
+    "runs",
+    "medians",
+    "figures",
+    "skipped",
+    "seconds",
+}
+FIGURE_KEYS = {
+    "name",
+    "unit",
+    "target",
+    "measured",
+    "baseline_name",
+    "baseline",
+    "ratio",
+    "status",
+    "note",
+}
+MACHINE_KEYS = {"cores", "python", "os", "packages"}
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    out = tmp_path_factory.mktemp("bench-results")
+    env = dict(os.environ, LLMSPELL_BENCH_CACHE=str(out / "cache"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--runs", "1", "--out", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out, proc.stdout
+
+
+def _load(path: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data
+
+
+@pytest.mark.parametrize("name", BENCHMARKS)
+def test_each_benchmark_writes_its_result(quick_run: tuple[Path, str], name: str) -> None:
+    out, _ = quick_run
+    data = _load(out / f"{name}.json")
+    assert set(data) == RESULT_KEYS
+    assert data["benchmark"] == name
+    assert set(data["machine"]) >= MACHINE_KEYS
+    assert {"pykka", "pyzmq", "protobuf", "rocksdict"} <= set(data["machine"]["packages"])
+    assert data["conditions"]["runs"] == 1
+    assert data["figures"], "every benchmark contributes rows to the summary"
+    for figure in data["figures"]:
+        assert set(figure) == FIGURE_KEYS
+        assert figure["status"] in {"pass", "MISS", "info", "skipped"}
+        if figure["status"] != "skipped":
+            assert isinstance(figure["measured"], int | float)
+    if data["skipped"] is None:
+        assert len(data["runs"]) == 1
+        assert all(f["status"] != "skipped" for f in data["figures"])
+    else:
+        assert name == "crossproc", f"{name} skipped: {data['skipped']}"
+
+
+def test_summary_lists_every_benchmark(quick_run: tuple[Path, str]) -> None:
+    out, stdout = quick_run
+    summary = _load(out / "summary.json")
+    assert set(summary["benchmarks"]) == set(BENCHMARKS)
+    assert summary["runs"] == 1
+    assert summary["quick"] is True
+    rows = [f for b in summary["benchmarks"].values() for f in b["figures"]]
+    with_target = [f for f in rows if f["target"] is not None]
+    assert with_target, "the SPEC figures carry targets"
+    assert all(f["baseline_name"] for f in with_target)
+    assert "=== summary" in stdout
+    for row in rows:
+        assert row["name"] in stdout
+
+
+def test_subset_and_bad_names(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "no-such-benchmark", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert "unknown benchmark" in proc.stderr
+    assert not (tmp_path / "summary.json").exists()

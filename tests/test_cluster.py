@@ -1,0 +1,238 @@
+"""The bridge across real OS processes (``tests/_node_child.py``): mesh, restarts, gaps, CURVE, broker.
+
+The parent synchronises on the children's output lines only.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from actors._bridge import generate_keypair
+from actors._broker import Broker
+
+pytestmark = pytest.mark.slow
+
+CHILD = str(Path(__file__).with_name("_node_child.py"))
+WAIT = 60.0
+
+
+class Node:
+    """A child process running one node; ``got`` collects what its handler printed."""
+
+    def __init__(self, **config: Any) -> None:
+        self.name = config["name"]
+        self.proc = subprocess.Popen(
+            [sys.executable, CHILD, json.dumps(config)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+        )
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.got: list[tuple[str, str, Any]] = []
+        self._got_lock = threading.Lock()
+        self._got_changed = threading.Condition(self._got_lock)
+        threading.Thread(target=self._read, daemon=True).start()
+        self.endpoint = self.expect("ready").split()[1]
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            line = line.rstrip("\n")
+            if line.startswith("got "):
+                _, origin, event_type, data = line.split(" ", 3)
+                with self._got_changed:
+                    self.got.append((origin, event_type, json.loads(data)))
+                    self._got_changed.notify_all()
+            else:
+                self.lines.put(line)
+        self.lines.put("<eof>")
+
+    def expect(self, prefix: str) -> str:
+        line = self.lines.get(timeout=WAIT)
+        assert line.startswith(prefix), f"{self.name}: expected {prefix!r}, got {line!r}"
+        return line
+
+    def ask(self, command: str, answer: str) -> str:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        return self.expect(answer)
+
+    def wait_got(self, n: int) -> list[tuple[str, str, Any]]:
+        with self._got_changed:
+            ok = self._got_changed.wait_for(lambda: len(self.got) >= n, WAIT)
+            assert ok, f"{self.name} got {len(self.got)} of {n}"
+            return list(self.got)
+
+    def stats(self) -> dict[str, Any]:
+        result: dict[str, Any] = json.loads(self.ask("stats", "stats ")[6:])
+        return result
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(WAIT)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.ask("close", "closed")
+            self.proc.wait(WAIT)
+
+
+@pytest.fixture
+def cluster() -> Iterator[list[Node]]:
+    started: list[Node] = []
+    yield started
+    for node in started:
+        if node.proc.poll() is None:
+            node.proc.kill()
+            node.proc.wait(WAIT)
+
+
+def start(cluster: list[Node], **config: Any) -> Node:
+    node = Node(**config)
+    cluster.append(node)
+    return node
+
+
+def test_three_processes_wildcards_and_order(cluster: list[Node]) -> None:
+    a = start(cluster, name="a", listen="tcp://127.0.0.1:*", pattern="task.*.done")
+    b = start(cluster, name="b", listen="tcp://127.0.0.1:*", peers=[a.endpoint], pattern="**")
+    c = start(
+        cluster,
+        name="c",
+        listen="tcp://127.0.0.1:*",
+        peers=[a.endpoint, b.endpoint],
+        pattern="task.**",
+    )
+    a.ask("sync b,c", "synced")
+    b.ask("sync a,c", "synced")
+    c.ask("sync a,b", "synced")
+    b.ask("publish task.x.done 0 200", "published")
+    c.ask("publish task.y.started 0 100", "published")
+    a.ask("publish other.thing 0 50", "published")
+    at_a = a.wait_got(200)
+    assert [d for o, _, d in at_a if o == "b"] == list(range(200))
+    assert {o for o, _, _ in at_a} == {"b"}  # c's task.y.started does not match
+    at_b = b.wait_got(200 + 100 + 50)  # its own 200 too: "**" matches local events
+    assert [d for o, _, d in at_b if o == "c"] == list(range(100))
+    assert [d for o, _, d in at_b if o == "a"] == list(range(50))
+    at_c = c.wait_got(100 + 200)
+    assert [d for o, _, d in at_c if o == "b"] == list(range(200))
+    assert c.stats()["events_received"] == 200  # a's other.thing never reached c
+    for node in (a, b, c):
+        node.close()
+
+
+def test_killed_subscriber_resumes_without_loss(cluster: list[Node], tmp_path: Path) -> None:
+    a = start(cluster, name="a", listen="tcp://127.0.0.1:*", path=str(tmp_path / "a"))
+    b_config = {
+        "name": "b",
+        "listen": "tcp://127.0.0.1:*",
+        "peers": [a.endpoint],
+        "path": str(tmp_path / "b"),
+        "pattern": "job.*",
+        "durable": "worker",
+    }
+    b = start(cluster, **b_config)
+    b.ask("sync a", "synced")
+    a.ask("publish job.run 0 50", "published")
+    b.wait_got(50)
+    b.kill()
+    a.ask("publish job.run 50 120", "published")  # b is down
+    b2 = start(cluster, **b_config)
+    b2.ask("sync a", "synced")
+    a.ask("publish job.run 120 150", "published")
+    got = b2.wait_got(100)  # at least 50..149
+    seen = {d for _, _, d in b.got} | {d for _, _, d in got}
+    assert seen == set(range(150))
+    resumed = [d for _, _, d in got]
+    assert resumed == sorted(resumed)  # per-origin order across the restart
+    b2.close()
+    a.close()
+
+
+def test_low_high_water_mark_gaps_are_recovered(cluster: list[Node]) -> None:
+    tight = {"send_hwm": 1, "receive_hwm": 1, "batch_size": 1}
+    a = start(cluster, name="a", listen="tcp://127.0.0.1:*", node=tight)
+    b = start(cluster, name="b", peers=[a.endpoint], pattern="burst.*", node=tight)
+    b.ask("sync a", "synced")
+    b.ask("pause", "paused")  # b stops reading: frames pile up and overflow
+    a.ask("publish burst.x 0 20000", "published")
+    b.ask("resume", "resumed")
+    a.ask("publish burst.x 20000 20001", "published")
+    got = b.wait_got(20001)
+    assert [d for _, _, d in got] == list(range(20001))
+    stats = b.stats()
+    assert stats["gaps"] >= 1
+    assert stats["gaps_recovered"] >= 1
+    assert stats["gaps_unrecovered"] == 0
+    b.close()
+    a.close()
+
+
+def test_unauthorised_key_receives_nothing(cluster: list[Node]) -> None:
+    a_pub, a_sec = (k.decode() for k in generate_keypair())
+    b_pub, b_sec = (k.decode() for k in generate_keypair())
+    x_pub, x_sec = (k.decode() for k in generate_keypair())
+    a = start(
+        cluster,
+        name="a",
+        listen="tcp://127.0.0.1:*",
+        keys={"public": a_pub, "secret": a_sec, "authorized": [b_pub]},
+    )
+    peer_keys = {a.endpoint: a_pub}
+    b = start(
+        cluster,
+        name="b",
+        listen="tcp://127.0.0.1:*",
+        peers=[a.endpoint],
+        pattern="secret.*",
+        keys={"public": b_pub, "secret": b_sec, "authorized": [a_pub], "peer_keys": peer_keys},
+    )
+    x = start(
+        cluster,
+        name="x",
+        listen="tcp://127.0.0.1:*",
+        peers=[a.endpoint],
+        pattern="**",
+        keys={"public": x_pub, "secret": x_sec, "authorized": [a_pub], "peer_keys": peer_keys},
+    )
+    a.ask("refused", "refused")
+    b.ask("sync a", "synced")
+    a.ask("publish secret.plan 0 10", "published")
+    assert [d for _, _, d in b.wait_got(10)] == list(range(10))
+    stats = x.stats()
+    assert stats["events_received"] == 0
+    assert stats["peers_alive"] == []
+    assert x.got == []
+    for node in (a, b, x):
+        node.close()
+
+
+def test_through_a_broker(cluster: list[Node]) -> None:
+    with Broker("tcp://127.0.0.1:*") as broker:
+        names = ["a", "b", "c"]
+        nodes = {n: start(cluster, name=n, peers=[broker.endpoint], pattern="b.**") for n in names}
+        for n, node in nodes.items():
+            node.ask("sync " + ",".join(m for m in names if m != n), "synced")
+        for n, node in nodes.items():
+            node.ask(f"publish b.{n} 0 100", "published")
+            node.ask(f"publish x.{n} 0 10", "published")
+        for n, node in nodes.items():
+            got = node.wait_got(300)
+            for m in names:
+                assert [d for o, _, d in got if o == m] == list(range(100))
+            assert node.stats()["events_received"] == 200
+        for node in nodes.values():
+            node.close()
