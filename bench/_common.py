@@ -38,6 +38,7 @@ __all__ = [
     "paced",
     "percentile",
     "print_header",
+    "receive",
     "rss_bytes",
     "scratch_dir",
 ]
@@ -362,3 +363,18 @@ def paced(
         "lag_p99": lag["p99"],
         "lag_max": lag["max"],
     }
+
+
+def receive(conn: Any, proc: Any, timeout: float, what: str) -> Any:
+    """Return the next message from a child process's pipe.
+
+    Raise ``RuntimeError`` as soon as the child has died without answering,
+    ``TimeoutError`` after ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while not conn.poll(0.5):
+        if not proc.is_alive() and not conn.poll(0):
+            raise RuntimeError(f"{what}: the child process died (exit code {proc.exitcode})")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: no answer within {timeout} s")
+    return conn.recv()

@@ -23,7 +23,7 @@ from typing import Any
 
 import pykka
 
-from bench._common import EVENT_BYTES, latency_summary, paced, scratch_dir
+from bench._common import EVENT_BYTES, latency_summary, paced, receive, scratch_dir
 
 __all__ = [
     "blinker_throughput",
@@ -217,14 +217,14 @@ class _ZmqPair:
         self.conn, child = ctx.Pipe()
         self.proc = ctx.Process(target=_zmq_receiver, args=(child,), daemon=True)
         self.proc.start()
-        port = self.conn.recv()
+        port = receive(self.conn, self.proc, 60, "pyzmq receiver")
         self.ctx = zmq.Context()
         self.push = self.ctx.socket(zmq.PUSH)
         self.push.connect(f"tcp://127.0.0.1:{port}")
         # Warm up the connection so the first timed frame does not pay for it.
         self.conn.send(("throughput", 1, 1, 0.0))
         self.push.send(b"x")
-        self.conn.recv()
+        receive(self.conn, self.proc, 60, "pyzmq receiver")
 
     def close(self) -> None:
         self.conn.send(None)
@@ -246,7 +246,7 @@ def zmq_throughput(n: int, per_frame: int) -> float:
         start = time.perf_counter()
         for _ in range(frames):
             send(frame)
-        end = pair.conn.recv()
+        end = receive(pair.conn, pair.proc, 600, "pyzmq receiver")
         return frames * per_frame / (end - start)
     finally:
         pair.close()
@@ -260,7 +260,7 @@ def zmq_paced_latency(n: int, rate: float) -> dict[str, float]:
         pair.conn.send(("latency", n, 1, 1.0 / rate))
         send = pair.push.send
         sender = paced(n, rate, lambda i: send(_FRAME_HEAD.pack(i) + pad), pair.conn.send)
-        summary: dict[str, float] = pair.conn.recv()
+        summary: dict[str, float] = receive(pair.conn, pair.proc, 600, "pyzmq receiver")
         return {**sender, **summary}
     finally:
         pair.close()

@@ -44,12 +44,14 @@ from bench._common import (
     latency_summary,
     median_dict,
     paced,
+    receive,
 )
 
 NAME = "crossproc"
 LATENCY_RATE = 20_000
 BATCH_SIZES = {"batched": 256, "unbatched": 1}
-WAIT = 300.0
+WAIT = 600.0
+STALL = 5.0  # seconds without a new event before the receiver gives up
 
 
 def bridge_problem() -> str | None:
@@ -67,12 +69,37 @@ def bridge_problem() -> str | None:
 # -- the child: node bench-b ----------------------------------------------------------------
 
 
+def _stats(bus: Any) -> dict[str, Any]:
+    """Return the bridge's counters for the record (diagnostics only; private API)."""
+    bridge = getattr(bus, "_bridge", None)
+    if bridge is None or not hasattr(bridge, "statistics"):
+        return {}
+    stats = bridge.statistics()
+    return {
+        key: getattr(stats, key)
+        for key in (
+            "frames_sent",
+            "frames_unsent",
+            "frames_received",
+            "frames_dropped",
+            "events_received",
+            "events_delivered",
+            "events_recovered",
+            "gaps",
+            "gaps_recovered",
+            "gaps_unrecovered",
+            "duplicates",
+        )
+        if hasattr(stats, key)
+    }
+
+
 def _child(conn: Any, endpoint: str, batch_size: int) -> None:
     from actors import EventBus, NodeConfig  # noqa: PLC0415
 
     probe = threading.Event()
     done = threading.Event()
-    state: dict[str, Any] = {"goal": 0, "count": 0, "end": 0.0, "interval": 0.0, "rec": []}
+    state: dict[str, Any] = {"goal": 0, "count": 0, "last": 0.0, "interval": 0.0, "rec": []}
 
     def handler(event: Any) -> None:
         i = event.data["i"]
@@ -82,9 +109,19 @@ def _child(conn: Any, endpoint: str, batch_size: int) -> None:
         now = time.perf_counter()
         state["rec"].append(now - i * state["interval"])
         state["count"] += 1
+        state["last"] = now
         if state["count"] == state["goal"]:
-            state["end"] = now
             done.set()
+
+    def wait_for_all() -> None:
+        # Give up once nothing arrived for STALL seconds: lost events must
+        # not hang the suite; the report says how many arrived.
+        seen, since = -1, time.monotonic()
+        while not done.wait(0.5):
+            if state["count"] != seen:
+                seen, since = state["count"], time.monotonic()
+            elif time.monotonic() - since > STALL:
+                return
 
     node = NodeConfig(name="bench-b", peers=(endpoint,), batch_size=batch_size)
     with EventBus(node=node) as bus:
@@ -100,15 +137,16 @@ def _child(conn: Any, endpoint: str, batch_size: int) -> None:
                 continue
             _, goal, interval = command
             done.clear()
-            state.update(goal=goal, count=0, interval=interval, rec=[])
+            state.update(goal=goal, count=0, interval=interval, rec=[], last=0.0)
             conn.send("armed")
-            finished = done.wait(WAIT)
-            if kind == "throughput":
-                conn.send(state["end"] if finished else None)
-            else:
+            wait_for_all()
+            report = {"received": state["count"], "last": state["last"], "bridge": _stats(bus)}
+            if kind == "latency":
                 start = conn.recv()
                 rec = [x - start for x in state["rec"]]
-                conn.send({**latency_summary(rec), "received": state["count"]} if rec else None)
+                if rec:
+                    report.update(latency_summary(rec))
+            conn.send(report)
 
 
 # -- the parent: node bench-a ---------------------------------------------------------------
@@ -136,38 +174,47 @@ class _Pair:
         self.conn, child = ctx.Pipe()
         self.proc = ctx.Process(target=_child, args=(child, endpoint, batch_size), daemon=True)
         self.proc.start()
-        if not self.conn.poll(60) or self.conn.recv() != "ready":
+        try:
+            ready = receive(self.conn, self.proc, 60, "node bench-b")
+        except (RuntimeError, TimeoutError):
             self.close()
-            raise RuntimeError("node bench-b did not start")
+            raise
+        if ready != "ready":
+            self.close()
+            raise RuntimeError(f"node bench-b did not start: {ready!r}")
         deadline = time.monotonic() + 60
         while True:
             self.bus.publish("bench.probe", {"i": -1})
             self.conn.send(("probe", 0.05))
-            if self.conn.recv():
+            if receive(self.conn, self.proc, 60, "node bench-b"):
                 break
             if time.monotonic() > deadline:
                 self.close()
                 raise RuntimeError("node bench-b never received a probe event from bench-a")
 
-    def throughput(self, events: list[Any]) -> float:
+    def _report(self) -> dict[str, Any]:
+        report: dict[str, Any] = receive(self.conn, self.proc, WAIT, "node bench-b")
+        report["sender_bridge"] = _stats(self.bus)
+        return report
+
+    def throughput(self, events: list[Any]) -> dict[str, Any]:
         """Return events/s from the first publish here to the last handler call there."""
         self.conn.send(("throughput", len(events), 0.0))
-        assert self.conn.recv() == "armed"
+        assert receive(self.conn, self.proc, 60, "node bench-b") == "armed"
         many = self.bus.publish_many
         start = time.perf_counter()
         for first in range(0, len(events), 1000):
             many(events[first : first + 1000])
-        if not self.conn.poll(WAIT):
-            raise TimeoutError("node bench-b did not report")
-        end = self.conn.recv()
-        if end is None:
-            raise TimeoutError(f"node bench-b did not receive all {len(events)} events")
-        return len(events) / (end - start)
+        report = self._report()
+        if not report["received"]:
+            raise RuntimeError("node bench-b received none of the events")
+        rate = report["received"] / (report["last"] - start)
+        return {"events_per_s": rate, "lost": len(events) - report["received"], **report}
 
     def latency(self, events: list[Any], rate: float) -> dict[str, Any]:
         """Return sender figures and latency percentiles (s) at ``rate`` events/s offered."""
         self.conn.send(("latency", len(events), 1.0 / rate))
-        assert self.conn.recv() == "armed"
+        assert receive(self.conn, self.proc, 60, "node bench-b") == "armed"
         publish = self.bus.publish
         timing = [0.0]
 
@@ -176,12 +223,10 @@ class _Pair:
 
         sender = paced(len(events), rate, lambda i: publish(events[i]), begin)
         self.conn.send(timing[0])
-        if not self.conn.poll(WAIT):
-            raise TimeoutError("node bench-b did not report")
-        summary = self.conn.recv()
-        if summary is None:
-            raise TimeoutError("node bench-b received nothing")
-        return {**sender, **summary}
+        report = self._report()
+        if not report["received"]:
+            raise RuntimeError("node bench-b received none of the events")
+        return {**sender, "lost": len(events) - report["received"], **report}
 
     def close(self) -> None:
         """Stop the child and close the bus."""
@@ -195,7 +240,7 @@ class _Pair:
 
 def run(params: Params) -> Result:
     """Measure bridge throughput and latency (if it imports) and the pyzmq baselines."""
-    n = params.size(200_000, 2_000)
+    n = params.size(100_000, 2_000)
     n_lat = params.size(50_000, 1_000)
     n_zmq = params.size(500_000, 5_000)
     problem = bridge_problem()
@@ -236,28 +281,34 @@ def run(params: Params) -> Result:
                 lat_events = [bench_event(i) for i in range(n_lat)]
                 pair = _Pair(size)
                 try:
-                    r[label] = {
-                        "events_per_s": pair.throughput(events),
-                        "latency": pair.latency(lat_events, LATENCY_RATE),
-                    }
+                    r[label] = pair.throughput(events)
+                    r[label]["latency"] = pair.latency(lat_events, LATENCY_RATE)
                 finally:
                     pair.close()
+                x = r[label]
                 line += (
-                    f"; bridge {label} {r[label]['events_per_s']:,.0f} ev/s, "
-                    f"p99 {r[label]['latency']['p99'] * 1e3:.3f} ms"
+                    f"; bridge {label} {x['events_per_s']:,.0f} ev/s (lost {x['lost']}), "
+                    f"p99 {x['latency'].get('p99', float('nan')) * 1e3:.3f} ms "
+                    f"(lost {x['latency']['lost']})"
                 )
         result.runs.append(r)
         print(line)
     m = median_dict(result.runs)
     result.medians = m
-    note = "" if problem is None else "bridge not available"
 
-    def get(label: str, *keys: str) -> float | None:
+    def get(label: str, *keys: str) -> Any:
         value: Any = m.get(label)
         for key in keys:
             value = None if value is None else value.get(key)
         return value
 
+    def note(label: str, *keys: str) -> str:
+        if problem is not None:
+            return "bridge not available"
+        lost = get(label, *keys, "lost")
+        return f"median {lost:,.0f} events never arrived" if lost else ""
+
+    rate = f"{LATENCY_RATE // 1000}K/s offered"
     result.figures = [
         Figure(
             "cross-process, batched (batch_size 256)",
@@ -266,7 +317,7 @@ def run(params: Params) -> Result:
             (">=", 250_000),
             "pyzmq PUSH/PULL 100 events/frame",
             m["zmq_100_per_frame"],
-            note=note,
+            note=note("batched"),
         ),
         Figure(
             "cross-process, unbatched (batch_size 1)",
@@ -275,25 +326,25 @@ def run(params: Params) -> Result:
             (">=", 250_000),
             "pyzmq PUSH/PULL 300-byte frames",
             m["zmq_frame_per_event"],
-            note=note,
+            note=note("unbatched"),
         ),
         Figure(
-            f"cross-process p99, {LATENCY_RATE // 1000}K/s offered, batched",
+            f"cross-process p99, {rate}, batched",
             "s",
             get("batched", "latency", "p99"),
             None,
             "pyzmq PUSH/PULL p99",
             m["zmq_latency"]["p99"],
-            note=note,
+            note=note("batched", "latency"),
         ),
         Figure(
-            f"cross-process p99, {LATENCY_RATE // 1000}K/s offered, unbatched",
+            f"cross-process p99, {rate}, unbatched",
             "s",
             get("unbatched", "latency", "p99"),
             None,
             "pyzmq PUSH/PULL p99",
             m["zmq_latency"]["p99"],
-            note=note,
+            note=note("unbatched", "latency"),
         ),
     ]
     return result

@@ -10,9 +10,9 @@ everything and adds its own overhead to RSS).
   10,000 more (patterns ``svcN.*``, a no-op handler, the ``Subscription``
   objects kept), ``flush()``; delta / 10,000.
 - queued events: one subscription whose handler blocks on a
-  ``threading.Event``; 50,000 events published with ``publish(type, data)``
+  ``threading.Event``; 20,000 events published with ``publish(type, data)``
   (a fresh data dict each), waiting for the last publish future so the
-  router has routed them all; delta / 50,000 (the events themselves
+  router has routed them all; delta / 20,000 (the events themselves
   included: the bus is what holds them).
 
 Baselines: a stock pykka ``ThreadingActor`` (a thread each; 1,000 of them)
@@ -28,7 +28,7 @@ import tracemalloc
 from collections.abc import Callable
 from typing import Any
 
-from bench._common import Figure, Params, Result, median_dict, rss_bytes
+from bench._common import Figure, Params, Result, median_dict, receive, rss_bytes
 
 NAME = "memory"
 
@@ -139,9 +139,7 @@ def in_child(kind: str, n: int, *, traced: bool) -> float:
     proc = ctx.Process(target=_child, args=(child, kind, n, traced), daemon=True)
     proc.start()
     try:
-        if not parent.poll(600):
-            raise TimeoutError(f"memory child {kind} did not answer")
-        status, value = parent.recv()
+        status, value = receive(parent, proc, 600, f"memory child {kind}")
     finally:
         proc.join(60)
         if proc.is_alive():
@@ -155,9 +153,9 @@ def run(params: Params) -> Result:
     """Measure each figure, RSS and tracemalloc, ``params.runs`` times."""
     sizes = {
         "subscription": params.size(10_000, 200),
-        "queued": params.size(50_000, 1_000),
+        "queued": params.size(20_000, 1_000),
         "pykka_actor": params.size(1_000, 50),
-        "pykka_queued": params.size(50_000, 1_000),
+        "pykka_queued": params.size(20_000, 1_000),
     }
     result = Result(
         NAME,
