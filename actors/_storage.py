@@ -20,9 +20,8 @@ import os
 import struct
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from types import TracebackType
-from typing import Protocol, Self, TypeVar, cast
+from typing import NamedTuple, Protocol, Self, TypeVar, cast
 
 import rocksdict
 
@@ -69,12 +68,13 @@ _RETENTION_CHUNK = 50_000  # records per retention WriteBatch: bounds memory and
 _FETCH_CHUNK = 64  # index hits fetched per multi-get
 
 
-@dataclass(frozen=True, slots=True)
-class StoredRecord:
+class StoredRecord(NamedTuple):
     """One encoded event plus the fields the journal indexes.
 
     ``correlation_id`` is the 16 raw bytes of the UUID; ``payload`` the
-    protobuf-encoded event, stored and returned untouched.
+    protobuf-encoded event, stored and returned untouched.  A named tuple, not
+    a frozen dataclass: one is built per event on the journal's hot path, and
+    a tuple costs a fifth as much.
     """
 
     sequence: int
