@@ -222,25 +222,30 @@ class RouterActor(DispatchedActor):
                 _set_origin(event, self.origin)
         else:
             stamped = event._stamped(seq, event.origin or self.origin)
+        started = None
         if targets:
             item = (stamped, published_at)
             for route in targets:
                 if route.mailbox.offer(item) & STARTED:
-                    self._emit(
-                        "$bus.backpressure.started",
-                        {
-                            "subscription": route.id,
-                            "pattern": route.pattern,
-                            "queued": route.mailbox.queued,
-                            "capacity": route.mailbox.capacity,
-                        },
-                    )
+                    started = [route] if started is None else [*started, route]
         self.published += 1
         self._batch.append(stamped)
         if self._durable is not None:
             self._batch_futures.append(future)
         elif future is not None:
             future.set(stamped)
+        if started is not None:
+            # After this event is recorded: the journal takes sequences in order.
+            for route in started:
+                self._emit(
+                    "$bus.backpressure.started",
+                    {
+                        "subscription": route.id,
+                        "pattern": route.pattern,
+                        "queued": route.mailbox.queued,
+                        "capacity": route.mailbox.capacity,
+                    },
+                )
         return True
 
     def _plan(self, event_type: str) -> tuple[tuple[Route, ...], bool, bool]:

@@ -654,3 +654,20 @@ def test_dead_letters_survive_a_restart(open_bus: Callable[..., EventBus]) -> No
     assert letters[0].pattern == "job.*"
     assert letters[0].letter is not None
     assert letters[0].letter.event_type == "$bus.deadletter"
+
+
+def test_backpressure_events_keep_the_journal_in_sequence_order(tmp_path: Path) -> None:
+    # A $bus.backpressure.started event is emitted while an event is routed;
+    # both must reach the journal in sequence order.
+    release = threading.Event()
+    config = EventConfig(persistence_path=str(tmp_path / "j"), durability="sync")
+    with EventBus(config) as bus:
+        bus.subscribe("bp.*", lambda _e: release.wait(30), capacity=10)
+        futures = [bus.publish("bp.e", i) for i in range(30)]
+        release.set()
+        sequences = [f.get(timeout=30).sequence for f in futures]
+        bus.flush(timeout=30)
+        stored = bus.query(EventQuery())
+        assert [e.sequence for e in stored] == sorted(e.sequence for e in stored)
+        assert any(e.event_type == "$bus.backpressure.started" for e in stored)
+        assert set(sequences) <= {e.sequence for e in stored}
