@@ -16,6 +16,8 @@ worker pool, whose answers go back to the I/O thread through the same wake-up.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import os
 import random
@@ -181,9 +183,9 @@ class Bridge:
         self._secure(self._router)
         if node.listen is not None:
             self._router.bind(node.listen)
-            self.endpoint = self._router.last_endpoint.decode()
+            self.endpoint = _last_endpoint(self._router)
             self._xpub.bind(derive_endpoint(node.listen, 1, ".pub"))
-            self._pub_endpoint = self._xpub.last_endpoint.decode()
+            self._pub_endpoint = _last_endpoint(self._xpub)
         self._sub = self._ctx.socket(zmq.SUB)
         self._sub.linger = 0
         self._sub.rcvhwm = node.receive_hwm
@@ -213,10 +215,9 @@ class Bridge:
     # -- called from other threads ----------------------------------------------
 
     def _wake(self) -> None:
-        try:
+        # A full pipe means a wake-up is pending anyway; a closed one, that we stopped.
+        with contextlib.suppress(OSError):
             os.write(self._wfd, b"x")
-        except (BlockingIOError, OSError):
-            pass  # the pipe is full (a wake-up is pending anyway) or closed
 
     def _call_soon(self, fn: Callable[[], None]) -> None:
         self._calls.append(fn)
@@ -259,7 +260,7 @@ class Bridge:
         for name in names:
             future: BusFuture[list[Event]] = BusFuture()
             futures[name] = future
-            self._call_soon(lambda n=name, f=future: self._ask(n, kind, body, f, deadline))
+            self._call_soon(functools.partial(self._ask, name, kind, body, future, deadline))
         out: dict[str, list[Event] | BaseException] = {}
         for name, future in futures.items():
             try:
@@ -322,10 +323,8 @@ class Bridge:
                 wait_ms = max(0, int((next_tick - time.monotonic()) * 1000))
                 ready = dict(poller.poll(wait_ms))
                 if self._rfd in ready:
-                    try:
+                    with contextlib.suppress(BlockingIOError):
                         os.read(self._rfd, 4096)
-                    except BlockingIOError:
-                        pass
                 while self._calls:
                     self._calls.popleft()()
                 self._drain_mailbox()
@@ -346,7 +345,7 @@ class Bridge:
         except Exception:
             logger.exception("bridge %s: the I/O thread failed", self.name)
         finally:
-            self._teardown(0)
+            self._teardown(1000)
 
     def _teardown(self, linger_ms: int) -> None:
         for rid, (callback, _) in list(self._waiting.items()):
@@ -355,19 +354,21 @@ class Bridge:
         for item in self.mailbox.take(1 << 30):
             if type(item) is Barrier:
                 item.callback()
-        socks = [getattr(self, n, None) for n in ("_xpub", "_sub", "_router")]
+        xpub = getattr(self, "_xpub", None)
+        if xpub is not None:
+            # Give frames already queued (the last flush) a moment to leave.
+            xpub.close(linger_ms)
+        socks = [getattr(self, n, None) for n in ("_sub", "_router")]
         for sock in [*socks, *(link.sock for link in self._links)]:
             if sock is not None:
-                sock.close(linger_ms)
+                sock.close(0)
         if self._auth is not None:
             self._auth.stop()
         self._ctx.term()
         self._workers.shutdown(wait=False, cancel_futures=True)
         for fd in (self._rfd, self._wfd):
-            try:
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass
 
     def _drain_mailbox(self) -> None:
         mailbox = self.mailbox
@@ -454,12 +455,12 @@ class Bridge:
             delivered.extend(
                 self._in.on_data(
                     frame.origin,
-                    frame.epoch,
-                    frame.first,
-                    frame.last,
-                    frame.chains,
-                    frame.events,
-                    now,
+                    epoch=frame.epoch,
+                    first=frame.first,
+                    last=frame.last,
+                    chains=frame.chains,
+                    events=frame.events,
+                    now=now,
                 )
             )
         self._deliver(delivered)
@@ -483,7 +484,9 @@ class Bridge:
             logger.debug("bridge %s: bad control frame: %s", self.name, exc)
             return []
         self._seen(origin, now)
-        return self._in.on_heartbeat(origin, epoch, base, head, chains, now)
+        return self._in.on_heartbeat(
+            origin, epoch=epoch, base=base, head=head, chains=chains, now=now
+        )
 
     def _seen(self, name: str, now: float) -> None:
         peer = self._peers.get(name)
@@ -555,9 +558,10 @@ class Bridge:
                 continue
             identity = frames[0].bytes
             try:
-                host = frames[1].get("Peer-Address")
+                address = frames[1].get("Peer-Address")
             except zmq.ZMQError:
-                host = None
+                address = None
+            host = address if isinstance(address, str) else None
             self._on_request([f.bytes for f in frames[1:]], (self._router, identity), host)
 
     def _on_link(self, link: Link) -> None:
@@ -629,10 +633,8 @@ class Bridge:
         if old == endpoint:
             return
         if old is not None:
-            try:
+            with contextlib.suppress(zmq.ZMQError):
                 self._sub.disconnect(old)
-            except zmq.ZMQError:
-                pass
         self._sub_endpoints[name] = endpoint
         self._connect(self._sub, endpoint, key)
 
@@ -673,7 +675,8 @@ class Bridge:
     def _route_to(self, name: str) -> tuple[zmq.Socket[bytes], bytes | None] | None:
         peer = self._peers.get(name)
         if peer is not None and peer.route is not None:
-            return peer.route
+            route: tuple[zmq.Socket[bytes], bytes | None] = peer.route
+            return route
         for link in self._links:
             if link.broker and link.welcomed:
                 return (link.sock, None)
@@ -732,7 +735,7 @@ class Bridge:
             self._deliver(self._in.on_recovered(rid, events, complete, scanned, lost))
             del now
 
-        self._waiting[rid] = (done, time.monotonic() + self._node.heartbeat_timeout)
+        self._waiting[rid] = (done, time.monotonic() + 2 * self._node.heartbeat_timeout)
         body = {"after": request.after, "upto": request.upto, "prefixes": list(request.prefixes)}
         self._send(route, Request(RECOVER, request.origin, self.name, rid, body))
 
@@ -784,6 +787,11 @@ class Bridge:
     def _alive(self, name: str) -> bool:
         peer = self._peers.get(name)
         return peer is not None and peer.alive
+
+
+def _last_endpoint(sock: zmq.Socket[bytes]) -> str:
+    value = sock.getsockopt(zmq.LAST_ENDPOINT)
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _key(value: Any) -> bytes | None:

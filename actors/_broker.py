@@ -90,9 +90,9 @@ class Broker:
             if self._auth is not None:
                 self._auth.stop()
             raise BridgeError(f"broker: cannot bind {listen}: {exc}") from exc
-        self.endpoint: str = self._router.last_endpoint.decode()
-        self.publish_endpoint: str = self._xsub.last_endpoint.decode()
-        self.subscribe_endpoint: str = self._xpub.last_endpoint.decode()
+        self.endpoint: str = _last_endpoint(self._router)
+        self.publish_endpoint: str = _last_endpoint(self._xsub)
+        self.subscribe_endpoint: str = _last_endpoint(self._xpub)
         self._threads = [
             threading.Thread(target=self._proxy, name=f"{name}-proxy", daemon=True),
             threading.Thread(target=self._route, name=f"{name}-router", daemon=True),
@@ -152,11 +152,7 @@ class Broker:
             self._names[message.sender] = identity
         if not message.to:
             if message.kind == HELLO:
-                try:
-                    host = frames[1].get("Peer-Address")
-                except zmq.ZMQError:
-                    host = None
-                del host  # endpoints are advertised as bound; wildcard hosts resolved by nodes
+                # Endpoints are advertised as bound; nodes resolve a wildcard host.
                 body = {
                     "kind": "broker",
                     "xpub": reachable(self.subscribe_endpoint, None),
@@ -168,7 +164,11 @@ class Broker:
         target = self._names.get(message.to)
         if target is None:
             error = Request(
-                ERROR, message.sender, self.name, message.rid, {"error": f"unknown node {message.to}"}
+                ERROR,
+                message.sender,
+                self.name,
+                message.rid,
+                {"error": f"unknown node {message.to}"},
             )
             self._router.send_multipart([identity, *encode_request(error)])
             return
@@ -207,6 +207,11 @@ class Broker:
         self.close()
 
 
+def _last_endpoint(sock: zmq.Socket[bytes]) -> str:
+    value = sock.getsockopt(zmq.LAST_ENDPOINT)
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a broker until interrupted: ``llmspell-events broker tcp://0.0.0.0:5800``."""
     parser = argparse.ArgumentParser(prog="llmspell-events broker")
@@ -223,7 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         curve_secret_key=args.secret_key.encode() if args.secret_key else None,
         authorized_keys=[k.encode() for k in args.authorize],
     )
-    print(f"broker at {broker.endpoint}", flush=True)  # noqa: T201 - the CLI's output
+    print(f"broker at {broker.endpoint}", flush=True)
     try:
         threading.Event().wait()
     except KeyboardInterrupt:

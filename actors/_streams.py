@@ -16,9 +16,10 @@ restarted node asks for what it missed while it was down.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from actors._event import Event
@@ -82,8 +83,7 @@ class Outbound:
         ring = self.ring
         for event in events:
             seq = event.sequence or 0
-            if seq > self.head:
-                self.head = seq
+            self.head = max(self.head, seq)
             if event.origin != origin:
                 continue
             if len(ring) == ring.maxlen:
@@ -129,12 +129,11 @@ class Outbound:
         is True when part of the range has left the ring already.
         """
         raw = [p.encode() for p in prefixes]
+        ring = list(self.ring)  # a snapshot: the I/O thread appends meanwhile
         out: list[Event] = []
-        for event in list(self.ring):
-            seq = event.sequence or 0
-            if seq <= after:
-                continue
-            if seq > upto:
+        start = bisect.bisect_right(ring, after, key=lambda e: e.sequence or 0)
+        for event in itertools.islice(ring, start, None):
+            if (event.sequence or 0) > upto:
                 break
             if any(event.event_type.encode().startswith(p) for p in raw):
                 if len(out) >= limit:
@@ -165,10 +164,11 @@ class _Origin:
     loading: bool = False
     stashed: tuple[int, int, int] | None = None
     pending: dict[str, RecoverRequest] = field(default_factory=dict)
+    deferred: tuple[int, int, frozenset[str]] | None = None
     held: list[Event] = field(default_factory=list)
 
     def blocked(self) -> bool:
-        return self.awaiting_sync or self.loading or bool(self.pending)
+        return self.awaiting_sync or self.loading or bool(self.pending) or bool(self.deferred)
 
 
 _rids = itertools.count(1)
@@ -242,6 +242,7 @@ class Inbound:
     def on_data(
         self,
         origin: str,
+        *,
         epoch: int,
         first: int,
         last: int,
@@ -296,7 +297,14 @@ class Inbound:
         return self._release(st)
 
     def on_heartbeat(
-        self, origin: str, epoch: int, base: int, head: int, chains: dict[bytes, int], now: float
+        self,
+        origin: str,
+        *,
+        epoch: int,
+        base: int,
+        head: int,
+        chains: dict[bytes, int],
+        now: float,
     ) -> list[Event]:
         """Take a heartbeat: detect a lost tail of frames, advance the watermark."""
         st, _ = self.origin(origin, now)
@@ -316,9 +324,9 @@ class Inbound:
             if last is not None and last > known:
                 self._recover(origin, st, known, last, (prefix.decode(),))
                 st.known[prefix] = last
-        if not st.blocked() and all(p in chains for p in st.known) and st.known:
-            if st.watermark is None or head > st.watermark:
-                st.watermark = head
+        quiet = not st.blocked() and st.known and all(p in chains for p in st.known)
+        if quiet and (st.watermark is None or head > st.watermark):
+            st.watermark = head
         return []
 
     def _incarnation(self, st: _Origin, epoch: int, base: int) -> None:
@@ -356,11 +364,29 @@ class Inbound:
     ) -> None:
         if upto <= after:
             return
-        names = tuple(p.decode() if isinstance(p, bytes) else p for p in prefixes)
-        request = RecoverRequest(f"r{next(_rids)}", origin, after, upto, names)
+        names = frozenset(p.decode() if isinstance(p, bytes) else p for p in prefixes)
+        self.gaps += 1
+        if st.pending:
+            # One request per origin at a time: later gaps merge into the next
+            # one (what was already received comes back and is deduplicated).
+            if st.deferred is None:
+                st.deferred = (after, upto, names)
+            else:
+                low, high, known = st.deferred
+                st.deferred = (min(low, after), max(high, upto), known | names)
+            return
+        self._send(origin, st, after, upto, names)
+
+    def _send(self, origin: str, st: _Origin, after: int, upto: int, names: frozenset[str]) -> None:
+        request = RecoverRequest(f"r{next(_rids)}", origin, after, upto, tuple(sorted(names)))
         st.pending[request.rid] = request
         self.requests.append(request)
-        self.gaps += 1
+
+    def _next_deferred(self, origin: str, st: _Origin) -> None:
+        if st.deferred is not None and not st.pending:
+            after, upto, names = st.deferred
+            st.deferred = None
+            self._send(origin, st, after, upto, names)
 
     def on_recovered(
         self, rid: str, events: list[Event], complete: bool, scanned: int, lost: bool
@@ -374,19 +400,20 @@ class Inbound:
             if lost:
                 self.unrecovered += 1
             if not complete and scanned < request.upto:
-                self._recover(st_name, st, max(scanned, request.after), request.upto,
-                              request.prefixes)
-                self.gaps -= 1  # the same gap, continued
+                after = max(scanned, request.after)
+                self._send(st_name, st, after, request.upto, frozenset(request.prefixes))
             else:
                 self.recovered += 1
+                self._next_deferred(st_name, st)
             return self._release(st)
         return []
 
     def on_recovery_failed(self, rid: str) -> list[Event]:
         """Give up on a recovery request (timeout or error) and release what is held."""
-        for st in self.origins.values():
+        for name, st in self.origins.items():
             if st.pending.pop(rid, None) is not None:
                 self.unrecovered += 1
+                self._next_deferred(name, st)
                 return self._release(st)
         return []
 
@@ -445,8 +472,3 @@ class Inbound:
             for name, st in self.origins.items()
             if st.watermark is not None and not st.blocked()
         }
-
-
-def sort_events(events: Iterable[Event], key: Callable[[Event], int]) -> list[Event]:
-    """Return ``events`` sorted by ``key`` (a helper for replies)."""
-    return sorted(events, key=key)

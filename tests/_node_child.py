@@ -2,7 +2,8 @@
 
 Run as ``python tests/_node_child.py CONFIG_JSON``.  CONFIG_JSON holds ``name``,
 ``listen``, ``peers``, optional ``path`` (a persistent bus), ``pattern`` and
-``durable`` (a subscription whose handler prints ``got ORIGIN TYPE DATA``),
+``durable`` and ``capacity`` (a subscription whose handler prints ``got
+ORIGIN TYPE DATA``),
 optional ``keys`` (``public``, ``secret``, ``authorized``, ``peer_keys``) and
 ``node`` (extra ``NodeConfig`` fields).  It prints ``ready ENDPOINT`` once
 started, then runs commands read from stdin, one per line, each answered by
@@ -20,6 +21,8 @@ one line (every line is flushed at once):
 from __future__ import annotations
 
 import json
+import logging
+import os
 import sys
 import threading
 from dataclasses import asdict
@@ -35,6 +38,8 @@ def say(line: str) -> None:
 
 
 def main() -> None:
+    if os.environ.get("NODE_CHILD_LOG"):
+        logging.basicConfig(level=os.environ["NODE_CHILD_LOG"], stream=sys.stderr)
     cfg = json.loads(sys.argv[1])
     keys = cfg.get("keys") or {}
     node = NodeConfig(
@@ -59,11 +64,9 @@ def main() -> None:
         say(f"got {event.origin} {event.event_type} {json.dumps(event.data)}")
 
     if cfg.get("pattern"):
-        durable = cfg.get("durable")
-        if durable:
-            bus.subscribe(cfg["pattern"], handler, durable=durable)
-        else:
-            bus.subscribe(cfg["pattern"], handler)
+        bus.subscribe(
+            cfg["pattern"], handler, durable=cfg.get("durable"), capacity=cfg.get("capacity")
+        )
     say(f"ready {bridge.endpoint}")
     gate = threading.Event()
     for line in sys.stdin:
@@ -91,7 +94,7 @@ def main() -> None:
             gate.clear()
             paused = threading.Event()
 
-            def block() -> None:
+            def block(paused: threading.Event = paused) -> None:
                 paused.set()
                 gate.wait(WAIT)
 

@@ -21,7 +21,13 @@ def decode(parts: list[bytes]) -> DataFrame:
 
 def feed(inbound: Inbound, frame: DataFrame) -> list[Event]:
     return inbound.on_data(
-        frame.origin, frame.epoch, frame.first, frame.last, frame.chains, frame.events, 0.0
+        frame.origin,
+        epoch=frame.epoch,
+        first=frame.first,
+        last=frame.last,
+        chains=frame.chains,
+        events=frame.events,
+        now=0.0,
     )
 
 
@@ -78,7 +84,8 @@ def test_a_lost_frame_is_requested_and_order_is_kept() -> None:
     (request,) = inbound.requests
     assert (request.origin, request.after, request.upto) == ("a", 1, 2)
     events, complete, lost_flag = out.from_ring(request.after, request.upto, request.prefixes, 10)
-    assert complete and not lost_flag
+    assert complete
+    assert not lost_flag
     released = inbound.on_recovered(request.rid, events, complete, request.upto, lost_flag)
     assert [e.sequence for e in released] == [2, 3]
     assert inbound.recovered == 1
@@ -90,7 +97,7 @@ def test_a_lost_tail_is_found_by_the_heartbeat() -> None:
     feed(inbound, decode(out.frames([local(1)])[0]))
     out.frames([local(2)])  # lost
     chains = {p.encode(): s for p, s in out.chains()}  # type: ignore[union-attr]
-    inbound.on_heartbeat("a", 1, 1, out.head, chains, 0.0)
+    inbound.on_heartbeat("a", epoch=1, base=1, head=out.head, chains=chains, now=0.0)
     (request,) = inbound.requests
     assert (request.after, request.upto) == (1, 2)
 
@@ -137,4 +144,5 @@ def test_the_ring_reports_what_it_no_longer_holds() -> None:
     out.frames([local(i) for i in range(1, 6)])
     events, complete, lost = out.from_ring(0, 5, ["user."], 10)
     assert [e.sequence for e in events] == [4, 5]
-    assert complete and lost
+    assert complete
+    assert lost
