@@ -7,6 +7,7 @@ Start with ``EventBus`` (or ``AsyncEventBus``), ``Event`` and ``subscribe``;
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING, Any
 
 from actors._async import AsyncEventBus, EventStream
 from actors._bus import EventBus, PersistentEventBus
@@ -34,10 +35,15 @@ from actors._subscriber import DeadLetter, Subscription
 from actors._topics import Pattern
 from actors._trace import Trace
 
+if TYPE_CHECKING:
+    from actors._bridge import generate_keypair
+    from actors._broker import Broker
+
 __all__ = [
     "AsyncEventBus",
     "BackpressureError",
     "BridgeError",
+    "Broker",
     "BusClosedError",
     "BusFuture",
     "BusMetrics",
@@ -65,6 +71,20 @@ __all__ = [
     "Subscription",
     "SubscriptionStatistics",
     "Trace",
+    "generate_keypair",
 ]
 
 logging.getLogger("actors").addHandler(logging.NullHandler())
+
+
+def __getattr__(name: str) -> Any:
+    # The ZeroMQ parts load on first use: ``import actors`` never imports zmq.
+    if name == "Broker":
+        from actors._broker import Broker  # noqa: PLC0415
+
+        return Broker
+    if name == "generate_keypair":
+        from actors._bridge import generate_keypair  # noqa: PLC0415
+
+        return generate_keypair
+    raise AttributeError(f"module 'actors' has no attribute {name!r}")

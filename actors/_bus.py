@@ -192,6 +192,17 @@ class EventBus:
             self._router.add_recorder(self._bridge.mailbox)
             self._router.route_listeners.append(self._bridge.on_local_patterns)
 
+    def wait_for_peers(self, names: Sequence[str], timeout: float | None = 30.0) -> bool:
+        """Block until the nodes ``names`` acknowledged this node's subscriptions.
+
+        From then on every event they publish that a local pattern matches
+        arrives here.  Flushes the bus first.  Returns False after
+        ``timeout``; raises ``EventBusError`` on a bus that is not a node.
+        """
+        if self._bridge is None:
+            raise EventBusError("this bus is not connected to other nodes (no NodeConfig)")
+        return self._bridge.wait_synced(names, timeout)
+
     def _inject(self, event: Event) -> None:
         """Route an event that arrived from a peer (never blocks, never rejected)."""
         self._router_mailbox.put(Publish(event, None, time.perf_counter(), internal=True))
@@ -810,6 +821,12 @@ class EventBus:
             journal_write_latency=journal[1],
             journal_size_bytes=journal[2],
             rate_limited=self._rate_limited,
+            journal_corrupt_records=(
+                self._journal.corrupt + self._journal.storage.corrupt_records
+                if self._journal is not None
+                else 0
+            ),
+            bridge=self._bridge.statistics() if self._bridge is not None else None,
         )
 
     def _journal_figures(self) -> tuple[int, float | None, int]:

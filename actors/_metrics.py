@@ -5,7 +5,10 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from actors._bridge_io import BridgeStatistics
 
 __all__ = [
     "BusMetrics",
@@ -60,6 +63,8 @@ class BusMetrics:
     journal_write_latency: float | None = None
     journal_size_bytes: int = 0
     rate_limited: int = 0
+    journal_corrupt_records: int = 0
+    bridge: BridgeStatistics | None = None
 
 
 class LatencyWindow:
@@ -136,6 +141,7 @@ _HELP = {
     "journal_written": "Events written to the journal.",
     "journal_size_bytes": "Approximate size of the journal on disk.",
     "rate_limited": "Publishes refused by the rate limit.",
+    "journal_corrupt_records": "Stored records skipped because they could not be decoded.",
 }
 
 _COUNTERS = {
@@ -148,6 +154,7 @@ _COUNTERS = {
     "dead_letters",
     "journal_written",
     "rate_limited",
+    "journal_corrupt_records",
 }
 
 
@@ -185,6 +192,31 @@ def to_prometheus(metrics: BusMetrics, *, prefix: str = "llmspell_events") -> st
             f"# HELP {jw} Mean time of one journal batch write.",
             f"# TYPE {jw} gauge",
             f"{jw} {metrics.journal_write_latency}",
+        ]
+    if metrics.bridge is not None:
+        bridge = metrics.bridge
+        for name in (
+            "frames_sent",
+            "frames_received",
+            "frames_dropped",
+            "events_received",
+            "events_recovered",
+            "gaps",
+            "gaps_unrecovered",
+            "duplicates",
+            "auth_refused",
+        ):
+            metric = f"{prefix}_bridge_{name}_total"
+            lines += [
+                f"# HELP {metric} ZeroMQ bridge: {name.replace('_', ' ')}.",
+                f"# TYPE {metric} counter",
+                f"{metric} {getattr(bridge, name)}",
+            ]
+        metric = f"{prefix}_bridge_peers_alive"
+        lines += [
+            f"# HELP {metric} Peers heard within the heartbeat timeout.",
+            f"# TYPE {metric} gauge",
+            f"{metric} {len(bridge.peers_alive)}",
         ]
     for stat_name in ("delivered", "dropped", "errors", "queued", "capacity"):
         metric = f"{prefix}_subscription_{stat_name}"
