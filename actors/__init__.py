@@ -7,7 +7,7 @@ Start with ``EventBus`` (or ``AsyncEventBus``), ``Event`` and ``subscribe``;
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+import typing
 
 from actors._async import AsyncEventBus, EventStream
 from actors._bus import EventBus, PersistentEventBus
@@ -35,7 +35,7 @@ from actors._subscriber import DeadLetter, Subscription
 from actors._topics import Pattern
 from actors._trace import Trace
 
-if TYPE_CHECKING:
+if typing.TYPE_CHECKING:
     from actors._bridge import generate_keypair
     from actors._broker import Broker
 
@@ -77,7 +77,7 @@ __all__ = [
 logging.getLogger("actors").addHandler(logging.NullHandler())
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> typing.Any:
     # The ZeroMQ parts load on first use: ``import actors`` never imports zmq.
     if name == "Broker":
         from actors._broker import Broker  # noqa: PLC0415
