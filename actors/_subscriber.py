@@ -179,27 +179,30 @@ class SubscriberActor(DispatchedActor):
 
     def _run_sync(self, batch: list[tuple[Event, float]], history: bool = False) -> None:
         call = self._call
-        mailbox = self.actor_inbox
         samples = self.bus._latency.samples
         perf = time.perf_counter
         now_wall = time.time()
-        count = 0 if history else 1
+        set_current = current_event.set
+        reset_current = current_event.reset
+        delivered = 0
         for event, published_at in batch:
             if event.ttl is not None and event._expired_unix(now_wall):
                 self.expired += 1
-                mailbox.finished_by_owner += count
                 continue
-            if count:
+            if not history:
                 samples.append(perf() - published_at)
-            token = current_event.set(event)
+            token = set_current(event)
             try:
                 call(event)
-                self.delivered += 1
+                delivered += 1
             except Exception as exc:
                 self._failed(event, exc, call)
             finally:
-                current_event.reset(token)
-            mailbox.finished_by_owner += count
+                reset_current(token)
+        # Counters once per batch: flush barriers are checked per batch anyway.
+        self.delivered += delivered
+        if not history:
+            self.actor_inbox.finished_by_owner += len(batch)
         self._batch_done(batch)
 
     def _failed(self, event: Event, exc: Exception, call: Callable[[Event], Any]) -> None:
