@@ -38,7 +38,7 @@ from actors._errors import (
     InvalidEventError,
     RateLimitedError,
 )
-from actors._event import Event
+from actors._event import _FIELD_NAMES, Event
 from actors._filter import FilterLike, as_predicate
 from actors._future import BusFuture, FutureTimeoutError
 from actors._journal import JournalActor, enforce_retention, first_free_sequence
@@ -82,21 +82,7 @@ if TYPE_CHECKING:
 _sub_ids = itertools.count(1)
 
 # Fields a caller may pass to publish() alongside the type and data.
-_EVENT_FIELDS = frozenset(
-    {
-        "id",
-        "timestamp",
-        "correlation_id",
-        "causation_id",
-        "source",
-        "target",
-        "tags",
-        "priority",
-        "ttl",
-        "language",
-        "metadata",
-    }
-)
+_EVENT_FIELDS = frozenset(_FIELD_NAMES) - {"event_type", "data", "sequence", "origin"}
 
 
 class EventBus:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -21,36 +20,7 @@ from actors import (
     InvalidPatternError,
     Subscription,
 )
-
-WAIT = 10.0
-
-
-@pytest.fixture
-def bus() -> Iterator[EventBus]:
-    b = EventBus(EventConfig(threads=2))
-    yield b
-    b.close(timeout=WAIT)
-
-
-class Collector:
-    """A handler that records events and can signal once it saw ``expected`` of them."""
-
-    def __init__(self, expected: int | None = None) -> None:
-        self.events: list[Event] = []
-        self.lock = threading.Lock()
-        self.expected = expected
-        self.done = threading.Event()
-
-    def __call__(self, event: Event) -> None:
-        with self.lock:
-            self.events.append(event)
-            if self.expected is not None and len(self.events) >= self.expected:
-                self.done.set()
-
-    @property
-    def types(self) -> list[str]:
-        return [e.event_type for e in self.events]
-
+from tests._support import WAIT, Collector
 
 # -- publishing -------------------------------------------------------------------
 

@@ -5,35 +5,13 @@ from __future__ import annotations
 import asyncio
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
 
 from actors import Event, EventBus, EventConfig, Trace
-
-WAIT = 10.0
-
-
-@pytest.fixture
-def bus() -> Iterator[EventBus]:
-    b = EventBus(EventConfig(threads=2))
-    yield b
-    b.close(timeout=WAIT)
-
-
-class Collector:
-    def __init__(self, expected: int | None = None) -> None:
-        self.events: list[Event] = []
-        self.lock = threading.Lock()
-        self.expected = expected
-        self.done = threading.Event()
-
-    def __call__(self, event: Event) -> None:
-        with self.lock:
-            self.events.append(event)
-            if self.expected is not None and len(self.events) >= self.expected:
-                self.done.set()
+from tests._support import WAIT, Collector
 
 
 def _react(bus: EventBus, publish: Callable[[Event], object]) -> Collector:

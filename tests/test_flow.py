@@ -9,7 +9,6 @@ routed the event, which makes them a barrier for the mailbox's contents.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -23,48 +22,7 @@ from actors import (
     OverflowStrategy,
     RateLimitedError,
 )
-
-WAIT = 10.0
-
-
-class Gate:
-    """A handler that blocks inside its first event until ``release`` is set."""
-
-    def __init__(self) -> None:
-        self.entered = threading.Event()
-        self.release = threading.Event()
-        self.events: list[Event] = []
-
-    def __call__(self, event: Event) -> None:
-        self.entered.set()
-        if not self.release.wait(WAIT):
-            raise AssertionError("the test never released the gate")
-        self.events.append(event)
-
-    @property
-    def data(self) -> list[Any]:
-        return [e.data for e in self.events]
-
-
-class Collector:
-    def __init__(self, expected: int | None = None) -> None:
-        self.events: list[Event] = []
-        self.lock = threading.Lock()
-        self.expected = expected
-        self.done = threading.Event()
-
-    def __call__(self, event: Event) -> None:
-        with self.lock:
-            self.events.append(event)
-            if self.expected is not None and len(self.events) >= self.expected:
-                self.done.set()
-
-
-@pytest.fixture
-def bus() -> Iterator[EventBus]:
-    b = EventBus(EventConfig(threads=2))
-    yield b
-    b.close(timeout=WAIT)
+from tests._support import WAIT, Collector, Gate
 
 
 def _hold(bus: EventBus, gate: Gate, pattern: str = "q.*", **kwargs: Any) -> Any:

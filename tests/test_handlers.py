@@ -2,33 +2,12 @@
 
 from __future__ import annotations
 
-import threading
 import uuid
-from collections.abc import Iterator
 
 import pytest
 
 from actors import DeadLetter, Event, EventBus, EventConfig
-
-WAIT = 10.0
-
-
-class Collector:
-    def __init__(self, expected: int | None = None) -> None:
-        self.events: list[Event] = []
-        self.lock = threading.Lock()
-        self.expected = expected
-        self.done = threading.Event()
-
-    def __call__(self, event: Event) -> None:
-        with self.lock:
-            self.events.append(event)
-            if self.expected is not None and len(self.events) >= self.expected:
-                self.done.set()
-
-    @property
-    def data(self) -> list[object]:
-        return [e.data for e in self.events]
+from tests._support import WAIT, Collector
 
 
 class Flaky:
@@ -46,13 +25,6 @@ class Flaky:
         if event.data in self.bad and (self.fail_times is None or n <= self.fail_times):
             raise RuntimeError(f"cannot handle {event.data!r}")
         self.handled.append(event.data)
-
-
-@pytest.fixture
-def bus() -> Iterator[EventBus]:
-    b = EventBus(EventConfig(threads=2))
-    yield b
-    b.close(timeout=WAIT)
 
 
 def test_a_failing_handler_keeps_its_subscription_and_the_bus(bus: EventBus) -> None:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -20,25 +18,7 @@ from actors import (
     OverflowStrategy,
     SubscriptionStatistics,
 )
-
-WAIT = 10.0
-
-
-@pytest.fixture
-def bus() -> Iterator[EventBus]:
-    b = EventBus(EventConfig(threads=2))
-    yield b
-    b.close(timeout=WAIT)
-
-
-class Gate:
-    def __init__(self) -> None:
-        self.entered = threading.Event()
-        self.release = threading.Event()
-
-    def __call__(self, event: Event) -> None:
-        self.entered.set()
-        assert self.release.wait(WAIT)
+from tests._support import WAIT, Gate
 
 
 def _flush_twice(bus: EventBus) -> None:
