@@ -37,6 +37,7 @@ from actors._bridge_io import (
     Counters,
     Link,
     Peer,
+    PublishLedger,
     derive_endpoint,
     query_from_json,
     query_to_json,
@@ -60,6 +61,7 @@ from actors._wire import (
     HEARTBEAT,
     HEARTBEAT_TOPIC,
     HELLO,
+    PUBLISH,
     QUERY,
     RECOVER,
     SYNC,
@@ -141,6 +143,7 @@ class Bridge:
         self._waiting: dict[str, tuple[Callable[[Request | None], None], float]] = {}
         self._saved: dict[str, int] = {}
         self._workers = ThreadPoolExecutor(2, thread_name_prefix=f"bridge-{self.name}")
+        self._ledger = PublishLedger()
         self._ctx = zmq.Context()
         self._auth: zmq.auth.thread.ThreadAuthenticator | None = None
         self._pub_endpoint: str | None = None
@@ -252,15 +255,57 @@ class Bridge:
             raise result
         return result
 
+    @property
+    def publish_endpoint(self) -> str | None:
+        """Return the resolved endpoint of the event stream (the XPUB), or None."""
+        return self._pub_endpoint
+
+    def linked_nodes(self, timeout: float | None) -> list[str]:
+        """Wait until every configured peer answered HELLO; return the node names among them.
+
+        Brokers are not nodes and are left out.  Returns what is known after
+        ``timeout``.
+        """
+
+        def welcomed(_stats: BridgeStatistics) -> bool:
+            return all(link.welcomed for link in self._links)
+
+        self.wait(welcomed, timeout)
+        return [
+            link.name for link in self._links if link.welcomed and link.name and not link.broker
+        ]
+
+    def remote_publish(
+        self, node_name: str, events: Sequence[Event], timeout: float | None
+    ) -> list[Event]:
+        """Have ``node_name`` publish ``events`` on its bus; return them as published there.
+
+        Blocks until that node acknowledged (its publish futures resolved).
+        Idempotent by event id, so retrying after a timeout publishes nothing
+        twice.  Raises ``BridgeError`` if the node refuses or does not answer.
+        """
+        payload = encode_batch(list(events))
+        result = self._ask_many([node_name], PUBLISH, {}, timeout, payload)[node_name]
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
     def _ask_many(
-        self, names: Sequence[str], kind: int, body: dict[str, Any], timeout: float | None
+        self,
+        names: Sequence[str],
+        kind: int,
+        body: dict[str, Any],
+        timeout: float | None,
+        payload: bytes | None = None,
     ) -> dict[str, list[Event] | BaseException]:
         deadline = time.monotonic() + (30.0 if timeout is None else timeout)
         futures: dict[str, BusFuture[list[Event]]] = {}
         for name in names:
             future: BusFuture[list[Event]] = BusFuture()
             futures[name] = future
-            self._call_soon(functools.partial(self._ask, name, kind, body, future, deadline))
+            self._call_soon(
+                functools.partial(self._ask, name, kind, body, future, deadline, payload)
+            )
         out: dict[str, list[Event] | BaseException] = {}
         for name, future in futures.items():
             try:
@@ -601,7 +646,8 @@ class Bridge:
                 link.welcomed = True
                 link.name = message.sender
                 link.broker = body.get("kind") == "broker"
-        elif kind in (RECOVER, QUERY, CORRELATED):
+                self._notify()
+        elif kind in (RECOVER, QUERY, CORRELATED, PUBLISH):
             self._workers.submit(self._serve, message, route)
         elif kind in (EVENTS, ERROR):
             waiting = self._waiting.pop(message.rid, None)
@@ -682,13 +728,14 @@ class Bridge:
                 return (link.sock, None)
         return None
 
-    def _ask(
+    def _ask(  # noqa: PLR0917 - one call site, through functools.partial
         self,
         name: str,
         kind: int,
         body: dict[str, Any],
         future: BusFuture[list[Event]],
         deadline: float,
+        payload: bytes | None = None,
     ) -> None:
         route = self._route_to(name)
         if route is None:
@@ -708,7 +755,7 @@ class Bridge:
                     future.set_exception(exc)
 
         self._waiting[rid] = (done, deadline)
-        self._send(route, Request(kind, name, self.name, rid, body))
+        self._send(route, Request(kind, name, self.name, rid, body, payload))
 
     def _send_recover(self, request: Any) -> None:
         route = self._route_to(request.origin)
@@ -747,6 +794,8 @@ class Bridge:
                 events, reply_body = serve_recover(self._bus, self._out, message.body)
             elif message.kind == QUERY:
                 events = serve_query(self._bus, query_from_json(message.body))
+            elif message.kind == PUBLISH:
+                events = self._ledger.publish(self._bus, decode_events(message.payload))
             else:
                 events = serve_correlated(self._bus, uuid.UUID(str(message.body["correlation_id"])))
             payload = encode_batch(events)

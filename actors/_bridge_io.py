@@ -7,7 +7,9 @@ the journal; everything else is plain data.
 from __future__ import annotations
 
 import re
+import threading
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -47,13 +49,14 @@ def derive_endpoint(listen: str, offset: int, suffix: str) -> str:
     """Return the endpoint of a second socket beside ``listen``.
 
     ``tcp://h:5701`` gives ``tcp://h:5702`` (port + ``offset``), ``tcp://h:*``
-    stays ephemeral, ``ipc://`` and ``inproc://`` names get ``suffix``.
+    (or ``:0``) stays ephemeral, ``ipc://`` and ``inproc://`` names get ``suffix``.
     Raise ``ValueError`` for another transport.
     """
     match = _TCP.match(listen)
     if match is not None:
         port = match["port"]
-        new_port = port if port == "*" else str(int(port) + offset)
+        # "*" and "0" both ask for an ephemeral port: the second socket too.
+        new_port = "*" if port in ("*", "0") else str(int(port) + offset)
         return f"tcp://{match['host']}:{new_port}"
     if listen.startswith(("ipc://", "inproc://")):
         return listen + suffix
@@ -237,6 +240,38 @@ def serve_recover(
         if len(found) >= RECOVER_LIMIT:
             return found, {"complete": False, "scanned": position, "lost": False}
     return found, {"complete": True, "scanned": upto, "lost": False}
+
+
+class PublishLedger:
+    """Publish events on a peer's behalf, once per event id (idempotent retries).
+
+    Remembers the last ``size`` ids it published and what they became.
+    Thread-safe: the bridge's workers share one.
+    """
+
+    def __init__(self, size: int = 10_000) -> None:
+        self._size = size
+        self._done: OrderedDict[uuid.UUID, Event] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def publish(self, bus: EventBus, events: list[Event], timeout: float = 30.0) -> list[Event]:
+        """Publish ``events`` on ``bus`` in order; return them as published (sequenced).
+
+        Blocks until every publish future resolved.  Raises what ``publish``
+        raises (``InvalidEventError``, ``BackpressureError``, ...).
+        """
+        out: list[Event] = []
+        for event in events:
+            with self._lock:
+                known = self._done.get(event.id)
+            if known is None:
+                known = bus.publish(event).get(timeout=timeout)
+                with self._lock:
+                    self._done[event.id] = known
+                    while len(self._done) > self._size:
+                        self._done.popitem(last=False)
+            out.append(known)
+        return out
 
 
 def serve_query(bus: EventBus, query: EventQuery) -> list[Event]:

@@ -189,6 +189,50 @@ class EventBus:
             raise EventBusError("this bus is not connected to other nodes (no NodeConfig)")
         return self._bridge.wait_synced(names, timeout)
 
+    def publish_remote(
+        self,
+        node: str,
+        event_or_type: Event | str,
+        data: Any = None,
+        *,
+        timeout: float | None = 30.0,
+        **fields: Any,
+    ) -> Event:
+        """Have the connected node ``node`` publish an event on its own bus.
+
+        The event takes that node's origin and sequence, as if published
+        there.  Blocks until the node acknowledged it (journaled, where that
+        node is persistent) and returns it as published.  Retrying after a
+        timeout is safe: the node publishes an event id once.  Raises
+        ``EventBusError`` on a bus that is not a node, ``BridgeError`` if the
+        node refuses (with its reason) or does not answer.
+        """
+        if self._bridge is None:
+            raise EventBusError("this bus is not connected to other nodes (no NodeConfig)")
+        self._check_open()
+        event = self._prepare(event_or_type, data, fields)
+        return self._bridge.remote_publish(node, [event], timeout)[0]
+
+    @property
+    def endpoints(self) -> dict[str, str | None]:
+        """Return this node's resolved endpoints: ``request`` (its ``listen``) and ``publish``.
+
+        Ephemeral ports (``tcp://127.0.0.1:*``) are filled in.  Empty on a bus
+        that is not a node.
+        """
+        if self._bridge is None:
+            return {}
+        return {"request": self._bridge.endpoint, "publish": self._bridge.publish_endpoint}
+
+    def linked_nodes(self, timeout: float | None = 30.0) -> list[str]:
+        """Return the names of the nodes among ``NodeConfig.peers``, once they answered.
+
+        Blocks until every configured peer answered (or ``timeout``).
+        """
+        if self._bridge is None:
+            raise EventBusError("this bus is not connected to other nodes (no NodeConfig)")
+        return self._bridge.linked_nodes(timeout)
+
     def _inject(self, event: Event) -> None:
         """Route an event that arrived from a peer (never blocks, never rejected)."""
         self._router_mailbox.put(Publish(event, None, time.perf_counter(), internal=True))

@@ -5,7 +5,9 @@ tool is flaky and fails, so its event becomes a dead letter that the reviewer
 escalates; the reviewer approves the other result.  Every agent is a
 subscription (an actor) with a wildcard pattern.  The demo prints the events
 as they flow, the workflow's causal trace, the dead letter and the metrics,
-then queries and replays the workflow from the RocksDB journal.
+then queries and replays the workflow from the RocksDB journal.  Unless given
+``--no-cluster``, it then runs the same workflow across two OS processes joined
+over ZeroMQ (``actors.demo_cluster``).
 """
 
 from __future__ import annotations
@@ -23,10 +25,11 @@ DEFAULT_JOURNAL = "demo-events.db"
 
 
 class Printer:
-    """Print one line per event, with its time relative to the first one."""
+    """Print one line per event, with its time relative to the first one (and its origin node)."""
 
-    def __init__(self, out: Callable[[str], None] = print) -> None:
+    def __init__(self, out: Callable[[str], None] = print, *, show_origin: bool = False) -> None:
         self._out = out
+        self._show_origin = show_origin
         self._first: float | None = None
         self._lock = threading.Lock()
 
@@ -36,12 +39,14 @@ class Printer:
         if event.target:
             route += f" -> {event.target}"
         data = "" if event.data is None else f"  {_short(event.data)}"
+        node = f"{event.origin or '-':<8} " if self._show_origin else ""
         with self._lock:  # two printing subscriptions run on different threads
             if self._first is None:
                 self._first = ts
             offset = (ts - self._first) * 1000
             self._out(
-                f"  #{event.sequence:<4} +{offset:7.2f} ms  {event.event_type:<22} [{route}]{data}"
+                f"  #{event.sequence:<4} +{offset:7.2f} ms  {node}{event.event_type:<22} "
+                f"[{route}]{data}"
             )
 
 
@@ -50,8 +55,15 @@ def _short(data: Any, width: int = 60) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def wire_agents(bus: EventBus, done: threading.Event) -> None:
-    """Subscribe the planner, two workers, the tool runner and the reviewer."""
+ROLES = frozenset({"planner", "workers", "tools", "reviewer"})
+
+
+def wire_agents(bus: EventBus, done: threading.Event, roles: frozenset[str] = ROLES) -> None:
+    """Subscribe the planner, two workers, the tool runner and the reviewer.
+
+    ``roles`` picks which of them live on ``bus`` (the others may run on
+    another node); ``done`` is set by the reviewer's side.
+    """
 
     def planner(event: Event) -> None:
         job = event.data["job"] if isinstance(event.data, dict) else "job"
@@ -98,13 +110,17 @@ def wire_agents(bus: EventBus, done: threading.Event) -> None:
             if isinstance(failed, dict) and failed.get("event_type") == "tool.invoke":
                 settle(str(failed.get("source")), "escalated")
 
-    bus.subscribe("workflow.start", planner)
-    bus.subscribe("{task,tool}.*", worker("worker-1"))
-    bus.subscribe("t*.{assigned,result}", worker("worker-2"))
-    bus.subscribe("tool.invoke", tools)
-    bus.subscribe("task.done", reviewer)
-    bus.subscribe("$bus.deadletter", reviewer)
-    bus.subscribe("workflow.complete", lambda _event: done.set())
+    if "planner" in roles:
+        bus.subscribe("workflow.start", planner)
+    if "workers" in roles:
+        bus.subscribe("{task,tool}.*", worker("worker-1"))
+        bus.subscribe("t*.{assigned,result}", worker("worker-2"))
+    if "tools" in roles:
+        bus.subscribe("tool.invoke", tools)
+    if "reviewer" in roles:
+        bus.subscribe("task.done", reviewer)
+        bus.subscribe("$bus.deadletter", reviewer)
+        bus.subscribe("workflow.complete", lambda _event: done.set())
 
 
 def run(journal: str | Path = DEFAULT_JOURNAL, out: Callable[[str], None] = print) -> int:
@@ -169,11 +185,20 @@ def run(journal: str | Path = DEFAULT_JOURNAL, out: Callable[[str], None] = prin
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse the command line and run the demo."""
+    """Parse the command line; run the demo, then its two-process part (``actors.demo_cluster``)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--journal", default=DEFAULT_JOURNAL, help="journal folder")
+    parser.add_argument(
+        "--no-cluster", action="store_true", help="skip the part across two OS processes"
+    )
     args = parser.parse_args(argv)
-    return run(args.journal)
+    status = run(args.journal)
+    if status or args.no_cluster:
+        return status
+    from actors import demo_cluster  # noqa: PLC0415 - imports zmq, only when it runs
+
+    print()
+    return demo_cluster.run(args.journal)
 
 
 if __name__ == "__main__":
