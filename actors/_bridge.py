@@ -84,6 +84,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Bridge", "BridgeStatistics", "generate_keypair"]
 
+_RECOVER_ATTEMPTS = 4  # tries of one recovery request, each 2 x heartbeat_timeout long
+
 logger = logging.getLogger("actors.bridge")
 
 _RECV_BURST = 512
@@ -757,7 +759,7 @@ class Bridge:
         self._waiting[rid] = (done, deadline)
         self._send(route, Request(kind, name, self.name, rid, body, payload))
 
-    def _send_recover(self, request: Any) -> None:
+    def _send_recover(self, request: Any, attempt: int = 1) -> None:
         route = self._route_to(request.origin)
         rid = request.rid
         if route is None:
@@ -767,6 +769,12 @@ class Bridge:
         def done(reply: Request | None) -> None:
             now = time.monotonic()
             if reply is None or reply.kind == ERROR:
+                # A slow answer (a loaded origin) is not a lost range: ask
+                # again while the origin is alive, and give up only then.
+                if attempt < _RECOVER_ATTEMPTS and self._alive(request.origin):
+                    self._stats.recovery_retries += 1
+                    self._send_recover(request, attempt + 1)
+                    return
                 self._deliver(self._in.on_recovery_failed(rid))
                 return
             try:

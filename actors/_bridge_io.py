@@ -114,6 +114,7 @@ class Counters:
     events_delivered: int = 0
     events_recovered: int = 0
     auth_refused: int = 0
+    recovery_retries: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +123,8 @@ class BridgeStatistics:
 
     ``frames_dropped`` counts garbage, truncated, oversized and unknown-version
     frames; ``frames_unsent`` frames the XPUB could not queue; ``gaps`` lost
-    ranges detected, ``gaps_recovered`` / ``gaps_unrecovered`` how they ended;
+    ranges detected, ``gaps_recovered`` / ``gaps_unrecovered`` how they ended
+    (``recovery_retries`` counts requests asked again after no answer);
     ``duplicates`` remote events dropped by id; ``peers_alive`` the nodes heard
     within ``heartbeat_timeout``; ``synced_peers`` those that acknowledged this
     node's current subscriptions (events they publish from then on arrive).
@@ -140,6 +142,7 @@ class BridgeStatistics:
     gaps_unrecovered: int = 0
     duplicates: int = 0
     auth_refused: int = 0
+    recovery_retries: int = 0
     peers_alive: tuple[str, ...] = ()
     synced_peers: tuple[str, ...] = ()
     counters: Counters = field(default_factory=Counters, repr=False, compare=False)
@@ -164,6 +167,7 @@ class BridgeStatistics:
             gaps_unrecovered=inbound.unrecovered,
             duplicates=inbound.duplicates,
             auth_refused=c.auth_refused,
+            recovery_retries=c.recovery_retries,
             peers_alive=alive,
             synced_peers=synced,
         )
