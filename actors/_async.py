@@ -209,7 +209,8 @@ class EventStream(AsyncIterator[Event]):
         cap = capacity if capacity is not None else bus.config.buffer_size
         # The queue is bounded by one mailbox's worth; beyond it the handler
         # awaits, and the subscription's own overflow strategy takes over.
-        self._queue: asyncio.Queue[Event] = asyncio.Queue(cap)
+        self._queue: asyncio.Queue[Event | None] = asyncio.Queue(cap)
+        self._closed = False
         self.subscription = bus.subscribe(
             pattern,
             self._put,
@@ -226,13 +227,19 @@ class EventStream(AsyncIterator[Event]):
         return self
 
     async def __anext__(self) -> Event:
-        if not self.subscription.active and self._queue.empty():
+        if self._closed and self._queue.empty():
             raise StopAsyncIteration
-        return await self._queue.get()
+        item = await self._queue.get()
+        if item is None:  # aclose() woke a reader waiting on an empty queue
+            raise StopAsyncIteration
+        return item
 
     async def aclose(self) -> None:
         """Unsubscribe; iteration ends once what is queued has been read."""
+        self._closed = True
         self.subscription.unsubscribe()
+        if self._queue.empty():
+            self._queue.put_nowait(None)
 
     async def __aenter__(self) -> EventStream:
         return self

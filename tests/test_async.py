@@ -130,6 +130,25 @@ def test_stream_ends_after_aclose_once_drained() -> None:
     run(main)
 
 
+def test_a_reader_waiting_on_an_empty_stream_ends_at_aclose() -> None:
+    async def main() -> None:
+        async with AsyncEventBus() as bus:
+            stream = bus.stream("quiet.*")
+            started = asyncio.Event()
+
+            async def read() -> list[Event]:
+                started.set()
+                return [e async for e in stream]
+
+            reader = asyncio.create_task(read())
+            await started.wait()
+            await asyncio.sleep(0)  # let the reader block in __anext__
+            await stream.aclose()
+            assert await asyncio.wait_for(reader, WAIT) == []
+
+    run(main)
+
+
 def test_async_handlers_run_on_the_subscribing_loop() -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()
