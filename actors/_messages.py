@@ -65,7 +65,6 @@ class Route:
     mailbox: EventMailbox
     predicate: Callable[[Event], bool] | None
     strict: bool  # REJECT or BLOCK: checked for room before anything is delivered
-    remote: bool = False  # a peer's subscription, forwarded by the bridge
 
 
 @dataclass(frozen=True, slots=True)

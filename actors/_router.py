@@ -329,7 +329,7 @@ class RouterActor(DispatchedActor):
     def _routes_changed(self) -> None:
         if not self.route_listeners:
             return
-        patterns = sorted({r.pattern for r, _ in self._routes.values() if not r.remote})
+        patterns = sorted({r.pattern for r, _ in self._routes.values()})
         for listener in self.route_listeners:
             try:
                 listener(patterns)
