@@ -566,9 +566,7 @@ class Bridge:
             self._send_recover(request)
         inbound.requests.clear()
         if events:
-            inject = self._bus._inject
-            for event in events:
-                inject(event)
+            self._bus._inject(events)
             self._stats.events_delivered += len(events)
         journal = self._bus._journal
         if journal is None:

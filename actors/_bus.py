@@ -233,9 +233,14 @@ class EventBus:
             raise EventBusError("this bus is not connected to other nodes (no NodeConfig)")
         return self._bridge.linked_nodes(timeout)
 
-    def _inject(self, event: Event) -> None:
-        """Route an event that arrived from a peer (never blocks, never rejected)."""
-        self._router_mailbox.put(Publish(event, None, time.perf_counter(), internal=True))
+    def _inject(self, events: Sequence[Event]) -> None:
+        """Route events that arrived from a peer, in order, as one message.
+
+        Never blocks and is never rejected: their origin already accepted them.
+        """
+        self._router_mailbox.put(
+            PublishBatch(events, [None] * len(events), time.perf_counter(), internal=True)
+        )
 
     # -- publishing ------------------------------------------------------------------
 

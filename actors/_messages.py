@@ -49,11 +49,12 @@ class Publish:
 
 @dataclass(frozen=True, slots=True)
 class PublishBatch:
-    """``Publish`` for many events at once (``publish_many``)."""
+    """``Publish`` for many events at once (``publish_many``, events from peers)."""
 
     events: Sequence[Event]
-    futures: Sequence[BusFuture[Event]]
+    futures: Sequence[BusFuture[Event] | None]
     published_at: float
+    internal: bool = False
 
 
 @dataclass(frozen=True, slots=True)

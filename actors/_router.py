@@ -170,10 +170,13 @@ class RouterActor(DispatchedActor):
     def _route_batch(self, message: PublishBatch) -> None:
         futures = message.futures
         events = message.events
+        published_at = message.published_at
+        internal = message.internal
+        route = self._route
         for i, event in enumerate(events):
-            if not self._route(event, futures[i], message.published_at):
+            if not route(event, futures[i], published_at, internal):
                 # Blocked on a full BLOCK mailbox: the rest waits, as one batch.
-                self._park_on_blocked(PublishBatch(events[i:], futures[i:], message.published_at))
+                self._park_on_blocked(PublishBatch(events[i:], futures[i:], published_at))
                 return
 
     def _route(
