@@ -23,8 +23,9 @@ from actors._event import Event
 from actors._filter import FilterLike
 from actors._future import BusFuture
 from actors._mailbox import OverflowStrategy
+from actors._metrics import BusMetrics
 from actors._query import EventQuery
-from actors._subscriber import Handler, Subscription
+from actors._subscriber import DeadLetter, Handler, Subscription
 from actors._trace import Trace
 
 __all__ = ["AsyncEventBus", "EventStream"]
@@ -173,12 +174,12 @@ class AsyncEventBus:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self.sync.close, timeout)
 
-    def metrics(self) -> Any:
+    def metrics(self) -> BusMetrics:
         """Return a metrics snapshot (cheap, never blocks)."""
         return self.sync.metrics()
 
-    def dead_letters(self) -> Any:
-        """Return the dead letters kept."""
+    def dead_letters(self) -> list[DeadLetter]:
+        """Return the dead letters (from the journal where persistent: may read it)."""
         return self.sync.dead_letters()
 
     async def __aenter__(self) -> AsyncEventBus:

@@ -552,17 +552,7 @@ class EventBus:
             source="bus",
         )
         self._dead_count += 1
-        self._dead.append(
-            DeadLetter(
-                letter.subscription_id,
-                letter.pattern,
-                event,
-                letter.error_type,
-                letter.error,
-                letter.attempts,
-                announcement,
-            )
-        )
+        self._dead.append(replace(letter, letter=announcement))
         self._publish_internal(announcement)
 
     def dead_letters(self) -> list[DeadLetter]:

@@ -14,16 +14,10 @@ from actors._correlation import TraceStore
 from actors._dispatcher import DispatchedActor, Dispatcher
 from actors._messages import Barrier, GetCorrelated, Record
 
-__all__ = ["CorrelationActor", "CorrelationReply"]
+__all__ = ["CorrelationActor"]
 
 # Expired traces are swept at most this often (seconds).
 _SWEEP_INTERVAL = 1.0
-
-
-class CorrelationReply(tuple[list[Any] | None, bool]):
-    """``(events or None, complete)``: complete is False when memory lost some."""
-
-    __slots__ = ()
 
 
 class CorrelationActor(DispatchedActor):
@@ -54,7 +48,7 @@ class CorrelationActor(DispatchedActor):
         elif type(message) is GetCorrelated:
             events = self.store.get(message.correlation_id)
             complete = events is not None and self.store.is_complete(message.correlation_id)
-            message.future.set(CorrelationReply((events, complete)))
+            message.future.set((events, complete))  # complete: memory lost none
         elif type(message) is Barrier:
             message.callback()
         else:

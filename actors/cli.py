@@ -95,11 +95,6 @@ def _peer_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return _keys_options(fn)
 
 
-def _ephemeral(listen: str) -> str:
-    """Spell an ephemeral tcp port ``*`` (ZeroMQ's way): ``:0`` would put the publish port at 1."""
-    return listen[:-2] + ":*" if listen.startswith("tcp://") and listen.endswith(":0") else listen
-
-
 @contextlib.contextmanager
 def _node(
     peer: str,
@@ -245,7 +240,7 @@ def serve(
     try:
         node = NodeConfig(
             name=name,
-            listen=_ephemeral(listen),
+            listen=listen,
             peers=peers,
             curve_public_key=_key(public_key),
             curve_secret_key=_key(secret_key),
@@ -364,7 +359,7 @@ def pub(
     with _node(
         peer,
         name or f"pub-{os.getpid()}",
-        listen=_ephemeral(listen) if listen else None,  # a client: requests only
+        listen=listen or None,  # without --listen, a client: requests only
         public_key=public_key,
         secret_key=secret_key,
         server_key=server_key,
