@@ -135,11 +135,12 @@ class FifoMailbox:
     ever waits for a lock held by a thread that lost the GIL.
     """
 
-    __slots__ = ("_actor", "_items", "_not_full", "_sched", "_waiting", "capacity")
+    __slots__ = ("_actor", "_items", "_not_full", "_sched", "_waiting", "_woken", "capacity")
 
     def __init__(self, capacity: int | None = None) -> None:
         self._items: deque[Any] = deque()
         self._sched = threading.Lock()
+        self._woken = False  # a wake() arrived while a turn held the claim
         self._not_full = threading.Condition(threading.Lock())
         self._waiting = 0
         self._actor: DispatchedActor | None = None
@@ -210,14 +211,22 @@ class FifoMailbox:
         return bool(self._items)
 
     def finish_turn(self, *, park: bool = False) -> None:
-        """End a turn: release the schedule claim; re-claim if mail is left (unless parked)."""
+        """End a turn: release the schedule claim; re-claim if mail is left (unless parked).
+
+        A ``wake`` that came while the turn ran also re-claims, even when
+        parked: the turn may have decided to park before the wake-up's reason
+        (an answer, room in a mailbox) arrived.
+        """
         self._sched.release()
-        if not park and self.has_mail() and self._sched.acquire(False):
+        if ((not park and self.has_mail()) or self._woken) and self._sched.acquire(False):
+            self._woken = False
             self._schedule()
 
     def wake(self) -> None:
-        """Schedule the actor (after a park) if it is not scheduled already."""
+        """Schedule a turn of the actor, now or right after its current one."""
+        self._woken = True
         if self._sched.acquire(False):
+            self._woken = False
             self._schedule()
 
     def __len__(self) -> int:
@@ -303,8 +312,6 @@ class DispatchedActor(pykka.Actor):
                     logger.exception("%s failed at the end of its turn", self)
                     park = self._actor_parked
                 inbox.finish_turn(park=park)
-                if park:
-                    self._after_park()
                 return
         self._teardown()
 
@@ -321,13 +328,6 @@ class DispatchedActor(pykka.Actor):
         """Resume taking messages and schedule a turn."""
         self._actor_parked = False
         self.actor_inbox.wake()
-
-    def _after_park(self) -> None:
-        """Re-check, after a parked turn ended, whether the reason to park is gone.
-
-        A wake-up that arrives while the turn is still running is absorbed
-        (the actor is still scheduled), so a parking actor looks again here.
-        """
 
     def _drain(self, throughput: int) -> None:
         """Handle a subclass's own lane (a subscriber's events) after control messages."""

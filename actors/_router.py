@@ -271,18 +271,7 @@ class RouterActor(DispatchedActor):
     def _emit(self, event_type: str, data: dict[str, Any]) -> None:
         """Publish a ``$bus`` event from inside the router (never blocks, never rejected)."""
         event = Event(event_type=event_type, data=data, source="bus")
-        targets = self._trie.match(event_type)
-        seq = self.next_sequence
-        self.next_sequence = seq + 1
-        stamped = event._stamped(seq, self.origin)
-        item = (stamped, time.perf_counter())
-        for route in targets:
-            if route.predicate is None or _passes(route, stamped):
-                route.mailbox.offer(item)
-        self.published += 1
-        self._batch.append(stamped)
-        if self._durable is not None:
-            self._batch_futures.append(None)
+        self._route(event, None, time.perf_counter(), internal=True, owned=True)
 
     # -- BLOCK: park until the full mailbox drains ----------------------------
 
@@ -299,11 +288,6 @@ class RouterActor(DispatchedActor):
     def _unblock(self) -> None:
         self._blocked_on = None
         self._unpark()
-
-    def _after_park(self) -> None:
-        route = self._blocked_on
-        if route is not None and route.mailbox.has_room():
-            self._unblock()
 
     # -- subscriptions --------------------------------------------------------
 

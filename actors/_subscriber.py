@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 import traceback
+from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from types import TracebackType
@@ -265,11 +266,6 @@ class SubscriberActor(DispatchedActor):
         catchup = self.catchup
         return self._inflight or (catchup is not None and catchup.waiting)
 
-    def _after_park(self) -> None:
-        catchup = self.catchup
-        if not self._inflight and (catchup is None or not catchup.waiting):
-            self.actor_inbox.wake()
-
     def _give_up(self, batch: list[tuple[Event, float]], exc: Exception, history: bool) -> None:
         for event, _ in batch:
             self.errors += 1
@@ -357,13 +353,17 @@ class CatchUp:
         self.waiting = False
         self.caught_up = threading.Event()  # set once history is handled (flush waits)
         self.live_start: int | None = None
-        self._page: list[tuple[Event, float]] | None = None
+        self._pages: deque[list[tuple[Event, float]]] = deque()
         self._capacity = actor.actor_inbox.capacity
         self._matches = Pattern.parse(route.pattern).matches
 
     def take_page(self) -> list[tuple[Event, float]] | None:
-        """Return the page that arrived (already filtered), if any."""
-        page, self._page = self._page, None
+        """Return what arrived (already filtered) since the last call, if anything."""
+        if not self._pages:
+            return None
+        page: list[tuple[Event, float]] = []
+        while self._pages:
+            page.extend(self._pages.popleft())
         return page
 
     def request(self) -> None:
@@ -395,7 +395,9 @@ class CatchUp:
             ]
             self.position = last + 1  # type: ignore[operator]
             if page:
-                self._page = page
+                # Appended, never replaced: the gap read can answer before
+                # the actor took the last history page.
+                self._pages.append(page)
         if not full:
             if self.live_start is None:
                 # History exhausted: join live delivery, then read the gap.

@@ -166,3 +166,33 @@ def test_fifo_mailbox_blocked_put_resumes_when_taken() -> None:
     t.join(10)
     assert result == [True]
     assert box.take(1) == [2]
+
+
+def test_a_wake_during_a_turn_gives_another_turn(dispatcher: Dispatcher) -> None:
+    # An answer (a journal page, an async batch done, room in a mailbox) may
+    # call wake() while the actor's turn still runs, even one that parks.
+    second = threading.Event()
+
+    class Waker(DispatchedActor):
+        def __init__(self, d: Dispatcher) -> None:
+            super().__init__(dispatcher=d)
+            self.turns = 0
+
+        def _drain(self, throughput: int) -> None:
+            self.turns += 1
+            if self.turns == 2:
+                second.set()
+            elif self.turns > 2:
+                return
+            # Within the turn, so the claim is held: only a flag is left behind.
+            self.actor_inbox.wake()
+
+        def _on_turn_end(self) -> bool:
+            return True  # park: no mail would reschedule it either
+
+    ref = Waker.start(dispatcher)
+    try:
+        # No message is sent: only the wake-up can bring the second turn.
+        assert second.wait(5)
+    finally:
+        ref.stop()
