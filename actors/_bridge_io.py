@@ -10,7 +10,7 @@ import re
 import threading
 import uuid
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -153,21 +153,12 @@ class BridgeStatistics:
         inbound = bridge._in
         alive = tuple(sorted(p.name for p in list(bridge._peers.values()) if p.alive))
         synced = tuple(n for n in alive if inbound.synced_with([n]))
-        c = counters
         return BridgeStatistics(
-            frames_sent=c.frames_sent,
-            frames_unsent=c.frames_unsent,
-            frames_received=c.frames_received,
-            frames_dropped=c.frames_dropped,
-            events_received=c.events_received,
-            events_delivered=c.events_delivered,
-            events_recovered=c.events_recovered,
+            **asdict(counters),
             gaps=inbound.gaps,
             gaps_recovered=inbound.recovered,
             gaps_unrecovered=inbound.unrecovered,
             duplicates=inbound.duplicates,
-            auth_refused=c.auth_refused,
-            recovery_retries=c.recovery_retries,
             peers_alive=alive,
             synced_peers=synced,
         )
