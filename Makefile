@@ -24,7 +24,7 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 proto: $(STAMP)
-	$(BIN)/python -m actors._pb.generate
+	$(BIN)/python -m actors._codec._pb.generate
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

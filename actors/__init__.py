@@ -11,8 +11,7 @@ import typing
 
 from actors._async import AsyncEventBus, EventStream
 from actors._bus import EventBus, PersistentEventBus
-from actors._config import EventConfig, NodeConfig
-from actors._dispatcher import DispatchedActor, Dispatcher
+from actors._core.subscriber import DeadLetter, Subscription
 from actors._errors import (
     BackpressureError,
     BridgeError,
@@ -25,19 +24,20 @@ from actors._errors import (
     JournalLockedError,
     RateLimitedError,
 )
-from actors._event import Event
-from actors._filter import EventFilter
-from actors._future import BusFuture, FutureTimeoutError
-from actors._mailbox import OverflowStrategy
-from actors._metrics import BusMetrics, SubscriptionStatistics
-from actors._query import EventQuery
-from actors._subscriber import DeadLetter, Subscription
-from actors._topics import Pattern
-from actors._trace import Trace
+from actors._model.config import EventConfig, NodeConfig
+from actors._model.event import Event
+from actors._model.filter import EventFilter
+from actors._model.metrics import BusMetrics, SubscriptionStatistics
+from actors._model.query import EventQuery
+from actors._model.topics import Pattern
+from actors._model.trace import Trace
+from actors._runtime.dispatcher import DispatchedActor, Dispatcher
+from actors._runtime.future import BusFuture, FutureTimeoutError
+from actors._runtime.mailbox import OverflowStrategy
 
 if typing.TYPE_CHECKING:
-    from actors._bridge import generate_keypair
-    from actors._broker import Broker
+    from actors._cluster.bridge import generate_keypair
+    from actors._cluster.broker import Broker
 
 __all__ = [
     "AsyncEventBus",
@@ -80,11 +80,11 @@ logging.getLogger("actors").addHandler(logging.NullHandler())
 def __getattr__(name: str) -> typing.Any:
     # The ZeroMQ parts load on first use: ``import actors`` never imports zmq.
     if name == "Broker":
-        from actors._broker import Broker  # noqa: PLC0415
+        from actors._cluster.broker import Broker  # noqa: PLC0415
 
         return Broker
     if name == "generate_keypair":
-        from actors._bridge import generate_keypair  # noqa: PLC0415
+        from actors._cluster.bridge import generate_keypair  # noqa: PLC0415
 
         return generate_keypair
     raise AttributeError(f"module 'actors' has no attribute {name!r}")

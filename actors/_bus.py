@@ -28,22 +28,8 @@ from typing import TYPE_CHECKING, Any
 import pykka
 from pykka import ActorRegistry
 
-from actors._config import EventConfig, NodeConfig
-from actors._correlator import CorrelationActor
-from actors._dispatcher import Dispatcher
-from actors._errors import (
-    BackpressureError,
-    BusClosedError,
-    EventBusError,
-    InvalidEventError,
-    RateLimitedError,
-)
-from actors._event import _FIELD_NAMES, Event
-from actors._filter import FilterLike, as_predicate
-from actors._future import BusFuture, FutureTimeoutError
-from actors._journal import JournalActor, enforce_retention, first_free_sequence
-from actors._mailbox import OverflowStrategy
-from actors._messages import (
+from actors._core.correlator import CorrelationActor
+from actors._core.messages import (
     Flush,
     Forward,
     GetCorrelated,
@@ -56,12 +42,9 @@ from actors._messages import (
     Subscribe,
     Unsubscribe,
 )
-from actors._metrics import BusMetrics, LatencyWindow, to_prometheus
-from actors._query import EventQuery
-from actors._ratelimit import TokenBucket
-from actors._router import RouterActor
-from actors._storage import RocksStorage, Storage
-from actors._subscriber import (
+from actors._core.ratelimit import TokenBucket
+from actors._core.router import RouterActor
+from actors._core.subscriber import (
     CatchUp,
     DeadLetter,
     Handler,
@@ -69,15 +52,32 @@ from actors._subscriber import (
     Subscription,
     current_event,
 )
-from actors._topics import Pattern, is_reserved
-from actors._trace import Trace
+from actors._errors import (
+    BackpressureError,
+    BusClosedError,
+    EventBusError,
+    InvalidEventError,
+    RateLimitedError,
+)
+from actors._journal.actor import JournalActor, enforce_retention, first_free_sequence
+from actors._journal.storage import RocksStorage, Storage
+from actors._model.config import EventConfig, NodeConfig
+from actors._model.event import _FIELD_NAMES, Event
+from actors._model.filter import FilterLike, as_predicate
+from actors._model.metrics import BusMetrics, LatencyWindow, to_prometheus
+from actors._model.query import EventQuery
+from actors._model.topics import Pattern, is_reserved
+from actors._model.trace import Trace
+from actors._runtime.dispatcher import Dispatcher
+from actors._runtime.future import BusFuture, FutureTimeoutError
+from actors._runtime.mailbox import OverflowStrategy
 
 __all__ = ["EventBus", "PersistentEventBus"]
 
 logger = logging.getLogger("actors.bus")
 
 if TYPE_CHECKING:
-    from actors._bridge import Bridge
+    from actors._cluster.bridge import Bridge
 
 _sub_ids = itertools.count(1)
 
@@ -168,7 +168,7 @@ class EventBus:
         self._router_mailbox = self._router.actor_inbox
         self._bridge: Bridge | None = None
         if node is not None:
-            from actors._bridge import Bridge  # noqa: PLC0415 - zmq is imported only when needed
+            from actors._cluster.bridge import Bridge  # noqa: PLC0415 - zmq is imported only when needed
 
             try:
                 self._bridge = Bridge(self, node)

@@ -20,7 +20,7 @@ Both with ``NodeConfig.batch_size`` 256 (the default, batched) and 1
 loopback TCP, 300-byte frames and 100 events per frame, and the same paced
 latency with one frame per event.
 
-Runs only when ``actors._bridge`` imports; otherwise every figure reads
+Runs only when ``actors._cluster.bridge`` imports; otherwise every figure reads
 "skipped: bridge not available".
 """
 
@@ -57,7 +57,7 @@ STALL = 5.0  # seconds without a new event before the receiver gives up
 def bridge_problem() -> str | None:
     """Return why the bridge cannot be used, or None if it imports."""
     try:
-        importlib.import_module("actors._bridge")
+        importlib.import_module("actors._cluster.bridge")
         from actors import NodeConfig  # noqa: PLC0415
 
         NodeConfig(name="probe", batch_size=1)

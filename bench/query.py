@@ -53,7 +53,7 @@ TYPES = 10
 PER_CID = 100
 BASE = datetime(2025, 1, 1, tzinfo=UTC)
 _SEQ = struct.Struct(">Q")
-_KEYED_SOURCES = ("_storage.py", "_codec.py", "_event.py", "_journal.py")
+_KEYED_SOURCES = ("_journal", "_codec", "_model")  # folders whose code shapes the journal
 
 
 def _cache_key(n: int) -> str:
@@ -62,7 +62,8 @@ def _cache_key(n: int) -> str:
     digest = hashlib.sha256()
     root = Path(actors.__file__).parent
     for name in _KEYED_SOURCES:
-        digest.update((root / name).read_bytes())
+        for source in sorted((root / name).rglob("*.py")):
+            digest.update(source.read_bytes())
     version = metadata.version("llmspell-events")
     return f"journal-{version}-{digest.hexdigest()[:12]}-{n}"
 

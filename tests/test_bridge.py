@@ -24,9 +24,9 @@ from actors import (
     NodeConfig,
     PersistentEventBus,
 )
-from actors._bridge import Bridge, generate_keypair
-from actors._broker import Broker
-from actors._wire import (
+from actors._cluster.bridge import Bridge, generate_keypair
+from actors._cluster.broker import Broker
+from actors._cluster.wire import (
     HELLO,
     VERSION,
     Request,

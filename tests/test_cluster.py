@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from actors._bridge import generate_keypair
-from actors._broker import Broker
+from actors._cluster.bridge import generate_keypair
+from actors._cluster.broker import Broker
 
 pytestmark = pytest.mark.slow
 

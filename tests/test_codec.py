@@ -13,10 +13,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from actors import _codec
+from actors._codec import events as _codec
+from actors._codec._pb.llmspell.events.v1 import events_pb2
 from actors._errors import InvalidEventError
-from actors._event import Event
-from actors._pb.llmspell.events.v1 import events_pb2
+from actors._model.event import Event
 
 PbEvent: Any = events_pb2.Event
 PbBatch: Any = events_pb2.EventBatch

@@ -1,4 +1,4 @@
-"""Tests for actors._correlation.TraceStore: bounds, eviction and completeness."""
+"""Tests for actors._model.tracestore.TraceStore: bounds, eviction and completeness."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from actors._correlation import TraceStore, TraceStoreStatistics
-from actors._event import Event
+from actors._model.event import Event
+from actors._model.tracestore import TraceStore, TraceStoreStatistics
 
 
 class FakeClock:

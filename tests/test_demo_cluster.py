@@ -1,4 +1,4 @@
-"""The demo's workflow across two OS processes (``actors.demo_cluster``)."""
+"""The demo's workflow across two OS processes (``actors.demo.cluster``)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from actors import demo_cluster
+from actors.demo import cluster as demo_cluster
 
 pytestmark = pytest.mark.slow
 

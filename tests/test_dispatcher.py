@@ -12,7 +12,7 @@ from pykka._envelope import Envelope
 from pykka._future import _Unset
 
 from actors import DispatchedActor, Dispatcher
-from actors._dispatcher import FifoMailbox
+from actors._runtime.dispatcher import FifoMailbox
 
 
 @pytest.fixture

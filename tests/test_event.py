@@ -15,8 +15,8 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 from actors._errors import InvalidEventError
-from actors._event import MAX_DATA_DEPTH, Event
-from actors._uuid7 import uuid7, uuid_from_int
+from actors._model.event import MAX_DATA_DEPTH, Event
+from actors._model.uuid7 import uuid7, uuid_from_int
 
 # -- construction and defaults ----------------------------------------------------
 

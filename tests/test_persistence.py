@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import rocksdict
 
-import actors._journal
+import actors._journal.actor
 from actors import (
     Event,
     EventBus,
@@ -180,7 +180,7 @@ def test_retention_runs_periodically_while_open(
     open_bus: Callable[..., EventBus], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Run retention after every journal turn instead of every 60 s.
-    monkeypatch.setattr(actors._journal, "RETENTION_INTERVAL", 0.0)
+    monkeypatch.setattr(actors._journal.actor, "RETENTION_INTERVAL", 0.0)
     bus = open_bus(max_events=10)
     stored = publish_all(bus, [Event(event_type="r.e", data=i) for i in range(50)])
     bus.flush(timeout=30)  # the turn that wrote them has ended: retention ran

@@ -12,7 +12,7 @@ import pytest
 import rocksdict
 
 from actors._errors import JournalError, JournalLockedError
-from actors._storage import MemoryStorage, RocksStorage, Storage, StoredRecord
+from actors._journal.storage import MemoryStorage, RocksStorage, Storage, StoredRecord
 
 CID_A = uuid.UUID(int=1).bytes
 CID_B = uuid.UUID(int=2).bytes
@@ -367,7 +367,7 @@ def test_corrupt_record_is_counted_and_skipped(
 
 _HOLD_OPEN = """
 import sys
-from actors._storage import RocksStorage
+from actors._journal.storage import RocksStorage
 s = RocksStorage(sys.argv[1])
 print("open", flush=True)
 sys.stdin.read()  # hold the journal until the parent closes our stdin
@@ -376,7 +376,7 @@ s.close()
 
 _TRY_OPEN = """
 import sys
-from actors._storage import RocksStorage
+from actors._journal.storage import RocksStorage
 try:
     RocksStorage(sys.argv[1]).close()
 except Exception as exc:

@@ -1,10 +1,10 @@
-"""The bridge's per-origin stream logic (``actors._streams``), without sockets or threads."""
+"""The bridge's per-origin stream logic (``_cluster.streams``), without sockets or threads."""
 
 from __future__ import annotations
 
 from actors import Event
-from actors._streams import Inbound, Outbound
-from actors._wire import DataFrame, decode_stream
+from actors._cluster.streams import Inbound, Outbound
+from actors._cluster.wire import DataFrame, decode_stream
 
 MAX = 1 << 20
 

@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import actors._topics as topics
+import actors._model.topics as topics
 from actors._errors import EventBusError, InvalidEventError, InvalidPatternError
-from actors._topics import Pattern, TopicTrie, is_reserved, validate_event_type
+from actors._model.topics import Pattern, TopicTrie, is_reserved, validate_event_type
 
 # ------------------------------------------------------------------ reference
 

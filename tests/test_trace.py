@@ -1,4 +1,4 @@
-"""Tests for actors._trace: the causal tree of one correlation."""
+"""Tests for actors._model.trace: the causal tree of one correlation."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from actors._event import Event
-from actors._trace import DATA_WIDTH, Trace
+from actors._model.event import Event
+from actors._model.trace import DATA_WIDTH, Trace
 
 CID = uuid.UUID("3f2a9c1e-0000-7000-8000-000000000000")
 T0 = datetime.datetime(2024, 5, 1, 12, 0, 0, tzinfo=datetime.UTC)

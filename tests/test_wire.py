@@ -1,4 +1,4 @@
-"""Frame encoding and decoding (``actors._wire``): round trips, and garbage never crashes."""
+"""Frame encoding and decoding (``_cluster.wire``): round trips, and garbage never crashes."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from actors import Event
-from actors._wire import (
+from actors._cluster.wire import (
     CORRELATED,
     DATA_HEADER,
     HEARTBEAT,

@@ -1,0 +1,308 @@
+"""The bridge's frames: pure encoding and decoding, no sockets (``docs/wire.md``).
+
+Two channels join nodes (and brokers):
+
+- the *stream*, XPUB -> SUB, carries multipart frames ``[topic, header, payload]``:
+
+  - data: ``topic`` is a prefix of every event type in the frame (ZeroMQ
+    filters on it), ``header`` is ``DATA_HEADER`` (below) followed by the
+    origin name and the chain pointers, ``payload`` is a protobuf
+    ``llmspell.events.v1.EventBatch``;
+  - control: ``topic`` starts with ``0xFF`` (never the first byte of UTF-8
+    text), ``header`` is ``[VERSION, kind]``, ``payload`` UTF-8 JSON.
+
+- the *request channel*, DEALER -> ROUTER, carries
+  ``[VERSION|kind, to, sender, rid, body, payload?]``: ``to`` and ``sender``
+  are node names (``to`` empty: whoever receives it), ``rid`` pairs a reply
+  with its request, ``body`` is UTF-8 JSON, ``payload`` an ``EventBatch``.
+
+Every decoding failure raises ``FrameError``, nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from actors._codec.events import decode_batch, encode_batch
+from actors._errors import BridgeError, InvalidEventError
+from actors._model.event import Event
+
+__all__ = [
+    "CONTROL",
+    "HEARTBEAT_TOPIC",
+    "VERSION",
+    "ControlFrame",
+    "DataFrame",
+    "FrameError",
+    "Request",
+    "decode_request",
+    "decode_stream",
+    "encode_control",
+    "encode_data",
+    "encode_request",
+    "sync_topic",
+    "parse_sync_topic",
+]
+
+VERSION = 1
+"""The only frame version this module writes and reads."""
+
+CONTROL = b"\xff"
+HEARTBEAT_TOPIC = CONTROL + b"hb"
+_SYNC = CONTROL + b"sync\x00"
+
+# Stream kinds.
+DATA, HEARTBEAT, SYNC = 1, 2, 3
+# Request-channel kinds.
+HELLO, WELCOME, RECOVER, QUERY, CORRELATED, EVENTS, ERROR = 16, 17, 18, 19, 20, 21, 22
+PUBLISH = 23
+REQUEST_KINDS = frozenset({HELLO, WELCOME, RECOVER, QUERY, CORRELATED, EVENTS, ERROR, PUBLISH})
+
+# version u8, kind u8, epoch u64, first u64, last u64, count u32, origin length u8,
+# chain count u16; then the origin (UTF-8), then per chain: prev u64, prefix
+# length u16, prefix bytes.  Big-endian.
+DATA_HEADER = struct.Struct(">BBQQQIBH")
+_CHAIN = struct.Struct(">QH")
+_MAX_CHAINS = 1024
+
+
+class FrameError(BridgeError, ValueError):
+    """A frame is garbage, truncated, oversized or of an unknown version."""
+
+
+@dataclass(frozen=True, slots=True)
+class DataFrame:
+    """Events of one origin, in its sequence order.
+
+    ``chains`` pairs each subscription prefix the events match (as the sender
+    knew them) with the origin sequence of the previous event it sent that
+    matched that prefix: a receiver that last saw an older one lost frames.
+    """
+
+    topic: bytes
+    origin: str
+    epoch: int
+    first: int
+    last: int
+    chains: tuple[tuple[bytes, int], ...]
+    events: list[Event]
+
+
+@dataclass(frozen=True, slots=True)
+class ControlFrame:
+    """A heartbeat or a sync reply: ``kind`` and its JSON ``body``."""
+
+    topic: bytes
+    kind: int
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One message of the request channel (requests and replies alike)."""
+
+    kind: int
+    to: str
+    sender: str
+    rid: str
+    body: dict[str, Any]
+    payload: bytes | None = None
+
+
+# -- stream ------------------------------------------------------------------
+
+
+def encode_data(
+    topic: bytes,
+    origin: str,
+    epoch: int,
+    chains: Sequence[tuple[bytes, int]],
+    events: Sequence[Event],
+) -> list[bytes]:
+    """Return the parts of a data frame; ``events`` are of ``origin``, in order.
+
+    Raise ``InvalidEventError`` if an event cannot be encoded.
+    """
+    name = origin.encode()
+    head = DATA_HEADER.pack(
+        VERSION,
+        DATA,
+        epoch,
+        events[0].sequence or 0,
+        events[-1].sequence or 0,
+        len(events),
+        len(name),
+        len(chains),
+    )
+    parts = [head, name]
+    for prefix, prev in chains:
+        parts.append(_CHAIN.pack(prev, len(prefix)))
+        parts.append(prefix)
+    return [topic, b"".join(parts), encode_batch(events)]
+
+
+def encode_control(topic: bytes, kind: int, body: dict[str, Any]) -> list[bytes]:
+    """Return the parts of a control frame (heartbeat or sync reply)."""
+    return [topic, bytes((VERSION, kind)), json.dumps(body, separators=(",", ":")).encode()]
+
+
+def sync_topic(node: str, round_: int) -> bytes:
+    """Return the topic a node subscribes to ask every publisher for a sync reply."""
+    return _SYNC + node.encode() + b"\x00" + str(round_).encode()
+
+
+def parse_sync_topic(topic: bytes) -> tuple[str, int] | None:
+    """Return ``(node, round)`` of a sync topic, or None if ``topic`` is not one."""
+    if not topic.startswith(_SYNC):
+        return None
+    name, sep, number = topic[len(_SYNC) :].partition(b"\x00")
+    if not sep or not name or not number.isdigit() or len(number) > 18:
+        return None
+    try:
+        return name.decode(), int(number)
+    except UnicodeDecodeError:
+        return None
+
+
+def decode_stream(parts: Sequence[bytes], max_bytes: int) -> DataFrame | ControlFrame:
+    """Decode the parts of a stream frame.
+
+    Raise ``FrameError`` if it is not three parts, larger than ``max_bytes``
+    in all, of another version or kind, or if any part is malformed.
+    """
+    if len(parts) != 3:
+        raise FrameError(f"a stream frame has 3 parts, not {len(parts)}")
+    topic, header, payload = (bytes(p) for p in parts)
+    if len(topic) + len(header) + len(payload) > max_bytes:
+        raise FrameError(f"frame larger than {max_bytes} bytes")
+    if len(header) < 2:
+        raise FrameError("truncated header")
+    if header[0] != VERSION:
+        raise FrameError(f"unknown frame version {header[0]}")
+    kind = header[1]
+    if kind in (HEARTBEAT, SYNC):
+        if not topic.startswith(CONTROL) or len(header) != 2:
+            raise FrameError("malformed control frame")
+        return ControlFrame(topic, kind, _json_object(payload))
+    if kind != DATA:
+        raise FrameError(f"unknown stream frame kind {kind}")
+    return _decode_data(topic, header, payload)
+
+
+def _decode_data(topic: bytes, header: bytes, payload: bytes) -> DataFrame:
+    size = DATA_HEADER.size
+    if len(header) < size:
+        raise FrameError("truncated data header")
+    _, _, epoch, first, last, count, name_len, n_chains = DATA_HEADER.unpack_from(header)
+    if n_chains > _MAX_CHAINS:
+        raise FrameError(f"too many chains ({n_chains})")
+    pos = size + name_len
+    if len(header) < pos:
+        raise FrameError("truncated origin")
+    origin = _text(header[size:pos], "origin")
+    chains = []
+    for _ in range(n_chains):
+        if len(header) < pos + _CHAIN.size:
+            raise FrameError("truncated chain")
+        prev, plen = _CHAIN.unpack_from(header, pos)
+        pos += _CHAIN.size
+        if len(header) < pos + plen:
+            raise FrameError("truncated chain prefix")
+        chains.append((header[pos : pos + plen], prev))
+        pos += plen
+    if pos != len(header):
+        raise FrameError("trailing bytes after the header")
+    if not origin or count == 0 or first > last:
+        raise FrameError("empty or inconsistent data frame")
+    try:
+        events = decode_batch(payload)
+    except InvalidEventError as exc:
+        raise FrameError(f"bad payload: {exc}") from exc
+    if len(events) != count:
+        raise FrameError(f"header says {count} events, payload holds {len(events)}")
+    previous = first - 1
+    for event in events:
+        seq = event.sequence
+        if event.origin != origin or seq is None or seq <= previous or seq > last:
+            raise FrameError("event origin or sequence disagrees with the header")
+        if not event.event_type.encode().startswith(topic):
+            raise FrameError("event type outside the frame's topic")
+        previous = seq
+    if events[0].sequence != first or events[-1].sequence != last:
+        raise FrameError("first/last disagree with the events")
+    return DataFrame(topic, origin, epoch, first, last, tuple(chains), events)
+
+
+# -- request channel ------------------------------------------------------------
+
+
+def encode_request(message: Request) -> list[bytes]:
+    """Return the parts of a request-channel message."""
+    parts = [
+        bytes((VERSION, message.kind)),
+        message.to.encode(),
+        message.sender.encode(),
+        message.rid.encode(),
+        json.dumps(message.body, separators=(",", ":")).encode(),
+    ]
+    if message.payload is not None:
+        parts.append(message.payload)
+    return parts
+
+
+def decode_request(parts: Sequence[bytes], max_bytes: int) -> Request:
+    """Decode a request-channel message (without any routing identity).
+
+    Raise ``FrameError`` if it is malformed, oversized or of another version.
+    """
+    if len(parts) not in (5, 6):
+        raise FrameError(f"a request has 5 or 6 parts, not {len(parts)}")
+    raw = [bytes(p) for p in parts]
+    if sum(len(p) for p in raw) > max_bytes:
+        raise FrameError(f"request larger than {max_bytes} bytes")
+    head = raw[0]
+    if len(head) != 2:
+        raise FrameError("malformed request header")
+    if head[0] != VERSION:
+        raise FrameError(f"unknown frame version {head[0]}")
+    if head[1] not in REQUEST_KINDS:
+        raise FrameError(f"unknown request kind {head[1]}")
+    return Request(
+        kind=head[1],
+        to=_text(raw[1], "to"),
+        sender=_text(raw[2], "sender"),
+        rid=_text(raw[3], "rid"),
+        body=_json_object(raw[4]),
+        payload=raw[5] if len(raw) == 6 else None,
+    )
+
+
+def decode_events(payload: bytes | None) -> list[Event]:
+    """Decode a request payload; raise ``FrameError`` if it is not an ``EventBatch``."""
+    if payload is None:
+        return []
+    try:
+        return decode_batch(payload)
+    except InvalidEventError as exc:
+        raise FrameError(f"bad payload: {exc}") from exc
+
+
+def _text(raw: bytes, what: str) -> str:
+    try:
+        return raw.decode()
+    except UnicodeDecodeError as exc:
+        raise FrameError(f"{what} is not UTF-8") from exc
+
+
+def _json_object(raw: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise FrameError(f"body is not JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise FrameError("body is not a JSON object")
+    return value

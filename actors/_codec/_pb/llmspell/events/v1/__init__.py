@@ -1,0 +1,1 @@
+"""Generated protobuf package (see actors/_codec/_pb/generate.py)."""

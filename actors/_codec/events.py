@@ -1,0 +1,256 @@
+"""Event <-> protobuf (``llmspell.events.v1``), the byte form of ``actors.Event``.
+
+Pure functions; the schema is ``proto/llmspell/events/v1/events.proto``.
+
+- ``id``, ``correlation_id`` and ``causation_id`` are 16 big-endian bytes (empty
+  means None); ``timestamp`` is integer microseconds since the Unix epoch, so
+  every ``datetime`` round-trips exactly.
+- ``data`` is compact, ASCII-escaped JSON (``null`` for None).  JSON keeps ints
+  and floats distinct and exact.  An empty ``data_json`` decodes as None.
+- Bytes are deterministic (map entries sorted by key), so equal events encode
+  to equal bytes.
+- ``EventBatch`` bytes are the concatenation of each event's bytes behind a
+  field tag and length, so a batch encodes every event exactly once.
+
+Every decoding failure raises ``InvalidEventError`` with the reason: malformed
+protobuf, another ``schema_version``, bad JSON or an invalid field value.
+"""
+
+from __future__ import annotations
+
+import json
+import json.encoder
+import json.scanner
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime, timedelta
+from types import MappingProxyType
+from typing import Any
+
+from actors._codec._pb.llmspell.events.v1 import events_pb2
+from actors._errors import InvalidEventError
+from actors._model.event import EMPTY_METADATA, Event, _build
+from actors._model.event import check_data as _check_data
+from actors._model.event import check_event_type as _check_event_type
+from actors._model.event import check_ttl as _check_ttl
+from actors._model.uuid7 import uuid_from_int
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "decode_batch",
+    "decode_event",
+    "encode_batch",
+    "encode_event",
+    "event_to_message",
+    "message_to_event",
+]
+
+SCHEMA_VERSION = 1
+"""The ``schema_version`` this module writes and the only one it reads."""
+
+_PbEvent: Any = events_pb2.Event
+_PbBatch: Any = events_pb2.EventBatch
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
+_timedelta = timedelta
+_NULL = b"null"
+
+
+def _refuse_default(value: object) -> object:
+    raise TypeError(f"{type(value).__name__} is not a JSON value")
+
+
+def _refuse_constant(name: str) -> object:
+    raise ValueError(f"{name} is not allowed in event data")
+
+
+# A reusable C encoder / scanner: ``json.dumps`` and ``json.loads`` rebuild
+# theirs on every call, which costs more than the encoding of a small event.
+_dumps: Callable[[object], str]
+_c_make_encoder: Any = getattr(json.encoder, "c_make_encoder", None)
+if _c_make_encoder is not None:
+    _c_encode = _c_make_encoder(
+        None,  # markers: no cycle check, validation bounds the depth
+        _refuse_default,
+        json.encoder.encode_basestring_ascii,
+        None,  # indent
+        ":",
+        ",",
+        False,  # sort_keys
+        False,  # skipkeys
+        False,  # allow_nan
+    )
+
+    def _dumps(value: object) -> str:
+        return "".join(_c_encode(value, 0))
+
+else:  # pragma: no cover - interpreters without the C accelerator
+    _dumps = json.JSONEncoder(
+        separators=(",", ":"), allow_nan=False, check_circular=False, default=_refuse_default
+    ).encode
+
+_decoder = json.JSONDecoder(parse_constant=_refuse_constant)
+_make_scanner: Any = json.scanner.make_scanner
+_scan: Callable[[str, int], tuple[Any, int]] = _make_scanner(_decoder)
+
+
+def _loads(text: str) -> Any:
+    """Parse one JSON value filling all of ``text``; raise ``ValueError`` otherwise."""
+    try:
+        value, end = _scan(text, 0)
+    except StopIteration:
+        raise ValueError("data_json is not JSON") from None
+    if end != len(text):
+        raise ValueError(f"data_json has extra characters at {end}")
+    return value
+
+
+def event_to_message(event: Event) -> Any:
+    """Return the protobuf message for ``event``.
+
+    Raise ``InvalidEventError`` if a field cannot be encoded (``data`` mutated
+    into a non-JSON value, or an unvalidated ``_with`` change).
+    """
+    value: Any
+    try:
+        data = event.data
+        stamp = event.timestamp - _EPOCH
+        # Defaults stay unset: fewer upb calls, and proto3 omits them anyway.
+        message = _PbEvent(
+            schema_version=SCHEMA_VERSION,
+            event_type=event.event_type,
+            id=event.id.int.to_bytes(16),
+            timestamp_us=(stamp.days * 86_400 + stamp.seconds) * 1_000_000 + stamp.microseconds,
+            data_json=_NULL if data is None else _dumps(data).encode(),
+            language=event.language,
+        )
+        if (value := event.correlation_id) is not None:
+            message.correlation_id = value.int.to_bytes(16)
+        if (value := event.causation_id) is not None:
+            message.causation_id = value.int.to_bytes(16)
+        if (value := event.source) is not None:
+            message.source = value
+        if (value := event.target) is not None:
+            message.target = value
+        if value := event.tags:
+            message.tags.extend(value)
+        if value := event.priority:
+            message.priority = value
+        if (value := event.ttl) is not None:
+            message.ttl = value
+        if value := event.metadata:
+            message.metadata.update(value)
+        if (value := event.sequence) is not None:
+            message.sequence = value
+        if (value := event.origin) is not None:
+            message.origin = value
+    except (TypeError, ValueError, OverflowError, RecursionError, AttributeError) as exc:
+        raise InvalidEventError(f"cannot encode event {event.id}: {exc}") from exc
+    return message
+
+
+def encode_event(event: Event) -> bytes:
+    """Return the protobuf bytes of ``event``; raise ``InvalidEventError`` if it cannot."""
+    # deterministic: map entries sorted by key, so equal events give equal bytes.
+    return event_to_message(event).SerializeToString(deterministic=True)  # type: ignore[no-any-return]
+
+
+def message_to_event(message: Any) -> Event:
+    """Return the event a protobuf ``Event`` message describes.
+
+    Raise ``InvalidEventError`` if the schema version is not ``SCHEMA_VERSION``
+    or any field is invalid.  Fields whose type and range protobuf already
+    guarantees (UTF-8 strings, 64-bit integers) are not checked again.
+    """
+    version = message.schema_version
+    if version != SCHEMA_VERSION:
+        raise InvalidEventError(f"unsupported schema_version {version}")
+    raw_id = message.id
+    if len(raw_id) != 16:
+        raise InvalidEventError(f"id must be 16 bytes, not {len(raw_id)}")
+    try:
+        data_json = message.data_json
+        data = _loads(data_json.decode()) if data_json and data_json != _NULL else None
+        timestamp = _EPOCH + _timedelta(0, 0, message.timestamp_us)
+    except (ValueError, OverflowError, RecursionError) as exc:  # bad JSON, timestamp
+        raise InvalidEventError(f"invalid event: {exc}") from exc
+    _check_data(data)
+    tags = message.tags
+    metadata = message.metadata
+    which = message.WhichOneof  # proto3 ``optional`` fields are synthetic oneofs
+    return _build(
+        _check_event_type(message.event_type),
+        data,
+        uuid_from_int(int.from_bytes(raw_id)),
+        timestamp,
+        _optional_uuid("correlation_id", message.correlation_id),
+        _optional_uuid("causation_id", message.causation_id),
+        message.source if which("_source") else None,
+        message.target if which("_target") else None,
+        tuple(tags) if tags else (),
+        message.priority,
+        _check_ttl(message.ttl) if which("_ttl") else None,
+        message.language,
+        MappingProxyType(dict(metadata)) if metadata else EMPTY_METADATA,
+        message.sequence if which("_sequence") else None,
+        message.origin if which("_origin") else None,
+    )
+
+
+def _optional_uuid(name: str, raw: bytes) -> Any:
+    if not raw:
+        return None
+    if len(raw) != 16:
+        raise InvalidEventError(f"{name} must be 16 bytes or empty, not {len(raw)}")
+    return uuid_from_int(int.from_bytes(raw))
+
+
+def decode_event(data: bytes) -> Event:
+    """Decode the bytes of one event.
+
+    Raise ``InvalidEventError`` if they are malformed, of another schema
+    version, or describe an invalid event.
+    """
+    return message_to_event(_parse(_PbEvent, data))
+
+
+def encode_batch(events: Iterable[Event]) -> bytes:
+    """Return the ``EventBatch`` bytes of ``events``, in order.
+
+    Raise ``InvalidEventError`` if an event cannot be encoded.
+    """
+    parts: list[bytes] = []
+    append = parts.append
+    for event in events:
+        body = encode_event(event)
+        append(b"\x0a" + _varint(len(body)) + body)  # field 1, wire type 2
+    return b"".join(parts)
+
+
+def decode_batch(data: bytes) -> list[Event]:
+    """Decode ``EventBatch`` bytes into events, in order.
+
+    Raise ``InvalidEventError`` if the bytes or any event in them are invalid.
+    """
+    batch = _parse(_PbBatch, data)
+    return [message_to_event(message) for message in batch.events]
+
+
+def _parse(message_type: Any, data: bytes) -> Any:
+    """Parse ``data`` as ``message_type``; raise ``InvalidEventError`` on any failure."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise InvalidEventError(f"expected bytes, not {type(data).__name__}")
+    try:
+        return message_type.FromString(bytes(data) if data.__class__ is not bytes else data)
+    except Exception as exc:  # DecodeError, and whatever else upb raises
+        raise InvalidEventError(f"malformed event bytes: {exc}") from exc
+
+
+def _varint(value: int) -> bytes:
+    if value < 0x80:
+        return bytes((value,))
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)

@@ -1,0 +1,55 @@
+"""The correlation actor: owns a ``TraceStore`` and answers trace queries.
+
+It receives the router's ``Record`` messages in publish order and keeps the
+events that carry a correlation id.  ``GetCorrelated`` travels through the
+router first, so a query sees every event published before it.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from actors._core.messages import Barrier, GetCorrelated, Record
+from actors._model.tracestore import TraceStore
+from actors._runtime.dispatcher import DispatchedActor, Dispatcher
+
+__all__ = ["CorrelationActor"]
+
+# Expired traces are swept at most this often (seconds).
+_SWEEP_INTERVAL = 1.0
+
+
+class CorrelationActor(DispatchedActor):
+    """Keep workflow traces in bounded memory (``TraceStore``)."""
+
+    def __init__(
+        self,
+        *,
+        dispatcher: Dispatcher,
+        max_traces: int,
+        max_events_per_trace: int,
+        trace_ttl: float | None,
+    ) -> None:
+        super().__init__(dispatcher=dispatcher)
+        self.store = TraceStore(max_traces, max_events_per_trace, trace_ttl)
+        self._next_sweep = time.monotonic() + _SWEEP_INTERVAL
+
+    def _on_message(self, message: Any) -> None:
+        if type(message) is Record:
+            add = self.store.add
+            for event in message.events:
+                if event.correlation_id is not None:
+                    add(event)
+            now = time.monotonic()
+            if now >= self._next_sweep:
+                self._next_sweep = now + _SWEEP_INTERVAL
+                self.store.evict_expired()
+        elif type(message) is GetCorrelated:
+            events = self.store.get(message.correlation_id)
+            complete = events is not None and self.store.is_complete(message.correlation_id)
+            message.future.set((events, complete))  # complete: memory lost none
+        elif type(message) is Barrier:
+            message.callback()
+        else:
+            super()._on_message(message)

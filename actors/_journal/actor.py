@@ -1,0 +1,210 @@
+"""The journal actor: persist events to RocksDB in batches, answer reads.
+
+It runs on a dispatcher thread of its own, off the delivery path: the router
+sends it one ``Record`` per turn, and it writes everything that arrived during
+its own turn as one ``WriteBatch`` (each event encoded once, here).  The
+publish futures of a persistent bus resolve only after that write; with
+``durability="sync"`` after the fsync too, so many concurrent publishers share
+one fsync (group commit).  A failed write fails exactly those futures with
+``JournalError``.
+
+Reads (queries, checkpoints) come through the router, so they see every event
+published before them.  Retention runs at open and then periodically.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from actors._core.messages import Barrier, LoadCheckpoint, ReadJournal, Record, SaveCheckpoint
+from actors._errors import CorruptRecordError, InvalidEventError, JournalError
+from actors._journal.storage import Storage, StoredRecord
+from actors._model.event import Event
+from actors._model.query import EventQuery, to_us
+from actors._runtime.dispatcher import DispatchedActor, Dispatcher
+from actors._runtime.future import BusFuture
+
+__all__ = ["JournalActor", "decode_stored"]
+
+logger = logging.getLogger("actors.journal")
+
+# Retention is enforced at most this often (seconds) while the bus runs.
+RETENTION_INTERVAL = 60.0
+_HIGH_WATER = "$bus.high_water"
+
+
+def decode_stored(payload: bytes, sequence: int) -> Event:
+    """Decode a stored record; raise ``CorruptRecordError`` naming the sequence."""
+    try:
+        return Event.from_bytes(payload)
+    except InvalidEventError as exc:
+        raise CorruptRecordError(f"record {sequence} cannot be decoded: {exc}") from exc
+
+
+def first_free_sequence(storage: Storage) -> int:
+    """Return the next sequence to assign: sequences continue across restarts and trims."""
+    high = storage.get_checkpoint(_HIGH_WATER) or 0
+    return max(storage.last_sequence(), high) + 1
+
+
+def enforce_retention(
+    storage: Storage, retention_days: float | None, max_events: int | None
+) -> int:
+    """Delete what the retention settings no longer keep; return how many records went."""
+    if retention_days is None and max_events is None:
+        return 0
+    # Remember the high-water mark first: a fully trimmed journal must not
+    # hand out old sequences again after a restart.
+    high = max(storage.get_checkpoint(_HIGH_WATER) or 0, storage.last_sequence())
+    storage.set_checkpoint(_HIGH_WATER, high)
+    deleted = 0
+    if retention_days is not None:
+        cutoff = datetime.now(UTC) - timedelta(days=retention_days)
+        deleted += storage.delete_before(to_us(cutoff))
+    if max_events is not None:
+        deleted += storage.trim_to(max_events)
+    if deleted:
+        logger.info("retention deleted %d record(s)", deleted)
+    return deleted
+
+
+class JournalActor(DispatchedActor):
+    """Own a ``Storage``; write ``Record`` batches, serve reads (module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        storage: Storage,
+        dispatcher: Dispatcher,
+        sync: bool,
+        retention_days: float | None,
+        max_events: int | None,
+    ) -> None:
+        super().__init__(dispatcher=dispatcher)
+        self.storage = storage
+        self.sync = sync
+        self.retention_days = retention_days
+        self.max_events = max_events
+        self._pending: list[Event] = []
+        self._pending_futures: list[BusFuture[Event] | None] = []
+        self._checkpoints: dict[str, int] = {}
+        self._next_retention = time.monotonic() + RETENTION_INTERVAL
+        self.written = 0
+        self.write_errors = 0
+        self.batches = 0
+        self.write_seconds = 0.0
+        self.corrupt = 0
+
+    def _on_message(self, message: Any) -> None:
+        if type(message) is Record:
+            self._pending.extend(message.events)
+            futures = message.futures
+            self._pending_futures.extend(
+                futures if futures is not None else [None] * len(message.events)
+            )
+        elif type(message) is SaveCheckpoint:
+            self._checkpoints[message.name] = message.sequence
+        elif type(message) is Barrier:
+            self._write()
+            message.callback()
+        elif type(message) is ReadJournal:
+            self._write()
+            self._reply(message.future, self._read, message.query)
+        elif type(message) is LoadCheckpoint:
+            self._write()
+            self._reply(message.future, self.storage.get_checkpoint, message.name)
+        else:
+            super()._on_message(message)
+
+    def _on_turn_end(self) -> bool:
+        self._write()
+        now = time.monotonic()
+        if now >= self._next_retention:
+            self._next_retention = now + RETENTION_INTERVAL
+            try:
+                enforce_retention(self.storage, self.retention_days, self.max_events)
+            except JournalError:
+                logger.exception("retention failed; will retry")
+        return False
+
+    def _on_stopped(self) -> None:
+        self._write()
+        self.storage.close()
+
+    # -- writing ------------------------------------------------------------------
+
+    def _write(self) -> None:
+        events = self._pending
+        if events:
+            futures = self._pending_futures
+            self._pending = []
+            self._pending_futures = []
+            records = [
+                StoredRecord(
+                    e.sequence or 0,
+                    e.event_type,
+                    to_us(e.timestamp),
+                    e.correlation_id.bytes if e.correlation_id is not None else None,
+                    e.source,
+                    e.to_bytes(),
+                )
+                for e in events
+            ]
+            started = time.perf_counter()
+            try:
+                self.storage.append(records, sync=self.sync)
+            except Exception as exc:
+                self.write_errors += len(events)
+                logger.exception("journal write of %d event(s) failed", len(events))
+                error = exc if isinstance(exc, JournalError) else JournalError(str(exc))
+                if error is not exc:
+                    error.__cause__ = exc
+                for future in futures:
+                    if future is not None:
+                        future.set_exception(error)
+            else:
+                self.write_seconds += time.perf_counter() - started
+                self.batches += 1
+                self.written += len(events)
+                for event, future in zip(events, futures, strict=True):
+                    if future is not None:
+                        future.set(event)
+        if self._checkpoints:
+            checkpoints = self._checkpoints
+            self._checkpoints = {}
+            for name, sequence in checkpoints.items():
+                try:
+                    self.storage.set_checkpoint(name, sequence, sync=self.sync)
+                except JournalError:
+                    logger.exception("checkpoint %r not saved", name)
+
+    # -- reading ------------------------------------------------------------------
+
+    def _read(self, query: EventQuery) -> list[Event]:
+        out: list[Event] = []
+        for sequence, payload in self.storage.scan(**query.scan_arguments()):
+            try:
+                out.append(decode_stored(payload, sequence))
+            except CorruptRecordError:
+                self.corrupt += 1
+                logger.exception("skipping a corrupt record")
+        return out
+
+    @staticmethod
+    def _reply(future: BusFuture[Any], fn: Any, arg: Any) -> None:
+        try:
+            future.set(fn(arg))
+        except Exception as exc:
+            future.set_exception(exc)
+
+    def figures(self) -> tuple[int, float | None, int]:
+        """Return (written, mean seconds per batch write, size in bytes)."""
+        mean = self.write_seconds / self.batches if self.batches else None
+        try:
+            size = self.storage.size_bytes()
+        except Exception:
+            size = 0
+        return self.written, mean, size

@@ -1,0 +1,101 @@
+"""The bus's settings, gathered in one frozen dataclass."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Literal
+
+from actors._runtime.mailbox import OverflowStrategy
+
+__all__ = ["EventConfig", "NodeConfig"]
+
+
+@dataclass(frozen=True, slots=True)
+class EventConfig:
+    """Settings of an ``EventBus``; every field is optional.
+
+    ``buffer_size`` is the default mailbox capacity of each subscription and
+    ``overflow`` its default ``OverflowStrategy``; ``block_timeout`` bounds how
+    long a ``BLOCK`` publish waits before ``BackpressureError``.  ``rate_limit``
+    (events per second) with ``burst`` (bucket size, default one second's
+    worth) turns on a token bucket.  ``handler_retries`` is how many times a
+    failing handler is retried before the event becomes a dead letter.
+    ``max_traces``, ``max_events_per_trace`` and ``trace_ttl`` (seconds of
+    inactivity) bound the correlation actor's memory.  ``persistence_path``,
+    ``retention_days``, ``max_events`` and ``durability`` configure the
+    journal.  ``threads`` is the size of the bus's dispatcher pool.
+    """
+
+    persistence_path: str | os.PathLike[str] | None = None
+    retention_days: float | None = None
+    max_events: int | None = None
+    durability: Literal["async", "sync"] = "async"
+    buffer_size: int = 10_000
+    overflow: OverflowStrategy = OverflowStrategy.DROP_OLDEST
+    block_timeout: float = 10.0
+    rate_limit: float | None = None
+    burst: int | None = None
+    handler_retries: int = 0
+    max_traces: int = 10_000
+    max_events_per_trace: int = 10_000
+    trace_ttl: float | None = 3600.0
+    threads: int = 2
+    dead_letter_limit: int = 10_000
+
+    def __post_init__(self) -> None:
+        if self.buffer_size < 1:
+            raise ValueError("buffer_size must be at least 1")
+        if self.durability not in ("async", "sync"):
+            raise ValueError(f"durability must be 'async' or 'sync', not {self.durability!r}")
+        if self.rate_limit is not None and self.rate_limit <= 0:
+            raise ValueError("rate_limit must be positive")
+        if self.handler_retries < 0:
+            raise ValueError("handler_retries must be >= 0")
+        if self.threads < 1:
+            raise ValueError("threads must be >= 1")
+        if not isinstance(self.overflow, OverflowStrategy):
+            raise ValueError(f"overflow must be an OverflowStrategy, not {self.overflow!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    """Join this bus to others over ZeroMQ (see ``docs/cluster.md``).
+
+    ``name`` identifies the node (it becomes every local event's ``origin``);
+    ``listen`` is the endpoint peers connect to (``tcp://127.0.0.1:5701``,
+    ``ipc:///tmp/a.sock``); ``peers`` are the endpoints of other nodes or of a
+    ``Broker``.  With ``curve_secret_key`` (and its public key) set, the node
+    speaks CURVE and accepts only the ``authorized_keys`` it is given;
+    ``peer_public_keys`` maps each endpoint of ``peers`` to that peer's public
+    key.  Keys are 40-byte Z85 (``actors.generate_keypair()``).
+    ``heartbeat_interval``/``heartbeat_timeout`` (seconds) pace heartbeats and
+    declare a silent peer dead; ``batch_size`` caps events per frame;
+    ``max_frame_bytes`` drops larger frames; ``recovery_ring`` is how many
+    recent local events a bus without a journal keeps to answer recovery
+    requests (and the size of the duplicate filter); ``send_hwm`` and
+    ``receive_hwm`` are the ZeroMQ high-water marks, in frames, of the stream.
+    """
+
+    name: str
+    listen: str | None = None
+    peers: tuple[str, ...] = ()
+    curve_public_key: bytes | None = None
+    curve_secret_key: bytes | None = None
+    authorized_keys: tuple[bytes, ...] = ()
+    peer_public_keys: dict[str, bytes] = field(default_factory=dict)
+    heartbeat_interval: float = 1.0
+    heartbeat_timeout: float = 5.0
+    batch_size: int = 256
+    max_frame_bytes: int = 16 * 1024 * 1024
+    recovery_ring: int = 100_000
+    send_hwm: int = 10_000
+    receive_hwm: int = 10_000
+
+    def __post_init__(self) -> None:
+        if not self.name or any(c.isspace() for c in self.name):
+            raise ValueError(f"node name must be non-empty without whitespace: {self.name!r}")
+        if not isinstance(self.peers, tuple):
+            object.__setattr__(self, "peers", tuple(self.peers))
+        if not isinstance(self.authorized_keys, tuple):
+            object.__setattr__(self, "authorized_keys", tuple(self.authorized_keys))

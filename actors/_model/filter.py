@@ -1,0 +1,83 @@
+"""Declarative event filters (they can cross processes) and predicates."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from actors._model.event import Event
+
+__all__ = ["EventFilter", "FilterLike", "as_predicate"]
+
+
+@dataclass(frozen=True, slots=True)
+class EventFilter:
+    """Match events by source, tags, priority and top-level data values.
+
+    Every given condition must hold: ``source`` equals, at least one of
+    ``tags_any`` is among the event's tags, ``priority >= min_priority``, and
+    ``data`` is a dict whose items include every item of ``data_equals``.
+    """
+
+    source: str | None = None
+    tags_any: tuple[str, ...] | None = None
+    min_priority: int | None = None
+    data_equals: Mapping[str, Any] | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        if self.tags_any is not None and not isinstance(self.tags_any, tuple):
+            object.__setattr__(self, "tags_any", tuple(self.tags_any))
+        if self.data_equals is not None:
+            object.__setattr__(self, "data_equals", dict(self.data_equals))
+
+    def __call__(self, event: Event) -> bool:
+        """Return whether ``event`` passes every condition."""
+        if self.source is not None and event.source != self.source:
+            return False
+        if self.tags_any is not None and not any(t in event.tags for t in self.tags_any):
+            return False
+        if self.min_priority is not None and event.priority < self.min_priority:
+            return False
+        if self.data_equals:
+            data = event.data
+            if not isinstance(data, dict):
+                return False
+            missing = object()
+            for key, value in self.data_equals.items():
+                if data.get(key, missing) != value:
+                    return False
+        return True
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-able dict (to send the filter to another process)."""
+        return {
+            "source": self.source,
+            "tags_any": list(self.tags_any) if self.tags_any is not None else None,
+            "min_priority": self.min_priority,
+            "data_equals": dict(self.data_equals) if self.data_equals is not None else None,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> EventFilter:
+        """Build a filter from ``to_dict`` output."""
+        tags: Iterable[str] | None = d.get("tags_any")
+        return cls(
+            source=d.get("source"),
+            tags_any=tuple(tags) if tags is not None else None,
+            min_priority=d.get("min_priority"),
+            data_equals=d.get("data_equals"),
+        )
+
+
+FilterLike = EventFilter | Callable[["Event"], bool]
+
+
+def as_predicate(flt: FilterLike | None) -> Callable[[Event], bool] | None:
+    """Return ``flt`` as a callable (``EventFilter`` is one already), or None."""
+    if flt is None:
+        return None
+    if not callable(flt):
+        raise TypeError(f"filter must be an EventFilter or a callable, not {type(flt).__name__}")
+    return flt

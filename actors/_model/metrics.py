@@ -1,0 +1,227 @@
+"""Metrics: snapshots, the latency window, the rate meter, Prometheus text."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from actors._cluster.bridge_io import BridgeStatistics
+
+__all__ = [
+    "BusMetrics",
+    "LatencyWindow",
+    "RateMeter",
+    "SubscriptionStatistics",
+    "to_prometheus",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionStatistics:
+    """A snapshot of one subscription (trio's ``MemoryChannelStatistics`` is the model)."""
+
+    id: str
+    pattern: str
+    delivered: int
+    dropped: int
+    errors: int
+    queued: int
+    capacity: int
+    expired: int = 0
+    dead_letters: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class BusMetrics:
+    """A snapshot of the bus's figures.
+
+    Latencies are publish-to-handler, in seconds, over the most recent
+    deliveries (a window of ``LatencyWindow.size``); they are ``None`` before
+    the first delivery.  ``events_per_second`` is the rate of the last
+    complete second; ``peak_events_per_second`` the highest such rate seen.
+    """
+
+    published: int
+    delivered: int
+    dropped: int
+    rejected: int
+    expired: int
+    handler_errors: int
+    dead_letters: int
+    subscriptions: int
+    events_per_second: float
+    peak_events_per_second: float
+    latency_p50: float | None
+    latency_p90: float | None
+    latency_p99: float | None
+    latency_max: float | None
+    per_subscription: tuple[SubscriptionStatistics, ...]
+    journal_written: int = 0
+    journal_write_latency: float | None = None
+    journal_size_bytes: int = 0
+    rate_limited: int = 0
+    journal_corrupt_records: int = 0
+    bridge: BridgeStatistics | None = None
+
+
+class LatencyWindow:
+    """The most recent ``size`` latency samples; appends are thread-safe."""
+
+    def __init__(self, size: int = 65_536) -> None:
+        self.size = size
+        self.samples: deque[float] = deque(maxlen=size)
+
+    def percentiles(self) -> tuple[float | None, float | None, float | None, float | None]:
+        """Return (p50, p90, p99, max) of the window, or four Nones when empty."""
+        data = sorted(self.samples.copy())
+        if not data:
+            return None, None, None, None
+        last = len(data) - 1
+
+        def pick(q: float) -> float:
+            return data[min(last, int(q * len(data)))]
+
+        return pick(0.50), pick(0.90), pick(0.99), data[-1]
+
+
+class RateMeter:
+    """Count events per whole second; report the last complete second and the peak.
+
+    Called by one thread (the router); readers only read plain numbers.
+    """
+
+    def __init__(self) -> None:
+        self._second = int(time.monotonic())
+        self._count = 0
+        self.last_rate = 0.0
+        self.peak_rate = 0.0
+
+    def add(self, n: int, now: float | None = None) -> None:
+        """Record ``n`` events at ``now`` (monotonic seconds)."""
+        second = int(time.monotonic() if now is None else now)
+        if second != self._second:
+            self._roll(second)
+        self._count += n
+
+    def current(self, now: float | None = None) -> float:
+        """Return the rate of the last complete second (0 if it was idle)."""
+        second = int(time.monotonic() if now is None else now)
+        if second == self._second:
+            return self.last_rate
+        if second == self._second + 1:
+            return float(self._count)
+        return 0.0
+
+    def peak(self) -> float:
+        """Return the highest per-second rate seen."""
+        return self.peak_rate
+
+    def _roll(self, second: int) -> None:
+        rate = float(self._count) if second == self._second + 1 else 0.0
+        self.peak_rate = max(self.peak_rate, float(self._count))
+        self.last_rate = rate
+        self._second = second
+        self._count = 0
+
+
+_HELP = {
+    "published": "Events accepted and sequenced by the bus.",
+    "delivered": "Events handed to handlers.",
+    "dropped": "Events dropped by full mailboxes.",
+    "rejected": "Publishes rejected by REJECT mailboxes or BLOCK timeouts.",
+    "expired": "Events not delivered because their ttl had passed.",
+    "handler_errors": "Exceptions raised by handlers (each attempt).",
+    "dead_letters": "Events given up after the handler retries.",
+    "subscriptions": "Live subscriptions.",
+    "events_per_second": "Published events in the last complete second.",
+    "peak_events_per_second": "Highest published events per second seen.",
+    "journal_written": "Events written to the journal.",
+    "journal_size_bytes": "Approximate size of the journal on disk.",
+    "rate_limited": "Publishes refused by the rate limit.",
+    "journal_corrupt_records": "Stored records skipped because they could not be decoded.",
+}
+
+_COUNTERS = {
+    "published",
+    "delivered",
+    "dropped",
+    "rejected",
+    "expired",
+    "handler_errors",
+    "dead_letters",
+    "journal_written",
+    "rate_limited",
+    "journal_corrupt_records",
+}
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def to_prometheus(metrics: BusMetrics, *, prefix: str = "llmspell_events") -> str:
+    """Render ``metrics`` in the Prometheus text exposition format (version 0.0.4)."""
+    lines: list[str] = []
+    for f in fields(metrics):
+        name = f.name
+        value: Any = getattr(metrics, name)
+        if name not in _HELP or value is None:
+            continue
+        kind = "counter" if name in _COUNTERS else "gauge"
+        metric = f"{prefix}_{name}_total" if kind == "counter" else f"{prefix}_{name}"
+        lines += [f"# HELP {metric} {_HELP[name]}", f"# TYPE {metric} {kind}", f"{metric} {value}"]
+    lat = f"{prefix}_latency_seconds"
+    lines += [
+        f"# HELP {lat} Publish-to-handler latency over the recent window.",
+        f"# TYPE {lat} gauge",
+    ]
+    for q, v in (
+        ("0.5", metrics.latency_p50),
+        ("0.9", metrics.latency_p90),
+        ("0.99", metrics.latency_p99),
+        ("1", metrics.latency_max),
+    ):
+        if v is not None:
+            lines.append(f'{lat}{{quantile="{q}"}} {v}')
+    if metrics.journal_write_latency is not None:
+        jw = f"{prefix}_journal_write_latency_seconds"
+        lines += [
+            f"# HELP {jw} Mean time of one journal batch write.",
+            f"# TYPE {jw} gauge",
+            f"{jw} {metrics.journal_write_latency}",
+        ]
+    if metrics.bridge is not None:
+        bridge = metrics.bridge
+        for name in (
+            "frames_sent",
+            "frames_received",
+            "frames_dropped",
+            "events_received",
+            "events_recovered",
+            "gaps",
+            "gaps_unrecovered",
+            "duplicates",
+            "auth_refused",
+        ):
+            metric = f"{prefix}_bridge_{name}_total"
+            lines += [
+                f"# HELP {metric} ZeroMQ bridge: {name.replace('_', ' ')}.",
+                f"# TYPE {metric} counter",
+                f"{metric} {getattr(bridge, name)}",
+            ]
+        metric = f"{prefix}_bridge_peers_alive"
+        lines += [
+            f"# HELP {metric} Peers heard within the heartbeat timeout.",
+            f"# TYPE {metric} gauge",
+            f"{metric} {len(bridge.peers_alive)}",
+        ]
+    for stat_name in ("delivered", "dropped", "errors", "queued", "capacity"):
+        metric = f"{prefix}_subscription_{stat_name}"
+        lines += [f"# HELP {metric} Per-subscription {stat_name}.", f"# TYPE {metric} gauge"]
+        for s in metrics.per_subscription:
+            labels = f'id="{_escape(s.id)}",pattern="{_escape(s.pattern)}"'
+            lines.append(f"{metric}{{{labels}}} {getattr(s, stat_name)}")
+    return "\n".join(lines) + "\n"

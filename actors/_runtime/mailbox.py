@@ -1,0 +1,195 @@
+"""A subscription's bounded mailbox and its overflow strategies.
+
+A subscriber actor has two lanes: the control lane it inherits from
+``FifoMailbox`` (pykka envelopes: ``ask``, ``stop``) and a bounded event lane
+that only the router fills.  The event lane holds at most ``capacity``
+entries; what happens when it is full is the subscription's
+``OverflowStrategy``.  Every drop is counted.
+
+Counting makes ``flush`` exact without markers in the queue: ``accepted``
+counts every event the router routed here (dropped or not), ``finished``
+counts every event that is done with (handled, expired, dropped), and a
+flush barrier waits for ``finished`` to reach the ``accepted`` value it saw.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from actors._runtime.dispatcher import FifoMailbox
+
+__all__ = ["EventMailbox", "OverflowStrategy"]
+
+# Backpressure hysteresis: crossing 80% starts it, falling under 20% relieves it.
+HIGH_WATER = 0.8
+LOW_WATER = 0.2
+
+STARTED = 1
+DROPPED = 2
+
+
+class OverflowStrategy(enum.Enum):
+    """What a full subscription mailbox does with the next event."""
+
+    DROP_OLDEST = "drop_oldest"
+    """Drop the oldest queued event of that subscription (the default)."""
+    DROP_NEWEST = "drop_newest"
+    """Drop the incoming event for that subscription only."""
+    BLOCK = "block"
+    """Make ``publish`` wait for room (up to ``block_timeout``); nothing is lost."""
+    REJECT = "reject"
+    """Fail the publish with ``BackpressureError``; the event goes nowhere."""
+
+
+class EventMailbox(FifoMailbox):
+    """Bounded event lane plus the control lane of ``FifoMailbox``.
+
+    ``offer`` is called by the router only; ``take_events`` by the owning
+    subscriber only; neither blocks nor takes a lock (see ``FifoMailbox``).
+    Each counter has one writer: ``accepted`` and ``dropped`` the router,
+    ``finished_by_owner`` the subscriber.
+    """
+
+    __slots__ = (
+        "_barrier_lock",
+        "_barriers",
+        "_events",
+        "_high",
+        "_room_waiter",
+        "accepted",
+        "dropped",
+        "finished_by_owner",
+        "overflow",
+    )
+
+    capacity: int
+
+    def __init__(self, capacity: int, overflow: OverflowStrategy) -> None:
+        super().__init__(capacity)
+        self.overflow = overflow
+        self._events: deque[Any] = deque()
+        self._high = False
+        self._room_waiter: Callable[[], None] | None = None
+        self._barriers: list[tuple[int, Callable[[], None]]] = []
+        self._barrier_lock = threading.Lock()
+        self.accepted = 0
+        self.dropped = 0
+        self.finished_by_owner = 0
+
+    @property
+    def queued(self) -> int:
+        """Return the number of events waiting in the lane."""
+        return len(self._events)
+
+    def has_room(self) -> bool:
+        """Return whether one more event fits without overflow."""
+        return len(self._events) < self.capacity
+
+    def wait_for_room(self, wake: Callable[[], None]) -> bool:
+        """Register ``wake`` to be called once room frees up; False if there is room now."""
+        self._room_waiter = wake
+        if len(self._events) < self.capacity:
+            self._room_waiter = None
+            return False
+        return True
+
+    def offer(self, item: Any) -> int:
+        """Queue ``item`` under the overflow strategy; return STARTED/DROPPED flags.
+
+        For ``REJECT`` and ``BLOCK`` the router checks ``has_room`` first, so
+        here a full lane means ``DROP_OLDEST`` or ``DROP_NEWEST`` (or a bus
+        event, which is never refused and displaces the oldest).
+        """
+        flags = 0
+        events = self._events
+        self.accepted += 1
+        n = len(events)
+        if n >= self.capacity:
+            if self.overflow is OverflowStrategy.DROP_NEWEST:
+                self.dropped += 1
+                return DROPPED
+            try:
+                events.popleft()
+                self.dropped += 1
+                flags = DROPPED
+            except IndexError:  # the owner emptied it meanwhile
+                pass
+        events.append(item)
+        if not self._high and n + 1 >= HIGH_WATER * self.capacity:
+            self._high = True
+            flags |= STARTED
+        if self._sched.acquire(False):
+            self._schedule()
+        return flags
+
+    def take_events(self, limit: int) -> tuple[list[Any], bool]:
+        """Remove up to ``limit`` events; also return whether backpressure was relieved."""
+        events = self._events
+        popleft = events.popleft
+        batch: list[Any] = []
+        append = batch.append
+        for _ in range(min(limit, len(events))):
+            append(popleft())
+        relieved = False
+        if self._high and len(events) < LOW_WATER * self.capacity:
+            self._high = False
+            relieved = True
+        if batch and self._room_waiter is not None:
+            waiter, self._room_waiter = self._room_waiter, None
+            if waiter is not None:
+                waiter()
+        return batch, relieved
+
+    def clear_events(self) -> int:
+        """Discard every queued event (at unsubscribe); return how many."""
+        n = 0
+        events = self._events
+        while events:
+            events.popleft()
+            n += 1
+        self.finished_by_owner += n
+        waiter, self._room_waiter = self._room_waiter, None
+        if waiter is not None:
+            waiter()
+        self.check_barriers()
+        return n
+
+    def has_mail(self) -> bool:
+        return bool(self._items) or bool(self._events)
+
+    # -- flush barriers ---------------------------------------------------
+
+    def finished(self) -> int:
+        """Return how many accepted events are done with (handled, expired or dropped)."""
+        return self.finished_by_owner + self.dropped
+
+    def add_barrier(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once every event accepted so far is finished (router only)."""
+        with self._barrier_lock:
+            self._barriers.append((self.accepted, callback))
+        # The owner may have finished just before the append; look once more.
+        self.check_barriers()
+
+    def check_barriers(self) -> None:
+        """Fire the barriers that are now satisfied (each exactly once)."""
+        if not self._barriers:
+            return
+        with self._barrier_lock:
+            done = self.finished_by_owner + self.dropped
+            ready = [cb for target, cb in self._barriers if target <= done]
+            if ready:
+                self._barriers = [(t, cb) for t, cb in self._barriers if t > done]
+        for cb in ready:
+            cb()
+
+    def release_barriers(self) -> None:
+        """Fire every barrier (the subscription is gone, nothing more will finish)."""
+        with self._barrier_lock:
+            ready = [cb for _, cb in self._barriers]
+            self._barriers = []
+        for cb in ready:
+            cb()
