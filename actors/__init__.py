@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import typing
 
+import actors._codec  # noqa: F401 - installs the codec behind Event.to_bytes/from_bytes
 from actors._async import AsyncEventBus, EventStream
 from actors._bus import EventBus, PersistentEventBus
 from actors._core.subscriber import DeadLetter, Subscription
@@ -18,13 +19,23 @@ from actors._errors import (
     BusClosedError,
     CorruptRecordError,
     EventBusError,
+    EventTooLargeError,
+    FrameError,
+    FutureTimeoutError,
     InvalidEventError,
     InvalidPatternError,
+    JournalDamagedError,
     JournalError,
     JournalLockedError,
+    JournalNotFoundError,
+    NoAnswerError,
+    NotConnectedError,
+    PeerRefusedError,
     RateLimitedError,
+    RemoteHandlerError,
+    RequestTimeoutError,
 )
-from actors._model.config import EventConfig, NodeConfig
+from actors._model.config import EventConfig, NodeConfig, OverflowStrategy
 from actors._model.event import Event
 from actors._model.filter import EventFilter
 from actors._model.metrics import BusMetrics, SubscriptionStatistics
@@ -32,8 +43,7 @@ from actors._model.query import EventQuery
 from actors._model.topics import Pattern
 from actors._model.trace import Trace
 from actors._runtime.dispatcher import DispatchedActor, Dispatcher
-from actors._runtime.future import BusFuture, FutureTimeoutError
-from actors._runtime.mailbox import OverflowStrategy
+from actors._runtime.future import BusFuture
 
 if typing.TYPE_CHECKING:
     from actors._cluster.bridge import generate_keypair
@@ -58,16 +68,25 @@ __all__ = [
     "EventFilter",
     "EventQuery",
     "EventStream",
+    "EventTooLargeError",
+    "FrameError",
     "FutureTimeoutError",
     "InvalidEventError",
     "InvalidPatternError",
+    "JournalDamagedError",
     "JournalError",
     "JournalLockedError",
+    "JournalNotFoundError",
+    "NoAnswerError",
     "NodeConfig",
+    "NotConnectedError",
     "OverflowStrategy",
     "Pattern",
+    "PeerRefusedError",
     "PersistentEventBus",
     "RateLimitedError",
+    "RemoteHandlerError",
+    "RequestTimeoutError",
     "Subscription",
     "SubscriptionStatistics",
     "Trace",

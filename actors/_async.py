@@ -19,14 +19,13 @@ from typing import Any, TypeVar
 from actors._bus import EventBus
 from actors._core.subscriber import DeadLetter, Handler, Subscription
 from actors._errors import BusClosedError
-from actors._model.config import EventConfig
+from actors._model.config import EventConfig, OverflowStrategy
 from actors._model.event import Event
 from actors._model.filter import FilterLike
 from actors._model.metrics import BusMetrics
 from actors._model.query import EventQuery
 from actors._model.trace import Trace
 from actors._runtime.future import BusFuture
-from actors._runtime.mailbox import OverflowStrategy
 
 __all__ = ["AsyncEventBus", "EventStream"]
 

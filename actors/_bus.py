@@ -56,12 +56,13 @@ from actors._errors import (
     BackpressureError,
     BusClosedError,
     EventBusError,
+    FutureTimeoutError,
     InvalidEventError,
     RateLimitedError,
 )
 from actors._journal.actor import JournalActor, enforce_retention, first_free_sequence
 from actors._journal.storage import RocksStorage, Storage
-from actors._model.config import EventConfig, NodeConfig
+from actors._model.config import EventConfig, NodeConfig, OverflowStrategy
 from actors._model.event import _FIELD_NAMES, Event
 from actors._model.filter import FilterLike, as_predicate
 from actors._model.metrics import BusMetrics, LatencyWindow, to_prometheus
@@ -69,8 +70,7 @@ from actors._model.query import EventQuery
 from actors._model.topics import Pattern, is_reserved
 from actors._model.trace import Trace
 from actors._runtime.dispatcher import Dispatcher
-from actors._runtime.future import BusFuture, FutureTimeoutError
-from actors._runtime.mailbox import OverflowStrategy
+from actors._runtime.future import BusFuture
 
 __all__ = ["EventBus", "PersistentEventBus"]
 

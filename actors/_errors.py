@@ -3,22 +3,35 @@
 ::
 
     EventBusError
-    ├── InvalidEventError      (also ValueError)   bad event type, data or bytes
-    ├── InvalidPatternError    (also ValueError)   bad subscription pattern
-    ├── BusClosedError                              you closed the bus
-    ├── BackpressureError                           a mailbox is full (REJECT, BLOCK timeout)
-    ├── RateLimitedError                            the bus's token bucket is empty
-    ├── JournalError                                the journal broke
-    │   ├── JournalLockedError                      another process holds the journal
-    │   └── CorruptRecordError (also ValueError)    a stored record cannot be decoded
-    └── BridgeError                                 the ZeroMQ bridge broke
+    ├── InvalidEventError      (also ValueError)     bad event type, data or bytes
+    ├── InvalidPatternError    (also ValueError)     bad subscription pattern
+    ├── BusClosedError                                you closed the bus
+    ├── BackpressureError                             a mailbox is full (REJECT, BLOCK timeout)
+    ├── RateLimitedError                              the bus's token bucket is empty
+    ├── FutureTimeoutError     (also TimeoutError)    a future's get(timeout=...) ran out
+    │   └── RequestTimeoutError                       no reply to a request in time
+    ├── RemoteHandlerError                            a responder raised; its reply says what
+    ├── JournalError                                  the journal broke
+    │   ├── JournalLockedError                        a process holds the journal open
+    │   ├── JournalNotFoundError (also FileNotFoundError)  a folder holds no journal
+    │   ├── JournalDamagedError                       files are damaged; opening would lose events
+    │   └── CorruptRecordError (also ValueError)      a stored record cannot be decoded
+    └── BridgeError                                   the ZeroMQ bridge broke
+        ├── FrameError         (also ValueError)      a frame is garbage, truncated or oversized
+        ├── EventTooLargeError (also ValueError)      an event cannot cross: over the size limit
+        ├── NotConnectedError                         no link to the named node
+        ├── NoAnswerError      (also TimeoutError)    a node did not answer in time
+        └── PeerRefusedError                          a node refused us (key, name, request)
 
 ``BusClosedError`` means *you* closed it; ``JournalError`` and ``BridgeError``
 mean something broke underneath.  Errors of pykka, zmq and RocksDB are
-translated at the boundary with ``raise ... from exc``.
+translated at the boundary with ``raise ... from exc``, by type, in the one
+module of each backend that imports the driver.
 """
 
 from __future__ import annotations
+
+import pykka
 
 __all__ = [
     "BackpressureError",
@@ -26,11 +39,21 @@ __all__ = [
     "BusClosedError",
     "CorruptRecordError",
     "EventBusError",
+    "EventTooLargeError",
+    "FrameError",
+    "FutureTimeoutError",
     "InvalidEventError",
     "InvalidPatternError",
+    "JournalDamagedError",
     "JournalError",
     "JournalLockedError",
+    "JournalNotFoundError",
+    "NoAnswerError",
+    "NotConnectedError",
+    "PeerRefusedError",
     "RateLimitedError",
+    "RemoteHandlerError",
+    "RequestTimeoutError",
 ]
 
 
@@ -58,12 +81,41 @@ class RateLimitedError(EventBusError):
     """The bus's token-bucket rate limit rejected a publish."""
 
 
+class FutureTimeoutError(EventBusError, pykka.Timeout, TimeoutError):
+    """``get(timeout=...)`` ran out of time (also a ``pykka.Timeout`` and a ``TimeoutError``)."""
+
+
+class RequestTimeoutError(FutureTimeoutError):
+    """No reply to a request arrived within its timeout."""
+
+
+class RemoteHandlerError(EventBusError):
+    """A responder raised; ``remote_type`` and ``remote_message`` say what it raised."""
+
+    def __init__(self, remote_type: str, remote_message: str, reply: object = None) -> None:
+        super().__init__(f"{remote_type}: {remote_message}")
+        self.remote_type = remote_type
+        self.remote_message = remote_message
+        self.reply = reply
+
+
 class JournalError(EventBusError):
     """The journal failed to read or write."""
 
 
 class JournalLockedError(JournalError):
-    """Another process holds the journal open."""
+    """A process (this one or another) holds the journal open."""
+
+
+class JournalNotFoundError(JournalError, FileNotFoundError):
+    """A folder opened for reading holds no journal."""
+
+
+class JournalDamagedError(JournalError):
+    """The journal's files are damaged; opening it as it is would lose events.
+
+    The message names the damage and how to accept the loss (``recover=...``).
+    """
 
 
 class CorruptRecordError(JournalError, ValueError):
@@ -72,3 +124,23 @@ class CorruptRecordError(JournalError, ValueError):
 
 class BridgeError(EventBusError):
     """The ZeroMQ bridge failed."""
+
+
+class FrameError(BridgeError, ValueError):
+    """A frame is garbage, truncated, oversized or of an unknown version."""
+
+
+class EventTooLargeError(BridgeError, ValueError):
+    """An event is larger than the bridge can carry (its limit is in the message)."""
+
+
+class NotConnectedError(BridgeError):
+    """No link to the named node (not configured, not yet joined, or declared dead)."""
+
+
+class NoAnswerError(BridgeError, TimeoutError):
+    """A node did not answer a request in time."""
+
+
+class PeerRefusedError(BridgeError):
+    """A node refused us: an unknown key, a duplicate name, or a refused request."""

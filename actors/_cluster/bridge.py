@@ -33,8 +33,6 @@ import zmq
 import zmq.auth.thread
 
 from actors._cluster.bridge_io import (
-    BridgeStatistics,
-    Counters,
     Link,
     Peer,
     PublishLedger,
@@ -45,6 +43,7 @@ from actors._cluster.bridge_io import (
     serve_correlated,
     serve_query,
     serve_recover,
+    take_statistics,
 )
 from actors._cluster.streams import Inbound, Outbound
 from actors._cluster.wire import (
@@ -74,6 +73,7 @@ from actors._codec.events import encode_batch
 from actors._core.messages import Barrier, Forward, LoadCheckpoint, Record, SaveCheckpoint
 from actors._errors import BridgeError
 from actors._model.event import Event
+from actors._model.metrics import BridgeStatistics, Counters
 from actors._model.query import EventQuery
 from actors._runtime.dispatcher import FifoMailbox
 from actors._runtime.future import BusFuture
@@ -82,7 +82,7 @@ if TYPE_CHECKING:
     from actors._bus import EventBus
     from actors._model.config import NodeConfig
 
-__all__ = ["Bridge", "BridgeStatistics", "generate_keypair"]
+__all__ = ["Bridge", "generate_keypair"]
 
 _RECOVER_ATTEMPTS = 4  # tries of one recovery request, each 2 x heartbeat_timeout long
 
@@ -319,7 +319,7 @@ class Bridge:
 
     def statistics(self) -> BridgeStatistics:
         """Return a snapshot of the bridge's counters (never blocks)."""
-        return BridgeStatistics.take(self, self._stats)
+        return take_statistics(self, self._stats)
 
     figures = statistics
 

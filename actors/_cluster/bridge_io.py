@@ -10,12 +10,13 @@ import re
 import threading
 import uuid
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from actors._core.messages import GetCorrelated
 from actors._model.event import Event
+from actors._model.metrics import BridgeStatistics, Counters
 from actors._model.query import EventQuery
 from actors._runtime.future import BusFuture
 
@@ -25,8 +26,7 @@ if TYPE_CHECKING:
     from actors._cluster.streams import Outbound
 
 __all__ = [
-    "BridgeStatistics",
-    "Counters",
+    "take_statistics",
     "Link",
     "Peer",
     "derive_endpoint",
@@ -102,66 +102,20 @@ class Link:
         return match["host"] if match is not None else None
 
 
-@dataclass(slots=True)
-class Counters:
-    """The bridge's running counts (written by its I/O thread)."""
-
-    frames_sent: int = 0
-    frames_unsent: int = 0
-    frames_received: int = 0
-    frames_dropped: int = 0
-    events_received: int = 0
-    events_delivered: int = 0
-    events_recovered: int = 0
-    auth_refused: int = 0
-    recovery_retries: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class BridgeStatistics:
-    """A snapshot of the bridge's figures.
-
-    ``frames_dropped`` counts garbage, truncated, oversized and unknown-version
-    frames; ``frames_unsent`` frames the XPUB could not queue; ``gaps`` lost
-    ranges detected, ``gaps_recovered`` / ``gaps_unrecovered`` how they ended
-    (``recovery_retries`` counts requests asked again after no answer);
-    ``duplicates`` remote events dropped by id; ``peers_alive`` the nodes heard
-    within ``heartbeat_timeout``; ``synced_peers`` those that acknowledged this
-    node's current subscriptions (events they publish from then on arrive).
-    """
-
-    frames_sent: int = 0
-    frames_unsent: int = 0
-    frames_received: int = 0
-    frames_dropped: int = 0
-    events_received: int = 0
-    events_delivered: int = 0
-    events_recovered: int = 0
-    gaps: int = 0
-    gaps_recovered: int = 0
-    gaps_unrecovered: int = 0
-    duplicates: int = 0
-    auth_refused: int = 0
-    recovery_retries: int = 0
-    peers_alive: tuple[str, ...] = ()
-    synced_peers: tuple[str, ...] = ()
-    counters: Counters = field(default_factory=Counters, repr=False, compare=False)
-
-    @staticmethod
-    def take(bridge: Bridge, counters: Counters) -> BridgeStatistics:
-        """Return a snapshot of ``bridge`` (any thread; figures may be a turn stale)."""
-        inbound = bridge._in
-        alive = tuple(sorted(p.name for p in list(bridge._peers.values()) if p.alive))
-        synced = tuple(n for n in alive if inbound.synced_with([n]))
-        return BridgeStatistics(
-            **asdict(counters),
-            gaps=inbound.gaps,
-            gaps_recovered=inbound.recovered,
-            gaps_unrecovered=inbound.unrecovered,
-            duplicates=inbound.duplicates,
-            peers_alive=alive,
-            synced_peers=synced,
-        )
+def take_statistics(bridge: Bridge, counters: Counters) -> BridgeStatistics:
+    """Return a snapshot of ``bridge`` (any thread; figures may be a turn stale)."""
+    inbound = bridge._in
+    alive = tuple(sorted(p.name for p in list(bridge._peers.values()) if p.alive))
+    synced = tuple(n for n in alive if inbound.synced_with([n]))
+    return BridgeStatistics(
+        **asdict(counters),
+        gaps=inbound.gaps,
+        gaps_recovered=inbound.recovered,
+        gaps_unrecovered=inbound.unrecovered,
+        duplicates=inbound.duplicates,
+        peers_alive=alive,
+        synced_peers=synced,
+    )
 
 
 # -- queries as JSON --------------------------------------------------------------------

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from actors._codec.events import decode_batch, encode_batch
-from actors._errors import BridgeError, InvalidEventError
+from actors._errors import FrameError, InvalidEventError
 from actors._model.event import Event
 
 __all__ = [
@@ -68,10 +68,6 @@ REQUEST_KINDS = frozenset({HELLO, WELCOME, RECOVER, QUERY, CORRELATED, EVENTS, E
 DATA_HEADER = struct.Struct(">BBQQQIBH")
 _CHAIN = struct.Struct(">QH")
 _MAX_CHAINS = 1024
-
-
-class FrameError(BridgeError, ValueError):
-    """A frame is garbage, truncated, oversized or of an unknown version."""
 
 
 @dataclass(frozen=True, slots=True)

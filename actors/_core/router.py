@@ -41,11 +41,12 @@ from actors._core.messages import (
     Unsubscribe,
 )
 from actors._errors import BackpressureError
+from actors._model.config import OverflowStrategy
 from actors._model.event import Event, _set_origin, _set_sequence
 from actors._model.metrics import RateMeter
 from actors._model.topics import Pattern, TopicTrie
 from actors._runtime.dispatcher import DispatchedActor, Dispatcher, FifoMailbox
-from actors._runtime.mailbox import STARTED, OverflowStrategy
+from actors._runtime.mailbox import STARTED
 
 if TYPE_CHECKING:
     from actors._runtime.future import BusFuture

@@ -31,11 +31,12 @@ from typing import TYPE_CHECKING, Any
 import pykka
 
 from actors._core.messages import Relieved
+from actors._model.config import OverflowStrategy
 from actors._model.metrics import SubscriptionStatistics
 from actors._model.topics import Pattern
 from actors._runtime.dispatcher import DispatchedActor, Dispatcher
 from actors._runtime.future import BusFuture
-from actors._runtime.mailbox import EventMailbox, OverflowStrategy
+from actors._runtime.mailbox import EventMailbox
 
 if TYPE_CHECKING:
     from actors._bus import EventBus

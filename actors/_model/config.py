@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import enum
 import os
 from dataclasses import dataclass, field
 from typing import Literal
 
-from actors._runtime.mailbox import OverflowStrategy
+__all__ = ["EventConfig", "NodeConfig", "OverflowStrategy"]
 
-__all__ = ["EventConfig", "NodeConfig"]
+
+class OverflowStrategy(enum.Enum):
+    """What a full subscription mailbox does with the next event."""
+
+    DROP_OLDEST = "drop_oldest"
+    """Drop the oldest queued event of that subscription (the default)."""
+    DROP_NEWEST = "drop_newest"
+    """Drop the incoming event for that subscription only."""
+    BLOCK = "block"
+    """Make ``publish`` wait for room (up to ``block_timeout``); nothing is lost."""
+    REJECT = "reject"
+    """Fail the publish with ``BackpressureError``; the event goes nowhere."""
 
 
 @dataclass(frozen=True, slots=True)

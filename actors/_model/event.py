@@ -32,7 +32,7 @@ import math
 import time
 import types
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeAlias
@@ -210,7 +210,7 @@ class Event:
 
         Raise ``InvalidEventError`` if ``data`` was mutated into a non-JSON value.
         """
-        return _codec.encode_event(self)
+        return _Codec.encode(self)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Event:
@@ -219,7 +219,7 @@ class Event:
         Raise ``InvalidEventError`` if they are malformed, of another schema
         version, or describe an invalid event.
         """
-        return _codec.decode_event(data)
+        return _Codec.decode(data)
 
     def to_dict(self) -> dict[str, Any]:
         """Return a plain JSON-able dict of every field.
@@ -609,4 +609,25 @@ def _explain_json(data: object) -> str:  # noqa: PLR0911 - one return per kind o
 
 
 # At the bottom: the codec imports this module's names to build events.
-from actors._codec import events as _codec  # noqa: E402
+
+
+def _no_codec(_value: object) -> Any:
+    raise RuntimeError("no event codec installed: import actors first")
+
+
+class _Codec:
+    """The protobuf codec, installed by ``actors._codec`` when it is imported.
+
+    The codec lives a layer above the model (it builds Events), and ``import
+    actors`` always imports it; this slot keeps the model free of an upward
+    import.
+    """
+
+    encode: Callable[[Event], bytes] = _no_codec
+    decode: Callable[[bytes], Event] = _no_codec
+
+
+def install_codec(encode: Callable[[Event], bytes], decode: Callable[[bytes], Event]) -> None:
+    """Give ``Event.to_bytes``/``from_bytes`` their codec (called by ``actors._codec``)."""
+    _Codec.encode = staticmethod(encode)
+    _Codec.decode = staticmethod(decode)

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from actors._cluster.bridge_io import BridgeStatistics
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 __all__ = [
+    "BridgeStatistics",
+    "Counters",
     "BusMetrics",
     "LatencyWindow",
     "RateMeter",
@@ -225,3 +224,49 @@ def to_prometheus(metrics: BusMetrics, *, prefix: str = "llmspell_events") -> st
             labels = f'id="{_escape(s.id)}",pattern="{_escape(s.pattern)}"'
             lines.append(f"{metric}{{{labels}}} {getattr(s, stat_name)}")
     return "\n".join(lines) + "\n"
+
+
+@dataclass(slots=True)
+class Counters:
+    """The bridge's running counts (written by its I/O thread)."""
+
+    frames_sent: int = 0
+    frames_unsent: int = 0
+    frames_received: int = 0
+    frames_dropped: int = 0
+    events_received: int = 0
+    events_delivered: int = 0
+    events_recovered: int = 0
+    auth_refused: int = 0
+    recovery_retries: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class BridgeStatistics:
+    """A snapshot of the bridge's figures.
+
+    ``frames_dropped`` counts garbage, truncated, oversized and unknown-version
+    frames; ``frames_unsent`` frames the XPUB could not queue; ``gaps`` lost
+    ranges detected, ``gaps_recovered`` / ``gaps_unrecovered`` how they ended
+    (``recovery_retries`` counts requests asked again after no answer);
+    ``duplicates`` remote events dropped by id; ``peers_alive`` the nodes heard
+    within ``heartbeat_timeout``; ``synced_peers`` those that acknowledged this
+    node's current subscriptions (events they publish from then on arrive).
+    """
+
+    frames_sent: int = 0
+    frames_unsent: int = 0
+    frames_received: int = 0
+    frames_dropped: int = 0
+    events_received: int = 0
+    events_delivered: int = 0
+    events_recovered: int = 0
+    gaps: int = 0
+    gaps_recovered: int = 0
+    gaps_unrecovered: int = 0
+    duplicates: int = 0
+    auth_refused: int = 0
+    recovery_retries: int = 0
+    peers_alive: tuple[str, ...] = ()
+    synced_peers: tuple[str, ...] = ()
+    counters: Counters = field(default_factory=Counters, repr=False, compare=False)

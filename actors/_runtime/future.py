@@ -17,6 +17,8 @@ from typing import Any, Generic, TypeVar
 import pykka
 from pykka._future import _Unset
 
+from actors._errors import FutureTimeoutError
+
 __all__ = ["BusFuture", "FutureTimeoutError"]
 
 T = TypeVar("T")
@@ -24,10 +26,6 @@ T = TypeVar("T")
 # Guards creation of waiter events and callback lists.  Uncontended on the
 # hot path: ``set`` takes it once, briefly.
 _LOCK = threading.Lock()
-
-
-class FutureTimeoutError(pykka.Timeout, TimeoutError):
-    """``get(timeout=...)`` ran out of time (a ``pykka.Timeout`` and a ``TimeoutError``)."""
 
 
 class BusFuture(pykka.Future[T], Generic[T]):

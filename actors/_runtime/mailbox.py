@@ -14,12 +14,12 @@ flush barrier waits for ``finished`` to reach the ``accepted`` value it saw.
 
 from __future__ import annotations
 
-import enum
 import threading
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from actors._model.config import OverflowStrategy
 from actors._runtime.dispatcher import FifoMailbox
 
 __all__ = ["EventMailbox", "OverflowStrategy"]
@@ -30,19 +30,6 @@ LOW_WATER = 0.2
 
 STARTED = 1
 DROPPED = 2
-
-
-class OverflowStrategy(enum.Enum):
-    """What a full subscription mailbox does with the next event."""
-
-    DROP_OLDEST = "drop_oldest"
-    """Drop the oldest queued event of that subscription (the default)."""
-    DROP_NEWEST = "drop_newest"
-    """Drop the incoming event for that subscription only."""
-    BLOCK = "block"
-    """Make ``publish`` wait for room (up to ``block_timeout``); nothing is lost."""
-    REJECT = "reject"
-    """Fail the publish with ``BackpressureError``; the event goes nowhere."""
 
 
 class EventMailbox(FifoMailbox):

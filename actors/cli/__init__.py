@@ -31,12 +31,17 @@ from typing import Any, NoReturn
 import click
 
 from actors._bus import EventBus, PersistentEventBus
-from actors._errors import BridgeError, EventBusError, InvalidEventError, JournalLockedError
+from actors._errors import (
+    BridgeError,
+    EventBusError,
+    FutureTimeoutError,
+    InvalidEventError,
+    JournalLockedError,
+)
 from actors._model.config import EventConfig, NodeConfig
 from actors._model.event import Event
 from actors._model.query import EventQuery
 from actors._model.topics import is_reserved
-from actors._runtime.future import FutureTimeoutError
 
 __all__ = ["main"]
 

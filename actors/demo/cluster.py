@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from actors import EventBus, EventConfig, EventQuery, NodeConfig, PersistentEventBus
-from actors.demo import DEFAULT_JOURNAL, Printer, wire_agents
+from actors.demo.workflow import DEFAULT_JOURNAL, Printer, wire_agents
 
 __all__ = ["main", "run", "run_worker"]
 
