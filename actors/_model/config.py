@@ -36,7 +36,13 @@ class EventConfig:
     ``max_traces``, ``max_events_per_trace`` and ``trace_ttl`` (seconds of
     inactivity) bound the correlation actor's memory.  ``persistence_path``,
     ``retention_days``, ``max_events`` and ``durability`` configure the
-    journal.  ``threads`` is the size of the bus's dispatcher pool.
+    journal; ``recover`` says what opening a damaged journal does (``"refuse"``:
+    raise ``JournalDamagedError``; ``"truncate"``: accept the loss, warn and
+    count it), and ``read_only`` opens the journal for reading only (no
+    publishing; nothing is written to the folder).  ``threads`` is the number
+    of threads that run handlers when none blocks; a handler running longer
+    than ``blocking_threshold`` seconds counts as blocked and the pool adds a
+    thread, up to ``max_threads``.
     """
 
     persistence_path: str | os.PathLike[str] | None = None
@@ -54,6 +60,10 @@ class EventConfig:
     trace_ttl: float | None = 3600.0
     threads: int = 2
     dead_letter_limit: int = 10_000
+    blocking_threshold: float = 0.1
+    max_threads: int = 64
+    recover: Literal["refuse", "truncate"] = "refuse"
+    read_only: bool = False
 
     def __post_init__(self) -> None:
         if self.buffer_size < 1:
@@ -66,6 +76,12 @@ class EventConfig:
             raise ValueError("handler_retries must be >= 0")
         if self.threads < 1:
             raise ValueError("threads must be >= 1")
+        if self.max_threads < self.threads:
+            raise ValueError("max_threads must be >= threads")
+        if not self.blocking_threshold > 0:
+            raise ValueError("blocking_threshold must be positive")
+        if self.recover not in ("refuse", "truncate"):
+            raise ValueError(f"recover must be 'refuse' or 'truncate', not {self.recover!r}")
         if not isinstance(self.overflow, OverflowStrategy):
             raise ValueError(f"overflow must be an OverflowStrategy, not {self.overflow!r}")
 
