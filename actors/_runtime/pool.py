@@ -102,14 +102,14 @@ class Dispatcher:
         self._blocked: Mapping[object, float] = _NO_BLOCKED  # watchdog-written snapshot
         self._serial = count()
         self._alive = True
-        self._busy: threading.Event | None = None
+        # Set before any worker starts: each reads it once.
+        self._busy = threading.Event() if blocking_threshold is not None else None
         self._stopping = threading.Event()
         self._watchdog: threading.Thread | None = None
         with self._lock:
             for _ in range(threads):
                 self._spawn()
         if blocking_threshold is not None:
-            self._busy = threading.Event()
             self._watchdog = threading.Thread(
                 target=self._watch, name=f"{self.name}-watchdog", daemon=True
             )
