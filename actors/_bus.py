@@ -783,16 +783,22 @@ class EventBus:
                 self._flush(deadline.remaining())
             except pykka.Timeout:
                 logger.warning("close(): flush timed out after %ss; stopping anyway", timeout)
-        return self._stop_actors(deadline if not inside else Deadline(0))
+        if inside:
+            return self._stop_actors(Deadline(0), grace=0.0)
+        return self._stop_actors(deadline)
 
-    def _stop_actors(self, deadline: Deadline) -> tuple[SubscriptionStatistics, ...]:
+    def _stop_actors(
+        self, deadline: Deadline, grace: float = CLOSE_GRACE
+    ) -> tuple[SubscriptionStatistics, ...]:
         with self._subs_lock:
             subs = list(self._subs.values())
             self._subs.clear()
         unfinished = [
             stats for stats in (a.statistics() for a in subs) if stats.queued or stats.in_flight
         ]
-        system = deadline.extended(CLOSE_GRACE)
+        for actor in subs:
+            actor.abandoned = True  # nothing more is handled once close gives up
+        system = deadline.extended(grace)
         # Subscribers, router and correlation first; the journal last, so the
         # router's final records reach it.  The journal closes its storage.
         # The bus's own actors run no user code: they get the grace to stop.

@@ -198,3 +198,37 @@ def test_close_under_a_blocked_handler_returns_within_its_timeout(tmp_path: Path
     assert f"gave up on subscription {abandoned['id']}" in log
     assert "101 event(s) unhandled" in log
     assert "abandoned" in log
+
+
+def test_an_abandoned_handler_stops_at_the_next_event() -> None:
+    gates = [threading.Event(), threading.Event()]
+    entered = [threading.Event(), threading.Event()]
+    handled: list[int] = []
+    threads: list[threading.Thread] = []
+
+    def handler(event: Event) -> None:
+        k = event.data
+        if k < 2:
+            threads.append(threading.current_thread())
+            entered[k].set()
+            assert gates[k].wait(WAIT), "the test never released the handler"
+        handled.append(k)
+
+    bus = EventBus()
+    try:
+        bus.subscribe("job.**", handler)
+        bus.publish("job.step", 0)
+        assert entered[0].wait(WAIT)
+        # Queued behind the blocked first event, then taken as one batch.
+        for future in [bus.publish("job.step", i) for i in range(1, 50)]:
+            future.get(timeout=WAIT)
+        gates[0].set()
+        assert entered[1].wait(WAIT)
+        abandoned = bus.close(timeout=0.2)
+        assert [(s.in_flight, s.queued) for s in abandoned] == [(49, 0)]
+    finally:
+        for gate in gates:
+            gate.set()
+    threads[-1].join(WAIT)  # the dispatcher was shut down: the thread ends with its turn
+    assert not threads[-1].is_alive()
+    assert handled == [0, 1], "the rest of the abandoned batch ran after close"

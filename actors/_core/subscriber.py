@@ -106,6 +106,10 @@ class SubscriberActor(DispatchedActor):
         self.dead = 0
         self.replayed = 0  # stored events a catch-up took (accounting only)
         self.skipped = 0  # live events a catch-up had already read (accounting only)
+        # Set once by close() when it gives up on this subscription: the
+        # handler's thread then stops at the next event instead of running
+        # the rest of its batch after the bus is gone.
+        self.abandoned = False
         self._inflight = False
         self._loop = loop
         self.catchup: CatchUp | None = None
@@ -192,6 +196,8 @@ class SubscriberActor(DispatchedActor):
         reset_current = current_event.reset
         delivered = 0
         for event, published_at in batch:
+            if self.abandoned:
+                break
             if event.ttl is not None and event._expired_unix(now_wall):
                 self.expired += 1
                 continue
@@ -234,6 +240,8 @@ class SubscriberActor(DispatchedActor):
         now_wall = time.time()
         count = 0 if history else 1
         for event, published_at in batch:
+            if self.abandoned:
+                break
             if event.ttl is not None and event._expired_unix(now_wall):
                 self.expired += 1
                 mailbox.finished_by_owner += count
