@@ -783,12 +783,12 @@ class EventBus:
                 self._flush(deadline.remaining())
             except pykka.Timeout:
                 logger.warning("close(): flush timed out after %ss; stopping anyway", timeout)
-        if inside:
-            return self._stop_actors(Deadline(0), grace=0.0)
+        if inside:  # the caller's own thread may be needed: wait for nothing
+            return self._stop_actors(Deadline(0), grace=0.0, wait=False)
         return self._stop_actors(deadline)
 
     def _stop_actors(
-        self, deadline: Deadline, grace: float = CLOSE_GRACE
+        self, deadline: Deadline, grace: float = CLOSE_GRACE, *, wait: bool = True
     ) -> tuple[SubscriptionStatistics, ...]:
         with self._subs_lock:
             subs = list(self._subs.values())
@@ -805,15 +805,15 @@ class EventBus:
         if self._bridge is not None:
             self._bridge.close(system.remaining())
         told = send_stop(a.actor_ref for a in subs)
-        late = wait_stopped(
-            send_stop([self._router.actor_ref, self._correlation.actor_ref]), system
-        )
+        own = send_stop([self._router.actor_ref, self._correlation.actor_ref])
+        late = wait_stopped(own, system) if wait else []
         if self._journal is not None:
-            late += wait_stopped(send_stop([self._journal.actor_ref]), system)
+            own = send_stop([self._journal.actor_ref])
+            late += wait_stopped(own, system) if wait else []
             self._journal.actor_dispatcher.shutdown(system.remaining())
         for ref in late:
             logger.warning("close(): %s did not stop in time; abandoned", ref)
-        running = {ref.actor_urn for ref in wait_stopped(told, deadline)}
+        running = {ref.actor_urn for ref in (wait_stopped(told, deadline) if wait else [])}
         for actor in subs:
             if actor.actor_dispatcher is not self._dispatcher:
                 actor.actor_dispatcher.shutdown(deadline.remaining())
