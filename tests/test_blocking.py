@@ -55,6 +55,7 @@ def test_blocking_handlers_stall_only_their_own_subscriptions(
 ) -> None:
     bus = EventBus()  # the defaults: 2 handler threads
     try:
+        assert bus.metrics().handler_threads == EventConfig().threads == 2
         stuck = [Stuck(release) for _ in range(blocking)]
         subs = [bus.subscribe("job.**", handler) for handler in stuck]
         fast = Collector(2001)
@@ -128,6 +129,19 @@ def test_blocked_handlers_show_in_prometheus(release: threading.Event) -> None:
         bus.flush(WAIT)
         assert wait_for(lambda: bus.metrics().blocked_handlers == 0)
         assert "llmspell_events_blocked_handlers 0\n" in bus.prometheus()
+
+
+def test_a_blocked_dedicated_thread_is_reported_and_takes_no_shared_thread(
+    release: threading.Event,
+) -> None:
+    with EventBus() as bus:
+        handler = Stuck(release)
+        sub = bus.subscribe("job.**", handler, dedicated_thread=True)
+        bus.publish("job.block")
+        assert handler.entered.wait(WAIT)
+        assert wait_for(lambda: sub.statistics().blocked)
+        assert bus.metrics().handler_threads == 2
+        release.set()
 
 
 def test_extra_threads_retire_once_handlers_return(release: threading.Event) -> None:
