@@ -6,8 +6,11 @@
                                │
                                └──Record──▶ CorrelationActor, JournalActor, bridge
 
-Every actor runs on the bus's own ``Dispatcher`` (``EventConfig.threads``
-threads) unless a subscription asks for a dedicated thread.
+Handlers run on the bus's handler ``Dispatcher`` (``EventConfig.threads``
+threads, more while handlers block, up to ``max_threads``) unless a
+subscription asks for a dedicated thread.  The router and the correlation
+actor run on a system dispatcher of their own, the journal and the bridge on
+threads of their own: no handler can take their threads.
 """
 
 from __future__ import annotations
@@ -65,12 +68,18 @@ from actors._journal.storage import RocksStorage, Storage
 from actors._model.config import EventConfig, NodeConfig, OverflowStrategy
 from actors._model.event import _FIELD_NAMES, Event
 from actors._model.filter import FilterLike, as_predicate
-from actors._model.metrics import BusMetrics, LatencyWindow, to_prometheus
+from actors._model.metrics import (
+    BusMetrics,
+    LatencyWindow,
+    SubscriptionStatistics,
+    to_prometheus,
+)
 from actors._model.query import EventQuery
 from actors._model.topics import Pattern, is_reserved
 from actors._model.trace import Trace
 from actors._runtime.dispatcher import Dispatcher
 from actors._runtime.future import BusFuture
+from actors._runtime.shutdown import Deadline, send_stop, wait_stopped
 
 __all__ = ["EventBus", "PersistentEventBus"]
 
@@ -80,6 +89,11 @@ if TYPE_CHECKING:
     from actors._cluster.bridge import Bridge
 
 _sub_ids = itertools.count(1)
+
+# Seconds ``close(timeout)`` may take beyond ``timeout``: the bus's own
+# actors (router, correlation, journal, bridge) get this long to stop after
+# the handlers' deadline.  They run no user code, so they take milliseconds.
+CLOSE_GRACE = 0.5
 
 # Fields a caller may pass to publish() alongside the type and data.
 _EVENT_FIELDS = frozenset(_FIELD_NAMES) - {"event_type", "data", "sequence", "origin"}
@@ -132,10 +146,20 @@ class EventBus:
             except BaseException:
                 self._storage.close()
                 raise
-        self._dispatcher = Dispatcher(cfg.threads, name=f"bus-{name or format(id(self), 'x')}")
+        tag = f"bus-{name or format(id(self), 'x')}"
+        # User handlers: a thread stuck in one past blocking_threshold gets a
+        # stand-in, so blocking handlers stall only their own subscriptions.
+        self._dispatcher = Dispatcher(
+            cfg.threads,
+            name=tag,
+            max_threads=cfg.max_threads,
+            blocking_threshold=cfg.blocking_threshold,
+        )
+        # The bus's own actors: no handler ever runs on this thread.
+        self._system = Dispatcher(1, name=f"{tag}-system")
         self._correlation = _start(
             CorrelationActor(
-                dispatcher=self._dispatcher,
+                dispatcher=self._system,
                 max_traces=cfg.max_traces,
                 max_events_per_trace=cfg.max_events_per_trace,
                 trace_ttl=cfg.trace_ttl,
@@ -156,7 +180,7 @@ class EventBus:
             )
         self._router = _start(
             RouterActor(
-                dispatcher=self._dispatcher,
+                dispatcher=self._system,
                 capacity=max(cfg.buffer_size, 1024),
                 origin=name,
                 first_sequence=first_sequence,
@@ -173,7 +197,7 @@ class EventBus:
             try:
                 self._bridge = Bridge(self, node)
             except BaseException:
-                self._stop_actors(wait=True, timeout=10)
+                self._stop_actors(Deadline(10))
                 raise
             self._router.add_recorder(self._bridge.mailbox)
             self._router.route_listeners.append(self._bridge.on_local_patterns)
@@ -480,7 +504,11 @@ class EventBus:
                 loop = self._background_loop()
         sub_id = f"sub-{next(_sub_ids)}"
         dispatcher = (
-            Dispatcher(1, name=f"{sub_id}-thread") if dedicated_thread else self._dispatcher
+            Dispatcher(
+                1, name=f"{sub_id}-thread", blocking_threshold=self.config.blocking_threshold
+            )
+            if dedicated_thread
+            else self._dispatcher
         )
         actor = SubscriberActor(
             bus=self,
@@ -516,8 +544,8 @@ class EventBus:
             return
         # The router removes the route first, then stops the actor: no flush
         # barrier can land on a stopped mailbox.
-        # (Never a blocking stop: the router runs on a dispatcher thread that
-        # the subscriber may need in order to stop.)
+        # (Never a blocking stop: the router's thread must never wait for a
+        # subscriber, whose handler may block.)
         self._router_mailbox.put(
             Unsubscribe(subscription.id, then=lambda: actor.actor_ref.stop(block=False))
         )
@@ -727,54 +755,86 @@ class EventBus:
         self._router_mailbox.put(Flush(future))
         future.get(timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
 
-    def close(self, timeout: float | None = None) -> None:
-        """Drain, flush and stop every actor.  Idempotent.
+    def close(self, timeout: float | None = None) -> tuple[SubscriptionStatistics, ...]:
+        """Drain, flush and stop every actor, within ``timeout`` seconds.  Idempotent.
 
         Events published before ``close`` are handled first (unless called
-        from inside a handler, where it cannot wait).  Afterwards calls raise
-        ``BusClosedError``.
+        from inside a handler, where it cannot wait).  With a ``timeout`` it
+        returns after at most ``timeout`` plus ``CLOSE_GRACE`` seconds (the
+        bus's own actors get the grace to stop), whatever the handlers do: a
+        handler still running then is abandoned on its daemon thread, and the
+        events its subscription had not finished are discarded.  Logs each
+        subscription it gave up on at WARNING and returns their statistics
+        as they were when it gave up (empty when everything was handled).
+        Afterwards calls raise ``BusClosedError``.
         """
         with self._close_lock:
             if self._closed:
-                return
+                return ()
             self._closed = True
-        inside = current_event.get() is not None or self._dispatcher.on_dispatcher_thread()
+        deadline = Deadline(timeout)
+        inside = (
+            current_event.get() is not None
+            or self._dispatcher.on_dispatcher_thread()
+            or self._system.on_dispatcher_thread()
+        )
         if not inside:
             try:
-                self._flush(timeout)
+                self._flush(deadline.remaining())
             except pykka.Timeout:
                 logger.warning("close(): flush timed out after %ss; stopping anyway", timeout)
-        self._stop_actors(wait=not inside, timeout=timeout)
+        if inside:  # the caller's own thread may be needed: wait for nothing
+            return self._stop_actors(Deadline(0), grace=0.0, wait=False)
+        return self._stop_actors(deadline)
 
-    def _stop_actors(self, *, wait: bool, timeout: float | None) -> None:
+    def _stop_actors(
+        self, deadline: Deadline, grace: float = CLOSE_GRACE, *, wait: bool = True
+    ) -> tuple[SubscriptionStatistics, ...]:
         with self._subs_lock:
             subs = list(self._subs.values())
             self._subs.clear()
+        unfinished = [
+            stats for stats in (a.statistics() for a in subs) if stats.queued or stats.in_flight
+        ]
+        for actor in subs:
+            actor.abandoned = True  # nothing more is handled once close gives up
+        system = deadline.extended(grace)
         # Subscribers, router and correlation first; the journal last, so the
         # router's final records reach it.  The journal closes its storage.
+        # The bus's own actors run no user code: they get the grace to stop.
         if self._bridge is not None:
-            self._bridge.close(timeout if wait else 0)
-        first = [a.actor_ref for a in subs] + [self._router.actor_ref, self._correlation.actor_ref]
-        self._stop_refs(first, wait, timeout)
+            self._bridge.close(system.remaining())
+        told = send_stop(a.actor_ref for a in subs)
+        own = send_stop([self._router.actor_ref, self._correlation.actor_ref])
+        late = wait_stopped(own, system) if wait else []
         if self._journal is not None:
-            self._stop_refs([self._journal.actor_ref], wait, timeout)
-            self._journal.actor_dispatcher.shutdown(timeout if wait else 0)
+            own = send_stop([self._journal.actor_ref])
+            late += wait_stopped(own, system) if wait else []
+            self._journal.actor_dispatcher.shutdown(system.remaining())
+        for ref in late:
+            logger.warning("close(): %s did not stop in time; abandoned", ref)
+        running = {ref.actor_urn for ref in (wait_stopped(told, deadline) if wait else [])}
         for actor in subs:
             if actor.actor_dispatcher is not self._dispatcher:
-                actor.actor_dispatcher.shutdown(timeout if wait else 0)
-        self._dispatcher.shutdown(timeout if wait else 0)
+                actor.actor_dispatcher.shutdown(deadline.remaining())
+        self._dispatcher.shutdown(deadline.remaining())
+        self._system.shutdown(system.remaining())
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._loop.stop)
-
-    @staticmethod
-    def _stop_refs(refs: list[pykka.ActorRef[Any]], wait: bool, timeout: float | None) -> None:
-        futures = [ref.stop(block=False) for ref in refs if ref.is_alive()]
-        if wait:
-            for fut in futures:
-                try:
-                    fut.get(timeout=timeout)
-                except pykka.Timeout:
-                    logger.warning("an actor did not stop within %ss", timeout)
+        urns = {a.sub_id: a.actor_urn for a in subs}
+        for stats in unfinished:
+            still = urns[stats.id] in running
+            logger.warning(
+                "close(): gave up on subscription %s (%r) with %d event(s) unhandled "
+                "(%d queued, %d in flight)%s",
+                stats.id,
+                stats.pattern,
+                stats.queued + stats.in_flight,
+                stats.queued,
+                stats.in_flight,
+                "; its handler is still running and is abandoned" if still else "",
+            )
+        return tuple(unfinished)
 
     @property
     def closed(self) -> bool:
@@ -852,6 +912,8 @@ class EventBus:
                 else 0
             ),
             bridge=self._bridge.statistics() if self._bridge is not None else None,
+            blocked_handlers=sum(1 for s in stats if s.blocked),
+            handler_threads=self._dispatcher.threads,
         )
 
     def _journal_figures(self) -> tuple[int, float | None, int]:

@@ -34,6 +34,7 @@ BENCHMARKS = (
     "query",
     "crossproc",
     "scaleout",
+    "blocking",
 )
 TITLES = {
     "throughput": "in-process throughput (no journal)",
@@ -44,6 +45,7 @@ TITLES = {
     "query": "query latency on a large journal",
     "crossproc": "cross-process over ZeroMQ (2 processes)",
     "scaleout": "scale-out: publisher and subscriber processes through a broker",
+    "blocking": "another subscription's rate while 16 handlers block",
 }
 
 

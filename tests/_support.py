@@ -3,12 +3,31 @@
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 from actors import Event
 
 WAIT = 10.0
 """Upper bound for every wait in a test: reaching it means the test failed."""
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = WAIT) -> bool:
+    """Return True once ``condition()`` holds, False if it still does not after ``timeout``.
+
+    For states that only a clock can bring about (the dispatcher's watchdog
+    notices a blocked handler after ``blocking_threshold``): the condition is
+    what the test waits for, re-checked every few milliseconds, never a
+    guessed duration.
+    """
+    pause = threading.Event()
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() >= deadline:
+            return False
+        pause.wait(0.005)
+    return True
 
 
 class Collector:

@@ -104,6 +104,12 @@ class SubscriberActor(DispatchedActor):
         self.errors = 0
         self.expired = 0
         self.dead = 0
+        self.replayed = 0  # stored events a catch-up took (accounting only)
+        self.skipped = 0  # live events a catch-up had already read (accounting only)
+        # Set once by close() when it gives up on this subscription: the
+        # handler's thread then stops at the next event instead of running
+        # the rest of its batch after the bus is gone.
+        self.abandoned = False
         self._inflight = False
         self._loop = loop
         self.catchup: CatchUp | None = None
@@ -133,6 +139,7 @@ class SubscriberActor(DispatchedActor):
         if catchup is not None:
             page = catchup.take_page()
             if page is not None:
+                self.replayed += len(page)
                 self._deliver(page, history=True)
             if not catchup.live:
                 if not catchup.waiting and not self._inflight:
@@ -153,6 +160,7 @@ class SubscriberActor(DispatchedActor):
         if catchup is not None and (batch[0][0].sequence or 0) < catchup.position:
             # The first live events may overlap the history just read.
             skipped = [b for b in batch if (b[0].sequence or 0) < catchup.position]
+            self.skipped += len(skipped)
             mailbox.finished_by_owner += len(skipped)
             batch = batch[len(skipped) :]
         self._deliver(batch, history=False)
@@ -188,6 +196,8 @@ class SubscriberActor(DispatchedActor):
         reset_current = current_event.reset
         delivered = 0
         for event, published_at in batch:
+            if self.abandoned:
+                break
             if event.ttl is not None and event._expired_unix(now_wall):
                 self.expired += 1
                 continue
@@ -230,6 +240,8 @@ class SubscriberActor(DispatchedActor):
         now_wall = time.time()
         count = 0 if history else 1
         for event, published_at in batch:
+            if self.abandoned:
+                break
             if event.ttl is not None and event._expired_unix(now_wall):
                 self.expired += 1
                 mailbox.finished_by_owner += count
@@ -303,18 +315,33 @@ class SubscriberActor(DispatchedActor):
         self.actor_inbox.release_barriers()
 
     def statistics(self) -> SubscriptionStatistics:
-        """Return a snapshot of this subscription's figures."""
+        """Return a snapshot of this subscription's figures (see ``SubscriptionStatistics``).
+
+        Read downstream first (outcomes, then the mailbox, then what the
+        router accepted), so an event moving meanwhile is seen in flight,
+        never twice; ``in_flight`` is what is left.
+        """
+        delivered, expired, dead = self.delivered, self.expired, self.dead
+        replayed, skipped = self.replayed, self.skipped
         mailbox = self.actor_inbox
+        queued = mailbox.queued
+        dropped = mailbox.dropped
+        accepted = mailbox.accepted + replayed - skipped
+        since = self.actor_dispatcher.blocked_since(self)
         return SubscriptionStatistics(
             id=self.sub_id,
             pattern=self.pattern,
-            delivered=self.delivered,
-            dropped=mailbox.dropped,
+            delivered=delivered,
+            dropped=dropped,
             errors=self.errors,
-            queued=mailbox.queued,
+            queued=queued,
             capacity=self._capacity,
-            expired=self.expired,
-            dead_letters=self.dead,
+            expired=expired,
+            dead_letters=dead,
+            in_flight=max(0, accepted - dropped - queued - delivered - expired - dead),
+            accepted=accepted,
+            blocked=since is not None,
+            blocked_seconds=0.0 if since is None else max(0.0, time.monotonic() - since),
         )
 
 

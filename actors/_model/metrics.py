@@ -20,7 +20,20 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class SubscriptionStatistics:
-    """A snapshot of one subscription (trio's ``MemoryChannelStatistics`` is the model)."""
+    """A snapshot of one subscription (trio's ``MemoryChannelStatistics`` is the model).
+
+    Every event the subscription accepted is in exactly one place::
+
+        accepted == delivered + expired + dead_letters + dropped + queued + in_flight
+
+    ``queued`` events wait in the mailbox; ``in_flight`` ones were taken by
+    the subscriber and their batch is not finished (a blocked handler holds
+    its whole batch in flight).  ``accepted`` counts the events routed to the
+    subscription, plus stored events a catch-up subscription read, minus
+    live events it skipped because it had read them from the journal.
+    ``blocked`` is True while the subscriber's current turn has run longer
+    than ``EventConfig.blocking_threshold``, for ``blocked_seconds`` so far.
+    """
 
     id: str
     pattern: str
@@ -31,6 +44,10 @@ class SubscriptionStatistics:
     capacity: int
     expired: int = 0
     dead_letters: int = 0
+    in_flight: int = 0
+    accepted: int = 0
+    blocked: bool = False
+    blocked_seconds: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +58,11 @@ class BusMetrics:
     deliveries (a window of ``LatencyWindow.size``); they are ``None`` before
     the first delivery.  ``events_per_second`` is the rate of the last
     complete second; ``peak_events_per_second`` the highest such rate seen.
+    ``blocked_handlers`` counts the subscriptions whose handler has run one
+    turn for longer than ``EventConfig.blocking_threshold``;
+    ``handler_threads`` is the number of threads that run handlers now
+    (``EventConfig.threads`` plus one for each blocked handler, up to
+    ``max_threads``).
     """
 
     published: int
@@ -64,6 +86,8 @@ class BusMetrics:
     rate_limited: int = 0
     journal_corrupt_records: int = 0
     bridge: BridgeStatistics | None = None
+    blocked_handlers: int = 0
+    handler_threads: int = 0
 
 
 class LatencyWindow:
@@ -141,6 +165,8 @@ _HELP = {
     "journal_size_bytes": "Approximate size of the journal on disk.",
     "rate_limited": "Publishes refused by the rate limit.",
     "journal_corrupt_records": "Stored records skipped because they could not be decoded.",
+    "blocked_handlers": "Subscriptions whose handler has run one turn past blocking_threshold.",
+    "handler_threads": "Threads that run handlers now (grows while handlers block).",
 }
 
 _COUNTERS = {
@@ -217,12 +243,20 @@ def to_prometheus(metrics: BusMetrics, *, prefix: str = "llmspell_events") -> st
             f"# TYPE {metric} gauge",
             f"{metric} {len(bridge.peers_alive)}",
         ]
-    for stat_name in ("delivered", "dropped", "errors", "queued", "capacity"):
+    for stat_name in (
+        "delivered",
+        "dropped",
+        "errors",
+        "queued",
+        "in_flight",
+        "capacity",
+        "blocked",
+    ):
         metric = f"{prefix}_subscription_{stat_name}"
         lines += [f"# HELP {metric} Per-subscription {stat_name}.", f"# TYPE {metric} gauge"]
         for s in metrics.per_subscription:
             labels = f'id="{_escape(s.id)}",pattern="{_escape(s.pattern)}"'
-            lines.append(f"{metric}{{{labels}}} {getattr(s, stat_name)}")
+            lines.append(f"{metric}{{{labels}}} {int(getattr(s, stat_name))}")
     return "\n".join(lines) + "\n"
 
 

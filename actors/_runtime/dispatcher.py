@@ -14,20 +14,18 @@ actor backends (``_create_actor_inbox``, ``_start_actor_loop``,
 relies on, and ``pyproject.toml`` pins pykka's range.  Anything pykka can do
 with a ``ThreadingActor`` (``tell``, ``ask``, proxies, ``stop``) works here.
 
-An actor whose handler blocks on I/O should not hold a shared thread: give it
-a dispatcher of its own with ``Dispatcher(threads=1)`` ("pinned", in Akka's
-words).
+The thread pool itself lives in ``actors._runtime.pool``: given a
+``blocking_threshold`` it notices a thread stuck in one turn and adds a
+thread, so an actor whose handler blocks on I/O holds only its own thread.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import sys
 import threading
 import time
 from collections import deque
-from itertools import count
 from typing import Any, ClassVar
 
 import pykka
@@ -35,75 +33,11 @@ from pykka import ActorDeadError, ActorRegistry, messages
 from pykka._envelope import Envelope
 
 from actors._runtime.future import BusFuture
+from actors._runtime.pool import Dispatcher
 
 __all__ = ["DispatchedActor", "Dispatcher", "FifoMailbox", "default_dispatcher"]
 
 logger = logging.getLogger("actors.dispatcher")
-
-_names = count(1)
-
-
-class Dispatcher:
-    """Run scheduled actors on ``threads`` daemon threads.
-
-    ``throughput`` bounds how many messages one actor handles per turn before
-    the thread moves on to the next actor with mail (fairness).  ``shutdown``
-    stops the threads once the run queue is empty.
-    """
-
-    def __init__(self, threads: int = 2, *, throughput: int = 256, name: str = "") -> None:
-        if threads < 1:
-            raise ValueError("a dispatcher needs at least one thread")
-        self.throughput = throughput
-        self.name = name or f"actors-dispatcher-{next(_names)}"
-        # SimpleQueue: C-implemented, no lost wake-ups, ~0.7 us a put.
-        self._runq: queue.SimpleQueue[DispatchedActor | None] = queue.SimpleQueue()
-        self._threads = [
-            threading.Thread(target=self._work, name=f"{self.name}-{i}", daemon=True)
-            for i in range(threads)
-        ]
-        self._alive = True
-        for thread in self._threads:
-            thread.start()
-
-    @property
-    def threads(self) -> int:
-        """Return the number of threads."""
-        return len(self._threads)
-
-    def schedule(self, actor: DispatchedActor) -> None:
-        """Queue ``actor`` for a turn on one of the threads."""
-        self._runq.put(actor)
-
-    def on_dispatcher_thread(self) -> bool:
-        """Return whether the caller runs on one of this dispatcher's threads."""
-        return threading.current_thread() in self._threads
-
-    def shutdown(self, timeout: float | None = None) -> None:
-        """Stop the threads after the actors already queued had their turn."""
-        if not self._alive:
-            return
-        self._alive = False
-        for _ in self._threads:
-            self._runq.put(None)
-        current = threading.current_thread()
-        for thread in self._threads:
-            if thread is not current:
-                thread.join(timeout)
-
-    def _work(self) -> None:
-        runq = self._runq
-        throughput = self.throughput
-        while True:
-            actor = runq.get()
-            if actor is None:
-                return
-            try:
-                actor._actor_turn(throughput)
-            except BaseException:
-                # A turn never raises by design; if it does, log it and keep
-                # the thread alive for every other actor.
-                logger.exception("actor turn failed in %s", actor)
 
 
 _default: Dispatcher | None = None
@@ -114,7 +48,7 @@ def default_dispatcher() -> Dispatcher:
     """Return the process-wide shared dispatcher (two threads), creating it once."""
     global _default
     with _default_lock:
-        if _default is None or not _default._alive:
+        if _default is None or not _default.alive:
             _default = Dispatcher(2, name="actors-default")
         return _default
 

@@ -1,0 +1,310 @@
+"""The thread pool behind a dispatcher, and its watchdog for blocked turns.
+
+A ``Dispatcher`` runs scheduled actors on a few daemon threads that share one
+run queue.  Given a ``blocking_threshold`` it also watches its threads: a
+watchdog thread notices a thread stuck in one turn (one actor's batch, which
+for a subscriber means a handler) for longer than the threshold, reports the
+actor as *blocked*, and, when ``max_threads`` allows, starts another thread so
+that ``threads`` threads stay free for everyone else.  This is Go's scheduler
+handing a blocked thread's processor to a new thread, or a managed blocker in
+a fork-join pool, done from outside: a handler need not say that it blocks.
+Threads beyond ``threads`` retire after ``keepalive`` seconds without work.
+
+The watchdog needs no busy loop: it wakes every ``blocking_threshold / 2``
+seconds only while some turn is running, and otherwise sleeps on an event
+that the next turn to start sets.
+
+Who writes what (each piece of state has one writer):
+
+- a worker thread writes its own ``_Worker.turn`` (the actor and the start
+  time of its current turn, one tuple, so a reader sees both or neither);
+- the watchdog writes ``_blocked`` (published as a new dict on every scan,
+  never mutated) and the blocked count it keeps under ``_lock``;
+- ``_workers`` changes under ``_lock`` only (a thread starts or retires).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Mapping
+from itertools import count
+from typing import Protocol
+
+__all__ = ["Dispatcher", "Runnable"]
+
+logger = logging.getLogger("actors.dispatcher")
+
+_names = count(1)
+
+_NO_BLOCKED: Mapping[object, float] = {}
+
+
+class Runnable(Protocol):
+    """What a dispatcher runs: an actor that takes a turn of up to ``throughput`` messages."""
+
+    def _actor_turn(self, throughput: int) -> None: ...
+
+
+class _Worker:
+    __slots__ = ("thread", "turn")
+
+    def __init__(self) -> None:
+        self.thread: threading.Thread | None = None
+        self.turn: tuple[Runnable, float] | None = None
+
+
+class Dispatcher:
+    """Run scheduled actors on ``threads`` daemon threads (more while some block).
+
+    ``throughput`` bounds how many messages one actor handles per turn before
+    the thread moves on to the next actor with mail (fairness).  With a
+    ``blocking_threshold`` (seconds), a turn running longer counts as blocked
+    (see ``blocked``) and, up to ``max_threads``, a thread is added for each
+    blocked one; extra threads retire after ``keepalive`` idle seconds.
+    ``shutdown`` stops the threads once the run queue is empty.
+    """
+
+    def __init__(
+        self,
+        threads: int = 2,
+        *,
+        throughput: int = 256,
+        name: str = "",
+        max_threads: int | None = None,
+        blocking_threshold: float | None = None,
+        keepalive: float | None = None,
+    ) -> None:
+        if threads < 1:
+            raise ValueError("a dispatcher needs at least one thread")
+        if max_threads is None:
+            max_threads = threads
+        if max_threads < threads:
+            raise ValueError("max_threads must be >= threads")
+        if blocking_threshold is not None and not blocking_threshold > 0:
+            raise ValueError("blocking_threshold must be positive")
+        self.throughput = throughput
+        self.name = name or f"actors-dispatcher-{next(_names)}"
+        self.core_threads = threads
+        self.max_threads = max_threads
+        self.blocking_threshold = blocking_threshold
+        self.keepalive = (
+            keepalive if keepalive is not None else max(1.0, 10 * (blocking_threshold or 0.1))
+        )
+        # SimpleQueue: C-implemented, no lost wake-ups, ~0.7 us a put.
+        self._runq: queue.SimpleQueue[Runnable | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._workers: list[_Worker] = []
+        self._thread_set: set[threading.Thread] = set()
+        self._n_blocked = 0  # watchdog-written, under _lock
+        self._blocked: Mapping[object, float] = _NO_BLOCKED  # watchdog-written snapshot
+        self._serial = count()
+        self._alive = True
+        # Set before any worker starts: each reads it once.
+        self._busy = threading.Event() if blocking_threshold is not None else None
+        self._stopping = threading.Event()
+        self._watchdog: threading.Thread | None = None
+        with self._lock:
+            for _ in range(threads):
+                self._spawn()
+        if blocking_threshold is not None:
+            self._watchdog = threading.Thread(
+                target=self._watch, name=f"{self.name}-watchdog", daemon=True
+            )
+            self._watchdog.start()
+
+    # -- public --------------------------------------------------------------
+
+    @property
+    def threads(self) -> int:
+        """Return the number of threads now (``core_threads`` plus any added)."""
+        return len(self._workers)
+
+    @property
+    def alive(self) -> bool:
+        """Return whether ``shutdown`` has not been called."""
+        return self._alive
+
+    def schedule(self, actor: Runnable) -> None:
+        """Queue ``actor`` for a turn on one of the threads."""
+        self._runq.put(actor)
+
+    def on_dispatcher_thread(self) -> bool:
+        """Return whether the caller runs on one of this dispatcher's threads."""
+        return threading.current_thread() in self._thread_set
+
+    def blocked(self) -> Mapping[object, float]:
+        """Return the actors whose current turn counts as blocked, with its start.
+
+        The start is a ``time.monotonic()`` value.  A snapshot published by the
+        watchdog (at most ``blocking_threshold / 2`` seconds old); empty
+        without a threshold.
+        """
+        return self._blocked
+
+    def blocked_since(self, actor: object) -> float | None:
+        """Return when ``actor``'s blocked turn started, or None if it is not blocked."""
+        return self._blocked.get(actor)
+
+    def shutdown(self, timeout: float | None = None) -> bool:
+        """Stop the threads after the actors already queued had their turn.
+
+        Waits up to ``timeout`` seconds in all (forever if None) for the
+        threads to end; a thread still inside a turn then (a handler that
+        does not return) is abandoned: it is a daemon thread and ends with
+        its turn.  Returns whether every thread ended.
+        """
+        with self._lock:
+            if not self._alive:
+                return True
+            self._alive = False
+            workers = list(self._workers)
+        self._stopping.set()
+        if self._busy is not None:
+            self._busy.set()
+        for _ in workers:
+            self._runq.put(None)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        current = threading.current_thread()
+        done = True
+        for worker in workers:
+            thread = worker.thread
+            if thread is None or thread is current:
+                continue
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            thread.join(remaining)
+            done = done and not thread.is_alive()
+        return done
+
+    # -- the threads ---------------------------------------------------------
+
+    def _spawn(self) -> None:
+        # Under _lock.
+        worker = _Worker()
+        thread = threading.Thread(
+            target=self._work,
+            args=(worker,),
+            name=f"{self.name}-{next(self._serial)}",
+            daemon=True,
+        )
+        worker.thread = thread
+        self._workers.append(worker)
+        self._thread_set.add(thread)
+        thread.start()
+
+    def _retire(self, worker: _Worker) -> bool:
+        """Leave the pool if it has more free threads than it needs."""
+        with self._lock:
+            if len(self._workers) - self._n_blocked <= self.core_threads:
+                return False
+            self._forget(worker)
+            return True
+
+    def _forget(self, worker: _Worker) -> None:
+        # Under _lock.
+        if worker in self._workers:
+            self._workers.remove(worker)
+        if worker.thread is not None:
+            self._thread_set.discard(worker.thread)
+
+    def _work(self, worker: _Worker) -> None:
+        runq = self._runq
+        throughput = self.throughput
+        busy = self._busy
+        monotonic = time.monotonic
+        core = self.core_threads
+        workers = self._workers
+        keepalive = self.keepalive
+        try:
+            while True:
+                if len(workers) > core:
+                    try:
+                        actor = runq.get(timeout=keepalive)
+                    except queue.Empty:
+                        if self._retire(worker):
+                            return
+                        continue
+                else:
+                    actor = runq.get()
+                if actor is None:
+                    return
+                worker.turn = (actor, monotonic())
+                if busy is not None and not busy.is_set():
+                    busy.set()
+                try:
+                    actor._actor_turn(throughput)
+                except BaseException:
+                    # A turn never raises by design; if it does, log it and
+                    # keep the thread alive for every other actor.
+                    logger.exception("actor turn failed in %s", actor)
+                finally:
+                    worker.turn = None
+        finally:
+            with self._lock:
+                self._forget(worker)
+
+    def _watch(self) -> None:
+        busy = self._busy
+        assert busy is not None
+        threshold = self.blocking_threshold
+        assert threshold is not None
+        stopping = self._stopping
+        while not stopping.is_set():
+            # Clear first, then look: a turn that starts after the look finds
+            # the event clear and sets it, so the wait below cannot miss it.
+            busy.clear()
+            if self._scan(threshold):
+                stopping.wait(threshold / 2)
+            else:
+                busy.wait()
+
+    def _scan(self, threshold: float) -> int:
+        """Look at every thread's turn; publish the blocked ones; add threads.
+
+        Returns how many turns are running.
+        """
+        now = time.monotonic()
+        with self._lock:
+            workers = list(self._workers)
+        running = 0
+        blocked: dict[object, float] = {}
+        for worker in workers:
+            turn = worker.turn
+            if turn is None:
+                continue
+            running += 1
+            actor, since = turn
+            if now - since >= threshold:
+                blocked[actor] = since
+        newly = [a for a in blocked if a not in self._blocked]
+        self._blocked = blocked if blocked else _NO_BLOCKED
+        added = 0
+        with self._lock:
+            self._n_blocked = len(blocked)
+            while (
+                self._alive
+                and len(self._workers) - len(blocked) < self.core_threads
+                and len(self._workers) < self.max_threads
+            ):
+                self._spawn()
+                added += 1
+            total = len(self._workers)
+        for stuck in newly:
+            logger.debug(
+                "%s: %s has run one turn for over %.3fs; %d thread(s) now (%d added)",
+                self.name,
+                stuck,
+                threshold,
+                total,
+                added,
+            )
+        if blocked and total - len(blocked) < self.core_threads and newly:
+            logger.warning(
+                "%s: %d actor(s) blocked and max_threads=%d reached; others wait",
+                self.name,
+                len(blocked),
+                self.max_threads,
+            )
+        return running

@@ -1,0 +1,123 @@
+"""The dispatcher's thread pool: a blocked turn gets a stand-in thread, extras retire."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from actors import DispatchedActor, Dispatcher
+from tests._support import WAIT, wait_for
+
+
+class Blocker(DispatchedActor):
+    """Blocks inside every message until ``release`` is set; counts its messages."""
+
+    def __init__(
+        self, dispatcher: Dispatcher, release: threading.Event, entered: threading.Event
+    ) -> None:
+        super().__init__(dispatcher=dispatcher)
+        self.entered = entered
+        self.release = release
+        self.handled = 0
+
+    def on_receive(self, message: Any) -> Any:
+        if message == "block":
+            self.entered.set()
+            assert self.release.wait(WAIT), "the test never released the actor"
+        self.handled += 1
+        return threading.current_thread().name
+
+
+@pytest.fixture
+def release() -> Iterator[threading.Event]:
+    event = threading.Event()
+    yield event
+    event.set()  # never leave a thread blocked behind a failed test
+
+
+def elastic(threads: int = 1, max_threads: int = 4) -> Dispatcher:
+    return Dispatcher(
+        threads, max_threads=max_threads, blocking_threshold=0.02, keepalive=0.05, name="elastic"
+    )
+
+
+def test_a_blocked_turn_gets_a_stand_in_thread(release: threading.Event) -> None:
+    d = elastic()
+    try:
+        entered = threading.Event()
+        ref = Blocker.start(d, release, entered)
+        other = Blocker.start(d, release, threading.Event())
+        ref.tell("block")
+        assert entered.wait(WAIT)
+        # One thread, held by the blocked actor: only a new thread can answer.
+        assert other.ask("hello", timeout=WAIT).startswith("elastic-")
+        assert d.threads == 2
+        blocked = d.blocked()
+        assert len(blocked) == 1
+        release.set()
+        assert ref.ask("after", timeout=WAIT)
+        assert wait_for(lambda: not d.blocked())
+        assert wait_for(lambda: d.threads == 1), "the extra thread did not retire"
+    finally:
+        release.set()
+        d.shutdown(WAIT)
+
+
+def test_threads_never_exceed_max_threads(release: threading.Event) -> None:
+    d = elastic(threads=1, max_threads=3)
+    try:
+        entered = [threading.Event() for _ in range(3)]
+        refs = [Blocker.start(d, release, e) for e in entered]
+        for ref in refs:
+            ref.tell("block")
+        # The second and third block on the threads added for them.
+        assert all(e.wait(WAIT) for e in entered)
+        assert wait_for(lambda: len(d.blocked()) == 3)
+        assert d.threads == 3
+        late = Blocker.start(d, release, threading.Event())
+        fut = late.ask("queued", block=False)
+        # Every thread is inside a blocked turn and none may be added.
+        assert not fut.done()
+        assert d.threads == 3
+        release.set()
+        assert fut.get(timeout=WAIT)
+    finally:
+        release.set()
+        d.shutdown(WAIT)
+
+
+def test_without_a_threshold_the_pool_stays_fixed(release: threading.Event) -> None:
+    d = Dispatcher(1, name="fixed")
+    try:
+        entered = threading.Event()
+        ref = Blocker.start(d, release, entered)
+        ref.tell("block")
+        assert entered.wait(WAIT)
+        assert d.blocked() == {}
+        assert d.threads == 1
+    finally:
+        release.set()
+        d.shutdown(WAIT)
+
+
+def test_shutdown_abandons_a_blocked_thread_at_the_deadline(release: threading.Event) -> None:
+    d = elastic()
+    entered = threading.Event()
+    ref = Blocker.start(d, release, entered)
+    ref.tell("block")
+    assert entered.wait(WAIT)
+    # The blocked thread cannot end: shutdown reports it instead of waiting.
+    assert d.shutdown(0.05) is False
+    release.set()
+
+
+def test_dispatcher_arguments_are_checked() -> None:
+    with pytest.raises(ValueError, match="at least one thread"):
+        Dispatcher(0)
+    with pytest.raises(ValueError, match="max_threads"):
+        Dispatcher(2, max_threads=1)
+    with pytest.raises(ValueError, match="blocking_threshold"):
+        Dispatcher(1, blocking_threshold=0)
