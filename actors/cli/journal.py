@@ -17,7 +17,7 @@ from actors._model.query import EventQuery
 from actors.cli.connect import open_source
 from actors.cli.follow import JournalTail
 from actors.cli.options import Source, source_options
-from actors.cli.output import emit, fail, json_line, say, stop_on_sigterm
+from actors.cli.output import emit, fail, json_line, note, say, stop_on_sigterm
 from actors.cli.timespec import MOMENT
 
 __all__ = ["query", "stats", "trace"]
@@ -69,7 +69,8 @@ def query(
         limit=limit,
         descending=desc,
     )
-    stop_on_sigterm()
+    if follow:
+        stop_on_sigterm()
     with open_source(source, "query") as (bus, node):
         if follow:
             _follow(bus, node, q, source, as_json)
@@ -87,6 +88,7 @@ def _follow(bus: EventBus, node: str | None, q: EventQuery, source: Source, as_j
         bus.subscribe(pattern, tail.wake)
     if not bus.wait_for_peers([node], source.connection.timeout):
         fail(f"node {node!r} did not acknowledge the subscription in time")
+    note(f"following the journal of {node}")
     with contextlib.suppress(KeyboardInterrupt):
         tail.run(lambda event: emit(event, as_json))
 

@@ -74,6 +74,7 @@ def _exit(message: str, status: int) -> NoReturn:
 
 
 @click.group(
+    name=PROG,
     cls=Cli,
     context_settings={
         "help_option_names": ["-h", "--help"],

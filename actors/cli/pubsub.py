@@ -227,9 +227,9 @@ def sub(
 
 def _ready(pattern: str, target: str, ready_file: str | None) -> None:
     line = f"subscribed to {pattern} at {target}"
-    note(line)
-    if ready_file is not None:
+    if ready_file is not None:  # first, so a script that saw the line finds the file
         path = Path(ready_file)
         scratch = path.with_name(path.name + ".tmp")
         scratch.write_text(line + "\n")
         scratch.replace(path)
+    note(line)
