@@ -41,7 +41,10 @@ def test_keygen_keeps_an_existing_pair_unless_forced(tmp_path: Path) -> None:
     assert refused.exit_code == 1
     assert "exist: keep them, or replace them with --force" in refused.stderr
     assert len(refused.stderr.splitlines()) == 1
-    assert ((tmp_path / "node.key").read_text(), (tmp_path / "node.key_secret").read_text()) == before
+    assert (
+        (tmp_path / "node.key").read_text(),
+        (tmp_path / "node.key_secret").read_text(),
+    ) == before
 
     forced = runner.invoke(main, ["keygen", "--out", prefix, "--force"])
     assert forced.exit_code == 0, forced.stderr

@@ -38,14 +38,13 @@ def test_usage_errors_are_one_line_with_status_2() -> None:
     status, out, err = run("serve", "--listen", "tcp://127.0.0.1:0")
     assert status == 2
     assert out == ""
-    assert err.splitlines() == [
-        "Error: Missing option '--name'. (see llmspell-events serve -h)"
-    ]
+    assert err.splitlines() == ["Error: Missing option '--name'. (see llmspell-events serve -h)"]
 
     status, _, err = run("query")
     assert status == 2
     assert err.splitlines() == [
-        "Error: give exactly one of --journal DIR and --peer ENDPOINT (see llmspell-events query -h)"
+        "Error: give exactly one of --journal DIR and --peer ENDPOINT"
+        " (see llmspell-events query -h)"
     ]
 
     status, _, err = run("no-such-command")
@@ -66,7 +65,9 @@ def test_options_come_from_the_environment(tmp_path: Path) -> None:
     journal = tmp_path / "journal"
     make_journal(journal)
     # A shared option under its documented name.
-    status, out, err = run("query", "--type", "user.*", env={"LLMSPELL_EVENTS_JOURNAL": str(journal)})
+    status, out, err = run(
+        "query", "--type", "user.*", env={"LLMSPELL_EVENTS_JOURNAL": str(journal)}
+    )
     assert status == 0, err
     assert "user.login web→-" in out
     # Any other option as LLMSPELL_EVENTS_<COMMAND>_<OPTION>.
