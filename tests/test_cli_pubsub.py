@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests._cli_support import Running, cli, serving
+from actors import EventBus, NodeConfig
+from tests._cli_support import WAIT, Running, cli, serving
 
 pytestmark = pytest.mark.slow
 
@@ -26,6 +27,18 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     journal = tmp_path_factory.mktemp("hub") / "journal"
     with serving("--name", "hub", "--journal", str(journal)) as (_node, endpoint):
         yield endpoint
+
+
+@pytest.fixture(scope="module")
+def feeder(hub: str) -> Iterator[EventBus]:
+    """An in-process node that has ``hub`` publish events (setup without a process each)."""
+    with EventBus(node=NodeConfig(name="feeder", peers=(hub,))) as bus:
+        assert bus.linked_nodes(WAIT) == ["hub"]
+        yield bus
+
+
+def feed(feeder: EventBus, event_type: str, data: object) -> None:
+    feeder.publish_remote("hub", event_type, data, timeout=WAIT)
 
 
 def pub(endpoint: str, event_type: str, *args: str, input: str | None = None) -> str:
@@ -109,9 +122,9 @@ def test_the_peer_comes_from_the_environment(hub: str) -> None:
     assert len(stored(hub, "env.x")) == 1
 
 
-def test_sub_from_sequence_prints_the_journal_then_follows(hub: str) -> None:
+def test_sub_from_sequence_prints_the_journal_then_follows(hub: str, feeder: EventBus) -> None:
     for n in range(3):
-        pub(hub, "hist.x", str(n))
+        feed(feeder, "hist.x", n)
     sequences = [e["sequence"] for e in stored(hub, "hist.x")]
     tail = Running(
         "sub", "hist.*", "--peer", hub, "--from-sequence", str(sequences[1]), "--count", "3",
@@ -119,7 +132,7 @@ def test_sub_from_sequence_prints_the_journal_then_follows(hub: str) -> None:
     )  # fmt: skip
     try:
         subscribed(tail)
-        pub(hub, "hist.x", "3")
+        feed(feeder, "hist.x", 3)
         received = [json.loads(tail.line()) for _ in range(3)]
         assert tail.finish() == 0
     finally:
@@ -128,35 +141,35 @@ def test_sub_from_sequence_prints_the_journal_then_follows(hub: str) -> None:
     assert [e["sequence"] for e in received][:2] == sequences[1:]
 
 
-def test_sub_durable_resumes_where_it_stopped(hub: str, tmp_path: Path) -> None:
+def test_sub_durable_resumes_where_it_stopped(hub: str, feeder: EventBus, tmp_path: Path) -> None:
     state = ["--state-dir", str(tmp_path / "state")]
     first = Running("sub", "dur.*", "--peer", hub, "--durable", "audit", "--count", "2",
                     "--json", *state)  # fmt: skip
     try:
         subscribed(first)
         for n in range(2):
-            pub(hub, "dur.x", str(n))
+            feed(feeder, "dur.x", n)
         assert [json.loads(first.line())["data"] for _ in range(2)] == [0, 1]
         assert first.finish() == 0
     finally:
         first.kill()
     for n in range(2, 4):  # while nobody listens
-        pub(hub, "dur.x", str(n))
+        feed(feeder, "dur.x", n)
     again = cli("sub", "dur.*", "--peer", hub, "--durable", "audit", "--count", "2", "--json",
                 *state)  # fmt: skip
     assert again.returncode == 0, again.stderr
     assert [json.loads(line)["data"] for line in again.stdout.splitlines()] == [2, 3]
 
 
-def test_query_follow_prints_new_events_until_interrupted(hub: str) -> None:
-    pub(hub, "fol.x", '"before"')
+def test_query_follow_prints_new_events_until_interrupted(hub: str, feeder: EventBus) -> None:
+    feed(feeder, "fol.x", "before")
     tail = Running("query", "--peer", hub, "--type", "fol.*", "--follow", "--json")
     try:
         assert json.loads(tail.line())["data"] == "before"
         assert tail.line(tail.err) == "following the journal of hub"
-        pub(hub, "fol.x", '"after"')
-        pub(hub, "other.x", '"not this"')
-        pub(hub, "fol.y", '"and after"')
+        feed(feeder, "fol.x", "after")
+        feed(feeder, "other.x", "not this")
+        feed(feeder, "fol.y", "and after")
         assert json.loads(tail.line())["data"] == "after"
         assert json.loads(tail.line())["data"] == "and after"
         tail.proc.send_signal(signal.SIGINT)
@@ -165,8 +178,8 @@ def test_query_follow_prints_new_events_until_interrupted(hub: str) -> None:
         tail.kill()
 
 
-def test_the_readers_ask_a_running_node(hub: str) -> None:
-    pub(hub, "peer.x", "1")
+def test_the_readers_ask_a_running_node(hub: str, feeder: EventBus) -> None:
+    feed(feeder, "peer.x", 1)
     figures = cli("stats", "--peer", hub, "--json")
     assert figures.returncode == 0, figures.stderr
     counts = json.loads(figures.stdout)
@@ -202,3 +215,17 @@ def test_pub_refuses_a_reserved_type_before_connecting(hub: str) -> None:
     result = cli("pub", "$bus.fake", "--peer", hub, "--timeout", "5")
     assert result.returncode == 1
     assert "reserved" in result.stderr
+
+
+def test_a_node_without_a_journal_says_how_to_keep_one() -> None:
+    with serving("--name", "plain") as (_node, endpoint):
+        for command in (
+            ["query", "--peer", endpoint],
+            ["stats", "--peer", endpoint],
+            ["sub", "a.*", "--peer", endpoint, "--from-sequence", "1"],
+        ):
+            result = cli(*command)
+            assert result.returncode == 1, command
+            (line,) = result.stderr.splitlines()
+            assert line.startswith("Error: node 'plain' could not read its journal: ")
+            assert "llmspell-events serve --journal DIR" in line

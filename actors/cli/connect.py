@@ -15,6 +15,8 @@ from pathlib import Path
 
 from actors._bus import EventBus, PersistentEventBus
 from actors._errors import (
+    BridgeError,
+    FutureTimeoutError,
     JournalDamagedError,
     JournalLockedError,
     JournalNotFoundError,
@@ -26,7 +28,14 @@ from actors._model.config import EventConfig, NodeConfig
 from actors.cli.options import Connection, Source
 from actors.cli.output import fail
 
-__all__ = ["left", "open_journal", "open_source", "peer_name", "short_lived_node"]
+__all__ = [
+    "left",
+    "open_journal",
+    "open_source",
+    "peer_name",
+    "remote_reads",
+    "short_lived_node",
+]
 
 CLOSE_TIMEOUT = 10.0
 
@@ -122,6 +131,22 @@ def open_journal(path: str) -> EventBus:
 
 
 @contextlib.contextmanager
+def remote_reads(node: str) -> Iterator[None]:
+    """Turn a failed read of ``node``'s journal into one line saying what to do."""
+    try:
+        yield
+    except (NoAnswerError, FutureTimeoutError):
+        fail(f"node {node!r} did not answer in time (a longer --timeout?)")
+    except NotConnectedError:
+        fail(f"node {node!r} is out of reach")
+    except BridgeError as exc:
+        fail(
+            f"node {node!r} could not read its journal: {exc} (a node keeps a journal when "
+            "served with `llmspell-events serve --journal DIR`)"
+        )
+
+
+@contextlib.contextmanager
 def open_source(source: Source, command: str) -> Iterator[tuple[EventBus, str | None]]:
     """Yield a bus to read from and the node to ask (None: the bus's own journal)."""
     if source.journal is not None:
@@ -133,4 +158,6 @@ def open_source(source: Source, command: str) -> Iterator[tuple[EventBus, str | 
         return
     connection = source.connection
     with short_lived_node(connection, command) as bus:
-        yield bus, peer_name(bus, connection, time.monotonic() + connection.timeout)
+        node = peer_name(bus, connection, time.monotonic() + connection.timeout)
+        with remote_reads(node):
+            yield bus, node

@@ -24,7 +24,7 @@ from actors._errors import (
 from actors._model.event import Event, JsonValue
 from actors._model.query import EventQuery
 from actors._model.topics import is_reserved
-from actors.cli.connect import left, peer_name, short_lived_node
+from actors.cli.connect import left, peer_name, remote_reads, short_lived_node
 from actors.cli.follow import Checkpoint, JournalTail, last_sequence
 from actors.cli.follow import state_dir as default_state_dir
 from actors.cli.options import ENDPOINT, Connection, connection_options
@@ -199,6 +199,8 @@ def sub(
         checkpoint = None
         if from_journal:
             tail.node = target
+            with remote_reads(target):  # fails here if the node keeps no journal
+                newest = last_sequence(bus, target, connection.timeout)
             if durable is not None:
                 checkpoint = Checkpoint(state_dir or default_state_dir(), target, durable)
             saved = checkpoint.load() if checkpoint is not None else None
@@ -207,7 +209,7 @@ def sub(
             elif from_sequence is not None:
                 tail.after = from_sequence - 1
             else:
-                tail.after = last_sequence(bus, target, connection.timeout)
+                tail.after = newest
         _ready(pattern, target, ready_file)
 
         def show(event: Event) -> None:
@@ -217,7 +219,8 @@ def sub(
 
         with contextlib.suppress(KeyboardInterrupt):
             if from_journal:
-                tail.run(show, count)
+                with remote_reads(target):
+                    tail.run(show, count)
                 return
             seen = 0
             while count is None or seen < count:
