@@ -173,7 +173,9 @@ def test_query_follow_prints_new_events_until_interrupted(hub: str, feeder: Even
         assert json.loads(tail.line())["data"] == "after"
         assert json.loads(tail.line())["data"] == "and after"
         tail.proc.send_signal(signal.SIGINT)
+        tail.proc.send_signal(signal.SIGINT)  # a second one does not cut the closing short
         assert tail.finish() == 0
+        assert tail.line(tail.err) == "<eof>"
     finally:
         tail.kill()
 
@@ -229,3 +231,14 @@ def test_a_node_without_a_journal_says_how_to_keep_one() -> None:
             (line,) = result.stderr.splitlines()
             assert line.startswith("Error: node 'plain' could not read its journal: ")
             assert "llmspell-events serve --journal DIR" in line
+
+
+def test_sub_stops_cleanly_on_sigterm(hub: str) -> None:
+    tail = Running("sub", "stop.*", "--peer", hub)
+    try:
+        subscribed(tail)
+        tail.proc.send_signal(signal.SIGTERM)
+        assert tail.finish() == 0
+        assert tail.line(tail.err) == "<eof>"
+    finally:
+        tail.kill()

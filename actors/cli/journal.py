@@ -15,9 +15,9 @@ from actors._bus import EventBus
 from actors._model.event import Event
 from actors._model.query import EventQuery
 from actors.cli.connect import open_source
-from actors.cli.follow import JournalTail
+from actors.cli.follow import JournalTail, last_sequence
 from actors.cli.options import Source, source_options
-from actors.cli.output import emit, fail, json_line, note, say, stop_on_sigterm
+from actors.cli.output import emit, fail, json_line, note, say, stop_on_signals
 from actors.cli.timespec import MOMENT
 
 __all__ = ["query", "stats", "trace"]
@@ -70,7 +70,7 @@ def query(
         descending=desc,
     )
     if follow:
-        stop_on_sigterm()
+        stop_on_signals()
     with open_source(source, "query") as (bus, node):
         if follow:
             _follow(bus, node, q, source, as_json)
@@ -88,8 +88,9 @@ def _follow(bus: EventBus, node: str | None, q: EventQuery, source: Source, as_j
         bus.subscribe(pattern, tail.wake)
     if not bus.wait_for_peers([node], source.connection.timeout):
         fail(f"node {node!r} did not acknowledge the subscription in time")
-    note(f"following the journal of {node}")
-    with contextlib.suppress(KeyboardInterrupt):
+    last_sequence(bus, node, source.connection.timeout)  # fails here without a journal
+    with contextlib.suppress(KeyboardInterrupt):  # from the line on, a signal exits with 0
+        note(f"following the journal of {node}")
         tail.run(lambda event: emit(event, as_json))
 
 

@@ -19,7 +19,7 @@ __all__ = [
     "json_line",
     "note",
     "say",
-    "stop_on_sigterm",
+    "stop_on_signals",
     "wait_for_signal",
 ]
 
@@ -75,10 +75,17 @@ def wait_for_signal() -> None:
     signal.sigwait({signal.SIGINT, signal.SIGTERM})
 
 
-def stop_on_sigterm() -> None:
-    """Make SIGTERM stop the command as Ctrl-C does (a ``KeyboardInterrupt``)."""
+def stop_on_signals() -> None:
+    """Make SIGINT and SIGTERM stop the command once, by a ``KeyboardInterrupt``.
+
+    The first one ignores both from then on, so a second Ctrl-C (or a
+    signal sent to the whole process group) cannot cut the closing short.
+    """
+    signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
 
 
 def _interrupt(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise KeyboardInterrupt

@@ -28,7 +28,7 @@ from actors.cli.connect import left, peer_name, remote_reads, short_lived_node
 from actors.cli.follow import Checkpoint, JournalTail, last_sequence
 from actors.cli.follow import state_dir as default_state_dir
 from actors.cli.options import ENDPOINT, Connection, connection_options
-from actors.cli.output import emit, fail, note, say, stop_on_sigterm
+from actors.cli.output import emit, fail, note, say, stop_on_signals
 
 __all__ = ["pub", "sub"]
 
@@ -188,7 +188,7 @@ def sub(
     then on is printed.  --from-sequence and --durable read the node's
     journal, so they need a node that has one.
     """
-    stop_on_sigterm()
+    stop_on_signals()
     from_journal = from_sequence is not None or durable is not None
     received: queue.Queue[Event] = queue.Queue()
     deadline = time.monotonic() + connection.timeout
@@ -210,14 +210,14 @@ def sub(
                 tail.after = from_sequence - 1
             else:
                 tail.after = newest
-        _ready(pattern, target, ready_file)
 
         def show(event: Event) -> None:
             emit(event, as_json)
             if checkpoint is not None:
                 checkpoint.save(event.sequence or 0)
 
-        with contextlib.suppress(KeyboardInterrupt):
+        with contextlib.suppress(KeyboardInterrupt):  # from the line on, a signal exits with 0
+            _ready(pattern, target, ready_file)
             if from_journal:
                 with remote_reads(target):
                     tail.run(show, count)
