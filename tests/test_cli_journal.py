@@ -50,6 +50,25 @@ def test_query_reads_a_journal(journal: tuple[Path, uuid.UUID]) -> None:
     assert len(by_source.stdout.splitlines()) == 1
 
 
+def test_query_after_and_correlation_id(journal: tuple[Path, uuid.UUID]) -> None:
+    path, cid = journal
+    after = run("query", "--journal", str(path), "--after", "2", "--json")
+    assert [json.loads(line)["sequence"] for line in after.stdout.splitlines()] == [3, 4]
+    workflow = run("query", "--journal", str(path), "--correlation-id", str(cid), "--json")
+    assert len(workflow.stdout.splitlines()) == 3
+    other = run("query", "--journal", str(path), "--correlation-id", str(uuid.uuid4()))
+    assert (other.exit_code, other.stdout) == (0, "")
+
+
+def test_trace_data_shows_each_events_data(journal: tuple[Path, uuid.UUID]) -> None:
+    path, cid = journal
+    plain = run("trace", str(cid), "--journal", str(path))
+    with_data = run("trace", str(cid), "--journal", str(path), "--data")
+    assert with_data.exit_code == 0, with_data.stderr
+    assert '"job"' not in plain.stdout
+    assert '"job"' in with_data.stdout
+
+
 def test_query_since_and_until(journal: tuple[Path, uuid.UUID]) -> None:
     path, _ = journal
     recent = run("query", "--journal", str(path), "--since", "10m", "--json")

@@ -110,3 +110,21 @@ def test_shell_completion_is_served() -> None:
     )
     assert status == 0
     assert out.split() == ["plain,sub"]
+
+
+def test_curve_keys_come_from_the_environment(tmp_path: Path) -> None:
+    keys = CliRunner().invoke(main, ["keygen"]).stdout.splitlines()
+    public, secret = (line.split(" ", 1)[1] for line in keys)
+    status, _, err = run(
+        "serve", "--name", "hub", "--listen", "tcp://127.0.0.1:0",
+        env={"LLMSPELL_EVENTS_CURVE_PUBLIC": public, "LLMSPELL_EVENTS_CURVE_SECRET": secret},
+    )  # fmt: skip
+    # The keys were read: serving with them needs --authorize.
+    assert status == 2
+    assert "--secret-key without --authorize" in err
+    status, _, err = run(
+        "serve", "--name", "hub", "--listen", "tcp://127.0.0.1:0",
+        env={"LLMSPELL_EVENTS_CURVE_PUBLIC": secret, "LLMSPELL_EVENTS_CURVE_SECRET": public},
+    )  # fmt: skip
+    assert status == 2
+    assert "not the public half of --secret-key" in err

@@ -242,3 +242,16 @@ def test_sub_stops_cleanly_on_sigterm(hub: str) -> None:
         assert tail.line(tail.err) == "<eof>"
     finally:
         tail.kill()
+
+
+def test_pub_sets_every_field_it_is_given(hub: str) -> None:
+    cid, cause = uuid.uuid4(), uuid.uuid4()
+    result = cli(
+        "pub", "fields.x", '{"a": 1}', "--peer", hub, "--correlation-id", str(cid),
+        "--causation-id", str(cause), "--source", "planner", "--target", "worker",
+        "--name", "my-cli", "--listen", "tcp://127.0.0.1:0", "--node", "hub",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    (event,) = stored(hub, "fields.x")
+    assert (event["correlation_id"], event["causation_id"]) == (str(cid), str(cause))
+    assert (event["source"], event["target"], event["origin"]) == ("planner", "worker", "hub")
