@@ -107,3 +107,19 @@ def test_broker_prints_its_endpoints_and_stops_on_sigint() -> None:
         assert hub.finish() == 0
     finally:
         hub.kill()
+
+
+@pytest.mark.slow
+def test_pub_and_query_through_a_broker_name_the_node(tmp_path: Path) -> None:
+    broker = Running("broker", "tcp://127.0.0.1:*")
+    try:
+        request = dict(broker.line().split(" ", 1) for _ in range(3))["request"]
+        with serving("--name", "hub", "--peer", request, "--journal", str(tmp_path / "j")):
+            published = cli("pub", "via.broker", "7", "--peer", request, "--node", "hub")
+            assert published.returncode == 0, published.stderr
+            assert published.stdout.startswith("published via.broker on hub ")
+            found = cli("query", "--peer", request, "--node", "hub", "--json")
+            assert found.returncode == 0, found.stderr
+            assert '"data":7' in found.stdout
+    finally:
+        broker.kill()
