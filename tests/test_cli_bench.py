@@ -44,3 +44,11 @@ def test_bench_through_a_node() -> None:
     assert figures["where"] == f"through {endpoint}"
     assert figures["events"] == 200
     assert figures["sub_per_s"] > 0
+
+
+def test_bench_rate_paces_the_publisher() -> None:
+    result = CliRunner().invoke(main, ["bench", "--count", "200", "--rate", "2000", "--json"])
+    assert result.exit_code == 0, result.stderr
+    figures = json.loads(result.stdout)
+    # 200 events at 2000/s take at least 199/2000 s: the rate cannot be beaten.
+    assert 0 < figures["pub_per_s"] <= 2000 * 200 / 199 + 1

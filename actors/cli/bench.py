@@ -68,10 +68,22 @@ def _event(topic: str, pad: str) -> Event:
     "--clients", type=click.IntRange(min=1), default=4, show_default=True,
     help="threads sending publish requests (with --peer)",
 )  # fmt: skip
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0, min_open=True),
+    help="publish at most this many events per second (default: as fast as possible)",
+)
 @click.option("--json", "as_json", is_flag=True, help="one JSON object instead of a table")
 @connection_options("a running node to measure through (default: in-process)", peer_required=False)
 def bench(
-    *, count: int, size: int, subs: int, clients: int, as_json: bool, connection: Connection
+    *,
+    count: int,
+    size: int,
+    subs: int,
+    clients: int,
+    rate: float | None,
+    as_json: bool,
+    connection: Connection,
 ) -> None:
     """Measure publish and delivery rates and latency, in-process or against --peer."""
     topic = f"bench.{os.getpid()}"
@@ -83,12 +95,16 @@ def bench(
             for receiver in receivers:
                 bus.subscribe(topic, receiver)
             started = time.perf_counter()
-            for _ in range(count):
+            for n in range(count):
+                if rate is not None:
+                    _pace(started, n, rate)
                 bus.publish(_event(topic, pad))
             published = time.perf_counter()
             _wait(receivers, connection.timeout + count / 1000)
     else:
         where = f"through {connection.peer}"
+        if rate is not None:
+            raise click.UsageError("--rate is for the in-process bench")
         started, published = _through_node(connection, topic, pad, receivers, clients)
     _report(
         where,
@@ -120,6 +136,13 @@ def _through_node(
         published = time.perf_counter()
         _wait(receivers, connection.timeout + count / 100)
     return started, published
+
+
+def _pace(started: float, n: int, rate: float) -> None:
+    """Wait until event ``n`` is due: ``n / rate`` seconds after ``started``."""
+    delay = started + n / rate - time.perf_counter()
+    if delay > 0:
+        time.sleep(delay)
 
 
 def _wait(receivers: list[Receiver], timeout: float) -> None:
