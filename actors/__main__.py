@@ -1,4 +1,4 @@
-"""``python -m actors``: the ``llmspell-events`` command line (``actors/cli.py``)."""
+"""``python -m actors``: the ``llmspell-events`` command line (``actors/cli/``)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,113 @@
+"""Follow a node's journal: print what a query selects, as it is journaled.
+
+Used by ``query --follow`` and by ``sub --from-sequence``/``--durable``.  The
+short-lived node subscribes to the same types on the running node, but only
+to be woken: what it prints it reads from the node's journal, in the
+journal's order, each event once, numbered with the journal's sequence.  A
+wake-up that comes before the write is covered by a poll every ``POLL``
+seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import click
+
+from actors._bus import EventBus
+from actors._model.event import Event
+from actors._model.query import EventQuery
+
+__all__ = ["POLL", "Checkpoint", "JournalTail", "last_sequence", "state_dir"]
+
+POLL = 1.0  # seconds between reads when no wake-up came
+PAGE = 500
+_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+class JournalTail:
+    """Read ``query``'s events after ``after`` from ``node``'s journal, again on each wake-up.
+
+    ``node`` and ``after`` are set before ``run``, once known.
+
+    ``wake`` is the handler of the wake-up subscriptions (any thread);
+    ``run`` blocks in the calling thread.
+    """
+
+    def __init__(self, bus: EventBus, query: EventQuery, timeout: float) -> None:
+        self._bus = bus
+        self.node: str | None = None  # the node whose journal to read (None: the bus's own)
+        self._query = query
+        self.after = query.after_sequence or 0
+        self._timeout = timeout
+        self._woken = threading.Event()
+
+    def wake(self, event: Event) -> None:
+        """Note that something was published (a subscription handler)."""
+        del event
+        self._woken.set()
+
+    def run(self, emit: Callable[[Event], None], count: int | None = None) -> int:
+        """Print events until ``count`` were printed (None: until interrupted); return how many."""
+        printed = 0
+        while count is None or printed < count:
+            self._woken.clear()
+            page = self._bus.query(
+                replace(self._query, after_sequence=self.after, limit=PAGE),
+                node=self.node,
+                timeout=self._timeout,
+            )
+            for event in page:
+                emit(event)
+                self.after = event.sequence or self.after
+                printed += 1
+                if count is not None and printed >= count:
+                    return printed
+            if len(page) < PAGE:
+                self._woken.wait(POLL)
+        return printed
+
+
+def last_sequence(bus: EventBus, node: str | None, timeout: float) -> int:
+    """Return the newest sequence in ``node``'s journal (0 when it is empty)."""
+    newest = bus.query(EventQuery(limit=1, descending=True), node=node, timeout=timeout)
+    return (newest[0].sequence or 0) if newest else 0
+
+
+def state_dir() -> Path:
+    """Return where durable subscriptions keep their checkpoints (``$XDG_STATE_HOME``)."""
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "llmspell-events"
+
+
+class Checkpoint:
+    """The last sequence a durable ``sub`` printed, in a file of its own."""
+
+    def __init__(self, folder: Path, node: str, name: str) -> None:
+        if not _NAME.fullmatch(name):
+            raise click.BadParameter(
+                f"{name!r}: use letters, digits, '_', '.', '-'", param_hint="--durable"
+            )
+        self.path = folder / f"{node}.{name}.sequence"
+
+    def load(self) -> int | None:
+        """Return the saved sequence, or None if this durable subscription is new."""
+        try:
+            text = self.path.read_text().strip()
+        except FileNotFoundError:
+            return None
+        if not text.isdigit():
+            raise click.ClickException(f"the checkpoint {self.path} is damaged: {text[:40]!r}")
+        return int(text)
+
+    def save(self, sequence: int) -> None:
+        """Record ``sequence`` as printed (atomically: a crash leaves the old or the new)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        scratch = self.path.with_suffix(".tmp")
+        scratch.write_text(f"{sequence}\n")
+        scratch.replace(self.path)

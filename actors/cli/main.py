@@ -1,0 +1,97 @@
+"""The ``llmspell-events`` group: where every command is registered, and how errors print.
+
+A new command is a module of ``actors.cli`` defining a ``click.Command``;
+list it once in ``COMMANDS`` below.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+import click
+
+from actors._errors import EventBusError
+
+__all__ = ["COMMANDS", "main"]
+
+COMMANDS: tuple[tuple[str, str], ...] = (
+    # (module of actors.cli, the click command in it), in the order --help lists them
+    ("node", "serve"),
+    ("node", "broker"),
+    ("pubsub", "pub"),
+    ("pubsub", "sub"),
+    ("journal", "query"),
+    ("journal", "trace"),
+    ("journal", "stats"),
+    ("keys", "keygen"),
+    ("bench", "bench"),
+)
+
+PROG = "llmspell-events"
+
+
+class Cli(click.Group):
+    """A group whose errors are one line: ``Error: ...`` on stderr, then the exit status.
+
+    Status 1 for a failure, 2 for a usage error; a bus error that a command
+    did not translate prints its message too, never a traceback.
+    """
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(self.commands)  # in registration order, not sorted
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, False, **extra)
+        try:
+            status = super().main(args, prog_name or PROG, complete_var, False, **extra)
+        except click.UsageError as exc:
+            hint = f" (see {exc.ctx.command_path} -h)" if exc.ctx is not None else ""
+            _exit(f"{exc.format_message()}{hint}", exc.exit_code)
+        except click.ClickException as exc:
+            _exit(exc.format_message(), exc.exit_code)
+        except EventBusError as exc:
+            _exit(str(exc) or type(exc).__name__, 1)
+        except click.Abort:
+            _exit("aborted", 1)
+        sys.exit(status if isinstance(status, int) else 0)
+
+
+def _exit(message: str, status: int) -> NoReturn:
+    click.echo(f"Error: {' '.join(message.split())}", err=True)
+    sys.exit(status)
+
+
+@click.group(
+    name=PROG,
+    cls=Cli,
+    context_settings={
+        "help_option_names": ["-h", "--help"],
+        "auto_envvar_prefix": "LLMSPELL_EVENTS",
+    },
+)
+@click.option("-v", "--verbose", is_flag=True, help="log the bus's INFO messages to stderr")
+def main(verbose: bool) -> None:
+    """Run, feed, watch and inspect llmspell-events nodes.
+
+    Every option can also be set in the environment: LLMSPELL_EVENTS_PEER,
+    LLMSPELL_EVENTS_CURVE_SECRET, ... for the shared ones (see -h of each
+    command), LLMSPELL_EVENTS_<COMMAND>_<OPTION> for the others.
+    """
+    if verbose:
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+
+
+for _module, _name in COMMANDS:
+    main.add_command(getattr(importlib.import_module(f"actors.cli.{_module}"), _name))

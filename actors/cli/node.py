@@ -1,0 +1,146 @@
+"""``serve`` and ``broker``: the long-running processes (until SIGINT or SIGTERM)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from actors._bus import EventBus, PersistentEventBus
+from actors._errors import BridgeError, JournalDamagedError, JournalLockedError
+from actors._model.config import EventConfig, NodeConfig
+from actors._model.event import Event
+from actors.cli.options import ENDPOINT, Keys, key_options, keys_from, load_key
+from actors.cli.output import block_signals, fail, say, wait_for_signal
+
+__all__ = ["broker", "serve"]
+
+_NO_AUTHORIZE = (
+    "--secret-key without --authorize would admit no other node: give --authorize KEY "
+    "(repeatable) for each node or client allowed in"
+)
+
+
+def _authorized(keys: Keys | None, authorize: tuple[str, ...]) -> tuple[bytes, ...]:
+    """Return the ``--authorize`` keys; with CURVE, at least one is required."""
+    allowed = tuple(k for k in (load_key(a, "--authorize") for a in authorize) if k is not None)
+    if keys is not None and not allowed:
+        raise click.UsageError(_NO_AUTHORIZE)
+    if keys is None and allowed:
+        raise click.UsageError("--authorize needs --public-key and --secret-key")
+    return allowed
+
+
+def _peer_keys(items: tuple[str, ...]) -> dict[str, bytes]:
+    keys: dict[str, bytes] = {}
+    for item in items:
+        endpoint, sep, key = item.rpartition("=")
+        if not sep:
+            raise click.BadParameter(f"{item!r} is not ENDPOINT=KEY", param_hint="--peer-key")
+        keys[ENDPOINT.convert(endpoint, None, None)] = load_key(key, "--peer-key") or b""
+    return keys
+
+
+@click.command()
+@click.option("--name", required=True, help="the node's name (every local event's origin)")
+@click.option(
+    "--listen", type=ENDPOINT, required=True, help="request endpoint, e.g. tcp://127.0.0.1:5701"
+)
+@click.option(
+    "--peer", "peers", type=ENDPOINT, multiple=True, help="a node or broker to join (repeatable)"
+)
+@click.option("--journal", type=click.Path(file_okay=False), help="persist to this journal folder")
+@click.option(
+    "--record",
+    multiple=True,
+    help="also receive (and journal) other nodes' events matching this pattern (repeatable)",
+)
+@key_options
+@click.option("--authorize", multiple=True, help="public key of a node allowed in (repeatable)")
+@click.option("--peer-key", "peer_keys", multiple=True, help="ENDPOINT=KEY: a --peer's public key")
+def serve(
+    *,
+    name: str,
+    listen: str,
+    peers: tuple[str, ...],
+    journal: str | None,
+    record: tuple[str, ...],
+    public_key: str | None,
+    secret_key: str | None,
+    authorize: tuple[str, ...],
+    peer_keys: tuple[str, ...],
+) -> None:
+    """Run a node until SIGINT or SIGTERM; it also publishes what `pub` asks it to."""
+    keys = keys_from(public_key, secret_key)
+    try:
+        node = NodeConfig(
+            name=name,
+            listen=listen,
+            peers=peers,
+            curve_public_key=keys.public if keys else None,
+            curve_secret_key=keys.secret if keys else None,
+            authorized_keys=_authorized(keys, authorize),
+            peer_public_keys=_peer_keys(peer_keys),
+        )
+    except ValueError as exc:
+        fail(str(exc))
+    block_signals()
+    try:
+        if journal is not None:
+            bus: EventBus = PersistentEventBus(EventConfig(persistence_path=journal), node=node)
+        else:
+            bus = EventBus(node=node)
+    except JournalLockedError:
+        fail(f"the journal {journal} is in use by another process")
+    except JournalDamagedError as exc:
+        fail(f"the journal {journal} is damaged: {exc}")
+    except ValueError as exc:
+        fail(str(exc))
+    try:
+        for pattern in record:
+            bus.subscribe(pattern, _ignore)
+        endpoints = bus.endpoints
+        say(f"node {name}")
+        say(f"request {endpoints['request']}")
+        say(f"publish {endpoints['publish']}")
+        say(f"journal {Path(journal).resolve() if journal else 'none'}")
+        wait_for_signal()
+    finally:
+        bus.close(timeout=10.0)
+    say("closed")
+
+
+def _ignore(event: Event) -> None:
+    del event
+
+
+@click.command()
+@click.argument("listen", type=ENDPOINT)
+@key_options
+@click.option("--authorize", multiple=True, help="public key of a node allowed in (repeatable)")
+def broker(
+    listen: str, public_key: str | None, secret_key: str | None, authorize: tuple[str, ...]
+) -> None:
+    """Run a broker (hub and spoke) at LISTEN until SIGINT or SIGTERM."""
+    from actors._cluster.broker import Broker  # noqa: PLC0415 - zmq only for the commands that need it
+
+    keys = keys_from(public_key, secret_key)
+    allowed = _authorized(keys, authorize)
+    block_signals()
+    try:
+        hub = Broker(
+            listen,
+            curve_public_key=keys.public if keys else None,
+            curve_secret_key=keys.secret if keys else None,
+            authorized_keys=list(allowed),
+        )
+    except (BridgeError, ValueError) as exc:
+        fail(str(exc))
+    try:
+        say(f"request {hub.endpoint}")
+        say(f"subscribe {hub.subscribe_endpoint}")
+        say(f"publish {hub.publish_endpoint}")
+        wait_for_signal()
+    finally:
+        hub.close()
+    say("closed")

@@ -1,0 +1,277 @@
+"""Options that several commands share, each block one decorator.
+
+``connection_options`` adds the short-lived node's options (``--peer``,
+``--name``, ``--node``, the CURVE keys, ``--timeout``) and hands the command
+one ``Connection``; ``source_options`` adds ``--journal`` beside them and
+hands it one ``Source``.  Every option can also come from the environment:
+the shared ones from the names in ``docs/cli.md`` (``LLMSPELL_EVENTS_PEER``,
+``LLMSPELL_EVENTS_CURVE_SECRET``, ...), every other one from
+``LLMSPELL_EVENTS_<COMMAND>_<OPTION>`` (click's ``auto_envvar_prefix``).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+from click.core import ParameterSource
+
+__all__ = [
+    "ENDPOINT",
+    "Connection",
+    "Keys",
+    "Source",
+    "connection_options",
+    "key_options",
+    "load_key",
+    "source_options",
+]
+
+ENV = "LLMSPELL_EVENTS"
+_Z85 = frozenset(
+    "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#"
+)
+_SCHEMES = ("tcp", "ipc", "inproc", "ws", "wss", "pgm", "epgm")
+_ENDPOINT = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*)://(?P<address>.+)")
+
+Command = Callable[..., Any]
+
+
+class EndpointType(click.ParamType):  # type: ignore[type-arg]
+    """A ZeroMQ endpoint with its scheme: ``tcp://HOST:PORT``, ``ipc://PATH``, ..."""
+
+    name = "endpoint"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        text = str(value).strip()
+        match = _ENDPOINT.fullmatch(text)
+        if match is None:
+            self.fail(f"{text!r} has no scheme: write tcp://{text} (or ipc://PATH)", param, ctx)
+        scheme, address = match["scheme"], match["address"]
+        if scheme not in _SCHEMES:
+            self.fail(f"{text!r}: unknown scheme {scheme!r} (tcp, ipc, inproc, ...)", param, ctx)
+        if scheme == "tcp":
+            host, sep, port = address.rpartition(":")
+            if not sep or not host or not (port.isdigit() or port == "*"):
+                self.fail(f"{text!r}: a tcp endpoint is tcp://HOST:PORT", param, ctx)
+        return text
+
+
+ENDPOINT = EndpointType()
+
+
+def load_key(value: str | None, option: str) -> bytes | None:
+    """Return a Z85 key given as its 40 characters or as a file holding them.
+
+    Raises ``click.BadParameter`` saying what is wrong: no such file, or not
+    a 40-character Z85 key.
+    """
+    if value is None:
+        return None
+    text = value.strip()
+    if not _is_z85_key(text):
+        path = Path(value)
+        if not path.exists():
+            raise click.BadParameter(
+                f"no key file {value} (and {value!r} is not a 40-character Z85 key)",
+                param_hint=option,
+            )
+        if not path.is_file():
+            raise click.BadParameter(f"{value} is not a key file", param_hint=option)
+        text = path.read_text(errors="replace").strip()
+        if not _is_z85_key(text):
+            raise click.BadParameter(
+                f"{value} does not hold a 40-character Z85 key (made by `keygen --out`?)",
+                param_hint=option,
+            )
+    return text.encode()
+
+
+def _is_z85_key(text: str) -> bool:
+    return len(text) == 40 and set(text) <= _Z85
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """A node's CURVE key pair, checked to belong together."""
+
+    public: bytes
+    secret: bytes
+
+
+def keys_from(public_key: str | None, secret_key: str | None) -> Keys | None:
+    """Return the checked pair of ``--public-key`` and ``--secret-key`` (None without both)."""
+    public, secret = load_key(public_key, "--public-key"), load_key(secret_key, "--secret-key")
+    if public is None and secret is None:
+        return None
+    if public is None or secret is None:
+        raise click.UsageError("CURVE needs --public-key and --secret-key together")
+    import zmq  # noqa: PLC0415 - zmq only for the commands that need it
+
+    try:
+        derived = zmq.curve_public(secret)
+    except (ValueError, zmq.ZMQError) as exc:
+        raise click.BadParameter(
+            f"not a CURVE secret key: {exc}", param_hint="--secret-key"
+        ) from exc
+    if derived != public:
+        raise click.BadParameter(
+            "--public-key is not the public half of --secret-key (swapped, or of another pair?)",
+            param_hint="--public-key",
+        )
+    return Keys(public, secret)
+
+
+def key_options(fn: Command) -> Command:
+    """Add ``--public-key`` and ``--secret-key`` (raw text; check with ``keys_from``)."""
+    fn = click.option(
+        "--secret-key",
+        envvar=f"{ENV}_CURVE_SECRET",
+        show_envvar=True,
+        help="this node's CURVE secret key (Z85 or a file)",
+    )(fn)
+    return click.option(
+        "--public-key",
+        envvar=f"{ENV}_CURVE_PUBLIC",
+        show_envvar=True,
+        help="this node's CURVE public key (Z85 or a file)",
+    )(fn)
+
+
+@dataclass(frozen=True, slots=True)
+class Connection:
+    """How a short-lived node reaches a running one."""
+
+    peer: str | None
+    name: str | None
+    node_name: str | None
+    keys: Keys | None
+    server_key: bytes | None
+    timeout: float
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Where a read-only command reads: a journal folder, or a running node."""
+
+    journal: str | None
+    connection: Connection
+
+
+def _connection(kwargs: dict[str, Any]) -> Connection:
+    keys = keys_from(kwargs.pop("public_key"), kwargs.pop("secret_key"))
+    server = load_key(kwargs.pop("server_key"), "--server-key")
+    if (keys is None) != (server is None):
+        raise click.UsageError("CURVE needs --public-key, --secret-key and --server-key together")
+    if keys is not None and server == keys.public:
+        raise click.BadParameter(
+            "it is this node's own public key; give the running node's", param_hint="--server-key"
+        )
+    return Connection(
+        peer=kwargs.pop("peer"),
+        name=kwargs.pop("name"),
+        node_name=kwargs.pop("node_name"),
+        keys=keys,
+        server_key=server,
+        timeout=kwargs.pop("timeout"),
+    )
+
+
+def _add_connection_options(fn: Command, *, peer_required: bool, peer_help: str) -> Command:
+    options = [
+        click.option(
+            "--peer",
+            type=ENDPOINT,
+            required=peer_required,
+            envvar=f"{ENV}_PEER",
+            show_envvar=True,
+            help=peer_help,
+        ),
+        click.option("--name", help="this short-lived node's name (default: COMMAND-PID)"),
+        click.option(
+            "--node",
+            "node_name",
+            envvar=f"{ENV}_NODE",
+            show_envvar=True,
+            help="the node to talk to (required when --peer is a broker)",
+        ),
+        click.option(
+            "--server-key",
+            envvar=f"{ENV}_CURVE_SERVER",
+            show_envvar=True,
+            help="the peer's CURVE public key (Z85 or a file)",
+        ),
+        click.option(
+            "--timeout",
+            type=click.FloatRange(min=0, min_open=True),
+            default=10.0,
+            show_default=True,
+            envvar=f"{ENV}_TIMEOUT",
+            help="seconds to wait for the peer",
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return key_options(fn)
+
+
+def connection_options(
+    peer_help: str, *, peer_required: bool = True
+) -> Callable[[Command], Command]:
+    """Add the connection options; the command receives ``connection: Connection``."""
+
+    def decorate(fn: Command) -> Command:
+        @functools.wraps(fn)
+        def command(*args: Any, **kwargs: Any) -> Any:
+            return fn(*args, connection=_connection(kwargs), **kwargs)
+
+        return _add_connection_options(command, peer_required=peer_required, peer_help=peer_help)
+
+    return decorate
+
+
+def source_options(peer_help: str) -> Callable[[Command], Command]:
+    """Add ``--journal`` and the connection options; the command receives ``source: Source``.
+
+    Exactly one of ``--journal`` and ``--peer`` must be given; one given on
+    the command line wins over the other's environment variable.
+    """
+
+    def decorate(fn: Command) -> Command:
+        @functools.wraps(fn)
+        def command(*args: Any, **kwargs: Any) -> Any:
+            journal = kwargs.pop("journal")
+            connection = _connection(kwargs)
+            peer = connection.peer
+            if journal is not None and peer is not None:
+                ctx = click.get_current_context()
+                if ctx.get_parameter_source("peer") is ParameterSource.ENVIRONMENT:
+                    peer = None
+                elif ctx.get_parameter_source("journal") is ParameterSource.ENVIRONMENT:
+                    journal = None
+            if (journal is None) == (peer is None):
+                raise click.UsageError("give exactly one of --journal DIR and --peer ENDPOINT")
+            connection = Connection(
+                peer,
+                connection.name,
+                connection.node_name,
+                connection.keys,
+                connection.server_key,
+                connection.timeout,
+            )
+            return fn(*args, source=Source(journal, connection), **kwargs)
+
+        return click.option(
+            "--journal",
+            type=click.Path(file_okay=False),
+            envvar=f"{ENV}_JOURNAL",
+            show_envvar=True,
+            help="a journal folder to read (opened read-only)",
+        )(_add_connection_options(command, peer_required=False, peer_help=peer_help))
+
+    return decorate

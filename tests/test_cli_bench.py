@@ -1,0 +1,54 @@
+"""``bench`` (``actors/cli/bench.py``): it measures, and counts every event it sent."""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from actors import EventBus, NodeConfig
+from actors.cli import main
+
+
+def test_bench_in_process_prints_a_table() -> None:
+    result = CliRunner().invoke(main, ["bench", "--count", "2000", "--size", "64"])
+    assert result.exit_code == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "bench in-process: 2000 events of 64 B, 1 subscriber(s)"
+    assert lines[1].split() == ["events/s", "MB/s", "p50", "ms", "p99", "ms", "max", "ms"]
+    assert lines[2].split()[0] == "pub"
+    assert lines[3].split()[0] == "sub"
+    assert len(lines[3].split()) == 6
+
+
+def test_bench_json_counts_every_subscriber() -> None:
+    result = CliRunner().invoke(main, ["bench", "--count", "1000", "--subs", "3", "--json"])
+    assert result.exit_code == 0, result.stderr
+    figures = json.loads(result.stdout)
+    assert figures["where"] == "in-process"
+    assert (figures["events"], figures["subscribers"]) == (1000, 3)
+    assert figures["pub_per_s"] > 0
+    assert figures["sub_per_s"] > 0
+    assert 0 <= figures["p50_ms"] <= figures["p99_ms"] <= figures["max_ms"]
+
+
+def test_bench_through_a_node() -> None:
+    with EventBus(node=NodeConfig(name="target", listen="tcp://127.0.0.1:*")) as node:
+        endpoint = node.endpoints["request"]
+        assert endpoint is not None
+        result = CliRunner().invoke(
+            main, ["bench", "--peer", endpoint, "--count", "200", "--clients", "2", "--json"]
+        )
+    assert result.exit_code == 0, result.stderr
+    figures = json.loads(result.stdout)
+    assert figures["where"] == f"through {endpoint}"
+    assert figures["events"] == 200
+    assert figures["sub_per_s"] > 0
+
+
+def test_bench_rate_paces_the_publisher() -> None:
+    result = CliRunner().invoke(main, ["bench", "--count", "200", "--rate", "2000", "--json"])
+    assert result.exit_code == 0, result.stderr
+    figures = json.loads(result.stdout)
+    # 200 events at 2000/s take at least 199/2000 s: the rate cannot be beaten.
+    assert 0 < figures["pub_per_s"] <= 2000 * 200 / 199 + 1

@@ -1,0 +1,194 @@
+"""``query``, ``trace`` and ``stats`` on a journal folder (``actors/cli/journal.py``).
+
+Run in-process through click's runner against a real RocksDB journal.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from actors.cli import main
+from tests._cli_support import make_journal
+
+
+def run(*args: str) -> Result:
+    return CliRunner().invoke(main, list(args))
+
+
+@pytest.fixture
+def journal(tmp_path: Path) -> tuple[Path, uuid.UUID]:
+    path = tmp_path / "journal"
+    return path, make_journal(path)
+
+
+def listing(folder: Path) -> dict[str, tuple[int, int]]:
+    return {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir()}
+
+
+def test_query_reads_a_journal(journal: tuple[Path, uuid.UUID]) -> None:
+    path, cid = journal
+    result = run("query", "--journal", str(path), "--type", "workflow.*", "--json")
+    assert result.exit_code == 0, result.stderr
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [e["event_type"] for e in events] == ["workflow.start", "workflow.step", "workflow.done"]
+    assert {e["correlation_id"] for e in events} == {str(cid)}
+
+    newest = run("query", "--journal", str(path), "--desc", "--limit", "1")
+    assert newest.exit_code == 0, newest.stderr
+    (line,) = newest.stdout.splitlines()
+    assert line.startswith("#4 ")
+    assert " origin workflow.done " in line
+
+    by_source = run("query", "--journal", str(path), "--source", "web")
+    assert by_source.stdout.splitlines()[0].endswith("user.login web→-")
+    assert len(by_source.stdout.splitlines()) == 1
+
+
+def test_query_after_and_correlation_id(journal: tuple[Path, uuid.UUID]) -> None:
+    path, cid = journal
+    after = run("query", "--journal", str(path), "--after", "2", "--json")
+    assert [json.loads(line)["sequence"] for line in after.stdout.splitlines()] == [3, 4]
+    workflow = run("query", "--journal", str(path), "--correlation-id", str(cid), "--json")
+    assert len(workflow.stdout.splitlines()) == 3
+    other = run("query", "--journal", str(path), "--correlation-id", str(uuid.uuid4()))
+    assert (other.exit_code, other.stdout) == (0, "")
+
+
+def test_trace_data_shows_each_events_data(journal: tuple[Path, uuid.UUID]) -> None:
+    path, cid = journal
+    plain = run("trace", str(cid), "--journal", str(path))
+    with_data = run("trace", str(cid), "--journal", str(path), "--data")
+    assert with_data.exit_code == 0, with_data.stderr
+    assert '"job"' not in plain.stdout
+    assert '"job"' in with_data.stdout
+
+
+def test_query_since_and_until(journal: tuple[Path, uuid.UUID]) -> None:
+    path, _ = journal
+    recent = run("query", "--journal", str(path), "--since", "10m", "--json")
+    assert recent.exit_code == 0, recent.stderr
+    assert len(recent.stdout.splitlines()) == 4
+    old = run("query", "--journal", str(path), "--until", "10m")
+    assert old.exit_code == 0, old.stderr
+    assert old.stdout == ""
+    later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    assert run("query", "--journal", str(path), "--since", later).stdout == ""
+    assert len(run("query", "--journal", str(path), "--until", later).stdout.splitlines()) == 4
+
+    bad = run("query", "--journal", str(path), "--since", "yesterday")
+    assert bad.exit_code == 2
+    assert "neither ISO 8601" in bad.stderr
+    assert len(bad.stderr.splitlines()) == 1
+
+
+def test_follow_needs_a_peer(journal: tuple[Path, uuid.UUID]) -> None:
+    path, _ = journal
+    result = run("query", "--journal", str(path), "--follow")
+    assert result.exit_code == 2
+    assert "--follow needs --peer" in result.stderr
+
+
+def test_trace_renders_the_causal_tree(journal: tuple[Path, uuid.UUID]) -> None:
+    path, cid = journal
+    result = run("trace", str(cid), "--journal", str(path))
+    assert result.exit_code == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "(3 events" in lines[0]
+    assert "workflow.start" in lines[1]
+    assert "workflow.step" in lines[2]
+    assert lines[2].startswith("   └─ ")  # a child of the start
+    assert "workflow.done" in lines[3]
+    assert lines[4] == "origins: origin (3)"
+
+    unknown = run("trace", str(uuid.uuid4()), "--journal", str(path))
+    assert unknown.exit_code == 1
+    assert "no events with correlation id" in unknown.stderr
+
+
+def test_trace_json_gives_each_events_depth_and_parent(journal: tuple[Path, uuid.UUID]) -> None:
+    path, cid = journal
+    result = run("trace", str(cid), "--journal", str(path), "--json")
+    assert result.exit_code == 0, result.stderr
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(e["event_type"], e["depth"]) for e in events] == [
+        ("workflow.start", 0),
+        ("workflow.step", 1),
+        ("workflow.done", 2),
+    ]
+    assert events[0]["parent"] is None
+    assert events[2]["parent"] == events[1]["id"]
+
+
+def test_stats_counts_by_type(journal: tuple[Path, uuid.UUID]) -> None:
+    path, _ = journal
+    result = run("stats", "--journal", str(path))
+    assert result.exit_code == 0, result.stderr
+    assert "events 4" in result.stdout
+    assert "sequences 1..4" in result.stdout
+    assert "       1  workflow.start" in result.stdout
+
+    figures = json.loads(run("stats", "--journal", str(path), "--json").stdout)
+    assert figures["events"] == 4
+    assert (figures["first_sequence"], figures["last_sequence"]) == (1, 4)
+    assert figures["by_type"]["user.login"] == 1
+    assert figures["journal"] == str(path.resolve())
+    assert figures["size_bytes"] > 0
+
+
+def test_stats_prometheus_prints_the_journals_figures_only(
+    journal: tuple[Path, uuid.UUID],
+) -> None:
+    path, _ = journal
+    prom = run("stats", "--journal", str(path), "--prometheus")
+    assert prom.exit_code == 0, prom.stderr
+    assert 'llmspell_events_stored_events{event_type="user.login"} 1' in prom.stdout
+    assert "# TYPE llmspell_events_stored_events gauge" in prom.stdout
+    assert "llmspell_events_journal_last_sequence 4" in prom.stdout
+    metrics = {
+        line.split("{")[0].split(" ")[0]
+        for line in prom.stdout.splitlines()
+        if not line.startswith("#")
+    }
+    # Nothing of the short-lived bus that opened the journal (its zeros).
+    assert metrics == {
+        "llmspell_events_stored_events",
+        "llmspell_events_journal_last_sequence",
+        "llmspell_events_journal_size_bytes",
+    }
+
+
+@pytest.mark.parametrize("command", [["query"], ["stats"], ["trace", str(uuid.uuid4())]])
+def test_a_folder_that_is_no_journal_is_an_error_and_left_untouched(
+    tmp_path: Path, command: list[str]
+) -> None:
+    project = tmp_path / "proj"
+    project.mkdir()
+    (project / "app.py").write_text("print('hi')\n")
+    before = listing(project)
+    result = run(*command, "--journal", str(project))
+    assert result.exit_code == 1
+    assert result.stderr.splitlines() == [
+        f"Error: no journal at {project} (a node makes one: "
+        f"llmspell-events serve --journal {project})"
+    ]
+    assert listing(project) == before
+
+    missing = run(*command, "--journal", str(tmp_path / "nothing"))
+    assert missing.exit_code == 1
+    assert not (tmp_path / "nothing").exists()
+
+
+def test_reading_a_journal_writes_no_event(journal: tuple[Path, uuid.UUID]) -> None:
+    path, _ = journal
+    for _ in range(2):
+        assert run("stats", "--journal", str(path)).exit_code == 0
+        assert run("query", "--journal", str(path)).exit_code == 0
+    figures = json.loads(run("stats", "--journal", str(path), "--json").stdout)
+    assert figures["events"] == 4
+    assert figures["last_sequence"] == 4
