@@ -43,6 +43,14 @@ from actors._core.messages import (
     Unsubscribe,
 )
 from actors._core.ratelimit import TokenBucket
+from actors._core.requests import (
+    Pending,
+    Requester,
+    Responder,
+    check_request_type,
+    reply_result,
+    timeout_error,
+)
 from actors._core.router import RouterActor
 from actors._core.subscriber import (
     CatchUp,
@@ -861,6 +869,123 @@ class EventBus:
         """Return the metrics in the Prometheus text exposition format."""
         return to_prometheus(self.metrics())
 
+    # -- requests and replies (the logic: actors/_core/requests.py) -------------------------
+
+    _requests: Requester | None = None
+
+    def _requester(self) -> Requester:
+        with self._subs_lock:
+            if self._requests is None:
+                self._requests = Requester(lambda p, h, w: self.subscribe(p, h, filter=w))
+            return self._requests
+
+    def respond(
+        self,
+        pattern: str,
+        fn: Callable[[Event], Any],
+        *,
+        source: str | None = None,
+        **subscribe_options: Any,
+    ) -> Subscription:
+        """Subscribe ``fn`` as a responder: its return value becomes the reply event.
+
+        The reply is ``<request type>.reply`` (``.error`` with the exception's
+        type and message if ``fn`` raises; no retry, no dead letter), caused by
+        the request, in its correlation, targeted at its source, with
+        ``source``.  ``async def`` works as for handlers.  Takes the options of
+        ``subscribe``.  See ``docs/requests.md``.
+        """
+        responder = Responder(fn, self.publish, self._requester().table, source=source)
+        handler: Handler = responder.answer_async if _is_async(fn) else responder
+        return self.subscribe(pattern, handler, **subscribe_options)
+
+    def request(
+        self,
+        event_type: str,
+        data: Any = None,
+        *,
+        timeout: float | None = 5.0,
+        node: str | None = None,
+        **fields: Any,
+    ) -> Event:
+        """Publish a request and return the first reply event.
+
+        Blocks up to ``timeout`` seconds, then raises ``RequestTimeoutError``;
+        an error reply raises ``RemoteHandlerError``.  ``node`` has that
+        connected node publish the request (``publish_remote``).  Also raises
+        what ``publish`` raises, and ``BackpressureError`` when too many
+        requests wait at once.
+        """
+        requester, event, pending = self._send_request(event_type, data, fields, 1, timeout, node)
+        replies = requester.wait(pending, timeout)
+        if not replies:
+            raise timeout_error(event, timeout)
+        return reply_result(replies[0])
+
+    def request_all(
+        self,
+        event_type: str,
+        data: Any = None,
+        *,
+        timeout: float = 5.0,
+        max_replies: int | None = None,
+        node: str | None = None,
+        **fields: Any,
+    ) -> list[Event]:
+        """Publish a request; return every reply (``.error`` ones too) within ``timeout``.
+
+        Returns as soon as ``max_replies`` arrived, else after ``timeout``
+        (never raises ``RequestTimeoutError``: no reply is an empty list).
+        """
+        requester, _, pending = self._send_request(
+            event_type, data, fields, max_replies, timeout, node
+        )
+        return requester.wait(pending, timeout)
+
+    def _send_request(  # noqa: PLR0917 - the two public forms' arguments
+        self,
+        event_type: str,
+        data: Any,
+        fields: dict[str, Any],
+        max_replies: int | None,
+        timeout: float | None,
+        node: str | None,
+    ) -> tuple[Requester, Event, Pending]:
+        requester, event, new_route = self._prepare_request(event_type, data, fields)
+        if new_route:
+            self._sync_reply_route(timeout)
+        return requester, event, requester.send(event, self._request_publisher(node), max_replies)
+
+    def _prepare_request(
+        self, event_type: str, data: Any, fields: dict[str, Any]
+    ) -> tuple[Requester, Event, bool]:
+        self._check_open()
+        check_request_type(event_type)
+        event = self._prepare(event_type, data, fields)
+        requester = self._requester()
+        return requester, event, requester.route(event.event_type) and self._bridge is not None
+
+    def _sync_reply_route(self, timeout: float | None) -> None:
+        # A new reply route must reach the peers before the request does, or
+        # a fast remote reply could be published before they forward it.
+        if self._bridge is None or current_event.get() is not None:
+            return  # (inside a handler flush() cannot run: best effort)
+        alive = self._bridge.statistics().peers_alive
+        if alive and not self.wait_for_peers(alive, timeout):
+            logger.warning("reply route not acknowledged by %s within %ss", alive, timeout)
+
+    def _request_publisher(self, node: str | None) -> Callable[[Event], BusFuture[Event]]:
+        if node is None:
+            return self.publish
+
+        def publish_there(event: Event) -> BusFuture[Event]:
+            try:
+                return BusFuture.completed(self.publish_remote(node, event))
+            except EventBusError as exc:
+                return BusFuture.failed(exc)
+
+        return publish_there
+
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
         return f"<{type(self).__name__} {self.name or ''} {state}>"
@@ -871,6 +996,12 @@ def _start(actor: Any) -> Any:
     ActorRegistry.register(actor.actor_ref)
     actor._start_actor_loop()
     return actor
+
+
+def _is_async(fn: Any) -> bool:
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)  # noqa: B004 - async callable objects
+    )
 
 
 def _merge(stored: Sequence[Event], live: Sequence[Event]) -> list[Event]:
