@@ -942,6 +942,10 @@ class EventBus:
         )
         return requester.wait(pending, timeout)
 
+    def pending_requests(self) -> int:
+        """Return how many requests wait for replies now (bounded; see ``docs/requests.md``)."""
+        return len(self._requester().table)
+
     def _send_request(  # noqa: PLR0917 - the two public forms' arguments
         self,
         event_type: str,
