@@ -300,7 +300,7 @@ def test_request_inside_a_handler_is_the_replys_parent_in_the_trace(bus: EventBu
 
 def test_a_broad_responder_does_not_answer_replies(bus: EventBus) -> None:
     asked = Collector()
-    bus.respond("**", lambda e: asked(e))
+    bus.respond("**", asked)
     reply = bus.request("any.thing", timeout=WAIT)
     assert reply.event_type == "any.thing.reply"
     bus.flush(WAIT)
