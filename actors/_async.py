@@ -227,7 +227,7 @@ class AsyncEventBus:
         loop = asyncio.get_running_loop()
         requester, event, new_route = bus._prepare_request(event_type, data, fields)
         if new_route:  # a node's first request of this type: blocks once, off the loop
-            await loop.run_in_executor(None, bus._sync_reply_route, timeout)
+            await loop.run_in_executor(None, bus._sync_reply_route, timeout, node)
         publish = bus._request_publisher(node)
         if node is not None:  # publish_remote blocks until the node answered
             pending = await loop.run_in_executor(None, requester.send, event, publish, max_replies)

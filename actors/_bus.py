@@ -957,7 +957,7 @@ class EventBus:
     ) -> tuple[Requester, Event, Pending]:
         requester, event, new_route = self._prepare_request(event_type, data, fields)
         if new_route:
-            self._sync_reply_route(timeout)
+            self._sync_reply_route(timeout, node)
         return requester, event, requester.send(event, self._request_publisher(node), max_replies)
 
     def _prepare_request(
@@ -969,14 +969,15 @@ class EventBus:
         requester = self._requester()
         return requester, event, requester.route(event.event_type) and self._bridge is not None
 
-    def _sync_reply_route(self, timeout: float | None) -> None:
-        # A new reply route must reach the peers before the request does, or
-        # a fast remote reply could be published before they forward it.
+    def _sync_reply_route(self, timeout: float | None, node: str | None = None) -> None:
+        # A new reply route must reach the peers (and ``node``, which will
+        # publish the request) before the request does, or a fast reply could
+        # be published before they forward it.
         if self._bridge is None or current_event.get() is not None:
             return  # (inside a handler flush() cannot run: best effort)
-        alive = self._bridge.statistics().peers_alive
-        if alive and not self.wait_for_peers(alive, timeout):
-            logger.warning("reply route not acknowledged by %s within %ss", alive, timeout)
+        names = set(self._bridge.statistics().peers_alive) | ({node} if node else set())
+        if names and not self.wait_for_peers(sorted(names), timeout):
+            logger.warning("reply route not acknowledged by %s within %ss", names, timeout)
 
     def _request_publisher(self, node: str | None) -> Callable[[Event], BusFuture[Event]]:
         if node is None:
