@@ -30,6 +30,7 @@ from pykka import ActorRegistry
 
 from actors._core.correlator import CorrelationActor
 from actors._core.messages import (
+    Barrier,
     Flush,
     Forward,
     GetCorrelated,
@@ -972,12 +973,28 @@ class EventBus:
     def _sync_reply_route(self, timeout: float | None, node: str | None = None) -> None:
         # A new reply route must reach the peers (and ``node``, which will
         # publish the request) before the request does, or a fast reply could
-        # be published before they forward it.
-        if self._bridge is None or current_event.get() is not None:
-            return  # (inside a handler flush() cannot run: best effort)
-        names = set(self._bridge.statistics().peers_alive) | ({node} if node else set())
-        if names and not self.wait_for_peers(sorted(names), timeout):
-            logger.warning("reply route not acknowledged by %s within %ss", names, timeout)
+        # be published before they forward it.  No flush (a handler may ask):
+        # a barrier through the router, then the bridge, which applies its new
+        # prefixes before it takes mail; then the peers' acknowledgements.
+        bridge = self._bridge
+        if bridge is None:
+            return
+        names = set(bridge.statistics().peers_alive) | ({node} if node else set())
+        if not names:
+            return
+        applied: BusFuture[None] = BusFuture()
+        self._router_mailbox.put(
+            Barrier(lambda: bridge.mailbox.put(Barrier(lambda: applied.set(None))))
+        )
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            applied.get(timeout=timeout)
+        except FutureTimeoutError:
+            logger.warning("reply route not applied within %ss", timeout)
+            return
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        if not bridge.wait(lambda s: names <= set(s.synced_peers), left):
+            logger.warning("reply route not acknowledged by %s within %ss", sorted(names), timeout)
 
     def _request_publisher(self, node: str | None) -> Callable[[Event], BusFuture[Event]]:
         if node is None:
