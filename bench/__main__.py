@@ -25,7 +25,16 @@ from typing import Any
 
 from bench._common import Figure, Params, Result, machine_info, print_header
 
-BENCHMARKS = ("throughput", "latency", "persistence", "routing", "memory", "query", "crossproc")
+BENCHMARKS = (
+    "throughput",
+    "latency",
+    "persistence",
+    "routing",
+    "memory",
+    "query",
+    "crossproc",
+    "requests",
+)
 TITLES = {
     "throughput": "in-process throughput (no journal)",
     "latency": "publish-to-handler latency, paced open-loop load",
@@ -34,6 +43,7 @@ TITLES = {
     "memory": "memory per idle subscription and per queued event",
     "query": "query latency on a large journal",
     "crossproc": "cross-process over ZeroMQ (2 processes)",
+    "requests": "request/reply round trips (in-process vs pykka ask; 2 processes)",
 }
 
 

@@ -16,7 +16,16 @@ from typing import Any
 import pytest
 
 # The benchmarks SPEC section 11 asks for, as ``python -m bench`` names them.
-BENCHMARKS = ("throughput", "latency", "persistence", "routing", "memory", "query", "crossproc")
+BENCHMARKS = (
+    "throughput",
+    "latency",
+    "persistence",
+    "routing",
+    "memory",
+    "query",
+    "crossproc",
+    "requests",
+)
 ROOT = Path(__file__).resolve().parent.parent
 RESULT_KEYS = {
     "benchmark",
