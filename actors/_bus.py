@@ -13,6 +13,7 @@ threads) unless a subscription asks for a dedicated thread.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import itertools
 import logging
@@ -49,6 +50,7 @@ from actors._core.requests import (
     Requester,
     Responder,
     check_request_type,
+    publish_through,
     reply_result,
     timeout_error,
 )
@@ -875,10 +877,11 @@ class EventBus:
     _requests: Requester | None = None
 
     def _requester(self) -> Requester:
-        with self._subs_lock:
-            if self._requests is None:
-                self._requests = Requester(lambda p, h, w: self.subscribe(p, h, filter=w))
-            return self._requests
+        if self._requests is None:
+            with self._subs_lock:
+                if self._requests is None:
+                    self._requests = Requester(lambda p, h, w: self.subscribe(p, h, filter=w))
+        return self._requests
 
     def respond(
         self,
@@ -897,8 +900,7 @@ class EventBus:
         ``subscribe``.  See ``docs/requests.md``.
         """
         responder = Responder(fn, self.publish, self._requester().table, source=source)
-        handler: Handler = responder.answer_async if _is_async(fn) else responder
-        return self.subscribe(pattern, handler, **subscribe_options)
+        return self.subscribe(pattern, responder.handler, **subscribe_options)
 
     def request(
         self,
@@ -999,14 +1001,7 @@ class EventBus:
     def _request_publisher(self, node: str | None) -> Callable[[Event], BusFuture[Event]]:
         if node is None:
             return self.publish
-
-        def publish_there(event: Event) -> BusFuture[Event]:
-            try:
-                return BusFuture.completed(self.publish_remote(node, event))
-            except EventBusError as exc:
-                return BusFuture.failed(exc)
-
-        return publish_there
+        return functools.partial(publish_through, self.publish_remote, node)
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
@@ -1018,12 +1013,6 @@ def _start(actor: Any) -> Any:
     ActorRegistry.register(actor.actor_ref)
     actor._start_actor_loop()
     return actor
-
-
-def _is_async(fn: Any) -> bool:
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
-        getattr(fn, "__call__", None)  # noqa: B004 - async callable objects
-    )
 
 
 def _merge(stored: Sequence[Event], live: Sequence[Event]) -> list[Event]:

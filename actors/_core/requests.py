@@ -23,6 +23,7 @@ Who holds what (the facade wires it; nothing here starts a thread):
 
 from __future__ import annotations
 
+import inspect
 import threading
 import uuid
 from collections.abc import Callable
@@ -31,6 +32,7 @@ from typing import Any
 
 from actors._errors import (
     BackpressureError,
+    EventBusError,
     FutureTimeoutError,
     RemoteHandlerError,
     RequestTimeoutError,
@@ -50,6 +52,7 @@ __all__ = [
     "check_request_type",
     "error_event",
     "is_reply",
+    "publish_through",
     "reply_event",
     "reply_pattern",
     "reply_result",
@@ -334,6 +337,16 @@ class Responder:
         self._table = table
         self._source = source
 
+    @property
+    def handler(self) -> Callable[[Event], Any]:
+        """Return the subscription handler: ``answer_async`` for an ``async def`` fn, else self."""
+        fn = self.fn
+        if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+            getattr(fn, "__call__", None)  # noqa: B004 - async callable objects
+        ):
+            return self.answer_async
+        return self
+
     def __call__(self, request: Event) -> None:
         """Answer ``request`` (the synchronous handler)."""
         if is_reply(request):
@@ -377,6 +390,16 @@ class Responder:
             future.set_exception(exc)
             raise
         published.add_done_callback(_relay(future))
+
+
+def publish_through(
+    publish_remote: Callable[..., Event], node: str, event: Event
+) -> BusFuture[Event]:
+    """Have ``node`` publish ``event`` (``publish_remote``); return a done future of the result."""
+    try:
+        return BusFuture.completed(publish_remote(node, event))
+    except EventBusError as exc:
+        return BusFuture.failed(exc)
 
 
 def _relay(target: BusFuture[Event]) -> Callable[[BusFuture[Event]], None]:
