@@ -756,6 +756,8 @@ class EventBus:
             except pykka.Timeout:
                 logger.warning("close(): flush timed out after %ss; stopping anyway", timeout)
         self._stop_actors(wait=not inside, timeout=timeout)
+        if self._requests is not None:  # callers still waiting for replies: none will come
+            self._requests.table.fail_all(BusClosedError("the bus was closed"))
 
     def _stop_actors(self, *, wait: bool, timeout: float | None) -> None:
         with self._subs_lock:

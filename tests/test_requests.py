@@ -18,6 +18,7 @@ import pytest
 from actors import (
     AsyncEventBus,
     BackpressureError,
+    BusClosedError,
     Event,
     EventBus,
     EventBusError,
@@ -383,3 +384,36 @@ def test_ten_thousand_requests_that_time_out_leave_the_table_empty() -> None:
             assert abus.sync.pending_requests() == 0
 
     run(main())
+
+
+def test_closing_the_bus_fails_waiting_requests() -> None:
+    closing = EventBus()
+    asked = threading.Event()
+    closing.subscribe("nobody.answers", lambda e: asked.set())  # sees it, never replies
+    outcome: list[BaseException] = []
+
+    def ask() -> None:
+        try:
+            closing.request("nobody.answers", timeout=WAIT * 6)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    asker = threading.Thread(target=ask)
+    asker.start()
+    assert asked.wait(WAIT)
+    closing.close(timeout=WAIT)
+    asker.join(WAIT)
+    assert not asker.is_alive()
+    assert len(outcome) == 1
+    assert isinstance(outcome[0], BusClosedError)
+    assert closing.pending_requests() == 0
+
+
+def test_fail_all_empties_the_table() -> None:
+    table = PendingTable()
+    entries = [table.open(uuid.uuid4()) for _ in range(3)]
+    assert table.fail_all(BusClosedError("closed")) == 3
+    assert len(table) == 0
+    for entry in entries:
+        with pytest.raises(BusClosedError):
+            entry.future.get(timeout=0)

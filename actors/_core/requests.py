@@ -216,6 +216,15 @@ class PendingTable:
             entry.future.set(entry.replies)
         return True
 
+    def fail_all(self, exc: BaseException) -> int:
+        """Fail every waiting caller with ``exc`` (the bus closed); return how many."""
+        with self._lock:
+            entries = list(self._entries.values())
+            self._entries.clear()
+        for entry in entries:
+            entry.future.set_exception(exc)
+        return len(entries)
+
     def close(self, request_id: uuid.UUID) -> list[Event] | None:
         """Remove the entry (its caller stops waiting); return its replies, None if it was gone."""
         with self._lock:
