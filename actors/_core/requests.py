@@ -326,9 +326,9 @@ class Responder:
 
     ``publish`` publishes the reply and returns its future.  A reply to a
     request waiting in ``table`` (the same bus) is handed to it directly once
-    published.  Replies (events
-    ending in ``.reply``/``.error`` with a causation id) are never answered,
-    so a broad pattern cannot answer its own replies forever.
+    published.  Replies (events ending in ``.reply``/``.error`` with a
+    causation id) are never answered, so a broad pattern cannot answer its
+    own replies forever.
     """
 
     def __init__(
