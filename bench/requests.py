@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import multiprocessing as mp
+import struct
 import threading
 import time
 from typing import Any
@@ -169,6 +170,83 @@ def cross_process(n: int, rate: float, n_seq: int) -> dict[str, Any]:
     }
 
 
+# -- baseline: a raw pyzmq round trip between two processes ----------------------------------
+
+
+def _zmq_echo(conn: Any, pull_from: str, push_to: str) -> None:
+    import zmq  # noqa: PLC0415
+
+    ctx = zmq.Context()
+    pull = ctx.socket(zmq.PULL)
+    push = ctx.socket(zmq.PUSH)
+    pull.connect(pull_from)
+    push.connect(push_to)
+    conn.send("ready")
+    while True:
+        frame = pull.recv()
+        if not frame:
+            break
+        push.send(frame)
+    pull.close(0)
+    push.close(0)
+    ctx.term()
+
+
+def zmq_round_trips(n: int, rate: float) -> dict[str, Any]:
+    """Return latency percentiles of ``n`` raw pyzmq round trips paced at ``rate``/s, open loop.
+
+    PUSH here -> PULL/PUSH echo in a spawned child -> PULL on a receiver
+    thread here; latency from each frame's scheduled time to its echo.
+    """
+    import zmq  # noqa: PLC0415
+
+    ctx = zmq.Context()
+    push = ctx.socket(zmq.PUSH)
+    pull = ctx.socket(zmq.PULL)
+    push.bind("tcp://127.0.0.1:*")
+    pull.bind("tcp://127.0.0.1:*")
+    out_ep = push.getsockopt_string(zmq.LAST_ENDPOINT)
+    in_ep = pull.getsockopt_string(zmq.LAST_ENDPOINT)
+    mp_ctx = mp.get_context("spawn")
+    conn, child_conn = mp_ctx.Pipe()
+    proc = mp_ctx.Process(target=_zmq_echo, args=(child_conn, out_ep, in_ep), daemon=True)
+    proc.start()
+    head = struct.Struct(">q")
+    pad = b"x" * 56
+    pc = time.perf_counter
+    samples: list[float] = []
+    timing = [0.0]
+    interval = 1.0 / rate
+    try:
+        if receive(conn, proc, 60, "pyzmq echo") != "ready":
+            raise RuntimeError("the pyzmq echo process did not start")
+        push.send(head.pack(-1) + pad)  # the first frame waits for the connection
+        pull.recv()
+
+        def collect() -> None:
+            for _ in range(n):
+                (i,) = head.unpack_from(pull.recv())
+                samples.append(pc() - (timing[0] + i * interval))
+
+        receiver = threading.Thread(target=collect, name="zmq-baseline-receiver")
+        receiver.start()
+
+        def begin(start: float) -> None:
+            timing[0] = start
+
+        sender = paced(n, rate, lambda i: push.send(head.pack(i) + pad), begin)
+        receiver.join(WAIT)
+        push.send(b"")
+    finally:
+        proc.join(30)
+        if proc.is_alive():
+            proc.kill()
+        push.close(0)
+        pull.close(0)
+        ctx.term()
+    return {**sender, **latency_summary(samples)}
+
+
 def run(params: Params) -> Result:
     """Measure request/reply round trips in one process (vs pykka ask) and across two."""
     n = params.size(20_000, 300)
@@ -180,7 +258,9 @@ def run(params: Params) -> Result:
         {
             "in-process": f"{n} requests back to back from one thread, 1 responder "
             "(returns the request's data), EventBus() defaults (2 dispatcher threads)",
-            "baseline": f"bare pykka ThreadingActor, {n} ref.ask() round trips, same run",
+            "baseline": f"bare pykka ThreadingActor, {n} ref.ask() round trips, same run; "
+            f"across processes raw pyzmq: PUSH -> echo child (PULL, PUSH) -> PULL thread, "
+            f"64-byte frames, {n_cross} paced at {RATE:,}/s, open loop",
             "cross-process": f"2 processes (node req-a asks, node req-b answers, spawned), "
             f"tcp://127.0.0.1, {n_cross} requests paced at {RATE:,}/s offered, open loop "
             "(each an AsyncEventBus.request started on a loop thread at its scheduled time), "
@@ -203,15 +283,18 @@ def run(params: Params) -> Result:
         )
         if problem is None:
             x = r["cross_process"] = cross_process(n_cross, RATE, n_seq)
+            z = r["zmq_round_trip"] = zmq_round_trips(n_cross, RATE)
             line += (
                 f"; across processes p50 {x['p50'] * 1e3:.3f} ms, p99 {x['p99'] * 1e3:.3f} ms "
-                f"({x['timeouts']} timeouts)"
+                f"({x['timeouts']} timeouts); pyzmq round trip p50 {z['p50'] * 1e3:.3f} ms, "
+                f"p99 {z['p99'] * 1e3:.3f} ms"
             )
         result.runs.append(r)
         print(line)
     m = median_dict(result.runs)
     result.medians = m
     cross = m.get("cross_process") or {}
+    zmq_rt = m.get("zmq_round_trip") or {}
     skipped = "bridge not available" if problem is not None else ""
     result.figures = [
         Figure(
@@ -244,6 +327,8 @@ def run(params: Params) -> Result:
             "s",
             cross.get("p50"),
             None,
+            "pyzmq round trip p50",
+            zmq_rt.get("p50"),
             note=skipped,
         ),
         Figure(
@@ -258,6 +343,8 @@ def run(params: Params) -> Result:
             "s",
             cross.get("p99"),
             ("<", 0.002),
+            "pyzmq round trip p99",
+            zmq_rt.get("p99"),
             note=skipped,
         ),
     ]
