@@ -7,6 +7,7 @@ output lines and on ``wait_for_peers`` only.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import queue
 import subprocess
@@ -18,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from actors import EventBus, NodeConfig, RemoteHandlerError, RequestTimeoutError
+from actors import AsyncEventBus, EventBus, NodeConfig, RemoteHandlerError, RequestTimeoutError
 from actors._cluster.broker import Broker
 
 pytestmark = pytest.mark.slow
@@ -91,6 +92,15 @@ def _ask_and_check(bus: EventBus) -> None:
     with pytest.raises(RemoteHandlerError) as caught:
         bus.request("svc.echo", "boom", timeout=WAIT)
     assert caught.value.remote_type == "LookupError"
+
+    async def ask_async() -> list[Any]:
+        abus = AsyncEventBus(bus=bus)
+        replies = await asyncio.gather(
+            *(abus.request("svc.echo", i, timeout=WAIT) for i in range(20))
+        )
+        return [r.data["echo"] for r in replies]
+
+    assert asyncio.run(ask_async()) == list(range(20))
     assert bus.pending_requests() == 0
 
 
