@@ -225,9 +225,10 @@ class AsyncEventBus:
     ) -> tuple[Event, list[Event]]:
         bus = self.sync
         loop = asyncio.get_running_loop()
+        started = loop.time()
         requester, event, new_route = bus._prepare_request(event_type, data, fields)
         if new_route:  # a node's first request of this type: blocks once, off the loop
-            await loop.run_in_executor(None, bus._sync_reply_route, timeout, node)
+            await loop.run_in_executor(None, bus._sync_reply_route, event.event_type, timeout, node)
         publish = bus._request_publisher(node)
         if node is not None:  # publish_remote blocks until the node answered
             pending = await loop.run_in_executor(None, requester.send, event, publish, max_replies)
@@ -235,7 +236,7 @@ class AsyncEventBus:
             pending = requester.send(event, publish, max_replies)
         table = requester.table
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout_at(None if timeout is None else started + timeout):
                 return event, await wrap_future(pending.future)
         except TimeoutError:
             late = table.close(pending.request_id)

@@ -921,8 +921,10 @@ class EventBus:
         what ``publish`` raises, and ``BackpressureError`` when too many
         requests wait at once.
         """
-        requester, event, pending = self._send_request(event_type, data, fields, 1, timeout, node)
-        replies = requester.wait(pending, timeout)
+        requester, event, pending, left = self._send_request(
+            event_type, data, fields, 1, timeout, node
+        )
+        replies = requester.wait(pending, left)
         if not replies:
             raise timeout_error(event, timeout)
         return reply_result(replies[0])
@@ -942,10 +944,10 @@ class EventBus:
         Returns as soon as ``max_replies`` arrived, else after ``timeout``
         (never raises ``RequestTimeoutError``: no reply is an empty list).
         """
-        requester, _, pending = self._send_request(
+        requester, _, pending, left = self._send_request(
             event_type, data, fields, max_replies, timeout, node
         )
-        return requester.wait(pending, timeout)
+        return requester.wait(pending, left)
 
     def pending_requests(self) -> int:
         """Return how many requests wait for replies now (bounded; see ``docs/requests.md``)."""
@@ -959,11 +961,15 @@ class EventBus:
         max_replies: int | None,
         timeout: float | None,
         node: str | None,
-    ) -> tuple[Requester, Event, Pending]:
+    ) -> tuple[Requester, Event, Pending, float | None]:
+        """Prepare, route and publish a request; return it with the time left to wait."""
+        started = time.monotonic()
         requester, event, new_route = self._prepare_request(event_type, data, fields)
         if new_route:
-            self._sync_reply_route(timeout, node)
-        return requester, event, requester.send(event, self._request_publisher(node), max_replies)
+            self._sync_reply_route(event.event_type, timeout, node)
+        pending = requester.send(event, self._request_publisher(node), max_replies)
+        left = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
+        return requester, event, pending, left
 
     def _prepare_request(
         self, event_type: str, data: Any, fields: dict[str, Any]
@@ -972,9 +978,14 @@ class EventBus:
         check_request_type(event_type)
         event = self._prepare(event_type, data, fields)
         requester = self._requester()
-        return requester, event, requester.route(event.event_type) and self._bridge is not None
+        new = requester.route(event.event_type)
+        if new and self._bridge is None:
+            requester.synced(event.event_type)  # no peers: nothing to wait for
+        return requester, event, new and self._bridge is not None
 
-    def _sync_reply_route(self, timeout: float | None, node: str | None = None) -> None:
+    def _sync_reply_route(
+        self, event_type: str, timeout: float | None, node: str | None = None
+    ) -> None:
         # A new reply route must reach the peers (and ``node``, which will
         # publish the request) before the request does, or a fast reply could
         # be published before they forward it.  No flush (a handler may ask):
@@ -985,7 +996,7 @@ class EventBus:
             return
         names = set(bridge.statistics().peers_alive) | ({node} if node else set())
         if not names:
-            return
+            return  # (no peer yet: the next request of this type tries again)
         applied: BusFuture[None] = BusFuture()
         self._router_mailbox.put(
             Barrier(lambda: bridge.mailbox.put(Barrier(lambda: applied.set(None))))
@@ -997,7 +1008,9 @@ class EventBus:
             logger.warning("reply route not applied within %ss", timeout)
             return
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
-        if not bridge.wait(lambda s: names <= set(s.synced_peers), left):
+        if bridge.wait(lambda s: names <= set(s.synced_peers), left):
+            self._requester().synced(event_type)
+        else:
             logger.warning("reply route not acknowledged by %s within %ss", sorted(names), timeout)
 
     def _request_publisher(self, node: str | None) -> Callable[[Event], BusFuture[Event]]:

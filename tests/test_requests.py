@@ -31,6 +31,7 @@ from actors import (
 )
 from actors._core.requests import (
     PendingTable,
+    Requester,
     Responder,
     error_event,
     is_reply,
@@ -417,3 +418,20 @@ def test_fail_all_empties_the_table() -> None:
     for entry in entries:
         with pytest.raises(BusClosedError):
             entry.future.get(timeout=0)
+
+
+def test_requester_makes_one_reply_route_per_type_and_asks_until_synced() -> None:
+    made: list[str] = []
+
+    def subscribe(pattern: str, handler: Any, wanted: Any) -> str:
+        made.append(pattern)
+        return pattern
+
+    requester = Requester(subscribe)
+    assert requester.route("tool.invoke")
+    assert requester.route("tool.invoke")  # not acknowledged yet: callers wait again
+    requester.synced("tool.invoke")
+    assert not requester.route("tool.invoke")
+    assert requester.route("other.ask")
+    assert made == ["tool.invoke.{reply,error}", "other.ask.{reply,error}"]
+    assert requester.routes == 2

@@ -247,19 +247,28 @@ class Requester:
         self.table = PendingTable(limit)
         self._subscribe = subscribe_replies
         self._routes: dict[str, object] = {}
+        self._synced: set[str] = set()
         self._lock = threading.Lock()
 
     def route(self, request_type: str) -> bool:
-        """Make sure replies to ``request_type`` reach the table; return whether it is new."""
-        if request_type in self._routes:
+        """Make sure replies to ``request_type`` reach the table.
+
+        Return True until ``synced(request_type)`` was called: until then a
+        caller on a node waits for the peers to acknowledge the route.
+        """
+        if request_type in self._synced:
             return False
-        with self._lock:
-            if request_type in self._routes:
-                return False
-            self._routes[request_type] = self._subscribe(
-                reply_pattern(request_type), self.table.offer, self.table.wanted
-            )
+        if request_type not in self._routes:
+            with self._lock:
+                if request_type not in self._routes:
+                    self._routes[request_type] = self._subscribe(
+                        reply_pattern(request_type), self.table.offer, self.table.wanted
+                    )
         return True
+
+    def synced(self, request_type: str) -> None:
+        """Record that the peers acknowledged the reply route of ``request_type``."""
+        self._synced.add(request_type)
 
     @property
     def routes(self) -> int:
