@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from actors._cluster.bridge import generate_keypair
+
 pytestmark = pytest.mark.slow
 
 WAIT = 60.0
@@ -109,3 +111,34 @@ def test_req_rejects_data_that_is_not_json(hub: str) -> None:
     result = cli("req", "calc.add", "{not json", "--peer", hub)
     assert result.returncode == 2
     assert "not JSON" in result.stderr
+
+
+def test_req_and_reply_with_curve_keys(tmp_path: Path) -> None:
+    server_pub, server_sec = (k.decode() for k in generate_keypair())
+    client_pub, client_sec = (k.decode() for k in generate_keypair())
+    node = Running(
+        "serve", "--name", "safe", "--listen", "tcp://127.0.0.1:0",
+        "--public-key", server_pub, "--secret-key", server_sec, "--authorize", client_pub,
+    )  # fmt: skip
+    try:
+        endpoint = dict(node.line().split(" ", 1) for _ in range(4))["request"]
+        keys = ["--public-key", client_pub, "--secret-key", client_sec, "--server-key", server_pub]
+        script = tmp_path / "answer.py"
+        script.write_text(SCRIPT)
+        answering = Running(
+            "reply", "calc.*", "--exec", f"{sys.executable} {script}", "--peer", endpoint,
+            "--count", "1", *keys,
+        )  # fmt: skip
+        try:
+            assert answering.line(answering.err) == "replying to calc.* at safe"
+            ok = cli("req", "calc.add", "7", "--peer", endpoint, "--timeout", "30", *keys)
+            assert ok.returncode == 0, ok.stderr
+            assert json.loads(ok.stdout) == {"got": 7}
+            assert answering.proc.wait(WAIT) == 0
+        finally:
+            answering.stop()
+        half = cli("req", "calc.add", "--peer", endpoint, "--public-key", client_pub)
+        assert half.returncode == 2
+        assert "together" in half.stderr
+    finally:
+        node.stop()

@@ -19,7 +19,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, NoReturn
 
 import click
@@ -40,11 +41,50 @@ def _fail(message: str) -> NoReturn:
     raise click.ClickException(message)
 
 
+def _key(value: str | None) -> bytes | None:
+    """Return a Z85 key given as text or as a file holding it (``keygen --out``)."""
+    if value is None:
+        return None
+    text = value.strip()
+    if len(text) != 40:
+        path = Path(value)
+        if not path.is_file():
+            raise click.BadParameter(f"{value!r} is neither a 40-character Z85 key nor a file")
+        text = path.read_text().strip()
+    if len(text) != 40:
+        raise click.BadParameter(f"{value!r} does not hold a 40-character Z85 key")
+    return text.encode()
+
+
+def _curve_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed(
+        [
+            click.option("--public-key", help="this node's CURVE public key (Z85 or a file)"),
+            click.option("--secret-key", help="this node's CURVE secret key (Z85 or a file)"),
+            click.option("--server-key", help="the peer's CURVE public key (Z85 or a file)"),
+        ]
+    ):
+        fn = option(fn)
+    return fn
+
+
 @contextlib.contextmanager
-def _client(peer: str, name: str) -> Iterator[EventBus]:
+def _client(peer: str, name: str, keys: dict[str, str | None]) -> Iterator[EventBus]:
     """Run a short-lived node (no ``listen``) connected to ``peer``; close it on exit."""
+    public, secret = _key(keys["public_key"]), _key(keys["secret_key"])
+    server = _key(keys["server_key"])
+    if (secret is None) != (server is None) or (secret is None) != (public is None):
+        raise click.UsageError("CURVE needs --public-key, --secret-key and --server-key together")
     try:
-        bus = EventBus(EventConfig(threads=1), node=NodeConfig(name=name, peers=(peer,)))
+        node = NodeConfig(
+            name=name,
+            peers=(peer,),
+            curve_public_key=public,
+            curve_secret_key=secret,
+            authorized_keys=(server,) if server is not None else (),
+            peer_public_keys={peer: server} if server is not None else {},
+        )
+        bus = EventBus(EventConfig(threads=1), node=node)
     except (EventBusError, ValueError) as exc:
         _fail(str(exc))
     try:
@@ -81,6 +121,7 @@ def _json_arg(text: str | None, hint: str) -> Any:
 @click.option("--source", help="who asks (the reply's target; default: this client's name)")
 @click.option("--name", help="this short-lived node's name (default: req-PID)")
 @click.option("--json", "as_json", is_flag=True, help="print the whole reply event as JSON")
+@_curve_options
 def req(
     *,
     event_type: str,
@@ -91,6 +132,7 @@ def req(
     source: str | None,
     name: str | None,
     as_json: bool,
+    **keys: str | None,
 ) -> None:
     """Send a request of type EVENT_TYPE (DATA as JSON) and print the reply's data.
 
@@ -100,7 +142,7 @@ def req(
     payload = _json_arg(data, "DATA")
     me = name or f"req-{os.getpid()}"
     deadline = time.monotonic() + timeout
-    with _client(peer, me) as bus:
+    with _client(peer, me, keys) as bus:
         target = _target(bus, peer, node_name, timeout)
         try:
             answer = bus.request(
@@ -162,6 +204,7 @@ def run_command(argv: list[str], request: Event, timeout: float | None = None) -
 @click.option("--timeout", type=float, default=10.0, show_default=True, help="seconds to join")
 @click.option("--exec-timeout", type=float, help="seconds a command may run (then an error)")
 @click.option("--name", help="this node's name (default: reply-PID; the replies' source)")
+@_curve_options
 def reply(
     *,
     pattern: str,
@@ -172,6 +215,7 @@ def reply(
     timeout: float,
     exec_timeout: float | None,
     name: str | None,
+    **keys: str | None,
 ) -> None:
     """Answer requests matching PATTERN by running --exec CMD for each.
 
@@ -200,7 +244,7 @@ def reply(
                     finished.set()
 
     signal.signal(signal.SIGTERM, _interrupt)
-    with _client(peer, me) as bus:
+    with _client(peer, me, keys) as bus:
         target = _target(bus, peer, node_name, timeout)
 
         def publish_there(event: Event) -> BusFuture[Event]:
