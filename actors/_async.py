@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from types import TracebackType
 from typing import Any, TypeVar
 
 from actors._bus import EventBus
+from actors._core.requests import reply_result, timeout_error
 from actors._core.subscriber import DeadLetter, Handler, Subscription
 from actors._errors import BusClosedError
 from actors._model.config import EventConfig, OverflowStrategy
@@ -172,6 +173,78 @@ class AsyncEventBus:
         """Drain, flush and stop the bus (the async twin of ``close``)."""
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self.sync.close, timeout)
+
+    # -- requests and replies (see EventBus.request; the core: _core/requests.py) ---------
+
+    async def respond(
+        self, pattern: str, fn: Callable[[Event], Any], **options: Any
+    ) -> Subscription:
+        """Subscribe a responder (see ``EventBus.respond``); ``async def`` runs on this loop."""
+        return self.sync.respond(pattern, fn, **options)
+
+    async def request(
+        self,
+        event_type: str,
+        data: Any = None,
+        *,
+        timeout: float | None = 5.0,
+        node: str | None = None,
+        **fields: Any,
+    ) -> Event:
+        """Publish a request and await its first reply (see ``EventBus.request``).
+
+        Waits on the loop (no thread per request); raises ``RequestTimeoutError``
+        and ``RemoteHandlerError`` as the synchronous form does.
+        """
+        event, replies = await self._ask(event_type, data, fields, 1, timeout, node)
+        if not replies:
+            raise timeout_error(event, timeout)
+        return reply_result(replies[0])
+
+    async def request_all(
+        self,
+        event_type: str,
+        data: Any = None,
+        *,
+        timeout: float = 5.0,
+        max_replies: int | None = None,
+        node: str | None = None,
+        **fields: Any,
+    ) -> list[Event]:
+        """Publish a request; gather the replies (see ``EventBus.request_all``)."""
+        return (await self._ask(event_type, data, fields, max_replies, timeout, node))[1]
+
+    async def _ask(  # noqa: PLR0917 - the two public forms' arguments
+        self,
+        event_type: str,
+        data: Any,
+        fields: dict[str, Any],
+        max_replies: int | None,
+        timeout: float | None,
+        node: str | None,
+    ) -> tuple[Event, list[Event]]:
+        bus = self.sync
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        requester, event, new_route = bus._prepare_request(event_type, data, fields)
+        if new_route:  # a node's first request of this type: blocks once, off the loop
+            await loop.run_in_executor(None, bus._sync_reply_route, event.event_type, timeout, node)
+        publish = bus._request_publisher(node)
+        if node is not None:  # publish_remote blocks until the node answered
+            pending = await loop.run_in_executor(None, requester.send, event, publish, max_replies)
+        else:
+            pending = requester.send(event, publish, max_replies)
+        table = requester.table
+        try:
+            async with asyncio.timeout_at(None if timeout is None else started + timeout):
+                return event, await wrap_future(pending.future)
+        except TimeoutError:
+            late = table.close(pending.request_id)
+            if late is None and pending.future.done():
+                return event, pending.future.get()
+            return event, late or []
+        finally:
+            table.close(pending.request_id)
 
     def metrics(self) -> BusMetrics:
         """Return a metrics snapshot (cheap, never blocks)."""

@@ -16,6 +16,7 @@ threads of their own: no handler can take their threads.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import itertools
 import logging
@@ -33,6 +34,7 @@ from pykka import ActorRegistry
 
 from actors._core.correlator import CorrelationActor
 from actors._core.messages import (
+    Barrier,
     Flush,
     Forward,
     GetCorrelated,
@@ -46,6 +48,15 @@ from actors._core.messages import (
     Unsubscribe,
 )
 from actors._core.ratelimit import TokenBucket
+from actors._core.requests import (
+    Pending,
+    Requester,
+    Responder,
+    check_request_type,
+    publish_through,
+    reply_result,
+    timeout_error,
+)
 from actors._core.router import RouterActor
 from actors._core.subscriber import (
     CatchUp,
@@ -783,6 +794,8 @@ class EventBus:
                 self._flush(deadline.remaining())
             except pykka.Timeout:
                 logger.warning("close(): flush timed out after %ss; stopping anyway", timeout)
+        if self._requests is not None:  # callers still waiting for replies: none will come
+            self._requests.table.fail_all(BusClosedError("the bus was closed"))
         if inside:  # the caller's own thread may be needed: wait for nothing
             return self._stop_actors(Deadline(0), grace=0.0, wait=False)
         return self._stop_actors(deadline)
@@ -922,6 +935,150 @@ class EventBus:
     def prometheus(self) -> str:
         """Return the metrics in the Prometheus text exposition format."""
         return to_prometheus(self.metrics())
+
+    # -- requests and replies (the logic: actors/_core/requests.py) -------------------------
+
+    _requests: Requester | None = None
+
+    def _requester(self) -> Requester:
+        if self._requests is None:
+            with self._subs_lock:
+                if self._requests is None:
+                    self._requests = Requester(lambda p, h, w: self.subscribe(p, h, filter=w))
+        return self._requests
+
+    def respond(
+        self,
+        pattern: str,
+        fn: Callable[[Event], Any],
+        *,
+        source: str | None = None,
+        **subscribe_options: Any,
+    ) -> Subscription:
+        """Subscribe ``fn`` as a responder: its return value becomes the reply event.
+
+        The reply is ``<request type>.reply`` (``.error`` with the exception's
+        type and message if ``fn`` raises; no retry, no dead letter), caused by
+        the request, in its correlation, targeted at its source, with
+        ``source``.  ``async def`` works as for handlers.  Takes the options of
+        ``subscribe``.  See ``docs/requests.md``.
+        """
+        responder = Responder(fn, self.publish, self._requester().table, source=source)
+        return self.subscribe(pattern, responder.handler, **subscribe_options)
+
+    def request(
+        self,
+        event_type: str,
+        data: Any = None,
+        *,
+        timeout: float | None = 5.0,
+        node: str | None = None,
+        **fields: Any,
+    ) -> Event:
+        """Publish a request and return the first reply event.
+
+        Blocks up to ``timeout`` seconds, then raises ``RequestTimeoutError``;
+        an error reply raises ``RemoteHandlerError``.  ``node`` has that
+        connected node publish the request (``publish_remote``).  Also raises
+        what ``publish`` raises, and ``BackpressureError`` when too many
+        requests wait at once.
+        """
+        requester, event, pending, left = self._send_request(
+            event_type, data, fields, 1, timeout, node
+        )
+        replies = requester.wait(pending, left)
+        if not replies:
+            raise timeout_error(event, timeout)
+        return reply_result(replies[0])
+
+    def request_all(
+        self,
+        event_type: str,
+        data: Any = None,
+        *,
+        timeout: float = 5.0,
+        max_replies: int | None = None,
+        node: str | None = None,
+        **fields: Any,
+    ) -> list[Event]:
+        """Publish a request; return every reply (``.error`` ones too) within ``timeout``.
+
+        Returns as soon as ``max_replies`` arrived, else after ``timeout``
+        (never raises ``RequestTimeoutError``: no reply is an empty list).
+        """
+        requester, _, pending, left = self._send_request(
+            event_type, data, fields, max_replies, timeout, node
+        )
+        return requester.wait(pending, left)
+
+    def pending_requests(self) -> int:
+        """Return how many requests wait for replies now (bounded; see ``docs/requests.md``)."""
+        return len(self._requester().table)
+
+    def _send_request(  # noqa: PLR0917 - the two public forms' arguments
+        self,
+        event_type: str,
+        data: Any,
+        fields: dict[str, Any],
+        max_replies: int | None,
+        timeout: float | None,
+        node: str | None,
+    ) -> tuple[Requester, Event, Pending, float | None]:
+        """Prepare, route and publish a request; return it with the time left to wait."""
+        started = time.monotonic()
+        requester, event, new_route = self._prepare_request(event_type, data, fields)
+        if new_route:
+            self._sync_reply_route(event.event_type, timeout, node)
+        pending = requester.send(event, self._request_publisher(node), max_replies)
+        left = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
+        return requester, event, pending, left
+
+    def _prepare_request(
+        self, event_type: str, data: Any, fields: dict[str, Any]
+    ) -> tuple[Requester, Event, bool]:
+        self._check_open()
+        check_request_type(event_type)
+        event = self._prepare(event_type, data, fields)
+        requester = self._requester()
+        new = requester.route(event.event_type)
+        if new and self._bridge is None:
+            requester.synced(event.event_type)  # no peers: nothing to wait for
+        return requester, event, new and self._bridge is not None
+
+    def _sync_reply_route(
+        self, event_type: str, timeout: float | None, node: str | None = None
+    ) -> None:
+        # A new reply route must reach the peers (and ``node``, which will
+        # publish the request) before the request does, or a fast reply could
+        # be published before they forward it.  No flush (a handler may ask):
+        # a barrier through the router, then the bridge, which applies its new
+        # prefixes before it takes mail; then the peers' acknowledgements.
+        bridge = self._bridge
+        if bridge is None:
+            return
+        names = set(bridge.statistics().peers_alive) | ({node} if node else set())
+        if not names:
+            return  # (no peer yet: the next request of this type tries again)
+        applied: BusFuture[None] = BusFuture()
+        self._router_mailbox.put(
+            Barrier(lambda: bridge.mailbox.put(Barrier(lambda: applied.set(None))))
+        )
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            applied.get(timeout=timeout)
+        except FutureTimeoutError:
+            logger.warning("reply route not applied within %ss", timeout)
+            return
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        if bridge.wait(lambda s: names <= set(s.synced_peers), left):
+            self._requester().synced(event_type)
+        else:
+            logger.warning("reply route not acknowledged by %s within %ss", sorted(names), timeout)
+
+    def _request_publisher(self, node: str | None) -> Callable[[Event], BusFuture[Event]]:
+        if node is None:
+            return self.publish
+        return functools.partial(publish_through, self.publish_remote, node)
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"

@@ -35,6 +35,7 @@ BENCHMARKS = (
     "crossproc",
     "scaleout",
     "blocking",
+    "requests",
 )
 TITLES = {
     "throughput": "in-process throughput (no journal)",
@@ -46,6 +47,7 @@ TITLES = {
     "crossproc": "cross-process over ZeroMQ (2 processes)",
     "scaleout": "scale-out: publisher and subscriber processes through a broker",
     "blocking": "another subscription's rate while 16 handlers block",
+    "requests": "request/reply round trips (in-process vs pykka ask; 2 processes)",
 }
 
 

@@ -20,7 +20,9 @@ def test_demo_runs_the_workflow(tmp_path: Path) -> None:
         "workflow.complete",
         "The workflow's causal trace:",
         "ConnectionError: flaky-api",
-        "11 events replayed.",
+        "tool.invoke.reply",
+        "tool.invoke.error",
+        "12 events replayed.",
     ):
         assert expected in text, expected
     # The trace is a tree rooted at the start event.
@@ -28,7 +30,10 @@ def test_demo_runs_the_workflow(tmp_path: Path) -> None:
     rendered = lines[trace_start + 1].splitlines()
     assert rendered[0].startswith("workflow ")
     assert "workflow.start" in rendered[1]
-    assert "(11 events" in rendered[0]
+    assert "(12 events" in rendered[0]
+    # Each tool reply hangs under its request in the trace (request -> reply).
+    invoke = next(i for i, line in enumerate(rendered) if "tool.invoke  [worker-1" in line)
+    assert "tool.invoke.reply" in rendered[invoke + 1]
 
 
 def test_demo_can_run_twice_on_one_journal(tmp_path: Path) -> None:
@@ -38,5 +43,5 @@ def test_demo_can_run_twice_on_one_journal(tmp_path: Path) -> None:
     assert demo.run(journal, out=first.append) == 0
     assert demo.run(journal, out=second.append) == 0
     # Sequences continue across runs; each run replays only its own workflow.
-    assert "11 events replayed." in second
-    assert any("#12" in line for line in second)
+    assert "12 events replayed." in second
+    assert any("#13" in line for line in second)

@@ -27,6 +27,8 @@ COMMANDS: tuple[tuple[str, str], ...] = (
     ("journal", "query"),
     ("journal", "trace"),
     ("journal", "stats"),
+    ("requests", "req"),
+    ("requests", "reply"),
     ("keys", "keygen"),
     ("bench", "bench"),
 )

@@ -68,17 +68,21 @@ def wire_agents(bus: EventBus, done: threading.Event, roles: frozenset[str] = RO
         def handle(event: Event) -> None:
             if event.event_type == "task.assigned" and event.target == name:
                 tool = event.data["tool"] if isinstance(event.data, dict) else "?"
-                bus.publish("tool.invoke", {"tool": tool}, source=name, target="tools")
-            elif event.event_type == "tool.result" and event.target == name:
-                bus.publish("task.done", {"result": event.data}, source=name, target="reviewer")
+                # Ask the tool runner and wait for its answer (a request/reply
+                # round trip; a failing tool raises RemoteHandlerError here, and
+                # the task becomes a dead letter the reviewer escalates).
+                result = bus.request(
+                    "tool.invoke", {"tool": tool}, source=name, target="tools", timeout=10.0
+                )
+                bus.publish("task.done", {"result": result.data}, source=name, target="reviewer")
 
         return handle
 
-    def tools(event: Event) -> None:
+    def tools(event: Event) -> Any:
         tool = event.data["tool"] if isinstance(event.data, dict) else "?"
         if tool == "flaky-api":
             raise ConnectionError("flaky-api: upstream timed out")
-        bus.publish("tool.result", {"hits": 3}, source="tools", target=event.source)
+        return {"hits": 3}
 
     pending = {"worker-1", "worker-2"}
     lock = threading.Lock()
@@ -96,16 +100,17 @@ def wire_agents(bus: EventBus, done: threading.Event, roles: frozenset[str] = RO
             settle(event.source, "approved")
         elif event.event_type == "$bus.deadletter" and isinstance(event.data, dict):
             failed = event.data["event"]
-            if isinstance(failed, dict) and failed.get("event_type") == "tool.invoke":
-                settle(str(failed.get("source")), "escalated")
+            if isinstance(failed, dict) and failed.get("event_type") == "task.assigned":
+                settle(str(failed.get("target")), "escalated")
 
     if "planner" in roles:
         bus.subscribe("workflow.start", planner)
     if "workers" in roles:
-        bus.subscribe("{task,tool}.*", worker("worker-1"))
-        bus.subscribe("t*.{assigned,result}", worker("worker-2"))
+        # A worker waits for its tool's reply: a thread of its own each.
+        bus.subscribe("{task,job}.*", worker("worker-1"), dedicated_thread=True)
+        bus.subscribe("t*.assign?d", worker("worker-2"), dedicated_thread=True)
     if "tools" in roles:
-        bus.subscribe("tool.invoke", tools)
+        bus.respond("tool.invoke", tools, source="tools")
     if "reviewer" in roles:
         bus.subscribe("task.done", reviewer)
         bus.subscribe("$bus.deadletter", reviewer)

@@ -1,0 +1,431 @@
+"""Requests and replies over the bus: the pending-reply table and the responder.
+
+A request is an ordinary event; its answer is another one, of type
+``<request type>.reply`` (or ``.error`` when the responder raised), with
+``causation_id`` = the request's id, the request's ``correlation_id`` and
+``target`` = the request's ``source``.  So replies are journaled, traced
+(parent -> child) and cross nodes like any event.
+
+Who holds what (the facade wires it; nothing here starts a thread):
+
+- ``PendingTable`` maps request ids to the ``Pending`` entries of callers
+  still waiting.  Written by requesting threads (open, close) and by whoever
+  delivers a reply (offer); one lock guards it.  Bounded by ``limit``;
+  an entry leaves when its last reply arrived or its caller gave up.
+- ``Requester`` owns the table and one long-lived reply subscription per
+  request type (pattern ``<type>.{reply,error}``, filtered in the router to
+  the ids in the table), made through the ``ReplyPort`` it is given.
+- ``Responder`` turns a handler's return value (or exception) into the reply
+  event and publishes it through a ``publish`` callable.  When the reply's
+  request is waiting on the same bus, the responder hands the published reply
+  to the table at once (``on_published``), skipping the subscription's hop.
+"""
+
+from __future__ import annotations
+
+import inspect
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from actors._errors import (
+    BackpressureError,
+    EventBusError,
+    FutureTimeoutError,
+    RemoteHandlerError,
+    RequestTimeoutError,
+)
+from actors._model.event import Event
+from actors._model.topics import MAX_EVENT_TYPE_LENGTH, validate_event_type
+from actors._runtime.future import BusFuture
+
+__all__ = [
+    "ERROR",
+    "REPLY",
+    "Pending",
+    "PendingTable",
+    "ReplyPort",
+    "Requester",
+    "Responder",
+    "check_request_type",
+    "error_event",
+    "is_reply",
+    "publish_through",
+    "reply_event",
+    "reply_pattern",
+    "reply_result",
+    "timeout_error",
+]
+
+REPLY = "reply"
+ERROR = "error"
+_SUFFIXES = (f".{REPLY}", f".{ERROR}")
+# The longest request type whose ``.reply``/``.error`` is still a valid type.
+MAX_REQUEST_TYPE_LENGTH = MAX_EVENT_TYPE_LENGTH - len(f".{ERROR}")
+DEFAULT_LIMIT = 65_536  # requests waiting at once, per bus
+
+
+def reply_pattern(request_type: str) -> str:
+    """Return the pattern of the replies (and errors) to ``request_type``."""
+    return f"{request_type}.{{{REPLY},{ERROR}}}"
+
+
+def is_reply(event: Event) -> bool:
+    """Return whether ``event`` is a reply or an error reply (responders never answer those)."""
+    return event.causation_id is not None and event.event_type.endswith(_SUFFIXES)
+
+
+def check_request_type(event_type: object) -> str:
+    """Return ``event_type`` if a reply to it can be typed (else raise a ``ValueError``)."""
+    text = validate_event_type(event_type)
+    if len(text) > MAX_REQUEST_TYPE_LENGTH:
+        raise ValueError(
+            f"event_type: a request type has at most {MAX_REQUEST_TYPE_LENGTH} characters "
+            f"(its '.{ERROR}' reply must fit in {MAX_EVENT_TYPE_LENGTH})"
+        )
+    return text
+
+
+def reply_event(request: Event, data: Any, *, source: str | None = None) -> Event:
+    """Return the reply to ``request`` carrying ``data`` (``InvalidEventError`` if not JSON)."""
+    return Event(
+        event_type=f"{request.event_type}.{REPLY}",
+        data=data,
+        causation_id=request.id,
+        correlation_id=request.correlation_id,
+        target=request.source,
+        source=source,
+    )
+
+
+def error_event(request: Event, exc: BaseException, *, source: str | None = None) -> Event:
+    """Return the error reply to ``request``: the exception's type name and message."""
+    return Event(
+        event_type=f"{request.event_type}.{ERROR}",
+        data={"error_type": type(exc).__name__, "error": str(exc)},
+        causation_id=request.id,
+        correlation_id=request.correlation_id,
+        target=request.source,
+        source=source,
+    )
+
+
+def reply_result(reply: Event) -> Event:
+    """Return ``reply``, or raise ``RemoteHandlerError`` if it is an error reply."""
+    if reply.event_type.endswith(f".{ERROR}"):
+        data = reply.data if isinstance(reply.data, dict) else {}
+        raise RemoteHandlerError(
+            str(data.get("error_type", "Exception")), str(data.get("error", "")), reply
+        )
+    return reply
+
+
+# -- the pending-reply table --------------------------------------------------------------
+
+
+@dataclass(slots=True, eq=False)
+class Pending:
+    """One caller waiting for replies to ``request_id``.
+
+    ``future`` resolves with the replies once ``max_replies`` arrived (never,
+    when ``max_replies`` is None: the caller's timeout ends the wait).
+    """
+
+    request_id: uuid.UUID
+    max_replies: int | None
+    future: BusFuture[list[Event]] = field(default_factory=BusFuture)
+    replies: list[Event] = field(default_factory=list)
+
+
+class PendingTable:
+    """Request id -> ``Pending``; bounded, thread-safe, no thread of its own."""
+
+    def __init__(self, limit: int = DEFAULT_LIMIT) -> None:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        self.limit = limit
+        self._entries: dict[uuid.UUID, Pending] = {}
+        self._lock = threading.Lock()
+        # Replies a local responder hands over itself (see ``hand_over``).
+        self._direct: set[uuid.UUID] = set()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def open(self, request_id: uuid.UUID, max_replies: int | None = 1) -> Pending:
+        """Add an entry for ``request_id``; raise ``BackpressureError`` when the table is full."""
+        if max_replies is not None and max_replies < 1:
+            raise ValueError("max_replies must be at least 1 (or None)")
+        entry = Pending(request_id, max_replies)
+        with self._lock:
+            if len(self._entries) >= self.limit:
+                raise BackpressureError(
+                    f"{self.limit} requests are already waiting for replies on this bus"
+                )
+            if request_id in self._entries:
+                raise ValueError(f"request {request_id} is already waiting")
+            self._entries[request_id] = entry
+        return entry
+
+    def wanted(self, event: Event) -> bool:
+        """Return whether ``event`` answers a waiting request (the reply route's filter).
+
+        Not a reply a local responder hands over itself: the route would only
+        add a hop for it.
+        """
+        return event.causation_id in self._entries and event.id not in self._direct
+
+    def waiting(self, request_id: uuid.UUID) -> bool:
+        """Return whether a caller waits for replies to ``request_id``."""
+        return request_id in self._entries
+
+    def hand_over(self, reply: Event, published: BusFuture[Event]) -> None:
+        """Offer ``reply`` once ``published`` resolves (it bypasses the reply route).
+
+        Call before the reply is published: the route's filter then skips it.
+        """
+        self._direct.add(reply.id)
+
+        def done(future: BusFuture[Event]) -> None:
+            if future.exception() is None:
+                self.offer(future.get())
+            self._direct.discard(reply.id)
+
+        published.add_done_callback(done)
+
+    def offer(self, reply: Event) -> bool:
+        """Give ``reply`` to the request it answers; return whether anyone was waiting.
+
+        A reply already taken (the same event id) is ignored: the responder's
+        direct hand-over and the reply subscription may both offer it.
+        """
+        cause = reply.causation_id
+        if cause is None:
+            return False
+        with self._lock:
+            entry = self._entries.get(cause)
+            if entry is None or any(r.id == reply.id for r in entry.replies):
+                return False
+            entry.replies.append(reply)
+            full = entry.max_replies is not None and len(entry.replies) >= entry.max_replies
+            if full:
+                del self._entries[cause]
+        if full:
+            entry.future.set(entry.replies)
+        return True
+
+    def fail_all(self, exc: BaseException) -> int:
+        """Fail every waiting caller with ``exc`` (the bus closed); return how many."""
+        with self._lock:
+            entries = list(self._entries.values())
+            self._entries.clear()
+        for entry in entries:
+            entry.future.set_exception(exc)
+        return len(entries)
+
+    def close(self, request_id: uuid.UUID) -> list[Event] | None:
+        """Remove the entry (its caller stops waiting); return its replies, None if it was gone."""
+        with self._lock:
+            entry = self._entries.pop(request_id, None)
+        return None if entry is None else list(entry.replies)
+
+
+# -- the requesting side ---------------------------------------------------------------------
+
+
+# ``subscribe_replies(pattern, handler, wanted)``: subscribe ``handler`` to
+# ``pattern``, filtered in the router by ``wanted``; returns the subscription.
+ReplyPort = Callable[[str, Callable[[Event], Any], Callable[[Event], bool]], object]
+
+
+class Requester:
+    """The requesting side of one bus: the table plus one reply route per request type."""
+
+    def __init__(self, subscribe_replies: ReplyPort, limit: int = DEFAULT_LIMIT) -> None:
+        self.table = PendingTable(limit)
+        self._subscribe = subscribe_replies
+        self._routes: dict[str, object] = {}
+        self._synced: set[str] = set()
+        self._lock = threading.Lock()
+
+    def route(self, request_type: str) -> bool:
+        """Make sure replies to ``request_type`` reach the table.
+
+        Return True until ``synced(request_type)`` was called: until then a
+        caller on a node waits for the peers to acknowledge the route.
+        """
+        if request_type in self._synced:
+            return False
+        if request_type not in self._routes:
+            with self._lock:
+                if request_type not in self._routes:
+                    self._routes[request_type] = self._subscribe(
+                        reply_pattern(request_type), self.table.offer, self.table.wanted
+                    )
+        return True
+
+    def synced(self, request_type: str) -> None:
+        """Record that the peers acknowledged the reply route of ``request_type``."""
+        self._synced.add(request_type)
+
+    @property
+    def routes(self) -> int:
+        """Return how many reply routes exist (one per request type asked so far)."""
+        return len(self._routes)
+
+    def send(
+        self,
+        request: Event,
+        publish: Callable[[Event], BusFuture[Event]],
+        max_replies: int | None = 1,
+    ) -> Pending:
+        """Open an entry for ``request``, then publish it; return the entry.
+
+        A publish that fails at once closes the entry and raises; one whose
+        future fails later (``REJECT`` backpressure, a journal error) fails
+        the entry's future with that error.
+        """
+        pending = self.table.open(request.id, max_replies)
+        try:
+            future = publish(request)
+        except BaseException:
+            self.table.close(request.id)
+            raise
+
+        def published(done: BusFuture[Event]) -> None:
+            exc = done.exception()
+            if exc is not None and self.table.close(request.id) is not None:
+                pending.future.set_exception(exc)
+
+        future.add_done_callback(published)
+        return pending
+
+    def wait(self, pending: Pending, timeout: float | None) -> list[Event]:
+        """Block until ``pending`` is complete or ``timeout`` passed; return its replies.
+
+        Leaves the table without the entry, whatever happens.
+        """
+        try:
+            replies: list[Event] = pending.future.get(timeout=timeout)
+        except FutureTimeoutError:
+            late = self.table.close(pending.request_id)
+            if late is None and pending.future.done():
+                # Completed (or failed) just as the time ran out.
+                return pending.future.get()  # type: ignore[no-any-return]
+            return late or []
+        finally:
+            self.table.close(pending.request_id)
+        return replies
+
+
+def timeout_error(request: Event, timeout: float | None) -> RequestTimeoutError:
+    """Return the error for a request that got no reply within ``timeout``."""
+    return RequestTimeoutError(
+        f"no reply to {request.event_type!r} (request {request.id}) within {timeout} s"
+    )
+
+
+# -- the responding side ---------------------------------------------------------------------
+
+
+class Responder:
+    """Wrap a responder function into a subscription handler.
+
+    ``publish`` publishes the reply and returns its future.  A reply to a
+    request waiting in ``table`` (the same bus) is handed to it directly once
+    published.  Replies (events ending in ``.reply``/``.error`` with a
+    causation id) are never answered, so a broad pattern cannot answer its
+    own replies forever.
+    """
+
+    def __init__(
+        self,
+        fn: Callable[[Event], Any],
+        publish: Callable[[Event], BusFuture[Event]],
+        table: PendingTable | None = None,
+        *,
+        source: str | None = None,
+    ) -> None:
+        if not callable(fn):
+            raise TypeError(f"fn must be callable, not {fn!r}")
+        self.fn = fn
+        self._publish = publish
+        self._table = table
+        self._source = source
+
+    @property
+    def handler(self) -> Callable[[Event], Any]:
+        """Return the subscription handler: ``answer_async`` for an ``async def`` fn, else self."""
+        fn = self.fn
+        if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+            getattr(fn, "__call__", None)  # noqa: B004 - async callable objects
+        ):
+            return self.answer_async
+        return self
+
+    def __call__(self, request: Event) -> None:
+        """Answer ``request`` (the synchronous handler)."""
+        if is_reply(request):
+            return
+        try:
+            result = self.fn(request)
+        except Exception as exc:
+            self._send(error_event(request, exc, source=self._source))
+        else:
+            self._answer(request, result)
+
+    async def answer_async(self, request: Event) -> None:
+        """Answer ``request`` with an ``async def`` function (the asynchronous handler)."""
+        if is_reply(request):
+            return
+        try:
+            result = await self.fn(request)
+        except Exception as exc:
+            self._send(error_event(request, exc, source=self._source))
+        else:
+            self._answer(request, result)
+
+    def _answer(self, request: Event, result: Any) -> None:
+        try:
+            reply = reply_event(request, result, source=self._source)
+        except ValueError as exc:  # InvalidEventError: the result is not JSON
+            reply = error_event(request, exc, source=self._source)
+        self._send(reply)
+
+    def _send(self, reply: Event) -> None:
+        table = self._table
+        if table is None or reply.causation_id is None or not table.waiting(reply.causation_id):
+            self._publish(reply)
+            return
+        # The reply's id is marked before the publish can route it.
+        future: BusFuture[Event] = BusFuture()
+        table.hand_over(reply, future)
+        try:
+            published = self._publish(reply)
+        except BaseException as exc:
+            future.set_exception(exc)
+            raise
+        published.add_done_callback(_relay(future))
+
+
+def publish_through(
+    publish_remote: Callable[..., Event], node: str, event: Event
+) -> BusFuture[Event]:
+    """Have ``node`` publish ``event`` (``publish_remote``); return a done future of the result."""
+    try:
+        return BusFuture.completed(publish_remote(node, event))
+    except EventBusError as exc:
+        return BusFuture.failed(exc)
+
+
+def _relay(target: BusFuture[Event]) -> Callable[[BusFuture[Event]], None]:
+    def relay(done: BusFuture[Event]) -> None:
+        exc = done.exception()
+        if exc is not None:
+            target.set_exception(exc)
+        else:
+            target.set(done.get())
+
+    return relay
