@@ -81,6 +81,8 @@ if TYPE_CHECKING:
 
 _sub_ids = itertools.count(1)
 
+HandlerWrapper = Callable[[Callable[[Event], Any], str, str], Callable[[Event], Any]]
+
 # Fields a caller may pass to publish() alongside the type and data.
 _EVENT_FIELDS = frozenset(_FIELD_NAMES) - {"event_type", "data", "sequence", "origin"}
 
@@ -119,6 +121,10 @@ class EventBus:
         self._removed = [0, 0, 0, 0, 0]  # delivered, dropped, errors, expired, dead
         self._loop_thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: Applied in order to each callable handler at subscribe time, as
+        #: ``wrap(handler, subscription_id, pattern) -> handler``; a wrapper
+        #: keeps an ``async def`` handler ``async def``.  ``actors.otel`` uses it.
+        self.handler_wrappers: list[HandlerWrapper] = []
 
         # Open the journal before starting anything, so a locked or broken
         # journal fails the constructor with nothing left running.
@@ -479,6 +485,9 @@ class EventBus:
             except RuntimeError:
                 loop = self._background_loop()
         sub_id = f"sub-{next(_sub_ids)}"
+        if not isinstance(handler, pykka.ActorRef):
+            for wrap in self.handler_wrappers:  # e.g. actors.otel: a span per handled event
+                handler = wrap(handler, sub_id, pattern)
         dispatcher = (
             Dispatcher(1, name=f"{sub_id}-thread") if dedicated_thread else self._dispatcher
         )
