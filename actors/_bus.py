@@ -78,6 +78,7 @@ logger = logging.getLogger("actors.bus")
 
 if TYPE_CHECKING:
     from actors._cluster.bridge import Bridge
+    from actors._metrics_http import MetricsServer
 
 _sub_ids = itertools.count(1)
 
@@ -869,6 +870,15 @@ class EventBus:
     def prometheus(self) -> str:
         """Return the metrics in the Prometheus text exposition format."""
         return to_prometheus(self.metrics())
+
+    def serve_metrics(self, port: int = 0, host: str = "127.0.0.1") -> MetricsServer:
+        """Serve ``/metrics`` (Prometheus text) and ``/healthz`` on ``host:port``; see
+        ``actors._metrics_http``.  Returns the running server (``.port``, ``.url``,
+        ``.close()``); closing the bus does not stop it.  ``OSError`` if the port is taken.
+        """
+        from actors._metrics_http import MetricsServer  # noqa: PLC0415 - http.server on demand
+
+        return MetricsServer(self, port, host)
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"

@@ -223,6 +223,7 @@ def main(verbose: bool) -> None:
 @_keys_options
 @click.option("--authorize", multiple=True, help="public key of a node allowed in (repeatable)")
 @click.option("--peer-key", "peer_keys", multiple=True, help="ENDPOINT=KEY: a --peer's public key")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), help="serve /metrics, /healthz")
 def serve(
     *,
     name: str,
@@ -234,6 +235,7 @@ def serve(
     secret_key: str | None,
     authorize: tuple[str, ...],
     peer_keys: tuple[str, ...],
+    metrics_port: int | None = None,
 ) -> None:
     """Run a node until SIGINT or SIGTERM; it also publishes what `pub` asks it to."""
     peer_public: dict[str, bytes] = {}
@@ -272,7 +274,10 @@ def serve(
         _say(f"request {endpoints['request']}")
         _say(f"publish {endpoints['publish']}")
         _say(f"journal {Path(journal).resolve() if journal else 'none'}")
-        _wait_for_signal()
+        with contextlib.ExitStack() as stack:
+            if metrics_port is not None:
+                _say(f"metrics {stack.enter_context(bus.serve_metrics(metrics_port)).url}")
+            _wait_for_signal()
     finally:
         bus.close(timeout=10.0)
     _say("closed")
