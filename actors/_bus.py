@@ -880,6 +880,20 @@ class EventBus:
 
         return MetricsServer(self, port, host)
 
+    def remote_metrics(
+        self, node: str, *, timeout: float | None = 10.0
+    ) -> tuple[BusMetrics, dict[str, float]]:
+        """Ask the connected node ``node`` for its figures (``llmspell-events top``).
+
+        Returns its ``BusMetrics`` and, per peer it knows, the seconds since it
+        last heard from it.  Raises ``EventBusError`` on a bus that is not a
+        node, ``BridgeError`` if the node does not answer within ``timeout``.
+        """
+        if self._bridge is None:
+            raise EventBusError("this bus is not connected to other nodes (no NodeConfig)")
+        self._check_open()
+        return self._bridge.remote_metrics(node, timeout)
+
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
         return f"<{type(self).__name__} {self.name or ''} {state}>"

@@ -42,6 +42,7 @@ from actors._model.config import EventConfig, NodeConfig
 from actors._model.event import Event
 from actors._model.query import EventQuery
 from actors._model.topics import is_reserved
+from actors.cli.top import top
 
 __all__ = ["main"]
 
@@ -693,6 +694,8 @@ def keygen(prefix: str | None) -> None:
     _say(f"public {public.decode()}")
     _say(f"wrote {public_path} and {secret_path}")
 
+
+main.add_command(top)
 
 if __name__ == "__main__":
     main()
