@@ -17,7 +17,7 @@ from dataclasses import replace
 import pytest
 from rich.console import Console
 
-from actors import EventBus, NodeConfig
+from actors import EventBus, EventBusError, NodeConfig
 from actors._cluster.bridge import generate_keypair
 from actors._model.metrics import BridgeStatistics, BusMetrics, SubscriptionStatistics
 from actors.cli.top import render, sample
@@ -185,3 +185,23 @@ def test_render_shows_rates_between_two_readings_and_the_figures() -> None:
     first = Console(width=110, record=True, file=open(os.devnull, "w"))  # noqa: SIM115
     first.print(render(before, None))
     assert "rate 7/s" in first.export_text()  # the node's own last-second figure
+
+
+def test_remote_metrics_brings_a_nodes_figures_over_the_bridge() -> None:
+    with EventBus(node=NodeConfig(name="hub", listen="tcp://127.0.0.1:*")) as hub:
+        hub.subscribe("a.*", lambda event: None)
+        hub.publish("a.b", 1).get(timeout=WAIT)
+        hub.flush(timeout=WAIT)
+        viewer = NodeConfig(name="viewer", peers=(str(hub.endpoints["request"]),))
+        with EventBus(node=viewer) as bus:
+            assert bus.linked_nodes(WAIT) == ["hub"]
+            metrics, heard = bus.remote_metrics("hub", timeout=WAIT)
+        assert metrics.published == 1
+        assert [s.pattern for s in metrics.per_subscription] == ["a.*"]
+        assert "viewer" in heard
+        assert heard["viewer"] >= 0
+
+
+def test_remote_metrics_needs_a_node() -> None:
+    with EventBus() as bus, pytest.raises(EventBusError, match="not connected"):
+        bus.remote_metrics("hub")
