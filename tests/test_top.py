@@ -185,6 +185,9 @@ def test_render_shows_rates_between_two_readings_and_the_figures() -> None:
     first = Console(width=110, record=True, file=open(os.devnull, "w"))  # noqa: SIM115
     first.print(render(before, None))
     assert "rate 7/s" in first.export_text()  # the node's own last-second figure
+    stale = Console(width=110, record=True, file=open(os.devnull, "w"))  # noqa: SIM115
+    stale.print(render(now, None, "node 'hub' is not answering"))
+    assert stale.export_text().startswith("node 'hub' is not answering")
 
 
 def test_remote_metrics_brings_a_nodes_figures_over_the_bridge() -> None:

@@ -69,8 +69,11 @@ def _fmt_seconds(value: float | None) -> str:
     return f"{value * 1000:.2f} ms" if value < 1 else f"{value:.2f} s"
 
 
-def render(now: Sample, before: Sample | None) -> RenderableType:
-    """Return the screen for ``now`` (rates against ``before``, the previous reading)."""
+def render(now: Sample, before: Sample | None, note: str = "") -> RenderableType:
+    """Return the screen for ``now`` (rates against ``before``, the previous reading).
+
+    ``note`` (e.g. that the node stopped answering) is shown above the figures.
+    """
     from rich.console import Group  # noqa: PLC0415 - the [cli] extra
     from rich.table import Table  # noqa: PLC0415
     from rich.text import Text  # noqa: PLC0415
@@ -131,6 +134,8 @@ def render(now: Sample, before: Sample | None) -> RenderableType:
         label = f"{name} (this view)" if name == now.viewer else name
         peers.add_row(label, state, f"{now.heard[name]:.1f} s ago")
     parts: list[RenderableType] = [head, subs, peers]
+    if note:
+        parts.insert(0, Text(note, style="bold red"))
     if bridge is not None:
         parts.append(
             Text(
@@ -264,8 +269,10 @@ def _watch(
             except BridgeError as exc:
                 if before is None and time.monotonic() > deadline:
                     raise click.ClickException(f"node {target!r} did not answer: {exc}") from exc
-                metrics = None
-            if metrics is not None:
+                if before is not None:  # keep the last figures, say they are stale
+                    note = f"node {target!r} is not answering ({exc}); figures as last read"
+                    live.update(render(before, None, note), refresh=True)
+            else:
                 now = sample(metrics, heard, time.monotonic(), target, bus.name or "")
                 live.update(render(now, before), refresh=True)
                 before = now
