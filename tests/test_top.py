@@ -208,3 +208,18 @@ def test_remote_metrics_brings_a_nodes_figures_over_the_bridge() -> None:
 def test_remote_metrics_needs_a_node() -> None:
     with EventBus() as bus, pytest.raises(EventBusError, match="not connected"):
         bus.remote_metrics("hub")
+
+
+def test_top_without_rich_names_the_extra() -> None:
+    code = (
+        "import sys\n"
+        "for name in ('rich', 'rich.console', 'rich.live'):\n"
+        "    sys.modules[name] = None\n"
+        "from actors.cli import main\n"
+        "main(['top', '--peer', 'tcp://127.0.0.1:1'])\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=WAIT, check=False
+    )
+    assert result.returncode == 1
+    assert "pip install 'llmspell-events[cli]'" in result.stderr
