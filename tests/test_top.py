@@ -130,7 +130,6 @@ def test_top_shows_a_live_rate_under_a_terminal_and_q_quits(
         rate = term.wait_for(r"rate ([1-9][\d,]*)/s .*delivered ([1-9][\d,]*)/s")
         assert int(rate.group(1).replace(",", "")) > 0
         term.wait_for(r"load\.\*")
-        term.wait_for(r"\(this view\)")
         term.press(b"q")
         assert term.proc.wait(WAIT) == 0
     finally:
@@ -150,7 +149,7 @@ def test_top_refuses_half_the_curve_keys() -> None:
 
 
 def _metrics(published: int, delivered: int, queued: int) -> BusMetrics:
-    sub = SubscriptionStatistics("sub-1", "a.*", delivered, 2, 1, queued, 100)
+    sub = SubscriptionStatistics("sub-1", "a.*", delivered, 2, 1, queued, 100, dead_letters=1)
     return BusMetrics(
         published=published,
         delivered=delivered,
@@ -173,14 +172,18 @@ def _metrics(published: int, delivered: int, queued: int) -> BusMetrics:
 
 def test_render_shows_rates_between_two_readings_and_the_figures() -> None:
     before = sample(_metrics(100, 90, 0), {"b": 0.5}, 10.0, "hub")
-    now = sample(_metrics(300, 290, 85), {"b": 0.2, "me": 0.1}, 12.0, "hub", "me")
+    now = sample(_metrics(300, 290, 85), {"b": 0.2, "viewer-9": 0.1}, 12.0, "hub", "viewer-9")
     console = Console(width=110, record=True, file=open(os.devnull, "w"))  # noqa: SIM115
     console.print(render(now, before))
     screen = console.export_text()
     assert "rate 100/s" in screen  # (300 - 100) / 2 s
     assert "delivered 100/s" in screen
     assert "dead letters 1" in screen
-    assert "me (this view)" in screen
+    assert "viewer-9" not in screen  # the viewer's own node is left out
+    assert re.search(
+        r"sub-1\s+│\s+a\.\*\s+│\s+85\s+│\s+100\s+│\s+100/s\s+│\s+290\s+│\s+2\s+│\s+1\s+│\s+1",
+        screen,
+    )
     assert re.search(r"b\s+│\s+synced\s+│\s+0\.2 s ago", screen)
     first = Console(width=110, record=True, file=open(os.devnull, "w"))  # noqa: SIM115
     first.print(render(before, None))

@@ -107,7 +107,8 @@ def render(now: Sample, before: Sample | None, note: str = "") -> RenderableType
         f"write {_fmt_seconds(m.journal_write_latency)}",
     )
     subs = Table(title="subscriptions", title_justify="left", expand=True)
-    for column in ("id", "pattern", "queued", "capacity", "rate", "delivered", "dropped", "errors"):
+    columns = ("id", "pattern", "queued", "capacity", "rate", "delivered", "dropped", "errors")
+    for column in (*columns, "dead"):
         subs.add_column(column, justify="left" if column in ("id", "pattern") else "right")
     for s in m.per_subscription:
         previous = before.sub_delivered.get(s.id) if before is not None else None
@@ -122,6 +123,7 @@ def render(now: Sample, before: Sample | None, note: str = "") -> RenderableType
             f"{s.delivered:,}",
             f"{s.dropped:,}",
             f"{s.errors:,}",
+            f"{s.dead_letters:,}",
         )
     peers = Table(title="peers", title_justify="left", expand=True)
     for column in ("node", "state", "heard"):
@@ -130,9 +132,10 @@ def render(now: Sample, before: Sample | None, note: str = "") -> RenderableType
     alive = set(bridge.peers_alive) if bridge is not None else set()
     synced = set(bridge.synced_peers) if bridge is not None else set()
     for name in sorted(now.heard):
+        if name == now.viewer:  # top's own short-lived node: a client, never heartbeating
+            continue
         state = "synced" if name in synced else ("alive" if name in alive else "silent")
-        label = f"{name} (this view)" if name == now.viewer else name
-        peers.add_row(label, state, f"{now.heard[name]:.1f} s ago")
+        peers.add_row(name, state, f"{now.heard[name]:.1f} s ago")
     parts: list[RenderableType] = [head, subs, peers]
     if note:
         parts.insert(0, Text(note, style="bold red"))
