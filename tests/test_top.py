@@ -19,6 +19,7 @@ from rich.console import Console
 
 from actors import EventBus, EventBusError, NodeConfig
 from actors._cluster.bridge import generate_keypair
+from actors._cluster.broker import Broker
 from actors._model.metrics import BridgeStatistics, BusMetrics, SubscriptionStatistics
 from actors.cli.top import render, sample
 
@@ -226,3 +227,20 @@ def test_top_without_rich_names_the_extra() -> None:
     )
     assert result.returncode == 1
     assert "pip install 'llmspell-events[cli]'" in result.stderr
+
+
+@pytest.mark.slow
+def test_remote_metrics_through_a_broker() -> None:
+    hub_broker = Broker("tcp://127.0.0.1:*")
+    try:
+        node = NodeConfig(name="hub", listen="tcp://127.0.0.1:*", peers=(hub_broker.endpoint,))
+        with EventBus(node=node) as hub:
+            hub.subscribe("a.*", lambda event: None)
+            hub.publish("a.b", 1).get(timeout=WAIT)
+            viewer = NodeConfig(name="viewer", peers=(hub_broker.endpoint,))
+            with EventBus(node=viewer) as bus:
+                bus.linked_nodes(WAIT)
+                metrics, _heard = bus.remote_metrics("hub", timeout=WAIT)
+            assert metrics.published == 1
+    finally:
+        hub_broker.close()
