@@ -98,6 +98,7 @@ logger = logging.getLogger("actors.bus")
 
 if TYPE_CHECKING:
     from actors._cluster.bridge import Bridge
+    from actors._metrics_http import MetricsServer
 
 _sub_ids = itertools.count(1)
 
@@ -105,6 +106,7 @@ _sub_ids = itertools.count(1)
 # actors (router, correlation, journal, bridge) get this long to stop after
 # the handlers' deadline.  They run no user code, so they take milliseconds.
 CLOSE_GRACE = 0.5
+HandlerWrapper = Callable[[Callable[[Event], Any], str, str], Callable[[Event], Any]]
 
 # Fields a caller may pass to publish() alongside the type and data.
 _EVENT_FIELDS = frozenset(_FIELD_NAMES) - {"event_type", "data", "sequence", "origin"}
@@ -144,6 +146,10 @@ class EventBus:
         self._removed = [0, 0, 0, 0, 0]  # delivered, dropped, errors, expired, dead
         self._loop_thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: Applied in order to each callable handler at subscribe time, as
+        #: ``wrap(handler, subscription_id, pattern) -> handler``; a wrapper
+        #: keeps an ``async def`` handler ``async def``.  ``actors.otel`` uses it.
+        self.handler_wrappers: list[HandlerWrapper] = []
 
         # Open the journal before starting anything, so a locked or broken
         # journal fails the constructor with nothing left running.
@@ -514,6 +520,9 @@ class EventBus:
             except RuntimeError:
                 loop = self._background_loop()
         sub_id = f"sub-{next(_sub_ids)}"
+        if not isinstance(handler, pykka.ActorRef):
+            for wrap in self.handler_wrappers:  # e.g. actors.otel: a span per handled event
+                handler = wrap(handler, sub_id, pattern)
         dispatcher = (
             Dispatcher(
                 1, name=f"{sub_id}-thread", blocking_threshold=self.config.blocking_threshold
@@ -1079,6 +1088,29 @@ class EventBus:
         if node is None:
             return self.publish
         return functools.partial(publish_through, self.publish_remote, node)
+
+    def serve_metrics(self, port: int = 0, host: str = "127.0.0.1") -> MetricsServer:
+        """Serve ``/metrics`` (Prometheus text) and ``/healthz`` on ``host:port``; see
+        ``actors._metrics_http``.  Returns the running server (``.port``, ``.url``,
+        ``.close()``); closing the bus does not stop it.  ``OSError`` if the port is taken.
+        """
+        from actors._metrics_http import MetricsServer  # noqa: PLC0415 - http.server on demand
+
+        return MetricsServer(self, port, host)
+
+    def remote_metrics(
+        self, node: str, *, timeout: float | None = 10.0
+    ) -> tuple[BusMetrics, dict[str, float]]:
+        """Ask the connected node ``node`` for its figures (``llmspell-events top``).
+
+        Returns its ``BusMetrics`` and, per peer it knows, the seconds since it
+        last heard from it.  Raises ``EventBusError`` on a bus that is not a
+        node, ``BridgeError`` if the node does not answer within ``timeout``.
+        """
+        if self._bridge is None:
+            raise EventBusError("this bus is not connected to other nodes (no NodeConfig)")
+        self._check_open()
+        return self._bridge.remote_metrics(node, timeout)
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"

@@ -53,6 +53,7 @@ from actors._cluster.wire import (
     HEARTBEAT,
     HEARTBEAT_TOPIC,
     HELLO,
+    METRICS,
     PUBLISH,
     QUERY,
     RECOVER,
@@ -73,7 +74,8 @@ from actors._codec.events import encode_batch
 from actors._core.messages import Barrier, Forward, LoadCheckpoint, Record, SaveCheckpoint
 from actors._errors import BridgeError
 from actors._model.event import Event
-from actors._model.metrics import BridgeStatistics, Counters
+from actors._model.metrics import BridgeStatistics, BusMetrics, Counters
+from actors._model.metrics_json import metrics_answer, metrics_from_answer
 from actors._model.query import EventQuery
 from actors._runtime.dispatcher import FifoMailbox
 from actors._runtime.future import BusFuture
@@ -256,6 +258,18 @@ class Bridge:
         if isinstance(result, BaseException):
             raise result
         return result
+
+    def remote_metrics(
+        self, node_name: str, timeout: float | None
+    ) -> tuple[BusMetrics, dict[str, float]]:
+        """Return the figures of ``node_name`` and, per peer, seconds since it heard from it.
+
+        Raises ``BridgeError`` if it cannot.
+        """
+        result = self._ask_many([node_name], METRICS, {}, timeout)[node_name]
+        if isinstance(result, BaseException):
+            raise result
+        return metrics_from_answer(result)
 
     @property
     def publish_endpoint(self) -> str | None:
@@ -647,7 +661,7 @@ class Bridge:
                 link.name = message.sender
                 link.broker = body.get("kind") == "broker"
                 self._notify()
-        elif kind in (RECOVER, QUERY, CORRELATED, PUBLISH):
+        elif kind in (RECOVER, QUERY, CORRELATED, PUBLISH, METRICS):
             self._workers.submit(self._serve, message, route)
         elif kind in (EVENTS, ERROR):
             waiting = self._waiting.pop(message.rid, None)
@@ -802,6 +816,10 @@ class Bridge:
                 events = serve_query(self._bus, query_from_json(message.body))
             elif message.kind == PUBLISH:
                 events = self._ledger.publish(self._bus, decode_events(message.payload))
+            elif message.kind == METRICS:  # figures travel as one carrier event
+                now = time.monotonic()
+                heard = {p.name: now - p.last_seen for p in list(self._peers.values())}
+                events = [metrics_answer(self._bus.metrics(), heard)]
             else:
                 events = serve_correlated(self._bus, uuid.UUID(str(message.body["correlation_id"])))
             payload = encode_batch(events)

@@ -59,8 +59,10 @@ _SYNC = CONTROL + b"sync\x00"
 DATA, HEARTBEAT, SYNC = 1, 2, 3
 # Request-channel kinds.
 HELLO, WELCOME, RECOVER, QUERY, CORRELATED, EVENTS, ERROR = 16, 17, 18, 19, 20, 21, 22
-PUBLISH = 23
-REQUEST_KINDS = frozenset({HELLO, WELCOME, RECOVER, QUERY, CORRELATED, EVENTS, ERROR, PUBLISH})
+PUBLISH, METRICS = 23, 24
+REQUEST_KINDS = frozenset(
+    {HELLO, WELCOME, RECOVER, QUERY, CORRELATED, EVENTS, ERROR, PUBLISH, METRICS}
+)
 
 # version u8, kind u8, epoch u64, first u64, last u64, count u32, origin length u8,
 # chain count u16; then the origin (UTF-8), then per chain: prev u64, prefix

@@ -12,7 +12,7 @@ import datetime
 import json
 import uuid
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from actors._model.event import Event
@@ -184,6 +184,34 @@ class Trace:
     def leaves(self) -> list[Event]:
         """Return the events that caused no other event in the trace, in trace order."""
         return [e for e in self._events if e.id not in self._children]
+
+    # -- export -------------------------------------------------------------
+
+    def to_otel(self, tracer_provider: Any = None) -> int:
+        """Export the trace as finished OpenTelemetry spans; return how many.
+
+        One span per event, named after its type, from the event's timestamp
+        to the latest timestamp among its descendants (so children lie inside
+        their parent); trace and span ids are those ``actors.otel.instrument``
+        gives live spans (see ``actors._model.otelspans``).  ``tracer_provider``
+        defaults to the global one.  Needs the ``[otel]`` extra
+        (``ImportError`` without it).
+        """
+        from actors._model.otelspans import export_spans  # noqa: PLC0415 - the [otel] extra
+
+        end: dict[uuid.UUID, datetime.datetime] = {}
+        order: list[Event] = []
+        stack = list(self._roots)
+        while stack:  # pre-order; reversed, every child comes before its parent
+            event = stack.pop()
+            order.append(event)
+            stack.extend(self._children.get(event.id, ()))
+        for event in reversed(order):
+            latest = event.timestamp
+            for kid in self._children.get(event.id, ()):
+                latest = max(latest, end[kid.id])
+            end[event.id] = latest
+        return export_spans([(e, end[e.id]) for e in self._events], tracer_provider)
 
     # -- rendering ----------------------------------------------------------
 

@@ -31,6 +31,7 @@ COMMANDS: tuple[tuple[str, str], ...] = (
     ("requests", "reply"),
     ("keys", "keygen"),
     ("bench", "bench"),
+    ("top", "top"),
 )
 
 PROG = "llmspell-events"

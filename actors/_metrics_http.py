@@ -1,0 +1,233 @@
+"""An HTTP endpoint for a bus's figures: ``/metrics`` (Prometheus text) and ``/healthz``.
+
+``EventBus.serve_metrics(port)`` starts one; so does ``llmspell-events serve
+--metrics-port``.  The server runs ``http.server`` on a daemon thread of its
+own and is given a small port (``MetricsSource``), never the bus.  Each
+scrape asks the source for a fresh ``BusMetrics`` snapshot.
+
+With ``prometheus_client`` installed (the ``[prometheus]`` extra) the source
+is registered as a collector of a registry of its own, and the latency
+quantiles are a summary; without it, ``to_prometheus`` renders the same
+figures (the quantiles as a gauge with a ``quantile`` label).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any, Protocol
+
+from actors._model.metrics import _COUNTERS, _HELP, BusMetrics, to_prometheus
+
+__all__ = ["MetricsServer", "MetricsSource", "prometheus_client_available"]
+
+logger = logging.getLogger("actors.metrics")
+
+PREFIX = "llmspell_events"
+_TEXT_0_0_4 = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class MetricsSource(Protocol):
+    """What the endpoint needs of a bus."""
+
+    @property
+    def closed(self) -> bool: ...
+
+    def metrics(self) -> BusMetrics: ...
+
+
+def prometheus_client_available() -> bool:
+    """Return whether ``prometheus_client`` can be imported (the ``[prometheus]`` extra)."""
+    try:
+        import prometheus_client  # noqa: F401, PLC0415
+    except ImportError:
+        return False
+    return True
+
+
+class BusCollector:
+    """A ``prometheus_client`` collector of one source's figures (one snapshot per scrape)."""
+
+    def __init__(self, source: MetricsSource) -> None:
+        self.source = source
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import (  # noqa: PLC0415 - the [prometheus] extra
+            CounterMetricFamily,
+            GaugeMetricFamily,
+            Metric,
+        )
+
+        m = self.source.metrics()
+        for name, doc in _HELP.items():
+            value = getattr(m, name)
+            if name in _COUNTERS:
+                yield CounterMetricFamily(f"{PREFIX}_{name}", doc, value=value)
+            else:
+                yield GaugeMetricFamily(f"{PREFIX}_{name}", doc, value=value)
+        lat = Metric(
+            f"{PREFIX}_latency_seconds",
+            "Publish-to-handler latency over the recent window.",
+            "summary",
+        )
+        for q, v in (("0.5", m.latency_p50), ("0.9", m.latency_p90), ("0.99", m.latency_p99)):
+            if v is not None:
+                lat.add_sample(lat.name, {"quantile": q}, v)
+        yield lat
+        if m.latency_max is not None:
+            yield GaugeMetricFamily(
+                f"{PREFIX}_latency_max_seconds",
+                "Highest publish-to-handler latency in the recent window.",
+                value=m.latency_max,
+            )
+        if m.journal_write_latency is not None:
+            yield GaugeMetricFamily(
+                f"{PREFIX}_journal_write_latency_seconds",
+                "Mean time of one journal batch write.",
+                value=m.journal_write_latency,
+            )
+        if m.bridge is not None:
+            b = m.bridge
+            for name in (
+                "frames_sent",
+                "frames_received",
+                "frames_dropped",
+                "events_received",
+                "events_recovered",
+                "gaps",
+                "gaps_unrecovered",
+                "duplicates",
+                "auth_refused",
+            ):
+                doc = f"ZeroMQ bridge: {name.replace('_', ' ')}."
+                yield CounterMetricFamily(f"{PREFIX}_bridge_{name}", doc, value=getattr(b, name))
+            yield GaugeMetricFamily(
+                f"{PREFIX}_bridge_peers_alive",
+                "Peers heard within the heartbeat timeout.",
+                value=len(b.peers_alive),
+            )
+        for stat in ("delivered", "dropped", "errors", "queued", "capacity"):
+            family = GaugeMetricFamily(
+                f"{PREFIX}_subscription_{stat}",
+                f"Per-subscription {stat}.",
+                labels=["id", "pattern"],
+            )
+            for s in m.per_subscription:
+                family.add_metric([s.id, s.pattern], getattr(s, stat))
+            yield family
+
+
+class MetricsServer:
+    """Serve ``/metrics`` and ``/healthz`` for ``source`` on ``host:port`` until ``close``.
+
+    ``port=0`` picks a free port (read it back from ``port``).  ``/healthz``
+    answers 200 ``ok`` while the source is open, 503 ``closed`` after.
+    ``use_client`` forces (True) or avoids (False) ``prometheus_client``;
+    None uses it when installed.  Raises ``OSError`` when the port is taken.
+    Usable as a context manager.
+    """
+
+    def __init__(
+        self,
+        source: MetricsSource,
+        port: int = 0,
+        host: str = "127.0.0.1",
+        *,
+        use_client: bool | None = None,
+    ) -> None:
+        if not isinstance(port, int) or not 0 <= port <= 65535:
+            raise ValueError(f"port must be an int in 0..65535, not {port!r}")
+        self.source = source
+        client = prometheus_client_available() if use_client is None else use_client
+        self.render = self._client_renderer() if client else self._text_renderer()
+        self.uses_client = client
+        self._http = ThreadingHTTPServer((host, port), _handler_for(self))
+        self._http.daemon_threads = True
+        address = self._http.server_address
+        self.host, self.port = str(address[0]), int(address[1])
+        self._thread = threading.Thread(
+            target=self._http.serve_forever, name=f"metrics-{self.port}", daemon=True
+        )
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        """Return the URL of ``/metrics``."""
+        return f"http://{self.host}:{self.port}/metrics"
+
+    def _text_renderer(self) -> Any:
+        def render() -> tuple[bytes, str]:
+            return to_prometheus(self.source.metrics(), prefix=PREFIX).encode(), _TEXT_0_0_4
+
+        return render
+
+    def _client_renderer(self) -> Any:
+        from prometheus_client import (  # noqa: PLC0415 - the [prometheus] extra
+            CONTENT_TYPE_LATEST,
+            CollectorRegistry,
+            generate_latest,
+        )
+
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(BusCollector(self.source))
+
+        def render() -> tuple[bytes, str]:
+            return generate_latest(registry), CONTENT_TYPE_LATEST
+
+        return render
+
+    def close(self) -> None:
+        """Stop serving and free the port.  Idempotent; blocks until the thread ended."""
+        if self._thread.is_alive():
+            self._http.shutdown()
+            self._thread.join()
+        self._http.server_close()
+
+    def __enter__(self) -> MetricsServer:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<MetricsServer {self.url}>"
+
+
+def _handler_for(server: MetricsServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                try:
+                    body, ctype = server.render()
+                except Exception:
+                    logger.exception("rendering /metrics failed")
+                    self._reply(500, b"metrics unavailable\n", "text/plain; charset=utf-8")
+                    return
+                self._reply(200, body, ctype)
+            elif path == "/healthz":
+                closed = server.source.closed
+                body = b"closed\n" if closed else b"ok\n"
+                self._reply(503 if closed else 200, body, "text/plain; charset=utf-8")
+            else:
+                self._reply(404, b"not found: try /metrics or /healthz\n", "text/plain")
+
+        def _reply(self, status: int, body: bytes, ctype: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            logger.debug("metrics %s - " + format, self.address_string(), *args)
+
+    return Handler

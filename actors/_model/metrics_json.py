@@ -1,0 +1,85 @@
+"""``BusMetrics`` as JSON, for a node's figures asked over the wire (``METRICS``).
+
+Unknown keys are ignored and missing ones take their defaults, so nodes of
+neighbouring versions still understand each other.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import MISSING, asdict, fields
+from typing import Any
+
+from actors._errors import BridgeError
+from actors._model.event import Event
+from actors._model.metrics import BridgeStatistics, BusMetrics, SubscriptionStatistics
+
+__all__ = ["metrics_answer", "metrics_from_answer", "metrics_from_json", "metrics_to_json"]
+
+
+def metrics_to_json(metrics: BusMetrics) -> dict[str, Any]:
+    """Return ``metrics`` as a JSON-able dict (tuples become lists)."""
+    out = asdict(metrics)
+    if out.get("bridge") is not None:
+        out["bridge"].pop("counters", None)
+    result: dict[str, Any] = json.loads(json.dumps(out))
+    return result
+
+
+def _build(cls: type[Any], raw: Any) -> Any:
+    if not isinstance(raw, dict):
+        raise BridgeError(f"malformed {cls.__name__}: {raw!r:.80}")
+    known = {f.name: f for f in fields(cls) if f.init and f.name != "counters"}
+    args = {k: v for k, v in raw.items() if k in known}
+    missing = [
+        n
+        for n, f in known.items()
+        if n not in args and f.default is MISSING and f.default_factory is MISSING
+    ]
+    if missing:
+        raise BridgeError(f"malformed {cls.__name__}: missing {', '.join(missing)}")
+    return cls(**args)
+
+
+def metrics_from_json(raw: Any) -> BusMetrics:
+    """Rebuild ``BusMetrics`` from ``metrics_to_json``'s output; ``BridgeError`` if malformed."""
+    if not isinstance(raw, dict):
+        raise BridgeError(f"malformed metrics: {raw!r:.80}")
+    data = dict(raw)
+    subs = data.get("per_subscription") or []
+    if not isinstance(subs, list):
+        raise BridgeError("malformed metrics: per_subscription is not a list")
+    data["per_subscription"] = tuple(_build(SubscriptionStatistics, s) for s in subs)
+    bridge = data.get("bridge")
+    if bridge is not None:
+        bridge = _build(BridgeStatistics, bridge)
+        data["bridge"] = BridgeStatistics(
+            **{
+                **{f.name: getattr(bridge, f.name) for f in fields(bridge) if f.name != "counters"},
+                "peers_alive": tuple(bridge.peers_alive),
+                "synced_peers": tuple(bridge.synced_peers),
+            }
+        )
+    result: BusMetrics = _build(BusMetrics, data)
+    return result
+
+
+def metrics_answer(metrics: BusMetrics, heard: dict[str, float]) -> Event:
+    """Return the event that carries a node's figures in its answer to ``METRICS``.
+
+    ``heard``: per peer, the seconds since the node last heard from it.
+    """
+    data: Any = {"metrics": metrics_to_json(metrics), "heard": heard}
+    return Event(event_type="node.metrics", data=data)
+
+
+def metrics_from_answer(events: list[Event]) -> tuple[BusMetrics, dict[str, float]]:
+    """Return the figures ``metrics_answer`` carried; ``BridgeError`` if malformed."""
+    data: Any = events[0].data if events else None
+    if not isinstance(data, dict) or not isinstance(data.get("heard"), dict):
+        raise BridgeError("malformed metrics answer")
+    try:
+        heard = {str(k): float(v) for k, v in data["heard"].items()}
+    except (TypeError, ValueError) as exc:
+        raise BridgeError(f"malformed metrics answer: {exc}") from exc
+    return metrics_from_json(data.get("metrics")), heard

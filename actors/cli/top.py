@@ -1,0 +1,284 @@
+"""``llmspell-events top``: a live view of a running node, redrawn every second.
+
+Asks the node for its figures over the bridge (a ``METRICS`` request, see
+``docs/wire.md``), so it works wherever ``pub``/``sub`` work, CURVE
+included.  Draws with ``rich`` (the ``[cli]`` extra).  ``q`` quits (so does
+Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import sys
+import termios
+import time
+import tty
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from actors._bus import EventBus
+from actors._errors import BridgeError, EventBusError
+from actors._model.config import EventConfig, NodeConfig
+from actors._model.metrics import BusMetrics
+
+if TYPE_CHECKING:
+    from rich.console import RenderableType
+
+__all__ = ["Sample", "render", "top"]
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One reading of a node: its figures, its peers' silence, and when it was taken."""
+
+    metrics: BusMetrics
+    heard: dict[str, float]
+    at: float  # monotonic seconds
+    node: str = ""
+    viewer: str = ""
+    sub_delivered: dict[str, int] = field(default_factory=dict)
+
+
+def sample(
+    metrics: BusMetrics, heard: dict[str, float], at: float, node: str, viewer: str = ""
+) -> Sample:
+    """Return a ``Sample`` (per-subscription counts kept for the next rate)."""
+    subs = {s.id: s.delivered for s in metrics.per_subscription}
+    return Sample(metrics, heard, at, node, viewer, subs)
+
+
+def _rate(now: int, before: int | None, seconds: float) -> float | None:
+    if before is None or seconds <= 0:
+        return None
+    return max(0, now - before) / seconds
+
+
+def _fmt_rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}/s"
+
+
+def _fmt_seconds(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value * 1000:.2f} ms" if value < 1 else f"{value:.2f} s"
+
+
+def render(now: Sample, before: Sample | None, note: str = "") -> RenderableType:
+    """Return the screen for ``now`` (rates against ``before``, the previous reading).
+
+    ``note`` (e.g. that the node stopped answering) is shown above the figures.
+    """
+    from rich.console import Group  # noqa: PLC0415 - the [cli] extra
+    from rich.table import Table  # noqa: PLC0415
+    from rich.text import Text  # noqa: PLC0415
+
+    m = now.metrics
+    dt = now.at - before.at if before is not None else 0.0
+    published = _rate(m.published, before.metrics.published if before else None, dt)
+    delivered = _rate(m.delivered, before.metrics.delivered if before else None, dt)
+    if published is None:
+        published = m.events_per_second
+    head = Table.grid(padding=(0, 2))
+    head.add_row(
+        Text(f"node {now.node}", style="bold"),
+        f"rate {_fmt_rate(published)}",
+        f"peak {_fmt_rate(m.peak_events_per_second)}",
+        f"delivered {_fmt_rate(delivered)}",
+        f"subscriptions {m.subscriptions}",
+    )
+    head.add_row(
+        f"published {m.published:,}",
+        f"dropped {m.dropped:,}",
+        f"rejected {m.rejected:,}",
+        f"dead letters {m.dead_letters:,}",
+        f"handler errors {m.handler_errors:,}",
+    )
+    head.add_row(
+        f"latency p50 {_fmt_seconds(m.latency_p50)}",
+        f"p99 {_fmt_seconds(m.latency_p99)}",
+        f"max {_fmt_seconds(m.latency_max)}",
+        f"journal {m.journal_written:,} written",
+        f"write {_fmt_seconds(m.journal_write_latency)}",
+    )
+    subs = Table(title="subscriptions", title_justify="left", expand=True)
+    columns = ("id", "pattern", "queued", "capacity", "rate", "delivered", "dropped", "errors")
+    for column in (*columns, "dead"):
+        subs.add_column(column, justify="left" if column in ("id", "pattern") else "right")
+    for s in m.per_subscription:
+        previous = before.sub_delivered.get(s.id) if before is not None else None
+        fill = s.queued / s.capacity if s.capacity else 0.0
+        style = "red" if fill >= 0.8 else ("yellow" if fill >= 0.2 else "")
+        subs.add_row(
+            s.id,
+            s.pattern,
+            Text(f"{s.queued:,}", style=style),
+            f"{s.capacity:,}",
+            _fmt_rate(_rate(s.delivered, previous, dt)),
+            f"{s.delivered:,}",
+            f"{s.dropped:,}",
+            f"{s.errors:,}",
+            f"{s.dead_letters:,}",
+        )
+    peers = Table(title="peers", title_justify="left", expand=True)
+    for column in ("node", "state", "heard"):
+        peers.add_column(column, justify="right" if column == "heard" else "left")
+    bridge = m.bridge
+    alive = set(bridge.peers_alive) if bridge is not None else set()
+    synced = set(bridge.synced_peers) if bridge is not None else set()
+    for name in sorted(now.heard):
+        if name == now.viewer:  # top's own short-lived node: a client, never heartbeating
+            continue
+        state = "synced" if name in synced else ("alive" if name in alive else "silent")
+        peers.add_row(name, state, f"{now.heard[name]:.1f} s ago")
+    parts: list[RenderableType] = [head, subs, peers]
+    if note:
+        parts.insert(0, Text(note, style="bold red"))
+    if bridge is not None:
+        parts.append(
+            Text(
+                f"bridge  frames sent {bridge.frames_sent:,}  received {bridge.frames_received:,}"
+                f"  dropped {bridge.frames_dropped:,}  gaps {bridge.gaps:,}"
+                f"  duplicates {bridge.duplicates:,}"
+            )
+        )
+    parts.append(Text("q quits", style="dim"))
+    return Group(*parts)
+
+
+def _key(value: str | None) -> bytes | None:
+    """Return a Z85 key given as text or as a file holding it (as the other commands do)."""
+    if value is None:
+        return None
+    text = value.strip()
+    if len(text) != 40 and Path(value).is_file():
+        text = Path(value).read_text().strip()
+    if len(text) != 40:
+        raise click.BadParameter(f"{value!r} is neither a 40-character Z85 key nor such a file")
+    return text.encode()
+
+
+@contextmanager
+def _keys_pressed() -> Iterator[Any]:
+    """Yield a function ``wait(seconds) -> str`` returning a key pressed meanwhile, or ''."""
+    fd = sys.stdin.fileno() if sys.stdin is not None and sys.stdin.isatty() else None
+    saved = termios.tcgetattr(fd) if fd is not None else None
+    if fd is not None:
+        tty.setcbreak(fd)
+
+    def wait(seconds: float) -> str:
+        if fd is None:
+            time.sleep(seconds)
+            return ""
+        ready, _, _ = select.select([fd], [], [], seconds)
+        return os.read(fd, 1).decode(errors="replace") if ready else ""
+
+    try:
+        yield wait
+    finally:
+        if fd is not None and saved is not None:
+            termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+
+@click.command()
+@click.option("--peer", required=True, help="endpoint of the running node (or a broker)")
+@click.option("--node", "node_name", help="the node to watch (required when --peer is a broker)")
+@click.option("--name", help="this short-lived node's name (default: top-PID)")
+@click.option("--public-key", help="this node's CURVE public key (Z85 or a file)")
+@click.option("--secret-key", help="this node's CURVE secret key (Z85 or a file)")
+@click.option("--server-key", help="the peer's CURVE public key (Z85 or a file)")
+@click.option("--timeout", type=float, default=10.0, show_default=True, help="seconds to wait")
+@click.option(
+    "--interval", type=click.FloatRange(min=0.1), default=1.0, show_default=True, help="seconds"
+)
+def top(
+    *,
+    peer: str,
+    node_name: str | None,
+    name: str | None,
+    public_key: str | None,
+    secret_key: str | None,
+    server_key: str | None,
+    timeout: float,
+    interval: float,
+) -> None:
+    """Show a running node's rates, queues, drops, dead letters and peers, live; q quits."""
+    try:
+        from rich.console import Console  # noqa: PLC0415 - the [cli] extra
+        from rich.live import Live  # noqa: PLC0415
+    except ImportError as exc:
+        raise click.ClickException(
+            "top draws with rich: pip install 'llmspell-events[cli]'"
+        ) from exc
+    public, secret, server = _key(public_key), _key(secret_key), _key(server_key)
+    if (secret is None) != (server is None) or (secret is None) != (public is None):
+        raise click.UsageError("CURVE needs --public-key, --secret-key and --server-key together")
+    try:
+        config = NodeConfig(
+            name=name or f"top-{os.getpid()}",
+            peers=(peer,),
+            curve_public_key=public,
+            curve_secret_key=secret,
+            authorized_keys=(server,) if server is not None else (),
+            peer_public_keys={peer: server} if server is not None else {},
+        )
+        bus = EventBus(EventConfig(threads=1), node=config)
+    except (ValueError, EventBusError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    try:
+        _watch(
+            bus,
+            peer=peer,
+            wanted=node_name,
+            timeout=timeout,
+            interval=interval,
+            console=Console(),
+            live_cls=Live,
+        )
+    except KeyboardInterrupt:
+        pass
+    finally:
+        bus.close(timeout=10.0)
+
+
+def _watch(
+    bus: EventBus,
+    *,
+    peer: str,
+    wanted: str | None,
+    timeout: float,
+    interval: float,
+    console: Any,
+    live_cls: Any,
+) -> None:
+    names = bus.linked_nodes(timeout)
+    target = wanted or (names[0] if names else None)
+    if target is None:
+        raise click.ClickException(f"no node answered at {peer} (a broker? name it with --node)")
+    before: Sample | None = None
+    with (
+        _keys_pressed() as wait,
+        live_cls(console=console, screen=True, auto_refresh=False) as live,
+    ):
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                metrics, heard = bus.remote_metrics(target, timeout=min(timeout, 5.0))
+            except BridgeError as exc:
+                if before is None and time.monotonic() > deadline:
+                    raise click.ClickException(f"node {target!r} did not answer: {exc}") from exc
+                if before is not None:  # keep the last figures, say they are stale
+                    note = f"node {target!r} is not answering ({exc}); figures as last read"
+                    live.update(render(before, None, note), refresh=True)
+            else:
+                now = sample(metrics, heard, time.monotonic(), target, bus.name or "")
+                live.update(render(now, before), refresh=True)
+                before = now
+            with_key = wait(interval)
+            if with_key in ("q", "Q"):
+                return

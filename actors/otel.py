@@ -1,0 +1,131 @@
+"""OpenTelemetry spans for handled events (the ``[otel]`` extra).
+
+::
+
+    from actors.otel import instrument
+    instrumentation = instrument(bus)        # or instrument(bus, tracer_provider)
+    ...
+    instrumentation.uninstrument()
+
+Every event a handler runs for becomes a CONSUMER span named after its type,
+current while the handler runs (so spans the handler makes are its
+children).  Its trace id is the event's correlation id, so one workflow is one
+trace across every node; its parent is the span of the event that caused it,
+found by id: span ids derive from event ids (``actors._model.otelspans``), so
+a parent made on another node links up with nothing carried in the event.  A
+handler's exception is recorded on its span (status ERROR) and re-raised to
+the bus, which retries it or makes it a dead letter as usual.
+
+Subscriptions made after ``instrument`` are instrumented; those made before
+are not.  ``uninstrument`` stops new spans at once, in every subscription.
+Deterministic ids need the SDK's tracer (``opentelemetry-sdk``); with another
+tracer, spans get that tracer's ids and link only within a process.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.trace import Status, StatusCode
+
+from actors._async import AsyncEventBus
+from actors._bus import EventBus
+from actors._model.event import Event
+from actors._model.otelspans import (
+    PinnedIds,
+    event_attributes,
+    pinned_tracer,
+    start_event_span,
+)
+
+__all__ = ["Instrumentation", "instrument"]
+
+
+class Instrumentation:
+    """A bus's OpenTelemetry instrumentation; ``uninstrument()`` ends it.
+
+    Held by the application; the bus holds only its handler wrapper.
+    """
+
+    def __init__(self, bus: EventBus, tracer: Any, pinner: PinnedIds | None) -> None:
+        self.bus = bus
+        self.tracer = tracer
+        self._pinner = pinner
+        self.active = True
+        bus.handler_wrappers.append(self.wrap)
+
+    def uninstrument(self) -> None:
+        """Stop making spans (handlers already wrapped run unwrapped from now on).  Idempotent."""
+        self.active = False
+        if self.wrap in self.bus.handler_wrappers:
+            self.bus.handler_wrappers.remove(self.wrap)
+
+    def __enter__(self) -> Instrumentation:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.uninstrument()
+
+    def wrap(
+        self, handler: Callable[[Event], Any], subscription: str, pattern: str
+    ) -> Callable[[Event], Any]:
+        """Return ``handler`` wrapped so each call is a span (an ``async def`` stays one)."""
+        if inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
+            getattr(handler, "__call__", None)  # noqa: B004 - async callable objects
+        ):
+
+            async def traced_async(event: Event) -> Any:
+                if not self.active:
+                    return await handler(event)
+                span = self._start(event, subscription, pattern)
+                with trace.use_span(span, end_on_exit=True, record_exception=False):
+                    try:
+                        return await handler(event)
+                    except BaseException as exc:
+                        _record(span, exc)
+                        raise
+
+            return functools.update_wrapper(traced_async, handler)
+
+        def traced(event: Event) -> Any:
+            if not self.active:
+                return handler(event)
+            span = self._start(event, subscription, pattern)
+            with trace.use_span(span, end_on_exit=True, record_exception=False):
+                try:
+                    return handler(event)
+                except BaseException as exc:
+                    _record(span, exc)
+                    raise
+
+        try:
+            return functools.update_wrapper(traced, handler)
+        except AttributeError:  # e.g. a callable without __dict__
+            return traced
+
+    def _start(self, event: Event, subscription: str, pattern: str) -> Any:
+        attrs = event_attributes(event, subscription=subscription, pattern=pattern)
+        return start_event_span(self.tracer, self._pinner, event, attrs)
+
+
+def _record(span: Any, exc: BaseException) -> None:
+    span.record_exception(exc)
+    span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+
+
+def instrument(bus: EventBus | AsyncEventBus, tracer_provider: Any = None) -> Instrumentation:
+    """Make a span of every event handled by ``bus``'s subscriptions made from now on.
+
+    ``tracer_provider`` defaults to OpenTelemetry's global provider.  Raises
+    ``TypeError`` when ``bus`` is not an ``EventBus`` or ``AsyncEventBus``.
+    """
+    if isinstance(bus, AsyncEventBus):
+        bus = bus.sync
+    if not isinstance(bus, EventBus):
+        raise TypeError(f"bus must be an EventBus or AsyncEventBus, not {bus!r}")
+    tracer, pinner = pinned_tracer(tracer_provider)
+    return Instrumentation(bus, tracer, pinner)
