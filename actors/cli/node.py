@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import click
@@ -58,6 +59,7 @@ def _peer_keys(items: tuple[str, ...]) -> dict[str, bytes]:
 @key_options
 @click.option("--authorize", multiple=True, help="public key of a node allowed in (repeatable)")
 @click.option("--peer-key", "peer_keys", multiple=True, help="ENDPOINT=KEY: a --peer's public key")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), help="serve /metrics, /healthz")
 def serve(
     *,
     name: str,
@@ -69,8 +71,12 @@ def serve(
     secret_key: str | None,
     authorize: tuple[str, ...],
     peer_keys: tuple[str, ...],
+    metrics_port: int | None = None,
 ) -> None:
-    """Run a node until SIGINT or SIGTERM; it also publishes what `pub` asks it to."""
+    """Run a node until SIGINT or SIGTERM; it also publishes what `pub` asks it to.
+
+    With ``--metrics-port`` it also serves ``/metrics`` and ``/healthz`` on 127.0.0.1.
+    """
     keys = keys_from(public_key, secret_key)
     try:
         node = NodeConfig(
@@ -104,7 +110,14 @@ def serve(
         say(f"request {endpoints['request']}")
         say(f"publish {endpoints['publish']}")
         say(f"journal {Path(journal).resolve() if journal else 'none'}")
-        wait_for_signal()
+        with contextlib.ExitStack() as stack:
+            if metrics_port is not None:
+                try:
+                    server = stack.enter_context(bus.serve_metrics(metrics_port))
+                except OSError as exc:
+                    fail(f"cannot serve metrics on port {metrics_port}: {exc.strerror or exc}")
+                say(f"metrics {server.url}")
+            wait_for_signal()
     finally:
         bus.close(timeout=10.0)
     say("closed")
