@@ -57,7 +57,7 @@ def main() -> None:
         bus = PersistentEventBus(EventConfig(persistence_path=cfg["path"]), node=node)
     else:
         bus = EventBus(node=node)
-    bridge = bus._bridge
+    bridge = bus.node
     assert bridge is not None
 
     def handler(event: Event) -> None:
@@ -67,7 +67,7 @@ def main() -> None:
         bus.subscribe(
             cfg["pattern"], handler, durable=cfg.get("durable"), capacity=cfg.get("capacity")
         )
-    say(f"ready {bridge.endpoint}")
+    say(f"ready {bridge.endpoints['request']}")
     gate = threading.Event()
     for line in sys.stdin:
         words = line.split()
@@ -75,7 +75,7 @@ def main() -> None:
             continue
         command = words[0]
         if command == "sync":
-            ok = bridge.wait_synced(words[1].split(","), WAIT)
+            ok = bridge.wait_for_peers(words[1].split(","), WAIT)
             say("synced" if ok else "not-synced")
         elif command == "peers":
             wanted = set(words[1].split(","))
@@ -98,7 +98,7 @@ def main() -> None:
                 paused.set()
                 gate.wait(WAIT)
 
-            bridge._call_soon(block)
+            bridge.call_soon(block)
             paused.wait(WAIT)
             say("paused")
         elif command == "resume":

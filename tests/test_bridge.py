@@ -24,7 +24,8 @@ from actors import (
     NodeConfig,
     PersistentEventBus,
 )
-from actors._cluster.bridge import Bridge, generate_keypair
+from actors._cluster.node import Node
+from actors._cluster.security import generate_keypair
 from actors._cluster.broker import Broker
 from actors._cluster.wire import (
     HELLO,
@@ -73,13 +74,13 @@ def nodes(tmp_path: Path) -> Iterator[Callable[..., EventBus]]:
         bus.close(timeout=10)
 
 
-def bridge(bus: EventBus) -> Bridge:
-    assert bus._bridge is not None
-    return bus._bridge
+def bridge(bus: EventBus) -> Node:
+    assert bus.node is not None
+    return bus.node
 
 
 def endpoint(bus: EventBus) -> str:
-    found = bridge(bus).endpoint
+    found = bridge(bus).endpoints["request"]
     assert found is not None
     return found
 
@@ -95,7 +96,7 @@ def test_wildcard_delivery_in_per_origin_order_over_ipc(
     b = nodes("b", listen=ipc(tmp_path, "b"), peers=(ipc(tmp_path, "a"),))
     got = Collector(300)
     b.subscribe("job.*.done", got)
-    assert bridge(b).wait_synced(["a"], WAIT)
+    assert bridge(b).wait_for_peers(["a"], WAIT)
     for i in range(300):
         a.publish(f"job.{i % 7}.done", i)
         a.publish("job.x.started", i)
@@ -111,8 +112,8 @@ def test_tcp_with_ephemeral_ports_both_directions(nodes: Callable[..., EventBus]
     at_a, at_b = Collector(1), Collector(1)
     a.subscribe("ping", at_a)
     b.subscribe("pong", at_b)
-    assert bridge(a).wait_synced(["b"], WAIT)
-    assert bridge(b).wait_synced(["a"], WAIT)
+    assert bridge(a).wait_for_peers(["b"], WAIT)
+    assert bridge(b).wait_for_peers(["a"], WAIT)
     b.publish("ping", 1)
     a.publish("pong", 2)
     assert at_a.wait()[0].data == 1
@@ -126,7 +127,7 @@ def test_only_events_a_peer_can_match_are_sent(
     b = nodes("b", peers=(ipc(tmp_path, "a"),))
     got = Collector(5)
     b.subscribe("user.*", got)
-    assert bridge(b).wait_synced(["a"], WAIT)
+    assert bridge(b).wait_for_peers(["a"], WAIT)
     for i in range(5):
         a.publish("tool.call", i).get(timeout=WAIT)
         a.publish("users.x", i).get(timeout=WAIT)
@@ -148,7 +149,7 @@ def test_no_loops_in_a_three_node_mesh(tmp_path: Path, nodes: Callable[..., Even
     for n, bus in buses.items():
         bus.subscribe("**", got[n])
     for n, bus in buses.items():
-        assert bridge(bus).wait_synced([m for m in names if m != n], WAIT)
+        assert bridge(bus).wait_for_peers([m for m in names if m != n], WAIT)
     for n, bus in buses.items():
         bus.publish("work.item", n).get(timeout=WAIT)
     for n, bus in buses.items():
@@ -168,7 +169,7 @@ def test_no_loops_in_a_three_node_mesh(tmp_path: Path, nodes: Callable[..., Even
 def test_remote_get_correlated_and_query(tmp_path: Path, nodes: Callable[..., EventBus]) -> None:
     a = nodes("a", persistent=True, listen=ipc(tmp_path, "a"))
     b = nodes("b", peers=(ipc(tmp_path, "a"),))
-    assert bridge(b).wait_synced(["a"], WAIT)
+    assert bridge(b).wait_for_peers(["a"], WAIT)
     assert bridge(a).wait(lambda s: "b" in s.peers_alive, WAIT)  # b only connects
     cid = uuid.uuid4()
     a.publish_correlated("flow.start", 1, cid).get(timeout=WAIT)
@@ -216,7 +217,7 @@ def test_curve_refuses_unknown_keys(tmp_path: Path, nodes: Callable[..., EventBu
     b.subscribe("secret.*", at_b)
     x.subscribe("**", at_x)
     assert bridge(a).wait(lambda s: s.auth_refused >= 1, WAIT)
-    assert bridge(b).wait_synced(["a"], WAIT)
+    assert bridge(b).wait_for_peers(["a"], WAIT)
     a.publish("secret.plan", 42).get(timeout=WAIT)
     assert at_b.wait()[0].data == 42
     stats = bridge(x).statistics()
@@ -272,17 +273,15 @@ def test_garbage_frames_are_dropped_and_the_node_keeps_running(
         assert bridge(a).statistics().frames_dropped == expected
         # Still working: a real peer's events arrive.
         b = nodes("b", listen=ipc(tmp_path, "b"), peers=(endpoint(a),))
-        assert bridge(a).wait_synced(["b"], WAIT)
+        assert bridge(a).wait_for_peers(["b"], WAIT)
         b.publish("real.thing", "ok")
         assert got.wait()[0].data == "ok"
     finally:
         ctx.destroy(0)
 
 
-def test_bad_endpoint_raises_bridge_error(nodes: Callable[..., EventBus]) -> None:
-    with pytest.raises(BridgeError):
-        nodes("a", listen="bogus://nowhere")
-    with pytest.raises(BridgeError):
+def test_a_missing_peer_key_fails_the_start_cleanly(nodes: Callable[..., EventBus]) -> None:
+    with pytest.raises(BridgeError, match="no public key for peer ipc://z"):
         nodes("k", curve_public_key=b"x" * 40, curve_secret_key=b"y" * 40, peers=("ipc://z",))
 
 
@@ -294,7 +293,7 @@ def test_nodes_meet_through_a_broker(tmp_path: Path, nodes: Callable[..., EventB
         for n, bus in buses.items():
             bus.subscribe("job.**", got[n])
         for n, bus in buses.items():
-            assert bridge(bus).wait_synced([m for m in names if m != n], WAIT)
+            assert bridge(bus).wait_for_peers([m for m in names if m != n], WAIT)
         cid = uuid.uuid4()
         for n, bus in buses.items():
             bus.publish("job.run", n, correlation_id=cid).get(timeout=WAIT)

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from actors._cluster.bridge import generate_keypair
+from actors._cluster.security import generate_keypair
 from actors._cluster.broker import Broker
 
 pytestmark = pytest.mark.slow

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from actors import Event
-from actors._cluster.streams import Inbound, Outbound
+from actors._cluster.outbound import Outbound
+from actors._cluster.streams import Inbound
 from actors._cluster.wire import DataFrame, decode_stream
 
 MAX = 1 << 20
