@@ -22,6 +22,8 @@ from actors import (
     EventConfig,
     EventQuery,
     NodeConfig,
+    NotConnectedError,
+    PeerRefusedError,
     PersistentEventBus,
 )
 from actors._cluster.node import Node
@@ -179,9 +181,9 @@ def test_remote_get_correlated_and_query(tmp_path: Path, nodes: Callable[..., Ev
     assert sorted((e.origin, e.data) for e in from_b) == [("a", 1), ("b", 2)]
     stored = b.query(EventQuery(event_types=["flow.*"]), node="a", timeout=WAIT)
     assert [(e.origin, e.data) for e in stored] == [("a", 1)]
-    with pytest.raises(BridgeError):
+    with pytest.raises(PeerRefusedError, match="keeps no journal"):
         a.query(EventQuery(), node="b", timeout=WAIT)  # b has no journal
-    with pytest.raises(BridgeError):
+    with pytest.raises(NotConnectedError, match="nobody"):
         b.query(EventQuery(), node="nobody", timeout=WAIT)
 
 

@@ -234,16 +234,19 @@ class Bridge(StreamIO, RequestIO):
         """Block until every node in ``names`` acknowledged the current subscriptions.
 
         Flushes the bus first, so subscriptions made before the call count.
-        Raises ``PeerRefusedError`` if a peer was refused (or refused us).
+        Raises ``PeerRefusedError`` while they are not all synced and a peer
+        was refused (or refused this node): a duplicate name never syncs.
         Return False after ``timeout``.
         """
         self._local.flush(timeout)
         wanted = set(names)
 
         def ready(view: BridgeView) -> bool:
+            if wanted <= set(view.statistics.synced_peers):
+                return True
             if view.refusals:
                 raise PeerRefusedError("; ".join(view.refusals))
-            return wanted <= set(view.statistics.synced_peers)
+            return False
 
         return self.wait_view(ready, timeout)
 

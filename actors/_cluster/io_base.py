@@ -173,9 +173,16 @@ class BridgeBase:
             for link in self._links
         )
 
-    def _refuse(self, reason: str) -> None:
-        """Record and log a refused peer (a duplicate name, a name bound to another key)."""
+    def _refuse(self, reason: str, *, fatal: bool = True) -> None:
+        """Count and log a refused peer; a ``fatal`` one also fails ``wait_for_peers``.
+
+        Fatal: a duplicate name, or a peer refusing this node.  An impostor
+        (a name bound to another key) is only counted and logged: the node
+        it pretends to be may be a fine peer.
+        """
         self._stats.hellos_refused += 1
-        if reason not in self._refusals:
+        if reason in self._refusals:
+            return
+        logger.warning("bridge %s: refused a peer: %s", self.name, reason)
+        if fatal:
             self._refusals.append(reason)
-            logger.warning("bridge %s: refused a peer: %s", self.name, reason)

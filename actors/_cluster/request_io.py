@@ -104,7 +104,7 @@ class RequestIO(BridgeBase):
         if kind in (HELLO, WELCOME) and message.sender:
             refusal = self._identity_fault(message.sender, body, key)
             if refusal is not None:
-                self._refuse(refusal)
+                self._refuse(refusal, fatal=message.sender == self.name)
                 if link is not None:
                     link.refused = refusal
                 if kind == HELLO:
