@@ -26,9 +26,9 @@ from actors import (
     PeerRefusedError,
     PersistentEventBus,
 )
+from actors._cluster.broker import Broker
 from actors._cluster.node import Node
 from actors._cluster.security import generate_keypair
-from actors._cluster.broker import Broker
 from actors._cluster.wire import (
     HELLO,
     VERSION,

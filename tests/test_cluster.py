@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from actors._cluster.security import generate_keypair
 from actors._cluster.broker import Broker
+from actors._cluster.security import generate_keypair
 
 pytestmark = pytest.mark.slow
 

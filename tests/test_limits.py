@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from actors import Event, EventTooLargeError
@@ -14,8 +16,6 @@ from actors._codec.events import encode_event
     [None, 1, -(10**30), 1.5, "x", "é" * 100, "\n\x00" * 50, [1, "a", None], {"k": {"n": [True]}}],
 )
 def test_the_bound_is_never_below_the_json_text(data: object) -> None:
-    import json
-
     assert upper_bound(data, 1 << 30) >= len(json.dumps(data))
 
 

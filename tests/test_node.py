@@ -18,11 +18,13 @@ import pytest
 import zmq
 
 from actors import (
+    Event,
     EventBus,
     EventTooLargeError,
     NodeConfig,
     PeerRefusedError,
 )
+from actors._cluster.broker import Broker
 from actors._cluster.security import generate_keypair
 from actors._cluster.wire import HELLO, Request, encode_request
 from tests._support import WAIT, Collector
@@ -166,9 +168,7 @@ def test_an_event_over_the_size_limit_fails_its_publish(nodes: Callable[..., Eve
     a.publish("blob.put", "x" * 100_000).get(timeout=WAIT)
 
 
-def a_event(data: str) -> Any:
-    from actors import Event
-
+def a_event(data: str) -> Event:
     return Event(event_type="blob.put", data=data)
 
 
@@ -269,7 +269,5 @@ def test_under_curve_a_name_is_bound_to_its_key(
 
 
 def test_a_broker_endpoint_is_checked(tmp_path: Path) -> None:
-    from actors._cluster.broker import Broker
-
-    with pytest.raises(ValueError, match="broker listen '127.0.0.1:5800' has no transport"):
+    with pytest.raises(ValueError, match=r"broker listen '127\.0\.0\.1:5800' has no transport"):
         Broker("127.0.0.1:5800")

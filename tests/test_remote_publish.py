@@ -7,8 +7,6 @@ from collections.abc import Iterator
 import pytest
 
 from actors import (
-    NotConnectedError,
-    PeerRefusedError,
     Event,
     EventBus,
     EventBusError,
@@ -16,7 +14,9 @@ from actors import (
     EventQuery,
     InvalidEventError,
     NodeConfig,
+    NotConnectedError,
     OverflowStrategy,
+    PeerRefusedError,
     PersistentEventBus,
 )
 from tests._support import WAIT, Collector, Gate
