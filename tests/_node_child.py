@@ -12,6 +12,8 @@ one line (every line is flushed at once):
 ``sync NAME,NAME``     wait until those nodes acknowledged our subscriptions -> ``synced``
 ``peers NAME,NAME``    wait until those nodes are heard from -> ``peers``
 ``publish TYPE FROM TO``  publish events ``FROM..TO-1`` (data = the number) -> ``published``
+``sized TYPE N,N``     publish one event of N characters each, back to back -> ``sized ok,too-large``
+                       (a received string over 100 characters is printed as ``"len:N"``)
 ``pause`` / ``resume`` block / release the bridge's I/O thread -> ``paused`` / ``resumed``
 ``refused``            wait until a CURVE client was refused -> ``refused``
 ``stats``              -> ``stats JSON`` (the bridge's statistics)
@@ -27,7 +29,14 @@ import sys
 import threading
 from dataclasses import asdict
 
-from actors import Event, EventBus, EventConfig, NodeConfig, PersistentEventBus
+from actors import (
+    Event,
+    EventBus,
+    EventConfig,
+    EventTooLargeError,
+    NodeConfig,
+    PersistentEventBus,
+)
 
 WAIT = 60.0
 
@@ -61,7 +70,10 @@ def main() -> None:
     assert bridge is not None
 
     def handler(event: Event) -> None:
-        say(f"got {event.origin} {event.event_type} {json.dumps(event.data)}")
+        data = event.data
+        if isinstance(data, str) and len(data) > 100:
+            data = f"len:{len(data)}"  # big events are reported by size
+        say(f"got {event.origin} {event.event_type} {json.dumps(data)}")
 
     if cfg.get("pattern"):
         bus.subscribe(
@@ -90,6 +102,19 @@ def main() -> None:
                 future.get(timeout=WAIT)
             bus.flush(WAIT)
             say("published")
+        elif command == "sized":
+            outcomes = []
+            futures = []
+            for size in words[2].split(","):
+                try:
+                    futures.append(bus.publish(words[1], "x" * int(size)))
+                    outcomes.append("ok")
+                except EventTooLargeError:
+                    outcomes.append("too-large")
+            for future in futures:
+                future.get(timeout=WAIT)
+            bus.flush(WAIT)
+            say("sized " + ",".join(outcomes))
         elif command == "pause":
             gate.clear()
             paused = threading.Event()

@@ -186,6 +186,25 @@ def test_low_high_water_mark_gaps_are_recovered(cluster: list[Node]) -> None:
     assert stats["gaps"] >= 1
     assert stats["gaps_recovered"] >= 1
     assert stats["gaps_unrecovered"] == 0
+    assert stats["gaps"] == stats["gaps_recovered"] + stats["gaps_unrecovered"] + stats["gaps_open"]
+    b.close()
+    a.close()
+
+
+def test_a_mixed_size_burst_arrives_or_fails_at_publish(cluster: list[Node]) -> None:
+    a = start(cluster, name="a", listen="tcp://127.0.0.1:*")
+    b = start(cluster, name="b", peers=[a.endpoint], pattern="blob.*")
+    b.ask("sync a", "synced")
+    sizes = [1_000, 10_000_000, 20_000_000, 1]
+    outcomes = a.ask("sized blob.put " + ",".join(map(str, sizes)), "sized ").split()[1]
+    # The 20 MB event is over the 16 MiB frame limit: its publish failed at once.
+    assert outcomes.split(",") == ["ok", "ok", "too-large", "ok"]
+    got = b.wait_got(3)
+    assert [d for _, _, d in got] == ["len:1000", "len:10000000", "x"]
+    stats = b.stats()
+    assert stats["frames_dropped"] == 0
+    assert stats["gaps"] == 0
+    assert a.stats()["events_too_large"] == 0  # refused at publish, never queued
     b.close()
     a.close()
 
