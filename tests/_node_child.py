@@ -4,7 +4,8 @@ Run as ``python tests/_node_child.py CONFIG_JSON``.  CONFIG_JSON holds ``name``,
 ``listen``, ``peers``, optional ``path`` (a persistent bus), ``pattern`` and
 ``durable`` and ``capacity`` (a subscription whose handler prints ``got
 ORIGIN TYPE DATA``),
-optional ``keys`` (``public``, ``secret``, ``authorized``, ``peer_keys``) and
+optional ``publish_first`` (``[TYPE, FROM, TO]``: published, and acknowledged,
+before ``ready``), optional ``keys`` (``public``, ``secret``, ``authorized``, ``peer_keys``) and
 ``node`` (extra ``NodeConfig`` fields).  It prints ``ready ENDPOINT`` once
 started, then runs commands read from stdin, one per line, each answered by
 one line (every line is flushed at once):
@@ -12,6 +13,7 @@ one line (every line is flushed at once):
 ``sync NAME,NAME``     wait until those nodes acknowledged our subscriptions -> ``synced``
 ``peers NAME,NAME``    wait until those nodes are heard from -> ``peers``
 ``publish TYPE FROM TO``  publish events ``FROM..TO-1`` (data = the number) -> ``published``
+``subscribe PATTERN [DURABLE]``  subscribe the printing handler now -> ``subscribed``
 ``sized TYPE N,N``     publish one event of N characters each, back to back -> ``sized ok,too-large``
                        (a received string over 100 characters is printed as ``"len:N"``)
 ``pause`` / ``resume`` block / release the bridge's I/O thread -> ``paused`` / ``resumed``
@@ -79,6 +81,13 @@ def main() -> None:
         bus.subscribe(
             cfg["pattern"], handler, durable=cfg.get("durable"), capacity=cfg.get("capacity")
         )
+    if cfg.get("publish_first"):
+        # Published the moment the bus is up, before any peer can have subscribed.
+        kind, start, stop = cfg["publish_first"]
+        for future in bus.publish_many(
+            [Event(event_type=kind, data=i) for i in range(start, stop)]
+        ):
+            future.get(timeout=WAIT)
     say(f"ready {bridge.endpoints['request']}")
     gate = threading.Event()
     for line in sys.stdin:
@@ -102,6 +111,9 @@ def main() -> None:
                 future.get(timeout=WAIT)
             bus.flush(WAIT)
             say("published")
+        elif command == "subscribe":
+            bus.subscribe(words[1], handler, durable=words[2] if len(words) > 2 else None)
+            say("subscribed")
         elif command == "sized":
             outcomes = []
             futures = []

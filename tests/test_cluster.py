@@ -171,6 +171,55 @@ def test_killed_subscriber_resumes_without_loss(cluster: list[Node], tmp_path: P
     a.close()
 
 
+def test_a_durable_node_subscribing_after_its_sync_reply_fetches_its_downtime(
+    cluster: list[Node], tmp_path: Path
+) -> None:
+    a = start(cluster, name="a", listen="tcp://127.0.0.1:*", path=str(tmp_path / "a"))
+    b_config = {"name": "b", "peers": [a.endpoint], "path": str(tmp_path / "b")}
+    b = start(cluster, **b_config)
+    b.ask("subscribe job.* worker", "subscribed")
+    b.ask("sync a", "synced")
+    a.ask("publish job.run 0 50", "published")
+    b.wait_got(50)
+    b.kill()
+    a.ask("publish job.run 50 120", "published")  # b is down
+    b2 = start(cluster, **b_config)
+    b2.ask("peers a", "peers")  # a's heartbeats and sync reply came first ...
+    a.ask("publish job.run 120 130", "published")
+    b2.ask("subscribe job.* worker", "subscribed")  # ... the subscription after them
+    b2.ask("sync a", "synced")
+    a.ask("publish job.run 130 140", "published")
+    got = b2.wait_data(set(range(50, 140)))
+    first_seen = list(dict.fromkeys(d for _, _, d in got))
+    assert first_seen == sorted(first_seen)
+    b2.close()
+    a.close()
+
+
+def test_a_restarted_persistent_publisher_loses_nothing_at_a_live_subscriber(
+    cluster: list[Node], tmp_path: Path
+) -> None:
+    a_config = {"name": "a", "listen": f"ipc://{tmp_path}/a.sock", "path": str(tmp_path / "a")}
+    a = start(cluster, **a_config)
+    b = start(cluster, name="b", peers=[a.endpoint], pattern="job.*", capacity=100_000)
+    b.ask("sync a", "synced")
+    for round_ in range(3):
+        base = round_ * 3000
+        a.ask(f"publish job.run {base} {base + 2000}", "published")  # acknowledged
+        a.kill()
+        # At once after the restart, before b's stream reconnected.
+        first = ["job.run", base + 2000, base + 3000]
+        a = start(cluster, **a_config, publish_first=first)
+    got = b.wait_data(set(range(9000)))
+    first_seen = list(dict.fromkeys(d for _, _, d in got))
+    assert first_seen == sorted(first_seen)
+    stats = b.stats()
+    assert stats["gaps"] == stats["gaps_recovered"] + stats["gaps_unrecovered"] + stats["gaps_open"]
+    assert stats["gaps_unrecovered"] == 0
+    b.close()
+    a.close()
+
+
 def test_low_high_water_mark_gaps_are_recovered(cluster: list[Node]) -> None:
     tight = {"send_hwm": 1, "receive_hwm": 1, "batch_size": 1}
     a = start(cluster, name="a", listen="tcp://127.0.0.1:*", node=tight)
