@@ -267,7 +267,7 @@ def test_garbage_frames_are_dropped_and_the_node_keeps_running(
         ]
         for parts in garbage:
             fake_pub.send_multipart(parts)
-        forged = Event(event_type="real.y", data=1)._stamped(1, "other")
+        forged = Event(event_type="real.y", data=1, sequence=1, origin="other")
         fake_pub.send_multipart(encode_data(b"real.", "fake", 1, [], [forged]))
         request_garbage = 3
         expected = len(garbage) + 1 + request_garbage

@@ -11,7 +11,7 @@ MAX = FRAME_OVERHEAD + 100_000
 
 
 def local(seq: int, size: int) -> Event:
-    return Event(event_type="blob.put", data="x" * size)._stamped(seq, "a")
+    return Event(event_type="blob.put", data="x" * size, sequence=seq, origin="a")
 
 
 def decode(parts: list[bytes]) -> DataFrame:

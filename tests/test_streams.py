@@ -11,7 +11,7 @@ MAX = 1 << 20
 
 
 def local(seq: int, event_type: str = "user.login", origin: str = "a") -> Event:
-    return Event(event_type=event_type, data=seq)._stamped(seq, origin)
+    return Event(event_type=event_type, data=seq, sequence=seq, origin=origin)
 
 
 def decode(parts: list[bytes]) -> DataFrame:
@@ -155,7 +155,7 @@ def test_the_ring_reports_what_it_no_longer_holds() -> None:
 def test_a_forged_sequence_past_int64_is_rejected_and_never_a_watermark() -> None:
     out, inbound = synced_pair(["user.*"])
     feed(inbound, decode(out.frames([local(1)])[0]))
-    forged = local(1, origin="a")._stamped((1 << 63) + 5, "a")
+    forged = Event(event_type="user.login", sequence=(1 << 63) + 5, origin="a")
     got = inbound.on_data(
         "a", epoch=1, first=(1 << 63) + 5, last=(1 << 63) + 5, chains=(), events=[forged], now=0.0
     )
