@@ -300,7 +300,7 @@ def broker(
             curve_secret_key=_key(secret_key),
             authorized_keys=[k for k in (_key(a) for a in authorize) if k is not None],
         )
-    except BridgeError as exc:
+    except (BridgeError, ValueError) as exc:
         _fail(str(exc))
     try:
         _say(f"request {hub.endpoint}")
