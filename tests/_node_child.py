@@ -14,7 +14,7 @@ one line (every line is flushed at once):
 ``peers NAME,NAME``    wait until those nodes are heard from -> ``peers``
 ``publish TYPE FROM TO``  publish events ``FROM..TO-1`` (data = the number) -> ``published``
 ``subscribe PATTERN [DURABLE]``  subscribe the printing handler now -> ``subscribed``
-``sized TYPE N,N``     publish one event of N characters each, back to back -> ``sized ok,too-large``
+``sized TYPE N,N``     publish one event of N characters each -> ``sized ok,too-large``
                        (a received string over 100 characters is printed as ``"len:N"``)
 ``pause`` / ``resume`` block / release the bridge's I/O thread -> ``paused`` / ``resumed``
 ``refused``            wait until a CURVE client was refused -> ``refused``

@@ -106,7 +106,7 @@ class Bridge(StreamIO, RequestIO):
         if node.listen is not None:
             self._router.bind(node.listen)
             self.endpoint = last_endpoint(self._router)
-            self._xpub.bind(derive_endpoint(self.endpoint, 1, ".pub"))
+            self._xpub.bind(derive_endpoint(node.listen, 1, ".pub"))
             self._pub_endpoint = last_endpoint(self._xpub)
         self._sub = self._ctx.socket(zmq.SUB)
         self._sub.linger = 0
