@@ -194,7 +194,7 @@ def test_a_peer_with_this_nodes_name_is_refused(
 def test_a_hello_never_repoints_an_established_peer(
     tmp_path: Path, nodes: Callable[..., EventBus]
 ) -> None:
-    a = nodes("a", listen=ipc(tmp_path, "a"), heartbeat_interval=0.05)
+    a = nodes("a", listen=ipc(tmp_path, "a"))
     b = nodes("b", listen=ipc(tmp_path, "b"), peers=(request_endpoint(a),))
     got = Collector(2)
     a.subscribe("job.*", got)
@@ -209,12 +209,9 @@ def test_a_hello_never_repoints_an_established_peer(
         dealer.send_multipart(encode_request(hello))
         assert dealer.poll(int(WAIT * 1000))
         dealer.recv_multipart()
+        # The HELLO was handled before its WELCOME came back: an old node
+        # would have moved its subscription to the fake publisher by now.
         b.publish("job.run", 1).get(timeout=WAIT)
-        # a's heartbeats (every 50 ms) go on; a HELLO turned around would
-        # have subscribed at the fake publisher by now.
-        assert a.node is not None
-        beats = a.node.statistics().frames_received
-        assert a.node.wait(lambda s: s.frames_received >= beats + 1, WAIT)
         b.publish("job.run", 2).get(timeout=WAIT)
         assert got.done.wait(WAIT)
         assert got.data == [1, 2]
