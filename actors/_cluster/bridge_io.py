@@ -14,12 +14,14 @@ from typing import Any
 
 from actors._cluster.outbound import Outbound
 from actors._cluster.ports import LocalNode
+from actors._codec.events import encode_batch
 from actors._model.event import Event
 from actors._model.query import EventQuery
 
 __all__ = [
     "RECOVER_LIMIT",
     "PublishLedger",
+    "fit_answer",
     "query_from_json",
     "query_to_json",
     "serve_recover",
@@ -103,6 +105,19 @@ def serve_recover(
         if len(found) >= RECOVER_LIMIT:
             return found, {"complete": False, "scanned": position, "lost": False}
     return found, {"complete": True, "scanned": upto, "lost": False}
+
+
+def fit_answer(
+    events: list[Event], body: dict[str, Any], budget: int
+) -> tuple[list[Event], dict[str, Any]]:
+    """Cut a recovery answer to ``budget`` bytes; the asker continues after what is kept."""
+    if len(events) <= 1 or len(encode_batch(events)) <= budget:
+        return events, body
+    keep = min(len(events), RECOVER_LIMIT)
+    while keep > 1 and len(encode_batch(events[:keep])) > budget:
+        keep //= 2
+    kept = events[:keep]
+    return kept, {"complete": False, "scanned": kept[-1].sequence or 0, "lost": False}
 
 
 class PublishLedger:

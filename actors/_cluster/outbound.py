@@ -150,11 +150,13 @@ class Outbound:
     ) -> tuple[list[Event], bool, bool]:
         """Return ``(events, complete, lost)``: ring events in ``(after, upto]`` under ``prefixes``.
 
+        I/O thread only, like the rest (the bridge asks it from its workers).
+
         ``complete`` is False when ``limit`` cut the answer short; ``lost``
         is True when part of the range has left the ring already.
         """
         raw = [p.encode() for p in prefixes]
-        ring = list(self.ring)  # a snapshot: the I/O thread appends meanwhile
+        ring = list(self.ring)
         out: list[Event] = []
         start = bisect.bisect_right(ring, after, key=lambda e: e.sequence or 0)
         for event in itertools.islice(ring, start, None):

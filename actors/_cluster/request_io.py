@@ -18,7 +18,7 @@ from typing import Any
 
 import zmq
 
-from actors._cluster.bridge_io import RECOVER_LIMIT, query_from_json, serve_recover
+from actors._cluster.bridge_io import fit_answer, query_from_json, serve_recover
 from actors._cluster.endpoints import Link, reachable
 from actors._cluster.io_base import BridgeBase, Route
 from actors._cluster.stream_io import RECV_BURST
@@ -340,8 +340,15 @@ class RequestIO(BridgeBase):
         reply_body: dict[str, Any] = {}
         try:
             if message.kind == RECOVER:
-                events, reply_body = serve_recover(local, self._out, message.body)
-                events, reply_body = self._fit(events, reply_body)
+                body = message.body
+                if local.journal is None:
+                    # The ring belongs to the I/O thread: read it there.
+                    events, reply_body = self._ask_io(
+                        lambda: serve_recover(local, self._out, body), _stopped
+                    )
+                else:
+                    events, reply_body = serve_recover(local, self._out, body)
+                events, reply_body = fit_answer(events, reply_body, self._max - 4096)
             elif message.kind == QUERY:
                 journal = local.journal
                 if journal is None:
@@ -360,17 +367,6 @@ class RequestIO(BridgeBase):
             reply = Request(ERROR, message.sender, self.name, message.rid, {"error": str(exc)})
         self._call_soon(lambda: self._send(route, reply))
 
-    def _fit(self, events: list[Event], body: dict[str, Any]) -> tuple[list[Event], dict[str, Any]]:
-        """Cut a recovery answer to what fits in a frame; the asker continues after it."""
-        budget = self._max - 4096
-        if len(events) <= 1 or len(encode_batch(events)) <= budget:
-            return events, body
-        keep = min(len(events), RECOVER_LIMIT)
-        while keep > 1 and len(encode_batch(events[:keep])) > budget:
-            keep //= 2
-        kept = events[:keep]
-        return kept, {"complete": False, "scanned": kept[-1].sequence or 0, "lost": False}
-
     # -- timers ---------------------------------------------------------------------------
 
     def _hello_links(self, now: float) -> None:
@@ -386,6 +382,10 @@ class RequestIO(BridgeBase):
             if now > deadline:
                 del self._waiting[rid]
                 callback(None)
+
+
+def _stopped() -> tuple[list[Event], dict[str, Any]]:
+    raise BridgeError("the node is closing")
 
 
 def _property(frame: zmq.Frame, name: str) -> str | None:

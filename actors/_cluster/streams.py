@@ -28,8 +28,8 @@ from __future__ import annotations
 import itertools
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 
+from actors._cluster.origins import MAX_AHEAD, MAX_SEQUENCE, OriginState, RecoverRequest
 from actors._cluster.outbound import Outbound
 from actors._model.event import Event
 from actors._model.topics import Pattern
@@ -37,47 +37,6 @@ from actors._model.topics import Pattern
 __all__ = ["MAX_AHEAD", "MAX_SEQUENCE", "Inbound", "Outbound", "RecoverRequest"]
 
 _CLASS_CACHE = 4096
-
-MAX_SEQUENCE = (1 << 63) - 1
-"""The largest sequence an origin can give (a signed 64-bit integer)."""
-
-MAX_AHEAD = 1 << 30
-"""How far past the head its origin last announced a sequence may be before it is rejected."""
-
-
-@dataclass(frozen=True, slots=True)
-class RecoverRequest:
-    """Ask ``origin`` for its events in ``(after, upto]`` under ``prefixes``."""
-
-    rid: str
-    origin: str
-    after: int
-    upto: int
-    prefixes: tuple[str, ...]
-    gaps: int = 1  # how many detected gaps this request ends
-    lost: bool = False  # an earlier part of the range was already reported lost
-
-
-@dataclass(slots=True)
-class _Origin:
-    epoch: int | None = None
-    known: dict[bytes, int] = field(default_factory=dict)
-    synced: set[bytes] = field(default_factory=set)
-    watermark: int | None = None
-    awaiting_sync: bool = True
-    sync_since: float = 0.0
-    loading: bool = False
-    stashed: tuple[int, int, int] | None = None
-    pending: dict[str, RecoverRequest] = field(default_factory=dict)
-    deferred: list[tuple[int, int, frozenset[str], int]] = field(default_factory=list)
-    held: list[Event] = field(default_factory=list)
-    head: int | None = None  # the head its current incarnation last announced
-    restarted: bool = False  # a new incarnation continues the sequences: backfill at sync
-    next_epoch: int | None = None  # an epoch seen in data frames, not yet confirmed
-
-    def blocked(self) -> bool:
-        return self.awaiting_sync or self.loading or bool(self.pending) or bool(self.deferred)
-
 
 _rids = itertools.count(1)
 
@@ -95,7 +54,7 @@ class Inbound:
         self.prefixes: frozenset[bytes] = frozenset()
         self._patterns: list[Pattern] = []
         self._match_cache: dict[str, bool] = {}
-        self.origins: dict[str, _Origin] = {}
+        self.origins: dict[str, OriginState] = {}
         self.requests: list[RecoverRequest] = []
         self._seen: OrderedDict[object, None] = OrderedDict()
         self._dedupe = max(dedupe, 1)
@@ -138,12 +97,12 @@ class Inbound:
             self._match_cache[event_type] = hit
         return hit
 
-    def origin(self, name: str, now: float) -> tuple[_Origin, bool]:
+    def origin(self, name: str, now: float) -> tuple[OriginState, bool]:
         """Return the state of ``name`` and whether it is new."""
         st = self.origins.get(name)
         if st is not None:
             return st, False
-        st = self.origins[name] = _Origin(sync_since=now)
+        st = self.origins[name] = OriginState(sync_since=now)
         return st, True
 
     # -- frames ---------------------------------------------------------------------
@@ -194,7 +153,7 @@ class Inbound:
             st.watermark = last
         return self._fresh(events)
 
-    def _out_of_range(self, st: _Origin, last: int, count: int) -> bool:
+    def _out_of_range(self, st: OriginState, last: int, count: int) -> bool:
         limit = MAX_SEQUENCE
         if st.head is not None:
             limit = min(limit, max(st.head, st.watermark or 0) + MAX_AHEAD)
@@ -222,7 +181,7 @@ class Inbound:
             st.watermark = head
         return self._release(st)
 
-    def _backfill(self, origin: str, st: _Origin, new: frozenset[bytes], head: int) -> None:
+    def _backfill(self, origin: str, st: OriginState, new: frozenset[bytes], head: int) -> None:
         """Fetch ``(watermark, head]`` for new prefixes (all of them after a restart)."""
         wanted = self.prefixes if st.restarted else new
         st.restarted = False
@@ -271,7 +230,7 @@ class Inbound:
             st.watermark = head
         return []
 
-    def _incarnation(self, st: _Origin, epoch: int, base: int) -> None:
+    def _incarnation(self, st: OriginState, epoch: int, base: int) -> None:
         if st.epoch is not None and st.epoch != epoch:
             continues = st.watermark is not None and base > st.watermark
             if continues:
@@ -308,7 +267,7 @@ class Inbound:
     # -- recovery ---------------------------------------------------------------------
 
     def _recover(
-        self, origin: str, st: _Origin, after: int, upto: int, prefixes: Sequence[str | bytes]
+        self, origin: str, st: OriginState, after: int, upto: int, prefixes: Sequence[str | bytes]
     ) -> None:
         if upto <= after:
             return
@@ -328,7 +287,7 @@ class Inbound:
     def _send(  # noqa: PLR0917 - a request's fields
         self,
         origin: str,
-        st: _Origin,
+        st: OriginState,
         after: int,
         upto: int,
         names: frozenset[str],
@@ -341,7 +300,7 @@ class Inbound:
         st.pending[request.rid] = request
         self.requests.append(request)
 
-    def _next_deferred(self, origin: str, st: _Origin) -> None:
+    def _next_deferred(self, origin: str, st: OriginState) -> None:
         if st.deferred and not st.pending:
             after, upto, names, count = st.deferred.pop(0)
             self._send(origin, st, after, upto, names, count)
@@ -412,7 +371,7 @@ class Inbound:
 
     # -- delivery ---------------------------------------------------------------------
 
-    def _release(self, st: _Origin) -> list[Event]:
+    def _release(self, st: OriginState) -> list[Event]:
         if st.blocked() or not st.held:
             return []
         held, st.held = st.held, []
