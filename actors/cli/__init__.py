@@ -114,18 +114,18 @@ def _node(
     public, secret, server = _key(public_key), _key(secret_key), _key(server_key)
     if (secret is None) != (server is None) or (secret is None) != (public is None):
         raise click.UsageError("CURVE needs --public-key, --secret-key and --server-key together")
-    node = NodeConfig(
-        name=name,
-        listen=listen,
-        peers=(peer,),
-        curve_public_key=public,
-        curve_secret_key=secret,
-        authorized_keys=(server,) if server is not None else (),
-        peer_public_keys={peer: server} if server is not None else {},
-    )
     try:
+        node = NodeConfig(
+            name=name,
+            listen=listen,
+            peers=(peer,),
+            curve_public_key=public,
+            curve_secret_key=secret,
+            authorized_keys=(server,) if server is not None else (),
+            peer_public_keys={peer: server} if server is not None else {},
+        )
         bus = EventBus(EventConfig(threads=1), node=node)
-    except EventBusError as exc:
+    except (EventBusError, ValueError) as exc:
         _fail(str(exc))
     try:
         yield bus
