@@ -129,15 +129,32 @@ def test_frames_before_the_sync_reply_are_held_then_backfilled_in_order() -> Non
     assert inbound.watermarks() == {"a": 3}
 
 
-def test_a_new_incarnation_without_a_journal_starts_over() -> None:
+def test_a_new_incarnation_without_a_journal_is_followed_from_its_start() -> None:
     out, inbound = synced_pair(["user.*"])
     feed(inbound, decode(out.frames([local(1), local(2)])[0]))
     reborn = Outbound("a", epoch=2, batch_size=100, ring_size=100)
+    first = local(1)
+    reborn.frames([first])  # published before our subscription reached it
     reborn.add_prefix(b"user.")
-    assert feed(inbound, decode(reborn.frames([local(1)])[0])) == []  # held: new epoch
-    released = inbound.on_sync("a", 2, 1, 1, 0.0)
-    assert [e.sequence for e in released] == [1]
-    assert inbound.requests == []
+    second = local(2)
+    assert feed(inbound, decode(reborn.frames([second])[0])) == []  # held: new epoch
+    assert inbound.on_sync("a", 2, 1, 2, 0.0) == []
+    (request,) = inbound.requests
+    assert (request.after, request.upto) == (0, 2)
+    events, complete, lost = reborn.from_ring(0, 2, request.prefixes, 10)
+    released = inbound.on_recovered(request.rid, events, complete, 2, lost)
+    assert released == [first, second]
+    assert inbound.watermarks() == {"a": 2}
+
+
+def test_an_origin_whose_journal_lost_a_tail_is_followed_from_its_base() -> None:
+    out, inbound = synced_pair(["user.*"])
+    feed(inbound, decode(out.frames([local(i) for i in range(1, 6)])[0]))
+    # It died before journaling 4 and 5; it restarts at 4 with new events.
+    inbound.on_heartbeat("a", epoch=2, base=4, head=6, chains={}, now=0.0)
+    inbound.on_sync("a", 2, 4, 6, 0.0)
+    (request,) = inbound.requests
+    assert (request.after, request.upto) == (3, 6)
 
 
 def test_the_ring_reports_what_it_no_longer_holds() -> None:

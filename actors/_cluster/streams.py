@@ -16,9 +16,9 @@ Rules that keep it honest (``docs/cluster.md``, "Guarantees"):
 - every gap ends exactly once: ``gaps == recovered + unrecovered + gaps_open()``;
 - gaps found while a request is out wait as separate ranges (overlapping
   ones merge), so recovery fetches only what is missing;
-- a new incarnation of an origin that continues its sequences (a restarted
-  persistent node) is backfilled from the watermark to its head for every
-  prefix, not only new ones;
+- a new incarnation of an origin is backfilled, for every prefix, from the
+  watermark (a restarted persistent node) or from its first sequence (a node
+  without a journal, or one whose journal lost a tail we had) to its head;
 - the watermark never moves while no local pattern exists: a node that
   subscribes after its sync reply still fetches its downtime.
 """
@@ -232,16 +232,17 @@ class Inbound:
 
     def _incarnation(self, st: OriginState, epoch: int, base: int) -> None:
         if st.epoch is not None and st.epoch != epoch:
-            continues = st.watermark is not None and base > st.watermark
-            if continues:
-                # A restarted persistent origin: what it published from our
-                # watermark on may have missed us (its old tail, its new head).
-                st.restarted = True
-            else:
-                # Sequences restarted (no journal): forget the old stream.
+            if st.watermark is not None and base <= st.watermark:
+                # Its numbering restarted (no journal: ``base`` is 1) or went
+                # back (its journal lost a tail we had): the old chains mean
+                # nothing now; follow the new incarnation from its start.
                 st.known.clear()
                 st.synced.clear()
-                st.watermark = None
+                st.watermark = base - 1
+            # What it published before our stream reconnected (and, for a
+            # persistent origin, what it sent just before it died) may have
+            # missed us: backfill at the sync reply.
+            st.restarted = st.watermark is not None
             st.head = None
         st.epoch = epoch
         st.next_epoch = None
