@@ -13,7 +13,19 @@ from actors._codec.events import encode_event
 
 @pytest.mark.parametrize(
     "data",
-    [None, 1, -(10**30), 1.5, "x", "é" * 100, "\n\x00" * 50, [1, "a", None], {"k": {"n": [True]}}],
+    [
+        None,
+        1,
+        -(10**30),
+        1.5e300,
+        "x",
+        "é" * 100,
+        "\n\x00" * 50,
+        [1, "a", None, 10**40, False],
+        ("t", 2),
+        {"k": {"n": [True]}},
+        {"big": 10**50, "s": "\u2028" * 10, "f": -1.5e-300, "none": None, "l": [[["x"]]]},
+    ],
 )
 def test_the_bound_is_never_below_the_json_text(data: object) -> None:
     assert upper_bound(data, 1 << 30) >= len(json.dumps(data))

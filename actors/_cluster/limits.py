@@ -25,30 +25,51 @@ _FIXED = 512  # ids, timestamp, numbers and field tags of one encoded event
 _SCALAR = 32
 
 
-def upper_bound(value: Any, limit: int) -> int:
-    """Return an upper bound of the JSON text of ``value``, or more than ``limit`` early."""
-    total = 0
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        kind = type(item)
-        if kind is str:
-            total += 6 * len(item) + 2  # every character escaped as \\uXXXX at worst
-        elif kind is dict or isinstance(item, Mapping):
-            total += 2
-            for key, inner in item.items():
-                total += 6 * len(str(key)) + 4
-                stack.append(inner)
-        elif kind is list or kind is tuple:
-            total += 2 + len(item)
-            stack.extend(item)
-        elif kind is bytes:
-            total += 2 * len(item) + 2
-        else:
-            total += _SCALAR + (item.bit_length() // 3 if kind is int else 0)
-        if total > limit:
-            return total
-    return total
+def upper_bound(value: Any, limit: int) -> int:  # noqa: PLR0911 - flat dispatch is the fast path
+    """Return an upper bound of the JSON text of ``value`` (more than ``limit``: stops early).
+
+    A character costs at most 6 bytes (``\\uXXXX``), an int at most one
+    digit per 3 bits, any other scalar ``_SCALAR``.  Scalars inside a
+    container are sized inline: the walk is on ``publish``'s path.
+    """
+    kind = type(value)
+    if kind is dict or isinstance(value, Mapping):
+        total = 2
+        for key, item in value.items():
+            t = type(item)
+            if t is str:
+                total += 6 * (len(key) + len(item)) + 8
+            elif t is int:
+                total += 6 * len(key) + 6 + item.bit_length() // 3
+            elif item is None or t is float or t is bool:
+                total += 6 * len(key) + 4 + _SCALAR
+            else:
+                total += 6 * len(str(key)) + 4 + upper_bound(item, limit)
+            if total > limit:
+                return total
+        return total
+    if kind is list or kind is tuple:
+        total = 2
+        for item in value:
+            t = type(item)
+            if t is str:
+                total += 6 * len(item) + 3
+            elif t is int:
+                total += item.bit_length() // 3 + 3
+            elif item is None or t is float or t is bool:
+                total += _SCALAR
+            else:
+                total += 1 + upper_bound(item, limit)
+            if total > limit:
+                return total
+        return total
+    if kind is str:
+        return 6 * len(value) + 2
+    if kind is int:
+        return int(value.bit_length()) // 3 + 2
+    if kind is bytes:
+        return 2 * len(value) + 2
+    return _SCALAR
 
 
 class EventSizeCheck:
@@ -63,14 +84,18 @@ class EventSizeCheck:
     def __call__(self, event: Event) -> None:
         """Pass ``event`` if it fits; raise ``EventTooLargeError`` naming the limit otherwise."""
         limit = self.limit
+        data = event.data
         bound = _FIXED + 6 * len(event.event_type)
-        bound += upper_bound(event.data, limit)
+        bound += _SCALAR if data is None else upper_bound(data, limit)
+        if event.metadata:
+            bound += sum(6 * (len(k) + len(v)) + 8 for k, v in event.metadata.items())
+        if event.tags:
+            bound += sum(6 * len(t) + 3 for t in event.tags)
+        for text in (event.source, event.target):
+            if text is not None:
+                bound += 6 * len(text)
         if bound <= limit:
-            bound += upper_bound(dict(event.metadata), limit) + upper_bound(list(event.tags), limit)
-            for text in (event.source, event.target):
-                bound += 0 if text is None else 6 * len(text)
-            if bound <= limit:
-                return
+            return
         size = len(encode_event(event))
         if size > limit:
             raise EventTooLargeError(
