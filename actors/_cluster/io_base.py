@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import random
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -59,8 +60,6 @@ class BridgeBase:
     _router: zmq.Socket[bytes]
 
     def __init__(self, local: LocalNode, node: NodeConfig) -> None:
-        import random  # noqa: PLC0415 - only the epoch needs it
-
         self._local = local
         self._node = node
         self.name = node.name
