@@ -308,3 +308,33 @@ def test_nodes_meet_through_a_broker(tmp_path: Path, nodes: Callable[..., EventB
         stored = buses["b"].query(EventQuery(event_types=["jobs.*"]), node="a", timeout=WAIT)
         assert [e.data for e in stored] == ["a"]
         assert broker.routed >= 3
+
+
+def test_a_forged_sequence_over_the_wire_is_rejected_and_counted(
+    tmp_path: Path, nodes: Callable[..., EventBus]
+) -> None:
+    a = nodes("a", listen=ipc(tmp_path, "a"))
+    got = Collector(1)
+    a.subscribe("real.*", got)
+    a.flush()
+    ctx = zmq.Context()
+    try:
+        fake_pub = ctx.socket(zmq.XPUB)
+        fake_pub.bind(ipc(tmp_path, "fake"))
+        dealer = ctx.socket(zmq.DEALER)
+        dealer.connect(endpoint(a))
+        hello = Request(HELLO, "", "fake", "h", {"kind": "node", "pub": ipc(tmp_path, "fake")})
+        dealer.send_multipart(encode_request(hello))
+        assert dealer.poll(int(WAIT * 1000))
+        dealer.recv_multipart()
+        assert fake_pub.poll(int(WAIT * 1000))  # a subscribed
+        forged = Event(event_type="real.y", data=1, sequence=(1 << 63) + 5, origin="fake")
+        fake_pub.send_multipart(encode_data(b"real.", "fake", 1, [], [forged]))
+        assert bridge(a).wait(lambda s: s.sequences_rejected >= 1, WAIT)
+        assert bridge(a).statistics().events_delivered == 0
+        b = nodes("b", listen=ipc(tmp_path, "b"), peers=(endpoint(a),))
+        assert bridge(a).wait_for_peers(["b"], WAIT)
+        b.publish("real.thing", "ok")
+        assert got.wait()[0].data == "ok"
+    finally:
+        ctx.destroy(0)
