@@ -138,7 +138,10 @@ def _peer_name(bus: EventBus, peer: str, wanted: str | None, deadline: float) ->
 
     Blocks until then; a broker needs ``wanted`` (it is not a node itself).
     """
-    names = bus.linked_nodes(_left(deadline))
+    try:
+        names = bus.linked_nodes(_left(deadline))
+    except BridgeError as exc:  # a duplicate name, a refused key
+        _fail(str(exc))
     name = wanted if wanted is not None else (names[0] if names else None)
     if name is None:
         _fail(f"no node answered at {peer} (a broker? name the node with --node)")
