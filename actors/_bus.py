@@ -98,6 +98,7 @@ logger = logging.getLogger("actors.bus")
 
 if TYPE_CHECKING:
     from actors._cluster.bridge import Bridge
+    from actors._cluster.node import Node
     from actors._metrics_http import MetricsServer
 
 _sub_ids = itertools.count(1)
@@ -132,7 +133,6 @@ class EventBus:
         if node is not None:
             name = node.name
         self.name = name
-        self.node = node
         cfg = self.config
         self._closed = False
         self._close_lock = threading.Lock()
@@ -208,27 +208,46 @@ class EventBus:
         )
         self._router_mailbox = self._router.actor_inbox
         self._bridge: Bridge | None = None
+        self._size_check: Callable[[Event], None] | None = None
+        self.node: Node | None = None
         if node is not None:
-            from actors._cluster.bridge import Bridge  # noqa: PLC0415 - zmq is imported only when needed
+            self._start_node(node)
 
-            try:
-                self._bridge = Bridge(self, node)
-            except BaseException:
-                self._stop_actors(Deadline(10))
-                raise
-            self._router.add_recorder(self._bridge.mailbox)
-            self._router.route_listeners.append(self._bridge.on_local_patterns)
+    def _start_node(self, config: NodeConfig) -> None:
+        # zmq is imported only when a bus is a node.
+        from actors._cluster.bridge import Bridge  # noqa: PLC0415
+        from actors._cluster.limits import EventSizeCheck  # noqa: PLC0415
+        from actors._cluster.node import Node, NodeWiring, RouterJournal  # noqa: PLC0415
+
+        journal = self._journal
+        wiring = NodeWiring(
+            name=config.name,
+            first_sequence=self._router.next_sequence,
+            router=self._router_mailbox,
+            journal=RouterJournal(self._router_mailbox, journal.actor_inbox) if journal else None,
+            inject=self._inject,
+            flush=self.flush,
+            publish=self.publish,
+            metrics=self.metrics,
+        )
+        try:
+            self._bridge = Bridge(wiring, config)
+        except BaseException:
+            self._stop_actors(Deadline(10))
+            raise
+        self._size_check = EventSizeCheck(config.max_frame_bytes)
+        self.node = Node(self._bridge, config, self._prepare, self._check_open)
+        self._router.add_recorder(self._bridge.recorder)
+        self._router.route_listeners.append(self._bridge.on_local_patterns)
+
+    def _require_node(self) -> Node:
+        if self.node is None:
+            raise EventBusError("this bus is not connected to other nodes (no NodeConfig)")
+        return self.node
 
     def wait_for_peers(self, names: Sequence[str], timeout: float | None = 30.0) -> bool:
-        """Block until the nodes ``names`` acknowledged this node's subscriptions.
-
-        From then on every event they publish that a local pattern matches
-        arrives here.  Flushes the bus first.  Returns False after
-        ``timeout``; raises ``EventBusError`` on a bus that is not a node.
-        """
-        if self._bridge is None:
-            raise EventBusError("this bus is not connected to other nodes (no NodeConfig)")
-        return self._bridge.wait_synced(names, timeout)
+        """Same as ``bus.node.wait_for_peers`` (``EventBusError`` on a bus that is not a node)."""
+        return self._require_node().wait_for_peers(names, timeout)
 
     def publish_remote(
         self,
@@ -239,40 +258,19 @@ class EventBus:
         timeout: float | None = 30.0,
         **fields: Any,
     ) -> Event:
-        """Have the connected node ``node`` publish an event on its own bus.
-
-        The event takes that node's origin and sequence, as if published
-        there.  Blocks until the node acknowledged it (journaled, where that
-        node is persistent) and returns it as published.  Retrying after a
-        timeout is safe: the node publishes an event id once.  Raises
-        ``EventBusError`` on a bus that is not a node, ``BridgeError`` if the
-        node refuses (with its reason) or does not answer.
-        """
-        if self._bridge is None:
-            raise EventBusError("this bus is not connected to other nodes (no NodeConfig)")
-        self._check_open()
-        event = self._prepare(event_or_type, data, fields)
-        return self._bridge.remote_publish(node, [event], timeout)[0]
+        """Same as ``bus.node.publish_remote`` (``EventBusError`` on a bus that is not a node)."""
+        return self._require_node().publish_remote(
+            node, event_or_type, data, timeout=timeout, **fields
+        )
 
     @property
     def endpoints(self) -> dict[str, str | None]:
-        """Return this node's resolved endpoints: ``request`` (its ``listen``) and ``publish``.
-
-        Ephemeral ports (``tcp://127.0.0.1:*``) are filled in.  Empty on a bus
-        that is not a node.
-        """
-        if self._bridge is None:
-            return {}
-        return {"request": self._bridge.endpoint, "publish": self._bridge.publish_endpoint}
+        """Same as ``bus.node.endpoints``; empty on a bus that is not a node."""
+        return {} if self.node is None else self.node.endpoints
 
     def linked_nodes(self, timeout: float | None = 30.0) -> list[str]:
-        """Return the names of the nodes among ``NodeConfig.peers``, once they answered.
-
-        Blocks until every configured peer answered (or ``timeout``).
-        """
-        if self._bridge is None:
-            raise EventBusError("this bus is not connected to other nodes (no NodeConfig)")
-        return self._bridge.linked_nodes(timeout)
+        """Same as ``bus.node.linked_nodes`` (``EventBusError`` on a bus that is not a node)."""
+        return self._require_node().linked_nodes(timeout)
 
     def _inject(self, events: Sequence[Event]) -> None:
         """Route events that arrived from a peer, in order, as one message.
@@ -373,6 +371,8 @@ class EventBus:
             raise InvalidEventError(
                 f"event type {event.event_type!r} is reserved for the bus ('$' types)"
             )
+        if self._size_check is not None:
+            self._size_check(event)
         return event
 
     def _publish_internal(self, event: Event) -> None:

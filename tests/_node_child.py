@@ -4,7 +4,8 @@ Run as ``python tests/_node_child.py CONFIG_JSON``.  CONFIG_JSON holds ``name``,
 ``listen``, ``peers``, optional ``path`` (a persistent bus), ``pattern`` and
 ``durable`` and ``capacity`` (a subscription whose handler prints ``got
 ORIGIN TYPE DATA``),
-optional ``keys`` (``public``, ``secret``, ``authorized``, ``peer_keys``) and
+optional ``publish_first`` (``[TYPE, FROM, TO]``: published, and acknowledged,
+before ``ready``), optional ``keys`` (``public``, ``secret``, ``authorized``, ``peer_keys``) and
 ``node`` (extra ``NodeConfig`` fields).  It prints ``ready ENDPOINT`` once
 started, then runs commands read from stdin, one per line, each answered by
 one line (every line is flushed at once):
@@ -12,6 +13,9 @@ one line (every line is flushed at once):
 ``sync NAME,NAME``     wait until those nodes acknowledged our subscriptions -> ``synced``
 ``peers NAME,NAME``    wait until those nodes are heard from -> ``peers``
 ``publish TYPE FROM TO``  publish events ``FROM..TO-1`` (data = the number) -> ``published``
+``subscribe PATTERN [DURABLE]``  subscribe the printing handler now -> ``subscribed``
+``sized TYPE N,N``     publish one event of N characters each -> ``sized ok,too-large``
+                       (a received string over 100 characters is printed as ``"len:N"``)
 ``pause`` / ``resume`` block / release the bridge's I/O thread -> ``paused`` / ``resumed``
 ``refused``            wait until a CURVE client was refused -> ``refused``
 ``stats``              -> ``stats JSON`` (the bridge's statistics)
@@ -27,7 +31,14 @@ import sys
 import threading
 from dataclasses import asdict
 
-from actors import Event, EventBus, EventConfig, NodeConfig, PersistentEventBus
+from actors import (
+    Event,
+    EventBus,
+    EventConfig,
+    EventTooLargeError,
+    NodeConfig,
+    PersistentEventBus,
+)
 
 WAIT = 60.0
 
@@ -57,17 +68,27 @@ def main() -> None:
         bus = PersistentEventBus(EventConfig(persistence_path=cfg["path"]), node=node)
     else:
         bus = EventBus(node=node)
-    bridge = bus._bridge
+    bridge = bus.node
     assert bridge is not None
 
     def handler(event: Event) -> None:
-        say(f"got {event.origin} {event.event_type} {json.dumps(event.data)}")
+        data = event.data
+        if isinstance(data, str) and len(data) > 100:
+            data = f"len:{len(data)}"  # big events are reported by size
+        say(f"got {event.origin} {event.event_type} {json.dumps(data)}")
 
     if cfg.get("pattern"):
         bus.subscribe(
             cfg["pattern"], handler, durable=cfg.get("durable"), capacity=cfg.get("capacity")
         )
-    say(f"ready {bridge.endpoint}")
+    if cfg.get("publish_first"):
+        # Published the moment the bus is up, before any peer can have subscribed.
+        kind, start, stop = cfg["publish_first"]
+        for future in bus.publish_many(
+            [Event(event_type=kind, data=i) for i in range(start, stop)]
+        ):
+            future.get(timeout=WAIT)
+    say(f"ready {bridge.endpoints['request']}")
     gate = threading.Event()
     for line in sys.stdin:
         words = line.split()
@@ -75,7 +96,7 @@ def main() -> None:
             continue
         command = words[0]
         if command == "sync":
-            ok = bridge.wait_synced(words[1].split(","), WAIT)
+            ok = bridge.wait_for_peers(words[1].split(","), WAIT)
             say("synced" if ok else "not-synced")
         elif command == "peers":
             wanted = set(words[1].split(","))
@@ -90,6 +111,22 @@ def main() -> None:
                 future.get(timeout=WAIT)
             bus.flush(WAIT)
             say("published")
+        elif command == "subscribe":
+            bus.subscribe(words[1], handler, durable=words[2] if len(words) > 2 else None)
+            say("subscribed")
+        elif command == "sized":
+            outcomes = []
+            futures = []
+            for size in words[2].split(","):
+                try:
+                    futures.append(bus.publish(words[1], "x" * int(size)))
+                    outcomes.append("ok")
+                except EventTooLargeError:
+                    outcomes.append("too-large")
+            for future in futures:
+                future.get(timeout=WAIT)
+            bus.flush(WAIT)
+            say("sized " + ",".join(outcomes))
         elif command == "pause":
             gate.clear()
             paused = threading.Event()
@@ -98,7 +135,7 @@ def main() -> None:
                 paused.set()
                 gate.wait(WAIT)
 
-            bridge._call_soon(block)
+            bridge.call_soon(block)
             paused.wait(WAIT)
             say("paused")
         elif command == "resume":

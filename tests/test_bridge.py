@@ -22,10 +22,13 @@ from actors import (
     EventConfig,
     EventQuery,
     NodeConfig,
+    NotConnectedError,
+    PeerRefusedError,
     PersistentEventBus,
 )
-from actors._cluster.bridge import Bridge, generate_keypair
 from actors._cluster.broker import Broker
+from actors._cluster.node import Node
+from actors._cluster.security import generate_keypair
 from actors._cluster.wire import (
     HELLO,
     VERSION,
@@ -73,13 +76,13 @@ def nodes(tmp_path: Path) -> Iterator[Callable[..., EventBus]]:
         bus.close(timeout=10)
 
 
-def bridge(bus: EventBus) -> Bridge:
-    assert bus._bridge is not None
-    return bus._bridge
+def bridge(bus: EventBus) -> Node:
+    assert bus.node is not None
+    return bus.node
 
 
 def endpoint(bus: EventBus) -> str:
-    found = bridge(bus).endpoint
+    found = bridge(bus).endpoints["request"]
     assert found is not None
     return found
 
@@ -95,7 +98,7 @@ def test_wildcard_delivery_in_per_origin_order_over_ipc(
     b = nodes("b", listen=ipc(tmp_path, "b"), peers=(ipc(tmp_path, "a"),))
     got = Collector(300)
     b.subscribe("job.*.done", got)
-    assert bridge(b).wait_synced(["a"], WAIT)
+    assert bridge(b).wait_for_peers(["a"], WAIT)
     for i in range(300):
         a.publish(f"job.{i % 7}.done", i)
         a.publish("job.x.started", i)
@@ -111,8 +114,8 @@ def test_tcp_with_ephemeral_ports_both_directions(nodes: Callable[..., EventBus]
     at_a, at_b = Collector(1), Collector(1)
     a.subscribe("ping", at_a)
     b.subscribe("pong", at_b)
-    assert bridge(a).wait_synced(["b"], WAIT)
-    assert bridge(b).wait_synced(["a"], WAIT)
+    assert bridge(a).wait_for_peers(["b"], WAIT)
+    assert bridge(b).wait_for_peers(["a"], WAIT)
     b.publish("ping", 1)
     a.publish("pong", 2)
     assert at_a.wait()[0].data == 1
@@ -126,7 +129,7 @@ def test_only_events_a_peer_can_match_are_sent(
     b = nodes("b", peers=(ipc(tmp_path, "a"),))
     got = Collector(5)
     b.subscribe("user.*", got)
-    assert bridge(b).wait_synced(["a"], WAIT)
+    assert bridge(b).wait_for_peers(["a"], WAIT)
     for i in range(5):
         a.publish("tool.call", i).get(timeout=WAIT)
         a.publish("users.x", i).get(timeout=WAIT)
@@ -148,7 +151,7 @@ def test_no_loops_in_a_three_node_mesh(tmp_path: Path, nodes: Callable[..., Even
     for n, bus in buses.items():
         bus.subscribe("**", got[n])
     for n, bus in buses.items():
-        assert bridge(bus).wait_synced([m for m in names if m != n], WAIT)
+        assert bridge(bus).wait_for_peers([m for m in names if m != n], WAIT)
     for n, bus in buses.items():
         bus.publish("work.item", n).get(timeout=WAIT)
     for n, bus in buses.items():
@@ -168,7 +171,7 @@ def test_no_loops_in_a_three_node_mesh(tmp_path: Path, nodes: Callable[..., Even
 def test_remote_get_correlated_and_query(tmp_path: Path, nodes: Callable[..., EventBus]) -> None:
     a = nodes("a", persistent=True, listen=ipc(tmp_path, "a"))
     b = nodes("b", peers=(ipc(tmp_path, "a"),))
-    assert bridge(b).wait_synced(["a"], WAIT)
+    assert bridge(b).wait_for_peers(["a"], WAIT)
     assert bridge(a).wait(lambda s: "b" in s.peers_alive, WAIT)  # b only connects
     cid = uuid.uuid4()
     a.publish_correlated("flow.start", 1, cid).get(timeout=WAIT)
@@ -178,9 +181,9 @@ def test_remote_get_correlated_and_query(tmp_path: Path, nodes: Callable[..., Ev
     assert sorted((e.origin, e.data) for e in from_b) == [("a", 1), ("b", 2)]
     stored = b.query(EventQuery(event_types=["flow.*"]), node="a", timeout=WAIT)
     assert [(e.origin, e.data) for e in stored] == [("a", 1)]
-    with pytest.raises(BridgeError):
+    with pytest.raises(PeerRefusedError, match="keeps no journal"):
         a.query(EventQuery(), node="b", timeout=WAIT)  # b has no journal
-    with pytest.raises(BridgeError):
+    with pytest.raises(NotConnectedError, match="nobody"):
         b.query(EventQuery(), node="nobody", timeout=WAIT)
 
 
@@ -216,7 +219,7 @@ def test_curve_refuses_unknown_keys(tmp_path: Path, nodes: Callable[..., EventBu
     b.subscribe("secret.*", at_b)
     x.subscribe("**", at_x)
     assert bridge(a).wait(lambda s: s.auth_refused >= 1, WAIT)
-    assert bridge(b).wait_synced(["a"], WAIT)
+    assert bridge(b).wait_for_peers(["a"], WAIT)
     a.publish("secret.plan", 42).get(timeout=WAIT)
     assert at_b.wait()[0].data == 42
     stats = bridge(x).statistics()
@@ -264,7 +267,7 @@ def test_garbage_frames_are_dropped_and_the_node_keeps_running(
         ]
         for parts in garbage:
             fake_pub.send_multipart(parts)
-        forged = Event(event_type="real.y", data=1)._stamped(1, "other")
+        forged = Event(event_type="real.y", data=1, sequence=1, origin="other")
         fake_pub.send_multipart(encode_data(b"real.", "fake", 1, [], [forged]))
         request_garbage = 3
         expected = len(garbage) + 1 + request_garbage
@@ -272,17 +275,15 @@ def test_garbage_frames_are_dropped_and_the_node_keeps_running(
         assert bridge(a).statistics().frames_dropped == expected
         # Still working: a real peer's events arrive.
         b = nodes("b", listen=ipc(tmp_path, "b"), peers=(endpoint(a),))
-        assert bridge(a).wait_synced(["b"], WAIT)
+        assert bridge(a).wait_for_peers(["b"], WAIT)
         b.publish("real.thing", "ok")
         assert got.wait()[0].data == "ok"
     finally:
         ctx.destroy(0)
 
 
-def test_bad_endpoint_raises_bridge_error(nodes: Callable[..., EventBus]) -> None:
-    with pytest.raises(BridgeError):
-        nodes("a", listen="bogus://nowhere")
-    with pytest.raises(BridgeError):
+def test_a_missing_peer_key_fails_the_start_cleanly(nodes: Callable[..., EventBus]) -> None:
+    with pytest.raises(BridgeError, match="no public key for peer ipc://z"):
         nodes("k", curve_public_key=b"x" * 40, curve_secret_key=b"y" * 40, peers=("ipc://z",))
 
 
@@ -294,7 +295,7 @@ def test_nodes_meet_through_a_broker(tmp_path: Path, nodes: Callable[..., EventB
         for n, bus in buses.items():
             bus.subscribe("job.**", got[n])
         for n, bus in buses.items():
-            assert bridge(bus).wait_synced([m for m in names if m != n], WAIT)
+            assert bridge(bus).wait_for_peers([m for m in names if m != n], WAIT)
         cid = uuid.uuid4()
         for n, bus in buses.items():
             bus.publish("job.run", n, correlation_id=cid).get(timeout=WAIT)
@@ -307,3 +308,33 @@ def test_nodes_meet_through_a_broker(tmp_path: Path, nodes: Callable[..., EventB
         stored = buses["b"].query(EventQuery(event_types=["jobs.*"]), node="a", timeout=WAIT)
         assert [e.data for e in stored] == ["a"]
         assert broker.routed >= 3
+
+
+def test_a_forged_sequence_over_the_wire_is_rejected_and_counted(
+    tmp_path: Path, nodes: Callable[..., EventBus]
+) -> None:
+    a = nodes("a", listen=ipc(tmp_path, "a"))
+    got = Collector(1)
+    a.subscribe("real.*", got)
+    a.flush()
+    ctx = zmq.Context()
+    try:
+        fake_pub = ctx.socket(zmq.XPUB)
+        fake_pub.bind(ipc(tmp_path, "fake"))
+        dealer = ctx.socket(zmq.DEALER)
+        dealer.connect(endpoint(a))
+        hello = Request(HELLO, "", "fake", "h", {"kind": "node", "pub": ipc(tmp_path, "fake")})
+        dealer.send_multipart(encode_request(hello))
+        assert dealer.poll(int(WAIT * 1000))
+        dealer.recv_multipart()
+        assert fake_pub.poll(int(WAIT * 1000))  # a subscribed
+        forged = Event(event_type="real.y", data=1, sequence=(1 << 63) + 5, origin="fake")
+        fake_pub.send_multipart(encode_data(b"real.", "fake", 1, [], [forged]))
+        assert bridge(a).wait(lambda s: s.sequences_rejected >= 1, WAIT)
+        assert bridge(a).statistics().events_delivered == 0
+        b = nodes("b", listen=ipc(tmp_path, "b"), peers=(endpoint(a),))
+        assert bridge(a).wait_for_peers(["b"], WAIT)
+        b.publish("real.thing", "ok")
+        assert got.wait()[0].data == "ok"
+    finally:
+        ctx.destroy(0)

@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from actors._cluster.bridge import generate_keypair
 from actors._cluster.broker import Broker
+from actors._cluster.security import generate_keypair
 
 pytestmark = pytest.mark.slow
 
@@ -171,6 +171,60 @@ def test_killed_subscriber_resumes_without_loss(cluster: list[Node], tmp_path: P
     a.close()
 
 
+def test_a_durable_node_subscribing_after_its_sync_reply_fetches_its_downtime(
+    cluster: list[Node], tmp_path: Path
+) -> None:
+    a = start(cluster, name="a", listen="tcp://127.0.0.1:*", path=str(tmp_path / "a"))
+    b_config = {"name": "b", "peers": [a.endpoint], "path": str(tmp_path / "b")}
+    b = start(cluster, **b_config)
+    b.ask("subscribe job.* worker", "subscribed")
+    b.ask("sync a", "synced")
+    a.ask("publish job.run 0 50", "published")
+    b.wait_got(50)
+    b.kill()
+    a.ask("publish job.run 50 120", "published")  # b is down
+    b2 = start(cluster, **b_config)
+    b2.ask("peers a", "peers")  # a's heartbeats and sync reply came first ...
+    a.ask("publish job.run 120 130", "published")
+    b2.ask("subscribe job.* worker", "subscribed")  # ... the subscription after them
+    b2.ask("sync a", "synced")
+    a.ask("publish job.run 130 140", "published")
+    got = b2.wait_data(set(range(50, 140)))
+    first_seen = list(dict.fromkeys(d for _, _, d in got))
+    assert first_seen == sorted(first_seen)
+    b2.close()
+    a.close()
+
+
+def test_a_restarted_persistent_publisher_loses_nothing_at_a_live_subscriber(
+    cluster: list[Node], tmp_path: Path
+) -> None:
+    a_config = {"name": "a", "listen": f"ipc://{tmp_path}/a.sock", "path": str(tmp_path / "a")}
+    a = start(cluster, **a_config)
+    b = start(cluster, name="b", peers=[a.endpoint], pattern="job.*", capacity=1_000_000)
+    b.ask("sync a", "synced")
+    acknowledged: set[int] = set()
+    for round_ in range(3):
+        base = round_ * 100_000
+        # Killed at full rate, in the middle of a long publish.
+        assert a.proc.stdin is not None
+        a.proc.stdin.write(f"publish job.run {base} {base + 20_000}\n")
+        a.proc.stdin.flush()
+        b.wait_data({base + 1_000})
+        a.kill()
+        # At once after the restart, before b's stream reconnected.
+        first = ["job.run", base + 20_000, base + 21_000]
+        a = start(cluster, **a_config, publish_first=first)
+        acknowledged |= set(range(base + 20_000, base + 21_000))
+    got = b.wait_data(acknowledged)
+    first_seen = list(dict.fromkeys(d for _, _, d in got))
+    assert first_seen == sorted(first_seen)
+    stats = b.stats()
+    assert stats["gaps"] == stats["gaps_recovered"] + stats["gaps_unrecovered"] + stats["gaps_open"]
+    b.close()
+    a.close()
+
+
 def test_low_high_water_mark_gaps_are_recovered(cluster: list[Node]) -> None:
     tight = {"send_hwm": 1, "receive_hwm": 1, "batch_size": 1}
     a = start(cluster, name="a", listen="tcp://127.0.0.1:*", node=tight)
@@ -186,6 +240,25 @@ def test_low_high_water_mark_gaps_are_recovered(cluster: list[Node]) -> None:
     assert stats["gaps"] >= 1
     assert stats["gaps_recovered"] >= 1
     assert stats["gaps_unrecovered"] == 0
+    assert stats["gaps"] == stats["gaps_recovered"] + stats["gaps_unrecovered"] + stats["gaps_open"]
+    b.close()
+    a.close()
+
+
+def test_a_mixed_size_burst_arrives_or_fails_at_publish(cluster: list[Node]) -> None:
+    a = start(cluster, name="a", listen="tcp://127.0.0.1:*")
+    b = start(cluster, name="b", peers=[a.endpoint], pattern="blob.*")
+    b.ask("sync a", "synced")
+    sizes = [1_000, 10_000_000, 20_000_000, 1]
+    outcomes = a.ask("sized blob.put " + ",".join(map(str, sizes)), "sized ").split()[1]
+    # The 20 MB event is over the 16 MiB frame limit: its publish failed at once.
+    assert outcomes.split(",") == ["ok", "ok", "too-large", "ok"]
+    got = b.wait_got(3)
+    assert [d for _, _, d in got] == ["len:1000", "len:10000000", "x"]
+    stats = b.stats()
+    assert stats["frames_dropped"] == 0
+    assert stats["gaps"] == 0
+    assert a.stats()["events_too_large"] == 0  # refused at publish, never queued
     b.close()
     a.close()
 

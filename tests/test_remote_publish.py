@@ -7,7 +7,6 @@ from collections.abc import Iterator
 import pytest
 
 from actors import (
-    BridgeError,
     Event,
     EventBus,
     EventBusError,
@@ -15,7 +14,9 @@ from actors import (
     EventQuery,
     InvalidEventError,
     NodeConfig,
+    NotConnectedError,
     OverflowStrategy,
+    PeerRefusedError,
     PersistentEventBus,
 )
 from tests._support import WAIT, Collector, Gate
@@ -68,11 +69,11 @@ def test_a_refusal_carries_the_nodes_reason(pair: tuple[EventBus, EventBus]) -> 
     hub.publish("job.run", 2).get(timeout=WAIT)  # fills the one-event mailbox
     client.linked_nodes(WAIT)
     try:
-        with pytest.raises(BridgeError, match="full"):
+        with pytest.raises(PeerRefusedError, match="full"):
             client.publish_remote("hub", "job.run", 3)
     finally:
         gate.release.set()
-    with pytest.raises(BridgeError, match="not connected"):
+    with pytest.raises(NotConnectedError, match="nobody"):
         client.publish_remote("nobody", "user.login")
     with pytest.raises(InvalidEventError, match="reserved"):  # checked before sending
         client.publish_remote("hub", Event(event_type="$bus.fake"))

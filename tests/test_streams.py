@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from actors import Event
-from actors._cluster.streams import Inbound, Outbound
+from actors._cluster.outbound import Outbound
+from actors._cluster.streams import MAX_AHEAD, Inbound
 from actors._cluster.wire import DataFrame, decode_stream
 
 MAX = 1 << 20
 
 
 def local(seq: int, event_type: str = "user.login", origin: str = "a") -> Event:
-    return Event(event_type=event_type, data=seq)._stamped(seq, origin)
+    return Event(event_type=event_type, data=seq, sequence=seq, origin=origin)
 
 
 def decode(parts: list[bytes]) -> DataFrame:
@@ -128,15 +129,32 @@ def test_frames_before_the_sync_reply_are_held_then_backfilled_in_order() -> Non
     assert inbound.watermarks() == {"a": 3}
 
 
-def test_a_new_incarnation_without_a_journal_starts_over() -> None:
+def test_a_new_incarnation_without_a_journal_is_followed_from_its_start() -> None:
     out, inbound = synced_pair(["user.*"])
     feed(inbound, decode(out.frames([local(1), local(2)])[0]))
     reborn = Outbound("a", epoch=2, batch_size=100, ring_size=100)
+    first = local(1)
+    reborn.frames([first])  # published before our subscription reached it
     reborn.add_prefix(b"user.")
-    assert feed(inbound, decode(reborn.frames([local(1)])[0])) == []  # held: new epoch
-    released = inbound.on_sync("a", 2, 1, 1, 0.0)
-    assert [e.sequence for e in released] == [1]
-    assert inbound.requests == []
+    second = local(2)
+    assert feed(inbound, decode(reborn.frames([second])[0])) == []  # held: new epoch
+    assert inbound.on_sync("a", 2, 1, 2, 0.0) == []
+    (request,) = inbound.requests
+    assert (request.after, request.upto) == (0, 2)
+    events, complete, lost = reborn.from_ring(0, 2, request.prefixes, 10)
+    released = inbound.on_recovered(request.rid, events, complete, 2, lost)
+    assert released == [first, second]
+    assert inbound.watermarks() == {"a": 2}
+
+
+def test_an_origin_whose_journal_lost_a_tail_is_followed_from_its_base() -> None:
+    out, inbound = synced_pair(["user.*"])
+    feed(inbound, decode(out.frames([local(i) for i in range(1, 6)])[0]))
+    # It died before journaling 4 and 5; it restarts at 4 with new events.
+    inbound.on_heartbeat("a", epoch=2, base=4, head=6, chains={}, now=0.0)
+    inbound.on_sync("a", 2, 4, 6, 0.0)
+    (request,) = inbound.requests
+    assert (request.after, request.upto) == (3, 6)
 
 
 def test_the_ring_reports_what_it_no_longer_holds() -> None:
@@ -146,3 +164,165 @@ def test_the_ring_reports_what_it_no_longer_holds() -> None:
     assert [e.sequence for e in events] == [4, 5]
     assert complete
     assert lost
+
+
+# -- sequences out of range (forged or garbage) -----------------------------------------
+
+
+def test_a_forged_sequence_past_int64_is_rejected_and_never_a_watermark() -> None:
+    out, inbound = synced_pair(["user.*"])
+    feed(inbound, decode(out.frames([local(1)])[0]))
+    forged = Event(event_type="user.login", sequence=(1 << 63) + 5, origin="a")
+    got = inbound.on_data(
+        "a", epoch=1, first=(1 << 63) + 5, last=(1 << 63) + 5, chains=(), events=[forged], now=0.0
+    )
+    assert got == []
+    assert inbound.rejected == 1
+    assert inbound.watermarks() == {"a": 1}
+    # The real stream goes on.
+    assert [e.sequence for e in feed(inbound, decode(out.frames([local(2)])[0]))] == [2]
+
+
+def test_a_sequence_far_past_the_announced_head_is_rejected() -> None:
+    out, inbound = synced_pair(["user.*"])
+    feed(inbound, decode(out.frames([local(1)])[0]))
+    far = MAX_AHEAD + 10
+    event = local(far)
+    got = inbound.on_data(
+        "a", epoch=1, first=far, last=far, chains=((b"user.", 1),), events=[event], now=0.0
+    )
+    assert got == []
+    assert inbound.rejected == 1
+    assert inbound.requests == []  # no recovery of a forged range either
+    assert inbound.watermarks() == {"a": 1}
+
+
+def test_recovered_events_outside_the_asked_range_are_rejected() -> None:
+    out, inbound = synced_pair(["user.*"])
+    frames = [out.frames([local(i)])[0] for i in (1, 2, 3)]
+    feed(inbound, decode(frames[0]))
+    feed(inbound, decode(frames[2]))
+    (request,) = inbound.requests
+    forged = local(1 << 40)
+    released = inbound.on_recovered(request.rid, [local(2), forged], True, request.upto, False)
+    assert [e.sequence for e in released] == [2, 3]
+    assert inbound.rejected == 1
+    assert inbound.watermarks() == {"a": 3}
+
+
+# -- gap accounting and what recovery fetches ----------------------------------------------
+
+
+def _counts(inbound: Inbound) -> tuple[int, int, int, int]:
+    return inbound.gaps, inbound.recovered, inbound.unrecovered, inbound.gaps_open()
+
+
+def test_gaps_found_while_a_request_is_out_are_fetched_alone_and_all_counted() -> None:
+    out, inbound = synced_pair(["user.*"])
+    frames = [out.frames([local(i)])[0] for i in range(1, 11)]
+    feed(inbound, decode(frames[0]))  # 1
+    feed(inbound, decode(frames[2]))  # 3: gap (1, 2]
+    feed(inbound, decode(frames[5]))  # 6: gap (3, 5]
+    feed(inbound, decode(frames[8]))  # 9: gap (6, 8]
+    assert _counts(inbound) == (3, 0, 0, 3)
+    fetched: list[int] = []
+    delivered: list[int] = [1]
+    while inbound.requests:
+        request = inbound.requests.pop(0)
+        events, complete, lost = out.from_ring(request.after, request.upto, request.prefixes, 100)
+        fetched.extend(e.sequence or 0 for e in events)
+        released = inbound.on_recovered(request.rid, events, complete, request.upto, lost)
+        delivered.extend(e.sequence or 0 for e in released)
+    # Only what was missing was asked for: 2, 4, 5, 7, 8 (not 3, 6 again).
+    assert fetched == [2, 4, 5, 7, 8]
+    assert delivered == list(range(1, 10))
+    assert _counts(inbound) == (3, 3, 0, 0)
+
+
+def test_overlapping_gaps_merge_and_end_together() -> None:
+    out, inbound = synced_pair(["user.*", "tool.*"])
+    frames = [out.frames([local(i, t)])[0] for i, t in ((1, "user.a"), (2, "user.a"))]
+    feed(inbound, decode(frames[0]))
+    out.frames([local(3, "user.a")])  # lost
+    feed(inbound, decode(out.frames([local(4, "user.a")])[0]))  # gap (2, 3] ... asked
+    del frames
+    out.frames([local(5, "tool.x"), local(6, "user.a")])  # both lost
+    chains = {p.encode(): s for p, s in out.chains()}  # type: ignore[union-attr]
+    inbound.on_heartbeat("a", epoch=1, base=1, head=out.head, chains=chains, now=0.0)
+    gaps, recovered, unrecovered, still_open = _counts(inbound)
+    assert gaps == recovered + unrecovered + still_open
+    while inbound.requests:
+        request = inbound.requests.pop(0)
+        inbound.on_recovery_failed(request.rid)
+    gaps, recovered, unrecovered, still_open = _counts(inbound)
+    assert still_open == 0
+    assert gaps == recovered + unrecovered
+    assert unrecovered == gaps
+
+
+def test_a_range_reported_lost_counts_once_as_unrecovered() -> None:
+    out, inbound = synced_pair(["user.*"])
+    feed(inbound, decode(out.frames([local(1)])[0]))
+    out.frames([local(2)])
+    feed(inbound, decode(out.frames([local(3)])[0]))
+    (request,) = inbound.requests
+    inbound.on_recovered(request.rid, [], True, request.upto, True)
+    assert _counts(inbound) == (1, 0, 1, 0)
+
+
+# -- restarts -------------------------------------------------------------------------------
+
+
+def test_a_restarted_persistent_origin_is_backfilled_from_the_watermark() -> None:
+    out, inbound = synced_pair(["user.*"])
+    ev = {i: local(i) for i in range(1, 7)}
+    feed(inbound, decode(out.frames([ev[1], ev[2]])[0]))
+    out.frames([ev[3]])  # sent just before the crash: lost
+    # The origin restarts on its journal: new epoch, sequences go on from 4.
+    reborn = Outbound("a", epoch=2, batch_size=100, ring_size=100)
+    reborn.frames([ev[4], ev[5]])  # published before our subscription reached it
+    reborn.add_prefix(b"user.")
+    early = decode(reborn.frames([ev[6]])[0])
+    assert feed(inbound, early) == []  # held: a new incarnation
+    assert inbound.on_sync("a", 2, 4, 6, 0.0) == []
+    (request,) = inbound.requests
+    assert (request.after, request.upto) == (2, 6)
+    history = [ev[3], ev[4], ev[5], ev[6]]
+    released = inbound.on_recovered(request.rid, history, True, 6, False)
+    assert [e.sequence for e in released] == [3, 4, 5, 6]
+    assert inbound.watermarks() == {"a": 6}
+
+
+def test_a_restart_seen_first_in_a_heartbeat_still_backfills() -> None:
+    out, inbound = synced_pair(["user.*"])
+    feed(inbound, decode(out.frames([local(1)])[0]))
+    inbound.on_heartbeat("a", epoch=2, base=3, head=5, chains={}, now=0.0)
+    assert inbound.on_sync("a", 2, 3, 5, 0.0) == []
+    (request,) = inbound.requests
+    assert (request.after, request.upto) == (1, 5)
+
+
+def test_a_sync_reply_before_any_subscription_does_not_move_the_watermark() -> None:
+    inbound = Inbound("b", dedupe=1000)
+    inbound.start_loading("a", 0.0)
+    inbound.on_sync("a", 7, 1, 500, 0.0)  # stashed until the saved watermark is known
+    inbound.loaded("a", 100, 0.0)  # the node was down after 100
+    assert inbound.watermarks() == {"a": 100}
+    inbound.on_heartbeat("a", epoch=7, base=1, head=600, chains={}, now=0.0)
+    assert inbound.watermarks() == {"a": 100}
+    # The durable subscription comes back: its downtime is fetched.
+    inbound.set_patterns(["user.*"], 0.0)
+    inbound.on_sync("a", 7, 1, 600, 0.0)
+    (request,) = inbound.requests
+    assert (request.after, request.upto) == (100, 600)
+
+
+def test_a_subscription_before_the_sync_reply_fetches_the_downtime() -> None:
+    inbound = Inbound("b", dedupe=1000)
+    inbound.set_patterns(["user.*"], 0.0)
+    inbound.start_loading("a", 0.0)
+    inbound.on_sync("a", 7, 1, 500, 0.0)
+    inbound.loaded("a", 100, 0.0)
+    (request,) = inbound.requests
+    assert (request.after, request.upto) == (100, 500)
+    assert inbound.watermarks() == {}  # blocked until the range arrives

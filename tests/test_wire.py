@@ -36,7 +36,7 @@ MAX = 1 << 20
 
 def events(origin: str = "a", start: int = 10, n: int = 3) -> list[Event]:
     return [
-        Event(event_type=f"user.login{i}", data={"i": i})._stamped(start + 2 * i, origin)
+        Event(event_type=f"user.login{i}", data={"i": i}, sequence=start + 2 * i, origin=origin)
         for i in range(n)
     ]
 

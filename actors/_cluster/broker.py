@@ -25,9 +25,9 @@ from collections.abc import Sequence
 from types import TracebackType
 
 import zmq
-import zmq.auth.thread
 
-from actors._cluster.bridge_io import derive_endpoint, reachable
+from actors._cluster.endpoints import derive_endpoint, last_endpoint, reachable
+from actors._cluster.security import Curve, close_context
 from actors._cluster.wire import (
     ERROR,
     HELLO,
@@ -38,6 +38,7 @@ from actors._cluster.wire import (
     encode_request,
 )
 from actors._errors import BridgeError
+from actors._model.config import check_endpoint
 
 __all__ = ["Broker", "main"]
 
@@ -61,24 +62,19 @@ class Broker:
         authorized_keys: Sequence[bytes] = (),
         max_frame_bytes: int = 16 * 1024 * 1024,
     ) -> None:
+        check_endpoint(listen, "broker listen", bind=True)
+        self._lock = threading.Lock()
         self.name = name
         self._max = max_frame_bytes
-        self._public = curve_public_key
-        self._secret = curve_secret_key
         self._authorized = frozenset(authorized_keys)
         self._names: dict[str, bytes] = {}
-        self.refused = 0
+        self._refused = 0
         self.routed = 0
-        self._ctx = zmq.Context()
-        self._auth: zmq.auth.thread.ThreadAuthenticator | None = None
+        self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self._curve: Curve | None = None
         self._closed = False
         try:
-            if curve_secret_key is not None:
-                if curve_public_key is None:
-                    raise ValueError("curve_secret_key needs curve_public_key")
-                self._auth = zmq.auth.thread.ThreadAuthenticator(self._ctx)
-                self._auth.start()
-                self._auth.configure_curve_callback("*", credentials_provider=self)
+            self._curve = Curve(self._ctx, curve_public_key, curve_secret_key, self._allow)
             self._router = self._socket(zmq.ROUTER)
             self._router.bind(listen)
             self._xpub = self._socket(zmq.XPUB)
@@ -94,13 +90,11 @@ class Broker:
             self._router_wake = self._ctx.socket(zmq.PAIR)
             self._router_wake.connect(f"inproc://broker-router-{id(self):x}")
         except (zmq.ZMQError, ValueError) as exc:
-            self._ctx.destroy(0)
-            if self._auth is not None:
-                self._auth.stop()
+            close_context(self._ctx, self._curve)
             raise BridgeError(f"broker: cannot bind {listen}: {exc}") from exc
-        self.endpoint: str = _last_endpoint(self._router)
-        self.publish_endpoint: str = _last_endpoint(self._xsub)
-        self.subscribe_endpoint: str = _last_endpoint(self._xpub)
+        self.endpoint: str = last_endpoint(self._router)
+        self.publish_endpoint: str = last_endpoint(self._xsub)
+        self.subscribe_endpoint: str = last_endpoint(self._xpub)
         self._threads = [
             threading.Thread(target=self._proxy, name=f"{name}-proxy", daemon=True),
             threading.Thread(target=self._route, name=f"{name}-router", daemon=True),
@@ -111,18 +105,23 @@ class Broker:
     def _socket(self, kind: int) -> zmq.Socket[bytes]:
         sock: zmq.Socket[bytes] = self._ctx.socket(kind)
         sock.linger = 0
-        if self._secret is not None:
-            sock.curve_publickey = self._public
-            sock.curve_secretkey = self._secret
-            sock.curve_server = True
+        assert self._curve is not None
+        self._curve.server(sock)
         return sock
 
-    def callback(self, domain: str, key: bytes) -> bool:
+    def _allow(self, key: bytes) -> bool:
         """ZAP: accept only authorised CURVE clients (authenticator thread)."""
         allowed = key in self._authorized
         if not allowed:
-            self.refused += 1
+            with self._lock:
+                self._refused += 1
         return allowed
+
+    @property
+    def refused(self) -> int:
+        """How many CURVE clients were refused."""
+        with self._lock:
+            return self._refused
 
     def _proxy(self) -> None:
         try:
@@ -199,9 +198,7 @@ class Broker:
             sock.close(0)
         self._router_stop.close(0)
         self._router_wake.close(0)
-        if self._auth is not None:
-            self._auth.stop()
-        self._ctx.term()
+        close_context(self._ctx, self._curve)
 
     def __enter__(self) -> Broker:
         return self
@@ -213,11 +210,6 @@ class Broker:
         tb: TracebackType | None,
     ) -> None:
         self.close()
-
-
-def _last_endpoint(sock: zmq.Socket[bytes]) -> str:
-    value = sock.getsockopt(zmq.LAST_ENDPOINT)
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,175 +1,42 @@
-"""Per-origin streams of the bridge, as plain state machines (no sockets, no threads).
-
-``Outbound`` turns the local router's records into data frames: it knows the
-subscription prefixes peers hold (from the XPUB socket), sends an event only
-if one of them is a prefix of its type, batches runs of events that go to the
-same subscribers, and keeps, per prefix, the origin sequence of the last event
-sent under it (the frame's *chain* pointers).
+"""Remote events in, per origin, as a plain state machine (no sockets, no threads).
 
 ``Inbound`` follows every origin it hears from: it checks the chain pointers of
 each frame against what it saw (a gap means lost frames), asks the origin for
 the missing range, holds later frames of that origin until the range arrives
 (per-origin order), drops duplicates by event id, and keeps a watermark per
-origin (everything up to it was delivered) that a persistent bus saves, so a
-restarted node asks for what it missed while it was down.
+origin (everything up to it that a local pattern matches was delivered) that
+a persistent bus saves, so a restarted node asks for what it missed while it
+was down.  ``Outbound`` (the other direction) lives in ``outbound.py``.
+
+Rules that keep it honest (``docs/cluster.md``, "Guarantees"):
+
+- a sequence at or past 2**63, or far past what its origin announced
+  (``MAX_AHEAD``), is rejected and counted (``rejected``): never delivered,
+  never a watermark;
+- every gap ends exactly once: ``gaps == recovered + unrecovered + gaps_open()``;
+- gaps found while a request is out wait as separate ranges (overlapping
+  ones merge), so recovery fetches only what is missing;
+- a new incarnation of an origin is backfilled, for every prefix, from the
+  watermark (a restarted persistent node) or from its first sequence (a node
+  without a journal, or one whose journal lost a tail we had) to its head;
+- the watermark never moves while no local pattern exists: a node that
+  subscribes after its sync reply still fetches its downtime.
 """
 
 from __future__ import annotations
 
-import bisect
 import itertools
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 
-from actors._cluster.wire import encode_data
+from actors._cluster.origins import MAX_AHEAD, MAX_SEQUENCE, OriginState, RecoverRequest
+from actors._cluster.outbound import Outbound
 from actors._model.event import Event
 from actors._model.topics import Pattern
 
-__all__ = ["Inbound", "Outbound", "RecoverRequest"]
+__all__ = ["MAX_AHEAD", "MAX_SEQUENCE", "Inbound", "Outbound", "RecoverRequest"]
 
 _CLASS_CACHE = 4096
-
-
-class Outbound:
-    """Build data frames from local events (called on the bridge's I/O thread only)."""
-
-    def __init__(self, origin: str, epoch: int, batch_size: int, ring_size: int) -> None:
-        self.origin = origin
-        self.epoch = epoch
-        self.batch_size = max(1, batch_size)
-        self.head = 0
-        self.active: set[bytes] = set()
-        self.prev: dict[bytes, int] = {}
-        self.ring: deque[Event] = deque(maxlen=max(ring_size, 1))
-        self.evicted_upto = 0
-        self._classes: dict[str, tuple[bytes, ...]] = {}
-
-    def add_prefix(self, prefix: bytes) -> None:
-        """A peer subscribed to ``prefix``: start its chain at the current head."""
-        if prefix not in self.active:
-            self.active.add(prefix)
-            self.prev[prefix] = self.head
-            self._classes.clear()
-
-    def remove_prefix(self, prefix: bytes) -> None:
-        """No peer holds ``prefix`` any more."""
-        if prefix in self.active:
-            self.active.discard(prefix)
-            self.prev.pop(prefix, None)
-            self._classes.clear()
-
-    def _matched(self, event_type: str) -> tuple[bytes, ...]:
-        matched = self._classes.get(event_type)
-        if matched is None:
-            raw = event_type.encode()
-            active = self.active
-            matched = tuple(raw[:i] for i in range(len(raw) + 1) if raw[:i] in active)
-            if len(self._classes) >= _CLASS_CACHE:
-                self._classes.clear()
-            self._classes[event_type] = matched
-        return matched
-
-    def frames(self, events: Iterable[Event]) -> list[list[bytes]]:
-        """Return the data frames for ``events`` (local and injected, in sequence order).
-
-        Events of other origins only advance the head; local ones go to the
-        recovery ring and, if a peer prefix matches, into a frame.
-        """
-        out: list[list[bytes]] = []
-        run: list[Event] = []
-        run_class: tuple[bytes, ...] = ()
-        origin = self.origin
-        ring = self.ring
-        for event in events:
-            seq = event.sequence or 0
-            self.head = max(self.head, seq)
-            if event.origin != origin:
-                continue
-            if len(ring) == ring.maxlen:
-                self.evicted_upto = ring[0].sequence or 0
-            ring.append(event)
-            matched = self._matched(event.event_type) if self.active else ()
-            if not matched:
-                continue
-            if run and (matched != run_class or len(run) >= self.batch_size):
-                out.append(self._frame(run_class, run))
-                run = []
-            run_class = matched
-            run.append(event)
-        if run:
-            out.append(self._frame(run_class, run))
-        return out
-
-    def _frame(self, matched: tuple[bytes, ...], run: list[Event]) -> list[bytes]:
-        prev = self.prev
-        chains = [(p, prev.get(p, 0)) for p in matched]
-        last = run[-1].sequence or 0
-        for p in matched:
-            prev[p] = last
-        # The longest matching prefix reaches exactly the subscribers of the run.
-        return encode_data(matched[-1], self.origin, self.epoch, chains, run)
-
-    def chains(self) -> list[list[object]]:
-        """Return ``[[prefix, last sequence sent under it], ...]`` for heartbeats."""
-        out: list[list[object]] = []
-        for prefix, last in self.prev.items():
-            try:
-                out.append([prefix.decode(), last])
-            except UnicodeDecodeError:
-                continue
-        return out
-
-    def from_ring(
-        self, after: int, upto: int, prefixes: Sequence[str], limit: int
-    ) -> tuple[list[Event], bool, bool]:
-        """Return ``(events, complete, lost)``: ring events in ``(after, upto]`` under ``prefixes``.
-
-        ``complete`` is False when ``limit`` cut the answer short; ``lost``
-        is True when part of the range has left the ring already.
-        """
-        raw = [p.encode() for p in prefixes]
-        ring = list(self.ring)  # a snapshot: the I/O thread appends meanwhile
-        out: list[Event] = []
-        start = bisect.bisect_right(ring, after, key=lambda e: e.sequence or 0)
-        for event in itertools.islice(ring, start, None):
-            if (event.sequence or 0) > upto:
-                break
-            if any(event.event_type.encode().startswith(p) for p in raw):
-                if len(out) >= limit:
-                    return out, False, False
-                out.append(event)
-        return out, True, after < self.evicted_upto
-
-
-@dataclass(frozen=True, slots=True)
-class RecoverRequest:
-    """Ask ``origin`` for its events in ``(after, upto]`` under ``prefixes``."""
-
-    rid: str
-    origin: str
-    after: int
-    upto: int
-    prefixes: tuple[str, ...]
-
-
-@dataclass(slots=True)
-class _Origin:
-    epoch: int | None = None
-    known: dict[bytes, int] = field(default_factory=dict)
-    synced: set[bytes] = field(default_factory=set)
-    watermark: int | None = None
-    awaiting_sync: bool = True
-    sync_since: float = 0.0
-    loading: bool = False
-    stashed: tuple[int, int, int] | None = None
-    pending: dict[str, RecoverRequest] = field(default_factory=dict)
-    deferred: tuple[int, int, frozenset[str]] | None = None
-    held: list[Event] = field(default_factory=list)
-
-    def blocked(self) -> bool:
-        return self.awaiting_sync or self.loading or bool(self.pending) or bool(self.deferred)
-
 
 _rids = itertools.count(1)
 
@@ -187,7 +54,7 @@ class Inbound:
         self.prefixes: frozenset[bytes] = frozenset()
         self._patterns: list[Pattern] = []
         self._match_cache: dict[str, bool] = {}
-        self.origins: dict[str, _Origin] = {}
+        self.origins: dict[str, OriginState] = {}
         self.requests: list[RecoverRequest] = []
         self._seen: OrderedDict[object, None] = OrderedDict()
         self._dedupe = max(dedupe, 1)
@@ -197,6 +64,7 @@ class Inbound:
         self.unrecovered = 0
         self.filtered = 0
         self.sync_timeouts = 0
+        self.rejected = 0
 
     # -- configuration ------------------------------------------------------------
 
@@ -229,12 +97,12 @@ class Inbound:
             self._match_cache[event_type] = hit
         return hit
 
-    def origin(self, name: str, now: float) -> tuple[_Origin, bool]:
+    def origin(self, name: str, now: float) -> tuple[OriginState, bool]:
         """Return the state of ``name`` and whether it is new."""
         st = self.origins.get(name)
         if st is not None:
             return st, False
-        st = self.origins[name] = _Origin(sync_since=now)
+        st = self.origins[name] = OriginState(sync_since=now)
         return st, True
 
     # -- frames ---------------------------------------------------------------------
@@ -252,12 +120,20 @@ class Inbound:
     ) -> list[Event]:
         """Take a data frame; return the events to deliver now."""
         st, _ = self.origin(origin, now)
-        if st.epoch != epoch:
-            if st.epoch is not None:
-                # A new incarnation: wait for its sync reply (it says where it starts).
+        if st.epoch != epoch and st.epoch is not None:
+            # A new incarnation: wait for its sync reply (it says where it starts).
+            if not st.awaiting_sync:
                 st.awaiting_sync = True
                 st.sync_since = now
-            st.epoch = epoch
+            st.next_epoch = epoch
+            if last > MAX_SEQUENCE:
+                self.rejected += len(events)
+                return []
+            st.held.extend(events)
+            return []
+        if self._out_of_range(st, last, len(events)):
+            return []
+        st.epoch = epoch
         if not st.awaiting_sync:
             for prefix, prev in chains:
                 known = st.known.get(prefix)
@@ -277,24 +153,43 @@ class Inbound:
             st.watermark = last
         return self._fresh(events)
 
+    def _out_of_range(self, st: OriginState, last: int, count: int) -> bool:
+        limit = MAX_SEQUENCE
+        if st.head is not None:
+            limit = min(limit, max(st.head, st.watermark or 0) + MAX_AHEAD)
+        if last > limit:
+            self.rejected += count
+            return True
+        return False
+
     def on_sync(self, origin: str, epoch: int, base: int, head: int, now: float) -> list[Event]:
         """Take ``origin``'s sync reply: baseline new prefixes, backfill what was missed."""
         st, _ = self.origin(origin, now)
         if st.loading:
             st.stashed = (epoch, base, head)
             return []
+        if head > MAX_SEQUENCE or base > MAX_SEQUENCE:
+            self.rejected += 1
+            return []
         self._incarnation(st, epoch, base)
+        st.head = head
         new = self.prefixes - st.synced
-        if new and st.watermark is not None and head > st.watermark:
-            names = tuple(sorted(p.decode() for p in new))
-            self._recover(origin, st, st.watermark, head, names)
-        for p in new:
-            st.known[p] = max(st.known.get(p, 0), head)
+        self._backfill(origin, st, new, head)
         st.synced = set(self.prefixes)
         st.awaiting_sync = False
-        if not st.pending and (st.watermark is None or head > st.watermark):
+        if self.prefixes and not st.pending and (st.watermark is None or head > st.watermark):
             st.watermark = head
         return self._release(st)
+
+    def _backfill(self, origin: str, st: OriginState, new: frozenset[bytes], head: int) -> None:
+        """Fetch ``(watermark, head]`` for new prefixes (all of them after a restart)."""
+        wanted = self.prefixes if st.restarted else new
+        st.restarted = False
+        if wanted and st.watermark is not None and head > st.watermark:
+            names = tuple(sorted(p.decode() for p in wanted))
+            self._recover(origin, st, st.watermark, head, names)
+        for p in wanted:
+            st.known[p] = max(st.known.get(p, 0), head)
 
     def on_heartbeat(
         self,
@@ -310,13 +205,19 @@ class Inbound:
         st, _ = self.origin(origin, now)
         if st.loading:
             return []
+        if head > MAX_SEQUENCE or any(v > MAX_SEQUENCE for v in chains.values()):
+            self.rejected += 1
+            return []
         if st.epoch != epoch:
             if st.epoch is not None:
                 self._incarnation(st, epoch, base)
-                st.awaiting_sync = True
-                st.sync_since = now
+                if not st.awaiting_sync:
+                    st.awaiting_sync = True
+                    st.sync_since = now
             st.epoch = epoch
+            st.head = head
             return []
+        st.head = head
         if st.awaiting_sync:
             return []
         for prefix, known in list(st.known.items()):
@@ -325,19 +226,26 @@ class Inbound:
                 self._recover(origin, st, known, last, (prefix.decode(),))
                 st.known[prefix] = last
         quiet = not st.blocked() and st.known and all(p in chains for p in st.known)
-        if quiet and (st.watermark is None or head > st.watermark):
+        if quiet and self.prefixes and (st.watermark is None or head > st.watermark):
             st.watermark = head
         return []
 
-    def _incarnation(self, st: _Origin, epoch: int, base: int) -> None:
+    def _incarnation(self, st: OriginState, epoch: int, base: int) -> None:
         if st.epoch is not None and st.epoch != epoch:
-            continues = st.watermark is not None and base > st.watermark
-            if not continues:
-                # Sequences restarted (no journal): forget the old stream.
+            if st.watermark is not None and base <= st.watermark:
+                # Its numbering restarted (no journal: ``base`` is 1) or went
+                # back (its journal lost a tail we had): the old chains mean
+                # nothing now; follow the new incarnation from its start.
                 st.known.clear()
                 st.synced.clear()
-                st.watermark = None
+                st.watermark = base - 1
+            # What it published before our stream reconnected (and, for a
+            # persistent origin, what it sent just before it died) may have
+            # missed us: backfill at the sync reply.
+            st.restarted = st.watermark is not None
+            st.head = None
         st.epoch = epoch
+        st.next_epoch = None
 
     # -- checkpoints (persistent buses) -------------------------------------------------
 
@@ -360,33 +268,56 @@ class Inbound:
     # -- recovery ---------------------------------------------------------------------
 
     def _recover(
-        self, origin: str, st: _Origin, after: int, upto: int, prefixes: Sequence[str | bytes]
+        self, origin: str, st: OriginState, after: int, upto: int, prefixes: Sequence[str | bytes]
     ) -> None:
         if upto <= after:
             return
         names = frozenset(p.decode() if isinstance(p, bytes) else p for p in prefixes)
         self.gaps += 1
         if st.pending:
-            # One request per origin at a time: later gaps merge into the next
-            # one (what was already received comes back and is deduplicated).
-            if st.deferred is None:
-                st.deferred = (after, upto, names)
-            else:
-                low, high, known = st.deferred
-                st.deferred = (min(low, after), max(high, upto), known | names)
+            # One request per origin at a time: later gaps wait as their own
+            # ranges (an overlapping one merges, and both end together).
+            for i, (low, high, known, count) in enumerate(st.deferred):
+                if after <= high and low <= upto:
+                    st.deferred[i] = (min(low, after), max(high, upto), known | names, count + 1)
+                    return
+            st.deferred.append((after, upto, names, 1))
             return
-        self._send(origin, st, after, upto, names)
+        self._send(origin, st, after, upto, names, 1)
 
-    def _send(self, origin: str, st: _Origin, after: int, upto: int, names: frozenset[str]) -> None:
-        request = RecoverRequest(f"r{next(_rids)}", origin, after, upto, tuple(sorted(names)))
+    def _send(  # noqa: PLR0917 - a request's fields
+        self,
+        origin: str,
+        st: OriginState,
+        after: int,
+        upto: int,
+        names: frozenset[str],
+        gaps: int,
+        lost: bool = False,
+    ) -> None:
+        request = RecoverRequest(
+            f"r{next(_rids)}", origin, after, upto, tuple(sorted(names)), gaps, lost
+        )
         st.pending[request.rid] = request
         self.requests.append(request)
 
-    def _next_deferred(self, origin: str, st: _Origin) -> None:
-        if st.deferred is not None and not st.pending:
-            after, upto, names = st.deferred
-            st.deferred = None
-            self._send(origin, st, after, upto, names)
+    def _next_deferred(self, origin: str, st: OriginState) -> None:
+        if st.deferred and not st.pending:
+            after, upto, names, count = st.deferred.pop(0)
+            self._send(origin, st, after, upto, names, count)
+
+    def _end(self, request: RecoverRequest, lost: bool) -> None:
+        if lost:
+            self.unrecovered += request.gaps
+        else:
+            self.recovered += request.gaps
+
+    def gaps_open(self) -> int:
+        """Return how many detected gaps are still being fetched (or wait their turn)."""
+        return sum(
+            sum(r.gaps for r in st.pending.values()) + sum(d[3] for d in st.deferred)
+            for st in self.origins.values()
+        )
 
     def on_recovered(
         self, rid: str, events: list[Event], complete: bool, scanned: int, lost: bool
@@ -396,14 +327,19 @@ class Inbound:
             request = st.pending.pop(rid, None)
             if request is None:
                 continue
-            st.held.extend(e for e in events if e.origin == st_name)
-            if lost:
-                self.unrecovered += 1
-            if not complete and scanned < request.upto:
-                after = max(scanned, request.after)
-                self._send(st_name, st, after, request.upto, frozenset(request.prefixes))
+            inside = [
+                e
+                for e in events
+                if e.origin == st_name and request.after < (e.sequence or 0) <= request.upto
+            ]
+            self.rejected += len(events) - len(inside)
+            st.held.extend(inside)
+            lost = lost or request.lost
+            if not complete and request.after < scanned < request.upto:
+                names = frozenset(request.prefixes)
+                self._send(st_name, st, scanned, request.upto, names, request.gaps, lost)
             else:
-                self.recovered += 1
+                self._end(request, lost)
                 self._next_deferred(st_name, st)
             return self._release(st)
         return []
@@ -411,8 +347,9 @@ class Inbound:
     def on_recovery_failed(self, rid: str) -> list[Event]:
         """Give up on a recovery request (timeout or error) and release what is held."""
         for name, st in self.origins.items():
-            if st.pending.pop(rid, None) is not None:
-                self.unrecovered += 1
+            request = st.pending.pop(rid, None)
+            if request is not None:
+                self._end(request, lost=True)
                 self._next_deferred(name, st)
                 return self._release(st)
         return []
@@ -420,9 +357,14 @@ class Inbound:
     def expire_syncs(self, now: float, timeout: float) -> list[Event]:
         """Stop waiting for sync replies older than ``timeout``; return released events."""
         out: list[Event] = []
-        for st in self.origins.values():
+        for name, st in self.origins.items():
             if st.awaiting_sync and now - st.sync_since > timeout:
                 st.awaiting_sync = False
+                if st.next_epoch is not None:
+                    # Data of a new incarnation, and no word from it: follow it.
+                    st.epoch, st.next_epoch = st.next_epoch, None
+                if st.restarted and st.head is not None and st.watermark is not None:
+                    self._backfill(name, st, frozenset(), st.head)
                 st.synced = set(self.prefixes)
                 self.sync_timeouts += 1
                 out.extend(self._release(st))
@@ -430,7 +372,7 @@ class Inbound:
 
     # -- delivery ---------------------------------------------------------------------
 
-    def _release(self, st: _Origin) -> list[Event]:
+    def _release(self, st: OriginState) -> list[Event]:
         if st.blocked() or not st.held:
             return []
         held, st.held = st.held, []

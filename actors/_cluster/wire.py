@@ -43,6 +43,7 @@ __all__ = [
     "decode_stream",
     "encode_control",
     "encode_data",
+    "encode_data_payload",
     "encode_request",
     "sync_topic",
     "parse_sync_topic",
@@ -125,22 +126,30 @@ def encode_data(
 
     Raise ``InvalidEventError`` if an event cannot be encoded.
     """
+    span = (events[0].sequence or 0, events[-1].sequence or 0, len(events))
+    return encode_data_payload(topic, origin, epoch, chains, span, encode_batch(events))
+
+
+def encode_data_payload(  # noqa: PLR0917 - the header's fields, one call site each
+    topic: bytes,
+    origin: str,
+    epoch: int,
+    chains: Sequence[tuple[bytes, int]],
+    span: tuple[int, int, int],
+    payload: bytes,
+) -> list[bytes]:
+    """Return the parts of a data frame around ``payload`` (an encoded ``EventBatch``).
+
+    ``span`` is ``(first sequence, last sequence, number of events)``.
+    """
     name = origin.encode()
-    head = DATA_HEADER.pack(
-        VERSION,
-        DATA,
-        epoch,
-        events[0].sequence or 0,
-        events[-1].sequence or 0,
-        len(events),
-        len(name),
-        len(chains),
-    )
+    first, last, count = span
+    head = DATA_HEADER.pack(VERSION, DATA, epoch, first, last, count, len(name), len(chains))
     parts = [head, name]
     for prefix, prev in chains:
         parts.append(_CHAIN.pack(prev, len(prefix)))
         parts.append(prefix)
-    return [topic, b"".join(parts), encode_batch(events)]
+    return [topic, b"".join(parts), payload]
 
 
 def encode_control(topic: bytes, kind: int, body: dict[str, Any]) -> list[bytes]:

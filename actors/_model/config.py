@@ -4,10 +4,54 @@ from __future__ import annotations
 
 import enum
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
-__all__ = ["EventConfig", "NodeConfig", "OverflowStrategy"]
+__all__ = ["EventConfig", "NodeConfig", "OverflowStrategy", "check_endpoint"]
+
+_TCP = re.compile(r"^tcp://(?P<host>\[[0-9A-Fa-f:.]+\]|[^:/\s\[\]]+):(?P<port>\*|\d{1,5})$")
+_KEY_LENGTH = 40  # a Z85 CURVE key
+
+
+def check_endpoint(endpoint: object, what: str, *, bind: bool) -> str:
+    """Return ``endpoint`` if ZeroMQ can use it; raise ``ValueError`` naming it and the fault.
+
+    Accepted: ``tcp://HOST:PORT`` (``PORT`` 0-65535, or ``*`` when binding),
+    ``ipc://PATH`` and ``inproc://NAME``.
+    """
+    if not isinstance(endpoint, str):
+        raise TypeError(f"{what} must be a str endpoint, not {type(endpoint).__name__}")
+    if "://" not in endpoint:
+        raise ValueError(
+            f"{what} {endpoint!r} has no transport: write tcp://HOST:PORT, ipc://PATH "
+            "or inproc://NAME"
+        )
+    scheme, _, rest = endpoint.partition("://")
+    if scheme == "tcp":
+        match = _TCP.match(endpoint)
+        if match is None:
+            raise ValueError(f"{what} {endpoint!r} is not tcp://HOST:PORT")
+        port = match["port"]
+        if port == "*" and not bind:
+            raise ValueError(f"{what} {endpoint!r}: a wildcard port can only be listened on")
+        if port != "*" and int(port) > 65535:
+            raise ValueError(f"{what} {endpoint!r}: port {port} is out of range (0-65535)")
+        return endpoint
+    if scheme in ("ipc", "inproc"):
+        if not rest or any(c.isspace() for c in rest):
+            raise ValueError(f"{what} {endpoint!r} needs a name without whitespace")
+        return endpoint
+    raise ValueError(
+        f"{what} {endpoint!r}: transport {scheme!r} is not supported (tcp://, ipc://, inproc://)"
+    )
+
+
+def _check_key(key: object, what: str) -> None:
+    if not isinstance(key, bytes):
+        raise TypeError(f"{what} must be bytes (40 Z85 characters), not {type(key).__name__}")
+    if len(key) != _KEY_LENGTH:
+        raise ValueError(f"{what} must be 40 bytes of Z85 text, not {len(key)} bytes")
 
 
 class OverflowStrategy(enum.Enum):
@@ -97,9 +141,14 @@ class NodeConfig:
     speaks CURVE and accepts only the ``authorized_keys`` it is given;
     ``peer_public_keys`` maps each endpoint of ``peers`` to that peer's public
     key.  Keys are 40-byte Z85 (``actors.generate_keypair()``).
+    ``peer_names`` binds node names to public keys under CURVE: a peer that
+    says it is one of these names must hold that key (see ``docs/cluster.md``).
+    Every endpoint is checked here (``ValueError`` naming it).
     ``heartbeat_interval``/``heartbeat_timeout`` (seconds) pace heartbeats and
     declare a silent peer dead; ``batch_size`` caps events per frame;
-    ``max_frame_bytes`` drops larger frames; ``recovery_ring`` is how many
+    ``max_frame_bytes`` is the largest frame sent or accepted (an event that
+    cannot fit in a frame of its own fails its ``publish`` with
+    ``EventTooLargeError``); ``recovery_ring`` is how many
     recent local events a bus without a journal keeps to answer recovery
     requests (and the size of the duplicate filter); ``send_hwm`` and
     ``receive_hwm`` are the ZeroMQ high-water marks, in frames, of the stream.
@@ -112,6 +161,7 @@ class NodeConfig:
     curve_secret_key: bytes | None = None
     authorized_keys: tuple[bytes, ...] = ()
     peer_public_keys: dict[str, bytes] = field(default_factory=dict)
+    peer_names: dict[str, bytes] = field(default_factory=dict)
     heartbeat_interval: float = 1.0
     heartbeat_timeout: float = 5.0
     batch_size: int = 256
@@ -121,9 +171,46 @@ class NodeConfig:
     receive_hwm: int = 10_000
 
     def __post_init__(self) -> None:
+        if not isinstance(self.name, str):
+            raise TypeError(f"node name must be a str, not {type(self.name).__name__}")
         if not self.name or any(c.isspace() for c in self.name):
             raise ValueError(f"node name must be non-empty without whitespace: {self.name!r}")
+        if isinstance(self.peers, str):
+            raise TypeError("peers must be a sequence of endpoints, not one str")
         if not isinstance(self.peers, tuple):
             object.__setattr__(self, "peers", tuple(self.peers))
         if not isinstance(self.authorized_keys, tuple):
             object.__setattr__(self, "authorized_keys", tuple(self.authorized_keys))
+        if self.listen is not None:
+            check_endpoint(self.listen, "listen", bind=True)
+        for endpoint in self.peers:
+            check_endpoint(endpoint, "peer", bind=False)
+        self._check_keys()
+        for name in ("heartbeat_interval", "heartbeat_timeout"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
+        for name in ("batch_size", "max_frame_bytes", "recovery_ring", "send_hwm", "receive_hwm"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, not {value!r}")
+        if self.max_frame_bytes < 1024:
+            raise ValueError(f"max_frame_bytes must be at least 1024, not {self.max_frame_bytes}")
+
+    def _check_keys(self) -> None:
+        if (self.curve_secret_key is None) != (self.curve_public_key is None):
+            raise ValueError("curve_public_key and curve_secret_key go together: give both")
+        if self.curve_public_key is not None:
+            _check_key(self.curve_public_key, "curve_public_key")
+            _check_key(self.curve_secret_key, "curve_secret_key")
+        for key in self.authorized_keys:
+            _check_key(key, "each of authorized_keys")
+        if not isinstance(self.peer_public_keys, dict):
+            raise TypeError("peer_public_keys must be a dict endpoint -> public key")
+        for endpoint, key in self.peer_public_keys.items():
+            check_endpoint(endpoint, "peer_public_keys endpoint", bind=False)
+            _check_key(key, f"peer_public_keys[{endpoint!r}]")
+        if not isinstance(self.peer_names, dict):
+            raise TypeError("peer_names must be a dict node name -> public key")
+        for name, key in self.peer_names.items():
+            _check_key(key, f"peer_names[{name!r}]")

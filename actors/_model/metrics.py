@@ -230,6 +230,10 @@ def to_prometheus(metrics: BusMetrics, *, prefix: str = "llmspell_events") -> st
             "gaps_unrecovered",
             "duplicates",
             "auth_refused",
+            "events_too_large",
+            "frames_too_large",
+            "sequences_rejected",
+            "hellos_refused",
         ):
             metric = f"{prefix}_bridge_{name}_total"
             lines += [
@@ -273,6 +277,10 @@ class Counters:
     events_recovered: int = 0
     auth_refused: int = 0
     recovery_retries: int = 0
+    events_too_large: int = 0
+    frames_too_large: int = 0
+    sequences_rejected: int = 0
+    hellos_refused: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,7 +290,13 @@ class BridgeStatistics:
     ``frames_dropped`` counts garbage, truncated, oversized and unknown-version
     frames; ``frames_unsent`` frames the XPUB could not queue; ``gaps`` lost
     ranges detected, ``gaps_recovered`` / ``gaps_unrecovered`` how they ended
-    (``recovery_retries`` counts requests asked again after no answer);
+    and ``gaps_open`` those still being fetched (``gaps`` is their sum;
+    ``recovery_retries`` counts requests asked again after no answer);
+    ``events_too_large`` events this node could not send (over
+    ``max_frame_bytes``), ``frames_too_large`` frames received over it (both
+    logged at WARNING); ``sequences_rejected`` events whose origin sequence is
+    out of range (forged or garbage); ``hellos_refused`` HELLOs refused (a
+    duplicate name, a name bound to another key);
     ``duplicates`` remote events dropped by id; ``peers_alive`` the nodes heard
     within ``heartbeat_timeout``; ``synced_peers`` those that acknowledged this
     node's current subscriptions (events they publish from then on arrive).
@@ -301,6 +315,11 @@ class BridgeStatistics:
     duplicates: int = 0
     auth_refused: int = 0
     recovery_retries: int = 0
+    events_too_large: int = 0
+    frames_too_large: int = 0
+    sequences_rejected: int = 0
+    hellos_refused: int = 0
+    gaps_open: int = 0
     peers_alive: tuple[str, ...] = ()
     synced_peers: tuple[str, ...] = ()
     counters: Counters = field(default_factory=Counters, repr=False, compare=False)

@@ -1,0 +1,187 @@
+"""The state every part of the bridge's I/O thread shares, and the hand-off to that thread.
+
+``Bridge`` is built from ``StreamIO`` (the event stream) and ``RequestIO``
+(the request channel) over this base.  Everything here except ``_call_soon``,
+``_wake`` and ``_ask_io`` runs on the I/O thread only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import threading
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TypeVar
+
+import zmq
+
+from actors._cluster.bridge_io import PublishLedger
+from actors._cluster.endpoints import Link, Peer
+from actors._cluster.outbound import Outbound
+from actors._cluster.ports import LocalNode
+from actors._cluster.security import Curve
+from actors._cluster.streams import Inbound, RecoverRequest
+from actors._cluster.wire import Request
+from actors._model.config import NodeConfig
+from actors._model.event import Event
+from actors._model.metrics import Counters
+from actors._runtime.future import BusFuture
+
+__all__ = ["BridgeBase", "LinkState", "Route"]
+
+logger = logging.getLogger("actors.bridge")
+
+T = TypeVar("T")
+Route = tuple[zmq.Socket[bytes], bytes | None]
+"""Where a request goes: a socket, and a ROUTER identity (None for a DEALER)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LinkState:
+    """A configured peer endpoint as last seen by the I/O thread."""
+
+    endpoint: str
+    name: str | None
+    welcomed: bool
+    broker: bool
+    refused: str | None
+
+
+class BridgeBase:
+    """Shared state of the I/O thread (see the module docstring)."""
+
+    _xpub: zmq.Socket[bytes]
+    _sub: zmq.Socket[bytes]
+    _router: zmq.Socket[bytes]
+
+    def __init__(self, local: LocalNode, node: NodeConfig) -> None:
+        self._local = local
+        self._node = node
+        self.name = node.name
+        self._epoch = random.getrandbits(63)
+        self._persistent = local.journal is not None
+        self._base = local.first_sequence
+        self._max = node.max_frame_bytes
+        self._rfd, self._wfd = os.pipe()
+        os.set_blocking(self._rfd, False)
+        os.set_blocking(self._wfd, False)
+        self._calls: deque[Callable[[], None]] = deque()
+        self._out = Outbound(
+            self.name, self._epoch, node.batch_size, node.recovery_ring, node.max_frame_bytes
+        )
+        self._in = Inbound(self.name, max(node.recovery_ring, 10_000))
+        self._stats = Counters()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._round = 0
+        self._peers: dict[str, Peer] = {}
+        self._links: list[Link] = []
+        self._refusals: list[str] = []
+        self._waiting: dict[str, tuple[Callable[[Request | None], None], float]] = {}
+        self._saved: dict[str, int] = {}
+        self._workers = ThreadPoolExecutor(2, thread_name_prefix=f"bridge-{self.name}")
+        self._ledger = PublishLedger()
+        self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self._curve: Curve | None = None
+        self._pub_endpoint: str | None = None
+        self.endpoint: str | None = None  # the resolved ``listen`` (ephemeral ports filled in)
+
+    # -- any thread ---------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        # A full pipe means a wake-up is pending anyway; a closed one, that we stopped.
+        with contextlib.suppress(OSError):
+            os.write(self._wfd, b"x")
+
+    def _call_soon(self, fn: Callable[[], None]) -> None:
+        self._calls.append(fn)
+        self._wake()
+
+    def _on_io_thread(self) -> bool:
+        return threading.current_thread() is self._thread
+
+    def _ask_io(self, fn: Callable[[], T], fallback: Callable[[], T], timeout: float = 10.0) -> T:
+        """Return ``fn()`` run on the I/O thread (``fallback()`` once it stopped)."""
+        if self._on_io_thread():
+            return fn()
+        thread = self._thread
+        if thread is None or not thread.is_alive() or self._stopping:
+            return fallback()
+        future: BusFuture[T] = BusFuture()
+
+        def run() -> None:
+            try:
+                future.set(fn())
+            except BaseException as exc:
+                future.set_exception(exc)
+
+        self._call_soon(run)
+        try:
+            result: T = future.get(timeout=timeout)
+        except TimeoutError:
+            if not thread.is_alive():
+                return fallback()
+            raise
+        return result
+
+    def _run_calls(self) -> None:
+        while self._calls:
+            self._calls.popleft()()
+
+    # -- I/O thread -----------------------------------------------------------------------
+
+    def _alive(self, name: str) -> bool:
+        peer = self._peers.get(name)
+        return peer is not None and peer.alive
+
+    def _deliver(self, events: list[Event]) -> None:
+        """Route ``events`` locally, send queued recovery requests, save moved watermarks."""
+        inbound = self._in
+        for request in inbound.requests:
+            self._send_recover(request)
+        inbound.requests.clear()
+        if events:
+            self._local.inject(events)
+            self._stats.events_delivered += len(events)
+        journal = self._local.journal
+        if journal is None:
+            return
+        for name, mark in inbound.watermarks().items():
+            if self._saved.get(name) != mark:
+                self._saved[name] = mark
+                journal.save_checkpoint(f"bridge:{name}", mark)
+
+    # Implemented by the halves (``RequestIO``, ``StreamIO``); declared here for each other.
+    def _send_recover(self, request: RecoverRequest, attempt: int = 1) -> None:
+        raise NotImplementedError
+
+    def _connect_stream(self, name: str, endpoint: str, key: bytes | None) -> None:
+        raise NotImplementedError
+
+    def _seen(self, name: str, now: float) -> None:
+        raise NotImplementedError
+
+    def _link_states(self) -> tuple[LinkState, ...]:
+        return tuple(
+            LinkState(link.endpoint, link.name, link.welcomed, link.broker, link.refused)
+            for link in self._links
+        )
+
+    def _refuse(self, reason: str, *, fatal: bool = True) -> None:
+        """Count and log a refused peer; a ``fatal`` one also fails ``wait_for_peers``.
+
+        Fatal: a duplicate name, or a peer refusing this node.  An impostor
+        (a name bound to another key) is only counted and logged: the node
+        it pretends to be may be a fine peer.
+        """
+        self._stats.hellos_refused += 1
+        if reason in self._refusals:
+            return
+        logger.warning("bridge %s: refused a peer: %s", self.name, reason)
+        if fatal:
+            self._refusals.append(reason)

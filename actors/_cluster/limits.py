@@ -1,0 +1,105 @@
+"""How big an event may be to cross between nodes (``docs/wire.md``, "Size limit").
+
+An event crosses in a frame of its own if it must; a frame is at most
+``NodeConfig.max_frame_bytes``.  ``EventSizeCheck`` refuses, at ``publish``,
+an event that could not fit: it bounds the encoded size from above by a walk
+of the data (cheap for the usual small event) and encodes only an event whose
+bound is over the limit, to be exact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from actors._codec.events import encode_event
+from actors._errors import EventTooLargeError
+from actors._model.event import Event
+
+__all__ = ["FRAME_OVERHEAD", "EventSizeCheck", "upper_bound"]
+
+FRAME_OVERHEAD = 64 * 1024
+"""Bytes of a frame kept for its header, topic and origin (a frame of one event)."""
+
+_FIXED = 512  # ids, timestamp, numbers and field tags of one encoded event
+_SCALAR = 32
+
+
+def upper_bound(value: Any, limit: int) -> int:  # noqa: PLR0911 - flat dispatch is the fast path
+    """Return an upper bound of the JSON text of ``value`` (more than ``limit``: stops early).
+
+    A character costs at most 6 bytes (``\\uXXXX``), an int at most one
+    digit per 3 bits, any other scalar ``_SCALAR``.  Scalars inside a
+    container are sized inline: the walk is on ``publish``'s path.
+    """
+    kind = type(value)
+    if kind is dict or isinstance(value, Mapping):
+        total = 2
+        for key, item in value.items():
+            t = type(item)
+            if t is str:
+                total += 6 * (len(key) + len(item)) + 8
+            elif t is int:
+                total += 6 * len(key) + 6 + item.bit_length() // 3
+            elif item is None or t is float or t is bool:
+                total += 6 * len(key) + 4 + _SCALAR
+            else:
+                total += 6 * len(str(key)) + 4 + upper_bound(item, limit)
+            if total > limit:
+                return total
+        return total
+    if kind is list or kind is tuple:
+        total = 2
+        for item in value:
+            t = type(item)
+            if t is str:
+                total += 6 * len(item) + 3
+            elif t is int:
+                total += item.bit_length() // 3 + 3
+            elif item is None or t is float or t is bool:
+                total += _SCALAR
+            else:
+                total += 1 + upper_bound(item, limit)
+            if total > limit:
+                return total
+        return total
+    if kind is str:
+        return 6 * len(value) + 2
+    if kind is int:
+        return int(value.bit_length()) // 3 + 2
+    if kind is bytes:
+        return 2 * len(value) + 2
+    return _SCALAR
+
+
+class EventSizeCheck:
+    """Raise ``EventTooLargeError`` for an event that cannot fit in one frame."""
+
+    __slots__ = ("limit", "max_frame_bytes")
+
+    def __init__(self, max_frame_bytes: int) -> None:
+        self.max_frame_bytes = max_frame_bytes
+        self.limit = max(1, max_frame_bytes - FRAME_OVERHEAD)
+
+    def __call__(self, event: Event) -> None:
+        """Pass ``event`` if it fits; raise ``EventTooLargeError`` naming the limit otherwise."""
+        limit = self.limit
+        data = event.data
+        bound = _FIXED + 6 * len(event.event_type)
+        bound += _SCALAR if data is None else upper_bound(data, limit)
+        if event.metadata:
+            bound += sum(6 * (len(k) + len(v)) + 8 for k, v in event.metadata.items())
+        if event.tags:
+            bound += sum(6 * len(t) + 3 for t in event.tags)
+        for text in (event.source, event.target):
+            if text is not None:
+                bound += 6 * len(text)
+        if bound <= limit:
+            return
+        size = len(encode_event(event))
+        if size > limit:
+            raise EventTooLargeError(
+                f"event {event.event_type!r} is {size} bytes encoded; a node sends events of "
+                f"at most {limit} bytes (NodeConfig.max_frame_bytes={self.max_frame_bytes} "
+                f"less {FRAME_OVERHEAD} for the frame)"
+            )

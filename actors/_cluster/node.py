@@ -1,0 +1,175 @@
+"""``Node``: the public handle of a bus joined to others (``bus.node``), and its wiring.
+
+``NodeWiring`` is what the facade hands the bridge (``ports.LocalNode``):
+the router's mailbox, the journal's, and a few of the bus's own callables.
+The bridge never holds the bus.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from actors._cluster.bridge import Bridge
+from actors._cluster.ports import JournalPort
+from actors._core.messages import (
+    Forward,
+    GetCorrelated,
+    LoadCheckpoint,
+    ReadJournal,
+    SaveCheckpoint,
+)
+from actors._model.config import NodeConfig
+from actors._model.event import Event
+from actors._model.metrics import BridgeStatistics, BusMetrics
+from actors._model.query import EventQuery
+from actors._runtime.dispatcher import FifoMailbox
+from actors._runtime.future import BusFuture
+
+__all__ = ["Node", "NodeWiring", "RouterJournal"]
+
+
+class RouterJournal:
+    """``JournalPort`` over the router: every message goes after what was routed before it."""
+
+    def __init__(self, router: FifoMailbox, journal: FifoMailbox) -> None:
+        self._router = router
+        self._journal = journal
+
+    def read(self, query: EventQuery, timeout: float | None) -> list[Event]:
+        """Return what ``query`` selects (blocks)."""
+        future: BusFuture[list[Event]] = BusFuture()
+        self._router.put(Forward(self._journal, ReadJournal(query, future)))
+        events: list[Event] = future.get(timeout=timeout)
+        return events
+
+    def load_checkpoint(self, name: str, timeout: float | None) -> int | None:
+        """Return the checkpoint ``name`` (blocks)."""
+        future: BusFuture[int | None] = BusFuture()
+        self._router.put(Forward(self._journal, LoadCheckpoint(name, future)))
+        value: int | None = future.get(timeout=timeout)
+        return value
+
+    def save_checkpoint(self, name: str, sequence: int) -> None:
+        """Save ``name`` once everything routed before is journaled (never blocks)."""
+        self._router.put(Forward(self._journal, SaveCheckpoint(name, sequence)))
+
+
+@dataclass(frozen=True, slots=True)
+class NodeWiring:
+    """The bus as its bridge sees it (satisfies ``ports.LocalNode``)."""
+
+    name: str
+    first_sequence: int
+    router: FifoMailbox
+    journal: JournalPort | None
+    inject: Callable[[Sequence[Event]], None]
+    flush: Callable[[float | None], None]
+    publish: Callable[[Event], BusFuture[Event]]
+    metrics: Callable[[], BusMetrics]
+
+    def local_correlated(self, correlation_id: uuid.UUID, timeout: float | None) -> list[Event]:
+        """Return the local events of ``correlation_id`` (memory, then journal; never peers)."""
+        future: BusFuture[Any] = BusFuture()
+        self.router.put(GetCorrelated(correlation_id, future))
+        answer = future.get(timeout=timeout)
+        events, complete = answer if answer is not None else ([], False)
+        found: dict[uuid.UUID, Event] = {e.id: e for e in events or []}
+        if not complete and self.journal is not None:
+            for event in self.journal.read(EventQuery(correlation_id=correlation_id), timeout):
+                found.setdefault(event.id, event)
+        return sorted(found.values(), key=lambda e: (e.sequence or 0, e.timestamp))
+
+
+class Node:
+    """A bus's life as a node: peers, remote publishing, endpoints and the bridge's figures.
+
+    Get it as ``bus.node`` (None on a bus built without a ``NodeConfig``).
+    ``EventBus.wait_for_peers``, ``publish_remote``, ``endpoints`` and
+    ``linked_nodes`` call the methods of the same names here.
+    """
+
+    def __init__(
+        self,
+        bridge: Bridge,
+        config: NodeConfig,
+        prepare: Callable[[Event | str, Any, dict[str, Any]], Event],
+        check_open: Callable[[], None],
+    ) -> None:
+        self._bridge = bridge
+        self._prepare = prepare
+        self._check_open = check_open
+        self.config = config
+
+    @property
+    def name(self) -> str:
+        """The node's name (its events' origin)."""
+        return self.config.name
+
+    def wait_for_peers(self, names: Sequence[str], timeout: float | None = 30.0) -> bool:
+        """Block until the nodes ``names`` acknowledged this node's subscriptions.
+
+        From then on every event they publish that a local pattern matches
+        arrives here.  Flushes the bus first.  Returns False after
+        ``timeout``; raises ``PeerRefusedError`` naming the fault if a peer
+        was refused (a duplicate name, a name bound to another key) or
+        refused this node.
+        """
+        if isinstance(names, str):
+            raise TypeError("names must be a sequence of node names, not one str")
+        return self._bridge.wait_synced(list(names), timeout)
+
+    def publish_remote(
+        self,
+        node: str,
+        event_or_type: Event | str,
+        data: Any = None,
+        *,
+        timeout: float | None = 30.0,
+        **fields: Any,
+    ) -> Event:
+        """Have the connected node ``node`` publish an event on its own bus.
+
+        The event takes that node's origin and sequence, as if published
+        there.  Blocks until the node acknowledged it (journaled, where that
+        node is persistent) and returns it as published.  Retrying after a
+        timeout is safe: the node publishes an event id once.  Raises
+        ``NotConnectedError`` (no link to it), ``NoAnswerError`` (no answer in
+        ``timeout``), ``PeerRefusedError`` (it refused, with its reason) and
+        ``EventTooLargeError`` (over the size limit).
+        """
+        if not isinstance(node, str) or not node:
+            raise TypeError(f"node must be a node name (str), not {node!r}")
+        self._check_open()
+        event = self._prepare(event_or_type, data, fields)
+        return self._bridge.remote_publish(node, [event], timeout)[0]
+
+    @property
+    def endpoints(self) -> dict[str, str | None]:
+        """Return the resolved endpoints: ``request`` (its ``listen``) and ``publish``."""
+        return {"request": self._bridge.endpoint, "publish": self._bridge.publish_endpoint}
+
+    def linked_nodes(self, timeout: float | None = 30.0) -> list[str]:
+        """Return the names of the nodes among ``NodeConfig.peers``, once they answered.
+
+        Blocks until every configured peer answered (or ``timeout``); raises
+        ``PeerRefusedError`` if one refused this node.
+        """
+        return self._bridge.linked_nodes(timeout)
+
+    def statistics(self) -> BridgeStatistics:
+        """Return a snapshot of the bridge's figures (asked of its I/O thread)."""
+        return self._bridge.statistics()
+
+    def wait(self, predicate: Callable[[BridgeStatistics], bool], timeout: float | None) -> bool:
+        """Block until ``predicate(statistics())`` holds; return False after ``timeout``."""
+        return self._bridge.wait(predicate, timeout)
+
+    def call_soon(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the bridge's I/O thread between two turns (diagnostics, tests)."""
+        self._bridge.call_soon(fn)
+
+    def __repr__(self) -> str:
+        return f"<Node {self.config.name} {self.endpoints}>"

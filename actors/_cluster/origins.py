@@ -1,0 +1,50 @@
+"""What ``Inbound`` knows of one origin, and the recovery requests it sends (plain data)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from actors._model.event import Event
+
+__all__ = ["MAX_AHEAD", "MAX_SEQUENCE", "OriginState", "RecoverRequest"]
+
+MAX_SEQUENCE = (1 << 63) - 1
+"""The largest sequence an origin can give (a signed 64-bit integer)."""
+
+MAX_AHEAD = 1 << 30
+"""How far past the head its origin last announced a sequence may be before it is rejected."""
+
+
+@dataclass(frozen=True, slots=True)
+class RecoverRequest:
+    """Ask ``origin`` for its events in ``(after, upto]`` under ``prefixes``."""
+
+    rid: str
+    origin: str
+    after: int
+    upto: int
+    prefixes: tuple[str, ...]
+    gaps: int = 1  # how many detected gaps this request ends
+    lost: bool = False  # an earlier part of the range was already reported lost
+
+
+@dataclass(slots=True)
+class OriginState:
+    epoch: int | None = None
+    known: dict[bytes, int] = field(default_factory=dict)
+    synced: set[bytes] = field(default_factory=set)
+    watermark: int | None = None
+    awaiting_sync: bool = True
+    sync_since: float = 0.0
+    loading: bool = False
+    stashed: tuple[int, int, int] | None = None
+    pending: dict[str, RecoverRequest] = field(default_factory=dict)
+    deferred: list[tuple[int, int, frozenset[str], int]] = field(default_factory=list)
+    held: list[Event] = field(default_factory=list)
+    head: int | None = None  # the head its current incarnation last announced
+    restarted: bool = False  # a new incarnation continues the sequences: backfill at sync
+    next_epoch: int | None = None  # an epoch seen in data frames, not yet confirmed
+
+    def blocked(self) -> bool:
+        """Return whether its events wait (for a sync reply, a watermark or a recovery)."""
+        return self.awaiting_sync or self.loading or bool(self.pending) or bool(self.deferred)

@@ -1,0 +1,169 @@
+"""Data frames from local events, as a plain state machine (no sockets, no threads).
+
+``Outbound`` knows the subscription prefixes peers hold (from the XPUB
+socket), sends an event only if one of them is a prefix of its type, batches
+runs of events that go to the same subscribers (up to ``batch_size`` events
+and ``max_frame_bytes`` bytes: an event too big to share a frame goes in one
+of its own), and keeps, per prefix, the origin sequence of the last event
+sent under it (the frame's *chain* pointers).  An event that cannot fit in
+any frame is set aside (``take_oversized``): it is never sent and never
+breaks a chain, so no peer sees a gap for it.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+from collections import deque
+from collections.abc import Iterable, Sequence
+
+from actors._cluster.limits import FRAME_OVERHEAD
+from actors._cluster.wire import encode_data_payload
+from actors._codec.events import encode_batch
+from actors._model.event import Event
+
+__all__ = ["Outbound"]
+
+_CLASS_CACHE = 4096
+
+
+class Outbound:
+    """Build data frames from local events (called on the bridge's I/O thread only)."""
+
+    def __init__(
+        self,
+        origin: str,
+        epoch: int,
+        batch_size: int,
+        ring_size: int,
+        max_frame_bytes: int = 16 * 1024 * 1024,
+    ) -> None:
+        self.origin = origin
+        self.epoch = epoch
+        self.batch_size = max(1, batch_size)
+        self.budget = max(1, max_frame_bytes - FRAME_OVERHEAD)
+        self.head = 0
+        self.active: set[bytes] = set()
+        self.prev: dict[bytes, int] = {}
+        self.ring: deque[Event] = deque(maxlen=max(ring_size, 1))
+        self.evicted_upto = 0
+        self._classes: dict[str, tuple[bytes, ...]] = {}
+        self._oversized: list[tuple[Event, int]] = []
+
+    def add_prefix(self, prefix: bytes) -> None:
+        """A peer subscribed to ``prefix``: start its chain at the current head."""
+        if prefix not in self.active:
+            self.active.add(prefix)
+            self.prev[prefix] = self.head
+            self._classes.clear()
+
+    def remove_prefix(self, prefix: bytes) -> None:
+        """No peer holds ``prefix`` any more."""
+        if prefix in self.active:
+            self.active.discard(prefix)
+            self.prev.pop(prefix, None)
+            self._classes.clear()
+
+    def _matched(self, event_type: str) -> tuple[bytes, ...]:
+        matched = self._classes.get(event_type)
+        if matched is None:
+            raw = event_type.encode()
+            active = self.active
+            matched = tuple(raw[:i] for i in range(len(raw) + 1) if raw[:i] in active)
+            if len(self._classes) >= _CLASS_CACHE:
+                self._classes.clear()
+            self._classes[event_type] = matched
+        return matched
+
+    def frames(self, events: Iterable[Event]) -> list[list[bytes]]:
+        """Return the data frames for ``events`` (local and injected, in sequence order).
+
+        Events of other origins only advance the head; local ones go to the
+        recovery ring and, if a peer prefix matches, into a frame.
+        """
+        out: list[list[bytes]] = []
+        run: list[Event] = []
+        chunks: list[bytes] = []
+        size = 0
+        run_class: tuple[bytes, ...] = ()
+        origin = self.origin
+        ring = self.ring
+        budget = self.budget
+        for event in events:
+            seq = event.sequence or 0
+            self.head = max(self.head, seq)
+            if event.origin != origin:
+                continue
+            if len(ring) == ring.maxlen:
+                self.evicted_upto = ring[0].sequence or 0
+            ring.append(event)
+            matched = self._matched(event.event_type) if self.active else ()
+            if not matched:
+                continue
+            chunk = encode_batch((event,))
+            if len(chunk) > budget:
+                self._oversized.append((event, len(chunk)))
+                continue
+            if run and (
+                matched != run_class or len(run) >= self.batch_size or size + len(chunk) > budget
+            ):
+                out.append(self._frame(run_class, run, chunks))
+                run, chunks, size = [], [], 0
+            run_class = matched
+            run.append(event)
+            chunks.append(chunk)
+            size += len(chunk)
+        if run:
+            out.append(self._frame(run_class, run, chunks))
+        return out
+
+    def take_oversized(self) -> list[tuple[Event, int]]:
+        """Return (and forget) the events too big for any frame, with their encoded sizes."""
+        taken, self._oversized = self._oversized, []
+        return taken
+
+    def _frame(
+        self, matched: tuple[bytes, ...], run: list[Event], chunks: list[bytes]
+    ) -> list[bytes]:
+        prev = self.prev
+        chains = [(p, prev.get(p, 0)) for p in matched]
+        first, last = run[0].sequence or 0, run[-1].sequence or 0
+        for p in matched:
+            prev[p] = last
+        # The longest matching prefix reaches exactly the subscribers of the run.
+        return encode_data_payload(
+            matched[-1], self.origin, self.epoch, chains, (first, last, len(run)), b"".join(chunks)
+        )
+
+    def chains(self) -> list[list[object]]:
+        """Return ``[[prefix, last sequence sent under it], ...]`` for heartbeats."""
+        out: list[list[object]] = []
+        for prefix, last in self.prev.items():
+            try:
+                out.append([prefix.decode(), last])
+            except UnicodeDecodeError:
+                continue
+        return out
+
+    def from_ring(
+        self, after: int, upto: int, prefixes: Sequence[str], limit: int
+    ) -> tuple[list[Event], bool, bool]:
+        """Return ``(events, complete, lost)``: ring events in ``(after, upto]`` under ``prefixes``.
+
+        I/O thread only, like the rest (the bridge asks it from its workers).
+
+        ``complete`` is False when ``limit`` cut the answer short; ``lost``
+        is True when part of the range has left the ring already.
+        """
+        raw = [p.encode() for p in prefixes]
+        ring = list(self.ring)
+        out: list[Event] = []
+        start = bisect.bisect_right(ring, after, key=lambda e: e.sequence or 0)
+        for event in itertools.islice(ring, start, None):
+            if (event.sequence or 0) > upto:
+                break
+            if any(event.event_type.encode().startswith(p) for p in raw):
+                if len(out) >= limit:
+                    return out, False, False
+                out.append(event)
+        return out, True, after < self.evicted_upto

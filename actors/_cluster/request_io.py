@@ -1,0 +1,415 @@
+"""The request channel of the bridge (I/O thread): HELLO/WELCOME, recovery, queries, publish.
+
+A node's ROUTER answers peers that connect to it; one DEALER per configured
+peer (``Link``) asks.  Identity rules (``docs/cluster.md``, "Node identity"):
+a node refuses a peer with its own name, a name bound to another CURVE key
+(``NodeConfig.peer_names``), and never lets a HELLO re-point a peer it hears
+from (its stream endpoint and its route stay until it is declared dead).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import zmq
+
+from actors._cluster.bridge_io import fit_answer, query_from_json, serve_recover
+from actors._cluster.endpoints import Link, reachable
+from actors._cluster.io_base import BridgeBase, Route
+from actors._cluster.stream_io import RECV_BURST
+from actors._cluster.streams import RecoverRequest
+from actors._cluster.wire import (
+    CORRELATED,
+    ERROR,
+    EVENTS,
+    HELLO,
+    METRICS,
+    PUBLISH,
+    QUERY,
+    RECOVER,
+    WELCOME,
+    FrameError,
+    Request,
+    decode_events,
+    decode_request,
+    encode_request,
+)
+from actors._codec.events import encode_batch
+from actors._errors import (
+    BridgeError,
+    EventTooLargeError,
+    NoAnswerError,
+    NotConnectedError,
+    PeerRefusedError,
+)
+from actors._model.event import Event
+from actors._model.metrics_json import metrics_answer
+from actors._runtime.future import BusFuture
+
+__all__ = ["RequestIO"]
+
+logger = logging.getLogger("actors.bridge")
+
+_RECOVER_ATTEMPTS = 4  # tries of one recovery request, each 2 x heartbeat_timeout long
+_HELLO_RID = "hello"
+
+
+class RequestIO(BridgeBase):
+    """The request half of the bridge (see the module docstring)."""
+
+    # -- receiving ------------------------------------------------------------------------
+
+    def _on_router(self) -> None:
+        for _ in range(RECV_BURST):
+            try:
+                frames = self._router.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            if len(frames) < 2:
+                continue
+            identity = frames[0].bytes
+            address = _property(frames[1], "Peer-Address")
+            key = _property(frames[1], "User-Id") if self._node.curve_secret_key else None
+            parts = [f.bytes for f in frames[1:]]
+            self._on_request(
+                parts, (self._router, identity), address, key.encode() if key else None
+            )
+
+    def _on_link(self, link: Link) -> None:
+        for _ in range(RECV_BURST):
+            try:
+                parts = link.sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._on_request(parts, (link.sock, None), None, link.key, link)
+
+    def _on_request(
+        self,
+        parts: list[bytes],
+        route: Route,
+        host: str | None,
+        key: bytes | None,
+        link: Link | None = None,
+    ) -> None:
+        try:
+            message = decode_request(parts, self._max)
+        except FrameError as exc:
+            self._stats.frames_dropped += 1
+            logger.debug("bridge %s: dropped a request: %s", self.name, exc)
+            return
+        kind, body = message.kind, message.body
+        if kind in (HELLO, WELCOME) and message.sender:
+            refusal = self._identity_fault(message.sender, body, key)
+            if refusal is not None:
+                self._refuse(refusal, fatal=message.sender == self.name)
+                if link is not None:
+                    link.refused = refusal
+                if kind == HELLO:
+                    reply = {"error": refusal, "refused": True}
+                    self._send(route, Request(ERROR, message.sender, self.name, message.rid, reply))
+                return
+            self._greeted(message, route, host or (link.host() if link else None), key, link)
+        if kind == HELLO:
+            self._send(route, self._hello_request(WELCOME, message.sender, message.rid))
+        elif kind in (RECOVER, QUERY, CORRELATED, PUBLISH, METRICS):
+            self._workers.submit(self._serve, message, route)
+        elif kind == ERROR and link is not None and message.rid == _HELLO_RID:
+            reason = str(body.get("error", "refused"))
+            link.refused = f"{link.endpoint} refused this node: {reason}"
+            self._refuse(link.refused)
+        elif kind in (EVENTS, ERROR):
+            waiting = self._waiting.pop(message.rid, None)
+            if waiting is not None:
+                waiting[0](message)
+
+    def _identity_fault(self, sender: str, body: dict[str, Any], key: bytes | None) -> str | None:
+        """Return why a HELLO/WELCOME from ``sender`` is refused, or None."""
+        if sender == self.name:
+            return f"a peer has this node's name {sender!r} (node names must be unique)"
+        bound = self._node.peer_names.get(sender)
+        if bound is not None and body.get("kind") != "broker" and key != bound:
+            return f"a peer calls itself {sender!r} without the key peer_names binds to it"
+        return None
+
+    def _greeted(
+        self, message: Request, route: Route, via: str | None, key: bytes | None, link: Link | None
+    ) -> None:
+        sender, body = message.sender, message.body
+        if message.kind == WELCOME and link is not None:
+            link.welcomed = True
+            link.name = sender
+            link.broker = body.get("kind") == "broker"
+        if body.get("kind") == "broker":
+            self._connect_broker(body, via, key, link)
+            return
+        peer = self._peers.get(sender)
+        established = peer is not None and peer.alive and peer.stream is not None
+        if established:
+            # Never re-point a peer we hear from: a HELLO is not authenticated
+            # (without CURVE).  A new route is kept as a fallback, used only
+            # when the known one stops answering.
+            assert peer is not None
+            if link is None and peer.route != route:
+                peer.candidate = route
+            pub = body.get("pub")
+            if isinstance(pub, str) and reachable(pub, via) != peer.stream:
+                peer.candidate_stream = (reachable(pub, via), key or _key(body))
+            return
+        self._seen(sender, time.monotonic())
+        peer = self._peers[sender]
+        if link is not None or peer.route is None or not peer.alive:
+            peer.route = route
+        pub = body.get("pub")
+        if isinstance(pub, str):
+            self._connect_stream(sender, reachable(pub, via), key or _key(body))
+
+    def _connect_broker(
+        self, body: dict[str, Any], via: str | None, key: bytes | None, link: Link | None
+    ) -> None:
+        xpub, xsub = body.get("xpub"), body.get("xsub")
+        if link is None or not isinstance(xpub, str) or not isinstance(xsub, str):
+            return
+        if link.broker_streams is None:
+            link.broker_streams = (reachable(xpub, via), reachable(xsub, via))
+            self._connect(self._sub, link.broker_streams[0], key)
+            self._connect(self._xpub, link.broker_streams[1], key)
+
+    def _connect_stream(self, name: str, endpoint: str, key: bytes | None) -> None:
+        peer = self._peers[name]
+        old = peer.stream
+        if old == endpoint:
+            return
+        if old is not None:
+            try:
+                self._sub.disconnect(old)
+            except zmq.ZMQError as exc:
+                logger.debug("bridge %s: disconnect %s: %s", self.name, old, exc)
+        peer.stream = endpoint
+        self._connect(self._sub, endpoint, key)
+
+    def _connect(self, sock: zmq.Socket[bytes], endpoint: str, key: bytes | None) -> None:
+        curve = self._curve
+        try:
+            if curve is not None and curve.enabled:
+                if key is None:
+                    logger.warning("bridge %s: no key for %s; not connecting", self.name, endpoint)
+                    return
+                curve.client(sock, key)
+            sock.connect(endpoint)
+        except zmq.ZMQError as exc:
+            logger.warning("bridge %s: cannot connect to %s: %s", self.name, endpoint, exc)
+
+    # -- sending --------------------------------------------------------------------------
+
+    def _hello_request(self, kind: int, to: str, rid: str) -> Request:
+        body: dict[str, Any] = {"kind": "node", "pub": self._pub_endpoint}
+        body.update(epoch=self._epoch, base=self._base)
+        if self._node.curve_public_key is not None:
+            body["key"] = self._node.curve_public_key.decode()
+        return Request(kind, to, self.name, rid, body)
+
+    def _send(self, route: Route, message: Request) -> None:
+        sock, identity = route
+        parts = encode_request(message)
+        try:
+            if identity is not None:
+                sock.send_multipart([identity, *parts], zmq.NOBLOCK)
+            else:
+                sock.send_multipart(parts, zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            logger.debug("bridge %s: request not sent: %s", self.name, exc)
+
+    def _route_to(self, name: str) -> Route | None:
+        for link in self._links:
+            if link.name == name and link.welcomed and not link.refused:
+                return (link.sock, None)
+        peer = self._peers.get(name)
+        if peer is not None and peer.route is not None:
+            route: Route = peer.route
+            return route
+        for link in self._links:
+            if link.broker and link.welcomed:
+                return (link.sock, None)
+        return None
+
+    def _unanswered(self, name: str) -> None:
+        """``name`` did not answer on its route: fall back to a newer one, if a HELLO gave one."""
+        peer = self._peers.get(name)
+        if peer is not None and peer.candidate is not None:
+            peer.route, peer.candidate = peer.candidate, None
+
+    def _ask(  # noqa: PLR0917 - one call site, through functools.partial
+        self,
+        name: str,
+        kind: int,
+        body: dict[str, Any],
+        future: BusFuture[list[Event]],
+        deadline: float,
+        payload: bytes | None = None,
+    ) -> None:
+        route = self._route_to(name)
+        if route is None:
+            future.set_exception(NotConnectedError(f"node {name!r} is not connected"))
+            return
+        rid = uuid.uuid4().hex
+
+        def done(reply: Request | None) -> None:
+            if reply is None:
+                self._unanswered(name)
+                future.set_exception(NoAnswerError(f"node {name!r} did not answer in time"))
+            elif reply.kind == ERROR:
+                error = reply.body.get("error")
+                future.set_exception(PeerRefusedError(f"node {name!r} refused: {error}"))
+            else:
+                try:
+                    future.set(decode_events(reply.payload))
+                except FrameError as exc:
+                    future.set_exception(exc)
+
+        self._waiting[rid] = (done, deadline)
+        self._send(route, Request(kind, name, self.name, rid, body, payload))
+
+    def _ask_many(
+        self,
+        names: Sequence[str],
+        kind: int,
+        body: dict[str, Any],
+        timeout: float | None,
+        payload: bytes | None = None,
+    ) -> dict[str, list[Event] | BridgeError]:
+        """Ask every node of ``names`` (any thread but the I/O thread); wait for each answer."""
+        deadline = time.monotonic() + (30.0 if timeout is None else timeout)
+        futures: dict[str, BusFuture[list[Event]]] = {}
+        for name in names:
+            future: BusFuture[list[Event]] = BusFuture()
+            futures[name] = future
+            self._call_soon(
+                functools.partial(self._ask, name, kind, body, future, deadline, payload)
+            )
+        out: dict[str, list[Event] | BridgeError] = {}
+        for name, future in futures.items():
+            try:
+                out[name] = future.get(timeout=max(0.0, deadline - time.monotonic()) + 0.5)
+            except BridgeError as exc:
+                out[name] = exc
+            except TimeoutError:
+                out[name] = NoAnswerError(f"node {name!r} did not answer in time")
+        return out
+
+    def _send_recover(self, request: RecoverRequest, attempt: int = 1) -> None:
+        route = self._route_to(request.origin)
+        rid = request.rid
+        if route is None:
+            self._deliver(self._in.on_recovery_failed(rid))
+            return
+
+        def done(reply: Request | None) -> None:
+            if reply is None or reply.kind == ERROR:
+                if reply is None:
+                    self._unanswered(request.origin)
+                # A slow answer (a loaded origin) is not a lost range: ask
+                # again while the origin is alive, and give up only then.
+                if attempt < _RECOVER_ATTEMPTS and self._alive(request.origin):
+                    self._stats.recovery_retries += 1
+                    self._send_recover(request, attempt + 1)
+                    return
+                self._deliver(self._in.on_recovery_failed(rid))
+                return
+            try:
+                events = decode_events(reply.payload)
+                body = reply.body
+                complete, scanned = bool(body["complete"]), int(body["scanned"])
+                lost = bool(body.get("lost", False))
+            except (FrameError, KeyError, TypeError, ValueError):
+                self._stats.frames_dropped += 1
+                self._deliver(self._in.on_recovery_failed(rid))
+                return
+            self._stats.events_recovered += len(events)
+            self._deliver(self._in.on_recovered(rid, events, complete, scanned, lost))
+
+        self._waiting[rid] = (done, time.monotonic() + 2 * self._node.heartbeat_timeout)
+        body = {"after": request.after, "upto": request.upto, "prefixes": list(request.prefixes)}
+        self._send(route, Request(RECOVER, request.origin, self.name, rid, body))
+
+    def _serve(self, message: Request, route: Route) -> None:
+        """Answer a peer's request (worker thread: may block on the journal)."""
+        local = self._local
+        reply_body: dict[str, Any] = {}
+        try:
+            if message.kind == RECOVER:
+                body = message.body
+                if local.journal is None:
+                    # The ring belongs to the I/O thread: read it there.
+                    events, reply_body = self._ask_io(
+                        lambda: serve_recover(local, self._out, body), _stopped
+                    )
+                else:
+                    events, reply_body = serve_recover(local, self._out, body)
+                events, reply_body = fit_answer(events, reply_body, self._max - 4096)
+            elif message.kind == QUERY:
+                journal = local.journal
+                if journal is None:
+                    raise BridgeError(f"node {self.name} keeps no journal")
+                events = journal.read(query_from_json(message.body), 30.0)
+            elif message.kind == PUBLISH:
+                events = self._ledger.publish(local, decode_events(message.payload))
+            elif message.kind == METRICS:  # figures travel as one carrier event
+                heard = self._ask_io(self._heard, _no_peers)
+                events = [metrics_answer(local.metrics(), heard)]
+            else:
+                cid = uuid.UUID(str(message.body["correlation_id"]))
+                events = local.local_correlated(cid, 30.0)
+            payload = encode_batch(events)
+            if len(payload) > self._max - 4096:
+                raise EventTooLargeError(f"the answer is larger than {self._max} bytes")
+            reply = Request(EVENTS, message.sender, self.name, message.rid, reply_body, payload)
+        except Exception as exc:
+            reply = Request(ERROR, message.sender, self.name, message.rid, {"error": str(exc)})
+        self._call_soon(lambda: self._send(route, reply))
+
+    def _heard(self) -> dict[str, float]:
+        """Return, per peer, the seconds since it was last heard (I/O thread)."""
+        now = time.monotonic()
+        return {p.name: now - p.last_seen for p in self._peers.values()}
+
+    # -- timers ---------------------------------------------------------------------------
+
+    def _hello_links(self, now: float) -> None:
+        timeout = self._node.heartbeat_timeout
+        for link in self._links:
+            if link.refused:
+                continue
+            dead = link.name is not None and not self._alive(link.name) and not link.broker
+            if (not link.welcomed or dead) and now - link.hello_at > timeout:
+                link.hello_at = now
+                self._send((link.sock, None), self._hello_request(HELLO, "", _HELLO_RID))
+        for rid, (callback, deadline) in list(self._waiting.items()):
+            if now > deadline:
+                del self._waiting[rid]
+                callback(None)
+
+
+def _no_peers() -> dict[str, float]:
+    return {}
+
+
+def _stopped() -> tuple[list[Event], dict[str, Any]]:
+    raise BridgeError("the node is closing")
+
+
+def _property(frame: zmq.Frame, name: str) -> str | None:
+    try:
+        value = frame.get(name)
+    except zmq.ZMQError:
+        return None
+    return value if isinstance(value, str) and value else None
+
+
+def _key(body: dict[str, Any]) -> bytes | None:
+    value = body.get("key")
+    return value.encode() if isinstance(value, str) and len(value) == 40 else None

@@ -1,0 +1,272 @@
+"""The event stream of the bridge (I/O thread): frames out on the XPUB, frames in on the SUB.
+
+Records from the local router go out as data frames (``Outbound``); frames
+from peers go through ``Inbound`` (gaps, recovery, order, duplicates) and on
+to the local router.  Heartbeats and sync replies are control frames.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import zmq
+
+from actors._cluster.endpoints import Peer
+from actors._cluster.io_base import BridgeBase
+from actors._cluster.wire import (
+    HEARTBEAT,
+    HEARTBEAT_TOPIC,
+    SYNC,
+    ControlFrame,
+    FrameError,
+    decode_stream,
+    encode_control,
+    parse_sync_topic,
+    sync_topic,
+)
+from actors._core.messages import Barrier, Record
+from actors._model.event import Event
+from actors._runtime.dispatcher import FifoMailbox
+
+__all__ = ["StreamIO", "WakeMailbox"]
+
+logger = logging.getLogger("actors.bridge")
+
+RECV_BURST = 512
+
+
+class WakeMailbox(FifoMailbox):
+    """A ``FifoMailbox`` whose "schedule" writes a byte to the I/O thread's wake-up pipe."""
+
+    __slots__ = ("_wake",)
+
+    def __init__(self, wake: Callable[[], None]) -> None:
+        super().__init__()
+        self._wake = wake
+
+    def _schedule(self) -> None:
+        self._wake()
+
+    def claimed(self) -> bool:
+        """Return whether a turn is due (mail arrived since the last ``finish_turn``)."""
+        return self._sched.locked()
+
+
+class StreamIO(BridgeBase):
+    """The stream half of the bridge (see the module docstring)."""
+
+    mailbox: WakeMailbox
+
+    # -- out ----------------------------------------------------------------------------
+
+    def _drain_mailbox(self) -> None:
+        mailbox = self.mailbox
+        if not mailbox.claimed():
+            return
+        while True:
+            items = mailbox.take(1024)
+            events: list[Event] = []
+            for item in items:
+                if type(item) is Record:
+                    events.extend(item.events)
+                elif type(item) is Barrier:
+                    self._send_frames(events)
+                    events = []
+                    item.callback()
+            self._send_frames(events)
+            if not mailbox.has_mail():
+                break
+        mailbox.finish_turn()
+
+    def _send_frames(self, events: list[Event]) -> None:
+        if not events:
+            return
+        out = self._out
+        for parts in out.frames(events):
+            try:
+                self._xpub.send_multipart(parts, zmq.NOBLOCK)
+            except zmq.Again:
+                self._stats.frames_unsent += 1
+                continue
+            self._stats.frames_sent += 1
+        for event, size in out.take_oversized():
+            self._stats.events_too_large += 1
+            logger.warning(
+                "bridge %s: event %s (%s, sequence %s) is %d bytes encoded, over "
+                "max_frame_bytes=%d: not sent to any peer",
+                self.name,
+                event.id,
+                event.event_type,
+                event.sequence,
+                size,
+                self._max,
+            )
+
+    def _on_xpub(self) -> None:
+        for _ in range(RECV_BURST):
+            try:
+                message = self._xpub.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if not message:
+                continue
+            subscribe, topic = message[0] == 1, message[1:]
+            sync = parse_sync_topic(topic)
+            if sync is not None:
+                if subscribe:
+                    body = {
+                        "node": self.name,
+                        "epoch": self._epoch,
+                        "base": self._base,
+                        "head": self._out.head,
+                        "for": sync[0],
+                        "round": sync[1],
+                    }
+                    self._xpub.send_multipart(encode_control(topic, SYNC, body))
+            elif topic.startswith(HEARTBEAT_TOPIC[:1]):
+                continue
+            elif subscribe:
+                self._out.add_prefix(topic)
+            else:
+                self._out.remove_prefix(topic)
+
+    # -- in -----------------------------------------------------------------------------
+
+    def _on_sub(self) -> None:
+        now = time.monotonic()
+        delivered: list[Event] = []
+        for _ in range(RECV_BURST):
+            try:
+                parts = self._sub.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            size = sum(len(p) for p in parts)
+            if size > self._max:
+                self._stats.frames_too_large += 1
+                self._stats.frames_dropped += 1
+                logger.warning(
+                    "bridge %s: dropped a frame of %d bytes, over max_frame_bytes=%d",
+                    self.name,
+                    size,
+                    self._max,
+                )
+                continue
+            try:
+                frame = decode_stream(parts, self._max)
+            except FrameError as exc:
+                self._stats.frames_dropped += 1
+                logger.warning("bridge %s: dropped a malformed frame: %s", self.name, exc)
+                continue
+            if isinstance(frame, ControlFrame):
+                delivered.extend(self._on_control(frame, now))
+                continue
+            if frame.origin == self.name:
+                continue
+            self._stats.frames_received += 1
+            self._stats.events_received += len(frame.events)
+            self._seen(frame.origin, now)
+            rejected = self._in.rejected
+            delivered.extend(
+                self._in.on_data(
+                    frame.origin,
+                    epoch=frame.epoch,
+                    first=frame.first,
+                    last=frame.last,
+                    chains=frame.chains,
+                    events=frame.events,
+                    now=now,
+                )
+            )
+            if self._in.rejected != rejected:
+                self._stats.sequences_rejected += self._in.rejected - rejected
+                logger.warning(
+                    "bridge %s: rejected a frame of %s: sequences %d..%d are out of range",
+                    self.name,
+                    frame.origin,
+                    frame.first,
+                    frame.last,
+                )
+        self._deliver(delivered)
+
+    def _on_control(self, frame: ControlFrame, now: float) -> list[Event]:
+        body = frame.body
+        try:
+            origin = str(body["node"])
+            epoch, base, head = int(body["epoch"]), int(body["base"]), int(body["head"])
+            if origin == self.name:
+                return []
+            if frame.kind == SYNC:
+                if body.get("for") != self.name or int(body["round"]) != self._round:
+                    return []
+                self._seen(origin, now)
+                return self._in.on_sync(origin, epoch, base, head, now)
+            assert frame.kind == HEARTBEAT
+            chains = {str(p).encode(): int(s) for p, s in body.get("chains", [])}
+        except (KeyError, TypeError, ValueError) as exc:
+            self._stats.frames_dropped += 1
+            logger.debug("bridge %s: bad control frame: %s", self.name, exc)
+            return []
+        self._seen(origin, now)
+        return self._in.on_heartbeat(
+            origin, epoch=epoch, base=base, head=head, chains=chains, now=now
+        )
+
+    def _seen(self, name: str, now: float) -> None:
+        peer = self._peers.get(name)
+        if peer is None:
+            peer = self._peers[name] = Peer(name)
+            if self._persistent and name not in self._in.origins:
+                self._in.start_loading(name, now)
+                self._workers.submit(self._load_watermark, name)
+        if not peer.alive:
+            logger.info("bridge %s: node %s is alive", self.name, name)
+        peer.alive = True
+        peer.last_seen = now
+
+    def _load_watermark(self, name: str) -> None:
+        """Read the saved watermark of ``name`` (worker thread), then hand it to the I/O thread."""
+        journal = self._local.journal
+        value: int | None = None
+        if journal is not None:
+            try:
+                value = journal.load_checkpoint(f"bridge:{name}", 30.0)
+            except Exception:
+                logger.exception("bridge %s: cannot read the watermark of %s", self.name, name)
+        self._call_soon(lambda: self._deliver(self._in.loaded(name, value, time.monotonic())))
+
+    def _set_patterns(self, patterns: list[str]) -> None:
+        now = time.monotonic()
+        added, removed = self._in.set_patterns(patterns, now)
+        for prefix in added:
+            self._sub.subscribe(prefix)
+        for prefix in removed:
+            self._sub.unsubscribe(prefix)
+        if added or removed:
+            # A new round: every publisher answers once it applied the prefixes above.
+            self._sub.unsubscribe(sync_topic(self.name, self._round))
+            self._round += 1
+            self._sub.subscribe(sync_topic(self.name, self._round))
+        self._deliver([])
+
+    def _heartbeat(self, now: float) -> None:
+        body = {
+            "node": self.name,
+            "epoch": self._epoch,
+            "base": self._base,
+            "head": self._out.head,
+            "chains": self._out.chains(),
+        }
+        self._xpub.send_multipart(encode_control(HEARTBEAT_TOPIC, HEARTBEAT, body))
+        timeout = self._node.heartbeat_timeout
+        for peer in self._peers.values():
+            if peer.alive and now - peer.last_seen > timeout:
+                peer.alive = False
+                logger.warning("bridge %s: node %s is not responding", self.name, peer.name)
+                if peer.candidate is not None:
+                    peer.route, peer.candidate = peer.candidate, None
+                if peer.candidate_stream is not None:
+                    (endpoint, key), peer.candidate_stream = peer.candidate_stream, None
+                    self._connect_stream(peer.name, endpoint, key)
+        self._deliver(self._in.expire_syncs(now, timeout))

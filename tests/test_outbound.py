@@ -1,0 +1,43 @@
+"""Frames from local events (``_cluster.outbound``): batching by count and by bytes."""
+
+from __future__ import annotations
+
+from actors import Event
+from actors._cluster.limits import FRAME_OVERHEAD
+from actors._cluster.outbound import Outbound
+from actors._cluster.wire import DataFrame, decode_stream
+
+MAX = FRAME_OVERHEAD + 100_000
+
+
+def local(seq: int, size: int) -> Event:
+    return Event(event_type="blob.put", data="x" * size, sequence=seq, origin="a")
+
+
+def decode(parts: list[bytes]) -> DataFrame:
+    assert sum(len(p) for p in parts) <= MAX
+    frame = decode_stream(parts, MAX)
+    assert isinstance(frame, DataFrame)
+    return frame
+
+
+def test_frames_stay_under_the_byte_limit_and_big_events_go_alone() -> None:
+    out = Outbound("a", epoch=1, batch_size=1000, ring_size=100, max_frame_bytes=MAX)
+    out.add_prefix(b"blob.")
+    sizes = [1_000, 60_000, 60_000, 10, 99_000, 10]
+    frames = [decode(f) for f in out.frames([local(i + 1, s) for i, s in enumerate(sizes)])]
+    assert [[e.sequence for e in f.events] for f in frames] == [[1, 2], [3, 4], [5, 6]]
+    # The chain pointers go from frame to frame: a receiver sees no gap.
+    assert [dict(f.chains)[b"blob."] for f in frames] == [0, 2, 4]
+    assert out.take_oversized() == []
+
+
+def test_an_event_over_the_limit_is_set_aside_without_breaking_the_chain() -> None:
+    out = Outbound("a", epoch=1, batch_size=1000, ring_size=100, max_frame_bytes=MAX)
+    out.add_prefix(b"blob.")
+    frames = [decode(f) for f in out.frames([local(1, 10), local(2, 200_000), local(3, 10)])]
+    assert [[e.sequence for e in f.events] for f in frames] == [[1, 3]]
+    ((event, size),) = out.take_oversized()
+    assert event.sequence == 2
+    assert size > 200_000
+    assert out.take_oversized() == []
