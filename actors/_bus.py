@@ -60,8 +60,9 @@ from actors._errors import (
     InvalidEventError,
     RateLimitedError,
 )
-from actors._journal.actor import JournalActor, enforce_retention, first_free_sequence
-from actors._journal.storage import RocksStorage, Storage
+from actors._journal.actor import JournalActor
+from actors._journal.factory import open_journal
+from actors._journal.records import Storage
 from actors._model.config import EventConfig, NodeConfig, OverflowStrategy
 from actors._model.event import _FIELD_NAMES, Event
 from actors._model.filter import FilterLike, as_predicate
@@ -122,16 +123,10 @@ class EventBus:
 
         # Open the journal before starting anything, so a locked or broken
         # journal fails the constructor with nothing left running.
-        self._storage: Storage | None = None
-        first_sequence = 1
-        if cfg.persistence_path is not None:
-            self._storage = RocksStorage(cfg.persistence_path)
-            try:
-                enforce_retention(self._storage, cfg.retention_days, cfg.max_events)
-                first_sequence = first_free_sequence(self._storage)
-            except BaseException:
-                self._storage.close()
-                raise
+        opened = open_journal(cfg)
+        self._storage: Storage | None = opened.storage if opened is not None else None
+        self._journal_lost = opened.recovery.lost if opened is not None else 0
+        first_sequence = opened.first_sequence if opened is not None else 1
         self._dispatcher = Dispatcher(cfg.threads, name=f"bus-{name or format(id(self), 'x')}")
         self._correlation = _start(
             CorrelationActor(
