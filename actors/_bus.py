@@ -58,9 +58,11 @@ from actors._errors import (
     EventBusError,
     FutureTimeoutError,
     InvalidEventError,
+    JournalError,
     RateLimitedError,
 )
 from actors._journal.actor import JournalActor
+from actors._journal.deadletters import dead_letter_query, letter_from_event
 from actors._journal.factory import open_journal
 from actors._journal.records import Storage
 from actors._model.config import EventConfig, NodeConfig, OverflowStrategy
@@ -255,6 +257,7 @@ class EventBus:
         """
         if self._closed:
             raise BusClosedError("the bus is closed")
+        self._check_writable()
         event = self._prepare(event_or_type, data, fields)
         if self._bucket is not None and not self._bucket.try_take():
             self._rate_limited += 1
@@ -278,6 +281,7 @@ class EventBus:
         """
         if self._closed:
             raise BusClosedError("the bus is closed")
+        self._check_writable()
         prepared = [self._prepare(e, None, {}) for e in events]
         if not prepared:
             return []
@@ -299,6 +303,13 @@ class EventBus:
     ) -> BusFuture[Event]:
         """Publish ``event_type`` with ``data`` as part of the workflow ``correlation_id``."""
         return self.publish(event_type, data, correlation_id=correlation_id, **fields)
+
+    def _check_writable(self) -> None:
+        if self._storage is not None and self._storage.read_only:
+            raise JournalError(
+                "this bus opened its journal read-only (EventConfig(read_only=True)): "
+                "publishing is refused"
+            )
 
     def _prepare(self, event_or_type: Event | str, data: Any, fields: dict[str, Any]) -> Event:
         cause = current_event.get()
@@ -550,37 +561,24 @@ class EventBus:
         self._dead.append(replace(letter, letter=announcement))
         self._publish_internal(announcement)
 
-    def dead_letters(self) -> list[DeadLetter]:
-        """Return the dead letters: from the journal where persistent, else the recent ones kept."""
+    def dead_letters(
+        self, *, limit: int | None = None, after: int | None = None
+    ) -> list[DeadLetter]:
+        """Return dead letters, oldest first: from the journal where persistent.
+
+        ``limit`` caps how many; ``after`` (a persistent bus only) starts
+        after that journal sequence: pass the last letter's
+        ``letter.sequence`` to read the next page.  Without ``limit`` the
+        journal is still read page by page.  A bus without a journal keeps
+        the most recent ``dead_letter_limit`` letters.
+        """
+        query = dead_letter_query(limit=limit, after=after)
         if self._journal is None:
-            return list(self._dead)
-        letters = []
-        for letter in self.query(EventQuery(event_types=["$bus.deadletter"])):
-            data = letter.data
-            if not isinstance(data, dict):
-                continue
-            try:
-                raw = data["event"]
-                if not isinstance(raw, dict):
-                    raise TypeError("not a dict")
-                original = Event.from_dict(raw)
-                attempts = data.get("attempts", 0)
-                attempts = attempts if isinstance(attempts, int) else 0
-            except (KeyError, TypeError, InvalidEventError):
-                logger.warning("dead letter %s has an unreadable payload", letter.id)
-                continue
-            letters.append(
-                DeadLetter(
-                    subscription_id=str(data.get("subscription")),
-                    pattern=str(data.get("pattern")),
-                    event=original,
-                    error_type=str(data.get("error_type")),
-                    error=str(data.get("error")),
-                    attempts=attempts,
-                    letter=letter,
-                )
-            )
-        return letters
+            if after is not None:
+                raise ValueError("after (a journal sequence) needs a persistent bus")
+            return list(self._dead)[:limit]
+        events = self.query(query) if limit is not None else self._iter_query(query, 1000)
+        return [d for d in map(letter_from_event, events) if d is not None]
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -847,6 +845,7 @@ class EventBus:
                 else 0
             ),
             bridge=self._bridge.statistics() if self._bridge is not None else None,
+            journal_lost_events=self._journal_lost,
         )
 
     def _journal_figures(self) -> tuple[int, float | None, int]:

@@ -131,7 +131,11 @@ class JournalActor(DispatchedActor):
 
     def _write(self) -> None:
         events = self._pending
-        if events:
+        if events and self.storage.read_only:
+            # Only the bus's own notices get here (publish refuses first).
+            self._pending, self._pending_futures = [], []
+            logger.debug("read-only journal: %d event(s) not journaled", len(events))
+        elif events:
             futures = self._pending_futures
             self._pending = []
             self._pending_futures = []
@@ -165,7 +169,7 @@ class JournalActor(DispatchedActor):
                 for event, future in zip(events, futures, strict=True):
                     if future is not None:
                         future.set(event)
-        if self._checkpoints:
+        if self._checkpoints and not self.storage.read_only:
             checkpoints = self._checkpoints
             self._checkpoints = {}
             for name, sequence in checkpoints.items():

@@ -38,6 +38,7 @@ from actors._errors import (
     JournalNotFoundError,
 )
 from actors._journal.highwater import HighWaterMark
+from actors._journal.records import SEQ
 from actors._journal.rocks_store import RocksTables
 
 __all__ = ["RocksStorage", "repair_files"]
@@ -210,16 +211,22 @@ class RocksStorage(RocksTables):
         if self.read_only and _lock_holder(self._path) is not None:
             # A live writer holds it: its log's tail may be mid-write.
             return self._rdict(lenient, create=False)
-        if not self._readable_leniently(lenient):
+        kept = self._readable_leniently(lenient)
+        if kept is None:
             msg = f"cannot open journal {self._path!r}: {first}"
             raise JournalError(msg) from first
         # Strict recovery failed where lenient recovery reads: the WAL is damaged.
         if recover == "refuse":
+            acknowledged = HighWaterMark(self._path, writable=False).value
+            loss = (
+                f"{acknowledged - kept} acknowledged event(s), sequences {kept + 1}..{acknowledged}"
+                if acknowledged > kept
+                else "every event written after the damage"
+            )
             msg = (
                 f"journal {self._path!r} has a damaged write-ahead log ({first}); opening "
-                "it would drop every event written after the damage. To accept the loss, "
-                "open it with EventConfig(recover='truncate') or run "
-                "actors._journal.repair(path)"
+                f"it would lose {loss}. To accept the loss, open it with "
+                "EventConfig(recover='truncate') or run actors._journal.repair(path)"
             )
             raise JournalDamagedError(msg) from first
         self.wal_damaged = True
@@ -246,12 +253,12 @@ class RocksStorage(RocksTables):
         opts.create_missing_column_families(True)
         return rocksdict.Rdict(self._path, opts, column_families=_families(recovery, None))
 
-    def _readable_leniently(self, recovery: Any) -> bool:
-        """Return whether a read-only, point-in-time open succeeds (writes nothing)."""
+    def _readable_leniently(self, recovery: Any) -> int | None:
+        """Open read-only, point-in-time (writes nothing); return its last sequence or None."""
         try:
             view = _linked_view(self._path)
         except OSError:
-            return False
+            return None
         try:
             opts = _options(recovery=recovery)
             opts.create_if_missing(False)
@@ -262,13 +269,19 @@ class RocksStorage(RocksTables):
                 access_type=rocksdict.AccessType.read_only(),
             )
         except Exception:
-            return False
-        else:
+            return None
+        try:
+            cursor = db.iter()
+            cursor.seek_to_last()
+            last = int(SEQ.unpack(cursor.key())[0]) if cursor.valid() else 0
+            del cursor
+        except Exception:
+            last = 0
+        finally:
             with contextlib.suppress(Exception):
                 db.close()
-            return True
-        finally:
             shutil.rmtree(view, ignore_errors=True)
+        return last
 
     def _new_batch(self) -> rocksdict.WriteBatch:
         return rocksdict.WriteBatch(raw_mode=True)

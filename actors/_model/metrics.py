@@ -64,6 +64,7 @@ class BusMetrics:
     rate_limited: int = 0
     journal_corrupt_records: int = 0
     bridge: BridgeStatistics | None = None
+    journal_lost_events: int = 0
 
 
 class LatencyWindow:
@@ -140,7 +141,8 @@ _HELP = {
     "journal_written": "Events written to the journal.",
     "journal_size_bytes": "Approximate size of the journal on disk.",
     "rate_limited": "Publishes refused by the rate limit.",
-    "journal_corrupt_records": "Stored records skipped because they could not be decoded.",
+    "journal_corrupt_records": "Stored records skipped because they could not be read.",
+    "journal_lost_events": "Acknowledged events a damaged journal no longer held at open.",
 }
 
 _COUNTERS = {
