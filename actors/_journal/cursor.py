@@ -99,40 +99,58 @@ def walk_sequences(
     cursor = cf.iter()
     step = -1 if backwards else 1
     last: int | None = None  # the last sequence read cleanly
+    pending: list[int] | None = None  # [first, resume) skipped, not yet reported
     pos = start
     while True:
         _position(cursor, SEQ.pack(pos), backwards)
         while cursor.valid():
+            if pending is not None:
+                _report(on_skip, pending, backwards)
+                pending = None
             seq = int(SEQ.unpack(cursor.key())[0])
             yield seq, (cursor.value() if values else None)
             last = seq
             cursor.prev() if backwards else cursor.next()
         error = _failed(cursor)
         if error is None:
-            return
+            break
         first = pos if last is None else last + step
-        resume = _resume_point(cursor, first, step)
+        resume = _resume_point(cf, first, step)
         if resume is None:
             msg = (
                 f"journal read failed at sequence {first} and no later block reads cleanly: {error}"
             )
             raise JournalError(msg) from error
-        if backwards:
-            on_skip(resume + 1, first + 1)
+        # A resume point can land inside the same damage (RocksDB's seek may
+        # read cleanly where the next step does not): merge such skips.
+        if pending is not None and last is None:
+            pending[1] = resume
         else:
-            on_skip(first, resume)
+            pending = [first, resume]
         if not 0 <= resume <= MAX_SEQ:
-            return
+            break
         pos = resume
         last = None
+        cursor = cf.iter()  # an iterator that failed once may not recover on a seek
+    if pending is not None:
+        _report(on_skip, pending, backwards)
 
 
-def _reads_cleanly(cursor: Cursor, seq: int, step: int) -> bool:
+def _report(on_skip: SkipHandler, skipped: list[int], backwards: bool) -> None:
+    first, resume = skipped
+    if backwards:
+        on_skip(resume + 1, first + 1)
+    else:
+        on_skip(first, resume)
+
+
+def _reads_cleanly(cf: Iterable, seq: int, step: int) -> bool:
+    cursor = cf.iter()
     _position(cursor, SEQ.pack(seq), step < 0)
     return cursor.valid() or _failed(cursor) is None
 
 
-def _resume_point(cursor: Cursor, first: int, step: int) -> int | None:
+def _resume_point(cf: Iterable, first: int, step: int) -> int | None:
     """Return the first sequence at or past ``first`` (in ``step`` direction) that reads cleanly.
 
     Returns MAX_SEQ + 1 (or -1 backwards) when everything past the damage is
@@ -143,13 +161,13 @@ def _resume_point(cursor: Cursor, first: int, step: int) -> int | None:
         probe = first + step * distance
         if probe > MAX_SEQ or probe < 0:
             end = MAX_SEQ if step > 0 else 0
-            if not _reads_cleanly(cursor, end, step):
+            if not _reads_cleanly(cf, end, step):
                 return None
             probe = end
             if probe == bad:
                 return end + step
             break
-        if _reads_cleanly(cursor, probe, step):
+        if _reads_cleanly(cf, probe, step):
             break
         bad = probe
         distance *= 2
@@ -157,7 +175,7 @@ def _resume_point(cursor: Cursor, first: int, step: int) -> int | None:
     good = probe
     while abs(good - bad) > 1:
         mid = (good + bad) // 2
-        if _reads_cleanly(cursor, mid, step):
+        if _reads_cleanly(cf, mid, step):
             good = mid
         else:
             bad = mid

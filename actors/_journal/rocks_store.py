@@ -304,26 +304,29 @@ class RocksTables(RetentionMixin, IndexedStorage):
         if (first, resume) in self._skipped_blocks:
             return
         self._skipped_blocks.add((first, resume))
-        lost = self._indexed_between(first, resume)
-        self.corrupt_records += lost
+        unread = self._indexed_between(first, resume)
+        fresh = [seq for seq in unread if seq not in self._corrupt_seen]
+        self._corrupt_seen.update(fresh)
+        self.corrupt_records += len(fresh)
         logger.warning(
             "journal %s: a damaged block was skipped: %d record(s) in sequences %d..%d "
             "cannot be read",
             self._path,
-            lost,
+            len(unread),
             first,
             resume - 1,
         )
 
-    def _indexed_between(self, first: int, resume: int) -> int:
-        """Count the records the type index lists in [first, resume); the gap if unreadable."""
+    def _indexed_between(self, first: int, resume: int) -> list[int]:
+        """Return the sequences the type index lists in [first, resume); the gap if unreadable."""
         try:
-            return sum(
-                sum(1 for _ in self._type_seqs(name, first, resume, False))
+            return sorted(
+                seq
                 for name in self._type_ids
+                for seq in self._type_seqs(name, first, resume, False)
             )
         except JournalError:
-            return max(min(resume, self._last + 1) - first, 0)
+            return list(range(first, max(min(resume, self._last + 1), first)))
 
     def _row(self, seq: int, value: bytes) -> Row | None:
         try:
