@@ -67,6 +67,12 @@ class HighWaterMark:
         else:
             self._dirty = True
 
+    def fsync(self) -> None:
+        """Block until the mark written last is on disk (releases the GIL meanwhile)."""
+        if self._fd is not None and self._dirty:
+            os.fdatasync(self._fd)
+            self._dirty = False
+
     def close(self) -> None:
         """Fsync what is not yet on disk and close the file.  Idempotent."""
         if self._fd is None:

@@ -313,6 +313,7 @@ class RocksStorage(RocksTables):
         for name in ("_type_h", "_time_h", "_cid_h", "_meta_h"):
             self.__dict__.pop(name, None)
         first: Exception | None = None
+        self._fsyncer.shutdown(wait=True)
         if self._mark is not None:
             try:
                 self._mark.close()
