@@ -1,4 +1,4 @@
-"""Retention and index walks of the RocksDB layout (a mixin of ``RocksTables``).
+"""Retention, checkpoints and index walks of the RocksDB layout (a mixin of ``RocksTables``).
 
 Deletes go in WriteBatches of at most 50,000 records: range deletes over runs
 of consecutive sequences in the primary space, point deletes of index keys.
@@ -9,15 +9,25 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from actors._errors import JournalError
 from actors._journal.cursor import walk
-from actors._journal.records import MAX_SEQ, SEQ, TIME_KEY, TS_BIAS, TYPE_KEY, parse_value
+from actors._journal.records import (
+    HIGH_WATER,
+    MAX_SEQ,
+    SEQ,
+    TIME_KEY,
+    TS_BIAS,
+    TYPE_KEY,
+    parse_value,
+)
 
 __all__ = ["RetentionMixin"]
 
 _RETENTION_CHUNK = 50_000  # records per retention WriteBatch: bounds memory and batch size
 _META_COUNT = b"s:count"
+META_CHECKPOINT = b"c:"  # c:<name utf-8> -> sequence (u64)
 
 
 class RetentionMixin:
@@ -34,8 +44,14 @@ class RetentionMixin:
     _count: int
     _type_ids: dict[str, int]
     _corrupt_seen: set[int]
+    _meta: Any
+    _last: int
 
     # Supplied by RocksTables / rocks.py.
+    if TYPE_CHECKING:  # IndexedStorage's; a stub here would shadow it in the MRO
+
+        def _check_open(self) -> None: ...
+
     def _check_writable(self) -> None:
         raise NotImplementedError
 
@@ -46,7 +62,18 @@ class RetentionMixin:
         raise NotImplementedError
 
     def _multi_get(self, seqs: list[int]) -> list[bytes | None]:
-        raise NotImplementedError
+        """Return the values of these sequences; a record in a damaged block counts and is None."""
+        try:
+            values: list[bytes | None] = self._db.get([SEQ.pack(s) for s in seqs])
+        except Exception:
+            values = []
+            for seq in seqs:  # one by one, to find the unreadable ones
+                try:
+                    values.append(self._db.get(SEQ.pack(seq)))
+                except Exception as exc:
+                    self._report_corrupt(seq, exc)
+                    values.append(None)
+        return values
 
     def _sequences(
         self, start: int, *, backwards: bool = False, values: bool = True
@@ -83,6 +110,33 @@ class RetentionMixin:
                     return
                 ts, seq = TIME_KEY.unpack(key)
                 yield ts - TS_BIAS, seq
+
+    # -- checkpoints and figures -------------------------------------------------
+
+    def get_checkpoint(self, name: str) -> int | None:
+        """Return the sequence saved under ``name``, or None.  Reads one key."""
+        self._check_open()
+        try:
+            value = self._meta.get(META_CHECKPOINT + name.encode())
+        except Exception as exc:
+            msg = f"journal read failed: {exc}"
+            raise JournalError(msg) from exc
+        return None if value is None else int(SEQ.unpack(value)[0])
+
+    def set_checkpoint(self, name: str, sequence: int, *, sync: bool = False) -> None:
+        """Save ``sequence`` under ``name``; with ``sync``, block until it is on disk.
+
+        Raises ``JournalError`` if the write fails or the journal is read-only.
+        """
+        self._check_writable()
+        batch = self._new_batch()
+        batch.put(META_CHECKPOINT + name.encode(), SEQ.pack(sequence), self._meta_h)
+        self._write(batch, sync)
+
+    def accept_loss(self, sequence: int) -> None:
+        """Record that sequences up to ``sequence`` are spoken for (after an accepted loss)."""
+        self._check_writable()
+        self.set_checkpoint(HIGH_WATER, max(sequence, self._last), sync=True)
 
     # -- retention -------------------------------------------------------------
 

@@ -27,7 +27,6 @@ from actors._journal.records import (
     FLAG_SOURCE,
     HEADER,
     HEADER_VERSION,
-    HIGH_WATER,
     MAX_SEQ,
     SEQ,
     TIME_KEY,
@@ -48,7 +47,6 @@ logger = logging.getLogger("actors.storage")
 _T = TypeVar("_T")
 _FORMAT = 1  # meta "s:format"; bump when the layout changes
 META_TYPE = b"t:"  # t:<event type utf-8> -> type id (u32)
-META_CHECKPOINT = b"c:"  # c:<name utf-8> -> sequence (u64)
 META_COUNT = b"s:count"
 _META_SKEW = b"s:skew"
 _META_FORMAT = b"s:format"
@@ -286,11 +284,6 @@ class RocksTables(RetentionMixin, IndexedStorage):
             msg = f"journal high-water mark not synced: {error}"
             raise JournalError(msg) from error
 
-    def accept_loss(self, sequence: int) -> None:
-        """Record that sequences up to ``sequence`` are spoken for (after an accepted loss)."""
-        self._check_writable()
-        self.set_checkpoint(HIGH_WATER, max(sequence, self._last), sync=True)
-
     def _encode_source(self, source: str) -> bytes:
         encoded = encode_source(source)
         if len(self._source_cache) < 1024:  # sources are few (agent names)
@@ -397,35 +390,3 @@ class RocksTables(RetentionMixin, IndexedStorage):
     def _fetch_rows(self, seqs: list[int]) -> list[Row | None]:
         values = self._multi_get(seqs)
         return [None if v is None else self._row(s, v) for s, v in zip(seqs, values, strict=True)]
-
-    def _multi_get(self, seqs: list[int]) -> list[bytes | None]:
-        """Return the values of these sequences; a record in a damaged block counts and is None."""
-        try:
-            values: list[bytes | None] = self._db.get([SEQ.pack(s) for s in seqs])
-        except Exception:
-            values = []
-            for seq in seqs:  # one by one, to find the unreadable ones
-                try:
-                    values.append(self._db.get(SEQ.pack(seq)))
-                except Exception as exc:
-                    self._report_corrupt(seq, exc)
-                    values.append(None)
-        return values
-
-    # -- checkpoints and figures -------------------------------------------------
-
-    def get_checkpoint(self, name: str) -> int | None:
-        """Return the sequence saved under ``name``, or None.  Reads one key."""
-        self._check_open()
-        value = read(lambda: self._meta.get(META_CHECKPOINT + name.encode()))
-        return None if value is None else int(SEQ.unpack(value)[0])
-
-    def set_checkpoint(self, name: str, sequence: int, *, sync: bool = False) -> None:
-        """Save ``sequence`` under ``name``; with ``sync``, block until it is on disk.
-
-        Raises ``JournalError`` if the write fails or the journal is read-only.
-        """
-        self._check_writable()
-        batch = self._new_batch()
-        batch.put(META_CHECKPOINT + name.encode(), SEQ.pack(sequence), self._meta_h)
-        self._write(batch, sync)
