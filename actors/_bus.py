@@ -590,8 +590,13 @@ class EventBus:
         Sees every event published before the call: from memory for live
         traces, from the journal (where persistent) for old or evicted ones.
         Blocks until answered (``FutureTimeoutError`` after ``timeout``).
+        Raises ``TypeError`` if ``correlation_id`` is not a ``uuid.UUID``.
         """
         self._check_open()
+        if not isinstance(correlation_id, uuid.UUID):
+            raise TypeError(
+                f"correlation_id must be a uuid.UUID, not {type(correlation_id).__name__}"
+            )
         future: BusFuture[Any] = BusFuture()
         self._router_mailbox.put(GetCorrelated(correlation_id, future))
         events, complete = future.get(timeout=timeout)
@@ -879,8 +884,10 @@ class PersistentEventBus(EventBus):
     """An ``EventBus`` whose events persist to a RocksDB journal.
 
     Requires ``EventConfig.persistence_path``.  Raises ``JournalLockedError``
-    when another process holds the journal, ``JournalError`` when it cannot
-    be opened.
+    when a process (this one or another) holds the journal,
+    ``JournalNotFoundError`` when ``read_only`` and the folder holds no
+    journal, ``JournalDamagedError`` when acknowledged events are missing and
+    ``recover`` is ``"refuse"``, ``JournalError`` when it cannot be opened.
     """
 
     def __init__(
