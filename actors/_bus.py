@@ -72,10 +72,13 @@ from actors._errors import (
     EventBusError,
     FutureTimeoutError,
     InvalidEventError,
+    JournalError,
     RateLimitedError,
 )
-from actors._journal.actor import JournalActor, enforce_retention, first_free_sequence
-from actors._journal.storage import RocksStorage, Storage
+from actors._journal.actor import JournalActor
+from actors._journal.deadletters import dead_letter_query, letter_from_event
+from actors._journal.factory import open_journal
+from actors._journal.records import Storage
 from actors._model.config import EventConfig, NodeConfig, OverflowStrategy
 from actors._model.event import _FIELD_NAMES, Event
 from actors._model.filter import FilterLike, as_predicate
@@ -153,16 +156,10 @@ class EventBus:
 
         # Open the journal before starting anything, so a locked or broken
         # journal fails the constructor with nothing left running.
-        self._storage: Storage | None = None
-        first_sequence = 1
-        if cfg.persistence_path is not None:
-            self._storage = RocksStorage(cfg.persistence_path)
-            try:
-                enforce_retention(self._storage, cfg.retention_days, cfg.max_events)
-                first_sequence = first_free_sequence(self._storage)
-            except BaseException:
-                self._storage.close()
-                raise
+        opened = open_journal(cfg)
+        self._storage: Storage | None = opened.storage if opened is not None else None
+        self._journal_lost = opened.recovery.lost if opened is not None else 0
+        first_sequence = opened.first_sequence if opened is not None else 1
         tag = f"bus-{name or format(id(self), 'x')}"
         # User handlers: a thread stuck in one past blocking_threshold gets a
         # stand-in, so blocking handlers stall only their own subscriptions.
@@ -299,6 +296,7 @@ class EventBus:
         """
         if self._closed:
             raise BusClosedError("the bus is closed")
+        self._check_writable()
         event = self._prepare(event_or_type, data, fields)
         if self._bucket is not None and not self._bucket.try_take():
             self._rate_limited += 1
@@ -322,6 +320,7 @@ class EventBus:
         """
         if self._closed:
             raise BusClosedError("the bus is closed")
+        self._check_writable()
         prepared = [self._prepare(e, None, {}) for e in events]
         if not prepared:
             return []
@@ -343,6 +342,13 @@ class EventBus:
     ) -> BusFuture[Event]:
         """Publish ``event_type`` with ``data`` as part of the workflow ``correlation_id``."""
         return self.publish(event_type, data, correlation_id=correlation_id, **fields)
+
+    def _check_writable(self) -> None:
+        if self._storage is not None and self._storage.read_only:
+            raise JournalError(
+                "this bus opened its journal read-only (EventConfig(read_only=True)): "
+                "publishing is refused"
+            )
 
     def _prepare(self, event_or_type: Event | str, data: Any, fields: dict[str, Any]) -> Event:
         cause = current_event.get()
@@ -603,37 +609,24 @@ class EventBus:
         self._dead.append(replace(letter, letter=announcement))
         self._publish_internal(announcement)
 
-    def dead_letters(self) -> list[DeadLetter]:
-        """Return the dead letters: from the journal where persistent, else the recent ones kept."""
+    def dead_letters(
+        self, *, limit: int | None = None, after: int | None = None
+    ) -> list[DeadLetter]:
+        """Return dead letters, oldest first: from the journal where persistent.
+
+        ``limit`` caps how many; ``after`` (a persistent bus only) starts
+        after that journal sequence: pass the last letter's
+        ``letter.sequence`` to read the next page.  Without ``limit`` the
+        journal is still read page by page.  A bus without a journal keeps
+        the most recent ``dead_letter_limit`` letters.
+        """
+        query = dead_letter_query(limit=limit, after=after)
         if self._journal is None:
-            return list(self._dead)
-        letters = []
-        for letter in self.query(EventQuery(event_types=["$bus.deadletter"])):
-            data = letter.data
-            if not isinstance(data, dict):
-                continue
-            try:
-                raw = data["event"]
-                if not isinstance(raw, dict):
-                    raise TypeError("not a dict")
-                original = Event.from_dict(raw)
-                attempts = data.get("attempts", 0)
-                attempts = attempts if isinstance(attempts, int) else 0
-            except (KeyError, TypeError, InvalidEventError):
-                logger.warning("dead letter %s has an unreadable payload", letter.id)
-                continue
-            letters.append(
-                DeadLetter(
-                    subscription_id=str(data.get("subscription")),
-                    pattern=str(data.get("pattern")),
-                    event=original,
-                    error_type=str(data.get("error_type")),
-                    error=str(data.get("error")),
-                    attempts=attempts,
-                    letter=letter,
-                )
-            )
-        return letters
+            if after is not None:
+                raise ValueError("after (a journal sequence) needs a persistent bus")
+            return list(self._dead)[:limit]
+        events = self.query(query) if limit is not None else self._iter_query(query, 1000)
+        return [d for d in map(letter_from_event, events) if d is not None]
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -645,8 +638,13 @@ class EventBus:
         Sees every event published before the call: from memory for live
         traces, from the journal (where persistent) for old or evicted ones.
         Blocks until answered (``FutureTimeoutError`` after ``timeout``).
+        Raises ``TypeError`` if ``correlation_id`` is not a ``uuid.UUID``.
         """
         self._check_open()
+        if not isinstance(correlation_id, uuid.UUID):
+            raise TypeError(
+                f"correlation_id must be a uuid.UUID, not {type(correlation_id).__name__}"
+            )
         future: BusFuture[Any] = BusFuture()
         self._router_mailbox.put(GetCorrelated(correlation_id, future))
         events, complete = future.get(timeout=timeout)
@@ -936,6 +934,7 @@ class EventBus:
             bridge=self._bridge.statistics() if self._bridge is not None else None,
             blocked_handlers=sum(1 for s in stats if s.blocked),
             handler_threads=self._dispatcher.threads,
+            journal_lost_events=self._journal_lost,
         )
 
     def _journal_figures(self) -> tuple[int, float | None, int]:
@@ -1136,8 +1135,10 @@ class PersistentEventBus(EventBus):
     """An ``EventBus`` whose events persist to a RocksDB journal.
 
     Requires ``EventConfig.persistence_path``.  Raises ``JournalLockedError``
-    when another process holds the journal, ``JournalError`` when it cannot
-    be opened.
+    when a process (this one or another) holds the journal,
+    ``JournalNotFoundError`` when ``read_only`` and the folder holds no
+    journal, ``JournalDamagedError`` when acknowledged events are missing and
+    ``recover`` is ``"refuse"``, ``JournalError`` when it cannot be opened.
     """
 
     def __init__(

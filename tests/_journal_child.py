@@ -12,6 +12,10 @@ exactly what the child had acknowledged.  Modes:
     Open an ``async`` bus, publish ``N`` events, ``flush()``, print
     ``flushed LAST_SEQ``, then keep publishing (printing ``ack SEQ ID`` for
     each resolved future) until killed.
+``write-n PATH N``
+    Open a ``durability="sync"`` bus, publish ``N`` events (64 in flight at a
+    time), print ``acked LAST_SEQ`` once every future resolved, then wait to
+    be killed.
 ``try-open PATH``
     Try to open the journal; print ``opened`` or ``error CLASSNAME MESSAGE``.
 ``hold PATH``
@@ -82,6 +86,16 @@ def async_writer(path: str, n: int) -> None:
         i += 1
         event = bus.publish("load.async", {"i": i}).get(timeout=30)
         say("ack", event.sequence, event.id)
+
+
+def write_n(path: str, n: int) -> None:
+    bus = EventBus(EventConfig(persistence_path=path, durability="sync"))
+    last = 0
+    for start in range(0, n, 64):
+        futures = [bus.publish("wal.event", {"i": i}) for i in range(start, min(start + 64, n))]
+        last = max(f.get(timeout=60).sequence or 0 for f in futures)
+    say("acked", last)
+    threading.Event().wait()
 
 
 def try_open(path: str) -> None:
@@ -179,6 +193,8 @@ def main(argv: list[str]) -> None:
         sync_writer(path, int(rest[0]))
     elif mode == "async-writer":
         async_writer(path, int(rest[0]))
+    elif mode == "write-n":
+        write_n(path, int(rest[0]))
     elif mode == "try-open":
         try_open(path)
     elif mode == "hold":

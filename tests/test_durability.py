@@ -7,78 +7,16 @@ parent reopens the journal and checks that nothing acknowledged is missing.
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
-import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from actors import EventBus, EventConfig, EventQuery, JournalError, JournalLockedError
+from tests._support import Child
 
 pytestmark = pytest.mark.slow
-
-CHILD = Path(__file__).with_name("_journal_child.py")
-ROOT = Path(__file__).resolve().parent.parent
-
-
-class Child:
-    """A child process running ``_journal_child.py``, read line by line."""
-
-    def __init__(self, tmp_path: Path, *args: str) -> None:
-        self.stderr_path = tmp_path / f"child-{uuid.uuid4().hex[:8]}.err"
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
-        with self.stderr_path.open("w") as err:
-            self.proc = subprocess.Popen(
-                [sys.executable, str(CHILD), *args],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=err,
-                text=True,
-                env=env,
-                cwd=ROOT,
-            )
-
-    def line(self) -> str:
-        """Return the next line; fail (with the child's stderr) if it ended instead."""
-        assert self.proc.stdout is not None
-        text = self.proc.stdout.readline()
-        if not text:
-            self.proc.wait(timeout=30)
-            pytest.fail(f"child ended (rc={self.proc.returncode}):\n{self.stderr()}")
-        return text.rstrip("\n")
-
-    def send(self, command: str) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(command + "\n")
-        self.proc.stdin.flush()
-
-    def kill9(self) -> list[str]:
-        """SIGKILL the child; return the complete lines it printed before dying."""
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=30)
-        assert self.proc.returncode == -signal.SIGKILL
-        return self.rest()
-
-    def rest(self) -> list[str]:
-        assert self.proc.stdout is not None
-        tail = self.proc.stdout.read()
-        # A line cut by the kill is not an acknowledgement the parent could have seen.
-        return tail.split("\n")[:-1]
-
-    def stderr(self) -> str:
-        return self.stderr_path.read_text()
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=30)
-        for stream in (self.proc.stdin, self.proc.stdout):
-            if stream is not None:
-                stream.close()
 
 
 @pytest.fixture

@@ -671,3 +671,10 @@ def test_backpressure_events_keep_the_journal_in_sequence_order(tmp_path: Path) 
         assert [e.sequence for e in stored] == sorted(e.sequence for e in stored)
         assert any(e.event_type == "$bus.backpressure.started" for e in stored)
         assert set(sequences) <= {e.sequence for e in stored}
+
+
+def test_get_correlated_refuses_a_string_on_every_bus(tmp_path: Path) -> None:
+    cid = uuid.uuid4()
+    for config in (EventConfig(), EventConfig(persistence_path=str(tmp_path / "j"))):
+        with EventBus(config) as bus, pytest.raises(TypeError, match="correlation_id"):
+            bus.get_correlated(str(cid))  # type: ignore[arg-type]

@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 import rocksdict
 
-from actors._errors import JournalError, JournalLockedError
-from actors._journal.storage import MemoryStorage, RocksStorage, Storage, StoredRecord
+from actors._errors import JournalError, JournalLockedError, JournalNotFoundError
+from actors._journal.memory import MemoryStorage
+from actors._journal.records import Storage, StoredRecord
+from actors._journal.rocks import RocksStorage
 
 CID_A = uuid.UUID(int=1).bytes
 CID_B = uuid.UUID(int=2).bytes
@@ -328,9 +330,10 @@ def test_reopen_keeps_everything(tmp_path: Path) -> None:
         assert seqs(s.scan(correlation_id=CID_B, descending=True, limit=1)) == [31]
 
 
-def test_open_missing_without_create_raises(tmp_path: Path) -> None:
-    with pytest.raises(JournalError, match="cannot open"):
+def test_open_missing_without_create_raises_not_found(tmp_path: Path) -> None:
+    with pytest.raises(JournalNotFoundError, match="holds no journal"):
         RocksStorage(tmp_path / "absent", create=False)
+    assert not (tmp_path / "absent").exists()
 
 
 def test_open_on_a_file_raises(tmp_path: Path) -> None:
@@ -367,7 +370,7 @@ def test_corrupt_record_is_counted_and_skipped(
 
 _HOLD_OPEN = """
 import sys
-from actors._journal.storage import RocksStorage
+from actors._journal.rocks import RocksStorage
 s = RocksStorage(sys.argv[1])
 print("open", flush=True)
 sys.stdin.read()  # hold the journal until the parent closes our stdin
@@ -376,7 +379,7 @@ s.close()
 
 _TRY_OPEN = """
 import sys
-from actors._journal.storage import RocksStorage
+from actors._journal.rocks import RocksStorage
 try:
     RocksStorage(sys.argv[1]).close()
 except Exception as exc:

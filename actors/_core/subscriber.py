@@ -146,7 +146,10 @@ class SubscriberActor(DispatchedActor):
                     catchup.request()
                 return
             if page is not None:
-                return  # the live lane waits for the next turn
+                # The live lane waits for the next turn; ask for one, or a
+                # quiet bus would never mark this subscription caught up.
+                self.actor_inbox.wake()
+                return
             catchup.caught_up.set()  # history handled; the live lane is all there is
         mailbox = self.actor_inbox
         batch, relieved = mailbox.take_events(throughput)

@@ -21,19 +21,18 @@ from typing import Any
 
 from actors._core.messages import Barrier, LoadCheckpoint, ReadJournal, Record, SaveCheckpoint
 from actors._errors import CorruptRecordError, InvalidEventError, JournalError
-from actors._journal.storage import Storage, StoredRecord
+from actors._journal.records import HIGH_WATER, Storage, StoredRecord
 from actors._model.event import Event
 from actors._model.query import EventQuery, to_us
 from actors._runtime.dispatcher import DispatchedActor, Dispatcher
 from actors._runtime.future import BusFuture
 
-__all__ = ["JournalActor", "decode_stored"]
+__all__ = ["HIGH_WATER", "JournalActor", "decode_stored", "enforce_retention"]
 
 logger = logging.getLogger("actors.journal")
 
 # Retention is enforced at most this often (seconds) while the bus runs.
 RETENTION_INTERVAL = 60.0
-_HIGH_WATER = "$bus.high_water"
 
 
 def decode_stored(payload: bytes, sequence: int) -> Event:
@@ -44,22 +43,16 @@ def decode_stored(payload: bytes, sequence: int) -> Event:
         raise CorruptRecordError(f"record {sequence} cannot be decoded: {exc}") from exc
 
 
-def first_free_sequence(storage: Storage) -> int:
-    """Return the next sequence to assign: sequences continue across restarts and trims."""
-    high = storage.get_checkpoint(_HIGH_WATER) or 0
-    return max(storage.last_sequence(), high) + 1
-
-
 def enforce_retention(
     storage: Storage, retention_days: float | None, max_events: int | None
 ) -> int:
     """Delete what the retention settings no longer keep; return how many records went."""
-    if retention_days is None and max_events is None:
+    if storage.read_only or (retention_days is None and max_events is None):
         return 0
     # Remember the high-water mark first: a fully trimmed journal must not
     # hand out old sequences again after a restart.
-    high = max(storage.get_checkpoint(_HIGH_WATER) or 0, storage.last_sequence())
-    storage.set_checkpoint(_HIGH_WATER, high)
+    high = max(storage.get_checkpoint(HIGH_WATER) or 0, storage.last_sequence())
+    storage.set_checkpoint(HIGH_WATER, high)
     deleted = 0
     if retention_days is not None:
         cutoff = datetime.now(UTC) - timedelta(days=retention_days)
@@ -138,7 +131,11 @@ class JournalActor(DispatchedActor):
 
     def _write(self) -> None:
         events = self._pending
-        if events:
+        if events and self.storage.read_only:
+            # Only the bus's own notices get here (publish refuses first).
+            self._pending, self._pending_futures = [], []
+            logger.debug("read-only journal: %d event(s) not journaled", len(events))
+        elif events:
             futures = self._pending_futures
             self._pending = []
             self._pending_futures = []
@@ -172,7 +169,7 @@ class JournalActor(DispatchedActor):
                 for event, future in zip(events, futures, strict=True):
                     if future is not None:
                         future.set(event)
-        if self._checkpoints:
+        if self._checkpoints and not self.storage.read_only:
             checkpoints = self._checkpoints
             self._checkpoints = {}
             for name, sequence in checkpoints.items():

@@ -124,6 +124,10 @@ class EventConfig:
             raise ValueError("max_threads must be >= threads")
         if not self.blocking_threshold > 0:
             raise ValueError("blocking_threshold must be positive")
+        if self.retention_days is not None and not self.retention_days > 0:
+            raise ValueError(f"retention_days must be positive, not {self.retention_days!r}")
+        if self.max_events is not None and self.max_events < 1:
+            raise ValueError(f"max_events must be at least 1, not {self.max_events!r}")
         if self.recover not in ("refuse", "truncate"):
             raise ValueError(f"recover must be 'refuse' or 'truncate', not {self.recover!r}")
         if not isinstance(self.overflow, OverflowStrategy):

@@ -88,6 +88,7 @@ class BusMetrics:
     bridge: BridgeStatistics | None = None
     blocked_handlers: int = 0
     handler_threads: int = 0
+    journal_lost_events: int = 0
 
 
 class LatencyWindow:
@@ -164,9 +165,10 @@ _HELP = {
     "journal_written": "Events written to the journal.",
     "journal_size_bytes": "Approximate size of the journal on disk.",
     "rate_limited": "Publishes refused by the rate limit.",
-    "journal_corrupt_records": "Stored records skipped because they could not be decoded.",
     "blocked_handlers": "Subscriptions whose handler has run one turn past blocking_threshold.",
     "handler_threads": "Threads that run handlers now (grows while handlers block).",
+    "journal_corrupt_records": "Stored records skipped because they could not be read.",
+    "journal_lost_events": "Acknowledged events a damaged journal no longer held at open.",
 }
 
 _COUNTERS = {

@@ -1,0 +1,162 @@
+"""Pick and open the journal's backend; check what an open lost; repair.
+
+``open_journal(config)`` is what a bus calls: it opens the RocksDB backend
+for a ``persistence_path`` (``None`` without one), compares the stored
+sequences with the acknowledged high-water mark (``highwater.py``), applies
+the ``recover`` policy, runs retention and returns the first free sequence.
+``repair(path)`` is what an operator (or the CLI) calls on a journal that
+refuses to open.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+from actors._errors import JournalDamagedError
+from actors._journal.actor import enforce_retention
+from actors._journal.records import HIGH_WATER
+from actors._journal.rocks import Recover, RocksStorage, repair_files
+from actors._model.config import EventConfig
+
+__all__ = ["OpenedJournal", "RecoveryReport", "open_journal", "repair"]
+
+logger = logging.getLogger("actors.journal")
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveryReport:
+    """What opening (or repairing) a journal found.
+
+    ``acknowledged`` is the highest sequence the journal ever acknowledged;
+    ``last_sequence`` the highest it holds now; ``lost`` how many
+    acknowledged sequences it no longer holds (``lost_range``, inclusive);
+    ``wal_damaged`` whether RocksDB found the write-ahead log damaged;
+    ``repaired`` whether RocksDB's repair ran.
+    """
+
+    path: str
+    acknowledged: int
+    last_sequence: int
+    lost: int
+    lost_range: tuple[int, int] | None
+    wal_damaged: bool
+    repaired: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class OpenedJournal:
+    """An open storage, the sequence to hand out next, and what the open found."""
+
+    storage: RocksStorage
+    first_sequence: int
+    recovery: RecoveryReport
+
+
+def _check_retention(retention_days: float | None, max_events: int | None) -> None:
+    if retention_days is not None and not retention_days > 0:
+        msg = f"retention_days must be positive, got {retention_days!r}"
+        raise ValueError(msg)
+    if max_events is not None and max_events < 1:
+        msg = f"max_events must be at least 1, got {max_events!r}"
+        raise ValueError(msg)
+
+
+def _inspect(storage: RocksStorage, path: str) -> RecoveryReport:
+    kept = max(storage.last_sequence(), storage.get_checkpoint(HIGH_WATER) or 0)
+    acknowledged = storage.acknowledged()
+    lost_range = (kept + 1, acknowledged) if acknowledged > kept else None
+    return RecoveryReport(
+        path=path,
+        acknowledged=acknowledged,
+        last_sequence=storage.last_sequence(),
+        lost=0 if lost_range is None else lost_range[1] - lost_range[0] + 1,
+        lost_range=lost_range,
+        wal_damaged=storage.wal_damaged,
+    )
+
+
+def _describe(report: RecoveryReport) -> str:
+    if report.lost_range is None:
+        return "its write-ahead log was damaged; no acknowledged event is missing"
+    first, last = report.lost_range
+    return (
+        f"{report.lost} acknowledged event(s), sequences {first}..{last}, are missing "
+        f"(the journal ends at {report.last_sequence})"
+    )
+
+
+def open_journal(config: EventConfig) -> OpenedJournal | None:
+    """Open the journal ``config`` names, or return None if it names none.
+
+    Raises ``ValueError`` for a non-positive ``retention_days`` or a
+    ``max_events`` below 1; ``JournalNotFoundError`` when ``read_only`` and
+    the folder holds no journal; ``JournalLockedError``; ``JournalDamagedError``
+    when events are missing and ``recover`` is ``"refuse"``; ``JournalError``.
+    With ``recover="truncate"`` a loss is logged at WARNING, reported in
+    ``recovery`` and the next sequence stays above every acknowledged one.
+    """
+    if config.persistence_path is None:
+        return None
+    _check_retention(config.retention_days, config.max_events)
+    path = os.fspath(config.persistence_path)
+    storage = RocksStorage(path, read_only=config.read_only, recover=config.recover)
+    try:
+        report = _inspect(storage, path)
+        if report.lost or report.wal_damaged:
+            if config.recover == "refuse" and report.lost:
+                msg = (
+                    f"journal {path!r} is damaged: {_describe(report)}. To accept the loss, "
+                    "open it with EventConfig(recover='truncate') or run "
+                    "actors._journal.repair(path)"
+                )
+                raise JournalDamagedError(msg)
+            logger.warning("journal %s opened after damage: %s", path, _describe(report))
+            if not config.read_only:
+                storage.accept_loss(report.acknowledged)
+        if not config.read_only:
+            enforce_retention(storage, config.retention_days, config.max_events)
+        high = storage.get_checkpoint(HIGH_WATER) or 0
+        first = max(storage.last_sequence(), high, storage.acknowledged()) + 1
+    except BaseException:
+        storage.close()
+        raise
+    return OpenedJournal(storage, first, report)
+
+
+def repair(path: str | os.PathLike[str], *, recover: Recover = "truncate") -> RecoveryReport:
+    """Make a damaged journal open again, accepting the loss; return what was lost.
+
+    First opens it with ``recover="truncate"`` (RocksDB keeps everything up
+    to the damage); if even that fails, runs RocksDB's repair, which salvages
+    every readable record from the table files and logs, then opens again.
+    Either way the acknowledged mark is kept, so sequences continue above
+    every acknowledged one.  Blocks; raises ``JournalNotFoundError``,
+    ``JournalLockedError``, or ``JournalError`` if nothing can be salvaged.
+    The journal must not be open anywhere.
+    """
+    where = os.fspath(path)
+    repaired = False
+    try:
+        storage = RocksStorage(where, create=False, recover=recover)
+    except JournalDamagedError:
+        repair_files(where)
+        repaired = True
+        storage = RocksStorage(where, create=False, recover=recover)
+    try:
+        report = _inspect(storage, where)
+        if report.lost:
+            storage.accept_loss(report.acknowledged)
+            logger.warning("journal %s repaired: %s", where, _describe(report))
+    finally:
+        storage.close()
+    return RecoveryReport(
+        path=report.path,
+        acknowledged=report.acknowledged,
+        last_sequence=report.last_sequence,
+        lost=report.lost,
+        lost_range=report.lost_range,
+        wal_damaged=report.wal_damaged,
+        repaired=repaired,
+    )

@@ -1,0 +1,121 @@
+"""A flipped byte in a table (.sst) file after a clean close: every read either skips the
+damaged block with a count and a warning, resuming in order, or raises ``JournalError``;
+no forward read stops early in silence.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from actors import Event, EventBus, EventConfig, EventQuery, JournalError
+from tests._support import WAIT
+
+N = 20_000
+
+
+def flip_byte(file: Path, offset: int) -> None:
+    with file.open("r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A closed journal of N events (the memtables flushed to table files at close)."""
+    path = tmp_path_factory.mktemp("tables") / "journal"
+    with EventBus(EventConfig(persistence_path=path)) as bus:
+        futures = [bus.publish("t.event", {"i": i, "pad": "x" * 100}) for i in range(N)]
+        futures[-1].get(timeout=60)
+    return path
+
+
+def tables(path: Path) -> list[Path]:
+    """The table files, largest first: records, time index, type index, meta."""
+    files = sorted(path.glob("*.sst"), key=lambda p: p.stat().st_size, reverse=True)
+    assert len(files) == 4, files
+    return files
+
+
+@pytest.fixture
+def damaged_records(written: Path, tmp_path: Path) -> Path:
+    path = tmp_path / "journal"
+    shutil.copytree(written, path)
+    records = tables(path)[0]
+    flip_byte(records, records.stat().st_size // 2)
+    return path
+
+
+def test_forward_reads_skip_the_damaged_block_with_a_count_and_a_warning(
+    damaged_records: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with (
+        caplog.at_level(logging.WARNING, logger="actors.storage"),
+        EventBus(EventConfig(persistence_path=damaged_records)) as bus,
+    ):
+        events = bus.query(EventQuery())
+        lost = N - len(events)
+        assert 0 < lost < 1000  # one block, not the rest of the journal
+        sequences = [e.sequence for e in events]
+        assert sequences == sorted(sequences)
+        assert sequences[-1] == N  # read on past the damage
+        present = set(sequences)
+        gap = [s for s in range(1, N + 1) if s not in present]
+        assert gap == list(range(gap[0], gap[0] + lost))  # one contiguous block
+        assert f"{lost} record(s) in sequences {gap[0]}..{gap[-1]}" in caplog.text
+        assert bus.metrics().journal_corrupt_records == lost
+        # Counted once, however often read; replay and pages see the same.
+        assert bus.replay(EventQuery(), lambda e: None, page_size=500) == N - lost
+        assert bus.metrics().journal_corrupt_records == lost
+        # Backwards, RocksDB may give up one record earlier; still warned and counted.
+        newest = [e.sequence or 0 for e in bus.query(EventQuery(descending=True))]
+        assert newest == sorted(newest, reverse=True)
+        assert newest[0] == N
+        assert newest[-1] == 1
+        unread = set(range(1, N + 1)) - set(newest)
+        assert set(gap) <= unread <= set(range(gap[0] - 1, gap[-1] + 2))
+        assert bus.metrics().journal_corrupt_records == len(unread | set(gap))
+        after = bus.query(EventQuery(after_sequence=gap[0] - 2, limit=3))
+        assert [e.sequence for e in after] == [gap[0] - 1, gap[-1] + 1, gap[-1] + 2]
+
+
+def test_a_catch_up_subscription_reads_past_the_damage_and_goes_live(
+    damaged_records: Path,
+) -> None:
+    seen: list[int] = []
+    live = threading.Event()
+
+    def handler(event: Event) -> None:
+        seen.append(event.sequence or 0)
+        if event.event_type == "t.live":
+            live.set()
+
+    with EventBus(EventConfig(persistence_path=damaged_records)) as bus:
+        bus.subscribe("t.*", handler, from_sequence=1)
+        bus.publish("t.live", {}).get(timeout=WAIT)
+        assert live.wait(WAIT)
+        bus.flush(timeout=WAIT)
+        assert seen[-1] == N + 1
+        assert len(seen) == N + 1 - bus.metrics().journal_corrupt_records
+        assert seen == sorted(seen)
+
+
+def test_a_damaged_index_block_raises_instead_of_ending_early(
+    written: Path, tmp_path: Path
+) -> None:
+    path = tmp_path / "journal"
+    shutil.copytree(written, path)
+    time_index = tables(path)[1]
+    flip_byte(time_index, time_index.stat().st_size // 2)
+    with EventBus(EventConfig(persistence_path=path)) as bus:
+        with pytest.raises(JournalError, match="journal read failed"):
+            bus.query(EventQuery(time_range=(datetime(2000, 1, 1, tzinfo=UTC), None)))
+        # The record space is intact: unindexed reads still see everything.
+        assert len(bus.query(EventQuery())) == N

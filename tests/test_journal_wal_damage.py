@@ -1,0 +1,153 @@
+"""A damaged write-ahead log after a kill -9: refused by default, or a warned, counted,
+sequence-safe open with ``recover="truncate"``; never a silently shorter journal.
+
+A child process writes N events with ``durability="sync"`` (every future
+resolved: all N acknowledged) and is killed with SIGKILL, so the events are
+in RocksDB's WAL only.  The parent then flips a byte in the middle of the WAL,
+or cuts it short, and reopens.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from actors import EventBus, EventConfig, EventQuery, JournalDamagedError
+from actors._journal import repair
+from tests._support import Child
+
+pytestmark = pytest.mark.slow
+
+N = 3000
+
+
+@pytest.fixture
+def killed_writer(tmp_path: Path) -> Path:
+    """Return a journal whose writer acknowledged N events and was killed -9."""
+    path = tmp_path / "journal"
+    child = Child(tmp_path, "write-n", str(path), str(N))
+    try:
+        assert child.line() == f"acked {N}"
+        child.kill9()
+    finally:
+        child.close()
+    return path
+
+
+def wal_of(path: Path) -> Path:
+    logs = sorted(path.glob("*.log"))
+    assert len(logs) == 1, logs
+    assert logs[0].stat().st_size > 100_000  # the N events are in it
+    return logs[0]
+
+
+def flip_byte(file: Path, offset: int) -> None:
+    with file.open("r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+
+def snapshot(path: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in path.iterdir() if p.name not in {"LOCK"}}
+
+
+def test_an_undamaged_wal_after_a_kill_opens_with_everything(killed_writer: Path) -> None:
+    with EventBus(EventConfig(persistence_path=killed_writer)) as bus:
+        assert len(bus.query(EventQuery())) == N
+        assert bus.metrics().journal_lost_events == 0
+        assert bus.publish("after.kill", {}).get(timeout=30).sequence == N + 1
+
+
+def test_a_flipped_wal_byte_refuses_to_open_and_changes_nothing(killed_writer: Path) -> None:
+    wal = wal_of(killed_writer)
+    flip_byte(wal, wal.stat().st_size // 2)
+    before = snapshot(killed_writer)
+    with pytest.raises(JournalDamagedError, match="write-ahead log") as info:
+        EventBus(EventConfig(persistence_path=killed_writer))
+    assert "acknowledged event(s), sequences" in str(info.value)
+    assert f"..{N}." in str(info.value)
+    assert "recover='truncate'" in str(info.value)
+    assert "repair" in str(info.value)
+    after = snapshot(killed_writer)
+    assert {k: v for k, v in after.items() if not k.startswith("LOG")} == {
+        k: v for k, v in before.items() if not k.startswith("LOG")
+    }
+    # Read-only refuses the same way.
+    with pytest.raises(JournalDamagedError):
+        EventBus(EventConfig(persistence_path=killed_writer, read_only=True))
+
+
+def _truncate_open(path: Path, caplog: pytest.LogCaptureFixture) -> tuple[int, int, int]:
+    """Open with recover='truncate'; return (events kept, lost, next sequence)."""
+    with caplog.at_level(logging.WARNING, logger="actors.journal"):
+        bus = EventBus(EventConfig(persistence_path=path, recover="truncate"))
+    try:
+        kept = len(bus.query(EventQuery()))
+        lost = bus.metrics().journal_lost_events
+        following = bus.publish("after.loss", {}).get(timeout=30).sequence or 0
+    finally:
+        bus.close()
+    return kept, lost, following
+
+
+def test_a_flipped_wal_byte_with_truncate_warns_counts_and_keeps_sequences_safe(
+    killed_writer: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    wal = wal_of(killed_writer)
+    flip_byte(wal, wal.stat().st_size // 2)
+    kept, lost, following = _truncate_open(killed_writer, caplog)
+    assert 0 < kept < N
+    assert lost == N - kept
+    assert f"{lost} acknowledged event(s), sequences {kept + 1}..{N}" in caplog.text
+    assert following == N + 1  # above every acknowledged sequence: none reused
+    # The loss was accepted once: the next open is clean and sequences go on.
+    with EventBus(EventConfig(persistence_path=killed_writer)) as bus:
+        assert len(bus.query(EventQuery())) == kept + 1
+        assert bus.publish("again", {}).get(timeout=30).sequence == N + 2
+
+
+def test_a_truncated_wal_refuses_then_opens_with_truncate(
+    killed_writer: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    wal = wal_of(killed_writer)
+    with wal.open("r+b") as f:
+        f.truncate(wal.stat().st_size * 2 // 3 + 5)  # cut inside a record
+    with pytest.raises(JournalDamagedError):
+        EventBus(EventConfig(persistence_path=killed_writer))
+    kept, lost, following = _truncate_open(killed_writer, caplog)
+    assert 0 < kept < N
+    assert lost == N - kept
+    assert following == N + 1
+
+
+def test_an_emptied_wal_is_caught_by_the_acknowledged_mark(
+    killed_writer: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # RocksDB sees a clean, empty log here; only the side file knows better.
+    wal = wal_of(killed_writer)
+    with killed_writer.joinpath("ACKNOWLEDGED").open("rb") as f:
+        assert int.from_bytes(f.read(8), "big") == N
+    with wal.open("r+b") as f:
+        f.truncate(0)
+    with pytest.raises(JournalDamagedError, match=f"{N} acknowledged event.*1..{N}"):
+        EventBus(EventConfig(persistence_path=killed_writer))
+    kept, lost, following = _truncate_open(killed_writer, caplog)
+    assert (kept, lost) == (0, N)
+    assert following == N + 1
+
+
+def test_repair_accepts_the_loss_and_reports_it(killed_writer: Path) -> None:
+    wal = wal_of(killed_writer)
+    flip_byte(wal, wal.stat().st_size // 2)
+    report = repair(killed_writer)
+    assert report.wal_damaged
+    assert report.acknowledged == N
+    assert report.lost_range == (report.last_sequence + 1, N)
+    assert report.lost == N - report.last_sequence
+    with EventBus(EventConfig(persistence_path=killed_writer)) as bus:
+        assert len(bus.query(EventQuery())) == report.last_sequence
+        assert bus.publish("after.repair", {}).get(timeout=30).sequence == N + 1
