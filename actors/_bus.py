@@ -12,62 +12,29 @@ threads) unless a subscription asks for a dedicated thread.
 
 from __future__ import annotations
 
-import asyncio
-import inspect
-import itertools
 import logging
 import threading
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import pykka
-from pykka import ActorRegistry
 
-from actors._core.correlator import CorrelationActor
-from actors._core.messages import (
-    Flush,
-    Forward,
-    GetCorrelated,
-    LoadCheckpoint,
-    Publish,
-    PublishBatch,
-    ReadJournal,
-    Route,
-    SaveCheckpoint,
-    Subscribe,
-    Unsubscribe,
-)
-from actors._core.ratelimit import TokenBucket
-from actors._core.router import RouterActor
-from actors._core.subscriber import (
-    CatchUp,
-    DeadLetter,
-    Handler,
-    SubscriberActor,
-    Subscription,
-    current_event,
-)
-from actors._errors import (
-    BackpressureError,
-    BusClosedError,
-    EventBusError,
-    FutureTimeoutError,
-    InvalidEventError,
-    RateLimitedError,
-)
+from actors._core.messages import CorrelatedEvents, Forward, GetCorrelated, ReadJournal
+from actors._core.publishing import prepare_event
+from actors._core.subscriber import DeadLetter, Handler, Subscription, current_event
+from actors._core.wiring import Core, JournalFigures, start_actor
+from actors._errors import BusClosedError, EventBusError, InvalidEventError
 from actors._journal.actor import JournalActor, enforce_retention, first_free_sequence
 from actors._journal.storage import RocksStorage, Storage
 from actors._model.config import EventConfig, NodeConfig, OverflowStrategy
-from actors._model.event import _FIELD_NAMES, Event
-from actors._model.filter import FilterLike, as_predicate
-from actors._model.metrics import BusMetrics, LatencyWindow, to_prometheus
+from actors._model.event import Event
+from actors._model.filter import FilterLike
+from actors._model.metrics import BusMetrics, to_prometheus
 from actors._model.query import EventQuery
-from actors._model.topics import Pattern, is_reserved
 from actors._model.trace import Trace
 from actors._runtime.dispatcher import Dispatcher
 from actors._runtime.future import BusFuture
@@ -78,11 +45,6 @@ logger = logging.getLogger("actors.bus")
 
 if TYPE_CHECKING:
     from actors._cluster.bridge import Bridge
-
-_sub_ids = itertools.count(1)
-
-# Fields a caller may pass to publish() alongside the type and data.
-_EVENT_FIELDS = frozenset(_FIELD_NAMES) - {"event_type", "data", "sequence", "origin"}
 
 
 class EventBus:
@@ -109,16 +71,6 @@ class EventBus:
         cfg = self.config
         self._closed = False
         self._close_lock = threading.Lock()
-        self._latency = LatencyWindow()
-        self._bucket = TokenBucket(cfg.rate_limit, cfg.burst) if cfg.rate_limit else None
-        self._rate_limited = 0
-        self._dead: deque[DeadLetter] = deque(maxlen=cfg.dead_letter_limit)
-        self._dead_count = 0
-        self._subs: dict[str, SubscriberActor] = {}
-        self._subs_lock = threading.Lock()
-        self._removed = [0, 0, 0, 0, 0]  # delivered, dropped, errors, expired, dead
-        self._loop_thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
 
         # Open the journal before starting anything, so a locked or broken
         # journal fails the constructor with nothing left running.
@@ -133,39 +85,27 @@ class EventBus:
                 self._storage.close()
                 raise
         self._dispatcher = Dispatcher(cfg.threads, name=f"bus-{name or format(id(self), 'x')}")
-        self._correlation = _start(
-            CorrelationActor(
-                dispatcher=self._dispatcher,
-                max_traces=cfg.max_traces,
-                max_events_per_trace=cfg.max_events_per_trace,
-                trace_ttl=cfg.trace_ttl,
-            )
-        )
         self._journal: JournalActor | None = None
         if self._storage is not None:
             # Its own thread: a write (and its fsync) never holds a thread
             # that handlers need.
-            self._journal = _start(
-                JournalActor(
-                    storage=self._storage,
-                    dispatcher=Dispatcher(1, name="journal"),
-                    sync=cfg.durability == "sync",
-                    retention_days=cfg.retention_days,
-                    max_events=cfg.max_events,
-                )
+            self._journal = JournalActor(
+                storage=self._storage,
+                dispatcher=Dispatcher(1, name="journal"),
+                sync=cfg.durability == "sync",
+                retention_days=cfg.retention_days,
+                max_events=cfg.max_events,
             )
-        self._router = _start(
-            RouterActor(
-                dispatcher=self._dispatcher,
-                capacity=max(cfg.buffer_size, 1024),
-                origin=name,
-                first_sequence=first_sequence,
-                recorders=[self._correlation.actor_inbox],
-                durable_recorder=self._journal.actor_inbox if self._journal else None,
-                correlation=self._correlation.actor_inbox,
-            )
+            start_actor(self._journal)
+        self._core = Core(
+            cfg,
+            name=name,
+            dispatcher=self._dispatcher,
+            first_sequence=first_sequence,
+            journal=self._journal.actor_inbox if self._journal is not None else None,
         )
-        self._router_mailbox = self._router.actor_inbox
+        self._router = self._core.router
+        self._router_mailbox = self._core.inbox
         self._bridge: Bridge | None = None
         if node is not None:
             from actors._cluster.bridge import Bridge  # noqa: PLC0415 - zmq is imported only when needed
@@ -238,9 +178,7 @@ class EventBus:
 
         Never blocks and is never rejected: their origin already accepted them.
         """
-        self._router_mailbox.put(
-            PublishBatch(events, [None] * len(events), time.perf_counter(), internal=True)
-        )
+        self._core.publisher.inject(events)
 
     # -- publishing ------------------------------------------------------------------
 
@@ -260,44 +198,22 @@ class EventBus:
         """
         if self._closed:
             raise BusClosedError("the bus is closed")
-        event = self._prepare(event_or_type, data, fields)
-        if self._bucket is not None and not self._bucket.try_take():
-            self._rate_limited += 1
-            raise RateLimitedError(f"rate limit of {self._bucket.rate:g} events/s exceeded")
-        future: BusFuture[Event] = BusFuture()
-        owned = event is not event_or_type
-        if not self._router_mailbox.put_blocking(
-            Publish(event, future, time.perf_counter(), False, owned), self.config.block_timeout
-        ):
-            self._router.rejected += 1
-            raise BackpressureError(
-                f"publish blocked for {self.config.block_timeout}s: a BLOCK subscription is full"
-            )
-        return future
+        event = prepare_event(event_or_type, data, fields)
+        return self._core.publisher.publish(event, owned=event is not event_or_type)
 
     def publish_many(self, events: Iterable[Event]) -> list[BusFuture[Event]]:
         """Publish a batch of events in order, as one message to the router.
 
-        Return one future per event.  Validation, rate limiting and the closed
-        check apply to the whole batch before anything is published.
+        Return one future per event.  Validation, rate limiting, the ``BLOCK``
+        wait and the closed check apply to the whole batch before anything is
+        published.
         """
         if self._closed:
             raise BusClosedError("the bus is closed")
-        prepared = [self._prepare(e, None, {}) for e in events]
+        prepared = [prepare_event(e, None, {}) for e in events]
         if not prepared:
             return []
-        if self._bucket is not None and not self._bucket.try_take(len(prepared)):
-            self._rate_limited += len(prepared)
-            raise RateLimitedError(f"rate limit of {self._bucket.rate:g} events/s exceeded")
-        futures: list[BusFuture[Event]] = [BusFuture() for _ in prepared]
-        if not self._router_mailbox.put_blocking(
-            PublishBatch(prepared, futures, time.perf_counter()), self.config.block_timeout
-        ):
-            self._router.rejected += len(prepared)
-            raise BackpressureError(
-                f"publish blocked for {self.config.block_timeout}s: a BLOCK subscription is full"
-            )
-        return futures
+        return self._core.publisher.publish_batch(prepared)
 
     def publish_correlated(
         self, event_type: str, data: Any, correlation_id: uuid.UUID, **fields: Any
@@ -306,38 +222,12 @@ class EventBus:
         return self.publish(event_type, data, correlation_id=correlation_id, **fields)
 
     def _prepare(self, event_or_type: Event | str, data: Any, fields: dict[str, Any]) -> Event:
-        cause = current_event.get()
-        if isinstance(event_or_type, Event):
-            if data is not None or fields:
-                raise TypeError("pass either an Event or a type with data and fields, not both")
-            event = event_or_type
-            if cause is not None and (event.causation_id is None or event.correlation_id is None):
-                changes: dict[str, Any] = {}
-                if event.causation_id is None:
-                    changes["causation_id"] = cause.id
-                if event.correlation_id is None and cause.correlation_id is not None:
-                    changes["correlation_id"] = cause.correlation_id
-                event = event._with(**changes)
-        else:
-            unknown = fields.keys() - _EVENT_FIELDS
-            if unknown:
-                raise TypeError(f"unknown Event field(s): {', '.join(sorted(unknown))}")
-            if cause is not None:
-                if fields.get("causation_id") is None:
-                    fields["causation_id"] = cause.id
-                if fields.get("correlation_id") is None and cause.correlation_id is not None:
-                    fields["correlation_id"] = cause.correlation_id
-            event = Event(event_type=event_or_type, data=data, **fields)
-        if is_reserved(event.event_type):
-            raise InvalidEventError(
-                f"event type {event.event_type!r} is reserved for the bus ('$' types)"
-            )
-        return event
+        return prepare_event(event_or_type, data, fields)
 
     def _publish_internal(self, event: Event) -> None:
         """Publish a ``$bus`` event: never blocks, never rejected, never rate limited."""
         if not self._closed or self._router.actor_ref.is_alive():
-            self._router_mailbox.put(Publish(event, None, time.perf_counter(), internal=True))
+            self._core.publisher.publish_internal(event)
 
     # -- subscribing -------------------------------------------------------------------
 
@@ -367,198 +257,27 @@ class EventBus:
         """
         if self._closed:
             raise BusClosedError("the bus is closed")
-        Pattern.parse(pattern)
-        if from_sequence is not None or durable is not None:
-            return self._subscribe_from_journal(
-                pattern,
-                handler,
-                filter=filter,
-                capacity=capacity,
-                overflow=overflow,
-                from_sequence=from_sequence,
-                durable=durable,
-                dedicated_thread=dedicated_thread,
-            )
-        actor = self._start_subscriber(
+        return self._core.subscribe(
             pattern,
             handler,
+            filter=filter,
             capacity=capacity,
             overflow=overflow,
-            dedicated_thread=dedicated_thread,
-        )
-        self._router_mailbox.put(Subscribe(self._route_for(actor, filter)))
-        return Subscription(self, actor)
-
-    def _subscribe_from_journal(
-        self,
-        pattern: str,
-        handler: Handler,
-        *,
-        filter: FilterLike | None,
-        capacity: int | None,
-        overflow: OverflowStrategy | str | None,
-        from_sequence: int | None,
-        durable: str | None,
-        dedicated_thread: bool,
-    ) -> Subscription:
-        journal = self._require_journal()
-        start = from_sequence
-        if durable is not None:
-            checkpoint = self._load_checkpoint(journal, f"sub:{durable}")
-            if checkpoint is not None:
-                start = checkpoint + 1
-        actor = self._start_subscriber(
-            pattern,
-            handler,
-            capacity=capacity,
-            overflow=overflow,
-            dedicated_thread=dedicated_thread,
-        )
-        route = self._route_for(actor, filter)
-        inbox = journal.actor_inbox
-        router = self._router_mailbox
-
-        def read(position: int, limit: int, future: BusFuture[Any]) -> None:
-            query = EventQuery(event_types=[pattern], after_sequence=position - 1, limit=limit)
-            router.put(Forward(inbox, ReadJournal(query, future)))
-
-        def join(route: Route, joined: Callable[[int], None]) -> None:
-            router.put(Subscribe(route, on_subscribed=joined))
-
-        def save(name: str, sequence: int) -> None:
-            inbox.put(SaveCheckpoint(f"sub:{name}", sequence))
-
-        catchup = CatchUp(
-            actor,
-            start=max(start or 1, 1),
-            route=route,
+            from_sequence=from_sequence,
             durable=durable,
-            read=read,
-            join=join,
-            save=save,
+            dedicated_thread=dedicated_thread,
         )
-        if start is None:
-            # A new durable subscription with no starting point starts live.
-            catchup.live = True
-            catchup.caught_up.set()
-            actor.catchup = catchup
-            router.put(Subscribe(route))
-        else:
-            actor.catchup = catchup
-            actor.actor_inbox.wake()
-        return Subscription(self, actor)
-
-    def _load_checkpoint(self, journal: JournalActor, name: str) -> int | None:
-        future: BusFuture[int | None] = BusFuture()
-        self._router_mailbox.put(Forward(journal.actor_inbox, LoadCheckpoint(name, future)))
-        result: int | None = future.get(timeout=30.0)
-        return result
-
-    def _start_subscriber(
-        self,
-        pattern: str,
-        handler: Handler,
-        *,
-        capacity: int | None,
-        overflow: OverflowStrategy | str | None,
-        dedicated_thread: bool,
-    ) -> SubscriberActor:
-        if not (callable(handler) or isinstance(handler, pykka.ActorRef)):
-            raise TypeError(f"handler must be callable or a pykka.ActorRef, not {handler!r}")
-        cap = self.config.buffer_size if capacity is None else capacity
-        if cap < 1:
-            raise ValueError("capacity must be at least 1")
-        strategy = self.config.overflow if overflow is None else OverflowStrategy(overflow)
-        loop = None
-        if not isinstance(handler, pykka.ActorRef) and (
-            inspect.iscoroutinefunction(handler)
-            or inspect.iscoroutinefunction(getattr(handler, "__call__", None))  # noqa: B004
-        ):
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                loop = self._background_loop()
-        sub_id = f"sub-{next(_sub_ids)}"
-        dispatcher = (
-            Dispatcher(1, name=f"{sub_id}-thread") if dedicated_thread else self._dispatcher
-        )
-        actor = SubscriberActor(
-            bus=self,
-            sub_id=sub_id,
-            pattern=pattern,
-            handler=handler,
-            capacity=cap,
-            overflow=strategy,
-            retries=self.config.handler_retries,
-            dispatcher=dispatcher,
-            loop=loop,
-        )
-        _start(actor)
-        with self._subs_lock:
-            self._subs[sub_id] = actor
-        return actor
-
-    @staticmethod
-    def _route_for(actor: SubscriberActor, flt: FilterLike | None) -> Route:
-        strategy = actor.actor_inbox.overflow
-        return Route(
-            id=actor.sub_id,
-            pattern=actor.pattern,
-            mailbox=actor.actor_inbox,
-            predicate=as_predicate(flt),
-            strict=strategy in (OverflowStrategy.REJECT, OverflowStrategy.BLOCK),
-        )
-
-    def _unsubscribe(self, subscription: Subscription) -> None:
-        with self._subs_lock:
-            actor = self._subs.pop(subscription.id, None)
-        if actor is None:
-            return
-        # The router removes the route first, then stops the actor: no flush
-        # barrier can land on a stopped mailbox.
-        # (Never a blocking stop: the router runs on a dispatcher thread that
-        # the subscriber may need in order to stop.)
-        self._router_mailbox.put(
-            Unsubscribe(subscription.id, then=lambda: actor.actor_ref.stop(block=False))
-        )
-        stats = actor.statistics()
-        self._removed[0] += stats.delivered
-        self._removed[1] += stats.dropped
-        self._removed[2] += stats.errors
-        self._removed[3] += stats.expired
-        self._removed[4] += stats.dead_letters
 
     def subscriptions(self) -> list[Subscription]:
         """Return the live subscriptions."""
-        with self._subs_lock:
-            return [Subscription(self, a) for a in self._subs.values()]
+        return self._core.subscriptions()
 
     # -- dead letters ---------------------------------------------------------------------
-
-    def _dead_letter(self, letter: DeadLetter) -> None:
-        event = letter.event
-        announcement = Event(
-            event_type="$bus.deadletter",
-            data={
-                "subscription": letter.subscription_id,
-                "pattern": letter.pattern,
-                "event": event.to_dict(),
-                "error_type": letter.error_type,
-                "error": letter.error,
-                "attempts": letter.attempts,
-            },
-            correlation_id=event.correlation_id,
-            causation_id=event.id,
-            source="bus",
-        )
-        self._dead_count += 1
-        self._dead.append(replace(letter, letter=announcement))
-        self._publish_internal(announcement)
 
     def dead_letters(self) -> list[DeadLetter]:
         """Return the dead letters: from the journal where persistent, else the recent ones kept."""
         if self._journal is None:
-            return list(self._dead)
+            return self._core.dead_letters()
         letters = []
         for letter in self.query(EventQuery(event_types=["$bus.deadletter"])):
             data = letter.data
@@ -599,10 +318,10 @@ class EventBus:
         Blocks until answered (``FutureTimeoutError`` after ``timeout``).
         """
         self._check_open()
-        future: BusFuture[Any] = BusFuture()
+        future: BusFuture[CorrelatedEvents] = BusFuture()
         self._router_mailbox.put(GetCorrelated(correlation_id, future))
-        events, complete = future.get(timeout=timeout)
-        result = list(events or [])
+        events, complete = future.get(timeout)
+        result = list(events)
         if not complete and self._journal is not None:
             stored = self.query(EventQuery(correlation_id=correlation_id), timeout=timeout)
             result = _merge(stored, result)
@@ -629,8 +348,7 @@ class EventBus:
         journal = self._require_journal()
         future: BusFuture[list[Event]] = BusFuture()
         self._router_mailbox.put(Forward(journal.actor_inbox, ReadJournal(query, future)))
-        result: list[Event] = future.get(timeout=timeout)
-        return result
+        return future.get(timeout)
 
     def replay(
         self,
@@ -708,24 +426,7 @@ class EventBus:
         self._flush(timeout)
 
     def _flush(self, timeout: float | None) -> None:
-        if current_event.get() is not None:
-            raise RuntimeError("flush() cannot be called from inside a handler")
-        deadline = None if timeout is None else time.monotonic() + timeout
-        # A catch-up subscription is not a route until it has read history;
-        # the events published before this call reach it through the journal.
-        with self._subs_lock:
-            catching_up = [
-                a.catchup
-                for a in self._subs.values()
-                if a.catchup and not a.catchup.caught_up.is_set()
-            ]
-        for catchup in catching_up:
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if not catchup.caught_up.wait(remaining):
-                raise FutureTimeoutError(f"{timeout} seconds (a catch-up subscription is behind)")
-        future: BusFuture[None] = BusFuture()
-        self._router_mailbox.put(Flush(future))
-        future.get(timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
+        self._core.flush(timeout)
 
     def close(self, timeout: float | None = None) -> None:
         """Drain, flush and stop every actor.  Idempotent.
@@ -747,14 +448,12 @@ class EventBus:
         self._stop_actors(wait=not inside, timeout=timeout)
 
     def _stop_actors(self, *, wait: bool, timeout: float | None) -> None:
-        with self._subs_lock:
-            subs = list(self._subs.values())
-            self._subs.clear()
+        subs = self._core.take_subscribers()
         # Subscribers, router and correlation first; the journal last, so the
         # router's final records reach it.  The journal closes its storage.
         if self._bridge is not None:
             self._bridge.close(timeout if wait else 0)
-        first = [a.actor_ref for a in subs] + [self._router.actor_ref, self._correlation.actor_ref]
+        first = [a.actor_ref for a in subs] + self._core.refs()
         self._stop_refs(first, wait, timeout)
         if self._journal is not None:
             self._stop_refs([self._journal.actor_ref], wait, timeout)
@@ -763,8 +462,7 @@ class EventBus:
             if actor.actor_dispatcher is not self._dispatcher:
                 actor.actor_dispatcher.shutdown(timeout if wait else 0)
         self._dispatcher.shutdown(timeout if wait else 0)
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
+        self._core.stop_loop()
 
     @staticmethod
     def _stop_refs(refs: list[pykka.ActorRef[Any]], wait: bool, timeout: float | None) -> None:
@@ -796,66 +494,21 @@ class EventBus:
     ) -> None:
         self.close()
 
-    # -- async handlers from sync code ------------------------------------------------------
-
-    def _background_loop(self) -> asyncio.AbstractEventLoop:
-        with self._subs_lock:
-            if self._loop is None:
-                loop = asyncio.new_event_loop()
-                ready = threading.Event()
-
-                def run() -> None:
-                    asyncio.set_event_loop(loop)
-                    loop.call_soon(ready.set)
-                    loop.run_forever()
-                    loop.close()
-
-                self._loop_thread = threading.Thread(target=run, name="bus-async", daemon=True)
-                self._loop_thread.start()
-                ready.wait()
-                self._loop = loop
-            return self._loop
-
     # -- metrics -----------------------------------------------------------------------------
 
     def metrics(self) -> BusMetrics:
-        """Return a snapshot of the bus's figures (never blocks on the actors)."""
-        with self._subs_lock:
-            stats = tuple(a.statistics() for a in self._subs.values())
-        removed = self._removed
-        p50, p90, p99, pmax = self._latency.percentiles()
-        router = self._router
-        journal = self._journal_figures()
-        return BusMetrics(
-            published=router.published,
-            delivered=removed[0] + sum(s.delivered for s in stats),
-            dropped=removed[1] + sum(s.dropped for s in stats),
-            rejected=router.rejected,
-            expired=removed[3] + sum(s.expired for s in stats),
-            handler_errors=removed[2] + sum(s.errors for s in stats),
-            dead_letters=self._dead_count,
-            subscriptions=len(stats),
-            events_per_second=router.meter.current(),
-            peak_events_per_second=max(router.meter.peak(), router.meter.current()),
-            latency_p50=p50,
-            latency_p90=p90,
-            latency_p99=p99,
-            latency_max=pmax,
-            per_subscription=stats,
-            journal_written=journal[0],
-            journal_write_latency=journal[1],
-            journal_size_bytes=journal[2],
-            rate_limited=self._rate_limited,
-            journal_corrupt_records=(
-                self._journal.corrupt + self._journal.storage.corrupt_records
-                if self._journal is not None
-                else 0
-            ),
-            bridge=self._bridge.statistics() if self._bridge is not None else None,
+        """Return a snapshot of the bus's figures (the actors are asked for theirs)."""
+        return self._core.metrics(
+            self._journal_figures(),
+            self._bridge.statistics() if self._bridge is not None else None,
         )
 
-    def _journal_figures(self) -> tuple[int, float | None, int]:
-        return self._journal.figures() if self._journal is not None else (0, None, 0)
+    def _journal_figures(self) -> JournalFigures:
+        journal = self._journal
+        if journal is None:
+            return (0, None, 0, 0)
+        written, latency, size = journal.figures()
+        return (written, latency, size, journal.corrupt + journal.storage.corrupt_records)
 
     def prometheus(self) -> str:
         """Return the metrics in the Prometheus text exposition format."""
@@ -864,13 +517,6 @@ class EventBus:
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
         return f"<{type(self).__name__} {self.name or ''} {state}>"
-
-
-def _start(actor: Any) -> Any:
-    """Register and start an actor built directly (keeps the object, as start() would not)."""
-    ActorRegistry.register(actor.actor_ref)
-    actor._start_actor_loop()
-    return actor
 
 
 def _merge(stored: Sequence[Event], live: Sequence[Event]) -> list[Event]:
