@@ -23,10 +23,9 @@ from typing import TYPE_CHECKING, Any
 
 import pykka
 
-from actors._core.messages import CorrelatedEvents, Forward, GetCorrelated, ReadJournal
 from actors._core.publishing import prepare_event
 from actors._core.subscriber import DeadLetter, Handler, Subscription, current_event
-from actors._core.wiring import Core, JournalFigures, start_actor
+from actors._core.wiring import Core, JournalFigures, merge_events, start_actor
 from actors._errors import BusClosedError, EventBusError, InvalidEventError
 from actors._journal.actor import JournalActor, enforce_retention, first_free_sequence
 from actors._journal.storage import RocksStorage, Storage
@@ -117,6 +116,14 @@ class EventBus:
                 raise
             self._router.add_recorder(self._bridge.mailbox)
             self._router.route_listeners.append(self._bridge.on_local_patterns)
+
+    @property
+    def core(self) -> Core:
+        """Return the bus's core (router, subscribers): for ``AsyncEventBus`` and tools.
+
+        Not a stable API: its methods return ``BusFuture``s instead of waiting.
+        """
+        return self._core
 
     def wait_for_peers(self, names: Sequence[str], timeout: float | None = 30.0) -> bool:
         """Block until the nodes ``names`` acknowledged this node's subscriptions.
@@ -318,15 +325,13 @@ class EventBus:
         Blocks until answered (``FutureTimeoutError`` after ``timeout``).
         """
         self._check_open()
-        future: BusFuture[CorrelatedEvents] = BusFuture()
-        self._router_mailbox.put(GetCorrelated(correlation_id, future))
-        events, complete = future.get(timeout)
+        events, complete = self._core.correlated(correlation_id).get(timeout)
         result = list(events)
         if not complete and self._journal is not None:
             stored = self.query(EventQuery(correlation_id=correlation_id), timeout=timeout)
-            result = _merge(stored, result)
+            result = merge_events(stored, result)
         if self._bridge is not None:
-            result = _merge(result, self._bridge.remote_correlated(correlation_id, timeout))
+            result = merge_events(result, self._bridge.remote_correlated(correlation_id, timeout))
         return result
 
     def query(
@@ -345,10 +350,7 @@ class EventBus:
             if self._bridge is None:
                 raise EventBusError("this bus is not connected to other nodes")
             return self._bridge.remote_query(node, query, timeout)
-        journal = self._require_journal()
-        future: BusFuture[list[Event]] = BusFuture()
-        self._router_mailbox.put(Forward(journal.actor_inbox, ReadJournal(query, future)))
-        return future.get(timeout)
+        return self._core.read_journal(query).get(timeout)
 
     def replay(
         self,
@@ -400,14 +402,6 @@ class EventBus:
             if len(page) < page_size:
                 return
             after = page[-1].sequence
-
-    def _require_journal(self) -> JournalActor:
-        if self._journal is None:
-            raise EventBusError(
-                "this bus has no journal: use PersistentEventBus or "
-                "EventConfig(persistence_path=...)"
-            )
-        return self._journal
 
     def trace(self, correlation_id: uuid.UUID, *, timeout: float | None = 30.0) -> Trace:
         """Return the causal ``Trace`` of ``correlation_id`` (see ``get_correlated``)."""
@@ -517,14 +511,6 @@ class EventBus:
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
         return f"<{type(self).__name__} {self.name or ''} {state}>"
-
-
-def _merge(stored: Sequence[Event], live: Sequence[Event]) -> list[Event]:
-    """Union of journal and memory events by id, in sequence order."""
-    seen: dict[uuid.UUID, Event] = {e.id: e for e in stored}
-    for e in live:
-        seen.setdefault(e.id, e)
-    return sorted(seen.values(), key=lambda e: (e.sequence or 0, e.timestamp))
 
 
 class PersistentEventBus(EventBus):

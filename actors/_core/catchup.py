@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import sys
-import threading
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -66,8 +65,8 @@ class CatchUp:
         self._save = save
         self.live = False
         self.waiting = False
-        # Set once every history page is handled; flush waits for it.
-        self.caught_up = threading.Event()
+        # Done once every history page is handled; flush waits for it.
+        self.caught_up: BusFuture[None] = BusFuture()
         self.live_start: int | None = None
         self._pages: deque[list[tuple[Event, float]]] = deque()
         self._capacity = self._mailbox.capacity
@@ -75,7 +74,7 @@ class CatchUp:
         if start is None:
             # A new durable subscription with no starting point starts live.
             self.live = True
-            self.caught_up.set()
+            self.caught_up.set(None)
 
     def take_page(self) -> list[tuple[Event, float]] | None:
         """Return what arrived (already filtered) since the last call, if anything."""
@@ -147,7 +146,7 @@ class CatchUp:
     def settle(self) -> bool:
         """Mark the subscription caught up if it is live with no history left; return it."""
         if self.live and not self._pages:
-            self.caught_up.set()
+            self.caught_up.set(None)
             return True
         return False
 

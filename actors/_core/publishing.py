@@ -91,6 +91,12 @@ class Publisher:
         with self._lock:
             return self._rejected, self._rate_limited
 
+    def may_wait(self) -> bool:
+        """Return whether a publish could block now (BLOCK subscriptions, or a full router)."""
+        router = self._router
+        cap = router.capacity
+        return bool(self._guard.blocking) or (cap is not None and len(router) >= cap)
+
     def publish(self, event: Event, *, owned: bool) -> BusFuture[Event]:
         """Send one event; return its future (``RateLimitedError``, ``BackpressureError``)."""
         self._take_tokens(1)

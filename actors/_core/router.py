@@ -62,7 +62,7 @@ from actors._runtime.mailbox import STARTED
 if TYPE_CHECKING:
     from actors._runtime.future import BusFuture
 
-__all__ = ["RouterActor"]
+__all__ = ["Latch", "RouterActor"]
 
 logger = logging.getLogger("actors.router")
 
@@ -73,7 +73,7 @@ _PLAN_CACHE_LIMIT = 100_000
 _Plan = tuple[tuple[Route, ...], bool, bool, bool]
 
 
-class _Latch:
+class Latch:
     """Call ``done`` after ``count_down`` was called ``n`` times (from any threads)."""
 
     __slots__ = ("_done", "_lock", "_n")
@@ -372,7 +372,7 @@ class RouterActor(DispatchedActor):
         recorders = list(self._recorders)
         if self._durable is not None:
             recorders.append(self._durable)
-        latch = _Latch(len(mailboxes) + len(recorders), lambda: future.set(None))
+        latch = Latch(len(mailboxes) + len(recorders), lambda: future.set(None))
         for mailbox in mailboxes:
             mailbox.add_barrier(latch.count_down)
         for recorder in recorders:

@@ -135,7 +135,7 @@ class SubscriberActor(DispatchedActor):
         if self._inflight:
             return
         catchup = self.catchup
-        if catchup is not None and not catchup.caught_up.is_set():
+        if catchup is not None and not catchup.caught_up.done():
             page = catchup.take_page()
             if page is not None:
                 self._deliver(page, history=True)

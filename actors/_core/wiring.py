@@ -23,8 +23,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import threading
-import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pykka
@@ -34,9 +34,11 @@ from actors._core.backpressure import BlockGuard
 from actors._core.catchup import CatchUp
 from actors._core.correlator import CorrelationActor
 from actors._core.messages import (
+    CorrelatedEvents,
     DeadLetter,
     Flush,
     Forward,
+    GetCorrelated,
     GetDeadLetters,
     GetRouterFigures,
     LoadCheckpoint,
@@ -49,7 +51,7 @@ from actors._core.messages import (
 from actors._core.ports import SubscriberPorts
 from actors._core.publishing import Publisher
 from actors._core.ratelimit import TokenBucket
-from actors._core.router import RouterActor
+from actors._core.router import Latch, RouterActor
 from actors._core.routes import Route
 from actors._core.subscriber import (
     Handler,
@@ -68,7 +70,7 @@ from actors._model.topics import Pattern
 from actors._runtime.dispatcher import DispatchedActor, Dispatcher, FifoMailbox
 from actors._runtime.future import BusFuture
 
-__all__ = ["Core", "JournalFigures", "start_actor"]
+__all__ = ["Core", "JournalFigures", "merge_events", "start_actor"]
 
 _sub_ids = itertools.count(1)
 
@@ -77,6 +79,14 @@ JournalFigures = tuple[int, float | None, int, int]
 
 # How long metrics() and dead_letters() wait for the router's answer.
 _ASK_TIMEOUT = 10.0
+
+
+def merge_events(stored: Sequence[Event], live: Sequence[Event]) -> list[Event]:
+    """Union of journal and memory events by id, in sequence order."""
+    seen: dict[uuid.UUID, Event] = {e.id: e for e in stored}
+    for e in live:
+        seen.setdefault(e.id, e)
+    return sorted(seen.values(), key=lambda e: (e.sequence or 0, e.timestamp))
 
 
 def start_actor(actor: DispatchedActor) -> None:
@@ -297,24 +307,42 @@ class Core:
 
     def flush(self, timeout: float | None) -> None:
         """Wait until every event published so far is handled (or dropped) and recorded."""
+        self.start_flush().get(timeout)
+
+    def start_flush(self) -> BusFuture[None]:
+        """Start a flush; the future is done once everything published so far is handled.
+
+        A catch-up subscription is not a route until it has read history (the
+        events published before the call reach it through the journal), so
+        the router's ``Flush`` is sent once every catch-up is caught up.
+        Raises ``RuntimeError`` inside a handler (it would wait for itself).
+        """
         if current_event.get() is not None:
             raise RuntimeError("flush() cannot be called from inside a handler")
-        deadline = None if timeout is None else time.monotonic() + timeout
-        # A catch-up subscription is not a route until it has read history;
-        # the events published before this call reach it through the journal.
         with self._lock:
-            catching_up = [
-                a.catchup
+            pending = [
+                a.catchup.caught_up
                 for a in self._subs.values()
-                if a.catchup is not None and not a.catchup.caught_up.is_set()
+                if a.catchup is not None and not a.catchup.caught_up.done()
             ]
-        for catchup in catching_up:
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if not catchup.caught_up.wait(remaining):
-                raise FutureTimeoutError(f"{timeout} seconds (a catch-up subscription is behind)")
         future: BusFuture[None] = BusFuture()
-        self.inbox.put(Flush(future))
-        future.get(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        inbox = self.inbox
+        latch = Latch(len(pending), lambda: inbox.put(Flush(future)))
+        for caught_up in pending:
+            caught_up.add_done_callback(lambda _: latch.count_down())
+        return future
+
+    def correlated(self, correlation_id: uuid.UUID) -> BusFuture[CorrelatedEvents]:
+        """Ask for the events of ``correlation_id`` held in memory (sees every earlier publish)."""
+        future: BusFuture[CorrelatedEvents] = BusFuture()
+        self.inbox.put(GetCorrelated(correlation_id, future))
+        return future
+
+    def read_journal(self, query: EventQuery) -> BusFuture[list[Event]]:
+        """Ask the journal for the events ``query`` selects (sees every earlier publish)."""
+        future: BusFuture[list[Event]] = BusFuture()
+        self.inbox.put(Forward(self.require_journal(), ReadJournal(query, future)))
+        return future
 
     # -- figures --------------------------------------------------------------------
 
