@@ -8,7 +8,6 @@ routed the event, which makes them a barrier for the mailbox's contents.
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 import pytest
