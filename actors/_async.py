@@ -63,8 +63,9 @@ class AsyncEventBus:
     async def publish(self, event_or_type: Event | str, data: Any = None, **fields: Any) -> Event:
         """Publish and return the sequenced event (see ``EventBus.publish``).
 
-        If the router's mailbox is full (a ``BLOCK`` subscription is behind),
-        waits for room in an executor thread, never on the loop.
+        If the publish may wait (``BLOCK`` subscriptions exist, or the
+        router's mailbox is full), it waits in an executor thread, never on
+        the loop.
         """
         bus = self.sync
         if bus.closed:

@@ -49,9 +49,9 @@ if TYPE_CHECKING:
 class EventBus:
     """An in-process event bus of actors.  Use it as a context manager.
 
-    ``publish`` never waits for handlers; it blocks only while the router's
-    mailbox is full (a ``BLOCK`` subscription is behind), up to
-    ``EventConfig.block_timeout``.  Calls after ``close`` raise
+    ``publish`` never waits for handlers; it blocks only while a full
+    ``BLOCK`` subscription wants its event (or the router's mailbox is full),
+    up to ``EventConfig.block_timeout``.  Calls after ``close`` raise
     ``BusClosedError``.
     """
 
@@ -199,8 +199,9 @@ class EventBus:
         event's correlation id and takes its id as causation id, unless given.
         Does not wait for handlers.  Raises ``InvalidEventError`` (bad or
         reserved type, non-JSON data), ``RateLimitedError``, ``BusClosedError``,
-        and ``BackpressureError`` when the router's mailbox stays full for
-        ``block_timeout``.  The future fails with ``BackpressureError`` when a
+        and ``BackpressureError`` when a full ``BLOCK`` subscription that wants
+        the event has no room within ``block_timeout`` (the event is then not
+        published).  The future fails with ``BackpressureError`` when a
         ``REJECT`` subscription is full.
         """
         if self._closed:
