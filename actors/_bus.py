@@ -157,7 +157,7 @@ class EventBus:
         if self._bridge is None:
             raise EventBusError("this bus is not connected to other nodes (no NodeConfig)")
         self._check_open()
-        event = self._prepare(event_or_type, data, fields)
+        event = prepare_event(event_or_type, data, fields)
         return self._bridge.remote_publish(node, [event], timeout)[0]
 
     @property
@@ -228,14 +228,6 @@ class EventBus:
     ) -> BusFuture[Event]:
         """Publish ``event_type`` with ``data`` as part of the workflow ``correlation_id``."""
         return self.publish(event_type, data, correlation_id=correlation_id, **fields)
-
-    def _prepare(self, event_or_type: Event | str, data: Any, fields: dict[str, Any]) -> Event:
-        return prepare_event(event_or_type, data, fields)
-
-    def _publish_internal(self, event: Event) -> None:
-        """Publish a ``$bus`` event: never blocks, never rejected, never rate limited."""
-        if not self._closed or self._router.actor_ref.is_alive():
-            self._core.publisher.publish_internal(event)
 
     # -- subscribing -------------------------------------------------------------------
 
@@ -501,9 +493,10 @@ class EventBus:
     def _journal_figures(self) -> JournalFigures:
         journal = self._journal
         if journal is None:
-            return (0, None, 0, 0)
+            return JournalFigures()
         written, latency, size = journal.figures()
-        return (written, latency, size, journal.corrupt + journal.storage.corrupt_records)
+        corrupt = journal.corrupt + journal.storage.corrupt_records
+        return JournalFigures(written, latency, size, corrupt)
 
     def prometheus(self) -> str:
         """Return the metrics in the Prometheus text exposition format."""

@@ -122,10 +122,6 @@ class Publisher:
             PublishBatch(events, [None] * len(events), time.perf_counter(), internal=True)
         )
 
-    def publish_internal(self, event: Event) -> None:
-        """Publish a ``$bus`` event: never blocks, never refused."""
-        self._router.put(Publish(event, None, time.perf_counter(), internal=True))
-
     # -- steps ------------------------------------------------------------------
 
     def _take_tokens(self, n: int) -> None:

@@ -25,7 +25,7 @@ import itertools
 import threading
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import pykka
 from pykka import ActorRegistry
@@ -74,8 +74,15 @@ __all__ = ["Core", "JournalFigures", "merge_events", "start_actor"]
 
 _sub_ids = itertools.count(1)
 
-# written, write latency, size in bytes, corrupt records
-JournalFigures = tuple[int, float | None, int, int]
+
+class JournalFigures(NamedTuple):
+    """What the facade reports of its journal in ``metrics()``."""
+
+    written: int = 0
+    write_latency: float | None = None
+    size_bytes: int = 0
+    corrupt_records: int = 0
+
 
 # How long metrics() and dead_letters() wait for the router's answer.
 _ASK_TIMEOUT = 10.0
@@ -369,9 +376,10 @@ class Core:
         return self.router.final_dead_letters()
 
     def metrics(
-        self, journal: JournalFigures = (0, None, 0, 0), bridge: BridgeStatistics | None = None
+        self, journal: JournalFigures | None = None, bridge: BridgeStatistics | None = None
     ) -> BusMetrics:
         """Return a ``BusMetrics`` snapshot; ``journal`` and ``bridge`` come from the facade."""
+        journal = journal or JournalFigures()
         router = self.router_figures()
         rejected, rate_limited = self.publisher.counts()
         with self._lock:
@@ -394,11 +402,11 @@ class Core:
             latency_p99=p99,
             latency_max=pmax,
             per_subscription=stats,
-            journal_written=journal[0],
-            journal_write_latency=journal[1],
-            journal_size_bytes=journal[2],
+            journal_written=journal.written,
+            journal_write_latency=journal.write_latency,
+            journal_size_bytes=journal.size_bytes,
             rate_limited=rate_limited,
-            journal_corrupt_records=journal[3],
+            journal_corrupt_records=journal.corrupt_records,
             bridge=bridge,
         )
 
