@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 from actors._bus import EventBus
 from actors._core.messages import CorrelatedEvents
-from actors._core.subscriber import DeadLetter, Handler, Subscription
+from actors._core.subscriber import DeadLetter, Handler, Subscription, current_event
 from actors._core.wiring import merge_events
 from actors._errors import BusClosedError, FutureTimeoutError
 from actors._model.config import EventConfig, OverflowStrategy
@@ -183,6 +183,9 @@ class AsyncEventBus:
         left to flush.
         """
         bus = self.sync
+        if current_event.get() is not None:
+            bus.close(timeout)  # inside a handler: stops without waiting
+            return
         if not bus.closed:
             try:
                 await self.flush(timeout)

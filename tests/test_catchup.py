@@ -203,3 +203,36 @@ def test_durable_names_are_independent(open_bus: Callable[..., EventBus]) -> Non
     rb.wait_for(last)
     assert ra.data == [4, 5, 6]
     assert rb.data == list(range(7))
+
+
+def test_unsubscribing_a_catch_up_subscription_never_strands_a_flush(
+    open_bus: Callable[..., EventBus],
+) -> None:
+    bus = open_bus()
+    publish_all(bus, [Event(event_type="h.x", data=i) for i in range(3000)])
+    entered = threading.Event()
+    release = threading.Event()
+
+    def slow(event: Event) -> None:
+        entered.set()
+        assert release.wait(WAIT)
+
+    sub = bus.subscribe("h.*", slow, from_sequence=1, dedicated_thread=True)
+    assert entered.wait(WAIT)  # parked inside its first history page
+    flushed = threading.Event()
+    errors: list[BaseException] = []
+
+    def flusher() -> None:
+        try:
+            bus.flush(timeout=None)  # waits for the catch-up...
+        except BaseException as exc:
+            errors.append(exc)
+        flushed.set()
+
+    t = threading.Thread(target=flusher)
+    t.start()
+    sub.unsubscribe()  # ... until it is gone
+    assert flushed.wait(WAIT), "flush kept waiting for an unsubscribed catch-up"
+    assert errors == []
+    release.set()
+    t.join(WAIT)

@@ -276,6 +276,8 @@ class Core:
             if actor is None:
                 return
             actor.detached.set()
+            if actor.catchup is not None:
+                actor.catchup.caught_up.set(None)  # a flush waiting for it stops waiting
             stats = actor.statistics()
             self._removed[0] += stats.delivered
             self._removed[1] += stats.dropped
@@ -299,6 +301,8 @@ class Core:
             self._subs.clear()
         for actor in subs:
             actor.detached.set()
+            if actor.catchup is not None:
+                actor.catchup.caught_up.set(None)
         return subs
 
     def require_journal(self) -> FifoMailbox:
