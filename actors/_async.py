@@ -1,11 +1,13 @@
 """``AsyncEventBus``: the same bus, with coroutines that never block the loop.
 
 Every coroutine shares the core of ``EventBus``: it sends the same message to
-the router and turns the ``BusFuture`` it gets back into an asyncio future
-(through ``add_done_callback`` and ``call_soon_threadsafe``).  pykka's own
-``Future.__await__`` blocks the loop, so it is never used.  Work that can
-block a thread (a ``BLOCK`` publish waiting for room, ``close``) runs in the
-loop's default executor.
+the router and awaits the ``BusFuture`` it gets back through ``wrap_future``
+(a done-callback that hands the result to the loop with
+``call_soon_threadsafe``).  pykka's own ``Future.__await__`` blocks the loop,
+so it is never used.  Only work that blocks a thread runs in the loop's
+default executor: a publish that may wait for room (a ``BLOCK`` subscription
+exists, or the router's mailbox is full), stopping the actors in ``aclose``,
+and the remote part of ``get_correlated`` on a node.
 """
 
 from __future__ import annotations
@@ -17,42 +19,30 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from actors._bus import EventBus
+from actors._core.messages import CorrelatedEvents
 from actors._core.requests import reply_result, timeout_error
-from actors._core.subscriber import DeadLetter, Handler, Subscription
-from actors._errors import BusClosedError
+from actors._core.subscriber import DeadLetter, Handler, Subscription, current_event
+from actors._core.wiring import merge_events
+from actors._errors import BusClosedError, FutureTimeoutError
 from actors._model.config import EventConfig, OverflowStrategy
 from actors._model.event import Event
 from actors._model.filter import FilterLike
 from actors._model.metrics import BusMetrics
 from actors._model.query import EventQuery
 from actors._model.trace import Trace
-from actors._runtime.future import BusFuture
+from actors._runtime.future import BusFuture, wrap_future
 
-__all__ = ["AsyncEventBus", "EventStream"]
+__all__ = ["AsyncEventBus", "EventStream", "wrap_future"]
 
 T = TypeVar("T")
 
 
-def wrap_future(future: BusFuture[T]) -> asyncio.Future[T]:
-    """Return an asyncio future of the running loop that mirrors ``future``."""
-    loop = asyncio.get_running_loop()
-    result: asyncio.Future[T] = loop.create_future()
-
-    def transfer(done: BusFuture[T]) -> None:
-        if result.done():
-            return
-        exc = done.exception()
-        if exc is not None:
-            result.set_exception(exc)
-        else:
-            result.set_result(done.get())
-
-    def on_done(done: BusFuture[T]) -> None:
-        if not loop.is_closed():
-            loop.call_soon_threadsafe(transfer, done)
-
-    future.add_done_callback(on_done)
-    return result
+async def _await(future: BusFuture[T], timeout: float | None) -> T:
+    """Await ``future`` on the running loop; ``FutureTimeoutError`` after ``timeout``."""
+    try:
+        return await asyncio.wait_for(wrap_future(future), timeout)
+    except TimeoutError:
+        raise FutureTimeoutError(f"{timeout} seconds") from None
 
 
 class AsyncEventBus:
@@ -74,14 +64,14 @@ class AsyncEventBus:
     async def publish(self, event_or_type: Event | str, data: Any = None, **fields: Any) -> Event:
         """Publish and return the sequenced event (see ``EventBus.publish``).
 
-        If the router's mailbox is full (a ``BLOCK`` subscription is behind),
-        waits for room in an executor thread, never on the loop.
+        If the publish may wait (``BLOCK`` subscriptions exist, or the
+        router's mailbox is full), it waits in an executor thread, never on
+        the loop.
         """
         bus = self.sync
-        if bus._closed:
+        if bus.closed:
             raise BusClosedError("the bus is closed")
-        mailbox = bus._router_mailbox
-        if mailbox.capacity is not None and len(mailbox) >= mailbox.capacity:
+        if bus.core.publisher.may_wait():
             loop = asyncio.get_running_loop()
             future = await loop.run_in_executor(
                 None, lambda: bus.publish(event_or_type, data, **fields)
@@ -150,29 +140,62 @@ class AsyncEventBus:
             from_sequence=from_sequence,
         )
 
-    async def get_correlated(self, correlation_id: uuid.UUID) -> list[Event]:
-        """Return the events of ``correlation_id`` in sequence order."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(None, self.sync.get_correlated, correlation_id)
+    async def get_correlated(
+        self, correlation_id: uuid.UUID, *, timeout: float | None = 30.0
+    ) -> list[Event]:
+        """Return the events of ``correlation_id`` in sequence order (see ``EventBus``)."""
+        bus = self.sync
+        if bus.closed:
+            raise BusClosedError("the bus is closed")
+        if bus.node is not None:  # the peers are asked by blocking calls
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(
+                None, lambda: bus.get_correlated(correlation_id, timeout=timeout)
+            )
+        core = bus.core
+        answer: CorrelatedEvents = await _await(core.correlated(correlation_id), timeout)
+        events = answer.events
+        if answer.complete or core.journal is None:
+            return list(events)
+        stored = await _await(core.read_journal(EventQuery(correlation_id=correlation_id)), timeout)
+        return merge_events(stored, events)
 
     async def trace(self, correlation_id: uuid.UUID) -> Trace:
         """Return the causal trace of ``correlation_id``."""
         return Trace(correlation_id, await self.get_correlated(correlation_id))
 
-    async def query(self, query: EventQuery) -> list[Event]:
+    async def query(self, query: EventQuery, *, timeout: float | None = 30.0) -> list[Event]:
         """Query the journal (see ``PersistentEventBus.query``)."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(None, self.sync.query, query)
+        if self.sync.closed:
+            raise BusClosedError("the bus is closed")
+        return await _await(self.sync.core.read_journal(query), timeout)
 
     async def flush(self, timeout: float | None = None) -> None:
         """Wait until everything published so far is handled and recorded."""
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, self.sync.flush, timeout)
+        if self.sync.closed:
+            raise BusClosedError("the bus is closed")
+        await _await(self.sync.core.start_flush(), timeout)
 
     async def aclose(self, timeout: float | None = None) -> None:
-        """Drain, flush and stop the bus (the async twin of ``close``)."""
+        """Drain, flush and stop the bus (the async twin of ``close``).
+
+        The flush is awaited on the loop; stopping the actors (which joins
+        their threads) runs in the executor, where ``close`` finds nothing
+        left to flush.
+        """
+        bus = self.sync
+        if current_event.get() is not None:
+            bus.close(timeout)  # inside a handler: stops without waiting
+            return
+        if not bus.closed:
+            try:
+                await self.flush(timeout)
+            except FutureTimeoutError:
+                pass  # close() warns and stops anyway
+            except BusClosedError:
+                return
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, self.sync.close, timeout)
+        await loop.run_in_executor(None, bus.close, timeout)
 
     # -- requests and replies (see EventBus.request; the core: _core/requests.py) ---------
 
@@ -226,10 +249,14 @@ class AsyncEventBus:
         bus = self.sync
         loop = asyncio.get_running_loop()
         started = loop.time()
-        requester, event, new_route = bus._prepare_request(event_type, data, fields)
+        client = bus.request_client
+        requester = client.requester
+        event, new_route = client.prepare(event_type, data, fields)
         if new_route:  # a node's first request of this type: blocks once, off the loop
-            await loop.run_in_executor(None, bus._sync_reply_route, event.event_type, timeout, node)
-        publish = bus._request_publisher(node)
+            await loop.run_in_executor(
+                None, client.sync_reply_route, event.event_type, timeout, node
+            )
+        publish = client.publisher(node)
         if node is not None:  # publish_remote blocks until the node answered
             pending = await loop.run_in_executor(None, requester.send, event, publish, max_replies)
         else:

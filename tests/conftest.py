@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-from actors import EventBus, EventConfig
+from actors import EventBus, EventConfig, PersistentEventBus
 from tests._support import WAIT
 
 
@@ -16,3 +18,23 @@ def bus() -> Iterator[EventBus]:
     b = EventBus(EventConfig(threads=2))
     yield b
     b.close(timeout=WAIT)
+
+
+@pytest.fixture
+def journal(tmp_path: Path) -> str:
+    return str(tmp_path / "journal")
+
+
+@pytest.fixture
+def open_bus(journal: str) -> Iterator[Callable[..., EventBus]]:
+    """Open buses on the test's journal; close whatever is left open at the end."""
+    opened: list[EventBus] = []
+
+    def opener(**settings: Any) -> EventBus:
+        bus = PersistentEventBus(EventConfig(persistence_path=journal, **settings))
+        opened.append(bus)
+        return bus
+
+    yield opener
+    for bus in opened:
+        bus.close(timeout=30)

@@ -6,6 +6,7 @@ Every test runs its own loop with ``asyncio.run``; no pytest plugin needed.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 import uuid
 from collections.abc import Awaitable, Callable
@@ -18,6 +19,7 @@ from actors import (
     BusClosedError,
     Event,
     EventConfig,
+    EventQuery,
     OverflowStrategy,
     Subscription,
     Trace,
@@ -254,5 +256,33 @@ def test_metrics_and_dead_letters_through_the_async_face() -> None:
             await bus.flush(WAIT)
             assert bus.metrics().handler_errors == 1
             assert [d.event.event_type for d in bus.dead_letters()] == ["d.e"]
+
+    run(main)
+
+
+class _CountingExecutor(concurrent.futures.ThreadPoolExecutor):
+    """The loop's default executor, counting what is sent to it."""
+
+    def __init__(self) -> None:
+        super().__init__(max_workers=2)
+        self.submitted = 0
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        self.submitted += 1
+        return super().submit(fn, *args, **kwargs)
+
+
+def test_flush_query_and_get_correlated_await_the_core_without_a_thread(tmp_path: Any) -> None:
+    async def main() -> None:
+        executor = _CountingExecutor()
+        asyncio.get_running_loop().set_default_executor(executor)
+        bus = AsyncEventBus(EventConfig(persistence_path=str(tmp_path / "j")))
+        cid = uuid.uuid4()
+        published = await bus.publish("a.b", 1, correlation_id=cid)
+        await bus.flush(WAIT)
+        assert [e.id for e in await bus.query(EventQuery(event_types=["a.b"]))] == [published.id]
+        assert [e.id for e in await bus.get_correlated(cid)] == [published.id]
+        assert executor.submitted == 0
+        await bus.aclose(WAIT)
 
     run(main)

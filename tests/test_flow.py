@@ -8,7 +8,6 @@ routed the event, which makes them a barrier for the mailbox's contents.
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 import pytest
@@ -143,86 +142,6 @@ def test_reject_with_publish_many_fails_only_the_events_that_do_not_fit(bus: Eve
     bus.flush(WAIT)
     assert gate.data == [0, 1, 2, 3]
     assert bus.metrics().rejected == 2
-
-
-def test_block_waits_for_room_and_loses_nothing(bus: EventBus) -> None:
-    gate = Gate()
-    sub = _hold(bus, gate, capacity=2, overflow=OverflowStrategy.BLOCK)
-    futures = [bus.publish("q.e", i) for i in range(1, 51)]
-    _routed(futures[:2])  # these fit
-    stats = sub.statistics()
-    assert stats.queued == 2
-    assert stats.dropped == 0
-    assert not futures[2].done()  # waits for room
-    assert not futures[-1].done()
-    gate.release.set()
-    _routed(futures)
-    bus.flush(WAIT)
-    assert sorted(gate.data) == list(range(51))  # order: see test_block_keeps_publish_order
-    assert sub.statistics().dropped == 0
-    assert bus.metrics().dropped == 0
-
-
-def test_block_keeps_publish_order(bus: EventBus) -> None:
-    permits = threading.Semaphore(0)
-    entered = threading.Event()
-    seen: list[Any] = []
-
-    def one_at_a_time(event: Event) -> None:
-        entered.set()
-        assert permits.acquire(timeout=WAIT)
-        seen.append(event.data)
-
-    bus.subscribe(
-        "q.*", one_at_a_time, capacity=2, overflow=OverflowStrategy.BLOCK, dedicated_thread=True
-    )
-    bus.publish("q.e", 0).get(timeout=WAIT)
-    assert entered.wait(WAIT)
-    futures = [bus.publish("q.e", i) for i in range(1, 11)]
-    _routed(futures[:2])  # 1 and 2 fill the mailbox; 3 parks the router, 4..10 queue behind
-    permits.release(1)  # the handler finishes 0 and takes 1 and 2: room for 3 and 4, 5 parks
-    permits.release(100)
-    published = _routed(futures)
-    bus.flush(WAIT)
-    assert seen == list(range(11))
-    seqs = [e.sequence for e in published]
-    assert seqs == sorted(seqs)  # type: ignore[type-var]
-
-
-def test_block_raises_backpressure_after_block_timeout() -> None:
-    with EventBus(EventConfig(threads=2, block_timeout=0.2)) as b:
-        gate = Gate()
-        _hold(b, gate, capacity=1, overflow=OverflowStrategy.BLOCK)
-        accepted: list[BusFuture[Event]] = []
-        error: BackpressureError | None = None
-        for i in range(1, 100_000):
-            try:
-                accepted.append(b.publish("q.e", i))
-            except BackpressureError as exc:
-                error = exc
-                break
-        assert error is not None, "publish never blocked on a full BLOCK subscription"
-        refused = len(accepted) + 1
-        assert b.metrics().rejected == 1
-        gate.release.set()
-        _routed(accepted)
-        b.flush(WAIT)
-        assert sorted(gate.data) == list(range(refused))  # nothing accepted was lost
-        assert refused not in gate.data
-
-
-def test_block_does_not_hold_up_other_subscriptions_already_routed(bus: EventBus) -> None:
-    gate = Gate()
-    roomy = Collector(3)
-    bus.subscribe("q.*", roomy)
-    _hold(bus, gate, capacity=1, overflow=OverflowStrategy.BLOCK)
-    bus.publish("q.e", 1).get(timeout=WAIT)  # fills the BLOCK mailbox
-    pending = bus.publish("q.e", 2)  # parks the router
-    assert not pending.done()
-    gate.release.set()
-    assert pending.get(timeout=WAIT).data == 2
-    bus.flush(WAIT)
-    assert [e.data for e in roomy.events] == [0, 1, 2]
 
 
 def test_backpressure_started_at_80_and_relieved_under_20_percent(bus: EventBus) -> None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 
 import pykka
 import pytest
 
 from actors import BusFuture, FutureTimeoutError
+from actors._runtime.future import wrap_future
 
 
 def test_value_set_from_another_thread_wakes_the_waiter() -> None:
@@ -56,3 +58,34 @@ def test_get_hook_is_honoured() -> None:
     fut: BusFuture[int] = BusFuture()
     fut.set_get_hook(lambda timeout: 7)
     assert fut.get(timeout=1) == 7
+
+
+def test_timeout_may_be_given_positionally() -> None:
+    fut: BusFuture[int] = BusFuture()
+    with pytest.raises(FutureTimeoutError):
+        fut.get(0)
+    fut.set(5)
+    assert fut.get(1) == 5
+
+
+def test_wrap_future_awaits_without_blocking_the_loop() -> None:
+    async def main() -> tuple[int, list[str]]:
+        fut: BusFuture[int] = BusFuture()
+        order: list[str] = []
+        waiter = asyncio.ensure_future(wrap_future(fut))
+        await asyncio.sleep(0)  # the loop keeps running while the future is pending
+        order.append("loop ran")
+        threading.Thread(target=fut.set, args=(9,)).start()
+        value = await asyncio.wait_for(waiter, 5)
+        order.append("awaited")
+        return value, order
+
+    assert asyncio.run(main()) == (9, ["loop ran", "awaited"])
+
+
+def test_wrap_future_raises_the_stored_exception() -> None:
+    async def main() -> None:
+        await wrap_future(BusFuture.failed(KeyError("k")))
+
+    with pytest.raises(KeyError):
+        asyncio.run(main())

@@ -11,7 +11,7 @@ import logging
 import random
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -30,67 +30,9 @@ from actors import (
     Pattern,
     PersistentEventBus,
 )
+from tests._support import Recorder, publish_all
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-def journal(tmp_path: Path) -> str:
-    return str(tmp_path / "journal")
-
-
-@pytest.fixture
-def open_bus(journal: str) -> Iterator[Callable[..., EventBus]]:
-    """Open buses on the test's journal; close whatever is left open at the end."""
-    opened: list[EventBus] = []
-
-    def opener(**settings: Any) -> EventBus:
-        bus = PersistentEventBus(EventConfig(persistence_path=journal, **settings))
-        opened.append(bus)
-        return bus
-
-    yield opener
-    for bus in opened:
-        bus.close(timeout=30)
-
-
-def publish_all(bus: EventBus, events: list[Event]) -> list[Event]:
-    return [f.get(timeout=30) for f in bus.publish_many(events)]
-
-
-class Recorder:
-    """A handler that records events and lets the test wait for one of them.
-
-    ``flush()`` does not wait for a catch-up subscription that has not joined
-    live delivery yet (see ``test_flush_waits_for_a_catching_up_subscription``),
-    so tests of catch-up wait for a known last event instead.
-    """
-
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-        self._cond = threading.Condition()
-
-    def __call__(self, event: Event) -> None:
-        with self._cond:
-            self.events.append(event)
-            self._cond.notify_all()
-
-    @property
-    def data(self) -> list[Any]:
-        return [e.data for e in self.events]
-
-    @property
-    def sequences(self) -> list[int]:
-        return [e.sequence or 0 for e in self.events]
-
-    def wait_for(self, last: Event, timeout: float = 30.0) -> None:
-        """Wait until ``last`` (or anything after it) was handled."""
-        target = last.sequence or 0
-        with self._cond:
-            reached = self._cond.wait_for(
-                lambda: bool(self.events) and (self.events[-1].sequence or 0) >= target, timeout
-            )
-        assert reached, f"event {target} never reached the handler"
 
 
 # -- opening, sequences, retention ----------------------------------------------------
@@ -464,134 +406,6 @@ def test_replay_handler_error_stops_and_propagates(open_bus: Callable[..., Event
 
 
 # -- catch-up -------------------------------------------------------------------------
-
-
-def test_catch_up_from_sequence_while_others_publish(open_bus: Callable[..., EventBus]) -> None:
-    bus = open_bus()
-    history = publish_all(bus, [Event(event_type="load.tick", data=i) for i in range(3000)])
-    start = history[1234].sequence or 0
-    stop = threading.Event()
-    lock = threading.Lock()
-    published: list[Event] = list(history)
-
-    def publisher() -> None:
-        futures = []
-        for i in range(40_000):  # a cap, in case stop never comes
-            if stop.is_set():
-                break
-            futures.append(bus.publish("load.tick", i))
-            if i % 100 == 99:
-                futures[-1].get(timeout=30)
-        done = [f.get(timeout=30) for f in futures]
-        with lock:
-            published.extend(done)
-
-    recorder = Recorder()
-    stop_after: list[int] = []
-
-    def handler(event: Event) -> None:
-        recorder(event)
-        if stop_after and (event.sequence or 0) >= stop_after[0]:
-            stop.set()
-
-    threads = [threading.Thread(target=publisher) for _ in range(3)]
-    for t in threads:
-        t.start()
-    bus.subscribe("load.*", handler, from_sequence=start, capacity=1_000_000)
-    marker = bus.publish("load.marker").get(timeout=30)
-    published.append(marker)
-    # Keep publishing until the subscriber is well into live delivery.
-    stop_after.append((marker.sequence or 0) + 1500)
-    for t in threads:
-        t.join()
-    last = bus.publish("load.marker").get(timeout=30)
-    published.append(last)
-    recorder.wait_for(last, timeout=60)
-    bus.flush(timeout=60)
-    expected = sorted(e.sequence or 0 for e in published if (e.sequence or 0) >= start)
-    seen = recorder.sequences
-    assert stop.is_set(), "publishers ran out before the subscriber went live"
-    assert len(seen) == len(set(seen)), "duplicates"
-    assert seen == expected
-
-
-def test_catch_up_subscription_filters_pattern_and_then_goes_live(
-    open_bus: Callable[..., EventBus],
-) -> None:
-    bus = open_bus()
-    publish_all(bus, [Event(event_type="a.x" if i % 3 else "b.x", data=i) for i in range(1, 1201)])
-    seen = Recorder()
-    bus.subscribe("a.*", seen, from_sequence=600)
-    bus.publish("b.x", "not mine")
-    live = bus.publish("a.x", "live").get(timeout=10)
-    seen.wait_for(live)
-    bus.flush(timeout=30)
-    assert seen.data == [i for i in range(600, 1201) if i % 3] + ["live"]
-
-
-def test_flush_waits_for_a_catching_up_subscription(open_bus: Callable[..., EventBus]) -> None:
-    bus = open_bus()
-    publish_all(bus, [Event(event_type="a.x", data=i) for i in range(20_000)])
-    seen: list[Any] = []
-    bus.subscribe("a.*", lambda e: seen.append(e.data), from_sequence=1)
-    bus.publish("a.x", "live")
-    bus.flush(timeout=60)
-    assert seen[-1:] == ["live"]
-    assert len(seen) == 20_001
-
-
-def test_catch_up_needs_a_journal() -> None:
-    with EventBus() as bus, pytest.raises(EventBusError, match="no journal"):
-        bus.subscribe("a.*", print, from_sequence=1)
-
-
-# -- durable subscriptions ---------------------------------------------------------------
-
-
-def test_durable_subscription_resumes_exactly_across_clean_close(
-    open_bus: Callable[..., EventBus],
-) -> None:
-    bus = open_bus()
-    publish_all(bus, [Event(event_type="job.old", data="before") for _ in range(3)])
-    seen: list[Any] = []
-    # New, without a starting point: starts live.
-    bus.subscribe("job.*", lambda e: seen.append(e.data), durable="worker")
-    publish_all(bus, [Event(event_type="job.run", data=i) for i in range(10)])
-    bus.close()
-    assert seen == list(range(10))
-
-    bus = open_bus()  # no durable subscriber while these are published
-    publish_all(bus, [Event(event_type="job.run", data=i) for i in range(10, 15)])
-    bus.close()
-
-    resumed = Recorder()
-    bus = open_bus()
-    bus.subscribe("job.*", resumed, durable="worker")
-    last = publish_all(bus, [Event(event_type="job.run", data=i) for i in range(15, 18)])[-1]
-    resumed.wait_for(last)
-    bus.flush(timeout=30)
-    assert resumed.data == list(range(10, 18))
-
-
-def test_durable_names_are_independent(open_bus: Callable[..., EventBus]) -> None:
-    bus = open_bus()
-    a: list[Any] = []
-    sub = bus.subscribe("job.*", lambda e: a.append(e.data), durable="a")
-    publish_all(bus, [Event(event_type="job.run", data=i) for i in range(4)])
-    bus.flush(timeout=30)
-    sub.unsubscribe()
-    publish_all(bus, [Event(event_type="job.run", data=i) for i in range(4, 6)])
-    bus.close()
-
-    bus = open_bus()
-    ra, rb = Recorder(), Recorder()
-    bus.subscribe("job.*", ra, durable="a")
-    bus.subscribe("job.*", rb, durable="b", from_sequence=1)
-    last = bus.publish("job.run", 6).get(timeout=10)
-    ra.wait_for(last)
-    rb.wait_for(last)
-    assert ra.data == [4, 5, 6]
-    assert rb.data == list(range(7))
 
 
 # -- correlation and dead letters from the journal ----------------------------------------

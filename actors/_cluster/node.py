@@ -151,6 +151,15 @@ class Node:
         """Return the resolved endpoints: ``request`` (its ``listen``) and ``publish``."""
         return {"request": self._bridge.endpoint, "publish": self._bridge.publish_endpoint}
 
+    def remote_metrics(
+        self, node: str, timeout: float | None = 10.0
+    ) -> tuple[BusMetrics, dict[str, float]]:
+        """Ask the connected node ``node`` for its figures and, per peer, seconds since heard.
+
+        Raises ``NotConnectedError``, ``NoAnswerError`` or ``PeerRefusedError``.
+        """
+        return self._bridge.remote_metrics(node, timeout)
+
     def linked_nodes(self, timeout: float | None = 30.0) -> list[str]:
         """Return the names of the nodes among ``NodeConfig.peers``, once they answered.
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from actors._core.messages import Barrier, GetCorrelated, Record
+from actors._core.messages import Barrier, CorrelatedEvents, GetCorrelated, Record
 from actors._model.tracestore import TraceStore
 from actors._runtime.dispatcher import DispatchedActor, Dispatcher
 
@@ -48,7 +48,9 @@ class CorrelationActor(DispatchedActor):
         elif type(message) is GetCorrelated:
             events = self.store.get(message.correlation_id)
             complete = events is not None and self.store.is_complete(message.correlation_id)
-            message.future.set((events, complete))  # complete: memory lost none
+            message.future.set(
+                CorrelatedEvents(events or [], complete)
+            )  # complete: memory lost none
         elif type(message) is Barrier:
             message.callback()
         else:

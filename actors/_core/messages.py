@@ -2,18 +2,32 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, NamedTuple
+
+from actors._core.routes import Route
 
 if TYPE_CHECKING:
+    from actors._core.backpressure import Gate
     from actors._model.event import Event
+    from actors._model.query import EventQuery
+    from actors._runtime.dispatcher import FifoMailbox
     from actors._runtime.future import BusFuture
-    from actors._runtime.mailbox import EventMailbox
 
 __all__ = [
     "Barrier",
+    "CorrelatedEvents",
+    "DeadLetter",
+    "DeadLettered",
+    "GetDeadLetters",
+    "HistoryRead",
+    "Joined",
+    "GetRouterFigures",
+    "RoomFreed",
+    "RouterFigures",
     "Flush",
     "Forward",
     "GetCorrelated",
@@ -45,6 +59,7 @@ class Publish:
     published_at: float
     internal: bool = False
     owned: bool = False
+    routed: threading.Event | None = None  # set once routed (a BLOCK pattern matched)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,17 +70,7 @@ class PublishBatch:
     futures: Sequence[BusFuture[Event] | None]
     published_at: float
     internal: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Route:
-    """What the router needs to know of one subscription."""
-
-    id: str
-    pattern: str
-    mailbox: EventMailbox
-    predicate: Callable[[Event], bool] | None
-    strict: bool  # REJECT or BLOCK: checked for room before anything is delivered
+    routed: threading.Event | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +86,7 @@ class Unsubscribe:
     """Remove the subscription ``id``, then call ``then`` (stops its actor)."""
 
     id: str
-    then: Callable[[], Any] | None = None
+    then: Callable[[], object] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +119,14 @@ class GetCorrelated:
     """Reply with the events of ``correlation_id`` (or None if not held)."""
 
     correlation_id: uuid.UUID
-    future: BusFuture[Any]
+    future: BusFuture[CorrelatedEvents]
+
+
+class CorrelatedEvents(NamedTuple):
+    """The correlation actor's answer: the events it holds, and whether memory lost none."""
+
+    events: list[Event]
+    complete: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,16 +143,16 @@ class Relieved:
 class Forward:
     """Router: send ``message`` to ``target`` after the events routed so far are recorded."""
 
-    target: Any  # a FifoMailbox
-    message: Any
+    target: FifoMailbox
+    message: object
 
 
 @dataclass(frozen=True, slots=True)
 class ReadJournal:
     """Journal: reply with the stored events ``query`` selects."""
 
-    query: Any  # an EventQuery
-    future: BusFuture[Any]
+    query: EventQuery
+    future: BusFuture[list[Event]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,4 +168,70 @@ class LoadCheckpoint:
     """Journal: reply with the checkpoint of ``name`` (or None)."""
 
     name: str
-    future: BusFuture[Any]
+    future: BusFuture[int | None]
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """An event a subscription gave up on, with the error of its last attempt."""
+
+    subscription_id: str
+    pattern: str
+    event: Event
+    error_type: str
+    error: str
+    attempts: int
+    letter: Event | None = None  # the ``$bus.deadletter`` event that announced it
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLettered:
+    """Router: a subscriber gave up on an event; announce and keep the letter."""
+
+    letter: DeadLetter
+
+
+@dataclass(frozen=True, slots=True)
+class GetDeadLetters:
+    """Router: reply with the dead letters kept in memory (oldest first)."""
+
+    future: BusFuture[list[DeadLetter]]
+
+
+@dataclass(frozen=True, slots=True)
+class RouterFigures:
+    """The router's counters, as one snapshot."""
+
+    published: int
+    rejected: int
+    dead_letters: int
+    events_per_second: float
+    peak_events_per_second: float
+
+
+@dataclass(frozen=True, slots=True)
+class GetRouterFigures:
+    """Router: reply with a ``RouterFigures`` snapshot."""
+
+    future: BusFuture[RouterFigures]
+
+
+@dataclass(frozen=True, slots=True)
+class RoomFreed:
+    """Router: the full BLOCK subscription of ``gate`` has room again."""
+
+    gate: Gate
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryRead:
+    """Subscriber: a page of history it asked the journal for has been read."""
+
+    future: BusFuture[list[Event]]
+
+
+@dataclass(frozen=True, slots=True)
+class Joined:
+    """Subscriber: the router added its route; live delivery starts at ``live_start``."""
+
+    live_start: int

@@ -313,7 +313,7 @@ class Requester:
             late = self.table.close(pending.request_id)
             if late is None and pending.future.done():
                 # Completed (or failed) just as the time ran out.
-                return pending.future.get()  # type: ignore[no-any-return]
+                return pending.future.get()
             return late or []
         finally:
             self.table.close(pending.request_id)

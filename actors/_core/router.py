@@ -6,17 +6,18 @@ mailbox; on its turn it takes a batch, and for each event:
 
 1. resolves the subscriptions whose pattern matches (one dict lookup when cached)
    and applies their filters;
-2. checks the strict mailboxes (``REJECT``, ``BLOCK``) for room: a full
-   ``REJECT`` mailbox fails the publish with ``BackpressureError`` (the event
-   goes nowhere and takes no sequence); a full ``BLOCK`` mailbox parks the
-   router until that subscriber drains, which fills the router's own bounded
-   mailbox and so blocks publishers;
+2. checks the ``REJECT`` mailboxes for room: a full one fails the publish with
+   ``BackpressureError`` (the event goes nowhere and takes no sequence);
 3. assigns the next sequence, offers the event to each mailbox, and collects
    it for the recorders (journal, correlation actor, bridge), which receive one
-   ``Record`` per turn.
+   ``Record`` per turn.  A ``BLOCK`` mailbox that is now full is marked full in
+   the ``BlockGuard``, where publishers look before sending (see
+   ``actors._core.backpressure``): the router itself never waits.
 
 Subscriptions, flushes and queries travel through the same FIFO mailbox, so
-they are ordered with the publishes around them.
+they are ordered with the publishes around them.  The router also keeps the
+dead letters of a bus without journal (``DeadLettered``) and answers for its
+counters (``GetRouterFigures``): each of them has this one writer.
 """
 
 from __future__ import annotations
@@ -24,22 +25,32 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from actors._core.backpressure import BlockGuard
 from actors._core.messages import (
     Barrier,
+    CorrelatedEvents,
+    DeadLetter,
+    DeadLettered,
     Flush,
     Forward,
     GetCorrelated,
+    GetDeadLetters,
+    GetRouterFigures,
     Publish,
     PublishBatch,
     Record,
     Relieved,
-    Route,
+    RoomFreed,
+    RouterFigures,
     Subscribe,
     Unsubscribe,
 )
+from actors._core.routes import Route, accepts
 from actors._errors import BackpressureError
 from actors._model.config import OverflowStrategy
 from actors._model.event import Event, _set_origin, _set_sequence
@@ -51,14 +62,18 @@ from actors._runtime.mailbox import STARTED
 if TYPE_CHECKING:
     from actors._runtime.future import BusFuture
 
-__all__ = ["RouterActor"]
+__all__ = ["Latch", "RouterActor"]
 
 logger = logging.getLogger("actors.router")
 
 _PLAN_CACHE_LIMIT = 100_000
 
+# A plan: the routes of one event type, whether any has a filter, whether any
+# is REJECT (checked before), whether any is BLOCK (marked full after).
+_Plan = tuple[tuple[Route, ...], bool, bool, bool]
 
-class _Latch:
+
+class Latch:
     """Call ``done`` after ``count_down`` was called ``n`` times (from any threads)."""
 
     __slots__ = ("_done", "_lock", "_n")
@@ -91,14 +106,17 @@ class RouterActor(DispatchedActor):
         recorders: list[FifoMailbox] | None = None,
         durable_recorder: FifoMailbox | None = None,
         correlation: FifoMailbox | None = None,
+        guard: BlockGuard | None = None,
+        dead_letter_limit: int = 10_000,
     ) -> None:
         super().__init__(dispatcher=dispatcher)
         self.actor_inbox.capacity = capacity
         self.origin = origin
         self.next_sequence = first_sequence
+        self.guard = guard if guard is not None else BlockGuard()
         self._trie: TopicTrie[Route] = TopicTrie()
         self._routes: dict[str, tuple[Route, Pattern]] = {}
-        self._plans: dict[str, tuple[tuple[Route, ...], bool, bool]] = {}
+        self._plans: dict[str, _Plan] = {}
         # Recorders get every accepted event; the durable one (a journal with
         # sync durability) also gets the publish futures to resolve.
         self._recorders = list(recorders or [])
@@ -106,41 +124,46 @@ class RouterActor(DispatchedActor):
         self._correlation = correlation
         self._batch: list[Event] = []
         self._batch_futures: list[BusFuture[Event] | None] = []
-        self._blocked_on: Route | None = None
-        self.published = 0
-        self.rejected = 0
-        self.meter = RateMeter()
-        self.removed_totals = [0, 0]  # dropped, delivered of unsubscribed routes
+        self._published = 0
+        self._rejected = 0
+        self._meter = RateMeter()
+        self._dead: deque[DeadLetter] = deque(maxlen=dead_letter_limit)
+        self._dead_count = 0
+        self._final: tuple[RouterFigures, list[DeadLetter]] | None = None
         # Told the local patterns after every change (the bridge forwards them
         # to peers as subscriptions).  Called on the router's thread.
         self.route_listeners: list[Callable[[list[str]], None]] = []
 
-    # -- wiring -------------------------------------------------------------
+    # -- wiring (before the actor runs) ----------------------------------------
 
     def add_recorder(self, mailbox: FifoMailbox) -> None:
         """Forward every accepted event to ``mailbox`` (before the actor runs)."""
         self._recorders.append(mailbox)
 
-    def routes(self) -> list[Route]:
-        """Return the current routes (read from any thread; a snapshot)."""
-        return [r for r, _ in list(self._routes.values())]
-
     # -- message handling -----------------------------------------------------
 
     def _on_message(self, message: Any) -> None:
         if type(message) is Publish:
-            if not self._route(
+            self._route(
                 message.event, message.future, message.published_at, message.internal, message.owned
-            ):
-                self._park_on_blocked(message)
+            )
+            if message.routed is not None:
+                message.routed.set()
         elif type(message) is PublishBatch:
-            self._route_batch(message)
+            route = self._route
+            futures = message.futures
+            for i, event in enumerate(message.events):
+                route(event, futures[i], message.published_at, message.internal)
+            if message.routed is not None:
+                message.routed.set()
         elif type(message) is Subscribe:
             self._subscribe(message)
         elif type(message) is Unsubscribe:
             self._unsubscribe(message.id)
             if message.then is not None:
                 message.then()
+        elif type(message) is RoomFreed:
+            self.guard.clear(message.gate)
         elif type(message) is Flush:
             self._flush(message.future)
         elif type(message) is Forward:
@@ -149,7 +172,7 @@ class RouterActor(DispatchedActor):
         elif type(message) is GetCorrelated:
             self._send_records()
             if self._correlation is None:
-                message.future.set(None)
+                message.future.set(CorrelatedEvents([], False))
             else:
                 self._correlation.put(message)
         elif type(message) is Relieved:
@@ -162,23 +185,17 @@ class RouterActor(DispatchedActor):
                     "capacity": message.capacity,
                 },
             )
+        elif type(message) is DeadLettered:
+            self._dead_lettered(message.letter)
+        elif type(message) is GetDeadLetters:
+            message.future.set(list(self._dead))
+        elif type(message) is GetRouterFigures:
+            message.future.set(self._figures())
         elif type(message) is Barrier:
             self._send_records()
             message.callback()
         else:
             super()._on_message(message)
-
-    def _route_batch(self, message: PublishBatch) -> None:
-        futures = message.futures
-        events = message.events
-        published_at = message.published_at
-        internal = message.internal
-        route = self._route
-        for i, event in enumerate(events):
-            if not route(event, futures[i], published_at, internal):
-                # Blocked on a full BLOCK mailbox: the rest waits, as one batch.
-                self._park_on_blocked(PublishBatch(events[i:], futures[i:], published_at))
-                return
 
     def _route(
         self,
@@ -187,35 +204,35 @@ class RouterActor(DispatchedActor):
         published_at: float,
         internal: bool = False,
         owned: bool = False,
-    ) -> bool:
-        """Route one event; return False if the router parked on a full BLOCK mailbox.
+    ) -> None:
+        """Route one event.
 
         ``internal`` events (the bus's own, and events from peers, which their
-        origin already accepted) skip the REJECT/BLOCK check: a full strict
-        mailbox drops its oldest event for them instead.
+        origin already accepted) skip the REJECT check: a full REJECT mailbox
+        drops its oldest event for them instead.
         """
         plan = self._plans.get(event.event_type)
         if plan is None:
             plan = self._plan(event.event_type)
-        targets, filtered, strict = plan
+        targets, filtered, rejecting, blocking = plan
         if targets:
             if filtered:
-                targets = tuple(r for r in targets if r.predicate is None or _passes(r, event))
-            if strict and not internal:
+                targets = tuple(r for r in targets if r.predicate is None or accepts(r, event))
+            if rejecting and not internal:
                 for route in targets:
-                    if route.strict and not route.mailbox.has_room():
-                        if route.mailbox.overflow is OverflowStrategy.REJECT:
-                            self.rejected += 1
-                            if future is not None:
-                                future.set_exception(
-                                    BackpressureError(
-                                        f"subscription {route.id} ({route.pattern!r}) is full "
-                                        f"({route.mailbox.capacity} queued); event rejected"
-                                    )
+                    if (
+                        route.mailbox.overflow is OverflowStrategy.REJECT
+                        and not route.mailbox.has_room()
+                    ):
+                        self._rejected += 1
+                        if future is not None:
+                            future.set_exception(
+                                BackpressureError(
+                                    f"subscription {route.id} ({route.pattern!r}) is full "
+                                    f"({route.mailbox.capacity} queued); event rejected"
                                 )
-                            return True
-                        self._blocked_on = route
-                        return False
+                            )
+                        return
         seq = self.next_sequence
         self.next_sequence = seq + 1
         if owned:
@@ -232,7 +249,11 @@ class RouterActor(DispatchedActor):
             for route in targets:
                 if route.mailbox.offer(item) & STARTED:
                     started = [route] if started is None else [*started, route]
-        self.published += 1
+            if blocking:
+                for route in targets:
+                    if route.blocks and not route.mailbox.has_room():
+                        self._mark_full(route)
+        self._published += 1
         self._batch.append(stamped)
         if self._durable is not None:
             self._batch_futures.append(future)
@@ -250,10 +271,9 @@ class RouterActor(DispatchedActor):
                         "capacity": route.mailbox.capacity,
                     },
                 )
-        return True
 
-    def _plan(self, event_type: str) -> tuple[tuple[Route, ...], bool, bool]:
-        """Resolve ``event_type`` once: its routes, whether any filters, whether any is strict.
+    def _plan(self, event_type: str) -> _Plan:
+        """Resolve ``event_type`` once: its routes, and which checks they need.
 
         Cached per type (one dict lookup per event afterwards); the cache is
         cleared on every subscribe and unsubscribe, and when it grows large.
@@ -262,33 +282,54 @@ class RouterActor(DispatchedActor):
         plan = (
             targets,
             any(r.predicate is not None for r in targets),
-            any(r.strict for r in targets),
+            any(r.mailbox.overflow is OverflowStrategy.REJECT for r in targets),
+            any(r.blocks for r in targets),
         )
         if len(self._plans) >= _PLAN_CACHE_LIMIT:
             self._plans.clear()
         self._plans[event_type] = plan
         return plan
 
-    def _emit(self, event_type: str, data: dict[str, Any]) -> None:
+    def _emit(self, event_type: str, data: dict[str, Any], **fields: Any) -> Event:
         """Publish a ``$bus`` event from inside the router (never blocks, never rejected)."""
-        event = Event(event_type=event_type, data=data, source="bus")
+        event = Event(event_type=event_type, data=data, source="bus", **fields)
         self._route(event, None, time.perf_counter(), internal=True, owned=True)
+        return event
 
-    # -- BLOCK: park until the full mailbox drains ----------------------------
+    # -- BLOCK: mark full, never wait -------------------------------------------
 
-    def _park_on_blocked(self, message: Publish | PublishBatch) -> None:
-        """Park until the mailbox in ``_blocked_on`` has room; ``message`` is retried first."""
-        route = self._blocked_on
-        assert route is not None
-        self._park(requeue=message)
-        if not route.mailbox.wait_for_room(self._unblock):
-            # Room appeared meanwhile: retry at once (the message is requeued).
-            self._blocked_on = None
-            self._actor_parked = False
+    def _mark_full(self, route: Route) -> None:
+        gate = self.guard.mark_full(route)
+        if gate is None:
+            return  # already marked
+        inbox = self.actor_inbox
 
-    def _unblock(self) -> None:
-        self._blocked_on = None
-        self._unpark()
+        def freed() -> None:  # on the subscriber's thread
+            gate.room.set()
+            inbox.put(RoomFreed(gate))
+
+        if not route.mailbox.wait_for_room(freed):
+            self.guard.clear(gate)  # room appeared meanwhile
+
+    # -- dead letters ---------------------------------------------------------
+
+    def _dead_lettered(self, letter: DeadLetter) -> None:
+        event = letter.event
+        announcement = self._emit(
+            "$bus.deadletter",
+            {
+                "subscription": letter.subscription_id,
+                "pattern": letter.pattern,
+                "event": event.to_dict(),
+                "error_type": letter.error_type,
+                "error": letter.error,
+                "attempts": letter.attempts,
+            },
+            correlation_id=event.correlation_id,
+            causation_id=event.id,
+        )
+        self._dead_count += 1
+        self._dead.append(replace(letter, letter=announcement))
 
     # -- subscriptions --------------------------------------------------------
 
@@ -310,8 +351,7 @@ class RouterActor(DispatchedActor):
         route, pattern = entry
         self._trie.remove(pattern, route)
         self._plans.clear()
-        if self._blocked_on is route:
-            self._unblock()
+        self.guard.clear_route(sub_id)
         self._routes_changed()
 
     def _routes_changed(self) -> None:
@@ -332,7 +372,7 @@ class RouterActor(DispatchedActor):
         recorders = list(self._recorders)
         if self._durable is not None:
             recorders.append(self._durable)
-        latch = _Latch(len(mailboxes) + len(recorders), lambda: future.set(None))
+        latch = Latch(len(mailboxes) + len(recorders), lambda: future.set(None))
         for mailbox in mailboxes:
             mailbox.add_barrier(latch.count_down)
         for recorder in recorders:
@@ -345,7 +385,7 @@ class RouterActor(DispatchedActor):
             return
         events = self._batch
         self._batch = []
-        self.meter.add(len(events))
+        self._meter.add(len(events))
         record = Record(events)
         for recorder in self._recorders:
             recorder.put(record)
@@ -360,11 +400,38 @@ class RouterActor(DispatchedActor):
 
     def _on_stopped(self) -> None:
         self._send_records()
+        self.guard.release_all()
+        # Published once, for whoever asks after the router stopped.
+        self._final = (self._figures(), list(self._dead))
 
+    def _on_dropped_at_stop(self, message: Any) -> None:
+        # Nobody may wait for ever on a message the stopped router never handles.
+        if type(message) is GetRouterFigures:
+            message.future.set(self._figures())
+        elif type(message) is GetDeadLetters:
+            message.future.set(list(self._dead))
+        elif type(message) in (Publish, PublishBatch) and message.routed is not None:
+            message.routed.set()
 
-def _passes(route: Route, event: Event) -> bool:
-    try:
-        return bool(route.predicate(event))  # type: ignore[misc]
-    except Exception:
-        logger.exception("filter of subscription %s raised; event not delivered", route.id)
-        return False
+    # -- figures ----------------------------------------------------------------
+
+    def _figures(self) -> RouterFigures:
+        meter = self._meter
+        current = meter.current()
+        return RouterFigures(
+            published=self._published,
+            rejected=self._rejected,
+            dead_letters=self._dead_count,
+            events_per_second=current,
+            peak_events_per_second=max(meter.peak(), current),
+        )
+
+    def final_figures(self) -> RouterFigures:
+        """Return the figures the router had when it stopped (zeros before)."""
+        final = self._final
+        return final[0] if final is not None else RouterFigures(0, 0, 0, 0.0, 0.0)
+
+    def final_dead_letters(self) -> list[DeadLetter]:
+        """Return the dead letters the router kept when it stopped (empty before)."""
+        final = self._final
+        return list(final[1]) if final is not None else []

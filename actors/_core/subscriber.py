@@ -9,7 +9,9 @@ done, so order holds and the handler never runs twice at once.  A
 ``pykka.ActorRef`` handler gets each event as a ``tell``.
 
 A handler that raises is retried ``handler_retries`` times; then the event
-becomes a dead letter.  Nothing a handler does stops the subscription.
+becomes a dead letter, sent to the router as ``DeadLettered``.  Nothing a
+handler does stops the subscription.  The actor reaches nothing but its
+``SubscriberPorts`` (see ``actors._core.ports``): never the bus.
 """
 
 from __future__ import annotations
@@ -18,28 +20,25 @@ import asyncio
 import contextvars
 import inspect
 import logging
-import sys
 import threading
 import time
 import traceback
-from collections import deque
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from concurrent.futures import Future
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import pykka
 
-from actors._core.messages import Relieved
+from actors._core.catchup import CatchUp
+from actors._core.messages import DeadLetter, DeadLettered, HistoryRead, Joined, Relieved
 from actors._model.config import OverflowStrategy
 from actors._model.metrics import SubscriptionStatistics
-from actors._model.topics import Pattern
 from actors._runtime.dispatcher import DispatchedActor, Dispatcher
-from actors._runtime.future import BusFuture
 from actors._runtime.mailbox import EventMailbox
 
 if TYPE_CHECKING:
-    from actors._bus import EventBus
+    from actors._core.ports import SubscriberPorts, Unsubscriber
     from actors._model.event import Event
 
 __all__ = [
@@ -49,11 +48,13 @@ __all__ = [
     "SubscriberActor",
     "Subscription",
     "current_event",
+    "is_async_handler",
 ]
 
 logger = logging.getLogger("actors.subscriber")
 
 Handler = Callable[["Event"], Any] | pykka.ActorRef[Any]
+Batch = list[tuple["Event", float]]
 
 # The event whose handler is running: publishes made inside a handler inherit
 # its correlation id and take its id as their causation id.
@@ -62,17 +63,13 @@ current_event: contextvars.ContextVar[Event | None] = contextvars.ContextVar(
 )
 
 
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    """An event a subscription gave up on, with the error of its last attempt."""
-
-    subscription_id: str
-    pattern: str
-    event: Event
-    error_type: str
-    error: str
-    attempts: int
-    letter: Event | None = None  # the ``$bus.deadletter`` event that announced it
+def is_async_handler(handler: Handler) -> bool:
+    """Return whether ``handler`` is an ``async def`` function or async callable object."""
+    if isinstance(handler, pykka.ActorRef):
+        return False
+    return inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
+        getattr(handler, "__call__", None)  # noqa: B004 - async callable objects
+    )
 
 
 class SubscriberActor(DispatchedActor):
@@ -83,8 +80,7 @@ class SubscriberActor(DispatchedActor):
     def __init__(
         self,
         *,
-        bus: EventBus,
-        sub_id: str,
+        ports: SubscriberPorts,
         pattern: str,
         handler: Handler,
         capacity: int,
@@ -96,8 +92,8 @@ class SubscriberActor(DispatchedActor):
         self._capacity = capacity
         self._overflow = overflow
         super().__init__(dispatcher=dispatcher)
-        self.bus = bus
-        self.sub_id = sub_id
+        self.ports = ports
+        self.sub_id = ports.sub_id
         self.pattern = pattern
         self.retries = retries
         self.delivered = 0
@@ -110,6 +106,8 @@ class SubscriberActor(DispatchedActor):
         # handler's thread then stops at the next event instead of running
         # the rest of its batch after the bus is gone.
         self.abandoned = False
+        # Set by the facade when ``unsubscribe`` returns: ``active`` is False from then on.
+        self.detached = threading.Event()
         self._inflight = False
         self._loop = loop
         self.catchup: CatchUp | None = None
@@ -117,9 +115,7 @@ class SubscriberActor(DispatchedActor):
         self._async_handler: Callable[[Event], Coroutine[Any, Any, Any]] | None = None
         if isinstance(handler, pykka.ActorRef):
             self._call = handler.tell
-        elif inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
-            getattr(handler, "__call__", None)  # noqa: B004 - async callable objects
-        ):
+        elif is_async_handler(handler):
             if loop is None:
                 raise ValueError("an async handler needs an event loop")
             self._async_handler = handler
@@ -130,13 +126,22 @@ class SubscriberActor(DispatchedActor):
     def _create_actor_inbox(self) -> EventMailbox:  # type: ignore[override]
         return EventMailbox(self._capacity, self._overflow)
 
+    def _on_message(self, message: Any) -> None:
+        catchup = self.catchup
+        if type(message) is HistoryRead and catchup is not None:
+            catchup.on_read(message.future)
+        elif type(message) is Joined and catchup is not None:
+            catchup.on_joined(message.live_start)
+        else:
+            super()._on_message(message)
+
     # -- the turn ---------------------------------------------------------------
 
     def _drain(self, throughput: int) -> None:
         if self._inflight:
             return
         catchup = self.catchup
-        if catchup is not None:
+        if catchup is not None and not catchup.caught_up.done():
             page = catchup.take_page()
             if page is not None:
                 self.replayed += len(page)
@@ -145,16 +150,13 @@ class SubscriberActor(DispatchedActor):
                 if not catchup.waiting and not self._inflight:
                     catchup.request()
                 return
-            if page is not None:
-                # The live lane waits for the next turn; ask for one, or a
-                # quiet bus would never mark this subscription caught up.
-                self.actor_inbox.wake()
-                return
-            catchup.caught_up.set()  # history handled; the live lane is all there is
+            if self._inflight or not catchup.settle():
+                return  # an async history batch is still running
+            # Live, and every history page handled: the live lane is all there is.
         mailbox = self.actor_inbox
         batch, relieved = mailbox.take_events(throughput)
         if relieved:
-            self.bus._router_mailbox.put(
+            self.ports.router.put(
                 Relieved(self.sub_id, self.pattern, mailbox.queued, self._capacity)
             )
         if not batch:
@@ -168,7 +170,7 @@ class SubscriberActor(DispatchedActor):
             batch = batch[len(skipped) :]
         self._deliver(batch, history=False)
 
-    def _deliver(self, batch: list[tuple[Event, float]], *, history: bool) -> None:
+    def _deliver(self, batch: Batch, *, history: bool) -> None:
         if not batch:
             return
         if self._async_handler is not None:
@@ -184,15 +186,15 @@ class SubscriberActor(DispatchedActor):
             return
         self._run_sync(batch, history)
 
-    def _batch_done(self, batch: list[tuple[Event, float]]) -> None:
+    def _batch_done(self, batch: Batch) -> None:
         catchup = self.catchup
         if catchup is not None:
-            catchup.handled(batch[-1][0].sequence)  # type: ignore[arg-type]
+            catchup.handled(batch[-1][0].sequence or 0)
         self.actor_inbox.check_barriers()
 
-    def _run_sync(self, batch: list[tuple[Event, float]], history: bool = False) -> None:
+    def _run_sync(self, batch: Batch, history: bool = False) -> None:
         call = self._call
-        samples = self.bus._latency.samples
+        samples = self.ports.latency.samples
         perf = time.perf_counter
         now_wall = time.time()
         set_current = current_event.set
@@ -208,10 +210,17 @@ class SubscriberActor(DispatchedActor):
                 samples.append(perf() - published_at)
             token = set_current(event)
             try:
-                call(event)
-                delivered += 1
-            except Exception as exc:
-                self._failed(event, exc, call)
+                attempts = 0
+                while True:
+                    attempts += 1
+                    try:
+                        call(event)
+                    except Exception as exc:
+                        if self._failed(event, exc, attempts):
+                            continue
+                    else:
+                        delivered += 1
+                    break
             finally:
                 reset_current(token)
         # Counters once per batch: flush barriers are checked per batch anyway.
@@ -220,25 +229,10 @@ class SubscriberActor(DispatchedActor):
             self.actor_inbox.finished_by_owner += len(batch)
         self._batch_done(batch)
 
-    def _failed(self, event: Event, exc: Exception, call: Callable[[Event], Any]) -> None:
-        self.errors += 1
-        attempts = 1
-        while attempts <= self.retries:
-            attempts += 1
-            try:
-                call(event)
-            except Exception as again:
-                self.errors += 1
-                exc = again
-            else:
-                self.delivered += 1
-                return
-        self._dead_letter(event, exc, attempts)
-
-    async def _run_async(self, batch: list[tuple[Event, float]], history: bool) -> None:
+    async def _run_async(self, batch: Batch, history: bool) -> None:
         handler = self._async_handler
         assert handler is not None
-        samples = self.bus._latency.samples
+        samples = self.ports.latency.samples
         mailbox = self.actor_inbox
         now_wall = time.time()
         count = 0 if history else 1
@@ -259,19 +253,25 @@ class SubscriberActor(DispatchedActor):
                     try:
                         await handler(event)
                     except Exception as exc:
-                        self.errors += 1
-                        if attempts > self.retries:
-                            self._dead_letter(event, exc, attempts)
-                            break
+                        if self._failed(event, exc, attempts):
+                            continue
                     else:
                         self.delivered += 1
-                        break
+                    break
             finally:
                 current_event.reset(token)
             mailbox.finished_by_owner += count
         self._batch_done(batch)
 
-    def _async_done(self, fut: Any) -> None:
+    def _failed(self, event: Event, exc: Exception, attempts: int) -> bool:
+        """Count a failed attempt; return True to retry, or give up (dead letter)."""
+        self.errors += 1
+        if attempts <= self.retries:
+            return True
+        self._dead_letter(event, exc, attempts)
+        return False
+
+    def _async_done(self, fut: Future[None]) -> None:
         if fut.exception() is not None:  # pragma: no cover - _run_async catches everything
             logger.error("async batch of %s failed", self.sub_id, exc_info=fut.exception())
         self._inflight = False
@@ -282,7 +282,7 @@ class SubscriberActor(DispatchedActor):
         catchup = self.catchup
         return self._inflight or (catchup is not None and catchup.waiting)
 
-    def _give_up(self, batch: list[tuple[Event, float]], exc: Exception, history: bool) -> None:
+    def _give_up(self, batch: Batch, exc: Exception, history: bool) -> None:
         for event, _ in batch:
             self.errors += 1
             self._dead_letter(event, exc, 0)
@@ -300,14 +300,16 @@ class SubscriberActor(DispatchedActor):
             attempts,
             exc,
         )
-        self.bus._dead_letter(
-            DeadLetter(
-                subscription_id=self.sub_id,
-                pattern=self.pattern,
-                event=event,
-                error_type=type(exc).__name__,
-                error="".join(traceback.format_exception_only(exc)).strip(),
-                attempts=attempts,
+        self.ports.router.put(
+            DeadLettered(
+                DeadLetter(
+                    subscription_id=self.sub_id,
+                    pattern=self.pattern,
+                    event=event,
+                    error_type=type(exc).__name__,
+                    error="".join(traceback.format_exception_only(exc)).strip(),
+                    attempts=attempts,
+                )
             )
         )
 
@@ -348,145 +350,24 @@ class SubscriberActor(DispatchedActor):
         )
 
 
-class CatchUp:
-    """A catch-up (and durable) subscription's state: history first, then live.
-
-    As EventStoreDB's catch-up subscriptions do, it reads stored events page
-    by page until it reaches the journal's head, only then joins the router
-    (which tells it the first live sequence), reads the gap that opened
-    meanwhile, and goes live, skipping live events it already handled.  While
-    it joins, the mailbox is unbounded so the switch loses nothing; it gets
-    its capacity back once live.  Pages arrive through futures, so no
-    dispatcher thread waits on the journal.
-    """
-
-    PAGE = 512
-
-    def __init__(
-        self,
-        actor: SubscriberActor,
-        *,
-        start: int,
-        route: Any,
-        durable: str | None,
-        read: Callable[[int, int, BusFuture[Any]], None],
-        join: Callable[[Any, Callable[[int], None]], None],
-        save: Callable[[str, int], None],
-    ) -> None:
-        self.actor = actor
-        self.position = start  # next sequence to deliver
-        self.route = route
-        self.durable = durable
-        self._read = read
-        self._join = join
-        self._save = save
-        self.live = False
-        self.waiting = False
-        self.caught_up = threading.Event()  # set once history is handled (flush waits)
-        self.live_start: int | None = None
-        self._pages: deque[list[tuple[Event, float]]] = deque()
-        self._capacity = actor.actor_inbox.capacity
-        self._matches = Pattern.parse(route.pattern).matches
-
-    def take_page(self) -> list[tuple[Event, float]] | None:
-        """Return what arrived (already filtered) since the last call, if anything."""
-        if not self._pages:
-            return None
-        page: list[tuple[Event, float]] = []
-        while self._pages:
-            page.extend(self._pages.popleft())
-        return page
-
-    def request(self) -> None:
-        """Ask for the next page, or join the router when history is exhausted."""
-        self.waiting = True
-        future: BusFuture[Any] = BusFuture()
-        future.add_done_callback(self._arrived)
-        self._read(self.position, self.PAGE, future)
-
-    def _arrived(self, future: BusFuture[Any]) -> None:
-        exc = future.exception()
-        if exc is not None:
-            logger.error("catch-up read of %s failed: %r", self.actor.sub_id, exc)
-            events: list[Event] = []
-        else:
-            events = future.get()
-        full = len(events) >= self.PAGE
-        if self.live_start is not None:
-            events = [e for e in events if e.sequence < self.live_start]  # type: ignore[operator]
-            full = full and len(events) >= self.PAGE
-        if events:
-            last = events[-1].sequence
-            predicate = self.route.predicate
-            pattern_ok = self._matches
-            page = [
-                (e, 0.0)
-                for e in events
-                if pattern_ok(e.event_type) and (predicate is None or _safe(predicate, e))
-            ]
-            self.position = last + 1  # type: ignore[operator]
-            if page:
-                # Appended, never replaced: the gap read can answer before
-                # the actor took the last history page.
-                self._pages.append(page)
-        if not full:
-            if self.live_start is None:
-                # History exhausted: join live delivery, then read the gap.
-                self.actor.actor_inbox.capacity = sys.maxsize
-                self._join(self.route, self._joined)
-                self.actor.actor_inbox.wake()  # deliver the last page meanwhile
-                return
-            self._go_live()
-        self.waiting = False
-        self.actor.actor_inbox.wake()
-
-    def _joined(self, live_start: int) -> None:
-        # Runs in the router's turn: the gap read it triggers is queued after
-        # every record of the events before ``live_start``.
-        self.live_start = live_start
-        future: BusFuture[Any] = BusFuture()
-        future.add_done_callback(self._arrived)
-        self._read(self.position, self.PAGE, future)
-
-    def _go_live(self) -> None:
-        self.live = True
-        self.actor.actor_inbox.capacity = self._capacity
-        if self.live_start is not None:
-            self.position = max(self.position, self.live_start)
-
-    def handled(self, sequence: int) -> None:
-        """Record progress after a batch (saves the durable checkpoint)."""
-        if sequence >= self.position:
-            self.position = sequence + 1
-        if self.durable is not None:
-            self._save(self.durable, sequence)
-
-
-def _safe(predicate: Callable[[Event], bool], event: Event) -> bool:
-    try:
-        return bool(predicate(event))
-    except Exception:
-        logger.exception("filter raised; event skipped")
-        return False
-
-
 class Subscription:
     """A live subscription: ``id``, ``pattern``, ``unsubscribe()``, ``statistics()``.
 
-    Use it as a context manager to unsubscribe on exit.
+    Use it as a context manager to unsubscribe on exit.  It holds its
+    subscriber and an ``Unsubscriber`` port, never the bus.
     """
 
-    __slots__ = ("_actor", "_bus", "id", "pattern")
+    __slots__ = ("_actor", "_unsubscribe", "id", "pattern")
 
-    def __init__(self, bus: EventBus, actor: SubscriberActor) -> None:
-        self._bus = bus
+    def __init__(self, actor: SubscriberActor, unsubscribe: Unsubscriber) -> None:
         self._actor = actor
+        self._unsubscribe = unsubscribe
         self.id = actor.sub_id
         self.pattern = actor.pattern
 
     def unsubscribe(self) -> None:
         """Stop delivery; queued events are discarded.  Idempotent; never blocks long."""
-        self._bus._unsubscribe(self)
+        self._unsubscribe(self.id)
 
     def statistics(self) -> SubscriptionStatistics:
         """Return ``delivered``, ``dropped``, ``errors``, ``queued`` and ``capacity``."""
@@ -494,8 +375,8 @@ class Subscription:
 
     @property
     def active(self) -> bool:
-        """Return whether the subscription still receives events."""
-        return self._actor.actor_ref.is_alive()
+        """Return whether the subscription still receives events (False once unsubscribed)."""
+        return not self._actor.detached.is_set() and self._actor.actor_ref.is_alive()
 
     def __enter__(self) -> Subscription:
         return self

@@ -8,18 +8,19 @@ and creates a ``threading.Event`` only when a caller blocks in ``get``.
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import threading
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 import pykka
 from pykka._future import _Unset
 
 from actors._errors import FutureTimeoutError
 
-__all__ = ["BusFuture", "FutureTimeoutError"]
+__all__ = ["BusFuture", "FutureTimeoutError", "wrap_future"]
 
 T = TypeVar("T")
 
@@ -71,14 +72,15 @@ class BusFuture(pykka.Future[T], Generic[T]):
         """Return whether a value or an exception has been set."""
         return self._done
 
-    def get(self, *, timeout: float | None = None) -> Any:
+    def get(self, timeout: float | None = None) -> T:
         """Return the value, waiting up to ``timeout`` seconds (forever if None).
 
+        ``timeout`` may be given positionally, as ``concurrent.futures`` allows.
         Raises the stored exception if one was set, or ``FutureTimeoutError``.
         """
         if not self._done:
             if self._get_hook is not None:
-                return super().get(timeout=timeout)
+                return cast("T", super().get(timeout=timeout))
             with _LOCK:
                 if self._waiter is None:
                     self._waiter = threading.Event()
@@ -87,13 +89,13 @@ class BusFuture(pykka.Future[T], Generic[T]):
                 raise FutureTimeoutError(f"{timeout} seconds")
         if self._exc is not None:
             raise self._exc
-        return self._value
+        return cast("T", self._value)
 
     def exception(self) -> BaseException | None:
         """Return the stored exception of a done future, or None."""
         return self._exc
 
-    def set(self, value: Any | None = None) -> None:
+    def set(self, value: T | None = None) -> None:
         """Store ``value`` and wake every waiter."""
         self._complete(value, None)
 
@@ -146,3 +148,29 @@ class BusFuture(pykka.Future[T], Generic[T]):
         if callbacks:
             for fn in callbacks:
                 fn(self)
+
+
+def wrap_future(future: BusFuture[T]) -> asyncio.Future[T]:
+    """Return an asyncio future of the running loop that mirrors ``future``.
+
+    Awaiting it never blocks the loop: the completing thread hands the result
+    over with ``call_soon_threadsafe``.  Must be called from a running loop.
+    """
+    loop = asyncio.get_running_loop()
+    result: asyncio.Future[T] = loop.create_future()
+
+    def transfer(done: BusFuture[T]) -> None:
+        if result.done():
+            return
+        exc = done.exception()
+        if exc is not None:
+            result.set_exception(exc)
+        else:
+            result.set_result(done.get())
+
+    def on_done(done: BusFuture[T]) -> None:
+        if not loop.is_closed():
+            loop.call_soon_threadsafe(transfer, done)
+
+    future.add_done_callback(on_done)
+    return result

@@ -87,15 +87,18 @@ class EventMailbox(FifoMailbox):
     def offer(self, item: Any) -> int:
         """Queue ``item`` under the overflow strategy; return STARTED/DROPPED flags.
 
-        For ``REJECT`` and ``BLOCK`` the router checks ``has_room`` first, so
-        here a full lane means ``DROP_OLDEST`` or ``DROP_NEWEST`` (or a bus
-        event, which is never refused and displaces the oldest).
+        For ``REJECT`` the router checks ``has_room`` first, so here a full
+        lane means ``DROP_OLDEST`` or ``DROP_NEWEST`` (or a bus event, which
+        is never refused and displaces the oldest).  A ``BLOCK`` lane never
+        drops: publishers wait before the router offers (see
+        ``actors._core.backpressure``), so it holds at most a few events over
+        ``capacity``.
         """
         flags = 0
         events = self._events
         self.accepted += 1
         n = len(events)
-        if n >= self.capacity:
+        if n >= self.capacity and self.overflow is not OverflowStrategy.BLOCK:
             if self.overflow is OverflowStrategy.DROP_NEWEST:
                 self.dropped += 1
                 return DROPPED
@@ -125,7 +128,7 @@ class EventMailbox(FifoMailbox):
         if self._high and len(events) < LOW_WATER * self.capacity:
             self._high = False
             relieved = True
-        if batch and self._room_waiter is not None:
+        if batch and self._room_waiter is not None and len(events) < self.capacity:
             waiter, self._room_waiter = self._room_waiter, None
             if waiter is not None:
                 waiter()

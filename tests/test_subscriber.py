@@ -1,12 +1,14 @@
-"""Handler failures (SPEC 4): errors never stop the bus, retries, dead letters."""
+"""Subscribers (``actors._core.subscriber``): handler failures, retries, dead letters,
+a subscription's life cycle, and subscribe's argument checks."""
 
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import pytest
 
-from actors import DeadLetter, Event, EventBus, EventConfig
+from actors import DeadLetter, Event, EventBus, EventBusError, EventConfig, InvalidPatternError
 from tests._support import WAIT, Collector
 
 
@@ -181,3 +183,74 @@ def test_a_handler_error_inside_an_async_handler_is_a_dead_letter() -> None:
 def test_negative_retries_are_refused() -> None:
     with pytest.raises(ValueError):
         EventConfig(handler_retries=-1)
+
+
+def test_async_retries_then_success_is_no_dead_letter() -> None:
+    with EventBus(EventConfig(handler_retries=2)) as b:
+        failures: dict[object, int] = {}
+        seen: list[object] = []
+
+        async def handler(event: Event) -> None:
+            failures[event.data] = failures.get(event.data, 0) + 1
+            if failures[event.data] <= 2:
+                raise RuntimeError("not yet")
+            seen.append(event.data)
+
+        sub = b.subscribe("h.*", handler)
+        b.publish("h.e", "x")
+        b.flush(WAIT)
+        assert failures == {"x": 3}
+        assert seen == ["x"]
+        assert sub.statistics().errors == 2
+        assert sub.statistics().delivered == 1
+        assert b.dead_letters() == []
+
+
+# -- a subscription's life cycle ------------------------------------------------------
+
+
+def test_active_is_false_as_soon_as_unsubscribe_returns(bus: EventBus) -> None:
+    sub = bus.subscribe("a.*", lambda e: None)
+    assert sub.active
+    sub.unsubscribe()
+    assert not sub.active
+    assert bus.subscriptions() == []
+    sub.unsubscribe()  # idempotent
+    assert not sub.active
+
+
+def test_subscriptions_are_inactive_after_close() -> None:
+    b = EventBus()
+    sub = b.subscribe("a.*", lambda e: None)
+    b.close(WAIT)
+    assert not sub.active
+
+
+BAD_SUBSCRIBE_ARGUMENTS: list[tuple[dict[str, Any], type[Exception]]] = [
+    ({"pattern": "a..b"}, InvalidPatternError),
+    ({"handler": 3}, TypeError),
+    ({"filter": "x"}, TypeError),
+    ({"capacity": 0}, ValueError),
+    ({"capacity": "3"}, TypeError),
+    ({"overflow": "sideways"}, ValueError),
+    ({"from_sequence": "1"}, TypeError),
+    ({"durable": 5}, TypeError),
+    ({"durable": "w"}, EventBusError),  # a bus without journal
+    ({"dedicated_thread": "yes"}, TypeError),
+]
+
+
+@pytest.mark.parametrize(("bad", "error"), BAD_SUBSCRIBE_ARGUMENTS)
+def test_a_refused_subscribe_leaves_no_trace(
+    bus: EventBus, bad: dict[str, Any], error: type[Exception]
+) -> None:
+    kept = bus.subscribe("k.*", lambda e: None)
+    before = (bus.metrics(), bus.prometheus())
+    arguments: dict[str, Any] = {"pattern": "a.*", "handler": lambda e: None, **bad}
+    with pytest.raises(error):
+        bus.subscribe(arguments.pop("pattern"), arguments.pop("handler"), **arguments)
+    assert [s.id for s in bus.subscriptions()] == [kept.id]
+    after = bus.metrics()
+    assert after.subscriptions == before[0].subscriptions == 1
+    assert after.per_subscription == before[0].per_subscription
+    assert bus.prometheus() == before[1]

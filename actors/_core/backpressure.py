@@ -1,0 +1,125 @@
+"""``BLOCK`` on the publisher's thread: wait for room before the router sees the event.
+
+The router never parks.  When it fills a ``BLOCK`` mailbox it keeps queueing
+there (nothing accepted is lost, order holds) and marks the subscription
+*full*: a ``Gate`` (the route, its pattern, a ``room`` event) joins the
+guard's copy-on-write tuple.  ``publish`` checks its event against that tuple
+on the caller's thread: an event a full subscription wants waits for
+``room`` up to ``block_timeout``, then fails with ``BackpressureError``;
+every other event goes straight on, so unrelated subscriptions keep flowing.
+
+So that the router marks a mailbox full before the same publisher sends the
+next event, a publish of an event that a ``BLOCK`` pattern matches waits until
+the router has routed it (``Publish.routed``).  A mailbox can therefore hold
+``capacity`` plus at most one event per concurrent publisher.
+
+Who writes what: ``blocking`` is written by the facade under the guard's lock
+(subscribe, unsubscribe, any caller thread); ``full`` by the router only;
+``room`` is set by whoever frees room (the subscriber taking events, the
+router unsubscribing or stopping).  Readers take the tuple reference as it is.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from actors._core.routes import Route, accepts
+from actors._model.topics import Pattern
+
+if TYPE_CHECKING:
+    from actors._model.event import Event
+
+__all__ = ["BlockGuard", "Gate"]
+
+
+@dataclass(frozen=True, slots=True)
+class Gate:
+    """A full ``BLOCK`` subscription; ``room`` is set once its mailbox has room again."""
+
+    route: Route
+    matches: Callable[[str], bool]
+    room: threading.Event = field(default_factory=threading.Event)
+
+    def wants(self, event: Event) -> bool:
+        """Return whether ``event`` would be queued for this subscription."""
+        return self.matches(event.event_type) and accepts(self.route, event)
+
+
+class BlockGuard:
+    """The ``BLOCK`` subscriptions of one bus and which of them are full."""
+
+    __slots__ = ("_gates", "_lock", "blocking", "full")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.blocking: tuple[tuple[str, Callable[[str], bool]], ...] = ()
+        self.full: tuple[Gate, ...] = ()
+        self._gates: dict[str, Gate] = {}  # router only
+
+    # -- the facade (any caller thread, under the lock) -------------------------
+
+    def add(self, route: Route) -> None:
+        """Count ``route`` among the BLOCK subscriptions (before the router hears of it)."""
+        matches = Pattern.parse(route.pattern).matches
+        with self._lock:
+            self.blocking = (*self.blocking, (route.id, matches))
+
+    def discard(self, sub_id: str) -> None:
+        """Forget the BLOCK subscription ``sub_id`` (no-op for others)."""
+        with self._lock:
+            self.blocking = tuple(b for b in self.blocking if b[0] != sub_id)
+
+    # -- the publisher's thread ---------------------------------------------------
+
+    def routes_wanted(self, event_type: str) -> bool:
+        """Return whether a BLOCK pattern matches ``event_type`` (filters not run)."""
+        return any(matches(event_type) for _, matches in self.blocking)
+
+    def wait_for_room(self, events: list[Event], timeout: float | None) -> Gate | None:
+        """Wait while a full subscription wants one of ``events``; return a gate that timed out."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            gate = next((g for g in self.full if not g.room.is_set() and _wants(g, events)), None)
+            if gate is None:
+                return None
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if (remaining is not None and remaining <= 0) or not gate.room.wait(remaining):
+                return gate
+
+    # -- the router ---------------------------------------------------------------
+
+    def mark_full(self, route: Route) -> Gate | None:
+        """Mark ``route`` full; return its new gate, or None if it is already marked."""
+        current = self._gates.get(route.id)
+        if current is not None and not current.room.is_set():
+            return None
+        gate = Gate(route, Pattern.parse(route.pattern).matches)
+        self._gates[route.id] = gate
+        self.full = tuple(self._gates.values())
+        return gate
+
+    def clear(self, gate: Gate) -> None:
+        """Set ``gate``'s room and drop it if it is still the current one for its route."""
+        gate.room.set()
+        if self._gates.get(gate.route.id) is gate:
+            del self._gates[gate.route.id]
+            self.full = tuple(self._gates.values())
+
+    def clear_route(self, sub_id: str) -> None:
+        """Release whoever waits on ``sub_id`` (it was unsubscribed)."""
+        gate = self._gates.get(sub_id)
+        if gate is not None:
+            self.clear(gate)
+
+    def release_all(self) -> None:
+        """Release every waiting publisher (the router stopped)."""
+        for gate in list(self._gates.values()):
+            self.clear(gate)
+
+
+def _wants(gate: Gate, events: list[Event]) -> bool:
+    return any(gate.wants(e) for e in events)

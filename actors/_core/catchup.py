@@ -1,0 +1,158 @@
+"""Catch-up (and durable) subscriptions: history first, then live.
+
+As EventStoreDB's catch-up subscriptions do, a ``CatchUp`` reads stored
+events page by page until it reaches the journal's head, only then joins the
+router (which tells it the first live sequence), reads the gap that opened
+meanwhile, and goes live, skipping live events it already handled.  While it
+joins, the mailbox is unbounded so the switch loses nothing; it gets its
+capacity back once live.
+
+Every method runs on the subscriber's own thread: journal answers and the
+router's "joined" arrive as messages (``HistoryRead``, ``Joined``) in the
+subscriber's mailbox, so no other thread touches this state or the mailbox's
+capacity, and no dispatcher thread waits on the journal.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from actors._core.messages import HistoryRead, Joined
+from actors._core.routes import Route, accepts
+from actors._model.topics import Pattern
+from actors._runtime.future import BusFuture
+
+if TYPE_CHECKING:
+    from actors._core.ports import Inbox
+    from actors._model.event import Event
+    from actors._runtime.mailbox import EventMailbox
+
+__all__ = ["CatchUp"]
+
+logger = logging.getLogger("actors.subscriber")
+
+Reader = Callable[[int, int, BusFuture[list["Event"]]], None]
+Joiner = Callable[[Route, Callable[[int], None]], None]
+
+
+class CatchUp:
+    """A catch-up subscription's state (see the module docstring)."""
+
+    PAGE = 512
+
+    def __init__(
+        self,
+        *,
+        route: Route,
+        inbox: Inbox,
+        start: int | None,
+        durable: str | None,
+        read: Reader,
+        join: Joiner,
+        save: Callable[[str, int], None],
+    ) -> None:
+        self.route = route
+        self.position = max(start or 1, 1)  # next sequence to deliver
+        self.durable = durable
+        self._mailbox: EventMailbox = route.mailbox
+        self._inbox = inbox
+        self._read = read
+        self._join = join
+        self._save = save
+        self.live = False
+        self.waiting = False
+        # Done once every history page is handled; flush waits for it.
+        self.caught_up: BusFuture[None] = BusFuture()
+        self.live_start: int | None = None
+        self._pages: deque[list[tuple[Event, float]]] = deque()
+        self._capacity = self._mailbox.capacity
+        self._matches = Pattern.parse(route.pattern).matches
+        if start is None:
+            # A new durable subscription with no starting point starts live.
+            self.live = True
+            self.caught_up.set(None)
+
+    def take_page(self) -> list[tuple[Event, float]] | None:
+        """Return what arrived (already filtered) since the last call, if anything."""
+        if not self._pages:
+            return None
+        page: list[tuple[Event, float]] = []
+        while self._pages:
+            page.extend(self._pages.popleft())
+        return page
+
+    def request(self) -> None:
+        """Ask for the next page of history."""
+        self.waiting = True
+        self._read(self.position, self.PAGE, self._answer())
+
+    def _answer(self) -> BusFuture[list[Event]]:
+        inbox = self._inbox
+        future: BusFuture[list[Event]] = BusFuture()
+        future.add_done_callback(lambda done: inbox.put(HistoryRead(done)))
+        return future
+
+    def on_read(self, future: BusFuture[list[Event]]) -> None:
+        """Take a page the journal read; join the router once history is exhausted."""
+        exc = future.exception()
+        if exc is not None:
+            logger.error("catch-up read of %s failed: %r", self.route.id, exc)
+            events: list[Event] = []
+        else:
+            events = future.get()
+        full = len(events) >= self.PAGE
+        live_start = self.live_start
+        if live_start is not None:
+            events = [e for e in events if (e.sequence or 0) < live_start]
+            full = full and len(events) >= self.PAGE
+        if events:
+            last = events[-1].sequence or 0
+            matches = self._matches
+            route = self.route
+            page = [(e, 0.0) for e in events if matches(e.event_type) and accepts(route, e)]
+            self.position = last + 1
+            if page:
+                self._pages.append(page)
+        if not full:
+            if live_start is None:
+                # History exhausted: join live delivery, then read the gap.
+                # Unbounded meanwhile, so the switch drops nothing.
+                self._mailbox.capacity = sys.maxsize
+                inbox = self._inbox
+                self._join(self.route, lambda start: inbox.put(Joined(start)))
+                return  # still waiting: for Joined, then the gap
+            self._go_live()
+        self.waiting = False
+
+    def on_joined(self, live_start: int) -> None:
+        """The router added the route: read the gap up to ``live_start``.
+
+        The read is queued through the router after every record of the
+        events before ``live_start``, so the journal holds them all.
+        """
+        self.live_start = live_start
+        self._read(self.position, self.PAGE, self._answer())
+
+    def _go_live(self) -> None:
+        self.live = True
+        self._mailbox.capacity = self._capacity
+        if self.live_start is not None:
+            self.position = max(self.position, self.live_start)
+
+    def settle(self) -> bool:
+        """Mark the subscription caught up if it is live with no history left; return it."""
+        if self.live and not self._pages:
+            self.caught_up.set(None)
+            return True
+        return False
+
+    def handled(self, sequence: int) -> None:
+        """Record progress after a batch (saves the durable checkpoint)."""
+        if sequence >= self.position:
+            self.position = sequence + 1
+        if self.durable is not None:
+            self._save(self.durable, sequence)

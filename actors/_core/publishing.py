@@ -1,0 +1,171 @@
+"""The publisher's side of the core: prepare an event, admit it, send it to the router.
+
+Runs on the caller's thread.  ``Publisher`` applies, in order: the rate limit,
+the ``BLOCK`` admission (``actors._core.backpressure``), and the router's
+bounded mailbox.  The refusals it counts (``rejected``, ``rate_limited``) are
+the publisher side's own counters, kept under one lock because any thread may
+publish; the router counts its own rejections (``REJECT``) separately.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from actors._core.backpressure import BlockGuard
+from actors._core.messages import Publish, PublishBatch
+from actors._core.ratelimit import TokenBucket
+from actors._core.subscriber import current_event
+from actors._errors import BackpressureError, InvalidEventError, RateLimitedError
+from actors._model.event import _FIELD_NAMES, Event
+from actors._model.topics import is_reserved
+from actors._runtime.dispatcher import Dispatcher, FifoMailbox
+from actors._runtime.future import BusFuture
+
+__all__ = ["Publisher", "prepare_event"]
+
+# Fields a caller may pass to publish() alongside the type and data.
+_EVENT_FIELDS = frozenset(_FIELD_NAMES) - {"event_type", "data", "sequence", "origin"}
+
+
+def prepare_event(event_or_type: Event | str, data: Any, fields: dict[str, Any]) -> Event:
+    """Build (or take) the event to publish; inherit causation inside a handler.
+
+    Raises ``TypeError`` for an Event given with data or fields, or an unknown
+    field; ``InvalidEventError`` for a reserved (``$``) type.
+    """
+    cause = current_event.get()
+    if isinstance(event_or_type, Event):
+        if data is not None or fields:
+            raise TypeError("pass either an Event or a type with data and fields, not both")
+        event = event_or_type
+        if cause is not None and (event.causation_id is None or event.correlation_id is None):
+            changes: dict[str, Any] = {}
+            if event.causation_id is None:
+                changes["causation_id"] = cause.id
+            if event.correlation_id is None and cause.correlation_id is not None:
+                changes["correlation_id"] = cause.correlation_id
+            event = event._with(**changes)
+    else:
+        unknown = fields.keys() - _EVENT_FIELDS
+        if unknown:
+            raise TypeError(f"unknown Event field(s): {', '.join(sorted(unknown))}")
+        if cause is not None:
+            if fields.get("causation_id") is None:
+                fields["causation_id"] = cause.id
+            if fields.get("correlation_id") is None and cause.correlation_id is not None:
+                fields["correlation_id"] = cause.correlation_id
+        event = Event(event_type=event_or_type, data=data, **fields)
+    if is_reserved(event.event_type):
+        raise InvalidEventError(
+            f"event type {event.event_type!r} is reserved for the bus ('$' types)"
+        )
+    return event
+
+
+class Publisher:
+    """Admit events and send them to the router (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        router: FifoMailbox,
+        guard: BlockGuard,
+        block_timeout: float,
+        bucket: TokenBucket | None,
+        dispatcher: Dispatcher,
+    ) -> None:
+        self._router = router
+        self._guard = guard
+        self._timeout = block_timeout
+        self._bucket = bucket
+        self._dispatcher = dispatcher
+        self._lock = threading.Lock()
+        self._rejected = 0
+        self._rate_limited = 0
+
+    def counts(self) -> tuple[int, int]:
+        """Return (rejected, rate_limited) as refused on the publisher side."""
+        with self._lock:
+            return self._rejected, self._rate_limited
+
+    def may_wait(self) -> bool:
+        """Return whether a publish could block now (BLOCK subscriptions, or a full router)."""
+        router = self._router
+        cap = router.capacity
+        return bool(self._guard.blocking) or (cap is not None and len(router) >= cap)
+
+    def publish(self, event: Event, *, owned: bool) -> BusFuture[Event]:
+        """Send one event; return its future (``RateLimitedError``, ``BackpressureError``)."""
+        self._take_tokens(1)
+        routed = self._admit((event,))
+        future: BusFuture[Event] = BusFuture()
+        message = Publish(event, future, time.perf_counter(), False, owned, routed)
+        self._send(message, 1, routed)
+        return future
+
+    def publish_batch(self, events: Sequence[Event]) -> list[BusFuture[Event]]:
+        """Send ``events`` as one message (admitted as a whole); return their futures."""
+        self._take_tokens(len(events))
+        routed = self._admit(events)
+        futures: list[BusFuture[Event]] = [BusFuture() for _ in events]
+        self._send(
+            PublishBatch(events, futures, time.perf_counter(), False, routed), len(events), routed
+        )
+        return futures
+
+    def inject(self, events: Sequence[Event]) -> None:
+        """Route events a peer already accepted: never blocks, never refused."""
+        self._router.put(
+            PublishBatch(events, [None] * len(events), time.perf_counter(), internal=True)
+        )
+
+    # -- steps ------------------------------------------------------------------
+
+    def _take_tokens(self, n: int) -> None:
+        bucket = self._bucket
+        if bucket is not None and not bucket.try_take(n):
+            with self._lock:
+                self._rate_limited += n
+            raise RateLimitedError(f"rate limit of {bucket.rate:g} events/s exceeded")
+
+    def _admit(self, events: Sequence[Event]) -> threading.Event | None:
+        """Wait while a full BLOCK subscription wants one of ``events``.
+
+        Returns an event for the router to set once it routed them when a
+        BLOCK pattern matches (so the next publish sees the mailbox full),
+        else None.  On a dispatcher thread of the bus (a handler publishing)
+        it does not wait for the routing: that thread may be the router's.
+        """
+        guard = self._guard
+        if not guard.blocking:
+            return None
+        if guard.full:
+            gate = guard.wait_for_room(list(events), self._timeout)
+            if gate is not None:
+                with self._lock:
+                    self._rejected += len(events)
+                route = gate.route
+                raise BackpressureError(
+                    f"subscription {route.id} ({route.pattern!r}) stayed full "
+                    f"({route.mailbox.capacity} queued) for {self._timeout}s; event not published"
+                )
+        if self._dispatcher.on_dispatcher_thread():
+            return None
+        if any(guard.routes_wanted(e.event_type) for e in events):
+            return threading.Event()
+        return None
+
+    def _send(
+        self, message: Publish | PublishBatch, n: int, routed: threading.Event | None
+    ) -> None:
+        if not self._router.put_blocking(message, self._timeout):
+            with self._lock:
+                self._rejected += n
+            raise BackpressureError(
+                f"publish blocked for {self._timeout}s: the router's mailbox stayed full"
+            )
+        if routed is not None:
+            routed.wait(self._timeout)

@@ -1,0 +1,134 @@
+"""The requesting side of a bus: one ``RequestClient`` per bus, for both facades.
+
+It owns the ``Requester`` (the bounded pending-reply table and one reply
+subscription per request type) and knows how to make a new reply route take
+effect on the peers before a request goes out.  It reaches the bus only
+through the callables and the small ``ReplyRouteSync`` port it is given.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from actors._core.messages import Barrier
+from actors._core.requests import Pending, Requester, check_request_type, publish_through
+from actors._errors import FutureTimeoutError
+from actors._model.event import Event
+from actors._model.filter import FilterLike
+from actors._model.metrics import BridgeStatistics
+from actors._runtime.dispatcher import FifoMailbox
+from actors._runtime.future import BusFuture
+
+__all__ = ["ReplyRouteSync", "RequestClient"]
+
+logger = logging.getLogger("actors.requests")
+
+Publish = Callable[[Event], BusFuture[Event]]
+
+
+class ReplyRouteSync(Protocol):
+    """What the client needs of a node's bridge (absent on a bus that is not a node)."""
+
+    @property
+    def recorder(self) -> FifoMailbox:
+        """The bridge's inbox for recorded events (FIFO behind the router's records)."""
+        ...
+
+    def statistics(self) -> BridgeStatistics:
+        """Return the bridge's figures now."""
+        ...
+
+    def wait(self, predicate: Callable[[BridgeStatistics], bool], timeout: float | None) -> bool:
+        """Wait until ``predicate`` holds for the bridge's figures (False after ``timeout``)."""
+        ...
+
+
+class RequestClient:
+    """Prepare, route and publish requests; wait for their replies."""
+
+    def __init__(
+        self,
+        *,
+        subscribe: Callable[[str, Callable[[Event], Any], FilterLike], object],
+        prepare: Callable[[Event | str, Any, dict[str, Any]], Event],
+        publish: Publish,
+        publish_remote: Callable[..., Event],
+        router: FifoMailbox,
+        bridge: Callable[[], ReplyRouteSync | None],
+    ) -> None:
+        self._prepare = prepare
+        self._publish = publish
+        self._publish_remote = publish_remote
+        self._router = router
+        self._bridge = bridge
+        self.requester = Requester(subscribe)
+        self._lock = threading.Lock()
+
+    def prepare(self, event_type: str, data: Any, fields: dict[str, Any]) -> tuple[Event, bool]:
+        """Return the request event, and whether its reply route must first reach the peers."""
+        check_request_type(event_type)
+        event = self._prepare(event_type, data, fields)
+        with self._lock:  # one reply subscription per type, even with racing callers
+            new = self.requester.route(event.event_type)
+        has_peers = self._bridge() is not None
+        if new and not has_peers:
+            self.requester.synced(event.event_type)  # no peers: nothing to wait for
+        return event, new and has_peers
+
+    def send(  # noqa: PLR0917 - the public forms' arguments, in their order
+        self,
+        event_type: str,
+        data: Any,
+        fields: dict[str, Any],
+        max_replies: int | None,
+        timeout: float | None,
+        node: str | None,
+    ) -> tuple[Event, Pending, float | None]:
+        """Prepare, route and publish a request; return it with the time left to wait."""
+        started = time.monotonic()
+        event, new_route = self.prepare(event_type, data, fields)
+        if new_route:
+            self.sync_reply_route(event.event_type, timeout, node)
+        pending = self.requester.send(event, self.publisher(node), max_replies)
+        left = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
+        return event, pending, left
+
+    def publisher(self, node: str | None) -> Publish:
+        """Return how a request is published: here, or by the connected node ``node``."""
+        if node is None:
+            return self._publish
+        return functools.partial(publish_through, self._publish_remote, node)
+
+    def sync_reply_route(self, event_type: str, timeout: float | None, node: str | None) -> None:
+        """Wait until a new reply route reached the peers (and ``node``), within ``timeout``.
+
+        The route must reach them before the request does, or a fast reply
+        could be published before they forward it.  No flush (a handler may
+        ask): a barrier through the router, then the bridge, which applies its
+        new prefixes before it takes mail; then the peers' acknowledgements.
+        """
+        bridge = self._bridge()
+        if bridge is None:
+            return
+        names = set(bridge.statistics().peers_alive) | ({node} if node else set())
+        if not names:
+            return  # (no peer yet: the next request of this type tries again)
+        applied: BusFuture[None] = BusFuture()
+        recorder = bridge.recorder
+        self._router.put(Barrier(lambda: recorder.put(Barrier(lambda: applied.set(None)))))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            applied.get(timeout=timeout)
+        except FutureTimeoutError:
+            logger.warning("reply route not applied within %ss", timeout)
+            return
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        if bridge.wait(lambda s: names <= set(s.synced_peers), left):
+            self.requester.synced(event_type)
+        else:
+            logger.warning("reply route not acknowledged by %s within %ss", sorted(names), timeout)

@@ -1,0 +1,51 @@
+"""What the router knows of a subscription, and the one place filters run.
+
+A ``Route`` is handed to the router (``Subscribe``) and, for catch-up, to the
+journal reader; ``accepts`` runs its filter so that a filter that raises counts
+as "no match" and is logged the same way wherever it runs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from actors._model.config import OverflowStrategy
+
+if TYPE_CHECKING:
+    from actors._model.event import Event
+    from actors._runtime.mailbox import EventMailbox
+
+__all__ = ["Route", "accepts"]
+
+logger = logging.getLogger("actors.router")
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """What the router needs to know of one subscription."""
+
+    id: str
+    pattern: str
+    mailbox: EventMailbox
+    predicate: Callable[[Event], bool] | None
+    strict: bool  # REJECT or BLOCK: checked for room before anything is delivered
+
+    @property
+    def blocks(self) -> bool:
+        """Return whether a full mailbox makes publishers wait (``BLOCK``)."""
+        return self.mailbox.overflow is OverflowStrategy.BLOCK
+
+
+def accepts(route: Route, event: Event) -> bool:
+    """Return whether ``route``'s filter passes ``event`` (a filter that raises: no)."""
+    predicate = route.predicate
+    if predicate is None:
+        return True
+    try:
+        return bool(predicate(event))
+    except Exception:
+        logger.exception("filter of subscription %s raised; event not delivered", route.id)
+        return False

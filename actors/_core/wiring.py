@@ -1,0 +1,460 @@
+"""Build the core's actor graph and run subscriptions, flushes and metrics on it.
+
+``Core`` holds the router, the correlation actor and the subscribers of one
+bus, all on the bus's dispatcher; the facade (``EventBus``) holds a ``Core``
+and adds the journal, the bridge and the public signatures.  The journal is
+given to the core as two inboxes (records, reads), never as an object.
+
+Which object may hold which (the rest are handles or ports):
+
+- the facade holds the ``Core``, the journal actor and the bridge;
+- the ``Core`` holds the router, the correlation actor, every subscriber
+  actor, the ``Publisher`` and the ``BlockGuard``;
+- the router holds every ``Route`` (so every subscriber mailbox), the
+  recorders' inboxes (correlation, journal, bridge) and the guard;
+- a subscriber holds only its ``SubscriberPorts`` (the router's inbox, the
+  latency window, its id) and, for catch-up, read/join/save callables that
+  send messages;
+- a ``Subscription`` holds its subscriber and an ``Unsubscriber`` port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import pykka
+from pykka import ActorRegistry
+
+from actors._core.backpressure import BlockGuard
+from actors._core.catchup import CatchUp
+from actors._core.correlator import CorrelationActor
+from actors._core.messages import (
+    CorrelatedEvents,
+    DeadLetter,
+    Flush,
+    Forward,
+    GetCorrelated,
+    GetDeadLetters,
+    GetRouterFigures,
+    LoadCheckpoint,
+    ReadJournal,
+    RouterFigures,
+    SaveCheckpoint,
+    Subscribe,
+    Unsubscribe,
+)
+from actors._core.ports import SubscriberPorts
+from actors._core.publishing import Publisher
+from actors._core.ratelimit import TokenBucket
+from actors._core.router import Latch, RouterActor
+from actors._core.routes import Route
+from actors._core.subscriber import (
+    Handler,
+    SubscriberActor,
+    Subscription,
+    current_event,
+    is_async_handler,
+)
+from actors._errors import EventBusError, FutureTimeoutError
+from actors._model.config import EventConfig, OverflowStrategy
+from actors._model.event import Event
+from actors._model.filter import FilterLike, as_predicate
+from actors._model.metrics import BridgeStatistics, BusMetrics, LatencyWindow
+from actors._model.query import EventQuery
+from actors._model.topics import Pattern
+from actors._runtime.dispatcher import DispatchedActor, Dispatcher, FifoMailbox
+from actors._runtime.future import BusFuture
+
+__all__ = ["Core", "HandlerWrapper", "JournalFigures", "merge_events", "start_actor"]
+
+_sub_ids = itertools.count(1)
+
+# wrap(handler, subscription_id, pattern) -> handler; see ``EventBus.handler_wrappers``.
+HandlerWrapper = Callable[[Callable[[Event], Any], str, str], Callable[[Event], Any]]
+
+
+class JournalFigures(NamedTuple):
+    """What the facade reports of its journal in ``metrics()``."""
+
+    written: int = 0
+    write_latency: float | None = None
+    size_bytes: int = 0
+    corrupt_records: int = 0
+
+
+# How long metrics() and dead_letters() wait for the router's answer.
+_ASK_TIMEOUT = 10.0
+
+
+def merge_events(stored: Sequence[Event], live: Sequence[Event]) -> list[Event]:
+    """Union of journal and memory events by id, in sequence order."""
+    seen: dict[uuid.UUID, Event] = {e.id: e for e in stored}
+    for e in live:
+        seen.setdefault(e.id, e)
+    return sorted(seen.values(), key=lambda e: (e.sequence or 0, e.timestamp))
+
+
+def start_actor(actor: DispatchedActor) -> None:
+    """Register and start an actor built directly (keeps the object, as start() would not)."""
+    ActorRegistry.register(actor.actor_ref)
+    actor._start_actor_loop()
+
+
+class Core:
+    """The router, correlation and subscriber actors of one bus (see the module docstring)."""
+
+    def __init__(
+        self,
+        config: EventConfig,
+        *,
+        name: str | None,
+        dispatcher: Dispatcher,
+        system: Dispatcher | None = None,
+        first_sequence: int = 1,
+        journal: FifoMailbox | None = None,
+    ) -> None:
+        self.config = config
+        self.dispatcher = dispatcher
+        # The router and correlation actor: on ``system`` when given, a thread
+        # that no handler can take (see docs/architecture.md).
+        system = system or dispatcher
+        self.handler_wrappers: list[HandlerWrapper] = []
+        self.journal = journal
+        self.latency = LatencyWindow()
+        self.guard = BlockGuard()
+        self._subs: dict[str, SubscriberActor] = {}
+        self._lock = threading.Lock()  # guards _subs, _removed and _loop
+        self._removed = [0, 0, 0, 0]  # delivered, dropped, errors, expired
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.correlation = CorrelationActor(
+            dispatcher=system,
+            max_traces=config.max_traces,
+            max_events_per_trace=config.max_events_per_trace,
+            trace_ttl=config.trace_ttl,
+        )
+        start_actor(self.correlation)
+        self.router = RouterActor(
+            dispatcher=system,
+            capacity=max(config.buffer_size, 1024),
+            origin=name,
+            first_sequence=first_sequence,
+            recorders=[self.correlation.actor_inbox],
+            durable_recorder=journal,
+            correlation=self.correlation.actor_inbox,
+            guard=self.guard,
+            dead_letter_limit=config.dead_letter_limit,
+        )
+        start_actor(self.router)
+        self.inbox = self.router.actor_inbox
+        bucket = TokenBucket(config.rate_limit, config.burst) if config.rate_limit else None
+        self.publisher = Publisher(
+            router=self.inbox,
+            guard=self.guard,
+            block_timeout=config.block_timeout,
+            bucket=bucket,
+            dispatcher=system,
+        )
+
+    # -- subscriptions ------------------------------------------------------------
+
+    def subscribe(
+        self,
+        pattern: str,
+        handler: Handler,
+        *,
+        filter: FilterLike | None,
+        capacity: int | None,
+        overflow: OverflowStrategy | str | None,
+        from_sequence: int | None,
+        durable: str | None,
+        dedicated_thread: bool,
+    ) -> Subscription:
+        """Validate every argument, then start a subscriber and route to it.
+
+        Nothing changes before every argument passed, so a refused call
+        leaves no trace in ``subscriptions()`` or the metrics.
+        """
+        Pattern.parse(pattern)
+        if not (callable(handler) or isinstance(handler, pykka.ActorRef)):
+            raise TypeError(f"handler must be callable or a pykka.ActorRef, not {handler!r}")
+        predicate = as_predicate(filter)
+        if capacity is not None and (isinstance(capacity, bool) or not isinstance(capacity, int)):
+            raise TypeError(f"capacity must be an int, not {type(capacity).__name__}")
+        cap = self.config.buffer_size if capacity is None else capacity
+        if cap < 1:
+            raise ValueError(f"capacity must be at least 1, not {cap}")
+        strategy = self.config.overflow if overflow is None else OverflowStrategy(overflow)
+        if from_sequence is not None and (
+            isinstance(from_sequence, bool) or not isinstance(from_sequence, int)
+        ):
+            raise TypeError(f"from_sequence must be an int, not {type(from_sequence).__name__}")
+        if durable is not None and (not isinstance(durable, str) or not durable):
+            raise TypeError(f"durable must be a non-empty str, not {durable!r}")
+        if not isinstance(dedicated_thread, bool):
+            raise TypeError("dedicated_thread must be a bool")
+        catch_up = from_sequence is not None or durable is not None
+        start = from_sequence
+        if catch_up:
+            journal = self.require_journal()
+            if durable is not None:
+                checkpoint = self._load_checkpoint(journal, f"sub:{durable}")
+                if checkpoint is not None:
+                    start = checkpoint + 1
+        loop = None
+        if is_async_handler(handler):
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                loop = self._background_loop()
+        # Every argument is valid: from here on, state changes.
+        sub_id = f"sub-{next(_sub_ids)}"
+        if not isinstance(handler, pykka.ActorRef):
+            for wrap in self.handler_wrappers:  # e.g. actors.otel: a span per handled event
+                handler = wrap(handler, sub_id, pattern)
+        actor = SubscriberActor(
+            ports=SubscriberPorts(sub_id=sub_id, router=self.inbox, latency=self.latency),
+            pattern=pattern,
+            handler=handler,
+            capacity=cap,
+            overflow=strategy,
+            retries=self.config.handler_retries,
+            dispatcher=(
+                Dispatcher(
+                    1, name=f"{sub_id}-thread", blocking_threshold=self.config.blocking_threshold
+                )
+                if dedicated_thread
+                else self.dispatcher
+            ),
+            loop=loop,
+        )
+        route = Route(
+            id=sub_id,
+            pattern=pattern,
+            mailbox=actor.actor_inbox,
+            predicate=predicate,
+            strict=strategy in (OverflowStrategy.REJECT, OverflowStrategy.BLOCK),
+        )
+        if strategy is OverflowStrategy.BLOCK:
+            self.guard.add(route)
+        if catch_up:
+            actor.catchup = self._catch_up(route, actor, start, durable)
+        start_actor(actor)
+        with self._lock:
+            self._subs[sub_id] = actor
+        if actor.catchup is None or actor.catchup.live:
+            self.inbox.put(Subscribe(route))
+        else:
+            actor.actor_inbox.wake()
+        return Subscription(actor, self.unsubscribe)
+
+    def _catch_up(
+        self, route: Route, actor: SubscriberActor, start: int | None, durable: str | None
+    ) -> CatchUp:
+        journal = self.require_journal()
+        router = self.inbox
+        pattern = route.pattern
+
+        def read(position: int, limit: int, future: BusFuture[list[Event]]) -> None:
+            query = EventQuery(event_types=[pattern], after_sequence=position - 1, limit=limit)
+            router.put(Forward(journal, ReadJournal(query, future)))
+
+        def join(route: Route, joined: Callable[[int], None]) -> None:
+            router.put(Subscribe(route, on_subscribed=joined))
+
+        def save(name: str, sequence: int) -> None:
+            journal.put(SaveCheckpoint(f"sub:{name}", sequence))
+
+        return CatchUp(
+            route=route,
+            inbox=actor.actor_inbox,
+            start=start,
+            durable=durable,
+            read=read,
+            join=join,
+            save=save,
+        )
+
+    def _load_checkpoint(self, journal: FifoMailbox, name: str) -> int | None:
+        future: BusFuture[int | None] = BusFuture()
+        self.inbox.put(Forward(journal, LoadCheckpoint(name, future)))
+        return future.get(timeout=30.0)
+
+    def unsubscribe(self, sub_id: str) -> None:
+        """Remove ``sub_id`` (the ``Unsubscriber`` port of its ``Subscription``)."""
+        with self._lock:
+            actor = self._subs.pop(sub_id, None)
+            if actor is None:
+                return
+            actor.detached.set()
+            if actor.catchup is not None:
+                actor.catchup.caught_up.set(None)  # a flush waiting for it stops waiting
+            stats = actor.statistics()
+            self._removed[0] += stats.delivered
+            self._removed[1] += stats.dropped
+            self._removed[2] += stats.errors
+            self._removed[3] += stats.expired
+        self.guard.discard(sub_id)
+        # The router removes the route first, then stops the actor: no flush
+        # barrier can land on a stopped mailbox.  (Never a blocking stop: the
+        # router runs on a dispatcher thread the subscriber may need to stop.)
+        self.inbox.put(Unsubscribe(sub_id, then=lambda: actor.actor_ref.stop(block=False)))
+
+    def subscriptions(self) -> list[Subscription]:
+        """Return the live subscriptions."""
+        with self._lock:
+            return [Subscription(a, self.unsubscribe) for a in self._subs.values()]
+
+    def take_subscribers(self) -> list[SubscriberActor]:
+        """Remove and return every subscriber (the bus is closing)."""
+        with self._lock:
+            subs = list(self._subs.values())
+            self._subs.clear()
+        for actor in subs:
+            actor.detached.set()
+            if actor.catchup is not None:
+                actor.catchup.caught_up.set(None)
+        return subs
+
+    def require_journal(self) -> FifoMailbox:
+        """Return the journal's inbox, or raise ``EventBusError`` on a bus without one."""
+        if self.journal is None:
+            raise EventBusError(
+                "this bus has no journal: use PersistentEventBus or "
+                "EventConfig(persistence_path=...)"
+            )
+        return self.journal
+
+    # -- flush ----------------------------------------------------------------------
+
+    def flush(self, timeout: float | None) -> None:
+        """Wait until every event published so far is handled (or dropped) and recorded."""
+        self.start_flush().get(timeout)
+
+    def start_flush(self) -> BusFuture[None]:
+        """Start a flush; the future is done once everything published so far is handled.
+
+        A catch-up subscription is not a route until it has read history (the
+        events published before the call reach it through the journal), so
+        the router's ``Flush`` is sent once every catch-up is caught up.
+        Raises ``RuntimeError`` inside a handler (it would wait for itself).
+        """
+        if current_event.get() is not None:
+            raise RuntimeError("flush() cannot be called from inside a handler")
+        with self._lock:
+            pending = [
+                a.catchup.caught_up
+                for a in self._subs.values()
+                if a.catchup is not None and not a.catchup.caught_up.done()
+            ]
+        future: BusFuture[None] = BusFuture()
+        inbox = self.inbox
+        latch = Latch(len(pending), lambda: inbox.put(Flush(future)))
+        for caught_up in pending:
+            caught_up.add_done_callback(lambda _: latch.count_down())
+        return future
+
+    def correlated(self, correlation_id: uuid.UUID) -> BusFuture[CorrelatedEvents]:
+        """Ask for the events of ``correlation_id`` held in memory (sees every earlier publish)."""
+        future: BusFuture[CorrelatedEvents] = BusFuture()
+        self.inbox.put(GetCorrelated(correlation_id, future))
+        return future
+
+    def read_journal(self, query: EventQuery) -> BusFuture[list[Event]]:
+        """Ask the journal for the events ``query`` selects (sees every earlier publish)."""
+        future: BusFuture[list[Event]] = BusFuture()
+        self.inbox.put(Forward(self.require_journal(), ReadJournal(query, future)))
+        return future
+
+    # -- figures --------------------------------------------------------------------
+
+    def router_figures(self) -> RouterFigures:
+        """Ask the router for its counters (its last figures once it stopped)."""
+        if self.router.actor_ref.is_alive():
+            future: BusFuture[RouterFigures] = BusFuture()
+            self.inbox.put(GetRouterFigures(future))
+            try:
+                return future.get(_ASK_TIMEOUT)
+            except FutureTimeoutError:
+                pass
+        return self.router.final_figures()
+
+    def dead_letters(self) -> list[DeadLetter]:
+        """Ask the router for the dead letters it keeps (oldest first)."""
+        if self.router.actor_ref.is_alive():
+            future: BusFuture[list[DeadLetter]] = BusFuture()
+            self.inbox.put(GetDeadLetters(future))
+            try:
+                return future.get(_ASK_TIMEOUT)
+            except FutureTimeoutError:
+                pass
+        return self.router.final_dead_letters()
+
+    def metrics(
+        self, journal: JournalFigures | None = None, bridge: BridgeStatistics | None = None
+    ) -> BusMetrics:
+        """Return a ``BusMetrics`` snapshot; ``journal`` and ``bridge`` come from the facade."""
+        journal = journal or JournalFigures()
+        router = self.router_figures()
+        rejected, rate_limited = self.publisher.counts()
+        with self._lock:
+            stats = tuple(a.statistics() for a in self._subs.values())
+            removed = list(self._removed)
+        p50, p90, p99, pmax = self.latency.percentiles()
+        return BusMetrics(
+            published=router.published,
+            delivered=removed[0] + sum(s.delivered for s in stats),
+            dropped=removed[1] + sum(s.dropped for s in stats),
+            rejected=router.rejected + rejected,
+            expired=removed[3] + sum(s.expired for s in stats),
+            handler_errors=removed[2] + sum(s.errors for s in stats),
+            dead_letters=router.dead_letters,
+            subscriptions=len(stats),
+            events_per_second=router.events_per_second,
+            peak_events_per_second=router.peak_events_per_second,
+            latency_p50=p50,
+            latency_p90=p90,
+            latency_p99=p99,
+            latency_max=pmax,
+            per_subscription=stats,
+            journal_written=journal.written,
+            journal_write_latency=journal.write_latency,
+            journal_size_bytes=journal.size_bytes,
+            rate_limited=rate_limited,
+            journal_corrupt_records=journal.corrupt_records,
+            bridge=bridge,
+        )
+
+    # -- async handlers from sync code ----------------------------------------------
+
+    def _background_loop(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                ready = threading.Event()
+
+                def run() -> None:
+                    asyncio.set_event_loop(loop)
+                    loop.call_soon(ready.set)
+                    loop.run_forever()
+                    loop.close()
+
+                threading.Thread(target=run, name="bus-async", daemon=True).start()
+                ready.wait()
+                self._loop = loop
+            return self._loop
+
+    def stop_loop(self) -> None:
+        """Stop the event loop the bus runs async handlers on, if it made one."""
+        with self._lock:
+            loop = self._loop
+        if loop is not None:
+            loop.call_soon_threadsafe(loop.stop)
+
+    def refs(self) -> list[pykka.ActorRef[Any]]:
+        """Return the router's and the correlation actor's refs (stopped after subscribers)."""
+        return [self.router.actor_ref, self.correlation.actor_ref]

@@ -1,0 +1,111 @@
+"""``EventMailbox``: the bounded event lane, its overflow strategies and flush barriers.
+
+A mailbox with no actor bound schedules nothing, so every test here runs on
+one thread: the test plays both the router (``offer``) and the subscriber
+(``take_events``).
+"""
+
+from __future__ import annotations
+
+from actors._model.config import OverflowStrategy
+from actors._runtime.mailbox import DROPPED, STARTED, EventMailbox
+
+
+def _fill(mailbox: EventMailbox, n: int) -> list[int]:
+    return [mailbox.offer(i) for i in range(n)]
+
+
+def test_drop_oldest_keeps_the_newest_and_counts_drops() -> None:
+    mailbox = EventMailbox(3, OverflowStrategy.DROP_OLDEST)
+    flags = _fill(mailbox, 5)
+    assert [f & DROPPED for f in flags] == [0, 0, 0, DROPPED, DROPPED]
+    batch, _ = mailbox.take_events(10)
+    assert batch == [2, 3, 4]
+    assert mailbox.dropped == 2
+    assert mailbox.accepted == 5
+
+
+def test_drop_newest_keeps_the_oldest() -> None:
+    mailbox = EventMailbox(3, OverflowStrategy.DROP_NEWEST)
+    _fill(mailbox, 5)
+    assert mailbox.take_events(10)[0] == [0, 1, 2]
+    assert mailbox.dropped == 2
+
+
+def test_block_never_drops_it_goes_over_capacity() -> None:
+    mailbox = EventMailbox(2, OverflowStrategy.BLOCK)
+    _fill(mailbox, 4)
+    assert not mailbox.has_room()
+    assert mailbox.queued == 4
+    assert mailbox.dropped == 0
+    assert mailbox.take_events(10)[0] == [0, 1, 2, 3]
+
+
+def test_room_waiter_is_called_once_there_is_room() -> None:
+    mailbox = EventMailbox(2, OverflowStrategy.BLOCK)
+    _fill(mailbox, 4)
+    calls: list[str] = []
+    assert mailbox.wait_for_room(lambda: calls.append("room"))
+    mailbox.take_events(1)  # 3 left: still full
+    assert calls == []
+    mailbox.take_events(2)  # 1 left: room
+    assert calls == ["room"]
+    mailbox.take_events(1)
+    assert calls == ["room"]  # called once
+
+
+def test_wait_for_room_says_so_when_there_is_room_already() -> None:
+    mailbox = EventMailbox(2, OverflowStrategy.BLOCK)
+    mailbox.offer(0)
+    assert not mailbox.wait_for_room(lambda: None)
+
+
+def test_backpressure_starts_at_80_and_is_relieved_under_20_percent() -> None:
+    mailbox = EventMailbox(10, OverflowStrategy.DROP_OLDEST)
+    flags = _fill(mailbox, 9)
+    assert [i for i, f in enumerate(flags) if f & STARTED] == [7]  # the 8th event: 80%
+    _, relieved = mailbox.take_events(6)  # 3 left: not under 20%
+    assert not relieved
+    _, relieved = mailbox.take_events(2)  # 1 left
+    assert relieved
+
+
+def test_a_barrier_fires_once_everything_accepted_before_it_is_finished() -> None:
+    mailbox = EventMailbox(10, OverflowStrategy.DROP_OLDEST)
+    _fill(mailbox, 3)
+    fired: list[int] = []
+    mailbox.add_barrier(lambda: fired.append(1))
+    mailbox.offer(99)  # after the barrier: not waited for
+    batch, _ = mailbox.take_events(2)
+    mailbox.finished_by_owner += len(batch)
+    mailbox.check_barriers()
+    assert fired == []
+    batch, _ = mailbox.take_events(1)
+    mailbox.finished_by_owner += len(batch)
+    mailbox.check_barriers()
+    mailbox.check_barriers()
+    assert fired == [1]
+
+
+def test_drops_count_as_finished_for_barriers() -> None:
+    mailbox = EventMailbox(1, OverflowStrategy.DROP_NEWEST)
+    _fill(mailbox, 3)  # two dropped
+    fired: list[int] = []
+    mailbox.add_barrier(lambda: fired.append(1))
+    batch, _ = mailbox.take_events(5)
+    mailbox.finished_by_owner += len(batch)
+    mailbox.check_barriers()
+    assert fired == [1]
+
+
+def test_clear_events_finishes_them_and_releases_the_room_waiter() -> None:
+    mailbox = EventMailbox(1, OverflowStrategy.BLOCK)
+    _fill(mailbox, 2)
+    calls: list[str] = []
+    mailbox.wait_for_room(lambda: calls.append("room"))
+    fired: list[int] = []
+    mailbox.add_barrier(lambda: fired.append(1))
+    assert mailbox.clear_events() == 2
+    assert calls == ["room"]
+    assert fired == [1]
+    assert mailbox.finished() == mailbox.accepted
