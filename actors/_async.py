@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from actors._bus import EventBus
 from actors._core.subscriber import DeadLetter, Handler, Subscription
 from actors._errors import BusClosedError
+from actors._model import checks
 from actors._model.config import EventConfig, OverflowStrategy
 from actors._model.event import Event
 from actors._model.filter import FilterLike
@@ -63,6 +64,7 @@ class AsyncEventBus:
     """
 
     def __init__(self, config: EventConfig | None = None, *, bus: EventBus | None = None) -> None:
+        checks.check_async_bus(config, bus, EventBus)
         self.sync = bus if bus is not None else EventBus(config)
 
     @property
@@ -98,6 +100,7 @@ class AsyncEventBus:
         self, event_type: str, data: Any, correlation_id: uuid.UUID, **fields: Any
     ) -> Event:
         """Publish as part of the workflow ``correlation_id``."""
+        checks.check_correlated(correlation_id)
         return await self.publish(event_type, data, correlation_id=correlation_id, **fields)
 
     async def subscribe(
@@ -140,6 +143,7 @@ class AsyncEventBus:
         Closing the iterator (``aclose`` or leaving ``async with``)
         unsubscribes.  Must be called with a running event loop.
         """
+        checks.check_stream(filter, capacity, overflow, from_sequence)
         return EventStream(
             self.sync,
             pattern,
@@ -151,25 +155,30 @@ class AsyncEventBus:
 
     async def get_correlated(self, correlation_id: uuid.UUID) -> list[Event]:
         """Return the events of ``correlation_id`` in sequence order."""
+        checks.check_correlated(correlation_id)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(None, self.sync.get_correlated, correlation_id)
 
     async def trace(self, correlation_id: uuid.UUID) -> Trace:
         """Return the causal trace of ``correlation_id``."""
+        checks.check_correlated(correlation_id)
         return Trace(correlation_id, await self.get_correlated(correlation_id))
 
     async def query(self, query: EventQuery) -> list[Event]:
         """Query the journal (see ``PersistentEventBus.query``)."""
+        checks.check_query(query)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(None, self.sync.query, query)
 
     async def flush(self, timeout: float | None = None) -> None:
         """Wait until everything published so far is handled and recorded."""
+        checks.check_timeout("timeout", timeout)
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self.sync.flush, timeout)
 
     async def aclose(self, timeout: float | None = None) -> None:
         """Drain, flush and stop the bus (the async twin of ``close``)."""
+        checks.check_timeout("timeout", timeout)
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self.sync.close, timeout)
 

@@ -62,6 +62,7 @@ from actors._errors import (
 )
 from actors._journal.actor import JournalActor, enforce_retention, first_free_sequence
 from actors._journal.storage import RocksStorage, Storage
+from actors._model import checks
 from actors._model.config import EventConfig, NodeConfig, OverflowStrategy
 from actors._model.event import _FIELD_NAMES, Event
 from actors._model.filter import FilterLike, as_predicate
@@ -101,6 +102,7 @@ class EventBus:
         name: str | None = None,
         node: NodeConfig | None = None,
     ) -> None:
+        checks.check_bus(config, name, node)
         self.config = config or EventConfig()
         if node is not None:
             name = node.name
@@ -185,6 +187,7 @@ class EventBus:
         arrives here.  Flushes the bus first.  Returns False after
         ``timeout``; raises ``EventBusError`` on a bus that is not a node.
         """
+        checks.check_names(names, timeout)
         if self._bridge is None:
             raise EventBusError("this bus is not connected to other nodes (no NodeConfig)")
         return self._bridge.wait_synced(names, timeout)
@@ -207,6 +210,7 @@ class EventBus:
         ``EventBusError`` on a bus that is not a node, ``BridgeError`` if the
         node refuses (with its reason) or does not answer.
         """
+        checks.check_remote(node, timeout)
         if self._bridge is None:
             raise EventBusError("this bus is not connected to other nodes (no NodeConfig)")
         self._check_open()
@@ -229,6 +233,7 @@ class EventBus:
 
         Blocks until every configured peer answered (or ``timeout``).
         """
+        checks.check_timeout("timeout", timeout)
         if self._bridge is None:
             raise EventBusError("this bus is not connected to other nodes (no NodeConfig)")
         return self._bridge.linked_nodes(timeout)
@@ -281,6 +286,7 @@ class EventBus:
         Return one future per event.  Validation, rate limiting and the closed
         check apply to the whole batch before anything is published.
         """
+        events = checks.check_events(events)
         if self._closed:
             raise BusClosedError("the bus is closed")
         prepared = [self._prepare(e, None, {}) for e in events]
@@ -303,6 +309,7 @@ class EventBus:
         self, event_type: str, data: Any, correlation_id: uuid.UUID, **fields: Any
     ) -> BusFuture[Event]:
         """Publish ``event_type`` with ``data`` as part of the workflow ``correlation_id``."""
+        checks.check_correlated(correlation_id)
         return self.publish(event_type, data, correlation_id=correlation_id, **fields)
 
     def _prepare(self, event_or_type: Event | str, data: Any, fields: dict[str, Any]) -> Event:
@@ -365,6 +372,9 @@ class EventBus:
         on I/O.  Never blocks.  Raises ``InvalidPatternError``, ``TypeError``
         for a bad handler, ``BusClosedError``.
         """
+        checks.check_subscribe(
+            pattern, handler, filter, capacity, overflow, from_sequence, durable, dedicated_thread
+        )
         if self._closed:
             raise BusClosedError("the bus is closed")
         Pattern.parse(pattern)
@@ -598,6 +608,7 @@ class EventBus:
         traces, from the journal (where persistent) for old or evicted ones.
         Blocks until answered (``FutureTimeoutError`` after ``timeout``).
         """
+        checks.check_correlated(correlation_id, timeout)
         self._check_open()
         future: BusFuture[Any] = BusFuture()
         self._router_mailbox.put(GetCorrelated(correlation_id, future))
@@ -621,6 +632,7 @@ class EventBus:
         ``BridgeError`` if the peer cannot answer, ``FutureTimeoutError``
         after ``timeout``.
         """
+        checks.check_query(query, node, timeout)
         self._check_open()
         if node is not None and node != self.name:
             if self._bridge is None:
@@ -648,6 +660,7 @@ class EventBus:
         exception from ``handler`` stops the replay and propagates.  Returns
         the number of events replayed.
         """
+        checks.check_replay(query, handler, speed, page_size)
         if speed is not None and speed <= 0:
             raise ValueError("speed must be positive")
         count = 0
@@ -693,6 +706,7 @@ class EventBus:
 
     def trace(self, correlation_id: uuid.UUID, *, timeout: float | None = 30.0) -> Trace:
         """Return the causal ``Trace`` of ``correlation_id`` (see ``get_correlated``)."""
+        checks.check_correlated(correlation_id, timeout)
         return Trace(correlation_id, self.get_correlated(correlation_id, timeout=timeout))
 
     # -- flow ------------------------------------------------------------------------------
@@ -704,6 +718,7 @@ class EventBus:
         ``BusClosedError`` after ``close``, and ``RuntimeError`` when called
         from inside a handler (it would wait for itself).
         """
+        checks.check_timeout("timeout", timeout)
         self._check_open()
         self._flush(timeout)
 
@@ -734,6 +749,7 @@ class EventBus:
         from inside a handler, where it cannot wait).  Afterwards calls raise
         ``BusClosedError``.
         """
+        checks.check_timeout("timeout", timeout)
         with self._close_lock:
             if self._closed:
                 return
