@@ -26,7 +26,7 @@ from actors._model.guards import (
     check_uuid,
 )
 from actors._model.query import EventQuery
-from actors._model.topics import Pattern
+from actors._model.patterns import Pattern
 
 __all__ = [
     "check_async_bus",

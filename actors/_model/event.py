@@ -38,7 +38,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeAlias
 
 from actors._errors import InvalidEventError
-from actors._model.topics import validate_event_type
+from actors._model.patterns import validate_event_type
 from actors._model.uuid7 import uuid7
 
 __all__ = ["EMPTY_METADATA", "MAX_DATA_DEPTH", "Event", "JsonValue"]

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from actors._model.guards import check_bool, check_int, check_str, check_strings, check_uuid
-from actors._model.topics import Pattern
+from actors._model.patterns import Pattern
 
 __all__ = ["EventQuery"]
 
