@@ -25,8 +25,8 @@ from actors._model.guards import (
     check_timeout,
     check_uuid,
 )
-from actors._model.query import EventQuery
 from actors._model.patterns import Pattern
+from actors._model.query import EventQuery
 
 __all__ = [
     "check_async_bus",
