@@ -215,6 +215,7 @@ class EventStream(AsyncIterator[Event]):
         overflow: OverflowStrategy | str | None,
         from_sequence: int | None,
     ) -> None:
+        checks.check_stream(filter, capacity, overflow, from_sequence)
         cap = capacity if capacity is not None else bus.config.buffer_size
         # The queue is bounded by one mailbox's worth; beyond it the handler
         # awaits, and the subscription's own overflow strategy takes over.

@@ -908,6 +908,7 @@ class PersistentEventBus(EventBus):
     def __init__(
         self, config: EventConfig, *, name: str | None = None, node: NodeConfig | None = None
     ) -> None:
+        checks.check_bus(config, name, node)
         if config is None or config.persistence_path is None:
             raise ValueError("PersistentEventBus needs EventConfig(persistence_path=...)")
         super().__init__(config, name=name, node=node)

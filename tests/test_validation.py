@@ -99,6 +99,19 @@ BAD: dict[str, Bad] = {
     "persistent-no-path": Bad(
         lambda e: PersistentEventBus(EventConfig()), ValueError, "persistence_path"
     ),
+    "persistent-config-dict": Bad(
+        lambda e: PersistentEventBus({}),  # type: ignore[arg-type]
+        TypeError,
+        "config",
+    ),
+    "event-expired-now-float": Bad(
+        lambda e: Event(event_type="a.b", ttl=1).expired(12.5),  # type: ignore[arg-type]
+        TypeError,
+        "now",
+    ),
+    "event-expired-now-naive": Bad(
+        lambda e: Event(event_type="a.b").expired(datetime(2026, 1, 1)), TypeError, "now"
+    ),
     "get_correlated-str": Bad(
         lambda e: e.bus.get_correlated(str(CID)),  # type: ignore[arg-type]
         TypeError,

@@ -241,6 +241,8 @@ class Event:
         ``now`` defaults to the current time and must be timezone-aware (a naive
         one raises ``TypeError``).  Events without ``ttl`` never expire.
         """
+        if now is not None and (not isinstance(now, datetime) or now.utcoffset() is None):
+            raise TypeError(f"now must be None or a timezone-aware datetime, not {now!r}")
         ttl = self.ttl
         if ttl is None:
             return False
