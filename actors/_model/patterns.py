@@ -26,16 +26,11 @@ from typing import Final
 from actors._errors import InvalidEventError, InvalidPatternError
 
 __all__ = [
-    "CACHE_LIMIT",
-    "GLOB",
-    "GLOBSTAR",
-    "LITERAL",
     "MAX_EVENT_TYPE_LENGTH",
-    "STAR",
     "Pattern",
     "Segment",
     "is_reserved",
-    "segments_of",
+    "parse_segments",
     "validate_event_type",
 ]
 
@@ -286,21 +281,8 @@ class Pattern:
         text = self.text
         if not isinstance(text, str):
             raise InvalidPatternError(f"pattern must be a str, not {type(text).__name__}")
-        if not text:
-            raise InvalidPatternError("pattern must not be empty")
-        if len(text) > MAX_PATTERN_LENGTH:
-            raise InvalidPatternError(
-                f"pattern is {len(text)} characters, more than {MAX_PATTERN_LENGTH}"
-            )
-        if _has_space(text):
-            raise InvalidPatternError(f"pattern {text!r} contains whitespace")
-        segments: list[Segment] = []
-        for raw in text.split("."):
-            segment = _parse_segment(raw, text)
-            # "**.**" means the same as "**"; collapsing keeps the state walk small.
-            if not (segment.kind == GLOBSTAR and segments and segments[-1].kind == GLOBSTAR):
-                segments.append(segment)
-        object.__setattr__(self, "_segments", tuple(segments))
+        segments = parse_segments(text)
+        object.__setattr__(self, "_segments", segments)
         object.__setattr__(self, "_literal_prefix", _literal_prefix(segments))
         object.__setattr__(self, "_fixed", all(s.kind != GLOBSTAR for s in segments))
 
@@ -357,7 +339,7 @@ def _parse_cached(text: str) -> Pattern:
     return Pattern(text)
 
 
-def _literal_prefix(segments: list[Segment]) -> str:
+def _literal_prefix(segments: tuple[Segment, ...]) -> str:
     literals: list[str] = []
     for index, segment in enumerate(segments):
         if segment.kind == LITERAL:
@@ -394,6 +376,21 @@ def _walk(segments: tuple[Segment, ...], parts: list[str]) -> bool:
     return end in states
 
 
-def segments_of(pattern: Pattern) -> tuple[Segment, ...]:
-    """Return the parsed segments of ``pattern`` (the trie walks them)."""
-    return pattern._segments
+@lru_cache(maxsize=4096)
+def parse_segments(text: str) -> tuple[Segment, ...]:
+    """Return the segments of the pattern ``text``; raise ``InvalidPatternError`` if invalid."""
+    if not text:
+        raise InvalidPatternError("pattern must not be empty")
+    if len(text) > MAX_PATTERN_LENGTH:
+        raise InvalidPatternError(
+            f"pattern is {len(text)} characters, more than {MAX_PATTERN_LENGTH}"
+        )
+    if _has_space(text):
+        raise InvalidPatternError(f"pattern {text!r} contains whitespace")
+    segments: list[Segment] = []
+    for raw in text.split("."):
+        segment = _parse_segment(raw, text)
+        # "**.**" means the same as "**"; collapsing keeps the state walk small.
+        if not (segment.kind == GLOBSTAR and segments and segments[-1].kind == GLOBSTAR):
+            segments.append(segment)
+    return tuple(segments)

@@ -18,7 +18,7 @@ from actors._model.patterns import (
     STAR,
     Pattern,
     Segment,
-    segments_of,
+    parse_segments,
 )
 
 __all__ = ["TopicTrie"]
@@ -137,7 +137,7 @@ class TopicTrie(Generic[T]):
     def add(self, pattern: Pattern, value: T) -> None:
         """Add ``value`` under ``pattern``; adding the same pair twice stores it twice."""
         node = self._root
-        for segment in segments_of(pattern):
+        for segment in parse_segments(pattern.text):
             node = _child(node, segment)
         node.entries.append((self._seq, pattern, value))
         self._seq += 1
@@ -151,7 +151,7 @@ class TopicTrie(Generic[T]):
         """
         path: list[tuple[_Node[T], Segment]] = []
         node: _Node[T] | None = self._root
-        for segment in segments_of(pattern):
+        for segment in parse_segments(pattern.text):
             assert node is not None
             path.append((node, segment))
             node = _existing_child(node, segment)
