@@ -6,7 +6,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import actors._model.trie as trie_module
 from actors._model.patterns import Pattern
 from actors._model.trie import TopicTrie
 from tests._support import UNIVERSE, event_types, patterns, reference_matches
@@ -36,7 +35,7 @@ def test_trie_agrees_with_reference(
     for index in sorted(live):
         trie.remove(Pattern.parse(live[index]), index)
     assert len(trie) == 0
-    assert trie._root.is_empty()  # every node was pruned
+    assert trie.statistics().nodes == 1  # every node but the root was pruned
 
 
 def test_match_order_is_add_order() -> None:
@@ -101,13 +100,18 @@ def test_cache_is_invalidated_on_add_and_remove() -> None:
     assert trie.match("user.login") == ("b",)
 
 
-def test_trie_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(trie_module, "CACHE_LIMIT", 4)
-    trie: TopicTrie[str] = TopicTrie()
+def test_trie_cache_is_bounded() -> None:
+    trie: TopicTrie[str] = TopicTrie(cache_limit=4)
     trie.add(Pattern.parse("**"), "all")
     for index in range(20):
         assert trie.match(f"t.{index}") == ("all",)
-        assert len(trie._cache) <= 4
+        assert trie.statistics().cached_types <= 4
+
+
+@pytest.mark.parametrize("limit", [0, -1, True, 2.5])
+def test_cache_limit_must_be_a_positive_int(limit: object) -> None:
+    with pytest.raises(ValueError, match="cache_limit"):
+        TopicTrie(cache_limit=limit)  # type: ignore[arg-type]
 
 
 def test_items_lists_entries_in_add_order() -> None:
@@ -118,34 +122,42 @@ def test_items_lists_entries_in_add_order() -> None:
     assert trie.items() == [(Pattern.parse(t), i) for i, t in enumerate(texts)]
 
 
+def _work(trie: TopicTrie[int], event_type: str) -> int:
+    """Return what matching ``event_type`` (a cache miss) cost the trie."""
+    before = trie.statistics().work
+    trie.match(event_type)
+    return trie.statistics().work - before
+
+
 def test_non_matching_literal_subscriptions_are_never_visited() -> None:
-    # The routing-cost rule, checked structurally: 10,000 literal and prefix
-    # patterns that do not match leave the walk with the same live states.
-    trie: TopicTrie[int] = TopicTrie()
+    # The routing-cost rule: 10,000 literal and prefix patterns that do not
+    # match add nothing to the walk of a type they cannot match.
+    small: TopicTrie[int] = TopicTrie()
+    small.add(Pattern.parse("user.*"), -1)
+    big: TopicTrie[int] = TopicTrie()
     for index in range(5_000):
-        trie.add(Pattern.parse(f"svc{index}.event"), index)
-        trie.add(Pattern.parse(f"svc{index}.**"), index)
-    trie.add(Pattern.parse("user.*"), -1)
-    assert trie.match("user.login") == (-1,)
-    assert trie.match("svc7.event") == (7,)
-    assert trie.match("svc7.x.y") == (7,)
-    assert len(trie._root.literal) == 5_001
-    assert trie._root.star is None
-    assert not trie._root.globs
+        big.add(Pattern.parse(f"svc{index}.event"), index)
+        big.add(Pattern.parse(f"svc{index}.**"), index)
+    big.add(Pattern.parse("user.*"), -1)
+    assert big.match("user.login") == small.match("user.login") == (-1,)
+    assert _work(big, "user.logout") == _work(small, "user.logout")
+    assert big.match("svc7.event") == (7,)
+    assert big.match("svc7.x.y") == (7,)
 
 
 def test_non_matching_globs_are_skipped_by_their_lead() -> None:
-    trie: TopicTrie[int] = TopicTrie()
+    small: TopicTrie[int] = TopicTrie()
+    big: TopicTrie[int] = TopicTrie()
     for index in range(2_000):
-        trie.add(Pattern.parse(f"svc{index}?.event"), index)
-        trie.add(Pattern.parse(f"user.x{index}y*"), index)
-    trie.add(Pattern.parse("user.{login,logout}"), -1)
-    trie.add(Pattern.parse("user.?ogin"), -2)
-    user = trie._root.literal["user"]
-    assert len(user.lead_lengths) <= 6  # "", "x0y".."x1999y", "login", "logout"
-    assert trie.match("user.login") == (-1, -2)
-    assert trie.match("user.x17yz") == (17,)
-    assert trie.match("svc12a.event") == (12,)
-    assert trie.remove(Pattern.parse("user.{login,logout}"), -1)
-    assert "logout" not in user.glob_index
-    assert trie.match("user.login") == (-2,)
+        big.add(Pattern.parse(f"svc{index}?.event"), index)
+        big.add(Pattern.parse(f"user.x{index}y*"), index)
+    for trie in (small, big):
+        trie.add(Pattern.parse("user.{login,logout}"), -1)
+        trie.add(Pattern.parse("user.?ogin"), -2)
+    assert big.match("user.login") == (-1, -2)
+    assert _work(big, "user.logout") == _work(small, "user.logout")
+    assert big.match("user.x17yz") == (17,)
+    assert big.match("svc12a.event") == (12,)
+    assert big.remove(Pattern.parse("user.{login,logout}"), -1)
+    assert big.match("user.login") == (-2,)
+    assert big.match("user.logout") == ()

@@ -9,6 +9,7 @@ event type.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from actors._model.patterns import (
@@ -21,7 +22,22 @@ from actors._model.patterns import (
     parse_segments,
 )
 
-__all__ = ["TopicTrie"]
+__all__ = ["TopicTrie", "TrieStatistics"]
+
+
+@dataclass(frozen=True, slots=True)
+class TrieStatistics:
+    """Figures of a ``TopicTrie``: its size and how much its walks cost."""
+
+    entries: int
+    """(pattern, value) entries."""
+    nodes: int
+    """Nodes, the root included (1 when empty: every other node is pruned)."""
+    cached_types: int
+    """Event types whose result is cached."""
+    work: int
+    """Node steps and glob-segment tests of every walk (cache miss) so far."""
+
 
 T = TypeVar("T")
 
@@ -72,14 +88,20 @@ class _Node(Generic[T]):
                 del self.glob_index[lead]
         self.lead_lengths = tuple(sorted({len(lead) for lead in self.glob_index}))
 
-    def glob_children(self, part: str, *, reserved: bool = False) -> list[_Node[T]]:
-        """Return the glob children matching ``part`` (literal-led ones only if ``reserved``)."""
+    def glob_children(
+        self, part: str, work: list[int], *, reserved: bool = False
+    ) -> list[_Node[T]]:
+        """Return the glob children matching ``part`` (literal-led ones only if ``reserved``).
+
+        Add the number of glob segments tested to ``work[0]``.
+        """
         found: list[_Node[T]] = []
         size = len(part)
         for length in self.lead_lengths:
             if length > size:
                 break
             for segment, child in self.glob_index.get(part[:length], ()):
+                work[0] += 1
                 if (not reserved or not segment.wildcard_led) and segment.test(part):
                     found.append(child)
         return found
@@ -88,15 +110,17 @@ class _Node(Generic[T]):
 class _Resolved(dict[str, tuple[T, ...]]):
     """The trie's cache: a hit is one C-level dict lookup, a miss walks the trie."""
 
-    __slots__ = ("root",)
+    __slots__ = ("limit", "root", "work")
 
-    def __init__(self, root: _Node[T]) -> None:
+    def __init__(self, root: _Node[T], limit: int) -> None:
         super().__init__()
         self.root = root
+        self.limit = limit
+        self.work = [0]  # node steps and glob tests of every walk so far
 
     def __missing__(self, event_type: str) -> tuple[T, ...]:
-        result = _resolve(self.root, event_type)
-        if len(self) >= CACHE_LIMIT:
+        result = _resolve(self.root, event_type, self.work)
+        if len(self) >= self.limit:
             self.clear()
         self[event_type] = result
         return result
@@ -116,16 +140,19 @@ class TopicTrie(Generic[T]):
     ``validate_event_type``); nothing is raised.  Results are cached per event
     type, so a repeated type costs one dict lookup (``match`` *is* the cache's
     ``__getitem__``); ``add`` and ``remove`` clear the cache, and so does
-    reaching 100,000 cached types.
+    reaching ``cache_limit`` cached types.  ``statistics()`` counts entries,
+    nodes, cached types and the work of every walk.
     """
 
     __slots__ = ("_cache", "_count", "_root", "_seq", "match")
 
     match: Callable[[str], tuple[T, ...]]
 
-    def __init__(self) -> None:
+    def __init__(self, *, cache_limit: int = CACHE_LIMIT) -> None:
+        if isinstance(cache_limit, bool) or not isinstance(cache_limit, int) or cache_limit < 1:
+            raise ValueError(f"cache_limit must be an int >= 1, not {cache_limit!r}")
         self._root: _Node[T] = _Node()
-        self._cache: _Resolved[T] = _Resolved(self._root)
+        self._cache: _Resolved[T] = _Resolved(self._root, cache_limit)
         self._count = 0
         self._seq = 0
         self.match = self._cache.__getitem__
@@ -173,6 +200,16 @@ class TopicTrie(Generic[T]):
             node = parent
         return True
 
+    def statistics(self) -> TrieStatistics:
+        """Return the trie's figures (walks every node: not for the hot path)."""
+        nodes = 0
+        stack = [self._root]
+        while stack:
+            node = stack.pop()
+            nodes += 1
+            stack.extend(_children(node))
+        return TrieStatistics(self._count, nodes, len(self._cache), self._cache.work[0])
+
     def items(self) -> list[tuple[Pattern, T]]:
         """Return every (pattern, value) entry in the order added."""
         found: list[tuple[int, Pattern, T]] = []
@@ -180,15 +217,20 @@ class TopicTrie(Generic[T]):
         while stack:
             node = stack.pop()
             found.extend(node.entries)
-            stack.extend(node.literal.values())
-            stack.extend(child for _, child in node.globs.values())
-            stack.extend(child for child in (node.star, node.globstar) if child is not None)
+            stack.extend(_children(node))
         found.sort(key=lambda entry: entry[0])
         return [(pattern, value) for _, pattern, value in found]
 
 
-def _resolve(root: _Node[T], event_type: str) -> tuple[T, ...]:
+def _children(node: _Node[T]) -> list[_Node[T]]:
+    children = [*node.literal.values(), *(child for _, child in node.globs.values())]
+    return children + [child for child in (node.star, node.globstar) if child is not None]
+
+
+def _resolve(root: _Node[T], event_type: str, work: list[int]) -> tuple[T, ...]:
     """Walk the trie with the set of live nodes; return the matching values.
+
+    Add the nodes stepped through and the glob segments tested to ``work[0]``.
 
     Each step visits only nodes that can still match, so the cost does not
     depend on how many entries cannot.  A dict is the ordered set: ``**``
@@ -204,7 +246,7 @@ def _resolve(root: _Node[T], event_type: str) -> tuple[T, ...]:
             states[child] = None
             if child.globstar is not None:
                 states[child.globstar] = None
-        for child in root.glob_children(first, reserved=True) if root.globs else ():
+        for child in root.glob_children(first, work, reserved=True) if root.globs else ():
             states[child] = None
             if child.globstar is not None:
                 states[child.globstar] = None
@@ -216,6 +258,7 @@ def _resolve(root: _Node[T], event_type: str) -> tuple[T, ...]:
         if not states:
             return ()
         following: dict[_Node[T], None] = {}
+        work[0] += len(states)
         for node in states:
             if node.loop:
                 following[node] = None
@@ -230,7 +273,7 @@ def _resolve(root: _Node[T], event_type: str) -> tuple[T, ...]:
                 if child.globstar is not None:
                     following[child.globstar] = None
             if node.globs:
-                for child in node.glob_children(part):
+                for child in node.glob_children(part, work):
                     following[child] = None
                     if child.globstar is not None:
                         following[child.globstar] = None
