@@ -39,8 +39,8 @@ from actors._model.config import EventConfig, NodeConfig, OverflowStrategy
 from actors._model.event import Event
 from actors._model.filter import EventFilter
 from actors._model.metrics import BusMetrics, SubscriptionStatistics
+from actors._model.patterns import Pattern
 from actors._model.query import EventQuery
-from actors._model.topics import Pattern
 from actors._model.trace import Trace
 from actors._runtime.dispatcher import DispatchedActor, Dispatcher
 from actors._runtime.future import BusFuture

@@ -24,6 +24,7 @@ from actors._core.requests import reply_result, timeout_error
 from actors._core.subscriber import DeadLetter, Handler, Subscription, current_event
 from actors._core.wiring import merge_events
 from actors._errors import BusClosedError, FutureTimeoutError
+from actors._model import checks
 from actors._model.config import EventConfig, OverflowStrategy
 from actors._model.event import Event
 from actors._model.filter import FilterLike
@@ -54,6 +55,7 @@ class AsyncEventBus:
     """
 
     def __init__(self, config: EventConfig | None = None, *, bus: EventBus | None = None) -> None:
+        checks.check_async_bus(config, bus, EventBus)
         self.sync = bus if bus is not None else EventBus(config)
 
     @property
@@ -89,6 +91,7 @@ class AsyncEventBus:
         self, event_type: str, data: Any, correlation_id: uuid.UUID, **fields: Any
     ) -> Event:
         """Publish as part of the workflow ``correlation_id``."""
+        checks.check_correlated(correlation_id)
         return await self.publish(event_type, data, correlation_id=correlation_id, **fields)
 
     async def subscribe(
@@ -131,6 +134,7 @@ class AsyncEventBus:
         Closing the iterator (``aclose`` or leaving ``async with``)
         unsubscribes.  Must be called with a running event loop.
         """
+        checks.check_stream(filter, capacity, overflow, from_sequence)
         return EventStream(
             self.sync,
             pattern,
@@ -144,6 +148,7 @@ class AsyncEventBus:
         self, correlation_id: uuid.UUID, *, timeout: float | None = 30.0
     ) -> list[Event]:
         """Return the events of ``correlation_id`` in sequence order (see ``EventBus``)."""
+        checks.check_correlated(correlation_id, timeout)
         bus = self.sync
         if bus.closed:
             raise BusClosedError("the bus is closed")
@@ -162,16 +167,19 @@ class AsyncEventBus:
 
     async def trace(self, correlation_id: uuid.UUID) -> Trace:
         """Return the causal trace of ``correlation_id``."""
+        checks.check_correlated(correlation_id)
         return Trace(correlation_id, await self.get_correlated(correlation_id))
 
     async def query(self, query: EventQuery, *, timeout: float | None = 30.0) -> list[Event]:
         """Query the journal (see ``PersistentEventBus.query``)."""
+        checks.check_query(query, None, timeout)
         if self.sync.closed:
             raise BusClosedError("the bus is closed")
         return await _await(self.sync.core.read_journal(query), timeout)
 
     async def flush(self, timeout: float | None = None) -> None:
         """Wait until everything published so far is handled and recorded."""
+        checks.check_timeout("timeout", timeout)
         if self.sync.closed:
             raise BusClosedError("the bus is closed")
         await _await(self.sync.core.start_flush(), timeout)
@@ -183,6 +191,7 @@ class AsyncEventBus:
         their threads) runs in the executor, where ``close`` finds nothing
         left to flush.
         """
+        checks.check_timeout("timeout", timeout)
         bus = self.sync
         if current_event.get() is not None:
             bus.close(timeout)  # inside a handler: stops without waiting
@@ -306,6 +315,7 @@ class EventStream(AsyncIterator[Event]):
         overflow: OverflowStrategy | str | None,
         from_sequence: int | None,
     ) -> None:
+        checks.check_stream(filter, capacity, overflow, from_sequence)
         cap = capacity if capacity is not None else bus.config.buffer_size
         # The queue is bounded by one mailbox's worth; beyond it the handler
         # awaits, and the subscription's own overflow strategy takes over.

@@ -36,6 +36,7 @@ from actors._journal.actor import JournalActor
 from actors._journal.deadletters import dead_letter_query, letter_from_event
 from actors._journal.factory import open_journal
 from actors._journal.records import Storage
+from actors._model import checks
 from actors._model.config import EventConfig, NodeConfig, OverflowStrategy
 from actors._model.event import Event
 from actors._model.filter import FilterLike
@@ -77,6 +78,7 @@ class EventBus:
         name: str | None = None,
         node: NodeConfig | None = None,
     ) -> None:
+        checks.check_bus(config, name, node)
         self.config = config or EventConfig()
         if node is not None:
             name = node.name
@@ -184,6 +186,7 @@ class EventBus:
 
     def wait_for_peers(self, names: Sequence[str], timeout: float | None = 30.0) -> bool:
         """Same as ``bus.node.wait_for_peers`` (``EventBusError`` on a bus that is not a node)."""
+        checks.check_names(names, timeout)
         return self._require_node().wait_for_peers(names, timeout)
 
     def publish_remote(
@@ -196,6 +199,7 @@ class EventBus:
         **fields: Any,
     ) -> Event:
         """Same as ``bus.node.publish_remote`` (``EventBusError`` on a bus that is not a node)."""
+        checks.check_remote(node, timeout)
         return self._require_node().publish_remote(
             node, event_or_type, data, timeout=timeout, **fields
         )
@@ -207,6 +211,7 @@ class EventBus:
 
     def linked_nodes(self, timeout: float | None = 30.0) -> list[str]:
         """Same as ``bus.node.linked_nodes`` (``EventBusError`` on a bus that is not a node)."""
+        checks.check_timeout("timeout", timeout)
         return self._require_node().linked_nodes(timeout)
 
     def _inject(self, events: Sequence[Event]) -> None:
@@ -246,6 +251,7 @@ class EventBus:
         wait and the closed check apply to the whole batch before anything is
         published.
         """
+        events = checks.check_events(events)
         if self._closed:
             raise BusClosedError("the bus is closed")
         self._check_writable()
@@ -258,6 +264,7 @@ class EventBus:
         self, event_type: str, data: Any, correlation_id: uuid.UUID, **fields: Any
     ) -> BusFuture[Event]:
         """Publish ``event_type`` with ``data`` as part of the workflow ``correlation_id``."""
+        checks.check_correlated(correlation_id)
         return self.publish(event_type, data, correlation_id=correlation_id, **fields)
 
     def _prepare(self, event_or_type: Event | str, data: Any, fields: dict[str, Any]) -> Event:
@@ -299,6 +306,9 @@ class EventBus:
         on I/O.  Never blocks.  Raises ``InvalidPatternError``, ``TypeError``
         for a bad handler, ``BusClosedError``.
         """
+        checks.check_subscribe(
+            pattern, handler, filter, capacity, overflow, from_sequence, durable, dedicated_thread
+        )
         if self._closed:
             raise BusClosedError("the bus is closed")
         return self._core.subscribe(
@@ -349,11 +359,8 @@ class EventBus:
         Blocks until answered (``FutureTimeoutError`` after ``timeout``).
         Raises ``TypeError`` if ``correlation_id`` is not a ``uuid.UUID``.
         """
+        checks.check_correlated(correlation_id, timeout)
         self._check_open()
-        if not isinstance(correlation_id, uuid.UUID):
-            raise TypeError(
-                f"correlation_id must be a uuid.UUID, not {type(correlation_id).__name__}"
-            )
         events, complete = self._core.correlated(correlation_id).get(timeout)
         result = list(events)
         if not complete and self._journal is not None:
@@ -374,6 +381,7 @@ class EventBus:
         ``BridgeError`` if the peer cannot answer, ``FutureTimeoutError``
         after ``timeout``.
         """
+        checks.check_query(query, node, timeout)
         self._check_open()
         if node is not None and node != self.name:
             if self._bridge is None:
@@ -397,6 +405,7 @@ class EventBus:
         exception from ``handler`` stops the replay and propagates.  Returns
         the number of events replayed.
         """
+        checks.check_replay(query, handler, speed, page_size)
         if speed is not None and speed <= 0:
             raise ValueError("speed must be positive")
         count = 0
@@ -434,6 +443,7 @@ class EventBus:
 
     def trace(self, correlation_id: uuid.UUID, *, timeout: float | None = 30.0) -> Trace:
         """Return the causal ``Trace`` of ``correlation_id`` (see ``get_correlated``)."""
+        checks.check_correlated(correlation_id, timeout)
         return Trace(correlation_id, self.get_correlated(correlation_id, timeout=timeout))
 
     # -- flow ------------------------------------------------------------------------------
@@ -445,6 +455,7 @@ class EventBus:
         ``BusClosedError`` after ``close``, and ``RuntimeError`` when called
         from inside a handler (it would wait for itself).
         """
+        checks.check_timeout("timeout", timeout)
         self._check_open()
         self._flush(timeout)
 
@@ -464,6 +475,7 @@ class EventBus:
         as they were when it gave up (empty when everything was handled).
         Afterwards calls raise ``BusClosedError``.
         """
+        checks.check_timeout("timeout", timeout)
         with self._close_lock:
             if self._closed:
                 return ()
@@ -690,6 +702,7 @@ class PersistentEventBus(EventBus):
     def __init__(
         self, config: EventConfig, *, name: str | None = None, node: NodeConfig | None = None
     ) -> None:
+        checks.check_bus(config, name, node)
         if config is None or config.persistence_path is None:
             raise ValueError("PersistentEventBus needs EventConfig(persistence_path=...)")
         super().__init__(config, name=name, node=node)

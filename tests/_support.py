@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -10,10 +12,13 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from fnmatch import fnmatchcase
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import strategies as st
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 
@@ -233,3 +238,74 @@ class Recorder:
                 lambda: bool(self.events) and (self.events[-1].sequence or 0) >= target, timeout
             )
         assert reached, f"event {target} never reached the handler"
+
+
+# -- the topic grammar's reference matcher and strategies (test_patterns, test_trie) --------
+
+
+def expand_braces(glob: str) -> list[str]:
+    """Expand the first {a,b} group, recursively (no nesting, no commas in classes)."""
+    found = re.search(r"\{([^{}]*)\}", glob)
+    if found is None:
+        return [glob]
+    head, tail = glob[: found.start()], glob[found.end() :]
+    return [
+        variant
+        for alternative in found.group(1).split(",")
+        for variant in expand_braces(head + alternative + tail)
+    ]
+
+
+def reference_matches(pattern: str, event_type: str) -> bool:
+    """Match segment by segment, obviously: recursion for * and **, fnmatch for globs."""
+    wanted = pattern.split(".")
+    parts = event_type.split(".")
+    if event_type.startswith("$") and wanted[0][0] in "*?[{":
+        return False
+
+    @cache
+    def match_from(i: int, j: int) -> bool:
+        if i == len(wanted):
+            return j == len(parts)
+        if wanted[i] == "**":
+            return any(match_from(i + 1, k) for k in range(j, len(parts) + 1))
+        if j == len(parts):
+            return False
+        if wanted[i] == "*":
+            return match_from(i + 1, j + 1)
+        hit = any(fnmatchcase(parts[j], variant) for variant in expand_braces(wanted[i]))
+        return hit and match_from(i + 1, j + 1)
+
+    return match_from(0, 0)
+
+
+TYPE_SEGMENTS = ["a", "b", "ab", "ba", "$", "$a", "a$b"]
+UNIVERSE = [
+    ".".join(parts)
+    for length in range(1, 4)
+    for parts in itertools.product(TYPE_SEGMENTS, repeat=length)
+]
+
+type_segment = st.text(alphabet="ab$", min_size=1, max_size=3)
+event_types = st.lists(type_segment, min_size=1, max_size=5).map(".".join)
+
+glob_piece = st.sampled_from(["a", "b", "$", "?", "*", "[ab]", "[!a]", "[a-b]", "[$a]"])
+alternative = st.lists(glob_piece, max_size=2).map("".join)
+brace_group = (
+    st.lists(alternative, min_size=1, max_size=3)
+    .filter(lambda alts: alts != [""])
+    .map(lambda alts: "{" + ",".join(alts) + "}")
+)
+
+
+def _collapse_stars(segment: str) -> str:
+    while "**" in segment:
+        segment = segment.replace("**", "*")
+    return segment
+
+
+glob_segment = st.lists(st.one_of(glob_piece, brace_group), min_size=1, max_size=4).map(
+    lambda pieces: _collapse_stars("".join(pieces))
+)
+pattern_segment = st.one_of(type_segment, st.just("*"), st.just("**"), glob_segment)
+patterns = st.lists(pattern_segment, min_size=1, max_size=5).map(".".join)

@@ -7,9 +7,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings
 
 from actors import EventBus, EventConfig, PersistentEventBus
 from tests._support import WAIT
+
+# A per-example deadline is a timed assertion: on a loaded machine it fails
+# without a bug behind it, so property tests run without one.
+settings.register_profile("suite", deadline=None)
+settings.load_profile("suite")
 
 
 @pytest.fixture

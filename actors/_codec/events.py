@@ -29,9 +29,9 @@ from typing import Any
 from actors._codec._pb.llmspell.events.v1 import events_pb2
 from actors._errors import InvalidEventError
 from actors._model.event import EMPTY_METADATA, Event, _build
-from actors._model.event import check_data as _check_data
-from actors._model.event import check_event_type as _check_event_type
-from actors._model.event import check_ttl as _check_ttl
+from actors._model.event_checks import check_data as _check_data
+from actors._model.event_checks import check_event_type as _check_event_type
+from actors._model.event_checks import check_ttl as _check_ttl
 from actors._model.uuid7 import uuid_from_int
 
 __all__ = [

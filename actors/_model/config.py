@@ -8,6 +8,16 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
+from actors._model.guards import (
+    check_bool,
+    check_choice,
+    check_enum,
+    check_int,
+    check_node_fields,
+    check_number,
+    check_path,
+)
+
 __all__ = ["EventConfig", "NodeConfig", "OverflowStrategy", "check_endpoint"]
 
 _TCP = re.compile(r"^tcp://(?P<host>\[[0-9A-Fa-f:.]+\]|[^:/\s\[\]]+):(?P<port>\*|\d{1,5})$")
@@ -110,28 +120,29 @@ class EventConfig:
     read_only: bool = False
 
     def __post_init__(self) -> None:
-        if self.buffer_size < 1:
-            raise ValueError("buffer_size must be at least 1")
-        if self.durability not in ("async", "sync"):
-            raise ValueError(f"durability must be 'async' or 'sync', not {self.durability!r}")
-        if self.rate_limit is not None and self.rate_limit <= 0:
-            raise ValueError("rate_limit must be positive")
-        if self.handler_retries < 0:
-            raise ValueError("handler_retries must be >= 0")
-        if self.threads < 1:
-            raise ValueError("threads must be >= 1")
-        if self.max_threads < self.threads:
-            raise ValueError("max_threads must be >= threads")
-        if not self.blocking_threshold > 0:
-            raise ValueError("blocking_threshold must be positive")
-        if self.retention_days is not None and not self.retention_days > 0:
-            raise ValueError(f"retention_days must be positive, not {self.retention_days!r}")
-        if self.max_events is not None and self.max_events < 1:
-            raise ValueError(f"max_events must be at least 1, not {self.max_events!r}")
-        if self.recover not in ("refuse", "truncate"):
-            raise ValueError(f"recover must be 'refuse' or 'truncate', not {self.recover!r}")
-        if not isinstance(self.overflow, OverflowStrategy):
-            raise ValueError(f"overflow must be an OverflowStrategy, not {self.overflow!r}")
+        # One check per field, in field order; an overflow value string
+        # ("drop_oldest") becomes its OverflowStrategy, as subscribe() accepts.
+        check_path("persistence_path", self.persistence_path, optional=True)
+        check_number("retention_days", self.retention_days, positive=True, optional=True)
+        check_int("max_events", self.max_events, minimum=1, optional=True)
+        check_choice("durability", self.durability, ("async", "sync"))
+        check_int("buffer_size", self.buffer_size, minimum=1)
+        object.__setattr__(
+            self, "overflow", check_enum("overflow", self.overflow, OverflowStrategy)
+        )
+        check_number("block_timeout", self.block_timeout, minimum=0)
+        check_number("rate_limit", self.rate_limit, positive=True, optional=True)
+        check_int("burst", self.burst, minimum=1, optional=True)
+        check_int("handler_retries", self.handler_retries, minimum=0)
+        check_int("max_traces", self.max_traces, minimum=1)
+        check_int("max_events_per_trace", self.max_events_per_trace, minimum=1)
+        check_number("trace_ttl", self.trace_ttl, positive=True, optional=True)
+        check_int("threads", self.threads, minimum=1)
+        check_int("dead_letter_limit", self.dead_letter_limit, minimum=0)
+        check_number("blocking_threshold", self.blocking_threshold, positive=True)
+        check_int("max_threads", self.max_threads, minimum=self.threads)
+        check_choice("recover", self.recover, ("refuse", "truncate"))
+        check_bool("read_only", self.read_only)
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,6 +211,7 @@ class NodeConfig:
                 raise ValueError(f"{name} must be a positive int, not {value!r}")
         if self.max_frame_bytes < 1024:
             raise ValueError(f"max_frame_bytes must be at least 1024, not {self.max_frame_bytes}")
+        check_node_fields(self)
 
     def _check_keys(self) -> None:
         if (self.curve_secret_key is None) != (self.curve_public_key is None):

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from actors._model.guards import check_int, check_mapping, check_str, check_strings
 
 if TYPE_CHECKING:
     from actors._model.event import Event
@@ -19,6 +21,9 @@ class EventFilter:
     Every given condition must hold: ``source`` equals, at least one of
     ``tags_any`` is among the event's tags, ``priority >= min_priority``, and
     ``data`` is a dict whose items include every item of ``data_equals``.
+    ``tags_any`` takes an iterable of tags or one tag as a bare ``str``.
+    Raise ``TypeError`` naming the field for a value of the wrong type
+    (``min_priority="5"``, a ``data_equals`` that is not a str-keyed mapping).
     """
 
     source: str | None = None
@@ -27,9 +32,15 @@ class EventFilter:
     data_equals: Mapping[str, Any] | None = field(default=None)
 
     def __post_init__(self) -> None:
-        if self.tags_any is not None and not isinstance(self.tags_any, tuple):
-            object.__setattr__(self, "tags_any", tuple(self.tags_any))
+        check_str("source", self.source, optional=True, empty=True)
+        if self.tags_any is not None:
+            # A bare str is one tag (as EventQuery takes one pattern), never its letters.
+            object.__setattr__(
+                self, "tags_any", check_strings("tags_any", self.tags_any, bare=True)
+            )
+        check_int("min_priority", self.min_priority, optional=True)
         if self.data_equals is not None:
+            check_mapping("data_equals", self.data_equals, keys=str)
             object.__setattr__(self, "data_equals", dict(self.data_equals))
 
     def __call__(self, event: Event) -> bool:
@@ -62,10 +73,11 @@ class EventFilter:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> EventFilter:
         """Build a filter from ``to_dict`` output."""
-        tags: Iterable[str] | None = d.get("tags_any")
+        if not isinstance(d, Mapping):
+            raise TypeError(f"d must be a mapping, not {type(d).__name__}")
         return cls(
             source=d.get("source"),
-            tags_any=tuple(tags) if tags is not None else None,
+            tags_any=d.get("tags_any"),
             min_priority=d.get("min_priority"),
             data_equals=d.get("data_equals"),
         )

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from actors._model.topics import Pattern
+from actors._model.guards import check_bool, check_int, check_str, check_strings, check_uuid
+from actors._model.patterns import Pattern
 
 __all__ = ["EventQuery"]
 
@@ -23,6 +24,20 @@ def to_us(moment: datetime) -> int:
     return (moment - _EPOCH) // _US
 
 
+def _check_time_range(value: object) -> tuple[datetime | None, datetime | None]:
+    if isinstance(value, str | bytes) or not isinstance(value, Sequence):
+        raise TypeError(f"time_range must be a (start, end) pair, not {type(value).__name__}")
+    if len(value) != 2:
+        raise ValueError(f"time_range must be a (start, end) pair, not {len(value)} items")
+    start, end = value
+    for name, moment in (("time_range start", start), ("time_range end", end)):
+        if moment is not None and not isinstance(moment, datetime):
+            raise TypeError(f"{name} must be None or a datetime, not {type(moment).__name__}")
+    if start is not None and end is not None and to_us(start) > to_us(end):
+        raise ValueError(f"time_range start {start} is after its end {end}")
+    return (start, end)
+
+
 @dataclass(frozen=True, slots=True)
 class EventQuery:
     """Select stored events.
@@ -31,7 +46,10 @@ class EventQuery:
     ``(start, end)``, start inclusive, end exclusive, either may be None;
     ``after_sequence`` returns only later events; ``limit`` caps the count;
     ``descending`` returns the newest first.  Invalid patterns raise
-    ``InvalidPatternError`` when the query is built.
+    ``InvalidPatternError`` when the query is built; a field of the wrong
+    type raises ``TypeError`` and one out of range (a negative ``limit``, a
+    ``time_range`` whose start is after its end) ``ValueError``, naming it.
+    A naive ``datetime`` in ``time_range`` means UTC.
     """
 
     event_types: Sequence[str] | None = None
@@ -43,14 +61,18 @@ class EventQuery:
     descending: bool = False
 
     def __post_init__(self) -> None:
-        if isinstance(self.event_types, str):
-            object.__setattr__(self, "event_types", (self.event_types,))
         if self.event_types is not None:
-            object.__setattr__(self, "event_types", tuple(self.event_types))
-            for text in self.event_types:
+            types = check_strings("event_types", self.event_types, bare=True)
+            object.__setattr__(self, "event_types", types)
+            for text in types:
                 Pattern.parse(text)
-        if self.limit is not None and self.limit < 0:
-            raise ValueError("limit must be >= 0")
+        if self.time_range is not None:
+            object.__setattr__(self, "time_range", _check_time_range(self.time_range))
+        check_uuid("correlation_id", self.correlation_id, optional=True)
+        check_str("source", self.source, optional=True, empty=True)
+        check_int("after_sequence", self.after_sequence, minimum=0, optional=True)
+        check_int("limit", self.limit, minimum=0, optional=True)
+        check_bool("descending", self.descending)
 
     def type_matcher(self) -> Callable[[str], bool] | None:
         """Return a predicate over event types, or None for every type."""

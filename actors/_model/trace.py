@@ -14,6 +14,8 @@ import uuid
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from actors._model.guards import check_bool, check_uuid
+
 if TYPE_CHECKING:
     from actors._model.event import Event
 
@@ -53,7 +55,8 @@ class Trace:
     seen twice is kept once (the first in trace order), as at-least-once
     delivery between nodes may repeat an event.
 
-    Raise ``ValueError`` if an event belongs to another correlation.
+    Raise ``TypeError`` if ``correlation_id`` is not a ``uuid.UUID`` and
+    ``ValueError`` if an event belongs to another correlation.
     """
 
     __slots__ = (
@@ -68,6 +71,7 @@ class Trace:
     )
 
     def __init__(self, correlation_id: uuid.UUID, events: Iterable[Event] = ()) -> None:
+        check_uuid("correlation_id", correlation_id)
         self._correlation_id = correlation_id
         by_id: dict[uuid.UUID, Event] = {}
         for event in sorted(events, key=trace_order_key):
@@ -141,7 +145,11 @@ class Trace:
     # -- tree queries -------------------------------------------------------
 
     def get(self, event_id: uuid.UUID) -> Event:
-        """Return the event with ``event_id``; raise ``KeyError`` if it is not in the trace."""
+        """Return the event with ``event_id``; raise ``KeyError`` if it is not in the trace.
+
+        Raise ``TypeError`` if ``event_id`` is not a ``uuid.UUID``.
+        """
+        check_uuid("event_id", event_id)
         try:
             return self._by_id[event_id]
         except KeyError:
@@ -223,6 +231,7 @@ class Trace:
         closes a causation cycle says so. With ``show_data``, each line ends
         with the event's data as compact JSON, cut to ``DATA_WIDTH`` characters.
         """
+        check_bool("show_data", show_data)
         n = len(self._events)
         header = (
             f"workflow {_short(self._correlation_id)}  "

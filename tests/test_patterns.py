@@ -1,93 +1,19 @@
-"""Tests of the topic grammar, the pattern matcher and the routing trie."""
+"""Tests of the topic grammar: event types, the pattern parser and the matcher."""
 
 from __future__ import annotations
 
-import itertools
 import pickle
 import re
-from fnmatch import fnmatchcase
-from functools import cache
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import actors._model.topics as topics
+import actors._model.patterns as patterns_module
 from actors._errors import EventBusError, InvalidEventError, InvalidPatternError
-from actors._model.topics import Pattern, TopicTrie, is_reserved, validate_event_type
-
-# ------------------------------------------------------------------ reference
-
-
-def expand_braces(glob: str) -> list[str]:
-    """Expand the first {a,b} group, recursively (no nesting, no commas in classes)."""
-    found = re.search(r"\{([^{}]*)\}", glob)
-    if found is None:
-        return [glob]
-    head, tail = glob[: found.start()], glob[found.end() :]
-    return [
-        variant
-        for alternative in found.group(1).split(",")
-        for variant in expand_braces(head + alternative + tail)
-    ]
-
-
-def reference_matches(pattern: str, event_type: str) -> bool:
-    """Match segment by segment, obviously: recursion for * and **, fnmatch for globs."""
-    wanted = pattern.split(".")
-    parts = event_type.split(".")
-    if event_type.startswith("$") and wanted[0][0] in "*?[{":
-        return False
-
-    @cache
-    def match_from(i: int, j: int) -> bool:
-        if i == len(wanted):
-            return j == len(parts)
-        if wanted[i] == "**":
-            return any(match_from(i + 1, k) for k in range(j, len(parts) + 1))
-        if j == len(parts):
-            return False
-        if wanted[i] == "*":
-            return match_from(i + 1, j + 1)
-        hit = any(fnmatchcase(parts[j], variant) for variant in expand_braces(wanted[i]))
-        return hit and match_from(i + 1, j + 1)
-
-    return match_from(0, 0)
-
-
-# ----------------------------------------------------------------- strategies
-
-TYPE_SEGMENTS = ["a", "b", "ab", "ba", "$", "$a", "a$b"]
-UNIVERSE = [
-    ".".join(parts)
-    for length in range(1, 4)
-    for parts in itertools.product(TYPE_SEGMENTS, repeat=length)
-]
-
-type_segment = st.text(alphabet="ab$", min_size=1, max_size=3)
-event_types = st.lists(type_segment, min_size=1, max_size=5).map(".".join)
-
-glob_piece = st.sampled_from(["a", "b", "$", "?", "*", "[ab]", "[!a]", "[a-b]", "[$a]"])
-alternative = st.lists(glob_piece, max_size=2).map("".join)
-brace_group = (
-    st.lists(alternative, min_size=1, max_size=3)
-    .filter(lambda alts: alts != [""])
-    .map(lambda alts: "{" + ",".join(alts) + "}")
-)
-
-
-def _collapse_stars(segment: str) -> str:
-    while "**" in segment:
-        segment = segment.replace("**", "*")
-    return segment
-
-
-glob_segment = st.lists(st.one_of(glob_piece, brace_group), min_size=1, max_size=4).map(
-    lambda pieces: _collapse_stars("".join(pieces))
-)
-pattern_segment = st.one_of(type_segment, st.just("*"), st.just("**"), glob_segment)
-patterns = st.lists(pattern_segment, min_size=1, max_size=5).map(".".join)
-
+from actors._model.patterns import Pattern, is_reserved, validate_event_type
+from actors._model.trie import TopicTrie
+from tests._support import UNIVERSE, event_types, patterns, reference_matches
 
 # ------------------------------------------------------------------ the table
 
@@ -169,11 +95,11 @@ def test_validate_accepts_str_subclass() -> None:
 
 
 def test_validate_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(topics, "CACHE_LIMIT", 3)
-    monkeypatch.setattr(topics, "_valid_types", set())
+    monkeypatch.setattr(patterns_module, "CACHE_LIMIT", 3)
+    monkeypatch.setattr(patterns_module, "_valid_types", set())
     for index in range(10):
         validate_event_type(f"t.{index}")
-        assert len(topics._valid_types) <= 3
+        assert len(patterns_module._valid_types) <= 3
 
 
 @given(st.text(max_size=20))
@@ -345,148 +271,6 @@ def test_matches_agrees_with_reference(pattern: str, extra: list[str]) -> None:
         assert parsed.matches(event_type) is expected, (pattern, event_type)
         if expected:  # literal_prefix is sound
             assert event_type.startswith(parsed.literal_prefix), (pattern, event_type)
-
-
-# ----------------------------------------------------------------------- trie
-
-
-@settings(max_examples=200, deadline=None)
-@given(
-    st.lists(patterns, min_size=1, max_size=8),
-    st.lists(event_types, max_size=10),
-    st.data(),
-)
-def test_trie_agrees_with_reference(
-    texts: list[str], extra: list[str], data: st.DataObject
-) -> None:
-    trie: TopicTrie[int] = TopicTrie()
-    live = dict(enumerate(texts))
-    for index, text in live.items():
-        trie.add(Pattern.parse(text), index)
-    removed = data.draw(st.sets(st.sampled_from(sorted(live))))
-    for index in removed:
-        assert trie.remove(Pattern.parse(live.pop(index)), index)
-    assert len(trie) == len(live)
-    for event_type in UNIVERSE + extra:
-        expected = tuple(i for i, text in live.items() if reference_matches(text, event_type))
-        assert trie.match(event_type) == expected, event_type
-        assert trie.match(event_type) == expected, event_type  # cached
-    for index in sorted(live):
-        trie.remove(Pattern.parse(live[index]), index)
-    assert len(trie) == 0
-    assert trie._root.is_empty()  # every node was pruned
-
-
-def test_match_order_is_add_order() -> None:
-    trie: TopicTrie[str] = TopicTrie()
-    for value, text in [("1", "**"), ("2", "user.login"), ("3", "user.*"), ("4", "*.login")]:
-        trie.add(Pattern.parse(text), value)
-    trie.add(Pattern.parse("user.{login,x}"), "5")
-    trie.add(Pattern.parse("**.login"), "6")
-    assert trie.match("user.login") == ("1", "2", "3", "4", "5", "6")
-    assert trie.match("user.x") == ("1", "3", "5")
-    assert trie.match("nobody.home") == ("1",)
-    assert trie.match("$bus.deadletter") == ()
-
-
-def test_value_under_several_matching_patterns_appears_once() -> None:
-    trie: TopicTrie[object] = TopicTrie()
-    first, second = object(), ["unhashable"]
-    trie.add(Pattern.parse("a.*"), first)
-    trie.add(Pattern.parse("a.**"), second)
-    trie.add(Pattern.parse("**.b"), first)
-    trie.add(Pattern.parse("a.b"), second)
-    assert trie.match("a.b") == (first, second)
-
-
-def test_duplicate_add_and_remove() -> None:
-    trie: TopicTrie[str] = TopicTrie()
-    pattern = Pattern.parse("a.*")
-    trie.add(pattern, "v")
-    trie.add(pattern, "v")
-    assert len(trie) == 2
-    assert trie.match("a.b") == ("v",)
-    assert trie.remove(pattern, "v")
-    assert trie.match("a.b") == ("v",)
-    assert trie.remove(pattern, "v")
-    assert not trie.remove(pattern, "v")
-    assert not trie.remove(Pattern.parse("x.y.z"), "v")
-    assert not trie.remove(Pattern.parse("a.[bc]"), "v")
-    assert trie.match("a.b") == ()
-    assert len(trie) == 0
-
-
-def test_remove_needs_the_same_pattern() -> None:
-    trie: TopicTrie[str] = TopicTrie()
-    trie.add(Pattern.parse("a.**.**"), "v")
-    assert not trie.remove(Pattern.parse("a.**"), "v")  # equal by text, not by meaning
-    assert trie.remove(Pattern.parse("a.**.**"), "v")
-
-
-def test_cache_is_invalidated_on_add_and_remove() -> None:
-    trie: TopicTrie[str] = TopicTrie()
-    trie.add(Pattern.parse("user.*"), "a")
-    first = trie.match("user.login")
-    assert first == ("a",)
-    assert trie.match("user.login") is first  # served from the cache
-    assert trie.match("other") == ()
-    trie.add(Pattern.parse("**.login"), "b")
-    assert trie.match("user.login") == ("a", "b")
-    assert trie.match("other.login") == ("b",)
-    assert trie.remove(Pattern.parse("user.*"), "a")
-    assert trie.match("user.login") == ("b",)
-    assert not trie.remove(Pattern.parse("user.*"), "a")
-    assert trie.match("user.login") == ("b",)
-
-
-def test_trie_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(topics, "CACHE_LIMIT", 4)
-    trie: TopicTrie[str] = TopicTrie()
-    trie.add(Pattern.parse("**"), "all")
-    for index in range(20):
-        assert trie.match(f"t.{index}") == ("all",)
-        assert len(trie._cache) <= 4
-
-
-def test_items_lists_entries_in_add_order() -> None:
-    trie: TopicTrie[int] = TopicTrie()
-    texts = ["b.*", "a", "**", "a.{x,y}", "a.b"]
-    for index, text in enumerate(texts):
-        trie.add(Pattern.parse(text), index)
-    assert trie.items() == [(Pattern.parse(t), i) for i, t in enumerate(texts)]
-
-
-def test_non_matching_literal_subscriptions_are_never_visited() -> None:
-    # The routing-cost rule, checked structurally: 10,000 literal and prefix
-    # patterns that do not match leave the walk with the same live states.
-    trie: TopicTrie[int] = TopicTrie()
-    for index in range(5_000):
-        trie.add(Pattern.parse(f"svc{index}.event"), index)
-        trie.add(Pattern.parse(f"svc{index}.**"), index)
-    trie.add(Pattern.parse("user.*"), -1)
-    assert trie.match("user.login") == (-1,)
-    assert trie.match("svc7.event") == (7,)
-    assert trie.match("svc7.x.y") == (7,)
-    assert len(trie._root.literal) == 5_001
-    assert trie._root.star is None
-    assert not trie._root.globs
-
-
-def test_non_matching_globs_are_skipped_by_their_lead() -> None:
-    trie: TopicTrie[int] = TopicTrie()
-    for index in range(2_000):
-        trie.add(Pattern.parse(f"svc{index}?.event"), index)
-        trie.add(Pattern.parse(f"user.x{index}y*"), index)
-    trie.add(Pattern.parse("user.{login,logout}"), -1)
-    trie.add(Pattern.parse("user.?ogin"), -2)
-    user = trie._root.literal["user"]
-    assert len(user.lead_lengths) <= 6  # "", "x0y".."x1999y", "login", "logout"
-    assert trie.match("user.login") == (-1, -2)
-    assert trie.match("user.x17yz") == (17,)
-    assert trie.match("svc12a.event") == (12,)
-    assert trie.remove(Pattern.parse("user.{login,logout}"), -1)
-    assert "logout" not in user.glob_index
-    assert trie.match("user.login") == (-2,)
 
 
 @pytest.mark.parametrize(

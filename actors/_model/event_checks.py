@@ -1,0 +1,312 @@
+"""The checks of ``Event``'s fields; each raises ``InvalidEventError`` with the reason.
+
+``Event.__init__`` runs an inline fast path for the common case and calls
+these to normalise or refuse anything else; the codec calls the few it
+needs.  Decisions where the spec is silent:
+
+- ``data`` is a JSON value built from ``dict`` (``str`` keys), ``list``, ``str``,
+  ``int``, ``float``, ``bool`` and ``None`` (subclasses allowed), nested at most
+  ``MAX_DATA_DEPTH`` deep.  Tuples, sets, bytes, non-finite floats (NaN, inf)
+  and ints of more than 14,000 bits (about 4,200 digits, under Python's
+  int-to-str limit) are rejected, because they would not round-trip exactly.
+  ``data`` is *not* copied: the event shares it, so do not mutate it afterwards.
+- ``id``, ``correlation_id`` and ``causation_id`` must be ``uuid.UUID``
+  instances; strings are rejected (``from_dict`` parses strings).
+- ``timestamp`` must be timezone-aware; it is converted to UTC (``datetime.UTC``).
+  Passing ``id=None`` or ``timestamp=None`` means "new" / "now".
+- ``tags`` accepts any iterable of ``str`` except a bare ``str``; stored as a tuple.
+- ``priority`` is an ``int`` (not ``bool``) that fits a signed 64-bit integer;
+  ``sequence`` an ``int`` in ``[0, 2**64)``.
+- ``ttl`` is a finite number ``>= 0`` (stored as ``float``); an event is expired
+  once strictly more than ``ttl`` seconds have passed since ``timestamp``.
+- ``metadata`` is copied into a read-only ``types.MappingProxyType``; keys and
+  values must be ``str``.
+- Strings must be encodable as UTF-8 (no lone surrogates), since protobuf
+  requires it.
+- Equality compares every field; the hash is the hash of ``id``.
+"""
+
+from __future__ import annotations
+
+import math
+import types
+import uuid
+from collections.abc import Collection, Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from actors._errors import InvalidEventError
+from actors._model.patterns import validate_event_type
+
+__all__ = [
+    "EMPTY_METADATA",
+    "INT64_MAX",
+    "INT64_MIN",
+    "MAX_DATA_DEPTH",
+    "TYPE_CACHE",
+    "UINT64_LIMIT",
+    "check_data",
+    "check_event_type",
+    "check_new_event_type",
+    "check_priority",
+    "check_sequence",
+    "check_tags",
+    "check_text",
+    "check_timestamp",
+    "check_ttl",
+    "check_uuid_field",
+    "event_kwargs",
+    "explain_json",
+    "freeze_metadata",
+    "is_json",
+    "parse_uuid",
+]
+
+MAX_DATA_DEPTH = 200
+"""How deeply ``Event.data`` may nest containers (guards against cycles)."""
+
+_INT_LIMIT = 1 << 14_000
+INT64_MIN = -(1 << 63)
+INT64_MAX = (1 << 63) - 1
+UINT64_LIMIT = 1 << 64
+EMPTY_METADATA: Mapping[str, str] = types.MappingProxyType({})
+"""The shared, empty, read-only ``metadata`` of events without any."""
+
+# Validated event types (plain ``str`` only); cleared when it grows too large.
+TYPE_CACHE: dict[str, None] = {}
+TYPE_CACHE_MAX = 4096
+
+_datetime = datetime
+
+
+def check_event_type(event_type: object) -> str:
+    """Return ``event_type`` as a valid plain ``str``; raise ``InvalidEventError`` if invalid."""
+    if event_type.__class__ is str and event_type in TYPE_CACHE:
+        return event_type
+    return check_new_event_type(event_type)
+
+
+def check_data(data: object) -> None:
+    """Raise ``InvalidEventError`` with the reason if ``data`` is not a JSON value."""
+    if data is not None and not is_json(data, 0):
+        raise InvalidEventError(explain_json(data))
+
+
+# -- field checks (slow paths) ------------------------------------------------
+
+
+def check_new_event_type(event_type: object) -> str:
+    """Validate an event type not yet in the cache; return it as a plain str."""
+    checked = validate_event_type(event_type)
+    if checked.__class__ is not str:
+        checked = str.__str__(checked)
+    check_text("event_type", checked)
+    if len(TYPE_CACHE) >= TYPE_CACHE_MAX:
+        TYPE_CACHE.clear()
+    TYPE_CACHE[checked] = None
+    return checked
+
+
+def check_text(name: str, value: object) -> None:
+    if value.__class__ is not str and not isinstance(value, str):
+        raise InvalidEventError(f"{name} must be a str, not {type(value).__name__}")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InvalidEventError(f"{name} is not valid Unicode: {exc}") from None
+
+
+def check_uuid_field(name: str, value: object) -> uuid.UUID:
+    if isinstance(value, uuid.UUID):
+        return value
+    raise InvalidEventError(f"{name} must be a uuid.UUID, not {type(value).__name__}")
+
+
+def parse_uuid(name: str, value: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise InvalidEventError(f"{name} is not a UUID: {value!r}") from None
+
+
+def check_timestamp(value: object) -> datetime:
+    if not isinstance(value, datetime):
+        raise InvalidEventError(f"timestamp must be a datetime, not {type(value).__name__}")
+    if value.utcoffset() is None:
+        raise InvalidEventError(f"timestamp must be timezone-aware: {value!r}")
+    try:
+        utc = value.astimezone(UTC)
+    except OverflowError:
+        raise InvalidEventError(f"timestamp is out of range in UTC: {value!r}") from None
+    # Drop subclasses (and anything they carry beyond microseconds) and ``fold``.
+    return _datetime(
+        utc.year,
+        utc.month,
+        utc.day,
+        utc.hour,
+        utc.minute,
+        utc.second,
+        utc.microsecond,
+        tzinfo=UTC,
+    )
+
+
+def check_tags(tags: object) -> tuple[str, ...]:
+    if isinstance(tags, str | bytes) or not isinstance(tags, Iterable):
+        raise InvalidEventError(f"tags must be an iterable of str, not {type(tags).__name__}")
+    result = tuple(tags)
+    for tag in result:
+        check_text("tag", tag)
+    return result
+
+
+def check_priority(priority: object) -> None:
+    if priority.__class__ is bool or not isinstance(priority, int):
+        raise InvalidEventError(f"priority must be an int, not {type(priority).__name__}")
+    if not INT64_MIN <= priority <= INT64_MAX:
+        raise InvalidEventError(f"priority must fit a signed 64-bit integer: {priority}")
+
+
+def check_ttl(ttl: object) -> float:
+    """Return ``ttl`` as a float; raise ``InvalidEventError`` unless finite and ``>= 0``."""
+    if ttl.__class__ is bool or not isinstance(ttl, int | float):
+        raise InvalidEventError(f"ttl must be a number of seconds, not {type(ttl).__name__}")
+    try:
+        value = float(ttl)
+    except OverflowError:
+        raise InvalidEventError(f"ttl is too large: {ttl}") from None
+    if not math.isfinite(value) or value < 0:
+        raise InvalidEventError(f"ttl must be finite and >= 0: {ttl}")
+    return value
+
+
+def check_sequence(sequence: object) -> None:
+    if sequence.__class__ is bool or not isinstance(sequence, int):
+        raise InvalidEventError(f"sequence must be an int, not {type(sequence).__name__}")
+    if not 0 <= sequence < UINT64_LIMIT:
+        raise InvalidEventError(f"sequence must be in [0, 2**64): {sequence}")
+
+
+def freeze_metadata(metadata: object) -> Mapping[str, str]:
+    if not isinstance(metadata, Mapping):
+        raise InvalidEventError(f"metadata must be a mapping, not {type(metadata).__name__}")
+    copy = dict(metadata)
+    if not copy:
+        return EMPTY_METADATA
+    for key, value in copy.items():
+        check_text("metadata key", key)
+        check_text(f"metadata[{key!r}]", value)
+    return types.MappingProxyType(copy)
+
+
+def event_kwargs(d: object, names: Collection[str]) -> dict[str, Any]:
+    """Return ``Event`` keyword arguments from a dict like ``Event.to_dict`` returns.
+
+    Parse ids given as strings and an ISO 8601 ``timestamp``; drop a None
+    ``metadata`` or ``tags``.  Raise ``InvalidEventError`` for a non-mapping,
+    unknown keys (not in ``names``), or no ``event_type``.
+    """
+    if not isinstance(d, Mapping):
+        raise InvalidEventError(f"event dict must be a mapping, not {type(d).__name__}")
+    unknown = d.keys() - set(names)
+    if unknown:
+        raise InvalidEventError(f"unknown event fields: {sorted(map(str, unknown))}")
+    if "event_type" not in d:
+        raise InvalidEventError("event dict has no 'event_type'")
+    kwargs = dict(d)
+    for name in ("id", "correlation_id", "causation_id"):
+        value = kwargs.get(name)
+        if isinstance(value, str):
+            kwargs[name] = parse_uuid(name, value)
+    stamp = kwargs.get("timestamp")
+    if isinstance(stamp, str):
+        try:
+            kwargs["timestamp"] = datetime.fromisoformat(stamp)
+        except ValueError as exc:
+            raise InvalidEventError(f"timestamp is not ISO 8601: {stamp!r}") from exc
+    for name in ("metadata", "tags"):
+        if kwargs.get(name, ...) is None:
+            del kwargs[name]
+    return kwargs
+
+
+# -- JSON data ------------------------------------------------------------------
+
+
+def is_json(value: Any, depth: int) -> bool:  # noqa: PLR0911 - flat dispatch is the fast path
+    """Return whether ``value`` is an exactly round-tripping JSON value (no reason)."""
+    cls = value.__class__
+    if cls is str or cls is bool or value is None:
+        return True
+    if cls is int:
+        return -_INT_LIMIT < value < _INT_LIMIT  # type: ignore[no-any-return]
+    if cls is float:
+        return value - value == 0.0  # type: ignore[no-any-return] # False for inf and NaN
+    if depth >= MAX_DATA_DEPTH:
+        return False
+    if cls is dict:
+        for key, item in value.items():
+            if key.__class__ is not str:
+                return False
+            cls = item.__class__
+            if cls is str or cls is bool or item is None:
+                continue
+            if cls is int and -_INT_LIMIT < item < _INT_LIMIT:
+                continue
+            if not is_json(item, depth + 1):
+                return False
+        return True
+    if cls is list:
+        for item in value:  # noqa: SIM110 - a loop is faster than all() over a generator
+            if not is_json(item, depth + 1):
+                return False
+        return True
+    return _is_json_subclass(value, depth)
+
+
+def _is_json_subclass(value: object, depth: int) -> bool:
+    if isinstance(value, str):
+        return True
+    if isinstance(value, int):
+        return -_INT_LIMIT < value < _INT_LIMIT
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(isinstance(key, str) and is_json(item, depth + 1) for key, item in value.items())
+    if isinstance(value, list):
+        return all(is_json(item, depth + 1) for item in value)
+    return False
+
+
+def explain_json(data: object) -> str:  # noqa: PLR0911 - one return per kind of fault
+    """Return why ``data`` is not a JSON value, naming the first offending path."""
+    stack: list[tuple[str, object, int]] = [("data", data, 0)]
+    while stack:
+        path, value, depth = stack.pop()
+        if isinstance(value, str | bool) or value is None:
+            continue
+        if isinstance(value, int):
+            if not -_INT_LIMIT < value < _INT_LIMIT:
+                return f"{path}: int of {value.bit_length()} bits is too large"
+            continue
+        if isinstance(value, float):
+            if not math.isfinite(value):
+                return f"{path}: {value!r} is not a finite float"
+            continue
+        if isinstance(value, dict | list) and depth >= MAX_DATA_DEPTH:
+            return f"{path}: nested deeper than {MAX_DATA_DEPTH} (or cyclic)"
+        if isinstance(value, dict):
+            children: list[tuple[str, object, int]] = []
+            for key, item in value.items():
+                if not isinstance(key, str):
+                    return f"{path}: dict key {key!r} is not a str"
+                children.append((f"{path}[{key!r}]", item, depth + 1))
+            stack.extend(reversed(children))
+        elif isinstance(value, list):
+            stack.extend((f"{path}[{i}]", value[i], depth + 1) for i in reversed(range(len(value))))
+        elif isinstance(value, tuple):
+            return f"{path}: tuple is not a JSON value; use a list"
+        else:
+            return f"{path}: {type(value).__name__} is not a JSON value"
+    return "data is not a JSON value"  # pragma: no cover - _is_json and this disagree
