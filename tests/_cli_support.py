@@ -37,6 +37,13 @@ def cli(
     )
 
 
+def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
+    """Return the only stderr line of a finished command, checking it is an ``Error:`` line."""
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("Error: "), line
+    return line
+
+
 class Running:
     """A command that runs on; its stdout and stderr lines arrive on queues."""
 

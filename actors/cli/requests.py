@@ -195,6 +195,6 @@ def reply(
         bus.subscribe(pattern, answer, dedicated_thread=True)
         if not bus.wait_for_peers([target], left(deadline)):
             fail(f"node {target!r} did not acknowledge the subscription in time")
-        note(f"replying to {pattern} at {target}")
-        with contextlib.suppress(KeyboardInterrupt):  # SIGINT or SIGTERM: status 0
+        with contextlib.suppress(KeyboardInterrupt):  # from the line on, a signal exits with 0
+            note(f"replying to {pattern} at {target}")
             finished.wait()
