@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from actors._cluster.bridge import generate_keypair
-from tests._cli_support import Running, cli, one_error_line, serving
+from tests._cli_support import Running, cli, one_error_line, serving, silent_endpoint
 
 pytestmark = pytest.mark.slow
 
@@ -84,8 +83,7 @@ def test_req_gets_what_the_reply_command_printed(hub: str, script: str) -> None:
 def test_reply_stops_cleanly_on_sigterm(hub: str, script: str) -> None:
     answering = replying("stop.*", script, "--peer", hub)
     try:
-        answering.proc.send_signal(signal.SIGTERM)
-        assert answering.finish() == 0
+        assert answering.interrupt(signal.SIGTERM) == 0
         assert answering.line(answering.err) == "<eof>"
     finally:
         answering.kill()
@@ -104,14 +102,10 @@ def test_req_rejects_data_that_is_not_json(hub: str) -> None:
 
 
 def test_req_to_a_silent_endpoint_is_one_line_saying_so() -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    result = cli("req", "a.b", "--peer", f"tcp://127.0.0.1:{port}", "--timeout", "1")
+    endpoint = silent_endpoint()
+    result = cli("req", "a.b", "--peer", endpoint, "--timeout", "1")
     assert result.returncode == 1
-    assert one_error_line(result).startswith(
-        f"Error: no node answered at tcp://127.0.0.1:{port} within 1 s"
-    )
+    assert one_error_line(result).startswith(f"Error: no node answered at {endpoint} within 1 s")
 
 
 @pytest.mark.parametrize("command", [["req", "a.b"], ["reply", "a.*", "--exec", "true"]])

@@ -6,7 +6,6 @@ import fcntl
 import os
 import pty
 import re
-import socket
 import struct
 import subprocess
 import sys
@@ -24,7 +23,7 @@ from actors._cluster.bridge import generate_keypair
 from actors._cluster.broker import Broker
 from actors._model.metrics import BridgeStatistics, BusMetrics, SubscriptionStatistics
 from actors.cli.top import render, sample
-from tests._cli_support import cli, one_error_line
+from tests._cli_support import cli, one_error_line, silent_endpoint
 
 WAIT = 60.0
 ANSI = re.compile(rb"\x1b(\[[0-9;?]*[ -/]*[@-~]|[()][0-9A-Za-z]|[=>78])")
@@ -170,14 +169,10 @@ def test_top_refuses_a_peer_without_a_scheme_in_one_line() -> None:
 
 
 def test_top_to_a_silent_endpoint_is_one_line_saying_so() -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    result = cli("top", "--peer", f"tcp://127.0.0.1:{port}", "--timeout", "1")
+    endpoint = silent_endpoint()
+    result = cli("top", "--peer", endpoint, "--timeout", "1")
     assert result.returncode == 1
-    assert one_error_line(result).startswith(
-        f"Error: no node answered at tcp://127.0.0.1:{port} within 1 s"
-    )
+    assert one_error_line(result).startswith(f"Error: no node answered at {endpoint} within 1 s")
 
 
 def _metrics(published: int, delivered: int, queued: int) -> BusMetrics:
