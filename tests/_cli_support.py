@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import queue
+import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -35,6 +37,20 @@ def cli(
         input=input,
         env={**os.environ, **(env or {})},
     )
+
+
+def silent_endpoint() -> str:
+    """Return a tcp endpoint on 127.0.0.1 where nothing listens (a port just freed)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{probe.getsockname()[1]}"
+
+
+def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
+    """Return the only stderr line of a finished command, checking it is an ``Error:`` line."""
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("Error: "), line
+    return line
 
 
 class Running:
@@ -68,6 +84,11 @@ class Running:
 
     def finish(self) -> int:
         return self.proc.wait(WAIT)
+
+    def interrupt(self, signum: int = signal.SIGTERM) -> int:
+        """Send ``signum``; return the exit status once the command ended."""
+        self.proc.send_signal(signum)
+        return self.finish()
 
     def kill(self) -> None:
         if self.proc.poll() is None:

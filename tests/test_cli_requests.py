@@ -7,21 +7,18 @@ asks.  The parent synchronises on the children's output lines only.
 from __future__ import annotations
 
 import json
-import queue
-import subprocess
+import signal
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from actors._cluster.bridge import generate_keypair
+from tests._cli_support import Running, cli, one_error_line, serving, silent_endpoint
 
 pytestmark = pytest.mark.slow
 
-WAIT = 60.0
-CLI = [sys.executable, "-m", "actors"]
 SCRIPT = """
 import json, sys
 data = json.load(sys.stdin)
@@ -32,60 +29,42 @@ print(json.dumps({"got": data}))
 """
 
 
-class Running:
-    """A CLI process that runs on; its stdout and stderr lines arrive on queues."""
-
-    def __init__(self, *args: str) -> None:
-        self.proc = subprocess.Popen(
-            [*CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1
-        )
-        self.out: queue.Queue[str] = queue.Queue()
-        self.err: queue.Queue[str] = queue.Queue()
-        assert self.proc.stdout is not None
-        assert self.proc.stderr is not None
-        for stream, lines in ((self.proc.stdout, self.out), (self.proc.stderr, self.err)):
-            threading.Thread(target=self._read, args=(stream, lines), daemon=True).start()
-
-    @staticmethod
-    def _read(stream: object, lines: queue.Queue[str]) -> None:
-        for line in stream:  # type: ignore[attr-defined]
-            lines.put(line.rstrip("\n"))
-        lines.put("<eof>")
-
-    def line(self, lines: queue.Queue[str] | None = None) -> str:
-        return (lines or self.out).get(timeout=WAIT)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(WAIT)
-
-
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*CLI, *args], check=False, capture_output=True, text=True, timeout=WAIT)
+@pytest.fixture(scope="module")
+def hub() -> Iterator[str]:
+    """The request endpoint of a node named ``hub``; each test asks its own types."""
+    with serving("--name", "hub") as (_node, endpoint):
+        yield endpoint
 
 
 @pytest.fixture
-def hub() -> Iterator[str]:
-    node = Running("serve", "--name", "hub", "--listen", "tcp://127.0.0.1:0")
-    try:
-        lines = dict(node.line().split(" ", 1) for _ in range(4))
-        yield lines["request"]
-    finally:
-        node.stop()
+def script(tmp_path: Path) -> str:
+    """The command line of a responder: echoes its data as ``{"got": DATA}``; fails on "fail"."""
+    path = tmp_path / "answer.py"
+    path.write_text(SCRIPT)
+    return f"{sys.executable} {path}"
 
 
-def test_req_gets_what_the_reply_command_printed(hub: str, tmp_path: Path) -> None:
-    script = tmp_path / "answer.py"
-    script.write_text(SCRIPT)
-    answering = Running(
-        "reply", "calc.*", "--exec", f"{sys.executable} {script}", "--peer", hub, "--count", "2"
-    )
+def replying(pattern: str, script: str, *args: str) -> Running:
+    """Start ``reply PATTERN`` and return it once its subscription is in force."""
+    answering = Running("reply", pattern, "--exec", script, *args)
+    line = answering.line(answering.err)
+    assert line.startswith(f"replying to {pattern} at "), line
+    return answering
+
+
+def test_req_gets_what_the_reply_command_printed(hub: str, script: str) -> None:
+    answering = replying("calc.*", script, "--peer", hub, "--count", "3", "--name", "calc")
     try:
-        assert answering.line(answering.err) == "replying to calc.* at hub"
-        ok = cli("req", "calc.add", '{"a": 1}', "--peer", hub, "--timeout", "30")
+        env = {"LLMSPELL_EVENTS_PEER": hub}  # the shared variable, as for pub and sub
+        ok = cli("req", "calc.add", '{"a": 1}', "--timeout", "30", env=env)
         assert ok.returncode == 0, ok.stderr
         assert json.loads(ok.stdout) == {"got": {"a": 1}}
+
+        whole = cli("req", "calc.mul", "-", "--peer", hub, "--timeout", "30", "--json", input="7")
+        assert whole.returncode == 0, whole.stderr
+        event = json.loads(whole.stdout)
+        assert (event["event_type"], event["data"]) == ("calc.mul.reply", {"got": 7})
+        assert (event["source"], event["origin"]) == ("calc", "hub")
 
         failed = cli("req", "calc.add", '"fail"', "--peer", hub, "--timeout", "30", "--json")
         assert failed.returncode == 3
@@ -94,51 +73,86 @@ def test_req_gets_what_the_reply_command_printed(hub: str, tmp_path: Path) -> No
             f"{sys.executable} exited with 4: cannot do that"
         )
 
-        assert answering.line().startswith("answered calc.add ")
-        assert answering.line().startswith("answered calc.add ")
-        assert answering.proc.wait(WAIT) == 0
+        for event_type in ("calc.add", "calc.mul", "calc.add"):
+            assert answering.line().startswith(f"answered {event_type} ")
+        assert answering.finish() == 0
     finally:
-        answering.stop()
+        answering.kill()
+
+
+def test_reply_stops_cleanly_on_sigterm(hub: str, script: str) -> None:
+    answering = replying("stop.*", script, "--peer", hub)
+    try:
+        assert answering.interrupt(signal.SIGTERM) == 0
+        assert answering.line(answering.err) == "<eof>"
+    finally:
+        answering.kill()
 
 
 def test_req_without_a_responder_times_out(hub: str) -> None:
     result = cli("req", "nobody.home", "--peer", hub, "--timeout", "0.5")
     assert result.returncode == 1
-    assert "no reply to nobody.home within 0.5 s" in result.stderr
+    assert one_error_line(result) == "Error: no reply to nobody.home within 0.5 s"
 
 
 def test_req_rejects_data_that_is_not_json(hub: str) -> None:
     result = cli("req", "calc.add", "{not json", "--peer", hub)
     assert result.returncode == 2
-    assert "not JSON" in result.stderr
+    assert "not JSON" in one_error_line(result)
 
 
-def test_req_and_reply_with_curve_keys(tmp_path: Path) -> None:
+def test_req_to_a_silent_endpoint_is_one_line_saying_so() -> None:
+    endpoint = silent_endpoint()
+    result = cli("req", "a.b", "--peer", endpoint, "--timeout", "1")
+    assert result.returncode == 1
+    assert one_error_line(result).startswith(f"Error: no node answered at {endpoint} within 1 s")
+
+
+@pytest.mark.parametrize("command", [["req", "a.b"], ["reply", "a.*", "--exec", "true"]])
+def test_a_malformed_key_file_is_one_line_naming_it(command: list[str], tmp_path: Path) -> None:
+    bad = tmp_path / "cli.key"
+    bad.write_text("this is not a key\n")
+    server_public = generate_keypair()[0].decode()
+    result = cli(
+        *command, "--peer", "tcp://127.0.0.1:1", "--public-key", str(bad),
+        "--secret-key", str(bad), "--server-key", server_public,
+    )  # fmt: skip
+    assert result.returncode == 2
+    line = one_error_line(result)
+    assert f"{bad} does not hold a 40-character Z85 key" in line
+    assert "--public-key" in line
+
+
+@pytest.mark.parametrize("command", [["req", "a.b"], ["reply", "a.*", "--exec", "true"]])
+def test_a_peer_without_a_scheme_is_one_line(command: list[str]) -> None:
+    result = cli(*command, "--peer", "127.0.0.1:27701")
+    assert result.returncode == 2
+    line = one_error_line(result)
+    assert "'127.0.0.1:27701' has no scheme: write tcp://127.0.0.1:27701" in line
+
+
+def test_req_and_reply_with_curve_keys(tmp_path: Path, script: str) -> None:
     server_pub, server_sec = (k.decode() for k in generate_keypair())
     client_pub, client_sec = (k.decode() for k in generate_keypair())
-    node = Running(
-        "serve", "--name", "safe", "--listen", "tcp://127.0.0.1:0",
-        "--public-key", server_pub, "--secret-key", server_sec, "--authorize", client_pub,
-    )  # fmt: skip
-    try:
-        endpoint = dict(node.line().split(" ", 1) for _ in range(4))["request"]
-        keys = ["--public-key", client_pub, "--secret-key", client_sec, "--server-key", server_pub]
-        script = tmp_path / "answer.py"
-        script.write_text(SCRIPT)
+    serve = ["--name", "safe", "--public-key", server_pub, "--secret-key", server_sec]
+    with serving(*serve, "--authorize", client_pub) as (_node, endpoint):
+        # The keys from the shared variables, as every client command takes them.
+        env = {
+            "LLMSPELL_EVENTS_CURVE_PUBLIC": client_pub,
+            "LLMSPELL_EVENTS_CURVE_SECRET": client_sec,
+            "LLMSPELL_EVENTS_CURVE_SERVER": server_pub,
+        }
         answering = Running(
-            "reply", "calc.*", "--exec", f"{sys.executable} {script}", "--peer", endpoint,
-            "--count", "1", *keys,
-        )  # fmt: skip
+            "reply", "calc.*", "--exec", script, "--peer", endpoint, "--count", "1", env=env
+        )
         try:
             assert answering.line(answering.err) == "replying to calc.* at safe"
-            ok = cli("req", "calc.add", "7", "--peer", endpoint, "--timeout", "30", *keys)
+            ok = cli("req", "calc.add", "7", "--peer", endpoint, "--timeout", "30", env=env)
             assert ok.returncode == 0, ok.stderr
             assert json.loads(ok.stdout) == {"got": 7}
-            assert answering.proc.wait(WAIT) == 0
+            assert answering.finish() == 0
         finally:
-            answering.stop()
+            answering.kill()
         half = cli("req", "calc.add", "--peer", endpoint, "--public-key", client_pub)
         assert half.returncode == 2
-        assert "together" in half.stderr
-    finally:
-        node.stop()
+        assert "together" in one_error_line(half)

@@ -13,6 +13,7 @@ import termios
 import threading
 from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from rich.console import Console
@@ -22,6 +23,7 @@ from actors._cluster.bridge import generate_keypair
 from actors._cluster.broker import Broker
 from actors._model.metrics import BridgeStatistics, BusMetrics, SubscriptionStatistics
 from actors.cli.top import render, sample
+from tests._cli_support import cli, one_error_line, silent_endpoint
 
 WAIT = 60.0
 ANSI = re.compile(rb"\x1b(\[[0-9;?]*[ -/]*[@-~]|[()][0-9A-Za-z]|[=>78])")
@@ -138,15 +140,39 @@ def test_top_shows_a_live_rate_under_a_terminal_and_q_quits(
 
 
 def test_top_refuses_half_the_curve_keys() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "actors", "top", "--peer", "tcp://127.0.0.1:1", "--public-key", "x"],
-        capture_output=True,
-        text=True,
-        timeout=WAIT,
-        check=False,
-    )
-    assert result.returncode != 0
-    assert "Z85" in result.stderr or "CURVE" in result.stderr
+    public = generate_keypair()[0].decode()
+    result = cli("top", "--peer", "tcp://127.0.0.1:1", "--public-key", public)
+    assert result.returncode == 2
+    assert "CURVE needs --public-key and --secret-key together" in one_error_line(result)
+
+
+def test_top_reports_a_malformed_key_file_in_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "top.key_secret"
+    bad.write_text("not a key either\n")
+    public = generate_keypair()[0].decode()
+    result = cli(
+        "top", "--peer", "tcp://127.0.0.1:1", "--public-key", public, "--secret-key", str(bad),
+        "--server-key", public,
+    )  # fmt: skip
+    assert result.returncode == 2
+    line = one_error_line(result)
+    assert f"{bad} does not hold a 40-character Z85 key" in line
+    assert "--secret-key" in line
+
+
+def test_top_refuses_a_peer_without_a_scheme_in_one_line() -> None:
+    result = cli("top", "--peer", "127.0.0.1:5701")
+    assert result.returncode == 2
+    line = one_error_line(result)
+    assert "'127.0.0.1:5701' has no scheme: write tcp://127.0.0.1:5701" in line
+    assert "LLMSPELL_EVENTS_PEER" in line  # the shared option, with its variable
+
+
+def test_top_to_a_silent_endpoint_is_one_line_saying_so() -> None:
+    endpoint = silent_endpoint()
+    result = cli("top", "--peer", endpoint, "--timeout", "1")
+    assert result.returncode == 1
+    assert one_error_line(result).startswith(f"Error: no node answered at {endpoint} within 1 s")
 
 
 def _metrics(published: int, delivered: int, queued: int) -> BusMetrics:

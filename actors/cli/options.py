@@ -182,7 +182,9 @@ def _connection(kwargs: dict[str, Any]) -> Connection:
     )
 
 
-def _add_connection_options(fn: Command, *, peer_required: bool, peer_help: str) -> Command:
+def _add_connection_options(
+    fn: Command, *, peer_required: bool, peer_help: str, timeout: float = 10.0
+) -> Command:
     options = [
         click.option(
             "--peer",
@@ -209,7 +211,7 @@ def _add_connection_options(fn: Command, *, peer_required: bool, peer_help: str)
         click.option(
             "--timeout",
             type=click.FloatRange(min=0, min_open=True),
-            default=10.0,
+            default=timeout,
             show_default=True,
             envvar=f"{ENV}_TIMEOUT",
             help="seconds to wait for the peer",
@@ -221,16 +223,21 @@ def _add_connection_options(fn: Command, *, peer_required: bool, peer_help: str)
 
 
 def connection_options(
-    peer_help: str, *, peer_required: bool = True
+    peer_help: str, *, peer_required: bool = True, timeout: float = 10.0
 ) -> Callable[[Command], Command]:
-    """Add the connection options; the command receives ``connection: Connection``."""
+    """Add the connection options; the command receives ``connection: Connection``.
+
+    ``timeout`` is the default of ``--timeout`` (seconds).
+    """
 
     def decorate(fn: Command) -> Command:
         @functools.wraps(fn)
         def command(*args: Any, **kwargs: Any) -> Any:
             return fn(*args, connection=_connection(kwargs), **kwargs)
 
-        return _add_connection_options(command, peer_required=peer_required, peer_help=peer_help)
+        return _add_connection_options(
+            command, peer_required=peer_required, peer_help=peer_help, timeout=timeout
+        )
 
     return decorate
 

@@ -1,8 +1,9 @@
 """``llmspell-events top``: a live view of a running node, redrawn every second.
 
 Asks the node for its figures over the bridge (a ``METRICS`` request, see
-``docs/wire.md``), so it works wherever ``pub``/``sub`` work, CURVE
-included.  Draws with ``rich`` (the ``[cli]`` extra).  ``q`` quits (so does
+``docs/wire.md``) from a short-lived node with the connection options and
+errors of every client command, so it works wherever ``pub``/``sub`` work,
+CURVE included.  Draws with ``rich`` (the ``[cli]`` extra).  ``q`` quits (so does
 Ctrl-C).
 """
 
@@ -15,17 +16,18 @@ import termios
 import time
 import tty
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
 from actors._bus import EventBus
-from actors._errors import BridgeError, EventBusError
-from actors._model.config import EventConfig, NodeConfig
+from actors._errors import BridgeError
 from actors._model.metrics import BusMetrics
+from actors.cli.connect import peer_name, short_lived_node
+from actors.cli.options import Connection, connection_options
+from actors.cli.output import fail, stop_on_signals
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
@@ -151,18 +153,6 @@ def render(now: Sample, before: Sample | None, note: str = "") -> RenderableType
     return Group(*parts)
 
 
-def _key(value: str | None) -> bytes | None:
-    """Return a Z85 key given as text or as a file holding it (as the other commands do)."""
-    if value is None:
-        return None
-    text = value.strip()
-    if len(text) != 40 and Path(value).is_file():
-        text = Path(value).read_text().strip()
-    if len(text) != 40:
-        raise click.BadParameter(f"{value!r} is neither a 40-character Z85 key nor such a file")
-    return text.encode()
-
-
 @contextmanager
 def _keys_pressed() -> Iterator[Any]:
     """Yield a function ``wait(seconds) -> str`` returning a key pressed meanwhile, or ''."""
@@ -186,80 +176,45 @@ def _keys_pressed() -> Iterator[Any]:
 
 
 @click.command()
-@click.option("--peer", required=True, help="endpoint of the running node (or a broker)")
-@click.option("--node", "node_name", help="the node to watch (required when --peer is a broker)")
-@click.option("--name", help="this short-lived node's name (default: top-PID)")
-@click.option("--public-key", help="this node's CURVE public key (Z85 or a file)")
-@click.option("--secret-key", help="this node's CURVE secret key (Z85 or a file)")
-@click.option("--server-key", help="the peer's CURVE public key (Z85 or a file)")
-@click.option("--timeout", type=float, default=10.0, show_default=True, help="seconds to wait")
 @click.option(
     "--interval", type=click.FloatRange(min=0.1), default=1.0, show_default=True, help="seconds"
 )
-def top(
-    *,
-    peer: str,
-    node_name: str | None,
-    name: str | None,
-    public_key: str | None,
-    secret_key: str | None,
-    server_key: str | None,
-    timeout: float,
-    interval: float,
-) -> None:
+@connection_options("endpoint of the running node (or a broker)")
+def top(*, interval: float, connection: Connection) -> None:
     """Show a running node's rates, queues, drops, dead letters and peers, live; q quits."""
     try:
         from rich.console import Console  # noqa: PLC0415 - the [cli] extra
         from rich.live import Live  # noqa: PLC0415
-    except ImportError as exc:
-        raise click.ClickException(
-            "top draws with rich: pip install 'llmspell-events[cli]'"
-        ) from exc
-    public, secret, server = _key(public_key), _key(secret_key), _key(server_key)
-    if (secret is None) != (server is None) or (secret is None) != (public is None):
-        raise click.UsageError("CURVE needs --public-key, --secret-key and --server-key together")
-    try:
-        config = NodeConfig(
-            name=name or f"top-{os.getpid()}",
-            peers=(peer,),
-            curve_public_key=public,
-            curve_secret_key=secret,
-            authorized_keys=(server,) if server is not None else (),
-            peer_public_keys={peer: server} if server is not None else {},
-        )
-        bus = EventBus(EventConfig(threads=1), node=config)
-    except (ValueError, EventBusError) as exc:
-        raise click.ClickException(str(exc)) from exc
-    try:
+    except ImportError:
+        fail("top draws with rich: pip install 'llmspell-events[cli]'")
+    stop_on_signals()  # SIGTERM too restores the terminal on its way out
+    deadline = time.monotonic() + connection.timeout
+    with short_lived_node(connection, "top") as bus, suppress(KeyboardInterrupt):
+        target = peer_name(bus, connection, deadline)
         _watch(
             bus,
-            peer=peer,
-            wanted=node_name,
-            timeout=timeout,
+            target,
+            timeout=connection.timeout,
             interval=interval,
             console=Console(),
             live_cls=Live,
         )
-    except KeyboardInterrupt:
-        pass
-    finally:
-        bus.close(timeout=10.0)
 
 
 def _watch(
     bus: EventBus,
+    target: str,
     *,
-    peer: str,
-    wanted: str | None,
     timeout: float,
     interval: float,
     console: Any,
     live_cls: Any,
 ) -> None:
-    names = bus.linked_nodes(timeout)
-    target = wanted or (names[0] if names else None)
-    if target is None:
-        raise click.ClickException(f"no node answered at {peer} (a broker? name it with --node)")
+    """Redraw ``target``'s figures every ``interval`` seconds until ``q``.
+
+    Fails if the first reading does not come within ``timeout``; later, a
+    silent node keeps its last figures on screen, marked stale.
+    """
     before: Sample | None = None
     with (
         _keys_pressed() as wait,
@@ -271,7 +226,7 @@ def _watch(
                 metrics, heard = bus.remote_metrics(target, timeout=min(timeout, 5.0))
             except BridgeError as exc:
                 if before is None and time.monotonic() > deadline:
-                    raise click.ClickException(f"node {target!r} did not answer: {exc}") from exc
+                    fail(f"node {target!r} did not answer: {exc}")
                 if before is not None:  # keep the last figures, say they are stale
                     note = f"node {target!r} is not answering ({exc}); figures as last read"
                     live.update(render(before, None, note), refresh=True)
@@ -279,6 +234,5 @@ def _watch(
                 now = sample(metrics, heard, time.monotonic(), target, bus.name or "")
                 live.update(render(now, before), refresh=True)
                 before = now
-            with_key = wait(interval)
-            if with_key in ("q", "Q"):
+            if wait(interval) in ("q", "Q"):
                 return
