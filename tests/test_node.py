@@ -44,7 +44,7 @@ from tests._support import WAIT, Collector
         ("listen", "ipc://", r"needs a name"),
         ("peer_public_keys", {"127.0.0.1:1": b"k" * 40}, r"has no transport"),
         ("curve_public_key", b"short", r"curve_public_key and curve_secret_key go together"),
-        ("heartbeat_timeout", 0, r"heartbeat_timeout must be a positive"),
+        ("heartbeat_timeout", 0, r"heartbeat_timeout must be > 0"),
         ("max_frame_bytes", 10, r"max_frame_bytes must be at least 1024"),
     ],
 )

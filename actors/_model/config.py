@@ -196,22 +196,14 @@ class NodeConfig:
             object.__setattr__(self, "peers", tuple(self.peers))
         if not isinstance(self.authorized_keys, tuple):
             object.__setattr__(self, "authorized_keys", tuple(self.authorized_keys))
+        check_node_fields(self)  # types and ranges of keys, timings and sizes
         if self.listen is not None:
             check_endpoint(self.listen, "listen", bind=True)
         for endpoint in self.peers:
             check_endpoint(endpoint, "peer", bind=False)
         self._check_keys()
-        for name in ("heartbeat_interval", "heartbeat_timeout"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
-        for name in ("batch_size", "max_frame_bytes", "recovery_ring", "send_hwm", "receive_hwm"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, not {value!r}")
         if self.max_frame_bytes < 1024:
             raise ValueError(f"max_frame_bytes must be at least 1024, not {self.max_frame_bytes}")
-        check_node_fields(self)
 
     def _check_keys(self) -> None:
         if (self.curve_secret_key is None) != (self.curve_public_key is None):
