@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import replace
@@ -26,9 +25,12 @@ from typing import TYPE_CHECKING, Any
 
 import pykka
 
+from actors._bus_requests import RequestReply
 from actors._core.publishing import prepare_event
+from actors._core.replay import iter_query
+from actors._core.replay import replay as replay_events
 from actors._core.request_client import RequestClient
-from actors._core.requests import Responder, reply_result, timeout_error
+from actors._core.stopping import stop_actors
 from actors._core.subscriber import DeadLetter, Handler, Subscription, current_event
 from actors._core.wiring import Core, HandlerWrapper, JournalFigures, merge_events, start_actor
 from actors._errors import BusClosedError, EventBusError, JournalError
@@ -45,7 +47,7 @@ from actors._model.query import EventQuery
 from actors._model.trace import Trace
 from actors._runtime.dispatcher import Dispatcher
 from actors._runtime.future import BusFuture
-from actors._runtime.shutdown import Deadline, send_stop, wait_stopped
+from actors._runtime.shutdown import Deadline
 
 __all__ = ["EventBus", "PersistentEventBus"]
 
@@ -62,7 +64,7 @@ if TYPE_CHECKING:
 CLOSE_GRACE = 0.5
 
 
-class EventBus:
+class EventBus(RequestReply):
     """An in-process event bus of actors.  Use it as a context manager.
 
     ``publish`` never waits for handlers; it blocks only while a full
@@ -136,7 +138,7 @@ class EventBus:
         if node is not None:
             self._start_node(node)
         self._requests = RequestClient(
-            subscribe=lambda p, h, w: self.subscribe(p, h, filter=w),
+            subscribe=self.subscribe,
             prepare=self._prepare,
             publish=self.publish,
             publish_remote=self.publish_remote,
@@ -145,31 +147,23 @@ class EventBus:
         )
 
     def _start_node(self, config: NodeConfig) -> None:
-        # zmq is imported only when a bus is a node.
-        from actors._cluster.bridge import Bridge  # noqa: PLC0415
-        from actors._cluster.limits import EventSizeCheck  # noqa: PLC0415
-        from actors._cluster.node import Node, NodeWiring, RouterJournal  # noqa: PLC0415
+        from actors._cluster.node import start_node  # noqa: PLC0415 - zmq only on a node
 
-        journal = self._journal
-        wiring = NodeWiring(
-            name=config.name,
-            first_sequence=self._router.next_sequence,
-            router=self._router_mailbox,
-            journal=RouterJournal(self._router_mailbox, journal.actor_inbox) if journal else None,
-            inject=self._inject,
-            flush=self.flush,
-            publish=self.publish,
-            metrics=self.metrics,
-        )
         try:
-            self._bridge = Bridge(wiring, config)
+            self._bridge, self.node, self._size_check = start_node(
+                config,
+                router=self._router,
+                journal=self._journal.actor_inbox if self._journal is not None else None,
+                inject=self._inject,
+                flush=self.flush,
+                publish=self.publish,
+                metrics=self.metrics,
+                prepare=self._prepare,
+                check_open=self._check_open,
+            )
         except BaseException:
             self._stop_actors(Deadline(10))
             raise
-        self._size_check = EventSizeCheck(config.max_frame_bytes)
-        self.node = Node(self._bridge, config, self._prepare, self._check_open)
-        self._router.add_recorder(self._bridge.recorder)
-        self._router.route_listeners.append(self._bridge.on_local_patterns)
 
     def _require_node(self) -> Node:
         if self.node is None:
@@ -408,38 +402,10 @@ class EventBus:
         checks.check_replay(query, handler, speed, page_size)
         if speed is not None and speed <= 0:
             raise ValueError("speed must be positive")
-        count = 0
-        started: float | None = None
-        first_ts: float | None = None
-        for event in self._iter_query(query, page_size):
-            if speed is not None:
-                ts = event.timestamp.timestamp()
-                if started is None or first_ts is None:
-                    started, first_ts = time.monotonic(), ts
-                else:
-                    delay = started + (ts - first_ts) / speed - time.monotonic()
-                    if delay > 0:
-                        time.sleep(delay)
-            token = current_event.set(event)
-            try:
-                handler(event)
-            finally:
-                current_event.reset(token)
-            count += 1
-        return count
+        return replay_events(self._iter_query(query, page_size), handler, speed)
 
     def _iter_query(self, query: EventQuery, page_size: int) -> Iterator[Event]:
-        """Yield a query's events page by page (bounded memory for big replays)."""
-        if query.descending or query.limit is not None:
-            yield from self.query(query)
-            return
-        after = query.after_sequence
-        while True:
-            page = self.query(replace(query, after_sequence=after, limit=page_size))
-            yield from page
-            if len(page) < page_size:
-                return
-            after = page[-1].sequence
+        return iter_query(self.query, query, page_size)
 
     def trace(self, correlation_id: uuid.UUID, *, timeout: float | None = 30.0) -> Trace:
         """Return the causal ``Trace`` of ``correlation_id`` (see ``get_correlated``)."""
@@ -500,48 +466,15 @@ class EventBus:
     def _stop_actors(
         self, deadline: Deadline, grace: float = CLOSE_GRACE, *, wait: bool = True
     ) -> tuple[SubscriptionStatistics, ...]:
-        subs = self._core.take_subscribers()
-        unfinished = [
-            stats for stats in (a.statistics() for a in subs) if stats.queued or stats.in_flight
-        ]
-        for actor in subs:
-            actor.abandoned = True  # nothing more is handled once close gives up
-        system = deadline.extended(grace)
-        # Subscribers, router and correlation first; the journal last, so the
-        # router's final records reach it.  The journal closes its storage.
-        # The bus's own actors run no user code: they get the grace to stop.
-        if self._bridge is not None:
-            self._bridge.close(system.remaining())
-        told = send_stop(a.actor_ref for a in subs)
-        own = send_stop(self._core.refs())
-        late = wait_stopped(own, system) if wait else []
-        if self._journal is not None:
-            own = send_stop([self._journal.actor_ref])
-            late += wait_stopped(own, system) if wait else []
-            self._journal.actor_dispatcher.shutdown(system.remaining())
-        for ref in late:
-            logger.warning("close(): %s did not stop in time; abandoned", ref)
-        running = {ref.actor_urn for ref in (wait_stopped(told, deadline) if wait else [])}
-        for actor in subs:
-            if actor.actor_dispatcher is not self._dispatcher:
-                actor.actor_dispatcher.shutdown(deadline.remaining())
-        self._dispatcher.shutdown(deadline.remaining())
-        self._system.shutdown(system.remaining())
-        self._core.stop_loop()
-        urns = {a.sub_id: a.actor_urn for a in subs}
-        for stats in unfinished:
-            still = urns[stats.id] in running
-            logger.warning(
-                "close(): gave up on subscription %s (%r) with %d event(s) unhandled "
-                "(%d queued, %d in flight)%s",
-                stats.id,
-                stats.pattern,
-                stats.queued + stats.in_flight,
-                stats.queued,
-                stats.in_flight,
-                "; its handler is still running and is abandoned" if still else "",
-            )
-        return tuple(unfinished)
+        return stop_actors(
+            self._core,
+            system=self._system,
+            deadline=deadline,
+            grace=grace,
+            wait=wait,
+            bridge_close=self._bridge.close if self._bridge is not None else None,
+            journal=self._journal,
+        )
 
     @property
     def closed(self) -> bool:
@@ -589,79 +522,6 @@ class EventBus:
     def prometheus(self) -> str:
         """Return the metrics in the Prometheus text exposition format."""
         return to_prometheus(self.metrics())
-
-    # -- requests and replies (the logic: actors/_core/requests.py) -------------------------
-
-    @property
-    def request_client(self) -> RequestClient:
-        """Return the bus's requesting side (for ``AsyncEventBus``; not a stable API)."""
-        return self._requests
-
-    def respond(
-        self,
-        pattern: str,
-        fn: Callable[[Event], Any],
-        *,
-        source: str | None = None,
-        **subscribe_options: Any,
-    ) -> Subscription:
-        """Subscribe ``fn`` as a responder: its return value becomes the reply event.
-
-        The reply is ``<request type>.reply`` (``.error`` with the exception's
-        type and message if ``fn`` raises; no retry, no dead letter), caused by
-        the request, in its correlation, targeted at its source, with
-        ``source``.  ``async def`` works as for handlers.  Takes the options of
-        ``subscribe``.  See ``docs/requests.md``.
-        """
-        responder = Responder(fn, self.publish, self._requests.requester.table, source=source)
-        return self.subscribe(pattern, responder.handler, **subscribe_options)
-
-    def request(
-        self,
-        event_type: str,
-        data: Any = None,
-        *,
-        timeout: float | None = 5.0,
-        node: str | None = None,
-        **fields: Any,
-    ) -> Event:
-        """Publish a request and return the first reply event.
-
-        Blocks up to ``timeout`` seconds, then raises ``RequestTimeoutError``;
-        an error reply raises ``RemoteHandlerError``.  ``node`` has that
-        connected node publish the request (``publish_remote``).  Also raises
-        what ``publish`` raises, and ``BackpressureError`` when too many
-        requests wait at once.
-        """
-        self._check_open()
-        event, pending, left = self._requests.send(event_type, data, fields, 1, timeout, node)
-        replies = self._requests.requester.wait(pending, left)
-        if not replies:
-            raise timeout_error(event, timeout)
-        return reply_result(replies[0])
-
-    def request_all(
-        self,
-        event_type: str,
-        data: Any = None,
-        *,
-        timeout: float = 5.0,
-        max_replies: int | None = None,
-        node: str | None = None,
-        **fields: Any,
-    ) -> list[Event]:
-        """Publish a request; return every reply (``.error`` ones too) within ``timeout``.
-
-        Returns as soon as ``max_replies`` arrived, else after ``timeout``
-        (never raises ``RequestTimeoutError``: no reply is an empty list).
-        """
-        self._check_open()
-        _, pending, left = self._requests.send(event_type, data, fields, max_replies, timeout, node)
-        return self._requests.requester.wait(pending, left)
-
-    def pending_requests(self) -> int:
-        """Return how many requests wait for replies now (bounded; see ``docs/requests.md``)."""
-        return len(self._requests.requester.table)
 
     def serve_metrics(self, port: int = 0, host: str = "127.0.0.1") -> MetricsServer:
         """Serve ``/metrics`` (Prometheus text) and ``/healthz`` on ``host:port``; see

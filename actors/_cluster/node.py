@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from actors._cluster.bridge import Bridge
+from actors._cluster.limits import EventSizeCheck
 from actors._cluster.ports import JournalPort
 from actors._core.messages import (
     Forward,
@@ -21,6 +22,7 @@ from actors._core.messages import (
     ReadJournal,
     SaveCheckpoint,
 )
+from actors._core.router import RouterActor
 from actors._model.config import NodeConfig
 from actors._model.event import Event
 from actors._model.metrics import BridgeStatistics, BusMetrics
@@ -28,7 +30,7 @@ from actors._model.query import EventQuery
 from actors._runtime.dispatcher import FifoMailbox
 from actors._runtime.future import BusFuture
 
-__all__ = ["Node", "NodeWiring", "RouterJournal"]
+__all__ = ["Node", "NodeWiring", "RouterJournal", "start_node"]
 
 
 class RouterJournal:
@@ -182,3 +184,37 @@ class Node:
 
     def __repr__(self) -> str:
         return f"<Node {self.config.name} {self.endpoints}>"
+
+
+def start_node(
+    config: NodeConfig,
+    *,
+    router: RouterActor,
+    journal: FifoMailbox | None,
+    inject: Callable[[Sequence[Event]], None],
+    flush: Callable[[float | None], None],
+    publish: Callable[[Event], BusFuture[Event]],
+    metrics: Callable[[], BusMetrics],
+    prepare: Callable[[Event | str, Any, dict[str, Any]], Event],
+    check_open: Callable[[], None],
+) -> tuple[Bridge, Node, EventSizeCheck]:
+    """Start the bridge of a bus; return it, the bus's ``Node`` handle and its size check.
+
+    The bridge records what the router routes and learns the local patterns
+    from it.  Raises what ``Bridge`` raises (nothing is left running then).
+    """
+    inbox = router.actor_inbox
+    wiring = NodeWiring(
+        name=config.name,
+        first_sequence=router.next_sequence,
+        router=inbox,
+        journal=RouterJournal(inbox, journal) if journal is not None else None,
+        inject=inject,
+        flush=flush,
+        publish=publish,
+        metrics=metrics,
+    )
+    bridge = Bridge(wiring, config)
+    router.add_recorder(bridge.recorder)
+    router.route_listeners.append(bridge.on_local_patterns)
+    return bridge, Node(bridge, config, prepare, check_open), EventSizeCheck(config.max_frame_bytes)

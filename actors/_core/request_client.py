@@ -16,10 +16,18 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from actors._core.messages import Barrier
-from actors._core.requests import Pending, Requester, check_request_type, publish_through
+from actors._core.requests import (
+    Pending,
+    Requester,
+    Responder,
+    check_request_type,
+    publish_through,
+    reply_result,
+    timeout_error,
+)
+from actors._core.subscriber import Subscription
 from actors._errors import FutureTimeoutError
 from actors._model.event import Event
-from actors._model.filter import FilterLike
 from actors._model.metrics import BridgeStatistics
 from actors._runtime.dispatcher import FifoMailbox
 from actors._runtime.future import BusFuture
@@ -54,7 +62,7 @@ class RequestClient:
     def __init__(
         self,
         *,
-        subscribe: Callable[[str, Callable[[Event], Any], FilterLike], object],
+        subscribe: Callable[..., Subscription],
         prepare: Callable[[Event | str, Any, dict[str, Any]], Event],
         publish: Publish,
         publish_remote: Callable[..., Event],
@@ -66,7 +74,8 @@ class RequestClient:
         self._publish_remote = publish_remote
         self._router = router
         self._bridge = bridge
-        self.requester = Requester(subscribe)
+        self._subscribe = subscribe
+        self.requester = Requester(lambda p, h, w: subscribe(p, h, filter=w))
         self._lock = threading.Lock()
 
     def prepare(self, event_type: str, data: Any, fields: dict[str, Any]) -> tuple[Event, bool]:
@@ -79,6 +88,41 @@ class RequestClient:
         if new and not has_peers:
             self.requester.synced(event.event_type)  # no peers: nothing to wait for
         return event, new and has_peers
+
+    def respond(
+        self, pattern: str, fn: Callable[[Event], Any], source: str | None, options: dict[str, Any]
+    ) -> Subscription:
+        """Subscribe ``fn`` as a responder (see ``EventBus.respond``)."""
+        responder = Responder(fn, self._publish, self.requester.table, source=source)
+        return self._subscribe(pattern, responder.handler, **options)
+
+    def request(
+        self,
+        event_type: str,
+        data: Any,
+        fields: dict[str, Any],
+        timeout: float | None,
+        node: str | None,
+    ) -> Event:
+        """Publish a request; return the first reply (see ``EventBus.request``)."""
+        event, pending, left = self.send(event_type, data, fields, 1, timeout, node)
+        replies = self.requester.wait(pending, left)
+        if not replies:
+            raise timeout_error(event, timeout)
+        return reply_result(replies[0])
+
+    def request_all(  # noqa: PLR0917 - the public form's arguments, in their order
+        self,
+        event_type: str,
+        data: Any,
+        fields: dict[str, Any],
+        timeout: float | None,
+        max_replies: int | None,
+        node: str | None,
+    ) -> list[Event]:
+        """Publish a request; return every reply within ``timeout`` (``EventBus.request_all``)."""
+        _, pending, left = self.send(event_type, data, fields, max_replies, timeout, node)
+        return self.requester.wait(pending, left)
 
     def send(  # noqa: PLR0917 - the public forms' arguments, in their order
         self,

@@ -1,0 +1,91 @@
+"""Requests and replies on a bus: ``respond``, ``request``, ``request_all`` (``docs/requests.md``).
+
+``EventBus`` takes these methods from ``RequestReply``; the logic is the
+bus's ``RequestClient`` (``actors._core.request_client``), built on ordinary
+events, so requests and replies are journaled, traced and cross nodes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from actors._core.request_client import RequestClient
+from actors._core.subscriber import Subscription
+from actors._model.event import Event
+
+__all__ = ["RequestReply"]
+
+
+class RequestReply:
+    """The request/reply methods of ``EventBus`` (its ``_requests`` does the work)."""
+
+    _requests: RequestClient
+
+    def _check_open(self) -> None:
+        raise NotImplementedError
+
+    @property
+    def request_client(self) -> RequestClient:
+        """Return the bus's requesting side (for ``AsyncEventBus``; not a stable API)."""
+        return self._requests
+
+    def respond(
+        self,
+        pattern: str,
+        fn: Callable[[Event], Any],
+        *,
+        source: str | None = None,
+        **subscribe_options: Any,
+    ) -> Subscription:
+        """Subscribe ``fn`` as a responder: its return value becomes the reply event.
+
+        The reply is ``<request type>.reply`` (``.error`` with the exception's
+        type and message if ``fn`` raises; no retry, no dead letter), caused by
+        the request, in its correlation, targeted at its source, with
+        ``source``.  ``async def`` works as for handlers.  Takes the options of
+        ``subscribe``.
+        """
+        return self._requests.respond(pattern, fn, source, subscribe_options)
+
+    def request(
+        self,
+        event_type: str,
+        data: Any = None,
+        *,
+        timeout: float | None = 5.0,
+        node: str | None = None,
+        **fields: Any,
+    ) -> Event:
+        """Publish a request and return the first reply event.
+
+        Blocks up to ``timeout`` seconds, then raises ``RequestTimeoutError``;
+        an error reply raises ``RemoteHandlerError``.  ``node`` has that
+        connected node publish the request (``publish_remote``).  Also raises
+        what ``publish`` raises, and ``BackpressureError`` when too many
+        requests wait at once.
+        """
+        self._check_open()
+        return self._requests.request(event_type, data, fields, timeout, node)
+
+    def request_all(
+        self,
+        event_type: str,
+        data: Any = None,
+        *,
+        timeout: float = 5.0,
+        max_replies: int | None = None,
+        node: str | None = None,
+        **fields: Any,
+    ) -> list[Event]:
+        """Publish a request; return every reply (``.error`` ones too) within ``timeout``.
+
+        Returns as soon as ``max_replies`` arrived, else after ``timeout``
+        (never raises ``RequestTimeoutError``: no reply is an empty list).
+        """
+        self._check_open()
+        return self._requests.request_all(event_type, data, fields, timeout, max_replies, node)
+
+    def pending_requests(self) -> int:
+        """Return how many requests wait for replies now (bounded; see ``docs/requests.md``)."""
+        return len(self._requests.requester.table)

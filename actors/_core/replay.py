@@ -1,0 +1,58 @@
+"""Replay: stored events re-delivered to one handler, in order, at an optional speed."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from typing import Any
+
+from actors._core.subscriber import current_event
+from actors._model.event import Event
+from actors._model.query import EventQuery
+
+__all__ = ["iter_query", "replay"]
+
+
+def iter_query(
+    read: Callable[[EventQuery], list[Event]], query: EventQuery, page_size: int
+) -> Iterator[Event]:
+    """Yield a query's events page by page (bounded memory for big replays)."""
+    if query.descending or query.limit is not None:
+        yield from read(query)
+        return
+    after = query.after_sequence
+    while True:
+        page = read(replace(query, after_sequence=after, limit=page_size))
+        yield from page
+        if len(page) < page_size:
+            return
+        after = page[-1].sequence
+
+
+def replay(events: Iterator[Event], handler: Callable[[Event], Any], speed: float | None) -> int:
+    """Call ``handler`` with each event, as if handling it; return how many.
+
+    ``speed=1.0`` keeps the original spacing between the events' timestamps
+    (2.0 twice as fast); None delivers as fast as possible.  An exception from
+    ``handler`` stops the replay and propagates.
+    """
+    count = 0
+    started: float | None = None
+    first_ts: float | None = None
+    for event in events:
+        if speed is not None:
+            ts = event.timestamp.timestamp()
+            if started is None or first_ts is None:
+                started, first_ts = time.monotonic(), ts
+            else:
+                delay = started + (ts - first_ts) / speed - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+        token = current_event.set(event)
+        try:
+            handler(event)
+        finally:
+            current_event.reset(token)
+        count += 1
+    return count

@@ -1,0 +1,73 @@
+"""Stop a bus's actors within one deadline, and say what was abandoned.
+
+Subscribers, router and correlation first; the journal last, so the router's
+final records reach it (the journal closes its storage).  Handlers get until
+the deadline; the bus's own actors run no user code, so they get a short
+grace beyond it.  A thread stuck in a handler is never joined past the
+deadline: it is a daemon thread, abandoned, and its subscription is reported.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from actors._core.wiring import Core
+from actors._model.metrics import SubscriptionStatistics
+from actors._runtime.dispatcher import DispatchedActor, Dispatcher
+from actors._runtime.shutdown import Deadline, send_stop, wait_stopped
+
+__all__ = ["stop_actors"]
+
+logger = logging.getLogger("actors.bus")
+
+
+def stop_actors(
+    core: Core,
+    *,
+    system: Dispatcher,
+    deadline: Deadline,
+    grace: float,
+    wait: bool,
+    bridge_close: Callable[[float | None], None] | None,
+    journal: DispatchedActor | None,
+) -> tuple[SubscriptionStatistics, ...]:
+    """Stop every actor of ``core`` (and the journal); return the subscriptions given up on."""
+    subs = core.take_subscribers()
+    unfinished = [
+        stats for stats in (a.statistics() for a in subs) if stats.queued or stats.in_flight
+    ]
+    for actor in subs:
+        actor.abandoned = True  # nothing more is handled once close gives up
+    own_deadline = deadline.extended(grace)
+    if bridge_close is not None:
+        bridge_close(own_deadline.remaining())
+    told = send_stop(a.actor_ref for a in subs)
+    late = wait_stopped(send_stop(core.refs()), own_deadline) if wait else []
+    if journal is not None:
+        own = send_stop([journal.actor_ref])
+        late += wait_stopped(own, own_deadline) if wait else []
+        journal.actor_dispatcher.shutdown(own_deadline.remaining())
+    for ref in late:
+        logger.warning("close(): %s did not stop in time; abandoned", ref)
+    running = {ref.actor_urn for ref in (wait_stopped(told, deadline) if wait else [])}
+    for actor in subs:
+        if actor.actor_dispatcher is not core.dispatcher:
+            actor.actor_dispatcher.shutdown(deadline.remaining())
+    core.dispatcher.shutdown(deadline.remaining())
+    system.shutdown(own_deadline.remaining())
+    core.stop_loop()
+    urns = {a.sub_id: a.actor_urn for a in subs}
+    for stats in unfinished:
+        still = urns[stats.id] in running
+        logger.warning(
+            "close(): gave up on subscription %s (%r) with %d event(s) unhandled "
+            "(%d queued, %d in flight)%s",
+            stats.id,
+            stats.pattern,
+            stats.queued + stats.in_flight,
+            stats.queued,
+            stats.in_flight,
+            "; its handler is still running and is abandoned" if still else "",
+        )
+    return tuple(unfinished)
