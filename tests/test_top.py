@@ -215,6 +215,20 @@ def test_render_shows_rates_between_two_readings_and_the_figures() -> None:
     first = Console(width=110, record=True, file=open(os.devnull, "w"))  # noqa: SIM115
     first.print(render(before, None))
     assert "rate 7/s" in first.export_text()  # the node's own last-second figure
+    blocked_sub = replace(now.metrics.per_subscription[0], blocked=True, blocked_seconds=12.5)
+    blocked = sample(
+        replace(
+            now.metrics, per_subscription=(blocked_sub,), blocked_handlers=1, handler_threads=3
+        ),
+        {},
+        13.0,
+        "hub",
+    )
+    wide = Console(width=140, record=True, file=open(os.devnull, "w"))  # noqa: SIM115
+    wide.print(render(blocked, now))
+    text = wide.export_text()
+    assert "blocked handlers 1 of 3 threads" in text
+    assert re.search(r"sub-1 .*│\s+12\.5 s", text)
     stale = Console(width=110, record=True, file=open(os.devnull, "w"))  # noqa: SIM115
     stale.print(render(now, None, "node 'hub' is not answering"))
     assert stale.export_text().startswith("node 'hub' is not answering")

@@ -71,6 +71,12 @@ def _fmt_seconds(value: float | None) -> str:
     return f"{value * 1000:.2f} ms" if value < 1 else f"{value:.2f} s"
 
 
+def _fmt_blocked(blocked: bool, seconds: float) -> str:
+    if not blocked:
+        return "-"
+    return f"{seconds:.1f} s"
+
+
 def render(now: Sample, before: Sample | None, note: str = "") -> RenderableType:
     """Return the screen for ``now`` (rates against ``before``, the previous reading).
 
@@ -93,6 +99,10 @@ def render(now: Sample, before: Sample | None, note: str = "") -> RenderableType
         f"peak {_fmt_rate(m.peak_events_per_second)}",
         f"delivered {_fmt_rate(delivered)}",
         f"subscriptions {m.subscriptions}",
+        Text(
+            f"blocked handlers {m.blocked_handlers} of {m.handler_threads} threads",
+            style="red" if m.blocked_handlers else "",
+        ),
     )
     head.add_row(
         f"published {m.published:,}",
@@ -110,7 +120,7 @@ def render(now: Sample, before: Sample | None, note: str = "") -> RenderableType
     )
     subs = Table(title="subscriptions", title_justify="left", expand=True)
     columns = ("id", "pattern", "queued", "capacity", "rate", "delivered", "dropped", "errors")
-    for column in (*columns, "dead"):
+    for column in (*columns, "dead", "blocked"):
         subs.add_column(column, justify="left" if column in ("id", "pattern") else "right")
     for s in m.per_subscription:
         previous = before.sub_delivered.get(s.id) if before is not None else None
@@ -126,6 +136,7 @@ def render(now: Sample, before: Sample | None, note: str = "") -> RenderableType
             f"{s.dropped:,}",
             f"{s.errors:,}",
             f"{s.dead_letters:,}",
+            Text(_fmt_blocked(s.blocked, s.blocked_seconds), style="red" if s.blocked else ""),
         )
     peers = Table(title="peers", title_justify="left", expand=True)
     for column in ("node", "state", "heard"):
