@@ -331,10 +331,14 @@ def paced(
     The sender never waits for receivers; when it is behind it sends every
     overdue event at once.  Two kinds of publisher (SPEC section 11):
 
-    - ``"cooperative"``: an application that does I/O between sends.  It
-      yields the GIL after every send (``time.sleep(0)``) and, when ahead,
-      sleeps until the next scheduled time.  Sleep overshoot (~50-100 us on
-      Linux) shows up as latency: it is charged to the measurement.
+    - ``"cooperative"``: an application that waits on I/O between sends.
+      Whenever it is ahead of schedule it sleeps until the next scheduled
+      time, releasing the GIL, as a thread blocked on a socket does.  Sleep
+      overshoot (~50-100 us on Linux) shows up as latency: it is charged to
+      the measurement.  (A ``time.sleep(0)`` after *every* send, even in a
+      catch-up burst, forces a GIL round trip through every busy thread per
+      event; it measures the interpreter's hand-off cost, about 200 us here
+      with three threads busy, not the bus.)
     - ``"busy"``: a CPU-bound loop that never yields; when ahead it spins on
       the clock.  Other threads run only when the interpreter forces a switch
       (every 5 ms by default), which bounds what any bus can do for it.
@@ -361,8 +365,6 @@ def paced(
             while i < stop:
                 send(i)
                 i += 1
-                if cooperative:
-                    sleep(0)
         elif cooperative:
             sleep(start + i * interval - now)
     end = pc()
