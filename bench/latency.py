@@ -134,7 +134,8 @@ def run(params: Params) -> Result:
                 "handler": "trivial: appends perf_counter() - scheduled send time",
                 "payload": f"~{EVENT_BYTES} bytes encoded, events pre-built",
                 "sender": "open loop, one bus.publish(event) per event, bursts when behind; "
-                "cooperative: sleep(0) after each send and sleeps when ahead (at every rate); "
+                "cooperative: sleeps until the next send when ahead, releasing the GIL "
+                "(at every rate); "
                 f"busy: never yields, spins when ahead (at {BUSY_RATES})",
                 "mailbox capacity": "whole run (no drops: falling behind shows as latency)",
                 "journal": f"off, and on: async durability in a temp dir on {disk['device']} "
