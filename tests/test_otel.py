@@ -280,8 +280,12 @@ def test_spans_reach_an_otlp_http_receiver_through_the_real_exporter() -> None:
         with EventBus() as bus:
             instrumentation = instrument(bus, provider)
             bus.subscribe("wf.start", lambda e: bus.publish("wf.next", 1) and None)
-            bus.subscribe("wf.next", Collector())
+            nexts = Collector(expected=1)
+            bus.subscribe("wf.next", nexts)
             start = bus.publish_correlated("wf.start", 0, cid).get(timeout=WAIT)
+            # flush() covers wf.start; wf.next is published by its handler
+            # meanwhile: wait for it, then flush again so its turn (and span) ended.
+            assert nexts.done.wait(WAIT)
             bus.flush(timeout=WAIT)
             instrumentation.uninstrument()
         assert provider.force_flush(int(WAIT * 1000))
