@@ -20,7 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, Protocol
 
-from actors._model.metrics import _COUNTERS, _HELP, BusMetrics, to_prometheus
+from actors._model.metrics import COUNTER_METRICS, METRIC_HELP, BusMetrics, to_prometheus
 
 __all__ = ["MetricsServer", "MetricsSource", "prometheus_client_available"]
 
@@ -62,9 +62,9 @@ class BusCollector:
         )
 
         m = self.source.metrics()
-        for name, doc in _HELP.items():
+        for name, doc in METRIC_HELP.items():
             value = getattr(m, name)
-            if name in _COUNTERS:
+            if name in COUNTER_METRICS:
                 yield CounterMetricFamily(f"{PREFIX}_{name}", doc, value=value)
             else:
                 yield GaugeMetricFamily(f"{PREFIX}_{name}", doc, value=value)

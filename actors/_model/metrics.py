@@ -11,7 +11,9 @@ __all__ = [
     "BridgeStatistics",
     "Counters",
     "BusMetrics",
+    "COUNTER_METRICS",
     "LatencyWindow",
+    "METRIC_HELP",
     "RateMeter",
     "SubscriptionStatistics",
     "to_prometheus",
@@ -151,7 +153,8 @@ class RateMeter:
         self._count = 0
 
 
-_HELP = {
+# The exported BusMetrics fields and their HELP text (Prometheus text and client forms).
+METRIC_HELP = {
     "published": "Events accepted and sequenced by the bus.",
     "delivered": "Events handed to handlers.",
     "dropped": "Events dropped by full mailboxes.",
@@ -171,7 +174,8 @@ _HELP = {
     "journal_lost_events": "Acknowledged events a damaged journal no longer held at open.",
 }
 
-_COUNTERS = {
+# Those of them exported as counters (``*_total``); the rest are gauges.
+COUNTER_METRICS = {
     "published",
     "delivered",
     "dropped",
@@ -195,11 +199,15 @@ def to_prometheus(metrics: BusMetrics, *, prefix: str = "llmspell_events") -> st
     for f in fields(metrics):
         name = f.name
         value: Any = getattr(metrics, name)
-        if name not in _HELP or value is None:
+        if name not in METRIC_HELP or value is None:
             continue
-        kind = "counter" if name in _COUNTERS else "gauge"
+        kind = "counter" if name in COUNTER_METRICS else "gauge"
         metric = f"{prefix}_{name}_total" if kind == "counter" else f"{prefix}_{name}"
-        lines += [f"# HELP {metric} {_HELP[name]}", f"# TYPE {metric} {kind}", f"{metric} {value}"]
+        lines += [
+            f"# HELP {metric} {METRIC_HELP[name]}",
+            f"# TYPE {metric} {kind}",
+            f"{metric} {value}",
+        ]
     lat = f"{prefix}_latency_seconds"
     lines += [
         f"# HELP {lat} Publish-to-handler latency over the recent window.",
