@@ -418,6 +418,13 @@ class Counters:
             done.clear()
         self.goal = goal
 
+    def warm_up(self, bus: Any, events: Sequence[Event], goal: int) -> None:
+        """Deliver ``events`` once (code paths, route cache), then arm for ``goal``."""
+        self.arm(len(events))
+        bus.publish_many(events)
+        self.wait(60)
+        self.arm(goal)
+
     def wait(self, timeout: float) -> None:
         """Block until every subscription reached the goal (``TimeoutError`` after ``timeout``)."""
         for done in self.dones:

@@ -57,10 +57,7 @@ def measure(events: Sequence[Event], blocked: int) -> dict[str, float]:
                 time.sleep(0.01)  # the watchdog reports them within 1.5 x 0.1 s
         all_blocked = time.perf_counter() - t0
         warm = min(1000, n)
-        counters.arm(warm)
-        bus.publish_many(events[:warm])
-        counters.wait(60)
-        counters.arm(n)
+        counters.warm_up(bus, events[:warm], n)
         publish = bus.publish
         errors = 0
         gc.collect()

@@ -43,10 +43,7 @@ def measure(events: Sequence[Event], patterns: int) -> dict[str, float]:
         bus.flush(timeout=120)
         setup = time.perf_counter() - t0
         warm = min(1000, n)
-        counters.arm(warm)
-        bus.publish_many(events[:warm])
-        counters.wait(60)
-        counters.arm(n)
+        counters.warm_up(bus, events[:warm], n)
         publish = bus.publish
         gc.collect()  # the previous bus's 10,000 actors are garbage now
         start = time.perf_counter()

@@ -46,10 +46,7 @@ def bus_throughput(
             # is counted; the clock stops at the last handler call anyway.
             bus.subscribe("bench.*", h, capacity=n + warm)
         # Warm up (code paths, route cache) before the timed part.
-        counters.arm(warm)
-        bus.publish_many(events[:warm])
-        counters.wait(60)
-        counters.arm(n)
+        counters.warm_up(bus, events[:warm], n)
         publish = bus.publish
         gc.collect()  # garbage of earlier measurements is not this one's cost
         start = time.perf_counter()
