@@ -45,6 +45,7 @@ __all__ = [
     "print_header",
     "receive",
     "rss_bytes",
+    "run_for",
     "scratch_dir",
 ]
 
@@ -430,6 +431,40 @@ class Counters:
         for done in self.dones:
             if not done.wait(timeout):
                 raise TimeoutError(f"only {self.counts} of {self.goal} events arrived")
+
+
+def run_for(
+    seconds: float, workers: int, make_step: Callable[[int], Callable[[int], Any]]
+) -> float:
+    """Return calls per second of ``workers`` threads each calling its step for ``seconds``.
+
+    Worker ``k`` calls ``make_step(k)`` once, then its step with 0, 1, 2, ...
+    The workers start together on a barrier; the clock runs from their release
+    to the last join, so a call still running at the deadline counts in full.
+    """
+    counts = [0] * workers
+    barrier = threading.Barrier(workers + 1)
+    stop_at = [0.0]
+
+    def work(k: int) -> None:
+        step = make_step(k)
+        pc = time.perf_counter
+        barrier.wait()
+        i = 0
+        while pc() < stop_at[0]:
+            step(i)
+            i += 1
+        counts[k] = i
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(workers)]
+    for t in threads:
+        t.start()
+    start = time.perf_counter()
+    stop_at[0] = start + seconds
+    barrier.wait()
+    for t in threads:
+        t.join()
+    return sum(counts) / (time.perf_counter() - start)
 
 
 def receive(conn: Any, proc: Any, timeout: float, what: str) -> Any:
