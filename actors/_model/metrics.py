@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 __all__ = [
+    "BRIDGE_COUNTERS",
     "BridgeStatistics",
     "Counters",
     "BusMetrics",
@@ -15,6 +16,7 @@ __all__ = [
     "LatencyWindow",
     "METRIC_HELP",
     "RateMeter",
+    "SUBSCRIPTION_GAUGES",
     "SubscriptionStatistics",
     "to_prometheus",
 ]
@@ -188,6 +190,34 @@ COUNTER_METRICS = {
     "journal_corrupt_records",
 }
 
+# The BridgeStatistics fields exported as counters (``*_bridge_<name>_total``).
+BRIDGE_COUNTERS = (
+    "frames_sent",
+    "frames_received",
+    "frames_dropped",
+    "events_received",
+    "events_recovered",
+    "gaps",
+    "gaps_unrecovered",
+    "duplicates",
+    "auth_refused",
+    "events_too_large",
+    "frames_too_large",
+    "sequences_rejected",
+    "hellos_refused",
+)
+
+# The SubscriptionStatistics fields exported as gauges (``id`` and ``pattern`` labels).
+SUBSCRIPTION_GAUGES = (
+    "delivered",
+    "dropped",
+    "errors",
+    "queued",
+    "in_flight",
+    "capacity",
+    "blocked",
+)
+
 
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
@@ -230,21 +260,7 @@ def to_prometheus(metrics: BusMetrics, *, prefix: str = "llmspell_events") -> st
         ]
     if metrics.bridge is not None:
         bridge = metrics.bridge
-        for name in (
-            "frames_sent",
-            "frames_received",
-            "frames_dropped",
-            "events_received",
-            "events_recovered",
-            "gaps",
-            "gaps_unrecovered",
-            "duplicates",
-            "auth_refused",
-            "events_too_large",
-            "frames_too_large",
-            "sequences_rejected",
-            "hellos_refused",
-        ):
+        for name in BRIDGE_COUNTERS:
             metric = f"{prefix}_bridge_{name}_total"
             lines += [
                 f"# HELP {metric} ZeroMQ bridge: {name.replace('_', ' ')}.",
@@ -257,15 +273,7 @@ def to_prometheus(metrics: BusMetrics, *, prefix: str = "llmspell_events") -> st
             f"# TYPE {metric} gauge",
             f"{metric} {len(bridge.peers_alive)}",
         ]
-    for stat_name in (
-        "delivered",
-        "dropped",
-        "errors",
-        "queued",
-        "in_flight",
-        "capacity",
-        "blocked",
-    ):
+    for stat_name in SUBSCRIPTION_GAUGES:
         metric = f"{prefix}_subscription_{stat_name}"
         lines += [f"# HELP {metric} Per-subscription {stat_name}.", f"# TYPE {metric} gauge"]
         for s in metrics.per_subscription:
