@@ -70,14 +70,19 @@ def test_reopen_continues_sequences(open_bus: Callable[..., EventBus]) -> None:
     assert [e.id for e in stored] == [e.id for e in [*first, second]]
 
 
-def test_sequences_continue_after_retention_trimmed_everything(
-    open_bus: Callable[..., EventBus],
-) -> None:
+def _journal_of_old_events(open_bus: Callable[..., EventBus]) -> int:
+    """Leave a closed journal of four 400-day-old events; return the last sequence."""
     bus = open_bus()
     old = T0 - timedelta(days=400)
     stored = publish_all(bus, [Event(event_type="old.e", timestamp=old) for _ in range(4)])
-    high = stored[-1].sequence or 0
     bus.close()
+    return stored[-1].sequence or 0
+
+
+def test_sequences_continue_after_retention_trimmed_everything(
+    open_bus: Callable[..., EventBus],
+) -> None:
+    high = _journal_of_old_events(open_bus)
     bus = open_bus(retention_days=30)  # trims all four at open
     assert bus.query(EventQuery()) == []
     assert (bus.publish("new.e").get(timeout=10).sequence or 0) > high
@@ -86,11 +91,7 @@ def test_sequences_continue_after_retention_trimmed_everything(
 def test_sequences_continue_after_reopening_a_trimmed_journal_twice(
     open_bus: Callable[..., EventBus],
 ) -> None:
-    bus = open_bus()
-    old = T0 - timedelta(days=400)
-    stored = publish_all(bus, [Event(event_type="old.e", timestamp=old) for _ in range(4)])
-    high = stored[-1].sequence or 0
-    bus.close()
+    high = _journal_of_old_events(open_bus)
     open_bus(retention_days=30).close()  # trims everything, publishes nothing
     bus = open_bus(retention_days=30)
     assert (bus.publish("new.e").get(timeout=10).sequence or 0) > high
