@@ -66,17 +66,20 @@ def _ask_and_check(bus: EventBus) -> None:
     assert bus.pending_requests() == 0
 
 
+def _linked_responder(bus: EventBus, children: list[Responder], **config: Any) -> Responder:
+    """Start node ``b`` answering ``svc.*``; return once requests from ``bus`` reach it."""
+    child = Responder(name="b", pattern="svc.*", **config)
+    children.append(child)
+    assert bus.wait_for_peers(["b"], WAIT)  # b is linked
+    child.ask("sync a", "synced")  # we know b's responder: requests reach it
+    return child
+
+
 def test_request_answered_by_another_process_over_a_mesh(children: list[Responder]) -> None:
     with EventBus(node=NodeConfig(name="a", listen="tcp://127.0.0.1:*")) as bus:
-        child = Responder(
-            name="b",
-            listen="tcp://127.0.0.1:*",
-            peers=[bus.endpoints["request"]],
-            pattern="svc.*",
+        child = _linked_responder(
+            bus, children, listen="tcp://127.0.0.1:*", peers=[bus.endpoints["request"]]
         )
-        children.append(child)
-        assert bus.wait_for_peers(["b"], WAIT)  # b is linked
-        child.ask("sync a", "synced")  # we know b's responder: requests reach it
         _ask_and_check(bus)
         child.close()
 
@@ -86,25 +89,16 @@ def test_request_answered_through_a_broker(children: list[Responder]) -> None:
         Broker("tcp://127.0.0.1:*") as broker,
         EventBus(node=NodeConfig(name="a", peers=(broker.endpoint,))) as bus,
     ):
-        child = Responder(name="b", peers=[broker.endpoint], pattern="svc.*")
-        children.append(child)
-        assert bus.wait_for_peers(["b"], WAIT)
-        child.ask("sync a", "synced")
+        child = _linked_responder(bus, children, peers=[broker.endpoint])
         _ask_and_check(bus)
         child.close()
 
 
 def test_request_to_a_dead_responder_node_times_out_cleanly(children: list[Responder]) -> None:
     with EventBus(node=NodeConfig(name="a", listen="tcp://127.0.0.1:*")) as bus:
-        child = Responder(
-            name="b",
-            listen="tcp://127.0.0.1:*",
-            peers=[bus.endpoints["request"]],
-            pattern="svc.*",
+        child = _linked_responder(
+            bus, children, listen="tcp://127.0.0.1:*", peers=[bus.endpoints["request"]]
         )
-        children.append(child)
-        assert bus.wait_for_peers(["b"], WAIT)
-        child.ask("sync a", "synced")
         assert bus.request("svc.echo", 1, timeout=WAIT).data == {"node": "b", "echo": 1}
         child.kill()
         with pytest.raises(RequestTimeoutError):
