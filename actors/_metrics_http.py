@@ -20,7 +20,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, Protocol
 
-from actors._model.metrics import _COUNTERS, _HELP, BusMetrics, to_prometheus
+from actors._model.metrics import (
+    BRIDGE_COUNTERS,
+    COUNTER_METRICS,
+    METRIC_HELP,
+    SUBSCRIPTION_GAUGES,
+    BusMetrics,
+    to_prometheus,
+)
 
 __all__ = ["MetricsServer", "MetricsSource", "prometheus_client_available"]
 
@@ -62,9 +69,9 @@ class BusCollector:
         )
 
         m = self.source.metrics()
-        for name, doc in _HELP.items():
+        for name, doc in METRIC_HELP.items():
             value = getattr(m, name)
-            if name in _COUNTERS:
+            if name in COUNTER_METRICS:
                 yield CounterMetricFamily(f"{PREFIX}_{name}", doc, value=value)
             else:
                 yield GaugeMetricFamily(f"{PREFIX}_{name}", doc, value=value)
@@ -91,17 +98,7 @@ class BusCollector:
             )
         if m.bridge is not None:
             b = m.bridge
-            for name in (
-                "frames_sent",
-                "frames_received",
-                "frames_dropped",
-                "events_received",
-                "events_recovered",
-                "gaps",
-                "gaps_unrecovered",
-                "duplicates",
-                "auth_refused",
-            ):
+            for name in BRIDGE_COUNTERS:
                 doc = f"ZeroMQ bridge: {name.replace('_', ' ')}."
                 yield CounterMetricFamily(f"{PREFIX}_bridge_{name}", doc, value=getattr(b, name))
             yield GaugeMetricFamily(
@@ -109,14 +106,14 @@ class BusCollector:
                 "Peers heard within the heartbeat timeout.",
                 value=len(b.peers_alive),
             )
-        for stat in ("delivered", "dropped", "errors", "queued", "capacity"):
+        for stat in SUBSCRIPTION_GAUGES:
             family = GaugeMetricFamily(
                 f"{PREFIX}_subscription_{stat}",
                 f"Per-subscription {stat}.",
                 labels=["id", "pattern"],
             )
             for s in m.per_subscription:
-                family.add_metric([s.id, s.pattern], getattr(s, stat))
+                family.add_metric([s.id, s.pattern], int(getattr(s, stat)))
             yield family
 
 

@@ -17,15 +17,20 @@ import os
 import platform
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from actors import Event
 
 __all__ = [
     "EVENT_BYTES",
+    "Counters",
     "Figure",
     "Params",
     "Result",
@@ -40,6 +45,7 @@ __all__ = [
     "print_header",
     "receive",
     "rss_bytes",
+    "run_for",
     "scratch_dir",
 ]
 
@@ -379,6 +385,88 @@ def paced(
         "lag_p99": lag["p99"],
         "lag_max": lag["max"],
     }
+
+
+class Counters:
+    """One counter per subscription; each sets its ``threading.Event`` at ``goal``.
+
+    Each subscription's handler runs on one thread at a time, but different
+    subscriptions run concurrently: hence one counter each.
+    """
+
+    def __init__(self, subscriptions: int) -> None:
+        self.goal = 0
+        self.counts = [0] * subscriptions
+        self.finished = [0.0] * subscriptions
+        self.dones = [threading.Event() for _ in range(subscriptions)]
+        self.handlers = [self._make(k) for k in range(subscriptions)]
+
+    def _make(self, k: int) -> Callable[[Event], None]:
+        counts = self.counts
+        done = self.dones[k]
+        pc = time.perf_counter
+
+        def handler(_event: Event) -> None:
+            counts[k] += 1
+            if counts[k] == self.goal:
+                self.finished[k] = pc()
+                done.set()
+
+        return handler
+
+    def arm(self, goal: int) -> None:
+        """Start counting towards ``goal`` (call only while no event is in flight)."""
+        for k, done in enumerate(self.dones):
+            self.counts[k] = 0
+            done.clear()
+        self.goal = goal
+
+    def warm_up(self, bus: Any, events: Sequence[Event], goal: int) -> None:
+        """Deliver ``events`` once (code paths, route cache), then arm for ``goal``."""
+        self.arm(len(events))
+        bus.publish_many(events)
+        self.wait(60)
+        self.arm(goal)
+
+    def wait(self, timeout: float) -> None:
+        """Block until every subscription reached the goal (``TimeoutError`` after ``timeout``)."""
+        for done in self.dones:
+            if not done.wait(timeout):
+                raise TimeoutError(f"only {self.counts} of {self.goal} events arrived")
+
+
+def run_for(
+    seconds: float, workers: int, make_step: Callable[[int], Callable[[int], Any]]
+) -> float:
+    """Return calls per second of ``workers`` threads each calling its step for ``seconds``.
+
+    Worker ``k`` calls ``make_step(k)`` once, then its step with 0, 1, 2, ...
+    The workers start together on a barrier; the clock runs from their release
+    to the last join, so a call still running at the deadline counts in full.
+    """
+    counts = [0] * workers
+    barrier = threading.Barrier(workers + 1)
+    stop_at = [0.0]
+
+    def work(k: int) -> None:
+        step = make_step(k)
+        pc = time.perf_counter
+        barrier.wait()
+        i = 0
+        while pc() < stop_at[0]:
+            step(i)
+            i += 1
+        counts[k] = i
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(workers)]
+    for t in threads:
+        t.start()
+    start = time.perf_counter()
+    stop_at[0] = start + seconds
+    barrier.wait()
+    for t in threads:
+        t.join()
+    return sum(counts) / (time.perf_counter() - start)
 
 
 def receive(conn: Any, proc: Any, timeout: float, what: str) -> Any:

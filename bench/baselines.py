@@ -23,7 +23,7 @@ from typing import Any
 
 import pykka
 
-from bench._common import EVENT_BYTES, latency_summary, paced, receive, scratch_dir
+from bench._common import EVENT_BYTES, latency_summary, paced, receive, run_for, scratch_dir
 
 __all__ = [
     "blinker_throughput",
@@ -336,33 +336,19 @@ def rocksdict_sync_puts(threads: int, seconds: float) -> float:
     import rocksdict  # noqa: PLC0415
 
     value = b"x" * EVENT_BYTES
-    counts = [0] * threads
     with scratch_dir("rocks-sync") as path:
         db = _open(path)
         opts = rocksdict.WriteOptions()
         opts.sync = True
-        barrier = threading.Barrier(threads + 1)
-        stop_at = [0.0]
 
-        def work(k: int) -> None:
-            barrier.wait()
-            i = 0
-            pc = time.perf_counter
-            while pc() < stop_at[0]:
+        def make_step(k: int) -> Callable[[int], None]:
+            def put(i: int) -> None:
                 wb = rocksdict.WriteBatch(raw_mode=True)
                 wb.put(struct.pack(">IQ", k, i), value)
                 db.write(wb, opts)
-                i += 1
-            counts[k] = i
 
-        workers = [threading.Thread(target=work, args=(k,)) for k in range(threads)]
-        for w in workers:
-            w.start()
-        start = time.perf_counter()
-        stop_at[0] = start + seconds
-        barrier.wait()
-        for w in workers:
-            w.join()
-        elapsed = time.perf_counter() - start
+            return put
+
+        rate = run_for(seconds, threads, make_step)
         db.close()
-    return sum(counts) / elapsed
+    return rate

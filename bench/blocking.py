@@ -25,8 +25,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from actors import Event, EventBus
-from bench._common import EVENT_BYTES, Figure, Params, Result, bench_event, median_dict
-from bench.throughput import _Counters
+from bench._common import EVENT_BYTES, Counters, Figure, Params, Result, bench_event, median_dict
 
 NAME = "blocking"
 BLOCKED = 16
@@ -36,7 +35,7 @@ SLEEP = 30.0
 def measure(events: Sequence[Event], blocked: int) -> dict[str, float]:
     """Return the counting subscription's events/s with ``blocked`` sleeping handlers."""
     n = len(events)
-    counters = _Counters(1)
+    counters = Counters(1)
     entered = threading.Semaphore(0)
 
     def sleeper(_event: Event) -> None:
@@ -58,10 +57,7 @@ def measure(events: Sequence[Event], blocked: int) -> dict[str, float]:
                 time.sleep(0.01)  # the watchdog reports them within 1.5 x 0.1 s
         all_blocked = time.perf_counter() - t0
         warm = min(1000, n)
-        counters.arm(warm)
-        bus.publish_many(events[:warm])
-        counters.wait(60)
-        counters.arm(n)
+        counters.warm_up(bus, events[:warm], n)
         publish = bus.publish
         errors = 0
         gc.collect()

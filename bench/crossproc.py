@@ -74,28 +74,26 @@ def bridge_problem() -> str | None:
 
 
 def _stats(bus: Any) -> dict[str, Any]:
-    """Return the bridge's counters for the record (diagnostics only; private API)."""
-    bridge = getattr(bus, "_bridge", None)
-    if bridge is None or not hasattr(bridge, "statistics"):
+    """Return the node's bridge counters for the record (diagnostics only)."""
+    if bus.node is None:
         return {}
-    stats = bridge.statistics()
-    return {
-        key: getattr(stats, key)
-        for key in (
-            "frames_sent",
-            "frames_unsent",
-            "frames_received",
-            "frames_dropped",
-            "events_received",
-            "events_delivered",
-            "events_recovered",
-            "gaps",
-            "gaps_recovered",
-            "gaps_unrecovered",
-            "duplicates",
-        )
-        if hasattr(stats, key)
-    }
+    stats = bus.node.statistics()
+    return {key: getattr(stats, key) for key in _RECORDED}
+
+
+_RECORDED = (
+    "frames_sent",
+    "frames_unsent",
+    "frames_received",
+    "frames_dropped",
+    "events_received",
+    "events_delivered",
+    "events_recovered",
+    "gaps",
+    "gaps_recovered",
+    "gaps_unrecovered",
+    "duplicates",
+)
 
 
 def _child(conn: Any, endpoint: str, batch_size: int) -> None:

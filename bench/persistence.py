@@ -20,9 +20,8 @@ from __future__ import annotations
 
 import gc
 import os
-import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from actors import Event, EventConfig, PersistentEventBus
@@ -35,6 +34,7 @@ from bench._common import (
     bench_event,
     disk_of,
     median_dict,
+    run_for,
     scratch_dir,
 )
 
@@ -67,34 +67,16 @@ def async_throughput(path: str, events: Sequence[Event], *, batch: int | None) -
 
 def sync_awaiting(path: str, events: Sequence[Event], publishers: int, seconds: float) -> float:
     """Return events/s of ``publishers`` threads each awaiting every ``sync`` publish."""
-    counts = [0] * publishers
     with _bus(path, "sync") as bus:
         bus.publish(events[0]).get(timeout=30)
-        barrier = threading.Barrier(publishers + 1)
-        stop_at = [0.0]
         share = len(events) // publishers
 
-        def work(k: int) -> None:
+        def make_step(k: int) -> Callable[[int], Any]:
             mine = events[k * share : (k + 1) * share]
             publish = bus.publish
-            pc = time.perf_counter
-            barrier.wait()
-            i = 0
-            while pc() < stop_at[0]:
-                publish(mine[i % share]).get(timeout=60)
-                i += 1
-            counts[k] = i
+            return lambda i: publish(mine[i % share]).get(timeout=60)
 
-        threads = [threading.Thread(target=work, args=(k,)) for k in range(publishers)]
-        for t in threads:
-            t.start()
-        start = time.perf_counter()
-        stop_at[0] = start + seconds
-        barrier.wait()
-        for t in threads:
-            t.join()
-        elapsed = time.perf_counter() - start
-    return sum(counts) / elapsed
+        return run_for(seconds, publishers, make_step)
 
 
 def sync_pipelined(path: str, events: Sequence[Event]) -> float:

@@ -18,8 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from actors import Event, EventBus
-from bench._common import EVENT_BYTES, Figure, Params, Result, bench_event, median_dict
-from bench.throughput import _Counters
+from bench._common import EVENT_BYTES, Counters, Figure, Params, Result, bench_event, median_dict
 
 NAME = "routing"
 PATTERN_COUNTS = (10, 1_000, 10_000)
@@ -34,7 +33,7 @@ def non_matching(k: int) -> str:
 def measure(events: Sequence[Event], patterns: int) -> dict[str, float]:
     """Return events/s through a bus with ``patterns`` non-matching subscriptions plus 1."""
     n = len(events)
-    counters = _Counters(1)
+    counters = Counters(1)
     with EventBus() as bus:
         t0 = time.perf_counter()
         for k in range(patterns):
@@ -44,10 +43,7 @@ def measure(events: Sequence[Event], patterns: int) -> dict[str, float]:
         bus.flush(timeout=120)
         setup = time.perf_counter() - t0
         warm = min(1000, n)
-        counters.arm(warm)
-        bus.publish_many(events[:warm])
-        counters.wait(60)
-        counters.arm(n)
+        counters.warm_up(bus, events[:warm], n)
         publish = bus.publish
         gc.collect()  # the previous bus's 10,000 actors are garbage now
         start = time.perf_counter()

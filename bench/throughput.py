@@ -12,9 +12,8 @@ loop with ``bus.publish(type, data)``, which builds each event).
 from __future__ import annotations
 
 import gc
-import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from actors import Event, EventBus
@@ -22,6 +21,7 @@ from bench import baselines
 from bench._common import (
     EVENT_BYTES,
     EVENT_TYPE,
+    Counters,
     Figure,
     Params,
     Result,
@@ -32,54 +32,13 @@ from bench._common import (
 NAME = "throughput"
 
 
-class _Counters:
-    """One counter per subscription; each sets its ``threading.Event`` at ``goal``.
-
-    Each subscription's handler runs on one thread at a time, but different
-    subscriptions run concurrently: hence one counter each.
-    """
-
-    def __init__(self, subscriptions: int) -> None:
-        self.goal = 0
-        self.counts = [0] * subscriptions
-        self.finished = [0.0] * subscriptions
-        self.dones = [threading.Event() for _ in range(subscriptions)]
-        self.handlers = [self._make(k) for k in range(subscriptions)]
-
-    def _make(self, k: int) -> Callable[[Event], None]:
-        counts = self.counts
-        done = self.dones[k]
-        pc = time.perf_counter
-
-        def handler(_event: Event) -> None:
-            counts[k] += 1
-            if counts[k] == self.goal:
-                self.finished[k] = pc()
-                done.set()
-
-        return handler
-
-    def arm(self, goal: int) -> None:
-        """Start counting towards ``goal`` (call only while no event is in flight)."""
-        for k, done in enumerate(self.dones):
-            self.counts[k] = 0
-            done.clear()
-        self.goal = goal
-
-    def wait(self, timeout: float) -> None:
-        """Block until every subscription reached the goal (``TimeoutError`` after ``timeout``)."""
-        for done in self.dones:
-            if not done.wait(timeout):
-                raise TimeoutError(f"only {self.counts} of {self.goal} events arrived")
-
-
 def bus_throughput(
     events: Sequence[Event], subscriptions: int, mode: str, batch: int = 1000
 ) -> dict[str, float]:
     """Return events/s and deliveries/s of one fresh bus (``mode``: publish, many, shorthand)."""
     n = len(events)
     warm = min(1000, n)
-    counters = _Counters(subscriptions)
+    counters = Counters(subscriptions)
     with EventBus() as bus:
         for h in counters.handlers:
             # Room for the whole run: a subscriber that falls behind the
@@ -87,10 +46,7 @@ def bus_throughput(
             # is counted; the clock stops at the last handler call anyway.
             bus.subscribe("bench.*", h, capacity=n + warm)
         # Warm up (code paths, route cache) before the timed part.
-        counters.arm(warm)
-        bus.publish_many(events[:warm])
-        counters.wait(60)
-        counters.arm(n)
+        counters.warm_up(bus, events[:warm], n)
         publish = bus.publish
         gc.collect()  # garbage of earlier measurements is not this one's cost
         start = time.perf_counter()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import json
 import os
+import queue
 import re
 import signal
 import subprocess
@@ -199,6 +201,72 @@ class Child:
         for stream in (self.proc.stdin, self.proc.stdout):
             if stream is not None:
                 stream.close()
+
+
+class LineChild:
+    """A child process given a JSON config, talked to in lines (stdin commands, stdout answers).
+
+    A reader thread hands each line to ``on_line``, which queues it for
+    ``expect`` unless a subclass takes it (a node's ``got ...`` lines).  Every
+    wait is bounded by ``wait`` seconds.
+    """
+
+    def __init__(
+        self, script: Path | str, config: dict[str, Any], *, wait: float, name: str
+    ) -> None:
+        self.name = name
+        self.wait = wait
+        self.proc = subprocess.Popen(
+            [sys.executable, str(script), json.dumps(config)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+        )
+        self.lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            self.on_line(raw.rstrip("\n"))
+        self.lines.put("<eof>")
+
+    def on_line(self, line: str) -> None:
+        self.lines.put(line)
+
+    def expect(self, prefix: str) -> str:
+        line = self.lines.get(timeout=self.wait)
+        assert line.startswith(prefix), f"{self.name}: expected {prefix!r}, got {line!r}"
+        return line
+
+    def send(self, command: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+
+    def ask(self, command: str, answer: str) -> str:
+        self.send(command)
+        return self.expect(answer)
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(self.wait)
+
+    def close(self) -> None:
+        """Ask the child to close (it answers ``closed``) and wait for it to exit."""
+        if self.proc.poll() is None:
+            self.ask("close", "closed")
+            self.proc.wait(self.wait)
+
+
+def flip_byte(file: Path, offset: int) -> None:
+    """Invert the byte at ``offset`` of ``file`` in place (damage for the journal tests)."""
+    with file.open("r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0xFF]))
 
 
 def publish_all(bus: EventBus, events: list[Event]) -> list[Event]:

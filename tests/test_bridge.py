@@ -6,6 +6,7 @@ condition variable); nothing sleeps.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -89,6 +90,41 @@ def endpoint(bus: EventBus) -> str:
 
 def ipc(tmp_path: Path, name: str) -> str:
     return f"ipc://{tmp_path}/{name}.sock"
+
+
+@contextlib.contextmanager
+def fake_peer(tmp_path: Path, a: EventBus) -> Iterator[tuple[zmq.Socket[bytes], zmq.Socket[bytes]]]:
+    """A hand-made peer of ``a``: an XPUB on ipc ``fake`` and a DEALER to a's request port."""
+    ctx = zmq.Context()
+    try:
+        fake_pub = ctx.socket(zmq.XPUB)
+        fake_pub.bind(ipc(tmp_path, "fake"))
+        dealer = ctx.socket(zmq.DEALER)
+        dealer.connect(endpoint(a))
+        yield fake_pub, dealer
+    finally:
+        ctx.destroy(0)
+
+
+def say_hello(tmp_path: Path, fake_pub: zmq.Socket[bytes], dealer: zmq.Socket[bytes]) -> None:
+    """Send a hello that points a's SUB at the fake publisher; return once a subscribed there."""
+    hello = Request(HELLO, "", "fake", "h", {"kind": "node", "pub": ipc(tmp_path, "fake")})
+    dealer.send_multipart(encode_request(hello))
+    assert dealer.poll(int(WAIT * 1000))
+    dealer.recv_multipart()  # the welcome
+    assert fake_pub.poll(int(WAIT * 1000))
+    while fake_pub.poll(0):
+        fake_pub.recv()
+
+
+def a_real_peer_gets_through(
+    tmp_path: Path, nodes: Callable[..., EventBus], a: EventBus, got: Collector
+) -> None:
+    """Still working: a real peer's events arrive at ``a``'s ``got``."""
+    b = nodes("b", listen=ipc(tmp_path, "b"), peers=(endpoint(a),))
+    assert bridge(a).wait_for_peers(["b"], WAIT)
+    b.publish("real.thing", "ok")
+    assert got.wait()[0].data == "ok"
 
 
 def test_wildcard_delivery_in_per_origin_order_over_ipc(
@@ -235,25 +271,12 @@ def test_garbage_frames_are_dropped_and_the_node_keeps_running(
     got = Collector(1)
     a.subscribe("real.*", got)
     a.flush()
-    ctx = zmq.Context()
-    try:
-        fake_pub = ctx.socket(zmq.XPUB)
-        fake_pub.bind(ipc(tmp_path, "fake"))
-        dealer = ctx.socket(zmq.DEALER)
-        dealer.connect(endpoint(a))
+    with fake_peer(tmp_path, a) as (fake_pub, dealer):
         # Garbage on the request channel.
         dealer.send_multipart([b"\x00"])
         dealer.send_multipart([b"\x09\x10", b"", b"", b"", b"{}"])
         dealer.send_multipart([bytes((VERSION, HELLO)), b"", b"\xff", b"1", b"{}"])
-        # A hello that points a's SUB at the fake publisher.
-        hello = Request(HELLO, "", "fake", "h", {"kind": "node", "pub": ipc(tmp_path, "fake")})
-        dealer.send_multipart(encode_request(hello))
-        assert dealer.poll(int(WAIT * 1000))
-        dealer.recv_multipart()  # the welcome
-        # Wait until a's subscriptions reached the fake publisher.
-        assert fake_pub.poll(int(WAIT * 1000))
-        while fake_pub.poll(0):
-            fake_pub.recv()
+        say_hello(tmp_path, fake_pub, dealer)
         garbage: list[list[bytes]] = [
             [b"real.x"],
             [b"real.x", b"", b""],
@@ -273,13 +296,7 @@ def test_garbage_frames_are_dropped_and_the_node_keeps_running(
         expected = len(garbage) + 1 + request_garbage
         assert bridge(a).wait(lambda s: s.frames_dropped >= expected, WAIT)
         assert bridge(a).statistics().frames_dropped == expected
-        # Still working: a real peer's events arrive.
-        b = nodes("b", listen=ipc(tmp_path, "b"), peers=(endpoint(a),))
-        assert bridge(a).wait_for_peers(["b"], WAIT)
-        b.publish("real.thing", "ok")
-        assert got.wait()[0].data == "ok"
-    finally:
-        ctx.destroy(0)
+        a_real_peer_gets_through(tmp_path, nodes, a, got)
 
 
 def test_a_missing_peer_key_fails_the_start_cleanly(nodes: Callable[..., EventBus]) -> None:
@@ -317,24 +334,10 @@ def test_a_forged_sequence_over_the_wire_is_rejected_and_counted(
     got = Collector(1)
     a.subscribe("real.*", got)
     a.flush()
-    ctx = zmq.Context()
-    try:
-        fake_pub = ctx.socket(zmq.XPUB)
-        fake_pub.bind(ipc(tmp_path, "fake"))
-        dealer = ctx.socket(zmq.DEALER)
-        dealer.connect(endpoint(a))
-        hello = Request(HELLO, "", "fake", "h", {"kind": "node", "pub": ipc(tmp_path, "fake")})
-        dealer.send_multipart(encode_request(hello))
-        assert dealer.poll(int(WAIT * 1000))
-        dealer.recv_multipart()
-        assert fake_pub.poll(int(WAIT * 1000))  # a subscribed
+    with fake_peer(tmp_path, a) as (fake_pub, dealer):
+        say_hello(tmp_path, fake_pub, dealer)
         forged = Event(event_type="real.y", data=1, sequence=(1 << 63) + 5, origin="fake")
         fake_pub.send_multipart(encode_data(b"real.", "fake", 1, [], [forged]))
         assert bridge(a).wait(lambda s: s.sequences_rejected >= 1, WAIT)
         assert bridge(a).statistics().events_delivered == 0
-        b = nodes("b", listen=ipc(tmp_path, "b"), peers=(endpoint(a),))
-        assert bridge(a).wait_for_peers(["b"], WAIT)
-        b.publish("real.thing", "ok")
-        assert got.wait()[0].data == "ok"
-    finally:
-        ctx.destroy(0)
+        a_real_peer_gets_through(tmp_path, nodes, a, got)

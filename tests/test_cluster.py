@@ -8,10 +8,6 @@ The parent synchronises on the children's output lines only.
 from __future__ import annotations
 
 import json
-import queue
-import signal
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +17,7 @@ import pytest
 
 from actors._cluster.broker import Broker
 from actors._cluster.security import generate_keypair
+from tests._support import LineChild
 
 pytestmark = pytest.mark.slow
 
@@ -28,48 +25,23 @@ CHILD = str(Path(__file__).with_name("_node_child.py"))
 WAIT = float(__import__("os").environ.get("CLUSTER_WAIT", "60"))
 
 
-class Node:
+class Node(LineChild):
     """A child process running one node; ``got`` collects what its handler printed."""
 
     def __init__(self, **config: Any) -> None:
-        self.name = config["name"]
-        self.proc = subprocess.Popen(
-            [sys.executable, CHILD, json.dumps(config)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            bufsize=1,
-        )
-        self.lines: queue.Queue[str] = queue.Queue()
         self.got: list[tuple[str, str, Any]] = []
-        self._got_lock = threading.Lock()
-        self._got_changed = threading.Condition(self._got_lock)
-        threading.Thread(target=self._read, daemon=True).start()
+        self._got_changed = threading.Condition()
+        super().__init__(CHILD, config, wait=WAIT, name=config["name"])
         self.endpoint = self.expect("ready").split()[1]
 
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for raw in self.proc.stdout:
-            line = raw.rstrip("\n")
-            if line.startswith("got "):
-                _, origin, event_type, data = line.split(" ", 3)
-                with self._got_changed:
-                    self.got.append((origin, event_type, json.loads(data)))
-                    self._got_changed.notify_all()
-            else:
-                self.lines.put(line)
-        self.lines.put("<eof>")
-
-    def expect(self, prefix: str) -> str:
-        line = self.lines.get(timeout=WAIT)
-        assert line.startswith(prefix), f"{self.name}: expected {prefix!r}, got {line!r}"
-        return line
-
-    def ask(self, command: str, answer: str) -> str:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(command + "\n")
-        self.proc.stdin.flush()
-        return self.expect(answer)
+    def on_line(self, line: str) -> None:
+        if line.startswith("got "):
+            _, origin, event_type, data = line.split(" ", 3)
+            with self._got_changed:
+                self.got.append((origin, event_type, json.loads(data)))
+                self._got_changed.notify_all()
+        else:
+            self.lines.put(line)
 
     def wait_got(self, n: int) -> list[tuple[str, str, Any]]:
         with self._got_changed:
@@ -87,15 +59,6 @@ class Node:
     def stats(self) -> dict[str, Any]:
         result: dict[str, Any] = json.loads(self.ask("stats", "stats ")[6:])
         return result
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(WAIT)
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.ask("close", "closed")
-            self.proc.wait(WAIT)
 
 
 @pytest.fixture
@@ -207,9 +170,7 @@ def test_a_restarted_persistent_publisher_loses_nothing_at_a_live_subscriber(
     for round_ in range(3):
         base = round_ * 100_000
         # Killed at full rate, in the middle of a long publish.
-        assert a.proc.stdin is not None
-        a.proc.stdin.write(f"publish job.run {base} {base + 20_000}\n")
-        a.proc.stdin.flush()
+        a.send(f"publish job.run {base} {base + 20_000}")
         b.wait_data({base + 1_000})
         a.kill()
         # At once after the restart, before b's stream reconnected.

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from actors._codec import events as _codec
 from actors._codec._pb.llmspell.events.v1 import events_pb2
 from actors._errors import InvalidEventError
-from actors._model.event import Event
+from actors._model.event import Event, with_fields
 
 PbEvent: Any = events_pb2.Event
 PbBatch: Any = events_pb2.EventBatch
@@ -131,7 +131,7 @@ def test_int_and_float_stay_distinct() -> None:
 def test_encoding_is_deterministic_across_metadata_order() -> None:
     keys = [f"key{i}" for i in range(40)]
     a = Event(event_type="a", metadata={k: k for k in keys})
-    b = a._with(metadata=MappingProxyType({k: k for k in reversed(keys)}))
+    b = with_fields(a, metadata=MappingProxyType({k: k for k in reversed(keys)}))
     assert a == b
     assert a.to_bytes() == b.to_bytes()
 

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from actors._errors import InvalidEventError
-from actors._model.event import Event
+from actors._model.event import Event, expired_unix, stamped, with_fields
 from actors._model.uuid7 import uuid7
 
 # -- construction and defaults ----------------------------------------------------
@@ -135,35 +135,35 @@ def _sample() -> Event:
 
 def test_equality_compares_every_field_and_hash_uses_id() -> None:
     event = _sample()
-    same = event._with()
+    same = with_fields(event)
     assert same == event
     assert same is not event
     assert hash(same) == hash(event) == hash(event.id)
-    assert event._stamped(1, None) != event
-    assert event._with(priority=1) != event
+    assert stamped(event, 1, None) != event
+    assert with_fields(event, priority=1) != event
     assert {event, same} == {event}
 
 
 def test_stamped_sets_sequence_and_origin_only() -> None:
     event = _sample()
-    stamped = event._stamped(42, "node-a")
-    assert (stamped.sequence, stamped.origin) == (42, "node-a")
+    marked = stamped(event, 42, "node-a")
+    assert (marked.sequence, marked.origin) == (42, "node-a")
     assert (event.sequence, event.origin) == (None, None)
-    assert type(stamped) is Event
-    assert stamped._with(sequence=None, origin=None) == event
+    assert type(marked) is Event
+    assert with_fields(marked, sequence=None, origin=None) == event
     with pytest.raises(dataclasses.FrozenInstanceError):
-        stamped.sequence = 1  # type: ignore[misc]
+        marked.sequence = 1  # type: ignore[misc]
 
 
 def test_with_changes_fields_without_validation() -> None:
     event = _sample()
     cid, caid = uuid7(), uuid7()
-    changed = event._with(correlation_id=cid, causation_id=caid)
+    changed = with_fields(event, correlation_id=cid, causation_id=caid)
     assert (changed.correlation_id, changed.causation_id) == (cid, caid)
     assert changed.data is event.data
     assert event.correlation_id != cid
     with pytest.raises(TypeError, match="nope"):
-        event._with(nope=1)
+        with_fields(event, nope=1)
 
 
 def test_dataclasses_replace_validates() -> None:
@@ -174,7 +174,7 @@ def test_dataclasses_replace_validates() -> None:
 
 
 def test_pickle_and_copy() -> None:
-    event = _sample()._stamped(7, "n")
+    event = stamped(_sample(), 7, "n")
     for clone in (pickle.loads(pickle.dumps(event)), copy.copy(event), copy.deepcopy(event)):
         assert clone == event
         assert type(clone.metadata) is type(event.metadata)
@@ -185,7 +185,7 @@ def test_pickle_and_copy() -> None:
 
 
 def test_to_dict_is_plain_json() -> None:
-    event = _sample()._stamped(3, "n")
+    event = stamped(_sample(), 3, "n")
     d = event.to_dict()
     assert d["id"] == str(event.id)
     assert d["timestamp"] == event.timestamp.isoformat()
@@ -221,13 +221,13 @@ def test_expiry() -> None:
     ts = datetime(2024, 1, 1, tzinfo=UTC)
     forever = Event(event_type="a", timestamp=ts)
     assert not forever.expired()
-    assert not forever._expired_unix(time.time())
+    assert not expired_unix(forever, time.time())
     event = Event(event_type="a", timestamp=ts, ttl=10)
     assert not event.expired(ts + timedelta(seconds=10))
     assert event.expired(ts + timedelta(seconds=10, microseconds=1))
     assert event.expired()
-    assert not event._expired_unix(ts.timestamp() + 10)
-    assert event._expired_unix(ts.timestamp() + 10.5)
+    assert not expired_unix(event, ts.timestamp() + 10)
+    assert expired_unix(event, ts.timestamp() + 10.5)
     fresh = Event(event_type="a", ttl=3600)
     assert not fresh.expired()
-    assert not fresh._expired_unix(time.time())
+    assert not expired_unix(fresh, time.time())

@@ -14,17 +14,9 @@ from pathlib import Path
 import pytest
 
 from actors import Event, EventBus, EventConfig, EventQuery, JournalError
-from tests._support import WAIT
+from tests._support import WAIT, flip_byte
 
 N = 20_000
-
-
-def flip_byte(file: Path, offset: int) -> None:
-    with file.open("r+b") as f:
-        f.seek(offset)
-        byte = f.read(1)
-        f.seek(offset)
-        f.write(bytes([byte[0] ^ 0xFF]))
 
 
 @pytest.fixture(scope="module")

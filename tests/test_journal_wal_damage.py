@@ -16,7 +16,7 @@ import pytest
 
 from actors import EventBus, EventConfig, EventQuery, JournalDamagedError
 from actors._journal import repair
-from tests._support import Child
+from tests._support import Child, flip_byte
 
 pytestmark = pytest.mark.slow
 
@@ -41,14 +41,6 @@ def wal_of(path: Path) -> Path:
     assert len(logs) == 1, logs
     assert logs[0].stat().st_size > 100_000  # the N events are in it
     return logs[0]
-
-
-def flip_byte(file: Path, offset: int) -> None:
-    with file.open("r+b") as f:
-        f.seek(offset)
-        byte = f.read(1)
-        f.seek(offset)
-        f.write(bytes([byte[0] ^ 0xFF]))
 
 
 def snapshot(path: Path) -> dict[str, bytes]:

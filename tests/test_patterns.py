@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import uuid
 
 import pytest
 from hypothesis import given, settings
@@ -96,10 +97,11 @@ def test_validate_accepts_str_subclass() -> None:
 
 def test_validate_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(patterns_module, "CACHE_LIMIT", 3)
-    monkeypatch.setattr(patterns_module, "_valid_types", set())
+    prefix = f"bounded{uuid.uuid4().hex}"  # types no earlier test cached
     for index in range(10):
-        validate_event_type(f"t.{index}")
-        assert len(patterns_module._valid_types) <= 3
+        validate_event_type(f"{prefix}.{index}")
+        assert patterns_module.cached_type_count() <= 3
+    assert validate_event_type(f"{prefix}.0") == f"{prefix}.0"  # evicted, still valid
 
 
 @given(st.text(max_size=20))

@@ -8,11 +8,6 @@ output lines and on ``wait_for_peers`` only.
 from __future__ import annotations
 
 import asyncio
-import json
-import queue
-import subprocess
-import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +16,7 @@ import pytest
 
 from actors import AsyncEventBus, EventBus, NodeConfig, RemoteHandlerError, RequestTimeoutError
 from actors._cluster.broker import Broker
+from tests._support import LineChild
 
 pytestmark = pytest.mark.slow
 
@@ -28,46 +24,12 @@ CHILD = str(Path(__file__).with_name("_reply_child.py"))
 WAIT = 60.0
 
 
-class Responder:
+class Responder(LineChild):
     """A child process running one node that answers ``pattern``."""
 
     def __init__(self, **config: Any) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, CHILD, json.dumps(config)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            bufsize=1,
-        )
-        self.lines: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
+        super().__init__(CHILD, config, wait=WAIT, name=config.get("name", "b"))
         self.expect("ready")
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for raw in self.proc.stdout:
-            self.lines.put(raw.rstrip("\n"))
-        self.lines.put("<eof>")
-
-    def expect(self, prefix: str) -> str:
-        line = self.lines.get(timeout=WAIT)
-        assert line.startswith(prefix), f"expected {prefix!r}, got {line!r}"
-        return line
-
-    def ask(self, command: str, answer: str) -> str:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(command + "\n")
-        self.proc.stdin.flush()
-        return self.expect(answer)
-
-    def kill(self) -> None:
-        self.proc.kill()
-        self.proc.wait(WAIT)
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.ask("close", "closed")
-            self.proc.wait(WAIT)
 
 
 @pytest.fixture
@@ -104,17 +66,20 @@ def _ask_and_check(bus: EventBus) -> None:
     assert bus.pending_requests() == 0
 
 
+def _linked_responder(bus: EventBus, children: list[Responder], **config: Any) -> Responder:
+    """Start node ``b`` answering ``svc.*``; return once requests from ``bus`` reach it."""
+    child = Responder(name="b", pattern="svc.*", **config)
+    children.append(child)
+    assert bus.wait_for_peers(["b"], WAIT)  # b is linked
+    child.ask("sync a", "synced")  # we know b's responder: requests reach it
+    return child
+
+
 def test_request_answered_by_another_process_over_a_mesh(children: list[Responder]) -> None:
     with EventBus(node=NodeConfig(name="a", listen="tcp://127.0.0.1:*")) as bus:
-        child = Responder(
-            name="b",
-            listen="tcp://127.0.0.1:*",
-            peers=[bus.endpoints["request"]],
-            pattern="svc.*",
+        child = _linked_responder(
+            bus, children, listen="tcp://127.0.0.1:*", peers=[bus.endpoints["request"]]
         )
-        children.append(child)
-        assert bus.wait_for_peers(["b"], WAIT)  # b is linked
-        child.ask("sync a", "synced")  # we know b's responder: requests reach it
         _ask_and_check(bus)
         child.close()
 
@@ -124,25 +89,16 @@ def test_request_answered_through_a_broker(children: list[Responder]) -> None:
         Broker("tcp://127.0.0.1:*") as broker,
         EventBus(node=NodeConfig(name="a", peers=(broker.endpoint,))) as bus,
     ):
-        child = Responder(name="b", peers=[broker.endpoint], pattern="svc.*")
-        children.append(child)
-        assert bus.wait_for_peers(["b"], WAIT)
-        child.ask("sync a", "synced")
+        child = _linked_responder(bus, children, peers=[broker.endpoint])
         _ask_and_check(bus)
         child.close()
 
 
 def test_request_to_a_dead_responder_node_times_out_cleanly(children: list[Responder]) -> None:
     with EventBus(node=NodeConfig(name="a", listen="tcp://127.0.0.1:*")) as bus:
-        child = Responder(
-            name="b",
-            listen="tcp://127.0.0.1:*",
-            peers=[bus.endpoints["request"]],
-            pattern="svc.*",
+        child = _linked_responder(
+            bus, children, listen="tcp://127.0.0.1:*", peers=[bus.endpoints["request"]]
         )
-        children.append(child)
-        assert bus.wait_for_peers(["b"], WAIT)
-        child.ask("sync a", "synced")
         assert bus.request("svc.echo", 1, timeout=WAIT).data == {"node": "b", "echo": 1}
         child.kill()
         with pytest.raises(RequestTimeoutError):

@@ -28,7 +28,7 @@ from typing import Any
 
 from actors._codec._pb.llmspell.events.v1 import events_pb2
 from actors._errors import InvalidEventError
-from actors._model.event import EMPTY_METADATA, Event, _build
+from actors._model.event import EMPTY_METADATA, Event, build_unchecked
 from actors._model.event_checks import check_data as _check_data
 from actors._model.event_checks import check_event_type as _check_event_type
 from actors._model.event_checks import check_ttl as _check_ttl
@@ -177,7 +177,7 @@ def message_to_event(message: Any) -> Event:
     tags = message.tags
     metadata = message.metadata
     which = message.WhichOneof  # proto3 ``optional`` fields are synthetic oneofs
-    return _build(
+    return build_unchecked(
         _check_event_type(message.event_type),
         data,
         uuid_from_int(int.from_bytes(raw_id)),

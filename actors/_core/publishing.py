@@ -19,7 +19,7 @@ from actors._core.messages import Publish, PublishBatch
 from actors._core.ratelimit import TokenBucket
 from actors._core.subscriber import current_event
 from actors._errors import BackpressureError, InvalidEventError, RateLimitedError
-from actors._model.event import _FIELD_NAMES, Event
+from actors._model.event import FIELD_NAMES, Event, with_fields
 from actors._model.topics import is_reserved
 from actors._runtime.dispatcher import Dispatcher, FifoMailbox
 from actors._runtime.future import BusFuture
@@ -27,7 +27,7 @@ from actors._runtime.future import BusFuture
 __all__ = ["Publisher", "prepare_event"]
 
 # Fields a caller may pass to publish() alongside the type and data.
-_EVENT_FIELDS = frozenset(_FIELD_NAMES) - {"event_type", "data", "sequence", "origin"}
+_EVENT_FIELDS = frozenset(FIELD_NAMES) - {"event_type", "data", "sequence", "origin"}
 
 
 def prepare_event(event_or_type: Event | str, data: Any, fields: dict[str, Any]) -> Event:
@@ -47,7 +47,7 @@ def prepare_event(event_or_type: Event | str, data: Any, fields: dict[str, Any])
                 changes["causation_id"] = cause.id
             if event.correlation_id is None and cause.correlation_id is not None:
                 changes["correlation_id"] = cause.correlation_id
-            event = event._with(**changes)
+            event = with_fields(event, **changes)
     else:
         unknown = fields.keys() - _EVENT_FIELDS
         if unknown:

@@ -53,7 +53,12 @@ from actors._core.messages import (
 from actors._core.routes import Route, accepts
 from actors._errors import BackpressureError
 from actors._model.config import OverflowStrategy
-from actors._model.event import Event, _set_origin, _set_sequence
+from actors._model.event import (
+    Event,
+    set_origin_in_place,
+    set_sequence_in_place,
+    stamped,
+)
 from actors._model.metrics import RateMeter
 from actors._model.topics import Pattern, TopicTrie
 from actors._runtime.dispatcher import DispatchedActor, Dispatcher, FifoMailbox
@@ -237,15 +242,15 @@ class RouterActor(DispatchedActor):
         self.next_sequence = seq + 1
         if owned:
             # Built by the bus and seen by no one yet: stamp in place.
-            stamped = event
-            _set_sequence(event, seq)
+            stamped_event = event
+            set_sequence_in_place(event, seq)
             if event.origin is None:
-                _set_origin(event, self.origin)
+                set_origin_in_place(event, self.origin)
         else:
-            stamped = event._stamped(seq, event.origin or self.origin)
+            stamped_event = stamped(event, seq, event.origin or self.origin)
         started = None
         if targets:
-            item = (stamped, published_at)
+            item = (stamped_event, published_at)
             for route in targets:
                 if route.mailbox.offer(item) & STARTED:
                     started = [route] if started is None else [*started, route]
@@ -254,11 +259,11 @@ class RouterActor(DispatchedActor):
                     if route.blocks and not route.mailbox.has_room():
                         self._mark_full(route)
         self._published += 1
-        self._batch.append(stamped)
+        self._batch.append(stamped_event)
         if self._durable is not None:
             self._batch_futures.append(future)
         elif future is not None:
-            future.set(stamped)
+            future.set(stamped_event)
         if started is not None:
             # After this event is recorded: the journal takes sequences in order.
             for route in started:

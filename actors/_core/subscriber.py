@@ -33,6 +33,7 @@ import pykka
 from actors._core.catchup import CatchUp
 from actors._core.messages import DeadLetter, DeadLettered, HistoryRead, Joined, Relieved
 from actors._model.config import OverflowStrategy
+from actors._model.event import expired_unix
 from actors._model.metrics import SubscriptionStatistics
 from actors._runtime.dispatcher import DispatchedActor, Dispatcher
 from actors._runtime.mailbox import EventMailbox
@@ -203,7 +204,7 @@ class SubscriberActor(DispatchedActor):
         for event, published_at in batch:
             if self.abandoned:
                 break
-            if event.ttl is not None and event._expired_unix(now_wall):
+            if event.ttl is not None and expired_unix(event, now_wall):
                 self.expired += 1
                 continue
             if not history:
@@ -239,7 +240,7 @@ class SubscriberActor(DispatchedActor):
         for event, published_at in batch:
             if self.abandoned:
                 break
-            if event.ttl is not None and event._expired_unix(now_wall):
+            if event.ttl is not None and expired_unix(event, now_wall):
                 self.expired += 1
                 mailbox.finished_by_owner += count
                 continue

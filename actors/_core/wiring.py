@@ -28,7 +28,6 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import pykka
-from pykka import ActorRegistry
 
 from actors._core.backpressure import BlockGuard
 from actors._core.catchup import CatchUp
@@ -101,8 +100,7 @@ def merge_events(stored: Sequence[Event], live: Sequence[Event]) -> list[Event]:
 
 def start_actor(actor: DispatchedActor) -> None:
     """Register and start an actor built directly (keeps the object, as start() would not)."""
-    ActorRegistry.register(actor.actor_ref)
-    actor._start_actor_loop()
+    actor.actor_start()
 
 
 class Core:

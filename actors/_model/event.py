@@ -6,8 +6,11 @@ the decisions where the spec is silent.  Equality compares every field; the
 hash is the hash of ``id``.
 
 ``_SETTERS`` is the one table of the fifteen fields' slot setters: ``_fill``
-(used by the constructor, the internal copies and the codec's ``_build``),
-``__setstate__`` and ``_with`` all go through it.
+(used by the constructor, the internal copies and the codec's
+``build_unchecked``), ``__setstate__`` and ``with_fields`` all go through it.
+The functions at the bottom (``stamped``, ``with_fields``, ``expired_unix``,
+``build_unchecked``, the two in-place setters) are the layers above's way to
+copy, stamp and decode events without re-validating; they are not public API.
 """
 
 from __future__ import annotations
@@ -167,7 +170,7 @@ class Event:
 
     def __getstate__(self) -> tuple[Any, ...]:
         """Return the fields for pickle and ``copy`` (metadata as a plain dict)."""
-        state = [getattr(self, name) for name in _FIELD_NAMES]
+        state = [getattr(self, name) for name in FIELD_NAMES]
         state[12] = dict(state[12])
         return tuple(state)
 
@@ -230,7 +233,7 @@ class Event:
         may be strings or UUIDs, ``timestamp`` an ISO 8601 string or a datetime.
         Raise ``InvalidEventError`` on unknown keys or any invalid value.
         """
-        kwargs = event_kwargs(d, _FIELD_NAMES)
+        kwargs = event_kwargs(d, FIELD_NAMES)
         return cls(**kwargs)
 
     # -- expiry ---------------------------------------------------------------
@@ -250,55 +253,11 @@ class Event:
             return time.time() - self.timestamp.timestamp() > ttl
         return (now - self.timestamp).total_seconds() > ttl
 
-    def _expired_unix(self, now: float) -> bool:
-        """Return ``expired()`` for ``now`` given as ``time.time()``; the cheap variant."""
-        ttl = self.ttl
-        return ttl is not None and now - self.timestamp.timestamp() > ttl
-
-    # -- internal copies (no validation) ---------------------------------------
-
-    def _stamped(self, sequence: int | None, origin: str | None) -> Event:
-        """Return a copy with ``sequence`` and ``origin`` set, without re-validating."""
-        new: Event = _new(Event)
-        _fill(
-            new,
-            self.event_type,
-            self.data,
-            self.id,
-            self.timestamp,
-            self.correlation_id,
-            self.causation_id,
-            self.source,
-            self.target,
-            self.tags,
-            self.priority,
-            self.ttl,
-            self.language,
-            self.metadata,
-            sequence,
-            origin,
-        )
-        return new
-
-    def _with(self, **changes: Any) -> Event:
-        """Return a copy with the given fields replaced, without validating them.
-
-        Raise ``TypeError`` for a name that is not a field.
-        """
-        new = self._stamped(self.sequence, self.origin)
-        for name, value in changes.items():
-            try:
-                setter = _SETTERS[name]
-            except KeyError:
-                raise TypeError(f"Event has no field {name!r}") from None
-            setter(new, value)
-        return new
-
 
 # Slot descriptors' setters: they bypass the frozen ``__setattr__`` and are
 # faster than ``object.__setattr__`` (no attribute lookup by name).
 _SETTERS = {f.name: Event.__dict__[f.name].__set__ for f in dataclasses.fields(Event)}
-_FIELD_NAMES = tuple(_SETTERS)
+FIELD_NAMES = tuple(_SETTERS)
 (  # in field order: the dataclass keeps it
     _set_event_type,
     _set_data,
@@ -354,7 +313,7 @@ def _fill(  # noqa: PLR0917 - positional on purpose: the hot path
     _set_origin(new, origin)
 
 
-def _build(*fields: Any) -> Event:
+def build_unchecked(*fields: Any) -> Event:
     """Return an ``Event`` of the fifteen fields, in field order, taken as they are.
 
     No validation, no copies: for decoders that already guarantee every
@@ -364,6 +323,61 @@ def _build(*fields: Any) -> Event:
     new: Event = _new(Event)
     _fill(new, *fields)
     return new
+
+
+# -- internal copies and stamps (no validation) -------------------------------------------
+# For the layers above (the router, the publishing path, subscribers): each
+# takes an Event that is already valid and keeps it so.
+
+set_sequence_in_place = _set_sequence
+"""Set ``sequence`` of an event nobody else holds yet (the router's own copies)."""
+set_origin_in_place = _set_origin
+"""Set ``origin`` of an event nobody else holds yet (the router's own copies)."""
+
+
+def stamped(event: Event, sequence: int | None, origin: str | None) -> Event:
+    """Return a copy of ``event`` with ``sequence`` and ``origin`` set, without re-validating."""
+    new: Event = _new(Event)
+    _fill(
+        new,
+        event.event_type,
+        event.data,
+        event.id,
+        event.timestamp,
+        event.correlation_id,
+        event.causation_id,
+        event.source,
+        event.target,
+        event.tags,
+        event.priority,
+        event.ttl,
+        event.language,
+        event.metadata,
+        sequence,
+        origin,
+    )
+    return new
+
+
+def with_fields(event: Event, **changes: Any) -> Event:
+    """Return a copy of ``event`` with the given fields replaced, without validating them.
+
+    Raise ``TypeError`` for a name that is not a field.
+    """
+    new = stamped(event, event.sequence, event.origin)
+    for name, value in changes.items():
+        try:
+            setter = _SETTERS[name]
+        except KeyError:
+            raise TypeError(f"Event has no field {name!r}") from None
+        setter(new, value)
+    return new
+
+
+def expired_unix(event: Event, now: float) -> bool:
+    """Return ``event.expired()`` for ``now`` given as ``time.time()``; the cheap variant."""
+    ttl = event.ttl
+    return ttl is not None and now - event.timestamp.timestamp() > ttl
 
 
 # At the bottom: the codec imports this module's names to build events.

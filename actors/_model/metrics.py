@@ -8,11 +8,15 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 __all__ = [
+    "BRIDGE_COUNTERS",
     "BridgeStatistics",
     "Counters",
     "BusMetrics",
+    "COUNTER_METRICS",
     "LatencyWindow",
+    "METRIC_HELP",
     "RateMeter",
+    "SUBSCRIPTION_GAUGES",
     "SubscriptionStatistics",
     "to_prometheus",
 ]
@@ -151,7 +155,8 @@ class RateMeter:
         self._count = 0
 
 
-_HELP = {
+# The exported BusMetrics fields and their HELP text (Prometheus text and client forms).
+METRIC_HELP = {
     "published": "Events accepted and sequenced by the bus.",
     "delivered": "Events handed to handlers.",
     "dropped": "Events dropped by full mailboxes.",
@@ -171,7 +176,8 @@ _HELP = {
     "journal_lost_events": "Acknowledged events a damaged journal no longer held at open.",
 }
 
-_COUNTERS = {
+# Those of them exported as counters (``*_total``); the rest are gauges.
+COUNTER_METRICS = {
     "published",
     "delivered",
     "dropped",
@@ -184,6 +190,34 @@ _COUNTERS = {
     "journal_corrupt_records",
 }
 
+# The BridgeStatistics fields exported as counters (``*_bridge_<name>_total``).
+BRIDGE_COUNTERS = (
+    "frames_sent",
+    "frames_received",
+    "frames_dropped",
+    "events_received",
+    "events_recovered",
+    "gaps",
+    "gaps_unrecovered",
+    "duplicates",
+    "auth_refused",
+    "events_too_large",
+    "frames_too_large",
+    "sequences_rejected",
+    "hellos_refused",
+)
+
+# The SubscriptionStatistics fields exported as gauges (``id`` and ``pattern`` labels).
+SUBSCRIPTION_GAUGES = (
+    "delivered",
+    "dropped",
+    "errors",
+    "queued",
+    "in_flight",
+    "capacity",
+    "blocked",
+)
+
 
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
@@ -195,11 +229,15 @@ def to_prometheus(metrics: BusMetrics, *, prefix: str = "llmspell_events") -> st
     for f in fields(metrics):
         name = f.name
         value: Any = getattr(metrics, name)
-        if name not in _HELP or value is None:
+        if name not in METRIC_HELP or value is None:
             continue
-        kind = "counter" if name in _COUNTERS else "gauge"
+        kind = "counter" if name in COUNTER_METRICS else "gauge"
         metric = f"{prefix}_{name}_total" if kind == "counter" else f"{prefix}_{name}"
-        lines += [f"# HELP {metric} {_HELP[name]}", f"# TYPE {metric} {kind}", f"{metric} {value}"]
+        lines += [
+            f"# HELP {metric} {METRIC_HELP[name]}",
+            f"# TYPE {metric} {kind}",
+            f"{metric} {value}",
+        ]
     lat = f"{prefix}_latency_seconds"
     lines += [
         f"# HELP {lat} Publish-to-handler latency over the recent window.",
@@ -222,21 +260,7 @@ def to_prometheus(metrics: BusMetrics, *, prefix: str = "llmspell_events") -> st
         ]
     if metrics.bridge is not None:
         bridge = metrics.bridge
-        for name in (
-            "frames_sent",
-            "frames_received",
-            "frames_dropped",
-            "events_received",
-            "events_recovered",
-            "gaps",
-            "gaps_unrecovered",
-            "duplicates",
-            "auth_refused",
-            "events_too_large",
-            "frames_too_large",
-            "sequences_rejected",
-            "hellos_refused",
-        ):
+        for name in BRIDGE_COUNTERS:
             metric = f"{prefix}_bridge_{name}_total"
             lines += [
                 f"# HELP {metric} ZeroMQ bridge: {name.replace('_', ' ')}.",
@@ -249,15 +273,7 @@ def to_prometheus(metrics: BusMetrics, *, prefix: str = "llmspell_events") -> st
             f"# TYPE {metric} gauge",
             f"{metric} {len(bridge.peers_alive)}",
         ]
-    for stat_name in (
-        "delivered",
-        "dropped",
-        "errors",
-        "queued",
-        "in_flight",
-        "capacity",
-        "blocked",
-    ):
+    for stat_name in SUBSCRIPTION_GAUGES:
         metric = f"{prefix}_subscription_{stat_name}"
         lines += [f"# HELP {metric} Per-subscription {stat_name}.", f"# TYPE {metric} gauge"]
         for s in metrics.per_subscription:

@@ -18,7 +18,7 @@ import hashlib
 import threading
 import uuid
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 from actors._model.event import Event
@@ -175,15 +175,8 @@ def start_event_span(
         from opentelemetry.context import Context  # noqa: PLC0415
 
         context = Context()
-    if pinner is None:
-        return tracer.start_span(
-            event.event_type,
-            context=context,
-            kind=trace.SpanKind.CONSUMER,
-            attributes=attributes,
-            start_time=start_time,
-        )
-    with pinner.pinned(trace_id, span_id):
+    pinned = nullcontext() if pinner is None else pinner.pinned(trace_id, span_id)
+    with pinned:
         return tracer.start_span(
             event.event_type,
             context=context,

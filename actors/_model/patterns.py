@@ -29,6 +29,7 @@ __all__ = [
     "MAX_EVENT_TYPE_LENGTH",
     "Pattern",
     "Segment",
+    "cached_type_count",
     "is_reserved",
     "parse_segments",
     "validate_event_type",
@@ -71,6 +72,11 @@ def validate_event_type(event_type: object) -> str:
     if reason is None and isinstance(event_type, str):
         return event_type  # a valid str subclass; not cached, its hash may differ
     raise InvalidEventError(reason)
+
+
+def cached_type_count() -> int:
+    """Return how many validated event types the cache holds (a test and diagnostics hook)."""
+    return len(_valid_types)
 
 
 def _explain_invalid_type(event_type: object) -> str | None:

@@ -212,7 +212,16 @@ class DispatchedActor(pykka.Actor):
     def _start_actor_loop(self) -> None:
         self.actor_inbox.wake()
 
-    def _actor_turn(self, throughput: int) -> None:
+    def actor_start(self) -> None:
+        """Register and start this actor, built directly (``start()`` would build another).
+
+        pykka's ``Actor.start`` for an object already made: the wiring builds its
+        actors itself to keep hold of them.
+        """
+        ActorRegistry.register(self.actor_ref)
+        self._start_actor_loop()
+
+    def actor_turn(self, throughput: int) -> None:
         """Handle up to ``throughput`` messages; called by one dispatcher thread."""
         if not self._actor_started:
             self._actor_started = True
@@ -304,7 +313,7 @@ class DispatchedActor(pykka.Actor):
         # Fail every waiting ask, as pykka's own teardown does.
         for item in self.actor_inbox.take(sys.maxsize):
             if type(item) is Envelope and item.reply_to is not None:
-                if isinstance(item.message, messages._ActorStop):
+                if isinstance(item.message, messages._ActorStop):  # noqa: SLF001 - pykka's stop message, as its teardown
                     item.reply_to.set(None)
                 else:
                     item.reply_to.set_exception(

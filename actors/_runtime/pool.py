@@ -45,7 +45,7 @@ _NO_BLOCKED: Mapping[object, float] = {}
 class Runnable(Protocol):
     """What a dispatcher runs: an actor that takes a turn of up to ``throughput`` messages."""
 
-    def _actor_turn(self, throughput: int) -> None: ...
+    def actor_turn(self, throughput: int) -> None: ...
 
 
 class _Worker:
@@ -234,7 +234,7 @@ class Dispatcher:
                 if busy is not None and not busy.is_set():
                     busy.set()
                 try:
-                    actor._actor_turn(throughput)
+                    actor.actor_turn(throughput)
                 except BaseException:
                     # A turn never raises by design; if it does, log it and
                     # keep the thread alive for every other actor.
