@@ -33,6 +33,8 @@ class SubscriptionStatistics:
     live events it skipped because it had read them from the journal.
     ``blocked`` is True while the subscriber's current turn has run longer
     than ``EventConfig.blocking_threshold``, for ``blocked_seconds`` so far.
+    ``timeouts`` counts handler calls that ran past the subscription's
+    ``timeout`` (a synchronous one is counted once, while it still runs).
     """
 
     id: str
@@ -48,6 +50,7 @@ class SubscriptionStatistics:
     accepted: int = 0
     blocked: bool = False
     blocked_seconds: float = 0.0
+    timeouts: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +65,8 @@ class BusMetrics:
     turn for longer than ``EventConfig.blocking_threshold``;
     ``handler_threads`` is the number of threads that run handlers now
     (``EventConfig.threads`` plus one for each blocked handler, up to
-    ``max_threads``).
+    ``max_threads``).  ``handler_timeouts`` counts handler calls that ran
+    past their subscription's ``timeout``.
     """
 
     published: int
@@ -89,6 +93,7 @@ class BusMetrics:
     blocked_handlers: int = 0
     handler_threads: int = 0
     journal_lost_events: int = 0
+    handler_timeouts: int = 0
 
 
 class LatencyWindow:
@@ -158,6 +163,7 @@ _HELP = {
     "rejected": "Publishes rejected by REJECT mailboxes or BLOCK timeouts.",
     "expired": "Events not delivered because their ttl had passed.",
     "handler_errors": "Exceptions raised by handlers (each attempt).",
+    "handler_timeouts": "Handler calls that ran past their subscription's timeout.",
     "dead_letters": "Events given up after the handler retries.",
     "subscriptions": "Live subscriptions.",
     "events_per_second": "Published events in the last complete second.",
@@ -178,6 +184,7 @@ _COUNTERS = {
     "rejected",
     "expired",
     "handler_errors",
+    "handler_timeouts",
     "dead_letters",
     "journal_written",
     "rate_limited",
@@ -257,6 +264,7 @@ def to_prometheus(metrics: BusMetrics, *, prefix: str = "llmspell_events") -> st
         "in_flight",
         "capacity",
         "blocked",
+        "timeouts",
     ):
         metric = f"{prefix}_subscription_{stat_name}"
         lines += [f"# HELP {metric} Per-subscription {stat_name}.", f"# TYPE {metric} gauge"]
