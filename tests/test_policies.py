@@ -10,6 +10,7 @@ the delay function itself, with a seeded generator, without threads.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import math
 import random
@@ -173,7 +174,7 @@ def test_a_dedicated_subscription_moves_on_while_a_call_is_stuck(
 def test_a_fast_handler_with_a_timeout_is_never_reported() -> None:
     with EventBus(EventConfig(threads=2)) as bus:
         seen = Collector(200)
-        sub = bus.subscribe("job.*", seen, timeout=5.0, dedicated_thread=True)
+        sub = bus.subscribe("job.*", seen, timeout=6 * WAIT, dedicated_thread=True)
         for i in range(200):
             bus.publish("job.run", i)
         bus.flush(WAIT)
@@ -253,6 +254,31 @@ async def _responder_timeout() -> None:
         assert stats.timeouts == 1
         assert stats.dead_letters == 0  # a responder's failures are error replies
         assert bus.dead_letters() == []
+
+
+def test_a_dedicated_sync_responder_answers_others_while_one_call_is_stuck(
+    release: threading.Event,
+) -> None:
+    with EventBus(EventConfig(threads=2)) as bus:
+        entered = threading.Event()
+
+        def responder(event: Event) -> Any:
+            if event.data == "slow":
+                entered.set()
+                assert release.wait(WAIT)
+            return {"answer": event.data}
+
+        sub = bus.respond("tool.ask", responder, timeout=0.05, dedicated_thread=True)
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            slow = pool.submit(bus.request, "tool.ask", "slow", timeout=WAIT)
+            assert entered.wait(WAIT)
+            # Answered once the subscription moved on past the stuck call.
+            assert bus.request("tool.ask", "fast", timeout=WAIT).data == {"answer": "fast"}
+            assert not slow.done()
+            release.set()
+            # The late call's reply still reaches its caller, who is still waiting.
+            assert slow.result(timeout=WAIT).data == {"answer": "slow"}
+        assert sub.statistics().timeouts == 1
 
 
 # -- retries with backoff ----------------------------------------------------------------------
