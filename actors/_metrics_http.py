@@ -109,7 +109,7 @@ class BusCollector:
                 "Peers heard within the heartbeat timeout.",
                 value=len(b.peers_alive),
             )
-        for stat in ("delivered", "dropped", "errors", "queued", "capacity"):
+        for stat in ("delivered", "dropped", "errors", "queued", "capacity", "timeouts"):
             family = GaugeMetricFamily(
                 f"{PREFIX}_subscription_{stat}",
                 f"Per-subscription {stat}.",

@@ -118,7 +118,9 @@ def test_a_sync_handler_past_its_timeout_is_counted_and_logged(
         assert sub.statistics().timeouts == 1
         metrics = bus.metrics()
         assert metrics.handler_timeouts == 1
-        assert "llmspell_events_handler_timeouts_total 1" in bus.prometheus()
+        text = bus.prometheus()
+        assert "llmspell_events_handler_timeouts_total 1" in text
+        assert f'llmspell_events_subscription_timeouts{{id="{sub.id}",pattern="job.*"}} 1' in text
         assert sub.id in timeout_log.messages[0]
         release.set()
         bus.flush(WAIT)
