@@ -105,6 +105,9 @@ class AsyncEventBus:
         from_sequence: int | None = None,
         durable: str | None = None,
         dedicated_thread: bool = False,
+        timeout: float | None = None,
+        retry_backoff: float | None = None,
+        retries: int | None = None,
     ) -> Subscription:
         """Subscribe (see ``EventBus.subscribe``); ``async def`` handlers run on this loop."""
         return self.sync.subscribe(
@@ -116,6 +119,9 @@ class AsyncEventBus:
             from_sequence=from_sequence,
             durable=durable,
             dedicated_thread=dedicated_thread,
+            timeout=timeout,
+            retry_backoff=retry_backoff,
+            retries=retries,
         )
 
     def stream(

@@ -287,6 +287,9 @@ class EventBus(RequestReply):
         from_sequence: int | None = None,
         durable: str | None = None,
         dedicated_thread: bool = False,
+        timeout: float | None = None,
+        retry_backoff: float | None = None,
+        retries: int | None = None,
     ) -> Subscription:
         """Subscribe ``handler`` to the event types ``pattern`` matches.
 
@@ -297,12 +300,16 @@ class EventBus(RequestReply):
         arrive as messages).  ``capacity`` and ``overflow`` default to the
         config's ``buffer_size`` and ``overflow``.  ``dedicated_thread=True``
         gives the subscription a thread of its own, for handlers that block
-        on I/O.  Never blocks.  Raises ``InvalidPatternError``, ``TypeError``
-        for a bad handler, ``BusClosedError``.
+        on I/O.  Handler policies (docs/architecture.md): ``timeout`` seconds
+        per call (reported; an async call is cancelled), ``retries`` (default
+        ``handler_retries``) after a ``retry_backoff`` (default 0.1 s,
+        doubling, full jitter).  Never blocks.  Raises ``InvalidPatternError``,
+        ``TypeError``/``ValueError`` naming a bad argument, ``BusClosedError``.
         """
         checks.check_subscribe(
             pattern, handler, filter, capacity, overflow, from_sequence, durable, dedicated_thread
         )
+        checks.check_policy(timeout, retry_backoff, retries)
         if self._closed:
             raise BusClosedError("the bus is closed")
         return self._core.subscribe(
@@ -314,6 +321,9 @@ class EventBus(RequestReply):
             from_sequence=from_sequence,
             durable=durable,
             dedicated_thread=dedicated_thread,
+            timeout=timeout,
+            retry_backoff=retry_backoff,
+            retries=retries,
         )
 
     def subscriptions(self) -> list[Subscription]:

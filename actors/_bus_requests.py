@@ -44,7 +44,8 @@ class RequestReply:
         type and message if ``fn`` raises; no retry, no dead letter), caused by
         the request, in its correlation, targeted at its source, with
         ``source``.  ``async def`` works as for handlers.  Takes the options of
-        ``subscribe``.
+        ``subscribe``, handler policies too: an ``async def`` responder past its
+        ``timeout`` is cancelled and replies ``.error`` (``TimeoutError``).
         """
         return self._requests.respond(pattern, fn, source, subscribe_options)
 

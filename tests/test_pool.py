@@ -121,3 +121,55 @@ def test_dispatcher_arguments_are_checked() -> None:
         Dispatcher(2, max_threads=1)
     with pytest.raises(ValueError, match="blocking_threshold"):
         Dispatcher(1, blocking_threshold=0)
+
+
+class StuckTurn:
+    """A runnable whose turns block until ``release``; records the threads it ran on."""
+
+    def __init__(self, release: threading.Event) -> None:
+        self.release = release
+        self.entered = threading.Event()
+        self.threads: list[str] = []
+
+    def _actor_turn(self, throughput: int) -> None:
+        self.threads.append(threading.current_thread().name)
+        self.entered.set()
+        assert self.release.wait(WAIT), "the test never released the turn"
+
+
+class QuickTurn:
+    def __init__(self) -> None:
+        self.ran = threading.Event()
+        self.thread = ""
+
+    def _actor_turn(self, throughput: int) -> None:
+        self.thread = threading.current_thread().name
+        self.ran.set()
+
+
+def test_hand_off_leaves_a_stuck_thread_behind_and_starts_another(
+    release: threading.Event,
+) -> None:
+    d = Dispatcher(1, name="solo")
+    try:
+        stuck = StuckTurn(release)
+        d.schedule(stuck)
+        assert stuck.entered.wait(WAIT)
+        assert not d.hand_off(QuickTurn(), limit=4)  # not in a turn: refused
+        assert d.hand_off(stuck, limit=1)
+        assert d.threads == 1  # the stand-in; the stuck one is left behind
+        assert d.left_behind == 1
+        quick = QuickTurn()
+        d.schedule(quick)
+        assert quick.ran.wait(WAIT)
+        assert quick.thread != stuck.threads[0]
+        other = StuckTurn(release)
+        d.schedule(other)
+        assert other.entered.wait(WAIT)
+        assert not d.hand_off(other, limit=1)  # one is already left behind
+        release.set()
+        assert wait_for(lambda: d.left_behind == 0)  # the left thread exits after its turn
+        assert d.threads == 1
+    finally:
+        release.set()
+        d.shutdown(WAIT)

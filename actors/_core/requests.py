@@ -23,6 +23,7 @@ Who holds what (the facade wires it; nothing here starts a thread):
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import threading
 import uuid
@@ -30,6 +31,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from actors._core.handling import current_timeout
+from actors._core.policies import handler_timeout_error
 from actors._errors import (
     BackpressureError,
     EventBusError,
@@ -382,6 +385,13 @@ class Responder:
             return
         try:
             result = await self.fn(request)
+        except asyncio.CancelledError:
+            watched = current_timeout.get()
+            if watched is None or not watched[0].expired():
+                raise  # not the subscription's timeout (the loop is stopping)
+            # Cancelled at the subscription's timeout: the requester learns it
+            # now; the subscription counts the timeout (no retry, no dead letter).
+            self._send(error_event(request, handler_timeout_error(watched[1]), source=self._source))
         except Exception as exc:
             self._send(error_event(request, exc, source=self._source))
         else:

@@ -8,21 +8,22 @@ hands a whole batch to the loop and takes the next batch only when it is
 done, so order holds and the handler never runs twice at once.  A
 ``pykka.ActorRef`` handler gets each event as a ``tell``.
 
-A handler that raises is retried ``handler_retries`` times; then the event
-becomes a dead letter, sent to the router as ``DeadLettered``.  Nothing a
-handler does stops the subscription.  The actor reaches nothing but its
-``SubscriberPorts`` (see ``actors._core.ports``): never the bus.
+A handler that raises is retried (``HandlerPolicy.retries`` times, after a
+backoff, without holding the thread: see ``actors._core.handling``); then the
+event becomes a dead letter, sent to the router as ``DeadLettered``.  A
+handler may have a timeout.  Nothing a handler does stops the subscription.
+The actor reaches nothing but its ``SubscriberPorts`` (see
+``actors._core.ports``) and the bus's ``Timers``: never the bus.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import inspect
 import logging
+import random
 import threading
 import time
-import traceback
 from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
 from types import TracebackType
@@ -31,9 +32,10 @@ from typing import TYPE_CHECKING, Any
 import pykka
 
 from actors._core.catchup import CatchUp
-from actors._core.messages import DeadLetter, DeadLettered, HistoryRead, Joined, Relieved
+from actors._core.handling import Batch, HandlerRuns, current_event
+from actors._core.messages import DeadLetter, HistoryRead, Joined, Relieved
+from actors._core.policies import CallWatch, HandlerPolicy, SyncRun
 from actors._model.config import OverflowStrategy
-from actors._model.event import expired_unix
 from actors._model.metrics import SubscriptionStatistics
 from actors._runtime.dispatcher import DispatchedActor, Dispatcher
 from actors._runtime.mailbox import EventMailbox
@@ -41,6 +43,7 @@ from actors._runtime.mailbox import EventMailbox
 if TYPE_CHECKING:
     from actors._core.ports import SubscriberPorts, Unsubscriber
     from actors._model.event import Event
+    from actors._runtime.timers import Timers
 
 __all__ = [
     "CatchUp",
@@ -55,13 +58,6 @@ __all__ = [
 logger = logging.getLogger("actors.subscriber")
 
 Handler = Callable[["Event"], Any] | pykka.ActorRef[Any]
-Batch = list[tuple["Event", float]]
-
-# The event whose handler is running: publishes made inside a handler inherit
-# its correlation id and take its id as their causation id.
-current_event: contextvars.ContextVar[Event | None] = contextvars.ContextVar(
-    "actors_current_event", default=None
-)
 
 
 def is_async_handler(handler: Handler) -> bool:
@@ -73,7 +69,7 @@ def is_async_handler(handler: Handler) -> bool:
     )
 
 
-class SubscriberActor(DispatchedActor):
+class SubscriberActor(HandlerRuns, DispatchedActor):
     """Run one subscription's handler over its mailbox (see the module docstring)."""
 
     actor_inbox: EventMailbox
@@ -86,7 +82,8 @@ class SubscriberActor(DispatchedActor):
         handler: Handler,
         capacity: int,
         overflow: OverflowStrategy,
-        retries: int,
+        policy: HandlerPolicy,
+        timers: Timers,
         dispatcher: Dispatcher,
         loop: asyncio.AbstractEventLoop | None,
     ) -> None:
@@ -96,11 +93,15 @@ class SubscriberActor(DispatchedActor):
         self.ports = ports
         self.sub_id = ports.sub_id
         self.pattern = pattern
-        self.retries = retries
+        self.policy = policy
         self.delivered = 0
         self.errors = 0
         self.expired = 0
         self.dead = 0
+        self.timeouts = 0  # one writer: the timer thread (sync) or the handler's loop (async)
+        self._timers = timers
+        self._rng = random.Random()
+        self._run: SyncRun | None = None  # a synchronous batch stopped midway (handling.py)
         self.replayed = 0  # stored events a catch-up took (accounting only)
         self.skipped = 0  # live events a catch-up had already read (accounting only)
         # Set once by close() when it gives up on this subscription: the
@@ -123,6 +124,7 @@ class SubscriberActor(DispatchedActor):
             self._call = handler
         else:
             self._call = handler
+        self._watch: CallWatch | None = self._watch_calls(timers)
 
     def _create_actor_inbox(self) -> EventMailbox:  # type: ignore[override]
         return EventMailbox(self._capacity, self._overflow)
@@ -138,8 +140,14 @@ class SubscriberActor(DispatchedActor):
 
     # -- the turn ---------------------------------------------------------------
 
+    def _busy(self) -> bool:
+        # An async batch on its loop, or a sync batch waiting (a retry's delay).
+        return self._inflight or self._run is not None
+
     def _drain(self, throughput: int) -> None:
         if self._inflight:
+            return
+        if self._run is not None and not self._resume():
             return
         catchup = self.catchup
         if catchup is not None and not catchup.caught_up.done():
@@ -148,11 +156,11 @@ class SubscriberActor(DispatchedActor):
                 self.replayed += len(page)
                 self._deliver(page, history=True)
             if not catchup.live:
-                if not catchup.waiting and not self._inflight:
+                if not catchup.waiting and not self._busy():
                     catchup.request()
                 return
-            if self._inflight or not catchup.settle():
-                return  # an async history batch is still running
+            if self._busy() or not catchup.settle():
+                return  # a history batch is still running (async) or waiting (a retry)
             # Live, and every history page handled: the live lane is all there is.
         mailbox = self.actor_inbox
         batch, relieved = mailbox.take_events(throughput)
@@ -193,85 +201,6 @@ class SubscriberActor(DispatchedActor):
             catchup.handled(batch[-1][0].sequence or 0)
         self.actor_inbox.check_barriers()
 
-    def _run_sync(self, batch: Batch, history: bool = False) -> None:
-        call = self._call
-        samples = self.ports.latency.samples
-        perf = time.perf_counter
-        now_wall = time.time()
-        set_current = current_event.set
-        reset_current = current_event.reset
-        delivered = 0
-        for event, published_at in batch:
-            if self.abandoned:
-                break
-            if event.ttl is not None and expired_unix(event, now_wall):
-                self.expired += 1
-                continue
-            if not history:
-                samples.append(perf() - published_at)
-            token = set_current(event)
-            try:
-                attempts = 0
-                while True:
-                    attempts += 1
-                    try:
-                        call(event)
-                    except Exception as exc:
-                        if self._failed(event, exc, attempts):
-                            continue
-                    else:
-                        delivered += 1
-                    break
-            finally:
-                reset_current(token)
-        # Counters once per batch: flush barriers are checked per batch anyway.
-        self.delivered += delivered
-        if not history:
-            self.actor_inbox.finished_by_owner += len(batch)
-        self._batch_done(batch)
-
-    async def _run_async(self, batch: Batch, history: bool) -> None:
-        handler = self._async_handler
-        assert handler is not None
-        samples = self.ports.latency.samples
-        mailbox = self.actor_inbox
-        now_wall = time.time()
-        count = 0 if history else 1
-        for event, published_at in batch:
-            if self.abandoned:
-                break
-            if event.ttl is not None and expired_unix(event, now_wall):
-                self.expired += 1
-                mailbox.finished_by_owner += count
-                continue
-            if count:
-                samples.append(time.perf_counter() - published_at)
-            token = current_event.set(event)
-            try:
-                attempts = 0
-                while True:
-                    attempts += 1
-                    try:
-                        await handler(event)
-                    except Exception as exc:
-                        if self._failed(event, exc, attempts):
-                            continue
-                    else:
-                        self.delivered += 1
-                    break
-            finally:
-                current_event.reset(token)
-            mailbox.finished_by_owner += count
-        self._batch_done(batch)
-
-    def _failed(self, event: Event, exc: Exception, attempts: int) -> bool:
-        """Count a failed attempt; return True to retry, or give up (dead letter)."""
-        self.errors += 1
-        if attempts <= self.retries:
-            return True
-        self._dead_letter(event, exc, attempts)
-        return False
-
     def _async_done(self, fut: Future[None]) -> None:
         if fut.exception() is not None:  # pragma: no cover - _run_async catches everything
             logger.error("async batch of %s failed", self.sub_id, exc_info=fut.exception())
@@ -281,7 +210,7 @@ class SubscriberActor(DispatchedActor):
 
     def _on_turn_end(self) -> bool:
         catchup = self.catchup
-        return self._inflight or (catchup is not None and catchup.waiting)
+        return self._busy() or (catchup is not None and catchup.waiting)
 
     def _give_up(self, batch: Batch, exc: Exception, history: bool) -> None:
         for event, _ in batch:
@@ -290,29 +219,6 @@ class SubscriberActor(DispatchedActor):
             if not history:
                 self.actor_inbox.finished_by_owner += 1
         self.actor_inbox.check_barriers()
-
-    def _dead_letter(self, event: Event, exc: BaseException, attempts: int) -> None:
-        self.dead += 1
-        logger.warning(
-            "handler of %s (%r) failed on %s after %d attempt(s): %r",
-            self.sub_id,
-            self.pattern,
-            event.event_type,
-            attempts,
-            exc,
-        )
-        self.ports.router.put(
-            DeadLettered(
-                DeadLetter(
-                    subscription_id=self.sub_id,
-                    pattern=self.pattern,
-                    event=event,
-                    error_type=type(exc).__name__,
-                    error="".join(traceback.format_exception_only(exc)).strip(),
-                    attempts=attempts,
-                )
-            )
-        )
 
     # -- stopping -----------------------------------------------------------------
 
@@ -341,6 +247,7 @@ class SubscriberActor(DispatchedActor):
             dropped=dropped,
             errors=self.errors,
             queued=queued,
+            timeouts=self.timeouts,
             capacity=self._capacity,
             expired=expired,
             dead_letters=dead,

@@ -47,6 +47,7 @@ from actors._core.messages import (
     Subscribe,
     Unsubscribe,
 )
+from actors._core.policies import DEFAULT_RETRY_BACKOFF, HandlerPolicy
 from actors._core.ports import SubscriberPorts
 from actors._core.publishing import Publisher
 from actors._core.ratelimit import TokenBucket
@@ -60,6 +61,7 @@ from actors._core.subscriber import (
     is_async_handler,
 )
 from actors._errors import EventBusError, FutureTimeoutError
+from actors._model.checks import check_policy
 from actors._model.config import EventConfig, OverflowStrategy
 from actors._model.event import Event
 from actors._model.filter import FilterLike, as_predicate
@@ -68,6 +70,7 @@ from actors._model.query import EventQuery
 from actors._model.topics import Pattern
 from actors._runtime.dispatcher import DispatchedActor, Dispatcher, FifoMailbox
 from actors._runtime.future import BusFuture
+from actors._runtime.timers import Timers
 
 __all__ = ["Core", "HandlerWrapper", "JournalFigures", "merge_events", "start_actor"]
 
@@ -127,7 +130,9 @@ class Core:
         self.guard = BlockGuard()
         self._subs: dict[str, SubscriberActor] = {}
         self._lock = threading.Lock()  # guards _subs, _removed and _loop
-        self._removed = [0, 0, 0, 0]  # delivered, dropped, errors, expired
+        self._removed = [0, 0, 0, 0, 0]  # delivered, dropped, errors, expired, timeouts
+        # Handler deadlines and retry wake-ups of every subscription (a thread from first use).
+        self.timers = Timers(name=f"bus-{name or 'local'}-timers")
         self._loop: asyncio.AbstractEventLoop | None = None
         self.correlation = CorrelationActor(
             dispatcher=system,
@@ -171,6 +176,9 @@ class Core:
         from_sequence: int | None,
         durable: str | None,
         dedicated_thread: bool,
+        timeout: float | None = None,
+        retry_backoff: float | None = None,
+        retries: int | None = None,
     ) -> Subscription:
         """Validate every argument, then start a subscriber and route to it.
 
@@ -195,6 +203,13 @@ class Core:
             raise TypeError(f"durable must be a non-empty str, not {durable!r}")
         if not isinstance(dedicated_thread, bool):
             raise TypeError("dedicated_thread must be a bool")
+        check_policy(timeout, retry_backoff, retries)
+        policy = HandlerPolicy(
+            retries=self.config.handler_retries if retries is None else retries,
+            retry_backoff=DEFAULT_RETRY_BACKOFF if retry_backoff is None else float(retry_backoff),
+            timeout=None if timeout is None else float(timeout),
+            move_on=dedicated_thread,
+        )
         catch_up = from_sequence is not None or durable is not None
         start = from_sequence
         if catch_up:
@@ -220,7 +235,8 @@ class Core:
             handler=handler,
             capacity=cap,
             overflow=strategy,
-            retries=self.config.handler_retries,
+            policy=policy,
+            timers=self.timers,
             dispatcher=(
                 Dispatcher(
                     1, name=f"{sub_id}-thread", blocking_threshold=self.config.blocking_threshold
@@ -296,6 +312,7 @@ class Core:
             self._removed[1] += stats.dropped
             self._removed[2] += stats.errors
             self._removed[3] += stats.expired
+            self._removed[4] += stats.timeouts
         self.guard.discard(sub_id)
         # The router removes the route first, then stops the actor: no flush
         # barrier can land on a stopped mailbox.  (Never a blocking stop: the
@@ -410,6 +427,7 @@ class Core:
             rejected=router.rejected + rejected,
             expired=removed[3] + sum(s.expired for s in stats),
             handler_errors=removed[2] + sum(s.errors for s in stats),
+            handler_timeouts=removed[4] + sum(s.timeouts for s in stats),
             dead_letters=router.dead_letters,
             subscriptions=len(stats),
             events_per_second=router.events_per_second,
@@ -452,6 +470,7 @@ class Core:
             loop = self._loop
         if loop is not None:
             loop.call_soon_threadsafe(loop.stop)
+        self.timers.shutdown()  # pending retries and deadlines are dropped with the handlers
 
     def refs(self) -> list[pykka.ActorRef[Any]]:
         """Return the router's and the correlation actor's refs (stopped after subscribers)."""

@@ -34,6 +34,7 @@ __all__ = [
     "check_correlated",
     "check_events",
     "check_names",
+    "check_policy",
     "check_query",
     "check_remote",
     "check_replay",
@@ -91,6 +92,17 @@ def check_subscribe(  # noqa: PLR0917 - mirrors subscribe()'s own arguments
     check_stream(filter, capacity, overflow, from_sequence)
     check_str("durable", durable, optional=True)
     check_bool("dedicated_thread", dedicated_thread)
+
+
+def check_policy(timeout: object, retry_backoff: object, retries: object) -> None:
+    """Check a handler policy (``subscribe``/``respond``): each ``None`` or a finite number.
+
+    ``timeout`` seconds ``> 0``; ``retry_backoff`` seconds ``>= 0`` (0 retries
+    at once); ``retries`` an ``int >= 0`` (None: ``EventConfig.handler_retries``).
+    """
+    check_number("timeout", timeout, positive=True, optional=True)
+    check_number("retry_backoff", retry_backoff, minimum=0, optional=True)
+    check_int("retries", retries, minimum=0, optional=True)
 
 
 def check_stream(filter: object, capacity: object, overflow: object, from_sequence: object) -> None:

@@ -37,6 +37,8 @@ class SubscriptionStatistics:
     live events it skipped because it had read them from the journal.
     ``blocked`` is True while the subscriber's current turn has run longer
     than ``EventConfig.blocking_threshold``, for ``blocked_seconds`` so far.
+    ``timeouts`` counts handler calls that ran past the subscription's
+    ``timeout`` (a synchronous one is counted once, while it still runs).
     """
 
     id: str
@@ -52,6 +54,7 @@ class SubscriptionStatistics:
     accepted: int = 0
     blocked: bool = False
     blocked_seconds: float = 0.0
+    timeouts: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +69,8 @@ class BusMetrics:
     turn for longer than ``EventConfig.blocking_threshold``;
     ``handler_threads`` is the number of threads that run handlers now
     (``EventConfig.threads`` plus one for each blocked handler, up to
-    ``max_threads``).
+    ``max_threads``).  ``handler_timeouts`` counts handler calls that ran
+    past their subscription's ``timeout``.
     """
 
     published: int
@@ -93,6 +97,7 @@ class BusMetrics:
     blocked_handlers: int = 0
     handler_threads: int = 0
     journal_lost_events: int = 0
+    handler_timeouts: int = 0
 
 
 class LatencyWindow:
@@ -163,6 +168,7 @@ METRIC_HELP = {
     "rejected": "Publishes rejected by REJECT mailboxes or BLOCK timeouts.",
     "expired": "Events not delivered because their ttl had passed.",
     "handler_errors": "Exceptions raised by handlers (each attempt).",
+    "handler_timeouts": "Handler calls that ran past their subscription's timeout.",
     "dead_letters": "Events given up after the handler retries.",
     "subscriptions": "Live subscriptions.",
     "events_per_second": "Published events in the last complete second.",
@@ -184,6 +190,7 @@ COUNTER_METRICS = {
     "rejected",
     "expired",
     "handler_errors",
+    "handler_timeouts",
     "dead_letters",
     "journal_written",
     "rate_limited",
@@ -216,6 +223,7 @@ SUBSCRIPTION_GAUGES = (
     "in_flight",
     "capacity",
     "blocked",
+    "timeouts",
 )
 
 

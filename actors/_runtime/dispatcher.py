@@ -35,9 +35,17 @@ from pykka._envelope import Envelope
 from actors._runtime.future import BusFuture
 from actors._runtime.pool import Dispatcher
 
-__all__ = ["DispatchedActor", "Dispatcher", "FifoMailbox", "default_dispatcher"]
+__all__ = ["DispatchedActor", "Dispatcher", "FifoMailbox", "TurnHandedOff", "default_dispatcher"]
 
 logger = logging.getLogger("actors.dispatcher")
+
+
+class TurnHandedOff(Exception):  # noqa: N818 - a signal, not an error
+    """Raised by ``_drain`` on a thread whose turn was handed off (``Dispatcher.hand_off``).
+
+    The actor runs on another thread by then: the turn ends at once and
+    touches nothing (not even the schedule claim, which the new turn owns).
+    """
 
 
 _default: Dispatcher | None = None
@@ -245,6 +253,8 @@ class DispatchedActor(pykka.Actor):
             if not stopped() and not self._actor_parked:
                 try:
                     self._drain(throughput)
+                except TurnHandedOff:
+                    return  # another thread has the actor (and its claim) now
                 except Exception:
                     # A bug in a lane must not strand the actor: log, carry on.
                     logger.exception("%s failed while draining", self)

@@ -49,11 +49,12 @@ class Runnable(Protocol):
 
 
 class _Worker:
-    __slots__ = ("thread", "turn")
+    __slots__ = ("left", "thread", "turn")
 
     def __init__(self) -> None:
         self.thread: threading.Thread | None = None
         self.turn: tuple[Runnable, float] | None = None
+        self.left = False  # handed its actor on (``hand_off``): exits after this turn
 
 
 class Dispatcher:
@@ -99,6 +100,7 @@ class Dispatcher:
         self._workers: list[_Worker] = []
         self._thread_set: set[threading.Thread] = set()
         self._n_blocked = 0  # watchdog-written, under _lock
+        self._n_left = 0  # threads handed off and still in their turn, under _lock
         self._blocked: Mapping[object, float] = _NO_BLOCKED  # watchdog-written snapshot
         self._serial = count()
         self._alive = True
@@ -147,6 +149,37 @@ class Dispatcher:
     def blocked_since(self, actor: object) -> float | None:
         """Return when ``actor``'s blocked turn started, or None if it is not blocked."""
         return self._blocked.get(actor)
+
+    def hand_off(self, actor: object, limit: int) -> bool:
+        """Leave the thread running ``actor``'s turn behind and start another in its place.
+
+        For a turn stuck in a call that will never be waited for (a handler
+        past its timeout on a dedicated thread): the old thread finishes its
+        call, then must touch nothing of the actor (its turn raises
+        ``TurnHandedOff``) and exits; the caller schedules the actor again,
+        and its next turn runs on the new thread.  Refused (False) when no
+        thread is in a turn of ``actor``, when ``limit`` threads are already
+        left behind, or after ``shutdown``.  Never blocks on the turn.
+        """
+        with self._lock:
+            if not self._alive or self._n_left >= limit:
+                return False
+            for worker in self._workers:
+                turn = worker.turn
+                if turn is not None and turn[0] is actor and not worker.left:
+                    break
+            else:
+                return False
+            worker.left = True
+            self._workers.remove(worker)
+            self._n_left += 1
+            self._spawn()
+        return True
+
+    @property
+    def left_behind(self) -> int:
+        """Return how many handed-off threads are still finishing their turn."""
+        return self._n_left
 
     def shutdown(self, timeout: float | None = None) -> bool:
         """Stop the threads after the actors already queued had their turn.
@@ -204,6 +237,9 @@ class Dispatcher:
 
     def _forget(self, worker: _Worker) -> None:
         # Under _lock.
+        if worker.left:
+            worker.left = False
+            self._n_left -= 1
         if worker in self._workers:
             self._workers.remove(worker)
         if worker.thread is not None:
@@ -241,6 +277,8 @@ class Dispatcher:
                     logger.exception("actor turn failed in %s", actor)
                 finally:
                     worker.turn = None
+                if worker.left:
+                    return  # handed off: another thread runs the actor now
         finally:
             with self._lock:
                 self._forget(worker)

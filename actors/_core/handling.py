@@ -1,0 +1,352 @@
+"""How a subscriber runs its handler over a batch: attempts, retries, timeouts.
+
+``HandlerRuns`` is the part of ``SubscriberActor`` that calls the handler
+(a mixin: the same object, its own state).  Synchronous batches run on the
+dispatcher thread; a failed attempt is retried after ``backoff_delay``
+without holding the thread: the batch stops where it is (a ``SyncRun``), the
+actor parks, and the bus's ``Timers`` thread wakes it when the retry is due,
+so the events behind wait and order holds.  ``async def`` handlers run a
+whole batch on their loop, where a timeout cancels the call and a retry
+waits with ``asyncio.sleep``.  See ``actors._core.policies`` and
+``docs/architecture.md`` ("Handler policies").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import logging
+import random
+import time
+import traceback
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any
+
+from actors._core.messages import DeadLetter, DeadLettered
+from actors._core.policies import (
+    MAX_LEFT_BEHIND,
+    Call,
+    CallWatch,
+    HandlerPolicy,
+    SyncRun,
+    backoff_delay,
+    handler_timeout_error,
+)
+from actors._model.event import expired_unix
+from actors._runtime.dispatcher import TurnHandedOff
+
+if TYPE_CHECKING:
+    from actors._core.ports import SubscriberPorts
+    from actors._model.event import Event
+    from actors._runtime.dispatcher import Dispatcher
+    from actors._runtime.mailbox import EventMailbox
+    from actors._runtime.timers import Timers
+
+__all__ = ["Batch", "HandlerRuns", "current_event", "current_timeout"]
+
+logger = logging.getLogger("actors.subscriber")
+
+Batch = list[tuple["Event", float]]
+
+# The event whose handler is running: publishes made inside a handler inherit
+# its correlation id and take its id as their causation id.
+current_event: contextvars.ContextVar[Event | None] = contextvars.ContextVar(
+    "actors_current_event", default=None
+)
+
+# While an ``async def`` handler with a timeout runs: its timeout scope and the
+# timeout in seconds.  A handler that catches its cancellation can tell the
+# timeout from other cancellations (``scope.expired()``); the responder of a
+# request does, to reply with a timeout error (``actors._core.requests``).
+current_timeout: contextvars.ContextVar[tuple[asyncio.Timeout, float] | None] = (
+    contextvars.ContextVar("actors_current_timeout", default=None)
+)
+
+
+class HandlerRuns:
+    """Run the handler over batches under the subscription's ``HandlerPolicy``."""
+
+    # Provided by SubscriberActor (its __init__ sets them).
+    actor_inbox: EventMailbox
+    actor_dispatcher: Dispatcher
+    ports: SubscriberPorts
+    sub_id: str
+    pattern: str
+    policy: HandlerPolicy
+    abandoned: bool
+    delivered: int
+    errors: int
+    expired: int
+    dead: int
+    timeouts: int
+    _call: Callable[[Event], Any]
+    _async_handler: Callable[[Event], Coroutine[Any, Any, Any]] | None
+    _run: SyncRun | None
+    _watch: CallWatch | None
+    _timers: Timers
+    _rng: random.Random
+
+    def _batch_done(self, batch: Batch) -> None:
+        raise NotImplementedError
+
+    def _watch_calls(self, timers: Timers) -> CallWatch | None:
+        """Return the watch of synchronous calls (None without a timeout, or for async)."""
+        policy = self.policy
+        if policy.timeout is None or self._async_handler is not None:
+            return None
+        hand_off: Callable[[], bool] | None = None
+        if policy.move_on:
+            hand_off = functools.partial(self.actor_dispatcher.hand_off, self, MAX_LEFT_BEHIND)
+        return CallWatch(policy.timeout, timers, self._call_timed_out, hand_off)
+
+    # -- synchronous handlers ------------------------------------------------------
+
+    def _run_sync(self, batch: Batch, history: bool = False) -> None:
+        if self._watch is not None:
+            self._run = SyncRun(batch, history)
+            self._resume_sync()
+            return
+        # The hot path: no watch, no waiting retry (those go on in _resume_sync).
+        call = self._call
+        samples = self.ports.latency.samples
+        perf = time.perf_counter
+        now_wall = time.time()
+        set_current = current_event.set
+        reset_current = current_event.reset
+        delivered = 0
+        for i, (event, published_at) in enumerate(batch):
+            if self.abandoned:
+                break
+            if event.ttl is not None and expired_unix(event, now_wall):
+                self.expired += 1
+                continue
+            if not history:
+                samples.append(perf() - published_at)
+            token = set_current(event)
+            try:
+                attempts = 0
+                while True:
+                    attempts += 1
+                    try:
+                        call(event)
+                    except Exception as exc:
+                        delay = self._failed(event, exc, attempts)
+                        if delay == 0.0:
+                            continue
+                        if delay is not None:  # park; the timer resumes at this event
+                            self.delivered += delivered
+                            self._wait_retry(
+                                SyncRun(batch, history, pos=i, attempts=attempts), delay
+                            )
+                            return
+                    else:
+                        delivered += 1
+                    break
+            finally:
+                reset_current(token)
+        self._end_sync(batch, history, delivered)
+
+    def _end_sync(self, batch: Batch, history: bool, delivered: int) -> None:
+        # Counters once per batch: flush barriers are checked per batch anyway.
+        self.delivered += delivered
+        if not history:
+            self.actor_inbox.finished_by_owner += len(batch)
+        self._batch_done(batch)
+
+    def _wait_retry(self, run: SyncRun, delay: float) -> None:
+        run.retry_at = time.monotonic() + delay
+        self._run = run
+        self._timers.call_at(run.retry_at, self.actor_inbox.wake)
+
+    def _resume(self) -> bool:
+        """Go on with a stopped synchronous batch; return True once it is finished."""
+        run = self._run
+        assert run is not None
+        if run.retry_at is not None:
+            if time.monotonic() < run.retry_at:
+                return False  # woken early (new mail): the timer wakes it again
+            run.retry_at = None
+        self._resume_sync()
+        return self._run is None
+
+    def _resume_sync(self) -> None:
+        """Run ``self._run`` from where it stopped, watching each call when there is a watch."""
+        run = self._run
+        assert run is not None
+        batch = run.batch
+        left = run.call
+        if left is not None and left.left_behind:
+            # The call timed out and was left running on its old thread: the
+            # handler has the event; the bus no longer waits for it.
+            run.call = None
+            run.delivered += 1
+            run.pos += 1
+            run.attempts = 0
+        call_fn = self._call
+        watch = self._watch
+        samples = self.ports.latency.samples
+        now_wall = time.time()
+        while run.pos < len(batch):
+            if self.abandoned:
+                break
+            event, published_at = batch[run.pos]
+            if run.attempts == 0:
+                if event.ttl is not None and expired_unix(event, now_wall):
+                    self.expired += 1
+                    run.pos += 1
+                    continue
+                if not run.history:
+                    samples.append(time.perf_counter() - published_at)
+            token = current_event.set(event)
+            try:
+                while True:
+                    run.attempts += 1
+                    call = None if watch is None else watch.start(event)
+                    run.call = call
+                    error: Exception | None = None
+                    try:
+                        call_fn(event)
+                    except Exception as exc:
+                        error = exc
+                    if call is not None and watch is not None and not watch.finish(call):
+                        raise TurnHandedOff  # left behind: another thread runs the actor now
+                    run.call = None
+                    if error is None:
+                        run.delivered += 1
+                        break
+                    delay = self._failed(event, error, run.attempts)
+                    if delay is None:
+                        break
+                    if delay > 0:
+                        self._wait_retry(run, delay)
+                        return
+            finally:
+                current_event.reset(token)
+            run.pos += 1
+            run.attempts = 0
+        self._run = None
+        self._end_sync(batch, run.history, run.delivered)
+
+    def _call_timed_out(self, call: Call) -> None:
+        """Count and report a late synchronous call (on the timer thread, its only writer)."""
+        self.timeouts += 1  # before the new turn can run: whoever sees it run sees the count
+        if call.left_behind:
+            # The old thread keeps the schedule claim; the new turn owns it now.
+            self.actor_dispatcher.schedule(self)  # type: ignore[arg-type]
+        logger.warning(
+            "handler of %s (%r) has run on %s for longer than its timeout of %s s; %s",
+            self.sub_id,
+            self.pattern,
+            call.event.event_type,
+            self.policy.timeout,
+            "the subscription moves on and will ignore what the call returns"
+            if call.left_behind
+            else "a synchronous call cannot be interrupted: the subscription waits for it",
+        )
+
+    # -- async handlers --------------------------------------------------------------
+
+    async def _run_async(self, batch: Batch, history: bool) -> None:
+        handler = self._async_handler
+        assert handler is not None
+        samples = self.ports.latency.samples
+        mailbox = self.actor_inbox
+        now_wall = time.time()
+        count = 0 if history else 1
+        for event, published_at in batch:
+            if self.abandoned:
+                break
+            if event.ttl is not None and expired_unix(event, now_wall):
+                self.expired += 1
+                mailbox.finished_by_owner += count
+                continue
+            if count:
+                samples.append(time.perf_counter() - published_at)
+            token = current_event.set(event)
+            try:
+                attempts = 0
+                while True:
+                    attempts += 1
+                    try:
+                        await self._await_handler(handler, event)
+                    except Exception as exc:
+                        delay = self._failed(event, exc, attempts)
+                        if delay is not None:
+                            if delay > 0:
+                                await asyncio.sleep(delay)
+                            continue
+                    else:
+                        self.delivered += 1
+                    break
+            finally:
+                current_event.reset(token)
+            mailbox.finished_by_owner += count
+        self._batch_done(batch)
+
+    async def _await_handler(
+        self, handler: Callable[[Event], Coroutine[Any, Any, Any]], event: Event
+    ) -> None:
+        timeout = self.policy.timeout
+        if timeout is None:
+            await handler(event)
+            return
+        scope = asyncio.timeout(timeout)
+        token = current_timeout.set((scope, timeout))
+        try:
+            async with scope:
+                await handler(event)
+        except TimeoutError as exc:
+            if not scope.expired():
+                raise  # the handler's own TimeoutError
+            self._async_timed_out(event, cancelled=True)
+            raise handler_timeout_error(timeout) from exc
+        finally:
+            current_timeout.reset(token)
+        if scope.expired():  # it caught its cancellation and returned: late, but handled
+            self._async_timed_out(event, cancelled=False)
+
+    def _async_timed_out(self, event: Event, *, cancelled: bool) -> None:
+        self.timeouts += 1  # on the loop's thread, the writer of an async subscription's counters
+        logger.warning(
+            "handler of %s (%r) ran on %s for longer than its timeout of %s s; %s",
+            self.sub_id,
+            self.pattern,
+            event.event_type,
+            self.policy.timeout,
+            "cancelled" if cancelled else "it caught the cancellation and returned",
+        )
+
+    # -- failures ---------------------------------------------------------------------
+
+    def _failed(self, event: Event, exc: Exception, attempts: int) -> float | None:
+        """Count a failed attempt; return the wait before the next, or None (dead letter)."""
+        self.errors += 1
+        policy = self.policy
+        if attempts <= policy.retries:
+            return backoff_delay(policy.retry_backoff, attempts, self._rng)
+        self._dead_letter(event, exc, attempts)
+        return None
+
+    def _dead_letter(self, event: Event, exc: BaseException, attempts: int) -> None:
+        self.dead += 1
+        logger.warning(
+            "handler of %s (%r) failed on %s after %d attempt(s): %r",
+            self.sub_id,
+            self.pattern,
+            event.event_type,
+            attempts,
+            exc,
+        )
+        self.ports.router.put(
+            DeadLettered(
+                DeadLetter(
+                    subscription_id=self.sub_id,
+                    pattern=self.pattern,
+                    event=event,
+                    error_type=type(exc).__name__,
+                    error="".join(traceback.format_exception_only(exc)).strip(),
+                    attempts=attempts,
+                )
+            )
+        )

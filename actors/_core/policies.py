@@ -1,0 +1,185 @@
+"""Handler policies: a timeout and a retry backoff per subscription.
+
+``subscribe(..., timeout=, retry_backoff=, retries=)`` (and ``respond``)
+build one ``HandlerPolicy``; ``docs/architecture.md`` ("Handler policies")
+says what a user sees.  Here are the parts that need no actor:
+
+- ``backoff_delay``: the wait before a retry, exponential with full jitter.
+- ``CallWatch``: watches a synchronous handler's calls against the timeout
+  from the bus's ``Timers`` thread.  A call cannot be interrupted, so a late
+  one is reported; on a dedicated thread the watch also hands the actor to a
+  new thread (``Dispatcher.hand_off``) so the subscription moves on.
+- ``SyncRun``: where a synchronous batch stopped (a retry waiting for its
+  timer, a call left behind), so the next turn goes on from there and the
+  subscription keeps its order.
+
+Who writes what: a ``Call``'s ``timed_out``/``left_behind`` and the watch's
+``_call``/``_armed`` change under the watch's lock only (the handler's thread
+starts and finishes calls, the timer thread fires); a ``SyncRun`` belongs to
+whichever thread runs the actor's turn.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from actors._model.event import Event
+    from actors._runtime.timers import Timers
+
+__all__ = [
+    "DEFAULT_RETRY_BACKOFF",
+    "MAX_BACKOFF",
+    "MAX_LEFT_BEHIND",
+    "Call",
+    "CallWatch",
+    "HandlerPolicy",
+    "SyncRun",
+    "backoff_delay",
+    "handler_timeout_error",
+]
+
+DEFAULT_RETRY_BACKOFF = 0.1  # seconds: the first retry waits up to this
+MAX_BACKOFF = 30.0  # no retry waits longer
+# Calls a dedicated-thread subscription may leave running past their timeout;
+# beyond that it waits for the current call (each holds a thread).
+MAX_LEFT_BEHIND = 16
+
+Batch = list[tuple["Event", float]]
+
+
+@dataclass(frozen=True, slots=True)
+class HandlerPolicy:
+    """How a subscription runs its handler: retries, their backoff, a timeout.
+
+    ``retries`` extra attempts after a failure (then a dead letter); before
+    retry ``n`` (1 for the first) the subscription waits ``backoff_delay(
+    retry_backoff, n)`` (0 retries at once); ``timeout`` seconds per call
+    (None: no limit); ``move_on``: a synchronous call past its timeout is left
+    running and the subscription goes on (a dedicated thread).
+    """
+
+    retries: int = 0
+    retry_backoff: float = DEFAULT_RETRY_BACKOFF
+    timeout: float | None = None
+    move_on: bool = False
+
+
+def backoff_delay(
+    base: float, retry: int, rng: random.Random | None = None, cap: float = MAX_BACKOFF
+) -> float:
+    """Return the wait before retry number ``retry`` (1 for the first): full jitter.
+
+    Drawn uniformly from ``[0, min(cap, base * 2 ** (retry - 1))]`` (AWS's
+    "full jitter": retries of many failing events spread out instead of
+    coming back together).  ``0`` when ``base`` is 0 (retry at once).
+    """
+    if base <= 0:
+        return 0.0
+    bound = min(cap, base * 2.0 ** min(max(retry - 1, 0), 64))
+    return (rng or random).uniform(0.0, bound)
+
+
+def handler_timeout_error(timeout: float) -> TimeoutError:
+    """Return the error a dead letter records for a call cancelled at its timeout."""
+    return TimeoutError(f"handler ran longer than its timeout of {timeout} s")
+
+
+class Call:
+    """One synchronous handler call being watched."""
+
+    __slots__ = ("deadline", "event", "left_behind", "timed_out")
+
+    def __init__(self, event: Event, deadline: float) -> None:
+        self.event = event
+        self.deadline = deadline
+        self.timed_out = False
+        self.left_behind = False
+
+
+class CallWatch:
+    """Report synchronous calls that outlive ``timeout``; leave them behind if allowed.
+
+    At most one timer is pending per watch, whatever the call rate: a call
+    arms one only when none is pending, and a timer that finds a newer call
+    re-arms for that call's deadline.  When a call is late, ``hand_off``
+    (None: never) is asked, under the lock, to move the actor to a new
+    thread; then ``on_timeout`` runs on the timer thread with the call.
+    """
+
+    def __init__(
+        self,
+        timeout: float,
+        timers: Timers,
+        on_timeout: Callable[[Call], None],
+        hand_off: Callable[[], bool] | None = None,
+    ) -> None:
+        self.timeout = timeout
+        self._timers = timers
+        self._on_timeout = on_timeout
+        self._hand_off = hand_off
+        self._lock = threading.Lock()
+        self._call: Call | None = None
+        self._armed = False
+
+    def start(self, event: Event) -> Call:
+        """Record that a call for ``event`` starts now (the handler's thread)."""
+        call = Call(event, time.monotonic() + self.timeout)
+        with self._lock:
+            self._call = call
+            arm = not self._armed
+            self._armed = True
+        if arm:
+            self._timers.call_at(call.deadline, self._fire)
+        return call
+
+    def finish(self, call: Call) -> bool:
+        """Record that ``call`` returned; False if it was left behind (touch nothing then)."""
+        with self._lock:
+            if self._call is call:
+                self._call = None
+            return not call.left_behind
+
+    def _fire(self) -> None:
+        with self._lock:
+            call = self._call
+            if call is None or call.timed_out:
+                self._armed = False  # the next call arms again
+                return
+            if time.monotonic() < call.deadline:
+                rearm = call.deadline
+            else:
+                rearm = None
+                call.timed_out = True
+                if self._hand_off is not None and self._hand_off():
+                    call.left_behind = True
+                    self._call = None
+                self._armed = False
+        if rearm is not None:
+            self._timers.call_at(rearm, self._fire)
+            return
+        self._on_timeout(call)
+
+
+@dataclass(slots=True, eq=False)
+class SyncRun:
+    """A synchronous batch that stopped before its end, and where.
+
+    ``pos`` is the event being handled, ``attempts`` its attempts so far,
+    ``delivered`` the batch's deliveries not yet counted, ``retry_at`` when
+    the waiting retry is due (monotonic; None: not waiting), ``call`` the
+    watched call of the event at ``pos`` while it runs.
+    """
+
+    batch: Batch
+    history: bool
+    pos: int = 0
+    attempts: int = 0
+    delivered: int = 0
+    retry_at: float | None = None
+    call: Call | None = None
