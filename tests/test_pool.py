@@ -131,7 +131,7 @@ class StuckTurn:
         self.entered = threading.Event()
         self.threads: list[str] = []
 
-    def _actor_turn(self, throughput: int) -> None:
+    def actor_turn(self, throughput: int) -> None:
         self.threads.append(threading.current_thread().name)
         self.entered.set()
         assert self.release.wait(WAIT), "the test never released the turn"
@@ -142,7 +142,7 @@ class QuickTurn:
         self.ran = threading.Event()
         self.thread = ""
 
-    def _actor_turn(self, throughput: int) -> None:
+    def actor_turn(self, throughput: int) -> None:
         self.thread = threading.current_thread().name
         self.ran.set()
 
