@@ -174,10 +174,14 @@ class Inbound:
         self._incarnation(st, epoch, base)
         st.head = head
         new = self.prefixes - st.synced
+        baseline = new == self.prefixes and not st.restarted
         self._backfill(origin, st, new, head)
         st.synced = set(self.prefixes)
         st.awaiting_sync = False
-        if self.prefixes and not st.pending and (st.watermark is None or head > st.watermark):
+        # Only a first sync of every prefix is a baseline: a repeated reply (a
+        # stream that reconnected) says nothing of what the chains still miss.
+        moves = st.watermark is None or head > st.watermark
+        if baseline and moves and self.prefixes and not st.blocked():
             st.watermark = head
         return self._release(st)
 
@@ -407,10 +411,19 @@ class Inbound:
                 return False
         return True
 
+    def is_pending(self, rid: str) -> bool:
+        """Return whether recovery request ``rid`` is still waiting for its answer."""
+        return any(rid in st.pending for st in self.origins.values())
+
     def watermarks(self) -> dict[str, int]:
-        """Return the watermark of every origin that is not waiting for anything."""
+        """Return the watermark of every origin whose saved one is known.
+
+        The watermark moves only past delivered events, so it holds while a
+        recovery or a sync reply is awaited: saving it then keeps a restart
+        from fetching again what was delivered (and journaled) already.
+        """
         return {
             name: st.watermark
             for name, st in self.origins.items()
-            if st.watermark is not None and not st.blocked()
+            if st.watermark is not None and not st.loading
         }
