@@ -344,3 +344,18 @@ def test_a_repeated_sync_reply_does_not_move_the_watermark_past_a_loss() -> None
     released = inbound.on_recovered(request.rid, events, complete, 5, lost)
     assert [e.sequence for e in released] == [3, 4, 5]
     assert inbound.watermarks() == {"a": 5}
+
+
+def test_a_lost_sync_reply_still_backfills_from_the_watermark() -> None:
+    inbound = Inbound("b", dedupe=1000)
+    inbound.set_patterns(["user.*"], 0.0)
+    inbound.start_loading("a", 0.0)
+    inbound.loaded("a", 100, 0.0)  # a restarted durable node, down after 100
+    # The sync reply never comes (the origin was paused when it should have).
+    assert inbound.expire_syncs(5.0, 1.0) == []
+    assert inbound.requests == []  # nothing heard yet: nothing to fetch up to
+    inbound.on_heartbeat("a", epoch=7, base=1, head=300, chains={b"user.": 300}, now=5.0)
+    assert inbound.expire_syncs(5.0, 1.0) == []
+    (request,) = inbound.requests
+    assert (request.after, request.upto) == (100, 300)
+    assert inbound.watermarks() == {"a": 100}

@@ -359,19 +359,27 @@ class Inbound:
         return []
 
     def expire_syncs(self, now: float, timeout: float) -> list[Event]:
-        """Stop waiting for sync replies older than ``timeout``; return released events."""
+        """Stop waiting for sync replies older than ``timeout``; return released events.
+
+        Without a sync reply (lost, or sent while our stream was not yet
+        connected) an origin we have a watermark for is still backfilled, up
+        to the head its heartbeats announce: so it waits for one heartbeat.
+        """
         out: list[Event] = []
         for name, st in self.origins.items():
-            if st.awaiting_sync and now - st.sync_since > timeout:
-                st.awaiting_sync = False
-                if st.next_epoch is not None:
-                    # Data of a new incarnation, and no word from it: follow it.
-                    st.epoch, st.next_epoch = st.next_epoch, None
-                if st.restarted and st.head is not None and st.watermark is not None:
-                    self._backfill(name, st, frozenset(), st.head)
-                st.synced = set(self.prefixes)
-                self.sync_timeouts += 1
-                out.extend(self._release(st))
+            if not st.awaiting_sync or st.loading or now - st.sync_since <= timeout:
+                continue
+            if st.watermark is not None and st.head is None:
+                continue  # not heard since (paused?): nothing to backfill up to yet
+            st.awaiting_sync = False
+            if st.next_epoch is not None:
+                # Data of a new incarnation, and no word from it: follow it.
+                st.epoch, st.next_epoch = st.next_epoch, None
+            if st.head is not None and st.watermark is not None:
+                self._backfill(name, st, frozenset(self.prefixes - st.synced), st.head)
+            st.synced = set(self.prefixes)
+            self.sync_timeouts += 1
+            out.extend(self._release(st))
         return out
 
     # -- delivery ---------------------------------------------------------------------
