@@ -69,13 +69,16 @@ def test_a_restarted_broker_routes_recovery_to_an_origin_that_only_publishes(
 def test_a_recovery_waits_for_an_origin_paused_in_the_middle_of_it(
     nodes: list[Node], tmp_path: Path
 ) -> None:
-    a = start(nodes, name="a", listen=f"ipc://{tmp_path}/a", path=str(tmp_path / "a"), node=FAST)
+    a = start(
+        nodes, name="a", listen=f"ipc://{tmp_path}/a.sock", path=str(tmp_path / "a"), node=FAST
+    )
     b_config = {
         "name": "b",
         "peers": [a.endpoint],
         "path": str(tmp_path / "b"),
         "pattern": "job.*",
         "durable": "worker",
+        "capacity": 1_000_000,  # the default DROP_OLDEST would drop a burst at the handler
         "node": FAST,
     }
     b = start(nodes, **b_config)
