@@ -4,6 +4,7 @@ Run as ``python tests/_node_child.py CONFIG_JSON``.  CONFIG_JSON holds ``name``,
 ``listen``, ``peers``, optional ``path`` (a persistent bus), ``pattern`` and
 ``durable`` and ``capacity`` (a subscription whose handler prints ``got
 ORIGIN TYPE DATA``),
+optional ``durability`` (of the journal),
 optional ``publish_first`` (``[TYPE, FROM, TO]``: published, and acknowledged,
 before ``ready``), optional ``keys`` (``public``, ``secret``, ``authorized``, ``peer_keys``) and
 ``node`` (extra ``NodeConfig`` fields).  It prints ``ready ENDPOINT`` once
@@ -12,6 +13,7 @@ one line (every line is flushed at once):
 
 ``sync NAME,NAME``     wait until those nodes acknowledged our subscriptions -> ``synced``
 ``peers NAME,NAME``    wait until those nodes are heard from -> ``peers``
+``gone NAME``          wait until that node is declared dead -> ``gone``
 ``publish TYPE FROM TO``  publish events ``FROM..TO-1`` (data = the number) -> ``published``
 ``subscribe PATTERN [DURABLE]``  subscribe the printing handler now -> ``subscribed``
 ``sized TYPE N,N``     publish one event of N characters each -> ``sized ok,too-large``
@@ -19,6 +21,7 @@ one line (every line is flushed at once):
 ``pause`` / ``resume`` block / release the bridge's I/O thread -> ``paused`` / ``resumed``
 ``refused``            wait until a CURVE client was refused -> ``refused``
 ``stats``              -> ``stats JSON`` (the bridge's statistics)
+``journal TYPE``       -> ``journal JSON`` (the data of the journaled events of TYPE, in order)
 ``close``              close the bus -> ``closed``, then exit
 """
 
@@ -35,6 +38,7 @@ from actors import (
     Event,
     EventBus,
     EventConfig,
+    EventQuery,
     EventTooLargeError,
     NodeConfig,
     PersistentEventBus,
@@ -65,7 +69,10 @@ def main() -> None:
     )
     bus: EventBus
     if cfg.get("path"):
-        bus = PersistentEventBus(EventConfig(persistence_path=cfg["path"]), node=node)
+        config = EventConfig(
+            persistence_path=cfg["path"], durability=cfg.get("durability", "async")
+        )
+        bus = PersistentEventBus(config, node=node)
     else:
         bus = EventBus(node=node)
     bridge = bus.node
@@ -127,6 +134,10 @@ def main() -> None:
                 future.get(timeout=WAIT)
             bus.flush(WAIT)
             say("sized " + ",".join(outcomes))
+        elif command == "gone":
+            name = words[1]
+            ok = bridge.wait(lambda s, n=name: n not in s.peers_alive, WAIT)
+            say("gone" if ok else "not-gone")
         elif command == "pause":
             gate.clear()
             paused = threading.Event()
@@ -148,6 +159,9 @@ def main() -> None:
             stats = asdict(bridge.statistics())
             stats.pop("counters", None)
             say("stats " + json.dumps(stats))
+        elif command == "journal":
+            stored = bus.query(EventQuery(event_types=[words[1]]))
+            say("journal " + json.dumps([e.data for e in stored]))
         elif command == "close":
             gate.set()
             bus.close(WAIT)

@@ -325,4 +325,37 @@ def test_a_subscription_before_the_sync_reply_fetches_the_downtime() -> None:
     inbound.loaded("a", 100, 0.0)
     (request,) = inbound.requests
     assert (request.after, request.upto) == (100, 500)
-    assert inbound.watermarks() == {}  # blocked until the range arrives
+    assert inbound.watermarks() == {"a": 100}  # kept (and saved) while the range is fetched
+
+
+def test_a_repeated_sync_reply_does_not_move_the_watermark_past_a_loss() -> None:
+    # A stream that reconnected (a broker restarted) is answered again: its
+    # head says nothing of what was lost meanwhile.
+    out, inbound = synced_pair(["user.*"])
+    feed(inbound, decode(out.frames([local(1), local(2)])[0]))
+    out.frames([local(3), local(4), local(5)])  # lost on the way
+    assert inbound.on_sync("a", 1, 1, out.head, 0.0) == []
+    assert inbound.watermarks() == {"a": 2}
+    inbound.on_heartbeat("a", epoch=1, base=1, head=5, chains=dict(out.prev), now=0.0)
+    (request,) = inbound.requests
+    assert (request.after, request.upto) == (2, 5)
+    assert inbound.watermarks() == {"a": 2}  # saved while the range is fetched
+    events, complete, lost = out.from_ring(2, 5, request.prefixes, 10)
+    released = inbound.on_recovered(request.rid, events, complete, 5, lost)
+    assert [e.sequence for e in released] == [3, 4, 5]
+    assert inbound.watermarks() == {"a": 5}
+
+
+def test_a_lost_sync_reply_still_backfills_from_the_watermark() -> None:
+    inbound = Inbound("b", dedupe=1000)
+    inbound.set_patterns(["user.*"], 0.0)
+    inbound.start_loading("a", 0.0)
+    inbound.loaded("a", 100, 0.0)  # a restarted durable node, down after 100
+    # The sync reply never comes (the origin was paused when it should have).
+    assert inbound.expire_syncs(5.0, 1.0) == []
+    assert inbound.requests == []  # nothing heard yet: nothing to fetch up to
+    inbound.on_heartbeat("a", epoch=7, base=1, head=300, chains={b"user.": 300}, now=5.0)
+    assert inbound.expire_syncs(5.0, 1.0) == []
+    (request,) = inbound.requests
+    assert (request.after, request.upto) == (100, 300)
+    assert inbound.watermarks() == {"a": 100}

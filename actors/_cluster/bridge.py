@@ -33,6 +33,7 @@ from actors._cluster.bridge_io import query_to_json
 from actors._cluster.endpoints import Link, derive_endpoint, last_endpoint
 from actors._cluster.io_base import LinkState
 from actors._cluster.ports import LocalNode
+from actors._cluster.recovery_io import RecoveryIO
 from actors._cluster.request_io import RequestIO
 from actors._cluster.security import Curve, close_context, generate_keypair
 from actors._cluster.stream_io import StreamIO, WakeMailbox
@@ -61,7 +62,7 @@ class BridgeView:
     refusals: tuple[str, ...] = ()
 
 
-class Bridge(StreamIO, RequestIO):
+class Bridge(StreamIO, RecoveryIO, RequestIO):
     """Join the bus behind ``local`` to the nodes of ``node`` (see the module docstring).
 
     Raises ``BridgeError`` if a socket cannot be set up (address in use, a
@@ -360,6 +361,10 @@ class Bridge(StreamIO, RequestIO):
         with contextlib.suppress(Exception):
             self._drain_mailbox()
         self._run_calls()
+        # A clean close: the journal, stopped after the bridge, writes what it holds.
+        held, self._unwritten = self._unwritten, []
+        with contextlib.suppress(Exception):
+            self._send_items(held)
         # Give frames already queued (the last flush) a moment to leave.
         self._xpub.close(1000)
         self._close_now()
@@ -369,9 +374,10 @@ class Bridge(StreamIO, RequestIO):
 
     def _close_now(self) -> None:
         """Close every socket at once and release the pipe and the workers (never hangs)."""
-        for item in self.mailbox.take(1 << 30):
+        for item in [*self._unwritten, *self.mailbox.take(1 << 30)]:
             if type(item) is Barrier:
                 item.callback()
+        self._unwritten = []
         close_context(self._ctx, self._curve)
         self._workers.shutdown(wait=False, cancel_futures=True)
         for fd in (self._rfd, self._wfd):

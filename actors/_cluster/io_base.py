@@ -84,6 +84,12 @@ class BridgeBase:
         self._refusals: list[str] = []
         self._waiting: dict[str, tuple[Callable[[Request | None], None], float]] = {}
         self._saved: dict[str, int] = {}
+        # Records routed but not yet known to be journaled, and how many of
+        # them the journal was asked about (``StreamIO._ask_written``).
+        self._unwritten: list[object] = []
+        self._asked = 0
+        # Recovery requests waiting for their origin to be heard again (``recovery_io``).
+        self._parked: dict[str, tuple[RecoverRequest, int]] = {}
         self._workers = ThreadPoolExecutor(2, thread_name_prefix=f"bridge-{self.name}")
         self._ledger = PublishLedger()
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
@@ -161,6 +167,18 @@ class BridgeBase:
         raise NotImplementedError
 
     def _connect_stream(self, name: str, endpoint: str, key: bytes | None) -> None:
+        raise NotImplementedError
+
+    def _route_to(self, name: str) -> Route | None:
+        raise NotImplementedError
+
+    def _send(self, route: Route, message: Request) -> None:
+        raise NotImplementedError
+
+    def _unanswered(self, name: str) -> None:
+        raise NotImplementedError
+
+    def _unpark(self) -> None:
         raise NotImplementedError
 
     def _seen(self, name: str, now: float) -> None:

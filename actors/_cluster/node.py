@@ -16,6 +16,7 @@ from actors._cluster.bridge import Bridge
 from actors._cluster.limits import EventSizeCheck
 from actors._cluster.ports import JournalPort
 from actors._core.messages import (
+    Barrier,
     Forward,
     GetCorrelated,
     LoadCheckpoint,
@@ -57,6 +58,10 @@ class RouterJournal:
     def save_checkpoint(self, name: str, sequence: int) -> None:
         """Save ``name`` once everything routed before is journaled (never blocks)."""
         self._router.put(Forward(self._journal, SaveCheckpoint(name, sequence)))
+
+    def after_written(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once everything routed before is written (never blocks)."""
+        self._router.put(Forward(self._journal, Barrier(callback)))
 
 
 @dataclass(frozen=True, slots=True)

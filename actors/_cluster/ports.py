@@ -8,7 +8,7 @@ the bus (``docs/architecture.md``).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from actors._model.event import Event
@@ -32,6 +32,10 @@ class JournalPort(Protocol):
 
     def save_checkpoint(self, name: str, sequence: int) -> None:
         """Save a checkpoint after every record routed so far is journaled (never blocks)."""
+        ...
+
+    def after_written(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (journal thread) once every record routed so far is written."""
         ...
 
 

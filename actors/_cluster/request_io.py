@@ -22,7 +22,6 @@ from actors._cluster.bridge_io import fit_answer, query_from_json, serve_recover
 from actors._cluster.endpoints import Link, reachable
 from actors._cluster.io_base import BridgeBase, Route
 from actors._cluster.stream_io import RECV_BURST
-from actors._cluster.streams import RecoverRequest
 from actors._cluster.wire import (
     CORRELATED,
     ERROR,
@@ -55,7 +54,6 @@ __all__ = ["RequestIO"]
 
 logger = logging.getLogger("actors.bridge")
 
-_RECOVER_ATTEMPTS = 4  # tries of one recovery request, each 2 x heartbeat_timeout long
 _HELLO_RID = "hello"
 
 
@@ -301,41 +299,6 @@ class RequestIO(BridgeBase):
                 out[name] = NoAnswerError(f"node {name!r} did not answer in time")
         return out
 
-    def _send_recover(self, request: RecoverRequest, attempt: int = 1) -> None:
-        route = self._route_to(request.origin)
-        rid = request.rid
-        if route is None:
-            self._deliver(self._in.on_recovery_failed(rid))
-            return
-
-        def done(reply: Request | None) -> None:
-            if reply is None or reply.kind == ERROR:
-                if reply is None:
-                    self._unanswered(request.origin)
-                # A slow answer (a loaded origin) is not a lost range: ask
-                # again while the origin is alive, and give up only then.
-                if attempt < _RECOVER_ATTEMPTS and self._alive(request.origin):
-                    self._stats.recovery_retries += 1
-                    self._send_recover(request, attempt + 1)
-                    return
-                self._deliver(self._in.on_recovery_failed(rid))
-                return
-            try:
-                events = decode_events(reply.payload)
-                body = reply.body
-                complete, scanned = bool(body["complete"]), int(body["scanned"])
-                lost = bool(body.get("lost", False))
-            except (FrameError, KeyError, TypeError, ValueError):
-                self._stats.frames_dropped += 1
-                self._deliver(self._in.on_recovery_failed(rid))
-                return
-            self._stats.events_recovered += len(events)
-            self._deliver(self._in.on_recovered(rid, events, complete, scanned, lost))
-
-        self._waiting[rid] = (done, time.monotonic() + 2 * self._node.heartbeat_timeout)
-        body = {"after": request.after, "upto": request.upto, "prefixes": list(request.prefixes)}
-        self._send(route, Request(RECOVER, request.origin, self.name, rid, body))
-
     def _serve(self, message: Request, route: Route) -> None:
         """Answer a peer's request (worker thread: may block on the journal)."""
         local = self._local
@@ -385,13 +348,17 @@ class RequestIO(BridgeBase):
             if link.refused:
                 continue
             dead = link.name is not None and not self._alive(link.name) and not link.broker
-            if (not link.welcomed or dead) and now - link.hello_at > timeout:
+            # A broker is greeted again every heartbeat_timeout: one that
+            # restarted knows no node's name until it hears from it, and
+            # routes no request to it (recovery through it would fail).
+            if (not link.welcomed or dead or link.broker) and now - link.hello_at > timeout:
                 link.hello_at = now
                 self._send((link.sock, None), self._hello_request(HELLO, "", _HELLO_RID))
         for rid, (callback, deadline) in list(self._waiting.items()):
             if now > deadline:
                 del self._waiting[rid]
                 callback(None)
+        self._unpark()
 
 
 def _no_peers() -> dict[str, float]:

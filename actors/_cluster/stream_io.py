@@ -65,20 +65,55 @@ class StreamIO(BridgeBase):
         mailbox = self.mailbox
         if not mailbox.claimed():
             return
+        journal = self._local.journal
         while True:
             items = mailbox.take(1024)
-            events: list[Event] = []
-            for item in items:
-                if type(item) is Record:
-                    events.extend(item.events)
-                elif type(item) is Barrier:
-                    self._send_frames(events)
-                    events = []
-                    item.callback()
-            self._send_frames(events)
+            if journal is None or (not self._unwritten and not self._own(items)):
+                self._send_items(items)
+            else:
+                self._unwritten.extend(items)
             if not mailbox.has_mail():
                 break
         mailbox.finish_turn()
+        self._ask_written()
+
+    def _own(self, items: list[object]) -> bool:
+        """Return whether ``items`` hold an event of this node (events of others are never sent)."""
+        name = self.name
+        return any(
+            type(item) is Record and any(e.origin == name for e in item.events) for item in items
+        )
+
+    def _ask_written(self) -> None:
+        """Ask the journal to say once it wrote what is held (one question at a time).
+
+        A persistent node sends peers only what its journal holds: an event
+        sent before it is written could be forgotten by a crash, and the
+        restarted node would give its sequence to another event.  Records of
+        other origins' events only (received ones) are not held.
+        """
+        journal = self._local.journal
+        if journal is None or not self._unwritten or self._asked:
+            return
+        self._asked = len(self._unwritten)
+        journal.after_written(lambda: self._call_soon(self._written))
+
+    def _written(self) -> None:
+        count, self._asked = self._asked, 0
+        items, self._unwritten = self._unwritten[:count], self._unwritten[count:]
+        self._send_items(items)
+        self._ask_written()
+
+    def _send_items(self, items: list[object]) -> None:
+        events: list[Event] = []
+        for item in items:
+            if type(item) is Record:
+                events.extend(item.events)
+            elif type(item) is Barrier:
+                self._send_frames(events)
+                events = []
+                item.callback()
+        self._send_frames(events)
 
     def _send_frames(self, events: list[Event]) -> None:
         if not events:

@@ -174,10 +174,14 @@ class Inbound:
         self._incarnation(st, epoch, base)
         st.head = head
         new = self.prefixes - st.synced
+        baseline = new == self.prefixes and not st.restarted
         self._backfill(origin, st, new, head)
         st.synced = set(self.prefixes)
         st.awaiting_sync = False
-        if self.prefixes and not st.pending and (st.watermark is None or head > st.watermark):
+        # Only a first sync of every prefix is a baseline: a repeated reply (a
+        # stream that reconnected) says nothing of what the chains still miss.
+        moves = st.watermark is None or head > st.watermark
+        if baseline and moves and self.prefixes and not st.blocked():
             st.watermark = head
         return self._release(st)
 
@@ -355,19 +359,27 @@ class Inbound:
         return []
 
     def expire_syncs(self, now: float, timeout: float) -> list[Event]:
-        """Stop waiting for sync replies older than ``timeout``; return released events."""
+        """Stop waiting for sync replies older than ``timeout``; return released events.
+
+        Without a sync reply (lost, or sent while our stream was not yet
+        connected) an origin we have a watermark for is still backfilled, up
+        to the head its heartbeats announce: so it waits for one heartbeat.
+        """
         out: list[Event] = []
         for name, st in self.origins.items():
-            if st.awaiting_sync and now - st.sync_since > timeout:
-                st.awaiting_sync = False
-                if st.next_epoch is not None:
-                    # Data of a new incarnation, and no word from it: follow it.
-                    st.epoch, st.next_epoch = st.next_epoch, None
-                if st.restarted and st.head is not None and st.watermark is not None:
-                    self._backfill(name, st, frozenset(), st.head)
-                st.synced = set(self.prefixes)
-                self.sync_timeouts += 1
-                out.extend(self._release(st))
+            if not st.awaiting_sync or st.loading or now - st.sync_since <= timeout:
+                continue
+            if st.watermark is not None and st.head is None:
+                continue  # not heard since (paused?): nothing to backfill up to yet
+            st.awaiting_sync = False
+            if st.next_epoch is not None:
+                # Data of a new incarnation, and no word from it: follow it.
+                st.epoch, st.next_epoch = st.next_epoch, None
+            if st.head is not None and st.watermark is not None:
+                self._backfill(name, st, frozenset(self.prefixes - st.synced), st.head)
+            st.synced = set(self.prefixes)
+            self.sync_timeouts += 1
+            out.extend(self._release(st))
         return out
 
     # -- delivery ---------------------------------------------------------------------
@@ -407,10 +419,19 @@ class Inbound:
                 return False
         return True
 
+    def is_pending(self, rid: str) -> bool:
+        """Return whether recovery request ``rid`` is still waiting for its answer."""
+        return any(rid in st.pending for st in self.origins.values())
+
     def watermarks(self) -> dict[str, int]:
-        """Return the watermark of every origin that is not waiting for anything."""
+        """Return the watermark of every origin whose saved one is known.
+
+        The watermark moves only past delivered events, so it holds while a
+        recovery or a sync reply is awaited: saving it then keeps a restart
+        from fetching again what was delivered (and journaled) already.
+        """
         return {
             name: st.watermark
             for name, st in self.origins.items()
-            if st.watermark is not None and not st.blocked()
+            if st.watermark is not None and not st.loading
         }

@@ -1,0 +1,97 @@
+"""Recovery requests of the bridge (I/O thread): ask an origin for a missed range until answered.
+
+``Inbound`` decides what is missing; this sends its ``RecoverRequest``s over
+the request channel and hands the answers back.  Rules (``docs/cluster.md``,
+"Recovery"):
+
+- an origin that is dead (not heard for ``heartbeat_timeout``: paused, cut
+  off, restarting) or that no route reaches still holds the range (in its
+  journal, or in its ring if it only paused), so a request for it is
+  *parked*, never given up: it is asked again once the origin is heard;
+- a request with no answer while its origin is heard is asked again
+  (``recovery_retries``), each try ``2 x heartbeat_timeout`` long;
+- an ``ERROR`` answer (a broker that restarted and does not know the origin
+  yet, an origin that cannot read its journal now) is asked again after
+  ``heartbeat_timeout``;
+- a range is given up (``gaps_unrecovered``) only after ``RECOVER_ATTEMPTS``
+  such tries, or when the origin answers that it no longer holds it.
+"""
+
+from __future__ import annotations
+
+import time
+
+from actors._cluster.io_base import BridgeBase
+from actors._cluster.streams import RecoverRequest
+from actors._cluster.wire import ERROR, RECOVER, FrameError, Request, decode_events
+
+__all__ = ["RECOVER_ATTEMPTS", "RecoveryIO"]
+
+RECOVER_ATTEMPTS = 4
+"""Tries of one recovery request while its origin is heard (parked time does not count)."""
+
+
+class RecoveryIO(BridgeBase):
+    """The recovery half of the request channel (see the module docstring)."""
+
+    def _send_recover(self, request: RecoverRequest, attempt: int = 1) -> None:
+        if not self._in.is_pending(request.rid):
+            return  # ended meanwhile (the origin restarted with a new numbering)
+        route = self._route_to(request.origin)
+        if route is None or not self._alive(request.origin):
+            self._parked[request.rid] = (request, attempt)
+            return
+        rid = request.rid
+
+        def done(reply: Request | None) -> None:
+            if reply is None or reply.kind == ERROR:
+                self._retry(request, attempt, answered=reply is not None)
+                return
+            try:
+                events = decode_events(reply.payload)
+                body = reply.body
+                complete, scanned = bool(body["complete"]), int(body["scanned"])
+                lost = bool(body.get("lost", False))
+            except (FrameError, KeyError, TypeError, ValueError):
+                self._stats.frames_dropped += 1
+                self._deliver(self._in.on_recovery_failed(rid))
+                return
+            self._stats.events_recovered += len(events)
+            self._deliver(self._in.on_recovered(rid, events, complete, scanned, lost))
+
+        self._waiting[rid] = (done, time.monotonic() + 2 * self._node.heartbeat_timeout)
+        body = {"after": request.after, "upto": request.upto, "prefixes": list(request.prefixes)}
+        self._send(route, Request(RECOVER, request.origin, self.name, request.rid, body))
+
+    def _retry(self, request: RecoverRequest, attempt: int, *, answered: bool) -> None:
+        if not answered:
+            self._unanswered(request.origin)
+            if not self._alive(request.origin):
+                self._parked[request.rid] = (request, attempt)
+                return
+        if attempt >= RECOVER_ATTEMPTS:
+            self._deliver(self._in.on_recovery_failed(request.rid))
+            return
+        self._stats.recovery_retries += 1
+        if not answered:
+            self._send_recover(request, attempt + 1)
+            return
+
+        # An error comes back at once: ask again a heartbeat_timeout later
+        # (through ``_waiting``, whose expired entries are called with None).
+        def again(_reply: Request | None) -> None:
+            self._send_recover(request, attempt + 1)
+
+        later = time.monotonic() + self._node.heartbeat_timeout
+        self._waiting[f"{request.rid}#again"] = (again, later)
+
+    def _unpark(self) -> None:
+        """Ask again the parked requests whose origin is heard again (each heartbeat tick)."""
+        if not self._parked:
+            return
+        for rid, (request, attempt) in list(self._parked.items()):
+            if not self._in.is_pending(rid):
+                del self._parked[rid]
+            elif self._alive(request.origin) and self._route_to(request.origin) is not None:
+                del self._parked[rid]
+                self._send_recover(request, attempt)
