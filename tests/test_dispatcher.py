@@ -196,3 +196,37 @@ def test_a_wake_during_a_turn_gives_another_turn(dispatcher: Dispatcher) -> None
         assert second.wait(5)
     finally:
         ref.stop()
+
+
+def test_a_message_during_a_waiting_turn_gives_another_turn(dispatcher: Dispatcher) -> None:
+    # An actor that waits for an answer (a catch-up subscription waiting for a
+    # journal page) ends its turns "parked"; the answer arrives as a message,
+    # possibly while a turn still holds the claim. It must get a turn.
+    answered = threading.Event()
+    asked = threading.Event()
+
+    class Asker(DispatchedActor):
+        def __init__(self, d: Dispatcher) -> None:
+            super().__init__(dispatcher=d)
+            self.waiting = False
+
+        def _on_message(self, message: Any) -> None:
+            if message == "ask":
+                self.waiting = True
+                # The answer lands within this turn: put() finds the claim held.
+                self.actor_inbox.put("answer")
+                asked.set()
+            elif message == "answer":
+                self.waiting = False
+                answered.set()
+
+        def _on_turn_end(self) -> bool:
+            return self.waiting  # parked until the answer
+
+    ref = Asker.start(dispatcher)
+    try:
+        ref.actor_inbox.put("ask")
+        assert asked.wait(5)
+        assert answered.wait(5)
+    finally:
+        ref.stop()

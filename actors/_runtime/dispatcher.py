@@ -152,15 +152,20 @@ class FifoMailbox:
         """Return whether anything is queued."""
         return bool(self._items)
 
-    def finish_turn(self, *, park: bool = False) -> None:
-        """End a turn: release the schedule claim; re-claim if mail is left (unless parked).
+    def finish_turn(self, *, park: bool = False, hard: bool = False) -> None:
+        """End a turn: release the schedule claim; re-claim if mail is left.
 
-        A ``wake`` that came while the turn ran also re-claims, even when
-        parked: the turn may have decided to park before the wake-up's reason
-        (an answer, room in a mailbox) arrived.
+        ``park`` (the actor waits for something, e.g. a journal answer) stops
+        a re-claim for queued *events* only: a message that arrived during the
+        turn, which ``put`` could not schedule because the turn held the claim,
+        always re-claims (it may be the very answer the actor parked for).
+        ``hard`` (parked by ``_park``, or torn down) stops that too.  A
+        ``wake`` that came while the turn ran re-claims in every case: the
+        turn may have decided to park before the wake-up's reason arrived.
         """
         self._sched.release()
-        if ((not park and self.has_mail()) or self._woken) and self._sched.acquire(False):
+        again = self._woken or (not hard and (bool(self._items) or (not park and self.has_mail())))
+        if again and self._sched.acquire(False):
             self._woken = False
             self._schedule()
 
@@ -264,7 +269,7 @@ class DispatchedActor(pykka.Actor):
                 except Exception:
                     logger.exception("%s failed at the end of its turn", self)
                     park = self._actor_parked
-                inbox.finish_turn(park=park)
+                inbox.finish_turn(park=park, hard=self._actor_parked)
                 return
         self._teardown()
 
@@ -335,7 +340,7 @@ class DispatchedActor(pykka.Actor):
                     )
             else:
                 self._on_dropped_at_stop(item)
-        self.actor_inbox.finish_turn(park=True)
+        self.actor_inbox.finish_turn(park=True, hard=True)
         if not self._actor_torn_down:
             self._actor_torn_down = True
             self._on_stopped()
