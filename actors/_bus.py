@@ -93,6 +93,8 @@ class EventBus(RequestReply):
         # journal fails the constructor with nothing left running.
         opened = open_journal(cfg)
         self._storage: Storage | None = opened.storage if opened is not None else None
+        # Fixed at open: publishing checks this one flag, not the storage.
+        self._read_only = self._storage is not None and self._storage.read_only
         self._journal_lost = opened.recovery.lost if opened is not None else 0
         first_sequence = opened.first_sequence if opened is not None else 1
         tag = f"bus-{name or format(id(self), 'x')}"
@@ -234,7 +236,8 @@ class EventBus(RequestReply):
         """
         if self._closed:
             raise BusClosedError("the bus is closed")
-        self._check_writable()
+        if self._read_only:
+            self._refuse_write()
         event = self._prepare(event_or_type, data, fields)
         return self._core.publisher.publish(event, owned=event is not event_or_type)
 
@@ -248,7 +251,8 @@ class EventBus(RequestReply):
         events = checks.check_events(events)
         if self._closed:
             raise BusClosedError("the bus is closed")
-        self._check_writable()
+        if self._read_only:
+            self._refuse_write()
         prepared = [self._prepare(e, None, {}) for e in events]
         if not prepared:
             return []
@@ -267,12 +271,12 @@ class EventBus(RequestReply):
             self._size_check(event)
         return event
 
-    def _check_writable(self) -> None:
-        if self._storage is not None and self._storage.read_only:
-            raise JournalError(
-                "this bus opened its journal read-only (EventConfig(read_only=True)): "
-                "publishing is refused"
-            )
+    @staticmethod
+    def _refuse_write() -> None:
+        raise JournalError(
+            "this bus opened its journal read-only (EventConfig(read_only=True)): "
+            "publishing is refused"
+        )
 
     # -- subscribing -------------------------------------------------------------------
 
