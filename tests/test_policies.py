@@ -343,7 +343,7 @@ def test_a_waiting_retry_holds_no_thread_and_later_events_wait_behind_it(
 ) -> None:
     # Pin the jittered delay to an hour: the retry is certainly still waiting
     # while the test looks (the draw itself is tested above).
-    monkeypatch.setattr(handling, "backoff_delay", lambda base, retry, rng: 3600.0)
+    monkeypatch.setattr(handling, "backoff_delay", lambda base, retry, rng=None: 3600.0)
     # One handler thread, and no stand-in thread for a blocked turn within the test.
     with EventBus(EventConfig(threads=1, max_threads=1, blocking_threshold=600.0)) as bus:
         flaky = Flaky({"x"}, fail_times=1)

@@ -17,7 +17,6 @@ import asyncio
 import contextvars
 import functools
 import logging
-import random
 import time
 import traceback
 from collections.abc import Callable, Coroutine
@@ -85,7 +84,6 @@ class HandlerRuns:
     _run: SyncRun | None
     _watch: CallWatch | None
     _timers: Timers
-    _rng: random.Random
 
     def _batch_done(self, batch: Batch) -> None:
         raise NotImplementedError
@@ -324,7 +322,7 @@ class HandlerRuns:
         self.errors += 1
         policy = self.policy
         if attempts <= policy.retries:
-            return backoff_delay(policy.retry_backoff, attempts, self._rng)
+            return backoff_delay(policy.retry_backoff, attempts)
         self._dead_letter(event, exc, attempts)
         return None
 

@@ -21,8 +21,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import random
-import threading
 import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
@@ -72,6 +70,35 @@ def is_async_handler(handler: Handler) -> bool:
 class SubscriberActor(HandlerRuns, DispatchedActor):
     """Run one subscription's handler over its mailbox (see the module docstring)."""
 
+    # Slots for this class's own state: with pykka's and the dispatcher's
+    # attributes the instance dict would pass the 30 keys that CPython shares
+    # between instances, and an unshared dict costs about 1.5 KB.
+    __slots__ = (
+        "_async_handler",
+        "_call",
+        "_capacity",
+        "_inflight",
+        "_loop",
+        "_overflow",
+        "_run",
+        "_timers",
+        "_watch",
+        "abandoned",
+        "catchup",
+        "dead",
+        "delivered",
+        "detached",
+        "errors",
+        "expired",
+        "pattern",
+        "policy",
+        "ports",
+        "replayed",
+        "skipped",
+        "sub_id",
+        "timeouts",
+    )
+
     actor_inbox: EventMailbox
 
     def __init__(
@@ -100,7 +127,6 @@ class SubscriberActor(HandlerRuns, DispatchedActor):
         self.dead = 0
         self.timeouts = 0  # one writer: the timer thread (sync) or the handler's loop (async)
         self._timers = timers
-        self._rng = random.Random()
         self._run: SyncRun | None = None  # a synchronous batch stopped midway (handling.py)
         self.replayed = 0  # stored events a catch-up took (accounting only)
         self.skipped = 0  # live events a catch-up had already read (accounting only)
@@ -108,8 +134,10 @@ class SubscriberActor(HandlerRuns, DispatchedActor):
         # handler's thread then stops at the next event instead of running
         # the rest of its batch after the bus is gone.
         self.abandoned = False
-        # Set by the facade when ``unsubscribe`` returns: ``active`` is False from then on.
-        self.detached = threading.Event()
+        # Set by the facade when ``unsubscribe`` returns: ``active`` is False
+        # from then on.  A flag (one writer, read anywhere), not an Event: no
+        # one waits for it, and an Event costs about 1 KB per subscription.
+        self.detached = False
         self._inflight = False
         self._loop = loop
         self.catchup: CatchUp | None = None
@@ -284,7 +312,7 @@ class Subscription:
     @property
     def active(self) -> bool:
         """Return whether the subscription still receives events (False once unsubscribed)."""
-        return not self._actor.detached.is_set() and self._actor.actor_ref.is_alive()
+        return not self._actor.detached and self._actor.actor_ref.is_alive()
 
     def __enter__(self) -> Subscription:
         return self

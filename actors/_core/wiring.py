@@ -304,7 +304,7 @@ class Core:
             actor = self._subs.pop(sub_id, None)
             if actor is None:
                 return
-            actor.detached.set()
+            actor.detached = True
             if actor.catchup is not None:
                 actor.catchup.caught_up.set(None)  # a flush waiting for it stops waiting
             stats = actor.statistics()
@@ -330,7 +330,7 @@ class Core:
             subs = list(self._subs.values())
             self._subs.clear()
         for actor in subs:
-            actor.detached.set()
+            actor.detached = True
             if actor.catchup is not None:
                 actor.catchup.caught_up.set(None)
         return subs

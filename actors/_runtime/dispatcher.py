@@ -49,6 +49,7 @@ class TurnHandedOff(Exception):  # noqa: N818 - a signal, not an error
 
 
 _default: Dispatcher | None = None
+_condition_lock = threading.Lock()  # makes a mailbox's Condition once
 _default_lock = threading.Lock()
 
 
@@ -83,7 +84,9 @@ class FifoMailbox:
         self._items: deque[Any] = deque()
         self._sched = threading.Lock()
         self._woken = False  # a wake() arrived while a turn held the claim
-        self._not_full = threading.Condition(threading.Lock())
+        # Made on the first wait for room (only a bounded inbox with a
+        # blocking producer ever waits): a Condition costs about 1 KB.
+        self._not_full: threading.Condition | None = None
         self._waiting = 0
         self._actor: DispatchedActor | None = None
         self.capacity = capacity
@@ -114,7 +117,13 @@ class FifoMailbox:
 
     def _wait_for_room(self, cap: int, timeout: float | None) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self._not_full:
+        not_full = self._not_full
+        if not_full is None:
+            with _condition_lock:
+                if self._not_full is None:
+                    self._not_full = threading.Condition(threading.Lock())
+                not_full = self._not_full
+        with not_full:
             self._waiting += 1
             try:
                 while len(self._items) >= cap:
@@ -123,7 +132,7 @@ class FifoMailbox:
                         return False
                     # Short slices: the taker notifies without the lock, so a
                     # wake-up can be missed; the slice bounds that to 50 ms.
-                    self._not_full.wait(0.05 if remaining is None else min(remaining, 0.05))
+                    not_full.wait(0.05 if remaining is None else min(remaining, 0.05))
                 return True
             finally:
                 self._waiting -= 1
@@ -143,9 +152,10 @@ class FifoMailbox:
                 append(popleft())
         except IndexError:  # pragma: no cover - only the owner takes
             pass
-        if self._waiting:
-            with self._not_full:
-                self._not_full.notify_all()
+        not_full = self._not_full
+        if self._waiting and not_full is not None:
+            with not_full:
+                not_full.notify_all()
         return batch
 
     def has_mail(self) -> bool:
