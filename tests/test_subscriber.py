@@ -254,3 +254,26 @@ def test_a_refused_subscribe_leaves_no_trace(
     assert after.subscriptions == before[0].subscriptions == 1
     assert after.per_subscription == before[0].per_subscription
     assert bus.prometheus() == before[1]
+
+
+def test_an_idle_subscription_stays_under_the_memory_target() -> None:
+    # SPEC's target is < 10 KB per idle subscription; tracemalloc counts
+    # exactly what Python allocates, so this is not a timing.
+    import gc  # noqa: PLC0415
+    import tracemalloc  # noqa: PLC0415
+
+    n = 500
+    with EventBus() as bus:
+        bus.subscribe("warm.*", lambda e: None)
+        gc.collect()
+        tracemalloc.start()
+        try:
+            before = tracemalloc.take_snapshot()
+            subs = [bus.subscribe(f"idle{i}.*", lambda e: None) for i in range(n)]
+            gc.collect()
+            after = tracemalloc.take_snapshot()
+        finally:
+            tracemalloc.stop()
+        per_subscription = sum(s.size_diff for s in after.compare_to(before, "filename")) / n
+        assert len(subs) == n
+        assert per_subscription < 10_000, f"{per_subscription:.0f} bytes per idle subscription"
