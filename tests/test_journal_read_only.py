@@ -3,6 +3,10 @@ the info log stays bounded; bad retention settings are refused at once."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,7 +20,7 @@ from actors import (
     JournalLockedError,
     JournalNotFoundError,
 )
-from actors._journal.rocks import RocksStorage
+from actors._journal.rocks import RocksStorage, sweep_stale_views
 from tests._support import Child
 
 
@@ -118,3 +122,35 @@ def test_bad_retention_settings_are_refused_naming_the_argument(
     with pytest.raises(ValueError, match=field):
         EventConfig(persistence_path=tmp_path / "j", **{field: value})  # type: ignore[arg-type]
     assert not (tmp_path / "j").exists()
+
+
+def test_views_left_by_killed_readers_are_swept_and_live_ones_kept(tmp_path: Path) -> None:
+    # A reader killed before it closed leaves its view: a real process, now dead.
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    stale = tmp_path / f"actors-journal-ro-{int(dead.stdout)}-abc"
+    stale.mkdir()
+    (stale / "CURRENT").symlink_to(tmp_path / "elsewhere")
+    live = tmp_path / f"actors-journal-ro-{os.getpid()}-def"
+    live.mkdir()
+    unrelated = tmp_path / "actors-journal-ro-notapid"
+    unrelated.mkdir()
+    assert sweep_stale_views(str(tmp_path)) == 1
+    assert not stale.exists()
+    assert live.exists()
+    assert unrelated.exists()
+
+
+def test_a_read_only_bus_removes_its_view_when_closed(journal: Path) -> None:
+    mine = f"actors-journal-ro-{os.getpid()}-"
+    before = {n for n in os.listdir(tempfile.gettempdir()) if n.startswith(mine)}
+    with EventBus(EventConfig(persistence_path=journal, read_only=True)) as bus:
+        assert bus.query(EventQuery(limit=1))
+        during = {n for n in os.listdir(tempfile.gettempdir()) if n.startswith(mine)}
+        assert len(during - before) == 1
+    after = {n for n in os.listdir(tempfile.gettempdir()) if n.startswith(mine)}
+    assert after == before

@@ -137,9 +137,49 @@ def _check_is_journal(path: str) -> None:
         raise JournalNotFoundError(msg)
 
 
+_VIEW_PREFIX = "actors-journal-ro-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+def sweep_stale_views(directory: str | None = None) -> int:
+    """Remove the views left by processes that died (kill -9) before closing; return how many.
+
+    A view's name carries its creator's pid; only views of dead processes go.
+    """
+    directory = directory or tempfile.gettempdir()
+    removed = 0
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return 0
+    for name in names:
+        if not name.startswith(_VIEW_PREFIX):
+            continue
+        pid_text = name[len(_VIEW_PREFIX) :].split("-", 1)[0]
+        if not pid_text.isdigit() or _pid_alive(int(pid_text)):
+            continue
+        shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+        removed += 1
+    return removed
+
+
 def _linked_view(path: str) -> str:
-    """Return a private folder of symbolic links to the journal's files."""
-    view = tempfile.mkdtemp(prefix="actors-journal-ro-")
+    """Return a private folder of symbolic links to the journal's files.
+
+    Named after this process, so that a later read-only open can sweep the
+    views of processes killed before they closed theirs.
+    """
+    sweep_stale_views()
+    view = tempfile.mkdtemp(prefix=f"{_VIEW_PREFIX}{os.getpid()}-")
     for name in os.listdir(path):
         if name in _NOT_LINKED or name.startswith("LOG.old"):
             continue
