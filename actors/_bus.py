@@ -9,7 +9,8 @@
 Handlers run on the bus's handler ``Dispatcher`` (``EventConfig.threads``
 threads, growing past a blocked one up to ``max_threads``) unless a
 subscription asks for a dedicated thread; the router and the correlation
-actor run on a system thread no handler can take; the journal and the bridge
+actor run on an idle handler thread when there is one, else on a system
+thread no handler can take (``SpareDispatcher``); the journal and the bridge
 have threads of their own.
 """
 
@@ -47,6 +48,7 @@ from actors._model.query import EventQuery
 from actors._model.trace import Trace
 from actors._runtime.dispatcher import Dispatcher
 from actors._runtime.future import BusFuture
+from actors._runtime.pool import SpareDispatcher
 from actors._runtime.shutdown import Deadline
 
 __all__ = ["EventBus", "PersistentEventBus"]
@@ -106,8 +108,10 @@ class EventBus(RequestReply):
             max_threads=cfg.max_threads,
             blocking_threshold=cfg.blocking_threshold,
         )
-        # The bus's own actors: no handler ever runs on this thread.
-        self._system = Dispatcher(1, name=f"{tag}-system")
+        # The bus's own actors (router, correlation) run on the handlers' pool
+        # while no handler there is blocked (no extra thread hand-off per
+        # event), and on a thread no handler takes as soon as one is.
+        self._system = SpareDispatcher(self._dispatcher, Dispatcher(1, name=f"{tag}-system"))
         self._journal: JournalActor | None = None
         if self._storage is not None:
             # Its own thread: a write (and its fsync) never holds a thread

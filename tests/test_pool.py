@@ -173,3 +173,66 @@ def test_hand_off_leaves_a_stuck_thread_behind_and_starts_another(
     finally:
         release.set()
         d.shutdown(WAIT)
+
+
+class Turn:
+    """A runnable that records the thread each of its turns ran on."""
+
+    def __init__(self) -> None:
+        self.threads: list[str] = []
+        self.ran = threading.Semaphore(0)
+
+    def actor_turn(self, throughput: int) -> None:
+        self.threads.append(threading.current_thread().name)
+        self.ran.release()
+
+
+def test_a_spare_dispatcher_runs_on_an_idle_pool_thread(release: threading.Event) -> None:
+    from actors._runtime.pool import SpareDispatcher  # noqa: PLC0415
+
+    pool = Dispatcher(2, name="pool", blocking_threshold=0.05)
+    spare = Dispatcher(1, name="spare")
+    both = SpareDispatcher(pool, spare)
+    try:
+        assert wait_for(pool.has_idle_thread)
+        turn = Turn()
+        both.schedule(turn)
+        assert turn.ran.acquire(timeout=WAIT)
+        assert turn.threads[-1].startswith("pool-")
+    finally:
+        pool.shutdown(WAIT)
+        spare.shutdown(WAIT)
+
+
+def test_a_spare_dispatcher_moves_off_a_pool_whose_threads_are_taken(
+    release: threading.Event,
+) -> None:
+    from actors._runtime.pool import SpareDispatcher  # noqa: PLC0415
+
+    pool = Dispatcher(1, name="pool", max_threads=1, blocking_threshold=0.05)
+    spare = Dispatcher(1, name="spare")
+    both = SpareDispatcher(pool, spare)
+    entered = threading.Event()
+    blocker = Blocker(pool, release, entered)
+    blocker.actor_start()
+    try:
+        blocker.actor_ref.tell("block")
+        assert entered.wait(WAIT)
+        # The pool's one thread is taken (and cannot grow): every turn goes
+        # to the spare thread, none waits behind the blocked handler.
+        turn = Turn()
+        for _ in range(20):
+            both.schedule(turn)
+            assert turn.ran.acquire(timeout=WAIT)
+        assert set(turn.threads) == {turn.threads[0]}
+        assert turn.threads[0].startswith("spare-")
+        release.set()
+        pool.shutdown(WAIT)
+        # A pool that was shut down is never used again.
+        both.schedule(turn)
+        assert turn.ran.acquire(timeout=WAIT)
+        assert turn.threads[-1].startswith("spare-")
+    finally:
+        release.set()
+        pool.shutdown(WAIT)
+        spare.shutdown(WAIT)

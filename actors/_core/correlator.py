@@ -12,7 +12,8 @@ from typing import Any
 
 from actors._core.messages import Barrier, CorrelatedEvents, GetCorrelated, Record
 from actors._model.tracestore import TraceStore
-from actors._runtime.dispatcher import DispatchedActor, Dispatcher
+from actors._runtime.dispatcher import DispatchedActor
+from actors._runtime.pool import Scheduler
 
 __all__ = ["CorrelationActor"]
 
@@ -26,7 +27,7 @@ class CorrelationActor(DispatchedActor):
     def __init__(
         self,
         *,
-        dispatcher: Dispatcher,
+        dispatcher: Scheduler,
         max_traces: int,
         max_events_per_trace: int,
         trace_ttl: float | None,

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from actors._model.event import Event
     from actors._runtime.dispatcher import Dispatcher
     from actors._runtime.mailbox import EventMailbox
+    from actors._runtime.pool import Scheduler
     from actors._runtime.timers import Timers
 
 __all__ = ["Batch", "HandlerRuns", "current_event", "current_timeout"]
@@ -68,7 +69,8 @@ class HandlerRuns:
 
     # Provided by SubscriberActor (its __init__ sets them).
     actor_inbox: EventMailbox
-    actor_dispatcher: Dispatcher
+    actor_dispatcher: Scheduler
+    pool: Dispatcher  # the same object as actor_dispatcher, typed for hand_off
     ports: SubscriberPorts
     sub_id: str
     pattern: str
@@ -95,7 +97,7 @@ class HandlerRuns:
             return None
         hand_off: Callable[[], bool] | None = None
         if policy.move_on:
-            hand_off = functools.partial(self.actor_dispatcher.hand_off, self, MAX_LEFT_BEHIND)
+            hand_off = functools.partial(self.pool.hand_off, self, MAX_LEFT_BEHIND)
         return CallWatch(policy.timeout, timers, self._call_timed_out, hand_off)
 
     # -- synchronous handlers ------------------------------------------------------

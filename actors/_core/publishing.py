@@ -21,8 +21,9 @@ from actors._core.subscriber import current_event
 from actors._errors import BackpressureError, InvalidEventError, RateLimitedError
 from actors._model.event import FIELD_NAMES, Event, with_fields
 from actors._model.topics import is_reserved
-from actors._runtime.dispatcher import Dispatcher, FifoMailbox
+from actors._runtime.dispatcher import FifoMailbox
 from actors._runtime.future import BusFuture
+from actors._runtime.pool import Scheduler
 
 __all__ = ["Publisher", "prepare_event"]
 
@@ -75,7 +76,7 @@ class Publisher:
         guard: BlockGuard,
         block_timeout: float,
         bucket: TokenBucket | None,
-        dispatcher: Dispatcher,
+        dispatcher: Scheduler,
     ) -> None:
         self._router = router
         self._guard = guard

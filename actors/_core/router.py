@@ -61,8 +61,9 @@ from actors._model.event import (
 )
 from actors._model.metrics import RateMeter
 from actors._model.topics import Pattern, TopicTrie
-from actors._runtime.dispatcher import DispatchedActor, Dispatcher, FifoMailbox
+from actors._runtime.dispatcher import DispatchedActor, FifoMailbox
 from actors._runtime.mailbox import STARTED
+from actors._runtime.pool import Scheduler
 
 if TYPE_CHECKING:
     from actors._runtime.future import BusFuture
@@ -104,7 +105,7 @@ class RouterActor(DispatchedActor):
     def __init__(
         self,
         *,
-        dispatcher: Dispatcher,
+        dispatcher: Scheduler,
         capacity: int,
         origin: str | None,
         first_sequence: int = 1,

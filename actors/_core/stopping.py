@@ -14,7 +14,8 @@ from collections.abc import Callable
 
 from actors._core.wiring import Core
 from actors._model.metrics import SubscriptionStatistics
-from actors._runtime.dispatcher import DispatchedActor, Dispatcher
+from actors._runtime.dispatcher import DispatchedActor
+from actors._runtime.pool import Scheduler
 from actors._runtime.shutdown import Deadline, send_stop, wait_stopped
 
 __all__ = ["stop_actors"]
@@ -25,7 +26,7 @@ logger = logging.getLogger("actors.bus")
 def stop_actors(
     core: Core,
     *,
-    system: Dispatcher,
+    system: Scheduler,
     deadline: Deadline,
     grace: float,
     wait: bool,

@@ -70,6 +70,7 @@ from actors._model.query import EventQuery
 from actors._model.topics import Pattern
 from actors._runtime.dispatcher import DispatchedActor, Dispatcher, FifoMailbox
 from actors._runtime.future import BusFuture
+from actors._runtime.pool import Scheduler
 from actors._runtime.timers import Timers
 
 __all__ = ["Core", "HandlerWrapper", "JournalFigures", "merge_events", "start_actor"]
@@ -115,7 +116,7 @@ class Core:
         *,
         name: str | None,
         dispatcher: Dispatcher,
-        system: Dispatcher | None = None,
+        system: Scheduler | None = None,
         first_sequence: int = 1,
         journal: FifoMailbox | None = None,
     ) -> None:

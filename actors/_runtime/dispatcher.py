@@ -33,7 +33,7 @@ from pykka import ActorDeadError, ActorRegistry, messages
 from pykka._envelope import Envelope
 
 from actors._runtime.future import BusFuture
-from actors._runtime.pool import Dispatcher
+from actors._runtime.pool import Dispatcher, Scheduler
 
 __all__ = ["DispatchedActor", "Dispatcher", "FifoMailbox", "TurnHandedOff", "default_dispatcher"]
 
@@ -213,8 +213,8 @@ class DispatchedActor(pykka.Actor):
     actor_inbox: FifoMailbox
     dispatcher_for_class: ClassVar[Dispatcher | None] = None
 
-    def __init__(self, *, dispatcher: Dispatcher | None = None) -> None:
-        self.actor_dispatcher = (
+    def __init__(self, *, dispatcher: Scheduler | None = None) -> None:
+        self.actor_dispatcher: Scheduler = (
             dispatcher or type(self).dispatcher_for_class or default_dispatcher()
         )
         super().__init__()

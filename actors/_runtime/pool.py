@@ -18,7 +18,7 @@ Who writes what (each piece of state has one writer):
 
 - a worker thread writes its own ``_Worker.turn`` (the actor and the start
   time of its current turn, one tuple, so a reader sees both or neither);
-- the watchdog writes ``_blocked`` (published as a new dict on every scan,
+- the watchdog writes ``_blocked_at`` and ``_blocked`` (published as a new dict on every scan,
   never mutated) and the blocked count it keeps under ``_lock``;
 - ``_workers`` changes under ``_lock`` only (a thread starts or retires).
 """
@@ -33,7 +33,7 @@ from collections.abc import Mapping
 from itertools import count
 from typing import Protocol
 
-__all__ = ["Dispatcher", "Runnable"]
+__all__ = ["Dispatcher", "Runnable", "Scheduler", "SpareDispatcher"]
 
 logger = logging.getLogger("actors.dispatcher")
 
@@ -48,12 +48,31 @@ class Runnable(Protocol):
     def actor_turn(self, throughput: int) -> None: ...
 
 
+class Scheduler(Protocol):
+    """What an actor needs of whatever runs it: a ``Dispatcher`` or a ``SpareDispatcher``."""
+
+    name: str
+    throughput: int
+
+    @property
+    def alive(self) -> bool: ...
+
+    def schedule(self, actor: Runnable) -> None: ...
+
+    def on_dispatcher_thread(self) -> bool: ...
+
+    def blocked_since(self, actor: object) -> float | None: ...
+
+    def shutdown(self, timeout: float | None = None) -> bool: ...
+
+
 class _Worker:
-    __slots__ = ("left", "thread", "turn")
+    __slots__ = ("idle", "left", "thread", "turn")
 
     def __init__(self) -> None:
         self.thread: threading.Thread | None = None
         self.turn: tuple[Runnable, float] | None = None
+        self.idle = False  # waiting on the run queue (written by its own thread only)
         self.left = False  # handed its actor on (``hand_off``): exits after this turn
 
 
@@ -102,6 +121,7 @@ class Dispatcher:
         self._n_blocked = 0  # watchdog-written, under _lock
         self._n_left = 0  # threads handed off and still in their turn, under _lock
         self._blocked: Mapping[object, float] = _NO_BLOCKED  # watchdog-written snapshot
+        self._blocked_at = 0.0  # watchdog-written: when it last saw a blocked turn
         self._serial = count()
         self._alive = True
         # Set before any worker starts: each reads it once.
@@ -132,6 +152,10 @@ class Dispatcher:
     def schedule(self, actor: Runnable) -> None:
         """Queue ``actor`` for a turn on one of the threads."""
         self._runq.put(actor)
+
+    def has_idle_thread(self) -> bool:
+        """Return whether a thread waits for work now (a hint: it may take work at once)."""
+        return any(worker.idle for worker in self._workers)
 
     def on_dispatcher_thread(self) -> bool:
         """Return whether the caller runs on one of this dispatcher's threads."""
@@ -256,14 +280,24 @@ class Dispatcher:
         try:
             while True:
                 if len(workers) > core:
+                    # An extra thread stands in for a blocked one: once no turn
+                    # was seen blocked for ``keepalive``, it goes, however busy
+                    # the pool (light steady work would otherwise keep it).
+                    if monotonic() - self._blocked_at >= keepalive and self._retire(worker):
+                        return
+                    worker.idle = True
                     try:
                         actor = runq.get(timeout=keepalive)
                     except queue.Empty:
                         if self._retire(worker):
                             return
                         continue
+                    finally:
+                        worker.idle = False
                 else:
+                    worker.idle = True
                     actor = runq.get()
+                    worker.idle = False
                 if actor is None:
                     return
                 worker.turn = (actor, monotonic())
@@ -318,6 +352,8 @@ class Dispatcher:
                 blocked[actor] = since
         newly = [a for a in blocked if a not in self._blocked]
         self._blocked = blocked if blocked else _NO_BLOCKED
+        if blocked:
+            self._blocked_at = now
         added = 0
         with self._lock:
             self._n_blocked = len(blocked)
@@ -346,3 +382,54 @@ class Dispatcher:
                 self.max_threads,
             )
         return running
+
+
+class SpareDispatcher:
+    """Run a turn on an idle thread of ``primary`` if there is one, else on ``spare``.
+
+    For the bus's own actors (router, correlation), which must not wait
+    behind a handler: a turn goes to the handlers' pool only when one of its
+    threads waits for work at that moment and none of its turns is blocked;
+    there it costs no extra thread hand-off (the thread that routed an event
+    goes on to run the handlers it woke).  Otherwise, or once the pool is
+    shut down, it runs on ``spare``, a thread no handler takes.  Each turn
+    is scheduled afresh and an actor holds its claim across a turn, so it
+    never runs on both at once.  ``shutdown`` stops ``spare`` only:
+    ``primary`` belongs to whoever made it.
+
+    The one way a handler can delay such a turn: an idle pool thread, seen
+    idle here, takes a handler's turn first in the instant between, and that
+    handler blocks; the watchdog then adds a thread within
+    ``blocking_threshold``, which runs the waiting turn.
+    """
+
+    def __init__(self, primary: Dispatcher, spare: Dispatcher) -> None:
+        self.primary = primary
+        self.spare = spare
+        self.name = spare.name
+        self.throughput = primary.throughput
+
+    @property
+    def alive(self) -> bool:
+        """Return whether ``spare`` was not shut down."""
+        return self.spare.alive
+
+    def schedule(self, actor: Runnable) -> None:
+        """Queue ``actor`` on an idle ``primary``, else on ``spare`` (class docstring)."""
+        primary = self.primary
+        if primary.alive and not primary.blocked() and primary.has_idle_thread():
+            primary.schedule(actor)
+        else:
+            self.spare.schedule(actor)
+
+    def on_dispatcher_thread(self) -> bool:
+        """Return whether the caller runs on a thread of either dispatcher."""
+        return self.primary.on_dispatcher_thread() or self.spare.on_dispatcher_thread()
+
+    def blocked_since(self, actor: object) -> float | None:
+        """Return when ``actor``'s blocked turn started (on ``primary``), or None."""
+        return self.primary.blocked_since(actor)
+
+    def shutdown(self, timeout: float | None = None) -> bool:
+        """Stop ``spare`` (see the class docstring); return whether its thread ended."""
+        return self.spare.shutdown(timeout)
