@@ -321,6 +321,10 @@ class Requester:
                     )
         return True
 
+    def is_synced(self, request_type: str) -> bool:
+        """Return whether replies to ``request_type`` have a route the peers acknowledged."""
+        return request_type in self._synced
+
     def synced(self, request_type: str) -> None:
         """Record that the peers acknowledged the reply route of ``request_type``."""
         self._synced.add(request_type)
