@@ -146,7 +146,7 @@ class EventBus(RequestReply):
         self._requests = RequestClient(
             subscribe=self.subscribe,
             prepare=self._prepare,
-            publish=self.publish,
+            publish=self._publish_built,
             publish_remote=self.publish_remote,
             router=self._router_mailbox,
             bridge=lambda: self._bridge,

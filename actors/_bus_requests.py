@@ -12,7 +12,11 @@ from typing import Any
 
 from actors._core.request_client import RequestClient
 from actors._core.subscriber import Subscription
+from actors._core.wiring import Core
+from actors._errors import InvalidEventError
 from actors._model.event import Event
+from actors._model.topics import is_reserved
+from actors._runtime.future import BusFuture
 
 __all__ = ["RequestReply"]
 
@@ -21,9 +25,36 @@ class RequestReply:
     """The request/reply methods of ``EventBus`` (its ``_requests`` does the work)."""
 
     _requests: RequestClient
+    _core: Core
+    _closed: bool
+    _read_only: bool
+    _size_check: Callable[[Event], None] | None
 
     def _check_open(self) -> None:
         raise NotImplementedError
+
+    def publish(
+        self, event_or_type: Event | str, data: Any = None, **fields: Any
+    ) -> BusFuture[Event]:
+        raise NotImplementedError
+
+    def _publish_built(self, event: Event) -> BusFuture[Event]:
+        """Publish a request or a reply the bus built itself (the request client's port).
+
+        The checks of ``publish`` (closed, read-only, reserved type, size on a
+        node), without its preparing again an event prepared already: the
+        event is the bus's own, so the router stamps it in place instead of
+        copying it.
+        """
+        if self._closed or self._read_only:
+            return self.publish(event)  # raises as publish does
+        if is_reserved(event.event_type):
+            raise InvalidEventError(
+                f"event type {event.event_type!r} is reserved for the bus ('$' types)"
+            )
+        if self._size_check is not None:
+            self._size_check(event)
+        return self._core.publisher.publish(event, owned=True)
 
     @property
     def request_client(self) -> RequestClient:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -236,3 +237,39 @@ def test_a_spare_dispatcher_moves_off_a_pool_whose_threads_are_taken(
         release.set()
         pool.shutdown(WAIT)
         spare.shutdown(WAIT)
+
+
+class CountingDispatcher(Dispatcher):
+    """Counts the watchdog's scans."""
+
+    scans = 0
+
+    def _scan(self, threshold: float) -> int:
+        self.scans += 1
+        return super()._scan(threshold)
+
+
+class DoneTurn:
+    """A runnable whose every turn sets ``done``."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+
+    def actor_turn(self, throughput: int) -> None:
+        self.done.set()
+
+
+def test_the_watchdog_does_not_wake_at_every_short_turn() -> None:
+    # Short turns one after another (a request/reply loop) cost one scan per
+    # half-threshold, not one wake-up of the watchdog per turn.
+    d = CountingDispatcher(1, blocking_threshold=20.0, name="paced")
+    try:
+        started = time.monotonic()
+        for _ in range(200):
+            turn = DoneTurn()
+            d.schedule(turn)
+            assert turn.done.wait(WAIT)
+        elapsed = time.monotonic() - started
+        assert d.scans <= 2 + elapsed / 10.0
+    finally:
+        d.shutdown(WAIT)

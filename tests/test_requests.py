@@ -31,6 +31,7 @@ from actors import (
 )
 from actors._core.requests import (
     PendingTable,
+    ReplyFuture,
     Requester,
     Responder,
     error_event,
@@ -39,6 +40,7 @@ from actors._core.requests import (
     reply_pattern,
     reply_result,
 )
+from actors._errors import FutureTimeoutError
 from actors._model.topics import Pattern
 from actors._runtime.future import BusFuture
 from tests._support import WAIT, Collector
@@ -185,6 +187,33 @@ def test_responder_hands_a_local_reply_to_the_table() -> None:
     Responder(lambda e: "done", publish, table)(request)
     assert pending.future.get(timeout=0) == published
     assert len(table) == 0
+
+
+def test_reply_future_wakes_every_reader_once_set_and_times_out_before() -> None:
+    future: ReplyFuture[int] = ReplyFuture()
+    with pytest.raises(FutureTimeoutError):
+        future.get(timeout=0)
+    got: list[int] = []
+    readers = [
+        threading.Thread(target=lambda: got.append(future.get(timeout=WAIT))) for _ in range(3)
+    ]
+    for reader in readers:
+        reader.start()
+    future.set(7)
+    future.set(8)  # a second completion is ignored
+    for reader in readers:
+        reader.join(WAIT)
+    assert got == [7, 7, 7]
+    assert future.get(timeout=0) == 7
+
+
+def test_reply_future_raises_what_it_failed_with() -> None:
+    future: ReplyFuture[int] = ReplyFuture()
+    future.set_exception(BusClosedError("closed"))
+    with pytest.raises(BusClosedError):
+        future.get(timeout=0)
+    with pytest.raises(BusClosedError):
+        future.get()
 
 
 # -- the bus, in one process ---------------------------------------------------------------

@@ -82,8 +82,11 @@ class RequestClient:
         """Return the request event, and whether its reply route must first reach the peers."""
         check_request_type(event_type)
         event = self._prepare(event_type, data, fields)
+        requester = self.requester
+        if requester.is_synced(event.event_type):
+            return event, False  # the common case: no lock
         with self._lock:  # one reply subscription per type, even with racing callers
-            new = self.requester.route(event.event_type)
+            new = requester.route(event.event_type)
         has_peers = self._bridge() is not None
         if new and not has_peers:
             self.requester.synced(event.event_type)  # no peers: nothing to wait for

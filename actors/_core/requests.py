@@ -18,18 +18,24 @@ Who holds what (the facade wires it; nothing here starts a thread):
 - ``Responder`` turns a handler's return value (or exception) into the reply
   event and publishes it through a ``publish`` callable.  When the reply's
   request is waiting on the same bus, the responder hands the published reply
-  to the table at once (``on_published``), skipping the subscription's hop.
+  to the table as soon as the router has sequenced it, skipping the
+  subscription's hop.
+
+The caller waits on a ``ReplyFuture``: a ``BusFuture`` whose waiter is one
+plain lock made with it, so neither the wait nor the wake-up builds a
+``threading.Event`` (a condition, its lock and a waiter lock each time).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from actors._core.handling import current_timeout
 from actors._core.policies import handler_timeout_error
@@ -49,6 +55,7 @@ __all__ = [
     "REPLY",
     "Pending",
     "PendingTable",
+    "ReplyFuture",
     "ReplyPort",
     "Requester",
     "Responder",
@@ -127,6 +134,42 @@ def reply_result(reply: Event) -> Event:
 
 # -- the pending-reply table --------------------------------------------------------------
 
+T = TypeVar("T")
+
+
+class ReplyFuture(BusFuture[T]):
+    """A ``BusFuture`` whose waiter is a lock taken when the future is made.
+
+    ``get`` blocks on that lock and completing releases it: no
+    ``threading.Event`` is built per wait, and the completing thread (the
+    router's, on the hot path) only releases a lock.  Completed at most once
+    by design (whoever removes the table entry completes it); a second
+    completion is ignored, as by ``BusFuture``.
+    """
+
+    __slots__ = ("_gate",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        gate = threading.Lock()
+        gate.acquire()
+        self._gate = gate
+
+    def get(self, timeout: float | None = None) -> T:
+        """Return the value, waiting up to ``timeout`` seconds (see ``BusFuture.get``)."""
+        if not self._done:
+            gate = self._gate
+            if not gate.acquire(True, -1 if timeout is None else max(0.0, timeout)):
+                raise FutureTimeoutError(f"{timeout} seconds")
+            gate.release()  # open for any other reader
+        return super().get()
+
+    def _complete(self, value: Any, exc: BaseException | None) -> None:
+        if self._done:
+            return
+        super()._complete(value, exc)
+        self._gate.release()
+
 
 @dataclass(slots=True, eq=False)
 class Pending:
@@ -138,7 +181,7 @@ class Pending:
 
     request_id: uuid.UUID
     max_replies: int | None
-    future: BusFuture[list[Event]] = field(default_factory=BusFuture)
+    future: ReplyFuture[list[Event]] = field(default_factory=ReplyFuture)
     replies: list[Event] = field(default_factory=list)
 
 
@@ -151,7 +194,7 @@ class PendingTable:
         self.limit = limit
         self._entries: dict[uuid.UUID, Pending] = {}
         self._lock = threading.Lock()
-        # Replies a local responder hands over itself (see ``hand_over``).
+        # Replies a local responder hands over itself (see ``expect``).
         self._direct: set[uuid.UUID] = set()
 
     def __len__(self) -> int:
@@ -184,19 +227,28 @@ class PendingTable:
         """Return whether a caller waits for replies to ``request_id``."""
         return request_id in self._entries
 
-    def hand_over(self, reply: Event, published: BusFuture[Event]) -> None:
-        """Offer ``reply`` once ``published`` resolves (it bypasses the reply route).
+    def expect(self, reply_id: uuid.UUID) -> None:
+        """Mark ``reply_id`` as handed over directly: the reply route's filter skips it.
 
-        Call before the reply is published: the route's filter then skips it.
+        Call before the reply is published; ``delivered`` (or ``unexpect``)
+        removes the mark.
         """
-        self._direct.add(reply.id)
+        self._direct.add(reply_id)
 
-        def done(future: BusFuture[Event]) -> None:
-            if future.exception() is None:
-                self.offer(future.get())
-            self._direct.discard(reply.id)
+    def unexpect(self, reply_id: uuid.UUID) -> None:
+        """Remove the mark of ``expect`` (the reply was not published)."""
+        self._direct.discard(reply_id)
 
-        published.add_done_callback(done)
+    def delivered(self, reply_id: uuid.UUID, published: BusFuture[Event]) -> None:
+        """Offer the sequenced reply once ``published`` resolved (a done callback).
+
+        Runs on the thread that completes the publish (the router's, or the
+        journal's with ``sync`` durability), so the caller gets the very
+        event the router sequenced, journaled and traced.
+        """
+        if published.exception() is None:
+            self.offer(published.get())
+        self._direct.discard(reply_id)
 
     def offer(self, reply: Event) -> bool:
         """Give ``reply`` to the request it answers; return whether anyone was waiting.
@@ -209,7 +261,7 @@ class PendingTable:
             return False
         with self._lock:
             entry = self._entries.get(cause)
-            if entry is None or any(r.id == reply.id for r in entry.replies):
+            if entry is None or (entry.replies and any(r.id == reply.id for r in entry.replies)):
                 return False
             entry.replies.append(reply)
             full = entry.max_replies is not None and len(entry.replies) >= entry.max_replies
@@ -268,6 +320,10 @@ class Requester:
                         reply_pattern(request_type), self.table.offer, self.table.wanted
                     )
         return True
+
+    def is_synced(self, request_type: str) -> bool:
+        """Return whether replies to ``request_type`` have a route the peers acknowledged."""
+        return request_type in self._synced
 
     def synced(self, request_type: str) -> None:
         """Record that the peers acknowledged the reply route of ``request_type``."""
@@ -406,18 +462,20 @@ class Responder:
 
     def _send(self, reply: Event) -> None:
         table = self._table
-        if table is None or reply.causation_id is None or not table.waiting(reply.causation_id):
+        cause = reply.causation_id
+        if table is None or cause is None or not table.waiting(cause):
             self._publish(reply)
             return
-        # The reply's id is marked before the publish can route it.
-        future: BusFuture[Event] = BusFuture()
-        table.hand_over(reply, future)
+        # Marked before the publish can route it (the reply route skips it);
+        # handed to the caller once sequenced, without the route's hop.
+        reply_id = reply.id
+        table.expect(reply_id)
         try:
             published = self._publish(reply)
-        except BaseException as exc:
-            future.set_exception(exc)
+        except BaseException:
+            table.unexpect(reply_id)
             raise
-        published.add_done_callback(_relay(future))
+        published.add_done_callback(functools.partial(table.delivered, reply_id))
 
 
 def publish_through(
@@ -428,14 +486,3 @@ def publish_through(
         return BusFuture.completed(publish_remote(node, event))
     except EventBusError as exc:
         return BusFuture.failed(exc)
-
-
-def _relay(target: BusFuture[Event]) -> Callable[[BusFuture[Event]], None]:
-    def relay(done: BusFuture[Event]) -> None:
-        exc = done.exception()
-        if exc is not None:
-            target.set_exception(exc)
-        else:
-            target.set(done.get())
-
-    return relay

@@ -11,8 +11,8 @@ a fork-join pool, done from outside: a handler need not say that it blocks.
 Threads beyond ``threads`` retire after ``keepalive`` seconds without work.
 
 The watchdog needs no busy loop: it wakes every ``blocking_threshold / 2``
-seconds only while some turn is running, and otherwise sleeps on an event
-that the next turn to start sets.
+seconds only while turns run or started in the last half-threshold, and
+otherwise sleeps on an event that the next turn to start sets.
 
 Who writes what (each piece of state has one writer):
 
@@ -327,9 +327,12 @@ class Dispatcher:
             # Clear first, then look: a turn that starts after the look finds
             # the event clear and sets it, so the wait below cannot miss it.
             busy.clear()
-            if self._scan(threshold):
-                stopping.wait(threshold / 2)
-            else:
+            running = self._scan(threshold)
+            # Paced: short turns one after another (request/reply) would
+            # otherwise wake this thread at every turn.  Sleep on ``busy``
+            # only after a quiet half-threshold.
+            stopping.wait(threshold / 2)
+            if not running and not busy.is_set():
                 busy.wait()
 
     def _scan(self, threshold: float) -> int:
