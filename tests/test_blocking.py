@@ -159,9 +159,10 @@ def test_extra_threads_retire_once_handlers_return(release: threading.Event) -> 
         assert wait_for(lambda: bus.metrics().handler_threads == 1)
 
 
-def test_the_router_never_runs_on_a_handler_thread(release: threading.Event) -> None:
-    # A single handler thread, blocked, with no room to add one: the router,
-    # the correlation actor and publish keep going regardless.
+def test_routing_goes_on_while_every_handler_thread_is_blocked(release: threading.Event) -> None:
+    # A single handler thread, blocked, with no room to add one: the router
+    # and the correlation actor move to their own thread, and publish,
+    # routing and correlation keep going regardless.
     config = EventConfig(threads=1, max_threads=1)
     with EventBus(config) as bus:
         handler = Stuck(release)
