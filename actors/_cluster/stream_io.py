@@ -14,7 +14,7 @@ from collections.abc import Callable
 import zmq
 
 from actors._cluster.endpoints import Peer
-from actors._cluster.io_base import BridgeBase
+from actors._cluster.flow_io import FlowIO
 from actors._cluster.wire import (
     HEARTBEAT,
     HEARTBEAT_TOPIC,
@@ -54,7 +54,7 @@ class WakeMailbox(FifoMailbox):
         return self._sched.locked()
 
 
-class StreamIO(BridgeBase):
+class StreamIO(FlowIO):
     """The stream half of the bridge (see the module docstring)."""
 
     mailbox: WakeMailbox
@@ -119,13 +119,7 @@ class StreamIO(BridgeBase):
         if not events:
             return
         out = self._out
-        for parts in out.frames(events):
-            try:
-                self._xpub.send_multipart(parts, zmq.NOBLOCK)
-            except zmq.Again:
-                self._stats.frames_unsent += 1
-                continue
-            self._stats.frames_sent += 1
+        self._queue_runs(out.runs(events))  # sent as the peers' credit allows (``flow_io``)
         for event, size in out.take_oversized():
             self._stats.events_too_large += 1
             logger.warning(
@@ -201,6 +195,7 @@ class StreamIO(BridgeBase):
                 continue
             self._stats.frames_received += 1
             self._stats.events_received += len(frame.events)
+            self._credit_due += len(frame.events)
             self._seen(frame.origin, now)
             rejected = self._in.rejected
             delivered.extend(
@@ -224,6 +219,8 @@ class StreamIO(BridgeBase):
                     frame.last,
                 )
         self._deliver(delivered)
+        if self._credit_due >= max(1, self._node.credit_window // 4):
+            self._probe()
 
     def _on_control(self, frame: ControlFrame, now: float) -> list[Event]:
         body = frame.body
@@ -255,10 +252,11 @@ class StreamIO(BridgeBase):
             if self._persistent and name not in self._in.origins:
                 self._in.start_loading(name, now)
                 self._workers.submit(self._load_watermark, name)
+        peer.last_seen = now
         if not peer.alive:
             logger.info("bridge %s: node %s is alive", self.name, name)
-        peer.alive = True
-        peer.last_seen = now
+            peer.alive = True
+            self._grant(name)
 
     def _load_watermark(self, name: str) -> None:
         """Read the saved watermark of ``name`` (worker thread), then hand it to the I/O thread."""
@@ -274,6 +272,10 @@ class StreamIO(BridgeBase):
     def _set_patterns(self, patterns: list[str]) -> None:
         now = time.monotonic()
         added, removed = self._in.set_patterns(patterns, now)
+        if added or removed:
+            # Origins learn the new prefixes (``flow_io``) before the stream
+            # subscriptions reach them, where the connections allow.
+            self._grant_all()
         for prefix in added:
             self._sub.subscribe(prefix)
         for prefix in removed:
@@ -290,7 +292,7 @@ class StreamIO(BridgeBase):
             "node": self.name,
             "epoch": self._epoch,
             "base": self._base,
-            "head": self._out.head,
+            "head": self._sent_head(),  # queued events are announced once sent
             "chains": self._out.chains(),
         }
         self._xpub.send_multipart(encode_control(HEARTBEAT_TOPIC, HEARTBEAT, body))
@@ -305,3 +307,4 @@ class StreamIO(BridgeBase):
                     (endpoint, key), peer.candidate_stream = peer.candidate_stream, None
                     self._connect_stream(peer.name, endpoint, key)
         self._deliver(self._in.expire_syncs(now, timeout))
+        self._credit_tick(now)
