@@ -102,7 +102,8 @@ def main() -> None:
             lagging.append(event.data)
             lagged.notify_all()
 
-    bus.subscribe("$bus.peer.lagging", on_lagging)
+    if not cfg.get("pattern"):  # the origin watches for lagging peers
+        bus.subscribe("$bus.peer.lagging", on_lagging)
     if cfg.get("pattern"):
         bus.subscribe(cfg["pattern"], checker, capacity=cfg.get("capacity"))
     start_memory = memory()

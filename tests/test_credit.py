@@ -57,7 +57,9 @@ def test_a_receiver_gets_at_most_its_window_until_it_acknowledges() -> None:
     # A grant about another incarnation of the origin acknowledges nothing.
     q.on_credit("b", EPOCH + 1, 10, 3, [b"t."], False, now=0.2)
     assert q.take() == ([], [])
+    # An acknowledgement past what was sent counts up to what was sent (5).
     q.on_credit("b", EPOCH, 10, 3, [b"t."], False, now=0.3)
+    assert q.receivers["b"].acked == 5
     sent, _ = q.take()
     assert sequences(sent) == [6, 7, 8]
 

@@ -22,8 +22,9 @@ side, on the bridge's I/O thread:
 - a prefix that no known receiver holds (a receiver whose first ``CREDIT``
   has not arrived yet) is not limited.
 
-The bridge holds publishers (``BlockGuard`` holds) while ``queued`` is at
-``limit`` or more (``full``), and lets them go once it is back under half.
+The bridge holds publishers (``BlockGuard`` holds) once ``queued`` plus its
+own backlog reach ``limit``, and lets them go once they are back under half
+(``flow_io``).
 """
 
 from __future__ import annotations
@@ -81,6 +82,7 @@ class SendQueue:
         self.stalls = 0
         self.dropped = 0
         self.peak = 0
+        self.sent_upto = 0  # the last sequence sent or dropped
         self._covered: frozenset[bytes] = frozenset()
 
     # -- credit -------------------------------------------------------------------
@@ -95,7 +97,11 @@ class SendQueue:
         drop: bool,
         now: float,
     ) -> None:
-        """Take a receiver's grant.  ``acked`` counts only if it is about this ``epoch``."""
+        """Take a receiver's grant.  ``acked`` counts only if it is about this ``epoch``.
+
+        An acknowledgement past what was sent (a receiver that took the head a
+        sync reply announced as its start) counts only up to what was sent.
+        """
         wanted = frozenset(prefixes)
         window = min(max(1, window), MAX_WINDOW)
         receiver = self.receivers.get(name)
@@ -109,6 +115,7 @@ class SendQueue:
         else:
             receiver.window, receiver.drop, receiver.heard = window, drop, now
             receiver.prefixes = wanted
+        acked = min(acked, self.sent_upto)
         if epoch == self.epoch and acked > receiver.acked:
             receiver.acked = acked
             receiver.settle()
@@ -166,6 +173,7 @@ class SendQueue:
                     for receiver in short:
                         receiver.dropped += run.count
                     self.dropped += run.count
+                    self.sent_upto = run.last
                     dropped.append((run, short))
                     continue
                 behind = {r.name for r in short}
@@ -177,12 +185,15 @@ class SendQueue:
             self.stalled = False
             queue.popleft()
             self.queued -= run.count
+            self.sent_upto = run.last
             out.append(run)
         return out, dropped
 
     def take_all(self) -> list[Run]:
         """Return every queued run, credit or not (the node is closing)."""
         runs = list(self.queue)
+        if runs:
+            self.sent_upto = runs[-1].last
         self.queue.clear()
         self.queued = 0
         return runs

@@ -15,7 +15,8 @@ is repaired, and the origin knows the receiver lives) and whenever the
 local prefixes change.
 
 As an **origin**, it queues the runs of local events (``SendQueue``) and
-sends what the credit allows; once ``NodeConfig.send_queue`` events wait, it
+sends what the credit allows; once ``NodeConfig.send_queue`` events wait
+(queued, or routed to the bridge and not yet queued: its own backlog), it
 holds the bus's publishers of every event that would join the queue with a
 ``Hold`` in the bus's ``BlockGuard`` (the ``BLOCK`` mechanism: wait up to
 ``block_timeout``, then ``BackpressureError``), until the queue is back
@@ -58,6 +59,7 @@ class FlowIO(BridgeBase):
         self._probing = False
         self._acked: dict[str, tuple[int, int]] = {}
         self._prefix_list: list[str] = []
+        self._events_passed = 0  # events of records that reached ``_send_frames``
 
     # -- origin: the send queue --------------------------------------------------------
 
@@ -95,22 +97,26 @@ class FlowIO(BridgeBase):
                 continue
             self._stats.frames_sent += 1
 
+    def _backlog(self) -> int:
+        """Return the events routed here not yet queued (``StreamIO`` knows its mailbox)."""
+        return 0
+
     def _update_hold(self) -> None:
         flow = self._flow
         hold = self._hold
-        if hold is None and flow.full:
-            lagging = ", ".join(flow.lagging()) or "a peer"
+        waiting = flow.queued + self._backlog()
+        if hold is None and waiting >= flow.limit and self._out.active:
+            lagging = ", ".join(flow.lagging()) or "none"
             prefixes = frozenset(p.decode(errors="replace") for p in self._out.active)
             hold = Hold(
-                f"node {self.name}: {lagging} out of credit, "
-                f"send queue full ({flow.queued} events)",
+                f"node {self.name}: send queue full ({waiting} events; out of credit: {lagging})",
                 prefixes,
             )
             self._hold = hold
             self._stats.publishers_held += 1
             self._local.hold_publishers((hold,))
             logger.info("bridge %s: holding publishers: %s", self.name, hold.reason)
-        elif hold is not None and (flow.relieved or not flow.queue):
+        elif hold is not None and waiting <= flow.limit // 2:
             self._hold = None
             self._local.hold_publishers(())
             hold.room.set()

@@ -38,13 +38,25 @@ RECV_BURST = 512
 
 
 class WakeMailbox(FifoMailbox):
-    """A ``FifoMailbox`` whose "schedule" writes a byte to the I/O thread's wake-up pipe."""
+    """A ``FifoMailbox`` whose "schedule" writes a byte to the I/O thread's wake-up pipe.
 
-    __slots__ = ("_wake",)
+    ``events_in`` counts the events of every ``Record`` put (written by the
+    router's thread, the one producer); the I/O thread compares it with what
+    it took to know its backlog (flow control).
+    """
+
+    __slots__ = ("_wake", "events_in")
 
     def __init__(self, wake: Callable[[], None]) -> None:
         super().__init__()
         self._wake = wake
+        self.events_in = 0
+
+    def put(self, item: object, /) -> None:
+        """Append ``item`` (the router's thread) and wake the I/O thread if it was idle."""
+        if type(item) is Record:
+            self.events_in += len(item.events)
+        super().put(item)
 
     def _schedule(self) -> None:
         self._wake()
@@ -67,6 +79,7 @@ class StreamIO(FlowIO):
             return
         journal = self._local.journal
         while True:
+            self._update_hold()  # the backlog counts: hold publishers before encoding it
             items = mailbox.take(1024)
             if journal is None or (not self._unwritten and not self._own(items)):
                 self._send_items(items)
@@ -76,6 +89,10 @@ class StreamIO(FlowIO):
                 break
         mailbox.finish_turn()
         self._ask_written()
+
+    def _backlog(self) -> int:
+        """Return the events routed to the bridge that did not reach the send queue yet."""
+        return self.mailbox.events_in - self._events_passed
 
     def _own(self, items: list[object]) -> bool:
         """Return whether ``items`` hold an event of this node (events of others are never sent)."""
@@ -118,6 +135,7 @@ class StreamIO(FlowIO):
     def _send_frames(self, events: list[Event]) -> None:
         if not events:
             return
+        self._events_passed += len(events)
         out = self._out
         self._queue_runs(out.runs(events))  # sent as the peers' credit allows (``flow_io``)
         for event, size in out.take_oversized():
