@@ -40,7 +40,8 @@ class Proc:
         self.endpoint = self.ask("", "ready").split()[1]
 
     def ask(self, command: str, prefix: str) -> str:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
+        assert self.proc.stdin is not None
+        assert self.proc.stdout is not None
         if command:
             self.proc.stdin.write(command + "\n")
             self.proc.stdin.flush()
@@ -61,8 +62,12 @@ class Proc:
 
 def run(events: int, batch: int, work: int) -> dict[str, Any]:
     a = Proc(
-        {"name": "a", "listen": "tcp://127.0.0.1:*", "block_timeout": WAIT,
-         "node": {"batch_size": batch}}
+        {
+            "name": "a",
+            "listen": "tcp://127.0.0.1:*",
+            "block_timeout": WAIT,
+            "node": {"batch_size": batch},
+        }
     )
     b = Proc({"name": "b", "peers": [a.endpoint], "pattern": "flood.*", "work": work})
     try:
@@ -77,8 +82,10 @@ def run(events: int, batch: int, work: int) -> dict[str, Any]:
 
     def mib(stats: dict[str, Any]) -> dict[str, float]:
         peak = stats["memory"]["VmHWM"] / 1024
-        return {"peak_mib": round(peak, 1),
-                "growth_mib": round(peak - stats["start_memory"]["VmRSS"] / 1024, 1)}
+        return {
+            "peak_mib": round(peak, 1),
+            "growth_mib": round(peak - stats["start_memory"]["VmRSS"] / 1024, 1),
+        }
 
     return {
         "batch_size": batch,

@@ -116,9 +116,11 @@ def test_a_flood_at_a_slower_receiver_arrives_whole_in_order_with_bounded_memory
     # The queue itself: its limit plus what publishers had admitted before the
     # hold went up (chunks of 1,000 still in the router's mailbox): far below n.
     assert a_stats["send_queue_peak"] < n // 4, a_stats["send_queue_peak"]
-    print(f"batch {batch}: origin +{grown_a} KiB, receiver +{grown_b} KiB, "
-          f"queue peak {a_stats['send_queue_peak']}, stalls {a_stats['credit_stalls']}, "
-          f"held {a_stats['publishers_held']}, {flooded['seconds']:.1f} s")
+    print(
+        f"batch {batch}: origin +{grown_a} KiB, receiver +{grown_b} KiB, "
+        f"queue peak {a_stats['send_queue_peak']}, stalls {a_stats['credit_stalls']}, "
+        f"held {a_stats['publishers_held']}, {flooded['seconds']:.1f} s"
+    )
 
 
 def test_a_publisher_held_by_a_lagging_peer_gets_backpressure_after_block_timeout(

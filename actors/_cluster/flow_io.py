@@ -148,9 +148,7 @@ class FlowIO(BridgeBase):
             return
         if not message.sender or message.sender == self.name:
             return
-        self._flow.on_credit(
-            message.sender, epoch, acked, window, prefixes, drop, time.monotonic()
-        )
+        self._flow.on_credit(message.sender, epoch, acked, window, prefixes, drop, time.monotonic())
         self._pump()
 
     def _expire_credit(self, now: float) -> None:
@@ -178,9 +176,14 @@ class FlowIO(BridgeBase):
         marks: dict[str, tuple[int, int]] = {}
         for name, mark in inbound.watermarks().items():
             st = inbound.origins.get(name)
-            if st is not None and st.epoch is not None and self._acked.get(name) != (
-                st.epoch,
-                mark,
+            if (
+                st is not None
+                and st.epoch is not None
+                and self._acked.get(name)
+                != (
+                    st.epoch,
+                    mark,
+                )
             ):
                 marks[name] = (st.epoch, mark)
         if not marks:

@@ -157,7 +157,11 @@ class Outbound:
                 prev[p] = last
         # The longest matching prefix reaches exactly the subscribers of the run.
         return encode_data_payload(
-            matched[-1], self.origin, self.epoch, chains, (first, last, run.count),
+            matched[-1],
+            self.origin,
+            self.epoch,
+            chains,
+            (first, last, run.count),
             b"".join(run.chunks),
         )
 

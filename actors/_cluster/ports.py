@@ -67,7 +67,7 @@ class LocalNode(Protocol):
         ...
 
     def after_handled(self, callback: Callable[[], None]) -> None:
-        """Call ``callback`` (any thread) once everything routed so far is handled (never blocks)."""
+        """Call ``callback`` (any thread) once all routed so far is handled (never blocks)."""
         ...
 
     def hold_publishers(self, holds: tuple[Hold, ...]) -> None:

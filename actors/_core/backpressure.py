@@ -123,14 +123,8 @@ class BlockGuard:
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            gate = next(
-                (
-                    g
-                    for g in (*self.full, *self.holds)
-                    if not g.room.is_set() and _wants(g, events)
-                ),
-                None,
-            )
+            waits: tuple[Gate | Hold, ...] = (*self.full, *self.holds)
+            gate = next((g for g in waits if not g.room.is_set() and _wants(g, events)), None)
             if gate is None:
                 return None
             remaining = None if deadline is None else deadline - time.monotonic()
