@@ -12,6 +12,7 @@ from actors import Event
 from actors._cluster.credit import MAX_WINDOW, SendQueue
 from actors._cluster.outbound import Outbound, Run
 from actors._cluster.wire import DataFrame, decode_stream
+from actors._core.backpressure import BlockGuard, Hold
 
 EPOCH = 7
 
@@ -177,3 +178,20 @@ def test_take_all_empties_the_queue_whatever_the_credit() -> None:
     assert sequences(q.take_all()) == [2, 3, 4, 5]
     assert q.queued == 0
     assert q.peak == 5
+
+
+def test_a_hold_makes_publishers_of_the_events_it_wants_wait() -> None:
+    guard = BlockGuard()
+    hold = Hold("node a: send queue full", frozenset({"t."}))
+    guard.set_holds((hold,))
+    wanted = [Event(event_type="t.x")]
+    other = [Event(event_type="u.x")]
+    assert hold.wants(wanted[0])
+    assert not hold.wants(other[0])
+    assert guard.wait_for_room(other, timeout=0.0) is None
+    assert guard.wait_for_room(wanted, timeout=0.0) is hold
+    assert hold.refusal(0.5) == "node a: send queue full for 0.5s; event not published"
+    hold.room.set()  # the bridge's queue drained
+    assert guard.wait_for_room(wanted, timeout=0.0) is None
+    guard.set_holds(())
+    assert guard.holds == ()

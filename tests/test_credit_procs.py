@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from actors import Broker
 from tests._support import LineChild
 
 pytestmark = pytest.mark.slow
@@ -60,18 +61,24 @@ def with_signal(proc: Proc, sig: int) -> None:
 
 
 def pair(
-    procs: list[Proc], *, batch: int = 256, origin: dict[str, Any], receiver: dict[str, Any]
+    procs: list[Proc],
+    *,
+    batch: int = 256,
+    origin: dict[str, Any],
+    receiver: dict[str, Any],
+    broker: str | None = None,
 ) -> tuple[Proc, Proc]:
+    """Start origin ``a`` and receiver ``b`` (joined directly, or through ``broker``)."""
     node = {"batch_size": batch, "send_queue": QUEUE, "recovery_ring": RING}
     a = Proc(
         name="a",
-        listen="tcp://127.0.0.1:*",
+        **({"peers": [broker]} if broker else {"listen": "tcp://127.0.0.1:*"}),
         **{**origin, "node": {**node, **origin.get("node", {})}},
     )
     procs.append(a)
     b = Proc(
         name="b",
-        peers=[a.endpoint],
+        peers=[broker or a.endpoint],
         pattern="flood.*",
         **{**receiver, "node": {"credit_window": WINDOW, **receiver.get("node", {})}},
     )
@@ -123,10 +130,19 @@ def test_a_flood_at_a_slower_receiver_arrives_whole_in_order_with_bounded_memory
     )
 
 
+@pytest.fixture
+def broker() -> Iterator[str]:
+    with Broker("tcp://127.0.0.1:*") as hub:
+        yield hub.endpoint
+
+
+@pytest.mark.parametrize("via", ["mesh", "broker"])
 def test_a_publisher_held_by_a_lagging_peer_gets_backpressure_after_block_timeout(
-    procs: list[Proc],
+    procs: list[Proc], via: str, request: pytest.FixtureRequest
 ) -> None:
-    a, b = pair(procs, origin={"block_timeout": 1.0}, receiver={"gated": True})
+    # Through a broker the credit travels end to end: the broker forwards it.
+    hub = request.getfixturevalue("broker") if via == "broker" else None
+    a, b = pair(procs, origin={"block_timeout": 1.0}, receiver={"gated": True}, broker=hub)
     refused = a.answer("fill flood.x", "refused ")
     assert refused["waited"] >= 1.0 * 0.9  # it waited for block_timeout (a lower bound)
     assert "out of credit" in refused["error"]
