@@ -12,8 +12,8 @@ prints ``ready ENDPOINT`` once started, then answers one line per command:
 ``sync NAME``        wait until NAME acknowledged our subscriptions -> ``synced``
 ``flood TYPE N CHUNK``  publish data 0..N-1 with ``publish_many`` in chunks -> ``flooded JSON``
 ``fill TYPE``        publish one at a time until ``BackpressureError`` -> ``refused JSON``
-``hang TYPE``        publish on a thread until a publish waits; -> ``hanging`` (then ``freed``)
-``freed``            wait until the hanging publisher published again -> ``freed JSON``
+``hang TYPE LIMIT``  publish on a thread until LIMIT events wait for credit -> ``hanging``
+``freed``            wait until the hanging publisher published twice more -> ``freed JSON``
 ``count N``          wait until the handler got N events -> ``count JSON`` (the receiver's checks)
 ``lagging``          wait for a ``$bus.peer.lagging`` event -> ``lagging JSON`` (those seen)
 ``release``          let the gated handler go -> ``released``
@@ -153,8 +153,9 @@ def main() -> None:
                     while not done.is_set():
                         bus.publish(kind, hanging["published"]).get(timeout=WAIT)
                         hanging["published"] += 1
+                        # One publish may have been admitted before the hold.
                         if hanging["blocked_at"] is not None and (
-                            hanging["published"] > hanging["blocked_at"]
+                            hanging["published"] > hanging["blocked_at"] + 1
                         ):
                             done.set()
                 except BackpressureError as exc:
@@ -162,7 +163,14 @@ def main() -> None:
                     done.set()
 
             threading.Thread(target=publish_until_freed, daemon=True).start()
-            ok = bridge.wait(lambda s: s.publishers_held >= 1, WAIT)
+            limit = int(words[2])
+
+            def held_by_credit(s: Any, limit: int = limit) -> bool:
+                # The queue is full and stalled by a peer's credit (not only
+                # the bridge's own backlog): the hold stays up until it moves.
+                return s.publishers_held >= 1 and bool(s.lagging_peers) and s.send_queued >= limit
+
+            ok = bridge.wait(held_by_credit, WAIT)
             hanging["blocked_at"] = hanging["published"]
             say("hanging" if ok else "not-hanging")
         elif command == "freed":
