@@ -309,6 +309,10 @@ class Bridge(StreamIO, RecoveryIO, RequestIO):
             duplicates=inbound.duplicates,
             peers_alive=alive,
             synced_peers=synced,
+            send_queued=self._flow.queued,
+            send_queue_peak=self._flow.peak,
+            credit_receivers=tuple(sorted(self._flow.receivers)),
+            lagging_peers=tuple(self._flow.lagging()),
         )
         return BridgeView(stats, self._link_states(), tuple(self._refusals))
 
@@ -365,6 +369,7 @@ class Bridge(StreamIO, RecoveryIO, RequestIO):
         held, self._unwritten = self._unwritten, []
         with contextlib.suppress(Exception):
             self._send_items(held)
+            self._flush_queue()
         # Give frames already queued (the last flush) a moment to leave.
         self._xpub.close(1000)
         self._close_now()

@@ -184,6 +184,9 @@ class BridgeBase:
     def _seen(self, name: str, now: float) -> None:
         raise NotImplementedError
 
+    def _on_credit(self, message: Request) -> None:
+        raise NotImplementedError
+
     def _link_states(self) -> tuple[LinkState, ...]:
         return tuple(
             LinkState(link.endpoint, link.name, link.welcomed, link.broker, link.refused)

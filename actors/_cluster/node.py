@@ -15,8 +15,10 @@ from typing import Any
 from actors._cluster.bridge import Bridge
 from actors._cluster.limits import EventSizeCheck
 from actors._cluster.ports import JournalPort
+from actors._core.backpressure import BlockGuard, Hold
 from actors._core.messages import (
     Barrier,
+    Flush,
     Forward,
     GetCorrelated,
     LoadCheckpoint,
@@ -76,6 +78,17 @@ class NodeWiring:
     flush: Callable[[float | None], None]
     publish: Callable[[Event], BusFuture[Event]]
     metrics: Callable[[], BusMetrics]
+    guard: BlockGuard
+
+    def after_handled(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once everything routed so far is handled and recorded (a flush)."""
+        future: BusFuture[None] = BusFuture()
+        future.add_done_callback(lambda _: callback())
+        self.router.put(Flush(future))
+
+    def hold_publishers(self, holds: tuple[Hold, ...]) -> None:
+        """Make publishers wait on ``holds`` (the bridge's I/O thread: their one writer)."""
+        self.guard.set_holds(holds)
 
     def local_correlated(self, correlation_id: uuid.UUID, timeout: float | None) -> list[Event]:
         """Return the local events of ``correlation_id`` (memory, then journal; never peers)."""
@@ -218,6 +231,7 @@ def start_node(
         flush=flush,
         publish=publish,
         metrics=metrics,
+        guard=router.guard,
     )
     bridge = Bridge(wiring, config)
     router.add_recorder(bridge.recorder)

@@ -22,9 +22,23 @@ from actors._cluster.wire import encode_data_payload
 from actors._codec.events import encode_batch
 from actors._model.event import Event
 
-__all__ = ["Outbound"]
+__all__ = ["Outbound", "Run"]
 
 _CLASS_CACHE = 4096
+
+
+class Run:
+    """Consecutive local events bound for the same subscribers: one future frame."""
+
+    __slots__ = ("chunks", "count", "events", "first", "last", "matched")
+
+    def __init__(self, matched: tuple[bytes, ...], events: list[Event], chunks: list[bytes]):
+        self.matched = matched  # every subscribed prefix the events start with
+        self.events = events
+        self.chunks = chunks  # each event encoded as a one-event ``EventBatch``
+        self.first = events[0].sequence or 0
+        self.last = events[-1].sequence or 0
+        self.count = len(events)
 
 
 class Outbound:
@@ -81,7 +95,16 @@ class Outbound:
         Events of other origins only advance the head; local ones go to the
         recovery ring and, if a peer prefix matches, into a frame.
         """
-        out: list[list[bytes]] = []
+        return [self.build(run) for run in self.runs(events)]
+
+    def runs(self, events: Iterable[Event]) -> list[Run]:
+        """Group ``events`` into the runs of future frames (``build`` makes each a frame).
+
+        Advances the head and fills the ring as ``frames`` does; the chains
+        move only when a run is built, so a run held back (flow control) or
+        dropped breaks no chain.
+        """
+        out: list[Run] = []
         run: list[Event] = []
         chunks: list[bytes] = []
         size = 0
@@ -107,14 +130,14 @@ class Outbound:
             if run and (
                 matched != run_class or len(run) >= self.batch_size or size + len(chunk) > budget
             ):
-                out.append(self._frame(run_class, run, chunks))
+                out.append(Run(run_class, run, chunks))
                 run, chunks, size = [], [], 0
             run_class = matched
             run.append(event)
             chunks.append(chunk)
             size += len(chunk)
         if run:
-            out.append(self._frame(run_class, run, chunks))
+            out.append(Run(run_class, run, chunks))
         return out
 
     def take_oversized(self) -> list[tuple[Event, int]]:
@@ -122,17 +145,24 @@ class Outbound:
         taken, self._oversized = self._oversized, []
         return taken
 
-    def _frame(
-        self, matched: tuple[bytes, ...], run: list[Event], chunks: list[bytes]
-    ) -> list[bytes]:
+    def build(self, run: Run) -> list[bytes]:
+        """Return the data frame of ``run`` and move the chains of its prefixes to it."""
         prev = self.prev
-        chains = [(p, prev.get(p, 0)) for p in matched]
-        first, last = run[0].sequence or 0, run[-1].sequence or 0
+        active = self.active
+        matched = run.matched
+        chains = [(p, prev.get(p, 0)) for p in matched if p in active]
+        first, last = run.first, run.last
         for p in matched:
-            prev[p] = last
+            if p in active:
+                prev[p] = last
         # The longest matching prefix reaches exactly the subscribers of the run.
         return encode_data_payload(
-            matched[-1], self.origin, self.epoch, chains, (first, last, len(run)), b"".join(chunks)
+            matched[-1],
+            self.origin,
+            self.epoch,
+            chains,
+            (first, last, run.count),
+            b"".join(run.chunks),
         )
 
     def chains(self) -> list[list[object]]:

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
+from actors._core.backpressure import Hold
 from actors._model.event import Event
 from actors._model.metrics import BusMetrics
 from actors._model.query import EventQuery
@@ -63,6 +64,14 @@ class LocalNode(Protocol):
 
     def flush(self, timeout: float | None) -> None:
         """Wait until everything published so far is routed and recorded."""
+        ...
+
+    def after_handled(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (any thread) once all routed so far is handled (never blocks)."""
+        ...
+
+    def hold_publishers(self, holds: tuple[Hold, ...]) -> None:
+        """Make publishers wait on ``holds`` (replacing the bridge's earlier ones; never blocks)."""
         ...
 
     def publish(self, event: Event) -> BusFuture[Event]:

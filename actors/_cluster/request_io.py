@@ -24,6 +24,7 @@ from actors._cluster.io_base import BridgeBase, Route
 from actors._cluster.stream_io import RECV_BURST
 from actors._cluster.wire import (
     CORRELATED,
+    CREDIT,
     ERROR,
     EVENTS,
     HELLO,
@@ -114,6 +115,8 @@ class RequestIO(BridgeBase):
             self._greeted(message, route, host or (link.host() if link else None), key, link)
         if kind == HELLO:
             self._send(route, self._hello_request(WELCOME, message.sender, message.rid))
+        elif kind == CREDIT:
+            self._on_credit(message)
         elif kind in (RECOVER, QUERY, CORRELATED, PUBLISH, METRICS):
             self._workers.submit(self._serve, message, route)
         elif kind == ERROR and link is not None and message.rid == _HELLO_RID:

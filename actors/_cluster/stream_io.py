@@ -14,7 +14,7 @@ from collections.abc import Callable
 import zmq
 
 from actors._cluster.endpoints import Peer
-from actors._cluster.io_base import BridgeBase
+from actors._cluster.flow_io import FlowIO
 from actors._cluster.wire import (
     HEARTBEAT,
     HEARTBEAT_TOPIC,
@@ -38,13 +38,25 @@ RECV_BURST = 512
 
 
 class WakeMailbox(FifoMailbox):
-    """A ``FifoMailbox`` whose "schedule" writes a byte to the I/O thread's wake-up pipe."""
+    """A ``FifoMailbox`` whose "schedule" writes a byte to the I/O thread's wake-up pipe.
 
-    __slots__ = ("_wake",)
+    ``events_in`` counts the events of every ``Record`` put (written by the
+    router's thread, the one producer); the I/O thread compares it with what
+    it took to know its backlog (flow control).
+    """
+
+    __slots__ = ("_wake", "events_in")
 
     def __init__(self, wake: Callable[[], None]) -> None:
         super().__init__()
         self._wake = wake
+        self.events_in = 0
+
+    def put(self, item: object, /) -> None:
+        """Append ``item`` (the router's thread) and wake the I/O thread if it was idle."""
+        if type(item) is Record:
+            self.events_in += len(item.events)
+        super().put(item)
 
     def _schedule(self) -> None:
         self._wake()
@@ -54,7 +66,7 @@ class WakeMailbox(FifoMailbox):
         return self._sched.locked()
 
 
-class StreamIO(BridgeBase):
+class StreamIO(FlowIO):
     """The stream half of the bridge (see the module docstring)."""
 
     mailbox: WakeMailbox
@@ -67,6 +79,7 @@ class StreamIO(BridgeBase):
             return
         journal = self._local.journal
         while True:
+            self._update_hold()  # the backlog counts: hold publishers before encoding it
             items = mailbox.take(1024)
             if journal is None or (not self._unwritten and not self._own(items)):
                 self._send_items(items)
@@ -76,6 +89,10 @@ class StreamIO(BridgeBase):
                 break
         mailbox.finish_turn()
         self._ask_written()
+
+    def _backlog(self) -> int:
+        """Return the events routed to the bridge that did not reach the send queue yet."""
+        return self.mailbox.events_in - self._events_passed
 
     def _own(self, items: list[object]) -> bool:
         """Return whether ``items`` hold an event of this node (events of others are never sent)."""
@@ -118,14 +135,9 @@ class StreamIO(BridgeBase):
     def _send_frames(self, events: list[Event]) -> None:
         if not events:
             return
+        self._events_passed += len(events)
         out = self._out
-        for parts in out.frames(events):
-            try:
-                self._xpub.send_multipart(parts, zmq.NOBLOCK)
-            except zmq.Again:
-                self._stats.frames_unsent += 1
-                continue
-            self._stats.frames_sent += 1
+        self._queue_runs(out.runs(events))  # sent as the peers' credit allows (``flow_io``)
         for event, size in out.take_oversized():
             self._stats.events_too_large += 1
             logger.warning(
@@ -201,6 +213,7 @@ class StreamIO(BridgeBase):
                 continue
             self._stats.frames_received += 1
             self._stats.events_received += len(frame.events)
+            self._credit_due += len(frame.events)
             self._seen(frame.origin, now)
             rejected = self._in.rejected
             delivered.extend(
@@ -224,6 +237,8 @@ class StreamIO(BridgeBase):
                     frame.last,
                 )
         self._deliver(delivered)
+        if self._credit_due >= max(1, self._node.credit_window // 4):
+            self._probe()
 
     def _on_control(self, frame: ControlFrame, now: float) -> list[Event]:
         body = frame.body
@@ -255,10 +270,11 @@ class StreamIO(BridgeBase):
             if self._persistent and name not in self._in.origins:
                 self._in.start_loading(name, now)
                 self._workers.submit(self._load_watermark, name)
+        peer.last_seen = now
         if not peer.alive:
             logger.info("bridge %s: node %s is alive", self.name, name)
-        peer.alive = True
-        peer.last_seen = now
+            peer.alive = True
+            self._grant(name)
 
     def _load_watermark(self, name: str) -> None:
         """Read the saved watermark of ``name`` (worker thread), then hand it to the I/O thread."""
@@ -274,6 +290,10 @@ class StreamIO(BridgeBase):
     def _set_patterns(self, patterns: list[str]) -> None:
         now = time.monotonic()
         added, removed = self._in.set_patterns(patterns, now)
+        if added or removed:
+            # Origins learn the new prefixes (``flow_io``) before the stream
+            # subscriptions reach them, where the connections allow.
+            self._grant_all()
         for prefix in added:
             self._sub.subscribe(prefix)
         for prefix in removed:
@@ -290,7 +310,7 @@ class StreamIO(BridgeBase):
             "node": self.name,
             "epoch": self._epoch,
             "base": self._base,
-            "head": self._out.head,
+            "head": self._sent_head(),  # queued events are announced once sent
             "chains": self._out.chains(),
         }
         self._xpub.send_multipart(encode_control(HEARTBEAT_TOPIC, HEARTBEAT, body))
@@ -305,3 +325,4 @@ class StreamIO(BridgeBase):
                     (endpoint, key), peer.candidate_stream = peer.candidate_stream, None
                     self._connect_stream(peer.name, endpoint, key)
         self._deliver(self._in.expire_syncs(now, timeout))
+        self._credit_tick(now)

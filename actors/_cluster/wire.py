@@ -33,6 +33,7 @@ from actors._model.event import Event
 
 __all__ = [
     "CONTROL",
+    "CREDIT",
     "HEARTBEAT_TOPIC",
     "VERSION",
     "ControlFrame",
@@ -60,9 +61,9 @@ _SYNC = CONTROL + b"sync\x00"
 DATA, HEARTBEAT, SYNC = 1, 2, 3
 # Request-channel kinds.
 HELLO, WELCOME, RECOVER, QUERY, CORRELATED, EVENTS, ERROR = 16, 17, 18, 19, 20, 21, 22
-PUBLISH, METRICS = 23, 24
+PUBLISH, METRICS, CREDIT = 23, 24, 25
 REQUEST_KINDS = frozenset(
-    {HELLO, WELCOME, RECOVER, QUERY, CORRELATED, EVENTS, ERROR, PUBLISH, METRICS}
+    {HELLO, WELCOME, RECOVER, QUERY, CORRELATED, EVENTS, ERROR, PUBLISH, METRICS, CREDIT}
 )
 
 # version u8, kind u8, epoch u64, first u64, last u64, count u32, origin length u8,

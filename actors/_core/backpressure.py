@@ -13,10 +13,17 @@ next event, a publish of an event that a ``BLOCK`` pattern matches waits until
 the router has routed it (``Publish.routed``).  A mailbox can therefore hold
 ``capacity`` plus at most one event per concurrent publisher.
 
+A node's bridge holds publishers the same way when a peer is out of credit
+and its send queue is full (``docs/cluster.md``, "Flow control"): it puts a
+``Hold`` (the event types it holds, a ``room`` event) in ``holds``, and
+``publish`` waits on it exactly as on a full subscription.
+
 Who writes what: ``blocking`` is written by the facade under the guard's lock
 (subscribe, unsubscribe, any caller thread); ``full`` by the router only;
-``room`` is set by whoever frees room (the subscriber taking events, the
-router unsubscribing or stopping).  Readers take the tuple reference as it is.
+``holds`` by the bridge's I/O thread only (``set_holds``); ``room`` is set by
+whoever frees room (the subscriber taking events, the router unsubscribing or
+stopping, the bridge once its queue drained).  Readers take the tuple
+reference as it is.
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ from actors._model.topics import Pattern
 if TYPE_CHECKING:
     from actors._model.event import Event
 
-__all__ = ["BlockGuard", "Gate"]
+__all__ = ["BlockGuard", "Gate", "Hold"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,16 +55,46 @@ class Gate:
         """Return whether ``event`` would be queued for this subscription."""
         return self.matches(event.event_type) and accepts(self.route, event)
 
+    def refusal(self, timeout: float) -> str:
+        """Return the message of the ``BackpressureError`` after waiting ``timeout``."""
+        route = self.route
+        return (
+            f"subscription {route.id} ({route.pattern!r}) stayed full "
+            f"({route.mailbox.capacity} queued) for {timeout}s; event not published"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """Publishers of events whose type starts with one of ``prefixes`` wait for ``room``.
+
+    Set by a node's bridge while its send queue is full (a peer out of credit).
+    """
+
+    reason: str
+    prefixes: frozenset[str]
+    room: threading.Event = field(default_factory=threading.Event)
+
+    def wants(self, event: Event) -> bool:
+        """Return whether ``event`` would join the held queue."""
+        event_type = event.event_type
+        return any(event_type.startswith(p) for p in self.prefixes)
+
+    def refusal(self, timeout: float) -> str:
+        """Return the message of the ``BackpressureError`` after waiting ``timeout``."""
+        return f"{self.reason} for {timeout}s; event not published"
+
 
 class BlockGuard:
     """The ``BLOCK`` subscriptions of one bus and which of them are full."""
 
-    __slots__ = ("_gates", "_lock", "blocking", "full")
+    __slots__ = ("_gates", "_lock", "blocking", "full", "holds")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.blocking: tuple[tuple[str, Callable[[str], bool]], ...] = ()
         self.full: tuple[Gate, ...] = ()
+        self.holds: tuple[Hold, ...] = ()
         self._gates: dict[str, Gate] = {}  # router only
 
     # -- the facade (any caller thread, under the lock) -------------------------
@@ -79,16 +116,26 @@ class BlockGuard:
         """Return whether a BLOCK pattern matches ``event_type`` (filters not run)."""
         return any(matches(event_type) for _, matches in self.blocking)
 
-    def wait_for_room(self, events: list[Event], timeout: float | None) -> Gate | None:
-        """Wait while a full subscription wants one of ``events``; return a gate that timed out."""
+    def wait_for_room(self, events: list[Event], timeout: float | None) -> Gate | Hold | None:
+        """Wait while a full subscription (or a hold) wants one of ``events``.
+
+        Return the gate or hold that timed out, or None once there is room.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            gate = next((g for g in self.full if not g.room.is_set() and _wants(g, events)), None)
+            waits: tuple[Gate | Hold, ...] = (*self.full, *self.holds)
+            gate = next((g for g in waits if not g.room.is_set() and _wants(g, events)), None)
             if gate is None:
                 return None
             remaining = None if deadline is None else deadline - time.monotonic()
             if (remaining is not None and remaining <= 0) or not gate.room.wait(remaining):
                 return gate
+
+    # -- a node's bridge (its I/O thread only) ----------------------------------------
+
+    def set_holds(self, holds: tuple[Hold, ...]) -> None:
+        """Replace the holds (the bridge's I/O thread: their one writer)."""
+        self.holds = holds
 
     # -- the router ---------------------------------------------------------------
 
@@ -121,5 +168,5 @@ class BlockGuard:
             self.clear(gate)
 
 
-def _wants(gate: Gate, events: list[Event]) -> bool:
+def _wants(gate: Gate | Hold, events: list[Event]) -> bool:
     return any(gate.wants(e) for e in events)

@@ -96,7 +96,8 @@ class Publisher:
         """Return whether a publish could block now (BLOCK subscriptions, or a full router)."""
         router = self._router
         cap = router.capacity
-        return bool(self._guard.blocking) or (cap is not None and len(router) >= cap)
+        guard = self._guard
+        return bool(guard.blocking or guard.holds) or (cap is not None and len(router) >= cap)
 
     def publish(self, event: Event, *, owned: bool) -> BusFuture[Event]:
         """Send one event; return its future (``RateLimitedError``, ``BackpressureError``)."""
@@ -133,7 +134,7 @@ class Publisher:
             raise RateLimitedError(f"rate limit of {bucket.rate:g} events/s exceeded")
 
     def _admit(self, events: Sequence[Event]) -> threading.Event | None:
-        """Wait while a full BLOCK subscription wants one of ``events``.
+        """Wait while a full BLOCK subscription (or a node's hold) wants one of ``events``.
 
         Returns an event for the router to set once it routed them when a
         BLOCK pattern matches (so the next publish sees the mailbox full),
@@ -141,19 +142,15 @@ class Publisher:
         it does not wait for the routing: that thread may be the router's.
         """
         guard = self._guard
-        if not guard.blocking:
+        if not guard.blocking and not guard.holds:
             return None
-        if guard.full:
+        if guard.full or guard.holds:
             gate = guard.wait_for_room(list(events), self._timeout)
             if gate is not None:
                 with self._lock:
                     self._rejected += len(events)
-                route = gate.route
-                raise BackpressureError(
-                    f"subscription {route.id} ({route.pattern!r}) stayed full "
-                    f"({route.mailbox.capacity} queued) for {self._timeout}s; event not published"
-                )
-        if self._dispatcher.on_dispatcher_thread():
+                raise BackpressureError(gate.refusal(self._timeout))
+        if not guard.blocking or self._dispatcher.on_dispatcher_thread():
             return None
         if any(guard.routes_wanted(e.event_type) for e in events):
             return threading.Event()

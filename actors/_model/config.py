@@ -167,6 +167,13 @@ class NodeConfig:
     recent local events a bus without a journal keeps to answer recovery
     requests (and the size of the duplicate filter); ``send_hwm`` and
     ``receive_hwm`` are the ZeroMQ high-water marks, in frames, of the stream.
+    Flow control (``docs/cluster.md``): ``credit_window`` is how many events
+    of each origin this node lets be in flight to it past what it handled;
+    ``send_queue`` how many events wait for peers' credit before publishers
+    are held (``BLOCK`` semantics, ``EventConfig.block_timeout``);
+    ``lag_policy`` ``"block"`` (default: a lagging node holds origins back,
+    nothing is lost) or ``"drop"`` (origins drop its events instead, counted
+    and announced with ``$bus.peer.lagging``).
     """
 
     name: str
@@ -184,6 +191,9 @@ class NodeConfig:
     recovery_ring: int = 100_000
     send_hwm: int = 10_000
     receive_hwm: int = 10_000
+    credit_window: int = 8192
+    send_queue: int = 10_000
+    lag_policy: str = "block"
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str):

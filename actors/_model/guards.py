@@ -241,6 +241,12 @@ class NodeFields(Protocol):
     def send_hwm(self) -> int: ...
     @property
     def receive_hwm(self) -> int: ...
+    @property
+    def credit_window(self) -> int: ...
+    @property
+    def send_queue(self) -> int: ...
+    @property
+    def lag_policy(self) -> str: ...
 
 
 def check_node_fields(node: NodeFields) -> None:
@@ -261,3 +267,7 @@ def check_node_fields(node: NodeFields) -> None:
     check_int("recovery_ring", node.recovery_ring, minimum=1)
     check_int("send_hwm", node.send_hwm, minimum=0)
     check_int("receive_hwm", node.receive_hwm, minimum=0)
+    check_int("credit_window", node.credit_window, minimum=1)
+    check_int("send_queue", node.send_queue, minimum=1)
+    if node.lag_policy not in ("block", "drop"):
+        raise ValueError(f"lag_policy must be 'block' or 'drop', not {node.lag_policy!r}")

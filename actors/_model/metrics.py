@@ -307,6 +307,10 @@ class Counters:
     frames_too_large: int = 0
     sequences_rejected: int = 0
     hellos_refused: int = 0
+    credit_stalls: int = 0
+    events_dropped_lagging: int = 0
+    publishers_held: int = 0
+    credits_sent: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,6 +330,17 @@ class BridgeStatistics:
     ``duplicates`` remote events dropped by id; ``peers_alive`` the nodes heard
     within ``heartbeat_timeout``; ``synced_peers`` those that acknowledged this
     node's current subscriptions (events they publish from then on arrive).
+
+    Flow control (``docs/cluster.md``): ``credit_stalls`` times the send
+    queue stopped because a live peer was out of credit; ``send_queued`` the
+    events waiting in it now, ``send_queue_peak`` the most that ever did;
+    ``publishers_held`` times the queue filled and publishers were held
+    (``BLOCK``: those still held after ``block_timeout`` count in the bus's
+    ``rejected``); ``events_dropped_lagging`` events dropped for peers that
+    asked to be dropped rather than hold anyone (``lag_policy="drop"``);
+    ``credits_sent`` grants this node sent; ``credit_receivers`` the peers
+    whose credit this node follows, ``lagging_peers`` those holding its
+    queue now.
     """
 
     frames_sent: int = 0
@@ -348,4 +363,12 @@ class BridgeStatistics:
     gaps_open: int = 0
     peers_alive: tuple[str, ...] = ()
     synced_peers: tuple[str, ...] = ()
+    credit_stalls: int = 0
+    events_dropped_lagging: int = 0
+    publishers_held: int = 0
+    credits_sent: int = 0
+    send_queued: int = 0
+    send_queue_peak: int = 0
+    credit_receivers: tuple[str, ...] = ()
+    lagging_peers: tuple[str, ...] = ()
     counters: Counters = field(default_factory=Counters, repr=False, compare=False)

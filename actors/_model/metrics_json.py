@@ -58,6 +58,8 @@ def metrics_from_json(raw: Any) -> BusMetrics:
                 **{f.name: getattr(bridge, f.name) for f in fields(bridge) if f.name != "counters"},
                 "peers_alive": tuple(bridge.peers_alive),
                 "synced_peers": tuple(bridge.synced_peers),
+                "credit_receivers": tuple(bridge.credit_receivers),
+                "lagging_peers": tuple(bridge.lagging_peers),
             }
         )
     result: BusMetrics = _build(BusMetrics, data)

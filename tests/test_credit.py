@@ -1,0 +1,197 @@
+"""The origin's side of flow control (``_cluster.credit``): credit, the queue, drops, dead peers.
+
+Plain state: runs are built by a real ``Outbound`` and every figure is read
+off the ``SendQueue`` itself; the processes are in ``test_credit_procs.py``.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from actors import Event
+from actors._cluster.credit import MAX_WINDOW, SendQueue
+from actors._cluster.outbound import Outbound, Run
+from actors._cluster.wire import DataFrame, decode_stream
+from actors._core.backpressure import BlockGuard, Hold
+
+EPOCH = 7
+
+
+def runs(out: Outbound, kind: str, first: int, count: int) -> list[Run]:
+    events = [
+        Event(event_type=kind, data=i, sequence=i, origin="a") for i in range(first, first + count)
+    ]
+    return out.runs(events)
+
+
+def outbound(batch: int = 1, *prefixes: bytes) -> Outbound:
+    out = Outbound("a", epoch=EPOCH, batch_size=batch, ring_size=1000)
+    for prefix in prefixes or (b"t.",):
+        out.add_prefix(prefix)
+    return out
+
+
+def sequences(taken: list[Run]) -> list[int]:
+    return [e.sequence or 0 for run in taken for e in run.events]
+
+
+def test_a_receiver_gets_at_most_its_window_until_it_acknowledges() -> None:
+    out = outbound()
+    q = SendQueue(EPOCH, limit=100)
+    q.on_credit("b", EPOCH, 0, 3, [b"t."], False, now=0.0)
+    q.add(runs(out, "t.x", 1, 10))
+    sent, dropped = q.take()
+    assert sequences(sent) == [1, 2, 3]
+    assert dropped == []
+    assert q.stalled
+    assert q.stalls == 1
+    assert q.queued == 7
+    assert q.lagging() == ["b"]
+    # Taking again while nothing changed sends nothing and is the same stall.
+    assert q.take() == ([], [])
+    assert q.stalls == 1
+    # An acknowledgement of sequence 2 frees two events of credit.
+    q.on_credit("b", EPOCH, 2, 3, [b"t."], False, now=0.1)
+    sent, _ = q.take()
+    assert sequences(sent) == [4, 5]
+    assert q.stalls == 2
+    # A grant about another incarnation of the origin acknowledges nothing.
+    q.on_credit("b", EPOCH + 1, 10, 3, [b"t."], False, now=0.2)
+    assert q.take() == ([], [])
+    # An acknowledgement past what was sent counts up to what was sent (5).
+    q.on_credit("b", EPOCH, 10, 3, [b"t."], False, now=0.3)
+    assert q.receivers["b"].acked == 5
+    sent, _ = q.take()
+    assert sequences(sent) == [6, 7, 8]
+
+
+def test_a_receiver_that_does_not_want_a_run_does_not_hold_it() -> None:
+    out = outbound(1, b"t.", b"u.")
+    q = SendQueue(EPOCH, limit=100)
+    q.on_credit("b", EPOCH, 0, 1, [b"t."], False, now=0.0)
+    q.add(runs(out, "u.x", 1, 5))
+    sent, _ = q.take()
+    assert sequences(sent) == [1, 2, 3, 4, 5]
+    assert not q.stalled
+
+
+def test_the_queue_keeps_order_behind_a_held_run() -> None:
+    # b lags on t.; c wants only u.: u. events wait behind the held t. run
+    # (one multicast stream: a receiver of both must see them in order).
+    out = outbound(1, b"t.", b"u.")
+    q = SendQueue(EPOCH, limit=100)
+    q.on_credit("b", EPOCH, 0, 1, [b"t."], False, now=0.0)
+    q.on_credit("c", EPOCH, 0, 100, [b"u.", b"t."], False, now=0.0)
+    q.add(runs(out, "t.x", 1, 2))
+    q.add(runs(out, "u.x", 3, 2))
+    sent, _ = q.take()
+    assert sequences(sent) == [1]
+    assert q.sent_head(4) == 1
+    q.on_credit("b", EPOCH, 1, 1, [b"t."], False, now=0.1)
+    sent, _ = q.take()
+    assert sequences(sent) == [2, 3, 4]
+    assert q.sent_head(4) == 4
+
+
+def test_a_run_bigger_than_the_window_goes_when_nothing_is_in_flight() -> None:
+    out = outbound(100)
+    q = SendQueue(EPOCH, limit=1000)
+    q.on_credit("b", EPOCH, 0, 10, [b"t."], False, now=0.0)
+    q.add(runs(out, "t.x", 1, 50) + runs(out, "t.x", 51, 1))
+    sent, _ = q.take()
+    assert sequences(sent) == list(range(1, 51))
+    assert q.queued == 1
+
+
+def test_a_dead_receiver_holds_no_one_back() -> None:
+    out = outbound()
+    q = SendQueue(EPOCH, limit=4)
+    q.on_credit("b", EPOCH, 0, 2, [b"t."], False, now=0.0)
+    q.add(runs(out, "t.x", 1, 6))
+    q.take()
+    assert q.full
+    assert q.expire(now=0.5, timeout=1.0) == []
+    assert q.expire(now=1.5, timeout=1.0) == ["b"]
+    sent, _ = q.take()
+    assert sequences(sent) == [3, 4, 5, 6]
+    assert q.relieved
+    assert q.receivers == {}
+
+
+def test_a_receiver_that_asked_to_be_dropped_loses_runs_only_it_wants() -> None:
+    out = outbound(1, b"t.", b"u.")
+    q = SendQueue(EPOCH, limit=100)
+    q.on_credit("b", EPOCH, 0, 2, [b"t.", b"u."], True, now=0.0)
+    q.on_credit("c", EPOCH, 0, 100, [b"u."], False, now=0.0)
+    q.add(runs(out, "t.x", 1, 4) + runs(out, "u.x", 5, 2))
+    sent, dropped = q.take()
+    # t.3 and t.4 only b wants: dropped for it; u. events c wants too: sent.
+    assert sequences(sent) == [1, 2, 5, 6]
+    assert [sequences([run]) for run, _ in dropped] == [[3], [4]]
+    assert all([r.name for r in who] == ["b"] for _, who in dropped)
+    assert q.receivers["b"].dropped == 2
+    assert q.dropped == 2
+    assert not q.stalled
+
+
+def test_dropped_runs_break_no_chain() -> None:
+    out = outbound()
+    q = SendQueue(EPOCH, limit=100)
+    q.on_credit("b", EPOCH, 0, 1, [b"t."], True, now=0.0)
+    q.add(runs(out, "t.x", 1, 3))
+    sent, dropped = q.take()
+    assert len(dropped) == 2
+    q.on_credit("b", EPOCH, 1, 1, [b"t."], True, now=0.1)
+    q.add(runs(out, "t.x", 4, 1))
+    sent += q.take()[0]
+    frames = [decode_stream(out.build(run), 1 << 20) for run in sent]
+    assert all(isinstance(f, DataFrame) for f in frames)
+    # Built at send time: event 4's chain points at event 1, the last one sent.
+    assert [dict(f.chains)[b"t."] for f in frames if isinstance(f, DataFrame)] == [0, 1]
+
+
+def test_an_unknown_receiver_is_not_limited_and_empty_prefixes_forget_one() -> None:
+    out = outbound(1, b"t.", b"u.")
+    q = SendQueue(EPOCH, limit=100)
+    q.on_credit("b", EPOCH, 0, 1, [b"t."], True, now=0.0)
+    # u. has no known receiver (its first credit is on the way): never held.
+    q.add(runs(out, "u.x", 1, 3))
+    assert sequences(q.take()[0]) == [1, 2, 3]
+    q.on_credit("b", EPOCH, 0, 1, [], True, now=0.1)
+    assert q.receivers == {}
+
+
+@pytest.mark.parametrize("window", [0, -5, 1 << 40])
+def test_a_window_is_clamped(window: int) -> None:
+    q = SendQueue(EPOCH, limit=10)
+    q.on_credit("b", EPOCH, 0, window, [b"t."], False, now=0.0)
+    assert 1 <= q.receivers["b"].window <= MAX_WINDOW
+
+
+def test_take_all_empties_the_queue_whatever_the_credit() -> None:
+    out = outbound()
+    q = SendQueue(EPOCH, limit=2)
+    q.on_credit("b", EPOCH, 0, 1, [b"t."], False, now=0.0)
+    q.add(runs(out, "t.x", 1, 5))
+    q.take()
+    assert q.full
+    assert sequences(q.take_all()) == [2, 3, 4, 5]
+    assert q.queued == 0
+    assert q.peak == 5
+
+
+def test_a_hold_makes_publishers_of_the_events_it_wants_wait() -> None:
+    guard = BlockGuard()
+    hold = Hold("node a: send queue full", frozenset({"t."}))
+    guard.set_holds((hold,))
+    wanted = [Event(event_type="t.x")]
+    other = [Event(event_type="u.x")]
+    assert hold.wants(wanted[0])
+    assert not hold.wants(other[0])
+    assert guard.wait_for_room(other, timeout=0.0) is None
+    assert guard.wait_for_room(wanted, timeout=0.0) is hold
+    assert hold.refusal(0.5) == "node a: send queue full for 0.5s; event not published"
+    hold.room.set()  # the bridge's queue drained
+    assert guard.wait_for_room(wanted, timeout=0.0) is None
+    guard.set_holds(())
+    assert guard.holds == ()
