@@ -216,10 +216,15 @@ def test_trace_to_otel_exports_a_journaled_workflow_with_its_timestamps(tmp_path
     path = str(tmp_path / "j")
     cid = uuid.uuid4()
     with PersistentEventBus(EventConfig(persistence_path=path)) as bus:
+        done = threading.Event()
         bus.subscribe("wf.start", lambda e: bus.publish("wf.a", 1) and None)
         bus.subscribe("wf.a", lambda e: bus.publish("wf.b", 2) and None)
+        bus.subscribe("wf.b", lambda e: done.set())
         bus.publish_correlated("wf.start", 0, cid).get(timeout=WAIT)
         bus.publish_correlated("wf.other", 0, cid).get(timeout=WAIT)
+        # A flush covers what was published before it, not what handlers
+        # publish later: wait for the end of the chain first.
+        assert done.wait(WAIT)
         bus.flush(timeout=WAIT)
     # A later process: the trace comes from the journal alone.
     with PersistentEventBus(EventConfig(persistence_path=path)) as bus:
