@@ -74,6 +74,10 @@ class BridgeBase:
         self._out = Outbound(
             self.name, self._epoch, node.batch_size, node.recovery_ring, node.max_frame_bytes
         )
+        # Everything below ``base`` is in the journal (a restarted persistent
+        # node): announce it as the head from the start, so a receiver that
+        # followed the last incarnation fetches what it sent too late or never.
+        self._out.head = self._base - 1
         self._in = Inbound(self.name, max(node.recovery_ring, 10_000))
         self._stats = Counters()
         self._stopping = False

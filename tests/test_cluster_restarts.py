@@ -1,0 +1,70 @@
+"""Restarts under the fault harness's faults, one deterministic sequence each, in real processes.
+
+Each test replays, step by step, a sequence that lost or duplicated
+acknowledged events at the durable node of ``bench/faults.py``
+(``docs/cluster.md``, "Fault harness"). The nodes are ``tests/_node_child.py``
+processes; the parent synchronises on their output lines only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.test_cluster import Node
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def cluster() -> Iterator[list[Node]]:
+    started: list[Node] = []
+    yield started
+    for node in started:
+        if node.proc.poll() is None:
+            node.proc.kill()
+            node.proc.wait(60)
+
+
+def start(cluster: list[Node], **config: Any) -> Node:
+    node = Node(**config)
+    cluster.append(node)
+    return node
+
+
+def test_a_restarted_publisher_sends_what_it_journaled_but_never_sent(
+    cluster: list[Node], tmp_path: Path
+) -> None:
+    # kill -9 of a persistent publisher: its last acknowledged events are in
+    # its journal, but its bridge had not sent them (or they died in its
+    # socket's queue). The restarted publisher must announce them (its head
+    # starts at its journal's end), so the subscriber fetches them.
+    fast = {"heartbeat_interval": 0.1, "heartbeat_timeout": 0.5}
+    a_config = {
+        "name": "a",
+        "listen": f"ipc://{tmp_path}/a.sock",
+        "path": str(tmp_path / "a"),
+        "node": fast,
+    }
+    a = start(cluster, **a_config)
+    b = start(cluster, name="b", peers=[a.endpoint], pattern="job.*", node=fast)
+    b.ask("sync a", "synced")
+    a.ask("publish job.run 0 100", "published")
+    b.wait_data(set(range(100)))
+    a.ask("pause", "paused")  # a's bridge stops: what a journals now stays unsent
+    a.ask("publish job.run 100 150 acked", "acked")  # acknowledged: journaled
+    a.kill()
+    b.ask("gone a", "gone")
+    a = start(cluster, **a_config)
+    # b takes the new incarnation's sync reply before a publishes anything (a
+    # new subscription starts a new sync round: only the new a can answer it).
+    b.ask("subscribe other.*", "subscribed")
+    b.ask("sync a", "synced")
+    a.ask("publish job.run 150 160", "published")
+    got = b.wait_data(set(range(150, 160)))
+    assert [d for _, _, d in got] == list(range(160))  # 100..149 too, in order, once
+    b.close()
+    a.close()
