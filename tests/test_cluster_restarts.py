@@ -8,6 +8,9 @@ processes; the parent synchronises on their output lines only.
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +20,8 @@ import pytest
 from tests.test_cluster import Node
 
 pytestmark = pytest.mark.slow
+
+CHECKPOINT_CHILD = str(Path(__file__).with_name("_checkpoint_child.py"))
 
 
 @pytest.fixture
@@ -68,3 +73,24 @@ def test_a_restarted_publisher_sends_what_it_journaled_but_never_sent(
     assert [d for _, _, d in got] == list(range(160))  # 100..149 too, in order, once
     b.close()
     a.close()
+
+
+def test_a_durable_checkpoint_never_reaches_the_journal_before_its_events(tmp_path: Path) -> None:
+    # kill -9 of a durable node while its router is in the middle of a turn:
+    # the subscription handled events the router had not yet handed to the
+    # journal. Its checkpoint must not be stored before them; else the
+    # restarted journal gives their sequences to new events, which the
+    # subscription then skips as handled.
+    path = str(tmp_path / "journal")
+
+    def run(mode: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, CHECKPOINT_CHILD, path, mode]
+        return subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+
+    crashed = run("crash")
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+    assert crashed.stdout.splitlines()[-1] == "in-order"  # never "ahead"
+    resumed = run("resume")
+    assert resumed.returncode == 0, resumed.stderr
+    got = [int(line.split()[1]) for line in resumed.stdout.splitlines() if line.startswith("got ")]
+    assert set(range(100, 200)) <= set(got)  # no new event skipped as handled
