@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 
+from actors import EventBus, EventConfig, EventQuery
+from actors._journal.rocks import RocksStorage
 from tests.test_cluster import Node
 
 pytestmark = pytest.mark.slow
@@ -94,3 +96,56 @@ def test_a_durable_checkpoint_never_reaches_the_journal_before_its_events(tmp_pa
     assert resumed.returncode == 0, resumed.stderr
     got = [int(line.split()[1]) for line in resumed.stdout.splitlines() if line.startswith("got ")]
     assert set(range(100, 200)) <= set(got)  # no new event skipped as handled
+
+
+def journaled(path: Path) -> dict[int, int]:
+    """Return ``{data: sequence}`` of the ``job.run`` events in the journal at ``path``.
+
+    Raises ``AssertionError`` if one is there twice.
+    """
+    with EventBus(EventConfig(persistence_path=str(path))) as bus:
+        events = bus.query(EventQuery(event_types=["job.run"]))
+    out = {e.data: e.sequence or 0 for e in events}
+    assert len(out) == len(events), f"journaled twice: {len(events) - len(out)} event(s)"
+    return out
+
+
+def test_a_durable_node_never_journals_a_received_event_twice(
+    cluster: list[Node], tmp_path: Path
+) -> None:
+    # kill -9 of a durable node between the write of received events and the
+    # write of the watermark that covers them: the restarted node fetches them
+    # again. It must not journal (and deliver) them a second time: its
+    # durable subscription, restarted from before them, would handle each twice.
+    a_config = {"name": "a", "listen": f"ipc://{tmp_path}/a.sock", "path": str(tmp_path / "a")}
+    b_config = {
+        "name": "b",
+        "peers": [f"ipc://{tmp_path}/a.sock"],
+        "path": str(tmp_path / "b"),
+        "pattern": "job.*",
+        "durable": "w",
+    }
+    a = start(cluster, **a_config)
+    b = start(cluster, **b_config)
+    b.ask("sync a", "synced")
+    a.ask("publish job.run 0 100", "published")
+    b.wait_data(set(range(100)))
+    b.close()
+    a.close()
+    # The state that crash leaves: events 50..99 journaled at b, the
+    # watermark of a and the subscription's checkpoint still at event 49.
+    at_a, at_b = journaled(tmp_path / "a"), journaled(tmp_path / "b")
+    storage = RocksStorage(tmp_path / "b")
+    storage.set_checkpoint("bridge:a", at_a[49])
+    storage.set_checkpoint("bridge@journal", at_b[49])
+    storage.set_checkpoint("sub:w", at_b[49])
+    storage.close()
+    a = start(cluster, **a_config)
+    b = start(cluster, **b_config)
+    b.ask("sync a", "synced")
+    a.ask("publish job.run 100 110", "published")
+    got = b.wait_data(set(range(50, 110)))
+    assert [d for _, _, d in got] == list(range(50, 110))  # each once, in order
+    b.close()
+    a.close()
+    assert sorted(journaled(tmp_path / "b")) == list(range(110))

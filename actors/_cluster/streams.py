@@ -58,6 +58,7 @@ class Inbound:
         self.requests: list[RecoverRequest] = []
         self._seen: OrderedDict[object, None] = OrderedDict()
         self._dedupe = max(dedupe, 1)
+        self.dedupe = self._dedupe  # how many recent event ids are remembered
         self.duplicates = 0
         self.gaps = 0
         self.recovered = 0
@@ -258,10 +259,22 @@ class Inbound:
         st, _ = self.origin(origin, now)
         st.loading = True
 
-    def loaded(self, origin: str, watermark: int | None, now: float) -> list[Event]:
-        """Adopt the saved watermark of ``origin``; replay a stashed sync reply."""
+    def loaded(
+        self, origin: str, watermark: int | None, now: float, journaled: Iterable[object] = ()
+    ) -> list[Event]:
+        """Adopt the saved watermark of ``origin``; replay a stashed sync reply.
+
+        ``journaled`` are the ids of ``origin``'s events the journal holds
+        past the watermark (a crash fell between their write and the
+        watermark's): fetched again, they are dropped as duplicates.
+        """
         st, _ = self.origin(origin, now)
         st.loading = False
+        seen = self._seen
+        for key in journaled:
+            seen[key] = None
+            if len(seen) > self._dedupe:
+                seen.popitem(last=False)
         if watermark is not None and (st.watermark is None or watermark < st.watermark):
             st.watermark = watermark
         stashed, st.stashed = st.stashed, None
