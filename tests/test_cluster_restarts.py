@@ -98,7 +98,7 @@ def test_a_durable_checkpoint_never_reaches_the_journal_before_its_events(tmp_pa
     assert set(range(100, 200)) <= set(got)  # no new event skipped as handled
 
 
-def journaled(path: Path) -> dict[int, int]:
+def journaled(path: Path) -> dict[Any, int]:
     """Return ``{data: sequence}`` of the ``job.run`` events in the journal at ``path``.
 
     Raises ``AssertionError`` if one is there twice.

@@ -359,3 +359,20 @@ def test_a_lost_sync_reply_still_backfills_from_the_watermark() -> None:
     (request,) = inbound.requests
     assert (request.after, request.upto) == (100, 300)
     assert inbound.watermarks() == {"a": 100}
+
+
+def test_events_journaled_past_the_saved_watermark_are_not_delivered_again() -> None:
+    # A crash fell between the write of 101..103 and the write of the
+    # watermark that covers them: the restarted node fetches them again.
+    inbound = Inbound("b", dedupe=1000)
+    inbound.set_patterns(["user.*"], 0.0)
+    inbound.start_loading("a", 0.0)
+    inbound.on_sync("a", 7, 1, 105, 0.0)
+    fetched = [local(seq) for seq in range(101, 106)]
+    inbound.loaded("a", 100, 0.0, [e.id for e in fetched[:3]])
+    (request,) = inbound.requests
+    assert (request.after, request.upto) == (100, 105)
+    delivered = inbound.on_recovered(request.rid, fetched, True, 105, False)
+    assert [e.sequence for e in delivered] == [104, 105]
+    assert inbound.duplicates == 3
+    assert inbound.watermarks() == {"a": 105}
