@@ -355,6 +355,24 @@ def check(folder: Path, report: Report) -> Report:
     return report
 
 
+def _last_acked(folder: Path) -> int:
+    """Return the ``n`` of the last acknowledged event (-1 if none yet)."""
+    path = folder / "acked"
+    if not path.exists():
+        return -1
+    with path.open("rb") as f:
+        f.seek(max(0, path.stat().st_size - 200))
+        lines = [p.split() for p in f.read().split(b"\n")]
+    whole = [p for p in lines[:-1] if len(p) == 2]
+    return int(whole[-1][0]) if whole else -1
+
+
+def _log_fault(folder: Path, fault: str) -> None:
+    """Append the time, the last acknowledged ``n`` and the fault to ``faults.log``."""
+    with (folder / "faults.log").open("a") as log:
+        log.write(f"{time.time():.3f} {_last_acked(folder)} {fault}\n")
+
+
 def _received_warmup(path: Path) -> bool:
     return any(len(p) == 4 for p in _lines(path))
 
@@ -388,10 +406,12 @@ def run(faults: int, seed: int, folder: Path | None = None) -> Report:
                 proc = procs[name]
                 if rng.random() < 0.5:
                     report.faults.append(f"kill -9 {name}, restart")
+                    _log_fault(folder, report.faults[-1])
                     proc.kill()
                     proc.start(folder)
                 else:
                     report.faults.append(f"SIGSTOP {name} {PAUSE} s, SIGCONT")
+                    _log_fault(folder, report.faults[-1])
                     proc.signal(signal.SIGSTOP)
                     time.sleep(PAUSE)
                     proc.signal(signal.SIGCONT)

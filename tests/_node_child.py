@@ -15,6 +15,7 @@ one line (every line is flushed at once):
 ``peers NAME,NAME``    wait until those nodes are heard from -> ``peers``
 ``gone NAME``          wait until that node is declared dead -> ``gone``
 ``publish TYPE FROM TO``  publish events ``FROM..TO-1`` (data = the number) -> ``published``
+``publish TYPE FROM TO acked``  the same, answered once acknowledged (not flushed) -> ``acked``
 ``subscribe PATTERN [DURABLE]``  subscribe the printing handler now -> ``subscribed``
 ``sized TYPE N,N``     publish one event of N characters each -> ``sized ok,too-large``
                        (a received string over 100 characters is printed as ``"len:N"``)
@@ -116,6 +117,9 @@ def main() -> None:
             )
             for future in futures:
                 future.get(timeout=WAIT)
+            if words[4:] == ["acked"]:
+                say("acked")  # acknowledged (journaled), not flushed: the bridge may be paused
+                continue
             bus.flush(WAIT)
             say("published")
         elif command == "subscribe":

@@ -107,3 +107,33 @@ def test_a_recovery_waits_for_an_origin_paused_in_the_middle_of_it(
     assert stats["gaps_unrecovered"] == 0
     b2.close()
     a.close()
+
+
+def test_a_broker_that_does_not_know_the_origin_yet_never_makes_recovery_give_up(
+    nodes: list[Node], tmp_path: Path
+) -> None:
+    endpoint = f"ipc://{tmp_path}/broker"
+    broker = Broker(endpoint)
+    try:
+        # a greets a broker only every 8 s (its heartbeat_timeout), while b
+        # asks again every 0.5 s: a restarted broker answers b's requests
+        # "unknown node a" for seconds, far more than RECOVER_ATTEMPTS times,
+        # while b hears a's heartbeats through it all along.
+        slow = {"heartbeat_interval": 0.1, "heartbeat_timeout": 8.0, "send_hwm": 5}
+        a = start(nodes, name="a", peers=[endpoint], path=str(tmp_path / "a"), node=slow)
+        b = start(nodes, name="b", peers=[endpoint], pattern="job.*", node=FAST)
+        b.ask("sync a", "synced")
+        a.ask("publish job.run 0 100", "published")
+        b.wait_data(set(range(100)))
+        broker.close()
+        a.ask("publish job.run 100 2000", "published")  # no broker: nobody gets these
+        broker = Broker(endpoint)
+        got = b.wait_data(set(range(2000)))
+        assert [d for _, _, d in got] == list(range(2000))  # in order, once
+        stats = b.stats()
+        assert stats["gaps"] >= 1
+        assert stats["gaps_unrecovered"] == 0
+        b.close()
+        a.close()
+    finally:
+        broker.close()

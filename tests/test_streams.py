@@ -359,3 +359,68 @@ def test_a_lost_sync_reply_still_backfills_from_the_watermark() -> None:
     (request,) = inbound.requests
     assert (request.after, request.upto) == (100, 300)
     assert inbound.watermarks() == {"a": 100}
+
+
+def test_events_journaled_past_the_saved_watermark_are_not_delivered_again() -> None:
+    # A crash fell between the write of 101..103 and the write of the
+    # watermark that covers them: the restarted node fetches them again.
+    inbound = Inbound("b", dedupe=1000)
+    inbound.set_patterns(["user.*"], 0.0)
+    inbound.start_loading("a", 0.0)
+    inbound.on_sync("a", 7, 1, 105, 0.0)
+    fetched = [local(seq) for seq in range(101, 106)]
+    inbound.loaded("a", 100, 0.0, [e.id for e in fetched[:3]])
+    (request,) = inbound.requests
+    assert (request.after, request.upto) == (100, 105)
+    delivered = inbound.on_recovered(request.rid, fetched, True, 105, False)
+    assert [e.sequence for e in delivered] == [104, 105]
+    assert inbound.duplicates == 3
+    assert inbound.watermarks() == {"a": 105}
+
+
+def test_a_long_recovery_delivers_answer_by_answer() -> None:
+    out, inbound = synced_pair(["user.*"])
+    feed(inbound, decode(out.frames([local(1)])[0]))
+    out.frames([local(seq) for seq in range(2, 10)])  # lost
+    assert feed(inbound, decode(out.frames([local(10)])[0])) == []  # held
+    (request,) = inbound.requests
+    assert (request.after, request.upto) == (1, 9)
+    inbound.requests.clear()
+    # The origin answers in parts (RECOVER_LIMIT): each part is delivered,
+    # and moves the watermark, while the rest is fetched.
+    part = inbound.on_recovered(request.rid, [local(2), local(3), local(4)], False, 4, False)
+    assert [e.sequence for e in part] == [2, 3, 4]
+    assert inbound.watermarks() == {"a": 4}
+    (rest,) = inbound.requests
+    assert (rest.after, rest.upto) == (4, 9)
+    events = [local(seq) for seq in range(5, 10)]
+    assert [e.sequence for e in inbound.on_recovered(rest.rid, events, True, 9, False)] == [
+        5,
+        6,
+        7,
+        8,
+        9,
+        10,
+    ]
+    assert inbound.watermarks() == {"a": 10}
+    assert (inbound.gaps, inbound.recovered) == (1, 1)
+
+
+def test_a_gap_inside_the_range_being_fetched_is_not_asked_twice() -> None:
+    out, inbound = synced_pair(["user.*"])
+    feed(inbound, decode(out.frames([local(1)])[0]))
+    out.frames([local(seq) for seq in range(2, 8)])  # lost
+    feed(inbound, decode(out.frames([local(8)])[0]))
+    (request,) = inbound.requests
+    assert (request.after, request.upto) == (1, 7)
+    inbound.requests.clear()
+    # The origin restarts meanwhile and announces head 12: only 7..12 is new.
+    inbound.on_heartbeat("a", epoch=2, base=13, head=12, chains={}, now=0.0)
+    inbound.on_sync("a", 2, 13, 12, 0.0)
+    assert inbound.requests == []  # waits its turn: (7, 12], not (1, 12]
+    events = [local(seq) for seq in range(2, 8)]
+    inbound.on_recovered(request.rid, events, True, 7, False)
+    (rest,) = inbound.requests
+    assert (rest.after, rest.upto) == (7, 12)
+    stats = (inbound.gaps, inbound.recovered, inbound.unrecovered, inbound.gaps_open())
+    assert stats == (2, 1, 0, 1)

@@ -12,15 +12,17 @@ import logging
 import os
 import random
 import threading
+import uuid
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
 import zmq
 
 from actors._cluster.bridge_io import PublishLedger
+from actors._cluster.checkpoints import POSITION, load_journaled, watermark_name
 from actors._cluster.endpoints import Link, Peer
 from actors._cluster.outbound import Outbound
 from actors._cluster.ports import LocalNode
@@ -74,6 +76,10 @@ class BridgeBase:
         self._out = Outbound(
             self.name, self._epoch, node.batch_size, node.recovery_ring, node.max_frame_bytes
         )
+        # Everything below ``base`` is in the journal (a restarted persistent
+        # node): announce it as the head from the start, so a receiver that
+        # followed the last incarnation fetches what it sent too late or never.
+        self._out.head = self._base - 1
         self._in = Inbound(self.name, max(node.recovery_ring, 10_000))
         self._stats = Counters()
         self._stopping = False
@@ -84,6 +90,8 @@ class BridgeBase:
         self._refusals: list[str] = []
         self._waiting: dict[str, tuple[Callable[[Request | None], None], float]] = {}
         self._saved: dict[str, int] = {}
+        self._saved_position = -1
+        self._preload: Future[dict[str, list[uuid.UUID]]] | None = None
         # Records routed but not yet known to be journaled, and how many of
         # them the journal was asked about (``StreamIO._ask_written``).
         self._unwritten: list[object] = []
@@ -160,7 +168,20 @@ class BridgeBase:
         for name, mark in inbound.watermarks().items():
             if self._saved.get(name) != mark:
                 self._saved[name] = mark
-                journal.save_checkpoint(f"bridge:{name}", mark)
+                journal.save_checkpoint(watermark_name(name), mark)
+        # After the watermarks: every event received later gets a higher
+        # local sequence (``checkpoints.py``).
+        if self._journaled().done() and self._saved_position != self._out.head:
+            self._saved_position = self._out.head
+            journal.save_checkpoint(POSITION, self._saved_position)
+
+    def _journaled(self) -> Future[dict[str, list[uuid.UUID]]]:
+        """Start (once) reading the received events journaled after the saved position."""
+        if self._preload is None:
+            journal = self._local.journal
+            assert journal is not None
+            self._preload = self._workers.submit(load_journaled, journal, self._in.dedupe, 30.0)
+        return self._preload
 
     # Implemented by the halves (``RequestIO``, ``StreamIO``); declared here for each other.
     def _send_recover(self, request: RecoverRequest, attempt: int = 1) -> None:

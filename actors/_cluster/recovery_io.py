@@ -10,15 +10,17 @@ the request channel and hands the answers back.  Rules (``docs/cluster.md``,
   *parked*, never given up: it is asked again once the origin is heard;
 - a request with no answer while its origin is heard is asked again
   (``recovery_retries``), each try ``2 x heartbeat_timeout`` long;
-- an ``ERROR`` answer (a broker that restarted and does not know the origin
-  yet, an origin that cannot read its journal now) is asked again after
-  ``heartbeat_timeout``;
+- an ``ERROR`` answer from a broker (it restarted and does not know the
+  origin yet) means no route reaches the origin: the request is parked too;
+- an ``ERROR`` answer from the origin (it cannot read its journal now) is
+  asked again after ``heartbeat_timeout``;
 - a range is given up (``gaps_unrecovered``) only after ``RECOVER_ATTEMPTS``
   such tries, or when the origin answers that it no longer holds it.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 
 from actors._cluster.io_base import BridgeBase
@@ -26,6 +28,8 @@ from actors._cluster.streams import RecoverRequest
 from actors._cluster.wire import ERROR, RECOVER, FrameError, Request, decode_events
 
 __all__ = ["RECOVER_ATTEMPTS", "RecoveryIO"]
+
+logger = logging.getLogger("actors.bridge")
 
 RECOVER_ATTEMPTS = 4
 """Tries of one recovery request while its origin is heard (parked time does not count)."""
@@ -44,6 +48,11 @@ class RecoveryIO(BridgeBase):
         rid = request.rid
 
         def done(reply: Request | None) -> None:
+            if reply is not None and reply.kind == ERROR and reply.sender != request.origin:
+                # A broker that does not know the origin (yet): no route
+                # reaches it, and it still holds the range. Parked, not a try.
+                self._parked[rid] = (request, attempt)
+                return
             if reply is None or reply.kind == ERROR:
                 self._retry(request, attempt, answered=reply is not None)
                 return
@@ -70,6 +79,14 @@ class RecoveryIO(BridgeBase):
                 self._parked[request.rid] = (request, attempt)
                 return
         if attempt >= RECOVER_ATTEMPTS:
+            logger.warning(
+                "bridge %s: gave up fetching %s's events %d..%d after %d tries",
+                self.name,
+                request.origin,
+                request.after + 1,
+                request.upto,
+                attempt,
+            )
             self._deliver(self._in.on_recovery_failed(request.rid))
             return
         self._stats.recovery_retries += 1

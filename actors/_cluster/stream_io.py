@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Callable
+from concurrent.futures import Future
 
 import zmq
 
+from actors._cluster.checkpoints import watermark_name
 from actors._cluster.endpoints import Peer
 from actors._cluster.flow_io import FlowIO
 from actors._cluster.wire import (
@@ -269,23 +272,34 @@ class StreamIO(FlowIO):
             peer = self._peers[name] = Peer(name)
             if self._persistent and name not in self._in.origins:
                 self._in.start_loading(name, now)
-                self._workers.submit(self._load_watermark, name)
+                self._workers.submit(self._load_watermark, name, self._journaled())
         peer.last_seen = now
         if not peer.alive:
             logger.info("bridge %s: node %s is alive", self.name, name)
             peer.alive = True
             self._grant(name)
 
-    def _load_watermark(self, name: str) -> None:
-        """Read the saved watermark of ``name`` (worker thread), then hand it to the I/O thread."""
+    def _load_watermark(self, name: str, journaled: Future[dict[str, list[uuid.UUID]]]) -> None:
+        """Read the saved watermark of ``name`` (worker thread), then hand it to the I/O thread.
+
+        With it go the ids of ``name``'s events the journal holds past it
+        (``checkpoints.py``): fetched again, they are not delivered twice.
+        """
         journal = self._local.journal
         value: int | None = None
+        ids: list[uuid.UUID] = []
         if journal is not None:
             try:
-                value = journal.load_checkpoint(f"bridge:{name}", 30.0)
+                value = journal.load_checkpoint(watermark_name(name), 30.0)
+                if value is not None:
+                    ids = journaled.result(30.0).get(name, [])
             except Exception:
                 logger.exception("bridge %s: cannot read the watermark of %s", self.name, name)
-        self._call_soon(lambda: self._deliver(self._in.loaded(name, value, time.monotonic())))
+
+        def loaded() -> None:
+            self._deliver(self._in.loaded(name, value, time.monotonic(), ids))
+
+        self._call_soon(loaded)
 
     def _set_patterns(self, patterns: list[str]) -> None:
         now = time.monotonic()

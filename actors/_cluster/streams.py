@@ -25,6 +25,7 @@ Rules that keep it honest (``docs/cluster.md``, "Guarantees"):
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
@@ -58,6 +59,7 @@ class Inbound:
         self.requests: list[RecoverRequest] = []
         self._seen: OrderedDict[object, None] = OrderedDict()
         self._dedupe = max(dedupe, 1)
+        self.dedupe = self._dedupe  # how many recent event ids are remembered
         self.duplicates = 0
         self.gaps = 0
         self.recovered = 0
@@ -258,10 +260,22 @@ class Inbound:
         st, _ = self.origin(origin, now)
         st.loading = True
 
-    def loaded(self, origin: str, watermark: int | None, now: float) -> list[Event]:
-        """Adopt the saved watermark of ``origin``; replay a stashed sync reply."""
+    def loaded(
+        self, origin: str, watermark: int | None, now: float, journaled: Iterable[object] = ()
+    ) -> list[Event]:
+        """Adopt the saved watermark of ``origin``; replay a stashed sync reply.
+
+        ``journaled`` are the ids of ``origin``'s events the journal holds
+        past the watermark (a crash fell between their write and the
+        watermark's): fetched again, they are dropped as duplicates.
+        """
         st, _ = self.origin(origin, now)
         st.loading = False
+        seen = self._seen
+        for key in journaled:
+            seen[key] = None
+            if len(seen) > self._dedupe:
+                seen.popitem(last=False)
         if watermark is not None and (st.watermark is None or watermark < st.watermark):
             st.watermark = watermark
         stashed, st.stashed = st.stashed, None
@@ -279,6 +293,14 @@ class Inbound:
         names = frozenset(p.decode() if isinstance(p, bytes) else p for p in prefixes)
         self.gaps += 1
         if st.pending:
+            # What the request out fetches already is not asked twice (a
+            # backfill after the origin restarted, over a backfill still out).
+            for rid, out in st.pending.items():
+                if names <= set(out.prefixes) and out.after <= after < out.upto:
+                    after = out.upto
+                    if upto <= after:  # all of it: it ends with that request
+                        st.pending[rid] = dataclasses.replace(out, gaps=out.gaps + 1)
+                        return
             # One request per origin at a time: later gaps wait as their own
             # ranges (an overlapping one merges, and both end together).
             for i, (low, high, known, count) in enumerate(st.deferred):
@@ -342,9 +364,9 @@ class Inbound:
             if not complete and request.after < scanned < request.upto:
                 names = frozenset(request.prefixes)
                 self._send(st_name, st, scanned, request.upto, names, request.gaps, lost)
-            else:
-                self._end(request, lost)
-                self._next_deferred(st_name, st)
+                return self._release_upto(st, scanned)
+            self._end(request, lost)
+            self._next_deferred(st_name, st)
             return self._release(st)
         return []
 
@@ -393,6 +415,27 @@ class Inbound:
         if st.watermark is None or top > st.watermark:
             st.watermark = top
         return self._fresh(held)
+
+    def _release_upto(self, st: OriginState, upto: int) -> list[Event]:
+        """Release the held events up to ``upto`` while the rest of a long range is fetched.
+
+        Everything of ``st``'s origin up to ``upto`` arrived (the origin read
+        its journal that far) unless a range waiting its turn starts below
+        it: then nothing moves.  A long recovery (a node far behind, a
+        restart loop) thus delivers, and moves the watermark, answer by
+        answer instead of holding the whole range in memory.
+        """
+        if st.awaiting_sync or st.loading or any(low < upto for low, *_ in st.deferred):
+            return []
+        ready = [e for e in st.held if (e.sequence or 0) <= upto]
+        if not ready:
+            return []
+        st.held = [e for e in st.held if (e.sequence or 0) > upto]
+        ready.sort(key=lambda e: e.sequence or 0)
+        top = ready[-1].sequence or 0
+        if st.watermark is None or top > st.watermark:
+            st.watermark = top
+        return self._fresh(ready)
 
     def _fresh(self, events: Iterable[Event]) -> list[Event]:
         seen = self._seen

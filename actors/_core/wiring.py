@@ -282,7 +282,10 @@ class Core:
             router.put(Subscribe(route, on_subscribed=joined))
 
         def save(name: str, sequence: int) -> None:
-            journal.put(SaveCheckpoint(f"sub:{name}", sequence))
+            # Through the router: the checkpoint reaches the journal after the
+            # records of the events it covers (the router sends them at the
+            # end of its turn, after it handed the events to this subscription).
+            router.put(Forward(journal, SaveCheckpoint(f"sub:{name}", sequence)))
 
         return CatchUp(
             route=route,

@@ -99,6 +99,9 @@ class JournalActor(DispatchedActor):
                 futures if futures is not None else [None] * len(message.events)
             )
         elif type(message) is SaveCheckpoint:
+            # Stored in the order last set (a checkpoint set again moves to
+            # the end): one saved after another is on disk only if that one is.
+            self._checkpoints.pop(message.name, None)
             self._checkpoints[message.name] = message.sequence
         elif type(message) is Barrier:
             self._write()

@@ -1,0 +1,53 @@
+"""What a persistent node keeps in its journal of the streams it receives, read back at a restart.
+
+Two kinds of checkpoint (``docs/cluster.md``, "Restarts of a receiving node"):
+
+- ``bridge:ORIGIN``: the watermark of ``ORIGIN`` (everything up to that
+  origin sequence that a local pattern matches was delivered and journaled);
+- ``bridge@journal``: a sequence of the local journal below every event
+  received after the watermarks saved with it.
+
+Both go to the journal through the router, after the records of the events
+they cover, and the journal stores checkpoints in the order they were last
+set: a watermark saved before the position is on disk whenever the position
+is.  A crash can still fall between the write of received events and the
+write of the watermark that covers them; the restarted node then fetches
+them again from their origin.  The events after the saved position (read
+once at the start, before the position is saved again) tell which of them
+the journal holds already: they are not injected (journaled, delivered) a
+second time.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from actors._cluster.ports import JournalPort
+from actors._model.query import EventQuery
+
+__all__ = ["POSITION", "load_journaled", "watermark_name"]
+
+POSITION = "bridge@journal"
+"""The checkpoint of the local journal's position (see the module docstring)."""
+
+
+def watermark_name(origin: str) -> str:
+    """Return the name of the checkpoint that holds ``origin``'s watermark."""
+    return f"bridge:{origin}"
+
+
+def load_journaled(journal: JournalPort, limit: int, timeout: float) -> dict[str, list[uuid.UUID]]:
+    """Return, per origin, the ids of received events the journal holds after the saved position.
+
+    Blocks (a worker thread); reads at most the last ``limit`` events.  Read
+    once at the start, before the position is saved again.
+    """
+    position = journal.load_checkpoint(POSITION, timeout)
+    if position is None:
+        return {}
+    query = EventQuery(after_sequence=position, limit=limit, descending=True)
+    out: dict[str, list[uuid.UUID]] = {}
+    for event in journal.read(query, timeout):
+        if event.origin is not None:
+            out.setdefault(event.origin, []).append(event.id)
+    return out

@@ -1,0 +1,76 @@
+"""Child process for ``tests/test_cluster_restarts.py``: a durable subscription's checkpoint.
+
+Run as ``python tests/_checkpoint_child.py PATH MODE``; a persistent bus on
+journal ``PATH`` with a durable subscription ``w`` on ``job.*`` whose
+handler prints ``got N``.
+
+``crash``: publish ``job.run`` 0..99 in one batch while a filter (run by the
+router, on its turn) holds the router at event 60, after it handed events
+0..59 to ``w``.  The filter looks at the journal (a read-only open) until
+it holds ``w``'s checkpoint past its last record, or for ``HOLD`` seconds
+if that never happens, prints ``ahead`` or ``in-order``, then kills the
+process (kill -9).
+
+``resume``: publish ``job.run`` 100..199 (acknowledged), flush, print
+``done``, close.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+
+from actors import Event, EventConfig, PersistentEventBus
+from actors._journal.rocks import RocksStorage
+
+HOLD = 2.0
+WAIT = 60.0
+
+
+def say(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def checkpoint_ahead(path: str) -> bool:
+    """Return whether the journal holds ``w``'s checkpoint past its last record."""
+    storage = RocksStorage(path, read_only=True)
+    try:
+        checkpoint = storage.get_checkpoint("sub:w")
+        return checkpoint is not None and checkpoint > storage.last_sequence()
+    finally:
+        storage.close()
+
+
+def main() -> None:
+    path, mode = sys.argv[1], sys.argv[2]
+    bus = PersistentEventBus(EventConfig(persistence_path=path))
+    bus.subscribe("job.*", lambda e: say(f"got {e.data}"), durable="w")
+    if mode == "crash":
+
+        def hold(event: Event) -> bool:
+            if event.data == 60:
+                deadline = time.monotonic() + HOLD
+                ahead = checkpoint_ahead(path)
+                while not ahead and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                    ahead = checkpoint_ahead(path)
+                say("ahead" if ahead else "in-order")
+                os.kill(os.getpid(), signal.SIGKILL)
+            return True
+
+        bus.subscribe("job.*", lambda e: None, filter=hold)
+        bus.publish_many([Event(event_type="job.run", data=i) for i in range(100)])
+        time.sleep(WAIT)  # killed by the filter long before
+        return
+    for future in bus.publish_many([Event(event_type="job.run", data=i) for i in range(100, 200)]):
+        future.get(timeout=WAIT)
+    bus.flush(WAIT)
+    say("done")
+    bus.close(WAIT)
+
+
+if __name__ == "__main__":
+    main()
