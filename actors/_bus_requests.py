@@ -10,12 +10,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from actors._core.publishing import check_not_reserved
 from actors._core.request_client import RequestClient
 from actors._core.subscriber import Subscription
 from actors._core.wiring import Core
-from actors._errors import InvalidEventError
 from actors._model.event import Event
-from actors._model.topics import is_reserved
 from actors._runtime.future import BusFuture
 
 __all__ = ["RequestReply"]
@@ -48,10 +47,7 @@ class RequestReply:
         """
         if self._closed or self._read_only:
             return self.publish(event)  # raises as publish does
-        if is_reserved(event.event_type):
-            raise InvalidEventError(
-                f"event type {event.event_type!r} is reserved for the bus ('$' types)"
-            )
+        check_not_reserved(event)
         if self._size_check is not None:
             self._size_check(event)
         return self._core.publisher.publish(event, owned=True)

@@ -20,7 +20,7 @@ import logging
 import time
 import traceback
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from actors._core.messages import DeadLetter, DeadLettered
 from actors._core.policies import (
@@ -70,7 +70,6 @@ class HandlerRuns:
     # Provided by SubscriberActor (its __init__ sets them).
     actor_inbox: EventMailbox
     actor_dispatcher: Scheduler
-    pool: Dispatcher  # the same object as actor_dispatcher, typed for hand_off
     ports: SubscriberPorts
     sub_id: str
     pattern: str
@@ -97,7 +96,9 @@ class HandlerRuns:
             return None
         hand_off: Callable[[], bool] | None = None
         if policy.move_on:
-            hand_off = functools.partial(self.pool.hand_off, self, MAX_LEFT_BEHIND)
+            hand_off = functools.partial(
+                cast("Dispatcher", self.actor_dispatcher).hand_off, self, MAX_LEFT_BEHIND
+            )
         return CallWatch(policy.timeout, timers, self._call_timed_out, hand_off)
 
     # -- synchronous handlers ------------------------------------------------------

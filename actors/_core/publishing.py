@@ -25,7 +25,7 @@ from actors._runtime.dispatcher import FifoMailbox
 from actors._runtime.future import BusFuture
 from actors._runtime.pool import Scheduler
 
-__all__ = ["Publisher", "prepare_event"]
+__all__ = ["Publisher", "check_not_reserved", "prepare_event"]
 
 # Fields a caller may pass to publish() alongside the type and data.
 _EVENT_FIELDS = frozenset(FIELD_NAMES) - {"event_type", "data", "sequence", "origin"}
@@ -59,11 +59,16 @@ def prepare_event(event_or_type: Event | str, data: Any, fields: dict[str, Any])
             if fields.get("correlation_id") is None and cause.correlation_id is not None:
                 fields["correlation_id"] = cause.correlation_id
         event = Event(event_type=event_or_type, data=data, **fields)
+    check_not_reserved(event)
+    return event
+
+
+def check_not_reserved(event: Event) -> None:
+    """Raise ``InvalidEventError`` if ``event`` has a type reserved for the bus (``$``)."""
     if is_reserved(event.event_type):
         raise InvalidEventError(
             f"event type {event.event_type!r} is reserved for the bus ('$' types)"
         )
-    return event
 
 
 class Publisher:

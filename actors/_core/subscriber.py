@@ -92,7 +92,6 @@ class SubscriberActor(HandlerRuns, DispatchedActor):
         "expired",
         "pattern",
         "policy",
-        "pool",
         "ports",
         "replayed",
         "skipped",
@@ -118,7 +117,6 @@ class SubscriberActor(HandlerRuns, DispatchedActor):
         self._capacity = capacity
         self._overflow = overflow
         super().__init__(dispatcher=dispatcher)
-        self.pool = dispatcher
         self.ports = ports
         self.sub_id = ports.sub_id
         self.pattern = pattern
