@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from actors import Event
 from actors._cluster.outbound import Outbound
 from actors._cluster.streams import MAX_AHEAD, Inbound
 from actors._cluster.wire import DataFrame, decode_stream
+from actors._codec.events import decode_batch
 
 MAX = 1 << 20
+
+
+def ring_events(
+    out: Outbound, after: int, upto: int, prefixes: Sequence[str], limit: int
+) -> tuple[list[Event], bool, bool]:
+    """``out.from_ring`` with its entries decoded (as a recovery answer is)."""
+    entries, complete, lost = out.from_ring(after, upto, prefixes, limit)
+    return decode_batch(b"".join(chunk for _, _, chunk in entries)), complete, lost
 
 
 def local(seq: int, event_type: str = "user.login", origin: str = "a") -> Event:
@@ -84,7 +95,9 @@ def test_a_lost_frame_is_requested_and_order_is_kept() -> None:
     assert feed(inbound, decode(third)) == []  # held until the gap is filled
     (request,) = inbound.requests
     assert (request.origin, request.after, request.upto) == ("a", 1, 2)
-    events, complete, lost_flag = out.from_ring(request.after, request.upto, request.prefixes, 10)
+    events, complete, lost_flag = ring_events(
+        out, request.after, request.upto, request.prefixes, 10
+    )
     assert complete
     assert not lost_flag
     released = inbound.on_recovered(request.rid, events, complete, request.upto, lost_flag)
@@ -123,7 +136,7 @@ def test_frames_before_the_sync_reply_are_held_then_backfilled_in_order() -> Non
     assert inbound.on_sync("a", 1, 1, 3, 0.0) == []
     (request,) = inbound.requests
     assert (request.after, request.upto) == (0, 3)
-    events, complete, lost = out.from_ring(0, 3, request.prefixes, 10)
+    events, complete, lost = ring_events(out, 0, 3, request.prefixes, 10)
     released = inbound.on_recovered(request.rid, events, complete, 3, lost)
     assert [e.sequence for e in released] == [1, 2, 3]
     assert inbound.watermarks() == {"a": 3}
@@ -141,7 +154,7 @@ def test_a_new_incarnation_without_a_journal_is_followed_from_its_start() -> Non
     assert inbound.on_sync("a", 2, 1, 2, 0.0) == []
     (request,) = inbound.requests
     assert (request.after, request.upto) == (0, 2)
-    events, complete, lost = reborn.from_ring(0, 2, request.prefixes, 10)
+    events, complete, lost = ring_events(reborn, 0, 2, request.prefixes, 10)
     released = inbound.on_recovered(request.rid, events, complete, 2, lost)
     assert released == [first, second]
     assert inbound.watermarks() == {"a": 2}
@@ -160,7 +173,7 @@ def test_an_origin_whose_journal_lost_a_tail_is_followed_from_its_base() -> None
 def test_the_ring_reports_what_it_no_longer_holds() -> None:
     out = Outbound("a", epoch=1, batch_size=100, ring_size=2)
     out.frames([local(i) for i in range(1, 6)])
-    events, complete, lost = out.from_ring(0, 5, ["user."], 10)
+    events, complete, lost = ring_events(out, 0, 5, ["user."], 10)
     assert [e.sequence for e in events] == [4, 5]
     assert complete
     assert lost
@@ -229,7 +242,9 @@ def test_gaps_found_while_a_request_is_out_are_fetched_alone_and_all_counted() -
     delivered: list[int] = [1]
     while inbound.requests:
         request = inbound.requests.pop(0)
-        events, complete, lost = out.from_ring(request.after, request.upto, request.prefixes, 100)
+        events, complete, lost = ring_events(
+            out, request.after, request.upto, request.prefixes, 100
+        )
         fetched.extend(e.sequence or 0 for e in events)
         released = inbound.on_recovered(request.rid, events, complete, request.upto, lost)
         delivered.extend(e.sequence or 0 for e in released)
@@ -340,7 +355,7 @@ def test_a_repeated_sync_reply_does_not_move_the_watermark_past_a_loss() -> None
     (request,) = inbound.requests
     assert (request.after, request.upto) == (2, 5)
     assert inbound.watermarks() == {"a": 2}  # saved while the range is fetched
-    events, complete, lost = out.from_ring(2, 5, request.prefixes, 10)
+    events, complete, lost = ring_events(out, 2, 5, request.prefixes, 10)
     released = inbound.on_recovered(request.rid, events, complete, 5, lost)
     assert [e.sequence for e in released] == [3, 4, 5]
     assert inbound.watermarks() == {"a": 5}
@@ -369,7 +384,7 @@ def test_events_journaled_past_the_saved_watermark_are_not_delivered_again() -> 
     inbound.start_loading("a", 0.0)
     inbound.on_sync("a", 7, 1, 105, 0.0)
     fetched = [local(seq) for seq in range(101, 106)]
-    inbound.loaded("a", 100, 0.0, [e.id for e in fetched[:3]])
+    inbound.loaded("a", 100, 0.0, [e.id.int for e in fetched[:3]])
     (request,) = inbound.requests
     assert (request.after, request.upto) == (100, 105)
     delivered = inbound.on_recovered(request.rid, fetched, True, 105, False)

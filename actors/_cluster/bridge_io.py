@@ -14,13 +14,14 @@ from typing import Any
 
 from actors._cluster.outbound import Outbound
 from actors._cluster.ports import LocalNode
-from actors._codec.events import encode_batch
+from actors._codec.events import chunk_of
 from actors._model.event import Event
 from actors._model.query import EventQuery
 
 __all__ = [
     "RECOVER_LIMIT",
     "PublishLedger",
+    "Piece",
     "fit_answer",
     "query_from_json",
     "query_to_json",
@@ -72,23 +73,32 @@ def query_from_json(body: dict[str, Any]) -> EventQuery:
 # -- answers (worker threads) -------------------------------------------------------------
 
 
+Piece = tuple[int, bytes]
+"""One event of a recovery answer: its origin sequence and its chunk (framed bytes)."""
+
+
 def serve_recover(
     local: LocalNode, out: Outbound, body: dict[str, Any]
-) -> tuple[list[Event], dict[str, Any]]:
+) -> tuple[list[Piece], dict[str, Any]]:
     """Return this node's own events in ``(after, upto]`` under ``prefixes``, and the reply body.
 
-    Reads the journal where persistent (blocks on it), else the recovery ring.
+    Reads the journal where persistent (blocks on it), else the recovery ring
+    (then call it on the I/O thread).  Each event comes as its chunk, ready
+    for the answer's payload.
     """
     after, upto = int(body["after"]), int(body["upto"])
-    prefixes = [str(p) for p in body["prefixes"]]
+    prefixes = tuple(str(p) for p in body["prefixes"])
     journal = local.journal
     if journal is None:
-        events, complete, lost = out.from_ring(after, upto, prefixes, RECOVER_LIMIT)
-        scanned = events[-1].sequence or upto if not complete and events else upto
-        return events, {"complete": complete, "scanned": scanned, "lost": lost}
-    raw = [p.encode() for p in prefixes]
+        entries, complete, lost = out.from_ring(after, upto, prefixes, RECOVER_LIMIT)
+        scanned = entries[-1][0] if not complete and entries else upto
+        return [(seq, chunk) for seq, _, chunk in entries], {
+            "complete": complete,
+            "scanned": scanned,
+            "lost": lost,
+        }
     name = local.name
-    found: list[Event] = []
+    found: list[Piece] = []
     position = after
     while position < upto:
         page = journal.read(EventQuery(after_sequence=position, limit=1000), _WAIT)
@@ -100,24 +110,24 @@ def serve_recover(
                 position = upto
                 break
             position = seq
-            if event.origin == name and any(event.event_type.encode().startswith(p) for p in raw):
-                found.append(event)
+            if event.origin == name and event.event_type.startswith(prefixes):
+                found.append((seq, chunk_of(event)))
         if len(found) >= RECOVER_LIMIT:
             return found, {"complete": False, "scanned": position, "lost": False}
     return found, {"complete": True, "scanned": upto, "lost": False}
 
 
 def fit_answer(
-    events: list[Event], body: dict[str, Any], budget: int
-) -> tuple[list[Event], dict[str, Any]]:
+    pieces: list[Piece], body: dict[str, Any], budget: int
+) -> tuple[list[Piece], dict[str, Any]]:
     """Cut a recovery answer to ``budget`` bytes; the asker continues after what is kept."""
-    if len(events) <= 1 or len(encode_batch(events)) <= budget:
-        return events, body
-    keep = min(len(events), RECOVER_LIMIT)
-    while keep > 1 and len(encode_batch(events[:keep])) > budget:
-        keep //= 2
-    kept = events[:keep]
-    return kept, {"complete": False, "scanned": kept[-1].sequence or 0, "lost": False}
+    size = 0
+    for keep, (_, chunk) in enumerate(pieces):
+        size += len(chunk)
+        if size > budget:
+            kept = pieces[: max(keep, 1)]
+            return kept, {"complete": False, "scanned": kept[-1][0], "lost": False}
+    return pieces, body
 
 
 class PublishLedger:

@@ -20,8 +20,6 @@ second time.
 
 from __future__ import annotations
 
-import uuid
-
 from actors._cluster.ports import JournalPort
 from actors._model.query import EventQuery
 
@@ -36,7 +34,7 @@ def watermark_name(origin: str) -> str:
     return f"bridge:{origin}"
 
 
-def load_journaled(journal: JournalPort, limit: int, timeout: float) -> dict[str, list[uuid.UUID]]:
+def load_journaled(journal: JournalPort, limit: int, timeout: float) -> dict[str, list[int]]:
     """Return, per origin, the ids of received events the journal holds after the saved position.
 
     Blocks (a worker thread); reads at most the last ``limit`` events.  Read
@@ -46,8 +44,8 @@ def load_journaled(journal: JournalPort, limit: int, timeout: float) -> dict[str
     if position is None:
         return {}
     query = EventQuery(after_sequence=position, limit=limit, descending=True)
-    out: dict[str, list[uuid.UUID]] = {}
+    out: dict[str, list[int]] = {}
     for event in journal.read(query, timeout):
         if event.origin is not None:
-            out.setdefault(event.origin, []).append(event.id)
+            out.setdefault(event.origin, []).append(event.id.int)
     return out

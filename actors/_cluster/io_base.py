@@ -12,7 +12,6 @@ import logging
 import os
 import random
 import threading
-import uuid
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -74,7 +73,11 @@ class BridgeBase:
         os.set_blocking(self._wfd, False)
         self._calls: deque[Callable[[], None]] = deque()
         self._out = Outbound(
-            self.name, self._epoch, node.batch_size, node.recovery_ring, node.max_frame_bytes
+            self.name,
+            self._epoch,
+            node.batch_size,
+            0 if self._persistent else node.recovery_ring,  # the journal answers instead
+            node.max_frame_bytes,
         )
         # Everything below ``base`` is in the journal (a restarted persistent
         # node): announce it as the head from the start, so a receiver that
@@ -91,7 +94,7 @@ class BridgeBase:
         self._waiting: dict[str, tuple[Callable[[Request | None], None], float]] = {}
         self._saved: dict[str, int] = {}
         self._saved_position = -1
-        self._preload: Future[dict[str, list[uuid.UUID]]] | None = None
+        self._preload: Future[dict[str, list[int]]] | None = None
         # Records routed but not yet known to be journaled, and how many of
         # them the journal was asked about (``StreamIO._ask_written``).
         self._unwritten: list[object] = []
@@ -175,7 +178,7 @@ class BridgeBase:
             self._saved_position = self._out.head
             journal.save_checkpoint(POSITION, self._saved_position)
 
-    def _journaled(self) -> Future[dict[str, list[uuid.UUID]]]:
+    def _journaled(self) -> Future[dict[str, list[int]]]:
         """Start (once) reading the received events journaled after the saved position."""
         if self._preload is None:
             journal = self._local.journal

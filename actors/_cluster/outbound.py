@@ -8,6 +8,12 @@ of its own), and keeps, per prefix, the origin sequence of the last event
 sent under it (the frame's *chain* pointers).  An event that cannot fit in
 any frame is set aside (``take_oversized``): it is never sent and never
 breaks a chain, so no peer sees a gap for it.
+
+The recovery ring (a bus without a journal only: a persistent one answers
+from its journal) keeps each local event as ``(sequence, type, chunk)``, the
+chunk being the event's bytes as framed, shared with the frame that carries
+it: plain bytes, which the garbage collector never walks, where ``Event``
+objects (each with its ``UUID``) were walked at every full collection.
 """
 
 from __future__ import annotations
@@ -19,10 +25,13 @@ from collections.abc import Iterable, Sequence
 
 from actors._cluster.limits import FRAME_OVERHEAD
 from actors._cluster.wire import encode_data_payload
-from actors._codec.events import encode_batch
+from actors._codec.events import chunk_of
 from actors._model.event import Event
 
-__all__ = ["Outbound", "Run"]
+__all__ = ["Outbound", "RingEntry", "Run"]
+
+RingEntry = tuple[int, str, bytes]
+"""A recovery ring entry: origin sequence, event type, the event's chunk."""
 
 _CLASS_CACHE = 4096
 
@@ -59,7 +68,8 @@ class Outbound:
         self.head = 0
         self.active: set[bytes] = set()
         self.prev: dict[bytes, int] = {}
-        self.ring: deque[Event] = deque(maxlen=max(ring_size, 1))
+        # ring_size 0: no ring (a persistent bus recovers from its journal).
+        self.ring: deque[RingEntry] | None = deque(maxlen=ring_size) if ring_size > 0 else None
         self.evicted_upto = 0
         self._classes: dict[str, tuple[bytes, ...]] = {}
         self._oversized: list[tuple[Event, int]] = []
@@ -117,13 +127,18 @@ class Outbound:
             self.head = max(self.head, seq)
             if event.origin != origin:
                 continue
-            if len(ring) == ring.maxlen:
-                self.evicted_upto = ring[0].sequence or 0
-            ring.append(event)
             matched = self._matched(event.event_type) if self.active else ()
+            if ring is not None:
+                chunk = chunk_of(event)
+                if len(ring) == ring.maxlen:
+                    self.evicted_upto = ring[0][0]
+                ring.append((seq, event.event_type, chunk))
+            elif not matched:
+                continue
+            else:
+                chunk = chunk_of(event)
             if not matched:
                 continue
-            chunk = encode_batch((event,))
             if len(chunk) > budget:
                 self._oversized.append((event, len(chunk)))
                 continue
@@ -177,23 +192,28 @@ class Outbound:
 
     def from_ring(
         self, after: int, upto: int, prefixes: Sequence[str], limit: int
-    ) -> tuple[list[Event], bool, bool]:
-        """Return ``(events, complete, lost)``: ring events in ``(after, upto]`` under ``prefixes``.
+    ) -> tuple[list[RingEntry], bool, bool]:
+        """Return ``(entries, complete, lost)``: the ring's entries in ``(after, upto]``.
+
+        Only entries whose type starts with one of ``prefixes``.
 
         I/O thread only, like the rest (the bridge asks it from its workers).
 
         ``complete`` is False when ``limit`` cut the answer short; ``lost``
-        is True when part of the range has left the ring already.
+        is True when part of the range has left the ring already (or there
+        is no ring).
         """
-        raw = [p.encode() for p in prefixes]
-        ring = list(self.ring)
-        out: list[Event] = []
-        start = bisect.bisect_right(ring, after, key=lambda e: e.sequence or 0)
-        for event in itertools.islice(ring, start, None):
-            if (event.sequence or 0) > upto:
+        if self.ring is None:
+            return [], True, after < upto
+        ring = self.ring
+        out: list[RingEntry] = []
+        wanted = tuple(prefixes)
+        start = bisect.bisect_right(ring, after, key=lambda entry: entry[0])
+        for entry in itertools.islice(ring, start, None):
+            if entry[0] > upto:
                 break
-            if any(event.event_type.encode().startswith(p) for p in raw):
+            if entry[1].startswith(wanted):
                 if len(out) >= limit:
                     return out, False, False
-                out.append(event)
+                out.append(entry)
         return out, True, after < self.evicted_upto

@@ -18,7 +18,7 @@ from typing import Any
 
 import zmq
 
-from actors._cluster.bridge_io import fit_answer, query_from_json, serve_recover
+from actors._cluster.bridge_io import Piece, fit_answer, query_from_json, serve_recover
 from actors._cluster.endpoints import Link, reachable
 from actors._cluster.io_base import BridgeBase, Route
 from actors._cluster.stream_io import RECV_BURST
@@ -307,16 +307,18 @@ class RequestIO(BridgeBase):
         local = self._local
         reply_body: dict[str, Any] = {}
         try:
+            payload: bytes | None = None
             if message.kind == RECOVER:
                 body = message.body
                 if local.journal is None:
                     # The ring belongs to the I/O thread: read it there.
-                    events, reply_body = self._ask_io(
+                    pieces, reply_body = self._ask_io(
                         lambda: serve_recover(local, self._out, body), _stopped
                     )
                 else:
-                    events, reply_body = serve_recover(local, self._out, body)
-                events, reply_body = fit_answer(events, reply_body, self._max - 4096)
+                    pieces, reply_body = serve_recover(local, self._out, body)
+                pieces, reply_body = fit_answer(pieces, reply_body, self._max - 4096)
+                payload = b"".join([chunk for _, chunk in pieces])
             elif message.kind == QUERY:
                 journal = local.journal
                 if journal is None:
@@ -330,7 +332,8 @@ class RequestIO(BridgeBase):
             else:
                 cid = uuid.UUID(str(message.body["correlation_id"]))
                 events = local.local_correlated(cid, 30.0)
-            payload = encode_batch(events)
+            if payload is None:
+                payload = encode_batch(events)
             if len(payload) > self._max - 4096:
                 raise EventTooLargeError(f"the answer is larger than {self._max} bytes")
             reply = Request(EVENTS, message.sender, self.name, message.rid, reply_body, payload)
@@ -368,7 +371,7 @@ def _no_peers() -> dict[str, float]:
     return {}
 
 
-def _stopped() -> tuple[list[Event], dict[str, Any]]:
+def _stopped() -> tuple[list[Piece], dict[str, Any]]:
     raise BridgeError("the node is closing")
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import Callable
 from concurrent.futures import Future
 
@@ -279,7 +278,7 @@ class StreamIO(FlowIO):
             peer.alive = True
             self._grant(name)
 
-    def _load_watermark(self, name: str, journaled: Future[dict[str, list[uuid.UUID]]]) -> None:
+    def _load_watermark(self, name: str, journaled: Future[dict[str, list[int]]]) -> None:
         """Read the saved watermark of ``name`` (worker thread), then hand it to the I/O thread.
 
         With it go the ids of ``name``'s events the journal holds past it
@@ -287,7 +286,7 @@ class StreamIO(FlowIO):
         """
         journal = self._local.journal
         value: int | None = None
-        ids: list[uuid.UUID] = []
+        ids: list[int] = []
         if journal is not None:
             try:
                 value = journal.load_checkpoint(watermark_name(name), 30.0)

@@ -57,7 +57,8 @@ class Inbound:
         self._match_cache: dict[str, bool] = {}
         self.origins: dict[str, OriginState] = {}
         self.requests: list[RecoverRequest] = []
-        self._seen: OrderedDict[object, None] = OrderedDict()
+        # Event ids as ints: the collector never walks them (UUIDs it would).
+        self._seen: OrderedDict[int, None] = OrderedDict()
         self._dedupe = max(dedupe, 1)
         self.dedupe = self._dedupe  # how many recent event ids are remembered
         self.duplicates = 0
@@ -261,11 +262,11 @@ class Inbound:
         st.loading = True
 
     def loaded(
-        self, origin: str, watermark: int | None, now: float, journaled: Iterable[object] = ()
+        self, origin: str, watermark: int | None, now: float, journaled: Iterable[int] = ()
     ) -> list[Event]:
         """Adopt the saved watermark of ``origin``; replay a stashed sync reply.
 
-        ``journaled`` are the ids of ``origin``'s events the journal holds
+        ``journaled`` are the ids (``UUID.int``) of ``origin``'s events the journal holds
         past the watermark (a crash fell between their write and the
         watermark's): fetched again, they are dropped as duplicates.
         """
@@ -444,7 +445,7 @@ class Inbound:
             if not self.matches(event.event_type):
                 self.filtered += 1
                 continue
-            key = event.id
+            key = event.id.int
             if key in seen:
                 self.duplicates += 1
                 continue

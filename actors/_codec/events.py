@@ -11,6 +11,12 @@ Pure functions; the schema is ``proto/llmspell/events/v1/events.proto``.
   to equal bytes.
 - ``EventBatch`` bytes are the concatenation of each event's bytes behind a
   field tag and length, so a batch encodes every event exactly once.
+- Encoded once per process: ``encode_shared`` keeps an event's bytes on the
+  event (a slot outside its fields), so the journal and the bridge share one
+  encoding; the decoders keep the bytes that arrived the same way, and
+  ``restamp_wire`` carries them to the router's re-sequenced copy by
+  appending the new ``sequence`` (protobuf: the last value of a scalar field
+  wins).  ``encode_event`` (``Event.to_bytes``) always encodes afresh.
 
 Every decoding failure raises ``InvalidEventError`` with the reason: malformed
 protobuf, another ``schema_version``, bad JSON or an invalid field value.
@@ -28,7 +34,7 @@ from typing import Any
 
 from actors._codec._pb.llmspell.events.v1 import events_pb2
 from actors._errors import InvalidEventError
-from actors._model.event import EMPTY_METADATA, Event, build_unchecked
+from actors._model.event import EMPTY_METADATA, Event, build_unchecked, keep_wire, wire_of
 from actors._model.event_checks import check_data as _check_data
 from actors._model.event_checks import check_event_type as _check_event_type
 from actors._model.event_checks import check_ttl as _check_ttl
@@ -36,12 +42,15 @@ from actors._model.uuid7 import uuid_from_int
 
 __all__ = [
     "SCHEMA_VERSION",
+    "chunk_of",
     "decode_batch",
     "decode_event",
     "encode_batch",
     "encode_event",
+    "encode_shared",
     "event_to_message",
     "message_to_event",
+    "restamp_wire",
 ]
 
 SCHEMA_VERSION = 1
@@ -154,6 +163,41 @@ def encode_event(event: Event) -> bytes:
     return event_to_message(event).SerializeToString(deterministic=True)  # type: ignore[no-any-return]
 
 
+def encode_shared(event: Event) -> bytes:
+    """Return ``event``'s bytes, encoding it only the first time (kept on the event).
+
+    For the bus's own paths (journal, bridge), which never mutate ``data``;
+    raise ``InvalidEventError`` if it cannot be encoded.
+    """
+    wire = wire_of(event)
+    if wire is None:
+        wire = event_to_message(event).SerializeToString(deterministic=True)
+        keep_wire(event, wire)
+    return wire
+
+
+def chunk_of(event: Event) -> bytes:
+    """Return ``event`` as a one-event ``EventBatch`` (tag, length, bytes): a frame's piece."""
+    body = encode_shared(event)
+    size = len(body)
+    return (b"\x0a" + bytes((size,)) if size < 0x80 else b"\x0a" + _varint(size)) + body
+
+
+_SEQUENCE_TAG = b"\x78"  # field 15 (sequence), varint
+
+
+def restamp_wire(source: Event, copy: Event) -> None:
+    """Give ``copy`` (``source`` with a new ``sequence``) bytes derived from ``source``'s.
+
+    Nothing if ``source`` has none or the copy differs in more than the
+    sequence.  The appended field overrides the one inside.
+    """
+    wire = wire_of(source)
+    sequence = copy.sequence
+    if wire is not None and sequence is not None and copy.origin == source.origin:
+        keep_wire(copy, wire + _SEQUENCE_TAG + _varint(sequence))
+
+
 def message_to_event(message: Any) -> Event:
     """Return the event a protobuf ``Event`` message describes.
 
@@ -210,7 +254,9 @@ def decode_event(data: bytes) -> Event:
     Raise ``InvalidEventError`` if they are malformed, of another schema
     version, or describe an invalid event.
     """
-    return message_to_event(_parse(_PbEvent, data))
+    event = message_to_event(_parse(_PbEvent, data))
+    keep_wire(event, bytes(data) if data.__class__ is not bytes else data)
+    return event
 
 
 def encode_batch(events: Iterable[Event]) -> bytes:
@@ -218,12 +264,7 @@ def encode_batch(events: Iterable[Event]) -> bytes:
 
     Raise ``InvalidEventError`` if an event cannot be encoded.
     """
-    parts: list[bytes] = []
-    append = parts.append
-    for event in events:
-        body = encode_event(event)
-        append(b"\x0a" + _varint(len(body)) + body)  # field 1, wire type 2
-    return b"".join(parts)
+    return b"".join([chunk_of(event) for event in events])
 
 
 def decode_batch(data: bytes) -> list[Event]:
@@ -231,8 +272,56 @@ def decode_batch(data: bytes) -> list[Event]:
 
     Raise ``InvalidEventError`` if the bytes or any event in them are invalid.
     """
-    batch = _parse(_PbBatch, data)
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise InvalidEventError(f"expected bytes, not {type(data).__name__}")
+    raw = bytes(data) if data.__class__ is not bytes else data
+    out: list[Event] = []
+    append = out.append
+    parse = _PbEvent.FromString
+    end = len(raw)
+    pos = 0
+    # The batch's framing by hand (field 1, length-delimited, and nothing else
+    # this schema writes), so each event keeps the bytes that arrived.
+    while pos < end:
+        if raw[pos] != 0x0A:
+            return _decode_batch_slowly(raw)
+        size = raw[pos + 1] if pos + 1 < end else 0x80
+        pos += 2
+        if size >= 0x80:
+            size, pos = _read_varint(raw, pos - 1)
+        body = raw[pos : pos + size]
+        if len(body) != size:
+            raise InvalidEventError("malformed event bytes: truncated batch")
+        pos += size
+        try:
+            message = parse(body)
+        except Exception as exc:  # DecodeError, and whatever else upb raises
+            raise InvalidEventError(f"malformed event bytes: {exc}") from exc
+        event = message_to_event(message)
+        keep_wire(event, body)
+        append(event)
+    return out
+
+
+def _decode_batch_slowly(raw: bytes) -> list[Event]:
+    """Decode a batch framed otherwise (unknown fields): events keep no bytes."""
+    batch = _parse(_PbBatch, raw)
     return [message_to_event(message) for message in batch.events]
+
+
+def _read_varint(raw: bytes, pos: int) -> tuple[int, int]:
+    """Return the varint at ``pos`` and the position after it."""
+    value = 0
+    shift = 0
+    while True:
+        if pos >= len(raw) or shift > 63:
+            raise InvalidEventError("malformed event bytes: bad length in batch")
+        byte = raw[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
 
 
 def _parse(message_type: Any, data: bytes) -> Any:

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from actors._codec.events import restamp_wire
 from actors._core.backpressure import BlockGuard
 from actors._core.messages import (
     Barrier,
@@ -247,8 +248,11 @@ class RouterActor(DispatchedActor):
             set_sequence_in_place(event, seq)
             if event.origin is None:
                 set_origin_in_place(event, self.origin)
-        else:
-            stamped_event = stamped(event, seq, event.origin or self.origin)
+        elif event.origin is None:
+            stamped_event = stamped(event, seq, self.origin)
+        else:  # from another node: keep the bytes that arrived for the journal
+            stamped_event = stamped(event, seq, event.origin)
+            restamp_wire(event, stamped_event)
         started = None
         if targets:
             item = (stamped_event, published_at)

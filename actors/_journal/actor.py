@@ -19,6 +19,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from actors._codec.events import encode_shared
 from actors._core.messages import Barrier, LoadCheckpoint, ReadJournal, Record, SaveCheckpoint
 from actors._errors import CorruptRecordError, InvalidEventError, JournalError
 from actors._journal.records import HIGH_WATER, Storage, StoredRecord
@@ -149,7 +150,7 @@ class JournalActor(DispatchedActor):
                     to_us(e.timestamp),
                     e.correlation_id.bytes if e.correlation_id is not None else None,
                     e.source,
-                    e.to_bytes(),
+                    encode_shared(e),
                 )
                 for e in events
             ]

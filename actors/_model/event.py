@@ -63,8 +63,19 @@ def _empty_metadata() -> Mapping[str, str]:
     return EMPTY_METADATA
 
 
+class _Wire:
+    """The slot where an event keeps its encoded bytes once encoded (not a field).
+
+    Set by the codec's ``encode_shared`` (so the journal and the bridge share
+    one encoding) and by the decoder (the bytes that arrived); reset by every
+    copy and in-place stamp.  Outside ``dataclasses.fields``, equality and repr.
+    """
+
+    __slots__ = ("_wire",)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True, init=False)
-class Event:
+class Event(_Wire):
     """One event: a topic, JSON data, and the envelope the bus needs to route it.
 
     Construct with keywords, e.g. ``Event(event_type="user.login", data={"user_id": "123"})``.
@@ -178,6 +189,7 @@ class Event:
         """Restore the fields from ``__getstate__`` without re-validating."""
         for setter, value in zip(_SETTERS.values(), state, strict=True):
             setter(self, value)
+        _set_wire(self, None)
         metadata = state[12]
         _set_metadata(self, types.MappingProxyType(dict(metadata)) if metadata else EMPTY_METADATA)
 
@@ -258,6 +270,9 @@ class Event:
 # faster than ``object.__setattr__`` (no attribute lookup by name).
 _SETTERS = {f.name: Event.__dict__[f.name].__set__ for f in dataclasses.fields(Event)}
 FIELD_NAMES = tuple(_SETTERS)
+_WIRE_SLOT: Any = _Wire.__dict__["_wire"]
+_set_wire: Callable[[Event, bytes | None], None] = _WIRE_SLOT.__set__
+_get_wire: Callable[[Event], bytes | None] = _WIRE_SLOT.__get__
 (  # in field order: the dataclass keeps it
     _set_event_type,
     _set_data,
@@ -311,6 +326,7 @@ def _fill(  # noqa: PLR0917 - positional on purpose: the hot path
     _set_metadata(new, metadata)
     _set_sequence(new, sequence)
     _set_origin(new, origin)
+    _set_wire(new, None)
 
 
 def build_unchecked(*fields: Any) -> Event:
@@ -329,10 +345,23 @@ def build_unchecked(*fields: Any) -> Event:
 # For the layers above (the router, the publishing path, subscribers): each
 # takes an Event that is already valid and keeps it so.
 
-set_sequence_in_place = _set_sequence
-"""Set ``sequence`` of an event nobody else holds yet (the router's own copies)."""
-set_origin_in_place = _set_origin
-"""Set ``origin`` of an event nobody else holds yet (the router's own copies)."""
+
+def set_sequence_in_place(event: Event, sequence: int) -> None:
+    """Set ``sequence`` of an event nobody else holds yet (the router's own copies)."""
+    _set_sequence(event, sequence)
+    _set_wire(event, None)
+
+
+def set_origin_in_place(event: Event, origin: str | None) -> None:
+    """Set ``origin`` of an event nobody else holds yet (the router's own copies)."""
+    _set_origin(event, origin)
+    _set_wire(event, None)
+
+
+wire_of = _get_wire
+"""Return the bytes ``event`` was encoded to or decoded from, or None (the codec's cache)."""
+keep_wire = _set_wire
+"""Remember ``event``'s bytes (the codec only: they must be exactly ``event`` encoded)."""
 
 
 def stamped(event: Event, sequence: int | None, origin: str | None) -> Event:
