@@ -35,6 +35,7 @@ from typing import Any
 from actors._codec._pb.llmspell.events.v1 import events_pb2
 from actors._errors import InvalidEventError
 from actors._model.event import EMPTY_METADATA, Event, build_unchecked, keep_wire, wire_of
+from actors._model.event_checks import MAX_DATA_DEPTH
 from actors._model.event_checks import check_data as _check_data
 from actors._model.event_checks import check_event_type as _check_event_type
 from actors._model.event_checks import check_ttl as _check_ttl
@@ -97,7 +98,18 @@ else:  # pragma: no cover - interpreters without the C accelerator
         separators=(",", ":"), allow_nan=False, check_circular=False, default=_refuse_default
     ).encode
 
-_decoder = json.JSONDecoder(parse_constant=_refuse_constant)
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value - value != 0.0:  # inf: a literal like 1e999
+        raise ValueError(f"{text} is not a finite number")
+    return value
+
+
+_decoder = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
+# Shorter JSON text cannot nest MAX_DATA_DEPTH deep nor hold an int past the
+# model's limit, and floats are finite by the hook above: it needs no check.
+_UNCHECKED_BELOW = 2 * MAX_DATA_DEPTH
 _make_scanner: Any = json.scanner.make_scanner
 _scan: Callable[[str, int], tuple[Any, int]] = _make_scanner(_decoder)
 
@@ -217,7 +229,8 @@ def message_to_event(message: Any) -> Event:
         timestamp = _EPOCH + _timedelta(0, 0, message.timestamp_us)
     except (ValueError, OverflowError, RecursionError) as exc:  # bad JSON, timestamp
         raise InvalidEventError(f"invalid event: {exc}") from exc
-    _check_data(data)
+    if len(data_json) >= _UNCHECKED_BELOW:
+        _check_data(data)
     tags = message.tags
     metadata = message.metadata
     which = message.WhichOneof  # proto3 ``optional`` fields are synthetic oneofs
