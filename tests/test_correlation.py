@@ -246,3 +246,29 @@ def test_max_events_per_trace_keeps_the_most_recent() -> None:
         for i in range(10):
             b.publish_correlated("wf.step", i, cid)
         assert [e.data for e in b.get_correlated(cid)] == [7, 8, 9]
+
+
+# -- what the trace store keeps ----------------------------------------------------------------
+
+
+def test_held_traces_keep_no_event_objects_for_the_collector_to_walk(bus: EventBus) -> None:
+    import gc  # noqa: PLC0415 - only this test looks at the collector
+
+    cids = [uuid.uuid4() for _ in range(20)]
+    published = [
+        Event(event_type="trace.step", data={"i": i, "tags": ["x"]}, correlation_id=cids[i % 20])
+        for i in range(2000)
+    ]
+    bus.publish_many(published)
+    bus.flush(WAIT)
+    first = bus.get_correlated(cids[3])
+    assert [e.data for e in first] == [p.data for p in published if p.correlation_id == cids[3]]
+    del published, first
+    gc.collect()
+    held = sum(1 for o in gc.get_objects() if type(o) is Event and o.event_type == "trace.step")
+    # 2,000 events in 20 held traces, none of them as objects (a few may be
+    # in flight in a recorder's last batch).
+    assert held < 100, held
+    trace = bus.trace(cids[5])
+    assert len(trace.events) == 100
+    assert [e.data["i"] for e in trace.events] == list(range(5, 2000, 20))  # type: ignore[index]

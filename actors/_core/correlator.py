@@ -1,8 +1,10 @@
 """The correlation actor: owns a ``TraceStore`` and answers trace queries.
 
 It receives the router's ``Record`` messages in publish order and keeps the
-events that carry a correlation id.  ``GetCorrelated`` travels through the
-router first, so a query sees every event published before it.
+events that carry a correlation id, encoded (``encode_shared``: the bytes the
+journal and the bridge use too, so a bus with either encodes nothing more).
+``GetCorrelated`` travels through the router first, so a query sees every
+event published before it.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from actors._codec.events import decode_event, encode_shared
 from actors._core.messages import Barrier, CorrelatedEvents, GetCorrelated, Record
 from actors._model.tracestore import TraceStore
 from actors._runtime.dispatcher import DispatchedActor
@@ -33,7 +36,10 @@ class CorrelationActor(DispatchedActor):
         trace_ttl: float | None,
     ) -> None:
         super().__init__(dispatcher=dispatcher)
-        self.store = TraceStore(max_traces, max_events_per_trace, trace_ttl)
+        # Kept as bytes (shared with the journal's and the bridge's encoding).
+        self.store = TraceStore(
+            max_traces, max_events_per_trace, trace_ttl, pack=encode_shared, unpack=decode_event
+        )
         self._next_sweep = time.monotonic() + _SWEEP_INTERVAL
 
     def _on_message(self, message: Any) -> None:

@@ -12,12 +12,17 @@ import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from actors._model.trace import trace_order_key
 
 if TYPE_CHECKING:
     from actors._model.event import Event
+
+
+def _same(event: Any) -> Any:
+    return event
+
 
 __all__ = ["TraceStore", "TraceStoreStatistics"]
 
@@ -40,7 +45,7 @@ class _Entry:
     __slots__ = ("events", "last_activity", "truncated")
 
     def __init__(self, max_events: int, now: float, truncated: bool) -> None:
-        self.events: deque[Event] = deque(maxlen=max_events)
+        self.events: deque[Any] = deque(maxlen=max_events)  # as packed
         self.last_activity = now
         self.truncated = truncated
 
@@ -61,6 +66,12 @@ class TraceStore:
     that is marked incomplete, as its earlier events are gone (the store
     remembers up to ``max_traces`` evicted ids for this).
 
+    ``pack`` turns each event into what the store keeps and ``unpack`` turns
+    that back (``get``); both default to keeping the event itself.  The
+    correlation actor keeps encoded bytes: a store of ``Event`` objects (each
+    with its ``UUID``) would be walked at every full collection of the
+    garbage collector, bytes are not.
+
     ``add`` is O(1) amortised. Not thread-safe: one owner (the actor) uses it.
     """
 
@@ -71,9 +82,11 @@ class TraceStore:
         "_evicted_count",
         "_max_events",
         "_max_traces",
+        "_pack",
         "_traces",
         "_truncated_count",
         "_ttl",
+        "_unpack",
     )
 
     def __init__(
@@ -82,6 +95,9 @@ class TraceStore:
         max_events_per_trace: int = 10_000,
         trace_ttl: float | None = 3600.0,
         clock: Callable[[], float] = time.monotonic,
+        *,
+        pack: Callable[[Event], Any] = _same,
+        unpack: Callable[[Any], Event] = _same,
     ) -> None:
         """Create an empty store; raise ``ValueError`` for a bound below 1 or a ttl <= 0."""
         if max_traces < 1:
@@ -94,6 +110,8 @@ class TraceStore:
         self._max_events = max_events_per_trace
         self._ttl = trace_ttl
         self._clock = clock
+        self._pack = pack
+        self._unpack = unpack
         # Ordered by last activity, oldest first: LRU and TTL eviction both
         # pop from the front and stop at the first survivor.
         self._traces: OrderedDict[uuid.UUID, _Entry] = OrderedDict()
@@ -143,7 +161,7 @@ class TraceStore:
                 self._truncated_count += 1
         else:
             self._events += 1
-        events.append(event)
+        events.append(self._pack(event))
         return True
 
     def add_many(self, events: Iterable[Event]) -> int:
@@ -160,7 +178,8 @@ class TraceStore:
         entry = self._traces.get(correlation_id)
         if entry is None:
             return None
-        return sorted(entry.events, key=trace_order_key)
+        unpack = self._unpack
+        return sorted([unpack(item) for item in entry.events], key=trace_order_key)
 
     def is_complete(self, correlation_id: uuid.UUID) -> bool:
         """Return True if the store holds every event of the correlation it was given.
