@@ -22,7 +22,6 @@ same offered rates.
 
 from __future__ import annotations
 
-import gc
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -37,6 +36,7 @@ from bench._common import (
     Result,
     bench_event,
     disk_of,
+    inputs_frozen,
     latency_summary,
     median_dict,
     paced,
@@ -74,27 +74,14 @@ def measure_bus(
     records: list[list[float]] = [[] for _ in range(SUBSCRIPTIONS)]
     capacity = max(10_000, n + 2_000)
     bus: EventBus
-    if journal is None:
-        bus = EventBus()
-    else:
-        bus = PersistentEventBus(EventConfig(persistence_path=journal, durability="async"))
-    with bus:
-        for handler in _recorders(records, timing):
-            bus.subscribe("bench.*", handler, capacity=capacity)
-        bus.publish_many(events[: min(1000, n)])  # warm-up
-        bus.flush(timeout=60)
-        for rec in records:
-            rec.clear()
-        publish = bus.publish
-        gc.collect()  # garbage of earlier measurements is not this one's cost
-
-        def begin(start: float) -> None:
-            timing[0] = start
-
-        sender = paced(n, rate, lambda i: publish(events[i]), begin, publisher=publisher)
-        bus.flush(timeout=600)
-        metrics = bus.metrics()
+    with inputs_frozen():  # before the bus: only the pre-built events are frozen
+        if journal is None:
+            bus = EventBus()
+        else:
+            bus = PersistentEventBus(EventConfig(persistence_path=journal, durability="async"))
+        sender, metrics = _paced_run(bus, events, rate, records, timing, capacity, publisher)
     start = timing[0]
+
     # Handlers append in publish order: a list's last entry is event n-1.
     last = max((start + (n - 1) * timing[1] + rec[-1]) for rec in records if rec)
     handled_rate = n / (last - start)
@@ -108,6 +95,33 @@ def measure_bus(
         "dropped": metrics.dropped,
         "bus_metrics_latency_p99": metrics.latency_p99,
     }
+
+
+def _paced_run(
+    bus: EventBus,
+    events: Sequence[Event],
+    rate: float,
+    records: list[list[float]],
+    timing: list[float],
+    capacity: int,
+    publisher: str,
+) -> tuple[dict[str, Any], Any]:
+    n = len(events)
+    with bus:
+        for handler in _recorders(records, timing):
+            bus.subscribe("bench.*", handler, capacity=capacity)
+        bus.publish_many(events[: min(1000, n)])  # warm-up
+        bus.flush(timeout=60)
+        for rec in records:
+            rec.clear()
+        publish = bus.publish
+
+        def begin(start: float) -> None:
+            timing[0] = start
+
+        sender = paced(n, rate, lambda i: publish(events[i]), begin, publisher=publisher)
+        bus.flush(timeout=600)
+        return sender, bus.metrics()
 
 
 def _kept_up(run: dict[str, Any], rate: float) -> bool:
@@ -133,6 +147,9 @@ def run(params: Params) -> Result:
                 "subscriptions": SUBSCRIPTIONS,
                 "handler": "trivial: appends perf_counter() - scheduled send time",
                 "payload": f"~{EVENT_BYTES} bytes encoded, events pre-built",
+                "garbage collector": "on; the pre-built events are frozen (gc.freeze) during "
+                "each measurement, bus and baseline alike, so its full collections do not "
+                "walk the benchmark's own inputs",
                 "sender": "open loop, one bus.publish(event) per event, bursts when behind; "
                 "cooperative: sleeps until the next send when ahead, releasing the GIL "
                 "(at every rate); "
@@ -162,7 +179,8 @@ def run(params: Params) -> Result:
                             f"p99.9 {x['p99_9'] * 1e3:.3f} ms  max {x['max'] * 1e3:.1f} ms"
                         )
             for rate in BASELINE_RATES:
-                r[f"{rate}_pykka"] = baselines.pykka_paced_latency(events, rate, subscribers=1)
+                with inputs_frozen():
+                    r[f"{rate}_pykka"] = baselines.pykka_paced_latency(events, rate, subscribers=1)
                 x = r[f"{rate}_pykka"]
                 print(
                     f"  {rate:>6,}/s pykka chain: p50 {x['p50'] * 1e3:.3f} ms "
