@@ -36,6 +36,7 @@ from actors._codec.events import (
     decode_event,
     encode_batch,
     encode_shared,
+    restamp_in_place,
     restamp_wire,
 )
 from actors._model.event import keep_wire, set_sequence_in_place, stamped, wire_of, with_fields
@@ -130,6 +131,20 @@ def test_a_restamped_copy_keeps_the_arrived_bytes_with_its_new_sequence() -> Non
     other = stamped(received, 9, "elsewhere")
     restamp_wire(received, other)  # more than the sequence changed: no bytes
     assert wire_of(other) is None
+
+
+def test_a_received_event_stamped_in_place_keeps_the_arrived_bytes() -> None:
+    arrived = _with_unknown_field(event(5, "remote"))
+    received = decode_event(arrived)
+    restamp_in_place(received, 77)
+    assert received.sequence == 77
+    wire = wire_of(received)
+    assert wire is not None
+    assert wire.startswith(arrived)
+    assert decode_event(wire) == received
+    unencoded = event(5, "remote")
+    restamp_in_place(unencoded, 78)
+    assert (unencoded.sequence, wire_of(unencoded)) == (78, None)
 
 
 def test_chunk_of_frames_the_shared_bytes() -> None:

@@ -34,7 +34,14 @@ from typing import Any
 
 from actors._codec._pb.llmspell.events.v1 import events_pb2
 from actors._errors import InvalidEventError
-from actors._model.event import EMPTY_METADATA, Event, build_unchecked, keep_wire, wire_of
+from actors._model.event import (
+    EMPTY_METADATA,
+    Event,
+    build_unchecked,
+    keep_wire,
+    set_sequence_in_place,
+    wire_of,
+)
 from actors._model.event_checks import MAX_DATA_DEPTH
 from actors._model.event_checks import check_data as _check_data
 from actors._model.event_checks import check_event_type as _check_event_type
@@ -51,6 +58,7 @@ __all__ = [
     "encode_shared",
     "event_to_message",
     "message_to_event",
+    "restamp_in_place",
     "restamp_wire",
 ]
 
@@ -208,6 +216,14 @@ def restamp_wire(source: Event, copy: Event) -> None:
     sequence = copy.sequence
     if wire is not None and sequence is not None and copy.origin == source.origin:
         keep_wire(copy, wire + _SEQUENCE_TAG + _varint(sequence))
+
+
+def restamp_in_place(event: Event, sequence: int) -> None:
+    """Set ``sequence`` of an event nobody else holds, keeping its bytes (as ``restamp_wire``)."""
+    wire = wire_of(event)
+    set_sequence_in_place(event, sequence)
+    if wire is not None:
+        keep_wire(event, wire + _SEQUENCE_TAG + _varint(sequence))
 
 
 def message_to_event(message: Any) -> Event:

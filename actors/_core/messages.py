@@ -71,6 +71,7 @@ class PublishBatch:
     published_at: float
     internal: bool = False
     routed: threading.Event | None = None
+    owned: bool = False  # as ``Publish.owned`` (events from peers, decoded for this bus)
 
 
 @dataclass(frozen=True, slots=True)

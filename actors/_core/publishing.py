@@ -124,9 +124,15 @@ class Publisher:
         return futures
 
     def inject(self, events: Sequence[Event]) -> None:
-        """Route events a peer already accepted: never blocks, never refused."""
+        """Route events a peer already accepted: never blocks, never refused.
+
+        The events are the bridge's own (decoded for this bus, held by no one
+        else): the router stamps them in place.
+        """
         self._router.put(
-            PublishBatch(events, [None] * len(events), time.perf_counter(), internal=True)
+            PublishBatch(
+                events, [None] * len(events), time.perf_counter(), internal=True, owned=True
+            )
         )
 
     # -- steps ------------------------------------------------------------------

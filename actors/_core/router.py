@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from actors._codec.events import restamp_wire
+from actors._codec.events import restamp_in_place, restamp_wire
 from actors._core.backpressure import BlockGuard
 from actors._core.messages import (
     Barrier,
@@ -159,8 +159,9 @@ class RouterActor(DispatchedActor):
         elif type(message) is PublishBatch:
             route = self._route
             futures = message.futures
+            owned = message.owned
             for i, event in enumerate(message.events):
-                route(event, futures[i], message.published_at, message.internal)
+                route(event, futures[i], message.published_at, message.internal, owned)
             if message.routed is not None:
                 message.routed.set()
         elif type(message) is Subscribe:
@@ -243,11 +244,13 @@ class RouterActor(DispatchedActor):
         seq = self.next_sequence
         self.next_sequence = seq + 1
         if owned:
-            # Built by the bus and seen by no one yet: stamp in place.
+            # Built (or decoded) by the bus and seen by no one yet: stamp in place.
             stamped_event = event
-            set_sequence_in_place(event, seq)
             if event.origin is None:
+                set_sequence_in_place(event, seq)
                 set_origin_in_place(event, self.origin)
+            else:  # from another node: keep the bytes that arrived for the journal
+                restamp_in_place(event, seq)
         elif event.origin is None:
             stamped_event = stamped(event, seq, self.origin)
         else:  # from another node: keep the bytes that arrived for the journal
