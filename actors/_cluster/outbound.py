@@ -133,12 +133,10 @@ class Outbound:
                 if len(ring) == ring.maxlen:
                     self.evicted_upto = ring[0][0]
                 ring.append((seq, event.event_type, chunk))
-            elif not matched:
-                continue
-            else:
-                chunk = chunk_of(event)
             if not matched:
                 continue
+            if ring is None:
+                chunk = chunk_of(event)
             if len(chunk) > budget:
                 self._oversized.append((event, len(chunk)))
                 continue
