@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from hypothesis import settings
 
-from actors import EventBus, EventConfig, PersistentEventBus
+from actors import EventBus, EventConfig, NodeConfig, PersistentEventBus
 from tests._support import WAIT
 
 # A per-example deadline is a timed assertion: on a loaded machine it fails
@@ -44,3 +44,20 @@ def open_bus(journal: str) -> Iterator[Callable[..., EventBus]]:
     yield opener
     for bus in opened:
         bus.close(timeout=30)
+
+
+@pytest.fixture
+def nodes(tmp_path: Path) -> Iterator[Callable[..., EventBus]]:
+    """Open buses joined as nodes (``NodeConfig`` keywords); ``persistent=True`` gives a journal."""
+    opened: list[EventBus] = []
+
+    def make(name: str, *, persistent: bool = False, **node: Any) -> EventBus:
+        config = EventConfig(persistence_path=str(tmp_path / name)) if persistent else None
+        bus_type = PersistentEventBus if persistent else EventBus
+        bus = bus_type(config or EventConfig(), node=NodeConfig(name=name, **node))
+        opened.append(bus)
+        return bus
+
+    yield make
+    for bus in reversed(opened):
+        bus.close(timeout=10)

@@ -11,7 +11,6 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import zmq
@@ -20,12 +19,9 @@ from actors import (
     BridgeError,
     Event,
     EventBus,
-    EventConfig,
     EventQuery,
-    NodeConfig,
     NotConnectedError,
     PeerRefusedError,
-    PersistentEventBus,
 )
 from actors._cluster.broker import Broker
 from actors._cluster.node import Node
@@ -59,22 +55,6 @@ class Collector:
     def wait(self) -> list[Event]:
         assert self.done.wait(WAIT), f"got {len(self.events)} of {self.n} events"
         return self.events
-
-
-@pytest.fixture
-def nodes(tmp_path: Path) -> Iterator[Callable[..., EventBus]]:
-    opened: list[EventBus] = []
-
-    def make(name: str, *, persistent: bool = False, **node: Any) -> EventBus:
-        config = EventConfig(persistence_path=str(tmp_path / name)) if persistent else None
-        bus_type = PersistentEventBus if persistent else EventBus
-        bus = bus_type(config or EventConfig(), node=NodeConfig(name=name, **node))
-        opened.append(bus)
-        return bus
-
-    yield make
-    for bus in reversed(opened):
-        bus.close(timeout=10)
 
 
 def bridge(bus: EventBus) -> Node:

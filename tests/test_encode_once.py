@@ -13,8 +13,7 @@ import copy
 import gc
 import pickle
 import threading
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -22,11 +21,8 @@ import pytest
 from actors import (
     Event,
     EventBus,
-    EventConfig,
     EventQuery,
     InvalidEventError,
-    NodeConfig,
-    PersistentEventBus,
 )
 from actors._cluster.outbound import Outbound
 from actors._codec import events as codec
@@ -202,25 +198,6 @@ def counting(monkeypatch: pytest.MonkeyPatch) -> Counting:
     spy = Counting(codec.event_to_message)
     monkeypatch.setattr(codec, "event_to_message", spy)
     return spy
-
-
-@pytest.fixture
-def nodes(tmp_path: Path) -> Iterator[Callable[..., EventBus]]:
-    opened: list[EventBus] = []
-
-    def make(name: str, *, persistent: bool, **node: Any) -> EventBus:
-        bus: EventBus
-        if persistent:
-            config = EventConfig(persistence_path=str(tmp_path / name), durability="sync")
-            bus = PersistentEventBus(config, node=NodeConfig(name=name, **node))
-        else:
-            bus = EventBus(node=NodeConfig(name=name, **node))
-        opened.append(bus)
-        return bus
-
-    yield make
-    for bus in reversed(opened):
-        bus.close(timeout=10)
 
 
 def _pair(

@@ -10,7 +10,7 @@ import logging
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -103,20 +103,6 @@ def test_a_failed_start_tears_down_without_hanging() -> None:
 
 
 # -- the handle ------------------------------------------------------------------------
-
-
-@pytest.fixture
-def nodes() -> Iterator[Callable[..., EventBus]]:
-    opened: list[EventBus] = []
-
-    def make(name: str, **node: Any) -> EventBus:
-        bus = EventBus(node=NodeConfig(name=name, **node))
-        opened.append(bus)
-        return bus
-
-    yield make
-    for bus in reversed(opened):
-        bus.close(timeout=10)
 
 
 def ipc(tmp_path: Path, name: str) -> str:
