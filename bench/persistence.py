@@ -111,7 +111,9 @@ def run(params: Params) -> Result:
                 "sync awaiting": f"1 and 8 publisher threads, publish(e).get() for {seconds} s",
                 "sync pipelined": f"{n_pipe} publish() calls, then wait for every future",
                 "baselines": "raw rocksdict WriteBatch of 1000 puts of 300 bytes (WAL on), "
-                f"unsynced and synced; single synced puts from 1 and 8 threads for {seconds} s",
+                f"unsynced and synced; single synced puts from 1 and 8 threads for {seconds} s; "
+                "the floor: the same events encoded by the bus's codec into WriteBatches of "
+                "1000 on one thread (unsynced)",
                 "runs": params.runs,
             },
         )
@@ -127,6 +129,7 @@ def run(params: Params) -> Result:
                 "sync_8_awaiting": sync_awaiting(path("d"), events, 8, seconds),
                 "sync_pipelined": sync_pipelined(path("e"), events[:n_pipe]),
                 "rocks_batch_1000": baselines.rocksdict_batches(n_async),
+                "encode_batch_1000": baselines.encode_and_batch(events[:n_async]),
                 "rocks_batch_1000_sync": baselines.rocksdict_batches(n_pipe, sync=True),
                 "rocks_sync_put_1": baselines.rocksdict_sync_puts(1, seconds),
                 "rocks_sync_put_8": baselines.rocksdict_sync_puts(8, seconds),
@@ -136,7 +139,8 @@ def run(params: Params) -> Result:
             result.runs.append(r)
             print(
                 "  run: async {:,.0f}/s (many {:,.0f}); sync 1 pub {:,.0f}/s, 8 pubs {:,.0f}/s "
-                "({:.1f}x); pipelined {:,.0f}/s; rocksdict batch {:,.0f}/s".format(
+                "({:.1f}x); pipelined {:,.0f}/s; rocksdict batch {:,.0f}/s, "
+                "encoded {:,.0f}/s".format(
                     r["async_publish"],
                     r["async_publish_many"],
                     r["sync_1_awaiting"],
@@ -144,11 +148,21 @@ def run(params: Params) -> Result:
                     r["group_commit"],
                     r["sync_pipelined"],
                     r["rocks_batch_1000"],
+                    r["encode_batch_1000"],
                 )
             )
     m = median_dict(result.runs)
     result.medians = m
     result.figures = [
+        Figure(
+            "persistent, async, publish(), vs encode + WriteBatch",
+            "events/s",
+            m["async_publish"],
+            (">=", 0.5),
+            "encode + WriteBatch 1000, one thread",
+            m["encode_batch_1000"],
+            target_on_ratio=True,
+        ),
         Figure(
             "persistent, async, publish()",
             "events/s",
