@@ -2,9 +2,11 @@
 
 Not part of the package, and no build of it: the measurement showed it does
 not pay (``docs/performance.md``, "A compiled hot path (mypyc)").  To repeat
-it, from the repository root (mypyc ships with mypy, in the ``dev`` extra;
-gcc is needed)::
+it (mypyc ships with mypy, in the ``dev`` extra; gcc is needed), in a
+worktree of commit 95dfbc4, the sources the patch was made against::
 
+    git worktree add /tmp/mypyc 95dfbc4 && cd /tmp/mypyc
+    cp <this checkout>/bench/mypyc_* <this checkout>/bench/compiled.py bench/
     git apply bench/mypyc_compat.patch         # what mypyc needs of the sources
     .venv/bin/python bench/mypyc_build.py      # .so files next to the sources
     .venv/bin/python -m bench.compiled         # CPU per event, compiled
