@@ -128,7 +128,8 @@ def run(params: Params) -> Result:
             "subscriber": f"one subscription, handler of {work} busy-loop iterations per event "
             "(slower than the origin), checks data runs 0, 1, 2, ...",
             "flow control": "NodeConfig defaults: credit_window 8,192, send_queue 10,000",
-            "events/s": "events published over seconds until the origin flushed",
+            "rate": "events published over the seconds until the origin flushed "
+            "(the subscriber sets the pace)",
             "memory": "peak resident memory (VmHWM) less resident memory at start, per process",
             "runs": params.runs,
         },
@@ -148,7 +149,7 @@ def run(params: Params) -> Result:
         med = m[f"batch {batch}"]
         worst = max(run[f"batch {batch}"]["not_whole"] for run in result.runs)
         result.figures += [
-            Figure(f"flood, batch_size {batch}: subscriber rate", "events/s", med["events_per_s"]),
+            Figure(f"flood, batch_size {batch}: rate", "events/s", med["events_per_s"]),
             Figure(
                 f"flood, batch_size {batch}: origin RSS growth",
                 "MiB",

@@ -4,8 +4,8 @@ Run as ``python tests/_credit_child.py CONFIG_JSON``.  CONFIG_JSON holds
 ``name``, ``listen``, ``peers``, ``node`` (extra ``NodeConfig`` fields),
 ``block_timeout``, optional ``path`` (a persistent bus, ``durability="sync"``:
 a flood then starts after the last ``data`` in its journal) and, for a
-receiver, ``pattern``, ``work`` (iterations of busy work per event: a slower
-handler) and ``gated`` (the handler waits in its first event until
+receiver, ``pattern``, ``overflow`` (of its subscription), ``work``
+(iterations of busy work per event: a slower handler) and ``gated`` (the handler waits in its first event until
 ``release``).  The receiver checks what it gets: event
 ``data`` must run 0, 1, 2, ... (order, no duplicate, nothing lost).  It
 prints ``ready ENDPOINT`` once started, then answers one line per command:
@@ -81,6 +81,7 @@ class Checker:
         self.count = 0
         self.next = 0
         self.out_of_order = 0
+        self.jumps: list[tuple[int, Any, int | None]] = []  # (expected, got, sequence)
         self.lagging: list[Any] = []
 
     def __call__(self, event: Event) -> None:
@@ -91,6 +92,8 @@ class Checker:
         with self.cond:
             if event.data != self.next:
                 self.out_of_order += 1
+                if len(self.jumps) < 10:
+                    self.jumps.append((self.next, event.data, event.sequence))
             self.next = int(event.data) + 1 if isinstance(event.data, int) else self.next
             self.count += 1
             self.cond.notify_all()
@@ -160,7 +163,12 @@ def main() -> None:
     if not cfg.get("pattern"):  # the origin watches for lagging peers
         bus.subscribe("$bus.peer.lagging", on_lagging)
     if cfg.get("pattern"):
-        bus.subscribe(cfg["pattern"], checker, capacity=cfg.get("capacity"))
+        bus.subscribe(
+            cfg["pattern"],
+            checker,
+            capacity=cfg.get("capacity"),
+            overflow=cfg.get("overflow", "drop_oldest"),
+        )
     start_memory = memory()
     say(f"ready {bridge.endpoints['request']}")
     hanging: dict[str, Any] = {}
@@ -261,6 +269,7 @@ def main() -> None:
             stats["start_memory"] = start_memory
             stats["lagging_events"] = list(lagging)
             stats["handler"] = checker.figures()
+            stats["jumps"] = checker.jumps
             stats["rejected"] = bus.metrics().rejected
             say("stats " + json.dumps(stats))
         elif command == "close":
