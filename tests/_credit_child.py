@@ -5,8 +5,8 @@ Run as ``python tests/_credit_child.py CONFIG_JSON``.  CONFIG_JSON holds
 ``block_timeout``, optional ``path`` (a persistent bus, ``durability="sync"``:
 a flood then starts after the last ``data`` in its journal) and, for a
 receiver, ``pattern``, ``overflow`` (of its subscription), ``work``
-(iterations of busy work per event: a slower handler) and ``gated`` (the handler waits in its first event until
-``release``).  The receiver checks what it gets: event
+(iterations of busy work per event: a slower handler) and ``gated`` (the
+handler waits in its first event until ``release``).  The receiver checks what it gets: event
 ``data`` must run 0, 1, 2, ... (order, no duplicate, nothing lost).  It
 prints ``ready ENDPOINT`` once started, then answers one line per command:
 
