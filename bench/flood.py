@@ -165,6 +165,8 @@ def run(params: Params) -> Result:
                 "events",
                 worst,
                 ("<=", 0),
+                "events flooded",
+                events,
                 note="worst of the runs",
             ),
         ]
