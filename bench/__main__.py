@@ -36,6 +36,7 @@ BENCHMARKS = (
     "scaleout",
     "blocking",
     "requests",
+    "flood",
 )
 TITLES = {
     "throughput": "in-process throughput (no journal)",
@@ -48,6 +49,7 @@ TITLES = {
     "scaleout": "scale-out: publisher and subscriber processes through a broker",
     "blocking": "another subscription's rate while 16 handlers block",
     "requests": "request/reply round trips (in-process vs pykka ask; 2 processes)",
+    "flood": "a flood at a slower remote subscriber (flow control; 2 processes)",
 }
 
 
@@ -76,6 +78,10 @@ def _format(value: float | None, unit: str) -> str:
         return f"{value / 1000:.2f} kB"
     if unit == "ratio":
         return f"{value:.3f}x"
+    if unit == "MiB":
+        return f"{value:,.1f} MiB"
+    if unit == "events":
+        return f"{value:,.0f}"
     if unit == "events/s (offered)":
         return f"{value:,.0f}/s"
     return f"{value:,.0f}/s"

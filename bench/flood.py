@@ -1,4 +1,5 @@
-"""A flood at a slower remote subscriber, at full size: ``python -m bench.flood``.
+"""A flood at a slower remote subscriber: ``python -m bench flood`` (``make bench``), or at
+full size ``python -m bench.flood``.
 
 Two OS processes (``tests/_credit_child.py``, the child of the flow-control
 tests): node ``a`` (no journal) publishes ``--events`` events (300,000 by
@@ -10,6 +11,11 @@ and 256, default ``credit_window`` and ``send_queue``, it prints the arrival
 check, the seconds, the resident memory (peak, and its growth from the
 start) of both processes, and the flow-control figures.  Writes
 ``bench/results/flood.json``.
+
+In ``make bench`` (``run``) the flood is 100,000 events (5,000 with
+``--quick``), and the summary table gets, per ``batch_size``, the events/s
+the subscriber took, the growth of each process's resident memory, and the
+events that did not arrive in order exactly once (target 0).
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+
+from bench._common import Figure, Params, Result, median_dict
 
 ROOT = Path(__file__).resolve().parent.parent
 CHILD = ROOT / "tests" / "_credit_child.py"
@@ -60,7 +68,7 @@ class Proc:
             self.proc.wait(WAIT)
 
 
-def run(events: int, batch: int, work: int) -> dict[str, Any]:
+def flood(events: int, batch: int, work: int) -> dict[str, Any]:
     a = Proc(
         {
             "name": "a",
@@ -94,6 +102,8 @@ def run(events: int, batch: int, work: int) -> dict[str, Any]:
         "out_of_order": got["out_of_order"],
         "all_in_order_once": got == {"count": events, "next": events, "out_of_order": 0},
         "publish_seconds": round(flooded["seconds"], 2),
+        "events_per_s": events / flooded["seconds"],
+        "not_whole": events - got["count"] + got["out_of_order"],
         "origin": mib(a_stats),
         "receiver": mib(b_stats),
         "credit_stalls": a_stats["credit_stalls"],
@@ -102,6 +112,65 @@ def run(events: int, batch: int, work: int) -> dict[str, Any]:
         "receiver_gaps": b_stats["gaps"],
         "receiver_duplicates": b_stats["duplicates"],
     }
+
+
+def run(params: Params) -> Result:
+    """The ``make bench`` form: 100,000 events, ``batch_size`` 1 and 256, ``params.runs`` each."""
+    events = params.size(100_000, 5_000)
+    work = 2000
+    result = Result(
+        "flood",
+        {
+            "processes": "origin a (no journal) and subscriber b, joined directly over tcp",
+            "events per run": events,
+            "publisher": "publish_many in chunks of 1,000, as fast as flow control lets it "
+            f"(block_timeout {WAIT:g} s)",
+            "subscriber": f"one subscription, handler of {work} busy-loop iterations per event "
+            "(slower than the origin), checks data runs 0, 1, 2, ...",
+            "flow control": "NodeConfig defaults: credit_window 8,192, send_queue 10,000",
+            "rate": "events published over the seconds until the origin flushed "
+            "(the subscriber sets the pace)",
+            "memory": "peak resident memory (VmHWM) less resident memory at start, per process",
+            "runs": params.runs,
+        },
+    )
+    for _ in range(params.runs):
+        r = {f"batch {batch}": flood(events, batch, work) for batch in (1, 256)}
+        result.runs.append(r)
+        for name, one in r.items():
+            print(
+                f"  {name}: {one['events_per_s']:,.0f} events/s, origin +"
+                f"{one['origin']['growth_mib']} MiB, subscriber +{one['receiver']['growth_mib']}"
+                f" MiB, queue peak {one['send_queue_peak']}, not whole {one['not_whole']}"
+            )
+    m = median_dict(result.runs)
+    result.medians = m
+    for batch in (1, 256):
+        med = m[f"batch {batch}"]
+        worst = max(run[f"batch {batch}"]["not_whole"] for run in result.runs)
+        result.figures += [
+            Figure(f"flood, batch_size {batch}: rate", "events/s", med["events_per_s"]),
+            Figure(
+                f"flood, batch_size {batch}: origin RSS growth",
+                "MiB",
+                med["origin"]["growth_mib"],
+            ),
+            Figure(
+                f"flood, batch_size {batch}: subscriber RSS growth",
+                "MiB",
+                med["receiver"]["growth_mib"],
+            ),
+            Figure(
+                f"flood, batch_size {batch}: events lost, repeated or out of order",
+                "events",
+                worst,
+                ("<=", 0),
+                "events flooded",
+                events,
+                note="worst of the runs",
+            ),
+        ]
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"flood of {args.events:,} events, receiver handler {args.work} iterations/event")
     results = []
     for batch in (1, 256):
-        result = run(args.events, batch, args.work)
+        result = flood(args.events, batch, args.work)
         results.append(result)
         print(json.dumps(result))
     args.out.mkdir(parents=True, exist_ok=True)

@@ -2,15 +2,20 @@
 
 Run as ``python tests/_credit_child.py CONFIG_JSON``.  CONFIG_JSON holds
 ``name``, ``listen``, ``peers``, ``node`` (extra ``NodeConfig`` fields),
-``block_timeout`` and, for a receiver, ``pattern``, ``work`` (iterations of
-busy work per event: a slower handler) and ``gated`` (the handler waits in
-its first event until ``release``).  The receiver checks what it gets: event
+``block_timeout``, optional ``path`` (a persistent bus, ``durability="sync"``:
+a flood then starts after the last ``data`` in its journal) and, for a
+receiver, ``pattern``, ``overflow`` (of its subscription), ``work``
+(iterations of busy work per event: a slower handler) and ``gated`` (the
+handler waits in its first event until ``release``).  The receiver checks what it gets: event
 ``data`` must run 0, 1, 2, ... (order, no duplicate, nothing lost).  It
 prints ``ready ENDPOINT`` once started, then answers one line per command:
 
 ``receivers NAME``   wait until NAME's credit reached this node -> ``receivers``
 ``sync NAME``        wait until NAME acknowledged our subscriptions -> ``synced``
 ``flood TYPE N CHUNK``  publish data 0..N-1 with ``publish_many`` in chunks -> ``flooded JSON``
+``acked TYPE N CHUNK``  the same from the journal's next ``data`` on, printing ``ack D`` once
+                     every event up to data D is acknowledged (future resolved: journaled,
+                     fsynced), then ``flooded JSON``
 ``fill TYPE``        publish one at a time until ``BackpressureError`` -> ``refused JSON``
 ``hang TYPE LIMIT``  publish on a thread until LIMIT events wait for credit -> ``hanging``
 ``freed``            wait until the hanging publisher published twice more -> ``freed JSON``
@@ -19,6 +24,10 @@ prints ``ready ENDPOINT`` once started, then answers one line per command:
 ``release``          let the gated handler go -> ``released``
 ``stats``            -> ``stats JSON`` (bridge statistics, RSS figures, lagging events seen)
 ``close``            close the bus -> ``closed``, then exit
+
+With ``broker`` (an endpoint) in CONFIG_JSON it runs a ``Broker`` there
+instead, prints ``ready ENDPOINT`` and answers ``stats`` (``memory`` and
+``start_memory`` only) and ``close``.
 """
 
 from __future__ import annotations
@@ -30,7 +39,16 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-from actors import BackpressureError, Event, EventBus, EventConfig, NodeConfig
+from actors import (
+    BackpressureError,
+    Broker,
+    Event,
+    EventBus,
+    EventConfig,
+    EventQuery,
+    NodeConfig,
+    PersistentEventBus,
+)
 
 WAIT = 120.0
 
@@ -63,6 +81,7 @@ class Checker:
         self.count = 0
         self.next = 0
         self.out_of_order = 0
+        self.jumps: list[tuple[int, Any, int | None]] = []  # (expected, got, sequence)
         self.lagging: list[Any] = []
 
     def __call__(self, event: Event) -> None:
@@ -73,6 +92,8 @@ class Checker:
         with self.cond:
             if event.data != self.next:
                 self.out_of_order += 1
+                if len(self.jumps) < 10:
+                    self.jumps.append((self.next, event.data, event.sequence))
             self.next = int(event.data) + 1 if isinstance(event.data, int) else self.next
             self.count += 1
             self.cond.notify_all()
@@ -82,15 +103,52 @@ class Checker:
             return {"count": self.count, "next": self.next, "out_of_order": self.out_of_order}
 
 
+def run_broker(endpoint: str) -> None:
+    with Broker(endpoint) as hub:
+        start_memory = memory()
+        say(f"ready {hub.endpoint}")
+        for line in sys.stdin:
+            words = line.split()
+            if words and words[0] == "stats":
+                say("stats " + json.dumps({"memory": memory(), "start_memory": start_memory}))
+            elif words and words[0] == "close":
+                break
+    say("closed")
+
+
+def flood_acked(bus: EventBus, kind: str, n: int, chunk: int) -> None:
+    """Publish ``n`` events after the journal's last; print ``ack D`` as they are acknowledged."""
+    last = bus.query(EventQuery(event_types=[kind], descending=True, limit=1))
+    low = int(last[0].data) + 1 if last else 0
+    started = time.perf_counter()
+    for first in range(low, low + n, chunk):
+        events = [Event(event_type=kind, data=i) for i in range(first, min(low + n, first + chunk))]
+        for future in bus.publish_many(events):
+            future.get(timeout=WAIT)
+        say(f"ack {events[-1].data}")
+    say("flooded " + json.dumps({"seconds": time.perf_counter() - started, "first": low}))
+
+
 def main() -> None:
     cfg = json.loads(sys.argv[1])
+    if cfg.get("broker"):
+        run_broker(cfg["broker"])
+        return
     node = NodeConfig(
         name=cfg["name"],
         listen=cfg.get("listen"),
         peers=tuple(cfg.get("peers", ())),
         **cfg.get("node", {}),
     )
-    bus = EventBus(EventConfig(block_timeout=cfg.get("block_timeout", 10.0)), node=node)
+    block_timeout = cfg.get("block_timeout", 10.0)
+    bus: EventBus
+    if cfg.get("path"):
+        config = EventConfig(
+            persistence_path=cfg["path"], durability="sync", block_timeout=block_timeout
+        )
+        bus = PersistentEventBus(config, node=node)
+    else:
+        bus = EventBus(EventConfig(block_timeout=block_timeout), node=node)
     bridge = bus.node
     assert bridge is not None
     checker = Checker(cfg.get("work", 0), cfg.get("gated", False))
@@ -105,7 +163,12 @@ def main() -> None:
     if not cfg.get("pattern"):  # the origin watches for lagging peers
         bus.subscribe("$bus.peer.lagging", on_lagging)
     if cfg.get("pattern"):
-        bus.subscribe(cfg["pattern"], checker, capacity=cfg.get("capacity"))
+        bus.subscribe(
+            cfg["pattern"],
+            checker,
+            capacity=cfg.get("capacity"),
+            overflow=cfg.get("overflow", "drop_oldest"),
+        )
     start_memory = memory()
     say(f"ready {bridge.endpoints['request']}")
     hanging: dict[str, Any] = {}
@@ -128,6 +191,8 @@ def main() -> None:
                 bus.publish_many(events)
             bus.flush(WAIT)
             say("flooded " + json.dumps({"seconds": time.perf_counter() - started}))
+        elif command == "acked":
+            flood_acked(bus, words[1], int(words[2]), int(words[3]))
         elif command == "fill":
             published = 0
             while True:
@@ -204,6 +269,7 @@ def main() -> None:
             stats["start_memory"] = start_memory
             stats["lagging_events"] = list(lagging)
             stats["handler"] = checker.figures()
+            stats["jumps"] = checker.jumps
             stats["rejected"] = bus.metrics().rejected
             say("stats " + json.dumps(stats))
         elif command == "close":

@@ -6,6 +6,8 @@ off the ``SendQueue`` itself; the processes are in ``test_credit_procs.py``.
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from actors import Event
@@ -168,6 +170,19 @@ def test_a_window_is_clamped(window: int) -> None:
     assert 1 <= q.receivers["b"].window <= MAX_WINDOW
 
 
+def test_a_window_is_cut_to_what_the_origin_can_recover() -> None:
+    # An origin without a journal recovers from its ring: no receiver may have
+    # more in flight than the ring keeps, or a lost frame could not be fetched.
+    out = outbound()
+    q = SendQueue(EPOCH, limit=100, max_window=5)
+    q.on_credit("b", EPOCH, 0, 1_000, [b"t."], False, now=0.0)
+    assert q.receivers["b"].window == 5
+    q.add(runs(out, "t.x", 1, 12))  # one event per run (the outbound helper's batch)
+    sent, _ = q.take()
+    assert sum(r.count for r in sent) == 5
+    assert q.stalled
+
+
 def test_take_all_empties_the_queue_whatever_the_credit() -> None:
     out = outbound()
     q = SendQueue(EPOCH, limit=2)
@@ -195,3 +210,25 @@ def test_a_hold_makes_publishers_of_the_events_it_wants_wait() -> None:
     assert guard.wait_for_room(wanted, timeout=0.0) is None
     guard.set_holds(())
     assert guard.holds == ()
+
+
+def test_a_pacing_hold_lets_publishers_go_once_the_bridge_took_their_events() -> None:
+    # While the send queue fills, nobody waits for room, but a publish of an
+    # event the queue would take waits until the bridge took it from its
+    # mailbox (counted): nothing piles up uncounted when the hold goes up.
+    guard = BlockGuard()
+    drained = threading.Event()
+    pace = Hold("pacing", frozenset({"t."}), drained=drained)
+    pace.room.set()
+    guard.set_holds((pace,))
+    wanted = [Event(event_type="u.x"), Event(event_type="t.x")]
+    other = [Event(event_type="u.x")]
+    assert guard.wait_for_room(wanted, timeout=0.0) is None
+    assert guard.holds_want(wanted)
+    assert not guard.holds_want(other)
+    assert guard.wait_drained(other, timeout=None)  # never paced
+    assert not guard.wait_drained(wanted, timeout=0.0)  # the bridge has not taken it yet
+    drained.set()
+    assert guard.wait_drained(wanted, timeout=0.0)
+    guard.set_holds(())
+    assert not guard.holds_want(wanted)

@@ -72,9 +72,10 @@ class Receiver:
 class SendQueue:
     """The origin's side of flow control (see the module docstring)."""
 
-    def __init__(self, epoch: int, limit: int) -> None:
+    def __init__(self, epoch: int, limit: int, max_window: int = MAX_WINDOW) -> None:
         self.epoch = epoch
         self.limit = max(1, limit)
+        self.max_window = min(max(1, max_window), MAX_WINDOW)
         self.receivers: dict[str, Receiver] = {}
         self.queue: deque[Run] = deque()
         self.queued = 0
@@ -99,11 +100,14 @@ class SendQueue:
     ) -> None:
         """Take a receiver's grant.  ``acked`` counts only if it is about this ``epoch``.
 
+        The window is cut to ``max_window`` (the origin's recovery ring: what
+        is in flight can still be recovered if a frame is lost).
+
         An acknowledgement past what was sent (a receiver that took the head a
         sync reply announced as its start) counts only up to what was sent.
         """
         wanted = frozenset(prefixes)
-        window = min(max(1, window), MAX_WINDOW)
+        window = min(max(1, window), self.max_window)
         receiver = self.receivers.get(name)
         if not wanted:
             if receiver is not None:

@@ -27,12 +27,13 @@ announced once per lag with a ``$bus.peer.lagging`` event.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import Any
 
 import zmq
 
-from actors._cluster.credit import SendQueue
+from actors._cluster.credit import MAX_WINDOW, SendQueue
 from actors._cluster.io_base import BridgeBase
 from actors._cluster.outbound import Run
 from actors._cluster.ports import LocalNode
@@ -51,7 +52,11 @@ class FlowIO(BridgeBase):
 
     def __init__(self, local: LocalNode, node: NodeConfig) -> None:
         super().__init__(local, node)
-        self._flow = SendQueue(self._epoch, node.send_queue)
+        # Without a journal, everything in flight must stay in the recovery ring
+        # to be recovered if a frame is lost: no receiver gets more than
+        # ``recovery_ring`` in flight.
+        window = MAX_WINDOW if self._persistent else node.recovery_ring
+        self._flow = SendQueue(self._epoch, node.send_queue, window)
         self._hold: Hold | None = None
         # Receiver side: events received since the last probe, whether one is
         # out, and per origin the (epoch, sequence) last acknowledged.
@@ -101,25 +106,58 @@ class FlowIO(BridgeBase):
         """Return the events routed here not yet queued (``StreamIO`` knows its mailbox)."""
         return 0
 
+    def _drained(self) -> threading.Event | None:
+        """Return the event set once the bridge took its mail (``StreamIO`` knows it)."""
+        return None
+
     def _update_hold(self) -> None:
+        """Pace, hold or release the publishers of events the queue would take.
+
+        Pacing (a ``Hold`` whose room is set: nobody waits, but each publish
+        of such events waits until the router routed it) starts once the queue
+        stalls for a receiver's credit or half of ``send_queue`` waits, so the
+        router's mailbox holds at most one publish per publisher when the hold
+        proper goes up at ``send_queue``; it stops once the queue is flowing
+        again with under a quarter waiting.
+        """
         flow = self._flow
         hold = self._hold
         waiting = flow.queued + self._backlog()
-        if hold is None and waiting >= flow.limit and self._out.active:
+        limit = flow.limit
+        engaged = hold is not None and not hold.room.is_set()
+        stalled = flow.stalled and bool(flow.queue)
+        if not engaged and waiting >= limit and self._out.active:
             lagging = ", ".join(flow.lagging()) or "none"
-            prefixes = frozenset(p.decode(errors="replace") for p in self._out.active)
             hold = Hold(
                 f"node {self.name}: send queue full ({waiting} events; out of credit: {lagging})",
-                prefixes,
+                self._held_prefixes(),
+                drained=self._drained(),
             )
             self._hold = hold
             self._stats.publishers_held += 1
             self._local.hold_publishers((hold,))
             logger.info("bridge %s: holding publishers: %s", self.name, hold.reason)
-        elif hold is not None and waiting <= flow.limit // 2:
+        elif hold is not None and engaged and waiting <= limit // 2:
+            pace = self._pacing(hold.prefixes, self._drained())
+            self._hold = pace
+            self._local.hold_publishers((pace,))
+            hold.room.set()
+        elif hold is None and (stalled or waiting >= limit // 2) and self._out.active:
+            self._hold = self._pacing(self._held_prefixes(), self._drained())
+            self._local.hold_publishers((self._hold,))
+        elif hold is not None and not engaged and not stalled and waiting < limit // 4:
             self._hold = None
             self._local.hold_publishers(())
             hold.room.set()
+
+    def _held_prefixes(self) -> frozenset[str]:
+        return frozenset(p.decode(errors="replace") for p in self._out.active)
+
+    @staticmethod
+    def _pacing(prefixes: frozenset[str], drained: threading.Event | None) -> Hold:
+        pace = Hold("pacing", prefixes, drained=drained)
+        pace.room.set()
+        return pace
 
     def _announce_lagging(self, peer: str, dropped: int, window: int) -> None:
         logger.warning(
@@ -161,6 +199,9 @@ class FlowIO(BridgeBase):
         """Send everything queued, credit or not (the node is closing)."""
         self._send_runs(self._flow.take_all())
         self._update_hold()
+        drained = self._drained()
+        if drained is not None:
+            drained.set()  # nobody waits for a bridge that stops
 
     def _sent_head(self) -> int:
         """Return the last sequence of this node everything up to which left (heartbeats)."""

@@ -72,13 +72,12 @@ class BridgeBase:
         os.set_blocking(self._rfd, False)
         os.set_blocking(self._wfd, False)
         self._calls: deque[Callable[[], None]] = deque()
-        self._out = Outbound(
-            self.name,
-            self._epoch,
-            node.batch_size,
-            0 if self._persistent else node.recovery_ring,  # the journal answers instead
-            node.max_frame_bytes,
-        )
+        # Without a journal the ring answers recovery (with one, the journal
+        # does: no ring).  It fills as events join the send queue: it keeps
+        # room for the queue (``send_queue`` and what publishers had on the
+        # way, ``docs/cluster.md``) besides the last ``recovery_ring`` events sent.
+        ring = 0 if self._persistent else node.recovery_ring + 2 * node.send_queue
+        self._out = Outbound(self.name, self._epoch, node.batch_size, ring, node.max_frame_bytes)
         # Everything below ``base`` is in the journal (a restarted persistent
         # node): announce it as the head from the start, so a receiver that
         # followed the last incarnation fetches what it sent too late or never.

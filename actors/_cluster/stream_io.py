@@ -8,6 +8,7 @@ to the local router.  Heartbeats and sync replies are control frames.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -44,20 +45,25 @@ class WakeMailbox(FifoMailbox):
 
     ``events_in`` counts the events of every ``Record`` put (written by the
     router's thread, the one producer); the I/O thread compares it with what
-    it took to know its backlog (flow control).
+    it took to know its backlog (flow control).  ``drained`` is cleared by a
+    put (before the item is appended) and set by the I/O thread once a take
+    left the mailbox empty: paced publishers wait for it (``Hold.drained``).
     """
 
-    __slots__ = ("_wake", "events_in")
+    __slots__ = ("_wake", "drained", "events_in")
 
     def __init__(self, wake: Callable[[], None]) -> None:
         super().__init__()
         self._wake = wake
         self.events_in = 0
+        self.drained = threading.Event()
+        self.drained.set()
 
     def put(self, item: object, /) -> None:
         """Append ``item`` (the router's thread) and wake the I/O thread if it was idle."""
         if type(item) is Record:
             self.events_in += len(item.events)
+            self.drained.clear()
         super().put(item)
 
     def _schedule(self) -> None:
@@ -83,6 +89,8 @@ class StreamIO(FlowIO):
         while True:
             self._update_hold()  # the backlog counts: hold publishers before encoding it
             items = mailbox.take(1024)
+            if not mailbox.has_mail():
+                mailbox.drained.set()  # counted in the backlog: paced publishers may go on
             if journal is None or (not self._unwritten and not self._own(items)):
                 self._send_items(items)
             else:
@@ -91,6 +99,9 @@ class StreamIO(FlowIO):
                 break
         mailbox.finish_turn()
         self._ask_written()
+
+    def _drained(self) -> threading.Event | None:
+        return self.mailbox.drained
 
     def _backlog(self) -> int:
         """Return the events routed to the bridge that did not reach the send queue yet."""

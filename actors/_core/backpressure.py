@@ -16,7 +16,12 @@ the router has routed it (``Publish.routed``).  A mailbox can therefore hold
 A node's bridge holds publishers the same way when a peer is out of credit
 and its send queue is full (``docs/cluster.md``, "Flow control"): it puts a
 ``Hold`` (the event types it holds, a ``room`` event) in ``holds``, and
-``publish`` waits on it exactly as on a full subscription.
+``publish`` waits on it exactly as on a full subscription.  Before that, while
+its queue fills, it puts a *pacing* hold (``room`` already set): nobody waits
+for room, but a publish of an event any hold wants waits until the router has
+routed it and the bridge took it from its mailbox (``drained``), so that at
+most one publish per publishing thread (two, if one slips past the bridge's
+check) is on its way to the queue, not counted, when the hold goes up.
 
 Who writes what: ``blocking`` is written by the facade under the guard's lock
 (subscribe, unsubscribe, any caller thread); ``full`` by the router only;
@@ -30,7 +35,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -74,6 +79,8 @@ class Hold:
     reason: str
     prefixes: frozenset[str]
     room: threading.Event = field(default_factory=threading.Event)
+    drained: threading.Event | None = None
+    """Set while the bridge took everything routed to it (a publisher waits for it)."""
 
     def wants(self, event: Event) -> bool:
         """Return whether ``event`` would join the held queue."""
@@ -115,6 +122,22 @@ class BlockGuard:
     def routes_wanted(self, event_type: str) -> bool:
         """Return whether a BLOCK pattern matches ``event_type`` (filters not run)."""
         return any(matches(event_type) for _, matches in self.blocking)
+
+    def holds_want(self, events: Sequence[Event]) -> bool:
+        """Return whether a hold (engaged or pacing) wants one of ``events``."""
+        holds = self.holds
+        return bool(holds) and any(h.wants(e) for h in holds for e in events)
+
+    def wait_drained(self, events: Sequence[Event], timeout: float | None) -> bool:
+        """Wait (up to ``timeout``) until the bridge of a hold wanting ``events`` took its mail.
+
+        Return False if it had not when ``timeout`` ran out.
+        """
+        for hold in self.holds:
+            drained = hold.drained
+            if drained is not None and any(hold.wants(e) for e in events):
+                return drained.wait(timeout)
+        return True
 
     def wait_for_room(self, events: list[Event], timeout: float | None) -> Gate | Hold | None:
         """Wait while a full subscription (or a hold) wants one of ``events``.

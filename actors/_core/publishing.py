@@ -148,8 +148,10 @@ class Publisher:
         """Wait while a full BLOCK subscription (or a node's hold) wants one of ``events``.
 
         Returns an event for the router to set once it routed them when a
-        BLOCK pattern matches (so the next publish sees the mailbox full),
-        else None.  On a dispatcher thread of the bus (a handler publishing)
+        BLOCK pattern matches (so the next publish sees the mailbox full), or
+        a node's hold wants one of them (``_send`` then also waits until the
+        node's bridge took them: nothing piles up uncounted behind its send
+        queue), else None.  On a dispatcher thread of the bus (a handler publishing)
         it does not wait for the routing: that thread may be the router's.
         """
         guard = self._guard
@@ -161,9 +163,11 @@ class Publisher:
                 with self._lock:
                     self._rejected += len(events)
                 raise BackpressureError(gate.refusal(self._timeout))
-        if not guard.blocking or self._dispatcher.on_dispatcher_thread():
+        if self._dispatcher.on_dispatcher_thread():
             return None
-        if any(guard.routes_wanted(e.event_type) for e in events):
+        if guard.holds_want(events):  # a node's send queue fills: one publish in the router
+            return threading.Event()
+        if guard.blocking and any(guard.routes_wanted(e.event_type) for e in events):
             return threading.Event()
         return None
 
@@ -178,3 +182,6 @@ class Publisher:
             )
         if routed is not None:
             routed.wait(self._timeout)
+            if self._guard.holds:
+                events = (message.event,) if isinstance(message, Publish) else message.events
+                self._guard.wait_drained(events, self._timeout)
