@@ -119,8 +119,9 @@ def test_a_flood_through_a_broker_arrives_whole_in_order_with_bounded_memory(
     )
     for process, kib in measured.items():
         assert kib < limit[process], (process, measured, limit, a_stats, b_stats)
-    # The queue's own bound (docs/cluster.md): send_queue plus one batch per publisher.
-    assert a_stats["send_queue_peak"] <= QUEUE + CHUNK, a_stats["send_queue_peak"]
+    # The queue's own bound (docs/cluster.md): send_queue plus two batches per
+    # publishing thread (the one that slipped in as the pacing began, one paced).
+    assert a_stats["send_queue_peak"] <= QUEUE + 2 * CHUNK, a_stats["send_queue_peak"]
     a.close()
     b.close()
 
