@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from fnmatch import fnmatchcase
 from functools import cache
 from pathlib import Path
@@ -201,6 +201,20 @@ class Child:
         for stream in (self.proc.stdin, self.proc.stdout):
             if stream is not None:
                 stream.close()
+
+
+def reaped(wait: float = 60.0) -> Iterator[list[Any]]:
+    """A fixture's body: yield a list for the children a test starts; kill what still runs.
+
+    A child the test left paused (SIGSTOP) is continued first, then killed.
+    """
+    started: list[Any] = []
+    yield started
+    for child in started:
+        if child.proc.poll() is None:
+            child.proc.send_signal(signal.SIGCONT)
+            child.proc.kill()
+            child.proc.wait(wait)
 
 
 class LineChild:

@@ -17,7 +17,7 @@ import pytest
 
 from actors._cluster.broker import Broker
 from actors._cluster.security import generate_keypair
-from tests._support import LineChild
+from tests._support import LineChild, reaped
 
 pytestmark = pytest.mark.slow
 
@@ -63,12 +63,7 @@ class Node(LineChild):
 
 @pytest.fixture
 def cluster() -> Iterator[list[Node]]:
-    started: list[Node] = []
-    yield started
-    for node in started:
-        if node.proc.poll() is None:
-            node.proc.kill()
-            node.proc.wait(WAIT)
+    yield from reaped(WAIT)
 
 
 def start(cluster: list[Node], **config: Any) -> Node:

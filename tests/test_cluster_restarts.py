@@ -19,7 +19,8 @@ import pytest
 
 from actors import EventBus, EventConfig, EventQuery
 from actors._journal.rocks import RocksStorage
-from tests.test_cluster import Node
+from tests._support import reaped
+from tests.test_cluster import Node, start
 
 pytestmark = pytest.mark.slow
 
@@ -28,18 +29,7 @@ CHECKPOINT_CHILD = str(Path(__file__).with_name("_checkpoint_child.py"))
 
 @pytest.fixture
 def cluster() -> Iterator[list[Node]]:
-    started: list[Node] = []
-    yield started
-    for node in started:
-        if node.proc.poll() is None:
-            node.proc.kill()
-            node.proc.wait(60)
-
-
-def start(cluster: list[Node], **config: Any) -> Node:
-    node = Node(**config)
-    cluster.append(node)
-    return node
+    yield from reaped()
 
 
 def test_a_restarted_publisher_sends_what_it_journaled_but_never_sent(

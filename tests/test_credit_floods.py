@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from tests._support import LineChild
-from tests.test_credit_procs import CHILD, QUEUE, RING, WAIT, WINDOW, Proc, pair, with_signal
+from tests._support import LineChild, reaped
+from tests.test_credit_procs import CHILD, QUEUE, RING, WAIT, WINDOW, Proc, pair
 
 pytestmark = pytest.mark.slow
 
@@ -46,13 +46,7 @@ class BrokerProc(LineChild):
 
 @pytest.fixture
 def procs() -> Iterator[list[Proc]]:
-    started: list[Proc] = []
-    yield started
-    for proc in started:
-        if proc.proc.poll() is None:
-            with_signal(proc, signal.SIGCONT)
-            proc.proc.kill()
-            proc.proc.wait(WAIT)
+    yield from reaped(WAIT)
 
 
 @pytest.fixture

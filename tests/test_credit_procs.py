@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from actors import Broker
-from tests._support import LineChild
+from tests._support import LineChild, reaped
 
 pytestmark = pytest.mark.slow
 
@@ -46,13 +46,7 @@ class Proc(LineChild):
 
 @pytest.fixture
 def procs() -> Iterator[list[Proc]]:
-    started: list[Proc] = []
-    yield started
-    for proc in started:
-        if proc.proc.poll() is None:
-            with_signal(proc, signal.SIGCONT)
-            proc.proc.kill()
-            proc.proc.wait(WAIT)
+    yield from reaped(WAIT)
 
 
 def with_signal(proc: Proc, sig: int) -> None:
