@@ -215,7 +215,7 @@ def restamp_wire(source: Event, copy: Event) -> None:
     wire = wire_of(source)
     sequence = copy.sequence
     if wire is not None and sequence is not None and copy.origin == source.origin:
-        keep_wire(copy, wire + _SEQUENCE_TAG + _varint(sequence))
+        keep_wire(copy, _with_sequence(wire, sequence))
 
 
 def restamp_in_place(event: Event, sequence: int) -> None:
@@ -223,7 +223,11 @@ def restamp_in_place(event: Event, sequence: int) -> None:
     wire = wire_of(event)
     set_sequence_in_place(event, sequence)
     if wire is not None:
-        keep_wire(event, wire + _SEQUENCE_TAG + _varint(sequence))
+        keep_wire(event, _with_sequence(wire, sequence))
+
+
+def _with_sequence(wire: bytes, sequence: int) -> bytes:
+    return wire + _SEQUENCE_TAG + _varint(sequence)  # the last value of a field wins
 
 
 def message_to_event(message: Any) -> Event:
@@ -283,8 +287,9 @@ def decode_event(data: bytes) -> Event:
     Raise ``InvalidEventError`` if they are malformed, of another schema
     version, or describe an invalid event.
     """
-    event = message_to_event(_parse(_PbEvent, data))
-    keep_wire(event, bytes(data) if data.__class__ is not bytes else data)
+    raw = _as_bytes(data)
+    event = message_to_event(_parse(_PbEvent, raw))
+    keep_wire(event, raw)
     return event
 
 
@@ -301,12 +306,9 @@ def decode_batch(data: bytes) -> list[Event]:
 
     Raise ``InvalidEventError`` if the bytes or any event in them are invalid.
     """
-    if not isinstance(data, bytes | bytearray | memoryview):
-        raise InvalidEventError(f"expected bytes, not {type(data).__name__}")
-    raw = bytes(data) if data.__class__ is not bytes else data
+    raw = _as_bytes(data)
     out: list[Event] = []
     append = out.append
-    parse = _PbEvent.FromString
     end = len(raw)
     pos = 0
     # The batch's framing by hand (field 1, length-delimited, and nothing else
@@ -322,11 +324,7 @@ def decode_batch(data: bytes) -> list[Event]:
         if len(body) != size:
             raise InvalidEventError("malformed event bytes: truncated batch")
         pos += size
-        try:
-            message = parse(body)
-        except Exception as exc:  # DecodeError, and whatever else upb raises
-            raise InvalidEventError(f"malformed event bytes: {exc}") from exc
-        event = message_to_event(message)
+        event = message_to_event(_parse(_PbEvent, body))
         keep_wire(event, body)
         append(event)
     return out
@@ -353,12 +351,19 @@ def _read_varint(raw: bytes, pos: int) -> tuple[int, int]:
         shift += 7
 
 
-def _parse(message_type: Any, data: bytes) -> Any:
-    """Parse ``data`` as ``message_type``; raise ``InvalidEventError`` on any failure."""
+def _as_bytes(data: object) -> bytes:
+    """Return ``data`` as ``bytes``; raise ``InvalidEventError`` if it is no bytes-like."""
+    if data.__class__ is bytes:
+        return data
     if not isinstance(data, bytes | bytearray | memoryview):
         raise InvalidEventError(f"expected bytes, not {type(data).__name__}")
+    return bytes(data)
+
+
+def _parse(message_type: Any, raw: bytes) -> Any:
+    """Parse ``raw`` as ``message_type``; raise ``InvalidEventError`` on any failure."""
     try:
-        return message_type.FromString(bytes(data) if data.__class__ is not bytes else data)
+        return message_type.FromString(raw)
     except Exception as exc:  # DecodeError, and whatever else upb raises
         raise InvalidEventError(f"malformed event bytes: {exc}") from exc
 

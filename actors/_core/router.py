@@ -56,8 +56,7 @@ from actors._errors import BackpressureError
 from actors._model.config import OverflowStrategy
 from actors._model.event import (
     Event,
-    set_origin_in_place,
-    set_sequence_in_place,
+    stamp_in_place,
     stamped,
 )
 from actors._model.metrics import RateMeter
@@ -247,8 +246,7 @@ class RouterActor(DispatchedActor):
             # Built (or decoded) by the bus and seen by no one yet: stamp in place.
             stamped_event = event
             if event.origin is None:
-                set_sequence_in_place(event, seq)
-                set_origin_in_place(event, self.origin)
+                stamp_in_place(event, seq, self.origin)
             else:  # from another node: keep the bytes that arrived for the journal
                 restamp_in_place(event, seq)
         elif event.origin is None:

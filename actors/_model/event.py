@@ -352,8 +352,9 @@ def set_sequence_in_place(event: Event, sequence: int) -> None:
     _set_wire(event, None)
 
 
-def set_origin_in_place(event: Event, origin: str | None) -> None:
-    """Set ``origin`` of an event nobody else holds yet (the router's own copies)."""
+def stamp_in_place(event: Event, sequence: int, origin: str | None) -> None:
+    """Set ``sequence`` and ``origin`` of an event nobody else holds yet (the router's own)."""
+    _set_sequence(event, sequence)
     _set_origin(event, origin)
     _set_wire(event, None)
 
