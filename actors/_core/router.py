@@ -154,7 +154,7 @@ class RouterActor(DispatchedActor):
                 message.event, message.future, message.published_at, message.internal, message.owned
             )
             if message.routed is not None:
-                message.routed.set()
+                self._routed(message.routed)
         elif type(message) is PublishBatch:
             route = self._route
             futures = message.futures
@@ -162,7 +162,7 @@ class RouterActor(DispatchedActor):
             for i, event in enumerate(message.events):
                 route(event, futures[i], message.published_at, message.internal, owned)
             if message.routed is not None:
-                message.routed.set()
+                self._routed(message.routed)
         elif type(message) is Subscribe:
             self._subscribe(message)
         elif type(message) is Unsubscribe:
@@ -388,6 +388,16 @@ class RouterActor(DispatchedActor):
             mailbox.add_barrier(latch.count_down)
         for recorder in recorders:
             recorder.put(Barrier(latch.count_down))
+
+    def _routed(self, routed: threading.Event) -> None:
+        """Tell a waiting publisher its events are routed, and recorded already.
+
+        The records go out first (not at the end of the turn): a publisher
+        paced by a node's bridge then finds the bridge's mailbox marked
+        undrained by its own events, never drained from before them.
+        """
+        self._send_records()
+        routed.set()
 
     # -- per turn -------------------------------------------------------------
 
