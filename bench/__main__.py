@@ -37,6 +37,7 @@ BENCHMARKS = (
     "blocking",
     "requests",
     "flood",
+    "stages",
 )
 TITLES = {
     "throughput": "in-process throughput (no journal)",
@@ -50,6 +51,7 @@ TITLES = {
     "blocking": "another subscription's rate while 16 handlers block",
     "requests": "request/reply round trips (in-process vs pykka ask; 2 processes)",
     "flood": "a flood at a slower remote subscriber (flow control; 2 processes)",
+    "stages": "CPU per event, per stage of the pipeline (publish, route, deliver, journal)",
 }
 
 
@@ -78,6 +80,8 @@ def _format(value: float | None, unit: str) -> str:
         return f"{value / 1000:.2f} kB"
     if unit == "ratio":
         return f"{value:.3f}x"
+    if unit == "us":
+        return f"{value:.2f} us"
     if unit == "MiB":
         return f"{value:,.1f} MiB"
     if unit == "events":
