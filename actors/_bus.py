@@ -138,6 +138,7 @@ class EventBus(RequestReply):
         self.handler_wrappers: list[HandlerWrapper] = self._core.handler_wrappers
         self._router = self._core.router
         self._router_mailbox = self._core.inbox
+        self._publisher = self._core.publisher
         self._bridge: Bridge | None = None
         self._size_check: Callable[[Event], None] | None = None
         self.node: Node | None = None
@@ -242,8 +243,10 @@ class EventBus(RequestReply):
             raise BusClosedError("the bus is closed")
         if self._read_only:
             self._refuse_write()
-        event = self._prepare(event_or_type, data, fields)
-        return self._core.publisher.publish(event, owned=event is not event_or_type)
+        event = prepare_event(event_or_type, data, fields)
+        if self._size_check is not None:  # as _prepare does, one call fewer per event
+            self._size_check(event)
+        return self._publisher.publish(event, owned=event is not event_or_type)
 
     def publish_many(self, events: Iterable[Event]) -> list[BusFuture[Event]]:
         """Publish a batch of events in order, as one message to the router.
