@@ -63,6 +63,7 @@ class FlowIO(BridgeBase):
         self._credit_due = 0
         self._probing = False
         self._acked: dict[str, tuple[int, int]] = {}
+        self._epochs: dict[str, int] = {}  # the epoch each origin was last heard with
         self._prefix_list: list[str] = []
         self._events_passed = 0  # events of records that reached ``_send_frames``
 
@@ -227,20 +228,38 @@ class FlowIO(BridgeBase):
                 )
             ):
                 marks[name] = (st.epoch, mark)
-        if not marks:
+        counts = inbound.delivered_counts()
+        if not marks and not counts:
             self._credit_due = 0
             return
         self._probing = True
         self._credit_due = 0
-        self._local.after_handled(lambda: self._call_soon(lambda: self._probed(marks)))
+        self._local.after_handled(lambda: self._call_soon(lambda: self._probed(marks, counts)))
 
-    def _probed(self, marks: dict[str, tuple[int, int]]) -> None:
+    def _probed(self, marks: dict[str, tuple[int, int]], counts: dict[str, int]) -> None:
         self._probing = False
         for name, mark in marks.items():
             self._acked[name] = mark
             self._grant(name)
-        if self._credit_due >= max(1, self._node.credit_window // 4):
+        # A recovery page waiting for room goes out if the flush made some.
+        self._in.on_handled(counts)
+        self._deliver([])
+        if self._credit_due >= max(1, self._node.credit_window // 4) or self._in.waiting_room():
             self._probe()
+
+    def _arrived(self, count: int) -> None:
+        """Count ``count`` events given to the bus; flush once a quarter window (or room) is due."""
+        self._credit_due += count
+        if self._credit_due >= max(1, self._node.credit_window // 4) or self._in.waiting_room():
+            self._probe()
+
+    def _epoch_heard(self, name: str, epoch: int) -> None:
+        """Grant a restarted origin at once: it knows no receiver, and sends unlimited until then."""
+        known = self._epochs.get(name)
+        if known != epoch:
+            self._epochs[name] = epoch
+            if known is not None:
+                self._grant(name)
 
     def _grant(self, name: str) -> None:
         """Send ``name`` this node's credit (its prefixes, the window, what was handled)."""

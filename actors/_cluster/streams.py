@@ -20,7 +20,10 @@ Rules that keep it honest (``docs/cluster.md``, "Guarantees"):
   watermark (a restarted persistent node) or from its first sequence (a node
   without a journal, or one whose journal lost a tail we had) to its head;
 - the watermark never moves while no local pattern exists: a node that
-  subscribes after its sync reply still fetches its downtime.
+  subscribes after its sync reply still fetches its downtime;
+- with a ``window`` (the bridge sets ``credit_window``), a recovery keeps
+  what of one origin waits here within it (``room.py``): a page is asked
+  for only when it fits, held frames past it are dropped and fetched again.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from collections.abc import Iterable, Sequence
 
 from actors._cluster.origins import MAX_AHEAD, MAX_SEQUENCE, OriginState, RecoverRequest
 from actors._cluster.outbound import Outbound
+from actors._cluster.room import cut_held, excess, page_size
 from actors._model.event import Event
 from actors._model.topics import Pattern
 
@@ -68,6 +72,8 @@ class Inbound:
         self.filtered = 0
         self.sync_timeouts = 0
         self.rejected = 0
+        self.window: int | None = None  # events of one origin that may wait here (room.py)
+        self.cut = 0  # held events dropped for room, to be fetched again
 
     # -- configuration ------------------------------------------------------------
 
@@ -133,6 +139,7 @@ class Inbound:
                 self.rejected += len(events)
                 return []
             st.held.extend(events)
+            self._fit(origin, st)
             return []
         if self._out_of_range(st, last, len(events)):
             return []
@@ -151,10 +158,11 @@ class Inbound:
                     st.known[prefix] = last
         if st.blocked():
             st.held.extend(events)
+            self._fit(origin, st)
             return []
         if st.watermark is None or last > st.watermark:
             st.watermark = last
-        return self._fresh(events)
+        return self._fresh(events, st)
 
     def _out_of_range(self, st: OriginState, last: int, count: int) -> bool:
         limit = MAX_SEQUENCE
@@ -181,6 +189,7 @@ class Inbound:
         self._backfill(origin, st, new, head)
         st.synced = set(self.prefixes)
         st.awaiting_sync = False
+        self._refetch(origin, st)
         # Only a first sync of every prefix is a baseline: a repeated reply (a
         # stream that reconnected) says nothing of what the chains still miss.
         moves = st.watermark is None or head > st.watermark
@@ -246,6 +255,7 @@ class Inbound:
                 st.known.clear()
                 st.synced.clear()
                 st.watermark = base - 1
+                st.discarded = None  # the backfill from ``base`` covers it
             # What it published before our stream reconnected (and, for a
             # persistent origin, what it sent just before it died) may have
             # missed us: backfill at the sync reply.
@@ -282,17 +292,26 @@ class Inbound:
         stashed, st.stashed = st.stashed, None
         if stashed is not None:
             return self.on_sync(origin, *stashed, now=now)
+        if not st.awaiting_sync:
+            self._refetch(origin, st)
         return self._release(st)
 
     # -- recovery ---------------------------------------------------------------------
 
-    def _recover(
-        self, origin: str, st: OriginState, after: int, upto: int, prefixes: Sequence[str | bytes]
+    def _recover(  # noqa: PLR0917 - a range's fields
+        self,
+        origin: str,
+        st: OriginState,
+        after: int,
+        upto: int,
+        prefixes: Sequence[str | bytes],
+        gaps: int = 1,
     ) -> None:
+        """Fetch ``(after, upto]``; ``gaps`` is 0 for held events dropped for room (no loss)."""
         if upto <= after:
             return
         names = frozenset(p.decode() if isinstance(p, bytes) else p for p in prefixes)
-        self.gaps += 1
+        self.gaps += gaps
         if st.pending:
             # What the request out fetches already is not asked twice (a
             # backfill after the origin restarted, over a backfill still out).
@@ -300,17 +319,17 @@ class Inbound:
                 if names <= set(out.prefixes) and out.after <= after < out.upto:
                     after = out.upto
                     if upto <= after:  # all of it: it ends with that request
-                        st.pending[rid] = dataclasses.replace(out, gaps=out.gaps + 1)
+                        st.pending[rid] = dataclasses.replace(out, gaps=out.gaps + gaps)
                         return
             # One request per origin at a time: later gaps wait as their own
             # ranges (an overlapping one merges, and both end together).
             for i, (low, high, known, count) in enumerate(st.deferred):
                 if after <= high and low <= upto:
-                    st.deferred[i] = (min(low, after), max(high, upto), known | names, count + 1)
+                    st.deferred[i] = (min(low, after), max(high, upto), known | names, count + gaps)
                     return
-            st.deferred.append((after, upto, names, 1))
+            st.deferred.append((after, upto, names, gaps))
             return
-        self._send(origin, st, after, upto, names, 1)
+        self._send(origin, st, after, upto, names, gaps)
 
     def _send(  # noqa: PLR0917 - a request's fields
         self,
@@ -326,11 +345,74 @@ class Inbound:
             f"r{next(_rids)}", origin, after, upto, tuple(sorted(names)), gaps, lost
         )
         st.pending[request.rid] = request
+        self._emit(origin, st, request)
+
+    def _emit(self, origin: str, st: OriginState, request: RecoverRequest) -> None:
+        """Ask for ``request`` now if the window has room for a page of it, else later."""
+        window = self.window
+        if window is None:
+            self.requests.append(request)
+            return
+        limit, trim = page_size(window, st, request.upto - request.after)
+        if not limit:
+            st.unsent = request  # asked once a flush makes room (``on_handled``)
+            return
+        st.unsent = None
+        if trim:
+            self._cut(origin, st, trim)
+        request = dataclasses.replace(st.pending[request.rid], limit=limit)
+        st.pending[request.rid] = request
+        st.asked = limit
         self.requests.append(request)
+
+    def _fit(self, origin: str, st: OriginState) -> None:
+        """Drop the newest held events that are over the window (fetched again later)."""
+        if self.window is not None:
+            count = excess(self.window, st)
+            if count:
+                self._cut(origin, st, count)
+
+    def _cut(self, origin: str, st: OriginState, count: int) -> None:
+        after, upto = cut_held(st, count)
+        self.cut += count
+        if st.awaiting_sync or st.loading:
+            low, high = st.discarded or (after, upto)
+            st.discarded = (min(low, after), max(high, upto))
+            return
+        self._recover(origin, st, after, upto, tuple(self.prefixes), gaps=0)
+
+    def _refetch(self, origin: str, st: OriginState) -> None:
+        """Fetch the held events dropped for room while a sync reply was awaited."""
+        if st.discarded is not None:
+            (after, upto), st.discarded = st.discarded, None
+            self._recover(origin, st, after, upto, tuple(self.prefixes), gaps=0)
+
+    def on_handled(self, counts: dict[str, int]) -> None:
+        """Take a flush's word: ``counts[origin]`` events of it given to the bus are handled.
+
+        A recovery page that waited for room is asked for now if it fits.
+        """
+        for name, count in counts.items():
+            st = self.origins.get(name)
+            if st is None:
+                continue
+            st.handled = max(st.handled, count)
+            if st.unsent is not None and st.unsent.rid in st.pending:
+                self._emit(name, st, st.unsent)
+
+    def delivered_counts(self) -> dict[str, int]:
+        """Return, per origin with unhandled events, how many it gave the bus so far."""
+        return {n: st.delivered for n, st in self.origins.items() if st.delivered > st.handled}
+
+    def waiting_room(self) -> bool:
+        """Return whether a recovery page waits for a flush to make room."""
+        return any(st.unsent is not None for st in self.origins.values())
 
     def _next_deferred(self, origin: str, st: OriginState) -> None:
         if st.deferred and not st.pending:
-            after, upto, names, count = st.deferred.pop(0)
+            deferred = st.deferred
+            lowest = min(range(len(deferred)), key=lambda i: deferred[i][0])
+            after, upto, names, count = deferred.pop(lowest)
             self._send(origin, st, after, upto, names, count)
 
     def _end(self, request: RecoverRequest, lost: bool) -> None:
@@ -354,6 +436,7 @@ class Inbound:
             request = st.pending.pop(rid, None)
             if request is None:
                 continue
+            st.asked = 0
             inside = [
                 e
                 for e in events
@@ -363,12 +446,16 @@ class Inbound:
             st.held.extend(inside)
             lost = lost or request.lost
             if not complete and request.after < scanned < request.upto:
+                released = self._release_upto(st, scanned)
                 names = frozenset(request.prefixes)
                 self._send(st_name, st, scanned, request.upto, names, request.gaps, lost)
-                return self._release_upto(st, scanned)
+                self._fit(st_name, st)
+                return released
             self._end(request, lost)
+            released = self._release_below(st)
             self._next_deferred(st_name, st)
-            return self._release(st)
+            self._fit(st_name, st)
+            return released
         return []
 
     def on_recovery_failed(self, rid: str) -> list[Event]:
@@ -376,9 +463,11 @@ class Inbound:
         for name, st in self.origins.items():
             request = st.pending.pop(rid, None)
             if request is not None:
+                st.asked = 0
                 self._end(request, lost=True)
+                released = self._release_below(st)
                 self._next_deferred(name, st)
-                return self._release(st)
+                return released
         return []
 
     def expire_syncs(self, now: float, timeout: float) -> list[Event]:
@@ -401,6 +490,7 @@ class Inbound:
             if st.head is not None and st.watermark is not None:
                 self._backfill(name, st, frozenset(self.prefixes - st.synced), st.head)
             st.synced = set(self.prefixes)
+            self._refetch(name, st)
             self.sync_timeouts += 1
             out.extend(self._release(st))
         return out
@@ -415,7 +505,13 @@ class Inbound:
         top = held[-1].sequence or 0
         if st.watermark is None or top > st.watermark:
             st.watermark = top
-        return self._fresh(held)
+        return self._fresh(held, st)
+
+    def _release_below(self, st: OriginState) -> list[Event]:
+        """Release what is held below the lowest range still to fetch (all, if none)."""
+        if st.deferred:
+            return self._release_upto(st, min(low for low, *_ in st.deferred))
+        return self._release(st)
 
     def _release_upto(self, st: OriginState, upto: int) -> list[Event]:
         """Release the held events up to ``upto`` while the rest of a long range is fetched.
@@ -436,9 +532,9 @@ class Inbound:
         top = ready[-1].sequence or 0
         if st.watermark is None or top > st.watermark:
             st.watermark = top
-        return self._fresh(ready)
+        return self._fresh(ready, st)
 
-    def _fresh(self, events: Iterable[Event]) -> list[Event]:
+    def _fresh(self, events: Iterable[Event], st: OriginState) -> list[Event]:
         seen = self._seen
         out = []
         for event in events:
@@ -453,6 +549,7 @@ class Inbound:
             if len(seen) > self._dedupe:
                 seen.popitem(last=False)
             out.append(event)
+        st.delivered += len(out)
         return out
 
     def synced_with(self, origins: Iterable[str]) -> bool:
