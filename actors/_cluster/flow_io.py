@@ -64,6 +64,7 @@ class FlowIO(BridgeBase):
         self._probing = False
         self._acked: dict[str, tuple[int, int]] = {}
         self._epochs: dict[str, int] = {}  # the epoch each origin was last heard with
+        self._granted: dict[str, int] = {}  # the window last granted to each origin
         self._prefix_list: list[str] = []
         self._events_passed = 0  # events of records that reached ``_send_frames``
 
@@ -247,14 +248,30 @@ class FlowIO(BridgeBase):
         if self._credit_due >= max(1, self._node.credit_window // 4) or self._in.waiting_room():
             self._probe()
 
+    def _window_for(self, name: str) -> int:
+        """Return the window to grant ``name``: half of it while a recovery of it runs.
+
+        The other half is the recovery's (``room.py``): the frames held
+        meanwhile and the pages fetched share ``credit_window``.
+        """
+        window = self._node.credit_window
+        return max(1, window // 2) if self._in.recovering(name) else window
+
+    def _regrant(self) -> None:
+        """Grant again the origins whose window changed (a recovery started or ended)."""
+        for name, window in list(self._granted.items()):
+            if window != self._window_for(name) and self._alive(name):
+                self._grant(name)
+
     def _arrived(self, count: int) -> None:
         """Count ``count`` events given to the bus; flush once a quarter window (or room) is due."""
+        self._regrant()
         self._credit_due += count
         if self._credit_due >= max(1, self._node.credit_window // 4) or self._in.waiting_room():
             self._probe()
 
     def _epoch_heard(self, name: str, epoch: int) -> None:
-        """Grant a restarted origin at once: it knows no receiver, and sends unlimited until then."""
+        """Grant a restarted origin at once: it knows no receiver and sends unlimited until then."""
         known = self._epochs.get(name)
         if known != epoch:
             self._epochs[name] = epoch
@@ -267,10 +284,12 @@ class FlowIO(BridgeBase):
         if route is None:
             return
         epoch, acked = self._acked.get(name, (0, 0))
+        window = self._window_for(name)
+        self._granted[name] = window
         body: dict[str, Any] = {
             "epoch": epoch,
             "acked": acked,
-            "window": self._node.credit_window,
+            "window": window,
             "prefixes": self._prefix_list,
             "drop": self._node.lag_policy == "drop",
         }

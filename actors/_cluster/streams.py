@@ -28,14 +28,12 @@ Rules that keep it honest (``docs/cluster.md``, "Guarantees"):
 
 from __future__ import annotations
 
-import dataclasses
-import itertools
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 
 from actors._cluster.origins import MAX_AHEAD, MAX_SEQUENCE, OriginState, RecoverRequest
 from actors._cluster.outbound import Outbound
-from actors._cluster.room import cut_held, excess, page_size
+from actors._cluster.room import Ranges
 from actors._model.event import Event
 from actors._model.topics import Pattern
 
@@ -43,10 +41,8 @@ __all__ = ["MAX_AHEAD", "MAX_SEQUENCE", "Inbound", "Outbound", "RecoverRequest"]
 
 _CLASS_CACHE = 4096
 
-_rids = itertools.count(1)
 
-
-class Inbound:
+class Inbound(Ranges):
     """Gap detection, recovery, ordering and dedupe of remote events (module docstring).
 
     Every method runs on the bridge's I/O thread and returns the events to
@@ -297,136 +293,6 @@ class Inbound:
         return self._release(st)
 
     # -- recovery ---------------------------------------------------------------------
-
-    def _recover(  # noqa: PLR0917 - a range's fields
-        self,
-        origin: str,
-        st: OriginState,
-        after: int,
-        upto: int,
-        prefixes: Sequence[str | bytes],
-        gaps: int = 1,
-    ) -> None:
-        """Fetch ``(after, upto]``; ``gaps`` is 0 for held events dropped for room (no loss)."""
-        if upto <= after:
-            return
-        names = frozenset(p.decode() if isinstance(p, bytes) else p for p in prefixes)
-        self.gaps += gaps
-        if st.pending:
-            # What the request out fetches already is not asked twice (a
-            # backfill after the origin restarted, over a backfill still out).
-            for rid, out in st.pending.items():
-                if names <= set(out.prefixes) and out.after <= after < out.upto:
-                    after = out.upto
-                    if upto <= after:  # all of it: it ends with that request
-                        st.pending[rid] = dataclasses.replace(out, gaps=out.gaps + gaps)
-                        return
-            # One request per origin at a time: later gaps wait as their own
-            # ranges (an overlapping one merges, and both end together).
-            for i, (low, high, known, count) in enumerate(st.deferred):
-                if after <= high and low <= upto:
-                    st.deferred[i] = (min(low, after), max(high, upto), known | names, count + gaps)
-                    return
-            st.deferred.append((after, upto, names, gaps))
-            return
-        self._send(origin, st, after, upto, names, gaps)
-
-    def _send(  # noqa: PLR0917 - a request's fields
-        self,
-        origin: str,
-        st: OriginState,
-        after: int,
-        upto: int,
-        names: frozenset[str],
-        gaps: int,
-        lost: bool = False,
-    ) -> None:
-        request = RecoverRequest(
-            f"r{next(_rids)}", origin, after, upto, tuple(sorted(names)), gaps, lost
-        )
-        st.pending[request.rid] = request
-        self._emit(origin, st, request)
-
-    def _emit(self, origin: str, st: OriginState, request: RecoverRequest) -> None:
-        """Ask for ``request`` now if the window has room for a page of it, else later."""
-        window = self.window
-        if window is None:
-            self.requests.append(request)
-            return
-        limit, trim = page_size(window, st, request.upto - request.after)
-        if not limit:
-            st.unsent = request  # asked once a flush makes room (``on_handled``)
-            return
-        st.unsent = None
-        if trim:
-            self._cut(origin, st, trim)
-        request = dataclasses.replace(st.pending[request.rid], limit=limit)
-        st.pending[request.rid] = request
-        st.asked = limit
-        self.requests.append(request)
-
-    def _fit(self, origin: str, st: OriginState) -> None:
-        """Drop the newest held events that are over the window (fetched again later)."""
-        if self.window is not None:
-            count = excess(self.window, st)
-            if count:
-                self._cut(origin, st, count)
-
-    def _cut(self, origin: str, st: OriginState, count: int) -> None:
-        after, upto = cut_held(st, count)
-        self.cut += count
-        if st.awaiting_sync or st.loading:
-            low, high = st.discarded or (after, upto)
-            st.discarded = (min(low, after), max(high, upto))
-            return
-        self._recover(origin, st, after, upto, tuple(self.prefixes), gaps=0)
-
-    def _refetch(self, origin: str, st: OriginState) -> None:
-        """Fetch the held events dropped for room while a sync reply was awaited."""
-        if st.discarded is not None:
-            (after, upto), st.discarded = st.discarded, None
-            self._recover(origin, st, after, upto, tuple(self.prefixes), gaps=0)
-
-    def on_handled(self, counts: dict[str, int]) -> None:
-        """Take a flush's word: ``counts[origin]`` events of it given to the bus are handled.
-
-        A recovery page that waited for room is asked for now if it fits.
-        """
-        for name, count in counts.items():
-            st = self.origins.get(name)
-            if st is None:
-                continue
-            st.handled = max(st.handled, count)
-            if st.unsent is not None and st.unsent.rid in st.pending:
-                self._emit(name, st, st.unsent)
-
-    def delivered_counts(self) -> dict[str, int]:
-        """Return, per origin with unhandled events, how many it gave the bus so far."""
-        return {n: st.delivered for n, st in self.origins.items() if st.delivered > st.handled}
-
-    def waiting_room(self) -> bool:
-        """Return whether a recovery page waits for a flush to make room."""
-        return any(st.unsent is not None for st in self.origins.values())
-
-    def _next_deferred(self, origin: str, st: OriginState) -> None:
-        if st.deferred and not st.pending:
-            deferred = st.deferred
-            lowest = min(range(len(deferred)), key=lambda i: deferred[i][0])
-            after, upto, names, count = deferred.pop(lowest)
-            self._send(origin, st, after, upto, names, count)
-
-    def _end(self, request: RecoverRequest, lost: bool) -> None:
-        if lost:
-            self.unrecovered += request.gaps
-        else:
-            self.recovered += request.gaps
-
-    def gaps_open(self) -> int:
-        """Return how many detected gaps are still being fetched (or wait their turn)."""
-        return sum(
-            sum(r.gaps for r in st.pending.values()) + sum(d[3] for d in st.deferred)
-            for st in self.origins.values()
-        )
 
     def on_recovered(
         self, rid: str, events: list[Event], complete: bool, scanned: int, lost: bool
