@@ -104,6 +104,8 @@ def test_a_long_recovery_asks_page_by_page_as_the_bus_handles() -> None:
     (third,) = inbound.requests
     assert (third.after, third.upto, third.limit) == (199, 1000, 100)
     assert not inbound.waiting_room()
+    assert inbound.recovering("a")  # the bridge grants "a" half its window meanwhile
+    assert not inbound.recovering("z")
     stats = (inbound.gaps, inbound.recovered, inbound.unrecovered, inbound.gaps_open())
     assert stats == (1, 0, 0, 1)
 
@@ -162,6 +164,23 @@ def test_frames_dropped_while_the_sync_reply_is_awaited_are_fetched_after_it() -
     (again,) = inbound.requests
     assert (again.after, again.upto, again.prefixes) == (150, 401, ("tool.", "user."))
     assert inbound.gaps == 1  # the backfill; dropping for room is no gap
+
+
+def test_held_events_dropped_for_room_and_no_longer_held_count_as_a_loss() -> None:
+    inbound = synced(20)
+    frame(inbound, 1, 1, 0)
+    frame(inbound, 3, 3, 2)  # 2 lost
+    (request,) = inbound.requests
+    inbound.requests.clear()
+    for seq in range(4, 40):
+        frame(inbound, seq, seq, seq - 1)
+    assert inbound.cut > 0
+    inbound.on_recovered(request.rid, [local(2)], True, 2, False)
+    inbound.on_handled(inbound.delivered_counts())
+    (again,) = inbound.requests  # the dropped range
+    inbound.on_recovered(again.rid, [], True, again.upto, True)  # the origin lost it
+    stats = (inbound.gaps, inbound.recovered, inbound.unrecovered, inbound.gaps_open())
+    assert stats == (2, 1, 1, 0)  # counted, never silent
 
 
 def test_without_a_window_nothing_is_paced() -> None:

@@ -201,6 +201,12 @@ class Ranges:
 
     def _end(self, request: RecoverRequest, lost: bool) -> None:
         if lost:
+            if not request.gaps:
+                # Held events dropped for room that the origin no longer
+                # holds: a loss after all, counted (never silent).
+                self.gaps += 1
+                self.unrecovered += 1
+                return
             self.unrecovered += request.gaps
         else:
             self.recovered += request.gaps
