@@ -271,6 +271,7 @@ def main() -> None:
             stats["handler"] = checker.figures()
             stats["jumps"] = checker.jumps
             stats["rejected"] = bus.metrics().rejected
+            stats["subscription_dropped"] = bus.metrics().dropped
             say("stats " + json.dumps(stats))
         elif command == "close":
             checker.gate.set()

@@ -133,10 +133,9 @@ def test_a_persistent_origin_killed_mid_flood_and_restarted_loses_no_acknowledge
         "path": str(tmp_path / "a"),
         "node": fast,
     }
-    # ``block``: the backfill after a restart (answers of up to 5,000 events,
-    # then the frames held meanwhile) is not bounded by credit, and would be
-    # cut at a DROP_OLDEST mailbox by a handler slower than it (docs/cluster.md).
-    receiver = {"work": 500, "node": fast, "overflow": "block"}
+    # The default DROP_OLDEST with a capacity of one credit window: the
+    # backfill after each restart obeys the window too (docs/cluster.md).
+    receiver = {"work": 500, "node": fast, "capacity": WINDOW}
     a, b = pair(procs, origin=origin, receiver=receiver)
     b.wait = FLOOD_WAIT  # the child's own wait (120 s) answers first, with its figures
     port = a.endpoint.rsplit(":", 1)[1]
@@ -169,6 +168,7 @@ def test_a_persistent_origin_killed_mid_flood_and_restarted_loses_no_acknowledge
     assert got["next"] == got["count"] >= acknowledged + 1, (got, acknowledged, stats)
     assert stats["gaps"] == stats["gaps_recovered"] + stats["gaps_unrecovered"] + stats["gaps_open"]
     assert stats["gaps_unrecovered"] == 0
+    assert stats["subscription_dropped"] == 0, stats
     print(f"acknowledged up to {acknowledged}; subscriber got {got}, gaps {stats['gaps']}")
     a.close()
     b.close()

@@ -82,15 +82,19 @@ def serve_recover(
 ) -> tuple[list[Piece], dict[str, Any]]:
     """Return this node's own events in ``(after, upto]`` under ``prefixes``, and the reply body.
 
+    At most ``limit`` events (the asker's room; ``RECOVER_LIMIT`` at most and
+    when it gives none): the asker continues after the last one.
+
     Reads the journal where persistent (blocks on it), else the recovery ring
     (then call it on the I/O thread).  Each event comes as its chunk, ready
     for the answer's payload.
     """
     after, upto = int(body["after"]), int(body["upto"])
     prefixes = tuple(str(p) for p in body["prefixes"])
+    limit = min(RECOVER_LIMIT, max(1, int(body.get("limit") or RECOVER_LIMIT)))
     journal = local.journal
     if journal is None:
-        entries, complete, lost = out.from_ring(after, upto, prefixes, RECOVER_LIMIT)
+        entries, complete, lost = out.from_ring(after, upto, prefixes, limit)
         scanned = entries[-1][0] if not complete and entries else upto
         return [(seq, chunk) for seq, _, chunk in entries], {
             "complete": complete,
@@ -112,8 +116,8 @@ def serve_recover(
             position = seq
             if event.origin == name and event.event_type.startswith(prefixes):
                 found.append((seq, chunk_of(event)))
-        if len(found) >= RECOVER_LIMIT:
-            return found, {"complete": False, "scanned": position, "lost": False}
+                if len(found) >= limit:
+                    return found, {"complete": False, "scanned": seq, "lost": False}
     return found, {"complete": True, "scanned": upto, "lost": False}
 
 

@@ -63,6 +63,8 @@ class FlowIO(BridgeBase):
         self._credit_due = 0
         self._probing = False
         self._acked: dict[str, tuple[int, int]] = {}
+        self._epochs: dict[str, int] = {}  # the epoch each origin was last heard with
+        self._granted: dict[str, int] = {}  # the window last granted to each origin
         self._prefix_list: list[str] = []
         self._events_passed = 0  # events of records that reached ``_send_frames``
 
@@ -227,20 +229,54 @@ class FlowIO(BridgeBase):
                 )
             ):
                 marks[name] = (st.epoch, mark)
-        if not marks:
+        counts = inbound.delivered_counts()
+        if not marks and not counts:
             self._credit_due = 0
             return
         self._probing = True
         self._credit_due = 0
-        self._local.after_handled(lambda: self._call_soon(lambda: self._probed(marks)))
+        self._local.after_handled(lambda: self._call_soon(lambda: self._probed(marks, counts)))
 
-    def _probed(self, marks: dict[str, tuple[int, int]]) -> None:
+    def _probed(self, marks: dict[str, tuple[int, int]], counts: dict[str, int]) -> None:
         self._probing = False
         for name, mark in marks.items():
             self._acked[name] = mark
             self._grant(name)
-        if self._credit_due >= max(1, self._node.credit_window // 4):
+        # A recovery page waiting for room goes out if the flush made some.
+        self._in.on_handled(counts)
+        self._deliver([])
+        if self._credit_due >= max(1, self._node.credit_window // 4) or self._in.waiting_room():
             self._probe()
+
+    def _window_for(self, name: str) -> int:
+        """Return the window to grant ``name``: half of it while a recovery of it runs.
+
+        The other half is the recovery's (``room.py``): the frames held
+        meanwhile and the pages fetched share ``credit_window``.
+        """
+        window = self._node.credit_window
+        return max(1, window // 2) if self._in.recovering(name) else window
+
+    def _regrant(self) -> None:
+        """Grant again the origins whose window changed (a recovery started or ended)."""
+        for name, window in list(self._granted.items()):
+            if window != self._window_for(name) and self._alive(name):
+                self._grant(name)
+
+    def _arrived(self, count: int) -> None:
+        """Count ``count`` events given to the bus; flush once a quarter window (or room) is due."""
+        self._regrant()
+        self._credit_due += count
+        if self._credit_due >= max(1, self._node.credit_window // 4) or self._in.waiting_room():
+            self._probe()
+
+    def _epoch_heard(self, name: str, epoch: int) -> None:
+        """Grant a restarted origin at once: it knows no receiver and sends unlimited until then."""
+        known = self._epochs.get(name)
+        if known != epoch:
+            self._epochs[name] = epoch
+            if known is not None:
+                self._grant(name)
 
     def _grant(self, name: str) -> None:
         """Send ``name`` this node's credit (its prefixes, the window, what was handled)."""
@@ -248,10 +284,12 @@ class FlowIO(BridgeBase):
         if route is None:
             return
         epoch, acked = self._acked.get(name, (0, 0))
+        window = self._window_for(name)
+        self._granted[name] = window
         body: dict[str, Any] = {
             "epoch": epoch,
             "acked": acked,
-            "window": self._node.credit_window,
+            "window": window,
             "prefixes": self._prefix_list,
             "drop": self._node.lag_policy == "drop",
         }

@@ -83,6 +83,7 @@ class BridgeBase:
         # followed the last incarnation fetches what it sent too late or never.
         self._out.head = self._base - 1
         self._in = Inbound(self.name, max(node.recovery_ring, 10_000))
+        self._in.window = node.credit_window  # a recovery obeys the credit window too
         self._stats = Counters()
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -208,6 +209,12 @@ class BridgeBase:
         raise NotImplementedError
 
     def _on_credit(self, message: Request) -> None:
+        raise NotImplementedError
+
+    def _arrived(self, count: int) -> None:
+        raise NotImplementedError
+
+    def _epoch_heard(self, name: str, epoch: int) -> None:
         raise NotImplementedError
 
     def _link_states(self) -> tuple[LinkState, ...]:

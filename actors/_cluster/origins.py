@@ -26,6 +26,7 @@ class RecoverRequest:
     prefixes: tuple[str, ...]
     gaps: int = 1  # how many detected gaps this request ends
     lost: bool = False  # an earlier part of the range was already reported lost
+    limit: int = 0  # at most this many events in the answer (0: the origin's own limit)
 
 
 @dataclass(slots=True)
@@ -44,6 +45,19 @@ class OriginState:
     head: int | None = None  # the head its current incarnation last announced
     restarted: bool = False  # a new incarnation continues the sequences: backfill at sync
     next_epoch: int | None = None  # an epoch seen in data frames, not yet confirmed
+    # The window during a recovery (``room.py``): events given to the bus,
+    # how many of them the last flush found handled, the limit of the request
+    # out, a request waiting for room, and the range of held events dropped
+    # for room while a sync reply or the saved watermark was awaited.
+    delivered: int = 0
+    handled: int = 0
+    asked: int = 0
+    unsent: RecoverRequest | None = None
+    discarded: tuple[int, int] | None = None
+
+    def unhandled(self) -> int:
+        """Return how many events given to the bus are not known handled yet."""
+        return self.delivered - self.handled
 
     def blocked(self) -> bool:
         """Return whether its events wait (for a sync reply, a watermark or a recovery)."""

@@ -67,9 +67,16 @@ class RecoveryIO(BridgeBase):
                 return
             self._stats.events_recovered += len(events)
             self._deliver(self._in.on_recovered(rid, events, complete, scanned, lost))
+            self._arrived(len(events))  # a flush says when they are handled (room for more)
 
         self._waiting[rid] = (done, time.monotonic() + 2 * self._node.heartbeat_timeout)
-        body = {"after": request.after, "upto": request.upto, "prefixes": list(request.prefixes)}
+        body: dict[str, object] = {
+            "after": request.after,
+            "upto": request.upto,
+            "prefixes": list(request.prefixes),
+        }
+        if request.limit:
+            body["limit"] = request.limit  # the room this node has for the answer
         self._send(route, Request(RECOVER, request.origin, self.name, request.rid, body))
 
     def _retry(self, request: RecoverRequest, attempt: int, *, answered: bool) -> None:

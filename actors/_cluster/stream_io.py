@@ -228,6 +228,7 @@ class StreamIO(FlowIO):
             self._stats.events_received += len(frame.events)
             self._credit_due += len(frame.events)
             self._seen(frame.origin, now)
+            self._epoch_heard(frame.origin, frame.epoch)
             rejected = self._in.rejected
             delivered.extend(
                 self._in.on_data(
@@ -250,8 +251,7 @@ class StreamIO(FlowIO):
                     frame.last,
                 )
         self._deliver(delivered)
-        if self._credit_due >= max(1, self._node.credit_window // 4):
-            self._probe()
+        self._arrived(0)
 
     def _on_control(self, frame: ControlFrame, now: float) -> list[Event]:
         body = frame.body
@@ -264,6 +264,7 @@ class StreamIO(FlowIO):
                 if body.get("for") != self.name or int(body["round"]) != self._round:
                     return []
                 self._seen(origin, now)
+                self._epoch_heard(origin, epoch)
                 return self._in.on_sync(origin, epoch, base, head, now)
             assert frame.kind == HEARTBEAT
             chains = {str(p).encode(): int(s) for p, s in body.get("chains", [])}
@@ -272,6 +273,7 @@ class StreamIO(FlowIO):
             logger.debug("bridge %s: bad control frame: %s", self.name, exc)
             return []
         self._seen(origin, now)
+        self._epoch_heard(origin, epoch)
         return self._in.on_heartbeat(
             origin, epoch=epoch, base=base, head=head, chains=chains, now=now
         )

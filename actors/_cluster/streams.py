@@ -20,18 +20,20 @@ Rules that keep it honest (``docs/cluster.md``, "Guarantees"):
   watermark (a restarted persistent node) or from its first sequence (a node
   without a journal, or one whose journal lost a tail we had) to its head;
 - the watermark never moves while no local pattern exists: a node that
-  subscribes after its sync reply still fetches its downtime.
+  subscribes after its sync reply still fetches its downtime;
+- with a ``window`` (the bridge sets ``credit_window``), a recovery keeps
+  what of one origin waits here within it (``room.py``): a page is asked
+  for only when it fits, held frames past it are dropped and fetched again.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import itertools
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 
 from actors._cluster.origins import MAX_AHEAD, MAX_SEQUENCE, OriginState, RecoverRequest
 from actors._cluster.outbound import Outbound
+from actors._cluster.room import Ranges
 from actors._model.event import Event
 from actors._model.topics import Pattern
 
@@ -39,10 +41,8 @@ __all__ = ["MAX_AHEAD", "MAX_SEQUENCE", "Inbound", "Outbound", "RecoverRequest"]
 
 _CLASS_CACHE = 4096
 
-_rids = itertools.count(1)
 
-
-class Inbound:
+class Inbound(Ranges):
     """Gap detection, recovery, ordering and dedupe of remote events (module docstring).
 
     Every method runs on the bridge's I/O thread and returns the events to
@@ -68,6 +68,8 @@ class Inbound:
         self.filtered = 0
         self.sync_timeouts = 0
         self.rejected = 0
+        self.window: int | None = None  # events of one origin that may wait here (room.py)
+        self.cut = 0  # held events dropped for room, to be fetched again
 
     # -- configuration ------------------------------------------------------------
 
@@ -133,6 +135,7 @@ class Inbound:
                 self.rejected += len(events)
                 return []
             st.held.extend(events)
+            self._fit(origin, st)
             return []
         if self._out_of_range(st, last, len(events)):
             return []
@@ -151,10 +154,11 @@ class Inbound:
                     st.known[prefix] = last
         if st.blocked():
             st.held.extend(events)
+            self._fit(origin, st)
             return []
         if st.watermark is None or last > st.watermark:
             st.watermark = last
-        return self._fresh(events)
+        return self._fresh(events, st)
 
     def _out_of_range(self, st: OriginState, last: int, count: int) -> bool:
         limit = MAX_SEQUENCE
@@ -181,6 +185,7 @@ class Inbound:
         self._backfill(origin, st, new, head)
         st.synced = set(self.prefixes)
         st.awaiting_sync = False
+        self._refetch(origin, st)
         # Only a first sync of every prefix is a baseline: a repeated reply (a
         # stream that reconnected) says nothing of what the chains still miss.
         moves = st.watermark is None or head > st.watermark
@@ -246,6 +251,7 @@ class Inbound:
                 st.known.clear()
                 st.synced.clear()
                 st.watermark = base - 1
+                st.discarded = None  # the backfill from ``base`` covers it
             # What it published before our stream reconnected (and, for a
             # persistent origin, what it sent just before it died) may have
             # missed us: backfill at the sync reply.
@@ -282,69 +288,11 @@ class Inbound:
         stashed, st.stashed = st.stashed, None
         if stashed is not None:
             return self.on_sync(origin, *stashed, now=now)
+        if not st.awaiting_sync:
+            self._refetch(origin, st)
         return self._release(st)
 
     # -- recovery ---------------------------------------------------------------------
-
-    def _recover(
-        self, origin: str, st: OriginState, after: int, upto: int, prefixes: Sequence[str | bytes]
-    ) -> None:
-        if upto <= after:
-            return
-        names = frozenset(p.decode() if isinstance(p, bytes) else p for p in prefixes)
-        self.gaps += 1
-        if st.pending:
-            # What the request out fetches already is not asked twice (a
-            # backfill after the origin restarted, over a backfill still out).
-            for rid, out in st.pending.items():
-                if names <= set(out.prefixes) and out.after <= after < out.upto:
-                    after = out.upto
-                    if upto <= after:  # all of it: it ends with that request
-                        st.pending[rid] = dataclasses.replace(out, gaps=out.gaps + 1)
-                        return
-            # One request per origin at a time: later gaps wait as their own
-            # ranges (an overlapping one merges, and both end together).
-            for i, (low, high, known, count) in enumerate(st.deferred):
-                if after <= high and low <= upto:
-                    st.deferred[i] = (min(low, after), max(high, upto), known | names, count + 1)
-                    return
-            st.deferred.append((after, upto, names, 1))
-            return
-        self._send(origin, st, after, upto, names, 1)
-
-    def _send(  # noqa: PLR0917 - a request's fields
-        self,
-        origin: str,
-        st: OriginState,
-        after: int,
-        upto: int,
-        names: frozenset[str],
-        gaps: int,
-        lost: bool = False,
-    ) -> None:
-        request = RecoverRequest(
-            f"r{next(_rids)}", origin, after, upto, tuple(sorted(names)), gaps, lost
-        )
-        st.pending[request.rid] = request
-        self.requests.append(request)
-
-    def _next_deferred(self, origin: str, st: OriginState) -> None:
-        if st.deferred and not st.pending:
-            after, upto, names, count = st.deferred.pop(0)
-            self._send(origin, st, after, upto, names, count)
-
-    def _end(self, request: RecoverRequest, lost: bool) -> None:
-        if lost:
-            self.unrecovered += request.gaps
-        else:
-            self.recovered += request.gaps
-
-    def gaps_open(self) -> int:
-        """Return how many detected gaps are still being fetched (or wait their turn)."""
-        return sum(
-            sum(r.gaps for r in st.pending.values()) + sum(d[3] for d in st.deferred)
-            for st in self.origins.values()
-        )
 
     def on_recovered(
         self, rid: str, events: list[Event], complete: bool, scanned: int, lost: bool
@@ -354,6 +302,7 @@ class Inbound:
             request = st.pending.pop(rid, None)
             if request is None:
                 continue
+            st.asked = 0
             inside = [
                 e
                 for e in events
@@ -363,12 +312,16 @@ class Inbound:
             st.held.extend(inside)
             lost = lost or request.lost
             if not complete and request.after < scanned < request.upto:
+                released = self._release_upto(st, scanned)
                 names = frozenset(request.prefixes)
                 self._send(st_name, st, scanned, request.upto, names, request.gaps, lost)
-                return self._release_upto(st, scanned)
+                self._fit(st_name, st)
+                return released
             self._end(request, lost)
+            released = self._release_below(st)
             self._next_deferred(st_name, st)
-            return self._release(st)
+            self._fit(st_name, st)
+            return released
         return []
 
     def on_recovery_failed(self, rid: str) -> list[Event]:
@@ -376,9 +329,11 @@ class Inbound:
         for name, st in self.origins.items():
             request = st.pending.pop(rid, None)
             if request is not None:
+                st.asked = 0
                 self._end(request, lost=True)
+                released = self._release_below(st)
                 self._next_deferred(name, st)
-                return self._release(st)
+                return released
         return []
 
     def expire_syncs(self, now: float, timeout: float) -> list[Event]:
@@ -401,6 +356,7 @@ class Inbound:
             if st.head is not None and st.watermark is not None:
                 self._backfill(name, st, frozenset(self.prefixes - st.synced), st.head)
             st.synced = set(self.prefixes)
+            self._refetch(name, st)
             self.sync_timeouts += 1
             out.extend(self._release(st))
         return out
@@ -415,7 +371,13 @@ class Inbound:
         top = held[-1].sequence or 0
         if st.watermark is None or top > st.watermark:
             st.watermark = top
-        return self._fresh(held)
+        return self._fresh(held, st)
+
+    def _release_below(self, st: OriginState) -> list[Event]:
+        """Release what is held below the lowest range still to fetch (all, if none)."""
+        if st.deferred:
+            return self._release_upto(st, min(low for low, *_ in st.deferred))
+        return self._release(st)
 
     def _release_upto(self, st: OriginState, upto: int) -> list[Event]:
         """Release the held events up to ``upto`` while the rest of a long range is fetched.
@@ -436,9 +398,9 @@ class Inbound:
         top = ready[-1].sequence or 0
         if st.watermark is None or top > st.watermark:
             st.watermark = top
-        return self._fresh(ready)
+        return self._fresh(ready, st)
 
-    def _fresh(self, events: Iterable[Event]) -> list[Event]:
+    def _fresh(self, events: Iterable[Event], st: OriginState) -> list[Event]:
         seen = self._seen
         out = []
         for event in events:
@@ -453,6 +415,7 @@ class Inbound:
             if len(seen) > self._dedupe:
                 seen.popitem(last=False)
             out.append(event)
+        st.delivered += len(out)
         return out
 
     def synced_with(self, origins: Iterable[str]) -> bool:

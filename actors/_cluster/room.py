@@ -1,0 +1,219 @@
+"""How much of one origin's traffic may wait at a receiver during a recovery (plain state).
+
+The credit protocol (``docs/cluster.md``, "Flow control") lets at most
+``credit_window`` events of an origin wait at a receiver while its stream
+flows.  A recovery obeys the same window: the events of one origin waiting
+at the receiver, *unhandled* (given to the local bus and not yet known
+handled: the bridge's flush says so), *held* (frames kept back until a range
+arrives) and *asked for* (the limit of the recovery request out), stay
+within it.  A recovery page is asked for only when there is room for it;
+held frames past the room are dropped from memory and fetched again later
+(they are the newest, the last to be delivered anyway).  While a recovery of
+an origin runs, the bridge grants it half the window (``flow_io``): the
+other half is for the pages.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Sequence
+
+from actors._cluster.origins import OriginState, RecoverRequest
+
+__all__ = ["Ranges", "cut_held", "excess", "page_size"]
+
+_rids = itertools.count(1)
+
+
+def page_size(window: int, st: OriginState, span: int) -> tuple[int, int]:
+    """Return ``(limit, trim)`` for a recovery request of ``span`` sequences.
+
+    ``limit`` is how many events to ask for (0: none now, wait for a flush),
+    ``trim`` how many held events to drop first to make room for them.
+    A request asks for at most half the window (so the next one can go out
+    while the bus handles this one) and waits until a quarter of the window
+    (or all it can need, if less) is free of unhandled events.
+    """
+    need = max(1, min(span, window // 2))
+    least = min(need, max(1, window // 4))
+    free = window - st.unhandled()
+    if free < least:
+        return 0, 0
+    room = free - len(st.held)
+    trim = max(0, min(least - room, len(st.held)))
+    return min(need, room + trim), trim
+
+
+def excess(window: int, st: OriginState) -> int:
+    """Return how many held events are over the window (0 if none)."""
+    over = st.unhandled() + len(st.held) + st.asked - window
+    return max(0, min(over, len(st.held)))
+
+
+def cut_held(st: OriginState, count: int) -> tuple[int, int]:
+    """Drop the ``count`` newest held events; return the range ``(after, upto]`` they span."""
+    held = st.held
+    held.sort(key=lambda e: e.sequence or 0)
+    gone = held[-count:]
+    del held[-count:]
+    return (gone[0].sequence or 0) - 1, gone[-1].sequence or 0
+
+
+class Ranges:
+    """The ranges ``Inbound`` fetches, one request per origin at a time, within the window.
+
+    Every gap ends exactly once (``gaps == recovered + unrecovered +
+    gaps_open()``); held events dropped for room are fetched as ranges that
+    count as no gap.
+    """
+
+    origins: dict[str, OriginState]
+    prefixes: frozenset[bytes]
+    requests: list[RecoverRequest]
+    window: int | None
+    cut: int
+    gaps: int
+    recovered: int
+    unrecovered: int
+
+    def _recover(  # noqa: PLR0917 - a range's fields
+        self,
+        origin: str,
+        st: OriginState,
+        after: int,
+        upto: int,
+        prefixes: Sequence[str | bytes],
+        gaps: int = 1,
+    ) -> None:
+        """Fetch ``(after, upto]``; ``gaps`` is 0 for held events dropped for room (no loss)."""
+        if upto <= after:
+            return
+        names = frozenset(p.decode() if isinstance(p, bytes) else p for p in prefixes)
+        self.gaps += gaps
+        if st.pending:
+            # What the request out fetches already is not asked twice (a
+            # backfill after the origin restarted, over a backfill still out).
+            for rid, out in st.pending.items():
+                if names <= set(out.prefixes) and out.after <= after < out.upto:
+                    after = out.upto
+                    if upto <= after:  # all of it: it ends with that request
+                        st.pending[rid] = dataclasses.replace(out, gaps=out.gaps + gaps)
+                        return
+            # One request per origin at a time: later gaps wait as their own
+            # ranges (an overlapping one merges, and both end together).
+            for i, (low, high, known, count) in enumerate(st.deferred):
+                if after <= high and low <= upto:
+                    st.deferred[i] = (min(low, after), max(high, upto), known | names, count + gaps)
+                    return
+            st.deferred.append((after, upto, names, gaps))
+            return
+        self._send(origin, st, after, upto, names, gaps)
+
+    def _send(  # noqa: PLR0917 - a request's fields
+        self,
+        origin: str,
+        st: OriginState,
+        after: int,
+        upto: int,
+        names: frozenset[str],
+        gaps: int,
+        lost: bool = False,
+    ) -> None:
+        request = RecoverRequest(
+            f"r{next(_rids)}", origin, after, upto, tuple(sorted(names)), gaps, lost
+        )
+        st.pending[request.rid] = request
+        self._emit(origin, st, request)
+
+    def _emit(self, origin: str, st: OriginState, request: RecoverRequest) -> None:
+        """Ask for ``request`` now if the window has room for a page of it, else later."""
+        window = self.window
+        if window is None:
+            self.requests.append(request)
+            return
+        limit, trim = page_size(window, st, request.upto - request.after)
+        if not limit:
+            st.unsent = request  # asked once a flush makes room (``on_handled``)
+            return
+        st.unsent = None
+        if trim:
+            self._cut(origin, st, trim)
+        request = dataclasses.replace(st.pending[request.rid], limit=limit)
+        st.pending[request.rid] = request
+        st.asked = limit
+        self.requests.append(request)
+
+    def _fit(self, origin: str, st: OriginState) -> None:
+        """Drop the newest held events that are over the window (fetched again later)."""
+        if self.window is not None:
+            count = excess(self.window, st)
+            if count:
+                self._cut(origin, st, count)
+
+    def _cut(self, origin: str, st: OriginState, count: int) -> None:
+        after, upto = cut_held(st, count)
+        self.cut += count
+        if st.awaiting_sync or st.loading:
+            low, high = st.discarded or (after, upto)
+            st.discarded = (min(low, after), max(high, upto))
+            return
+        self._recover(origin, st, after, upto, tuple(self.prefixes), gaps=0)
+
+    def _refetch(self, origin: str, st: OriginState) -> None:
+        """Fetch the held events dropped for room while a sync reply was awaited."""
+        if st.discarded is not None:
+            (after, upto), st.discarded = st.discarded, None
+            self._recover(origin, st, after, upto, tuple(self.prefixes), gaps=0)
+
+    def on_handled(self, counts: dict[str, int]) -> None:
+        """Take a flush's word: ``counts[origin]`` events of it given to the bus are handled.
+
+        A recovery page that waited for room is asked for now if it fits.
+        """
+        for name, count in counts.items():
+            st = self.origins.get(name)
+            if st is None:
+                continue
+            st.handled = max(st.handled, count)
+            if st.unsent is not None and st.unsent.rid in st.pending:
+                self._emit(name, st, st.unsent)
+
+    def delivered_counts(self) -> dict[str, int]:
+        """Return, per origin with unhandled events, how many it gave the bus so far."""
+        return {n: st.delivered for n, st in self.origins.items() if st.delivered > st.handled}
+
+    def recovering(self, origin: str) -> bool:
+        """Return whether a range of ``origin`` is being fetched (or waits its turn)."""
+        st = self.origins.get(origin)
+        return st is not None and bool(st.pending or st.deferred)
+
+    def waiting_room(self) -> bool:
+        """Return whether a recovery page waits for a flush to make room."""
+        return any(st.unsent is not None for st in self.origins.values())
+
+    def _next_deferred(self, origin: str, st: OriginState) -> None:
+        if st.deferred and not st.pending:
+            deferred = st.deferred
+            lowest = min(range(len(deferred)), key=lambda i: deferred[i][0])
+            after, upto, names, count = deferred.pop(lowest)
+            self._send(origin, st, after, upto, names, count)
+
+    def _end(self, request: RecoverRequest, lost: bool) -> None:
+        if lost:
+            if not request.gaps:
+                # Held events dropped for room that the origin no longer
+                # holds: a loss after all, counted (never silent).
+                self.gaps += 1
+                self.unrecovered += 1
+                return
+            self.unrecovered += request.gaps
+        else:
+            self.recovered += request.gaps
+
+    def gaps_open(self) -> int:
+        """Return how many detected gaps are still being fetched (or wait their turn)."""
+        return sum(
+            sum(r.gaps for r in st.pending.values()) + sum(d[3] for d in st.deferred)
+            for st in self.origins.values()
+        )
