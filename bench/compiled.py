@@ -17,17 +17,15 @@ mailbox offer and take, and one event routed to 10 subscriptions.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import statistics
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
-from actors import Event, EventBus, EventConfig, PersistentEventBus
+from actors import Event
 from actors._codec.events import encode_event
 from actors._core.messages import Publish, Subscribe
 from actors._core.router import RouterActor
@@ -37,6 +35,7 @@ from actors._model.event import stamped
 from actors._runtime.mailbox import EventMailbox
 from actors._runtime.pool import Dispatcher
 from bench._common import bench_event
+from bench.stages import through_bus
 
 
 def compiled_modules() -> list[str]:
@@ -46,32 +45,6 @@ def compiled_modules() -> list[str]:
         for name, module in sys.modules.items()
         if name.startswith("actors") and str(getattr(module, "__file__", "")).endswith(".so")
     )
-
-
-def cpu_per_event(events: Sequence[Event], subscriptions: int, journal: bool) -> dict[str, float]:
-    """Return CPU µs per event and events/s of one fresh bus (publish, then flush)."""
-    n = len(events)
-    with tempfile.TemporaryDirectory() as tmp:
-        bus: EventBus
-        if journal:
-            bus = PersistentEventBus(EventConfig(persistence_path=tmp, durability="async"))
-        else:
-            bus = EventBus()
-        with bus:
-            for _ in range(subscriptions):
-                bus.subscribe("bench.*", lambda _e: None, capacity=n + 1000)
-            bus.publish_many(events[:1000])
-            bus.flush(timeout=60)
-            gc.collect()
-            publish = bus.publish
-            cpu0 = time.process_time()
-            wall0 = time.perf_counter()
-            for event in events:
-                publish(event)
-            bus.flush(timeout=600)
-            wall = time.perf_counter() - wall0
-            cpu = time.process_time() - cpu0
-    return {"cpu_us_per_event": cpu / n * 1e6, "events_per_s": n / wall}
 
 
 def _best_us(fn: Callable[[int], None], n: int) -> float:
@@ -151,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in configs}
     for _ in range(args.runs):
         for name, (subs, journal) in configs.items():
-            runs[name].append(cpu_per_event(events, subs, journal))
+            runs[name].append(through_bus(events, subs, journal))
     result: dict[str, Any] = {
         "compiled": compiled_modules(),
         "load_average": os.getloadavg(),
