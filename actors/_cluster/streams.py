@@ -23,8 +23,7 @@ Rules that keep it honest (``docs/cluster.md``, "Guarantees"):
   subscribes after its sync reply still fetches its downtime;
 - with a ``window`` (the bridge sets ``credit_window``), a recovery keeps
   what of one origin waits here within it (``room.py``): a page is asked
-  for only when it fits, held frames past it are dropped and fetched again,
-  and so is a live frame past it (an origin that does not know our credit yet).
+  for only when it fits, held frames past it are dropped and fetched again.
 """
 
 from __future__ import annotations
@@ -157,25 +156,9 @@ class Inbound(Ranges):
             st.held.extend(events)
             self._fit(origin, st)
             return []
-        if self._over_window(st, len(events)):
-            # Past the window on the stream itself (a restarted origin's first
-            # frames, before our CREDIT reached it): fetched again with room.
-            st.held.extend(events)
-            self._cut(origin, st, len(events))
-            return []
         if st.watermark is None or last > st.watermark:
             st.watermark = last
         return self._fresh(events, st)
-
-    def _over_window(self, st: OriginState, count: int) -> bool:
-        """Return whether ``count`` more events would take ``st`` past the window.
-
-        Never while nothing is unhandled: a frame larger than the window
-        still goes through (as the origin sends it), one at a time.
-        """
-        window = self.window
-        unhandled = st.unhandled()
-        return window is not None and unhandled > 0 and unhandled + count > window
 
     def _out_of_range(self, st: OriginState, last: int, count: int) -> bool:
         limit = MAX_SEQUENCE
