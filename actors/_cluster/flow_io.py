@@ -259,7 +259,7 @@ class FlowIO(BridgeBase):
 
     def _regrant(self) -> None:
         """Grant again the origins whose window changed (a recovery started or ended)."""
-        for name, window in list(self._granted.items()):
+        for name, window in self._granted.items():  # _grant only updates values
             if window != self._window_for(name) and self._alive(name):
                 self._grant(name)
 

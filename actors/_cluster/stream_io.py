@@ -197,6 +197,7 @@ class StreamIO(FlowIO):
     def _on_sub(self) -> None:
         now = time.monotonic()
         delivered: list[Event] = []
+        arrived = 0  # events received in this burst (they count toward the next credit)
         for _ in range(RECV_BURST):
             try:
                 parts = self._sub.recv_multipart(zmq.NOBLOCK)
@@ -226,7 +227,7 @@ class StreamIO(FlowIO):
                 continue
             self._stats.frames_received += 1
             self._stats.events_received += len(frame.events)
-            self._credit_due += len(frame.events)
+            arrived += len(frame.events)
             self._seen(frame.origin, now)
             self._epoch_heard(frame.origin, frame.epoch)
             rejected = self._in.rejected
@@ -251,7 +252,7 @@ class StreamIO(FlowIO):
                     frame.last,
                 )
         self._deliver(delivered)
-        self._arrived(0)
+        self._arrived(arrived)
 
     def _on_control(self, frame: ControlFrame, now: float) -> list[Event]:
         body = frame.body
