@@ -14,7 +14,7 @@ from actors import Event
 from actors._cluster.credit import MAX_WINDOW, SendQueue
 from actors._cluster.outbound import Outbound, Run
 from actors._cluster.wire import DataFrame, decode_stream
-from actors._core.backpressure import BlockGuard, Hold
+from actors._core.backpressure import Allowance, BlockGuard, Hold
 
 EPOCH = 7
 
@@ -48,6 +48,7 @@ def test_a_receiver_gets_at_most_its_window_until_it_acknowledges() -> None:
     assert q.stalled
     assert q.stalls == 1
     assert q.queued == 7
+    assert q.left == 3  # what left the queue (the publishers' allowance counts it out)
     assert q.lagging() == ["b"]
     # Taking again while nothing changed sends nothing and is the same stall.
     assert q.take() == ([], [])
@@ -133,6 +134,7 @@ def test_a_receiver_that_asked_to_be_dropped_loses_runs_only_it_wants() -> None:
     assert all([r.name for r in who] == ["b"] for _, who in dropped)
     assert q.receivers["b"].dropped == 2
     assert q.dropped == 2
+    assert q.left == 6  # sent and dropped alike
     assert not q.stalled
 
 
@@ -193,6 +195,9 @@ def test_take_all_empties_the_queue_whatever_the_credit() -> None:
     assert sequences(q.take_all()) == [2, 3, 4, 5]
     assert q.queued == 0
     assert q.peak == 5
+    assert q.left == 5
+    q.skip(1)  # an event too large to send never joined it, and left
+    assert q.left == 6
 
 
 def test_a_hold_makes_publishers_of_the_events_it_wants_wait() -> None:
@@ -213,9 +218,9 @@ def test_a_hold_makes_publishers_of_the_events_it_wants_wait() -> None:
 
 
 def test_a_pacing_hold_lets_publishers_go_once_the_bridge_took_their_events() -> None:
-    # While the send queue fills, nobody waits for room, but a publish of an
-    # event the queue would take waits until the bridge took it from its
-    # mailbox (counted): nothing piles up uncounted when the hold goes up.
+    # Past its allowance, a publish of an event the queue would take waits
+    # until the bridge took it from its mailbox (counted): nothing piles up
+    # uncounted when the hold goes up.  Without an allowance every one paces.
     guard = BlockGuard()
     drained = threading.Event()
     pace = Hold("pacing", frozenset({"t."}), drained=drained)
@@ -224,11 +229,39 @@ def test_a_pacing_hold_lets_publishers_go_once_the_bridge_took_their_events() ->
     wanted = [Event(event_type="u.x"), Event(event_type="t.x")]
     other = [Event(event_type="u.x")]
     assert guard.wait_for_room(wanted, timeout=0.0) is None
-    assert guard.holds_want(wanted)
-    assert not guard.holds_want(other)
+    assert guard.paces(wanted)
+    assert not guard.paces(other)
+    assert guard.may_hold()
     assert guard.wait_drained(other, timeout=None)  # never paced
     assert not guard.wait_drained(wanted, timeout=0.0)  # the bridge has not taken it yet
     drained.set()
     assert guard.wait_drained(wanted, timeout=0.0)
     guard.set_holds(())
-    assert not guard.holds_want(wanted)
+    assert not guard.paces(wanted)
+    assert not guard.may_hold()
+
+
+def test_an_allowance_lets_publishes_go_unpaced_until_spent_and_counts_what_left() -> None:
+    allowance = Allowance(3)
+    pace = Hold("pacing", frozenset({"t."}), drained=threading.Event(), allowance=allowance)
+    pace.room.set()
+    guard = BlockGuard()
+    guard.set_holds((pace,))
+    two = [Event(event_type="t.a"), Event(event_type="u.b"), Event(event_type="t.c")]
+    assert not guard.paces(two)  # 2 of the 3 events are the hold's: 2 in flight
+    assert allowance.in_flight == 2
+    assert not guard.may_hold()
+    assert not guard.paces([Event(event_type="t.d")])  # 3: the allowance is spent
+    assert guard.may_hold()
+    assert guard.paces([Event(event_type="t.e")])  # past it: paced, and counted
+    assert allowance.in_flight == 4
+    guard.refund([Event(event_type="t.e")])  # that publish was refused: not in flight
+    assert allowance.in_flight == 3
+    allowance.release(3)  # the bridge sent them
+    assert allowance.in_flight == 0
+    assert not guard.paces(two)
+    allowance.release(10)  # more left than was counted (sent before the allowance): no debt
+    assert allowance.in_flight == 0
+    assert not guard.paces([Event(event_type="t.f")] * 3)
+    allowance.release(3)
+    assert guard.paces([Event(event_type="t.g")] * 4)  # never fits: paced even when idle

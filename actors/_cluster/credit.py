@@ -83,6 +83,7 @@ class SendQueue:
         self.stalls = 0
         self.dropped = 0
         self.peak = 0
+        self.left = 0  # events ever out of the queue (sent, dropped, flushed)
         self.sent_upto = 0  # the last sequence sent or dropped
         self._covered: frozenset[bytes] = frozenset()
 
@@ -177,6 +178,7 @@ class SendQueue:
                     for receiver in short:
                         receiver.dropped += run.count
                     self.dropped += run.count
+                    self.left += run.count
                     self.sent_upto = run.last
                     dropped.append((run, short))
                     continue
@@ -189,9 +191,14 @@ class SendQueue:
             self.stalled = False
             queue.popleft()
             self.queued -= run.count
+            self.left += run.count
             self.sent_upto = run.last
             out.append(run)
         return out, dropped
+
+    def skip(self, count: int) -> None:
+        """Count ``count`` events out that never joined the queue (too large to send)."""
+        self.left += count
 
     def take_all(self) -> list[Run]:
         """Return every queued run, credit or not (the node is closing)."""
@@ -199,6 +206,7 @@ class SendQueue:
         if runs:
             self.sent_upto = runs[-1].last
         self.queue.clear()
+        self.left += self.queued
         self.queued = 0
         return runs
 

@@ -38,7 +38,7 @@ from actors._cluster.io_base import BridgeBase
 from actors._cluster.outbound import Run
 from actors._cluster.ports import LocalNode
 from actors._cluster.wire import CREDIT, Request
-from actors._core.backpressure import Hold
+from actors._core.backpressure import Allowance, Hold
 from actors._model.config import NodeConfig
 from actors._model.event import Event
 
@@ -58,6 +58,10 @@ class FlowIO(BridgeBase):
         window = MAX_WINDOW if self._persistent else node.recovery_ring
         self._flow = SendQueue(self._epoch, node.send_queue, window)
         self._hold: Hold | None = None
+        self._allowance: Allowance | None = None
+        self._released = 0  # the queue's ``left`` as last counted out of the allowance
+        self._active_bytes: frozenset[bytes] = frozenset()  # ``_out.active``, as last seen
+        self._active: frozenset[str] = frozenset()  # the same, decoded (the holds' prefixes)
         # Receiver side: events received since the last probe, whether one is
         # out, and per origin the (epoch, sequence) last acknowledged.
         self._credit_due = 0
@@ -115,51 +119,73 @@ class FlowIO(BridgeBase):
     def _update_hold(self) -> None:
         """Pace, hold or release the publishers of events the queue would take.
 
-        Pacing (a ``Hold`` whose room is set: nobody waits, but each publish
-        of such events waits until the router routed it) starts once the queue
-        stalls for a receiver's credit or half of ``send_queue`` waits, so the
-        router's mailbox holds at most one publish per publisher when the hold
-        proper goes up at ``send_queue``; it stops once the queue is flowing
-        again with under a quarter waiting.
+        While a peer subscribes, a pacing ``Hold`` (its room set: nobody waits
+        for room) carries the ``Allowance`` of ``send_queue // 2`` events:
+        publishes it covers go straight on; one past it waits until the router
+        routed it and this bridge took it, so that the queue grows by at most
+        one publish per publishing thread between two of these checks, however
+        the threads are scheduled.  The hold proper (room cleared) goes up once
+        ``send_queue`` events wait, and comes down once half of them left.
         """
         flow = self._flow
+        allowance = self._allowance
+        if allowance is not None:
+            allowance.release(flow.left - self._released)
+        self._released = flow.left
         hold = self._hold
+        active = self._held_prefixes()
         waiting = flow.queued + self._backlog()
         limit = flow.limit
         engaged = hold is not None and not hold.room.is_set()
-        stalled = flow.stalled and bool(flow.queue)
-        if not engaged and waiting >= limit and self._out.active:
-            lagging = ", ".join(flow.lagging()) or "none"
-            hold = Hold(
-                f"node {self.name}: send queue full ({waiting} events; out of credit: {lagging})",
-                self._held_prefixes(),
-                drained=self._drained(),
-            )
-            self._hold = hold
+        if self._stopping or (not active and (not engaged or waiting <= limit // 2)):
+            # Nothing new joins the queue (a held one waits for its receivers' credit or expiry).
+            if hold is not None:
+                self._set_hold(None)
+            return
+        if hold is None or (active and hold.prefixes != active):
+            # A new allowance: what the old one counted for other prefixes is forgotten.
+            self._allowance = Allowance(max(1, limit // 2), flow.queued)
+            if engaged:
+                self._set_hold(self._holding(active, waiting))
+            else:
+                self._set_hold(self._pacing(active))
+        elif not engaged and waiting >= limit:
+            self._set_hold(self._holding(active, waiting))
             self._stats.publishers_held += 1
-            self._local.hold_publishers((hold,))
-            logger.info("bridge %s: holding publishers: %s", self.name, hold.reason)
-        elif hold is not None and engaged and waiting <= limit // 2:
-            pace = self._pacing(hold.prefixes, self._drained())
-            self._hold = pace
-            self._local.hold_publishers((pace,))
-            hold.room.set()
-        elif hold is None and (stalled or waiting >= limit // 2) and self._out.active:
-            self._hold = self._pacing(self._held_prefixes(), self._drained())
-            self._local.hold_publishers((self._hold,))
-        elif hold is not None and not engaged and not stalled and waiting < limit // 4:
-            self._hold = None
-            self._local.hold_publishers(())
-            hold.room.set()
+            logger.info("bridge %s: holding publishers: %s", self.name, self._hold_reason())
+        elif engaged and waiting <= limit // 2:
+            self._set_hold(self._pacing(active))
 
-    def _held_prefixes(self) -> frozenset[str]:
-        return frozenset(p.decode(errors="replace") for p in self._out.active)
+    def _holding(self, prefixes: frozenset[str], waiting: int) -> Hold:
+        lagging = ", ".join(self._flow.lagging()) or "none"
+        return Hold(
+            f"node {self.name}: send queue full ({waiting} events; out of credit: {lagging})",
+            prefixes,
+            drained=self._drained(),
+            allowance=self._allowance,
+        )
 
-    @staticmethod
-    def _pacing(prefixes: frozenset[str], drained: threading.Event | None) -> Hold:
-        pace = Hold("pacing", prefixes, drained=drained)
+    def _pacing(self, prefixes: frozenset[str]) -> Hold:
+        pace = Hold("pacing", prefixes, drained=self._drained(), allowance=self._allowance)
         pace.room.set()
         return pace
+
+    def _set_hold(self, hold: Hold | None) -> None:
+        """Put ``hold`` in the bus's guard (None: no hold), then release the old one's waiters."""
+        old, self._hold = self._hold, hold
+        self._local.hold_publishers(() if hold is None else (hold,))
+        if old is not None:
+            old.room.set()
+
+    def _hold_reason(self) -> str:
+        return "none" if self._hold is None else self._hold.reason
+
+    def _held_prefixes(self) -> frozenset[str]:
+        active = self._out.active
+        if active != self._active_bytes:
+            self._active_bytes = frozenset(active)
+            self._active = frozenset(p.decode(errors="replace") for p in active)
+        return self._active
 
     def _announce_lagging(self, peer: str, dropped: int, window: int) -> None:
         logger.warning(

@@ -153,6 +153,7 @@ class StreamIO(FlowIO):
         self._queue_runs(out.runs(events))  # sent as the peers' credit allows (``flow_io``)
         for event, size in out.take_oversized():
             self._stats.events_too_large += 1
+            self._flow.skip(1)
             logger.warning(
                 "bridge %s: event %s (%s, sequence %s) is %d bytes encoded, over "
                 "max_frame_bytes=%d: not sent to any peer",

@@ -16,15 +16,19 @@ the router has routed it (``Publish.routed``).  A mailbox can therefore hold
 A node's bridge holds publishers the same way when a peer is out of credit
 and its send queue is full (``docs/cluster.md``, "Flow control"): it puts a
 ``Hold`` (the event types it holds, a ``room`` event) in ``holds``, and
-``publish`` waits on it exactly as on a full subscription.  Before that, while
-its queue fills, it puts a *pacing* hold (``room`` already set): nobody waits
-for room, but a publish of an event any hold wants waits until the router has
-routed it and the bridge took it from its mailbox (``drained``), so that at
-most one publish per publishing thread (two, if one slips past the bridge's
-check) is on its way to the queue, not counted, when the hold goes up.
+``publish`` waits on it exactly as on a full subscription.  While any peer
+subscribes, it keeps a *pacing* hold there (``room`` already set) with an
+``Allowance``: publishers count the events the hold wants as they send them,
+the bridge counts them out as they leave its send queue.  A publish that
+finds the allowance spent waits until the router has routed it and the
+bridge took it from its mailbox (``drained``), so that however the threads
+are scheduled at most one publish per publishing thread (two, if one slips
+past the bridge's check) is on its way to the queue, not counted, when the
+hold goes up.
 
 Who writes what: ``blocking`` is written by the facade under the guard's lock
 (subscribe, unsubscribe, any caller thread); ``full`` by the router only;
+an ``Allowance`` under its own lock (publishers add, the bridge takes away);
 ``holds`` by the bridge's I/O thread only (``set_holds``); ``room`` is set by
 whoever frees room (the subscriber taking events, the router unsubscribing or
 stopping, the bridge once its queue drained).  Readers take the tuple
@@ -45,7 +49,7 @@ from actors._model.topics import Pattern
 if TYPE_CHECKING:
     from actors._model.event import Event
 
-__all__ = ["BlockGuard", "Gate", "Hold"]
+__all__ = ["Allowance", "BlockGuard", "Gate", "Hold"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,11 +73,45 @@ class Gate:
         )
 
 
+class Allowance:
+    """The events publishers may have on their way to a node's send queue without pacing.
+
+    ``in_flight`` counts the events sent toward the queue and not yet out of
+    it (sent to the peers, dropped for a lagging one): publishers add theirs
+    (``spend``), the bridge's I/O thread takes away what left (``release``).
+    """
+
+    __slots__ = ("_lock", "in_flight", "limit")
+
+    def __init__(self, limit: int, in_flight: int = 0) -> None:
+        self._lock = threading.Lock()
+        self.limit = limit
+        self.in_flight = in_flight
+
+    def spend(self, count: int) -> bool:
+        """Count ``count`` events sent; return whether they fitted (else the publish paces)."""
+        with self._lock:
+            fits = self.in_flight + count <= self.limit
+            self.in_flight += count
+        return fits
+
+    def release(self, count: int) -> None:
+        """Count ``count`` events out of the queue (the bridge's I/O thread)."""
+        with self._lock:
+            self.in_flight = max(0, self.in_flight - count)
+
+    @property
+    def spent(self) -> bool:
+        """Return whether the next publish it covers would pace."""
+        return self.in_flight >= self.limit
+
+
 @dataclass(frozen=True, slots=True)
 class Hold:
     """Publishers of events whose type starts with one of ``prefixes`` wait for ``room``.
 
-    Set by a node's bridge while its send queue is full (a peer out of credit).
+    Set by a node's bridge while its send queue is full (a peer out of credit);
+    with ``room`` set, it paces the publishes its ``allowance`` does not cover.
     """
 
     reason: str
@@ -81,6 +119,8 @@ class Hold:
     room: threading.Event = field(default_factory=threading.Event)
     drained: threading.Event | None = None
     """Set while the bridge took everything routed to it (a publisher waits for it)."""
+    allowance: Allowance | None = None
+    """What may go unpaced (None: every publish it wants paces)."""
 
     def wants(self, event: Event) -> bool:
         """Return whether ``event`` would join the held queue."""
@@ -123,10 +163,33 @@ class BlockGuard:
         """Return whether a BLOCK pattern matches ``event_type`` (filters not run)."""
         return any(matches(event_type) for _, matches in self.blocking)
 
-    def holds_want(self, events: Sequence[Event]) -> bool:
-        """Return whether a hold (engaged or pacing) wants one of ``events``."""
-        holds = self.holds
-        return bool(holds) and any(h.wants(e) for h in holds for e in events)
+    def paces(self, events: Sequence[Event]) -> bool:
+        """Count ``events`` on the allowance of each hold that wants some of them.
+
+        Return whether one of those holds paces them (its allowance did not
+        cover them, or it has none).
+        """
+        paced = False
+        for hold in self.holds:
+            count = sum(1 for e in events if hold.wants(e))
+            if count:
+                allowance = hold.allowance
+                if allowance is None or not allowance.spend(count):
+                    paced = True
+        return paced
+
+    def refund(self, events: Sequence[Event]) -> None:
+        """Take ``events`` off the allowances again (their publish was refused)."""
+        for hold in self.holds:
+            count = sum(1 for e in events if hold.wants(e))
+            if count and hold.allowance is not None:
+                hold.allowance.release(count)
+
+    def may_hold(self) -> bool:
+        """Return whether a hold would stop or pace a publish it wants now."""
+        return any(
+            not h.room.is_set() or h.allowance is None or h.allowance.spent for h in self.holds
+        )
 
     def wait_drained(self, events: Sequence[Event], timeout: float | None) -> bool:
         """Wait (up to ``timeout``) until the bridge of a hold wanting ``events`` took its mail.

@@ -73,6 +73,10 @@ def check_not_reserved(event: Event) -> None:
         )
 
 
+class _Paced(threading.Event):
+    """Set once the router routed a paced publish (which then waits for the bridge's take)."""
+
+
 class Publisher:
     """Admit events and send them to the router (see the module docstring)."""
 
@@ -104,7 +108,7 @@ class Publisher:
         router = self._router
         cap = router.capacity
         guard = self._guard
-        return bool(guard.blocking or guard.holds) or (cap is not None and len(router) >= cap)
+        return bool(guard.blocking) or guard.may_hold() or (cap is not None and len(router) >= cap)
 
     def publish(self, event: Event, *, owned: bool) -> BusFuture[Event]:
         """Send one event; return its future (``RateLimitedError``, ``BackpressureError``)."""
@@ -159,10 +163,11 @@ class Publisher:
 
         Returns an event for the router to set once it routed them when a
         BLOCK pattern matches (so the next publish sees the mailbox full), or
-        a node's hold wants one of them (``_send`` then also waits until the
-        node's bridge took them: nothing piles up uncounted behind its send
-        queue), else None.  On a dispatcher thread of the bus (a handler publishing)
-        it does not wait for the routing: that thread may be the router's.
+        a node's hold paces them (its allowance is spent: ``_send`` then also
+        waits until the node's bridge took them, so nothing piles up uncounted
+        behind its send queue), else None.  On a dispatcher thread of the bus
+        (a handler publishing) it does not wait for the routing: that thread
+        may be the router's.
         """
         guard = self._guard
         if not guard.blocking and not guard.holds:
@@ -173,10 +178,11 @@ class Publisher:
                 with self._lock:
                     self._rejected += len(events)
                 raise BackpressureError(gate.refusal(self._timeout))
+        paced = guard.paces(events)  # counted even when it cannot wait (below)
         if self._dispatcher.on_dispatcher_thread():
             return None
-        if guard.holds_want(events):  # a node's send queue fills: one publish in the router
-            return threading.Event()
+        if paced:  # a node's send queue fills: one publish in the router
+            return _Paced()
         if guard.blocking and any(guard.routes_wanted(e.event_type) for e in events):
             return threading.Event()
         return None
@@ -192,9 +198,14 @@ class Publisher:
         self, message: Publish | PublishBatch, n: int, routed: threading.Event | None
     ) -> None:
         if not self._router.put_blocking(message, self._timeout):
+            if self._guard.holds:
+                self._guard.refund(_events_of(message))
             self._refuse(n)
         if routed is not None:
             routed.wait(self._timeout)
-            if self._guard.holds:
-                events = (message.event,) if isinstance(message, Publish) else message.events
-                self._guard.wait_drained(events, self._timeout)
+            if type(routed) is _Paced:
+                self._guard.wait_drained(_events_of(message), self._timeout)
+
+
+def _events_of(message: Publish | PublishBatch) -> Sequence[Event]:
+    return (message.event,) if isinstance(message, Publish) else message.events
