@@ -265,3 +265,13 @@ def test_an_allowance_lets_publishes_go_unpaced_until_spent_and_counts_what_left
     assert not guard.paces([Event(event_type="t.f")] * 3)
     allowance.release(3)
     assert guard.paces([Event(event_type="t.g")] * 4)  # never fits: paced even when idle
+    # The quick check of one publish counts only what fits, and only what the hold wants.
+    allowance.release(4)
+    assert guard.lets_through(Event(event_type="u.x"))
+    passed = [guard.lets_through(Event(event_type="t.x")) for _ in range(4)]
+    assert passed == [True, True, True, False]
+    assert allowance.in_flight == 3
+    spare = Allowance(3)
+    guard.set_holds((Hold("full", frozenset({"t."}), allowance=spare),))  # room not set: held
+    assert not guard.lets_through(Event(event_type="t.x"))
+    assert spare.in_flight == 0

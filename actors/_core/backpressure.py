@@ -88,6 +88,14 @@ class Allowance:
         self.limit = limit
         self.in_flight = in_flight
 
+    def try_spend(self, count: int) -> bool:
+        """Count ``count`` events sent if they fit; return whether they did."""
+        with self._lock:
+            if self.in_flight + count > self.limit:
+                return False
+            self.in_flight += count
+        return True
+
     def spend(self, count: int) -> bool:
         """Count ``count`` events sent; return whether they fitted (else the publish paces)."""
         with self._lock:
@@ -121,11 +129,14 @@ class Hold:
     """Set while the bridge took everything routed to it (a publisher waits for it)."""
     allowance: Allowance | None = None
     """What may go unpaced (None: every publish it wants paces)."""
+    starts: tuple[str, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "starts", tuple(self.prefixes))
 
     def wants(self, event: Event) -> bool:
         """Return whether ``event`` would join the held queue."""
-        event_type = event.event_type
-        return any(event_type.startswith(p) for p in self.prefixes)
+        return event.event_type.startswith(self.starts)
 
     def refusal(self, timeout: float) -> str:
         """Return the message of the ``BackpressureError`` after waiting ``timeout``."""
@@ -162,6 +173,21 @@ class BlockGuard:
     def routes_wanted(self, event_type: str) -> bool:
         """Return whether a BLOCK pattern matches ``event_type`` (filters not run)."""
         return any(matches(event_type) for _, matches in self.blocking)
+
+    def lets_through(self, event: Event) -> bool:
+        """Return whether the one pacing hold lets ``event`` go now (counted if it wants it).
+
+        The quick check of a single publish: False (nothing counted) sends it
+        through the full one (``wait_for_room``, then ``paces``).
+        """
+        holds = self.holds
+        if len(holds) != 1 or self.full:
+            return False
+        hold = holds[0]
+        allowance = hold.allowance
+        if allowance is None or not hold.room.is_set():
+            return False
+        return not hold.wants(event) or allowance.try_spend(1)
 
     def paces(self, events: Sequence[Event]) -> bool:
         """Count ``events`` on the allowance of each hold that wants some of them.
