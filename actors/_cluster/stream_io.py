@@ -170,7 +170,7 @@ class StreamIO(FlowIO):
             try:
                 message = self._xpub.recv(zmq.NOBLOCK)
             except zmq.Again:
-                return
+                break
             if not message:
                 continue
             subscribe, topic = message[0] == 1, message[1:]
@@ -192,6 +192,7 @@ class StreamIO(FlowIO):
                 self._out.add_prefix(topic)
             else:
                 self._out.remove_prefix(topic)
+        self._update_hold()  # a first subscriber: its pacing hold before the first event
 
     # -- in -----------------------------------------------------------------------------
 
