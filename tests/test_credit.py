@@ -154,15 +154,56 @@ def test_dropped_runs_break_no_chain() -> None:
     assert [dict(f.chains)[b"t."] for f in frames if isinstance(f, DataFrame)] == [0, 1]
 
 
-def test_an_unknown_receiver_is_not_limited_and_empty_prefixes_forget_one() -> None:
+def test_a_prefix_no_subscriber_announced_is_not_limited_and_empty_prefixes_forget_one() -> None:
     out = outbound(1, b"t.", b"u.")
     q = SendQueue(EPOCH, limit=100)
     q.on_credit("b", EPOCH, 0, 1, [b"t."], True, now=0.0)
-    # u. has no known receiver (its first credit is on the way): never held.
+    # u. has no known receiver and no subscription was announced for it: not held.
     q.add(runs(out, "u.x", 1, 3))
     assert sequences(q.take()[0]) == [1, 2, 3]
     q.on_credit("b", EPOCH, 0, 1, [], True, now=0.1)
     assert q.receivers == {}
+
+
+def test_a_new_subscriber_gets_one_run_until_its_first_credit_which_counts_it() -> None:
+    out = outbound(2, b"t.", b"u.")
+    q = SendQueue(EPOCH, limit=100)
+    q.expect(b"t.", now=0.0)  # a subscription arrived; its receiver's window is unknown
+    q.add(runs(out, "t.x", 1, 6) + runs(out, "u.x", 7, 2))
+    assert sequences(q.take()[0]) == [1, 2]  # one run, then it waits
+    assert q.stalled
+    assert q.take() == ([], [])
+    # Its first CREDIT (window 3, nothing acknowledged) takes over the run in flight.
+    q.on_credit("b", EPOCH, 0, 3, [b"t."], False, now=0.5)
+    assert q.pending is None
+    assert q.receivers["b"].in_flight == 2
+    assert q.take() == ([], [])  # 2 + 2 > 3
+    q.on_credit("b", EPOCH, 2, 3, [b"t."], False, now=0.6)
+    assert sequences(q.take()[0]) == [3, 4]
+    q.on_credit("b", EPOCH, 4, 3, [b"t."], False, now=0.7)
+    assert sequences(q.take()[0]) == [5, 6, 7, 8]  # u. no one announced: not limited
+
+
+def test_a_new_subscriber_that_never_grants_holds_the_queue_only_until_the_timeout() -> None:
+    out = outbound(1)
+    q = SendQueue(EPOCH, limit=100)
+    q.on_credit("c", EPOCH, 0, 100, [b"u."], False, now=0.0)
+    q.expect(b"t.", now=1.0)
+    q.expect(b"u.", now=1.0)  # c holds u. already: nothing to wait for
+    assert q.pending is not None
+    assert q.pending.prefixes == {b"t."}
+    q.add(runs(out, "t.x", 1, 3))
+    assert sequences(q.take()[0]) == [1]
+    q.on_credit("c", EPOCH, 0, 100, [b"u."], False, now=5.0)  # c lives; t. stays pending
+    assert q.pending is not None
+    assert q.expire(now=5.0, timeout=5.0) == []
+    assert q.expire(now=6.5, timeout=5.0) == [""]  # named "" in the log's place
+    assert q.pending is None
+    assert sequences(q.take()[0]) == [2, 3]
+    # A CREDIT from a known receiver that now holds the prefix ends the wait too.
+    q.expect(b"v.", now=7.0)
+    q.on_credit("c", EPOCH, 0, 100, [b"u.", b"v."], False, now=7.1)
+    assert q.pending is None
 
 
 @pytest.mark.parametrize("window", [0, -5, 1 << 40])

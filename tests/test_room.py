@@ -244,3 +244,46 @@ def test_a_restarted_receiver_far_behind_drops_nothing_at_a_default_subscription
     assert bridge.events_recovered == BACKLOG  # nothing fetched twice
     assert bridge.gaps_unrecovered == 0
     assert bridge.gaps == bridge.gaps_recovered
+
+
+BATCH = 50  # the origin's frames: a subscription needs the window plus one
+
+
+def test_a_restarted_origins_first_burst_drops_nothing_at_a_default_subscription(
+    tmp_path: Path, nodes: Callable[..., EventBus]
+) -> None:
+    """The origin learns the receiver's window only from its first ``CREDIT`` after the
+    restart; until then it sends one run (``credit.SendQueue.pending``)."""
+    endpoint = f"ipc://{tmp_path}/a.sock"
+    fast = {"heartbeat_interval": 0.1, "heartbeat_timeout": 0.5}
+    origin = {"listen": endpoint, "persistent": True, "batch_size": BATCH, **fast}
+    a = nodes("a", **origin)
+    b = nodes("b", peers=(endpoint,), credit_window=WINDOW, **fast)
+    gate = threading.Event()
+    got: list[int] = []
+    done = threading.Event()
+
+    def handler(event: Event) -> None:
+        gate.wait(WAIT)  # handles nothing until the gate opens
+        got.append(event.data)
+        if event.data == BACKLOG:
+            done.set()
+
+    sub = b.subscribe("job.*", handler, capacity=WINDOW + BATCH)  # DROP_OLDEST, the default
+    assert b.wait_for_peers(["a"], WAIT)
+    a.publish("job.run", 0).get(timeout=WAIT)
+    assert b.node is not None
+    assert b.node.wait(lambda s: s.events_delivered >= 1, WAIT)
+    a.close(WAIT)
+    a = nodes("a", **origin)  # the same journal and endpoint: a new epoch
+    futures = a.publish_many([Event(event_type="job.run", data=n) for n in range(1, BACKLOG + 1)])
+    futures[-1].get(timeout=WAIT)
+    assert b.node.wait(lambda s: s.events_delivered >= WINDOW, WAIT)
+    b.publish("marker", None).get(timeout=WAIT)  # what the bridge injected so far is routed
+    stats = sub.statistics()
+    assert stats.dropped == 0
+    assert stats.queued + stats.in_flight <= WINDOW + BATCH
+    gate.set()
+    assert done.wait(WAIT)
+    assert got == list(range(BACKLOG + 1))  # every one, in order, once
+    assert sub.statistics().dropped == 0

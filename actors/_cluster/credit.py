@@ -19,8 +19,12 @@ side, on the bridge's I/O thread:
   counted per receiver; a run someone else wants too goes out;
 - a receiver not heard (no ``CREDIT``) for ``heartbeat_timeout`` is dead:
   forgotten, it holds no one back;
-- a prefix that no known receiver holds (a receiver whose first ``CREDIT``
-  has not arrived yet) is not limited.
+- a prefix subscribed that no known receiver holds (a receiver whose first
+  ``CREDIT`` has not arrived yet) is limited to one run in flight
+  (``pending``: a receiver not heard yet, whose window is unknown) until a
+  ``CREDIT`` holding it arrives (a receiver heard first takes over what
+  ``pending`` had in flight), or until ``heartbeat_timeout`` passes without
+  one.
 
 The bridge holds publishers (``BlockGuard`` holds) once ``queued`` plus its
 own backlog reach ``limit``, and lets them go once they are back under half
@@ -85,6 +89,7 @@ class SendQueue:
         self.peak = 0
         self.left = 0  # events ever out of the queue (sent, dropped, flushed)
         self.sent_upto = 0  # the last sequence sent or dropped
+        self.pending: Receiver | None = None  # subscribed, no CREDIT yet (``expect``)
         self._covered: frozenset[bytes] = frozenset()
 
     # -- credit -------------------------------------------------------------------
@@ -115,8 +120,12 @@ class SendQueue:
                 del self.receivers[name]
                 self._cover()
             return
+        pending = self.pending
         if receiver is None:
             receiver = self.receivers[name] = Receiver(name, wanted, window, drop, now)
+            if pending is not None and not pending.prefixes.isdisjoint(wanted):
+                # What went out before this first CREDIT counts against it.
+                receiver.sent, receiver.in_flight = deque(pending.sent), pending.in_flight
         else:
             receiver.window, receiver.drop, receiver.heard = window, drop, now
             receiver.prefixes = wanted
@@ -125,14 +134,35 @@ class SendQueue:
             receiver.acked = acked
             receiver.settle()
         self._cover()
+        if pending is not None:
+            pending.prefixes -= self._covered
+            if not pending.prefixes:
+                self.pending = None
+
+    def expect(self, prefix: bytes, now: float) -> None:
+        """``prefix`` was subscribed: limit it until a ``CREDIT`` that holds it arrives."""
+        if prefix in self._covered:
+            return
+        pending = self.pending
+        if pending is None:
+            self.pending = Receiver("", frozenset({prefix}), 1, False, now)
+        else:
+            pending.prefixes |= {prefix}
 
     def expire(self, now: float, timeout: float) -> list[str]:
-        """Forget receivers not heard for ``timeout``; return their names."""
+        """Forget receivers not heard for ``timeout``; return their names.
+
+        ``pending`` goes too, named ``""``, if no ``CREDIT`` came since it began.
+        """
         gone = [r.name for r in self.receivers.values() if now - r.heard > timeout]
         for name in gone:
             del self.receivers[name]
         if gone:
             self._cover()
+        pending = self.pending
+        if pending is not None and now - pending.heard > timeout:
+            self.pending = None
+            gone.append("")
         return gone
 
     def _cover(self) -> None:
@@ -160,11 +190,14 @@ class SendQueue:
         dropped: list[tuple[Run, list[Receiver]]] = []
         queue = self.queue
         receivers = self.receivers
+        pending = self.pending
         while queue:
             run = queue[0]
-            if receivers:
+            if receivers or pending is not None:
                 matched = run.matched
                 wanting = [r for r in receivers.values() if not r.prefixes.isdisjoint(matched)]
+                if pending is not None and not pending.prefixes.isdisjoint(matched):
+                    wanting.append(pending)
                 short = [r for r in wanting if r.short(run.count)]
                 if any(not r.drop for r in short):
                     if not self.stalled:

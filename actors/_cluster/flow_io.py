@@ -220,7 +220,8 @@ class FlowIO(BridgeBase):
     def _expire_credit(self, now: float) -> None:
         """Forget receivers silent for ``heartbeat_timeout``: they hold no one back."""
         for name in self._flow.expire(now, self._node.heartbeat_timeout):
-            logger.info("bridge %s: node %s sends no credit: not waiting for it", self.name, name)
+            who = f"node {name}" if name else "a new subscriber"
+            logger.info("bridge %s: %s sends no credit: not waiting for it", self.name, who)
         self._pump()
 
     def _flush_queue(self) -> None:
@@ -297,12 +298,10 @@ class FlowIO(BridgeBase):
             self._probe()
 
     def _epoch_heard(self, name: str, epoch: int) -> None:
-        """Grant a restarted origin at once: it knows no receiver and sends unlimited until then."""
-        known = self._epochs.get(name)
-        if known != epoch:
+        """Grant an origin heard first (or restarted) at once: it sends one run until then."""
+        if self._epochs.get(name) != epoch:
             self._epochs[name] = epoch
-            if known is not None:
-                self._grant(name)
+            self._grant(name)
 
     def _grant(self, name: str) -> None:
         """Send ``name`` this node's credit (its prefixes, the window, what was handled)."""

@@ -190,6 +190,7 @@ class StreamIO(FlowIO):
                 continue
             elif subscribe:
                 self._out.add_prefix(topic)
+                self._flow.expect(topic, time.monotonic())  # no one's credit known for it yet
             else:
                 self._out.remove_prefix(topic)
         self._update_hold()  # a first subscriber: its pacing hold before the first event
