@@ -15,12 +15,14 @@ is repaired, and the origin knows the receiver lives) and whenever the
 local prefixes change.
 
 As an **origin**, it queues the runs of local events (``SendQueue``) and
-sends what the credit allows; once ``NodeConfig.send_queue`` events wait
-(queued, or routed to the bridge and not yet queued: its own backlog), it
-holds the bus's publishers of every event that would join the queue with a
-``Hold`` in the bus's ``BlockGuard`` (the ``BLOCK`` mechanism: wait up to
-``block_timeout``, then ``BackpressureError``), until the queue is back
-under half.  Runs dropped for receivers that asked for it are counted and
+sends what the credit allows.  While a peer subscribes, a pacing ``Hold``
+in the bus's ``BlockGuard`` carries an ``Allowance`` that publishers spend
+and this bridge refills as events leave the queue (``_update_hold``); once
+``NodeConfig.send_queue`` events wait (queued, or routed to the bridge and
+not yet queued: its own backlog), the hold proper stops the bus's
+publishers of every event that would join the queue (the ``BLOCK``
+mechanism: wait up to ``block_timeout``, then ``BackpressureError``),
+until the queue is back under half.  Runs dropped for receivers that asked for it are counted and
 announced once per lag with a ``$bus.peer.lagging`` event.
 """
 
@@ -150,9 +152,10 @@ class FlowIO(BridgeBase):
             else:
                 self._set_hold(self._pacing(active))
         elif not engaged and waiting >= limit:
-            self._set_hold(self._holding(active, waiting))
+            held = self._holding(active, waiting)
+            self._set_hold(held)
             self._stats.publishers_held += 1
-            logger.info("bridge %s: holding publishers: %s", self.name, self._hold_reason())
+            logger.info("bridge %s: holding publishers: %s", self.name, held.reason)
         elif engaged and waiting <= limit // 2:
             self._set_hold(self._pacing(active))
 
@@ -176,9 +179,6 @@ class FlowIO(BridgeBase):
         self._local.hold_publishers(() if hold is None else (hold,))
         if old is not None:
             old.room.set()
-
-    def _hold_reason(self) -> str:
-        return "none" if self._hold is None else self._hold.reason
 
     def _held_prefixes(self) -> frozenset[str]:
         active = self._out.active
