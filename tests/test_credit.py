@@ -10,11 +10,12 @@ import threading
 
 import pytest
 
-from actors import Event
+from actors import Event, EventBus, EventConfig
 from actors._cluster.credit import MAX_WINDOW, SendQueue
 from actors._cluster.outbound import Outbound, Run
 from actors._cluster.wire import DataFrame, decode_stream
 from actors._core.backpressure import Allowance, BlockGuard, Hold
+from tests._support import WAIT
 
 EPOCH = 7
 
@@ -316,3 +317,52 @@ def test_an_allowance_lets_publishes_go_unpaced_until_spent_and_counts_what_left
     guard.set_holds((Hold("full", frozenset({"t."}), allowance=spare),))  # room not set: held
     assert not guard.lets_through(Event(event_type="t.x"))
     assert spare.in_flight == 0
+
+
+class Watched(threading.Event):
+    """A bridge's ``drained`` event that says when a publisher starts waiting on it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting = threading.Event()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waiting.set()
+        return super().wait(timeout)
+
+
+@pytest.mark.parametrize("many", [False, True])
+def test_a_publish_past_the_allowance_returns_only_once_the_bridge_took_it(many: bool) -> None:
+    # However the threads are scheduled: the bridge here never runs at all,
+    # and the publisher stops at the allowance instead of piling up events.
+    drained = Watched()
+    allowance = Allowance(2)
+    pace = Hold("pacing", frozenset({"t."}), drained=drained, allowance=allowance)
+    pace.room.set()
+    with EventBus(EventConfig(block_timeout=10 * WAIT)) as bus:
+        bus.core.guard.set_holds((pace,))
+        if many:
+            bus.publish_many([Event(event_type="t.a"), Event(event_type="t.b")])
+        else:
+            bus.publish("t.a", 1)
+            bus.publish("t.b", 2)
+        bus.publish("u.x", 0).get(timeout=WAIT)  # not the hold's: never counted, never paced
+        assert allowance.in_flight == 2
+        assert not drained.waiting.is_set()
+        returned = threading.Event()
+
+        def third() -> None:
+            if many:
+                bus.publish_many([Event(event_type="t.c"), Event(event_type="u.y")])
+            else:
+                bus.publish("t.c", 3)
+            returned.set()
+
+        publisher = threading.Thread(target=third)
+        publisher.start()
+        assert drained.waiting.wait(WAIT)  # routed, and waiting for the bridge's take
+        assert not returned.is_set()
+        assert allowance.in_flight == 3
+        drained.set()  # the bridge took it
+        assert returned.wait(WAIT)
+        publisher.join(WAIT)
