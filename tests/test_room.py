@@ -200,6 +200,21 @@ BACKLOG = 3000
 WINDOW = 200
 
 
+class Gated:
+    """A handler that handles nothing until ``gate`` opens, then records the events' data."""
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.got: list[int] = []
+        self.done = threading.Event()  # set at the event whose data is BACKLOG
+
+    def __call__(self, event: Event) -> None:
+        self.gate.wait(WAIT)
+        self.got.append(event.data)
+        if event.data == BACKLOG:
+            self.done.set()
+
+
 def test_a_restarted_receiver_far_behind_drops_nothing_at_a_default_subscription(
     tmp_path: Path, nodes: Callable[..., EventBus]
 ) -> None:
@@ -216,15 +231,7 @@ def test_a_restarted_receiver_far_behind_drops_nothing_at_a_default_subscription
     futures = a.publish_many([Event(event_type="job.run", data=n) for n in range(1, BACKLOG + 1)])
     futures[-1].get(timeout=WAIT)
 
-    gate = threading.Event()
-    got: list[int] = []
-    done = threading.Event()
-
-    def handler(event: Event) -> None:
-        gate.wait(WAIT)  # handles nothing until the gate opens
-        got.append(event.data)
-        if event.data == BACKLOG:
-            done.set()
+    handler = Gated()
 
     b = nodes("b", peers=(endpoint,), persistent=True, credit_window=WINDOW, **fast)
     assert b.node is not None
@@ -236,9 +243,9 @@ def test_a_restarted_receiver_far_behind_drops_nothing_at_a_default_subscription
     assert stats.dropped == 0
     assert stats.queued + stats.in_flight <= WINDOW
     assert b.node.statistics().events_delivered <= WINDOW
-    gate.set()
-    assert done.wait(WAIT)
-    assert got == list(range(1, BACKLOG + 1))  # every one, in order, once
+    handler.gate.set()
+    assert handler.done.wait(WAIT)
+    assert handler.got == list(range(1, BACKLOG + 1))  # every one, in order, once
     assert sub.statistics().dropped == 0
     bridge = b.node.statistics()
     assert bridge.events_recovered == BACKLOG  # nothing fetched twice
@@ -259,15 +266,7 @@ def test_a_restarted_origins_first_burst_drops_nothing_at_a_default_subscription
     origin = {"listen": endpoint, "persistent": True, "batch_size": BATCH, **fast}
     a = nodes("a", **origin)
     b = nodes("b", peers=(endpoint,), credit_window=WINDOW, **fast)
-    gate = threading.Event()
-    got: list[int] = []
-    done = threading.Event()
-
-    def handler(event: Event) -> None:
-        gate.wait(WAIT)  # handles nothing until the gate opens
-        got.append(event.data)
-        if event.data == BACKLOG:
-            done.set()
+    handler = Gated()
 
     sub = b.subscribe("job.*", handler, capacity=WINDOW + BATCH)  # DROP_OLDEST, the default
     assert b.wait_for_peers(["a"], WAIT)
@@ -283,7 +282,7 @@ def test_a_restarted_origins_first_burst_drops_nothing_at_a_default_subscription
     stats = sub.statistics()
     assert stats.dropped == 0
     assert stats.queued + stats.in_flight <= WINDOW + BATCH
-    gate.set()
-    assert done.wait(WAIT)
-    assert got == list(range(BACKLOG + 1))  # every one, in order, once
+    handler.gate.set()
+    assert handler.done.wait(WAIT)
+    assert handler.got == list(range(BACKLOG + 1))  # every one, in order, once
     assert sub.statistics().dropped == 0
