@@ -10,11 +10,14 @@ import threading
 
 import pytest
 
-from actors import Event, EventBus, EventConfig
+from actors import BackpressureError, Event, EventBus, EventConfig
 from actors._cluster.credit import MAX_WINDOW, SendQueue
 from actors._cluster.outbound import Outbound, Run
 from actors._cluster.wire import DataFrame, decode_stream
 from actors._core.backpressure import Allowance, BlockGuard, Hold
+from actors._core.publishing import Publisher
+from actors._runtime.dispatcher import FifoMailbox
+from actors._runtime.pool import Dispatcher
 from tests._support import WAIT
 
 EPOCH = 7
@@ -366,3 +369,34 @@ def test_a_publish_past_the_allowance_returns_only_once_the_bridge_took_it(many:
         drained.set()  # the bridge took it
         assert returned.wait(WAIT)
         publisher.join(WAIT)
+
+
+def send(publisher: Publisher, events: list[Event]) -> None:
+    """``publish_batch`` for several events, ``publish`` (its quick path) for one."""
+    if len(events) > 1:
+        publisher.publish_batch(events)
+    else:
+        publisher.publish(events[0], owned=True)
+
+
+@pytest.mark.parametrize("many", [False, True])
+def test_a_publish_the_router_refused_is_taken_off_the_allowance(many: bool) -> None:
+    router = FifoMailbox(capacity=1)
+    router.put("a message that nobody takes: the router's mailbox stays full")
+    allowance = Allowance(10)
+    pace = Hold("pacing", frozenset({"t."}), drained=threading.Event(), allowance=allowance)
+    pace.room.set()
+    guard = BlockGuard()
+    guard.set_holds((pace,))
+    dispatcher = Dispatcher(1, name="test")
+    try:
+        publisher = Publisher(
+            router=router, guard=guard, block_timeout=0.0, bucket=None, dispatcher=dispatcher
+        )
+        events = [Event(event_type="t.a"), Event(event_type="t.b")]
+        with pytest.raises(BackpressureError, match="router's mailbox stayed full"):
+            send(publisher, events if many else events[:1])
+        assert allowance.in_flight == 0  # refused: nothing of it is on its way
+        assert publisher.counts() == (2 if many else 1, 0)
+    finally:
+        dispatcher.shutdown(WAIT)

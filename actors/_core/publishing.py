@@ -125,6 +125,8 @@ class Publisher:
         elif not self._router.put_blocking(
             Publish(event, future, _now(), False, owned), self._timeout
         ):
+            if guard.holds:  # counted by lets_through: not on its way after all
+                guard.refund((event,))
             self._refuse(1)
         return future
 
