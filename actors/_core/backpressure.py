@@ -88,19 +88,15 @@ class Allowance:
         self.limit = limit
         self.in_flight = in_flight
 
-    def try_spend(self, count: int) -> bool:
-        """Count ``count`` events sent if they fit; return whether they did."""
-        with self._lock:
-            if self.in_flight + count > self.limit:
-                return False
-            self.in_flight += count
-        return True
+    def spend(self, count: int, *, always: bool = True) -> bool:
+        """Count ``count`` events sent; return whether they fitted (else the publish paces).
 
-    def spend(self, count: int) -> bool:
-        """Count ``count`` events sent; return whether they fitted (else the publish paces)."""
+        With ``always=False`` they are counted only if they fit.
+        """
         with self._lock:
             fits = self.in_flight + count <= self.limit
-            self.in_flight += count
+            if fits or always:
+                self.in_flight += count
         return fits
 
     def release(self, count: int) -> None:
@@ -137,6 +133,11 @@ class Hold:
     def wants(self, event: Event) -> bool:
         """Return whether ``event`` would join the held queue."""
         return event.event_type.startswith(self.starts)
+
+    def wanted(self, events: Sequence[Event]) -> int:
+        """Return how many of ``events`` would join the held queue."""
+        starts = self.starts
+        return sum(1 for e in events if e.event_type.startswith(starts))
 
     def refusal(self, timeout: float) -> str:
         """Return the message of the ``BackpressureError`` after waiting ``timeout``."""
@@ -187,7 +188,7 @@ class BlockGuard:
         allowance = hold.allowance
         if allowance is None or not hold.room.is_set():
             return False
-        return not hold.wants(event) or allowance.try_spend(1)
+        return not hold.wants(event) or allowance.spend(1, always=False)
 
     def paces(self, events: Sequence[Event]) -> bool:
         """Count ``events`` on the allowance of each hold that wants some of them.
@@ -197,7 +198,7 @@ class BlockGuard:
         """
         paced = False
         for hold in self.holds:
-            count = sum(1 for e in events if hold.wants(e))
+            count = hold.wanted(events)
             if count:
                 allowance = hold.allowance
                 if allowance is None or not allowance.spend(count):
@@ -207,7 +208,7 @@ class BlockGuard:
     def refund(self, events: Sequence[Event]) -> None:
         """Take ``events`` off the allowances again (their publish was refused)."""
         for hold in self.holds:
-            count = sum(1 for e in events if hold.wants(e))
+            count = hold.wanted(events)
             if count and hold.allowance is not None:
                 hold.allowance.release(count)
 

@@ -121,13 +121,11 @@ class Publisher:
         # and _send inline, a few calls fewer per event.
         if guard.blocking or (guard.holds and not guard.lets_through(event)):
             routed = self._admit((event,))
-            self._send(Publish(event, future, _now(), False, owned, routed), 1, routed)
+            self._send(Publish(event, future, _now(), False, owned, routed), routed)
         elif not self._router.put_blocking(
             Publish(event, future, _now(), False, owned), self._timeout
         ):
-            if guard.holds:  # counted by lets_through: not on its way after all
-                guard.refund((event,))
-            self._refuse(1)
+            self._refuse((event,))
         return future
 
     def publish_batch(self, events: Sequence[Event]) -> list[BusFuture[Event]]:
@@ -135,9 +133,7 @@ class Publisher:
         self._take_tokens(len(events))
         routed = self._admit(events)
         futures: list[BusFuture[Event]] = [BusFuture() for _ in events]
-        self._send(
-            PublishBatch(events, futures, time.perf_counter(), False, routed), len(events), routed
-        )
+        self._send(PublishBatch(events, futures, time.perf_counter(), False, routed), routed)
         return futures
 
     def inject(self, events: Sequence[Event]) -> None:
@@ -190,20 +186,22 @@ class Publisher:
             return threading.Event()
         return None
 
-    def _refuse(self, n: int) -> None:
+    def _refuse(self, events: Sequence[Event]) -> None:
+        """Count ``events`` refused (the router's mailbox stayed full) and raise.
+
+        They are taken off the node's allowance again: not on their way after all.
+        """
+        if self._guard.holds:
+            self._guard.refund(events)
         with self._lock:
-            self._rejected += n
+            self._rejected += len(events)
         raise BackpressureError(
             f"publish blocked for {self._timeout}s: the router's mailbox stayed full"
         )
 
-    def _send(
-        self, message: Publish | PublishBatch, n: int, routed: threading.Event | None
-    ) -> None:
+    def _send(self, message: Publish | PublishBatch, routed: threading.Event | None) -> None:
         if not self._router.put_blocking(message, self._timeout):
-            if self._guard.holds:
-                self._guard.refund(_events_of(message))
-            self._refuse(n)
+            self._refuse(_events_of(message))
         if routed is not None:
             routed.wait(self._timeout)
             if type(routed) is _Paced:
