@@ -55,13 +55,16 @@ def main() -> None:
         if event.data == 59:
             handled.set()
 
-    bus.subscribe("job.*", handler, durable="w")
+    # REJECT: the router offers such a lane each event as it routes it (a
+    # dropping lane gets a turn's events together at the end of the turn),
+    # so ``w`` can handle events the router has not handed to the journal.
+    bus.subscribe("job.*", handler, durable="w", overflow="reject")
     if mode == "crash":
 
         def hold(event: Event) -> bool:
             if event.data == 60:
                 # ``w`` has events 0..59 (the router offered them before this
-                # one); once it handled them its checkpoint is on its way.
+                # one, REJECT); once it handled them its checkpoint is on its way.
                 assert handled.wait(WAIT), "w never handled event 59"
                 # Each look is a read-only open of the journal (milliseconds
                 # of I/O): the loop paces itself, for at most HOLD seconds.

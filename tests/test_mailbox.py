@@ -109,3 +109,42 @@ def test_clear_events_finishes_them_and_releases_the_room_waiter() -> None:
     assert calls == ["room"]
     assert fired == [1]
     assert mailbox.finished() == mailbox.accepted
+
+
+def _one_by_one(overflow: OverflowStrategy, queued: int, offered: int) -> EventMailbox:
+    mailbox = EventMailbox(5, overflow)
+    _fill(mailbox, queued)
+    for i in range(queued, queued + offered):
+        mailbox.offer(i)
+    return mailbox
+
+
+def _all_at_once(overflow: OverflowStrategy, queued: int, offered: int) -> EventMailbox:
+    mailbox = EventMailbox(5, overflow)
+    _fill(mailbox, queued)
+    mailbox.offer_many(list(range(queued, queued + offered)))
+    return mailbox
+
+
+def test_offer_many_keeps_and_counts_exactly_what_offers_one_by_one_would() -> None:
+    # (queued before, offered together) around a capacity of 5: room for all,
+    # room for some, none, and more offered than the lane holds at all.
+    cases = [(0, 3), (2, 3), (3, 4), (5, 2), (0, 8), (4, 12)]
+    for overflow in (OverflowStrategy.DROP_OLDEST, OverflowStrategy.DROP_NEWEST):
+        for queued, offered in cases:
+            expected = _one_by_one(overflow, queued, offered)
+            got = _all_at_once(overflow, queued, offered)
+            where = f"{overflow.name}, {queued} queued, {offered} offered"
+            assert got.take_events(100)[0] == expected.take_events(100)[0], where
+            assert (got.accepted, got.dropped) == (expected.accepted, expected.dropped), where
+
+
+def test_offer_many_says_what_happened_once_for_the_whole_run() -> None:
+    mailbox = EventMailbox(10, OverflowStrategy.DROP_OLDEST)
+    assert mailbox.offer_many(list(range(7))) == 0
+    assert mailbox.offer_many(list(range(2))) == STARTED  # 9 of 10: over 80%
+    assert mailbox.offer_many(list(range(3))) == DROPPED  # 2 displaced; started already
+    assert mailbox.dropped == 2
+    mailbox.take_events(100)
+    assert mailbox.offer_many([]) == 0
+    assert mailbox.finished() == mailbox.dropped  # nothing handled yet, dropped ones finished

@@ -187,3 +187,28 @@ def test_flush_resolves_once_every_route_has_finished(rig: Rig) -> None:
     mailbox.finished_by_owner += len(batch)
     mailbox.check_barriers()
     flushed.get(WAIT)
+
+
+def test_a_burst_reaches_a_dropping_lane_whole_in_order_and_announced_once(rig: Rig) -> None:
+    # The router may offer a turn's events to such a lane together: the lane
+    # ends up as if offered one by one, each resolved publish has its event
+    # queued, and crossing 80% is announced once, after the event that did it.
+    mailbox = rig.subscribe("s-d", "d.*", OverflowStrategy.DROP_OLDEST, capacity=10)
+    futures = [rig.publish("d.x", i) for i in range(25)]
+    futures[0].get(WAIT)
+    assert mailbox.accepted >= 1  # resolved: already in the lane
+    events = [f.get(WAIT) for f in futures]
+    assert mailbox.accepted == 25
+    rig.barrier()
+    assert [e.data for e, _ in mailbox.take_events(100)[0]] == list(range(15, 25))
+    assert mailbox.dropped == 15
+    recorded = [e for m in rig.recorder.take(100) if type(m) is Record for e in m.events]
+    started = [e for e in recorded if e.event_type == "$bus.backpressure.started"]
+    assert len(started) == 1
+    announced = started[0].data
+    assert isinstance(announced, dict)
+    assert announced["subscription"] == "s-d"
+    sequences = [e.sequence or 0 for e in events]
+    assert (started[0].sequence or 0) > sequences[7]
+    assert sequences == sorted(sequences)
+    assert len(set(sequences)) == 25

@@ -129,6 +129,11 @@ class RouterActor(DispatchedActor):
         self._durable = durable_recorder
         self._correlation = correlation
         self._batch: list[Event] = []
+        # Lanes with events routed this turn but not offered yet (each
+        # mailbox's ``pending``), and the publish futures to resolve once
+        # they are: see ``_offer_pending``.
+        self._touched: list[Route] = []
+        self._resolved: list[tuple[BusFuture[Event], Event]] = []
         self._batch_futures: list[BusFuture[Event] | None] = []
         self._published = 0
         self._rejected = 0
@@ -149,6 +154,8 @@ class RouterActor(DispatchedActor):
     # -- message handling -----------------------------------------------------
 
     def _on_message(self, message: Any) -> None:
+        if self._touched and type(message) is not Publish and type(message) is not PublishBatch:
+            self._offer_pending()  # whatever comes next sees every event before it delivered
         if type(message) is Publish:
             self._route(
                 message.event, message.future, message.published_at, message.internal, message.owned
@@ -255,11 +262,20 @@ class RouterActor(DispatchedActor):
             stamped_event = stamped(event, seq, event.origin)
             restamp_wire(event, stamped_event)
         started = None
+        deferred = False
         if targets:
             item = (stamped_event, published_at)
             for route in targets:
-                if route.mailbox.offer(item) & STARTED:
-                    started = [route] if started is None else [*started, route]
+                mailbox = route.mailbox
+                if route.strict:  # REJECT or BLOCK: room counts event by event
+                    if mailbox.offer(item) & STARTED:
+                        started = [route] if started is None else [*started, route]
+                else:  # offered with the rest of the turn's (_offer_pending)
+                    pending = mailbox.pending
+                    if not pending:
+                        self._touched.append(route)
+                    pending.append(item)
+                    deferred = True
             if blocking:
                 for route in targets:
                     if route.blocks and not route.mailbox.has_room():
@@ -269,19 +285,26 @@ class RouterActor(DispatchedActor):
         if self._durable is not None:
             self._batch_futures.append(future)
         elif future is not None:
-            future.set(stamped_event)
+            if deferred:
+                self._resolved.append((future, stamped_event))
+            else:
+                future.set(stamped_event)
         if started is not None:
             # After this event is recorded: the journal takes sequences in order.
             for route in started:
-                self._emit(
-                    "$bus.backpressure.started",
-                    {
-                        "subscription": route.id,
-                        "pattern": route.pattern,
-                        "queued": route.mailbox.queued,
-                        "capacity": route.mailbox.capacity,
-                    },
-                )
+                self._backpressure_started(route)
+
+    def _backpressure_started(self, route: Route) -> None:
+        mailbox = route.mailbox
+        self._emit(
+            "$bus.backpressure.started",
+            {
+                "subscription": route.id,
+                "pattern": route.pattern,
+                "queued": mailbox.queued,
+                "capacity": mailbox.capacity,
+            },
+        )
 
     def _plan(self, event_type: str) -> _Plan:
         """Resolve ``event_type`` once: its routes, and which checks they need.
@@ -401,7 +424,31 @@ class RouterActor(DispatchedActor):
 
     # -- per turn -------------------------------------------------------------
 
+    def _offer_pending(self) -> None:
+        """Offer each lane the events routed to it since the last call, in one go.
+
+        Then resolve the publish futures waiting for them, so a resolved
+        publish always has its event in every mailbox it was routed to.  A
+        lane that crosses its high-water mark announces it after the events
+        that made it (the announcement may itself be routed: hence the loop).
+        """
+        while self._touched:
+            touched = self._touched
+            self._touched = []
+            for route in touched:
+                mailbox = route.mailbox
+                items = mailbox.pending
+                mailbox.pending = []
+                if mailbox.offer_many(items) & STARTED:
+                    self._backpressure_started(route)
+        resolved = self._resolved
+        if resolved:
+            self._resolved = []
+            for future, event in resolved:
+                future.set(event)
+
     def _send_records(self) -> None:
+        self._offer_pending()
         if not self._batch:
             return
         events = self._batch

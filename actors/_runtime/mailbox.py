@@ -51,6 +51,7 @@ class EventMailbox(FifoMailbox):
         "dropped",
         "finished_by_owner",
         "overflow",
+        "pending",
     )
 
     capacity: int
@@ -66,6 +67,9 @@ class EventMailbox(FifoMailbox):
         self.accepted = 0
         self.dropped = 0
         self.finished_by_owner = 0
+        # The router's own list: events routed here during its turn, offered
+        # together by ``offer_many`` at the end of it (router only).
+        self.pending: list[Any] = []
 
     @property
     def queued(self) -> int:
@@ -110,6 +114,48 @@ class EventMailbox(FifoMailbox):
                 pass
         events.append(item)
         if not self._high and n + 1 >= HIGH_WATER * self.capacity:
+            self._high = True
+            flags |= STARTED
+        if self._sched.acquire(False):
+            self._schedule()
+        return flags
+
+    def offer_many(self, items: list[Any]) -> int:
+        """Queue ``items`` in order, as ``offer`` would one by one; return the flags.
+
+        For ``DROP_OLDEST`` and ``DROP_NEWEST`` lanes only (the router offers
+        to ``REJECT`` and ``BLOCK`` lanes one by one, checking room first).
+        One call and one wake-up for a router turn's worth of events.
+        """
+        flags = 0
+        events = self._events
+        k = len(items)
+        self.accepted += k
+        cap = self.capacity
+        over = len(events) + k - cap
+        if over > 0:
+            if self.overflow is OverflowStrategy.DROP_NEWEST:
+                kept = max(0, k - over)
+                dropped = k - kept
+                items = items[:kept]
+            else:
+                # The newest ``cap`` of them at most, and as many of the
+                # queued ones out as they need room.
+                dropped = max(0, k - cap)
+                items = items[dropped:]
+                room = cap - len(items)
+                popleft = events.popleft
+                while len(events) > room:
+                    try:
+                        popleft()
+                    except IndexError:  # the owner emptied it meanwhile
+                        break
+                    dropped += 1
+            self.dropped += dropped
+            if dropped:
+                flags = DROPPED
+        events.extend(items)
+        if not self._high and len(events) >= HIGH_WATER * cap:
             self._high = True
             flags |= STARTED
         if self._sched.acquire(False):
