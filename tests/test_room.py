@@ -12,7 +12,10 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+import zmq
+
 from actors import Event, EventBus
+from actors._cluster import wire
 from actors._cluster.origins import OriginState
 from actors._cluster.room import cut_held, excess, page_size
 from actors._cluster.streams import Inbound
@@ -286,3 +289,40 @@ def test_a_restarted_origins_first_burst_drops_nothing_at_a_default_subscription
     assert handler.done.wait(WAIT)
     assert handler.got == list(range(BACKLOG + 1))  # every one, in order, once
     assert sub.statistics().dropped == 0
+
+
+def test_a_subscriber_that_never_grants_holds_publishers_only_until_heartbeat_timeout(
+    tmp_path: Path, nodes: Callable[..., EventBus]
+) -> None:
+    """A prefix subscribed on the stream by no receiver that grants (a raw ZeroMQ SUB
+    here, or a node that died before its first ``CREDIT``) gets one run in flight,
+    then, ``heartbeat_timeout`` later, no limit: the publishers behind it go on."""
+    endpoint = f"ipc://{tmp_path}/a.sock"
+    fast = {"heartbeat_interval": 0.1, "heartbeat_timeout": 0.5}
+    a = nodes("a", listen=endpoint, send_queue=100, batch_size=10, **fast)
+    context = zmq.Context()
+    sub = context.socket(zmq.SUB)
+    sub.connect(endpoint + ".pub")
+    sub.setsockopt(zmq.SUBSCRIBE, b"t.")
+    got: list[object] = []
+    try:
+        # The subscription reaches a's XPUB in its own time: probe until one arrives.
+        while not sub.poll(100):
+            a.publish("t.probe", -1).get(timeout=WAIT)
+        probes = len(wire.decode_stream(sub.recv_multipart(), 1 << 24).events)  # type: ignore[union-attr]
+        # Ten times the send queue: held past it, publishers wait for room
+        # (up to block_timeout, 10 s) and would fail if the hold never ended.
+        for first in range(0, 1000, 100):
+            batch = [Event(event_type="t.x", data=n) for n in range(first, first + 100)]
+            futures = a.publish_many(batch)
+        futures[-1].get(timeout=WAIT)
+        while len(got) < 1000:
+            assert sub.poll(int(WAIT * 1000)), f"{len(got)} of 1000 arrived"
+            frame = wire.decode_stream(sub.recv_multipart(), 1 << 24)
+            assert isinstance(frame, wire.DataFrame)
+            got += [e.data for e in frame.events if e.event_type == "t.x"]
+    finally:
+        sub.close(linger=0)
+        context.term()
+    assert probes >= 1
+    assert got == list(range(1000))
