@@ -25,6 +25,7 @@ from actors._core.messages import (
     GetDeadLetters,
     GetRouterFigures,
     Publish,
+    PublishBatch,
     Record,
     RouterFigures,
     Subscribe,
@@ -212,3 +213,30 @@ def test_a_burst_reaches_a_dropping_lane_whole_in_order_and_announced_once(rig: 
     assert (started[0].sequence or 0) > sequences[7]
     assert sequences == sorted(sequences)
     assert len(set(sequences)) == 25
+
+
+class _Recording(EventMailbox):
+    """A lane that notes how many events each ``offer_many`` brought."""
+
+    def __init__(self, capacity: int, overflow: OverflowStrategy) -> None:
+        super().__init__(capacity, overflow)
+        self.runs: list[int] = []
+
+    def offer_many(self, items: list[Any]) -> int:
+        self.runs.append(len(items))
+        return super().offer_many(items)
+
+
+def test_a_long_batch_is_offered_in_runs_of_at_most_256(rig: Rig) -> None:
+    # However large a publish_many, a lane's pending events stay few: the
+    # router offers them every 256 events of the batch.
+    lane = _Recording(10, OverflowStrategy.DROP_OLDEST)
+    rig.inbox.put(Subscribe(Route("s-l", "l.*", lane, None, False)))
+    events = [Event(event_type="l.x", data=i) for i in range(1000)]
+    futures: list[BusFuture[Event] | None] = [BusFuture() for _ in events]
+    rig.inbox.put(PublishBatch(events, futures, time.perf_counter()))
+    rig.barrier()
+    assert sum(lane.runs) == 1000
+    assert max(lane.runs) <= 256
+    assert [e.data for e, _ in lane.take_events(100)[0]] == list(range(990, 1000))
+    assert lane.dropped == 990

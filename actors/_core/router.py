@@ -74,6 +74,11 @@ logger = logging.getLogger("actors.router")
 
 _PLAN_CACHE_LIMIT = 100_000
 
+# Within one ``PublishBatch``, lanes are offered what is pending every 256
+# events: a turn's pending list per lane stays within 256 single publishes
+# plus 256 events of a batch, however large the batch (``_offer_pending``).
+_OFFER_EVERY_MASK = 255
+
 # A plan: the routes of one event type, whether any has a filter, whether any
 # is REJECT (checked before), whether any is BLOCK (marked full after).
 _Plan = tuple[tuple[Route, ...], bool, bool, bool]
@@ -168,6 +173,8 @@ class RouterActor(DispatchedActor):
             owned = message.owned
             for i, event in enumerate(message.events):
                 route(event, futures[i], message.published_at, message.internal, owned)
+                if i & _OFFER_EVERY_MASK == _OFFER_EVERY_MASK:
+                    self._offer_pending()  # a long batch: each lane's pending stays short
             if message.routed is not None:
                 self._routed(message.routed)
         elif type(message) is Subscribe:
