@@ -9,6 +9,7 @@ and creates a ``threading.Event`` only when a caller blocks in ``get``.
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 import threading
 from collections.abc import Callable
@@ -19,6 +20,8 @@ import pykka
 from pykka._future import _Unset
 
 from actors._errors import FutureTimeoutError
+
+logger = logging.getLogger("actors.future")
 
 __all__ = ["BusFuture", "FutureTimeoutError", "wrap_future"]
 
@@ -122,7 +125,7 @@ class BusFuture(pykka.Future[T], Generic[T]):
                 self._callbacks.append(fn)
                 fn = None  # type: ignore[assignment]
         if fn is not None:
-            fn(self)
+            self._call(fn)
         elif self._done:
             # Completed while we appended: whoever takes the list runs it.
             self._run_callbacks()
@@ -147,7 +150,16 @@ class BusFuture(pykka.Future[T], Generic[T]):
             callbacks, self._callbacks = self._callbacks, None
         if callbacks:
             for fn in callbacks:
-                fn(self)
+                self._call(fn)
+
+    def _call(self, fn: Callable[[BusFuture[T]], None]) -> None:
+        # As concurrent.futures does: a callback that raises is logged, and
+        # neither the other callbacks nor whoever completed the future (the
+        # router, the journal: one of the bus's own threads) pay for it.
+        try:
+            fn(self)
+        except Exception:
+            logger.exception("a done callback of a bus future failed")
 
 
 def wrap_future(future: BusFuture[T]) -> asyncio.Future[T]:
