@@ -48,6 +48,25 @@ def test_callbacks_run_once_whenever_added() -> None:
     assert seen == ["a", "a!"]
 
 
+def test_a_callback_that_raises_is_logged_and_spares_the_others_and_the_completer(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    fut: BusFuture[str] = BusFuture()
+    seen: list[str] = []
+
+    def boom(_: BusFuture[str]) -> None:
+        raise RuntimeError("callback failed")
+
+    fut.add_done_callback(boom)
+    fut.add_done_callback(lambda f: seen.append(f.get()))
+    fut.set("a")  # does not raise: the completer is one of the bus's threads
+    fut.add_done_callback(boom)  # already done: called at once, and still does not raise
+    fut.add_done_callback(lambda f: seen.append(f.get() + "!"))
+    assert seen == ["a", "a!"]
+    failures = [r for r in caplog.records if r.exc_info is not None]
+    assert [str(r.exc_info[1]) for r in failures if r.exc_info] == ["callback failed"] * 2
+
+
 def test_pykka_combinators_work() -> None:
     fut: BusFuture[int] = BusFuture.completed(3)
     assert fut.map(lambda v: v * 2).get(timeout=1) == 6

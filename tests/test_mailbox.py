@@ -7,6 +7,8 @@ one thread: the test plays both the router (``offer``) and the subscriber
 
 from __future__ import annotations
 
+from collections import deque
+
 from actors._model.config import OverflowStrategy
 from actors._runtime.mailbox import DROPPED, STARTED, EventMailbox
 
@@ -111,29 +113,29 @@ def test_clear_events_finishes_them_and_releases_the_room_waiter() -> None:
     assert mailbox.finished() == mailbox.accepted
 
 
-def _one_by_one(overflow: OverflowStrategy, queued: int, offered: int) -> EventMailbox:
-    mailbox = EventMailbox(5, overflow)
-    _fill(mailbox, queued)
-    for i in range(queued, queued + offered):
-        mailbox.offer(i)
-    return mailbox
+def _lane(overflow: OverflowStrategy, queued: int) -> EventMailbox:
+    """A lane of capacity 5 holding ``queued`` events, more than 5 if asked.
 
-
-def _all_at_once(overflow: OverflowStrategy, queued: int, offered: int) -> EventMailbox:
-    mailbox = EventMailbox(5, overflow)
+    A catch-up lane that just went live holds more than its capacity.
+    """
+    mailbox = EventMailbox(20, overflow)
     _fill(mailbox, queued)
-    mailbox.offer_many(list(range(queued, queued + offered)))
+    mailbox.capacity = 5
     return mailbox
 
 
 def test_offer_many_keeps_and_counts_exactly_what_offers_one_by_one_would() -> None:
     # (queued before, offered together) around a capacity of 5: room for all,
-    # room for some, none, and more offered than the lane holds at all.
-    cases = [(0, 3), (2, 3), (3, 4), (5, 2), (0, 8), (4, 12)]
+    # room for some, none, more offered than the lane holds at all, and a
+    # lane already over its capacity.
+    cases = [(0, 3), (2, 3), (3, 4), (5, 2), (0, 8), (4, 12), (8, 3), (8, 12), (10, 0)]
     for overflow in (OverflowStrategy.DROP_OLDEST, OverflowStrategy.DROP_NEWEST):
         for queued, offered in cases:
-            expected = _one_by_one(overflow, queued, offered)
-            got = _all_at_once(overflow, queued, offered)
+            expected = _lane(overflow, queued)
+            for i in range(queued, queued + offered):
+                expected.offer(i)
+            got = _lane(overflow, queued)
+            got.offer_many(list(range(queued, queued + offered)))
             where = f"{overflow.name}, {queued} queued, {offered} offered"
             assert got.take_events(100)[0] == expected.take_events(100)[0], where
             assert (got.accepted, got.dropped) == (expected.accepted, expected.dropped), where
@@ -148,3 +150,18 @@ def test_offer_many_says_what_happened_once_for_the_whole_run() -> None:
     mailbox.take_events(100)
     assert mailbox.offer_many([]) == 0
     assert mailbox.finished() == mailbox.dropped  # nothing handled yet, dropped ones finished
+
+
+class _Shrinking(deque[int]):
+    """A lane whose length, once read, is already out of date: the router
+    dropped the oldest events (``DROP_OLDEST``) between the read and the takes."""
+
+    def __len__(self) -> int:
+        return super().__len__() + 3
+
+
+def test_taking_events_tolerates_the_router_dropping_some_meanwhile() -> None:
+    mailbox = EventMailbox(10, OverflowStrategy.DROP_OLDEST)
+    mailbox._events = _Shrinking(range(5))  # noqa: SLF001 - the race, made to happen
+    batch, _ = mailbox.take_events(100)
+    assert batch == [0, 1, 2, 3, 4]

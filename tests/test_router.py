@@ -240,3 +240,53 @@ def test_a_long_batch_is_offered_in_runs_of_at_most_256(rig: Rig) -> None:
     assert max(lane.runs) <= 256
     assert [e.data for e, _ in lane.take_events(100)[0]] == list(range(990, 1000))
     assert lane.dropped == 990
+
+
+def _hold(rig: Rig) -> threading.Event:
+    """Hold the router inside a turn until the returned event is set."""
+    release = threading.Event()
+    holding = threading.Event()
+
+    def wait() -> None:
+        holding.set()
+        release.wait(WAIT)
+
+    rig.inbox.put(Barrier(wait))
+    assert holding.wait(WAIT)
+    return release
+
+
+def test_many_short_batches_in_one_turn_are_offered_in_short_runs(rig: Rig) -> None:
+    lane = _Recording(100_000, OverflowStrategy.DROP_NEWEST)
+    rig.inbox.put(Subscribe(Route("s-l", "l.*", lane, None, False)))
+    release = _hold(rig)
+    for b in range(200):  # one router turn takes them all
+        events = [Event(event_type="l.x", data=b * 255 + i) for i in range(255)]
+        rig.inbox.put(PublishBatch(events, [None] * 255, time.perf_counter()))
+    release.set()
+    rig.barrier()
+    assert sum(lane.runs) == 200 * 255
+    assert max(lane.runs) < 2 * 256
+    assert lane.dropped == 0
+
+
+def test_publish_futures_resolve_in_sequence_order_and_a_raising_callback_stops_none(
+    rig: Rig,
+) -> None:
+    rig.subscribe("s-a", "a.*", OverflowStrategy.DROP_OLDEST)
+    resolved: list[Any] = []
+
+    def boom(_: BusFuture[Event]) -> None:
+        raise RuntimeError("callback failed")
+
+    release = _hold(rig)
+    first = rig.publish("a.x", 1)  # routed to a lane: offered at the end of the turn
+    first.add_done_callback(boom)
+    first.add_done_callback(lambda f: resolved.append(f.get().data))
+    second = rig.publish("nowhere", 2)  # no lane at all
+    second.add_done_callback(lambda f: resolved.append(f.get().data))
+    third = rig.publish("a.x", 3)
+    third.add_done_callback(lambda f: resolved.append(f.get().data))
+    release.set()
+    assert third.get(WAIT).data == 3
+    assert resolved == [1, 2, 3]

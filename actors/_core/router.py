@@ -74,10 +74,11 @@ logger = logging.getLogger("actors.router")
 
 _PLAN_CACHE_LIMIT = 100_000
 
-# Within one ``PublishBatch``, lanes are offered what is pending every 256
-# events: a turn's pending list per lane stays within 256 single publishes
-# plus 256 events of a batch, however large the batch (``_offer_pending``).
-_OFFER_EVERY_MASK = 255
+# Once batches (``PublishBatch``) brought this many events since the last
+# offer, the lanes are offered what is pending, after every 256 events of a
+# batch at most: a lane's pending list holds at most the turn's single
+# publishes (256 messages) plus 511 events of batches (``_offer_pending``).
+_OFFER_EVERY = 256
 
 # A plan: the routes of one event type, whether any has a filter, whether any
 # is REJECT (checked before), whether any is BLOCK (marked full after).
@@ -139,6 +140,7 @@ class RouterActor(DispatchedActor):
         # they are: see ``_offer_pending``.
         self._touched: list[Route] = []
         self._resolved: list[tuple[BusFuture[Event], Event]] = []
+        self._unoffered = 0  # events of batches routed since the last offer
         self._batch_futures: list[BusFuture[Event] | None] = []
         self._published = 0
         self._rejected = 0
@@ -169,12 +171,17 @@ class RouterActor(DispatchedActor):
                 self._routed(message.routed)
         elif type(message) is PublishBatch:
             route = self._route
+            events = message.events
             futures = message.futures
-            owned = message.owned
-            for i, event in enumerate(message.events):
-                route(event, futures[i], message.published_at, message.internal, owned)
-                if i & _OFFER_EVERY_MASK == _OFFER_EVERY_MASK:
-                    self._offer_pending()  # a long batch: each lane's pending stays short
+            at, internal, owned = message.published_at, message.internal, message.owned
+            n = len(events)
+            for first in range(0, n, _OFFER_EVERY):
+                last = min(n, first + _OFFER_EVERY)
+                for i in range(first, last):
+                    route(events[i], futures[i], at, internal, owned)
+                self._unoffered += last - first
+                if self._unoffered >= _OFFER_EVERY:
+                    self._offer_pending()  # each lane's pending list stays short
             if message.routed is not None:
                 self._routed(message.routed)
         elif type(message) is Subscribe:
@@ -292,7 +299,7 @@ class RouterActor(DispatchedActor):
         if self._durable is not None:
             self._batch_futures.append(future)
         elif future is not None:
-            if deferred:
+            if deferred or self._resolved:  # in sequence order, behind those waiting
                 self._resolved.append((future, stamped_event))
             else:
                 future.set(stamped_event)
@@ -439,6 +446,7 @@ class RouterActor(DispatchedActor):
         lane that crosses its high-water mark announces it after the events
         that made it (the announcement may itself be routed: hence the loop).
         """
+        self._unoffered = 0
         while self._touched:
             touched = self._touched
             self._touched = []

@@ -131,19 +131,21 @@ class EventMailbox(FifoMailbox):
         events = self._events
         k = len(items)
         self.accepted += k
-        cap = self.capacity
-        over = len(events) + k - cap
+        # Offers one by one keep a lane already over its capacity (a catch-up
+        # lane just gone live) at the length it has: one out for each one in.
+        limit = max(len(events), self.capacity)
+        over = len(events) + k - limit
         if over > 0:
             if self.overflow is OverflowStrategy.DROP_NEWEST:
                 kept = max(0, k - over)
                 dropped = k - kept
                 items = items[:kept]
             else:
-                # The newest ``cap`` of them at most, and as many of the
+                # The newest ``limit`` of them at most, and as many of the
                 # queued ones out as they need room.
-                dropped = max(0, k - cap)
+                dropped = max(0, k - limit)
                 items = items[dropped:]
-                room = cap - len(items)
+                room = limit - len(items)
                 popleft = events.popleft
                 while len(events) > room:
                     try:
@@ -155,7 +157,7 @@ class EventMailbox(FifoMailbox):
             if dropped:
                 flags = DROPPED
         events.extend(items)
-        if not self._high and len(events) >= HIGH_WATER * cap:
+        if not self._high and len(events) >= HIGH_WATER * self.capacity:
             self._high = True
             flags |= STARTED
         if self._sched.acquire(False):
@@ -168,8 +170,11 @@ class EventMailbox(FifoMailbox):
         popleft = events.popleft
         batch: list[Any] = []
         append = batch.append
-        for _ in range(min(limit, len(events))):
-            append(popleft())
+        try:
+            for _ in range(min(limit, len(events))):
+                append(popleft())
+        except IndexError:  # the router dropped the oldest ones meanwhile (DROP_OLDEST)
+            pass
         relieved = False
         if self._high and len(events) < LOW_WATER * self.capacity:
             self._high = False
