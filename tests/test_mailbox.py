@@ -165,3 +165,10 @@ def test_taking_events_tolerates_the_router_dropping_some_meanwhile() -> None:
     mailbox._events = _Shrinking(range(5))  # noqa: SLF001 - the race, made to happen
     batch, _ = mailbox.take_events(100)
     assert batch == [0, 1, 2, 3, 4]
+
+
+def test_clearing_events_tolerates_the_router_dropping_some_meanwhile() -> None:
+    mailbox = EventMailbox(10, OverflowStrategy.DROP_OLDEST)
+    mailbox._events = _Shrinking(range(5))  # noqa: SLF001 - the race, made to happen
+    assert mailbox.clear_events() == 5
+    assert mailbox.finished() == 5

@@ -290,3 +290,21 @@ def test_publish_futures_resolve_in_sequence_order_and_a_raising_callback_stops_
     release.set()
     assert third.get(WAIT).data == 3
     assert resolved == [1, 2, 3]
+
+
+def test_a_refused_publish_resolves_after_the_accepted_ones_published_before_it(
+    rig: Rig,
+) -> None:
+    rig.subscribe("s-a", "a.*", OverflowStrategy.DROP_OLDEST)
+    rig.subscribe("s-r", "r.*", OverflowStrategy.REJECT, capacity=1)
+    rig.publish("r.x", 0).get(WAIT)  # fills the REJECT lane
+    outcomes: list[str] = []
+    release = _hold(rig)
+    accepted = rig.publish("a.x", 1)
+    accepted.add_done_callback(lambda f: outcomes.append("accepted"))
+    refused = rig.publish("r.x", 2)
+    refused.add_done_callback(lambda f: outcomes.append(type(f.exception()).__name__))
+    release.set()
+    with pytest.raises(BackpressureError):
+        refused.get(WAIT)
+    assert outcomes == ["accepted", "BackpressureError"]

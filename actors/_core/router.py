@@ -139,7 +139,7 @@ class RouterActor(DispatchedActor):
         # mailbox's ``pending``), and the publish futures to resolve once
         # they are: see ``_offer_pending``.
         self._touched: list[Route] = []
-        self._resolved: list[tuple[BusFuture[Event], Event]] = []
+        self._resolved: list[tuple[Callable[[Any], None], Any]] = []  # (future.set, event)
         self._unoffered = 0  # events of batches routed since the last offer
         self._batch_futures: list[BusFuture[Event] | None] = []
         self._published = 0
@@ -254,12 +254,14 @@ class RouterActor(DispatchedActor):
                     ):
                         self._rejected += 1
                         if future is not None:
-                            future.set_exception(
-                                BackpressureError(
-                                    f"subscription {route.id} ({route.pattern!r}) is full "
-                                    f"({route.mailbox.capacity} queued); event rejected"
-                                )
+                            error = BackpressureError(
+                                f"subscription {route.id} ({route.pattern!r}) is full "
+                                f"({route.mailbox.capacity} queued); event rejected"
                             )
+                            if self._resolved:  # in the order published, behind those waiting
+                                self._resolved.append((future.set_exception, error))
+                            else:
+                                future.set_exception(error)
                         return
         seq = self.next_sequence
         self.next_sequence = seq + 1
@@ -300,7 +302,7 @@ class RouterActor(DispatchedActor):
             self._batch_futures.append(future)
         elif future is not None:
             if deferred or self._resolved:  # in sequence order, behind those waiting
-                self._resolved.append((future, stamped_event))
+                self._resolved.append((future.set, stamped_event))
             else:
                 future.set(stamped_event)
         if started is not None:
@@ -447,20 +449,19 @@ class RouterActor(DispatchedActor):
         that made it (the announcement may itself be routed: hence the loop).
         """
         self._unoffered = 0
-        while self._touched:
-            touched = self._touched
-            self._touched = []
-            for route in touched:
-                mailbox = route.mailbox
-                items = mailbox.pending
-                mailbox.pending = []
-                if mailbox.offer_many(items) & STARTED:
-                    self._backpressure_started(route)
+        touched = self._touched
+        while touched:  # a lane is taken off only as it is offered (the order of lanes is free)
+            route = touched.pop()
+            mailbox = route.mailbox
+            items = mailbox.pending
+            mailbox.pending = []
+            if mailbox.offer_many(items) & STARTED:
+                self._backpressure_started(route)  # may route to lanes: appended to ``touched``
         resolved = self._resolved
         if resolved:
             self._resolved = []
-            for future, event in resolved:
-                future.set(event)
+            for complete, outcome in resolved:
+                complete(outcome)
 
     def _send_records(self) -> None:
         self._offer_pending()

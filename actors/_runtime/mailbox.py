@@ -190,7 +190,10 @@ class EventMailbox(FifoMailbox):
         n = 0
         events = self._events
         while events:
-            events.popleft()
+            try:
+                events.popleft()
+            except IndexError:  # the router dropped the last ones meanwhile (DROP_OLDEST)
+                break
             n += 1
         self.finished_by_owner += n
         waiter, self._room_waiter = self._room_waiter, None
