@@ -22,8 +22,9 @@ and this bridge refills as events leave the queue (``_update_hold``); once
 not yet queued: its own backlog), the hold proper stops the bus's
 publishers of every event that would join the queue (the ``BLOCK``
 mechanism: wait up to ``block_timeout``, then ``BackpressureError``),
-until the queue is back under half.  Runs dropped for receivers that asked for it are counted and
-announced once per lag with a ``$bus.peer.lagging`` event.
+until the queue is back under half.  Runs dropped for receivers that
+asked for it are counted and announced once per lag with a
+``$bus.peer.lagging`` event.
 """
 
 from __future__ import annotations

@@ -161,8 +161,6 @@ class RouterActor(DispatchedActor):
     # -- message handling -----------------------------------------------------
 
     def _on_message(self, message: Any) -> None:
-        if self._touched and type(message) is not Publish and type(message) is not PublishBatch:
-            self._offer_pending()  # whatever comes next sees every event before it delivered
         if type(message) is Publish:
             self._route(
                 message.event, message.future, message.published_at, message.internal, message.owned
@@ -184,7 +182,14 @@ class RouterActor(DispatchedActor):
                     self._offer_pending()  # each lane's pending list stays short
             if message.routed is not None:
                 self._routed(message.routed)
-        elif type(message) is Subscribe:
+        else:
+            if self._touched:
+                self._offer_pending()  # whatever comes next sees every event before it delivered
+            self._on_control(message)
+
+    def _on_control(self, message: Any) -> None:
+        """Handle a message that is not a publish (the lanes have had their events)."""
+        if type(message) is Subscribe:
             self._subscribe(message)
         elif type(message) is Unsubscribe:
             self._unsubscribe(message.id)

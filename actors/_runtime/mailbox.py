@@ -125,7 +125,10 @@ class EventMailbox(FifoMailbox):
 
         For ``DROP_OLDEST`` and ``DROP_NEWEST`` lanes only (the router offers
         to ``REJECT`` and ``BLOCK`` lanes one by one, checking room first).
-        One call and one wake-up for a router turn's worth of events.
+        One call and one wake-up for a router turn's worth of events.  The
+        overflow rule is ``offer``'s for ``k`` events (``offer`` is its
+        one-event case, kept apart because a one-item list costs twice as
+        much per event; ``tests/test_mailbox.py`` holds the two together).
         """
         flags = 0
         events = self._events
