@@ -6,6 +6,12 @@ Usage::
     python -m bench throughput latency      # a subset, by name
     python -m bench --runs 5 --out DIR      # more runs, results elsewhere
     python -m bench --quick --runs 1        # tiny sizes (the smoke test)
+    python -m bench --pin requests          # this process on CPU 0, its children on the others
+
+``--pin`` measures the deployment of one CPU per bus process
+(``docs/performance.md``, "One CPU per bus process"): a process's Python
+threads share one GIL, and on some machines (virtual ones especially) waking
+a thread on another CPU costs several times more than on the same one.
 
 Each benchmark prints the machine and its conditions and writes
 ``<out>/<name>.json``; at the end ``<out>/summary.json`` holds every figure.
@@ -23,7 +29,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from bench._common import Figure, Params, Result, machine_info, print_header
+from bench._common import Figure, Params, Result, machine_info, pin_processes, print_header
 
 BENCHMARKS = (
     "throughput",
@@ -38,6 +44,7 @@ BENCHMARKS = (
     "requests",
     "flood",
     "stages",
+    "handoff",
 )
 TITLES = {
     "throughput": "in-process throughput (no journal)",
@@ -52,6 +59,7 @@ TITLES = {
     "requests": "request/reply round trips (in-process vs pykka ask; 2 processes)",
     "flood": "a flood at a slower remote subscriber (flow control; 2 processes)",
     "stages": "CPU per event, per stage of the pipeline (publish, route, deliver, journal)",
+    "handoff": "waking a thread: on the same CPU and across CPUs (the machine's floor)",
 }
 
 
@@ -61,7 +69,16 @@ def _parse(argv: list[str]) -> tuple[list[str], Params]:
     parser.add_argument("--runs", type=int, default=3, help="runs per figure (median)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for smoke tests")
     parser.add_argument("--out", type=Path, default=Path("bench/results"), help="result dir")
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="run this process on CPU 0 and every process it starts on the other CPUs (Linux)",
+    )
     args = parser.parse_args(argv)
+    if args.pin:
+        problem = pin_processes()
+        if problem:
+            parser.error(problem)
     unknown = [n for n in args.names if n not in BENCHMARKS]
     if unknown:
         parser.error(f"unknown benchmark(s) {unknown}; choose from {', '.join(BENCHMARKS)}")

@@ -44,6 +44,8 @@ __all__ = [
     "median_dict",
     "paced",
     "percentile",
+    "pin_processes",
+    "pinning",
     "print_header",
     "receive",
     "rss_bytes",
@@ -194,6 +196,33 @@ def disk_of(path: str | os.PathLike[str]) -> dict[str, str]:
     return {"path": real, "mount": best[0], "device": best[1], "fstype": best[2]}
 
 
+def pin_processes() -> str | None:
+    """Put this process on CPU 0 and the processes it starts on the others; return a problem.
+
+    Children read ``BENCH_CHILD_CPUS`` when they import ``bench``
+    (``bench/__init__.py``).  Needs Linux (``os.sched_setaffinity``) and two
+    CPUs or more.
+    """
+    if not hasattr(os, "sched_setaffinity"):
+        return "--pin needs os.sched_setaffinity (Linux)"
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return f"--pin needs two CPUs or more, this process may use {cpus}"
+    os.sched_setaffinity(0, {cpus[0]})
+    os.environ["BENCH_PIN_PARENT"] = str(os.getpid())
+    os.environ["BENCH_CHILD_CPUS"] = ",".join(str(c) for c in cpus[1:])
+    return None
+
+
+def pinning() -> str:
+    """Return how this process and its children are placed on CPUs (the conditions print it)."""
+    children = os.environ.get("BENCH_CHILD_CPUS")
+    if not children or not hasattr(os, "sched_getaffinity"):
+        return "not pinned (the OS places every thread)"
+    mine = ",".join(str(c) for c in sorted(os.sched_getaffinity(0)))
+    return f"pinned: this process on CPU {mine}, the processes it starts on CPU {children}"
+
+
 def machine_info() -> dict[str, Any]:
     """Return the facts every result carries: cores, CPU, Python, OS, package versions."""
     versions = {}
@@ -217,6 +246,7 @@ def machine_info() -> dict[str, Any]:
         "scratch_disk": disk_of(tempfile.gettempdir()),
         "repo_disk": disk_of(Path(__file__).resolve().parent),
         "switch_interval_s": sys.getswitchinterval(),
+        "cpus": pinning(),
     }
 
 
@@ -229,6 +259,7 @@ def print_header(title: str, machine: dict[str, Any], conditions: dict[str, Any]
         f"{machine['os']}; load {machine['load_average_at_start']}"
     )
     print("packages: " + ", ".join(f"{k} {v}" for k, v in pk.items()))
+    print(f"cpus: {machine.get('cpus', pinning())}")
     for key, value in conditions.items():
         print(f"  {key}: {value}")
 
