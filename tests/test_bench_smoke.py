@@ -46,19 +46,24 @@ MACHINE_KEYS = {"cores", "python", "os", "packages"}
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(450)]
 
 
-@pytest.fixture(scope="module")
-def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    out = tmp_path_factory.mktemp("bench-results")
-    env = dict(os.environ, LLMSPELL_BENCH_CACHE=str(out / "cache"))
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--runs", "1", "--out", str(out)],
+def _python(*args: str, timeout: float, env: dict[str, str] | None = None) -> Any:
+    """Run ``python ARGS`` in the repository; return the finished process (text output)."""
+    return subprocess.run(
+        [sys.executable, *args],
         cwd=ROOT,
         env=env,
         capture_output=True,
         text=True,
-        timeout=400,
+        timeout=timeout,
         check=False,
     )
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    out = tmp_path_factory.mktemp("bench-results")
+    env = dict(os.environ, LLMSPELL_BENCH_CACHE=str(out / "cache"))
+    proc = _python("-m", "bench", "--quick", "--runs", "1", "--out", str(out), timeout=400, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out, proc.stdout
 
@@ -108,14 +113,7 @@ def test_summary_lists_every_benchmark(quick_run: tuple[Path, str]) -> None:
 
 
 def test_subset_and_bad_names(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench", "no-such-benchmark", "--out", str(tmp_path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    proc = _python("-m", "bench", "no-such-benchmark", "--out", str(tmp_path), timeout=60)
     assert proc.returncode == 2
     assert "unknown benchmark" in proc.stderr
     assert not (tmp_path / "summary.json").exists()
@@ -129,15 +127,8 @@ needs_two_cpus = pytest.mark.skipif(
 
 @needs_two_cpus
 def test_pin_puts_the_bench_on_one_cpu_and_what_it_starts_on_the_others(tmp_path: Path) -> None:
-    command = [sys.executable, "-m", "bench", "--pin", "--quick", "--runs", "1", "handoff"]
-    proc = subprocess.run(
-        [*command, "--out", str(tmp_path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    args = ("-m", "bench", "--pin", "--quick", "--runs", "1", "handoff", "--out", str(tmp_path))
+    proc = _python(*args, timeout=120)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     cpus = sorted(os.sched_getaffinity(0))
     placed = f"this process on CPU {cpus[0]}, the processes it starts on CPU "
@@ -153,25 +144,14 @@ def test_a_process_the_pinned_bench_starts_moves_when_it_imports_bench() -> None
     # does not move.
     cpus = sorted(os.sched_getaffinity(0))
     probe = "import os, bench; print(sorted(os.sched_getaffinity(0)))"
-
-    def affinity(parent: str) -> str:
-        env = dict(os.environ, BENCH_CHILD_CPUS=str(cpus[-1]), BENCH_PIN_PARENT=parent)
-        out = subprocess.run(
-            [sys.executable, "-c", probe],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        )
-        return out.stdout.strip()
-
-    assert affinity(parent="1") == str([cpus[-1]])
-    # The probe pretending to be the bench's process: its own pid is unknown
-    # beforehand, so run it through a shell that execs it under that pid.
-    env = dict(os.environ, BENCH_CHILD_CPUS=str(cpus[-1]))
-    out = subprocess.run(
+    env = dict(os.environ, BENCH_CHILD_CPUS=str(cpus[-1]), BENCH_PIN_PARENT="1")
+    child = _python("-c", probe, timeout=60, env=env)
+    assert child.returncode == 0, child.stderr
+    assert child.stdout.strip() == str([cpus[-1]])
+    # The probe as the bench's own process: a shell names its own pid, then
+    # execs the probe under it.
+    del env["BENCH_PIN_PARENT"]
+    own = subprocess.run(
         ["sh", "-c", f'BENCH_PIN_PARENT=$$ exec "{sys.executable}" -c "{probe}"'],
         cwd=ROOT,
         env=env,
@@ -180,4 +160,4 @@ def test_a_process_the_pinned_bench_starts_moves_when_it_imports_bench() -> None
         timeout=60,
         check=True,
     )
-    assert out.stdout.strip() == str(cpus)
+    assert own.stdout.strip() == str(cpus)
