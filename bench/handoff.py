@@ -25,40 +25,55 @@ from typing import Any
 from bench._common import Figure, Params, Result, median_dict
 
 NAME = "handoff"
+WAIT = 60.0  # seconds any one step may take before the benchmark gives up
 
 
 def ping_pong(n: int, cpus: tuple[int, int]) -> dict[str, float]:
     """Return wall and CPU microseconds per hand-off, the two threads on ``cpus``."""
     there: queue.SimpleQueue[int | None] = queue.SimpleQueue()
     back: queue.SimpleQueue[int | None] = queue.SimpleQueue()
-    ready = threading.Barrier(2)
+    ready = threading.Barrier(2, timeout=WAIT)
     out: dict[str, float] = {}
+    failed: list[BaseException] = []
 
     def echo() -> None:
-        os.sched_setaffinity(0, {cpus[1]})
-        ready.wait()
-        while (item := there.get()) is not None:
-            back.put(item)
+        try:
+            os.sched_setaffinity(0, {cpus[1]})
+            ready.wait()
+            while (item := there.get(timeout=WAIT)) is not None:
+                back.put(item)
+        except BaseException as exc:  # reported by the caller; never a hang
+            failed.append(exc)
+            ready.abort()
+            back.put(None)
 
     def ask() -> None:
-        os.sched_setaffinity(0, {cpus[0]})
-        ready.wait()
-        for i in range(200):  # warm up
-            there.put(i)
-            back.get()
-        wall, cpu = time.perf_counter(), time.process_time()
-        for i in range(n):
-            there.put(i)
-            back.get()
-        out["wall_us"] = (time.perf_counter() - wall) / (2 * n) * 1e6
-        out["cpu_us"] = (time.process_time() - cpu) / (2 * n) * 1e6
-        there.put(None)
+        try:
+            os.sched_setaffinity(0, {cpus[0]})
+            ready.wait()
+            for i in range(200):  # warm up
+                there.put(i)
+                back.get(timeout=WAIT)
+            wall, cpu = time.perf_counter(), time.process_time()
+            for i in range(n):
+                there.put(i)
+                if back.get(timeout=WAIT) is None:
+                    return  # the echo failed (``failed`` says why)
+            out["wall_us"] = (time.perf_counter() - wall) / (2 * n) * 1e6
+            out["cpu_us"] = (time.process_time() - cpu) / (2 * n) * 1e6
+        except BaseException as exc:
+            failed.append(exc)
+            ready.abort()
+        finally:
+            there.put(None)
 
     threads = [threading.Thread(target=f, name=f"handoff-{f.__name__}") for f in (echo, ask)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    if failed or "wall_us" not in out:
+        raise RuntimeError(f"the hand-off did not complete: {failed!r}")
     return out
 
 
