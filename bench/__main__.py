@@ -6,7 +6,7 @@ Usage::
     python -m bench throughput latency      # a subset, by name
     python -m bench --runs 5 --out DIR      # more runs, results elsewhere
     python -m bench --quick --runs 1        # tiny sizes (the smoke test)
-    python -m bench --pin requests          # this process on CPU 0, its children on the others
+    python -m bench --pin requests          # this process on one CPU, its children on the others
 
 ``--pin`` measures the deployment of one CPU per bus process
 (``docs/performance.md``, "One CPU per bus process"): a process's Python
@@ -72,7 +72,7 @@ def _parse(argv: list[str]) -> tuple[list[str], Params]:
     parser.add_argument(
         "--pin",
         action="store_true",
-        help="run this process on CPU 0 and every process it starts on the other CPUs (Linux)",
+        help="this process on its first allowed CPU, what it starts on the others (Linux)",
     )
     args = parser.parse_args(argv)
     if args.pin:

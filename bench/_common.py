@@ -197,7 +197,9 @@ def disk_of(path: str | os.PathLike[str]) -> dict[str, str]:
 
 
 def pin_processes() -> str | None:
-    """Put this process on CPU 0 and the processes it starts on the others; return a problem.
+    """Put this process on its first allowed CPU, the processes it starts on the others.
+
+    Returns a problem (a message), or None.
 
     Children read ``BENCH_CHILD_CPUS`` when they import ``bench``
     (``bench/__init__.py``).  Needs Linux (``os.sched_setaffinity``) and two
