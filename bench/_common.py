@@ -261,7 +261,7 @@ def print_header(title: str, machine: dict[str, Any], conditions: dict[str, Any]
         f"{machine['os']}; load {machine['load_average_at_start']}"
     )
     print("packages: " + ", ".join(f"{k} {v}" for k, v in pk.items()))
-    print(f"cpus: {machine.get('cpus', pinning())}")
+    print(f"cpus: {machine['cpus']}")
     for key, value in conditions.items():
         print(f"  {key}: {value}")
 

@@ -137,7 +137,8 @@ class RouterActor(DispatchedActor):
         self._batch: list[Event] = []
         # Lanes with events routed this turn but not offered yet (each
         # mailbox's ``pending``), and the publish futures to resolve once
-        # they are: see ``_offer_pending``.
+        # they are: see ``_offer_pending``.  ``_resolved`` fills only while
+        # ``_touched`` holds a lane, and both empty together.
         self._touched: list[Route] = []
         self._resolved: list[tuple[Callable[[Any], None], Any]] = []  # (future.set, event)
         self._unoffered = 0  # events of batches routed since the last offer
@@ -263,7 +264,7 @@ class RouterActor(DispatchedActor):
                                 f"subscription {route.id} ({route.pattern!r}) is full "
                                 f"({route.mailbox.capacity} queued); event rejected"
                             )
-                            if self._resolved:  # in the order published, behind those waiting
+                            if self._touched:  # in the order published, behind the offer
                                 self._resolved.append((future.set_exception, error))
                             else:
                                 future.set_exception(error)
@@ -283,7 +284,6 @@ class RouterActor(DispatchedActor):
             stamped_event = stamped(event, seq, event.origin)
             restamp_wire(event, stamped_event)
         started = None
-        deferred = False
         if targets:
             item = (stamped_event, published_at)
             for route in targets:
@@ -296,7 +296,6 @@ class RouterActor(DispatchedActor):
                     if not pending:
                         self._touched.append(route)
                     pending.append(item)
-                    deferred = True
             if blocking:
                 for route in targets:
                     if route.blocks and not route.mailbox.has_room():
@@ -306,7 +305,7 @@ class RouterActor(DispatchedActor):
         if self._durable is not None:
             self._batch_futures.append(future)
         elif future is not None:
-            if deferred or self._resolved:  # in sequence order, behind those waiting
+            if self._touched:  # after the offer, in sequence order (``_offer_pending``)
                 self._resolved.append((future.set, stamped_event))
             else:
                 future.set(stamped_event)
