@@ -22,7 +22,13 @@ from typing import Any
 from actors._codec.events import encode_shared
 from actors._core.messages import Barrier, LoadCheckpoint, ReadJournal, Record, SaveCheckpoint
 from actors._errors import CorruptRecordError, InvalidEventError, JournalError
-from actors._journal.records import HIGH_WATER, Storage, StoredRecord
+from actors._journal.records import (
+    HIGH_WATER,
+    SOURCE_CHARS_FIT,
+    Storage,
+    StoredRecord,
+    source_fits,
+)
 from actors._model.event import Event
 from actors._model.query import EventQuery, to_us
 from actors._runtime.dispatcher import DispatchedActor, Dispatcher
@@ -154,6 +160,8 @@ class JournalActor(DispatchedActor):
                 )
                 for e in events
             ]
+            if any(s is not None and len(s) > SOURCE_CHARS_FIT for _, _, _, _, s, _ in records):
+                events, futures, records = _refuse_unstorable(events, futures, records)
             started = time.perf_counter()
             try:
                 self.storage.append(records, sync=self.sync)
@@ -209,3 +217,25 @@ class JournalActor(DispatchedActor):
         except Exception:
             size = 0
         return self.written, mean, size
+
+
+def _refuse_unstorable(
+    events: list[Event], futures: list[Any], records: list[StoredRecord]
+) -> tuple[list[Event], list[Any], list[StoredRecord]]:
+    """Fail the futures of the records the journal cannot store; return the others.
+
+    ``Event`` refuses such a ``source`` when it is built; only an event built
+    without checks (decoded from another process) can get here.
+    """
+    kept: tuple[list[Event], list[Any], list[StoredRecord]] = ([], [], [])
+    for event, future, record in zip(events, futures, records, strict=True):
+        if source_fits(record.source):
+            kept[0].append(event)
+            kept[1].append(future)
+            kept[2].append(record)
+            continue
+        msg = f"event {record.sequence} not journaled: its source is over 65535 bytes in UTF-8"
+        logger.error("%s", msg)
+        if future is not None:
+            future.set_exception(JournalError(msg))
+    return kept

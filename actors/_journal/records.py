@@ -18,6 +18,8 @@ from typing import NamedTuple, Protocol, Self
 __all__ = [
     "CID_LEN",
     "HIGH_WATER",
+    "MAX_SOURCE_BYTES",
+    "SOURCE_CHARS_FIT",
     "MAX_SEQ",
     "SEQ",
     "TIME_KEY",
@@ -30,6 +32,7 @@ __all__ = [
     "check_record",
     "encode_value",
     "parse_value",
+    "source_fits",
 ]
 
 TypeMatcher = Callable[[str], bool]
@@ -129,6 +132,19 @@ def check_record(record: StoredRecord, last: int) -> None:
     if not -TS_BIAS <= record.timestamp_us < TS_BIAS:
         msg = f"timestamp_us {record.timestamp_us} does not fit in 64 bits"
         raise ValueError(msg)
+
+
+MAX_SOURCE_BYTES = 0xFFFF
+SOURCE_CHARS_FIT = MAX_SOURCE_BYTES // 4  # 4 UTF-8 bytes per character at most
+
+
+def source_fits(source: str | None) -> bool:
+    """Return whether the journal can store ``source`` (at most 65535 UTF-8 bytes)."""
+    return (
+        source is None
+        or len(source) <= SOURCE_CHARS_FIT
+        or len(source.encode("utf-8", "surrogatepass")) <= MAX_SOURCE_BYTES
+    )
 
 
 def encode_source(source: str) -> bytes:

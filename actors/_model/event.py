@@ -2,8 +2,9 @@
 
 Construction validates every field and raises ``InvalidEventError`` (a
 ``ValueError``) with the reason; ``event_checks`` holds the checks and lists
-the decisions where the spec is silent.  Equality compares every field; the
-hash is the hash of ``id``.
+the decisions where the spec is silent.  ``source`` is at most
+``MAX_SOURCE_BYTES`` (65,535) bytes in UTF-8, the most the journal stores.
+Equality compares every field; the hash is the hash of ``id``.
 
 ``_SETTERS`` is the one table of the fifteen fields' slot setters: ``_fill``
 (used by the constructor, the internal copies and the codec's
@@ -53,10 +54,21 @@ JsonValue: TypeAlias = "dict[str, JsonValue] | list[JsonValue] | str | int | flo
 """The values ``Event.data`` may hold."""
 
 
+MAX_SOURCE_BYTES = 0xFFFF
+"""The longest ``source`` in UTF-8 bytes: the journal stores its length in 16 bits."""
+_SOURCE_CHARS_FIT = MAX_SOURCE_BYTES // 4  # 4 UTF-8 bytes per character at most
+
 _UUID = uuid.UUID
 _datetime = datetime
 _now = datetime.now
 _new = object.__new__
+
+
+def _check_source_size(source: str) -> None:
+    size = len(source.encode("utf-8"))
+    if size > MAX_SOURCE_BYTES:
+        msg = f"source is {size} bytes in UTF-8; at most {MAX_SOURCE_BYTES} are allowed"
+        raise InvalidEventError(msg)
 
 
 def _empty_metadata() -> Mapping[str, str]:
@@ -138,6 +150,8 @@ class Event(_Wire):
             causation_id = check_uuid_field("causation_id", causation_id)
         if source is not None:
             check_text("source", source)
+            if len(source) > _SOURCE_CHARS_FIT:
+                _check_source_size(source)
         if target is not None:
             check_text("target", target)
         if tags.__class__ is not tuple or tags:
