@@ -74,6 +74,7 @@ def _inspect(storage: RocksStorage, path: str) -> RecoveryReport:
         lost=0 if lost_range is None else lost_range[1] - lost_range[0] + 1,
         lost_range=lost_range,
         wal_damaged=storage.wal_damaged,
+        repaired=storage.repaired,
     )
 
 
@@ -128,9 +129,10 @@ def open_journal(config: EventConfig) -> OpenedJournal | None:
 def repair(path: str | os.PathLike[str], *, recover: Recover = "truncate") -> RecoveryReport:
     """Make a damaged journal open again, accepting the loss; return what was lost.
 
-    First opens it with ``recover="truncate"`` (RocksDB keeps everything up
-    to the damage); if even that fails, runs RocksDB's repair, which salvages
-    every readable record from the table files and logs, then opens again.
+    Opens it with ``recover="truncate"``: a damaged WAL keeps everything up
+    to the damage; a journal RocksDB cannot read, or one missing acknowledged
+    events with its WAL intact, first goes through RocksDB's repair, which
+    salvages every readable record from the table files and logs.
     Either way the acknowledged mark is kept, so sequences continue above
     every acknowledged one.  Blocks; raises ``JournalNotFoundError``,
     ``JournalLockedError``, or ``JournalError`` if nothing can be salvaged.
@@ -158,5 +160,5 @@ def repair(path: str | os.PathLike[str], *, recover: Recover = "truncate") -> Re
         lost=report.lost,
         lost_range=report.lost_range,
         wal_damaged=report.wal_damaged,
-        repaired=repaired,
+        repaired=repaired or report.repaired,
     )

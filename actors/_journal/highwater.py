@@ -17,6 +17,8 @@ import os
 import struct
 import zlib
 
+from actors._errors import JournalError
+
 __all__ = ["HighWaterMark"]
 
 logger = logging.getLogger("actors.storage")
@@ -42,6 +44,9 @@ class HighWaterMark:
                 raw = f.read(_RECORD.size)
         except FileNotFoundError:
             return 0
+        except OSError as exc:
+            msg = f"cannot read the journal's acknowledged mark {self._file!r}: {exc}"
+            raise JournalError(msg) from exc
         if len(raw) != _RECORD.size:
             logger.warning("journal high-water file %s is truncated; ignored", self._file)
             return 0

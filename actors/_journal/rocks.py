@@ -4,9 +4,12 @@ rocksdict raises a bare ``Exception`` for every RocksDB status (lock held,
 corruption, I/O error alike; only ``DbClosedError`` has a type of its own),
 so errors are told apart here by the state of the files, never by message
 text: a lock by this module's registry of the journals this process has open
-and by an ``fcntl`` probe of the ``LOCK`` file; a damaged write-ahead log by
-opening again, read-only and lenient, after the strict open failed; "not a
-journal" by the ``CURRENT`` file and the column families.
+and by an ``fcntl`` probe of the ``LOCK`` file; damage by a read-only view
+opened before RocksDB ever opens the folder writable (strict, then lenient:
+a damaged write-ahead log; neither, with every file readable: damaged
+``CURRENT``/``MANIFEST``); a failed writable open after a sound view is an
+I/O problem (``JournalError``); "not a journal" by the files present and the
+column families.
 
 Opening (``docs/persistence.md``): RocksDB recovers the WAL in
 ``AbsoluteConsistency`` mode with paranoid checks, so it refuses a damaged
@@ -37,8 +40,8 @@ from actors._errors import (
     JournalLockedError,
     JournalNotFoundError,
 )
-from actors._journal.highwater import HighWaterMark
-from actors._journal.records import SEQ
+from actors._journal.highwater import FILE_NAME, HighWaterMark
+from actors._journal.records import HIGH_WATER, SEQ
 from actors._journal.rocks_store import RocksTables
 
 __all__ = ["RocksStorage", "repair_files"]
@@ -122,16 +125,87 @@ def _locked_error(path: str, holder: int, cause: BaseException | None) -> Journa
     return error
 
 
+_DATA_SUFFIXES = (".sst", ".log")
+
+
+def holds_database(path: str) -> bool:
+    """Return whether ``path`` holds a RocksDB database, whole or damaged; reads only names.
+
+    A folder without ``CURRENT`` that still holds table files, logs, a
+    ``MANIFEST`` or the acknowledged mark is a damaged journal, not an empty
+    folder: RocksDB must never create a new database over it.
+    """
+    try:
+        names = os.listdir(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError as exc:
+        msg = f"cannot read the journal folder {path!r}: {exc}"
+        raise JournalError(msg) from exc
+    return any(
+        name in ("CURRENT", FILE_NAME)
+        or name.startswith("MANIFEST-")
+        or name.endswith(_DATA_SUFFIXES)
+        for name in names
+    )
+
+
+def _unreadable_file(path: str) -> OSError | None:
+    """Return the error of the first file in ``path`` this process cannot read, or None."""
+    try:
+        names = os.listdir(path)
+    except OSError as exc:
+        return exc
+    for name in names:
+        if name in _NOT_LINKED:
+            continue
+        try:
+            fd = os.open(os.path.join(path, name), os.O_RDONLY)
+        except FileNotFoundError:
+            continue  # removed meanwhile
+        except OSError as exc:
+            return exc
+        os.close(fd)
+    return None
+
+
+def _damaged_or_unreadable(path: str, cause: BaseException) -> JournalError:
+    """Say why RocksDB could not read ``path`` even leniently.
+
+    When every file can be read the files themselves are damaged
+    (``JournalDamagedError``); otherwise the folder cannot be read
+    (permissions, I/O): ``JournalError`` naming the file.
+    """
+    problem = _unreadable_file(path)
+    if problem is not None:
+        error = JournalError(f"cannot read the journal at {path!r}: {problem}")
+    else:
+        error = JournalDamagedError(
+            f"journal {path!r} is damaged: RocksDB cannot read it ({cause}). To salvage "
+            "what its files still hold, run actors._journal.repair(path) or open it with "
+            "EventConfig(recover='truncate')"
+        )
+    error.__cause__ = cause
+    return error
+
+
 def _check_is_journal(path: str) -> None:
-    """Raise ``JournalNotFoundError`` unless ``path`` holds a journal; read only."""
-    if not os.path.isfile(os.path.join(path, "CURRENT")):
+    """Raise unless ``path`` holds a readable journal; read only.
+
+    ``JournalNotFoundError`` when it holds no database or a RocksDB that is
+    not a journal; ``JournalDamagedError`` when RocksDB cannot read it;
+    ``JournalError`` when the folder cannot be read.
+    """
+    if not holds_database(path):
         msg = f"{path!r} holds no journal (no RocksDB CURRENT file); nothing was created"
         raise JournalNotFoundError(msg)
+    if not os.path.isfile(os.path.join(path, "CURRENT")):
+        error = _damaged_or_unreadable(path, JournalError("its CURRENT file is missing"))
+        raise error from error.__cause__
     try:
         families = rocksdict.Rdict.list_cf(path)
     except Exception as exc:
-        msg = f"cannot read the journal at {path!r}: {exc}"
-        raise JournalError(msg) from exc
+        raise _damaged_or_unreadable(path, exc) from exc
     if _CF_META not in families:
         msg = f"{path!r} is a RocksDB but not a journal (no {_CF_META!r} column family)"
         raise JournalNotFoundError(msg)
@@ -172,19 +246,77 @@ def sweep_stale_views(directory: str | None = None) -> int:
     return removed
 
 
-def _linked_view(path: str) -> str:
-    """Return a private folder of symbolic links to the journal's files.
+def _linked_view(path: str) -> tuple[str, frozenset[str]]:
+    """Return a private folder of symbolic links to the journal's files, and their names.
 
     Named after this process, so that a later read-only open can sweep the
-    views of processes killed before they closed theirs.
+    views of processes killed before they closed theirs.  Raises
+    ``JournalError`` if the view cannot be made.
     """
     sweep_stale_views()
-    view = tempfile.mkdtemp(prefix=f"{_VIEW_PREFIX}{os.getpid()}-")
-    for name in os.listdir(path):
-        if name in _NOT_LINKED or name.startswith("LOG.old"):
-            continue
-        os.symlink(os.path.join(path, name), os.path.join(view, name))
-    return view
+    try:
+        names = frozenset(_linked_names(path))
+        view = tempfile.mkdtemp(prefix=f"{_VIEW_PREFIX}{os.getpid()}-")
+    except OSError as exc:
+        msg = f"cannot read the journal at {path!r}: {exc}"
+        raise JournalError(msg) from exc
+    try:
+        for name in names:
+            os.symlink(os.path.join(path, name), os.path.join(view, name))
+    except OSError as exc:
+        shutil.rmtree(view, ignore_errors=True)
+        msg = f"cannot make a read-only view of the journal at {path!r}: {exc}"
+        raise JournalError(msg) from exc
+    return view, names
+
+
+def _linked_names(path: str) -> set[str]:
+    return {
+        name
+        for name in os.listdir(path)
+        if name not in _NOT_LINKED and not name.startswith("LOG.old")
+    }
+
+
+def _files_changed(path: str, names: frozenset[str]) -> bool:
+    try:
+        return _linked_names(path) != names
+    except OSError:
+        return False
+
+
+def _last_stored(db: rocksdict.Rdict) -> int:
+    """Return the highest sequence in the record space of ``db``, 0 if none or unreadable."""
+    try:
+        cursor = db.iter()
+        cursor.seek_to_last()
+        last = int(SEQ.unpack(cursor.key())[0]) if cursor.valid() else 0
+        del cursor
+    except Exception:
+        return 0
+    return last
+
+
+def _refuse_message(path: str, acknowledged: int, kept: int, last: int) -> str:
+    return (
+        f"journal {path!r} is damaged: {acknowledged - kept} acknowledged event(s), "
+        f"sequences {kept + 1}..{acknowledged}, are missing (the journal ends at {last}). "
+        "To accept the loss, open it with EventConfig(recover='truncate') or run "
+        "actors._journal.repair(path)"
+    )
+
+
+def _wal_message(path: str, damage: str, acknowledged: int, kept: int) -> str:
+    loss = (
+        f"{acknowledged - kept} acknowledged event(s), sequences {kept + 1}..{acknowledged}"
+        if acknowledged > kept
+        else "every event written after the damage"
+    )
+    return (
+        f"journal {path!r} has a damaged write-ahead log ({damage}); opening it would "
+        f"lose {loss}. To accept the loss, open it with EventConfig(recover='truncate') "
+        "or run actors._journal.repair(path)"
+    )
 
 
 class RocksStorage(RocksTables):
@@ -207,121 +339,169 @@ class RocksStorage(RocksTables):
         Raises ``JournalNotFoundError`` if ``path`` holds no journal and
         ``create`` is false or ``read_only`` is true (nothing is created);
         ``JournalLockedError`` if a process (this one or another, named)
-        holds it; ``JournalDamagedError`` if its WAL is damaged and
-        ``recover`` is ``"refuse"``; ``JournalError`` for any other failure.
+        holds it; ``JournalDamagedError`` if it is damaged (its WAL, or
+        acknowledged events missing) and ``recover`` is ``"refuse"``;
+        ``JournalError`` for any other failure.  A writable open decides
+        through a read-only view before RocksDB opens the folder writable, so
+        a refused open changes nothing in it; with ``recover="truncate"`` a
+        journal missing acknowledged events for any reason but a damaged WAL
+        goes through RocksDB's repair first (``repaired``).
         """
         if recover not in ("refuse", "truncate"):
             msg = f"recover must be 'refuse' or 'truncate', not {recover!r}"
             raise ValueError(msg)
         self._init_counters(os.fspath(path), read_only=read_only)
         self.wal_damaged = False
+        self.repaired = False
+        self.damage: str | None = None
         self._real = os.path.realpath(self._path)
         self._view: str | None = None
         self._registered = False
-        if read_only or not create:
+        if read_only:
             _check_is_journal(self._path)
-        if not read_only:
+        else:
             with _open_lock:
                 if self._real in _open_here:
                     msg = f"journal {self._path!r} is locked by this process (already open)"
                     raise JournalLockedError(msg)
                 _open_here.add(self._real)
                 self._registered = True
-        # Read before the open: a live writer only ever raises it later.
-        mark = HighWaterMark(self._path, writable=False) if read_only else None
         try:
-            db = self._open_db(create=create, recover=recover)
+            # Read before the open: a live writer only ever raises it later.
+            mark = HighWaterMark(self._path, writable=False) if read_only else None
+            if read_only:
+                db = self._open_read_only(recover)
+            else:
+                db = self._open_writable(create=create, recover=recover)
             self._attach(db, self._path, mark)
         except BaseException:
             self._forget()
             raise
         self._closed = False
 
-    def _open_db(self, *, create: bool, recover: Recover) -> rocksdict.Rdict:
+    # -- read-only ------------------------------------------------------------
+
+    def _open_read_only(self, recover: Recover) -> rocksdict.Rdict:
         strict = rocksdict.DBRecoveryMode.absolute_consistency()
+        lenient = rocksdict.DBRecoveryMode.point_in_time()
         try:
-            return self._rdict(strict, create=create)
+            return self._view_rdict(strict)
         except Exception as exc:
             first: Exception = exc
-        if not self.read_only:
-            holder = _lock_holder(self._path)
-            if holder is not None:
-                raise _locked_error(self._path, holder, first)
-        lenient = rocksdict.DBRecoveryMode.point_in_time()
-        if self.read_only and _lock_holder(self._path) is not None:
+        if _lock_holder(self._path) is not None:
             # A live writer holds it: its log's tail may be mid-write.
-            return self._rdict(lenient, create=False)
-        kept = self._readable_leniently(lenient)
-        if kept is None:
-            msg = f"cannot open journal {self._path!r}: {first}"
-            raise JournalError(msg) from first
+            try:
+                return self._view_rdict(lenient)
+            except Exception as exc:
+                msg = f"cannot open journal {self._path!r} read-only: {exc}"
+                raise JournalError(msg) from exc
+        try:
+            db = self._view_rdict(lenient)
+        except Exception as exc:
+            raise _damaged_or_unreadable(self._path, exc) from exc
         # Strict recovery failed where lenient recovery reads: the WAL is damaged.
         if recover == "refuse":
+            kept = _last_stored(db)
+            with contextlib.suppress(Exception):
+                db.close()
+            del db
+            gc.collect()
             acknowledged = HighWaterMark(self._path, writable=False).value
-            loss = (
-                f"{acknowledged - kept} acknowledged event(s), sequences {kept + 1}..{acknowledged}"
-                if acknowledged > kept
-                else "every event written after the damage"
-            )
-            msg = (
-                f"journal {self._path!r} has a damaged write-ahead log ({first}); opening "
-                f"it would lose {loss}. To accept the loss, open it with "
-                "EventConfig(recover='truncate') or run actors._journal.repair(path)"
-            )
+            msg = _wal_message(self._path, str(first), acknowledged, kept)
             raise JournalDamagedError(msg) from first
         self.wal_damaged = True
-        try:
-            return self._rdict(lenient, create=False)
-        except Exception as exc:
-            msg = f"cannot recover journal {self._path!r}: {exc}; try actors._journal.repair"
-            raise JournalDamagedError(msg) from exc
+        self.damage = str(first)
+        return db
 
-    def _rdict(self, recovery: Any, *, create: bool) -> rocksdict.Rdict:
-        if self.read_only:
-            if self._view is None:
-                self._view = _linked_view(self._path)
+    def _view_rdict(self, recovery: Any) -> rocksdict.Rdict:
+        """Open read-only through a fresh view; again while a writer changes the file set."""
+        attempts = 5
+        for attempt in range(attempts):
+            if self._view is not None:
+                shutil.rmtree(self._view, ignore_errors=True)
+                self._view = None
+            self._view, names = _linked_view(self._path)
             opts = _options(recovery=recovery)
             opts.create_if_missing(False)
-            return rocksdict.Rdict(
-                self._view,
-                opts,
-                column_families=_families(recovery, None),
-                access_type=rocksdict.AccessType.read_only(),
-            )
+            try:
+                return rocksdict.Rdict(
+                    self._view,
+                    opts,
+                    column_families=_families(recovery, None),
+                    access_type=rocksdict.AccessType.read_only(),
+                )
+            except Exception:
+                # A writer flushed or compacted after the view listed the folder.
+                if attempt + 1 < attempts and _files_changed(self._path, names):
+                    continue
+                raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # -- writable -------------------------------------------------------------
+
+    def _open_writable(self, *, create: bool, recover: Recover) -> rocksdict.Rdict:
+        strict = rocksdict.DBRecoveryMode.absolute_consistency()
+        if not holds_database(self._path):
+            if not create:
+                msg = f"{self._path!r} holds no journal; nothing was created"
+                raise JournalNotFoundError(msg)
+            return self._writable_rdict(strict, create=True)
+        holder = _lock_holder(self._path)
+        if holder is not None:
+            raise _locked_error(self._path, holder, None)
+        if self._inspect(recover):
+            _repair(self._path)
+            self.repaired = True
+        elif self.wal_damaged:
+            return self._writable_rdict(rocksdict.DBRecoveryMode.point_in_time(), create=False)
+        return self._writable_rdict(strict, create=False)
+
+    def _inspect(self, recover: Recover) -> bool:
+        """Look through a read-only view before opening writable; return whether to repair.
+
+        Raises ``JournalDamagedError`` with ``recover="refuse"`` when the WAL
+        is damaged or acknowledged events are missing; nothing is written.
+        """
+        try:
+            view = RocksStorage(self._path, read_only=True, recover="truncate")
+        except JournalDamagedError:
+            if recover == "refuse":
+                raise
+            return True  # RocksDB cannot read it at all: salvage with its repair
+        try:
+            acknowledged = view.acknowledged()
+            last = view.last_sequence()
+            kept = max(last, view.get_checkpoint(HIGH_WATER) or 0)
+            damage = view.damage
+        finally:
+            view.close()
+        if recover == "refuse":
+            if damage is not None:
+                raise JournalDamagedError(_wal_message(self._path, damage, acknowledged, kept))
+            if acknowledged > kept:
+                raise JournalDamagedError(_refuse_message(self._path, acknowledged, kept, last))
+            return False
+        if damage is not None:
+            # Recovered up to the damage: what the log holds after it has lost its order.
+            self.wal_damaged = True
+            self.damage = damage
+            return False
+        return acknowledged > kept
+
+    def _writable_rdict(self, recovery: Any, *, create: bool) -> rocksdict.Rdict:
         opts = _options(recovery=recovery)
         opts.create_if_missing(create)
         opts.create_missing_column_families(True)
-        return rocksdict.Rdict(self._path, opts, column_families=_families(recovery, None))
-
-    def _readable_leniently(self, recovery: Any) -> int | None:
-        """Open read-only, point-in-time (writes nothing); return its last sequence or None."""
         try:
-            view = _linked_view(self._path)
-        except OSError:
-            return None
-        try:
-            opts = _options(recovery=recovery)
-            opts.create_if_missing(False)
-            db = rocksdict.Rdict(
-                view,
-                opts,
-                column_families=_families(recovery, None),
-                access_type=rocksdict.AccessType.read_only(),
-            )
-        except Exception:
-            return None
-        try:
-            cursor = db.iter()
-            cursor.seek_to_last()
-            last = int(SEQ.unpack(cursor.key())[0]) if cursor.valid() else 0
-            del cursor
-        except Exception:
-            last = 0
-        finally:
-            with contextlib.suppress(Exception):
-                db.close()
-            shutil.rmtree(view, ignore_errors=True)
-        return last
+            return rocksdict.Rdict(self._path, opts, column_families=_families(recovery, None))
+        except Exception as exc:
+            holder = _lock_holder(self._path)
+            if holder is not None:
+                raise _locked_error(self._path, holder, exc) from exc
+            # The read-only view found the files sound: the folder cannot be
+            # written (read-only file system, full disk, permissions, LOCK).
+            msg = f"cannot open journal {self._path!r}: {exc}"
+            raise JournalError(msg) from exc
 
     def _new_batch(self) -> rocksdict.WriteBatch:
         return rocksdict.WriteBatch(raw_mode=True)
@@ -398,14 +578,24 @@ class RocksStorage(RocksTables):
             self._view = None
 
 
+def _repair(path: str) -> None:
+    try:
+        rocksdict.Rdict.repair(path, _options())
+    except Exception as exc:
+        msg = f"repair of {path!r} failed: {exc}"
+        raise JournalError(msg) from exc
+
+
 def repair_files(path: str | os.PathLike[str]) -> None:
     """Run RocksDB's repair on ``path``: salvage what the files still hold.
 
-    Blocks; raises ``JournalNotFoundError`` if ``path`` holds no journal,
+    Blocks; raises ``JournalNotFoundError`` if ``path`` holds no database,
     ``JournalLockedError`` if it is open, ``JournalError`` if the repair fails.
     """
     where = os.fspath(path)
-    _check_is_journal(where)
+    if not holds_database(where):
+        msg = f"{where!r} holds no journal; nothing was created"
+        raise JournalNotFoundError(msg)
     real = os.path.realpath(where)
     with _open_lock:
         if real in _open_here:
@@ -414,8 +604,4 @@ def repair_files(path: str | os.PathLike[str]) -> None:
     holder = _lock_holder(where)
     if holder is not None:
         raise _locked_error(where, holder, None)
-    try:
-        rocksdict.Rdict.repair(where, _options())
-    except Exception as exc:
-        msg = f"repair of {where!r} failed: {exc}"
-        raise JournalError(msg) from exc
+    _repair(where)

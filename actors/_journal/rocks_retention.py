@@ -93,8 +93,9 @@ class RetentionMixin:
         return _index_seqs(self._cid_cf, cid, low, high, descending)
 
     def _time_entries(self, start: int, end: int, descending: bool) -> Iterator[tuple[int, int]]:
-        first = TIME_KEY.pack(max(start + TS_BIAS, 0), 0)
-        stop = TIME_KEY.pack(min(end + TS_BIAS, MAX_SEQ), 0)
+        # The planner widens ranges by the skew, past the int64 edges too.
+        first = TIME_KEY.pack(min(max(start + TS_BIAS, 0), MAX_SEQ), 0)
+        stop = TIME_KEY.pack(min(max(end + TS_BIAS, 0), MAX_SEQ), 0)
         if descending:
             # seek_for_prev lands on the last key <= from_key; stop is exclusive.
             for key, _ in walk(self._time_cf, backwards=True, from_key=stop):
@@ -221,6 +222,10 @@ class RetentionMixin:
                 batch.delete(cid + SEQ.pack(seq), self._cid_h)
         count = max(self._count - len(present), 0)
         batch.put(_META_COUNT, SEQ.pack(count), self._meta_h)
+        if present and present[-1][0] >= self._last:
+            # The newest record goes: its sequence stays spoken for after a reopen.
+            high = max(self.get_checkpoint(HIGH_WATER) or 0, present[-1][0])
+            batch.put(META_CHECKPOINT + HIGH_WATER.encode(), SEQ.pack(high), self._meta_h)
         self._write(batch, False)
         self._count = count
         self._corrupt_seen.difference_update(s for s, _ in present)
