@@ -3,6 +3,7 @@ a subscription's life cycle, and subscribe's argument checks."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
@@ -178,6 +179,82 @@ def test_a_handler_error_inside_an_async_handler_is_a_dead_letter() -> None:
         assert sub.statistics().errors == 4
         assert [d.event.data for d in b.dead_letters()] == [1, 2]
         assert after.data == [1, 2]
+
+
+@pytest.mark.parametrize("raised", [KeyboardInterrupt, SystemExit, GeneratorExit, BaseException])
+def test_a_handler_raising_a_base_exception_is_a_failure_like_any_other(
+    bus: EventBus, raised: type[BaseException]
+) -> None:
+    handled: list[object] = []
+
+    def handler(event: Event) -> None:
+        if event.data == 1:
+            raise raised("not an exception")
+        handled.append(event.data)
+
+    sub = bus.subscribe("h.*", handler)
+    for i in range(4):
+        bus.publish("h.e", i)
+    bus.flush(WAIT)  # would time out: the subscription kept its turn for ever
+    assert handled == [0, 2, 3]
+    stats = sub.statistics()
+    assert (stats.delivered, stats.errors, stats.dead_letters, stats.in_flight) == (3, 1, 1, 0)
+    assert [d.error_type for d in bus.dead_letters()] == [raised.__name__]
+    bus.publish("h.e", 4)
+    bus.flush(WAIT)
+    assert handled[-1] == 4
+
+
+@pytest.mark.parametrize("raised", [KeyboardInterrupt, SystemExit, GeneratorExit])
+def test_an_async_handler_raising_a_base_exception_leaves_the_loop_running(
+    raised: type[BaseException],
+) -> None:
+    with EventBus() as b:
+        seen: list[object] = []
+
+        async def handler(event: Event) -> None:
+            if event.data == 1:
+                raise raised("not an exception")
+            seen.append(event.data)
+
+        other = Collector()
+
+        async def on_other(event: Event) -> None:
+            other(event)
+
+        sub = b.subscribe("h.*", handler)
+        b.subscribe("o.*", on_other)  # on the same loop, which must survive
+        for i in range(3):
+            b.publish("h.e", i)
+        b.flush(WAIT)
+        b.publish("o.e", "after")
+        b.flush(WAIT)
+        assert seen == [0, 2]
+        assert other.data == ["after"]
+        assert (sub.statistics().errors, sub.statistics().in_flight) == (1, 0)
+
+
+def test_a_cancelled_error_escaping_an_async_handler_is_its_failure() -> None:
+    # What a handler awaiting a task that someone else cancels lets out.
+    with EventBus() as b:
+        seen: list[object] = []
+
+        async def handler(event: Event) -> None:
+            if event.data == 1:
+                inner = asyncio.get_running_loop().create_future()
+                inner.cancel()
+                await inner
+            seen.append(event.data)
+
+        sub = b.subscribe("h.*", handler)
+        for i in range(3):
+            b.publish("h.e", i)
+        b.flush(WAIT)
+        b.publish("h.e", 3)
+        b.flush(WAIT)
+        assert seen == [0, 2, 3]
+        assert [d.error_type for d in b.dead_letters()] == ["CancelledError"]
+        assert sub.statistics().in_flight == 0
 
 
 def test_negative_retries_are_refused() -> None:

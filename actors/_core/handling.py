@@ -64,6 +64,12 @@ current_timeout: contextvars.ContextVar[tuple[asyncio.Timeout, float] | None] = 
 )
 
 
+def _cancelling() -> bool:
+    """Return whether the running task itself is being cancelled."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 class HandlerRuns:
     """Run the handler over batches under the subscription's ``HandlerPolicy``."""
 
@@ -87,6 +93,9 @@ class HandlerRuns:
     _timers: Timers
 
     def _batch_done(self, batch: Batch) -> None:
+        raise NotImplementedError
+
+    def _give_up(self, batch: Batch, exc: BaseException, history: bool) -> None:
         raise NotImplementedError
 
     def _watch_calls(self, timers: Timers) -> CallWatch | None:
@@ -131,7 +140,7 @@ class HandlerRuns:
                     attempts += 1
                     try:
                         call(event)
-                    except Exception as exc:
+                    except BaseException as exc:  # see _failed
                         delay = self._failed(event, exc, attempts)
                         if delay == 0.0:
                             continue
@@ -205,10 +214,10 @@ class HandlerRuns:
                     run.attempts += 1
                     call = None if watch is None else watch.start(event)
                     run.call = call
-                    error: Exception | None = None
+                    error: BaseException | None = None
                     try:
                         call_fn(event)
-                    except Exception as exc:
+                    except BaseException as exc:  # see _failed
                         error = exc
                     if call is not None and watch is not None and not watch.finish(call):
                         raise TurnHandedOff  # left behind: another thread runs the actor now
@@ -255,7 +264,7 @@ class HandlerRuns:
         mailbox = self.actor_inbox
         now_wall = time.time()
         count = 0 if history else 1
-        for event, published_at in batch:
+        for i, (event, published_at) in enumerate(batch):
             if self.abandoned:
                 break
             if event.ttl is not None and expired_unix(event, now_wall):
@@ -271,7 +280,16 @@ class HandlerRuns:
                     attempts += 1
                     try:
                         await self._await_handler(handler, event)
-                    except Exception as exc:
+                    except asyncio.CancelledError as exc:
+                        if _cancelling():  # this batch itself is cancelled (its loop closes)
+                            self._give_up(batch[i:], exc, history)
+                            raise
+                        delay = self._failed(event, exc, attempts)  # the handler's own
+                        if delay is not None:
+                            if delay > 0:
+                                await asyncio.sleep(delay)
+                            continue
+                    except BaseException as exc:  # see _failed
                         delay = self._failed(event, exc, attempts)
                         if delay is not None:
                             if delay > 0:
@@ -320,8 +338,16 @@ class HandlerRuns:
 
     # -- failures ---------------------------------------------------------------------
 
-    def _failed(self, event: Event, exc: Exception, attempts: int) -> float | None:
-        """Count a failed attempt; return the wait before the next, or None (dead letter)."""
+    def _failed(self, event: Event, exc: BaseException, attempts: int) -> float | None:
+        """Count a failed attempt; return the wait before the next, or None (dead letter).
+
+        Whatever a handler raises is its failure, ``BaseException``s included:
+        a ``SystemExit`` or ``KeyboardInterrupt`` raised on a bus thread is
+        not the process being asked to stop (signals reach the main thread),
+        and a ``CancelledError`` that escapes an ``async def`` handler is
+        the cancellation of something it awaited, not of the bus.  Letting
+        any of them out would strand the subscription and its flushes.
+        """
         self.errors += 1
         policy = self.policy
         if attempts <= policy.retries:

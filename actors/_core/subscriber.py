@@ -230,8 +230,10 @@ class SubscriberActor(HandlerRuns, DispatchedActor):
         self.actor_inbox.check_barriers()
 
     def _async_done(self, fut: Future[None]) -> None:
-        if fut.exception() is not None:  # pragma: no cover - _run_async catches everything
-            logger.error("async batch of %s failed", self.sub_id, exc_info=fut.exception())
+        # Cancelled when its loop closed under it (_run_async gave the rest up).
+        error = None if fut.cancelled() else fut.exception()
+        if error is not None and not isinstance(error, asyncio.CancelledError):
+            logger.error("async batch of %s failed", self.sub_id, exc_info=error)
         self._inflight = False
         self.actor_inbox.check_barriers()
         self.actor_inbox.wake()
@@ -240,7 +242,7 @@ class SubscriberActor(HandlerRuns, DispatchedActor):
         catchup = self.catchup
         return self._busy() or (catchup is not None and catchup.waiting)
 
-    def _give_up(self, batch: Batch, exc: Exception, history: bool) -> None:
+    def _give_up(self, batch: Batch, exc: BaseException, history: bool) -> None:
         for event, _ in batch:
             self.errors += 1
             self._dead_letter(event, exc, 0)

@@ -270,7 +270,7 @@ class DispatchedActor(pykka.Actor):
                     self._drain(throughput)
                 except TurnHandedOff:
                     return  # another thread has the actor (and its claim) now
-                except Exception:
+                except BaseException:
                     # A bug in a lane must not strand the actor: log, carry on.
                     logger.exception("%s failed while draining", self)
             if not stopped():
