@@ -5,15 +5,21 @@ the router and awaits the ``BusFuture`` it gets back through ``wrap_future``
 (a done-callback that hands the result to the loop with
 ``call_soon_threadsafe``).  pykka's own ``Future.__await__`` blocks the loop,
 so it is never used.  Only work that blocks a thread runs in the loop's
-default executor: a publish that may wait for room (a ``BLOCK`` subscription
-exists, or the router's mailbox is full), stopping the actors in ``aclose``,
-and the remote part of ``get_correlated`` on a node.
+default executor, always in a copy of the caller's context (so a publish
+made from a handler keeps its causation): a publish, ``publish_many`` or a
+request's publish that may wait for room (a ``BLOCK`` subscription exists,
+or the router's mailbox is full), a request published through ``node``,
+stopping the actors in ``aclose``, and the remote part of
+``get_correlated`` on a node.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from types import TracebackType
 from typing import Any, TypeVar
@@ -24,7 +30,7 @@ from actors._core.requests import reply_result, timeout_error
 from actors._core.subscriber import DeadLetter, Handler, Subscription, current_event
 from actors._core.wiring import merge_events
 from actors._errors import BusClosedError, FutureTimeoutError
-from actors._model import checks
+from actors._model import checks, guards
 from actors._model.config import EventConfig, OverflowStrategy
 from actors._model.event import Event
 from actors._model.filter import FilterLike
@@ -36,6 +42,63 @@ from actors._runtime.future import BusFuture, wrap_future
 __all__ = ["AsyncEventBus", "EventStream", "wrap_future"]
 
 T = TypeVar("T")
+Publish = Callable[[Event], BusFuture[Event]]
+
+
+async def _off_loop(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run ``fn`` in the loop's default executor, in a copy of the caller's context.
+
+    The copy carries ``current_event`` (and any other context variable) to
+    the thread, so a publish made there inherits causation and correlation
+    as it would on the loop.
+    """
+    run = contextvars.copy_context().run
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(None, functools.partial(run, fn, *args, **kwargs))
+
+
+def _publish_off_loop(publish: Callable[[Event], BusFuture[Event]]) -> Publish:
+    """Return a ``publish`` that returns at once and publishes in the default executor.
+
+    The returned future carries the outcome: the published event, or what
+    ``publish`` raised (``BackpressureError`` after ``block_timeout``, ...).
+    """
+    loop = asyncio.get_running_loop()
+    run = contextvars.copy_context().run
+
+    def start(event: Event) -> BusFuture[Event]:
+        outcome: BusFuture[Event] = BusFuture()
+
+        def job() -> None:
+            try:
+                future = run(publish, event)
+            except BaseException as exc:
+                outcome.set_exception(exc)
+                return
+            future.add_done_callback(_pass_on(outcome))
+
+        loop.run_in_executor(None, job)
+        return outcome
+
+    return start
+
+
+def _pass_on(outcome: BusFuture[T]) -> Callable[[BusFuture[T]], None]:
+    def transfer(done: BusFuture[T]) -> None:
+        exc = done.exception()
+        if exc is None:
+            outcome.set(done.get())
+        else:
+            outcome.set_exception(exc)
+
+    return transfer
+
+
+def _check_ask(timeout: object, max_replies: object, node: object) -> None:
+    """Check the arguments of ``request``/``request_all`` before anything is published."""
+    checks.check_timeout("timeout", timeout)
+    guards.check_int("max_replies", max_replies, minimum=1, optional=True)
+    guards.check_str("node", node, optional=True)
 
 
 async def _await(future: BusFuture[T], timeout: float | None) -> T:
@@ -57,6 +120,7 @@ class AsyncEventBus:
     def __init__(self, config: EventConfig | None = None, *, bus: EventBus | None = None) -> None:
         checks.check_async_bus(config, bus, EventBus)
         self.sync = bus if bus is not None else EventBus(config)
+        self._streams: set[EventStream] = set()  # open streams, ended by aclose
 
     @property
     def config(self) -> EventConfig:
@@ -74,17 +138,25 @@ class AsyncEventBus:
         if bus.closed:
             raise BusClosedError("the bus is closed")
         if bus.core.publisher.may_wait():
-            loop = asyncio.get_running_loop()
-            future = await loop.run_in_executor(
-                None, lambda: bus.publish(event_or_type, data, **fields)
-            )
+            future = await _off_loop(bus.publish, event_or_type, data, **fields)
         else:
             future = bus.publish(event_or_type, data, **fields)
         return await wrap_future(future)
 
     async def publish_many(self, events: Iterable[Event]) -> list[Event]:
-        """Publish a batch; return the sequenced events (see ``EventBus.publish_many``)."""
-        futures = self.sync.publish_many(events)
+        """Publish a batch; return the sequenced events (see ``EventBus.publish_many``).
+
+        Waits for room as ``publish`` does: in an executor thread, never on
+        the loop.
+        """
+        batch = checks.check_events(events)
+        bus = self.sync
+        if bus.closed:
+            raise BusClosedError("the bus is closed")
+        if bus.core.publisher.may_wait():
+            futures = await _off_loop(bus.publish_many, batch)
+        else:
+            futures = bus.publish_many(batch)
         return list(await asyncio.gather(*(wrap_future(f) for f in futures)))
 
     async def publish_correlated(
@@ -138,17 +210,22 @@ class AsyncEventBus:
         ``async for event in bus.stream("user.*")``: the subscription exists
         when ``stream`` returns, so nothing published afterwards is missed.
         Closing the iterator (``aclose`` or leaving ``async with``)
-        unsubscribes.  Must be called with a running event loop.
+        unsubscribes; the bus's ``aclose`` ends it too.  ``capacity`` unread
+        events are kept; see ``EventStream`` for what ``overflow`` does
+        beyond them.  Must be called with a running event loop.
         """
         checks.check_stream(filter, capacity, overflow, from_sequence)
-        return EventStream(
+        stream = EventStream(
             self.sync,
             pattern,
             filter=filter,
             capacity=capacity,
             overflow=overflow,
             from_sequence=from_sequence,
+            on_close=self._streams.discard,
         )
+        self._streams.add(stream)
+        return stream
 
     async def get_correlated(
         self, correlation_id: uuid.UUID, *, timeout: float | None = 30.0
@@ -159,10 +236,7 @@ class AsyncEventBus:
         if bus.closed:
             raise BusClosedError("the bus is closed")
         if bus.node is not None:  # the peers are asked by blocking calls
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(
-                None, lambda: bus.get_correlated(correlation_id, timeout=timeout)
-            )
+            return await _off_loop(bus.get_correlated, correlation_id, timeout=timeout)
         core = bus.core
         answer: CorrelatedEvents = await _await(core.correlated(correlation_id), timeout)
         events = answer.events
@@ -191,14 +265,27 @@ class AsyncEventBus:
         await _await(self.sync.core.start_flush(), timeout)
 
     async def aclose(self, timeout: float | None = None) -> None:
-        """Drain, flush and stop the bus (the async twin of ``close``).
+        """Drain, flush and stop the bus (the async twin of ``close``); end every stream.
 
         The flush is awaited on the loop; stopping the actors (which joins
         their threads) runs in the executor, where ``close`` finds nothing
-        left to flush.
+        left to flush.  Each open stream first stops waiting for its reader
+        (so the flush never waits on one), receives what was published before
+        ``aclose``, and then ends: its iterator stops once what it holds has
+        been read.
         """
         checks.check_timeout("timeout", timeout)
         bus = self.sync
+        streams = list(self._streams)
+        for stream in streams:
+            stream._end()  # noqa: SLF001 - the bus's own streams
+        try:
+            await self._close(bus, timeout)
+        finally:
+            for stream in streams:
+                stream._finish()  # noqa: SLF001 - the bus's own streams
+
+    async def _close(self, bus: EventBus, timeout: float | None) -> None:
         if current_event.get() is not None:
             bus.close(timeout)  # inside a handler: stops without waiting
             return
@@ -209,8 +296,7 @@ class AsyncEventBus:
                 pass  # close() warns and stops anyway
             except BusClosedError:
                 return
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, bus.close, timeout)
+        await _off_loop(bus.close, timeout)
 
     # -- requests and replies (see EventBus.request; the core: _core/requests.py) ---------
 
@@ -232,7 +318,10 @@ class AsyncEventBus:
         """Publish a request and await its first reply (see ``EventBus.request``).
 
         Waits on the loop (no thread per request); raises ``RequestTimeoutError``
-        and ``RemoteHandlerError`` as the synchronous form does.
+        and ``RemoteHandlerError`` as the synchronous form does.  ``timeout``
+        covers the whole call: a publish that must wait for room waits in an
+        executor thread, and ``RequestTimeoutError`` is raised if no reply came
+        within ``timeout``, however long the room took.
         """
         event, replies = await self._ask(event_type, data, fields, 1, timeout, node)
         if not replies:
@@ -261,24 +350,28 @@ class AsyncEventBus:
         timeout: float | None,
         node: str | None,
     ) -> tuple[Event, list[Event]]:
+        _check_ask(timeout, max_replies, node)
         bus = self.sync
+        if bus.closed:
+            raise BusClosedError("the bus is closed")
         loop = asyncio.get_running_loop()
-        started = loop.time()
+        deadline = None if timeout is None else loop.time() + timeout
         client = bus.request_client
         requester = client.requester
         event, new_route = client.prepare(event_type, data, fields)
         if new_route:  # a node's first request of this type: blocks once, off the loop
-            await loop.run_in_executor(
-                None, client.sync_reply_route, event.event_type, timeout, node
-            )
+            await _off_loop(client.sync_reply_route, event.event_type, timeout, node)
         publish = client.publisher(node)
-        if node is not None:  # publish_remote blocks until the node answered
-            pending = await loop.run_in_executor(None, requester.send, event, publish, max_replies)
-        else:
-            pending = requester.send(event, publish, max_replies)
+        # A node's publish_remote blocks until the node answered; a local
+        # publish may wait for room.  Either then runs in an executor thread,
+        # after the entry is in the table, and its outcome reaches the entry's
+        # future: the deadline below bounds the whole call.
+        if node is not None or bus.core.publisher.may_wait():
+            publish = _publish_off_loop(publish)
+        pending = requester.send(event, publish, max_replies)
         table = requester.table
         try:
-            async with asyncio.timeout_at(None if timeout is None else started + timeout):
+            async with asyncio.timeout_at(deadline):
                 return event, await wrap_future(pending.future)
         except TimeoutError:
             late = table.close(pending.request_id)
@@ -309,7 +402,17 @@ class AsyncEventBus:
 
 
 class EventStream(AsyncIterator[Event]):
-    """An async iterator over a live subscription; ``aclose`` unsubscribes."""
+    """An async iterator over a live subscription; ``aclose`` unsubscribes.
+
+    The stream keeps up to ``capacity`` unread events for its reader.  With
+    ``DROP_OLDEST`` or ``DROP_NEWEST`` (and no ``from_sequence``) a full
+    stream drops at once, the oldest unread or the incoming event, so a
+    reader that stops reading never holds up the bus (``flush``, ``close``).
+    With ``BLOCK`` or ``REJECT``, or a ``from_sequence`` history, the reader
+    sets the pace: events past the unread ones wait in the subscription's
+    mailbox, where its ``overflow`` applies as for any subscription, until
+    the reader takes some or the stream ends.
+    """
 
     def __init__(
         self,
@@ -320,13 +423,25 @@ class EventStream(AsyncIterator[Event]):
         capacity: int | None,
         overflow: OverflowStrategy | str | None,
         from_sequence: int | None,
+        on_close: Callable[[EventStream], None] | None = None,
     ) -> None:
         checks.check_stream(filter, capacity, overflow, from_sequence)
         cap = capacity if capacity is not None else bus.config.buffer_size
-        # The queue is bounded by one mailbox's worth; beyond it the handler
-        # awaits, and the subscription's own overflow strategy takes over.
-        self._queue: asyncio.Queue[Event | None] = asyncio.Queue(cap)
-        self._closed = False
+        strategy = OverflowStrategy(overflow) if overflow is not None else bus.config.overflow
+        self._capacity = cap
+        self._unread: deque[Event] = deque()
+        # None: the reader paces the subscription (its put waits for room).
+        self._drop: OverflowStrategy | None = (
+            strategy
+            if from_sequence is None
+            and strategy in {OverflowStrategy.DROP_OLDEST, OverflowStrategy.DROP_NEWEST}
+            else None
+        )
+        self._readable = asyncio.Event()  # set while a reader need not wait
+        self._room = asyncio.Event()  # set while a put need not wait
+        self._ending = False  # the bus is closing: puts stop waiting for room
+        self._closed = False  # nothing more comes in
+        self._on_close = on_close
         self.subscription = bus.subscribe(
             pattern,
             self._put,
@@ -337,25 +452,53 @@ class EventStream(AsyncIterator[Event]):
         )
 
     async def _put(self, event: Event) -> None:
-        await self._queue.put(event)
+        unread = self._unread
+        while len(unread) >= self._capacity and not (self._closed or self._ending):
+            if self._drop is OverflowStrategy.DROP_NEWEST:
+                return
+            if self._drop is OverflowStrategy.DROP_OLDEST:
+                unread.popleft()
+                break
+            self._room.clear()
+            await self._room.wait()
+        if self._closed:
+            return
+        unread.append(event)
+        self._readable.set()
 
     def __aiter__(self) -> EventStream:
         return self
 
     async def __anext__(self) -> Event:
-        if self._closed and self._queue.empty():
-            raise StopAsyncIteration
-        item = await self._queue.get()
-        if item is None:  # aclose() woke a reader waiting on an empty queue
-            raise StopAsyncIteration
-        return item
+        unread = self._unread
+        while not unread:
+            if self._closed:
+                raise StopAsyncIteration
+            self._readable.clear()
+            await self._readable.wait()
+        event = unread.popleft()
+        self._room.set()
+        return event
 
     async def aclose(self) -> None:
         """Unsubscribe; iteration ends once what is queued has been read."""
-        self._closed = True
+        self._finish()
         self.subscription.unsubscribe()
-        if self._queue.empty():
-            self._queue.put_nowait(None)
+
+    def _end(self) -> None:
+        """The bus is closing: deliver what was published without waiting for the reader."""
+        self._ending = True
+        self._room.set()
+
+    def _finish(self) -> None:
+        """Take nothing more; the reader gets what is unread, then the iteration stops."""
+        if self._closed:
+            return
+        self._closed = True
+        self._room.set()
+        self._readable.set()
+        if self._on_close is not None:
+            self._on_close(self)
 
     async def __aenter__(self) -> EventStream:
         return self

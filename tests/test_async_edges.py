@@ -1,0 +1,271 @@
+"""AsyncEventBus at its edges: publishes that wait for room, requests, streams that end.
+
+Every test runs its own loop with ``asyncio.run``.  "The loop is not blocked"
+is shown by ordering, never by durations: a task created after the call
+runs (and finds the call still pending) while the call waits for room.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from actors import (
+    AsyncEventBus,
+    BackpressureError,
+    Event,
+    EventConfig,
+    OverflowStrategy,
+    RequestTimeoutError,
+)
+
+WAIT = 10.0
+
+
+def run(test: Callable[[], Awaitable[Any]]) -> Any:
+    return asyncio.run(asyncio.wait_for(test(), 30))
+
+
+async def fill_block_lane(bus: AsyncEventBus, pattern: str, event_type: str) -> threading.Event:
+    """Subscribe a gated BLOCK subscriber of capacity 1 and fill it; return its gate.
+
+    One event is in the handler (held by the gate) and one in the mailbox, so
+    the next publish of ``event_type`` waits for room until the gate opens.
+    """
+    gate = threading.Event()
+    started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    loop = asyncio.get_running_loop()
+
+    def slow(_: Event) -> str:
+        if not started.done():
+            loop.call_soon_threadsafe(lambda: started.done() or started.set_result(None))
+        gate.wait(3 * WAIT)  # longer than block_timeout: only the test opens it
+        return "ok"
+
+    await bus.respond(pattern, slow, overflow=OverflowStrategy.BLOCK, capacity=1)
+    await bus.publish(event_type, 0)
+    await started  # the first event is in the handler
+    await bus.publish(event_type, 1)  # routed: the mailbox is full
+    return gate
+
+
+async def runs_meanwhile(call: asyncio.Task[Any]) -> bool:
+    """Return whether a task created after ``call`` runs while ``call`` is still pending."""
+    ran = asyncio.Event()
+
+    async def other() -> None:
+        ran.set()
+
+    await asyncio.create_task(other())
+    return ran.is_set() and not call.done()
+
+
+# -- context: correlation and causation survive the executor hop -------------------------
+
+
+def test_publish_that_may_wait_keeps_causation_and_correlation() -> None:
+    async def main() -> None:
+        async with AsyncEventBus() as bus:
+            # A BLOCK subscription elsewhere: every publish may wait, so it
+            # runs in an executor thread.
+            await bus.subscribe(
+                "unrelated.x", lambda e: None, overflow=OverflowStrategy.BLOCK, capacity=10
+            )
+            loop = asyncio.get_running_loop()
+            children: asyncio.Future[list[Event]] = loop.create_future()
+
+            async def handler(_: Event) -> None:
+                one = await bus.publish("child.one")
+                many = await bus.publish_many([Event(event_type="child.two")])
+                children.set_result([one, *many])
+
+            await bus.subscribe("parent.x", handler)
+            cid = uuid.uuid4()
+            parent = await bus.publish_correlated("parent.x", None, cid)
+            for child in await children:
+                assert child.correlation_id == cid
+                assert child.causation_id == parent.id
+
+    run(main)
+
+
+# -- publish_many waits for room off the loop ----------------------------------------------
+
+
+def test_publish_many_waits_for_room_off_the_loop() -> None:
+    async def main() -> None:
+        async with AsyncEventBus(EventConfig(block_timeout=WAIT)) as bus:
+            gate = await fill_block_lane(bus, "slow.x", "slow.x")
+            call = asyncio.create_task(bus.publish_many([Event(event_type="slow.x", data=2)]))
+            try:
+                assert await runs_meanwhile(call)
+            finally:
+                gate.set()
+            (event,) = await call
+            assert event.data == 2
+            assert event.sequence is not None
+
+    run(main)
+
+
+# -- request: off the loop, and bounded by its timeout ---------------------------------------
+
+
+def test_request_waiting_for_room_is_bounded_by_its_timeout() -> None:
+    async def main() -> None:
+        async with AsyncEventBus(EventConfig(block_timeout=WAIT)) as bus:
+            gate = await fill_block_lane(bus, "svc.x", "svc.x")
+            # The request's timeout is much shorter than block_timeout: it is
+            # what ends the call, with the error of a request nobody answered.
+            call = asyncio.create_task(bus.request("svc.x", 2, timeout=0.2))
+            try:
+                assert await runs_meanwhile(call)
+                with pytest.raises(RequestTimeoutError):
+                    await call
+                assert bus.sync.pending_requests() == 0
+            finally:
+                gate.set()
+
+    run(main)
+
+
+def test_request_all_waiting_for_room_returns_no_replies_at_its_timeout() -> None:
+    async def main() -> None:
+        async with AsyncEventBus(EventConfig(block_timeout=WAIT)) as bus:
+            gate = await fill_block_lane(bus, "svc.x", "svc.x")
+            call = asyncio.create_task(bus.request_all("svc.x", 2, timeout=0.2))
+            try:
+                assert await runs_meanwhile(call)
+                assert await call == []
+                assert bus.sync.pending_requests() == 0
+            finally:
+                gate.set()
+
+    run(main)
+
+
+def test_request_refused_for_room_raises_backpressure_as_the_sync_form() -> None:
+    async def main() -> None:
+        async with AsyncEventBus(EventConfig(block_timeout=0.05)) as bus:
+            gate = await fill_block_lane(bus, "svc.x", "svc.x")
+            try:
+                with pytest.raises(BackpressureError):
+                    await bus.request("svc.x", 2, timeout=WAIT)
+                assert bus.sync.pending_requests() == 0
+            finally:
+                gate.set()
+
+    run(main)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"timeout": float("nan")}, ValueError),
+        ({"timeout": -1}, ValueError),
+        ({"timeout": "1"}, TypeError),
+        ({"max_replies": 0}, ValueError),
+        ({"max_replies": 1.5}, TypeError),
+    ],
+)
+def test_request_arguments_are_checked_before_publishing(
+    kwargs: dict[str, Any], error: type[Exception]
+) -> None:
+    async def main() -> None:
+        async with AsyncEventBus() as bus:
+            seen: list[Event] = []
+            await bus.subscribe("a.*", seen.append)
+            with pytest.raises(error):
+                await bus.request_all("a.b", **kwargs)
+            if "max_replies" not in kwargs:
+                with pytest.raises(error):
+                    await bus.request("a.b", **kwargs)
+            await bus.flush(WAIT)
+            assert seen == []
+
+    run(main)
+
+
+# -- streams end with the bus, and never hold it up ------------------------------------------
+
+
+def test_aclose_ends_a_waiting_reader_after_what_it_holds() -> None:
+    async def main() -> None:
+        bus = AsyncEventBus()
+        stream = bus.stream("s.*")
+        got: list[Any] = []
+        first = asyncio.Event()
+
+        async def reader() -> None:
+            async for event in stream:
+                got.append(event.data)
+                first.set()
+
+        task = asyncio.create_task(reader())
+        await bus.publish("s.a", 1)
+        await first.wait()  # the reader now waits on an empty stream
+        await bus.publish("s.a", 2)
+        await bus.aclose()
+        await task  # ends: the iteration stopped
+        assert got == [1, 2]
+
+    run(main)
+
+
+def test_an_unread_stream_drops_oldest_and_never_holds_up_flush() -> None:
+    async def main() -> None:
+        async with AsyncEventBus() as bus:
+            stream = bus.stream("t.*", capacity=5)
+            for i in range(12):
+                await bus.publish("t.a", i)
+            await bus.flush(WAIT)  # the stream's put never waits for a reader
+            assert [(await anext(stream)).data for _ in range(5)] == [7, 8, 9, 10, 11]
+            await bus.publish("t.a", 12)
+            await bus.flush(WAIT)
+            await stream.aclose()
+            assert [e.data async for e in stream] == [12]
+
+    run(main)
+
+
+def test_drop_newest_stream_keeps_the_first_events() -> None:
+    async def main() -> None:
+        async with AsyncEventBus() as bus:
+            stream = bus.stream("t.*", capacity=3, overflow=OverflowStrategy.DROP_NEWEST)
+            for i in range(6):
+                await bus.publish("t.a", i)
+            await bus.flush(WAIT)
+        assert [e.data async for e in stream] == [0, 1, 2]
+
+    run(main)
+
+
+def test_leaving_async_with_after_breaking_out_of_a_full_stream() -> None:
+    async def main() -> None:
+        async with AsyncEventBus(EventConfig(buffer_size=10)) as bus:
+            stream = bus.stream("t.*")
+            for i in range(30):
+                await bus.publish("t.a", i)
+            async for event in stream:
+                if event.data >= 22:
+                    break  # not closed: the bus's aclose ends it
+        assert [e.data async for e in stream] == list(range(23, 30))
+
+    run(main)
+
+
+def test_block_stream_paces_publishers_until_the_bus_closes() -> None:
+    async def main() -> None:
+        bus = AsyncEventBus()
+        stream = bus.stream("t.*", capacity=2, overflow=OverflowStrategy.BLOCK)
+        for i in range(3):  # one more than the stream holds: its put waits for the reader
+            await bus.publish("t.a", i)
+        await bus.aclose()  # delivers what was published, without waiting for a reader
+        assert [e.data async for e in stream] == [0, 1, 2]
+
+    run(main)
