@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import pykka
 
 from actors._bus_requests import RequestReply
+from actors._core.messages import Closing
 from actors._core.publishing import prepare_event
 from actors._core.replay import iter_query
 from actors._core.replay import replay as replay_events
@@ -467,6 +468,11 @@ class EventBus(RequestReply):
             if self._closed:
                 return ()
             self._closed = True
+        # From here every publish is refused: one that got past the closed
+        # check before it is refused by the router (``Closing`` comes before
+        # the flush), or failed by ``settle_closed`` once the actors stopped.
+        self._publisher.closed = True
+        self._core.inbox.put(Closing())
         deadline = Deadline(timeout)
         inside = (
             current_event.get() is not None
@@ -482,7 +488,11 @@ class EventBus(RequestReply):
         self._requests.requester.table.fail_all(BusClosedError("the bus was closed"))
         if inside:  # the caller's own thread may be needed: wait for nothing
             return self._stop_actors(Deadline(0), grace=0.0, wait=False)
-        return self._stop_actors(deadline)
+        try:
+            return self._stop_actors(deadline)
+        finally:
+            # The router settles them when it stops; this covers one that did not.
+            self._publisher.settle_closed()
 
     def _stop_actors(
         self, deadline: Deadline, grace: float = CLOSE_GRACE, *, wait: bool = True

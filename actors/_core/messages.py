@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Barrier",
+    "Closing",
     "CorrelatedEvents",
     "DeadLetter",
     "DeadLettered",
@@ -88,6 +89,16 @@ class Unsubscribe:
 
     id: str
     then: Callable[[], object] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Closing:
+    """The bus is closing: refuse every later publish (``BusClosedError``).
+
+    Sent by ``close`` before its flush, so what was published before
+    ``close`` is routed and handled, and nothing published after it is
+    routed into subscriptions that ``close`` is about to give up on.
+    """
 
 
 @dataclass(frozen=True, slots=True)

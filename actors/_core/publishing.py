@@ -18,7 +18,12 @@ from actors._core.backpressure import BlockGuard
 from actors._core.messages import Publish, PublishBatch
 from actors._core.ratelimit import TokenBucket
 from actors._core.subscriber import current_event
-from actors._errors import BackpressureError, InvalidEventError, RateLimitedError
+from actors._errors import (
+    BackpressureError,
+    BusClosedError,
+    InvalidEventError,
+    RateLimitedError,
+)
 from actors._model.event import FIELD_NAMES, Event, with_fields
 from actors._model.topics import is_reserved
 from actors._runtime.dispatcher import FifoMailbox
@@ -97,6 +102,13 @@ class Publisher:
         self._lock = threading.Lock()
         self._rejected = 0
         self._rate_limited = 0
+        # Set by the bus's close before it tells the router (``Closing``):
+        # a publish that got past the bus's closed check sent its message
+        # anyway, and may have sent it after the router stopped.  Its futures
+        # are kept until ``settle_closed``, which fails those still pending.
+        self.closed = False
+        self._settled = False
+        self._stranded: list[BusFuture[Event]] = []
 
     def counts(self) -> tuple[int, int]:
         """Return (rejected, rate_limited) as refused on the publisher side."""
@@ -126,6 +138,8 @@ class Publisher:
             Publish(event, future, _now(), False, owned), self._timeout
         ):
             self._refuse((event,))
+        if self.closed:
+            self._strand((future,))
         return future
 
     def publish_batch(self, events: Sequence[Event]) -> list[BusFuture[Event]]:
@@ -134,7 +148,24 @@ class Publisher:
         routed = self._admit(events)
         futures: list[BusFuture[Event]] = [BusFuture() for _ in events]
         self._send(PublishBatch(events, futures, time.perf_counter(), False, routed), routed)
+        if self.closed:
+            self._strand(futures)
         return futures
+
+    def _strand(self, futures: Sequence[BusFuture[Event]]) -> None:
+        """Keep futures sent while the bus closes; fail them at once if it has closed."""
+        with self._lock:
+            if not self._settled:
+                self._stranded.extend(futures)
+                return
+        _fail_closed(futures)
+
+    def settle_closed(self) -> None:
+        """Fail every future sent during ``close`` that nothing resolved (the actors stopped)."""
+        with self._lock:
+            self._settled = True
+            stranded, self._stranded = self._stranded, []
+        _fail_closed(stranded)
 
     def inject(self, events: Sequence[Event]) -> None:
         """Route events a peer already accepted: never blocks, never refused.
@@ -177,6 +208,8 @@ class Publisher:
                 with self._lock:
                     self._rejected += len(events)
                 raise BackpressureError(gate.refusal(self._timeout))
+            if self.closed:  # room came while the bus closes: too late to publish
+                raise BusClosedError("the bus was closed while the publish waited for room")
         paced = guard.paces(events)  # counted even when it cannot wait (below)
         if self._dispatcher.on_dispatcher_thread():
             return None
@@ -206,6 +239,12 @@ class Publisher:
             routed.wait(self._timeout)
             if type(routed) is _Paced:
                 self._guard.wait_drained(_events_of(message), self._timeout)
+
+
+def _fail_closed(futures: Sequence[BusFuture[Event]]) -> None:
+    error = BusClosedError("the bus was closed before the event was published")
+    for future in futures:
+        future.set_exception(error)  # a no-op for a future already resolved
 
 
 def _events_of(message: Publish | PublishBatch) -> Sequence[Event]:

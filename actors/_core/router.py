@@ -26,7 +26,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +34,7 @@ from actors._codec.events import restamp_in_place, restamp_wire
 from actors._core.backpressure import BlockGuard
 from actors._core.messages import (
     Barrier,
+    Closing,
     CorrelatedEvents,
     DeadLetter,
     DeadLettered,
@@ -52,7 +53,7 @@ from actors._core.messages import (
     Unsubscribe,
 )
 from actors._core.routes import Route, accepts
-from actors._errors import BackpressureError
+from actors._errors import BackpressureError, BusClosedError
 from actors._model.config import OverflowStrategy
 from actors._model.event import (
     Event,
@@ -149,9 +150,12 @@ class RouterActor(DispatchedActor):
         self._dead: deque[DeadLetter] = deque(maxlen=dead_letter_limit)
         self._dead_count = 0
         self._final: tuple[RouterFigures, list[DeadLetter]] | None = None
+        self._closing = False  # set by Closing: later publishes are refused
         # Told the local patterns after every change (the bridge forwards them
         # to peers as subscriptions).  Called on the router's thread.
         self.route_listeners: list[Callable[[list[str]], None]] = []
+        # Called once on the router's thread when it has stopped.
+        self.stop_listeners: list[Callable[[], None]] = []
 
     # -- wiring (before the actor runs) ----------------------------------------
 
@@ -163,12 +167,18 @@ class RouterActor(DispatchedActor):
 
     def _on_message(self, message: Any) -> None:
         if type(message) is Publish:
+            if self._closing and not message.internal:
+                self._refuse_closed((message.future,), message.routed)
+                return
             self._route(
                 message.event, message.future, message.published_at, message.internal, message.owned
             )
             if message.routed is not None:
                 self._routed(message.routed)
         elif type(message) is PublishBatch:
+            if self._closing and not message.internal:
+                self._refuse_closed(message.futures, message.routed)
+                return
             route = self._route
             events = message.events
             futures = message.futures
@@ -200,6 +210,8 @@ class RouterActor(DispatchedActor):
             self.guard.clear(message.gate)
         elif type(message) is Flush:
             self._flush(message.future)
+        elif type(message) is Closing:
+            self._closing = True
         elif type(message) is Forward:
             self._send_records()
             message.target.put(message.message)
@@ -491,6 +503,8 @@ class RouterActor(DispatchedActor):
         self.guard.release_all()
         # Published once, for whoever asks after the router stopped.
         self._final = (self._figures(), list(self._dead))
+        for listener in self.stop_listeners:
+            listener()
 
     def _on_dropped_at_stop(self, message: Any) -> None:
         # Nobody may wait for ever on a message the stopped router never handles.
@@ -498,8 +512,22 @@ class RouterActor(DispatchedActor):
             message.future.set(self._figures())
         elif type(message) is GetDeadLetters:
             message.future.set(list(self._dead))
-        elif type(message) in (Publish, PublishBatch) and message.routed is not None:
-            message.routed.set()
+        elif type(message) is Publish:
+            self._refuse_closed((message.future,), message.routed)
+        elif type(message) is PublishBatch:
+            self._refuse_closed(message.futures, message.routed)
+
+    @staticmethod
+    def _refuse_closed(
+        futures: Sequence[BusFuture[Event] | None], routed: threading.Event | None
+    ) -> None:
+        """Fail the futures of a publish that came after ``close`` began: not published."""
+        error = BusClosedError("the bus was closed before the event was published")
+        for future in futures:
+            if future is not None:
+                future.set_exception(error)
+        if routed is not None:
+            routed.set()
 
     # -- figures ----------------------------------------------------------------
 

@@ -163,6 +163,8 @@ class Core:
             bucket=bucket,
             dispatcher=system,
         )
+        # What was sent during close and never routed fails once the router stopped.
+        self.router.stop_listeners.append(self.publisher.settle_closed)
 
     # -- subscriptions ------------------------------------------------------------
 

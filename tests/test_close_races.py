@@ -1,0 +1,113 @@
+"""``close`` racing publishers: every publish is either refused or handled.
+
+A publish that overlaps ``close`` ends one of two ways: its event is routed
+before ``close`` began and is handled before ``close`` returns, or the
+publish is refused (``BusClosedError``, raised or in its future).  Never a
+future that resolves to a published event that no handler saw, never a
+future that stays pending.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from typing import Any
+
+import pytest
+
+from actors import BusClosedError, BusFuture, Event, EventBus, EventConfig, OverflowStrategy
+from tests._support import WAIT, Gate, wait_for
+
+
+def _inside(thread: threading.Thread, function: str) -> bool:
+    """Return whether ``thread`` is running ``function`` (somewhere on its stack) now."""
+    frame = sys._current_frames().get(thread.ident or -1)  # noqa: SLF001 - CPython's own
+    while frame is not None:
+        if frame.f_code.co_name == function:
+            return True
+        frame = frame.f_back
+    return False
+
+
+def test_a_publish_waiting_for_room_when_close_begins_is_refused_not_lost() -> None:
+    bus = EventBus(EventConfig(block_timeout=WAIT))
+    gate = Gate()
+    bus.subscribe("x.*", gate, capacity=2, overflow=OverflowStrategy.BLOCK, dedicated_thread=True)
+    bus.publish("x.e", 0).get(timeout=WAIT)
+    assert gate.entered.wait(WAIT)
+    for i in (1, 2):
+        bus.publish("x.e", i).get(timeout=WAIT)
+    outcome: list[Any] = []
+
+    def publisher() -> None:
+        try:
+            outcome.append(bus.publish("x.e", 3).get(timeout=WAIT))
+        except Exception as exc:
+            outcome.append(exc)
+
+    waiting = threading.Thread(target=publisher)
+    waiting.start()
+    assert wait_for(lambda: _inside(waiting, "wait_for_room"))
+    closed: list[object] = []
+    closer = threading.Thread(target=lambda: closed.append(bus.close(timeout=WAIT)))
+    closer.start()
+    assert wait_for(lambda: _inside(closer, "_flush"))  # close has begun: it waits for 0-2
+    gate.release.set()
+    closer.join(WAIT)
+    waiting.join(WAIT)
+    assert not closer.is_alive()
+    assert not waiting.is_alive()
+    assert closed == [()]  # nothing given up on
+    assert gate.data == [0, 1, 2]
+    assert len(outcome) == 1
+    assert isinstance(outcome[0], BusClosedError)
+
+
+@pytest.mark.parametrize("trial", range(5))
+def test_publishes_racing_close_are_handled_or_refused_never_lost_or_pending(trial: int) -> None:
+    bus = EventBus()
+    handled: set[int] = set()
+    lock = threading.Lock()
+
+    def handler(event: Event) -> None:
+        with lock:
+            handled.add(event.data)
+
+    bus.subscribe("r.*", handler)
+    futures: list[BusFuture[Event]] = []
+    refused = 0
+    going = threading.Barrier(5)
+
+    def publisher(first: int) -> None:
+        nonlocal refused
+        going.wait(WAIT)
+        n = first
+        while True:
+            try:
+                future = bus.publish("r.e", n)
+            except BusClosedError:
+                with lock:
+                    refused += 1
+                return
+            with lock:
+                futures.append(future)
+            n += 1
+
+    threads = [threading.Thread(target=publisher, args=(k * 10**9,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    going.wait(WAIT)
+    assert wait_for(lambda: len(futures) >= 2000)
+    bus.close(timeout=WAIT)
+    for t in threads:
+        t.join(WAIT)
+        assert not t.is_alive()
+    assert refused == 4  # every publisher saw the bus closed in the end
+    published: set[int] = set()
+    for future in futures:
+        assert future.done()  # nothing left pending once close returned
+        if future.exception() is None:
+            published.add(future.get().data)
+        else:
+            assert isinstance(future.exception(), BusClosedError)
+    assert published == handled  # acknowledged as published means handled
