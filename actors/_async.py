@@ -30,7 +30,7 @@ from actors._core.requests import reply_result, timeout_error
 from actors._core.subscriber import DeadLetter, Handler, Subscription, current_event
 from actors._core.wiring import merge_events
 from actors._errors import BusClosedError, FutureTimeoutError
-from actors._model import checks, guards
+from actors._model import checks
 from actors._model.config import EventConfig, OverflowStrategy
 from actors._model.event import Event
 from actors._model.filter import FilterLike
@@ -92,13 +92,6 @@ def _pass_on(outcome: BusFuture[T]) -> Callable[[BusFuture[T]], None]:
             outcome.set_exception(exc)
 
     return transfer
-
-
-def _check_ask(timeout: object, max_replies: object, node: object) -> None:
-    """Check the arguments of ``request``/``request_all`` before anything is published."""
-    checks.check_timeout("timeout", timeout)
-    guards.check_int("max_replies", max_replies, minimum=1, optional=True)
-    guards.check_str("node", node, optional=True)
 
 
 async def _await(future: BusFuture[T], timeout: float | None) -> T:
@@ -350,7 +343,7 @@ class AsyncEventBus:
         timeout: float | None,
         node: str | None,
     ) -> tuple[Event, list[Event]]:
-        _check_ask(timeout, max_replies, node)
+        checks.check_request(timeout, max_replies, node)
         bus = self.sync
         if bus.closed:
             raise BusClosedError("the bus is closed")

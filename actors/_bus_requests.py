@@ -14,6 +14,7 @@ from actors._core.publishing import check_not_reserved
 from actors._core.request_client import RequestClient
 from actors._core.subscriber import Subscription
 from actors._core.wiring import Core
+from actors._model import checks
 from actors._model.event import Event
 from actors._runtime.future import BusFuture
 
@@ -37,7 +38,7 @@ class RequestReply:
     ) -> BusFuture[Event]:
         raise NotImplementedError
 
-    def _publish_built(self, event: Event) -> BusFuture[Event]:
+    def _publish_built(self, event: Event, wait: float | None = None) -> BusFuture[Event]:
         """Publish a request or a reply the bus built itself (the request client's port).
 
         The checks of ``publish`` (closed, read-only, reserved type, size on a
@@ -50,7 +51,7 @@ class RequestReply:
         check_not_reserved(event)
         if self._size_check is not None:
             self._size_check(event)
-        return self._core.publisher.publish(event, owned=True)
+        return self._core.publisher.publish(event, owned=True, wait=wait)
 
     @property
     def request_client(self) -> RequestClient:
@@ -93,6 +94,7 @@ class RequestReply:
         what ``publish`` raises, and ``BackpressureError`` when too many
         requests wait at once.
         """
+        checks.check_request(timeout, None, node)
         self._check_open()
         return self._requests.request(event_type, data, fields, timeout, node)
 
@@ -111,6 +113,7 @@ class RequestReply:
         Returns as soon as ``max_replies`` arrived, else after ``timeout``
         (never raises ``RequestTimeoutError``: no reply is an empty list).
         """
+        checks.check_request(timeout, max_replies, node)
         self._check_open()
         return self._requests.request_all(event_type, data, fields, timeout, max_replies, node)
 

@@ -25,6 +25,7 @@ from actors import (
     EventConfig,
     EventQuery,
     InvalidEventError,
+    OverflowStrategy,
     PersistentEventBus,
     RemoteHandlerError,
     RequestTimeoutError,
@@ -43,7 +44,7 @@ from actors._core.requests import (
 from actors._errors import FutureTimeoutError
 from actors._model.topics import Pattern
 from actors._runtime.future import BusFuture
-from tests._support import WAIT, Collector
+from tests._support import WAIT, Collector, Gate
 
 # -- the parts, without threads ----------------------------------------------------------------
 
@@ -354,6 +355,48 @@ def test_request_rejects_bad_input(bus: EventBus) -> None:
     assert bus.pending_requests() == 0
     bus.respond("a.b", lambda e: "fine")
     assert bus.request("a.b", timeout=WAIT).data == "fine"  # nothing else was lost
+
+
+@pytest.mark.parametrize(
+    ("call", "error"),
+    [
+        (lambda b: b.request("svc.a", timeout="1"), TypeError),
+        (lambda b: b.request("svc.a", timeout=float("nan")), ValueError),
+        (lambda b: b.request("svc.a", timeout=-1), ValueError),
+        (lambda b: b.request("svc.a", timeout=True), TypeError),
+        (lambda b: b.request("svc.a", node=3), TypeError),
+        (lambda b: b.request_all("svc.a", timeout=float("inf")), ValueError),
+        (lambda b: b.request_all("svc.a", max_replies=1.5), TypeError),
+        (lambda b: b.request_all("svc.a", max_replies=True), TypeError),
+    ],
+)
+def test_request_arguments_are_checked_before_anything_is_published(
+    bus: EventBus, call: Any, error: type[Exception]
+) -> None:
+    seen = Collector()
+    bus.subscribe("svc.**", seen)
+    with pytest.raises(error):
+        call(bus)
+    bus.publish("svc.after").get(timeout=WAIT)
+    bus.flush(WAIT)
+    assert seen.types == ["svc.after"]  # the bad request never went out
+    assert bus.pending_requests() == 0
+
+
+def test_a_request_waiting_for_room_ends_at_its_own_timeout() -> None:
+    # block_timeout is long; the request's own timeout bounds its wait for room.
+    with EventBus(EventConfig(block_timeout=WAIT)) as b:
+        gate = Gate()
+        b.respond("svc.*", gate, capacity=1, overflow=OverflowStrategy.BLOCK, dedicated_thread=True)
+        b.publish("svc.a", 0).get(timeout=WAIT)
+        assert gate.entered.wait(WAIT)
+        b.publish("svc.a", 1).get(timeout=WAIT)  # fills the responder's mailbox
+        with pytest.raises(RequestTimeoutError):
+            b.request("svc.a", 2, timeout=0.05)
+        assert b.pending_requests() == 0
+        gate.release.set()
+        b.flush(WAIT)
+        assert gate.data == [0, 1]  # the request was not published
 
 
 def test_request_on_a_closed_bus_raises() -> None:

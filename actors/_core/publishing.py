@@ -122,22 +122,25 @@ class Publisher:
         guard = self._guard
         return bool(guard.blocking) or guard.may_hold() or (cap is not None and len(router) >= cap)
 
-    def publish(self, event: Event, *, owned: bool) -> BusFuture[Event]:
-        """Send one event; return its future (``RateLimitedError``, ``BackpressureError``)."""
+    def publish(self, event: Event, *, owned: bool, wait: float | None = None) -> BusFuture[Event]:
+        """Send one event; return its future (``RateLimitedError``, ``BackpressureError``).
+
+        ``wait`` (seconds) shortens the wait for room below ``block_timeout``
+        (a request's own deadline).
+        """
         if self._bucket is not None:
             self._take_tokens(1)
         guard = self._guard
+        timeout = self._timeout if wait is None else min(self._timeout, wait)
         future: BusFuture[Event] = BusFuture()
         # No BLOCK subscription and no hold (the common case), or a node's
         # pacing hold whose allowance covers the event: the steps of _admit
         # and _send inline, a few calls fewer per event.
         if guard.blocking or (guard.holds and not guard.lets_through(event)):
-            routed = self._admit((event,))
-            self._send(Publish(event, future, _now(), False, owned, routed), routed)
-        elif not self._router.put_blocking(
-            Publish(event, future, _now(), False, owned), self._timeout
-        ):
-            self._refuse((event,))
+            routed = self._admit((event,), timeout)
+            self._send(Publish(event, future, _now(), False, owned, routed), routed, timeout)
+        elif not self._router.put_blocking(Publish(event, future, _now(), False, owned), timeout):
+            self._refuse((event,), timeout)
         if self.closed:
             self._strand((future,))
         return future
@@ -145,9 +148,12 @@ class Publisher:
     def publish_batch(self, events: Sequence[Event]) -> list[BusFuture[Event]]:
         """Send ``events`` as one message (admitted as a whole); return their futures."""
         self._take_tokens(len(events))
-        routed = self._admit(events)
+        timeout = self._timeout
+        routed = self._admit(events, timeout)
         futures: list[BusFuture[Event]] = [BusFuture() for _ in events]
-        self._send(PublishBatch(events, futures, time.perf_counter(), False, routed), routed)
+        self._send(
+            PublishBatch(events, futures, time.perf_counter(), False, routed), routed, timeout
+        )
         if self.closed:
             self._strand(futures)
         return futures
@@ -188,7 +194,7 @@ class Publisher:
                 self._rate_limited += n
             raise RateLimitedError(f"rate limit of {bucket.rate:g} events/s exceeded")
 
-    def _admit(self, events: Sequence[Event]) -> threading.Event | None:
+    def _admit(self, events: Sequence[Event], timeout: float) -> threading.Event | None:
         """Wait while a full BLOCK subscription (or a node's hold) wants one of ``events``.
 
         Returns an event for the router to set once it routed them when a
@@ -203,11 +209,11 @@ class Publisher:
         if not guard.blocking and not guard.holds:
             return None
         if guard.full or guard.holds:
-            gate = guard.wait_for_room(list(events), self._timeout)
+            gate = guard.wait_for_room(list(events), timeout)
             if gate is not None:
                 with self._lock:
                     self._rejected += len(events)
-                raise BackpressureError(gate.refusal(self._timeout))
+                raise BackpressureError(gate.refusal(timeout))
             if self.closed:  # room came while the bus closes: too late to publish
                 raise BusClosedError("the bus was closed while the publish waited for room")
         paced = guard.paces(events)  # counted even when it cannot wait (below)
@@ -219,7 +225,7 @@ class Publisher:
             return threading.Event()
         return None
 
-    def _refuse(self, events: Sequence[Event]) -> None:
+    def _refuse(self, events: Sequence[Event], timeout: float) -> None:
         """Count ``events`` refused (the router's mailbox stayed full) and raise.
 
         They are taken off the node's allowance again: not on their way after all.
@@ -228,17 +234,17 @@ class Publisher:
             self._guard.refund(events)
         with self._lock:
             self._rejected += len(events)
-        raise BackpressureError(
-            f"publish blocked for {self._timeout}s: the router's mailbox stayed full"
-        )
+        raise BackpressureError(f"publish blocked for {timeout}s: the router's mailbox stayed full")
 
-    def _send(self, message: Publish | PublishBatch, routed: threading.Event | None) -> None:
-        if not self._router.put_blocking(message, self._timeout):
-            self._refuse(_events_of(message))
+    def _send(
+        self, message: Publish | PublishBatch, routed: threading.Event | None, timeout: float
+    ) -> None:
+        if not self._router.put_blocking(message, timeout):
+            self._refuse(_events_of(message), timeout)
         if routed is not None:
-            routed.wait(self._timeout)
+            routed.wait(timeout)
             if type(routed) is _Paced:
-                self._guard.wait_drained(_events_of(message), self._timeout)
+                self._guard.wait_drained(_events_of(message), timeout)
 
 
 def _fail_closed(futures: Sequence[BusFuture[Event]]) -> None:

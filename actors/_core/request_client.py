@@ -26,7 +26,7 @@ from actors._core.requests import (
     timeout_error,
 )
 from actors._core.subscriber import Subscription
-from actors._errors import FutureTimeoutError
+from actors._errors import BackpressureError, FutureTimeoutError
 from actors._model.event import Event
 from actors._model.metrics import BridgeStatistics
 from actors._runtime.dispatcher import FifoMailbox
@@ -37,6 +37,12 @@ __all__ = ["ReplyRouteSync", "RequestClient"]
 logger = logging.getLogger("actors.requests")
 
 Publish = Callable[[Event], BusFuture[Event]]
+
+
+class PublishWithin(Protocol):
+    """The bus's publish of an event it built, waiting at most ``wait`` s for room."""
+
+    def __call__(self, event: Event, wait: float | None = None) -> BusFuture[Event]: ...
 
 
 class ReplyRouteSync(Protocol):
@@ -64,7 +70,7 @@ class RequestClient:
         *,
         subscribe: Callable[..., Subscription],
         prepare: Callable[[Event | str, Any, dict[str, Any]], Event],
-        publish: Publish,
+        publish: PublishWithin,
         publish_remote: Callable[..., Event],
         router: FifoMailbox,
         bridge: Callable[[], ReplyRouteSync | None],
@@ -141,9 +147,29 @@ class RequestClient:
         event, new_route = self.prepare(event_type, data, fields)
         if new_route:
             self.sync_reply_route(event.event_type, timeout, node)
-        pending = self.requester.send(event, self.publisher(node), max_replies)
+        publish = self.publisher(node)
+        if node is None and timeout is not None:
+            publish = functools.partial(
+                self._publish_within, deadline=started + timeout, timeout=timeout
+            )
+        pending = self.requester.send(event, publish, max_replies)
         left = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
         return event, pending, left
+
+    def _publish_within(self, event: Event, *, deadline: float, timeout: float) -> BusFuture[Event]:
+        """Publish ``event``, waiting for room no longer than the request's own deadline.
+
+        A request whose time ran out while it waited for room (a full
+        ``BLOCK`` responder) raises ``RequestTimeoutError``: it was not
+        published.  A refusal within the deadline (``block_timeout`` is
+        shorter) stays the ``BackpressureError`` that ``publish`` raises.
+        """
+        try:
+            return self._publish(event, max(0.0, deadline - time.monotonic()))
+        except BackpressureError as exc:
+            if time.monotonic() >= deadline:
+                raise timeout_error(event, timeout) from exc
+            raise
 
     def publisher(self, node: str | None) -> Publish:
         """Return how a request is published: here, or by the connected node ``node``."""

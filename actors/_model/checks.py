@@ -38,6 +38,7 @@ __all__ = [
     "check_query",
     "check_remote",
     "check_replay",
+    "check_request",
     "check_stream",
     "check_subscribe",
     "check_timeout",
@@ -62,6 +63,13 @@ def check_remote(node: object, timeout: object) -> None:
     """Check the node name and timeout of a call to a connected node."""
     check_str("node", node)
     check_timeout("timeout", timeout)
+
+
+def check_request(timeout: object, max_replies: object, node: object) -> None:
+    """Check the arguments of ``request``/``request_all`` before anything is published."""
+    check_timeout("timeout", timeout)
+    check_int("max_replies", max_replies, minimum=1, optional=True)
+    check_str("node", node, optional=True)
 
 
 def check_events(events: object) -> list[Event]:
