@@ -8,6 +8,7 @@ child process, which the parent waits for with a timeout.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from actors import Event, EventBus, EventConfig
-from tests._support import WAIT, Collector, wait_for
+from tests._support import WAIT, Collector, Gate, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 CHILD = Path(__file__).with_name("_blocking_child.py")
@@ -247,3 +248,27 @@ def test_an_abandoned_handler_stops_at_the_next_event() -> None:
     threads[-1].join(WAIT)  # the dispatcher was shut down: the thread ends with its turn
     assert not threads[-1].is_alive()
     assert handled == [0, 1], "the rest of the abandoned batch ran after close"
+
+
+def test_close_says_which_subscription_never_got_a_thread(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    bus = EventBus(EventConfig(threads=1, max_threads=1))
+    gate = Gate()
+    try:
+        held = bus.subscribe("held.*", gate)
+        starved = bus.subscribe("starved.*", Collector())
+        bus.publish("held.e")
+        assert gate.entered.wait(WAIT)  # the only thread is inside it now
+        bus.publish("starved.e")
+        with caplog.at_level(logging.WARNING, logger="actors.bus"):
+            given_up = bus.close(timeout=0.2)
+    finally:
+        gate.release.set()
+    assert {s.id for s in given_up} == {held.id, starved.id}
+    lines = {
+        s.id: [r.getMessage() for r in caplog.records if s.id in r.getMessage()] for s in given_up
+    }
+    assert any("its handler is still running" in line for line in lines[held.id])
+    assert any("never got a thread" in line for line in lines[starved.id])
+    assert not any("still running" in line for line in lines[starved.id])

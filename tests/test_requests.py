@@ -348,6 +348,9 @@ def test_request_rejects_bad_input(bus: EventBus) -> None:
         bus.request("a" * 250)
     with pytest.raises(ValueError, match="max_replies"):
         bus.request_all("a.b", max_replies=0)
+    for reply_like in ("a.reply", "a.b.error"):  # inside a handler it would pass for a reply
+        with pytest.raises(ValueError, match="cannot end in"):
+            bus.request(reply_like)
     with pytest.raises(TypeError, match="fn"):
         bus.respond("a.b", "not callable")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="unknown Event field"):

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from actors import DeadLetter, Event, EventBus, EventBusError, EventConfig, InvalidPatternError
-from tests._support import WAIT, Collector
+from tests._support import WAIT, Collector, Gate, wait_for
 
 
 class Flaky:
@@ -284,6 +284,24 @@ def test_async_retries_then_success_is_no_dead_letter() -> None:
 
 
 # -- a subscription's life cycle ------------------------------------------------------
+
+
+def test_events_discarded_at_unsubscribe_count_as_dropped_not_in_flight(bus: EventBus) -> None:
+    gate = Gate()
+    sub = bus.subscribe("h.*", gate, dedicated_thread=True)
+    bus.publish("h.e", 0)
+    assert gate.entered.wait(WAIT)
+    for i in range(1, 6):
+        bus.publish("h.e", i).get(timeout=WAIT)
+    assert wait_for(lambda: sub.statistics().queued == 5)
+    sub.unsubscribe()
+    gate.release.set()
+    assert wait_for(lambda: sub.statistics().in_flight == 0)
+    stats = sub.statistics()
+    assert stats.queued == 0
+    assert stats.accepted == 6
+    assert stats.dropped + stats.delivered == 6
+    assert stats.dropped >= 5
 
 
 def test_active_is_false_as_soon_as_unsubscribe_returns(bus: EventBus) -> None:

@@ -90,6 +90,13 @@ def is_reply(event: Event) -> bool:
 def check_request_type(event_type: object) -> str:
     """Return ``event_type`` if a reply to it can be typed (else raise a ``ValueError``)."""
     text = validate_event_type(event_type)
+    if text.endswith(_SUFFIXES):
+        # Inside a handler it would inherit a causation id and look like a
+        # reply, which no responder answers.
+        raise ValueError(
+            f"event_type: a request type cannot end in '.{REPLY}' or '.{ERROR}' "
+            f"(those are replies): {text!r}"
+        )
     if len(text) > MAX_REQUEST_TYPE_LENGTH:
         raise ValueError(
             f"event_type: a request type has at most {MAX_REQUEST_TYPE_LENGTH} characters "

@@ -69,6 +69,15 @@ def stop_actors(
             stats.queued + stats.in_flight,
             stats.queued,
             stats.in_flight,
-            "; its handler is still running and is abandoned" if still else "",
+            _fate(still=still, in_flight=stats.in_flight),
         )
     return tuple(unfinished)
+
+
+def _fate(*, still: bool, in_flight: int) -> str:
+    """Say what became of a subscription that had not stopped by the deadline."""
+    if not still:
+        return ""
+    if in_flight:
+        return "; its handler is still running and is abandoned"
+    return "; it never got a thread to run on (every dispatcher thread was busy)"

@@ -267,7 +267,7 @@ class SubscriberActor(HandlerRuns, DispatchedActor):
         replayed, skipped = self.replayed, self.skipped
         mailbox = self.actor_inbox
         queued = mailbox.queued
-        dropped = mailbox.dropped
+        dropped = mailbox.dropped + mailbox.discarded  # discarded: cleared at unsubscribe
         accepted = mailbox.accepted + replayed - skipped
         since = self.actor_dispatcher.blocked_since(self)
         return SubscriptionStatistics(

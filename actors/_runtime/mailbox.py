@@ -48,6 +48,7 @@ class EventMailbox(FifoMailbox):
         "_high",
         "_room_waiter",
         "accepted",
+        "discarded",
         "dropped",
         "finished_by_owner",
         "overflow",
@@ -66,6 +67,7 @@ class EventMailbox(FifoMailbox):
         self._barrier_lock = threading.Lock()
         self.accepted = 0
         self.dropped = 0
+        self.discarded = 0  # queued events cleared at unsubscribe or close (owner only)
         self.finished_by_owner = 0
         # The router's own list: events routed here during its turn, offered
         # together by ``offer_many`` at the end of it (router only).
@@ -199,6 +201,7 @@ class EventMailbox(FifoMailbox):
                 break
             n += 1
         self.finished_by_owner += n
+        self.discarded += n
         waiter, self._room_waiter = self._room_waiter, None
         if waiter is not None:
             waiter()
