@@ -210,6 +210,51 @@ def test_a_sequence_far_past_the_announced_head_is_rejected() -> None:
     assert inbound.watermarks() == {"a": 1}
 
 
+def test_the_range_is_measured_from_the_announced_head_and_never_ratchets() -> None:
+    out, inbound = synced_pair(["user.*"])
+    feed(inbound, decode(out.frames([local(1)])[0]))
+    inbound.on_heartbeat("a", epoch=1, base=1, head=1, chains={b"user.": 1}, now=0.0)
+    seq, delivered = 1, []
+    for _ in range(5):  # each step just inside the bound past the previous one
+        seq += MAX_AHEAD - 10
+        event = local(seq)
+        delivered += inbound.on_data(
+            "a", epoch=1, first=seq, last=seq, chains=(), events=[event], now=0.0
+        )
+    assert [e.sequence for e in delivered] == [1 + MAX_AHEAD - 10]  # the first step only
+    assert inbound.rejected == 4
+    assert inbound.watermarks() == {"a": 1 + MAX_AHEAD - 10}
+    # The next heartbeat's head is the bound again, whatever the frames said.
+    inbound.on_heartbeat("a", epoch=1, base=1, head=2, chains={b"user.": 1}, now=0.0)
+    far = 2 + MAX_AHEAD + 1
+    assert (
+        inbound.on_data("a", epoch=1, first=far, last=far, chains=(), events=[local(far)], now=0.0)
+        == []
+    )
+    assert inbound.rejected == 5
+
+
+def test_frames_held_before_any_head_are_range_checked_at_release() -> None:
+    inbound = Inbound("b", dedupe=1000)
+    inbound.set_patterns(["user.*"], 0.0)
+    far = 5 * MAX_AHEAD
+    # No sync reply, no heartbeat yet: the frames wait (nothing to check them against).
+    assert feed_at(inbound, far) == []
+    assert feed_at(inbound, 2) == []
+    assert inbound.expire_syncs(5.0, 1.0) == []  # no head announced: keeps waiting
+    inbound.on_heartbeat("a", epoch=1, base=1, head=1, chains={b"user.": 1}, now=5.0)
+    released = inbound.expire_syncs(5.0, 1.0)
+    assert [e.sequence for e in released] == [2]
+    assert inbound.rejected == 1
+    assert inbound.watermarks() == {"a": 2}
+
+
+def feed_at(inbound: Inbound, seq: int) -> list[Event]:
+    return inbound.on_data(
+        "a", epoch=1, first=seq, last=seq, chains=(), events=[local(seq)], now=0.0
+    )
+
+
 def test_recovered_events_outside_the_asked_range_are_rejected() -> None:
     out, inbound = synced_pair(["user.*"])
     frames = [out.frames([local(i)])[0] for i in (1, 2, 3)]

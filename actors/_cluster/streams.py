@@ -10,9 +10,11 @@ was down.  ``Outbound`` (the other direction) lives in ``outbound.py``.
 
 Rules that keep it honest (``docs/cluster.md``, "Guarantees"):
 
-- a sequence at or past 2**63, or far past what its origin announced
-  (``MAX_AHEAD``), is rejected and counted (``rejected``): never delivered,
-  never a watermark;
+- a sequence at or past 2**63, or more than ``MAX_AHEAD`` past the head its
+  origin last announced (heartbeat or sync reply: never a value a frame
+  moves), is rejected and counted (``rejected``): never delivered, never a
+  watermark; frames held before any head was announced are checked when
+  they are released, and a sync timeout waits for a heartbeat's head;
 - every gap ends exactly once: ``gaps == recovered + unrecovered + gaps_open()``;
 - gaps found while a request is out wait as separate ranges (overlapping
   ones merge), so recovery fetches only what is missing;
@@ -160,14 +162,31 @@ class Inbound(Ranges):
             st.watermark = last
         return self._fresh(events, st)
 
+    @staticmethod
+    def _limit(st: OriginState) -> int:
+        """Return the largest sequence of ``st``'s origin accepted now.
+
+        Measured from the head the origin itself announced (heartbeat, sync
+        reply), never from the watermark or a held frame: a frame moves
+        those, so a bound measured from them would climb with every forged
+        frame that passed it.
+        """
+        if st.head is None:
+            return MAX_SEQUENCE
+        return min(MAX_SEQUENCE, st.head + MAX_AHEAD)
+
     def _out_of_range(self, st: OriginState, last: int, count: int) -> bool:
-        limit = MAX_SEQUENCE
-        if st.head is not None:
-            limit = min(limit, max(st.head, st.watermark or 0) + MAX_AHEAD)
-        if last > limit:
+        if last > self._limit(st):
             self.rejected += count
             return True
         return False
+
+    def _in_range(self, st: OriginState, events: list[Event]) -> list[Event]:
+        """Drop (and count) held events past the limit: held before the head was known."""
+        limit = self._limit(st)
+        inside = [e for e in events if (e.sequence or 0) <= limit]
+        self.rejected += len(events) - len(inside)
+        return inside
 
     def on_sync(self, origin: str, epoch: int, base: int, head: int, now: float) -> list[Event]:
         """Take ``origin``'s sync reply: baseline new prefixes, backfill what was missed."""
@@ -347,8 +366,10 @@ class Inbound(Ranges):
         for name, st in self.origins.items():
             if not st.awaiting_sync or st.loading or now - st.sync_since <= timeout:
                 continue
-            if st.watermark is not None and st.head is None:
-                continue  # not heard since (paused?): nothing to backfill up to yet
+            if st.head is None:
+                # Not heard since (paused?): nothing to backfill up to yet, and
+                # no head to range-check the held frames against.
+                continue
             st.awaiting_sync = False
             if st.next_epoch is not None:
                 # Data of a new incarnation, and no word from it: follow it.
@@ -366,7 +387,9 @@ class Inbound(Ranges):
     def _release(self, st: OriginState) -> list[Event]:
         if st.blocked() or not st.held:
             return []
-        held, st.held = st.held, []
+        held, st.held = self._in_range(st, st.held), []
+        if not held:
+            return []
         held.sort(key=lambda e: e.sequence or 0)
         top = held[-1].sequence or 0
         if st.watermark is None or top > st.watermark:
@@ -394,6 +417,9 @@ class Inbound(Ranges):
         if not ready:
             return []
         st.held = [e for e in st.held if (e.sequence or 0) > upto]
+        ready = self._in_range(st, ready)
+        if not ready:
+            return []
         ready.sort(key=lambda e: e.sequence or 0)
         top = ready[-1].sequence or 0
         if st.watermark is None or top > st.watermark:
