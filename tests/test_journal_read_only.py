@@ -20,7 +20,8 @@ from actors import (
     JournalLockedError,
     JournalNotFoundError,
 )
-from actors._journal.rocks import RocksStorage, sweep_stale_views
+from actors._journal.rocks import RocksStorage
+from actors._journal.rocks_views import sweep_stale_views
 from tests._support import Child
 
 

@@ -28,7 +28,6 @@ import gc
 import os
 import shutil
 import struct
-import tempfile
 import threading
 from typing import Any, Literal
 
@@ -43,6 +42,7 @@ from actors._errors import (
 from actors._journal.highwater import FILE_NAME, HighWaterMark
 from actors._journal.records import HIGH_WATER, SEQ
 from actors._journal.rocks_store import RocksTables
+from actors._journal.rocks_views import NOT_LINKED, files_changed, linked_view
 
 __all__ = ["RocksStorage", "repair_files"]
 
@@ -54,7 +54,6 @@ _CF_CID = "by_cid"
 _CF_META = "meta"
 _LOG_FILES_KEPT = 2  # RocksDB info log: LOG plus one LOG.old.*, each at most:
 _LOG_FILE_BYTES = 1 << 20
-_NOT_LINKED = frozenset({"LOCK", "LOG", "rocksdict-config.json"})
 
 # The journals this process holds open (real paths); one writer thread each.
 _open_here: set[str] = set()
@@ -157,7 +156,7 @@ def _unreadable_file(path: str) -> OSError | None:
     except OSError as exc:
         return exc
     for name in names:
-        if name in _NOT_LINKED:
+        if name in NOT_LINKED:
             continue
         try:
             fd = os.open(os.path.join(path, name), os.O_RDONLY)
@@ -209,80 +208,6 @@ def _check_is_journal(path: str) -> None:
     if _CF_META not in families:
         msg = f"{path!r} is a RocksDB but not a journal (no {_CF_META!r} column family)"
         raise JournalNotFoundError(msg)
-
-
-_VIEW_PREFIX = "actors-journal-ro-"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's process
-    return True
-
-
-def sweep_stale_views(directory: str | None = None) -> int:
-    """Remove the views left by processes that died (kill -9) before closing; return how many.
-
-    A view's name carries its creator's pid; only views of dead processes go.
-    """
-    directory = directory or tempfile.gettempdir()
-    removed = 0
-    try:
-        names = os.listdir(directory)
-    except OSError:
-        return 0
-    for name in names:
-        if not name.startswith(_VIEW_PREFIX):
-            continue
-        pid_text = name[len(_VIEW_PREFIX) :].split("-", 1)[0]
-        if not pid_text.isdigit() or _pid_alive(int(pid_text)):
-            continue
-        shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
-        removed += 1
-    return removed
-
-
-def _linked_view(path: str) -> tuple[str, frozenset[str]]:
-    """Return a private folder of symbolic links to the journal's files, and their names.
-
-    Named after this process, so that a later read-only open can sweep the
-    views of processes killed before they closed theirs.  Raises
-    ``JournalError`` if the view cannot be made.
-    """
-    sweep_stale_views()
-    try:
-        names = frozenset(_linked_names(path))
-        view = tempfile.mkdtemp(prefix=f"{_VIEW_PREFIX}{os.getpid()}-")
-    except OSError as exc:
-        msg = f"cannot read the journal at {path!r}: {exc}"
-        raise JournalError(msg) from exc
-    try:
-        for name in names:
-            os.symlink(os.path.join(path, name), os.path.join(view, name))
-    except OSError as exc:
-        shutil.rmtree(view, ignore_errors=True)
-        msg = f"cannot make a read-only view of the journal at {path!r}: {exc}"
-        raise JournalError(msg) from exc
-    return view, names
-
-
-def _linked_names(path: str) -> set[str]:
-    return {
-        name
-        for name in os.listdir(path)
-        if name not in _NOT_LINKED and not name.startswith("LOG.old")
-    }
-
-
-def _files_changed(path: str, names: frozenset[str]) -> bool:
-    try:
-        return _linked_names(path) != names
-    except OSError:
-        return False
 
 
 def _last_stored(db: rocksdict.Rdict) -> int:
@@ -420,7 +345,7 @@ class RocksStorage(RocksTables):
             if self._view is not None:
                 shutil.rmtree(self._view, ignore_errors=True)
                 self._view = None
-            self._view, names = _linked_view(self._path)
+            self._view, names = linked_view(self._path)
             opts = _options(recovery=recovery)
             opts.create_if_missing(False)
             try:
@@ -432,7 +357,7 @@ class RocksStorage(RocksTables):
                 )
             except Exception:
                 # A writer flushed or compacted after the view listed the folder.
-                if attempt + 1 < attempts and _files_changed(self._path, names):
+                if attempt + 1 < attempts and files_changed(self._path, names):
                     continue
                 raise
         raise AssertionError("unreachable")  # pragma: no cover
