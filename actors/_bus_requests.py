@@ -51,7 +51,9 @@ class RequestReply:
         check_not_reserved(event)
         if self._size_check is not None:
             self._size_check(event)
-        return self._core.publisher.publish(event, owned=True, wait=wait)
+        if wait is not None:
+            return self._core.publisher.publish_within(event, owned=True, wait=wait)
+        return self._core.publisher.publish(event, owned=True)
 
     @property
     def request_client(self) -> RequestClient:

@@ -122,20 +122,38 @@ class Publisher:
         guard = self._guard
         return bool(guard.blocking) or guard.may_hold() or (cap is not None and len(router) >= cap)
 
-    def publish(self, event: Event, *, owned: bool, wait: float | None = None) -> BusFuture[Event]:
-        """Send one event; return its future (``RateLimitedError``, ``BackpressureError``).
-
-        ``wait`` (seconds) shortens the wait for room below ``block_timeout``
-        (a request's own deadline).
-        """
+    def publish(self, event: Event, *, owned: bool) -> BusFuture[Event]:
+        """Send one event; return its future (``RateLimitedError``, ``BackpressureError``)."""
         if self._bucket is not None:
             self._take_tokens(1)
         guard = self._guard
-        timeout = self._timeout if wait is None else min(self._timeout, wait)
         future: BusFuture[Event] = BusFuture()
         # No BLOCK subscription and no hold (the common case), or a node's
         # pacing hold whose allowance covers the event: the steps of _admit
         # and _send inline, a few calls fewer per event.
+        if guard.blocking or (guard.holds and not guard.lets_through(event)):
+            routed = self._admit((event,), self._timeout)
+            self._send(Publish(event, future, _now(), False, owned, routed), routed, self._timeout)
+        elif not self._router.put_blocking(
+            Publish(event, future, _now(), False, owned), self._timeout
+        ):
+            self._refuse((event,), self._timeout)
+        if self.closed:
+            self._strand((future,))
+        return future
+
+    def publish_within(self, event: Event, *, owned: bool, wait: float) -> BusFuture[Event]:
+        """``publish``, waiting for room at most ``wait`` s (below ``block_timeout``).
+
+        For a request, whose own deadline bounds the whole call.  The steps of
+        ``publish`` with another timeout: kept apart so that ``publish``, the
+        hot path, reads ``block_timeout`` and takes no argument more.
+        """
+        timeout = min(self._timeout, wait)
+        if self._bucket is not None:
+            self._take_tokens(1)
+        guard = self._guard
+        future: BusFuture[Event] = BusFuture()
         if guard.blocking or (guard.holds and not guard.lets_through(event)):
             routed = self._admit((event,), timeout)
             self._send(Publish(event, future, _now(), False, owned, routed), routed, timeout)
