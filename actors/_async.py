@@ -435,6 +435,7 @@ class EventStream(AsyncIterator[Event]):
         self._ending = False  # the bus is closing: puts stop waiting for room
         self._closed = False  # nothing more comes in
         self._on_close = on_close
+        self.dropped = 0  # events this stream dropped for want of room (DROP_* only)
         self.subscription = bus.subscribe(
             pattern,
             self._put,
@@ -448,9 +449,11 @@ class EventStream(AsyncIterator[Event]):
         unread = self._unread
         while len(unread) >= self._capacity and not (self._closed or self._ending):
             if self._drop is OverflowStrategy.DROP_NEWEST:
+                self.dropped += 1
                 return
             if self._drop is OverflowStrategy.DROP_OLDEST:
                 unread.popleft()
+                self.dropped += 1
                 break
             self._room.clear()
             await self._room.wait()

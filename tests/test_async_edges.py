@@ -225,6 +225,7 @@ def test_an_unread_stream_drops_oldest_and_never_holds_up_flush() -> None:
                 await bus.publish("t.a", i)
             await bus.flush(WAIT)  # the stream's put never waits for a reader
             assert [(await anext(stream)).data for _ in range(5)] == [7, 8, 9, 10, 11]
+            assert stream.dropped == 7
             await bus.publish("t.a", 12)
             await bus.flush(WAIT)
             await stream.aclose()
@@ -241,6 +242,7 @@ def test_drop_newest_stream_keeps_the_first_events() -> None:
                 await bus.publish("t.a", i)
             await bus.flush(WAIT)
         assert [e.data async for e in stream] == [0, 1, 2]
+        assert stream.dropped == 3
 
     run(main)
 
@@ -267,5 +269,6 @@ def test_block_stream_paces_publishers_until_the_bus_closes() -> None:
             await bus.publish("t.a", i)
         await bus.aclose()  # delivers what was published, without waiting for a reader
         assert [e.data async for e in stream] == [0, 1, 2]
+        assert stream.dropped == 3
 
     run(main)
