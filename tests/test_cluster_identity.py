@@ -7,6 +7,7 @@ conditions (``Node.wait``, ``poll``), never on sleeps.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,9 +16,12 @@ from typing import Any
 import pytest
 import zmq
 
-from actors import Event, EventBus
+from actors import Broker, Event, EventBus
 from actors._cluster.node import Node
+from actors._cluster.security import generate_keypair
 from actors._cluster.wire import (
+    CREDIT,
+    ERROR,
     HEARTBEAT,
     HEARTBEAT_TOPIC,
     HELLO,
@@ -120,13 +124,14 @@ class FakePeer:
         assert self.dealer.poll(int(WAIT * 1000))
         return self.dealer.recv_multipart()
 
-    def answer_sync(self, origin: str, epoch: int, head: int) -> None:
-        """Wait for the node's sync topic on the XPUB; answer it as ``origin``."""
+    def answer_sync(self, origin: str, epoch: int, head: int, for_node: str | None = None) -> None:
+        """Wait for a node's sync topic on the XPUB; answer it as ``origin``."""
         while True:
             assert self.xpub.poll(int(WAIT * 1000)), "the node never subscribed"
             message = self.xpub.recv()
             sync = parse_sync_topic(message[1:])
-            if message[:1] == b"\x01" and sync is not None:
+            wanted = sync is not None and for_node in (None, sync[0])
+            if message[:1] == b"\x01" and sync is not None and wanted:
                 body = {"node": origin, "epoch": epoch, "base": 1, "head": head}
                 body.update({"for": sync[0], "round": sync[1]})
                 self.xpub.send_multipart(encode_control(message[1:], SYNC, body))
@@ -183,3 +188,138 @@ def test_frames_cannot_ratchet_the_range_check_past_the_announced_head(
     fake.data(b"job.", "fake", 1, [event("end", 3, "fake")])
     assert [e.data for e in got.wait()] == ["jump1", "end"]
     assert node(a).statistics().sequences_rejected == 5
+
+
+# -- messages in a bound name need that name's key -----------------------------------------
+
+
+def test_a_credit_in_a_bound_name_from_another_key_is_dropped(
+    tmp_path: Path, nodes: Callable[..., EventBus], fakes: Callable[..., FakePeer]
+) -> None:
+    keys = {n: generate_keypair() for n in ("a", "b", "evil")}
+    a = nodes(
+        "a",
+        listen=ipc(tmp_path, "a"),
+        curve_public_key=keys["a"][0],
+        curve_secret_key=keys["a"][1],
+        authorized_keys=(keys["b"][0], keys["evil"][0]),
+        peer_names={n: k[0] for n, k in keys.items()},
+    )
+    evil = fakes("evil", ipc(tmp_path, "evil"), request_endpoint(a), keys["evil"], keys["a"][0])
+    grant = {"epoch": 0, "acked": 1 << 62, "window": 1 << 31, "prefixes": ["job."]}
+    evil.request(CREDIT, "a", "b", "credit", grant)  # b's grant, from evil's key
+    evil.request(CREDIT, "a", "evil", "credit", grant)  # its own: taken, after the other
+    assert node(a).wait(lambda s: "evil" in s.credit_receivers, WAIT)
+    stats = node(a).statistics()
+    assert stats.credit_receivers == ("evil",)
+    assert stats.frames_dropped == 1
+
+
+# -- a broker binds names to keys -----------------------------------------------------
+
+
+def curve_node(
+    nodes: Callable[..., EventBus],
+    name: str,
+    broker: Broker,
+    keys: dict[str, Keys],
+    **extra: Any,
+) -> EventBus:
+    return nodes(
+        name,
+        peers=(broker.endpoint,),
+        curve_public_key=keys[name][0],
+        curve_secret_key=keys[name][1],
+        authorized_keys=tuple(k[0] for k in keys.values()),
+        peer_public_keys={broker.endpoint: keys["broker"][0]},
+        **extra,
+    )
+
+
+def raw(
+    ctx: zmq.Context[zmq.Socket[bytes]], kind: int, keys: Keys, server: bytes
+) -> zmq.Socket[bytes]:
+    sock = ctx.socket(kind)
+    sock.linger = 0
+    sock.curve_publickey, sock.curve_secretkey = keys
+    sock.curve_serverkey = server
+    return sock
+
+
+@pytest.mark.parametrize("bound", [True, False], ids=["peer_names", "first-key"])
+def test_a_broker_route_is_never_taken_by_another_key(
+    tmp_path: Path, nodes: Callable[..., EventBus], bound: bool
+) -> None:
+    keys = {n: generate_keypair() for n in ("broker", "a", "b", "evil")}
+    names = {n: keys[n][0] for n in ("a", "b", "evil")} if bound else {}
+    with Broker(
+        ipc(tmp_path, "broker"),
+        curve_public_key=keys["broker"][0],
+        curve_secret_key=keys["broker"][1],
+        authorized_keys=[keys[n][0] for n in ("a", "b", "evil")],
+        peer_names=names,
+    ) as broker:
+        a = curve_node(nodes, "a", broker, keys)
+        b = curve_node(nodes, "b", broker, keys)
+        assert node(b).wait_for_peers(["a"], WAIT)
+        assert node(b).publish_remote("a", "job.run", "before", timeout=WAIT).origin == "a"
+        ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        try:
+            evil = raw(ctx, zmq.DEALER, keys["evil"], keys["broker"][0])
+            evil.connect(broker.endpoint)
+            grant = {"epoch": 0, "acked": 0, "window": 1, "prefixes": []}
+            evil.send_multipart(encode_request(Request(CREDIT, "b", "a", "credit", grant)))
+            # Answered once the broker handled the claim above (one connection, in order).
+            evil.send_multipart(encode_request(Request(CREDIT, "nobody", "evil", "x", grant)))
+            assert evil.poll(int(WAIT * 1000))
+            assert evil.recv_multipart()[0] == bytes((1, ERROR))
+            answer = node(b).publish_remote("a", "job.run", "after", timeout=WAIT)
+            assert (answer.origin, answer.data) == ("a", "after")
+            assert not evil.poll(0)  # nothing meant for a came to evil
+            assert broker.impostors == 1
+        finally:
+            ctx.destroy(0)
+        assert node(a).statistics().frames_dropped == 0
+
+
+def test_a_broker_drops_stream_frames_of_a_bound_name_from_another_key(
+    tmp_path: Path, nodes: Callable[..., EventBus]
+) -> None:
+    keys = {n: generate_keypair() for n in ("broker", "a", "b", "evil")}
+    with Broker(
+        ipc(tmp_path, "broker"),
+        curve_public_key=keys["broker"][0],
+        curve_secret_key=keys["broker"][1],
+        authorized_keys=[keys[n][0] for n in ("a", "b", "evil")],
+        peer_names={n: keys[n][0] for n in ("a", "b", "evil")},
+    ) as broker:
+        a = curve_node(nodes, "a", broker, keys)
+        b = curve_node(nodes, "b", broker, keys)
+        got = Collector("end")
+        b.subscribe("job.*", got)
+        assert node(b).wait_for_peers(["a"], WAIT)
+        a.publish("job.run", "real").get(timeout=WAIT)
+        ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        try:
+            sniff = raw(ctx, zmq.SUB, keys["evil"], keys["broker"][0])
+            sniff.subscribe(HEARTBEAT_TOPIC)
+            sniff.connect(broker.subscribe_endpoint)
+            while True:  # a's epoch and head, from its heartbeat
+                assert sniff.poll(int(WAIT * 1000))
+                beat = json.loads(sniff.recv_multipart()[2])
+                if beat["node"] == "a":
+                    break
+            fake = FakePeer.__new__(FakePeer)
+            fake.ctx, fake.keys = ctx, keys["evil"]
+            fake.xpub = raw(ctx, zmq.XPUB, keys["evil"], keys["broker"][0])
+            fake.xpub.connect(broker.publish_endpoint)
+            fake.answer_sync("evil", epoch=1, head=0, for_node="b")
+            fake.heartbeat("evil", epoch=1, head=0, chains=[])
+            forged = event("forged", beat["head"] + 1, "a")
+            fake.data(b"job.", "a", beat["epoch"], [forged])
+            fake.data(b"job.", "evil", 1, [event("end", 1, "evil")])
+            events = got.wait()
+            assert [(e.origin, e.data) for e in events] == [("a", "real"), ("evil", "end")]
+            assert broker.impostors == 1
+        finally:
+            ctx.destroy(0)

@@ -13,15 +13,24 @@ Three sockets, one endpoint to configure:
   patterns can match.
 
 With a CURVE key pair, every socket is a CURVE server and only
-``authorized_keys`` may connect.
+``authorized_keys`` may connect.  ``peer_names`` (node name -> public key)
+binds names to keys as a node's does: a message or a stream frame under a
+bound name is relayed only if it came over a connection authenticated with
+that name's key, and only such a connection becomes the name's route; a
+route is never re-pointed to another key while its node is heard (within
+``route_timeout``).  Nodes therefore take what the broker relays under the
+name it carries (``docs/cluster.md``, "Node identity").
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from types import TracebackType
 
 import zmq
@@ -29,6 +38,8 @@ import zmq
 from actors._cluster.endpoints import derive_endpoint, last_endpoint, reachable
 from actors._cluster.security import Curve, close_context
 from actors._cluster.wire import (
+    CONTROL,
+    DATA_HEADER,
     ERROR,
     HELLO,
     WELCOME,
@@ -43,6 +54,15 @@ from actors._model.config import check_endpoint
 __all__ = ["Broker", "main"]
 
 logger = logging.getLogger("actors.broker")
+
+
+@dataclass(slots=True)
+class _Route:
+    """Where the broker sends requests for one node name."""
+
+    identity: bytes  # the ROUTER identity of the connection
+    key: bytes | None  # the CURVE key it authenticated with (None without CURVE)
+    heard: float  # when a message under the name last came over it
 
 
 class Broker:
@@ -61,14 +81,19 @@ class Broker:
         curve_secret_key: bytes | None = None,
         authorized_keys: Sequence[bytes] = (),
         max_frame_bytes: int = 16 * 1024 * 1024,
+        peer_names: Mapping[str, bytes] | None = None,
+        route_timeout: float = 30.0,
     ) -> None:
         check_endpoint(listen, "broker listen", bind=True)
         self._lock = threading.Lock()
         self.name = name
         self._max = max_frame_bytes
         self._authorized = frozenset(authorized_keys)
-        self._names: dict[str, bytes] = {}
+        self._peer_names = dict(peer_names or {})
+        self._route_timeout = route_timeout
+        self._names: dict[str, _Route] = {}
         self._refused = 0
+        self._impostors = 0
         self.routed = 0
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self._curve: Curve | None = None
@@ -123,12 +148,79 @@ class Broker:
         with self._lock:
             return self._refused
 
+    @property
+    def impostors(self) -> int:
+        """How many messages and stream frames were dropped for a name held by another key."""
+        with self._lock:
+            return self._impostors
+
+    def _impostor(self, what: str, name: str) -> None:
+        with self._lock:
+            self._impostors += 1
+        logger.warning("broker: dropped %s under %r from another key", what, name)
+
+    def _curve_key(self, frame: zmq.Frame) -> bytes | None:
+        """Return the CURVE key ``frame`` arrived with (ZAP User-Id), None without CURVE."""
+        if self._curve is None or not self._curve.enabled:
+            return None
+        try:
+            value = frame.get("User-Id")
+        except zmq.ZMQError:
+            return None
+        return value.encode() if isinstance(value, str) and value else None
+
     def _proxy(self) -> None:
         try:
-            zmq.proxy_steerable(self._xsub, self._xpub, None, self._control)
+            if self._peer_names:
+                self._checked_proxy()
+            else:
+                zmq.proxy_steerable(self._xsub, self._xpub, None, self._control)
         except zmq.ZMQError as exc:
             if not self._closed:
                 logger.exception("broker proxy stopped: %s", exc)
+
+    def _checked_proxy(self) -> None:
+        """Forward like ``zmq.proxy``, dropping stream frames of a bound name from another key."""
+        poller = zmq.Poller()
+        for sock in (self._xsub, self._xpub, self._control):
+            poller.register(sock, zmq.POLLIN)
+        while True:
+            ready = dict(poller.poll())
+            if self._control in ready:
+                return
+            if self._xpub in ready:  # subscriptions, upstream as they came
+                while True:
+                    try:
+                        self._xsub.send_multipart(self._xpub.recv_multipart(zmq.NOBLOCK))
+                    except zmq.Again:
+                        break
+            if self._xsub in ready:
+                while True:
+                    try:
+                        frames = self._xsub.recv_multipart(zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        break
+                    if self._stream_origin_holds(frames):
+                        self._xpub.send_multipart(frames, copy=False)
+
+    def _stream_origin_holds(self, frames: list[zmq.Frame]) -> bool:
+        """Return whether a stream frame's origin is unbound or bound to the key it came with.
+
+        A frame whose origin cannot be read is dropped (a receiver would drop it too).
+        """
+        origin = None
+        if len(frames) == 3:
+            origin = _stream_origin(frames[0].bytes, frames[1].bytes, frames[2].bytes)
+        if origin is None:
+            logger.debug("broker: dropped a malformed stream frame")
+            return False
+        bound = self._peer_names.get(origin)
+        if bound is None:
+            return True
+        if self._curve_key(frames[1]) == bound:
+            return True
+        self._impostor("a stream frame", origin)
+        return False
 
     def _route(self) -> None:
         poller = zmq.Poller()
@@ -149,14 +241,21 @@ class Broker:
         if len(frames) < 2:
             return
         identity = frames[0].bytes
+        key = self._curve_key(frames[1])
         parts = [f.bytes for f in frames[1:]]
         try:
             message = decode_request(parts, self._max)
         except FrameError as exc:
             logger.debug("broker: dropped a request: %s", exc)
             return
-        if message.sender:
-            self._names[message.sender] = identity
+        if message.sender and not self._learn(message.sender, identity, key):
+            self._impostor("a request", message.sender)
+            if message.kind == HELLO:
+                reason = f"the broker binds {message.sender!r} to another key"
+                body = {"error": reason, "refused": True}
+                refusal = Request(ERROR, message.sender, self.name, message.rid, body)
+                self._router.send_multipart([identity, *encode_request(refusal)])
+            return
         if not message.to:
             if message.kind == HELLO:
                 # Endpoints are advertised as bound; nodes resolve a wildcard host.
@@ -168,7 +267,8 @@ class Broker:
                 reply = Request(WELCOME, message.sender, self.name, message.rid, body)
                 self._router.send_multipart([identity, *encode_request(reply)])
             return
-        target = self._names.get(message.to)
+        route = self._names.get(message.to)
+        target = route.identity if route is not None else None
         if target is None:
             error = Request(
                 ERROR,
@@ -184,6 +284,30 @@ class Broker:
             self._router.send_multipart([target, *parts], zmq.NOBLOCK)
         except zmq.ZMQError as exc:
             logger.debug("broker: cannot route to %s: %s", message.to, exc)
+
+    def _learn(self, sender: str, identity: bytes, key: bytes | None) -> bool:
+        """Take ``identity`` as ``sender``'s route if its key may hold the name; return whether.
+
+        A name ``peer_names`` binds is held only by its key.  Under CURVE, an
+        unbound name is held by the key that used it last while that is heard
+        within ``route_timeout``: another key takes it only once it went silent.
+        Without CURVE (no keys) the last connection that used a name holds it.
+        """
+        now = time.monotonic()
+        bound = self._peer_names.get(sender)
+        route = self._names.get(sender)
+        if bound is not None and key != bound:
+            return False
+        if (
+            bound is None
+            and key is not None
+            and route is not None
+            and route.key != key
+            and now - route.heard < self._route_timeout
+        ):
+            return False
+        self._names[sender] = _Route(identity, key, now)
+        return True
 
     def close(self) -> None:
         """Stop both threads and close the sockets (idempotent)."""
@@ -221,12 +345,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--authorize", action="append", default=[], help="Z85 public key of a node (repeatable)"
     )
+    parser.add_argument(
+        "--peer-name",
+        action="append",
+        default=[],
+        metavar="NAME=KEY",
+        help="bind a node name to its Z85 public key (repeatable)",
+    )
     args = parser.parse_args(argv)
+    names = dict(item.partition("=")[::2] for item in args.peer_name)
     broker = Broker(
         args.listen,
         curve_public_key=args.public_key.encode() if args.public_key else None,
         curve_secret_key=args.secret_key.encode() if args.secret_key else None,
         authorized_keys=[k.encode() for k in args.authorize],
+        peer_names={name: key.encode() for name, key in names.items()},
     )
     print(f"broker at {broker.endpoint}", flush=True)
     try:
@@ -236,3 +369,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         broker.close()
     return 0
+
+
+def _stream_origin(topic: bytes, header: bytes, payload: bytes) -> str | None:
+    """Return the origin a stream frame claims (data header, or a control body's ``node``)."""
+    try:
+        if topic.startswith(CONTROL):
+            body = json.loads(payload)
+            node = body.get("node") if isinstance(body, dict) else None
+            return node if isinstance(node, str) else None
+        fields = DATA_HEADER.unpack_from(header)
+        size = DATA_HEADER.size
+        return header[size : size + fields[6]].decode()
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
