@@ -325,6 +325,7 @@ class Bridge(StreamIO, RecoveryIO, RequestIO):
             poller.register(link.sock, zmq.POLLIN)
         hb_interval = self._node.heartbeat_interval
         next_tick = 0.0
+        step = self._step
         try:
             while not self._stopping:
                 wait_ms = max(0, int((next_tick - time.monotonic()) * 1000))
@@ -332,22 +333,22 @@ class Bridge(StreamIO, RecoveryIO, RequestIO):
                 if self._rfd in ready:
                     with contextlib.suppress(BlockingIOError):
                         os.read(self._rfd, 4096)
-                self._run_calls()
-                self._drain_mailbox()
+                step(self._run_calls)
+                step(self._drain_mailbox)
                 if self._xpub in ready:
-                    self._on_xpub()
+                    step(self._on_xpub)
                 if self._sub in ready:
-                    self._on_sub()
+                    step(self._on_sub)
                 if self._router in ready:
-                    self._on_router()
+                    step(self._on_router)
                 for link in self._links:
                     if link.sock in ready:
-                        self._on_link(link)
+                        step(self._on_link, link)
                 now = time.monotonic()
                 if now >= next_tick:
                     next_tick = now + hb_interval
-                    self._heartbeat(now)
-                    self._hello_links(now)
+                    step(self._heartbeat, now)
+                    step(self._hello_links, now)
                 with self._cond:
                     self._generation += 1
                     self._cond.notify_all()
@@ -356,6 +357,18 @@ class Bridge(StreamIO, RecoveryIO, RequestIO):
         finally:
             self._last = self._build_view()
             self._teardown()
+
+    def _step(self, fn: Callable[..., None], *args: object) -> None:
+        """Run one step of the I/O loop; an unexpected error is logged and counted, not fatal.
+
+        Each handler drops a message it cannot use (``docs/wire.md``); this
+        is the last line: whatever one step raises, the loop goes on, so the
+        node keeps sending and receiving.
+        """
+        try:
+            fn(*args)
+        except Exception:
+            self._handler_failed(f"the work of {getattr(fn, '__name__', 'a step')}")
 
     def _teardown(self) -> None:
         """Answer everyone waiting, let the last frames leave, close everything (I/O thread)."""

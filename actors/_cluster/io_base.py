@@ -217,6 +217,15 @@ class BridgeBase:
     def _epoch_heard(self, name: str, epoch: int) -> None:
         raise NotImplementedError
 
+    def _handler_failed(self, what: str) -> None:
+        """Count (``frames_dropped``) and log a message whose handling raised; carry on.
+
+        Messages are checked as they are decoded (``wire``), so this is a
+        defect, never a peer's doing: the I/O thread must outlive it.
+        """
+        self._stats.frames_dropped += 1
+        logger.exception("bridge %s: dropped %s: handling it failed", self.name, what)
+
     def _link_states(self) -> tuple[LinkState, ...]:
         return tuple(
             LinkState(link.endpoint, link.name, link.welcomed, link.broker, link.refused)

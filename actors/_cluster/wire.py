@@ -16,16 +16,22 @@ Two channels join nodes (and brokers):
   are node names (``to`` empty: whoever receives it), ``rid`` pairs a reply
   with its request, ``body`` is UTF-8 JSON, ``payload`` an ``EventBatch``.
 
-Every decoding failure raises ``FrameError``, nothing else.
+Every decoding failure raises ``FrameError``, nothing else.  A JSON body is
+checked once, here: ``NaN``, ``Infinity`` and numbers that overflow a float,
+integers beyond 64 bits and text that is not Unicode (a lone surrogate escape)
+refuse the whole message; ``uint_field``, ``text_field``, ``bool_field`` (and
+the like) read a body's fields and refuse, the same way, a missing field or
+one of the wrong type, so a handler gets checked values or drops the message.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from actors._codec.events import decode_batch, encode_batch
 from actors._errors import FrameError, InvalidEventError
@@ -40,6 +46,8 @@ __all__ = [
     "DataFrame",
     "FrameError",
     "Request",
+    "bool_field",
+    "chains_field",
     "decode_request",
     "decode_stream",
     "encode_control",
@@ -48,6 +56,9 @@ __all__ = [
     "encode_request",
     "sync_topic",
     "parse_sync_topic",
+    "text_field",
+    "texts_field",
+    "uint_field",
 ]
 
 VERSION = 1
@@ -72,6 +83,10 @@ REQUEST_KINDS = frozenset(
 DATA_HEADER = struct.Struct(">BBQQQIBH")
 _CHAIN = struct.Struct(">QH")
 _MAX_CHAINS = 1024
+
+MAX_UINT = (1 << 64) - 1
+"""The largest integer a JSON body may hold (sequences and epochs are 64-bit)."""
+_MAX_INT_DIGITS = len(str(MAX_UINT)) + 1  # a sign
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,9 +323,119 @@ def _text(raw: bytes, what: str) -> str:
 
 def _json_object(raw: bytes) -> dict[str, Any]:
     try:
-        value = json.loads(raw)
+        value = json.loads(
+            raw, parse_constant=_no_constant, parse_float=_finite_float, parse_int=_bounded_int
+        )
+    except FrameError:
+        raise
     except (ValueError, RecursionError) as exc:
         raise FrameError(f"body is not JSON: {exc}") from exc
     if not isinstance(value, dict):
         raise FrameError("body is not a JSON object")
+    if b"\\u" in raw:
+        _check_text(value)  # an escape may spell a lone surrogate
     return value
+
+
+def _no_constant(name: str) -> NoReturn:
+    raise FrameError(f"body holds {name}, not a number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise FrameError(f"body holds a number out of range ({text[:32]})")
+    return value
+
+
+def _bounded_int(text: str) -> int:
+    if len(text) <= _MAX_INT_DIGITS:
+        value = int(text)
+        if -MAX_UINT <= value <= MAX_UINT:
+            return value
+    raise FrameError(f"body holds an integer out of range ({text[:32]})")
+
+
+def _check_text(value: object) -> None:
+    """Raise ``FrameError`` if a key or a string in ``value`` is not encodable Unicode."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode()
+            except UnicodeEncodeError as exc:
+                raise FrameError("body holds text that is not Unicode") from exc
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
+_MISSING: Any = object()
+
+
+def uint_field(body: dict[str, Any], key: str, default: int = _MISSING) -> int:
+    """Return ``body[key]``, an integer in ``[0, MAX_UINT]``; raise ``FrameError`` otherwise.
+
+    ``default`` is returned when the field is missing (or null); without
+    one, a missing field is an error too.
+    """
+    value = body.get(key)
+    if value is None and default is not _MISSING:
+        return default
+    if type(value) is not int or not 0 <= value <= MAX_UINT:
+        raise FrameError(f"field {key!r} is not an unsigned 64-bit integer: {value!r:.40}")
+    return value
+
+
+def text_field(body: dict[str, Any], key: str, default: str = _MISSING) -> str:
+    """Return ``body[key]``, a string; raise ``FrameError`` otherwise (see ``uint_field``)."""
+    value = body.get(key)
+    if value is None and default is not _MISSING:
+        return default
+    if type(value) is not str:
+        raise FrameError(f"field {key!r} is not a string: {value!r:.40}")
+    return value
+
+
+def bool_field(body: dict[str, Any], key: str, default: bool = _MISSING) -> bool:
+    """Return ``body[key]``, a boolean; raise ``FrameError`` otherwise (see ``uint_field``)."""
+    value = body.get(key)
+    if value is None and default is not _MISSING:
+        return default
+    if type(value) is not bool:
+        raise FrameError(f"field {key!r} is not a boolean: {value!r:.40}")
+    return value
+
+
+def texts_field(body: dict[str, Any], key: str, default: list[str] = _MISSING) -> list[str]:
+    """Return ``body[key]``, a list of strings; raise ``FrameError`` otherwise."""
+    value = body.get(key)
+    if value is None and default is not _MISSING:
+        return default
+    if type(value) is not list or any(type(item) is not str for item in value):
+        raise FrameError(f"field {key!r} is not a list of strings: {value!r:.40}")
+    return value
+
+
+def chains_field(body: dict[str, Any], key: str) -> dict[bytes, int]:
+    """Return a heartbeat's ``[[prefix, sequence], ...]`` (empty if missing) as a dict.
+
+    Raise ``FrameError`` unless each item is a string and an unsigned 64-bit integer.
+    """
+    value = body.get(key)
+    if value is None:
+        return {}
+    if type(value) is not list:
+        raise FrameError(f"field {key!r} is not a list: {value!r:.40}")
+    out: dict[bytes, int] = {}
+    for item in value:
+        if type(item) is not list or len(item) != 2 or type(item[0]) is not str:
+            raise FrameError(f"field {key!r} holds {item!r:.40}, not [prefix, sequence]")
+        seq = item[1]
+        if type(seq) is not int or not 0 <= seq <= MAX_UINT:
+            raise FrameError(f"field {key!r} holds {item!r:.40}, not [prefix, sequence]")
+        out[item[0].encode()] = seq
+    return out
