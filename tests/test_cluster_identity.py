@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import zmq
 
-from actors import Broker, Event, EventBus
+from actors import Broker, Event, EventBus, NoAnswerError
 from actors._cluster.node import Node
 from actors._cluster.security import generate_keypair
 from actors._cluster.wire import (
@@ -323,3 +323,60 @@ def test_a_broker_drops_stream_frames_of_a_bound_name_from_another_key(
             assert broker.impostors == 1
         finally:
             ctx.destroy(0)
+
+
+# -- routes: a HELLO under a live peer's name is a fallback, never taken while it is heard --
+
+
+def test_a_slow_answer_never_hands_a_live_peers_route_to_a_hello(
+    tmp_path: Path, nodes: Callable[..., EventBus]
+) -> None:
+    b = nodes("b", listen=ipc(tmp_path, "b"))
+    a = nodes("a", listen=ipc(tmp_path, "a"), peers=(request_endpoint(b),))
+    gate = threading.Event()
+    a.subscribe("slow.*", lambda _e: gate.wait(WAIT), capacity=1, overflow="block")
+    assert node(b).wait_for_peers(["a"], WAIT)
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    try:
+        impostor = ctx.socket(zmq.DEALER)
+        impostor.linger = 0
+        impostor.connect(request_endpoint(b))
+        body = {"kind": "node", "pub": ipc(tmp_path, "impostor"), "epoch": 1, "base": 1}
+        impostor.send_multipart(encode_request(Request(HELLO, "", "a", "hello", body)))
+        assert impostor.poll(int(WAIT * 1000))
+        impostor.recv_multipart()  # b's WELCOME: the HELLO was handled
+        # a's handler holds the first event, the second fills the subscription:
+        # a publish from b now waits in a, and b's request goes unanswered.
+        a.publish("slow.x", 0)
+        a.publish("slow.x", 1)
+        with pytest.raises(NoAnswerError):
+            node(b).publish_remote("a", "slow.x", 2, timeout=0.5)
+        gate.set()
+        answer = node(b).publish_remote("a", "job.run", "next", timeout=WAIT)
+        assert (answer.origin, answer.data) == ("a", "next")
+        assert not impostor.poll(0)  # no request or credit of b went to the impostor
+    finally:
+        gate.set()
+        ctx.destroy(0)
+
+
+# -- recovery answers fit the asker's frame limit ---------------------------------------
+
+
+def test_a_receiver_with_a_smaller_frame_limit_recovers_a_dropped_batch(
+    tmp_path: Path, nodes: Callable[..., EventBus]
+) -> None:
+    a = nodes("a", listen=ipc(tmp_path, "a"), max_frame_bytes=4 << 20)
+    b = nodes("b", listen=ipc(tmp_path, "b"), peers=(request_endpoint(a),), max_frame_bytes=1 << 20)
+    got = Collector("last")
+    b.subscribe("job.*", got, capacity=1000)
+    assert node(b).wait_for_peers(["a"], WAIT)
+    batch = [Event(event_type="job.run", data=f"{i}:" + "y" * 20_000) for i in range(100)]
+    for future in a.publish_many(batch):  # about 2 MB: one frame, over b's limit
+        future.get(timeout=WAIT)
+    a.publish("job.run", "last").get(timeout=WAIT)
+    events = got.wait()
+    assert [e.data.split(":")[0] for e in events[:-1]] == [str(i) for i in range(100)]
+    stats = node(b).statistics()
+    assert stats.frames_too_large >= 1
+    assert (stats.gaps_recovered, stats.gaps_unrecovered) == (stats.gaps, 0)
