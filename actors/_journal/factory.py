@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from actors._errors import JournalDamagedError
 from actors._journal.actor import enforce_retention
+from actors._journal.rebuild import PARTS
 from actors._journal.records import HIGH_WATER
 from actors._journal.rocks import Recover, RocksStorage, repair_files
 from actors._model.config import EventConfig
@@ -33,7 +34,10 @@ class RecoveryReport:
     ``last_sequence`` the highest it holds now; ``lost`` how many
     acknowledged sequences it no longer holds (``lost_range``, inclusive);
     ``wal_damaged`` whether RocksDB found the write-ahead log damaged;
-    ``repaired`` whether RocksDB's repair ran.
+    ``repaired`` whether RocksDB's repair ran; ``rebuilt`` the parts of the
+    secondary state (``"types"``, ``"count"``, ``"skew"``, ``"by_type"``,
+    ``"by_time"``, ``"by_cid"``) found not to match the records and rebuilt
+    from them, empty if none.
     """
 
     path: str
@@ -43,6 +47,7 @@ class RecoveryReport:
     lost_range: tuple[int, int] | None
     wal_damaged: bool
     repaired: bool = False
+    rebuilt: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +68,7 @@ def _check_retention(retention_days: float | None, max_events: int | None) -> No
         raise ValueError(msg)
 
 
-def _inspect(storage: RocksStorage, path: str) -> RecoveryReport:
+def _inspect(storage: RocksStorage, path: str, rebuilt: tuple[str, ...] = ()) -> RecoveryReport:
     kept = max(storage.last_sequence(), storage.get_checkpoint(HIGH_WATER) or 0)
     acknowledged = storage.acknowledged()
     lost_range = (kept + 1, acknowledged) if acknowledged > kept else None
@@ -75,7 +80,54 @@ def _inspect(storage: RocksStorage, path: str) -> RecoveryReport:
         lost_range=lost_range,
         wal_damaged=storage.wal_damaged,
         repaired=storage.repaired,
+        rebuilt=rebuilt,
     )
+
+
+def _reconcile(
+    storage: RocksStorage, path: str, *, full: bool, recover: Recover
+) -> tuple[str, ...]:
+    """Check the secondary state against the records; rebuild it where it disagrees.
+
+    ``full`` surveys every record and index entry (``repair`` and after
+    RocksDB's repair); otherwise a few point reads decide, and a survey
+    follows only if they find a problem.  Returns the parts rebuilt.  With
+    ``recover="refuse"`` a problem raises ``JournalDamagedError`` instead; a
+    read-only storage with ``recover="truncate"`` is only warned about.
+    """
+    problems = [] if full else storage.quick_problems()
+    if not full and not problems:
+        return ()
+    if recover == "refuse" and not full:
+        msg = (
+            f"journal {path!r} is damaged: its {', '.join(problems)} do not match the "
+            "records, so queries would miss events. To rebuild them from the records, "
+            "open it with EventConfig(recover='truncate') or run actors._journal.repair(path)"
+        )
+        raise JournalDamagedError(msg)
+    if storage.read_only:
+        logger.warning(
+            "journal %s: its %s do not match the records; queries may miss events until "
+            "it is repaired",
+            path,
+            ", ".join(problems),
+        )
+        return ()
+    survey = storage.survey()
+    parts = tuple(part for part in PARTS if part in survey.problems or part in problems)
+    if not parts:
+        return ()
+    done = storage.rebuild(survey)
+    logger.warning(
+        "journal %s: its %s did not match the records; rebuilt from %d record(s)%s%s%s",
+        path,
+        ", ".join(parts),
+        done.records,
+        f"; types registered again: {', '.join(done.registered)}" if done.registered else "",
+        f"; {done.retyped} record header(s) set to their payload's type" if done.retyped else "",
+        f"; {done.untyped} record(s) of no known type" if done.untyped else "",
+    )
+    return parts
 
 
 def _describe(report: RecoveryReport) -> str:
@@ -97,6 +149,10 @@ def open_journal(config: EventConfig) -> OpenedJournal | None:
     when events are missing and ``recover`` is ``"refuse"``; ``JournalError``.
     With ``recover="truncate"`` a loss is logged at WARNING, reported in
     ``recovery`` and the next sequence stays above every acknowledged one.
+    A few point reads check the type registry, count and indexes against the
+    records (no record scan); where they disagree, ``recover="truncate"``
+    rebuilds them from the records (WARNING, ``recovery.rebuilt``) and
+    ``"refuse"`` raises ``JournalDamagedError``.
     """
     if config.persistence_path is None:
         return None
@@ -104,7 +160,8 @@ def open_journal(config: EventConfig) -> OpenedJournal | None:
     path = os.fspath(config.persistence_path)
     storage = RocksStorage(path, read_only=config.read_only, recover=config.recover)
     try:
-        report = _inspect(storage, path)
+        rebuilt = _reconcile(storage, path, full=storage.repaired, recover=config.recover)
+        report = _inspect(storage, path, rebuilt)
         if report.lost or report.wal_damaged:
             if config.recover == "refuse" and report.lost:
                 msg = (
@@ -134,7 +191,10 @@ def repair(path: str | os.PathLike[str], *, recover: Recover = "truncate") -> Re
     events with its WAL intact, first goes through RocksDB's repair, which
     salvages every readable record from the table files and logs.
     Either way the acknowledged mark is kept, so sequences continue above
-    every acknowledged one.  Blocks; raises ``JournalNotFoundError``,
+    every acknowledged one.  Then every record is checked against the type
+    registry, count, skew and indexes, and what disagrees is rebuilt from
+    the records (``rebuilt``; the records are read once, twice more if a
+    rebuild is needed).  Blocks; raises ``JournalNotFoundError``,
     ``JournalLockedError``, or ``JournalError`` if nothing can be salvaged.
     The journal must not be open anywhere.
     """
@@ -147,7 +207,8 @@ def repair(path: str | os.PathLike[str], *, recover: Recover = "truncate") -> Re
         repaired = True
         storage = RocksStorage(where, create=False, recover=recover)
     try:
-        report = _inspect(storage, where)
+        rebuilt = _reconcile(storage, where, full=True, recover="truncate")
+        report = _inspect(storage, where, rebuilt)
         if report.lost:
             storage.accept_loss(report.acknowledged)
             logger.warning("journal %s repaired: %s", where, _describe(report))
@@ -161,4 +222,5 @@ def repair(path: str | os.PathLike[str], *, recover: Recover = "truncate") -> Re
         lost_range=report.lost_range,
         wal_damaged=report.wal_damaged,
         repaired=repaired or report.repaired,
+        rebuilt=report.rebuilt,
     )

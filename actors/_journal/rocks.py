@@ -192,7 +192,8 @@ def _check_is_journal(path: str) -> None:
     """Raise unless ``path`` holds a readable journal; read only.
 
     ``JournalNotFoundError`` when it holds no database or a RocksDB that is
-    not a journal; ``JournalDamagedError`` when RocksDB cannot read it;
+    not a journal; ``JournalDamagedError`` when RocksDB cannot read it or a
+    journal's ``meta`` column family is gone;
     ``JournalError`` when the folder cannot be read.
     """
     if not holds_database(path):
@@ -206,6 +207,11 @@ def _check_is_journal(path: str) -> None:
     except Exception as exc:
         raise _damaged_or_unreadable(path, exc) from exc
     if _CF_META not in families:
+        if {_CF_TYPE, _CF_TIME, _CF_CID} & set(families):
+            # A journal whose meta table was lost before RocksDB's repair ran.
+            gone = JournalError(f"its {_CF_META!r} column family is missing")
+            error = _damaged_or_unreadable(path, gone)
+            raise error from error.__cause__
         msg = f"{path!r} is a RocksDB but not a journal (no {_CF_META!r} column family)"
         raise JournalNotFoundError(msg)
 

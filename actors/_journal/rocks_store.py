@@ -21,6 +21,7 @@ from actors._errors import JournalError
 from actors._journal.cursor import walk, walk_sequences
 from actors._journal.highwater import HighWaterMark
 from actors._journal.planner import IndexedStorage
+from actors._journal.rebuild import META_NEXT_TYPE, RebuildMixin
 from actors._journal.records import (
     CID_LEN,
     FLAG_CID,
@@ -61,7 +62,7 @@ def read(call: Callable[[], _T]) -> _T:
         raise JournalError(msg) from exc
 
 
-class RocksTables(RetentionMixin, IndexedStorage):
+class RocksTables(RebuildMixin, RetentionMixin, IndexedStorage):
     """Records, indexes and checkpoints in RocksDB column families (module docstring)."""
 
     _path: str
@@ -131,6 +132,13 @@ class RocksTables(RetentionMixin, IndexedStorage):
             (tid,) = struct.unpack(">I", value)
             self._type_ids[name] = tid
             self._type_names[tid] = name
+        # Ids are never reused: a rebuilt registry may have gaps, and records
+        # of a type no payload could name keep theirs (META_NEXT_TYPE).
+        next_type = self._meta.get(META_NEXT_TYPE)
+        self._next_tid = max(
+            max(self._type_names, default=0) + 1,
+            0 if next_type is None else struct.unpack(">I", next_type)[0],
+        )
         count = self._meta.get(META_COUNT)
         self._count = 0 if count is None else SEQ.unpack(count)[0]
         skew = self._meta.get(_META_SKEW)
@@ -190,7 +198,7 @@ class RocksTables(RetentionMixin, IndexedStorage):
         sources = self._source_cache
         last = self._last
         skew, max_ts = self._skew, self._max_ts
-        next_tid = len(type_ids) + 1
+        next_tid = self._next_tid
         pack_header, pack_seq = HEADER.pack, SEQ.pack
         type_key, time_key = TYPE_KEY.pack, TIME_KEY.pack
         put = batch.put
@@ -250,6 +258,7 @@ class RocksTables(RetentionMixin, IndexedStorage):
             self._type_ids[name] = tid
             self._type_names[tid] = name
         self._last, self._skew, self._max_ts = last, skew, max_ts
+        self._next_tid = next_tid
         self._count += len(records)
         self.written += len(records)
         if not sync and self._mark is not None:
