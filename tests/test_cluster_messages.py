@@ -8,6 +8,8 @@ condition (``Node.wait``, a collector's event); nothing sleeps.
 from __future__ import annotations
 
 import contextlib
+import socket
+import struct
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -240,3 +242,103 @@ def test_a_step_of_the_io_loop_that_raises_is_logged_and_the_loop_goes_on(
     assert failed.wait(WAIT)
     assert node(a).wait(lambda s: s.frames_dropped >= 1, WAIT)
     still_works(tmp_path, nodes, a)
+
+
+# -- subscriptions on the XPUB ---------------------------------------------------------------
+
+
+def publish_endpoint(bus: EventBus) -> str:
+    found = node(bus).endpoints["publish"]
+    assert found is not None
+    return found
+
+
+def subscriber_pair(tmp_path: Path, nodes: Callable[..., EventBus]) -> tuple[EventBus, Collector]:
+    """``a`` publishing, ``b`` following ``t.*`` from it; returns ``a`` and b's collector."""
+    a = nodes("a", listen=ipc(tmp_path, "a"))
+    got = Collector(1)
+    b = nodes("b", peers=(request_endpoint(a),))
+    b.subscribe("t.*", got)
+    assert node(b).wait_for_peers(["a"], WAIT)
+    return a, got
+
+
+@pytest.mark.parametrize("message", [b"\x02t.", b"\xfft.", b""])
+def test_a_message_on_the_xpub_that_is_no_subscription_is_dropped(
+    tmp_path: Path, nodes: Callable[..., EventBus], message: bytes
+) -> None:
+    a, got = subscriber_pair(tmp_path, nodes)
+    before = node(a).statistics().frames_dropped
+    ctx = zmq.Context()
+    try:
+        raw = ctx.socket(zmq.XSUB)  # XSUB passes anything but 0x00/0x01 upstream as is
+        raw.connect(publish_endpoint(a))
+        raw.send(message)
+        assert node(a).wait(lambda s: s.frames_dropped > before, WAIT)
+    finally:
+        ctx.destroy(0)
+    a.publish("t.x", "still sent").get(timeout=WAIT)
+    assert [e.data for e in got.wait()] == ["still sent"]
+
+
+def test_a_message_at_a_brokers_subscribe_endpoint_stops_no_prefix(
+    tmp_path: Path, nodes: Callable[..., EventBus]
+) -> None:
+    with Broker(ipc(tmp_path, "broker")) as broker:
+        a, b = (nodes(n, peers=(broker.endpoint,)) for n in "ab")
+        got = Collector(1)
+        b.subscribe("t.*", got)
+        assert node(b).wait_for_peers(["a"], WAIT)
+        ctx = zmq.Context()
+        try:
+            raw = ctx.socket(zmq.XSUB)
+            raw.connect(broker.subscribe_endpoint)
+            raw.send(b"\x02t.")
+            assert node(a).wait(lambda s: s.frames_dropped >= 1, WAIT)
+        finally:
+            ctx.destroy(0)
+        a.publish("t.x", "still sent").get(timeout=WAIT)
+        assert [e.data for e in got.wait()] == ["still sent"]
+
+
+def zmtp_unsubscribe(endpoint: str, topic: bytes) -> socket.socket:
+    """Speak ZMTP 3.0 by hand as an XSUB and send ``0x00 + topic``: an unsubscribe from a
+    connection that never subscribed (no ZeroMQ socket sends one)."""
+    host, port = endpoint.removeprefix("tcp://").rsplit(":", 1)
+    sock = socket.create_connection((host, int(port)), timeout=WAIT)
+
+    def receive(size: int) -> bytes:
+        data = b""
+        while len(data) < size:
+            chunk = sock.recv(size - len(data))
+            assert chunk, "the node closed the connection"
+            data += chunk
+        return data
+
+    sock.sendall(b"\xff" + bytes(8) + b"\x7f")
+    receive(10)
+    sock.sendall(bytes((3, 0)) + b"NULL".ljust(20, b"\0") + bytes(32))
+    receive(54)
+    ready = b"\x05READY\x0bSocket-Type" + struct.pack(">I", 4) + b"XSUB"
+    message = b"\x00" + topic
+    sock.sendall(bytes((0x04, len(ready))) + ready + bytes((0, len(message))) + message)
+    return sock
+
+
+def test_an_unsubscribe_from_a_connection_that_never_subscribed_removes_nothing(
+    nodes: Callable[..., EventBus],
+) -> None:
+    a = nodes("a", listen="tcp://127.0.0.1:*")
+    got = Collector(1)
+    b = nodes("b", peers=(request_endpoint(a),))
+    b.subscribe("t.*", got)
+    assert node(b).wait_for_peers(["a"], WAIT)
+    forged = zmtp_unsubscribe(publish_endpoint(a), b"t.")
+    try:
+        # Whatever the XPUB passed up has been read once a sync round trip is done.
+        b.subscribe("u.*", Collector(1))
+        assert node(b).wait_for_peers(["a"], WAIT)
+        a.publish("t.x", "still sent").get(timeout=WAIT)
+        assert [e.data for e in got.wait()] == ["still sent"]
+    finally:
+        forged.close()

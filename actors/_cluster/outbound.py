@@ -81,12 +81,14 @@ class Outbound:
             self.prev[prefix] = self.head
             self._classes.clear()
 
-    def remove_prefix(self, prefix: bytes) -> None:
-        """No peer holds ``prefix`` any more."""
-        if prefix in self.active:
-            self.active.discard(prefix)
-            self.prev.pop(prefix, None)
-            self._classes.clear()
+    def remove_prefix(self, prefix: bytes) -> bool:
+        """No peer holds ``prefix`` any more; return False (nothing changes) if none did."""
+        if prefix not in self.active:
+            return False
+        self.active.discard(prefix)
+        self.prev.pop(prefix, None)
+        self._classes.clear()
+        return True
 
     def _matched(self, event_type: str) -> tuple[bytes, ...]:
         matched = self._classes.get(event_type)
