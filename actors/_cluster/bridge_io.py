@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections import OrderedDict
+from concurrent.futures import Future
 from datetime import datetime
 from typing import Any
 
@@ -138,29 +139,53 @@ class PublishLedger:
     """Publish events on a peer's behalf, once per event id (idempotent retries).
 
     Remembers the last ``size`` ids it published and what they became.
-    Thread-safe: the bridge's workers share one.
+    Thread-safe: the bridge's workers share one.  A request for an id whose
+    publish is still under way (a retry that overtook the first try) waits
+    for that publish and answers with its outcome: it never publishes again.
     """
 
     def __init__(self, size: int = 10_000) -> None:
         self._size = size
         self._done: OrderedDict[uuid.UUID, Event] = OrderedDict()
+        self._running: dict[uuid.UUID, Future[Event]] = {}
         self._lock = threading.Lock()
 
     def publish(self, local: LocalNode, events: list[Event], timeout: float = _WAIT) -> list[Event]:
         """Publish ``events`` on the local bus in order; return them as published (sequenced).
 
-        Blocks until every publish future resolved.  Raises what ``publish``
-        raises (``InvalidEventError``, ``BackpressureError``, ...).
+        They become this node's events: any origin or sequence they carry is
+        replaced (``publish`` gives them).  Blocks until every publish future
+        resolved.  Raises what ``publish`` raises (``InvalidEventError``,
+        ``BackpressureError``, ...), also to a request that waited for the
+        same id's publish; ``TimeoutError`` if that one is not over in ``timeout``.
         """
         out: list[Event] = []
         for event in events:
             with self._lock:
                 known = self._done.get(event.id)
-            if known is None:
+                running = self._running.get(event.id) if known is None else None
+                mine = known is None and running is None
+                if mine:
+                    running = self._running[event.id] = Future()
+            if known is not None:
+                out.append(known)
+                continue
+            assert running is not None
+            if not mine:
+                out.append(running.result(timeout))
+                continue
+            try:
                 known = local.publish(event).get(timeout=timeout)
+            except BaseException as exc:
                 with self._lock:
-                    self._done[event.id] = known
-                    while len(self._done) > self._size:
-                        self._done.popitem(last=False)
+                    del self._running[event.id]
+                running.set_exception(exc)
+                raise
+            with self._lock:
+                del self._running[event.id]
+                self._done[event.id] = known
+                while len(self._done) > self._size:
+                    self._done.popitem(last=False)
+            running.set_result(known)
             out.append(known)
         return out
