@@ -2,8 +2,9 @@
 
 An event crosses in a frame of its own if it must; a frame is at most
 ``NodeConfig.max_frame_bytes``.  ``EventSizeCheck`` refuses, at ``publish``,
-an event that could not fit: it bounds the encoded size from above by a walk
-of the data (cheap for the usual small event) and encodes only an event whose
+an event that could not fit once the node stamped it (its origin and
+sequence) and framed it: it bounds the encoded size from above by a walk of
+the data (cheap for the usual small event) and encodes only an event whose
 bound is over the limit, to be exact.
 """
 
@@ -16,7 +17,7 @@ from actors._codec.events import encode_event
 from actors._errors import EventTooLargeError
 from actors._model.event import Event
 
-__all__ = ["FRAME_OVERHEAD", "EventSizeCheck", "upper_bound"]
+__all__ = ["FRAME_OVERHEAD", "EventSizeCheck", "stamp_bytes", "upper_bound"]
 
 FRAME_OVERHEAD = 64 * 1024
 """Bytes of a frame kept for its header, topic and origin (a frame of one event)."""
@@ -72,14 +73,38 @@ def upper_bound(value: Any, limit: int) -> int:  # noqa: PLR0911 - flat dispatch
     return _SCALAR
 
 
+def stamp_bytes(origin: str) -> int:
+    """Return the most bytes sending adds to an event's encoding, for a node named ``origin``.
+
+    The bridge sends the event stamped (its ``origin`` and ``sequence``
+    fields) as a chunk (a tag and a length before it): what ``publish``
+    accepts must still fit the frame's budget once so (``Outbound``).
+    """
+    name = len(origin.encode())
+    origin_field = 2 + _varint_size(name) + name  # field 16: a two-byte tag
+    sequence_field = 1 + 10  # field 15, a 64-bit varint
+    chunk = 1 + 5  # the batch's tag and the event's length (under 2**35)
+    return origin_field + sequence_field + chunk
+
+
+def _varint_size(value: int) -> int:
+    return max(1, (value.bit_length() + 6) // 7)
+
+
 class EventSizeCheck:
-    """Raise ``EventTooLargeError`` for an event that cannot fit in one frame."""
+    """Raise ``EventTooLargeError`` for an event that cannot fit in one frame.
 
-    __slots__ = ("limit", "max_frame_bytes")
+    With ``origin`` (the node's name), an event passes only if it still fits
+    once the bridge stamped and framed it (``stamp_bytes``): whatever
+    ``publish`` accepts is sent.
+    """
 
-    def __init__(self, max_frame_bytes: int) -> None:
+    __slots__ = ("limit", "max_frame_bytes", "stamp")
+
+    def __init__(self, max_frame_bytes: int, origin: str | None = None) -> None:
         self.max_frame_bytes = max_frame_bytes
-        self.limit = max(1, max_frame_bytes - FRAME_OVERHEAD)
+        self.stamp = 0 if origin is None else stamp_bytes(origin)
+        self.limit = max(1, max_frame_bytes - FRAME_OVERHEAD - self.stamp)
 
     def __call__(self, event: Event) -> None:
         """Pass ``event`` if it fits; raise ``EventTooLargeError`` naming the limit otherwise."""
@@ -98,8 +123,9 @@ class EventSizeCheck:
             return
         size = len(encode_event(event))
         if size > limit:
+            stamp = f" and {self.stamp} for its origin and sequence" if self.stamp else ""
             raise EventTooLargeError(
                 f"event {event.event_type!r} is {size} bytes encoded; a node sends events of "
                 f"at most {limit} bytes (NodeConfig.max_frame_bytes={self.max_frame_bytes} "
-                f"less {FRAME_OVERHEAD} for the frame)"
+                f"less {FRAME_OVERHEAD} for the frame{stamp})"
             )

@@ -236,4 +236,5 @@ def start_node(
     bridge = Bridge(wiring, config)
     router.add_recorder(bridge.recorder)
     router.route_listeners.append(bridge.on_local_patterns)
-    return bridge, Node(bridge, config, prepare, check_open), EventSizeCheck(config.max_frame_bytes)
+    check = EventSizeCheck(config.max_frame_bytes, config.name)
+    return bridge, Node(bridge, config, prepare, check_open), check
