@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import zmq
 
-from actors import Event, EventBus
+from actors import Event, EventBus, PeerRefusedError
 from actors._cluster.bridge import Bridge
 from actors._cluster.broker import Broker
 from actors._cluster.node import Node
@@ -342,3 +342,16 @@ def test_an_unsubscribe_from_a_connection_that_never_subscribed_removes_nothing(
         assert [e.data for e in got.wait()] == ["still sent"]
     finally:
         forged.close()
+
+
+# -- duplicate names -------------------------------------------------------------------------
+
+
+def test_linked_nodes_on_the_listening_side_of_a_duplicate_name_raises(
+    tmp_path: Path, nodes: Callable[..., EventBus]
+) -> None:
+    listener = nodes("x", listen=ipc(tmp_path, "x"))
+    nodes("x", peers=(request_endpoint(listener),))
+    assert node(listener).wait(lambda s: s.hellos_refused >= 1, WAIT)
+    with pytest.raises(PeerRefusedError, match="this node's name 'x'"):
+        node(listener).linked_nodes(WAIT)

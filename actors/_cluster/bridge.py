@@ -270,13 +270,15 @@ class Bridge(StreamIO, RecoveryIO, RequestIO):
         """Wait until every configured peer answered HELLO; return the node names among them.
 
         Brokers are not nodes and are left out.  Returns what is known after
-        ``timeout``; raises ``PeerRefusedError`` if a peer refused us.
+        ``timeout``; raises ``PeerRefusedError`` if a peer refused us or was
+        refused for good (a duplicate name, also one that connected to us).
         """
 
         def answered(view: BridgeView) -> bool:
             refused = [link.refused for link in view.links if link.refused]
-            if refused:
-                raise PeerRefusedError("; ".join(refused))
+            reasons = list(dict.fromkeys([*refused, *view.refusals]))
+            if reasons:
+                raise PeerRefusedError("; ".join(reasons))
             return all(link.welcomed for link in view.links)
 
         self.wait_view(answered, timeout)
