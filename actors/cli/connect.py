@@ -89,7 +89,10 @@ def peer_name(bus: EventBus, connection: Connection, deadline: float) -> str:
         if not bus.wait_for_peers([name], left(deadline)):
             fail(f"node {name!r} is not heard from through {connection.peer}")
     except PeerRefusedError as exc:
-        fail(f"{connection.peer} refused this node: {exc}")
+        reason = str(exc)  # it may name the endpoint already ("... refused this node: ...")
+        if connection.peer and connection.peer not in reason:
+            reason = f"{connection.peer} refused this node: {reason}"
+        fail(reason)
     except (NoAnswerError, NotConnectedError):
         fail(no_answer(connection))
     return name

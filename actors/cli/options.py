@@ -21,6 +21,8 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
+from actors._model.config import check_endpoint
+
 __all__ = [
     "ENDPOINT",
     "Connection",
@@ -36,8 +38,8 @@ ENV = "LLMSPELL_EVENTS"
 _Z85 = frozenset(
     "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#"
 )
-_SCHEMES = ("tcp", "ipc", "inproc", "ws", "wss", "pgm", "epgm")
-_ENDPOINT = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*)://(?P<address>.+)")
+_SCHEMES = ("tcp", "ipc", "inproc")  # the transports a node accepts (``check_endpoint``)
+_ENDPOINT = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*)://(?P<address>.*)")
 
 Command = Callable[..., Any]
 
@@ -54,11 +56,15 @@ class EndpointType(click.ParamType):  # type: ignore[type-arg]
             self.fail(f"{text!r} has no scheme: write tcp://{text} (or ipc://PATH)", param, ctx)
         scheme, address = match["scheme"], match["address"]
         if scheme not in _SCHEMES:
-            self.fail(f"{text!r}: unknown scheme {scheme!r} (tcp, ipc, inproc, ...)", param, ctx)
+            self.fail(f"{text!r}: unknown scheme {scheme!r} (tcp, ipc or inproc)", param, ctx)
         if scheme == "tcp":
             host, sep, port = address.rpartition(":")
             if not sep or not host or not (port.isdigit() or port == "*"):
                 self.fail(f"{text!r}: a tcp endpoint is tcp://HOST:PORT", param, ctx)
+        try:  # the rest as ``NodeConfig`` checks it: a usage error here, not a failure later
+            check_endpoint(text, "endpoint", bind=True)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
         return text
 
 

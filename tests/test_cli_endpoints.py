@@ -1,0 +1,45 @@
+"""Endpoints and refusals as the commands report them: usage errors name the fault once."""
+
+from __future__ import annotations
+
+import re
+
+import click
+import pytest
+
+from actors.cli.options import ENDPOINT
+from tests._cli_support import cli, one_error_line, serving
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "says"),
+    [
+        ("ipc://", "'ipc://' needs a name"),
+        ("inproc://", "'inproc://' needs a name"),
+        ("tcp://127.0.0.1:99999", "port 99999 is out of range"),
+        ("ws://127.0.0.1:1", "unknown scheme 'ws' (tcp, ipc or inproc)"),
+        ("wss://127.0.0.1:1", "unknown scheme 'wss'"),
+        ("pgm://eth0;239.192.1.1:5555", "unknown scheme 'pgm'"),
+        ("epgm://eth0;239.192.1.1:5555", "unknown scheme 'epgm'"),
+    ],
+)
+def test_an_endpoint_no_node_accepts_is_refused_as_such(endpoint: str, says: str) -> None:
+    with pytest.raises(click.BadParameter, match=re.escape(says)) as caught:
+        ENDPOINT.convert(endpoint, None, None)
+    assert "write tcp://" not in str(caught.value)
+
+
+@pytest.mark.parametrize("endpoint", ["ws://127.0.0.1:1", "ipc://", "tcp://127.0.0.1:99999"])
+def test_a_command_given_such_an_endpoint_is_a_usage_error(endpoint: str) -> None:
+    result = cli("pub", "a.b", "{}", "--peer", endpoint, "--timeout", "2")
+    assert result.returncode == 2, result.stderr
+    assert "--peer" in result.stderr
+
+
+def test_a_client_named_like_the_node_is_told_once() -> None:
+    with serving("--name", "hub") as (_node, endpoint):
+        result = cli("pub", "t.x", "{}", "--peer", endpoint, "--name", "hub", "--timeout", "10")
+    assert result.returncode == 1
+    line = one_error_line(result)
+    assert line.count("refused this node") == 1, line
+    assert "node names must be unique" in line
