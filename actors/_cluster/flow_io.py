@@ -40,7 +40,14 @@ from actors._cluster.credit import MAX_WINDOW, SendQueue
 from actors._cluster.io_base import BridgeBase
 from actors._cluster.outbound import Run
 from actors._cluster.ports import LocalNode
-from actors._cluster.wire import CREDIT, Request
+from actors._cluster.wire import (
+    CREDIT,
+    FrameError,
+    Request,
+    bool_field,
+    texts_field,
+    uint_field,
+)
 from actors._core.backpressure import Allowance, Hold
 from actors._model.config import NodeConfig
 from actors._model.event import Event
@@ -206,10 +213,10 @@ class FlowIO(BridgeBase):
     def _on_credit(self, message: Request) -> None:
         body = message.body
         try:
-            epoch, acked, window = int(body["epoch"]), int(body["acked"]), int(body["window"])
-            prefixes = [str(p).encode() for p in body.get("prefixes", [])]
-            drop = bool(body.get("drop", False))
-        except (KeyError, TypeError, ValueError) as exc:
+            epoch, acked, window = (uint_field(body, f) for f in ("epoch", "acked", "window"))
+            prefixes = [p.encode() for p in texts_field(body, "prefixes", [])]
+            drop = bool_field(body, "drop", False)
+        except FrameError as exc:
             self._stats.frames_dropped += 1
             logger.debug("bridge %s: bad credit from %s: %s", self.name, message.sender, exc)
             return

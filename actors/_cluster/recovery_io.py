@@ -25,7 +25,15 @@ import time
 
 from actors._cluster.io_base import BridgeBase
 from actors._cluster.streams import RecoverRequest
-from actors._cluster.wire import ERROR, RECOVER, FrameError, Request, decode_events
+from actors._cluster.wire import (
+    ERROR,
+    RECOVER,
+    FrameError,
+    Request,
+    bool_field,
+    decode_events,
+    uint_field,
+)
 
 __all__ = ["RECOVER_ATTEMPTS", "RecoveryIO"]
 
@@ -59,9 +67,9 @@ class RecoveryIO(BridgeBase):
             try:
                 events = decode_events(reply.payload)
                 body = reply.body
-                complete, scanned = bool(body["complete"]), int(body["scanned"])
-                lost = bool(body.get("lost", False))
-            except (FrameError, KeyError, TypeError, ValueError):
+                complete, scanned = bool_field(body, "complete"), uint_field(body, "scanned")
+                lost = bool_field(body, "lost", False)
+            except FrameError:
                 self._stats.frames_dropped += 1
                 self._deliver(self._in.on_recovery_failed(rid))
                 return
@@ -77,6 +85,7 @@ class RecoveryIO(BridgeBase):
         }
         if request.limit:
             body["limit"] = request.limit  # the room this node has for the answer
+        body["max_bytes"] = self._max  # the largest answer this node accepts
         self._send(route, Request(RECOVER, request.origin, self.name, request.rid, body))
 
     def _retry(self, request: RecoverRequest, attempt: int, *, answered: bool) -> None:

@@ -3,8 +3,10 @@
 A node's ROUTER answers peers that connect to it; one DEALER per configured
 peer (``Link``) asks.  Identity rules (``docs/cluster.md``, "Node identity"):
 a node refuses a peer with its own name, a name bound to another CURVE key
-(``NodeConfig.peer_names``), and never lets a HELLO re-point a peer it hears
-from (its stream endpoint and its route stay until it is declared dead).
+(``NodeConfig.peer_names``), drops any other message under a bound name from
+another key (a broker checks what it relays), and never lets a HELLO re-point
+a peer it hears from (its stream endpoint stays until it is declared dead, its
+route until then or until its connection closes).
 """
 
 from __future__ import annotations
@@ -75,9 +77,12 @@ class RequestIO(BridgeBase):
             address = _property(frames[1], "Peer-Address")
             key = _property(frames[1], "User-Id") if self._node.curve_secret_key else None
             parts = [f.bytes for f in frames[1:]]
-            self._on_request(
-                parts, (self._router, identity), address, key.encode() if key else None
-            )
+            try:
+                self._on_request(
+                    parts, (self._router, identity), address, key.encode() if key else None
+                )
+            except Exception:  # one message's fault: count it, log it, serve the next
+                self._handler_failed("a request")
 
     def _on_link(self, link: Link) -> None:
         for _ in range(RECV_BURST):
@@ -85,7 +90,10 @@ class RequestIO(BridgeBase):
                 parts = link.sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            self._on_request(parts, (link.sock, None), None, link.key, link)
+            try:
+                self._on_request(parts, (link.sock, None), None, link.key, link)
+            except Exception:  # one message's fault: count it, log it, serve the next
+                self._handler_failed("a reply")
 
     def _on_request(
         self,
@@ -113,6 +121,15 @@ class RequestIO(BridgeBase):
                     self._send(route, Request(ERROR, message.sender, self.name, message.rid, reply))
                 return
             self._greeted(message, route, host or (link.host() if link else None), key, link)
+        elif self._impostor(message.sender, key, link):
+            self._stats.frames_dropped += 1
+            logger.warning(
+                "bridge %s: dropped a message (kind %d) from %r without the key peer_names binds",
+                self.name,
+                kind,
+                message.sender,
+            )
+            return
         if kind == HELLO:
             self._send(route, self._hello_request(WELCOME, message.sender, message.rid))
         elif kind == CREDIT:
@@ -137,6 +154,17 @@ class RequestIO(BridgeBase):
             return f"a peer calls itself {sender!r} without the key peer_names binds to it"
         return None
 
+    def _impostor(self, sender: str, key: bytes | None, link: Link | None) -> bool:
+        """Return whether a message under ``sender`` came without the key bound to that name.
+
+        A broker checks the key of every sender it relays for (``broker.py``):
+        what comes over a link to a broker is taken under the name it carries.
+        """
+        bound = self._node.peer_names.get(sender)
+        if bound is None or key == bound:
+            return False
+        return link is None or not link.broker
+
     def _greeted(
         self, message: Request, route: Route, via: str | None, key: bytes | None, link: Link | None
     ) -> None:
@@ -153,10 +181,14 @@ class RequestIO(BridgeBase):
         if established:
             # Never re-point a peer we hear from: a HELLO is not authenticated
             # (without CURVE).  A new route is kept as a fallback, used only
-            # when the known one stops answering.
+            # once the known one is gone (its connection closed: ``_send``)
+            # or the peer is declared dead (``StreamIO._heartbeat``).
             assert peer is not None
             if link is None and peer.route != route:
                 peer.candidate = route
+                # A send to a closed connection's identity then fails (EHOSTUNREACH)
+                # instead of vanishing: that is how a gone route is told.
+                self._router.router_mandatory = True
             pub = body.get("pub")
             if isinstance(pub, str) and reachable(pub, via) != peer.stream:
                 peer.candidate_stream = (reachable(pub, via), key or _key(body))
@@ -202,7 +234,7 @@ class RequestIO(BridgeBase):
                     return
                 curve.client(sock, key)
             sock.connect(endpoint)
-        except zmq.ZMQError as exc:
+        except (zmq.ZMQError, ValueError) as exc:  # an endpoint a peer advertised: may be garbage
             logger.warning("bridge %s: cannot connect to %s: %s", self.name, endpoint, exc)
 
     # -- sending --------------------------------------------------------------------------
@@ -223,7 +255,18 @@ class RequestIO(BridgeBase):
             else:
                 sock.send_multipart(parts, zmq.NOBLOCK)
         except zmq.ZMQError as exc:
+            if identity is not None and exc.errno == zmq.EHOSTUNREACH:
+                self._route_gone(route, message)
+                return
             logger.debug("bridge %s: request not sent: %s", self.name, exc)
+
+    def _route_gone(self, route: Route, message: Request) -> None:
+        """The connection behind ``route`` closed: its peer's fallback route (if any) takes over."""
+        for peer in self._peers.values():
+            if peer.route == route:
+                peer.route, peer.candidate = peer.candidate, None
+                if peer.route is not None and peer.name == message.to:
+                    self._send(peer.route, message)
 
     def _route_to(self, name: str) -> Route | None:
         for link in self._links:
@@ -239,9 +282,13 @@ class RequestIO(BridgeBase):
         return None
 
     def _unanswered(self, name: str) -> None:
-        """``name`` did not answer on its route: fall back to a newer one, if a HELLO gave one."""
+        """``name`` did not answer on its route: fall back to a newer one only if it is dead.
+
+        A peer still heard is busy or lost one message, not replaced: a slow
+        answer never hands its route to whoever sent a HELLO under its name.
+        """
         peer = self._peers.get(name)
-        if peer is not None and peer.candidate is not None:
+        if peer is not None and not peer.alive and peer.candidate is not None:
             peer.route, peer.candidate = peer.candidate, None
 
     def _ask(  # noqa: PLR0917 - one call site, through functools.partial
@@ -317,7 +364,7 @@ class RequestIO(BridgeBase):
                     )
                 else:
                     pieces, reply_body = serve_recover(local, self._out, body)
-                pieces, reply_body = fit_answer(pieces, reply_body, self._max - 4096)
+                pieces, reply_body = _fit_asker(pieces, reply_body, self._max, body)
                 payload = b"".join([chunk for _, chunk in pieces])
             elif message.kind == QUERY:
                 journal = local.journal
@@ -365,6 +412,27 @@ class RequestIO(BridgeBase):
                 del self._waiting[rid]
                 callback(None)
         self._unpark()
+
+
+def _fit_asker(
+    pieces: list[Piece], reply: dict[str, Any], own: int, body: dict[str, Any]
+) -> tuple[list[Piece], dict[str, Any]]:
+    """Cut a recovery answer to the smaller of this node's and the asker's frame limit.
+
+    ``max_bytes`` in the request is the asker's ``max_frame_bytes`` (absent
+    from nodes that predate it: this node's own limit holds).  An event that
+    alone is over the asker's limit can never reach it: the answer skips it
+    (``lost``) and the asker continues after it.
+    """
+    asked = body.get("max_bytes")
+    limit = own
+    if isinstance(asked, int) and not isinstance(asked, bool) and asked > 0:
+        limit = min(own, asked)
+    budget = limit - 4096
+    pieces, reply = fit_answer(pieces, reply, budget)
+    if len(pieces) == 1 and len(pieces[0][1]) > budget and limit < own:
+        return [], {"complete": False, "scanned": pieces[0][0], "lost": True}
+    return pieces, reply
 
 
 def _no_peers() -> dict[str, float]:

@@ -24,10 +24,13 @@ from actors._cluster.wire import (
     SYNC,
     ControlFrame,
     FrameError,
+    chains_field,
     decode_stream,
     encode_control,
     parse_sync_topic,
     sync_topic,
+    text_field,
+    uint_field,
 )
 from actors._core.messages import Barrier, Record
 from actors._model.event import Event
@@ -155,14 +158,16 @@ class StreamIO(FlowIO):
             self._stats.events_too_large += 1
             self._flow.skip(1)
             logger.warning(
-                "bridge %s: event %s (%s, sequence %s) is %d bytes encoded, over "
-                "max_frame_bytes=%d: not sent to any peer",
+                "bridge %s: event %s (%s, sequence %s) is %d bytes framed, over the %d a "
+                "frame holds for one event (max_frame_bytes=%d less %d): not sent to any peer",
                 self.name,
                 event.id,
                 event.event_type,
                 event.sequence,
                 size,
+                out.budget,
                 self._max,
+                self._max - out.budget,
             )
 
     def _on_xpub(self) -> None:
@@ -171,7 +176,11 @@ class StreamIO(FlowIO):
                 message = self._xpub.recv(zmq.NOBLOCK)
             except zmq.Again:
                 break
-            if not message:
+            if not message or message[0] > 1:
+                # Only b"\x01" + topic (subscribe) and b"\x00" + topic (unsubscribe)
+                # are subscription messages; anything else a connection sends is not.
+                self._stats.frames_dropped += 1
+                logger.debug("bridge %s: dropped a message on the XPUB", self.name)
                 continue
             subscribe, topic = message[0] == 1, message[1:]
             sync = parse_sync_topic(topic)
@@ -189,11 +198,33 @@ class StreamIO(FlowIO):
             elif topic.startswith(HEARTBEAT_TOPIC[:1]):
                 continue
             elif subscribe:
+                self._unsubscribed.discard(topic)
                 self._out.add_prefix(topic)
                 self._flow.expect(topic, time.monotonic())  # no one's credit known for it yet
+            elif topic not in self._out.active:
+                self._stats.frames_dropped += 1  # an unsubscribe of what no connection holds
+                logger.debug("bridge %s: dropped an unsubscribe of %r", self.name, topic)
             else:
-                self._out.remove_prefix(topic)
+                self._unsubscribed.add(topic)
+        self._end_prefixes()
         self._update_hold()  # a first subscriber: its pacing hold before the first event
+
+    def _end_prefixes(self) -> None:
+        """End the prefixes the XPUB reported unsubscribed that no live receiver still wants.
+
+        ZeroMQ reports an unsubscribe without saying which connection sent it,
+        and passes one from a connection that never subscribed the topic: a
+        prefix a live receiver's ``CREDIT`` still lists stays until that
+        receiver stops listing it or goes silent (checked again at each
+        heartbeat tick).
+        """
+        if not self._unsubscribed:
+            return
+        receivers = self._flow.receivers.values()
+        for prefix in list(self._unsubscribed):
+            if not any(prefix in r.prefixes for r in receivers):
+                self._unsubscribed.discard(prefix)
+                self._out.remove_prefix(prefix)
 
     # -- in -----------------------------------------------------------------------------
 
@@ -224,7 +255,10 @@ class StreamIO(FlowIO):
                 logger.warning("bridge %s: dropped a malformed frame: %s", self.name, exc)
                 continue
             if isinstance(frame, ControlFrame):
-                delivered.extend(self._on_control(frame, now))
+                try:
+                    delivered.extend(self._on_control(frame, now))
+                except Exception:  # one frame's fault: count it, log it, read the next
+                    self._handler_failed("a control frame")
                 continue
             if frame.origin == self.name:
                 continue
@@ -259,23 +293,26 @@ class StreamIO(FlowIO):
 
     def _on_control(self, frame: ControlFrame, now: float) -> list[Event]:
         body = frame.body
-        try:
-            origin = str(body["node"])
-            epoch, base, head = int(body["epoch"]), int(body["base"]), int(body["head"])
-            if origin == self.name:
-                return []
+        try:  # every field checked before any is used (``wire``): a bad one drops the frame
+            origin = text_field(body, "node")
+            epoch, base, head = (uint_field(body, f) for f in ("epoch", "base", "head"))
             if frame.kind == SYNC:
-                if body.get("for") != self.name or int(body["round"]) != self._round:
-                    return []
-                self._seen(origin, now)
-                self._epoch_heard(origin, epoch)
-                return self._in.on_sync(origin, epoch, base, head, now)
-            assert frame.kind == HEARTBEAT
-            chains = {str(p).encode(): int(s) for p, s in body.get("chains", [])}
-        except (KeyError, TypeError, ValueError) as exc:
+                target, round_ = text_field(body, "for"), uint_field(body, "round")
+                chains: dict[bytes, int] = {}
+            else:
+                chains = chains_field(body, "chains")
+        except FrameError as exc:
             self._stats.frames_dropped += 1
             logger.debug("bridge %s: bad control frame: %s", self.name, exc)
             return []
+        if origin == self.name:
+            return []
+        if frame.kind == SYNC:
+            if target != self.name or round_ != self._round:
+                return []
+            self._seen(origin, now)
+            self._epoch_heard(origin, epoch)
+            return self._in.on_sync(origin, epoch, base, head, now)
         self._seen(origin, now)
         self._epoch_heard(origin, epoch)
         return self._in.on_heartbeat(
