@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import struct
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -200,7 +201,12 @@ class Broker:
                         frames = self._xsub.recv_multipart(zmq.NOBLOCK, copy=False)
                     except zmq.Again:
                         break
-                    if self._stream_origin_holds(frames):
+                    try:
+                        holds = self._stream_origin_holds(frames)
+                    except Exception:  # one frame never stops the broker: drop it
+                        logger.exception("broker: dropped a stream frame it could not check")
+                        holds = False
+                    if holds:
                         self._xpub.send_multipart(frames, copy=False)
 
     def _stream_origin_holds(self, frames: list[zmq.Frame]) -> bool:
@@ -353,7 +359,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="bind a node name to its Z85 public key (repeatable)",
     )
     args = parser.parse_args(argv)
-    names = dict(item.partition("=")[::2] for item in args.peer_name)
+    names: dict[str, str] = {}
+    for item in args.peer_name:
+        name, sep, key = item.partition("=")
+        if not sep or not name or len(key) != 40:
+            parser.error(f"--peer-name takes NAME=KEY with a 40-character Z85 key: {item!r}")
+        names[name] = key
     broker = Broker(
         args.listen,
         curve_public_key=args.public_key.encode() if args.public_key else None,
@@ -381,5 +392,5 @@ def _stream_origin(topic: bytes, header: bytes, payload: bytes) -> str | None:
         fields = DATA_HEADER.unpack_from(header)
         size = DATA_HEADER.size
         return header[size : size + fields[6]].decode()
-    except (ValueError, UnicodeDecodeError, RecursionError):
+    except (ValueError, UnicodeDecodeError, RecursionError, struct.error):
         return None
