@@ -29,7 +29,9 @@ def test_an_endpoint_no_node_accepts_is_refused_as_such(endpoint: str, says: str
     assert "write tcp://" not in str(caught.value)
 
 
-@pytest.mark.parametrize("endpoint", ["ws://127.0.0.1:1", "ipc://", "tcp://127.0.0.1:99999"])
+@pytest.mark.parametrize(
+    "endpoint", ["ws://127.0.0.1:1", "ipc://", "tcp://127.0.0.1:99999", "tcp://127.0.0.1:*"]
+)
 def test_a_command_given_such_an_endpoint_is_a_usage_error(endpoint: str) -> None:
     result = cli("pub", "a.b", "{}", "--peer", endpoint, "--timeout", "2")
     assert result.returncode == 2, result.stderr
@@ -43,3 +45,17 @@ def test_a_client_named_like_the_node_is_told_once() -> None:
     line = one_error_line(result)
     assert line.count("refused this node") == 1, line
     assert "node names must be unique" in line
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("broker", "tcp://127.0.0.1:0", "--peer-name", "no-key"),
+        ("broker", "tcp://127.0.0.1:0", "--peer-name", "a=short"),
+        ("serve", "--name", "n", "--listen", "tcp://127.0.0.1:0", "--peer-name", "=" + "k" * 40),
+    ],
+)
+def test_a_peer_name_without_a_name_and_a_key_is_a_usage_error(args: tuple[str, ...]) -> None:
+    result = cli(*args)
+    assert result.returncode == 2, result.stderr
+    assert "--peer-name" in result.stderr

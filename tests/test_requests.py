@@ -269,6 +269,37 @@ def test_raising_responder_gives_remote_handler_error_and_no_dead_letter(bus: Ev
     assert bus.metrics().dead_letters == 0
 
 
+@pytest.mark.parametrize("raised", [SystemExit, KeyboardInterrupt])
+def test_a_responder_raising_a_base_exception_answers_with_an_error(
+    bus: EventBus, raised: type[BaseException]
+) -> None:
+    def stop(event: Event) -> None:
+        raise raised("stop")
+
+    bus.respond("svc.stop", stop)
+    with pytest.raises(RemoteHandlerError) as caught:
+        bus.request("svc.stop", timeout=WAIT)
+    assert caught.value.remote_type == raised.__name__
+    bus.flush(WAIT)
+    assert bus.dead_letters() == []
+
+
+def test_an_async_responder_whose_awaited_work_is_cancelled_answers_with_an_error(
+    bus: EventBus,
+) -> None:
+    async def cancelled_under_it(event: Event) -> None:
+        inner = asyncio.get_running_loop().create_future()
+        inner.cancel()
+        await inner
+
+    bus.respond("svc.cancel", cancelled_under_it)
+    with pytest.raises(RemoteHandlerError) as caught:
+        bus.request("svc.cancel", timeout=WAIT)
+    assert caught.value.remote_type == "CancelledError"
+    bus.flush(WAIT)
+    assert bus.dead_letters() == []
+
+
 def test_request_without_responder_times_out_and_leaves_nothing(bus: EventBus) -> None:
     with pytest.raises(RequestTimeoutError) as caught:
         bus.request("nobody.home", timeout=0.05)
@@ -396,6 +427,7 @@ def test_a_request_waiting_for_room_ends_at_its_own_timeout() -> None:
         b.publish("svc.a", 1).get(timeout=WAIT)  # fills the responder's mailbox
         with pytest.raises(RequestTimeoutError):
             b.request("svc.a", 2, timeout=0.05)
+        assert b.request_all("svc.a", 3, timeout=0.05) == []  # it never raises for silence
         assert b.pending_requests() == 0
         gate.release.set()
         b.flush(WAIT)

@@ -26,7 +26,7 @@ from actors._core.requests import (
     timeout_error,
 )
 from actors._core.subscriber import Subscription
-from actors._errors import BackpressureError, FutureTimeoutError
+from actors._errors import BackpressureError, FutureTimeoutError, RequestTimeoutError
 from actors._model.event import Event
 from actors._model.metrics import BridgeStatistics
 from actors._runtime.dispatcher import FifoMailbox
@@ -130,7 +130,10 @@ class RequestClient:
         node: str | None,
     ) -> list[Event]:
         """Publish a request; return every reply within ``timeout`` (``EventBus.request_all``)."""
-        _, pending, left = self.send(event_type, data, fields, max_replies, timeout, node)
+        try:
+            _, pending, left = self.send(event_type, data, fields, max_replies, timeout, node)
+        except RequestTimeoutError:
+            return []  # its time ran out waiting for room: no reply (it was not published)
         return self.requester.wait(pending, left)
 
     def send(  # noqa: PLR0917 - the public forms' arguments, in their order

@@ -437,7 +437,7 @@ class Responder:
             return
         try:
             result = self.fn(request)
-        except Exception as exc:
+        except BaseException as exc:  # whatever it raises is its answer (as for handlers)
             self._send(error_event(request, exc, source=self._source))
         else:
             self._answer(request, result)
@@ -448,14 +448,21 @@ class Responder:
             return
         try:
             result = await self.fn(request)
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as exc:
             watched = current_timeout.get()
-            if watched is None or not watched[0].expired():
-                raise  # not the subscription's timeout (the loop is stopping)
-            # Cancelled at the subscription's timeout: the requester learns it
-            # now; the subscription counts the timeout (no retry, no dead letter).
-            self._send(error_event(request, handler_timeout_error(watched[1]), source=self._source))
-        except Exception as exc:
+            if watched is not None and watched[0].expired():
+                # Cancelled at the subscription's timeout: the requester learns
+                # it now; the subscription counts the timeout (no retry, no
+                # dead letter).
+                error = handler_timeout_error(watched[1])
+                self._send(error_event(request, error, source=self._source))
+                return
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # the batch itself is cancelled (its loop is closing)
+            # Something fn awaited was cancelled under it: that is its answer.
+            self._send(error_event(request, exc, source=self._source))
+        except BaseException as exc:  # whatever it raises is its answer (as for handlers)
             self._send(error_event(request, exc, source=self._source))
         else:
             self._answer(request, result)

@@ -11,7 +11,7 @@ from actors._bus import EventBus, PersistentEventBus
 from actors._errors import BridgeError, JournalDamagedError, JournalLockedError
 from actors._model.config import EventConfig, NodeConfig
 from actors._model.event import Event
-from actors.cli.options import ENDPOINT, Keys, key_options, keys_from, load_key
+from actors.cli.options import ENDPOINT, PEER, Keys, key_options, keys_from, load_key
 from actors.cli.output import block_signals, fail, say, wait_for_signal
 
 __all__ = ["broker", "serve"]
@@ -38,8 +38,27 @@ def _peer_keys(items: tuple[str, ...]) -> dict[str, bytes]:
         endpoint, sep, key = item.rpartition("=")
         if not sep:
             raise click.BadParameter(f"{item!r} is not ENDPOINT=KEY", param_hint="--peer-key")
-        keys[ENDPOINT.convert(endpoint, None, None)] = load_key(key, "--peer-key") or b""
+        keys[PEER.convert(endpoint, None, None)] = load_key(key, "--peer-key") or b""
     return keys
+
+
+def _peer_names(items: tuple[str, ...]) -> dict[str, bytes]:
+    names: dict[str, bytes] = {}
+    for item in items:
+        name, sep, key = item.partition("=")
+        loaded = load_key(key, "--peer-name") if sep and name else None
+        if loaded is None:
+            raise click.BadParameter(f"{item!r} is not NAME=KEY", param_hint="--peer-name")
+        names[name] = loaded
+    return names
+
+
+_PEER_NAME = click.option(
+    "--peer-name",
+    "peer_names",
+    multiple=True,
+    help="NAME=KEY: the public key node NAME must hold (CURVE; repeatable)",
+)
 
 
 @click.command()
@@ -48,7 +67,7 @@ def _peer_keys(items: tuple[str, ...]) -> dict[str, bytes]:
     "--listen", type=ENDPOINT, required=True, help="request endpoint, e.g. tcp://127.0.0.1:5701"
 )
 @click.option(
-    "--peer", "peers", type=ENDPOINT, multiple=True, help="a node or broker to join (repeatable)"
+    "--peer", "peers", type=PEER, multiple=True, help="a node or broker to join (repeatable)"
 )
 @click.option("--journal", type=click.Path(file_okay=False), help="persist to this journal folder")
 @click.option(
@@ -59,6 +78,7 @@ def _peer_keys(items: tuple[str, ...]) -> dict[str, bytes]:
 @key_options
 @click.option("--authorize", multiple=True, help="public key of a node allowed in (repeatable)")
 @click.option("--peer-key", "peer_keys", multiple=True, help="ENDPOINT=KEY: a --peer's public key")
+@_PEER_NAME
 @click.option("--metrics-port", type=click.IntRange(0, 65535), help="serve /metrics, /healthz")
 def serve(
     *,
@@ -71,6 +91,7 @@ def serve(
     secret_key: str | None,
     authorize: tuple[str, ...],
     peer_keys: tuple[str, ...],
+    peer_names: tuple[str, ...] = (),
     metrics_port: int | None = None,
 ) -> None:
     """Run a node until SIGINT or SIGTERM; it also publishes what `pub` asks it to.
@@ -87,6 +108,7 @@ def serve(
             curve_secret_key=keys.secret if keys else None,
             authorized_keys=_authorized(keys, authorize),
             peer_public_keys=_peer_keys(peer_keys),
+            peer_names=_peer_names(peer_names),
         )
     except ValueError as exc:
         fail(str(exc))
@@ -131,14 +153,20 @@ def _ignore(event: Event) -> None:
 @click.argument("listen", type=ENDPOINT)
 @key_options
 @click.option("--authorize", multiple=True, help="public key of a node allowed in (repeatable)")
+@_PEER_NAME
 def broker(
-    listen: str, public_key: str | None, secret_key: str | None, authorize: tuple[str, ...]
+    listen: str,
+    public_key: str | None,
+    secret_key: str | None,
+    authorize: tuple[str, ...],
+    peer_names: tuple[str, ...] = (),
 ) -> None:
     """Run a broker (hub and spoke) at LISTEN until SIGINT or SIGTERM."""
     from actors._cluster.broker import Broker  # noqa: PLC0415 - zmq only for the commands that need it
 
     keys = keys_from(public_key, secret_key)
     allowed = _authorized(keys, authorize)
+    names = _peer_names(peer_names)
     block_signals()
     try:
         hub = Broker(
@@ -146,6 +174,7 @@ def broker(
             curve_public_key=keys.public if keys else None,
             curve_secret_key=keys.secret if keys else None,
             authorized_keys=list(allowed),
+            peer_names=names,
         )
     except (BridgeError, ValueError) as exc:
         fail(str(exc))

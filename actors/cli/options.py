@@ -25,6 +25,7 @@ from actors._model.config import check_endpoint
 
 __all__ = [
     "ENDPOINT",
+    "PEER",
     "Connection",
     "Keys",
     "Source",
@@ -49,6 +50,9 @@ class EndpointType(click.ParamType):  # type: ignore[type-arg]
 
     name = "endpoint"
 
+    def __init__(self, *, bind: bool = True) -> None:
+        self.bind = bind  # an endpoint to listen on (a wildcard port is fine) or to connect to
+
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
         text = str(value).strip()
         match = _ENDPOINT.fullmatch(text)
@@ -62,13 +66,14 @@ class EndpointType(click.ParamType):  # type: ignore[type-arg]
             if not sep or not host or not (port.isdigit() or port == "*"):
                 self.fail(f"{text!r}: a tcp endpoint is tcp://HOST:PORT", param, ctx)
         try:  # the rest as ``NodeConfig`` checks it: a usage error here, not a failure later
-            check_endpoint(text, "endpoint", bind=True)
+            check_endpoint(text, "endpoint", bind=self.bind)
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
         return text
 
 
 ENDPOINT = EndpointType()
+PEER = EndpointType(bind=False)  # an endpoint to connect to
 
 
 def load_key(value: str | None, option: str) -> bytes | None:
@@ -194,7 +199,7 @@ def _add_connection_options(
     options = [
         click.option(
             "--peer",
-            type=ENDPOINT,
+            type=PEER,
             required=peer_required,
             envvar=f"{ENV}_PEER",
             show_envvar=True,
