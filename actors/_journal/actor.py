@@ -160,7 +160,8 @@ class JournalActor(DispatchedActor):
                 )
                 for e in events
             ]
-            if any(s is not None and len(s) > SOURCE_CHARS_FIT for _, _, _, _, s, _ in records):
+            # Sources are few (agent names): the distinct ones are checked.
+            if any(len(s) > SOURCE_CHARS_FIT for s in {r[4] for r in records} if s is not None):
                 events, futures, records = _refuse_unstorable(events, futures, records)
             started = time.perf_counter()
             try:
