@@ -8,8 +8,6 @@ condition (``Node.wait``, a collector's event); nothing sleeps.
 from __future__ import annotations
 
 import contextlib
-import socket
-import struct
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -299,49 +297,6 @@ def test_a_message_at_a_brokers_subscribe_endpoint_stops_no_prefix(
             ctx.destroy(0)
         a.publish("t.x", "still sent").get(timeout=WAIT)
         assert [e.data for e in got.wait()] == ["still sent"]
-
-
-def zmtp_unsubscribe(endpoint: str, topic: bytes) -> socket.socket:
-    """Speak ZMTP 3.0 by hand as an XSUB and send ``0x00 + topic``: an unsubscribe from a
-    connection that never subscribed (no ZeroMQ socket sends one)."""
-    host, port = endpoint.removeprefix("tcp://").rsplit(":", 1)
-    sock = socket.create_connection((host, int(port)), timeout=WAIT)
-
-    def receive(size: int) -> bytes:
-        data = b""
-        while len(data) < size:
-            chunk = sock.recv(size - len(data))
-            assert chunk, "the node closed the connection"
-            data += chunk
-        return data
-
-    sock.sendall(b"\xff" + bytes(8) + b"\x7f")
-    receive(10)
-    sock.sendall(bytes((3, 0)) + b"NULL".ljust(20, b"\0") + bytes(32))
-    receive(54)
-    ready = b"\x05READY\x0bSocket-Type" + struct.pack(">I", 4) + b"XSUB"
-    message = b"\x00" + topic
-    sock.sendall(bytes((0x04, len(ready))) + ready + bytes((0, len(message))) + message)
-    return sock
-
-
-def test_an_unsubscribe_from_a_connection_that_never_subscribed_removes_nothing(
-    nodes: Callable[..., EventBus],
-) -> None:
-    a = nodes("a", listen="tcp://127.0.0.1:*")
-    got = Collector(1)
-    b = nodes("b", peers=(request_endpoint(a),))
-    b.subscribe("t.*", got)
-    assert node(b).wait_for_peers(["a"], WAIT)
-    forged = zmtp_unsubscribe(publish_endpoint(a), b"t.")
-    try:
-        # Whatever the XPUB passed up has been read once a sync round trip is done.
-        b.subscribe("u.*", Collector(1))
-        assert node(b).wait_for_peers(["a"], WAIT)
-        a.publish("t.x", "still sent").get(timeout=WAIT)
-        assert [e.data for e in got.wait()] == ["still sent"]
-    finally:
-        forged.close()
 
 
 # -- duplicate names -------------------------------------------------------------------------

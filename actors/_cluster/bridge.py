@@ -101,7 +101,7 @@ class Bridge(StreamIO, RecoveryIO, RequestIO):
         self._xpub.linger = 0
         self._xpub.sndhwm = node.send_hwm
         # Not XPUB_VERBOSE: the XPUB reports a topic's first subscribe and the
-        # unsubscribe that leaves no connection holding it (``_end_prefixes``).
+        # unsubscribe that leaves no connection holding it.
         self._curve.server(self._xpub)
         self._router = self._ctx.socket(zmq.ROUTER)
         self._router.linger = 0
@@ -353,7 +353,6 @@ class Bridge(StreamIO, RecoveryIO, RequestIO):
                     next_tick = now + hb_interval
                     step(self._heartbeat, now)
                     step(self._hello_links, now)
-                    step(self._end_prefixes)
                 with self._cond:
                     self._generation += 1
                     self._cond.notify_all()

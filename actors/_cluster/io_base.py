@@ -101,8 +101,6 @@ class BridgeBase:
         self._asked = 0
         # Recovery requests waiting for their origin to be heard again (``recovery_io``).
         self._parked: dict[str, tuple[RecoverRequest, int]] = {}
-        # Prefixes the XPUB reported unsubscribed, kept while a receiver wants them.
-        self._unsubscribed: set[bytes] = set()
         self._workers = ThreadPoolExecutor(2, thread_name_prefix=f"bridge-{self.name}")
         self._ledger = PublishLedger()
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()

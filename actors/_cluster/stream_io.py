@@ -198,33 +198,17 @@ class StreamIO(FlowIO):
             elif topic.startswith(HEARTBEAT_TOPIC[:1]):
                 continue
             elif subscribe:
-                self._unsubscribed.discard(topic)
                 self._out.add_prefix(topic)
                 self._flow.expect(topic, time.monotonic())  # no one's credit known for it yet
             elif topic not in self._out.active:
                 self._stats.frames_dropped += 1  # an unsubscribe of what no connection holds
                 logger.debug("bridge %s: dropped an unsubscribe of %r", self.name, topic)
             else:
-                self._unsubscribed.add(topic)
-        self._end_prefixes()
+                # The last connection holding it left (ZeroMQ reports no other
+                # unsubscribe without XPUB_VERBOSE): stop sending it at once, so
+                # nothing is queued for a receiver that is gone.
+                self._out.remove_prefix(topic)
         self._update_hold()  # a first subscriber: its pacing hold before the first event
-
-    def _end_prefixes(self) -> None:
-        """End the prefixes the XPUB reported unsubscribed that no live receiver still wants.
-
-        ZeroMQ reports an unsubscribe without saying which connection sent it,
-        and passes one from a connection that never subscribed the topic: a
-        prefix a live receiver's ``CREDIT`` still lists stays until that
-        receiver stops listing it or goes silent (checked again at each
-        heartbeat tick).
-        """
-        if not self._unsubscribed:
-            return
-        receivers = self._flow.receivers.values()
-        for prefix in list(self._unsubscribed):
-            if not any(prefix in r.prefixes for r in receivers):
-                self._unsubscribed.discard(prefix)
-                self._out.remove_prefix(prefix)
 
     # -- in -----------------------------------------------------------------------------
 

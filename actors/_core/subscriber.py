@@ -191,6 +191,9 @@ class SubscriberActor(HandlerRuns, DispatchedActor):
                 return  # a history batch is still running (async) or waiting (a retry)
             # Live, and every history page handled: the live lane is all there is.
         mailbox = self.actor_inbox
+        if self.detached:  # unsubscribed: what is still queued is discarded, never handled
+            mailbox.clear_events()
+            return
         batch, relieved = mailbox.take_events(throughput)
         if relieved:
             self.ports.router.put(
