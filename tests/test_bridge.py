@@ -6,14 +6,11 @@ condition variable); nothing sleeps.
 
 from __future__ import annotations
 
-import contextlib
-import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import zmq
 
 from actors import (
     BridgeError,
@@ -24,77 +21,16 @@ from actors import (
     PeerRefusedError,
 )
 from actors._cluster.broker import Broker
-from actors._cluster.node import Node
 from actors._cluster.security import generate_keypair
 from actors._cluster.wire import (
     HELLO,
     VERSION,
-    Request,
     encode_data,
-    encode_request,
 )
-
-WAIT = 20.0
-
-
-class Collector:
-    """A handler that records events and signals when ``n`` arrived."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-        self.events: list[Event] = []
-        self.done = threading.Event()
-        self._lock = threading.Lock()
-
-    def __call__(self, event: Event) -> None:
-        with self._lock:
-            self.events.append(event)
-            if len(self.events) >= self.n:
-                self.done.set()
-
-    def wait(self) -> list[Event]:
-        assert self.done.wait(WAIT), f"got {len(self.events)} of {self.n} events"
-        return self.events
-
-
-def bridge(bus: EventBus) -> Node:
-    assert bus.node is not None
-    return bus.node
-
-
-def endpoint(bus: EventBus) -> str:
-    found = bridge(bus).endpoints["request"]
-    assert found is not None
-    return found
-
-
-def ipc(tmp_path: Path, name: str) -> str:
-    return f"ipc://{tmp_path}/{name}.sock"
-
-
-@contextlib.contextmanager
-def fake_peer(tmp_path: Path, a: EventBus) -> Iterator[tuple[zmq.Socket[bytes], zmq.Socket[bytes]]]:
-    """A hand-made peer of ``a``: an XPUB on ipc ``fake`` and a DEALER to a's request port."""
-    ctx = zmq.Context()
-    try:
-        fake_pub = ctx.socket(zmq.XPUB)
-        fake_pub.bind(ipc(tmp_path, "fake"))
-        dealer = ctx.socket(zmq.DEALER)
-        dealer.connect(endpoint(a))
-        yield fake_pub, dealer
-    finally:
-        ctx.destroy(0)
-
-
-def say_hello(tmp_path: Path, fake_pub: zmq.Socket[bytes], dealer: zmq.Socket[bytes]) -> None:
-    """Send a hello that points a's SUB at the fake publisher; return once a subscribed there."""
-    hello = Request(HELLO, "", "fake", "h", {"kind": "node", "pub": ipc(tmp_path, "fake")})
-    dealer.send_multipart(encode_request(hello))
-    assert dealer.poll(int(WAIT * 1000))
-    dealer.recv_multipart()  # the welcome
-    assert fake_pub.poll(int(WAIT * 1000))
-    while fake_pub.poll(0):
-        fake_pub.recv()
+from tests._cluster_support import WAIT, Collector, ipc, say_hello
+from tests._cluster_support import fake_sockets as fake_peer
+from tests._cluster_support import node as bridge
+from tests._cluster_support import request_endpoint as endpoint
 
 
 def a_real_peer_gets_through(

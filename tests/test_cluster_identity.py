@@ -17,7 +17,6 @@ import pytest
 import zmq
 
 from actors import Broker, Event, EventBus, NoAnswerError
-from actors._cluster.node import Node
 from actors._cluster.security import generate_keypair
 from actors._cluster.wire import (
     CREDIT,
@@ -32,45 +31,8 @@ from actors._cluster.wire import (
     encode_request,
     parse_sync_topic,
 )
-
-WAIT = 20.0
-
-
-class Collector:
-    """A handler that records events and signals once one with ``data == until`` arrived."""
-
-    def __init__(self, until: Any) -> None:
-        self.until = until
-        self.events: list[Event] = []
-        self.done = threading.Event()
-        self._lock = threading.Lock()
-
-    def __call__(self, event: Event) -> None:
-        with self._lock:
-            self.events.append(event)
-        if event.data == self.until:
-            self.done.set()
-
-    def wait(self) -> list[Event]:
-        assert self.done.wait(WAIT), f"{self.until!r} never arrived: {self.data}"
-        with self._lock:
-            return list(self.events)
-
-    @property
-    def data(self) -> list[Any]:
-        with self._lock:
-            return [e.data for e in self.events]
-
-
-def node(bus: EventBus) -> Node:
-    assert bus.node is not None
-    return bus.node
-
-
-def request_endpoint(bus: EventBus) -> str:
-    found = node(bus).endpoints["request"]
-    assert found is not None
-    return found
+from tests._cluster_support import WAIT, node, request_endpoint
+from tests._cluster_support import Until as Collector
 
 
 def ipc(tmp_path: Path, name: str) -> str:

@@ -7,19 +7,17 @@ condition (``Node.wait``, a collector's event); nothing sleeps.
 
 from __future__ import annotations
 
-import contextlib
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import zmq
 
-from actors import Event, EventBus, PeerRefusedError
+from actors import EventBus, PeerRefusedError
 from actors._cluster.bridge import Bridge
 from actors._cluster.broker import Broker
-from actors._cluster.node import Node
 from actors._cluster.wire import (
     CREDIT,
     HEARTBEAT,
@@ -30,69 +28,8 @@ from actors._cluster.wire import (
     Request,
     decode_request,
     decode_stream,
-    encode_request,
 )
-
-WAIT = 20.0
-
-
-class Collector:
-    """A handler that records events and signals when ``n`` arrived."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-        self.events: list[Event] = []
-        self.done = threading.Event()
-        self._lock = threading.Lock()
-
-    def __call__(self, event: Event) -> None:
-        with self._lock:
-            self.events.append(event)
-            if len(self.events) >= self.n:
-                self.done.set()
-
-    def wait(self) -> list[Event]:
-        assert self.done.wait(WAIT), f"got {len(self.events)} of {self.n} events"
-        return self.events
-
-
-def node(bus: EventBus) -> Node:
-    assert bus.node is not None
-    return bus.node
-
-
-def request_endpoint(bus: EventBus) -> str:
-    found = node(bus).endpoints["request"]
-    assert found is not None
-    return found
-
-
-def ipc(tmp_path: Path, name: str) -> str:
-    return f"ipc://{tmp_path}/{name}.sock"
-
-
-@contextlib.contextmanager
-def fake_peer(tmp_path: Path, a: EventBus) -> Iterator[tuple[zmq.Socket[bytes], zmq.Socket[bytes]]]:
-    """A hand-made peer ``fake`` of ``a``: an XPUB a's SUB connects to, a DEALER to a's ROUTER.
-
-    Returns once ``a`` welcomed it and subscribed to its stream.
-    """
-    ctx = zmq.Context()
-    try:
-        fake_pub = ctx.socket(zmq.XPUB)
-        fake_pub.bind(ipc(tmp_path, "fake"))
-        dealer = ctx.socket(zmq.DEALER)
-        dealer.connect(request_endpoint(a))
-        hello = Request(HELLO, "", "fake", "h", {"kind": "node", "pub": ipc(tmp_path, "fake")})
-        dealer.send_multipart(encode_request(hello))
-        assert dealer.poll(int(WAIT * 1000))
-        dealer.recv_multipart()  # the welcome
-        assert fake_pub.poll(int(WAIT * 1000))
-        while fake_pub.poll(0):
-            fake_pub.recv()
-        yield fake_pub, dealer
-    finally:
-        ctx.destroy(0)
+from tests._cluster_support import WAIT, Collector, fake_peer, ipc, node, request_endpoint
 
 
 def raw_request(kind: int, sender: str, body: bytes) -> list[bytes]:
