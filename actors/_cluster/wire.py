@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import math
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -376,47 +376,52 @@ def _check_text(value: object) -> None:
 _MISSING: Any = object()
 
 
-def uint_field(body: dict[str, Any], key: str, default: int = _MISSING) -> int:
-    """Return ``body[key]``, an integer in ``[0, MAX_UINT]``; raise ``FrameError`` otherwise.
+def _field(
+    body: dict[str, Any], key: str, default: Any, fits: Callable[[Any], bool], what: str
+) -> Any:
+    """Return ``body[key]`` if ``fits`` it, ``default`` if missing (or null) and given.
 
-    ``default`` is returned when the field is missing (or null); without
-    one, a missing field is an error too.
+    Raise ``FrameError`` otherwise: a missing field without a default is an error too.
     """
     value = body.get(key)
     if value is None and default is not _MISSING:
         return default
-    if type(value) is not int or not 0 <= value <= MAX_UINT:
-        raise FrameError(f"field {key!r} is not an unsigned 64-bit integer: {value!r:.40}")
+    if not fits(value):
+        raise FrameError(f"field {key!r} is not {what}: {value!r:.40}")
     return value
+
+
+def uint_field(body: dict[str, Any], key: str, default: int = _MISSING) -> int:
+    """Return ``body[key]``, an integer in ``[0, MAX_UINT]``; raise ``FrameError`` otherwise."""
+    value: int = _field(body, key, default, _is_uint, "an unsigned 64-bit integer")
+    return value
+
+
+def _is_uint(value: Any) -> bool:
+    return type(value) is int and 0 <= value <= MAX_UINT
 
 
 def text_field(body: dict[str, Any], key: str, default: str = _MISSING) -> str:
     """Return ``body[key]``, a string; raise ``FrameError`` otherwise (see ``uint_field``)."""
-    value = body.get(key)
-    if value is None and default is not _MISSING:
-        return default
-    if type(value) is not str:
-        raise FrameError(f"field {key!r} is not a string: {value!r:.40}")
+    value: str = _field(body, key, default, lambda v: type(v) is str, "a string")
     return value
 
 
 def bool_field(body: dict[str, Any], key: str, default: bool = _MISSING) -> bool:
     """Return ``body[key]``, a boolean; raise ``FrameError`` otherwise (see ``uint_field``)."""
-    value = body.get(key)
-    if value is None and default is not _MISSING:
-        return default
-    if type(value) is not bool:
-        raise FrameError(f"field {key!r} is not a boolean: {value!r:.40}")
+    value: bool = _field(body, key, default, lambda v: type(v) is bool, "a boolean")
     return value
 
 
 def texts_field(body: dict[str, Any], key: str, default: list[str] = _MISSING) -> list[str]:
     """Return ``body[key]``, a list of strings; raise ``FrameError`` otherwise."""
-    value = body.get(key)
-    if value is None and default is not _MISSING:
-        return default
-    if type(value) is not list or any(type(item) is not str for item in value):
-        raise FrameError(f"field {key!r} is not a list of strings: {value!r:.40}")
+    value: list[str] = _field(
+        body,
+        key,
+        default,
+        lambda v: type(v) is list and all(type(item) is str for item in v),
+        "a list of strings",
+    )
     return value
 
 

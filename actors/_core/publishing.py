@@ -24,7 +24,7 @@ from actors._errors import (
     InvalidEventError,
     RateLimitedError,
 )
-from actors._model.event import FIELD_NAMES, Event, stamped, with_fields
+from actors._model.event import FIELD_NAMES, Event, with_fields
 from actors._model.topics import is_reserved
 from actors._runtime.dispatcher import FifoMailbox
 from actors._runtime.future import BusFuture
@@ -48,10 +48,7 @@ def prepare_event(event_or_type: Event | str, data: Any, fields: dict[str, Any])
     if isinstance(event_or_type, Event):
         if data is not None or fields:
             raise TypeError("pass either an Event or a type with data and fields, not both")
-        event = event_or_type
-        if event.origin is not None or event.sequence is not None:
-            # Published here, it is this bus's event: its origin and sequence are given here.
-            event = stamped(event, None, None)
+        event = event_or_type  # its origin and sequence are this bus's (the router stamps)
         if cause is not None and (event.causation_id is None or event.correlation_id is None):
             changes: dict[str, Any] = {}
             if event.causation_id is None:

@@ -283,18 +283,21 @@ class RouterActor(DispatchedActor):
                         return
         seq = self.next_sequence
         self.next_sequence = seq + 1
-        if owned:
-            # Built (or decoded) by the bus and seen by no one yet: stamp in place.
-            stamped_event = event
-            if event.origin is None:
-                stamp_in_place(event, seq, self.origin)
-            else:  # from another node: keep the bytes that arrived for the journal
+        # A local publish is this node's event, whatever origin and sequence it
+        # carried; an event from another node (internal) keeps its origin and
+        # the bytes that arrived, for the journal.
+        if internal and event.origin is not None:
+            if owned:  # decoded by the bus and seen by no one yet: stamp in place
+                stamped_event = event
                 restamp_in_place(event, seq)
-        elif event.origin is None:
+            else:
+                stamped_event = stamped(event, seq, event.origin)
+                restamp_wire(event, stamped_event)
+        elif owned:  # built by the bus and seen by no one yet: stamp in place
+            stamped_event = event
+            stamp_in_place(event, seq, self.origin)
+        else:
             stamped_event = stamped(event, seq, self.origin)
-        else:  # from another node: keep the bytes that arrived for the journal
-            stamped_event = stamped(event, seq, event.origin)
-            restamp_wire(event, stamped_event)
         started = None
         if targets:
             item = (stamped_event, published_at)
