@@ -86,18 +86,24 @@ class FakePeer:
         assert self.dealer.poll(int(WAIT * 1000))
         return self.dealer.recv_multipart()
 
-    def answer_sync(self, origin: str, epoch: int, head: int, for_node: str | None = None) -> None:
-        """Wait for a node's sync topic on the XPUB; answer it as ``origin``."""
+    def answer_sync(self, origin: str, epoch: int, head: int, for_node: str | None = None) -> bytes:
+        """Wait for a node's sync topic on the XPUB; answer it as ``origin``; return the topic."""
         while True:
             assert self.xpub.poll(int(WAIT * 1000)), "the node never subscribed"
             message = self.xpub.recv()
             sync = parse_sync_topic(message[1:])
             wanted = sync is not None and for_node in (None, sync[0])
             if message[:1] == b"\x01" and sync is not None and wanted:
-                body = {"node": origin, "epoch": epoch, "base": 1, "head": head}
-                body.update({"for": sync[0], "round": sync[1]})
-                self.xpub.send_multipart(encode_control(message[1:], SYNC, body))
-                return
+                self.sync(message[1:], origin, epoch, head)
+                return message[1:]
+
+    def sync(self, topic: bytes, origin: str, epoch: int, head: int) -> None:
+        """Send a sync reply on ``topic`` (a node's sync topic) as ``origin``."""
+        sync = parse_sync_topic(topic)
+        assert sync is not None
+        body = {"node": origin, "epoch": epoch, "base": 1, "head": head}
+        body.update({"for": sync[0], "round": sync[1]})
+        self.xpub.send_multipart(encode_control(topic, SYNC, body))
 
     def heartbeat(self, origin: str, epoch: int, head: int, chains: list[Any]) -> None:
         body = {"node": origin, "epoch": epoch, "base": 1, "head": head, "chains": chains}
@@ -150,6 +156,46 @@ def test_frames_cannot_ratchet_the_range_check_past_the_announced_head(
     fake.data(b"job.", "fake", 1, [event("end", 3, "fake")])
     assert [e.data for e in got.wait()] == ["jump1", "end"]
     assert node(a).statistics().sequences_rejected == 5
+
+
+# -- a peer's stream carries its own name only -----------------------------------------------
+
+
+@pytest.mark.parametrize("curve", [False, True], ids=["plain", "peer_names"])
+def test_a_peers_stream_cannot_speak_for_another_node(
+    tmp_path: Path,
+    nodes: Callable[..., EventBus],
+    fakes: Callable[..., FakePeer],
+    curve: bool,
+) -> None:
+    extra: dict[str, Any] = {}
+    fake_keys: Keys | None = None
+    server: bytes | None = None
+    if curve:  # the fake is authorised and holds its own name's key: "ghost" is bound to another
+        keys = {n: generate_keypair() for n in ("a", "fake", "ghost")}
+        extra = {
+            "curve_public_key": keys["a"][0],
+            "curve_secret_key": keys["a"][1],
+            "authorized_keys": (keys["fake"][0],),
+            "peer_names": {n: k[0] for n, k in keys.items()},
+        }
+        fake_keys, server = keys["fake"], keys["a"][0]
+    a = nodes("a", listen=ipc(tmp_path, "a"), **extra)
+    got = Collector("end")
+    a.subscribe("job.*", got)
+    a.flush()
+    fake = fakes("fake", ipc(tmp_path, "fake"), request_endpoint(a), fake_keys, server)
+    fake.hello()
+    topic = fake.answer_sync("fake", epoch=1, head=1)
+    # On its own stream, everything a node that is not there would send: taken for nothing.
+    fake.sync(topic, "ghost", epoch=7, head=2)
+    fake.heartbeat("ghost", epoch=7, head=2, chains=[])
+    fake.data(b"job.", "ghost", 7, [event("forged", 1, "ghost"), event("forged", 2, "ghost")])
+    fake.data(b"job.", "fake", 1, [event("end", 1, "fake")])
+    assert [(e.origin, e.data) for e in got.wait()] == [("fake", "end")]
+    stats = node(a).statistics()
+    assert stats.frames_dropped == 3
+    assert "ghost" not in stats.peers_alive
 
 
 # -- messages in a bound name need that name's key -----------------------------------------

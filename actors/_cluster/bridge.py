@@ -37,7 +37,7 @@ from actors._cluster.recovery_io import RecoveryIO
 from actors._cluster.request_io import RequestIO
 from actors._cluster.security import Curve, close_context, generate_keypair
 from actors._cluster.stream_io import StreamIO, WakeMailbox
-from actors._cluster.wire import CORRELATED, HEARTBEAT_TOPIC, METRICS, PUBLISH, QUERY, sync_topic
+from actors._cluster.wire import CORRELATED, METRICS, PUBLISH, QUERY
 from actors._codec.events import encode_batch
 from actors._core.messages import Barrier
 from actors._errors import BridgeError, PeerRefusedError
@@ -112,11 +112,7 @@ class Bridge(StreamIO, RecoveryIO, RequestIO):
             self.endpoint = last_endpoint(self._router)
             self._xpub.bind(derive_endpoint(node.listen, 1, ".pub"))
             self._pub_endpoint = last_endpoint(self._xpub)
-        self._sub = self._ctx.socket(zmq.SUB)
-        self._sub.linger = 0
-        self._sub.rcvhwm = node.receive_hwm
-        self._sub.subscribe(HEARTBEAT_TOPIC)
-        self._sub.subscribe(sync_topic(self.name, self._round))
+        self._sub = self._stream_socket()
         for endpoint in node.peers:
             key = node.peer_public_keys.get(endpoint)
             if node.curve_secret_key is not None and key is None:
@@ -321,7 +317,7 @@ class Bridge(StreamIO, RecoveryIO, RequestIO):
         return BridgeView(stats, self._link_states(), tuple(self._refusals))
 
     def _run(self) -> None:
-        poller = zmq.Poller()
+        poller = self._poller
         poller.register(self._rfd, zmq.POLLIN)
         for sock in (self._xpub, self._sub, self._router):
             poller.register(sock, zmq.POLLIN)
@@ -342,7 +338,10 @@ class Bridge(StreamIO, RecoveryIO, RequestIO):
                 if self._xpub in ready:
                     step(self._on_xpub)
                 if self._sub in ready:
-                    step(self._on_sub)
+                    step(self._on_sub, self._sub)
+                for name, sock in list(self._streams.items()):
+                    if sock in ready and self._streams.get(name) is sock:
+                        step(self._on_sub, sock, name)
                 if self._router in ready:
                     step(self._on_router)
                 for link in self._links:

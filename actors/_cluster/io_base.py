@@ -57,7 +57,7 @@ class BridgeBase:
     """Shared state of the I/O thread (see the module docstring)."""
 
     _xpub: zmq.Socket[bytes]
-    _sub: zmq.Socket[bytes]
+    _sub: zmq.Socket[bytes]  # the streams of brokers
     _router: zmq.Socket[bytes]
 
     def __init__(self, local: LocalNode, node: NodeConfig) -> None:
@@ -104,6 +104,9 @@ class BridgeBase:
         self._workers = ThreadPoolExecutor(2, thread_name_prefix=f"bridge-{self.name}")
         self._ledger = PublishLedger()
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        # The SUB of each peer whose stream is followed directly (``StreamIO``).
+        self._streams: dict[str, zmq.Socket[bytes]] = {}
+        self._poller = zmq.Poller()
         self._curve: Curve | None = None
         self._pub_endpoint: str | None = None
         self.endpoint: str | None = None  # the resolved ``listen`` (ephemeral ports filled in)
@@ -191,6 +194,12 @@ class BridgeBase:
         raise NotImplementedError
 
     def _connect_stream(self, name: str, endpoint: str, key: bytes | None) -> None:
+        raise NotImplementedError
+
+    def _stream_socket(self) -> zmq.Socket[bytes]:
+        raise NotImplementedError
+
+    def _subscribe_all(self, topic: bytes, *, subscribe: bool = True) -> None:
         raise NotImplementedError
 
     def _route_to(self, name: str) -> Route | None:

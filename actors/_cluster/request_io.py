@@ -213,29 +213,36 @@ class RequestIO(BridgeBase):
             self._connect(self._xpub, link.broker_streams[1], key)
 
     def _connect_stream(self, name: str, endpoint: str, key: bytes | None) -> None:
+        """Follow the stream of the peer ``name`` on a SUB of its own (``stream_io``)."""
         peer = self._peers[name]
-        old = peer.stream
-        if old == endpoint:
+        if peer.stream == endpoint:
             return
+        old = self._streams.pop(name, None)
         if old is not None:
-            try:
-                self._sub.disconnect(old)
-            except zmq.ZMQError as exc:
-                logger.debug("bridge %s: disconnect %s: %s", self.name, old, exc)
+            self._poller.unregister(old)
+            old.close(0)
         peer.stream = endpoint
-        self._connect(self._sub, endpoint, key)
+        sock = self._stream_socket()
+        if self._connect(sock, endpoint, key):
+            self._streams[name] = sock
+            self._poller.register(sock, zmq.POLLIN)
+        else:
+            sock.close(0)
 
-    def _connect(self, sock: zmq.Socket[bytes], endpoint: str, key: bytes | None) -> None:
+    def _connect(self, sock: zmq.Socket[bytes], endpoint: str, key: bytes | None) -> bool:
+        """Connect ``sock`` (with ``key`` under CURVE); return whether it connected."""
         curve = self._curve
         try:
             if curve is not None and curve.enabled:
                 if key is None:
                     logger.warning("bridge %s: no key for %s; not connecting", self.name, endpoint)
-                    return
+                    return False
                 curve.client(sock, key)
             sock.connect(endpoint)
         except (zmq.ZMQError, ValueError) as exc:  # an endpoint a peer advertised: may be garbage
             logger.warning("bridge %s: cannot connect to %s: %s", self.name, endpoint, exc)
+            return False
+        return True
 
     # -- sending --------------------------------------------------------------------------
 

@@ -1,8 +1,15 @@
-"""The event stream of the bridge (I/O thread): frames out on the XPUB, frames in on the SUB.
+"""The event stream of the bridge (I/O thread): frames out on the XPUB, frames in on SUBs.
 
 Records from the local router go out as data frames (``Outbound``); frames
 from peers go through ``Inbound`` (gaps, recovery, order, duplicates) and on
 to the local router.  Heartbeats and sync replies are control frames.
+
+Each peer whose stream the node follows directly has a SUB socket of its
+own, and a frame on it is taken only under that peer's name: a peer's
+stream carries its own events, heartbeats and sync replies and nothing
+else, so a frame under another origin there is a forgery (dropped and
+counted).  The node's shared SUB carries the streams of its brokers, which
+check the senders they relay for (``broker.py``).
 """
 
 from __future__ import annotations
@@ -212,13 +219,42 @@ class StreamIO(FlowIO):
 
     # -- in -----------------------------------------------------------------------------
 
-    def _on_sub(self) -> None:
+    def _stream_socket(self) -> zmq.Socket[bytes]:
+        """A SUB socket subscribed to what the node follows now (heartbeats, sync, prefixes)."""
+        sock = self._ctx.socket(zmq.SUB)
+        sock.linger = 0
+        sock.rcvhwm = self._node.receive_hwm
+        for topic in (HEARTBEAT_TOPIC, sync_topic(self.name, self._round), *self._in.prefixes):
+            sock.subscribe(topic)
+        return sock
+
+    def _subscribe_all(self, topic: bytes, *, subscribe: bool = True) -> None:
+        for sock in (self._sub, *self._streams.values()):
+            if subscribe:
+                sock.subscribe(topic)
+            else:
+                sock.unsubscribe(topic)
+
+    def _forged(self, sender: str, origin: str) -> bool:
+        """Count and log a frame under ``origin`` on the stream of ``sender``; return True."""
+        self._stats.frames_dropped += 1
+        logger.warning(
+            "bridge %s: dropped a frame under %r from the stream of %r (a peer's stream "
+            "carries its own events only)",
+            self.name,
+            origin,
+            sender,
+        )
+        return True
+
+    def _on_sub(self, sock: zmq.Socket[bytes], sender: str | None = None) -> None:
+        """Read a burst from ``sock``: the shared SUB, or the stream of the peer ``sender``."""
         now = time.monotonic()
         delivered: list[Event] = []
         arrived = 0  # events received in this burst (they count toward the next credit)
         for _ in range(RECV_BURST):
             try:
-                parts = self._sub.recv_multipart(zmq.NOBLOCK)
+                parts = sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 break
             size = sum(len(p) for p in parts)
@@ -240,9 +276,12 @@ class StreamIO(FlowIO):
                 continue
             if isinstance(frame, ControlFrame):
                 try:
-                    delivered.extend(self._on_control(frame, now))
+                    delivered.extend(self._on_control(frame, now, sender))
                 except Exception:  # one frame's fault: count it, log it, read the next
                     self._handler_failed("a control frame")
+                continue
+            if sender is not None and frame.origin != sender:
+                self._forged(sender, frame.origin)
                 continue
             if frame.origin == self.name:
                 continue
@@ -275,7 +314,7 @@ class StreamIO(FlowIO):
         self._deliver(delivered)
         self._arrived(arrived)
 
-    def _on_control(self, frame: ControlFrame, now: float) -> list[Event]:
+    def _on_control(self, frame: ControlFrame, now: float, sender: str | None) -> list[Event]:
         body = frame.body
         try:  # every field checked before any is used (``wire``): a bad one drops the frame
             origin = text_field(body, "node")
@@ -288,6 +327,9 @@ class StreamIO(FlowIO):
         except FrameError as exc:
             self._stats.frames_dropped += 1
             logger.debug("bridge %s: bad control frame: %s", self.name, exc)
+            return []
+        if sender is not None and origin != sender:
+            self._forged(sender, origin)
             return []
         if origin == self.name:
             return []
@@ -346,14 +388,14 @@ class StreamIO(FlowIO):
             # subscriptions reach them, where the connections allow.
             self._grant_all()
         for prefix in added:
-            self._sub.subscribe(prefix)
+            self._subscribe_all(prefix)
         for prefix in removed:
-            self._sub.unsubscribe(prefix)
+            self._subscribe_all(prefix, subscribe=False)
         if added or removed:
             # A new round: every publisher answers once it applied the prefixes above.
-            self._sub.unsubscribe(sync_topic(self.name, self._round))
+            self._subscribe_all(sync_topic(self.name, self._round), subscribe=False)
             self._round += 1
-            self._sub.subscribe(sync_topic(self.name, self._round))
+            self._subscribe_all(sync_topic(self.name, self._round))
         self._deliver([])
 
     def _heartbeat(self, now: float) -> None:
