@@ -11,13 +11,19 @@ request's publish that may wait for room (a ``BLOCK`` subscription exists,
 or the router's mailbox is full), a request published through ``node``,
 stopping the actors in ``aclose``, and the remote part of
 ``get_correlated`` on a node.
+
+However the bus closes (``aclose``, or ``sync.close()`` from synchronous
+code), its open streams end and the coroutines still awaiting it raise
+``BusClosedError``: the router tells ``_Holds`` once it has stopped.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
+import threading
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -94,12 +100,55 @@ def _pass_on(outcome: BusFuture[T]) -> Callable[[BusFuture[T]], None]:
     return transfer
 
 
-async def _await(future: BusFuture[T], timeout: float | None) -> T:
-    """Await ``future`` on the running loop; ``FutureTimeoutError`` after ``timeout``."""
-    try:
-        return await asyncio.wait_for(wrap_future(future), timeout)
-    except TimeoutError:
-        raise FutureTimeoutError(f"{timeout} seconds") from None
+def _fail_closed(waiting: asyncio.Future[Any]) -> None:
+    if not waiting.done():
+        waiting.set_exception(BusClosedError("the bus was closed"))
+
+
+class _Holds:
+    """What the async side holds open on one bus: its streams and awaited futures.
+
+    Each entry is added and discarded on its own loop, with what ends it
+    there.  The router calls ``stopped`` once, on its thread, when it has
+    stopped (the bus closed, whichever way); every entry is then ended on
+    its loop (``call_soon_threadsafe``), and one added later at once.  One
+    lock guards the entries and the flag: the loops and the router's
+    thread both reach them.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entries: dict[object, tuple[asyncio.AbstractEventLoop, Callable[[], None]]] = {}
+        self._stopped = False
+
+    def add(self, key: object, end: Callable[[], None]) -> None:
+        """Hold ``key`` until discarded; ``end`` is called on this loop if the bus stops first."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            if not self._stopped:
+                self._entries[key] = (loop, end)
+                return
+        end()
+
+    def discard(self, key: object) -> None:
+        with self._lock:
+            self._entries.pop(key, None)
+
+    def streams(self) -> list[tuple[asyncio.AbstractEventLoop, EventStream]]:
+        """Return the open streams, each with its loop."""
+        with self._lock:
+            return [
+                (loop, k) for k, (loop, _) in self._entries.items() if isinstance(k, EventStream)
+            ]
+
+    def stopped(self) -> None:
+        """End every entry on its own loop (the router's thread, once it has stopped)."""
+        with self._lock:
+            self._stopped = True
+            entries, self._entries = list(self._entries.values()), {}
+        for loop, end in entries:
+            with contextlib.suppress(RuntimeError):  # its loop is closed: nobody waits there
+                loop.call_soon_threadsafe(end)
 
 
 class AsyncEventBus:
@@ -107,13 +156,18 @@ class AsyncEventBus:
 
     Use ``async with AsyncEventBus() as bus:``.  ``async def`` handlers run on
     the loop they were subscribed from.  ``sync`` gives the underlying
-    ``EventBus`` (for code that needs both).
+    ``EventBus`` (for code that needs both); closing it ends this bus's
+    streams and waits as ``aclose`` does (see ``aclose``).
     """
 
     def __init__(self, config: EventConfig | None = None, *, bus: EventBus | None = None) -> None:
         checks.check_async_bus(config, bus, EventBus)
         self.sync = bus if bus is not None else EventBus(config)
-        self._streams: set[EventStream] = set()  # open streams, ended by aclose
+        # Open streams and awaited futures, ended once the router has stopped.
+        self._holds = _Holds()
+        self.sync.core.router.stop_listeners.append(self._holds.stopped)
+        if self.sync.closed:  # the router may have stopped before the append
+            self._holds.stopped()
 
     @property
     def config(self) -> EventConfig:
@@ -203,11 +257,14 @@ class AsyncEventBus:
         ``async for event in bus.stream("user.*")``: the subscription exists
         when ``stream`` returns, so nothing published afterwards is missed.
         Closing the iterator (``aclose`` or leaving ``async with``)
-        unsubscribes; the bus's ``aclose`` ends it too.  ``capacity`` unread
-        events are kept; see ``EventStream`` for what ``overflow`` does
-        beyond them.  Must be called with a running event loop.
+        unsubscribes; closing the bus (``aclose``, or ``sync.close()`` from
+        any thread) ends it too.  ``capacity`` unread events are kept; see
+        ``EventStream`` for what ``overflow`` does beyond them.  Raises
+        ``RuntimeError`` without a running event loop, ``BusClosedError``
+        after close.
         """
         checks.check_stream(filter, capacity, overflow, from_sequence)
+        asyncio.get_running_loop()  # the stream's events are handed over on it
         stream = EventStream(
             self.sync,
             pattern,
@@ -215,9 +272,9 @@ class AsyncEventBus:
             capacity=capacity,
             overflow=overflow,
             from_sequence=from_sequence,
-            on_close=self._streams.discard,
+            on_close=self._holds.discard,
         )
-        self._streams.add(stream)
+        self._holds.add(stream, stream._finish)  # noqa: SLF001 - the bus's own stream
         return stream
 
     async def get_correlated(
@@ -231,11 +288,12 @@ class AsyncEventBus:
         if bus.node is not None:  # the peers are asked by blocking calls
             return await _off_loop(bus.get_correlated, correlation_id, timeout=timeout)
         core = bus.core
-        answer: CorrelatedEvents = await _await(core.correlated(correlation_id), timeout)
+        answer: CorrelatedEvents = await self._await(core.correlated(correlation_id), timeout)
         events = answer.events
         if answer.complete or core.journal is None:
             return list(events)
-        stored = await _await(core.read_journal(EventQuery(correlation_id=correlation_id)), timeout)
+        query = EventQuery(correlation_id=correlation_id)
+        stored = await self._await(core.read_journal(query), timeout)
         return merge_events(stored, events)
 
     async def trace(self, correlation_id: uuid.UUID) -> Trace:
@@ -248,14 +306,33 @@ class AsyncEventBus:
         checks.check_query(query, None, timeout)
         if self.sync.closed:
             raise BusClosedError("the bus is closed")
-        return await _await(self.sync.core.read_journal(query), timeout)
+        return await self._await(self.sync.core.read_journal(query), timeout)
 
     async def flush(self, timeout: float | None = None) -> None:
-        """Wait until everything published so far is handled and recorded."""
+        """Wait until everything published so far is handled and recorded.
+
+        Raises ``FutureTimeoutError`` after ``timeout``, ``BusClosedError`` if
+        the bus is closed, or closes (``sync.close()`` gave up) before the
+        flush is done.
+        """
         checks.check_timeout("timeout", timeout)
         if self.sync.closed:
             raise BusClosedError("the bus is closed")
-        await _await(self.sync.core.start_flush(), timeout)
+        await self._await(self.sync.core.start_flush(), timeout)
+
+    async def _await(self, future: BusFuture[T], timeout: float | None) -> T:
+        """Await ``future`` on the loop: ``BusClosedError`` if the bus stops before it is done.
+
+        ``FutureTimeoutError`` after ``timeout``.
+        """
+        waiting = wrap_future(future)
+        self._holds.add(waiting, functools.partial(_fail_closed, waiting))
+        try:
+            return await asyncio.wait_for(waiting, timeout)
+        except TimeoutError:
+            raise FutureTimeoutError(f"{timeout} seconds") from None
+        finally:
+            self._holds.discard(waiting)
 
     async def aclose(self, timeout: float | None = None) -> None:
         """Drain, flush and stop the bus (the async twin of ``close``); end every stream.
@@ -265,18 +342,27 @@ class AsyncEventBus:
         left to flush.  Each open stream first stops waiting for its reader
         (so the flush never waits on one), receives what was published before
         ``aclose``, and then ends: its iterator stops once what it holds has
-        been read.
+        been read.  ``sync.close()`` ends the streams the same way, except
+        that its flush waits for a reader that sets the pace (see
+        ``EventStream``); either way, a coroutine still awaiting a flush, a
+        query or a request of the bus raises ``BusClosedError``.
         """
         checks.check_timeout("timeout", timeout)
-        bus = self.sync
-        streams = list(self._streams)
-        for stream in streams:
-            stream._end()  # noqa: SLF001 - the bus's own streams
+        here = asyncio.get_running_loop()
+        streams = self._holds.streams()
+        for loop, stream in streams:
+            if loop is here:
+                stream._end()  # noqa: SLF001 - the bus's own streams
+            else:
+                with contextlib.suppress(RuntimeError):  # its loop is closed
+                    loop.call_soon_threadsafe(stream._end)  # noqa: SLF001
         try:
-            await self._close(bus, timeout)
+            await self._close(self.sync, timeout)
         finally:
-            for stream in streams:
-                stream._finish()  # noqa: SLF001 - the bus's own streams
+            # Those of other loops end there once the router has stopped.
+            for loop, stream in streams:
+                if loop is here:
+                    stream._finish()  # noqa: SLF001 - the bus's own streams
 
     async def _close(self, bus: EventBus, timeout: float | None) -> None:
         if current_event.get() is not None:
@@ -404,7 +490,8 @@ class EventStream(AsyncIterator[Event]):
     With ``BLOCK`` or ``REJECT``, or a ``from_sequence`` history, the reader
     sets the pace: events past the unread ones wait in the subscription's
     mailbox, where its ``overflow`` applies as for any subscription, until
-    the reader takes some or the stream ends.
+    the reader takes some or the stream ends.  The bus's close ends the
+    stream however it is closed (``AsyncEventBus.aclose``, ``sync.close()``).
     """
 
     def __init__(

@@ -1,0 +1,244 @@
+"""AsyncEventBus when its bus closes: by ``aclose``, or by ``sync.close()`` under it.
+
+However the bus closes, every open stream ends as ``aclose`` ends it (the
+reader gets what the stream holds, then its ``async for`` stops), and a
+coroutine still waiting on the bus raises ``BusClosedError``.  The
+synchronous close runs in another thread, as it does when synchronous code
+shares the bus with a loop.  Every wait is bounded by ``GUARD``, a hang
+guard whose expiry fails the test, never a measure of speed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from actors import (
+    AsyncEventBus,
+    BusClosedError,
+    Event,
+    EventBus,
+    EventConfig,
+    EventStream,
+    OverflowStrategy,
+)
+
+GUARD = 30.0
+
+Closer = Callable[[AsyncEventBus], Awaitable[object]]
+
+
+async def sync_close(bus: AsyncEventBus) -> object:
+    return await asyncio.to_thread(bus.sync.close)
+
+
+async def aclose(bus: AsyncEventBus) -> object:
+    return await bus.aclose()
+
+
+CLOSERS = pytest.mark.parametrize("close", [aclose, sync_close], ids=["aclose", "sync-close"])
+
+
+def run(test: Callable[[], Awaitable[Any]]) -> Any:
+    return asyncio.run(asyncio.wait_for(test(), 2 * GUARD))
+
+
+async def started(task: asyncio.Task[Any]) -> None:
+    """Return once ``task`` has run up to its first wait (and is still waiting there)."""
+    await asyncio.create_task(asyncio.sleep(0))
+    assert not task.done()
+
+
+# -- streams end however the bus closes --------------------------------------------------------
+
+
+@CLOSERS
+def test_a_waiting_reader_ends_after_what_its_stream_holds(close: Closer) -> None:
+    async def main() -> None:
+        bus = AsyncEventBus()
+        stream = bus.stream("s.*")
+        got: list[Any] = []
+        first = asyncio.Event()
+
+        async def reader() -> None:
+            async for event in stream:
+                got.append(event.data)
+                first.set()
+
+        task = asyncio.create_task(reader())
+        await bus.publish("s.a", 1)
+        await first.wait()  # the reader now waits on an empty stream
+        await bus.publish("s.a", 2)
+        await close(bus)
+        await asyncio.wait_for(task, GUARD)  # the iteration stopped
+        assert got == [1, 2]
+        assert not stream.subscription.active
+
+    run(main)
+
+
+@CLOSERS
+def test_an_unread_stream_keeps_its_events_and_then_ends(close: Closer) -> None:
+    async def main() -> None:
+        bus = AsyncEventBus()
+        stream = bus.stream("t.*", capacity=5)
+        for i in range(12):
+            await bus.publish("t.a", i)
+        await bus.flush(GUARD)  # every event has reached the stream, or been dropped
+        await close(bus)
+        rest = await asyncio.wait_for(read_all(stream), GUARD)
+        assert rest == [7, 8, 9, 10, 11]
+        assert stream.dropped == 7
+        await stream.aclose()  # ended already: harmless
+        assert await asyncio.wait_for(read_all(stream), GUARD) == []
+
+    run(main)
+
+
+@CLOSERS
+def test_a_block_stream_whose_reader_reads_gets_everything(close: Closer) -> None:
+    async def main() -> None:
+        bus = AsyncEventBus()
+        stream = bus.stream("t.*", capacity=2, overflow=OverflowStrategy.BLOCK)
+        reader = asyncio.create_task(read_all(stream))
+        for i in range(10):
+            await bus.publish("t.a", i)
+        await close(bus)
+        assert await asyncio.wait_for(reader, GUARD) == list(range(10))
+        assert stream.dropped == 0
+
+    run(main)
+
+
+def test_leaving_with_on_the_sync_bus_ends_the_streams_of_a_loop_thread() -> None:
+    # Synchronous code owns the bus; a loop in another thread reads it.
+    ready = threading.Event()
+    outcome: list[Any] = []
+
+    def loop_thread(bus: EventBus) -> None:
+        async def consume() -> list[Any]:
+            stream = AsyncEventBus(bus=bus).stream("s.*")
+            ready.set()
+            return [event.data async for event in stream]
+
+        try:
+            outcome.append(asyncio.run(asyncio.wait_for(consume(), GUARD)))
+        except BaseException as exc:  # the test thread reports it
+            outcome.append(exc)
+
+    with EventBus() as bus:
+        thread = threading.Thread(target=loop_thread, args=(bus,))
+        thread.start()
+        assert ready.wait(GUARD)
+        for i in range(3):
+            bus.publish("s.a", i).get(GUARD)
+    thread.join(2 * GUARD)
+    assert outcome == [[0, 1, 2]]
+
+
+def test_closing_after_the_streams_loop_has_ended_is_quiet(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    bus = EventBus()
+
+    async def open_stream() -> EventStream:
+        return AsyncEventBus(bus=bus).stream("s.*")
+
+    asyncio.run(open_stream())  # its loop is closed: nobody reads it any more
+    with caplog.at_level(logging.WARNING):
+        bus.close(timeout=GUARD)
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("actors")] == []
+
+
+def test_a_stream_of_an_already_closed_bus_cannot_be_opened() -> None:
+    async def main() -> None:
+        bus = EventBus()
+        bus.close()
+        with pytest.raises(BusClosedError):
+            AsyncEventBus(bus=bus).stream("s.*")
+
+    run(main)
+
+
+# -- coroutines still waiting on the bus raise BusClosedError ----------------------------------
+
+
+async def read_all(stream: EventStream) -> list[Any]:
+    return [event.data async for event in stream]
+
+
+async def hold_a_handler(bus: AsyncEventBus) -> threading.Event:
+    """Subscribe a synchronous handler that holds its event until the returned gate opens."""
+    gate = threading.Event()
+    loop = asyncio.get_running_loop()
+    inside = asyncio.Event()
+
+    def held(_: Event) -> None:
+        loop.call_soon_threadsafe(inside.set)
+        gate.wait(3 * GUARD)  # only the test opens it
+
+    await bus.subscribe("held.x", held)
+    await bus.publish("held.x")
+    await inside.wait()
+    return gate
+
+
+def test_a_flush_waiting_when_the_sync_bus_closes_raises_bus_closed() -> None:
+    async def main() -> None:
+        bus = AsyncEventBus()
+        gate = await hold_a_handler(bus)
+        try:
+            flush = asyncio.create_task(bus.flush())
+            await started(flush)  # waits for the held handler
+            # close gives up on the held handler at once and stops the bus.
+            await asyncio.to_thread(bus.sync.close, 0)
+            with pytest.raises(BusClosedError):
+                await asyncio.wait_for(flush, GUARD)
+        finally:
+            gate.set()
+
+    run(main)
+
+
+def test_a_request_waiting_when_the_sync_bus_closes_raises_bus_closed() -> None:
+    async def main() -> None:
+        bus = AsyncEventBus()
+        request = asyncio.create_task(bus.request("nobody.answers", timeout=None))
+        await started(request)
+        await asyncio.to_thread(bus.sync.close)
+        with pytest.raises(BusClosedError):
+            await asyncio.wait_for(request, GUARD)
+
+    run(main)
+
+
+def test_a_publish_waiting_for_room_when_the_sync_bus_closes_raises_bus_closed() -> None:
+    async def main() -> None:
+        bus = AsyncEventBus(EventConfig(block_timeout=3 * GUARD))
+        gate = threading.Event()
+        loop = asyncio.get_running_loop()
+        inside = asyncio.Event()
+
+        def held(_: Event) -> None:
+            loop.call_soon_threadsafe(inside.set)
+            gate.wait(3 * GUARD)
+
+        await bus.subscribe("slow.x", held, overflow=OverflowStrategy.BLOCK, capacity=1)
+        await bus.publish("slow.x", 0)
+        await inside.wait()  # the first event is in the handler
+        await bus.publish("slow.x", 1)  # the mailbox is full
+        try:
+            publish = asyncio.create_task(bus.publish("slow.x", 2))
+            await started(publish)  # waits for room, in an executor thread
+            await asyncio.to_thread(bus.sync.close, 0)
+            with pytest.raises(BusClosedError):
+                await asyncio.wait_for(publish, GUARD)
+        finally:
+            gate.set()
+
+    run(main)
