@@ -30,9 +30,10 @@ import logging
 import struct
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
+from typing import NoReturn
 
 import zmq
 
@@ -342,6 +343,34 @@ class Broker:
         self.close()
 
 
+def parse_peer_names(
+    items: Iterable[str],
+    load_key: Callable[[str], bytes | None],
+    refuse: Callable[[str], NoReturn],
+) -> dict[str, bytes]:
+    """Return ``{NAME: key}`` from ``--peer-name NAME=KEY`` values, split at the first ``=``.
+
+    The one parser of ``main`` and of the command line (``actors.cli``).
+    ``load_key`` turns KEY into the key, None if it is not one (it may raise
+    an error of its own); ``refuse(item)`` reports an item without ``=``,
+    with an empty NAME, or whose KEY is not a key, and raises: each command
+    line words its own usage error.
+    """
+    names: dict[str, bytes] = {}
+    for item in items:
+        name, sep, key = item.partition("=")
+        loaded = load_key(key) if sep and name else None
+        if loaded is None:
+            refuse(item)
+        names[name] = loaded
+    return names
+
+
+def _literal_key(key: str) -> bytes | None:
+    """Return a key given as its 40 characters (``main`` reads no key files)."""
+    return key.encode() if len(key) == 40 else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a broker until interrupted: ``llmspell-events broker tcp://0.0.0.0:5800``."""
     parser = argparse.ArgumentParser(prog="llmspell-events broker")
@@ -359,18 +388,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="bind a node name to its Z85 public key (repeatable)",
     )
     args = parser.parse_args(argv)
-    names: dict[str, str] = {}
-    for item in args.peer_name:
-        name, sep, key = item.partition("=")
-        if not sep or not name or len(key) != 40:
-            parser.error(f"--peer-name takes NAME=KEY with a 40-character Z85 key: {item!r}")
-        names[name] = key
+
+    def refuse(item: str) -> NoReturn:
+        parser.error(f"--peer-name takes NAME=KEY with a 40-character Z85 key: {item!r}")
+
+    names = parse_peer_names(args.peer_name, _literal_key, refuse)
     broker = Broker(
         args.listen,
         curve_public_key=args.public_key.encode() if args.public_key else None,
         curve_secret_key=args.secret_key.encode() if args.secret_key else None,
         authorized_keys=[k.encode() for k in args.authorize],
-        peer_names={name: key.encode() for name, key in names.items()},
+        peer_names=names,
     )
     print(f"broker at {broker.endpoint}", flush=True)
     try:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 from pathlib import Path
+from typing import NoReturn
 
 import click
 
@@ -43,14 +45,13 @@ def _peer_keys(items: tuple[str, ...]) -> dict[str, bytes]:
 
 
 def _peer_names(items: tuple[str, ...]) -> dict[str, bytes]:
-    names: dict[str, bytes] = {}
-    for item in items:
-        name, sep, key = item.partition("=")
-        loaded = load_key(key, "--peer-name") if sep and name else None
-        if loaded is None:
-            raise click.BadParameter(f"{item!r} is not NAME=KEY", param_hint="--peer-name")
-        names[name] = loaded
-    return names
+    from actors._cluster.broker import parse_peer_names  # noqa: PLC0415 - imports zmq
+
+    return parse_peer_names(items, functools.partial(load_key, option="--peer-name"), _not_a_name)
+
+
+def _not_a_name(item: str) -> NoReturn:
+    raise click.BadParameter(f"{item!r} is not NAME=KEY", param_hint="--peer-name")
 
 
 _PEER_NAME = click.option(
