@@ -198,6 +198,27 @@ def test_a_peers_stream_cannot_speak_for_another_node(
     assert "ghost" not in stats.peers_alive
 
 
+def test_a_peer_restarted_on_another_endpoint_is_followed_once_declared_dead(
+    tmp_path: Path, nodes: Callable[..., EventBus]
+) -> None:
+    beats = {"heartbeat_interval": 0.05, "heartbeat_timeout": 0.5}
+    a = nodes("a", listen=ipc(tmp_path, "a"), **beats)
+    got = Collector("again")
+    a.subscribe("job.*", got)
+    a.flush()
+    b = nodes("b", listen=ipc(tmp_path, "b1"), peers=(request_endpoint(a),), **beats)
+    assert node(b).wait_for_peers(["a"], WAIT)
+    b.publish("job.run", "first").get(timeout=WAIT)
+    b.close(timeout=WAIT)
+    # The same name on another endpoint: a keeps the old stream while it holds b
+    # alive, then follows the new one and fetches what it missed there.
+    b2 = nodes("b", listen=ipc(tmp_path, "b2"), peers=(request_endpoint(a),), **beats)
+    assert node(b2).wait_for_peers(["a"], WAIT)
+    b2.publish("job.run", "again").get(timeout=WAIT)
+    assert [e.data for e in got.wait()] == ["first", "again"]
+    assert node(a).statistics().frames_dropped == 0
+
+
 # -- messages in a bound name need that name's key -----------------------------------------
 
 

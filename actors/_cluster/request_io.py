@@ -221,8 +221,13 @@ class RequestIO(BridgeBase):
         if old is not None:
             self._poller.unregister(old)
             old.close(0)
+        try:
+            sock = self._stream_socket()
+        except zmq.ZMQError as exc:  # e.g. the context's socket limit: a later greeting retries
+            peer.stream = None
+            logger.warning("bridge %s: cannot follow the stream of %s: %s", self.name, name, exc)
+            return
         peer.stream = endpoint
-        sock = self._stream_socket()
         if self._connect(sock, endpoint, key):
             self._streams[name] = sock
             self._poller.register(sock, zmq.POLLIN)
