@@ -20,6 +20,7 @@ from actors import (
     JournalLockedError,
     JournalNotFoundError,
 )
+from actors._journal import repair
 from actors._journal.rocks import RocksStorage
 from actors._journal.rocks_views import sweep_stale_views
 from tests._support import Child
@@ -155,3 +156,18 @@ def test_a_read_only_bus_removes_its_view_when_closed(journal: Path) -> None:
         assert len(during - before) == 1
     after = {n for n in os.listdir(tempfile.gettempdir()) if n.startswith(mine)}
     assert after == before
+
+
+def test_a_journal_named_by_a_relative_path_opens_read_only_and_is_not_repaired(
+    journal: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(journal.parent)
+    before = state(journal)
+    with EventBus(EventConfig(persistence_path=journal.name, read_only=True)) as bus:
+        assert [e.data for e in bus.query(EventQuery())] == [{"i": 0}, {"i": 1}, {"i": 2}]
+    report = repair(journal.name)
+    assert (report.repaired, report.lost, report.last_sequence) == (False, 0, 3)
+    assert state(journal) == before
+    cli = [sys.executable, "-m", "actors", "query", "--journal", journal.name, "--json"]
+    out = subprocess.run(cli, capture_output=True, text=True, timeout=120, check=True).stdout
+    assert out.count('"ro.event"') == 3

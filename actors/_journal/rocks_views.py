@@ -68,9 +68,10 @@ def linked_view(path: str) -> tuple[str, frozenset[str]]:
     except OSError as exc:
         msg = f"cannot read the journal at {path!r}: {exc}"
         raise JournalError(msg) from exc
+    target = os.path.abspath(path)  # a link is read from the view's folder, not the caller's
     try:
         for name in names:
-            os.symlink(os.path.join(path, name), os.path.join(view, name))
+            os.symlink(os.path.join(target, name), os.path.join(view, name))
     except OSError as exc:
         shutil.rmtree(view, ignore_errors=True)
         msg = f"cannot make a read-only view of the journal at {path!r}: {exc}"
