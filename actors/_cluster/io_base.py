@@ -104,8 +104,13 @@ class BridgeBase:
         self._workers = ThreadPoolExecutor(2, thread_name_prefix=f"bridge-{self.name}")
         self._ledger = PublishLedger()
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-        # The SUB of each peer whose stream is followed directly (``StreamIO``).
+        # The SUB of each peer whose stream is followed directly (``StreamIO``);
+        # of those opened for unasked greetings, when each one's peer was not
+        # yet heard on it; and the streams waiting for room to open.
         self._streams: dict[str, zmq.Socket[bytes]] = {}
+        self._unconfirmed: dict[str, float] = {}
+        self._unasked: set[str] = set()
+        self._stream_queue: dict[str, tuple[str, bytes | None, bool]] = {}
         self._poller = zmq.Poller()
         self._curve: Curve | None = None
         self._pub_endpoint: str | None = None
@@ -193,10 +198,21 @@ class BridgeBase:
     def _send_recover(self, request: RecoverRequest, attempt: int = 1) -> None:
         raise NotImplementedError
 
-    def _connect_stream(self, name: str, endpoint: str, key: bytes | None) -> None:
+    def _connect_stream(
+        self, name: str, endpoint: str, key: bytes | None, *, asked: bool = False
+    ) -> None:
+        raise NotImplementedError
+
+    def _connect(self, sock: zmq.Socket[bytes], endpoint: str, key: bytes | None) -> bool:
         raise NotImplementedError
 
     def _stream_socket(self) -> zmq.Socket[bytes]:
+        raise NotImplementedError
+
+    def _open_stream(self, name: str, endpoint: str, key: bytes | None, *, asked: bool) -> bool:
+        raise NotImplementedError
+
+    def _close_stream(self, name: str) -> None:
         raise NotImplementedError
 
     def _subscribe_all(self, topic: bytes, *, subscribe: bool = True) -> None:

@@ -199,7 +199,8 @@ class RequestIO(BridgeBase):
             peer.route = route
         pub = body.get("pub")
         if isinstance(pub, str):
-            self._connect_stream(sender, reachable(pub, via), key or _key(body))
+            stream_key = key or _key(body)
+            self._connect_stream(sender, reachable(pub, via), stream_key, asked=link is not None)
 
     def _connect_broker(
         self, body: dict[str, Any], via: str | None, key: bytes | None, link: Link | None
@@ -212,27 +213,15 @@ class RequestIO(BridgeBase):
             self._connect(self._sub, link.broker_streams[0], key)
             self._connect(self._xpub, link.broker_streams[1], key)
 
-    def _connect_stream(self, name: str, endpoint: str, key: bytes | None) -> None:
+    def _connect_stream(
+        self, name: str, endpoint: str, key: bytes | None, *, asked: bool = False
+    ) -> None:
         """Follow the stream of the peer ``name`` on a SUB of its own (``stream_io``)."""
-        peer = self._peers[name]
-        if peer.stream == endpoint:
+        if self._peers[name].stream == endpoint:
             return
-        old = self._streams.pop(name, None)
-        if old is not None:
-            self._poller.unregister(old)
-            old.close(0)
-        try:
-            sock = self._stream_socket()
-        except zmq.ZMQError as exc:  # e.g. the context's socket limit: a later greeting retries
-            peer.stream = None
-            logger.warning("bridge %s: cannot follow the stream of %s: %s", self.name, name, exc)
-            return
-        peer.stream = endpoint
-        if self._connect(sock, endpoint, key):
-            self._streams[name] = sock
-            self._poller.register(sock, zmq.POLLIN)
-        else:
-            sock.close(0)
+        self._close_stream(name)
+        bound = self._node.peer_names.get(name)
+        self._open_stream(name, endpoint, key, asked=asked or (bound is not None and key == bound))
 
     def _connect(self, sock: zmq.Socket[bytes], endpoint: str, key: bytes | None) -> bool:
         """Connect ``sock`` (with ``key`` under CURVE); return whether it connected."""

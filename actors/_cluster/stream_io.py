@@ -48,6 +48,12 @@ __all__ = ["StreamIO", "WakeMailbox"]
 logger = logging.getLogger("actors.bridge")
 
 RECV_BURST = 512
+MAX_UNCONFIRMED_STREAMS = 64
+"""Stream sockets opened for unasked greetings whose peer was not yet heard on them."""
+MAX_UNASKED_STREAMS = 512
+"""Stream sockets opened for unasked greetings (half of a context's 1,023 sockets)."""
+MAX_QUEUED_STREAMS = 256
+"""Streams waiting for room to be followed (the oldest is dropped past it)."""
 
 
 class WakeMailbox(FifoMailbox):
@@ -228,6 +234,103 @@ class StreamIO(FlowIO):
             sock.subscribe(topic)
         return sock
 
+    def _open_stream(self, name: str, endpoint: str, key: bytes | None, *, asked: bool) -> bool:
+        """Follow ``name``'s stream at ``endpoint`` on a SUB of its own, or queue it for room.
+
+        ``asked``: ``name`` answered this node's own greeting (a configured
+        peer) or holds the key ``peer_names`` binds to it.  Any other name
+        that greets this node shares a budget of sockets, so greetings under
+        made-up names cannot take the context's last socket
+        (``docs/cluster.md``, "Node identity").  Return False if the stream
+        waits in the queue.
+        """
+        if not asked and not self._room_for_unasked():
+            self._queue_stream(name, endpoint, key, asked=asked)
+            return False
+        try:
+            sock = self._stream_socket()
+        except zmq.ZMQError as exc:  # e.g. the context's socket limit: retried each heartbeat
+            logger.warning("bridge %s: cannot follow the stream of %s: %s", self.name, name, exc)
+            self._queue_stream(name, endpoint, key, asked=asked)
+            return False
+        self._peers[name].stream = endpoint
+        if not self._connect(sock, endpoint, key):
+            sock.close(0)
+            return True
+        self._streams[name] = sock
+        self._poller.register(sock, zmq.POLLIN)
+        if not asked:
+            self._unasked.add(name)
+            self._unconfirmed[name] = time.monotonic()
+        return True
+
+    def _room_for_unasked(self) -> bool:
+        """Return whether one more unasked stream may open (a dead one's closed to make room)."""
+        if len(self._unconfirmed) >= MAX_UNCONFIRMED_STREAMS:
+            return False
+        if len(self._unasked) < MAX_UNASKED_STREAMS:
+            return True
+        for name in self._unasked:
+            peer = self._peers.get(name)
+            if peer is None or not peer.alive:
+                self._close_stream(name)
+                return True
+        return False
+
+    def _queue_stream(self, name: str, endpoint: str, key: bytes | None, *, asked: bool) -> None:
+        self._peers[name].stream = None  # a later greeting may also open it
+        self._stream_queue.pop(name, None)
+        self._stream_queue[name] = (endpoint, key, asked)
+        if len(self._stream_queue) > MAX_QUEUED_STREAMS:
+            dropped = next(iter(self._stream_queue))
+            del self._stream_queue[dropped]
+            logger.warning(
+                "bridge %s: too many streams wait to be followed: dropped %s's (until it greets "
+                "this node again)",
+                self.name,
+                dropped,
+            )
+
+    def _close_stream(self, name: str) -> None:
+        """Stop following ``name``'s stream (its next greeting opens it again)."""
+        self._stream_queue.pop(name, None)
+        self._unconfirmed.pop(name, None)
+        self._unasked.discard(name)
+        sock = self._streams.pop(name, None)
+        if sock is not None:
+            self._poller.unregister(sock)
+            sock.close(0)
+        peer = self._peers.get(name)
+        if peer is not None:
+            peer.stream = None
+
+    def _stream_heard(self, sender: str) -> None:
+        """``sender`` spoke on its own stream: its socket leaves the unconfirmed budget."""
+        if self._unconfirmed.pop(sender, None) is not None:
+            self._open_queued()
+
+    def _open_queued(self) -> None:
+        """Open the streams waiting for room, oldest first, while there is room."""
+        for name, (endpoint, key, asked) in list(self._stream_queue.items()):
+            peer = self._peers.get(name)
+            if peer is None or peer.stream is not None:
+                del self._stream_queue[name]
+                continue
+            if not asked and not self._room_for_unasked():
+                continue
+            del self._stream_queue[name]
+            if not self._open_stream(name, endpoint, key, asked=asked):
+                return
+
+    def _expire_streams(self, now: float) -> None:
+        """Close unasked streams not heard on within ``heartbeat_timeout``; open queued ones."""
+        timeout = self._node.heartbeat_timeout
+        for name, opened in list(self._unconfirmed.items()):
+            if now - opened > timeout:
+                logger.info("bridge %s: %s was never heard on its stream: closed", self.name, name)
+                self._close_stream(name)
+        self._open_queued()
+
     def _subscribe_all(self, topic: bytes, *, subscribe: bool = True) -> None:
         for sock in (self._sub, *self._streams.values()):
             if subscribe:
@@ -285,6 +388,8 @@ class StreamIO(FlowIO):
                 continue
             if frame.origin == self.name:
                 continue
+            if sender is not None and self._unconfirmed:
+                self._stream_heard(sender)
             self._stats.frames_received += 1
             self._stats.events_received += len(frame.events)
             arrived += len(frame.events)
@@ -333,6 +438,8 @@ class StreamIO(FlowIO):
             return []
         if origin == self.name:
             return []
+        if sender is not None and self._unconfirmed:
+            self._stream_heard(sender)
         if frame.kind == SYNC:
             if target != self.name or round_ != self._round:
                 return []
@@ -417,5 +524,6 @@ class StreamIO(FlowIO):
                 if peer.candidate_stream is not None:
                     (endpoint, key), peer.candidate_stream = peer.candidate_stream, None
                     self._connect_stream(peer.name, endpoint, key)
+        self._expire_streams(now)
         self._deliver(self._in.expire_syncs(now, timeout))
         self._credit_tick(now)
