@@ -111,3 +111,33 @@ def test_publishes_racing_close_are_handled_or_refused_never_lost_or_pending(tri
         else:
             assert isinstance(future.exception(), BusClosedError)
     assert published == handled  # acknowledged as published means handled
+
+
+def test_a_flush_waiting_when_close_gives_up_on_a_stuck_handler_is_refused() -> None:
+    bus = EventBus()
+    gate = Gate()
+    bus.subscribe("x.*", gate, dedicated_thread=True)
+    bus.publish("x.e", 0)
+    assert gate.entered.wait(WAIT)
+    outcome: list[BaseException | None] = []
+
+    def flush() -> None:
+        try:
+            bus.flush()
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    waiter = threading.Thread(target=flush, daemon=True)
+    waiter.start()
+    try:
+        # Its flush is in the router's mailbox before close's own.
+        assert wait_for(lambda: _inside(waiter, "get"))
+        gave_up = bus.close(timeout=0.2)
+        assert [s.pattern for s in gave_up] == ["x.*"]
+        waiter.join(WAIT)
+        assert not waiter.is_alive(), "flush() was left waiting after close"
+        assert len(outcome) == 1
+        assert isinstance(outcome[0], BusClosedError)
+    finally:
+        gate.release.set()

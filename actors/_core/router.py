@@ -150,6 +150,7 @@ class RouterActor(DispatchedActor):
         self._dead: deque[DeadLetter] = deque(maxlen=dead_letter_limit)
         self._dead_count = 0
         self._final: tuple[RouterFigures, list[DeadLetter]] | None = None
+        self._flushes: list[BusFuture[None]] = []  # not done yet: failed if the router stops
         self._closing = False  # set by Closing: later publishes are refused
         # Told the local patterns after every change (the bridge forwards them
         # to peers as subscriptions).  Called on the router's thread.
@@ -442,6 +443,8 @@ class RouterActor(DispatchedActor):
         if self._durable is not None:
             recorders.append(self._durable)
         latch = Latch(len(mailboxes) + len(recorders), lambda: future.set(None))
+        self._flushes = [f for f in self._flushes if not f.done()]
+        self._flushes.append(future)
         for mailbox in mailboxes:
             mailbox.add_barrier(latch.count_down)
         for recorder in recorders:
@@ -506,6 +509,11 @@ class RouterActor(DispatchedActor):
         self.guard.release_all()
         # Published once, for whoever asks after the router stopped.
         self._final = (self._figures(), list(self._dead))
+        # A flush still waiting (close gave up on a handler that never returned)
+        # would wait for ever: it is refused.
+        flushes, self._flushes = self._flushes, []
+        for future in flushes:
+            future.set_exception(BusClosedError("the bus was closed before the flush finished"))
         for listener in self.stop_listeners:
             listener()
 
@@ -519,6 +527,8 @@ class RouterActor(DispatchedActor):
             self._refuse_closed((message.future,), message.routed)
         elif type(message) is PublishBatch:
             self._refuse_closed(message.futures, message.routed)
+        elif type(message) is Flush or type(message) is GetCorrelated:
+            message.future.set_exception(BusClosedError("the bus was closed"))
 
     @staticmethod
     def _refuse_closed(
