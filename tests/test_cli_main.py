@@ -128,3 +128,14 @@ def test_curve_keys_come_from_the_environment(tmp_path: Path) -> None:
     )  # fmt: skip
     assert status == 2
     assert "not the public half of --secret-key" in err
+
+
+def test_every_option_read_from_the_environment_names_its_variable_in_help() -> None:
+    for name, command in main.commands.items():  # type: ignore[attr-defined]
+        status, out, _ = run(name, "--help")
+        assert status == 0
+        text = " ".join(out.split())  # help wraps long lines
+        for param in command.params:
+            envvar = getattr(param, "envvar", None)
+            if isinstance(envvar, str) and not getattr(param, "hidden", False):
+                assert f"env var: {envvar}" in text, f"{name} {param.name}: {envvar} not in -h"

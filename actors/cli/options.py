@@ -225,6 +225,7 @@ def _add_connection_options(
             default=timeout,
             show_default=True,
             envvar=f"{ENV}_TIMEOUT",
+            show_envvar=True,
             help="seconds to wait for the peer",
         ),
     ]
