@@ -8,15 +8,18 @@ from raw pyzmq DEALERs.  Waits are on conditions (``Node.wait``, events,
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import zmq
 
 from actors import EventBus
 from actors._cluster.wire import HELLO, Request, encode_request
 from tests._cluster_support import WAIT, Collector, ipc, node, request_endpoint
+from tests._support import reaped
+from tests.test_cluster import Node
 
 FAST = {"heartbeat_interval": 0.05, "heartbeat_timeout": 0.5}
 
@@ -40,8 +43,11 @@ def stream_sockets(bus: EventBus) -> int:
     return int(on_io_thread(bus, lambda bridge: len(bridge._streams)))  # noqa: SLF001
 
 
-def hello_flood(tmp_path: Path, bus: EventBus, count: int) -> None:
-    """Greet ``bus`` under ``count`` names, each with a stream endpoint no one binds."""
+def hello_flood(tmp_path: Path, bus: EventBus, count: int, *, closing: bool = False) -> None:
+    """Greet ``bus`` under ``count`` names, each with a stream endpoint no one binds.
+
+    ``closing``: ``bus`` closes meanwhile, so the greetings stop at the first unanswered.
+    """
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     try:
         dealer = ctx.socket(zmq.DEALER)
@@ -50,6 +56,8 @@ def hello_flood(tmp_path: Path, bus: EventBus, count: int) -> None:
         for n in range(count):
             body = {"kind": "node", "pub": ipc(tmp_path, f"nowhere{n}")}
             dealer.send_multipart(encode_request(Request(HELLO, "", f"flood{n}", "h", body)))
+            if closing and not dealer.poll(1000):
+                return
             assert dealer.poll(int(WAIT * 1000)), f"no welcome for greeting {n}"
             dealer.recv_multipart()
     finally:
@@ -92,3 +100,88 @@ def test_a_hello_flood_past_the_socket_limit_leaves_old_and_new_peers_followed(
     assert node(a).statistics().frames_dropped == 0
     # The sockets of streams never heard on are closed: the flood leaves none.
     assert node(a).wait(lambda _: stream_sockets(a) == 3, WAIT)
+
+
+# -- what every stream socket subscribes ------------------------------------------------------
+
+
+def test_every_stream_socket_old_and_new_carries_the_current_prefixes_and_round(
+    tmp_path: Path, nodes: Callable[..., EventBus]
+) -> None:
+    a = nodes("a", listen=ipc(tmp_path, "a"))
+    job = a.subscribe("job.*", lambda _: None)
+    a.flush()
+    peers = {n: nodes(n, listen=ipc(tmp_path, n), peers=(request_endpoint(a),)) for n in "bcd"}
+    assert node(a).wait_for_peers(list(peers), WAIT)
+    # New prefixes and a removed one while three streams are followed, then a
+    # fourth peer: each socket must hold x. and y. only, and the current round.
+    got = Collector(4 * 2)
+    a.subscribe("x.*", got)
+    a.subscribe("y.*", got)
+    job.unsubscribe()
+    peers["e"] = nodes("e", listen=ipc(tmp_path, "e"), peers=(request_endpoint(a),))
+    assert node(a).wait_for_peers(list(peers), WAIT)
+    before = node(a).statistics().events_received
+    for name, bus in peers.items():
+        for event_type in ("job.run", "x.run", "y.run"):
+            bus.publish(event_type, name).get(timeout=WAIT)
+        bus.flush(WAIT)
+    data = sorted((e.origin, e.event_type) for e in got.wait())
+    assert data == sorted((n, t) for n in peers for t in ("x.run", "y.run"))
+    assert node(a).statistics().events_received - before == 8
+
+
+# -- a peer restarted again and again -------------------------------------------------------
+
+
+@pytest.fixture
+def children() -> Iterator[list[Node]]:
+    yield from reaped()
+
+
+@pytest.mark.slow
+def test_a_publisher_killed_and_restarted_in_place_and_elsewhere_loses_nothing(
+    tmp_path: Path, nodes: Callable[..., EventBus], children: list[Node]
+) -> None:
+    a = nodes("a", listen=ipc(tmp_path, "a"), **FAST)
+    got = Collector(250)
+    a.subscribe("job.*", got)
+    a.flush()
+    config = {"name": "p", "peers": [request_endpoint(a)], "path": str(tmp_path / "p")}
+    for n, place in enumerate(["p1", "p1", "p2", "p2", "p3"]):
+        p = Node(**config, listen=ipc(tmp_path, place), node=FAST)
+        children.append(p)
+        if n == 0:  # what a is owed starts once its subscription reached p
+            assert node(a).wait_for_peers(["p"], WAIT)
+        p.ask(f"publish job.run {n * 50} {n * 50 + 50} acked", "acked")
+        if n < 4:
+            p.kill()  # acknowledged: journaled, perhaps never sent
+    assert [e.data for e in got.wait()] == list(range(250))  # each once, in order
+    assert node(a).statistics().frames_dropped == 0
+    assert node(a).wait(lambda _: stream_sockets(a) == 1, WAIT)
+    p.close()
+
+
+# -- closing ----------------------------------------------------------------------------------
+
+
+def test_a_node_closes_while_streams_open_and_peers_come_and_go(
+    tmp_path: Path, nodes: Callable[..., EventBus], caplog: pytest.LogCaptureFixture
+) -> None:
+    a = nodes("a", listen=ipc(tmp_path, "a"), **FAST)
+    a.subscribe("job.*", lambda _: None)
+    flooding = threading.Thread(
+        target=hello_flood, args=(tmp_path, a, 100_000), kwargs={"closing": True}, daemon=True
+    )
+    peers = [nodes(n, listen=ipc(tmp_path, n), peers=(request_endpoint(a),)) for n in "bc"]
+    assert node(peers[0]).wait_for_peers(["a"], WAIT)
+    flooding.start()
+    peers[1].close(timeout=WAIT)  # a peer leaves, another comes, as a closes
+    nodes("b", listen=ipc(tmp_path, "b2"), peers=(request_endpoint(a),))
+    a.close(timeout=WAIT)
+    thread = node(a)._bridge._thread  # noqa: SLF001 - the I/O thread must have ended
+    assert thread is not None
+    thread.join(WAIT)
+    assert not thread.is_alive()
+    assert not [r for r in caplog.records if r.exc_info is not None]
+    flooding.join(WAIT)
