@@ -16,10 +16,12 @@ import pytest
 import zmq
 
 from actors import EventBus
-from actors._cluster.wire import HELLO, Request, encode_request
+from actors._cluster.stream_io import MAX_UNCONFIRMED_STREAMS
+from actors._cluster.wire import HEARTBEAT_TOPIC, HELLO, Request, encode_request
 from tests._cluster_support import WAIT, Collector, ipc, node, request_endpoint
 from tests._support import reaped
 from tests.test_cluster import Node
+from tests.test_cluster_identity import FakePeer, event
 
 FAST = {"heartbeat_interval": 0.05, "heartbeat_timeout": 0.5}
 
@@ -41,6 +43,26 @@ def on_io_thread(bus: EventBus, fn: Callable[[Any], Any]) -> Any:
 
 def stream_sockets(bus: EventBus) -> int:
     return int(on_io_thread(bus, lambda bridge: len(bridge._streams)))  # noqa: SLF001
+
+
+def a_heartbeats(bus: EventBus) -> Iterator[None]:
+    """Yield at each heartbeat ``bus`` publishes (a clock the test can wait on)."""
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    try:
+        sub = ctx.socket(zmq.SUB)
+        sub.linger = 0
+        sub.subscribe(HEARTBEAT_TOPIC)
+        sub.connect(bus.endpoints["publish"])
+        while True:
+            assert sub.poll(int(WAIT * 1000)), "no heartbeat"
+            sub.recv_multipart()
+            yield
+    finally:
+        ctx.destroy(0)
+
+
+def streams_waiting(bus: EventBus) -> int:
+    return int(on_io_thread(bus, lambda bridge: len(bridge._stream_queue)))  # noqa: SLF001
 
 
 def hello_flood(tmp_path: Path, bus: EventBus, count: int, *, closing: bool = False) -> None:
@@ -98,8 +120,41 @@ def test_a_hello_flood_past_the_socket_limit_leaves_old_and_new_peers_followed(
         ("d", "d"),
     ]
     assert node(a).statistics().frames_dropped == 0
-    # The sockets of streams never heard on are closed: the flood leaves none.
-    assert node(a).wait(lambda _: stream_sockets(a) == 3, WAIT)
+    # Once nothing waits for room, the flood leaves at most the sockets of
+    # the names last opened and never heard on (closed only when needed).
+    assert node(a).wait(lambda _: streams_waiting(a) == 0, WAIT)
+    assert stream_sockets(a) <= 3 + MAX_UNCONFIRMED_STREAMS
+
+
+def test_a_peer_silent_past_heartbeat_timeout_keeps_its_stream_while_nothing_waits(
+    tmp_path: Path, nodes: Callable[..., EventBus]
+) -> None:
+    a = nodes("a", listen=ipc(tmp_path, "a"), **FAST)
+    got = Collector(1)
+    a.subscribe("job.*", got)
+    a.flush()
+    fake = FakePeer("slow", ipc(tmp_path, "slow"), request_endpoint(a))
+    try:
+        silent_then_speaking(a, fake, got)
+    finally:
+        fake.close()
+
+
+def silent_then_speaking(a: EventBus, fake: FakePeer, got: Collector) -> None:
+    fake.hello()
+    # Not a word on its stream until a has declared it dead: a paused peer.
+    assert node(a).wait(lambda s: "slow" in s.peers_alive, WAIT)
+    assert node(a).wait(lambda s: "slow" not in s.peers_alive, WAIT)
+    # Twice ``heartbeat_timeout`` more, counted in a's own heartbeats: past any expiry.
+    beats = a_heartbeats(a)
+    for _ in range(1 + int(2 * FAST["heartbeat_timeout"] / FAST["heartbeat_interval"])):
+        next(beats)
+    beats.close()
+    fake.answer_sync("slow", epoch=1, head=1)
+    fake.heartbeat("slow", epoch=1, head=1, chains=[])
+    fake.data(b"job.", "slow", 1, [event("late", 1, "slow")])
+    assert [(e.origin, e.data) for e in got.wait()] == [("slow", "late")]
+    assert stream_sockets(a) == 1
 
 
 # -- what every stream socket subscribes ------------------------------------------------------

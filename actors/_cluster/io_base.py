@@ -108,8 +108,9 @@ class BridgeBase:
         # of those opened for unasked greetings, when each one's peer was not
         # yet heard on it; and the streams waiting for room to open.
         self._streams: dict[str, zmq.Socket[bytes]] = {}
-        self._unconfirmed: dict[str, float] = {}
+        self._unconfirmed: dict[str, tuple[float, str, bytes | None]] = {}  # opened, where, key
         self._unasked: set[str] = set()
+        self._requeued: set[str] = set()  # closed unheard once: the next time, forgotten
         self._stream_queue: dict[str, tuple[str, bytes | None, bool]] = {}
         self._poller = zmq.Poller()
         self._curve: Curve | None = None

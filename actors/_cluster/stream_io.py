@@ -261,7 +261,7 @@ class StreamIO(FlowIO):
         self._poller.register(sock, zmq.POLLIN)
         if not asked:
             self._unasked.add(name)
-            self._unconfirmed[name] = time.monotonic()
+            self._unconfirmed[name] = (time.monotonic(), endpoint, key)
         return True
 
     def _room_for_unasked(self) -> bool:
@@ -296,6 +296,7 @@ class StreamIO(FlowIO):
         self._stream_queue.pop(name, None)
         self._unconfirmed.pop(name, None)
         self._unasked.discard(name)
+        self._requeued.discard(name)
         sock = self._streams.pop(name, None)
         if sock is not None:
             self._poller.unregister(sock)
@@ -307,6 +308,7 @@ class StreamIO(FlowIO):
     def _stream_heard(self, sender: str) -> None:
         """``sender`` spoke on its own stream: its socket leaves the unconfirmed budget."""
         if self._unconfirmed.pop(sender, None) is not None:
+            self._requeued.discard(sender)
             self._open_queued()
 
     def _open_queued(self) -> None:
@@ -323,12 +325,30 @@ class StreamIO(FlowIO):
                 return
 
     def _expire_streams(self, now: float) -> None:
-        """Close unasked streams not heard on within ``heartbeat_timeout``; open queued ones."""
-        timeout = self._node.heartbeat_timeout
-        for name, opened in list(self._unconfirmed.items()):
-            if now - opened > timeout:
-                logger.info("bridge %s: %s was never heard on its stream: closed", self.name, name)
+        """While streams wait for room, give up those not heard on within ``heartbeat_timeout``.
+
+        Only then: a peer that is slow to speak (paused, overloaded) keeps
+        its stream while nobody needs the room, since a peer this node
+        follows does not greet it again.  A stream given up waits at the
+        back of the queue once; given up a second time, it is forgotten
+        until its name greets the node again.  Then open queued streams.
+        """
+        if self._stream_queue:
+            timeout = self._node.heartbeat_timeout
+            for name, (opened, endpoint, key) in list(self._unconfirmed.items()):
+                if now - opened <= timeout:
+                    continue
+                again = name not in self._requeued
                 self._close_stream(name)
+                if again:
+                    self._requeued.add(name)
+                    self._queue_stream(name, endpoint, key, asked=False)
+                logger.info(
+                    "bridge %s: %s was not heard on its stream: %s",
+                    self.name,
+                    name,
+                    "closed, queued again" if again else "closed",
+                )
         self._open_queued()
 
     def _subscribe_all(self, topic: bytes, *, subscribe: bool = True) -> None:
