@@ -157,6 +157,31 @@ def silent_then_speaking(a: EventBus, fake: FakePeer, got: Collector) -> None:
     assert stream_sockets(a) == 1
 
 
+@pytest.mark.parametrize("persistent", [False, True], ids=["plain", "journal"])
+def test_a_client_gone_for_long_is_forgotten_and_a_publisher_is_not(
+    tmp_path: Path, nodes: Callable[..., EventBus], persistent: bool
+) -> None:
+    beats = {"heartbeat_interval": 0.05, "heartbeat_timeout": 0.2}
+    a = nodes("a", listen=ipc(tmp_path, "a"), persistent=persistent, **beats)
+    got = Collector(1)
+    a.subscribe("job.*", got)
+    a.flush()
+    b = nodes("b", listen=ipc(tmp_path, "b"), peers=(request_endpoint(a),), **beats)
+    client = nodes("client", peers=(request_endpoint(a),), **beats)  # no listen: no stream
+    assert node(b).wait_for_peers(["a"], WAIT)
+    assert node(client).wait_for_peers(["a"], WAIT)
+    b.publish("job.run", "from b").get(timeout=WAIT)
+    assert [e.data for e in got.wait()] == ["from b"]
+    client.close(timeout=WAIT)
+    b.close(timeout=WAIT)
+
+    def known(bus: EventBus) -> set[str]:
+        return set(on_io_thread(bus, lambda bridge: set(bridge._peers)))  # noqa: SLF001
+
+    assert node(a).wait(lambda _: "client" not in known(a), WAIT)
+    assert "b" in known(a)  # followed, and its events were received: kept for its return
+
+
 # -- what every stream socket subscribes ------------------------------------------------------
 
 

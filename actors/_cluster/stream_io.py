@@ -54,6 +54,8 @@ MAX_UNASKED_STREAMS = 512
 """Stream sockets opened for unasked greetings (half of a context's 1,023 sockets)."""
 MAX_QUEUED_STREAMS = 256
 """Streams waiting for room to be followed (the oldest is dropped past it)."""
+FORGET_AFTER = 12
+"""A peer gone this many ``heartbeat_timeout``s, that left nothing to keep, is forgotten."""
 
 
 class WakeMailbox(FifoMailbox):
@@ -351,6 +353,39 @@ class StreamIO(FlowIO):
                 )
         self._open_queued()
 
+    def _forget_gone(self, now: float, after: float) -> None:
+        """Forget peers silent for ``after`` seconds that left nothing to keep.
+
+        Short-lived clients (a command-line ``pub``, ``query``, ``top``) greet
+        a node and go: a peer is forgotten if this node follows no stream of
+        it (nor waits to), does not greet it (no link), takes no credit from
+        it and never received an event of it (no watermark to keep for its
+        return).  It is a new peer if it greets again.
+        """
+        linked = {link.name for link in self._links}
+        receivers = self._flow.receivers
+        origins = self._in.origins
+        for name, peer in list(self._peers.items()):
+            if peer.alive or now - peer.last_seen <= after:
+                continue
+            if peer.stream is not None or peer.candidate_stream is not None or name in linked:
+                continue
+            if name in receivers or name in self._stream_queue or name in self._parked:
+                continue
+            st = origins.get(name)
+            if st is not None and not (
+                st.epoch is None
+                and st.watermark is None
+                and not st.loading
+                and not st.known
+                and not st.held
+                and not st.pending
+            ):
+                continue
+            del self._peers[name]
+            origins.pop(name, None)
+            logger.info("bridge %s: forgot %s (gone for %.0f s)", self.name, name, after)
+
     def _subscribe_all(self, topic: bytes, *, subscribe: bool = True) -> None:
         for sock in (self._sub, *self._streams.values()):
             if subscribe:
@@ -545,5 +580,6 @@ class StreamIO(FlowIO):
                     (endpoint, key), peer.candidate_stream = peer.candidate_stream, None
                     self._connect_stream(peer.name, endpoint, key)
         self._expire_streams(now)
+        self._forget_gone(now, FORGET_AFTER * timeout)
         self._deliver(self._in.expire_syncs(now, timeout))
         self._credit_tick(now)
