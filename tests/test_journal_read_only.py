@@ -165,9 +165,11 @@ def test_a_journal_named_by_a_relative_path_opens_read_only_and_is_not_repaired(
     before = state(journal)
     with EventBus(EventConfig(persistence_path=journal.name, read_only=True)) as bus:
         assert [e.data for e in bus.query(EventQuery())] == [{"i": 0}, {"i": 1}, {"i": 2}]
+    assert state(journal) == before
+    # repair opens writable (RocksDB may write its log into a table): what
+    # matters is that it finds nothing to repair.
     report = repair(journal.name)
     assert (report.repaired, report.lost, report.last_sequence) == (False, 0, 3)
-    assert state(journal) == before
     cli = [sys.executable, "-m", "actors", "query", "--journal", journal.name, "--json"]
     out = subprocess.run(cli, capture_output=True, text=True, timeout=120, check=True).stdout
     assert out.count('"ro.event"') == 3
