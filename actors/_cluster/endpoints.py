@@ -61,7 +61,8 @@ class Peer:
 
     name: str
     alive: bool = False
-    last_seen: float = 0.0
+    last_seen: float = 0.0  # on its stream or in a greeting: what ``alive`` is
+    last_heard: float = 0.0  # anything from it, its credit and requests too (``_forget_gone``)
     route: Any = None  # (socket, identity or None) to send it requests directly
     stream: str | None = None  # the endpoint our SUB connected to for its events
     candidate: Any = None  # a newer route from a HELLO, tried when ``route`` stops answering

@@ -246,6 +246,12 @@ class FlowIO(BridgeBase):
 
     # -- receiver: granting ------------------------------------------------------------
 
+    def _forget_flow(self, name: str) -> None:
+        """Drop what was granted to the forgotten peer ``name`` (``StreamIO._forget_gone``)."""
+        self._granted.pop(name, None)
+        self._epochs.pop(name, None)
+        self._acked.pop(name, None)
+
     def _probe(self) -> None:
         """Ask the bus to say once what was injected so far is handled (one at a time)."""
         if self._probing or self._stopping:

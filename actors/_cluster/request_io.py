@@ -21,7 +21,7 @@ from typing import Any
 import zmq
 
 from actors._cluster.bridge_io import Piece, fit_answer, query_from_json, serve_recover
-from actors._cluster.endpoints import Link, reachable
+from actors._cluster.endpoints import Link, Peer, reachable
 from actors._cluster.io_base import BridgeBase, Route
 from actors._cluster.stream_io import RECV_BURST
 from actors._cluster.wire import (
@@ -130,6 +130,7 @@ class RequestIO(BridgeBase):
                 message.sender,
             )
             return
+        self._heard_from(message.sender, route, link)
         if kind == HELLO:
             self._send(route, self._hello_request(WELCOME, message.sender, message.rid))
         elif kind == CREDIT:
@@ -144,6 +145,21 @@ class RequestIO(BridgeBase):
             waiting = self._waiting.pop(message.rid, None)
             if waiting is not None:
                 waiting[0](message)
+
+    def _heard_from(self, sender: str, route: Route, link: Link | None) -> None:
+        """``sender`` spoke (its credit, a request): it lives, if heard on no stream.
+
+        A node without ``listen`` has no stream to be heard on.  Forgotten
+        while it was paused, it may come back without greeting this node
+        again (its link never saw this node die): its route is learnt from
+        what it sends, so requests to it (``publish_remote``) reach it again.
+        """
+        peer = self._peers.get(sender)
+        if peer is None:
+            if link is not None or not sender or sender == self.name:
+                return
+            peer = self._peers[sender] = Peer(sender, route=route)
+        peer.last_heard = time.monotonic()
 
     def _identity_fault(self, sender: str, body: dict[str, Any], key: bytes | None) -> str | None:
         """Return why a HELLO/WELCOME from ``sender`` is refused, or None."""

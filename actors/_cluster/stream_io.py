@@ -286,6 +286,7 @@ class StreamIO(FlowIO):
         if len(self._stream_queue) > MAX_QUEUED_STREAMS:
             dropped = next(iter(self._stream_queue))
             del self._stream_queue[dropped]
+            self._requeued.discard(dropped)
             logger.warning(
                 "bridge %s: too many streams wait to be followed: dropped %s's (until it greets "
                 "this node again)",
@@ -360,17 +361,20 @@ class StreamIO(FlowIO):
         a node and go: a peer is forgotten if this node follows no stream of
         it (nor waits to), does not greet it (no link), takes no credit from
         it and never received an event of it (no watermark to keep for its
-        return).  It is a new peer if it greets again.
+        return, no recovery of it parked: ``st.pending``).  Silent means not
+        heard at all: a node without ``listen`` has no stream, but its credit
+        and requests say it lives (a request to it goes on its route).  It is
+        a new peer if it greets again.
         """
         linked = {link.name for link in self._links}
         receivers = self._flow.receivers
         origins = self._in.origins
         for name, peer in list(self._peers.items()):
-            if peer.alive or now - peer.last_seen <= after:
+            if peer.alive or now - max(peer.last_seen, peer.last_heard) <= after:
                 continue
             if peer.stream is not None or peer.candidate_stream is not None or name in linked:
                 continue
-            if name in receivers or name in self._stream_queue or name in self._parked:
+            if name in receivers or name in self._stream_queue:
                 continue
             st = origins.get(name)
             if st is not None and not (
@@ -384,6 +388,8 @@ class StreamIO(FlowIO):
                 continue
             del self._peers[name]
             origins.pop(name, None)
+            self._requeued.discard(name)
+            self._forget_flow(name)
             logger.info("bridge %s: forgot %s (gone for %.0f s)", self.name, name, after)
 
     def _subscribe_all(self, topic: bytes, *, subscribe: bool = True) -> None:
