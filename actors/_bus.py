@@ -486,8 +486,8 @@ class EventBus(RequestReply):
                 logger.warning("close(): flush timed out after %ss; stopping anyway", timeout)
         # Callers still waiting for replies: none will come.
         self._requests.requester.table.fail_all(BusClosedError("the bus was closed"))
-        if inside:  # the caller's own thread may be needed: wait for nothing
-            return self._stop_actors(Deadline(0), grace=0.0, wait=False)
+        if inside:  # the caller's own thread may be needed: another thread waits
+            return self._stop_actors(deadline, wait=False)
         try:
             return self._stop_actors(deadline)
         finally:

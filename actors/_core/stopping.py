@@ -5,13 +5,20 @@ final records reach it (the journal closes its storage).  Handlers get until
 the deadline; the bus's own actors run no user code, so they get a short
 grace beyond it.  A thread stuck in a handler is never joined past the
 deadline: it is a daemon thread, abandoned, and its subscription is reported.
+A caller that cannot wait (``close`` inside a handler, whose own thread may be
+needed) leaves the stopping to a thread of its own, which waits as ``close``
+would: the router always stops, so its stop listeners and the flushes still
+waiting hear of it, and only then do the dispatchers go.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import threading
 from collections.abc import Callable
 
+from actors._core.subscriber import SubscriberActor
 from actors._core.wiring import Core
 from actors._model.metrics import SubscriptionStatistics
 from actors._runtime.dispatcher import DispatchedActor
@@ -40,18 +47,41 @@ def stop_actors(
     ]
     for actor in subs:
         actor.abandoned = True  # nothing more is handled once close gives up
+    stop = functools.partial(
+        _stop, core, subs, unfinished, system, deadline, grace, bridge_close, journal
+    )
+    if wait:
+        stop()
+    else:
+        # Stopping without waiting would race the dispatchers' shutdown: an
+        # actor scheduled after it (the router, busy with ``Closing``) never
+        # runs its stop.  A thread of its own waits instead of the caller.
+        threading.Thread(target=stop, name="bus-close", daemon=True).start()
+    return tuple(unfinished)
+
+
+def _stop(  # noqa: PLR0917 - stop_actors' arguments, passed on
+    core: Core,
+    subs: list[SubscriberActor],
+    unfinished: list[SubscriptionStatistics],
+    system: Scheduler,
+    deadline: Deadline,
+    grace: float,
+    bridge_close: Callable[[float | None], None] | None,
+    journal: DispatchedActor | None,
+) -> None:
     own_deadline = deadline.extended(grace)
     if bridge_close is not None:
         bridge_close(own_deadline.remaining())
     told = send_stop(a.actor_ref for a in subs)
-    late = wait_stopped(send_stop(core.refs()), own_deadline) if wait else []
+    late = wait_stopped(send_stop(core.refs()), own_deadline)
     if journal is not None:
         own = send_stop([journal.actor_ref])
-        late += wait_stopped(own, own_deadline) if wait else []
+        late += wait_stopped(own, own_deadline)
         journal.actor_dispatcher.shutdown(own_deadline.remaining())
     for ref in late:
         logger.warning("close(): %s did not stop in time; abandoned", ref)
-    running = {ref.actor_urn for ref in (wait_stopped(told, deadline) if wait else [])}
+    running = {ref.actor_urn for ref in wait_stopped(told, deadline)}
     for actor in subs:
         if actor.actor_dispatcher is not core.dispatcher:
             actor.actor_dispatcher.shutdown(deadline.remaining())
@@ -71,7 +101,6 @@ def stop_actors(
             stats.in_flight,
             _fate(still=still, in_flight=stats.in_flight),
         )
-    return tuple(unfinished)
 
 
 def _fate(*, still: bool, in_flight: int) -> str:

@@ -1,0 +1,101 @@
+"""AsyncEventBus when a handler closes its bus.
+
+A ``close`` made inside a handler stops the bus without waiting, yet the
+router still stops, so streams end and waiting coroutines raise
+``BusClosedError`` as after any close.  Every wait is bounded by ``GUARD``, a
+hang guard whose expiry fails the test, never a measure of speed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from actors import AsyncEventBus, BusClosedError, Event, EventBus, EventStream
+
+GUARD = 30.0
+
+
+def run(test: Callable[[], Awaitable[Any]]) -> Any:
+    return asyncio.run(asyncio.wait_for(test(), 2 * GUARD))
+
+
+async def read_all(stream: EventStream) -> list[Any]:
+    return [event.data async for event in stream]
+
+
+# -- close inside a handler -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["sync-close", "aclose"])
+def test_closing_inside_an_async_handler_ends_every_stream_and_fails_a_waiting_flush(
+    how: str,
+) -> None:
+    async def main() -> None:
+        bus = AsyncEventBus()
+        own = bus.stream("s.*")
+        other = AsyncEventBus(bus=bus.sync).stream("s.*")
+        gate = threading.Event()
+        loop = asyncio.get_running_loop()
+        inside = asyncio.Event()
+
+        def held(_: Event) -> None:
+            loop.call_soon_threadsafe(inside.set)
+            gate.wait(3 * GUARD)  # only the test opens it
+
+        async def close_here(_: Event) -> None:
+            if how == "aclose":
+                await bus.aclose(timeout=0)
+            else:
+                bus.sync.close(timeout=0)
+
+        await bus.subscribe("held.x", held)
+        await bus.subscribe("close.now", close_here)
+        for i in range(3):
+            await bus.publish("s.a", i)
+        await bus.flush(GUARD)  # the streams hold 0-2
+        await bus.publish("held.x")
+        await inside.wait()
+        try:
+            flush = asyncio.create_task(bus.flush())  # waits for the held handler
+            await bus.publish("close.now")
+            with pytest.raises(BusClosedError):
+                await asyncio.wait_for(flush, GUARD)
+            assert await asyncio.wait_for(read_all(own), GUARD) == [0, 1, 2]
+            assert await asyncio.wait_for(read_all(other), GUARD) == [0, 1, 2]
+        finally:
+            gate.set()
+
+    run(main)
+
+
+def test_closing_inside_a_sync_handler_ends_the_stream_of_a_loop_thread() -> None:
+    bus = EventBus()
+    ready = threading.Event()
+    outcome: list[Any] = []
+
+    def loop_thread() -> None:
+        async def consume() -> list[Any]:
+            stream = AsyncEventBus(bus=bus).stream("s.*")
+            ready.set()
+            return await read_all(stream)
+
+        try:
+            outcome.append(asyncio.run(asyncio.wait_for(consume(), GUARD)))
+        except BaseException as exc:  # the test thread reports it
+            outcome.append(exc)
+
+    thread = threading.Thread(target=loop_thread)
+    thread.start()
+    assert ready.wait(GUARD)
+    for i in range(3):
+        bus.publish("s.a", i)
+    bus.flush(GUARD)
+    bus.subscribe("close.now", lambda _: bus.close())
+    bus.publish("close.now")
+    thread.join(2 * GUARD)
+    assert outcome == [[0, 1, 2]]
