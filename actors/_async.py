@@ -14,7 +14,7 @@ stopping the actors in ``aclose``, and the remote part of
 
 However the bus closes (``aclose``, or ``sync.close()`` from synchronous
 code), its open streams end and the coroutines still awaiting it raise
-``BusClosedError``: the router tells ``_Holds`` once it has stopped.
+``BusClosedError``: the router tells their ``Holds`` (``_async_holds``) once it has stopped.
 """
 
 from __future__ import annotations
@@ -23,13 +23,13 @@ import asyncio
 import contextlib
 import contextvars
 import functools
-import threading
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from types import TracebackType
 from typing import Any, TypeVar
 
+from actors._async_holds import fail_closed, holds_of
 from actors._bus import EventBus
 from actors._core.messages import CorrelatedEvents
 from actors._core.requests import reply_result, timeout_error
@@ -100,57 +100,6 @@ def _pass_on(outcome: BusFuture[T]) -> Callable[[BusFuture[T]], None]:
     return transfer
 
 
-def _fail_closed(waiting: asyncio.Future[Any]) -> None:
-    if not waiting.done():
-        waiting.set_exception(BusClosedError("the bus was closed"))
-
-
-class _Holds:
-    """What the async side holds open on one bus: its streams and awaited futures.
-
-    Each entry is added and discarded on its own loop, with what ends it
-    there.  The router calls ``stopped`` once, on its thread, when it has
-    stopped (the bus closed, whichever way); every entry is then ended on
-    its loop (``call_soon_threadsafe``), and one added later at once.  One
-    lock guards the entries and the flag: the loops and the router's
-    thread both reach them.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._entries: dict[object, tuple[asyncio.AbstractEventLoop, Callable[[], None]]] = {}
-        self._stopped = False
-
-    def add(self, key: object, end: Callable[[], None]) -> None:
-        """Hold ``key`` until discarded; ``end`` is called on this loop if the bus stops first."""
-        loop = asyncio.get_running_loop()
-        with self._lock:
-            if not self._stopped:
-                self._entries[key] = (loop, end)
-                return
-        end()
-
-    def discard(self, key: object) -> None:
-        with self._lock:
-            self._entries.pop(key, None)
-
-    def streams(self) -> list[tuple[asyncio.AbstractEventLoop, EventStream]]:
-        """Return the open streams, each with its loop."""
-        with self._lock:
-            return [
-                (loop, k) for k, (loop, _) in self._entries.items() if isinstance(k, EventStream)
-            ]
-
-    def stopped(self) -> None:
-        """End every entry on its own loop (the router's thread, once it has stopped)."""
-        with self._lock:
-            self._stopped = True
-            entries, self._entries = list(self._entries.values()), {}
-        for loop, end in entries:
-            with contextlib.suppress(RuntimeError):  # its loop is closed: nobody waits there
-                loop.call_soon_threadsafe(end)
-
-
 class AsyncEventBus:
     """The asyncio face of ``EventBus``: ``await bus.publish(...)`` and friends.
 
@@ -164,10 +113,7 @@ class AsyncEventBus:
         checks.check_async_bus(config, bus, EventBus)
         self.sync = bus if bus is not None else EventBus(config)
         # Open streams and awaited futures, ended once the router has stopped.
-        self._holds = _Holds()
-        self.sync.core.router.stop_listeners.append(self._holds.stopped)
-        if self.sync.closed:  # the router may have stopped before the append
-            self._holds.stopped()
+        self._holds = holds_of(self.sync.core.router)
 
     @property
     def config(self) -> EventConfig:
@@ -326,7 +272,7 @@ class AsyncEventBus:
         ``FutureTimeoutError`` after ``timeout``.
         """
         waiting = wrap_future(future)
-        self._holds.add(waiting, functools.partial(_fail_closed, waiting))
+        self._holds.add(waiting, functools.partial(fail_closed, waiting))
         try:
             return await asyncio.wait_for(waiting, timeout)
         except TimeoutError:
@@ -349,7 +295,7 @@ class AsyncEventBus:
         """
         checks.check_timeout("timeout", timeout)
         here = asyncio.get_running_loop()
-        streams = self._holds.streams()
+        streams = self._holds.held(EventStream)
         for loop, stream in streams:
             if loop is here:
                 stream._end()  # noqa: SLF001 - the bus's own streams

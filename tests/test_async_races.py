@@ -1,5 +1,8 @@
-"""AsyncEventBus when a handler closes its bus.
+"""AsyncEventBus when several wrappers share one bus, and when a handler closes it.
 
+Every ``AsyncEventBus(bus=...)`` over one ``EventBus`` shares what it holds
+open with the others: ``aclose`` on any of them ends every stream of the bus,
+and wrapping the bus again and again adds nothing that outlives the wrapper.
 A ``close`` made inside a handler stops the bus without waiting, yet the
 router still stops, so streams end and waiting coroutines raise
 ``BusClosedError`` as after any close.  Every wait is bounded by ``GUARD``, a
@@ -15,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from actors import AsyncEventBus, BusClosedError, Event, EventBus, EventStream
+from actors import AsyncEventBus, BusClosedError, Event, EventBus, EventStream, OverflowStrategy
 
 GUARD = 30.0
 
@@ -26,6 +29,38 @@ def run(test: Callable[[], Awaitable[Any]]) -> Any:
 
 async def read_all(stream: EventStream) -> list[Any]:
     return [event.data async for event in stream]
+
+
+# -- wrappers sharing one bus ------------------------------------------------------------------
+
+
+def test_wrapping_one_bus_many_times_adds_one_stop_listener_in_all() -> None:
+    async def main() -> None:
+        bus = EventBus()
+        listeners = bus.core.router.stop_listeners
+        AsyncEventBus(bus=bus)
+        before = len(listeners)
+        for _ in range(1000):
+            stream = AsyncEventBus(bus=bus).stream("s.*")
+            await stream.aclose()
+        assert len(listeners) == before
+        await AsyncEventBus(bus=bus).aclose()
+
+    run(main)
+
+
+def test_aclose_ends_a_stream_opened_through_another_wrapper_that_sets_the_pace() -> None:
+    async def main() -> None:
+        bus = EventBus()
+        closer, reader = AsyncEventBus(bus=bus), AsyncEventBus(bus=bus)
+        # Nobody reads it: BLOCK makes it hold up a flush that waits for it.
+        stream = reader.stream("s.*", overflow=OverflowStrategy.BLOCK, capacity=2)
+        for i in range(5):
+            await closer.publish("s.a", i)
+        await asyncio.wait_for(closer.aclose(), GUARD)
+        assert await asyncio.wait_for(read_all(stream), GUARD) == list(range(5))
+
+    run(main)
 
 
 # -- close inside a handler -------------------------------------------------------------------

@@ -26,6 +26,7 @@ LAYERS: dict[str, int] = {
     "actors._cluster": 4,
     "actors._metrics_http": 4,
     "actors._bus_requests": 4,
+    "actors._async_holds": 4,
     "actors._bus": 5,
     "actors._async": 6,
     "actors": 7,
