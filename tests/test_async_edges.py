@@ -8,8 +8,10 @@ runs (and finds the call still pending) while the call waits for room.
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 import uuid
+import warnings
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -19,6 +21,7 @@ from actors import (
     AsyncEventBus,
     BackpressureError,
     Event,
+    EventBus,
     EventConfig,
     OverflowStrategy,
     RequestTimeoutError,
@@ -249,3 +252,25 @@ def test_block_stream_paces_publishers_until_the_bus_closes() -> None:
         assert stream.dropped == 0
 
     run(main)
+
+
+def test_an_async_handler_whose_loop_closed_gives_its_events_up_without_a_warning() -> None:
+    bus = EventBus(EventConfig(handler_retries=0))
+    try:
+
+        async def subscribe() -> None:
+            async def handler(event: Event) -> None:
+                raise AssertionError("never runs: its loop is closed")
+
+            bus.subscribe("x.*", handler)
+
+        asyncio.run(subscribe())  # the handler's loop is closed when this returns
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            bus.publish("x.a", 1).get(timeout=30)
+            bus.flush(timeout=30)
+            gc.collect()  # a coroutine never awaited is reported when it is collected
+        assert [d.event.data for d in bus.dead_letters()] == [1]
+        assert not [w for w in caught if "never awaited" in str(w.message)]
+    finally:
+        bus.close(timeout=30)

@@ -216,9 +216,11 @@ class SubscriberActor(HandlerRuns, DispatchedActor):
         if self._async_handler is not None:
             self._inflight = True
             assert self._loop is not None
+            run = self._run_async(batch, history)
             try:
-                fut = asyncio.run_coroutine_threadsafe(self._run_async(batch, history), self._loop)
+                fut = asyncio.run_coroutine_threadsafe(run, self._loop)
             except RuntimeError:  # the loop is closed: nothing can run these
+                run.close()  # never started: closed, so it is not reported as never awaited
                 self._inflight = False
                 self._give_up(batch, RuntimeError("the handler's event loop is closed"), history)
                 return
