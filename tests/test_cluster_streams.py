@@ -106,7 +106,9 @@ def test_a_hello_flood_past_the_socket_limit_leaves_old_and_new_peers_followed(
     c = nodes("c", listen=ipc(tmp_path, "c"), peers=(request_endpoint(a),), **FAST)
     d = nodes("d", listen=ipc(tmp_path, "d"), **FAST)
     assert node(c).wait_for_peers(["a"], WAIT)
-    assert node(a).wait(lambda s: {"c", "d"} <= set(s.synced_peers), WAIT)
+    # c waits behind up to 256 queued names, 64 each heartbeat_timeout: give a
+    # loaded machine room.
+    assert node(a).wait(lambda s: {"c", "d"} <= set(s.synced_peers), 4 * WAIT)
     b.publish("job.run", "b-after").get(timeout=WAIT)
     c.publish("job.run", "c").get(timeout=WAIT)
     d.publish("job.run", "d").get(timeout=WAIT)
@@ -223,13 +225,17 @@ def children() -> Iterator[list[Node]]:
 def test_a_publisher_killed_and_restarted_in_place_and_elsewhere_loses_nothing(
     tmp_path: Path, nodes: Callable[..., EventBus], children: list[Node]
 ) -> None:
-    a = nodes("a", listen=ipc(tmp_path, "a"), **FAST)
+    # Restarts come faster than heartbeat_timeout here; a recovery asked of an
+    # incarnation still starting gets 4 tries, 2 x heartbeat_timeout apart,
+    # so the timeout leaves a loaded machine room to start one.
+    beats = {"heartbeat_interval": 0.1, "heartbeat_timeout": 2.0}
+    a = nodes("a", listen=ipc(tmp_path, "a"), **beats)
     got = Collector(250)
     a.subscribe("job.*", got)
     a.flush()
     config = {"name": "p", "peers": [request_endpoint(a)], "path": str(tmp_path / "p")}
     for n, place in enumerate(["p1", "p1", "p2", "p2", "p3"]):
-        p = Node(**config, listen=ipc(tmp_path, place), node=FAST)
+        p = Node(**config, listen=ipc(tmp_path, place), node=beats)
         children.append(p)
         if n == 0:  # what a is owed starts once its subscription reached p
             assert node(a).wait_for_peers(["p"], WAIT)

@@ -333,16 +333,24 @@ class StreamIO(FlowIO):
         Only then: a peer that is slow to speak (paused, overloaded) keeps
         its stream while nobody needs the room, since a peer this node
         follows does not greet it again.  A stream given up waits at the
-        back of the queue once; given up a second time, it is forgotten
-        until its name greets the node again.  Then open queued streams.
+        back of the queue once, if the queue has room (it never pushes out a
+        stream that waits); given up a second time, it is forgotten until
+        its name greets the node again.  Then open queued streams.
         """
         if self._stream_queue:
             timeout = self._node.heartbeat_timeout
-            for name, (opened, endpoint, key) in list(self._unconfirmed.items()):
-                if now - opened <= timeout:
-                    continue
-                again = name not in self._requeued
+            expired = [
+                (name, endpoint, key, name not in self._requeued)
+                for name, (opened, endpoint, key) in self._unconfirmed.items()
+                if now - opened > timeout
+            ]
+            for name, _, _, _ in expired:
                 self._close_stream(name)
+            self._open_queued()  # those already waiting take the room first
+            for name, endpoint, key, first in expired:
+                # Queued again behind them, only where the queue has room: it
+                # never pushes out a stream that waits.
+                again = first and len(self._stream_queue) < MAX_QUEUED_STREAMS
                 if again:
                     self._requeued.add(name)
                     self._queue_stream(name, endpoint, key, asked=False)
