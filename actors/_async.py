@@ -468,7 +468,7 @@ class EventStream(AsyncIterator[Event]):
         self._ending = False  # the bus is closing: puts stop waiting for room
         self._closed = False  # nothing more comes in
         self._on_close = on_close
-        self.dropped = 0  # events this stream dropped for want of room (DROP_* only)
+        self._dropped = 0  # events ``_put`` dropped for want of room (DROP_* only)
         self.subscription = bus.subscribe(
             pattern,
             self._put,
@@ -482,11 +482,11 @@ class EventStream(AsyncIterator[Event]):
         unread = self._unread
         while len(unread) >= self._capacity and not (self._closed or self._ending):
             if self._drop is OverflowStrategy.DROP_NEWEST:
-                self.dropped += 1
+                self._dropped += 1
                 return
             if self._drop is OverflowStrategy.DROP_OLDEST:
                 unread.popleft()
-                self.dropped += 1
+                self._dropped += 1
                 break
             self._room.clear()
             await self._room.wait()
@@ -494,6 +494,16 @@ class EventStream(AsyncIterator[Event]):
             return
         unread.append(event)
         self._readable.set()
+
+    @property
+    def dropped(self) -> int:
+        """Events this stream lost: those it dropped, and those its mailbox dropped.
+
+        A full stream drops by its overflow; while its loop is too busy to
+        take events, its subscription's mailbox (of the same capacity) may
+        drop some first (those count in the subscription's statistics too).
+        """
+        return self._dropped + self.subscription.statistics().dropped
 
     def __aiter__(self) -> EventStream:
         return self

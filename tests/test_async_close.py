@@ -27,6 +27,7 @@ from actors import (
     EventStream,
     OverflowStrategy,
 )
+from tests._support import wait_for
 
 GUARD = 30.0
 
@@ -240,5 +241,26 @@ def test_a_publish_waiting_for_room_when_the_sync_bus_closes_raises_bus_closed()
                 await asyncio.wait_for(publish, GUARD)
         finally:
             gate.set()
+
+    run(main)
+
+
+def test_a_stream_counts_what_its_mailbox_dropped_while_its_loop_was_busy() -> None:
+    async def main() -> None:
+        bus = AsyncEventBus()
+        stream = bus.stream("t.*", capacity=5)
+        sub = stream.subscription
+        # The loop is held (a blocking wait on it) until all 12 events have
+        # reached the subscription: its mailbox drops what it has no room for.
+        for i in range(12):
+            bus.sync.publish("t.a", i)
+        assert wait_for(lambda: sub.statistics().accepted == 12, GUARD)
+        assert sub.statistics().dropped > 0
+        await bus.flush(GUARD)
+        await bus.aclose()
+        rest = await asyncio.wait_for(read_all(stream), GUARD)
+        assert len(rest) == 5
+        assert rest == sorted(rest)
+        assert stream.dropped == 12 - 5  # every event the reader lost, whichever layer
 
     run(main)
