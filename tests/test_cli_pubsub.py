@@ -195,10 +195,10 @@ def test_the_readers_ask_a_running_node(hub: str, feeder: EventBus) -> None:
 
 
 def test_a_silent_endpoint_is_one_line_saying_so() -> None:
-    with socket.socket() as probe:
+    with socket.socket() as probe:  # held bound, never listening: no one else can serve there
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    result = cli("pub", "a.b", "--peer", f"tcp://127.0.0.1:{port}", "--timeout", "1")
+        result = cli("pub", "a.b", "--peer", f"tcp://127.0.0.1:{port}", "--timeout", "1")
     assert result.returncode == 1
     assert result.stderr.splitlines() == [
         f"Error: no node answered at tcp://127.0.0.1:{port} within 1 s (is a node serving "
