@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from actors import AsyncEventBus, BusClosedError, Event, EventBus, EventStream, OverflowStrategy
+from tests.test_async_close import hold_a_handler
 
 GUARD = 30.0
 
@@ -74,13 +75,6 @@ def test_closing_inside_an_async_handler_ends_every_stream_and_fails_a_waiting_f
         bus = AsyncEventBus()
         own = bus.stream("s.*")
         other = AsyncEventBus(bus=bus.sync).stream("s.*")
-        gate = threading.Event()
-        loop = asyncio.get_running_loop()
-        inside = asyncio.Event()
-
-        def held(_: Event) -> None:
-            loop.call_soon_threadsafe(inside.set)
-            gate.wait(3 * GUARD)  # only the test opens it
 
         async def close_here(_: Event) -> None:
             if how == "aclose":
@@ -88,13 +82,11 @@ def test_closing_inside_an_async_handler_ends_every_stream_and_fails_a_waiting_f
             else:
                 bus.sync.close(timeout=0)
 
-        await bus.subscribe("held.x", held)
         await bus.subscribe("close.now", close_here)
         for i in range(3):
             await bus.publish("s.a", i)
         await bus.flush(GUARD)  # the streams hold 0-2
-        await bus.publish("held.x")
-        await inside.wait()
+        gate = await hold_a_handler(bus)
         try:
             flush = asyncio.create_task(bus.flush())  # waits for the held handler
             await bus.publish("close.now")

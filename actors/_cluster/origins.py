@@ -55,6 +55,17 @@ class OriginState:
     unsent: RecoverRequest | None = None
     discarded: tuple[int, int] | None = None
 
+    def untouched(self) -> bool:
+        """Return whether nothing was ever received of this origin (nothing to keep for it)."""
+        return (
+            self.epoch is None
+            and self.watermark is None
+            and not self.loading
+            and not self.known
+            and not self.held
+            and not self.pending
+        )
+
     def unhandled(self) -> int:
         """Return how many events given to the bus are not known handled yet."""
         return self.delivered - self.handled

@@ -385,14 +385,7 @@ class StreamIO(FlowIO):
             if name in receivers or name in self._stream_queue:
                 continue
             st = origins.get(name)
-            if st is not None and not (
-                st.epoch is None
-                and st.watermark is None
-                and not st.loading
-                and not st.known
-                and not st.held
-                and not st.pending
-            ):
+            if st is not None and not st.untouched():
                 continue
             del self._peers[name]
             origins.pop(name, None)
