@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import zmq
 
-from actors import EventBus
+from actors import EventBus, EventQuery
 from actors._cluster.stream_io import MAX_UNCONFIRMED_STREAMS
 from actors._cluster.wire import HEARTBEAT_TOPIC, HELLO, Request, encode_request
 from tests._cluster_support import WAIT, Collector, ipc, node, request_endpoint
@@ -225,10 +225,8 @@ def children() -> Iterator[list[Node]]:
 def test_a_publisher_killed_and_restarted_in_place_and_elsewhere_loses_nothing(
     tmp_path: Path, nodes: Callable[..., EventBus], children: list[Node]
 ) -> None:
-    # Restarts come faster than heartbeat_timeout here; a recovery asked of an
-    # incarnation still starting gets 4 tries, 2 x heartbeat_timeout apart,
-    # so the timeout leaves a loaded machine room to start one.
-    beats = {"heartbeat_interval": 0.1, "heartbeat_timeout": 2.0}
+    # Each incarnation may come before or after a declared the last one dead.
+    beats = FAST
     a = nodes("a", listen=ipc(tmp_path, "a"), **beats)
     got = Collector(250)
     a.subscribe("job.*", got)
@@ -245,6 +243,30 @@ def test_a_publisher_killed_and_restarted_in_place_and_elsewhere_loses_nothing(
     assert [e.data for e in got.wait()] == list(range(250))  # each once, in order
     assert node(a).statistics().frames_dropped == 0
     assert node(a).wait(lambda _: stream_sockets(a) == 1, WAIT)
+    p.close()
+
+
+@pytest.mark.slow
+def test_a_peer_declared_dead_then_restarted_is_asked_over_its_new_connection(
+    tmp_path: Path, nodes: Callable[..., EventBus], children: list[Node]
+) -> None:
+    # Requests to a peer (recovery, queries, publish_remote) go over the
+    # connection it greeted on; a restarted node greets on a new one.  Once
+    # its old incarnation was declared dead, the new greeting must take over,
+    # or every request (a recovery of what the old one acknowledged) is lost.
+    a = nodes("a", listen=ipc(tmp_path, "a"), **FAST)
+    config = {"name": "p", "peers": [request_endpoint(a)], "path": str(tmp_path / "p")}
+    p = Node(**config, listen=ipc(tmp_path, "p"), node=FAST)
+    children.append(p)
+    assert node(a).wait_for_peers(["p"], WAIT)
+    p.ask("publish job.run 0 3 acked", "acked")
+    p.kill()
+    assert node(a).wait(lambda s: "p" not in s.peers_alive, WAIT)
+    p = Node(**config, listen=ipc(tmp_path, "p"), node=FAST)
+    children.append(p)
+    assert node(a).wait(lambda s: "p" in s.peers_alive, WAIT)
+    found = a.query(EventQuery(event_types=("job.*",)), node="p", timeout=WAIT)
+    assert [e.data for e in found] == [0, 1, 2]
     p.close()
 
 

@@ -209,10 +209,14 @@ class RequestIO(BridgeBase):
             if isinstance(pub, str) and reachable(pub, via) != peer.stream:
                 peer.candidate_stream = (reachable(pub, via), key or _key(body))
             return
+        # A peer declared dead (or never heard) takes the route it greets on: a
+        # restarted node's request socket is a new connection.  Asked before
+        # ``_seen``, which declares it alive.
+        repoint = peer is None or peer.route is None or not peer.alive
         self._seen(sender, time.monotonic())
         peer = self._peers[sender]
-        if link is not None or peer.route is None or not peer.alive:
-            peer.route = route
+        if link is not None or repoint:
+            peer.route, peer.candidate = route, None
         pub = body.get("pub")
         if isinstance(pub, str):
             stream_key = key or _key(body)
