@@ -270,6 +270,28 @@ def test_a_peer_declared_dead_then_restarted_is_asked_over_its_new_connection(
     p.close()
 
 
+@pytest.mark.slow
+def test_a_node_without_a_stream_restarted_before_declared_dead_is_asked_over_its_new_connection(
+    tmp_path: Path, nodes: Callable[..., EventBus], children: list[Node]
+) -> None:
+    # A node without listen is heard only on its request connection; restarted
+    # within heartbeat_timeout, its old route is kept (a greeting is not
+    # authenticated) and the new one taken once the old connection is gone.
+    slow = {"heartbeat_interval": 0.05, "heartbeat_timeout": 60.0}
+    a = nodes("a", listen=ipc(tmp_path, "a"), **slow)
+    config = {"name": "c", "peers": [request_endpoint(a)], "pattern": "job.*", "node": slow}
+    c = Node(**config)
+    children.append(c)
+    c.ask("peers a", "peers")
+    c.kill()
+    c = Node(**config)
+    children.append(c)
+    c.ask("peers a", "peers")  # a welcomed the new incarnation: it knows its route
+    a.publish_remote("c", "job.run", 7, timeout=WAIT)
+    assert c.wait_got(1) == [("c", "job.run", 7)]  # published on c
+    c.close()
+
+
 # -- closing ----------------------------------------------------------------------------------
 
 

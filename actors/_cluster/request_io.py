@@ -201,10 +201,7 @@ class RequestIO(BridgeBase):
             # or the peer is declared dead (``StreamIO._heartbeat``).
             assert peer is not None
             if link is None and peer.route != route:
-                peer.candidate = route
-                # A send to a closed connection's identity then fails (EHOSTUNREACH)
-                # instead of vanishing: that is how a gone route is told.
-                self._router.router_mandatory = True
+                self._keep_candidate(peer, route)
             pub = body.get("pub")
             if isinstance(pub, str) and reachable(pub, via) != peer.stream:
                 peer.candidate_stream = (reachable(pub, via), key or _key(body))
@@ -217,10 +214,19 @@ class RequestIO(BridgeBase):
         peer = self._peers[sender]
         if link is not None or repoint:
             peer.route, peer.candidate = route, None
+        elif peer.route != route:
+            self._keep_candidate(peer, route)  # alive without a stream: as above
         pub = body.get("pub")
         if isinstance(pub, str):
             stream_key = key or _key(body)
             self._connect_stream(sender, reachable(pub, via), stream_key, asked=link is not None)
+
+    def _keep_candidate(self, peer: Peer, route: Route) -> None:
+        """Keep ``route`` aside for ``peer``, taken once its known route is gone."""
+        peer.candidate = route
+        # A send to a closed connection's identity then fails (EHOSTUNREACH)
+        # instead of vanishing: that is how a gone route is told.
+        self._router.router_mandatory = True
 
     def _connect_broker(
         self, body: dict[str, Any], via: str | None, key: bytes | None, link: Link | None
