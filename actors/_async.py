@@ -221,6 +221,10 @@ class AsyncEventBus:
             on_close=self._holds.discard,
         )
         self._holds.add(stream, stream._finish)  # noqa: SLF001 - the bus's own stream
+        if self._holds.closing:
+            # After ``aclose`` told the open streams to stop waiting for their
+            # readers (below): this one must not hold up the close either.
+            stream._end()  # noqa: SLF001 - the bus's own stream
         return stream
 
     async def get_correlated(
@@ -295,6 +299,7 @@ class AsyncEventBus:
         """
         checks.check_timeout("timeout", timeout)
         here = asyncio.get_running_loop()
+        self._holds.closing = True  # before the streams are listed (``stream``)
         streams = self._holds.held(EventStream)
         for loop, stream in streams:
             if loop is here:

@@ -46,6 +46,7 @@ class Holds:
         self._lock = threading.Lock()
         self._entries: dict[object, tuple[asyncio.AbstractEventLoop, Callable[[], None]]] = {}
         self._stopped = False
+        self.closing = False  # an ``aclose`` began: streams opened now start ended
 
     def add(self, key: object, end: Callable[[], None]) -> None:
         """Hold ``key`` until discarded; ``end`` is called on this loop if the bus stops first."""

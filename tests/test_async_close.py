@@ -264,3 +264,21 @@ def test_a_stream_counts_what_its_mailbox_dropped_while_its_loop_was_busy() -> N
         assert stream.dropped == 12 - 5  # every event the reader lost, whichever layer
 
     run(main)
+
+
+def test_a_stream_opened_while_aclose_flushes_does_not_hold_the_close() -> None:
+    async def main() -> None:
+        bus = AsyncEventBus()
+        gate = await hold_a_handler(bus)
+        closing = asyncio.create_task(bus.aclose())
+        await started(closing)  # aclose's flush waits for the held handler
+        # Opened now, the stream is not among those aclose told to stop
+        # waiting for their readers; nobody reads it until the bus closed.
+        stream = bus.stream("late.*", capacity=1, overflow=OverflowStrategy.BLOCK)
+        for i in range(3):
+            await bus.publish("late.a", i)
+        gate.set()
+        await asyncio.wait_for(closing, GUARD)
+        assert await asyncio.wait_for(read_all(stream), GUARD) == [0, 1, 2]
+
+    run(main)
