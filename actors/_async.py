@@ -405,9 +405,9 @@ class AsyncEventBus:
                 return event, await wrap_future(pending.future)
         except TimeoutError:
             late = table.close(pending.request_id)
-            if late is None and pending.future.done():
-                return event, pending.future.get()
-            return event, late or []
+            if late is None:  # taken just as the time ran out: its taker completes it now
+                return event, await wrap_future(pending.future)
+            return event, late
         finally:
             table.close(pending.request_id)
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import logging
 import threading
 import uuid
 from collections.abc import Callable
@@ -42,6 +43,7 @@ from actors._core.policies import handler_timeout_error
 from actors._errors import (
     BackpressureError,
     EventBusError,
+    EventTooLargeError,
     FutureTimeoutError,
     RemoteHandlerError,
     RequestTimeoutError,
@@ -69,12 +71,16 @@ __all__ = [
     "timeout_error",
 ]
 
+logger = logging.getLogger("actors.requests")
+
 REPLY = "reply"
 ERROR = "error"
 _SUFFIXES = (f".{REPLY}", f".{ERROR}")
 # The longest request type whose ``.reply``/``.error`` is still a valid type.
 MAX_REQUEST_TYPE_LENGTH = MAX_EVENT_TYPE_LENGTH - len(f".{ERROR}")
 DEFAULT_LIMIT = 65_536  # requests waiting at once, per bus
+MAX_ERROR_MESSAGE = 4_096
+"""The longest exception message an error reply carries, in characters (the rest is cut)."""
 
 
 def reply_pattern(request_type: str) -> str:
@@ -117,11 +123,27 @@ def reply_event(request: Event, data: Any, *, source: str | None = None) -> Even
     )
 
 
+def error_message(exc: BaseException) -> str:
+    """Return ``exc``'s message, cut to ``MAX_ERROR_MESSAGE`` characters; never raises."""
+    try:
+        text = str(exc)
+    except Exception:  # its __str__ raised: the answer must still go
+        return f"(a {type(exc).__name__} whose message could not be built)"
+    if len(text) > MAX_ERROR_MESSAGE:
+        text = f"{text[:MAX_ERROR_MESSAGE]}... ({len(text) - MAX_ERROR_MESSAGE} characters cut)"
+    return text
+
+
+def error_data(exc: BaseException) -> dict[str, str]:
+    """Return the ``data`` of an error reply for ``exc``."""
+    return {"error_type": type(exc).__name__, "error": error_message(exc)}
+
+
 def error_event(request: Event, exc: BaseException, *, source: str | None = None) -> Event:
     """Return the error reply to ``request``: the exception's type name and message."""
     return Event(
         event_type=f"{request.event_type}.{ERROR}",
-        data={"error_type": type(exc).__name__, "error": str(exc)},
+        data=error_data(exc),
         causation_id=request.id,
         correlation_id=request.correlation_id,
         target=request.source,
@@ -246,15 +268,30 @@ class PendingTable:
         """Remove the mark of ``expect`` (the reply was not published)."""
         self._direct.discard(reply_id)
 
-    def delivered(self, reply_id: uuid.UUID, published: BusFuture[Event]) -> None:
+    def delivered(
+        self, reply_id: uuid.UUID, request_id: uuid.UUID, published: BusFuture[Event]
+    ) -> None:
         """Offer the sequenced reply once ``published`` resolved (a done callback).
 
         Runs on the thread that completes the publish (the router's, or the
         journal's with ``sync`` durability), so the caller gets the very
-        event the router sequenced, journaled and traced.
+        event the router sequenced, journaled and traced.  A reply the bus
+        refused (a full ``REJECT`` subscription, a journal error) fails a
+        caller waiting for one reply with that error at once; one gathering
+        replies (``request_all``) goes on waiting for the others.
         """
-        if published.exception() is None:
+        exc = published.exception()
+        if exc is None:
             self.offer(published.get())
+        else:
+            with self._lock:
+                entry = self._entries.get(request_id)
+                if entry is not None and entry.max_replies == 1:
+                    del self._entries[request_id]
+                else:
+                    entry = None
+            if entry is not None:
+                entry.future.set_exception(exc)
         self._direct.discard(reply_id)
 
     def offer(self, reply: Event) -> bool:
@@ -377,10 +414,11 @@ class Requester:
             replies: list[Event] = pending.future.get(timeout=timeout)
         except FutureTimeoutError:
             late = self.table.close(pending.request_id)
-            if late is None and pending.future.done():
-                # Completed (or failed) just as the time ran out.
+            if late is None:
+                # Taken from the table just as the time ran out: whoever took
+                # it (a reply, a failure, the close) completes the future now.
                 return pending.future.get()
-            return late or []
+            return late
         finally:
             self.table.close(pending.request_id)
         return replies
@@ -416,6 +454,8 @@ class Responder:
     ) -> None:
         if not callable(fn):
             raise TypeError(f"fn must be callable, not {fn!r}")
+        if source is not None:
+            Event(event_type="respond.source", source=source)  # every reply must carry it
         self.fn = fn
         self._publish = publish
         self._table = table
@@ -438,7 +478,7 @@ class Responder:
         try:
             result = self.fn(request)
         except BaseException as exc:  # whatever it raises is its answer (as for handlers)
-            self._send(error_event(request, exc, source=self._source))
+            self._send(request, error_event(request, exc, source=self._source))
         else:
             self._answer(request, result)
 
@@ -455,15 +495,15 @@ class Responder:
                 # it now; the subscription counts the timeout (no retry, no
                 # dead letter).
                 error = handler_timeout_error(watched[1])
-                self._send(error_event(request, error, source=self._source))
+                self._send(request, error_event(request, error, source=self._source))
                 return
             task = asyncio.current_task()
             if task is not None and task.cancelling():
                 raise  # the batch itself is cancelled (its loop is closing)
             # Something fn awaited was cancelled under it: that is its answer.
-            self._send(error_event(request, exc, source=self._source))
+            self._send(request, error_event(request, exc, source=self._source))
         except BaseException as exc:  # whatever it raises is its answer (as for handlers)
-            self._send(error_event(request, exc, source=self._source))
+            self._send(request, error_event(request, exc, source=self._source))
         else:
             self._answer(request, result)
 
@@ -472,13 +512,23 @@ class Responder:
             reply = reply_event(request, result, source=self._source)
         except ValueError as exc:  # InvalidEventError: the result is not JSON
             reply = error_event(request, exc, source=self._source)
-        self._send(reply)
+        self._send(request, reply)
 
-    def _send(self, reply: Event) -> None:
+    def _send(self, request: Event, reply: Event) -> None:
+        """Publish ``reply``; one the bus cannot carry (too large) is answered by an error.
+
+        Any other failure to publish it (no room, the bus closed) is raised:
+        the handler's retries and dead letters apply to it.
+        """
+        try:
+            self._publish_reply(request, reply)
+        except EventTooLargeError as exc:  # raised by this one if not even the error fits
+            self._publish_reply(request, error_event(request, exc, source=self._source))
+
+    def _publish_reply(self, request: Event, reply: Event) -> None:
         table = self._table
-        cause = reply.causation_id
-        if table is None or cause is None or not table.waiting(cause):
-            self._publish(reply)
+        if table is None or not table.waiting(request.id):
+            self._publish(reply).add_done_callback(functools.partial(_refused, reply))
             return
         # Marked before the publish can route it (the reply route skips it);
         # handed to the caller once sequenced, without the route's hop.
@@ -489,7 +539,17 @@ class Responder:
         except BaseException:
             table.unexpect(reply_id)
             raise
-        published.add_done_callback(functools.partial(table.delivered, reply_id))
+        published.add_done_callback(functools.partial(_refused, reply))
+        published.add_done_callback(functools.partial(table.delivered, reply_id, request.id))
+
+
+def _refused(reply: Event, published: BusFuture[Event]) -> None:
+    """Log a reply the bus refused once it was published (a done callback)."""
+    exc = published.exception()
+    if exc is not None:
+        logger.warning(
+            "the reply %s to request %s was refused: %s", reply.id, reply.causation_id, exc
+        )
 
 
 def publish_through(

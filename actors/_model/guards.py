@@ -15,6 +15,7 @@ from __future__ import annotations
 import enum
 import math
 import os
+import threading
 import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol, TypeVar
@@ -107,6 +108,10 @@ def check_timeout(name: str, value: object) -> None:
         raise TypeError(f"{name} must be None or a number of seconds, not {_kind(value)}")
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"{name} must be finite and >= 0 (None waits without limit): {value!r}")
+    if value > threading.TIMEOUT_MAX:  # no lock or condition can wait that long
+        raise ValueError(
+            f"{name} is at most {threading.TIMEOUT_MAX:.0f} s (None waits without limit): {value!r}"
+        )
 
 
 def check_str(name: str, value: object, *, optional: bool = False, empty: bool = False) -> None:
