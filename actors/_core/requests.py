@@ -48,7 +48,7 @@ from actors._errors import (
     RemoteHandlerError,
     RequestTimeoutError,
 )
-from actors._model.event import Event
+from actors._model.event import Event, JsonValue
 from actors._model.topics import MAX_EVENT_TYPE_LENGTH, validate_event_type
 from actors._runtime.future import BusFuture
 
@@ -134,7 +134,7 @@ def error_message(exc: BaseException) -> str:
     return text
 
 
-def error_data(exc: BaseException) -> dict[str, str]:
+def error_data(exc: BaseException) -> dict[str, JsonValue]:
     """Return the ``data`` of an error reply for ``exc``."""
     return {"error_type": type(exc).__name__, "error": error_message(exc)}
 
