@@ -66,6 +66,7 @@ class Peer:
     route: Any = None  # (socket, identity or None) to send it requests directly
     stream: str | None = None  # the endpoint our SUB connected to for its events
     candidate: Any = None  # a newer route from a HELLO, tried when ``route`` stops answering
+    route_lost: bool = False  # ``route``'s connection closed with no candidate: take the next
     candidate_stream: tuple[str, bytes | None] | None = None  # adopted once it is declared dead
 
 

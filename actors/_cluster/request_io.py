@@ -111,7 +111,7 @@ class RequestIO(BridgeBase):
             return
         kind, body = message.kind, message.body
         if kind in (HELLO, WELCOME) and message.sender:
-            refusal = self._identity_fault(message.sender, body, key)
+            refusal = self._identity_fault(message.sender, body, key, link)
             if refusal is not None:
                 self._refuse(refusal, fatal=message.sender == self.name)
                 if link is not None:
@@ -159,14 +159,23 @@ class RequestIO(BridgeBase):
             if link is not None or not sender or sender == self.name:
                 return
             peer = self._peers[sender] = Peer(sender, route=route)
-        peer.last_heard = time.monotonic()
+        now = peer.last_heard = time.monotonic()
+        if not peer.alive and peer.stream is None and peer.route is not None:
+            self._seen(sender, now)  # a node without listen lives by what it sends
 
-    def _identity_fault(self, sender: str, body: dict[str, Any], key: bytes | None) -> str | None:
-        """Return why a HELLO/WELCOME from ``sender`` is refused, or None."""
+    def _identity_fault(
+        self, sender: str, body: dict[str, Any], key: bytes | None, link: Link | None
+    ) -> str | None:
+        """Return why a HELLO/WELCOME from ``sender`` is refused, or None.
+
+        A broker answers over this node's own link to it; a greeting that
+        merely says it comes from a broker is held to ``peer_names`` as any.
+        """
         if sender == self.name:
             return f"a peer has this node's name {sender!r} (node names must be unique)"
         bound = self._node.peer_names.get(sender)
-        if bound is not None and body.get("kind") != "broker" and key != bound:
+        broker = link is not None and body.get("kind") == "broker"
+        if bound is not None and not broker and key != bound:
             return f"a peer calls itself {sender!r} without the key peer_names binds to it"
         return None
 
@@ -193,29 +202,25 @@ class RequestIO(BridgeBase):
             self._connect_broker(body, via, key, link)
             return
         peer = self._peers.get(sender)
-        established = peer is not None and peer.alive and peer.stream is not None
-        if established:
-            # Never re-point a peer we hear from: a HELLO is not authenticated
+        if peer is not None and peer.alive:
+            # Never re-point a peer we hear from (on its stream, through a
+            # broker, or by what it sends): a HELLO is not authenticated
             # (without CURVE).  A new route is kept as a fallback, used only
-            # once the known one is gone (its connection closed: ``_send``)
-            # or the peer is declared dead (``StreamIO._heartbeat``).
-            assert peer is not None
-            if link is None and peer.route != route:
+            # once the known one is gone (its connection closed: ``_send``);
+            # a new stream once the peer is declared dead (``_heartbeat``).
+            if link is None and peer.route_lost:
+                peer.route, peer.route_lost = route, False  # the known one is gone
+            elif link is None and peer.route != route:
                 self._keep_candidate(peer, route)
             pub = body.get("pub")
             if isinstance(pub, str) and reachable(pub, via) != peer.stream:
                 peer.candidate_stream = (reachable(pub, via), key or _key(body))
             return
-        # A peer declared dead (or never heard) takes the route it greets on: a
-        # restarted node's request socket is a new connection.  Asked before
-        # ``_seen``, which declares it alive.
-        repoint = peer is None or peer.route is None or not peer.alive
+        # Unknown, or declared dead: the peer takes the route it greets on (a
+        # restarted node's request socket is a new connection).
         self._seen(sender, time.monotonic())
         peer = self._peers[sender]
-        if link is not None or repoint:
-            peer.route, peer.candidate = route, None
-        elif peer.route != route:
-            self._keep_candidate(peer, route)  # alive without a stream: as above
+        peer.route, peer.candidate, peer.route_lost = route, None, False
         pub = body.get("pub")
         if isinstance(pub, str):
             stream_key = key or _key(body)
@@ -292,6 +297,7 @@ class RequestIO(BridgeBase):
         for peer in self._peers.values():
             if peer.route == route:
                 peer.route, peer.candidate = peer.candidate, None
+                peer.route_lost = peer.route is None  # its next greeting's route is taken
                 if peer.route is not None and peer.name == message.to:
                     self._send(peer.route, message)
 

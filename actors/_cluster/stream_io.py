@@ -294,6 +294,14 @@ class StreamIO(FlowIO):
                 dropped,
             )
 
+    def _follow_also(self, name: str, endpoint: str, key: bytes | None) -> None:
+        """Connect ``name``'s stream socket to ``endpoint`` too (or open one there)."""
+        sock = self._streams.get(name)
+        if sock is None:
+            self._connect_stream(name, endpoint, key)
+        elif self._connect(sock, endpoint, key):
+            self._peers[name].stream = endpoint
+
     def _close_stream(self, name: str) -> None:
         """Stop following ``name``'s stream (its next greeting opens it again)."""
         self._stream_queue.pop(name, None)
@@ -578,14 +586,14 @@ class StreamIO(FlowIO):
         self._xpub.send_multipart(encode_control(HEARTBEAT_TOPIC, HEARTBEAT, body))
         timeout = self._node.heartbeat_timeout
         for peer in self._peers.values():
-            if peer.alive and now - peer.last_seen > timeout:
+            heard = peer.last_seen if peer.stream else max(peer.last_seen, peer.last_heard)
+            if peer.alive and now - heard > timeout:
                 peer.alive = False
                 logger.warning("bridge %s: node %s is not responding", self.name, peer.name)
-                if peer.candidate is not None:
-                    peer.route, peer.candidate = peer.candidate, None
                 if peer.candidate_stream is not None:
+                    # Beside the known stream, not instead: this node may have stalled.
                     (endpoint, key), peer.candidate_stream = peer.candidate_stream, None
-                    self._connect_stream(peer.name, endpoint, key)
+                    self._follow_also(peer.name, endpoint, key)
         self._expire_streams(now)
         self._forget_gone(now, FORGET_AFTER * timeout)
         self._deliver(self._in.expire_syncs(now, timeout))
