@@ -68,25 +68,41 @@ def _check_retention(retention_days: float | None, max_events: int | None) -> No
         raise ValueError(msg)
 
 
-def _inspect(storage: RocksStorage, path: str, rebuilt: tuple[str, ...] = ()) -> RecoveryReport:
+@dataclass(frozen=True, slots=True)
+class _Reconciled:
+    """What ``_reconcile`` did: the parts rebuilt, and records found gone below the last."""
+
+    rebuilt: tuple[str, ...] = ()
+    holes: int = 0
+    holes_range: tuple[int, int] | None = None
+
+
+def _inspect(storage: RocksStorage, path: str, done: _Reconciled) -> RecoveryReport:
+    """Report the acknowledged events the journal no longer holds: its tail, and any holes."""
     kept = max(storage.last_sequence(), storage.get_checkpoint(HIGH_WATER) or 0)
     acknowledged = storage.acknowledged()
-    lost_range = (kept + 1, acknowledged) if acknowledged > kept else None
+    tail = (kept + 1, acknowledged) if acknowledged > kept else None
+    lost = 0 if tail is None else tail[1] - tail[0] + 1
+    lost_range = tail
+    if done.holes_range is not None:  # records gone below the last one (a table set aside)
+        lost += done.holes
+        low, high = done.holes_range
+        lost_range = (low, high if tail is None else tail[1])
     return RecoveryReport(
         path=path,
         acknowledged=acknowledged,
         last_sequence=storage.last_sequence(),
-        lost=0 if lost_range is None else lost_range[1] - lost_range[0] + 1,
+        lost=lost,
         lost_range=lost_range,
         wal_damaged=storage.wal_damaged,
         repaired=storage.repaired,
-        rebuilt=rebuilt,
+        rebuilt=done.rebuilt,
     )
 
 
 def _reconcile(
-    storage: RocksStorage, path: str, *, full: bool, recover: Recover
-) -> tuple[str, ...]:
+    storage: RocksStorage, path: str, *, full: bool, recover: Recover, repaired: bool = False
+) -> _Reconciled:
     """Check the secondary state against the records; rebuild it where it disagrees.
 
     ``full`` surveys every record and index entry (``repair`` and after
@@ -97,7 +113,7 @@ def _reconcile(
     """
     problems = [] if full else storage.quick_problems()
     if not full and not problems:
-        return ()
+        return _Reconciled()
     if recover == "refuse" and not full:
         msg = (
             f"journal {path!r} is damaged: its {', '.join(problems)} do not match the "
@@ -112,11 +128,12 @@ def _reconcile(
             path,
             ", ".join(problems),
         )
-        return ()
+        return _Reconciled()
     survey = storage.survey()
+    holes, holes_range = storage.lost_records(survey, repaired or storage.repaired)
     parts = tuple(part for part in PARTS if part in survey.problems or part in problems)
     if not parts:
-        return ()
+        return _Reconciled()
     done = storage.rebuild(survey)
     logger.warning(
         "journal %s: its %s did not match the records; rebuilt from %d record(s)%s%s%s",
@@ -127,7 +144,7 @@ def _reconcile(
         f"; {done.retyped} record header(s) set to their payload's type" if done.retyped else "",
         f"; {done.untyped} record(s) of no known type" if done.untyped else "",
     )
-    return parts
+    return _Reconciled(parts, holes, holes_range)
 
 
 def _describe(report: RecoveryReport) -> str:
@@ -160,8 +177,8 @@ def open_journal(config: EventConfig) -> OpenedJournal | None:
     path = os.fspath(config.persistence_path)
     storage = RocksStorage(path, read_only=config.read_only, recover=config.recover)
     try:
-        rebuilt = _reconcile(storage, path, full=storage.repaired, recover=config.recover)
-        report = _inspect(storage, path, rebuilt)
+        done = _reconcile(storage, path, full=storage.repaired, recover=config.recover)
+        report = _inspect(storage, path, done)
         if report.lost or report.wal_damaged:
             if config.recover == "refuse" and report.lost:
                 msg = (
@@ -207,8 +224,8 @@ def repair(path: str | os.PathLike[str], *, recover: Recover = "truncate") -> Re
         repaired = True
         storage = RocksStorage(where, create=False, recover=recover)
     try:
-        rebuilt = _reconcile(storage, where, full=True, recover="truncate")
-        report = _inspect(storage, where, rebuilt)
+        done = _reconcile(storage, where, full=True, recover="truncate", repaired=repaired)
+        report = _inspect(storage, where, done)
         if report.lost:
             storage.accept_loss(report.acknowledged)
             logger.warning("journal %s repaired: %s", where, _describe(report))

@@ -55,11 +55,17 @@ class Survey:
     ``problems`` names the parts (``PARTS``) that do not match the records.
     ``skipped`` holds the sequence ranges [first, resume) of unreadable
     blocks of the record space; the index entries inside them (``kept``) are
-    left alone and counted, since their records may still exist.
+    left alone and counted, since their records may still exist.  ``holes``
+    holds the ranges (inclusive) between two records that no record and no
+    unreadable block covers: every sequence is journaled, so once the count
+    says records are missing, these are where (``lost_records``).
     """
 
     records: int = 0
     skipped: list[tuple[int, int]] = field(default_factory=list)
+    holes: list[tuple[int, int]] = field(default_factory=list)
+    missing: int = 0  # records the count has that the pass did not find
+    first: int = 0  # the first sequence of the record space (read or unreadable)
     kept: dict[str, list[bytes]] = field(default_factory=dict)
     kept_sequences: int = 0
     problems: list[str] = field(default_factory=list)
@@ -130,6 +136,27 @@ class RebuildMixin:
 
     # -- checks ------------------------------------------------------------------
 
+    @staticmethod
+    def lost_records(survey: Survey, repaired: bool) -> tuple[int, tuple[int, int] | None]:
+        """Return how many records below the last one are gone, and the range they span.
+
+        Every sequence is journaled, and only retention removes records
+        (oldest first, counting them).  So records are gone where the count
+        has more than the pass found, or, after RocksDB's repair (which sets
+        unreadable tables and log batches aside), wherever two records are
+        not consecutive; what the holes between records do not explain is
+        gone from below the first record.
+        """
+        if survey.missing <= 0 and not repaired:
+            return 0, None  # the count has nothing more: gaps were never journaled
+        holes = list(survey.holes)
+        head = survey.missing - sum(high - low + 1 for low, high in holes)
+        if head > 0 and survey.first > 1:
+            holes.insert(0, (max(1, survey.first - head), survey.first - 1))
+        if not holes:
+            return 0, None
+        return sum(high - low + 1 for low, high in holes), (holes[0][0], holes[-1][1])
+
     def quick_problems(self) -> list[str]:
         """Return the parts that visibly disagree with the records; point reads only.
 
@@ -148,7 +175,10 @@ class RebuildMixin:
             return list(PARTS)
         if self._last == 0:
             return ["count"] if self._count else []
-        first = next(self._walk_records(values=False), (self._last, None))[0]
+        skips: list[tuple[int, int]] = []
+        first = next(self._walk_records(values=False, on_skip=skips), (self._last, None))[0]
+        if skips:  # an unreadable first block: its records may still be there
+            first = min(first, skips[0][0])
         problems: list[str] = []
         if not 0 < self._count <= self._last - first + 1:
             problems.append("count")
@@ -178,8 +208,16 @@ class RebuildMixin:
         expected = {name: [0, 0] for name in INDEXES}
         unknown = False
         skew, max_ts = 0, None
+        previous = previous_first = 0
         for seq, value in self._walk_records(on_skip=result.skipped):
             result.records += 1
+            if not previous:
+                previous_first = seq
+            if previous and seq > previous + 1:
+                low, high = previous + 1, seq - 1
+                if not any(a <= high and b > low for a, b in result.skipped):
+                    result.holes.append((low, high))
+            previous = seq
             try:
                 tid, ts, cid, _, pos = parse_value(value or b"")
             except ValueError:
@@ -230,6 +268,8 @@ class RebuildMixin:
             result.problems.append("types")
         if self._count != result.records + len(kept_seqs):
             result.problems.append("count")
+        result.missing = self._count - result.records - len(kept_seqs)
+        result.first = min([previous_first, *(a for a, _ in result.skipped)])
         if self._skew < skew:
             result.problems.append("skew")
         result.problems = [part for part in PARTS if part in result.problems]

@@ -207,8 +207,10 @@ def _check_is_journal(path: str) -> None:
     except Exception as exc:
         raise _damaged_or_unreadable(path, exc) from exc
     if _CF_META not in families:
-        if {_CF_TYPE, _CF_TIME, _CF_CID} & set(families):
-            # A journal whose meta table was lost before RocksDB's repair ran.
+        ours = os.path.isfile(os.path.join(path, FILE_NAME))  # the acknowledged mark
+        if ours or {_CF_TYPE, _CF_TIME, _CF_CID} & set(families):
+            # A journal whose meta table was lost before RocksDB's repair ran,
+            # or whose MANIFEST was cut before it named its column families.
             gone = JournalError(f"its {_CF_META!r} column family is missing")
             error = _damaged_or_unreadable(path, gone)
             raise error from error.__cause__

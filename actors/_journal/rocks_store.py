@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from actors._errors import JournalError
+from actors._errors import JournalDamagedError, JournalError
 from actors._journal.cursor import walk, walk_sequences
 from actors._journal.highwater import HighWaterMark
 from actors._journal.planner import IndexedStorage
@@ -51,6 +51,16 @@ META_TYPE = b"t:"  # t:<event type utf-8> -> type id (u32)
 META_COUNT = b"s:count"
 _META_SKEW = b"s:skew"
 _META_FORMAT = b"s:format"
+
+
+def _corruption(exc: BaseException) -> bool:
+    """Return whether RocksDB reported ``exc`` (or what caused it) as damaged data."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if "Corruption" in str(seen):
+            return True
+        seen = seen.__cause__
+    return False
 
 
 def read(call: Callable[[], _T]) -> _T:
@@ -108,11 +118,17 @@ class RocksTables(RebuildMixin, RetentionMixin, IndexedStorage):
             self._plain = self._new_write_options()
             self._load_meta()
             self._mark = mark or HighWaterMark(path, writable=not self.read_only)
-        except JournalError:
-            self._release()
-            raise
         except Exception as exc:
             self._release()
+            if _corruption(exc):  # a damaged table file: repair salvages it
+                msg = (
+                    f"journal {self._path!r} is damaged: {exc}. To salvage what its files "
+                    "still hold, run actors._journal.repair(path) or open it with "
+                    "EventConfig(recover='truncate')"
+                )
+                raise JournalDamagedError(msg) from exc
+            if isinstance(exc, JournalError):
+                raise
             msg = f"cannot open journal {self._path!r}: {exc}"
             raise JournalError(msg) from exc
 
