@@ -14,6 +14,7 @@ waits with ``asyncio.sleep``.  See ``actors._core.policies`` and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import logging
@@ -81,6 +82,7 @@ class HandlerRuns:
     pattern: str
     policy: HandlerPolicy
     abandoned: bool
+    detached: bool
     delivered: int
     errors: int
     expired: int
@@ -125,8 +127,10 @@ class HandlerRuns:
         set_current = current_event.set
         reset_current = current_event.reset
         delivered = 0
+        stop = None
         for i, (event, published_at) in enumerate(batch):
-            if self.abandoned:
+            if self.abandoned or self.detached:
+                stop = i  # given up on, or unsubscribed: the rest is not handled
                 break
             if event.ttl is not None and expired_unix(event, now_wall):
                 self.expired += 1
@@ -155,14 +159,27 @@ class HandlerRuns:
                     break
             finally:
                 reset_current(token)
-        self._end_sync(batch, history, delivered)
+        self._end_sync(batch, history, delivered, stop)
 
-    def _end_sync(self, batch: Batch, history: bool, delivered: int) -> None:
+    def _end_sync(
+        self, batch: Batch, history: bool, delivered: int, stop: int | None = None
+    ) -> None:
         # Counters once per batch: flush barriers are checked per batch anyway.
         self.delivered += delivered
         if not history:
             self.actor_inbox.finished_by_owner += len(batch)
-        self._batch_done(batch)
+        self._batch_done(self._handled_part(batch, history, stop))
+
+    def _handled_part(self, batch: Batch, history: bool, stop: int | None) -> Batch:
+        """Return the part of ``batch`` before ``stop``; the rest counts as discarded.
+
+        Its progress (a durable checkpoint) covers only that part.
+        """
+        if stop is None:
+            return batch
+        if not history:
+            self.actor_inbox.discarded += len(batch) - stop
+        return batch[:stop]
 
     def _wait_retry(self, run: SyncRun, delay: float) -> None:
         run.retry_at = time.monotonic() + delay
@@ -197,8 +214,10 @@ class HandlerRuns:
         watch = self._watch
         samples = self.ports.latency.samples
         now_wall = time.time()
+        stop = None
         while run.pos < len(batch):
-            if self.abandoned:
+            if self.abandoned or self.detached:
+                stop = run.pos
                 break
             event, published_at = batch[run.pos]
             if run.attempts == 0:
@@ -236,7 +255,7 @@ class HandlerRuns:
             run.pos += 1
             run.attempts = 0
         self._run = None
-        self._end_sync(batch, run.history, run.delivered)
+        self._end_sync(batch, run.history, run.delivered, stop)
 
     def _call_timed_out(self, call: Call) -> None:
         """Count and report a late synchronous call (on the timer thread, its only writer)."""
@@ -264,8 +283,11 @@ class HandlerRuns:
         mailbox = self.actor_inbox
         now_wall = time.time()
         count = 0 if history else 1
+        stop = None
         for i, (event, published_at) in enumerate(batch):
-            if self.abandoned:
+            if self.abandoned or self.detached:
+                stop = i
+                mailbox.finished_by_owner += count * (len(batch) - i)
                 break
             if event.ttl is not None and expired_unix(event, now_wall):
                 self.expired += 1
@@ -299,9 +321,11 @@ class HandlerRuns:
                         self.delivered += 1
                     break
             finally:
-                current_event.reset(token)
+                # Closed from another context (its loop closing): nothing to undo.
+                with contextlib.suppress(ValueError):
+                    current_event.reset(token)
             mailbox.finished_by_owner += count
-        self._batch_done(batch)
+        self._batch_done(self._handled_part(batch, history, stop))
 
     async def _await_handler(
         self, handler: Callable[[Event], Coroutine[Any, Any, Any]], event: Event

@@ -46,6 +46,6 @@ def accepts(route: Route, event: Event) -> bool:
         return True
     try:
         return bool(predicate(event))
-    except Exception:
+    except BaseException:  # whatever a filter raises is its own failure
         logger.exception("filter of subscription %s raised; event not delivered", route.id)
         return False

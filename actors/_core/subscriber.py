@@ -230,7 +230,7 @@ class SubscriberActor(HandlerRuns, DispatchedActor):
 
     def _batch_done(self, batch: Batch) -> None:
         catchup = self.catchup
-        if catchup is not None:
+        if catchup is not None and batch:  # empty: stopped before its first event
             catchup.handled(batch[-1][0].sequence or 0)
         self.actor_inbox.check_barriers()
 

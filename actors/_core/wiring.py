@@ -264,7 +264,13 @@ class Core:
         with self._lock:
             self._subs[sub_id] = actor
         if actor.catchup is None or actor.catchup.live:
-            self.inbox.put(Subscribe(route))
+            if actor.catchup is not None and actor.catchup.durable is not None:
+                # A new durable subscription starts live: its starting point is
+                # saved at once, so a restart before its first batch is handled
+                # resumes there instead of starting live again.
+                self.inbox.put(Subscribe(route, on_subscribed=actor.catchup.started))
+            else:
+                self.inbox.put(Subscribe(route))
         else:
             actor.actor_inbox.wake()
         return Subscription(actor, self.unsubscribe)
