@@ -100,6 +100,16 @@ class Checkpoint:
         try:
             text = self.path.read_text().strip()
         except FileNotFoundError:
+            text = None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise click.ClickException(f"cannot read the checkpoint {self.path}: {exc}") from exc
+        try:  # the folder must take the checkpoints before anything is printed
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise click.ClickException(
+                f"cannot keep checkpoints in {self.path.parent}: {exc.strerror or exc}"
+            ) from exc
+        if text is None:
             return None
         if not text.isdigit():
             raise click.ClickException(f"the checkpoint {self.path} is damaged: {text[:40]!r}")
@@ -107,7 +117,12 @@ class Checkpoint:
 
     def save(self, sequence: int) -> None:
         """Record ``sequence`` as printed (atomically: a crash leaves the old or the new)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         scratch = self.path.with_suffix(".tmp")
-        scratch.write_text(f"{sequence}\n")
-        scratch.replace(self.path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            scratch.write_text(f"{sequence}\n")
+            scratch.replace(self.path)
+        except OSError as exc:
+            raise click.ClickException(
+                f"cannot save the checkpoint {self.path}: {exc.strerror or exc}"
+            ) from exc

@@ -47,6 +47,12 @@ class Cli(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
         return list(self.commands)  # in registration order, not sorted
 
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:  # click would echo a blank line before its Abort
+            raise _Interrupted from None
+
     def main(
         self,
         args: Sequence[str] | None = None,
@@ -66,9 +72,15 @@ class Cli(click.Group):
             _exit(exc.format_message(), exc.exit_code)
         except EventBusError as exc:
             _exit(str(exc) or type(exc).__name__, 1)
+        except _Interrupted:
+            _exit("interrupted", 1)
         except click.Abort:
             _exit("aborted", 1)
         sys.exit(status if isinstance(status, int) else 0)
+
+
+class _Interrupted(Exception):  # noqa: N818 - a signal, not an error
+    """SIGINT or SIGTERM stopped a command before it could end as it documents."""
 
 
 def _exit(message: str, status: int) -> NoReturn:

@@ -12,7 +12,9 @@ the shared ones from the names in ``docs/cli.md`` (``LLMSPELL_EVENTS_PEER``,
 from __future__ import annotations
 
 import functools
+import math
 import re
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +28,11 @@ from actors._model.config import check_endpoint
 __all__ = [
     "ENDPOINT",
     "PEER",
+    "SECONDS",
+    "SEQUENCE_MAX",
     "Connection",
     "Keys",
+    "SecondsType",
     "Source",
     "connection_options",
     "key_options",
@@ -43,6 +48,38 @@ _SCHEMES = ("tcp", "ipc", "inproc")  # the transports a node accepts (``check_en
 _ENDPOINT = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*)://(?P<address>.*)")
 
 Command = Callable[..., Any]
+
+
+class SecondsType(click.ParamType):  # type: ignore[type-arg]
+    """A finite number of seconds, ``> 0`` (``>= minimum``), that a wait can take.
+
+    NaN, infinity and anything past ``threading.TIMEOUT_MAX`` (about 292
+    years) are usage errors: no lock, sleep or timer can honour them.
+    """
+
+    name = "seconds"
+
+    def __init__(self, minimum: float = 0.0) -> None:
+        self.minimum = minimum
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        if not math.isfinite(seconds) or seconds > threading.TIMEOUT_MAX:
+            self.fail(f"{value!r} is not a finite number of seconds a wait can take", param, ctx)
+        if seconds <= 0 or seconds < self.minimum:
+            least = f"at least {self.minimum:g}" if self.minimum else "more than 0"
+            self.fail(f"{value!r} is not {least} seconds", param, ctx)
+        return seconds
+
+
+SECONDS = SecondsType()
+SEQUENCE_MAX = (1 << 63) - 1
+"""The highest sequence a journal can hold (a signed 64-bit integer)."""
 
 
 class EndpointType(click.ParamType):  # type: ignore[type-arg]
@@ -221,7 +258,7 @@ def _add_connection_options(
         ),
         click.option(
             "--timeout",
-            type=click.FloatRange(min=0, min_open=True),
+            type=SECONDS,
             default=timeout,
             show_default=True,
             envvar=f"{ENV}_TIMEOUT",

@@ -30,7 +30,15 @@ def fail(message: str) -> NoReturn:
 
 
 def say(line: str) -> None:
-    """Print one line on stdout and flush it (scripts wait for lines)."""
+    """Print one line on stdout and flush it (scripts wait for lines).
+
+    A lone surrogate outside JSON (an event type, a source) is escaped
+    (``\\ud800``): UTF-8 cannot carry it.
+    """
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:
+        line = line.encode("utf-8", "backslashreplace").decode("utf-8")
     click.echo(line)
     sys.stdout.flush()
 
@@ -42,8 +50,18 @@ def note(line: str) -> None:
 
 
 def json_line(value: Any) -> str:
-    """Return ``value`` as one compact JSON line."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    """Return ``value`` as one compact JSON line.
+
+    Text is written as it is, except where it holds a lone surrogate (JSON
+    allows one, UTF-8 does not): then the line is escaped throughout
+    (``\\ud800``), so any reader can print it.
+    """
+    line = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(value, separators=(",", ":"))
+    return line
 
 
 def format_event(event: Event) -> str:

@@ -27,7 +27,7 @@ from actors._model.topics import is_reserved
 from actors.cli.connect import left, peer_name, remote_reads, short_lived_node
 from actors.cli.follow import Checkpoint, JournalTail, last_sequence
 from actors.cli.follow import state_dir as default_state_dir
-from actors.cli.options import ENDPOINT, Connection, connection_options
+from actors.cli.options import ENDPOINT, SEQUENCE_MAX, Connection, connection_options
 from actors.cli.output import emit, fail, note, say, stop_on_signals
 
 __all__ = ["pub", "sub"]
@@ -46,10 +46,15 @@ def read_data(data: str | None) -> JsonValue:
         text = sys.stdin.read()
     elif data.startswith("@"):
         try:
-            text = Path(data[1:]).read_text()
+            text = Path(data[1:]).read_text(encoding="utf-8")
         except OSError as exc:
             raise click.BadParameter(
                 f"cannot read {data[1:]}: {exc.strerror}", param_hint="DATA"
+            ) from exc
+        except UnicodeDecodeError as exc:
+            raise click.BadParameter(
+                f"{data[1:]} is not UTF-8 text: {exc.reason} at byte {exc.start}",
+                param_hint="DATA",
             ) from exc
     else:
         text = data
@@ -57,6 +62,8 @@ def read_data(data: str | None) -> JsonValue:
         value: JsonValue = json.loads(text)
     except json.JSONDecodeError as exc:
         raise click.BadParameter(f"not JSON: {exc}", param_hint="DATA") from exc
+    except RecursionError:
+        raise click.BadParameter("nested too deep to be event data", param_hint="DATA") from None
     return value
 
 
@@ -157,7 +164,7 @@ def publish_through(bus: EventBus, name: str, event: Event, timeout: float) -> E
 )
 @click.option(
     "--from-sequence",
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, SEQUENCE_MAX),
     help="first print the node's journal from this sequence on, then follow it",
 )
 @click.option(
@@ -233,6 +240,9 @@ def _ready(pattern: str, target: str, ready_file: str | None) -> None:
     if ready_file is not None:  # first, so a script that saw the line finds the file
         path = Path(ready_file)
         scratch = path.with_name(path.name + ".tmp")
-        scratch.write_text(line + "\n")
-        scratch.replace(path)
+        try:
+            scratch.write_text(line + "\n")
+            scratch.replace(path)
+        except OSError as exc:
+            fail(f"cannot write the ready file {path}: {exc.strerror or exc}")
     note(line)

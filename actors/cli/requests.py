@@ -29,6 +29,7 @@ from actors._bus import EventBus
 from actors._core.requests import Responder, is_reply
 from actors._errors import (
     EventBusError,
+    EventTooLargeError,
     PeerRefusedError,
     RemoteHandlerError,
     RequestTimeoutError,
@@ -36,7 +37,7 @@ from actors._errors import (
 from actors._model.event import Event
 from actors._runtime.future import BusFuture
 from actors.cli.connect import left, peer_name, short_lived_node
-from actors.cli.options import Connection, connection_options
+from actors.cli.options import SECONDS, Connection, connection_options
 from actors.cli.output import fail, json_line, note, say, stop_on_signals
 from actors.cli.pubsub import read_data
 
@@ -100,25 +101,48 @@ def run_command(argv: list[str], request: Event, timeout: float | None = None) -
     env = dict(os.environ)
     env["LLMSPELL_EVENTS_REQUEST_TYPE"] = request.event_type
     env["LLMSPELL_EVENTS_REQUEST_ID"] = str(request.id)
-    done = subprocess.run(  # noqa: S603 - the user's own command, no shell
+    with subprocess.Popen(  # noqa: S603 - the user's own command, no shell
         argv,
-        input=json.dumps(request.data),
-        capture_output=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
         env=env,
-        timeout=timeout,
-        check=False,
-    )
-    if done.returncode != 0:
-        tail = done.stderr.strip()[-500:]
-        raise RuntimeError(f"{argv[0]} exited with {done.returncode}: {tail}".rstrip(": "))
-    out = done.stdout.strip()
+    ) as child:
+        with _RUNNING_LOCK:
+            _RUNNING.add(child)
+        try:
+            stdout, stderr = child.communicate(json.dumps(request.data), timeout=timeout)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.communicate()
+            raise
+        finally:
+            with _RUNNING_LOCK:
+                _RUNNING.discard(child)
+    if child.returncode != 0:
+        tail = stderr.strip()[-500:]
+        raise RuntimeError(f"{argv[0]} exited with {child.returncode}: {tail}".rstrip(": "))
+    out = stdout.strip()
     if not out:
         return None
     try:
         return json.loads(out)
     except json.JSONDecodeError:
         return out
+
+
+_RUNNING: set[subprocess.Popen[str]] = set()  # the commands running now (one at a time)
+_RUNNING_LOCK = threading.Lock()
+
+
+def _stop_commands() -> None:
+    """Kill the commands still running (``reply`` is stopping)."""
+    with _RUNNING_LOCK:
+        running = list(_RUNNING)
+    for child in running:
+        with contextlib.suppress(OSError):
+            child.kill()
 
 
 def _command_line(command: str) -> list[str]:
@@ -132,11 +156,17 @@ def _command_line(command: str) -> list[str]:
 
 
 def _publisher(bus: EventBus, node: str, timeout: float) -> Callable[[Event], BusFuture[Event]]:
-    """Return how a reply is published: by ``node``; a failure is said on stderr."""
+    """Return how a reply is published: by ``node``; a failure is said on stderr.
+
+    A reply too large to send is raised: the responder answers with an error
+    reply instead.
+    """
 
     def publish(event: Event) -> BusFuture[Event]:
         try:
             return BusFuture.completed(bus.publish_remote(node, event, timeout=timeout))
+        except EventTooLargeError:
+            raise
         except EventBusError as exc:
             note(f"reply not published: {exc}")
             return BusFuture.failed(exc)
@@ -150,7 +180,7 @@ def _publisher(bus: EventBus, node: str, timeout: float) -> Callable[[Event], Bu
 @click.option("--count", type=click.IntRange(min=1), help="exit after answering this many")
 @click.option(
     "--exec-timeout",
-    type=click.FloatRange(min=0, min_open=True),
+    type=SECONDS,
     help="seconds a command may run (then an error reply)",
 )
 @connection_options("endpoint of a running node (or a broker)")
@@ -176,17 +206,25 @@ def reply(
     deadline = time.monotonic() + connection.timeout
     with short_lived_node(connection, "reply") as bus:
         target = peer_name(bus, connection, deadline)
+        publish = _publisher(bus, target, connection.timeout)
+        published: list[BusFuture[Event]] = []
+
+        def publish_reply(event: Event) -> BusFuture[Event]:
+            published.append(publish(event))
+            return published[-1]
+
         responder = Responder(
-            lambda request: run_command(argv, request, exec_timeout),
-            _publisher(bus, target, connection.timeout),
-            source=bus.name,
+            lambda request: run_command(argv, request, exec_timeout), publish_reply, source=bus.name
         )
 
         def answer(request: Event) -> None:  # one at a time: its own thread
             nonlocal answered
             if is_reply(request):
                 return
+            published.clear()
             responder(request)
+            if not published or published[-1].exception() is not None:
+                return  # said on stderr: "reply not published: ..."
             say(f"answered {request.event_type} {request.id}")
             answered += 1
             if count is not None and answered >= count:
@@ -195,6 +233,9 @@ def reply(
         bus.subscribe(pattern, answer, dedicated_thread=True)
         if not bus.wait_for_peers([target], left(deadline)):
             fail(f"node {target!r} did not acknowledge the subscription in time")
-        with contextlib.suppress(KeyboardInterrupt):  # from the line on, a signal exits with 0
-            note(f"replying to {pattern} at {target}")
-            finished.wait()
+        try:
+            with contextlib.suppress(KeyboardInterrupt):  # from the line on, a signal exits 0
+                note(f"replying to {pattern} at {target}")
+                finished.wait()
+        finally:
+            _stop_commands()  # a command still running is not left behind

@@ -24,7 +24,10 @@ def parse_moment(text: str, now: datetime) -> datetime:
     value = text.strip()
     ago = _AGO.fullmatch(value)
     if ago is not None:
-        return now - timedelta(**{_UNITS[ago["unit"]]: float(ago["amount"])})
+        try:
+            return now - timedelta(**{_UNITS[ago["unit"]]: float(ago["amount"])})
+        except OverflowError:
+            raise ValueError(f"{text!r} is further back than any date") from None
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:

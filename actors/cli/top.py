@@ -26,7 +26,7 @@ from actors._bus import EventBus
 from actors._errors import BridgeError
 from actors._model.metrics import BusMetrics
 from actors.cli.connect import peer_name, short_lived_node
-from actors.cli.options import Connection, connection_options
+from actors.cli.options import Connection, SecondsType, connection_options
 from actors.cli.output import fail, stop_on_signals
 
 if TYPE_CHECKING:
@@ -188,7 +188,7 @@ def _keys_pressed() -> Iterator[Any]:
 
 @click.command()
 @click.option(
-    "--interval", type=click.FloatRange(min=0.1), default=1.0, show_default=True, help="seconds"
+    "--interval", type=SecondsType(minimum=0.1), default=1.0, show_default=True, help="seconds"
 )
 @connection_options("endpoint of the running node (or a broker)")
 def top(*, interval: float, connection: Connection) -> None:
