@@ -17,30 +17,14 @@ import pytest
 
 from actors import EventBus, EventConfig, EventQuery, JournalDamagedError
 from actors._journal import repair
-from actors._journal.rocks import RocksStorage
 from tests._support import Child, flip_byte
+from tests.test_journal_rebuild import table_files
 
 pytestmark = pytest.mark.slow
 
 N1 = 1000  # events of the first session, closed cleanly: in table files
 N2 = 1000  # events of the second session: see each fixture
 TOTAL = N1 + N2
-
-
-def _family(key: bytes) -> str:
-    if key[:2] in (b"c:", b"s:", b"t:"):
-        return "meta"
-    return {8: "default", 12: "by_type", 16: "by_time", 24: "by_cid"}[len(key)]
-
-
-def _tables(path: Path) -> dict[str, list[Path]]:
-    """Table files per column family, oldest first."""
-    with RocksStorage(path, read_only=True) as storage:
-        files = storage._db.live_files()  # noqa: SLF001 - which table holds which family
-    tables: dict[str, list[Path]] = {}
-    for file in files:
-        tables.setdefault(_family(file["start_key"]), []).append(path / file["name"].lstrip("/"))
-    return {family: sorted(found) for family, found in tables.items()}
 
 
 def _publish_closed(path: Path, n: int) -> None:
@@ -61,7 +45,7 @@ def two_tables(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("two") / "journal"
     _publish_closed(path, N1)
     _publish_closed(path, N2)
-    assert len(_tables(path)["default"]) == 2
+    assert len(table_files(path)["default"]) == 2
     return path
 
 
@@ -99,7 +83,7 @@ def test_repair_of_an_unreadable_older_record_table_reports_what_it_lost(
     loss and reports it": ``lost`` must count every acknowledged event that is gone.
     """
     path = copy_of(two_tables)
-    older = _tables(path)["default"][0]
+    older = table_files(path)["default"][0]
     flip_byte(older, older.stat().st_size - 20)  # the table's footer
     with pytest.raises(JournalDamagedError):
         EventBus(EventConfig(persistence_path=path))
@@ -115,7 +99,7 @@ def test_a_truncate_open_of_an_unreadable_older_record_table_counts_the_loss(
     two_tables: Path, copy_of
 ) -> None:
     path = copy_of(two_tables)
-    older = _tables(path)["default"][0]
+    older = table_files(path)["default"][0]
     os.truncate(older, older.stat().st_size // 2)
     with EventBus(EventConfig(persistence_path=path, recover="truncate")) as bus:
         present = bus.query(EventQuery())
@@ -137,7 +121,7 @@ def test_a_damaged_first_record_block_is_skipped_and_counted_and_repair_leaves_i
     the first readable one, the survey from the unreadable block.)
     """
     path = copy_of(two_tables)
-    flip_byte(_tables(path)["default"][0], 0)
+    flip_byte(table_files(path)["default"][0], 0)
     with EventBus(EventConfig(persistence_path=path)) as bus:
         present = [e.sequence for e in bus.query(EventQuery())]
         corrupt = bus.metrics().journal_corrupt_records
@@ -158,7 +142,7 @@ def test_a_flipped_byte_at_the_start_of_the_meta_table_is_damage_that_repair_sal
     any documented means although every record is intact.
     """
     path = copy_of(two_tables)
-    flip_byte(_tables(path)["meta"][0], 0)
+    flip_byte(table_files(path)["meta"][0], 0)
     with pytest.raises(JournalDamagedError):
         EventBus(EventConfig(persistence_path=path))
     report = repair(path)
@@ -197,7 +181,7 @@ def test_repair_of_a_lost_index_or_meta_table_keeps_the_events_in_the_wal(
     ``repair()`` used to report lost=39 and lost=0.
     """
     path = copy_of(tables_then_wal)
-    for table in _tables(path)[family]:
+    for table in table_files(path)[family]:
         table.unlink()
     report = repair(path)
     present = _sequences(path)
@@ -221,7 +205,7 @@ def test_a_damaged_last_block_of_the_time_index_is_rebuilt_by_repair(
     Corruption"), and so does ``repair()``: no documented way opens the journal.
     """
     path = copy_of(two_tables)
-    newest = _tables(path)["by_time"][-1]
+    newest = table_files(path)["by_time"][-1]
     flip_byte(newest, newest.stat().st_size * 9 // 10)  # the last data block
     report = repair(path)
     assert report.lost == 0

@@ -48,23 +48,25 @@ def _journal(path: Path, n: int = N) -> list[Event]:
         return [future.get(timeout=30) for future in futures]
 
 
-def _family(key: bytes) -> str:
+def family_of(key: bytes) -> str:
+    """Return the column family a table file whose first key is ``key`` belongs to."""
     if key[:2] in (b"c:", b"s:", b"t:"):
         return "meta"
     return {8: "default", 12: "by_type", 16: "by_time", 24: "by_cid"}[len(key)]
 
 
-def _tables(path: Path) -> dict[str, list[Path]]:
+def table_files(path: Path) -> dict[str, list[Path]]:
+    """Table files per column family, oldest first."""
     with RocksStorage(path, read_only=True) as storage:
         files = storage._db.live_files()  # noqa: SLF001 - which table holds which family
     tables: dict[str, list[Path]] = {}
     for file in files:
-        tables.setdefault(_family(file["start_key"]), []).append(path / file["name"].lstrip("/"))
-    return tables
+        tables.setdefault(family_of(file["start_key"]), []).append(path / file["name"].lstrip("/"))
+    return {family: sorted(found) for family, found in tables.items()}
 
 
 def _lose(path: Path, family: str) -> None:
-    tables = _tables(path)
+    tables = table_files(path)
     assert family in tables
     for table in tables[family]:
         table.unlink()
