@@ -82,7 +82,6 @@ class HandlerRuns:
     pattern: str
     policy: HandlerPolicy
     abandoned: bool
-    detached: bool
     delivered: int
     errors: int
     expired: int
@@ -129,8 +128,8 @@ class HandlerRuns:
         delivered = 0
         stop = None
         for i, (event, published_at) in enumerate(batch):
-            if self.abandoned or self.detached:
-                stop = i  # given up on, or unsubscribed: the rest is not handled
+            if self.abandoned:
+                stop = i  # given up on at close, or unsubscribed: the rest is not handled
                 break
             if event.ttl is not None and expired_unix(event, now_wall):
                 self.expired += 1
@@ -216,7 +215,7 @@ class HandlerRuns:
         now_wall = time.time()
         stop = None
         while run.pos < len(batch):
-            if self.abandoned or self.detached:
+            if self.abandoned:
                 stop = run.pos
                 break
             event, published_at = batch[run.pos]
@@ -285,7 +284,7 @@ class HandlerRuns:
         count = 0 if history else 1
         stop = None
         for i, (event, published_at) in enumerate(batch):
-            if self.abandoned or self.detached:
+            if self.abandoned:
                 stop = i
                 mailbox.finished_by_owner += count * (len(batch) - i)
                 break
