@@ -130,9 +130,9 @@ class SubscriberActor(HandlerRuns, DispatchedActor):
         self._run: SyncRun | None = None  # a synchronous batch stopped midway (handling.py)
         self.replayed = 0  # stored events a catch-up took (accounting only)
         self.skipped = 0  # live events a catch-up had already read (accounting only)
-        # Set once by close() when it gives up on this subscription: the
-        # handler's thread then stops at the next event instead of running
-        # the rest of its batch after the bus is gone.
+        # Set once by close() when it gives up on this subscription, or by
+        # unsubscribe: the handler's thread then stops at the next event
+        # instead of running the rest of its batch.
         self.abandoned = False
         # Set by the facade when ``unsubscribe`` returns: ``active`` is False
         # from then on.  A flag (one writer, read anywhere), not an Event: no
