@@ -246,10 +246,10 @@ class AsyncEventBus:
         stored = await self._await(core.read_journal(query), timeout)
         return merge_events(stored, events)
 
-    async def trace(self, correlation_id: uuid.UUID) -> Trace:
-        """Return the causal trace of ``correlation_id``."""
-        checks.check_correlated(correlation_id)
-        return Trace(correlation_id, await self.get_correlated(correlation_id))
+    async def trace(self, correlation_id: uuid.UUID, *, timeout: float | None = 30.0) -> Trace:
+        """Return the causal trace of ``correlation_id`` (see ``get_correlated``)."""
+        checks.check_correlated(correlation_id, timeout)
+        return Trace(correlation_id, await self.get_correlated(correlation_id, timeout=timeout))
 
     async def query(self, query: EventQuery, *, timeout: float | None = 30.0) -> list[Event]:
         """Query the journal (see ``PersistentEventBus.query``)."""

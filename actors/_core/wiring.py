@@ -68,6 +68,7 @@ from actors._model.filter import FilterLike, as_predicate
 from actors._model.metrics import BridgeStatistics, BusMetrics, LatencyWindow
 from actors._model.query import EventQuery
 from actors._model.topics import Pattern
+from actors._model.trace import causes_first
 from actors._runtime.dispatcher import DispatchedActor, Dispatcher, FifoMailbox
 from actors._runtime.future import BusFuture
 from actors._runtime.pool import Scheduler
@@ -95,11 +96,15 @@ _ASK_TIMEOUT = 10.0
 
 
 def merge_events(stored: Sequence[Event], live: Sequence[Event]) -> list[Event]:
-    """Union of journal and memory events by id, in sequence order."""
+    """Union of journal and memory (or local and remote) events by id, in sequence order.
+
+    The first list's copy of an event wins.  Sequences of several nodes are
+    not comparable, so no event is put before its cause (``causes_first``).
+    """
     seen: dict[uuid.UUID, Event] = {e.id: e for e in stored}
     for e in live:
         seen.setdefault(e.id, e)
-    return sorted(seen.values(), key=lambda e: (e.sequence or 0, e.timestamp))
+    return causes_first(sorted(seen.values(), key=lambda e: (e.sequence or 0, e.timestamp)))
 
 
 def start_actor(actor: DispatchedActor) -> None:

@@ -27,6 +27,34 @@ DATA_WIDTH = 60
 _ZERO = datetime.timedelta(0)
 
 
+def causes_first(events: Iterable[Event]) -> list[Event]:
+    """Return ``events`` in their order, except that none comes before its cause.
+
+    An event whose cause is among ``events`` but later waits until its cause
+    is placed (events merged from several nodes: each node numbers its own
+    sequences).  Events of a causation cycle keep their order, at the end.
+    """
+    ordered = list(events)
+    present = {e.id for e in ordered}
+    placed: set[uuid.UUID] = set()
+    waiting: dict[uuid.UUID, list[Event]] = {}
+    out: list[Event] = []
+    for event in ordered:
+        cause = event.causation_id
+        if cause is not None and cause in present and cause not in placed and cause != event.id:
+            waiting.setdefault(cause, []).append(event)
+            continue
+        stack = [event]
+        while stack:
+            ready = stack.pop()
+            out.append(ready)
+            placed.add(ready.id)
+            stack.extend(reversed(waiting.pop(ready.id, [])))
+    for left in waiting.values():  # a cycle: never placed by its cause
+        out.extend(e for e in left if e.id not in placed)
+    return out
+
+
 def trace_order_key(event: Event) -> tuple[int, int, datetime.datetime, int]:
     """Return the sort key that puts events in trace order.
 
@@ -189,6 +217,14 @@ class Trace:
         path.reverse()
         return path
 
+    def walk(self) -> Iterator[tuple[Event, int]]:
+        """Yield every event with its depth (a root: 0), in tree order (depth first)."""
+        stack = [(root, 0) for root in reversed(self._roots)]
+        while stack:
+            event, depth = stack.pop()
+            yield event, depth
+            stack.extend((kid, depth + 1) for kid in reversed(self._children.get(event.id, ())))
+
     def leaves(self) -> list[Event]:
         """Return the events that caused no other event in the trace, in trace order."""
         return [e for e in self._events if e.id not in self._children]
@@ -259,12 +295,14 @@ class Trace:
 
     def _describe(self, event: Event, base: datetime.datetime, show_data: bool) -> str:
         parts = [f"+{_ms(event.timestamp - base):.3f} ms  {event.event_type}"]
-        if event.source is not None and event.target is not None:
-            parts.append(f"[{event.source} → {event.target}]")
-        elif event.source is not None:
-            parts.append(f"[{event.source}]")
-        elif event.target is not None:
-            parts.append(f"[→ {event.target}]")
+        source = None if event.source is None else printable(event.source)
+        target = None if event.target is None else printable(event.target)
+        if source is not None and target is not None:
+            parts.append(f"[{source} → {target}]")
+        elif source is not None:
+            parts.append(f"[{source}]")
+        elif target is not None:
+            parts.append(f"[→ {target}]")
         if event.id in self._cycle_heads:
             parts.append("(causation cycle)")
         elif self._parent[event.id] is None and event.causation_id is not None:
@@ -327,4 +365,15 @@ def _compact_json(data: object) -> str:
         text = repr(data)
     if len(text) > DATA_WIDTH:
         text = text[: DATA_WIDTH - 1] + "…"
-    return text
+    return printable(text)
+
+
+def printable(text: str) -> str:
+    """Return ``text`` with control characters escaped (``\\n``, ``\\x1b``), one line.
+
+    What a terminal would act on (a newline, an escape sequence) must not
+    reach it from an event's fields: it could forge lines or retitle it.
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)

@@ -64,7 +64,9 @@ class TraceStore:
     Activity means an event added; reads do not keep a trace alive. A
     correlation id seen again after its trace was evicted starts a new trace
     that is marked incomplete, as its earlier events are gone (the store
-    remembers up to ``max_traces`` evicted ids for this).
+    remembers up to ``max_traces`` evicted ids for this; once it has had to
+    forget one, every trace it starts is marked incomplete, since any id may
+    be a forgotten one).
 
     ``pack`` turns each event into what the store keeps and ``unpack`` turns
     that back (``get``); both default to keeping the event itself.  The
@@ -80,6 +82,7 @@ class TraceStore:
         "_events",
         "_evicted",
         "_evicted_count",
+        "_forgot",
         "_max_events",
         "_max_traces",
         "_pack",
@@ -118,6 +121,7 @@ class TraceStore:
         # Ids of evicted traces (bounded, oldest forgotten first), so a late
         # event does not make a partial trace look complete.
         self._evicted: OrderedDict[uuid.UUID, None] = OrderedDict()
+        self._forgot = False  # an evicted id was dropped from ``_evicted``
         self._events = 0
         self._evicted_count = 0
         self._truncated_count = 0
@@ -144,9 +148,10 @@ class TraceStore:
             known_gone = cid in self._evicted
             if known_gone:
                 del self._evicted[cid]
-            entry = _Entry(self._max_events, now, truncated=known_gone)
-            if known_gone:
                 self._truncated_count += 1
+            # Once an evicted id was forgotten, any id may be one of them: a
+            # trace started since cannot be known whole.
+            entry = _Entry(self._max_events, now, truncated=known_gone or self._forgot)
             self._traces[cid] = entry
             while len(self._traces) > self._max_traces:
                 self._evict_oldest()
@@ -225,3 +230,4 @@ class TraceStore:
         self._evicted[cid] = None
         if len(self._evicted) > self._max_traces:
             self._evicted.popitem(last=False)
+            self._forgot = True

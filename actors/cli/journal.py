@@ -106,10 +106,10 @@ def trace(*, correlation_id: uuid.UUID, show_data: bool, as_json: bool, source: 
     if not result.events:
         fail(f"no events with correlation id {correlation_id}")
     if as_json:
-        for event in result.events:
+        for event, depth in result.walk():
             parent = result.parent(event.id)
             line = event.to_dict() | {
-                "depth": len(result.chain(event.id)) - 1,
+                "depth": depth,
                 "parent": None if parent is None else str(parent.id),
             }
             say(json_line(line))

@@ -10,6 +10,7 @@ from typing import Any, NoReturn
 import click
 
 from actors._model.event import Event
+from actors._model.trace import printable
 
 __all__ = [
     "block_signals",
@@ -66,7 +67,7 @@ def json_line(value: Any) -> str:
 
 def format_event(event: Event) -> str:
     """One readable line: sequence, time, origin, type, source→target, compact data."""
-    route = f"{event.source or '-'}→{event.target or '-'}"
+    route = f"{printable(event.source or '-')}→{printable(event.target or '-')}"
     data = "" if event.data is None else " " + json_line(event.data)
     clock = event.timestamp.strftime("%H:%M:%S.%f")[:-3]
     return (
