@@ -111,8 +111,15 @@ def test_unsubscribing_the_last_pattern_releases_what_the_origin_holds_for_it(
     everything": the queue goes on, held publishers are released.  With a long
     ``heartbeat_timeout`` the release can only come from the unsubscribe."""
     slow = {"heartbeat_interval": 0.25, "heartbeat_timeout": 60.0}
-    a = make(buses, "a", block_timeout=2.0, listen=f"ipc://{tmp_path}/a.sock",
-             send_queue=100, batch_size=10, **slow)
+    a = make(
+        buses,
+        "a",
+        block_timeout=2.0,
+        listen=f"ipc://{tmp_path}/a.sock",
+        send_queue=100,
+        batch_size=10,
+        **slow,
+    )
     b = make(buses, "b", peers=[f"ipc://{tmp_path}/a.sock"], credit_window=50, **slow)
     handler = Gated()
     sub = b.subscribe("flood.*", handler)
@@ -134,10 +141,17 @@ def test_unsubscribing_the_last_pattern_releases_what_the_origin_holds_for_it(
 def test_publishers_of_events_no_peer_wants_are_never_held_by_a_stalled_queue(
     tmp_path: Path, buses: list[EventBus]
 ) -> None:
-    """"Publishers of events no peer wants are never held." """
+    """ "Publishers of events no peer wants are never held." """
     slow = {"heartbeat_interval": 0.25, "heartbeat_timeout": 60.0}
-    a = make(buses, "a", block_timeout=2.0, listen=f"ipc://{tmp_path}/a.sock",
-             send_queue=100, batch_size=10, **slow)
+    a = make(
+        buses,
+        "a",
+        block_timeout=2.0,
+        listen=f"ipc://{tmp_path}/a.sock",
+        send_queue=100,
+        batch_size=10,
+        **slow,
+    )
     b = make(buses, "b", peers=[f"ipc://{tmp_path}/a.sock"], credit_window=50, **slow)
     handler = Gated()
     b.subscribe("flood.*", handler)
@@ -164,8 +178,15 @@ def test_a_fast_subscriber_behind_a_broker_is_not_held_by_a_slow_one_that_asked_
     out"; frames only ``b`` wants are dropped, counted and announced: the origin's
     publishers are never refused and ``c`` gets everything, in order."""
     with Broker(f"ipc://{tmp_path}/hub.sock") as hub:
-        a = make(buses, "a", block_timeout=2.0, peers=[hub.endpoint],
-                 send_queue=200, batch_size=10, **FAST)
+        a = make(
+            buses,
+            "a",
+            block_timeout=2.0,
+            peers=[hub.endpoint],
+            send_queue=200,
+            batch_size=10,
+            **FAST,
+        )
         b = make(buses, "b", peers=[hub.endpoint], credit_window=50, lag_policy="drop", **FAST)
         c = make(buses, "c", peers=[hub.endpoint], credit_window=50, **FAST)
         slow = Gated()
@@ -357,14 +378,21 @@ def test_credit_holds_and_releases_through_a_curve_broker_with_peer_names(
 def test_a_receiver_holds_at_most_its_window_of_remote_events_through_a_broker(
     tmp_path: Path, buses: list[EventBus]
 ) -> None:
-    """"remote events waiting at a receiver ... are at most ``credit_window``
+    """ "remote events waiting at a receiver ... are at most ``credit_window``
     (plus one frame) per origin": two origins behind a broker, a handler held
     shut behind a subscription large enough to keep whatever arrives."""
     window, batch = 100, 10
     with Broker(f"ipc://{tmp_path}/hub.sock") as hub:
         origins = [
-            make(buses, name, block_timeout=WAIT, peers=[hub.endpoint], send_queue=200,
-                 batch_size=batch, **FAST)
+            make(
+                buses,
+                name,
+                block_timeout=WAIT,
+                peers=[hub.endpoint],
+                send_queue=200,
+                batch_size=batch,
+                **FAST,
+            )
             for name in ("a", "c")
         ]
         b = make(buses, "b", peers=[hub.endpoint], credit_window=window, **FAST)

@@ -323,8 +323,14 @@ def _text(raw: bytes, what: str) -> str:
 
 def _json_object(raw: bytes) -> dict[str, Any]:
     try:
+        # Strict UTF-8 first: ``json.loads`` of bytes would take UTF-16/32 and
+        # encoded surrogates too.
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise FrameError(f"body is not UTF-8: {exc.reason}") from None
+    try:
         value = json.loads(
-            raw, parse_constant=_no_constant, parse_float=_finite_float, parse_int=_bounded_int
+            text, parse_constant=_no_constant, parse_float=_finite_float, parse_int=_bounded_int
         )
     except FrameError:
         raise

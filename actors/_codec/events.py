@@ -7,8 +7,10 @@ Pure functions; the schema is ``proto/llmspell/events/v1/events.proto``.
   every ``datetime`` round-trips exactly.
 - ``data`` is compact, ASCII-escaped JSON (``null`` for None).  JSON keeps ints
   and floats distinct and exact.  An empty ``data_json`` decodes as None.
-- Bytes are deterministic (map entries sorted by key), so equal events encode
-  to equal bytes.
+- Bytes are deterministic (``metadata`` entries sorted by key): the same
+  event encodes to the same bytes.  ``data`` is written as it is held, so
+  events equal in Python whose data differs in ways JSON tells apart (the
+  order of a dict's keys, ``1`` and ``1.0``) encode to different bytes.
 - ``EventBatch`` bytes are the concatenation of each event's bytes behind a
   field tag and length, so a batch encodes every event exactly once.
 - Encoded once per process: ``encode_shared`` keeps an event's bytes on the
@@ -36,6 +38,7 @@ from actors._codec._pb.llmspell.events.v1 import events_pb2
 from actors._errors import InvalidEventError
 from actors._model.event import (
     EMPTY_METADATA,
+    MAX_SOURCE_BYTES,
     Event,
     build_unchecked,
     keep_wire,
@@ -122,8 +125,17 @@ _make_scanner: Any = json.scanner.make_scanner
 _scan: Callable[[str, int], tuple[Any, int]] = _make_scanner(_decoder)
 
 
+_JSON_SPACE = frozenset(" \t\n\r")
+
+
 def _loads(text: str) -> Any:
-    """Parse one JSON value filling all of ``text``; raise ``ValueError`` otherwise."""
+    """Parse one JSON value filling all of ``text``; raise ``ValueError`` otherwise.
+
+    JSON's whitespace may surround the value (RFC 8259; other encoders add a
+    newline).
+    """
+    if text[:1] in _JSON_SPACE or text[-1:] in _JSON_SPACE:
+        text = text.strip(" \t\n\r")
     try:
         value, end = _scan(text, 0)
     except StopIteration:
@@ -179,7 +191,7 @@ def event_to_message(event: Event) -> Any:
 
 def encode_event(event: Event) -> bytes:
     """Return the protobuf bytes of ``event``; raise ``InvalidEventError`` if it cannot."""
-    # deterministic: map entries sorted by key, so equal events give equal bytes.
+    # deterministic: map entries sorted by key, so the same event gives the same bytes.
     return event_to_message(event).SerializeToString(deterministic=True)  # type: ignore[no-any-return]
 
 
@@ -261,7 +273,7 @@ def message_to_event(message: Any) -> Event:
         timestamp,
         _optional_uuid("correlation_id", message.correlation_id),
         _optional_uuid("causation_id", message.causation_id),
-        message.source if which("_source") else None,
+        _check_source(message.source) if which("_source") else None,
         message.target if which("_target") else None,
         tuple(tags) if tags else (),
         message.priority,
@@ -271,6 +283,15 @@ def message_to_event(message: Any) -> Event:
         message.sequence if which("_sequence") else None,
         message.origin if which("_origin") else None,
     )
+
+
+def _check_source(source: str) -> str:
+    """Return ``source`` if the journal can store it (at most ``MAX_SOURCE_BYTES`` in UTF-8)."""
+    if len(source) > MAX_SOURCE_BYTES // 4 and len(source.encode("utf-8", "surrogatepass")) > (
+        MAX_SOURCE_BYTES
+    ):
+        raise InvalidEventError(f"source is over {MAX_SOURCE_BYTES} bytes in UTF-8")
+    return source
 
 
 def _optional_uuid(name: str, raw: bytes) -> Any:

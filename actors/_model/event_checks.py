@@ -133,7 +133,11 @@ def parse_uuid(name: str, value: str) -> uuid.UUID:
 def check_timestamp(value: object) -> datetime:
     if not isinstance(value, datetime):
         raise InvalidEventError(f"timestamp must be a datetime, not {type(value).__name__}")
-    if value.utcoffset() is None:
+    try:
+        offset = value.utcoffset()
+    except (TypeError, ValueError) as exc:  # a tzinfo that breaks datetime's rules
+        raise InvalidEventError(f"timestamp has an invalid time zone: {exc}") from None
+    if offset is None:
         raise InvalidEventError(f"timestamp must be timezone-aware: {value!r}")
     try:
         utc = value.astimezone(UTC)
@@ -247,7 +251,7 @@ def is_json(value: Any, depth: int) -> bool:  # noqa: PLR0911 - flat dispatch is
         return False
     if cls is dict:
         for key, item in value.items():
-            if key.__class__ is not str:
+            if key.__class__ is not str and not isinstance(key, str):
                 return False
             cls = item.__class__
             if cls is str or cls is bool or item is None:
