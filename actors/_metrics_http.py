@@ -200,6 +200,26 @@ class MetricsServer:
 
 def _handler_for(server: MetricsServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
+        head = False  # answering a HEAD: the headers of the GET, no body
+
+        def do_HEAD(self) -> None:
+            self.head = True
+            self.do_GET()
+
+        def do_POST(self) -> None:
+            self._not_allowed()
+
+        do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_POST  # noqa: N815 - http.server names
+
+        def _not_allowed(self) -> None:
+            body = b"only GET and HEAD\n"
+            self.send_response(405)
+            self.send_header("Allow", "GET, HEAD")
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
@@ -222,7 +242,8 @@ def _handler_for(server: MetricsServer) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Type", ctype)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            self.wfile.write(body)
+            if not self.head:
+                self.wfile.write(body)
 
         def log_message(self, format: str, *args: Any) -> None:
             logger.debug("metrics %s - " + format, self.address_string(), *args)

@@ -34,6 +34,7 @@ from opentelemetry.trace import Status, StatusCode
 
 from actors._async import AsyncEventBus
 from actors._bus import EventBus
+from actors._core.requests import answer_errors
 from actors._model.event import Event
 from actors._model.otelspans import (
     PinnedIds,
@@ -83,11 +84,17 @@ class Instrumentation:
                     return await handler(event)
                 span = self._start(event, subscription, pattern)
                 with trace.use_span(span, end_on_exit=True, record_exception=False):
+                    answered: list[BaseException] = []
+                    token = answer_errors.set(answered)
                     try:
                         return await handler(event)
                     except BaseException as exc:
                         _record(span, exc)
                         raise
+                    finally:
+                        answer_errors.reset(token)
+                        if answered:  # a responder answered with an error reply
+                            _record(span, answered[-1])
 
             return functools.update_wrapper(traced_async, handler)
 
@@ -96,11 +103,17 @@ class Instrumentation:
                 return handler(event)
             span = self._start(event, subscription, pattern)
             with trace.use_span(span, end_on_exit=True, record_exception=False):
+                answered: list[BaseException] = []
+                token = answer_errors.set(answered)
                 try:
                     return handler(event)
                 except BaseException as exc:
                     _record(span, exc)
                     raise
+                finally:
+                    answer_errors.reset(token)
+                    if answered:  # a responder answered with an error reply
+                        _record(span, answered[-1])
 
         try:
             return functools.update_wrapper(traced, handler)

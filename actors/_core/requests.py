@@ -29,6 +29,7 @@ plain lock made with it, so neither the wait nor the wake-up builds a
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import inspect
 import logging
@@ -72,6 +73,22 @@ __all__ = [
 ]
 
 logger = logging.getLogger("actors.requests")
+
+answer_errors: contextvars.ContextVar[list[BaseException] | None] = contextvars.ContextVar(
+    "actors_answer_errors", default=None
+)
+"""Where a responder notes what its function raised (it answers instead of raising).
+
+A handler wrapper (``actors.otel``) sets a list here around the call and finds
+the exception in it, so the call's span records it.
+"""
+
+
+def _note_error(exc: BaseException) -> None:
+    seen = answer_errors.get()
+    if seen is not None:
+        seen.append(exc)
+
 
 REPLY = "reply"
 ERROR = "error"
@@ -478,6 +495,7 @@ class Responder:
         try:
             result = self.fn(request)
         except BaseException as exc:  # whatever it raises is its answer (as for handlers)
+            _note_error(exc)
             self._send(request, error_event(request, exc, source=self._source))
         else:
             self._answer(request, result)
@@ -501,8 +519,10 @@ class Responder:
             if task is not None and task.cancelling():
                 raise  # the batch itself is cancelled (its loop is closing)
             # Something fn awaited was cancelled under it: that is its answer.
+            _note_error(exc)
             self._send(request, error_event(request, exc, source=self._source))
         except BaseException as exc:  # whatever it raises is its answer (as for handlers)
+            _note_error(exc)
             self._send(request, error_event(request, exc, source=self._source))
         else:
             self._answer(request, result)

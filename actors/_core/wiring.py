@@ -65,7 +65,12 @@ from actors._model.checks import check_policy
 from actors._model.config import EventConfig, OverflowStrategy
 from actors._model.event import Event
 from actors._model.filter import FilterLike, as_predicate
-from actors._model.metrics import BridgeStatistics, BusMetrics, LatencyWindow
+from actors._model.metrics import (
+    BridgeStatistics,
+    BusMetrics,
+    LatencyWindow,
+    SubscriptionStatistics,
+)
 from actors._model.query import EventQuery
 from actors._model.topics import Pattern
 from actors._model.trace import causes_first
@@ -137,6 +142,9 @@ class Core:
         self._subs: dict[str, SubscriberActor] = {}
         self._lock = threading.Lock()  # guards _subs, _removed and _loop
         self._removed = [0, 0, 0, 0, 0]  # delivered, dropped, errors, expired, timeouts
+        # Subscribers unsubscribed (or taken at close) and perhaps still
+        # finishing: their figures are added to ``_removed`` once they stopped.
+        self._ended: list[SubscriberActor] = []
         # Handler deadlines and retry wake-ups of every subscription (a thread from first use).
         self.timers = Timers(name=f"bus-{name or 'local'}-timers")
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -325,12 +333,8 @@ class Core:
             actor.abandoned = True  # nothing more is handled, the batch in hand included
             if actor.catchup is not None:
                 actor.catchup.caught_up.set(None)  # a flush waiting for it stops waiting
-            stats = actor.statistics()
-            self._removed[0] += stats.delivered
-            self._removed[1] += stats.dropped
-            self._removed[2] += stats.errors
-            self._removed[3] += stats.expired
-            self._removed[4] += stats.timeouts
+            self._ended.append(actor)
+            self._fold_ended()
         self.guard.discard(sub_id)
         # The router removes the route first, then stops the actor: no flush
         # barrier can land on a stopped mailbox.  (Never a blocking stop: the
@@ -347,6 +351,7 @@ class Core:
         with self._lock:
             subs = list(self._subs.values())
             self._subs.clear()
+            self._ended.extend(subs)
         for actor in subs:
             actor.detached = True
             if actor.catchup is not None:
@@ -436,16 +441,17 @@ class Core:
         rejected, rate_limited = self.publisher.counts()
         with self._lock:
             stats = tuple(a.statistics() for a in self._subs.values())
+            every = stats + self._fold_ended()
             removed = list(self._removed)
         p50, p90, p99, pmax = self.latency.percentiles()
         return BusMetrics(
             published=router.published,
-            delivered=removed[0] + sum(s.delivered for s in stats),
-            dropped=removed[1] + sum(s.dropped for s in stats),
+            delivered=removed[0] + sum(s.delivered for s in every),
+            dropped=removed[1] + sum(s.dropped for s in every),
             rejected=router.rejected + rejected,
-            expired=removed[3] + sum(s.expired for s in stats),
-            handler_errors=removed[2] + sum(s.errors for s in stats),
-            handler_timeouts=removed[4] + sum(s.timeouts for s in stats),
+            expired=removed[3] + sum(s.expired for s in every),
+            handler_errors=removed[2] + sum(s.errors for s in every),
+            handler_timeouts=removed[4] + sum(s.timeouts for s in every),
             dead_letters=router.dead_letters,
             subscriptions=len(stats),
             events_per_second=router.events_per_second,
@@ -462,6 +468,30 @@ class Core:
             journal_corrupt_records=journal.corrupt_records,
             bridge=bridge,
         )
+
+    def _fold_ended(self) -> tuple[SubscriptionStatistics, ...]:
+        """Add the figures of ended subscribers that stopped to ``_removed`` (under ``_lock``).
+
+        Return the figures of those still finishing (a batch in hand, the
+        discards of their queue), which count until they stop.
+        """
+        finishing: list[SubscriberActor] = []
+        figures: list[SubscriptionStatistics] = []
+        removed = self._removed
+        for actor in self._ended:
+            alive = actor.actor_ref.is_alive()  # first: once stopped, its figures are final
+            stats = actor.statistics()
+            if alive:
+                finishing.append(actor)
+                figures.append(stats)
+                continue
+            removed[0] += stats.delivered
+            removed[1] += stats.dropped
+            removed[2] += stats.errors
+            removed[3] += stats.expired
+            removed[4] += stats.timeouts
+        self._ended = finishing
+        return tuple(figures)
 
     # -- async handlers from sync code ----------------------------------------------
 

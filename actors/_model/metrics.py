@@ -259,6 +259,13 @@ def to_prometheus(metrics: BusMetrics, *, prefix: str = "llmspell_events") -> st
     ):
         if v is not None:
             lines.append(f'{lat}{{quantile="{q}"}} {v}')
+    if metrics.latency_max is not None:  # as the prometheus-client form names it too
+        top = f"{prefix}_latency_max_seconds"
+        lines += [
+            f"# HELP {top} Highest publish-to-handler latency in the recent window.",
+            f"# TYPE {top} gauge",
+            f"{top} {metrics.latency_max}",
+        ]
     if metrics.journal_write_latency is not None:
         jw = f"{prefix}_journal_write_latency_seconds"
         lines += [
