@@ -27,6 +27,7 @@ from actors._cluster.wire import (
     VERSION,
     encode_data,
 )
+from actors._model.config import MIN_FRAME_BYTES
 from tests._cluster_support import WAIT, Collector, ipc, say_hello
 from tests._cluster_support import fake_sockets as fake_peer
 from tests._cluster_support import node as bridge
@@ -183,7 +184,7 @@ def test_curve_refuses_unknown_keys(tmp_path: Path, nodes: Callable[..., EventBu
 def test_garbage_frames_are_dropped_and_the_node_keeps_running(
     tmp_path: Path, nodes: Callable[..., EventBus]
 ) -> None:
-    a = nodes("a", listen=ipc(tmp_path, "a"), max_frame_bytes=4096)
+    a = nodes("a", listen=ipc(tmp_path, "a"), max_frame_bytes=MIN_FRAME_BYTES)
     got = Collector(1)
     a.subscribe("real.*", got)
     a.flush()
@@ -202,7 +203,7 @@ def test_garbage_frames_are_dropped_and_the_node_keeps_running(
             [b"real.x", b"\x01\x09", b"{}"],  # unknown kind
             [b"\xffhb", b"\x01\x02", b"not json"],
             [b"\xffhb", b"\x01\x02", b'{"node": 3}'],
-            [b"real.x", b"x" * 5000, b""],  # oversized
+            [b"real.x", b"x" * (MIN_FRAME_BYTES + 1), b""],  # oversized
         ]
         for parts in garbage:
             fake_pub.send_multipart(parts)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import struct
 import threading
 import time
@@ -51,11 +52,36 @@ from actors._cluster.wire import (
     encode_request,
 )
 from actors._errors import BridgeError
-from actors._model.config import check_endpoint
+from actors._model.config import MIN_FRAME_BYTES, check_endpoint, check_key
 
 __all__ = ["Broker", "main"]
 
 logger = logging.getLogger("actors.broker")
+
+
+def _check_settings(
+    authorized_keys: Sequence[bytes],
+    peer_names: Mapping[str, bytes] | None,
+    max_frame_bytes: int,
+    route_timeout: float,
+) -> None:
+    """Raise ``TypeError``/``ValueError`` for a broker setting that cannot work."""
+    for key in authorized_keys:
+        check_key(key, "each of authorized_keys")
+    for name, key in (peer_names or {}).items():
+        if not isinstance(name, str):
+            raise TypeError(f"peer_names keys are node names (str), not {name!r}")
+        check_key(key, f"peer_names[{name!r}]")
+    if isinstance(max_frame_bytes, bool) or not isinstance(max_frame_bytes, int):
+        raise TypeError(f"max_frame_bytes must be an int, not {max_frame_bytes!r}")
+    if max_frame_bytes < MIN_FRAME_BYTES:
+        raise ValueError(
+            f"max_frame_bytes must be at least {MIN_FRAME_BYTES}, not {max_frame_bytes}"
+        )
+    if isinstance(route_timeout, bool) or not isinstance(route_timeout, int | float):
+        raise TypeError(f"route_timeout must be a number of seconds, not {route_timeout!r}")
+    if not math.isfinite(route_timeout) or route_timeout <= 0:
+        raise ValueError(f"route_timeout must be finite and above 0, not {route_timeout!r}")
 
 
 @dataclass(slots=True)
@@ -87,6 +113,7 @@ class Broker:
         route_timeout: float = 30.0,
     ) -> None:
         check_endpoint(listen, "broker listen", bind=True)
+        _check_settings(authorized_keys, peer_names, max_frame_bytes, route_timeout)
         self._lock = threading.Lock()
         self.name = name
         self._max = max_frame_bytes

@@ -139,6 +139,8 @@ class Node:
         """
         if isinstance(names, str):
             raise TypeError("names must be a sequence of node names, not one str")
+        if self.name in names:
+            raise ValueError(f"a node does not wait for itself: {self.name!r} is this node")
         return self._bridge.wait_synced(list(names), timeout)
 
     def publish_remote(

@@ -215,6 +215,16 @@ class RequestIO(BridgeBase):
             pub = body.get("pub")
             if isinstance(pub, str) and reachable(pub, via) != peer.stream:
                 peer.candidate_stream = (reachable(pub, via), key or _key(body))
+                logger.warning(
+                    "bridge %s: a node greets as %r from %s while %r is alive at %s: a restart "
+                    "elsewhere, or a second node with that name (names must be unique); it is "
+                    "followed only once the one known now is declared dead",
+                    self.name,
+                    sender,
+                    pub,
+                    sender,
+                    peer.stream,
+                )
             return
         # Unknown, or declared dead: the peer takes the route it greets on (a
         # restarted node's request socket is a new connection).
@@ -343,6 +353,10 @@ class RequestIO(BridgeBase):
             if reply is None:
                 self._unanswered(name)
                 future.set_exception(NoAnswerError(f"node {name!r} did not answer in time"))
+            elif reply.kind == ERROR and reply.sender != name:
+                # A broker answered for it: no node of that name is connected there.
+                error = reply.body.get("error")
+                future.set_exception(NotConnectedError(f"node {name!r} is not connected: {error}"))
             elif reply.kind == ERROR:
                 error = reply.body.get("error")
                 future.set_exception(PeerRefusedError(f"node {name!r} refused: {error}"))

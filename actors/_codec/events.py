@@ -134,7 +134,7 @@ def _loads(text: str) -> Any:
     JSON's whitespace may surround the value (RFC 8259; other encoders add a
     newline).
     """
-    if text[:1] in _JSON_SPACE or text[-1:] in _JSON_SPACE:
+    if text and (text[0] in _JSON_SPACE or text[-1] in _JSON_SPACE):
         text = text.strip(" \t\n\r")
     try:
         value, end = _scan(text, 0)

@@ -22,6 +22,13 @@ __all__ = ["EventConfig", "NodeConfig", "OverflowStrategy", "check_endpoint"]
 
 _TCP = re.compile(r"^tcp://(?P<host>\[[0-9A-Fa-f:.]+\]|[^:/\s\[\]]+):(?P<port>\*|\d{1,5})$")
 _KEY_LENGTH = 40  # a Z85 CURVE key
+_Z85 = frozenset(
+    b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#"
+)
+MAX_NODE_NAME_BYTES = 255
+"""The longest node name in UTF-8 bytes: a data frame gives its length one byte."""
+MIN_FRAME_BYTES = 64 * 1024 + 1024
+"""The smallest ``max_frame_bytes``: a frame's header room (64 KiB) and a small event."""
 
 
 def check_endpoint(endpoint: object, what: str, *, bind: bool) -> str:
@@ -47,6 +54,11 @@ def check_endpoint(endpoint: object, what: str, *, bind: bool) -> str:
             raise ValueError(f"{what} {endpoint!r}: a wildcard port can only be listened on")
         if port != "*" and int(port) > 65535:
             raise ValueError(f"{what} {endpoint!r}: port {port} is out of range (0-65535)")
+        if bind and port == "65535":
+            raise ValueError(
+                f"{what} {endpoint!r}: a node listens on PORT and PORT+1 (its stream): "
+                "65535 leaves no room"
+            )
         return endpoint
     if scheme in ("ipc", "inproc"):
         if not rest or any(c.isspace() for c in rest):
@@ -57,11 +69,18 @@ def check_endpoint(endpoint: object, what: str, *, bind: bool) -> str:
     )
 
 
+def check_key(key: object, what: str) -> None:
+    """Raise unless ``key`` is a CURVE key: 40 bytes of Z85 text."""
+    _check_key(key, what)
+
+
 def _check_key(key: object, what: str) -> None:
     if not isinstance(key, bytes):
         raise TypeError(f"{what} must be bytes (40 Z85 characters), not {type(key).__name__}")
     if len(key) != _KEY_LENGTH:
         raise ValueError(f"{what} must be 40 bytes of Z85 text, not {len(key)} bytes")
+    if not _Z85.issuperset(key):
+        raise ValueError(f"{what} is not Z85 text (a CURVE key from keygen)")
 
 
 class OverflowStrategy(enum.Enum):
@@ -200,6 +219,8 @@ class NodeConfig:
             raise TypeError(f"node name must be a str, not {type(self.name).__name__}")
         if not self.name or any(c.isspace() for c in self.name):
             raise ValueError(f"node name must be non-empty without whitespace: {self.name!r}")
+        if len(self.name.encode("utf-8", "surrogatepass")) > MAX_NODE_NAME_BYTES:
+            raise ValueError(f"node name is over {MAX_NODE_NAME_BYTES} bytes in UTF-8")
         if isinstance(self.peers, str):
             raise TypeError("peers must be a sequence of endpoints, not one str")
         if not isinstance(self.peers, tuple):
@@ -211,9 +232,16 @@ class NodeConfig:
             check_endpoint(self.listen, "listen", bind=True)
         for endpoint in self.peers:
             check_endpoint(endpoint, "peer", bind=False)
+        if len(set(self.peers)) != len(self.peers):
+            raise ValueError(f"peers lists an endpoint twice: {list(self.peers)}")
+        if self.listen is not None and self.listen in self.peers:
+            raise ValueError(f"peers lists this node's own listen endpoint {self.listen!r}")
         self._check_keys()
-        if self.max_frame_bytes < 1024:
-            raise ValueError(f"max_frame_bytes must be at least 1024, not {self.max_frame_bytes}")
+        if self.max_frame_bytes < MIN_FRAME_BYTES:
+            raise ValueError(
+                f"max_frame_bytes must be at least {MIN_FRAME_BYTES} (64 KiB of header room "
+                f"and a small event), not {self.max_frame_bytes}"
+            )
 
     def _check_keys(self) -> None:
         if (self.curve_secret_key is None) != (self.curve_public_key is None):
@@ -231,4 +259,11 @@ class NodeConfig:
         if not isinstance(self.peer_names, dict):
             raise TypeError("peer_names must be a dict node name -> public key")
         for name, key in self.peer_names.items():
+            if not isinstance(name, str):
+                raise TypeError(f"peer_names keys are node names (str), not {name!r}")
             _check_key(key, f"peer_names[{name!r}]")
+        if self.curve_public_key is None and (self.authorized_keys or self.peer_names):
+            raise ValueError(
+                "authorized_keys and peer_names need CURVE: give curve_public_key and "
+                "curve_secret_key too (without them the node accepts anyone)"
+            )
