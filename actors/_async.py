@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import contextvars
 import functools
+import time
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -319,14 +320,21 @@ class AsyncEventBus:
         if current_event.get() is not None:
             bus.close(timeout)  # inside a handler: stops without waiting
             return
+        started = time.monotonic()
         if not bus.closed:
             try:
                 await self.flush(timeout)
             except FutureTimeoutError:
                 pass  # close() warns and stops anyway
             except BusClosedError:
-                return
-        await _off_loop(bus.close, timeout)
+                pass  # another close began meanwhile: wait for it below
+        left = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
+        if bus.closed:
+            # Another close is under way (or done): this one returns once the
+            # bus has stopped, so every stream got what was published first.
+            await _off_loop(self._holds.wait_stopped, left)
+            return
+        await _off_loop(bus.close, left)  # one deadline for the flush and the close
 
     # -- requests and replies (see EventBus.request; the core: _core/requests.py) ---------
 
@@ -496,6 +504,7 @@ class EventStream(AsyncIterator[Event]):
             self._room.clear()
             await self._room.wait()
         if self._closed:
+            self._dropped += 1  # closed while it waited for room: lost, and said so
             return
         unread.append(event)
         self._readable.set()

@@ -46,6 +46,7 @@ class Holds:
         self._lock = threading.Lock()
         self._entries: dict[object, tuple[asyncio.AbstractEventLoop, Callable[[], None]]] = {}
         self._stopped = False
+        self._done = threading.Event()  # set once the router has stopped
         self.closing = False  # an ``aclose`` began: streams opened now start ended
 
     def add(self, key: object, end: Callable[[], None]) -> None:
@@ -56,6 +57,10 @@ class Holds:
                 self._entries[key] = (loop, end)
                 return
         end()
+
+    def wait_stopped(self, timeout: float | None) -> bool:
+        """Block until the router has stopped (another thread's close), or ``timeout``."""
+        return self._done.wait(timeout)
 
     def discard(self, key: object) -> None:
         with self._lock:
@@ -71,6 +76,7 @@ class Holds:
         with self._lock:
             self._stopped = True
             entries, self._entries = list(self._entries.values()), {}
+        self._done.set()
         for loop, end in entries:
             with contextlib.suppress(RuntimeError):  # its loop is closed: nobody waits there
                 loop.call_soon_threadsafe(end)

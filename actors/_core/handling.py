@@ -347,8 +347,14 @@ class HandlerRuns:
             current_timeout.reset(token)
         if scope.expired():  # it caught its cancellation and returned: late, but handled
             self._async_timed_out(event, cancelled=False)
+        else:
+            deadline = scope.when()
+            if deadline is not None and asyncio.get_running_loop().time() > deadline:
+                # It blocked the loop past its deadline: the cancellation never
+                # got to run.  Late, but handled.
+                self._async_timed_out(event, cancelled=False, blocked=True)
 
-    def _async_timed_out(self, event: Event, *, cancelled: bool) -> None:
+    def _async_timed_out(self, event: Event, *, cancelled: bool, blocked: bool = False) -> None:
         self.timeouts += 1  # on the loop's thread, the writer of an async subscription's counters
         logger.warning(
             "handler of %s (%r) ran on %s for longer than its timeout of %s s; %s",
@@ -356,7 +362,11 @@ class HandlerRuns:
             self.pattern,
             event.event_type,
             self.policy.timeout,
-            "cancelled" if cancelled else "it caught the cancellation and returned",
+            "cancelled"
+            if cancelled
+            else "it blocked its loop, so it could not be cancelled"
+            if blocked
+            else "it caught the cancellation and returned",
         )
 
     # -- failures ---------------------------------------------------------------------

@@ -112,6 +112,22 @@ def merge_events(stored: Sequence[Event], live: Sequence[Event]) -> list[Event]:
     return causes_first(sorted(seen.values(), key=lambda e: (e.sequence or 0, e.timestamp)))
 
 
+def _stop_when_idle(loop: asyncio.AbstractEventLoop) -> None:
+    """Stop ``loop`` once the tasks on it now have ended (on the loop).
+
+    A handler given up on at ``close`` finishes its current batch on its own
+    (``docs/architecture.md``): its task must not be destroyed with the loop.
+    The loop's thread is a daemon, so a task that never ends keeps it only
+    until the process exits.
+    """
+    pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+    if not pending:
+        loop.stop()
+        return
+    gathered = asyncio.gather(*pending, return_exceptions=True)
+    gathered.add_done_callback(lambda _: loop.stop())
+
+
 def start_actor(actor: DispatchedActor) -> None:
     """Register and start an actor built directly (keeps the object, as start() would not)."""
     actor.actor_start()
@@ -517,7 +533,7 @@ class Core:
         with self._lock:
             loop = self._loop
         if loop is not None:
-            loop.call_soon_threadsafe(loop.stop)
+            loop.call_soon_threadsafe(_stop_when_idle, loop)
         self.timers.shutdown()  # pending retries and deadlines are dropped with the handlers
 
     def refs(self) -> list[pykka.ActorRef[Any]]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -63,6 +64,9 @@ class Cli(click.Group):
     ) -> Any:
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, False, **extra)
+        # SIGTERM stops a command as Ctrl-C does (``Error: interrupted`` until
+        # the command takes the signals over: ``output.stop_on_signals``).
+        signal.signal(signal.SIGTERM, _terminated)
         try:
             status = super().main(args, prog_name or PROG, complete_var, False, **extra)
         except click.UsageError as exc:
@@ -77,6 +81,10 @@ class Cli(click.Group):
         except click.Abort:
             _exit("aborted", 1)
         sys.exit(status if isinstance(status, int) else 0)
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 class _Interrupted(Exception):  # noqa: N818 - a signal, not an error

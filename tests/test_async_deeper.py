@@ -1,0 +1,214 @@
+"""AsyncEventBus at its edges: aclose beside a close, timeouts, abandoned and blocking handlers.
+
+Every wait is bounded by ``GUARD``, a hang guard whose expiry fails the
+test, never a measure of speed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from actors import AsyncEventBus, Event, EventBus, EventStream, OverflowStrategy
+from tests.test_async_close import hold_a_handler
+
+GUARD = 10.0
+
+
+def run(test: Callable[[], Awaitable[Any]]) -> Any:
+    return asyncio.run(asyncio.wait_for(test(), 3 * GUARD))
+
+
+async def read_all(stream: EventStream) -> list[Any]:
+    return [event.data async for event in stream]
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Return once ``condition()`` holds (re-checked between turns of the loop)."""
+    async with asyncio.timeout(GUARD):
+        while not condition():
+            await asyncio.sleep(0.002)
+
+
+# -- aclose while the bus is already closing ---------------------------------------------------
+
+
+def test_aclose_while_a_sync_close_flushes_still_delivers_what_was_published_before() -> None:
+    async def main() -> None:
+        bus = AsyncEventBus()
+        stream = bus.stream("s.*", capacity=1, overflow=OverflowStrategy.BLOCK)
+        for i in range(3):  # 0 in the stream, 1 waiting for room, 2 in the mailbox
+            await bus.publish("s.a", i)
+        gate = await hold_a_handler(bus)  # close's flush waits for it
+        closing = asyncio.create_task(asyncio.to_thread(bus.sync.close))
+        try:
+            await until(lambda: bus.sync.closed)
+            # The twin of close, begun while close flushes: it waits for that
+            # close; everything published before it reaches the stream, then
+            # the stream ends.
+            second = asyncio.create_task(bus.aclose())
+            await asyncio.sleep(0)
+            assert not second.done()
+        finally:
+            gate.set()
+        await asyncio.wait_for(second, GUARD)
+        await asyncio.wait_for(closing, GUARD)
+        got = await asyncio.wait_for(read_all(stream), GUARD)
+        assert (got, stream.dropped) == ([0, 1, 2], 0)
+
+    run(main)
+
+
+def test_a_second_aclose_returns_only_once_the_bus_is_closed() -> None:
+    async def main() -> None:
+        bus = AsyncEventBus()
+        gate = threading.Event()
+        loop = asyncio.get_running_loop()
+        inside = asyncio.Event()
+
+        def held(_: Event) -> None:
+            loop.call_soon_threadsafe(inside.set)
+            gate.wait(3 * GUARD)
+
+        await bus.subscribe("held.x", held)
+        first = asyncio.create_task(bus.aclose())
+        await asyncio.sleep(0)  # first's flush is sent: it covers nothing held
+        await bus.publish("held.x")  # before close: close's own flush waits for it
+        try:
+            await inside.wait()
+            await until(lambda: bus.sync.closed)  # first is in close (executor)
+            second = asyncio.create_task(bus.aclose())
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+            assert not second.done(), "the second aclose returned while the bus was closing"
+        finally:
+            gate.set()
+        await asyncio.wait_for(second, GUARD)
+        await asyncio.wait_for(first, GUARD)
+        assert bus.sync.closed
+
+    run(main)
+
+
+def test_aclose_with_a_timeout_returns_within_it_plus_the_grace() -> None:
+    async def main() -> None:
+        bus = AsyncEventBus()
+        gate = await hold_a_handler(bus)
+        try:
+            # close(timeout=T) "returns within T + 0.5 s whatever the handlers
+            # do"; aclose is its twin.  The bound below adds a full second.
+            await asyncio.wait_for(bus.aclose(timeout=2.0), 2.0 + 0.5 + 1.0)
+        finally:
+            gate.set()
+
+    run(main)
+
+
+# -- held (not covered elsewhere): two readers, async with whose body raises -----------------
+
+
+def test_two_readers_of_one_stream_share_it_and_both_end() -> None:
+    async def main() -> None:
+        bus = AsyncEventBus()
+        stream = bus.stream("s.*", capacity=3, overflow=OverflowStrategy.BLOCK)
+        a = asyncio.create_task(read_all(stream))
+        b = asyncio.create_task(read_all(stream))
+        for i in range(40):
+            await bus.publish("s.a", i)
+        await bus.aclose()
+        got_a, got_b = await asyncio.wait_for(asyncio.gather(a, b), GUARD)
+        assert sorted(got_a + got_b) == list(range(40))
+
+    run(main)
+
+
+def test_async_with_whose_body_raises_closes_and_propagates_unchanged() -> None:
+    class Boom(Exception):
+        pass
+
+    async def main() -> None:
+        bus = AsyncEventBus()
+        stream = bus.stream("s.*")
+
+        async def body() -> None:
+            async with bus:
+                await bus.publish("s.a", 1)
+                raise Boom("x")
+
+        with pytest.raises(Boom) as info:
+            await body()
+        assert info.value.args == ("x",)
+        assert bus.sync.closed
+        assert await asyncio.wait_for(read_all(stream), GUARD) == [1]
+
+    run(main)
+
+
+# -- async handlers on the bus's own loop (subscribed from sync code) --------------------------
+
+
+def test_an_abandoned_async_handler_on_the_bus_loop_finishes_on_its_own() -> None:
+    bus = EventBus()
+    entered = threading.Event()
+    gate = threading.Event()
+    finished = threading.Event()
+
+    async def handler(event: Event) -> None:
+        entered.set()
+        try:
+            await asyncio.to_thread(gate.wait, 3 * GUARD)
+        finally:
+            finished.set()
+
+    bus.subscribe("h.*", handler)
+    bus.publish("h.a", 1)
+    assert entered.wait(GUARD)
+    bus.close(timeout=0)  # gives up on the running handler: it is abandoned
+    gate.set()
+    # "A handler still running is abandoned ... it finishes its current batch on its own"
+    assert finished.wait(GUARD)
+
+
+# -- an async handler that blocks its loop past its timeout ------------------------------------
+
+
+def test_an_async_handler_blocking_past_its_timeout_is_counted() -> None:
+    async def main() -> None:
+        async with AsyncEventBus() as bus:
+            gate = threading.Event()
+
+            async def blocks(event: Event) -> None:
+                gate.wait(0.3)  # the fault: blocks the loop well past its timeout
+
+            sub = await bus.subscribe("b.*", blocks, timeout=0.05)
+            await bus.publish("b.a")
+            await bus.flush(GUARD)
+            assert sub.statistics().timeouts == 1
+
+    run(main)
+
+
+# -- a BLOCK stream closed by its own aclose ---------------------------------------------------
+
+
+def test_a_block_stream_closed_by_its_own_aclose_counts_every_event_it_lost() -> None:
+    async def main() -> None:
+        async with AsyncEventBus() as bus:
+            stream = bus.stream("s.*", capacity=2, overflow=OverflowStrategy.BLOCK)
+            sub = stream.subscription
+            for i in range(5):  # 0-1 held, 2 waits for room, 3-4 in the mailbox
+                await bus.publish("s.a", i)
+            await until(lambda: sub.statistics().queued == 2)
+            await stream.aclose()
+            got = await asyncio.wait_for(read_all(stream), GUARD)
+            assert got == [0, 1]
+            # Final once the subscription has finished (the event waiting for
+            # room is let go on the loop, the queued ones on the handler's thread).
+            await until(lambda: sub.statistics().queued == 0 and sub.statistics().in_flight == 0)
+            assert len(got) + stream.dropped == 5
+
+    run(main)
