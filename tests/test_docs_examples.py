@@ -1,4 +1,4 @@
-"""The docs' own examples and promises, run as a user would run them."""
+"""The docs' own examples and promises, run as a user would run them.
 
 Each test names the doc line it holds the code to.  The tests that start a
 command synchronise on a ZeroMQ ROUTER standing in for the node: the command
