@@ -17,7 +17,14 @@ import zmq
 
 from actors import EventBus, EventQuery
 from actors._cluster.stream_io import MAX_UNCONFIRMED_STREAMS
-from actors._cluster.wire import HEARTBEAT_TOPIC, HELLO, Request, encode_request
+from actors._cluster.wire import (
+    HEARTBEAT_TOPIC,
+    HELLO,
+    WELCOME,
+    Request,
+    decode_request,
+    encode_request,
+)
 from tests._cluster_support import WAIT, Collector, ipc, node, request_endpoint
 from tests._support import reaped
 from tests.test_cluster import Node
@@ -80,8 +87,13 @@ def hello_flood(tmp_path: Path, bus: EventBus, count: int, *, closing: bool = Fa
             dealer.send_multipart(encode_request(Request(HELLO, "", f"flood{n}", "h", body)))
             if closing and not dealer.poll(1000):
                 return
-            assert dealer.poll(int(WAIT * 1000)), f"no welcome for greeting {n}"
-            dealer.recv_multipart()
+            # Its WELCOME, not the CREDIT the node may grant the new name: only
+            # then has the node taken this greeting, so the flood is over for
+            # it when this returns (a later greeting never overtakes it).
+            while True:
+                assert dealer.poll(int(WAIT * 1000)), f"no welcome for greeting {n}"
+                if decode_request(dealer.recv_multipart(), 1 << 24).kind == WELCOME:
+                    break
     finally:
         ctx.destroy(0)
 

@@ -200,7 +200,8 @@ def top(*, interval: float, connection: Connection) -> None:
         fail("top draws with rich: pip install 'llmspell-events[cli]'")
     stop_on_signals()  # SIGTERM too restores the terminal on its way out
     deadline = time.monotonic() + connection.timeout
-    with short_lived_node(connection, "top") as bus, suppress(KeyboardInterrupt):
+    # Outside the node: a signal while it starts and connects quits too (status 0).
+    with suppress(KeyboardInterrupt), short_lived_node(connection, "top") as bus:
         target = peer_name(bus, connection, deadline)
         _watch(
             bus,
