@@ -230,8 +230,8 @@ def test_stopping_reply_does_not_leave_its_command_running(hub: str, tmp_path: P
     os.mkfifo(fifo)
     script = tmp_path / "slow.py"
     script.write_text(
-        f"import os, time\nwith open({str(fifo)!r}, 'w') as f:\n    f.write(str(os.getpid()))\n"
-        "time.sleep(120)\n"
+        f"import os, signal\nwith open({str(fifo)!r}, 'w') as f:\n    f.write(str(os.getpid()))\n"
+        "signal.pause()  # a command that never answers: only a signal ends it\n"
     )
     answering = Running(
         "reply", "edge.orphan.*", "--exec", f"{sys.executable} {script}", "--peer", hub
