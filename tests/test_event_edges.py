@@ -239,3 +239,47 @@ def test_one_event_object_published_on_two_buses_gets_a_sequence_on_each(tmp_pat
     assert wire_of(event) == kept
     assert [e.sequence for e in journaled] == [1, 2, 3]
     assert all(e.data == {"k": 1} for e in journaled)
+
+
+def _shared(levels: int) -> list[object]:
+    """Return two references to one list, ``levels`` times over (2**levels leaves)."""
+    value: list[object] = [0]
+    for _ in range(levels):
+        value = [value, value]
+    return value
+
+
+def test_data_that_shares_its_parts_is_refused_by_its_size_not_walked_forever() -> None:
+    """Forty levels of ``[a, a]``: 2**40 values once written out (terabytes of JSON).
+
+    Before the bound, the check walked every path through the shared lists
+    and never returned; now it counts values as the JSON text would hold
+    them and stops at ``MAX_DATA_VALUES``."""
+    from actors._model.event import MAX_DATA_VALUES  # noqa: PLC0415
+
+    with pytest.raises(InvalidEventError, match=r"more than 10,000,000 values"):
+        Event(event_type="a.b", data=_shared(40))
+    with pytest.raises(InvalidEventError, match=r"more than 10,000,000 values"):
+        Event(event_type="a.b", data={"k": _shared(40)})
+    assert MAX_DATA_VALUES == 10_000_000
+
+
+def test_shared_data_within_the_bound_is_accepted_and_encodes_as_written_out() -> None:
+    """Sharing is not refused as such: ten levels (2,046 values) pass and round-trip."""
+    data = _shared(10)
+    event = Event(event_type="a.b", data=data)
+    assert Event.from_bytes(event.to_bytes()).data == data
+
+
+def test_the_bound_counts_every_value_of_every_list_and_dict() -> None:
+    """Exactly ``MAX_DATA_VALUES`` values pass; one more is refused (a list of lists)."""
+    from actors._model.event_checks import MAX_DATA_VALUES, json_room  # noqa: PLC0415
+
+    row = [0] * 1000
+    rows = MAX_DATA_VALUES // 1000 - 1
+    data = [row] * rows  # rows lists plus rows * 1000 ints: MAX_DATA_VALUES - 1000 + rows
+    used = rows + rows * 1000
+    assert json_room(data, 0, used) == 0
+    assert json_room(data, 0, used - 1) == -1
+    assert json_room({"a": [1, 2], "b": {"c": None}}, 0, 5) == 0
+    assert json_room({"a": [1, 2], "b": {"c": None}}, 0, 4) == -1

@@ -31,6 +31,7 @@ from actors._model.event_checks import (
     INT64_MAX,
     INT64_MIN,
     MAX_DATA_DEPTH,
+    MAX_DATA_VALUES,
     TYPE_CACHE,
     UINT64_LIMIT,
     check_new_event_type,
@@ -44,11 +45,11 @@ from actors._model.event_checks import (
     event_kwargs,
     explain_json,
     freeze_metadata,
-    is_json,
+    json_room,
 )
 from actors._model.uuid7 import uuid7
 
-__all__ = ["EMPTY_METADATA", "MAX_DATA_DEPTH", "Event", "JsonValue"]
+__all__ = ["EMPTY_METADATA", "MAX_DATA_DEPTH", "MAX_DATA_VALUES", "Event", "JsonValue"]
 
 JsonValue: TypeAlias = "dict[str, JsonValue] | list[JsonValue] | str | int | float | bool | None"
 """The values ``Event.data`` may hold."""
@@ -134,7 +135,7 @@ class Event(_Wire):
         # that normalises or raises otherwise; construction is on the hot path.
         if event_type.__class__ is not str or event_type not in TYPE_CACHE:
             event_type = check_new_event_type(event_type)
-        if data is not None and not is_json(data, 0):
+        if data is not None and json_room(data, 0, MAX_DATA_VALUES) < 0:
             raise InvalidEventError(explain_json(data))
         if id is None:
             id = uuid7()

@@ -6,7 +6,10 @@ needs.  Decisions where the spec is silent:
 
 - ``data`` is a JSON value built from ``dict`` (``str`` keys), ``list``, ``str``,
   ``int``, ``float``, ``bool`` and ``None`` (subclasses allowed), nested at most
-  ``MAX_DATA_DEPTH`` deep.  Tuples, sets, bytes, non-finite floats (NaN, inf)
+  ``MAX_DATA_DEPTH`` deep, its lists and dicts holding at most
+  ``MAX_DATA_VALUES`` (10,000,000) values in all, a list or dict counted once
+  for every place it appears (so shared parts cannot make the check, or the
+  encoding, take exponential time).  Tuples, sets, bytes, non-finite floats (NaN, inf)
   and ints of more than 14,000 bits (about 4,200 digits, under Python's
   int-to-str limit) are rejected, because they would not round-trip exactly.
   ``data`` is *not* copied: the event shares it, so do not mutate it afterwards.
@@ -43,6 +46,7 @@ __all__ = [
     "INT64_MAX",
     "INT64_MIN",
     "MAX_DATA_DEPTH",
+    "MAX_DATA_VALUES",
     "TYPE_CACHE",
     "UINT64_LIMIT",
     "check_data",
@@ -59,11 +63,19 @@ __all__ = [
     "explain_json",
     "freeze_metadata",
     "is_json",
+    "json_room",
     "parse_uuid",
 ]
 
 MAX_DATA_DEPTH = 200
 """How deeply ``Event.data`` may nest containers (guards against cycles)."""
+
+MAX_DATA_VALUES = 10_000_000
+"""How many values ``Event.data``'s lists and dicts may hold in all.
+
+A list or dict counts once for every place it appears, as it would in the
+JSON text: shared parts are no way around the limit.
+"""
 
 _INT_LIMIT = 1 << 14_000
 INT64_MIN = -(1 << 63)
@@ -88,7 +100,7 @@ def check_event_type(event_type: object) -> str:
 
 def check_data(data: object) -> None:
     """Raise ``InvalidEventError`` with the reason if ``data`` is not a JSON value."""
-    if data is not None and not is_json(data, 0):
+    if data is not None and json_room(data, 0, MAX_DATA_VALUES) < 0:
         raise InvalidEventError(explain_json(data))
 
 
@@ -238,56 +250,93 @@ def event_kwargs(d: object, names: Collection[str]) -> dict[str, Any]:
 # -- JSON data ------------------------------------------------------------------
 
 
-def is_json(value: Any, depth: int) -> bool:  # noqa: PLR0911 - flat dispatch is the fast path
+def is_json(value: Any, depth: int = 0) -> bool:
     """Return whether ``value`` is an exactly round-tripping JSON value (no reason)."""
+    return json_room(value, depth, MAX_DATA_VALUES) >= 0
+
+
+def json_room(value: Any, depth: int, room: int) -> int:  # noqa: PLR0911 - flat dispatch
+    """Return ``room`` less the values inside ``value``, or -1 if it is not JSON data.
+
+    -1 too when ``value`` holds more than ``room`` values, counting a list or
+    dict once for every place it appears: a structure that shares its parts
+    (``a = [a, a]`` over and over) is small in memory but its JSON text, and
+    a walk of it, grow exponentially with its depth.
+    """
     cls = value.__class__
     if cls is str or cls is bool or value is None:
-        return True
+        return room
     if cls is int:
-        return -_INT_LIMIT < value < _INT_LIMIT  # type: ignore[no-any-return]
+        return room if -_INT_LIMIT < value < _INT_LIMIT else -1
     if cls is float:
-        return value - value == 0.0  # type: ignore[no-any-return] # False for inf and NaN
+        return room if value - value == 0.0 else -1  # NaN and inf: not 0.0
     if depth >= MAX_DATA_DEPTH:
-        return False
+        return -1
     if cls is dict:
+        room -= len(value)
+        if room < 0:
+            return -1
         for key, item in value.items():
             if key.__class__ is not str and not isinstance(key, str):
-                return False
+                return -1
             cls = item.__class__
             if cls is str or cls is bool or item is None:
                 continue
             if cls is int and -_INT_LIMIT < item < _INT_LIMIT:
                 continue
-            if not is_json(item, depth + 1):
-                return False
-        return True
+            room = json_room(item, depth + 1, room)
+            if room < 0:
+                return -1
+        return room
     if cls is list:
-        for item in value:  # noqa: SIM110 - a loop is faster than all() over a generator
-            if not is_json(item, depth + 1):
-                return False
-        return True
-    return _is_json_subclass(value, depth)
+        room -= len(value)
+        if room < 0:
+            return -1
+        for item in value:
+            room = json_room(item, depth + 1, room)
+            if room < 0:
+                return -1
+        return room
+    return _subclass_room(value, depth, room)
 
 
-def _is_json_subclass(value: object, depth: int) -> bool:
+def _subclass_room(value: object, depth: int, room: int) -> int:  # noqa: PLR0911
     if isinstance(value, str):
-        return True
+        return room
     if isinstance(value, int):
-        return -_INT_LIMIT < value < _INT_LIMIT
+        return room if -_INT_LIMIT < value < _INT_LIMIT else -1
     if isinstance(value, float):
-        return math.isfinite(value)
+        return room if math.isfinite(value) else -1
     if isinstance(value, dict):
-        return all(isinstance(key, str) and is_json(item, depth + 1) for key, item in value.items())
+        room -= len(value)
+        for key, item in value.items():
+            if room < 0 or not isinstance(key, str):
+                return -1
+            room = json_room(item, depth + 1, room)
+        return room
     if isinstance(value, list):
-        return all(is_json(item, depth + 1) for item in value)
-    return False
+        room -= len(value)
+        for item in value:
+            if room < 0:
+                return -1
+            room = json_room(item, depth + 1, room)
+        return room
+    return -1
 
 
 def explain_json(data: object) -> str:  # noqa: PLR0911 - one return per kind of fault
     """Return why ``data`` is not a JSON value, naming the first offending path."""
     stack: list[tuple[str, object, int]] = [("data", data, 0)]
+    room = MAX_DATA_VALUES
     while stack:
         path, value, depth = stack.pop()
+        if isinstance(value, dict | list):
+            room -= len(value)
+            if room < 0:
+                return (
+                    f"data holds more than {MAX_DATA_VALUES:,} values (a list or dict "
+                    "counts once for every place it appears)"
+                )
         if isinstance(value, str | bool) or value is None:
             continue
         if isinstance(value, int):
