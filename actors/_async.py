@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import contextvars
 import functools
+import threading
 import time
 import uuid
 from collections import deque
@@ -32,6 +33,7 @@ from typing import Any, TypeVar
 
 from actors._async_holds import fail_closed, holds_of
 from actors._bus import EventBus
+from actors._core.backpressure import Withdrawn, withdrawal
 from actors._core.messages import CorrelatedEvents
 from actors._core.requests import reply_result, timeout_error
 from actors._core.subscriber import DeadLetter, Handler, Subscription, current_event
@@ -62,6 +64,29 @@ async def _off_loop(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     run = contextvars.copy_context().run
     loop = asyncio.get_running_loop()
     return await loop.run_in_executor(None, functools.partial(run, fn, *args, **kwargs))
+
+
+async def _withdrawable(fn: Callable[..., T], *args: Any) -> T:
+    """``_off_loop(fn, *args)`` for a publish: cancelling the await withdraws it.
+
+    A publish that is still waiting for room (a full ``BLOCK`` subscription,
+    a peer out of credit) when the await is cancelled gives up within
+    ``WITHDRAW_POLL`` seconds and is not published; one already on its way
+    to the router is published all the same.
+    """
+    withdrawn = threading.Event()
+
+    def job() -> T:
+        if withdrawn.is_set():  # cancelled before the executor ran it
+            raise Withdrawn("the publish was cancelled before it started")
+        withdrawal.set(withdrawn)  # in the copy of the context this job runs in
+        return fn(*args)
+
+    try:
+        return await _off_loop(job)
+    except asyncio.CancelledError:
+        withdrawn.set()
+        raise
 
 
 def _publish_off_loop(publish: Callable[[Event], BusFuture[Event]]) -> Publish:
@@ -126,13 +151,18 @@ class AsyncEventBus:
 
         If the publish may wait (``BLOCK`` subscriptions exist, or the
         router's mailbox is full), it waits in an executor thread, never on
-        the loop.
+        the loop.  Cancelled while it waits for room in a full ``BLOCK``
+        subscription (or for a peer's credit), the publish is withdrawn: not
+        published, not counted as rejected.  Once admitted it is published
+        even if the await is cancelled (as a ``put`` on an asyncio queue).
         """
         bus = self.sync
         if bus.closed:
             raise BusClosedError("the bus is closed")
         if bus.core.publisher.may_wait():
-            future = await _off_loop(bus.publish, event_or_type, data, **fields)
+            future = await _withdrawable(
+                functools.partial(bus.publish, event_or_type, data, **fields)
+            )
         else:
             future = bus.publish(event_or_type, data, **fields)
         return await wrap_future(future)
@@ -148,7 +178,7 @@ class AsyncEventBus:
         if bus.closed:
             raise BusClosedError("the bus is closed")
         if bus.core.publisher.may_wait():
-            futures = await _off_loop(bus.publish_many, batch)
+            futures = await _withdrawable(bus.publish_many, batch)
         else:
             futures = bus.publish_many(batch)
         return list(await asyncio.gather(*(wrap_future(f) for f in futures)))

@@ -9,11 +9,12 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 
-from actors import AsyncEventBus, Event, EventBus, EventStream, OverflowStrategy
+from actors import AsyncEventBus, Event, EventBus, EventConfig, EventStream, OverflowStrategy
 from tests.test_async_close import hold_a_handler
 
 GUARD = 10.0
@@ -210,5 +211,116 @@ def test_a_block_stream_closed_by_its_own_aclose_counts_every_event_it_lost() ->
             # room is let go on the loop, the queued ones on the handler's thread).
             await until(lambda: sub.statistics().queued == 0 and sub.statistics().in_flight == 0)
             assert len(got) + stream.dropped == 5
+
+    run(main)
+
+
+# -- a publish cancelled while it waits for room is withdrawn ----------------------------------
+
+
+class _OneThread(ThreadPoolExecutor):
+    """An executor of one thread that tells when a job starts (``started``)."""
+
+    def __init__(self) -> None:
+        super().__init__(1)
+        self.started = threading.Event()
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        def job() -> Any:
+            self.started.set()
+            return fn(*args, **kwargs)
+
+        return super().submit(job)
+
+
+async def _gated_block_subscriber(
+    bus: AsyncEventBus,
+) -> tuple[threading.Event, list[int], _OneThread]:
+    """Subscribe a BLOCK subscriber of capacity 1 and fill it; return its gate, what it got
+    and the loop's executor.
+
+    The executor has one thread: a publish that may wait runs there, so each
+    publish after a withdrawn one runs only once that one has ended
+    (withdrawn, or published before it).
+    """
+    executor = _OneThread()
+    asyncio.get_running_loop().set_default_executor(executor)
+    gate = threading.Event()
+    got: list[int] = []
+    loop = asyncio.get_running_loop()
+    started: asyncio.Future[None] = loop.create_future()
+
+    def held(event: Event) -> None:
+        if not started.done():
+            loop.call_soon_threadsafe(lambda: started.done() or started.set_result(None))
+        gate.wait(3 * GUARD)  # only the test opens it
+        got.append(event.data)  # type: ignore[arg-type]
+
+    await bus.subscribe("w.*", held, overflow=OverflowStrategy.BLOCK, capacity=1)
+    await bus.publish("w.a", 0)
+    await started  # 0 in the handler
+    await bus.publish("w.a", 1)  # routed: the mailbox is full
+    executor.started.clear()
+    return gate, got, executor
+
+
+def test_a_publish_cancelled_while_it_waits_for_room_is_never_published() -> None:
+    """``asyncio.wait_for(bus.publish(...), t)`` that times out must not publish later.
+
+    Before, the publish went on waiting on its executor thread after the
+    await was cancelled and published the event as soon as room came."""
+
+    async def main() -> None:
+        async with AsyncEventBus(EventConfig(block_timeout=3 * GUARD)) as bus:
+            gate, got, executor = await _gated_block_subscriber(bus)
+            try:
+                task = asyncio.create_task(bus.publish("w.a", 2))
+                await until(executor.started.is_set)  # waiting for room on the executor
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+            finally:
+                gate.set()
+            await bus.publish("w.a", 3)  # runs once the withdrawn one has ended
+            await bus.flush(timeout=GUARD)
+            assert got == [0, 1, 3]
+            assert bus.metrics().rejected == 0  # withdrawn, not refused
+
+    run(main)
+
+
+def test_a_publish_many_cancelled_while_it_waits_for_room_publishes_none_of_its_events() -> None:
+    async def main() -> None:
+        async with AsyncEventBus(EventConfig(block_timeout=3 * GUARD)) as bus:
+            gate, got, executor = await _gated_block_subscriber(bus)
+            batch = [Event(event_type="w.a", data=i) for i in (2, 3)]
+            try:
+                task = asyncio.create_task(bus.publish_many(batch))
+                await until(executor.started.is_set)
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+            finally:
+                gate.set()
+            await bus.publish("w.a", 4)
+            await bus.flush(timeout=GUARD)
+            assert got == [0, 1, 4]
+
+    run(main)
+
+
+def test_a_publish_that_may_wait_and_finds_room_is_published() -> None:
+    """The withdrawable path (a BLOCK subscription exists) publishes when there is room."""
+
+    async def main() -> None:
+        async with AsyncEventBus(EventConfig(block_timeout=3 * GUARD)) as bus:
+            got: list[int] = []
+            await bus.subscribe(
+                "w.*", lambda e: got.append(e.data), overflow=OverflowStrategy.BLOCK
+            )
+            event = await bus.publish("w.a", 7)  # BLOCK: through the executor
+            await bus.flush(timeout=GUARD)
+            assert got == [7]
+            assert event.sequence is not None
 
     run(main)

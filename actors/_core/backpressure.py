@@ -37,6 +37,7 @@ reference as it is.
 
 from __future__ import annotations
 
+import contextvars
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -49,7 +50,20 @@ from actors._model.topics import Pattern
 if TYPE_CHECKING:
     from actors._model.event import Event
 
-__all__ = ["Allowance", "BlockGuard", "Gate", "Hold"]
+__all__ = ["WITHDRAW_POLL", "Allowance", "BlockGuard", "Gate", "Hold", "Withdrawn", "withdrawal"]
+
+# Set, in the context of one publish, by the async facade: the publish waits
+# for room on an executor thread while its caller awaits it, and a cancelled
+# await sets the event.  The wait for room then ends within WITHDRAW_POLL
+# seconds and the publish is withdrawn (``Withdrawn``): not sent, not counted.
+withdrawal: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar(
+    "actors_withdrawal", default=None
+)
+WITHDRAW_POLL = 0.05
+
+
+class Withdrawn(Exception):  # noqa: N818 - an outcome, not a fault
+    """A publish given up while it waited for room: its await was cancelled."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,14 +249,22 @@ class BlockGuard:
         Return the gate or hold that timed out, or None once there is room.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
+        withdrawn = withdrawal.get()
         while True:
             waits: tuple[Gate | Hold, ...] = (*self.full, *self.holds)
             gate = next((g for g in waits if not g.room.is_set() and _wants(g, events)), None)
             if gate is None:
                 return None
             remaining = None if deadline is None else deadline - time.monotonic()
-            if (remaining is not None and remaining <= 0) or not gate.room.wait(remaining):
+            if remaining is not None and remaining <= 0:
                 return gate
+            if withdrawn is None:
+                if not gate.room.wait(remaining):
+                    return gate
+                continue
+            if withdrawn.is_set():
+                raise Withdrawn("the publish was cancelled while it waited for room")
+            gate.room.wait(WITHDRAW_POLL if remaining is None else min(remaining, WITHDRAW_POLL))
 
     # -- a node's bridge (its I/O thread only) ----------------------------------------
 

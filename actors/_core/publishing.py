@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from actors._core.backpressure import BlockGuard
+from actors._core.backpressure import BlockGuard, Withdrawn, withdrawal
 from actors._core.messages import Publish, PublishBatch
 from actors._core.ratelimit import TokenBucket
 from actors._core.subscriber import current_event
@@ -234,6 +234,9 @@ class Publisher:
                 raise BackpressureError(gate.refusal(timeout))
             if self.closed:  # room came while the bus closes: too late to publish
                 raise BusClosedError("the bus was closed while the publish waited for room")
+            withdrawn = withdrawal.get()
+            if withdrawn is not None and withdrawn.is_set():  # cancelled as the room came
+                raise Withdrawn("the publish was cancelled while it waited for room")
         paced = guard.paces(events)  # counted even when it cannot wait (below)
         if self._dispatcher.on_dispatcher_thread():
             return None
