@@ -65,6 +65,11 @@ current_timeout: contextvars.ContextVar[tuple[asyncio.Timeout, float] | None] = 
 )
 
 
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 def _cancelling() -> bool:
     """Return whether the running task itself is being cancelled."""
     task = asyncio.current_task()
@@ -92,6 +97,8 @@ class HandlerRuns:
     _run: SyncRun | None
     _watch: CallWatch | None
     _timers: Timers
+    _loop: asyncio.AbstractEventLoop | None
+    _retry_wake: asyncio.Future[None] | None
 
     def _batch_done(self, batch: Batch) -> None:
         raise NotImplementedError
@@ -145,9 +152,11 @@ class HandlerRuns:
                         call(event)
                     except BaseException as exc:  # see _failed
                         delay = self._failed(event, exc, attempts)
-                        if delay == 0.0:
+                        if delay is not None and self.abandoned:
+                            stop = i  # no retry once given up on: this event and the rest go
+                        elif delay == 0.0:
                             continue
-                        if delay is not None:  # park; the timer resumes at this event
+                        elif delay is not None:  # park; the timer resumes at this event
                             self.delivered += delivered
                             self._wait_retry(
                                 SyncRun(batch, history, pos=i, attempts=attempts), delay
@@ -158,6 +167,8 @@ class HandlerRuns:
                     break
             finally:
                 reset_current(token)
+            if stop is not None:
+                break
         self._end_sync(batch, history, delivered, stop)
 
     def _end_sync(
@@ -172,12 +183,13 @@ class HandlerRuns:
     def _handled_part(self, batch: Batch, history: bool, stop: int | None) -> Batch:
         """Return the part of ``batch`` before ``stop``; the rest counts as discarded.
 
-        Its progress (a durable checkpoint) covers only that part.
+        Its progress (a durable checkpoint) covers only that part.  ``history``
+        is kept for the callers' symmetry: live or not, the rest is discarded.
         """
         if stop is None:
             return batch
-        if not history:
-            self.actor_inbox.discarded += len(batch) - stop
+        # History events count as accepted too (``replayed``): both kinds go.
+        self.actor_inbox.discarded += len(batch) - stop
         return batch[:stop]
 
     def _wait_retry(self, run: SyncRun, delay: float) -> None:
@@ -246,11 +258,16 @@ class HandlerRuns:
                     delay = self._failed(event, error, run.attempts)
                     if delay is None:
                         break
+                    if self.abandoned:
+                        stop = run.pos  # no retry once given up on
+                        break
                     if delay > 0:
                         self._wait_retry(run, delay)
                         return
             finally:
                 current_event.reset(token)
+            if stop is not None:
+                break
             run.pos += 1
             run.attempts = 0
         self._run = None
@@ -307,15 +324,15 @@ class HandlerRuns:
                             raise
                         delay = self._failed(event, exc, attempts)  # the handler's own
                         if delay is not None:
-                            if delay > 0:
-                                await asyncio.sleep(delay)
-                            continue
+                            if await self._before_retry(delay):
+                                continue
+                            stop = i
                     except BaseException as exc:  # see _failed
                         delay = self._failed(event, exc, attempts)
                         if delay is not None:
-                            if delay > 0:
-                                await asyncio.sleep(delay)
-                            continue
+                            if await self._before_retry(delay):
+                                continue
+                            stop = i
                     else:
                         self.delivered += 1
                     break
@@ -323,8 +340,44 @@ class HandlerRuns:
                 # Closed from another context (its loop closing): nothing to undo.
                 with contextlib.suppress(ValueError):
                     current_event.reset(token)
+            if stop is not None:  # given up on while it waited to retry: the rest goes
+                mailbox.finished_by_owner += count * (len(batch) - i)
+                break
             mailbox.finished_by_owner += count
         self._batch_done(self._handled_part(batch, history, stop))
+
+    async def _before_retry(self, delay: float) -> bool:
+        """Wait ``delay`` s before a retry; return False if the subscription was given up on.
+
+        The wait ends early when it is (``abandon``): an unsubscribed or
+        closed subscription does not keep its events for a retry that will
+        not come.
+        """
+        if delay > 0 and not self.abandoned:
+            loop = asyncio.get_running_loop()
+            wake: asyncio.Future[None] = loop.create_future()
+            self._retry_wake = wake
+            timer = loop.call_later(delay, _wake, wake)
+            try:
+                if not self.abandoned:  # abandon() sees the future, or this sees the flag
+                    await wake
+            finally:
+                timer.cancel()
+                self._retry_wake = None
+        return not self.abandoned
+
+    def abandon(self) -> None:
+        """Handle nothing more, the batch in hand included (any thread: unsubscribe, close).
+
+        A synchronous batch stops at its next event or retry; an ``async``
+        batch waiting to retry stops waiting at once.
+        """
+        self.abandoned = True
+        wake = self._retry_wake
+        loop = self._loop
+        if wake is not None and loop is not None:
+            with contextlib.suppress(RuntimeError):  # its loop has closed: nothing waits
+                loop.call_soon_threadsafe(_wake, wake)
 
     async def _await_handler(
         self, handler: Callable[[Event], Coroutine[Any, Any, Any]], event: Event

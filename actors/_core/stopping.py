@@ -46,7 +46,7 @@ def stop_actors(
         stats for stats in (a.statistics() for a in subs) if stats.queued or stats.in_flight
     ]
     for actor in subs:
-        actor.abandoned = True  # nothing more is handled once close gives up
+        actor.abandon()  # nothing more is handled once close gives up
     stop = functools.partial(
         _stop, core, subs, unfinished, system, deadline, grace, bridge_close, journal
     )

@@ -80,6 +80,7 @@ class SubscriberActor(HandlerRuns, DispatchedActor):
         "_inflight",
         "_loop",
         "_overflow",
+        "_retry_wake",
         "_run",
         "_timers",
         "_watch",
@@ -140,6 +141,7 @@ class SubscriberActor(HandlerRuns, DispatchedActor):
         self.detached = False
         self._inflight = False
         self._loop = loop
+        self._retry_wake: asyncio.Future[None] | None = None  # an async batch waiting to retry
         self.catchup: CatchUp | None = None
         self._call: Callable[[Event], Any]
         self._async_handler: Callable[[Event], Coroutine[Any, Any, Any]] | None = None
@@ -258,8 +260,24 @@ class SubscriberActor(HandlerRuns, DispatchedActor):
     # -- stopping -----------------------------------------------------------------
 
     def _on_stopped(self) -> None:
+        run = self._run
+        if run is not None:  # a synchronous batch parked for a retry: it never resumes
+            self._run = None
+            self._drop_run(run)
         self.actor_inbox.clear_events()
         self.actor_inbox.release_barriers()
+
+    def _drop_run(self, run: SyncRun) -> None:
+        """Account for a stopped batch that will not go on: handled so far, the rest discarded."""
+        pos, delivered = run.pos, run.delivered
+        left = run.call
+        if left is not None and left.left_behind:  # the handler has that event
+            pos += 1
+            delivered += 1
+        self.delivered += delivered
+        self.actor_inbox.discarded += len(run.batch) - pos
+        if not run.history:
+            self.actor_inbox.finished_by_owner += len(run.batch)
 
     def statistics(self) -> SubscriptionStatistics:
         """Return a snapshot of this subscription's figures (see ``SubscriptionStatistics``).

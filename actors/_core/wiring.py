@@ -346,7 +346,7 @@ class Core:
             if actor is None:
                 return
             actor.detached = True
-            actor.abandoned = True  # nothing more is handled, the batch in hand included
+            actor.abandon()  # nothing more is handled, the batch in hand included
             if actor.catchup is not None:
                 actor.catchup.caught_up.set(None)  # a flush waiting for it stops waiting
             self._ended.append(actor)
