@@ -161,11 +161,12 @@ class Hold:
 class BlockGuard:
     """The ``BLOCK`` subscriptions of one bus and which of them are full."""
 
-    __slots__ = ("_gates", "_lock", "blocking", "full", "holds")
+    __slots__ = ("_gates", "_lock", "_routes", "blocking", "full", "holds")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.blocking: tuple[tuple[str, Callable[[str], bool]], ...] = ()
+        self._routes: tuple[Route, ...] = ()  # the BLOCK routes, as ``blocking``
         self.full: tuple[Gate, ...] = ()
         self.holds: tuple[Hold, ...] = ()
         self._gates: dict[str, Gate] = {}  # router only
@@ -177,11 +178,45 @@ class BlockGuard:
         matches = Pattern.parse(route.pattern).matches
         with self._lock:
             self.blocking = (*self.blocking, (route.id, matches))
+            self._routes = (*self._routes, route)
 
     def discard(self, sub_id: str) -> None:
         """Forget the BLOCK subscription ``sub_id`` (no-op for others)."""
         with self._lock:
             self.blocking = tuple(b for b in self.blocking if b[0] != sub_id)
+            self._routes = tuple(r for r in self._routes if r.id != sub_id)
+
+    def pieces(self, events: Sequence[Event]) -> list[int]:
+        """Return where to cut ``events`` so that each piece fits the BLOCK mailboxes' room now.
+
+        The ends of the pieces, in order (the last is ``len(events)``).  A
+        piece is cut only before an event that would overflow once it holds
+        one that takes room: so a piece holds at least one such event, which
+        waits for room when admitted if there is none, and a batch that fits
+        stays whole.  Room is each mailbox's capacity less what it holds,
+        read now; filters are run, so an event a subscription filters out
+        takes none of its room.
+        """
+        routes = self._routes
+        matchers = [(r, Pattern.parse(r.pattern).matches) for r in routes]
+        wanted = [[r for r, m in matchers if m(e.event_type) and accepts(r, e)] for e in events]
+        ends: list[int] = []
+        start, n = 0, len(events)
+        while start < n:
+            room = {r.id: r.mailbox.capacity - r.mailbox.queued for r in routes}
+            end = start
+            taken = False  # the piece holds an event that takes room
+            while end < n:
+                takers = wanted[end]
+                if taken and any(room[r.id] <= 0 for r in takers):
+                    break
+                for r in takers:
+                    room[r.id] -= 1
+                    taken = True
+                end += 1
+            ends.append(end)
+            start = end
+        return ends
 
     # -- the publisher's thread ---------------------------------------------------
 

@@ -132,7 +132,11 @@ class Publisher:
         # pacing hold whose allowance covers the event: the steps of _admit
         # and _send inline, a few calls fewer per event.
         if guard.blocking or (guard.holds and not guard.lets_through(event)):
-            routed = self._admit((event,), self._timeout)
+            try:
+                routed = self._admit((event,), self._timeout)
+            except (BackpressureError, Withdrawn):
+                self._give_back(1)
+                raise
             self._send(Publish(event, future, _now(), False, owned, routed), routed, self._timeout)
         elif not self._router.put_blocking(
             Publish(event, future, _now(), False, owned), self._timeout
@@ -155,7 +159,11 @@ class Publisher:
         guard = self._guard
         future: BusFuture[Event] = BusFuture()
         if guard.blocking or (guard.holds and not guard.lets_through(event)):
-            routed = self._admit((event,), timeout)
+            try:
+                routed = self._admit((event,), timeout)
+            except (BackpressureError, Withdrawn):
+                self._give_back(1)
+                raise
             self._send(Publish(event, future, _now(), False, owned, routed), routed, timeout)
         elif not self._router.put_blocking(Publish(event, future, _now(), False, owned), timeout):
             self._refuse((event,), timeout)
@@ -164,10 +172,20 @@ class Publisher:
         return future
 
     def publish_batch(self, events: Sequence[Event]) -> list[BusFuture[Event]]:
-        """Send ``events`` as one message (admitted as a whole); return their futures."""
+        """Send ``events`` as one message (admitted as a whole); return their futures.
+
+        With ``BLOCK`` subscriptions, in pieces that fit their mailboxes
+        (``_publish_in_pieces``).
+        """
         self._take_tokens(len(events))
         timeout = self._timeout
-        routed = self._admit(events, timeout)
+        if self._guard.blocking and len(events) > 1:
+            return self._publish_in_pieces(events, timeout)
+        try:
+            routed = self._admit(events, timeout)
+        except (BackpressureError, Withdrawn):
+            self._give_back(len(events))
+            raise
         futures: list[BusFuture[Event]] = [BusFuture() for _ in events]
         self._send(
             PublishBatch(events, futures, time.perf_counter(), False, routed), routed, timeout
@@ -175,6 +193,54 @@ class Publisher:
         if self.closed:
             self._strand(futures)
         return futures
+
+    def _publish_in_pieces(self, events: Sequence[Event], timeout: float) -> list[BusFuture[Event]]:
+        """Send ``events`` piece by piece, each admitted when the BLOCK mailboxes have room for it.
+
+        So a batch larger than a ``BLOCK`` subscription's room never lands in
+        its mailbox at once.  If the first piece cannot be admitted, raise
+        (nothing was published); if a later one cannot, its events and the
+        rest fail their futures with that error (counted in ``rejected``),
+        and those before it are published.
+        """
+        futures: list[BusFuture[Event]] = [BusFuture() for _ in events]
+        start = 0
+        for end in self._guard.pieces(events):
+            piece = events[start:end]
+            try:
+                routed = self._admit(piece, timeout)
+            except (BackpressureError, Withdrawn, BusClosedError) as exc:
+                self._give_back(len(events) - start)
+                if start == 0:
+                    raise  # nothing published: as a batch admitted whole
+                self._cut(futures, start, end, exc)
+                break
+            try:
+                self._send(
+                    PublishBatch(piece, futures[start:end], time.perf_counter(), False, routed),
+                    routed,
+                    timeout,
+                )
+            except BackpressureError as exc:  # the router's mailbox: the piece is counted
+                self._give_back(len(events) - end)
+                if start == 0:
+                    raise
+                self._cut(futures, start, end, exc)
+                break
+            start = end
+        if self.closed:
+            self._strand(futures)
+        return futures
+
+    def _cut(
+        self, futures: list[BusFuture[Event]], start: int, end: int, exc: BaseException
+    ) -> None:
+        """Fail the futures from ``start`` on: the piece ``start:end`` was refused, and the rest."""
+        if isinstance(exc, BackpressureError):
+            with self._lock:
+                self._rejected += len(futures) - end  # the piece is counted already
+        for future in futures[start:]:
+            future.set_exception(exc)
 
     def _strand(self, futures: Sequence[BusFuture[Event]]) -> None:
         """Keep futures sent while the bus closes; fail them at once if it has closed."""
@@ -205,6 +271,11 @@ class Publisher:
 
     # -- steps ------------------------------------------------------------------
 
+    def _give_back(self, n: int) -> None:
+        """Return the rate limit's tokens of ``n`` events refused before they were sent."""
+        if self._bucket is not None:
+            self._bucket.give_back(n)
+
     def _take_tokens(self, n: int) -> None:
         bucket = self._bucket
         if bucket is not None and not bucket.try_take(n):
@@ -219,9 +290,9 @@ class Publisher:
         BLOCK pattern matches (so the next publish sees the mailbox full), or
         a node's hold paces them (its allowance is spent: ``_send`` then also
         waits until the node's bridge took them, so nothing piles up uncounted
-        behind its send queue), else None.  On a dispatcher thread of the bus
-        (a handler publishing) it does not wait for the routing: that thread
-        may be the router's.
+        behind its send queue), else None.  On a thread the router may need
+        (``Scheduler.on_system_thread``) it does not wait for the routing; a
+        handler on the pool does, as the router never needs a busy pool thread.
         """
         guard = self._guard
         if not guard.blocking and not guard.holds:
@@ -238,11 +309,17 @@ class Publisher:
             if withdrawn is not None and withdrawn.is_set():  # cancelled as the room came
                 raise Withdrawn("the publish was cancelled while it waited for room")
         paced = guard.paces(events)  # counted even when it cannot wait (below)
-        if self._dispatcher.on_dispatcher_thread():
-            return None
-        if paced:  # a node's send queue fills: one publish in the router
-            return _Paced()
-        if guard.blocking and any(guard.routes_wanted(e.event_type) for e in events):
+        dispatcher = self._dispatcher
+        if paced and not dispatcher.on_dispatcher_thread():
+            return _Paced()  # a node's send queue fills: one publish in the router
+        # A handler waits for the routing too, unless its thread may be the
+        # one the router needs: else its publishes would run ahead of the
+        # router, and a full BLOCK mailbox would be seen full too late.
+        if (
+            guard.blocking
+            and not dispatcher.on_system_thread()
+            and any(guard.routes_wanted(e.event_type) for e in events)
+        ):
             return threading.Event()
         return None
 
@@ -253,6 +330,7 @@ class Publisher:
         """
         if self._guard.holds:
             self._guard.refund(events)
+        self._give_back(len(events))
         with self._lock:
             self._rejected += len(events)
         raise BackpressureError(f"publish blocked for {timeout}s: the router's mailbox stayed full")

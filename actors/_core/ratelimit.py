@@ -36,3 +36,8 @@ class TokenBucket:
                 return True
             self._tokens = tokens
             return False
+
+    def give_back(self, n: int) -> None:
+        """Return ``n`` tokens taken for events that were not published after all."""
+        with self._lock:
+            self._tokens = min(self.burst, self._tokens + n)

@@ -61,6 +61,8 @@ class Scheduler(Protocol):
 
     def on_dispatcher_thread(self) -> bool: ...
 
+    def on_system_thread(self) -> bool: ...
+
     def blocked_since(self, actor: object) -> float | None: ...
 
     def shutdown(self, timeout: float | None = None) -> bool: ...
@@ -159,6 +161,14 @@ class Dispatcher:
 
     def on_dispatcher_thread(self) -> bool:
         """Return whether the caller runs on one of this dispatcher's threads."""
+        return threading.current_thread() in self._thread_set
+
+    def on_system_thread(self) -> bool:
+        """Return whether the actors this dispatcher runs may need the caller's thread.
+
+        Any of its threads: a caller there that waits for one of them (a
+        publish waiting for the router) may hold the thread that would run it.
+        """
         return threading.current_thread() in self._thread_set
 
     def blocked(self) -> Mapping[object, float]:
@@ -428,6 +438,14 @@ class SpareDispatcher:
     def on_dispatcher_thread(self) -> bool:
         """Return whether the caller runs on a thread of either dispatcher."""
         return self.primary.on_dispatcher_thread() or self.spare.on_dispatcher_thread()
+
+    def on_system_thread(self) -> bool:
+        """Return whether the bus's own actors may need the caller's thread: ``spare`` only.
+
+        They take a thread of ``primary`` only when it is idle, so a handler
+        there may wait for them (a publish waiting for the router to route it).
+        """
+        return self.spare.on_dispatcher_thread()
 
     def blocked_since(self, actor: object) -> float | None:
         """Return when ``actor``'s blocked turn started (on ``primary``), or None."""
