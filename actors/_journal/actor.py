@@ -194,14 +194,29 @@ class JournalActor(DispatchedActor):
     # -- reading ------------------------------------------------------------------
 
     def _read(self, query: EventQuery) -> list[Event]:
+        """Return the events ``query`` selects; a record that does not decode is skipped.
+
+        It takes no place of the query's ``limit``: the scan reads on past
+        it, so a page comes back short only at the end of what matches, and
+        the readers that page (replay, catch-up) never stop early.
+        """
+        args = query.scan_arguments()
+        limit: int | None = args["limit"]
         out: list[Event] = []
-        for sequence, payload in self.storage.scan(**query.scan_arguments()):
-            try:
-                out.append(decode_stored(payload, sequence))
-            except CorruptRecordError:
-                self.corrupt += 1
-                logger.exception("skipping a corrupt record")
-        return out
+        while True:
+            scanned, last = 0, None
+            for sequence, payload in self.storage.scan(**args):
+                scanned += 1
+                last = sequence
+                try:
+                    out.append(decode_stored(payload, sequence))
+                except CorruptRecordError:
+                    self.corrupt += 1
+                    logger.exception("skipping a corrupt record")
+            if limit is None or last is None or scanned < args["limit"] or len(out) >= limit:
+                return out
+            args["limit"] = limit - len(out)
+            args["before_sequence" if args["descending"] else "after_sequence"] = last
 
     @staticmethod
     def _reply(future: BusFuture[Any], fn: Any, arg: Any) -> None:

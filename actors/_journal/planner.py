@@ -121,8 +121,13 @@ class IndexedStorage:
         after_sequence: int | None = None,
         limit: int | None = None,
         descending: bool = False,
+        before_sequence: int | None = None,
     ) -> Iterator[tuple[int, bytes]]:
         """Yield (sequence, payload) of the records matching every given filter.
+
+        ``after_sequence`` and ``before_sequence`` bound the sequences, both
+        exclusive (a reader pages on from the last record it got with one of
+        them, whichever way it reads).
 
         ``time_range_us`` is (start, end): start inclusive, end exclusive.
         ``type_matcher`` is resolved against the types ever stored, then the
@@ -148,11 +153,11 @@ class IndexedStorage:
         if time_range_us is not None and time_range_us[0] >= time_range_us[1]:
             return iter(())
         low = 0 if after_sequence is None else max(after_sequence + 1, 0)
-        high = MAX_SEQ + 1
+        high = MAX_SEQ + 1 if before_sequence is None else max(before_sequence, 0)
         if time_range_us is not None and (correlation_id is not None or types is not None):
             # Narrow the chosen index to the sequences the time range can hold.
-            win_low, high = self._seq_window(*time_range_us)
-            low = max(low, win_low)
+            win_low, win_high = self._seq_window(*time_range_us)
+            low, high = max(low, win_low), min(high, win_high)
         if low >= high:
             return iter(())
         rows: Iterator[tuple[int, Row]]
@@ -165,7 +170,7 @@ class IndexedStorage:
         elif time_range_us is not None:
             entries = self._time_entries(time_range_us[0], time_range_us[1], descending)
             ordered = in_sequence_order(entries, self._skew, descending)
-            rows = self._rows_for((s for s in ordered if s >= low), limit)
+            rows = self._rows_for((s for s in ordered if low <= s < high), limit)
         else:
             rows = self._primary_rows(low, high, descending)
         return self._filter(
