@@ -15,7 +15,9 @@ from typing import Any
 
 from actors._cluster.outbound import Outbound
 from actors._cluster.ports import LocalNode
+from actors._cluster.wire import bool_field, text_field, texts_field, uint_field
 from actors._codec.events import chunk_of
+from actors._errors import FrameError
 from actors._model.event import Event
 from actors._model.query import EventQuery
 
@@ -55,20 +57,46 @@ def query_to_json(query: EventQuery) -> dict[str, Any]:
 
 
 def query_from_json(body: dict[str, Any]) -> EventQuery:
-    """Return the ``EventQuery`` a JSON object describes; raise ``ValueError`` if invalid."""
+    """Return the ``EventQuery`` a JSON object describes.
+
+    Each field is read by type (no coercion: ``"false"`` is not a boolean, ``"10"``
+    not a limit); raise ``FrameError`` (a ``ValueError``) for any that is invalid.
+    """
+    if type(body) is not dict:
+        raise FrameError(f"a query is a JSON object, not {type(body).__name__}")
     time_range = body.get("time_range")
-    cid = body.get("correlation_id")
-    return EventQuery(
-        event_types=body.get("event_types"),
-        time_range=None
-        if time_range is None
-        else tuple(datetime.fromisoformat(t) if t else None for t in time_range),  # type: ignore[arg-type]
-        correlation_id=uuid.UUID(cid) if cid else None,
-        source=body.get("source"),
-        after_sequence=body.get("after_sequence"),
-        limit=body.get("limit"),
-        descending=bool(body.get("descending", False)),
-    )
+    if time_range is not None and (
+        type(time_range) is not list
+        or len(time_range) != 2
+        or not all(t is None or type(t) is str for t in time_range)
+    ):
+        raise FrameError(
+            f"field 'time_range' is not [start or null, end or null]: {time_range!r:.40}"
+        )
+    cid = text_field(body, "correlation_id", "")
+    given = {key for key, value in body.items() if value is not None}
+    try:
+        return EventQuery(
+            event_types=texts_field(body, "event_types") if "event_types" in given else None,
+            time_range=None
+            if time_range is None
+            else (_instant(time_range[0]), _instant(time_range[1])),
+            correlation_id=uuid.UUID(cid) if cid else None,
+            source=text_field(body, "source") if "source" in given else None,
+            after_sequence=uint_field(body, "after_sequence")
+            if "after_sequence" in given
+            else None,
+            limit=uint_field(body, "limit") if "limit" in given else None,
+            descending=bool_field(body, "descending", False),
+        )
+    except (TypeError, ValueError) as error:
+        if isinstance(error, FrameError):
+            raise
+        raise FrameError(f"invalid query: {error}") from error
+
+
+def _instant(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text) if text else None
 
 
 # -- answers (worker threads) -------------------------------------------------------------
