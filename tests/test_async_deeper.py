@@ -14,7 +14,15 @@ from typing import Any
 
 import pytest
 
-from actors import AsyncEventBus, Event, EventBus, EventConfig, EventStream, OverflowStrategy
+from actors import (
+    AsyncEventBus,
+    Event,
+    EventBus,
+    EventConfig,
+    EventStream,
+    OverflowStrategy,
+    RateLimitedError,
+)
 from tests.test_async_close import hold_a_handler
 
 GUARD = 10.0
@@ -305,6 +313,65 @@ def test_a_publish_many_cancelled_while_it_waits_for_room_publishes_none_of_its_
             await bus.publish("w.a", 4)
             await bus.flush(timeout=GUARD)
             assert got == [0, 1, 4]
+
+    run(main)
+
+
+def test_a_cancelled_publish_many_in_pieces_published_a_prefix_and_withdraws_the_rest() -> None:
+    """A batch larger than the room goes in pieces: cancelled while a later piece waits,
+    the pieces admitted before it are out (in order), the rest is withdrawn, none rejected."""
+    got: list[int] = []
+
+    async def main() -> None:
+        async with AsyncEventBus(EventConfig(block_timeout=3 * GUARD)) as bus:
+            gate, entered = threading.Event(), threading.Event()
+
+            def held(event: Event) -> None:
+                got.append(event.data)  # type: ignore[arg-type]
+                if event.data == 0:
+                    entered.set()
+                    assert gate.wait(3 * GUARD)
+
+            sub = await bus.subscribe("w.*", held, overflow=OverflowStrategy.BLOCK, capacity=2)
+            try:
+                await bus.publish("w.a", 0)
+                assert await asyncio.to_thread(entered.wait, GUARD)  # the mailbox is empty
+                batch = [Event(event_type="w.a", data=i) for i in (1, 2, 3, 4)]
+                task = asyncio.create_task(bus.publish_many(batch))
+                # 1 and 2 fill the room; the piece of 3 waits for more (the handler holds 0).
+                await until(lambda: sub.statistics().queued == 2)
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+            finally:
+                gate.set()
+            await bus.publish("w.a", 5)
+            await bus.flush(timeout=GUARD)
+            assert bus.metrics().rejected == 0  # withdrawn, not refused
+
+    run(main)
+    assert got == [0, 1, 2, 5]
+
+
+def test_a_withdrawn_publish_gives_its_rate_limit_tokens_back() -> None:
+    async def main() -> None:
+        config = EventConfig(block_timeout=3 * GUARD, rate_limit=0.001, burst=3)
+        async with AsyncEventBus(config) as bus:
+            gate, got, executor = await _gated_block_subscriber(bus)  # two tokens taken
+            try:
+                task = asyncio.create_task(bus.publish("w.a", 2))  # the last token
+                await until(executor.started.is_set)
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+            finally:
+                gate.set()
+            await bus.flush(timeout=GUARD)
+            await bus.publish("w.a", 3)  # RateLimitedError had the token been kept
+            await bus.flush(timeout=GUARD)
+            assert got == [0, 1, 3]
+            with pytest.raises(RateLimitedError):  # and the bucket is empty again
+                await bus.publish("w.a", 4)
 
     run(main)
 

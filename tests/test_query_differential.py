@@ -733,6 +733,10 @@ def test_limit_counts_only_readable_events(journals: Any) -> None:
     assert [e.sequence for e in bus.query(EventQuery(limit=3, descending=True))] == [
         e.sequence for e in reversed(good)
     ][:3]
+    for descending in (False, True):  # the type index pages on past it too
+        typed = bus.query(EventQuery(event_types=["c.*"], limit=5, descending=descending))
+        ordered = list(reversed(good)) if descending else good
+        assert [e.sequence for e in typed] == [e.sequence for e in ordered[:5]]
 
 
 def test_limit_reads_on_past_an_undecodable_record_newest_first(journals: Any) -> None:

@@ -40,7 +40,7 @@ from __future__ import annotations
 import contextvars
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -186,21 +186,22 @@ class BlockGuard:
             self.blocking = tuple(b for b in self.blocking if b[0] != sub_id)
             self._routes = tuple(r for r in self._routes if r.id != sub_id)
 
-    def pieces(self, events: Sequence[Event]) -> list[int]:
-        """Return where to cut ``events`` so that each piece fits the BLOCK mailboxes' room now.
+    def pieces(self, events: Sequence[Event]) -> Iterator[int]:
+        """Yield where to cut ``events`` so that each piece fits the BLOCK mailboxes' room.
 
-        The ends of the pieces, in order (the last is ``len(events)``).  A
-        piece is cut only before an event that would overflow once it holds
-        one that takes room: so a piece holds at least one such event, which
-        waits for room when admitted if there is none, and a batch that fits
-        stays whole.  Room is each mailbox's capacity less what it holds,
-        read now; filters are run, so an event a subscription filters out
-        takes none of its room.
+        The ends of the pieces, in order (the last is ``len(events)``), each
+        computed when it is asked for, on the room then: so the caller asks
+        for the next piece once the previous one was routed.  A piece is cut
+        only before an event that would overflow once it holds one that takes
+        room: so a piece holds at least one such event, which waits for room
+        when admitted if there is none, and a batch that fits stays whole.
+        Room is each mailbox's capacity less what it holds; filters are run
+        (once per event), so an event a subscription filters out takes none
+        of its room.
         """
         routes = self._routes
         matchers = [(r, Pattern.parse(r.pattern).matches) for r in routes]
         wanted = [[r for r, m in matchers if m(e.event_type) and accepts(r, e)] for e in events]
-        ends: list[int] = []
         start, n = 0, len(events)
         while start < n:
             room = {r.id: r.mailbox.capacity - r.mailbox.queued for r in routes}
@@ -214,9 +215,8 @@ class BlockGuard:
                     room[r.id] -= 1
                     taken = True
                 end += 1
-            ends.append(end)
+            yield end
             start = end
-        return ends
 
     # -- the publisher's thread ---------------------------------------------------
 

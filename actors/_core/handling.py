@@ -427,6 +427,12 @@ class HandlerRuns:
     def _failed(self, event: Event, exc: BaseException, attempts: int) -> float | None:
         """Count a failed attempt; return the wait before the next, or None (dead letter).
 
+        Once the subscription is given up on (``abandon``: unsubscribed, or a
+        close that stopped waiting) a failure is neither retried nor a dead
+        letter: this returns 0.0, and the caller, which checks ``abandoned``
+        (a flag that never goes back) before any retry, drops the event with
+        the rest of its batch.
+
         Whatever a handler raises is its failure, ``BaseException``s included:
         a ``SystemExit`` or ``KeyboardInterrupt`` raised on a bus thread is
         not the process being asked to stop (signals reach the main thread),
@@ -435,6 +441,8 @@ class HandlerRuns:
         any of them out would strand the subscription and its flushes.
         """
         self.errors += 1
+        if self.abandoned:
+            return 0.0
         policy = self.policy
         if attempts <= policy.retries:
             return backoff_delay(policy.retry_backoff, attempts)

@@ -198,10 +198,12 @@ class Publisher:
         """Send ``events`` piece by piece, each admitted when the BLOCK mailboxes have room for it.
 
         So a batch larger than a ``BLOCK`` subscription's room never lands in
-        its mailbox at once.  If the first piece cannot be admitted, raise
+        its mailbox at once: each piece is cut on the room left once the one
+        before was routed.  If the first piece cannot be admitted, raise
         (nothing was published); if a later one cannot, its events and the
-        rest fail their futures with that error (counted in ``rejected``),
-        and those before it are published.
+        rest fail their futures with that error, and those before it are
+        published.  Either way a refusal counts every event not published in
+        ``rejected``.
         """
         futures: list[BusFuture[Event]] = [BusFuture() for _ in events]
         start = 0
@@ -210,10 +212,8 @@ class Publisher:
             try:
                 routed = self._admit(piece, timeout)
             except (BackpressureError, Withdrawn, BusClosedError) as exc:
-                self._give_back(len(events) - start)
-                if start == 0:
-                    raise  # nothing published: as a batch admitted whole
-                self._cut(futures, start, end, exc)
+                self._give_back(end - start)  # counted in ``rejected`` if refused
+                self._stop(futures, start, end, exc)
                 break
             try:
                 self._send(
@@ -222,23 +222,28 @@ class Publisher:
                     timeout,
                 )
             except BackpressureError as exc:  # the router's mailbox: the piece is counted
-                self._give_back(len(events) - end)
-                if start == 0:
-                    raise
-                self._cut(futures, start, end, exc)
+                self._stop(futures, start, end, exc)
                 break
             start = end
         if self.closed:
             self._strand(futures)
         return futures
 
-    def _cut(
+    def _stop(
         self, futures: list[BusFuture[Event]], start: int, end: int, exc: BaseException
     ) -> None:
-        """Fail the futures from ``start`` on: the piece ``start:end`` was refused, and the rest."""
+        """End a batch whose piece ``start:end`` was not admitted (its tokens and count done).
+
+        The events after the piece give their tokens back too, and are counted
+        as rejected when the piece was.  Raise ``exc`` if nothing was published
+        (``start == 0``); else fail the futures from ``start`` on with it.
+        """
+        self._give_back(len(futures) - end)
         if isinstance(exc, BackpressureError):
             with self._lock:
-                self._rejected += len(futures) - end  # the piece is counted already
+                self._rejected += len(futures) - end
+        if start == 0:
+            raise exc
         for future in futures[start:]:
             future.set_exception(exc)
 
