@@ -209,6 +209,17 @@ def test_rate_limit_refuses_a_batch_larger_than_the_tokens_left() -> None:
         assert [e.data for e in seen.events] == [0, 0, 1, 2, 3]
 
 
+def test_rate_limit_tells_a_batch_larger_than_the_burst_it_can_never_pass() -> None:
+    with EventBus(EventConfig(rate_limit=0.001, burst=4)) as b:
+        b.publish("r.e", 0)  # 3 tokens left
+        with pytest.raises(RateLimitedError, match="events/s exceeded"):  # later, it would
+            b.publish_many([Event(event_type="r.e", data=i) for i in range(4)])
+        with pytest.raises(RateLimitedError, match="can never pass"):  # no wait would do
+            b.publish_many([Event(event_type="r.e", data=i) for i in range(5)])
+        assert b.metrics().rate_limited == 9
+        assert len(b.publish_many([Event(event_type="r.e", data=i) for i in range(3)])) == 3
+
+
 def test_no_rate_limit_by_default(bus: EventBus) -> None:
     assert bus.config.rate_limit is None
     _routed([bus.publish("r.e", i) for i in range(2000)])

@@ -398,6 +398,58 @@ def test_close_racing_a_batch_waiting_for_room(holders: list[Holder]) -> None:
         bus.close(timeout=WAIT)
 
 
+@pytest.mark.parametrize("many", [False, True])
+def test_a_publish_waiting_for_room_is_told_the_bus_closed_when_close_begins(
+    holders: list[Holder], many: bool
+) -> None:
+    """Room that comes during close's flush is for what was published before it:
+    a publish waiting for room gets ``BusClosedError`` at once, not after
+    ``block_timeout`` as a ``BackpressureError`` (a close is not a refusal)."""
+    bus = EventBus(EventConfig(threads=2, block_timeout=600.0))
+    h = holder(holders, hold=lambda e: e.data == 0)
+    sub = bus.subscribe("t.*", h, capacity=1, overflow="block")
+    outcome: list[BaseException | None] = []
+    done = threading.Event()
+
+    batch = [Event(event_type="t.x", data=i) for i in (2, 3)]
+
+    def go() -> None:
+        try:
+            if many:
+                bus.publish_many(batch)
+            else:
+                bus.publish("t.x", 2)
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+        finally:
+            done.set()
+
+    # Close waits for the held handler longer than the test waits for the publisher.
+    closer = threading.Thread(target=bus.close, kwargs={"timeout": 6 * WAIT})
+    try:
+        bus.publish("t.x", 0)
+        assert h.entered.wait(WAIT)
+        bus.publish("t.x", 1)  # the mailbox is full
+        assert wait_for(lambda: sub.statistics().queued == 1)
+        publisher = threading.Thread(target=go)
+        publisher.start()
+        closer.start()
+        assert done.wait(WAIT), "the waiting publish outlived the start of close"
+        assert len(outcome) == 1
+        assert isinstance(outcome[0], BusClosedError), outcome
+        h.release.set()
+        closer.join(WAIT)
+        assert not closer.is_alive()
+        assert bus.metrics().rejected == 0
+        assert [e.data for e in h.seen] == [0, 1]  # what was published before close
+    finally:
+        h.release.set()
+        if closer.is_alive():
+            closer.join(WAIT)
+        bus.close(timeout=WAIT)
+
+
 # -- no retry, no dead letter after unsubscribe -------------------------------------
 
 

@@ -161,7 +161,7 @@ class Hold:
 class BlockGuard:
     """The ``BLOCK`` subscriptions of one bus and which of them are full."""
 
-    __slots__ = ("_gates", "_lock", "_routes", "blocking", "full", "holds")
+    __slots__ = ("_gates", "_lock", "_routes", "blocking", "closing", "full", "holds")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -170,6 +170,7 @@ class BlockGuard:
         self.full: tuple[Gate, ...] = ()
         self.holds: tuple[Hold, ...] = ()
         self._gates: dict[str, Gate] = {}  # router only
+        self.closing = False  # set once by the router: no publish waits for room any more
 
     # -- the facade (any caller thread, under the lock) -------------------------
 
@@ -281,11 +282,14 @@ class BlockGuard:
     def wait_for_room(self, events: list[Event], timeout: float | None) -> Gate | Hold | None:
         """Wait while a full subscription (or a hold) wants one of ``events``.
 
-        Return the gate or hold that timed out, or None once there is room.
+        Return the gate or hold that timed out, or None once there is room or
+        the bus closes (``closing``: the caller checks which).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         withdrawn = withdrawal.get()
         while True:
+            if self.closing:  # the bus closes: the caller refuses the publish at once
+                return None
             waits: tuple[Gate | Hold, ...] = (*self.full, *self.holds)
             gate = next((g for g in waits if not g.room.is_set() and _wants(g, events)), None)
             if gate is None:
@@ -336,6 +340,15 @@ class BlockGuard:
         """Release every waiting publisher (the router stopped)."""
         for gate in list(self._gates.values()):
             self.clear(gate)
+
+    def close(self) -> None:
+        """Release every waiting publisher and let none wait again (the bus closes).
+
+        They find the bus closed and raise ``BusClosedError``: room that
+        comes during the close's flush is for what was published before it.
+        """
+        self.closing = True
+        self.release_all()
 
 
 def _wants(gate: Gate | Hold, events: list[Event]) -> bool:

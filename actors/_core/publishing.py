@@ -286,6 +286,11 @@ class Publisher:
         if bucket is not None and not bucket.try_take(n):
             with self._lock:
                 self._rate_limited += n
+            if n > bucket.burst:  # no wait would let it pass: say so, not "try later"
+                raise RateLimitedError(
+                    f"a batch of {n} events exceeds the rate limit's burst of "
+                    f"{bucket.burst:g}: it can never pass; publish it in batches of at most that"
+                )
             raise RateLimitedError(f"rate limit of {bucket.rate:g} events/s exceeded")
 
     def _admit(self, events: Sequence[Event], timeout: float) -> threading.Event | None:

@@ -213,6 +213,7 @@ class RouterActor(DispatchedActor):
             self._flush(message.future)
         elif type(message) is Closing:
             self._closing = True
+            self.guard.close()
         elif type(message) is Forward:
             self._send_records()
             message.target.put(message.message)
