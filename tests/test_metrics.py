@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -234,6 +235,24 @@ def test_prometheus_text_parses_and_matches_the_snapshot(bus: EventBus) -> None:
     assert len(delivered) == 2
     assert sorted(delivered.values()) == [0.0, 7.0]
     assert any('we\\"ird\\\\x.*' in labels for labels in delivered)
+
+
+def test_trace_figures_count_what_the_trace_store_evicts_and_truncates() -> None:
+    config = EventConfig(max_traces=2, max_events_per_trace=2, trace_ttl=None)
+    with EventBus(config) as b:
+        first, second, third = (uuid.uuid4() for _ in range(3))
+        for cid, n in ((first, 3), (second, 1), (third, 1)):  # 3 in first: 1 truncated away
+            for i in range(n):
+                b.publish(Event(event_type="t.e", data=i, correlation_id=cid))
+        _flush_twice(b)
+        figures = b.metrics()
+        # The third trace evicted the least recently active one (first).
+        assert (figures.traces, figures.traces_evicted, figures.traces_truncated) == (2, 1, 1)
+        samples = _parse_prometheus(b.prometheus())
+        by_suffix = {name.rsplit("llmspell_events_", 1)[-1]: v for name, v in samples.items()}
+        assert by_suffix["traces"] == [("", 2.0)]
+        assert by_suffix["traces_evicted_total"] == [("", 1.0)]
+        assert by_suffix["traces_truncated_total"] == [("", 1.0)]
 
 
 def test_prometheus_before_any_delivery_parses(bus: EventBus) -> None:

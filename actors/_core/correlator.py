@@ -14,7 +14,7 @@ from typing import Any
 
 from actors._codec.events import decode_event, encode_shared
 from actors._core.messages import Barrier, CorrelatedEvents, GetCorrelated, Record
-from actors._model.tracestore import TraceStore
+from actors._model.tracestore import TraceStore, TraceStoreStatistics
 from actors._runtime.dispatcher import DispatchedActor
 from actors._runtime.pool import Scheduler
 
@@ -41,6 +41,14 @@ class CorrelationActor(DispatchedActor):
             max_traces, max_events_per_trace, trace_ttl, pack=encode_shared, unpack=decode_event
         )
         self._next_sweep = time.monotonic() + _SWEEP_INTERVAL
+
+    def figures(self) -> TraceStoreStatistics:
+        """Return the store's size and counters (any thread).
+
+        Reads four numbers the actor's own thread writes, none of its
+        structures: each is current, together they may be a turn apart.
+        """
+        return self.store.statistics()
 
     def _on_message(self, message: Any) -> None:
         if type(message) is Record:

@@ -460,6 +460,7 @@ class Core:
             every = stats + self._fold_ended()
             removed = list(self._removed)
         p50, p90, p99, pmax = self.latency.percentiles()
+        traces = self.correlation.figures()
         return BusMetrics(
             published=router.published,
             delivered=removed[0] + sum(s.delivered for s in every),
@@ -483,6 +484,9 @@ class Core:
             rate_limited=rate_limited,
             journal_corrupt_records=journal.corrupt_records,
             bridge=bridge,
+            traces=traces.traces,
+            traces_evicted=traces.evicted_traces,
+            traces_truncated=traces.truncated_traces,
         )
 
     def _fold_ended(self) -> tuple[SubscriptionStatistics, ...]:

@@ -70,7 +70,11 @@ class BusMetrics:
     ``handler_threads`` is the number of threads that run handlers now
     (``EventConfig.threads`` plus one for each blocked handler, up to
     ``max_threads``).  ``handler_timeouts`` counts handler calls that ran
-    past their subscription's ``timeout``.
+    past their subscription's ``timeout``.  ``traces`` is the number of
+    correlations whose events the bus holds in memory for ``trace()`` now;
+    ``traces_evicted`` counts those dropped to keep within ``max_traces`` or
+    past ``trace_ttl`` (``trace()`` then reads the journal, where there is
+    one), ``traces_truncated`` those that outgrew ``max_events_per_trace``.
     """
 
     published: int
@@ -98,6 +102,9 @@ class BusMetrics:
     handler_threads: int = 0
     journal_lost_events: int = 0
     handler_timeouts: int = 0
+    traces: int = 0
+    traces_evicted: int = 0
+    traces_truncated: int = 0
 
 
 class LatencyWindow:
@@ -180,6 +187,9 @@ METRIC_HELP = {
     "handler_threads": "Threads that run handlers now (grows while handlers block).",
     "journal_corrupt_records": "Stored records skipped because they could not be read.",
     "journal_lost_events": "Acknowledged events a damaged journal no longer held at open.",
+    "traces": "Correlations whose events are held in memory for trace().",
+    "traces_evicted": "Traces dropped from memory (max_traces or trace_ttl).",
+    "traces_truncated": "Traces that lost their oldest events (max_events_per_trace).",
 }
 
 # Those of them exported as counters (``*_total``); the rest are gauges.
@@ -195,6 +205,8 @@ COUNTER_METRICS = {
     "journal_written",
     "rate_limited",
     "journal_corrupt_records",
+    "traces_evicted",
+    "traces_truncated",
 }
 
 # The BridgeStatistics fields exported as counters (``*_bridge_<name>_total``).
