@@ -169,7 +169,7 @@ class RateMeter:
 
 # The exported BusMetrics fields and their HELP text (Prometheus text and client forms).
 METRIC_HELP = {
-    "published": "Events accepted and sequenced by the bus.",
+    "published": "Events accepted and sequenced by the bus ($bus events included).",
     "delivered": "Events handed to handlers.",
     "dropped": "Events dropped by full mailboxes.",
     "rejected": "Publishes rejected by REJECT mailboxes or BLOCK timeouts.",
