@@ -35,8 +35,16 @@ __all__ = ["CatchUp"]
 
 logger = logging.getLogger("actors.subscriber")
 
-Reader = Callable[[int, int, BusFuture[list["Event"]]], None]
+Reader = Callable[[int, int, BusFuture[list["Event"]], bool], None]
+"""``read(position, limit, answer, indexed)``: by the type index, or by sequence if not."""
 Joiner = Callable[[Route, Callable[[int], None]], None]
+Retrier = Callable[[float, Callable[[], None]], None]
+"""``retry(delay, fn)``: call ``fn`` (which only sends messages) on another thread later."""
+
+RETRY_FIRST = 0.05
+"""The first wait before a failed history read is asked again (seconds); doubles each time."""
+RETRY_MAX = 5.0
+"""The longest wait between two attempts at a failing history read (seconds)."""
 
 
 class CatchUp:
@@ -54,6 +62,7 @@ class CatchUp:
         read: Reader,
         join: Joiner,
         save: Callable[[str, int], None],
+        retry: Retrier,
     ) -> None:
         self.route = route
         self.position = max(start or 1, 1)  # next sequence to deliver
@@ -63,6 +72,11 @@ class CatchUp:
         self._read = read
         self._join = join
         self._save = save
+        self._retry = retry
+        # The type index serves the reads until one fails; then the journal is
+        # read by sequence (the records themselves), filtered here.
+        self._indexed = True
+        self.failed_reads = 0  # in a row: the wait before the next attempt grows with it
         self.live = False
         self.waiting = False
         # Done once every history page is handled; flush waits for it.
@@ -88,7 +102,10 @@ class CatchUp:
     def request(self) -> None:
         """Ask for the next page of history."""
         self.waiting = True
-        self._read(self.position, self.PAGE, self._answer())
+        self._ask()
+
+    def _ask(self) -> None:
+        self._read(self.position, self.PAGE, self._answer(), self._indexed)
 
     def _answer(self) -> BusFuture[list[Event]]:
         inbox = self._inbox
@@ -100,10 +117,10 @@ class CatchUp:
         """Take a page the journal read; join the router once history is exhausted."""
         exc = future.exception()
         if exc is not None:
-            logger.error("catch-up read of %s failed: %r", self.route.id, exc)
-            events: list[Event] = []
-        else:
-            events = future.get()
+            self._read_failed(exc)
+            return  # still waiting: the same page is asked for again
+        self.failed_reads = 0
+        events = future.get()
         full = len(events) >= self.PAGE
         live_start = self.live_start
         if live_start is not None:
@@ -135,7 +152,45 @@ class CatchUp:
         events before ``live_start``, so the journal holds them all.
         """
         self.live_start = live_start
-        self._read(self.position, self.PAGE, self._answer())
+        self._ask()
+
+    def _read_failed(self, exc: BaseException) -> None:
+        """A history read failed: ask again, never take it for the end of history.
+
+        A failure is no page: taken for a short one it would end the history
+        (go live past events never read, and let a durable checkpoint move
+        past them for good).  The first failure switches to reading by
+        sequence (a damaged type index does not stop the catch-up); after
+        that the same page is asked for again, waiting ``RETRY_FIRST`` s,
+        doubling up to ``RETRY_MAX``, for as long as it fails: the
+        subscription stalls where it is (``flush`` waits for it) and logs
+        each failure at ERROR.
+        """
+        self.failed_reads += 1
+        if self._indexed:
+            self._indexed = False
+            logger.error(
+                "catch-up read of %s at sequence %d failed: %r; reading the journal by "
+                "sequence from there, without the type index",
+                self.route.id,
+                self.position,
+                exc,
+            )
+            self._ask()
+            return
+        delay = min(RETRY_MAX, RETRY_FIRST * 2 ** min(self.failed_reads - 1, 10))
+        logger.error(
+            "catch-up read of %s at sequence %d failed (%d in a row): %r; "
+            "asking again in %.2f s, no event is skipped",
+            self.route.id,
+            self.position,
+            self.failed_reads,
+            exc,
+            delay,
+        )
+        # The timer's thread only sends the read: what it needs is taken here.
+        read, position, answer = self._read, self.position, self._answer
+        self._retry(delay, lambda: read(position, self.PAGE, answer(), False))
 
     def _go_live(self) -> None:
         self.live = True

@@ -23,6 +23,7 @@ counters (``GetRouterFigures``): each of them has this one writer.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from collections import deque
@@ -517,10 +518,17 @@ class RouterActor(DispatchedActor):
             future.set_exception(BusClosedError("the bus was closed before the flush finished"))
         for listener in self.stop_listeners:
             listener()
+        # What came while it stopped, before a listener sent it elsewhere (a
+        # subscriber's last checkpoint goes straight to the journal after).
+        for message in self.actor_inbox.take(sys.maxsize):
+            self._on_dropped_at_stop(message)
 
     def _on_dropped_at_stop(self, message: Any) -> None:
         # Nobody may wait for ever on a message the stopped router never handles.
-        if type(message) is GetRouterFigures:
+        if type(message) is Forward:  # to the journal or the correlation actor, which stop after
+            self._send_records()  # the records of what it covers go first, as in a turn
+            message.target.put(message.message)
+        elif type(message) is GetRouterFigures:
             message.future.set(self._figures())
         elif type(message) is GetDeadLetters:
             message.future.set(list(self._dead))

@@ -268,7 +268,12 @@ class SubscriberActor(HandlerRuns, DispatchedActor):
         self.actor_inbox.release_barriers()
 
     def _drop_run(self, run: SyncRun) -> None:
-        """Account for a stopped batch that will not go on: handled so far, the rest discarded."""
+        """Account for a stopped batch that will not go on: handled so far, the rest discarded.
+
+        A durable checkpoint moves past the events handled (the router still
+        runs: subscribers stop before it), so a restart resumes at the one
+        that waited for its retry.
+        """
         pos, delivered = run.pos, run.delivered
         left = run.call
         if left is not None and left.left_behind:  # the handler has that event
@@ -278,6 +283,9 @@ class SubscriberActor(HandlerRuns, DispatchedActor):
         self.actor_inbox.discarded += len(run.batch) - pos
         if not run.history:
             self.actor_inbox.finished_by_owner += len(run.batch)
+        catchup = self.catchup
+        if catchup is not None and pos > 0:  # progress: past the events handled, no further
+            catchup.handled(run.batch[pos - 1][0].sequence or 0)
 
     def statistics(self) -> SubscriptionStatistics:
         """Return a snapshot of this subscription's figures (see ``SubscriptionStatistics``).

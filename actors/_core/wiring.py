@@ -156,7 +156,14 @@ class Core:
         self.latency = LatencyWindow()
         self.guard = BlockGuard()
         self._subs: dict[str, SubscriberActor] = {}
-        self._lock = threading.Lock()  # guards _subs, _removed and _loop
+        self._lock = threading.Lock()  # guards _subs, _removed, _loop and _owners
+        # The subscription each durable name's checkpoint belongs to now (a
+        # token per subscribe): only the latest subscription of a name saves
+        # it, so an earlier one still finishing cannot move it back.
+        self._owners: dict[str, object] = {}
+        # Set (under the lock) once the router stopped: a subscriber that
+        # stops after it sends its last checkpoint to the journal itself.
+        self._routerless = False
         self._removed = [0, 0, 0, 0, 0]  # delivered, dropped, errors, expired, timeouts
         # Subscribers unsubscribed (or taken at close) and perhaps still
         # finishing: their figures are added to ``_removed`` once they stopped.
@@ -194,6 +201,11 @@ class Core:
         )
         # What was sent during close and never routed fails once the router stopped.
         self.router.stop_listeners.append(self.publisher.settle_closed)
+        self.router.stop_listeners.append(self._router_stopped)
+
+    def _router_stopped(self) -> None:
+        with self._lock:
+            self._routerless = True
 
     # -- subscriptions ------------------------------------------------------------
 
@@ -244,10 +256,11 @@ class Core:
         )
         catch_up = from_sequence is not None or durable is not None
         start = from_sequence
+        owner = object()
         if catch_up:
             journal = self.require_journal()
             if durable is not None:
-                checkpoint = self._load_checkpoint(journal, f"sub:{durable}")
+                checkpoint = self._take_checkpoint(journal, durable, owner)
                 if checkpoint is not None:
                     start = checkpoint + 1
         loop = None
@@ -288,7 +301,7 @@ class Core:
         if strategy is OverflowStrategy.BLOCK:
             self.guard.add(route)
         if catch_up:
-            actor.catchup = self._catch_up(route, actor, start, durable)
+            actor.catchup = self._catch_up(route, actor, start, durable, owner)
         start_actor(actor)
         with self._lock:
             self._subs[sub_id] = actor
@@ -305,14 +318,20 @@ class Core:
         return Subscription(actor, self.unsubscribe)
 
     def _catch_up(
-        self, route: Route, actor: SubscriberActor, start: int | None, durable: str | None
+        self,
+        route: Route,
+        actor: SubscriberActor,
+        start: int | None,
+        durable: str | None,
+        owner: object,
     ) -> CatchUp:
         journal = self.require_journal()
         router = self.inbox
         pattern = route.pattern
 
-        def read(position: int, limit: int, future: BusFuture[list[Event]]) -> None:
-            query = EventQuery(event_types=[pattern], after_sequence=position - 1, limit=limit)
+        def read(position: int, limit: int, future: BusFuture[list[Event]], indexed: bool) -> None:
+            types = [pattern] if indexed else None  # not indexed: every event, filtered there
+            query = EventQuery(event_types=types, after_sequence=position - 1, limit=limit)
             router.put(Forward(journal, ReadJournal(query, future)))
 
         def join(route: Route, joined: Callable[[int], None]) -> None:
@@ -322,7 +341,15 @@ class Core:
             # Through the router: the checkpoint reaches the journal after the
             # records of the events it covers (the router sends them at the
             # end of its turn, after it handed the events to this subscription).
-            router.put(Forward(journal, SaveCheckpoint(f"sub:{name}", sequence)))
+            # Under the lock: a save either reaches the router before a later
+            # subscription of the name loads the checkpoint, or not at all.
+            with self._lock:
+                if self._owners.get(name) is not owner:
+                    return
+                if self._routerless:  # it sent every record when it stopped
+                    journal.put(SaveCheckpoint(f"sub:{name}", sequence))
+                else:
+                    router.put(Forward(journal, SaveCheckpoint(f"sub:{name}", sequence)))
 
         return CatchUp(
             route=route,
@@ -332,12 +359,31 @@ class Core:
             read=read,
             join=join,
             save=save,
+            retry=self.timers.call_later,
         )
 
-    def _load_checkpoint(self, journal: FifoMailbox, name: str) -> int | None:
+    def _take_checkpoint(self, journal: FifoMailbox, name: str, owner: object) -> int | None:
+        """Make ``owner`` the one subscription that saves ``name``'s checkpoint; return it.
+
+        Taken before the load, under the lock, so that what an earlier
+        subscription of the name saved either is in what loads or is never
+        saved.  If the load fails, the name goes back to its previous owner.
+        """
         future: BusFuture[int | None] = BusFuture()
-        self.inbox.put(Forward(journal, LoadCheckpoint(name, future)))
-        return future.get(timeout=30.0)
+        with self._lock:
+            previous = self._owners.get(name)
+            self._owners[name] = owner
+            self.inbox.put(Forward(journal, LoadCheckpoint(f"sub:{name}", future)))
+        try:
+            return future.get(timeout=30.0)
+        except BaseException:
+            with self._lock:
+                if self._owners.get(name) is owner:
+                    if previous is None:
+                        del self._owners[name]
+                    else:
+                        self._owners[name] = previous
+            raise
 
     def unsubscribe(self, sub_id: str) -> None:
         """Remove ``sub_id`` (the ``Unsubscriber`` port of its ``Subscription``)."""
