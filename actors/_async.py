@@ -407,7 +407,9 @@ class AsyncEventBus:
         **fields: Any,
     ) -> list[Event]:
         """Publish a request; gather the replies (see ``EventBus.request_all``)."""
-        return (await self._ask(event_type, data, fields, max_replies, timeout, node))[1]
+        return (
+            await self._ask(event_type, data, fields, max_replies, timeout, node, gathers=True)
+        )[1]
 
     async def _ask(  # noqa: PLR0917 - the two public forms' arguments
         self,
@@ -417,6 +419,8 @@ class AsyncEventBus:
         max_replies: int | None,
         timeout: float | None,
         node: str | None,
+        *,
+        gathers: bool = False,
     ) -> tuple[Event, list[Event]]:
         checks.check_request(timeout, max_replies, node)
         bus = self.sync
@@ -436,7 +440,7 @@ class AsyncEventBus:
         # future: the deadline below bounds the whole call.
         if node is not None or bus.core.publisher.may_wait():
             publish = _publish_off_loop(publish)
-        pending = requester.send(event, publish, max_replies)
+        pending = requester.send(event, publish, max_replies, gathers=gathers)
         table = requester.table
         try:
             async with asyncio.timeout_at(deadline):

@@ -21,6 +21,13 @@ from actors._cluster import wire
 from actors._codec import events as codec
 from actors._errors import FrameError, InvalidEventError
 from actors._model.event import MAX_SOURCE_BYTES, wire_of
+from actors._model.event_checks import (
+    FAST_WALK,
+    MAX_DATA_DEPTH,
+    MAX_DATA_VALUES,
+    json_room,
+    shared_room,
+)
 
 _ID = uuid.UUID(int=0x1234)
 _STAMP = datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
@@ -273,8 +280,6 @@ def test_shared_data_within_the_bound_is_accepted_and_encodes_as_written_out() -
 
 def test_the_bound_counts_every_value_of_every_list_and_dict() -> None:
     """Exactly ``MAX_DATA_VALUES`` values pass; one more is refused (a list of lists)."""
-    from actors._model.event_checks import MAX_DATA_VALUES, json_room  # noqa: PLC0415
-
     row = [0] * 1000
     rows = MAX_DATA_VALUES // 1000 - 1
     data = [row] * rows  # rows lists plus rows * 1000 ints: MAX_DATA_VALUES - 1000 + rows
@@ -283,3 +288,44 @@ def test_the_bound_counts_every_value_of_every_list_and_dict() -> None:
     assert json_room(data, 0, used - 1) == -1
     assert json_room({"a": [1, 2], "b": {"c": None}}, 0, 5) == 0
     assert json_room({"a": [1, 2], "b": {"c": None}}, 0, 4) == -1
+    # The walk that counts a shared part without walking it again agrees.
+    assert shared_room(data, 0, used) == 0
+    assert shared_room(data, 0, used - 1) == -1
+    assert shared_room({"a": [1, 2], "b": {"c": None}}, 0, 5) == 0
+    assert shared_room({"a": [1, 2], "b": {"c": None}}, 0, 4) == -1
+    # And so does the event: data at the bound passes, one value more is refused.
+    assert Event(event_type="a.b", data=[row] * (MAX_DATA_VALUES // 1001)).data is not None
+    with pytest.raises(InvalidEventError, match=r"more than 10,000,000 values"):
+        Event(event_type="a.b", data=[row] * (MAX_DATA_VALUES // 1001 + 1))
+
+
+class _Walked(list):  # type: ignore[type-arg]
+    """A list that counts how often the checks walk it."""
+
+    walks = 0
+
+    def __iter__(self) -> Any:
+        _Walked.walks += 1
+        return super().__iter__()
+
+
+def test_shared_data_is_refused_without_walking_its_parts_again() -> None:
+    """The refusal comes from counting: past the plain walk's first ``FAST_WALK``
+    values, each shared list is walked once, not once per place it appears
+    (2**40 places here; the bound alone would walk 10,000,000 values)."""
+    value: list[object] = _Walked([0])
+    for _ in range(40):
+        value = _Walked([value, value])
+    _Walked.walks = 0
+    with pytest.raises(InvalidEventError, match=r"more than 10,000,000 values"):
+        Event(event_type="a.b", data=value)
+    assert _Walked.walks < FAST_WALK
+
+
+def test_a_shared_part_placed_deeper_is_held_to_the_depth_bound_there() -> None:
+    deep: list[object] = [0]
+    for _ in range(MAX_DATA_DEPTH - 5):
+        deep = [deep]
+    assert Event(event_type="a.b", data=[deep, deep]).data is not None  # depth 196: fits
+    with pytest.raises(InvalidEventError, match="nested deeper than"):
+        Event(event_type="a.b", data=[deep, [[[[[deep]]]]]])  # the same list, 5 deeper

@@ -114,7 +114,7 @@ class RequestClient:
         node: str | None,
     ) -> Event:
         """Publish a request; return the first reply (see ``EventBus.request``)."""
-        event, pending, left = self.send(event_type, data, fields, 1, timeout, node)
+        event, pending, left = self.send(event_type, data, fields, 1, timeout, node, gathers=False)
         replies = self.requester.wait(pending, left)
         if not replies:
             raise timeout_error(event, timeout)
@@ -131,7 +131,9 @@ class RequestClient:
     ) -> list[Event]:
         """Publish a request; return every reply within ``timeout`` (``EventBus.request_all``)."""
         try:
-            _, pending, left = self.send(event_type, data, fields, max_replies, timeout, node)
+            _, pending, left = self.send(
+                event_type, data, fields, max_replies, timeout, node, gathers=True
+            )
         except RequestTimeoutError:
             return []  # its time ran out waiting for room: no reply (it was not published)
         return self.requester.wait(pending, left)
@@ -144,6 +146,8 @@ class RequestClient:
         max_replies: int | None,
         timeout: float | None,
         node: str | None,
+        *,
+        gathers: bool,
     ) -> tuple[Event, Pending, float | None]:
         """Prepare, route and publish a request; return it with the time left to wait."""
         started = time.monotonic()
@@ -155,7 +159,7 @@ class RequestClient:
             publish = functools.partial(
                 self._publish_within, deadline=started + timeout, timeout=timeout
             )
-        pending = self.requester.send(event, publish, max_replies)
+        pending = self.requester.send(event, publish, max_replies, gathers=gathers)
         left = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
         return event, pending, left
 

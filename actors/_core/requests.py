@@ -144,7 +144,7 @@ def error_message(exc: BaseException) -> str:
     """Return ``exc``'s message, cut to ``MAX_ERROR_MESSAGE`` characters; never raises."""
     try:
         text = str(exc)
-    except Exception:  # its __str__ raised: the answer must still go
+    except BaseException:  # its __str__ raised (even SystemExit): the answer must still go
         return f"(a {type(exc).__name__} whose message could not be built)"
     if len(text) > MAX_ERROR_MESSAGE:
         text = f"{text[:MAX_ERROR_MESSAGE]}... ({len(text) - MAX_ERROR_MESSAGE} characters cut)"
@@ -223,10 +223,13 @@ class Pending:
 
     ``future`` resolves with the replies once ``max_replies`` arrived (never,
     when ``max_replies`` is None: the caller's timeout ends the wait).
+    ``gathers``: the caller is a ``request_all``, which a refused reply does
+    not fail (whatever its ``max_replies``), where a ``request`` fails at once.
     """
 
     request_id: uuid.UUID
     max_replies: int | None
+    gathers: bool = False
     future: ReplyFuture[list[Event]] = field(default_factory=ReplyFuture)
     replies: list[Event] = field(default_factory=list)
 
@@ -246,11 +249,13 @@ class PendingTable:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def open(self, request_id: uuid.UUID, max_replies: int | None = 1) -> Pending:
+    def open(
+        self, request_id: uuid.UUID, max_replies: int | None = 1, *, gathers: bool = False
+    ) -> Pending:
         """Add an entry for ``request_id``; raise ``BackpressureError`` when the table is full."""
         if max_replies is not None and max_replies < 1:
             raise ValueError("max_replies must be at least 1 (or None)")
-        entry = Pending(request_id, max_replies)
+        entry = Pending(request_id, max_replies, gathers)
         with self._lock:
             if len(self._entries) >= self.limit:
                 raise BackpressureError(
@@ -303,7 +308,7 @@ class PendingTable:
         else:
             with self._lock:
                 entry = self._entries.get(request_id)
-                if entry is not None and entry.max_replies == 1:
+                if entry is not None and not entry.gathers:
                     del self._entries[request_id]
                 else:
                     entry = None
@@ -400,6 +405,8 @@ class Requester:
         request: Event,
         publish: Callable[[Event], BusFuture[Event]],
         max_replies: int | None = 1,
+        *,
+        gathers: bool = False,
     ) -> Pending:
         """Open an entry for ``request``, then publish it; return the entry.
 
@@ -407,7 +414,7 @@ class Requester:
         future fails later (``REJECT`` backpressure, a journal error) fails
         the entry's future with that error.
         """
-        pending = self.table.open(request.id, max_replies)
+        pending = self.table.open(request.id, max_replies, gathers=gathers)
         try:
             future = publish(request)
         except BaseException:
@@ -530,7 +537,7 @@ class Responder:
     def _answer(self, request: Event, result: Any) -> None:
         try:
             reply = reply_event(request, result, source=self._source)
-        except ValueError as exc:  # InvalidEventError: the result is not JSON
+        except BaseException as exc:  # not JSON (InvalidEventError), or its check broke
             reply = error_event(request, exc, source=self._source)
         self._send(request, reply)
 

@@ -28,6 +28,7 @@ from typing import Any, TypeAlias
 from actors._errors import InvalidEventError
 from actors._model.event_checks import (
     EMPTY_METADATA,
+    FAST_WALK,
     INT64_MAX,
     INT64_MIN,
     MAX_DATA_DEPTH,
@@ -46,6 +47,7 @@ from actors._model.event_checks import (
     explain_json,
     freeze_metadata,
     json_room,
+    shared_room,
 )
 from actors._model.uuid7 import uuid7
 
@@ -135,7 +137,7 @@ class Event(_Wire):
         # that normalises or raises otherwise; construction is on the hot path.
         if event_type.__class__ is not str or event_type not in TYPE_CACHE:
             event_type = check_new_event_type(event_type)
-        if data is not None and json_room(data, 0, MAX_DATA_VALUES) < 0:
+        if data is not None and json_room(data, 0, FAST_WALK) < 0 and shared_room(data) < 0:
             raise InvalidEventError(explain_json(data))
         if id is None:
             id = uuid7()

@@ -43,6 +43,7 @@ from actors._model.patterns import validate_event_type
 
 __all__ = [
     "EMPTY_METADATA",
+    "FAST_WALK",
     "INT64_MAX",
     "INT64_MIN",
     "MAX_DATA_DEPTH",
@@ -65,6 +66,7 @@ __all__ = [
     "is_json",
     "json_room",
     "parse_uuid",
+    "shared_room",
 ]
 
 MAX_DATA_DEPTH = 200
@@ -100,7 +102,7 @@ def check_event_type(event_type: object) -> str:
 
 def check_data(data: object) -> None:
     """Raise ``InvalidEventError`` with the reason if ``data`` is not a JSON value."""
-    if data is not None and json_room(data, 0, MAX_DATA_VALUES) < 0:
+    if data is not None and json_room(data, 0, FAST_WALK) < 0 and shared_room(data) < 0:
         raise InvalidEventError(explain_json(data))
 
 
@@ -252,7 +254,65 @@ def event_kwargs(d: object, names: Collection[str]) -> dict[str, Any]:
 
 def is_json(value: Any, depth: int = 0) -> bool:
     """Return whether ``value`` is an exactly round-tripping JSON value (no reason)."""
-    return json_room(value, depth, MAX_DATA_VALUES) >= 0
+    return json_room(value, depth, FAST_WALK) >= 0 or shared_room(value, depth) >= 0
+
+
+FAST_WALK = 100_000
+"""The values ``json_room`` walks before ``shared_room`` takes over.
+
+Data of up to this many values (nearly all) is checked by the plain walk
+alone; beyond it, or if it finds a fault, the walk that counts a shared part
+once per place without walking it again decides (and the bound is
+``MAX_DATA_VALUES``).
+"""
+
+
+def shared_room(value: Any, depth: int = 0, room: int = MAX_DATA_VALUES) -> int:
+    """Return ``room`` less the values inside ``value``, or -1 (``json_room``'s answer).
+
+    A list or dict met again costs what it cost the first time, without a
+    second walk: ``a = [a, a]`` forty times over is refused in forty steps,
+    where the plain walk would take ``MAX_DATA_VALUES`` of them.  Slower
+    than ``json_room`` per value (a dict lookup per list or dict).
+    """
+    memo: dict[int, tuple[int, int]] = {}  # id -> (values inside, levels of nesting)
+    return _shared(value, depth, room, memo)[0]
+
+
+def _shared(  # noqa: PLR0911 - one return per fault
+    value: Any, depth: int, room: int, memo: dict[int, tuple[int, int]]
+) -> tuple[int, int]:
+    """Return (room left or -1, levels of list/dict nesting in ``value``, 0 for a scalar)."""
+    if not isinstance(value, dict | list):
+        return json_room(value, depth, room), 0
+    if depth >= MAX_DATA_DEPTH:
+        return -1, 0
+    key = id(value)  # stable: ``value`` is alive for the whole check
+    known = memo.get(key)
+    if known is not None:
+        cost, height = known
+        room -= cost
+        if room < 0 or depth + height > MAX_DATA_DEPTH:
+            return -1, 0
+        return room, height
+    before = room
+    room -= len(value)
+    if room < 0:
+        return -1, 0
+    height = 1
+    if isinstance(value, dict):
+        if not all(isinstance(k, str) for k in value):
+            return -1, 0
+        items: Iterable[Any] = value.values()
+    else:
+        items = value
+    for item in items:
+        room, inner = _shared(item, depth + 1, room, memo)
+        if room < 0:
+            return -1, 0
+        height = max(height, inner + 1)
+    memo[key] = (before - room, height)
+    return room, height
 
 
 def json_room(value: Any, depth: int, room: int) -> int:  # noqa: PLR0911 - flat dispatch
@@ -325,18 +385,28 @@ def _subclass_room(value: object, depth: int, room: int) -> int:  # noqa: PLR091
 
 
 def explain_json(data: object) -> str:  # noqa: PLR0911 - one return per kind of fault
-    """Return why ``data`` is not a JSON value, naming the first offending path."""
+    """Return why ``data`` is not a JSON value, naming the first offending path.
+
+    A list or dict met again is walked again only deeper than before (where
+    it may nest too deep), so shared parts cost one walk each; if no value
+    is at fault, what is left is the count (see ``shared_room``).
+    """
+    too_many = (
+        f"data holds more than {MAX_DATA_VALUES:,} values (a list or dict "
+        "counts once for every place it appears)"
+    )
     stack: list[tuple[str, object, int]] = [("data", data, 0)]
     room = MAX_DATA_VALUES
+    walked: dict[int, int] = {}  # id of a list or dict -> the deepest it was walked at
     while stack:
         path, value, depth = stack.pop()
         if isinstance(value, dict | list):
+            if walked.get(id(value), -1) >= depth:
+                continue  # checked already, at this depth or deeper
+            walked[id(value)] = depth
             room -= len(value)
             if room < 0:
-                return (
-                    f"data holds more than {MAX_DATA_VALUES:,} values (a list or dict "
-                    "counts once for every place it appears)"
-                )
+                return too_many
         if isinstance(value, str | bool) or value is None:
             continue
         if isinstance(value, int):
@@ -362,4 +432,6 @@ def explain_json(data: object) -> str:  # noqa: PLR0911 - one return per kind of
             return f"{path}: tuple is not a JSON value; use a list"
         else:
             return f"{path}: {type(value).__name__} is not a JSON value"
-    return "data is not a JSON value"  # pragma: no cover - _is_json and this disagree
+    if shared_room(data) < 0:  # each value is JSON: the count, shared parts counted per place
+        return too_many
+    return "data is not a JSON value"  # pragma: no cover - the checks and this disagree
