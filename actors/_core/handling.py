@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, cast
 from actors._core.messages import DeadLetter, DeadLettered
 from actors._core.policies import (
     MAX_LEFT_BEHIND,
+    AsyncRun,
     Call,
     CallWatch,
     HandlerPolicy,
@@ -68,6 +69,11 @@ current_timeout: contextvars.ContextVar[tuple[asyncio.Timeout, float] | None] = 
 def _wake(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
+
+
+def _loop_gone(loop: asyncio.AbstractEventLoop | None) -> bool:
+    """Return whether ``loop`` closed: a coroutine closed then is being discarded."""
+    return loop is None or loop.is_closed()
 
 
 def _cancelling() -> bool:
@@ -292,7 +298,15 @@ class HandlerRuns:
 
     # -- async handlers --------------------------------------------------------------
 
-    async def _run_async(self, batch: Batch, history: bool) -> None:
+    async def _run_async(self, state: AsyncRun) -> None:
+        state.started = True
+        try:
+            await self._handle_async(state)
+        finally:
+            state.done = True
+
+    async def _handle_async(self, state: AsyncRun) -> None:
+        batch, history = state.batch, state.history
         handler = self._async_handler
         assert handler is not None
         samples = self.ports.latency.samples
@@ -308,6 +322,7 @@ class HandlerRuns:
             if event.ttl is not None and expired_unix(event, now_wall):
                 self.expired += 1
                 mailbox.finished_by_owner += count
+                state.pos = i + 1
                 continue
             if count:
                 samples.append(time.perf_counter() - published_at)
@@ -318,19 +333,22 @@ class HandlerRuns:
                     attempts += 1
                     try:
                         await self._await_handler(handler, event)
-                    except asyncio.CancelledError as exc:
-                        if _cancelling():  # this batch itself is cancelled (its loop closes)
+                    except BaseException as exc:  # see _failed
+                        if isinstance(exc, GeneratorExit) and _loop_gone(self._loop):
+                            raise  # closed: its task went with its loop (given up elsewhere)
+                        if isinstance(exc, asyncio.CancelledError) and _cancelling():
+                            # This batch itself is cancelled (its loop closes).
+                            self._batch_done(batch[:i])
                             self._give_up(batch[i:], exc, history)
                             raise
                         delay = self._failed(event, exc, attempts)  # the handler's own
                         if delay is not None:
-                            if await self._before_retry(delay):
-                                continue
-                            stop = i
-                    except BaseException as exc:  # see _failed
-                        delay = self._failed(event, exc, attempts)
-                        if delay is not None:
-                            if await self._before_retry(delay):
+                            try:
+                                again = await self._before_retry(delay)
+                            except asyncio.CancelledError as cancelled:  # the batch, as it waited
+                                self._cut_waiting(state, i, exc, attempts, cancelled)
+                                raise
+                            if again:
                                 continue
                             stop = i
                     else:
@@ -344,7 +362,28 @@ class HandlerRuns:
                 mailbox.finished_by_owner += count * (len(batch) - i)
                 break
             mailbox.finished_by_owner += count
+            state.pos = i + 1
         self._batch_done(self._handled_part(batch, history, stop))
+
+    def _cut_waiting(
+        self,
+        state: AsyncRun,
+        i: int,
+        error: BaseException,
+        attempts: int,
+        cancelled: BaseException,
+    ) -> None:
+        """Give up an async batch cancelled while event ``i`` waited for its retry.
+
+        That event becomes a dead letter with its own last error (its failed
+        attempt is counted already), the rest with the cancellation.
+        """
+        batch, history = state.batch, state.history
+        self._batch_done(batch[:i])
+        self._dead_letter(batch[i][0], error, attempts)
+        if not history:
+            self.actor_inbox.finished_by_owner += 1
+        self._give_up(batch[i + 1 :], cancelled, history)
 
     async def _before_retry(self, delay: float) -> bool:
         """Wait ``delay`` s before a retry; return False if the subscription was given up on.
@@ -396,6 +435,10 @@ class HandlerRuns:
                 raise  # the handler's own TimeoutError
             self._async_timed_out(event, cancelled=True)
             raise handler_timeout_error(timeout) from exc
+        except BaseException:
+            if scope.expired():  # cancelled at its timeout, it raised something else on the way
+                self._async_timed_out(event, cancelled=True)
+            raise
         finally:
             current_timeout.reset(token)
         if scope.expired():  # it caught its cancellation and returned: late, but handled

@@ -24,15 +24,17 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from actors._model.event import Event
     from actors._runtime.timers import Timers
 
 __all__ = [
+    "LOOP_WATCH",
+    "AsyncRun",
     "DEFAULT_RETRY_BACKOFF",
     "MAX_BACKOFF",
     "MAX_LEFT_BEHIND",
@@ -183,3 +185,25 @@ class SyncRun:
     delivered: int = 0
     retry_at: float | None = None
     call: Call | None = None
+
+
+LOOP_WATCH = 1.0
+"""How often (seconds) a subscription with a batch on an event loop checks that
+the loop has not closed under it (``AsyncRun``)."""
+
+
+@dataclass(slots=True, eq=False)
+class AsyncRun:
+    """A batch handed to an ``async def`` handler's event loop, and how far it got.
+
+    ``pos`` counts the events finished; ``started`` and ``done`` are set by
+    the coroutine (``run``) on the loop.  A loop closed with the batch
+    unfinished runs nothing more: the subscriber then gives up the rest.
+    """
+
+    batch: Batch
+    history: bool
+    pos: int = 0
+    started: bool = False
+    done: bool = False
+    run: Coroutine[Any, Any, None] | None = None

@@ -32,7 +32,7 @@ import pykka
 from actors._core.catchup import CatchUp
 from actors._core.handling import Batch, HandlerRuns, current_event
 from actors._core.messages import DeadLetter, HistoryRead, Joined, Relieved
-from actors._core.policies import CallWatch, HandlerPolicy, SyncRun
+from actors._core.policies import LOOP_WATCH, AsyncRun, CallWatch, HandlerPolicy, SyncRun
 from actors._model.config import OverflowStrategy
 from actors._model.metrics import SubscriptionStatistics
 from actors._runtime.dispatcher import DispatchedActor, Dispatcher
@@ -74,11 +74,13 @@ class SubscriberActor(HandlerRuns, DispatchedActor):
     # attributes the instance dict would pass the 30 keys that CPython shares
     # between instances, and an unshared dict costs about 1.5 KB.
     __slots__ = (
+        "_async",
         "_async_handler",
         "_call",
         "_capacity",
         "_inflight",
         "_loop",
+        "_loop_watched",
         "_overflow",
         "_retry_wake",
         "_run",
@@ -140,6 +142,8 @@ class SubscriberActor(HandlerRuns, DispatchedActor):
         # one waits for it, and an Event costs about 1 KB per subscription.
         self.detached = False
         self._inflight = False
+        self._async: AsyncRun | None = None  # the batch on the loop while ``_inflight``
+        self._loop_watched = False  # a timer checks that the loop did not close under it
         self._loop = loop
         self._retry_wake: asyncio.Future[None] | None = None  # an async batch waiting to retry
         self.catchup: CatchUp | None = None
@@ -176,7 +180,10 @@ class SubscriberActor(HandlerRuns, DispatchedActor):
 
     def _drain(self, throughput: int) -> None:
         if self._inflight:
-            return
+            state, loop = self._async, self._loop
+            if state is None or state.done or loop is None or not loop.is_closed():
+                return
+            self._orphaned(state)  # its loop closed with it unfinished: nothing will run it
         if self._run is not None and not self._resume():
             return
         catchup = self.catchup
@@ -218,15 +225,21 @@ class SubscriberActor(HandlerRuns, DispatchedActor):
         if self._async_handler is not None:
             self._inflight = True
             assert self._loop is not None
-            run = self._run_async(batch, history)
+            state = AsyncRun(batch, history)
+            run = state.run = self._run_async(state)
+            self._async = state
             try:
                 fut = asyncio.run_coroutine_threadsafe(run, self._loop)
             except RuntimeError:  # the loop is closed: nothing can run these
                 run.close()  # never started: closed, so it is not reported as never awaited
                 self._inflight = False
+                self._async = None
                 self._give_up(batch, RuntimeError("the handler's event loop is closed"), history)
                 return
             fut.add_done_callback(self._async_done)
+            if not self._loop_watched:
+                self._loop_watched = True
+                self._timers.call_later(LOOP_WATCH, self._watch_loop)
             return
         self._run_sync(batch, history)
 
@@ -244,6 +257,51 @@ class SubscriberActor(HandlerRuns, DispatchedActor):
         self._inflight = False
         self.actor_inbox.check_barriers()
         self.actor_inbox.wake()
+
+    def _watch_loop(self) -> None:
+        """On the timer thread: wake the actor if its batch's loop closed, else look again later.
+
+        One timer per subscription at most, and only while a batch is on the loop.
+        """
+        if not self._inflight:
+            self._loop_watched = False
+            if not self._inflight:
+                return
+            # A batch went out as this looked, and saw the flag still set: keep watching.
+        loop = self._loop
+        if loop is not None and loop.is_closed():
+            self._loop_watched = False
+            self.actor_inbox.wake()
+            return
+        self._timers.call_later(LOOP_WATCH, self._watch_loop)
+
+    def _orphaned(self, state: AsyncRun) -> None:
+        """Give up a batch whose loop closed before it finished (run nowhere again).
+
+        ``asyncio.run`` cancels its tasks before it closes the loop, and a
+        cancelled batch gives itself up; this is for the others: one handed
+        to a loop that closed before running it, or started after those
+        cancellations, or on a loop closed by hand.  What it finished is
+        kept (a durable checkpoint moves past it); the rest become dead
+        letters.
+        """
+        state.done = True
+        if not state.started and state.run is not None:
+            state.run.close()  # never started: closed, so it is not reported as never awaited
+        batch, pos = state.batch, state.pos
+        logger.warning(
+            "the event loop of %s (%r) closed before its handler finished a batch: "
+            "%d event(s) given up as dead letters",
+            self.sub_id,
+            self.pattern,
+            len(batch) - pos,
+        )
+        self._inflight = False
+        self._async = None
+        self._batch_done(batch[:pos])
+        self._give_up(
+            batch[pos:], RuntimeError("the handler's event loop closed first"), state.history
+        )
 
     def _on_turn_end(self) -> bool:
         catchup = self.catchup
