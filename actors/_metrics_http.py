@@ -29,9 +29,12 @@ from actors._model.metrics import (
     to_prometheus,
 )
 
-__all__ = ["MetricsServer", "MetricsSource", "prometheus_client_available"]
+__all__ = ["CLIENT_TIMEOUT", "MetricsServer", "MetricsSource", "prometheus_client_available"]
 
 logger = logging.getLogger("actors.metrics")
+
+CLIENT_TIMEOUT = 10.0
+"""Seconds a client may take to send its request before it is dropped."""
 
 PREFIX = "llmspell_events"
 _TEXT_0_0_4 = "text/plain; version=0.0.4; charset=utf-8"
@@ -201,15 +204,20 @@ class MetricsServer:
 def _handler_for(server: MetricsServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         head = False  # answering a HEAD: the headers of the GET, no body
+        # A client that sends nothing (or no end of headers) is dropped after
+        # this many seconds instead of holding its thread and socket for ever.
+        timeout = CLIENT_TIMEOUT
 
         def do_HEAD(self) -> None:
             self.head = True
             self.do_GET()
 
-        def do_POST(self) -> None:
-            self._not_allowed()
-
-        do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_POST  # noqa: N815 - http.server names
+        def __getattr__(self, name: str) -> Any:
+            # http.server looks up ``do_<METHOD>``: every method but GET and
+            # HEAD (TRACE, CONNECT, a made-up one, a lower-case "get") is a 405.
+            if name.startswith("do_"):
+                return self._not_allowed
+            raise AttributeError(name)
 
         def _not_allowed(self) -> None:
             body = b"only GET and HEAD\n"

@@ -129,16 +129,18 @@ def serve(
         for pattern in record:
             bus.subscribe(pattern, _ignore)
         endpoints = bus.endpoints
-        say(f"node {name}")
-        say(f"request {endpoints['request']}")
-        say(f"publish {endpoints['publish']}")
-        say(f"journal {Path(journal).resolve() if journal else 'none'}")
         with contextlib.ExitStack() as stack:
-            if metrics_port is not None:
+            server = None
+            if metrics_port is not None:  # before the first line: scripts wait for "journal"
                 try:
                     server = stack.enter_context(bus.serve_metrics(metrics_port))
                 except OSError as exc:
                     fail(f"cannot serve metrics on port {metrics_port}: {exc.strerror or exc}")
+            say(f"node {name}")
+            say(f"request {endpoints['request']}")
+            say(f"publish {endpoints['publish']}")
+            say(f"journal {Path(journal).resolve() if journal else 'none'}")
+            if server is not None:
                 say(f"metrics {server.url}")
             wait_for_signal()
     finally:

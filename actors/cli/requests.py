@@ -16,6 +16,7 @@ import contextlib
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import threading
@@ -108,14 +109,18 @@ def run_command(argv: list[str], request: Event, timeout: float | None = None) -
         stderr=subprocess.PIPE,
         text=True,
         env=env,
+        start_new_session=True,  # a group of its own: its children are killed with it
     ) as child:
         with _RUNNING_LOCK:
             _RUNNING.add(child)
         try:
             stdout, stderr = child.communicate(json.dumps(request.data), timeout=timeout)
         except subprocess.TimeoutExpired:
-            child.kill()
-            child.communicate()
+            _kill(child)
+            # Its pipes close with the group; bounded all the same (a child
+            # that left the group may still hold them).
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.communicate(timeout=_DRAIN)
             raise
         finally:
             with _RUNNING_LOCK:
@@ -132,6 +137,9 @@ def run_command(argv: list[str], request: Event, timeout: float | None = None) -
         return out
 
 
+_DRAIN = 5.0
+"""Seconds to read what a killed command leaves in its pipes."""
+
 _RUNNING: set[subprocess.Popen[str]] = set()  # the commands running now (one at a time)
 _RUNNING_LOCK = threading.Lock()
 
@@ -141,8 +149,16 @@ def _stop_commands() -> None:
     with _RUNNING_LOCK:
         running = list(_RUNNING)
     for child in running:
+        _kill(child)
+
+
+def _kill(child: subprocess.Popen[str]) -> None:
+    """Kill ``child`` and every process of its group (what it started, unless it left)."""
+    if child.returncode is None:  # not reaped: its pid (and group id) is still its own
         with contextlib.suppress(OSError):
-            child.kill()
+            os.killpg(child.pid, signal.SIGKILL)  # it leads its group (start_new_session)
+    with contextlib.suppress(OSError):
+        child.kill()
 
 
 def _command_line(command: str) -> list[str]:
