@@ -13,8 +13,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
+from actors import Event, EventBus, EventConfig
 from actors.cli import main
 from tests._cli_support import make_journal
+from tests._support import flip_byte, publish_all
 
 
 def run(*args: str) -> Result:
@@ -160,6 +162,7 @@ def test_stats_prometheus_prints_the_journals_figures_only(
         "llmspell_events_stored_events",
         "llmspell_events_journal_last_sequence",
         "llmspell_events_journal_size_bytes",
+        "llmspell_events_journal_unreadable_records",  # what the scan found, 0 here
     }
 
 
@@ -192,3 +195,44 @@ def test_reading_a_journal_writes_no_event(journal: tuple[Path, uuid.UUID]) -> N
     figures = json.loads(run("stats", "--journal", str(path), "--json").stdout)
     assert figures["events"] == 4
     assert figures["last_sequence"] == 4
+
+
+def test_stats_and_query_say_how_many_records_a_damaged_journal_could_not_give(
+    tmp_path: Path,
+) -> None:
+    """A flipped byte in the record table: the scan skips the damaged block's records
+    and says so (stats: a line, a JSON field, a gauge; query: a note on stderr),
+    never a journal that is merely shorter without a word."""
+    path = tmp_path / "journal"
+    with EventBus(EventConfig(persistence_path=path)) as bus:
+        publish_all(
+            bus, [Event(event_type="t.a", data={"i": i, "pad": "x" * 100}) for i in range(20_000)]
+        )
+    records = max(path.glob("*.sst"), key=lambda p: p.stat().st_size)
+    flip_byte(records, records.stat().st_size // 2)
+
+    stats = run("stats", "--journal", str(path), "--json")
+    assert stats.exit_code == 0, stats.stderr
+    figures = json.loads(stats.stdout)
+    assert figures["unreadable_records"] > 0
+    assert figures["events"] + figures["unreadable_records"] == 20_000
+    text = run("stats", "--journal", str(path))
+    assert f"unreadable records {figures['unreadable_records']}" in text.stdout
+    gauge = run("stats", "--journal", str(path), "--prometheus")
+    assert f"llmspell_events_journal_unreadable_records {figures['unreadable_records']}" in (
+        gauge.stdout
+    )
+    query = run("query", "--journal", str(path), "--json")
+    assert query.exit_code == 0, query.stderr
+    assert len(query.stdout.splitlines()) == figures["events"]
+    assert f"{figures['unreadable_records']} stored record(s) could not be read" in query.stderr
+
+
+def test_stats_of_a_sound_journal_reports_no_unreadable_record(
+    journal: tuple[Path, uuid.UUID],
+) -> None:
+    path, _ = journal
+    figures = json.loads(run("stats", "--journal", str(path), "--json").stdout)
+    assert figures["unreadable_records"] == 0
+    assert "unreadable" not in run("stats", "--journal", str(path)).stdout
+    assert "could not be read" not in run("query", "--journal", str(path)).stderr

@@ -76,8 +76,19 @@ def query(
             _follow(bus, node, q, source, as_json)
             return
         events = bus.query(q, node=node, timeout=source.connection.timeout)
+        unreadable = _unreadable(bus, node)
     for event in events:
         emit(event, as_json)
+    if unreadable:
+        note(
+            f"{unreadable} stored record(s) could not be read and were skipped: "
+            "the journal is damaged (docs/persistence.md, 'Damage')"
+        )
+
+
+def _unreadable(bus: EventBus, node: str | None) -> int | None:
+    """Return how many stored records this bus's reads skipped (None for a --peer node)."""
+    return bus.metrics().journal_corrupt_records if node is None else None
 
 
 def _follow(bus: EventBus, node: str | None, q: EventQuery, source: Source, as_json: bool) -> None:
@@ -131,6 +142,7 @@ def stats(*, prometheus: bool, as_json: bool, source: Source) -> None:
         by_type, first, last = _count(bus, node, source.connection.timeout)
         # A --peer node's live figures do not travel: only its journal's counts do.
         size = bus.metrics().journal_size_bytes if node is None else None
+        unreadable = _unreadable(bus, node)
     figures: dict[str, Any] = {
         "journal": str(Path(source.journal).resolve()) if source.journal else None,
         "node": node,
@@ -140,6 +152,7 @@ def stats(*, prometheus: bool, as_json: bool, source: Source) -> None:
         "first_time": first.timestamp.isoformat() if first else None,
         "last_time": last.timestamp.isoformat() if last else None,
         "dead_letters": by_type.get("$bus.deadletter", 0),
+        "unreadable_records": unreadable,
         "size_bytes": size,
         "by_type": dict(sorted(by_type.items())),
     }
@@ -179,6 +192,11 @@ def _prometheus(figures: dict[str, Any]) -> str:
             "last_sequence",
         ),
         ("llmspell_events_journal_size_bytes", "Bytes the journal's files take.", "size_bytes"),
+        (
+            "llmspell_events_journal_unreadable_records",
+            "Stored records the scan skipped: they could not be read (damage).",
+            "unreadable_records",
+        ),
     ]
     for metric, text, key in gauges:
         if figures[key] is not None:
@@ -197,6 +215,8 @@ def _print_stats(figures: dict[str, Any]) -> None:
         say(f"sequences {figures['first_sequence']}..{figures['last_sequence']}")
         say(f"time {figures['first_time']} .. {figures['last_time']}")
     say(f"dead letters {figures['dead_letters']}")
+    if figures["unreadable_records"]:
+        say(f"unreadable records {figures['unreadable_records']} (skipped: the journal is damaged)")
     if figures["size_bytes"] is not None:
         say(f"size {figures['size_bytes']} bytes")
     say("by type:")
