@@ -19,7 +19,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from actors.cli import main
 from tests._cli_support import CLI, WAIT, Running, cli, make_journal, serving, silent_endpoint
 
 pytestmark = pytest.mark.slow
@@ -295,3 +297,25 @@ def test_ctrl_c_while_connecting_is_one_error_line() -> None:
     assert len(err.splitlines()) == 1, err.splitlines()
     assert err.startswith("Error: ")
     assert out == ""
+
+
+@pytest.mark.parametrize(
+    ("data", "stdin", "said"),
+    [
+        ("NaN", None, "NaN is not a JSON value"),
+        ('{"x": Infinity}', None, "Infinity is not a JSON value"),
+        ("[-Infinity]", None, "-Infinity is not a JSON value"),
+        ("-", b"\xff\xfe{}", "standard input is not UTF-8 text"),
+    ],
+)
+def test_data_that_is_not_json_text_is_a_usage_error_before_any_connection(
+    data: str, stdin: bytes | None, said: str
+) -> None:
+    """Python's json reads NaN and Infinity, JSON has none: a usage error (2), as for
+    any text that is not JSON, and so is standard input that is not UTF-8."""
+    for command in ("pub", "req"):
+        result = CliRunner().invoke(
+            main, [command, "x.y", data, "--peer", silent_endpoint()], input=stdin
+        )
+        assert result.exit_code == 2, (command, result.output)
+        assert said in result.stderr

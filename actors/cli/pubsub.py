@@ -10,6 +10,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import NoReturn
 
 import click
 
@@ -38,12 +39,23 @@ RETRY = 5.0  # seconds to wait for a node's answer before asking again
 PROGRESS_EVERY = 0.2  # seconds between progress lines of `pub --count`
 
 
+def _no_constant(name: str) -> NoReturn:
+    """Refuse ``NaN``, ``Infinity`` and ``-Infinity``: Python's json reads them, JSON has none."""
+    raise click.BadParameter(f"not JSON: {name} is not a JSON value", param_hint="DATA")
+
+
 def read_data(data: str | None) -> JsonValue:
     """Return DATA parsed as JSON: given inline, as ``-`` (stdin) or as ``@FILE``."""
     if data is None:
         return None
     if data == "-":
-        text = sys.stdin.read()
+        try:
+            text = sys.stdin.buffer.read().decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise click.BadParameter(
+                f"standard input is not UTF-8 text: {exc.reason} at byte {exc.start}",
+                param_hint="DATA",
+            ) from exc
     elif data.startswith("@"):
         try:
             text = Path(data[1:]).read_text(encoding="utf-8")
@@ -59,7 +71,7 @@ def read_data(data: str | None) -> JsonValue:
     else:
         text = data
     try:
-        value: JsonValue = json.loads(text)
+        value: JsonValue = json.loads(text, parse_constant=_no_constant)
     except json.JSONDecodeError as exc:
         raise click.BadParameter(f"not JSON: {exc}", param_hint="DATA") from exc
     except RecursionError:
