@@ -144,8 +144,7 @@ class MetricsServer:
         client = prometheus_client_available() if use_client is None else use_client
         self.render = self._client_renderer() if client else self._text_renderer()
         self.uses_client = client
-        self._http = ThreadingHTTPServer((host, port), _handler_for(self))
-        self._http.daemon_threads = True
+        self._http = _Server((host, port), _handler_for(self))
         address = self._http.server_address
         self.host, self.port = str(address[0]), int(address[1])
         self._thread = threading.Thread(
@@ -199,6 +198,13 @@ class MetricsServer:
 
     def __repr__(self) -> str:
         return f"<MetricsServer {self.url}>"
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True  # a request still running never holds up the process's exit
+    # socketserver's default backlog is 5: a burst of scrapers and probes past
+    # it waits on TCP's retries (1 s, 3 s, ...) before it is even accepted.
+    request_queue_size = 128
 
 
 def _handler_for(server: MetricsServer) -> type[BaseHTTPRequestHandler]:
