@@ -104,12 +104,17 @@ def merge_events(stored: Sequence[Event], live: Sequence[Event]) -> list[Event]:
     """Union of journal and memory (or local and remote) events by id, in sequence order.
 
     The first list's copy of an event wins.  Sequences of several nodes are
-    not comparable, so no event is put before its cause (``causes_first``).
+    not comparable, so when the events come from more than one origin none
+    is put before its cause (``causes_first``); events of one origin keep
+    their sequence order, whatever causes the caller gave them.
     """
     seen: dict[uuid.UUID, Event] = {e.id: e for e in stored}
     for e in live:
         seen.setdefault(e.id, e)
-    return causes_first(sorted(seen.values(), key=lambda e: (e.sequence or 0, e.timestamp)))
+    ordered = sorted(seen.values(), key=lambda e: (e.sequence or 0, e.timestamp))
+    if len({e.origin for e in ordered}) > 1:
+        return causes_first(ordered)
+    return ordered
 
 
 def _stop_when_idle(loop: asyncio.AbstractEventLoop) -> None:
