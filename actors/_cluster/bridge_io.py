@@ -170,6 +170,10 @@ class PublishLedger:
     Thread-safe: the bridge's workers share one.  A request for an id whose
     publish is still under way (a retry that overtook the first try) waits
     for that publish and answers with its outcome: it never publishes again.
+    On a persistent node the memory starts, at the first request, with the
+    last ``size`` events of the journal: a retry that reaches a node restarted
+    after the first try (killed before its answer left) gets the event as
+    stored, never a second copy.
     """
 
     def __init__(self, size: int = 10_000) -> None:
@@ -177,6 +181,23 @@ class PublishLedger:
         self._done: OrderedDict[uuid.UUID, Event] = OrderedDict()
         self._running: dict[uuid.UUID, Future[Event]] = {}
         self._lock = threading.Lock()
+        self._seeded = False
+        self._seed_lock = threading.Lock()  # the first requests wait for one reading
+
+    def _seed(self, local: LocalNode, timeout: float) -> None:
+        """Remember the journal's last ``size`` events (once; a bus without one: nothing)."""
+        with self._seed_lock:
+            if self._seeded:
+                return
+            journal = local.journal
+            if journal is not None:
+                newest = journal.read(EventQuery(limit=self._size, descending=True), timeout)
+                with self._lock:
+                    for event in reversed(newest):  # oldest first: forgotten first
+                        self._done.setdefault(event.id, event)
+                    while len(self._done) > self._size:
+                        self._done.popitem(last=False)
+            self._seeded = True
 
     def publish(self, local: LocalNode, events: list[Event], timeout: float = _WAIT) -> list[Event]:
         """Publish ``events`` on the local bus in order; return them as published (sequenced).
@@ -187,6 +208,8 @@ class PublishLedger:
         ``BackpressureError``, ...), also to a request that waited for the
         same id's publish; ``TimeoutError`` if that one is not over in ``timeout``.
         """
+        if not self._seeded:
+            self._seed(local, timeout)
         out: list[Event] = []
         for event in events:
             with self._lock:

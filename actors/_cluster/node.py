@@ -157,7 +157,8 @@ class Node:
         The event takes that node's origin and sequence, as if published
         there.  Blocks until the node acknowledged it (journaled, where that
         node is persistent) and returns it as published.  Retrying after a
-        timeout is safe: the node publishes an event id once.  Raises
+        timeout is safe: the node publishes an event id once (also across its
+        restart, when it keeps a journal; see docs/wire.md, PUBLISH).  Raises
         ``NotConnectedError`` (no link to it), ``NoAnswerError`` (no answer in
         ``timeout``), ``PeerRefusedError`` (it refused, with its reason) and
         ``EventTooLargeError`` (over the size limit).
