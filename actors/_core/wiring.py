@@ -234,7 +234,7 @@ class Core:
         Nothing changes before every argument passed, so a refused call
         leaves no trace in ``subscriptions()`` or the metrics.
         """
-        Pattern.parse(pattern)
+        pattern = Pattern.parse(pattern).text  # a plain str, also for a str subclass
         if not (callable(handler) or isinstance(handler, pykka.ActorRef)):
             raise TypeError(f"handler must be callable or a pykka.ActorRef, not {handler!r}")
         predicate = as_predicate(filter)

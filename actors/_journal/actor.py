@@ -62,8 +62,12 @@ def enforce_retention(
     storage.set_checkpoint(HIGH_WATER, high)
     deleted = 0
     if retention_days is not None:
-        cutoff = datetime.now(UTC) - timedelta(days=retention_days)
-        deleted += storage.delete_before(to_us(cutoff))
+        try:
+            cutoff: datetime | None = datetime.now(UTC) - timedelta(days=retention_days)
+        except OverflowError:  # before the year 1: every stored timestamp is younger
+            cutoff = None
+        if cutoff is not None:
+            deleted += storage.delete_before(to_us(cutoff))
     if max_events is not None:
         deleted += storage.trim_to(max_events)
     if deleted:

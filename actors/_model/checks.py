@@ -9,6 +9,9 @@ the primitives in ``guards``; the decisions are listed in
 
 from __future__ import annotations
 
+import sys
+import threading
+
 import pykka
 
 from actors._model.config import EventConfig, NodeConfig, OverflowStrategy
@@ -99,6 +102,11 @@ def check_subscribe(  # noqa: PLR0917 - mirrors subscribe()'s own arguments
         raise TypeError(f"handler must be callable or a pykka.ActorRef, not {handler!r}")
     check_stream(filter, capacity, overflow, from_sequence)
     check_str("durable", durable, optional=True)
+    if isinstance(durable, str) and not durable.isascii():
+        try:
+            durable.encode("utf-8")  # the checkpoint's key in the journal
+        except UnicodeEncodeError as exc:
+            raise ValueError(f"durable is not valid Unicode: {exc}") from None
     check_bool("dedicated_thread", dedicated_thread)
 
 
@@ -108,9 +116,11 @@ def check_policy(timeout: object, retry_backoff: object, retries: object) -> Non
     ``timeout`` seconds ``> 0``; ``retry_backoff`` seconds ``>= 0`` (0 retries
     at once); ``retries`` an ``int >= 0`` (None: ``EventConfig.handler_retries``).
     """
-    check_number("timeout", timeout, positive=True, optional=True)
-    check_number("retry_backoff", retry_backoff, minimum=0, optional=True)
-    check_int("retries", retries, minimum=0, optional=True)
+    check_number("timeout", timeout, positive=True, maximum=threading.TIMEOUT_MAX, optional=True)
+    check_number(
+        "retry_backoff", retry_backoff, minimum=0, maximum=threading.TIMEOUT_MAX, optional=True
+    )
+    check_int("retries", retries, minimum=0, maximum=sys.maxsize, optional=True)
 
 
 def check_stream(filter: object, capacity: object, overflow: object, from_sequence: object) -> None:

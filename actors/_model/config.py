@@ -5,6 +5,8 @@ from __future__ import annotations
 import enum
 import os
 import re
+import sys
+import threading
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -29,6 +31,15 @@ MAX_NODE_NAME_BYTES = 255
 """The longest node name in UTF-8 bytes: a data frame gives its length one byte."""
 MIN_FRAME_BYTES = 64 * 1024 + 1024
 """The smallest ``max_frame_bytes``: a frame's header room (64 KiB) and a small event."""
+
+MAX_SIZE = sys.maxsize
+"""The largest count a size of ``EventConfig`` may hold (what a deque or list can)."""
+MAX_WAIT = threading.TIMEOUT_MAX
+"""The longest time in seconds ``EventConfig`` takes: what a lock or condition can wait."""
+MAX_DAYS = 999_999_999
+"""The longest ``retention_days`` (``datetime.timedelta``'s own limit)."""
+MAX_THREADS = 4096
+"""The most handler threads a bus may have (``threads``, ``max_threads``)."""
 
 
 def check_endpoint(endpoint: object, what: str, *, bind: bool) -> str:
@@ -142,24 +153,26 @@ class EventConfig:
         # One check per field, in field order; an overflow value string
         # ("drop_oldest") becomes its OverflowStrategy, as subscribe() accepts.
         check_path("persistence_path", self.persistence_path, optional=True)
-        check_number("retention_days", self.retention_days, positive=True, optional=True)
-        check_int("max_events", self.max_events, minimum=1, optional=True)
+        check_number(
+            "retention_days", self.retention_days, positive=True, maximum=MAX_DAYS, optional=True
+        )
+        check_int("max_events", self.max_events, minimum=1, maximum=MAX_SIZE, optional=True)
         check_choice("durability", self.durability, ("async", "sync"))
-        check_int("buffer_size", self.buffer_size, minimum=1)
+        check_int("buffer_size", self.buffer_size, minimum=1, maximum=MAX_SIZE)
         object.__setattr__(
             self, "overflow", check_enum("overflow", self.overflow, OverflowStrategy)
         )
-        check_number("block_timeout", self.block_timeout, minimum=0)
+        check_number("block_timeout", self.block_timeout, minimum=0, maximum=MAX_WAIT)
         check_number("rate_limit", self.rate_limit, positive=True, optional=True)
-        check_int("burst", self.burst, minimum=1, optional=True)
-        check_int("handler_retries", self.handler_retries, minimum=0)
-        check_int("max_traces", self.max_traces, minimum=1)
-        check_int("max_events_per_trace", self.max_events_per_trace, minimum=1)
-        check_number("trace_ttl", self.trace_ttl, positive=True, optional=True)
-        check_int("threads", self.threads, minimum=1)
-        check_int("dead_letter_limit", self.dead_letter_limit, minimum=0)
-        check_number("blocking_threshold", self.blocking_threshold, positive=True)
-        check_int("max_threads", self.max_threads, minimum=self.threads)
+        check_int("burst", self.burst, minimum=1, maximum=MAX_SIZE, optional=True)
+        check_int("handler_retries", self.handler_retries, minimum=0, maximum=MAX_SIZE)
+        check_int("max_traces", self.max_traces, minimum=1, maximum=MAX_SIZE)
+        check_int("max_events_per_trace", self.max_events_per_trace, minimum=1, maximum=MAX_SIZE)
+        check_number("trace_ttl", self.trace_ttl, positive=True, maximum=MAX_WAIT, optional=True)
+        check_int("threads", self.threads, minimum=1, maximum=MAX_THREADS)
+        check_int("dead_letter_limit", self.dead_letter_limit, minimum=0, maximum=MAX_SIZE)
+        check_number("blocking_threshold", self.blocking_threshold, positive=True, maximum=MAX_WAIT)
+        check_int("max_threads", self.max_threads, minimum=self.threads, maximum=MAX_THREADS)
         check_choice("recover", self.recover, ("refuse", "truncate"))
         check_bool("read_only", self.read_only)
 

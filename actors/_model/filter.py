@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
+from actors._model.event_checks import is_json
 from actors._model.guards import check_int, check_mapping, check_str, check_strings
 
 if TYPE_CHECKING:
@@ -23,7 +25,11 @@ class EventFilter:
     ``data`` is a dict whose items include every item of ``data_equals``.
     ``tags_any`` takes an iterable of tags or one tag as a bare ``str``.
     Raise ``TypeError`` naming the field for a value of the wrong type
-    (``min_priority="5"``, a ``data_equals`` that is not a str-keyed mapping).
+    (``min_priority="5"``, a ``data_equals`` that is not a str-keyed mapping)
+    and ``ValueError`` for a ``data_equals`` value that is not JSON (a set,
+    NaN: no event's data could hold it, and the filter could not cross).
+    ``data_equals`` is kept as a read-only copy: a filter cannot change
+    behind the subscriptions that use it.
     """
 
     source: str | None = None
@@ -41,7 +47,18 @@ class EventFilter:
         check_int("min_priority", self.min_priority, optional=True)
         if self.data_equals is not None:
             check_mapping("data_equals", self.data_equals, keys=str)
-            object.__setattr__(self, "data_equals", dict(self.data_equals))
+            wanted = dict(self.data_equals)
+            for key, value in wanted.items():
+                if not is_json(value, 1):
+                    raise ValueError(
+                        f"data_equals[{key!r}] is not a JSON value: {type(value).__name__}"
+                    )
+            object.__setattr__(self, "data_equals", MappingProxyType(wanted))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The read-only view does not pickle: the filter travels as its fields.
+        wanted = dict(self.data_equals) if self.data_equals is not None else None
+        return (EventFilter, (self.source, self.tags_any, self.min_priority, wanted))
 
     def __call__(self, event: Event) -> bool:
         """Return whether ``event`` passes every condition."""
@@ -72,9 +89,12 @@ class EventFilter:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> EventFilter:
-        """Build a filter from ``to_dict`` output."""
+        """Build a filter from ``to_dict`` output; ``ValueError`` names a key it does not know."""
         if not isinstance(d, Mapping):
             raise TypeError(f"d must be a mapping, not {type(d).__name__}")
+        unknown = sorted(str(k) for k in d if k not in _FIELDS)
+        if unknown:
+            raise ValueError(f"not fields of an EventFilter: {', '.join(unknown)}")
         return cls(
             source=d.get("source"),
             tags_any=d.get("tags_any"),
@@ -82,6 +102,8 @@ class EventFilter:
             data_equals=d.get("data_equals"),
         )
 
+
+_FIELDS = frozenset({"source", "tags_any", "min_priority", "data_equals"})
 
 FilterLike = EventFilter | Callable[["Event"], bool]
 

@@ -65,15 +65,23 @@ def check_bool(name: str, value: object) -> None:
 
 
 def check_int(
-    name: str, value: object, *, minimum: int | None = None, optional: bool = False
+    name: str,
+    value: object,
+    *,
+    minimum: int | None = None,
+    maximum: int | None = None,
+    optional: bool = False,
 ) -> None:
-    """Raise unless ``value`` is an ``int`` (not ``bool``) of at least ``minimum``."""
+    """Raise unless ``value`` is an ``int`` (not ``bool``) in ``[minimum, maximum]``."""
     if value is None and optional:
         return
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, not {_kind(value)}")
     if minimum is not None and value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, not {value}")
+    if maximum is not None and value > maximum:
+        shown = f"a {value.bit_length()}-bit int" if value.bit_length() > 64 else f"{value:,}"
+        raise ValueError(f"{name} must be <= {maximum:,}, not {shown}")
 
 
 def check_number(
@@ -81,12 +89,13 @@ def check_number(
     value: object,
     *,
     minimum: float | None = None,
+    maximum: float | None = None,
     positive: bool = False,
     optional: bool = False,
 ) -> None:
     """Raise unless ``value`` is a finite ``int`` or ``float`` (not ``bool``) in range.
 
-    ``minimum`` is inclusive; ``positive`` requires ``value > 0``.
+    ``minimum`` and ``maximum`` are inclusive; ``positive`` requires ``value > 0``.
     """
     if value is None and optional:
         return
@@ -98,6 +107,8 @@ def check_number(
         raise ValueError(f"{name} must be > 0, not {value!r}")
     if minimum is not None and value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, not {value!r}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be <= {maximum:g}, not {value!r:.40}")
 
 
 def check_timeout(name: str, value: object) -> None:

@@ -287,6 +287,9 @@ class Pattern:
         text = self.text
         if not isinstance(text, str):
             raise InvalidPatternError(f"pattern must be a str, not {type(text).__name__}")
+        if type(text) is not str:  # a str subclass: its text, as a plain str (its own
+            text = str.__str__(text)  # __hash__ or __eq__ take no part)
+            object.__setattr__(self, "text", text)
         segments = parse_segments(text)
         object.__setattr__(self, "_segments", segments)
         object.__setattr__(self, "_literal_prefix", _literal_prefix(segments))

@@ -24,6 +24,8 @@ __all__ = ["Timers"]
 
 logger = logging.getLogger("actors.timers")
 
+_LONGEST = 3600.0  # seconds: the longest single wait (a lock cannot wait past TIMEOUT_MAX)
+
 
 class Timers:
     """Run callbacks at monotonic deadlines on one lazily started daemon thread."""
@@ -67,7 +69,7 @@ class Timers:
             self._heap.clear()
             self._cond.notify()
 
-    def _run(self) -> None:
+    def _run(self) -> None:  # the timer thread: it must never die, whatever is asked of it
         heap = self._heap
         cond = self._cond
         monotonic = time.monotonic
@@ -81,7 +83,7 @@ class Timers:
                         if wait <= 0:
                             _, _, fn = heapq.heappop(heap)
                             break
-                        cond.wait(wait)
+                        cond.wait(min(wait, _LONGEST))  # a far deadline: wake, look again
                     else:
                         cond.wait()
             try:
