@@ -222,9 +222,11 @@ class HandlerRuns:
         left = run.call
         if left is not None and left.left_behind:
             # The call timed out and was left running on its old thread: the
-            # handler has the event; the bus no longer waits for it.
+            # handler has the event; the bus no longer waits for it.  Counted
+            # now, not at the batch's end: the batch may never end (every call
+            # left behind), and the figures must show the event handed over.
             run.call = None
-            run.delivered += 1
+            self.delivered += 1
             run.pos += 1
             run.attempts = 0
         call_fn = self._call

@@ -29,7 +29,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from itertools import count
 from typing import Protocol
 
@@ -129,6 +129,9 @@ class Dispatcher:
         # Set before any worker starts: each reads it once.
         self._busy = threading.Event() if blocking_threshold is not None else None
         self._stopping = threading.Event()
+        self._warned_full = False  # the "max_threads reached" warning, once per episode
+        # Called by the watchdog after each scan (``SpareDispatcher``'s rescue).
+        self._scan_hooks: list[Callable[[], None]] = []
         self._watchdog: threading.Thread | None = None
         with self._lock:
             for _ in range(threads):
@@ -158,6 +161,10 @@ class Dispatcher:
     def has_idle_thread(self) -> bool:
         """Return whether a thread waits for work now (a hint: it may take work at once)."""
         return any(worker.idle for worker in self._workers)
+
+    def add_scan_hook(self, hook: Callable[[], None]) -> None:
+        """Have the watchdog call ``hook`` after each look at the threads (no-op without one)."""
+        self._scan_hooks.append(hook)
 
     def on_dispatcher_thread(self) -> bool:
         """Return whether the caller runs on one of this dispatcher's threads."""
@@ -309,6 +316,7 @@ class Dispatcher:
                     actor = runq.get()
                     worker.idle = False
                 if actor is None:
+                    self._run_leftovers(worker)
                     return
                 worker.turn = (actor, monotonic())
                 if busy is not None and not busy.is_set():
@@ -327,20 +335,59 @@ class Dispatcher:
             with self._lock:
                 self._forget(worker)
 
+    def _run_leftovers(self, worker: _Worker) -> None:
+        """Run the turns queued behind the stop markers, then leave (after ``shutdown``).
+
+        A turn that was blocked when ``shutdown`` queued the markers and
+        returned later reschedules its actor behind them: without this, its
+        last turn (an abandoned subscription discarding what it had queued,
+        or taking its stop) would never run.  The markers met are put back
+        for the threads still in their turns.
+        """
+        markers = 0
+        while True:
+            try:
+                actor = self._runq.get_nowait()
+            except queue.Empty:
+                break
+            if actor is None:
+                markers += 1
+                continue
+            worker.turn = (actor, time.monotonic())
+            try:
+                actor.actor_turn(self.throughput)
+            except BaseException:
+                logger.exception("actor turn failed in %s", actor)
+            finally:
+                worker.turn = None
+        for _ in range(markers):
+            self._runq.put(None)
+
     def _watch(self) -> None:
         busy = self._busy
         assert busy is not None
         threshold = self.blocking_threshold
         assert threshold is not None
         stopping = self._stopping
-        while not stopping.is_set():
+        hooks = self._scan_hooks
+        while True:
             # Clear first, then look: a turn that starts after the look finds
             # the event clear and sets it, so the wait below cannot miss it.
             busy.clear()
             running = self._scan(threshold)
+            for hook in hooks:
+                hook()
+            if stopping.is_set() and not running:
+                # Shut down, and the turns that ran on (handlers close gave
+                # up on) have ended: none is blocked any more.
+                self._blocked = _NO_BLOCKED
+                return
             # Paced: short turns one after another (request/reply) would
             # otherwise wake this thread at every turn.  Sleep on ``busy``
             # only after a quiet half-threshold.
+            if stopping.is_set():
+                time.sleep(threshold / 2)  # until the turns still running end
+                continue
             stopping.wait(threshold / 2)
             if not running and not busy.is_set():
                 busy.wait()
@@ -387,13 +434,17 @@ class Dispatcher:
                 total,
                 added,
             )
-        if blocked and total - len(blocked) < self.core_threads and newly:
+        full = bool(blocked) and total - len(blocked) < self.core_threads
+        if full and newly and not self._warned_full:
+            self._warned_full = True  # once, until the pool has its free threads back
             logger.warning(
                 "%s: %d actor(s) blocked and max_threads=%d reached; others wait",
                 self.name,
                 len(blocked),
                 self.max_threads,
             )
+        elif not full:
+            self._warned_full = False
         return running
 
 
@@ -410,10 +461,11 @@ class SpareDispatcher:
     never runs on both at once.  ``shutdown`` stops ``spare`` only:
     ``primary`` belongs to whoever made it.
 
-    The one way a handler can delay such a turn: an idle pool thread, seen
-    idle here, takes a handler's turn first in the instant between, and that
-    handler blocks; the watchdog then adds a thread within
-    ``blocking_threshold``, which runs the waiting turn.
+    The one way a handler can delay such a turn: pool threads seen idle
+    here take handler turns queued before it, and those block.  The watchdog
+    then adds a thread within ``blocking_threshold``, which runs the waiting
+    turn; and if the pool is at ``max_threads``, the watchdog moves a turn
+    that waited ``blocking_threshold`` on the pool to ``spare`` (``_rescue``).
     """
 
     def __init__(self, primary: Dispatcher, spare: Dispatcher) -> None:
@@ -421,6 +473,11 @@ class SpareDispatcher:
         self.spare = spare
         self.name = spare.name
         self.throughput = primary.throughput
+        self._turns: dict[Runnable, _SystemTurn] = {}  # one per actor, reused
+        # Turns queued on ``primary`` and not yet started, with when: a
+        # claim popped (atomically) by the thread that runs it, or by the rescue.
+        self._waiting: dict[_SystemTurn, float] = {}
+        primary.add_scan_hook(self._rescue)
 
     @property
     def alive(self) -> bool:
@@ -431,9 +488,29 @@ class SpareDispatcher:
         """Queue ``actor`` on an idle ``primary``, else on ``spare`` (class docstring)."""
         primary = self.primary
         if primary.alive and not primary.blocked() and primary.has_idle_thread():
-            primary.schedule(actor)
+            turn = self._turns.get(actor)
+            if turn is None:
+                turn = self._turns[actor] = _SystemTurn(actor, self._waiting)
+            self._waiting[turn] = time.monotonic()  # its claim, taken by one thread only
+            primary.schedule(turn)
         else:
             self.spare.schedule(actor)
+
+    def _rescue(self) -> None:
+        """Move to ``spare`` each turn that waited on ``primary`` past its threshold.
+
+        Run by ``primary``'s watchdog after each scan.  Threads seen free may
+        take handler turns queued just before this one, and those may block
+        with the pool at ``max_threads``: the turn would wait for a handler
+        to return.  Whoever pops the turn's claim first runs it, here or there.
+        """
+        threshold = self.primary.blocking_threshold
+        if threshold is None or not self._waiting:
+            return
+        now = time.monotonic()
+        for turn, since in list(self._waiting.items()):
+            if now - since >= threshold and self._waiting.pop(turn, None) is not None:
+                self.spare.schedule(turn.actor)
 
     def on_dispatcher_thread(self) -> bool:
         """Return whether the caller runs on a thread of either dispatcher."""
@@ -454,3 +531,26 @@ class SpareDispatcher:
     def shutdown(self, timeout: float | None = None) -> bool:
         """Stop ``spare`` (see the class docstring); return whether its thread ended."""
         return self.spare.shutdown(timeout)
+
+
+class _SystemTurn:
+    """What ``SpareDispatcher`` queues on ``primary`` for an actor: its turn, if still claimed.
+
+    An actor is scheduled again only after its turn ended, so it has at most
+    one claim in ``waiting`` at a time; a stale queue entry (its claim moved
+    to ``spare`` by the rescue) runs the next claim or nothing: never two
+    turns at once.
+    """
+
+    __slots__ = ("actor", "waiting")
+
+    def __init__(self, actor: Runnable, waiting: dict[_SystemTurn, float]) -> None:
+        self.actor = actor
+        self.waiting = waiting
+
+    def actor_turn(self, throughput: int) -> None:
+        if self.waiting.pop(self, None) is not None:
+            self.actor.actor_turn(throughput)
+
+    def __repr__(self) -> str:
+        return repr(self.actor)
