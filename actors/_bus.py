@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import pykka
 
 from actors._bus_requests import RequestReply
+from actors._bus_start import STOP_WAIT, start_runtime
 from actors._core.messages import Closing
 from actors._core.publishing import prepare_event
 from actors._core.replay import iter_query
@@ -34,7 +35,7 @@ from actors._core.replay import replay as replay_events
 from actors._core.request_client import RequestClient
 from actors._core.stopping import stop_actors
 from actors._core.subscriber import DeadLetter, Handler, Subscription, current_event
-from actors._core.wiring import Core, HandlerWrapper, JournalFigures, merge_events, start_actor
+from actors._core.wiring import Core, HandlerWrapper, JournalFigures, merge_events
 from actors._errors import BusClosedError, EventBusError, JournalError
 from actors._journal.actor import JournalActor
 from actors._journal.deadletters import dead_letter_query, letter_from_event
@@ -47,9 +48,7 @@ from actors._model.filter import FilterLike
 from actors._model.metrics import BusMetrics, SubscriptionStatistics, to_prometheus
 from actors._model.query import EventQuery
 from actors._model.trace import Trace
-from actors._runtime.dispatcher import Dispatcher
 from actors._runtime.future import BusFuture
-from actors._runtime.pool import SpareDispatcher
 from actors._runtime.shutdown import Deadline
 
 __all__ = ["EventBus", "PersistentEventBus"]
@@ -100,39 +99,13 @@ class EventBus(RequestReply):
         self._read_only = self._storage is not None and self._storage.read_only
         self._journal_lost = opened.recovery.lost if opened is not None else 0
         first_sequence = opened.first_sequence if opened is not None else 1
-        tag = f"bus-{name or format(id(self), 'x')}"
-        # User handlers: a thread stuck in one past blocking_threshold gets a
-        # stand-in, so blocking handlers stall only their own subscriptions.
-        self._dispatcher = Dispatcher(
-            cfg.threads,
-            name=tag,
-            max_threads=cfg.max_threads,
-            blocking_threshold=cfg.blocking_threshold,
+        self._bridge: Bridge | None = None
+        runtime = start_runtime(
+            cfg, self._storage, name, f"bus-{name or format(id(self), 'x')}", first_sequence
         )
-        # The bus's own actors (router, correlation) run on the handlers' pool
-        # while no handler there is blocked (no extra thread hand-off per
-        # event), and on a thread no handler takes as soon as one is.
-        self._system = SpareDispatcher(self._dispatcher, Dispatcher(1, name=f"{tag}-system"))
-        self._journal: JournalActor | None = None
-        if self._storage is not None:
-            # Its own thread: a write (and its fsync) never holds a thread
-            # that handlers need.
-            self._journal = JournalActor(
-                storage=self._storage,
-                dispatcher=Dispatcher(1, name="journal"),
-                sync=cfg.durability == "sync",
-                retention_days=cfg.retention_days,
-                max_events=cfg.max_events,
-            )
-            start_actor(self._journal)
-        self._core = Core(
-            cfg,
-            name=name,
-            dispatcher=self._dispatcher,
-            system=self._system,
-            first_sequence=first_sequence,
-            journal=self._journal.actor_inbox if self._journal is not None else None,
-        )
+        self._dispatcher, self._system = runtime.dispatcher, runtime.system
+        self._journal: JournalActor | None = runtime.journal
+        self._core = runtime.core
         #: Applied in order to each callable handler at subscribe time, as
         #: ``wrap(handler, subscription_id, pattern) -> handler``; a wrapper
         #: keeps an ``async def`` handler ``async def``.  ``actors.otel`` uses it.
@@ -140,38 +113,39 @@ class EventBus(RequestReply):
         self._router = self._core.router
         self._router_mailbox = self._core.inbox
         self._publisher = self._core.publisher
-        self._bridge: Bridge | None = None
         self._size_check: Callable[[Event], None] | None = None
         self.node: Node | None = None
-        if node is not None:
-            self._start_node(node)
-        self._requests = RequestClient(
-            subscribe=self.subscribe,
-            prepare=self._prepare,
-            publish=self._publish_built,
-            publish_remote=self.publish_remote,
-            router=self._router_mailbox,
-            bridge=lambda: self._bridge,
-        )
+        try:
+            if node is not None:
+                self._start_node(node)
+            self._requests = RequestClient(
+                subscribe=self.subscribe,
+                prepare=self._prepare,
+                publish=self._publish_built,
+                publish_remote=self.publish_remote,
+                router=self._router_mailbox,
+                bridge=lambda: self._bridge,
+            )
+        except BaseException:
+            # As ``start_runtime`` does: a bus that failed to start leaves nothing running.
+            self._closed = True
+            self._stop_actors(Deadline(STOP_WAIT))
+            raise
 
     def _start_node(self, config: NodeConfig) -> None:
         from actors._cluster.node import start_node  # noqa: PLC0415 - zmq only on a node
 
-        try:
-            self._bridge, self.node, self._size_check = start_node(
-                config,
-                router=self._router,
-                journal=self._journal.actor_inbox if self._journal is not None else None,
-                inject=self._inject,
-                flush=self.flush,
-                publish=self.publish,
-                metrics=self.metrics,
-                prepare=self._prepare,
-                check_open=self._check_open,
-            )
-        except BaseException:
-            self._stop_actors(Deadline(10))
-            raise
+        self._bridge, self.node, self._size_check = start_node(
+            config,
+            router=self._router,
+            journal=self._journal.actor_inbox if self._journal is not None else None,
+            inject=self._inject,
+            flush=self.flush,
+            publish=self.publish,
+            metrics=self.metrics,
+            prepare=self._prepare,
+            check_open=self._check_open,
+        )
 
     def _require_node(self) -> Node:
         if self.node is None:

@@ -27,13 +27,14 @@ LAYERS: dict[str, int] = {
     "actors._metrics_http": 4,
     "actors._bus_requests": 4,
     "actors._async_holds": 4,
-    "actors._bus": 5,
-    "actors._async": 6,
-    "actors": 7,
-    "actors.__main__": 9,
-    "actors.otel": 8,
-    "actors.cli": 8,
-    "actors.demo": 8,
+    "actors._bus_start": 5,
+    "actors._bus": 6,
+    "actors._async": 7,
+    "actors": 8,
+    "actors.__main__": 10,
+    "actors.otel": 9,
+    "actors.cli": 9,
+    "actors.demo": 9,
 }
 GENERATED = "actors._codec._pb"
 

@@ -38,6 +38,7 @@ __all__ = ["Dispatcher", "Runnable", "Scheduler", "SpareDispatcher"]
 logger = logging.getLogger("actors.dispatcher")
 
 _names = count(1)
+SPAWN_FAILED_WAIT = 10.0  # seconds a dispatcher that failed to start waits for its threads
 
 _NO_BLOCKED: Mapping[object, float] = {}
 
@@ -133,14 +134,20 @@ class Dispatcher:
         # Called by the watchdog after each scan (``SpareDispatcher``'s rescue).
         self._scan_hooks: list[Callable[[], None]] = []
         self._watchdog: threading.Thread | None = None
-        with self._lock:
-            for _ in range(threads):
-                self._spawn()
-        if blocking_threshold is not None:
-            self._watchdog = threading.Thread(
-                target=self._watch, name=f"{self.name}-watchdog", daemon=True
-            )
-            self._watchdog.start()
+        try:
+            with self._lock:
+                for _ in range(threads):
+                    self._spawn()
+            if blocking_threshold is not None:
+                watchdog = threading.Thread(
+                    target=self._watch, name=f"{self.name}-watchdog", daemon=True
+                )
+                watchdog.start()
+                self._watchdog = watchdog
+        except BaseException:
+            # The OS refused a thread: the ones started go, and the caller hears why.
+            self.shutdown(SPAWN_FAILED_WAIT)
+            raise
 
     # -- public --------------------------------------------------------------
 
@@ -211,10 +218,14 @@ class Dispatcher:
                     break
             else:
                 return False
+            try:
+                self._spawn()
+            except RuntimeError:
+                logger.exception("%s: no thread to take over from %s", self.name, actor)
+                return False
             worker.left = True
             self._workers.remove(worker)
             self._n_left += 1
-            self._spawn()
         return True
 
     @property
@@ -255,7 +266,11 @@ class Dispatcher:
     # -- the threads ---------------------------------------------------------
 
     def _spawn(self) -> None:
-        # Under _lock.
+        """Start one more thread (under ``_lock``).
+
+        Raises ``RuntimeError`` when the OS refuses the thread; nothing is
+        added then (``shutdown`` never waits for a thread that did not start).
+        """
         worker = _Worker()
         thread = threading.Thread(
             target=self._work,
@@ -264,9 +279,14 @@ class Dispatcher:
             daemon=True,
         )
         worker.thread = thread
-        self._workers.append(worker)
+        self._workers.append(worker)  # before its first look at the pool's size
         self._thread_set.add(thread)
-        thread.start()
+        try:
+            thread.start()
+        except BaseException:
+            self._workers.remove(worker)
+            self._thread_set.discard(thread)
+            raise
 
     def _retire(self, worker: _Worker) -> bool:
         """Leave the pool if it has more free threads than it needs."""
@@ -422,7 +442,11 @@ class Dispatcher:
                 and len(self._workers) - len(blocked) < self.core_threads
                 and len(self._workers) < self.max_threads
             ):
-                self._spawn()
+                try:
+                    self._spawn()
+                except RuntimeError:  # logged; the next scan tries again
+                    logger.exception("%s: could not add a thread", self.name)
+                    break
                 added += 1
             total = len(self._workers)
         for stuck in newly:
