@@ -501,10 +501,10 @@ SERVE = ("serve", "--name", "x", "--listen")
         ((*SERVE, "tcp://127.0.0.1:0", "--peer", "tcp://127.0.0.1:*"), 2, "--peer"),
         ((*SERVE, "udp://127.0.0.1:0"), 2, "udp"),
         ((*SERVE, "ipc://with space"), 2, "--listen"),
-        (("sub", "", "--peer", "tcp://127.0.0.1:1"), 1, "empty"),
-        (("sub", "a.**x", "--peer", "tcp://127.0.0.1:1"), 1, "**"),
-        (("sub", "a..b", "--peer", "tcp://127.0.0.1:1"), 1, "empty segment"),
-        (("pub", "a.*", "{}", "--peer", "tcp://127.0.0.1:1"), 1, "*"),
+        (("sub", "", "--peer", "tcp://127.0.0.1:1"), 2, "empty"),
+        (("sub", "a.**x", "--peer", "tcp://127.0.0.1:1"), 2, "**"),
+        (("sub", "a..b", "--peer", "tcp://127.0.0.1:1"), 2, "empty segment"),
+        (("pub", "a.*", "{}", "--peer", "tcp://127.0.0.1:1"), 2, "*"),
         (("req", "a.b", '{"a": [1,', "--peer", "tcp://127.0.0.1:1"), 2, "DATA"),
         (("query", "--journal", ".", "--since", "-5m"), 2, "--since"),
         (("query", "--journal", ".", "--until", "yesterday"), 2, "--until"),
@@ -762,3 +762,31 @@ def test_stopping_reply_leaves_no_process_of_its_command_behind(tmp_path: Path) 
             for pid in pids:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize(
+    ("args", "option", "says"),
+    [
+        ((*SERVE, "tcp://127.0.0.1:0", "--name", ""), "--name", "non-empty"),
+        (("serve", "--name", "a b", "--listen", "tcp://127.0.0.1:0"), "--name", "whitespace"),
+        ((*SERVE, "tcp://127.0.0.1:0", "--record", "a..b"), "--record", "empty segment"),
+        (("sub", "a.*", "--peer", "tcp://127.0.0.1:1", "--name", "x y"), "--name", "whitespace"),
+        (("sub", "a.*", "--peer", "tcp://127.0.0.1:1", "--node", ""), "--node", "non-empty"),
+        (("pub", "$bus.x", "--peer", "tcp://127.0.0.1:1"), "EVENT_TYPE", "reserved"),
+        (("req", "a..b", "--peer", "tcp://127.0.0.1:1"), "EVENT_TYPE", "empty"),
+        (("reply", "", "--exec", "cat", "--peer", "tcp://127.0.0.1:1"), "PATTERN", "empty"),
+        (("query", "--journal", ".", "--type", "a.**x"), "--type", "**"),
+    ],
+)
+def test_a_bad_name_or_topic_is_a_usage_error_naming_the_argument(
+    args: tuple[str, ...], option: str, says: str
+) -> None:
+    # docs/cli.md "Errors and exit status": names and topics are checked before
+    # anything starts, with the bus's own rules; a fault is a usage error (status 2).
+    result = cli(*args)
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert option in lines[0], lines[0]
+    assert says in lines[0], lines[0]
+    assert lines[0].endswith("-h)"), lines[0]

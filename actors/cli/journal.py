@@ -16,7 +16,7 @@ from actors._model.event import Event
 from actors._model.query import EventQuery
 from actors.cli.connect import open_source
 from actors.cli.follow import JournalTail, last_sequence
-from actors.cli.options import SEQUENCE_MAX, Source, source_options
+from actors.cli.options import PATTERN, SEQUENCE_MAX, Source, source_options
 from actors.cli.output import emit, fail, json_line, note, say, stop_on_signals
 from actors.cli.timespec import MOMENT
 
@@ -26,7 +26,9 @@ PAGE = 1000
 
 
 @click.command()
-@click.option("--type", "types", multiple=True, help="event type pattern (repeatable)")
+@click.option(
+    "--type", "types", type=PATTERN, multiple=True, help="event type pattern (repeatable)"
+)
 @click.option("--correlation-id", type=click.UUID, help="one workflow's events")
 @click.option("--source", "event_source", help="events from this source")
 @click.option("--after", type=click.IntRange(0, SEQUENCE_MAX), help="only sequences after this one")

@@ -13,7 +13,16 @@ from actors._bus import EventBus, PersistentEventBus
 from actors._errors import BridgeError, JournalDamagedError, JournalLockedError
 from actors._model.config import EventConfig, NodeConfig
 from actors._model.event import Event
-from actors.cli.options import ENDPOINT, PEER, Keys, key_options, keys_from, load_key
+from actors.cli.options import (
+    ENDPOINT,
+    NODE_NAME,
+    PATTERN,
+    PEER,
+    Keys,
+    key_options,
+    keys_from,
+    load_key,
+)
 from actors.cli.output import block_signals, fail, say, wait_for_signal
 
 __all__ = ["broker", "serve"]
@@ -63,7 +72,9 @@ _PEER_NAME = click.option(
 
 
 @click.command()
-@click.option("--name", required=True, help="the node's name (every local event's origin)")
+@click.option(
+    "--name", type=NODE_NAME, required=True, help="the node's name (every local event's origin)"
+)
 @click.option(
     "--listen", type=ENDPOINT, required=True, help="request endpoint, e.g. tcp://127.0.0.1:5701"
 )
@@ -73,6 +84,7 @@ _PEER_NAME = click.option(
 @click.option("--journal", type=click.Path(file_okay=False), help="persist to this journal folder")
 @click.option(
     "--record",
+    type=PATTERN,
     multiple=True,
     help="also receive (and journal) other nodes' events matching this pattern (repeatable)",
 )

@@ -23,7 +23,8 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from actors._model.config import check_endpoint
+from actors._model.config import NodeConfig, check_endpoint
+from actors._model.patterns import is_reserved, parse_segments, validate_event_type
 
 __all__ = [
     "ENDPOINT",
@@ -111,6 +112,40 @@ class EndpointType(click.ParamType):  # type: ignore[type-arg]
 
 ENDPOINT = EndpointType()
 PEER = EndpointType(bind=False)  # an endpoint to connect to
+
+
+class NameType(click.ParamType):  # type: ignore[type-arg]
+    """What the bus checks later, checked here, so that a bad value is a usage error.
+
+    ``kind`` is ``"node"`` (a node name, as ``NodeConfig`` checks it),
+    ``"pattern"`` (the topic grammar) or ``"type"`` (an event type a command
+    may publish: not a ``$`` type, which only the bus publishes).
+    """
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.name = {"node": "name", "pattern": "pattern", "type": "event type"}[kind]
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        text = str(value)
+        try:
+            if self.kind == "node":
+                NodeConfig(name=text)
+            elif self.kind == "pattern":
+                parse_segments(text)
+            else:
+                validate_event_type(text)
+                if is_reserved(text):
+                    reserved = f"event type {text!r} is reserved for the bus ('$' types)"
+                    self.fail(reserved, param, ctx)
+        except ValueError as exc:  # InvalidPatternError and InvalidEventError are ValueErrors
+            self.fail(str(exc), param, ctx)
+        return text
+
+
+NODE_NAME = NameType("node")
+PATTERN = NameType("pattern")
+EVENT_TYPE = NameType("type")
 
 
 def load_key(value: str | None, option: str) -> bytes | None:
@@ -242,10 +277,13 @@ def _add_connection_options(
             show_envvar=True,
             help=peer_help,
         ),
-        click.option("--name", help="this short-lived node's name (default: COMMAND-PID)"),
+        click.option(
+            "--name", type=NODE_NAME, help="this short-lived node's name (default: COMMAND-PID)"
+        ),
         click.option(
             "--node",
             "node_name",
+            type=NODE_NAME,
             envvar=f"{ENV}_NODE",
             show_envvar=True,
             help="the node to talk to (required when --peer is a broker)",

@@ -28,7 +28,14 @@ from actors._model.topics import is_reserved
 from actors.cli.connect import left, peer_name, remote_reads, short_lived_node
 from actors.cli.follow import Checkpoint, JournalTail, last_sequence
 from actors.cli.follow import state_dir as default_state_dir
-from actors.cli.options import ENDPOINT, SEQUENCE_MAX, Connection, connection_options
+from actors.cli.options import (
+    ENDPOINT,
+    EVENT_TYPE,
+    PATTERN,
+    SEQUENCE_MAX,
+    Connection,
+    connection_options,
+)
 from actors.cli.output import emit, fail, note, say, stop_on_signals
 
 __all__ = ["pub", "sub"]
@@ -80,7 +87,7 @@ def read_data(data: str | None) -> JsonValue:
 
 
 @click.command()
-@click.argument("event_type")
+@click.argument("event_type", type=EVENT_TYPE)
 @click.argument("data", required=False)
 @click.option("--correlation-id", type=click.UUID, help="the workflow this event belongs to")
 @click.option("--causation-id", type=click.UUID, help="id of the event that caused this one")
@@ -166,7 +173,7 @@ def publish_through(bus: EventBus, name: str, event: Event, timeout: float) -> E
 
 
 @click.command()
-@click.argument("pattern")
+@click.argument("pattern", type=PATTERN)
 @click.option("--count", type=click.IntRange(min=1), help="exit after this many events")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object per event")
 @click.option(

@@ -38,7 +38,7 @@ from actors._errors import (
 from actors._model.event import Event
 from actors._runtime.future import BusFuture
 from actors.cli.connect import left, peer_name, short_lived_node
-from actors.cli.options import SECONDS, Connection, connection_options
+from actors.cli.options import EVENT_TYPE, PATTERN, SECONDS, Connection, connection_options
 from actors.cli.output import fail, json_line, note, say, stop_on_signals
 from actors.cli.pubsub import read_data
 
@@ -49,7 +49,7 @@ REQ_TIMEOUT = 5.0  # ``req --timeout``: for the node and the reply together
 
 
 @click.command()
-@click.argument("event_type")
+@click.argument("event_type", type=EVENT_TYPE)
 @click.argument("data", required=False)
 @click.option("--source", help="who asks (the reply's target; default: this node's name)")
 @click.option("--json", "as_json", is_flag=True, help="print the whole reply event as JSON")
@@ -191,7 +191,7 @@ def _publisher(bus: EventBus, node: str, timeout: float) -> Callable[[Event], Bu
 
 
 @click.command()
-@click.argument("pattern")
+@click.argument("pattern", type=PATTERN)
 @click.option("--exec", "command", required=True, help="the command that answers (no shell)")
 @click.option("--count", type=click.IntRange(min=1), help="exit after answering this many")
 @click.option(
