@@ -170,11 +170,13 @@ class RequestIO(BridgeBase):
 
         A broker answers over this node's own link to it; a greeting that
         merely says it comes from a broker is held to ``peer_names`` as any.
+        A broker is not a node: its name (``"broker"`` unless given) may be
+        this node's own.
         """
-        if sender == self.name:
+        broker = link is not None and body.get("kind") == "broker"
+        if sender == self.name and not broker:
             return f"a peer has this node's name {sender!r} (node names must be unique)"
         bound = self._node.peer_names.get(sender)
-        broker = link is not None and body.get("kind") == "broker"
         if bound is not None and not broker and key != bound:
             return f"a peer calls itself {sender!r} without the key peer_names binds to it"
         return None
