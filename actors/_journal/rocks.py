@@ -42,7 +42,12 @@ from actors._errors import (
 from actors._journal.highwater import FILE_NAME, HighWaterMark
 from actors._journal.records import HIGH_WATER, SEQ
 from actors._journal.rocks_store import RocksTables
-from actors._journal.rocks_views import NOT_LINKED, files_changed, linked_view
+from actors._journal.rocks_views import (
+    NOT_LINKED,
+    files_changed,
+    in_journal_terms,
+    linked_view,
+)
 
 __all__ = ["RocksStorage", "repair_files"]
 
@@ -180,7 +185,8 @@ def _damaged_or_unreadable(path: str, cause: BaseException) -> JournalError:
         error = JournalError(f"cannot read the journal at {path!r}: {problem}")
     else:
         error = JournalDamagedError(
-            f"journal {path!r} is damaged: RocksDB cannot read it ({cause}). To salvage "
+            f"journal {path!r} is damaged: RocksDB cannot read it "
+            f"({in_journal_terms(str(cause), path)}). To salvage "
             "what its files still hold, run actors._journal.repair(path) or open it with "
             "EventConfig(recover='truncate')"
         )

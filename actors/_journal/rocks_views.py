@@ -9,6 +9,7 @@ they closed theirs can be swept.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 
@@ -20,6 +21,7 @@ __all__ = ["NOT_LINKED", "files_changed", "linked_names", "linked_view", "sweep_
 NOT_LINKED = frozenset({"LOCK", "LOG", "rocksdict-config.json"})
 
 _VIEW_PREFIX = "actors-journal-ro-"
+_VIEW_PATH = re.compile(r"[^\s'\"()]*" + re.escape(_VIEW_PREFIX) + r"\d+-[A-Za-z0-9_]+")
 
 
 def _pid_alive(pid: int) -> bool:
@@ -52,6 +54,15 @@ def sweep_stale_views(directory: str | None = None) -> int:
         shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
         removed += 1
     return removed
+
+
+def in_journal_terms(text: str, path: str) -> str:
+    """Return RocksDB's ``text`` with every view folder it names replaced by ``path``.
+
+    A read-only open goes through a view, so RocksDB's errors name the view's
+    temporary files; the user knows only the journal's folder.
+    """
+    return _VIEW_PATH.sub(lambda _: os.path.abspath(path), text)
 
 
 def linked_view(path: str) -> tuple[str, frozenset[str]]:

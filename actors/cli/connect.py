@@ -130,7 +130,7 @@ def open_journal(path: str) -> EventBus:
     except JournalNotFoundError:
         fail(f"no journal at {path} (a node makes one: llmspell-events serve --journal {path})")
     except JournalDamagedError as exc:
-        fail(f"the journal {path} is damaged: {exc}")
+        fail(str(exc))  # it names the journal and how to salvage it
 
 
 @contextlib.contextmanager

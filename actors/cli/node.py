@@ -134,7 +134,7 @@ def serve(
     except JournalLockedError:
         fail(f"the journal {journal} is in use by another process")
     except JournalDamagedError as exc:
-        fail(f"the journal {journal} is damaged: {exc}")
+        fail(str(exc))  # it names the journal and how to salvage it
     except ValueError as exc:
         fail(str(exc))
     try:
