@@ -37,7 +37,6 @@ from actors._core.backpressure import Withdrawn, withdrawal
 from actors._core.messages import CorrelatedEvents
 from actors._core.requests import reply_result, timeout_error
 from actors._core.subscriber import DeadLetter, Handler, Subscription, current_event
-from actors._core.wiring import merge_events
 from actors._errors import BusClosedError, FutureTimeoutError
 from actors._model import checks
 from actors._model.config import EventConfig, OverflowStrategy
@@ -45,7 +44,7 @@ from actors._model.event import Event
 from actors._model.filter import FilterLike
 from actors._model.metrics import BusMetrics
 from actors._model.query import EventQuery
-from actors._model.trace import Trace
+from actors._model.trace import Trace, merge_events
 from actors._runtime.future import BusFuture, wrap_future
 
 __all__ = ["AsyncEventBus", "EventStream", "wrap_future"]

@@ -35,7 +35,7 @@ from actors._core.replay import replay as replay_events
 from actors._core.request_client import RequestClient
 from actors._core.stopping import stop_actors
 from actors._core.subscriber import DeadLetter, Handler, Subscription, current_event
-from actors._core.wiring import Core, HandlerWrapper, JournalFigures, merge_events
+from actors._core.wiring import Core, HandlerWrapper, JournalFigures
 from actors._errors import BusClosedError, EventBusError, JournalError
 from actors._journal.actor import JournalActor
 from actors._journal.deadletters import dead_letter_query, letter_from_event
@@ -47,7 +47,7 @@ from actors._model.event import Event
 from actors._model.filter import FilterLike
 from actors._model.metrics import BusMetrics, SubscriptionStatistics, to_prometheus
 from actors._model.query import EventQuery
-from actors._model.trace import Trace
+from actors._model.trace import Trace, merge_events
 from actors._runtime.future import BusFuture
 from actors._runtime.shutdown import Deadline
 

@@ -256,6 +256,25 @@ def test_delete_before_with_out_of_order_timestamps(store: Storage) -> None:
     assert store.count() == 2
 
 
+def test_retention_with_a_floor_keeps_every_record_at_or_above_it(store: Storage) -> None:
+    """``below``: what a catch-up subscription has yet to read stays, whatever the settings."""
+    fill(store)  # 30 records, T0 + 1,000 us apart
+    assert store.delete_before(T0 + 25_000, below=12) == 11
+    assert seqs(store.scan()) == list(range(12, 31))
+    # The time keys of the kept records were left alone: a range read still finds them.
+    assert seqs(store.scan(time_range_us=(T0, T0 + 14_000))) == [12, 13]
+    assert store.trim_to(5, below=20) == 8
+    assert seqs(store.scan()) == list(range(20, 31))
+    assert store.count() == 11
+    assert seqs(store.scan(type_matcher=lambda t: True)) == list(range(20, 31))
+    assert store.trim_to(5, below=20) == 0  # nothing under the floor is left
+    assert store.count() == 11
+    assert store.trim_to(5) == 6  # the floor lifted: back to the setting
+    assert seqs(store.scan()) == list(range(26, 31))
+    assert store.delete_before(T0 + 40_000, below=29) == 3
+    assert seqs(store.scan(time_range_us=(T0, T0 * 2))) == [29, 30]
+
+
 def test_trim_to_keeps_the_newest(store: Storage) -> None:
     fill(store)
     assert store.trim_to(30) == 0

@@ -63,6 +63,7 @@ class CatchUp:
         join: Joiner,
         save: Callable[[str, int], None],
         retry: Retrier,
+        release: Callable[[], None] = lambda: None,
     ) -> None:
         self.route = route
         self.position = max(start or 1, 1)  # next sequence to deliver
@@ -73,6 +74,7 @@ class CatchUp:
         self._join = join
         self._save = save
         self._retry = retry
+        self._release = release  # retention may delete what is published from now on
         # The type index serves the reads until one fails; then the journal is
         # read by sequence (the records themselves), filtered here.
         self._indexed = True
@@ -194,6 +196,7 @@ class CatchUp:
 
     def _go_live(self) -> None:
         self.live = True
+        self._release()
         self._mailbox.capacity = self._capacity
         if self.live_start is not None:
             self.position = max(self.position, self.live_start)

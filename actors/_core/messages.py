@@ -26,6 +26,8 @@ __all__ = [
     "GetDeadLetters",
     "HistoryRead",
     "Joined",
+    "KeepFrom",
+    "Release",
     "GetRouterFigures",
     "RoomFreed",
     "RouterFigures",
@@ -173,6 +175,26 @@ class SaveCheckpoint:
 
     name: str
     sequence: int
+
+
+@dataclass(frozen=True, slots=True)
+class KeepFrom:
+    """Journal: retention keeps what the journal gets from now on, until ``Release(key)``.
+
+    A catch-up subscription reads, from the journal, the events published
+    after ``subscribe`` returned until it is live; retention must not delete
+    them first.  Sent through the router before ``subscribe`` returns, so it
+    reaches the journal before the record of any event published after.
+    """
+
+    key: object
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """Journal: forget the ``KeepFrom`` of ``key`` (the subscription is live, or gone)."""
+
+    key: object
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,7 @@ import asyncio
 import itertools
 import threading
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import pykka
@@ -40,8 +40,10 @@ from actors._core.messages import (
     GetCorrelated,
     GetDeadLetters,
     GetRouterFigures,
+    KeepFrom,
     LoadCheckpoint,
     ReadJournal,
+    Release,
     RouterFigures,
     SaveCheckpoint,
     Subscribe,
@@ -73,13 +75,12 @@ from actors._model.metrics import (
 )
 from actors._model.query import EventQuery
 from actors._model.topics import Pattern
-from actors._model.trace import causes_first
 from actors._runtime.dispatcher import DispatchedActor, Dispatcher, FifoMailbox
 from actors._runtime.future import BusFuture
 from actors._runtime.pool import Scheduler
 from actors._runtime.timers import Timers
 
-__all__ = ["Core", "HandlerWrapper", "JournalFigures", "merge_events", "start_actor"]
+__all__ = ["Core", "HandlerWrapper", "JournalFigures", "start_actor"]
 
 _sub_ids = itertools.count(1)
 
@@ -98,23 +99,6 @@ class JournalFigures(NamedTuple):
 
 # How long metrics() and dead_letters() wait for the router's answer.
 _ASK_TIMEOUT = 10.0
-
-
-def merge_events(stored: Sequence[Event], live: Sequence[Event]) -> list[Event]:
-    """Union of journal and memory (or local and remote) events by id, in sequence order.
-
-    The first list's copy of an event wins.  Sequences of several nodes are
-    not comparable, so when the events come from more than one origin none
-    is put before its cause (``causes_first``); events of one origin keep
-    their sequence order, whatever causes the caller gave them.
-    """
-    seen: dict[uuid.UUID, Event] = {e.id: e for e in stored}
-    for e in live:
-        seen.setdefault(e.id, e)
-    ordered = sorted(seen.values(), key=lambda e: (e.sequence or 0, e.timestamp))
-    if len({e.origin for e in ordered}) > 1:
-        return causes_first(ordered)
-    return ordered
 
 
 def _stop_when_idle(loop: asyncio.AbstractEventLoop) -> None:
@@ -319,6 +303,9 @@ class Core:
             else:
                 self.inbox.put(Subscribe(route))
         else:
+            # Retention keeps what is published from now on until it is live:
+            # it reads those events from the journal until then.
+            self.inbox.put(Forward(self.require_journal(), KeepFrom(sub_id)))
             actor.actor_inbox.wake()
         return Subscription(actor, self.unsubscribe)
 
@@ -356,6 +343,11 @@ class Core:
                 else:
                     router.put(Forward(journal, SaveCheckpoint(f"sub:{name}", sequence)))
 
+        def release() -> None:
+            with self._lock:
+                if not self._routerless:  # else the journal is stopping too
+                    router.put(Forward(journal, Release(route.id)))
+
         return CatchUp(
             route=route,
             inbox=actor.actor_inbox,
@@ -364,6 +356,7 @@ class Core:
             read=read,
             join=join,
             save=save,
+            release=release,
             retry=self.timers.call_later,
         )
 
@@ -400,6 +393,8 @@ class Core:
             actor.abandon()  # nothing more is handled, the batch in hand included
             if actor.catchup is not None:
                 actor.catchup.caught_up.set(None)  # a flush waiting for it stops waiting
+                # Idempotent: sent again if it went live already.
+                self.inbox.put(Forward(self.require_journal(), Release(sub_id)))
             self._ended.append(actor)
             self._fold_ended()
         self.guard.discard(sub_id)

@@ -20,7 +20,15 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from actors._codec.events import encode_shared
-from actors._core.messages import Barrier, LoadCheckpoint, ReadJournal, Record, SaveCheckpoint
+from actors._core.messages import (
+    Barrier,
+    KeepFrom,
+    LoadCheckpoint,
+    ReadJournal,
+    Record,
+    Release,
+    SaveCheckpoint,
+)
 from actors._errors import CorruptRecordError, InvalidEventError, JournalError
 from actors._journal.records import (
     HIGH_WATER,
@@ -51,9 +59,16 @@ def decode_stored(payload: bytes, sequence: int) -> Event:
 
 
 def enforce_retention(
-    storage: Storage, retention_days: float | None, max_events: int | None
+    storage: Storage,
+    retention_days: float | None,
+    max_events: int | None,
+    below: int | None = None,
 ) -> int:
-    """Delete what the retention settings no longer keep; return how many records went."""
+    """Delete what the retention settings no longer keep; return how many records went.
+
+    With ``below``, no record with a sequence at or above it goes (events a
+    catch-up subscription has yet to read: ``KeepFrom``).
+    """
     if storage.read_only or (retention_days is None and max_events is None):
         return 0
     # Remember the high-water mark first: a fully trimmed journal must not
@@ -67,9 +82,9 @@ def enforce_retention(
         except OverflowError:  # before the year 1: every stored timestamp is younger
             cutoff = None
         if cutoff is not None:
-            deleted += storage.delete_before(to_us(cutoff))
+            deleted += storage.delete_before(to_us(cutoff), below)
     if max_events is not None:
-        deleted += storage.trim_to(max_events)
+        deleted += storage.trim_to(max_events, below)
     if deleted:
         logger.info("retention deleted %d record(s)", deleted)
     return deleted
@@ -95,6 +110,7 @@ class JournalActor(DispatchedActor):
         self._pending: list[Event] = []
         self._pending_futures: list[BusFuture[Event] | None] = []
         self._checkpoints: dict[str, int] = {}
+        self._kept: dict[object, int] = {}  # KeepFrom key -> the first sequence kept for it
         self._next_retention = time.monotonic() + RETENTION_INTERVAL
         self.written = 0
         self.write_errors = 0
@@ -114,6 +130,12 @@ class JournalActor(DispatchedActor):
             # the end): one saved after another is on disk only if that one is.
             self._checkpoints.pop(message.name, None)
             self._checkpoints[message.name] = message.sequence
+        elif type(message) is KeepFrom:
+            pending = self._pending
+            last = (pending[-1].sequence or 0) if pending else self.storage.last_sequence()
+            self._kept.setdefault(message.key, last + 1)
+        elif type(message) is Release:
+            self._kept.pop(message.key, None)
         elif type(message) is Barrier:
             self._write()
             message.callback()
@@ -132,7 +154,8 @@ class JournalActor(DispatchedActor):
         if now >= self._next_retention:
             self._next_retention = now + RETENTION_INTERVAL
             try:
-                enforce_retention(self.storage, self.retention_days, self.max_events)
+                below = min(self._kept.values(), default=None)
+                enforce_retention(self.storage, self.retention_days, self.max_events, below)
             except JournalError:
                 logger.exception("retention failed; will retry")
         return False

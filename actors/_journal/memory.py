@@ -114,16 +114,22 @@ class MemoryStorage(IndexedStorage):
     def _fetch_rows(self, seqs: list[int]) -> list[Row | None]:
         return [self._rows.get(s) for s in seqs]
 
-    def delete_before(self, timestamp_us: int) -> int:
-        """Delete every record with timestamp < ``timestamp_us``; return how many."""
+    def delete_before(self, timestamp_us: int, below: int | None = None) -> int:
+        """Delete every record with timestamp < ``timestamp_us`` (and sequence < ``below``)."""
         self._check_open()
         cut = bisect.bisect_left(self._by_time, (timestamp_us, -1))
-        doomed = {seq for _, seq in self._by_time[:cut]}
-        del self._by_time[:cut]
-        return self._forget(doomed, time_done=True)
+        if below is None:
+            doomed = {seq for _, seq in self._by_time[:cut]}
+            del self._by_time[:cut]
+            return self._forget(doomed, time_done=True)
+        doomed = {seq for _, seq in self._by_time[:cut] if seq < below}
+        return self._forget(doomed, time_done=False)
 
-    def trim_to(self, max_events: int) -> int:
-        """Delete the oldest records (by sequence) until at most ``max_events`` remain."""
+    def trim_to(self, max_events: int, below: int | None = None) -> int:
+        """Delete the oldest records (by sequence) until at most ``max_events`` remain.
+
+        With ``below``, none at or above that sequence goes.
+        """
         self._check_open()
         if max_events < 0:
             msg = f"max_events must be >= 0, got {max_events}"
@@ -131,7 +137,10 @@ class MemoryStorage(IndexedStorage):
         excess = len(self._seqs) - max_events
         if excess <= 0:
             return 0
-        return self._forget(set(self._seqs[:excess]), time_done=False)
+        oldest = self._seqs[:excess]
+        if below is not None:
+            oldest = [s for s in oldest if s < below]
+        return self._forget(set(oldest), time_done=False)
 
     def _forget(self, doomed: set[int], *, time_done: bool) -> int:
         if not doomed:

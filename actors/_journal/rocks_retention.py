@@ -141,21 +141,24 @@ class RetentionMixin:
 
     # -- retention -------------------------------------------------------------
 
-    def delete_before(self, timestamp_us: int) -> int:
+    def delete_before(self, timestamp_us: int, below: int | None = None) -> int:
         """Delete every record with timestamp < ``timestamp_us``; return how many.
 
         Walks the time index in chunks of 50,000; each chunk is one WriteBatch
         holding a range delete of its time-index span, range deletes of runs
         of consecutive sequences in the primary space, and point deletes of
-        the type and correlation index keys.  Blocks for the reads and writes;
-        raises ``JournalError`` if one fails or the journal is read-only.
+        the type and correlation index keys.  With ``below``, only records
+        with a sequence under it go (and the time keys are deleted one by
+        one).  Blocks for the reads and writes; raises ``JournalError`` if one
+        fails or the journal is read-only.
         """
         self._check_writable()
         stop = TIME_KEY.pack(min(max(timestamp_us + TS_BIAS, 0), MAX_SEQ), 0)
         deleted = 0
+        start: bytes | None = None
         while True:
             keys: list[bytes] = []
-            for key, _ in walk(self._time_cf):
+            for key, _ in walk(self._time_cf, from_key=start):
                 if key >= stop or len(keys) >= _RETENTION_CHUNK:
                     break
                 keys.append(key)
@@ -163,18 +166,25 @@ class RetentionMixin:
                 return deleted
             seqs = sorted(TIME_KEY.unpack(k)[1] for k in keys)
             batch = self._new_batch()
-            # All time keys between the first and last read are in this chunk.
-            batch.delete_range(keys[0], keys[-1] + b"\x00", self._time_h)
-            deleted += self._delete_records(batch, seqs, time_done=True)
+            if below is None:
+                # All time keys between the first and last read are in this chunk.
+                batch.delete_range(keys[0], keys[-1] + b"\x00", self._time_h)
+                deleted += self._delete_records(batch, seqs, time_done=True)
+            else:
+                kept = [s for s in seqs if s < below]
+                deleted += self._delete_records(batch, kept, time_done=False)
+                start = keys[-1] + b"\x00"  # the kept keys stay: walk on past them
             if len(keys) < _RETENTION_CHUNK:
                 return deleted
 
-    def trim_to(self, max_events: int) -> int:
+    def trim_to(self, max_events: int, below: int | None = None) -> int:
         """Delete the oldest records (by sequence) until at most ``max_events`` remain.
 
         Returns how many were deleted.  One range delete per chunk of 50,000
-        in the primary space plus point deletes of their index keys.  Blocks;
-        raises ``JournalError`` if a read or write fails or the journal is read-only.
+        in the primary space plus point deletes of their index keys.  With
+        ``below``, no record with a sequence at or above it goes (more than
+        ``max_events`` may remain).  Blocks; raises ``JournalError`` if a read
+        or write fails or the journal is read-only.
         """
         self._check_writable()
         if max_events < 0:
@@ -183,12 +193,17 @@ class RetentionMixin:
         deleted = 0
         while (excess := self._count - max_events) > 0:
             seqs: list[int] = []
+            floor = False
             for seq, _ in self._sequences(0, values=False):
                 if len(seqs) >= min(excess, _RETENTION_CHUNK):
                     break
+                if below is not None and seq >= below:
+                    floor = True
+                    break
                 seqs.append(seq)
             if not seqs:
-                self._count = 0  # the counter drifted; the store is empty
+                if not floor:
+                    self._count = 0  # the counter drifted; the store is empty
                 break
             batch = self._new_batch()
             deleted += self._delete_records(batch, seqs, time_done=False)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime
 import json
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from actors._model.guards import check_bool, check_uuid
@@ -19,7 +19,7 @@ from actors._model.guards import check_bool, check_uuid
 if TYPE_CHECKING:
     from actors._model.event import Event
 
-__all__ = ["Trace", "trace_order_key"]
+__all__ = ["Trace", "causes_first", "merge_events", "trace_order_key"]
 
 #: Width, in characters, of the data column of ``Trace.render(show_data=True)``.
 DATA_WIDTH = 60
@@ -53,6 +53,23 @@ def causes_first(events: Iterable[Event]) -> list[Event]:
     for left in waiting.values():  # a cycle: never placed by its cause
         out.extend(e for e in left if e.id not in placed)
     return out
+
+
+def merge_events(stored: Sequence[Event], live: Sequence[Event]) -> list[Event]:
+    """Union of journal and memory (or local and remote) events by id, in sequence order.
+
+    The first list's copy of an event wins.  Sequences of several nodes are
+    not comparable, so when the events come from more than one origin none
+    is put before its cause (``causes_first``); events of one origin keep
+    their sequence order, whatever causes the caller gave them.
+    """
+    seen: dict[uuid.UUID, Event] = {e.id: e for e in stored}
+    for e in live:
+        seen.setdefault(e.id, e)
+    ordered = sorted(seen.values(), key=lambda e: (e.sequence or 0, e.timestamp))
+    if len({e.origin for e in ordered}) > 1:
+        return causes_first(ordered)
+    return ordered
 
 
 def trace_order_key(event: Event) -> tuple[int, int, datetime.datetime, int]:
