@@ -239,7 +239,9 @@ class Dispatcher:
         Waits up to ``timeout`` seconds in all (forever if None) for the
         threads to end; a thread still inside a turn then (a handler that
         does not return) is abandoned: it is a daemon thread and ends with
-        its turn.  Returns whether every thread ended.
+        its turn.  Once every thread ended, the watchdog's end is waited for
+        too (it holds the actors of the turns it looked at).  Returns whether
+        every thread ended.
         """
         with self._lock:
             if not self._alive:
@@ -261,6 +263,12 @@ class Dispatcher:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             thread.join(remaining)
             done = done and not thread.is_alive()
+        watchdog = self._watchdog
+        if done and watchdog is not None and watchdog is not current:
+            # It ends at its next look, finding no turn running: once it has,
+            # nothing of this pool holds the actors it ran.
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            watchdog.join(remaining)
         return done
 
     # -- the threads ---------------------------------------------------------
