@@ -38,7 +38,7 @@ logger = logging.getLogger("actors.subscriber")
 Reader = Callable[[int, int, BusFuture[list["Event"]], bool], None]
 """``read(position, limit, answer, indexed)``: by the type index, or by sequence if not."""
 Joiner = Callable[[Route, Callable[[int], None]], None]
-Retrier = Callable[[float, Callable[[], None]], None]
+Retrier = Callable[[float, Callable[[], None]], object]
 """``retry(delay, fn)``: call ``fn`` (which only sends messages) on another thread later."""
 
 RETRY_FIRST = 0.05

@@ -201,7 +201,7 @@ class HandlerRuns:
     def _wait_retry(self, run: SyncRun, delay: float) -> None:
         run.retry_at = time.monotonic() + delay
         self._run = run
-        self._timers.call_at(run.retry_at, self.actor_inbox.wake)
+        run.timer = self._timers.call_at(run.retry_at, self.actor_inbox.wake)
 
     def _resume(self) -> bool:
         """Go on with a stopped synchronous batch; return True once it is finished."""

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from actors._model.event import Event
-    from actors._runtime.timers import Timers
+    from actors._runtime.timers import Timer, Timers
 
 __all__ = [
     "LOOP_WATCH",
@@ -128,17 +128,28 @@ class CallWatch:
         self._lock = threading.Lock()
         self._call: Call | None = None
         self._armed = False
+        self._closed = False
+        self._timer: Timer | None = None
 
     def start(self, event: Event) -> Call:
         """Record that a call for ``event`` starts now (the handler's thread)."""
         call = Call(event, time.monotonic() + self.timeout)
         with self._lock:
             self._call = call
-            arm = not self._armed
+            arm = not self._armed and not self._closed
             self._armed = True
-        if arm:
-            self._timers.call_at(call.deadline, self._fire)
+            if arm:
+                self._timer = self._timers.call_at(call.deadline, self._fire)
         return call
+
+    def close(self) -> None:
+        """Stop watching (the subscription stopped): the pending timer lets the actor go."""
+        with self._lock:
+            self._closed = True
+            self._call = None
+            timer, self._timer = self._timer, None
+        if timer is not None:
+            self._timers.cancel(timer)
 
     def finish(self, call: Call) -> bool:
         """Record that ``call`` returned; False if it was left behind (touch nothing then)."""
@@ -163,7 +174,9 @@ class CallWatch:
                     self._call = None
                 self._armed = False
         if rearm is not None:
-            self._timers.call_at(rearm, self._fire)
+            with self._lock:
+                if not self._closed:
+                    self._timer = self._timers.call_at(rearm, self._fire)
             return
         self._on_timeout(call)
 
@@ -185,6 +198,7 @@ class SyncRun:
     delivered: int = 0
     retry_at: float | None = None
     call: Call | None = None
+    timer: Timer | None = None  # the wake-up at ``retry_at``
 
 
 LOOP_WATCH = 1.0

@@ -318,9 +318,15 @@ class SubscriberActor(HandlerRuns, DispatchedActor):
     # -- stopping -----------------------------------------------------------------
 
     def _on_stopped(self) -> None:
+        # Pending timers would hold this actor until their deadlines (up to
+        # the handler's ``timeout`` or retry backoff) after it is gone.
+        if self._watch is not None:
+            self._watch.close()
         run = self._run
         if run is not None:  # a synchronous batch parked for a retry: it never resumes
             self._run = None
+            if run.timer is not None:
+                self._timers.cancel(run.timer)
             self._drop_run(run)
         self.actor_inbox.clear_events()
         self.actor_inbox.release_barriers()

@@ -398,10 +398,17 @@ class Core:
             self._ended.append(actor)
             self._fold_ended()
         self.guard.discard(sub_id)
+        own = actor.actor_dispatcher if actor.actor_dispatcher is not self.dispatcher else None
+
+        def stop() -> None:
+            actor.actor_ref.stop(block=False)
+            if own is not None:  # dedicated_thread: its thread ends after the actor's last turn
+                own.shutdown(0)
+
         # The router removes the route first, then stops the actor: no flush
         # barrier can land on a stopped mailbox.  (Never a blocking stop: the
         # router runs on a dispatcher thread the subscriber may need to stop.)
-        self.inbox.put(Unsubscribe(sub_id, then=lambda: actor.actor_ref.stop(block=False)))
+        self.inbox.put(Unsubscribe(sub_id, then=stop))
 
     def subscriptions(self) -> list[Subscription]:
         """Return the live subscriptions."""

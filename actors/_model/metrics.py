@@ -74,7 +74,8 @@ class BusMetrics:
     correlations whose events the bus holds in memory for ``trace()`` now;
     ``traces_evicted`` counts those dropped to keep within ``max_traces`` or
     past ``trace_ttl`` (``trace()`` then reads the journal, where there is
-    one), ``traces_truncated`` those that outgrew ``max_events_per_trace``.
+    one), ``traces_truncated`` those that lost their oldest events (outgrew
+    ``max_events_per_trace``, or came back after their eviction), each once.
     """
 
     published: int
@@ -189,7 +190,7 @@ METRIC_HELP = {
     "journal_lost_events": "Acknowledged events a damaged journal no longer held at open.",
     "traces": "Correlations whose events are held in memory for trace().",
     "traces_evicted": "Traces dropped from memory (max_traces or trace_ttl).",
-    "traces_truncated": "Traces that lost their oldest events (max_events_per_trace).",
+    "traces_truncated": "Traces that lost their oldest events (max_events_per_trace, or eviction).",
 }
 
 # Those of them exported as counters (``*_total``); the rest are gauges.

@@ -32,7 +32,9 @@ class TraceStoreStatistics:
     """A snapshot of a ``TraceStore``.
 
     ``traces`` and ``events`` are what the store holds now; ``evicted_traces``
-    and ``truncated_traces`` count since the store was created.
+    and ``truncated_traces`` count since the store was created: a trace is
+    truncated (once) when it outgrows ``max_events_per_trace``, or starts
+    again after its eviction without its earlier events.
     """
 
     traces: int
@@ -42,12 +44,13 @@ class TraceStoreStatistics:
 
 
 class _Entry:
-    __slots__ = ("events", "last_activity", "truncated")
+    __slots__ = ("counted", "events", "last_activity", "truncated")
 
-    def __init__(self, max_events: int, now: float, truncated: bool) -> None:
+    def __init__(self, max_events: int, now: float, truncated: bool, counted: bool) -> None:
         self.events: deque[Any] = deque(maxlen=max_events)  # as packed
         self.last_activity = now
-        self.truncated = truncated
+        self.truncated = truncated  # not known whole (``is_complete``)
+        self.counted = counted  # in ``truncated_traces`` already
 
 
 class TraceStore:
@@ -151,7 +154,9 @@ class TraceStore:
                 self._truncated_count += 1
             # Once an evicted id was forgotten, any id may be one of them: a
             # trace started since cannot be known whole.
-            entry = _Entry(self._max_events, now, truncated=known_gone or self._forgot)
+            entry = _Entry(
+                self._max_events, now, truncated=known_gone or self._forgot, counted=known_gone
+            )
             self._traces[cid] = entry
             while len(self._traces) > self._max_traces:
                 self._evict_oldest()
@@ -160,9 +165,11 @@ class TraceStore:
             self._traces.move_to_end(cid)
         events = entry.events
         if len(events) == self._max_events:
-            # deque(maxlen=...) drops the oldest on append.
-            if not entry.truncated:
-                entry.truncated = True
+            # deque(maxlen=...) drops the oldest on append.  Counted even when
+            # it was not known whole already (started after an id was forgotten).
+            entry.truncated = True
+            if not entry.counted:
+                entry.counted = True
                 self._truncated_count += 1
         else:
             self._events += 1
