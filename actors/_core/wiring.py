@@ -29,6 +29,7 @@ from typing import Any, NamedTuple
 
 import pykka
 
+from actors._core.background import BackgroundLoop
 from actors._core.backpressure import BlockGuard
 from actors._core.catchup import CatchUp
 from actors._core.correlator import CorrelationActor
@@ -62,7 +63,7 @@ from actors._core.subscriber import (
     current_event,
     is_async_handler,
 )
-from actors._errors import EventBusError, FutureTimeoutError
+from actors._errors import BusClosedError, EventBusError, FutureTimeoutError
 from actors._model.checks import check_policy
 from actors._model.config import EventConfig, OverflowStrategy
 from actors._model.event import Event
@@ -101,22 +102,6 @@ class JournalFigures(NamedTuple):
 _ASK_TIMEOUT = 10.0
 
 
-def _stop_when_idle(loop: asyncio.AbstractEventLoop) -> None:
-    """Stop ``loop`` once the tasks on it now have ended (on the loop).
-
-    A handler given up on at ``close`` finishes its current batch on its own
-    (``docs/architecture.md``): its task must not be destroyed with the loop.
-    The loop's thread is a daemon, so a task that never ends keeps it only
-    until the process exits.
-    """
-    pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
-    if not pending:
-        loop.stop()
-        return
-    gathered = asyncio.gather(*pending, return_exceptions=True)
-    gathered.add_done_callback(lambda _: loop.stop())
-
-
 def start_actor(actor: DispatchedActor) -> None:
     """Register and start an actor built directly (keeps the object, as start() would not)."""
     actor.actor_start()
@@ -153,13 +138,14 @@ class Core:
         # Set (under the lock) once the router stopped: a subscriber that
         # stops after it sends its last checkpoint to the journal itself.
         self._routerless = False
+        self._closing = False  # ``take_subscribers`` ran: no subscription is added any more
         self._removed = [0, 0, 0, 0, 0]  # delivered, dropped, errors, expired, timeouts
         # Subscribers unsubscribed (or taken at close) and perhaps still
         # finishing: their figures are added to ``_removed`` once they stopped.
         self._ended: list[SubscriberActor] = []
         # Handler deadlines and retry wake-ups of every subscription (a thread from first use).
         self.timers = Timers(name=f"bus-{name or 'local'}-timers")
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop = BackgroundLoop()  # for async handlers subscribed off any loop
         self.correlation = CorrelationActor(
             dispatcher=system,
             max_traces=config.max_traces,
@@ -257,7 +243,7 @@ class Core:
             try:
                 loop = asyncio.get_running_loop()
             except RuntimeError:
-                loop = self._background_loop()
+                loop = self._loop.get()
         # Every argument is valid: from here on, state changes.
         sub_id = f"sub-{next(_sub_ids)}"
         if not isinstance(handler, pykka.ActorRef):
@@ -293,7 +279,15 @@ class Core:
             actor.catchup = self._catch_up(route, actor, start, durable, owner)
         start_actor(actor)
         with self._lock:
-            self._subs[sub_id] = actor
+            closing = self._closing
+            if not closing:
+                self._subs[sub_id] = actor
+        if closing:  # close took the subscribers to stop before this one was added
+            self.guard.discard(sub_id)
+            actor.actor_ref.stop(block=False)
+            if dedicated_thread:
+                actor.actor_dispatcher.shutdown(0)
+            raise BusClosedError("the bus is closed")
         if actor.catchup is None or actor.catchup.live:
             if actor.catchup is not None and actor.catchup.durable is not None:
                 # A new durable subscription starts live: its starting point is
@@ -418,6 +412,7 @@ class Core:
     def take_subscribers(self) -> list[SubscriberActor]:
         """Remove and return every subscriber (the bus is closing)."""
         with self._lock:
+            self._closing = True  # a subscribe from now on is refused
             subs = list(self._subs.values())
             self._subs.clear()
             self._ended.extend(subs)
@@ -568,29 +563,9 @@ class Core:
 
     # -- async handlers from sync code ----------------------------------------------
 
-    def _background_loop(self) -> asyncio.AbstractEventLoop:
-        with self._lock:
-            if self._loop is None:
-                loop = asyncio.new_event_loop()
-                ready = threading.Event()
-
-                def run() -> None:
-                    asyncio.set_event_loop(loop)
-                    loop.call_soon(ready.set)
-                    loop.run_forever()
-                    loop.close()
-
-                threading.Thread(target=run, name="bus-async", daemon=True).start()
-                ready.wait()
-                self._loop = loop
-            return self._loop
-
     def stop_loop(self) -> None:
         """Stop the event loop the bus runs async handlers on, if it made one."""
-        with self._lock:
-            loop = self._loop
-        if loop is not None:
-            loop.call_soon_threadsafe(_stop_when_idle, loop)
+        self._loop.stop()
         self.timers.shutdown()  # pending retries and deadlines are dropped with the handlers
 
     def refs(self) -> list[pykka.ActorRef[Any]]:

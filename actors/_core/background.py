@@ -1,0 +1,57 @@
+"""The event loop a bus runs ``async def`` handlers on when they were subscribed off any loop."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+__all__ = ["BackgroundLoop"]
+
+
+def _stop_when_idle(loop: asyncio.AbstractEventLoop) -> None:
+    """Stop ``loop`` once the tasks on it now have ended (on the loop).
+
+    A handler given up on at ``close`` finishes its current batch on its own
+    (``docs/architecture.md``): its task must not be destroyed with the loop.
+    The loop's thread is a daemon, so a task that never ends keeps it only
+    until the process exits.
+    """
+    pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+    if not pending:
+        loop.stop()
+        return
+    gathered = asyncio.gather(*pending, return_exceptions=True)
+    gathered.add_done_callback(lambda _: loop.stop())
+
+
+class BackgroundLoop:
+    """One event loop on a daemon thread, started on first use; thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def get(self) -> asyncio.AbstractEventLoop:
+        """Return the loop, starting it (and its thread) the first time."""
+        with self._lock:
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                ready = threading.Event()
+
+                def run() -> None:
+                    asyncio.set_event_loop(loop)
+                    loop.call_soon(ready.set)
+                    loop.run_forever()
+                    loop.close()
+
+                threading.Thread(target=run, name="bus-async", daemon=True).start()
+                ready.wait()
+                self._loop = loop
+            return self._loop
+
+    def stop(self) -> None:
+        """Stop the loop once its tasks have ended, if it was ever started."""
+        with self._lock:
+            loop = self._loop
+        if loop is not None:
+            loop.call_soon_threadsafe(_stop_when_idle, loop)
