@@ -14,7 +14,8 @@ trace across every node; its parent is the span of the event that caused it,
 found by id: span ids derive from event ids (``actors._model.otelspans``), so
 a parent made on another node links up with nothing carried in the event.  A
 handler's exception is recorded on its span (status ERROR) and re-raised to
-the bus, which retries it or makes it a dead letter as usual.
+the bus, which retries it or makes it a dead letter as usual.  A failure of
+the tracing itself (a processor that raises) never changes the outcome.
 
 Subscriptions made after ``instrument`` are instrumented; those made before
 are not.  ``uninstrument`` stops new spans at once, in every subscription.
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -45,6 +47,8 @@ from actors._model.otelspans import (
 
 __all__ = ["Instrumentation", "instrument"]
 
+logger = logging.getLogger("actors.otel")
+
 
 class Instrumentation:
     """A bus's OpenTelemetry instrumentation; ``uninstrument()`` ends it.
@@ -56,6 +60,7 @@ class Instrumentation:
         self.bus = bus
         self.tracer = tracer
         self._pinner = pinner
+        self._warned = False  # a failure of the tracing itself was logged at WARNING
         self.active = True
         bus.handler_wrappers.append(self.wrap)
 
@@ -74,46 +79,54 @@ class Instrumentation:
     def wrap(
         self, handler: Callable[[Event], Any], subscription: str, pattern: str
     ) -> Callable[[Event], Any]:
-        """Return ``handler`` wrapped so each call is a span (an ``async def`` stays one)."""
+        """Return ``handler`` wrapped so each call is a span (an ``async def`` stays one).
+
+        Tracing never changes what the handler does: a span that cannot be
+        started, recorded or ended (a failing processor or exporter, an
+        exception whose ``str()`` raises) is logged and given up, and the
+        handler's own result or exception reaches the bus unchanged.
+        """
         if inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
             getattr(handler, "__call__", None)  # noqa: B004 - async callable objects
         ):
 
             async def traced_async(event: Event) -> Any:
-                if not self.active:
+                span = self._start(event, subscription, pattern) if self.active else None
+                if span is None:
                     return await handler(event)
-                span = self._start(event, subscription, pattern)
-                with trace.use_span(span, end_on_exit=True, record_exception=False):
-                    answered: list[BaseException] = []
-                    token = answer_errors.set(answered)
-                    try:
+                answered: list[BaseException] = []
+                token = answer_errors.set(answered)
+                error: BaseException | None = None
+                try:
+                    with trace.use_span(
+                        span, record_exception=False, set_status_on_exception=False
+                    ):
                         return await handler(event)
-                    except BaseException as exc:
-                        _record(span, exc)
-                        raise
-                    finally:
-                        answer_errors.reset(token)
-                        if answered:  # a responder answered with an error reply
-                            _record(span, answered[-1])
+                except BaseException as exc:
+                    error = exc
+                    raise
+                finally:
+                    answer_errors.reset(token)
+                    self._end(span, error, answered)
 
             return functools.update_wrapper(traced_async, handler)
 
         def traced(event: Event) -> Any:
-            if not self.active:
+            span = self._start(event, subscription, pattern) if self.active else None
+            if span is None:
                 return handler(event)
-            span = self._start(event, subscription, pattern)
-            with trace.use_span(span, end_on_exit=True, record_exception=False):
-                answered: list[BaseException] = []
-                token = answer_errors.set(answered)
-                try:
+            answered: list[BaseException] = []
+            token = answer_errors.set(answered)
+            error: BaseException | None = None
+            try:
+                with _current(span):
                     return handler(event)
-                except BaseException as exc:
-                    _record(span, exc)
-                    raise
-                finally:
-                    answer_errors.reset(token)
-                    if answered:  # a responder answered with an error reply
-                        _record(span, answered[-1])
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                answer_errors.reset(token)
+                self._end(span, error, answered)
 
         try:
             return functools.update_wrapper(traced, handler)
@@ -121,13 +134,49 @@ class Instrumentation:
             return traced
 
     def _start(self, event: Event, subscription: str, pattern: str) -> Any:
-        attrs = event_attributes(event, subscription=subscription, pattern=pattern)
-        return start_event_span(self.tracer, self._pinner, event, attrs)
+        """Start ``event``'s span; None (the handler runs untraced) if tracing fails."""
+        try:
+            attrs = event_attributes(event, subscription=subscription, pattern=pattern)
+            return start_event_span(self.tracer, self._pinner, event, attrs)
+        except Exception:
+            self._tracing_failed("start a span")
+            return None
+
+    def _end(self, span: Any, error: BaseException | None, answered: list[BaseException]) -> None:
+        """Record the handler's error (or its error reply) on ``span`` and end it; never raise."""
+        try:
+            if error is None and answered:  # a responder answered with an error reply
+                error = answered[-1]
+            if error is not None:
+                _record(span, error)
+        except Exception:
+            self._tracing_failed("record an error")
+        try:
+            span.end()
+        except Exception:
+            self._tracing_failed("end a span")
+
+    def _tracing_failed(self, what: str) -> None:
+        """Log a failure of the tracing itself: once at WARNING, then at DEBUG."""
+        level = logging.DEBUG if self._warned else logging.WARNING
+        self._warned = True
+        logger.log(
+            level, "OpenTelemetry: could not %s; the handler is unaffected", what, exc_info=True
+        )
+
+
+def _current(span: Any) -> Any:
+    """Make ``span`` current while the handler runs; its end and status are ``_end``'s."""
+    return trace.use_span(span, record_exception=False, set_status_on_exception=False)
 
 
 def _record(span: Any, exc: BaseException) -> None:
+    try:
+        text = f"{type(exc).__name__}: {exc}"
+    except Exception:  # an exception whose str() raises
+        text = f"{type(exc).__name__} (unprintable)"
+    span.set_status(Status(StatusCode.ERROR, text))
     span.record_exception(exc)
-    span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
 
 
 def instrument(bus: EventBus | AsyncEventBus, tracer_provider: Any = None) -> Instrumentation:

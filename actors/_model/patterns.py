@@ -396,6 +396,10 @@ def parse_segments(text: str) -> tuple[Segment, ...]:
         )
     if _has_space(text):
         raise InvalidPatternError(f"pattern {text!r} contains whitespace")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:  # no event type can hold it: it would match nothing
+        raise InvalidPatternError(f"pattern {text!r} is not valid Unicode: {exc.reason}") from None
     segments: list[Segment] = []
     for raw in text.split("."):
         segment = _parse_segment(raw, text)

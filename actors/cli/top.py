@@ -25,6 +25,7 @@ import click
 from actors._bus import EventBus
 from actors._errors import BridgeError
 from actors._model.metrics import BusMetrics
+from actors._model.trace import printable
 from actors.cli.connect import peer_name, short_lived_node
 from actors.cli.options import Connection, SecondsType, connection_options
 from actors.cli.output import fail, stop_on_signals
@@ -94,7 +95,7 @@ def render(now: Sample, before: Sample | None, note: str = "") -> RenderableType
         published = m.events_per_second
     head = Table.grid(padding=(0, 2))
     head.add_row(
-        Text(f"node {now.node}", style="bold"),
+        Text(f"node {printable(now.node)}", style="bold"),
         f"rate {_fmt_rate(published)}",
         f"peak {_fmt_rate(m.peak_events_per_second)}",
         f"delivered {_fmt_rate(delivered)}",
@@ -127,8 +128,8 @@ def render(now: Sample, before: Sample | None, note: str = "") -> RenderableType
         fill = s.queued / s.capacity if s.capacity else 0.0
         style = "red" if fill >= 0.8 else ("yellow" if fill >= 0.2 else "")
         subs.add_row(
-            s.id,
-            s.pattern,
+            Text(printable(s.id)),  # Text: a pattern like x.[bold]y is not markup
+            Text(printable(s.pattern)),
             Text(f"{s.queued:,}", style=style),
             f"{s.capacity:,}",
             _fmt_rate(_rate(s.delivered, previous, dt)),
@@ -148,7 +149,7 @@ def render(now: Sample, before: Sample | None, note: str = "") -> RenderableType
         if name == now.viewer:  # top's own short-lived node: a client, never heartbeating
             continue
         state = "synced" if name in synced else ("alive" if name in alive else "silent")
-        peers.add_row(name, state, f"{now.heard[name]:.1f} s ago")
+        peers.add_row(Text(printable(name)), state, f"{now.heard[name]:.1f} s ago")
     parts: list[RenderableType] = [head, subs, peers]
     if note:
         parts.insert(0, Text(note, style="bold red"))
