@@ -77,6 +77,8 @@ class Bridge(StreamIO, RecoveryIO, RequestIO):
         self._last = BridgeView(BridgeStatistics())
         self._generation = 0
         self._cond = threading.Condition()
+        self._patterns_lock = threading.Lock()
+        self._patterns_next: list[str] | None = None  # the latest local patterns, not yet taken
         try:
             self._setup(node)
         except (zmq.ZMQError, ValueError, TypeError) as exc:
@@ -138,9 +140,23 @@ class Bridge(StreamIO, RecoveryIO, RequestIO):
     # -- called from other threads ----------------------------------------------
 
     def on_local_patterns(self, patterns: list[str]) -> None:
-        """Subscribe at every peer to what ``patterns`` can match (router thread; never blocks)."""
-        snapshot = list(patterns)
-        self._call_soon(lambda: self._set_patterns(snapshot))
+        """Subscribe at every peer to what ``patterns`` can match (router thread; never blocks).
+
+        Changes faster than the I/O thread takes them are coalesced: it takes
+        the latest list once (10,000 subscribes in a row are one update, not
+        10,000 of 10,000 patterns each).
+        """
+        with self._patterns_lock:
+            queued = self._patterns_next is not None
+            self._patterns_next = list(patterns)
+        if not queued:
+            self._call_soon(self._take_patterns)
+
+    def _take_patterns(self) -> None:
+        with self._patterns_lock:
+            patterns, self._patterns_next = self._patterns_next, None
+        if patterns is not None:
+            self._set_patterns(patterns)
 
     def call_soon(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` on the I/O thread, between two turns (diagnostics and tests)."""

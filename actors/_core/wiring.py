@@ -139,6 +139,7 @@ class Core:
         # stops after it sends its last checkpoint to the journal itself.
         self._routerless = False
         self._closing = False  # ``take_subscribers`` ran: no subscription is added any more
+        self._router_seen = RouterFigures(0, 0, 0, 0.0, 0.0)  # the router's last answer
         self._removed = [0, 0, 0, 0, 0]  # delivered, dropped, errors, expired, timeouts
         # Subscribers unsubscribed (or taken at close) and perhaps still
         # finishing: their figures are added to ``_removed`` once they stopped.
@@ -475,14 +476,21 @@ class Core:
     # -- figures --------------------------------------------------------------------
 
     def router_figures(self) -> RouterFigures:
-        """Ask the router for its counters (its last figures once it stopped)."""
+        """Ask the router for its counters (its last figures once it stopped).
+
+        A router too busy to answer within ``_ASK_TIMEOUT`` (a filter that
+        blocks runs on it) gets the figures it gave last: stale, never zeros.
+        """
         if self.router.actor_ref.is_alive():
             future: BusFuture[RouterFigures] = BusFuture()
             self.inbox.put(GetRouterFigures(future))
             try:
-                return future.get(_ASK_TIMEOUT)
+                self._router_seen = future.get(_ASK_TIMEOUT)
             except FutureTimeoutError:
-                pass
+                if self.router.actor_ref.is_alive():
+                    return self._router_seen
+            else:
+                return self._router_seen
         return self.router.final_figures()
 
     def dead_letters(self) -> list[DeadLetter]:
