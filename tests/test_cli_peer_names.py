@@ -71,7 +71,7 @@ def test_the_command_line_reads_a_key_from_a_file(tmp_path: Path) -> None:
     assert _peer_names(("a=" + KEY, f"b={path}")) == {"a": PUBLIC, "b": PUBLIC}
 
 
-@pytest.mark.parametrize("item", ["no-key", "=" + KEY])
+@pytest.mark.parametrize("item", ["no-key", "=" + KEY], ids=["no-key", "no-name"])
 def test_the_command_line_says_the_item_is_not_name_key(item: str) -> None:
     with pytest.raises(click.BadParameter) as bad:
         _peer_names((item,))
@@ -89,7 +89,9 @@ def test_the_command_line_says_why_a_key_is_not_one(tmp_path: Path) -> None:
 # -- the broker's main: 40-character keys only, argparse's usage error -----------------------------
 
 
-@pytest.mark.parametrize("item", ["no-key", "=" + KEY, "a=short"])
+@pytest.mark.parametrize(
+    "item", ["no-key", "=" + KEY, "a=short"], ids=["no-key", "no-name", "short-key"]
+)
 def test_broker_main_refuses_an_item_before_starting(
     item: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -388,11 +388,11 @@ class Core:
             actor.abandon()  # nothing more is handled, the batch in hand included
             if actor.catchup is not None:
                 actor.catchup.caught_up.set(None)  # a flush waiting for it stops waiting
-                # Idempotent: sent again if it went live already.
-                self.inbox.put(Forward(self.require_journal(), Release(sub_id)))
             self._ended.append(actor)
             self._fold_ended()
         self.guard.discard(sub_id)
+        if actor.catchup is not None:  # retention's floor goes (again, if it went live)
+            self.inbox.put(Forward(self.require_journal(), Release(sub_id)))
         own = actor.actor_dispatcher if actor.actor_dispatcher is not self.dispatcher else None
 
         def stop() -> None:
