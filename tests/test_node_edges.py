@@ -8,6 +8,7 @@ inproc only; every wait is bounded and is a failure bound, never a timing.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import threading
 from collections.abc import Callable
@@ -497,3 +498,25 @@ def test_a_node_with_receive_hwm_zero_and_credit_below_batch_still_delivers(
     for future in a.publish_many([Event(event_type="c.n", data=i) for i in range(300)]):
         future.get(timeout=WAIT)
     assert [e.data for e in got.wait()] == list(range(300))
+
+
+def test_a_wake_up_after_close_never_writes_to_a_reused_descriptor() -> None:
+    """The bridge wakes its I/O thread through a pipe.  The router can still hand it
+    records while the bus closes (the bridge closes first); once the pipe is closed its
+    descriptor numbers belong to the next file or socket the process opens, and a wake-up
+    must not write there (a stray ``x`` was seen at the head of a metrics HTTP reply)."""
+    bus = EventBus(node=NodeConfig(name="waker", listen="tcp://127.0.0.1:*"))
+    bridge = bus._bridge  # noqa: SLF001 - the pipe is the bridge's own
+    assert bridge is not None
+    old = bridge._wfd  # noqa: SLF001
+    bus.close(timeout=WAIT)
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    os.dup2(w, old)  # what the next open file would be given
+    try:
+        bridge.call_soon(lambda: None)  # a late hand-over wakes the I/O thread
+        with pytest.raises(BlockingIOError):
+            os.read(r, 16)  # nothing was written to the reused descriptor
+    finally:
+        for fd in {r, w, old}:
+            os.close(fd)

@@ -417,6 +417,4 @@ class Bridge(StreamIO, RecoveryIO, RequestIO):
         self._unwritten = []
         close_context(self._ctx, self._curve)
         self._workers.shutdown(wait=False, cancel_futures=True)
-        for fd in (self._rfd, self._wfd):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        self._close_pipe()

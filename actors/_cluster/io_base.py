@@ -71,6 +71,10 @@ class BridgeBase:
         self._rfd, self._wfd = os.pipe()
         os.set_blocking(self._rfd, False)
         os.set_blocking(self._wfd, False)
+        # A wake-up and the closing of the pipe never overlap: once closed, its
+        # descriptor numbers go to the next file or socket the process opens.
+        self._pipe_lock = threading.Lock()
+        self._pipe_open = True
         self._calls: deque[Callable[[], None]] = deque()
         # Without a journal the ring answers recovery (with one, the journal
         # does: no ring).  It fills as events join the send queue: it keeps
@@ -120,9 +124,21 @@ class BridgeBase:
     # -- any thread ---------------------------------------------------------------------
 
     def _wake(self) -> None:
-        # A full pipe means a wake-up is pending anyway; a closed one, that we stopped.
-        with contextlib.suppress(OSError):
-            os.write(self._wfd, b"x")
+        # A full pipe means a wake-up is pending anyway.  Never after the pipe
+        # was closed: the byte would go to whatever reuses the descriptor (a
+        # socket, a journal file).
+        with self._pipe_lock:
+            if self._pipe_open:
+                with contextlib.suppress(OSError):
+                    os.write(self._wfd, b"x")
+
+    def _close_pipe(self) -> None:
+        with self._pipe_lock:
+            if self._pipe_open:
+                self._pipe_open = False
+                for fd in (self._rfd, self._wfd):
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
 
     def _call_soon(self, fn: Callable[[], None]) -> None:
         self._calls.append(fn)
