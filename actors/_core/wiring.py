@@ -278,6 +278,13 @@ class Core:
             self.guard.add(route)
         if catch_up:
             actor.catchup = self._catch_up(route, actor, start, durable, owner)
+        # Decided before the actor starts: a catch-up may go live on its own
+        # thread before this call returns (it then joined the router itself).
+        live = actor.catchup is None or actor.catchup.live
+        if not live:
+            # Retention keeps what is published from now on until it is live:
+            # it reads those events from the journal until then.
+            self.inbox.put(Forward(self.require_journal(), KeepFrom(sub_id)))
         start_actor(actor)
         with self._lock:
             closing = self._closing
@@ -289,7 +296,7 @@ class Core:
             if dedicated_thread:
                 actor.actor_dispatcher.shutdown(0)
             raise BusClosedError("the bus is closed")
-        if actor.catchup is None or actor.catchup.live:
+        if live:
             if actor.catchup is not None and actor.catchup.durable is not None:
                 # A new durable subscription starts live: its starting point is
                 # saved at once, so a restart before its first batch is handled
@@ -298,9 +305,6 @@ class Core:
             else:
                 self.inbox.put(Subscribe(route))
         else:
-            # Retention keeps what is published from now on until it is live:
-            # it reads those events from the journal until then.
-            self.inbox.put(Forward(self.require_journal(), KeepFrom(sub_id)))
             actor.actor_inbox.wake()
         return Subscription(actor, self.unsubscribe)
 
