@@ -25,10 +25,11 @@ tracer, spans get that tracer's ids and link only within a process.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from opentelemetry import trace
@@ -94,20 +95,8 @@ class Instrumentation:
                 span = self._start(event, subscription, pattern) if self.active else None
                 if span is None:
                     return await handler(event)
-                answered: list[BaseException] = []
-                token = answer_errors.set(answered)
-                error: BaseException | None = None
-                try:
-                    with trace.use_span(
-                        span, record_exception=False, set_status_on_exception=False
-                    ):
-                        return await handler(event)
-                except BaseException as exc:
-                    error = exc
-                    raise
-                finally:
-                    answer_errors.reset(token)
-                    self._end(span, error, answered)
+                with self._around(span):
+                    return await handler(event)
 
             return functools.update_wrapper(traced_async, handler)
 
@@ -115,23 +104,33 @@ class Instrumentation:
             span = self._start(event, subscription, pattern) if self.active else None
             if span is None:
                 return handler(event)
-            answered: list[BaseException] = []
-            token = answer_errors.set(answered)
-            error: BaseException | None = None
-            try:
-                with _current(span):
-                    return handler(event)
-            except BaseException as exc:
-                error = exc
-                raise
-            finally:
-                answer_errors.reset(token)
-                self._end(span, error, answered)
+            with self._around(span):
+                return handler(event)
 
         try:
             return functools.update_wrapper(traced, handler)
         except AttributeError:  # e.g. a callable without __dict__
             return traced
+
+    @contextlib.contextmanager
+    def _around(self, span: Any) -> Iterator[None]:
+        """Run the handler call in the block with ``span`` current; then record and end it.
+
+        An error reply a responder answered with (``answer_errors``) is
+        recorded like an exception; the block's own exception goes on as it is.
+        """
+        answered: list[BaseException] = []
+        token = answer_errors.set(answered)
+        error: BaseException | None = None
+        try:
+            with _current(span):
+                yield
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            answer_errors.reset(token)
+            self._end(span, error, answered)
 
     def _start(self, event: Event, subscription: str, pattern: str) -> Any:
         """Start ``event``'s span; None (the handler runs untraced) if tracing fails."""
