@@ -26,7 +26,7 @@ import logging
 import sys
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -130,7 +130,7 @@ class RouterActor(DispatchedActor):
         self.guard = guard if guard is not None else BlockGuard()
         self._trie: TopicTrie[Route] = TopicTrie()
         self._routes: dict[str, tuple[Route, Pattern]] = {}
-        self._pattern_counts: dict[str, int] = {}  # the distinct patterns of ``_routes``
+        self._pattern_counts: Counter[str] = Counter()  # the distinct patterns of ``_routes``
         self._plans: dict[str, _Plan] = {}
         # Recorders get every accepted event; the durable one (a journal with
         # sync durability) also gets the publish futures to resolve.
@@ -410,8 +410,7 @@ class RouterActor(DispatchedActor):
         route = message.route
         pattern = Pattern.parse(route.pattern)
         self._routes[route.id] = (route, pattern)
-        counts = self._pattern_counts
-        counts[route.pattern] = counts.get(route.pattern, 0) + 1
+        self._pattern_counts[route.pattern] += 1
         self._trie.add(pattern, route)
         self._plans.clear()
         if message.on_subscribed is not None:
@@ -425,10 +424,8 @@ class RouterActor(DispatchedActor):
             return
         route, pattern = entry
         counts = self._pattern_counts
-        left = counts[route.pattern] - 1
-        if left:
-            counts[route.pattern] = left
-        else:
+        counts[route.pattern] -= 1
+        if not counts[route.pattern]:
             del counts[route.pattern]
         self._trie.remove(pattern, route)
         self._plans.clear()

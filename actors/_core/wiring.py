@@ -292,9 +292,7 @@ class Core:
                 self._subs[sub_id] = actor
         if closing:  # close took the subscribers to stop before this one was added
             self.guard.discard(sub_id)
-            actor.actor_ref.stop(block=False)
-            if dedicated_thread:
-                actor.actor_dispatcher.shutdown(0)
+            self._stop_subscriber(actor)
             raise BusClosedError("the bus is closed")
         if live:
             if actor.catchup is not None and actor.catchup.durable is not None:
@@ -397,17 +395,16 @@ class Core:
         self.guard.discard(sub_id)
         if actor.catchup is not None:  # retention's floor goes (again, if it went live)
             self.inbox.put(Forward(self.require_journal(), Release(sub_id)))
-        own = actor.actor_dispatcher if actor.actor_dispatcher is not self.dispatcher else None
-
-        def stop() -> None:
-            actor.actor_ref.stop(block=False)
-            if own is not None:  # dedicated_thread: its thread ends after the actor's last turn
-                own.shutdown(0)
-
         # The router removes the route first, then stops the actor: no flush
         # barrier can land on a stopped mailbox.  (Never a blocking stop: the
         # router runs on a dispatcher thread the subscriber may need to stop.)
-        self.inbox.put(Unsubscribe(sub_id, then=stop))
+        self.inbox.put(Unsubscribe(sub_id, then=lambda: self._stop_subscriber(actor)))
+
+    def _stop_subscriber(self, actor: SubscriberActor) -> None:
+        """Stop ``actor`` without waiting; a dedicated thread ends after its last turn."""
+        actor.actor_ref.stop(block=False)
+        if actor.actor_dispatcher is not self.dispatcher:
+            actor.actor_dispatcher.shutdown(0)
 
     def subscriptions(self) -> list[Subscription]:
         """Return the live subscriptions."""
