@@ -54,8 +54,8 @@ def say(line: str) -> None:
 
 
 def main() -> None:
-    if os.environ.get("NODE_CHILD_LOG"):
-        logging.basicConfig(level=os.environ["NODE_CHILD_LOG"], stream=sys.stderr)
+    # Warnings reach stderr, which pytest shows for a failed test.
+    logging.basicConfig(level=os.environ.get("NODE_CHILD_LOG", "WARNING"), stream=sys.stderr)
     cfg = json.loads(sys.argv[1])
     keys = cfg.get("keys") or {}
     node = NodeConfig(

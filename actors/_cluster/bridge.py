@@ -262,10 +262,14 @@ class Bridge(StreamIO, RecoveryIO, RequestIO):
         """Block until every node in ``names`` acknowledged the current subscriptions.
 
         Flushes the bus first, so subscriptions made before the call count.
-        Raises ``PeerRefusedError`` while they are not all synced and a peer
-        was refused (or refused this node): a duplicate name never syncs.
-        Return False after ``timeout``.
+        On a persistent bus it returns only once the watermarks of those
+        nodes are journaled too: a crash of this node after the call never
+        makes its restart take them for new origins (whose past it would
+        not fetch).  Raises ``PeerRefusedError`` while they are not all
+        synced and a peer was refused (or refused this node): a duplicate
+        name never syncs.  Return False after ``timeout``.
         """
+        deadline = None if timeout is None else time.monotonic() + timeout
         self._local.flush(timeout)
         wanted = set(names)
 
@@ -276,7 +280,30 @@ class Bridge(StreamIO, RecoveryIO, RequestIO):
                 raise PeerRefusedError("; ".join(view.refusals))
             return False
 
-        return self.wait_view(ready, timeout)
+        if not self.wait_view(ready, timeout):
+            return False
+        return self._watermarks_written(deadline)
+
+    def _watermarks_written(self, deadline: float | None) -> bool:
+        """Wait until the journal wrote what was routed so far (the watermarks saved with it).
+
+        The view that showed the peers synced was built on the I/O thread
+        after the step that saved their watermarks, so the barrier sent
+        here reaches the journal after them.  True at once without a journal.
+        """
+        journal = self._local.journal
+        if journal is None:
+            return True
+        written = threading.Event()
+        journal.after_written(written.set)
+        while not written.is_set():
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return False
+            if self._thread is None or not self._thread.is_alive():
+                return False  # closed meanwhile: the journal may never answer
+            written.wait(0.5 if remaining is None else min(remaining, 0.5))
+        return True
 
     def linked_nodes(self, timeout: float | None) -> list[str]:
         """Wait until every configured peer answered HELLO; return the node names among them.
