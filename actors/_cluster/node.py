@@ -132,7 +132,10 @@ class Node:
         """Block until the nodes ``names`` acknowledged this node's subscriptions.
 
         From then on every event they publish that a local pattern matches
-        arrives here.  Flushes the bus first.  Returns False after
+        arrives here.  Flushes the bus first.  On a persistent bus it
+        returns once the watermarks of those nodes are journaled too, so a
+        restart after a crash fetches what they published meanwhile
+        (docs/cluster.md, "Restarts of a receiving node").  Returns False after
         ``timeout``; raises ``PeerRefusedError`` naming the fault if a peer
         was refused (a duplicate name, a name bound to another key) or
         refused this node.
