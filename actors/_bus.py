@@ -432,7 +432,9 @@ class EventBus(RequestReply):
         returns after at most ``timeout`` plus ``CLOSE_GRACE`` seconds (the
         bus's own actors get the grace to stop), whatever the handlers do: a
         handler still running then is abandoned on its daemon thread, and the
-        events its subscription had not finished are discarded.  Logs each
+        events its subscription had not finished are discarded.  A journal
+        still closing its files then is waited for, up to 10 s more, so it
+        can be opened again as soon as ``close`` returns.  Logs each
         subscription it gave up on at WARNING and returns their statistics
         as they were when it gave up (empty when everything was handled).
         Afterwards calls raise ``BusClosedError``.
@@ -479,6 +481,7 @@ class EventBus(RequestReply):
             wait=wait,
             bridge_close=self._bridge.close if self._bridge is not None else None,
             journal=self._journal,
+            journal_closed=self._journal.wait_closed if self._journal is not None else None,
         )
 
     @property

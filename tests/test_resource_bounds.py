@@ -166,7 +166,7 @@ def test_async_handler_churn_leaves_one_loop_thread() -> None:
         assert_no_subscriptions(bus)
         # A stand-in the pool added for a slow turn retires after its keepalive.
         assert wait_for(lambda: threads() <= bus_threads), sorted(
-            set(t.name for t in threading.enumerate()) - set(warm_names)
+            {t.name for t in threading.enumerate()} - set(warm_names)
         )
     assert wait_for(lambda: threads() <= base_threads)
 

@@ -30,6 +30,10 @@ __all__ = ["stop_actors"]
 logger = logging.getLogger("actors.bus")
 
 
+JOURNAL_CLOSE_WAIT = 10.0
+"""How long past the grace ``close`` waits for the journal to close its files (seconds)."""
+
+
 def stop_actors(
     core: Core,
     *,
@@ -39,8 +43,12 @@ def stop_actors(
     wait: bool,
     bridge_close: Callable[[float | None], None] | None,
     journal: DispatchedActor | None,
+    journal_closed: Callable[[float | None], bool] | None = None,
 ) -> tuple[SubscriptionStatistics, ...]:
-    """Stop every actor of ``core`` (and the journal); return the subscriptions given up on."""
+    """Stop every actor of ``core`` (and the journal); return the subscriptions given up on.
+
+    ``journal_closed(timeout)`` waits for the journal's files to be closed.
+    """
     subs = core.take_subscribers()
     unfinished = [
         stats for stats in (a.statistics() for a in subs) if stats.queued or stats.in_flight
@@ -48,7 +56,16 @@ def stop_actors(
     for actor in subs:
         actor.abandon()  # nothing more is handled once close gives up
     stop = functools.partial(
-        _stop, core, subs, unfinished, system, deadline, grace, bridge_close, journal
+        _stop,
+        core,
+        subs,
+        unfinished,
+        system,
+        deadline,
+        grace,
+        bridge_close,
+        journal,
+        journal_closed,
     )
     if wait:
         stop()
@@ -69,6 +86,7 @@ def _stop(  # noqa: PLR0917 - stop_actors' arguments, passed on
     grace: float,
     bridge_close: Callable[[float | None], None] | None,
     journal: DispatchedActor | None,
+    journal_closed: Callable[[float | None], bool] | None,
 ) -> None:
     own_deadline = deadline.extended(grace)
     if bridge_close is not None:
@@ -79,6 +97,16 @@ def _stop(  # noqa: PLR0917 - stop_actors' arguments, passed on
         own = send_stop([journal.actor_ref])
         late += wait_stopped(own, own_deadline)
         journal.actor_dispatcher.shutdown(own_deadline.remaining())
+        # Its files are closed before ``close`` returns, the deadline past or
+        # not (a slow disk, a loaded machine): the journal can then be opened
+        # again at once.  Only a disk slower than this is left to finish alone.
+        closing = own_deadline.extended(JOURNAL_CLOSE_WAIT).remaining()
+        if journal_closed is not None and not journal_closed(closing):
+            logger.warning(
+                "close(): the journal did not close its files within %.0f s of the "
+                "deadline; it goes on closing on its own thread",
+                JOURNAL_CLOSE_WAIT,
+            )
     for ref in late:
         logger.warning("close(): %s did not stop in time; abandoned", ref)
     running = {ref.actor_urn for ref in wait_stopped(told, deadline)}

@@ -15,6 +15,7 @@ published before them.  Retention runs at open and then periodically.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -117,6 +118,7 @@ class JournalActor(DispatchedActor):
         self.batches = 0
         self.write_seconds = 0.0
         self.corrupt = 0
+        self._closed = threading.Event()  # set once the storage is closed at the stop
 
     def _on_message(self, message: Any) -> None:
         if type(message) is Record:
@@ -161,8 +163,19 @@ class JournalActor(DispatchedActor):
         return False
 
     def _on_stopped(self) -> None:
-        self._write()
-        self.storage.close()
+        try:
+            self._write()
+            self.storage.close()
+        finally:
+            self._closed.set()
+
+    def wait_closed(self, timeout: float | None) -> bool:
+        """Block until the storage is closed after the stop (its files free); False on timeout.
+
+        The stop's own answer comes before that (pykka answers it as the
+        actor stops), so ``close`` waits for this as well.
+        """
+        return self._closed.wait(timeout)
 
     # -- writing ------------------------------------------------------------------
 
