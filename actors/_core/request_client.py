@@ -26,7 +26,13 @@ from actors._core.requests import (
     timeout_error,
 )
 from actors._core.subscriber import Subscription
-from actors._errors import BackpressureError, FutureTimeoutError, RequestTimeoutError
+from actors._errors import (
+    BackpressureError,
+    EventBusError,
+    FutureTimeoutError,
+    NoAnswerError,
+    RequestTimeoutError,
+)
 from actors._model.event import Event
 from actors._model.metrics import BridgeStatistics
 from actors._runtime.dispatcher import FifoMailbox
@@ -37,6 +43,9 @@ __all__ = ["ReplyRouteSync", "RequestClient"]
 logger = logging.getLogger("actors.requests")
 
 Publish = Callable[[Event], BusFuture[Event]]
+
+ROUTE_SHARE = 0.5
+"""The part of a request's timeout the first request of a type may spend on its reply route."""
 
 
 class PublishWithin(Protocol):
@@ -153,12 +162,22 @@ class RequestClient:
         started = time.monotonic()
         event, new_route = self.prepare(event_type, data, fields)
         if new_route:
-            self.sync_reply_route(event.event_type, timeout, node)
+            # Half the time at most: the rest is the responders' (a peer that
+            # never acknowledges, paused and not yet declared dead, would
+            # otherwise take all of it and leave none for the replies).
+            share = None if timeout is None else timeout * ROUTE_SHARE
+            self.sync_reply_route(event.event_type, share, node)
         publish = self.publisher(node)
-        if node is None and timeout is not None:
-            publish = functools.partial(
-                self._publish_within, deadline=started + timeout, timeout=timeout
-            )
+        if timeout is not None:
+            deadline = started + timeout
+            if node is None:
+                publish = functools.partial(
+                    self._publish_within, deadline=deadline, timeout=timeout
+                )
+            else:
+                publish = functools.partial(
+                    self._publish_through_within, node, deadline=deadline, timeout=timeout
+                )
         pending = self.requester.send(event, publish, max_replies, gathers=gathers)
         left = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
         return event, pending, left
@@ -177,6 +196,24 @@ class RequestClient:
             if time.monotonic() >= deadline:
                 raise timeout_error(event, timeout) from exc
             raise
+
+    def _publish_through_within(
+        self, node: str, event: Event, *, deadline: float, timeout: float
+    ) -> BusFuture[Event]:
+        """Have ``node`` publish ``event``, waiting for its answer no longer than the deadline.
+
+        ``node`` silent until then (paused, cut off) is the request's own
+        timeout: ``RequestTimeoutError``, as for a reply that never came.
+        """
+        left = max(0.0, deadline - time.monotonic())
+        try:
+            return BusFuture.completed(self._publish_remote(node, event, timeout=left))
+        except NoAnswerError as exc:
+            error = timeout_error(event, timeout)
+            error.__cause__ = exc
+            return BusFuture.failed(error)
+        except EventBusError as exc:
+            return BusFuture.failed(exc)
 
     def publisher(self, node: str | None) -> Publish:
         """Return how a request is published: here, or by the connected node ``node``."""
@@ -208,7 +245,16 @@ class RequestClient:
             logger.warning("reply route not applied within %ss", timeout)
             return
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
-        if bridge.wait(lambda s: names <= set(s.synced_peers), left):
+
+        def acknowledged(s: BridgeStatistics) -> bool:
+            # A peer declared dead meanwhile is not waited for (it learns the
+            # route with the rest of the subscriptions when it comes back).
+            alive, synced = set(s.peers_alive), set(s.synced_peers)
+            return all(n in synced or n not in alive for n in names)
+
+        if bridge.wait(acknowledged, left):
             self.requester.synced(event_type)
         else:
-            logger.warning("reply route not acknowledged by %s within %ss", sorted(names), timeout)
+            stats = bridge.statistics()
+            silent = sorted(names - set(stats.synced_peers))
+            logger.warning("reply route not acknowledged by %s within %ss", silent, timeout)
