@@ -433,8 +433,8 @@ class EventBus(RequestReply):
         bus's own actors get the grace to stop), whatever the handlers do: a
         handler still running then is abandoned on its daemon thread, and the
         events its subscription had not finished are discarded.  A journal
-        still closing its files then is waited for, up to 10 s more, so it
-        can be opened again as soon as ``close`` returns.  Logs each
+        still closing its files then, or a node its sockets, is waited for,
+        up to 10 s more, so they are free as soon as ``close`` returns.  Logs each
         subscription it gave up on at WARNING and returns their statistics
         as they were when it gave up (empty when everything was handled).
         Afterwards calls raise ``BusClosedError``.

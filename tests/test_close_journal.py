@@ -1,21 +1,24 @@
-"""``close(timeout)`` returns with the journal's files closed: it can be opened again at once.
+"""``close(timeout)`` returns with the journal's files and the node's sockets closed.
 
 The bus's own actors get ``CLOSE_GRACE`` past the deadline to stop; the
 journal's stop writes what it holds and closes RocksDB (which flushes its
 memtables), and on a slow disk or a loaded machine that takes longer.
 Regression: ``close`` returned when the journal's stop was answered, before
 its files were closed, so opening the journal again right after ``close``
-(the same process, or another one) raised ``JournalLockedError``.
+(the same process, or another one) raised ``JournalLockedError``; the
+node's sockets likewise, and a node started again on the same address failed.
 """
 
 from __future__ import annotations
 
+import socket
 import threading
 from pathlib import Path
 
 import pytest
 
-from actors import Event, EventConfig, EventQuery, PersistentEventBus
+from actors import Event, EventBus, EventConfig, EventQuery, NodeConfig, PersistentEventBus
+from actors._cluster.bridge import Bridge
 from actors._journal.rocks import RocksStorage
 from tests._support import WAIT, wait_for
 
@@ -82,5 +85,37 @@ def test_close_gives_up_on_a_retry_wait_and_the_journal_opens_again_at_once(
         again.flush(timeout=WAIT)
         assert got == [2, 3, 4]  # the failed event and the rest, again
         assert handled == [0, 1]
+    finally:
+        again.close(timeout=WAIT)
+
+
+# -- the node's sockets ------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def test_a_node_closing_slowly_frees_its_address_when_close_returns(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real = Bridge._teardown  # noqa: SLF001 - where the slow close is injected
+    never = threading.Event()
+
+    def slow(self: Bridge) -> None:
+        never.wait(SLOW_CLOSE)  # sockets that take this long to close
+        real(self)
+
+    monkeypatch.setattr(Bridge, "_teardown", slow)
+    address = f"tcp://127.0.0.1:{free_port()}"
+    bus = EventBus(node=NodeConfig(name="a", listen=address))
+    assert bus.close(timeout=0.1) == ()
+    again = EventBus(node=NodeConfig(name="a", listen=address))  # the address is free
+    try:
+        assert again.node is not None
+        assert again.node.endpoints["request"] == address
     finally:
         again.close(timeout=WAIT)

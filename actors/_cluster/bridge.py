@@ -336,6 +336,11 @@ class Bridge(StreamIO, RecoveryIO, RequestIO):
         thread = self._thread
         if thread is not None and threading.current_thread() is not thread:
             thread.join(timeout if timeout is not None else 10.0)
+            if thread.is_alive():
+                logger.warning(
+                    "bridge %s: the I/O thread did not end in time; its sockets close when it does",
+                    self.name,
+                )
 
     # -- I/O thread ---------------------------------------------------------------
 

@@ -30,8 +30,9 @@ __all__ = ["stop_actors"]
 logger = logging.getLogger("actors.bus")
 
 
-JOURNAL_CLOSE_WAIT = 10.0
-"""How long past the grace ``close`` waits for the journal to close its files (seconds)."""
+RELEASE_WAIT = 10.0
+"""How long past the grace ``close`` waits for the node's sockets and the journal's files
+to be released (seconds): a bus opened again on them right after ``close`` finds them free."""
 
 
 def stop_actors(
@@ -90,7 +91,9 @@ def _stop(  # noqa: PLR0917 - stop_actors' arguments, passed on
 ) -> None:
     own_deadline = deadline.extended(grace)
     if bridge_close is not None:
-        bridge_close(own_deadline.remaining())
+        # Its sockets (a bound address) are closed before ``close`` returns,
+        # as the journal's files are below.
+        bridge_close(own_deadline.extended(RELEASE_WAIT).remaining())
     told = send_stop(a.actor_ref for a in subs)
     late = wait_stopped(send_stop(core.refs()), own_deadline)
     if journal is not None:
@@ -100,12 +103,12 @@ def _stop(  # noqa: PLR0917 - stop_actors' arguments, passed on
         # Its files are closed before ``close`` returns, the deadline past or
         # not (a slow disk, a loaded machine): the journal can then be opened
         # again at once.  Only a disk slower than this is left to finish alone.
-        closing = own_deadline.extended(JOURNAL_CLOSE_WAIT).remaining()
+        closing = own_deadline.extended(RELEASE_WAIT).remaining()
         if journal_closed is not None and not journal_closed(closing):
             logger.warning(
                 "close(): the journal did not close its files within %.0f s of the "
                 "deadline; it goes on closing on its own thread",
-                JOURNAL_CLOSE_WAIT,
+                RELEASE_WAIT,
             )
     for ref in late:
         logger.warning("close(): %s did not stop in time; abandoned", ref)
