@@ -181,7 +181,10 @@ def test_a_fast_subscriber_behind_a_broker_is_not_held_by_a_slow_one_that_asked_
         a = make(
             buses,
             "a",
-            block_timeout=2.0,
+            # c, live and without a drop policy, holds a's publishers while it
+            # is out of credit: on a loaded machine for more than a moment.
+            # Held by b (the defect this looks for), they would fail after it.
+            block_timeout=WAIT,
             peers=[hub.endpoint],
             send_queue=200,
             batch_size=10,
