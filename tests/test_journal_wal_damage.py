@@ -10,12 +10,15 @@ or cuts it short, and reopens.
 from __future__ import annotations
 
 import logging
+import struct
+import zlib
 from pathlib import Path
 
 import pytest
 
 from actors import EventBus, EventConfig, EventQuery, JournalDamagedError
 from actors._journal import repair
+from actors._journal.rocks import RocksStorage
 from tests._support import Child, flip_byte
 
 pytestmark = pytest.mark.slow
@@ -143,3 +146,47 @@ def test_repair_accepts_the_loss_and_reports_it(killed_writer: Path) -> None:
     with EventBus(EventConfig(persistence_path=killed_writer)) as bus:
         assert len(bus.query(EventQuery())) == report.last_sequence
         assert bus.publish("after.repair", {}).get(timeout=30).sequence == N + 1
+
+
+def test_a_wal_cut_inside_its_last_unacknowledged_write_opens_with_a_warning(
+    killed_writer: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A process killed while RocksDB appended a large write leaves it cut short.
+
+    That write was never acknowledged (the mark is advanced after it): the
+    journal opens with everything before it, warns, and refuses nothing.
+    Regression: such a tail was taken for damage, and a node killed while
+    journaling a large batch could not be restarted without a repair.
+    """
+    wal = wal_of(killed_writer)
+    with wal.open("r+b") as f:
+        f.truncate(wal.stat().st_size - 7)  # inside the last write
+    view = RocksStorage(str(killed_writer), read_only=True, recover="truncate")
+    try:
+        kept = view.last_sequence()
+    finally:
+        view.close()
+    assert 0 < kept < N
+    # The mark as the kill left it: the cut write was never acknowledged.
+    packed = struct.pack(">Q", kept)
+    (killed_writer / "ACKNOWLEDGED").write_bytes(packed + struct.pack(">I", zlib.crc32(packed)))
+    with caplog.at_level(logging.WARNING, logger="actors.storage"):
+        bus = EventBus(EventConfig(persistence_path=killed_writer))
+    try:
+        assert [e.sequence for e in bus.query(EventQuery())] == list(range(1, kept + 1))
+        assert bus.metrics().journal_lost_events == 0
+        assert bus.publish("after.kill", {}).get(timeout=30).sequence == kept + 1
+    finally:
+        bus.close()
+    assert any("incomplete write" in r.getMessage() for r in caplog.records)
+
+
+def test_a_wal_damaged_before_its_last_write_is_still_refused_whatever_the_mark(
+    killed_writer: Path,
+) -> None:
+    """Damage anywhere but in the last write is damage, even with nothing acknowledged lost."""
+    wal = wal_of(killed_writer)
+    flip_byte(wal, wal.stat().st_size // 2)
+    (killed_writer / "ACKNOWLEDGED").unlink()  # no mark: nothing counts as acknowledged
+    with pytest.raises(JournalDamagedError, match="damaged write-ahead log"):
+        EventBus(EventConfig(persistence_path=killed_writer))

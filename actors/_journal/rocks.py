@@ -15,7 +15,10 @@ Opening (``docs/persistence.md``): RocksDB recovers the WAL in
 ``AbsoluteConsistency`` mode with paranoid checks, so it refuses a damaged
 WAL instead of silently dropping everything after the damage.  With
 ``recover="truncate"`` a damaged WAL is recovered up to the damage
-(``PointInTime``) and ``wal_damaged`` says so.  Read-only opens go through a
+(``PointInTime``) and ``wal_damaged`` says so.  A WAL whose last write was
+cut short by a crash is not damage when the acknowledged mark shows nothing
+acknowledged missing: it opens in ``TolerateCorruptedTailRecords`` mode
+(``torn_tail``), which still refuses damage before the tail.  Read-only opens go through a
 private folder of symbolic links, so nothing, not even rocksdict's config
 file or RocksDB's info log, is written into the journal's folder.
 """
@@ -25,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import gc
+import logging
 import os
 import shutil
 import struct
@@ -59,6 +63,8 @@ _CF_CID = "by_cid"
 _CF_META = "meta"
 _LOG_FILES_KEPT = 2  # RocksDB info log: LOG plus one LOG.old.*, each at most:
 _LOG_FILE_BYTES = 1 << 20
+
+logger = logging.getLogger("actors.storage")
 
 # The journals this process holds open (real paths); one writer thread each.
 _open_here: set[str] = set()
@@ -293,6 +299,9 @@ class RocksStorage(RocksTables):
         self.wal_damaged = False
         self.repaired = False
         self.damage: str | None = None
+        # The WAL ends in an incomplete write (a crash while writing) and no
+        # acknowledged event is missing: read up to it, nothing refused.
+        self.torn_tail: str | None = None
         self._real = os.path.realpath(self._path)
         self._view: str | None = None
         self._registered = False
@@ -334,6 +343,10 @@ class RocksStorage(RocksTables):
             except Exception as exc:
                 msg = f"cannot open journal {self._path!r} read-only: {exc}"
                 raise JournalError(msg) from exc
+        torn = self._torn_tail_view()
+        if torn is not None:
+            self.torn_tail = str(first)
+            return torn
         try:
             db = self._view_rdict(lenient)
         except Exception as exc:
@@ -351,6 +364,28 @@ class RocksStorage(RocksTables):
         self.wal_damaged = True
         self.damage = str(first)
         return db
+
+    def _torn_tail_view(self) -> rocksdict.Rdict | None:
+        """Return a view if only the last write in the WAL is cut short and nothing acked is lost.
+
+        A process killed while RocksDB appended a write to its log (a large
+        batch goes out in several ``write`` calls) leaves that write cut
+        short: ``TolerateCorruptedTailRecords`` reads up to it, and refuses
+        damage anywhere before the tail.  That write was never acknowledged
+        (the mark is advanced after it), so dropping it loses nothing anyone
+        was promised; if the mark says otherwise, it is damage (None).
+        """
+        try:
+            db = self._view_rdict(rocksdict.DBRecoveryMode.tolerate_corrupted_tail_records())
+        except Exception:
+            return None
+        if HighWaterMark(self._path, writable=False).value <= _last_stored(db):
+            return db
+        with contextlib.suppress(Exception):
+            db.close()
+        del db
+        gc.collect()
+        return None
 
     def _view_rdict(self, recovery: Any) -> rocksdict.Rdict:
         """Open read-only through a fresh view; again while a writer changes the file set."""
@@ -393,6 +428,16 @@ class RocksStorage(RocksTables):
             self.repaired = True
         elif self.wal_damaged:
             return self._writable_rdict(rocksdict.DBRecoveryMode.point_in_time(), create=False)
+        elif self.torn_tail is not None:
+            logger.warning(
+                "journal %s: its write-ahead log ends in an incomplete write (%s: the "
+                "process died while writing); that write was never acknowledged and is "
+                "dropped, no acknowledged event is missing",
+                self._path,
+                self.torn_tail,
+            )
+            tolerate = rocksdict.DBRecoveryMode.tolerate_corrupted_tail_records()
+            return self._writable_rdict(tolerate, create=False)
         return self._writable_rdict(strict, create=False)
 
     def _inspect(self, recover: Recover) -> bool:
@@ -412,6 +457,7 @@ class RocksStorage(RocksTables):
             last = view.last_sequence()
             kept = max(last, view.get_checkpoint(HIGH_WATER) or 0)
             damage = view.damage
+            self.torn_tail = view.torn_tail
         finally:
             view.close()
         if recover == "refuse":
