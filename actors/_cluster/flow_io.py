@@ -312,10 +312,21 @@ class FlowIO(BridgeBase):
             self._probe()
 
     def _epoch_heard(self, name: str, epoch: int) -> None:
-        """Grant an origin heard first (or restarted) at once: it sends one run until then."""
-        if self._epochs.get(name) != epoch:
+        """Grant an origin heard first (or restarted) at once: it sends one run until then.
+
+        A restarted peer this node dials is greeted again: restarted before
+        it was declared dead, it would otherwise never learn this node's
+        stream (the link's connection came back on its own).
+        """
+        known = self._epochs.get(name)
+        if known != epoch:
             self._epochs[name] = epoch
             self._grant(name)
+            if known is not None:
+                for link in self._links:
+                    if link.name == name and not link.broker:
+                        link.welcomed = False
+                        link.hello_at = float("-inf")
 
     def _grant(self, name: str) -> None:
         """Send ``name`` this node's credit (its prefixes, the window, what was handled)."""

@@ -204,6 +204,21 @@ class RequestIO(BridgeBase):
             self._connect_broker(body, via, key, link)
             return
         peer = self._peers.get(sender)
+        pub = body.get("pub")
+        if (
+            peer is not None
+            and peer.alive
+            and link is None
+            and peer.stream is None
+            and peer.candidate_stream is None
+            and route == peer.route
+            and isinstance(pub, str)
+        ):
+            # Known only by what it sent on this very connection (its credit,
+            # its requests: a node that dials this one and did not see it
+            # restart): its greeting on that connection gives its stream.
+            self._connect_stream(sender, reachable(pub, via), key or _key(body), asked=False)
+            return
         if peer is not None and peer.alive:
             # Never re-point a peer we hear from (on its stream, through a
             # broker, or by what it sends): a HELLO is not authenticated
@@ -214,7 +229,6 @@ class RequestIO(BridgeBase):
                 peer.route, peer.route_lost = route, False  # the known one is gone
             elif link is None and peer.route != route:
                 self._keep_candidate(peer, route)
-            pub = body.get("pub")
             if isinstance(pub, str) and reachable(pub, via) != peer.stream:
                 peer.candidate_stream = (reachable(pub, via), key or _key(body))
                 logger.warning(
@@ -233,7 +247,6 @@ class RequestIO(BridgeBase):
         self._seen(sender, time.monotonic())
         peer = self._peers[sender]
         peer.route, peer.candidate, peer.route_lost = route, None, False
-        pub = body.get("pub")
         if isinstance(pub, str):
             stream_key = key or _key(body)
             self._connect_stream(sender, reachable(pub, via), stream_key, asked=link is not None)

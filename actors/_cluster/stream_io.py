@@ -526,9 +526,11 @@ class StreamIO(FlowIO):
         peer = self._peers.get(name)
         if peer is None:
             peer = self._peers[name] = Peer(name)
-            if self._persistent and name not in self._in.origins:
-                self._in.start_loading(name, now)
-                self._workers.submit(self._load_watermark, name, self._journaled())
+        if self._persistent and name not in self._in.origins:
+            # Also for a peer first heard by what it sends (``_heard_from``):
+            # its saved watermark is what a restart fetches its downtime from.
+            self._in.start_loading(name, now)
+            self._workers.submit(self._load_watermark, name, self._journaled())
         peer.last_seen = now
         if not peer.alive:
             logger.info("bridge %s: node %s is alive", self.name, name)
