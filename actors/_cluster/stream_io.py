@@ -526,9 +526,7 @@ class StreamIO(FlowIO):
         peer = self._peers.get(name)
         if peer is None:
             peer = self._peers[name] = Peer(name)
-        if self._persistent and name not in self._in.origins:
-            # Also for a peer first heard by what it sends (``_heard_from``):
-            # its saved watermark is what a restart fetches its downtime from.
+        if self._persistent and name not in self._in.origins:  # also first heard by a request
             self._in.start_loading(name, now)
             self._workers.submit(self._load_watermark, name, self._journaled())
         peer.last_seen = now
