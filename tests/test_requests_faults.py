@@ -131,6 +131,22 @@ def linked(bus: EventBus, *nodes: Node) -> None:
         n.ask("sync a", "synced")
 
 
+def three_responders(children: list[Any], tmp_path: Path, bus: EventBus) -> list[Node]:
+    """Start responders b1, b2 and b3 dialling ``bus``'s node; return them once linked."""
+    nodes = [
+        start(
+            children,
+            name=name,
+            listen=ipc(tmp_path, name),
+            peers=[bus.endpoints["request"]],
+            pattern="svc.*",
+        )
+        for name in ("b1", "b2", "b3")
+    ]
+    linked(bus, *nodes)
+    return nodes
+
+
 def peers_alive(bus: EventBus) -> list[str]:
     assert bus.node is not None
     return list(bus.node.statistics().peers_alive)
@@ -253,17 +269,7 @@ def test_request_all_returns_the_live_replies_when_one_responder_is_paused(
     children: list[Any], tmp_path: Path
 ) -> None:
     with node_a(tmp_path) as bus:
-        nodes = [
-            start(
-                children,
-                name=name,
-                listen=ipc(tmp_path, name),
-                peers=[bus.endpoints["request"]],
-                pattern="svc.*",
-            )
-            for name in ("b1", "b2", "b3")
-        ]
-        linked(bus, *nodes)
+        nodes = three_responders(children, tmp_path, bus)
         everyone = bus.request_all("svc.echo", 0, timeout=WAIT, max_replies=3)
         assert sorted(str(r.origin) for r in everyone) == ["b1", "b2", "b3"]
 
@@ -467,17 +473,7 @@ def test_first_request_of_a_type_while_a_peer_is_paused_still_gets_the_live_repl
     # "live": paused for less than heartbeat_timeout).  b1 and b2 answer at
     # once; the docs promise request_all every reply within its timeout.
     with node_a(tmp_path) as bus:
-        nodes = [
-            start(
-                children,
-                name=name,
-                listen=ipc(tmp_path, name),
-                peers=[bus.endpoints["request"]],
-                pattern="svc.*",
-            )
-            for name in ("b1", "b2", "b3")
-        ]
-        linked(bus, *nodes)
+        nodes = three_responders(children, tmp_path, bus)
         assert len(bus.request_all("svc.echo", 0, timeout=WAIT, max_replies=3)) == 3
         nodes[2].stop()
         try:
