@@ -40,9 +40,9 @@ def load_journaled(journal: JournalPort, limit: int, timeout: float) -> dict[str
     Blocks (a worker thread); reads at most the last ``limit`` events.  Read
     once at the start, before the position is saved again.
     """
-    position = journal.load_checkpoint(POSITION, timeout)
-    if position is None:
-        return {}
+    # None: no position was saved yet (the node died before its first one
+    # was written), while received events may be journaled: all of them count.
+    position = journal.load_checkpoint(POSITION, timeout) or 0
     query = EventQuery(after_sequence=position, limit=limit, descending=True)
     out: dict[str, list[int]] = {}
     for event in journal.read(query, timeout):

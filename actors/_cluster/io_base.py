@@ -99,6 +99,7 @@ class BridgeBase:
         self._saved: dict[str, int] = {}
         self._saved_position = -1
         self._preload: Future[dict[str, list[int]]] | None = None
+        self._preload_covered = False  # every origin of the preload settled (``_covered``)
         # Records routed but not yet known to be journaled, and how many of
         # them the journal was asked about (``StreamIO._ask_written``).
         self._unwritten: list[object] = []
@@ -199,9 +200,38 @@ class BridgeBase:
                 journal.save_checkpoint(watermark_name(name), mark)
         # After the watermarks: every event received later gets a higher
         # local sequence (``checkpoints.py``).
-        if self._journaled().done() and self._saved_position != self._out.head:
+        if self._saved_position != self._out.head and self._covered():
             self._saved_position = self._out.head
             journal.save_checkpoint(POSITION, self._saved_position)
+
+    def _covered(self) -> bool:
+        """Return whether the received events journaled past the saved position are covered.
+
+        The position may move past them only once the watermark of each of
+        their origins has: that origin's sync and recovery are done (its
+        events fetched again were dropped as duplicates, and the watermark
+        went past them).  Moved earlier (a node killed before the watermark
+        that covered them was written comes back with its journal's end as
+        the position's next value), a crash would leave them below the
+        position and above the watermark: the next start would not know
+        them, fetch them again and journal them twice.  An origin that does
+        not come back keeps the position where it is.
+        """
+        if self._preload_covered:
+            return True
+        preload = self._journaled()
+        if not preload.done():
+            return False
+        try:
+            origins = preload.result()
+        except Exception:  # unreadable: the position stays (the next start reads again)
+            return False
+        for name in origins:
+            st = self._in.origins.get(name)
+            if st is None or st.watermark is None or st.blocked():
+                return False
+        self._preload_covered = True
+        return True
 
     def _journaled(self) -> Future[dict[str, list[int]]]:
         """Start (once) reading the received events journaled after the saved position."""
