@@ -410,7 +410,6 @@ def test_malformed_requests_at_the_brokers_router_are_dropped_and_routing_goes_o
         assert c.wait_for_peers(["a", "b"], WAIT)
         assert a.wait_for_peers(["b", "c"], WAIT)
         dropped = {n: node(bus).statistics().frames_dropped for n, bus in (("b", b), ("c", c))}
-        routed = broker.routed
         big = Event(event_type="evil.big", data="x" * (80 * 1024))
         ctx = zmq.Context()
         try:
@@ -442,7 +441,10 @@ def test_malformed_requests_at_the_brokers_router_are_dropped_and_routing_goes_o
             assert dealer.poll(0) == 0, "a malformed request got an answer"
         finally:
             ctx.destroy(0)
-        assert broker.routed == routed, "the broker forwarded a malformed request"
+        # Nothing malformed was forwarded: b and c would have dropped and
+        # counted it (checked below).  ``broker.routed`` is no measure here:
+        # honest credits go through it whenever a peer is heard again, which
+        # a loaded machine makes happen at any moment.
         # Honest traffic, requests and stream, still flows through it.
         answered = a.publish_remote("b", "t.remote", "r", timeout=WAIT)
         assert answered.origin == "b"
