@@ -433,7 +433,8 @@ class AsyncEventBus:
         event, new_route = client.prepare(event_type, data, fields)
         if new_route:  # a node's first request of this type: blocks once, off the loop
             await _off_loop(client.sync_reply_route, event.event_type, timeout, node)
-        # Through a node: the request's deadline bounds publish_remote (a thread).
+        # Bounded by the request's deadline through a node (its publish_remote
+        # would hold the executor's thread); a local one by the loop's, below.
         publish = client.publisher(node, timeout if node is not None else None, started)
         # A node's publish_remote blocks until the node answered; a local
         # publish may wait for room.  Either then runs in an executor thread,

@@ -21,17 +21,12 @@ from actors._core.requests import (
     Requester,
     Responder,
     check_request_type,
+    publish_through,
     reply_result,
     timeout_error,
 )
 from actors._core.subscriber import Subscription
-from actors._errors import (
-    BackpressureError,
-    EventBusError,
-    FutureTimeoutError,
-    NoAnswerError,
-    RequestTimeoutError,
-)
+from actors._errors import BackpressureError, FutureTimeoutError, RequestTimeoutError
 from actors._model.event import Event
 from actors._model.metrics import BridgeStatistics
 from actors._runtime.dispatcher import FifoMailbox
@@ -239,32 +234,3 @@ class RequestClient:
             stats = bridge.statistics()
             silent = sorted(names - set(stats.synced_peers))
             logger.warning("reply route not acknowledged by %s within %ss", silent, timeout)
-
-
-def publish_through(
-    publish_remote: Callable[..., Event],
-    node: str,
-    event: Event,
-    *,
-    deadline: float | None = None,
-    timeout: float | None = None,
-) -> BusFuture[Event]:
-    """Have ``node`` publish ``event`` (``publish_remote``); return a done future of the result.
-
-    With a ``deadline`` (the request's, whose ``timeout`` it is), ``node``'s
-    answer is waited for no longer, and ``node`` silent until then (paused,
-    cut off) is the request's own timeout: ``RequestTimeoutError``.
-    """
-    try:
-        if deadline is None:
-            return BusFuture.completed(publish_remote(node, event))
-        left = max(0.0, deadline - time.monotonic())
-        return BusFuture.completed(publish_remote(node, event, timeout=left))
-    except NoAnswerError as exc:
-        if deadline is None:
-            return BusFuture.failed(exc)
-        error = timeout_error(event, timeout)
-        error.__cause__ = exc
-        return BusFuture.failed(error)
-    except EventBusError as exc:
-        return BusFuture.failed(exc)

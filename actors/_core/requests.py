@@ -34,6 +34,7 @@ import functools
 import inspect
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,8 +44,10 @@ from actors._core.handling import current_timeout
 from actors._core.policies import handler_timeout_error
 from actors._errors import (
     BackpressureError,
+    EventBusError,
     EventTooLargeError,
     FutureTimeoutError,
+    NoAnswerError,
     RemoteHandlerError,
     RequestTimeoutError,
 )
@@ -64,6 +67,7 @@ __all__ = [
     "check_request_type",
     "error_event",
     "is_reply",
+    "publish_through",
     "reply_event",
     "reply_pattern",
     "reply_result",
@@ -575,3 +579,32 @@ def _refused(reply: Event, published: BusFuture[Event]) -> None:
         logger.warning(
             "the reply %s to request %s was refused: %s", reply.id, reply.causation_id, exc
         )
+
+
+def publish_through(
+    publish_remote: Callable[..., Event],
+    node: str,
+    event: Event,
+    *,
+    deadline: float | None = None,
+    timeout: float | None = None,
+) -> BusFuture[Event]:
+    """Have ``node`` publish ``event`` (``publish_remote``); return a done future of the result.
+
+    With a ``deadline`` (the request's, whose ``timeout`` it is), ``node``'s
+    answer is waited for no longer, and ``node`` silent until then (paused,
+    cut off) is the request's own timeout: ``RequestTimeoutError``.
+    """
+    try:
+        if deadline is None:
+            return BusFuture.completed(publish_remote(node, event))
+        left = max(0.0, deadline - time.monotonic())
+        return BusFuture.completed(publish_remote(node, event, timeout=left))
+    except NoAnswerError as exc:
+        if deadline is None:
+            return BusFuture.failed(exc)
+        error = timeout_error(event, timeout)
+        error.__cause__ = exc
+        return BusFuture.failed(error)
+    except EventBusError as exc:
+        return BusFuture.failed(exc)
