@@ -26,7 +26,13 @@ from actors._core.requests import (
     timeout_error,
 )
 from actors._core.subscriber import Subscription
-from actors._errors import BackpressureError, FutureTimeoutError, RequestTimeoutError
+from actors._errors import (
+    BackpressureError,
+    EventBusError,
+    FutureTimeoutError,
+    NoAnswerError,
+    RequestTimeoutError,
+)
 from actors._model.event import Event
 from actors._model.metrics import BridgeStatistics
 from actors._runtime.dispatcher import FifoMailbox
@@ -156,8 +162,22 @@ class RequestClient:
         started = time.monotonic()
         event, new_route = self.prepare(event_type, data, fields)
         if new_route:
-            self.sync_reply_route(event.event_type, timeout, node)
-        publish = self.publisher(node, timeout, started)
+            # Half the time at most: the rest is the responders' (a peer that
+            # never acknowledges, paused and not yet declared dead, would
+            # otherwise take all of it and leave none for the replies).
+            share = None if timeout is None else timeout * ROUTE_SHARE
+            self.sync_reply_route(event.event_type, share, node)
+        publish = self.publisher(node)
+        if timeout is not None:
+            deadline = started + timeout
+            if node is None:
+                publish = functools.partial(
+                    self._publish_within, deadline=deadline, timeout=timeout
+                )
+            else:
+                publish = functools.partial(
+                    self._publish_through_within, node, deadline=deadline, timeout=timeout
+                )
         pending = self.requester.send(event, publish, max_replies, gathers=gathers)
         left = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
         return event, pending, left
@@ -177,24 +197,32 @@ class RequestClient:
                 raise timeout_error(event, timeout) from exc
             raise
 
-    def publisher(self, node: str | None, timeout: float | None, started: float) -> Publish:
-        """Return how a request is published: here, or by the connected node ``node``.
+    def _publish_through_within(
+        self, node: str, event: Event, *, deadline: float, timeout: float
+    ) -> BusFuture[Event]:
+        """Have ``node`` publish ``event``, waiting for its answer no longer than the deadline.
 
-        Within the request's deadline (``timeout`` after ``started``, monotonic), if any.
+        ``node`` silent until then (paused, cut off) is the request's own
+        timeout: ``RequestTimeoutError``, as for a reply that never came.
         """
-        if timeout is None:
-            if node is None:
-                return self._publish
-            return functools.partial(publish_through, self._publish_remote, node)
-        deadline = started + timeout
+        left = max(0.0, deadline - time.monotonic())
+        try:
+            return BusFuture.completed(self._publish_remote(node, event, timeout=left))
+        except NoAnswerError as exc:
+            error = timeout_error(event, timeout)
+            error.__cause__ = exc
+            return BusFuture.failed(error)
+        except EventBusError as exc:
+            return BusFuture.failed(exc)
+
+    def publisher(self, node: str | None) -> Publish:
+        """Return how a request is published: here, or by the connected node ``node``."""
         if node is None:
-            return functools.partial(self._publish_within, deadline=deadline, timeout=timeout)
-        return functools.partial(
-            publish_through, self._publish_remote, node, deadline=deadline, timeout=timeout
-        )
+            return self._publish
+        return functools.partial(publish_through, self._publish_remote, node)
 
     def sync_reply_route(self, event_type: str, timeout: float | None, node: str | None) -> None:
-        """Wait until a new reply route reached the peers (and ``node``), within half ``timeout``.
+        """Wait until a new reply route reached the peers (and ``node``), within ``timeout``.
 
         The route must reach them before the request does, or a fast reply
         could be published before they forward it.  No flush (a handler may
@@ -204,10 +232,6 @@ class RequestClient:
         bridge = self._bridge()
         if bridge is None:
             return
-        # Half the time at most: the rest is the responders' (a peer that
-        # never acknowledges, paused and not yet declared dead, would
-        # otherwise take all of it and leave none for the replies).
-        timeout = None if timeout is None else timeout * ROUTE_SHARE
         names = set(bridge.statistics().peers_alive) | ({node} if node else set())
         if not names:
             return  # (no peer yet: the next request of this type tries again)

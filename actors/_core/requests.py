@@ -34,7 +34,6 @@ import functools
 import inspect
 import logging
 import threading
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -47,7 +46,6 @@ from actors._errors import (
     EventBusError,
     EventTooLargeError,
     FutureTimeoutError,
-    NoAnswerError,
     RemoteHandlerError,
     RequestTimeoutError,
 )
@@ -582,29 +580,10 @@ def _refused(reply: Event, published: BusFuture[Event]) -> None:
 
 
 def publish_through(
-    publish_remote: Callable[..., Event],
-    node: str,
-    event: Event,
-    *,
-    deadline: float | None = None,
-    timeout: float | None = None,
+    publish_remote: Callable[..., Event], node: str, event: Event
 ) -> BusFuture[Event]:
-    """Have ``node`` publish ``event`` (``publish_remote``); return a done future of the result.
-
-    With a ``deadline`` (the request's, whose ``timeout`` it is), ``node``'s
-    answer is waited for no longer, and ``node`` silent until then (paused,
-    cut off) is the request's own timeout: ``RequestTimeoutError``.
-    """
+    """Have ``node`` publish ``event`` (``publish_remote``); return a done future of the result."""
     try:
-        if deadline is None:
-            return BusFuture.completed(publish_remote(node, event))
-        left = max(0.0, deadline - time.monotonic())
-        return BusFuture.completed(publish_remote(node, event, timeout=left))
-    except NoAnswerError as exc:
-        if deadline is None:
-            return BusFuture.failed(exc)
-        error = timeout_error(event, timeout)
-        error.__cause__ = exc
-        return BusFuture.failed(error)
+        return BusFuture.completed(publish_remote(node, event))
     except EventBusError as exc:
         return BusFuture.failed(exc)
