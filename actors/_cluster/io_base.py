@@ -100,6 +100,8 @@ class BridgeBase:
         self._saved_position = -1
         self._preload: Future[dict[str, list[int]]] | None = None
         self._preload_covered = False  # every origin of the preload settled (``_covered``)
+        # Per origin of the preload: (epoch, the first head heard from it in this run).
+        self._cover_heads: dict[str, tuple[int | None, int]] = {}
         # Records routed but not yet known to be journaled, and how many of
         # them the journal was asked about (``StreamIO._ask_written``).
         self._unwritten: list[object] = []
@@ -208,9 +210,10 @@ class BridgeBase:
         """Return whether the received events journaled past the saved position are covered.
 
         The position may move past them only once the watermark of each of
-        their origins has: that origin's sync and recovery are done (its
-        events fetched again were dropped as duplicates, and the watermark
-        went past them).  Moved earlier (a node killed before the watermark
+        their origins has: that origin's sync and recovery are done and its
+        watermark reached the first head it announced in this run (its events
+        fetched again were dropped as duplicates, and the watermark went past
+        them).  Moved earlier (a node killed before the watermark
         that covered them was written comes back with its journal's end as
         the position's next value), a crash would leave them below the
         position and above the watermark: the next start would not know
@@ -228,7 +231,18 @@ class BridgeBase:
             return False
         for name in origins:
             st = self._in.origins.get(name)
-            if st is None or st.watermark is None or st.blocked():
+            if st is None or st.watermark is None or st.blocked() or st.head is None:
+                return False
+            # Its events journaled before the restart are at most the head it
+            # announces now (the same numbering: the same epoch, or a persistent
+            # origin's next one).  Nothing waiting is not enough: right after
+            # the watermark loaded, before the sync was asked for, nothing
+            # waits yet; a recovery given up (RECOVER_ATTEMPTS) ends with the
+            # watermark still below them.
+            heard = self._cover_heads.get(name)
+            if heard is None or heard[0] != st.epoch:
+                heard = self._cover_heads[name] = (st.epoch, st.head)
+            if st.watermark < heard[1]:
                 return False
         self._preload_covered = True
         return True
