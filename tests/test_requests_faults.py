@@ -493,3 +493,26 @@ def test_first_request_of_a_type_while_a_peer_is_paused_still_gets_the_live_repl
             f"request to live responders b1/b2 raised {first_error!r}"
         )
         assert bus.pending_requests() == 0
+
+
+# Regression: ``AsyncEventBus.request_all`` gave the reply route its whole timeout (the bound was
+# only in the blocking form), so a paused peer again left no time for the live replies.
+def test_first_async_request_of_a_type_while_a_peer_is_paused_still_gets_the_live_replies(
+    children: list[Any], tmp_path: Path
+) -> None:
+    with node_a(tmp_path) as bus:
+        nodes = three_responders(children, tmp_path, bus)
+        assert len(bus.request_all("svc.echo", 0, timeout=WAIT, max_replies=3)) == 3
+        nodes[2].stop()
+
+        async def gather() -> list[Event]:
+            return await AsyncEventBus(bus=bus).request_all(
+                "svc.fresh", 1, timeout=2.0, max_replies=3
+            )
+
+        try:
+            gathered = Call(lambda: asyncio.run(gather())).result(15.0)
+        finally:
+            nodes[2].cont()
+        assert sorted(str(r.origin) for r in gathered) == ["b1", "b2"]
+        assert bus.pending_requests() == 0

@@ -21,7 +21,6 @@ from actors._core.requests import (
     Requester,
     Responder,
     check_request_type,
-    publish_through,
     reply_result,
     timeout_error,
 )
@@ -162,11 +161,7 @@ class RequestClient:
         started = time.monotonic()
         event, new_route = self.prepare(event_type, data, fields)
         if new_route:
-            # Half the time at most: the rest is the responders' (a peer that
-            # never acknowledges, paused and not yet declared dead, would
-            # otherwise take all of it and leave none for the replies).
-            share = None if timeout is None else timeout * ROUTE_SHARE
-            self.sync_reply_route(event.event_type, share, node)
+            self.sync_reply_route(event.event_type, timeout, node)
         publish = self.publisher(node)
         if timeout is not None:
             deadline = started + timeout
@@ -176,7 +171,7 @@ class RequestClient:
                 )
             else:
                 publish = functools.partial(
-                    self._publish_through_within, node, deadline=deadline, timeout=timeout
+                    self._publish_through, node, deadline=deadline, timeout=timeout
                 )
         pending = self.requester.send(event, publish, max_replies, gathers=gathers)
         left = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
@@ -197,18 +192,29 @@ class RequestClient:
                 raise timeout_error(event, timeout) from exc
             raise
 
-    def _publish_through_within(
-        self, node: str, event: Event, *, deadline: float, timeout: float
+    def _publish_through(
+        self,
+        node: str,
+        event: Event,
+        *,
+        deadline: float | None = None,
+        timeout: float | None = None,
     ) -> BusFuture[Event]:
-        """Have ``node`` publish ``event``, waiting for its answer no longer than the deadline.
+        """Have ``node`` publish ``event``; return a done future of the result.
 
-        ``node`` silent until then (paused, cut off) is the request's own
-        timeout: ``RequestTimeoutError``, as for a reply that never came.
+        With a ``deadline`` (the request's, ``timeout`` long) its answer is
+        awaited no longer than that: ``node`` silent until then (paused, cut
+        off) is the request's own timeout, ``RequestTimeoutError``, as for a
+        reply that never came.  Without one, ``publish_remote``'s own wait.
         """
-        left = max(0.0, deadline - time.monotonic())
         try:
+            if deadline is None:
+                return BusFuture.completed(self._publish_remote(node, event))
+            left = max(0.0, deadline - time.monotonic())
             return BusFuture.completed(self._publish_remote(node, event, timeout=left))
         except NoAnswerError as exc:
+            if deadline is None:
+                return BusFuture.failed(exc)
             error = timeout_error(event, timeout)
             error.__cause__ = exc
             return BusFuture.failed(error)
@@ -219,19 +225,24 @@ class RequestClient:
         """Return how a request is published: here, or by the connected node ``node``."""
         if node is None:
             return self._publish
-        return functools.partial(publish_through, self._publish_remote, node)
+        return functools.partial(self._publish_through, node)
 
     def sync_reply_route(self, event_type: str, timeout: float | None, node: str | None) -> None:
-        """Wait until a new reply route reached the peers (and ``node``), within ``timeout``.
+        """Wait until a new reply route reached the peers (and ``node``).
 
         The route must reach them before the request does, or a fast reply
         could be published before they forward it.  No flush (a handler may
         ask): a barrier through the router, then the bridge, which applies its
         new prefixes before it takes mail; then the peers' acknowledgements.
+        Waits at most ``ROUTE_SHARE`` of the request's ``timeout``: the rest
+        is the responders' (a peer that never acknowledges, paused and not
+        yet declared dead, would otherwise take all of it and leave none for
+        the replies).
         """
         bridge = self._bridge()
         if bridge is None:
             return
+        timeout = None if timeout is None else timeout * ROUTE_SHARE
         names = set(bridge.statistics().peers_alive) | ({node} if node else set())
         if not names:
             return  # (no peer yet: the next request of this type tries again)

@@ -43,7 +43,6 @@ from actors._core.handling import current_timeout
 from actors._core.policies import handler_timeout_error
 from actors._errors import (
     BackpressureError,
-    EventBusError,
     EventTooLargeError,
     FutureTimeoutError,
     RemoteHandlerError,
@@ -65,7 +64,6 @@ __all__ = [
     "check_request_type",
     "error_event",
     "is_reply",
-    "publish_through",
     "reply_event",
     "reply_pattern",
     "reply_result",
@@ -577,13 +575,3 @@ def _refused(reply: Event, published: BusFuture[Event]) -> None:
         logger.warning(
             "the reply %s to request %s was refused: %s", reply.id, reply.causation_id, exc
         )
-
-
-def publish_through(
-    publish_remote: Callable[..., Event], node: str, event: Event
-) -> BusFuture[Event]:
-    """Have ``node`` publish ``event`` (``publish_remote``); return a done future of the result."""
-    try:
-        return BusFuture.completed(publish_remote(node, event))
-    except EventBusError as exc:
-        return BusFuture.failed(exc)
