@@ -208,6 +208,9 @@ def test_busy_looping_handlers_stall_only_their_own_subscriptions(
             bus.publish("fast.e", i)
         assert fast.done.wait(WAIT), f"the fast subscription got {len(fast.events)} of 300"
         assert fast.data == list(range(300))
+        # The watchdog publishes what it saw blocked, then adds the threads: wait for them
+        # (under load the fast events can all be handled before it added the last one).
+        assert wait_for(lambda: bus.metrics().handler_threads >= 6)
         metrics = bus.metrics()
         assert 6 <= metrics.handler_threads <= 8
         assert {s.id for s in metrics.per_subscription if s.blocked} == {s.id for s in subs}
