@@ -90,21 +90,18 @@ def _stop(  # noqa: PLR0917 - stop_actors' arguments, passed on
     journal_closed: Callable[[float | None], bool] | None,
 ) -> None:
     own_deadline = deadline.extended(grace)
+    # Sockets (a bound address) and the journal's files are released before
+    # ``close`` returns, the deadline past or not: see ``RELEASE_WAIT``.
+    release = own_deadline.extended(RELEASE_WAIT)
     if bridge_close is not None:
-        # Its sockets (a bound address) are closed before ``close`` returns,
-        # as the journal's files are below.
-        bridge_close(own_deadline.extended(RELEASE_WAIT).remaining())
+        bridge_close(release.remaining())
     told = send_stop(a.actor_ref for a in subs)
     late = wait_stopped(send_stop(core.refs()), own_deadline)
     if journal is not None:
         own = send_stop([journal.actor_ref])
         late += wait_stopped(own, own_deadline)
         journal.actor_dispatcher.shutdown(own_deadline.remaining())
-        # Its files are closed before ``close`` returns, the deadline past or
-        # not (a slow disk, a loaded machine): the journal can then be opened
-        # again at once.  Only a disk slower than this is left to finish alone.
-        closing = own_deadline.extended(RELEASE_WAIT).remaining()
-        if journal_closed is not None and not journal_closed(closing):
+        if journal_closed is not None and not journal_closed(release.remaining()):
             logger.warning(
                 "close(): the journal did not close its files within %.0f s of the "
                 "deadline; it goes on closing on its own thread",
