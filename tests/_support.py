@@ -203,6 +203,32 @@ class Child:
                 stream.close()
 
 
+def _stopped(pid: int) -> bool:
+    """Return whether every thread of process ``pid`` is stopped (``/proc``: state T)."""
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+        states = []
+        for task in tasks:
+            with open(f"/proc/{pid}/task/{task}/stat", encoding="ascii") as f:
+                states.append(f.read().rpartition(") ")[2][:1])
+    except FileNotFoundError:  # a thread ended meanwhile: look again
+        return False
+    return all(state in "Tt" for state in states)
+
+
+def pause(proc: subprocess.Popen[Any]) -> None:
+    """Send ``proc`` SIGSTOP and return once every one of its threads has stopped.
+
+    ``kill`` returns when the signal is queued, not when the process stops: a
+    thread running on the other CPU (or on a virtual CPU the host has not
+    run yet) stops only when it next enters the kernel, measured at up to
+    0.2 s on a loaded machine.  A test that pauses a node and then sends it a
+    request must not have that request handled in the meantime.
+    """
+    os.kill(proc.pid, signal.SIGSTOP)
+    assert wait_for(lambda: _stopped(proc.pid)), f"process {proc.pid} did not stop"
+
+
 def reaped(wait: float = 60.0) -> Iterator[list[Any]]:
     """A fixture's body: yield a list for the children a test starts; kill what still runs.
 

@@ -37,7 +37,7 @@ from actors import (
     PersistentEventBus,
     RequestTimeoutError,
 )
-from tests._support import Collector, LineChild, reaped, wait_for
+from tests._support import Collector, LineChild, pause, reaped, wait_for
 from tests.test_cluster import Node, start
 from tests.test_requests_cluster import Responder
 
@@ -53,7 +53,7 @@ def cluster() -> Iterator[list[Any]]:
 
 
 def stop(child: Any) -> None:
-    os.kill(child.proc.pid, signal.SIGSTOP)
+    pause(child.proc)
 
 
 def cont(child: Any) -> None:
