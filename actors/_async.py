@@ -427,12 +427,14 @@ class AsyncEventBus:
             raise BusClosedError("the bus is closed")
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
+        started = time.monotonic()
         client = bus.request_client
         requester = client.requester
         event, new_route = client.prepare(event_type, data, fields)
         if new_route:  # a node's first request of this type: blocks once, off the loop
             await _off_loop(client.sync_reply_route, event.event_type, timeout, node)
-        publish = client.publisher(node)
+        # Through a node, bounded by the deadline (else it holds an executor thread 30 s).
+        publish = client.publisher(node, None if timeout is None else started + timeout, timeout)
         # A node's publish_remote blocks until the node answered; a local
         # publish may wait for room.  Either then runs in an executor thread,
         # after the entry is in the table, and its outcome reaches the entry's

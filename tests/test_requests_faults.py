@@ -19,6 +19,7 @@ import queue
 import signal
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ from actors import (
     RequestTimeoutError,
 )
 from actors._errors import EventTooLargeError
-from tests._support import LineChild, reaped, wait_for
+from tests._support import LineChild, pause, reaped, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -76,7 +77,7 @@ class Node(LineChild):
             )
 
     def stop(self) -> None:
-        os.kill(self.proc.pid, signal.SIGSTOP)
+        pause(self.proc)
 
     def cont(self) -> None:
         os.kill(self.proc.pid, signal.SIGCONT)
@@ -461,6 +462,38 @@ def test_async_request_through_a_paused_node_is_bounded_by_its_timeout(
         finally:
             b.cont()
         assert isinstance(got, RequestTimeoutError), repr(got)
+        assert bus.pending_requests() == 0
+
+
+# Regression: the async form bounded only its await: the publish through the paused node went on
+# in the loop's executor for publish_remote's own 30 s, holding one of its few threads.
+def test_async_request_through_a_paused_node_gives_its_executor_thread_back_at_its_timeout(
+    children: list[Any], tmp_path: Path
+) -> None:
+    b = start(children, name="b", listen=ipc(tmp_path, "b"), pattern="svc.*")
+    with EventBus(node=NodeConfig(name="a", peers=(b.endpoint,))) as bus:  # no listen
+        assert bus.wait_for_peers(["b"], WAIT)
+        assert bus.request("svc.echo", 1, node="b", timeout=WAIT).data == {"node": "b", "echo": 1}
+        b.stop()
+
+        async def ask() -> tuple[BaseException | None, int]:
+            loop = asyncio.get_running_loop()
+            loop.set_default_executor(ThreadPoolExecutor(1))  # one thread: a held one shows
+            error = None
+            try:
+                await AsyncEventBus(bus=bus).request("svc.echo", 2, node="b", timeout=1.0)
+            except RequestTimeoutError as exc:
+                error = exc
+            # b is still paused: the executor's one thread must be free again (well before
+            # the 30 s that publish_remote waits by default).
+            return error, await asyncio.wait_for(loop.run_in_executor(None, lambda: 42), 10.0)
+
+        try:
+            error, answer = Call(lambda: asyncio.run(ask())).result(WAIT * 3)
+        finally:
+            b.cont()
+        assert isinstance(error, RequestTimeoutError), repr(error)
+        assert answer == 42
         assert bus.pending_requests() == 0
 
 

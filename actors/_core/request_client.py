@@ -162,17 +162,14 @@ class RequestClient:
         event, new_route = self.prepare(event_type, data, fields)
         if new_route:
             self.sync_reply_route(event.event_type, timeout, node)
-        publish = self.publisher(node)
-        if timeout is not None:
-            deadline = started + timeout
-            if node is None:
-                publish = functools.partial(
-                    self._publish_within, deadline=deadline, timeout=timeout
-                )
-            else:
-                publish = functools.partial(
-                    self._publish_through, node, deadline=deadline, timeout=timeout
-                )
+        if timeout is None:
+            publish = self.publisher(node)
+        elif node is None:
+            publish = functools.partial(
+                self._publish_within, deadline=started + timeout, timeout=timeout
+            )
+        else:
+            publish = self.publisher(node, started + timeout, timeout)
         pending = self.requester.send(event, publish, max_replies, gathers=gathers)
         left = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
         return event, pending, left
@@ -221,11 +218,17 @@ class RequestClient:
         except EventBusError as exc:
             return BusFuture.failed(exc)
 
-    def publisher(self, node: str | None) -> Publish:
-        """Return how a request is published: here, or by the connected node ``node``."""
+    def publisher(
+        self, node: str | None, deadline: float | None = None, timeout: float | None = None
+    ) -> Publish:
+        """Return how a request is published: here, or by the connected node ``node``.
+
+        Through ``node``, its answer is awaited until ``deadline`` (the
+        request's, ``timeout`` long, on ``time.monotonic``) if one is given.
+        """
         if node is None:
             return self._publish
-        return functools.partial(self._publish_through, node)
+        return functools.partial(self._publish_through, node, deadline=deadline, timeout=timeout)
 
     def sync_reply_route(self, event_type: str, timeout: float | None, node: str | None) -> None:
         """Wait until a new reply route reached the peers (and ``node``).
