@@ -53,7 +53,29 @@ def killed(d: Node, path: Path) -> dict[str, Any]:
     return marks
 
 
-D_CONFIG = {"name": "d", "pattern": "job.*", "durable": "w", "node": FAST}
+def first_life(cluster: list[Any], tmp_path: Path) -> tuple[Node, dict[str, Any], list[Node]]:
+    """Start origin ``a`` and receiver ``d``; ``d`` syncs, gets 100 events and is killed.
+
+    Returns ``a``, ``d``'s config and the list of its incarnations.
+    """
+    a = start(
+        cluster, name="a", listen=f"ipc://{tmp_path}/a.sock", path=str(tmp_path / "a"), node=FAST
+    )
+    d_config = {
+        "name": "d",
+        "peers": [a.endpoint],
+        "path": str(tmp_path / "d"),
+        "pattern": "job.*",
+        "durable": "w",
+        "node": FAST,
+    }
+    lives: list[Node] = []
+    d = restart(cluster, lives, d_config)
+    d.ask("sync a", "synced")
+    a.ask("publish job.run 0 100", "published")
+    d.wait_data(set(range(100)))
+    killed(d, tmp_path / "d")
+    return a, d_config, lives
 
 
 # -- 1. five kills at awkward moments -----------------------------------------------------------
@@ -65,17 +87,7 @@ D_CONFIG = {"name": "d", "pattern": "job.*", "durable": "w", "node": FAST}
 def test_a_durable_receiver_killed_five_times_at_awkward_moments_misses_nothing(
     cluster: list[Any], tmp_path: Path
 ) -> None:
-    a = start(
-        cluster, name="a", listen=f"ipc://{tmp_path}/a.sock", path=str(tmp_path / "a"), node=FAST
-    )
-    d_config = {**D_CONFIG, "peers": [a.endpoint], "path": str(tmp_path / "d")}
-    lives: list[Node] = []
-    # Incarnation 0: in sync, receives, killed once it has everything so far.
-    d = restart(cluster, lives, d_config)
-    d.ask("sync a", "synced")
-    a.ask("publish job.run 0 100", "published")
-    d.wait_data(set(range(100)))
-    killed(d, tmp_path / "d")  # kill 1: after events arrived
+    a, d_config, lives = first_life(cluster, tmp_path)  # kill 1: after events arrived
     a.ask("publish job.run 100 300", "published")  # d is down
     # Incarnation 1: killed right after its sync (its recovery may be out).
     d = restart(cluster, lives, d_config)
@@ -127,16 +139,7 @@ def test_a_durable_receiver_killed_five_times_at_awkward_moments_misses_nothing(
 def test_a_durable_receiver_killed_again_and_again_during_one_long_recovery_journals_once(
     cluster: list[Any], tmp_path: Path
 ) -> None:
-    a = start(
-        cluster, name="a", listen=f"ipc://{tmp_path}/a.sock", path=str(tmp_path / "a"), node=FAST
-    )
-    d_config = {**D_CONFIG, "peers": [a.endpoint], "path": str(tmp_path / "d")}
-    lives: list[Node] = []
-    d = restart(cluster, lives, d_config)
-    d.ask("sync a", "synced")
-    a.ask("publish job.run 0 100", "published")
-    d.wait_data(set(range(100)))
-    killed(d, tmp_path / "d")
+    a, d_config, lives = first_life(cluster, tmp_path)
     n = 5100
     for lo in range(100, n, 1000):  # d is down
         a.ask(f"publish job.run {lo} {min(lo + 1000, n)}", "published")

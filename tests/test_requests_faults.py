@@ -435,64 +435,36 @@ def test_request_through_a_paused_node_is_bounded_by_its_timeout(
         assert bus.pending_requests() == 0
 
 
+# Regression: the async form bounded only its await: the publish through the paused node went on
+# in the loop's executor for publish_remote's own 30 s, holding one of its few threads.
 def test_async_request_through_a_paused_node_is_bounded_by_its_timeout(
     children: list[Any], tmp_path: Path
 ) -> None:
     # The same fault for ``AsyncEventBus.request``: its publish through ``node``
-    # runs in an executor thread and the deadline bounds the await.
+    # runs in an executor thread; the deadline bounds the await and that thread.
     b = start(children, name="b", listen=ipc(tmp_path, "b"), pattern="svc.*")
     with EventBus(node=NodeConfig(name="a", peers=(b.endpoint,))) as bus:  # no listen
         assert bus.wait_for_peers(["b"], WAIT)
         assert bus.request("svc.echo", 1, node="b", timeout=WAIT).data == {"node": "b", "echo": 1}
         b.stop()
-        outcome: queue.Queue[BaseException | Event] = queue.Queue()
 
-        async def ask() -> None:
+        async def ask() -> tuple[BaseException | Event, int]:
+            loop = asyncio.get_running_loop()
+            loop.set_default_executor(ThreadPoolExecutor(1))  # one thread: a held one shows
+            got: BaseException | Event
             try:
-                outcome.put(
-                    await AsyncEventBus(bus=bus).request("svc.echo", 2, node="b", timeout=1.0)
-                )
-            except BaseException as exc:
-                outcome.put(exc)
+                got = await AsyncEventBus(bus=bus).request("svc.echo", 2, node="b", timeout=1.0)
+            except Exception as exc:
+                got = exc
+            # b is still paused: the executor's one thread must be free again (well before
+            # the 30 s that publish_remote waits by default).
+            return got, await asyncio.wait_for(loop.run_in_executor(None, lambda: 42), 10.0)
 
-        # (asyncio.run then waits for its executor's thread, still in publish_remote)
-        threading.Thread(target=lambda: asyncio.run(ask()), daemon=True).start()
         try:
-            got = outcome.get(timeout=10.0)
+            got, answer = Call(lambda: asyncio.run(ask())).result(WAIT * 3)
         finally:
             b.cont()
         assert isinstance(got, RequestTimeoutError), repr(got)
-        assert bus.pending_requests() == 0
-
-
-# Regression: the async form bounded only its await: the publish through the paused node went on
-# in the loop's executor for publish_remote's own 30 s, holding one of its few threads.
-def test_async_request_through_a_paused_node_gives_its_executor_thread_back_at_its_timeout(
-    children: list[Any], tmp_path: Path
-) -> None:
-    b = start(children, name="b", listen=ipc(tmp_path, "b"), pattern="svc.*")
-    with EventBus(node=NodeConfig(name="a", peers=(b.endpoint,))) as bus:  # no listen
-        assert bus.wait_for_peers(["b"], WAIT)
-        assert bus.request("svc.echo", 1, node="b", timeout=WAIT).data == {"node": "b", "echo": 1}
-        b.stop()
-
-        async def ask() -> tuple[BaseException | None, int]:
-            loop = asyncio.get_running_loop()
-            loop.set_default_executor(ThreadPoolExecutor(1))  # one thread: a held one shows
-            error = None
-            try:
-                await AsyncEventBus(bus=bus).request("svc.echo", 2, node="b", timeout=1.0)
-            except RequestTimeoutError as exc:
-                error = exc
-            # b is still paused: the executor's one thread must be free again (well before
-            # the 30 s that publish_remote waits by default).
-            return error, await asyncio.wait_for(loop.run_in_executor(None, lambda: 42), 10.0)
-
-        try:
-            error, answer = Call(lambda: asyncio.run(ask())).result(WAIT * 3)
-        finally:
-            b.cont()
-        assert isinstance(error, RequestTimeoutError), repr(error)
         assert answer == 42
         assert bus.pending_requests() == 0
 
