@@ -126,6 +126,12 @@ def test_a_durable_receiver_killed_five_times_at_awkward_moments_misses_nothing(
     )
     gaps_add_up(settled(d))
     d.close()
+    # Caught up, it moved its position past where it started: the next start reads only
+    # what it received from then on (the position never stays behind for good).
+    end = saved_marks(tmp_path / "d")
+    assert (end["bridge@journal"] or 0) >= marks["last"], (
+        f"position not moved: at the end {end}, at the start {marks}"
+    )
     a.close()
 
 
