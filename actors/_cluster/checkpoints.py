@@ -5,7 +5,14 @@ Two kinds of checkpoint (``docs/cluster.md``, "Restarts of a receiving node"):
 - ``bridge:ORIGIN``: the watermark of ``ORIGIN`` (everything up to that
   origin sequence that a local pattern matches was delivered and journaled);
 - ``bridge@journal``: a sequence of the local journal below every event
-  received after the watermarks saved with it.
+  received after the watermarks saved with it;
+- ``bridge~ORIGIN``: the epoch (incarnation) of ``ORIGIN`` its watermark
+  counts in, saved after the watermark: an origin without a journal that
+  restarted while this node was down numbers its events from 1 again, and
+  only its epoch tells the restarted node that its saved watermark no
+  longer applies.  A crash between the two writes leaves the new
+  incarnation's watermark with the old epoch: the restart then takes the
+  origin for restarted and fetches more, never less.
 
 Both go to the journal through the router, after the records of the events
 they cover, and the journal stores checkpoints in the order they were last
@@ -23,7 +30,7 @@ from __future__ import annotations
 from actors._cluster.ports import JournalPort
 from actors._model.query import EventQuery
 
-__all__ = ["POSITION", "load_journaled", "watermark_name"]
+__all__ = ["POSITION", "epoch_name", "load_journaled", "load_mark", "watermark_name"]
 
 POSITION = "bridge@journal"
 """The checkpoint of the local journal's position (see the module docstring)."""
@@ -32,6 +39,19 @@ POSITION = "bridge@journal"
 def watermark_name(origin: str) -> str:
     """Return the name of the checkpoint that holds ``origin``'s watermark."""
     return f"bridge:{origin}"
+
+
+def epoch_name(origin: str) -> str:
+    """Return the name of the checkpoint that holds the epoch ``origin``'s watermark counts in."""
+    return f"bridge~{origin}"
+
+
+def load_mark(journal: JournalPort, origin: str, timeout: float) -> tuple[int | None, int | None]:
+    """Return ``origin``'s saved watermark and its epoch (None where not saved); blocks."""
+    mark = journal.load_checkpoint(watermark_name(origin), timeout)
+    if mark is None:
+        return None, None
+    return mark, journal.load_checkpoint(epoch_name(origin), timeout)
 
 
 def load_journaled(journal: JournalPort, limit: int, timeout: float) -> dict[str, list[int]]:

@@ -21,7 +21,7 @@ from typing import TypeVar
 import zmq
 
 from actors._cluster.bridge_io import PublishLedger
-from actors._cluster.checkpoints import POSITION, load_journaled, watermark_name
+from actors._cluster.checkpoints import POSITION, epoch_name, load_journaled, watermark_name
 from actors._cluster.endpoints import Link, Peer
 from actors._cluster.outbound import Outbound
 from actors._cluster.ports import LocalNode
@@ -97,6 +97,7 @@ class BridgeBase:
         self._refusals: list[str] = []
         self._waiting: dict[str, tuple[Callable[[Request | None], None], float]] = {}
         self._saved: dict[str, int] = {}
+        self._saved_epochs: dict[str, int] = {}
         self._saved_position = -1
         self._preload: Future[dict[str, list[int]]] | None = None
         self._preload_covered = False  # every origin of the preload settled (``_covered``)
@@ -196,10 +197,16 @@ class BridgeBase:
         journal = self._local.journal
         if journal is None:
             return
-        for name, mark in inbound.watermarks().items():
+        marks = inbound.watermarks()
+        for name, mark in marks.items():
             if self._saved.get(name) != mark:
                 self._saved[name] = mark
                 journal.save_checkpoint(watermark_name(name), mark)
+        for name in marks:  # after the watermarks (``checkpoints.py``)
+            epoch = inbound.origins[name].epoch
+            if epoch is not None and self._saved_epochs.get(name) != epoch:
+                self._saved_epochs[name] = epoch
+                journal.save_checkpoint(epoch_name(name), epoch)
         # After the watermarks: every event received later gets a higher
         # local sequence (``checkpoints.py``).
         if self._saved_position != self._out.head and self._covered():

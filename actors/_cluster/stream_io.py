@@ -22,7 +22,7 @@ from concurrent.futures import Future
 
 import zmq
 
-from actors._cluster.checkpoints import watermark_name
+from actors._cluster.checkpoints import load_mark
 from actors._cluster.endpoints import Peer
 from actors._cluster.flow_io import FlowIO
 from actors._cluster.wire import (
@@ -542,18 +542,18 @@ class StreamIO(FlowIO):
         (``checkpoints.py``): fetched again, they are not delivered twice.
         """
         journal = self._local.journal
-        value: int | None = None
+        value = epoch = None
         ids: list[int] = []
         if journal is not None:
             try:
-                value = journal.load_checkpoint(watermark_name(name), 30.0)
+                value, epoch = load_mark(journal, name, 30.0)
                 if value is not None:
                     ids = journaled.result(30.0).get(name, [])
             except Exception:
                 logger.exception("bridge %s: cannot read the watermark of %s", self.name, name)
 
         def loaded() -> None:
-            self._deliver(self._in.loaded(name, value, time.monotonic(), ids))
+            self._deliver(self._in.loaded(name, value, time.monotonic(), ids, epoch))
 
         self._call_soon(loaded)
 

@@ -287,13 +287,21 @@ class Inbound(Ranges):
         st.loading = True
 
     def loaded(
-        self, origin: str, watermark: int | None, now: float, journaled: Iterable[int] = ()
+        self,
+        origin: str,
+        watermark: int | None,
+        now: float,
+        journaled: Iterable[int] = (),
+        epoch: int | None = None,
     ) -> list[Event]:
-        """Adopt the saved watermark of ``origin``; replay a stashed sync reply.
+        """Adopt the saved watermark of ``origin`` (and its ``epoch``); replay a stashed sync reply.
 
         ``journaled`` are the ids (``UUID.int``) of ``origin``'s events the journal holds
         past the watermark (a crash fell between their write and the
-        watermark's): fetched again, they are dropped as duplicates.
+        watermark's): fetched again, they are dropped as duplicates.  With the
+        epoch the watermark counts in, a sync or heartbeat of another one is a
+        restart of the origin (``_incarnation``), also one made while this
+        node was down: an origin without a journal numbers from 1 again.
         """
         st, _ = self.origin(origin, now)
         st.loading = False
@@ -304,6 +312,8 @@ class Inbound(Ranges):
                 seen.popitem(last=False)
         if watermark is not None and (st.watermark is None or watermark < st.watermark):
             st.watermark = watermark
+            if epoch is not None:
+                st.epoch = epoch
         stashed, st.stashed = st.stashed, None
         if stashed is not None:
             return self.on_sync(origin, *stashed, now=now)
