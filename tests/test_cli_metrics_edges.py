@@ -399,7 +399,10 @@ def test_clients_of_a_stopped_then_killed_node_fail_in_one_line_or_stop_with_sta
     script.write_text("import sys\nprint(sys.stdin.read())\n")
     with serving("--name", "frozen", "--journal", str(tmp_path / "j")) as (node, peer):
         sub = Running("sub", "frozen.*", "--peer", peer)
-        follow = Running("query", "--peer", peer, "--follow")
+        # Its reads wait past the node's whole pause (seven clients, each up to its --timeout
+        # and its start, over 10 s on a loaded machine): a read that ran out would end it with
+        # status 1, as any client of a node that stopped answering, before the signal came.
+        follow = Running("query", "--peer", peer, "--follow", "--timeout", "300")
         reply = Running("reply", "frozen.*", "--exec", f"{sys.executable} {script}", "--peer", peer)
         try:
             assert sub.line(sub.err) == "subscribed to frozen.* at frozen"
