@@ -63,9 +63,73 @@ def journal_once(d: Node, event_type: str, least: set[int], most: set[int]) -> N
     assert least <= set(data) <= most, f"{event_type}: journal holds {runs(data)}"
 
 
+def a_config_of(tmp_path: Path) -> dict[str, Any]:
+    """The config of a persistent origin ``a`` (restarted on it: the same journal and address)."""
+    return {
+        "name": "a",
+        "listen": f"ipc://{tmp_path}/a.sock",
+        "path": str(tmp_path / "a"),
+        "node": FAST,
+    }
+
+
 def persistent_a(cluster: list[Any], tmp_path: Path) -> Node:
-    return start(
-        cluster, name="a", listen=f"ipc://{tmp_path}/a.sock", path=str(tmp_path / "a"), node=FAST
+    return start(cluster, **a_config_of(tmp_path))
+
+
+def first_life(cluster: list[Any], tmp_path: Path, a: Node) -> tuple[dict[str, Any], list[Node]]:
+    """Start ``d`` on ``a``'s ``job.*``; it syncs, gets 100 events and is killed.
+
+    A small window: a recovery comes in pages, so it lasts.  Returns ``d``'s
+    config and its incarnations.
+    """
+    d_config = {
+        "name": "d",
+        "peers": [a.endpoint],
+        "path": str(tmp_path / "d"),
+        "pattern": "job.*",
+        "durable": "w",
+        "node": {**FAST, "credit_window": 300},
+    }
+    lives: list[Node] = []
+    d = restart(cluster, lives, d_config)
+    d.ask("sync a", "synced")
+    a.ask("publish job.a 0 100", "published")
+    d.wait_data(set(range(100)))
+    killed(d, tmp_path / "d")
+    return d_config, lives
+
+
+def last_life(
+    cluster: list[Any],
+    tmp_path: Path,
+    a: Node,
+    d: tuple[dict[str, Any], list[Node]],
+    n: int,
+    marks: dict[str, Any],
+) -> None:
+    """A last incarnation of ``d`` syncs and gets 10 more; check every incarnation and the journal.
+
+    ``n`` events of ``a`` were acknowledged so far; ``marks`` are what the last
+    killed incarnation saved.  Once caught up, ``d`` moved its position past them.
+    """
+    d_config, lives = d
+    node = restart(cluster, lives, d_config)
+    node.ask("sync a", "synced")
+    a.ask(f"publish job.a {n} {n + 10}", "published")
+    n += 10
+    acked = set(range(n))
+    wait_for(lambda: acked <= handled(lives, "a"), WAIT)
+    all_hold(
+        lambda: check_lives(lives, "a", acked),
+        lambda: journal_is(node, "job.a", list(range(n))),
+        note=f"saved by the last killed incarnation: {marks}",
+    )
+    gaps_add_up(settled(node))
+    node.close()
+    end = saved_marks(tmp_path / "d")
+    assert (end["bridge@journal"] or 0) >= marks["last"], (
+        f"position not moved: at the end {end}, at the last kill {marks}"
     )
 
 
@@ -271,28 +335,9 @@ def test_an_origin_gone_for_good_leaves_the_other_one_delivered_once_across_rest
 def test_a_persistent_origin_killed_in_the_middle_of_the_receivers_recovery(
     cluster: list[Any], tmp_path: Path
 ) -> None:
-    a_config = {
-        "name": "a",
-        "listen": f"ipc://{tmp_path}/a.sock",
-        "path": str(tmp_path / "a"),
-        "node": FAST,
-    }
+    a_config = a_config_of(tmp_path)
     a = start(cluster, **a_config)
-    d_config = {
-        "name": "d",
-        "peers": [a.endpoint],
-        "path": str(tmp_path / "d"),
-        "pattern": "job.*",
-        "durable": "w",
-        # A small window: the recovery comes in pages, so it lasts.
-        "node": {**FAST, "credit_window": 300},
-    }
-    lives: list[Node] = []
-    d = restart(cluster, lives, d_config)
-    d.ask("sync a", "synced")
-    a.ask("publish job.a 0 100", "published")
-    d.wait_data(set(range(100)))
-    killed(d, tmp_path / "d")
+    d_config, lives = first_life(cluster, tmp_path, a)
     n = 100
     for lo in range(100, 4100, 1000):  # d is down
         a.ask(f"publish job.a {lo} {lo + 1000}", "published")
@@ -310,23 +355,7 @@ def test_a_persistent_origin_killed_in_the_middle_of_the_receivers_recovery(
         marks = killed(d, tmp_path / "d")
         a.ask(f"publish job.a {n} {n + 100}", "published")
         n += 100
-    d = restart(cluster, lives, d_config)
-    d.ask("sync a", "synced")
-    a.ask(f"publish job.a {n} {n + 10}", "published")
-    n += 10
-    acked = set(range(n))
-    wait_for(lambda: acked <= handled(lives, "a"), WAIT)
-    all_hold(
-        lambda: check_lives(lives, "a", acked),
-        lambda: journal_is(d, "job.a", list(range(n))),
-        note=f"saved by the last killed incarnation: {marks}",
-    )
-    gaps_add_up(settled(d))
-    d.close()
-    end = saved_marks(tmp_path / "d")
-    assert (end["bridge@journal"] or 0) >= marks["last"], (
-        f"position not moved: at the end {end}, at the last kill {marks}"
-    )
+    last_life(cluster, tmp_path, a, (d_config, lives), n, marks)
     a.close()
 
 
@@ -337,20 +366,7 @@ def test_a_receiver_stopped_during_its_recovery_then_killed_journals_once(
     cluster: list[Any], tmp_path: Path
 ) -> None:
     a = persistent_a(cluster, tmp_path)
-    d_config = {
-        "name": "d",
-        "peers": [a.endpoint],
-        "path": str(tmp_path / "d"),
-        "pattern": "job.*",
-        "durable": "w",
-        "node": {**FAST, "credit_window": 300},
-    }
-    lives: list[Node] = []
-    d = restart(cluster, lives, d_config)
-    d.ask("sync a", "synced")
-    a.ask("publish job.a 0 100", "published")
-    d.wait_data(set(range(100)))
-    killed(d, tmp_path / "d")
+    d_config, lives = first_life(cluster, tmp_path, a)
     n = 100
     for _ in range(3):
         for lo in range(n, n + 2000, 1000):  # d is down: a long recovery ahead of it
@@ -366,23 +382,7 @@ def test_a_receiver_stopped_during_its_recovery_then_killed_journals_once(
         # The length of the fault after the continue: d resumes its recovery for a moment.
         threading.Event().wait(0.3)
         marks = killed(d, tmp_path / "d")
-    d = restart(cluster, lives, d_config)
-    d.ask("sync a", "synced")
-    a.ask(f"publish job.a {n} {n + 10}", "published")
-    n += 10
-    acked = set(range(n))
-    wait_for(lambda: acked <= handled(lives, "a"), WAIT)
-    all_hold(
-        lambda: check_lives(lives, "a", acked),
-        lambda: journal_is(d, "job.a", list(range(n))),
-        note=f"saved by the last killed incarnation: {marks}",
-    )
-    gaps_add_up(settled(d))
-    d.close()
-    end = saved_marks(tmp_path / "d")
-    assert (end["bridge@journal"] or 0) >= marks["last"], (
-        f"position not moved: at the end {end}, at the last kill {marks}"
-    )
+    last_life(cluster, tmp_path, a, (d_config, lives), n, marks)
     a.close()
 
 
@@ -391,27 +391,9 @@ def test_a_receiver_stopped_during_its_recovery_then_killed_journals_once(
 def test_a_receiver_restarted_while_its_persistent_origin_is_down_journals_once(
     cluster: list[Any], tmp_path: Path
 ) -> None:
-    a_config = {
-        "name": "a",
-        "listen": f"ipc://{tmp_path}/a.sock",
-        "path": str(tmp_path / "a"),
-        "node": FAST,
-    }
+    a_config = a_config_of(tmp_path)
     a = start(cluster, **a_config)
-    d_config = {
-        "name": "d",
-        "peers": [a.endpoint],
-        "path": str(tmp_path / "d"),
-        "pattern": "job.*",
-        "durable": "w",
-        "node": {**FAST, "credit_window": 300},
-    }
-    lives: list[Node] = []
-    d = restart(cluster, lives, d_config)
-    d.ask("sync a", "synced")
-    a.ask("publish job.a 0 100", "published")
-    d.wait_data(set(range(100)))
-    marks = killed(d, tmp_path / "d")
+    d_config, lives = first_life(cluster, tmp_path, a)
     n = 100
     for _ in range(3):
         for lo in range(n, n + 2000, 1000):  # d is down: a long recovery ahead of it
@@ -425,23 +407,7 @@ def test_a_receiver_restarted_while_its_persistent_origin_is_down_journals_once(
         d.stats()  # up and answering
         marks = killed(d, tmp_path / "d")
         a = start(cluster, **a_config)
-    d = restart(cluster, lives, d_config)
-    d.ask("sync a", "synced")
-    a.ask(f"publish job.a {n} {n + 10}", "published")
-    n += 10
-    acked = set(range(n))
-    wait_for(lambda: acked <= handled(lives, "a"), WAIT)
-    all_hold(
-        lambda: check_lives(lives, "a", acked),
-        lambda: journal_is(d, "job.a", list(range(n))),
-        note=f"saved by the last killed incarnation: {marks}",
-    )
-    gaps_add_up(settled(d))
-    d.close()
-    end = saved_marks(tmp_path / "d")
-    assert (end["bridge@journal"] or 0) >= marks["last"], (
-        f"position not moved: at the end {end}, at the last kill {marks}"
-    )
+    last_life(cluster, tmp_path, a, (d_config, lives), n, marks)
     a.close()
 
 
@@ -451,20 +417,7 @@ def test_a_receiver_stopped_before_it_heard_its_origin_then_killed_after_its_syn
     cluster: list[Any], tmp_path: Path
 ) -> None:
     a = persistent_a(cluster, tmp_path)
-    d_config = {
-        "name": "d",
-        "peers": [a.endpoint],
-        "path": str(tmp_path / "d"),
-        "pattern": "job.*",
-        "durable": "w",
-        "node": {**FAST, "credit_window": 300},
-    }
-    lives: list[Node] = []
-    d = restart(cluster, lives, d_config)
-    d.ask("sync a", "synced")
-    a.ask("publish job.a 0 100", "published")
-    d.wait_data(set(range(100)))
-    marks = killed(d, tmp_path / "d")
+    d_config, lives = first_life(cluster, tmp_path, a)
     n = 100
     for _ in range(4):
         a.ask(f"publish job.a {n} {n + 1500}", "published")  # d is down
@@ -478,21 +431,5 @@ def test_a_receiver_stopped_before_it_heard_its_origin_then_killed_after_its_syn
         os.kill(d.proc.pid, signal.SIGCONT)
         d.ask("sync a", "synced")
         marks = killed(d, tmp_path / "d")
-    d = restart(cluster, lives, d_config)
-    d.ask("sync a", "synced")
-    a.ask(f"publish job.a {n} {n + 10}", "published")
-    n += 10
-    acked = set(range(n))
-    wait_for(lambda: acked <= handled(lives, "a"), WAIT)
-    all_hold(
-        lambda: check_lives(lives, "a", acked),
-        lambda: journal_is(d, "job.a", list(range(n))),
-        note=f"saved by the last killed incarnation: {marks}",
-    )
-    gaps_add_up(settled(d))
-    d.close()
-    end = saved_marks(tmp_path / "d")
-    assert (end["bridge@journal"] or 0) >= marks["last"], (
-        f"position not moved: at the end {end}, at the last kill {marks}"
-    )
+    last_life(cluster, tmp_path, a, (d_config, lives), n, marks)
     a.close()

@@ -48,18 +48,15 @@ def cluster() -> Iterator[list[Any]]:
     yield from reaped(WAIT)
 
 
-def origin_config(tmp_path: Path, peers: list[str] | None = None, **node: Any) -> dict[str, Any]:
-    config: dict[str, Any] = {
+def origin_config(tmp_path: Path, **node: Any) -> dict[str, Any]:
+    """Persistent origin ``a`` (``sync`` durability): restarts reuse its journal and address."""
+    return {
         "name": "a",
+        "listen": f"ipc://{tmp_path}/a.sock",
         "path": str(tmp_path / "a"),
         "durability": "sync",
         "node": {**FAST, **node},
     }
-    if peers is None:
-        config["listen"] = f"ipc://{tmp_path}/a.sock"
-    else:
-        config["peers"] = peers
-    return config
 
 
 def receivers(cluster: list[Any], tmp_path: Path, peers: list[str]) -> tuple[Node, Node]:
@@ -98,6 +95,18 @@ def check_receivers(b: Node, d: Node, acknowledged: set[int], published: int) ->
     journal_is(d, "job.run", seen)
 
 
+def synced_three(
+    cluster: list[Any], tmp_path: Path, **node: Any
+) -> tuple[dict[str, Any], Node, Node, Node]:
+    """Start ``a`` (``origin_config``, with ``node``), ``b`` and ``d``, both synced with ``a``."""
+    a_config = origin_config(tmp_path, **node)
+    a = start(cluster, **a_config)
+    b, d = receivers(cluster, tmp_path, [a_config["listen"]])
+    b.ask("sync a", "synced")
+    d.ask("sync a", "synced")
+    return a_config, a, b, d
+
+
 def kill_in_publish(a: Node, lo: int, hi: int, seen_by: Node | None = None) -> None:
     """Start publishing ``lo..hi-1`` and kill ``a`` while that runs (those events are unknown).
 
@@ -115,12 +124,7 @@ def kill_in_publish(a: Node, lo: int, hi: int, seen_by: Node | None = None) -> N
 def test_an_origin_restarted_again_and_again_loses_nothing_acknowledged(
     cluster: list[Any], tmp_path: Path
 ) -> None:
-    a_config = origin_config(tmp_path)
-    peers = [a_config["listen"]]
-    a = start(cluster, **a_config)
-    b, d = receivers(cluster, tmp_path, peers)
-    b.ask("sync a", "synced")
-    d.ask("sync a", "synced")
+    a_config, a, b, d = synced_three(cluster, tmp_path)
     acknowledged: set[int] = set()
     for life in range(8):
         lo = life * 10_000
@@ -159,11 +163,7 @@ def test_an_origin_restarted_again_and_again_loses_nothing_acknowledged(
 def test_an_origin_restarted_while_a_live_receiver_is_paused(
     cluster: list[Any], tmp_path: Path
 ) -> None:
-    a_config = origin_config(tmp_path)
-    a = start(cluster, **a_config)
-    b, d = receivers(cluster, tmp_path, [a_config["listen"]])
-    b.ask("sync a", "synced")
-    d.ask("sync a", "synced")
+    a_config, a, b, d = synced_three(cluster, tmp_path)
     acknowledged: set[int] = set()
     for life in range(3):
         lo = life * 1_000
@@ -190,11 +190,7 @@ def test_an_origin_restarted_while_a_live_receiver_is_paused(
 def test_an_origin_restarted_twice_before_the_first_gap_was_fetched(
     cluster: list[Any], tmp_path: Path
 ) -> None:
-    a_config = origin_config(tmp_path)
-    a = start(cluster, **a_config)
-    b, d = receivers(cluster, tmp_path, [a_config["listen"]])
-    b.ask("sync a", "synced")
-    d.ask("sync a", "synced")
+    a_config, a, b, d = synced_three(cluster, tmp_path)
     acknowledged: set[int] = set()
     for life in range(4):
         lo = life * 100_000
@@ -231,11 +227,7 @@ def test_an_origin_restarted_with_other_batch_size_and_credit_window(
         {"batch_size": 7, "credit_window": 1},
         {"batch_size": 256},
     ]
-    a_config = origin_config(tmp_path, **settings[0])
-    a = start(cluster, **a_config)
-    b, d = receivers(cluster, tmp_path, [a_config["listen"]])
-    b.ask("sync a", "synced")
-    d.ask("sync a", "synced")
+    a_config, a, b, d = synced_three(cluster, tmp_path, **settings[0])
     acknowledged: set[int] = set()
     for life, node in enumerate(settings[1:]):
         lo = life * 10_000
