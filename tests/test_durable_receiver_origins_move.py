@@ -133,16 +133,16 @@ def last_life(
     )
 
 
-# -- 1. an origin without a journal restarted (a new numbering) while d is down ------------------
+def two_origins(
+    cluster: list[Any], tmp_path: Path, from_c: int
+) -> tuple[Node, Node, dict[str, Any], dict[str, Any], list[Node]]:
+    """Start ``a`` (persistent), ``c`` (no journal) and ``d`` on ``job.**``; kill ``d``.
 
-
-# Regression: a restarted receiver keeps only its saved watermark of an origin, not that origin's
-# epoch: when an origin without a journal was restarted while the receiver was down, the receiver
-# took the new incarnation's numbering for the old one and never fetched the new events below its
-# old watermark (held in the origin's ring); expected: they are fetched from the new stream's start.
-def test_an_origin_without_a_journal_restarted_while_the_receiver_is_down_loses_nothing(
-    cluster: list[Any], tmp_path: Path
-) -> None:
+    ``d`` syncs, gets ``a``'s 0-149 and ``c``'s first ``from_c``, and is killed once
+    they are journaled (handled is not yet journaled: a's later events are
+    journaled after the checkpoint set before them).  Returns ``a``, ``c``,
+    ``c``'s config, ``d``'s and the list of its incarnations.
+    """
     a = persistent_a(cluster, tmp_path)
     c_config = {"name": "c", "listen": f"ipc://{tmp_path}/c.sock", "node": FAST}
     c = start(cluster, **c_config)
@@ -158,14 +158,26 @@ def test_an_origin_without_a_journal_restarted_while_the_receiver_is_down_loses_
     d = restart(cluster, lives, d_config)
     d.ask("sync a,c", "synced")
     a.ask("publish job.a 0 100", "published")
-    c.ask("publish job.c 0 200", "published")
-    d.wait_data(set(range(200)))
-    # Handled is not yet journaled: killed once c's events and their watermark are (a's later
-    # events are journaled after the checkpoint set before them).
-    journal_is(d, "job.c", list(range(200)))
+    c.ask(f"publish job.c 0 {from_c}", "published")
+    d.wait_data(set(range(from_c)))
+    journal_is(d, "job.c", list(range(from_c)))
     a.ask("publish job.a 100 150", "published")
     journal_is(d, "job.a", list(range(150)))
     d.kill()
+    return a, c, c_config, d_config, lives
+
+
+# -- 1. an origin without a journal restarted (a new numbering) while d is down ------------------
+
+
+# Regression: a restarted receiver keeps only its saved watermark of an origin, not that origin's
+# epoch: when an origin without a journal was restarted while the receiver was down, the receiver
+# took the new incarnation's numbering for the old one and never fetched the new events below its
+# old watermark (held in the origin's ring); expected: they are fetched from the new stream's start.
+def test_an_origin_without_a_journal_restarted_while_the_receiver_is_down_loses_nothing(
+    cluster: list[Any], tmp_path: Path
+) -> None:
+    a, c, c_config, d_config, lives = two_origins(cluster, tmp_path, 200)
     marks = saved_marks(tmp_path / "d", ("a", "c"))
     a.ask("publish job.a 150 300", "published")  # d is down
     c.kill()
@@ -199,28 +211,7 @@ def test_an_origin_without_a_journal_restarted_while_the_receiver_is_down_loses_
 def test_two_origins_one_without_a_journal_restarted_while_the_receiver_is_killed_repeatedly(
     cluster: list[Any], tmp_path: Path
 ) -> None:
-    a = persistent_a(cluster, tmp_path)
-    c_config = {"name": "c", "listen": f"ipc://{tmp_path}/c.sock", "node": FAST}
-    c = start(cluster, **c_config)
-    d_config = {
-        "name": "d",
-        "peers": [a.endpoint, c.endpoint],
-        "path": str(tmp_path / "d"),
-        "pattern": "job.**",
-        "durable": "w",
-        "node": FAST,
-    }
-    lives: list[Node] = []
-    d = restart(cluster, lives, d_config)
-    d.ask("sync a,c", "synced")
-    a.ask("publish job.a 0 100", "published")
-    c.ask("publish job.c 0 100", "published")
-    d.wait_data(set(range(100)))
-    # Handled is not yet journaled: killed once c's events and their watermark are.
-    journal_is(d, "job.c", list(range(100)))
-    a.ask("publish job.a 100 150", "published")
-    journal_is(d, "job.a", list(range(150)))
-    d.kill()
+    a, c, c_config, d_config, lives = two_origins(cluster, tmp_path, 100)
     marks = saved_marks(tmp_path / "d", ("a", "c"))
     a.ask("publish job.a 150 600", "published")  # d is down
     c.kill()
