@@ -533,6 +533,9 @@ def test_close_gives_up_on_async_retry_wait_at_once() -> None:
     sub = bus.subscribe("t.*", handler, retries=2, retry_backoff=120.0)
     bus.publish("t.x", 1)
     assert failed.wait(WAIT)
+    # The handler sets ``failed`` before it raises: wait until its error is counted, so the
+    # retry's wait has begun (on a loaded machine close could otherwise come first).
+    assert wait_for(lambda: sub.statistics().errors == 1)
     unfinished = bus.close(timeout=0.5)
     st = sub.statistics()
     assert balanced(st), (st, unfinished)
