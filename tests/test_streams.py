@@ -484,3 +484,63 @@ def test_a_gap_inside_the_range_being_fetched_is_not_asked_twice() -> None:
     assert (rest.after, rest.upto) == (7, 12)
     stats = (inbound.gaps, inbound.recovered, inbound.unrecovered, inbound.gaps_open())
     assert stats == (2, 1, 0, 1)
+
+
+# Regression: data of a new incarnation, with neither its sync reply nor its heartbeat within
+# heartbeat_timeout, was followed at once: its events were delivered before the range the old
+# incarnation sent last and this node missed, and that range came after them.
+def test_a_silent_new_incarnation_waits_for_its_head_before_anything_is_released() -> None:
+    inbound = Inbound("b", dedupe=1000)
+    inbound.set_patterns(["user.*"], 0.0)
+    inbound.on_sync("a", 1, 1, 0, 0.0)
+    for seq in range(1, 11):
+        assert [e.sequence for e in feed_at(inbound, seq)] == [seq]
+    # 11..20 of epoch 1 never arrive; epoch 2 (the same journal) sends 21..30.
+    events = [local(seq) for seq in range(21, 31)]
+    assert (
+        inbound.on_data(
+            "a", epoch=2, first=21, last=30, chains=[(b"user.", 20)], events=events, now=0.0
+        )
+        == []
+    )
+    # A heartbeat epoch 1 sent before it died, late (through a broker, another connection).
+    inbound.on_heartbeat("a", epoch=1, base=1, head=10, chains={b"user.": 10}, now=0.1)
+    # No word from epoch 2 within the timeout: it stays held, nothing is fetched yet.
+    assert inbound.expire_syncs(2.0, 0.6) == []
+    assert inbound.requests == []
+    # Its first heartbeat: a restart, so everything past the watermark is fetched first.
+    inbound.on_heartbeat("a", epoch=2, base=21, head=30, chains={b"user.": 30}, now=2.0)
+    assert inbound.expire_syncs(3.0, 0.6) == []
+    (request,) = inbound.requests
+    assert (request.after, request.upto) == (10, 30)
+    missed = [local(seq) for seq in range(11, 21)] + events
+    released = inbound.on_recovered(request.rid, missed, True, 30, False)
+    assert [e.sequence for e in released] == list(range(11, 31))
+    assert inbound.watermarks() == {"a": 30}
+
+
+# A frame of another epoch, then heartbeats of the current one for longer than the timeout
+# (a stale frame on a second path): the current incarnation is followed again, nothing is
+# lost and nothing is delivered twice.
+def test_a_frame_of_another_epoch_does_not_hold_a_heartbeating_origin_for_ever() -> None:
+    inbound = Inbound("b", dedupe=1000)
+    inbound.set_patterns(["user.*"], 0.0)
+    inbound.on_sync("a", 2, 1, 0, 0.0)
+    first = local(1)
+    assert inbound.on_data("a", epoch=2, first=1, last=1, chains=(), events=[first], now=0.0) == [
+        first
+    ]
+    # The same frame as sent by the incarnation before, late on a second path.
+    assert inbound.on_data("a", epoch=1, first=1, last=1, chains=(), events=[first], now=0.0) == []
+    for seq in (2, 3):
+        assert feed_at_epoch(inbound, seq, 2) == []  # held behind the unknown epoch
+    inbound.on_heartbeat("a", epoch=2, base=1, head=3, chains={b"user.": 3}, now=1.0)
+    released = inbound.expire_syncs(2.0, 0.6)
+    assert [e.sequence for e in released] == [2, 3]
+    assert inbound.watermarks() == {"a": 3}
+
+
+def feed_at_epoch(inbound: Inbound, seq: int, epoch: int) -> list[Event]:
+    return inbound.on_data(
+        "a", epoch=epoch, first=seq, last=seq, chains=(), events=[local(seq)], now=0.0
+    )

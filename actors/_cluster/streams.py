@@ -132,7 +132,8 @@ class Inbound(Ranges):
             if not st.awaiting_sync:
                 st.awaiting_sync = True
                 st.sync_since = now
-            st.next_epoch = epoch
+            if st.next_epoch != epoch:
+                st.next_epoch, st.next_since = epoch, now
             if last > MAX_SEQUENCE:
                 self.rejected += len(events)
                 return []
@@ -249,6 +250,7 @@ class Inbound(Ranges):
             st.head = head
             return []
         st.head = head
+        st.heard = now
         if st.awaiting_sync:
             return []
         for prefix, known in list(st.known.items()):
@@ -380,10 +382,18 @@ class Inbound(Ranges):
                 # Not heard since (paused?): nothing to backfill up to yet, and
                 # no head to range-check the held frames against.
                 continue
-            st.awaiting_sync = False
             if st.next_epoch is not None:
-                # Data of a new incarnation, and no word from it: follow it.
-                st.epoch, st.next_epoch = st.next_epoch, None
+                if st.heard - st.next_since <= timeout:
+                    # Data of a new incarnation and no word from it yet: its
+                    # first heartbeat or sync reply (``_incarnation``) says
+                    # where it starts, so the range its predecessor sent last
+                    # comes first.  (Heartbeats of the incarnation followed
+                    # may still come just after, queued before it died.)
+                    continue
+                # The incarnation followed is alive long after that frame: the
+                # frame was a late one of another incarnation, on another path.
+                st.next_epoch = None
+            st.awaiting_sync = False
             if st.head is not None and st.watermark is not None:
                 self._backfill(name, st, frozenset(self.prefixes - st.synced), st.head)
             st.synced = set(self.prefixes)
