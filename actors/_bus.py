@@ -100,6 +100,7 @@ class EventBus(RequestReply):
         self._journal_lost = opened.recovery.lost if opened is not None else 0
         first_sequence = opened.first_sequence if opened is not None else 1
         self._bridge: Bridge | None = None
+        self._settle_node: Callable[[], None] | None = None
         runtime = start_runtime(
             cfg, self._storage, name, f"bus-{name or format(id(self), 'x')}", first_sequence
         )
@@ -135,7 +136,7 @@ class EventBus(RequestReply):
     def _start_node(self, config: NodeConfig) -> None:
         from actors._cluster.node import start_node  # noqa: PLC0415 - zmq only on a node
 
-        self._bridge, self.node, self._size_check = start_node(
+        self._bridge, self.node, self._size_check, self._settle_node = start_node(
             config,
             router=self._router,
             journal=self._journal.actor_inbox if self._journal is not None else None,
@@ -482,6 +483,7 @@ class EventBus(RequestReply):
             bridge_close=self._bridge.close if self._bridge is not None else None,
             journal=self._journal,
             journal_closed=self._journal.wait_closed if self._journal is not None else None,
+            settle=self._settle_node,
         )
 
     @property

@@ -13,13 +13,24 @@ from __future__ import annotations
 
 import socket
 import threading
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from actors import Event, EventBus, EventConfig, EventQuery, NodeConfig, PersistentEventBus
+from actors import (
+    BusClosedError,
+    Event,
+    EventBus,
+    EventConfig,
+    EventQuery,
+    NodeConfig,
+    PersistentEventBus,
+)
 from actors._cluster.bridge import Bridge
 from actors._journal.rocks import RocksStorage
+from actors._runtime.future import BusFuture
 from tests._support import WAIT, wait_for
 
 SLOW_CLOSE = 1.0
@@ -119,3 +130,47 @@ def test_a_node_closing_slowly_frees_its_address_when_close_returns(
         assert again.node.endpoints["request"] == address
     finally:
         again.close(timeout=WAIT)
+
+
+def outcome_of(call: Callable[[], object]) -> tuple[threading.Thread, list[BaseException]]:
+    """Run ``call`` on a thread; the list gets what it raised."""
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            call()
+        except BaseException as exc:  # the test reads it
+            raised.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, raised
+
+
+# Regression: a bridge thread reading the journal (a peer's watermark) when the bus closed put
+# its message into the router after the router stopped: nobody answered it, the dispatcher that
+# would have run it was gone, and the thread waited its whole timeout, holding the process's exit.
+def test_the_bridges_waits_on_the_journal_end_when_the_bus_closes(tmp_path: Path) -> None:
+    bus = EventBus(
+        EventConfig(persistence_path=str(tmp_path / "j")),
+        node=NodeConfig(name="a", listen=f"ipc://{tmp_path}/a.sock"),
+    )
+    bridge = bus._bridge  # noqa: SLF001 - the node's own wiring, as its threads use it
+    assert bridge is not None
+    local = bridge._local  # noqa: SLF001
+    assert local.journal is not None
+    assert local.journal.load_checkpoint("bridge:b", WAIT) is None  # answered while open
+    # A wait in progress at close (a message the stopped router never handles).
+    waiting, raised_waiting = outcome_of(lambda: local.waits.get(BusFuture(), None))
+    assert wait_for(lambda: bool(local.waits._futures), WAIT)  # noqa: SLF001
+    bus.close()
+    # And waits begun after it: a watermark, a journal read, a correlation.
+    late = [
+        outcome_of(lambda: local.journal.load_checkpoint("bridge:b", None)),
+        outcome_of(lambda: local.journal.read(EventQuery(limit=1), None)),
+        outcome_of(lambda: local.local_correlated(uuid.uuid4(), None)),
+    ]
+    for thread, raised in [(waiting, raised_waiting), *late]:
+        thread.join(WAIT)
+        assert not thread.is_alive()
+        assert [type(exc) for exc in raised] == [BusClosedError]

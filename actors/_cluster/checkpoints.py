@@ -27,10 +27,19 @@ second time.
 
 from __future__ import annotations
 
+from concurrent.futures import Future
+
 from actors._cluster.ports import JournalPort
 from actors._model.query import EventQuery
 
-__all__ = ["POSITION", "epoch_name", "load_journaled", "load_mark", "watermark_name"]
+__all__ = [
+    "POSITION",
+    "epoch_name",
+    "load_journaled",
+    "load_mark",
+    "load_received",
+    "watermark_name",
+]
 
 POSITION = "bridge@journal"
 """The checkpoint of the local journal's position (see the module docstring)."""
@@ -52,6 +61,18 @@ def load_mark(journal: JournalPort, origin: str, timeout: float) -> tuple[int | 
     if mark is None:
         return None, None
     return mark, journal.load_checkpoint(epoch_name(origin), timeout)
+
+
+def load_received(
+    journal: JournalPort, origin: str, journaled: Future[dict[str, list[int]]], timeout: float
+) -> tuple[int | None, int | None, list[int]]:
+    """Return ``origin``'s saved watermark, its epoch and the ids journaled past it; blocks.
+
+    ``journaled`` is the reading of ``load_journaled`` (waited for only where a watermark is saved).
+    """
+    mark, epoch = load_mark(journal, origin, timeout)
+    ids = journaled.result(timeout).get(origin, []) if mark is not None else []
+    return mark, epoch, ids
 
 
 def load_journaled(journal: JournalPort, limit: int, timeout: float) -> dict[str, list[int]]:

@@ -7,10 +7,11 @@ The bridge never holds the bus.
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from actors._cluster.bridge import Bridge
 from actors._cluster.limits import EventSizeCheck
@@ -26,6 +27,7 @@ from actors._core.messages import (
     SaveCheckpoint,
 )
 from actors._core.router import RouterActor
+from actors._errors import BusClosedError
 from actors._model.config import NodeConfig
 from actors._model.event import Event
 from actors._model.metrics import BridgeStatistics, BusMetrics
@@ -33,29 +35,68 @@ from actors._model.query import EventQuery
 from actors._runtime.dispatcher import FifoMailbox
 from actors._runtime.future import BusFuture
 
-__all__ = ["Node", "NodeWiring", "RouterJournal", "start_node"]
+__all__ = ["Node", "NodeWiring", "RouterJournal", "Waits", "start_node"]
+
+T = TypeVar("T")
+
+
+class Waits:
+    """The answers the bridge's threads wait for from the bus's actors, failed once they stopped.
+
+    A message put into the router or the journal after they stopped (the
+    bus closed meanwhile) is never handled, and the dispatcher that would
+    run it is gone: its waiter (a worker thread reading a watermark, say)
+    would wait its whole timeout, and hold the interpreter's exit that long.
+    ``close`` (called once the actors stopped) fails every such wait with
+    ``BusClosedError``, and each one begun after it at once.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._futures: set[BusFuture[Any]] = set()
+        self._closed = False
+
+    def get(self, future: BusFuture[T], timeout: float | None) -> T:
+        """Wait for ``future`` (its message already sent); raise ``BusClosedError`` once closed."""
+        with self._lock:
+            if self._closed:
+                future.set_exception(BusClosedError("the bus was closed"))
+            else:
+                self._futures.add(future)
+        try:
+            return future.get(timeout=timeout)
+        finally:
+            with self._lock:
+                self._futures.discard(future)
+
+    def close(self) -> None:
+        """Fail every wait, now and later (the actors that would answer have stopped)."""
+        with self._lock:
+            self._closed = True
+            futures, self._futures = self._futures, set()
+        for future in futures:
+            future.set_exception(BusClosedError("the bus was closed before it answered"))
 
 
 class RouterJournal:
     """``JournalPort`` over the router: every message goes after what was routed before it."""
 
-    def __init__(self, router: FifoMailbox, journal: FifoMailbox) -> None:
+    def __init__(self, router: FifoMailbox, journal: FifoMailbox, waits: Waits) -> None:
         self._router = router
         self._journal = journal
+        self._waits = waits
 
     def read(self, query: EventQuery, timeout: float | None) -> list[Event]:
         """Return what ``query`` selects (blocks)."""
         future: BusFuture[list[Event]] = BusFuture()
         self._router.put(Forward(self._journal, ReadJournal(query, future)))
-        events: list[Event] = future.get(timeout=timeout)
-        return events
+        return self._waits.get(future, timeout)
 
     def load_checkpoint(self, name: str, timeout: float | None) -> int | None:
         """Return the checkpoint ``name`` (blocks)."""
         future: BusFuture[int | None] = BusFuture()
         self._router.put(Forward(self._journal, LoadCheckpoint(name, future)))
-        value: int | None = future.get(timeout=timeout)
-        return value
+        return self._waits.get(future, timeout)
 
     def save_checkpoint(self, name: str, sequence: int) -> None:
         """Save ``name`` once everything routed before is journaled (never blocks)."""
@@ -79,6 +120,7 @@ class NodeWiring:
     publish: Callable[[Event], BusFuture[Event]]
     metrics: Callable[[], BusMetrics]
     guard: BlockGuard
+    waits: Waits = field(default_factory=Waits)
 
     def after_handled(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` once everything routed so far is handled and recorded (a flush)."""
@@ -94,7 +136,7 @@ class NodeWiring:
         """Return the local events of ``correlation_id`` (memory, then journal; never peers)."""
         future: BusFuture[Any] = BusFuture()
         self.router.put(GetCorrelated(correlation_id, future))
-        answer = future.get(timeout=timeout)
+        answer = self.waits.get(future, timeout)
         events, complete = answer if answer is not None else ([], False)
         found: dict[uuid.UUID, Event] = {e.id: e for e in events or []}
         if not complete and self.journal is not None:
@@ -221,26 +263,30 @@ def start_node(
     metrics: Callable[[], BusMetrics],
     prepare: Callable[[Event | str, Any, dict[str, Any]], Event],
     check_open: Callable[[], None],
-) -> tuple[Bridge, Node, EventSizeCheck]:
-    """Start the bridge of a bus; return it, the bus's ``Node`` handle and its size check.
+) -> tuple[Bridge, Node, EventSizeCheck, Callable[[], None]]:
+    """Start the bridge of a bus; return it, the bus's ``Node`` handle, its size check and a settle.
+
+    Call the settle once the router and the journal stopped (``Waits.close``).
 
     The bridge records what the router routes and learns the local patterns
     from it.  Raises what ``Bridge`` raises (nothing is left running then).
     """
     inbox = router.actor_inbox
+    waits = Waits()
     wiring = NodeWiring(
         name=config.name,
         first_sequence=router.next_sequence,
         router=inbox,
-        journal=RouterJournal(inbox, journal) if journal is not None else None,
+        journal=RouterJournal(inbox, journal, waits) if journal is not None else None,
         inject=inject,
         flush=flush,
         publish=publish,
         metrics=metrics,
         guard=router.guard,
+        waits=waits,
     )
     bridge = Bridge(wiring, config)
     router.add_recorder(bridge.recorder)
     router.route_listeners.append(bridge.on_local_patterns)
     check = EventSizeCheck(config.max_frame_bytes, config.name)
-    return bridge, Node(bridge, config, prepare, check_open), check
+    return bridge, Node(bridge, config, prepare, check_open), check, waits.close

@@ -18,11 +18,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
 
 import zmq
 
-from actors._cluster.checkpoints import load_mark
+from actors._cluster.checkpoints import load_received
 from actors._cluster.endpoints import Peer
 from actors._cluster.flow_io import FlowIO
 from actors._cluster.wire import (
@@ -40,6 +40,7 @@ from actors._cluster.wire import (
     uint_field,
 )
 from actors._core.messages import Barrier, Record
+from actors._errors import BusClosedError
 from actors._model.event import Event
 from actors._runtime.dispatcher import FifoMailbox
 
@@ -536,21 +537,19 @@ class StreamIO(FlowIO):
             self._grant(name)
 
     def _load_watermark(self, name: str, journaled: Future[dict[str, list[int]]]) -> None:
-        """Read the saved watermark of ``name`` (worker thread), then hand it to the I/O thread.
+        """Hand the I/O thread ``name``'s saved watermark and the ids journaled past it (worker).
 
-        With it go the ids of ``name``'s events the journal holds past it
-        (``checkpoints.py``): fetched again, they are not delivered twice.
-        """
+        Those ids (``checkpoints.py``), fetched again, are not delivered twice."""
         journal = self._local.journal
         value = epoch = None
         ids: list[int] = []
-        if journal is not None:
-            try:
-                value, epoch = load_mark(journal, name, 30.0)
-                if value is not None:
-                    ids = journaled.result(30.0).get(name, [])
-            except Exception:
-                logger.exception("bridge %s: cannot read the watermark of %s", self.name, name)
+        try:
+            if journal is not None:
+                value, epoch, ids = load_received(journal, name, journaled, 30.0)
+        except (BusClosedError, CancelledError):
+            return  # the bus closed meanwhile: nothing waits for the watermark now
+        except Exception:
+            logger.exception("bridge %s: cannot read the watermark of %s", self.name, name)
 
         def loaded() -> None:
             self._deliver(self._in.loaded(name, value, time.monotonic(), ids, epoch))

@@ -45,10 +45,12 @@ def stop_actors(
     bridge_close: Callable[[float | None], None] | None,
     journal: DispatchedActor | None,
     journal_closed: Callable[[float | None], bool] | None = None,
+    settle: Callable[[], None] | None = None,
 ) -> tuple[SubscriptionStatistics, ...]:
     """Stop every actor of ``core`` (and the journal); return the subscriptions given up on.
 
-    ``journal_closed(timeout)`` waits for the journal's files to be closed.
+    ``journal_closed(timeout)`` waits for the journal's files to be closed;
+    ``settle()`` runs once the actors stopped (it fails what waits for them).
     """
     subs = core.take_subscribers()
     unfinished = [
@@ -67,6 +69,7 @@ def stop_actors(
         bridge_close,
         journal,
         journal_closed,
+        settle,
     )
     if wait:
         stop()
@@ -88,6 +91,7 @@ def _stop(  # noqa: PLR0917 - stop_actors' arguments, passed on
     bridge_close: Callable[[float | None], None] | None,
     journal: DispatchedActor | None,
     journal_closed: Callable[[float | None], bool] | None,
+    settle: Callable[[], None] | None,
 ) -> None:
     own_deadline = deadline.extended(grace)
     # Sockets (a bound address) and the journal's files are released before
@@ -116,6 +120,8 @@ def _stop(  # noqa: PLR0917 - stop_actors' arguments, passed on
     core.dispatcher.shutdown(deadline.remaining())
     system.shutdown(own_deadline.remaining())
     core.stop_loop()
+    if settle is not None:
+        settle()
     urns = {a.sub_id: a.actor_urn for a in subs}
     for stats in unfinished:
         still = urns[stats.id] in running
