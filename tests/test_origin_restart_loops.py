@@ -15,6 +15,9 @@ events of a command still running at the kill are unknown (they may or may
 not arrive). The receivers are ``b`` (live, no journal) and ``d``
 (persistent, with a durable subscription); both stay up.
 
+Every test runs twice: the nodes joined directly (each receiver follows
+``a``'s address) and through a broker (every node knows only the broker's).
+
 The parent synchronises on the children's output lines only.
 """
 
@@ -32,6 +35,8 @@ import pytest
 from tests._support import pause, reaped, wait_for
 from tests.test_cluster import Node, start
 from tests.test_cluster_fault_edges import (
+    BROKER_CHILD,
+    BrokerChild,
     gaps_add_up,
     settled,
 )
@@ -48,11 +53,24 @@ def cluster() -> Iterator[list[Any]]:
     yield from reaped(WAIT)
 
 
-def origin_config(tmp_path: Path, **node: Any) -> dict[str, Any]:
+@pytest.fixture(params=["direct", "broker"])
+def hub(request: pytest.FixtureRequest, cluster: list[Any], tmp_path: Path) -> str | None:
+    """``None`` (nodes joined directly) or the endpoint of a broker every node joins through."""
+    if request.param == "direct":
+        return None
+    script = tmp_path / "broker_child.py"
+    script.write_text(BROKER_CHILD)
+    endpoint = f"ipc://{tmp_path}/hub.sock"
+    cluster.append(BrokerChild(script, endpoint))
+    return endpoint
+
+
+def origin_config(tmp_path: Path, hub: str | None, **node: Any) -> dict[str, Any]:
     """Persistent origin ``a`` (``sync`` durability): restarts reuse its journal and address."""
+    link: dict[str, Any] = {"peers": [hub]} if hub else {"listen": f"ipc://{tmp_path}/a.sock"}
     return {
         "name": "a",
-        "listen": f"ipc://{tmp_path}/a.sock",
+        **link,
         "path": str(tmp_path / "a"),
         "durability": "sync",
         "node": {**FAST, **node},
@@ -96,12 +114,12 @@ def check_receivers(b: Node, d: Node, acknowledged: set[int], published: int) ->
 
 
 def synced_three(
-    cluster: list[Any], tmp_path: Path, **node: Any
+    cluster: list[Any], tmp_path: Path, hub: str | None, **node: Any
 ) -> tuple[dict[str, Any], Node, Node, Node]:
     """Start ``a`` (``origin_config``, with ``node``), ``b`` and ``d``, both synced with ``a``."""
-    a_config = origin_config(tmp_path, **node)
+    a_config = origin_config(tmp_path, hub, **node)
     a = start(cluster, **a_config)
-    b, d = receivers(cluster, tmp_path, [a_config["listen"]])
+    b, d = receivers(cluster, tmp_path, [hub or a_config["listen"]])
     b.ask("sync a", "synced")
     d.ask("sync a", "synced")
     return a_config, a, b, d
@@ -122,9 +140,9 @@ def kill_in_publish(a: Node, lo: int, hi: int, seen_by: Node | None = None) -> N
 
 
 def test_an_origin_restarted_again_and_again_loses_nothing_acknowledged(
-    cluster: list[Any], tmp_path: Path
+    cluster: list[Any], tmp_path: Path, hub: str | None
 ) -> None:
-    a_config, a, b, d = synced_three(cluster, tmp_path)
+    a_config, a, b, d = synced_three(cluster, tmp_path, hub)
     acknowledged: set[int] = set()
     for life in range(8):
         lo = life * 10_000
@@ -161,9 +179,9 @@ def test_an_origin_restarted_again_and_again_loses_nothing_acknowledged(
 
 
 def test_an_origin_restarted_while_a_live_receiver_is_paused(
-    cluster: list[Any], tmp_path: Path
+    cluster: list[Any], tmp_path: Path, hub: str | None
 ) -> None:
-    a_config, a, b, d = synced_three(cluster, tmp_path)
+    a_config, a, b, d = synced_three(cluster, tmp_path, hub)
     acknowledged: set[int] = set()
     for life in range(3):
         lo = life * 1_000
@@ -188,9 +206,9 @@ def test_an_origin_restarted_while_a_live_receiver_is_paused(
 
 
 def test_an_origin_restarted_twice_before_the_first_gap_was_fetched(
-    cluster: list[Any], tmp_path: Path
+    cluster: list[Any], tmp_path: Path, hub: str | None
 ) -> None:
-    a_config, a, b, d = synced_three(cluster, tmp_path)
+    a_config, a, b, d = synced_three(cluster, tmp_path, hub)
     acknowledged: set[int] = set()
     for life in range(4):
         lo = life * 100_000
@@ -218,7 +236,7 @@ def test_an_origin_restarted_twice_before_the_first_gap_was_fetched(
 
 
 def test_an_origin_restarted_with_other_batch_size_and_credit_window(
-    cluster: list[Any], tmp_path: Path
+    cluster: list[Any], tmp_path: Path, hub: str | None
 ) -> None:
     settings = [
         {},
@@ -227,14 +245,14 @@ def test_an_origin_restarted_with_other_batch_size_and_credit_window(
         {"batch_size": 7, "credit_window": 1},
         {"batch_size": 256},
     ]
-    a_config, a, b, d = synced_three(cluster, tmp_path, **settings[0])
+    a_config, a, b, d = synced_three(cluster, tmp_path, hub, **settings[0])
     acknowledged: set[int] = set()
     for life, node in enumerate(settings[1:]):
         lo = life * 10_000
         a.ask(f"publish job.run {lo} {lo + 2_000}", "published")
         acknowledged |= set(range(lo, lo + 2_000))
         kill_in_publish(a, lo + 2_000, lo + 4_000)
-        a_config = origin_config(tmp_path, **node)
+        a_config = origin_config(tmp_path, hub, **node)
         a = start(cluster, **a_config)
     a.ask("publish job.run 90000 90100", "published")
     acknowledged |= set(range(90_000, 90_100))
