@@ -22,6 +22,7 @@ from actors._cluster.wire import (
     DataFrame,
     FrameError,
     Request,
+    RequestTooLargeError,
     decode_request,
     decode_stream,
     encode_control,
@@ -68,6 +69,19 @@ def test_request_round_trip() -> None:
     assert decode_request(encode_request(message), MAX) == message
     with_payload = Request(CORRELATED, "", "a", "r2", {}, b"\x0a\x00")
     assert decode_request(encode_request(with_payload), MAX) == with_payload
+
+
+def test_a_request_too_large_to_read_still_says_whom_to_refuse() -> None:
+    big = Request(CORRELATED, "b", "a", "r3", {}, b"x" * 2000)
+    with pytest.raises(RequestTooLargeError) as caught:
+        decode_request(encode_request(big), 1000)
+    assert (caught.value.kind, caught.value.sender, caught.value.rid) == (CORRELATED, "a", "r3")
+    # A malformed one over the limit is only dropped: nothing in it can be trusted.
+    parts = encode_request(big)
+    for broken in ([b"\x09\x01", *parts[1:]], [*parts[:2], b"\xff" * 3, *parts[3:]]):
+        with pytest.raises(FrameError) as dropped:
+            decode_request(broken, 1000)
+        assert not isinstance(dropped.value, RequestTooLargeError)
 
 
 def test_sync_topic_round_trip() -> None:

@@ -37,6 +37,7 @@ from actors._cluster.wire import (
     WELCOME,
     FrameError,
     Request,
+    RequestTooLargeError,
     decode_events,
     decode_request,
     encode_request,
@@ -58,6 +59,8 @@ __all__ = ["RequestIO"]
 logger = logging.getLogger("actors.bridge")
 
 _HELLO_RID = "hello"
+_ANSWERED = frozenset((RECOVER, QUERY, CORRELATED, PUBLISH, METRICS))
+"""The requests whose asker waits for an answer."""
 
 
 class RequestIO(BridgeBase):
@@ -105,6 +108,15 @@ class RequestIO(BridgeBase):
     ) -> None:
         try:
             message = decode_request(parts, self._max)
+        except RequestTooLargeError as exc:
+            self._stats.frames_too_large += 1
+            self._stats.frames_dropped += 1
+            logger.warning("bridge %s: dropped a request from %r: %s", self.name, exc.sender, exc)
+            if exc.kind in _ANSWERED:
+                # Its asker would wait its whole timeout: tell it why, at once.
+                body = {"error": f"{exc}: node {self.name}'s max_frame_bytes"}
+                self._send(route, Request(ERROR, exc.sender, self.name, exc.rid, body))
+            return
         except FrameError as exc:
             self._stats.frames_dropped += 1
             logger.debug("bridge %s: dropped a request: %s", self.name, exc)
@@ -135,7 +147,7 @@ class RequestIO(BridgeBase):
             self._send(route, self._hello_request(WELCOME, message.sender, message.rid))
         elif kind == CREDIT:
             self._on_credit(message)
-        elif kind in (RECOVER, QUERY, CORRELATED, PUBLISH, METRICS):
+        elif kind in _ANSWERED:
             self._workers.submit(self._serve, message, route)
         elif kind == ERROR and link is not None and message.rid == _HELLO_RID:
             reason = str(body.get("error", "refused"))

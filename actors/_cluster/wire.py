@@ -46,6 +46,7 @@ __all__ = [
     "DataFrame",
     "FrameError",
     "Request",
+    "RequestTooLargeError",
     "bool_field",
     "chains_field",
     "decode_request",
@@ -277,16 +278,23 @@ def encode_request(message: Request) -> list[bytes]:
     return parts
 
 
+class RequestTooLargeError(FrameError):
+    """A well-formed request over ``max_bytes``: its header says whom to tell."""
+
+    def __init__(self, max_bytes: int, kind: int, sender: str, rid: str) -> None:
+        super().__init__(f"request larger than {max_bytes} bytes")
+        self.kind, self.sender, self.rid = kind, sender, rid
+
+
 def decode_request(parts: Sequence[bytes], max_bytes: int) -> Request:
     """Decode a request-channel message (without any routing identity).
 
-    Raise ``FrameError`` if it is malformed, oversized or of another version.
+    Raise ``FrameError`` if it is malformed, oversized or of another version;
+    ``RequestTooLargeError`` if only its size is at fault.
     """
     if len(parts) not in (5, 6):
         raise FrameError(f"a request has 5 or 6 parts, not {len(parts)}")
     raw = [bytes(p) for p in parts]
-    if sum(len(p) for p in raw) > max_bytes:
-        raise FrameError(f"request larger than {max_bytes} bytes")
     head = raw[0]
     if len(head) != 2:
         raise FrameError("malformed request header")
@@ -294,6 +302,12 @@ def decode_request(parts: Sequence[bytes], max_bytes: int) -> Request:
         raise FrameError(f"unknown frame version {head[0]}")
     if head[1] not in REQUEST_KINDS:
         raise FrameError(f"unknown request kind {head[1]}")
+    if sum(len(p) for p in raw) > max_bytes:
+        if len(raw[2]) + len(raw[3]) > 4096:  # no header of ours is that long
+            raise FrameError(f"request larger than {max_bytes} bytes")
+        raise RequestTooLargeError(
+            max_bytes, head[1], _text(raw[2], "sender"), _text(raw[3], "rid")
+        )
     return Request(
         kind=head[1],
         to=_text(raw[1], "to"),
