@@ -544,3 +544,55 @@ def feed_at_epoch(inbound: Inbound, seq: int, epoch: int) -> list[Event]:
     return inbound.on_data(
         "a", epoch=epoch, first=seq, last=seq, chains=(), events=[local(seq)], now=0.0
     )
+
+
+def restarted_and_followed(inbound: Inbound) -> None:
+    """``a`` (epoch 1) delivered 1..10, then restarted as epoch 2 (the same journal), followed."""
+    inbound.set_patterns(["user.*"], 0.0)
+    inbound.on_sync("a", 1, 1, 0, 0.0)
+    for seq in range(1, 11):
+        feed_at(inbound, seq)
+    inbound.on_heartbeat("a", epoch=2, base=11, head=10, chains={b"user.": 10}, now=1.0)
+    assert inbound.on_sync("a", 2, 11, 10, 1.0) == []
+    assert inbound.requests == []
+    assert inbound.watermarks() == {"a": 10}
+
+
+# Regression: a heartbeat of the incarnation already replaced, late on a second path (a
+# broker that was stopped), was taken as one more restart whose numbering went back: the
+# receiver switched back to the dead epoch, then forward again, and fetched the origin's
+# whole history again (every event twice once it was past the duplicate window).
+def test_a_late_heartbeat_or_sync_reply_of_a_replaced_incarnation_changes_nothing() -> None:
+    inbound = Inbound("b", dedupe=1000)
+    restarted_and_followed(inbound)
+    assert inbound.on_heartbeat("a", epoch=1, base=1, head=10, chains={b"user.": 10}, now=2.0) == []
+    assert inbound.on_sync("a", 1, 1, 10, 2.0) == []
+    assert inbound.is_retired("a", 1)
+    inbound.on_heartbeat("a", epoch=2, base=11, head=12, chains={b"user.": 12}, now=3.0)
+    (request,) = inbound.requests  # only what epoch 2 sent since
+    assert (request.after, request.upto) == (10, 12)
+    assert inbound.expire_syncs(10.0, 0.6) == []
+    assert inbound.watermarks() == {"a": 10}
+
+
+def test_a_late_frame_of_a_replaced_incarnation_is_delivered_once_and_in_order() -> None:
+    inbound = Inbound("b", dedupe=1000)
+    restarted_and_followed(inbound)
+    late = local(11)
+    # Nothing of the origin is being fetched: delivered (once) as it comes.
+    assert inbound.on_data("a", epoch=1, first=11, last=11, chains=(), events=[late], now=2.0) == [
+        late
+    ]
+    assert inbound.on_data("a", epoch=1, first=11, last=11, chains=(), events=[late], now=2.0) == []
+    # While a range is fetched from the current incarnation, which covers it, it is left to
+    # that fetch (delivered now it would come before the events below it).
+    inbound.on_heartbeat("a", epoch=2, base=11, head=14, chains={b"user.": 14}, now=3.0)
+    (request,) = inbound.requests
+    assert (request.after, request.upto) == (10, 14)
+    stale = local(13)
+    assert (
+        inbound.on_data("a", epoch=1, first=13, last=13, chains=(), events=[stale], now=3.0) == []
+    )
+    fetched = [late, local(12), stale, local(14)]
+    released = inbound.on_recovered(request.rid, fetched, True, 14, False)
+    assert [e.sequence for e in released] == [12, 13, 14]

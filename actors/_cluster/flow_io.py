@@ -319,7 +319,7 @@ class FlowIO(BridgeBase):
         stream (the link's connection came back on its own).
         """
         known = self._epochs.get(name)
-        if known != epoch:
+        if known != epoch and not self._in.is_retired(name, epoch):  # not a late frame
             self._epochs[name] = epoch
             self._grant(name)
             if known is not None:

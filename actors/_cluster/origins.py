@@ -47,6 +47,7 @@ class OriginState:
     next_epoch: int | None = None  # an epoch seen in data frames, not yet confirmed
     next_since: float = 0.0  # when a frame of ``next_epoch`` first came
     heard: float = 0.0  # when a heartbeat of ``epoch`` last came
+    retired: tuple[int, ...] = ()  # the last epochs it left (incarnations replaced since)
     # The window during a recovery (``room.py``): events given to the bus,
     # how many of them the last flush found handled, the limit of the request
     # out, a request waiting for room, and the range of held events dropped

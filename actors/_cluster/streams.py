@@ -42,6 +42,8 @@ from actors._model.topics import Pattern
 __all__ = ["MAX_AHEAD", "MAX_SEQUENCE", "Inbound", "Outbound", "RecoverRequest"]
 
 _CLASS_CACHE = 4096
+_RETIRED = 8
+"""How many replaced epochs of an origin are remembered (their late frames are told apart)."""
 
 
 class Inbound(Ranges):
@@ -127,6 +129,11 @@ class Inbound(Ranges):
     ) -> list[Event]:
         """Take a data frame; return the events to deliver now."""
         st, _ = self.origin(origin, now)
+        if epoch in st.retired:
+            # Late, from an incarnation replaced since (a second path): what it
+            # holds is delivered once unless a fetch from the current one, which
+            # covers it, is still to come (and then it would come out of order).
+            return [] if st.blocked() else self._fresh(events, st)
         if st.epoch != epoch and st.epoch is not None:
             # A new incarnation: wait for its sync reply (it says where it starts).
             if not st.awaiting_sync:
@@ -192,6 +199,8 @@ class Inbound(Ranges):
     def on_sync(self, origin: str, epoch: int, base: int, head: int, now: float) -> list[Event]:
         """Take ``origin``'s sync reply: baseline new prefixes, backfill what was missed."""
         st, _ = self.origin(origin, now)
+        if epoch in st.retired:
+            return []  # late, from an incarnation replaced since
         if st.loading:
             st.stashed = (epoch, base, head)
             return []
@@ -235,8 +244,8 @@ class Inbound(Ranges):
     ) -> list[Event]:
         """Take a heartbeat: detect a lost tail of frames, advance the watermark."""
         st, _ = self.origin(origin, now)
-        if st.loading:
-            return []
+        if st.loading or epoch in st.retired:
+            return []  # a late heartbeat of a replaced incarnation says nothing now
         if head > MAX_SEQUENCE or any(v > MAX_SEQUENCE for v in chains.values()):
             self.rejected += 1
             return []
@@ -265,6 +274,7 @@ class Inbound(Ranges):
 
     def _incarnation(self, st: OriginState, epoch: int, base: int) -> None:
         if st.epoch is not None and st.epoch != epoch:
+            st.retired = (*st.retired[-(_RETIRED - 1) :], st.epoch)
             if st.watermark is not None and base <= st.watermark:
                 # Its numbering restarted (no journal: ``base`` is 1) or went
                 # back (its journal lost a tail we had): the old chains mean
@@ -471,6 +481,11 @@ class Inbound(Ranges):
             if st is None or st.blocked() or st.synced != set(self.prefixes):
                 return False
         return True
+
+    def is_retired(self, origin: str, epoch: int) -> bool:
+        """Return whether ``epoch`` is of an incarnation of ``origin`` replaced since."""
+        st = self.origins.get(origin)
+        return st is not None and epoch in st.retired
 
     def is_pending(self, rid: str) -> bool:
         """Return whether recovery request ``rid`` is still waiting for its answer."""
