@@ -122,7 +122,7 @@ def test_a_restarted_origin_stopped_after_its_first_new_frame_keeps_per_origin_o
 ) -> None:
     a_config, a, b, d = synced_three(cluster, tmp_path, hub)
     acknowledged: set[int] = set()
-    for life in range(4):
+    for life in range(2):
         lo = life * 100_000
         a.ask(f"publish job.run {lo} {lo + 200}", "published")
         acknowledged |= set(range(lo, lo + 200))
@@ -156,7 +156,7 @@ def test_a_restarted_origin_stopped_at_once_is_fetched_after_it_continues(
 ) -> None:
     a_config, a, b, d = synced_three(cluster, tmp_path, hub)
     acknowledged: set[int] = set()
-    for life in range(3):
+    for life in range(2):
         lo = life * 100_000
         a.ask(f"publish job.run {lo} {lo + 100}", "published")
         acknowledged |= set(range(lo, lo + 100))
@@ -206,7 +206,7 @@ def test_an_origin_restarted_again_and_again_on_two_paths(
 ) -> None:
     a_config, a, b, d, hub = two_paths(cluster, tmp_path)
     acknowledged: set[int] = set()
-    for life in range(8):
+    for life in range(4):
         lo = life * 100_000
         a.ask(f"publish job.run {lo} {lo + 300}", "published")
         acknowledged |= set(range(lo, lo + 300))
@@ -238,7 +238,7 @@ def test_a_new_incarnation_stopped_on_two_paths_keeps_per_origin_order(
 ) -> None:
     a_config, a, b, d, hub = two_paths(cluster, tmp_path)
     acknowledged: set[int] = set()
-    for life in range(3):
+    for life in range(2):
         lo = life * 100_000
         a.ask(f"publish job.run {lo} {lo + 200}", "published")
         acknowledged |= set(range(lo, lo + 200))
@@ -313,7 +313,7 @@ def test_an_origin_without_a_journal_stopped_after_its_first_new_frame(
     b.ask("sync a", "synced")
     d.ask("sync a", "synced")
     acknowledged: set[int] = set()
-    for life in range(4):
+    for life in range(2):
         lo = life * 100_000
         a.ask(f"publish job.run {lo} {lo + 300}", "published")
         # Without a journal only what b and d have outlives a kill.
