@@ -32,9 +32,10 @@ import pytest
 
 from tests._support import pause, reaped, wait_for
 from tests.test_cluster import Node, start
-from tests.test_cluster_fault_edges import BROKER_CHILD, BrokerChild
+from tests.test_cluster_fault_edges import BrokerChild
 from tests.test_origin_restart_loops import (
     FAST,
+    broker,
     check_receivers,
     kill_in_publish,
     origin_config,
@@ -58,17 +59,7 @@ def cluster() -> Iterator[list[Any]]:
 @pytest.fixture(params=["direct", "broker"])
 def hub(request: pytest.FixtureRequest, cluster: list[Any], tmp_path: Path) -> str | None:
     """``None`` (nodes joined directly) or the endpoint of a broker every node joins through."""
-    if request.param == "direct":
-        return None
-    return broker(cluster, tmp_path)
-
-
-def broker(cluster: list[Any], tmp_path: Path) -> str:
-    script = tmp_path / "broker_child.py"
-    script.write_text(BROKER_CHILD)
-    endpoint = f"ipc://{tmp_path}/hub.sock"
-    cluster.append(BrokerChild(script, endpoint))
-    return endpoint
+    return None if request.param == "direct" else broker(cluster, tmp_path)
 
 
 def received(node: Node) -> int:

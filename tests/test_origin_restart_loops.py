@@ -58,6 +58,11 @@ def hub(request: pytest.FixtureRequest, cluster: list[Any], tmp_path: Path) -> s
     """``None`` (nodes joined directly) or the endpoint of a broker every node joins through."""
     if request.param == "direct":
         return None
+    return broker(cluster, tmp_path)
+
+
+def broker(cluster: list[Any], tmp_path: Path) -> str:
+    """Start a broker process (last in ``cluster``) on an ipc endpoint; return the endpoint."""
     script = tmp_path / "broker_child.py"
     script.write_text(BROKER_CHILD)
     endpoint = f"ipc://{tmp_path}/hub.sock"

@@ -20,6 +20,7 @@ bound whose expiry fails the test.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import uuid
 from collections.abc import Iterator
@@ -75,6 +76,25 @@ def responder(children: list[Any], hub: Hub, name: str = "b", **config: Any) -> 
 def alive(bus: EventBus) -> set[str]:
     assert bus.node is not None
     return set(bus.node.statistics().peers_alive)
+
+
+@contextlib.contextmanager
+def served(
+    children: list[Any], tmp_path: Path, **config: Any
+) -> Iterator[tuple[Hub, EventBus, Node]]:
+    """A broker, node ``a`` (this process) and responder ``b`` joined through it, answering."""
+    hub = Hub(tmp_path, children)
+    with node_a(hub, **config) as bus:
+        b = responder(children, hub, **({"node": config} if config else {}))
+        linked(bus, b)
+        assert bus.request("svc.echo", 0, timeout=WAIT).data == {"node": "b", "echo": 0}
+        yield hub, bus, b
+
+
+def broker_gone(hub: Hub, bus: EventBus) -> None:
+    """Kill the broker; return once ``a`` no longer hears ``b`` through it."""
+    hub.kill()
+    assert wait_for(lambda: "b" not in alive(bus), WAIT)
 
 
 def fresh_id() -> uuid.UUID:
@@ -143,16 +163,11 @@ def test_a_reply_made_while_the_broker_is_down_reaches_its_still_waiting_caller(
     # docs/cluster.md, fault table: frames in flight when the broker dies are
     # found by the chains and fetched through the new broker.  A reply is an
     # event like any other: a caller still within its timeout gets it.
-    hub = Hub(tmp_path, children)
-    with node_a(hub, **FAST) as bus:
-        b = responder(children, hub, node=FAST)
-        linked(bus, b)
-        assert bus.request("svc.echo", 0, timeout=WAIT).data == {"node": "b", "echo": 0}
+    with served(children, tmp_path, **FAST) as (hub, bus, b):
         request_id = fresh_id()
         waiting = ask(bus, {"hold": "down"}, WAIT * 2, id=request_id)
         held_id, _ = b.wait_held()
-        hub.kill()
-        assert wait_for(lambda: "b" not in alive(bus), WAIT)
+        broker_gone(hub, bus)
         b.ask("release", "released")
         b.wait_line("replied", held_id)  # published by b while no broker runs
         assert not waiting.done.is_set()
@@ -170,13 +185,8 @@ def test_a_request_published_while_the_broker_is_down_is_answered_once_it_restar
 ) -> None:
     # The request itself is lost with the broker: b, which follows a's stream,
     # finds the gap once the new broker relays a's heartbeat and fetches it.
-    hub = Hub(tmp_path, children)
-    with node_a(hub, **FAST) as bus:
-        b = responder(children, hub, node=FAST)
-        linked(bus, b)
-        assert bus.request("svc.echo", 0, timeout=WAIT).data == {"node": "b", "echo": 0}
-        hub.kill()
-        assert wait_for(lambda: "b" not in alive(bus), WAIT)
+    with served(children, tmp_path, **FAST) as (hub, bus, b):
+        broker_gone(hub, bus)
         request_id = fresh_id()
         waiting = ask(bus, "while down", WAIT * 2, id=request_id)
         assert wait_for(lambda: bus.pending_requests() == 1, WAIT)
@@ -193,13 +203,8 @@ def test_first_request_of_a_new_type_right_after_a_broker_restart_is_answered(
     # The reply route of a new type must reach b through the new broker; the
     # request goes out without waiting for the nodes to greet it (at-least-once
     # to a live, reachable node: what b missed meanwhile is fetched).
-    hub = Hub(tmp_path, children)
-    with node_a(hub, **FAST) as bus:
-        b = responder(children, hub, node=FAST)
-        linked(bus, b)
-        assert bus.request("svc.echo", 0, timeout=WAIT).data == {"node": "b", "echo": 0}
-        hub.kill()
-        assert wait_for(lambda: "b" not in alive(bus), WAIT)
+    with served(children, tmp_path, **FAST) as (hub, bus, b):
+        broker_gone(hub, bus)
         hub.start()
         request_id = fresh_id()
         reply = Call(
@@ -221,11 +226,7 @@ def test_first_request_of_a_new_type_right_after_a_broker_restart_is_answered(
 def test_broker_paused_past_the_timeout_then_continued_late_reply_reaches_no_later_request(
     children: list[Any], tmp_path: Path
 ) -> None:
-    hub = Hub(tmp_path, children)
-    with node_a(hub, **FAST) as bus:
-        b = responder(children, hub, node=FAST)
-        linked(bus, b)
-        assert bus.request("svc.echo", 0, timeout=WAIT).data == {"node": "b", "echo": 0}
+    with served(children, tmp_path, **FAST) as (hub, bus, b):
         late = Collector()
         bus.subscribe("svc.echo.reply", late)
 
@@ -256,11 +257,7 @@ def test_broker_paused_past_the_timeout_then_continued_late_reply_reaches_no_lat
 def test_responder_killed_mid_request_behind_the_broker_and_its_new_incarnation_answers(
     children: list[Any], tmp_path: Path
 ) -> None:
-    hub = Hub(tmp_path, children)
-    with node_a(hub, **FAST) as bus:
-        b = responder(children, hub, node=FAST)
-        linked(bus, b)
-        assert bus.request("svc.echo", 0, timeout=WAIT).data == {"node": "b", "echo": 0}
+    with served(children, tmp_path, **FAST) as (hub, bus, b):
         held = ask(bus, {"hold": "x"}, 1.5)
         b.wait_held()
         b.kill()
@@ -324,11 +321,7 @@ def test_async_requests_through_a_paused_broker_are_bounded_by_their_timeout(
     # Default heartbeat_timeout (5 s): b still counts as live while the broker
     # is stopped, so a new type's reply route waits for b's acknowledgement,
     # which cannot come; that wait takes at most half of the timeout.
-    hub = Hub(tmp_path, children)
-    with node_a(hub) as bus:
-        b = responder(children, hub)
-        linked(bus, b)
-        assert bus.request("svc.echo", 0, timeout=WAIT).data == {"node": "b", "echo": 0}
+    with served(children, tmp_path) as (hub, bus, b):
         abus = AsyncEventBus(bus=bus)
 
         async def during_pause() -> tuple[list[Any], Any, Any, Any]:
