@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from actors import Event, EventBus, EventBusError
-from tests._support import WAIT, Recorder, publish_all
+from tests._support import WAIT, Recorder, publish_all, wait_for
 
 
 @pytest.fixture
@@ -236,3 +236,25 @@ def test_unsubscribing_a_catch_up_subscription_never_strands_a_flush(
     assert errors == []
     release.set()
     t.join(WAIT)
+
+
+# Regression: a catch-up subscription whose history ran out just after it was unsubscribed
+# joined the router all the same (its Subscribe came after the Unsubscribe): a route nobody
+# would remove, to a stopped actor, so every later flush waited for ever on its events.
+def test_a_catch_up_unsubscribed_before_it_joined_never_becomes_a_route(
+    open_bus: Callable[..., EventBus],
+) -> None:
+    bus = open_bus()
+    for i in range(5):
+        bus.publish("hist.x", i)
+    bus.flush()
+    sub = bus.subscribe("hist.*", lambda _: None, from_sequence=1)
+    actor = sub._actor  # noqa: SLF001 - its catch-up, to end its history late
+    assert actor.catchup is not None
+    sub.unsubscribe()
+    assert wait_for(actor.actor_stopped.is_set, WAIT)
+    # What its last turn does when the end of history comes after the unsubscribe.
+    actor.catchup._join(actor.catchup.route, lambda _: None)  # noqa: SLF001
+    bus.publish("hist.x", "after")
+    bus.flush(timeout=WAIT)  # raised TimeoutError: the event waited in the stopped mailbox
+    assert bus.subscriptions() == []

@@ -79,10 +79,15 @@ class PublishBatch:
 
 @dataclass(frozen=True, slots=True)
 class Subscribe:
-    """Add ``route``; events published after the reply reach it."""
+    """Add ``route``; events published after the reply reach it.
+
+    ``cancelled()`` true when the router takes it: the subscription ended
+    first (a catch-up that ran out of history after its ``Unsubscribe``).
+    """
 
     route: Route
     on_subscribed: Callable[[int], None] | None = None
+    cancelled: Callable[[], bool] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -407,6 +407,8 @@ class RouterActor(DispatchedActor):
     # -- subscriptions --------------------------------------------------------
 
     def _subscribe(self, message: Subscribe) -> None:
+        if message.cancelled is not None and message.cancelled():
+            return  # ended before it joined: a route now would never be removed
         route = message.route
         pattern = Pattern.parse(route.pattern)
         self._routes[route.id] = (route, pattern)

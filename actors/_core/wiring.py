@@ -324,7 +324,9 @@ class Core:
             router.put(Forward(journal, ReadJournal(query, future)))
 
         def join(route: Route, joined: Callable[[int], None]) -> None:
-            router.put(Subscribe(route, on_subscribed=joined))
+            # ``detached`` is set before the ``Unsubscribe`` is sent: a join the
+            # router takes after it is dropped, one before it is undone by it.
+            router.put(Subscribe(route, on_subscribed=joined, cancelled=lambda: actor.detached))
 
         def save(name: str, sequence: int) -> None:
             # Through the router: the checkpoint reaches the journal after the
