@@ -142,6 +142,7 @@ def test_a_restarted_origin_stopped_after_its_first_new_frame_keeps_per_origin_o
 # -- 2. the new incarnation stopped as soon as it is up ----------------------------------------
 
 
+@pytest.mark.parametrize("hub", ["broker"], indirect=True)  # the longer path
 def test_a_restarted_origin_stopped_at_once_is_fetched_after_it_continues(
     cluster: list[Any], tmp_path: Path, hub: str | None
 ) -> None:
@@ -294,6 +295,7 @@ def test_a_late_heartbeat_of_the_last_incarnation_fetches_nothing_again(
 # -- 4. an origin without a journal: its numbering restarts at 1 ------------------------------
 
 
+@pytest.mark.parametrize("hub", ["broker"], indirect=True)  # the longer path
 def test_an_origin_without_a_journal_stopped_after_its_first_new_frame(
     cluster: list[Any], tmp_path: Path, hub: str | None
 ) -> None:

@@ -15,8 +15,9 @@ events of a command still running at the kill are unknown (they may or may
 not arrive). The receivers are ``b`` (live, no journal) and ``d``
 (persistent, with a durable subscription); both stay up.
 
-Every test runs twice: the nodes joined directly (each receiver follows
-``a``'s address) and through a broker (every node knows only the broker's).
+The restart loop runs twice: the nodes joined directly (each receiver
+follows ``a``'s address) and through a broker (every node knows only the
+broker's); the other tests, directly.
 
 The parent synchronises on the children's output lines only.
 """
@@ -183,6 +184,7 @@ def test_an_origin_restarted_again_and_again_loses_nothing_acknowledged(
 # -- 2. a restarted while b is paused past heartbeat_timeout --------------------------------
 
 
+@pytest.mark.parametrize("hub", ["direct"], indirect=True)  # the loop above covers brokers
 def test_an_origin_restarted_while_a_live_receiver_is_paused(
     cluster: list[Any], tmp_path: Path, hub: str | None
 ) -> None:
@@ -210,6 +212,7 @@ def test_an_origin_restarted_while_a_live_receiver_is_paused(
 # -- 3. a restarted twice quickly: the second restart before b fetched the first gap ---------
 
 
+@pytest.mark.parametrize("hub", ["direct"], indirect=True)  # the loop above covers brokers
 def test_an_origin_restarted_twice_before_the_first_gap_was_fetched(
     cluster: list[Any], tmp_path: Path, hub: str | None
 ) -> None:
@@ -240,6 +243,7 @@ def test_an_origin_restarted_twice_before_the_first_gap_was_fetched(
 # -- 4. a restarted with another batch_size and credit_window --------------------------------
 
 
+@pytest.mark.parametrize("hub", ["direct"], indirect=True)  # the loop above covers brokers
 def test_an_origin_restarted_with_other_batch_size_and_credit_window(
     cluster: list[Any], tmp_path: Path, hub: str | None
 ) -> None:
