@@ -224,6 +224,18 @@ def seen_once(got: Collector, marker: Target, kind: str) -> list[Event]:
 # -- the target is killed after it journaled the event, before its answer left ---------------
 
 
+def held_publish(
+    bus: EventBus, b: Target, timeout: float
+) -> tuple[Event, threading.Thread, list[Any]]:
+    """Publish ``job.once`` on ``b``; return once ``b`` journaled it and holds its answer."""
+    b.ask("sync a", "synced")
+    b.ask("arm job.once", "armed")
+    event = Event(event_type="job.once", data="once")
+    thread, outcome = in_background(lambda: bus.publish_remote("b", event, timeout=timeout))
+    assert {b.lines.get(timeout=WAIT) for _ in range(2)} == {"held", "journaled"}
+    return event, thread, outcome
+
+
 def test_a_target_killed_between_its_journal_and_its_answer_publishes_the_retry_once(
     cluster: list[Any], script: Path, tmp_path: Path
 ) -> None:
@@ -241,11 +253,7 @@ def test_a_target_killed_between_its_journal_and_its_answer_publishes_the_retry_
         b = Target(script, **config)
         cluster.append(b)
         assert bus.wait_for_peers(["b"], WAIT)
-        b.ask("sync a", "synced")
-        b.ask("arm job.once", "armed")
-        event = Event(event_type="job.once", data="once")
-        thread, outcome = in_background(lambda: bus.publish_remote("b", event, timeout=3.0))
-        assert {b.lines.get(timeout=WAIT) for _ in range(2)} == {"held", "journaled"}
+        event, thread, outcome = held_publish(bus, b, 3.0)
         [(stored_id, stored_seq, origin, data)] = b.journal("job.once")
         assert (stored_id, origin, data) == (str(event.id), "b", "once")
         b.kill()
@@ -283,11 +291,7 @@ def test_an_answer_held_past_the_timeout_then_a_retry_gets_the_first_publish(
         )
         cluster.append(b)
         assert bus.wait_for_peers(["b"], WAIT)
-        b.ask("sync a", "synced")
-        b.ask("arm job.once", "armed")
-        event = Event(event_type="job.once", data="once")
-        thread, outcome = in_background(lambda: bus.publish_remote("b", event, timeout=1.0))
-        assert {b.lines.get(timeout=WAIT) for _ in range(2)} == {"held", "journaled"}
+        event, thread, outcome = held_publish(bus, b, 1.0)
         # The answer cannot leave while b's I/O thread is held: the caller gives up.
         assert isinstance(finished(thread, outcome), NoAnswerError), outcome
         retry, retried = in_background(lambda: bus.publish_remote("b", event, timeout=5.0))
