@@ -34,6 +34,7 @@ from actors import (
     EventQuery,
     NoAnswerError,
     NodeConfig,
+    NotConnectedError,
     PersistentEventBus,
     RequestTimeoutError,
 )
@@ -726,6 +727,82 @@ def test_publish_remote_reaches_a_node_restarted_at_once_on_another_port(
         assert b.ask("journal job.two", "journal ") == "journal [2]"
         gaps_add_up(node_of(bus).statistics())
         b.close()
+
+
+# -- publish_remote sent while its target restarts ---------------------------------------------
+
+
+# Regression: a publish_remote sent on the route of a target that had just died was lost
+# with that connection, and the caller waited out its whole timeout (NoAnswerError) though
+# the target came back at once.  While the target still counts as alive (a restart within
+# heartbeat_timeout), the ask now waits for its new connection and is sent again on it.
+def test_publish_remote_sent_while_its_target_restarts_reaches_the_new_incarnation(
+    cluster: list[Any], tmp_path: Path
+) -> None:
+    timing = {"heartbeat_interval": 0.1, "heartbeat_timeout": 60.0}
+    with EventBus(node=NodeConfig(name="a", listen="tcp://127.0.0.1:*", **timing)) as bus:
+        b, b_config = remote_target(cluster, tmp_path, bus, timing)
+        b.kill()
+        outcome: queue.Queue[Any] = queue.Queue()
+
+        def remote() -> None:
+            try:
+                outcome.put(bus.publish_remote("b", "job.two", 2, timeout=WAIT))
+            except Exception as exc:
+                outcome.put(exc)
+
+        caller = threading.Thread(target=remote)
+        caller.start()
+        assert node_of(bus).wait(lambda s: s.requests_waiting == 1, WAIT), list(outcome.queue)
+        b = start(cluster, **b_config)
+        second = outcome.get(timeout=WAIT + 10)
+        caller.join()
+        assert isinstance(second, Event), second
+        assert second.origin == "b"
+        assert b.ask("journal job.two", "journal ") == "journal [2]"
+        stats = node_of(bus).statistics()
+        assert stats.requests_resent >= 1
+        assert stats.requests_waiting == 0
+        b.close()
+
+
+# A target whose connection closed and that is declared dead is not connected: the caller
+# is told so at once (it waited out its whole timeout for NoAnswerError before), and
+# reaches the target again once it is back.
+def test_publish_remote_to_a_target_that_died_is_not_connected_until_it_is_back(
+    cluster: list[Any], tmp_path: Path
+) -> None:
+    with EventBus(node=NodeConfig(name="a", listen="tcp://127.0.0.1:*", **FAST)) as bus:
+        b, b_config = remote_target(cluster, tmp_path, bus, FAST)
+        b.kill()
+        assert node_of(bus).wait(lambda s: "b" not in s.peers_alive, WAIT)
+        with pytest.raises(NotConnectedError):
+            bus.publish_remote("b", "job.lost", 0, timeout=WAIT)
+        assert node_of(bus).statistics().requests_waiting == 0
+        b = start(cluster, **b_config)
+        assert bus.wait_for_peers(["b"], WAIT)
+        assert bus.publish_remote("b", "job.two", 2, timeout=WAIT).origin == "b"
+        assert b.ask("journal job.two", "journal ") == "journal [2]"
+        assert b.ask("journal job.lost", "journal ") == "journal []"
+        b.close()
+
+
+def remote_target(
+    cluster: list[Any], tmp_path: Path, bus: EventBus, timing: dict[str, float]
+) -> tuple[Node, dict[str, Any]]:
+    """Start node b (persistent, linked to ``bus``) and publish job.one 1 on it remotely."""
+    b_config = {
+        "name": "b",
+        "listen": f"ipc://{tmp_path}/b.sock",
+        "peers": [bus.endpoints["request"]],
+        "path": str(tmp_path / "b"),
+        "node": timing,
+    }
+    b = start(cluster, **b_config)
+    assert bus.wait_for_peers(["b"], WAIT)
+    b.ask("sync a", "synced")
+    assert bus.publish_remote("b", "job.one", 1, timeout=WAIT).origin == "b"
+    return b, b_config
 
 
 # -- an origin without a journal restarted while its receiver is paused ----------------------

@@ -107,7 +107,9 @@ class Bridge(StreamIO, RecoveryIO, RequestIO):
         self._curve.server(self._xpub)
         self._router = self._ctx.socket(zmq.ROUTER)
         self._router.linger = 0
-        self._router.router_mandatory = False
+        # A send to a closed connection's identity fails (EHOSTUNREACH) instead
+        # of vanishing: that is how a gone route is told (``RequestIO._send``).
+        self._router.router_mandatory = True
         self._curve.server(self._router)
         if node.listen is not None:
             self._router.bind(node.listen)
@@ -359,6 +361,7 @@ class Bridge(StreamIO, RecoveryIO, RequestIO):
             synced_peers=synced,
             send_queued=self._flow.queued,
             send_queue_peak=self._flow.peak,
+            requests_waiting=len(self._asks),
             credit_receivers=tuple(sorted(self._flow.receivers)),
             lagging_peers=tuple(self._flow.lagging()),
         )

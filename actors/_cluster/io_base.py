@@ -96,6 +96,8 @@ class BridgeBase:
         self._links: list[Link] = []
         self._refusals: list[str] = []
         self._waiting: dict[str, tuple[Callable[[Request | None], None], float]] = {}
+        # This node's asks waiting for an answer, by rid (``RequestIO._resend_asks``).
+        self._asks: dict[str, Request] = {}
         self._saved: dict[str, int] = {}
         self._saved_epochs: dict[str, int] = {}
         self._saved_position = -1

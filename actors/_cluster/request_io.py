@@ -239,6 +239,7 @@ class RequestIO(BridgeBase):
             # a new stream once the peer is declared dead (``_heartbeat``).
             if link is None and peer.route_lost:
                 peer.route, peer.route_lost = route, False  # the known one is gone
+                self._resend_asks(sender)
             elif link is None and peer.route != route:
                 self._keep_candidate(peer, route)
             if isinstance(pub, str) and reachable(pub, via) != peer.stream:
@@ -258,7 +259,10 @@ class RequestIO(BridgeBase):
         # restarted node's request socket is a new connection).
         self._seen(sender, time.monotonic())
         peer = self._peers[sender]
+        moved = peer.route != route
         peer.route, peer.candidate, peer.route_lost = route, None, False
+        if moved:
+            self._resend_asks(sender)
         if isinstance(pub, str):
             stream_key = key or _key(body)
             self._connect_stream(sender, reachable(pub, via), stream_key, asked=link is not None)
@@ -266,9 +270,30 @@ class RequestIO(BridgeBase):
     def _keep_candidate(self, peer: Peer, route: Route) -> None:
         """Keep ``route`` aside for ``peer``, taken once its known route is gone."""
         peer.candidate = route
-        # A send to a closed connection's identity then fails (EHOSTUNREACH)
-        # instead of vanishing: that is how a gone route is told.
-        self._router.router_mandatory = True
+        # Most often the peer restarted: its old connection is closed by the
+        # time its new one greets.  The asks waiting on the old route are sent
+        # on it again, which tells (EHOSTUNREACH, ``_route_gone``) and moves
+        # them to the new route; a peer still there just answers them again.
+        self._resend_asks(peer.name)
+
+    def _resend_asks(self, name: str) -> None:
+        """Send again the asks to ``name`` still waiting, on its route now (I/O thread).
+
+        An ask sent on a route that went away (the peer restarted on a new
+        connection) is lost with it; every asked kind is safe to ask twice
+        (reads, and PUBLISH, which a node takes once per event id), and the
+        first answer to an ask is the one taken.
+        """
+        route = self._route_to(name)
+        if route is None:
+            return
+        for message in [m for m in self._asks.values() if m.to == name]:
+            if message.rid in self._asks:  # not answered by a send just made
+                self._stats.requests_resent += 1
+                self._send(route, message)
+                route = self._route_to(name)
+                if route is None:
+                    return
 
     def _connect_broker(
         self, body: dict[str, Any], via: str | None, key: bytes | None, link: Link | None
@@ -331,12 +356,25 @@ class RequestIO(BridgeBase):
 
     def _route_gone(self, route: Route, message: Request) -> None:
         """The connection behind ``route`` closed: its peer's fallback route (if any) takes over."""
-        for peer in self._peers.values():
+        for peer in list(self._peers.values()):
             if peer.route == route:
                 peer.route, peer.candidate = peer.candidate, None
                 peer.route_lost = peer.route is None  # its next greeting's route is taken
-                if peer.route is not None and peer.name == message.to:
+                if peer.route is None:
+                    if not peer.alive:
+                        self._fail_asks(peer.name)
+                    continue  # the asks to a live one wait for that greeting (``_greeted``)
+                if peer.name == message.to and message.rid not in self._asks:
                     self._send(peer.route, message)
+                self._resend_asks(peer.name)
+
+    def _fail_asks(self, name: str) -> None:
+        """End the asks waiting for ``name``, whose connection closed and which is not heard."""
+        for rid, message in list(self._asks.items()):
+            waiting = self._waiting.pop(rid, None) if message.to == name else None
+            if waiting is not None:
+                error = "its connection closed and it is not responding"
+                waiting[0](Request(ERROR, self.name, self.name, rid, {"error": error}))
 
     def _route_to(self, name: str) -> Route | None:
         for link in self._links:
@@ -360,6 +398,7 @@ class RequestIO(BridgeBase):
         peer = self._peers.get(name)
         if peer is not None and not peer.alive and peer.candidate is not None:
             peer.route, peer.candidate = peer.candidate, None
+            self._resend_asks(name)
 
     def _ask(  # noqa: PLR0917 - one call site, through functools.partial
         self,
@@ -371,12 +410,15 @@ class RequestIO(BridgeBase):
         payload: bytes | None = None,
     ) -> None:
         route = self._route_to(name)
-        if route is None:
+        peer = self._peers.get(name)
+        restarting = peer is not None and peer.alive and peer.route_lost
+        if route is None and not restarting:
             future.set_exception(NotConnectedError(f"node {name!r} is not connected"))
             return
         rid = uuid.uuid4().hex
 
         def done(reply: Request | None) -> None:
+            self._asks.pop(rid, None)
             if reply is None:
                 self._unanswered(name)
                 future.set_exception(NoAnswerError(f"node {name!r} did not answer in time"))
@@ -394,7 +436,9 @@ class RequestIO(BridgeBase):
                     future.set_exception(exc)
 
         self._waiting[rid] = (done, deadline)
-        self._send(route, Request(kind, name, self.name, rid, body, payload))
+        message = self._asks[rid] = Request(kind, name, self.name, rid, body, payload)
+        if route is not None:  # else its connection closed: sent on its next (``_greeted``)
+            self._send(route, message)
 
     def _ask_many(
         self,
@@ -485,6 +529,10 @@ class RequestIO(BridgeBase):
             if now > deadline:
                 del self._waiting[rid]
                 callback(None)
+        for name in {m.to for m in self._asks.values()}:
+            peer = self._peers.get(name)
+            if peer is not None and not peer.alive and self._route_to(name) is None:
+                self._fail_asks(name)  # declared dead while its asks waited for it
         self._unpark()
 
 

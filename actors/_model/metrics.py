@@ -331,6 +331,7 @@ class Counters:
     events_dropped_lagging: int = 0
     publishers_held: int = 0
     credits_sent: int = 0
+    requests_resent: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -361,6 +362,11 @@ class BridgeStatistics:
     ``credits_sent`` grants this node sent; ``credit_receivers`` the peers
     whose credit this node follows, ``lagging_peers`` those holding its
     queue now.
+
+    Requests (``publish_remote``, remote queries and figures):
+    ``requests_waiting`` this node's requests waiting for an answer now;
+    ``requests_resent`` those sent again because their peer's route changed
+    (it restarted on a new connection).
     """
 
     frames_sent: int = 0
@@ -391,4 +397,6 @@ class BridgeStatistics:
     send_queue_peak: int = 0
     credit_receivers: tuple[str, ...] = ()
     lagging_peers: tuple[str, ...] = ()
+    requests_waiting: int = 0
+    requests_resent: int = 0
     counters: Counters = field(default_factory=Counters, repr=False, compare=False)
