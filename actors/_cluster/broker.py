@@ -41,6 +41,7 @@ import zmq
 from actors._cluster.endpoints import derive_endpoint, last_endpoint, reachable
 from actors._cluster.security import Curve, close_context
 from actors._cluster.wire import (
+    ANSWERED,
     CONTROL,
     DATA_HEADER,
     ERROR,
@@ -130,6 +131,9 @@ class Broker:
         try:
             self._curve = Curve(self._ctx, curve_public_key, curve_secret_key, self._allow)
             self._router = self._socket(zmq.ROUTER)
+            # A send to a closed connection fails (EHOSTUNREACH) instead of
+            # vanishing, so a request to it is answered (``_relay``).
+            self._router.router_mandatory = True
             self._router.bind(listen)
             self._xpub = self._socket(zmq.XPUB)
             self._xpub.bind(derive_endpoint(listen, 1, ".pub"))
@@ -288,7 +292,7 @@ class Broker:
                 reason = f"the broker binds {message.sender!r} to another key"
                 body = {"error": reason, "refused": True}
                 refusal = Request(ERROR, message.sender, self.name, message.rid, body)
-                self._router.send_multipart([identity, *encode_request(refusal)])
+                self._reply(identity, refusal)
             return
         if not message.to:
             if message.kind == HELLO:
@@ -299,7 +303,7 @@ class Broker:
                     "xsub": reachable(self.publish_endpoint, None),
                 }
                 reply = Request(WELCOME, message.sender, self.name, message.rid, body)
-                self._router.send_multipart([identity, *encode_request(reply)])
+                self._reply(identity, reply)
             return
         route = self._names.get(message.to)
         target = route.identity if route is not None else None
@@ -311,13 +315,29 @@ class Broker:
                 message.rid,
                 {"error": f"unknown node {message.to}"},
             )
-            self._router.send_multipart([identity, *encode_request(error)])
+            self._reply(identity, error)
             return
         self.routed += 1
+        self._relay(identity, target, message, parts)
+
+    def _relay(self, identity: bytes, target: bytes, message: Request, parts: list[bytes]) -> None:
+        """Pass ``parts`` to ``target``; a request to a closed connection is answered ERROR."""
         try:
             self._router.send_multipart([target, *parts], zmq.NOBLOCK)
         except zmq.ZMQError as exc:
             logger.debug("broker: cannot route to %s: %s", message.to, exc)
+            if exc.errno != zmq.EHOSTUNREACH:
+                return
+            if message.kind in ANSWERED:
+                body = {"error": f"node {message.to}'s connection to the broker closed"}
+                self._reply(identity, Request(ERROR, message.sender, self.name, message.rid, body))
+
+    def _reply(self, identity: bytes, reply: Request) -> None:
+        """Answer the connection ``identity`` (dropped if it closed or its queue is full)."""
+        try:
+            self._router.send_multipart([identity, *encode_request(reply)], zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            logger.debug("broker: cannot answer %s: %s", reply.to, exc)
 
     def _learn(self, sender: str, identity: bytes, key: bytes | None) -> bool:
         """Take ``identity`` as ``sender``'s route if its key may hold the name; return whether.

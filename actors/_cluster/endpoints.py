@@ -68,6 +68,7 @@ class Peer:
     candidate: Any = None  # a newer route from a HELLO, tried when ``route`` stops answering
     route_lost: bool = False  # ``route``'s connection closed with no candidate: take the next
     candidate_stream: tuple[str, bytes | None] | None = None  # adopted once it is declared dead
+    probed_at: float = float("-inf")  # an ask last sent again on ``route`` while it was dead
 
 
 @dataclass(slots=True)

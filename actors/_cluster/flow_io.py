@@ -316,7 +316,8 @@ class FlowIO(BridgeBase):
 
         A restarted peer this node dials is greeted again: restarted before
         it was declared dead, it would otherwise never learn this node's
-        stream (the link's connection came back on its own).
+        stream (the link's connection came back on its own).  This node's
+        asks waiting for it are sent to it again.
         """
         known = self._epochs.get(name)
         if known != epoch and not self._in.is_retired(name, epoch):  # not a late frame
@@ -327,6 +328,8 @@ class FlowIO(BridgeBase):
                     if link.name == name and not link.broker:
                         link.welcomed = False
                         link.hello_at = float("-inf")
+                # Asks the last incarnation took and never answered go to this one.
+                self._resend_asks(name)
 
     def _grant(self, name: str) -> None:
         """Send ``name`` this node's credit (its prefixes, the window, what was handled)."""

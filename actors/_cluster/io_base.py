@@ -297,6 +297,9 @@ class BridgeBase:
     def _unanswered(self, name: str) -> None:
         raise NotImplementedError
 
+    def _resend_asks(self, name: str) -> None:
+        raise NotImplementedError
+
     def _unpark(self) -> None:
         raise NotImplementedError
 

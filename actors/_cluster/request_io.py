@@ -25,7 +25,7 @@ from actors._cluster.endpoints import Link, Peer, reachable
 from actors._cluster.io_base import BridgeBase, Route
 from actors._cluster.stream_io import RECV_BURST
 from actors._cluster.wire import (
-    CORRELATED,
+    ANSWERED,
     CREDIT,
     ERROR,
     EVENTS,
@@ -59,8 +59,6 @@ __all__ = ["RequestIO"]
 logger = logging.getLogger("actors.bridge")
 
 _HELLO_RID = "hello"
-_ANSWERED = frozenset((RECOVER, QUERY, CORRELATED, PUBLISH, METRICS))
-"""The requests whose asker waits for an answer."""
 
 
 class RequestIO(BridgeBase):
@@ -112,7 +110,7 @@ class RequestIO(BridgeBase):
             self._stats.frames_too_large += 1
             self._stats.frames_dropped += 1
             logger.warning("bridge %s: dropped a request from %r: %s", self.name, exc.sender, exc)
-            if exc.kind in _ANSWERED:
+            if exc.kind in ANSWERED:
                 # Its asker would wait its whole timeout: tell it why, at once.
                 body = {"error": f"{exc}: node {self.name}'s max_frame_bytes"}
                 self._send(route, Request(ERROR, exc.sender, self.name, exc.rid, body))
@@ -147,7 +145,7 @@ class RequestIO(BridgeBase):
             self._send(route, self._hello_request(WELCOME, message.sender, message.rid))
         elif kind == CREDIT:
             self._on_credit(message)
-        elif kind in _ANSWERED:
+        elif kind in ANSWERED:
             self._workers.submit(self._serve, message, route)
         elif kind == ERROR and link is not None and message.rid == _HELLO_RID:
             reason = str(body.get("error", "refused"))
@@ -529,11 +527,32 @@ class RequestIO(BridgeBase):
             if now > deadline:
                 del self._waiting[rid]
                 callback(None)
-        for name in {m.to for m in self._asks.values()}:
-            peer = self._peers.get(name)
-            if peer is not None and not peer.alive and self._route_to(name) is None:
-                self._fail_asks(name)  # declared dead while its asks waited for it
+        self._check_dead_routes(now, timeout)
         self._unpark()
+
+    def _check_dead_routes(self, now: float, timeout: float) -> None:
+        """End the asks waiting for a node declared dead once its connection is seen closed.
+
+        Nothing else is sent on a dead node's route, so every
+        ``heartbeat_timeout`` the oldest ask is sent on it again: that send
+        tells a closed connection (EHOSTUNREACH, ``_route_gone``), and a node
+        that was only paused answers it (asks are safe to receive twice).
+        """
+        if not self._asks:
+            return
+        oldest: dict[str, Request] = {}
+        for message in self._asks.values():
+            oldest.setdefault(message.to, message)
+        for name, message in oldest.items():
+            peer = self._peers.get(name)
+            if peer is None or peer.alive:
+                continue
+            route = self._route_to(name)
+            if route is None:
+                self._fail_asks(name)  # declared dead while its asks waited for it
+            elif route[1] is not None and now - peer.probed_at > timeout:
+                peer.probed_at = now
+                self._send(route, message)
 
 
 def _fit_asker(

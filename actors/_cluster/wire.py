@@ -38,6 +38,7 @@ from actors._errors import FrameError, InvalidEventError
 from actors._model.event import Event
 
 __all__ = [
+    "ANSWERED",
     "CONTROL",
     "CREDIT",
     "HEARTBEAT_TOPIC",
@@ -77,6 +78,8 @@ PUBLISH, METRICS, CREDIT = 23, 24, 25
 REQUEST_KINDS = frozenset(
     {HELLO, WELCOME, RECOVER, QUERY, CORRELATED, EVENTS, ERROR, PUBLISH, METRICS, CREDIT}
 )
+ANSWERED = frozenset((RECOVER, QUERY, CORRELATED, PUBLISH, METRICS))
+"""The request kinds whose asker waits for an answer (EVENTS or ERROR)."""
 
 # version u8, kind u8, epoch u64, first u64, last u64, count u32, origin length u8,
 # chain count u16; then the origin (UTF-8), then per chain: prev u64, prefix
