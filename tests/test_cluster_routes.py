@@ -20,16 +20,19 @@ import zmq
 from actors import Broker, EventBus, EventQuery, NoAnswerError, NotConnectedError
 from actors._cluster.security import generate_keypair
 from actors._cluster.wire import (
+    CREDIT,
     ERROR,
+    HEARTBEAT,
     HEARTBEAT_TOPIC,
     HELLO,
     WELCOME,
     Request,
     decode_request,
+    encode_control,
     encode_request,
 )
 from tests._cluster_support import WAIT, Until, ipc, node, request_endpoint
-from tests._support import reaped
+from tests._support import reaped, wait_for
 from tests.test_cluster import Node
 from tests.test_cluster_identity import FakePeer, event
 
@@ -165,6 +168,55 @@ def test_a_live_node_without_a_stream_keeps_its_route_past_heartbeat_timeout(
     assert answer is not None
     assert answer.origin == "c"
     assert got.wait()[-1].data == "real"
+
+
+# -- the node at a dialled endpoint, heard first through a broker ----------------------------
+
+
+# Regression: b dials a and joins a broker, and a's heartbeat reached b through the broker
+# before a's answer to b's greeting.  b put a's own stream aside, to be followed only once
+# a was declared dead, while what a sent on b's link (its credit, every heartbeat) kept a
+# alive: with the broker stopped, a's events never reached b, and a, out of b's credit,
+# held its publishers until they failed.  The answer on b's own link gives b a's stream.
+def test_the_node_a_link_dials_heard_first_through_a_broker_is_followed_on_its_stream(
+    tmp_path: Path, nodes: Callable[..., EventBus]
+) -> None:
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    try:
+        with Broker(ipc(tmp_path, "broker")) as broker:
+            # Node a, played with raw sockets: its ROUTER, its stream, its way into the broker.
+            router, xpub, relay = ctx.socket(zmq.ROUTER), ctx.socket(zmq.XPUB), ctx.socket(zmq.PUB)
+            for sock in (router, xpub, relay):
+                sock.linger = 0
+            router.bind(ipc(tmp_path, "a"))
+            xpub.bind(ipc(tmp_path, "a-pub"))
+            relay.connect(broker.publish_endpoint)
+            b = nodes("b", peers=(broker.endpoint, ipc(tmp_path, "a")), **FAST)
+            assert router.poll(int(WAIT * 1000)), "b never greeted a"
+            identity, *parts = router.recv_multipart()
+            hello = decode_request(parts, 1 << 24)
+            beat = {"node": "a", "epoch": 1, "base": 1, "head": 0, "chains": []}
+
+            def heard() -> bool:
+                relay.send_multipart(encode_control(HEARTBEAT_TOPIC, HEARTBEAT, beat))
+                return "a" in node(b).statistics().peers_alive
+
+            assert wait_for(heard, WAIT), "a's heartbeat never reached b through the broker"
+            pub = {"kind": "node", "pub": ipc(tmp_path, "a-pub"), "epoch": 1, "base": 1}
+            welcome = Request(WELCOME, "b", "a", hello.rid, pub)
+            router.send_multipart([identity, *encode_request(welcome)])
+            # From now on a speaks to b only on b's link: its credit, as a live node does.
+            grant = {"epoch": 0, "acked": 0, "window": 1000, "prefixes": [], "drop": False}
+            credit = encode_request(Request(CREDIT, "b", "a", "credit", grant))
+
+            def followed() -> bool:
+                router.send_multipart([identity, *credit])
+                return xpub.poll(50) != 0  # b subscribed to a's stream
+
+            assert wait_for(followed, WAIT), f"b never followed a's stream: {route_state(b, 'a')}"
+            b.close(timeout=10)
+    finally:
+        ctx.destroy(0)
 
 
 # -- a live node known through a broker ---------------------------------------------------

@@ -26,6 +26,7 @@ __all__ = [
     "PublishLedger",
     "Piece",
     "fit_answer",
+    "fit_asker",
     "query_from_json",
     "query_to_json",
     "serve_recover",
@@ -240,3 +241,24 @@ class PublishLedger:
             running.set_result(known)
             out.append(known)
         return out
+
+
+def fit_asker(
+    pieces: list[Piece], reply: dict[str, Any], own: int, body: dict[str, Any]
+) -> tuple[list[Piece], dict[str, Any]]:
+    """Cut a recovery answer to the smaller of this node's and the asker's frame limit.
+
+    ``max_bytes`` in the request is the asker's ``max_frame_bytes`` (absent
+    from nodes that predate it: this node's own limit holds).  An event that
+    alone is over the asker's limit can never reach it: the answer skips it
+    (``lost``) and the asker continues after it.
+    """
+    asked = body.get("max_bytes")
+    limit = own
+    if isinstance(asked, int) and not isinstance(asked, bool) and asked > 0:
+        limit = min(own, asked)
+    budget = limit - 4096
+    pieces, reply = fit_answer(pieces, reply, budget)
+    if len(pieces) == 1 and len(pieces[0][1]) > budget and limit < own:
+        return [], {"complete": False, "scanned": pieces[0][0], "lost": True}
+    return pieces, reply

@@ -20,7 +20,7 @@ from typing import Any
 
 import zmq
 
-from actors._cluster.bridge_io import Piece, fit_answer, query_from_json, serve_recover
+from actors._cluster.bridge_io import Piece, fit_asker, query_from_json, serve_recover
 from actors._cluster.endpoints import Link, Peer, reachable
 from actors._cluster.io_base import BridgeBase, Route
 from actors._cluster.stream_io import RECV_BURST
@@ -228,6 +228,18 @@ class RequestIO(BridgeBase):
             # its requests: a node that dials this one and did not see it
             # restart): its greeting on that connection gives its stream.
             self._connect_stream(sender, reachable(pub, via), key or _key(body), asked=False)
+            return
+        if peer is not None and peer.alive and link is not None and peer.stream is None:
+            # The node at an endpoint this node dials, heard so far only through a
+            # broker (its heartbeat came before this answer): its own stream is a
+            # second path, not a re-pointing.  Put aside, it would be followed only
+            # once the node is declared dead, and what it sends on this link (its
+            # credit) can keep it alive: its events would never come this way.
+            if isinstance(pub, str):
+                endpoint = reachable(pub, via)
+                if peer.candidate_stream is not None and peer.candidate_stream[0] == endpoint:
+                    peer.candidate_stream = None
+                self._connect_stream(sender, endpoint, key or _key(body), asked=True)
             return
         if peer is not None and peer.alive:
             # Never re-point a peer we hear from (on its stream, through a
@@ -480,7 +492,7 @@ class RequestIO(BridgeBase):
                     )
                 else:
                     pieces, reply_body = serve_recover(local, self._out, body)
-                pieces, reply_body = _fit_asker(pieces, reply_body, self._max, body)
+                pieces, reply_body = fit_asker(pieces, reply_body, self._max, body)
                 payload = b"".join([chunk for _, chunk in pieces])
             elif message.kind == QUERY:
                 journal = local.journal
@@ -553,27 +565,6 @@ class RequestIO(BridgeBase):
             elif route[1] is not None and now - peer.probed_at > timeout:
                 peer.probed_at = now
                 self._send(route, message)
-
-
-def _fit_asker(
-    pieces: list[Piece], reply: dict[str, Any], own: int, body: dict[str, Any]
-) -> tuple[list[Piece], dict[str, Any]]:
-    """Cut a recovery answer to the smaller of this node's and the asker's frame limit.
-
-    ``max_bytes`` in the request is the asker's ``max_frame_bytes`` (absent
-    from nodes that predate it: this node's own limit holds).  An event that
-    alone is over the asker's limit can never reach it: the answer skips it
-    (``lost``) and the asker continues after it.
-    """
-    asked = body.get("max_bytes")
-    limit = own
-    if isinstance(asked, int) and not isinstance(asked, bool) and asked > 0:
-        limit = min(own, asked)
-    budget = limit - 4096
-    pieces, reply = fit_answer(pieces, reply, budget)
-    if len(pieces) == 1 and len(pieces[0][1]) > budget and limit < own:
-        return [], {"complete": False, "scanned": pieces[0][0], "lost": True}
-    return pieces, reply
 
 
 def _no_peers() -> dict[str, float]:
