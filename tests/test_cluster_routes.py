@@ -219,6 +219,35 @@ def test_the_node_a_link_dials_heard_first_through_a_broker_is_followed_on_its_s
         ctx.destroy(0)
 
 
+# Regression: a node heard only by what it sends (no stream followed) restarted on a new
+# connection and greeted with its stream: that stream was put aside until the node it
+# replaced was declared dead, but the new incarnation's own credit, on the connection put
+# aside, kept the old one alive, so the new stream was never followed.
+def test_what_comes_on_a_connection_kept_aside_does_not_keep_the_known_peer_alive(
+    tmp_path: Path, nodes: Callable[..., EventBus], impostors: Callable[..., Impostor]
+) -> None:
+    b = nodes("b", listen=ipc(tmp_path, "b"), **FAST)
+    grant = {"epoch": 0, "acked": 0, "window": 1000, "prefixes": [], "drop": False}
+    first = impostors(request_endpoint(b))  # a's first incarnation: heard by its credit
+
+    def alive() -> bool:
+        first.dealer.send_multipart(encode_request(Request(CREDIT, "b", "a", "c", grant)))
+        return "a" in node(b).statistics().peers_alive
+
+    assert wait_for(alive, WAIT)
+    second = FakePeer("a", ipc(tmp_path, "a2"), request_endpoint(b))  # restarted, with a stream
+    try:
+        assert decode_request(second.hello(), 1 << 24).kind == WELCOME
+
+        def followed() -> bool:
+            second.request(CREDIT, "b", "a", "c", grant)
+            return second.xpub.poll(50) != 0  # b subscribed to the new stream
+
+        assert wait_for(followed, WAIT), f"never followed: {route_state(b, 'a')}"
+    finally:
+        second.close()
+
+
 # -- a live node known through a broker ---------------------------------------------------
 
 

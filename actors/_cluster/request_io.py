@@ -163,12 +163,16 @@ class RequestIO(BridgeBase):
         while it was paused, it may come back without greeting this node
         again (its link never saw this node die): its route is learnt from
         what it sends, so requests to it (``publish_remote``) reach it again.
+        What comes on a connection kept aside (``candidate``: a restart, or
+        another node under its name) is not the known peer speaking.
         """
         peer = self._peers.get(sender)
         if peer is None:
             if link is not None or not sender or sender == self.name:
                 return
             peer = self._peers[sender] = Peer(sender, route=route)
+        if link is None and peer.candidate is not None and route == peer.candidate:
+            return
         now = peer.last_heard = time.monotonic()
         if not peer.alive and peer.stream is None and peer.route is not None:
             self._seen(sender, now)  # a node without listen lives by what it sends
