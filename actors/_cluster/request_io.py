@@ -254,6 +254,12 @@ class RequestIO(BridgeBase):
             if link is None and peer.route_lost:
                 peer.route, peer.route_lost = route, False  # the known one is gone
                 self._resend_asks(sender)
+                if peer.stream is None and isinstance(pub, str):
+                    # Its connection closed and it greets anew, a restart (as for
+                    # one declared dead): nothing else would ever give its stream.
+                    peer.candidate_stream = None
+                    self._connect_stream(sender, reachable(pub, via), key or _key(body))
+                    return
             elif link is None and peer.route != route:
                 self._keep_candidate(peer, route)
             if isinstance(pub, str) and reachable(pub, via) != peer.stream:
