@@ -107,7 +107,7 @@ def test_credit_on_a_connection_kept_aside_neither_keeps_a_stalled_peer_alive_no
     # impostor greets a as b, then credits a as b on its own connection all
     # along.  While b is heard, nothing moves; once b stalls past
     # heartbeat_timeout, a declares it dead whatever the impostor sends; once
-    # b runs again, its credit makes it alive again and it answers a.
+    # b runs again, a's requests still reach b and nothing reaches the impostor.
     # A heartbeat_timeout long enough that a loaded machine does not declare b dead
     # while it runs: only its stall below should.
     timing = {"heartbeat_interval": 0.1, "heartbeat_timeout": 2.0}
@@ -134,12 +134,15 @@ def test_credit_on_a_connection_kept_aside_neither_keeps_a_stalled_peer_alive_no
             assert dead, f"the impostor's credit kept b alive: {route_state(a, 'b')}"
         finally:
             gate.set()
-        back = node(a).wait(lambda s: "b" in s.peers_alive, WAIT)
+        # Declared dead, b is followed on the stream kept aside as well, and lives by
+        # it from then on (docs/cluster.md): it counts as alive again once it greets
+        # a again, which its own link does only if b declared a dead in its stall.
+        # Whatever a counts it, a's requests still go to b's own connection.
         answer = node(a).publish_remote("b", "job.run", "again", timeout=WAIT)
         diverted = crediting.close()
-        assert (back, answer.origin, diverted) == (True, "b", []), (
-            f"b ran again and credits a: alive at a {back}, answered by {answer.origin}, "
-            f"sent to the impostor {diverted}; {peer_streams(a, 'b')}, {route_state(a, 'b')}"
+        assert (answer.origin, diverted) == ("b", []), (
+            f"b ran again: answered by {answer.origin}, sent to the impostor {diverted}; "
+            f"{peer_streams(a, 'b')}, {route_state(a, 'b')}"
         )
     finally:
         if crediting is not None:
