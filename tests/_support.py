@@ -300,6 +300,29 @@ class LineChild:
             self.proc.wait(self.wait)
 
 
+def in_background(call: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
+    """Run ``call()`` on a thread; its result or exception lands in the returned list."""
+    outcome: list[Any] = []
+
+    def run() -> None:
+        try:
+            outcome.append(call())
+        except BaseException as exc:  # the caller checks the outcome
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+def finished(thread: threading.Thread, outcome: list[Any], timeout: float = 30.0) -> Any:
+    """Return what the call of ``in_background`` gave (a result or an exception)."""
+    thread.join(timeout)
+    assert not thread.is_alive(), "the call did not return within its timeout"
+    assert len(outcome) == 1
+    return outcome[0]
+
+
 def flip_byte(file: Path, offset: int) -> None:
     """Invert the byte at ``offset`` of ``file`` in place (damage for the journal tests)."""
     with file.open("r+b") as f:

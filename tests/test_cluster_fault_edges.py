@@ -38,7 +38,7 @@ from actors import (
     PersistentEventBus,
     RequestTimeoutError,
 )
-from tests._support import Collector, LineChild, pause, reaped, wait_for
+from tests._support import Collector, LineChild, finished, in_background, pause, reaped, wait_for
 from tests.test_cluster import Node, start
 from tests.test_requests_cluster import Responder
 
@@ -707,17 +707,7 @@ def test_publish_remote_reaches_a_node_restarted_at_once_on_another_port(
     with EventBus(node=NodeConfig(name="a", listen="tcp://127.0.0.1:*", **FAST)) as bus:
         got = Collector()
         bus.subscribe("job.*", got)
-        b_config = {
-            "name": "b",
-            "listen": f"ipc://{tmp_path}/b1.sock",
-            "peers": [bus.endpoints["request"]],
-            "path": str(tmp_path / "b"),
-            "node": FAST,
-        }
-        b = start(cluster, **b_config)
-        assert bus.wait_for_peers(["b"], WAIT)
-        b.ask("sync a", "synced")
-        assert bus.publish_remote("b", "job.one", 1, timeout=WAIT).origin == "b"
+        b, b_config = remote_target(cluster, tmp_path, bus, FAST)
         b.kill()  # and at once, on another endpoint: a may still hold b alive
         b = start(cluster, **{**b_config, "listen": f"ipc://{tmp_path}/b2.sock"})
         b.ask("sync a", "synced")
@@ -743,20 +733,10 @@ def test_publish_remote_sent_while_its_target_restarts_reaches_the_new_incarnati
     with EventBus(node=NodeConfig(name="a", listen="tcp://127.0.0.1:*", **timing)) as bus:
         b, b_config = remote_target(cluster, tmp_path, bus, timing)
         b.kill()
-        outcome: queue.Queue[Any] = queue.Queue()
-
-        def remote() -> None:
-            try:
-                outcome.put(bus.publish_remote("b", "job.two", 2, timeout=WAIT))
-            except Exception as exc:
-                outcome.put(exc)
-
-        caller = threading.Thread(target=remote)
-        caller.start()
-        assert node_of(bus).wait(lambda s: s.requests_waiting == 1, WAIT), list(outcome.queue)
+        caller = in_background(lambda: bus.publish_remote("b", "job.two", 2, timeout=WAIT))
+        assert node_of(bus).wait(lambda s: s.requests_waiting == 1, WAIT), caller[1]
         b = start(cluster, **b_config)
-        second = outcome.get(timeout=WAIT + 10)
-        caller.join()
+        second = finished(*caller, timeout=WAIT + 10)
         assert isinstance(second, Event), second
         assert second.origin == "b"
         assert b.ask("journal job.two", "journal ") == "journal [2]"

@@ -41,7 +41,7 @@ from actors import (
     PeerRefusedError,
     PersistentEventBus,
 )
-from tests._support import Collector, LineChild, pause, reaped, wait_for
+from tests._support import Collector, LineChild, finished, in_background, pause, reaped, wait_for
 from tests.test_cluster_fault_edges import BROKER_CHILD, BrokerChild
 
 pytestmark = pytest.mark.slow
@@ -190,28 +190,6 @@ def script(tmp_path: Path) -> Path:
 def node_of(bus: EventBus) -> Any:
     assert bus.node is not None
     return bus.node
-
-
-def in_background(call: Any) -> tuple[threading.Thread, list[Any]]:
-    """Run ``call()`` on a thread; its result or exception lands in the returned list."""
-    outcome: list[Any] = []
-
-    def run() -> None:
-        try:
-            outcome.append(call())
-        except BaseException as exc:  # the caller checks the outcome
-            outcome.append(exc)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread, outcome
-
-
-def finished(thread: threading.Thread, outcome: list[Any]) -> Any:
-    thread.join(WAIT + 5)
-    assert not thread.is_alive(), "the call did not return within its timeout"
-    assert len(outcome) == 1
-    return outcome[0]
 
 
 def seen_once(got: Collector, marker: Target, kind: str) -> list[Event]:

@@ -17,7 +17,6 @@ The test synchronises on child lines, queues and the node's own statistics.
 from __future__ import annotations
 
 import json
-import queue
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -33,7 +32,7 @@ from actors import (
     NodeConfig,
     NotConnectedError,
 )
-from tests._support import pause, reaped, wait_for
+from tests._support import finished, in_background, pause, reaped, wait_for
 from tests.test_cluster import Node, start
 from tests.test_cluster_fault_edges import FAST, WAIT, cont, node_of, remote_target
 from tests.test_requests_broker_faults import Hub
@@ -55,18 +54,12 @@ def cluster() -> Iterator[list[Any]]:
     yield from reaped(WAIT)
 
 
-def in_thread(call: Callable[[], Any]) -> queue.Queue[Any]:
-    """Run ``call`` on a thread of its own; its result or exception arrives on the queue."""
-    out: queue.Queue[Any] = queue.Queue()
-
-    def run() -> None:
-        try:
-            out.put(call())
-        except Exception as exc:  # the outcome is checked by the test
-            out.put(exc)
-
-    threading.Thread(target=run, daemon=True).start()
-    return out
+def result_of(call: Callable[[], Any]) -> Any:
+    """Return what ``call()`` gives: its result, or the exception it raised."""
+    try:
+        return call()
+    except Exception as exc:  # the outcome is checked by the test
+        return exc
 
 
 def journal(node: Node, event_type: str) -> list[Any]:
@@ -105,11 +98,11 @@ def test_a_request_taken_by_a_node_killed_before_answering_is_answered_by_its_re
         assert bus.publish_remote("b", "job.one", 1, timeout=WAIT).origin == "b"
         pause(b.proc)
         event = Event(event_type="job.two", data=2)
-        published = in_thread(lambda: bus.publish_remote("b", event, timeout=ASK))
+        published = in_background(lambda: bus.publish_remote("b", event, timeout=ASK))
         assert node_of(bus).wait(lambda s: s.requests_waiting == 1, WAIT)
         b.kill()
         b = start(cluster, **b_config)
-        second = published.get(timeout=ASK + WAIT)
+        second = finished(*published, timeout=ASK + WAIT)
         stats = node_of(bus).statistics()
         assert isinstance(second, Event), (second, stats.requests_resent, journal(b, "job.two"))
         assert second.id == event.id
@@ -135,15 +128,15 @@ def test_requests_waiting_for_a_dead_node_end_not_connected_once_its_connection_
         assert node_of(bus).wait(lambda s: "b" not in s.peers_alive, WAIT)
         event = Event(event_type="job.two", data=2)
         outcomes = [
-            in_thread(lambda: bus.publish_remote("b", event, timeout=ASK)),
-            in_thread(
+            in_background(lambda: bus.publish_remote("b", event, timeout=ASK)),
+            in_background(
                 lambda: bus.query(EventQuery(event_types=["job.one"]), node="b", timeout=ASK)
             ),
-            in_thread(lambda: bus.remote_metrics("b", timeout=ASK)),
+            in_background(lambda: bus.remote_metrics("b", timeout=ASK)),
         ]
         assert node_of(bus).wait(lambda s: s.requests_waiting == 3, WAIT)
         b.kill()
-        ended = [outcome.get(timeout=ASK + WAIT) for outcome in outcomes]
+        ended = [finished(*outcome, timeout=ASK + WAIT) for outcome in outcomes]
         assert [type(e) for e in ended] == [NotConnectedError] * 3, ended
         assert node_of(bus).wait(lambda s: s.requests_waiting == 0, WAIT)
         # Back again, the retry publishes the event once.
@@ -182,16 +175,17 @@ def test_a_request_through_a_broker_to_a_node_that_died_is_not_connected_until_i
         lost = Event(event_type="job.lost", data=0)
 
         def refused() -> bool:
-            outcome = in_thread(lambda: bus.publish_remote("b", lost, timeout=2.0)).get()
-            return isinstance(outcome, NotConnectedError)
+            return isinstance(
+                result_of(lambda: bus.publish_remote("b", lost, timeout=2.0)), NotConnectedError
+            )
 
         assert wait_for(refused, WAIT)
         b = start(cluster, **b_config)
         two = Event(event_type="job.two", data=2)
 
         def published() -> bool:
-            outcome = in_thread(lambda: bus.publish_remote("b", two, timeout=2.0)).get()
-            return isinstance(outcome, Event) and outcome.origin == "b"
+            answer = result_of(lambda: bus.publish_remote("b", two, timeout=2.0))
+            return isinstance(answer, Event) and answer.origin == "b"
 
         assert wait_for(published, WAIT)
         assert journal(b, "job.two") == [2]
@@ -213,8 +207,8 @@ def test_a_second_node_under_a_live_nodes_name_never_takes_its_requests(
         b, b_config = remote_target(cluster, tmp_path, bus, SLOW_DEATH)
         pause(b.proc)
         two = Event(event_type="job.two", data=2)
-        published = in_thread(lambda: bus.publish_remote("b", two, timeout=WAIT))
-        queried = in_thread(
+        published = in_background(lambda: bus.publish_remote("b", two, timeout=WAIT))
+        queried = in_background(
             lambda: bus.query(EventQuery(event_types=["job.one"]), node="b", timeout=WAIT)
         )
         assert node_of(bus).wait(lambda s: s.requests_waiting == 2, WAIT)
@@ -224,13 +218,13 @@ def test_a_second_node_under_a_live_nodes_name_never_takes_its_requests(
         )
         other.ask("peers a", "peers")  # a welcomed it: its greeting was handled
         three = Event(event_type="job.three", data=3)
-        later = in_thread(lambda: bus.publish_remote("b", three, timeout=WAIT))
+        later = in_background(lambda: bus.publish_remote("b", three, timeout=WAIT))
         assert node_of(bus).wait(lambda s: s.requests_waiting == 3, WAIT)
         assert journal(other, "job.two") == []
         cont(b)
-        answered = [published.get(timeout=WAIT + 5), later.get(timeout=WAIT + 5)]
+        answered = [finished(*published), finished(*later)]
         assert all(isinstance(e, Event) and e.origin == "b" for e in answered), answered
-        found = queried.get(timeout=WAIT + 5)
+        found = finished(*queried)
         assert isinstance(found, list), found
         assert [e.data for e in found] == [1]  # b's journal: the other node holds no job.one
         assert journal(b, "job.two") == [2]

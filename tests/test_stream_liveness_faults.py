@@ -11,6 +11,7 @@ conditions.
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import threading
@@ -333,6 +334,17 @@ def _answers(sock: zmq.Socket[bytes], count: int) -> list[Request]:
     return got
 
 
+def _refused_for(sock: zmq.Socket[bytes], to: str, sender: str) -> bool:
+    """Ask ``to`` through the broker until an answer is ERROR (its connection seen closed)."""
+    probes = itertools.count()
+
+    def refused() -> bool:
+        _ask(sock, to, sender, f"probe-{to}-{next(probes)}")
+        return bool(sock.poll(200)) and decode_request(sock.recv_multipart(), 1 << 24).kind == ERROR
+
+    return wait_for(refused, WAIT)
+
+
 def test_a_broker_answers_and_serves_through_closed_connections_and_full_pipes(
     tmp_path: Path,
 ) -> None:
@@ -345,14 +357,7 @@ def test_a_broker_answers_and_serves_through_closed_connections_and_full_pipes(
         _greet(t, "t")
         t.close(0)
         r = _dealer(ctx, ep)
-        probes = {"n": 0}
-
-        def closed_seen() -> bool:
-            probes["n"] += 1
-            _ask(r, "t", "r", f"probe-{probes['n']}")
-            return bool(r.poll(200)) and decode_request(r.recv_multipart(), 1 << 24).kind == ERROR
-
-        assert wait_for(closed_seen, WAIT), "no ERROR for a node whose connection closed"
+        assert _refused_for(r, "t", "r"), "no ERROR for a node whose connection closed"
         while r.poll(0):
             r.recv_multipart()  # late answers to the probes
         for batch in range(6):
@@ -385,14 +390,7 @@ def test_a_broker_answers_and_serves_through_closed_connections_and_full_pipes(
         assert [(x.rid, x.sender) for x in replies] == [("to-e", "e")]
         # A reply to the closed r is dropped; a request to it is answered ERROR.
         e.send_multipart(encode_request(Request(ERROR, "r", "e", "late", {"error": "late"})))
-        n = {"n": 0}
-
-        def r_closed() -> bool:
-            n["n"] += 1
-            _ask(e, "r", "e", f"to-r-{n['n']}")
-            return bool(e.poll(200)) and decode_request(e.recv_multipart(), 1 << 24).kind == ERROR
-
-        assert wait_for(r_closed, WAIT), "no ERROR for a requester whose connection closed"
+        assert _refused_for(e, "r", "e"), "no ERROR for a requester whose connection closed"
         late = _dealer(ctx, ep)
         _greet(late, "late")  # still serving after it all
     finally:

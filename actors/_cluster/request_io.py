@@ -219,73 +219,54 @@ class RequestIO(BridgeBase):
             return
         peer = self._peers.get(sender)
         pub = body.get("pub")
-        if (
-            peer is not None
-            and peer.alive
-            and link is None
-            and peer.stream is None
-            and peer.candidate_stream is None
-            and route == peer.route
-            and isinstance(pub, str)
-        ):
-            # Known only by what it sent on this very connection (its credit,
-            # its requests: a node that dials this one and did not see it
-            # restart): its greeting on that connection gives its stream.
-            self._connect_stream(sender, reachable(pub, via), key or _key(body), asked=False)
-            return
-        if peer is not None and peer.alive and link is not None and peer.stream is None:
-            # The node at an endpoint this node dials, heard so far only through a
-            # broker (its heartbeat came before this answer): its own stream is a
-            # second path, not a re-pointing.  Put aside, it would be followed only
-            # once the node is declared dead, and what it sends on this link (its
-            # credit) can keep it alive: its events would never come this way.
-            if isinstance(pub, str):
-                endpoint = reachable(pub, via)
-                if peer.candidate_stream is not None and peer.candidate_stream[0] == endpoint:
-                    peer.candidate_stream = None
-                self._connect_stream(sender, endpoint, key or _key(body), asked=True)
-            return
-        if peer is not None and peer.alive:
-            # Never re-point a peer we hear from (on its stream, through a
-            # broker, or by what it sends): a HELLO is not authenticated
-            # (without CURVE).  A new route is kept as a fallback, used only
-            # once the known one is gone (its connection closed: ``_send``);
-            # a new stream once the peer is declared dead (``_heartbeat``).
-            if link is None and peer.route_lost:
-                peer.route, peer.route_lost = route, False  # the known one is gone
+        stream = reachable(pub, via) if isinstance(pub, str) else None
+        stream_key = key or _key(body)
+        if peer is None or not peer.alive:
+            # Unknown, or declared dead: the peer takes the route it greets on (a
+            # restarted node's request socket is a new connection).
+            self._seen(sender, time.monotonic())
+            peer = self._peers[sender]
+            moved = peer.route != route
+            peer.route, peer.candidate, peer.route_lost = route, None, False
+            if moved:
                 self._resend_asks(sender)
-                if peer.stream is None and isinstance(pub, str):
-                    # Its connection closed and it greets anew, a restart (as for
-                    # one declared dead): nothing else would ever give its stream.
-                    peer.candidate_stream = None
-                    self._connect_stream(sender, reachable(pub, via), key or _key(body))
-                    return
-            elif link is None and peer.route != route:
-                self._keep_candidate(peer, route)
-            if isinstance(pub, str) and reachable(pub, via) != peer.stream:
-                peer.candidate_stream = (reachable(pub, via), key or _key(body))
-                logger.warning(
-                    "bridge %s: a node greets as %r from %s while %r is alive at %s: a restart "
-                    "elsewhere, or a second node with that name (names must be unique); it is "
-                    "followed only once the one known now is declared dead",
-                    self.name,
-                    sender,
-                    pub,
-                    sender,
-                    peer.stream,
-                )
+            if stream is not None:
+                self._connect_stream(sender, stream, stream_key, asked=link is not None)
             return
-        # Unknown, or declared dead: the peer takes the route it greets on (a
-        # restarted node's request socket is a new connection).
-        self._seen(sender, time.monotonic())
-        peer = self._peers[sender]
-        moved = peer.route != route
-        peer.route, peer.candidate, peer.route_lost = route, None, False
-        if moved:
+        # Never re-point a peer we hear from (on its stream, through a broker, or
+        # by what it sends): a HELLO is not authenticated (without CURVE).  A new
+        # route is kept as a fallback, used only once the known one is gone (its
+        # connection closed: ``_send``); a new stream once the peer is declared
+        # dead (``_heartbeat``).
+        if link is None and peer.route_lost:
+            peer.route, peer.route_lost = route, False  # the known one is gone
             self._resend_asks(sender)
-        if isinstance(pub, str):
-            stream_key = key or _key(body)
-            self._connect_stream(sender, reachable(pub, via), stream_key, asked=link is not None)
+        elif link is None and peer.route != route:
+            self._keep_candidate(peer, route)
+        if stream is None or stream == peer.stream:
+            return
+        if peer.stream is None and (link is not None or route == peer.route):
+            # No stream of it is followed directly (it is heard by what it sends,
+            # or through a broker), and it greets on a connection that is its
+            # own: this node's link to an endpoint it dials, or the connection
+            # its requests take (a restarted one's, once the old one closed).
+            # Its stream is a second path, not a re-pointing.  Put aside, it
+            # would wait for the peer to be declared dead, which what the peer
+            # sends on that connection (its credit) never lets come.
+            peer.candidate_stream = None
+            self._connect_stream(sender, stream, stream_key, asked=link is not None)
+            return
+        peer.candidate_stream = (stream, stream_key)
+        logger.warning(
+            "bridge %s: a node greets as %r from %s while %r is alive at %s: a restart "
+            "elsewhere, or a second node with that name (names must be unique); it is "
+            "followed only once the one known now is declared dead",
+            self.name,
+            sender,
+            pub,
+            sender,
+            peer.stream,
+        )
 
     def _keep_candidate(self, peer: Peer, route: Route) -> None:
         """Keep ``route`` aside for ``peer``, taken once its known route is gone."""
