@@ -38,6 +38,8 @@ from actors._model.event import expired_unix
 from actors._runtime.dispatcher import TurnHandedOff
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future
+
     from actors._core.ports import SubscriberPorts
     from actors._model.event import Event
     from actors._runtime.dispatcher import Dispatcher
@@ -105,6 +107,8 @@ class HandlerRuns:
     _timers: Timers
     _loop: asyncio.AbstractEventLoop | None
     _retry_wake: asyncio.Future[None] | None
+    _async: AsyncRun | None
+    _async_future: Future[None] | None
 
     def _batch_done(self, batch: Batch) -> None:
         raise NotImplementedError
@@ -333,9 +337,11 @@ class HandlerRuns:
                 attempts = 0
                 while True:
                     attempts += 1
+                    state.in_handler = True
                     try:
                         await self._await_handler(handler, event)
                     except BaseException as exc:  # see _failed
+                        state.in_handler = False
                         if isinstance(exc, GeneratorExit) and _loop_gone(self._loop):
                             raise  # closed: its task went with its loop (given up elsewhere)
                         if isinstance(exc, asyncio.CancelledError) and _cancelling():
@@ -354,6 +360,7 @@ class HandlerRuns:
                                 continue
                             stop = i
                     else:
+                        state.in_handler = False
                         self.delivered += 1
                     break
             finally:
@@ -407,11 +414,15 @@ class HandlerRuns:
                 self._retry_wake = None
         return not self.abandoned
 
-    def abandon(self) -> None:
+    def abandon(self) -> Future[None] | None:
         """Handle nothing more, the batch in hand included (any thread: unsubscribe, close).
 
         A synchronous batch stops at its next event or retry; an ``async``
-        batch waiting to retry stops waiting at once.
+        batch waiting to retry stops waiting at once.  An ``async`` batch
+        not inside its handler ends at once, so this returns its run: done
+        once the batch has counted what it gave up (``close`` waits for it,
+        so the figures are final when it returns).  A handler still running
+        is left to finish on its own (None).
         """
         self.abandoned = True
         wake = self._retry_wake
@@ -419,6 +430,10 @@ class HandlerRuns:
         if wake is not None and loop is not None:
             with contextlib.suppress(RuntimeError):  # its loop has closed: nothing waits
                 loop.call_soon_threadsafe(_wake, wake)
+        state, run = self._async, self._async_future
+        if state is None or run is None or state.done or state.in_handler or run.done():
+            return None
+        return run
 
     async def _await_handler(
         self, handler: Callable[[Event], Coroutine[Any, Any, Any]], event: Event

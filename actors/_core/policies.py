@@ -220,4 +220,5 @@ class AsyncRun:
     pos: int = 0
     started: bool = False
     done: bool = False
+    in_handler: bool = False  # inside the handler's call (not between events, nor waiting to retry)
     run: Coroutine[Any, Any, None] | None = None

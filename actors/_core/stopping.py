@@ -8,15 +8,20 @@ deadline: it is a daemon thread, abandoned, and its subscription is reported.
 A caller that cannot wait (``close`` inside a handler, whose own thread may be
 needed) leaves the stopping to a thread of its own, which waits as ``close``
 would: the router always stops, so its stop listeners and the flushes still
-waiting hear of it, and only then do the dispatchers go.
+waiting hear of it, and only then do the dispatchers go.  An ``async``
+batch given up on while it waited to retry (or between two events) ends at
+once; it is waited for within the grace, so its figures are final when
+``close`` returns.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import logging
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future
 
 from actors._core.subscriber import SubscriberActor
 from actors._core.wiring import Core
@@ -56,13 +61,15 @@ def stop_actors(
     unfinished = [
         stats for stats in (a.statistics() for a in subs) if stats.queued or stats.in_flight
     ]
-    for actor in subs:
-        actor.abandon()  # nothing more is handled once close gives up
+    # Nothing more is handled once close gives up; async batches that were
+    # waiting to retry end at once, and are waited for (their figures).
+    ending = [run for run in (actor.abandon() for actor in subs) if run is not None]
     stop = functools.partial(
         _stop,
         core,
         subs,
         unfinished,
+        ending,
         system,
         deadline,
         grace,
@@ -85,6 +92,7 @@ def _stop(  # noqa: PLR0917 - stop_actors' arguments, passed on
     core: Core,
     subs: list[SubscriberActor],
     unfinished: list[SubscriptionStatistics],
+    ending: list[Future[None]],
     system: Scheduler,
     deadline: Deadline,
     grace: float,
@@ -100,6 +108,8 @@ def _stop(  # noqa: PLR0917 - stop_actors' arguments, passed on
     if bridge_close is not None:
         bridge_close(release.remaining())
     told = send_stop(a.actor_ref for a in subs)
+    if ending:
+        concurrent.futures.wait(ending, own_deadline.remaining())
     late = wait_stopped(send_stop(core.refs()), own_deadline)
     if journal is not None:
         own = send_stop([journal.actor_ref])
