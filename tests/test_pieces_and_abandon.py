@@ -540,3 +540,48 @@ def test_close_gives_up_on_async_retry_wait_at_once() -> None:
     st = sub.statistics()
     assert balanced(st), (st, unfinished)
     assert (st.in_flight, st.dead_letters) == (0, 0), st
+
+
+def test_close_gives_up_on_sync_retry_wait_and_its_figures_are_final() -> None:
+    bus = EventBus(EventConfig(threads=2))
+
+    def handler(event: Event) -> None:
+        raise RuntimeError("fails")
+
+    sub = bus.subscribe("t.*", handler, retries=2, retry_backoff=120.0)
+    for i in range(3):
+        bus.publish("t.x", i)
+    assert wait_for(lambda: sub.statistics().errors == 1)
+    unfinished = bus.close(timeout=0.5)
+    st = sub.statistics()
+    assert [s.id for s in unfinished] == [sub.id]
+    assert balanced(st), (st, unfinished)
+    assert (st.in_flight, st.queued, st.dead_letters, st.dropped) == (0, 0, 0, 3), st
+
+
+def test_close_ends_an_async_batch_between_two_events_and_its_figures_are_final() -> None:
+    bus = EventBus(EventConfig(threads=2))
+    first = threading.Event()
+    release = threading.Event()
+
+    async def handler(event: Event) -> None:
+        if event.data == 0:
+            first.set()
+            # Blocks the loop's thread: close gives up while this event runs, and the
+            # next events of the batch are never started.
+            release.wait(WAIT)
+
+    sub = bus.subscribe("t.*", handler)
+    try:
+        for i in range(3):
+            bus.publish("t.x", i)
+        assert first.wait(WAIT)
+        unfinished = bus.close(timeout=0.2)
+        assert [s.id for s in unfinished] == [sub.id]
+    finally:
+        release.set()
+    # The handler returns once released and the batch stops before its next event.
+    assert wait_for(lambda: sub.statistics().in_flight == 0)
+    st = sub.statistics()
+    assert balanced(st), st
+    assert (st.delivered, st.dropped, st.dead_letters) == (1, 2, 0), st
