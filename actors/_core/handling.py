@@ -385,10 +385,14 @@ class HandlerRuns:
         """Give up an async batch cancelled while event ``i`` waited for its retry.
 
         That event becomes a dead letter with its own last error (its failed
-        attempt is counted already), the rest with the cancellation.
+        attempt is counted already), the rest with the cancellation; all of
+        them are dropped instead if the subscription was given up on first.
         """
         batch, history = state.batch, state.history
         self._batch_done(batch[:i])
+        if self.abandoned:
+            self._give_up(batch[i:], cancelled, history)
+            return
         self._dead_letter(batch[i][0], error, attempts)
         if not history:
             self.actor_inbox.finished_by_owner += 1

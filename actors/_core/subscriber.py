@@ -285,7 +285,7 @@ class SubscriberActor(HandlerRuns, DispatchedActor):
         to a loop that closed before running it, or started after those
         cancellations, or on a loop closed by hand.  What it finished is
         kept (a durable checkpoint moves past it); the rest become dead
-        letters.
+        letters (dropped, if the subscription was given up on first).
         """
         state.done = True
         if not state.started and state.run is not None:
@@ -293,10 +293,11 @@ class SubscriberActor(HandlerRuns, DispatchedActor):
         batch, pos = state.batch, state.pos
         logger.warning(
             "the event loop of %s (%r) closed before its handler finished a batch: "
-            "%d event(s) given up as dead letters",
+            "%d event(s) given up as %s",
             self.sub_id,
             self.pattern,
             len(batch) - pos,
+            "dropped (the subscription had ended)" if self.abandoned else "dead letters",
         )
         self._inflight = False
         self._async = None
@@ -310,12 +311,22 @@ class SubscriberActor(HandlerRuns, DispatchedActor):
         return self._busy() or (catchup is not None and catchup.waiting)
 
     def _give_up(self, batch: Batch, exc: BaseException, history: bool) -> None:
-        for event, _ in batch:
-            self.errors += 1
-            self._dead_letter(event, exc, 0)
-            if not history:
-                self.actor_inbox.finished_by_owner += 1
-        self.actor_inbox.check_barriers()
+        """Give up ``batch`` (its loop ended under it): dead letters, or dropped once abandoned.
+
+        A subscription already given up on (``abandon``: unsubscribed, or a
+        close that stopped waiting) makes no dead letter: its events count
+        as dropped, like the rest of a batch it stopped.
+        """
+        mailbox = self.actor_inbox
+        if self.abandoned:
+            mailbox.discarded += len(batch)
+        else:
+            for event, _ in batch:
+                self.errors += 1
+                self._dead_letter(event, exc, 0)
+        if not history:
+            mailbox.finished_by_owner += len(batch)
+        mailbox.check_barriers()
 
     # -- stopping -----------------------------------------------------------------
 
