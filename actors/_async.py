@@ -441,7 +441,7 @@ class AsyncEventBus:
         # future: the deadline below bounds the whole call.
         if node is not None or bus.core.publisher.may_wait():
             publish = _publish_off_loop(publish)
-        pending = requester.send(event, publish, max_replies, gathers=gathers)
+        pending = requester.send(event, publish, max_replies, gathers=gathers, timeout=timeout)
         table = requester.table
         try:
             async with asyncio.timeout_at(deadline):

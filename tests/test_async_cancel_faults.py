@@ -804,3 +804,35 @@ def test_cancelling_every_other_awaitable_holds_nothing_and_loses_nothing(tmp_pa
             await stream.aclose()
 
     run(main)
+
+
+def test_requests_awaited_on_a_loop_closed_by_hand_leave_the_table_after_their_timeout() -> None:
+    """A loop closed by hand (not ``asyncio.run``) strands the requests awaited on it:
+    their callers never come back to close their entries.  The table ends each one as
+    its timeout would, once past it, so the bound is not used up by callers long gone."""
+    bus = EventBus()
+    abus = AsyncEventBus(bus=bus)
+    release = threading.Event()
+    bus.respond("job.ask", lambda e: release.wait(WAIT) and e.data)
+    loop = asyncio.new_event_loop()
+    tasks: list[asyncio.Task[Any]] = []
+
+    async def ask_all() -> None:
+        tasks.extend(loop.create_task(abus.request("job.ask", i, timeout=0.05)) for i in range(10))
+        while bus.pending_requests() < len(tasks):
+            await asyncio.sleep(0)  # each task's first steps: its entry opens
+
+    try:
+        loop.run_until_complete(ask_all())
+    finally:
+        loop.close()  # the ten tasks stay pending for good
+    try:
+        assert not any(t.done() for t in tasks)
+        assert wait_for(lambda: bus.pending_requests() == 0), bus.pending_requests()
+        release.set()
+        bus.flush(timeout=WAIT)  # the late replies find no one: ignored
+        assert bus.pending_requests() == 0
+        assert bus.request("job.ask", "again", timeout=WAIT).data == "again"
+    finally:
+        release.set()
+        bus.close(timeout=WAIT)

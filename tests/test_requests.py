@@ -30,8 +30,9 @@ from actors import (
     RemoteHandlerError,
     RequestTimeoutError,
 )
+from actors._core import pending
+from actors._core.pending import PendingTable
 from actors._core.requests import (
-    PendingTable,
     ReplyFuture,
     Requester,
     Responder,
@@ -139,6 +140,28 @@ def test_table_is_bounded() -> None:
         PendingTable(limit=0)
     with pytest.raises(ValueError, match="max_replies"):
         table.open(uuid.uuid4(), max_replies=0)
+
+
+def test_table_sweep_ends_entries_past_their_timeout_as_a_timeout_would(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(pending, "SWEEP_GRACE", -1.0)  # every entry with a timeout is past it
+    table = PendingTable(limit=2)
+    forever = table.open(uuid.uuid4())  # no timeout: only its caller ends it
+    stranded = table.open(uuid.uuid4(), max_replies=None, gathers=True, timeout=0.0)
+    reply = reply_event(Event(event_type="job.ask"), 1)
+    # A full table sweeps before it refuses: the stranded entry makes room.
+    fresh = table.open(uuid.uuid4(), timeout=WAIT)
+    assert stranded.future.done()
+    assert stranded.future.get() == []  # the replies so far, as its own timeout gives
+    assert table.close(stranded.request_id) is None  # its caller, back late, finds it gone
+    assert not forever.future.done()
+    assert not fresh.future.done()
+    assert table.offer(reply) is False
+    assert len(table) == 2  # a sweep on reading the size keeps what is not past its time
+    assert not fresh.future.done()
+    assert table.close(fresh.request_id) == []
+    assert table.close(forever.request_id) == []
 
 
 def test_responder_publishes_reply_or_error_and_never_answers_replies() -> None:

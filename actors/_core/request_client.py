@@ -170,7 +170,7 @@ class RequestClient:
             )
         else:
             publish = self.publisher(node, started + timeout, timeout)
-        pending = self.requester.send(event, publish, max_replies, gathers=gathers)
+        pending = self.requester.send(event, publish, max_replies, gathers=gathers, timeout=timeout)
         left = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
         return event, pending, left
 

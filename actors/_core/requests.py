@@ -34,15 +34,13 @@ import functools
 import inspect
 import logging
 import threading
-import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 from actors._core.handling import current_timeout
+from actors._core.pending import DEFAULT_LIMIT, Pending, PendingTable, ReplyFuture
 from actors._core.policies import handler_timeout_error
 from actors._errors import (
-    BackpressureError,
     EventTooLargeError,
     FutureTimeoutError,
     RemoteHandlerError,
@@ -93,7 +91,6 @@ ERROR = "error"
 _SUFFIXES = (f".{REPLY}", f".{ERROR}")
 # The longest request type whose ``.reply``/``.error`` is still a valid type.
 MAX_REQUEST_TYPE_LENGTH = MAX_EVENT_TYPE_LENGTH - len(f".{ERROR}")
-DEFAULT_LIMIT = 65_536  # requests waiting at once, per bus
 MAX_ERROR_MESSAGE = 4_096
 """The longest exception message an error reply carries, in characters (the rest is cut)."""
 
@@ -176,181 +173,6 @@ def reply_result(reply: Event) -> Event:
     return reply
 
 
-# -- the pending-reply table --------------------------------------------------------------
-
-T = TypeVar("T")
-
-
-class ReplyFuture(BusFuture[T]):
-    """A ``BusFuture`` whose waiter is a lock taken when the future is made.
-
-    ``get`` blocks on that lock and completing releases it: no
-    ``threading.Event`` is built per wait, and the completing thread (the
-    router's, on the hot path) only releases a lock.  Completed at most once
-    by design (whoever removes the table entry completes it); a second
-    completion is ignored, as by ``BusFuture``.
-    """
-
-    __slots__ = ("_gate",)
-
-    def __init__(self) -> None:
-        super().__init__()
-        gate = threading.Lock()
-        gate.acquire()
-        self._gate = gate
-
-    def get(self, timeout: float | None = None) -> T:
-        """Return the value, waiting up to ``timeout`` seconds (see ``BusFuture.get``)."""
-        if not self._done:
-            gate = self._gate
-            if not gate.acquire(True, -1 if timeout is None else max(0.0, timeout)):
-                raise FutureTimeoutError(f"{timeout} seconds")
-            gate.release()  # open for any other reader
-        return super().get()
-
-    def _complete(self, value: Any, exc: BaseException | None) -> None:
-        if self._done:
-            return
-        super()._complete(value, exc)
-        self._gate.release()
-
-
-@dataclass(slots=True, eq=False)
-class Pending:
-    """One caller waiting for replies to ``request_id``.
-
-    ``future`` resolves with the replies once ``max_replies`` arrived (never,
-    when ``max_replies`` is None: the caller's timeout ends the wait).
-    ``gathers``: the caller is a ``request_all``, which a refused reply does
-    not fail (whatever its ``max_replies``), where a ``request`` fails at once.
-    """
-
-    request_id: uuid.UUID
-    max_replies: int | None
-    gathers: bool = False
-    future: ReplyFuture[list[Event]] = field(default_factory=ReplyFuture)
-    replies: list[Event] = field(default_factory=list)
-
-
-class PendingTable:
-    """Request id -> ``Pending``; bounded, thread-safe, no thread of its own."""
-
-    def __init__(self, limit: int = DEFAULT_LIMIT) -> None:
-        if limit < 1:
-            raise ValueError("limit must be at least 1")
-        self.limit = limit
-        self._entries: dict[uuid.UUID, Pending] = {}
-        self._lock = threading.Lock()
-        # Replies a local responder hands over itself (see ``expect``).
-        self._direct: set[uuid.UUID] = set()
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def open(
-        self, request_id: uuid.UUID, max_replies: int | None = 1, *, gathers: bool = False
-    ) -> Pending:
-        """Add an entry for ``request_id``; raise ``BackpressureError`` when the table is full."""
-        if max_replies is not None and max_replies < 1:
-            raise ValueError("max_replies must be at least 1 (or None)")
-        entry = Pending(request_id, max_replies, gathers)
-        with self._lock:
-            if len(self._entries) >= self.limit:
-                raise BackpressureError(
-                    f"{self.limit} requests are already waiting for replies on this bus"
-                )
-            if request_id in self._entries:
-                raise ValueError(f"request {request_id} is already waiting")
-            self._entries[request_id] = entry
-        return entry
-
-    def wanted(self, event: Event) -> bool:
-        """Return whether ``event`` answers a waiting request (the reply route's filter).
-
-        Not a reply a local responder hands over itself: the route would only
-        add a hop for it.
-        """
-        return event.causation_id in self._entries and event.id not in self._direct
-
-    def waiting(self, request_id: uuid.UUID) -> bool:
-        """Return whether a caller waits for replies to ``request_id``."""
-        return request_id in self._entries
-
-    def expect(self, reply_id: uuid.UUID) -> None:
-        """Mark ``reply_id`` as handed over directly: the reply route's filter skips it.
-
-        Call before the reply is published; ``delivered`` (or ``unexpect``)
-        removes the mark.
-        """
-        self._direct.add(reply_id)
-
-    def unexpect(self, reply_id: uuid.UUID) -> None:
-        """Remove the mark of ``expect`` (the reply was not published)."""
-        self._direct.discard(reply_id)
-
-    def delivered(
-        self, reply_id: uuid.UUID, request_id: uuid.UUID, published: BusFuture[Event]
-    ) -> None:
-        """Offer the sequenced reply once ``published`` resolved (a done callback).
-
-        Runs on the thread that completes the publish (the router's, or the
-        journal's with ``sync`` durability), so the caller gets the very
-        event the router sequenced, journaled and traced.  A reply the bus
-        refused (a full ``REJECT`` subscription, a journal error) fails a
-        caller waiting for one reply with that error at once; one gathering
-        replies (``request_all``) goes on waiting for the others.
-        """
-        exc = published.exception()
-        if exc is None:
-            self.offer(published.get())
-        else:
-            with self._lock:
-                entry = self._entries.get(request_id)
-                if entry is not None and not entry.gathers:
-                    del self._entries[request_id]
-                else:
-                    entry = None
-            if entry is not None:
-                entry.future.set_exception(exc)
-        self._direct.discard(reply_id)
-
-    def offer(self, reply: Event) -> bool:
-        """Give ``reply`` to the request it answers; return whether anyone was waiting.
-
-        A reply already taken (the same event id) is ignored: the responder's
-        direct hand-over and the reply subscription may both offer it.
-        """
-        cause = reply.causation_id
-        if cause is None:
-            return False
-        with self._lock:
-            entry = self._entries.get(cause)
-            if entry is None or (entry.replies and any(r.id == reply.id for r in entry.replies)):
-                return False
-            entry.replies.append(reply)
-            full = entry.max_replies is not None and len(entry.replies) >= entry.max_replies
-            if full:
-                del self._entries[cause]
-        if full:
-            entry.future.set(entry.replies)
-        return True
-
-    def fail_all(self, exc: BaseException) -> int:
-        """Fail every waiting caller with ``exc`` (the bus closed); return how many."""
-        with self._lock:
-            entries = list(self._entries.values())
-            self._entries.clear()
-        for entry in entries:
-            entry.future.set_exception(exc)
-        return len(entries)
-
-    def close(self, request_id: uuid.UUID) -> list[Event] | None:
-        """Remove the entry (its caller stops waiting); return its replies, None if it was gone."""
-        with self._lock:
-            entry = self._entries.pop(request_id, None)
-        return None if entry is None else list(entry.replies)
-
-
 # -- the requesting side ---------------------------------------------------------------------
 
 
@@ -405,6 +227,7 @@ class Requester:
         max_replies: int | None = 1,
         *,
         gathers: bool = False,
+        timeout: float | None = None,
     ) -> Pending:
         """Open an entry for ``request``, then publish it; return the entry.
 
@@ -412,7 +235,7 @@ class Requester:
         future fails later (``REJECT`` backpressure, a journal error) fails
         the entry's future with that error.
         """
-        pending = self.table.open(request.id, max_replies, gathers=gathers)
+        pending = self.table.open(request.id, max_replies, gathers=gathers, timeout=timeout)
         try:
             future = publish(request)
         except BaseException:
