@@ -13,8 +13,12 @@ figures (the quantiles as a gauge with a ``quantile`` label).
 
 from __future__ import annotations
 
+import io
 import logging
+import socket
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -34,7 +38,11 @@ __all__ = ["CLIENT_TIMEOUT", "MetricsServer", "MetricsSource", "prometheus_clien
 logger = logging.getLogger("actors.metrics")
 
 CLIENT_TIMEOUT = 10.0
-"""Seconds a client may take to send its request before it is dropped."""
+"""Seconds a client may take to send its whole request (line and headers) before it is dropped."""
+MAX_REQUEST_HEAD = 1 << 20
+"""The most of a request's line and headers read before it is parsed (bytes).  Past
+``http.server``'s own limits (a line of 64 KiB: 414 or 431; 100 headers: 431), so
+those answers stay; what is past this is not read."""
 
 PREFIX = "llmspell_events"
 _TEXT_0_0_4 = "text/plain; version=0.0.4; charset=utf-8"
@@ -206,6 +214,34 @@ class _Server(ThreadingHTTPServer):
     # it waits on TCP's retries (1 s, 3 s, ...) before it is even accepted.
     request_queue_size = 128
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # socketserver prints a traceback to stderr; a client that went away
+        # (reset, closed mid-answer) is its own business, anything else a warning.
+        exc = sys.exc_info()[1]
+        if isinstance(exc, OSError):
+            logger.debug("metrics client %s went away: %r", client_address, exc)
+        else:
+            logger.warning("metrics request from %s failed", client_address, exc_info=exc)
+
+
+def _read_head(conn: socket.socket, deadline: float) -> bytes:
+    """Read a request's line and headers by ``deadline``; what came by then, if it did not end.
+
+    A whole-request deadline, not a per-read timeout: a client dripping a
+    byte at a time cannot hold its thread past ``CLIENT_TIMEOUT``.
+    """
+    head = bytearray()
+    while b"\r\n\r\n" not in head and b"\n\n" not in head and len(head) < MAX_REQUEST_HEAD:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the client did not send its request in time")
+        conn.settimeout(left)
+        chunk = conn.recv(4096)
+        if not chunk:
+            break
+        head += chunk
+    return bytes(head)
+
 
 def _handler_for(server: MetricsServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
@@ -213,6 +249,17 @@ def _handler_for(server: MetricsServer) -> type[BaseHTTPRequestHandler]:
         # A client that sends nothing (or no end of headers) is dropped after
         # this many seconds instead of holding its thread and socket for ever.
         timeout = CLIENT_TIMEOUT
+
+        def setup(self) -> None:
+            super().setup()
+            # The request is parsed from memory once its head has come whole.
+            try:
+                head = _read_head(self.connection, time.monotonic() + CLIENT_TIMEOUT)
+            except OSError as exc:  # too slow, or gone: dropped without an answer
+                logger.debug("metrics client %s dropped: %r", self.client_address, exc)
+                head = b""
+            self.connection.settimeout(CLIENT_TIMEOUT)  # for the answer's writes
+            self.rfile = io.BytesIO(head)
 
         def do_HEAD(self) -> None:
             self.head = True
