@@ -281,11 +281,6 @@ def test_sigint_while_a_command_runs_kills_it_and_what_it_started(
     assert all_gone(processes), f"outlived `reply`: {processes}"
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="Regression: a request queued behind the running command starts a new command "
-    "after SIGTERM, and that command outlives reply",
-)
 def test_stopping_with_a_request_queued_leaves_no_command_behind(
     hub: tuple[str, str], script: str, pids: Path, started: Started
 ) -> None:

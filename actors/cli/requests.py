@@ -102,17 +102,20 @@ def run_command(argv: list[str], request: Event, timeout: float | None = None) -
     env = dict(os.environ)
     env["LLMSPELL_EVENTS_REQUEST_TYPE"] = request.event_type
     env["LLMSPELL_EVENTS_REQUEST_ID"] = str(request.id)
-    with subprocess.Popen(  # noqa: S603 - the user's own command, no shell
-        argv,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        start_new_session=True,  # a group of its own: its children are killed with it
-    ) as child:
-        with _RUNNING_LOCK:
-            _RUNNING.add(child)
+    with _RUNNING_LOCK:  # started and registered at once: a stop sees it, or it sees the stop
+        if _STOPPING.is_set():
+            raise RuntimeError("reply is stopping: the command was not run")
+        child = subprocess.Popen(  # noqa: S603 - the user's own command, no shell
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            start_new_session=True,  # a group of its own: its children are killed with it
+        )
+        _RUNNING.add(child)
+    with child:
         try:
             stdout, stderr = child.communicate(json.dumps(request.data), timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -142,11 +145,13 @@ _DRAIN = 5.0
 
 _RUNNING: set[subprocess.Popen[str]] = set()  # the commands running now (one at a time)
 _RUNNING_LOCK = threading.Lock()
+_STOPPING = threading.Event()  # set once ``reply`` stops: no command starts after it
 
 
 def _stop_commands() -> None:
-    """Kill the commands still running (``reply`` is stopping)."""
+    """Kill the commands still running, and start none from now on (``reply`` is stopping)."""
     with _RUNNING_LOCK:
+        _STOPPING.set()
         running = list(_RUNNING)
     for child in running:
         _kill(child)
@@ -216,6 +221,7 @@ def reply(
     each reply is published; runs until SIGINT, SIGTERM or --count.
     """
     argv = _command_line(command)
+    _STOPPING.clear()
     stop_on_signals()
     finished = threading.Event()
     answered = 0
@@ -235,8 +241,8 @@ def reply(
 
         def answer(request: Event) -> None:  # one at a time: its own thread
             nonlocal answered
-            if is_reply(request):
-                return
+            if is_reply(request) or _STOPPING.is_set():
+                return  # stopping: a request still queued is left unanswered
             published.clear()
             responder(request)
             if not published or published[-1].exception() is not None:
