@@ -63,8 +63,8 @@ def merge_events(stored: Sequence[Event], live: Sequence[Event]) -> list[Event]:
     is put before its cause (``causes_first``); events of one origin keep
     their sequence order, whatever causes the caller gave them.
     """
-    seen: dict[uuid.UUID, Event] = {e.id: e for e in stored}
-    for e in live:
+    seen: dict[uuid.UUID, Event] = {}
+    for e in (*stored, *live):  # an id twice within a list too: its first copy wins
         seen.setdefault(e.id, e)
     ordered = sorted(seen.values(), key=lambda e: (e.sequence or 0, e.timestamp))
     if len({e.origin for e in ordered}) > 1:
