@@ -231,7 +231,7 @@ def _read_head(conn: socket.socket, deadline: float) -> bytes:
     byte at a time cannot hold its thread past ``CLIENT_TIMEOUT``.
     """
     head = bytearray()
-    while b"\r\n\r\n" not in head and b"\n\n" not in head and len(head) < MAX_REQUEST_HEAD:
+    while len(head) < MAX_REQUEST_HEAD:
         left = deadline - time.monotonic()
         if left <= 0:
             raise TimeoutError("the client did not send its request in time")
@@ -239,7 +239,10 @@ def _read_head(conn: socket.socket, deadline: float) -> bytes:
         chunk = conn.recv(4096)
         if not chunk:
             break
+        tail = bytes(head[-3:]) + chunk  # only what came now can end the head
         head += chunk
+        if b"\r\n\r\n" in tail or b"\n\n" in tail:
+            break
     return bytes(head)
 
 

@@ -108,7 +108,6 @@ class HandlerRuns:
     _loop: asyncio.AbstractEventLoop | None
     _retry_wake: asyncio.Future[None] | None
     _async: AsyncRun | None
-    _async_future: Future[None] | None
 
     def _batch_done(self, batch: Batch) -> None:
         raise NotImplementedError
@@ -434,10 +433,11 @@ class HandlerRuns:
         if wake is not None and loop is not None:
             with contextlib.suppress(RuntimeError):  # its loop has closed: nothing waits
                 loop.call_soon_threadsafe(_wake, wake)
-        state, run = self._async, self._async_future
-        if state is None or run is None or state.done or state.in_handler or run.done():
+        state = self._async
+        if state is None or state.done or state.in_handler:
             return None
-        return run
+        run = state.future
+        return None if run is None or run.done() else run
 
     async def _await_handler(
         self, handler: Callable[[Event], Coroutine[Any, Any, Any]], event: Event

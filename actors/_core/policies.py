@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future
+
     from actors._model.event import Event
     from actors._runtime.timers import Timer, Timers
 
@@ -222,3 +224,4 @@ class AsyncRun:
     done: bool = False
     in_handler: bool = False  # inside the handler's call (not between events, nor waiting to retry)
     run: Coroutine[Any, Any, None] | None = None
+    future: Future[None] | None = None  # ``run`` on the loop: done once it has ended

@@ -143,7 +143,6 @@ class SubscriberActor(HandlerRuns, DispatchedActor):
         self.detached = False
         self._inflight = False
         self._async: AsyncRun | None = None  # the batch on the loop while ``_inflight``
-        self._async_future: Future[None] | None = None  # its run, done when it has ended
         self._loop_watched = False  # a timer checks that the loop did not close under it
         self._loop = loop
         self._retry_wake: asyncio.Future[None] | None = None  # an async batch waiting to retry
@@ -237,7 +236,7 @@ class SubscriberActor(HandlerRuns, DispatchedActor):
                 self._async = None
                 self._give_up(batch, RuntimeError("the handler's event loop is closed"), history)
                 return
-            self._async_future = fut
+            state.future = fut
             fut.add_done_callback(self._async_done)
             if not self._loop_watched:
                 self._loop_watched = True
