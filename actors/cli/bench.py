@@ -23,7 +23,7 @@ import click
 from actors._bus import EventBus
 from actors._model.config import EventConfig
 from actors._model.event import Event
-from actors.cli.connect import peer_name, short_lived_node
+from actors.cli.connect import peer_name, running, short_lived_node
 from actors.cli.options import Connection, connection_options
 from actors.cli.output import fail, json_line, say
 from actors.cli.pubsub import publish_through
@@ -91,7 +91,7 @@ def bench(
     receivers = [Receiver(count) for _ in range(subs)]
     if connection.peer is None:
         where = "in-process"
-        with EventBus(EventConfig(buffer_size=max(count, 1024))) as bus:
+        with running(lambda: EventBus(EventConfig(buffer_size=max(count, 1024)))) as bus:
             for receiver in receivers:
                 bus.subscribe(topic, receiver)
             started = time.perf_counter()

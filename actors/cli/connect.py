@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from actors._bus import EventBus, PersistentEventBus
@@ -34,10 +35,13 @@ __all__ = [
     "open_source",
     "peer_name",
     "remote_reads",
+    "running",
     "short_lived_node",
 ]
 
 CLOSE_TIMEOUT = 10.0
+
+_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
 def left(deadline: float) -> float:
@@ -46,10 +50,37 @@ def left(deadline: float) -> float:
 
 
 @contextlib.contextmanager
+def running(start: Callable[[], EventBus]) -> Iterator[EventBus]:
+    """Start a bus with ``start`` and close it on exit, Ctrl-C or not.
+
+    SIGINT and SIGTERM are held while the bus starts and while it closes:
+    taken in the middle of a thread's start, a ``KeyboardInterrupt`` could
+    leave a thread that nothing stops, and the process would never exit.  A
+    signal that came meanwhile is taken once the bus is built, inside the
+    block that closes it.  The bus's threads keep both blocked, so the main
+    thread alone takes them.
+    """
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+    try:
+        bus = start()
+    except BaseException:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+        raise
+    try:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)  # a held signal is taken here
+        yield bus
+    finally:
+        signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)  # no second one cuts the close short
+        try:
+            bus.close(timeout=CLOSE_TIMEOUT)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
 def short_lived_node(
     connection: Connection, command: str, *, listen: str | None = None
-) -> Iterator[EventBus]:
-    """Run a node connected to ``connection.peer``; close it on exit.
+) -> contextlib.AbstractContextManager[EventBus]:
+    """Run a node connected to ``connection.peer``; close it on exit (see ``running``).
 
     Without ``listen`` it is a client: it sends requests and subscribes,
     nobody connects to it.
@@ -67,13 +98,16 @@ def short_lived_node(
             authorized_keys=(server,) if server is not None else (),
             peer_public_keys={peer: server} if server is not None else {},
         )
-        bus = EventBus(EventConfig(threads=1), node=node)
     except ValueError as exc:
         fail(str(exc))
-    try:
-        yield bus
-    finally:
-        bus.close(timeout=CLOSE_TIMEOUT)
+
+    def start() -> EventBus:
+        try:
+            return EventBus(EventConfig(threads=1), node=node)
+        except ValueError as exc:  # an endpoint the node cannot use
+            fail(str(exc))
+
+    return running(start)
 
 
 def peer_name(bus: EventBus, connection: Connection, deadline: float) -> str:
@@ -153,11 +187,9 @@ def remote_reads(node: str) -> Iterator[None]:
 def open_source(source: Source, command: str) -> Iterator[tuple[EventBus, str | None]]:
     """Yield a bus to read from and the node to ask (None: the bus's own journal)."""
     if source.journal is not None:
-        bus = open_journal(source.journal)
-        try:
+        path = source.journal
+        with running(lambda: open_journal(path)) as bus:
             yield bus, None
-        finally:
-            bus.close(timeout=CLOSE_TIMEOUT)
         return
     connection = source.connection
     with short_lived_node(connection, command) as bus:
