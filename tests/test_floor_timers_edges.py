@@ -19,7 +19,10 @@ import pykka
 import pytest
 
 from actors import BusClosedError, Event, EventBus, EventConfig, EventQuery, PersistentEventBus
+from actors._core import wiring
+from actors._core.subscriber import SubscriberActor
 from actors._journal import actor as journal_actor
+from actors._runtime.dispatcher import DispatchedActor
 from actors._runtime.timers import Timers
 from tests._cluster_support import ipc, node, request_endpoint
 from tests._support import WAIT, Collector, Gate, Recorder, publish_all, wait_for
@@ -208,7 +211,7 @@ def test_close_during_catch_up_then_reopen_trims_back_to_max_events(
 # Regression: Core.subscribe read catchup.live after starting the subscriber; a catch-up that
 # went live meanwhile was subscribed at the router twice, and unsubscribe removed one of them.
 def test_a_catch_up_live_before_subscribe_returns_is_gone_from_peers_once_unsubscribed(
-    tmp_path: Path, nodes: Callable[..., EventBus]
+    tmp_path: Path, nodes: Callable[..., EventBus], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     a = nodes("a", persistent=True, listen=ipc(tmp_path, "a"))
     b = nodes("b", listen=ipc(tmp_path, "b"), peers=(request_endpoint(a),))
@@ -217,19 +220,36 @@ def test_a_catch_up_live_before_subscribe_returns_is_gone_from_peers_once_unsubs
     publish_all(a, [Event(event_type="h.e", data=i) for i in range(3)])
     got = Collector()
     out: dict[str, object] = {}
-    # The window is real (seen with sys.setswitchinterval(1e-5) in a plain loop); holding
-    # the core's lock only widens it: subscribe stops right after starting the subscriber,
-    # and the subscriber goes live meanwhile (its floor's release then waits on the lock).
-    lock = a.core._lock  # noqa: SLF001
-    lock.acquire()
-    try:
-        thread = threading.Thread(
-            target=lambda: out.setdefault("sub", a.subscribe("h.*", got, from_sequence=1))
-        )
-        thread.start()
-        assert wait_for(lambda: running("_go_live"))
-    finally:
-        lock.release()
+    # The window is real (seen with sys.setswitchinterval(1e-5) in a plain loop); it is
+    # widened here: once subscribe has started the subscriber and lets go of the core's
+    # lock, it goes on only when the catch-up is live (it went live on its own thread).
+    core = a.core
+    real_lock = core._lock  # noqa: SLF001
+    started: list[SubscriberActor] = []
+    real_start = wiring.start_actor
+
+    def start(actor: DispatchedActor) -> None:
+        real_start(actor)
+        if isinstance(actor, SubscriberActor):
+            started.append(actor)
+
+    class SlowRelease:
+        def __enter__(self) -> None:
+            real_lock.acquire()
+
+        def __exit__(self, *exc: object) -> None:
+            real_lock.release()
+            if threading.current_thread() is thread and started:
+                catchup = started[0].catchup
+                assert catchup is not None
+                assert wait_for(lambda: catchup.live)
+
+    monkeypatch.setattr(wiring, "start_actor", start)
+    monkeypatch.setattr(core, "_lock", SlowRelease())
+    thread = threading.Thread(
+        target=lambda: out.setdefault("sub", a.subscribe("h.*", got, from_sequence=1))
+    )
+    thread.start()
     thread.join(WAIT)
     sub = out["sub"]
     assert wait_for(lambda: len(got.events) == 3)

@@ -285,14 +285,18 @@ class Core:
             # Retention keeps what is published from now on until it is live:
             # it reads those events from the journal until then.
             self.inbox.put(Forward(self.require_journal(), KeepFrom(sub_id)))
-        start_actor(actor)
         with self._lock:
+            # Added and started at once: ``close`` stops it with the others, or
+            # it never starts (stopped later, it could find the pool gone and
+            # stay registered for good).
             closing = self._closing
             if not closing:
                 self._subs[sub_id] = actor
+                start_actor(actor)
         if closing:  # close took the subscribers to stop before this one was added
             self.guard.discard(sub_id)
-            self._stop_subscriber(actor)
+            if actor.actor_dispatcher is not self.dispatcher:
+                actor.actor_dispatcher.shutdown(0)
             raise BusClosedError("the bus is closed")
         if live:
             if actor.catchup is not None and actor.catchup.durable is not None:
@@ -394,13 +398,15 @@ class Core:
                 actor.catchup.caught_up.set(None)  # a flush waiting for it stops waiting
             self._ended.append(actor)
             self._fold_ended()
-        self.guard.discard(sub_id)
-        if actor.catchup is not None:  # retention's floor goes (again, if it went live)
-            self.inbox.put(Forward(self.require_journal(), Release(sub_id)))
-        # The router removes the route first, then stops the actor: no flush
-        # barrier can land on a stopped mailbox.  (Never a blocking stop: the
-        # router runs on a dispatcher thread the subscriber may need to stop.)
-        self.inbox.put(Unsubscribe(sub_id, then=lambda: self._stop_subscriber(actor)))
+            self.guard.discard(sub_id)
+            if actor.catchup is not None:  # retention's floor goes (again, if it went live)
+                self.inbox.put(Forward(self.require_journal(), Release(sub_id)))
+            # The router removes the route first, then stops the actor: no flush
+            # barrier can land on a stopped mailbox.  (Never a blocking stop: the
+            # router runs on a dispatcher thread the subscriber may need to stop.)
+            # Sent under the lock: before ``close`` stops the router, which then
+            # handles it first (sent later, nothing would ever stop this actor).
+            self.inbox.put(Unsubscribe(sub_id, then=lambda: self._stop_subscriber(actor)))
 
     def _stop_subscriber(self, actor: SubscriberActor) -> None:
         """Stop ``actor`` without waiting; a dedicated thread ends after its last turn."""
