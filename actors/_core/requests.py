@@ -323,8 +323,7 @@ class Responder:
         try:
             result = self.fn(request)
         except BaseException as exc:  # whatever it raises is its answer (as for handlers)
-            _note_error(exc)
-            self._send(request, error_event(request, exc, source=self._source))
+            self._fail(request, exc)
         else:
             self._answer(request, result)
 
@@ -340,18 +339,15 @@ class Responder:
                 # Cancelled at the subscription's timeout: the requester learns
                 # it now; the subscription counts the timeout (no retry, no
                 # dead letter).
-                error = handler_timeout_error(watched[1])
-                self._send(request, error_event(request, error, source=self._source))
+                self._fail(request, handler_timeout_error(watched[1]))
                 return
             task = asyncio.current_task()
             if task is not None and task.cancelling():
                 raise  # the batch itself is cancelled (its loop is closing)
             # Something fn awaited was cancelled under it: that is its answer.
-            _note_error(exc)
-            self._send(request, error_event(request, exc, source=self._source))
+            self._fail(request, exc)
         except BaseException as exc:  # whatever it raises is its answer (as for handlers)
-            _note_error(exc)
-            self._send(request, error_event(request, exc, source=self._source))
+            self._fail(request, exc)
         else:
             self._answer(request, result)
 
@@ -359,8 +355,14 @@ class Responder:
         try:
             reply = reply_event(request, result, source=self._source)
         except BaseException as exc:  # not JSON (InvalidEventError), or its check broke
-            reply = error_event(request, exc, source=self._source)
-        self._send(request, reply)
+            self._fail(request, exc)
+        else:
+            self._send(request, reply)
+
+    def _fail(self, request: Event, exc: BaseException) -> None:
+        """Answer ``request`` with an error reply; the call's span (``actors.otel``) records it."""
+        _note_error(exc)
+        self._send(request, error_event(request, exc, source=self._source))
 
     def _send(self, request: Event, reply: Event) -> None:
         """Publish ``reply``; one the bus cannot carry (too large) is answered by an error.
@@ -371,6 +373,7 @@ class Responder:
         try:
             self._publish_reply(request, reply)
         except EventTooLargeError as exc:  # raised by this one if not even the error fits
+            _note_error(exc)
             self._publish_reply(request, error_event(request, exc, source=self._source))
 
     def _publish_reply(self, request: Event, reply: Event) -> None:

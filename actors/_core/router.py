@@ -574,12 +574,7 @@ class RouterActor(DispatchedActor):
             peak_events_per_second=max(meter.peak(), current),
         )
 
-    def final_figures(self) -> RouterFigures:
-        """Return the figures the router had when it stopped (zeros before)."""
-        final = self._final
-        return final[0] if final is not None else RouterFigures(0, 0, 0, 0.0, 0.0)
-
-    def final_dead_letters(self) -> list[DeadLetter]:
-        """Return the dead letters the router kept when it stopped (empty before)."""
-        final = self._final
-        return list(final[1]) if final is not None else []
+    @property
+    def final(self) -> tuple[RouterFigures, list[DeadLetter]] | None:
+        """Return the figures and dead letters the router had when it stopped (None before)."""
+        return self._final

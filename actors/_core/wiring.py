@@ -39,8 +39,6 @@ from actors._core.messages import (
     Flush,
     Forward,
     GetCorrelated,
-    GetDeadLetters,
-    GetRouterFigures,
     KeepFrom,
     LoadCheckpoint,
     ReadJournal,
@@ -55,6 +53,7 @@ from actors._core.ports import SubscriberPorts
 from actors._core.publishing import Publisher
 from actors._core.ratelimit import TokenBucket
 from actors._core.router import Latch, RouterActor
+from actors._core.router_reads import RouterReads
 from actors._core.routes import Route
 from actors._core.subscriber import (
     Handler,
@@ -63,7 +62,7 @@ from actors._core.subscriber import (
     current_event,
     is_async_handler,
 )
-from actors._errors import BusClosedError, EventBusError, FutureTimeoutError
+from actors._errors import BusClosedError, EventBusError
 from actors._model.checks import check_policy
 from actors._model.config import EventConfig, OverflowStrategy
 from actors._model.event import Event
@@ -96,10 +95,6 @@ class JournalFigures(NamedTuple):
     write_latency: float | None = None
     size_bytes: int = 0
     corrupt_records: int = 0
-
-
-# How long metrics() and dead_letters() wait for the router's answer.
-_ASK_TIMEOUT = 10.0
 
 
 def start_actor(actor: DispatchedActor) -> None:
@@ -139,7 +134,6 @@ class Core:
         # stops after it sends its last checkpoint to the journal itself.
         self._routerless = False
         self._closing = False  # ``take_subscribers`` ran: no subscription is added any more
-        self._router_seen = RouterFigures(0, 0, 0, 0.0, 0.0)  # the router's last answer
         self._removed = [0, 0, 0, 0, 0]  # delivered, dropped, errors, expired, timeouts
         # Subscribers unsubscribed (or taken at close) and perhaps still
         # finishing: their figures are added to ``_removed`` once they stopped.
@@ -166,6 +160,7 @@ class Core:
             dead_letter_limit=config.dead_letter_limit,
         )
         start_actor(self.router)
+        self._router_reads = RouterReads(self.router)
         self.inbox = self.router.actor_inbox
         bucket = TokenBucket(config.rate_limit, config.burst) if config.rate_limit else None
         self.publisher = Publisher(
@@ -485,33 +480,12 @@ class Core:
     # -- figures --------------------------------------------------------------------
 
     def router_figures(self) -> RouterFigures:
-        """Ask the router for its counters (its last figures once it stopped).
-
-        A router too busy to answer within ``_ASK_TIMEOUT`` (a filter that
-        blocks runs on it) gets the figures it gave last: stale, never zeros.
-        """
-        if self.router.actor_ref.is_alive():
-            future: BusFuture[RouterFigures] = BusFuture()
-            self.inbox.put(GetRouterFigures(future))
-            try:
-                self._router_seen = future.get(_ASK_TIMEOUT)
-            except FutureTimeoutError:
-                if self.router.actor_ref.is_alive():
-                    return self._router_seen
-            else:
-                return self._router_seen
-        return self.router.final_figures()
+        """Return the router's counters (see ``RouterReads.figures``)."""
+        return self._router_reads.figures()
 
     def dead_letters(self) -> list[DeadLetter]:
-        """Ask the router for the dead letters it keeps (oldest first)."""
-        if self.router.actor_ref.is_alive():
-            future: BusFuture[list[DeadLetter]] = BusFuture()
-            self.inbox.put(GetDeadLetters(future))
-            try:
-                return future.get(_ASK_TIMEOUT)
-            except FutureTimeoutError:
-                pass
-        return self.router.final_dead_letters()
+        """Return the dead letters the router keeps, oldest first (see ``RouterReads``)."""
+        return self._router_reads.dead_letters()
 
     def metrics(
         self, journal: JournalFigures | None = None, bridge: BridgeStatistics | None = None
