@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import pykka
 import pytest
 
 from actors import DispatchedActor, Dispatcher
@@ -37,6 +38,10 @@ def release() -> Iterator[threading.Event]:
     event = threading.Event()
     yield event
     event.set()  # never leave a thread blocked behind a failed test
+    # The tests shut their pools down, not their actors: nothing would ever run their
+    # stop, so they leave pykka's registry here (later tests count what it holds).
+    for ref in pykka.ActorRegistry.get_by_class(Blocker):
+        pykka.ActorRegistry.unregister(ref)
 
 
 def elastic(threads: int = 1, max_threads: int = 4) -> Dispatcher:

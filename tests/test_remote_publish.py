@@ -82,4 +82,5 @@ def test_a_refusal_carries_the_nodes_reason(pair: tuple[EventBus, EventBus]) -> 
 def test_a_bus_that_is_not_a_node_cannot_publish_remotely() -> None:
     with EventBus() as bus, pytest.raises(EventBusError):
         bus.publish_remote("hub", "user.login")
-    assert EventBus().endpoints == {}
+    with EventBus() as plain:
+        assert plain.endpoints == {}
