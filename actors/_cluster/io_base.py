@@ -12,6 +12,7 @@ import logging
 import os
 import random
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -98,6 +99,7 @@ class BridgeBase:
         self._waiting: dict[str, tuple[Callable[[Request | None], None], float]] = {}
         # This node's asks waiting for an answer, by rid (``RequestIO._resend_asks``).
         self._asks: dict[str, Request] = {}
+        self._resent: set[str] = set()  # of those, the ones sent again (``_resend_asks``)
         self._saved: dict[str, int] = {}
         self._saved_epochs: dict[str, int] = {}
         self._saved_position = -1
@@ -186,6 +188,34 @@ class BridgeBase:
     def _alive(self, name: str) -> bool:
         peer = self._peers.get(name)
         return peer is not None and peer.alive
+
+    def _broker_lags(
+        self, name: str, rid: str, done: Callable[[Request | None], None], deadline: float
+    ) -> bool:
+        """Whether a broker's error for an ask sent again to ``name`` is to be asked past.
+
+        The ask was sent again because ``name`` came back (a new incarnation,
+        a new connection), and the broker answered that it has no connection
+        of it: it has not heard the new one's greeting yet (the greeting and
+        the stream this node heard it on are separate connections).  While
+        ``name`` is alive the ask is sent again a heartbeat interval later,
+        up to its deadline; anything else fails it with the broker's error.
+        """
+        peer = self._peers.get(name)
+        now = time.monotonic()
+        if rid not in self._resent or peer is None or not peer.alive or now >= deadline:
+            return False
+        self._waiting[rid] = (done, deadline)
+
+        def again(_expired: Request | None) -> None:
+            message, route = self._asks.get(rid), self._route_to(name)
+            if message is not None and rid in self._waiting and route is not None:
+                self._stats.requests_resent += 1
+                self._send(route, message)
+
+        later = min(deadline, now + self._node.heartbeat_interval)
+        self._waiting[f"{rid}#again"] = (again, later)
+        return True
 
     def _deliver(self, events: list[Event]) -> None:
         """Route ``events`` locally, send queued recovery requests, save moved watermarks."""

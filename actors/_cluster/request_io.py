@@ -291,6 +291,7 @@ class RequestIO(BridgeBase):
         for message in [m for m in self._asks.values() if m.to == name]:
             if message.rid in self._asks:  # not answered by a send just made
                 self._stats.requests_resent += 1
+                self._resent.add(message.rid)
                 self._send(route, message)
                 route = self._route_to(name)
                 if route is None:
@@ -419,7 +420,15 @@ class RequestIO(BridgeBase):
         rid = uuid.uuid4().hex
 
         def done(reply: Request | None) -> None:
+            if (
+                reply is not None
+                and reply.kind == ERROR
+                and reply.sender != name
+                and self._broker_lags(name, rid, done, deadline)
+            ):
+                return
             self._asks.pop(rid, None)
+            self._resent.discard(rid)
             if reply is None:
                 self._unanswered(name)
                 future.set_exception(NoAnswerError(f"node {name!r} did not answer in time"))
