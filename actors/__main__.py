@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from actors.cli import main
+from actors.cli import run
 
 if __name__ == "__main__":
-    main(prog_name="llmspell-events")
+    run()

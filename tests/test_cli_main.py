@@ -27,7 +27,7 @@ def test_python_dash_m_and_the_entry_point_are_one_cli() -> None:
         ep for ep in importlib.metadata.entry_points(group="console_scripts")
         if ep.name == "llmspell-events"
     ]  # fmt: skip
-    assert script.value == "actors.cli:main"
+    assert script.value == "actors.cli:run"
 
 
 def test_every_registered_command_is_in_the_group() -> None:

@@ -14,6 +14,6 @@ journal), ``timespec``, and one module per family of commands: ``node``,
 
 from __future__ import annotations
 
-from actors.cli.main import main
+from actors.cli.main import main, run
 
-__all__ = ["main"]
+__all__ = ["main", "run"]

@@ -16,6 +16,7 @@ from typing import Any, NoReturn
 import click
 
 from actors._errors import EventBusError
+from actors.cli.output import stop_on_signals
 
 __all__ = ["COMMANDS", "main"]
 
@@ -64,9 +65,12 @@ class Cli(click.Group):
     ) -> Any:
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, False, **extra)
-        # SIGTERM stops a command as Ctrl-C does (``Error: interrupted`` until
-        # the command takes the signals over: ``output.stop_on_signals``).
-        signal.signal(signal.SIGTERM, _terminated)
+        # SIGTERM stops a command as Ctrl-C does, once: ``Error: interrupted``
+        # (or the end a command documents once it reached it); a second
+        # signal does not cut the unwinding from the first short.
+        # Not undone on the way out: a signal coming as the process exits would
+        # find the default action again (a traceback, or death by SIGTERM).
+        stop_on_signals()
         try:
             status = super().main(args, prog_name or PROG, complete_var, False, **extra)
         except click.UsageError as exc:
@@ -81,10 +85,6 @@ class Cli(click.Group):
         except click.Abort:
             _exit("aborted", 1)
         sys.exit(status if isinstance(status, int) else 0)
-
-
-def _terminated(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
 
 
 class _Interrupted(Exception):  # noqa: N818 - a signal, not an error
@@ -118,3 +118,18 @@ def main(verbose: bool) -> None:
 
 for _module, _name in COMMANDS:
     main.add_command(getattr(importlib.import_module(f"actors.cli.{_module}"), _name))
+
+
+def run() -> NoReturn:
+    """Run the command line as a program (the ``llmspell-events`` script, ``python -m actors``).
+
+    Once the command has ended, SIGINT and SIGTERM are held until the process
+    exits: Python sets their default actions back as it shuts down, and a
+    late signal (the second of a double Ctrl-C) would then kill the process
+    instead of letting it exit with the command's status.
+    """
+    try:
+        main(prog_name=PROG)
+    finally:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    raise SystemExit(0)  # not reached: main exits

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import queue
 import signal
 import sys
-from typing import Any, NoReturn
+import threading
+from typing import Any, NoReturn, TypeVar
 
 import click
 
 from actors._model.event import Event
 from actors._model.trace import printable
+
+T = TypeVar("T")
 
 __all__ = [
     "block_signals",
@@ -20,8 +24,10 @@ __all__ = [
     "json_line",
     "note",
     "say",
+    "get_until_signal",
     "stop_on_signals",
     "wait_for_signal",
+    "wait_until",
 ]
 
 
@@ -94,17 +100,51 @@ def wait_for_signal() -> None:
     signal.sigwait({signal.SIGINT, signal.SIGTERM})
 
 
+WAKE = 0.25
+"""Seconds between the main thread's looks at signals while it waits (see ``wait_until``)."""
+
+
+def wait_until(done: threading.Event) -> None:
+    """Block until ``done`` is set, taking SIGINT and SIGTERM within ``WAKE`` seconds.
+
+    Python runs signal handlers on the main thread only, and the kernel hands
+    a signal to whichever thread takes it: one that came while the process
+    was stopped (SIGSTOP) may go to another thread, which does not wake the
+    main thread from a wait.  So the main thread never waits longer than
+    ``WAKE`` at a time.
+    """
+    while not done.wait(WAKE):
+        pass
+
+
+def get_until_signal(items: queue.Queue[T]) -> T:
+    """Take the next item of ``items``, taking signals as ``wait_until`` does."""
+    while True:
+        try:
+            return items.get(timeout=WAKE)
+        except queue.Empty:
+            pass
+
+
 def stop_on_signals() -> None:
     """Make SIGINT and SIGTERM stop the command once, by a ``KeyboardInterrupt``.
 
-    The first one ignores both from then on, so a second Ctrl-C (or a
-    signal sent to the whole process group) cannot cut the closing short.
+    The first one makes both do nothing from then on, so a second Ctrl-C (or
+    a signal sent to the whole process group) cannot cut the closing short,
+    nor land in the middle of the unwinding from the first.  Nothing is set
+    to ``SIG_IGN``: a signal already pending then would make Python raise
+    ``OSError`` instead of running a handler, and a command started later
+    would inherit it.
     """
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
 
 
 def _interrupt(signum: int, frame: object) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, _once_stopping)
+    signal.signal(signal.SIGTERM, _once_stopping)
     raise KeyboardInterrupt
+
+
+def _once_stopping(signum: int, frame: object) -> None:
+    """A signal after the first: the command is already stopping."""

@@ -36,7 +36,7 @@ from actors.cli.options import (
     Connection,
     connection_options,
 )
-from actors.cli.output import emit, fail, note, say, stop_on_signals
+from actors.cli.output import emit, fail, get_until_signal, note, say, stop_on_signals
 
 __all__ = ["pub", "sub"]
 
@@ -250,7 +250,7 @@ def sub(
                 return
             seen = 0
             while count is None or seen < count:
-                show(received.get())
+                show(get_until_signal(received))
                 seen += 1
 
 

@@ -39,7 +39,7 @@ from actors._model.event import Event
 from actors._runtime.future import BusFuture
 from actors.cli.connect import left, peer_name, short_lived_node
 from actors.cli.options import EVENT_TYPE, PATTERN, SECONDS, Connection, connection_options
-from actors.cli.output import fail, json_line, note, say, stop_on_signals
+from actors.cli.output import fail, json_line, note, say, stop_on_signals, wait_until
 from actors.cli.pubsub import read_data
 
 __all__ = ["reply", "req", "run_command"]
@@ -82,7 +82,8 @@ def req(
                 source=source or bus.name,
             )
         except RemoteHandlerError as exc:
-            note(f"error {exc.remote_type}: {exc.remote_message}")
+            message = " ".join(exc.remote_message.split())  # one line, as every error
+            note(f"error {exc.remote_type}: {message}")
             sys.exit(REMOTE_ERROR_EXIT)
         except RequestTimeoutError:
             fail(f"no reply to {event_type} within {connection.timeout:g} s")
@@ -258,6 +259,6 @@ def reply(
         try:
             with contextlib.suppress(KeyboardInterrupt):  # from the line on, a signal exits 0
                 note(f"replying to {pattern} at {target}")
-                finished.wait()
+                wait_until(finished)
         finally:
             _stop_commands()  # a command still running is not left behind
