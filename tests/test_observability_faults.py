@@ -44,7 +44,6 @@ from actors import (
     OverflowStrategy,
     RemoteHandlerError,
 )
-from actors._core.router import RouterActor
 from actors._model.metrics import COUNTER_METRICS, BusMetrics, SubscriptionStatistics
 from actors._model.otelspans import span_id_of
 from actors.cli.top import render, sample
@@ -657,43 +656,6 @@ def test_counters_read_while_the_bus_closes_never_fall() -> None:
                 if lower:
                     falls.append((i, lower))
     assert falls == [], f"counters fell: {falls[:3]}"
-
-
-def test_the_router_read_between_its_stop_and_its_final_figures_is_its_last_answer(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """The window the test above hits by chance, every time: the router has stopped
-    and not yet published its final figures when a reader asks."""
-    bus = EventBus(EventConfig(threads=2))
-
-    def failing(event: Event) -> None:
-        raise KeyError(event.event_type)
-
-    bus.subscribe("w.*", failing, retries=0)
-    for n in range(20):
-        bus.publish("w.e", n)
-    bus.flush(WAIT)
-    before = bus.metrics()
-    letters = bus.dead_letters()
-    assert before.published >= 20
-    assert len(letters) == 20
-    read: list[tuple[Any, Any]] = []
-    real = RouterActor._on_stopped  # noqa: SLF001
-
-    def on_stopped(router: RouterActor) -> None:
-        assert not router.actor_ref.is_alive()
-        read.append((bus.core.router_figures(), bus.core.dead_letters()))
-        real(router)
-
-    monkeypatch.setattr(RouterActor, "_on_stopped", on_stopped)
-    bus.close(timeout=WAIT)
-    [(figures, dead)] = read
-    assert figures.published == before.published
-    assert figures.dead_letters == before.dead_letters == 20
-    assert [d.event.id for d in dead] == [d.event.id for d in letters]
-    after = bus.metrics()
-    assert after.published == before.published
-    assert after.dead_letters == 20
 
 
 def test_scraped_subscription_series_add_up_to_the_totals_for_odd_patterns() -> None:

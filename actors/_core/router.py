@@ -152,6 +152,7 @@ class RouterActor(DispatchedActor):
         self._dead: deque[DeadLetter] = deque(maxlen=dead_letter_limit)
         self._dead_count = 0
         self._final: tuple[RouterFigures, list[DeadLetter]] | None = None
+        self.final_ready = threading.Event()  # set once ``final`` is
         self._flushes: list[BusFuture[None]] = []  # not done yet: failed if the router stops
         self._closing = False  # set by Closing: later publishes are refused
         # Told the local patterns after every change (the bridge forwards them
@@ -517,10 +518,12 @@ class RouterActor(DispatchedActor):
         return False
 
     def _on_stopped(self) -> None:
+        # Published once, for whoever asks after the router stopped (readers
+        # that find it stopped wait for ``final_ready``).
+        self._final = (self._figures(), list(self._dead))
+        self.final_ready.set()
         self._send_records()
         self.guard.release_all()
-        # Published once, for whoever asks after the router stopped.
-        self._final = (self._figures(), list(self._dead))
         # A flush still waiting (close gave up on a handler that never returned)
         # would wait for ever: it is refused.
         flushes, self._flushes = self._flushes, []

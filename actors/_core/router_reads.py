@@ -1,9 +1,9 @@
 """Read the router's counters and dead letters from any thread, during and after ``close``.
 
 The router answers while it runs; once stopped it publishes its final
-figures (``RouterActor.final``).  Between the two (stopped, not yet
-published) and while it is too busy to answer, the last answer seen is
-given: stale, never lower than an earlier one, never zeros.
+figures (``RouterActor.final``), which a reader that finds it stopped waits
+for.  A router too busy to answer within ``ASK_TIMEOUT`` gets the last
+answer seen: stale, and no counter ever lower than in an earlier answer.
 """
 
 from __future__ import annotations
@@ -39,16 +39,34 @@ class RouterReads:
             try:
                 return self._saw(future.get(ASK_TIMEOUT))
             except FutureTimeoutError:
-                pass
-        final = router.final
-        return self._saw(final[0]) if final is not None else self._seen
+                if router.actor_ref.is_alive():
+                    return self._saw(None)
+        final = self._final()
+        return self._saw(final[0] if final is not None else None)
 
-    def _saw(self, figures: RouterFigures) -> RouterFigures:
-        """Keep ``figures`` unless a reader on another thread saw later ones; return the later."""
+    def _final(self) -> tuple[RouterFigures, list[DeadLetter]] | None:
+        """The router's final figures; it stopped, so they are being set: wait for them."""
+        router = self._router
+        router.final_ready.wait(ASK_TIMEOUT)
+        return router.final
+
+    def _saw(self, figures: RouterFigures | None) -> RouterFigures:
+        """Fold ``figures`` into the last ones seen; return them.
+
+        Readers on several threads store their answers in any order: each
+        counter keeps the highest value seen, so none ever goes back.
+        """
         with self._lock:
-            if figures.published >= self._seen.published:
-                self._seen = figures
-            return self._seen
+            seen = self._seen
+            if figures is not None:
+                seen = self._seen = RouterFigures(
+                    max(seen.published, figures.published),
+                    max(seen.rejected, figures.rejected),
+                    max(seen.dead_letters, figures.dead_letters),
+                    figures.events_per_second,
+                    max(seen.peak_events_per_second, figures.peak_events_per_second),
+                )
+            return seen
 
     def dead_letters(self) -> list[DeadLetter]:
         """Ask the router for the dead letters it keeps (oldest first)."""
@@ -57,11 +75,24 @@ class RouterReads:
             future: BusFuture[list[DeadLetter]] = BusFuture()
             router.actor_inbox.put(GetDeadLetters(future))
             try:
-                letters = future.get(ASK_TIMEOUT)
+                return self._saw_letters(future.get(ASK_TIMEOUT))
             except FutureTimeoutError:
-                pass
-            else:
+                if router.actor_ref.is_alive():
+                    return self._saw_letters(None)
+        final = self._final()
+        return self._saw_letters(final[1] if final is not None else None)
+
+    def _saw_letters(self, letters: list[DeadLetter] | None) -> list[DeadLetter]:
+        """Keep ``letters`` unless a reader stored a later list; return a copy of the later."""
+        with self._lock:
+            if letters is not None and _last(letters) >= _last(self._dead_seen):
                 self._dead_seen = letters
-                return list(letters)
-        final = router.final
-        return list(final[1] if final is not None else self._dead_seen)
+            return list(self._dead_seen)
+
+
+def _last(letters: list[DeadLetter]) -> int:
+    """The sequence of the last letter's announcement (how late the list is)."""
+    if not letters:
+        return 0
+    letter = letters[-1].letter
+    return (letter.sequence or 0) if letter is not None else 0

@@ -367,6 +367,8 @@ class Core:
         """
         future: BusFuture[int | None] = BusFuture()
         with self._lock:
+            if self._closing:  # the router stops: the load would never be answered
+                raise BusClosedError("the bus is closed")
             previous = self._owners.get(name)
             self._owners[name] = owner
             self.inbox.put(Forward(journal, LoadCheckpoint(f"sub:{name}", future)))
