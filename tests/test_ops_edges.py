@@ -44,7 +44,7 @@ from actors import (
     PersistentEventBus,
     RateLimitedError,
 )
-from actors._core import wiring
+from actors._core import router_reads
 from actors._metrics_http import MetricsServer
 from actors._model.metrics import (
     COUNTER_METRICS,
@@ -516,7 +516,7 @@ def test_counters_never_read_zero_while_the_router_is_busy(
     """docs/observability.md: "The bus's counters never go back".  Filters run in the
     router (docs/architecture.md); while one is slow, ``metrics()`` must not report the
     zeros of a router that never ran (``RouterFigures`` fallback)."""
-    monkeypatch.setattr(wiring, "_ASK_TIMEOUT", 0.5)  # the 10 s wait, shortened
+    monkeypatch.setattr(router_reads, "ASK_TIMEOUT", 0.5)  # the 10 s wait, shortened
     bus = EventBus(EventConfig(threads=2))
     entered, hold = threading.Event(), threading.Event()
 
