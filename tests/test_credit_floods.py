@@ -125,21 +125,22 @@ def test_a_persistent_origin_killed_mid_flood_and_restarted_loses_no_acknowledge
     procs: list[Proc], tmp_path: Path
 ) -> None:
     """kill -9 of a persistent origin (``durability="sync"``) at full rate, restart on the
-    same journal and port, the subscriber up throughout: every acknowledged event arrives,
+    same journal and endpoint, the subscriber up throughout: every acknowledged event arrives,
     in order, once (``docs/cluster.md``, "Restarts of an origin")."""
     fast = {"heartbeat_interval": 0.25, "heartbeat_timeout": 1.0}
     origin: dict[str, Any] = {
         "block_timeout": WAIT,
         "path": str(tmp_path / "a"),
         "node": fast,
+        # The restarts take the same endpoint: an ipc path, which no other process can
+        # take meanwhile (a TCP port freed by kill -9 can go to another's connection).
+        "listen": f"ipc://{tmp_path}/a.sock",
     }
     # The default DROP_OLDEST with a capacity of one credit window: the
     # backfill after each restart obeys the window too (docs/cluster.md).
     receiver = {"work": 500, "node": fast, "capacity": WINDOW}
     a, b = pair(procs, origin=origin, receiver=receiver)
     b.wait = FLOOD_WAIT  # the child's own wait (120 s) answers first, with its figures
-    port = a.endpoint.rsplit(":", 1)[1]
-    origin["listen"] = f"tcp://127.0.0.1:{port}"  # the restarts take the same port
     origin["node"] = {"batch_size": 256, "send_queue": QUEUE, "recovery_ring": RING, **fast}
     acknowledged = -1
     for _ in range(3):

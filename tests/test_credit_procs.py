@@ -64,11 +64,8 @@ def pair(
 ) -> tuple[Proc, Proc]:
     """Start origin ``a`` and receiver ``b`` (joined directly, or through ``broker``)."""
     node = {"batch_size": batch, "send_queue": QUEUE, "recovery_ring": RING}
-    a = Proc(
-        name="a",
-        **({"peers": [broker]} if broker else {"listen": "tcp://127.0.0.1:*"}),
-        **{**origin, "node": {**node, **origin.get("node", {})}},
-    )
+    where = {"peers": [broker]} if broker else {"listen": "tcp://127.0.0.1:*"}
+    a = Proc(name="a", **{**where, **origin, "node": {**node, **origin.get("node", {})}})
     procs.append(a)
     b = Proc(
         name="b",
