@@ -44,7 +44,7 @@ from actors._model.event import Event
 from actors._model.filter import FilterLike
 from actors._model.metrics import BusMetrics
 from actors._model.query import EventQuery
-from actors._model.trace import Trace, merge_events
+from actors._model.trace import Trace, first_copies, merge_events
 from actors._runtime.future import BusFuture, wrap_future
 
 __all__ = ["AsyncEventBus", "EventStream", "wrap_future"]
@@ -271,7 +271,7 @@ class AsyncEventBus:
         answer: CorrelatedEvents = await self._await(core.correlated(correlation_id), timeout)
         events = answer.events
         if answer.complete or core.journal is None:
-            return list(events)
+            return first_copies(events)
         query = EventQuery(correlation_id=correlation_id)
         stored = await self._await(core.read_journal(query), timeout)
         return merge_events(stored, events)

@@ -47,7 +47,7 @@ from actors._model.event import Event
 from actors._model.filter import FilterLike
 from actors._model.metrics import BusMetrics, SubscriptionStatistics, to_prometheus
 from actors._model.query import EventQuery
-from actors._model.trace import Trace, merge_events
+from actors._model.trace import Trace, first_copies, merge_events
 from actors._runtime.future import BusFuture
 from actors._runtime.shutdown import Deadline
 
@@ -353,7 +353,7 @@ class EventBus(RequestReply):
         checks.check_correlated(correlation_id, timeout)
         self._check_open()
         events, complete = self._core.correlated(correlation_id).get(timeout)
-        result = list(events)
+        result = first_copies(events)  # an id published twice: one event, as merged
         if not complete and self._journal is not None:
             stored = self.query(EventQuery(correlation_id=correlation_id), timeout=timeout)
             result = merge_events(stored, result)

@@ -177,6 +177,43 @@ def test_an_id_published_twice_gives_the_same_trace_before_and_after_a_restart(
     assert restored.render() == live.render()
 
 
+def test_get_correlated_keeps_one_copy_of_an_id_in_memory_after_a_restart_and_async(
+    tmp_path: Path,
+) -> None:
+    """Memory-only, journal-merged and async answers list an id published twice once."""
+    import asyncio  # noqa: PLC0415 - only this test
+
+    from actors import AsyncEventBus  # noqa: PLC0415
+
+    cid = uuid.uuid4()
+    x = Event(event_type="dup.x", correlation_id=cid)
+    y = Event(event_type="dup.y", correlation_id=cid)
+    expected = [("dup.x", 1), ("dup.y", 2)]
+    with EventBus() as bus:  # no journal: the trace is complete in memory
+        for event in (x, y, x, y):
+            bus.publish(event).get(WAIT)
+        memory = [(e.event_type, e.sequence) for e in bus.get_correlated(cid)]
+    assert memory == expected
+    path = tmp_path / "j"
+    with PersistentEventBus(EventConfig(persistence_path=str(path))) as bus:
+        for event in (x, y, x):
+            bus.publish(event).get(WAIT)
+        live = [(e.event_type, e.sequence) for e in bus.get_correlated(cid)]
+    with PersistentEventBus(EventConfig(persistence_path=str(path))) as again:
+        restored = [(e.event_type, e.sequence) for e in again.get_correlated(cid)]
+
+    async def from_async() -> list[tuple[str, int | None]]:
+        async with AsyncEventBus() as abus:
+            for event in (x, x, y):
+                await abus.publish(event)
+            await abus.flush()
+            return [(e.event_type, e.sequence) for e in await abus.get_correlated(cid)]
+
+    assert live == expected
+    assert restored == expected
+    assert asyncio.run(from_async()) == [("dup.x", 1), ("dup.y", 3)]
+
+
 # -- size ----------------------------------------------------------------------------------
 
 

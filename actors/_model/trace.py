@@ -19,7 +19,7 @@ from actors._model.guards import check_bool, check_uuid
 if TYPE_CHECKING:
     from actors._model.event import Event
 
-__all__ = ["Trace", "causes_first", "merge_events", "trace_order_key"]
+__all__ = ["Trace", "causes_first", "first_copies", "merge_events", "trace_order_key"]
 
 #: Width, in characters, of the data column of ``Trace.render(show_data=True)``.
 DATA_WIDTH = 60
@@ -52,6 +52,21 @@ def causes_first(events: Iterable[Event]) -> list[Event]:
             stack.extend(reversed(waiting.pop(ready.id, [])))
     for left in waiting.values():  # a cycle: never placed by its cause
         out.extend(e for e in left if e.id not in placed)
+    return out
+
+
+def first_copies(events: Sequence[Event]) -> list[Event]:
+    """Return ``events`` with each id once (its first copy), in their order.
+
+    An ``Event`` object published twice is two events with one id (two
+    sequences); every reader that knows events by id keeps the first.
+    """
+    seen: set[uuid.UUID] = set()
+    out: list[Event] = []
+    for e in events:
+        if e.id not in seen:
+            seen.add(e.id)
+            out.append(e)
     return out
 
 
