@@ -231,6 +231,7 @@ def _read_head(conn: socket.socket, deadline: float) -> bytes:
     byte at a time cannot hold its thread past ``CLIENT_TIMEOUT``.
     """
     head = bytearray()
+    line_seen = False
     while len(head) < MAX_REQUEST_HEAD:
         left = deadline - time.monotonic()
         if left <= 0:
@@ -243,6 +244,10 @@ def _read_head(conn: socket.socket, deadline: float) -> bytes:
         head += chunk
         if b"\r\n\r\n" in tail or b"\n\n" in tail:
             break
+        if not line_seen and b"\n" in chunk:
+            line_seen = True
+            if len(head.split(b"\n", 1)[0].split()) < 3:  # HTTP/0.9: no headers follow
+                break
     return bytes(head)
 
 

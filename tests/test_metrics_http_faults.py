@@ -447,6 +447,30 @@ def test_a_client_trickling_its_request_is_dropped_after_client_timeout(
         )
 
 
+def test_an_http_0_9_request_line_is_answered_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A request line without a version (HTTP/0.9: no headers follow) ends the request.
+
+    Before, the server waited for a blank line that never comes and answered
+    only at ``CLIENT_TIMEOUT``; set far past the client's wait here.
+    """
+    monkeypatch.setattr(metrics_http, "CLIENT_TIMEOUT", 3600.0)
+    with EventBus() as bus, MetricsServer(bus, 0) as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=WAIT) as s:
+            s.sendall(b"GET /hea")  # the line in two pieces: the end is found when it comes
+            s.sendall(b"lthz\r\n")
+            answer = b""
+            try:
+                while chunk := s.recv(4096):
+                    answer += chunk
+            except TimeoutError:
+                pytest.fail(f"an HTTP/0.9 request was not answered within {WAIT} s")
+        status, _ = scrape(server.port, "/healthz")
+    assert status == 200
+    assert answer, "closed without an answer"
+    assert not answer.startswith(b"HTTP/"), answer[:60]  # HTTP/0.9: the body alone
+    assert b"ok" in answer.lower(), answer[:60]
+
+
 def test_scrapers_that_reset_their_connection_leave_no_traceback(
     capfd: pytest.CaptureFixture[str],
 ) -> None:
