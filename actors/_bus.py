@@ -227,9 +227,13 @@ class EventBus(RequestReply):
     def publish_many(self, events: Iterable[Event]) -> list[BusFuture[Event]]:
         """Publish a batch of events in order, as one message to the router.
 
-        Return one future per event.  Validation, rate limiting, the ``BLOCK``
-        wait and the closed check apply to the whole batch before anything is
-        published.
+        Return one future per event.  Validation, rate limiting and the
+        closed check apply to the whole batch before anything is published.
+        A batch that fits the room of the ``BLOCK`` mailboxes that want its
+        events is admitted whole; a larger one goes in pieces, each waiting
+        for room (``docs/architecture.md``): if the first piece is refused
+        this raises ``BackpressureError`` and nothing is published, if a later
+        one is, its futures and the rest fail with it.
         """
         events = checks.check_events(events)
         if self._closed:

@@ -40,7 +40,7 @@ from __future__ import annotations
 import contextvars
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -161,10 +161,13 @@ class Hold:
 class BlockGuard:
     """The ``BLOCK`` subscriptions of one bus and which of them are full."""
 
-    __slots__ = ("_gates", "_lock", "_routes", "blocking", "closing", "full", "holds")
+    __slots__ = ("_gates", "_lock", "_reserved", "_routes", "blocking", "closing", "full", "holds")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        # Room taken by batch pieces on their way to the router (route id ->
+        # events), under the lock: two publishers never count the same room.
+        self._reserved: dict[str, int] = {}
         self.blocking: tuple[tuple[str, Callable[[str], bool]], ...] = ()
         self._routes: tuple[Route, ...] = ()  # the BLOCK routes, as ``blocking``
         self.full: tuple[Gate, ...] = ()
@@ -187,7 +190,7 @@ class BlockGuard:
             self.blocking = tuple(b for b in self.blocking if b[0] != sub_id)
             self._routes = tuple(r for r in self._routes if r.id != sub_id)
 
-    def pieces(self, events: Sequence[Event]) -> Iterator[int]:
+    def pieces(self, events: Sequence[Event]) -> Generator[int, None, None]:
         """Yield where to cut ``events`` so that each piece fits the BLOCK mailboxes' room.
 
         The ends of the pieces, in order (the last is ``len(events)``), each
@@ -196,7 +199,12 @@ class BlockGuard:
         only before an event that would overflow once it holds one that takes
         room: so a piece holds at least one such event, which waits for room
         when admitted if there is none, and a batch that fits stays whole.
-        Room is each mailbox's capacity less what it holds; filters are run
+        Room is each mailbox's capacity less what it holds and less what
+        other batches' pieces on their way to the router will take (a piece's
+        share is reserved until the next piece is asked for, or the generator
+        is closed: close it when a batch stops early). So concurrent batches
+        share the room instead of each taking all of it, and a mailbox holds
+        ``capacity`` plus at most one event per publisher. Filters are run
         (once per event), so an event a subscription filters out takes none
         of its room.
         """
@@ -204,20 +212,45 @@ class BlockGuard:
         matchers = [(r, Pattern.parse(r.pattern).matches) for r in routes]
         wanted = [[r for r, m in matchers if m(e.event_type) and accepts(r, e)] for e in events]
         start, n = 0, len(events)
-        while start < n:
-            room = {r.id: r.mailbox.capacity - r.mailbox.queued for r in routes}
-            end = start
-            taken = False  # the piece holds an event that takes room
-            while end < n:
-                takers = wanted[end]
-                if taken and any(room[r.id] <= 0 for r in takers):
-                    break
-                for r in takers:
-                    room[r.id] -= 1
-                    taken = True
-                end += 1
-            yield end
-            start = end
+        taking: dict[str, int] = {}
+        try:
+            while start < n:
+                with self._lock:
+                    self._unreserve(taking)
+                    reserved = self._reserved
+                    room = {
+                        r.id: r.mailbox.capacity - r.mailbox.queued - reserved.get(r.id, 0)
+                        for r in routes
+                    }
+                    end = start
+                    taken = False  # the piece holds an event that takes room
+                    while end < n:
+                        takers = wanted[end]
+                        if taken and any(room[r.id] <= 0 for r in takers):
+                            break
+                        for r in takers:
+                            room[r.id] -= 1
+                            taking[r.id] = taking.get(r.id, 0) + 1
+                            taken = True
+                        end += 1
+                    for route_id, count in taking.items():
+                        reserved[route_id] = reserved.get(route_id, 0) + count
+                yield end
+                start = end
+        finally:
+            with self._lock:
+                self._unreserve(taking)
+
+    def _unreserve(self, taking: dict[str, int]) -> None:
+        """Give back the room ``taking`` reserved (under the lock) and empty it."""
+        reserved = self._reserved
+        for route_id, count in taking.items():
+            left = reserved.get(route_id, 0) - count
+            if left > 0:
+                reserved[route_id] = left
+            else:
+                reserved.pop(route_id, None)
+        taking.clear()
 
     # -- the publisher's thread ---------------------------------------------------
 

@@ -207,24 +207,28 @@ class Publisher:
         """
         futures: list[BusFuture[Event]] = [BusFuture() for _ in events]
         start = 0
-        for end in self._guard.pieces(events):
-            piece = events[start:end]
-            try:
-                routed = self._admit(piece, timeout)
-            except (BackpressureError, Withdrawn, BusClosedError) as exc:
-                self._give_back(end - start)  # counted in ``rejected`` if refused
-                self._stop(futures, start, end, exc)
-                break
-            try:
-                self._send(
-                    PublishBatch(piece, futures[start:end], time.perf_counter(), False, routed),
-                    routed,
-                    timeout,
-                )
-            except BackpressureError as exc:  # the router's mailbox: the piece is counted
-                self._stop(futures, start, end, exc)
-                break
-            start = end
+        pieces = self._guard.pieces(events)
+        try:
+            for end in pieces:
+                piece = events[start:end]
+                try:
+                    routed = self._admit(piece, timeout)
+                except (BackpressureError, Withdrawn, BusClosedError) as exc:
+                    self._give_back(end - start)  # counted in ``rejected`` if refused
+                    self._stop(futures, start, end, exc)
+                    break
+                try:
+                    self._send(
+                        PublishBatch(piece, futures[start:end], time.perf_counter(), False, routed),
+                        routed,
+                        timeout,
+                    )
+                except BackpressureError as exc:  # the router's mailbox: the piece is counted
+                    self._stop(futures, start, end, exc)
+                    break
+                start = end
+        finally:
+            pieces.close()  # the room its last piece reserved goes back
         if self.closed:
             self._strand(futures)
         return futures
