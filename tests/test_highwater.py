@@ -42,3 +42,16 @@ def test_a_damaged_mark_is_ignored_with_a_warning(
     with caplog.at_level(logging.WARNING, logger="actors.storage"):
         assert HighWaterMark(str(tmp_path), writable=False).value == 0
     assert "high-water file" in caplog.text
+
+
+def test_an_empty_mark_is_no_mark_and_no_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A writer killed between creating the file and its first write leaves it empty:
+    that is a journal with nothing acknowledged yet, not damage."""
+    HighWaterMark(str(tmp_path), writable=True).close()  # created, never advanced
+    assert (tmp_path / FILE_NAME).read_bytes() == b""
+    with caplog.at_level(logging.INFO, logger="actors.storage"):
+        assert HighWaterMark(str(tmp_path), writable=False).value == 0
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+    assert "holds no mark yet" in caplog.text

@@ -47,6 +47,9 @@ class HighWaterMark:
         except OSError as exc:
             msg = f"cannot read the journal's acknowledged mark {self._file!r}: {exc}"
             raise JournalError(msg) from exc
+        if not raw:  # created by an open that ended (a kill) before its first write
+            logger.info("journal high-water file %s holds no mark yet", self._file)
+            return 0
         if len(raw) != _RECORD.size:
             logger.warning("journal high-water file %s is truncated; ignored", self._file)
             return 0
