@@ -29,12 +29,13 @@ LAYERS: dict[str, int] = {
     "actors._async_holds": 4,
     "actors._bus_start": 5,
     "actors._bus": 6,
-    "actors._async": 7,
-    "actors": 8,
-    "actors.__main__": 10,
-    "actors.otel": 9,
-    "actors.cli": 9,
-    "actors.demo": 9,
+    "actors._async_stream": 7,
+    "actors._async": 8,
+    "actors": 9,
+    "actors.__main__": 11,
+    "actors.otel": 10,
+    "actors.cli": 10,
+    "actors.demo": 10,
 }
 GENERATED = "actors._codec._pb"
 

@@ -138,7 +138,6 @@ class HandlerRuns:
         call = self._call
         samples = self.ports.latency.samples
         perf = time.perf_counter
-        now_wall = time.time()
         set_current = current_event.set
         reset_current = current_event.reset
         delivered = 0
@@ -147,7 +146,7 @@ class HandlerRuns:
             if self.abandoned:
                 stop = i  # given up on at close, or unsubscribed: the rest is not handled
                 break
-            if event.ttl is not None and expired_unix(event, now_wall):
+            if event.ttl is not None and expired_unix(event, time.time()):
                 self.expired += 1
                 continue
             if not history:
@@ -235,20 +234,20 @@ class HandlerRuns:
         call_fn = self._call
         watch = self._watch
         samples = self.ports.latency.samples
-        now_wall = time.time()
         stop = None
         while run.pos < len(batch):
             if self.abandoned:
                 stop = run.pos
                 break
             event, published_at = batch[run.pos]
-            if run.attempts == 0:
-                if event.ttl is not None and expired_unix(event, now_wall):
-                    self.expired += 1
-                    run.pos += 1
-                    continue
-                if not run.history:
-                    samples.append(time.perf_counter() - published_at)
+            if event.ttl is not None and expired_unix(event, time.time()):
+                # Before the first attempt, or a retry that waited: not tried again.
+                self.expired += 1
+                run.pos += 1
+                run.attempts = 0
+                continue
+            if run.attempts == 0 and not run.history:
+                samples.append(time.perf_counter() - published_at)
             token = current_event.set(event)
             try:
                 while True:
@@ -316,7 +315,6 @@ class HandlerRuns:
         assert handler is not None
         samples = self.ports.latency.samples
         mailbox = self.actor_inbox
-        now_wall = time.time()
         count = 0 if history else 1
         stop = None
         for i, (event, published_at) in enumerate(batch):
@@ -324,7 +322,7 @@ class HandlerRuns:
                 stop = i
                 mailbox.finished_by_owner += count * (len(batch) - i)
                 break
-            if event.ttl is not None and expired_unix(event, now_wall):
+            if event.ttl is not None and expired_unix(event, time.time()):
                 self.expired += 1
                 mailbox.finished_by_owner += count
                 state.pos = i + 1
@@ -355,6 +353,9 @@ class HandlerRuns:
                             except asyncio.CancelledError as cancelled:  # the batch, as it waited
                                 self._cut_waiting(state, i, exc, attempts, cancelled)
                                 raise
+                            if again and event.ttl is not None and expired_unix(event, time.time()):
+                                self.expired += 1  # expired while it waited: not tried again
+                                break
                             if again:
                                 continue
                             stop = i
@@ -489,7 +490,10 @@ class HandlerRuns:
     # -- failures ---------------------------------------------------------------------
 
     def _failed(self, event: Event, exc: BaseException, attempts: int) -> float | None:
-        """Count a failed attempt; return the wait before the next, or None (dead letter).
+        """Count a failed attempt; return the wait before the next, or None (no more).
+
+        None: a dead letter, or the event's ``ttl`` has passed (counted
+        expired: an expired event is neither retried nor a dead letter).
 
         Once the subscription is given up on (``abandon``: unsubscribed, or a
         close that stopped waiting) a failure is neither retried nor a dead
@@ -507,6 +511,9 @@ class HandlerRuns:
         self.errors += 1
         if self.abandoned:
             return 0.0
+        if event.ttl is not None and expired_unix(event, time.time()):
+            self.expired += 1  # its time is up: neither retried nor a dead letter
+            return None
         policy = self.policy
         if attempts <= policy.retries:
             return backoff_delay(policy.retry_backoff, attempts)
