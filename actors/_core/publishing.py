@@ -109,6 +109,9 @@ class Publisher:
         self.closed = False
         self._settled = False
         self._stranded: list[BusFuture[Event]] = []
+        # The ``routed`` events publishers wait on: set by ``settle_closed``,
+        # since a message sent after the router's last turn is never routed.
+        self._routing: set[threading.Event] = set()
 
     def counts(self) -> tuple[int, int]:
         """Return (rejected, rate_limited) as refused on the publisher side."""
@@ -208,10 +211,17 @@ class Publisher:
         futures: list[BusFuture[Event]] = [BusFuture() for _ in events]
         start = 0
         pieces = self._guard.pieces(events)
+        withdrawn = withdrawal.get()
         try:
             for end in pieces:
                 piece = events[start:end]
                 try:
+                    if start and self.closed:  # the rest would never be routed
+                        raise BusClosedError("the bus was closed while the batch went in pieces")
+                    if start and withdrawn is not None and withdrawn.is_set():
+                        # Its await was cancelled: the rest is withdrawn, so
+                        # nothing of it follows the caller's next publish.
+                        raise Withdrawn("the publish was cancelled between pieces")
                     routed = self._admit(piece, timeout)
                 except (BackpressureError, Withdrawn, BusClosedError) as exc:
                     self._give_back(end - start)  # counted in ``rejected`` if refused
@@ -264,6 +274,9 @@ class Publisher:
         with self._lock:
             self._settled = True
             stranded, self._stranded = self._stranded, []
+            routing, self._routing = self._routing, set()
+        for routed in routing:
+            routed.set()  # never routed now: its publisher stops waiting
         _fail_closed(stranded)
 
     def inject(self, events: Sequence[Event]) -> None:
@@ -352,12 +365,23 @@ class Publisher:
     def _send(
         self, message: Publish | PublishBatch, routed: threading.Event | None, timeout: float
     ) -> None:
-        if not self._router.put_blocking(message, timeout):
-            self._refuse(_events_of(message), timeout)
         if routed is not None:
-            routed.wait(timeout)
-            if type(routed) is _Paced:
-                self._guard.wait_drained(_events_of(message), timeout)
+            with self._lock:
+                if self._settled:
+                    routed.set()  # the router has stopped: nothing will route it
+                else:
+                    self._routing.add(routed)
+        try:
+            if not self._router.put_blocking(message, timeout):
+                self._refuse(_events_of(message), timeout)
+            if routed is not None:
+                routed.wait(timeout)
+                if type(routed) is _Paced and not self.closed:
+                    self._guard.wait_drained(_events_of(message), timeout)
+        finally:
+            if routed is not None:
+                with self._lock:
+                    self._routing.discard(routed)
 
 
 def _fail_closed(futures: Sequence[BusFuture[Event]]) -> None:
