@@ -34,7 +34,9 @@ def test_iso_8601_with_or_without_a_zone() -> None:
     assert parse_moment("2026-12-01", NOW) == datetime(2026, 12, 1, tzinfo=UTC)  # naive is UTC
 
 
-@pytest.mark.parametrize("text", ["yesterday", "10 minutes", "-5m", "10x", ""])
+@pytest.mark.parametrize(
+    "text", ["yesterday", "10 minutes", "-5m", "10x", "", "\u0661\u0662m", "1\u00b2h"]
+)
 def test_anything_else_is_refused_with_what_is_accepted(text: str) -> None:
     with pytest.raises(ValueError, match=r"neither ISO 8601 .* nor a time ago \(10m, 2h, 3d\)"):
         parse_moment(text, NOW)

@@ -75,6 +75,16 @@ def test_a_listen_port_whose_publish_port_is_out_of_range_fails_at_the_config() 
         NodeConfig(name="x", listen="tcp://127.0.0.1:65535")
 
 
+@pytest.mark.parametrize("port", ["\u0661\u0662", "5\u00b2", "\uff15\uff17\uff10\uff11"])
+def test_a_tcp_port_in_other_than_ascii_digits_fails_at_the_config(port: str) -> None:
+    # int() reads Arabic-Indic and full-width digits; ZeroMQ does not.
+    for field in ("listen", "peers"):
+        endpoint = f"tcp://127.0.0.1:{port}"
+        value: object = endpoint if field == "listen" else [endpoint]
+        with pytest.raises(ValueError, match="tcp://"):
+            NodeConfig(name="x", **{field: value})  # type: ignore[arg-type]
+
+
 def test_a_node_that_lists_itself_as_a_peer_fails_at_the_config_or_still_syncs(
     tmp_path: Path, nodes: Callable[..., EventBus]
 ) -> None:

@@ -15,7 +15,7 @@ import zmq
 
 __all__ = ["Link", "Peer", "derive_endpoint", "last_endpoint", "reachable"]
 
-_TCP = re.compile(r"^tcp://(?P<host>.*):(?P<port>\*|\d+)$")
+_TCP = re.compile(r"^tcp://(?P<host>.*):(?P<port>\*|[0-9]+)$")
 _ANY_HOST = {"0.0.0.0", "*", "::", "[::]"}  # noqa: S104 - recognised, never bound here
 
 

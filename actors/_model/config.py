@@ -22,7 +22,7 @@ from actors._model.guards import (
 
 __all__ = ["EventConfig", "NodeConfig", "OverflowStrategy", "check_endpoint"]
 
-_TCP = re.compile(r"^tcp://(?P<host>\[[0-9A-Fa-f:.]+\]|[^:/\s\[\]]+):(?P<port>\*|\d{1,5})$")
+_TCP = re.compile(r"^tcp://(?P<host>\[[0-9A-Fa-f:.]+\]|[^:/\s\[\]]+):(?P<port>\*|[0-9]{1,5})$")
 _KEY_LENGTH = 40  # a Z85 CURVE key
 _Z85 = frozenset(
     b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#"

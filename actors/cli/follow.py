@@ -111,7 +111,7 @@ class Checkpoint:
             ) from exc
         if text is None:
             return None
-        if not text.isdigit():
+        if not (text.isascii() and text.isdigit()):
             raise click.ClickException(f"the checkpoint {self.path} is damaged: {text[:40]!r}")
         return int(text)
 

@@ -101,7 +101,7 @@ class EndpointType(click.ParamType):  # type: ignore[type-arg]
             self.fail(f"{text!r}: unknown scheme {scheme!r} (tcp, ipc or inproc)", param, ctx)
         if scheme == "tcp":
             host, sep, port = address.rpartition(":")
-            if not sep or not host or not (port.isdigit() or port == "*"):
+            if not sep or not host or not ((port.isascii() and port.isdigit()) or port == "*"):
                 self.fail(f"{text!r}: a tcp endpoint is tcp://HOST:PORT", param, ctx)
         try:  # the rest as ``NodeConfig`` checks it: a usage error here, not a failure later
             check_endpoint(text, "endpoint", bind=self.bind)

@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -136,9 +136,14 @@ def run_command(argv: list[str], request: Event, timeout: float | None = None) -
     if not out:
         return None
     try:
-        return json.loads(out)
-    except json.JSONDecodeError:
+        return json.loads(out, parse_constant=_not_json)
+    except ValueError:  # not JSON (json.JSONDecodeError, or NaN / Infinity): the text
         return out
+
+
+def _not_json(name: str) -> NoReturn:
+    """Refuse ``NaN``, ``Infinity`` and ``-Infinity``: Python's json reads them, JSON has none."""
+    raise ValueError(f"{name} is not a JSON value")
 
 
 _DRAIN = 5.0
@@ -226,6 +231,7 @@ def reply(
     stop_on_signals()
     finished = threading.Event()
     answered = 0
+    unprintable: list[OSError] = []  # stdout failed (a closed pipe): the command ends with it
     deadline = time.monotonic() + connection.timeout
     with short_lived_node(connection, "reply") as bus:
         target = peer_name(bus, connection, deadline)
@@ -248,7 +254,13 @@ def reply(
             responder(request)
             if not published or published[-1].exception() is not None:
                 return  # said on stderr: "reply not published: ..."
-            say(f"answered {request.event_type} {request.id}")
+            try:
+                say(f"answered {request.event_type} {request.id}")
+            except OSError as exc:  # raised again on the main thread, as ``sub`` raises it
+                unprintable.append(exc)
+                _STOPPING.set()  # nothing more is answered
+                finished.set()
+                return
             answered += 1
             if count is not None and answered >= count:
                 finished.set()
@@ -262,3 +274,5 @@ def reply(
                 wait_until(finished)
         finally:
             _stop_commands()  # a command still running is not left behind
+        if unprintable:
+            raise unprintable[0]

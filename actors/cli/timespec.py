@@ -10,7 +10,7 @@ import click
 
 __all__ = ["MOMENT", "parse_moment"]
 
-_AGO = re.compile(r"(?P<amount>\d+(?:\.\d+)?)(?P<unit>s|m|h|d|w)")
+_AGO = re.compile(r"(?P<amount>[0-9]+(?:\.[0-9]+)?)(?P<unit>s|m|h|d|w)")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 
