@@ -37,7 +37,7 @@ from actors._core.backpressure import Withdrawn, withdrawal
 from actors._core.messages import CorrelatedEvents
 from actors._core.requests import reply_result, timeout_error
 from actors._core.subscriber import DeadLetter, Handler, Subscription, current_event
-from actors._errors import BusClosedError, FutureTimeoutError
+from actors._errors import BusClosedError, FutureTimeoutError, RequestTimeoutError
 from actors._model import checks
 from actors._model.config import EventConfig, OverflowStrategy
 from actors._model.event import Event
@@ -88,20 +88,29 @@ async def _withdrawable(fn: Callable[..., T], *args: Any) -> T:
         raise
 
 
-def _publish_off_loop(publish: Callable[[Event], BusFuture[Event]]) -> Publish:
+def _publish_off_loop(
+    publish: Callable[[Event], BusFuture[Event]], withdrawn: threading.Event
+) -> Publish:
     """Return a ``publish`` that returns at once and publishes in the default executor.
 
     The returned future carries the outcome: the published event, or what
     ``publish`` raised (``BackpressureError`` after ``block_timeout``, ...).
+    Setting ``withdrawn`` withdraws a publish still waiting for room (it
+    ends within ``WITHDRAW_POLL`` with ``Withdrawn``, not published), so a
+    caller that stopped waiting leaves no executor thread behind.
     """
     loop = asyncio.get_running_loop()
-    run = contextvars.copy_context().run
+    context = contextvars.copy_context()
+    context.run(withdrawal.set, withdrawn)
+    run = context.run
 
     def start(event: Event) -> BusFuture[Event]:
         outcome: BusFuture[Event] = BusFuture()
 
         def job() -> None:
             try:
+                if withdrawn.is_set():  # the caller stopped waiting before it started
+                    raise Withdrawn("the request ended before its publish started")
                 future = run(publish, event)
             except BaseException as exc:
                 outcome.set_exception(exc)
@@ -406,9 +415,13 @@ class AsyncEventBus:
         **fields: Any,
     ) -> list[Event]:
         """Publish a request; gather the replies (see ``EventBus.request_all``)."""
-        return (
-            await self._ask(event_type, data, fields, max_replies, timeout, node, gathers=True)
-        )[1]
+        try:
+            asked = await self._ask(
+                event_type, data, fields, max_replies, timeout, node, gathers=True
+            )
+        except RequestTimeoutError:
+            return []  # its time ran out waiting for room: no reply (it was not published)
+        return asked[1]
 
     async def _ask(  # noqa: PLR0917 - the two public forms' arguments
         self,
@@ -439,8 +452,9 @@ class AsyncEventBus:
         # publish may wait for room.  Either then runs in an executor thread,
         # after the entry is in the table, and its outcome reaches the entry's
         # future: the deadline below bounds the whole call.
+        withdrawn = threading.Event()  # set once this call ends, however it ends
         if node is not None or bus.core.publisher.may_wait():
-            publish = _publish_off_loop(publish)
+            publish = _publish_off_loop(publish, withdrawn)
         pending = requester.send(event, publish, max_replies, gathers=gathers, timeout=timeout)
         table = requester.table
         try:
@@ -453,6 +467,7 @@ class AsyncEventBus:
             return event, late
         finally:
             table.close(pending.request_id)
+            withdrawn.set()  # a publish still waiting for room gives up: no one waits for it
 
     def metrics(self) -> BusMetrics:
         """Return a metrics snapshot (cheap, never blocks)."""

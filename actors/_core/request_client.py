@@ -142,9 +142,11 @@ class RequestClient:
             _, pending, left = self.send(
                 event_type, data, fields, max_replies, timeout, node, gathers=True
             )
+            return self.requester.wait(pending, left)
         except RequestTimeoutError:
-            return []  # its time ran out waiting for room: no reply (it was not published)
-        return self.requester.wait(pending, left)
+            # Its time ran out waiting for room, or for the node that was to
+            # publish it: no reply (it was not published).
+            return []
 
     def send(  # noqa: PLR0917 - the public forms' arguments, in their order
         self,
@@ -162,14 +164,8 @@ class RequestClient:
         event, new_route = self.prepare(event_type, data, fields)
         if new_route:
             self.sync_reply_route(event.event_type, timeout, node)
-        if timeout is None:
-            publish = self.publisher(node)
-        elif node is None:
-            publish = functools.partial(
-                self._publish_within, deadline=started + timeout, timeout=timeout
-            )
-        else:
-            publish = self.publisher(node, started + timeout, timeout)
+        deadline = None if timeout is None else started + timeout
+        publish = self.publisher(node, deadline, timeout)
         pending = self.requester.send(event, publish, max_replies, gathers=gathers, timeout=timeout)
         left = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
         return event, pending, left
@@ -223,11 +219,14 @@ class RequestClient:
     ) -> Publish:
         """Return how a request is published: here, or by the connected node ``node``.
 
-        Through ``node``, its answer is awaited until ``deadline`` (the
-        request's, ``timeout`` long, on ``time.monotonic``) if one is given.
+        With a ``deadline`` (the request's, ``timeout`` long, on
+        ``time.monotonic``) a local publish waits for room no longer than it,
+        and through ``node`` its answer is awaited until it.
         """
         if node is None:
-            return self._publish
+            if deadline is None or timeout is None:
+                return self._publish
+            return functools.partial(self._publish_within, deadline=deadline, timeout=timeout)
         return functools.partial(self._publish_through, node, deadline=deadline, timeout=timeout)
 
     def sync_reply_route(self, event_type: str, timeout: float | None, node: str | None) -> None:

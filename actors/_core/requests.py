@@ -331,6 +331,10 @@ class Responder:
         """Answer ``request`` with an ``async def`` function (the asynchronous handler)."""
         if is_reply(request):
             return
+        watched = current_timeout.get()
+        if watched is not None:
+            await self._answer_within(request, *watched)
+            return
         try:
             result = await self.fn(request)
         except asyncio.CancelledError as exc:
@@ -347,6 +351,44 @@ class Responder:
             # Something fn awaited was cancelled under it: that is its answer.
             self._fail(request, exc)
         except BaseException as exc:  # whatever it raises is its answer (as for handlers)
+            self._fail(request, exc)
+        else:
+            self._answer(request, result)
+
+    async def _answer_within(self, request: Event, scope: asyncio.Timeout, seconds: float) -> None:
+        """Answer ``request`` under the subscription's timeout, at its deadline at the latest.
+
+        ``fn`` runs as a task of its own, so a responder that catches its
+        cancellation and goes on does not hold the reply back: at the
+        deadline the requester gets the ``TimeoutError`` reply, ``fn`` is
+        cancelled and whatever it returns later is dropped.
+        """
+        call = asyncio.ensure_future(self.fn(request))
+        try:
+            result = await asyncio.shield(call)
+        except asyncio.CancelledError:
+            if call.done():  # it ended as the cancellation came: its own outcome answers
+                self._answer_done(request, call)
+                return
+            call.cancel()
+            call.add_done_callback(_drop_late)
+            if scope.expired():
+                # Cancelled at the subscription's timeout: the requester learns
+                # it now; the subscription counts the timeout (no retry, no
+                # dead letter).
+                self._fail(request, handler_timeout_error(seconds))
+                return
+            raise  # the batch itself is cancelled (its loop is closing)
+        except BaseException as exc:  # whatever it raises is its answer (as for handlers)
+            self._fail(request, exc)
+        else:
+            self._answer(request, result)
+
+    def _answer_done(self, request: Event, call: asyncio.Future[Any]) -> None:
+        """Answer ``request`` with the outcome of ``call`` (done)."""
+        try:
+            result = call.result()
+        except BaseException as exc:  # raised, or cancelled under it: that is its answer
             self._fail(request, exc)
         else:
             self._answer(request, result)
@@ -392,6 +434,12 @@ class Responder:
             raise
         published.add_done_callback(functools.partial(_refused, reply))
         published.add_done_callback(functools.partial(table.delivered, reply_id, request.id))
+
+
+def _drop_late(call: asyncio.Future[Any]) -> None:
+    """Take the outcome of a responder's call its timeout answered for (nobody waits for it)."""
+    if not call.cancelled() and call.exception() is not None:
+        logger.debug("a responder past its timeout ended with %r", call.exception())
 
 
 def _refused(reply: Event, published: BusFuture[Event]) -> None:
