@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 from actors import Event
 from actors._cluster.limits import FRAME_OVERHEAD
-from actors._cluster.outbound import Outbound
+from actors._cluster.outbound import MAX_PREFIX_BYTES, Outbound
 from actors._cluster.wire import DataFrame, decode_stream
 
 MAX = FRAME_OVERHEAD + 100_000
@@ -41,3 +43,21 @@ def test_an_event_over_the_limit_is_set_aside_without_breaking_the_chain() -> No
     assert event.sequence == 2
     assert size > 200_000
     assert out.take_oversized() == []
+
+
+def test_chains_that_do_not_fit_one_heartbeat_take_turns_and_each_list_fits() -> None:
+    out = Outbound("a", epoch=1, batch_size=1000, ring_size=100, max_frame_bytes=MAX)
+    prefixes = {f"p{i:03d}." + "\u00e9" * 200 for i in range(60)}  # ~400 bytes each
+    for p in prefixes:
+        assert out.add_prefix(p.encode())
+    assert not out.add_prefix(b"x" * (MAX_PREFIX_BYTES + 1))  # no event type is that long
+    assert {c[0] for c in out.chains()} == prefixes
+    room = 5_000
+    seen: set[object] = set()
+    for _ in range(len(prefixes)):
+        listed = out.chains(room)
+        assert listed  # each heartbeat announces some
+        assert len(json.dumps(listed, separators=(",", ":"))) <= room
+        seen.update(c[0] for c in listed)
+    assert seen == prefixes
+    assert {c[0] for c in out.chains(10**9)} == prefixes  # all fit: all at once

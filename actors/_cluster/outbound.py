@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import json
 from collections import deque
 from collections.abc import Iterable, Sequence
 
@@ -27,8 +28,14 @@ from actors._cluster.limits import FRAME_OVERHEAD
 from actors._cluster.wire import encode_data_payload
 from actors._codec.events import chunk_of
 from actors._model.event import Event
+from actors._model.patterns import MAX_EVENT_TYPE_LENGTH
 
-__all__ = ["Outbound", "RingEntry", "Run"]
+__all__ = ["HEARTBEAT_ROOM", "MAX_PREFIX_BYTES", "Outbound", "RingEntry", "Run"]
+
+MAX_PREFIX_BYTES = 4 * MAX_EVENT_TYPE_LENGTH
+"""The longest subscription prefix kept: an event type's most UTF-8 bytes."""
+HEARTBEAT_ROOM = 8 * 1024
+"""Bytes of a heartbeat kept for what is not its chains (node name, numbers, topic)."""
 
 RingEntry = tuple[int, str, bytes]
 """A recovery ring entry: origin sequence, event type, the event's chunk."""
@@ -73,13 +80,21 @@ class Outbound:
         self.evicted_upto = 0
         self._classes: dict[str, tuple[bytes, ...]] = {}
         self._oversized: list[tuple[Event, int]] = []
+        self._chain_turn = 0  # where the next heartbeat's chains start, when not all fit
 
-    def add_prefix(self, prefix: bytes) -> None:
-        """A peer subscribed to ``prefix``: start its chain at the current head."""
+    def add_prefix(self, prefix: bytes) -> bool:
+        """A peer subscribed to ``prefix``: start its chain at the current head.
+
+        Return False for a prefix longer than any event type can be
+        (``MAX_PREFIX_BYTES``): it can match nothing, and is not kept.
+        """
+        if len(prefix) > MAX_PREFIX_BYTES:
+            return False
         if prefix not in self.active:
             self.active.add(prefix)
             self.prev[prefix] = self.head
             self._classes.clear()
+        return True
 
     def remove_prefix(self, prefix: bytes) -> bool:
         """No peer holds ``prefix`` any more; return False (nothing changes) if none did."""
@@ -180,15 +195,34 @@ class Outbound:
             b"".join(run.chunks),
         )
 
-    def chains(self) -> list[list[object]]:
-        """Return ``[[prefix, last sequence sent under it], ...]`` for heartbeats."""
+    def chains(self, room: int | None = None) -> list[list[object]]:
+        """Return ``[[prefix, last sequence sent under it], ...]`` for heartbeats.
+
+        With ``room``, at most that many bytes of them as JSON: when they do
+        not all fit (many prefixes subscribed), each heartbeat carries the
+        next ones that fit, in turn, so every chain is announced.
+        """
         out: list[list[object]] = []
         for prefix, last in self.prev.items():
             try:
                 out.append([prefix.decode(), last])
             except UnicodeDecodeError:
                 continue
-        return out
+        # A character is at most 6 bytes of JSON, a sequence 20 digits.
+        if room is None or sum(6 * len(str(c[0])) + 26 for c in out) <= room:
+            return out
+        sizes = [len(json.dumps(c, separators=(",", ":"))) + 1 for c in out]
+        start = self._chain_turn % len(out)
+        picked: list[list[object]] = []
+        used = 2
+        for k in range(len(out)):
+            i = (start + k) % len(out)
+            if used + sizes[i] > room:
+                break
+            picked.append(out[i])
+            used += sizes[i]
+        self._chain_turn = start + len(picked)
+        return picked
 
     def from_ring(
         self, after: int, upto: int, prefixes: Sequence[str], limit: int

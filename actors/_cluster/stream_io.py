@@ -25,6 +25,7 @@ import zmq
 from actors._cluster.checkpoints import load_received
 from actors._cluster.endpoints import Peer
 from actors._cluster.flow_io import FlowIO
+from actors._cluster.outbound import HEARTBEAT_ROOM
 from actors._cluster.wire import (
     HEARTBEAT,
     HEARTBEAT_TOPIC,
@@ -214,8 +215,8 @@ class StreamIO(FlowIO):
             elif topic.startswith(HEARTBEAT_TOPIC[:1]):
                 continue
             elif subscribe:
-                self._out.add_prefix(topic)
-                self._flow.expect(topic, time.monotonic())  # no one's credit known for it yet
+                if self._out.add_prefix(topic):  # (one no event type can match is not kept)
+                    self._flow.expect(topic, time.monotonic())  # no one's credit known yet
             elif topic not in self._out.active:
                 self._stats.frames_dropped += 1  # an unsubscribe of what no connection holds
                 logger.debug("bridge %s: dropped an unsubscribe of %r", self.name, topic)
@@ -448,11 +449,14 @@ class StreamIO(FlowIO):
                 self._stats.frames_dropped += 1
                 logger.warning("bridge %s: dropped a malformed frame: %s", self.name, exc)
                 continue
+            rejected = self._in.rejected
             if isinstance(frame, ControlFrame):
                 try:
                     delivered.extend(self._on_control(frame, now, sender))
                 except Exception:  # one frame's fault: count it, log it, read the next
                     self._handler_failed("a control frame")
+                if self._in.rejected != rejected:  # a head out of range (docs/wire.md)
+                    self._rejected(rejected, "a control frame", frame.body.get("node"))
                 continue
             if sender is not None and frame.origin != sender:
                 self._forged(sender, frame.origin)
@@ -466,7 +470,6 @@ class StreamIO(FlowIO):
             arrived += len(frame.events)
             self._seen(frame.origin, now)
             self._epoch_heard(frame.origin, frame.epoch)
-            rejected = self._in.rejected
             delivered.extend(
                 self._in.on_data(
                     frame.origin,
@@ -479,16 +482,14 @@ class StreamIO(FlowIO):
                 )
             )
             if self._in.rejected != rejected:
-                self._stats.sequences_rejected += self._in.rejected - rejected
-                logger.warning(
-                    "bridge %s: rejected a frame of %s: sequences %d..%d are out of range",
-                    self.name,
-                    frame.origin,
-                    frame.first,
-                    frame.last,
-                )
+                self._rejected(rejected, f"frame {frame.first}..{frame.last}", frame.origin)
         self._deliver(delivered)
         self._arrived(arrived)
+
+    def _rejected(self, before: int, what: str, origin: object) -> None:
+        """Count the sequences ``Inbound`` rejected since it counted ``before``."""
+        self._stats.sequences_rejected += self._in.rejected - before
+        logger.warning("bridge %s: rejected %s of %r: out of range", self.name, what, origin)
 
     def _on_control(self, frame: ControlFrame, now: float, sender: str | None) -> list[Event]:
         body = frame.body
@@ -580,7 +581,7 @@ class StreamIO(FlowIO):
             "epoch": self._epoch,
             "base": self._base,
             "head": self._sent_head(),  # queued events are announced once sent
-            "chains": self._out.chains(),
+            "chains": self._out.chains(self._max - HEARTBEAT_ROOM),  # within a frame
         }
         self._xpub.send_multipart(encode_control(HEARTBEAT_TOPIC, HEARTBEAT, body))
         timeout = self._node.heartbeat_timeout
