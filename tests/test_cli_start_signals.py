@@ -42,6 +42,8 @@ CHILD = textwrap.dedent(
         def _terminated(signum, frame):
             raise KeyboardInterrupt
         signal.signal(signal.SIGTERM, _terminated)
+    else:  # a runner started in the background (SIGINT ignored) passes SIG_IGN on to us
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     bus = None
     try:
         with running(start) as bus:

@@ -47,8 +47,10 @@ OLD = datetime.now(UTC) - timedelta(days=40)
 # -- a child process, written to tmp_path at test time ---------------------------------------
 
 CHILD = r"""
-import json, sys, threading
+import json, signal, sys, threading
 import actors._journal.actor as journal_actor
+# A runner started in the background (SIGINT ignored) passes SIG_IGN on: take Ctrl-C.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from actors import Event, EventConfig, EventFilter, EventQuery, PersistentEventBus
 
 cfg = json.loads(sys.argv[1])

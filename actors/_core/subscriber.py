@@ -137,6 +137,9 @@ class SubscriberActor(HandlerRuns, DispatchedActor):
         # unsubscribe: the handler's thread then stops at the next event
         # instead of running the rest of its batch.
         self.abandoned = False
+        # Set last when it stopped (``_on_stopped``): its figures are final then,
+        # not when pykka marks it stopped, which comes before its teardown.
+        self.final = False
         # Set by the facade when ``unsubscribe`` returns: ``active`` is False
         # from then on.  A flag (one writer, read anywhere), not an Event: no
         # one waits for it, and an Event costs about 1 KB per subscription.
@@ -330,18 +333,21 @@ class SubscriberActor(HandlerRuns, DispatchedActor):
     # -- stopping -----------------------------------------------------------------
 
     def _on_stopped(self) -> None:
-        # Pending timers would hold this actor until their deadlines (up to
-        # the handler's ``timeout`` or retry backoff) after it is gone.
-        if self._watch is not None:
-            self._watch.close()
-        run = self._run
-        if run is not None:  # a synchronous batch parked for a retry: it never resumes
-            self._run = None
-            if run.timer is not None:
-                self._timers.cancel(run.timer)
-            self._drop_run(run)
-        self.actor_inbox.clear_events()
-        self.actor_inbox.release_barriers()
+        try:
+            # Pending timers would hold this actor until their deadlines (up to
+            # the handler's ``timeout`` or retry backoff) after it is gone.
+            if self._watch is not None:
+                self._watch.close()
+            run = self._run
+            if run is not None:  # a synchronous batch parked for a retry: it never resumes
+                self._run = None
+                if run.timer is not None:
+                    self._timers.cancel(run.timer)
+                self._drop_run(run)
+            self.actor_inbox.clear_events()
+            self.actor_inbox.release_barriers()
+        finally:
+            self.final = True  # last: whoever sees it sees every figure above
 
     def _drop_run(self, run: SyncRun) -> None:
         """Account for a stopped batch that will not go on: handled so far, the rest discarded.

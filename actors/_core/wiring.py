@@ -540,9 +540,9 @@ class Core:
         figures: list[SubscriptionStatistics] = []
         removed = self._removed
         for actor in self._ended:
-            alive = actor.actor_ref.is_alive()  # first: once stopped, its figures are final
+            final = actor.final  # first: once its teardown ran, its figures are final
             stats = actor.statistics()
-            if alive:
+            if not final:
                 finishing.append(actor)
                 figures.append(stats)
                 continue
