@@ -412,6 +412,27 @@ def test_top_stops_with_status_0_once_connected(
     assert clean_end(err) == []
 
 
+@pytest.mark.parametrize("args", [["-h"], ["pub", "-h"], ["no-such-command"]])
+def test_an_interrupt_caught_in_code_run_from_a_string_leaves_the_status_alone(
+    args: list[str],
+) -> None:
+    """A signal landing in a late import (a dataclass defined by ``exec``) and handled.
+
+    CPython marks such an interrupt unhandled; under ``python -m`` the command
+    then ended with status 130 (or by SIGINT) in place of its own.
+    """
+    done = subprocess.run(
+        [sys.executable, "-m", "tests._caught_interrupt_child", *args],
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+        check=False,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert done.returncode == (2 if args == ["no-such-command"] else 0), done.stderr
+    assert "Traceback" not in done.stderr
+
+
 @pytest.mark.parametrize("signum", SIGNALS)
 def test_pub_count_stopped_after_its_first_progress_line(
     started: list[Child], hub: str, signum: int
