@@ -383,6 +383,8 @@ def test_no_client_command_hangs_on_a_zeromq_peer_that_is_no_node(mode: str) -> 
                 result = subprocess.CompletedProcess(child.args, child.returncode, out, err)
                 line = one_line_error(result, 1)
                 assert endpoint in line, (name, line)
+                # An echoed HELLO is refused once, not once more as the echo of the refusal.
+                assert line.count("node names must be unique") <= 1, (name, line)
                 assert out == "", (name, out)
         finally:
             for child in children.values():
@@ -398,6 +400,36 @@ import sys
 sys.stdin.read()
 sys.stdout.write(sys.argv[1])
 """
+
+
+@pytest.mark.parametrize(
+    ("kind", "printed", "data"),
+    [
+        ("crlf", "one\\r\\ntwo\\r\\n", "one\r\ntwo"),  # text mode made CRLF LF
+        ("cr", "lone\\rreturn", "lone\rreturn"),
+        ("utf", "\\u00e9t\\u00e9\\n", "\u00e9t\u00e9"),
+    ],
+)
+def test_a_command_s_text_reaches_the_caller_as_it_printed_it(
+    hub: str, tmp_path: Path, kind: str, printed: str, data: str
+) -> None:
+    script = tmp_path / "text.py"
+    script.write_text(
+        "import sys\nsys.stdin.read()\n"
+        f"sys.stdout.buffer.write({printed!r}.encode().decode('unicode_escape').encode())\n"
+    )
+    pattern = f"text{kind}.*"
+    replying = Running("reply", pattern, "--exec", f"{sys.executable} {script}", "--peer", hub)
+    try:
+        assert replying.line(replying.err) == f"replying to {pattern} at hub"
+        got = cli("req", pattern.replace("*", "q"), "{}", "--peer", hub, "--timeout", "10")
+        assert "Traceback" not in got.stderr, got.stderr
+        assert (got.returncode, json.loads(got.stdout)) == (0, data), got.stderr
+    finally:
+        if replying.proc.poll() is None:
+            replying.proc.send_signal(signal.SIGTERM)
+            replying.finish()
+        replying.kill()
 
 
 @pytest.mark.parametrize("printed", ["NaN", "Infinity", "-Infinity"])

@@ -61,6 +61,16 @@ class BridgeView:
     links: tuple[LinkState, ...] = ()
     refusals: tuple[str, ...] = ()
 
+    def reasons(self) -> list[str]:
+        """Each refusal once: links' refusals, then the rest not already said by one of them.
+
+        A node that refused this node for the refusal this node sent it (a
+        service that echoes what it gets) gives one reason, not two.
+        """
+        said = [link.refused for link in self.links if link.refused]
+        rest = [r for r in self.refusals if not any(s.endswith(f": {r}") for s in said)]
+        return list(dict.fromkeys([*said, *rest]))
+
 
 class Bridge(StreamIO, RecoveryIO, RequestIO):
     """Join the bus behind ``local`` to the nodes of ``node`` (see the module docstring).
@@ -279,7 +289,7 @@ class Bridge(StreamIO, RecoveryIO, RequestIO):
             if wanted <= set(view.statistics.synced_peers):
                 return True
             if view.refusals:
-                raise PeerRefusedError("; ".join(view.refusals))
+                raise PeerRefusedError("; ".join(view.reasons()))
             return False
 
         if not self.wait_view(ready, timeout):
@@ -316,8 +326,7 @@ class Bridge(StreamIO, RecoveryIO, RequestIO):
         """
 
         def answered(view: BridgeView) -> bool:
-            refused = [link.refused for link in view.links if link.refused]
-            reasons = list(dict.fromkeys([*refused, *view.refusals]))
+            reasons = view.reasons()
             if reasons:
                 raise PeerRefusedError("; ".join(reasons))
             return all(link.welcomed for link in view.links)

@@ -111,14 +111,14 @@ def run_command(argv: list[str], request: Event, timeout: float | None = None) -
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            text=True,
             env=env,
             start_new_session=True,  # a group of its own: its children are killed with it
         )
         _RUNNING.add(child)
     with child:
         try:
-            stdout, stderr = child.communicate(json.dumps(request.data), timeout=timeout)
+            # Bytes, decoded here: text mode would turn the command's CRLF into LF.
+            raw_out, raw_err = child.communicate(json.dumps(request.data).encode(), timeout=timeout)
         except subprocess.TimeoutExpired:
             _kill(child)
             # Its pipes close with the group; bounded all the same (a child
@@ -129,8 +129,9 @@ def run_command(argv: list[str], request: Event, timeout: float | None = None) -
         finally:
             with _RUNNING_LOCK:
                 _RUNNING.discard(child)
+    stdout = raw_out.decode()  # not UTF-8: UnicodeDecodeError, an error reply
     if child.returncode != 0:
-        tail = stderr.strip()[-500:]
+        tail = raw_err.decode(errors="replace").strip()[-500:]
         raise RuntimeError(f"{argv[0]} exited with {child.returncode}: {tail}".rstrip(": "))
     out = stdout.strip()
     if not out:
@@ -149,7 +150,7 @@ def _not_json(name: str) -> NoReturn:
 _DRAIN = 5.0
 """Seconds to read what a killed command leaves in its pipes."""
 
-_RUNNING: set[subprocess.Popen[str]] = set()  # the commands running now (one at a time)
+_RUNNING: set[subprocess.Popen[bytes]] = set()  # the commands running now (one at a time)
 _RUNNING_LOCK = threading.Lock()
 _STOPPING = threading.Event()  # set once ``reply`` stops: no command starts after it
 
@@ -163,7 +164,7 @@ def _stop_commands() -> None:
         _kill(child)
 
 
-def _kill(child: subprocess.Popen[str]) -> None:
+def _kill(child: subprocess.Popen[bytes]) -> None:
     """Kill ``child`` and every process of its group (what it started, unless it left)."""
     if child.returncode is None:  # not reaped: its pid (and group id) is still its own
         with contextlib.suppress(OSError):
