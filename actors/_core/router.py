@@ -153,6 +153,8 @@ class RouterActor(DispatchedActor):
         self._dead_count = 0
         self._final: tuple[RouterFigures, list[DeadLetter]] | None = None
         self.final_ready = threading.Event()  # set once ``final`` is
+        self.end_lock = threading.RLock()  # held while ``ended`` is set: see ``put``
+        self.ended = False
         self._flushes: list[BusFuture[None]] = []  # not done yet: failed if the router stops
         self._closing = False  # set by Closing: later publishes are refused
         # Told the local patterns after every change (the bridge forwards them
@@ -533,7 +535,17 @@ class RouterActor(DispatchedActor):
             listener()
         # What came while it stopped, before a listener sent it elsewhere (a
         # subscriber's last checkpoint goes straight to the journal after).
-        for message in self.actor_inbox.take(sys.maxsize):
+        with self.end_lock:
+            self.ended = True
+            for message in self.actor_inbox.take(sys.maxsize):
+                self._on_dropped_at_stop(message)
+
+    def put(self, message: object, /) -> None:
+        """Queue a subscriber's ``message`` (its ``Inbox``); once the router ended, handle it."""
+        with self.end_lock:
+            if not self.ended:
+                self.actor_inbox.put(message)
+                return
             self._on_dropped_at_stop(message)
 
     def _on_dropped_at_stop(self, message: Any) -> None:
@@ -551,6 +563,10 @@ class RouterActor(DispatchedActor):
             self._refuse_closed(message.futures, message.routed)
         elif type(message) is Flush or type(message) is GetCorrelated:
             message.future.set_exception(BusClosedError("the bus was closed"))
+        elif type(message) is DeadLettered:  # decided by a handler close gave up on
+            self._dead_count += 1  # counted and kept, as its subscription counts it; not announced
+            self._dead.append(message.letter)
+            self._final = (self._figures(), list(self._dead))
 
     @staticmethod
     def _refuse_closed(

@@ -246,7 +246,7 @@ class Core:
             for wrap in self.handler_wrappers:  # e.g. actors.otel: a span per handled event
                 handler = wrap(handler, sub_id, pattern)
         actor = SubscriberActor(
-            ports=SubscriberPorts(sub_id=sub_id, router=self.inbox, latency=self.latency),
+            ports=SubscriberPorts(sub_id=sub_id, router=self.router, latency=self.latency),
             pattern=pattern,
             handler=handler,
             capacity=cap,
