@@ -20,6 +20,10 @@ that name's key, and only such a connection becomes the name's route; a
 route is never re-pointed to another key while its node is heard (within
 ``route_timeout``).  Nodes therefore take what the broker relays under the
 name it carries (``docs/cluster.md``, "Node identity").
+
+A name not heard for ``FORGET_AFTER`` route timeouts (5 minutes by
+default; nodes greet a broker every ``heartbeat_timeout``) is forgotten, so
+short-lived nodes (one per CLI command) do not grow the broker for ever.
 """
 
 from __future__ import annotations
@@ -58,6 +62,9 @@ from actors._model.config import MIN_FRAME_BYTES, check_endpoint, check_key
 __all__ = ["Broker", "main"]
 
 logger = logging.getLogger("actors.broker")
+
+FORGET_AFTER = 10
+"""Route timeouts after which the route of a name not heard is forgotten."""
 
 
 def _check_settings(
@@ -124,6 +131,8 @@ class Broker:
         self._names: dict[str, _Route] = {}
         self._refused = 0
         self._impostors = 0
+        self._dropped = 0
+        self._forgotten = 0
         self.routed = 0
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self._curve: Curve | None = None
@@ -186,6 +195,29 @@ class Broker:
         """How many messages and stream frames were dropped for a name held by another key."""
         with self._lock:
             return self._impostors
+
+    @property
+    def dropped(self) -> int:
+        """How many malformed requests (and, with ``peer_names``, stream frames) were dropped."""
+        with self._lock:
+            return self._dropped
+
+    @property
+    def forgotten(self) -> int:
+        """How many node names were forgotten, not heard for ``FORGET_AFTER`` route timeouts."""
+        with self._lock:
+            return self._forgotten
+
+    @property
+    def names(self) -> list[str]:
+        """The node names the broker routes requests to now, sorted."""
+        with self._lock:
+            return sorted(self._names)
+
+    def _drop(self, what: str, exc: object) -> None:
+        with self._lock:
+            self._dropped += 1
+        logger.debug("broker: dropped %s: %s", what, exc)
 
     def _impostor(self, what: str, name: str) -> None:
         with self._lock:
@@ -250,7 +282,7 @@ class Broker:
         if len(frames) == 3:
             origin = _stream_origin(frames[0].bytes, frames[1].bytes, frames[2].bytes)
         if origin is None:
-            logger.debug("broker: dropped a malformed stream frame")
+            self._drop("a stream frame", "its origin cannot be read")
             return False
         bound = self._peer_names.get(origin)
         if bound is None:
@@ -264,8 +296,9 @@ class Broker:
         poller = zmq.Poller()
         poller.register(self._router, zmq.POLLIN)
         poller.register(self._router_stop, zmq.POLLIN)
+        swept = time.monotonic()
         while True:
-            ready = dict(poller.poll())
+            ready = dict(poller.poll(max(1, int(self._route_timeout * 1000))))
             if self._router_stop in ready:
                 return
             while True:
@@ -274,9 +307,24 @@ class Broker:
                 except zmq.Again:
                     break
                 self._on_request(frames)
+            if time.monotonic() - swept >= self._route_timeout:
+                swept = time.monotonic()
+                self._forget(swept - FORGET_AFTER * self._route_timeout)
+
+    def _forget(self, before: float) -> None:
+        """Forget the routes of names last heard before ``before`` (router thread)."""
+        silent = [name for name, route in self._names.items() if route.heard < before]
+        if not silent:
+            return
+        with self._lock:
+            for name in silent:
+                del self._names[name]
+            self._forgotten += len(silent)
+        logger.debug("broker: forgot %d node name(s) not heard", len(silent))
 
     def _on_request(self, frames: list[zmq.Frame]) -> None:
         if len(frames) < 2:
+            self._drop("a request", "no frame after the identity")
             return
         identity = frames[0].bytes
         key = self._curve_key(frames[1])
@@ -284,7 +332,7 @@ class Broker:
         try:
             message = decode_request(parts, self._max)
         except FrameError as exc:
-            logger.debug("broker: dropped a request: %s", exc)
+            self._drop("a request", exc)
             return
         if message.sender and not self._learn(message.sender, identity, key):
             self._impostor("a request", message.sender)
@@ -360,7 +408,8 @@ class Broker:
             and now - route.heard < self._route_timeout
         ):
             return False
-        self._names[sender] = _Route(identity, key, now)
+        with self._lock:  # ``names`` reads it from other threads
+            self._names[sender] = _Route(identity, key, now)
         return True
 
     def close(self) -> None:
