@@ -38,9 +38,10 @@ reference as it is.
 from __future__ import annotations
 
 import contextvars
+import itertools
 import threading
 import time
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -50,7 +51,16 @@ from actors._model.topics import Pattern
 if TYPE_CHECKING:
     from actors._model.event import Event
 
-__all__ = ["WITHDRAW_POLL", "Allowance", "BlockGuard", "Gate", "Hold", "Withdrawn", "withdrawal"]
+__all__ = [
+    "WITHDRAW_POLL",
+    "Allowance",
+    "BlockGuard",
+    "Gate",
+    "Hold",
+    "Piece",
+    "Withdrawn",
+    "withdrawal",
+]
 
 # Set, in the context of one publish, by the async facade: the publish waits
 # for room on an executor thread while its caller awaits it, and a cancelled
@@ -64,6 +74,14 @@ WITHDRAW_POLL = 0.05
 
 class Withdrawn(Exception):  # noqa: N818 - an outcome, not a fault
     """A publish given up while it waited for room: its await was cancelled."""
+
+
+@dataclass(frozen=True, slots=True)
+class Piece:
+    """A batch piece's reservation: its ``ticket`` (the order pieces reserved in) and room."""
+
+    ticket: int
+    taking: dict[str, int]  # route id -> events of the piece it will queue
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,13 +179,31 @@ class Hold:
 class BlockGuard:
     """The ``BLOCK`` subscriptions of one bus and which of them are full."""
 
-    __slots__ = ("_gates", "_lock", "_reserved", "_routes", "blocking", "closing", "full", "holds")
+    __slots__ = (
+        "_gates",
+        "_lock",
+        "_reserved",
+        "_routes",
+        "_tickets",
+        "_unreserved",
+        "blocking",
+        "closing",
+        "full",
+        "holds",
+        "reservations",
+    )
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         # Room taken by batch pieces on their way to the router (route id ->
         # events), under the lock: two publishers never count the same room.
+        # ``reservations`` holds each piece's share by ticket, in the order
+        # they were made (see ``wait_unreserved``; publishers read it without
+        # the lock to skip the wait when it is empty); ``_reserved`` their sum.
         self._reserved: dict[str, int] = {}
+        self.reservations: dict[int, dict[str, int]] = {}
+        self._tickets = itertools.count()
+        self._unreserved = threading.Condition(self._lock)  # notified as room goes back
         self.blocking: tuple[tuple[str, Callable[[str], bool]], ...] = ()
         self._routes: tuple[Route, ...] = ()  # the BLOCK routes, as ``blocking``
         self.full: tuple[Gate, ...] = ()
@@ -190,10 +226,11 @@ class BlockGuard:
             self.blocking = tuple(b for b in self.blocking if b[0] != sub_id)
             self._routes = tuple(r for r in self._routes if r.id != sub_id)
 
-    def pieces(self, events: Sequence[Event]) -> Generator[int, None, None]:
+    def pieces(self, events: Sequence[Event]) -> Generator[tuple[int, Piece], None, None]:
         """Yield where to cut ``events`` so that each piece fits the BLOCK mailboxes' room.
 
         The ends of the pieces, in order (the last is ``len(events)``), each
+        with its ``Piece`` (the room it reserved, for ``wait_unreserved``),
         computed when it is asked for, on the room then: so the caller asks
         for the next piece once the previous one was routed.  A piece is cut
         only before an event that would overflow once it holds one that takes
@@ -204,19 +241,21 @@ class BlockGuard:
         share is reserved until the next piece is asked for, or the generator
         is closed: close it when a batch stops early). So concurrent batches
         share the room instead of each taking all of it, and a mailbox holds
-        ``capacity`` plus at most one event per publisher. Filters are run
-        (once per event), so an event a subscription filters out takes none
-        of its room.
+        ``capacity`` plus at most one event per publisher (a piece whose
+        room is reserved by earlier pieces waits for them: ``wait_unreserved``).
+        Filters are run (once per event), so an event a subscription filters
+        out takes none of its room.
         """
         routes = self._routes
         matchers = [(r, Pattern.parse(r.pattern).matches) for r in routes]
         wanted = [[r for r, m in matchers if m(e.event_type) and accepts(r, e)] for e in events]
         start, n = 0, len(events)
         taking: dict[str, int] = {}
+        piece = Piece(-1, taking)
         try:
             while start < n:
                 with self._lock:
-                    self._unreserve(taking)
+                    self._unreserve(piece)
                     reserved = self._reserved
                     room = {
                         r.id: r.mailbox.capacity - r.mailbox.queued - reserved.get(r.id, 0)
@@ -235,14 +274,25 @@ class BlockGuard:
                         end += 1
                     for route_id, count in taking.items():
                         reserved[route_id] = reserved.get(route_id, 0) + count
-                yield end
+                    if taking:
+                        piece = Piece(next(self._tickets), taking)
+                        self.reservations[piece.ticket] = taking
+                yield end, piece
                 start = end
         finally:
             with self._lock:
-                self._unreserve(taking)
+                self._unreserve(piece)
 
-    def _unreserve(self, taking: dict[str, int]) -> None:
-        """Give back the room ``taking`` reserved (under the lock) and empty it."""
+    def release(self, piece: Piece) -> None:
+        """Give back the room ``piece`` reserved: it was routed (its events count as queued)."""
+        with self._lock:
+            self._unreserve(piece)
+
+    def _unreserve(self, piece: Piece) -> None:
+        """Give back the room ``piece`` reserved (under the lock) and empty it."""
+        taking = piece.taking
+        if not taking:
+            return
         reserved = self._reserved
         for route_id, count in taking.items():
             left = reserved.get(route_id, 0) - count
@@ -250,7 +300,69 @@ class BlockGuard:
                 reserved[route_id] = left
             else:
                 reserved.pop(route_id, None)
+        self.reservations.pop(piece.ticket, None)
         taking.clear()
+        self._unreserved.notify_all()
+
+    def wait_unreserved(
+        self, events: Sequence[Event], piece: Piece | None, timeout: float | None
+    ) -> Route | None:
+        """Wait while earlier pieces reserved the room ``events`` need in a BLOCK mailbox.
+
+        ``piece`` is the batch piece ``events`` are (None for a single
+        publish, which reserves nothing and waits for every piece).  A piece
+        waits only for pieces reserved before it, so two batches never wait
+        for each other.  Once those are routed the mailbox's own fullness
+        takes over (``wait_for_room``).  Return the route whose room stayed
+        reserved after ``timeout``, else None.
+        """
+        if not self.reservations:  # read without the lock: no batch on its way
+            return None
+        need = piece.taking if piece is not None else self._wanted(events)
+        if not need:
+            return None
+        ticket = piece.ticket if piece is not None else None
+        deadline = None if timeout is None else time.monotonic() + timeout
+        withdrawn = withdrawal.get()
+        with self._lock:
+            while not self.closing:
+                route = self._reserved_before(ticket, need)
+                if route is None:
+                    return None
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return route
+                if withdrawn is not None:
+                    if withdrawn.is_set():
+                        raise Withdrawn("the publish was cancelled while it waited for room")
+                    remaining = min(remaining or WITHDRAW_POLL, WITHDRAW_POLL)
+                self._unreserved.wait(remaining)
+        return None
+
+    def _wanted(self, events: Sequence[Event]) -> dict[str, int]:
+        """Count, per BLOCK route, the events of ``events`` it would queue (filters run)."""
+        counts: dict[str, int] = {}
+        for route in self._routes:
+            matches = Pattern.parse(route.pattern).matches
+            k = sum(1 for e in events if matches(e.event_type) and accepts(route, e))
+            if k:
+                counts[route.id] = k
+        return counts
+
+    def _reserved_before(self, ticket: int | None, need: Mapping[str, int]) -> Route | None:
+        """Return a route whose room, less what pieces before ``ticket`` reserved, is short."""
+        earlier: dict[str, int] = {}
+        for t, taking in self.reservations.items():
+            if ticket is not None and t >= ticket:
+                continue
+            for route_id, count in taking.items():
+                if route_id in need:
+                    earlier[route_id] = earlier.get(route_id, 0) + count
+        for route in self._routes:
+            before = earlier.get(route.id, 0)
+            if before and route.mailbox.capacity - route.mailbox.queued - before < need[route.id]:
+                return route
+        return None
 
     # -- the publisher's thread ---------------------------------------------------
 
@@ -382,6 +494,8 @@ class BlockGuard:
         """
         self.closing = True
         self.release_all()
+        with self._lock:
+            self._unreserved.notify_all()
 
 
 def _wants(gate: Gate | Hold, events: list[Event]) -> bool:

@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from actors._core.backpressure import BlockGuard, Withdrawn, withdrawal
+from actors._core.backpressure import BlockGuard, Piece, Withdrawn, withdrawal
 from actors._core.messages import Publish, PublishBatch
 from actors._core.ratelimit import TokenBucket
 from actors._core.subscriber import current_event
@@ -213,7 +213,7 @@ class Publisher:
         pieces = self._guard.pieces(events)
         withdrawn = withdrawal.get()
         try:
-            for end in pieces:
+            for end, reserved in pieces:
                 piece = events[start:end]
                 try:
                     if start and self.closed:  # the rest would never be routed
@@ -222,7 +222,7 @@ class Publisher:
                         # Its await was cancelled: the rest is withdrawn, so
                         # nothing of it follows the caller's next publish.
                         raise Withdrawn("the publish was cancelled between pieces")
-                    routed = self._admit(piece, timeout)
+                    routed = self._admit(piece, timeout, reserved)
                 except (BackpressureError, Withdrawn, BusClosedError) as exc:
                     self._give_back(end - start)  # counted in ``rejected`` if refused
                     self._stop(futures, start, end, exc)
@@ -236,6 +236,7 @@ class Publisher:
                 except BackpressureError as exc:  # the router's mailbox: the piece is counted
                     self._stop(futures, start, end, exc)
                     break
+                self._guard.release(reserved)  # routed: its room is taken, no longer reserved
                 start = end
         finally:
             pieces.close()  # the room its last piece reserved goes back
@@ -310,8 +311,14 @@ class Publisher:
                 )
             raise RateLimitedError(f"rate limit of {bucket.rate:g} events/s exceeded")
 
-    def _admit(self, events: Sequence[Event], timeout: float) -> threading.Event | None:
+    def _admit(
+        self, events: Sequence[Event], timeout: float, piece: Piece | None = None
+    ) -> threading.Event | None:
         """Wait while a full BLOCK subscription (or a node's hold) wants one of ``events``.
+
+        Also while earlier batch pieces reserved the room they need
+        (``BlockGuard.wait_unreserved``; ``piece``: what ``events`` reserved
+        if they are a batch piece).
 
         Returns an event for the router to set once it routed them when a
         BLOCK pattern matches (so the next publish sees the mailbox full), or
@@ -324,6 +331,15 @@ class Publisher:
         guard = self._guard
         if not guard.blocking and not guard.holds:
             return None
+        if guard.reservations and guard.blocking:  # batch pieces on their way
+            route = guard.wait_unreserved(events, piece, timeout)
+            if route is not None:
+                with self._lock:
+                    self._rejected += len(events)
+                raise BackpressureError(
+                    f"subscription {route.id} ({route.pattern!r}) stayed reserved for "
+                    f"other publishers' batches for {timeout}s; event not published"
+                )
         if guard.full or guard.holds:
             gate = guard.wait_for_room(list(events), timeout)
             if gate is not None:
