@@ -557,8 +557,10 @@ def test_concurrent_batches_keep_block_mailbox_near_capacity(world) -> None:
     ]
     # One sends its piece (the router is busy); the other waits for the room it reserved.
     assert wait_for(
-        lambda: sorted(waiting_in(t, "_send") for t, _ in runs) == [False, True]
-        and any(waiting_in(t, "wait_unreserved") for t, _ in runs),
+        lambda: (
+            sorted(waiting_in(t, "_send") for t, _ in runs) == [False, True]
+            and any(waiting_in(t, "wait_unreserved") for t, _ in runs)
+        ),
         HANG,
     )
     release.set()
