@@ -34,11 +34,18 @@ class CorrelationActor(DispatchedActor):
         max_traces: int,
         max_events_per_trace: int,
         trace_ttl: float | None,
+        earlier: bool = False,
     ) -> None:
         super().__init__(dispatcher=dispatcher)
         # Kept as bytes (shared with the journal's and the bridge's encoding).
+        # ``earlier``: the journal held events at start (see ``TraceStore``).
         self.store = TraceStore(
-            max_traces, max_events_per_trace, trace_ttl, pack=encode_shared, unpack=decode_event
+            max_traces,
+            max_events_per_trace,
+            trace_ttl,
+            pack=encode_shared,
+            unpack=decode_event,
+            earlier=earlier,
         )
         self._next_sweep = time.monotonic() + _SWEEP_INTERVAL
 

@@ -146,6 +146,7 @@ class Core:
             max_traces=config.max_traces,
             max_events_per_trace=config.max_events_per_trace,
             trace_ttl=config.trace_ttl,
+            earlier=first_sequence > 1,  # a reopened journal: traces may go on from it
         )
         start_actor(self.correlation)
         self.router = RouterActor(

@@ -104,8 +104,13 @@ class TraceStore:
         *,
         pack: Callable[[Event], Any] = _same,
         unpack: Callable[[Any], Event] = _same,
+        earlier: bool = False,
     ) -> None:
-        """Create an empty store; raise ``ValueError`` for a bound below 1 or a ttl <= 0."""
+        """Create an empty store; raise ``ValueError`` for a bound below 1 or a ttl <= 0.
+
+        ``earlier``: events were recorded before this store began (a journal
+        reopened), so no trace it starts is known whole (``is_complete``).
+        """
         if max_traces < 1:
             raise ValueError(f"max_traces must be >= 1, not {max_traces}")
         if max_events_per_trace < 1:
@@ -124,7 +129,9 @@ class TraceStore:
         # Ids of evicted traces (bounded, oldest forgotten first), so a late
         # event does not make a partial trace look complete.
         self._evicted: OrderedDict[uuid.UUID, None] = OrderedDict()
-        self._forgot = False  # an evicted id was dropped from ``_evicted``
+        # An evicted id was dropped from ``_evicted``, or events came before
+        # this store: any trace started may have earlier events it lacks.
+        self._forgot = earlier
         self._events = 0
         self._evicted_count = 0
         self._truncated_count = 0
