@@ -354,6 +354,14 @@ class BridgeBase:
         self._stats.frames_dropped += 1
         logger.exception("bridge %s: dropped %s: handling it failed", self.name, what)
 
+    def _own_through_broker(self, prefix: bytes) -> bool:
+        """Return whether ``prefix`` is one this node follows, with a broker among its links.
+
+        A broker's proxy passes every subscription up to every publisher, this
+        node's own included: no receiver grants credit for such a prefix.
+        """
+        return prefix in self._in.prefixes and any(link.broker for link in self._links)
+
     def _link_states(self) -> tuple[LinkState, ...]:
         return tuple(
             LinkState(link.endpoint, link.name, link.welcomed, link.broker, link.refused)

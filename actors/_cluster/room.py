@@ -101,9 +101,11 @@ class Ranges:
                         st.pending[rid] = dataclasses.replace(out, gaps=out.gaps + gaps)
                         return
             # One request per origin at a time: later gaps wait as their own
-            # ranges (an overlapping one merges, and both end together).
+            # ranges (an overlapping one of the same prefixes merges, and both
+            # end together; merged with other prefixes, a prefix would be
+            # fetched from below what was delivered under it).
             for i, (low, high, known, count) in enumerate(st.deferred):
-                if after <= high and low <= upto:
+                if known == names and after <= high and low <= upto:
                     st.deferred[i] = (min(low, after), max(high, upto), known | names, count + gaps)
                     return
             st.deferred.append((after, upto, names, gaps))

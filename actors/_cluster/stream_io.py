@@ -214,9 +214,9 @@ class StreamIO(FlowIO):
                     self._xpub.send_multipart(encode_control(topic, SYNC, body))
             elif topic.startswith(HEARTBEAT_TOPIC[:1]):
                 continue
-            elif subscribe:
-                if self._out.add_prefix(topic):  # (one no event type can match is not kept)
-                    self._flow.expect(topic, time.monotonic())  # no one's credit known yet
+            elif subscribe:  # no credit yet (none ever for its own prefix, via a broker)
+                if self._out.add_prefix(topic) and not self._own_through_broker(topic):
+                    self._flow.expect(topic, time.monotonic())
             elif topic not in self._out.active:
                 self._stats.frames_dropped += 1  # an unsubscribe of what no connection holds
                 logger.debug("bridge %s: dropped an unsubscribe of %r", self.name, topic)
