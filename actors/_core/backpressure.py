@@ -238,8 +238,9 @@ class BlockGuard:
         when admitted if there is none, and a batch that fits stays whole.
         Room is each mailbox's capacity less what it holds and less what
         other batches' pieces on their way to the router will take (a piece's
-        share is reserved until the next piece is asked for, or the generator
-        is closed: close it when a batch stops early). So concurrent batches
+        share is reserved until it was routed (``release``), the next piece
+        is asked for, or the generator is closed: close it when a batch stops
+        early). So concurrent batches
         share the room instead of each taking all of it, and a mailbox holds
         ``capacity`` plus at most one event per publisher (a piece whose
         room is reserved by earlier pieces waits for them: ``wait_unreserved``).
