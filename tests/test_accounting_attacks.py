@@ -536,11 +536,6 @@ def test_a_dead_letter_decided_as_close_gives_up_is_lost_to_the_bus() -> None:
         bus.close(timeout=WAIT)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="Regression: close stops subscribers before the router, which still routes $bus "
-    "events into their stopped mailboxes, where they stay queued for ever (stopping.py _stop)",
-)
 def test_a_bus_event_routed_after_close_stopped_its_subscriber_is_not_left_queued() -> None:
     """A finished subscription shows nothing queued.  The router is held in a filter,
     a dead letter behind it in the same turn, while ``close`` stops the subscribers;

@@ -344,6 +344,7 @@ class SubscriberActor(HandlerRuns, DispatchedActor):
                 if run.timer is not None:
                     self._timers.cancel(run.timer)
                 self._drop_run(run)
+            self.actor_inbox.refuse_all()  # first: what comes after the clearing is dropped
             self.actor_inbox.clear_events()
             self.actor_inbox.release_barriers()
         finally:

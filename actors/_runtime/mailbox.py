@@ -73,6 +73,17 @@ class EventMailbox(FifoMailbox):
         # together by ``offer_many`` at the end of it (router only).
         self.pending: list[Any] = []
 
+    def refuse_all(self) -> None:
+        """Drop (and count) every event offered from now on: the owner stopped for good.
+
+        Set by the owner before it clears its lane, so what the router routes
+        to it later (a close that gave up on it) is not left queued for ever.
+        Only the overflow rule changes: the router's offer stays as it is.
+        """
+        self._high = True  # no high-water announcement for a lane that is gone
+        self.overflow = OverflowStrategy.DROP_NEWEST
+        self.capacity = 0
+
     @property
     def queued(self) -> int:
         """Return the number of events waiting in the lane."""
