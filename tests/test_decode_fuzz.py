@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -798,7 +799,9 @@ def forged_requests() -> list[list[bytes]]:
 def test_a_node_drops_and_counts_forged_frames_and_keeps_serving(
     tmp_path: Path, nodes: Callable[..., EventBus]
 ) -> None:
-    a = nodes("a", listen=ipc(tmp_path, "a"))
+    # The fake origin never sends a heartbeat: a load that stretches the test past
+    # heartbeat_timeout must not make a declare it dead before the last frame.
+    a = nodes("a", listen=ipc(tmp_path, "a"), heartbeat_timeout=3600.0)
     got = Collector(1)
     a.subscribe("user.**", got)
     with fake_sockets(tmp_path, a) as (fake_pub, dealer):
@@ -806,9 +809,18 @@ def test_a_node_drops_and_counts_forged_frames_and_keeps_serving(
         dealer.send_multipart(encode_request(Request(HELLO, "", "fake", "hello", hello)))
         assert dealer.poll(int(WAIT * 1000))
         assert decode_request(dealer.recv_multipart(), MAX).kind == WELCOME
-        while True:  # answer a's sync subscription: the fake origin's head is 0
-            assert fake_pub.poll(int(WAIT * 1000)), "a never asked for a sync reply"
+        # Answer each sync subscription of a's (the fake origin's head is 0: a new round
+        # starts when a's patterns reach its stream) until a took one, and until the fake
+        # publisher has a's "user" subscription (a publisher drops what no one takes).
+        # Its head known, a frame far past it is out of range, not a gap to fetch.
+        subscribed = False
+        deadline = time.monotonic() + WAIT
+        while not (subscribed and "fake" in node(a).statistics().synced_peers):
+            assert time.monotonic() < deadline, "a never took a sync reply"
+            if not fake_pub.poll(20):
+                continue
             message = fake_pub.recv()
+            subscribed = subscribed or message == b"\x01user"
             sync = parse_sync_topic(message[1:])
             if message[:1] == b"\x01" and sync is not None:
                 body = {
@@ -820,7 +832,6 @@ def test_a_node_drops_and_counts_forged_frames_and_keeps_serving(
                     "round": sync[1],
                 }
                 fake_pub.send_multipart(encode_control(message[1:], SYNC, body))
-                break
         before = node(a).statistics()
         forged = forged_requests()
         for parts in forged:

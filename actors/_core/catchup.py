@@ -208,11 +208,6 @@ class CatchUp:
             return True
         return False
 
-    def started(self, first: int) -> None:
-        """A durable subscription went live at ``first``: save that as its starting point."""
-        if self.durable is not None:
-            self._save(self.durable, first - 1)
-
     def handled(self, sequence: int) -> None:
         """Record progress after a batch (saves the durable checkpoint)."""
         if sequence >= self.position:

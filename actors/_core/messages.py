@@ -86,7 +86,8 @@ class Subscribe:
     """
 
     route: Route
-    on_subscribed: Callable[[int], None] | None = None
+    # Told the first live sequence; a ``Forward`` it returns is sent at once.
+    on_subscribed: Callable[[int], Forward | None] | None = None
     cancelled: Callable[[], bool] | None = None
 
 

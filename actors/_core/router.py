@@ -153,8 +153,7 @@ class RouterActor(DispatchedActor):
         self._dead_count = 0
         self._final: tuple[RouterFigures, list[DeadLetter]] | None = None
         self.final_ready = threading.Event()  # set once ``final`` is
-        self.end_lock = threading.RLock()  # held while ``ended`` is set: see ``put``
-        self.ended = False
+        self.end_lock, self.ended = threading.RLock(), False  # ``ended`` set under it: ``put``
         self._flushes: list[BusFuture[None]] = []  # not done yet: failed if the router stops
         self._closing = False  # set by Closing: later publishes are refused
         # Told the local patterns after every change (the bridge forwards them
@@ -418,9 +417,11 @@ class RouterActor(DispatchedActor):
         self._pattern_counts[route.pattern] += 1
         self._trie.add(pattern, route)
         self._plans.clear()
-        if message.on_subscribed is not None:
-            # Tells a catch-up subscription where live delivery starts.
-            message.on_subscribed(self.next_sequence)
+        if message.on_subscribed is not None:  # where live delivery starts; what it says to
+            then = message.on_subscribed(self.next_sequence)  # forward goes before later mail
+            if then is not None:
+                self._send_records()
+                then.target.put(then.message)
         self._routes_changed()
 
     def _unsubscribe(self, sub_id: str) -> None:
@@ -540,8 +541,8 @@ class RouterActor(DispatchedActor):
             for message in self.actor_inbox.take(sys.maxsize):
                 self._on_dropped_at_stop(message)
 
-    def put(self, message: object, /) -> None:
-        """Queue a subscriber's ``message`` (its ``Inbox``); once the router ended, handle it."""
+    def put(self, message: object, /) -> None:  # a subscriber's ``Inbox``
+        """Queue ``message``; once the router ended, handle it here and now."""
         with self.end_lock:
             if not self.ended:
                 self.actor_inbox.put(message)

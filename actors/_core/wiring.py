@@ -299,12 +299,27 @@ class Core:
                 # A new durable subscription starts live: its starting point is
                 # saved at once, so a restart before its first batch is handled
                 # resumes there instead of starting live again.
-                self.inbox.put(Subscribe(route, on_subscribed=actor.catchup.started))
+                saver = self._start_saver(actor.catchup.durable)
+                self.inbox.put(Subscribe(route, on_subscribed=saver))
             else:
                 self.inbox.put(Subscribe(route))
         else:
             actor.actor_inbox.wake()
         return Subscription(actor, self.unsubscribe)
+
+    def _start_saver(self, name: str) -> Callable[[int], Forward]:
+        """Return what saves a new live durable name's starting point, sent by the router.
+
+        The router sends it as it adds the route (after the records of what
+        came before): before any later subscription of the name loads the
+        checkpoint, which it would miss if the save queued behind that load.
+        """
+        journal = self.require_journal()
+
+        def started(first: int) -> Forward:
+            return Forward(journal, SaveCheckpoint(f"sub:{name}", first - 1))
+
+        return started
 
     def _catch_up(
         self,
