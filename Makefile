@@ -16,7 +16,8 @@ demo: $(STAMP)
 	$(BIN)/python -m actors.demo
 
 # Two workers: most tests wait on other threads and processes, so two
-# interpreters use both cores (about 6 minutes instead of 11 on two cores).
+# interpreters use both cores (11 to 13 minutes on two cores, about twice that
+# with one worker).
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2
 
