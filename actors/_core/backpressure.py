@@ -248,7 +248,7 @@ class BlockGuard:
         out takes none of its room.
         """
         routes = self._routes
-        matchers = [(r, Pattern.parse(r.pattern).matches) for r in routes]
+        matchers = _matchers(routes)
         wanted = [[r for r, m in matchers if m(e.event_type) and accepts(r, e)] for e in events]
         start, n = 0, len(events)
         taking: dict[str, int] = {}
@@ -343,8 +343,7 @@ class BlockGuard:
     def _wanted(self, events: Sequence[Event]) -> dict[str, int]:
         """Count, per BLOCK route, the events of ``events`` it would queue (filters run)."""
         counts: dict[str, int] = {}
-        for route in self._routes:
-            matches = Pattern.parse(route.pattern).matches
+        for route, matches in _matchers(self._routes):
             k = sum(1 for e in events if matches(e.event_type) and accepts(route, e))
             if k:
                 counts[route.id] = k
@@ -497,6 +496,11 @@ class BlockGuard:
         self.release_all()
         with self._lock:
             self._unreserved.notify_all()
+
+
+def _matchers(routes: Sequence[Route]) -> list[tuple[Route, Callable[[str], bool]]]:
+    """Each of ``routes`` with its pattern's matcher (filters are the caller's)."""
+    return [(r, Pattern.parse(r.pattern).matches) for r in routes]
 
 
 def _wants(gate: Gate | Hold, events: list[Event]) -> bool:

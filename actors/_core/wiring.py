@@ -102,6 +102,11 @@ def start_actor(actor: DispatchedActor) -> None:
     actor.actor_start()
 
 
+def checkpoint_key(name: str) -> str:
+    """The journal key of durable subscription ``name``'s checkpoint."""
+    return f"sub:{name}"
+
+
 class Core:
     """The router, correlation and subscriber actors of one bus (see the module docstring)."""
 
@@ -317,7 +322,7 @@ class Core:
         journal = self.require_journal()
 
         def started(first: int) -> Forward:
-            return Forward(journal, SaveCheckpoint(f"sub:{name}", first - 1))
+            return Forward(journal, SaveCheckpoint(checkpoint_key(name), first - 1))
 
         return started
 
@@ -353,9 +358,9 @@ class Core:
                 if self._owners.get(name) is not owner:
                     return
                 if self._routerless:  # it sent every record when it stopped
-                    journal.put(SaveCheckpoint(f"sub:{name}", sequence))
+                    journal.put(SaveCheckpoint(checkpoint_key(name), sequence))
                 else:
-                    router.put(Forward(journal, SaveCheckpoint(f"sub:{name}", sequence)))
+                    router.put(Forward(journal, SaveCheckpoint(checkpoint_key(name), sequence)))
 
         def release() -> None:
             with self._lock:
@@ -387,7 +392,7 @@ class Core:
                 raise BusClosedError("the bus is closed")
             previous = self._owners.get(name)
             self._owners[name] = owner
-            self.inbox.put(Forward(journal, LoadCheckpoint(f"sub:{name}", future)))
+            self.inbox.put(Forward(journal, LoadCheckpoint(checkpoint_key(name), future)))
         try:
             return future.get(timeout=30.0)
         except BaseException:
