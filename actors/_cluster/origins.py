@@ -38,7 +38,7 @@ class OriginState:
     awaiting_sync: bool = True
     sync_since: float = 0.0
     loading: bool = False
-    stashed: tuple[int, int, int] | None = None
+    stashed: tuple[int, int, int, int | None] | None = None
     pending: dict[str, RecoverRequest] = field(default_factory=dict)
     deferred: list[tuple[int, int, frozenset[str], int]] = field(default_factory=list)
     held: list[Event] = field(default_factory=list)
@@ -48,6 +48,12 @@ class OriginState:
     next_since: float = 0.0  # when a frame of ``next_epoch`` first came
     heard: float = 0.0  # when a heartbeat of ``epoch`` last came
     retired: tuple[int, ...] = ()  # the last epochs it left (incarnations replaced since)
+    # A backfill fetched up to a head past what the origin had sent: the
+    # events it still had queued come on the stream after the reply, so
+    # nothing past the stream's position (``passed``) is released until the
+    # stream has reached that head (``until``; ``Inbound.on_sync``).
+    until: int | None = None
+    passed: int = 0
     # The window during a recovery (``room.py``): events given to the bus,
     # how many of them the last flush found handled, the limit of the request
     # out, a request waiting for room, and the range of held events dropped

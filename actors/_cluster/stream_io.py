@@ -208,6 +208,8 @@ class StreamIO(FlowIO):
                         "epoch": self._epoch,
                         "base": self._base,
                         "head": self._out.head,
+                        # What left: the events queued past it are still to come.
+                        "sent": self._sent_head(),
                         "for": sync[0],
                         "round": sync[1],
                     }
@@ -498,6 +500,7 @@ class StreamIO(FlowIO):
             epoch, base, head = (uint_field(body, f) for f in ("epoch", "base", "head"))
             if frame.kind == SYNC:
                 target, round_ = text_field(body, "for"), uint_field(body, "round")
+                sent = min(head, uint_field(body, "sent", head))
                 chains: dict[bytes, int] = {}
             else:
                 chains = chains_field(body, "chains")
@@ -517,7 +520,7 @@ class StreamIO(FlowIO):
                 return []
             self._seen(origin, now)
             self._epoch_heard(origin, epoch)
-            return self._in.on_sync(origin, epoch, base, head, now)
+            return self._in.on_sync(origin, epoch, base, head, now, sent)
         self._seen(origin, now)
         self._epoch_heard(origin, epoch)
         return self._in.on_heartbeat(

@@ -23,6 +23,9 @@ Rules that keep it honest (``docs/cluster.md``, "Guarantees"):
   without a journal, or one whose journal lost a tail we had) to its head;
 - the watermark never moves while no local pattern exists: a node that
   subscribes after its sync reply still fetches its downtime;
+- a backfill never overtakes the stream: what it fetches past the last
+  sequence the origin had sent at its sync reply waits until the stream
+  passes it (the origin's queued runs come after the reply);
 - with a ``window`` (the bridge sets ``credit_window``), a recovery keeps
   what of one origin waits here within it (``room.py``): a page is asked
   for only when it fits, held frames past it are dropped and fetched again.
@@ -150,22 +153,33 @@ class Inbound(Ranges):
         if self._out_of_range(st, last, len(events)):
             return []
         st.epoch = epoch
-        if not st.awaiting_sync:
+        # While a sync reply is awaited (a new prefix), the chains of the
+        # prefixes synced before are still checked: the frame is held, and a
+        # loss under them found only after its release would fetch older
+        # events after it.  (After a restart the sync backfills them all.)
+        waiting = st.awaiting_sync
+        if not waiting or (st.synced and not st.restarted):
             for prefix, prev in chains:
                 known = st.known.get(prefix)
-                if prefix not in self.prefixes:
+                if prefix not in self.prefixes or (waiting and prefix not in st.synced):
                     continue
                 if known is None:
-                    st.known[prefix] = last  # baseline after a sync that timed out
+                    if not waiting:
+                        st.known[prefix] = last  # baseline after a sync that timed out
                     continue
                 if prev > known:
                     self._recover(origin, st, known, first - 1, (prefix,))
                 if last > known:
                     st.known[prefix] = last
-        if st.blocked():
+        waits = st.until is not None  # a backfill's events wait for the stream to pass them
+        if waits:
+            st.passed = max(st.passed, last)
+            if last >= (st.until or 0):
+                st.until = None
+        if waits or st.blocked():
             st.held.extend(events)
             self._fit(origin, st)
-            return []
+            return self._release(st)  # nothing while blocked
         if st.watermark is None or last > st.watermark:
             st.watermark = last
         return self._fresh(events, st)
@@ -196,22 +210,34 @@ class Inbound(Ranges):
         self.rejected += len(events) - len(inside)
         return inside
 
-    def on_sync(self, origin: str, epoch: int, base: int, head: int, now: float) -> list[Event]:
-        """Take ``origin``'s sync reply: baseline new prefixes, backfill what was missed."""
+    def on_sync(  # noqa: PLR0917 - the reply's fields
+        self, origin: str, epoch: int, base: int, head: int, now: float, sent: int | None = None
+    ) -> list[Event]:
+        """Take ``origin``'s sync reply: baseline new prefixes, backfill what was missed.
+
+        ``head`` is the origin's last sequence, ``sent`` the last everything
+        up to which left it (the rest waits in its send queue and comes on
+        the stream after this reply): what the backfill fetches past ``sent``
+        is released only as the stream passes it, never ahead of a queued
+        event.
+        """
         st, _ = self.origin(origin, now)
         if epoch in st.retired:
             return []  # late, from an incarnation replaced since
         if st.loading:
-            st.stashed = (epoch, base, head)
+            st.stashed = (epoch, base, head, sent)
             return []
         if head > MAX_SEQUENCE or base > MAX_SEQUENCE:
             self.rejected += 1
             return []
         self._incarnation(st, epoch, base)
         st.head = head
-        new = self.prefixes - st.synced
+        # A prefix a timed-out wait left without a baseline is new here too.
+        new = frozenset(p for p in self.prefixes if p not in st.synced or p not in st.known)
         baseline = new == self.prefixes and not st.restarted
-        self._backfill(origin, st, new, head)
+        if self._backfill(origin, st, new, head) and sent is not None and sent < head:
+            st.until = head if st.until is None else max(st.until, head)
+            st.passed = max(st.passed, sent)
         st.synced = set(self.prefixes)
         st.awaiting_sync = False
         self._refetch(origin, st)
@@ -222,15 +248,20 @@ class Inbound(Ranges):
             st.watermark = head
         return self._release(st)
 
-    def _backfill(self, origin: str, st: OriginState, new: frozenset[bytes], head: int) -> None:
-        """Fetch ``(watermark, head]`` for new prefixes (all of them after a restart)."""
+    def _backfill(self, origin: str, st: OriginState, new: frozenset[bytes], head: int) -> bool:
+        """Fetch ``(watermark, head]`` for new prefixes (all of them after a restart).
+
+        Return whether a range was asked for.
+        """
         wanted = self.prefixes if st.restarted else new
         st.restarted = False
-        if wanted and st.watermark is not None and head > st.watermark:
+        asked = bool(wanted) and st.watermark is not None and head > st.watermark
+        if asked:
             names = tuple(sorted(p.decode() for p in wanted))
-            self._recover(origin, st, st.watermark, head, names)
+            self._recover(origin, st, st.watermark or 0, head, names)
         for p in wanted:
             st.known[p] = max(st.known.get(p, 0), head)
+        return asked
 
     def on_heartbeat(
         self,
@@ -260,6 +291,12 @@ class Inbound(Ranges):
             return []
         st.head = head
         st.heard = now
+        passed = False
+        if st.until is not None:  # a heartbeat's head is what left the origin
+            st.passed = max(st.passed, head)
+            passed = True
+            if head >= st.until:
+                st.until = None
         if st.awaiting_sync:
             return []
         for prefix, known in list(st.known.items()):
@@ -268,13 +305,16 @@ class Inbound(Ranges):
                 self._recover(origin, st, known, last, (prefix.decode(),))
                 st.known[prefix] = last
         quiet = not st.blocked() and st.known and all(p in chains for p in st.known)
-        if quiet and self.prefixes and (st.watermark is None or head > st.watermark):
+        moves = st.watermark is None or head > st.watermark
+        if quiet and st.until is None and self.prefixes and moves:
             st.watermark = head
-        return []
+        return self._release(st) if passed else []
 
     def _incarnation(self, st: OriginState, epoch: int, base: int) -> None:
         if st.epoch is not None and st.epoch != epoch:
             st.retired = (*st.retired[-(_RETIRED - 1) :], st.epoch)
+            st.until = None  # what the old one had queued comes no more
+            st.passed = 0
             if st.watermark is not None and base <= st.watermark:
                 # Its numbering restarted (no journal: ``base`` is 1) or went
                 # back (its journal lost a tail we had): the old chains mean
@@ -328,7 +368,8 @@ class Inbound(Ranges):
                 st.epoch = epoch
         stashed, st.stashed = st.stashed, None
         if stashed is not None:
-            return self.on_sync(origin, *stashed, now=now)
+            epoch_, base, head, sent = stashed
+            return self.on_sync(origin, epoch_, base, head, now, sent)
         if not st.awaiting_sync:
             self._refetch(origin, st)
         return self._release(st)
@@ -404,8 +445,15 @@ class Inbound(Ranges):
                 # frame was a late one of another incarnation, on another path.
                 st.next_epoch = None
             st.awaiting_sync = False
-            if st.head is not None and st.watermark is not None:
-                self._backfill(name, st, frozenset(self.prefixes - st.synced), st.head)
+            if st.watermark is not None:
+                # Up to the frames held too: the head last heard can be older
+                # than they are, and a baseline below an event delivered now
+                # would fetch, later, older events after it.  (Without a
+                # watermark the prefixes stay without a baseline: the first
+                # frame under each, or a late sync reply, gives it.)
+                top = max([st.head, *(e.sequence or 0 for e in st.held)])
+                top = min(top, self._limit(st))
+                self._backfill(name, st, frozenset(self.prefixes - st.synced), top)
             st.synced = set(self.prefixes)
             self._refetch(name, st)
             self.sync_timeouts += 1
@@ -417,6 +465,8 @@ class Inbound(Ranges):
     def _release(self, st: OriginState) -> list[Event]:
         if st.blocked() or not st.held:
             return []
+        if st.until is not None:
+            return self._release_upto(st, st.passed)
         held, st.held = self._in_range(st, st.held), []
         if not held:
             return []
@@ -441,6 +491,8 @@ class Inbound(Ranges):
         restart loop) thus delivers, and moves the watermark, answer by
         answer instead of holding the whole range in memory.
         """
+        if st.until is not None:
+            upto = min(upto, st.passed)  # the stream has not passed the rest
         if st.awaiting_sync or st.loading or any(low < upto for low, *_ in st.deferred):
             return []
         ready = [e for e in st.held if (e.sequence or 0) <= upto]
