@@ -243,7 +243,8 @@ def test_frames_held_before_any_head_are_range_checked_at_release() -> None:
     assert feed_at(inbound, 2) == []
     assert inbound.expire_syncs(5.0, 1.0) == []  # no head announced: keeps waiting
     inbound.on_heartbeat("a", epoch=1, base=1, head=1, chains={b"user.": 1}, now=5.0)
-    released = inbound.expire_syncs(5.0, 1.0)
+    assert inbound.expire_syncs(5.0, 1.0) == []  # released at the next heartbeat's chains
+    released = inbound.on_heartbeat("a", epoch=1, base=1, head=2, chains={b"user.": 2}, now=6.0)
     assert [e.sequence for e in released] == [2]
     assert inbound.rejected == 1
     assert inbound.watermarks() == {"a": 2}
@@ -514,7 +515,9 @@ def test_a_silent_new_incarnation_waits_for_its_head_before_anything_is_released
     (request,) = inbound.requests
     assert (request.after, request.upto) == (10, 30)
     missed = [local(seq) for seq in range(11, 21)] + events
-    released = inbound.on_recovered(request.rid, missed, True, 30, False)
+    assert inbound.on_recovered(request.rid, missed, True, 30, False) == []
+    # The sync wait timed out: what is held goes once a heartbeat's chains are checked.
+    released = inbound.on_heartbeat("a", epoch=2, base=21, head=30, chains={b"user.": 30}, now=3.1)
     assert [e.sequence for e in released] == list(range(11, 31))
     assert inbound.watermarks() == {"a": 30}
 
@@ -527,23 +530,28 @@ def test_a_frame_of_another_epoch_does_not_hold_a_heartbeating_origin_for_ever()
     inbound.set_patterns(["user.*"], 0.0)
     inbound.on_sync("a", 2, 1, 0, 0.0)
     first = local(1)
-    assert inbound.on_data("a", epoch=2, first=1, last=1, chains=(), events=[first], now=0.0) == [
-        first
-    ]
+    chain = [(b"user.", 0)]
+    assert inbound.on_data(
+        "a", epoch=2, first=1, last=1, chains=chain, events=[first], now=0.0
+    ) == [first]
     # The same frame as sent by the incarnation before, late on a second path.
     assert inbound.on_data("a", epoch=1, first=1, last=1, chains=(), events=[first], now=0.0) == []
     for seq in (2, 3):
-        assert feed_at_epoch(inbound, seq, 2) == []  # held behind the unknown epoch
+        held = inbound.on_data(
+            "a",
+            epoch=2,
+            first=seq,
+            last=seq,
+            chains=[(b"user.", seq - 1)],
+            events=[local(seq)],
+            now=0.0,
+        )
+        assert held == []  # held behind the unknown epoch
     inbound.on_heartbeat("a", epoch=2, base=1, head=3, chains={b"user.": 3}, now=1.0)
-    released = inbound.expire_syncs(2.0, 0.6)
+    assert inbound.expire_syncs(2.0, 0.6) == []  # released at the next heartbeat's chains
+    released = inbound.on_heartbeat("a", epoch=2, base=1, head=3, chains={b"user.": 3}, now=2.1)
     assert [e.sequence for e in released] == [2, 3]
     assert inbound.watermarks() == {"a": 3}
-
-
-def feed_at_epoch(inbound: Inbound, seq: int, epoch: int) -> list[Event]:
-    return inbound.on_data(
-        "a", epoch=epoch, first=seq, last=seq, chains=(), events=[local(seq)], now=0.0
-    )
 
 
 def restarted_and_followed(inbound: Inbound) -> None:

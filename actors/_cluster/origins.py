@@ -54,6 +54,9 @@ class OriginState:
     # stream has reached that head (``until``; ``Inbound.on_sync``).
     until: int | None = None
     passed: int = 0
+    # A sync wait timed out: its baselines are the last heartbeat's, so
+    # nothing is released before the next heartbeat's chains are checked.
+    awaiting_chains: bool = False
     # The window during a recovery (``room.py``): events given to the bus,
     # how many of them the last flush found handled, the limit of the request
     # out, a request waiting for room, and the range of held events dropped
@@ -81,4 +84,10 @@ class OriginState:
 
     def blocked(self) -> bool:
         """Return whether its events wait (for a sync reply, a watermark or a recovery)."""
-        return self.awaiting_sync or self.loading or bool(self.pending) or bool(self.deferred)
+        return (
+            self.awaiting_sync
+            or self.awaiting_chains
+            or self.loading
+            or bool(self.pending)
+            or bool(self.deferred)
+        )

@@ -292,6 +292,7 @@ class Inbound(Ranges):
         st.head = head
         st.heard = now
         passed = False
+        chained = st.awaiting_chains and not st.awaiting_sync
         if st.until is not None:  # a heartbeat's head is what left the origin
             st.passed = max(st.passed, head)
             passed = True
@@ -305,16 +306,19 @@ class Inbound(Ranges):
                 self._recover(origin, st, known, last, (prefix.decode(),))
                 st.known[prefix] = last
         quiet = not st.blocked() and st.known and all(p in chains for p in st.known)
+        if chained:  # every chain behind is asked for now: the held frames may go
+            st.awaiting_chains = False
         moves = st.watermark is None or head > st.watermark
         if quiet and st.until is None and self.prefixes and moves:
             st.watermark = head
-        return self._release(st) if passed else []
+        return self._release(st) if passed or chained else []
 
     def _incarnation(self, st: OriginState, epoch: int, base: int) -> None:
         if st.epoch is not None and st.epoch != epoch:
             st.retired = (*st.retired[-(_RETIRED - 1) :], st.epoch)
             st.until = None  # what the old one had queued comes no more
             st.passed = 0
+            st.awaiting_chains = False
             if st.watermark is not None and base <= st.watermark:
                 # Its numbering restarted (no journal: ``base`` is 1) or went
                 # back (its journal lost a tail we had): the old chains mean
@@ -413,6 +417,13 @@ class Inbound(Ranges):
             if request is not None:
                 st.asked = 0
                 self._end(request, lost=True)
+                # What it covers is given up for every prefix under its own:
+                # a chain found behind later must not fetch it after newer
+                # events (a chain behind from below ``after`` still does).
+                covered = tuple(p.encode() for p in request.prefixes)
+                for prefix, known in st.known.items():
+                    if request.after <= known < request.upto and prefix.startswith(covered):
+                        st.known[prefix] = request.upto
                 released = self._release_below(st)
                 self._next_deferred(name, st)
                 return released
@@ -455,6 +466,7 @@ class Inbound(Ranges):
                 top = min(top, self._limit(st))
                 self._backfill(name, st, frozenset(self.prefixes - st.synced), top)
             st.synced = set(self.prefixes)
+            st.awaiting_chains = True
             self._refetch(name, st)
             self.sync_timeouts += 1
             out.extend(self._release(st))
@@ -493,7 +505,9 @@ class Inbound(Ranges):
         """
         if st.until is not None:
             upto = min(upto, st.passed)  # the stream has not passed the rest
-        if st.awaiting_sync or st.loading or any(low < upto for low, *_ in st.deferred):
+        if st.awaiting_sync or st.awaiting_chains or st.loading:
+            return []
+        if any(low < upto for low, *_ in st.deferred):
             return []
         ready = [e for e in st.held if (e.sequence or 0) <= upto]
         if not ready:
