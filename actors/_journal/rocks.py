@@ -32,6 +32,7 @@ import logging
 import os
 import shutil
 import struct
+import sys
 import threading
 from typing import Any, Literal
 
@@ -421,6 +422,9 @@ class RocksStorage(RocksTables):
                 raise JournalNotFoundError(msg)
             return self._writable_rdict(strict, create=True)
         holder = _lock_holder(self._path)
+        if holder == os.getpid():  # closed here, but a reference cycle holds it
+            gc.collect()
+            holder = _lock_holder(self._path)
         if holder is not None:
             raise _locked_error(self._path, holder, None)
         if self._inspect(recover):
@@ -515,8 +519,11 @@ class RocksStorage(RocksTables):
             self.__dict__.pop(name, None)
             for name in ("_type_cf", "_time_cf", "_cid_cf", "_meta", "_db")
         ]
+        shared = any(sys.getrefcount(h) > 3 for h in handles if h is not None)  # a cycle?
         for name in ("_type_h", "_time_h", "_cid_h", "_meta_h"):
-            self.__dict__.pop(name, None)
+            family = self.__dict__.pop(name, None)
+            shared = shared or (family is not None and sys.getrefcount(family) > 2)
+            del family
         first: Exception | None = None
         self._fsyncer.shutdown(wait=True)
         if self._mark is not None:
@@ -535,7 +542,8 @@ class RocksStorage(RocksTables):
                 # LOCK) alive for as long as anyone holds the error.
                 first = first or exc.with_traceback(None)
             del handle
-        gc.collect()  # rocksdict releases the LOCK when the last reference goes
+        if shared or first is not None:
+            gc.collect()  # rocksdict releases the LOCK when the last reference goes
         if first is not None:
             msg = f"journal close failed: {first}"
             raise JournalError(msg) from first
