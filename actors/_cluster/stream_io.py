@@ -194,8 +194,7 @@ class StreamIO(FlowIO):
             except zmq.Again:
                 break
             if not message or message[0] > 1:
-                # Only b"\x01" + topic (subscribe) and b"\x00" + topic (unsubscribe)
-                # are subscription messages; anything else a connection sends is not.
+                # Only b"\x01" or b"\x00" + topic: (un)subscribe; nothing else is.
                 self._stats.frames_dropped += 1
                 logger.debug("bridge %s: dropped a message on the XPUB", self.name)
                 continue
@@ -208,8 +207,7 @@ class StreamIO(FlowIO):
                         "epoch": self._epoch,
                         "base": self._base,
                         "head": self._out.head,
-                        # What left: the events queued past it are still to come.
-                        "sent": self._sent_head(),
+                        "sent": self._sent_head(),  # the rest is queued (docs/wire.md)
                         "for": sync[0],
                         "round": sync[1],
                     }
@@ -224,8 +222,7 @@ class StreamIO(FlowIO):
                 logger.debug("bridge %s: dropped an unsubscribe of %r", self.name, topic)
             else:
                 # The last connection holding it left (ZeroMQ reports no other
-                # unsubscribe without XPUB_VERBOSE): stop sending it at once, so
-                # nothing is queued for a receiver that is gone.
+                # unsubscribe without XPUB_VERBOSE): stop sending it at once.
                 self._out.remove_prefix(topic)
         self._update_hold()  # a first subscriber: its pacing hold before the first event
 
@@ -500,7 +497,7 @@ class StreamIO(FlowIO):
             epoch, base, head = (uint_field(body, f) for f in ("epoch", "base", "head"))
             if frame.kind == SYNC:
                 target, round_ = text_field(body, "for"), uint_field(body, "round")
-                sent = min(head, uint_field(body, "sent", head))
+                sent = min(head, uint_field(body, "sent", head))  # absent: all of it
                 chains: dict[bytes, int] = {}
             else:
                 chains = chains_field(body, "chains")

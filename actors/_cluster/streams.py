@@ -419,10 +419,13 @@ class Inbound(Ranges):
                 self._end(request, lost=True)
                 # What it covers is given up for every prefix under its own:
                 # a chain found behind later must not fetch it after newer
-                # events (a chain behind from below ``after`` still does).
+                # events.  Below ``after`` such a prefix's chain was never
+                # checked: that part is fetched now (counted as no gap).
                 covered = tuple(p.encode() for p in request.prefixes)
-                for prefix, known in st.known.items():
-                    if request.after <= known < request.upto and prefix.startswith(covered):
+                for prefix, known in list(st.known.items()):
+                    if known < request.upto and prefix.startswith(covered):
+                        if known < request.after:
+                            self._recover(name, st, known, request.after, (prefix,), gaps=0)
                         st.known[prefix] = request.upto
                 released = self._release_below(st)
                 self._next_deferred(name, st)
@@ -526,16 +529,19 @@ class Inbound(Ranges):
         seen = self._seen
         out = []
         for event in events:
-            if not self.matches(event.event_type):
-                self.filtered += 1
-                continue
             key = event.id.int
             if key in seen:
                 self.duplicates += 1
                 continue
+            # Remembered even when no pattern takes it: fetched again later
+            # (a gap found late under another prefix), it would come after
+            # newer events to a pattern added since.
             seen[key] = None
             if len(seen) > self._dedupe:
                 seen.popitem(last=False)
+            if not self.matches(event.event_type):
+                self.filtered += 1
+                continue
             out.append(event)
         st.delivered += len(out)
         return out

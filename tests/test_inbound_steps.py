@@ -1,0 +1,292 @@
+"""What the lossy-link simulation found, step by step on ``Inbound`` (no sockets, no threads).
+
+Each test replays one case ``tests/test_inbound_lossy_model.py`` found, as
+the shortest sequence of calls the bridge makes (``stream_io``,
+``recovery_io``), with origin ``b``'s events in a ring that answers every
+recovery request in full.  Each failed before its fix
+(``docs/cluster.md``, "What is not guaranteed").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from actors import Event
+from actors._cluster.streams import Inbound
+
+
+class Got(list[int]):
+    """The sequences ``Inbound`` returned, in order."""
+
+    def take(self, events: list[Event]) -> None:
+        self.extend(e.sequence or 0 for e in events)
+
+
+def ring_of(types: dict[int, str]) -> dict[int, Event]:
+    """Origin ``b``'s events: sequence -> an event of that type."""
+    return {n: Event(event_type=t, data=n, origin="b", sequence=n) for n, t in types.items()}
+
+
+def _answer_all(
+    inbound: Inbound, ring: dict[int, Event], take: Callable[[list[Event]], None]
+) -> None:
+    """Answer every recovery request ``inbound`` asks, from ``ring``, in full."""
+    while inbound.requests:
+        request = inbound.requests.pop(0)
+        fetched = [
+            e
+            for n, e in ring.items()
+            if request.after < n <= request.upto and e.event_type.startswith(request.prefixes)
+        ]
+        take(inbound.on_recovered(request.rid, fetched, True, request.upto, False))
+
+
+def test_sync_timeout_with_a_stale_head_keeps_per_origin_order() -> None:
+    """The shortest run the random test found, step by step on ``Inbound`` (no sockets).
+
+    c follows b with ``a.b`` (synced at head 0).  b publishes 1 (``a.c``, not
+    for c) and 2 (``a.b``, sent).  c subscribes ``a.*`` (prefix ``a.``): it
+    waits for a sync reply and holds frame 2.  The reply is lost (HWM); the
+    sync wait times out while the last head c heard is still 0.  It used to
+    baseline ``a.`` at 0, backfill nothing (``(watermark 0, head 0]`` is
+    empty) and release 2; b's next heartbeat showed ``a.`` at 2 (its chain
+    starts at the head when the prefix arrived), and c fetched ``(0, 2]``
+    under ``a.`` and delivered 1 after 2.  The backfill now reaches the
+    frames held too.
+    """
+    ring = {
+        1: Event(event_type="a.c", data=1, origin="b", sequence=1),
+        2: Event(event_type="a.b", data=2, origin="b", sequence=2),
+    }
+    inbound = Inbound("c", 10_000)
+    star: list[int] = []  # what the subscription ``a.*`` gets
+
+    def take(events: list[Event]) -> None:
+        star.extend(e.sequence or 0 for e in events if e.event_type.startswith("a."))
+
+    inbound.set_patterns(["a.b"], 0)
+    take(inbound.on_sync("b", 1, 1, 0, 0))
+    inbound.set_patterns(["a.b", "a.*"], 1)
+    take(
+        inbound.on_data(
+            "b", epoch=1, first=2, last=2, chains=[(b"a.b", 0)], events=[ring[2]], now=2
+        )
+    )
+    take(inbound.expire_syncs(now=10, timeout=5))  # the sync reply was lost
+    _answer_all(inbound, ring, take)
+    take(inbound.on_heartbeat("b", epoch=1, base=1, head=2, chains={b"a.b": 2, b"a.": 2}, now=11))
+    _answer_all(inbound, ring, take)
+    assert star == [1, 2], f"b's events reached a.* out of order: {star}"
+
+
+def test_a_backfill_waits_for_the_runs_the_origin_still_had_queued() -> None:
+    """A sync reply overtakes the origin's queued runs; the backfill must not overtake them.
+
+    c follows b with ``**`` and has 1..5.  b queues 6 (``a.b``) and 7 (``xy``)
+    (out of credit).  c adds ``x*``; b's sync reply says head 7 and sent 5.
+    The backfill of ``x`` over ``(5, 7]`` brings 7; 6 is still in b's queue
+    and comes on the stream next.  7 used to be released with the answer and
+    6 after it; now what the backfill fetched past ``sent`` waits for the
+    stream to pass it.
+    """
+    types = {1: "a", 2: "y", 3: "a", 4: "y", 5: "a", 6: "a.b", 7: "xy"}
+    ring = ring_of(types)
+    inbound = Inbound("c", 10_000)
+    got = Got()
+    take = got.take
+
+    inbound.set_patterns(["**"], 0)
+    take(inbound.on_sync("b", 1, 1, 0, 0, 0))
+    for n in range(1, 6):
+        chains = [(b"", n - 1)]
+        take(inbound.on_data("b", epoch=1, first=n, last=n, chains=chains, events=[ring[n]], now=n))
+    inbound.set_patterns(["**", "x*"], 6)
+    take(inbound.on_sync("b", 1, 1, 7, 7, sent=5))
+    _answer_all(inbound, ring, take)
+    assert got == [1, 2, 3, 4, 5], "7 was released ahead of 6, still queued at b"
+    for n in (6, 7):
+        chains = [(b"", n - 1)]
+        take(inbound.on_data("b", epoch=1, first=n, last=n, chains=chains, events=[ring[n]], now=n))
+    assert got == [1, 2, 3, 4, 5, 6, 7]
+    assert inbound.duplicates == 1  # 7 came twice: fetched, then on the stream
+
+
+def test_a_loss_found_in_a_frame_held_for_a_sync_reply_is_fetched_before_it_is_released() -> None:
+    """The chains of the prefixes synced already are checked while a sync reply is awaited.
+
+    c follows b with ``a*`` and has 1.  c adds ``x*`` and waits for its sync
+    reply.  2 (``ab``) is lost; 3 (``ac``, chain ``a`` at 2) comes and is
+    held.  Its chain used to be ignored while the reply was awaited: 3 was
+    released with the reply, and b's next heartbeat (``a`` at 3) fetched 2
+    after it.  Now the loss is asked for as the frame comes.
+    """
+    types = {1: "a", 2: "ab", 3: "ac"}
+    ring = ring_of(types)
+    inbound = Inbound("c", 10_000)
+    got = Got()
+    take = got.take
+
+    inbound.set_patterns(["a*"], 0)
+    take(inbound.on_sync("b", 1, 1, 0, 0, 0))
+    take(
+        inbound.on_data("b", epoch=1, first=1, last=1, chains=[(b"a", 0)], events=[ring[1]], now=1)
+    )
+    inbound.set_patterns(["a*", "x*"], 2)
+    take(
+        inbound.on_data("b", epoch=1, first=3, last=3, chains=[(b"a", 2)], events=[ring[3]], now=3)
+    )
+    take(inbound.on_sync("b", 1, 1, 3, 4, 3))
+    _answer_all(inbound, ring, take)
+    take(inbound.on_heartbeat("b", epoch=1, base=1, head=3, chains={b"a": 3, b"x": 3}, now=5))
+    _answer_all(inbound, ring, take)
+    assert got == [1, 2, 3], f"b's events reached c out of order: {got}"
+
+
+def test_a_late_sync_reply_gives_the_baseline_a_timed_out_wait_left_out() -> None:
+    """A sync reply that comes after the wait for it timed out still baselines the prefixes.
+
+    c has no watermark for b.  c subscribes ``a.**``, then ``a.b``; the sync
+    reply of the first round is lost and the wait times out, which marks both
+    prefixes synced without a baseline (nothing to fetch from).  The reply of
+    the second round comes (head 23) but found no new prefix, so they stayed
+    without one: 24 (``a.b``), lost after it, was never asked for, since a
+    heartbeat checks only the prefixes with a baseline.  Found by the random
+    runs (58 of 4,000 seeds missed an event this way).
+    """
+    ring = {24: Event(event_type="a.b", data=24, origin="b", sequence=24)}
+    inbound = Inbound("c", 10_000)
+    got = Got()
+    take = got.take
+
+    take(inbound.on_sync("b", 1, 1, 1, 0, 1))  # round 0: no pattern yet
+    take(inbound.on_heartbeat("b", epoch=1, base=1, head=1, chains={}, now=1))
+    inbound.set_patterns(["a.**"], 2)  # round 1: its reply is lost
+    inbound.set_patterns(["a.**", "a.b"], 3)  # round 2
+    take(inbound.expire_syncs(now=10, timeout=5))
+    take(inbound.on_sync("b", 1, 1, 23, 11, 23))  # round 2's reply, late
+    chains = {b"a": 24, b"a.b": 24}  # 24 was lost on the way
+    take(inbound.on_heartbeat("b", epoch=1, base=1, head=24, chains=chains, now=12))
+    _answer_all(inbound, ring, take)
+    assert got == [24], "a loss after the late sync reply was never fetched"
+
+
+def test_a_range_given_up_is_not_fetched_again_under_a_narrower_prefix() -> None:
+    """A range whose fetch failed is given up for the prefixes under its own too.
+
+    c follows b with ``**`` and ``x*``, baselined at 5.  6 (``xy``) is lost;
+    7 (``y``, chain ``""`` at 6) shows it and ``(5, 6]`` is asked for under
+    ``""``; the request fails (counted unrecovered) and 7 is released.  b's
+    next heartbeat shows ``x`` at 6: that chain used to fetch 6 again, and
+    deliver it after 7.
+    """
+    ring = ring_of({6: "xy"})
+    seven = Event(event_type="y", data=7, origin="b", sequence=7)
+    inbound = Inbound("c", 10_000)
+    got = Got()
+    take = got.take
+
+    inbound.set_patterns(["**", "x*"], 0)
+    take(inbound.on_sync("b", 1, 1, 5, 0, 5))
+    take(inbound.on_data("b", epoch=1, first=7, last=7, chains=[(b"", 6)], events=[seven], now=1))
+    (request,) = inbound.requests
+    inbound.requests.clear()
+    take(inbound.on_recovery_failed(request.rid))
+    assert got == [7]
+    chains = {b"": 7, b"x": 6}
+    take(inbound.on_heartbeat("b", epoch=1, base=1, head=7, chains=chains, now=2))
+    _answer_all(inbound, ring, take)
+    assert got == [7], f"6, given up, came after 7: {got}"
+    assert (inbound.gaps, inbound.unrecovered, inbound.gaps_open()) == (1, 1, 0)
+
+
+def test_after_a_timed_out_sync_nothing_is_released_before_a_heartbeat_s_chains() -> None:
+    """A timed-out sync wait baselines at the last heartbeat's head; the chains say more.
+
+    c has 1..4 of b (``y``).  c subscribes ``a.**`` (prefix ``a``); the sync
+    reply is lost and the wait times out at head 4: ``a`` is baselined at 4.
+    b had sent 5 and 6 under ``a`` (lost), and 7 (``a.b``) was a run built
+    before b took the prefix, so its frame carries no chain of ``a``.  7
+    used to be released at once; the next heartbeat (``a`` at 6) fetched 5
+    and 6 after it.  Now the held frames wait for that heartbeat.
+    """
+    types = {5: "a", 6: "a.c"}
+    ring = ring_of(types)
+    seven = Event(event_type="a.b", data=7, origin="b", sequence=7)
+    inbound = Inbound("c", 10_000)
+    got = Got()
+    take = got.take
+
+    inbound.set_patterns(["y"], 0)
+    take(inbound.on_sync("b", 1, 1, 4, 0, 4))
+    take(inbound.on_heartbeat("b", epoch=1, base=1, head=4, chains={b"y": 4}, now=1))
+    inbound.set_patterns(["y", "a.**"], 2)  # its sync reply is lost
+    take(inbound.expire_syncs(now=10, timeout=5))
+    take(inbound.on_data("b", epoch=1, first=7, last=7, chains=[], events=[seven], now=11))
+    chains = {b"y": 4, b"a": 6}
+    take(inbound.on_heartbeat("b", epoch=1, base=1, head=7, chains=chains, now=12))
+    _answer_all(inbound, ring, take)
+    assert got == [5, 6, 7], f"b's events reached c out of order: {got}"
+
+
+def test_an_event_no_pattern_took_is_not_delivered_when_fetched_again_later() -> None:
+    """An event filtered out is remembered like a delivered one.
+
+    c follows b with ``*`` and ``a.*`` (prefixes ``""`` and ``a.``), baselined
+    at 9, and has 10.  11 (``a.b.c``) is lost; 12's chain shows it under
+    ``""``, it is fetched and no pattern takes it.  c adds ``**`` (no new
+    prefix) and gets 13.  A heartbeat then shows 11 under ``a.`` too: it
+    used to be fetched again and delivered to ``**`` after 12 and 13.
+    """
+    ring = ring_of({10: "xy", 11: "a.b.c", 12: "ab", 13: "y"})
+    inbound = Inbound("c", 10_000)
+    got = Got()
+    take = got.take
+
+    inbound.set_patterns(["*", "a.*"], 0)
+    take(inbound.on_sync("b", 1, 1, 9, 0, 9))
+    for n, prev in ((10, 9), (12, 11)):
+        chains = [(b"", prev)]
+        take(inbound.on_data("b", epoch=1, first=n, last=n, chains=chains, events=[ring[n]], now=n))
+    _answer_all(inbound, ring, take)  # 11, which no pattern takes
+    assert got == [10, 12]
+    inbound.set_patterns(["*", "a.*", "**"], 13)
+    take(
+        inbound.on_data(
+            "b", epoch=1, first=13, last=13, chains=[(b"", 12)], events=[ring[13]], now=13
+        )
+    )
+    chains = {b"": 13, b"a.": 11}
+    take(inbound.on_heartbeat("b", epoch=1, base=1, head=13, chains=chains, now=14))
+    _answer_all(inbound, ring, take)
+    assert got == [10, 12, 13], f"11 reached ** after newer events: {got}"
+    assert inbound.duplicates == 1
+
+
+def test_a_range_given_up_is_not_fetched_again_by_a_chain_that_was_behind_it() -> None:
+    """The same for a prefix whose chain was last checked below the range given up.
+
+    c follows b with ``**`` and ``x*``, baselined at 1, and has 2..4.  5
+    (``xy``) is lost; 6's chain shows it under ``""``, and the fetch of
+    ``(4, 5]`` fails.  ``x``'s chain was last seen at 1: its unchecked part
+    ``(1, 4]`` is fetched at once and the rest is given up with the range,
+    where the next heartbeat (``x`` at 5) used to fetch ``(1, 5]`` and
+    deliver 5 after 6.
+    """
+    ring = ring_of({2: "a", 3: "a", 4: "a", 5: "xy", 6: "a.c"})
+    inbound = Inbound("c", 10_000)
+    got = Got()
+    take = got.take
+
+    inbound.set_patterns(["**", "x*"], 0)
+    take(inbound.on_sync("b", 1, 1, 1, 0, 1))
+    for n in (2, 3, 4, 6):
+        chains = [(b"", n - 1)]
+        take(inbound.on_data("b", epoch=1, first=n, last=n, chains=chains, events=[ring[n]], now=n))
+    (request,) = inbound.requests
+    inbound.requests.clear()
+    take(inbound.on_recovery_failed(request.rid))  # (4, 5] given up
+    _answer_all(inbound, ring, take)
+    take(inbound.on_heartbeat("b", epoch=1, base=1, head=6, chains={b"": 6, b"x": 5}, now=7))
+    _answer_all(inbound, ring, take)
+    assert got == [2, 3, 4, 6], f"5, given up, came after 6: {got}"
+    assert (inbound.gaps, inbound.unrecovered, inbound.gaps_open()) == (1, 1, 0)
