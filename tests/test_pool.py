@@ -278,3 +278,36 @@ def test_the_watchdog_does_not_wake_at_every_short_turn() -> None:
         assert d.scans <= 2 + elapsed / 10.0
     finally:
         d.shutdown(WAIT)
+
+
+def test_the_rescue_scan_survives_turns_queued_while_it_reads_the_table() -> None:
+    """Regression: the watchdog's scan of the turns waiting on the pool (``_rescue``) copied
+    the table item by item; a garbage collection in the middle (which can run code and let
+    another thread queue a turn) changed its size, and the watchdog thread died."""
+    import gc  # noqa: PLC0415
+
+    from actors._runtime.pool import SpareDispatcher  # noqa: PLC0415
+
+    pool = Dispatcher(1, name="pool", blocking_threshold=60.0)  # no turn waits that long
+    spare = Dispatcher(1, name="spare")
+    both = SpareDispatcher(pool, spare)
+    waiting = both._waiting  # noqa: SLF001 - the table the watchdog scans
+    now = time.monotonic()
+    for _ in range(5000):  # more item pairs than the interpreter keeps ready to reuse
+        waiting[Turn()] = now  # type: ignore[index]
+
+    def queue_one(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            waiting[Turn()] = time.monotonic()  # type: ignore[index]
+
+    threshold = gc.get_threshold()
+    gc.callbacks.append(queue_one)
+    gc.set_threshold(1)  # a collection at (nearly) every allocation
+    try:
+        both._rescue()  # noqa: SLF001 - what the watchdog runs after each scan
+    finally:
+        gc.set_threshold(*threshold)
+        gc.callbacks.remove(queue_one)
+        pool.shutdown(WAIT)
+        spare.shutdown(WAIT)
+    assert len(waiting) > 5000  # turns were queued during the scan, and none was moved

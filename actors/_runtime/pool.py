@@ -540,7 +540,9 @@ class SpareDispatcher:
         if threshold is None or not self._waiting:
             return
         now = time.monotonic()
-        for turn, since in list(self._waiting.items()):
+        # ``dict.copy`` runs no code of ours (``list(items())`` could, in a
+        # collection), so a turn queued meanwhile by another thread is safe.
+        for turn, since in self._waiting.copy().items():
             if now - since >= threshold and self._waiting.pop(turn, None) is not None:
                 self.spare.schedule(turn.actor)
 
