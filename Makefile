@@ -16,7 +16,7 @@ demo: $(STAMP)
 	$(BIN)/python -m actors.demo
 
 # Two workers: most tests wait on other threads and processes, so two
-# interpreters use both cores (11 to 13 minutes on two cores in CI).
+# interpreters use both cores (10 to 12 minutes on two cores).
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2
 
