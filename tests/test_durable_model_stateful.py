@@ -523,12 +523,11 @@ def test_durable_names_match_the_model_through_restarts_retention_and_handler_ou
     run_state_machine_as_test(Machine, settings=MACHINE)
 
 
-# The starting point of a new durable name that starts live is saved when the router
-# takes its ``Subscribe`` (actors/_core/wiring.py:302, ``CatchUp.started``), through
-# ``save`` (wiring.py:338), which drops it once a newer subscription of the name took
-# the name (``_take_checkpoint``, before its load even reached the journal).  So a
-# name subscribed again before the router took the first ``Subscribe`` finds no
-# checkpoint, starts live, and never gets what was published in between.
+# Regression: the starting point of a new durable name that starts live was saved
+# through the router's inbox, and dropped once a newer subscription of the name took
+# the name (before its load even reached the journal).  So a name subscribed again
+# at once found no checkpoint, started live, and never got what was published in
+# between.  The router now sends that save as it adds the route (``Core._start_saver``).
 def test_a_new_live_name_resubscribed_at_once_still_gets_what_was_published_meanwhile(
     tmp_path: Path,
 ) -> None:

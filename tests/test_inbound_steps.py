@@ -9,7 +9,7 @@ recovery request in full.  Each failed before its fix
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from actors import Event
 from actors._cluster.streams import Inbound
@@ -25,6 +25,18 @@ class Got(list[int]):
 def ring_of(types: dict[int, str]) -> dict[int, Event]:
     """Origin ``b``'s events: sequence -> an event of that type."""
     return {n: Event(event_type=t, data=n, origin="b", sequence=n) for n, t in types.items()}
+
+
+def _in_a_row(
+    inbound: Inbound,
+    ring: dict[int, Event],
+    take: Callable[[list[Event]], None],
+    numbers: Iterable[int],
+) -> None:
+    """Give ``inbound`` b's frames of ``numbers``, each chained under ``""`` to the one before."""
+    for n in numbers:
+        chains = [(b"", n - 1)]
+        take(inbound.on_data("b", epoch=1, first=n, last=n, chains=chains, events=[ring[n]], now=n))
 
 
 def _answer_all(
@@ -97,16 +109,12 @@ def test_a_backfill_waits_for_the_runs_the_origin_still_had_queued() -> None:
 
     inbound.set_patterns(["**"], 0)
     take(inbound.on_sync("b", 1, 1, 0, 0, 0))
-    for n in range(1, 6):
-        chains = [(b"", n - 1)]
-        take(inbound.on_data("b", epoch=1, first=n, last=n, chains=chains, events=[ring[n]], now=n))
+    _in_a_row(inbound, ring, take, range(1, 6))
     inbound.set_patterns(["**", "x*"], 6)
     take(inbound.on_sync("b", 1, 1, 7, 7, sent=5))
     _answer_all(inbound, ring, take)
     assert got == [1, 2, 3, 4, 5], "7 was released ahead of 6, still queued at b"
-    for n in (6, 7):
-        chains = [(b"", n - 1)]
-        take(inbound.on_data("b", epoch=1, first=n, last=n, chains=chains, events=[ring[n]], now=n))
+    _in_a_row(inbound, ring, take, (6, 7))
     assert got == [1, 2, 3, 4, 5, 6, 7]
     assert inbound.duplicates == 1  # 7 came twice: fetched, then on the stream
 
@@ -279,9 +287,7 @@ def test_a_range_given_up_is_not_fetched_again_by_a_chain_that_was_behind_it() -
 
     inbound.set_patterns(["**", "x*"], 0)
     take(inbound.on_sync("b", 1, 1, 1, 0, 1))
-    for n in (2, 3, 4, 6):
-        chains = [(b"", n - 1)]
-        take(inbound.on_data("b", epoch=1, first=n, last=n, chains=chains, events=[ring[n]], now=n))
+    _in_a_row(inbound, ring, take, (2, 3, 4, 6))
     (request,) = inbound.requests
     inbound.requests.clear()
     take(inbound.on_recovery_failed(request.rid))  # (4, 5] given up

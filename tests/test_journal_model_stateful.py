@@ -491,10 +491,11 @@ def test_journal_matches_the_model_through_reopens_retention_and_reads(
     run_state_machine_as_test(Machine, settings=MACHINE)
 
 
-# get_correlated asks the correlation actor first, and takes a trace it holds as the
-# whole correlation (actors/_core/correlator.py:65, TraceStore.is_complete): after a
-# restart, the first event of an old correlation id starts a fresh trace that looks
-# complete, so the journal's earlier events of that id are never merged in.
+# Regression: get_correlated asks the correlation actor first, and takes a trace it
+# holds as the whole correlation (``TraceStore.is_complete``): after a restart, the
+# first event of an old correlation id started a fresh trace that looked complete, so
+# the journal's earlier events of that id were never merged in.  A bus that reopens a
+# journal holding events now marks every trace it starts as partial.
 def test_get_correlated_after_a_restart_keeps_the_journaled_events_of_a_continued_trace(
     tmp_path: Path,
 ) -> None:

@@ -171,12 +171,7 @@ class Inbound(Ranges):
                     self._recover(origin, st, known, first - 1, (prefix,))
                 if last > known:
                     st.known[prefix] = last
-        waits = st.until is not None  # a backfill's events wait for the stream to pass them
-        if waits:
-            st.passed = max(st.passed, last)
-            if last >= (st.until or 0):
-                st.until = None
-        if waits or st.blocked():
+        if self._passing(st, last) or st.blocked():
             st.held.extend(events)
             self._fit(origin, st)
             return self._release(st)  # nothing while blocked
@@ -248,6 +243,19 @@ class Inbound(Ranges):
             st.watermark = head
         return self._release(st)
 
+    @staticmethod
+    def _passing(st: OriginState, position: int) -> bool:
+        """The stream of ``st``'s origin reached ``position``; return whether a backfill waited.
+
+        What a backfill fetched past ``passed`` waits until ``until`` is reached.
+        """
+        if st.until is None:
+            return False
+        st.passed = max(st.passed, position)
+        if position >= st.until:
+            st.until = None
+        return True
+
     def _backfill(self, origin: str, st: OriginState, new: frozenset[bytes], head: int) -> bool:
         """Fetch ``(watermark, head]`` for new prefixes (all of them after a restart).
 
@@ -291,13 +299,8 @@ class Inbound(Ranges):
             return []
         st.head = head
         st.heard = now
-        passed = False
         chained = st.awaiting_chains and not st.awaiting_sync
-        if st.until is not None:  # a heartbeat's head is what left the origin
-            st.passed = max(st.passed, head)
-            passed = True
-            if head >= st.until:
-                st.until = None
+        passed = self._passing(st, head)  # a heartbeat's head is what left the origin
         if st.awaiting_sync:
             return []
         for prefix, known in list(st.known.items()):

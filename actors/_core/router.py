@@ -420,8 +420,7 @@ class RouterActor(DispatchedActor):
         if message.on_subscribed is not None:  # where live delivery starts; what it says to
             then = message.on_subscribed(self.next_sequence)  # forward goes before later mail
             if then is not None:
-                self._send_records()
-                then.target.put(then.message)
+                self._on_control(then)  # a Forward, as any other
         self._routes_changed()
 
     def _unsubscribe(self, sub_id: str) -> None:
