@@ -563,7 +563,7 @@ def test_merged_recovery_ranges_keep_per_origin_order() -> None:
     out.extend(inbound.on_sync("b", 1, 1, 0, 0))
     frame(2, [(b"", 1), (b"zz", 0)])
     inbound.set_patterns(["a.*", "zz", "*"], 0)
-    out.extend(inbound.on_sync("b", 1, 1, 2, 0))
+    out.extend(inbound.on_sync("b", 1, 1, 2, 0, 2, {b"": 2, b"a.": 0, b"zz": 2}))
     frame(3, [(b"", 2)])
     frame(5, [(b"", 4)])  # 4 lost: (3, 4] is asked for
     frame(8, [(b"", 7)])  # 6 and 7 lost: (5, 7] waits its turn

@@ -111,7 +111,7 @@ def test_a_backfill_waits_for_the_runs_the_origin_still_had_queued() -> None:
     take(inbound.on_sync("b", 1, 1, 0, 0, 0))
     _in_a_row(inbound, ring, take, range(1, 6))
     inbound.set_patterns(["**", "x*"], 6)
-    take(inbound.on_sync("b", 1, 1, 7, 7, sent=5))
+    take(inbound.on_sync("b", 1, 1, 7, 7, sent=5, chains={b"": 5, b"x": 7}))
     _answer_all(inbound, ring, take)
     assert got == [1, 2, 3, 4, 5], "7 was released ahead of 6, still queued at b"
     _in_a_row(inbound, ring, take, (6, 7))
@@ -296,3 +296,77 @@ def test_a_range_given_up_is_not_fetched_again_by_a_chain_that_was_behind_it() -
     _answer_all(inbound, ring, take)
     assert got == [2, 3, 4, 6], f"5, given up, came after 6: {got}"
     assert (inbound.gaps, inbound.unrecovered, inbound.gaps_open()) == (1, 1, 0)
+
+
+def test_a_loss_under_an_old_chain_is_fetched_before_a_new_prefix_s_backfill_is_released() -> None:
+    """A new prefix's backfill must not pass a loss under a chain synced before.
+
+    c follows b with ``**`` and has 1..10; 11 (``a``) is lost.  c adds
+    ``zz``; b's sync reply says head 12.  The backfill of ``zz`` over
+    ``(10, 12]`` brings 12 (``zz``), which ``**`` used to get ahead of 11,
+    found missing only at b's next heartbeat.  The reply now carries b's
+    chains, and ``""`` at 11 is fetched first.
+    """
+    types = dict.fromkeys(range(1, 11), "y") | {11: "a", 12: "zz"}
+    ring = ring_of(types)
+    inbound = Inbound("c", 10_000)
+    got = Got()
+    take = got.take
+
+    inbound.set_patterns(["**"], 0)
+    take(inbound.on_sync("b", 1, 1, 0, 0, 0))
+    _in_a_row(inbound, ring, take, range(1, 11))
+    inbound.set_patterns(["**", "zz"], 11)
+    take(inbound.on_sync("b", 1, 1, 12, 12, sent=12, chains={b"": 12, b"zz": 12}))
+    _answer_all(inbound, ring, take)
+    assert got == list(range(1, 13)), f"b's events reached ** out of order: {got}"
+
+
+def test_without_chains_in_the_sync_reply_its_release_waits_for_a_heartbeat() -> None:
+    """The same, from a peer whose sync replies carry no chains: a heartbeat's show the loss."""
+    types = dict.fromkeys(range(1, 11), "y") | {11: "a", 12: "zz"}
+    ring = ring_of(types)
+    inbound = Inbound("c", 10_000)
+    got = Got()
+    take = got.take
+
+    inbound.set_patterns(["**"], 0)
+    take(inbound.on_sync("b", 1, 1, 0, 0, 0))
+    _in_a_row(inbound, ring, take, range(1, 11))
+    inbound.set_patterns(["**", "zz"], 11)
+    take(inbound.on_sync("b", 1, 1, 12, 12, sent=12))
+    _answer_all(inbound, ring, take)
+    assert got == list(range(1, 11)), "12 was released before b's chains were heard"
+    take(inbound.on_heartbeat("b", epoch=1, base=1, head=12, chains={b"zz": 12}, now=13))
+    _answer_all(inbound, ring, take)
+    assert got == list(range(1, 11)), "a heartbeat without the chain of '' ended the wait"
+    chains = {b"": 12, b"zz": 12}
+    take(inbound.on_heartbeat("b", epoch=1, base=1, head=12, chains=chains, now=14))
+    _answer_all(inbound, ring, take)
+    assert got == list(range(1, 13)), f"b's events reached ** out of order: {got}"
+
+
+def test_after_a_timed_out_sync_without_a_watermark_a_heartbeat_s_chain_is_the_baseline() -> None:
+    """A prefix a timed-out wait left without a baseline takes it from a heartbeat's chain.
+
+    c (no watermark yet) follows b with ``**``; the sync reply is lost and
+    the wait times out.  b's heartbeat shows ``""`` at 16; 17 is lost and
+    18 comes chained to it.  18 used to give the baseline and be delivered,
+    17 left unfetched (or fetched later under another chain, after 18).
+    """
+    ring = ring_of({16: "a", 17: "ab", 18: "x"})
+    inbound = Inbound("c", 10_000)
+    got = Got()
+    take = got.take
+
+    inbound.set_patterns(["**"], 0)
+    take(inbound.on_heartbeat("b", epoch=1, base=1, head=15, chains={}, now=1))
+    take(inbound.expire_syncs(now=10, timeout=5))  # the sync reply was lost
+    take(inbound.on_heartbeat("b", epoch=1, base=1, head=16, chains={b"": 16}, now=11))
+    take(
+        inbound.on_data(
+            "b", epoch=1, first=18, last=18, chains=[(b"", 17)], events=[ring[18]], now=12
+        )
+    )
+    _answer_all(inbound, ring, take)
+    assert got == [17, 18], f"b's events after the heartbeat: {got}"

@@ -61,3 +61,23 @@ def test_chains_that_do_not_fit_one_heartbeat_take_turns_and_each_list_fits() ->
         seen.update(c[0] for c in listed)
     assert seen == prefixes
     assert {c[0] for c in out.chains(10**9)} == prefixes  # all fit: all at once
+
+
+def test_a_run_cut_before_a_prefix_was_taken_again_neither_joins_nor_moves_back_its_chain() -> None:
+    """A queued run built after its prefix left and came back is not part of the new chain.
+
+    The prefix's chain starts again at the head when it comes back, past the
+    run; building the run used to move the chain back to it, so a
+    heartbeat announced a chain that skipped events sent since.
+    """
+    out = Outbound("a", epoch=1, batch_size=1, ring_size=100, max_frame_bytes=MAX)
+    out.add_prefix(b"blob.")
+    queued = out.runs([local(n, 10) for n in (1, 2)])  # waiting for credit
+    out.remove_prefix(b"blob.")
+    out.runs([local(3, 10)])  # no one holds the prefix: not sent
+    out.add_prefix(b"blob.")  # its chain starts at 3
+    frames = [decode(out.build(run)) for run in queued]
+    assert [f.chains for f in frames] == [(), ()]
+    assert out.chains() == [["blob.", 3]]
+    (run,) = out.runs([local(4, 10)])
+    assert decode(out.build(run)).chains == ((b"blob.", 3),)

@@ -55,8 +55,11 @@ class OriginState:
     until: int | None = None
     passed: int = 0
     # A sync wait timed out: its baselines are the last heartbeat's, so
-    # nothing is released before the next heartbeat's chains are checked.
+    # nothing is released before the heartbeats' chains of every prefix
+    # subscribed are checked (``chains_heard``: the prefixes heard so far; a
+    # heartbeat sent before the origin took a new prefix lacks its chain).
     awaiting_chains: bool = False
+    chains_heard: set[bytes] = field(default_factory=set)
     # The window during a recovery (``room.py``): events given to the bus,
     # how many of them the last flush found handled, the limit of the request
     # out, a request waiting for room, and the range of held events dropped

@@ -180,11 +180,12 @@ class Outbound:
         prev = self.prev
         active = self.active
         matched = run.matched
-        chains = [(p, prev.get(p, 0)) for p in matched if p in active]
         first, last = run.first, run.last
-        for p in matched:
-            if p in active:
-                prev[p] = last
+        # A prefix taken since the run was cut starts its chain at the head
+        # of then, past this run: the run is not part of that chain.
+        chains = [(p, prev[p]) for p in matched if p in active and prev[p] < first]
+        for p, _ in chains:
+            prev[p] = last
         # The longest matching prefix reaches exactly the subscribers of the run.
         return encode_data_payload(
             matched[-1],

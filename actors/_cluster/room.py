@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from actors._cluster.origins import OriginState, RecoverRequest
 
@@ -219,3 +219,35 @@ class Ranges:
             sum(r.gaps for r in st.pending.values()) + sum(d[3] for d in st.deferred)
             for st in self.origins.values()
         )
+
+    # -- what the bridge asks ---------------------------------------------------------
+
+    def synced_with(self, origins: Iterable[str]) -> bool:
+        """Return whether every one of ``origins`` answered the current sync round."""
+        for name in origins:
+            st = self.origins.get(name)
+            if st is None or st.blocked() or st.synced != set(self.prefixes):
+                return False
+        return True
+
+    def is_retired(self, origin: str, epoch: int) -> bool:
+        """Return whether ``epoch`` is of an incarnation of ``origin`` replaced since."""
+        st = self.origins.get(origin)
+        return st is not None and epoch in st.retired
+
+    def is_pending(self, rid: str) -> bool:
+        """Return whether recovery request ``rid`` is still waiting for its answer."""
+        return any(rid in st.pending for st in self.origins.values())
+
+    def watermarks(self) -> dict[str, int]:
+        """Return the watermark of every origin whose saved one is known.
+
+        The watermark moves only past delivered events, so it holds while a
+        recovery or a sync reply is awaited: saving it then keeps a restart
+        from fetching again what was delivered (and journaled) already.
+        """
+        return {
+            name: st.watermark
+            for name, st in self.origins.items()
+            if st.watermark is not None and not st.loading
+        }

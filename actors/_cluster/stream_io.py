@@ -208,6 +208,7 @@ class StreamIO(FlowIO):
                         "base": self._base,
                         "head": self._out.head,
                         "sent": self._sent_head(),  # the rest is queued (docs/wire.md)
+                        "chains": self._out.chains(self._max - HEARTBEAT_ROOM),  # as of "sent"
                         "for": sync[0],
                         "round": sync[1],
                     }
@@ -498,9 +499,7 @@ class StreamIO(FlowIO):
             if frame.kind == SYNC:
                 target, round_ = text_field(body, "for"), uint_field(body, "round")
                 sent = min(head, uint_field(body, "sent", head))  # absent: all of it
-                chains: dict[bytes, int] = {}
-            else:
-                chains = chains_field(body, "chains")
+            chains = chains_field(body, "chains")  # a sync reply's: absent from older peers
         except FrameError as exc:
             self._stats.frames_dropped += 1
             logger.debug("bridge %s: bad control frame: %s", self.name, exc)
@@ -517,7 +516,7 @@ class StreamIO(FlowIO):
                 return []
             self._seen(origin, now)
             self._epoch_heard(origin, epoch)
-            return self._in.on_sync(origin, epoch, base, head, now, sent)
+            return self._in.on_sync(origin, epoch, base, head, now, sent, chains)
         self._seen(origin, now)
         self._epoch_heard(origin, epoch)
         return self._in.on_heartbeat(

@@ -37,7 +37,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 
 from actors._cluster.origins import MAX_AHEAD, MAX_SEQUENCE, OriginState, RecoverRequest
-from actors._cluster.outbound import Outbound
+from actors._cluster.outbound import MAX_PREFIX_BYTES, Outbound
 from actors._cluster.room import Ranges
 from actors._model.event import Event
 from actors._model.topics import Pattern
@@ -206,7 +206,14 @@ class Inbound(Ranges):
         return inside
 
     def on_sync(  # noqa: PLR0917 - the reply's fields
-        self, origin: str, epoch: int, base: int, head: int, now: float, sent: int | None = None
+        self,
+        origin: str,
+        epoch: int,
+        base: int,
+        head: int,
+        now: float,
+        sent: int | None = None,
+        chains: dict[bytes, int] | None = None,
     ) -> list[Event]:
         """Take ``origin``'s sync reply: baseline new prefixes, backfill what was missed.
 
@@ -214,7 +221,9 @@ class Inbound(Ranges):
         up to which left it (the rest waits in its send queue and comes on
         the stream after this reply): what the backfill fetches past ``sent``
         is released only as the stream passes it, never ahead of a queued
-        event.
+        event.  ``chains`` are the origin's chains as of ``sent`` (None from
+        a peer that sends none): those of the prefixes synced before are
+        checked here, as a heartbeat's are.
         """
         st, _ = self.origin(origin, now)
         if epoch in st.retired:
@@ -230,6 +239,8 @@ class Inbound(Ranges):
         # A prefix a timed-out wait left without a baseline is new here too.
         new = frozenset(p for p in self.prefixes if p not in st.synced or p not in st.known)
         baseline = new == self.prefixes and not st.restarted
+        if not baseline and not st.restarted:
+            self._sync_chains(origin, st, new, head, chains or {})
         if self._backfill(origin, st, new, head) and sent is not None and sent < head:
             st.until = head if st.until is None else max(st.until, head)
             st.passed = max(st.passed, sent)
@@ -242,6 +253,35 @@ class Inbound(Ranges):
         if baseline and moves and self.prefixes and not st.blocked():
             st.watermark = head
         return self._release(st)
+
+    def _sync_chains(
+        self,
+        origin: str,
+        st: OriginState,
+        new: frozenset[bytes],
+        head: int,
+        chains: dict[bytes, int],
+    ) -> None:
+        """Check the chains of the prefixes synced before at a sync reply.
+
+        What the reply releases (frames held for it, maybe under other chains,
+        and the backfill up to ``head``) must not pass a loss under them.  A
+        chain the reply lacks (an older peer, or an origin that has not taken
+        the prefix again) is waited for from heartbeats unless known that far.
+        """
+        top = max([head, *(e.sequence or 0 for e in st.held)])
+        unheard = False
+        for prefix in self.prefixes - new:
+            known = st.known.get(prefix, 0)
+            last = chains.get(prefix)
+            if last is None:
+                unheard = unheard or known < top
+            elif last > known:
+                self._recover(origin, st, known, last, (prefix.decode(),))
+                st.known[prefix] = last
+        if unheard:
+            st.awaiting_chains = True
+            st.chains_heard = set(chains)
 
     @staticmethod
     def _passing(st: OriginState, position: int) -> bool:
@@ -299,7 +339,11 @@ class Inbound(Ranges):
             return []
         st.head = head
         st.heard = now
-        chained = st.awaiting_chains and not st.awaiting_sync
+        chained = False
+        if st.awaiting_chains and not st.awaiting_sync:
+            st.chains_heard.update(chains)
+            # Every prefix's chain heard (one too long for an origin to take has none).
+            chained = all(p in st.chains_heard for p in self.prefixes if len(p) <= MAX_PREFIX_BYTES)
         passed = self._passing(st, head)  # a heartbeat's head is what left the origin
         if st.awaiting_sync:
             return []
@@ -308,6 +352,11 @@ class Inbound(Ranges):
             if last is not None and last > known:
                 self._recover(origin, st, known, last, (prefix.decode(),))
                 st.known[prefix] = last
+        for prefix in st.synced - st.known.keys():
+            # Left without a baseline by a timed-out wait (no watermark): a
+            # chain heard gives it, as a first frame under it would.
+            if prefix in chains and prefix in self.prefixes:
+                st.known[prefix] = chains[prefix]
         quiet = not st.blocked() and st.known and all(p in chains for p in st.known)
         if chained:  # every chain behind is asked for now: the held frames may go
             st.awaiting_chains = False
@@ -473,6 +522,7 @@ class Inbound(Ranges):
                 self._backfill(name, st, frozenset(self.prefixes - st.synced), top)
             st.synced = set(self.prefixes)
             st.awaiting_chains = True
+            st.chains_heard.clear()
             self._refetch(name, st)
             self.sync_timeouts += 1
             out.extend(self._release(st))
@@ -548,33 +598,3 @@ class Inbound(Ranges):
             out.append(event)
         st.delivered += len(out)
         return out
-
-    def synced_with(self, origins: Iterable[str]) -> bool:
-        """Return whether every one of ``origins`` answered the current sync round."""
-        for name in origins:
-            st = self.origins.get(name)
-            if st is None or st.blocked() or st.synced != set(self.prefixes):
-                return False
-        return True
-
-    def is_retired(self, origin: str, epoch: int) -> bool:
-        """Return whether ``epoch`` is of an incarnation of ``origin`` replaced since."""
-        st = self.origins.get(origin)
-        return st is not None and epoch in st.retired
-
-    def is_pending(self, rid: str) -> bool:
-        """Return whether recovery request ``rid`` is still waiting for its answer."""
-        return any(rid in st.pending for st in self.origins.values())
-
-    def watermarks(self) -> dict[str, int]:
-        """Return the watermark of every origin whose saved one is known.
-
-        The watermark moves only past delivered events, so it holds while a
-        recovery or a sync reply is awaited: saving it then keeps a restart
-        from fetching again what was delivered (and journaled) already.
-        """
-        return {
-            name: st.watermark
-            for name, st in self.origins.items()
-            if st.watermark is not None and not st.loading
-        }
