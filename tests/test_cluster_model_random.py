@@ -453,17 +453,7 @@ TIGHT = {"send_hwm": 1, "receive_hwm": 1, "batch_size": 1}
     ("seed", "settings"),
     [
         *((seed, {}) for seed in range(1, 9)),
-        pytest.param(
-            5,
-            TIGHT,
-            marks=pytest.mark.xfail(
-                strict=False,
-                reason="Regression: on a link that loses frames (high-water marks of 1), an "
-                "origin's events can still reach a subscription out of order in a rare case "
-                "(tests/test_inbound_lossy_model.py: 2 of 20,000 simulated runs; the causes "
-                "it found, behind [44, 43, 49] seen once in a CI rehearsal, are fixed)",
-            ),
-        ),
+        (5, TIGHT),
     ],
     ids=[*map(str, range(1, 9)), "5-tight"],
 )

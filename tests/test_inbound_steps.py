@@ -298,6 +298,18 @@ def test_a_range_given_up_is_not_fetched_again_by_a_chain_that_was_behind_it() -
     assert (inbound.gaps, inbound.unrecovered, inbound.gaps_open()) == (1, 1, 0)
 
 
+def _following_all_then_zz() -> tuple[Inbound, dict[int, Event], Got]:
+    """c follows b with ``**`` and has 1..10 (``y``); 11 (``a``) is lost; c adds ``zz``."""
+    ring = ring_of(dict.fromkeys(range(1, 11), "y") | {11: "a", 12: "zz"})
+    inbound = Inbound("c", 10_000)
+    got = Got()
+    inbound.set_patterns(["**"], 0)
+    got.take(inbound.on_sync("b", 1, 1, 0, 0, 0))
+    _in_a_row(inbound, ring, got.take, range(1, 11))
+    inbound.set_patterns(["**", "zz"], 11)
+    return inbound, ring, got
+
+
 def test_a_loss_under_an_old_chain_is_fetched_before_a_new_prefix_s_backfill_is_released() -> None:
     """A new prefix's backfill must not pass a loss under a chain synced before.
 
@@ -307,16 +319,8 @@ def test_a_loss_under_an_old_chain_is_fetched_before_a_new_prefix_s_backfill_is_
     found missing only at b's next heartbeat.  The reply now carries b's
     chains, and ``""`` at 11 is fetched first.
     """
-    types = dict.fromkeys(range(1, 11), "y") | {11: "a", 12: "zz"}
-    ring = ring_of(types)
-    inbound = Inbound("c", 10_000)
-    got = Got()
+    inbound, ring, got = _following_all_then_zz()
     take = got.take
-
-    inbound.set_patterns(["**"], 0)
-    take(inbound.on_sync("b", 1, 1, 0, 0, 0))
-    _in_a_row(inbound, ring, take, range(1, 11))
-    inbound.set_patterns(["**", "zz"], 11)
     take(inbound.on_sync("b", 1, 1, 12, 12, sent=12, chains={b"": 12, b"zz": 12}))
     _answer_all(inbound, ring, take)
     assert got == list(range(1, 13)), f"b's events reached ** out of order: {got}"
@@ -324,16 +328,8 @@ def test_a_loss_under_an_old_chain_is_fetched_before_a_new_prefix_s_backfill_is_
 
 def test_without_chains_in_the_sync_reply_its_release_waits_for_a_heartbeat() -> None:
     """The same, from a peer whose sync replies carry no chains: a heartbeat's show the loss."""
-    types = dict.fromkeys(range(1, 11), "y") | {11: "a", 12: "zz"}
-    ring = ring_of(types)
-    inbound = Inbound("c", 10_000)
-    got = Got()
+    inbound, ring, got = _following_all_then_zz()
     take = got.take
-
-    inbound.set_patterns(["**"], 0)
-    take(inbound.on_sync("b", 1, 1, 0, 0, 0))
-    _in_a_row(inbound, ring, take, range(1, 11))
-    inbound.set_patterns(["**", "zz"], 11)
     take(inbound.on_sync("b", 1, 1, 12, 12, sent=12))
     _answer_all(inbound, ring, take)
     assert got == list(range(1, 11)), "12 was released before b's chains were heard"
