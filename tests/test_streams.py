@@ -604,3 +604,18 @@ def test_a_late_frame_of_a_replaced_incarnation_is_delivered_once_and_in_order()
     fetched = [late, local(12), stale, local(14)]
     released = inbound.on_recovered(request.rid, fetched, True, 14, False)
     assert [e.sequence for e in released] == [12, 13, 14]
+
+
+def test_a_sync_reply_whose_chains_pass_its_head_is_rejected() -> None:
+    """A chain past the reply's own head is forged or garbage: the reply is dropped, counted."""
+    out, inbound = synced_pair(["user.*"])
+    feed(inbound, decode(out.frames([local(1)])[0]))
+    inbound.set_patterns(["user.*", "tool.*"], 1.0)
+    for chains in ({b"user.": (1 << 63) + 5}, {b"user.": 3}):
+        assert inbound.on_sync("a", 1, 1, 2, 1.0, 2, chains) == []
+    assert inbound.rejected == 2
+    assert inbound.requests == []  # no recovery of a forged range
+    # The honest reply still syncs the new prefix.
+    inbound.on_sync("a", 1, 1, 1, 1.0, 1, {b"user.": 1, b"tool.": 1})
+    assert inbound.synced_with(["a"])
+    assert [e.sequence for e in feed(inbound, decode(out.frames([local(2)])[0]))] == [2]

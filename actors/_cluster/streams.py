@@ -231,8 +231,8 @@ class Inbound(Ranges):
         if st.loading:
             st.stashed = (epoch, base, head, sent)
             return []
-        if head > MAX_SEQUENCE or base > MAX_SEQUENCE:
-            self.rejected += 1
+        if max(head, base) > MAX_SEQUENCE or any(v > head for v in (chains or {}).values()):
+            self.rejected += 1  # no chain of an origin goes past its head
             return []
         self._incarnation(st, epoch, base)
         st.head = head
