@@ -142,17 +142,19 @@ class HandlerRuns:
         reset_current = current_event.reset
         delivered = 0
         stop = None
-        for i, (event, published_at) in enumerate(batch):
-            if self.abandoned:
-                stop = i  # given up on at close, or unsubscribed: the rest is not handled
-                break
-            if event.ttl is not None and expired_unix(event, time.time()):
-                self.expired += 1
-                continue
-            if not history:
-                samples.append(perf() - published_at)
-            token = set_current(event)
-            try:
+        # One reset per batch: each event's set replaces the one before.
+        token = set_current(None)
+        try:
+            for i, (event, published_at) in enumerate(batch):
+                if self.abandoned:
+                    stop = i  # given up on at close, or unsubscribed: the rest is not handled
+                    break
+                if event.ttl is not None and expired_unix(event, time.time()):
+                    self.expired += 1
+                    continue
+                if not history:
+                    samples.append(perf() - published_at)
+                set_current(event)
                 attempts = 0
                 while True:
                     attempts += 1
@@ -173,10 +175,10 @@ class HandlerRuns:
                     else:
                         delivered += 1
                     break
-            finally:
-                reset_current(token)
-            if stop is not None:
-                break
+                if stop is not None:
+                    break
+        finally:
+            reset_current(token)
         self._end_sync(batch, history, delivered, stop)
 
     def _end_sync(
