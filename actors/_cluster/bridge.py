@@ -32,6 +32,7 @@ import zmq
 from actors._cluster.bridge_io import query_to_json
 from actors._cluster.endpoints import Link, derive_endpoint, last_endpoint
 from actors._cluster.io_base import LinkState
+from actors._cluster.limits import cap_inbound
 from actors._cluster.ports import LocalNode
 from actors._cluster.recovery_io import RecoveryIO
 from actors._cluster.request_io import RequestIO
@@ -112,6 +113,7 @@ class Bridge(StreamIO, RecoveryIO, RequestIO):
         self._xpub = self._ctx.socket(zmq.XPUB)
         self._xpub.linger = 0
         self._xpub.sndhwm = node.send_hwm
+        cap_inbound(self._xpub, node.max_frame_bytes)  # subscriptions (docs/cluster.md)
         # Not XPUB_VERBOSE: the XPUB reports a topic's first subscribe and the
         # unsubscribe that leaves no connection holding it.
         self._curve.server(self._xpub)
@@ -120,6 +122,7 @@ class Bridge(StreamIO, RecoveryIO, RequestIO):
         # A send to a closed connection's identity fails (EHOSTUNREACH) instead
         # of vanishing: that is how a gone route is told (``RequestIO._send``).
         self._router.router_mandatory = True
+        cap_inbound(self._router, node.max_frame_bytes)
         self._curve.server(self._router)
         if node.listen is not None:
             self._router.bind(node.listen)
@@ -133,6 +136,7 @@ class Bridge(StreamIO, RecoveryIO, RequestIO):
                 raise ValueError(f"no public key for peer {endpoint} (peer_public_keys)")
             sock = self._ctx.socket(zmq.DEALER)
             sock.linger = 0
+            cap_inbound(sock, node.max_frame_bytes)
             if key is not None:
                 self._curve.client(sock, key)
             sock.connect(endpoint)

@@ -43,6 +43,7 @@ from typing import NoReturn
 import zmq
 
 from actors._cluster.endpoints import derive_endpoint, last_endpoint, reachable
+from actors._cluster.limits import cap_inbound
 from actors._cluster.security import Curve, close_context
 from actors._cluster.wire import (
     ANSWERED,
@@ -172,6 +173,7 @@ class Broker:
     def _socket(self, kind: int) -> zmq.Socket[bytes]:
         sock: zmq.Socket[bytes] = self._ctx.socket(kind)
         sock.linger = 0
+        cap_inbound(sock, self._max)
         assert self._curve is not None
         self._curve.server(sock)
         return sock

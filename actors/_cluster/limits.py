@@ -13,14 +13,41 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import zmq
+
 from actors._codec.events import encode_event
 from actors._errors import EventTooLargeError
 from actors._model.event import Event
 
-__all__ = ["FRAME_OVERHEAD", "EventSizeCheck", "stamp_bytes", "upper_bound"]
+__all__ = [
+    "FRAME_OVERHEAD",
+    "INBOUND_FACTOR",
+    "EventSizeCheck",
+    "cap_inbound",
+    "stamp_bytes",
+    "upper_bound",
+]
 
 FRAME_OVERHEAD = 64 * 1024
 """Bytes of a frame kept for its header, topic and origin (a frame of one event)."""
+
+INBOUND_FACTOR = 2
+"""A message part over this many times ``max_frame_bytes`` makes ZeroMQ drop its connection."""
+
+
+def cap_inbound(sock: zmq.Socket[bytes], max_frame_bytes: int) -> zmq.Socket[bytes]:
+    """Have ZeroMQ disconnect a peer that sends ``sock`` a part over ``INBOUND_FACTOR`` frames.
+
+    ZeroMQ reads a whole message before the node sees it: without this, one
+    forged length prefix makes a node buffer gigabytes.  Parts up to the
+    factor still reach the node, which drops a frame over its own limit, and
+    answers a request over it, with a count (``docs/cluster.md``, "Size
+    limit"): a peer configured with a somewhat larger limit is told why.
+    Return ``sock``.
+    """
+    sock.setsockopt(zmq.MAXMSGSIZE, INBOUND_FACTOR * max_frame_bytes)
+    return sock
+
 
 _FIXED = 512  # ids, timestamp, numbers and field tags of one encoded event
 _SCALAR = 32

@@ -25,6 +25,7 @@ import zmq
 from actors._cluster.checkpoints import load_received
 from actors._cluster.endpoints import Peer
 from actors._cluster.flow_io import FlowIO
+from actors._cluster.limits import cap_inbound
 from actors._cluster.outbound import HEARTBEAT_ROOM
 from actors._cluster.wire import (
     HEARTBEAT,
@@ -231,7 +232,7 @@ class StreamIO(FlowIO):
 
     def _stream_socket(self) -> zmq.Socket[bytes]:
         """A SUB socket subscribed to what the node follows now (heartbeats, sync, prefixes)."""
-        sock = self._ctx.socket(zmq.SUB)
+        sock = cap_inbound(self._ctx.socket(zmq.SUB), self._max)
         sock.linger = 0
         sock.rcvhwm = self._node.receive_hwm
         for topic in (HEARTBEAT_TOPIC, sync_topic(self.name, self._round), *self._in.prefixes):
