@@ -54,6 +54,7 @@ class OriginState:
     # stream has reached that head (``until``; ``Inbound.on_sync``).
     until: int | None = None
     passed: int = 0
+    until_heard: bool = False  # only a heartbeat reaches ``until`` (no backfill was asked)
     # A sync wait timed out: its baselines are the last heartbeat's, so
     # nothing is released before the heartbeats' chains of every prefix
     # subscribed are checked (``chains_heard``: the prefixes heard so far; a

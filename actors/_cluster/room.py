@@ -19,7 +19,8 @@ import dataclasses
 import itertools
 from collections.abc import Iterable, Sequence
 
-from actors._cluster.origins import OriginState, RecoverRequest
+from actors._cluster.origins import MAX_AHEAD, MAX_SEQUENCE, OriginState, RecoverRequest
+from actors._model.event import Event
 
 __all__ = ["Ranges", "cut_held", "excess", "page_size"]
 
@@ -76,6 +77,7 @@ class Ranges:
     gaps: int
     recovered: int
     unrecovered: int
+    rejected: int
 
     def _recover(  # noqa: PLR0917 - a range's fields
         self,
@@ -251,3 +253,31 @@ class Ranges:
             for name, st in self.origins.items()
             if st.watermark is not None and not st.loading
         }
+
+    # -- sequences in range ------------------------------------------------------------
+
+    @staticmethod
+    def _limit(st: OriginState) -> int:
+        """Return the largest sequence of ``st``'s origin accepted now.
+
+        Measured from the head the origin itself announced (heartbeat, sync
+        reply), never from the watermark or a held frame: a frame moves
+        those, so a bound measured from them would climb with every forged
+        frame that passed it.
+        """
+        if st.head is None:
+            return MAX_SEQUENCE
+        return min(MAX_SEQUENCE, st.head + MAX_AHEAD)
+
+    def _out_of_range(self, st: OriginState, last: int, count: int) -> bool:
+        if last > self._limit(st):
+            self.rejected += count
+            return True
+        return False
+
+    def _in_range(self, st: OriginState, events: list[Event]) -> list[Event]:
+        """Drop (and count) held events past the limit: held before the head was known."""
+        limit = self._limit(st)
+        inside = [e for e in events if (e.sequence or 0) <= limit]
+        self.rejected += len(events) - len(inside)
+        return inside

@@ -179,32 +179,6 @@ class Inbound(Ranges):
             st.watermark = last
         return self._fresh(events, st)
 
-    @staticmethod
-    def _limit(st: OriginState) -> int:
-        """Return the largest sequence of ``st``'s origin accepted now.
-
-        Measured from the head the origin itself announced (heartbeat, sync
-        reply), never from the watermark or a held frame: a frame moves
-        those, so a bound measured from them would climb with every forged
-        frame that passed it.
-        """
-        if st.head is None:
-            return MAX_SEQUENCE
-        return min(MAX_SEQUENCE, st.head + MAX_AHEAD)
-
-    def _out_of_range(self, st: OriginState, last: int, count: int) -> bool:
-        if last > self._limit(st):
-            self.rejected += count
-            return True
-        return False
-
-    def _in_range(self, st: OriginState, events: list[Event]) -> list[Event]:
-        """Drop (and count) held events past the limit: held before the head was known."""
-        limit = self._limit(st)
-        inside = [e for e in events if (e.sequence or 0) <= limit]
-        self.rejected += len(events) - len(inside)
-        return inside
-
     def on_sync(  # noqa: PLR0917 - the reply's fields
         self,
         origin: str,
@@ -241,9 +215,13 @@ class Inbound(Ranges):
         baseline = new == self.prefixes and not st.restarted
         if not baseline and not st.restarted:
             self._sync_chains(origin, st, new, head, chains or {})
-        if self._backfill(origin, st, new, head) and sent is not None and sent < head:
+        asked = self._backfill(origin, st, new, head)
+        if (asked or not baseline) and sent is not None and sent < head:
             st.until = head if st.until is None else max(st.until, head)
             st.passed = max(st.passed, sent)
+            # Without a backfill, what the origin still had queued may come
+            # under the older chains only: a heartbeat past it checks them.
+            st.until_heard = st.until_heard or not asked
         st.synced = set(self.prefixes)
         st.awaiting_sync = False
         self._refetch(origin, st)
@@ -284,16 +262,18 @@ class Inbound(Ranges):
             st.chains_heard = set(chains)
 
     @staticmethod
-    def _passing(st: OriginState, position: int) -> bool:
+    def _passing(st: OriginState, position: int, heard: bool = False) -> bool:
         """The stream of ``st``'s origin reached ``position``; return whether a backfill waited.
 
-        What a backfill fetched past ``passed`` waits until ``until`` is reached.
+        What a backfill fetched past ``passed`` waits until ``until`` is
+        reached (by a heartbeat, ``heard``, if ``until_heard``).
         """
         if st.until is None:
             return False
-        st.passed = max(st.passed, position)
-        if position >= st.until:
-            st.until = None
+        if heard or not st.until_heard:
+            st.passed = max(st.passed, position)
+            if position >= st.until:
+                st.until, st.until_heard = None, False
         return True
 
     def _backfill(self, origin: str, st: OriginState, new: frozenset[bytes], head: int) -> bool:
@@ -344,7 +324,7 @@ class Inbound(Ranges):
             st.chains_heard.update(chains)
             # Every prefix's chain heard (one too long for an origin to take has none).
             chained = all(p in st.chains_heard for p in self.prefixes if len(p) <= MAX_PREFIX_BYTES)
-        passed = self._passing(st, head)  # a heartbeat's head is what left the origin
+        passed = self._passing(st, head, heard=True)  # a heartbeat's head is what left
         if st.awaiting_sync:
             return []
         for prefix, known in list(st.known.items()):
@@ -368,7 +348,7 @@ class Inbound(Ranges):
     def _incarnation(self, st: OriginState, epoch: int, base: int) -> None:
         if st.epoch is not None and st.epoch != epoch:
             st.retired = (*st.retired[-(_RETIRED - 1) :], st.epoch)
-            st.until = None  # what the old one had queued comes no more
+            st.until, st.until_heard = None, False  # what the old one queued comes no more
             st.passed = 0
             st.awaiting_chains = False
             if st.watermark is not None and base <= st.watermark:
