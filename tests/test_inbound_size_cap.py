@@ -3,10 +3,11 @@
 ZeroMQ reads a whole message before the application sees it, so without a
 cap one forged length prefix makes a node buffer as much as the sender
 likes.  Every socket that takes messages from the network has ZeroMQ drop
-the connection of a part over ``INBOUND_FACTOR`` times ``max_frame_bytes``
-(``docs/cluster.md``, "Size limit"); below that the node still reads the
-frame, drops it and counts it.  Real sockets, observed from the sender's
-side: its connection is dropped (a monitor event), nothing else is.
+the connection of a part over twice ``max_frame_bytes`` or 64 MiB, whichever
+is larger (``docs/cluster.md``, "Size limit"); below that the node still
+reads the frame, drops it and counts it (or answers a request with why).
+Real sockets, observed from the sender's side: its connection is dropped
+(a monitor event), nothing else is.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from actors import Broker, EventBus
-from actors._cluster.limits import INBOUND_FACTOR
+from actors._cluster.limits import inbound_cap
 from actors._cluster.wire import CREDIT, HEARTBEAT_TOPIC, VERSION
 from actors._model.config import MIN_FRAME_BYTES
 from tests._cluster_support import ipc, request_endpoint
@@ -34,7 +35,7 @@ from tests.test_wire_attacks import (
     raw,
 )
 
-CAP = INBOUND_FACTOR * MIN_FRAME_BYTES
+CAP = inbound_cap(MIN_FRAME_BYTES)  # 64 MiB: twice MIN_FRAME_BYTES is less
 
 
 @pytest.fixture

@@ -22,8 +22,10 @@ from actors._model.event import Event
 __all__ = [
     "FRAME_OVERHEAD",
     "INBOUND_FACTOR",
+    "INBOUND_FLOOR",
     "EventSizeCheck",
     "cap_inbound",
+    "inbound_cap",
     "stamp_bytes",
     "upper_bound",
 ]
@@ -33,19 +35,25 @@ FRAME_OVERHEAD = 64 * 1024
 
 INBOUND_FACTOR = 2
 """A message part over this many times ``max_frame_bytes`` makes ZeroMQ drop its connection."""
+INBOUND_FLOOR = 64 * 1024 * 1024
+"""... or over this many bytes, whichever is larger (a peer with a much larger limit is told)."""
+
+
+def inbound_cap(max_frame_bytes: int) -> int:
+    """Return the largest message part a socket of a node with ``max_frame_bytes`` reads."""
+    return max(INBOUND_FACTOR * max_frame_bytes, INBOUND_FLOOR)
 
 
 def cap_inbound(sock: zmq.Socket[bytes], max_frame_bytes: int) -> zmq.Socket[bytes]:
-    """Have ZeroMQ disconnect a peer that sends ``sock`` a part over ``INBOUND_FACTOR`` frames.
+    """Have ZeroMQ disconnect a peer that sends ``sock`` a part over ``inbound_cap``.
 
     ZeroMQ reads a whole message before the node sees it: without this, one
-    forged length prefix makes a node buffer gigabytes.  Parts up to the
-    factor still reach the node, which drops a frame over its own limit, and
-    answers a request over it, with a count (``docs/cluster.md``, "Size
-    limit"): a peer configured with a somewhat larger limit is told why.
-    Return ``sock``.
+    forged length prefix makes a node buffer gigabytes.  Smaller parts still
+    reach the node, which drops a frame over its own limit, and answers a
+    request over it, with a count (``docs/cluster.md``, "Size limit"): a
+    peer configured with a larger limit is told why.  Return ``sock``.
     """
-    sock.setsockopt(zmq.MAXMSGSIZE, INBOUND_FACTOR * max_frame_bytes)
+    sock.setsockopt(zmq.MAXMSGSIZE, inbound_cap(max_frame_bytes))
     return sock
 
 
