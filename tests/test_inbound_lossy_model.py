@@ -395,9 +395,15 @@ class Sim:
                     self.violations.append(f"{r.name} {s.pattern!r} missed {missing}")
 
 
-def run(seed: int, timeout: int | None = None, steps: int = 60, syncs_lost: bool = True) -> Sim:
+def run(
+    seed: int,
+    timeout: int | None = None,
+    steps: int = 60,
+    syncs_lost: bool = True,
+    receivers: int | None = None,
+) -> Sim:
     """Run one seed (``1 + seed % 2`` receivers) to its first violation, or quiesce and check."""
-    sim = Sim(seed, 1 + seed % 2, timeout, syncs_lost)
+    sim = Sim(seed, receivers or 1 + seed % 2, timeout, syncs_lost)
     for _ in range(steps):
         sim.step()
         if sim.violations:
@@ -451,11 +457,25 @@ def test_the_seeds_that_broke_order_keep_it(seed: int) -> None:
     assert not sim.violations, f"{sim.violations[0]}\n{trace}"
 
 
-def test_a_long_run_that_broke_order_keeps_it() -> None:
-    """A sync reply without a backfill (no watermark yet) while the origin still had runs
-    queued under an older chain: an event lost among them used to be found, and fetched,
-    only after later events of the new prefix were delivered (200 steps; ``docs/wire.md``)."""
-    sim = run(426, steps=200)
+@pytest.mark.parametrize(
+    ("seed", "steps", "receivers"),
+    [
+        # A sync reply without a backfill (no watermark yet) while the origin
+        # still had runs queued under an older chain: a loss among them was
+        # found, and fetched, only after later events of the new prefix.
+        (426, 200, None),
+        # The same after a heartbeat that gave a prefix its baseline: the
+        # chain started past what had left the origin.
+        (6446, 150, 3),
+        # A prefix added after a range was given up took a baseline below the
+        # watermark (a timed-out sync, a stale head) and fetched that range again.
+        (17366, 400, None),
+    ],
+)
+def test_the_long_runs_that_broke_order_keep_it(
+    seed: int, steps: int, receivers: int | None
+) -> None:
+    sim = run(seed, steps=steps, receivers=receivers)
     trace = "\n".join(sim.log[: sim.stop][-40:])
     assert not sim.violations, f"{sim.violations[0]}\n{trace}"
 

@@ -287,8 +287,11 @@ class Inbound(Ranges):
         if asked:
             names = tuple(sorted(p.decode() for p in wanted))
             self._recover(origin, st, st.watermark or 0, head, names)
+        # Never below the watermark: what is behind it was delivered or given
+        # up, and fetching it again under the new prefix would come after it.
+        floor = max(head, st.watermark or 0)
         for p in wanted:
-            st.known[p] = max(st.known.get(p, 0), head)
+            st.known[p] = max(st.known.get(p, 0), floor)
         return asked
 
     def on_heartbeat(
@@ -336,7 +339,15 @@ class Inbound(Ranges):
             # Left without a baseline by a timed-out wait (no watermark): a
             # chain heard gives it, as a first frame under it would.
             if prefix in chains and prefix in self.prefixes:
-                st.known[prefix] = chains[prefix]
+                st.known[prefix] = start = chains[prefix]
+                if start > head:
+                    # The chain starts past what had left the origin: runs it
+                    # still had queued, cut before it took the prefix, come
+                    # under older chains only, and a heartbeat past them checks
+                    # those (as after a sync reply, on_sync).
+                    st.until = start if st.until is None else max(st.until, start)
+                    st.passed = max(st.passed, head)
+                    st.until_heard = True
         quiet = not st.blocked() and st.known and all(p in chains for p in st.known)
         if chained:  # every chain behind is asked for now: the held frames may go
             st.awaiting_chains = False
