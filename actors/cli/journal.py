@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import uuid
 from collections import Counter
 from datetime import datetime
@@ -17,7 +16,7 @@ from actors._model.query import EventQuery
 from actors.cli.connect import open_source
 from actors.cli.follow import JournalTail, last_sequence
 from actors.cli.options import PATTERN, SEQUENCE_MAX, Source, source_options
-from actors.cli.output import emit, fail, json_line, note, say, stop_on_signals
+from actors.cli.output import emit, ended_by_signal, fail, json_line, note, say, stop_on_signals
 from actors.cli.timespec import MOMENT
 
 __all__ = ["query", "stats", "trace"]
@@ -102,7 +101,7 @@ def _follow(bus: EventBus, node: str | None, q: EventQuery, source: Source, as_j
     if not bus.wait_for_peers([node], source.connection.timeout):
         fail(f"node {node!r} did not acknowledge the subscription in time")
     last_sequence(bus, node, source.connection.timeout)  # fails here without a journal
-    with contextlib.suppress(KeyboardInterrupt):  # from the line on, a signal exits with 0
+    with ended_by_signal():  # from the line on, a signal exits with 0
         note(f"following the journal of {node}")
         tail.run(lambda event: emit(event, as_json))
 

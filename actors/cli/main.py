@@ -16,7 +16,7 @@ from typing import Any, NoReturn
 import click
 
 from actors._errors import EventBusError
-from actors.cli.output import stop_on_signals
+from actors.cli.output import by_interrupt, stop_on_signals
 
 __all__ = ["COMMANDS", "main"]
 
@@ -52,8 +52,10 @@ class Cli(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except KeyboardInterrupt:  # click would echo a blank line before its Abort
-            raise _Interrupted from None
+        except (KeyboardInterrupt, RuntimeError) as exc:
+            if not by_interrupt(exc):
+                raise
+            raise _Interrupted from None  # click would echo a blank line before its Abort
 
     def main(
         self,

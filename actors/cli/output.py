@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import signal
 import sys
 import threading
+from collections.abc import Iterator
 from typing import Any, NoReturn, TypeVar
 
 import click
@@ -18,7 +20,9 @@ T = TypeVar("T")
 
 __all__ = [
     "block_signals",
+    "by_interrupt",
     "emit",
+    "ended_by_signal",
     "fail",
     "format_event",
     "json_line",
@@ -138,6 +142,30 @@ def stop_on_signals() -> None:
     """
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
+
+
+def by_interrupt(exc: BaseException) -> bool:
+    """Return whether ``exc`` is the ``KeyboardInterrupt`` of a signal, or came of one.
+
+    The interrupt is raised at whatever the main thread runs when the signal
+    comes, which can be inside ``threading.Condition.wait`` just after it let
+    its lock go and before its ``try``: the ``with`` around it then fails to
+    release the lock again, and a ``RuntimeError`` replaces the interrupt
+    (its ``__context__``).  That error is the signal's, not a failure.
+    """
+    if isinstance(exc, KeyboardInterrupt):
+        return True
+    return isinstance(exc, RuntimeError) and isinstance(exc.__context__, KeyboardInterrupt)
+
+
+@contextlib.contextmanager
+def ended_by_signal() -> Iterator[None]:
+    """End the block quietly on a signal (``by_interrupt``): the command exits with 0."""
+    try:
+        yield
+    except (KeyboardInterrupt, RuntimeError) as exc:
+        if not by_interrupt(exc):
+            raise
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import queue
@@ -36,7 +35,15 @@ from actors.cli.options import (
     Connection,
     connection_options,
 )
-from actors.cli.output import emit, fail, get_until_signal, note, say, stop_on_signals
+from actors.cli.output import (
+    emit,
+    ended_by_signal,
+    fail,
+    get_until_signal,
+    note,
+    say,
+    stop_on_signals,
+)
 
 __all__ = ["pub", "sub"]
 
@@ -242,7 +249,7 @@ def sub(
             if checkpoint is not None:
                 checkpoint.save(event.sequence or 0)
 
-        with contextlib.suppress(KeyboardInterrupt):  # from the line on, a signal exits with 0
+        with ended_by_signal():  # from the line on, a signal exits with 0
             _ready(pattern, target, ready_file)
             if from_journal:
                 with remote_reads(target):

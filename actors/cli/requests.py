@@ -39,7 +39,15 @@ from actors._model.event import Event
 from actors._runtime.future import BusFuture
 from actors.cli.connect import left, peer_name, short_lived_node
 from actors.cli.options import EVENT_TYPE, PATTERN, SECONDS, Connection, connection_options
-from actors.cli.output import fail, json_line, note, say, stop_on_signals, wait_until
+from actors.cli.output import (
+    ended_by_signal,
+    fail,
+    json_line,
+    note,
+    say,
+    stop_on_signals,
+    wait_until,
+)
 from actors.cli.pubsub import read_data
 
 __all__ = ["reply", "req", "run_command"]
@@ -270,7 +278,7 @@ def reply(
         if not bus.wait_for_peers([target], left(deadline)):
             fail(f"node {target!r} did not acknowledge the subscription in time")
         try:
-            with contextlib.suppress(KeyboardInterrupt):  # from the line on, a signal exits 0
+            with ended_by_signal():  # from the line on, a signal exits 0
                 note(f"replying to {pattern} at {target}")
                 wait_until(finished)
         finally:

@@ -16,7 +16,7 @@ import termios
 import time
 import tty
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +28,7 @@ from actors._model.metrics import BusMetrics
 from actors._model.trace import printable
 from actors.cli.connect import peer_name, short_lived_node
 from actors.cli.options import Connection, SecondsType, connection_options
-from actors.cli.output import fail, stop_on_signals
+from actors.cli.output import ended_by_signal, fail, stop_on_signals
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
@@ -202,7 +202,7 @@ def top(*, interval: float, connection: Connection) -> None:
     stop_on_signals()  # SIGTERM too restores the terminal on its way out
     deadline = time.monotonic() + connection.timeout
     # Outside the node: a signal while it starts and connects quits too (status 0).
-    with suppress(KeyboardInterrupt), short_lived_node(connection, "top") as bus:
+    with ended_by_signal(), short_lived_node(connection, "top") as bus:
         target = peer_name(bus, connection, deadline)
         _watch(
             bus,
