@@ -8,6 +8,8 @@ sockets: an XPUB a node's SUB can follow, a DEALER to its ROUTER).
 from __future__ import annotations
 
 import contextlib
+import random
+import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -120,3 +122,23 @@ def fake_peer(tmp_path: Path, a: EventBus) -> Iterator[tuple[zmq.Socket[bytes], 
     with fake_sockets(tmp_path, a) as (fake_pub, dealer):
         say_hello(tmp_path, fake_pub, dealer)
         yield fake_pub, dealer
+
+
+def free_port() -> int:
+    """Return a TCP port of 127.0.0.1 free now, below the kernel's ephemeral range.
+
+    A test that must bind a port it chose (to bind it again after a close)
+    takes one no outgoing connection of another test can be given meanwhile:
+    a port from the ephemeral range (what binding port 0 returns) was taken
+    once, between this check and the node's bind, by a connection of the
+    other test worker.
+    """
+    for _ in range(1000):
+        port = random.randrange(20_000, 32_000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below the ephemeral range")

@@ -11,7 +11,6 @@ node's sockets likewise, and a node started again on the same address failed.
 
 from __future__ import annotations
 
-import socket
 import threading
 import uuid
 from collections.abc import Callable
@@ -31,6 +30,7 @@ from actors import (
 from actors._cluster.bridge import Bridge
 from actors._journal.rocks import RocksStorage
 from actors._runtime.future import BusFuture
+from tests._cluster_support import free_port
 from tests._support import WAIT, wait_for
 
 SLOW_CLOSE = 1.0
@@ -101,13 +101,6 @@ def test_close_gives_up_on_a_retry_wait_and_the_journal_opens_again_at_once(
 
 
 # -- the node's sockets ------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def test_a_node_closing_slowly_frees_its_address_when_close_returns(

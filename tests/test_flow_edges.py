@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +23,7 @@ from actors import (
     NodeConfig,
     generate_keypair,
 )
+from tests._cluster_support import free_port
 from tests._support import LineChild, reaped
 from tests.test_credit_procs import CHILD, QUEUE, Proc, pair, with_signal
 
@@ -228,12 +228,6 @@ def test_a_fast_subscriber_behind_a_broker_is_not_held_by_a_slow_one_that_asked_
 @pytest.fixture
 def procs() -> Iterator[list[Any]]:
     yield from reaped(WAIT)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class BrokerAt(LineChild):
