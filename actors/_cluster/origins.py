@@ -71,6 +71,13 @@ class OriginState:
     unsent: RecoverRequest | None = None
     discarded: tuple[int, int] | None = None
 
+    def wait_for_stream(self, until: int, passed: int, *, heard: bool) -> None:
+        """Release nothing past ``passed`` until the stream reaches ``until`` (``heard``:
+        a heartbeat must, whose chains check what came under older ones)."""
+        self.until = until if self.until is None else max(self.until, until)
+        self.passed = max(self.passed, passed)
+        self.until_heard = self.until_heard or heard
+
     def untouched(self) -> bool:
         """Return whether nothing was ever received of this origin (nothing to keep for it)."""
         return (

@@ -217,11 +217,9 @@ class Inbound(Ranges):
             self._sync_chains(origin, st, new, head, chains or {})
         asked = self._backfill(origin, st, new, head)
         if (asked or not baseline) and sent is not None and sent < head:
-            st.until = head if st.until is None else max(st.until, head)
-            st.passed = max(st.passed, sent)
             # Without a backfill, what the origin still had queued may come
             # under the older chains only: a heartbeat past it checks them.
-            st.until_heard = st.until_heard or not asked
+            st.wait_for_stream(head, sent, heard=not asked)
         st.synced = set(self.prefixes)
         st.awaiting_sync = False
         self._refetch(origin, st)
@@ -254,12 +252,19 @@ class Inbound(Ranges):
             last = chains.get(prefix)
             if last is None:
                 unheard = unheard or known < top
-            elif last > known:
-                self._recover(origin, st, known, last, (prefix.decode(),))
-                st.known[prefix] = last
+            else:
+                self._follow_chain(origin, st, prefix, known, last)
         if unheard:
             st.awaiting_chains = True
             st.chains_heard = set(chains)
+
+    def _follow_chain(
+        self, origin: str, st: OriginState, prefix: bytes, known: int, last: int
+    ) -> None:
+        """A chain announced ``last`` under ``prefix``: fetch what lies past ``known``."""
+        if last > known:
+            self._recover(origin, st, known, last, (prefix.decode(),))
+            st.known[prefix] = last
 
     @staticmethod
     def _passing(st: OriginState, position: int, heard: bool = False) -> bool:
@@ -332,9 +337,8 @@ class Inbound(Ranges):
             return []
         for prefix, known in list(st.known.items()):
             last = chains.get(prefix)
-            if last is not None and last > known:
-                self._recover(origin, st, known, last, (prefix.decode(),))
-                st.known[prefix] = last
+            if last is not None:
+                self._follow_chain(origin, st, prefix, known, last)
         for prefix in st.synced - st.known.keys():
             # Left without a baseline by a timed-out wait (no watermark): a
             # chain heard gives it, as a first frame under it would.
@@ -345,9 +349,7 @@ class Inbound(Ranges):
                     # still had queued, cut before it took the prefix, come
                     # under older chains only, and a heartbeat past them checks
                     # those (as after a sync reply, on_sync).
-                    st.until = start if st.until is None else max(st.until, start)
-                    st.passed = max(st.passed, head)
-                    st.until_heard = True
+                    st.wait_for_stream(start, head, heard=True)
         quiet = not st.blocked() and st.known and all(p in chains for p in st.known)
         if chained:  # every chain behind is asked for now: the held frames may go
             st.awaiting_chains = False
