@@ -87,6 +87,11 @@ class RocksTables(RebuildMixin, RetentionMixin, IndexedStorage):
         self._skipped_blocks: set[tuple[int, int]] = set()
         self._source_cache: dict[str, bytes] = {}
         self._mark: HighWaterMark | None = None
+        # Set when a batch reached the database but its fsync (or the mark's)
+        # failed: the state on disk is no longer known to match what was
+        # acknowledged, so every later write fails too (docs/persistence.md).
+        # Kept as text: an exception's traceback would keep frames alive.
+        self._failure: str | None = None
         # One thread fsyncs the mark while the journal's thread fsyncs the WAL.
         self._fsyncer = ThreadPoolExecutor(1, thread_name_prefix="journal-fsync")
 
@@ -179,6 +184,12 @@ class RocksTables(RebuildMixin, RetentionMixin, IndexedStorage):
         if self.read_only:
             msg = f"journal {self._path!r} is open read-only"
             raise JournalError(msg)
+        if self._failure is not None:
+            msg = (
+                f"journal {self._path!r} takes no more writes until it is reopened: "
+                f"a write reached it but could not be made durable ({self._failure})"
+            )
+            raise JournalError(msg)
 
     # -- writing ---------------------------------------------------------------
 
@@ -191,11 +202,23 @@ class RocksTables(RebuildMixin, RetentionMixin, IndexedStorage):
         # threads run during the fsync.
         try:
             self._db.write(batch, self._plain)
-            if sync:
-                self._db.flush_wal(True)
         except Exception as exc:
             msg = f"journal write failed: {exc}"
             raise JournalError(msg) from exc
+        if sync:
+            self._sync_wal()
+
+    def _sync_wal(self) -> None:
+        """Fsync the WAL after a write that reached the database; a failure latches."""
+        try:
+            self._db.flush_wal(True)
+        except Exception as exc:
+            raise self._fail(f"journal write failed: {exc}", exc) from exc
+
+    def _fail(self, msg: str, cause: BaseException) -> JournalError:
+        """Latch a failure that came after a batch reached the database."""
+        self._failure = f"{type(cause).__name__}: {cause}"
+        return JournalError(msg)
 
     def append(self, records: Sequence[StoredRecord], *, sync: bool = False) -> None:
         """Store records and their index entries in one atomic WriteBatch.
@@ -266,10 +289,9 @@ class RocksTables(RebuildMixin, RetentionMixin, IndexedStorage):
         # Column-family handles keep the database (and its LOCK) alive: drop
         # them before a write error's traceback can capture this frame.
         del type_h, time_h, cid_h
-        if sync and self._mark is not None:
-            self._write_both(batch, last)
-        else:
-            self._write(batch, False)
+        self._write(batch, False)  # atomic: if it fails, nothing was stored
+        # The batch is in the database: what this object knows follows it
+        # before anything else can fail (a type id is never handed out twice).
         for name, tid in new_types.items():
             self._type_ids[name] = tid
             self._type_names[tid] = name
@@ -277,37 +299,36 @@ class RocksTables(RebuildMixin, RetentionMixin, IndexedStorage):
         self._next_tid = next_tid
         self._count += len(records)
         self.written += len(records)
-        if not sync and self._mark is not None:
+        if self._mark is None:
+            if sync:
+                self._sync_wal()
+        elif sync:
+            self._sync_both(last)
+        else:
             try:
                 self._mark.advance(last, sync=False)  # survives a kill; fsynced at close
             except OSError as exc:
-                msg = f"journal high-water mark not written: {exc}"
-                raise JournalError(msg) from exc
+                raise self._fail(f"journal high-water mark not written: {exc}", exc) from exc
 
-    def _write_both(self, batch: Any, last: int) -> None:
-        """Write ``batch``, then fsync the WAL and the advanced mark at the same time.
+    def _sync_both(self, last: int) -> None:
+        """Advance the mark to ``last``, then fsync the WAL and the mark at the same time.
 
         Both fsyncs release the GIL; run side by side they cost one fsync's
-        time, not two.  Returns once both are on disk.
+        time, not two.  Returns once both are on disk; a failure latches
+        (the batch is already in the database).
         """
         assert self._mark is not None
-        self._write(batch, False)
         try:
             self._mark.advance(last, sync=False)
             synced = self._fsyncer.submit(self._mark.fsync)
         except (OSError, RuntimeError) as exc:
-            msg = f"journal high-water mark not written: {exc}"
-            raise JournalError(msg) from exc
+            raise self._fail(f"journal high-water mark not written: {exc}", exc) from exc
         try:
-            self._db.flush_wal(True)
-        except Exception as exc:
-            msg = f"journal write failed: {exc}"
-            raise JournalError(msg) from exc
+            self._sync_wal()
         finally:
             error = synced.exception()
         if error is not None:
-            msg = f"journal high-water mark not synced: {error}"
-            raise JournalError(msg) from error
+            raise self._fail(f"journal high-water mark not synced: {error}", error) from error
 
     def _encode_source(self, source: str) -> bytes:
         encoded = encode_source(source)
