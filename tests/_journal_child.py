@@ -16,6 +16,10 @@ exactly what the child had acknowledged.  Modes:
     Open a ``durability="sync"`` bus, publish ``N`` events (64 in flight at a
     time), print ``acked LAST_SEQ`` once every future resolved, then wait to
     be killed.
+``write-big PATH BYTES RETENTION_DAYS``
+    Open a ``durability="sync"`` bus keeping ``RETENTION_DAYS`` of events
+    (its retention runs at the open), publish one event of about ``BYTES``,
+    print ``acked SEQ`` once it resolved, then wait to be killed.
 ``try-open PATH``
     Try to open the journal; print ``opened`` or ``error CLASSNAME MESSAGE``.
 ``hold PATH``
@@ -95,6 +99,13 @@ def write_n(path: str, n: int) -> None:
         futures = [bus.publish("wal.event", {"i": i}) for i in range(start, min(start + 64, n))]
         last = max(f.get(timeout=60).sequence or 0 for f in futures)
     say("acked", last)
+    threading.Event().wait()
+
+
+def write_big(path: str, size: int, retention_days: float) -> None:
+    config = EventConfig(persistence_path=path, durability="sync", retention_days=retention_days)
+    bus = EventBus(config)
+    say("acked", bus.publish("wal.big", {"blob": "z" * size}).get(timeout=60).sequence)
     threading.Event().wait()
 
 
@@ -195,6 +206,8 @@ def main(argv: list[str]) -> None:
         async_writer(path, int(rest[0]))
     elif mode == "write-n":
         write_n(path, int(rest[0]))
+    elif mode == "write-big":
+        write_big(path, int(rest[0]), float(rest[1]))
     elif mode == "try-open":
         try_open(path)
     elif mode == "hold":

@@ -12,11 +12,12 @@ from __future__ import annotations
 import logging
 import struct
 import zlib
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from actors import EventBus, EventConfig, EventQuery, JournalDamagedError
+from actors import Event, EventBus, EventConfig, EventQuery, JournalDamagedError
 from actors._journal import repair
 from actors._journal.rocks import RocksStorage
 from tests._support import Child, flip_byte
@@ -176,6 +177,42 @@ def test_a_wal_cut_inside_its_last_unacknowledged_write_opens_with_a_warning(
         assert [e.sequence for e in bus.query(EventQuery())] == list(range(1, kept + 1))
         assert bus.metrics().journal_lost_events == 0
         assert bus.publish("after.kill", {}).get(timeout=30).sequence == kept + 1
+    finally:
+        bus.close()
+    assert any("incomplete write" in r.getMessage() for r in caplog.records)
+
+
+def test_a_cut_last_write_opens_when_retention_had_taken_every_event_before_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The mark is held against what retention spoke for, not only what is stored.
+
+    Regression: retention had deleted every stored event (its high-water
+    checkpoint spoke for them), so the mark (5) stood above the last stored
+    sequence (none) and a cut last write was refused as damage.
+    """
+    path = tmp_path / "journal"
+    old = datetime.now(UTC) - timedelta(days=10)
+    with EventBus(EventConfig(persistence_path=path, durability="sync")) as bus:
+        for i in range(5):
+            bus.publish(Event(event_type="old.e", data={"i": i}, timestamp=old)).get(timeout=30)
+    child = Child(tmp_path, "write-big", str(path), "3000000", "1")
+    try:
+        assert child.line() == "acked 6"
+        child.kill9()
+    finally:
+        child.close()
+    wal = max(path.glob("*.log"), key=lambda p: p.stat().st_size)
+    with wal.open("r+b") as f:
+        f.truncate(wal.stat().st_size - 7)  # inside the large last write
+    packed = struct.pack(">Q", 5)  # the mark as before the cut write
+    (path / "ACKNOWLEDGED").write_bytes(packed + struct.pack(">I", zlib.crc32(packed)))
+    with caplog.at_level(logging.WARNING, logger="actors.storage"):
+        bus = EventBus(EventConfig(persistence_path=path))
+    try:
+        assert bus.query(EventQuery()) == []
+        assert bus.metrics().journal_lost_events == 0
+        assert bus.publish("after.kill", {}).get(timeout=30).sequence == 6
     finally:
         bus.close()
     assert any("incomplete write" in r.getMessage() for r in caplog.records)

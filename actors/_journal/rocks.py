@@ -45,12 +45,13 @@ from actors._errors import (
     JournalNotFoundError,
 )
 from actors._journal.highwater import FILE_NAME, HighWaterMark
-from actors._journal.records import HIGH_WATER, SEQ
+from actors._journal.records import HIGH_WATER
 from actors._journal.rocks_store import RocksTables
 from actors._journal.rocks_views import (
     NOT_LINKED,
     files_changed,
     in_journal_terms,
+    last_kept,
     linked_view,
 )
 
@@ -231,18 +232,6 @@ def _check_is_journal(path: str) -> None:
         raise JournalNotFoundError(msg)
 
 
-def _last_stored(db: rocksdict.Rdict) -> int:
-    """Return the highest sequence in the record space of ``db``, 0 if none or unreadable."""
-    try:
-        cursor = db.iter()
-        cursor.seek_to_last()
-        last = int(SEQ.unpack(cursor.key())[0]) if cursor.valid() else 0
-        del cursor
-    except Exception:
-        return 0
-    return last
-
-
 def _refuse_message(path: str, acknowledged: int, kept: int, last: int) -> str:
     return (
         f"journal {path!r} is damaged: {acknowledged - kept} acknowledged event(s), "
@@ -354,7 +343,7 @@ class RocksStorage(RocksTables):
             raise _damaged_or_unreadable(self._path, exc) from exc
         # Strict recovery failed where lenient recovery reads: the WAL is damaged.
         if recover == "refuse":
-            kept = _last_stored(db)
+            kept = last_kept(db)
             with contextlib.suppress(Exception):
                 db.close()
             del db
@@ -380,7 +369,7 @@ class RocksStorage(RocksTables):
             db = self._view_rdict(rocksdict.DBRecoveryMode.tolerate_corrupted_tail_records())
         except Exception:
             return None
-        if HighWaterMark(self._path, writable=False).value <= _last_stored(db):
+        if HighWaterMark(self._path, writable=False).value <= last_kept(db):
             return db
         with contextlib.suppress(Exception):
             db.close()

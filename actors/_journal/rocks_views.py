@@ -12,10 +12,20 @@ import os
 import re
 import shutil
 import tempfile
+from typing import Any
 
 from actors._errors import JournalError
+from actors._journal.records import HIGH_WATER, SEQ
+from actors._journal.rocks_retention import META_CHECKPOINT
 
-__all__ = ["NOT_LINKED", "files_changed", "linked_names", "linked_view", "sweep_stale_views"]
+__all__ = [
+    "NOT_LINKED",
+    "files_changed",
+    "last_kept",
+    "linked_names",
+    "linked_view",
+    "sweep_stale_views",
+]
 
 # Files a view never links: the lock, and what RocksDB or rocksdict write on open.
 NOT_LINKED = frozenset({"LOCK", "LOG", "rocksdict-config.json"})
@@ -103,3 +113,22 @@ def files_changed(path: str, names: frozenset[str]) -> bool:
         return linked_names(path) != names
     except OSError:
         return False
+
+
+def last_kept(db: Any) -> int:
+    """Return the highest sequence ``db`` stores or speaks for, 0 if none or unreadable.
+
+    Retention may have deleted the newest records: its high-water checkpoint
+    still speaks for them, as ``_inspect``'s ``kept`` does.
+    """
+    try:
+        cursor = db.iter()
+        cursor.seek_to_last()
+        last = int(SEQ.unpack(cursor.key())[0]) if cursor.valid() else 0
+        del cursor
+        meta = db.get_column_family("meta")
+        raw = meta.get(META_CHECKPOINT + HIGH_WATER.encode())
+        del meta
+    except Exception:
+        return 0
+    return last if raw is None else max(last, int(SEQ.unpack(raw)[0]))
