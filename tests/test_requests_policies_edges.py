@@ -693,6 +693,82 @@ def test_a_responder_still_running_at_close_gives_its_caller_bus_closed_error() 
         release.set()
 
 
+@pytest.mark.parametrize("gather", [False, True])
+def test_a_handler_waiting_on_a_request_when_close_begins_gets_bus_closed_error(
+    gather: bool,
+) -> None:
+    # requests.md: a responder still running when close() begins cannot
+    # publish its reply: its caller gets BusClosedError.  Regression: when
+    # that caller was itself a handler, close()'s flush waited for it while
+    # it waited for a reply that close() refused: close() hung (timeout=None)
+    # or the caller got RequestTimeoutError at its own timeout.
+    release = threading.Event()
+    bus = EventBus(EventConfig(threads=2))
+    outcome: concurrent.futures.Future[BaseException | None] = concurrent.futures.Future()
+    try:
+        entered = threading.Event()
+
+        def tool(event: Event) -> Any:
+            entered.set()
+            assert release.wait(WAIT)
+            return "too late"
+
+        def worker(event: Event) -> None:
+            try:
+                if gather:
+                    bus.request_all("tool.search", timeout=WAIT * 3)
+                else:
+                    bus.request("tool.search", timeout=WAIT * 3)
+            except BaseException as exc:  # the outcome is what is checked
+                outcome.set_result(exc)
+            else:
+                outcome.set_result(None)
+
+        bus.respond("tool.search", tool, dedicated_thread=True)
+        bus.subscribe("task.assigned", worker, dedicated_thread=True)
+        bus.publish("task.assigned")
+        assert entered.wait(WAIT)
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            closing = pool.submit(bus.close)
+            assert wait_for(lambda: bus.closed)
+            release.set()
+            assert isinstance(outcome.result(timeout=WAIT), BusClosedError)
+            assert closing.result(timeout=WAIT) == ()
+        assert bus.pending_requests() == 0
+    finally:
+        release.set()
+
+
+def test_a_responder_whose_reply_the_closing_bus_refuses_is_not_run_again() -> None:
+    # A closed bus stays closed: a failure to publish because of it is not
+    # retried (regression: a responder with retries=3 ran four times during
+    # close(), each run's reply refused).
+    release = threading.Event()
+    bus = EventBus(EventConfig(threads=2))
+    calls: list[int] = []
+    try:
+        entered = threading.Event()
+
+        def tool(event: Event) -> Any:
+            calls.append(1)
+            entered.set()
+            assert release.wait(WAIT)
+            return "too late"
+
+        sub = bus.respond("tool.run", tool, retries=3, retry_backoff=0)
+        bus.publish("tool.run")
+        assert entered.wait(WAIT)
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            closing = pool.submit(bus.close)
+            assert wait_for(lambda: bus.closed)
+            release.set()
+            closing.result(timeout=WAIT)
+        assert calls == [1]
+        assert sub.statistics().dead_letters == 1
+    finally:
+        release.set()
+
+
 def test_a_responder_that_closes_the_bus_fails_its_caller_with_bus_closed_error() -> None:
     # architecture.md: close() inside a handler stops the actors without
     # waiting; requests.md: the caller of a request the closing bus cannot

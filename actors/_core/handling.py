@@ -34,6 +34,7 @@ from actors._core.policies import (
     backoff_delay,
     handler_timeout_error,
 )
+from actors._errors import BusClosedError
 from actors._model.event import expired_unix
 from actors._runtime.dispatcher import TurnHandedOff
 
@@ -517,7 +518,8 @@ class HandlerRuns:
             self.expired += 1  # its time is up: neither retried nor a dead letter
             return None
         policy = self.policy
-        if attempts <= policy.retries:
+        if attempts <= policy.retries and not isinstance(exc, BusClosedError):
+            # A closed bus stays closed: no attempt would go otherwise.
             return backoff_delay(policy.retry_backoff, attempts)
         self._dead_letter(event, exc, attempts)
         return None

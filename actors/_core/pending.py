@@ -187,15 +187,23 @@ class PendingTable:
         if exc is None:
             self.offer(published.get())
         else:
-            with self._lock:
-                entry = self._entries.get(request_id)
-                if entry is not None and not entry.gathers:
-                    del self._entries[request_id]
-                else:
-                    entry = None
-            if entry is not None:
-                entry.future.set_exception(exc)
+            self.refuse(request_id, exc)
         self._direct.discard(reply_id)
+
+    def refuse(self, request_id: uuid.UUID, exc: BaseException, *, gathering: bool = False) -> None:
+        """Fail the caller of ``request_id`` with ``exc``: the bus refused its reply.
+
+        A caller gathering replies (``request_all``) goes on waiting for the
+        others, unless ``gathering`` (no other reply can come: the bus closed).
+        """
+        with self._lock:
+            entry = self._entries.get(request_id)
+            if entry is not None and (gathering or not entry.gathers):
+                del self._entries[request_id]
+            else:
+                entry = None
+        if entry is not None:
+            entry.future.set_exception(exc)
 
     def offer(self, reply: Event) -> bool:
         """Give ``reply`` to the request it answers; return whether anyone was waiting.

@@ -41,6 +41,7 @@ from actors._core.handling import current_timeout
 from actors._core.pending import DEFAULT_LIMIT, Pending, PendingTable, ReplyFuture
 from actors._core.policies import handler_timeout_error
 from actors._errors import (
+    BusClosedError,
     EventTooLargeError,
     FutureTimeoutError,
     RemoteHandlerError,
@@ -429,8 +430,12 @@ class Responder:
         table.expect(reply_id)
         try:
             published = self._publish(reply)
-        except BaseException:
+        except BaseException as exc:
             table.unexpect(reply_id)
+            if isinstance(exc, BusClosedError):
+                # Closing: its caller learns it now, not after close()'s
+                # flush, which may be waiting for that very caller.
+                table.refuse(request.id, exc, gathering=True)
             raise
         published.add_done_callback(functools.partial(_refused, reply))
         published.add_done_callback(functools.partial(table.delivered, reply_id, request.id))
