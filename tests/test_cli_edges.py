@@ -305,6 +305,7 @@ def test_ctrl_c_while_connecting_is_one_error_line() -> None:
         ("NaN", None, "NaN is not a JSON value"),
         ('{"x": Infinity}', None, "Infinity is not a JSON value"),
         ("[-Infinity]", None, "-Infinity is not a JSON value"),
+        ('{"x": 1e999}', None, "1e999 is out of the range of a finite number"),
         ("-", b"\xff\xfe{}", "standard input is not UTF-8 text"),
     ],
 )

@@ -432,15 +432,17 @@ def test_a_command_s_text_reaches_the_caller_as_it_printed_it(
         replying.kill()
 
 
-@pytest.mark.parametrize("printed", ["NaN", "Infinity", "-Infinity"])
+@pytest.mark.parametrize("printed", ["NaN", "Infinity", "-Infinity", "1e999"])
 def test_a_command_printing_a_constant_json_lacks_answers_with_that_text(
     hub: str, tmp_path: Path, printed: str
 ) -> None:
     # docs/requests.md: the command's stdout "is the reply's data: JSON, or else the
     # stripped text as a string"; docs/cli.md: NaN and Infinity are not JSON.
+    # Nor is a number past the float range (1e999: Python's json reads inf).
     script = tmp_path / "constant.py"
     script.write_text(CONSTANTS)
-    pattern = {"NaN": "nan.*", "Infinity": "inf.*", "-Infinity": "ninf.*"}[printed]
+    patterns = {"NaN": "nan.*", "Infinity": "inf.*", "-Infinity": "ninf.*", "1e999": "big.*"}
+    pattern = patterns[printed]
     replying = Running(
         "reply", pattern, "--exec", f"{sys.executable} {script} {printed}", "--peer", hub
     )

@@ -158,26 +158,38 @@ def test_a_reply_refused_by_a_full_reject_subscription_is_not_lost_silently() ->
 # -- a timeout longer than any wait can be -----------------------------------------------------
 
 
+@pytest.mark.parametrize("too_long", [1e10, 10**400], ids=["1e10", "10**400"])
 @pytest.mark.parametrize("method", ["request", "request_all", "flush", "async request"])
 def test_a_timeout_past_what_a_wait_can_take_is_refused_before_anything_is_published(
-    bus: EventBus, method: str
+    bus: EventBus, method: str, too_long: float
 ) -> None:
     # 1e10 s is past threading.TIMEOUT_MAX: no lock can wait that long.  It
     # is bad input, refused before the request goes out (a responder would
     # otherwise do the work and its answer be lost to an OverflowError).
+    # An int too large for a float is refused the same way (it raised
+    # OverflowError from the check itself).
     handled: list[Event] = []
     bus.respond("svc.patient", handled.append)
+    t = too_long
     calls: dict[str, Callable[[], object]] = {
-        "request": lambda: bus.request("svc.patient", timeout=1e10),
-        "request_all": lambda: bus.request_all("svc.patient", timeout=1e10),
-        "flush": lambda: bus.flush(1e10),
-        "async request": lambda: run(AsyncEventBus(bus=bus).request("svc.patient", timeout=1e10)),
+        "request": lambda: bus.request("svc.patient", timeout=t),
+        "request_all": lambda: bus.request_all("svc.patient", timeout=t),
+        "flush": lambda: bus.flush(t),
+        "async request": lambda: run(AsyncEventBus(bus=bus).request("svc.patient", timeout=t)),
     }
     with pytest.raises(ValueError, match="at most"):
         calls[method]()
     assert bus.request("svc.patient", timeout=WAIT).data is None  # the bus goes on
     assert len(handled) == 1
     assert bus.pending_requests() == 0
+
+
+@pytest.mark.parametrize("policy", ["timeout", "retry_backoff"])
+def test_a_policy_given_an_int_too_large_for_a_float_is_a_value_error(
+    bus: EventBus, policy: str
+) -> None:
+    with pytest.raises(ValueError, match=policy):
+        bus.respond("svc.policy", lambda e: None, **{policy: 10**400})  # type: ignore[arg-type]
 
 
 # -- async: cancellation and causation (not covered in test_requests*.py) -----------------------

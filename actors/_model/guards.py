@@ -45,6 +45,13 @@ def _kind(value: object) -> str:
     return type(value).__name__
 
 
+def _number(value: float) -> str:
+    """Show a number in a message; a huge int by its size (its repr may be refused)."""
+    if isinstance(value, int) and value.bit_length() > 128:
+        return f"an int of {value.bit_length()} bits"
+    return repr(value)
+
+
 def check_instance(
     name: str, value: object, cls: type | tuple[type, ...], *, optional: bool = False
 ) -> None:
@@ -101,14 +108,14 @@ def check_number(
         return
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"{name} must be a number, not {_kind(value)}")
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, not {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):  # an int always is (10**400)
+        raise ValueError(f"{name} must be finite, not {_number(value)}")
     if positive and value <= 0:
-        raise ValueError(f"{name} must be > 0, not {value!r}")
+        raise ValueError(f"{name} must be > 0, not {_number(value)}")
     if minimum is not None and value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, not {value!r}")
+        raise ValueError(f"{name} must be >= {minimum}, not {_number(value)}")
     if maximum is not None and value > maximum:
-        raise ValueError(f"{name} must be <= {maximum:g}, not {value!r:.40}")
+        raise ValueError(f"{name} must be <= {maximum:g}, not {_number(value):.40}")
 
 
 def check_timeout(name: str, value: object) -> None:
@@ -117,12 +124,13 @@ def check_timeout(name: str, value: object) -> None:
         return
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"{name} must be None or a number of seconds, not {_kind(value)}")
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be finite and >= 0 (None waits without limit): {value!r}")
-    if value > threading.TIMEOUT_MAX:  # no lock or condition can wait that long
+    if (isinstance(value, float) and not math.isfinite(value)) or value < 0:
         raise ValueError(
-            f"{name} is at most {threading.TIMEOUT_MAX:.0f} s (None waits without limit): {value!r}"
+            f"{name} must be finite and >= 0 (None waits without limit): {_number(value)}"
         )
+    if value > threading.TIMEOUT_MAX:  # no lock or condition can wait that long
+        most = f"{threading.TIMEOUT_MAX:.0f}"
+        raise ValueError(f"{name} is at most {most} s (None waits without limit): {_number(value)}")
 
 
 def check_str(name: str, value: object, *, optional: bool = False, empty: bool = False) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import queue
 import sys
 import time
@@ -58,6 +59,17 @@ def _no_constant(name: str) -> NoReturn:
     raise click.BadParameter(f"not JSON: {name} is not a JSON value", param_hint="DATA")
 
 
+def finite_float(text: str) -> float:
+    """Read a JSON number as a float; ``ValueError`` for one past the float range (``1e999``).
+
+    Python's json would read it as ``inf``, which no event's data can hold.
+    """
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is out of the range of a finite number")
+    return value
+
+
 def read_data(data: str | None) -> JsonValue:
     """Return DATA parsed as JSON: given inline, as ``-`` (stdin) or as ``@FILE``."""
     if data is None:
@@ -85,9 +97,11 @@ def read_data(data: str | None) -> JsonValue:
     else:
         text = data
     try:
-        value: JsonValue = json.loads(text, parse_constant=_no_constant)
+        value: JsonValue = json.loads(text, parse_constant=_no_constant, parse_float=finite_float)
     except json.JSONDecodeError as exc:
         raise click.BadParameter(f"not JSON: {exc}", param_hint="DATA") from exc
+    except ValueError as exc:  # finite_float's
+        raise click.BadParameter(f"not JSON data: {exc}", param_hint="DATA") from exc
     except RecursionError:
         raise click.BadParameter("nested too deep to be event data", param_hint="DATA") from None
     return value

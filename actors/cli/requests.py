@@ -48,7 +48,7 @@ from actors.cli.output import (
     stop_on_signals,
     wait_until,
 )
-from actors.cli.pubsub import read_data
+from actors.cli.pubsub import finite_float, read_data
 
 __all__ = ["reply", "req", "run_command"]
 
@@ -145,8 +145,8 @@ def run_command(argv: list[str], request: Event, timeout: float | None = None) -
     if not out:
         return None
     try:
-        return json.loads(out, parse_constant=_not_json)
-    except ValueError:  # not JSON (json.JSONDecodeError, or NaN / Infinity): the text
+        return json.loads(out, parse_constant=_not_json, parse_float=finite_float)
+    except ValueError:  # not JSON (json.JSONDecodeError), NaN / Infinity, 1e999: the text
         return out
 
 
