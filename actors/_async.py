@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 from actors._async_holds import fail_closed, holds_of
 from actors._async_stream import EventStream
 from actors._bus import EventBus
+from actors._core.background import subscribing_loop
 from actors._core.backpressure import Withdrawn, withdrawal
 from actors._core.messages import CorrelatedEvents
 from actors._core.requests import reply_result, timeout_error
@@ -213,8 +214,13 @@ class AsyncEventBus:
         retry_backoff: float | None = None,
         retries: int | None = None,
     ) -> Subscription:
-        """Subscribe (see ``EventBus.subscribe``); ``async def`` handlers run on this loop."""
-        return self.sync.subscribe(
+        """Subscribe (see ``EventBus.subscribe``); ``async def`` handlers run on this loop.
+
+        A ``durable`` subscription waits for the journal to load its
+        checkpoint: that wait runs off the loop.
+        """
+        subscribe = functools.partial(
+            self.sync.subscribe,
             pattern,
             handler,
             filter=filter,
@@ -227,6 +233,13 @@ class AsyncEventBus:
             retry_backoff=retry_backoff,
             retries=retries,
         )
+        if durable is None:
+            return subscribe()
+        token = subscribing_loop.set(asyncio.get_running_loop())
+        try:  # _off_loop runs it in a copy of this context, which holds the loop
+            return await _off_loop(subscribe)
+        finally:
+            subscribing_loop.reset(token)
 
     def stream(
         self,

@@ -294,7 +294,9 @@ class EventBus(RequestReply):
         on I/O.  Handler policies (docs/architecture.md): ``timeout`` seconds
         per call (reported; an async call is cancelled), ``retries`` (default
         ``handler_retries``) after a ``retry_backoff`` (default 0.1 s,
-        doubling, full jitter).  Never blocks.  Raises ``InvalidPatternError``,
+        doubling, full jitter).  Never blocks, except that a ``durable``
+        subscription waits for the journal to load its checkpoint (one
+        router turn and one read; docs/persistence.md).  Raises ``InvalidPatternError``,
         ``TypeError``/``ValueError`` naming a bad argument, ``BusClosedError``.
         """
         checks.check_subscribe(

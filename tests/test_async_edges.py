@@ -13,6 +13,7 @@ import threading
 import uuid
 import warnings
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -274,3 +275,53 @@ def test_an_async_handler_whose_loop_closed_gives_its_events_up_without_a_warnin
         assert not [w for w in caught if "never awaited" in str(w.message)]
     finally:
         bus.close(timeout=30)
+
+
+def test_a_durable_subscription_awaited_on_a_loop_leaves_the_loop_running(tmp_path: Path) -> None:
+    # SPEC section 8: awaiting never blocks the event loop.  A durable
+    # subscription waits for the journal to load its checkpoint, through the
+    # router; here the router is held (a filter runs on its turn) until a task
+    # on the same loop lets it go.  Regression: the wait ran on the loop, so
+    # that task ran only after the filter gave up (the order below reversed).
+    async def main() -> list[str]:
+        abus = AsyncEventBus(EventConfig(persistence_path=tmp_path / "j", threads=2))
+        try:
+            gate, entered = threading.Event(), threading.Event()
+
+            def held(event: Event) -> bool:
+                entered.set()
+                return gate.wait(WAIT)
+
+            await abus.subscribe("busy.*", lambda e: None, filter=held)
+            abus.sync.publish("busy.x")
+            assert entered.wait(WAIT)
+            order: list[str] = []
+            got: list[Event] = []
+            loop = asyncio.get_running_loop()
+            arrived = asyncio.Event()
+
+            async def handler(event: Event) -> None:
+                assert asyncio.get_running_loop() is loop  # run on the loop it came from
+                got.append(event)
+                arrived.set()
+
+            async def release() -> None:
+                order.append("released")
+                gate.set()
+
+            async def subscribe_durably() -> None:
+                await abus.subscribe("job.*", handler, durable="d")
+                order.append("subscribed")
+
+            subscribing = asyncio.ensure_future(subscribe_durably())
+            await asyncio.sleep(0)  # a turn of the loop: the subscription starts
+            await release()
+            await subscribing
+            await abus.publish("job.run")
+            await asyncio.wait_for(arrived.wait(), WAIT)
+            assert [e.event_type for e in got] == ["job.run"]
+            return order
+        finally:
+            await abus.aclose(timeout=WAIT)
+
+    assert asyncio.run(main()) == ["released", "subscribed"]

@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
 
-__all__ = ["BackgroundLoop"]
+__all__ = ["BackgroundLoop", "subscribing_loop"]
+
+subscribing_loop: contextvars.ContextVar[asyncio.AbstractEventLoop | None] = contextvars.ContextVar(
+    "subscribing_loop", default=None
+)
+"""The loop an ``AsyncEventBus`` call subscribes from while it runs off that loop.
+
+Its ``async def`` handlers run there, as if subscribed on the loop itself.
+"""
 
 
 def _stop_when_idle(loop: asyncio.AbstractEventLoop) -> None:

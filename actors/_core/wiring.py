@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 
 import pykka
 
-from actors._core.background import BackgroundLoop
+from actors._core.background import BackgroundLoop, subscribing_loop
 from actors._core.backpressure import BlockGuard
 from actors._core.catchup import CatchUp
 from actors._core.correlator import CorrelationActor
@@ -245,7 +245,7 @@ class Core:
             try:
                 loop = asyncio.get_running_loop()
             except RuntimeError:
-                loop = self._loop.get()
+                loop = subscribing_loop.get() or self._loop.get()
         # Every argument is valid: from here on, state changes.
         sub_id = f"sub-{next(_sub_ids)}"
         if not isinstance(handler, pykka.ActorRef):
