@@ -404,6 +404,27 @@ def test_event_filter_fields(bus: EventBus, flt: EventFilter, expected: list[int
     assert numbers == expected
 
 
+@pytest.mark.parametrize(
+    ("wanted", "data", "matches"),
+    [
+        (1, 1, True),
+        (1, 1.0, True),  # one JSON number
+        (1, True, False),  # JSON's true is not 1 (Python's True == 1)
+        (0, False, False),
+        (True, 1, False),
+        (True, True, True),
+        ([1, {"x": False}], [1.0, {"x": False}], True),
+        ([1, {"x": False}], [True, {"x": False}], False),
+        ([1, {"x": False}], [1, {"x": 0}], False),
+        ({"a": [0]}, {"a": [False]}, False),
+    ],
+)
+def test_data_equals_compares_json_values(wanted: object, data: object, matches: bool) -> None:
+    flt = EventFilter(data_equals={"k": wanted})
+    assert flt(Event(event_type="f.e", data={"k": data})) is matches
+    assert EventFilter.from_dict(flt.to_dict())(Event(event_type="f.e", data={"k": data})) is matches
+
+
 def test_predicate_filter_and_a_predicate_that_raises(bus: EventBus) -> None:
     even = Collector()
     fragile = Collector()

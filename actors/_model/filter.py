@@ -22,7 +22,8 @@ class EventFilter:
 
     Every given condition must hold: ``source`` equals, at least one of
     ``tags_any`` is among the event's tags, ``priority >= min_priority``, and
-    ``data`` is a dict whose items include every item of ``data_equals``.
+    ``data`` is a dict whose items include every item of ``data_equals``
+    (compared as JSON values: ``true`` is not ``1``, ``1`` is ``1.0``).
     ``tags_any`` takes an iterable of tags or one tag as a bare ``str``.
     Raise ``TypeError`` naming the field for a value of the wrong type
     (``min_priority="5"``, a ``data_equals`` that is not a str-keyed mapping)
@@ -69,13 +70,7 @@ class EventFilter:
         if self.min_priority is not None and event.priority < self.min_priority:
             return False
         if self.data_equals:
-            data = event.data
-            if not isinstance(data, dict):
-                return False
-            missing = object()
-            for key, value in self.data_equals.items():
-                if data.get(key, missing) != value:
-                    return False
+            return _includes(event.data, self.data_equals)
         return True
 
     def to_dict(self) -> dict[str, Any]:
@@ -104,6 +99,48 @@ class EventFilter:
 
 
 _FIELDS = frozenset({"source", "tags_any", "min_priority", "data_equals"})
+
+
+def _includes(data: Any, wanted: Mapping[str, Any]) -> bool:
+    """Return whether ``data`` is a dict holding every item of ``wanted`` (as JSON values)."""
+    if not isinstance(data, dict):
+        return False
+    missing = object()
+    for key, value in wanted.items():
+        got = data.get(key, missing)
+        if got != value:
+            return False
+        # True == 1 in Python, not in JSON: look closer where they may differ.
+        if (type(got) is not type(value) or isinstance(value, dict | list)) and not _json_equal(
+            got, value
+        ):
+            return False
+    return True
+
+
+def _json_equal(a: Any, b: Any) -> bool:
+    """Return whether ``a`` and ``b`` are the same JSON value.
+
+    Python's ``==`` holds ``True == 1`` and ``False == 0.0``; JSON's
+    ``true`` is not the number 1.  Numbers compare by value (``1 == 1.0``,
+    as every JSON decoder may read either), containers item by item.
+    """
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, dict):
+        return (
+            isinstance(b, dict)
+            and a.keys() == b.keys()
+            and all(_json_equal(v, b[k]) for k, v in a.items())
+        )
+    if isinstance(a, list | tuple):
+        return (
+            isinstance(b, list | tuple)
+            and len(a) == len(b)
+            and all(_json_equal(x, y) for x, y in zip(a, b, strict=True))
+        )
+    return bool(a == b)
+
 
 FilterLike = EventFilter | Callable[["Event"], bool]
 
