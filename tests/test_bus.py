@@ -422,7 +422,9 @@ def test_event_filter_fields(bus: EventBus, flt: EventFilter, expected: list[int
 def test_data_equals_compares_json_values(wanted: object, data: object, matches: bool) -> None:
     flt = EventFilter(data_equals={"k": wanted})
     assert flt(Event(event_type="f.e", data={"k": data})) is matches
-    assert EventFilter.from_dict(flt.to_dict())(Event(event_type="f.e", data={"k": data})) is matches
+    assert (
+        EventFilter.from_dict(flt.to_dict())(Event(event_type="f.e", data={"k": data})) is matches
+    )
 
 
 def test_predicate_filter_and_a_predicate_that_raises(bus: EventBus) -> None:

@@ -725,3 +725,30 @@ def test_close_gives_up_on_an_awaiting_async_handler_and_it_ends_on_its_own(
     finally:
         release.set()
         bus.close(timeout=WAIT)
+
+
+def test_close_reports_a_handler_still_running_for_an_unsubscribed_subscription(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # close(timeout) gives up on handlers still running and logs each at
+    # WARNING.  unsubscribe() cannot stop a running call, so the handler of
+    # a subscription removed before close may still hold a thread: close
+    # waits for it as for any handler and, at the deadline, says so
+    # (regression: it gave up in silence and returned ()).
+    release, entered = threading.Event(), threading.Event()
+    bus = EventBus(EventConfig(threads=2))
+    try:
+
+        def stuck(event: Event) -> None:
+            entered.set()
+            release.wait(WAIT)
+
+        sub = bus.subscribe("stuck.*", stuck)
+        bus.publish("stuck.x")
+        assert entered.wait(WAIT)
+        sub.unsubscribe()
+        with caplog.at_level(logging.WARNING, logger="actors.bus"):
+            assert bus.close(timeout=0.2) == ()
+        assert any("unsubscribed before close" in r.getMessage() for r in caplog.records)
+    finally:
+        release.set()

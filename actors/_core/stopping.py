@@ -127,7 +127,13 @@ def _stop(  # noqa: PLR0917 - stop_actors' arguments, passed on
     for actor in subs:
         if actor.actor_dispatcher is not core.dispatcher:
             actor.actor_dispatcher.shutdown(deadline.remaining())
-    core.dispatcher.shutdown(deadline.remaining())
+    if not core.dispatcher.shutdown(deadline.remaining()) and not running:
+        # No subscription close waited for is still running: a handler of
+        # one removed before (``unsubscribe`` cannot stop a running call).
+        logger.warning(
+            "close(): a handler of a subscription unsubscribed before close was "
+            "still running at the deadline; abandoned on its thread"
+        )
     system.shutdown(own_deadline.remaining())
     core.stop_loop()
     if settle is not None:
