@@ -64,13 +64,14 @@ from actors._model.event import (
 from actors._model.metrics import RateMeter
 from actors._model.topics import Pattern, TopicTrie
 from actors._runtime.dispatcher import DispatchedActor, FifoMailbox
+from actors._runtime.future import Latch
 from actors._runtime.mailbox import STARTED
 from actors._runtime.pool import Scheduler
 
 if TYPE_CHECKING:
     from actors._runtime.future import BusFuture
 
-__all__ = ["Latch", "RouterActor"]
+__all__ = ["RouterActor"]
 
 logger = logging.getLogger("actors.router")
 
@@ -85,26 +86,6 @@ _OFFER_EVERY = 256
 # A plan: the routes of one event type, whether any has a filter, whether any
 # is REJECT (checked before), whether any is BLOCK (marked full after).
 _Plan = tuple[tuple[Route, ...], bool, bool, bool]
-
-
-class Latch:
-    """Call ``done`` after ``count_down`` was called ``n`` times (from any threads)."""
-
-    __slots__ = ("_done", "_lock", "_n")
-
-    def __init__(self, n: int, done: Callable[[], None]) -> None:
-        self._n = n
-        self._done = done
-        self._lock = threading.Lock()
-        if n == 0:
-            done()
-
-    def count_down(self) -> None:
-        with self._lock:
-            self._n -= 1
-            fire = self._n == 0
-        if fire:
-            self._done()
 
 
 class RouterActor(DispatchedActor):
@@ -390,6 +371,10 @@ class RouterActor(DispatchedActor):
 
     def _dead_lettered(self, letter: DeadLetter) -> None:
         event = letter.event
+        if event.event_type == "$bus.deadletter":  # announcing this would feed a loop
+            self._dead_count += 1
+            self._dead.append(letter)  # kept in memory; its subscriber logged it
+            return
         announcement = self._emit(
             "$bus.deadletter",
             {

@@ -52,7 +52,7 @@ from actors._core.policies import DEFAULT_RETRY_BACKOFF, HandlerPolicy
 from actors._core.ports import SubscriberPorts
 from actors._core.publishing import Publisher
 from actors._core.ratelimit import TokenBucket
-from actors._core.router import Latch, RouterActor
+from actors._core.router import RouterActor
 from actors._core.router_reads import RouterReads
 from actors._core.routes import Route
 from actors._core.subscriber import (
@@ -76,7 +76,7 @@ from actors._model.metrics import (
 from actors._model.query import EventQuery
 from actors._model.topics import Pattern
 from actors._runtime.dispatcher import DispatchedActor, Dispatcher, FifoMailbox
-from actors._runtime.future import BusFuture
+from actors._runtime.future import BusFuture, Latch
 from actors._runtime.pool import Scheduler
 from actors._runtime.timers import Timers
 

@@ -23,7 +23,7 @@ from actors._errors import FutureTimeoutError
 
 logger = logging.getLogger("actors.future")
 
-__all__ = ["BusFuture", "FutureTimeoutError", "wrap_future"]
+__all__ = ["BusFuture", "FutureTimeoutError", "Latch", "wrap_future"]
 
 T = TypeVar("T")
 
@@ -186,3 +186,23 @@ def wrap_future(future: BusFuture[T]) -> asyncio.Future[T]:
 
     future.add_done_callback(on_done)
     return result
+
+
+class Latch:
+    """Call ``done`` after ``count_down`` was called ``n`` times (from any threads)."""
+
+    __slots__ = ("_done", "_lock", "_n")
+
+    def __init__(self, n: int, done: Callable[[], None]) -> None:
+        self._n = n
+        self._done = done
+        self._lock = threading.Lock()
+        if n == 0:
+            done()
+
+    def count_down(self) -> None:
+        with self._lock:
+            self._n -= 1
+            fire = self._n == 0
+        if fire:
+            self._done()
