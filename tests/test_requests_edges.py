@@ -21,6 +21,7 @@ from actors import (
     Event,
     EventBus,
     EventConfig,
+    InvalidPatternError,
     OverflowStrategy,
     RemoteHandlerError,
     RequestTimeoutError,
@@ -306,3 +307,12 @@ def test_a_reply_taken_from_the_table_as_the_wait_times_out_is_returned() -> Non
         gave_up.set()
         offering.join(WAIT)
     assert [r.id for r in got] == [reply.id]
+
+
+@pytest.mark.parametrize("pattern", ["$bus.*", "$bus.deadletter", "$bus.**"])
+def test_a_responder_to_reserved_types_is_refused_at_respond(bus: EventBus, pattern: str) -> None:
+    # Its replies would be reserved ('$') types, which only the bus
+    # publishes: every one would be refused, after the work was done.
+    with pytest.raises(InvalidPatternError, match="reserved"):
+        bus.respond(pattern, lambda e: "answer")
+    assert bus.subscriptions() == []

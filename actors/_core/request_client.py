@@ -29,11 +29,13 @@ from actors._errors import (
     BackpressureError,
     EventBusError,
     FutureTimeoutError,
+    InvalidPatternError,
     NoAnswerError,
     RequestTimeoutError,
 )
 from actors._model.event import Event
 from actors._model.metrics import BridgeStatistics
+from actors._model.topics import is_reserved
 from actors._runtime.dispatcher import FifoMailbox
 from actors._runtime.future import BusFuture
 
@@ -109,7 +111,16 @@ class RequestClient:
     def respond(
         self, pattern: str, fn: Callable[[Event], Any], source: str | None, options: dict[str, Any]
     ) -> Subscription:
-        """Subscribe ``fn`` as a responder (see ``EventBus.respond``)."""
+        """Subscribe ``fn`` as a responder (see ``EventBus.respond``).
+
+        ``InvalidPatternError`` for a pattern of reserved (``$``) types: a
+        reply to one would be reserved too, which only the bus publishes.
+        """
+        if isinstance(pattern, str) and is_reserved(pattern):
+            raise InvalidPatternError(
+                f"{pattern!r}: a responder cannot answer events reserved for the bus "
+                "('$' types): its replies would be reserved too"
+            )
         responder = Responder(fn, self._publish, self.requester.table, source=source)
         return self._subscribe(pattern, responder.handler, **options)
 
