@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
+from prometheus_client.parser import text_string_to_metric_families
 
 from actors import Event, EventBus, EventConfig
 from actors.cli import main
@@ -141,6 +142,24 @@ def test_stats_counts_by_type(journal: tuple[Path, uuid.UUID]) -> None:
     assert figures["by_type"]["user.login"] == 1
     assert figures["journal"] == str(path.resolve())
     assert figures["size_bytes"] > 0
+
+
+def test_stats_prometheus_escapes_event_types_in_label_values(tmp_path: Path) -> None:
+    # The Prometheus text format: a label value escapes backslash, double
+    # quote and line feed; an event type may hold the first two.
+    path = tmp_path / "journal"
+    types = ['say."hi"', "back\\slash.x", "ok.type"]
+    with EventBus(EventConfig(persistence_path=path)) as bus:
+        publish_all(bus, [Event(event_type=t, data=1) for t in types])
+    prom = run("stats", "--journal", str(path), "--prometheus")
+    assert prom.exit_code == 0, prom.stderr
+    stored = {
+        sample.labels["event_type"]: sample.value
+        for family in text_string_to_metric_families(prom.stdout)
+        for sample in family.samples
+        if sample.name == "llmspell_events_stored_events"
+    }
+    assert stored == dict.fromkeys(types, 1.0)
 
 
 def test_stats_prometheus_prints_the_journals_figures_only(

@@ -18,6 +18,7 @@ __all__ = [
     "RateMeter",
     "SUBSCRIPTION_GAUGES",
     "SubscriptionStatistics",
+    "escape_label",
     "to_prometheus",
 ]
 
@@ -240,7 +241,8 @@ SUBSCRIPTION_GAUGES = (
 )
 
 
-def _escape(value: str) -> str:
+def escape_label(value: str) -> str:
+    """Escape a Prometheus label value (backslash, double quote, line feed)."""
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
@@ -305,7 +307,7 @@ def to_prometheus(metrics: BusMetrics, *, prefix: str = "llmspell_events") -> st
         metric = f"{prefix}_subscription_{stat_name}"
         lines += [f"# HELP {metric} Per-subscription {stat_name}.", f"# TYPE {metric} gauge"]
         for s in metrics.per_subscription:
-            labels = f'id="{_escape(s.id)}",pattern="{_escape(s.pattern)}"'
+            labels = f'id="{escape_label(s.id)}",pattern="{escape_label(s.pattern)}"'
             lines.append(f"{metric}{{{labels}}} {int(getattr(s, stat_name))}")
     return "\n".join(lines) + "\n"
 

@@ -12,6 +12,7 @@ import click
 
 from actors._bus import EventBus
 from actors._model.event import Event
+from actors._model.metrics import escape_label
 from actors._model.query import EventQuery
 from actors.cli.connect import open_source
 from actors.cli.follow import JournalTail, last_sequence
@@ -185,7 +186,9 @@ def _prometheus(figures: dict[str, Any]) -> str:
     """The journal's figures as gauges (never a short-lived bus's own counters)."""
     stored = "llmspell_events_stored_events"
     lines = [f"# HELP {stored} Events in the journal, by type.", f"# TYPE {stored} gauge"]
-    lines += [f'{stored}{{event_type="{t}"}} {n}' for t, n in figures["by_type"].items()]
+    lines += [
+        f'{stored}{{event_type="{escape_label(t)}"}} {n}' for t, n in figures["by_type"].items()
+    ]
     gauges = [
         (
             "llmspell_events_journal_last_sequence",
