@@ -22,6 +22,7 @@ import pytest
 from click.testing import CliRunner
 
 from actors.cli import main
+from actors.cli.pubsub import DATA_LIMIT
 from tests._cli_support import CLI, WAIT, Running, cli, make_journal, serving, silent_endpoint
 
 pytestmark = pytest.mark.slow
@@ -320,3 +321,36 @@ def test_data_that_is_not_json_text_is_a_usage_error_before_any_connection(
         )
         assert result.exit_code == 2, (command, result.output)
         assert said in result.stderr
+
+
+def test_data_larger_than_an_event_can_carry_is_a_usage_error_read_no_further(
+    tmp_path: Path,
+) -> None:
+    """DATA from a file or stdin is read up to the frame limit and no further:
+    ``@/dev/zero`` or a runaway pipe used to be read whole, into every byte of
+    memory there was."""
+    big = tmp_path / "big.json"
+    with big.open("wb") as f:
+        f.truncate(DATA_LIMIT + 1)  # sparse: no disk taken
+    for command in ("pub", "req"):
+        for data, stdin in ((f"@{big}", None), ("-", b" " * (DATA_LIMIT + 1))):
+            result = CliRunner().invoke(
+                main, [command, "x.y", data, "--peer", silent_endpoint()], input=stdin
+            )
+            assert result.exit_code == 2, (command, data[:1], result.output)
+            assert f"more than {DATA_LIMIT} bytes" in result.stderr
+
+
+def test_data_from_a_closed_standard_input_is_a_usage_error() -> None:
+    # `llmspell-events pub x.y - <&-`: Python starts with sys.stdin None.
+    command = " ".join([*CLI, "pub", "x.y", "-", "--peer", silent_endpoint()])
+    got = subprocess.run(
+        ["sh", "-c", f"{command} <&-"],
+        capture_output=True,
+        text=True,
+        timeout=WAIT * 3,
+        check=False,
+    )
+    assert got.returncode == 2, got.stderr
+    assert "standard input is closed" in got.stderr
+    assert "Traceback" not in got.stderr

@@ -9,8 +9,10 @@ import queue
 import sys
 import time
 import uuid
+from collections.abc import Callable
+from dataclasses import fields
 from pathlib import Path
-from typing import NoReturn
+from typing import NoReturn, cast
 
 import click
 
@@ -22,6 +24,7 @@ from actors._errors import (
     NotConnectedError,
     PeerRefusedError,
 )
+from actors._model.config import NodeConfig
 from actors._model.event import Event, JsonValue
 from actors._model.query import EventQuery
 from actors._model.topics import is_reserved
@@ -70,29 +73,42 @@ def finite_float(text: str) -> float:
     return value
 
 
+DATA_LIMIT = cast("int", next(f.default for f in fields(NodeConfig) if f.name == "max_frame_bytes"))
+"""The most DATA read from ``-`` or ``@FILE``: a larger event could not be sent
+(the short-lived node's frame limit, ``NodeConfig.max_frame_bytes``)."""
+
+
+def _read_capped(read: Callable[[int], bytes], what: str) -> str:
+    """Read at most ``DATA_LIMIT`` bytes of UTF-8 text with ``read``; usage error past it."""
+    raw = read(DATA_LIMIT + 1)
+    if len(raw) > DATA_LIMIT:
+        raise click.BadParameter(
+            f"{what} holds more than {DATA_LIMIT} bytes, more than an event can carry",
+            param_hint="DATA",
+        )
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise click.BadParameter(
+            f"{what} is not UTF-8 text: {exc.reason} at byte {exc.start}", param_hint="DATA"
+        ) from exc
+
+
 def read_data(data: str | None) -> JsonValue:
     """Return DATA parsed as JSON: given inline, as ``-`` (stdin) or as ``@FILE``."""
     if data is None:
         return None
     if data == "-":
-        try:
-            text = sys.stdin.buffer.read().decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise click.BadParameter(
-                f"standard input is not UTF-8 text: {exc.reason} at byte {exc.start}",
-                param_hint="DATA",
-            ) from exc
+        if sys.stdin is None:  # started with standard input closed (<&-)
+            raise click.BadParameter("standard input is closed", param_hint="DATA")
+        text = _read_capped(sys.stdin.buffer.read, "standard input")
     elif data.startswith("@"):
         try:
-            text = Path(data[1:]).read_text(encoding="utf-8")
+            with Path(data[1:]).open("rb") as f:
+                text = _read_capped(f.read, data[1:])
         except OSError as exc:
             raise click.BadParameter(
                 f"cannot read {data[1:]}: {exc.strerror}", param_hint="DATA"
-            ) from exc
-        except UnicodeDecodeError as exc:
-            raise click.BadParameter(
-                f"{data[1:]} is not UTF-8 text: {exc.reason} at byte {exc.start}",
-                param_hint="DATA",
             ) from exc
     else:
         text = data
