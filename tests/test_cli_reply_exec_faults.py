@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from actors.cli.requests import OUTPUT_LIMIT
 from tests._cli_support import CLI, WAIT, Running, cli, silent_endpoint
 from tests._support import wait_for
 
@@ -378,3 +379,20 @@ def test_req_to_a_server_that_speaks_something_else() -> None:
     assert result.returncode == 1, result.stderr
     (line,) = result.stderr.splitlines()
     assert line.startswith(f"Error: no node answered at {endpoint} within 1 s"), line
+
+
+def test_a_command_printing_without_end_is_killed_at_the_output_limit_and_reply_goes_on(
+    hub: tuple[str, str], started: Started
+) -> None:
+    """No --exec-timeout, a command that never stops printing: what it prints is
+    read up to the largest reply and no further (it was kept whole, gigabytes),
+    then the command is killed and the requester gets EventTooLargeError."""
+    endpoint = hub[0]
+    answering = replying(started, "loud.*", "--exec", "yes", "--peer", endpoint, "--count", "2")
+    for n in (1, 2):
+        result = cli("req", f"loud.q{n}", "{}", "--peer", endpoint, "--timeout", "60")
+        assert (result.returncode, result.stdout) == (3, ""), result.stderr
+        assert error_reply(result.stderr).startswith("error EventTooLargeError: ")
+        assert f"more than {OUTPUT_LIMIT} bytes" in result.stderr
+        assert answering.line().startswith(f"answered loud.q{n} ")
+    assert answering.finish() == 0

@@ -15,6 +15,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
+import selectors
 import shlex
 import signal
 import subprocess
@@ -48,7 +50,7 @@ from actors.cli.output import (
     stop_on_signals,
     wait_until,
 )
-from actors.cli.pubsub import finite_float, read_data
+from actors.cli.pubsub import DATA_LIMIT, finite_float, read_data
 
 __all__ = ["reply", "req", "run_command"]
 
@@ -126,13 +128,16 @@ def run_command(argv: list[str], request: Event, timeout: float | None = None) -
     with child:
         try:
             # Bytes, decoded here: text mode would turn the command's CRLF into LF.
-            raw_out, raw_err = child.communicate(json.dumps(request.data).encode(), timeout=timeout)
-        except subprocess.TimeoutExpired:
+            raw_out, raw_err = _exchange(child, json.dumps(request.data).encode(), timeout)
+        except BaseException:  # past its timeout or its output limit, or reply stops
             _kill(child)
-            # Its pipes close with the group; bounded all the same (a child
-            # that left the group may still hold them).
+            # Nothing more is read (a child that left the group may go on
+            # writing): the pipes close, and the group, killed, is waited for.
+            for pipe in (child.stdin, child.stdout, child.stderr):
+                with contextlib.suppress(OSError):
+                    pipe.close()  # type: ignore[union-attr]
             with contextlib.suppress(subprocess.TimeoutExpired):
-                child.communicate(timeout=_DRAIN)
+                child.wait(timeout=_DRAIN)
             raise
         finally:
             with _RUNNING_LOCK:
@@ -148,6 +153,64 @@ def run_command(argv: list[str], request: Event, timeout: float | None = None) -
         return json.loads(out, parse_constant=_not_json, parse_float=finite_float)
     except ValueError:  # not JSON (json.JSONDecodeError), NaN / Infinity, 1e999: the text
         return out
+
+
+OUTPUT_LIMIT = DATA_LIMIT
+"""The most a command may print: past it, it is killed and the answer is an error reply."""
+
+_ERR_KEEP = 64 * 1024
+"""How much of the end of a command's stderr is kept (for the error reply's message)."""
+
+
+def _exchange(
+    child: subprocess.Popen[bytes], data: bytes, timeout: float | None
+) -> tuple[bytes, bytes]:
+    """``child.communicate(data, timeout)``, with what is kept bounded.
+
+    Stdout is kept up to ``OUTPUT_LIMIT`` bytes (more raises
+    ``EventTooLargeError``: it could not be a reply), stderr's last
+    ``_ERR_KEEP``.  Raises ``subprocess.TimeoutExpired`` past ``timeout``.
+    """
+    stdin, stdout, stderr = child.stdin, child.stdout, child.stderr
+    assert stdin is not None
+    assert stdout is not None
+    assert stderr is not None
+    deadline = None if timeout is None else time.monotonic() + timeout
+    out, err = bytearray(), bytearray()
+    pending = memoryview(data)
+    with selectors.DefaultSelector() as selector:
+        selector.register(stdin, selectors.EVENT_WRITE)
+        selector.register(stdout, selectors.EVENT_READ)
+        selector.register(stderr, selectors.EVENT_READ)
+        while selector.get_map():
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise subprocess.TimeoutExpired(child.args, timeout or 0.0)
+            for key, _ in selector.select(left):
+                pipe = key.fileobj
+                if pipe is stdin:
+                    try:
+                        pending = pending[os.write(key.fd, pending[: select.PIPE_BUF]) :]
+                    except BrokenPipeError:  # it stopped reading its input: its choice
+                        pending = pending[:0]
+                    if not pending:
+                        selector.unregister(pipe)
+                        stdin.close()
+                    continue
+                chunk = os.read(key.fd, 65536)
+                if not chunk:
+                    selector.unregister(pipe)
+                elif pipe is stdout:
+                    out += chunk
+                    if len(out) > OUTPUT_LIMIT:
+                        msg = f"the command printed more than {OUTPUT_LIMIT} bytes (too large)"
+                        raise EventTooLargeError(msg)
+                else:
+                    err += chunk
+                    del err[:-_ERR_KEEP]
+    left = None if deadline is None else max(0.0, deadline - time.monotonic())
+    child.wait(left)  # raises TimeoutExpired
+    return bytes(out), bytes(err)
 
 
 def _not_json(name: str) -> NoReturn:
