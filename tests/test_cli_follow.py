@@ -68,6 +68,23 @@ def test_a_checkpoint_survives_and_starts_empty(tmp_path: Path) -> None:
     assert Checkpoint(tmp_path / "state", "edge", "audit").load() is None
 
 
+@pytest.mark.parametrize("node", ["ABSOLUTE", "../up", "..", "a/b", "x\ny"])
+def test_a_checkpoint_stays_in_its_folder_whatever_the_node_calls_itself(
+    tmp_path: Path, node: str
+) -> None:
+    # The remote node names itself: a name with '/' or '..' once put the
+    # checkpoint (and the folders it named) outside --state-dir.
+    state = tmp_path / "state"
+    if node == "ABSOLUTE":  # under tmp_path, should a regression write there
+        node = str(tmp_path / "elsewhere" / "node")
+    point = Checkpoint(state, node, "audit")
+    point.save(7)
+    assert point.path.parent == state
+    assert [p.name for p in tmp_path.iterdir()] == ["state"]
+    assert Checkpoint(state, node, "audit").load() == 7
+    assert Checkpoint(state, "hub", "audit").load() is None
+
+
 def test_a_damaged_checkpoint_or_a_bad_name_is_refused(tmp_path: Path) -> None:
     point = Checkpoint(tmp_path, "hub", "audit")
     point.path.write_text("garbage")

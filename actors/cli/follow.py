@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -93,7 +94,8 @@ class Checkpoint:
             raise click.BadParameter(
                 f"{name!r}: use letters, digits, '_', '.', '-'", param_hint="--durable"
             )
-        self.path = folder / f"{node}.{name}.sequence"
+        # The node names itself: quoted, so that no name ('/', '..') leaves the folder.
+        self.path = folder / f"{urllib.parse.quote(node, safe='')}.{name}.sequence"
 
     def load(self) -> int | None:
         """Return the saved sequence, or None if this durable subscription is new."""
