@@ -255,3 +255,29 @@ def test_stats_of_a_sound_journal_reports_no_unreadable_record(
     assert figures["unreadable_records"] == 0
     assert "unreadable" not in run("stats", "--journal", str(path)).stdout
     assert "could not be read" not in run("query", "--journal", str(path)).stderr
+
+
+def test_control_characters_in_event_types_never_reach_the_terminal(tmp_path: Path) -> None:
+    # An event type may hold a backspace or an escape sequence (ESC c resets
+    # a terminal): query, stats and trace print it escaped, as they print a
+    # source.
+    path = tmp_path / "journal"
+    cid = uuid.uuid4()
+    forged = "ok\b\b\bFORGED.x"
+    reset = "reset\x1bc.x"
+    with EventBus(EventConfig(persistence_path=path)) as bus:
+        publish_all(
+            bus, [Event(event_type=t, data={}, correlation_id=cid) for t in (forged, reset)]
+        )
+    outputs = [
+        run("query", "--journal", str(path)),
+        run("stats", "--journal", str(path)),
+        run("trace", str(cid), "--journal", str(path)),
+    ]
+    for result in outputs:
+        assert result.exit_code == 0, result.stderr
+        assert "\x1b" not in result.stdout
+        assert "\b" not in result.stdout
+    assert "ok\\x08\\x08\\x08FORGED.x" in outputs[0].stdout
+    assert "reset\\x1bc.x" in outputs[1].stdout
+    assert "reset\\x1bc.x" in outputs[2].stdout

@@ -326,7 +326,7 @@ class Trace:
         return "\n".join(lines)
 
     def _describe(self, event: Event, base: datetime.datetime, show_data: bool) -> str:
-        parts = [f"+{_ms(event.timestamp - base):.3f} ms  {event.event_type}"]
+        parts = [f"+{_ms(event.timestamp - base):.3f} ms  {printable(event.event_type)}"]
         source = None if event.source is None else printable(event.source)
         target = None if event.target is None else printable(event.target)
         if source is not None and target is not None:

@@ -14,6 +14,7 @@ from actors._bus import EventBus
 from actors._model.event import Event
 from actors._model.metrics import escape_label
 from actors._model.query import EventQuery
+from actors._model.trace import printable
 from actors.cli.connect import open_source
 from actors.cli.follow import JournalTail, last_sequence
 from actors.cli.options import PATTERN, SEQUENCE_MAX, Source, source_options
@@ -129,7 +130,7 @@ def trace(*, correlation_id: uuid.UUID, show_data: bool, as_json: bool, source: 
         return
     say(result.render(show_data=show_data))
     origins = Counter(e.origin or "-" for e in result.events)
-    say("origins: " + ", ".join(f"{o} ({n})" for o, n in sorted(origins.items())))
+    say("origins: " + ", ".join(f"{printable(o)} ({n})" for o, n in sorted(origins.items())))
 
 
 @click.command()
@@ -213,7 +214,8 @@ def _prometheus(figures: dict[str, Any]) -> str:
 
 
 def _print_stats(figures: dict[str, Any]) -> None:
-    say(f"node {figures['node']}" if figures["node"] else f"journal {figures['journal']}")
+    node = figures["node"]
+    say(f"node {printable(node)}" if node else f"journal {figures['journal']}")
     say(f"events {figures['events']}")
     if figures["first_sequence"] is not None:
         say(f"sequences {figures['first_sequence']}..{figures['last_sequence']}")
@@ -225,4 +227,4 @@ def _print_stats(figures: dict[str, Any]) -> None:
         say(f"size {figures['size_bytes']} bytes")
     say("by type:")
     for event_type, n in sorted(figures["by_type"].items(), key=lambda item: (-item[1], item[0])):
-        say(f"  {n:>8}  {event_type}")
+        say(f"  {n:>8}  {printable(event_type)}")

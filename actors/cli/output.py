@@ -81,7 +81,8 @@ def format_event(event: Event) -> str:
     data = "" if event.data is None else " " + json_line(event.data)
     clock = event.timestamp.strftime("%H:%M:%S.%f")[:-3]
     return (
-        f"#{event.sequence} {clock} {event.origin or '-'} {event.event_type} {route}{data}"
+        f"#{event.sequence} {clock} {printable(event.origin or '-')} "
+        f"{printable(event.event_type)} {route}{data}"
     ).rstrip()
 
 

@@ -28,6 +28,7 @@ from actors._model.config import NodeConfig
 from actors._model.event import Event, JsonValue
 from actors._model.query import EventQuery
 from actors._model.topics import is_reserved
+from actors._model.trace import printable
 from actors.cli.connect import left, peer_name, remote_reads, short_lived_node
 from actors.cli.follow import Checkpoint, JournalTail, last_sequence
 from actors.cli.follow import state_dir as default_state_dir
@@ -181,10 +182,11 @@ def pub(
             if time.monotonic() - shown >= PROGRESS_EVERY or n == count:
                 note(f"published {n}/{count}")
                 shown = time.monotonic()
+    kind, node = printable(event_type), printable(published.origin or "-")
     if count == 1:
-        say(f"published {event_type} on {published.origin} {published.id}")
+        say(f"published {kind} on {node} {published.id}")
     else:
-        say(f"published {count} {event_type} on {published.origin}, the last {published.id}")
+        say(f"published {count} {kind} on {node}, the last {published.id}")
 
 
 def publish_through(bus: EventBus, name: str, event: Event, timeout: float) -> Event:
@@ -292,7 +294,7 @@ def sub(
 
 
 def _ready(pattern: str, target: str, ready_file: str | None) -> None:
-    line = f"subscribed to {pattern} at {target}"
+    line = f"subscribed to {printable(pattern)} at {printable(target)}"
     if ready_file is not None:  # first, so a script that saw the line finds the file
         path = Path(ready_file)
         scratch = path.with_name(path.name + ".tmp")

@@ -38,6 +38,7 @@ from actors._errors import (
     RequestTimeoutError,
 )
 from actors._model.event import Event
+from actors._model.trace import printable
 from actors._runtime.future import BusFuture
 from actors.cli.connect import left, peer_name, short_lived_node
 from actors.cli.options import EVENT_TYPE, PATTERN, SECONDS, Connection, connection_options
@@ -327,7 +328,7 @@ def reply(
             if not published or published[-1].exception() is not None:
                 return  # said on stderr: "reply not published: ..."
             try:
-                say(f"answered {request.event_type} {request.id}")
+                say(f"answered {printable(request.event_type)} {request.id}")
             except OSError as exc:  # raised again on the main thread, as ``sub`` raises it
                 unprintable.append(exc)
                 _STOPPING.set()  # nothing more is answered
@@ -342,7 +343,7 @@ def reply(
             fail(f"node {target!r} did not acknowledge the subscription in time")
         try:
             with ended_by_signal():  # from the line on, a signal exits 0
-                note(f"replying to {pattern} at {target}")
+                note(f"replying to {printable(pattern)} at {printable(target)}")
                 wait_until(finished)
         finally:
             _stop_commands()  # a command still running is not left behind
