@@ -50,3 +50,23 @@ def test_keygen_keeps_an_existing_pair_unless_forced(tmp_path: Path) -> None:
     assert forced.exit_code == 0, forced.stderr
     assert (tmp_path / "node.key").read_text() != before[0]
     assert stat.S_IMODE((tmp_path / "node.key_secret").stat().st_mode) == 0o600
+
+
+def test_keygen_that_cannot_write_fails_in_one_line_and_leaves_any_pair_whole(
+    tmp_path: Path,
+) -> None:
+    missing = CliRunner().invoke(main, ["keygen", "--out", str(tmp_path / "no" / "k")])
+    assert missing.exit_code == 1
+    assert missing.stderr.startswith("Error: cannot write the key pair")
+    assert len(missing.stderr.splitlines()) == 1
+    assert not (tmp_path / "no").exists()
+    # An existing pair replaced with --force, where the secret cannot be
+    # written: before, the new public key was already beside the old secret.
+    prefix = tmp_path / "k"
+    assert CliRunner().invoke(main, ["keygen", "--out", str(prefix)]).exit_code == 0
+    pair = {p.name: p.read_bytes() for p in tmp_path.glob("k.key*")}
+    (tmp_path / "k.key_secret.tmp").mkdir()  # what the secret is written to first
+    forced = CliRunner().invoke(main, ["keygen", "--out", str(prefix), "--force"])
+    assert forced.exit_code == 1
+    assert "Traceback" not in forced.output
+    assert {p.name: p.read_bytes() for p in tmp_path.glob("k.key*") if p.is_file()} == pair

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -27,10 +28,30 @@ def keygen(prefix: str | None, force: bool) -> None:
     existing = [str(p) for p in (public_path, secret_path) if p.exists()]
     if existing and not force:
         fail(f"{' and '.join(existing)} exist: keep them, or replace them with --force")
-    public_path.write_text(public.decode() + "\n")
-    secret_path.unlink(missing_ok=True)
-    secret_path.touch(mode=0o600)
-    secret_path.chmod(0o600)
-    secret_path.write_text(secret.decode() + "\n")
+    try:
+        _write_pair(public_path, public, secret_path, secret)
+    except OSError as exc:
+        fail(f"cannot write the key pair {public_path} / {secret_path}: {exc.strerror or exc}")
     say(f"public {public.decode()}")
     say(f"wrote {public_path} and {secret_path}")
+
+
+def _write_pair(public_path: Path, public: bytes, secret_path: Path, secret: bytes) -> None:
+    """Write both keys, or neither: each to a scratch file first, then both renamed.
+
+    The secret is never readable by others, not even for a moment.  Raises
+    ``OSError`` (a missing folder, a full disk) having changed nothing.
+    """
+    scratch = [public_path.with_name(public_path.name + ".tmp")]
+    scratch.append(secret_path.with_name(secret_path.name + ".tmp"))
+    try:
+        for path, key, mode in ((scratch[0], public, 0o644), (scratch[1], secret, 0o600)):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+            with os.fdopen(fd, "w") as f:
+                os.fchmod(fd, mode)  # whatever the umask, or a scratch file left before
+                f.write(key.decode() + "\n")
+        os.replace(scratch[1], secret_path)
+        os.replace(scratch[0], public_path)
+    finally:
+        for path in scratch:
+            path.unlink(missing_ok=True)
