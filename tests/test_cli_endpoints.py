@@ -59,3 +59,11 @@ def test_a_peer_name_without_a_name_and_a_key_is_a_usage_error(args: tuple[str, 
     result = cli(*args)
     assert result.returncode == 2, result.stderr
     assert "--peer-name" in result.stderr
+
+
+@pytest.mark.parametrize("port", ["65534", "65535"])
+def test_a_broker_port_without_two_ports_above_it_is_a_usage_error(port: str) -> None:
+    # A broker takes PORT, PORT+1 and PORT+2; a node PORT and PORT+1.
+    result = cli("broker", f"tcp://127.0.0.1:{port}")
+    assert result.returncode == 2, result.stderr
+    assert "leaves no room" in one_error_line(result)

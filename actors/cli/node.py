@@ -14,6 +14,7 @@ from actors._errors import BridgeError, JournalDamagedError, JournalLockedError
 from actors._model.config import EventConfig, NodeConfig
 from actors._model.event import Event
 from actors.cli.options import (
+    BROKER_LISTEN,
     ENDPOINT,
     NODE_NAME,
     PATTERN,
@@ -165,7 +166,7 @@ def _ignore(event: Event) -> None:
 
 
 @click.command()
-@click.argument("listen", type=ENDPOINT)
+@click.argument("listen", type=BROKER_LISTEN)
 @key_options
 @click.option("--authorize", multiple=True, help="public key of a node allowed in (repeatable)")
 @_PEER_NAME

@@ -88,8 +88,9 @@ class EndpointType(click.ParamType):  # type: ignore[type-arg]
 
     name = "endpoint"
 
-    def __init__(self, *, bind: bool = True) -> None:
+    def __init__(self, *, bind: bool = True, beside: int = 1) -> None:
         self.bind = bind  # an endpoint to listen on (a wildcard port is fine) or to connect to
+        self.beside = beside  # listening: the ports above PORT it takes too (a broker's: 2)
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
         text = str(value).strip()
@@ -107,10 +108,17 @@ class EndpointType(click.ParamType):  # type: ignore[type-arg]
             check_endpoint(text, "endpoint", bind=self.bind)
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
+        if self.bind and scheme == "tcp" and port != "*" and int(port) + self.beside > 65535:
+            self.fail(
+                f"{text!r}: a broker listens on PORT, PORT+1 and PORT+2: {port} leaves no room",
+                param,
+                ctx,
+            )
         return text
 
 
 ENDPOINT = EndpointType()
+BROKER_LISTEN = EndpointType(beside=2)
 PEER = EndpointType(bind=False)  # an endpoint to connect to
 
 
