@@ -6,6 +6,8 @@ Run in-process through click's runner against a real RocksDB journal.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from actors import Event, EventBus, EventConfig
 from actors.cli import main
-from tests._cli_support import make_journal
+from tests._cli_support import CLI, make_journal
 from tests._support import flip_byte, publish_all
 
 
@@ -281,3 +283,23 @@ def test_control_characters_in_event_types_never_reach_the_terminal(tmp_path: Pa
     assert "ok\\x08\\x08\\x08FORGED.x" in outputs[0].stdout
     assert "reset\\x1bc.x" in outputs[1].stdout
     assert "reset\\x1bc.x" in outputs[2].stdout
+
+
+def test_output_in_an_encoding_without_a_character_is_escaped_not_a_traceback(
+    tmp_path: Path,
+) -> None:
+    # PYTHONIOENCODING=latin-1 (or a latin-1 locale) has no euro sign.
+    path = tmp_path / "journal"
+    with EventBus(EventConfig(persistence_path=path)) as bus:
+        publish_all(bus, [Event(event_type="price.set", data={"c": "€"}, source="shop€")])
+    env = {**os.environ, "PYTHONIOENCODING": "latin-1"}
+    got = subprocess.run(
+        [*CLI, "query", "--journal", str(path)],
+        capture_output=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert got.returncode == 0, got.stderr
+    assert b"Traceback" not in got.stderr
+    assert b"shop\\u20ac" in got.stdout

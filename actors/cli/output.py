@@ -44,20 +44,29 @@ def say(line: str) -> None:
     """Print one line on stdout and flush it (scripts wait for lines).
 
     A lone surrogate outside JSON (an event type, a source) is escaped
-    (``\\ud800``): UTF-8 cannot carry it.
+    (``\\ud800``): UTF-8 cannot carry it; so is any character the output's
+    encoding lacks (``PYTHONIOENCODING=latin-1``).
     """
-    try:
-        line.encode("utf-8")
-    except UnicodeEncodeError:
-        line = line.encode("utf-8", "backslashreplace").decode("utf-8")
-    click.echo(line)
+    click.echo(_fit(line, sys.stdout))
     sys.stdout.flush()
 
 
 def note(line: str) -> None:
     """Print one line on stderr (status, progress), flushed."""
-    click.echo(line, err=True)
+    click.echo(_fit(line, sys.stderr), err=True)
     sys.stderr.flush()
+
+
+def _fit(line: str, stream: Any) -> str:
+    """Return ``line`` with what ``stream``'s encoding cannot carry escaped (``\\u20ac``)."""
+    encoding = getattr(stream, "encoding", None) or "utf-8"
+    try:
+        line.encode(encoding)
+    except UnicodeEncodeError:
+        return line.encode(encoding, "backslashreplace").decode(encoding)
+    except LookupError:  # an encoding Python does not know: leave it to the stream
+        return line
+    return line
 
 
 def json_line(value: Any) -> str:
