@@ -7,7 +7,9 @@ import re
 import click
 import pytest
 
-from actors.cli.options import ENDPOINT
+from actors import NodeConfig
+from actors._model.config import IPC_PATH_MAX
+from actors.cli.options import ENDPOINT, PEER
 from tests._cli_support import cli, one_error_line, serving
 
 
@@ -67,3 +69,31 @@ def test_a_broker_port_without_two_ports_above_it_is_a_usage_error(port: str) ->
     result = cli("broker", f"tcp://127.0.0.1:{port}")
     assert result.returncode == 2, result.stderr
     assert "leaves no room" in one_error_line(result)
+
+
+def test_an_ipc_path_past_the_systems_limit_is_refused_before_anything_starts() -> None:
+    # ZeroMQ's limit is IPC_PATH_MAX bytes; a listening node also binds
+    # PATH.pub beside it.  Before, such a path failed at bind, with zmq's
+    # own message (status 1 from the CLI).
+    def path(n: int) -> str:
+        return "ipc:///tmp/" + "x" * (n - len("/tmp/"))
+
+    ENDPOINT.convert(path(IPC_PATH_MAX - 4), None, None)
+    PEER.convert(path(IPC_PATH_MAX), None, None)
+    with pytest.raises(click.BadParameter, match="at most 103 bytes"):
+        ENDPOINT.convert(path(IPC_PATH_MAX - 3), None, None)
+    with pytest.raises(click.BadParameter, match=f"at most {IPC_PATH_MAX} bytes"):
+        PEER.convert(path(IPC_PATH_MAX + 1), None, None)
+    with pytest.raises(ValueError, match="at most 103 bytes"):
+        NodeConfig(name="n", listen=path(IPC_PATH_MAX - 3))
+    with pytest.raises(ValueError, match=f"at most {IPC_PATH_MAX} bytes"):
+        NodeConfig(name="n", listen="ipc:///tmp/n", peers=[path(IPC_PATH_MAX + 1)])
+    result = cli("pub", "a.b", "{}", "--peer", path(IPC_PATH_MAX + 1), "--timeout", "2")
+    assert result.returncode == 2, result.stderr
+
+
+def test_a_wildcard_host_to_connect_to_is_a_usage_error() -> None:
+    with pytest.raises(click.BadParameter, match="wildcard host can only be listened on"):
+        PEER.convert("tcp://*:5701", None, None)
+    result = cli("pub", "a.b", "{}", "--peer", "tcp://*:5701", "--timeout", "2")
+    assert result.returncode == 2, result.stderr

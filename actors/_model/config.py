@@ -40,6 +40,9 @@ MAX_DAYS = 999_999_999
 """The longest ``retention_days`` (``datetime.timedelta``'s own limit)."""
 MAX_THREADS = 4096
 """The most handler threads a bus may have (``threads``, ``max_threads``)."""
+IPC_PATH_MAX = 107
+"""The longest ``ipc://`` path ZeroMQ takes on Linux (``zmq.IPC_PATH_MAX_LEN``: a
+socket address's 108 bytes less the terminating NUL)."""
 
 
 def check_endpoint(endpoint: object, what: str, *, bind: bool) -> str:
@@ -63,6 +66,8 @@ def check_endpoint(endpoint: object, what: str, *, bind: bool) -> str:
         port = match["port"]
         if port == "*" and not bind:
             raise ValueError(f"{what} {endpoint!r}: a wildcard port can only be listened on")
+        if match["host"] == "*" and not bind:
+            raise ValueError(f"{what} {endpoint!r}: a wildcard host can only be listened on")
         if port != "*" and int(port) > 65535:
             raise ValueError(f"{what} {endpoint!r}: port {port} is out of range (0-65535)")
         if bind and port == "65535":
@@ -74,6 +79,14 @@ def check_endpoint(endpoint: object, what: str, *, bind: bool) -> str:
     if scheme in ("ipc", "inproc"):
         if not rest or any(c.isspace() for c in rest):
             raise ValueError(f"{what} {endpoint!r} needs a name without whitespace")
+        # A listening node binds PATH.pub beside PATH (a broker also PATH.in).
+        limit = IPC_PATH_MAX - (len(".pub") if bind else 0)
+        if scheme == "ipc" and len(rest.encode()) > limit:
+            raise ValueError(
+                f"{what} {endpoint!r}: an ipc path is at most {limit} bytes (the system's "
+                f"limit of {IPC_PATH_MAX}"
+                + (", less the '.pub' of the socket beside it)" if bind else ")")
+            )
         return endpoint
     raise ValueError(
         f"{what} {endpoint!r}: transport {scheme!r} is not supported (tcp://, ipc://, inproc://)"
