@@ -530,3 +530,15 @@ def test_a_wake_up_after_close_never_writes_to_a_reused_descriptor() -> None:
     finally:
         for fd in {r, w, old}:
             os.close(fd)
+
+
+def test_wait_for_peers_returns_false_at_its_timeout_even_a_timeout_of_zero(
+    tmp_path: Path,
+) -> None:
+    # "Returns False after timeout": its first step, a flush of the bus,
+    # let FutureTimeoutError out instead (timeout=0, or a busy router), and
+    # the CLI printed "Error: 0.0 seconds" for an unreachable --node.
+    config = NodeConfig(name="a", peers=[f"ipc://{tmp_path}/nobody"])
+    with EventBus(node=config) as bus:
+        assert bus.wait_for_peers(["hub"], timeout=0) is False
+        assert bus.wait_for_peers(["hub"], timeout=0.0) is False

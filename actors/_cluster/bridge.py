@@ -41,7 +41,7 @@ from actors._cluster.stream_io import StreamIO, WakeMailbox
 from actors._cluster.wire import CORRELATED, METRICS, PUBLISH, QUERY
 from actors._codec.events import encode_batch
 from actors._core.messages import Barrier
-from actors._errors import BridgeError, PeerRefusedError
+from actors._errors import BridgeError, FutureTimeoutError, PeerRefusedError
 from actors._model.config import NodeConfig
 from actors._model.event import Event
 from actors._model.metrics import BridgeStatistics, BusMetrics
@@ -286,7 +286,10 @@ class Bridge(StreamIO, RecoveryIO, RequestIO):
         name never syncs.  Return False after ``timeout``.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        self._local.flush(timeout)
+        try:
+            self._local.flush(timeout)
+        except FutureTimeoutError:
+            return False  # the router did not get through what came before in time
         wanted = set(names)
 
         def ready(view: BridgeView) -> bool:
@@ -296,7 +299,7 @@ class Bridge(StreamIO, RecoveryIO, RequestIO):
                 raise PeerRefusedError("; ".join(view.reasons()))
             return False
 
-        if not self.wait_view(ready, timeout):
+        if not self.wait_view(ready, None if deadline is None else deadline - time.monotonic()):
             return False
         return self._watermarks_written(deadline)
 
