@@ -542,3 +542,23 @@ def test_wait_for_peers_returns_false_at_its_timeout_even_a_timeout_of_zero(
     with EventBus(node=config) as bus:
         assert bus.wait_for_peers(["hub"], timeout=0) is False
         assert bus.wait_for_peers(["hub"], timeout=0.0) is False
+
+
+@pytest.mark.parametrize("mix", ["swapped", "another pair's secret"])
+def test_curve_keys_of_two_pairs_are_refused_at_start(tmp_path: Path, mix: str) -> None:
+    # Halves of two pairs start a node no correctly configured peer can link
+    # to, with nothing said (before): refused, as the CLI refuses them.
+    pub, sec = generate_keypair()
+    other_pub, other_sec = generate_keypair()
+    keys = (sec, pub) if mix == "swapped" else (pub, other_sec)
+    config = NodeConfig(
+        name="a",
+        listen=f"ipc://{tmp_path}/a",
+        curve_public_key=keys[0],
+        curve_secret_key=keys[1],
+        authorized_keys=[other_pub],
+    )
+    with pytest.raises(BridgeError, match="not the public half"):
+        EventBus(node=config)
+    with pytest.raises(ValueError, match="not the public half"):
+        Broker(f"ipc://{tmp_path}/b", curve_public_key=keys[0], curve_secret_key=keys[1])

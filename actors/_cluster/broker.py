@@ -44,7 +44,7 @@ import zmq
 
 from actors._cluster.endpoints import derive_endpoint, last_endpoint, reachable
 from actors._cluster.limits import cap_inbound
-from actors._cluster.security import Curve, close_context
+from actors._cluster.security import Curve, check_key_pair, close_context
 from actors._cluster.wire import (
     ANSWERED,
     CONTROL,
@@ -123,6 +123,10 @@ class Broker:
     ) -> None:
         check_endpoint(listen, "broker listen", bind=True)
         _check_settings(authorized_keys, peer_names, max_frame_bytes, route_timeout)
+        for key, what in ((curve_public_key, "public"), (curve_secret_key, "secret")):
+            if key is not None:
+                check_key(key, f"curve_{what}_key")
+        check_key_pair(curve_public_key, curve_secret_key)
         self._lock = threading.Lock()
         self.name = name
         self._max = max_frame_bytes

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import zmq
 import zmq.auth.thread
 
-__all__ = ["Curve", "close_context", "generate_keypair"]
+__all__ = ["Curve", "check_key_pair", "close_context", "generate_keypair"]
 
 
 def generate_keypair() -> tuple[bytes, bytes]:
@@ -20,10 +20,25 @@ def generate_keypair() -> tuple[bytes, bytes]:
     return public, secret
 
 
+def check_key_pair(public_key: bytes | None, secret_key: bytes | None) -> None:
+    """Raise ``ValueError`` unless both keys or neither are given, and they are one pair.
+
+    Halves of two pairs (or swapped) make a node no correctly configured
+    peer can ever link to, with nothing said: refused where they are given.
+    """
+    if (public_key is None) != (secret_key is None):
+        raise ValueError("curve_public_key and curve_secret_key go together")
+    if secret_key is not None and zmq.curve_public(secret_key) != public_key:
+        raise ValueError(
+            "curve_public_key is not the public half of curve_secret_key "
+            "(swapped, or of another pair?)"
+        )
+
+
 class Curve:
     """The CURVE settings of one context; ``allow(key)`` decides each client (ZAP thread).
 
-    Raises ``ValueError`` if only one key of the pair is given.
+    Raises ``ValueError`` unless the keys are both given, of one pair, or neither.
     """
 
     def __init__(
@@ -33,8 +48,7 @@ class Curve:
         secret_key: bytes | None,
         allow: Callable[[bytes], bool],
     ) -> None:
-        if (public_key is None) != (secret_key is None):
-            raise ValueError("curve_public_key and curve_secret_key go together")
+        check_key_pair(public_key, secret_key)
         self.public_key = public_key
         self.secret_key = secret_key
         self._allow = allow
