@@ -562,3 +562,24 @@ def test_curve_keys_of_two_pairs_are_refused_at_start(tmp_path: Path, mix: str) 
         EventBus(node=config)
     with pytest.raises(ValueError, match="not the public half"):
         Broker(f"ipc://{tmp_path}/b", curve_public_key=keys[0], curve_secret_key=keys[1])
+
+
+def test_an_ipc_path_a_live_node_listens_on_is_in_use_for_a_second(tmp_path: Path) -> None:
+    # ZeroMQ itself removes the file and binds anew: a node started twice on
+    # one path took it from the first in silence, splitting the cluster.
+    path = f"ipc://{tmp_path}/a.sock"
+    with EventBus(node=NodeConfig(name="a", listen=path)):
+        with pytest.raises(BridgeError, match="Address already in use"):
+            EventBus(node=NodeConfig(name="b", listen=path))
+        with EventBus(node=NodeConfig(name="c", peers=[path])) as client:
+            assert client.linked_nodes(WAIT) == ["a"]
+    # Gone (its files may stay): the path is free again.
+    with EventBus(node=NodeConfig(name="b", listen=path)):
+        pass
+    broker_path = f"ipc://{tmp_path}/hub.sock"
+    first = Broker(broker_path)
+    try:
+        with pytest.raises(BridgeError, match="Address already in use"):
+            Broker(broker_path)
+    finally:
+        first.close()

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 import zmq
 
 from actors._cluster.bridge_io import query_to_json
-from actors._cluster.endpoints import Link, derive_endpoint, last_endpoint
+from actors._cluster.endpoints import Link, bind, derive_endpoint, last_endpoint
 from actors._cluster.io_base import LinkState
 from actors._cluster.limits import cap_inbound
 from actors._cluster.ports import LocalNode
@@ -125,9 +125,9 @@ class Bridge(StreamIO, RecoveryIO, RequestIO):
         cap_inbound(self._router, node.max_frame_bytes)
         self._curve.server(self._router)
         if node.listen is not None:
-            self._router.bind(node.listen)
+            bind(self._router, node.listen)
             self.endpoint = last_endpoint(self._router)
-            self._xpub.bind(derive_endpoint(node.listen, 1, ".pub"))
+            bind(self._xpub, derive_endpoint(node.listen, 1, ".pub"))
             self._pub_endpoint = last_endpoint(self._xpub)
         self._sub = self._stream_socket()
         for endpoint in node.peers:

@@ -42,7 +42,7 @@ from typing import NoReturn
 
 import zmq
 
-from actors._cluster.endpoints import derive_endpoint, last_endpoint, reachable
+from actors._cluster.endpoints import bind, derive_endpoint, last_endpoint, reachable
 from actors._cluster.limits import cap_inbound
 from actors._cluster.security import Curve, check_key_pair, close_context
 from actors._cluster.wire import (
@@ -148,11 +148,11 @@ class Broker:
             # A send to a closed connection fails (EHOSTUNREACH) instead of
             # vanishing, so a request to it is answered (``_relay``).
             self._router.router_mandatory = True
-            self._router.bind(listen)
+            bind(self._router, listen)
             self._xpub = self._socket(zmq.XPUB)
-            self._xpub.bind(derive_endpoint(listen, 1, ".pub"))
+            bind(self._xpub, derive_endpoint(listen, 1, ".pub"))
             self._xsub = self._socket(zmq.XSUB)
-            self._xsub.bind(derive_endpoint(listen, 2, ".in"))
+            bind(self._xsub, derive_endpoint(listen, 2, ".in"))
             self._control = self._ctx.socket(zmq.PAIR)
             self._control.bind(f"inproc://broker-control-{id(self):x}")
             self._stop = self._ctx.socket(zmq.PAIR)

@@ -1,4 +1,4 @@
-"""Endpoints and the peers behind them: plain data, no sockets.
+"""Endpoints and the peers behind them: plain data, no sockets (but a probe).
 
 Endpoints are checked when ``NodeConfig`` is built (``check_endpoint``);
 here they are derived (the stream socket beside ``listen``) and resolved
@@ -7,13 +7,15 @@ here they are derived (the stream socket beside ``listen``) and resolved
 
 from __future__ import annotations
 
+import errno
 import re
+import socket
 from dataclasses import dataclass
 from typing import Any
 
 import zmq
 
-__all__ = ["Link", "Peer", "derive_endpoint", "last_endpoint", "reachable"]
+__all__ = ["Link", "Peer", "bind", "derive_endpoint", "last_endpoint", "reachable"]
 
 _TCP = re.compile(r"^tcp://(?P<host>.*):(?P<port>\*|[0-9]+)$")
 _ANY_HOST = {"0.0.0.0", "*", "::", "[::]"}  # noqa: S104 - recognised, never bound here
@@ -37,6 +39,30 @@ def derive_endpoint(listen: str, offset: int, suffix: str) -> str:
     if listen.startswith(("ipc://", "inproc://")):
         return listen + suffix
     raise ValueError(f"unsupported endpoint {listen!r} (tcp://, ipc:// or inproc://)")
+
+
+def bind(sock: zmq.Socket[bytes], endpoint: str) -> None:
+    """``sock.bind(endpoint)``, refusing an ``ipc://`` path a live socket listens on.
+
+    ZeroMQ removes the file at an ipc path and binds anew, whoever listens
+    there: a node or broker started twice on one path would take it from
+    the first in silence (peers linked already staying with that one).  A
+    path nothing answers on (a file left by a process that died) is taken
+    over.  Raises ``zmq.ZMQError`` (``EADDRINUSE``), as a TCP port in use does.
+    """
+    path = endpoint.removeprefix("ipc://")
+    if path != endpoint and not path.startswith("@"):  # not the abstract namespace
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        probe.settimeout(1.0)
+        try:
+            probe.connect(path)
+        except OSError:
+            pass  # nothing listens there
+        else:
+            raise zmq.ZMQError(errno.EADDRINUSE)
+        finally:
+            probe.close()
+    sock.bind(endpoint)
 
 
 def reachable(advertised: str, via: str | None) -> str:
