@@ -349,7 +349,8 @@ def test_closing_a_node_while_publish_remote_waits_fails_it_promptly(
         caller.join(WAIT)
         assert not caller.is_alive(), "publish_remote still waits after its bus closed"
         assert outcome, "publish_remote returned nothing"
-        assert isinstance(outcome[0], BusClosedError | NoAnswerError), outcome
+        # Not NoAnswerError, which says a retry is safe: the bus is closed.
+        assert isinstance(outcome[0], BusClosedError), outcome
     finally:
         gate.release.set()
 

@@ -45,6 +45,7 @@ from actors._cluster.wire import (
 from actors._codec.events import encode_batch
 from actors._errors import (
     BridgeError,
+    BusClosedError,
     EventTooLargeError,
     NoAnswerError,
     NotConnectedError,
@@ -429,7 +430,9 @@ class RequestIO(BridgeBase):
                 return
             self._asks.pop(rid, None)
             self._resent.discard(rid)
-            if reply is None:
+            if reply is None and self._stopping:  # the bus closes: no answer can come now
+                future.set_exception(BusClosedError(f"the bus closed before {name!r} answered"))
+            elif reply is None:
                 self._unanswered(name)
                 future.set_exception(NoAnswerError(f"node {name!r} did not answer in time"))
             elif reply.kind == ERROR and reply.sender != name:
