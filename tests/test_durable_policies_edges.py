@@ -18,11 +18,13 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from actors import (
+    BackpressureError,
     Event,
     EventBus,
     EventConfig,
@@ -720,3 +722,49 @@ def test_close_during_async_backoff_figures_match_the_journal(
     bus = journal_bus()
     letters = bus.dead_letters()
     assert len(letters) == stats.dead_letters, (describe(stats), letters)
+
+
+@pytest.mark.parametrize("overflow", ["drop_oldest", "drop_newest"])
+def test_a_durable_subscription_that_would_drop_is_refused(tmp_path: Path, overflow: str) -> None:
+    with EventBus(EventConfig(persistence_path=tmp_path / "j")) as bus:
+        with pytest.raises(ValueError, match="cannot drop events"):
+            bus.subscribe("job.*", lambda e: None, durable="w", overflow=overflow)
+        assert bus.subscriptions() == []
+
+
+def test_a_full_durable_subscription_holds_publishers_back_and_skips_nothing(
+    tmp_path: Path,
+) -> None:
+    # docs/persistence.md: at least once, none skipped.  Regression: with the
+    # bus's default overflow (drop_oldest) its mailbox dropped events and its
+    # checkpoint moved past them, so no restart delivered them.
+    path = tmp_path / "j"
+    gate, entered = threading.Event(), threading.Event()
+    handled: list[int] = []
+
+    def slow(event: Event) -> None:
+        entered.set()
+        assert gate.wait(WAIT)
+        handled.append(event.data)
+
+    published: list[int] = []
+    with EventBus(EventConfig(persistence_path=path, block_timeout=0.2)) as bus:
+        bus.subscribe("job.*", slow, durable="w", capacity=2)
+        bus.publish("job.run", 0).get(timeout=WAIT)
+        published.append(0)
+        assert entered.wait(WAIT)
+        refused = 0
+        for i in range(1, 8):
+            try:
+                bus.publish("job.run", i).get(timeout=WAIT)
+            except BackpressureError:
+                refused += 1  # never published: nothing to skip
+            else:
+                published.append(i)
+        assert refused > 0
+        gate.set()
+        bus.flush(WAIT)
+    with EventBus(EventConfig(persistence_path=path)) as bus:
+        bus.subscribe("job.*", lambda e: handled.append(e.data), durable="w")
+        bus.flush(WAIT)
+    assert sorted(set(handled)) == published

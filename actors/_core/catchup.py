@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from actors._core.messages import HistoryRead, Joined
 from actors._core.routes import Route, accepts
+from actors._model.config import OverflowStrategy
 from actors._model.topics import Pattern
 from actors._runtime.future import BusFuture
 
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
     from actors._model.event import Event
     from actors._runtime.mailbox import EventMailbox
 
-__all__ = ["CatchUp"]
+__all__ = ["CatchUp", "durable_overflow"]
 
 logger = logging.getLogger("actors.subscriber")
 
@@ -214,3 +215,19 @@ class CatchUp:
             self.position = sequence + 1
         if self.durable is not None:
             self._save(self.durable, sequence)
+
+
+def durable_overflow(given: object, strategy: OverflowStrategy) -> OverflowStrategy:
+    """The overflow of a durable subscription: ``BLOCK`` unless given, and never a drop.
+
+    A dropped event is one its checkpoint would move past: the restart would
+    not deliver it, though the journal holds it (docs/persistence.md).
+    """
+    if given is None:
+        return OverflowStrategy.BLOCK
+    if strategy in (OverflowStrategy.DROP_OLDEST, OverflowStrategy.DROP_NEWEST):
+        raise ValueError(
+            f"a durable subscription cannot drop events (overflow={strategy.value!r}): its "
+            "checkpoint would move past them; use 'block' (the default) or 'reject'"
+        )
+    return strategy

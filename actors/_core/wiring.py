@@ -31,7 +31,7 @@ import pykka
 
 from actors._core.background import BackgroundLoop, subscribing_loop
 from actors._core.backpressure import BlockGuard
-from actors._core.catchup import CatchUp
+from actors._core.catchup import CatchUp, durable_overflow
 from actors._core.correlator import CorrelationActor
 from actors._core.messages import (
     CorrelatedEvents,
@@ -222,6 +222,8 @@ class Core:
             raise TypeError(f"from_sequence must be an int, not {type(from_sequence).__name__}")
         if durable is not None and (not isinstance(durable, str) or not durable):
             raise TypeError(f"durable must be a non-empty str, not {durable!r}")
+        if durable is not None:  # its checkpoint would pass what it dropped: never drop
+            strategy = durable_overflow(overflow, strategy)
         if not isinstance(dedicated_thread, bool):
             raise TypeError("dedicated_thread must be a bool")
         check_policy(timeout, retry_backoff, retries)
