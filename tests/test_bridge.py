@@ -217,8 +217,9 @@ def test_garbage_frames_are_dropped_and_the_node_keeps_running(
 
 
 def test_a_missing_peer_key_fails_the_start_cleanly(nodes: Callable[..., EventBus]) -> None:
+    pub, sec = generate_keypair()
     with pytest.raises(BridgeError, match="no public key for peer ipc://z"):
-        nodes("k", curve_public_key=b"x" * 40, curve_secret_key=b"y" * 40, peers=("ipc://z",))
+        nodes("k", curve_public_key=pub, curve_secret_key=sec, peers=("ipc://z",))
 
 
 def test_nodes_meet_through_a_broker(tmp_path: Path, nodes: Callable[..., EventBus]) -> None:

@@ -501,7 +501,7 @@ SERVE = ("serve", "--name", "x", "--listen")
     ("args", "status", "says"),
     [
         ((*SERVE, "ipc:///no/such/folder/n.sock"), 1, "n.sock"),
-        ((*SERVE, "ipc:///tmp/" + "l" * 200), 1, "107"),
+        ((*SERVE, "ipc:///tmp/" + "l" * 200), 2, "107"),  # checked before anything starts
         ((*SERVE, "tcp://127.0.0.1:65536"), 2, "--listen"),
         ((*SERVE, "tcp://127.0.0.1:-1"), 2, "--listen"),
         ((*SERVE, "tcp://127.0.0.1:0", "--peer", "tcp://127.0.0.1:*"), 2, "--peer"),
@@ -528,15 +528,21 @@ def test_a_hostile_argument_is_one_line_and_no_hang(
     assert says in line, line
 
 
-def test_data_too_large_for_an_event_is_one_line(tmp_path: Path) -> None:
-    # docs/cli.md: `@FILE` "for data too large for an argument"; what a node cannot
+@pytest.mark.parametrize(
+    ("size", "status"),
+    [(17 * 1024 * 1024, 2), (16 * 1024 * 1024 - 1024, 1)],
+    ids=["past-what-is-read", "past-the-frame"],
+)
+def test_data_too_large_for_an_event_is_one_line(tmp_path: Path, size: int, status: int) -> None:
+    # docs/cli.md: `@FILE` "for data too large for an argument"; a file past the
+    # frame limit is not read further (a usage error, 2), and what a node cannot
     # send fails in one line (status 1), without a traceback.
     big = tmp_path / "big.json"
-    big.write_text(json.dumps({"x": "a" * (17 * 1024 * 1024)}))
+    big.write_text(json.dumps({"x": "a" * size}))
     with serving("--name", "big") as (_node, peer):
         for command in ("pub", "req"):
             result = cli(command, "big.e", f"@{big}", "--peer", peer, "--timeout", "30")
-            assert "bytes" in one_line_error(result, 1)
+            assert "bytes" in one_line_error(result, status)
             assert result.stdout == ""
 
 
