@@ -58,7 +58,12 @@ from actors._cluster.wire import (
     encode_request,
 )
 from actors._errors import BridgeError
-from actors._model.config import MIN_FRAME_BYTES, check_endpoint, check_key
+from actors._model.config import (
+    DEFAULT_MAX_FRAME_BYTES,
+    MIN_FRAME_BYTES,
+    check_endpoint,
+    check_key,
+)
 
 __all__ = ["Broker", "main"]
 
@@ -69,12 +74,17 @@ FORGET_AFTER = 10
 
 
 def _check_settings(
+    keys: tuple[bytes | None, bytes | None],
     authorized_keys: Sequence[bytes],
     peer_names: Mapping[str, bytes] | None,
     max_frame_bytes: int,
     route_timeout: float,
 ) -> None:
     """Raise ``TypeError``/``ValueError`` for a broker setting that cannot work."""
+    for key, half in zip(keys, ("public", "secret"), strict=True):
+        if key is not None:
+            check_key(key, f"curve_{half}_key")
+    check_key_pair(*keys)
     for key in authorized_keys:
         check_key(key, "each of authorized_keys")
     for name, key in (peer_names or {}).items():
@@ -117,16 +127,18 @@ class Broker:
         curve_public_key: bytes | None = None,
         curve_secret_key: bytes | None = None,
         authorized_keys: Sequence[bytes] = (),
-        max_frame_bytes: int = 16 * 1024 * 1024,
+        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
         peer_names: Mapping[str, bytes] | None = None,
         route_timeout: float = 30.0,
     ) -> None:
         check_endpoint(listen, "broker listen", bind=True)
-        _check_settings(authorized_keys, peer_names, max_frame_bytes, route_timeout)
-        for key, what in ((curve_public_key, "public"), (curve_secret_key, "secret")):
-            if key is not None:
-                check_key(key, f"curve_{what}_key")
-        check_key_pair(curve_public_key, curve_secret_key)
+        _check_settings(
+            (curve_public_key, curve_secret_key),
+            authorized_keys,
+            peer_names,
+            max_frame_bytes,
+            route_timeout,
+        )
         self._lock = threading.Lock()
         self.name = name
         self._max = max_frame_bytes

@@ -27,6 +27,7 @@ from collections.abc import Iterable, Sequence
 from actors._cluster.limits import FRAME_OVERHEAD
 from actors._cluster.wire import encode_data_payload
 from actors._codec.events import chunk_of
+from actors._model.config import DEFAULT_MAX_FRAME_BYTES
 from actors._model.event import Event
 from actors._model.patterns import MAX_EVENT_TYPE_LENGTH
 
@@ -66,7 +67,7 @@ class Outbound:
         epoch: int,
         batch_size: int,
         ring_size: int,
-        max_frame_bytes: int = 16 * 1024 * 1024,
+        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
     ) -> None:
         self.origin = origin
         self.epoch = epoch

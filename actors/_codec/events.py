@@ -60,6 +60,7 @@ __all__ = [
     "encode_event",
     "encode_shared",
     "event_to_message",
+    "finite_float",
     "message_to_event",
     "restamp_in_place",
     "restamp_wire",
@@ -110,14 +111,16 @@ else:  # pragma: no cover - interpreters without the C accelerator
     ).encode
 
 
-def _finite_float(text: str) -> float:
+def finite_float(text: str) -> float:
+    """Read a JSON number as a float; ``ValueError`` for one past the float range (``1e999``,
+    which Python's json reads as infinity and no event's data can hold)."""
     value = float(text)
     if value - value != 0.0:  # inf: a literal like 1e999
-        raise ValueError(f"{text} is not a finite number")
+        raise ValueError(f"{text} is out of the range of a finite number")
     return value
 
 
-_decoder = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
+_decoder = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=finite_float)
 # Shorter JSON text cannot nest MAX_DATA_DEPTH deep nor hold an int past the
 # model's limit, and floats are finite by the hook above: it needs no check.
 _UNCHECKED_BELOW = 2 * MAX_DATA_DEPTH

@@ -83,6 +83,8 @@ _PLAN_CACHE_LIMIT = 100_000
 # publishes (256 messages) plus 511 events of batches (``_offer_pending``).
 _OFFER_EVERY = 256
 
+_DEAD_LETTER = "$bus.deadletter"  # the journal reads them by this type (DEAD_LETTER_TYPE)
+
 # A plan: the routes of one event type, whether any has a filter, whether any
 # is REJECT (checked before), whether any is BLOCK (marked full after).
 _Plan = tuple[tuple[Route, ...], bool, bool, bool]
@@ -371,12 +373,12 @@ class RouterActor(DispatchedActor):
 
     def _dead_lettered(self, letter: DeadLetter) -> None:
         event = letter.event
-        if event.event_type == "$bus.deadletter":  # announcing this would feed a loop
+        if event.event_type == _DEAD_LETTER:  # announcing this would feed a loop
             self._dead_count += 1
             self._dead.append(letter)  # kept in memory; its subscriber logged it
             return
         announcement = self._emit(
-            "$bus.deadletter",
+            _DEAD_LETTER,
             {
                 "subscription": letter.subscription_id,
                 "pattern": letter.pattern,

@@ -40,6 +40,8 @@ MAX_DAYS = 999_999_999
 """The longest ``retention_days`` (``datetime.timedelta``'s own limit)."""
 MAX_THREADS = 4096
 """The most handler threads a bus may have (``threads``, ``max_threads``)."""
+DEFAULT_MAX_FRAME_BYTES = 16 * 1024 * 1024
+"""The largest frame a node or broker sends or accepts unless configured (16 MiB)."""
 IPC_PATH_MAX = 107
 """The longest ``ipc://`` path ZeroMQ takes on Linux (``zmq.IPC_PATH_MAX_LEN``: a
 socket address's 108 bytes less the terminating NUL)."""
@@ -232,7 +234,7 @@ class NodeConfig:
     heartbeat_interval: float = 1.0
     heartbeat_timeout: float = 5.0
     batch_size: int = 256
-    max_frame_bytes: int = 16 * 1024 * 1024
+    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
     recovery_ring: int = 100_000
     send_hwm: int = 10_000
     receive_hwm: int = 10_000

@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import queue
 import sys
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import fields
 from pathlib import Path
-from typing import NoReturn, cast
+from typing import NoReturn
 
 import click
 
 from actors._bus import EventBus
+from actors._codec.events import finite_float
 from actors._errors import (
     BridgeError,
     InvalidEventError,
@@ -24,7 +23,7 @@ from actors._errors import (
     NotConnectedError,
     PeerRefusedError,
 )
-from actors._model.config import NodeConfig
+from actors._model.config import DEFAULT_MAX_FRAME_BYTES
 from actors._model.event import Event, JsonValue
 from actors._model.query import EventQuery
 from actors._model.topics import is_reserved
@@ -58,23 +57,21 @@ RETRY = 5.0  # seconds to wait for a node's answer before asking again
 PROGRESS_EVERY = 0.2  # seconds between progress lines of `pub --count`
 
 
-def _no_constant(name: str) -> NoReturn:
+def _not_json(name: str) -> NoReturn:
     """Refuse ``NaN``, ``Infinity`` and ``-Infinity``: Python's json reads them, JSON has none."""
-    raise click.BadParameter(f"not JSON: {name} is not a JSON value", param_hint="DATA")
+    raise ValueError(f"{name} is not a JSON value")
 
 
-def finite_float(text: str) -> float:
-    """Read a JSON number as a float; ``ValueError`` for one past the float range (``1e999``).
+def loads_json(text: str) -> JsonValue:
+    """``json.loads`` refusing, with ``ValueError``, what JSON does not have.
 
-    Python's json would read it as ``inf``, which no event's data can hold.
+    That is ``NaN`` and ``Infinity``, and numbers past the float range (``1e999``).
     """
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"{text} is out of the range of a finite number")
+    value: JsonValue = json.loads(text, parse_constant=_not_json, parse_float=finite_float)
     return value
 
 
-DATA_LIMIT = cast("int", next(f.default for f in fields(NodeConfig) if f.name == "max_frame_bytes"))
+DATA_LIMIT = DEFAULT_MAX_FRAME_BYTES
 """The most DATA read from ``-`` or ``@FILE``: a larger event could not be sent
 (the short-lived node's frame limit, ``NodeConfig.max_frame_bytes``)."""
 
@@ -114,11 +111,9 @@ def read_data(data: str | None) -> JsonValue:
     else:
         text = data
     try:
-        value: JsonValue = json.loads(text, parse_constant=_no_constant, parse_float=finite_float)
-    except json.JSONDecodeError as exc:
+        value = loads_json(text)
+    except ValueError as exc:  # json.JSONDecodeError too
         raise click.BadParameter(f"not JSON: {exc}", param_hint="DATA") from exc
-    except ValueError as exc:  # finite_float's
-        raise click.BadParameter(f"not JSON data: {exc}", param_hint="DATA") from exc
     except RecursionError:
         raise click.BadParameter("nested too deep to be event data", param_hint="DATA") from None
     return value

@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 
@@ -51,7 +51,7 @@ from actors.cli.output import (
     stop_on_signals,
     wait_until,
 )
-from actors.cli.pubsub import DATA_LIMIT, finite_float, read_data
+from actors.cli.pubsub import DATA_LIMIT, loads_json, read_data
 
 __all__ = ["reply", "req", "run_command"]
 
@@ -151,7 +151,7 @@ def run_command(argv: list[str], request: Event, timeout: float | None = None) -
     if not out:
         return None
     try:
-        return json.loads(out, parse_constant=_not_json, parse_float=finite_float)
+        return loads_json(out)
     except ValueError:  # not JSON (json.JSONDecodeError), NaN / Infinity, 1e999: the text
         return out
 
@@ -212,11 +212,6 @@ def _exchange(
     left = None if deadline is None else max(0.0, deadline - time.monotonic())
     child.wait(left)  # raises TimeoutExpired
     return bytes(out), bytes(err)
-
-
-def _not_json(name: str) -> NoReturn:
-    """Refuse ``NaN``, ``Infinity`` and ``-Infinity``: Python's json reads them, JSON has none."""
-    raise ValueError(f"{name} is not a JSON value")
 
 
 _DRAIN = 5.0
