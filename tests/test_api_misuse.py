@@ -10,6 +10,7 @@ buses (a real RocksDB journal in ``tmp_path`` where one is needed).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import copy
 import json
@@ -379,6 +380,36 @@ def test_a_handler_raising_a_base_exception_is_a_dead_letter_and_the_bus_goes_on
     letters = bus.dead_letters()
     assert [d.event.data for d in letters] == [0]
     assert not bus.closed
+
+
+@pytest.mark.parametrize("kind", [KeyboardInterrupt, SystemExit])
+def test_an_async_handler_awaiting_a_task_that_raises_a_base_exception_strands_nothing(
+    bus: EventBus, kind: type[BaseException]
+) -> None:
+    # asyncio lets a task's SystemExit or KeyboardInterrupt out of the loop's
+    # run_forever: the bus's own loop must go on with every other handler.
+    other: list[int] = []
+
+    async def library_call() -> None:
+        raise kind("raised inside a task")
+
+    async def handler(event: Event) -> None:
+        await asyncio.wait_for(library_call(), timeout=WAIT)
+
+    async def unrelated(event: Event) -> None:
+        other.append(event.data)
+
+    failing = bus.subscribe("job.run", handler)
+    bus.subscribe("audit.*", unrelated)
+    bus.publish("job.run", 1).get(timeout=WAIT)
+    bus.flush(WAIT)
+    bus.publish("audit.log", 2).get(timeout=WAIT)
+    bus.publish("job.run", 3).get(timeout=WAIT)
+    bus.flush(WAIT)
+    assert other == [2]
+    stats = failing.statistics()
+    assert (stats.errors, stats.dead_letters, stats.in_flight) == (2, 2, 0)
+    assert [d.event.data for d in bus.dead_letters()] == [1, 3]
 
 
 def test_handlers_and_filters_with_hostile_eq_and_hash_are_usable(bus: EventBus) -> None:

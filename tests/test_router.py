@@ -270,14 +270,17 @@ def test_many_short_batches_in_one_turn_are_offered_in_short_runs(rig: Rig) -> N
     assert lane.dropped == 0
 
 
+@pytest.mark.parametrize("raised", [RuntimeError, SystemExit, KeyboardInterrupt])
 def test_publish_futures_resolve_in_sequence_order_and_a_raising_callback_stops_none(
-    rig: Rig,
+    rig: Rig, raised: type[BaseException]
 ) -> None:
+    # Whatever a callback raises on the router's thread, SystemExit and
+    # KeyboardInterrupt included, the turn goes on and later publishes resolve.
     rig.subscribe("s-a", "a.*", OverflowStrategy.DROP_OLDEST)
     resolved: list[Any] = []
 
     def boom(_: BusFuture[Event]) -> None:
-        raise RuntimeError("callback failed")
+        raise raised("callback failed")
 
     release = _hold(rig)
     first = rig.publish("a.x", 1)  # routed to a lane: offered at the end of the turn
@@ -290,6 +293,7 @@ def test_publish_futures_resolve_in_sequence_order_and_a_raising_callback_stops_
     release.set()
     assert third.get(WAIT).data == 3
     assert resolved == [1, 2, 3]
+    assert rig.publish("a.x", 4).get(WAIT).data == 4
 
 
 def test_a_refused_publish_resolves_after_the_accepted_ones_published_before_it(

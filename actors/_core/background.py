@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import logging
 import threading
 
 __all__ = ["BackgroundLoop", "subscribing_loop"]
+
+logger = logging.getLogger("actors.subscriber")
 
 subscribing_loop: contextvars.ContextVar[asyncio.AbstractEventLoop | None] = contextvars.ContextVar(
     "subscribing_loop", default=None
@@ -33,6 +36,25 @@ def _stop_when_idle(loop: asyncio.AbstractEventLoop) -> None:
     gathered.add_done_callback(lambda _: loop.stop())
 
 
+def _run_until_stopped(loop: asyncio.AbstractEventLoop) -> None:
+    """Run ``loop`` until it is stopped, whatever a task on it raises.
+
+    asyncio lets a task's ``SystemExit`` or ``KeyboardInterrupt`` out of
+    ``run_forever`` (a handler awaiting a task that raised one, say).  On
+    this thread neither is the process being asked to stop: the task has
+    failed (whoever awaits it sees that), and the loop goes on with every
+    other handler's work, as ``docs/architecture.md`` promises for whatever
+    a handler raises.
+    """
+    while True:
+        try:
+            loop.run_forever()
+        except BaseException as exc:  # see the docstring
+            logger.error("a task on the bus's event loop raised %r; the loop goes on", exc)
+            continue
+        return
+
+
 class BackgroundLoop:
     """One event loop on a daemon thread, started on first use; thread-safe."""
 
@@ -50,7 +72,7 @@ class BackgroundLoop:
                 def run() -> None:
                     asyncio.set_event_loop(loop)
                     loop.call_soon(ready.set)
-                    loop.run_forever()
+                    _run_until_stopped(loop)
                     loop.close()
 
                 threading.Thread(target=run, name="bus-async", daemon=True).start()

@@ -125,7 +125,13 @@ class BusFuture(pykka.Future[T], Generic[T]):
                 self._callbacks.append(fn)
                 fn = None  # type: ignore[assignment]
         if fn is not None:
-            self._call(fn)
+            # Done already: the caller's own thread runs it, and only an
+            # ``Exception`` is caught, as concurrent.futures does; Ctrl-C
+            # there is the caller's to receive.
+            try:
+                fn(self)
+            except Exception:
+                logger.exception("a done callback of a bus future failed")
         elif self._done:
             # Completed while we appended: whoever takes the list runs it.
             self._run_callbacks()
@@ -153,12 +159,15 @@ class BusFuture(pykka.Future[T], Generic[T]):
                 self._call(fn)
 
     def _call(self, fn: Callable[[BusFuture[T]], None]) -> None:
-        # As concurrent.futures does: a callback that raises is logged, and
-        # neither the other callbacks nor whoever completed the future (the
-        # router, the journal: one of the bus's own threads) pay for it.
+        # A callback that raises is logged, and neither the other callbacks
+        # nor whoever completed the future (the router, the journal: one of
+        # the bus's own threads) pay for it.  Whatever it raises: as for a
+        # handler, a ``SystemExit`` or ``KeyboardInterrupt`` on a bus thread
+        # is not the process being asked to stop, and letting it out would
+        # end the router's turn and strand every later publish.
         try:
             fn(self)
-        except Exception:
+        except BaseException:
             logger.exception("a done callback of a bus future failed")
 
 
