@@ -97,6 +97,49 @@ def test_a_batch_handed_to_a_loop_that_closes_before_running_it_is_given_up() ->
         bus.close(timeout=2)
 
 
+# A batch that ends in the very iteration after which its loop stops (the
+# handler's loop is stopped and closed by its owner, as asyncio.run's shutdown
+# can do mid-batch): the callback passing "finished" back was scheduled on the
+# loop and never runs.  The subscription must still see the batch as over, and
+# the events after it are given up, not queued for ever.
+def test_a_batch_that_ends_as_its_loop_stops_leaves_nothing_stuck_behind_it() -> None:
+    bus = EventBus(EventConfig(handler_retries=0))
+    loop = asyncio.new_event_loop()
+    runner = threading.Thread(target=loop.run_forever)
+    runner.start()
+    try:
+        ran: list[Any] = []
+
+        async def handler(event: Event) -> None:
+            ran.append(event.data)
+            if event.data == "last":
+                asyncio.get_running_loop().stop()  # its owner stops it in this iteration
+
+        async def subscribe() -> Subscription:
+            return bus.subscribe("x.*", handler)
+
+        sub = asyncio.run_coroutine_threadsafe(subscribe(), loop).result(GUARD)
+        bus.publish("x.y", "last").get(timeout=GUARD)
+        runner.join(GUARD)
+        assert not runner.is_alive()
+        loop.close()
+        for i in range(5):
+            bus.publish("x.y", i).get(timeout=GUARD)
+        bus.flush(timeout=GUARD)
+        assert ran == ["last"]
+        assert wait_for(lambda: settled(sub), GUARD), sub.statistics()
+        stats = sub.statistics()
+        assert (stats.delivered, stats.dead_letters, stats.queued) == (1, 5, 0)
+        assert_adds_up(sub)
+    finally:
+        if runner.is_alive():
+            loop.call_soon_threadsafe(loop.stop)
+            runner.join(GUARD)
+        if not loop.is_closed():
+            loop.close()
+        bus.close(timeout=2)
+
+
 # -- readers cancelled, readers that leave ---------------------------------------------------
 
 

@@ -184,9 +184,18 @@ class SubscriberActor(HandlerRuns, DispatchedActor):
     def _drain(self, throughput: int) -> None:
         if self._inflight:
             state, loop = self._async, self._loop
-            if state is None or state.done or loop is None or not loop.is_closed():
+            if state is None or loop is None or not loop.is_closed():
                 return
-            self._orphaned(state)  # its loop closed with it unfinished: nothing will run it
+            if not state.done:
+                self._orphaned(state)  # its loop closed with it unfinished: nothing will run it
+            elif state.future is None or state.future.done():
+                return  # ended, and the news is on its way (_async_done)
+            else:
+                # It ended in the loop's last iteration: the callback passing
+                # that on was scheduled on the loop and never ran.
+                self._async = None
+                self._inflight = False
+                self.actor_inbox.check_barriers()
         if self._run is not None and not self._resume():
             return
         catchup = self.catchup
