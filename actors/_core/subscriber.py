@@ -182,20 +182,8 @@ class SubscriberActor(HandlerRuns, DispatchedActor):
         return self._inflight or self._run is not None
 
     def _drain(self, throughput: int) -> None:
-        if self._inflight:
-            state, loop = self._async, self._loop
-            if state is None or loop is None or not loop.is_closed():
-                return
-            if not state.done:
-                self._orphaned(state)  # its loop closed with it unfinished: nothing will run it
-            elif state.future is None or state.future.done():
-                return  # ended, and the news is on its way (_async_done)
-            else:
-                # It ended in the loop's last iteration: the callback passing
-                # that on was scheduled on the loop and never ran.
-                self._async = None
-                self._inflight = False
-                self.actor_inbox.check_barriers()
+        if self._inflight and self._async_still_out():
+            return
         if self._run is not None and not self._resume():
             return
         catchup = self.catchup
@@ -230,6 +218,23 @@ class SubscriberActor(HandlerRuns, DispatchedActor):
             mailbox.finished_by_owner += len(skipped)
             batch = batch[len(skipped) :]
         self._deliver(batch, history=False)
+
+    def _async_still_out(self) -> bool:
+        """Whether the batch on the loop is still out; settle it if its loop closed."""
+        state, loop = self._async, self._loop
+        if state is None or loop is None or not loop.is_closed():
+            return True
+        if not state.done:
+            self._orphaned(state)  # its loop closed with it unfinished: nothing will run it
+            return False
+        if state.future is None or state.future.done():
+            return True  # ended, and the news is on its way (_async_done)
+        # It ended in the loop's last iteration: the callback passing that on
+        # was scheduled on the loop and never ran.
+        self._async = None
+        self._inflight = False
+        self.actor_inbox.check_barriers()
+        return False
 
     def _deliver(self, batch: Batch, *, history: bool) -> None:
         if not batch:
