@@ -348,8 +348,24 @@ class AsyncEventBus:
         that its flush waits for a reader that sets the pace (see
         ``EventStream``); either way, a coroutine still awaiting a flush, a
         query or a request of the bus raises ``BusClosedError``.
+
+        Cancelled (a ``wait_for`` around it, or ``asyncio.run`` shutting
+        down), ``aclose`` still closes the bus, as trio's ``aclose`` does,
+        but without waiting any more: as ``close(timeout)`` past its
+        deadline, it stops at once (in the executor, which ``asyncio.run``
+        waits for), and ``CancelledError`` goes on to the caller.  A bus is
+        never left half-closed.
         """
         checks.check_timeout("timeout", timeout)
+        try:
+            await self._aclose(timeout)
+        except asyncio.CancelledError:
+            if not self.sync.closed:
+                run = contextvars.copy_context().run
+                asyncio.get_running_loop().run_in_executor(None, run, self.sync.close, 0.0)
+            raise
+
+    async def _aclose(self, timeout: float | None) -> None:
         here = asyncio.get_running_loop()
         self._holds.closing = True  # before the streams are listed (``stream``)
         streams = self._holds.held(EventStream)
