@@ -235,9 +235,31 @@ class AsyncEventBus:
         )
         if durable is None:
             return subscribe()
+        # Cancelled while it runs off the loop, the subscription it makes
+        # must not live on unseen (a second one under the name would then
+        # get every event twice): whoever comes second unsubscribes it.
+        lock = threading.Lock()
+        made: list[Subscription] = []
+        abandoned = False
+
+        def subscribe_unless_abandoned() -> Subscription:
+            sub = subscribe()
+            with lock:
+                if not abandoned:
+                    made.append(sub)
+                    return sub
+            sub.unsubscribe()
+            return sub
+
         token = subscribing_loop.set(asyncio.get_running_loop())
         try:  # _off_loop runs it in a copy of this context, which holds the loop
-            return await _off_loop(subscribe)
+            return await _off_loop(subscribe_unless_abandoned)
+        except asyncio.CancelledError:
+            with lock:
+                abandoned = True
+            for sub in made:
+                sub.unsubscribe()
+            raise
         finally:
             subscribing_loop.reset(token)
 

@@ -12,6 +12,7 @@ a measure of speed.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import threading
 import uuid
@@ -699,6 +700,41 @@ def test_a_caller_cancelled_during_a_nested_request_leaves_both_tables_clean() -
             assert bus.sync.pending_requests() == 0
             reply = await bus.request("outer.ask", 8, timeout=GUARD)
             assert reply.data == {"echo": 8}
+
+    run(main)
+
+
+# -- a durable subscribe cancelled while it runs off the loop -------------------------------------
+
+
+def test_a_cancelled_durable_subscribe_leaves_no_subscription_behind(tmp_path: Path) -> None:
+    # The subscribe runs on in the executor after its await was cancelled;
+    # the subscription it made must not live on unseen, or a retry under the
+    # same name would get every event twice.
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        one = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+        loop.set_default_executor(one)  # FIFO: a later job runs after the subscribe
+        bus = AsyncEventBus(bus=PersistentEventBus(EventConfig(persistence_path=tmp_path / "j")))
+        got: list[Any] = []
+
+        async def handler(event: Event) -> None:
+            got.append(event.data)
+
+        attempt = asyncio.create_task(bus.subscribe("x.*", handler, durable="worker"))
+        cancel_after_first_step([attempt])  # its subscribe runs on in the executor
+        with pytest.raises(asyncio.CancelledError):
+            await attempt
+        await loop.run_in_executor(None, lambda: None)  # the subscribe's job has ended
+        assert bus.sync.metrics().subscriptions == 0
+        await bus.publish("x.y", 1)
+        sub = await bus.subscribe("x.*", handler, durable="worker")  # the caller retries
+        await bus.publish("x.y", 2)
+        await bus.flush(timeout=GUARD)
+        assert got.count(2) == 1
+        assert bus.sync.metrics().subscriptions == 1
+        sub.unsubscribe()
+        await bus.aclose()
 
     run(main)
 
