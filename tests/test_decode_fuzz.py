@@ -278,6 +278,19 @@ def test_hand_made_data_json_decodes_to_valid_data_or_is_refused(data_json: byte
     decode_or_refuse(pb_event(data_json=data_json))
 
 
+@pytest.mark.parametrize("data_json", [b'"\\ud800"', b'["\\uDBFF"]', b'{"\\udc00":1}'])
+def test_short_data_json_that_spells_a_lone_surrogate_is_refused(data_json: bytes) -> None:
+    # Short JSON skips the data walk; one spelling a surrogate is walked anyway.
+    with pytest.raises(InvalidEventError, match="surrogate"):
+        Event.from_bytes(pb_event(data_json=data_json))
+
+
+def test_an_escaped_surrogate_pair_is_one_character_and_decodes() -> None:
+    event = Event.from_bytes(pb_event(data_json=b'["\\uD83D\\uDE00"]'))
+    assert event.data == ["\U0001f600"]
+    check_valid(event)
+
+
 def test_duplicated_fields_take_the_last_value_and_the_bytes_kept_agree() -> None:
     raw = pb_event(data_json=b"1", sequence=5) + pb_event(data_json=b"[2]", sequence=(1 << 64) - 1)
     event = Event.from_bytes(raw)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import json.encoder
 import json.scanner
+import re
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
@@ -124,6 +125,10 @@ _decoder = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=finite_
 # Shorter JSON text cannot nest MAX_DATA_DEPTH deep nor hold an int past the
 # model's limit, and floats are finite by the hook above: it needs no check.
 _UNCHECKED_BELOW = 2 * MAX_DATA_DEPTH
+# Shorter text may still spell a surrogate (``\ud800``), which data refuses:
+# text holding such an escape (or a literal backslash before ``ud8``, which
+# is checked in vain) is checked whatever its length.
+_MAYBE_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")
 _make_scanner: Any = json.scanner.make_scanner
 _scan: Callable[[str, int], tuple[Any, int]] = _make_scanner(_decoder)
 
@@ -264,7 +269,9 @@ def message_to_event(message: Any) -> Event:
         timestamp = _EPOCH + _timedelta(0, 0, message.timestamp_us)
     except (ValueError, OverflowError, RecursionError) as exc:  # bad JSON, timestamp
         raise InvalidEventError(f"invalid event: {exc}") from exc
-    if len(data_json) >= _UNCHECKED_BELOW:
+    if len(data_json) >= _UNCHECKED_BELOW or (
+        b"\\u" in data_json and _MAYBE_SURROGATE.search(data_json) is not None
+    ):
         _check_data(data)
     tags = message.tags
     metadata = message.metadata
