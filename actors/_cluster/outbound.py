@@ -27,11 +27,15 @@ from collections.abc import Iterable, Sequence
 from actors._cluster.limits import FRAME_OVERHEAD
 from actors._cluster.wire import encode_data_payload
 from actors._codec.events import chunk_of
+from actors._errors import InvalidEventError
 from actors._model.config import DEFAULT_MAX_FRAME_BYTES
 from actors._model.event import Event
 from actors._model.patterns import MAX_EVENT_TYPE_LENGTH
 
-__all__ = ["HEARTBEAT_ROOM", "MAX_PREFIX_BYTES", "Outbound", "RingEntry", "Run"]
+__all__ = ["HEARTBEAT_ROOM", "MAX_PREFIX_BYTES", "UNENCODABLE", "Outbound", "RingEntry", "Run"]
+
+UNENCODABLE = -1
+"""``take_oversized``'s size for an event that cannot be encoded at all."""
 
 MAX_PREFIX_BYTES = 4 * MAX_EVENT_TYPE_LENGTH
 """The longest subscription prefix kept: an event type's most UTF-8 bytes."""
@@ -146,15 +150,20 @@ class Outbound:
             if event.origin != origin:
                 continue
             matched = self._matched(event.event_type) if self.active else ()
-            if ring is not None:
+            if ring is None and not matched:
+                continue
+            try:
                 chunk = chunk_of(event)
+            except InvalidEventError:  # its data changed after it was built (not copied)
+                if matched:
+                    self._oversized.append((event, UNENCODABLE))
+                continue
+            if ring is not None:
                 if len(ring) == ring.maxlen:
                     self.evicted_upto = ring[0][0]
                 ring.append((seq, event.event_type, chunk))
-            if not matched:
-                continue
-            if ring is None:
-                chunk = chunk_of(event)
+                if not matched:
+                    continue
             if len(chunk) > budget:
                 self._oversized.append((event, len(chunk)))
                 continue
@@ -171,8 +180,20 @@ class Outbound:
             out.append(Run(run_class, run, chunks))
         return out
 
+    def why_unsent(self, size: int, max_frame_bytes: int) -> str:
+        """Say why an event ``take_oversized`` returned with ``size`` was not sent."""
+        if size == UNENCODABLE:
+            return "cannot be encoded (its data changed after it was built)"
+        return (
+            f"is {size} bytes framed, over the {self.budget} a frame holds for one event "
+            f"(max_frame_bytes={max_frame_bytes} less {max_frame_bytes - self.budget})"
+        )
+
     def take_oversized(self) -> list[tuple[Event, int]]:
-        """Return (and forget) the events too big for any frame, with their encoded sizes."""
+        """Return (and forget) the events too big for any frame, with their encoded sizes.
+
+        The size is ``UNENCODABLE`` for an event that could not be encoded at all.
+        """
         taken, self._oversized = self._oversized, []
         return taken
 

@@ -176,16 +176,12 @@ class StreamIO(FlowIO):
             self._stats.events_too_large += 1
             self._flow.skip(1)
             logger.warning(
-                "bridge %s: event %s (%s, sequence %s) is %d bytes framed, over the %d a "
-                "frame holds for one event (max_frame_bytes=%d less %d): not sent to any peer",
+                "bridge %s: event %s (%s, sequence %s) %s: not sent to any peer",
                 self.name,
                 event.id,
                 event.event_type,
                 event.sequence,
-                size,
-                out.budget,
-                self._max,
-                self._max - out.budget,
+                out.why_unsent(size, self._max),
             )
 
     def _on_xpub(self) -> None:

@@ -200,7 +200,15 @@ def event_to_message(event: Event) -> Any:
 def encode_event(event: Event) -> bytes:
     """Return the protobuf bytes of ``event``; raise ``InvalidEventError`` if it cannot."""
     # deterministic: map entries sorted by key, so the same event gives the same bytes.
-    return event_to_message(event).SerializeToString(deterministic=True)  # type: ignore[no-any-return]
+    return _serialize(event_to_message(event), event)
+
+
+def _serialize(message: Any, event: Event) -> bytes:
+    """Return ``message``'s bytes; ``InvalidEventError`` past protobuf's 2 GiB message limit."""
+    try:
+        return message.SerializeToString(deterministic=True)  # type: ignore[no-any-return]
+    except Exception as exc:  # protobuf's EncodeError (or ValueError): the message is too large
+        raise InvalidEventError(f"cannot encode event {event.id}: {exc}") from exc
 
 
 def encode_shared(event: Event) -> bytes:
@@ -211,7 +219,7 @@ def encode_shared(event: Event) -> bytes:
     """
     wire = wire_of(event)
     if wire is None:
-        wire = event_to_message(event).SerializeToString(deterministic=True)
+        wire = _serialize(event_to_message(event), event)
         keep_wire(event, wire)
     return wire
 

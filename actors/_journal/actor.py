@@ -189,17 +189,20 @@ class JournalActor(DispatchedActor):
             futures = self._pending_futures
             self._pending = []
             self._pending_futures = []
-            records = [
-                StoredRecord(
-                    e.sequence or 0,
-                    e.event_type,
-                    to_us(e.timestamp),
-                    e.correlation_id.bytes if e.correlation_id is not None else None,
-                    e.source,
-                    encode_shared(e),
-                )
-                for e in events
-            ]
+            try:  # inline, not ``_record``: one call less per event
+                records = [
+                    StoredRecord(
+                        e.sequence or 0,
+                        e.event_type,
+                        to_us(e.timestamp),
+                        e.correlation_id.bytes if e.correlation_id is not None else None,
+                        e.source,
+                        encode_shared(e),
+                    )
+                    for e in events
+                ]
+            except InvalidEventError:  # one cannot be encoded: the others are written
+                events, futures, records = _refuse_unencodable(events, futures)
             # Sources are few (agent names): the distinct ones are checked.
             if any(len(s) > SOURCE_CHARS_FIT for s in {r[4] for r in records} if s is not None):
                 events, futures, records = _refuse_unstorable(events, futures, records)
@@ -273,6 +276,41 @@ class JournalActor(DispatchedActor):
         except Exception:
             size = 0
         return self.written, mean, size
+
+
+def _record(e: Event) -> StoredRecord:
+    return StoredRecord(
+        e.sequence or 0,
+        e.event_type,
+        to_us(e.timestamp),
+        e.correlation_id.bytes if e.correlation_id is not None else None,
+        e.source,
+        encode_shared(e),
+    )
+
+
+def _refuse_unencodable(
+    events: list[Event], futures: list[Any]
+) -> tuple[list[Event], list[Any], list[StoredRecord]]:
+    """Fail the futures of the events that cannot be encoded; return the others and their records.
+
+    ``Event`` checks its data when built, but the caller keeps ``data``
+    (it is not copied): changed afterwards into something JSON cannot hold,
+    or grown past protobuf's 2 GiB message limit, an event fails here.
+    """
+    kept: tuple[list[Event], list[Any], list[StoredRecord]] = ([], [], [])
+    for event, future in zip(events, futures, strict=True):
+        try:
+            record = _record(event)
+        except InvalidEventError as exc:
+            logger.error("event %s not journaled: %s", event.sequence, exc)
+            if future is not None:
+                future.set_exception(exc)
+            continue
+        kept[0].append(event)
+        kept[1].append(future)
+        kept[2].append(record)
+    return kept
 
 
 def _refuse_unstorable(

@@ -7,6 +7,7 @@ events in publish order. Nothing in the store blocks.
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections import OrderedDict, deque
@@ -14,6 +15,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from actors._errors import InvalidEventError
 from actors._model.trace import trace_order_key
 
 if TYPE_CHECKING:
@@ -25,6 +27,8 @@ def _same(event: Any) -> Any:
 
 
 __all__ = ["TraceStore", "TraceStoreStatistics"]
+
+logger = logging.getLogger("actors.router")  # the correlation actor's, beside the router
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +155,11 @@ class TraceStore:
         cid = event.correlation_id
         if cid is None:
             return False
+        try:
+            packed = self._pack(event)
+        except InvalidEventError as exc:  # its data changed after it was built (not copied)
+            logger.error("event %s not kept in its trace: %s", event.sequence, exc)
+            return True
         now = self._clock()
         self._evict_expired(now)
         entry = self._traces.get(cid)
@@ -180,7 +189,7 @@ class TraceStore:
                 self._truncated_count += 1
         else:
             self._events += 1
-        events.append(self._pack(event))
+        events.append(packed)
         return True
 
     def add_many(self, events: Iterable[Event]) -> int:
