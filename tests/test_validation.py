@@ -236,6 +236,9 @@ BAD: dict[str, Bad] = {
     "replay-speed-nan": Bad(
         lambda e: e.pbus.replay(EventQuery(), _h, speed=NAN), ValueError, "speed"
     ),
+    "replay-speed-past-a-float": Bad(
+        lambda e: e.pbus.replay(EventQuery(), _h, speed=10**400), ValueError, "speed"
+    ),
     "replay-speed-zero": Bad(
         lambda e: e.pbus.replay(EventQuery(), _h, speed=0), ValueError, "speed"
     ),
@@ -368,6 +371,12 @@ BAD: dict[str, Bad] = {
     ),
     "config-rate_limit-nan": Bad(lambda e: EventConfig(rate_limit=NAN), ValueError, "rate_limit"),
     "config-rate_limit-zero": Bad(lambda e: EventConfig(rate_limit=0), ValueError, "rate_limit"),
+    "config-rate_limit-past-a-float": Bad(
+        lambda e: EventConfig(rate_limit=10**400), ValueError, "rate_limit"
+    ),
+    "config-block_timeout-past-a-float": Bad(
+        lambda e: EventConfig(block_timeout=-(10**400)), ValueError, "block_timeout"
+    ),
     "config-burst-zero": Bad(lambda e: EventConfig(rate_limit=10, burst=0), ValueError, "burst"),
     "config-handler_retries-float": Bad(
         lambda e: EventConfig(handler_retries=1.5),  # type: ignore[arg-type]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import enum
 import math
 import os
+import sys
 import threading
 import uuid
 from collections.abc import Iterable, Mapping
@@ -108,8 +109,11 @@ def check_number(
         return
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"{name} must be a number, not {_kind(value)}")
-    if isinstance(value, float) and not math.isfinite(value):  # an int always is (10**400)
+    if isinstance(value, float) and not math.isfinite(value):
         raise ValueError(f"{name} must be finite, not {_number(value)}")
+    if isinstance(value, int) and not -sys.float_info.max <= value <= sys.float_info.max:
+        # 10**400: finite, but every use of it as a float raises OverflowError
+        raise ValueError(f"{name} must be finite as a float, not {_number(value)}")
     if positive and value <= 0:
         raise ValueError(f"{name} must be > 0, not {_number(value)}")
     if minimum is not None and value < minimum:
