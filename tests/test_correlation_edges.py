@@ -143,6 +143,37 @@ def test_publish_from_a_replay_handler_inherits(open_bus: Callable[..., EventBus
     assert (made.correlation_id, made.causation_id) == (cid, original.id)
 
 
+def test_the_handled_event_published_again_is_never_its_own_cause(
+    open_bus: Callable[..., EventBus],
+) -> None:
+    # Forwarding or re-driving the event being handled: the bus must not stamp
+    # it with its own id as its cause (a causation cycle no trace can show).
+    bus = open_bus()
+    cid = uuid.uuid4()
+    first = bus.publish_correlated("job.submitted", 1, cid).get(WAIT)
+    again: list[Event] = []
+    bus.replay(
+        EventQuery(event_types=["job.submitted"]), lambda e: again.append(bus.publish(e).get(WAIT))
+    )
+    forwarded = threading.Event()
+
+    def forward(event: Event) -> None:
+        if not forwarded.is_set():  # once: the copy comes back here too
+            forwarded.set()
+            again.append(bus.publish(event).get(WAIT))
+
+    bus.subscribe("job.live", forward)
+    bus.publish_correlated("job.live", 2, cid).get(WAIT)
+    assert forwarded.wait(WAIT)
+    bus.flush(WAIT)
+    assert len(again) == 2
+    assert again[0].id == first.id
+    for event in again:
+        assert event.causation_id is None
+        assert event.correlation_id == cid
+    assert all(e.causation_id != e.id for e in bus.query(EventQuery()))
+
+
 def test_deep_chain_through_the_bus_renders(bus: EventBus) -> None:
     cid = uuid.uuid4()
     n = 3000

@@ -51,7 +51,9 @@ def prepare_event(event_or_type: Event | str, data: Any, fields: dict[str, Any])
         event = event_or_type  # its origin and sequence are this bus's (the router stamps)
         if cause is not None and (event.causation_id is None or event.correlation_id is None):
             changes: dict[str, Any] = {}
-            if event.causation_id is None:
+            # The handled event published again (forwarded, re-driven) is not
+            # its own cause: it keeps none rather than naming itself.
+            if event.causation_id is None and event.id != cause.id:
                 changes["causation_id"] = cause.id
             if event.correlation_id is None and cause.correlation_id is not None:
                 changes["correlation_id"] = cause.correlation_id
