@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from actors._model.event import Event
-from actors._model.trace import DATA_WIDTH, Trace
+from actors._model.trace import DATA_WIDTH, RENDER_DEPTH, Trace
 
 CID = uuid.UUID("3f2a9c1e-0000-7000-8000-000000000000")
 T0 = datetime.datetime(2024, 5, 1, 12, 0, 0, tzinfo=datetime.UTC)
@@ -216,6 +216,24 @@ def test_render_tree() -> None:
         "└─ +7.000 ms  late  (cause 0badc0de… not in trace)",
         "   └─ +8.000 ms  tick",
     ]
+
+
+def test_render_of_a_deep_chain_stops_indenting_and_says_the_depth() -> None:
+    # Indenting every level made a chain of n events print n**2 / 2 blanks
+    # (600 M characters for 20,000); past RENDER_DEPTH each line says its depth.
+    n = 5000
+    events = [ev("e", 0)]
+    for i in range(1, n):
+        events.append(ev("e", i, cause=events[-1], ms=i / 1000))
+    lines = Trace(CID, events).render().splitlines()
+    assert len(lines) == n + 1
+    assert max(len(line) for line in lines) <= 3 * RENDER_DEPTH + 60
+    assert "[depth" not in lines[RENDER_DEPTH + 1]  # the root is depth 0, on line 1
+    assert lines[RENDER_DEPTH + 2].endswith(
+        f"[depth {RENDER_DEPTH + 1}] +0.{RENDER_DEPTH + 1:03d} ms  e"
+    )
+    assert lines[-1].endswith(f"[depth {n - 1}] +4.999 ms  e")
+    assert lines[-1].startswith(" " * (3 * RENDER_DEPTH) + "└─ ")
 
 
 def test_render_single_root_and_singular_header() -> None:

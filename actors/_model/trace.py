@@ -24,6 +24,9 @@ __all__ = ["Trace", "causes_first", "first_copies", "merge_events", "trace_order
 #: Width, in characters, of the data column of ``Trace.render(show_data=True)``.
 DATA_WIDTH = 60
 
+#: Levels ``Trace.render`` indents; deeper lines keep that indent and say their depth.
+RENDER_DEPTH = 40
+
 _ZERO = datetime.timedelta(0)
 
 
@@ -310,19 +313,27 @@ class Trace:
             return header
         base = min(e.timestamp for e in self._events)
         # Iterative depth-first walk: a long causal chain must not hit the
-        # recursion limit. Each stack entry is (event, indent, is_last).
-        stack: list[tuple[Event, str, bool]] = [
-            (root, "", i == 0) for i, root in enumerate(reversed(self._roots))
+        # recursion limit. Each stack entry is (event, indent, is_last, depth).
+        # Past RENDER_DEPTH levels the indent stops growing and each line says
+        # its depth: a chain of n events would otherwise print n**2 / 2 blanks.
+        stack: list[tuple[Event, str, bool, int]] = [
+            (root, "", i == 0, 0) for i, root in enumerate(reversed(self._roots))
         ]
         while stack:
-            event, indent, last = stack.pop()
+            event, indent, last, depth = stack.pop()
+            mark = f"[depth {depth}] " if depth > RENDER_DEPTH else ""
             lines.append(
-                f"{indent}{'└─ ' if last else '├─ '}{self._describe(event, base, show_data)}"
+                f"{indent}{'└─ ' if last else '├─ '}{mark}{self._describe(event, base, show_data)}"
             )
             kids = self._children.get(event.id)
             if kids:
-                child_indent = indent + ("   " if last else "│  ")
-                stack.extend((kid, child_indent, i == 0) for i, kid in enumerate(reversed(kids)))
+                if depth < RENDER_DEPTH:
+                    child_indent = indent + ("   " if last else "│  ")
+                else:
+                    child_indent = indent
+                stack.extend(
+                    (kid, child_indent, i == 0, depth + 1) for i, kid in enumerate(reversed(kids))
+                )
         return "\n".join(lines)
 
     def _describe(self, event: Event, base: datetime.datetime, show_data: bool) -> str:
