@@ -25,6 +25,7 @@ tracer, spans get that tracer's ids and link only within a process.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import inspect
@@ -37,6 +38,8 @@ from opentelemetry.trace import Status, StatusCode
 
 from actors._async import AsyncEventBus
 from actors._bus import EventBus
+from actors._core.handling import current_timeout
+from actors._core.policies import handler_timeout_error
 from actors._core.requests import answer_errors
 from actors._model.event import Event
 from actors._model.otelspans import (
@@ -126,7 +129,7 @@ class Instrumentation:
             with _current(span):
                 yield
         except BaseException as exc:
-            error = exc
+            error = _as_recorded(exc)
             raise
         finally:
             answer_errors.reset(token)
@@ -167,6 +170,20 @@ class Instrumentation:
 def _current(span: Any) -> Any:
     """Make ``span`` current while the handler runs; its end and status are ``_end``'s."""
     return trace.use_span(span, record_exception=False, set_status_on_exception=False)
+
+
+def _as_recorded(exc: BaseException) -> BaseException:
+    """The error a span records for ``exc``: the timeout, for a cancellation at one.
+
+    An ``async def`` handler cut off at its ``timeout`` sees the cancellation
+    (``CancelledError``); the dead letter records a ``TimeoutError``, and so
+    does its span.
+    """
+    if isinstance(exc, asyncio.CancelledError):
+        scoped = current_timeout.get()
+        if scoped is not None and scoped[0].expired():
+            return handler_timeout_error(scoped[1])
+    return exc
 
 
 def _record(span: Any, exc: BaseException) -> None:

@@ -21,12 +21,13 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
 from actors import Event, EventBus, EventConfig, NodeConfig, PersistentEventBus
 from actors._model.otelspans import span_id_of
 from actors.otel import instrument
-from tests._support import WAIT, Collector, span_dict, tracer_provider
+from tests._support import WAIT, Collector, SpanSink, span_dict, tracer_provider
 
 CHILD = str(Path(__file__).with_name("_otel_child.py"))
 
@@ -87,6 +88,42 @@ def test_a_caused_event_is_a_child_span_and_the_handler_span_is_current(
     assert {s.context.trace_id for s in spans.values()} == {cid.int}
 
 
+@pytest.mark.parametrize("ratio", [0.0, 0.625, 1.0])
+def test_children_follow_their_roots_sampling_so_a_workflow_is_kept_whole_or_not_at_all(
+    ratio: float,
+) -> None:
+    # The parent of a span is rebuilt from ids: it used to be marked sampled
+    # always, so ParentBased(anything) dropped the roots and kept every child.
+    sink = SpanSink()
+    sampler = ParentBased(TraceIdRatioBased(ratio))
+    provider = TracerProvider(sampler=sampler)
+    provider.add_span_processor(SimpleSpanProcessor(sink))
+    cids = [uuid.uuid4() for _ in range(40)]
+    done = Collector(expected=len(cids))
+    with EventBus() as bus:
+        instrumentation = instrument(bus, provider)
+        bus.subscribe("wf.start", lambda e: bus.publish("wf.step", None))
+        bus.subscribe("wf.step", lambda e: bus.publish("wf.done", None))
+        bus.subscribe("wf.done", done)
+        for cid in cids:
+            bus.publish_correlated("wf.start", None, cid)
+        assert done.done.wait(WAIT)
+        bus.flush(WAIT)
+    instrumentation.uninstrument()  # closed: every handler, so every span, has ended
+    kept = {
+        cid.int
+        for cid in cids
+        if sampler.should_sample(None, cid.int, "wf.start").decision.is_sampled()
+    }
+    by_trace: dict[int, list[str]] = {}
+    for span in sink.spans:
+        by_trace.setdefault(span.context.trace_id, []).append(span.name)
+    assert set(by_trace) == kept
+    assert all(sorted(names) == ["wf.done", "wf.start", "wf.step"] for names in by_trace.values())
+    if ratio == 0.625:  # a UUID fixes the top 2 bits of the 64 the sampler reads: half kept
+        assert 0 < len(kept) < len(cids)
+
+
 def test_a_handler_exception_is_recorded_on_its_span_and_the_bus_goes_on(
     traced: tuple[EventBus, Any],
 ) -> None:
@@ -122,6 +159,26 @@ def test_an_async_handler_gets_a_span_current_while_it_awaits(
     published = bus.publish("a.b", None, correlation_id=uuid.uuid4()).get(timeout=WAIT)
     [span] = sink.wait_for(1)
     assert seen == [span_id_of(published.id)] == [span.context.span_id]
+
+
+def test_an_async_handler_cut_off_at_its_timeout_records_the_timeout_on_its_span(
+    traced: tuple[EventBus, Any],
+) -> None:
+    # It sees a CancelledError; the span says what happened, as the dead letter does.
+    bus, sink = traced
+
+    async def stuck(event: Event) -> None:
+        await asyncio.Event().wait()  # never set
+
+    bus.subscribe("wf.slow", stuck, timeout=0.05, retries=0)
+    bus.publish("wf.slow", None).get(timeout=WAIT)
+    [span] = sink.wait_for(1)
+    assert span.status.status_code == trace.StatusCode.ERROR
+    assert span.status.description == "TimeoutError: handler ran longer than its timeout of 0.05 s"
+    assert [e.attributes["exception.type"] for e in span.events] == ["TimeoutError"]
+    bus.flush(timeout=WAIT)
+    [letter] = bus.dead_letters()
+    assert (letter.error_type, letter.error) == ("TimeoutError", span.status.description)
 
 
 def test_uninstrument_stops_new_spans_in_every_subscription() -> None:

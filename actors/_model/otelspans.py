@@ -152,6 +152,24 @@ def pinned_tracer(tracer_provider: Any = None) -> tuple[Any, PinnedIds | None]:
     return tracer, current
 
 
+def root_sampled(tracer: Any, trace_id: int, name: str) -> bool:
+    """Whether the tracer's sampler samples the root of trace ``trace_id``.
+
+    The parent of an event's span is known by its ids alone (it may have
+    ended in another process), not by the decision taken for it; the flag
+    given to it is the one the sampler takes for a root of the same trace,
+    so ``ParentBased`` children follow their root: with a sampler that
+    decides by the trace id (``ALWAYS_ON``, ``ALWAYS_OFF``,
+    ``TraceIdRatioBased``), every span of a workflow is kept or none is, in
+    every process.  A tracer without a sampler (not the SDK's) samples all.
+    """
+    sampler = getattr(tracer, "sampler", None)
+    if sampler is None:
+        return True
+    result = sampler.should_sample(parent_context=None, trace_id=trace_id, name=name)
+    return bool(result.decision.is_sampled())
+
+
 def start_event_span(
     tracer: Any,
     pinner: PinnedIds | None,
@@ -166,9 +184,12 @@ def start_event_span(
     parent = parent_span_id(event)
     context = None
     if parent is not None:
-        remote = trace.SpanContext(
-            trace_id, parent, is_remote=True, trace_flags=trace.TraceFlags(trace.TraceFlags.SAMPLED)
+        flags = trace.TraceFlags(
+            trace.TraceFlags.SAMPLED
+            if root_sampled(tracer, trace_id, event.event_type)
+            else trace.TraceFlags.DEFAULT
         )
+        remote = trace.SpanContext(trace_id, parent, is_remote=True, trace_flags=flags)
         context = trace.set_span_in_context(trace.NonRecordingSpan(remote))
     else:
         # An empty context: a root, whatever span is current in this thread.
