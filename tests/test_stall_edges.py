@@ -727,8 +727,9 @@ def test_close_gives_up_on_an_awaiting_async_handler_and_it_ends_on_its_own(
         bus.close(timeout=WAIT)
 
 
+@pytest.mark.parametrize("dedicated", [False, True], ids=["pool", "dedicated-thread"])
 def test_close_reports_a_handler_still_running_for_an_unsubscribed_subscription(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, dedicated: bool
 ) -> None:
     # close(timeout) gives up on handlers still running and logs each at
     # WARNING.  unsubscribe() cannot stop a running call, so the handler of
@@ -743,12 +744,15 @@ def test_close_reports_a_handler_still_running_for_an_unsubscribed_subscription(
             entered.set()
             release.wait(WAIT)
 
-        sub = bus.subscribe("stuck.*", stuck)
+        # A dedicated thread too (regression: close neither waited nor said so).
+        sub = bus.subscribe("stuck.*", stuck, dedicated_thread=dedicated)
         bus.publish("stuck.x")
         assert entered.wait(WAIT)
         sub.unsubscribe()
-        with caplog.at_level(logging.WARNING, logger="actors.bus"):
+        with caplog.at_level(logging.WARNING):
             assert bus.close(timeout=0.2) == ()
         assert any("unsubscribed before close" in r.getMessage() for r in caplog.records)
+        # A pool shut down adds no thread on purpose: no "max_threads reached".
+        assert not any("max_threads" in r.getMessage() for r in caplog.records)
     finally:
         release.set()

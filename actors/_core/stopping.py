@@ -127,7 +127,8 @@ def _stop(  # noqa: PLR0917 - stop_actors' arguments, passed on
     for actor in subs:
         if actor.actor_dispatcher is not core.dispatcher:
             actor.actor_dispatcher.shutdown(deadline.remaining())
-    if not core.dispatcher.shutdown(deadline.remaining()) and not running:
+    retired = [pool.join(deadline.remaining()) for pool in core.take_retired()]
+    if not (core.dispatcher.shutdown(deadline.remaining()) and all(retired)) and not running:
         # No subscription close waited for is still running: a handler of
         # one removed before (``unsubscribe`` cannot stop a running call).
         logger.warning(

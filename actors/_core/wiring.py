@@ -143,6 +143,7 @@ class Core:
         # Subscribers unsubscribed (or taken at close) and perhaps still
         # finishing: their figures are added to ``_removed`` once they stopped.
         self._ended: list[SubscriberActor] = []
+        self._retired: list[Dispatcher] = []  # of unsubscribed dedicated subscriptions
         # Handler deadlines and retry wake-ups of every subscription (a thread from first use).
         self.timers = Timers(name=f"bus-{name or 'local'}-timers")
         self._loop = BackgroundLoop()  # for async handlers subscribed off any loop
@@ -431,8 +432,17 @@ class Core:
     def _stop_subscriber(self, actor: SubscriberActor) -> None:
         """Stop ``actor`` without waiting; a dedicated thread ends after its last turn."""
         actor.actor_ref.stop(block=False)
-        if actor.actor_dispatcher is not self.dispatcher:
-            actor.actor_dispatcher.shutdown(0)
+        own = actor.actor_dispatcher
+        if own is not self.dispatcher and isinstance(own, Dispatcher):
+            own.shutdown(0)
+            with self._lock:  # ``close`` waits for its last call (``take_retired``)
+                self._retired = [d for d in self._retired if not d.join(0)] + [own]
+
+    def take_retired(self) -> list[Dispatcher]:
+        """Remove and return the dedicated threads' pools of unsubscribed subscriptions."""
+        with self._lock:
+            retired, self._retired = self._retired, []
+        return retired
 
     def subscriptions(self) -> list[Subscription]:
         """Return the live subscriptions."""

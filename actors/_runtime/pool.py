@@ -271,6 +271,22 @@ class Dispatcher:
             watchdog.join(remaining)
         return done
 
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait up to ``timeout`` seconds for the threads of a pool shut down to end.
+
+        For a pool whose ``shutdown`` did not wait (``shutdown(0)``) and whose
+        last turn may still run: returns whether every thread ended.  One
+        left behind at a timeout (``hand_off``) is not waited for.
+        """
+        with self._lock:
+            threads = [w.thread for w in self._workers if w.thread is not None]
+        deadline = None if timeout is None else time.monotonic() + timeout
+        current = threading.current_thread()
+        for thread in threads:
+            if thread is not current:
+                thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        return not any(t.is_alive() for t in threads if t is not current)
+
     # -- the threads ---------------------------------------------------------
 
     def _spawn(self) -> None:
@@ -467,7 +483,8 @@ class Dispatcher:
                 added,
             )
         full = bool(blocked) and total - len(blocked) < self.core_threads
-        if full and newly and not self._warned_full:
+        # Shut down, the pool adds no thread on purpose: that is no limit reached.
+        if full and newly and not self._warned_full and self._alive:
             self._warned_full = True  # once, until the pool has its free threads back
             logger.warning(
                 "%s: %d actor(s) blocked and max_threads=%d reached; others wait",
