@@ -8,6 +8,7 @@ routed the event, which makes them a barrier for the mailbox's contents.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import pytest
@@ -165,6 +166,50 @@ def test_backpressure_started_at_80_and_relieved_under_20_percent(bus: EventBus)
     assert relieved.data["subscription"] == sub.id
     assert relieved.data["queued"] < 2
     assert len(notices.events) == 2
+
+
+def test_backpressure_announcements_alternate_when_a_relief_is_seen_while_the_router_is_busy(
+    bus: EventBus,
+) -> None:
+    # The subscriber sees the relief as it takes events and tells the router
+    # by message; the router may cross the high mark again before it reads
+    # that message.  Its "relieved" then came after the new "started", and the
+    # last announcement said relieved while the mailbox was at 80%.
+    notices = Collector()
+    bus.subscribe("$bus.backpressure.*", notices)
+    first, fourth, in_first, in_fourth = (threading.Event() for _ in range(4))
+    in_filter, filter_go = threading.Event(), threading.Event()
+
+    def slow(event: Event) -> None:
+        if event.data == 0:
+            in_first.set()
+            first.wait(WAIT)
+        if event.data == 4:
+            in_fourth.set()
+            fourth.wait(WAIT)
+
+    def holding(event: Event) -> bool:  # a filter that holds the router once
+        if event.data == "hold":
+            in_filter.set()
+            filter_go.wait(WAIT)
+        return True
+
+    bus.subscribe("s", slow, capacity=5, overflow=OverflowStrategy.REJECT)
+    bus.subscribe("f", lambda e: None, filter=holding)
+    bus.publish("s", 0)
+    assert in_first.wait(WAIT)
+    _routed([bus.publish("s", i) for i in range(1, 5)])  # 4 of 5 queued: started
+    bus.publish("f", "hold")
+    assert in_filter.wait(WAIT)  # the router is inside the filter
+    later = [bus.publish("s", i) for i in range(5, 9)]  # wait in the router's mailbox
+    first.set()
+    assert in_fourth.wait(WAIT)  # 1..4 taken: the relief is seen, its message sent
+    filter_go.set()  # the router offers 5..8 (80% again), then reads the message
+    _routed(later)
+    fourth.set()
+    bus.flush(WAIT)
+    kinds = [e.event_type.rsplit(".", 1)[1] for e in notices.events]
+    assert kinds == ["started", "relieved", "started", "relieved"]
 
 
 def test_backpressure_events_do_not_reach_wildcard_subscribers(bus: EventBus) -> None:

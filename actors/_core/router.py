@@ -54,6 +54,7 @@ from actors._core.messages import (
     Unsubscribe,
 )
 from actors._core.routes import Route, accepts
+from actors._core.watermarks import claim_relief, relief_sent, start_of
 from actors._errors import BackpressureError, BusClosedError
 from actors._model.config import OverflowStrategy
 from actors._model.event import (
@@ -211,15 +212,11 @@ class RouterActor(DispatchedActor):
             else:
                 self._correlation.put(message)
         elif type(message) is Relieved:
-            self._emit(
-                "$bus.backpressure.relieved",
-                {
-                    "subscription": message.id,
-                    "pattern": message.pattern,
-                    "queued": message.queued,
-                    "capacity": message.capacity,
-                },
-            )
+            entry = self._routes.get(message.id)
+            if entry is not None:
+                self._backpressure_relieved(entry[0])  # unless a start announced it first
+            else:  # unsubscribed meanwhile: announced as it was sent
+                self._emit("$bus.backpressure.relieved", relief_sent(message))
         elif type(message) is DeadLettered:
             self._dead_lettered(message.letter)
         elif type(message) is GetDeadLetters:
@@ -318,17 +315,14 @@ class RouterActor(DispatchedActor):
             for route in started:
                 self._backpressure_started(route)
 
+    def _backpressure_relieved(self, route: Route) -> None:
+        relief = claim_relief(route)
+        if relief is not None:
+            self._emit("$bus.backpressure.relieved", relief)
+
     def _backpressure_started(self, route: Route) -> None:
-        mailbox = route.mailbox
-        self._emit(
-            "$bus.backpressure.started",
-            {
-                "subscription": route.id,
-                "pattern": route.pattern,
-                "queued": mailbox.queued,
-                "capacity": mailbox.capacity,
-            },
-        )
+        self._backpressure_relieved(route)  # one seen first is announced first
+        self._emit("$bus.backpressure.started", start_of(route))
 
     def _plan(self, event_type: str) -> _Plan:
         """Resolve ``event_type`` once: its routes, and which checks they need.

@@ -53,6 +53,9 @@ class EventMailbox(FifoMailbox):
         "finished_by_owner",
         "overflow",
         "pending",
+        "relief_queued",
+        "reliefs",
+        "reliefs_announced",
     )
 
     capacity: int
@@ -72,6 +75,12 @@ class EventMailbox(FifoMailbox):
         # The router's own list: events routed here during its turn, offered
         # together by ``offer_many`` at the end of it (router only).
         self.pending: list[Any] = []
+        # Backpressure relieved: counted by the owner as it happens (with what
+        # was queued then), announced by the router, which reads them first
+        # whenever it announces a new start, so the two never swap.
+        self.reliefs = 0  # owner only
+        self.relief_queued = 0  # owner only
+        self.reliefs_announced = 0  # router only
 
     def refuse_all(self) -> None:
         """Drop (and count) every event offered from now on: the owner stopped for good.
@@ -193,6 +202,8 @@ class EventMailbox(FifoMailbox):
             pass
         relieved = False
         if self._high and len(events) < LOW_WATER * self.capacity:
+            self.relief_queued = len(events)
+            self.reliefs += 1  # before the flag: a start the router sees next finds it
             self._high = False
             relieved = True
         if batch and self._room_waiter is not None and len(events) < self.capacity:

@@ -10,9 +10,8 @@ handing a blocked thread's processor to a new thread, or a managed blocker in
 a fork-join pool, done from outside: a handler need not say that it blocks.
 Threads beyond ``threads`` retire after ``keepalive`` seconds without work.
 
-The watchdog needs no busy loop: it wakes every ``blocking_threshold / 2``
-seconds only while turns run or started in the last half-threshold, and
-otherwise sleeps on an event that the next turn to start sets.
+The watchdog needs no busy loop: it wakes every ``blocking_threshold / 2`` s only while
+turns run or started in the last half-threshold, else sleeps until the next turn starts.
 
 Who writes what (each piece of state has one writer):
 
@@ -272,20 +271,14 @@ class Dispatcher:
         return done
 
     def join(self, timeout: float | None = None) -> bool:
-        """Wait up to ``timeout`` seconds for the threads of a pool shut down to end.
-
-        For a pool whose ``shutdown`` did not wait (``shutdown(0)``) and whose
-        last turn may still run: returns whether every thread ended.  One
-        left behind at a timeout (``hand_off``) is not waited for.
-        """
+        """Wait up to ``timeout`` s for the threads ``shutdown(0)`` left (not one left behind)."""
+        me = threading.current_thread()
         with self._lock:
-            threads = [w.thread for w in self._workers if w.thread is not None]
-        deadline = None if timeout is None else time.monotonic() + timeout
-        current = threading.current_thread()
-        for thread in threads:
-            if thread is not current:
-                thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
-        return not any(t.is_alive() for t in threads if t is not current)
+            threads = [t for w in self._workers if (t := w.thread) is not None and t is not me]
+        end = None if timeout is None else time.monotonic() + timeout
+        for t in threads:
+            t.join(None if end is None else max(0.0, end - time.monotonic()))
+        return not any(t.is_alive() for t in threads)
 
     # -- the threads ---------------------------------------------------------
 

@@ -1,0 +1,56 @@
+"""What a ``$bus.backpressure.started`` or ``.relieved`` announcement says (SPEC 4.1).
+
+The router announces a start as it crosses a mailbox's high-water mark; the
+subscriber sees the relief (under the low-water mark) as it takes events,
+counts it on the mailbox and sends the router a ``Relieved``.  That message
+may arrive after the router has crossed the mark again, so the router claims
+a relief not yet announced before it announces any start: they alternate.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from actors._core.messages import Relieved
+from actors._core.routes import Route
+
+__all__ = ["claim_relief", "relief_sent", "start_of"]
+
+
+def claim_relief(route: Route) -> dict[str, Any] | None:
+    """Return the data of ``route``'s relief not yet announced (now claimed), or None.
+
+    Router only: the router is the one writer of ``reliefs_announced``.
+    """
+    mailbox = route.mailbox
+    reliefs = mailbox.reliefs
+    if reliefs == mailbox.reliefs_announced:
+        return None
+    mailbox.reliefs_announced = reliefs
+    return {
+        "subscription": route.id,
+        "pattern": route.pattern,
+        "queued": mailbox.relief_queued,
+        "capacity": mailbox.capacity,
+    }
+
+
+def relief_sent(message: Relieved) -> dict[str, Any]:
+    """Return the data of a relief as its message says (its route is gone)."""
+    return {
+        "subscription": message.id,
+        "pattern": message.pattern,
+        "queued": message.queued,
+        "capacity": message.capacity,
+    }
+
+
+def start_of(route: Route) -> dict[str, Any]:
+    """Return the data of the start ``route``'s mailbox just made."""
+    mailbox = route.mailbox
+    return {
+        "subscription": route.id,
+        "pattern": route.pattern,
+        "queued": mailbox.queued,
+        "capacity": mailbox.capacity,
+    }
