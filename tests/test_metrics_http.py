@@ -98,6 +98,32 @@ def test_metrics_parse_with_prometheus_client_while_a_load_runs(
         assert value(fams, "llmspell_events_subscription_capacity", pattern="load.**") == 50_000
 
 
+def test_both_forms_export_the_same_series(tmp_path: Path) -> None:
+    # docs/observability.md: "they export the same figures" (the text form had
+    # a quantile="1" series the prometheus_client form did not).
+    def series(text: str) -> set[tuple[str, tuple[tuple[str, str], ...]]]:
+        return {
+            (sample.name, tuple(sorted(sample.labels.items())))
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        }
+
+    node = NodeConfig(name="n", listen="tcp://127.0.0.1:*")
+    config = EventConfig(persistence_path=tmp_path / "j")
+    with PersistentEventBus(config, node=node) as bus:
+        bus.subscribe("p.*", Collector())
+        for i in range(5):
+            bus.publish("p.e", i)
+        bus.flush(WAIT)
+        forms = []
+        for use_client in (True, False):
+            with MetricsServer(bus, 0, use_client=use_client) as server:
+                forms.append(series(get(server.url)[2]))
+    client, text = forms
+    assert client == text
+    assert ("llmspell_events_latency_seconds", (("quantile", "0.99"),)) in text
+
+
 def test_a_node_serves_its_bridge_figures() -> None:
     node = NodeConfig(name="n", listen="tcp://127.0.0.1:*")
     with EventBus(node=node) as bus, bus.serve_metrics() as server:

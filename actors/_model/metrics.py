@@ -270,7 +270,6 @@ def to_prometheus(metrics: BusMetrics, *, prefix: str = "llmspell_events") -> st
         ("0.5", metrics.latency_p50),
         ("0.9", metrics.latency_p90),
         ("0.99", metrics.latency_p99),
-        ("1", metrics.latency_max),
     ):
         if v is not None:
             lines.append(f'{lat}{{quantile="{q}"}} {v}')
