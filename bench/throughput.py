@@ -6,14 +6,20 @@ counts its own deliveries and, at the last expected one, notes the time and
 sets a ``threading.Event``.  Throughput is events (or deliveries) divided by
 the time from the first publish to the last handler call.  Building the
 ``Event`` objects is excluded (measured on its own as ``shorthand``: the same
-loop with ``bus.publish(type, data)``, which builds each event).
+loop with ``bus.publish(type, data)``, which builds each event).  The
+1-subscription figure and its pykka baseline are measured again with a CPU
+burner (a ``while 1: pass`` process) running alongside, as SPEC section 11
+asks; the targets are the SPEC's ratios (1.5x the pykka chain, 1.0x blinker).
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import subprocess
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from actors import Event, EventBus
@@ -71,6 +77,17 @@ def bus_throughput(
     }
 
 
+@contextlib.contextmanager
+def cpu_burner() -> Iterator[None]:
+    """Run a ``while 1: pass`` process (one core's worth of load) for the block."""
+    burner = subprocess.Popen([sys.executable, "-c", "while 1: pass"])
+    try:
+        yield
+    finally:
+        burner.kill()
+        burner.wait()
+
+
 def run(params: Params) -> Result:
     """Measure, ``params.runs`` times, the bus and its baselines; return the medians."""
     n1 = params.size(200_000, 2_000)
@@ -112,6 +129,9 @@ def run(params: Params) -> Result:
         r["pykka_fanout_10_deliveries"] = 10 * baselines.pykka_throughput(events[:n_pykka10], 10)
         r["blinker_1"] = baselines.blinker_throughput(events[:n1], 1)
         r["blinker_10_deliveries"] = 10 * baselines.blinker_throughput(events[:n10], 10)
+        with cpu_burner():  # SPEC: the 1-subscription figure also under a CPU burner
+            r["burner_bus_1_publish"] = bus_throughput(events[:n1], 1, "publish")["events_per_s"]
+            r["burner_pykka_chain_1"] = baselines.pykka_throughput(events[:n_pykka], 1)
         result.runs.append(r)
         print(
             "  run: 1 sub {:,.0f} ev/s (many {:,.0f}); 10 subs {:,.0f} del/s (many {:,.0f}); "
@@ -132,17 +152,28 @@ def run(params: Params) -> Result:
             "throughput, 1 sub, publish()",
             "events/s",
             m["bus_1_publish"]["events_per_s"],
-            (">=", 400_000),
+            (">=", 1.5),
             "pykka chain 1 tell/event",
             pykka1,
+            target_on_ratio=True,
+        ),
+        Figure(
+            "throughput, 1 sub, publish(), CPU burner alongside",
+            "events/s",
+            m["burner_bus_1_publish"],
+            None,
+            "pykka chain, burner alongside",
+            m["burner_pykka_chain_1"],
+            note="a `while 1: pass` process on the other core (SPEC: also reported so)",
         ),
         Figure(
             "throughput, 1 sub, publish_many()",
             "events/s",
             m["bus_1_publish_many"]["events_per_s"],
-            (">=", 400_000),
+            (">=", 1.5),
             "pykka chain 1 tell/event",
             pykka1,
+            target_on_ratio=True,
         ),
         Figure(
             "throughput, 1 sub, publish(type, data)",
@@ -157,17 +188,19 @@ def run(params: Params) -> Result:
             "fan-out, 10 subs, publish()",
             "deliveries/s",
             m["bus_10_publish"]["deliveries_per_s"],
-            (">=", 1_000_000),
+            (">=", 1.0),
             "blinker send, 10 receivers",
             blinker10,
+            target_on_ratio=True,
         ),
         Figure(
             "fan-out, 10 subs, publish_many()",
             "deliveries/s",
             m["bus_10_publish_many"]["deliveries_per_s"],
-            (">=", 1_000_000),
+            (">=", 1.0),
             "blinker send, 10 receivers",
             blinker10,
+            target_on_ratio=True,
         ),
         Figure(
             "fan-out, 10 subs, vs pykka fan-out",
