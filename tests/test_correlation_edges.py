@@ -143,6 +143,28 @@ def test_publish_from_a_replay_handler_inherits(open_bus: Callable[..., EventBus
     assert (made.correlation_id, made.causation_id) == (cid, original.id)
 
 
+def test_ids_given_explicitly_as_none_inside_a_handler_are_kept(bus: EventBus) -> None:
+    # SPEC section 5: inherited "unless given explicitly"; None given is a new root.
+    made: list[Event] = []
+    done = threading.Event()
+
+    def handler(event: Event) -> None:
+        made.append(bus.publish("out.root", 1, causation_id=None).get(WAIT))
+        made.append(bus.publish("out.alone", 2, causation_id=None, correlation_id=None).get(WAIT))
+        made.append(bus.publish("out.child", 3).get(WAIT))
+        done.set()
+
+    bus.subscribe("in.x", handler)
+    cid = uuid.uuid4()
+    cause = bus.publish_correlated("in.x", 0, cid).get(WAIT)
+    assert done.wait(WAIT)
+    assert [(e.causation_id, e.correlation_id) for e in made] == [
+        (None, cid),
+        (None, None),
+        (cause.id, cid),
+    ]
+
+
 def test_the_handled_event_published_again_is_never_its_own_cause(
     open_bus: Callable[..., EventBus],
 ) -> None:

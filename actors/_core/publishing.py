@@ -62,10 +62,10 @@ def prepare_event(event_or_type: Event | str, data: Any, fields: dict[str, Any])
         unknown = fields.keys() - _EVENT_FIELDS
         if unknown:
             raise TypeError(f"unknown Event field(s): {', '.join(sorted(unknown))}")
-        if cause is not None:
-            if fields.get("causation_id") is None:
+        if cause is not None:  # given explicitly, even as None (a new root), it stays
+            if "causation_id" not in fields:
                 fields["causation_id"] = cause.id
-            if fields.get("correlation_id") is None and cause.correlation_id is not None:
+            if "correlation_id" not in fields and cause.correlation_id is not None:
                 fields["correlation_id"] = cause.correlation_id
         event = Event(event_type=event_or_type, data=data, **fields)
     check_not_reserved(event)
