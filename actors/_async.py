@@ -28,7 +28,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from actors._async_holds import fail_closed, holds_of
 from actors._async_stream import EventStream
@@ -36,6 +36,7 @@ from actors._bus import EventBus
 from actors._core.background import subscribing_loop
 from actors._core.backpressure import Withdrawn, withdrawal
 from actors._core.messages import CorrelatedEvents
+from actors._core.replay import replay_async
 from actors._core.requests import reply_result, timeout_error
 from actors._core.subscriber import DeadLetter, Handler, Subscription, current_event
 from actors._errors import BusClosedError, FutureTimeoutError, RequestTimeoutError
@@ -47,6 +48,9 @@ from actors._model.metrics import BusMetrics
 from actors._model.query import EventQuery
 from actors._model.trace import Trace, first_copies, merge_events
 from actors._runtime.future import BusFuture, wrap_future
+
+if TYPE_CHECKING:
+    from actors._metrics_http import MetricsServer
 
 __all__ = ["AsyncEventBus", "EventStream", "wrap_future"]
 
@@ -325,12 +329,33 @@ class AsyncEventBus:
         checks.check_correlated(correlation_id, timeout)
         return Trace(correlation_id, await self.get_correlated(correlation_id, timeout=timeout))
 
-    async def query(self, query: EventQuery, *, timeout: float | None = 30.0) -> list[Event]:
-        """Query the journal (see ``PersistentEventBus.query``)."""
-        checks.check_query(query, None, timeout)
+    async def query(
+        self, query: EventQuery, *, node: str | None = None, timeout: float | None = 30.0
+    ) -> list[Event]:
+        """Query the journal, or the connected node ``node``'s (see ``EventBus.query``)."""
+        checks.check_query(query, node, timeout)
         if self.sync.closed:
             raise BusClosedError("the bus is closed")
+        if node is not None and node != self.sync.name:  # the bridge's call waits: off the loop
+            return await _off_loop(self.sync.query, query, node=node, timeout=timeout)
         return await self._await(self.sync.core.read_journal(query), timeout)
+
+    async def replay(
+        self,
+        query: EventQuery,
+        handler: Callable[[Event], Any],
+        *,
+        speed: float | None = None,
+        page_size: int = 1000,
+    ) -> int:
+        """Re-deliver stored events to ``handler`` in order, on this loop (see ``EventBus.replay``).
+
+        Pages are read without blocking the loop and the spacing of ``speed``
+        is slept with ``asyncio.sleep``; an ``async def`` handler is awaited,
+        a plain one called here.  Returns the number of events replayed.
+        """
+        checks.check_replay(query, handler, speed, page_size)
+        return await replay_async(self.query, query, handler, speed, page_size)
 
     async def flush(self, timeout: float | None = None) -> None:
         """Wait until everything published so far is handled and recorded.
@@ -524,9 +549,16 @@ class AsyncEventBus:
         """Return a metrics snapshot (cheap, never blocks)."""
         return self.sync.metrics()
 
-    def dead_letters(self) -> list[DeadLetter]:
-        """Return the dead letters (from the journal where persistent: may read it)."""
-        return self.sync.dead_letters()
+    def dead_letters(
+        self, *, limit: int | None = None, after: int | None = None
+    ) -> list[DeadLetter]:
+        """Return the dead letters (see ``EventBus.dead_letters``: read from the journal
+        where persistent, a short read on the calling thread, as before)."""
+        return self.sync.dead_letters(limit=limit, after=after)
+
+    def serve_metrics(self, port: int = 0, host: str = "127.0.0.1") -> MetricsServer:
+        """Serve ``/metrics`` and ``/healthz`` (see ``EventBus.serve_metrics``; its own thread)."""
+        return self.sync.serve_metrics(port, host)
 
     async def __aenter__(self) -> AsyncEventBus:
         return self

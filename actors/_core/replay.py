@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -11,7 +13,7 @@ from actors._core.subscriber import current_event
 from actors._model.event import Event
 from actors._model.query import EventQuery
 
-__all__ = ["iter_query", "replay"]
+__all__ = ["iter_query", "replay", "replay_async"]
 
 
 def iter_query(
@@ -56,3 +58,41 @@ def replay(events: Iterator[Event], handler: Callable[[Event], Any], speed: floa
             current_event.reset(token)
         count += 1
     return count
+
+
+async def replay_async(
+    read: Callable[[EventQuery], Awaitable[list[Event]]],
+    query: EventQuery,
+    handler: Callable[[Event], Any],
+    speed: float | None,
+    page_size: int,
+) -> int:
+    """``replay`` on an event loop: pages read by ``read`` (awaited), spacing slept with
+    ``asyncio.sleep``, an ``async def`` handler awaited; return how many."""
+    count = 0
+    started: float | None = None
+    first_ts: float | None = None
+    whole = query.descending or query.limit is not None
+    after = query.after_sequence
+    while True:
+        page = await read(query if whole else replace(query, after_sequence=after, limit=page_size))
+        for event in page:
+            if speed is not None:
+                ts = event.timestamp.timestamp()
+                if started is None or first_ts is None:
+                    started, first_ts = time.monotonic(), ts
+                else:
+                    delay = started + (ts - first_ts) / speed - time.monotonic()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+            token = current_event.set(event)
+            try:
+                result = handler(event)
+                if inspect.isawaitable(result):
+                    await result
+            finally:
+                current_event.reset(token)
+            count += 1
+        if whole or len(page) < page_size:
+            return count
+        after = page[-1].sequence
