@@ -32,6 +32,23 @@ def iter_query(
         after = page[-1].sequence
 
 
+class _Pace:
+    """The wait before each event that keeps the original spacing, ``speed`` times faster."""
+
+    def __init__(self, speed: float | None) -> None:
+        self.speed = speed
+        self.started: float | None = None
+        self.first_ts = 0.0
+
+    def delay(self, event: Event) -> float:
+        """Return the seconds to wait before ``event`` (the first one: none)."""
+        ts = event.timestamp.timestamp()
+        if self.started is None or self.speed is None:
+            self.started, self.first_ts = time.monotonic(), ts
+            return 0.0
+        return self.started + (ts - self.first_ts) / self.speed - time.monotonic()
+
+
 def replay(events: Iterator[Event], handler: Callable[[Event], Any], speed: float | None) -> int:
     """Call ``handler`` with each event, as if handling it; return how many.
 
@@ -40,17 +57,10 @@ def replay(events: Iterator[Event], handler: Callable[[Event], Any], speed: floa
     ``handler`` stops the replay and propagates.
     """
     count = 0
-    started: float | None = None
-    first_ts: float | None = None
+    pace = _Pace(speed)
     for event in events:
-        if speed is not None:
-            ts = event.timestamp.timestamp()
-            if started is None or first_ts is None:
-                started, first_ts = time.monotonic(), ts
-            else:
-                delay = started + (ts - first_ts) / speed - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
+        if speed is not None and (delay := pace.delay(event)) > 0:
+            time.sleep(delay)
         token = current_event.set(event)
         try:
             handler(event)
@@ -70,21 +80,14 @@ async def replay_async(
     """``replay`` on an event loop: pages read by ``read`` (awaited), spacing slept with
     ``asyncio.sleep``, an ``async def`` handler awaited; return how many."""
     count = 0
-    started: float | None = None
-    first_ts: float | None = None
+    pace = _Pace(speed)
     whole = query.descending or query.limit is not None
     after = query.after_sequence
     while True:
         page = await read(query if whole else replace(query, after_sequence=after, limit=page_size))
         for event in page:
-            if speed is not None:
-                ts = event.timestamp.timestamp()
-                if started is None or first_ts is None:
-                    started, first_ts = time.monotonic(), ts
-                else:
-                    delay = started + (ts - first_ts) / speed - time.monotonic()
-                    if delay > 0:
-                        await asyncio.sleep(delay)
+            if speed is not None and (delay := pace.delay(event)) > 0:
+                await asyncio.sleep(delay)
             token = current_event.set(event)
             try:
                 result = handler(event)
