@@ -29,17 +29,23 @@ def spoiled(event_type: str, **fields: object) -> Event:
     return event
 
 
+def surrogate(event_type: str, **fields: object) -> Event:
+    """An event whose data holds a surrogate: built, but no JSON gives it back exactly."""
+    return Event(event_type=event_type, data={"name": "file-\udcff"}, **fields)  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize("durability", ["sync", "async"])
+@pytest.mark.parametrize("make", [spoiled, surrogate], ids=["changed-data", "surrogate"])
 def test_an_unencodable_event_fails_alone_and_its_batch_is_journaled(
-    tmp_path: Path, durability: str
+    tmp_path: Path, durability: str, make: Callable[..., Event]
 ) -> None:
     config = EventConfig(persistence_path=tmp_path / "j", durability=durability)  # type: ignore[arg-type]
     with EventBus(config) as bus:
-        batch = [Event(event_type="h.a", data=1), spoiled("h.b"), Event(event_type="h.c", data=3)]
+        batch = [Event(event_type="h.a", data=1), make("h.b"), Event(event_type="h.c", data=3)]
         first, bad, last = bus.publish_many(batch)
         assert first.get(timeout=WAIT).data == 1
         with pytest.raises(InvalidEventError, match="cannot encode"):
-            bad.get(timeout=WAIT)
+            bad.get(timeout=WAIT)  # and only it
         assert last.get(timeout=WAIT).data == 3
         bus.flush(WAIT)
         assert bus.publish("h.d", 4).get(timeout=WAIT).data == 4

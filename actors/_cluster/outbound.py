@@ -154,7 +154,7 @@ class Outbound:
                 continue
             try:
                 chunk = chunk_of(event)
-            except InvalidEventError:  # its data changed after it was built (not copied)
+            except InvalidEventError:  # data changed after it was built, or a surrogate in it
                 if matched:
                     self._oversized.append((event, UNENCODABLE))
                 continue
@@ -183,7 +183,7 @@ class Outbound:
     def why_unsent(self, size: int, max_frame_bytes: int) -> str:
         """Say why an event ``take_oversized`` returned with ``size`` was not sent."""
         if size == UNENCODABLE:
-            return "cannot be encoded (its data changed after it was built)"
+            return "cannot be encoded (its data changed after it was built, or holds a surrogate)"
         return (
             f"is {size} bytes framed, over the {self.budget} a frame holds for one event "
             f"(max_frame_bytes={max_frame_bytes} less {max_frame_bytes - self.budget})"

@@ -88,13 +88,17 @@ def _refuse_constant(name: str) -> object:
 
 # A reusable C encoder / scanner: ``json.dumps`` and ``json.loads`` rebuild
 # theirs on every call, which costs more than the encoding of a small event.
+# Text is written as it is, not as ``\uXXXX`` escapes, and the UTF-8 encoding
+# that follows is strict: a surrogate in ``data``, which JSON could not give
+# back exactly (an escaped high and low surrogate read back as the one
+# character they spell), fails the encoding with ``InvalidEventError``.
 _dumps: Callable[[object], str]
 _c_make_encoder: Any = getattr(json.encoder, "c_make_encoder", None)
 if _c_make_encoder is not None:
     _c_encode = _c_make_encoder(
         None,  # markers: no cycle check, validation bounds the depth
         _refuse_default,
-        json.encoder.encode_basestring_ascii,
+        json.encoder.encode_basestring,
         None,  # indent
         ":",
         ",",
@@ -108,7 +112,11 @@ if _c_make_encoder is not None:
 
 else:  # pragma: no cover - interpreters without the C accelerator
     _dumps = json.JSONEncoder(
-        separators=(",", ":"), allow_nan=False, check_circular=False, default=_refuse_default
+        separators=(",", ":"),
+        allow_nan=False,
+        check_circular=False,
+        ensure_ascii=False,
+        default=_refuse_default,
     ).encode
 
 
@@ -125,10 +133,28 @@ _decoder = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=finite_
 # Shorter JSON text cannot nest MAX_DATA_DEPTH deep nor hold an int past the
 # model's limit, and floats are finite by the hook above: it needs no check.
 _UNCHECKED_BELOW = 2 * MAX_DATA_DEPTH
-# Shorter text may still spell a surrogate (``\ud800``), which data refuses:
-# text holding such an escape (or a literal backslash before ``ud8``, which
-# is checked in vain) is checked whatever its length.
+# JSON text may spell a surrogate (``"\ud800"``, from another writer or an
+# older journal), which this codec cannot write back: such text (or a literal
+# backslash before ``ud8``, looked at in vain) is walked for one.
 _MAYBE_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _refuse_surrogates(value: Any) -> None:
+    """Raise ``InvalidEventError`` if a string of ``value`` (a key too) holds a surrogate."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item) is not None:
+                raise InvalidEventError("invalid event: data holds a surrogate (not Unicode text)")
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
 _make_scanner: Any = json.scanner.make_scanner
 _scan: Callable[[str, int], tuple[Any, int]] = _make_scanner(_decoder)
 
@@ -277,10 +303,10 @@ def message_to_event(message: Any) -> Event:
         timestamp = _EPOCH + _timedelta(0, 0, message.timestamp_us)
     except (ValueError, OverflowError, RecursionError) as exc:  # bad JSON, timestamp
         raise InvalidEventError(f"invalid event: {exc}") from exc
-    if len(data_json) >= _UNCHECKED_BELOW or (
-        b"\\u" in data_json and _MAYBE_SURROGATE.search(data_json) is not None
-    ):
+    if len(data_json) >= _UNCHECKED_BELOW:
         _check_data(data)
+    if b"\\u" in data_json and _MAYBE_SURROGATE.search(data_json) is not None:
+        _refuse_surrogates(data)
     tags = message.tags
     metadata = message.metadata
     which = message.WhichOneof  # proto3 ``optional`` fields are synthetic oneofs

@@ -32,7 +32,6 @@ needs.  Decisions where the spec is silent:
 from __future__ import annotations
 
 import math
-import re
 import types
 import uuid
 from collections.abc import Collection, Iterable, Mapping
@@ -302,7 +301,7 @@ def _shared(  # noqa: PLR0911 - one return per fault
         return -1, 0
     height = 1
     if isinstance(value, dict):
-        if not all(isinstance(k, str) and text_ok(k) for k in value):
+        if not all(isinstance(k, str) for k in value):
             return -1, 0
         items: Iterable[Any] = value.values()
     else:
@@ -316,21 +315,6 @@ def _shared(  # noqa: PLR0911 - one return per fault
     return room, height
 
 
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def text_ok(text: str) -> bool:
-    """Whether ``text`` holds no surrogate, so JSON carries it exactly.
-
-    JSON writes a surrogate as a ``\\uXXXX`` escape, and reads a high one
-    followed by a low one back as the single character they encode: a
-    string holding them (only ``surrogateescape`` and the like make one)
-    would come back different.  ``isascii`` is constant time; only other
-    text is searched.
-    """
-    return text.isascii() or _SURROGATE.search(text) is None
-
-
 def json_room(value: Any, depth: int, room: int) -> int:  # noqa: PLR0911 - flat dispatch
     """Return ``room`` less the values inside ``value``, or -1 if it is not JSON data.
 
@@ -340,9 +324,7 @@ def json_room(value: Any, depth: int, room: int) -> int:  # noqa: PLR0911 - flat
     a walk of it, grow exponentially with its depth.
     """
     cls = value.__class__
-    if cls is str:
-        return room if value.isascii() or _SURROGATE.search(value) is None else -1
-    if cls is bool or value is None:
+    if cls is str or cls is bool or value is None:
         return room
     if cls is int:
         return room if -_INT_LIMIT < value < _INT_LIMIT else -1
@@ -357,14 +339,8 @@ def json_room(value: Any, depth: int, room: int) -> int:  # noqa: PLR0911 - flat
         for key, item in value.items():
             if key.__class__ is not str and not isinstance(key, str):
                 return -1
-            if not key.isascii() and _SURROGATE.search(key) is not None:
-                return -1
             cls = item.__class__
-            if cls is str:
-                if item.isascii() or _SURROGATE.search(item) is None:
-                    continue
-                return -1
-            if cls is bool or item is None:
+            if cls is str or cls is bool or item is None:
                 continue
             if cls is int and -_INT_LIMIT < item < _INT_LIMIT:
                 continue
@@ -386,7 +362,7 @@ def json_room(value: Any, depth: int, room: int) -> int:  # noqa: PLR0911 - flat
 
 def _subclass_room(value: object, depth: int, room: int) -> int:  # noqa: PLR0911
     if isinstance(value, str):
-        return room if text_ok(value) else -1
+        return room
     if isinstance(value, int):
         return room if -_INT_LIMIT < value < _INT_LIMIT else -1
     if isinstance(value, float):
@@ -394,7 +370,7 @@ def _subclass_room(value: object, depth: int, room: int) -> int:  # noqa: PLR091
     if isinstance(value, dict):
         room -= len(value)
         for key, item in value.items():
-            if room < 0 or not isinstance(key, str) or not text_ok(key):
+            if room < 0 or not isinstance(key, str):
                 return -1
             room = json_room(item, depth + 1, room)
         return room
@@ -431,11 +407,7 @@ def explain_json(data: object) -> str:  # noqa: PLR0911 - one return per kind of
             room -= len(value)
             if room < 0:
                 return too_many
-        if isinstance(value, str):
-            if not text_ok(value):
-                return f"{path}: a str holding a surrogate (not Unicode text) is not allowed"
-            continue
-        if isinstance(value, bool) or value is None:
+        if isinstance(value, str | bool) or value is None:
             continue
         if isinstance(value, int):
             if not -_INT_LIMIT < value < _INT_LIMIT:
@@ -452,8 +424,6 @@ def explain_json(data: object) -> str:  # noqa: PLR0911 - one return per kind of
             for key, item in value.items():
                 if not isinstance(key, str):
                     return f"{path}: dict key {key!r} is not a str"
-                if not text_ok(key):
-                    return f"{path}: dict key {key!r} holds a surrogate (not Unicode text)"
                 children.append((f"{path}[{key!r}]", item, depth + 1))
             stack.extend(reversed(children))
         elif isinstance(value, list):

@@ -157,7 +157,7 @@ class TraceStore:
             return False
         try:
             packed = self._pack(event)
-        except InvalidEventError as exc:  # its data changed after it was built (not copied)
+        except InvalidEventError as exc:  # data changed after it was built, or a surrogate
             logger.error("event %s not kept in its trace: %s", event.sequence, exc)
             return True
         now = self._clock()
