@@ -153,6 +153,8 @@ class AsyncEventBus:
         self.sync = bus if bus is not None else EventBus(config)
         # Open streams and awaited futures, ended once the router has stopped.
         self._holds = holds_of(self.sync.core.router)
+        self._closers = 0  # acloses under way (from any loop)
+        self._closers_lock = threading.Lock()
 
     @property
     def config(self) -> EventConfig:
@@ -400,17 +402,27 @@ class AsyncEventBus:
         down), ``aclose`` still closes the bus, as trio's ``aclose`` does,
         but without waiting any more: as ``close(timeout)`` past its
         deadline, it stops at once (in the executor, which ``asyncio.run``
-        waits for), and ``CancelledError`` goes on to the caller.  A bus is
-        never left half-closed.
+        waits for), and ``CancelledError`` goes on to the caller; unless
+        another ``aclose`` is under way, which then closes the bus on its
+        own deadline.  A bus is never left half-closed.
         """
         checks.check_timeout("timeout", timeout)
+        with self._closers_lock:
+            self._closers += 1
         try:
             await self._aclose(timeout)
         except asyncio.CancelledError:
-            if not self.sync.closed:
+            with self._closers_lock:
+                alone = self._closers == 1
+            # Another aclose still under way drains and stops the bus on its
+            # own deadline: cutting it short would give up what it waits for.
+            if alone and not self.sync.closed:
                 run = contextvars.copy_context().run
                 asyncio.get_running_loop().run_in_executor(None, run, self.sync.close, 0.0)
             raise
+        finally:
+            with self._closers_lock:
+                self._closers -= 1
 
     async def _aclose(self, timeout: float | None) -> None:
         here = asyncio.get_running_loop()

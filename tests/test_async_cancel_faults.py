@@ -779,6 +779,35 @@ def test_a_cancelled_aclose_still_closes_the_bus_at_once_and_ends_every_waiter()
     run(main)
 
 
+def test_a_cancelled_aclose_leaves_another_aclose_under_way_to_drain() -> None:
+    # The close under way has its own deadline: the impatient caller's
+    # cancellation must not stop the bus at once under it.
+    async def main() -> None:
+        bus = AsyncEventBus()
+        gate = threading.Event()
+        handled: list[int] = []
+
+        def held(event: Event) -> None:
+            gate.wait(3 * GUARD)
+            handled.append(event.data)
+
+        await bus.subscribe("held.x", held)
+        for i in range(6):
+            await bus.publish("held.x", i)
+        patient = asyncio.create_task(bus.aclose(timeout=3 * GUARD))
+        impatient = asyncio.create_task(bus.aclose())
+        cancel_after_first_step([impatient])  # both are waiting for the held handler
+        with pytest.raises(asyncio.CancelledError):
+            await impatient
+        assert not patient.done()
+        gate.set()
+        await asyncio.wait_for(patient, 2 * GUARD)
+        assert bus.sync.closed
+        assert handled == [0, 1, 2, 3, 4, 5]
+
+    run(main)
+
+
 def test_a_close_racing_a_storm_of_requests_from_two_loops_leaves_none_waiting() -> None:
     """Requests sent while another thread closes the bus: each ends, none is left waiting."""
     per_loop = 500
