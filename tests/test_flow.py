@@ -8,6 +8,7 @@ routed the event, which makes them a barrier for the mailbox's contents.
 
 from __future__ import annotations
 
+import sys
 import threading
 from typing import Any
 
@@ -210,6 +211,40 @@ def test_backpressure_announcements_alternate_when_a_relief_is_seen_while_the_ro
     bus.flush(WAIT)
     kinds = [e.event_type.rsplit(".", 1)[1] for e in notices.events]
     assert kinds == ["started", "relieved", "started", "relieved"]
+
+
+def test_backpressure_announcements_alternate_under_racing_publishers_and_readers(
+    bus: EventBus,
+) -> None:
+    # Switching threads every microsecond puts the owner's relief between the
+    # router's start and its announcement, and a relief's message behind later
+    # starts: every one of those orders used to break the alternation.
+    notices = Collector()
+    bus.subscribe("$bus.backpressure.*", notices)
+    subs = [bus.subscribe("w.x", lambda e: None, capacity=10) for _ in range(4)]
+
+    def publish() -> None:
+        for _ in range(800):
+            bus.publish_many([Event(event_type="w.x", data=i) for i in range(9)])
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=publish) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        bus.flush(WAIT)
+    finally:
+        sys.setswitchinterval(interval)
+    bus.flush(WAIT)  # the last reliefs' announcements
+    for sub in subs:
+        said = [(e.event_type.rsplit(".", 1)[1], e.data["queued"]) for e in notices.events
+                if e.data["subscription"] == sub.id]  # fmt: skip
+        kinds = [kind for kind, _ in said]
+        assert kinds == ["started", "relieved"] * (len(kinds) // 2), said
+        assert all(queued >= 8 for kind, queued in said if kind == "started"), said
 
 
 def test_backpressure_events_do_not_reach_wildcard_subscribers(bus: EventBus) -> None:

@@ -321,7 +321,9 @@ class RouterActor(DispatchedActor):
             self._emit("$bus.backpressure.relieved", relief)
 
     def _backpressure_started(self, route: Route) -> None:
-        self._backpressure_relieved(route)  # one seen first is announced first
+        relief = claim_relief(route, route.mailbox.start_reliefs)  # one before it goes first
+        if relief is not None:
+            self._emit("$bus.backpressure.relieved", relief)
         self._emit("$bus.backpressure.started", start_of(route))
 
     def _plan(self, event_type: str) -> _Plan:

@@ -56,6 +56,8 @@ class EventMailbox(FifoMailbox):
         "relief_queued",
         "reliefs",
         "reliefs_announced",
+        "start_queued",
+        "start_reliefs",
     )
 
     capacity: int
@@ -81,6 +83,8 @@ class EventMailbox(FifoMailbox):
         self.reliefs = 0  # owner only
         self.relief_queued = 0  # owner only
         self.reliefs_announced = 0  # router only
+        self.start_reliefs = 0  # router only: the reliefs counted before the last start
+        self.start_queued = 0  # router only: what the last start found queued
 
     def refuse_all(self) -> None:
         """Drop (and count) every event offered from now on: the owner stopped for good.
@@ -136,11 +140,19 @@ class EventMailbox(FifoMailbox):
                 pass
         events.append(item)
         if not self._high and n + 1 >= HIGH_WATER * self.capacity:
-            self._high = True
+            self._start(n + 1)
             flags |= STARTED
         if self._sched.acquire(False):
             self._schedule()
         return flags
+
+    def _start(self, queued: int) -> None:
+        # The reliefs before this start are read before the flag goes up: the
+        # owner counts one only while it sees the flag up, so none counted
+        # after this start can be among them.
+        self.start_reliefs = self.reliefs
+        self.start_queued = queued
+        self._high = True
 
     def offer_many(self, items: list[Any]) -> int:
         """Queue ``items`` in order, as ``offer`` would one by one; return the flags.
@@ -183,7 +195,7 @@ class EventMailbox(FifoMailbox):
                 flags = DROPPED
         events.extend(items)
         if not self._high and len(events) >= HIGH_WATER * self.capacity:
-            self._high = True
+            self._start(len(events))
             flags |= STARTED
         if self._sched.acquire(False):
             self._schedule()
