@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import urllib.request
 import uuid
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from actors import AsyncEventBus, Event, EventBus, EventConfig, EventQuery, PersistentEventBus
+from actors._core.replay import _Pace
 from tests._support import WAIT
 
 
@@ -97,3 +100,13 @@ def test_query_a_connected_node_and_read_dead_letters_and_metrics(
             assert b"llmspell_events_dead_letters_total 3" in answer.read()
 
     run(main)
+
+
+def test_a_tiny_speed_asks_for_ages_but_never_overflows_the_clock() -> None:
+    # replay(speed=1e-12) passed the checks and then raised OverflowError from
+    # time.sleep after the first event: the wait is now as long as one can be.
+    pace = _Pace(1e-12)
+    first = Event(event_type="t.x", data=0)
+    later = Event(event_type="t.x", data=1, timestamp=first.timestamp + timedelta(seconds=1))
+    assert pace.delay(first) == 0.0
+    assert pace.delay(later) == threading.TIMEOUT_MAX

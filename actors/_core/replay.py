@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import replace
@@ -46,7 +47,10 @@ class _Pace:
         if self.started is None or self.speed is None:
             self.started, self.first_ts = time.monotonic(), ts
             return 0.0
-        return self.started + (ts - self.first_ts) / self.speed - time.monotonic()
+        # A tiny ``speed`` asks for ages: as long as a wait can be, never an
+        # ``OverflowError`` from the clock (``time.sleep(1e20)``).
+        wait = self.started + (ts - self.first_ts) / self.speed - time.monotonic()
+        return min(wait, threading.TIMEOUT_MAX)
 
 
 def replay(events: Iterator[Event], handler: Callable[[Event], Any], speed: float | None) -> int:
