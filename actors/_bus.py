@@ -546,6 +546,7 @@ class EventBus(RequestReply):
         """
         from actors._metrics_http import MetricsServer  # noqa: PLC0415 - http.server on demand
 
+        self._check_open()  # one started before ``close`` goes on (``/healthz`` says closed)
         return MetricsServer(self, port, host)
 
     def remote_metrics(

@@ -521,6 +521,8 @@ AFTER_CLOSE: list[tuple[str, Callable[[EventBus], Any]]] = [
     ("replay", lambda b: b.replay(EventQuery(), lambda e: None)),
     ("request", lambda b: b.request("q.x", 1, timeout=WAIT)),
     ("respond", lambda b: b.respond("q.x", lambda e: 1)),
+    ("serve_metrics", lambda b: b.serve_metrics()),
+    ("dead_letters_from_the_journal", lambda b: b.dead_letters()),
 ]
 
 
