@@ -109,6 +109,34 @@ def test_a_reply_too_large_for_a_node_answers_with_an_error(nodes: Any) -> None:
     assert node.dead_letters() == []
 
 
+def test_a_peer_without_a_stream_holds_up_neither_requests_nor_wait_for_peers(
+    nodes: Any, tmp_path: Any
+) -> None:
+    # A node without ``listen`` (a client) has no stream to sync with: every
+    # request of a new type waited half its timeout for it, and one without a
+    # timeout waited until close.
+    hub = nodes("hub", listen=f"ipc://{tmp_path}/hub.sock")
+    responder = nodes(
+        "far", listen=f"ipc://{tmp_path}/far.sock", peers=(f"ipc://{tmp_path}/hub.sock",)
+    )
+    nodes("client", peers=(f"ipc://{tmp_path}/hub.sock",))  # no listen
+    assert hub.node is not None
+    assert hub.node.wait_for_peers(["far", "client"], WAIT)
+    responder.respond("svc.far", lambda e: "there")
+    hub.respond("svc.here", lambda e: "here")
+    answers: list[str] = []
+    asking = threading.Thread(
+        target=lambda: answers.extend(
+            hub.request(t, timeout=None).data for t in ("svc.here", "svc.far")
+        ),
+        daemon=True,
+    )
+    asking.start()
+    asking.join(WAIT)
+    assert not asking.is_alive(), "a request waited for a peer that has nothing to sync"
+    assert answers == ["here", "there"]
+
+
 def test_a_responder_raising_with_a_huge_message_on_a_node_still_answers(nodes: Any) -> None:
     # "When fn raises, the error reply is the answer ... no dead letter is made."
     node = nodes("a", max_frame_bytes=256 * 1024)

@@ -227,6 +227,7 @@ class RequestIO(BridgeBase):
             # restarted node's request socket is a new connection).
             self._seen(sender, time.monotonic())
             peer = self._peers[sender]
+            peer.streamless = pub is None
             moved = peer.route != route
             peer.route, peer.candidate, peer.route_lost = route, None, False
             if moved:
@@ -239,6 +240,7 @@ class RequestIO(BridgeBase):
         # route is kept as a fallback, used only once the known one is gone (its
         # connection closed: ``_send``); a new stream once the peer is declared
         # dead (``_heartbeat``).
+        peer.streamless = pub is None and peer.stream is None
         if link is None and peer.route_lost:
             peer.route, peer.route_lost = route, False  # the known one is gone
             self._resend_asks(sender)
