@@ -105,8 +105,21 @@ def _readme_python_blocks() -> list[str]:
 
 def test_readme_python_examples_run(tmp_path: Path) -> None:
     blocks = _readme_python_blocks()
-    assert len(blocks) == 2, "the README's Python examples changed: update this test"
-    tour, observe = blocks
+    assert len(blocks) == 3, "the README's Python examples changed: update this test"
+    tour, async_tour, observe = blocks
+    ran = subprocess.run(
+        [sys.executable, "-c", async_tour],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+        cwd=tmp_path,
+    )
+    assert ran.returncode == 0, ran.stderr
+    first = sorted(ran.stdout.splitlines()[:2])  # the handler and the stream: either first
+    assert first == ["audit: user.login", "streamed: {'user_id': '123'}"]
+    assert "event_type='user.login'" in ran.stdout
+    assert ran.stdout.rstrip().endswith("replayed 1")
     observe = observe.replace("serve_metrics(9464)", "serve_metrics(0)")
     script = "\n".join(
         [
