@@ -475,7 +475,9 @@ class RequestIO(BridgeBase):
         out: dict[str, list[Event] | BridgeError] = {}
         for name, future in futures.items():
             try:
-                out[name] = future.get(timeout=max(0.0, deadline - time.monotonic()) + 0.5)
+                # The deadline is the caller's: the I/O thread expires the ask
+                # on its next tick, after it (its bookkeeping needs no one waiting).
+                out[name] = future.get(timeout=max(0.0, deadline - time.monotonic()))
             except BridgeError as exc:
                 out[name] = exc
             except TimeoutError:
