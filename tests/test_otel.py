@@ -22,7 +22,13 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
-from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.sdk.trace.sampling import (
+    Decision,
+    ParentBased,
+    Sampler,
+    SamplingResult,
+    TraceIdRatioBased,
+)
 
 from actors import Event, EventBus, EventConfig, NodeConfig, PersistentEventBus
 from actors._model.otelspans import span_id_of
@@ -122,6 +128,34 @@ def test_children_follow_their_roots_sampling_so_a_workflow_is_kept_whole_or_not
     assert all(sorted(names) == ["wf.done", "wf.start", "wf.step"] for names in by_trace.values())
     if ratio == 0.625:  # a UUID fixes the top 2 bits of the 64 the sampler reads: half kept
         assert 0 < len(kept) < len(cids)
+
+
+def test_a_sampler_that_reads_the_attributes_still_sees_its_children_traced() -> None:
+    # The child's parent carries the root's decision, asked of the sampler with
+    # no span of its own: a sampler reading ``attributes`` must not fail there.
+    class ByAttributes(Sampler):
+        def should_sample(self, parent_context: Any, trace_id: int, name: str, kind: Any = None,
+                          attributes: Any = None, links: Any = None, trace_state: Any = None,
+                          ) -> SamplingResult:  # fmt: skip
+            len(attributes)  # None would raise
+            return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes)
+
+        def get_description(self) -> str:
+            return "by attributes"
+
+    sink = SpanSink()
+    provider = TracerProvider(sampler=ParentBased(ByAttributes()))
+    provider.add_span_processor(SimpleSpanProcessor(sink))
+    done = Collector(expected=1)
+    with EventBus() as bus:
+        instrumentation = instrument(bus, provider)
+        bus.subscribe("wf.start", lambda e: bus.publish("wf.step", None))
+        bus.subscribe("wf.step", done)
+        bus.publish_correlated("wf.start", None, uuid.uuid4())
+        assert done.done.wait(WAIT)
+        bus.flush(WAIT)
+    instrumentation.uninstrument()
+    assert sorted(span.name for span in sink.spans) == ["wf.start", "wf.step"]
 
 
 def test_a_handler_exception_is_recorded_on_its_span_and_the_bus_goes_on(

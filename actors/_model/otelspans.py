@@ -166,8 +166,13 @@ def root_sampled(tracer: Any, trace_id: int, name: str) -> bool:
     sampler = getattr(tracer, "sampler", None)
     if sampler is None:
         return True
-    result = sampler.should_sample(parent_context=None, trace_id=trace_id, name=name)
-    return bool(result.decision.is_sampled())
+    try:  # a sampler of its own may want what a root would bring (attributes, links)
+        result = sampler.should_sample(
+            parent_context=None, trace_id=trace_id, name=name, attributes={}
+        )
+        return bool(result.decision.is_sampled())
+    except Exception:
+        return True  # as before the probe: the child is sampled
 
 
 def start_event_span(
