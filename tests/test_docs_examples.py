@@ -103,23 +103,29 @@ def _readme_python_blocks() -> list[str]:
     return re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
 
 
-def test_readme_python_examples_run(tmp_path: Path) -> None:
-    blocks = _readme_python_blocks()
-    assert len(blocks) == 3, "the README's Python examples changed: update this test"
-    tour, async_tour, observe = blocks
-    ran = subprocess.run(
-        [sys.executable, "-c", async_tour],
+def _run_python(script: str, cwd: Path) -> str:
+    """Run ``script`` in a fresh interpreter in ``cwd``; return what it printed (it must succeed)."""
+    result = subprocess.run(
+        [sys.executable, "-c", script],
         check=False,
         capture_output=True,
         text=True,
         timeout=WAIT,
-        cwd=tmp_path,
+        cwd=cwd,
     )
-    assert ran.returncode == 0, ran.stderr
-    first = sorted(ran.stdout.splitlines()[:2])  # the handler and the stream: either first
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_readme_python_examples_run(tmp_path: Path) -> None:
+    blocks = _readme_python_blocks()
+    assert len(blocks) == 3, "the README's Python examples changed: update this test"
+    tour, async_tour, observe = blocks
+    said = _run_python(async_tour, tmp_path)
+    first = sorted(said.splitlines()[:2])  # the handler and the stream: either first
     assert first == ["audit: user.login", "streamed: {'user_id': '123'}"]
-    assert "event_type='user.login'" in ran.stdout
-    assert ran.stdout.rstrip().endswith("replayed 1")
+    assert "event_type='user.login'" in said
+    assert said.rstrip().endswith("replayed 1")
     observe = observe.replace("serve_metrics(9464)", "serve_metrics(0)")
     script = "\n".join(
         [
@@ -133,16 +139,7 @@ def test_readme_python_examples_run(tmp_path: Path) -> None:
             "print('README examples done')",
         ]
     )
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=WAIT,
-        cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stderr
-    out = result.stdout
+    out = _run_python(script, tmp_path)
     assert "user event: {'user_id': '123'}" in out
     assert "workflow.start" in out
     assert out.rstrip().endswith("README examples done")
