@@ -104,7 +104,7 @@ def _readme_python_blocks() -> list[str]:
 
 
 def _run_python(script: str, cwd: Path) -> str:
-    """Run ``script`` in a fresh interpreter in ``cwd``; return what it printed (it must succeed)."""
+    """Run ``script`` in a fresh interpreter in ``cwd``; return what it printed (must succeed)."""
     result = subprocess.run(
         [sys.executable, "-c", script],
         check=False,
