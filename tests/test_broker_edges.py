@@ -708,3 +708,21 @@ def test_a_node_may_be_named_like_the_broker_it_joins_through(
         got.has("broker", "t.h", 4)
         got.has("c", "t.c", 4)
         assert got.of("broker") == list(range(5))
+
+
+def test_a_peer_without_listen_behind_a_broker_is_synced_only_through_the_broker(
+    tmp_path: Path, nodes: Callable[..., EventBus]
+) -> None:
+    # Mesh and broker mixed: ``b`` has no stream of its own, but its events
+    # reach ``a`` on the broker's, which must be synced before ``a`` counts
+    # ``b`` ready (counted at once, the first event after it was lost half the time).
+    with Broker(ipc(tmp_path, "hub")) as broker:
+        a = nodes("a", listen=ipc(tmp_path, "a"), peers=(broker.endpoint,))
+        got: list[int] = []
+        arrived = threading.Event()
+        a.subscribe("x.*", lambda e: (got.append(e.data), arrived.set()))
+        b = nodes("b", peers=(broker.endpoint, request_endpoint(a)))
+        assert a.wait_for_peers(["b"], WAIT)
+        b.publish("x.evt", 0).get(timeout=WAIT)
+        assert arrived.wait(WAIT), "the first event after wait_for_peers was lost"
+        assert got == [0]
