@@ -23,6 +23,7 @@ from actors import (
     BusClosedError,
     Event,
     EventBus,
+    EventQuery,
     EventTooLargeError,
     NoAnswerError,
     NodeConfig,
@@ -297,6 +298,21 @@ def test_publish_remote_with_a_zero_timeout_answers_or_times_out(
     done, result = _run_bounded(lambda: client.publish_remote("hub", "t.z", 0, timeout=0), WAIT)
     assert done
     assert isinstance(result, Event | NoAnswerError), result
+
+
+def test_an_unknown_node_is_not_connected_even_with_a_zero_timeout(
+    tmp_path: Path, nodes: Callable[..., EventBus]
+) -> None:
+    # A call's deadline is exact now; an ask the I/O thread has not looked at
+    # yet still gets that look, where an unknown node fails at once.
+    hub = nodes("hub", listen=ipc(tmp_path, "hub"))
+    client = nodes("client", peers=(request_endpoint(hub),))
+    assert client.linked_nodes(WAIT) == ["hub"]
+    for _ in range(50):
+        with pytest.raises(NotConnectedError):
+            client.publish_remote("nosuch", "t.z", 0, timeout=0)
+        with pytest.raises(NotConnectedError):
+            client.query(EventQuery(), node="nosuch", timeout=0.001)
 
 
 def test_a_node_that_went_away_gives_a_typed_error_within_the_timeout(

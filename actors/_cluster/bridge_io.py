@@ -7,8 +7,10 @@ the journal through ``JournalPort``; they never see the bus.
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import Future
 from datetime import datetime
 from typing import Any
@@ -17,18 +19,22 @@ from actors._cluster.outbound import Outbound
 from actors._cluster.ports import LocalNode
 from actors._cluster.wire import bool_field, text_field, texts_field, uint_field
 from actors._codec.events import chunk_of
-from actors._errors import FrameError
+from actors._errors import BridgeError, FrameError, NoAnswerError
 from actors._model.event import Event
 from actors._model.query import EventQuery
+from actors._runtime.future import BusFuture
 
 __all__ = [
+    "ASK_GRACE",
     "RECOVER_LIMIT",
     "PublishLedger",
     "Piece",
+    "answers",
     "fit_answer",
     "fit_asker",
     "query_from_json",
     "query_to_json",
+    "run_then_set",
     "serve_recover",
 ]
 
@@ -262,3 +268,41 @@ def fit_asker(
     if len(pieces) == 1 and len(pieces[0][1]) > budget and limit < own:
         return [], {"complete": False, "scanned": pieces[0][0], "lost": True}
     return pieces, reply
+
+
+ASK_GRACE = 0.5
+"""How long a caller whose deadline passed waits for the I/O thread to look at its ask."""
+
+
+def run_then_set(fn: Callable[[], Any], done: threading.Event) -> None:
+    """Run ``fn``, then set ``done`` (whatever ``fn`` raised)."""
+    try:
+        fn()
+    finally:
+        done.set()
+
+
+def answers(
+    futures: dict[str, tuple[BusFuture[list[Event]], threading.Event]], deadline: float
+) -> dict[str, list[Event] | BridgeError]:
+    """Wait for each node's answer until ``deadline`` (the caller's, exactly).
+
+    The I/O thread expires a sent ask on its next tick, after the deadline
+    (that bookkeeping needs no one waiting).  Only an ask it has not looked
+    at yet (``asked`` unset) is given the moment that takes: an unknown node
+    fails there at once, with ``NotConnectedError``, not ``NoAnswerError``.
+    """
+    out: dict[str, list[Event] | BridgeError] = {}
+    for name, (future, asked) in futures.items():
+        try:
+            try:
+                out[name] = future.get(timeout=max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                if not (asked.wait(ASK_GRACE) and future.done()):  # at once once asked
+                    raise
+                out[name] = future.get(timeout=0)
+        except BridgeError as exc:
+            out[name] = exc
+        except TimeoutError:
+            out[name] = NoAnswerError(f"node {name!r} did not answer in time")
+    return out

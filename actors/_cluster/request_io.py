@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Sequence
@@ -20,7 +21,14 @@ from typing import Any
 
 import zmq
 
-from actors._cluster.bridge_io import Piece, fit_asker, query_from_json, serve_recover
+from actors._cluster.bridge_io import (
+    Piece,
+    answers,
+    fit_asker,
+    query_from_json,
+    run_then_set,
+    serve_recover,
+)
 from actors._cluster.endpoints import Link, Peer, reachable
 from actors._cluster.io_base import BridgeBase, Route
 from actors._cluster.stream_io import RECV_BURST
@@ -465,24 +473,14 @@ class RequestIO(BridgeBase):
     ) -> dict[str, list[Event] | BridgeError]:
         """Ask every node of ``names`` (any thread but the I/O thread); wait for each answer."""
         deadline = time.monotonic() + (30.0 if timeout is None else timeout)
-        futures: dict[str, BusFuture[list[Event]]] = {}
+        futures: dict[str, tuple[BusFuture[list[Event]], threading.Event]] = {}
         for name in names:
             future: BusFuture[list[Event]] = BusFuture()
-            futures[name] = future
-            self._call_soon(
-                functools.partial(self._ask, name, kind, body, future, deadline, payload)
-            )
-        out: dict[str, list[Event] | BridgeError] = {}
-        for name, future in futures.items():
-            try:
-                # The deadline is the caller's: the I/O thread expires the ask
-                # on its next tick, after it (its bookkeeping needs no one waiting).
-                out[name] = future.get(timeout=max(0.0, deadline - time.monotonic()))
-            except BridgeError as exc:
-                out[name] = exc
-            except TimeoutError:
-                out[name] = NoAnswerError(f"node {name!r} did not answer in time")
-        return out
+            asked = threading.Event()
+            futures[name] = (future, asked)
+            ask = functools.partial(self._ask, name, kind, body, future, deadline, payload)
+            self._call_soon(functools.partial(run_then_set, ask, asked))
+        return answers(futures, deadline)
 
     def _serve(self, message: Request, route: Route) -> None:
         """Answer a peer's request (worker thread: may block on the journal)."""
