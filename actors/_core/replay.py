@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import replace
@@ -33,6 +32,10 @@ def iter_query(
         after = page[-1].sequence
 
 
+LONGEST_WAIT = 100 * 365 * 86_400.0
+"""The longest replay waits between two events (seconds): a century."""
+
+
 class _Pace:
     """The wait before each event that keeps the original spacing, ``speed`` times faster."""
 
@@ -47,10 +50,11 @@ class _Pace:
         if self.started is None or self.speed is None:
             self.started, self.first_ts = time.monotonic(), ts
             return 0.0
-        # A tiny ``speed`` asks for ages: as long as a wait can be, never an
-        # ``OverflowError`` from the clock (``time.sleep(1e20)``).
+        # A tiny ``speed`` asks for ages: a century at most, never an error
+        # from the clock (``time.sleep(1e20)`` overflows, and on Linux even
+        # ``time.sleep(threading.TIMEOUT_MAX)`` is refused with EINVAL).
         wait = self.started + (ts - self.first_ts) / self.speed - time.monotonic()
-        return min(wait, threading.TIMEOUT_MAX)
+        return min(wait, LONGEST_WAIT)
 
 
 def replay(events: Iterator[Event], handler: Callable[[Event], Any], speed: float | None) -> int:
