@@ -726,3 +726,26 @@ def test_a_peer_without_listen_behind_a_broker_is_synced_only_through_the_broker
         b.publish("x.evt", 0).get(timeout=WAIT)
         assert arrived.wait(WAIT), "the first event after wait_for_peers was lost"
         assert got == [0]
+
+
+def test_a_client_dialing_a_brokered_node_alone_holds_up_no_request(
+    tmp_path: Path, nodes: Callable[..., EventBus]
+) -> None:
+    # A node behind a broker, and a client (no listen) that dials only that
+    # node, as every short-lived CLI command does: nothing of the client can
+    # come on any stream, so nothing is waited for (the node-wide "behind a
+    # broker" rule made every request wait half its timeout, or for ever).
+    with Broker(ipc(tmp_path, "hub")) as broker:
+        a = nodes("a", listen=ipc(tmp_path, "a"), peers=(broker.endpoint,))
+        assert a.linked_nodes(WAIT) == []  # the broker link is up (a broker is no node)
+        nodes("client", peers=(request_endpoint(a),))
+        assert a.wait_for_peers(["client"], WAIT)
+        a.respond("q.one", lambda e: "ok")
+        answers: list[str] = []
+        asking = threading.Thread(
+            target=lambda: answers.append(a.request("q.one", timeout=None).data), daemon=True
+        )
+        asking.start()
+        asking.join(WAIT)
+        assert not asking.is_alive(), "a request waited for a client with nothing to sync"
+        assert answers == ["ok"]

@@ -365,15 +365,10 @@ class Bridge(StreamIO, RecoveryIO, RequestIO):
     def _build_view(self) -> BridgeView:
         inbound = self._in
         alive = tuple(sorted(p.name for p in self._peers.values() if p.alive))
-        # A peer without ``listen`` (no stream) has nothing to sync: waiting for it
-        # (``wait_for_peers``, a request's reply route) would only run out the time.
-        # Behind a broker its events come on the broker's stream: that one syncs.
-        brokered = any(link.broker for link in self._links)
-        bare = (
-            set()
-            if brokered
-            else {p.name for p in self._peers.values() if p.streamless and p.stream is None}
-        )
+        # A peer without ``listen`` that dials this node alone (no broker carries
+        # its events) has nothing to sync: waiting for it (``wait_for_peers``, a
+        # request's reply route) would only run out the time.
+        bare = {p.name for p in self._peers.values() if p.streamless and p.stream is None}
         synced = tuple(n for n in alive if n in bare or inbound.synced_with([n]))
         stats = BridgeStatistics(
             **asdict(self._stats),

@@ -91,7 +91,7 @@ class Peer:
     last_heard: float = 0.0  # anything from it, its credit and requests too (``_forget_gone``)
     route: Any = None  # (socket, identity or None) to send it requests directly
     stream: str | None = None  # the endpoint our SUB connected to for its events
-    streamless: bool = False  # it greeted without a stream (no ``listen``): nothing to sync
+    streamless: bool = False  # no stream, and dials only this node: nothing of it to sync
     candidate: Any = None  # a newer route from a HELLO, tried when ``route`` stops answering
     route_lost: bool = False  # ``route``'s connection closed with no candidate: take the next
     candidate_stream: tuple[str, bytes | None] | None = None  # adopted once it is declared dead

@@ -235,7 +235,7 @@ class RequestIO(BridgeBase):
             # restarted node's request socket is a new connection).
             self._seen(sender, time.monotonic())
             peer = self._peers[sender]
-            peer.streamless = pub is None
+            peer.streamless = pub is None and body.get("dials") == 1
             moved = peer.route != route
             peer.route, peer.candidate, peer.route_lost = route, None, False
             if moved:
@@ -248,7 +248,7 @@ class RequestIO(BridgeBase):
         # route is kept as a fallback, used only once the known one is gone (its
         # connection closed: ``_send``); a new stream once the peer is declared
         # dead (``_heartbeat``).
-        peer.streamless = pub is None and peer.stream is None
+        peer.streamless = pub is None and body.get("dials") == 1 and peer.stream is None
         if link is None and peer.route_lost:
             peer.route, peer.route_lost = route, False  # the known one is gone
             self._resend_asks(sender)
@@ -348,6 +348,8 @@ class RequestIO(BridgeBase):
 
     def _hello_request(self, kind: int, to: str, rid: str) -> Request:
         body: dict[str, Any] = {"kind": "node", "pub": self._pub_endpoint}
+        if self._pub_endpoint is None:  # how many it dials: one, and no broker carries its events
+            body["dials"] = len(self._node.peers)
         body.update(epoch=self._epoch, base=self._base)
         if self._node.curve_public_key is not None:
             body["key"] = self._node.curve_public_key.decode()
