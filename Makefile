@@ -16,7 +16,7 @@ demo: $(STAMP)
 	$(BIN)/python -m actors.demo
 
 # Two workers: most tests wait on other threads and processes, so two
-# interpreters use both cores (10 to 12 minutes on two cores).
+# interpreters use both cores (about 10 minutes on two cores; 11 to 12 beside a CPU burner).
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2
 
