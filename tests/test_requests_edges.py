@@ -97,6 +97,22 @@ def test_a_responder_source_its_replies_cannot_carry_fails_at_once(
     assert bus.dead_letters() == []
 
 
+def test_a_reply_no_node_could_carry_answers_with_an_error_at_once(nodes: Any) -> None:
+    # A surrogate in the reply's text: built and handed over in one process,
+    # but no node could carry it, so the caller elsewhere would wait out its
+    # timeout. It is an error reply, on one bus as on a node.
+    for bus in (nodes("a"), EventBus()):
+        try:
+            bus.respond("svc.sur", lambda e: {"name": "file-\udcff"})
+            with pytest.raises(RemoteHandlerError) as caught:
+                bus.request("svc.sur", timeout=HANG)
+            assert caught.value.remote_type == "InvalidEventError"
+            assert "surrogate" in str(caught.value)
+        finally:
+            if bus.node is None:
+                bus.close(timeout=WAIT)
+
+
 def test_a_reply_too_large_for_a_node_answers_with_an_error(nodes: Any) -> None:
     # As a return value that is not JSON: a return value that cannot be a
     # reply (EventTooLargeError on a node) becomes an error reply, at once.

@@ -37,6 +37,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from actors._codec.events import encode_shared
 from actors._core.handling import current_timeout
 from actors._core.pending import DEFAULT_LIMIT, Pending, PendingTable, ReplyFuture
 from actors._core.policies import handler_timeout_error
@@ -397,6 +398,10 @@ class Responder:
     def _answer(self, request: Event, result: Any) -> None:
         try:
             reply = reply_event(request, result, source=self._source)
+            # Encoded now (kept on it for the journal and the bridge): a reply
+            # no node could carry (a surrogate in its text) is an error reply,
+            # never one left out on its way to a caller elsewhere.
+            encode_shared(reply)
         except BaseException as exc:  # not JSON (InvalidEventError), or its check broke
             self._fail(request, exc)
         else:
