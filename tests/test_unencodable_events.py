@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from actors import Event, EventBus, EventConfig, EventQuery, InvalidEventError
+from actors._codec.events import NotTextError, encode_event
 from tests._support import WAIT, Collector
 
 
@@ -117,3 +118,15 @@ def test_a_node_refuses_at_publish_a_large_event_it_cannot_encode_for_any_other_
     a.publish("t.after", 1).get(timeout=WAIT)
     a.flush(WAIT)
     assert [e.event_type for e in got.events] == ["t.after"]
+
+
+def test_text_that_is_not_unicode_is_told_apart_from_other_encoding_failures() -> None:
+    # Only ``data`` can hold a surrogate once built (the other strings are
+    # checked at construction). A node's size check lets that kind pass (its
+    # own process delivers the event) and no other: it tells them apart by
+    # the error's class.
+    with pytest.raises(NotTextError):
+        encode_event(surrogate("h.text"))
+    with pytest.raises(InvalidEventError) as caught:
+        encode_event(spoiled("h.nan"))
+    assert not isinstance(caught.value, NotTextError)

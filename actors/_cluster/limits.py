@@ -15,8 +15,8 @@ from typing import Any
 
 import zmq
 
-from actors._codec.events import encode_event
-from actors._errors import EventTooLargeError, InvalidEventError
+from actors._codec.events import NotTextError, encode_event
+from actors._errors import EventTooLargeError
 from actors._model.event import Event
 
 __all__ = [
@@ -158,10 +158,9 @@ class EventSizeCheck:
             return
         try:
             size = len(encode_event(event))
-        except InvalidEventError as exc:
-            if isinstance(exc.__cause__, UnicodeEncodeError):
-                return  # a surrogate: delivered here, left out (and counted) by the bridge
-            raise  # past protobuf's 2 GiB, or data changed after it was built
+        except NotTextError:
+            return  # a surrogate: delivered here, left out (and counted) by the bridge
+        # Past protobuf's 2 GiB, or data changed after it was built: raised.
         if size > limit:
             stamp = f" and {self.stamp} for its origin and sequence" if self.stamp else ""
             raise EventTooLargeError(

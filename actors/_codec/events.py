@@ -54,6 +54,7 @@ from actors._model.uuid7 import uuid_from_int
 
 __all__ = [
     "SCHEMA_VERSION",
+    "NotTextError",
     "chunk_of",
     "decode_batch",
     "decode_event",
@@ -80,6 +81,15 @@ _NULL = b"null"
 
 def _refuse_default(value: object) -> object:
     raise TypeError(f"{type(value).__name__} is not a JSON value")
+
+
+class NotTextError(InvalidEventError):
+    """An event cannot be encoded because a string of it is not Unicode text (a surrogate).
+
+    Apart from the other encoding failures (data changed after the event
+    was built, a message past protobuf's 2 GiB): the event is fine in its
+    own process, and only what must carry its bytes refuses it.
+    """
 
 
 def _refuse_constant(name: str) -> object:
@@ -218,6 +228,8 @@ def event_to_message(event: Event) -> Any:
             message.sequence = value
         if (value := event.origin) is not None:
             message.origin = value
+    except UnicodeEncodeError as exc:  # before ValueError, its base
+        raise NotTextError(f"cannot encode event {event.id}: {exc}") from exc
     except (TypeError, ValueError, OverflowError, RecursionError, AttributeError) as exc:
         raise InvalidEventError(f"cannot encode event {event.id}: {exc}") from exc
     return message

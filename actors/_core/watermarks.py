@@ -30,30 +30,25 @@ def claim_relief(route: Route, upto: int | None = None) -> dict[str, Any] | None
     if reliefs <= mailbox.reliefs_announced:
         return None
     mailbox.reliefs_announced = reliefs
-    return {
-        "subscription": route.id,
-        "pattern": route.pattern,
-        "queued": mailbox.relief_queued,
-        "capacity": mailbox.capacity,
-    }
+    return _notice(route.id, route.pattern, mailbox.relief_queued, mailbox.capacity)
 
 
 def relief_sent(message: Relieved) -> dict[str, Any]:
     """Return the data of a relief as its message says (its route is gone)."""
-    return {
-        "subscription": message.id,
-        "pattern": message.pattern,
-        "queued": message.queued,
-        "capacity": message.capacity,
-    }
+    return _notice(message.id, message.pattern, message.queued, message.capacity)
 
 
 def start_of(route: Route) -> dict[str, Any]:
     """Return the data of the start ``route``'s mailbox just made (what it found queued)."""
     mailbox = route.mailbox
+    return _notice(route.id, route.pattern, mailbox.start_queued, mailbox.capacity)
+
+
+def _notice(subscription: str, pattern: str, queued: int, capacity: int) -> dict[str, Any]:
+    """Return an announcement's data: which subscription, its pattern, its queue and bound."""
     return {
-        "subscription": route.id,
-        "pattern": route.pattern,
-        "queued": mailbox.start_queued,
-        "capacity": mailbox.capacity,
+        "subscription": subscription,
+        "pattern": pattern,
+        "queued": queued,
+        "capacity": capacity,
     }
