@@ -1054,8 +1054,9 @@ def test_backoff_stays_within_full_jitter_bounds_at_extreme_bases_and_retries() 
 
 
 def test_a_request_reusing_the_id_of_a_waiting_one_does_not_disturb_it(bus: EventBus) -> None:
-    # Docs silent on a reused request id; a user expects the second call to
-    # fail on its own without taking or closing the first caller's entry.
+    # docs/requests.md: a reused request id is a typed error (InvalidEventError,
+    # a ValueError) for the second call alone, without taking or closing the
+    # first caller's entry.
     release = threading.Event()
     try:
 
@@ -1068,7 +1069,7 @@ def test_a_request_reusing_the_id_of_a_waiting_one_does_not_disturb_it(bus: Even
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             first = pool.submit(bus.request, "svc.same", "first", timeout=WAIT, id=rid)
             assert wait_for(lambda: bus.pending_requests() == 1)
-            with pytest.raises(ValueError, match="already waiting"):
+            with pytest.raises(InvalidEventError, match="already waiting"):
                 bus.request("svc.same", "second", timeout=WAIT, id=rid)
             assert bus.pending_requests() == 1
             release.set()

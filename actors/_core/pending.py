@@ -16,7 +16,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from actors._errors import BackpressureError, FutureTimeoutError
+from actors._errors import BackpressureError, FutureTimeoutError, InvalidEventError
 from actors._model.event import Event
 from actors._runtime.future import BusFuture
 
@@ -126,6 +126,8 @@ class PendingTable:
     ) -> Pending:
         """Add an entry for ``request_id``; raise ``BackpressureError`` when the table is full.
 
+        ``InvalidEventError`` if a request with that id is already waiting.
+
         With a ``timeout``, a sweep ends the entry ``SWEEP_GRACE`` s after
         it, should its caller never close it.
         """
@@ -143,7 +145,10 @@ class PendingTable:
                     f"{self.limit} requests are already waiting for replies on this bus"
                 )
             if request_id in self._entries:
-                raise ValueError(f"request {request_id} is already waiting")
+                raise InvalidEventError(
+                    f"request {request_id} is already waiting: a request's id must be unique "
+                    "among waiting requests (leave id unset to get a fresh one)"
+                )
             self._entries[request_id] = entry
         return entry
 
