@@ -158,6 +158,40 @@ def test_a_sampler_that_reads_the_attributes_still_sees_its_children_traced() ->
     assert sorted(span.name for span in sink.spans) == ["wf.start", "wf.step"]
 
 
+def test_a_sampler_deciding_by_name_is_asked_the_root_decision_with_the_childs_type() -> None:
+    # docs/observability.md: the root's type is not known where a child is
+    # handled; the root's decision is asked with the child's own type, so a
+    # sampler keeping only "wf.start" by name keeps the root and drops the
+    # child (whose parent then reads unsampled): it must decide by trace id.
+    asked: list[str] = []
+
+    class ByName(Sampler):
+        def should_sample(self, parent_context: Any, trace_id: int, name: str, kind: Any = None,
+                          attributes: Any = None, links: Any = None, trace_state: Any = None,
+                          ) -> SamplingResult:  # fmt: skip
+            asked.append(name)
+            keep = name == "wf.start"
+            return SamplingResult(Decision.RECORD_AND_SAMPLE if keep else Decision.DROP)
+
+        def get_description(self) -> str:
+            return "by name"
+
+    sink = SpanSink()
+    provider = TracerProvider(sampler=ParentBased(ByName()))
+    provider.add_span_processor(SimpleSpanProcessor(sink))
+    done = Collector(expected=1)
+    with EventBus() as bus:
+        instrumentation = instrument(bus, provider)
+        bus.subscribe("wf.start", lambda e: bus.publish("wf.step", None))
+        bus.subscribe("wf.step", done)
+        bus.publish_correlated("wf.start", None, uuid.uuid4())
+        assert done.done.wait(WAIT)
+        bus.flush(WAIT)
+    instrumentation.uninstrument()
+    assert "wf.step" in asked
+    assert [span.name for span in sink.spans] == ["wf.start"]
+
+
 def test_a_handler_exception_is_recorded_on_its_span_and_the_bus_goes_on(
     traced: tuple[EventBus, Any],
 ) -> None:
