@@ -9,8 +9,12 @@ primary space where keys are sequences, skips the damaged block.
 A damaged block is skipped only when the walk can resume in order after it:
 seeks probe ever further past the last good sequence until one lands on a
 readable block, then a binary search finds the first sequence whose seek
-reads cleanly.  ``on_skip(first, resume)`` is told the sequence range
-[first, resume) that could not be read (it counts and warns).  If no seek
+reads cleanly.  Walking backwards, the records between the damage and the
+last one yielded are then read one by one (RocksDB's reverse step reads
+one key further down than it yields), and the bottom of the space is a
+clean end: a damaged lowest block ends the walk with its records skipped.
+``on_skip(first, resume)`` is told the sequence range [first, resume) that
+could not be read (it counts and warns).  If no seek
 past the damage reads cleanly, the walk raises ``JournalError``.
 
 No driver import: the cursor is anything with RocksDB's raw-iterator methods.
@@ -116,14 +120,28 @@ def walk_sequences(
             break
         first = pos if last is None else last + step
         resume = _resume_point(cf, first, step)
+        if backwards:
+            # Walking back, RocksDB reads the key below the one it is about
+            # to yield: the records just above the damage fail with it, but
+            # read cleanly on their own.  Nothing lies below the lowest block.
+            resume = -1 if resume is None else resume
+            salvaged, first = _read_down(cf, first, resume, values)
+            for seq, value in salvaged:
+                if pending is not None:
+                    _report(on_skip, pending, backwards)
+                    pending = None
+                yield seq, value
+                last = seq
         if resume is None:
             msg = (
                 f"journal read failed at sequence {first} and no later block reads cleanly: {error}"
             )
             raise JournalError(msg) from error
+        if first == resume:
+            pass  # backwards, every record above the resume point was read on its own
         # A resume point can land inside the same damage (RocksDB's seek may
         # read cleanly where the next step does not): merge such skips.
-        if pending is not None and last is None:
+        elif pending is not None and last is None:
             pending[1] = resume
         else:
             pending = [first, resume]
@@ -134,6 +152,28 @@ def walk_sequences(
         cursor = cf.iter()  # an iterator that failed once may not recover on a seek
     if pending is not None:
         _report(on_skip, pending, backwards)
+
+
+def _read_down(
+    cf: Iterable, first: int, resume: int, values: bool
+) -> tuple[list[tuple[int, bytes | None]], int]:
+    """Read the records from ``first`` down to above ``resume`` one by one, to the first error.
+
+    A forward seek reads only the block of its key.  Returns the records
+    read (descending) and the highest sequence left unread (``resume`` if
+    none is).
+    """
+    read: list[tuple[int, bytes | None]] = []
+    seq = first
+    while seq > resume:
+        cursor = cf.iter()
+        cursor.seek(SEQ.pack(seq))
+        if not cursor.valid():
+            break  # an error, or (a writer deleting) nothing at or above it
+        if int(SEQ.unpack(cursor.key())[0]) == seq:
+            read.append((seq, cursor.value() if values else None))
+        seq -= 1  # absent (a gap) or read: on down
+    return read, seq
 
 
 def _report(on_skip: SkipHandler, skipped: list[int], backwards: bool) -> None:
