@@ -11,7 +11,9 @@ from __future__ import annotations
 import glob
 import hashlib
 import os
+import shutil
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +91,44 @@ def test_a_refused_open_changes_nothing_and_repair_salvages_every_event(
     report = repair(path)
     assert (report.repaired, report.lost, report.acknowledged) == (True, 0, N)
     assert _stored(path) == list(range(1, N + 1))
+
+
+@pytest.fixture(scope="module")
+def indexed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A closed journal whose indexes fill table files of their own (3 types, correlation ids)."""
+    path = tmp_path_factory.mktemp("indexed") / "j"
+    cid = uuid.UUID(int=7)
+    with EventBus(EventConfig(persistence_path=path)) as bus:
+        futures = [
+            bus.publish(f"t.{'abc'[i % 3]}", {"i": i, "pad": "x" * 50}, correlation_id=cid)
+            for i in range(3000)
+        ]
+        futures[-1].get(timeout=60)
+    return path
+
+
+@pytest.mark.parametrize("kept", [0.5, 0.75, 0.85, 0.95])
+def test_a_cut_manifest_that_drops_only_the_indexes_is_refused_without_a_change(
+    indexed: Path, tmp_path: Path, kept: float
+) -> None:
+    # The records are still listed, the index tables no longer: the open's
+    # check of the indexes refuses it, and RocksDB's writable open (which
+    # deletes the files a MANIFEST does not list) must not have run first.
+    path = tmp_path / "j"
+    shutil.copytree(indexed, path)
+    manifest = _manifest(path)
+    os.truncate(manifest, int(manifest.stat().st_size * kept))
+    before = _snapshot(path)
+    try:
+        EventBus(EventConfig(persistence_path=path)).close()
+    except JournalDamagedError:
+        assert _snapshot(path) == before
+        report = repair(path)
+        assert report.lost == 0
+        assert len(_stored(path)) == 3000
+    else:  # the cut kept every table listed: a journal that opens whole
+        assert kept > 0.5
+        assert len(_stored(path)) == 3000
 
 
 def test_truncate_salvages_a_journal_without_current(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from actors._errors import JournalDamagedError
 from actors._journal.actor import enforce_retention
-from actors._journal.rebuild import PARTS
+from actors._journal.rebuild import PARTS, disagree_message
 from actors._journal.records import HIGH_WATER
 from actors._journal.rocks import Recover, RocksStorage, repair_files
 from actors._model.config import EventConfig
@@ -115,12 +115,7 @@ def _reconcile(
     if not full and not problems:
         return _Reconciled()
     if recover == "refuse" and not full:
-        msg = (
-            f"journal {path!r} is damaged: its {', '.join(problems)} do not match the "
-            "records, so queries would miss events. To rebuild them from the records, "
-            "open it with EventConfig(recover='truncate') or run actors._journal.repair(path)"
-        )
-        raise JournalDamagedError(msg)
+        raise JournalDamagedError(disagree_message(path, problems))
     if storage.read_only:
         logger.warning(
             "journal %s: its %s do not match the records; queries may miss events until "

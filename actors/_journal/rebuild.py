@@ -31,11 +31,22 @@ from actors._errors import InvalidEventError, JournalError
 from actors._journal.cursor import walk, walk_sequences
 from actors._journal.records import SEQ, TIME_KEY, TS_BIAS, TYPE_KEY, parse_value
 
-__all__ = ["PARTS", "RebuildMixin", "Rebuilt", "Survey"]
+__all__ = ["PARTS", "RebuildMixin", "Rebuilt", "Survey", "disagree_message"]
 
 #: The parts of the secondary state, as ``RecoveryReport.rebuilt`` names them.
 PARTS = ("types", "count", "skew", "by_type", "by_time", "by_cid")
 INDEXES = ("by_type", "by_time", "by_cid")
+
+
+def disagree_message(path: str, problems: list[str]) -> str:
+    """Say that ``problems`` (parts of the secondary state) disagree with the records."""
+    return (
+        f"journal {path!r} is damaged: its {', '.join(problems)} do not match the "
+        "records, so queries would miss events. To rebuild them from the records, "
+        "open it with EventConfig(recover='truncate') or run actors._journal.repair(path)"
+    )
+
+
 META_REBUILD = b"s:rebuild"  # present while a rebuild is under way
 META_NEXT_TYPE = b"s:next_type"  # u32: the lowest type id no record uses, if above the registry's
 _META_COUNT = b"s:count"

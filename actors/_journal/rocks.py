@@ -45,6 +45,7 @@ from actors._errors import (
     JournalNotFoundError,
 )
 from actors._journal.highwater import FILE_NAME, HighWaterMark
+from actors._journal.rebuild import disagree_message
 from actors._journal.records import HIGH_WATER
 from actors._journal.rocks_store import RocksTables
 from actors._journal.rocks_views import (
@@ -451,6 +452,10 @@ class RocksStorage(RocksTables):
             kept = max(last, view.get_checkpoint(HIGH_WATER) or 0)
             damage = view.damage
             self.torn_tail = view.torn_tail
+            # The open's check of the secondary state, made here too: RocksDB's
+            # writable open deletes the table files a cut MANIFEST no longer
+            # lists (the indexes), before that check could refuse.
+            problems = view.quick_problems() if recover == "refuse" else []
         finally:
             view.close()
         if recover == "refuse":
@@ -458,6 +463,8 @@ class RocksStorage(RocksTables):
                 raise JournalDamagedError(_wal_message(self._path, damage, acknowledged, kept))
             if acknowledged > kept:
                 raise JournalDamagedError(_refuse_message(self._path, acknowledged, kept, last))
+            if problems:
+                raise JournalDamagedError(disagree_message(self._path, problems))
             return False
         if damage is not None:
             # Recovered up to the damage: what the log holds after it has lost its order.
