@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from actors import Event, EventBus, EventConfig, EventQuery, JournalError
+from actors._journal import repair
 from tests._support import WAIT, flip_byte
 
 N = 20_000
@@ -108,3 +109,24 @@ def test_a_damaged_index_block_raises_instead_of_ending_early(
             bus.query(EventQuery(time_range=(datetime(2000, 1, 1, tzinfo=UTC), None)))
         # The record space is intact: unindexed reads still see everything.
         assert len(bus.query(EventQuery())) == N
+
+
+@pytest.mark.parametrize("index", ["by_type", "by_time"])
+@pytest.mark.parametrize("where", [0.0, 0.5])
+def test_repair_rebuilds_an_index_whatever_block_of_it_is_damaged(
+    written: Path, tmp_path: Path, index: str, where: float
+) -> None:
+    # A damaged first block used to outlive the rebuild under its range
+    # delete: repair() failed its own check and left the journal refused.
+    path = tmp_path / "journal"
+    shutil.copytree(written, path)
+    (table,) = [t for t in tables(path) if index.encode() in t.read_bytes()]
+    flip_byte(table, int(table.stat().st_size * where))
+    report = repair(path)
+    assert index in report.rebuilt
+    assert report.lost == 0
+    with EventBus(EventConfig(persistence_path=path)) as bus:  # opens, refusing nothing
+        since = datetime(2000, 1, 1, tzinfo=UTC)
+        assert len(bus.query(EventQuery(time_range=(since, None)))) == N
+        assert len(bus.query(EventQuery(event_types=["t.event"]))) == N
+    assert repair(path).rebuilt == ()  # nothing left to rebuild

@@ -54,7 +54,6 @@ _META_SKEW = b"s:skew"
 _META_TYPE = b"t:"
 _CHUNK = 50_000  # records per rebuild WriteBatch
 _MASK = (1 << 64) - 1
-_PAST_EVERY_KEY = b"\xff" * 32  # index keys are 12, 16 or 24 bytes long
 _TID = struct.Struct(">I")
 _TID_AT = 2  # offset of the type id in the record header (version, flags, type id, ...)
 
@@ -143,6 +142,9 @@ class RebuildMixin:
         raise NotImplementedError
 
     def _skipped(self, first: int, resume: int) -> None:
+        raise NotImplementedError
+
+    def _clear_indexes(self) -> None:
         raise NotImplementedError
 
     # -- checks ------------------------------------------------------------------
@@ -303,11 +305,15 @@ class RebuildMixin:
         fails or the rebuilt state does not verify.
         """
         self._check_writable()
-        handles = {"by_type": self._type_h, "by_time": self._time_h, "by_cid": self._cid_h}
         batch = self._new_batch()
         batch.put(META_REBUILD, SEQ.pack(1), self._meta_h)
+        self._write(batch, True)
+        # Emptied by dropping their tables, not by a range delete: a damaged
+        # block under a range tombstone is still read by every later walk.
+        self._clear_indexes()
+        handles = {"by_type": self._type_h, "by_time": self._time_h, "by_cid": self._cid_h}
+        batch = self._new_batch()
         for name, handle in handles.items():
-            batch.delete_range(b"", _PAST_EVERY_KEY, handle)
             for key in survey.kept.get(name, ()):
                 batch.put(key, b"", handle)
         self._write(batch, True)

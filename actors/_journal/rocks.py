@@ -491,6 +491,27 @@ class RocksStorage(RocksTables):
     def _new_batch(self) -> rocksdict.WriteBatch:
         return rocksdict.WriteBatch(raw_mode=True)
 
+    def _clear_indexes(self) -> None:
+        """Drop the index column families and create them anew, empty; no block is read."""
+        self._type_cf, self._type_h = self._new_family(_CF_TYPE, "_type_cf", "_type_h")
+        self._time_cf, self._time_h = self._new_family(_CF_TIME, "_time_cf", "_time_h")
+        self._cid_cf, self._cid_h = self._new_family(_CF_CID, "_cid_cf", "_cid_h")
+
+    def _new_family(self, name: str, cf_attr: str, handle_attr: str) -> tuple[Any, Any]:
+        old = self.__dict__.pop(cf_attr, None)
+        self.__dict__.pop(handle_attr, None)
+        if old is not None:
+            with contextlib.suppress(Exception):
+                old.close()  # this family's object only, not the database
+        del old
+        try:
+            self._db.drop_column_family(name)
+            family = self._db.create_column_family(name, _families(None, None)[name])
+            return family, self._db.get_column_family_handle(name)
+        except Exception as exc:
+            msg = f"journal {self._path!r}: cannot empty its {name} index: {exc}"
+            raise JournalError(msg) from exc
+
     def _new_write_options(self) -> rocksdict.WriteOptions:
         return rocksdict.WriteOptions()
 
