@@ -26,12 +26,10 @@ file or RocksDB's info log, is written into the journal's folder.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import gc
 import logging
 import os
 import shutil
-import struct
 import sys
 import threading
 from typing import Any, Literal
@@ -47,9 +45,16 @@ from actors._errors import (
 from actors._journal.highwater import FILE_NAME, HighWaterMark
 from actors._journal.rebuild import disagree_message
 from actors._journal.records import HIGH_WATER
+from actors._journal.rocks_files import (
+    holds_database,
+    lock_holder,
+    locked_error,
+    refuse_message,
+    unreadable_file,
+    wal_message,
+)
 from actors._journal.rocks_store import RocksTables
 from actors._journal.rocks_views import (
-    NOT_LINKED,
     files_changed,
     in_journal_terms,
     last_kept,
@@ -72,7 +77,6 @@ logger = logging.getLogger("actors.storage")
 # The journals this process holds open (real paths); one writer thread each.
 _open_here: set[str] = set()
 _open_lock = threading.Lock()
-_probe_fds: list[int] = []  # see _lock_holder
 
 
 def _options(*, recovery: Any = None, log_dir: str | None = None) -> rocksdict.Options:
@@ -101,87 +105,6 @@ def _families(recovery: Any, log_dir: str | None) -> dict[str, rocksdict.Options
     return families
 
 
-def _lock_holder(path: str) -> int | None:
-    """Return the pid of the process holding ``path``'s LOCK (maybe this one), or None.
-
-    RocksDB locks with ``fcntl`` (POSIX record locks).  An open-file-description
-    probe (``F_OFD_GETLK``) sees them even when this process holds them.  A
-    POSIX lock is released when its process closes *any* descriptor of the
-    file, so a probe that finds this process holding the lock keeps its
-    descriptor open.
-    """
-    try:
-        fd = os.open(os.path.join(path, "LOCK"), os.O_RDONLY)
-    except OSError:
-        return None
-    query = struct.pack("hhqqi", fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)
-    try:
-        answer = fcntl.fcntl(fd, fcntl.F_OFD_GETLK, query)
-    except OSError:
-        os.close(fd)
-        return None
-    kind, _, _, _, pid = struct.unpack("hhqqi", answer)
-    if kind == fcntl.F_UNLCK:
-        os.close(fd)
-        return None
-    if pid == os.getpid():
-        _probe_fds.append(fd)
-    else:
-        os.close(fd)
-    return int(pid)
-
-
-def _locked_error(path: str, holder: int, cause: BaseException | None) -> JournalLockedError:
-    who = "this process" if holder == os.getpid() else f"another process (pid {holder})"
-    error = JournalLockedError(f"journal {path!r} is locked by {who}")
-    error.__cause__ = cause
-    return error
-
-
-_DATA_SUFFIXES = (".sst", ".log")
-
-
-def holds_database(path: str) -> bool:
-    """Return whether ``path`` holds a RocksDB database, whole or damaged; reads only names.
-
-    A folder without ``CURRENT`` that still holds table files, logs, a
-    ``MANIFEST`` or the acknowledged mark is a damaged journal, not an empty
-    folder: RocksDB must never create a new database over it.
-    """
-    try:
-        names = os.listdir(path)
-    except (FileNotFoundError, NotADirectoryError):
-        return False
-    except OSError as exc:
-        msg = f"cannot read the journal folder {path!r}: {exc}"
-        raise JournalError(msg) from exc
-    return any(
-        name in ("CURRENT", FILE_NAME)
-        or name.startswith("MANIFEST-")
-        or name.endswith(_DATA_SUFFIXES)
-        for name in names
-    )
-
-
-def _unreadable_file(path: str) -> OSError | None:
-    """Return the error of the first file in ``path`` this process cannot read, or None."""
-    try:
-        names = os.listdir(path)
-    except OSError as exc:
-        return exc
-    for name in names:
-        if name in NOT_LINKED:
-            continue
-        try:
-            fd = os.open(os.path.join(path, name), os.O_RDONLY)
-        except FileNotFoundError:
-            continue  # removed meanwhile
-        except OSError as exc:
-            return exc
-        os.close(fd)
-    return None
-
-
 def _damaged_or_unreadable(path: str, cause: BaseException) -> JournalError:
     """Say why RocksDB could not read ``path`` even leniently.
 
@@ -189,7 +112,7 @@ def _damaged_or_unreadable(path: str, cause: BaseException) -> JournalError:
     (``JournalDamagedError``); otherwise the folder cannot be read
     (permissions, I/O): ``JournalError`` naming the file.
     """
-    problem = _unreadable_file(path)
+    problem = unreadable_file(path)
     if problem is not None:
         error = JournalError(f"cannot read the journal at {path!r}: {problem}")
     else:
@@ -231,28 +154,6 @@ def _check_is_journal(path: str) -> None:
             raise error from error.__cause__
         msg = f"{path!r} is a RocksDB but not a journal (no {_CF_META!r} column family)"
         raise JournalNotFoundError(msg)
-
-
-def _refuse_message(path: str, acknowledged: int, kept: int, last: int) -> str:
-    return (
-        f"journal {path!r} is damaged: {acknowledged - kept} acknowledged event(s), "
-        f"sequences {kept + 1}..{acknowledged}, are missing (the journal ends at {last}). "
-        "To accept the loss, open it with EventConfig(recover='truncate') or run "
-        "actors._journal.repair(path)"
-    )
-
-
-def _wal_message(path: str, damage: str, acknowledged: int, kept: int) -> str:
-    loss = (
-        f"{acknowledged - kept} acknowledged event(s), sequences {kept + 1}..{acknowledged}"
-        if acknowledged > kept
-        else "every event written after the damage"
-    )
-    return (
-        f"journal {path!r} has a damaged write-ahead log ({damage}); opening it would "
-        f"lose {loss}. To accept the loss, open it with EventConfig(recover='truncate') "
-        "or run actors._journal.repair(path)"
-    )
 
 
 class RocksStorage(RocksTables):
@@ -327,7 +228,7 @@ class RocksStorage(RocksTables):
             return self._view_rdict(strict)
         except Exception as exc:
             first: Exception = exc
-        if _lock_holder(self._path) is not None:
+        if lock_holder(self._path) is not None:
             # A live writer holds it: its log's tail may be mid-write.
             try:
                 return self._view_rdict(lenient)
@@ -350,7 +251,7 @@ class RocksStorage(RocksTables):
             del db
             gc.collect()
             acknowledged = HighWaterMark(self._path, writable=False).value
-            msg = _wal_message(self._path, str(first), acknowledged, kept)
+            msg = wal_message(self._path, str(first), acknowledged, kept)
             raise JournalDamagedError(msg) from first
         self.wal_damaged = True
         self.damage = str(first)
@@ -411,12 +312,12 @@ class RocksStorage(RocksTables):
                 msg = f"{self._path!r} holds no journal; nothing was created"
                 raise JournalNotFoundError(msg)
             return self._writable_rdict(strict, create=True)
-        holder = _lock_holder(self._path)
+        holder = lock_holder(self._path)
         if holder == os.getpid():  # closed here, but a reference cycle holds it
             gc.collect()
-            holder = _lock_holder(self._path)
+            holder = lock_holder(self._path)
         if holder is not None:
-            raise _locked_error(self._path, holder, None)
+            raise locked_error(self._path, holder, None)
         if self._inspect(recover):
             _repair(self._path)
             self.repaired = True
@@ -460,9 +361,9 @@ class RocksStorage(RocksTables):
             view.close()
         if recover == "refuse":
             if damage is not None:
-                raise JournalDamagedError(_wal_message(self._path, damage, acknowledged, kept))
+                raise JournalDamagedError(wal_message(self._path, damage, acknowledged, kept))
             if acknowledged > kept:
-                raise JournalDamagedError(_refuse_message(self._path, acknowledged, kept, last))
+                raise JournalDamagedError(refuse_message(self._path, acknowledged, kept, last))
             if problems:
                 raise JournalDamagedError(disagree_message(self._path, problems))
             return False
@@ -480,9 +381,9 @@ class RocksStorage(RocksTables):
         try:
             return rocksdict.Rdict(self._path, opts, column_families=_families(recovery, None))
         except Exception as exc:
-            holder = _lock_holder(self._path)
+            holder = lock_holder(self._path)
             if holder is not None:
-                raise _locked_error(self._path, holder, exc) from exc
+                raise locked_error(self._path, holder, exc) from exc
             # The read-only view found the files sound: the folder cannot be
             # written (read-only file system, full disk, permissions, LOCK).
             msg = f"cannot open journal {self._path!r}: {exc}"
@@ -611,7 +512,7 @@ def repair_files(path: str | os.PathLike[str]) -> None:
         if real in _open_here:
             msg = f"journal {where!r} is open in this process; close it first"
             raise JournalLockedError(msg)
-    holder = _lock_holder(where)
+    holder = lock_holder(where)
     if holder is not None:
-        raise _locked_error(where, holder, None)
+        raise locked_error(where, holder, None)
     _repair(where)
