@@ -31,7 +31,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from actors._async_holds import fail_closed, holds_of
-from actors._async_stream import EventStream
+from actors._async_stream import EventStream, Inbox
 from actors._bus import EventBus
 from actors._core.background import subscribing_loop
 from actors._core.backpressure import Withdrawn, withdrawal
@@ -300,11 +300,12 @@ class AsyncEventBus:
             from_sequence=from_sequence,
             on_close=self._holds.discard,
         )
-        self._holds.add(stream, stream._finish)  # noqa: SLF001 - the bus's own stream
+        # The inbox, not the stream, is held: a stream its reader dropped is collected.
+        self._holds.add(stream.inbox, stream.inbox.finish)
         if self._holds.closing:
             # After ``aclose`` told the open streams to stop waiting for their
             # readers (below): this one must not hold up the close either.
-            stream._end()  # noqa: SLF001 - the bus's own stream
+            stream.inbox.end()
         return stream
 
     async def get_correlated(
@@ -427,20 +428,20 @@ class AsyncEventBus:
     async def _aclose(self, timeout: float | None) -> None:
         here = asyncio.get_running_loop()
         self._holds.closing = True  # before the streams are listed (``stream``)
-        streams = self._holds.held(EventStream)
-        for loop, stream in streams:
+        streams = self._holds.held(Inbox)
+        for loop, inbox in streams:
             if loop is here:
-                stream._end()  # noqa: SLF001 - the bus's own streams
+                inbox.end()
             else:
                 with contextlib.suppress(RuntimeError):  # its loop is closed
-                    loop.call_soon_threadsafe(stream._end)  # noqa: SLF001
+                    loop.call_soon_threadsafe(inbox.end)
         try:
             await self._close(self.sync, timeout)
         finally:
             # Those of other loops end there once the router has stopped.
-            for loop, stream in streams:
+            for loop, inbox in streams:
                 if loop is here:
-                    stream._finish()  # noqa: SLF001 - the bus's own streams
+                    inbox.finish()
 
     async def _close(self, bus: EventBus, timeout: float | None) -> None:
         if current_event.get() is not None:

@@ -44,12 +44,12 @@ class Holds:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._entries: dict[object, tuple[asyncio.AbstractEventLoop, Callable[[], None]]] = {}
+        self._entries: dict[object, tuple[asyncio.AbstractEventLoop, Callable[[], object]]] = {}
         self._stopped = False
         self._done = threading.Event()  # set once the router has stopped
         self.closing = False  # an ``aclose`` began: streams opened now start ended
 
-    def add(self, key: object, end: Callable[[], None]) -> None:
+    def add(self, key: object, end: Callable[[], object]) -> None:
         """Hold ``key`` until discarded; ``end`` is called on this loop if the bus stops first."""
         loop = asyncio.get_running_loop()
         with self._lock:

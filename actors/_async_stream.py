@@ -1,9 +1,17 @@
-"""``EventStream``: an async iterator over a live subscription (``AsyncEventBus.stream``)."""
+"""``EventStream``: an async iterator over a live subscription (``AsyncEventBus.stream``).
+
+The subscription feeds an ``Inbox`` (the unread events and the flags the
+reader and the handler wait on), which is all it refers to: a stream its
+reader dropped without ``aclose`` (``break`` out of ``async for``) is
+collected, and its finalizer unsubscribes it on its loop.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from types import TracebackType
@@ -16,8 +24,84 @@ from actors._model.filter import FilterLike
 
 if TYPE_CHECKING:
     from actors._bus import EventBus
+    from actors._core.subscriber import Subscription
 
-__all__ = ["EventStream"]
+__all__ = ["EventStream", "Inbox"]
+
+
+class Inbox:
+    """What a stream's subscription feeds and its reader takes (no reference to the stream)."""
+
+    def __init__(self, capacity: int, drop: OverflowStrategy | None) -> None:
+        self.capacity = capacity
+        self.unread: deque[Event] = deque()
+        # None: the reader paces the subscription (its put waits for room).
+        self.drop = drop
+        self.readable = asyncio.Event()  # set while a reader need not wait
+        self.room = asyncio.Event()  # set while a put need not wait
+        self.ending = False  # the bus is closing: puts stop waiting for room
+        self.closed = False  # nothing more comes in
+        self.dropped = 0  # events ``put`` dropped for want of room (DROP_* only)
+        self.expired = 0  # events whose ttl passed while unread: skipped by the reader
+
+    async def put(self, event: Event) -> None:
+        """The subscription's handler: keep ``event`` for the reader, by the overflow."""
+        unread = self.unread
+        while len(unread) >= self.capacity and not (self.closed or self.ending):
+            if self.drop is OverflowStrategy.DROP_NEWEST:
+                self.dropped += 1
+                return
+            if self.drop is OverflowStrategy.DROP_OLDEST:
+                unread.popleft()
+                self.dropped += 1
+                break
+            self.room.clear()
+            await self.room.wait()
+        if self.closed:
+            self.dropped += 1  # closed while it waited for room: lost, and said so
+            return
+        unread.append(event)
+        self.readable.set()
+
+    def end(self) -> None:
+        """The bus is closing: deliver what was published without waiting for the reader."""
+        self.ending = True
+        self.room.set()
+
+    def finish(self) -> bool:
+        """Take nothing more; return False if it was already finished."""
+        if self.closed:
+            return False
+        self.closed = True
+        self.room.set()
+        self.readable.set()
+        return True
+
+
+def _abandoned(
+    loop: asyncio.AbstractEventLoop,
+    inbox: Inbox,
+    subscription: Subscription,
+    on_close: Callable[[Inbox], None] | None,
+) -> None:
+    """A stream was collected unclosed: unsubscribe it on its loop (any thread, any time).
+
+    Run by the collector wherever it runs, maybe under a lock of the bus:
+    the work is handed to the stream's loop.  A closed loop runs nothing
+    more of the stream, and the bus's close ends its subscription.
+    """
+    if inbox.closed:
+        return
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(_drop, inbox, subscription, on_close)
+
+
+def _drop(
+    inbox: Inbox, subscription: Subscription, on_close: Callable[[Inbox], None] | None
+) -> None:
+    if inbox.finish() and on_close is not None:
+        on_close(inbox)
+    subscription.unsubscribe()
 
 
 class EventStream(AsyncIterator[Event]):
@@ -32,6 +116,8 @@ class EventStream(AsyncIterator[Event]):
     mailbox, where its ``overflow`` applies as for any subscription, until
     the reader takes some or the stream ends.  The bus's close ends the
     stream however it is closed (``AsyncEventBus.aclose``, ``sync.close()``).
+    A stream dropped unclosed (``break`` out of ``async for``, the last
+    reference gone) is unsubscribed on its loop once collected.
     """
 
     def __init__(
@@ -43,53 +129,36 @@ class EventStream(AsyncIterator[Event]):
         capacity: int | None,
         overflow: OverflowStrategy | str | None,
         from_sequence: int | None,
-        on_close: Callable[[EventStream], None] | None = None,
+        on_close: Callable[[Inbox], None] | None = None,
     ) -> None:
         checks.check_stream(filter, capacity, overflow, from_sequence)
         cap = capacity if capacity is not None else bus.config.buffer_size
         strategy = OverflowStrategy(overflow) if overflow is not None else bus.config.overflow
-        self._capacity = cap
-        self._unread: deque[Event] = deque()
-        # None: the reader paces the subscription (its put waits for room).
-        self._drop: OverflowStrategy | None = (
+        self._inbox = inbox = Inbox(
+            cap,
             strategy
             if from_sequence is None
             and strategy in {OverflowStrategy.DROP_OLDEST, OverflowStrategy.DROP_NEWEST}
-            else None
+            else None,
         )
-        self._readable = asyncio.Event()  # set while a reader need not wait
-        self._room = asyncio.Event()  # set while a put need not wait
-        self._ending = False  # the bus is closing: puts stop waiting for room
-        self._closed = False  # nothing more comes in
         self._on_close = on_close
-        self._dropped = 0  # events ``_put`` dropped for want of room (DROP_* only)
-        self._expired = 0  # events whose ttl passed while unread: skipped by ``__anext__``
         self.subscription = bus.subscribe(
             pattern,
-            self._put,
+            inbox.put,
             filter=filter,
             capacity=cap,
             overflow=overflow,
             from_sequence=from_sequence,
         )
+        with contextlib.suppress(RuntimeError):  # no running loop: no async handler either
+            loop = asyncio.get_running_loop()
+            finalizer = weakref.finalize(self, _abandoned, loop, inbox, self.subscription, on_close)
+            finalizer.atexit = False  # at exit the bus's close (or nothing) ends it
 
-    async def _put(self, event: Event) -> None:
-        unread = self._unread
-        while len(unread) >= self._capacity and not (self._closed or self._ending):
-            if self._drop is OverflowStrategy.DROP_NEWEST:
-                self._dropped += 1
-                return
-            if self._drop is OverflowStrategy.DROP_OLDEST:
-                unread.popleft()
-                self._dropped += 1
-                break
-            self._room.clear()
-            await self._room.wait()
-        if self._closed:
-            self._dropped += 1  # closed while it waited for room: lost, and said so
-            return
-        unread.append(event)
-        self._readable.set()
+    @property
+    def inbox(self) -> Inbox:
+        """What the subscription feeds (the bus's close ends it through this)."""
+        return self._inbox
 
     @property
     def dropped(self) -> int:
@@ -99,7 +168,7 @@ class EventStream(AsyncIterator[Event]):
         take events, its subscription's mailbox (of the same capacity) may
         drop some first (those count in the subscription's statistics too).
         """
-        return self._dropped + self.subscription.statistics().dropped
+        return self._inbox.dropped + self.subscription.statistics().dropped
 
     @property
     def expired(self) -> int:
@@ -108,23 +177,24 @@ class EventStream(AsyncIterator[Event]):
         (Those that expired before the stream took them count in its
         subscription's ``expired``, as for any subscription.)
         """
-        return self._expired
+        return self._inbox.expired
 
     def __aiter__(self) -> EventStream:
         return self
 
     async def __anext__(self) -> Event:
-        unread = self._unread
+        inbox = self._inbox
+        unread = inbox.unread
         while True:
             while not unread:
-                if self._closed:
+                if inbox.closed:
                     raise StopAsyncIteration
-                self._readable.clear()
-                await self._readable.wait()
+                inbox.readable.clear()
+                await inbox.readable.wait()
             event = unread.popleft()
-            self._room.set()
+            inbox.room.set()
             if event.ttl is not None and expired_unix(event, time.time()):
-                self._expired += 1  # expired unread: an expired event is not delivered
+                inbox.expired += 1  # expired unread: an expired event is not delivered
                 continue
             return event
 
@@ -135,18 +205,12 @@ class EventStream(AsyncIterator[Event]):
 
     def _end(self) -> None:
         """The bus is closing: deliver what was published without waiting for the reader."""
-        self._ending = True
-        self._room.set()
+        self._inbox.end()
 
     def _finish(self) -> None:
         """Take nothing more; the reader gets what is unread, then the iteration stops."""
-        if self._closed:
-            return
-        self._closed = True
-        self._room.set()
-        self._readable.set()
-        if self._on_close is not None:
-            self._on_close(self)
+        if self._inbox.finish() and self._on_close is not None:
+            self._on_close(self._inbox)
 
     async def __aenter__(self) -> EventStream:
         return self

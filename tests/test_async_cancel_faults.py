@@ -864,7 +864,7 @@ def test_cancelling_every_other_awaitable_holds_nothing_and_loses_nothing(tmp_pa
             await asyncio.gather(*tasks, return_exceptions=True)
             assert reader.cancelled()  # nothing was published before its first step
             await bus.flush(timeout=GUARD)
-            assert [h for _, h in bus._holds.held(object) if h is not stream] == []  # noqa: SLF001
+            assert [h for _, h in bus._holds.held(object) if h is not stream.inbox] == []  # noqa: SLF001
             stored = await bus.query(EventQuery(event_types=["many.x"]), timeout=GUARD)
             assert sorted(data(e) for e in stored) == list(range(200))
             correlated = await bus.get_correlated(cid, timeout=GUARD)

@@ -841,17 +841,19 @@ def test_a_block_stream_whose_loop_ended_unread_does_not_hold_the_bus_for_ever()
     # publishers are not paced for ever and whose close does not wait on it.
     bus = EventBus(EventConfig(block_timeout=GUARD))
     try:
-        holder: list[Subscription] = []
+        # The stream itself is held: one its reader dropped is unsubscribed
+        # once collected (tested apart), and this is a stream still open.
+        holder: list[EventStream] = []
 
         async def main() -> None:
             stream = AsyncEventBus(bus=bus).stream("s.*", capacity=1, overflow="block")
-            holder.append(stream.subscription)
+            holder.append(stream)
             for i in range(3):  # 1 unread, 1 waiting for room, 1 queued
                 await asyncio.to_thread(lambda i=i: bus.publish("s.a", i).get(timeout=GUARD))
             await until(lambda: stream.subscription.statistics().queued == 1)
 
         asyncio.run(asyncio.wait_for(main(), 3 * GUARD))
-        sub = holder[0]
+        sub = holder[0].subscription
         # What the ended loop held is given up (dead letters), so room appears.
         assert wait_for(lambda: settled(sub), GUARD), sub.statistics()
         for i in range(3, 6):
@@ -903,3 +905,41 @@ def test_two_loops_in_two_threads_aclose_the_bus_at_once() -> None:
         assert results == [([0, 1], True), ([0, 1], True)]
     finally:
         shared.close(timeout=GUARD)
+
+
+# -- a stream its reader dropped without closing it ---------------------------------------
+
+
+@pytest.mark.parametrize("overflow", [OverflowStrategy.DROP_OLDEST, OverflowStrategy.BLOCK])
+def test_a_stream_left_by_break_is_unsubscribed_once_collected(overflow: OverflowStrategy) -> None:
+    # ``async for e in bus.stream(...): return e`` never calls ``aclose``: the
+    # stream used to stay subscribed (held by the bus) until the bus closed,
+    # buffering every later event for a reader that was gone.
+    async def first(bus: AsyncEventBus, subs: list[Subscription]) -> Any:
+        stream = bus.stream("user.*", overflow=overflow, capacity=10)
+        subs.append(stream.subscription)
+        async for event in stream:
+            return event.data
+        return None
+
+    async def test() -> None:
+        async with AsyncEventBus() as bus:
+            kept = bus.stream("user.*", capacity=1000)  # still referenced: stays
+            subs: list[Subscription] = []
+            for i in range(5):
+                reader = asyncio.ensure_future(first(bus, subs))
+                await until(lambda n=i: len(subs) == n + 1)
+                await bus.publish("user.login", i)
+                assert await reader == i
+            del reader
+            gc.collect()
+            await until(lambda: not any(sub.active for sub in subs))
+            for i in range(50):
+                await bus.publish("user.later", i)
+            await bus.flush()
+            assert all(sub.statistics().queued == 0 for sub in subs)
+            assert kept.subscription.active
+            assert len(kept.inbox.unread) == 55
+            assert bus.sync.metrics().subscriptions == 1
+
+    run(test)
