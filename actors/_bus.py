@@ -90,6 +90,8 @@ class EventBus(RequestReply):
         cfg = self.config
         self._closed = False
         self._close_lock = threading.Lock()
+        self._close_running = False  # a ``close`` is under way
+        self._close_finished = False  # a ``close`` ran to its end (not interrupted)
 
         # Open the journal before starting anything, so a locked or broken
         # journal fails the constructor with nothing left running.
@@ -129,7 +131,7 @@ class EventBus(RequestReply):
             )
         except BaseException:
             # As ``start_runtime`` does: a bus that failed to start leaves nothing running.
-            self._closed = True
+            self._closed = self._close_finished = True
             self._stop_actors(Deadline(STOP_WAIT))
             raise
 
@@ -448,14 +450,28 @@ class EventBus(RequestReply):
         """
         checks.check_timeout("timeout", timeout)
         with self._close_lock:
-            if self._closed:
+            if self._closed and (self._close_finished or self._close_running):
                 return ()
-            self._closed = True
-        # From here every publish is refused: one that got past the closed
-        # check before it is refused by the router (``Closing`` comes before
-        # the flush), or failed by ``settle_closed`` once the actors stopped.
-        self._publisher.closed = True
-        self._core.inbox.put(Closing())
+            first = not self._closed
+            self._closed = self._close_running = True
+        try:
+            statistics = self._close(timeout, first=first)
+        except BaseException:
+            # Interrupted (a Ctrl-C while it waited): the next ``close`` resumes it.
+            with self._close_lock:
+                self._close_running = False
+            raise
+        with self._close_lock:
+            self._close_running, self._close_finished = False, True
+        return statistics
+
+    def _close(self, timeout: float | None, *, first: bool) -> tuple[SubscriptionStatistics, ...]:
+        if first:
+            # From here every publish is refused: one that got past the closed
+            # check before it is refused by the router (``Closing`` comes before
+            # the flush), or failed by ``settle_closed`` once the actors stopped.
+            self._publisher.closed = True
+            self._core.inbox.put(Closing())
         deadline = Deadline(timeout)
         inside = (
             current_event.get() is not None

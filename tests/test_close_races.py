@@ -9,6 +9,8 @@ future that stays pending.
 
 from __future__ import annotations
 
+import json
+import subprocess
 import sys
 import threading
 from typing import Any
@@ -141,3 +143,36 @@ def test_a_flush_waiting_when_close_gives_up_on_a_stuck_handler_is_refused() -> 
         assert isinstance(outcome[0], BusClosedError)
     finally:
         gate.release.set()
+
+
+def test_close_interrupted_by_ctrl_c_is_finished_by_the_next_close(tmp_path: Any) -> None:
+    # docs/architecture.md: a close interrupted (a KeyboardInterrupt while it
+    # waits) is resumed by the next close, which used to return at once with
+    # the actors running, the journal locked and the address bound.
+    done = subprocess.run(
+        [sys.executable, "-m", "tests._close_interrupt_child", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=6 * WAIT,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result == {"interrupted": True, "alive": [], "reopened": True}
+
+
+def test_a_ctrl_c_inside_the_constructor_leaves_the_journal_free(tmp_path: Any) -> None:
+    # docs/persistence.md: a failed constructor releases the journal's lock
+    # before the error reaches the caller; a KeyboardInterrupt is such a
+    # failure (the open's database used to live on in the traceback).
+    done = subprocess.run(
+        [sys.executable, "-m", "tests._ctor_interrupt_child", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=12 * WAIT,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["inside"] > 0  # the case was met
+    assert result["locked"] == 0, result

@@ -206,6 +206,7 @@ class RocksStorage(RocksTables):
                     raise JournalLockedError(msg)
                 _open_here.add(self._real)
                 self._registered = True
+        db = None
         try:
             # Read before the open: a live writer only ever raises it later.
             mark = HighWaterMark(self._path, writable=False) if read_only else None
@@ -215,6 +216,12 @@ class RocksStorage(RocksTables):
                 db = self._open_writable(create=create, recover=recover)
             self._attach(db, self._path, mark)
         except BaseException:
+            if db is not None and "_db" not in self.__dict__:
+                # Opened, not attached (a Ctrl-C between the two): the
+                # traceback's frame would keep it, and its lock, alive.
+                with contextlib.suppress(Exception):
+                    db.close()
+            del db
             self._forget()
             raise
         self._closed = False

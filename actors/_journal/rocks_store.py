@@ -136,6 +136,9 @@ class RocksTables(RebuildMixin, RetentionMixin, IndexedStorage):
                 raise
             msg = f"cannot open journal {self._path!r}: {exc}"
             raise JournalError(msg) from exc
+        except BaseException:  # a Ctrl-C: the lock must not live on in the traceback
+            self._release()
+            raise
 
     def _load_meta(self) -> None:
         fmt = self._meta.get(_META_FORMAT)
