@@ -48,6 +48,7 @@ from actors._model.filter import FilterLike
 from actors._model.metrics import BusMetrics, SubscriptionStatistics, to_prometheus
 from actors._model.query import EventQuery
 from actors._model.trace import Trace, first_copies, merge_events
+from actors._runtime import forks
 from actors._runtime.future import BusFuture
 from actors._runtime.shutdown import Deadline
 
@@ -92,6 +93,7 @@ class EventBus(RequestReply):
         self._close_lock = threading.Lock()
         self._close_running = False  # a ``close`` is under way
         self._close_finished = False  # a ``close`` ran to its end (not interrupted)
+        self._closed_why = "the bus is closed"
 
         # Open the journal before starting anything, so a locked or broken
         # journal fails the constructor with nothing left running.
@@ -116,6 +118,7 @@ class EventBus(RequestReply):
         self._router = self._core.router
         self._router_mailbox = self._core.inbox
         self._publisher = self._core.publisher
+        forks.track(self)
         self._size_check: Callable[[Event], None] | None = None
         self.node: Node | None = None
         try:
@@ -218,7 +221,7 @@ class EventBus(RequestReply):
         ``REJECT`` subscription is full.
         """
         if self._closed:
-            raise BusClosedError("the bus is closed")
+            raise BusClosedError(self._closed_why)
         if self._read_only:
             self._refuse_write()
         event = prepare_event(event_or_type, data, fields)
@@ -239,7 +242,7 @@ class EventBus(RequestReply):
         """
         events = checks.check_events(events)
         if self._closed:
-            raise BusClosedError("the bus is closed")
+            raise BusClosedError(self._closed_why)
         if self._read_only:
             self._refuse_write()
         prepared = [self._prepare(e, None, {}) for e in events]
@@ -306,7 +309,7 @@ class EventBus(RequestReply):
         )
         checks.check_policy(timeout, retry_backoff, retries)
         if self._closed:
-            raise BusClosedError("the bus is closed")
+            raise BusClosedError(self._closed_why)
         return self._core.subscribe(
             pattern,
             handler,
@@ -454,16 +457,19 @@ class EventBus(RequestReply):
                 return ()
             first = not self._closed
             self._closed = self._close_running = True
+        finished = False
         try:
             statistics = self._close(timeout, first=first)
-        except BaseException:
-            # Interrupted (a Ctrl-C while it waited): the next ``close`` resumes it.
+            finished = True
+        finally:  # if interrupted (a Ctrl-C while it waited), the next ``close`` resumes it
             with self._close_lock:
-                self._close_running = False
-            raise
-        with self._close_lock:
-            self._close_running, self._close_finished = False, True
+                self._close_running, self._close_finished = False, finished
         return statistics
+
+    def _forked(self, parent: int) -> None:
+        """In a forked child: closed to it (``_runtime/forks.py``)."""
+        self._closed = self._close_finished = self._publisher.closed = True
+        self._closed_why = f"the bus belongs to process {parent}: a forked child opens its own"
 
     def _close(self, timeout: float | None, *, first: bool) -> tuple[SubscriptionStatistics, ...]:
         if first:
@@ -515,7 +521,7 @@ class EventBus(RequestReply):
 
     def _check_open(self) -> None:
         if self._closed:
-            raise BusClosedError("the bus is closed")
+            raise BusClosedError(self._closed_why)
 
     def __enter__(self) -> EventBus:
         return self
@@ -533,7 +539,7 @@ class EventBus(RequestReply):
     def metrics(self) -> BusMetrics:
         """Return a snapshot of the bus's figures (the actors are asked for theirs)."""
         snapshot = self._core.metrics(
-            self._journal_figures(),
+            JournalFigures(*self._journal.figures()) if self._journal is not None else None,
             self._bridge.statistics() if self._bridge is not None else None,
         )
         return replace(
@@ -542,14 +548,6 @@ class EventBus(RequestReply):
             handler_threads=self._dispatcher.threads,
             journal_lost_events=self._journal_lost,
         )
-
-    def _journal_figures(self) -> JournalFigures:
-        journal = self._journal
-        if journal is None:
-            return JournalFigures()
-        written, latency, size = journal.figures()
-        corrupt = journal.corrupt + journal.storage.corrupt_records
-        return JournalFigures(written, latency, size, corrupt)
 
     def prometheus(self) -> str:
         """Return the metrics in the Prometheus text exposition format."""

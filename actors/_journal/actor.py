@@ -258,14 +258,14 @@ class JournalActor(DispatchedActor):
         except Exception as exc:
             future.set_exception(exc)
 
-    def figures(self) -> tuple[int, float | None, int]:
-        """Return (written, mean seconds per batch write, size in bytes)."""
+    def figures(self) -> tuple[int, float | None, int, int]:
+        """Return (written, mean seconds per batch write, size in bytes, corrupt records)."""
         mean = self.write_seconds / self.batches if self.batches else None
         try:
             size = self.storage.size_bytes()
         except Exception:
             size = 0
-        return self.written, mean, size
+        return self.written, mean, size, self.corrupt + self.storage.corrupt_records
 
 
 def _record(e: Event) -> StoredRecord:
