@@ -600,3 +600,23 @@ def test_an_ipc_path_a_live_node_listens_on_is_in_use_for_a_second(tmp_path: Pat
             Broker(broker_path)
     finally:
         first.close()
+
+
+@pytest.mark.parametrize(
+    ("peers", "listen"),
+    [
+        (("tcp://127.0.0.1:7001", "tcp://127.0.0.1:07001"), None),
+        (("tcp://LOCALHOST:7001", "tcp://localhost:7001"), None),
+        (("ipc:///tmp/x//a.sock", "ipc:///tmp/x/a.sock"), None),
+        (("tcp://127.0.0.1:07002",), "tcp://127.0.0.1:7002"),
+        (("ipc:///tmp/x/./n.sock",), "ipc:///tmp/x/n.sock"),
+    ],
+)
+def test_an_endpoint_spelt_two_ways_is_still_listed_twice(
+    peers: tuple[str, ...], listen: str | None
+) -> None:
+    # docs/cluster.md: peers may not list an endpoint twice, nor the node's
+    # own listen; a port with leading zeros, a host in capitals or a path
+    # with a doubled slash is the same endpoint.
+    with pytest.raises(ValueError, match=r"twice|own listen"):
+        NodeConfig(name="a", listen=listen, peers=peers)

@@ -95,6 +95,22 @@ def check_endpoint(endpoint: object, what: str, *, bind: bool) -> str:
     )
 
 
+def endpoint_key(endpoint: str) -> str:
+    """Return ``endpoint`` spelt one way (a checked one): what makes two spellings the same.
+
+    A TCP port is a number (``07000`` is ``7000``), a host name is not case
+    sensitive, an ipc path is normalised (``a//b`` is ``a/b``).
+    """
+    scheme, _, rest = endpoint.partition("://")
+    if scheme == "tcp":
+        match = _TCP.match(endpoint)
+        if match is not None and match["port"] != "*":
+            return f"tcp://{match['host'].lower()}:{int(match['port'])}"
+    elif scheme == "ipc":
+        return f"ipc://{os.path.normpath(rest)}"
+    return endpoint
+
+
 def check_key(key: object, what: str) -> None:
     """Raise unless ``key`` is a CURVE key: 40 bytes of Z85 text."""
     _check_key(key, what)
@@ -260,9 +276,10 @@ class NodeConfig:
             check_endpoint(self.listen, "listen", bind=True)
         for endpoint in self.peers:
             check_endpoint(endpoint, "peer", bind=False)
-        if len(set(self.peers)) != len(self.peers):
+        keys = [endpoint_key(endpoint) for endpoint in self.peers]
+        if len(set(keys)) != len(keys):
             raise ValueError(f"peers lists an endpoint twice: {list(self.peers)}")
-        if self.listen is not None and self.listen in self.peers:
+        if self.listen is not None and endpoint_key(self.listen) in keys:
             raise ValueError(f"peers lists this node's own listen endpoint {self.listen!r}")
         self._check_keys()
         if self.max_frame_bytes < MIN_FRAME_BYTES:
