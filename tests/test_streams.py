@@ -619,3 +619,31 @@ def test_a_sync_reply_whose_chains_pass_its_head_is_rejected() -> None:
     inbound.on_sync("a", 1, 1, 1, 1.0, 1, {b"user.": 1, b"tool.": 1})
     assert inbound.synced_with(["a"])
     assert [e.sequence for e in feed(inbound, decode(out.frames([local(2)])[0]))] == [2]
+
+
+def test_a_second_paths_backlog_past_the_id_window_is_not_delivered_again() -> None:
+    # docs/cluster.md (per-origin order, duplicates removed): a node that
+    # follows an origin directly and through a broker gets every frame twice;
+    # a broker stalled for a while sends its backlog late, older than the ids
+    # the window remembers (here 50), and none of it may be delivered again
+    # (up to the head the origin's heartbeats announced: frames that run
+    # ahead of it, forged, hold back nothing, test_cluster_identity.py).
+    out = Outbound("a", epoch=1, batch_size=10, ring_size=1000)
+    inbound = Inbound("b", dedupe=50)
+    inbound.set_patterns(["user.*"], 0.0)
+    for prefix in inbound.prefixes:
+        out.add_prefix(prefix)
+    assert inbound.on_sync("a", 1, 1, out.head, 0.0) == []
+    frames = [decode(f) for f in out.frames([local(n) for n in range(1, 301)])]
+    direct = [e.sequence for f in frames for e in feed(inbound, f)]
+    assert direct == list(range(1, 301))
+    chains = {p.encode(): s for p, s in out.chains()}  # type: ignore[union-attr]
+    inbound.on_heartbeat("a", epoch=1, base=1, head=out.head, chains=chains, now=0.0)
+    late = [e.sequence for f in frames for e in feed(inbound, f)]  # the broker's backlog
+    assert late == []
+    assert inbound.duplicates == 300
+    # Overlapping a frame: only what is past the last delivered goes on.
+    more = [decode(f) for f in out.frames([local(n) for n in range(301, 321)])]
+    assert [e.sequence for e in feed(inbound, more[0])] == list(range(301, 311))
+    inbound.on_heartbeat("a", epoch=1, base=1, head=310, chains={}, now=0.0)
+    assert [e.sequence for f in more for e in feed(inbound, f)] == list(range(311, 321))

@@ -47,6 +47,14 @@ class OriginState:
     next_epoch: int | None = None  # an epoch seen in data frames, not yet confirmed
     next_since: float = 0.0  # when a frame of ``next_epoch`` first came
     heard: float = 0.0  # when a heartbeat of ``epoch`` last came
+    # The last sequence of the last frame of ``top_epoch`` delivered off the
+    # stream: a frame of that epoch at or below it (a second path's backlog,
+    # past what the id window remembers) is old, whatever its ids.  Never
+    # past the highest head that epoch announced (``top_head``): a frame that
+    # ran ahead of its origin's head holds back nothing the origin sends.
+    top: int = 0
+    top_epoch: int | None = None
+    top_head: int = 0
     retired: tuple[int, ...] = ()  # the last epochs it left (incarnations replaced since)
     # A backfill fetched up to a head past what the origin had sent: the
     # events it still had queued come on the stream after the reply, so

@@ -79,6 +79,42 @@ class Ranges:
     unrecovered: int
     rejected: int
 
+    def _sync_chains(
+        self,
+        origin: str,
+        st: OriginState,
+        new: frozenset[bytes],
+        head: int,
+        chains: dict[bytes, int],
+    ) -> None:
+        """Check the chains of the prefixes synced before at a sync reply.
+
+        What the reply releases (frames held for it, maybe under other chains,
+        and the backfill up to ``head``) must not pass a loss under them.  A
+        chain the reply lacks (an older peer, or an origin that has not taken
+        the prefix again) is waited for from heartbeats unless known that far.
+        """
+        top = max([head, *(e.sequence or 0 for e in st.held)])
+        unheard = False
+        for prefix in self.prefixes - new:
+            known = st.known.get(prefix, 0)
+            last = chains.get(prefix)
+            if last is None:
+                unheard = unheard or known < top
+            else:
+                self._follow_chain(origin, st, prefix, known, last)
+        if unheard:
+            st.awaiting_chains = True
+            st.chains_heard = set(chains)
+
+    def _follow_chain(
+        self, origin: str, st: OriginState, prefix: bytes, known: int, last: int
+    ) -> None:
+        """A chain announced ``last`` under ``prefix``: fetch what lies past ``known``."""
+        if last > known:
+            self._recover(origin, st, known, last, (prefix.decode(),))
+            st.known[prefix] = last
+
     def _recover(  # noqa: PLR0917 - a range's fields
         self,
         origin: str,

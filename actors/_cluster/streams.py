@@ -177,7 +177,33 @@ class Inbound(Ranges):
             return self._release(st)  # nothing while blocked
         if st.watermark is None or last > st.watermark:
             st.watermark = last
-        return self._fresh(events, st)
+        return self._fresh(self._newer(st, epoch, first, last, events), st)
+
+    def _newer(
+        self, st: OriginState, epoch: int, first: int, last: int, events: list[Event]
+    ) -> list[Event]:
+        """Return a live frame's events past the last delivered off the stream of ``epoch``.
+
+        An older one is a copy by another path (a broker's backlog beside a
+        direct stream), maybe past what the id window remembers.
+        """
+        same = st.top_epoch == epoch
+        floor = min(st.top, st.top_head) if same else 0
+        if same and first <= floor:
+            newer = [e for e in events if (e.sequence or 0) > floor]
+            self.duplicates += len(events) - len(newer)
+            events = newer
+        if not same:
+            st.top, st.top_epoch, st.top_head = last, epoch, st.head or 0
+        elif last > st.top:
+            st.top = last
+        return events
+
+    @staticmethod
+    def _announced(st: OriginState, epoch: int, head: int) -> None:
+        """``epoch`` announced ``head`` (a heartbeat, a sync reply): the floor may rise to it."""
+        if st.top_epoch == epoch and head > st.top_head:
+            st.top_head = head
 
     def on_sync(  # noqa: PLR0917 - the reply's fields
         self,
@@ -210,6 +236,7 @@ class Inbound(Ranges):
             return []
         self._incarnation(st, epoch, base)
         st.head = head
+        self._announced(st, epoch, head)
         # A prefix a timed-out wait left without a baseline is new here too.
         new = frozenset(p for p in self.prefixes if p not in st.synced or p not in st.known)
         baseline = new == self.prefixes and not st.restarted
@@ -229,42 +256,6 @@ class Inbound(Ranges):
         if baseline and moves and self.prefixes and not st.blocked():
             st.watermark = head
         return self._release(st)
-
-    def _sync_chains(
-        self,
-        origin: str,
-        st: OriginState,
-        new: frozenset[bytes],
-        head: int,
-        chains: dict[bytes, int],
-    ) -> None:
-        """Check the chains of the prefixes synced before at a sync reply.
-
-        What the reply releases (frames held for it, maybe under other chains,
-        and the backfill up to ``head``) must not pass a loss under them.  A
-        chain the reply lacks (an older peer, or an origin that has not taken
-        the prefix again) is waited for from heartbeats unless known that far.
-        """
-        top = max([head, *(e.sequence or 0 for e in st.held)])
-        unheard = False
-        for prefix in self.prefixes - new:
-            known = st.known.get(prefix, 0)
-            last = chains.get(prefix)
-            if last is None:
-                unheard = unheard or known < top
-            else:
-                self._follow_chain(origin, st, prefix, known, last)
-        if unheard:
-            st.awaiting_chains = True
-            st.chains_heard = set(chains)
-
-    def _follow_chain(
-        self, origin: str, st: OriginState, prefix: bytes, known: int, last: int
-    ) -> None:
-        """A chain announced ``last`` under ``prefix``: fetch what lies past ``known``."""
-        if last > known:
-            self._recover(origin, st, known, last, (prefix.decode(),))
-            st.known[prefix] = last
 
     @staticmethod
     def _passing(st: OriginState, position: int, heard: bool = False) -> bool:
@@ -327,6 +318,7 @@ class Inbound(Ranges):
             return []
         st.head = head
         st.heard = now
+        self._announced(st, epoch, head)
         chained = False
         if st.awaiting_chains and not st.awaiting_sync:
             st.chains_heard.update(chains)
@@ -529,13 +521,7 @@ class Inbound(Ranges):
         if st.until is not None:
             return self._release_upto(st, st.passed)
         held, st.held = self._in_range(st, st.held), []
-        if not held:
-            return []
-        held.sort(key=lambda e: e.sequence or 0)
-        top = held[-1].sequence or 0
-        if st.watermark is None or top > st.watermark:
-            st.watermark = top
-        return self._fresh(held, st)
+        return self._in_order(st, held)
 
     def _release_below(self, st: OriginState) -> list[Event]:
         """Release what is held below the lowest range still to fetch (all, if none)."""
@@ -562,14 +548,17 @@ class Inbound(Ranges):
         if not ready:
             return []
         st.held = [e for e in st.held if (e.sequence or 0) > upto]
-        ready = self._in_range(st, ready)
-        if not ready:
+        return self._in_order(st, self._in_range(st, ready))
+
+    def _in_order(self, st: OriginState, events: list[Event]) -> list[Event]:
+        """Deliver held ``events`` in sequence order; the watermark moves past them."""
+        if not events:
             return []
-        ready.sort(key=lambda e: e.sequence or 0)
-        top = ready[-1].sequence or 0
+        events.sort(key=lambda e: e.sequence or 0)
+        top = events[-1].sequence or 0
         if st.watermark is None or top > st.watermark:
             st.watermark = top
-        return self._fresh(ready, st)
+        return self._fresh(events, st)
 
     def _fresh(self, events: Iterable[Event], st: OriginState) -> list[Event]:
         seen = self._seen
