@@ -24,8 +24,10 @@ from actors._cluster.wire import (
     HEARTBEAT,
     HEARTBEAT_TOPIC,
     HELLO,
+    RECOVER,
     SYNC,
     Request,
+    decode_request,
     encode_control,
     encode_data,
     encode_request,
@@ -411,3 +413,52 @@ def test_a_receiver_with_a_smaller_frame_limit_recovers_a_dropped_batch(
     stats = node(b).statistics()
     assert stats.frames_too_large >= 1
     assert (stats.gaps_recovered, stats.gaps_unrecovered) == (stats.gaps, 0)
+
+
+# -- recovery from an origin in a crash loop ----------------------------------------------
+#
+# docs/cluster.md ("Recovery waits for the origin"): a range is given up only
+# after RECOVER_ATTEMPTS tries that its origin, heard, left unanswered.  A try
+# whose origin restarted before answering says nothing of whether the range
+# is still held: the new incarnation is asked, and the try is not counted.
+# An origin restarting faster than a try lasts (2 x heartbeat_timeout; a
+# crash loop under Restart=always) used to have its range given up after
+# four restarts, though its journal held it.
+
+RESTARTS = 10  # far more than RECOVER_ATTEMPTS
+
+
+def next_recover(fake: FakePeer) -> Request:
+    """The next RECOVER the node sends the fake (credit grants and the like pass by)."""
+    while True:
+        assert fake.dealer.poll(int(WAIT * 1000)), "no recovery request came"
+        message = decode_request(fake.dealer.recv_multipart(), 1 << 24)
+        if message.kind == RECOVER:
+            return message
+
+
+def test_an_origin_restarting_before_it_answers_never_has_its_range_given_up(
+    tmp_path: Path, nodes: Callable[..., EventBus], fakes: Callable[..., FakePeer]
+) -> None:
+    # A try lasts 2 x 2.0 s, and each restart comes within milliseconds: no
+    # try runs out, so only a restart can end one.
+    a = nodes("a", listen=ipc(tmp_path, "a"), heartbeat_interval=0.1, heartbeat_timeout=2.0)
+    got = Collector("one")
+    a.subscribe("job.*", got)
+    a.flush()
+    fake = fakes("fake", ipc(tmp_path, "fake"), request_endpoint(a))
+    fake.hello()
+    fake.answer_sync("fake", epoch=1, head=1)
+    fake.data(b"job.", "fake", 1, [event("one", 1, "fake")])
+    assert [e.data for e in got.wait()] == ["one"]
+    fake.heartbeat("fake", epoch=1, head=5, chains=[["job.", 5]])  # 2..5 never came
+    first = next_recover(fake)
+    assert (first.body["after"], first.body["upto"]) == (1, 5)
+    for epoch in range(2, 2 + RESTARTS):  # each incarnation dies before it answers
+        fake.heartbeat("fake", epoch=epoch, head=5, chains=[["job.", 5]])
+        again = next_recover(fake)
+        assert again.rid == first.rid
+        assert (again.body["after"], again.body["upto"]) == (1, 5)
+    stats = node(a).statistics()
+    assert stats.gaps_unrecovered == 0
+    assert stats.recovery_retries == 0  # no try was counted

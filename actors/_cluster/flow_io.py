@@ -330,6 +330,7 @@ class FlowIO(BridgeBase):
                         link.hello_at = float("-inf")
                 # Asks the last incarnation took and never answered go to this one.
                 self._resend_asks(name)
+                self._recovery_restarted(name)
 
     def _grant(self, name: str) -> None:
         """Send ``name`` this node's credit (its prefixes, the window, what was handled)."""

@@ -113,6 +113,8 @@ class BridgeBase:
         self._asked = 0
         # Recovery requests waiting for their origin to be heard again (``recovery_io``).
         self._parked: dict[str, tuple[RecoverRequest, int]] = {}
+        # Recovery requests sent and not answered yet, with their try.
+        self._recovering: dict[str, tuple[RecoverRequest, int]] = {}
         self._workers = ThreadPoolExecutor(2, thread_name_prefix=f"bridge-{self.name}")
         self._ledger = PublishLedger()
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
@@ -343,6 +345,9 @@ class BridgeBase:
         raise NotImplementedError
 
     def _epoch_heard(self, name: str, epoch: int) -> None:
+        raise NotImplementedError
+
+    def _recovery_restarted(self, name: str) -> None:
         raise NotImplementedError
 
     def _handler_failed(self, what: str) -> None:

@@ -54,8 +54,12 @@ class RecoveryIO(BridgeBase):
             self._parked[request.rid] = (request, attempt)
             return
         rid = request.rid
+        self._recovering[rid] = (request, attempt)
 
         def done(reply: Request | None) -> None:
+            if self._recovering.get(rid, (None, 0))[1] != attempt:
+                return  # sent again (its origin restarted): this try is over
+            del self._recovering[rid]
             if reply is not None and reply.kind == ERROR and reply.sender != request.origin:
                 # A broker that does not know the origin (yet): no route
                 # reaches it, and it still holds the range. Parked, not a try.
@@ -117,6 +121,20 @@ class RecoveryIO(BridgeBase):
 
         later = time.monotonic() + self._node.heartbeat_timeout
         self._waiting[f"{request.rid}#again"] = (again, later)
+
+    def _recovery_restarted(self, name: str) -> None:
+        """``name`` restarted: ask its new incarnation what the last one did not answer.
+
+        That try is not counted: the incarnation it went to is gone, which
+        says nothing of whether the range is still held (an origin in a
+        crash loop, restarting faster than ``heartbeat_timeout``, used to
+        have its ranges given up after four restarts).
+        """
+        for rid, (request, attempt) in list(self._recovering.items()):
+            if request.origin == name:
+                del self._recovering[rid]
+                self._waiting.pop(rid, None)
+                self._send_recover(request, attempt)
 
     def _unpark(self) -> None:
         """Ask again the parked requests whose origin is heard again (each heartbeat tick)."""
