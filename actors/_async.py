@@ -459,7 +459,11 @@ class AsyncEventBus:
         if bus.closed:
             # Another close is under way (or done): this one returns once the
             # bus has stopped, so every stream got what was published first.
-            await _off_loop(self._holds.wait_stopped, left)
+            # One interrupted (a Ctrl-C in ``close``) is seen through here; in
+            # a forked child nothing of the bus runs, so nothing is waited for.
+            await _off_loop(bus.close, left)
+            if bus._forked_from is None:  # noqa: SLF001 - the bus's own state
+                await _off_loop(self._holds.wait_stopped, left)
             return
         await _off_loop(bus.close, left)  # one deadline for the flush and the close
 

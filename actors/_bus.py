@@ -17,24 +17,19 @@ have threads of their own.
 from __future__ import annotations
 
 import logging
-import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import replace
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-import pykka
-
+from actors._bus_close import Closable
 from actors._bus_requests import RequestReply
 from actors._bus_start import STOP_WAIT, start_runtime
-from actors._core.messages import Closing
 from actors._core.publishing import prepare_event
 from actors._core.replay import iter_query
 from actors._core.replay import replay as replay_events
 from actors._core.request_client import RequestClient
-from actors._core.stopping import stop_actors
-from actors._core.subscriber import DeadLetter, Handler, Subscription, current_event
+from actors._core.subscriber import DeadLetter, Handler, Subscription
 from actors._core.wiring import Core, HandlerWrapper, JournalFigures
 from actors._errors import BusClosedError, EventBusError, JournalError
 from actors._journal.actor import JournalActor
@@ -45,7 +40,7 @@ from actors._model import checks
 from actors._model.config import EventConfig, NodeConfig, OverflowStrategy
 from actors._model.event import Event
 from actors._model.filter import FilterLike
-from actors._model.metrics import BusMetrics, SubscriptionStatistics, to_prometheus
+from actors._model.metrics import BusMetrics, to_prometheus
 from actors._model.query import EventQuery
 from actors._model.trace import Trace, first_copies, merge_events
 from actors._runtime import forks
@@ -61,13 +56,8 @@ if TYPE_CHECKING:
     from actors._cluster.node import Node
     from actors._metrics_http import MetricsServer
 
-# Seconds ``close(timeout)`` may take beyond ``timeout``: the bus's own
-# actors (router, correlation, journal, bridge) get this long to stop after
-# the handlers' deadline.  They run no user code, so they take milliseconds.
-CLOSE_GRACE = 0.5
 
-
-class EventBus(RequestReply):
+class EventBus(Closable, RequestReply):
     """An in-process event bus of actors.  Use it as a context manager.
 
     ``publish`` never waits for handlers; it blocks only while a full
@@ -89,15 +79,28 @@ class EventBus(RequestReply):
             name = node.name
         self.name = name
         cfg = self.config
-        self._closed = False
-        self._close_lock = threading.Lock()
-        self._close_running = False  # a ``close`` is under way
-        self._close_finished = False  # a ``close`` ran to its end (not interrupted)
-        self._closed_why = "the bus is closed"
+        self._init_close()
 
         # Open the journal before starting anything, so a locked or broken
         # journal fails the constructor with nothing left running.
         opened = open_journal(cfg)
+        try:
+            self._start(cfg, name, node, opened)
+        except BaseException:  # a Ctrl-C too: nothing is left running, the journal free
+            runtime = self.__dict__.get("_runtime")
+            if runtime is None:  # ``start_runtime`` undid its own part, if it began
+                if opened is not None:
+                    opened.storage.close()  # idempotent
+            else:  # as ``start_runtime`` does: a bus that failed to start leaves nothing running
+                self._dispatcher, self._system = runtime.dispatcher, runtime.system
+                self._journal, self._core = runtime.journal, runtime.core
+                self._closed = self._close_finished = True
+                self._stop_actors(Deadline(STOP_WAIT))
+            raise
+
+    def _start(
+        self, cfg: EventConfig, name: str | None, node: NodeConfig | None, opened: Any
+    ) -> None:
         self._storage: Storage | None = opened.storage if opened is not None else None
         # Fixed at open: publishing checks this one flag, not the storage.
         self._read_only = self._storage is not None and self._storage.read_only
@@ -105,7 +108,7 @@ class EventBus(RequestReply):
         first_sequence = opened.first_sequence if opened is not None else 1
         self._bridge: Bridge | None = None
         self._settle_node: Callable[[], None] | None = None
-        runtime = start_runtime(
+        self._runtime = runtime = start_runtime(
             cfg, self._storage, name, f"bus-{name or format(id(self), 'x')}", first_sequence
         )
         self._dispatcher, self._system = runtime.dispatcher, runtime.system
@@ -121,22 +124,16 @@ class EventBus(RequestReply):
         forks.track(self)
         self._size_check: Callable[[Event], None] | None = None
         self.node: Node | None = None
-        try:
-            if node is not None:
-                self._start_node(node)
-            self._requests = RequestClient(
-                subscribe=self.subscribe,
-                prepare=self._prepare,
-                publish=self._publish_built,
-                publish_remote=self.publish_remote,
-                router=self._router_mailbox,
-                bridge=lambda: self._bridge,
-            )
-        except BaseException:
-            # As ``start_runtime`` does: a bus that failed to start leaves nothing running.
-            self._closed = self._close_finished = True
-            self._stop_actors(Deadline(STOP_WAIT))
-            raise
+        if node is not None:
+            self._start_node(node)
+        self._requests = RequestClient(
+            subscribe=self.subscribe,
+            prepare=self._prepare,
+            publish=self._publish_built,
+            publish_remote=self.publish_remote,
+            router=self._router_mailbox,
+            bridge=lambda: self._bridge,
+        )
 
     def _start_node(self, config: NodeConfig) -> None:
         from actors._cluster.node import start_node  # noqa: PLC0415 - zmq only on a node
@@ -436,108 +433,12 @@ class EventBus(RequestReply):
     def _flush(self, timeout: float | None) -> None:
         self._core.flush(timeout)
 
-    def close(self, timeout: float | None = None) -> tuple[SubscriptionStatistics, ...]:
-        """Drain, flush and stop every actor, within ``timeout`` seconds.  Idempotent.
-
-        Events published before ``close`` are handled first (unless called
-        from inside a handler, where it cannot wait).  With a ``timeout`` it
-        returns after at most ``timeout`` plus ``CLOSE_GRACE`` seconds (the
-        bus's own actors get the grace to stop), whatever the handlers do: a
-        handler still running then is abandoned on its daemon thread, and the
-        events its subscription had not finished are discarded.  A journal
-        still closing its files then, or a node its sockets, is waited for,
-        up to 10 s more, so they are free as soon as ``close`` returns.  Logs each
-        subscription it gave up on at WARNING and returns their statistics
-        as they were when it gave up (empty when everything was handled).
-        Afterwards calls raise ``BusClosedError``.
-        """
-        checks.check_timeout("timeout", timeout)
-        with self._close_lock:
-            if self._closed and (self._close_finished or self._close_running):
-                return ()
-            first = not self._closed
-            self._closed = self._close_running = True
-        finished = False
-        try:
-            statistics = self._close(timeout, first=first)
-            finished = True
-        finally:  # if interrupted (a Ctrl-C while it waited), the next ``close`` resumes it
-            with self._close_lock:
-                self._close_running, self._close_finished = False, finished
-        return statistics
-
-    def _forked(self, parent: int) -> None:
-        """In a forked child: closed to it (``_runtime/forks.py``)."""
-        self._closed = self._close_finished = self._publisher.closed = True
-        self._closed_why = f"the bus belongs to process {parent}: a forked child opens its own"
-
-    def _close(self, timeout: float | None, *, first: bool) -> tuple[SubscriptionStatistics, ...]:
-        if first:
-            # From here every publish is refused: one that got past the closed
-            # check before it is refused by the router (``Closing`` comes before
-            # the flush), or failed by ``settle_closed`` once the actors stopped.
-            self._publisher.closed = True
-            self._core.inbox.put(Closing())
-        deadline = Deadline(timeout)
-        inside = (
-            current_event.get() is not None
-            or self._dispatcher.on_dispatcher_thread()
-            or self._system.on_dispatcher_thread()
-        )
-        if not inside:
-            try:
-                self._flush(deadline.remaining())
-            except pykka.Timeout:
-                logger.warning("close(): flush timed out after %ss; stopping anyway", timeout)
-        # Callers still waiting for replies: none will come.
-        self._requests.requester.table.fail_all(BusClosedError("the bus was closed"))
-        if inside:  # the caller's own thread may be needed: another thread waits
-            return self._stop_actors(deadline, wait=False)
-        try:
-            return self._stop_actors(deadline)
-        finally:
-            # The router settles them when it stops; this covers one that did not.
-            self._publisher.settle_closed()
-
-    def _stop_actors(
-        self, deadline: Deadline, grace: float = CLOSE_GRACE, *, wait: bool = True
-    ) -> tuple[SubscriptionStatistics, ...]:
-        return stop_actors(
-            self._core,
-            system=self._system,
-            deadline=deadline,
-            grace=grace,
-            wait=wait,
-            bridge_close=self._bridge.close if self._bridge is not None else None,
-            journal=self._journal,
-            journal_closed=self._journal.wait_closed if self._journal is not None else None,
-            settle=self._settle_node,
-        )
-
-    @property
-    def closed(self) -> bool:
-        """Return whether ``close`` was called."""
-        return self._closed
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise BusClosedError(self._closed_why)
-
-    def __enter__(self) -> EventBus:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
     # -- metrics -----------------------------------------------------------------------------
 
     def metrics(self) -> BusMetrics:
         """Return a snapshot of the bus's figures (the actors are asked for theirs)."""
+        if self._forked_from is not None:  # its actors are in the parent: none would answer
+            raise BusClosedError(self._closed_why)
         snapshot = self._core.metrics(
             JournalFigures(*self._journal.figures()) if self._journal is not None else None,
             self._bridge.statistics() if self._bridge is not None else None,

@@ -145,12 +145,17 @@ def test_a_flush_waiting_when_close_gives_up_on_a_stuck_handler_is_refused() -> 
         gate.release.set()
 
 
-def test_close_interrupted_by_ctrl_c_is_finished_by_the_next_close(tmp_path: Any) -> None:
+@pytest.mark.parametrize("mode", ["flush", "stop", "handler", "async"])
+def test_close_interrupted_by_ctrl_c_is_finished_by_the_next_close(
+    tmp_path: Any, mode: str
+) -> None:
     # docs/architecture.md: a close interrupted (a KeyboardInterrupt while it
-    # waits) is resumed by the next close, which used to return at once with
-    # the actors running, the journal locked and the address bound.
+    # waits, for the flush or for the stop) is seen through by the next close,
+    # from outside, from the handler it waited for, or by aclose; the next
+    # used to return at once (or raise, or hang) with the actors running,
+    # the journal locked and the address bound.
     done = subprocess.run(
-        [sys.executable, "-m", "tests._close_interrupt_child", str(tmp_path)],
+        [sys.executable, "-m", "tests._close_interrupt_child", str(tmp_path), mode],
         capture_output=True,
         text=True,
         timeout=6 * WAIT,

@@ -9,12 +9,13 @@ works (one without a journal: see docs/architecture.md on fork).
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
 import os
 from pathlib import Path
 from typing import Any
 
-from actors import BusClosedError, EventBus, EventConfig, EventQuery
+from actors import AsyncEventBus, BusClosedError, EventBus, EventConfig, EventQuery
 from tests._support import WAIT, Collector
 
 _inherited: EventBus | None = None
@@ -29,6 +30,7 @@ def _child(results: Any) -> None:
         "flush": lambda: bus.flush(WAIT),
         "subscribe": lambda: bus.subscribe("b.*", print),
         "query": lambda: bus.query(EventQuery(limit=1)),
+        "metrics": bus.metrics,  # the figures are the parent's: its actors would answer
     }.items():
         try:
             call()
@@ -36,6 +38,8 @@ def _child(results: Any) -> None:
         except BusClosedError as exc:
             out[name] = str(exc)
     out["close"] = bus.close(timeout=WAIT)
+    aclose = AsyncEventBus(bus=bus).aclose()
+    out["aclose"] = asyncio.run(asyncio.wait_for(aclose, WAIT))  # None: returned
     with EventBus() as own:  # a journal here would share RocksDB's state with the parent's
         out["own"] = own.publish("c.d", 3).get(timeout=WAIT).sequence
     results.put(out)
@@ -65,6 +69,8 @@ def test_a_forked_child_gets_a_clear_error_from_an_inherited_bus(tmp_path: Path)
         "flush": mine,
         "subscribe": mine,
         "query": mine,
+        "metrics": mine,
         "close": (),
+        "aclose": None,
         "own": 1,
     }

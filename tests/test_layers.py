@@ -28,6 +28,7 @@ LAYERS: dict[str, int] = {
     "actors._bus_requests": 4,
     "actors._async_holds": 4,
     "actors._bus_start": 5,
+    "actors._bus_close": 5,
     "actors._bus": 6,
     "actors._async_stream": 7,
     "actors._async": 8,

@@ -286,7 +286,11 @@ def start_node(
         waits=waits,
     )
     bridge = Bridge(wiring, config)
-    router.add_recorder(bridge.recorder)
-    router.route_listeners.append(bridge.on_local_patterns)
-    check = EventSizeCheck(config.max_frame_bytes, config.name)
-    return bridge, Node(bridge, config, prepare, check_open), check, waits.close
+    try:
+        router.add_recorder(bridge.recorder)
+        router.route_listeners.append(bridge.on_local_patterns)
+        check = EventSizeCheck(config.max_frame_bytes, config.name)
+        return bridge, Node(bridge, config, prepare, check_open), check, waits.close
+    except BaseException:  # a Ctrl-C too: its sockets and threads are not left behind
+        bridge.close(10.0)  # as close waits for a bridge's sockets (RELEASE_WAIT)
+        raise

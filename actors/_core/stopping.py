@@ -22,6 +22,7 @@ import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
+from typing import Any
 
 from actors._core.subscriber import SubscriberActor
 from actors._core.wiring import Core
@@ -51,11 +52,13 @@ def stop_actors(
     journal: DispatchedActor | None,
     journal_closed: Callable[[float | None], bool] | None = None,
     settle: Callable[[], None] | None = None,
+    ended: threading.Event | None = None,
 ) -> tuple[SubscriptionStatistics, ...]:
     """Stop every actor of ``core`` (and the journal); return the subscriptions given up on.
 
     ``journal_closed(timeout)`` waits for the journal's files to be closed;
-    ``settle()`` runs once the actors stopped (it fails what waits for them).
+    ``settle()`` runs once the actors stopped (it fails what waits for them);
+    ``ended`` is set once everything is done, however the stop went.
     """
     subs = core.take_subscribers()
     unfinished = [
@@ -65,7 +68,8 @@ def stop_actors(
     # waiting to retry end at once, and are waited for (their figures).
     ending = [run for run in (actor.abandon() for actor in subs) if run is not None]
     stop = functools.partial(
-        _stop,
+        _stop_then,
+        ended,
         core,
         subs,
         unfinished,
@@ -86,6 +90,14 @@ def stop_actors(
         # runs its stop.  A thread of its own waits instead of the caller.
         threading.Thread(target=stop, name="bus-close", daemon=True).start()
     return tuple(unfinished)
+
+
+def _stop_then(ended: threading.Event | None, *args: Any) -> None:
+    try:
+        _stop(*args)
+    finally:
+        if ended is not None:
+            ended.set()
 
 
 def _stop(  # noqa: PLR0917 - stop_actors' arguments, passed on

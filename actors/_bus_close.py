@@ -1,0 +1,199 @@
+"""How a bus closes: at once to new calls, then its actors stop on a thread of their own.
+
+``close()`` refuses every call from its first line, flushes (unless called
+from inside a handler, whose thread the flush may need), fails the callers
+still waiting for replies, then stops the actors (``_core/stopping.py``) on
+a thread of its own and waits for that thread.  So an interrupt (a Ctrl-C
+landing while ``close`` waits) stops only the waiting: the stop goes on, and
+the next ``close()`` waits for it again, or begins it if the interrupt came
+before it did.  A ``close`` whose stop ran to its end makes every later one
+return at once; so does a ``close`` under way on another thread.  A close
+from inside a handler begins the stop and returns; the next ``close`` from
+outside waits for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from types import TracebackType
+from typing import TYPE_CHECKING, Self
+
+import pykka
+
+from actors._core.messages import Closing
+from actors._core.stopping import RELEASE_WAIT, stop_actors
+from actors._core.subscriber import current_event
+from actors._core.wiring import Core
+from actors._errors import BusClosedError
+from actors._model import checks
+from actors._model.metrics import SubscriptionStatistics
+from actors._runtime.shutdown import Deadline
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from actors._cluster.bridge import Bridge
+    from actors._core.publishing import Publisher
+    from actors._core.request_client import RequestClient
+    from actors._journal.actor import JournalActor
+    from actors._runtime.dispatcher import Dispatcher
+    from actors._runtime.pool import SpareDispatcher
+
+__all__ = ["CLOSE_GRACE", "Closable"]
+
+logger = logging.getLogger("actors.bus")
+
+# Seconds ``close(timeout)`` may take beyond ``timeout``: the bus's own
+# actors (router, correlation, journal, bridge) get this long to stop after
+# the handlers' deadline.  They run no user code, so they take milliseconds.
+CLOSE_GRACE = 0.5
+
+Stop = tuple[tuple[SubscriptionStatistics, ...], threading.Event]
+
+
+class Closable:
+    """``close`` and what answers around it, for ``EventBus`` (see the module docstring)."""
+
+    _core: Core
+    _publisher: Publisher
+    _requests: RequestClient
+    _dispatcher: Dispatcher
+    _system: SpareDispatcher
+    _bridge: Bridge | None
+    _journal: JournalActor | None
+    _settle_node: Callable[[], None] | None
+
+    def _init_close(self) -> None:
+        self._closed = False  # every call is refused from the first line of ``close``
+        self._closed_why = "the bus is closed"
+        self._forked_from: int | None = None  # the parent's pid, in a forked child
+        self._close_lock = threading.Lock()
+        self._close_running = False  # a ``close`` call is under way
+        self._close_finished = False  # a ``close`` saw the stop through
+        self._stop: Stop | None = None  # begun: what it gave up on, and when it ended
+
+    def _flush(self, timeout: float | None) -> None:
+        raise NotImplementedError
+
+    def close(self, timeout: float | None = None) -> tuple[SubscriptionStatistics, ...]:
+        """Drain, flush and stop every actor, within ``timeout`` seconds.  Idempotent.
+
+        Events published before ``close`` are handled first (unless called
+        from inside a handler, where it cannot wait).  With a ``timeout`` it
+        returns after at most ``timeout`` plus ``CLOSE_GRACE`` seconds (the
+        bus's own actors get the grace to stop), whatever the handlers do: a
+        handler still running then is abandoned on its daemon thread, and the
+        events its subscription had not finished are discarded.  A journal
+        still closing its files then, or a node its sockets, is waited for,
+        up to 10 s more, so they are free as soon as ``close`` returns.  Logs each
+        subscription it gave up on at WARNING and returns their statistics
+        as they were when it gave up (empty when everything was handled).
+        Afterwards calls raise ``BusClosedError``.  A ``close`` interrupted
+        while it waited (a Ctrl-C) is seen through by the next.
+        """
+        checks.check_timeout("timeout", timeout)
+        claimed = False
+        try:
+            with self._close_lock:
+                if self._close_running or self._close_finished:
+                    return ()
+                first = not self._closed
+                self._closed = True
+                # ``claimed`` first: an interrupt between the two leaves nothing set.
+                claimed = self._close_running = True
+            return self._close(timeout, first=first)
+        finally:
+            if claimed:
+                with self._close_lock:
+                    self._close_running = False
+
+    def _close(self, timeout: float | None, *, first: bool) -> tuple[SubscriptionStatistics, ...]:
+        if first:
+            # From here every publish is refused: one that got past the closed
+            # check before it is refused by the router (``Closing`` comes before
+            # the flush), or failed by ``settle_closed`` once the actors stopped.
+            self._publisher.closed = True
+            self._core.inbox.put(Closing())
+        deadline = Deadline(timeout)
+        inside = (
+            current_event.get() is not None
+            or self._dispatcher.on_dispatcher_thread()
+            or self._system.on_dispatcher_thread()
+        )
+        stop = self._stop
+        if stop is None:
+            if not inside:
+                try:
+                    self._flush(deadline.remaining())
+                except pykka.Timeout:
+                    logger.warning("close(): flush timed out after %ss; stopping anyway", timeout)
+            # Callers still waiting for replies: none will come.
+            self._requests.requester.table.fail_all(BusClosedError("the bus was closed"))
+            ended = threading.Event()
+            stop = self._stop = (self._stop_actors(deadline, wait=False, ended=ended), ended)
+        if inside:  # the caller's own thread may be needed: the next close waits
+            self._stop = ((), stop[1])  # what was given up on is told once
+            return stop[0]
+        # An interrupt here leaves the stop going on.  One an earlier close
+        # began keeps that close's deadline: this one waits within its own.
+        bound = None if timeout is None else timeout + CLOSE_GRACE + RELEASE_WAIT
+        if not stop[1].wait(bound):
+            logger.warning(
+                "close(): the stop an earlier close began is still under way after %.1f s; "
+                "the next close waits for it again",
+                bound,
+            )
+            return ()
+        # The router settles them when it stops; this covers one that did not.
+        self._publisher.settle_closed()
+        self._close_finished = True
+        self._stop = ((), stop[1])
+        return stop[0]
+
+    def _stop_actors(
+        self,
+        deadline: Deadline,
+        grace: float = CLOSE_GRACE,
+        *,
+        wait: bool = True,
+        ended: threading.Event | None = None,
+    ) -> tuple[SubscriptionStatistics, ...]:
+        return stop_actors(
+            self._core,
+            system=self._system,
+            deadline=deadline,
+            grace=grace,
+            wait=wait,
+            bridge_close=self._bridge.close if self._bridge is not None else None,
+            journal=self._journal,
+            journal_closed=self._journal.wait_closed if self._journal is not None else None,
+            settle=self._settle_node,
+            ended=ended,
+        )
+
+    def _forked(self, parent: int) -> None:
+        """In a forked child: closed to it (``_runtime/forks.py``); nothing of it runs here."""
+        self._closed = self._close_finished = self._publisher.closed = True
+        self._forked_from = parent
+        self._closed_why = f"the bus belongs to process {parent}: a forked child opens its own"
+
+    @property
+    def closed(self) -> bool:
+        """Return whether ``close`` was called."""
+        return self._closed
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise BusClosedError(self._closed_why)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
