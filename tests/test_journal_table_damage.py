@@ -130,3 +130,23 @@ def test_repair_rebuilds_an_index_whatever_block_of_it_is_damaged(
         assert len(bus.query(EventQuery(time_range=(since, None)))) == N
         assert len(bus.query(EventQuery(event_types=["t.event"]))) == N
     assert repair(path).rebuilt == ()  # nothing left to rebuild
+
+
+def test_a_read_error_kept_by_its_caller_does_not_keep_the_journal_locked(
+    written: Path, tmp_path: Path
+) -> None:
+    # The error's frames held iterators over the database: closed, the bus
+    # still could not be opened again while the caller kept the error.
+    path = tmp_path / "journal"
+    shutil.copytree(written, path)
+    (table,) = [t for t in tables(path) if b"by_time" in t.read_bytes()]
+    flip_byte(table, 0)
+    kept: list[JournalError] = []
+    with EventBus(EventConfig(persistence_path=path)) as bus:
+        try:
+            bus.query(EventQuery(time_range=(datetime(2000, 1, 1, tzinfo=UTC), None)))
+        except JournalError as exc:
+            kept.append(exc)
+    assert kept
+    with EventBus(EventConfig(persistence_path=path)) as bus:  # the error is still held
+        assert len(bus.query(EventQuery())) == N

@@ -31,6 +31,7 @@ from actors._core.messages import (
     SaveCheckpoint,
 )
 from actors._errors import CorruptRecordError, InvalidEventError, JournalError
+from actors._journal.cursor import forget_frames
 from actors._journal.records import (
     HIGH_WATER,
     SOURCE_CHARS_FIT,
@@ -256,6 +257,9 @@ class JournalActor(DispatchedActor):
         try:
             future.set(fn(arg))
         except Exception as exc:
+            # Its frames hold iterators over the database: the caller keeping
+            # the error would keep the journal's files (and lock) open.
+            forget_frames(exc)
             future.set_exception(exc)
 
     def figures(self) -> tuple[int, float | None, int, int]:

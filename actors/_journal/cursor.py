@@ -22,13 +22,14 @@ No driver import: the cursor is anything with RocksDB's raw-iterator methods.
 
 from __future__ import annotations
 
+import traceback
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from actors._errors import JournalError
 from actors._journal.records import MAX_SEQ, SEQ
 
-__all__ = ["Cursor", "Iterable", "walk", "walk_sequences"]
+__all__ = ["Cursor", "Iterable", "forget_frames", "walk", "walk_sequences"]
 
 SkipHandler = Callable[[int, int], None]
 
@@ -59,8 +60,25 @@ def _failed(cursor: Cursor) -> BaseException | None:
     try:
         cursor.status()
     except Exception as exc:
-        return exc
+        return exc.with_traceback(None)  # its frame holds the cursor (and the database)
     return None
+
+
+def forget_frames(exc: BaseException) -> None:
+    """Clear the locals of the frames ``exc`` and its causes passed through.
+
+    Frames below a journal call hold iterators over the database, which keep
+    it (and its lock) open for as long as a caller keeps the error.
+    """
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [exc]
+    while stack:
+        error = stack.pop()
+        if error is None or id(error) in seen:
+            continue
+        seen.add(id(error))
+        traceback.clear_frames(error.__traceback__)
+        stack += [error.__cause__, error.__context__]
 
 
 def _position(cursor: Cursor, from_key: bytes | None, backwards: bool) -> None:
@@ -154,6 +172,12 @@ def walk_sequences(
         _report(on_skip, pending, backwards)
 
 
+MAX_ABSENT = 4096
+"""How many absent sequences in a row ``_read_down`` looks past (a gap the journal
+skipped, ``recover="truncate"``) before it leaves the rest to the skipped range:
+each costs a seek, about 2.6 us."""
+
+
 def _read_down(
     cf: Iterable, first: int, resume: int, values: bool
 ) -> tuple[list[tuple[int, bytes | None]], int]:
@@ -164,14 +188,17 @@ def _read_down(
     none is).
     """
     read: list[tuple[int, bytes | None]] = []
-    seq = first
-    while seq > resume:
+    seq, absent = first, 0
+    while seq > resume and absent < MAX_ABSENT:
         cursor = cf.iter()
         cursor.seek(SEQ.pack(seq))
         if not cursor.valid():
             break  # an error, or (a writer deleting) nothing at or above it
         if int(SEQ.unpack(cursor.key())[0]) == seq:
             read.append((seq, cursor.value() if values else None))
+            absent = 0
+        else:
+            absent += 1
         seq -= 1  # absent (a gap) or read: on down
     return read, seq
 

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from actors._errors import JournalDamagedError, JournalError
-from actors._journal.cursor import walk, walk_sequences
+from actors._journal.cursor import forget_frames, walk, walk_sequences
 from actors._journal.highwater import HighWaterMark
 from actors._journal.planner import IndexedStorage
 from actors._journal.rebuild import META_NEXT_TYPE, RebuildMixin
@@ -124,6 +124,9 @@ class RocksTables(RebuildMixin, RetentionMixin, IndexedStorage):
             self._load_meta()
             self._mark = mark or HighWaterMark(path, writable=not self.read_only)
         except Exception as exc:
+            # The frames below hold iterators over the database (and its lock)
+            # for as long as the traceback lives: cleared, the release is real.
+            forget_frames(exc)
             self._release()
             if _corruption(exc):  # a damaged table file: repair salvages it
                 msg = (
@@ -136,7 +139,8 @@ class RocksTables(RebuildMixin, RetentionMixin, IndexedStorage):
                 raise
             msg = f"cannot open journal {self._path!r}: {exc}"
             raise JournalError(msg) from exc
-        except BaseException:  # a Ctrl-C: the lock must not live on in the traceback
+        except BaseException as exc:  # a Ctrl-C: the lock must not live on in the traceback
+            forget_frames(exc)
             self._release()
             raise
 
