@@ -608,6 +608,7 @@ def test_an_ipc_path_a_live_node_listens_on_is_in_use_for_a_second(tmp_path: Pat
         (("tcp://127.0.0.1:7001", "tcp://127.0.0.1:07001"), None),
         (("tcp://LOCALHOST:7001", "tcp://localhost:7001"), None),
         (("ipc:///tmp/x//a.sock", "ipc:///tmp/x/a.sock"), None),
+        (("ipc:////tmp/x.sock", "ipc:///tmp/x.sock"), None),
         (("tcp://127.0.0.1:07002",), "tcp://127.0.0.1:7002"),
         (("ipc:///tmp/x/./n.sock",), "ipc:///tmp/x/n.sock"),
     ],
@@ -620,3 +621,15 @@ def test_an_endpoint_spelt_two_ways_is_still_listed_twice(
     # with a doubled slash is the same endpoint.
     with pytest.raises(ValueError, match=r"twice|own listen"):
         NodeConfig(name="a", listen=listen, peers=peers)
+
+
+@pytest.mark.parametrize(
+    "peers",
+    [
+        ("ipc://@llmspell-a//b", "ipc://@llmspell-a/b"),  # abstract names: two sockets
+        ("ipc:///tmp/x/d/../a.sock", "ipc:///tmp/x/a.sock"),  # d may be a symbolic link
+        ("tcp://localhost:7001", "tcp://127.0.0.1:7001"),  # names are not resolved
+    ],
+)
+def test_endpoints_that_may_differ_are_both_taken(peers: tuple[str, ...]) -> None:
+    assert NodeConfig(name="a", peers=peers).peers == peers

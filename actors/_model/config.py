@@ -99,15 +99,19 @@ def endpoint_key(endpoint: str) -> str:
     """Return ``endpoint`` spelt one way (a checked one): what makes two spellings the same.
 
     A TCP port is a number (``07000`` is ``7000``), a host name is not case
-    sensitive, an ipc path is normalised (``a//b`` is ``a/b``).
+    sensitive, an ipc path's repeated slashes and ``.`` segments go (``a//./b``
+    is ``a/b``; ``..`` stays, as it may cross a symbolic link; an abstract
+    ``@name`` is taken as spelt).
     """
     scheme, _, rest = endpoint.partition("://")
     if scheme == "tcp":
         match = _TCP.match(endpoint)
         if match is not None and match["port"] != "*":
             return f"tcp://{match['host'].lower()}:{int(match['port'])}"
-    elif scheme == "ipc":
-        return f"ipc://{os.path.normpath(rest)}"
+    elif scheme == "ipc" and not rest.startswith("@"):  # an abstract name is as spelt
+        # Repeated slashes and "." segments only: ".." may cross a symbolic link.
+        parts = [part for part in rest.split("/") if part not in ("", ".")]
+        return "ipc://" + ("/" if rest.startswith("/") else "") + "/".join(parts)
     return endpoint
 
 
