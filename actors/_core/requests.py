@@ -37,7 +37,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from actors._codec.events import encode_shared
+from actors._codec.events import NotTextError, encode_shared
 from actors._core.handling import current_timeout
 from actors._core.pending import DEFAULT_LIMIT, Pending, PendingTable, ReplyFuture
 from actors._core.policies import handler_timeout_error
@@ -45,6 +45,7 @@ from actors._errors import (
     BusClosedError,
     EventTooLargeError,
     FutureTimeoutError,
+    InvalidEventError,
     RemoteHandlerError,
     RequestTimeoutError,
 )
@@ -402,6 +403,8 @@ class Responder:
             # no node could carry (a surrogate in its text) is an error reply,
             # never one left out on its way to a caller elsewhere.
             encode_shared(reply)
+        except NotTextError as exc:  # told by its public class: the remote knows no other
+            self._fail(request, InvalidEventError(str(exc)))
         except BaseException as exc:  # not JSON (InvalidEventError), or its check broke
             self._fail(request, exc)
         else:
