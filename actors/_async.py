@@ -463,6 +463,7 @@ class AsyncEventBus:
             # a forked child nothing of the bus runs, so nothing is waited for.
             await _off_loop(bus.close, left)
             if bus._forked_from is None:  # noqa: SLF001 - the bus's own state
+                left = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
                 await _off_loop(self._holds.wait_stopped, left)
             return
         await _off_loop(bus.close, left)  # one deadline for the flush and the close

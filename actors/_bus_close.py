@@ -49,7 +49,7 @@ logger = logging.getLogger("actors.bus")
 # the handlers' deadline.  They run no user code, so they take milliseconds.
 CLOSE_GRACE = 0.5
 
-Stop = tuple[tuple[SubscriptionStatistics, ...], threading.Event]
+Stop = tuple[tuple[SubscriptionStatistics, ...], threading.Event, list[BaseException]]
 
 
 class Closable:
@@ -90,7 +90,9 @@ class Closable:
         subscription it gave up on at WARNING and returns their statistics
         as they were when it gave up (empty when everything was handled).
         Afterwards calls raise ``BusClosedError``.  A ``close`` interrupted
-        while it waited (a Ctrl-C) is seen through by the next.
+        while it waited (a Ctrl-C) is seen through by the next; a stop that a
+        ``close`` from inside a handler began is waited for within this
+        ``timeout`` (and its grace, and the 10 s for files), then ``()``.
         """
         checks.check_timeout("timeout", timeout)
         claimed = False
@@ -130,14 +132,17 @@ class Closable:
                     logger.warning("close(): flush timed out after %ss; stopping anyway", timeout)
             # Callers still waiting for replies: none will come.
             self._requests.requester.table.fail_all(BusClosedError("the bus was closed"))
-            ended = threading.Event()
-            stop = self._stop = (self._stop_actors(deadline, wait=False, ended=ended), ended)
+            ended, failed = threading.Event(), list[BaseException]()
+            given_up = self._stop_actors(deadline, wait=False, ended=ended, failed=failed)
+            stop = self._stop = (given_up, ended, failed)
         if inside:  # the caller's own thread may be needed: the next close waits
-            self._stop = ((), stop[1])  # what was given up on is told once
+            self._stop = ((), stop[1], stop[2])  # what was given up on is told once
             return stop[0]
         # An interrupt here leaves the stop going on.  One an earlier close
-        # began keeps that close's deadline: this one waits within its own.
-        bound = None if timeout is None else timeout + CLOSE_GRACE + RELEASE_WAIT
+        # began keeps that close's deadline: this one waits within its own
+        # (and the time a journal or a node gets to release its files).
+        releases = self._journal is not None or self._bridge is not None
+        bound = None if timeout is None else timeout + CLOSE_GRACE + releases * RELEASE_WAIT
         if not stop[1].wait(bound):
             logger.warning(
                 "close(): the stop an earlier close began is still under way after %.1f s; "
@@ -148,7 +153,9 @@ class Closable:
         # The router settles them when it stops; this covers one that did not.
         self._publisher.settle_closed()
         self._close_finished = True
-        self._stop = ((), stop[1])
+        self._stop = ((), stop[1], [])
+        if stop[2]:
+            raise stop[2][0]  # as if it had run on this thread
         return stop[0]
 
     def _stop_actors(
@@ -158,6 +165,7 @@ class Closable:
         *,
         wait: bool = True,
         ended: threading.Event | None = None,
+        failed: list[BaseException] | None = None,
     ) -> tuple[SubscriptionStatistics, ...]:
         return stop_actors(
             self._core,
@@ -170,6 +178,7 @@ class Closable:
             journal_closed=self._journal.wait_closed if self._journal is not None else None,
             settle=self._settle_node,
             ended=ended,
+            failed=failed,
         )
 
     def _forked(self, parent: int) -> None:

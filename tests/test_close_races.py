@@ -181,3 +181,48 @@ def test_a_ctrl_c_inside_the_constructor_leaves_the_journal_free(tmp_path: Any) 
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["inside"] > 0  # the case was met
     assert result["locked"] == 0, result
+
+
+def test_a_close_after_a_handlers_own_close_keeps_to_its_own_timeout(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A stop a handler's close began has no deadline; a later close waits for
+    # it within its own timeout and grace only (no journal or node has files
+    # to release here): it used to add 10 s for them.
+    release, closed_inside = threading.Event(), threading.Event()
+    bus = EventBus()
+
+    def closes_then_runs(event: Event) -> None:
+        bus.close()  # from inside: begins the stop and returns
+        closed_inside.set()
+        release.wait(WAIT)
+
+    bus.subscribe("c.*", closes_then_runs)
+    bus.publish("c.x").get(timeout=WAIT)
+    assert closed_inside.wait(WAIT)
+    try:
+        with caplog.at_level("WARNING", logger="actors.bus"):
+            assert bus.close(timeout=0.2) == ()
+        assert "still under way after 0.7 s" in caplog.text
+    finally:
+        release.set()
+    assert bus.close(timeout=WAIT) == ()  # this one sees the stop through
+    assert wait_for(lambda: not [t for t in threading.enumerate() if t.name == "bus-close"])
+
+
+def test_an_error_while_stopping_reaches_the_caller_of_close(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The stop runs on a thread of its own: what it raises is raised by the
+    # close that waited for it (it used to die on that thread, unseen).
+    bus = EventBus(EventConfig(persistence_path=tmp_path / "j"))
+    journal = bus._journal  # noqa: SLF001 - the fault is injected into the journal's close
+    assert journal is not None
+
+    def broken(timeout: float | None) -> bool:
+        raise OSError("disk gone while closing")
+
+    monkeypatch.setattr(journal, "wait_closed", broken)
+    with pytest.raises(OSError, match="disk gone"):
+        bus.close(timeout=WAIT)
+    assert bus.close(timeout=WAIT) == ()  # told once

@@ -53,12 +53,14 @@ def stop_actors(
     journal_closed: Callable[[float | None], bool] | None = None,
     settle: Callable[[], None] | None = None,
     ended: threading.Event | None = None,
+    failed: list[BaseException] | None = None,
 ) -> tuple[SubscriptionStatistics, ...]:
     """Stop every actor of ``core`` (and the journal); return the subscriptions given up on.
 
     ``journal_closed(timeout)`` waits for the journal's files to be closed;
     ``settle()`` runs once the actors stopped (it fails what waits for them);
-    ``ended`` is set once everything is done, however the stop went.
+    ``ended`` is set once everything is done, however the stop went, with
+    what it raised in ``failed`` (else raised on the stopping thread).
     """
     subs = core.take_subscribers()
     unfinished = [
@@ -70,6 +72,7 @@ def stop_actors(
     stop = functools.partial(
         _stop_then,
         ended,
+        failed,
         core,
         subs,
         unfinished,
@@ -92,9 +95,15 @@ def stop_actors(
     return tuple(unfinished)
 
 
-def _stop_then(ended: threading.Event | None, *args: Any) -> None:
+def _stop_then(
+    ended: threading.Event | None, failed: list[BaseException] | None, *args: Any
+) -> None:
     try:
         _stop(*args)
+    except BaseException as exc:
+        if failed is None:
+            raise
+        failed.append(exc)  # for the close that waits for it
     finally:
         if ended is not None:
             ended.set()

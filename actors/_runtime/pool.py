@@ -250,7 +250,7 @@ class Dispatcher:
         self._stopping.set()
         if self._busy is not None:
             self._busy.set()
-        for _ in workers:
+        for _ in range(len(workers) + 1):  # one more: a thread whose start was interrupted
             self._runq.put(None)
         deadline = None if timeout is None else time.monotonic() + timeout
         current = threading.current_thread()
@@ -283,10 +283,9 @@ class Dispatcher:
     # -- the threads ---------------------------------------------------------
 
     def _spawn(self) -> None:
-        """Start one more thread (under ``_lock``).
+        """Start one more thread (under ``_lock``); ``RuntimeError`` if the OS refuses it.
 
-        Raises ``RuntimeError`` when the OS refuses the thread; nothing is
-        added then (``shutdown`` never waits for a thread that did not start).
+        Nothing is added then (``shutdown`` never waits for a thread that did not start).
         """
         worker = _Worker()
         thread = threading.Thread(
@@ -300,7 +299,7 @@ class Dispatcher:
         self._thread_set.add(thread)
         try:
             thread.start()
-        except BaseException:
+        except BaseException:  # refused, or interrupted (a Ctrl-C): shutdown ends it anyway
             self._workers.remove(worker)
             self._thread_set.discard(thread)
             raise
