@@ -93,6 +93,9 @@ class Closable:
         while it waited (a Ctrl-C) is seen through by the next; a stop that a
         ``close`` from inside a handler began is waited for within this
         ``timeout`` (and its grace, and the 10 s for files), then ``()``.
+        A step of the stop that fails (a journal that cannot close its files)
+        stops none of the others; its error is logged, and raised (once) by
+        the ``close`` that waits for the stop.
         """
         checks.check_timeout("timeout", timeout)
         claimed = False

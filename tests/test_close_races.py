@@ -190,7 +190,7 @@ def test_a_close_after_a_handlers_own_close_keeps_to_its_own_timeout(
     # it within its own timeout and grace only (no journal or node has files
     # to release here): it used to add 10 s for them.
     release, closed_inside = threading.Event(), threading.Event()
-    bus = EventBus()
+    bus = EventBus(name="afterinside")
 
     def closes_then_runs(event: Event) -> None:
         bus.close()  # from inside: begins the stop and returns
@@ -207,7 +207,9 @@ def test_a_close_after_a_handlers_own_close_keeps_to_its_own_timeout(
     finally:
         release.set()
     assert bus.close(timeout=WAIT) == ()  # this one sees the stop through
-    assert wait_for(lambda: not [t for t in threading.enumerate() if t.name == "bus-close"])
+    assert wait_for(
+        lambda: not [t for t in threading.enumerate() if t.name.startswith("bus-afterinside")]
+    )
 
 
 def test_an_error_while_stopping_reaches_the_caller_of_close(
@@ -215,7 +217,7 @@ def test_an_error_while_stopping_reaches_the_caller_of_close(
 ) -> None:
     # The stop runs on a thread of its own: what it raises is raised by the
     # close that waited for it (it used to die on that thread, unseen).
-    bus = EventBus(EventConfig(persistence_path=tmp_path / "j"))
+    bus = EventBus(EventConfig(persistence_path=tmp_path / "j"), name="stoperr")
     journal = bus._journal  # noqa: SLF001 - the fault is injected into the journal's close
     assert journal is not None
 
@@ -226,3 +228,7 @@ def test_an_error_while_stopping_reaches_the_caller_of_close(
     with pytest.raises(OSError, match="disk gone"):
         bus.close(timeout=WAIT)
     assert bus.close(timeout=WAIT) == ()  # told once
+    # and the other steps ran: none of the bus's threads is left
+    assert wait_for(
+        lambda: not [t for t in threading.enumerate() if t.name.startswith("bus-stoperr")]
+    )

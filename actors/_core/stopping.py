@@ -103,7 +103,10 @@ def _stop_then(
     except BaseException as exc:
         if failed is None:
             raise
-        failed.append(exc)  # for the close that waits for it
+        # Told here (nobody may wait for it: a handler's close), and raised
+        # again by the close that waits for it.
+        logger.exception("close(): stopping the bus failed")
+        failed.append(exc)
     finally:
         if ended is not None:
             ended.set()
@@ -126,8 +129,11 @@ def _stop(  # noqa: PLR0917 - stop_actors' arguments, passed on
     # Sockets (a bound address) and the journal's files are released before
     # ``close`` returns, the deadline past or not: see ``RELEASE_WAIT``.
     release = own_deadline.extended(RELEASE_WAIT)
+    # A step that fails (a journal that cannot close its files) stops none
+    # of the others: the first error is raised once every step ran.
+    errors: list[BaseException] = []
     if bridge_close is not None:
-        bridge_close(release.remaining())
+        _step(errors, bridge_close, release.remaining())
     told = send_stop(a.actor_ref for a in subs)
     if ending:
         concurrent.futures.wait(ending, own_deadline.remaining())
@@ -136,7 +142,7 @@ def _stop(  # noqa: PLR0917 - stop_actors' arguments, passed on
         own = send_stop([journal.actor_ref])
         late += wait_stopped(own, own_deadline)
         journal.actor_dispatcher.shutdown(own_deadline.remaining())
-        if journal_closed is not None and not journal_closed(release.remaining()):
+        if journal_closed is not None and not _step(errors, journal_closed, release.remaining()):
             logger.warning(
                 "close(): the journal did not close its files within %.0f s of the "
                 "deadline; it goes on closing on its own thread",
@@ -173,6 +179,17 @@ def _stop(  # noqa: PLR0917 - stop_actors' arguments, passed on
             stats.in_flight,
             _fate(still=still, in_flight=stats.in_flight),
         )
+    if errors:
+        raise errors[0]
+
+
+def _step(errors: list[BaseException], step: Callable[..., Any], *args: Any) -> Any:
+    """Run ``step``; keep what it raises in ``errors`` (the stop goes on) and return True."""
+    try:
+        return step(*args)
+    except BaseException as exc:
+        errors.append(exc)
+        return True
 
 
 def _fate(*, still: bool, in_flight: int) -> str:
