@@ -25,6 +25,9 @@ from tests._support import WAIT, wait_for
 
 
 def main(folder: str, mode: str) -> None:
+    # A shell that starts a command in the background has it ignore SIGINT,
+    # which Python then leaves ignored: the interrupt is the point here.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     config = EventConfig(persistence_path=os.path.join(folder, "j"))
     listen = f"ipc://{folder}/n.sock"
     bus = EventBus(config, node=NodeConfig(name="n", listen=listen))

@@ -19,6 +19,9 @@ from actors import EventBus, EventConfig, JournalLockedError
 
 
 def main(folder: str) -> None:
+    # A shell that starts a command in the background has it ignore SIGINT,
+    # which Python then leaves ignored: the interrupt is the point here.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     config = EventConfig(persistence_path=os.path.join(folder, "j"))
     with EventBus(config) as bus:
         for i in range(20_000):
