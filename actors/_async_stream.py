@@ -203,10 +203,6 @@ class EventStream(AsyncIterator[Event]):
         self._finish()
         self.subscription.unsubscribe()
 
-    def _end(self) -> None:
-        """The bus is closing: deliver what was published without waiting for the reader."""
-        self._inbox.end()
-
     def _finish(self) -> None:
         """Take nothing more; the reader gets what is unread, then the iteration stops."""
         if self._inbox.finish() and self._on_close is not None:

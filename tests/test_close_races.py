@@ -145,6 +145,19 @@ def test_a_flush_waiting_when_close_gives_up_on_a_stuck_handler_is_refused() -> 
         gate.release.set()
 
 
+def child_result(module: str, *args: str, timeout: float) -> Any:
+    """Run ``python -m module args`` in a process of its own; return its last line, as JSON."""
+    done = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 @pytest.mark.parametrize("mode", ["flush", "stop", "handler", "async"])
 def test_close_interrupted_by_ctrl_c_is_finished_by_the_next_close(
     tmp_path: Any, mode: str
@@ -154,15 +167,7 @@ def test_close_interrupted_by_ctrl_c_is_finished_by_the_next_close(
     # from outside, from the handler it waited for, or by aclose; the next
     # used to return at once (or raise, or hang) with the actors running,
     # the journal locked and the address bound.
-    done = subprocess.run(
-        [sys.executable, "-m", "tests._close_interrupt_child", str(tmp_path), mode],
-        capture_output=True,
-        text=True,
-        timeout=6 * WAIT,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result = child_result("tests._close_interrupt_child", str(tmp_path), mode, timeout=6 * WAIT)
     assert result == {"interrupted": True, "alive": [], "reopened": True}
 
 
@@ -170,15 +175,7 @@ def test_a_ctrl_c_inside_the_constructor_leaves_the_journal_free(tmp_path: Any) 
     # docs/persistence.md: a failed constructor releases the journal's lock
     # before the error reaches the caller; a KeyboardInterrupt is such a
     # failure (the open's database used to live on in the traceback).
-    done = subprocess.run(
-        [sys.executable, "-m", "tests._ctor_interrupt_child", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=12 * WAIT,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result = child_result("tests._ctor_interrupt_child", str(tmp_path), timeout=12 * WAIT)
     assert result["inside"] > 0  # the case was met
     assert result["locked"] == 0, result
 

@@ -57,9 +57,7 @@ class RecoveryIO(BridgeBase):
         self._recovering[rid] = (request, attempt)
 
         def done(reply: Request | None) -> None:
-            if self._recovering.get(rid, (None, 0))[1] != attempt:
-                return  # sent again (its origin restarted): this try is over
-            del self._recovering[rid]
+            self._recovering.pop(rid, None)  # (a restart pops it and this callback both)
             if reply is not None and reply.kind == ERROR and reply.sender != request.origin:
                 # A broker that does not know the origin (yet): no route
                 # reaches it, and it still holds the range. Parked, not a try.

@@ -155,13 +155,13 @@ def walk_sequences(
                 f"journal read failed at sequence {first} and no later block reads cleanly: {error}"
             )
             raise JournalError(msg) from error
-        if first == resume:
-            pass  # backwards, every record above the resume point was read on its own
-        # A resume point can land inside the same damage (RocksDB's seek may
-        # read cleanly where the next step does not): merge such skips.
-        elif pending is not None and last is None:
+        # (Backwards, ``first == resume`` when every record above the resume
+        # point was read on its own: nothing was skipped.)  A resume point can
+        # land inside the same damage (RocksDB's seek may read cleanly where
+        # the next step does not): merge such skips.
+        if first != resume and pending is not None and last is None:
             pending[1] = resume
-        else:
+        elif first != resume:
             pending = [first, resume]
         if not 0 <= resume <= MAX_SEQ:
             break
