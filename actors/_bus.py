@@ -142,6 +142,7 @@ class EventBus(Closable, RequestReply):
             config,
             router=self._router,
             journal=self._journal.actor_inbox if self._journal is not None else None,
+            numbering=self._storage.numbering if self._storage is not None else None,
             inject=self._inject,
             flush=self.flush,
             publish=self.publish,

@@ -447,3 +447,23 @@ def test_second_open_in_this_process_is_locked(tmp_path: Path) -> None:
     path = tmp_path / "journal"
     with RocksStorage(path), pytest.raises(JournalLockedError):
         RocksStorage(path)
+
+
+def test_a_journal_keeps_the_identity_of_its_numbering_and_a_fresh_one_draws_another(
+    tmp_path: Path,
+) -> None:
+    first = RocksStorage(str(tmp_path / "j"))
+    numbering = first.numbering
+    first.close()
+    again = RocksStorage(str(tmp_path / "j"))
+    view = RocksStorage(str(tmp_path / "j"), read_only=True)
+    fresh = RocksStorage(str(tmp_path / "k"))
+    try:
+        assert numbering is not None
+        assert again.numbering == numbering
+        assert view.numbering == numbering
+        assert fresh.numbering not in (None, numbering)
+        assert MemoryStorage().numbering != MemoryStorage().numbering
+    finally:
+        for storage in (again, view, fresh):
+            storage.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from actors import Event
+from actors._cluster.checkpoints import SavedMark
 from actors._cluster.outbound import Outbound
 from actors._cluster.streams import MAX_AHEAD, Inbound
 from actors._cluster.wire import DataFrame, decode_stream
@@ -128,7 +129,7 @@ def test_frames_before_the_sync_reply_are_held_then_backfilled_in_order() -> Non
     out = Outbound("a", epoch=1, batch_size=100, ring_size=100)
     out.frames([local(1), local(2)])
     inbound = Inbound("b", dedupe=1000)
-    inbound.loaded("a", 0, 0.0)  # a watermark saved earlier: resume from there
+    inbound.loaded("a", SavedMark(0, None, None), 0.0)  # saved earlier: resume from there
     inbound.set_patterns(["user.*"], 0.0)
     out.add_prefix(b"user.")
     early = decode(out.frames([local(3)])[0])
@@ -367,7 +368,7 @@ def test_a_sync_reply_before_any_subscription_does_not_move_the_watermark() -> N
     inbound = Inbound("b", dedupe=1000)
     inbound.start_loading("a", 0.0)
     inbound.on_sync("a", 7, 1, 500, 0.0)  # stashed until the saved watermark is known
-    inbound.loaded("a", 100, 0.0)  # the node was down after 100
+    inbound.loaded("a", SavedMark(100, None, None), 0.0)  # the node was down after 100
     assert inbound.watermarks() == {"a": 100}
     inbound.on_heartbeat("a", epoch=7, base=1, head=600, chains={}, now=0.0)
     assert inbound.watermarks() == {"a": 100}
@@ -383,7 +384,7 @@ def test_a_subscription_before_the_sync_reply_fetches_the_downtime() -> None:
     inbound.set_patterns(["user.*"], 0.0)
     inbound.start_loading("a", 0.0)
     inbound.on_sync("a", 7, 1, 500, 0.0)
-    inbound.loaded("a", 100, 0.0)
+    inbound.loaded("a", SavedMark(100, None, None), 0.0)
     (request,) = inbound.requests
     assert (request.after, request.upto) == (100, 500)
     assert inbound.watermarks() == {"a": 100}  # kept (and saved) while the range is fetched
@@ -411,7 +412,7 @@ def test_a_lost_sync_reply_still_backfills_from_the_watermark() -> None:
     inbound = Inbound("b", dedupe=1000)
     inbound.set_patterns(["user.*"], 0.0)
     inbound.start_loading("a", 0.0)
-    inbound.loaded("a", 100, 0.0)  # a restarted durable node, down after 100
+    inbound.loaded("a", SavedMark(100, None, None), 0.0)  # a restarted durable node, down after 100
     # The sync reply never comes (the origin was paused when it should have).
     assert inbound.expire_syncs(5.0, 1.0) == []
     assert inbound.requests == []  # nothing heard yet: nothing to fetch up to
@@ -422,6 +423,52 @@ def test_a_lost_sync_reply_still_backfills_from_the_watermark() -> None:
     assert inbound.watermarks() == {"a": 100}
 
 
+def restarted_receiver(saved: SavedMark) -> Inbound:
+    """A durable node restarted with what it saved of ``a``, subscribed to ``user.*``."""
+    inbound = Inbound("b", dedupe=1000)
+    inbound.set_patterns(["user.*"], 0.0)
+    inbound.start_loading("a", 0.0)
+    inbound.loaded("a", saved, 0.0)
+    return inbound
+
+
+# Regression: a persistent origin moved to a fresh journal and restarted on it again while the
+# receiver was down starts past the receiver's old watermark; the receiver fetched only above it and
+# lost the fresh journal's events below it.  Expected: a new numbering is fetched from its start.
+def test_an_origin_on_a_fresh_journal_is_fetched_from_its_start_however_far_it_went() -> None:
+    inbound = restarted_receiver(SavedMark(100, 5, numbering=11))
+    inbound.on_sync("a", 7, 151, 250, 0.0, numbering=22)  # its second run on the fresh journal
+    (request,) = inbound.requests
+    assert (request.after, request.upto) == (0, 250)
+    assert inbound.watermarks() == {"a": 0}
+
+
+def test_an_origin_restarted_on_its_own_journal_is_fetched_from_the_watermark() -> None:
+    inbound = restarted_receiver(SavedMark(100, 5, numbering=11))
+    inbound.on_sync("a", 7, 151, 250, 0.0, numbering=11)
+    (request,) = inbound.requests
+    assert (request.after, request.upto) == (100, 250)
+
+
+def test_a_new_numbering_heard_by_a_live_receiver_is_fetched_from_its_start() -> None:
+    inbound = Inbound("b", dedupe=1000)
+    inbound.set_patterns(["user.*"], 0.0)
+    inbound.on_sync("a", 5, 1, 100, 0.0, numbering=11)
+    assert inbound.watermarks() == {"a": 100}
+    # Moved to a fresh journal and restarted on it before this node heard the first run.
+    inbound.on_heartbeat("a", epoch=7, base=151, head=250, chains={}, now=1.0, numbering=22)
+    inbound.on_sync("a", 7, 151, 250, 1.0, numbering=22)
+    (request,) = inbound.requests
+    assert (request.after, request.upto) == (0, 250)
+
+
+def test_a_watermark_saved_without_its_numbering_is_judged_by_the_first_sequence() -> None:
+    inbound = restarted_receiver(SavedMark(100, 5, numbering=None))
+    inbound.on_sync("a", 7, 151, 250, 0.0, numbering=22)
+    (request,) = inbound.requests
+    assert (request.after, request.upto) == (100, 250)
+
+
 def test_events_journaled_past_the_saved_watermark_are_not_delivered_again() -> None:
     # A crash fell between the write of 101..103 and the write of the
     # watermark that covers them: the restarted node fetches them again.
@@ -430,7 +477,7 @@ def test_events_journaled_past_the_saved_watermark_are_not_delivered_again() -> 
     inbound.start_loading("a", 0.0)
     inbound.on_sync("a", 7, 1, 105, 0.0)
     fetched = [local(seq) for seq in range(101, 106)]
-    inbound.loaded("a", 100, 0.0, [e.id.int for e in fetched[:3]])
+    inbound.loaded("a", SavedMark(100, None, None), 0.0, [e.id.int for e in fetched[:3]])
     (request,) = inbound.requests
     assert (request.after, request.upto) == (100, 105)
     delivered = inbound.on_recovered(request.rid, fetched, True, 105, False)

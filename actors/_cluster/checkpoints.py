@@ -13,6 +13,14 @@ Two kinds of checkpoint (``docs/cluster.md``, "Restarts of a receiving node"):
   longer applies.  A crash between the two writes leaves the new
   incarnation's watermark with the old epoch: the restart then takes the
   origin for restarted and fetches more, never less.
+- ``bridge#ORIGIN``: the numbering ``ORIGIN``'s watermark counts in (its
+  journal's identity, or its epoch without one), saved after the epoch: an
+  origin moved to a fresh journal while this node was down numbers from 1
+  again, and may have passed the saved watermark already when this node
+  hears it.  Saved after the watermark too: a crash between the writes
+  leaves the new numbering's watermark with the old numbering, and the
+  restart fetches the origin's events from its journal's start (more, never
+  less).
 
 Both go to the journal through the router, after the records of the events
 they cover, and the journal stores checkpoints in the order they were last
@@ -28,14 +36,17 @@ second time.
 from __future__ import annotations
 
 from concurrent.futures import Future
+from typing import NamedTuple
 
 from actors._cluster.ports import JournalPort
 from actors._model.query import EventQuery
 
 __all__ = [
     "POSITION",
+    "SavedMark",
     "epoch_name",
     "load_journaled",
+    "numbering_name",
     "load_mark",
     "load_received",
     "watermark_name",
@@ -55,24 +66,38 @@ def epoch_name(origin: str) -> str:
     return f"bridge~{origin}"
 
 
-def load_mark(journal: JournalPort, origin: str, timeout: float) -> tuple[int | None, int | None]:
-    """Return ``origin``'s saved watermark and its epoch (None where not saved); blocks."""
+def numbering_name(origin: str) -> str:
+    """Return the name of the checkpoint of the numbering ``origin``'s watermark counts in."""
+    return f"bridge#{origin}"
+
+
+class SavedMark(NamedTuple):
+    """What a node saved of one origin (None where not saved)."""
+
+    watermark: int | None
+    epoch: int | None
+    numbering: int | None
+
+
+def load_mark(journal: JournalPort, origin: str, timeout: float) -> SavedMark:
+    """Return ``origin``'s saved watermark, its epoch and its numbering; blocks."""
     mark = journal.load_checkpoint(watermark_name(origin), timeout)
     if mark is None:
-        return None, None
-    return mark, journal.load_checkpoint(epoch_name(origin), timeout)
+        return SavedMark(None, None, None)
+    epoch = journal.load_checkpoint(epoch_name(origin), timeout)
+    return SavedMark(mark, epoch, journal.load_checkpoint(numbering_name(origin), timeout))
 
 
 def load_received(
     journal: JournalPort, origin: str, journaled: Future[dict[str, list[int]]], timeout: float
-) -> tuple[int | None, int | None, list[int]]:
-    """Return ``origin``'s saved watermark, its epoch and the ids journaled past it; blocks.
+) -> tuple[SavedMark, list[int]]:
+    """Return what was saved of ``origin`` and the ids journaled past its watermark; blocks.
 
     ``journaled`` is the reading of ``load_journaled`` (waited for only where a watermark is saved).
     """
-    mark, epoch = load_mark(journal, origin, timeout)
-    ids = journaled.result(timeout).get(origin, []) if mark is not None else []
-    return mark, epoch, ids
+    saved = load_mark(journal, origin, timeout)
+    ids = journaled.result(timeout).get(origin, []) if saved.watermark is not None else []
+    return saved, ids
 
 
 def load_journaled(journal: JournalPort, limit: int, timeout: float) -> dict[str, list[int]]:

@@ -22,7 +22,13 @@ from typing import TypeVar
 import zmq
 
 from actors._cluster.bridge_io import PublishLedger
-from actors._cluster.checkpoints import POSITION, epoch_name, load_journaled, watermark_name
+from actors._cluster.checkpoints import (
+    POSITION,
+    epoch_name,
+    load_journaled,
+    numbering_name,
+    watermark_name,
+)
 from actors._cluster.endpoints import Link, Peer
 from actors._cluster.outbound import Outbound
 from actors._cluster.ports import LocalNode
@@ -68,6 +74,8 @@ class BridgeBase:
         self._epoch = random.getrandbits(63)
         self._persistent = local.journal is not None
         self._base = local.first_sequence
+        # What numbers this node's sequences: its journal's, or this run alone.
+        self._numbering = local.numbering if local.numbering is not None else self._epoch
         self._max = node.max_frame_bytes
         self._rfd, self._wfd = os.pipe()
         os.set_blocking(self._rfd, False)
@@ -101,7 +109,7 @@ class BridgeBase:
         self._asks: dict[str, Request] = {}
         self._resent: set[str] = set()  # of those, the ones sent again (``_resend_asks``)
         self._saved: dict[str, int] = {}
-        self._saved_epochs: dict[str, int] = {}
+        self._saved_epochs: dict[str, tuple[int, int | None]] = {}  # and numberings
         self._saved_position = -1
         self._preload: Future[dict[str, list[int]]] | None = None
         self._preload_covered = False  # every origin of the preload settled (``_covered``)
@@ -237,10 +245,13 @@ class BridgeBase:
                 self._saved[name] = mark
                 journal.save_checkpoint(watermark_name(name), mark)
         for name in marks:  # after the watermarks (``checkpoints.py``)
-            epoch = inbound.origins[name].epoch
-            if epoch is not None and self._saved_epochs.get(name) != epoch:
-                self._saved_epochs[name] = epoch
-                journal.save_checkpoint(epoch_name(name), epoch)
+            st = inbound.origins[name]
+            saved = self._saved_epochs.get(name)
+            if st.epoch is not None and saved != (st.epoch, st.numbering):
+                self._saved_epochs[name] = (st.epoch, st.numbering)
+                journal.save_checkpoint(epoch_name(name), st.epoch)
+                if st.numbering is not None:
+                    journal.save_checkpoint(numbering_name(name), st.numbering)
         # After the watermarks: every event received later gets a higher
         # local sequence (``checkpoints.py``).
         if self._saved_position != self._out.head and self._covered():

@@ -113,6 +113,7 @@ class NodeWiring:
 
     name: str
     first_sequence: int
+    numbering: int | None
     router: FifoMailbox
     journal: JournalPort | None
     inject: Callable[[Sequence[Event]], None]
@@ -257,6 +258,7 @@ def start_node(
     *,
     router: RouterActor,
     journal: FifoMailbox | None,
+    numbering: int | None,
     inject: Callable[[Sequence[Event]], None],
     flush: Callable[[float | None], None],
     publish: Callable[[Event], BusFuture[Event]],
@@ -276,6 +278,7 @@ def start_node(
     wiring = NodeWiring(
         name=config.name,
         first_sequence=router.next_sequence,
+        numbering=numbering if journal is not None else None,
         router=inbox,
         journal=RouterJournal(inbox, journal, waits) if journal is not None else None,
         inject=inject,

@@ -32,13 +32,16 @@ class RecoverRequest:
 @dataclass(slots=True)
 class OriginState:
     epoch: int | None = None
+    # What numbers its sequences (its journal's identity, or its epoch
+    # without one; None from an older peer): a new one starts from 1 again.
+    numbering: int | None = None
     known: dict[bytes, int] = field(default_factory=dict)
     synced: set[bytes] = field(default_factory=set)
     watermark: int | None = None
     awaiting_sync: bool = True
     sync_since: float = 0.0
     loading: bool = False
-    stashed: tuple[int, int, int, int | None] | None = None
+    stashed: tuple[int, int, int, int | None, int | None] | None = None
     pending: dict[str, RecoverRequest] = field(default_factory=dict)
     deferred: list[tuple[int, int, frozenset[str], int]] = field(default_factory=list)
     held: list[Event] = field(default_factory=list)

@@ -54,6 +54,11 @@ class LocalNode(Protocol):
         ...
 
     @property
+    def numbering(self) -> int | None:
+        """The identity of the journal's numbering of sequences (None: no journal)."""
+        ...
+
+    @property
     def journal(self) -> JournalPort | None:
         """The journal, or None on a bus that keeps nothing."""
         ...

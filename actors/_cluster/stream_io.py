@@ -22,7 +22,7 @@ from concurrent.futures import CancelledError, Future
 
 import zmq
 
-from actors._cluster.checkpoints import load_received
+from actors._cluster.checkpoints import SavedMark, load_received
 from actors._cluster.endpoints import Peer
 from actors._cluster.flow_io import FlowIO
 from actors._cluster.limits import cap_inbound
@@ -203,6 +203,7 @@ class StreamIO(FlowIO):
                         "node": self.name,
                         "epoch": self._epoch,
                         "base": self._base,
+                        "numbering": self._numbering,
                         "head": self._out.head,
                         "sent": self._sent_head(),  # the rest is queued (docs/wire.md)
                         "chains": self._out.chains(self._max - HEARTBEAT_ROOM),  # as of "sent"
@@ -493,6 +494,8 @@ class StreamIO(FlowIO):
         try:  # every field checked before any is used (``wire``): a bad one drops the frame
             origin = text_field(body, "node")
             epoch, base, head = (uint_field(body, f) for f in ("epoch", "base", "head"))
+            # Absent from older peers: a restart is then told by its ``base`` alone.
+            numbering = uint_field(body, "numbering") if "numbering" in body else None
             if frame.kind == SYNC:
                 target, round_ = text_field(body, "for"), uint_field(body, "round")
                 sent = min(head, uint_field(body, "sent", head))  # absent: all of it
@@ -513,11 +516,11 @@ class StreamIO(FlowIO):
                 return []
             self._seen(origin, now)
             self._epoch_heard(origin, epoch)
-            return self._in.on_sync(origin, epoch, base, head, now, sent, chains)
+            return self._in.on_sync(origin, epoch, base, head, now, sent, chains, numbering)
         self._seen(origin, now)
         self._epoch_heard(origin, epoch)
         return self._in.on_heartbeat(
-            origin, epoch=epoch, base=base, head=head, chains=chains, now=now
+            origin, epoch=epoch, base=base, head=head, chains=chains, now=now, numbering=numbering
         )
 
     def _seen(self, name: str, now: float) -> None:
@@ -538,18 +541,18 @@ class StreamIO(FlowIO):
 
         Those ids (``checkpoints.py``), fetched again, are not delivered twice."""
         journal = self._local.journal
-        value = epoch = None
+        saved = SavedMark(None, None, None)
         ids: list[int] = []
         try:
             if journal is not None:
-                value, epoch, ids = load_received(journal, name, journaled, 30.0)
+                saved, ids = load_received(journal, name, journaled, 30.0)
         except (BusClosedError, CancelledError):
             return  # the bus closed meanwhile: nothing waits for the watermark now
         except Exception:
             logger.exception("bridge %s: cannot read the watermark of %s", self.name, name)
 
         def loaded() -> None:
-            self._deliver(self._in.loaded(name, value, time.monotonic(), ids, epoch))
+            self._deliver(self._in.loaded(name, saved, time.monotonic(), ids))
 
         self._call_soon(loaded)
 
@@ -576,6 +579,7 @@ class StreamIO(FlowIO):
             "node": self.name,
             "epoch": self._epoch,
             "base": self._base,
+            "numbering": self._numbering,
             "head": self._sent_head(),  # queued events are announced once sent
             "chains": self._out.chains(self._max - HEARTBEAT_ROOM),  # within a frame
         }

@@ -36,6 +36,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 
+from actors._cluster.checkpoints import SavedMark
 from actors._cluster.origins import MAX_AHEAD, MAX_SEQUENCE, OriginState, RecoverRequest
 from actors._cluster.outbound import MAX_PREFIX_BYTES, Outbound
 from actors._cluster.room import Ranges
@@ -214,6 +215,7 @@ class Inbound(Ranges):
         now: float,
         sent: int | None = None,
         chains: dict[bytes, int] | None = None,
+        numbering: int | None = None,
     ) -> list[Event]:
         """Take ``origin``'s sync reply: baseline new prefixes, backfill what was missed.
 
@@ -229,12 +231,12 @@ class Inbound(Ranges):
         if epoch in st.retired:
             return []  # late, from an incarnation replaced since
         if st.loading:
-            st.stashed = (epoch, base, head, sent)
+            st.stashed = (epoch, base, head, sent, numbering)
             return []
         if max(head, base) > MAX_SEQUENCE or any(v > head for v in (chains or {}).values()):
             self.rejected += 1  # no chain of an origin goes past its head
             return []
-        self._incarnation(st, epoch, base)
+        self._incarnation(st, epoch, base, numbering)
         st.head = head
         self._announced(st, epoch, head)
         # A prefix a timed-out wait left without a baseline is new here too.
@@ -299,6 +301,7 @@ class Inbound(Ranges):
         head: int,
         chains: dict[bytes, int],
         now: float,
+        numbering: int | None = None,
     ) -> list[Event]:
         """Take a heartbeat: detect a lost tail of frames, advance the watermark."""
         st, _ = self.origin(origin, now)
@@ -309,13 +312,16 @@ class Inbound(Ranges):
             return []
         if st.epoch != epoch:
             if st.epoch is not None:
-                self._incarnation(st, epoch, base)
+                self._incarnation(st, epoch, base, numbering)
                 if not st.awaiting_sync:
                     st.awaiting_sync = True
                     st.sync_since = now
             st.epoch = epoch
+            st.numbering = numbering if numbering is not None else st.numbering
             st.head = head
             return []
+        if numbering is not None:
+            st.numbering = numbering  # first heard of it here (its data frames came first)
         st.head = head
         st.heard = now
         self._announced(st, epoch, head)
@@ -350,19 +356,23 @@ class Inbound(Ranges):
             st.watermark = head
         return self._release(st) if passed or chained else []
 
-    def _incarnation(self, st: OriginState, epoch: int, base: int) -> None:
+    def _incarnation(self, st: OriginState, epoch: int, base: int, numbering: int | None) -> None:
         if st.epoch is not None and st.epoch != epoch:
             st.retired = (*st.retired[-(_RETIRED - 1) :], st.epoch)
             st.until, st.until_heard = None, False  # what the old one queued comes no more
             st.passed = 0
             st.awaiting_chains = False
-            if st.watermark is not None and base <= st.watermark:
-                # Its numbering restarted (no journal: ``base`` is 1) or went
-                # back (its journal lost a tail we had): the old chains mean
-                # nothing now; follow the new incarnation from its start.
+            # A new numbering (no journal, or a fresh one: it may have passed
+            # our watermark already, restarted twice while we were down)
+            # starts from 1; an older peer tells only its ``base``.
+            renumbered = None not in (numbering, st.numbering) and numbering != st.numbering
+            if st.watermark is not None and (renumbered or base <= st.watermark):
+                # Its numbering restarted or went back (its journal lost a tail
+                # we had): the old chains mean nothing now; follow the new
+                # numbering from its start, or the new incarnation from its own.
                 st.known.clear()
                 st.synced.clear()
-                st.watermark = base - 1
+                st.watermark = 0 if renumbered else base - 1
                 st.discarded = None  # the backfill from ``base`` covers it
             # What it published before our stream reconnected (and, for a
             # persistent origin, what it sent just before it died) may have
@@ -370,6 +380,7 @@ class Inbound(Ranges):
             st.restarted = st.watermark is not None
             st.head = None
         st.epoch = epoch
+        st.numbering = numbering if numbering is not None else st.numbering
         st.next_epoch = None
 
     # -- checkpoints (persistent buses) -------------------------------------------------
@@ -380,22 +391,19 @@ class Inbound(Ranges):
         st.loading = True
 
     def loaded(
-        self,
-        origin: str,
-        watermark: int | None,
-        now: float,
-        journaled: Iterable[int] = (),
-        epoch: int | None = None,
+        self, origin: str, saved: SavedMark, now: float, journaled: Iterable[int] = ()
     ) -> list[Event]:
-        """Adopt the saved watermark of ``origin`` (and its ``epoch``); replay a stashed sync reply.
+        """Adopt the saved watermark of ``origin``, its epoch and numbering; replay a stashed sync.
 
         ``journaled`` are the ids (``UUID.int``) of ``origin``'s events the journal holds
         past the watermark (a crash fell between their write and the
         watermark's): fetched again, they are dropped as duplicates.  With the
         epoch the watermark counts in, a sync or heartbeat of another one is a
         restart of the origin (``_incarnation``), also one made while this
-        node was down: an origin without a journal numbers from 1 again.
+        node was down: an origin without a journal numbers from 1 again, as
+        one on a fresh journal does (told by the numbering).
         """
+        watermark = saved.watermark
         st, _ = self.origin(origin, now)
         st.loading = False
         seen = self._seen
@@ -405,12 +413,12 @@ class Inbound(Ranges):
                 seen.popitem(last=False)
         if watermark is not None and (st.watermark is None or watermark < st.watermark):
             st.watermark = watermark
-            if epoch is not None:
-                st.epoch = epoch
+            if saved.epoch is not None:
+                st.epoch, st.numbering = saved.epoch, saved.numbering
         stashed, st.stashed = st.stashed, None
         if stashed is not None:
-            epoch_, base, head, sent = stashed
-            return self.on_sync(origin, epoch_, base, head, now, sent)
+            epoch, base, head, sent, numbering = stashed
+            return self.on_sync(origin, epoch, base, head, now, sent, numbering=numbering)
         if not st.awaiting_sync:
             self._refetch(origin, st)
         return self._release(st)

@@ -7,6 +7,7 @@ conformance suite as the reference the RocksDB backend must agree with.
 from __future__ import annotations
 
 import bisect
+import random
 from collections.abc import Iterable, Iterator, Sequence
 
 from actors._journal.planner import IndexedStorage
@@ -25,6 +26,7 @@ class MemoryStorage(IndexedStorage):
         self.corrupt_records = 0
         self.written = 0
         self.read_only = False
+        self.numbering = random.getrandbits(63)  # nothing persists: a new numbering each time
         self._closed = False
         self._skew = 0
         self._max_ts = None

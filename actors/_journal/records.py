@@ -86,6 +86,12 @@ class Storage(Protocol):
     corrupt_records: int
     written: int
     read_only: bool
+    #: The identity of the journal's numbering of sequences: drawn at random
+    #: when the journal is created and kept with it, so a peer that saved a
+    #: watermark of this node tells a fresh journal under the same name from
+    #: this one (``docs/cluster.md``).  None for a read-only view of a journal
+    #: made before it was kept.
+    numbering: int | None
 
     def append(self, records: Sequence[StoredRecord], *, sync: bool = False) -> None: ...
     def last_sequence(self) -> int: ...

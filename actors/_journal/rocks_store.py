@@ -12,6 +12,7 @@ error is never mistaken for the end of the data.
 from __future__ import annotations
 
 import logging
+import random
 import struct
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -51,6 +52,7 @@ META_TYPE = b"t:"  # t:<event type utf-8> -> type id (u32)
 META_COUNT = b"s:count"
 _META_SKEW = b"s:skew"
 _META_FORMAT = b"s:format"
+_META_NUMBERING = b"s:numbering"  # the numbering's identity (``Storage.numbering``), u64
 
 
 def _corruption(exc: BaseException) -> bool:
@@ -81,6 +83,7 @@ class RocksTables(RebuildMixin, RetentionMixin, IndexedStorage):
         self.corrupt_records = 0
         self.written = 0
         self.read_only = read_only
+        self.numbering: int | None = None  # read at open (``_load_meta``)
         self._closed = True
         self._path = path
         self._corrupt_seen: set[int] = set()
@@ -167,6 +170,13 @@ class RocksTables(RebuildMixin, RetentionMixin, IndexedStorage):
             max(self._type_names, default=0) + 1,
             0 if next_type is None else struct.unpack(">I", next_type)[0],
         )
+        numbering = self._meta.get(_META_NUMBERING)
+        if numbering is None and not self.read_only:
+            # A new journal, or one made before it was kept (its records' peers
+            # saved no identity: they cannot mistake this one for another).
+            numbering = SEQ.pack(random.getrandbits(63))
+            self._meta.put(_META_NUMBERING, numbering)
+        self.numbering = None if numbering is None else SEQ.unpack(numbering)[0]
         count = self._meta.get(META_COUNT)
         self._count = 0 if count is None else SEQ.unpack(count)[0]
         skew = self._meta.get(_META_SKEW)
