@@ -77,20 +77,25 @@ def persistent_a(cluster: list[Any], tmp_path: Path) -> Node:
     return start(cluster, **a_config_of(tmp_path))
 
 
+def receiver_of(a: Node, tmp_path: Path, **node: Any) -> dict[str, Any]:
+    """The config of the durable receiver ``d`` of ``a``'s ``job.*`` (``node``: its settings)."""
+    return {
+        "name": "d",
+        "peers": [a.endpoint],
+        "path": str(tmp_path / "d"),
+        "pattern": "job.*",
+        "durable": "w",
+        "node": {**FAST, **node},
+    }
+
+
 def first_life(cluster: list[Any], tmp_path: Path, a: Node) -> tuple[dict[str, Any], list[Node]]:
     """Start ``d`` on ``a``'s ``job.*``; it syncs, gets 100 events and is killed.
 
     A small window: a recovery comes in pages, so it lasts.  Returns ``d``'s
     config and its incarnations.
     """
-    d_config = {
-        "name": "d",
-        "peers": [a.endpoint],
-        "path": str(tmp_path / "d"),
-        "pattern": "job.*",
-        "durable": "w",
-        "node": {**FAST, "credit_window": 300},
-    }
+    d_config = receiver_of(a, tmp_path, credit_window=300)
     lives: list[Node] = []
     d = restart(cluster, lives, d_config)
     d.ask("sync a", "synced")
@@ -438,14 +443,7 @@ def test_an_origin_restarted_twice_on_a_fresh_journal_while_the_receiver_is_down
     cluster: list[Any], tmp_path: Path
 ) -> None:
     a = persistent_a(cluster, tmp_path)
-    d_config = {
-        "name": "d",
-        "peers": [a.endpoint],
-        "path": str(tmp_path / "d"),
-        "pattern": "job.*",
-        "durable": "w",
-        "node": FAST,
-    }
+    d_config = receiver_of(a, tmp_path)
     lives: list[Node] = []
     d = restart(cluster, lives, d_config)
     d.ask("sync a", "synced")
