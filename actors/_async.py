@@ -35,10 +35,11 @@ from actors._async_stream import EventStream, Inbox
 from actors._bus import EventBus
 from actors._core.background import subscribing_loop
 from actors._core.backpressure import Withdrawn, withdrawal
+from actors._core.handling import running_here
 from actors._core.messages import CorrelatedEvents
 from actors._core.replay import replay_async
 from actors._core.requests import reply_result, timeout_error
-from actors._core.subscriber import DeadLetter, Handler, Subscription, current_event
+from actors._core.subscriber import DeadLetter, Handler, Subscription
 from actors._errors import BusClosedError, FutureTimeoutError, RequestTimeoutError
 from actors._model import checks
 from actors._model.config import EventConfig, OverflowStrategy
@@ -444,8 +445,8 @@ class AsyncEventBus:
                     inbox.finish()
 
     async def _close(self, bus: EventBus, timeout: float | None) -> None:
-        if current_event.get() is not None:
-            bus.close(timeout)  # inside a handler: stops without waiting
+        if running_here(bus.core.router) is not None:
+            bus.close(timeout)  # inside a handler of the bus: stops without waiting
             return
         started = time.monotonic()
         if not bus.closed:

@@ -9,7 +9,10 @@ the next ``close()`` waits for it again, or begins it if the interrupt came
 before it did.  A ``close`` whose stop ran to its end makes every later one
 return at once; so does a ``close`` under way on another thread.  A close
 from inside a handler begins the stop and returns; the next ``close`` from
-outside waits for it.
+outside waits for it.  Inside means in a handler of this bus (or on one of
+its threads): a handler of another bus closes it as any outside caller does.
+A handler's own close does not count the event it is handling as given up
+(``_core/stopping.py``).
 """
 
 from __future__ import annotations
@@ -21,9 +24,9 @@ from typing import TYPE_CHECKING, Self
 
 import pykka
 
+from actors._core.handling import running_here
 from actors._core.messages import Closing
 from actors._core.stopping import RELEASE_WAIT, stop_actors
-from actors._core.subscriber import current_event
 from actors._core.wiring import Core
 from actors._errors import BusClosedError
 from actors._model import checks
@@ -80,7 +83,8 @@ class Closable:
         """Drain, flush and stop every actor, within ``timeout`` seconds.  Idempotent.
 
         Events published before ``close`` are handled first (unless called
-        from inside a handler, where it cannot wait).  With a ``timeout`` it
+        from inside a handler of this bus, where it cannot wait; the event
+        that handler is handling is not reported as given up).  With a ``timeout`` it
         returns after at most ``timeout`` plus ``CLOSE_GRACE`` seconds (the
         bus's own actors get the grace to stop), whatever the handlers do: a
         handler still running then is abandoned on its daemon thread, and the
@@ -121,8 +125,10 @@ class Closable:
             self._publisher.closed = True
             self._core.inbox.put(Closing())
         deadline = Deadline(timeout)
+        # A handler of this bus (a dedicated thread's and an ``async`` one's
+        # included), or one of its threads; a handler of another bus is outside.
         inside = (
-            current_event.get() is not None
+            running_here(self._core.router) is not None
             or self._dispatcher.on_dispatcher_thread()
             or self._system.on_dispatcher_thread()
         )

@@ -216,9 +216,10 @@ def test_a_handler_that_unsubscribes_itself_and_then_fails_is_not_retried(kind: 
 
 @pytest.mark.parametrize("kind", ["sync", "async"])
 def test_a_handler_that_closes_its_bus_and_then_fails_is_not_retried(kind: str) -> None:
-    """``close`` called inside a handler gives up on that handler's subscription (it
-    cannot wait for itself) and reports it; the failure that follows is not retried,
-    and the subscription's figures end balanced with nothing left."""
+    """``close`` called inside a handler gives up on the events queued behind it in
+    its own subscription (it cannot wait for itself) and reports them, without the
+    event calling ``close``; the failure that follows is not retried, and the
+    subscription's figures end balanced with nothing left."""
     bus = EventBus(EventConfig(threads=2))
     calls: list[Any] = []
     reported: list[Any] = []
@@ -251,6 +252,9 @@ def test_a_handler_that_closes_its_bus_and_then_fails_is_not_retried(kind: str) 
     st = sub.statistics()
     assert balanced(st), st
     assert [s.id for s in reported[0]] == [sub.id]
+    own = reported[0][0]
+    assert own.queued + own.in_flight == 2, own  # events 1 and 2; 0 is the caller's
+    assert balanced(own), own
     assert (st.delivered, st.dead_letters, st.dropped) == (0, 0, 3), st
     assert calls == [0]
     assert bus.close(timeout=WAIT) == ()

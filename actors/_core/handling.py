@@ -48,7 +48,14 @@ if TYPE_CHECKING:
     from actors._runtime.pool import Scheduler
     from actors._runtime.timers import Timers
 
-__all__ = ["Batch", "HandlerRuns", "current_event", "current_timeout"]
+__all__ = [
+    "Batch",
+    "HandlerRuns",
+    "current_event",
+    "current_run",
+    "current_timeout",
+    "running_here",
+]
 
 logger = logging.getLogger("actors.subscriber")
 
@@ -60,6 +67,16 @@ current_event: contextvars.ContextVar[Event | None] = contextvars.ContextVar(
     "actors_current_event", default=None
 )
 
+# The subscriber whose handler is running, and the batch it runs: set once per
+# batch (``current_event`` is set per event).  ``current_event`` is set by a
+# handler of any bus; this says which bus the handler belongs to, so a
+# ``close`` or ``flush`` of another bus made in it is an outside call (see
+# ``running_here``), and where the event calling ``close`` is in its
+# batch (``_core/stopping.py``).
+current_run: contextvars.ContextVar[tuple[HandlerRuns, Batch] | None] = contextvars.ContextVar(
+    "actors_current_run", default=None
+)
+
 # While an ``async def`` handler with a timeout runs: its timeout scope and the
 # timeout in seconds.  A handler that catches its cancellation can tell the
 # timeout from other cancellations (``scope.expired()``); the responder of a
@@ -67,6 +84,19 @@ current_event: contextvars.ContextVar[Event | None] = contextvars.ContextVar(
 current_timeout: contextvars.ContextVar[tuple[asyncio.Timeout, float] | None] = (
     contextvars.ContextVar("actors_current_timeout", default=None)
 )
+
+
+def running_here(router: object) -> tuple[HandlerRuns, Batch] | None:
+    """Return the subscriber whose handler the caller runs in, and its batch.
+
+    Only for a handler of the bus whose router is ``router``: None outside a
+    handler, and in a handler of another bus (waiting for a bus there does
+    not wait for that handler).
+    """
+    run = current_run.get()
+    if run is None or run[0].ports.router is not router:
+        return None
+    return run
 
 
 def _wake(future: asyncio.Future[None]) -> None:
@@ -145,6 +175,7 @@ class HandlerRuns:
         stop = None
         # One reset per batch: each event's set replaces the one before.
         token = set_current(None)
+        running = current_run.set((self, batch))
         try:
             for i, (event, published_at) in enumerate(batch):
                 if self.abandoned:
@@ -179,6 +210,7 @@ class HandlerRuns:
                 if stop is not None:
                     break
         finally:
+            current_run.reset(running)
             reset_current(token)
         self._end_sync(batch, history, delivered, stop)
 
@@ -223,6 +255,13 @@ class HandlerRuns:
         """Run ``self._run`` from where it stopped, watching each call when there is a watch."""
         run = self._run
         assert run is not None
+        running = current_run.set((self, run.batch))
+        try:
+            self._resume_steps(run)
+        finally:
+            current_run.reset(running)
+
+    def _resume_steps(self, run: SyncRun) -> None:
         batch = run.batch
         left = run.call
         if left is not None and left.left_behind:
@@ -319,6 +358,8 @@ class HandlerRuns:
         samples = self.ports.latency.samples
         mailbox = self.actor_inbox
         count = 0 if history else 1
+        # Once per batch, and never reset: the batch runs in a task, whose context is its own.
+        current_run.set((self, batch))
         stop = None
         for i, (event, published_at) in enumerate(batch):
             if self.abandoned:

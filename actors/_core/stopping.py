@@ -5,6 +5,8 @@ final records reach it (the journal closes its storage).  Handlers get until
 the deadline; the bus's own actors run no user code, so they get a short
 grace beyond it.  A thread stuck in a handler is never joined past the
 deadline: it is a daemon thread, abandoned, and its subscription is reported.
+A handler that closes its own bus is the caller: the event it is handling is
+not reported as given up, only what is queued behind it (``_behind_caller``).
 A caller that cannot wait (``close`` inside a handler, whose own thread may be
 needed) leaves the stopping to a thread of its own, which waits as ``close``
 would: the router always stops, so its stop listeners and the flushes still
@@ -17,6 +19,7 @@ once; it is waited for within the grace, so its figures are final when
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import functools
 import logging
 import threading
@@ -24,7 +27,8 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
-from actors._core.subscriber import SubscriberActor
+from actors._core.handling import Batch, running_here
+from actors._core.subscriber import SubscriberActor, current_event
 from actors._core.wiring import Core
 from actors._model.metrics import SubscriptionStatistics
 from actors._runtime.dispatcher import DispatchedActor
@@ -63,8 +67,14 @@ def stop_actors(
     what it raised in ``failed`` (else raised on the stopping thread).
     """
     subs = core.take_subscribers()
+    caller = running_here(core.router)  # a handler of this bus closing it
     unfinished = [
-        stats for stats in (a.statistics() for a in subs) if stats.queued or stats.in_flight
+        stats
+        for stats in (
+            a.statistics() if caller is None or caller[0] is not a else _behind_caller(a, caller[1])
+            for a in subs
+        )
+        if stats.queued or stats.in_flight
     ]
     # Nothing more is handled once close gives up; async batches that were
     # waiting to retry end at once, and are waited for (their figures).
@@ -93,6 +103,29 @@ def stop_actors(
         # runs its stop.  A thread of its own waits instead of the caller.
         threading.Thread(target=stop, name="bus-close", daemon=True).start()
     return tuple(unfinished)
+
+
+def _behind_caller(actor: SubscriberActor, batch: Batch) -> SubscriptionStatistics:
+    """Return the figures of the subscription whose handler is calling ``close``.
+
+    The event it is handling is the caller's, not given up on: it is left
+    out (one fewer ``accepted`` and ``in_flight``).  The events its batch
+    handled before it, which a batch counts at its end, are counted
+    delivered; ``in_flight`` keeps only the rest of the batch, after it.
+    So ``queued + in_flight`` is what ``close`` gives up on.
+    """
+    stats = actor.statistics()
+    event = current_event.get()
+    at = next((i for i, (e, _) in enumerate(batch) if e is event), None)
+    if at is None or not stats.in_flight:  # not handling one of this batch's events
+        return stats
+    rest = min(len(batch) - at - 1, stats.in_flight - 1)
+    return dataclasses.replace(
+        stats,
+        accepted=stats.accepted - 1,
+        in_flight=rest,
+        delivered=stats.delivered + stats.in_flight - 1 - rest,
+    )
 
 
 def _stop_then(

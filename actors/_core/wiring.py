@@ -33,6 +33,7 @@ from actors._core.background import BackgroundLoop, subscribing_loop
 from actors._core.backpressure import BlockGuard
 from actors._core.catchup import CatchUp, durable_overflow
 from actors._core.correlator import CorrelationActor
+from actors._core.handling import running_here
 from actors._core.messages import (
     CorrelatedEvents,
     DeadLetter,
@@ -59,7 +60,6 @@ from actors._core.subscriber import (
     Handler,
     SubscriberActor,
     Subscription,
-    current_event,
     is_async_handler,
 )
 from actors._errors import BusClosedError, EventBusError
@@ -485,7 +485,7 @@ class Core:
         the router's ``Flush`` is sent once every catch-up is caught up.
         Raises ``RuntimeError`` inside a handler (it would wait for itself).
         """
-        if current_event.get() is not None:
+        if running_here(self.router) is not None:
             raise RuntimeError("flush() cannot be called from inside a handler")
         with self._lock:
             pending = [

@@ -1,0 +1,329 @@
+"""``close`` called from inside a handler: whose handler it is, and what it gives up on.
+
+docs/architecture.md ("Decisions where the specification is silent": a
+close that is interrupted, and ``flush()``): only a handler of the bus
+being closed (a dedicated-thread or ``async def`` one included) is
+"inside" it, so a handler of bus A that closes bus B closes B as any
+caller outside it does: B's events are flushed and its journal is closed
+when ``close`` returns.  A handler that closes its own bus is the caller
+of that close, not something it abandoned: the event it is handling is
+never reported as given up; the events queued behind it are, and so is
+every other subscription still running.
+
+Regressions: ``current_event`` (set by a handler of any bus) made a close
+of B from A's handler skip B's flush and return before B's actors stopped
+(B's journal still locked, its events unhandled); and a handler's own
+close returned its own subscription with the event it was handling
+counted ``in_flight`` (plus, for a synchronous batch, the events handled
+before it in the batch, which the bus counts at the batch's end).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from actors import (
+    AsyncEventBus,
+    Event,
+    EventBus,
+    EventConfig,
+    EventQuery,
+    PersistentEventBus,
+    SubscriptionStatistics,
+)
+from tests._support import WAIT, Collector, Gate
+
+KINDS = ["shared", "dedicated", "async"]
+
+
+def subscribe_kind(bus: EventBus, pattern: str, body: Callable[[Event], None], kind: str) -> Any:
+    """Subscribe ``body`` as a pool handler, a dedicated-thread one, or an ``async def`` one."""
+    if kind == "async":
+
+        async def handler(event: Event) -> None:
+            body(event)
+
+        return bus.subscribe(pattern, handler)
+    return bus.subscribe(pattern, body, dedicated_thread=kind == "dedicated")
+
+
+def stored(path: str) -> list[Any] | BaseException:
+    """Open the journal at ``path`` again; return the data of its ``b.*`` events, or the error."""
+    try:
+        again = PersistentEventBus(EventConfig(persistence_path=path))
+    except Exception as exc:  # JournalLockedError: the closed bus still holds it
+        return exc
+    try:
+        return [e.data for e in again.query(EventQuery(event_types=["b.e"]))]
+    finally:
+        again.close(timeout=WAIT)
+
+
+# -- defect 1: a handler of another bus is outside -------------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_closing_another_bus_from_a_handler_flushes_it_and_frees_its_journal(
+    tmp_path: Path, kind: str
+) -> None:
+    """A handler of A publishes to B and closes B: when ``close`` returns, B handled
+    every event (it flushed), nothing was given up, and B's journal is closed (it
+    opens again at once and holds the events)."""
+    path = str(tmp_path / "b")
+    count = 20
+    a = EventBus(EventConfig(threads=2))
+    b = PersistentEventBus(EventConfig(persistence_path=path))
+    closing = threading.Event()
+    seen = Collector()
+
+    def b_handler(event: Event) -> None:
+        # B's first event waits until A's handler is about to close B: only a
+        # close that flushes B waits for the rest of them.
+        if event.data == 0 and not closing.wait(WAIT):
+            raise AssertionError("A's handler never closed B")
+        seen(event)
+
+    outcome: Future[tuple[Any, ...]] = Future()
+
+    def a_handler(_: Event) -> None:
+        try:
+            for i in range(count):
+                b.publish("b.e", i)
+            closing.set()
+            returned = b.close()
+            # Right as close returns, still inside A's handler.
+            handled = list(seen.data)
+            outcome.set_result((returned, handled, stored(path)))
+        except BaseException as exc:
+            outcome.set_exception(exc)
+
+    try:
+        b.subscribe("b.*", b_handler)
+        subscribe_kind(a, "a.*", a_handler, kind)
+        a.publish("a.go", None)
+        returned, handled, journal = outcome.result(WAIT * 2)
+        assert returned == ()
+        assert (handled, journal) == (list(range(count)), list(range(count)))
+        assert b.closed
+        assert not a.closed  # closing B touched nothing of A
+        a.flush(WAIT)
+    finally:
+        closing.set()
+        a.close(timeout=WAIT)
+        b.close(timeout=WAIT)
+
+
+def test_aclose_of_another_bus_from_an_async_handler_flushes_it_and_frees_its_journal(
+    tmp_path: Path,
+) -> None:
+    """``aclose`` of B awaited in an ``async def`` handler of A: as from outside B."""
+    path = str(tmp_path / "b")
+    count = 20
+    a = EventBus(EventConfig(threads=2))
+    b = AsyncEventBus(bus=PersistentEventBus(EventConfig(persistence_path=path)))
+    closing = threading.Event()
+    seen = Collector()
+
+    def b_handler(event: Event) -> None:
+        if event.data == 0 and not closing.wait(WAIT):
+            raise AssertionError("A's handler never closed B")
+        seen(event)
+
+    outcome: Future[tuple[Any, ...]] = Future()
+
+    async def a_handler(_: Event) -> None:
+        try:
+            for i in range(count):
+                b.sync.publish("b.e", i)
+            closing.set()
+            await b.aclose()
+            outcome.set_result((list(seen.data), stored(path)))
+        except BaseException as exc:
+            outcome.set_exception(exc)
+
+    try:
+        b.sync.subscribe("b.*", b_handler)
+        a.subscribe("a.*", a_handler)
+        a.publish("a.go", None)
+        assert outcome.result(WAIT * 2) == (list(range(count)), list(range(count)))
+    finally:
+        closing.set()
+        a.close(timeout=WAIT)
+        b.sync.close(timeout=WAIT)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_flushing_another_bus_from_a_handler_waits_for_it(kind: str) -> None:
+    """``flush`` raises only inside a handler of its own bus (it would wait for
+    itself); a handler of A flushing B waits for B's handlers."""
+    a = EventBus(EventConfig(threads=2))
+    b = EventBus(EventConfig(threads=2))
+    seen = Collector()
+    outcome: Future[list[Any]] = Future()
+
+    def a_handler(_: Event) -> None:
+        try:
+            for i in range(10):
+                b.publish("b.e", i)
+            b.flush(WAIT)
+            outcome.set_result(list(seen.data))
+        except BaseException as exc:
+            outcome.set_exception(exc)
+
+    try:
+        b.subscribe("b.*", seen)
+        subscribe_kind(a, "a.*", a_handler, kind)
+        a.publish("a.go", None)
+        assert outcome.result(WAIT * 2) == list(range(10))
+    finally:
+        a.close(timeout=WAIT)
+        b.close(timeout=WAIT)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_flush_inside_a_handler_of_its_own_bus_still_raises(kind: str) -> None:
+    bus = EventBus(EventConfig(threads=2))
+    outcome: Future[BaseException | None] = Future()
+
+    def handler(_: Event) -> None:
+        try:
+            bus.flush(WAIT)
+        except BaseException as exc:
+            outcome.set_result(exc)
+        else:
+            outcome.set_result(None)
+
+    try:
+        subscribe_kind(bus, "a.*", handler, kind)
+        bus.publish("a.go", None)
+        assert isinstance(outcome.result(WAIT), RuntimeError)
+    finally:
+        bus.close(timeout=WAIT)
+
+
+# -- defect 2: the caller's own subscription is not given up on -------------------------
+
+
+def close_from_handler(
+    bus: EventBus, kind: str, *, on: int, timeout: float | None = WAIT
+) -> tuple[Any, Future[tuple[SubscriptionStatistics, ...]]]:
+    """Subscribe a handler that closes ``bus`` on the event whose data is ``on``."""
+    returned: Future[tuple[SubscriptionStatistics, ...]] = Future()
+
+    def body(event: Event) -> None:
+        if event.data == on:
+            try:
+                returned.set_result(bus.close(timeout=timeout))
+            except BaseException as exc:
+                returned.set_exception(exc)
+
+    return subscribe_kind(bus, "c.*", body, kind), returned
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_handler_closing_its_own_bus_is_not_reported_as_given_up(
+    kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    bus = EventBus(EventConfig(threads=2))
+    with caplog.at_level("WARNING", logger="actors.bus"):
+        sub, returned = close_from_handler(bus, kind, on=0)
+        bus.publish("c.e", 0).get(timeout=WAIT)
+        assert returned.result(WAIT) == ()
+        assert bus.close(timeout=WAIT) == ()  # waits for the stop the handler began
+    assert "gave up on" not in caplog.text
+    st = sub.statistics()
+    assert (st.delivered, st.dropped, st.queued, st.in_flight) == (1, 0, 0, 0), st
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_events_handled_before_the_caller_in_its_batch_are_not_given_up(
+    kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Events 1 and 2 reach the handler in one batch (they were queued while it
+    was held in event 0); it closes on 2: event 1 was handled, nothing is given
+    up.  A synchronous batch counts its deliveries at its end, so they are in
+    flight in the figures while it runs."""
+    bus = EventBus(EventConfig(threads=2))
+    hold = Gate()
+    returned: Future[tuple[SubscriptionStatistics, ...]] = Future()
+
+    def body(event: Event) -> None:
+        if event.data == 0:
+            hold(event)
+        elif event.data == 2:
+            try:
+                returned.set_result(bus.close(timeout=WAIT))
+            except BaseException as exc:
+                returned.set_exception(exc)
+
+    with caplog.at_level("WARNING", logger="actors.bus"):
+        sub = subscribe_kind(bus, "c.*", body, kind)
+        bus.publish("c.e", 0).get(timeout=WAIT)
+        assert hold.entered.wait(WAIT)
+        for i in (1, 2):
+            bus.publish("c.e", i).get(timeout=WAIT)
+        hold.release.set()
+        assert returned.result(WAIT) == ()
+        assert bus.close(timeout=WAIT) == ()
+    assert "gave up on" not in caplog.text
+    st = sub.statistics()
+    assert (st.delivered, st.dropped, st.queued, st.in_flight) == (3, 0, 0, 0), st
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_handlers_close_reports_what_is_behind_it_and_other_running_subscriptions(
+    kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The events queued behind the caller (in its mailbox or its batch) are given
+    up and reported, without the event calling ``close``; another subscription
+    blocked in its handler is reported as before."""
+    bus = EventBus(EventConfig(threads=4))
+    blocked = Gate()
+    hold = Gate()
+    returned: Future[tuple[SubscriptionStatistics, ...]] = Future()
+
+    def body(event: Event) -> None:
+        hold(event)  # every event waits for the release; event 0 then closes
+        if event.data == 0:
+            try:
+                returned.set_result(bus.close(timeout=0.05))
+            except BaseException as exc:
+                returned.set_exception(exc)
+
+    try:
+        with caplog.at_level("WARNING", logger="actors.bus"):
+            other = bus.subscribe("x.*", blocked)
+            bus.publish("x.e", None).get(timeout=WAIT)
+            assert blocked.entered.wait(WAIT)
+            sub = subscribe_kind(bus, "c.*", body, kind)
+            for i in range(3):
+                bus.publish("c.e", i).get(timeout=WAIT)
+            assert hold.entered.wait(WAIT)
+            hold.release.set()
+            reported = {s.id: s for s in returned.result(WAIT)}
+            assert set(reported) == {other.id, sub.id}
+            assert reported[other.id].in_flight == 1
+            own = reported[sub.id]
+            assert own.queued + own.in_flight == 2, own  # events 1 and 2, not 0
+            assert (
+                own.accepted
+                == (own.delivered + own.expired + own.dead_letters + own.dropped)
+                + own.queued
+                + own.in_flight
+            ), own
+            blocked.release.set()
+            assert bus.close(timeout=WAIT) == ()
+        assert f"gave up on subscription {other.id} ('x.*') with 1 event(s)" in caplog.text
+        assert f"gave up on subscription {sub.id} ('c.*') with 2 event(s)" in caplog.text
+        st = sub.statistics()
+        assert (st.delivered, st.dropped, st.queued, st.in_flight) == (1, 2, 0, 0), st
+    finally:
+        blocked.release.set()
+        hold.release.set()
+        bus.close(timeout=WAIT)
