@@ -475,3 +475,46 @@ def test_an_origin_restarted_twice_on_a_fresh_journal_while_the_receiver_is_down
     gaps_add_up(settled(d))
     d.close()
     a.close()
+
+
+# Regression: an origin moved back to a journal the receiver had followed before (a -> a fresh
+# journal -> a again) was taken for a fresh one and fetched from its start: the restarted receiver
+# handled and journaled the first journal's events a second time.  Expected: it resumes the first
+# journal where it was in it.
+@pytest.mark.parametrize("middle", ["fresh journal", "no journal"])
+def test_an_origin_moved_back_to_a_journal_followed_before_is_journaled_once(
+    cluster: list[Any], tmp_path: Path, middle: str
+) -> None:
+    a_config = a_config_of(tmp_path)
+    a = start(cluster, **a_config)
+    d_config = receiver_of(a, tmp_path)
+    lives: list[Node] = []
+    d = restart(cluster, lives, d_config)
+    d.ask("sync a", "synced")
+    a.ask("publish job.a 0 100", "published")
+    journal_is(d, "job.a", list(range(100)))
+    a.close()
+    moved = {**a_config, "path": str(tmp_path / "a-fresh")}
+    if middle == "no journal":
+        del moved["path"]
+    a = start(cluster, **moved)
+    a.ask("publish job.a 1000 1050", "published")
+    journal_is(d, "job.a", [*range(100), *range(1000, 1050)])
+    d.close()
+    a.close()
+    a = start(cluster, **a_config)  # back on the first journal
+    a.ask("publish job.a 2000 2010", "published")
+    d = restart(cluster, lives, d_config)
+    d.ask("sync a", "synced")
+    a.ask("publish job.a 2010 2020", "published")
+    acked = set(range(100)) | set(range(1000, 1050)) | set(range(2000, 2020))
+    wait_for(lambda: acked <= handled(lives, "a"), 10.0)
+    all_hold(
+        lambda: check_lives(lives, "a", acked),
+        lambda: journal_is(d, "job.a", [*range(100), *range(1000, 1050), *range(2000, 2020)]),
+    )
+    last = [x for o, _, x in list(d.got) if o == "a"]
+    assert last == list(range(2000, 2020)), f"the last incarnation handled {runs(last)}"
+    gaps_add_up(settled(d))
+    d.close()
+    a.close()

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from actors import Event
 from actors._cluster.checkpoints import SavedMark
+from actors._cluster.origins import LEFT_NUMBERINGS
 from actors._cluster.outbound import Outbound
 from actors._cluster.streams import MAX_AHEAD, Inbound
 from actors._cluster.wire import DataFrame, decode_stream
@@ -467,6 +468,50 @@ def test_a_watermark_saved_without_its_numbering_is_judged_by_the_first_sequence
     inbound.on_sync("a", 7, 151, 250, 0.0, numbering=22)
     (request,) = inbound.requests
     assert (request.after, request.upto) == (100, 250)
+
+
+# Regression (of the numbering above): an origin moved back to a journal this node followed before
+# was taken for a fresh one and fetched from its start, its events delivered and journaled twice.
+def test_an_origin_moved_back_to_a_journal_followed_before_resumes_where_it_was() -> None:
+    inbound = Inbound("b", dedupe=1000)
+    inbound.set_patterns(["user.*"], 0.0)
+    inbound.on_sync("a", 5, 1, 100, 0.0, numbering=11)
+    inbound.on_heartbeat("a", epoch=6, base=1, head=40, chains={}, now=1.0, numbering=22)
+    inbound.on_sync("a", 6, 1, 40, 1.0, numbering=22)  # a fresh journal: from its start
+    (request,) = inbound.requests
+    assert (request.after, request.upto) == (0, 40)
+    inbound.requests.clear()
+    delivered = inbound.on_recovered(request.rid, [local(q) for q in range(1, 41)], True, 40, False)
+    assert [e.sequence for e in delivered] == list(range(1, 41))
+    inbound.on_heartbeat("a", epoch=7, base=101, head=120, chains={}, now=2.0, numbering=11)
+    inbound.on_sync("a", 7, 101, 120, 2.0, numbering=11)  # back on the first journal
+    (request,) = inbound.requests
+    assert (request.after, request.upto) == (100, 120)
+    assert inbound.origins["a"].left == {22: 40}
+
+
+def test_a_restarted_receiver_resumes_a_numbering_it_left_where_it_was() -> None:
+    inbound = restarted_receiver(SavedMark(40, 6, numbering=22, left=((11, 100),)))
+    inbound.on_sync("a", 7, 101, 120, 0.0, numbering=11)
+    (request,) = inbound.requests
+    assert (request.after, request.upto) == (100, 120)
+
+
+def test_a_numbering_left_resumes_no_higher_than_the_journal_it_came_back_with() -> None:
+    inbound = restarted_receiver(SavedMark(40, 6, numbering=22, left=((11, 100),)))
+    inbound.on_sync("a", 7, 81, 90, 0.0, numbering=11)  # the journal lost its tail past 80
+    (request,) = inbound.requests
+    assert (request.after, request.upto) == (80, 90)
+
+
+def test_only_the_last_numberings_left_are_remembered() -> None:
+    inbound = Inbound("b", dedupe=1000)
+    inbound.set_patterns(["user.*"], 0.0)
+    inbound.on_sync("a", 100, 1, 10, 0.0, numbering=100)
+    for n in range(101, 101 + LEFT_NUMBERINGS + 2):
+        inbound.on_sync("a", n, 1, 10, 0.0, numbering=n)
+    left = inbound.origins["a"].left
+    assert list(left) == list(range(101 + 1, 101 + LEFT_NUMBERINGS + 1))
 
 
 def test_events_journaled_past_the_saved_watermark_are_not_delivered_again() -> None:

@@ -21,6 +21,14 @@ Two kinds of checkpoint (``docs/cluster.md``, "Restarts of a receiving node"):
   leaves the new numbering's watermark with the old numbering, and the
   restart fetches the origin's events from its journal's start (more, never
   less).
+- ``bridge#ORIGIN#I`` and ``bridge:ORIGIN#I`` (I from 0): a numbering
+  ``ORIGIN`` left and the watermark this node had in it, the last
+  ``LEFT_NUMBERINGS``; read up to the first numbering 0.  An origin moved
+  back to a journal followed before resumes from there.  Rewritten with the
+  first numbering written last, after a 0 that ends the list: a crash in
+  between leaves the list empty (the origin's journal is fetched from its
+  start on its return: more, never less), never a numbering with another's
+  watermark.
 
 Both go to the journal through the router, after the records of the events
 they cover, and the journal stores checkpoints in the order they were last
@@ -38,6 +46,7 @@ from __future__ import annotations
 from concurrent.futures import Future
 from typing import NamedTuple
 
+from actors._cluster.origins import LEFT_NUMBERINGS
 from actors._cluster.ports import JournalPort
 from actors._model.query import EventQuery
 
@@ -49,6 +58,7 @@ __all__ = [
     "numbering_name",
     "load_mark",
     "load_received",
+    "save_left",
     "watermark_name",
 ]
 
@@ -71,12 +81,43 @@ def numbering_name(origin: str) -> str:
     return f"bridge#{origin}"
 
 
+def left_names(origin: str, index: int) -> tuple[str, str]:
+    """Return the names of the checkpoints of the ``index``-th numbering ``origin`` left."""
+    return f"bridge#{origin}#{index}", f"bridge:{origin}#{index}"
+
+
 class SavedMark(NamedTuple):
     """What a node saved of one origin (None where not saved)."""
 
     watermark: int | None
     epoch: int | None
     numbering: int | None
+    left: tuple[tuple[int, int], ...] = ()  # numberings it left, with the watermark in each
+
+
+def save_left(journal: JournalPort, origin: str, left: dict[int, int]) -> None:
+    """Save the numberings ``origin`` left, with the watermark in each (never blocks)."""
+    journal.save_checkpoint(left_names(origin, 0)[0], 0)  # the list ends at once
+    items = list(left.items())
+    if len(items) < LEFT_NUMBERINGS:  # and after the last, whatever was there before
+        journal.save_checkpoint(left_names(origin, len(items))[0], 0)
+    for index in range(len(items) - 1, -1, -1):  # the first one last: it makes the list whole
+        numbering_key, mark_key = left_names(origin, index)
+        journal.save_checkpoint(mark_key, items[index][1])
+        journal.save_checkpoint(numbering_key, items[index][0])
+
+
+def load_left(journal: JournalPort, origin: str, timeout: float) -> tuple[tuple[int, int], ...]:
+    """Return the numberings ``origin`` left, with the watermark in each; blocks."""
+    out: list[tuple[int, int]] = []
+    for index in range(LEFT_NUMBERINGS):
+        numbering_key, mark_key = left_names(origin, index)
+        numbering = journal.load_checkpoint(numbering_key, timeout)
+        mark = journal.load_checkpoint(mark_key, timeout) if numbering else None
+        if not numbering or mark is None:
+            break
+        out.append((numbering, mark))
+    return tuple(out)
 
 
 def load_mark(journal: JournalPort, origin: str, timeout: float) -> SavedMark:
@@ -85,7 +126,8 @@ def load_mark(journal: JournalPort, origin: str, timeout: float) -> SavedMark:
     if mark is None:
         return SavedMark(None, None, None)
     epoch = journal.load_checkpoint(epoch_name(origin), timeout)
-    return SavedMark(mark, epoch, journal.load_checkpoint(numbering_name(origin), timeout))
+    numbering = journal.load_checkpoint(numbering_name(origin), timeout)
+    return SavedMark(mark, epoch, numbering, load_left(journal, origin, timeout))
 
 
 def load_received(

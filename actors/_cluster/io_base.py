@@ -27,6 +27,7 @@ from actors._cluster.checkpoints import (
     epoch_name,
     load_journaled,
     numbering_name,
+    save_left,
     watermark_name,
 )
 from actors._cluster.endpoints import Link, Peer
@@ -109,7 +110,8 @@ class BridgeBase:
         self._asks: dict[str, Request] = {}
         self._resent: set[str] = set()  # of those, the ones sent again (``_resend_asks``)
         self._saved: dict[str, int] = {}
-        self._saved_epochs: dict[str, tuple[int, int | None]] = {}  # and numberings
+        # The epoch, numbering and numberings left saved of each origin.
+        self._saved_epochs: dict[str, tuple[int, int | None, tuple[tuple[int, int], ...]]] = {}
         self._saved_position = -1
         self._preload: Future[dict[str, list[int]]] | None = None
         self._preload_covered = False  # every origin of the preload settled (``_covered``)
@@ -246,12 +248,17 @@ class BridgeBase:
                 journal.save_checkpoint(watermark_name(name), mark)
         for name in marks:  # after the watermarks (``checkpoints.py``)
             st = inbound.origins[name]
+            if st.epoch is None:
+                continue
             saved = self._saved_epochs.get(name)
-            if st.epoch is not None and saved != (st.epoch, st.numbering):
-                self._saved_epochs[name] = (st.epoch, st.numbering)
+            state = (st.epoch, st.numbering, tuple(st.left.items()))
+            if saved != state:
+                self._saved_epochs[name] = state
                 journal.save_checkpoint(epoch_name(name), st.epoch)
                 if st.numbering is not None:
                     journal.save_checkpoint(numbering_name(name), st.numbering)
+                if state[2] != (saved[2] if saved is not None else ()):
+                    save_left(journal, name, st.left)
         # After the watermarks: every event received later gets a higher
         # local sequence (``checkpoints.py``).
         if self._saved_position != self._out.head and self._covered():

@@ -6,12 +6,14 @@ from dataclasses import dataclass, field
 
 from actors._model.event import Event
 
-__all__ = ["MAX_AHEAD", "MAX_SEQUENCE", "OriginState", "RecoverRequest"]
+__all__ = ["LEFT_NUMBERINGS", "MAX_AHEAD", "MAX_SEQUENCE", "OriginState", "RecoverRequest"]
 
 MAX_SEQUENCE = (1 << 63) - 1
 """The largest sequence an origin can give (a signed 64-bit integer)."""
 
 MAX_AHEAD = 1 << 30
+LEFT_NUMBERINGS = 4
+"""How many numberings an origin left are remembered, with the watermark in each."""
 """How far past the head its origin last announced a sequence may be before it is rejected."""
 
 
@@ -35,6 +37,10 @@ class OriginState:
     # What numbers its sequences (its journal's identity, or its epoch
     # without one; None from an older peer): a new one starts from 1 again.
     numbering: int | None = None
+    # The watermarks of the last numberings it left (``LEFT_NUMBERINGS``), by
+    # numbering: an origin moved back to a journal this node followed before
+    # resumes from where it was in it, not from its start.
+    left: dict[int, int] = field(default_factory=dict)
     known: dict[bytes, int] = field(default_factory=dict)
     synced: set[bytes] = field(default_factory=set)
     watermark: int | None = None
@@ -88,6 +94,22 @@ class OriginState:
         self.until = until if self.until is None else max(self.until, until)
         self.passed = max(self.passed, passed)
         self.until_heard = self.until_heard or heard
+
+    def renumbered(self, numbering: int | None) -> tuple[bool, int]:
+        """Return whether ``numbering`` is another than the watermark's, and where to resume.
+
+        Where to resume: the watermark this node had in ``numbering`` when
+        the origin left it, or 0 (its start) for a numbering not followed
+        before.  The one left now is remembered (the last ``LEFT_NUMBERINGS``).
+        """
+        if numbering is None or self.numbering is None or numbering == self.numbering:
+            return False, 0
+        back = self.left.pop(numbering, 0)
+        if self.watermark is not None:
+            self.left[self.numbering] = self.watermark
+            while len(self.left) > LEFT_NUMBERINGS:
+                del self.left[next(iter(self.left))]
+        return True, back
 
     def untouched(self) -> bool:
         """Return whether nothing was ever received of this origin (nothing to keep for it)."""

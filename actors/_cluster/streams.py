@@ -364,15 +364,17 @@ class Inbound(Ranges):
             st.awaiting_chains = False
             # A new numbering (no journal, or a fresh one: it may have passed
             # our watermark already, restarted twice while we were down)
-            # starts from 1; an older peer tells only its ``base``.
-            renumbered = None not in (numbering, st.numbering) and numbering != st.numbering
+            # starts from 1, one followed before from where we were in it; an
+            # older peer tells only its ``base``.
+            renumbered, back = st.renumbered(numbering)
             if st.watermark is not None and (renumbered or base <= st.watermark):
-                # Its numbering restarted or went back (its journal lost a tail
-                # we had): the old chains mean nothing now; follow the new
-                # numbering from its start, or the new incarnation from its own.
+                # Its numbering changed or went back (its journal lost a tail
+                # we had): the old chains mean nothing now; follow the
+                # numbering from where we were in it, the new incarnation from
+                # its own start where that is lower.
                 st.known.clear()
                 st.synced.clear()
-                st.watermark = 0 if renumbered else base - 1
+                st.watermark = min(back, base - 1) if renumbered else base - 1
                 st.discarded = None  # the backfill from ``base`` covers it
             # What it published before our stream reconnected (and, for a
             # persistent origin, what it sent just before it died) may have
@@ -415,6 +417,7 @@ class Inbound(Ranges):
             st.watermark = watermark
             if saved.epoch is not None:
                 st.epoch, st.numbering = saved.epoch, saved.numbering
+                st.left = dict(saved.left)
         stashed, st.stashed = st.stashed, None
         if stashed is not None:
             epoch, base, head, sent, numbering = stashed
