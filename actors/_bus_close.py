@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Self
 
 import pykka
 
+from actors._core.crossing import waiting_for
 from actors._core.handling import running_here
 from actors._core.messages import Closing
 from actors._core.stopping import RELEASE_WAIT, stop_actors
@@ -118,6 +119,14 @@ class Closable:
                     self._close_running = False
 
     def _close(self, timeout: float | None, *, first: bool) -> tuple[SubscriptionStatistics, ...]:
+        # A handler of another bus waits for this one, unless a handler of
+        # this one waits for that bus: then neither could end (``crossing``).
+        with waiting_for(self._core.router) as circle:
+            return self._close_waiting(timeout, first=first, circle=circle)
+
+    def _close_waiting(
+        self, timeout: float | None, *, first: bool, circle: bool
+    ) -> tuple[SubscriptionStatistics, ...]:
         if first:
             # From here every publish is refused: one that got past the closed
             # check before it is refused by the router (``Closing`` comes before
@@ -126,9 +135,11 @@ class Closable:
             self._core.inbox.put(Closing())
         deadline = Deadline(timeout)
         # A handler of this bus (a dedicated thread's and an ``async`` one's
-        # included), or one of its threads; a handler of another bus is outside.
+        # included), or one of its threads; a handler of another bus is outside
+        # unless this bus's handlers wait for it (``circle``).
         inside = (
-            running_here(self._core.router) is not None
+            circle
+            or running_here(self._core.router) is not None
             or self._dispatcher.on_dispatcher_thread()
             or self._system.on_dispatcher_thread()
         )

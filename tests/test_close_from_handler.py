@@ -20,6 +20,8 @@ before it in the batch, which the bus counts at the batch's end).
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -37,7 +39,8 @@ from actors import (
     PersistentEventBus,
     SubscriptionStatistics,
 )
-from tests._support import WAIT, Collector, Gate
+from actors._core import crossing
+from tests._support import WAIT, Collector, Gate, wait_for
 
 KINDS = ["shared", "dedicated", "async"]
 
@@ -326,4 +329,94 @@ def test_a_handlers_close_reports_what_is_behind_it_and_other_running_subscripti
     finally:
         blocked.release.set()
         hold.release.set()
+        bus.close(timeout=WAIT)
+
+
+# -- handlers of two buses waiting for each other ------------------------------------------
+
+
+def a_handler_waits_for(bus: EventBus) -> bool:
+    """Whether a handler of another bus waits (in ``close`` or ``flush``) for ``bus`` now."""
+    return crossing.awaited(bus.core.router)
+
+
+# Regression: a handler of A closing B while a handler of B closed A (or flushed it) waited for each
+# other for ever with the default timeout (before "inside" was per bus, both returned at once).
+# Expected: the wait that would close the circle is not made: that close acts as from inside.
+@pytest.mark.parametrize("second", ["close", "flush"])
+def test_handlers_of_two_buses_closing_each_other_both_return(second: str) -> None:
+    a, b = EventBus(name="A"), EventBus(name="B")
+    a_result: Future[Any] = Future()
+    b_result: Future[Any] = Future()
+
+    def on_a(event: Event) -> None:
+        a_result.set_result(b.close())  # waits for B's handler
+
+    def on_b(event: Event) -> None:
+        assert wait_for(lambda: a_handler_waits_for(b))  # A's handler waits for B first
+        try:
+            b_result.set_result(a.close() if second == "close" else a.flush())
+        except RuntimeError as exc:
+            b_result.set_result(exc)
+
+    a.subscribe("x.*", on_a)
+    b.subscribe("x.*", on_b)
+    b.publish("x.go")
+    a.publish("x.go")
+    try:
+        given_up = a_result.result(WAIT)
+        answer = b_result.result(WAIT)
+        if second == "close":  # as from inside A: it may not wait for A's handler, still running
+            assert [(s.pattern, s.in_flight) for s in answer] == [("x.*", 1)]
+        else:  # it would wait for itself, as a flush from A's own handler would
+            assert isinstance(answer, RuntimeError)
+        assert given_up == ()  # B's handler returned: B flushed and stopped before b.close() did
+        assert b.closed
+        assert not a_handler_waits_for(b)
+    finally:
+        a.close(timeout=WAIT)
+        b.close(timeout=WAIT)
+
+
+# Regression: a handler's close that was not the caller's event in the running batch (a call left
+# behind by its timeout, a task or thread the handler began) was taken for one: the subscription's
+# unhandled events were counted delivered and the close reported nothing given up.
+@pytest.mark.parametrize("begun", ["thread", "task"])
+def test_a_close_from_what_a_handler_began_reports_what_it_gives_up(begun: str) -> None:
+    bus = EventBus(EventConfig(threads=2))
+    gate = Gate()
+    result: Future[tuple[SubscriptionStatistics, ...]] = Future()
+    begun_ones: list[Any] = []
+
+    def close_later() -> None:  # in a copy of the handler's context
+        gate.entered.wait(WAIT)  # the subscription's next batch is running
+        result.set_result(bus.close(timeout=0.2))
+
+    async def close_later_async() -> None:  # a task: a copy of the handler's context too
+        await asyncio.to_thread(gate.entered.wait, WAIT)
+        result.set_result(bus.close(timeout=0.2))
+
+    def handler(event: Event) -> None:
+        if event.data != 0:
+            gate(event)
+            return
+        worker = threading.Thread(target=contextvars.copy_context().run, args=(close_later,))
+        begun_ones.append(worker)
+        worker.start()
+
+    async def async_handler(event: Event) -> None:
+        if event.data != 0:
+            await asyncio.to_thread(gate, event)
+            return
+        begun_ones.append(asyncio.get_running_loop().create_task(close_later_async()))
+
+    bus.subscribe("c.*", handler if begun == "thread" else async_handler)
+    bus.publish("c.e", 0)
+    bus.flush(WAIT)  # the batch of event 0 ended
+    bus.publish_many([Event(event_type="c.e", data=n) for n in (1, 2, 3)])
+    try:
+        (stats,) = result.result(WAIT)
+        assert stats.queued + stats.in_flight >= 2, stats  # 2 and 3 at least, behind the gate
+    finally:
+        gate.release.set()
         bus.close(timeout=WAIT)

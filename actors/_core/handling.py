@@ -18,6 +18,7 @@ import contextlib
 import contextvars
 import functools
 import logging
+import threading
 import time
 import traceback
 from collections.abc import Callable, Coroutine
@@ -134,6 +135,7 @@ class HandlerRuns:
     _call: Callable[[Event], Any]
     _async_handler: Callable[[Event], Coroutine[Any, Any, Any]] | None
     _run: SyncRun | None
+    running_on: tuple[Batch, object] | None  # the batch running, and its thread or task
     _watch: CallWatch | None
     _timers: Timers
     _loop: asyncio.AbstractEventLoop | None
@@ -176,6 +178,7 @@ class HandlerRuns:
         # One reset per batch: each event's set replaces the one before.
         token = set_current(None)
         running = current_run.set((self, batch))
+        self.running_on = mine = (batch, threading.get_ident())
         try:
             for i, (event, published_at) in enumerate(batch):
                 if self.abandoned:
@@ -210,9 +213,13 @@ class HandlerRuns:
                 if stop is not None:
                     break
         finally:
+            self._not_running(mine)
             current_run.reset(running)
             reset_current(token)
         self._end_sync(batch, history, delivered, stop)
+
+    def _not_running(self, mine: tuple[Batch, object]) -> None:
+        self.running_on = None if self.running_on is mine else self.running_on  # a later one's
 
     def _end_sync(
         self, batch: Batch, history: bool, delivered: int, stop: int | None = None
@@ -256,9 +263,11 @@ class HandlerRuns:
         run = self._run
         assert run is not None
         running = current_run.set((self, run.batch))
+        self.running_on = mine = (run.batch, threading.get_ident())
         try:
             self._resume_steps(run)
         finally:
+            self._not_running(mine)
             current_run.reset(running)
 
     def _resume_steps(self, run: SyncRun) -> None:
@@ -350,6 +359,7 @@ class HandlerRuns:
             await self._handle_async(state)
         finally:
             state.done = True
+            self.running_on = None
 
     async def _handle_async(self, state: AsyncRun) -> None:
         batch, history = state.batch, state.history
@@ -360,6 +370,7 @@ class HandlerRuns:
         count = 0 if history else 1
         # Once per batch, and never reset: the batch runs in a task, whose context is its own.
         current_run.set((self, batch))
+        self.running_on = (batch, asyncio.current_task())  # ended by _run_async
         stop = None
         for i, (event, published_at) in enumerate(batch):
             if self.abandoned:

@@ -18,6 +18,7 @@ once; it is waited for within the grace, so its figures are final when
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import dataclasses
 import functools
@@ -115,6 +116,11 @@ def _behind_caller(actor: SubscriberActor, batch: Batch) -> SubscriptionStatisti
     So ``queued + in_flight`` is what ``close`` gives up on.
     """
     stats = actor.statistics()
+    running = actor.running_on
+    if running is None or running[0] is not batch:
+        return stats  # a call left behind, or a task or thread its handler began
+    if running[1] not in (threading.get_ident(), _task()):
+        return stats
     event = current_event.get()
     at = next((i for i, (e, _) in enumerate(batch) if e is event), None)
     if at is None or not stats.in_flight:  # not handling one of this batch's events
@@ -126,6 +132,14 @@ def _behind_caller(actor: SubscriberActor, batch: Batch) -> SubscriptionStatisti
         in_flight=rest,
         delivered=stats.delivered + stats.in_flight - 1 - rest,
     )
+
+
+def _task() -> object:
+    """Return the task running on this thread's loop (None without one)."""
+    try:
+        return asyncio.current_task()
+    except RuntimeError:
+        return None
 
 
 def _stop_then(

@@ -131,6 +131,7 @@ class SubscriberActor(HandlerRuns, DispatchedActor):
         self.timeouts = 0  # one writer: the timer thread (sync) or the handler's loop (async)
         self._timers = timers
         self._run: SyncRun | None = None  # a synchronous batch stopped midway (handling.py)
+        self.running_on: tuple[Batch, object] | None = None  # the batch running, and where
         self.replayed = 0  # stored events a catch-up took (accounting only)
         self.skipped = 0  # live events a catch-up had already read (accounting only)
         # Set once by close() when it gives up on this subscription, or by

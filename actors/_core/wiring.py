@@ -12,9 +12,8 @@ Which object may hold which (the rest are handles or ports):
   actor, the ``Publisher`` and the ``BlockGuard``;
 - the router holds every ``Route`` (so every subscriber mailbox), the
   recorders' inboxes (correlation, journal, bridge) and the guard;
-- a subscriber holds only its ``SubscriberPorts`` (the router's inbox, the
-  latency window, its id) and, for catch-up, read/join/save callables that
-  send messages;
+- a subscriber holds only its ``SubscriberPorts`` (the router's inbox, the latency
+  window, its id) and, for catch-up, read/join/save callables that send messages;
 - a ``Subscription`` holds its subscriber and an ``Unsubscriber`` port.
 """
 
@@ -33,6 +32,7 @@ from actors._core.background import BackgroundLoop, subscribing_loop
 from actors._core.backpressure import BlockGuard
 from actors._core.catchup import CatchUp, durable_overflow
 from actors._core.correlator import CorrelationActor
+from actors._core.crossing import waiting_for
 from actors._core.handling import running_here
 from actors._core.messages import (
     CorrelatedEvents,
@@ -475,7 +475,8 @@ class Core:
 
     def flush(self, timeout: float | None) -> None:
         """Wait until every event published so far is handled (or dropped) and recorded."""
-        self.start_flush().get(timeout)
+        with waiting_for(self.router, refuse="flush()"):  # from a handler of another bus
+            self.start_flush().get(timeout)
 
     def start_flush(self) -> BusFuture[None]:
         """Start a flush; the future is done once everything published so far is handled.
