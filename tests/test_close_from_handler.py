@@ -45,15 +45,17 @@ from tests._support import WAIT, Collector, Gate, wait_for
 KINDS = ["shared", "dedicated", "async"]
 
 
-def subscribe_kind(bus: EventBus, pattern: str, body: Callable[[Event], None], kind: str) -> Any:
+def subscribe_kind(
+    bus: EventBus, pattern: str, body: Callable[[Event], None], kind: str, **options: Any
+) -> Any:
     """Subscribe ``body`` as a pool handler, a dedicated-thread one, or an ``async def`` one."""
     if kind == "async":
 
         async def handler(event: Event) -> None:
             body(event)
 
-        return bus.subscribe(pattern, handler)
-    return bus.subscribe(pattern, body, dedicated_thread=kind == "dedicated")
+        return bus.subscribe(pattern, handler, **options)
+    return bus.subscribe(pattern, body, dedicated_thread=kind == "dedicated", **options)
 
 
 def stored(path: str) -> list[Any] | BaseException:
@@ -420,3 +422,45 @@ def test_a_close_from_what_a_handler_began_reports_what_it_gives_up(begun: str) 
     finally:
         gate.release.set()
         bus.close(timeout=WAIT)
+
+
+# Regression: the stop stopped the router before the subscriptions had ended their batches, so
+# the batch of a handler that closed its own bus recorded its progress too late: a durable
+# subscription's checkpoint was lost now and then, and the events handled before the close came
+# again after a reopen (about one run in three).  Expected: only the events given up come again.
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_durable_handler_closing_its_bus_keeps_the_checkpoint_of_what_it_handled(
+    tmp_path: Path, kind: str
+) -> None:
+    for run in range(12):  # a race: each run had about one chance in three
+        path = str(tmp_path / f"j{run}")
+        bus = PersistentEventBus(EventConfig(persistence_path=path))
+        published = threading.Event()
+        closed: Future[tuple[SubscriptionStatistics, ...]] = Future()
+
+        def body(
+            event: Event,
+            bus: EventBus = bus,
+            published: threading.Event = published,
+            closed: Future[tuple[SubscriptionStatistics, ...]] = closed,
+        ) -> None:
+            if event.data == 0:
+                published.wait(WAIT)  # the rest queues behind it
+            if event.data == 2:
+                closed.set_result(bus.close(timeout=WAIT))
+
+        subscribe_kind(bus, "c.*", body, kind, durable="d")
+        futures = bus.publish_many([Event(event_type="c.e", data=n) for n in range(6)])
+        for future in futures:
+            future.get(WAIT)
+        published.set()
+        closed.result(WAIT)
+        bus.close(timeout=WAIT)
+        again = PersistentEventBus(EventConfig(persistence_path=path))
+        try:
+            got = Collector()
+            again.subscribe("c.*", got, durable="d")
+            again.flush(WAIT)
+            assert got.data == [3, 4, 5], f"run {run}: after the reopen {got.data}"
+        finally:
+            again.close(timeout=WAIT)

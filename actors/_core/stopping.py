@@ -1,10 +1,13 @@
 """Stop a bus's actors within one deadline, and say what was abandoned.
 
-Subscribers, router and correlation first; the journal last, so the router's
-final records reach it (the journal closes its storage).  Handlers get until
-the deadline; the bus's own actors run no user code, so they get a short
-grace beyond it.  A thread stuck in a handler is never joined past the
-deadline: it is a daemon thread, abandoned, and its subscription is reported.
+Subscribers first, waited for (an ``async`` batch on its loop too) until the
+deadline, so the batches under way (a handler's own close returns before its
+batch ends) record their progress through the router; then the router and
+correlation; the journal last, so the router's final records reach it (the
+journal closes its storage).  Handlers get until the deadline; the bus's own
+actors run no user code, so they get a short grace beyond it.  A thread stuck
+in a handler is never joined past the deadline: it is a daemon thread,
+abandoned, and its subscription is reported.
 A handler that closes its own bus is the caller: the event it is handling is
 not reported as given up, only what is queued behind it (``_behind_caller``).
 A caller that cannot wait (``close`` inside a handler, whose own thread may be
@@ -184,6 +187,14 @@ def _stop(  # noqa: PLR0917 - stop_actors' arguments, passed on
     told = send_stop(a.actor_ref for a in subs)
     if ending:
         concurrent.futures.wait(ending, own_deadline.remaining())
+    # The subscriptions first: a batch that ends now (a handler that closed
+    # its bus returns after it) records its progress, a durable one's
+    # checkpoint, through the router and the journal, which must still run.
+    running = {ref.actor_urn for ref in wait_stopped(told, deadline)}
+    # An ``async`` batch goes on on its loop after its actor stopped.
+    batches = [run for run in (a.async_batch() for a in subs) if run is not None]
+    if batches:
+        concurrent.futures.wait(batches, deadline.remaining())
     late = wait_stopped(send_stop(core.refs()), own_deadline)
     if journal is not None:
         own = send_stop([journal.actor_ref])
@@ -197,7 +208,6 @@ def _stop(  # noqa: PLR0917 - stop_actors' arguments, passed on
             )
     for ref in late:
         logger.warning("close(): %s did not stop in time; abandoned", ref)
-    running = {ref.actor_urn for ref in wait_stopped(told, deadline)}
     for actor in subs:
         if actor.actor_dispatcher is not core.dispatcher:
             actor.actor_dispatcher.shutdown(deadline.remaining())

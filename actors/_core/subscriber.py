@@ -385,6 +385,12 @@ class SubscriberActor(HandlerRuns, DispatchedActor):
         if catchup is not None and pos > 0:  # progress: past the events handled, no further
             catchup.handled(run.batch[pos - 1][0].sequence or 0)
 
+    def async_batch(self) -> Future[None] | None:
+        """Return the run of the ``async`` batch under way (None if none): done once it ended."""
+        state = self._async
+        run = None if state is None else state.future
+        return None if run is None or run.done() else run
+
     def statistics(self) -> SubscriptionStatistics:
         """Return a snapshot of this subscription's figures (see ``SubscriptionStatistics``).
 
