@@ -14,7 +14,7 @@ them and never fetched its downtime.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,14 +31,14 @@ from tests.test_cluster import start
 def held_watermarks(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
     """Hold every write of a bridge watermark until the returned gate is set."""
     gate = threading.Event()
-    real = RocksStorage.set_checkpoint
+    real = RocksStorage.set_checkpoints
 
-    def held(self: RocksStorage, name: str, sequence: int, *, sync: bool = False) -> None:
-        if name.startswith("bridge:"):
+    def held(self: RocksStorage, items: Sequence[tuple[str, int]], *, sync: bool = False) -> None:
+        if any(name.startswith("bridge:") for name, _ in items):
             gate.wait(WAIT)
-        real(self, name, sequence, sync=sync)
+        real(self, items, sync=sync)
 
-    monkeypatch.setattr(RocksStorage, "set_checkpoint", held)
+    monkeypatch.setattr(RocksStorage, "set_checkpoints", held)
     yield gate
     gate.set()
 

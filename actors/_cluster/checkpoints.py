@@ -1,41 +1,34 @@
 """What a persistent node keeps in its journal of the streams it receives, read back at a restart.
 
-Two kinds of checkpoint (``docs/cluster.md``, "Restarts of a receiving node"):
+The checkpoints (``docs/cluster.md``, "Restarts of a receiving node"):
 
 - ``bridge:ORIGIN``: the watermark of ``ORIGIN`` (everything up to that
   origin sequence that a local pattern matches was delivered and journaled);
 - ``bridge@journal``: a sequence of the local journal below every event
   received after the watermarks saved with it;
 - ``bridge~ORIGIN``: the epoch (incarnation) of ``ORIGIN`` its watermark
-  counts in, saved after the watermark: an origin without a journal that
-  restarted while this node was down numbers its events from 1 again, and
-  only its epoch tells the restarted node that its saved watermark no
-  longer applies.  A crash between the two writes leaves the new
-  incarnation's watermark with the old epoch: the restart then takes the
-  origin for restarted and fetches more, never less.
+  counts in: an origin without a journal that restarted while this node was
+  down numbers its events from 1 again, and only its epoch tells the
+  restarted node that its saved watermark no longer applies;
 - ``bridge#ORIGIN``: the numbering ``ORIGIN``'s watermark counts in (its
-  journal's identity, or its epoch without one), saved after the epoch: an
-  origin moved to a fresh journal while this node was down numbers from 1
-  again, and may have passed the saved watermark already when this node
-  hears it.  Saved after the watermark too: a crash between the writes
-  leaves the new numbering's watermark with the old numbering, and the
-  restart fetches the origin's events from its journal's start (more, never
-  less).
+  journal's identity, or its epoch without one): an origin moved to a fresh
+  journal while this node was down numbers from 1 again, and may have passed
+  the saved watermark already when this node hears it;
 - ``bridge#ORIGIN#I`` and ``bridge:ORIGIN#I`` (I from 0): a numbering
   ``ORIGIN`` left and the watermark this node had in it, the last
-  ``LEFT_NUMBERINGS``; read up to the first numbering 0.  An origin moved
-  back to a journal followed before resumes from there.  Rewritten with the
-  first numbering written last, after a 0 that ends the list: a crash in
-  between leaves the list empty (the origin's journal is fetched from its
-  start on its return: more, never less), never a numbering with another's
-  watermark.
+  ``LEFT_NUMBERINGS``, read up to the first numbering 0: an origin moved
+  back to a journal followed before resumes from there.
 
-Both go to the journal through the router, after the records of the events
-they cover, and the journal stores checkpoints in the order they were last
-set: a watermark saved before the position is on disk whenever the position
-is.  A crash can still fall between the write of received events and the
-write of the watermark that covers them; the restarted node then fetches
-them again from their origin.  The events after the saved position (read
+What one delivery changed of them is saved in one write
+(``JournalPort.save_checkpoints``): a watermark is never on disk without the
+epoch and numbering it counts in, nor a numbering left without its own
+watermark, whatever a crash interrupts.
+
+They go to the journal through the router, after the records of the events
+they cover; the position goes in the same write as the watermarks.  A crash
+can still fall between the write of received events and the write of the
+watermark that covers them; the restarted node then fetches them again from
+their origin.  The events after the saved position (read
 once at the start, before the position is saved again) tell which of them
 the journal holds already: they are not injected (journaled, delivered) a
 second time.
@@ -58,7 +51,7 @@ __all__ = [
     "numbering_name",
     "load_mark",
     "load_received",
-    "save_left",
+    "left_items",
     "watermark_name",
 ]
 
@@ -95,16 +88,18 @@ class SavedMark(NamedTuple):
     left: tuple[tuple[int, int], ...] = ()  # numberings it left, with the watermark in each
 
 
-def save_left(journal: JournalPort, origin: str, left: dict[int, int]) -> None:
-    """Save the numberings ``origin`` left, with the watermark in each (never blocks)."""
-    journal.save_checkpoint(left_names(origin, 0)[0], 0)  # the list ends at once
-    items = list(left.items())
-    if len(items) < LEFT_NUMBERINGS:  # and after the last, whatever was there before
-        journal.save_checkpoint(left_names(origin, len(items))[0], 0)
-    for index in range(len(items) - 1, -1, -1):  # the first one last: it makes the list whole
+def left_items(origin: str, left: dict[int, int]) -> list[tuple[str, int]]:
+    """Return the checkpoints that save the numberings ``origin`` left, with the watermark in each.
+
+    Saved in one write with the rest (``JournalPort.save_checkpoints``).
+    """
+    out: list[tuple[str, int]] = []
+    for index, (numbering, mark) in enumerate(left.items()):
         numbering_key, mark_key = left_names(origin, index)
-        journal.save_checkpoint(mark_key, items[index][1])
-        journal.save_checkpoint(numbering_key, items[index][0])
+        out += [(mark_key, mark), (numbering_key, numbering)]
+    if len(left) < LEFT_NUMBERINGS:  # the list ends there, whatever was saved past it before
+        out.append((left_names(origin, len(left))[0], 0))
+    return out
 
 
 def load_left(journal: JournalPort, origin: str, timeout: float) -> tuple[tuple[int, int], ...]:

@@ -25,9 +25,9 @@ from actors._cluster.bridge_io import PublishLedger
 from actors._cluster.checkpoints import (
     POSITION,
     epoch_name,
+    left_items,
     load_journaled,
     numbering_name,
-    save_left,
     watermark_name,
 )
 from actors._cluster.endpoints import Link, Peer
@@ -241,12 +241,14 @@ class BridgeBase:
         journal = self._local.journal
         if journal is None:
             return
+        # All in one write (``checkpoints.py``): a watermark is never on disk
+        # without the epoch and numbering it counts in.
+        items: list[tuple[str, int]] = []
         marks = inbound.watermarks()
         for name, mark in marks.items():
             if self._saved.get(name) != mark:
                 self._saved[name] = mark
-                journal.save_checkpoint(watermark_name(name), mark)
-        for name in marks:  # after the watermarks (``checkpoints.py``)
+                items.append((watermark_name(name), mark))
             st = inbound.origins[name]
             if st.epoch is None:
                 continue
@@ -254,16 +256,18 @@ class BridgeBase:
             state = (st.epoch, st.numbering, tuple(st.left.items()))
             if saved != state:
                 self._saved_epochs[name] = state
-                journal.save_checkpoint(epoch_name(name), st.epoch)
+                items.append((epoch_name(name), st.epoch))
                 if st.numbering is not None:
-                    journal.save_checkpoint(numbering_name(name), st.numbering)
+                    items.append((numbering_name(name), st.numbering))
                 if state[2] != (saved[2] if saved is not None else ()):
-                    save_left(journal, name, st.left)
-        # After the watermarks: every event received later gets a higher
-        # local sequence (``checkpoints.py``).
+                    items.extend(left_items(name, st.left))
+        # With the watermarks: every event received later gets a higher local
+        # sequence (``checkpoints.py``).
         if self._saved_position != self._out.head and self._covered():
             self._saved_position = self._out.head
-            journal.save_checkpoint(POSITION, self._saved_position)
+            items.append((POSITION, self._saved_position))
+        if items:
+            journal.save_checkpoints(items)
 
     def _covered(self) -> bool:
         """Return whether the received events journaled past the saved position are covered.

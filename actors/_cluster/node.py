@@ -24,7 +24,7 @@ from actors._core.messages import (
     GetCorrelated,
     LoadCheckpoint,
     ReadJournal,
-    SaveCheckpoint,
+    SaveCheckpoints,
 )
 from actors._core.router import RouterActor
 from actors._errors import BusClosedError
@@ -98,9 +98,9 @@ class RouterJournal:
         self._router.put(Forward(self._journal, LoadCheckpoint(name, future)))
         return self._waits.get(future, timeout)
 
-    def save_checkpoint(self, name: str, sequence: int) -> None:
-        """Save ``name`` once everything routed before is journaled (never blocks)."""
-        self._router.put(Forward(self._journal, SaveCheckpoint(name, sequence)))
+    def save_checkpoints(self, items: Sequence[tuple[str, int]]) -> None:
+        """Save ``items`` in one write once everything routed before is journaled (never blocks)."""
+        self._router.put(Forward(self._journal, SaveCheckpoints(tuple(items))))
 
     def after_written(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` once everything routed before is written (never blocks)."""

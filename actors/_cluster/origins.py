@@ -12,9 +12,9 @@ MAX_SEQUENCE = (1 << 63) - 1
 """The largest sequence an origin can give (a signed 64-bit integer)."""
 
 MAX_AHEAD = 1 << 30
+"""How far past the head its origin last announced a sequence may be before it is rejected."""
 LEFT_NUMBERINGS = 4
 """How many numberings an origin left are remembered, with the watermark in each."""
-"""How far past the head its origin last announced a sequence may be before it is rejected."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,8 +31,8 @@ class JournalPort(Protocol):
         """Return the saved checkpoint ``name`` (blocks: call from a worker thread)."""
         ...
 
-    def save_checkpoint(self, name: str, sequence: int) -> None:
-        """Save a checkpoint after every record routed so far is journaled (never blocks)."""
+    def save_checkpoints(self, items: Sequence[tuple[str, int]]) -> None:
+        """Save checkpoints, all in one write, after every record routed so far (never blocks)."""
         ...
 
     def after_written(self, callback: Callable[[], None]) -> None:

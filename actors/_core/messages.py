@@ -42,6 +42,7 @@ __all__ = [
     "Relieved",
     "Route",
     "SaveCheckpoint",
+    "SaveCheckpoints",
     "Subscribe",
     "Unsubscribe",
 ]
@@ -181,6 +182,13 @@ class SaveCheckpoint:
 
     name: str
     sequence: int
+
+
+@dataclass(frozen=True, slots=True)
+class SaveCheckpoints:
+    """Journal: save every ``(name, sequence)`` of ``items`` in one write (all or none)."""
+
+    items: tuple[tuple[str, int], ...]
 
 
 @dataclass(frozen=True, slots=True)

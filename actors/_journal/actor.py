@@ -29,6 +29,7 @@ from actors._core.messages import (
     Record,
     Release,
     SaveCheckpoint,
+    SaveCheckpoints,
 )
 from actors._errors import CorruptRecordError, InvalidEventError, JournalError
 from actors._journal.cursor import forget_frames
@@ -133,6 +134,10 @@ class JournalActor(DispatchedActor):
             # the end): one saved after another is on disk only if that one is.
             self._checkpoints.pop(message.name, None)
             self._checkpoints[message.name] = message.sequence
+        elif type(message) is SaveCheckpoints:  # a group: written together, as a turn's are
+            for name, sequence in message.items:
+                self._checkpoints.pop(name, None)
+                self._checkpoints[name] = sequence
         elif type(message) is KeepFrom:
             pending = self._pending
             last = (pending[-1].sequence or 0) if pending else self.storage.last_sequence()
@@ -219,11 +224,10 @@ class JournalActor(DispatchedActor):
         if self._checkpoints and not self.storage.read_only:
             checkpoints = self._checkpoints
             self._checkpoints = {}
-            for name, sequence in checkpoints.items():
-                try:
-                    self.storage.set_checkpoint(name, sequence, sync=self.sync)
-                except JournalError:
-                    logger.exception("checkpoint %r not saved", name)
+            try:  # a turn's checkpoints in one write: a crash keeps all of them or none
+                self.storage.set_checkpoints(list(checkpoints.items()), sync=self.sync)
+            except JournalError:
+                logger.exception("checkpoints %s not saved", ", ".join(map(repr, checkpoints)))
 
     # -- reading ------------------------------------------------------------------
 

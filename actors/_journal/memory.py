@@ -177,6 +177,11 @@ class MemoryStorage(IndexedStorage):
         self._check_open()
         self._checkpoints[name] = sequence
 
+    def set_checkpoints(self, items: Sequence[tuple[str, int]], *, sync: bool = False) -> None:
+        """Save each ``(name, sequence)`` of ``items``."""
+        self._check_open()
+        self._checkpoints.update(items)
+
     def size_bytes(self) -> int:
         """Return the payload bytes held (a rough figure: indexes not counted)."""
         return sum(len(row[4]) for row in self._rows.values())

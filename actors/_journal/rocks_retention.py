@@ -8,7 +8,7 @@ No driver import: batches come from ``_new_batch`` (``rocks.py``).
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from actors._errors import JournalError
@@ -129,9 +129,17 @@ class RetentionMixin:
 
         Raises ``JournalError`` if the write fails or the journal is read-only.
         """
+        self.set_checkpoints([(name, sequence)], sync=sync)
+
+    def set_checkpoints(self, items: Sequence[tuple[str, int]], *, sync: bool = False) -> None:
+        """Save each ``(name, sequence)`` of ``items``, all in one write: all of them or none.
+
+        Raises ``JournalError`` if the write fails or the journal is read-only.
+        """
         self._check_writable()
         batch = self._new_batch()
-        batch.put(META_CHECKPOINT + name.encode(), SEQ.pack(sequence), self._meta_h)
+        for name, sequence in items:
+            batch.put(META_CHECKPOINT + name.encode(), SEQ.pack(sequence), self._meta_h)
         self._write(batch, sync)
 
     def accept_loss(self, sequence: int) -> None:
