@@ -464,3 +464,70 @@ def test_a_durable_handler_closing_its_bus_keeps_the_checkpoint_of_what_it_handl
             assert got.data == [3, 4, 5], f"run {run}: after the reopen {got.data}"
         finally:
             again.close(timeout=WAIT)
+
+
+def close_on_a_thread(bus: EventBus) -> Future[tuple[SubscriptionStatistics, ...]]:
+    """Close ``bus`` (no timeout) on a daemon thread: a close that hangs fails the test, not it."""
+    closed: Future[tuple[SubscriptionStatistics, ...]] = Future()
+
+    def run() -> None:
+        try:
+            closed.set_result(bus.close())
+        except BaseException as exc:  # reported by the test
+            closed.set_exception(exc)
+
+    threading.Thread(target=run, daemon=True).start()
+    return closed
+
+
+# Regression (of the checkpoint fix above, which waited for every async batch before the router
+# stopped): an async handler reading a stream of its own bus until the bus closed never saw it end
+# (the router's stop ends it), and the close that followed a handler's own close never returned.
+def test_an_async_handler_reading_a_stream_of_its_bus_ends_with_a_close_from_inside() -> None:
+    bus = EventBus(EventConfig(threads=2))
+    streams = AsyncEventBus(bus=bus)
+    reading, ended, inside = threading.Event(), threading.Event(), threading.Event()
+
+    async def reader(event: Event) -> None:
+        stream = streams.stream("x.*")
+        reading.set()
+        async for _ in stream:
+            pass
+        ended.set()
+
+    def closer(event: Event) -> None:
+        bus.close()  # a handler's own close: begins the stop and returns
+        inside.set()
+
+    bus.subscribe("start", reader)
+    bus.subscribe("stop", closer)
+    bus.publish("start")
+    assert reading.wait(WAIT)
+    bus.publish("stop")
+    assert inside.wait(WAIT)
+    close_on_a_thread(bus).result(WAIT)
+    assert ended.is_set()
+
+
+# Regression (the same wait): an async handler that never returns kept a close without a timeout
+# from returning after a handler's own close, where before it was left on its loop.
+def test_a_close_after_a_handlers_own_close_returns_past_an_async_handler_that_never_ends() -> None:
+    bus = EventBus(EventConfig(threads=2))
+    waiting, inside = threading.Event(), threading.Event()
+
+    async def forever(event: Event) -> None:
+        waiting.set()
+        await asyncio.Event().wait()  # a reply that never comes
+
+    def closer(event: Event) -> None:
+        bus.close()
+        inside.set()
+
+    bus.subscribe("w.*", forever)
+    bus.subscribe("stop", closer)
+    bus.publish("w.e")
+    assert waiting.wait(WAIT)
+    bus.publish("stop")
+    assert inside.wait(WAIT)
+    close_on_a_thread(bus).result(WAIT)
+    assert bus.closed

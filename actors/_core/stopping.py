@@ -1,9 +1,10 @@
 """Stop a bus's actors within one deadline, and say what was abandoned.
 
-Subscribers first, waited for (an ``async`` batch on its loop too) until the
-deadline, so the batches under way (a handler's own close returns before its
-batch ends) record their progress through the router; then the router and
-correlation; the journal last, so the router's final records reach it (the
+Subscribers first, waited for until the deadline, so the batches under way
+(a handler's own close returns before its batch ends) record their progress
+through the router; then the router and correlation; then an ``async`` batch
+still on its loop gets the grace (it records its progress to the journal
+straight); the journal last, so the router's final records reach it (the
 journal closes its storage).  Handlers get until the deadline; the bus's own
 actors run no user code, so they get a short grace beyond it.  A thread stuck
 in a handler is never joined past the deadline: it is a daemon thread,
@@ -191,11 +192,15 @@ def _stop(  # noqa: PLR0917 - stop_actors' arguments, passed on
     # its bus returns after it) records its progress, a durable one's
     # checkpoint, through the router and the journal, which must still run.
     running = {ref.actor_urn for ref in wait_stopped(told, deadline)}
-    # An ``async`` batch goes on on its loop after its actor stopped.
+    late = wait_stopped(send_stop(core.refs()), own_deadline)
+    # An ``async`` batch goes on on its loop after its actor stopped: what it
+    # awaits may be what the router's stop ends (a stream), and the loop may
+    # be the one a ``close`` blocks, so it gets the grace at most, after the
+    # router; what it records then goes to the journal straight.
     batches = [run for run in (a.async_batch() for a in subs) if run is not None]
     if batches:
-        concurrent.futures.wait(batches, deadline.remaining())
-    late = wait_stopped(send_stop(core.refs()), own_deadline)
+        left = own_deadline.remaining()
+        concurrent.futures.wait(batches, grace if left is None else min(grace, left))
     if journal is not None:
         own = send_stop([journal.actor_ref])
         late += wait_stopped(own, own_deadline)
