@@ -35,6 +35,7 @@ from actors._async_stream import EventStream, Inbox
 from actors._bus import EventBus
 from actors._core.background import subscribing_loop
 from actors._core.backpressure import Withdrawn, withdrawal
+from actors._core.crossing import waiting_for
 from actors._core.handling import running_here
 from actors._core.messages import CorrelatedEvents
 from actors._core.replay import replay_async
@@ -371,7 +372,8 @@ class AsyncEventBus:
         checks.check_timeout("timeout", timeout)
         if self.sync.closed:
             raise BusClosedError("the bus is closed")
-        await self._await(self.sync.core.start_flush(), timeout)
+        with waiting_for(self.sync.core.router, flush=True):  # from a handler of another bus
+            await self._await(self.sync.core.start_flush(), timeout)
 
     async def _await(self, future: BusFuture[T], timeout: float | None) -> T:
         """Await ``future`` on the loop: ``BusClosedError`` if the bus stops before it is done.
@@ -445,9 +447,14 @@ class AsyncEventBus:
                     inbox.finish()
 
     async def _close(self, bus: EventBus, timeout: float | None) -> None:
-        if running_here(bus.core.router) is not None:
-            bus.close(timeout)  # inside a handler of the bus: stops without waiting
-            return
+        # A handler of another bus waits, unless this bus's handlers wait for it.
+        with waiting_for(bus.core.router) as circle:
+            if circle or running_here(bus.core.router) is not None:
+                bus.close(timeout)  # as inside a handler of the bus: stops without waiting
+                return
+            await self._close_waiting(bus, timeout)
+
+    async def _close_waiting(self, bus: EventBus, timeout: float | None) -> None:
         started = time.monotonic()
         if not bus.closed:
             try:

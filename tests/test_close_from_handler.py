@@ -531,3 +531,74 @@ def test_a_close_after_a_handlers_own_close_returns_past_an_async_handler_that_n
     assert inside.wait(WAIT)
     close_on_a_thread(bus).result(WAIT)
     assert bus.closed
+
+
+# Regression: the circle was judged per bus, so a handler of B closing A while a handler of A
+# flushed B made the close act as from inside (A's queued events given up), though that flush
+# waited only for B's events published before it, not for the closing handler's.  Expected: the
+# close waits, as any close does, and gives up nothing.
+def test_a_close_from_an_event_a_flush_does_not_wait_for_is_no_circle() -> None:
+    a, b = EventBus(EventConfig(threads=4)), EventBus(EventConfig(threads=4))
+    gate = Gate()
+    handled: list[Any] = []
+    closed: Future[tuple[SubscriptionStatistics, ...]] = Future()
+
+    def forward(event: Event) -> None:  # a handler of A: waits for b.item only
+        b.publish("b.item")
+        b.flush()
+        handled.append("flushed")
+
+    def close_a(event: Event) -> None:  # a handler of B, on an event published after that flush
+        gate.release.set()
+        closed.set_result(a.close())
+
+    a.subscribe("a.fwd", forward, dedicated_thread=True)
+    a.subscribe("a.work", lambda event: handled.append(event.data), dedicated_thread=True)
+    b.subscribe("b.item", gate, dedicated_thread=True)  # the flush of B lasts until released
+    b.subscribe("b.shutdown", close_a, dedicated_thread=True)
+    a.publish("a.fwd")
+    for n in range(10):
+        a.publish("a.work", n)
+    try:
+        assert gate.entered.wait(WAIT)
+        assert wait_for(lambda: crossing.awaited(b.core.router))
+        b.publish("b.shutdown")
+        assert closed.result(WAIT) == ()
+        assert sorted(x for x in handled if x != "flushed") == list(range(10))
+        assert "flushed" in handled
+    finally:
+        gate.release.set()
+        a.close(timeout=WAIT)
+        b.close(timeout=WAIT)
+
+
+# Regression: ``aclose()`` and the async ``flush()`` of another bus were not noted as waits, so a
+# handler of B closing A while A's async handler awaited B's ``aclose()`` hung both for ever.
+@pytest.mark.parametrize("wait", ["aclose", "flush"])
+def test_an_async_handler_awaiting_another_bus_closes_no_circle_with_it(wait: str) -> None:
+    a, b = EventBus(EventConfig(threads=2)), EventBus(EventConfig(threads=2))
+    async_b = AsyncEventBus(bus=b)
+    a_result: Future[Any] = Future()
+    b_result: Future[Any] = Future()
+
+    async def on_a(event: Event) -> None:
+        try:
+            await (async_b.aclose() if wait == "aclose" else async_b.flush())
+            a_result.set_result("returned")
+        except RuntimeError as exc:
+            a_result.set_result(exc)
+
+    def on_b(event: Event) -> None:
+        assert wait_for(lambda: crossing.awaited(b.core.router))  # A's handler waits first
+        b_result.set_result(a.close())
+
+    a.subscribe("x.*", on_a)
+    b.subscribe("x.*", on_b)
+    b.publish("x.go")
+    a.publish("x.go")
+    try:
+        assert a_result.result(WAIT) == "returned"
+        assert [(s.pattern, s.in_flight) for s in b_result.result(WAIT)] == [("x.*", 1)]
+    finally:
+        a.close(timeout=WAIT)
+        b.close(timeout=WAIT)

@@ -22,7 +22,6 @@ once; it is waited for within the grace, so its figures are final when
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import dataclasses
 import functools
@@ -32,7 +31,8 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
-from actors._core.handling import Batch, running_here
+from actors._core.crossing import live_run
+from actors._core.handling import running_here
 from actors._core.subscriber import SubscriberActor, current_event
 from actors._core.wiring import Core
 from actors._model.metrics import SubscriptionStatistics
@@ -76,7 +76,7 @@ def stop_actors(
     unfinished = [
         stats
         for stats in (
-            a.statistics() if caller is None or caller[0] is not a else _behind_caller(a, caller[1])
+            a.statistics() if caller is None or caller[0] is not a else _behind_caller(a)
             for a in subs
         )
         if stats.queued or stats.in_flight
@@ -110,7 +110,7 @@ def stop_actors(
     return tuple(unfinished)
 
 
-def _behind_caller(actor: SubscriberActor, batch: Batch) -> SubscriptionStatistics:
+def _behind_caller(actor: SubscriberActor) -> SubscriptionStatistics:
     """Return the figures of the subscription whose handler is calling ``close``.
 
     The event it is handling is the caller's, not given up on: it is left
@@ -120,11 +120,10 @@ def _behind_caller(actor: SubscriberActor, batch: Batch) -> SubscriptionStatisti
     So ``queued + in_flight`` is what ``close`` gives up on.
     """
     stats = actor.statistics()
-    running = actor.running_on
-    if running is None or running[0] is not batch:
+    run = live_run()
+    if run is None or run[0] is not actor:
         return stats  # a call left behind, or a task or thread its handler began
-    if running[1] not in (threading.get_ident(), _task()):
-        return stats
+    batch = run[1]
     event = current_event.get()
     at = next((i for i, (e, _) in enumerate(batch) if e is event), None)
     if at is None or not stats.in_flight:  # not handling one of this batch's events
@@ -136,14 +135,6 @@ def _behind_caller(actor: SubscriberActor, batch: Batch) -> SubscriptionStatisti
         in_flight=rest,
         delivered=stats.delivered + stats.in_flight - 1 - rest,
     )
-
-
-def _task() -> object:
-    """Return the task running on this thread's loop (None without one)."""
-    try:
-        return asyncio.current_task()
-    except RuntimeError:
-        return None
 
 
 def _stop_then(

@@ -475,7 +475,7 @@ class Core:
 
     def flush(self, timeout: float | None) -> None:
         """Wait until every event published so far is handled (or dropped) and recorded."""
-        with waiting_for(self.router, refuse="flush()"):  # from a handler of another bus
+        with waiting_for(self.router, flush=True):  # from a handler of another bus
             self.start_flush().get(timeout)
 
     def start_flush(self) -> BusFuture[None]:
