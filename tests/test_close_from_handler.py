@@ -602,3 +602,79 @@ def test_an_async_handler_awaiting_another_bus_closes_no_circle_with_it(wait: st
     finally:
         a.close(timeout=WAIT)
         b.close(timeout=WAIT)
+
+
+def outcome(call: Callable[[], Any]) -> Any:
+    """Return what ``call`` returns, or the ``RuntimeError`` it raises."""
+    try:
+        return call()
+    except RuntimeError as exc:
+        return exc
+
+
+# Regression: a flush's wait counted only events published before the flush began, but a flush
+# sends its ``Flush`` once every catch-up subscription caught up: an event published meanwhile is
+# waited for too.  A handler of A flushing X then, while X's handler flushed A, was no circle to
+# the check, and both waited for ever.  Expected: that circle is seen (the second flush raises).
+def test_a_flush_waiting_for_a_catch_up_waits_for_what_is_published_meanwhile(
+    tmp_path: Path,
+) -> None:
+    a = PersistentEventBus(EventConfig(persistence_path=str(tmp_path / "a")))
+    x = EventBus()
+    gate = Gate()
+    a_result: Future[Any] = Future()
+    x_result: Future[Any] = Future()
+    a.publish("h.old")
+    a.flush(WAIT)
+    a.subscribe("h.*", gate, from_sequence=1)  # catching up until the gate opens
+    x.subscribe("x.go", lambda event: x_result.set_result(outcome(lambda: a.flush(WAIT))))
+    a.subscribe("a.go", lambda event: a_result.set_result(outcome(lambda: x.flush(WAIT))))
+    try:
+        assert gate.entered.wait(WAIT)
+        x.publish("x.go")
+        assert wait_for(lambda: crossing.awaited(a.core.router))
+        a.publish("a.go")  # before the Flush of x's handler's flush: that flush waits for it
+        assert isinstance(a_result.result(WAIT), RuntimeError)
+        gate.release.set()
+        assert x_result.result(WAIT) is None
+    finally:
+        gate.release.set()
+        x.close(timeout=WAIT)
+        a.close(timeout=WAIT)
+
+
+# Regression: through a chain of buses every wait counted as waiting for every handler: C's handler
+# flushing B (for an event before it), B's handler on a later event flushing A, and A's handler
+# then flushing C was taken for a circle (a RuntimeError; a close gave up C's events), though
+# C's flush never waited for that handler of B.  Expected: the flush waits and returns.
+def test_a_chain_through_a_flush_that_does_not_wait_for_the_next_handler_is_no_circle() -> None:
+    a, b, c = EventBus(), EventBus(EventConfig(threads=4)), EventBus()
+    gate = Gate()
+    results: dict[str, Future[Any]] = {n: Future() for n in "abc"}
+
+    def flushing(name: str, other: EventBus) -> Callable[[Event], None]:
+        return lambda event: results[name].set_result(outcome(lambda: other.flush(WAIT)))
+
+    def on_a(event: Event) -> None:  # A's flush from B's handler waits for this one
+        assert wait_for(lambda: crossing.awaited(a.core.router))
+        results["a"].set_result(outcome(lambda: c.flush(WAIT)))
+
+    b.subscribe("b.slow", gate, dedicated_thread=True)
+    c.subscribe("c.go", flushing("c", b))
+    b.subscribe("b.next", flushing("b", a), dedicated_thread=True)
+    a.subscribe("a.go", on_a)
+    try:
+        b.publish("b.slow")
+        assert gate.entered.wait(WAIT)
+        c.publish("c.go")  # waits for b.slow
+        assert wait_for(lambda: crossing.awaited(b.core.router))
+        a.publish("a.go")
+        b.publish("b.next")  # after C's flush began: that flush does not wait for it
+        assert wait_for(lambda: crossing.awaited(c.core.router) or results["a"].done())
+        assert not results["a"].done()  # A's handler waits (for c.go, so for b.slow)
+        gate.release.set()
+        assert [results[n].result(WAIT) for n in "abc"] == [None, None, None]
+    finally:
+        gate.release.set()
+        for bus in (a, b, c):
+            bus.close(timeout=WAIT)

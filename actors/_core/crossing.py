@@ -20,19 +20,45 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from actors._core.handling import Batch, HandlerRuns, current_event, current_run
 
-__all__ = ["awaited", "live_run", "waiting_for"]
+__all__ = ["Wait", "awaited", "live_run", "waiting_for"]
 
 _lock = threading.Lock()
-# The bus (its router) a handler runs in -> (the bus it waits for, and for a
-# flush the ``perf_counter`` time it began: it waits for what was published
-# before), counted.
-_waits: dict[object, Counter[tuple[object, float | None]]] = {}
+
+
+class Wait:
+    """A handler of ``caller`` (its event published at ``published``) waiting for ``target``.
+
+    ``since``: a flush waits only for what was routed before its ``Flush``,
+    so for the events published before that was sent (``sent``); None (a
+    close, or a flush not sent yet): for every handler of ``target``.
+    """
+
+    __slots__ = ("caller", "circle", "published", "since", "target")
+
+    def __init__(self, caller: object, target: object, published: float | None) -> None:
+        self.caller = caller
+        self.target = target
+        self.published = published
+        self.since: float | None = None
+        self.circle = False  # the wait would close a circle: not made
+
+    def sent(self) -> None:
+        """The flush's ``Flush`` went to the router: later events are not waited for."""
+        self.since = time.perf_counter()
+
+    def covers(self, published: float | None) -> bool:
+        """Return whether this wait waits for a handler of an event published at ``published``."""
+        since = self.since
+        return since is None or published is None or published < since
+
+
+# The bus (its router) a handler runs in -> the waits of its handlers.
+_waits: dict[object, list[Wait]] = {}
 
 
 def _task() -> object:
@@ -61,7 +87,7 @@ def live_run() -> tuple[HandlerRuns, Batch] | None:
 def awaited(target: object) -> bool:
     """Return whether a handler of another bus waits for ``target`` (a router) now."""
     with _lock:
-        return any(target is bus for edges in _waits.values() for bus, _ in edges)
+        return any(w.target is target for waits in _waits.values() for w in waits)
 
 
 def _published_at(batch: Batch) -> float | None:
@@ -70,55 +96,56 @@ def _published_at(batch: Batch) -> float | None:
     return next((at for e, at in batch if e is event), None)
 
 
-def _reaches(start: object, goal: object, published: float | None) -> bool:
-    """Return whether a handler of ``start`` waits, through any buses, for ``goal``'s handler.
+def _reaches(wait: Wait) -> bool:
+    """Return whether a chain of waits leads from ``wait.target`` back to ``wait``'s handler.
 
-    That handler's event was published at ``published``: a flush of ``goal``
-    begun before it does not wait for it (None: counted as waited for).
+    Each wait in the chain must wait for the handler that makes the next
+    one (a flush does not wait for a handler of an event published after
+    it), the last one for ``wait``'s own handler.
     """
-    seen = {start}
-    todo = [start]
+    todo = list(_waits.get(wait.target, ()))
+    seen = {id(w) for w in todo}
     while todo:
-        for bus, since in _waits.get(todo.pop(), ()):
-            if bus is goal:
-                if since is None or published is None or published < since:
-                    return True
-            elif bus not in seen:
-                seen.add(bus)
-                todo.append(bus)
+        step = todo.pop()
+        if step.target is wait.caller and step.covers(wait.published):
+            return True
+        for after in _waits.get(step.target, ()):
+            if id(after) not in seen and step.covers(after.published):
+                seen.add(id(after))
+                todo.append(after)
     return False
 
 
 @contextmanager
-def waiting_for(target: object, *, flush: bool = False) -> Iterator[bool]:
+def waiting_for(target: object, *, flush: bool = False) -> Iterator[Wait | None]:
     """Note that the caller, if a handler of another bus, waits for ``target`` (a router).
 
-    Yields True, noting nothing, where that wait would close a circle: a
-    handler of ``target`` already waits for the caller's handler; a
-    ``flush`` raises ``RuntimeError`` then instead.  Outside a handler, and
-    in a handler of ``target`` itself, yields False.
+    Yields the ``Wait`` (a flush calls its ``sent`` once its ``Flush`` is
+    sent), or None outside a handler and in a handler of ``target`` itself.
+    Where the wait would close a circle (a handler of ``target`` already
+    waits, maybe through other buses, for the caller's handler) it is not
+    noted and its ``circle`` is True; a ``flush`` raises ``RuntimeError``
+    then instead.
     """
     run = live_run()
     caller = None if run is None else run[0].ports.router
     if run is None or caller is target:
-        yield False
+        yield None
         return
-    edge = (target, time.perf_counter() if flush else None)
+    wait = Wait(caller, target, _published_at(run[1]))
     with _lock:
-        circle = _reaches(target, caller, _published_at(run[1]))
-        if not circle:
-            _waits.setdefault(caller, Counter())[edge] += 1
-    if circle and flush:
+        wait.circle = _reaches(wait)
+        if not wait.circle:
+            _waits.setdefault(caller, []).append(wait)
+    if wait.circle and flush:
         msg = "flush() would wait for itself: a handler of that bus waits for this handler"
         raise RuntimeError(msg)
     try:
-        yield circle
+        yield wait
     finally:
-        if not circle:
+        if not wait.circle:
             with _lock:
-                edges = _waits[caller]
-                edges[edge] -= 1
-                if not edges[edge]:
-                    del edges[edge]
-                if not edges:
+                waits = _waits[caller]
+                waits.remove(wait)
+                if not waits:
                     del _waits[caller]

@@ -475,16 +475,16 @@ class Core:
 
     def flush(self, timeout: float | None) -> None:
         """Wait until every event published so far is handled (or dropped) and recorded."""
-        with waiting_for(self.router, flush=True):  # from a handler of another bus
-            self.start_flush().get(timeout)
+        with waiting_for(self.router, flush=True) as wait:  # from a handler of another bus
+            self.start_flush(wait.sent if wait else lambda: None).get(timeout)
 
-    def start_flush(self) -> BusFuture[None]:
+    def start_flush(self, sent: Callable[[], None] = lambda: None) -> BusFuture[None]:
         """Start a flush; the future is done once everything published so far is handled.
 
         A catch-up subscription is not a route until it has read history (the
         events published before the call reach it through the journal), so
-        the router's ``Flush`` is sent once every catch-up is caught up.
-        Raises ``RuntimeError`` inside a handler (it would wait for itself).
+        the router's ``Flush`` is sent (then ``sent`` called) once every
+        catch-up is caught up.  Raises ``RuntimeError`` inside a handler.
         """
         if running_here(self.router) is not None:
             raise RuntimeError("flush() cannot be called from inside a handler")
@@ -496,7 +496,12 @@ class Core:
             ]
         future: BusFuture[None] = BusFuture()
         inbox = self.inbox
-        latch = Latch(len(pending), lambda: inbox.put(Flush(future)))
+
+        def send() -> None:
+            inbox.put(Flush(future))
+            sent()
+
+        latch = Latch(len(pending), send)
         for caught_up in pending:
             caught_up.add_done_callback(lambda _: latch.count_down())
         return future
@@ -565,11 +570,8 @@ class Core:
         )
 
     def _fold_ended(self) -> tuple[SubscriptionStatistics, ...]:
-        """Add the figures of ended subscribers that stopped to ``_removed`` (under ``_lock``).
-
-        Return the figures of those still finishing (a batch in hand, the
-        discards of their queue), which count until they stop.
-        """
+        """Add the figures of ended subscribers that stopped to ``_removed`` (under ``_lock``);
+        return those of the ones still finishing (a batch, their queue's discards)."""
         finishing: list[SubscriberActor] = []
         figures: list[SubscriptionStatistics] = []
         removed = self._removed
@@ -580,10 +582,8 @@ class Core:
                 finishing.append(actor)
                 figures.append(stats)
                 continue
-            removed[0] += stats.delivered
-            removed[1] += stats.dropped
-            removed[2] += stats.errors
-            removed[3] += stats.expired
+            for i, n in enumerate((stats.delivered, stats.dropped, stats.errors, stats.expired)):
+                removed[i] += n
             removed[4] += stats.timeouts
         self._ended = finishing
         return tuple(figures)
