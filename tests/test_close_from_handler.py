@@ -678,3 +678,37 @@ def test_a_chain_through_a_flush_that_does_not_wait_for_the_next_handler_is_no_c
         gate.release.set()
         for bus in (a, b, c):
             bus.close(timeout=WAIT)
+
+
+# Regression: a synchronous batch lets a flush's barrier pass only at its end, so a flush waits for
+# every event of a batch that holds one routed before it; the check counted only the handler's own
+# event, published after the flush, and missed the circle (both waited until their timeouts).
+def test_a_flush_waits_for_the_whole_batch_of_an_event_it_covers() -> None:
+    a, b = EventBus(EventConfig(threads=4)), EventBus(EventConfig(threads=4))
+    gate = Gate()
+    a_result: Future[Any] = Future()
+    b_result: Future[Any] = Future()
+
+    def on_b(event: Event) -> None:
+        if event.data == 0:
+            gate(event)  # busy: 1 and 2 queue behind it, to be taken in one batch
+        elif event.data == 2:
+            b_result.set_result(outcome(lambda: a.flush(WAIT)))
+
+    a.subscribe("go", lambda event: a_result.set_result(outcome(lambda: b.flush(WAIT))))
+    b.subscribe("b.*", on_b, dedicated_thread=True)
+    try:
+        b.publish("b.x", 0)
+        assert gate.entered.wait(WAIT)
+        b.publish("b.x", 1)  # before the flush's barrier
+        a.publish("go")
+        assert wait_for(lambda: crossing.awaited(b.core.router))
+        b.publish("b.x", 2)  # after it, in the same batch as 1
+        assert wait_for(lambda: b.metrics().per_subscription[0].queued == 2)
+        gate.release.set()
+        assert isinstance(b_result.result(WAIT), RuntimeError)
+        assert a_result.result(WAIT) is None
+    finally:
+        gate.release.set()
+        a.close(timeout=WAIT)
+        b.close(timeout=WAIT)

@@ -91,9 +91,16 @@ def awaited(target: object) -> bool:
 
 
 def _published_at(batch: Batch) -> float | None:
-    """Return when the event the caller handles was published (None if not found)."""
+    """Return when the caller's batch was published, as a flush sees it (None: unknown).
+
+    A flush's barrier passes a synchronous batch only at its end, so the
+    batch's earliest event counts; an event the router made itself
+    (``$bus.*``) is timed when routed, not when queued: unknown.
+    """
     event = current_event.get()
-    return next((at for e, at in batch if e is event), None)
+    if event is None or event.event_type.startswith("$"):
+        return None
+    return min((at for _, at in batch), default=None)
 
 
 def _reaches(wait: Wait) -> bool:
