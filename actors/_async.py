@@ -373,9 +373,7 @@ class AsyncEventBus:
         if self.sync.closed:
             raise BusClosedError("the bus is closed")
         with waiting_for(self.sync.core.router, flush=True) as wait:  # from another bus's handler
-            await self._await(
-                self.sync.core.start_flush(wait.sent if wait else lambda: None), timeout
-            )
+            await self._await(self.sync.core.start_flush(wait.sent), timeout)
 
     async def _await(self, future: BusFuture[T], timeout: float | None) -> T:
         """Await ``future`` on the loop: ``BusClosedError`` if the bus stops before it is done.
@@ -451,7 +449,7 @@ class AsyncEventBus:
     async def _close(self, bus: EventBus, timeout: float | None) -> None:
         # A handler of another bus waits, unless this bus's handlers wait for it.
         with waiting_for(bus.core.router) as wait:
-            if (wait is not None and wait.circle) or running_here(bus.core.router) is not None:
+            if wait.circle or running_here(bus.core.router) is not None:
                 bus.close(timeout)  # as inside a handler of the bus: stops without waiting
                 return
             await self._close_waiting(bus, timeout)

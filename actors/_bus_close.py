@@ -122,9 +122,7 @@ class Closable:
         # A handler of another bus waits for this one, unless a handler of
         # this one waits for that bus: then neither could end (``crossing``).
         with waiting_for(self._core.router) as wait:
-            return self._close_waiting(
-                timeout, first=first, circle=wait is not None and wait.circle
-            )
+            return self._close_waiting(timeout, first=first, circle=wait.circle)
 
     def _close_waiting(
         self, timeout: float | None, *, first: bool, circle: bool

@@ -73,6 +73,18 @@ def stored(path: str) -> list[Any] | BaseException:
 # -- defect 1: a handler of another bus is outside -------------------------------------
 
 
+def held_first(closing: threading.Event, seen: Collector) -> Callable[[Event], None]:
+    """B's handler: its first event waits until A's handler is about to close B (only a
+    close that flushes B waits for the rest of them); each event goes to ``seen``."""
+
+    def handler(event: Event) -> None:
+        if event.data == 0 and not closing.wait(WAIT):
+            raise AssertionError("A's handler never closed B")
+        seen(event)
+
+    return handler
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_closing_another_bus_from_a_handler_flushes_it_and_frees_its_journal(
     tmp_path: Path, kind: str
@@ -86,14 +98,7 @@ def test_closing_another_bus_from_a_handler_flushes_it_and_frees_its_journal(
     b = PersistentEventBus(EventConfig(persistence_path=path))
     closing = threading.Event()
     seen = Collector()
-
-    def b_handler(event: Event) -> None:
-        # B's first event waits until A's handler is about to close B: only a
-        # close that flushes B waits for the rest of them.
-        if event.data == 0 and not closing.wait(WAIT):
-            raise AssertionError("A's handler never closed B")
-        seen(event)
-
+    b_handler = held_first(closing, seen)
     outcome: Future[tuple[Any, ...]] = Future()
 
     def a_handler(_: Event) -> None:
@@ -134,12 +139,7 @@ def test_aclose_of_another_bus_from_an_async_handler_flushes_it_and_frees_its_jo
     b = AsyncEventBus(bus=PersistentEventBus(EventConfig(persistence_path=path)))
     closing = threading.Event()
     seen = Collector()
-
-    def b_handler(event: Event) -> None:
-        if event.data == 0 and not closing.wait(WAIT):
-            raise AssertionError("A's handler never closed B")
-        seen(event)
-
+    b_handler = held_first(closing, seen)
     outcome: Future[tuple[Any, ...]] = Future()
 
     async def a_handler(_: Event) -> None:

@@ -89,6 +89,22 @@ def receiver_of(a: Node, tmp_path: Path, **node: Any) -> dict[str, Any]:
     }
 
 
+def receiving_first_100(
+    cluster: list[Any], tmp_path: Path, a: Node
+) -> tuple[dict[str, Any], list[Node], Node]:
+    """Start ``d`` on ``a``'s ``job.*``; it syncs and journals ``a``'s first 100 events.
+
+    Returns ``d``'s config, its incarnations and ``d``.
+    """
+    d_config = receiver_of(a, tmp_path)
+    lives: list[Node] = []
+    d = restart(cluster, lives, d_config)
+    d.ask("sync a", "synced")
+    a.ask("publish job.a 0 100", "published")
+    journal_is(d, "job.a", list(range(100)))
+    return d_config, lives, d
+
+
 def first_life(cluster: list[Any], tmp_path: Path, a: Node) -> tuple[dict[str, Any], list[Node]]:
     """Start ``d`` on ``a``'s ``job.*``; it syncs, gets 100 events and is killed.
 
@@ -443,12 +459,7 @@ def test_an_origin_restarted_twice_on_a_fresh_journal_while_the_receiver_is_down
     cluster: list[Any], tmp_path: Path
 ) -> None:
     a = persistent_a(cluster, tmp_path)
-    d_config = receiver_of(a, tmp_path)
-    lives: list[Node] = []
-    d = restart(cluster, lives, d_config)
-    d.ask("sync a", "synced")
-    a.ask("publish job.a 0 100", "published")
-    journal_is(d, "job.a", list(range(100)))
+    d_config, lives, d = receiving_first_100(cluster, tmp_path, a)
     a.ask("publish job.a 100 150", "published")
     journal_is(d, "job.a", list(range(150)))  # the watermark of the first 100 is saved before
     d.kill()
@@ -487,12 +498,7 @@ def test_an_origin_moved_back_to_a_journal_followed_before_is_journaled_once(
 ) -> None:
     a_config = a_config_of(tmp_path)
     a = start(cluster, **a_config)
-    d_config = receiver_of(a, tmp_path)
-    lives: list[Node] = []
-    d = restart(cluster, lives, d_config)
-    d.ask("sync a", "synced")
-    a.ask("publish job.a 0 100", "published")
-    journal_is(d, "job.a", list(range(100)))
+    d_config, lives, d = receiving_first_100(cluster, tmp_path, a)
     a.close()
     moved = {**a_config, "path": str(tmp_path / "a-fresh")}
     if middle == "no journal":

@@ -47,11 +47,11 @@ __all__ = [
     "POSITION",
     "SavedMark",
     "epoch_name",
+    "left_items",
     "load_journaled",
-    "numbering_name",
     "load_mark",
     "load_received",
-    "left_items",
+    "numbering_name",
     "watermark_name",
 ]
 

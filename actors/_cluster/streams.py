@@ -311,13 +311,11 @@ class Inbound(Ranges):
             self.rejected += 1
             return []
         if st.epoch != epoch:
-            if st.epoch is not None:
-                self._incarnation(st, epoch, base, numbering)
-                if not st.awaiting_sync:
-                    st.awaiting_sync = True
-                    st.sync_since = now
-            st.epoch = epoch
-            st.numbering = numbering if numbering is not None else st.numbering
+            restarted = st.epoch is not None
+            self._incarnation(st, epoch, base, numbering)  # takes the epoch and numbering
+            if restarted and not st.awaiting_sync:
+                st.awaiting_sync = True
+                st.sync_since = now
             st.head = head
             return []
         if numbering is not None:

@@ -124,20 +124,20 @@ def _reaches(wait: Wait) -> bool:
 
 
 @contextmanager
-def waiting_for(target: object, *, flush: bool = False) -> Iterator[Wait | None]:
+def waiting_for(target: object, *, flush: bool = False) -> Iterator[Wait]:
     """Note that the caller, if a handler of another bus, waits for ``target`` (a router).
 
     Yields the ``Wait`` (a flush calls its ``sent`` once its ``Flush`` is
-    sent), or None outside a handler and in a handler of ``target`` itself.
-    Where the wait would close a circle (a handler of ``target`` already
-    waits, maybe through other buses, for the caller's handler) it is not
-    noted and its ``circle`` is True; a ``flush`` raises ``RuntimeError``
-    then instead.
+    sent); outside a handler, and in a handler of ``target`` itself, one
+    that is not noted (nothing can wait for it).  Where the wait would close
+    a circle (a handler of ``target`` already waits, maybe through other
+    buses, for the caller's handler) it is not noted and its ``circle`` is
+    True; a ``flush`` raises ``RuntimeError`` then instead.
     """
     run = live_run()
     caller = None if run is None else run[0].ports.router
     if run is None or caller is target:
-        yield None
+        yield Wait(caller, target, None)
         return
     wait = Wait(caller, target, _published_at(run[1]))
     with _lock:

@@ -476,7 +476,7 @@ class Core:
     def flush(self, timeout: float | None) -> None:
         """Wait until every event published so far is handled (or dropped) and recorded."""
         with waiting_for(self.router, flush=True) as wait:  # from a handler of another bus
-            self.start_flush(wait.sent if wait else lambda: None).get(timeout)
+            self.start_flush(wait.sent).get(timeout)
 
     def start_flush(self, sent: Callable[[], None] = lambda: None) -> BusFuture[None]:
         """Start a flush; the future is done once everything published so far is handled.
@@ -582,9 +582,9 @@ class Core:
                 finishing.append(actor)
                 figures.append(stats)
                 continue
-            for i, n in enumerate((stats.delivered, stats.dropped, stats.errors, stats.expired)):
+            ended = (stats.delivered, stats.dropped, stats.errors, stats.expired, stats.timeouts)
+            for i, n in enumerate(ended):
                 removed[i] += n
-            removed[4] += stats.timeouts
         self._ended = finishing
         return tuple(figures)
 

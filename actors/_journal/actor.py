@@ -130,14 +130,10 @@ class JournalActor(DispatchedActor):
                 futures if futures is not None else [None] * len(message.events)
             )
         elif type(message) is SaveCheckpoint:
-            # Stored in the order last set (a checkpoint set again moves to
-            # the end): one saved after another is on disk only if that one is.
-            self._checkpoints.pop(message.name, None)
+            # Written at the end of the turn, with the turn's other checkpoints.
             self._checkpoints[message.name] = message.sequence
-        elif type(message) is SaveCheckpoints:  # a group: written together, as a turn's are
-            for name, sequence in message.items:
-                self._checkpoints.pop(name, None)
-                self._checkpoints[name] = sequence
+        elif type(message) is SaveCheckpoints:  # a group: within one turn, so one write
+            self._checkpoints.update(message.items)
         elif type(message) is KeepFrom:
             pending = self._pending
             last = (pending[-1].sequence or 0) if pending else self.storage.last_sequence()
