@@ -204,7 +204,11 @@ def test_stream_frames_with_huge_part_counts_or_numbers_past_64_bits_are_dropped
         [b"job.", b"\x01\x01"],  # two
         [*hb, b"{}", b"", b""],  # five
     ]
-    for field in ('"head": 18446744073709551616', '"head": -1', '"epoch": -7', '"chains": [1]'):
+    fields = ['"head": 18446744073709551616', '"head": -1', '"epoch": -7', '"chains": [1]']
+    # A journal's numbering (docs/wire.md): out of range or not an integer, never taken.
+    fields += ['"numbering": -1', '"numbering": 18446744073709551616', '"numbering": "j1"']
+    fields += ['"numbering": 1.5', '"numbering": null']
+    for field in fields:
         body = '{"node": "fake", "epoch": 7, "base": 1, "head": 1, ' + field + "}"
         shapes.append([*hb, body.encode()])  # the last value of a repeated key wins
     for parts in shapes:
