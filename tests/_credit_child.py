@@ -4,8 +4,11 @@ Run as ``python tests/_credit_child.py CONFIG_JSON``.  CONFIG_JSON holds
 ``name``, ``listen``, ``peers``, ``node`` (extra ``NodeConfig`` fields),
 ``block_timeout``, optional ``path`` (a persistent bus, ``durability="sync"``:
 a flood then starts after the last ``data`` in its journal) and, for a
-receiver, ``pattern``, ``overflow`` (of its subscription), ``work``
-(iterations of busy work per event: a slower handler) and ``gated`` (the
+receiver, ``pattern``, ``overflow`` (of its subscription), ``slow_us``
+(microseconds per event the handler takes, paid in pauses of ``PAUSE`` s
+that leave the CPU to the other processes: a slower handler, as one that
+waits for an LLM is), ``work`` (iterations of busy work per event: a
+handler slower by its CPU, ``bench/flood.py``) and ``gated`` (the
 handler waits in its first event until ``release``).  The receiver checks what it gets: event
 ``data`` must run 0, 1, 2, ... (order, no duplicate, nothing lost).  It
 prints ``ready ENDPOINT`` once started, then answers one line per command:
@@ -51,6 +54,7 @@ from actors import (
 )
 
 WAIT = 120.0
+PAUSE = 0.002  # s: a pause of a slower handler (``slow_us``)
 
 
 def say(line: str) -> None:
@@ -72,8 +76,10 @@ def memory() -> dict[str, int]:
 class Checker:
     """The receiver's handler: counts, and checks that data runs 0, 1, 2, ..."""
 
-    def __init__(self, work: int, gated: bool) -> None:
+    def __init__(self, slow_us: float, work: int, gated: bool) -> None:
         self.work = work
+        self.every = max(1, round(PAUSE * 1e6 / slow_us)) if slow_us else 0  # events per pause
+        self.pause = threading.Event()  # never set: its wait is the pause
         self.gate = threading.Event()
         if not gated:
             self.gate.set()
@@ -86,6 +92,8 @@ class Checker:
 
     def __call__(self, event: Event) -> None:
         self.gate.wait(WAIT)
+        if self.every and self.count % self.every == 0:
+            self.pause.wait(PAUSE)
         total = 0
         for i in range(self.work):
             total += i
@@ -151,7 +159,7 @@ def main() -> None:
         bus = EventBus(EventConfig(block_timeout=block_timeout), node=node)
     bridge = bus.node
     assert bridge is not None
-    checker = Checker(cfg.get("work", 0), cfg.get("gated", False))
+    checker = Checker(cfg.get("slow_us", 0), cfg.get("work", 0), cfg.get("gated", False))
     lagging: list[Any] = []
     lagged = threading.Condition()
 

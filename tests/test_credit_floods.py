@@ -88,7 +88,7 @@ def test_a_flood_through_a_broker_arrives_whole_in_order_with_bounded_memory(
         procs,
         batch=batch,
         origin={"block_timeout": WAIT},
-        receiver={"work": 2000},  # a handler slower than the origin publishes
+        receiver={"slow_us": 40},  # a handler slower than the origin publishes
         broker=broker_proc.endpoint,
     )
     a.wait = b.wait = FLOOD_WAIT
@@ -138,7 +138,7 @@ def test_a_persistent_origin_killed_mid_flood_and_restarted_loses_no_acknowledge
     }
     # The default DROP_OLDEST with a capacity of one credit window: the
     # backfill after each restart obeys the window too (docs/cluster.md).
-    receiver = {"work": 500, "node": fast, "capacity": WINDOW}
+    receiver = {"slow_us": 10, "node": fast, "capacity": WINDOW}
     a, b = pair(procs, origin=origin, receiver=receiver)
     b.wait = FLOOD_WAIT  # the child's own wait (120 s) answers first, with its figures
     origin["node"] = {"batch_size": 256, "send_queue": QUEUE, "recovery_ring": RING, **fast}

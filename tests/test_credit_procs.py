@@ -88,7 +88,7 @@ def test_a_flood_at_a_slower_receiver_arrives_whole_in_order_with_bounded_memory
         procs,
         batch=batch,
         origin={"block_timeout": WAIT},
-        receiver={"work": 2000},  # a handler slower than the origin publishes
+        receiver={"slow_us": 40},  # a handler slower than the origin publishes
     )
     flooded = a.answer(f"flood flood.x {n} 1000", "flooded ")
     got = b.answer(f"count {n}", "count ")
