@@ -40,6 +40,7 @@ from actors import (
     SubscriptionStatistics,
 )
 from actors._core import crossing
+from actors._core.messages import Barrier, Flush
 from tests._support import WAIT, Collector, Gate, wait_for
 
 KINDS = ["shared", "dedicated", "async"]
@@ -568,6 +569,61 @@ def test_a_close_from_an_event_a_flush_does_not_wait_for_is_no_circle() -> None:
         assert "flushed" in handled
     finally:
         gate.release.set()
+        a.close(timeout=WAIT)
+        b.close(timeout=WAIT)
+
+
+# Regression: an event whose ``publish`` waited for room in B's full router inbox was timed
+# before it waited, so a flush of B that went in ahead of it seemed to wait for its handler: a
+# close of A from that handler acted as from inside (a false circle) and gave up A's handler.
+def test_an_event_that_waited_for_room_behind_a_flush_closes_no_circle_with_it() -> None:
+    a, b = EventBus(EventConfig(threads=4)), EventBus(EventConfig(threads=4, buffer_size=1))
+    gate = Gate()
+    go, stalled, unstall = threading.Event(), threading.Event(), threading.Event()
+    handled: list[Any] = []
+    closed: Future[tuple[SubscriptionStatistics, ...]] = Future()
+
+    def forward(event: Event) -> None:  # a handler of A: flushes B once told to
+        b.publish("b.item")
+        if not go.wait(WAIT):
+            raise AssertionError("never told to flush")
+        b.flush()
+        handled.append("flushed")
+
+    def close_a(event: Event) -> None:  # a handler of B, on an event routed after that flush
+        gate.release.set()
+        closed.set_result(a.close())
+
+    def stall() -> None:  # on B's router thread: its inbox fills meanwhile
+        stalled.set()
+        unstall.wait(WAIT)
+
+    a.subscribe("a.fwd", forward, dedicated_thread=True)
+    b.subscribe("b.item", gate, dedicated_thread=True)  # the flush of B lasts until released
+    b.subscribe("b.shutdown", close_a, dedicated_thread=True)
+    inbox = b.core.inbox
+    late = threading.Thread(target=lambda: b.publish("b.shutdown"))
+    try:
+        a.publish("a.fwd")
+        assert gate.entered.wait(WAIT)
+        inbox.put(Barrier(stall))
+        assert stalled.wait(WAIT)
+        while inbox.capacity is not None and len(inbox) < inbox.capacity:
+            b.publish("b.fill")  # no subscriber: fills the inbox only
+        late.start()  # timed now, put once there is room: behind the flush
+        assert wait_for(lambda: inbox._waiting == 1)  # noqa: SLF001
+        go.set()
+        assert wait_for(lambda: crossing.awaited(b.core.router))
+        items = inbox._items  # noqa: SLF001
+        assert wait_for(lambda: any(type(m) is Flush for m in list(items)))
+        unstall.set()
+        assert closed.result(WAIT) == ()
+        assert handled == ["flushed"]
+    finally:
+        unstall.set()
+        go.set()
+        gate.release.set()
+        late.join(WAIT)
         a.close(timeout=WAIT)
         b.close(timeout=WAIT)
 

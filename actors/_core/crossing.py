@@ -9,8 +9,9 @@ raises).  The check and the note are one step under a lock: of two handlers
 that begin such waits at once, the second sees the first.
 
 A ``close`` of B waits for every handler of B; a ``flush`` only for the
-events published before it: a handler of B whose event came later closes no
-circle with it (the time each event was published tells).  Only a handler
+events B's router routed before its ``Flush``: a handler of B whose event
+came later closes no circle with it (the sequence each event was given
+tells, against the router's next sequence when it took the ``Flush``).  Only a handler
 running now counts: a thread or task it began (which inherits its context),
 or a call its ``timeout`` left behind, waits as any outside caller does.
 """
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -31,30 +31,31 @@ _lock = threading.Lock()
 
 
 class Wait:
-    """A handler of ``caller`` (its event published at ``published``) waiting for ``target``.
+    """A handler of ``caller`` (its batch's first sequence ``first``) waiting for ``target``.
 
-    ``since``: a flush waits only for what was routed before its ``Flush``,
-    so for the events published before that was sent (``sent``); None (a
-    close, or a flush not sent yet): for every handler of ``target``.
+    ``below``: a flush waits only for what ``target``'s router routed before
+    its ``Flush``, the sequences below ``below`` (``routed``); None (a
+    close, or a ``Flush`` not taken yet): for every handler of ``target``,
+    whose events were all routed before any ``Flush`` still to come.
     """
 
-    __slots__ = ("caller", "circle", "published", "since", "target")
+    __slots__ = ("below", "caller", "circle", "first", "target")
 
-    def __init__(self, caller: object, target: object, published: float | None) -> None:
+    def __init__(self, caller: object, target: object, first: int | None) -> None:
         self.caller = caller
         self.target = target
-        self.published = published
-        self.since: float | None = None
+        self.first = first
+        self.below: int | None = None
         self.circle = False  # the wait would close a circle: not made
 
-    def sent(self) -> None:
-        """The flush's ``Flush`` went to the router: later events are not waited for."""
-        self.since = time.perf_counter()
+    def routed(self, below: int) -> None:
+        """The router took the flush's ``Flush`` before sequence ``below`` (its thread)."""
+        self.below = below
 
-    def covers(self, published: float | None) -> bool:
-        """Return whether this wait waits for a handler of an event published at ``published``."""
-        since = self.since
-        return since is None or published is None or published < since
+    def covers(self, first: int | None) -> bool:
+        """Return whether this wait waits for a handler of a batch that begins at ``first``."""
+        below = self.below
+        return below is None or first is None or first < below
 
 
 # The bus (its router) a handler runs in -> the waits of its handlers.
@@ -90,34 +91,32 @@ def awaited(target: object) -> bool:
         return any(w.target is target for waits in _waits.values() for w in waits)
 
 
-def _published_at(batch: Batch) -> float | None:
-    """Return when the caller's batch was published, as a flush sees it (None: unknown).
+def _first_sequence(batch: Batch) -> int | None:
+    """Return the caller's batch's first sequence, as a flush sees it (None: unknown).
 
     A flush's barrier passes a synchronous batch only at its end, so the
-    batch's earliest event counts; an event the router made itself
-    (``$bus.*``) is timed when routed, not when queued: unknown.
+    batch's earliest event counts.
     """
-    event = current_event.get()
-    if event is None or event.event_type.startswith("$"):
+    if current_event.get() is None:
         return None
-    return min((at for _, at in batch), default=None)
+    return min((e.sequence for e, _ in batch if e.sequence is not None), default=None)
 
 
 def _reaches(wait: Wait) -> bool:
     """Return whether a chain of waits leads from ``wait.target`` back to ``wait``'s handler.
 
     Each wait in the chain must wait for the handler that makes the next
-    one (a flush does not wait for a handler of an event published after
+    one (a flush does not wait for a handler of an event routed after
     it), the last one for ``wait``'s own handler.
     """
     todo = list(_waits.get(wait.target, ()))
     seen = {id(w) for w in todo}
     while todo:
         step = todo.pop()
-        if step.target is wait.caller and step.covers(wait.published):
+        if step.target is wait.caller and step.covers(wait.first):
             return True
         for after in _waits.get(step.target, ()):
-            if id(after) not in seen and step.covers(after.published):
+            if id(after) not in seen and step.covers(after.first):
                 seen.add(id(after))
                 todo.append(after)
     return False
@@ -127,8 +126,8 @@ def _reaches(wait: Wait) -> bool:
 def waiting_for(target: object, *, flush: bool = False) -> Iterator[Wait]:
     """Note that the caller, if a handler of another bus, waits for ``target`` (a router).
 
-    Yields the ``Wait`` (a flush calls its ``sent`` once its ``Flush`` is
-    sent); outside a handler, and in a handler of ``target`` itself, one
+    Yields the ``Wait`` (a flush has the router call its ``routed`` as it
+    takes the ``Flush``); outside a handler, and in a handler of ``target`` itself, one
     that is not noted (nothing can wait for it).  Where the wait would close
     a circle (a handler of ``target`` already waits, maybe through other
     buses, for the caller's handler) it is not noted and its ``circle`` is
@@ -139,7 +138,7 @@ def waiting_for(target: object, *, flush: bool = False) -> Iterator[Wait]:
     if run is None or caller is target:
         yield Wait(caller, target, None)
         return
-    wait = Wait(caller, target, _published_at(run[1]))
+    wait = Wait(caller, target, _first_sequence(run[1]))
     with _lock:
         wait.circle = _reaches(wait)
         if not wait.circle:

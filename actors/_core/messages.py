@@ -112,9 +112,14 @@ class Closing:
 
 @dataclass(frozen=True, slots=True)
 class Flush:
-    """Resolve ``future`` once everything published before it is handled and recorded."""
+    """Resolve ``future`` once everything published before it is handled and recorded.
+
+    ``routed`` is called first, on the router's thread, with its next
+    sequence: the events it waits for are those below it.
+    """
 
     future: BusFuture[None]
+    routed: Callable[[int], None] | None = None
 
 
 @dataclass(frozen=True, slots=True)

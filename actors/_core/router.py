@@ -198,6 +198,8 @@ class RouterActor(DispatchedActor):
         elif type(message) is RoomFreed:
             self.guard.clear(message.gate)
         elif type(message) is Flush:
+            if message.routed is not None:
+                message.routed(self.next_sequence)
             self._flush(message.future)
         elif type(message) is Closing:
             self._closing = True

@@ -476,15 +476,16 @@ class Core:
     def flush(self, timeout: float | None) -> None:
         """Wait until every event published so far is handled (or dropped) and recorded."""
         with waiting_for(self.router, flush=True) as wait:  # from a handler of another bus
-            self.start_flush(wait.sent).get(timeout)
+            self.start_flush(wait.routed).get(timeout)
 
-    def start_flush(self, sent: Callable[[], None] = lambda: None) -> BusFuture[None]:
+    def start_flush(self, routed: Callable[[int], None] | None = None) -> BusFuture[None]:
         """Start a flush; the future is done once everything published so far is handled.
 
         A catch-up subscription is not a route until it has read history (the
         events published before the call reach it through the journal), so
-        the router's ``Flush`` is sent (then ``sent`` called) once every
-        catch-up is caught up.  Raises ``RuntimeError`` inside a handler.
+        the router's ``Flush`` is sent once every catch-up is caught up (the
+        router calls ``routed`` with its next sequence as it takes it).
+        Raises ``RuntimeError`` inside a handler.
         """
         if running_here(self.router) is not None:
             raise RuntimeError("flush() cannot be called from inside a handler")
@@ -498,8 +499,7 @@ class Core:
         inbox = self.inbox
 
         def send() -> None:
-            inbox.put(Flush(future))
-            sent()
+            inbox.put(Flush(future, routed))
 
         latch = Latch(len(pending), send)
         for caught_up in pending:
