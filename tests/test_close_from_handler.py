@@ -628,6 +628,68 @@ def test_an_event_that_waited_for_room_behind_a_flush_closes_no_circle_with_it()
         b.close(timeout=WAIT)
 
 
+def flush_taken(router: object) -> bool:
+    """Return whether a handler's flush of the bus of ``router`` had its ``Flush`` taken."""
+    with crossing._lock:  # noqa: SLF001
+        waits = [w for ws in crossing._waits.values() for w in ws]  # noqa: SLF001
+    return any(w.target is router and w.pending is not None for w in waits)
+
+
+# Regression (also before the sequences above): a flush counted every handler of B whose event
+# came before it, but it waits only for the subscriptions it put a barrier in, each until that
+# passes.  A catch-up subscription made after it replays old events; a cancelled subscription's
+# handler may still run.  A close of A from either acted as from inside and gave up A's handler.
+@pytest.mark.parametrize("late", ["catch-up", "cancelled"])
+def test_a_handler_of_a_subscription_the_flush_has_no_barrier_in_closes_no_circle(
+    tmp_path: Path, late: str
+) -> None:
+    a = EventBus(EventConfig(threads=4))
+    b = PersistentEventBus(EventConfig(threads=4, persistence_path=str(tmp_path / "b")))
+    gate = Gate()
+    running, go = threading.Event(), threading.Event()
+    handled: list[Any] = []
+    closed: Future[tuple[SubscriptionStatistics, ...]] = Future()
+
+    def forward(event: Event) -> None:  # a handler of A: its flush of B waits for the gate only
+        b.publish("b.item")
+        b.flush()
+        handled.append("flushed")
+
+    def close_a(event: Event) -> None:  # a handler of B that the flush does not wait for
+        running.set()
+        if not go.wait(WAIT):
+            raise AssertionError("never let go")
+        gate.release.set()
+        closed.set_result(a.close())
+
+    a.subscribe("a.fwd", forward, dedicated_thread=True)
+    b.subscribe("b.item", gate, dedicated_thread=True)
+    try:
+        if late == "cancelled":  # running, then cancelled: no route when the flush is taken
+            sub = b.subscribe("b.old", close_a, dedicated_thread=True)
+            b.publish("b.old")
+            assert running.wait(WAIT)
+            sub.unsubscribe()
+            assert wait_for(lambda: all(s.id != sub.id for s in b.subscriptions()))
+        else:
+            b.publish("b.old")
+            b.flush(WAIT)
+        a.publish("a.fwd")
+        assert gate.entered.wait(WAIT)
+        assert wait_for(lambda: flush_taken(b.core.router))
+        if late == "catch-up":  # made after the flush was taken: replays b.old
+            b.subscribe("b.old", close_a, from_sequence=1, dedicated_thread=True)
+            assert running.wait(WAIT)
+        go.set()
+        assert closed.result(WAIT) == ()
+        assert handled == ["flushed"]
+    finally:
+        go.set()
+        gate.release.set()
+        a.close(timeout=WAIT)
+        b.close(timeout=WAIT)
+
+
 # Regression: ``aclose()`` and the async ``flush()`` of another bus were not noted as waits, so a
 # handler of B closing A while A's async handler awaited B's ``aclose()`` hung both for ever.
 @pytest.mark.parametrize("wait", ["aclose", "flush"])

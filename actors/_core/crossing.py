@@ -9,9 +9,9 @@ raises).  The check and the note are one step under a lock: of two handlers
 that begin such waits at once, the second sees the first.
 
 A ``close`` of B waits for every handler of B; a ``flush`` only for the
-events B's router routed before its ``Flush``: a handler of B whose event
-came later closes no circle with it (the sequence each event was given
-tells, against the router's next sequence when it took the ``Flush``).  Only a handler
+subscriptions its ``Flush`` put a barrier in, each until it has handled
+the events routed before it: a handler of B whose subscription's barrier
+passed (or that had none) closes no circle with it.  Only a handler
 running now counts: a thread or task it began (which inherits its context),
 or a call its ``timeout`` left behind, waits as any outside caller does.
 """
@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from actors._core.handling import Batch, HandlerRuns, current_event, current_run
+from actors._core.handling import Batch, HandlerRuns, current_run
 
 __all__ = ["Wait", "awaited", "live_run", "waiting_for"]
 
@@ -31,31 +31,39 @@ _lock = threading.Lock()
 
 
 class Wait:
-    """A handler of ``caller`` (its batch's first sequence ``first``) waiting for ``target``.
+    """A handler of ``caller`` (its subscription's mailbox ``mailbox``) waiting for ``target``.
 
-    ``below``: a flush waits only for what ``target``'s router routed before
-    its ``Flush``, the sequences below ``below`` (``routed``); None (a
-    close, or a ``Flush`` not taken yet): for every handler of ``target``,
-    whose events were all routed before any ``Flush`` still to come.
+    ``pending``: a flush waits only for the subscriptions of ``target`` that
+    its ``Flush`` put a barrier in, and for each until that barrier passes
+    (``taken``, then ``passed``); None (a close, or a ``Flush`` not taken
+    yet): for every handler of ``target``.
     """
 
-    __slots__ = ("below", "caller", "circle", "first", "target")
+    __slots__ = ("caller", "circle", "mailbox", "pending", "target")
 
-    def __init__(self, caller: object, target: object, first: int | None) -> None:
+    def __init__(self, caller: object, target: object, mailbox: object) -> None:
         self.caller = caller
         self.target = target
-        self.first = first
-        self.below: int | None = None
+        self.mailbox = mailbox
+        self.pending: set[object] | None = None
         self.circle = False  # the wait would close a circle: not made
 
-    def routed(self, below: int) -> None:
-        """The router took the flush's ``Flush`` before sequence ``below`` (its thread)."""
-        self.below = below
+    def taken(self, mailboxes: list[object]) -> Callable[[object], None]:
+        """The router took the ``Flush`` with barriers in ``mailboxes`` (its thread).
 
-    def covers(self, first: int | None) -> bool:
-        """Return whether this wait waits for a handler of a batch that begins at ``first``."""
-        below = self.below
-        return below is None or first is None or first < below
+        Returns what to call with each mailbox as its barrier passes.
+        """
+        self.pending = set(mailboxes)
+        return self.pending.discard
+
+    def covers(self, mailbox: object) -> bool:
+        """Return whether this wait waits for a handler of the subscription of ``mailbox``.
+
+        A subscription whose barrier passed (or that had none: made later,
+        or cancelled before, its handler maybe still running) is not waited for.
+        """
+        pending = self.pending
+        return pending is None or mailbox in pending
 
 
 # The bus (its router) a handler runs in -> the waits of its handlers.
@@ -91,17 +99,6 @@ def awaited(target: object) -> bool:
         return any(w.target is target for waits in _waits.values() for w in waits)
 
 
-def _first_sequence(batch: Batch) -> int | None:
-    """Return the caller's batch's first sequence, as a flush sees it (None: unknown).
-
-    A flush's barrier passes a synchronous batch only at its end, so the
-    batch's earliest event counts.
-    """
-    if current_event.get() is None:
-        return None
-    return min((e.sequence for e, _ in batch if e.sequence is not None), default=None)
-
-
 def _reaches(wait: Wait) -> bool:
     """Return whether a chain of waits leads from ``wait.target`` back to ``wait``'s handler.
 
@@ -113,10 +110,10 @@ def _reaches(wait: Wait) -> bool:
     seen = {id(w) for w in todo}
     while todo:
         step = todo.pop()
-        if step.target is wait.caller and step.covers(wait.first):
+        if step.target is wait.caller and step.covers(wait.mailbox):
             return True
         for after in _waits.get(step.target, ()):
-            if id(after) not in seen and step.covers(after.first):
+            if id(after) not in seen and step.covers(after.mailbox):
                 seen.add(id(after))
                 todo.append(after)
     return False
@@ -126,7 +123,7 @@ def _reaches(wait: Wait) -> bool:
 def waiting_for(target: object, *, flush: bool = False) -> Iterator[Wait]:
     """Note that the caller, if a handler of another bus, waits for ``target`` (a router).
 
-    Yields the ``Wait`` (a flush has the router call its ``routed`` as it
+    Yields the ``Wait`` (a flush has the router call its ``taken`` as it
     takes the ``Flush``); outside a handler, and in a handler of ``target`` itself, one
     that is not noted (nothing can wait for it).  Where the wait would close
     a circle (a handler of ``target`` already waits, maybe through other
@@ -138,7 +135,7 @@ def waiting_for(target: object, *, flush: bool = False) -> Iterator[Wait]:
     if run is None or caller is target:
         yield Wait(caller, target, None)
         return
-    wait = Wait(caller, target, _first_sequence(run[1]))
+    wait = Wait(caller, target, run[0].actor_inbox)
     with _lock:
         wait.circle = _reaches(wait)
         if not wait.circle:

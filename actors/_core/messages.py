@@ -6,7 +6,7 @@ import threading
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from actors._core.routes import Route
 
@@ -114,12 +114,13 @@ class Closing:
 class Flush:
     """Resolve ``future`` once everything published before it is handled and recorded.
 
-    ``routed`` is called first, on the router's thread, with its next
-    sequence: the events it waits for are those below it.
+    ``taken`` is called first, on the router's thread, with the mailboxes
+    the flush puts a barrier in; what it returns is called with each one
+    as its barrier passes.
     """
 
     future: BusFuture[None]
-    routed: Callable[[int], None] | None = None
+    taken: Callable[[list[Any]], Callable[[Any], None]] | None = None
 
 
 @dataclass(frozen=True, slots=True)

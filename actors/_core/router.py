@@ -29,6 +29,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from actors._codec.events import restamp_in_place, restamp_wire
@@ -89,6 +90,17 @@ _DEAD_LETTER = "$bus.deadletter"  # the journal reads them by this type (DEAD_LE
 # A plan: the routes of one event type, whether any has a filter, whether any
 # is REJECT (checked before), whether any is BLOCK (marked full after).
 _Plan = tuple[tuple[Route, ...], bool, bool, bool]
+
+
+FlushTaken = Callable[[list[Any]], Callable[[Any], None]]
+"""A flush's ``taken`` (``Flush``): told the mailboxes it waits for, then each as it passes."""
+
+
+def _barrier_passed(
+    passed: Callable[[Any], None], mailbox: Any, count_down: Callable[[], None]
+) -> None:
+    passed(mailbox)
+    count_down()
 
 
 class RouterActor(DispatchedActor):
@@ -198,9 +210,7 @@ class RouterActor(DispatchedActor):
         elif type(message) is RoomFreed:
             self.guard.clear(message.gate)
         elif type(message) is Flush:
-            if message.routed is not None:
-                message.routed(self.next_sequence)
-            self._flush(message.future)
+            self._flush(message.future, message.taken)
         elif type(message) is Closing:
             self._closing = True
             self.guard.close()
@@ -436,7 +446,7 @@ class RouterActor(DispatchedActor):
 
     # -- flush ----------------------------------------------------------------
 
-    def _flush(self, future: BusFuture[None]) -> None:
+    def _flush(self, future: BusFuture[None], taken: FlushTaken | None = None) -> None:
         self._send_records()
         mailboxes = [r.mailbox for r, _ in self._routes.values()]
         recorders = list(self._recorders)
@@ -445,8 +455,12 @@ class RouterActor(DispatchedActor):
         latch = Latch(len(mailboxes) + len(recorders), lambda: future.set(None))
         self._flushes = [f for f in self._flushes if not f.done()]
         self._flushes.append(future)
+        passed = None if taken is None else taken(mailboxes)  # before any barrier can pass
         for mailbox in mailboxes:
-            mailbox.add_barrier(latch.count_down)
+            if passed is None:
+                mailbox.add_barrier(latch.count_down)
+            else:
+                mailbox.add_barrier(partial(_barrier_passed, passed, mailbox, latch.count_down))
         for recorder in recorders:
             recorder.put(Barrier(latch.count_down))
 

@@ -53,7 +53,7 @@ from actors._core.policies import DEFAULT_RETRY_BACKOFF, HandlerPolicy
 from actors._core.ports import SubscriberPorts
 from actors._core.publishing import Publisher
 from actors._core.ratelimit import TokenBucket
-from actors._core.router import RouterActor
+from actors._core.router import FlushTaken, RouterActor
 from actors._core.router_reads import RouterReads
 from actors._core.routes import Route
 from actors._core.subscriber import (
@@ -476,15 +476,15 @@ class Core:
     def flush(self, timeout: float | None) -> None:
         """Wait until every event published so far is handled (or dropped) and recorded."""
         with waiting_for(self.router, flush=True) as wait:  # from a handler of another bus
-            self.start_flush(wait.routed).get(timeout)
+            self.start_flush(wait.taken).get(timeout)
 
-    def start_flush(self, routed: Callable[[int], None] | None = None) -> BusFuture[None]:
+    def start_flush(self, taken: FlushTaken | None = None) -> BusFuture[None]:
         """Start a flush; the future is done once everything published so far is handled.
 
         A catch-up subscription is not a route until it has read history (the
         events published before the call reach it through the journal), so
         the router's ``Flush`` is sent once every catch-up is caught up (the
-        router calls ``routed`` with its next sequence as it takes it).
+        router calls ``taken`` as it takes it: ``Flush``).
         Raises ``RuntimeError`` inside a handler.
         """
         if running_here(self.router) is not None:
@@ -499,7 +499,7 @@ class Core:
         inbox = self.inbox
 
         def send() -> None:
-            inbox.put(Flush(future, routed))
+            inbox.put(Flush(future, taken))
 
         latch = Latch(len(pending), send)
         for caught_up in pending:
