@@ -690,6 +690,56 @@ def test_a_handler_of_a_subscription_the_flush_has_no_barrier_in_closes_no_circl
         b.close(timeout=WAIT)
 
 
+# Regression: a handler of B waiting for A stayed a link of the circle check after B's
+# ``timeout`` left its call behind (B waits for it no more), and a flush of B counted a
+# cancelled subscription's running handler until B's router took the ``Flush``: a flush of B
+# from A's handler then raised RuntimeError, and a close acted as from inside.
+@pytest.mark.parametrize(
+    ("gone", "call"), [("left behind", "flush"), ("left behind", "close"), ("cancelled", "flush")]
+)
+def test_a_handler_of_b_that_b_no_longer_waits_for_closes_no_circle(gone: str, call: str) -> None:
+    # (A close of B does wait for a cancelled subscription's running handler: a real circle.)
+    a, b = EventBus(EventConfig(threads=4)), EventBus(EventConfig(threads=4))
+    more = Collector()
+    go = threading.Event()
+    from_a: Future[Any] = Future()
+    from_b: Future[Any] = Future()
+
+    def on_a(event: Event) -> None:  # what B's handler's flush of A waits for
+        if not go.wait(WAIT):
+            raise AssertionError("never let go")
+        try:
+            from_a.set_result(b.flush(WAIT) if call == "flush" else b.close(timeout=WAIT))
+        except BaseException as exc:
+            from_a.set_exception(exc)
+
+    def on_b(event: Event) -> None:
+        from_b.set_result(a.flush(WAIT))
+
+    a.subscribe("a.go", on_a, dedicated_thread=True)
+    options: dict[str, Any] = {"timeout": 0.05} if gone == "left behind" else {}
+    sub = b.subscribe("b.go", on_b, dedicated_thread=True, **options)
+    b.subscribe("b.more", more, dedicated_thread=True)
+    try:
+        a.publish("a.go")
+        b.publish("b.go")
+        assert wait_for(lambda: crossing.awaited(a.core.router))
+        if gone == "left behind":
+            assert wait_for(lambda: sub.statistics().timeouts == 1)
+        else:
+            sub.unsubscribe()
+            assert wait_for(lambda: all(s.id != sub.id for s in b.subscriptions()))
+        b.publish("b.more")  # what a close acting as from inside would give up
+        go.set()
+        assert from_a.result(WAIT) == (None if call == "flush" else ())
+        assert [e.event_type for e in more.events] == ["b.more"]
+        assert from_b.result(WAIT) is None
+    finally:
+        go.set()
+        a.close(timeout=WAIT)
+        b.close(timeout=WAIT)
+
+
 # Regression: ``aclose()`` and the async ``flush()`` of another bus were not noted as waits, so a
 # handler of B closing A while A's async handler awaited B's ``aclose()`` hung both for ever.
 @pytest.mark.parametrize("wait", ["aclose", "flush"])

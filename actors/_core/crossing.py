@@ -31,20 +31,25 @@ _lock = threading.Lock()
 
 
 class Wait:
-    """A handler of ``caller`` (its subscription's mailbox ``mailbox``) waiting for ``target``.
+    """A handler of ``caller`` (``runs``, its subscription) waiting for ``target``.
 
-    ``pending``: a flush waits only for the subscriptions of ``target`` that
-    its ``Flush`` put a barrier in, and for each until that barrier passes
-    (``taken``, then ``passed``); None (a close, or a ``Flush`` not taken
-    yet): for every handler of ``target``.
+    A ``flush`` waits only for the subscriptions of ``target`` its ``Flush``
+    put a barrier in, each until that barrier passes: ``pending`` once the
+    router took the ``Flush`` (``taken``, then ``passed``); before that, for
+    each subscription not cancelled (the ``Flush`` will find its route).  A
+    ``close`` waits for every handler of ``target``.
     """
 
-    __slots__ = ("caller", "circle", "mailbox", "pending", "target")
+    __slots__ = ("caller", "circle", "flush", "on", "pending", "runs", "target")
 
-    def __init__(self, caller: object, target: object, mailbox: object) -> None:
+    def __init__(
+        self, caller: object, target: object, runs: HandlerRuns | None, flush: bool
+    ) -> None:
         self.caller = caller
         self.target = target
-        self.mailbox = mailbox
+        self.runs = runs
+        self.on = None if runs is None else runs.running_on  # the handler's run, while it lasts
+        self.flush = flush
         self.pending: set[object] | None = None
         self.circle = False  # the wait would close a circle: not made
 
@@ -56,14 +61,28 @@ class Wait:
         self.pending = set(mailboxes)
         return self.pending.discard
 
-    def covers(self, mailbox: object) -> bool:
-        """Return whether this wait waits for a handler of the subscription of ``mailbox``.
+    def live(self) -> bool:
+        """Return whether the handler still runs the call that waits.
 
-        A subscription whose barrier passed (or that had none: made later,
-        or cancelled before, its handler maybe still running) is not waited for.
+        A call its ``timeout`` left behind is no longer the subscription's:
+        its bus waits for it no more (it waits as any outside caller does).
         """
+        return self.runs is None or self.runs.running_on is self.on
+
+    def covers(self, runs: HandlerRuns | None) -> bool:
+        """Return whether this wait waits for the handler ``runs`` (its subscription).
+
+        A flush does not wait for a subscription whose barrier passed, or
+        that had none: made after the ``Flush`` (a catch-up replaying old
+        events included), or cancelled before it (its handler maybe still
+        running).
+        """
+        if not self.flush or runs is None:
+            return True
         pending = self.pending
-        return pending is None or mailbox in pending
+        if pending is None:
+            return not runs.abandoned
+        return runs.actor_inbox in pending
 
 
 # The bus (its router) a handler runs in -> the waits of its handlers.
@@ -102,18 +121,19 @@ def awaited(target: object) -> bool:
 def _reaches(wait: Wait) -> bool:
     """Return whether a chain of waits leads from ``wait.target`` back to ``wait``'s handler.
 
-    Each wait in the chain must wait for the handler that makes the next
-    one (a flush does not wait for a handler of an event routed after
-    it), the last one for ``wait``'s own handler.
+    Each wait in the chain, ``wait`` first, must wait for the handler that
+    makes the next one (``covers``: a flush only for the subscriptions its
+    barriers are still to pass in), the last one for ``wait``'s own
+    handler; a wait whose call was left behind (``live``) is no link.
     """
-    todo = list(_waits.get(wait.target, ()))
+    todo = [w for w in _waits.get(wait.target, ()) if w.live() and wait.covers(w.runs)]
     seen = {id(w) for w in todo}
     while todo:
         step = todo.pop()
-        if step.target is wait.caller and step.covers(wait.mailbox):
+        if step.target is wait.caller and step.covers(wait.runs):
             return True
         for after in _waits.get(step.target, ()):
-            if id(after) not in seen and step.covers(after.mailbox):
+            if id(after) not in seen and after.live() and step.covers(after.runs):
                 seen.add(id(after))
                 todo.append(after)
     return False
@@ -133,9 +153,9 @@ def waiting_for(target: object, *, flush: bool = False) -> Iterator[Wait]:
     run = live_run()
     caller = None if run is None else run[0].ports.router
     if run is None or caller is target:
-        yield Wait(caller, target, None)
+        yield Wait(caller, target, None, flush)
         return
-    wait = Wait(caller, target, run[0].actor_inbox)
+    wait = Wait(caller, target, run[0], flush)
     with _lock:
         wait.circle = _reaches(wait)
         if not wait.circle:

@@ -90,9 +90,8 @@ current_timeout: contextvars.ContextVar[tuple[asyncio.Timeout, float] | None] = 
 def running_here(router: object) -> tuple[HandlerRuns, Batch] | None:
     """Return the subscriber whose handler the caller runs in, and its batch.
 
-    Only for a handler of the bus whose router is ``router``: None outside a
-    handler, and in a handler of another bus (waiting for a bus there does
-    not wait for that handler).
+    Only for a handler of the bus whose router is ``router``: None outside a handler,
+    and in a handler of another bus (waiting for a bus there does not wait for it).
     """
     run = current_run.get()
     if run is None or run[0].ports.router is not router:
@@ -231,10 +230,9 @@ class HandlerRuns:
         self._batch_done(self._handled_part(batch, history, stop))
 
     def _handled_part(self, batch: Batch, history: bool, stop: int | None) -> Batch:
-        """Return the part of ``batch`` before ``stop``; the rest counts as discarded.
+        """Return the part of ``batch`` before ``stop`` (a durable checkpoint covers only it).
 
-        Its progress (a durable checkpoint) covers only that part.  ``history``
-        is kept for the callers' symmetry: live or not, the rest is discarded.
+        The rest counts as discarded, live or not (``history``: the callers' symmetry).
         """
         if stop is None:
             return batch
@@ -336,6 +334,8 @@ class HandlerRuns:
 
     def _call_timed_out(self, call: Call) -> None:
         """Count and report a late synchronous call (on the timer thread, its only writer)."""
+        if call.left_behind:  # no longer its run: it waits as any outside caller (``crossing``)
+            self.running_on = None
         self.timeouts += 1  # before the new turn can run: whoever sees it run sees the count
         if call.left_behind:
             # The old thread keeps the schedule claim; the new turn owns it now.
