@@ -740,6 +740,63 @@ def test_a_handler_of_b_that_b_no_longer_waits_for_closes_no_circle(gone: str, c
         b.close(timeout=WAIT)
 
 
+# Regression (of the test above's fix): a subscription B's own close gave up on was taken for a
+# cancelled one, but B's routes stay and its Flush still waits for that handler: a flush of B from
+# A's handler, checked after B closed from inside, missed the circle and waited out its timeout.
+def test_a_subscription_given_up_by_a_close_from_inside_still_closes_a_circle(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    a, b = EventBus(EventConfig(threads=4)), EventBus(EventConfig(threads=4))
+    checked, b_closed, go = threading.Event(), threading.Event(), threading.Event()
+    from_a: Future[Any] = Future()
+    from_b: Future[Any] = Future()
+    flush = b._flush  # noqa: SLF001
+
+    def past_the_open_check(timeout: float | None) -> None:  # then B closes from inside
+        checked.set()
+        if not b_closed.wait(WAIT):
+            raise AssertionError("B never closed")
+        flush(timeout)
+
+    monkeypatch.setattr(b, "_flush", past_the_open_check)
+
+    def on_a(event: Event) -> None:
+        if not go.wait(WAIT):
+            raise AssertionError("never let go")
+        try:
+            from_a.set_result(b.flush(WAIT))
+        except BaseException as exc:
+            from_a.set_exception(exc)
+
+    def on_b(event: Event) -> None:  # waits for A's handler, which its close waits for
+        from_b.set_result(a.close(timeout=3 * WAIT))
+
+    def closer(event: Event) -> None:
+        if not checked.wait(WAIT):
+            raise AssertionError("no flush of B came")
+        b.close(timeout=WAIT)  # inside B: gives up every subscription, begins the stop
+        b_closed.set()
+
+    a.subscribe("a.go", on_a, dedicated_thread=True)
+    b.subscribe("b.go", on_b, dedicated_thread=True)
+    b.subscribe("b.close", closer, dedicated_thread=True)
+    try:
+        a.publish("a.go")
+        b.publish("b.go")
+        assert wait_for(lambda: crossing.awaited(a.core.router))
+        b.publish("b.close")
+        go.set()
+        with pytest.raises(RuntimeError, match="would wait for itself"):
+            from_a.result(2 * WAIT)
+        assert from_b.result(2 * WAIT) == ()
+    finally:
+        go.set()
+        checked.set()
+        b_closed.set()
+        a.close(timeout=WAIT)
+        b.close(timeout=WAIT)
+
+
 # Regression: ``aclose()`` and the async ``flush()`` of another bus were not noted as waits, so a
 # handler of B closing A while A's async handler awaited B's ``aclose()`` hung both for ever.
 @pytest.mark.parametrize("wait", ["aclose", "flush"])

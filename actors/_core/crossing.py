@@ -80,8 +80,8 @@ class Wait:
         if not self.flush or runs is None:
             return True
         pending = self.pending
-        if pending is None:
-            return not runs.abandoned
+        if pending is None:  # its route goes before the Flush comes (not so for a close's)
+            return not runs.cancelled
         return runs.actor_inbox in pending
 
 

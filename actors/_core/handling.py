@@ -111,8 +111,7 @@ def _loop_gone(loop: asyncio.AbstractEventLoop | None) -> bool:
 
 def _cancelling() -> bool:
     """Return whether the running task itself is being cancelled."""
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
+    return (task := asyncio.current_task()) is not None and task.cancelling() > 0
 
 
 class HandlerRuns:
@@ -126,6 +125,7 @@ class HandlerRuns:
     pattern: str
     policy: HandlerPolicy
     abandoned: bool
+    cancelled: bool  # unsubscribed: its route is gone before any later Flush
     delivered: int
     errors: int
     expired: int

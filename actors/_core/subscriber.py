@@ -87,6 +87,7 @@ class SubscriberActor(HandlerRuns, DispatchedActor):
         "_timers",
         "_watch",
         "abandoned",
+        "cancelled",
         "catchup",
         "dead",
         "delivered",
@@ -145,6 +146,7 @@ class SubscriberActor(HandlerRuns, DispatchedActor):
         # from then on.  A flag (one writer, read anywhere), not an Event: no
         # one waits for it, and an Event costs about 1 KB per subscription.
         self.detached = False
+        self.cancelled = False  # unsubscribed (its route goes first), not given up on at close
         self._inflight = False
         self._async: AsyncRun | None = None  # the batch on the loop while ``_inflight``
         self._loop_watched = False  # a timer checks that the loop did not close under it

@@ -413,7 +413,7 @@ class Core:
             actor = self._subs.pop(sub_id, None)
             if actor is None:
                 return
-            actor.detached = True
+            actor.detached = actor.cancelled = True
             actor.abandon()  # nothing more is handled, the batch in hand included
             if actor.catchup is not None:
                 actor.catchup.caught_up.set(None)  # a flush waiting for it stops waiting
