@@ -373,7 +373,7 @@ class AsyncEventBus:
         if self.sync.closed:
             raise BusClosedError("the bus is closed")
         with waiting_for(self.sync.core.router, flush=True) as wait:  # from another bus's handler
-            await self._await(self.sync.core.start_flush(wait.taken), timeout)
+            await self._await(self.sync.core.start_flush(wait.watching()), timeout)
 
     async def _await(self, future: BusFuture[T], timeout: float | None) -> T:
         """Await ``future`` on the loop: ``BusClosedError`` if the bus stops before it is done.

@@ -61,6 +61,10 @@ class Wait:
         self.pending = set(mailboxes)
         return self.pending.discard
 
+    def watching(self) -> Callable[[list[object]], Callable[[object], None]] | None:
+        """Return ``taken`` for a noted wait (a handler's), None for any other caller's flush."""
+        return self.taken if self.runs is not None else None
+
     def live(self) -> bool:
         """Return whether the handler still runs the call that waits.
 

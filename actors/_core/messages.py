@@ -32,6 +32,7 @@ __all__ = [
     "RoomFreed",
     "RouterFigures",
     "Flush",
+    "FlushTaken",
     "Forward",
     "GetCorrelated",
     "LoadCheckpoint",
@@ -110,6 +111,10 @@ class Closing:
     """
 
 
+FlushTaken = Callable[[list[Any]], Callable[[Any], None]]
+"""A flush's ``taken`` (``Flush``): told the mailboxes it waits for, then each as it passes."""
+
+
 @dataclass(frozen=True, slots=True)
 class Flush:
     """Resolve ``future`` once everything published before it is handled and recorded.
@@ -120,7 +125,7 @@ class Flush:
     """
 
     future: BusFuture[None]
-    taken: Callable[[list[Any]], Callable[[Any], None]] | None = None
+    taken: FlushTaken | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,6 +41,7 @@ from actors._core.messages import (
     DeadLetter,
     DeadLettered,
     Flush,
+    FlushTaken,
     Forward,
     GetCorrelated,
     GetDeadLetters,
@@ -90,10 +91,6 @@ _DEAD_LETTER = "$bus.deadletter"  # the journal reads them by this type (DEAD_LE
 # A plan: the routes of one event type, whether any has a filter, whether any
 # is REJECT (checked before), whether any is BLOCK (marked full after).
 _Plan = tuple[tuple[Route, ...], bool, bool, bool]
-
-
-FlushTaken = Callable[[list[Any]], Callable[[Any], None]]
-"""A flush's ``taken`` (``Flush``): told the mailboxes it waits for, then each as it passes."""
 
 
 def _barrier_passed(

@@ -38,6 +38,7 @@ from actors._core.messages import (
     CorrelatedEvents,
     DeadLetter,
     Flush,
+    FlushTaken,
     Forward,
     GetCorrelated,
     KeepFrom,
@@ -53,7 +54,7 @@ from actors._core.policies import DEFAULT_RETRY_BACKOFF, HandlerPolicy
 from actors._core.ports import SubscriberPorts
 from actors._core.publishing import Publisher
 from actors._core.ratelimit import TokenBucket
-from actors._core.router import FlushTaken, RouterActor
+from actors._core.router import RouterActor
 from actors._core.router_reads import RouterReads
 from actors._core.routes import Route
 from actors._core.subscriber import (
@@ -476,16 +477,15 @@ class Core:
     def flush(self, timeout: float | None) -> None:
         """Wait until every event published so far is handled (or dropped) and recorded."""
         with waiting_for(self.router, flush=True) as wait:  # from a handler of another bus
-            self.start_flush(wait.taken).get(timeout)
+            self.start_flush(wait.watching()).get(timeout)
 
     def start_flush(self, taken: FlushTaken | None = None) -> BusFuture[None]:
         """Start a flush; the future is done once everything published so far is handled.
 
         A catch-up subscription is not a route until it has read history (the
         events published before the call reach it through the journal), so
-        the router's ``Flush`` is sent once every catch-up is caught up (the
-        router calls ``taken`` as it takes it: ``Flush``).
-        Raises ``RuntimeError`` inside a handler.
+        the router's ``Flush`` (with ``taken``) is sent once every catch-up is
+        caught up.  Raises ``RuntimeError`` inside a handler.
         """
         if running_here(self.router) is not None:
             raise RuntimeError("flush() cannot be called from inside a handler")
