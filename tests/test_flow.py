@@ -82,6 +82,29 @@ def test_drop_newest_keeps_the_oldest_n(bus: EventBus) -> None:
     assert bus.metrics().dropped == 15
 
 
+@pytest.mark.parametrize("overflow", [OverflowStrategy.DROP_NEWEST, OverflowStrategy.DROP_OLDEST])
+def test_flush_waits_for_the_events_before_it_whatever_is_dropped_after_it(
+    bus: EventBus, overflow: OverflowStrategy
+) -> None:
+    """Drops of events published after a flush never let it end before the ones before it."""
+    gate = Gate()
+    sub = _hold(bus, gate, capacity=2, overflow=overflow)  # event 0 in the handler
+    _routed([bus.publish("q.e", 1)])  # queued, before the flush
+    flushed = bus._core.start_flush()  # noqa: SLF001 - its Flush goes before what follows
+    _routed([bus.publish("q.e", i) for i in range(2, 40)])  # after it: most dropped
+    assert sub.statistics().dropped >= 30
+    later = bus._core.start_flush()  # noqa: SLF001 - its barrier looks at the first one's again
+    _routed([bus.publish("z.other", "after the second flush")])  # both Flushes taken
+    assert not flushed.done()  # event 0 is still in the handler
+    gate.release.set()
+    flushed.get(timeout=WAIT)
+    kept = [0, 1] if overflow is OverflowStrategy.DROP_NEWEST else [0]
+    assert gate.data[: len(kept)] == kept  # handled before the flush ended
+    later.get(timeout=WAIT)
+    bus.flush(WAIT)
+    assert sub.statistics().dropped + len(gate.data) == 40
+
+
 def test_overflow_accepts_the_strategy_value_as_a_string(bus: EventBus) -> None:
     gate = Gate()
     sub = _hold(bus, gate, capacity=2, overflow="drop_newest")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections import deque
 
+import pytest
+
 from actors._model.config import OverflowStrategy
 from actors._runtime.mailbox import DROPPED, STARTED, EventMailbox
 
@@ -98,6 +100,33 @@ def test_drops_count_as_finished_for_barriers() -> None:
     mailbox.finished_by_owner += len(batch)
     mailbox.check_barriers()
     assert fired == [1]
+
+
+@pytest.mark.parametrize("overflow", [OverflowStrategy.DROP_NEWEST, OverflowStrategy.DROP_OLDEST])
+def test_a_barrier_waits_for_the_events_before_it_whatever_is_dropped_after_it(
+    overflow: OverflowStrategy,
+) -> None:
+    mailbox = EventMailbox(2, overflow)
+    _fill(mailbox, 2)
+    batch, _ = mailbox.take_events(1)  # event 0 in the handler, 1 queued
+    fired: list[int] = []
+    mailbox.add_barrier(lambda: fired.append(1))  # waits for 0 and 1
+    for i in range(10):
+        mailbox.offer(100 + i)  # after the barrier: dropped, the newest or the oldest
+    assert mailbox.dropped == 9
+    mailbox.add_barrier(lambda: fired.append(2))  # a second flush looks at the first again
+    mailbox.check_barriers()
+    assert fired == []  # event 0 is not finished
+    mailbox.finished_by_owner += len(batch)
+    mailbox.check_barriers()
+    if overflow is OverflowStrategy.DROP_NEWEST:
+        assert fired == []  # event 1 is still queued
+    else:
+        assert fired == [1]  # event 1 was dropped: nothing before the barrier is left
+    batch, _ = mailbox.take_events(5)
+    mailbox.finished_by_owner += len(batch)
+    mailbox.check_barriers()
+    assert fired == [1, 2]
 
 
 def test_clear_events_finishes_them_and_releases_the_room_waiter() -> None:

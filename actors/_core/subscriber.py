@@ -220,6 +220,8 @@ class SubscriberActor(HandlerRuns, DispatchedActor):
             self.skipped += len(skipped)
             mailbox.finished_by_owner += len(skipped)
             batch = batch[len(skipped) :]
+            if not batch:  # nothing left to deliver: the barriers are looked at here
+                mailbox.check_barriers()
         self._deliver(batch, history=False)
 
     def _async_still_out(self) -> bool:

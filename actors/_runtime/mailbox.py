@@ -6,10 +6,13 @@ that only the router fills.  The event lane holds at most ``capacity``
 entries; what happens when it is full is the subscription's
 ``OverflowStrategy``.  Every drop is counted.
 
-Counting makes ``flush`` exact without markers in the queue: ``accepted``
-counts every event the router routed here (dropped or not), ``finished``
-counts every event that is done with (handled, expired, dropped), and a
-flush barrier waits for ``finished`` to reach the ``accepted`` value it saw.
+Counting makes ``flush`` exact without markers in the queue.  The lane is
+FIFO, and events leave its front in the order they went in, taken by the
+owner or dropped by the router (``DROP_OLDEST``); an event dropped as it
+arrives never goes in.  So a flush barrier notes how many events had gone
+in (``enqueued``) and passes once as many left the front (``taken`` plus
+``popped``) and every event the owner took is finished: exactly the events
+routed before it, whatever is dropped after it.
 """
 
 from __future__ import annotations
@@ -37,8 +40,8 @@ class EventMailbox(FifoMailbox):
 
     ``offer`` is called by the router only; ``take_events`` by the owning
     subscriber only; neither blocks nor takes a lock (see ``FifoMailbox``).
-    Each counter has one writer: ``accepted`` and ``dropped`` the router,
-    ``finished_by_owner`` the subscriber.
+    Each counter has one writer: ``accepted``, ``enqueued``, ``popped`` and
+    ``dropped`` the router, ``taken`` and ``finished_by_owner`` the subscriber.
     """
 
     __slots__ = (
@@ -50,14 +53,17 @@ class EventMailbox(FifoMailbox):
         "accepted",
         "discarded",
         "dropped",
+        "enqueued",
         "finished_by_owner",
         "overflow",
         "pending",
+        "popped",
         "relief_queued",
         "reliefs",
         "reliefs_announced",
         "start_queued",
         "start_reliefs",
+        "taken",
     )
 
     capacity: int
@@ -70,8 +76,11 @@ class EventMailbox(FifoMailbox):
         self._room_waiter: Callable[[], None] | None = None
         self._barriers: list[tuple[int, Callable[[], None]]] = []
         self._barrier_lock = threading.Lock()
-        self.accepted = 0
+        self.accepted = 0  # routed here, kept or dropped
         self.dropped = 0
+        self.enqueued = 0  # went into the lane (router only)
+        self.popped = 0  # dropped from the lane's front, DROP_OLDEST (router only)
+        self.taken = 0  # taken from the lane's front by the owner (owner only)
         self.discarded = 0  # queued events cleared at unsubscribe or close (owner only)
         self.finished_by_owner = 0
         # The router's own list: events routed here during its turn, offered
@@ -134,11 +143,13 @@ class EventMailbox(FifoMailbox):
                 return DROPPED
             try:
                 events.popleft()
+                self.popped += 1
                 self.dropped += 1
                 flags = DROPPED
             except IndexError:  # the owner emptied it meanwhile
                 pass
         events.append(item)
+        self.enqueued += 1
         if not self._high and n + 1 >= HIGH_WATER * self.capacity:
             self._start(n + 1)
             flags |= STARTED
@@ -184,16 +195,20 @@ class EventMailbox(FifoMailbox):
                 items = items[dropped:]
                 room = limit - len(items)
                 popleft = events.popleft
+                popped = 0
                 while len(events) > room:
                     try:
                         popleft()
                     except IndexError:  # the owner emptied it meanwhile
                         break
-                    dropped += 1
+                    popped += 1
+                self.popped += popped
+                dropped += popped
             self.dropped += dropped
             if dropped:
                 flags = DROPPED
         events.extend(items)
+        self.enqueued += len(items)
         if not self._high and len(events) >= HIGH_WATER * self.capacity:
             self._start(len(events))
             flags |= STARTED
@@ -212,6 +227,7 @@ class EventMailbox(FifoMailbox):
                 append(popleft())
         except IndexError:  # the router dropped the oldest ones meanwhile (DROP_OLDEST)
             pass
+        self.taken += len(batch)
         relieved = False
         if self._high and len(events) < LOW_WATER * self.capacity:
             self.relief_queued = len(events)
@@ -234,6 +250,7 @@ class EventMailbox(FifoMailbox):
             except IndexError:  # the router dropped the last ones meanwhile (DROP_OLDEST)
                 break
             n += 1
+        self.taken += n
         self.finished_by_owner += n
         self.discarded += n
         waiter, self._room_waiter = self._room_waiter, None
@@ -252,18 +269,40 @@ class EventMailbox(FifoMailbox):
         return self.finished_by_owner + self.dropped
 
     def add_barrier(self, callback: Callable[[], None]) -> None:
-        """Call ``callback`` once every event accepted so far is finished (router only)."""
+        """Call ``callback`` once every event routed here so far is finished (router only).
+
+        The barrier marks its place in the lane: the events that went in
+        before it.  Drops made after it (of events routed after it) do not
+        count towards it, as they would if it waited for a number of
+        finished events.
+        """
         with self._barrier_lock:
-            self._barriers.append((self.accepted, callback))
+            self._barriers.append((self.enqueued, callback))
         # The owner may have finished just before the append; look once more.
         self.check_barriers()
+
+    def _passed(self) -> int:
+        """Return how many of the events that went in are done with, counted from the front.
+
+        Called on any thread.  The order of the reads makes the answer safe
+        whoever writes meanwhile: every count only grows, the owner finishes
+        what it took in order, and once ``finished_by_owner`` (read last)
+        reaches ``taken`` (read before it), each event among the first
+        ``taken + popped`` to leave the front (``popped`` read first) is done.
+        Returns -1 while the owner has taken events it has not finished.
+        """
+        popped = self.popped
+        taken = self.taken
+        if self.finished_by_owner < taken:
+            return -1
+        return taken + popped
 
     def check_barriers(self) -> None:
         """Fire the barriers that are now satisfied (each exactly once)."""
         if not self._barriers:
             return
         with self._barrier_lock:
-            done = self.finished_by_owner + self.dropped
+            done = self._passed()
             ready = [cb for target, cb in self._barriers if target <= done]
             if ready:
                 self._barriers = [(t, cb) for t, cb in self._barriers if t > done]
