@@ -205,6 +205,26 @@ def test_from_sequence_far_past_every_sequence_delivers_nothing_and_never_stalls
     assert seen.events == []
 
 
+def _where_they_stand(bus: EventBus) -> str:
+    """Each subscription's catch-up and lane counters, for a flush that did not end."""
+    lines = []
+    for actor in list(bus._core._subs.values()):  # noqa: SLF001 - a diagnosis only
+        c, lane = actor.catchup, actor.actor_inbox
+        state = (
+            "no catch-up"
+            if c is None
+            else f"live={c.live} waiting={c.waiting} caught_up={c.caught_up.done()} "
+            f"pages={len(c._pages)} position={c.position} live_start={c.live_start}"  # noqa: SLF001
+        )
+        lines.append(
+            f"{actor.sub_id} {actor.pattern}: {state}; enqueued={lane.enqueued} "
+            f"taken={lane.taken} popped={lane.popped} finished={lane.finished_by_owner} "
+            f"barriers={len(lane._barriers)} queued={lane.queued} "  # noqa: SLF001
+            f"messages={len(lane)} busy={actor._busy()} skipped={actor.skipped}"  # noqa: SLF001
+        )
+    return "flush did not end:\n" + "\n".join(lines)
+
+
 def test_many_concurrent_catch_ups_each_get_their_exact_suffix(
     open_bus: Callable[..., EventBus],
 ) -> None:
@@ -233,7 +253,10 @@ def test_many_concurrent_catch_ups_each_get_their_exact_suffix(
     pubs.join()
     marker0 = bus.publish("m.t0", "end").get(timeout=WAIT)
     marker1 = bus.publish("m.t1", "end").get(timeout=WAIT)
-    bus.flush(WAIT)
+    try:
+        bus.flush(WAIT)
+    except TimeoutError:  # seen once under load; say where each subscription stood
+        raise AssertionError(_where_they_stand(bus)) from None
     everything = bus.query(EventQuery())
     for (start, pattern), rec in zip(plan, recorders, strict=True):
         types = {"m.*": {"m.t0", "m.t1"}, "m.t0": {"m.t0"}, "m.t1": {"m.t1"}}[pattern]
