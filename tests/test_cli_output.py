@@ -35,6 +35,15 @@ def test_json_lines_are_compact_and_keep_unicode() -> None:
     assert json.loads(line) == {"name": "Zoë", "n": [1, 2]}
 
 
+@pytest.mark.parametrize("text", ["x\x9b31m", "a\u2028b", "c\x85", "tag\U000e0001"])
+def test_json_lines_escape_what_a_terminal_would_act_on(text: str) -> None:
+    # U+009B is a CSI to a terminal, U+2028 and U+0085 break lines: escaped
+    # as JSON escapes, so the line reads back the same.
+    line = json_line({"k": text})
+    assert line.isprintable()
+    assert json.loads(line) == {"k": text}
+
+
 def test_fail_is_a_click_error_with_status_1() -> None:
     with pytest.raises(click.ClickException) as caught:
         fail("it broke")

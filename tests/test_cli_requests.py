@@ -25,6 +25,9 @@ data = json.load(sys.stdin)
 if data == "fail":
     sys.stderr.write("cannot do that\\n")
     sys.exit(4)
+if data == "escape":  # a terminal title (OSC) and a C1 CSI, as a coloured tool's stderr has
+    sys.stderr.write("\\x1b]0;retitled\\x07 and \\x9b31m red\\n")
+    sys.exit(5)
 print(json.dumps({"got": data}))
 """
 
@@ -53,7 +56,7 @@ def replying(pattern: str, script: str, *args: str) -> Running:
 
 
 def test_req_gets_what_the_reply_command_printed(hub: str, script: str) -> None:
-    answering = replying("calc.*", script, "--peer", hub, "--count", "3", "--name", "calc")
+    answering = replying("calc.*", script, "--peer", hub, "--count", "4", "--name", "calc")
     try:
         env = {"LLMSPELL_EVENTS_PEER": hub}  # the shared variable, as for pub and sub
         ok = cli("req", "calc.add", '{"a": 1}', "--timeout", "30", env=env)
@@ -73,7 +76,14 @@ def test_req_gets_what_the_reply_command_printed(hub: str, script: str) -> None:
             f"{sys.executable} exited with 4: cannot do that"
         )
 
-        for event_type in ("calc.add", "calc.mul", "calc.add"):
+        # The responder's text never acts on the terminal: its controls are escaped.
+        escaped = cli("req", "calc.add", '"escape"', "--peer", hub, "--timeout", "30")
+        assert escaped.returncode == 3
+        assert escaped.stderr.strip() == "error RuntimeError: " + (
+            f"{sys.executable} exited with 5: \\x1b]0;retitled\\x07 and \\x9b31m red"
+        )
+
+        for event_type in ("calc.add", "calc.mul", "calc.add", "calc.add"):
             assert answering.line().startswith(f"answered {event_type} ")
         assert answering.finish() == 0
     finally:

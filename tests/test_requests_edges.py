@@ -21,6 +21,7 @@ from actors import (
     Event,
     EventBus,
     EventConfig,
+    EventQuery,
     InvalidPatternError,
     OverflowStrategy,
     RemoteHandlerError,
@@ -111,6 +112,39 @@ def test_a_reply_no_node_could_carry_answers_with_an_error_at_once(nodes: Any) -
         finally:
             if bus.node is None:
                 bus.close(timeout=WAIT)
+
+
+class SurrogateError(Exception):
+    """A message with a lone surrogate (a file name decoded with surrogateescape)."""
+
+    def __str__(self) -> str:
+        return "cannot read file-\udcff"
+
+
+def test_an_error_whose_message_no_node_could_carry_still_reaches_the_caller(
+    nodes: Any, tmp_path: Any
+) -> None:
+    # docs/requests.md: the error reply always goes out, and a caller on
+    # another node never waits out its timeout.  The lone surrogate is
+    # escaped; before, the responder's node could not send the error reply
+    # (and a journal could not store it), and the caller timed out.
+    a = nodes("a", persistent=True, listen=f"ipc://{tmp_path}/a.sock")
+    b = nodes("b", listen=f"ipc://{tmp_path}/b.sock", peers=[f"ipc://{tmp_path}/a.sock"])
+    assert a.wait_for_peers(["b"], WAIT)
+    assert b.wait_for_peers(["a"], WAIT)
+
+    def fail(event: Event) -> None:
+        raise SurrogateError
+
+    a.respond("svc.sur", fail)
+    for caller in (a, b):
+        with pytest.raises(RemoteHandlerError) as caught:
+            caller.request("svc.sur", timeout=WAIT)
+        assert caught.value.remote_type == "SurrogateError"
+        assert caught.value.remote_message == "cannot read file-\\udcff"
+    a.flush(WAIT)
+    stored = a.query(EventQuery(event_types=["svc.sur.error"]))
+    assert len(stored) == 2  # journaled, the one asked from b too
 
 
 def test_a_reply_too_large_for_a_node_answers_with_an_error(nodes: Any) -> None:

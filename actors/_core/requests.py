@@ -138,20 +138,35 @@ def reply_event(request: Event, data: Any, *, source: str | None = None) -> Even
     )
 
 
+def _encodable(text: str) -> str:
+    """Return ``text`` with what UTF-8 cannot carry (a lone surrogate) as ``\\udXXX`` escapes."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def error_message(exc: BaseException) -> str:
-    """Return ``exc``'s message, cut to ``MAX_ERROR_MESSAGE`` characters; never raises."""
+    """Return ``exc``'s message, cut to ``MAX_ERROR_MESSAGE`` characters; never raises.
+
+    A lone surrogate (a file name decoded with ``surrogateescape``, say) is
+    escaped: the error reply must be encodable, or it would reach no
+    journal and no other node, and its caller would wait out its timeout.
+    """
     try:
         text = str(exc)
     except BaseException:  # its __str__ raised (even SystemExit): the answer must still go
-        return f"(a {type(exc).__name__} whose message could not be built)"
+        return f"(a {error_type(exc)} whose message could not be built)"
     if len(text) > MAX_ERROR_MESSAGE:
         text = f"{text[:MAX_ERROR_MESSAGE]}... ({len(text) - MAX_ERROR_MESSAGE} characters cut)"
-    return text
+    return _encodable(text)
+
+
+def error_type(exc: BaseException) -> str:
+    """Return the name of ``exc``'s type, encodable (see ``error_message``)."""
+    return _encodable(type(exc).__name__)
 
 
 def error_data(exc: BaseException) -> dict[str, JsonValue]:
     """Return the ``data`` of an error reply for ``exc``."""
-    return {"error_type": type(exc).__name__, "error": error_message(exc)}
+    return {"error_type": error_type(exc), "error": error_message(exc)}
 
 
 def error_event(request: Event, exc: BaseException, *, source: str | None = None) -> Event:

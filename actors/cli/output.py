@@ -74,14 +74,30 @@ def json_line(value: Any) -> str:
 
     Text is written as it is, except where it holds a lone surrogate (JSON
     allows one, UTF-8 does not): then the line is escaped throughout
-    (``\\ud800``), so any reader can print it.
+    (``\\ud800``), so any reader can print it; and a character a terminal
+    would act on (a C1 control, U+2028) is written as its JSON escape.
     """
     line = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
     try:
         line.encode("utf-8")
     except UnicodeEncodeError:
         return json.dumps(value, separators=(",", ":"))
+    if not line.isprintable():  # a C1 control (U+009B is a terminal's CSI), U+2028...
+        return "".join(c if c.isprintable() else _json_escape(c) for c in line)
     return line
+
+
+def _json_escape(char: str) -> str:
+    """Return ``char`` as JSON's ``\\uXXXX`` escape (a surrogate pair past U+FFFF).
+
+    Only text inside a JSON string can be unprintable (``json.dumps`` writes
+    nothing else but ASCII), so the escaped line is the same JSON.
+    """
+    n = ord(char)
+    if n <= 0xFFFF:
+        return f"\\u{n:04x}"
+    n -= 0x10000
+    return f"\\u{0xD800 + (n >> 10):04x}\\u{0xDC00 + (n & 0x3FF):04x}"
 
 
 def format_event(event: Event) -> str:

@@ -93,8 +93,10 @@ def req(
                 source=source or bus.name,
             )
         except RemoteHandlerError as exc:
-            message = " ".join(exc.remote_message.split())  # one line, as every error
-            note(f"error {exc.remote_type}: {message}")
+            # One line, as every error, and nothing a terminal would act on:
+            # the type and message are the responder's (or a forger's) text.
+            message = printable(" ".join(exc.remote_message.split()))
+            note(f"error {printable(exc.remote_type)}: {message}")
             sys.exit(REMOTE_ERROR_EXIT)
         except RequestTimeoutError:
             fail(f"no reply to {event_type} within {connection.timeout:g} s")
