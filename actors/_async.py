@@ -9,8 +9,9 @@ default executor, always in a copy of the caller's context (so a publish
 made from a handler keeps its causation): a publish, ``publish_many`` or a
 request's publish that may wait for room (a ``BLOCK`` subscription exists,
 or the router's mailbox is full), a request published through ``node``,
-stopping the actors in ``aclose``, and the remote part of
-``get_correlated`` on a node.
+and the remote part of ``get_correlated`` on a node.  Stopping the actors
+in ``aclose`` runs on a thread of its own, never behind publishes waiting
+in the executor (``actors._async_offloop``).
 
 However the bus closes (``aclose``, or ``sync.close()`` from synchronous
 code), its open streams end and the coroutines still awaiting it raise
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import functools
 import threading
 import time
@@ -31,10 +31,10 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from actors._async_holds import fail_closed, holds_of
+from actors._async_offloop import off_loop, on_own_thread, publish_off_loop, withdrawable
 from actors._async_stream import EventStream, Inbox
 from actors._bus import EventBus
 from actors._core.background import subscribing_loop
-from actors._core.backpressure import Withdrawn, withdrawal
 from actors._core.crossing import waiting_for
 from actors._core.handling import running_here
 from actors._core.messages import CorrelatedEvents
@@ -58,87 +58,6 @@ __all__ = ["AsyncEventBus", "EventStream", "wrap_future"]
 
 T = TypeVar("T")
 Publish = Callable[[Event], BusFuture[Event]]
-
-
-async def _off_loop(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Run ``fn`` in the loop's default executor, in a copy of the caller's context.
-
-    The copy carries ``current_event`` (and any other context variable) to
-    the thread, so a publish made there inherits causation and correlation
-    as it would on the loop.
-    """
-    run = contextvars.copy_context().run
-    loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(None, functools.partial(run, fn, *args, **kwargs))
-
-
-async def _withdrawable(fn: Callable[..., T], *args: Any) -> T:
-    """``_off_loop(fn, *args)`` for a publish: cancelling the await withdraws it.
-
-    A publish that is still waiting for room (a full ``BLOCK`` subscription,
-    a peer out of credit) when the await is cancelled gives up within
-    ``WITHDRAW_POLL`` seconds and is not published; one already on its way
-    to the router is published all the same.
-    """
-    withdrawn = threading.Event()
-
-    def job() -> T:
-        if withdrawn.is_set():  # cancelled before the executor ran it
-            raise Withdrawn("the publish was cancelled before it started")
-        withdrawal.set(withdrawn)  # in the copy of the context this job runs in
-        return fn(*args)
-
-    try:
-        return await _off_loop(job)
-    except asyncio.CancelledError:
-        withdrawn.set()
-        raise
-
-
-def _publish_off_loop(
-    publish: Callable[[Event], BusFuture[Event]], withdrawn: threading.Event
-) -> Publish:
-    """Return a ``publish`` that returns at once and publishes in the default executor.
-
-    The returned future carries the outcome: the published event, or what
-    ``publish`` raised (``BackpressureError`` after ``block_timeout``, ...).
-    Setting ``withdrawn`` withdraws a publish still waiting for room (it
-    ends within ``WITHDRAW_POLL`` with ``Withdrawn``, not published), so a
-    caller that stopped waiting leaves no executor thread behind.
-    """
-    loop = asyncio.get_running_loop()
-    context = contextvars.copy_context()
-    context.run(withdrawal.set, withdrawn)
-    run = context.run
-
-    def start(event: Event) -> BusFuture[Event]:
-        outcome: BusFuture[Event] = BusFuture()
-
-        def job() -> None:
-            try:
-                if withdrawn.is_set():  # the caller stopped waiting before it started
-                    raise Withdrawn("the request ended before its publish started")
-                future = run(publish, event)
-            except BaseException as exc:
-                outcome.set_exception(exc)
-                return
-            future.add_done_callback(_pass_on(outcome))
-
-        loop.run_in_executor(None, job)
-        return outcome
-
-    return start
-
-
-def _pass_on(outcome: BusFuture[T]) -> Callable[[BusFuture[T]], None]:
-    def transfer(done: BusFuture[T]) -> None:
-        exc = done.exception()
-        if exc is None:
-            outcome.set(done.get())
-        else:
-            outcome.set_exception(exc)
-
-    return transfer
 
 
 class AsyncEventBus:
@@ -177,7 +96,7 @@ class AsyncEventBus:
         if bus.closed:
             raise BusClosedError("the bus is closed")
         if bus.core.publisher.may_wait():
-            future = await _withdrawable(
+            future = await withdrawable(
                 functools.partial(bus.publish, event_or_type, data, **fields)
             )
         else:
@@ -195,7 +114,7 @@ class AsyncEventBus:
         if bus.closed:
             raise BusClosedError("the bus is closed")
         if bus.core.publisher.may_wait():
-            futures = await _withdrawable(bus.publish_many, batch)
+            futures = await withdrawable(bus.publish_many, batch)
         else:
             futures = bus.publish_many(batch)
         return list(await asyncio.gather(*(wrap_future(f) for f in futures)))
@@ -260,8 +179,8 @@ class AsyncEventBus:
             return sub
 
         token = subscribing_loop.set(asyncio.get_running_loop())
-        try:  # _off_loop runs it in a copy of this context, which holds the loop
-            return await _off_loop(subscribe_unless_abandoned)
+        try:  # off_loop runs it in a copy of this context, which holds the loop
+            return await off_loop(subscribe_unless_abandoned)
         except asyncio.CancelledError:
             with lock:
                 abandoned = True
@@ -319,7 +238,7 @@ class AsyncEventBus:
         if bus.closed:
             raise BusClosedError("the bus is closed")
         if bus.node is not None:  # the peers are asked by blocking calls
-            return await _off_loop(bus.get_correlated, correlation_id, timeout=timeout)
+            return await off_loop(bus.get_correlated, correlation_id, timeout=timeout)
         core = bus.core
         answer: CorrelatedEvents = await self._await(core.correlated(correlation_id), timeout)
         events = answer.events
@@ -342,7 +261,7 @@ class AsyncEventBus:
         if self.sync.closed:
             raise BusClosedError("the bus is closed")
         if node is not None and node != self.sync.name:  # the bridge's call waits: off the loop
-            return await _off_loop(self.sync.query, query, node=node, timeout=timeout)
+            return await off_loop(self.sync.query, query, node=node, timeout=timeout)
         return await self._await(self.sync.core.read_journal(query), timeout)
 
     async def replay(
@@ -393,7 +312,8 @@ class AsyncEventBus:
         """Drain, flush and stop the bus (the async twin of ``close``); end every stream.
 
         The flush is awaited on the loop; stopping the actors (which joins
-        their threads) runs in the executor, where ``close`` finds nothing
+        their threads) runs on a thread of its own (not the executor, which
+        publishes waiting for room may fill), where ``close`` finds nothing
         left to flush.  Each open stream first stops waiting for its reader
         (so the flush never waits on one), receives what was published before
         ``aclose``, and then ends: its iterator stops once what it holds has
@@ -405,7 +325,7 @@ class AsyncEventBus:
         Cancelled (a ``wait_for`` around it, or ``asyncio.run`` shutting
         down), ``aclose`` still closes the bus, as trio's ``aclose`` does,
         but without waiting any more: as ``close(timeout)`` past its
-        deadline, it stops at once (in the executor, which ``asyncio.run``
+        deadline, it stops at once (on a thread the interpreter's exit
         waits for), and ``CancelledError`` goes on to the caller; unless
         another ``aclose`` is under way, which then closes the bus on its
         own deadline.  A bus is never left half-closed.
@@ -421,8 +341,7 @@ class AsyncEventBus:
             # Another aclose still under way drains and stops the bus on its
             # own deadline: cutting it short would give up what it waits for.
             if alone and not self.sync.closed:
-                run = contextvars.copy_context().run
-                asyncio.get_running_loop().run_in_executor(None, run, self.sync.close, 0.0)
+                on_own_thread(self.sync.close, 0.0)
             raise
         finally:
             with self._closers_lock:
@@ -469,12 +388,12 @@ class AsyncEventBus:
             # bus has stopped, so every stream got what was published first.
             # One interrupted (a Ctrl-C in ``close``) is seen through here; in
             # a forked child nothing of the bus runs, so nothing is waited for.
-            await _off_loop(bus.close, left)
+            await on_own_thread(bus.close, left)
             if bus._forked_from is None:  # noqa: SLF001 - the bus's own state
                 left = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
-                await _off_loop(self._holds.wait_stopped, left)
+                await on_own_thread(self._holds.wait_stopped, left)
             return
-        await _off_loop(bus.close, left)  # one deadline for the flush and the close
+        await on_own_thread(bus.close, left)  # one deadline for the flush and the close
 
     # -- requests and replies (see EventBus.request; the core: _core/requests.py) ---------
 
@@ -547,7 +466,7 @@ class AsyncEventBus:
         requester = client.requester
         event, new_route = client.prepare(event_type, data, fields)
         if new_route:  # a node's first request of this type: blocks once, off the loop
-            await _off_loop(client.sync_reply_route, event.event_type, timeout, node)
+            await off_loop(client.sync_reply_route, event.event_type, timeout, node)
         # Through a node, bounded by the deadline (else it holds an executor thread 30 s).
         publish = client.publisher(node, None if timeout is None else started + timeout, timeout)
         # A node's publish_remote blocks until the node answered; a local
@@ -556,7 +475,7 @@ class AsyncEventBus:
         # future: the deadline below bounds the whole call.
         withdrawn = threading.Event()  # set once this call ends, however it ends
         if node is not None or bus.core.publisher.may_wait():
-            publish = _publish_off_loop(publish, withdrawn)
+            publish = publish_off_loop(publish, withdrawn)
         pending = requester.send(event, publish, max_replies, gathers=gathers, timeout=timeout)
         table = requester.table
         try:

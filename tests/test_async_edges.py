@@ -8,6 +8,7 @@ runs (and finds the call still pending) while the call waits for room.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import gc
 import threading
 import uuid
@@ -21,6 +22,7 @@ import pytest
 from actors import (
     AsyncEventBus,
     BackpressureError,
+    BusClosedError,
     Event,
     EventBus,
     EventConfig,
@@ -99,6 +101,47 @@ def test_publish_that_may_wait_keeps_causation_and_correlation() -> None:
 
 
 # -- publish_many waits for room off the loop ----------------------------------------------
+
+
+class CountingExecutor(concurrent.futures.ThreadPoolExecutor):
+    """The loop's default executor, counting the jobs that began."""
+
+    def __init__(self, workers: int) -> None:
+        super().__init__(max_workers=workers)
+        self.began = threading.Semaphore(0)
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        def job() -> Any:
+            self.began.release()
+            return fn(*args, **kwargs)
+
+        return super().submit(job)
+
+
+def test_aclose_keeps_its_deadline_with_every_executor_thread_waiting_for_room() -> None:
+    # AsyncEventBus.aclose: "holds one deadline for its flush and its close, as
+    # close does".  Publishes waiting for room each hold an executor thread
+    # for up to block_timeout; the close used to queue behind them there.
+    async def test() -> None:
+        executor = CountingExecutor(2)
+        asyncio.get_running_loop().set_default_executor(executor)
+        bus = AsyncEventBus(EventConfig(block_timeout=60.0))
+        gate = await fill_block_lane(bus, "full.*", "full.e")
+        try:
+            waiting = [asyncio.create_task(bus.publish("full.e", i)) for i in range(2, 6)]
+            # Events 0 and 1 went through the executor; then both of its
+            # threads took a publish that waits for room (2 and 3).
+            with concurrent.futures.ThreadPoolExecutor(1) as side:
+                for _ in range(4):
+                    await asyncio.get_running_loop().run_in_executor(side, executor.began.acquire)
+            await asyncio.wait_for(bus.aclose(timeout=0.5), WAIT)
+            assert bus.sync.closed
+            outcomes = await asyncio.gather(*waiting, return_exceptions=True)
+            assert all(isinstance(o, BusClosedError) for o in outcomes), outcomes
+        finally:
+            gate.set()
+
+    run(test)
 
 
 def test_publish_many_waits_for_room_off_the_loop() -> None:

@@ -27,6 +27,7 @@ LAYERS: dict[str, int] = {
     "actors._metrics_http": 4,
     "actors._bus_requests": 4,
     "actors._async_holds": 4,
+    "actors._async_offloop": 4,
     "actors._bus_start": 5,
     "actors._bus_close": 5,
     "actors._bus": 6,

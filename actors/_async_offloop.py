@@ -1,0 +1,141 @@
+"""Running the blocking parts of ``AsyncEventBus`` off the loop.
+
+A publish that may wait for room runs in the loop's default executor (one
+thread per waiting publish, up to the executor's size); closing runs on a
+thread of its own, so publishes waiting there never hold up ``aclose``.
+Each runs in a copy of the caller's context, so a publish made from a
+handler keeps its causation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import functools
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from actors._core.backpressure import Withdrawn, withdrawal
+from actors._model.event import Event
+from actors._runtime.future import BusFuture
+
+__all__ = ["off_loop", "on_own_thread", "publish_off_loop", "withdrawable"]
+
+T = TypeVar("T")
+Publish = Callable[[Event], BusFuture[Event]]
+
+
+async def off_loop(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run ``fn`` in the loop's default executor, in a copy of the caller's context.
+
+    The copy carries ``current_event`` (and any other context variable) to
+    the thread, so a publish made there inherits causation and correlation
+    as it would on the loop.
+    """
+    run = contextvars.copy_context().run
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(None, functools.partial(run, fn, *args, **kwargs))
+
+
+async def withdrawable(fn: Callable[..., T], *args: Any) -> T:
+    """``off_loop(fn, *args)`` for a publish: cancelling the await withdraws it.
+
+    A publish that is still waiting for room (a full ``BLOCK`` subscription,
+    a peer out of credit) when the await is cancelled gives up within
+    ``WITHDRAW_POLL`` seconds and is not published; one already on its way
+    to the router is published all the same.
+    """
+    withdrawn = threading.Event()
+
+    def job() -> T:
+        if withdrawn.is_set():  # cancelled before the executor ran it
+            raise Withdrawn("the publish was cancelled before it started")
+        withdrawal.set(withdrawn)  # in the copy of the context this job runs in
+        return fn(*args)
+
+    try:
+        return await off_loop(job)
+    except asyncio.CancelledError:
+        withdrawn.set()
+        raise
+
+
+def publish_off_loop(
+    publish: Callable[[Event], BusFuture[Event]], withdrawn: threading.Event
+) -> Publish:
+    """Return a ``publish`` that returns at once and publishes in the default executor.
+
+    The returned future carries the outcome: the published event, or what
+    ``publish`` raised (``BackpressureError`` after ``block_timeout``, ...).
+    Setting ``withdrawn`` withdraws a publish still waiting for room (it
+    ends within ``WITHDRAW_POLL`` with ``Withdrawn``, not published), so a
+    caller that stopped waiting leaves no executor thread behind.
+    """
+    loop = asyncio.get_running_loop()
+    context = contextvars.copy_context()
+    context.run(withdrawal.set, withdrawn)
+    run = context.run
+
+    def start(event: Event) -> BusFuture[Event]:
+        outcome: BusFuture[Event] = BusFuture()
+
+        def job() -> None:
+            try:
+                if withdrawn.is_set():  # the caller stopped waiting before it started
+                    raise Withdrawn("the request ended before its publish started")
+                future = run(publish, event)
+            except BaseException as exc:
+                outcome.set_exception(exc)
+                return
+            future.add_done_callback(_pass_on(outcome))
+
+        loop.run_in_executor(None, job)
+        return outcome
+
+    return start
+
+
+def _pass_on(outcome: BusFuture[T]) -> Callable[[BusFuture[T]], None]:
+    def transfer(done: BusFuture[T]) -> None:
+        exc = done.exception()
+        if exc is None:
+            outcome.set(done.get())
+        else:
+            outcome.set_exception(exc)
+
+    return transfer
+
+
+def on_own_thread(fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+    """Run ``fn(*args)`` on a thread of its own; return a future of the loop for its outcome.
+
+    For closing: the default executor may be full of publishes waiting for
+    room (each up to ``block_timeout``), and a close queued behind them
+    would miss its deadline, or never run.  The thread is not a daemon, as
+    an executor's is not: the interpreter's exit waits for a close under
+    way.  A caller that stops awaiting leaves it running to its end.
+    """
+    loop = asyncio.get_running_loop()
+    outcome: asyncio.Future[T] = loop.create_future()
+    run = contextvars.copy_context().run
+
+    def settle(result: Any, error: BaseException | None) -> None:
+        if outcome.done():  # the caller stopped waiting (cancelled)
+            return
+        if error is None:
+            outcome.set_result(result)
+        else:
+            outcome.set_exception(error)
+
+    def job() -> None:
+        try:
+            result, error = run(fn, *args), None
+        except BaseException as exc:  # handed to the caller on the loop
+            result, error = None, exc
+        with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=job, name="bus-aclose", daemon=False).start()
+    return outcome
