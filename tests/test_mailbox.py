@@ -8,6 +8,8 @@ one thread: the test plays both the router (``offer``) and the subscriber
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -127,6 +129,58 @@ def test_a_barrier_waits_for_the_events_before_it_whatever_is_dropped_after_it(
     mailbox.finished_by_owner += len(batch)
     mailbox.check_barriers()
     assert fired == [1, 2]
+
+
+class _RouterBetween(deque[Any]):
+    """A lane whose next ``popleft`` lets ``router`` run right after it (the owner preempted)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.router: Callable[[], None] | None = None
+
+    def popleft(self) -> Any:
+        item = super().popleft()
+        router, self.router = self.router, None
+        if router is not None:
+            router()
+        return item
+
+
+@pytest.mark.parametrize("take", ["take_events", "clear_events"])
+def test_a_barrier_never_passes_while_the_owner_is_taking_events(take: str) -> None:
+    # The owner took "a" from the lane; before it counted it, the router
+    # dropped the oldest events behind it (b and c) and a second flush
+    # checked the barriers.  The first barrier (a and b) must not pass: "a"
+    # is in the owner's hands, not finished.
+    mailbox = EventMailbox(2, OverflowStrategy.DROP_OLDEST)
+    lane = _RouterBetween()
+    mailbox._events = lane  # noqa: SLF001 - the interleaving under test
+    fired: list[str] = []
+    mailbox.offer("a")
+    mailbox.offer("b")
+    mailbox.add_barrier(lambda: fired.append("first"))
+
+    during: list[str] = []
+
+    def router() -> None:
+        for item in ("c", "d", "e"):
+            mailbox.offer(item)  # b and c dropped as the oldest
+        mailbox.add_barrier(lambda: fired.append("second"))
+        during.extend(fired)  # what passed while "a" was in the owner's hands
+
+    lane.router = router
+    if take == "take_events":
+        batch, _ = mailbox.take_events(1)
+        assert batch == ["a"]
+        assert fired == []
+        mailbox.finished_by_owner += 1
+        mailbox.check_barriers()
+        assert fired == ["first"]
+    else:
+        assert mailbox.clear_events() == 3  # a, d, e
+        assert fired == ["first", "second"]
+    assert during == []
+    assert (mailbox.popped, mailbox.taken) == (2, mailbox.finished_by_owner)
 
 
 def test_clear_events_finishes_them_and_releases_the_room_waiter() -> None:

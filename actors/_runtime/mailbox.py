@@ -222,12 +222,14 @@ class EventMailbox(FifoMailbox):
         popleft = events.popleft
         batch: list[Any] = []
         append = batch.append
+        count = min(limit, len(events))
+        # Counted before they leave (see ``_passed``), given back if fewer did.
+        self.taken += count
         try:
-            for _ in range(min(limit, len(events))):
+            for _ in range(count):
                 append(popleft())
         except IndexError:  # the router dropped the oldest ones meanwhile (DROP_OLDEST)
-            pass
-        self.taken += len(batch)
+            self.taken -= count - len(batch)
         relieved = False
         if self._high and len(events) < LOW_WATER * self.capacity:
             self.relief_queued = len(events)
@@ -245,12 +247,13 @@ class EventMailbox(FifoMailbox):
         n = 0
         events = self._events
         while events:
+            self.taken += 1  # counted before it leaves (see ``_passed``)
             try:
                 events.popleft()
             except IndexError:  # the router dropped the last ones meanwhile (DROP_OLDEST)
+                self.taken -= 1
                 break
             n += 1
-        self.taken += n
         self.finished_by_owner += n
         self.discarded += n
         waiter, self._room_waiter = self._room_waiter, None
@@ -285,11 +288,17 @@ class EventMailbox(FifoMailbox):
         """Return how many of the events that went in are done with, counted from the front.
 
         Called on any thread.  The order of the reads makes the answer safe
-        whoever writes meanwhile: every count only grows, the owner finishes
-        what it took in order, and once ``finished_by_owner`` (read last)
-        reaches ``taken`` (read before it), each event among the first
-        ``taken + popped`` to leave the front (``popped`` read first) is done.
-        Returns -1 while the owner has taken events it has not finished.
+        whoever writes meanwhile: the owner counts what it takes in ``taken``
+        before the events leave the lane (and gives back what the router
+        dropped first), and finishes what it took in order.  So once
+        ``finished_by_owner`` (read last) reaches ``taken`` (read before
+        it), the owner holds no event it has not finished, and each pop
+        counted in ``popped`` (read first) came after what the owner had
+        taken: the first ``taken + popped`` events to leave the front are
+        done.  Counting ``taken`` after the events left would let a check
+        between the two count later pops for earlier events still in the
+        owner's hands.  Returns -1 while the owner has taken (or is taking)
+        events it has not finished.
         """
         popped = self.popped
         taken = self.taken
