@@ -476,7 +476,9 @@ class AsyncEventBus:
         withdrawn = threading.Event()  # set once this call ends, however it ends
         if node is not None or bus.core.publisher.may_wait():
             publish = publish_off_loop(publish, withdrawn)
-        pending = requester.send(event, publish, max_replies, gathers=gathers, timeout=timeout)
+        pending = requester.send(
+            event, publish, max_replies, gathers=gathers, timeout=timeout, inside=client.inside()
+        )
         table = requester.table
         try:
             async with asyncio.timeout_at(deadline):

@@ -26,12 +26,13 @@ import pykka
 
 from actors._core.crossing import waiting_for
 from actors._core.handling import running_here
-from actors._core.messages import Closing
+from actors._core.messages import Closing, Flush
 from actors._core.stopping import RELEASE_WAIT, stop_actors
 from actors._core.wiring import Core
 from actors._errors import BusClosedError
 from actors._model import checks
 from actors._model.metrics import SubscriptionStatistics
+from actors._runtime.future import BusFuture
 from actors._runtime.shutdown import Deadline
 
 if TYPE_CHECKING:
@@ -124,6 +125,27 @@ class Closable:
         with waiting_for(self._core.router) as wait:
             return self._close_waiting(timeout, first=first, circle=wait.circle)
 
+    def _fail_waiting_handlers(self) -> None:
+        """Fail the requests of this bus's handlers once no reply can come to them any more.
+
+        A closing bus takes no new events, so once its reply routes handled
+        what was routed before ``Closing`` (a ``Flush`` of those alone), a
+        request still waiting gets no reply.  One made by a handler of this
+        bus is failed then: the close's flush waits for that handler, which
+        would wait for its reply (for ever, without a timeout).  Other
+        callers are failed after the flush, as before: a peer's reply may
+        still come in meanwhile.
+        """
+        requester = self._requests.requester
+
+        def fail(_: BusFuture[None]) -> None:
+            error = BusClosedError("the bus was closed: no reply can come")
+            requester.table.fail_all(error, inside=True)
+
+        drained: BusFuture[None] = BusFuture()
+        drained.add_done_callback(fail)
+        self._core.inbox.put(Flush(drained, None, requester.route_ids()))
+
     def _close_waiting(
         self, timeout: float | None, *, first: bool, circle: bool
     ) -> tuple[SubscriptionStatistics, ...]:
@@ -133,6 +155,7 @@ class Closable:
             # the flush), or failed by ``settle_closed`` once the actors stopped.
             self._publisher.closed = True
             self._core.inbox.put(Closing())
+            self._fail_waiting_handlers()
         deadline = Deadline(timeout)
         # A handler of this bus (a dedicated thread's and an ``async`` one's
         # included), or one of its threads; a handler of another bus is outside

@@ -35,7 +35,7 @@ from actors import (
     RemoteHandlerError,
     RequestTimeoutError,
 )
-from tests._support import WAIT, Collector, wait_for
+from tests._support import WAIT, Collector, Gate, wait_for
 
 SHORT = 0.3
 """A request timeout meant to run out (nobody answers in time by construction)."""
@@ -691,6 +691,79 @@ def test_a_responder_still_running_at_close_gives_its_caller_bus_closed_error() 
         assert bus.pending_requests() == 0
     finally:
         release.set()
+
+
+@pytest.mark.parametrize("gather", [False, True])
+def test_a_handler_waiting_without_a_timeout_for_a_reply_nobody_sends_is_failed_by_close(
+    gather: bool,
+) -> None:
+    # requests.md: once the replies routed before close() are delivered, a
+    # handler's request still waiting gets BusClosedError.  Before, close()'s
+    # flush waited for the handler, which waited for a reply no one would
+    # send: close() without a timeout never returned.
+    bus = EventBus(EventConfig(threads=2))
+    outcome: concurrent.futures.Future[BaseException | None] = concurrent.futures.Future()
+    asking = threading.Event()
+
+    def worker(event: Event) -> None:
+        asking.set()
+        try:
+            if gather:
+                bus.request_all("nobody.answers", timeout=None)
+            else:
+                bus.request("nobody.answers", timeout=None)
+        except BaseException as exc:  # the outcome is what is checked
+            outcome.set_result(exc)
+        else:
+            outcome.set_result(None)
+
+    bus.subscribe("task.assigned", worker, dedicated_thread=True)
+    bus.publish("task.assigned")
+    assert asking.wait(WAIT)
+    assert wait_for(lambda: bus.pending_requests() == 1)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        closing = pool.submit(bus.close)  # no timeout
+        assert isinstance(outcome.result(timeout=WAIT), BusClosedError)
+        assert closing.result(timeout=WAIT) == ()
+    assert bus.pending_requests() == 0
+
+
+def test_a_reply_routed_before_close_still_reaches_the_handler_waiting_for_it() -> None:
+    # The early failure waits for the reply routes: a reply routed before
+    # close() began, still queued in its reply route, reaches the handler.
+    bus = EventBus(EventConfig(threads=1))
+    stall = Gate()  # holds the pool's one thread, so the reply route waits
+    bus.subscribe("stall.*", stall)
+    seen: concurrent.futures.Future[Event] = concurrent.futures.Future()
+    got: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+    def worker(event: Event) -> None:
+        try:
+            got.set_result(bus.request("tool.find", timeout=None).data)
+        except BaseException as exc:  # the outcome is what is checked
+            got.set_result(exc)
+
+    bus.subscribe("tool.find", seen.set_result, dedicated_thread=True)
+    bus.subscribe("task.assigned", worker, dedicated_thread=True)
+    bus.publish("stall.now")
+    assert stall.entered.wait(WAIT)
+    bus.publish("task.assigned")
+    request = seen.result(timeout=WAIT)
+    reply = Event(
+        event_type="tool.find.reply",
+        data="found",
+        causation_id=request.id,
+        correlation_id=request.correlation_id,
+        target=request.source,
+    )
+    bus.publish(reply).get(timeout=WAIT)  # routed: queued in the stalled reply route
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        closing = pool.submit(bus.close)
+        assert wait_for(lambda: bus.closed)
+        stall.release.set()
+        assert got.result(timeout=WAIT) == "found"
+        assert closing.result(timeout=WAIT) == ()
+    assert bus.pending_requests() == 0
 
 
 @pytest.mark.parametrize("gather", [False, True])

@@ -121,11 +121,13 @@ class Flush:
 
     ``taken`` is called first, on the router's thread, with the mailboxes
     the flush puts a barrier in; what it returns is called with each one
-    as its barrier passes.
+    as its barrier passes.  With ``only``, barriers go in those
+    subscriptions alone (and the recorders).
     """
 
     future: BusFuture[None]
     taken: FlushTaken | None = None
+    only: frozenset[str] | None = None  # the subscriptions (ids) to wait for; None: all
 
 
 @dataclass(frozen=True, slots=True)

@@ -78,6 +78,7 @@ class Pending:
     when ``max_replies`` is None: the caller's timeout ends the wait).
     ``gathers``: the caller is a ``request_all``, which a refused reply does
     not fail (whatever its ``max_replies``), where a ``request`` fails at once.
+    ``inside``: the caller is a handler of the bus (``fail_inside``).
     """
 
     request_id: uuid.UUID
@@ -86,6 +87,7 @@ class Pending:
     future: ReplyFuture[list[Event]] = field(default_factory=ReplyFuture)
     replies: list[Event] = field(default_factory=list)
     expires: float | None = None  # ``time.monotonic()`` past which a sweep ends it
+    inside: bool = False
 
 
 class PendingTable:
@@ -123,6 +125,7 @@ class PendingTable:
         *,
         gathers: bool = False,
         timeout: float | None = None,
+        inside: bool = False,
     ) -> Pending:
         """Add an entry for ``request_id``; raise ``BackpressureError`` when the table is full.
 
@@ -133,7 +136,7 @@ class PendingTable:
         """
         if max_replies is not None and max_replies < 1:
             raise ValueError("max_replies must be at least 1 (or None)")
-        entry = Pending(request_id, max_replies, gathers)
+        entry = Pending(request_id, max_replies, gathers, inside=inside)
         if timeout is not None:
             entry.expires = time.monotonic() + timeout + SWEEP_GRACE
         self._opened += 1
@@ -231,11 +234,15 @@ class PendingTable:
             entry.future.set(entry.replies)
         return True
 
-    def fail_all(self, exc: BaseException) -> int:
-        """Fail every waiting caller with ``exc`` (the bus closed); return how many."""
+    def fail_all(self, exc: BaseException, *, inside: bool = False) -> int:
+        """Fail every waiting caller with ``exc`` (the bus closed); return how many.
+
+        ``inside``: only the callers that are handlers of the bus.
+        """
         with self._lock:
-            entries = list(self._entries.values())
-            self._entries.clear()
+            entries = [e for e in self._entries.values() if e.inside or not inside]
+            for entry in entries:
+                del self._entries[entry.request_id]
         for entry in entries:
             entry.future.set_exception(exc)
         return len(entries)

@@ -84,6 +84,7 @@ class RequestClient:
         publish_remote: Callable[..., Event],
         router: FifoMailbox,
         bridge: Callable[[], ReplyRouteSync | None],
+        inside: Callable[[], bool] = lambda: False,
     ) -> None:
         self._prepare = prepare
         self._publish = publish
@@ -91,6 +92,7 @@ class RequestClient:
         self._router = router
         self._bridge = bridge
         self._subscribe = subscribe
+        self.inside = inside  # the caller is a handler of the bus: its close fails it early
         self.requester = Requester(lambda p, h, w: subscribe(p, h, filter=w))
         self._lock = threading.Lock()
 
@@ -177,7 +179,9 @@ class RequestClient:
             self.sync_reply_route(event.event_type, timeout, node)
         deadline = None if timeout is None else started + timeout
         publish = self.publisher(node, deadline, timeout)
-        pending = self.requester.send(event, publish, max_replies, gathers=gathers, timeout=timeout)
+        pending = self.requester.send(
+            event, publish, max_replies, gathers=gathers, timeout=timeout, inside=self.inside()
+        )
         left = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
         return event, pending, left
 

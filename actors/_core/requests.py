@@ -238,6 +238,11 @@ class Requester:
         """Return how many reply routes exist (one per request type asked so far)."""
         return len(self._routes)
 
+    def route_ids(self) -> frozenset[str]:
+        """Return the subscription ids of the reply routes."""
+        with self._lock:
+            return frozenset(getattr(sub, "id", "") for sub in self._routes.values())
+
     def send(
         self,
         request: Event,
@@ -246,6 +251,7 @@ class Requester:
         *,
         gathers: bool = False,
         timeout: float | None = None,
+        inside: bool = False,
     ) -> Pending:
         """Open an entry for ``request``, then publish it; return the entry.
 
@@ -253,7 +259,9 @@ class Requester:
         future fails later (``REJECT`` backpressure, a journal error) fails
         the entry's future with that error.
         """
-        pending = self.table.open(request.id, max_replies, gathers=gathers, timeout=timeout)
+        pending = self.table.open(
+            request.id, max_replies, gathers=gathers, timeout=timeout, inside=inside
+        )
         try:
             future = publish(request)
         except BaseException:

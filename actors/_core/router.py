@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Sequence, Set
 from dataclasses import replace
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -207,7 +207,7 @@ class RouterActor(DispatchedActor):
         elif type(message) is RoomFreed:
             self.guard.clear(message.gate)
         elif type(message) is Flush:
-            self._flush(message.future, message.taken)
+            self._flush(message.future, message.taken, message.only)
         elif type(message) is Closing:
             self._closing = True
             self.guard.close()
@@ -443,9 +443,11 @@ class RouterActor(DispatchedActor):
 
     # -- flush ----------------------------------------------------------------
 
-    def _flush(self, future: BusFuture[None], taken: FlushTaken | None = None) -> None:
+    def _flush(
+        self, future: BusFuture[None], taken: FlushTaken | None = None, only: Set[str] | None = None
+    ) -> None:
         self._send_records()
-        mailboxes = [r.mailbox for r, _ in self._routes.values()]
+        mailboxes = [r.mailbox for r, _ in self._routes.values() if only is None or r.id in only]
         recorders = list(self._recorders)
         if self._durable is not None:
             recorders.append(self._durable)
