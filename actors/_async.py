@@ -31,7 +31,13 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from actors._async_holds import fail_closed, holds_of
-from actors._async_offloop import off_loop, on_own_thread, publish_off_loop, withdrawable
+from actors._async_offloop import (
+    in_background,
+    off_loop,
+    on_own_thread,
+    publish_off_loop,
+    withdrawable,
+)
 from actors._async_stream import EventStream, Inbox
 from actors._bus import EventBus
 from actors._core.background import subscribing_loop
@@ -328,7 +334,10 @@ class AsyncEventBus:
         deadline, it stops at once (on a thread the interpreter's exit
         waits for), and ``CancelledError`` goes on to the caller; unless
         another ``aclose`` is under way, which then closes the bus on its
-        own deadline.  A bus is never left half-closed.
+        own deadline.  A bus is never left half-closed.  Cancelled once its
+        own close began (the flush it awaits on the loop ended), that close
+        goes on to its deadline: without a ``timeout``, behind a handler
+        that never returns, the interpreter's exit waits for it for ever.
         """
         checks.check_timeout("timeout", timeout)
         with self._closers_lock:
@@ -341,7 +350,7 @@ class AsyncEventBus:
             # Another aclose still under way drains and stops the bus on its
             # own deadline: cutting it short would give up what it waits for.
             if alone and not self.sync.closed:
-                on_own_thread(self.sync.close, 0.0)
+                in_background(self.sync.close, 0.0)
             raise
         finally:
             with self._closers_lock:

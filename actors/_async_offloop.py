@@ -21,7 +21,7 @@ from actors._core.backpressure import Withdrawn, withdrawal
 from actors._model.event import Event
 from actors._runtime.future import BusFuture
 
-__all__ = ["off_loop", "on_own_thread", "publish_off_loop", "withdrawable"]
+__all__ = ["in_background", "off_loop", "on_own_thread", "publish_off_loop", "withdrawable"]
 
 T = TypeVar("T")
 Publish = Callable[[Event], BusFuture[Event]]
@@ -108,34 +108,50 @@ def _pass_on(outcome: BusFuture[T]) -> Callable[[BusFuture[T]], None]:
     return transfer
 
 
-def on_own_thread(fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
-    """Run ``fn(*args)`` on a thread of its own; return a future of the loop for its outcome.
+async def on_own_thread(fn: Callable[..., T], *args: Any) -> T:
+    """Run ``fn(*args)`` on a thread of its own and await its outcome.
 
     For closing: the default executor may be full of publishes waiting for
     room (each up to ``block_timeout``), and a close queued behind them
     would miss its deadline, or never run.  The thread is not a daemon, as
     an executor's is not: the interpreter's exit waits for a close under
-    way.  A caller that stops awaiting leaves it running to its end.
+    way.  A caller that stops awaiting (cancelled) leaves it running to its
+    end; one that gets the outcome also finds the thread ended (joined: it
+    has nothing left to do once it handed the outcome over).
     """
     loop = asyncio.get_running_loop()
     outcome: asyncio.Future[T] = loop.create_future()
-    run = contextvars.copy_context().run
 
     def settle(result: Any, error: BaseException | None) -> None:
         if outcome.done():  # the caller stopped waiting (cancelled)
             return
         if error is None:
             outcome.set_result(result)
+        elif isinstance(error, StopIteration):  # a future refuses it: it would hang the caller
+            outcome.set_exception(RuntimeError(f"{fn!r} raised StopIteration"))
         else:
             outcome.set_exception(error)
 
     def job() -> None:
         try:
-            result, error = run(fn, *args), None
+            result, error = fn(*args), None
         except BaseException as exc:  # handed to the caller on the loop
             result, error = None, exc
         with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits
             loop.call_soon_threadsafe(settle, result, error)
 
-    threading.Thread(target=job, name="bus-aclose", daemon=False).start()
-    return outcome
+    thread = in_background(job)
+    try:
+        return await outcome
+    finally:
+        if not outcome.cancelled():
+            thread.join()
+
+
+def in_background(fn: Callable[..., object], *args: Any) -> threading.Thread:
+    """Start ``fn(*args)`` on a thread of its own (``on_own_thread``), in a copy of the context."""
+    thread = threading.Thread(
+        target=contextvars.copy_context().run, args=(fn, *args), name="bus-aclose", daemon=False
+    )
+    thread.start()
+    return thread

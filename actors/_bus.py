@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from actors._bus_close import Closable
 from actors._bus_requests import RequestReply
 from actors._bus_start import STOP_WAIT, start_runtime
-from actors._core.handling import running_here
+from actors._core.crossing import handler_of
 from actors._core.publishing import prepare_event
 from actors._core.replay import iter_query
 from actors._core.replay import replay as replay_events
@@ -134,7 +134,7 @@ class EventBus(Closable, RequestReply):
             publish_remote=self.publish_remote,
             router=self._router_mailbox,
             bridge=lambda: self._bridge,
-            inside=lambda: running_here(self._core.router) is not None,
+            inside=lambda: handler_of(self._core.router),
         )
 
     def _start_node(self, config: NodeConfig) -> None:

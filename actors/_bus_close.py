@@ -140,7 +140,7 @@ class Closable:
 
         def fail(_: BusFuture[None]) -> None:
             error = BusClosedError("the bus was closed: no reply can come")
-            requester.table.fail_all(error, inside=True)
+            requester.table.end_inside(error)
 
         drained: BusFuture[None] = BusFuture()
         drained.add_done_callback(fail)

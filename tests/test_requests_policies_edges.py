@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import logging
 import threading
 import uuid
@@ -693,39 +694,73 @@ def test_a_responder_still_running_at_close_gives_its_caller_bus_closed_error() 
         release.set()
 
 
+@pytest.mark.parametrize("answers", [0, 3])
 @pytest.mark.parametrize("gather", [False, True])
-def test_a_handler_waiting_without_a_timeout_for_a_reply_nobody_sends_is_failed_by_close(
-    gather: bool,
+def test_a_handler_waiting_without_a_timeout_for_a_reply_nobody_sends_is_ended_by_close(
+    gather: bool, answers: int
 ) -> None:
     # requests.md: once the replies routed before close() are delivered, a
-    # handler's request still waiting gets BusClosedError.  Before, close()'s
-    # flush waited for the handler, which waited for a reply no one would
-    # send: close() without a timeout never returned.
+    # handler's request still waiting gets BusClosedError, and its
+    # request_all the replies it has (BusClosedError without any).  Before, close()'s flush waited for the
+    # handler, which waited for a reply no one would send: close() without a
+    # timeout never returned.
     bus = EventBus(EventConfig(threads=2))
-    outcome: concurrent.futures.Future[BaseException | None] = concurrent.futures.Future()
+    outcome: concurrent.futures.Future[Any] = concurrent.futures.Future()
     asking = threading.Event()
+    replies = Collector()
+    bus.subscribe("svc.ask.reply", replies)
+    for k in range(answers):
+        bus.respond("svc.ask", lambda e, k=k: f"r{k}")
 
     def worker(event: Event) -> None:
         asking.set()
         try:
             if gather:
-                bus.request_all("nobody.answers", timeout=None)
+                outcome.set_result(bus.request_all("svc.ask", timeout=None))
             else:
-                bus.request("nobody.answers", timeout=None)
+                outcome.set_result(bus.request("svc.nobody", timeout=None))
         except BaseException as exc:  # the outcome is what is checked
             outcome.set_result(exc)
-        else:
-            outcome.set_result(None)
 
     bus.subscribe("task.assigned", worker, dedicated_thread=True)
     bus.publish("task.assigned")
     assert asking.wait(WAIT)
     assert wait_for(lambda: bus.pending_requests() == 1)
+    if gather:  # every reply there is was handed over
+        assert wait_for(lambda: len(replies.events) == answers)
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         closing = pool.submit(bus.close)  # no timeout
-        assert isinstance(outcome.result(timeout=WAIT), BusClosedError)
+        got = outcome.result(timeout=WAIT)
+        if gather and answers:
+            assert sorted(e.data for e in got) == [f"r{k}" for k in range(answers)]
+        else:
+            assert isinstance(got, BusClosedError)
         assert closing.result(timeout=WAIT) == ()
     assert bus.pending_requests() == 0
+
+
+def test_a_thread_a_handler_began_is_no_handler_of_the_bus_for_its_requests() -> None:
+    # Only a handler running now is ended early by close: a thread it began
+    # with a copy of its context waits as any outside caller does.
+    with EventBus(EventConfig(threads=2)) as bus:
+        marks: list[bool] = []
+        done = threading.Event()
+
+        def handler(event: Event) -> None:
+            marks.append(bus.request_client.inside())
+            thread = threading.Thread(
+                target=contextvars.copy_context().run,
+                args=(lambda: marks.append(bus.request_client.inside()),),
+            )
+            thread.start()
+            thread.join()
+            done.set()
+
+        bus.subscribe("task.assigned", handler)
+        bus.publish("task.assigned")
+        assert done.wait(WAIT)
+        assert marks == [True, False]
+        assert bus.request_client.inside() is False
 
 
 def test_a_reply_routed_before_close_still_reaches_the_handler_waiting_for_it() -> None:

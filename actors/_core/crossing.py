@@ -25,7 +25,7 @@ from contextlib import contextmanager
 
 from actors._core.handling import Batch, HandlerRuns, current_run
 
-__all__ = ["Wait", "awaited", "live_run", "waiting_for"]
+__all__ = ["Wait", "awaited", "handler_of", "live_run", "waiting_for"]
 
 _lock = threading.Lock()
 
@@ -114,6 +114,15 @@ def live_run() -> tuple[HandlerRuns, Batch] | None:
     if on is None or on[0] is not run[1] or on[1] not in (threading.get_ident(), _task()):
         return None
     return run
+
+
+def handler_of(router: object) -> bool:
+    """Return whether the caller is a handler of the bus whose router is ``router``, running now.
+
+    Not a thread or task such a handler began (see ``live_run``).
+    """
+    run = live_run()
+    return run is not None and run[0].ports.router is router
 
 
 def awaited(target: object) -> bool:

@@ -234,17 +234,30 @@ class PendingTable:
             entry.future.set(entry.replies)
         return True
 
-    def fail_all(self, exc: BaseException, *, inside: bool = False) -> int:
-        """Fail every waiting caller with ``exc`` (the bus closed); return how many.
+    def fail_all(self, exc: BaseException) -> int:
+        """Fail every waiting caller with ``exc`` (the bus closed); return how many."""
+        with self._lock:
+            entries = list(self._entries.values())
+            self._entries.clear()
+        for entry in entries:
+            entry.future.set_exception(exc)
+        return len(entries)
 
-        ``inside``: only the callers that are handlers of the bus.
+    def end_inside(self, exc: BaseException) -> int:
+        """End the waits of the bus's own handlers (no reply can come); return how many.
+
+        A gathering caller (``request_all``) gets the replies it has, as its
+        timeout would end it; one with none, and a ``request``, fail with ``exc``.
         """
         with self._lock:
-            entries = [e for e in self._entries.values() if e.inside or not inside]
+            entries = [e for e in self._entries.values() if e.inside]
             for entry in entries:
                 del self._entries[entry.request_id]
         for entry in entries:
-            entry.future.set_exception(exc)
+            if entry.gathers and entry.replies:
+                entry.future.set(list(entry.replies))
+            else:
+                entry.future.set_exception(exc)
         return len(entries)
 
     def close(self, request_id: uuid.UUID) -> list[Event] | None:
