@@ -701,9 +701,9 @@ def test_a_handler_waiting_without_a_timeout_for_a_reply_nobody_sends_is_ended_b
 ) -> None:
     # requests.md: once the replies routed before close() are delivered, a
     # handler's request still waiting gets BusClosedError, and its
-    # request_all the replies it has (BusClosedError without any).  Before, close()'s flush waited for the
-    # handler, which waited for a reply no one would send: close() without a
-    # timeout never returned.
+    # request_all the replies it has (BusClosedError without any).  Before,
+    # close()'s flush waited for the handler, which waited for a reply no one
+    # would send: close() without a timeout never returned.
     bus = EventBus(EventConfig(threads=2))
     outcome: concurrent.futures.Future[Any] = concurrent.futures.Future()
     asking = threading.Event()
