@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -264,6 +265,57 @@ def test_many_concurrent_catch_ups_each_get_their_exact_suffix(
         assert [e.id for e in rec.events] == want, (start, pattern)
         if start < 10**6:
             assert rec.events[-1].sequence in (marker0.sequence, marker1.sequence)
+
+
+def test_a_flush_ends_though_a_catch_up_never_reaches_the_head(
+    open_bus: Callable[..., EventBus],
+) -> None:
+    """A flush waits for a catch-up only until it handled what was published before the flush.
+
+    Each event the catch-up handles makes the publisher publish two more
+    (in lockstep), so its reads never reach the journal's head while the
+    publisher goes on.  Before, a flush waited for it to catch up: for ever.
+    """
+    bus = open_bus()
+    history = publish_all(bus, [Event(event_type="c.e", data=i) for i in range(600)])
+    permits, made = threading.Semaphore(0), threading.Semaphore(0)
+    stop = threading.Event()
+    published: list[uuid.UUID] = []
+    handled: list[uuid.UUID] = []
+    lock = threading.Lock()
+
+    def publisher() -> None:
+        while permits.acquire(timeout=WAIT) and not stop.is_set():
+            event = bus.publish("c.e", "more").get(timeout=WAIT)
+            with lock:
+                published.append(event.id)
+            made.release()
+
+    def chaser(event: Event) -> None:
+        with lock:
+            handled.append(event.id)
+        if stop.is_set():
+            return
+        permits.release(2)
+        for _ in range(2):
+            made.acquire(timeout=WAIT)
+
+    thread = threading.Thread(target=publisher, daemon=True)
+    thread.start()
+    try:
+        bus.subscribe("c.*", chaser, from_sequence=1, dedicated_thread=True)
+        assert wait_for(lambda: len(published) >= 300)
+        with lock:
+            before = [e.id for e in history] + list(published)
+        bus.flush(WAIT)
+        with lock:
+            assert set(before) <= set(handled)
+        assert thread.is_alive()  # still publishing: the flush did not wait for it to stop
+    finally:
+        stop.set()
+        permits.release()
+        made.release(2)
+        thread.join(WAIT)
 
 
 def test_small_capacity_drops_nothing_published_while_history_is_read(

@@ -7,6 +7,11 @@ meanwhile, and goes live, skipping live events it already handled.  While it
 joins, the mailbox is unbounded so the switch loses nothing; it gets its
 capacity back once live.
 
+A flush waits for a catch-up still reading history only until it has
+handled the events published before the flush (``mark``): one whose handler
+is no faster than the publishers may never reach the head while they go on,
+and a flush that waited for that would not end.
+
 Every method runs on the subscriber's own thread: journal answers and the
 router's "joined" arrive as messages (``HistoryRead``, ``Joined``) in the
 subscriber's mailbox, so no other thread touches this state or the mailbox's
@@ -17,11 +22,12 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from actors._core.messages import HistoryRead, Joined
+from actors._core.messages import FlushMark, GetRouterFigures, HistoryRead, Joined, RouterFigures
 from actors._core.routes import Route, accepts
 from actors._model.config import OverflowStrategy
 from actors._model.topics import Pattern
@@ -32,7 +38,7 @@ if TYPE_CHECKING:
     from actors._model.event import Event
     from actors._runtime.mailbox import EventMailbox
 
-__all__ = ["CatchUp", "durable_overflow"]
+__all__ = ["CatchUp", "durable_overflow", "mark_history", "once"]
 
 logger = logging.getLogger("actors.subscriber")
 
@@ -46,6 +52,34 @@ RETRY_FIRST = 0.05
 """The first wait before a failed history read is asked again (seconds); doubles each time."""
 RETRY_MAX = 5.0
 """The longest wait between two attempts at a failing history read (seconds)."""
+
+
+def once(fn: Callable[[], object]) -> Callable[..., None]:
+    """Return a callable that calls ``fn`` the first time it is called, from any thread."""
+    lock = threading.Lock()
+    called = False
+
+    def call(*_: object) -> None:
+        nonlocal called
+        with lock:
+            if called:
+                return
+            called = True
+        fn()
+
+    return call
+
+
+class _Mark:
+    """A flush waiting for the events before ``sequence`` (see ``CatchUp.mark``)."""
+
+    __slots__ = ("after", "done", "read", "sequence")
+
+    def __init__(self, sequence: int, after: int, done: Callable[[], None]) -> None:
+        self.sequence = sequence
+        self.after = after  # reads asked before the mark: their answers prove nothing
+        self.done = done
+        self.read = False  # every event before ``sequence`` is in a page read
 
 
 class CatchUp:
@@ -86,6 +120,9 @@ class CatchUp:
         self.caught_up: BusFuture[None] = BusFuture()
         self.live_start: int | None = None
         self._pages: deque[list[tuple[Event, float]]] = deque()
+        self._asked = 0  # reads asked so far; answered in the order they were asked
+        self._answered = 0
+        self._marks: list[_Mark] = []
         self._capacity = self._mailbox.capacity
         self._matches = Pattern.parse(route.pattern).matches
         if start is None:
@@ -108,7 +145,39 @@ class CatchUp:
         self._ask()
 
     def _ask(self) -> None:
+        self._asked += 1
         self._read(self.position, self.PAGE, self._answer(), self._indexed)
+
+    def mark(self, sequence: int, done: Callable[[], None]) -> None:
+        """Call ``done`` once every event before ``sequence`` is handled (or once caught up).
+
+        ``sequence`` is the router's next sequence, taken after the flush
+        began; a read asked after this call reaches the journal after the
+        records of those events (it goes through the router).  So the first
+        such read whose page ends at or past ``sequence - 1``, or falls
+        short of a page (the journal's head), has every one of them in what
+        was read; once those pages are handled (``passed``), ``done``.
+        """
+        if self.caught_up.done():
+            done()
+            return
+        self._marks.append(_Mark(sequence, self._asked, done))
+
+    def passed(self) -> None:
+        """Call the marks whose events are all handled (every page read is; no batch runs)."""
+        if self._pages or not self._marks:
+            return
+        waiting = [m for m in self._marks if not m.read]
+        for mark in self._marks:
+            if mark.read:
+                mark.done()
+        self._marks = waiting
+
+    def _read_through(self, last: int, full: bool) -> None:
+        """Note the marks an answered read covers (``last``: its page's last sequence)."""
+        for mark in self._marks:
+            if mark.after < self._answered and (not full or last >= mark.sequence - 1):
+                mark.read = True
 
     def _answer(self) -> BusFuture[list[Event]]:
         inbox = self._inbox
@@ -118,6 +187,7 @@ class CatchUp:
 
     def on_read(self, future: BusFuture[list[Event]]) -> None:
         """Take a page the journal read; join the router once history is exhausted."""
+        self._answered += 1
         exc = future.exception()
         if exc is not None:
             self._read_failed(exc)
@@ -125,6 +195,8 @@ class CatchUp:
         self.failed_reads = 0
         events = future.get()
         full = len(events) >= self.PAGE
+        if self._marks:
+            self._read_through((events[-1].sequence or 0) if events else 0, full)
         live_start = self.live_start
         if live_start is not None:
             events = [e for e in events if (e.sequence or 0) < live_start]
@@ -192,6 +264,7 @@ class CatchUp:
             delay,
         )
         # The timer's thread only sends the read: what it needs is taken here.
+        self._asked += 1  # asked now, as far as a mark made meanwhile can tell
         read, position, answer = self._read, self.position, self._answer
         self._retry(delay, lambda: read(position, self.PAGE, answer(), False))
 
@@ -206,6 +279,9 @@ class CatchUp:
         """Mark the subscription caught up if it is live with no history left; return it."""
         if self.live and not self._pages:
             self.caught_up.set(None)
+            marks, self._marks = self._marks, []
+            for mark in marks:
+                mark.done()
             return True
         return False
 
@@ -231,3 +307,33 @@ def durable_overflow(given: object, strategy: OverflowStrategy) -> OverflowStrat
             "checkpoint would move past them; use 'block' (the default) or 'reject'"
         )
     return strategy
+
+
+def mark_history(
+    pending: Sequence[tuple[Inbox, BusFuture[None]]], router: Inbox, count_down: Callable[[], None]
+) -> None:
+    """Count down once for each catch-up of ``pending`` (its inbox, its ``caught_up``).
+
+    Each counts once it has handled the events published before this call
+    (``CatchUp.mark``, with the router's next sequence), or once caught up,
+    whichever comes first.  A router that stopped answers with the figures
+    it stopped with: nothing is published after them.
+    """
+    if not pending:
+        return
+    dones = [once(count_down) for _ in pending]
+    for (_, caught_up), done in zip(pending, dones, strict=True):
+        caught_up.add_done_callback(done)
+
+    def marked(answer: BusFuture[RouterFigures]) -> None:
+        if answer.exception() is not None:
+            for done in dones:
+                done()
+            return
+        sequence = answer.get().next_sequence
+        for (inbox, _), done in zip(pending, dones, strict=True):
+            inbox.put(FlushMark(sequence, done))
+
+    figures: BusFuture[RouterFigures] = BusFuture()
+    figures.add_done_callback(marked)
+    router.put(GetRouterFigures(figures))

@@ -268,6 +268,7 @@ class RouterFigures:
     dead_letters: int
     events_per_second: float
     peak_events_per_second: float
+    next_sequence: int = 0  # the sequence the next accepted event gets
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,6 +290,14 @@ class HistoryRead:
     """Subscriber: a page of history it asked the journal for has been read."""
 
     future: BusFuture[list[Event]]
+
+
+@dataclass(frozen=True, slots=True)
+class FlushMark:
+    """Subscriber (catch-up): call ``done`` once every event before ``sequence`` is handled."""
+
+    sequence: int
+    done: Callable[[], None]
 
 
 @dataclass(frozen=True, slots=True)

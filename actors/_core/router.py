@@ -589,6 +589,7 @@ class RouterActor(DispatchedActor):
             dead_letters=self._dead_count,
             events_per_second=current,
             peak_events_per_second=max(meter.peak(), current),
+            next_sequence=self.next_sequence,
         )
 
     @property

@@ -31,7 +31,7 @@ import pykka
 
 from actors._core.catchup import CatchUp
 from actors._core.handling import Batch, HandlerRuns, current_event
-from actors._core.messages import DeadLetter, HistoryRead, Joined, Relieved
+from actors._core.messages import DeadLetter, FlushMark, HistoryRead, Joined, Relieved
 from actors._core.policies import LOOP_WATCH, AsyncRun, CallWatch, HandlerPolicy, SyncRun
 from actors._model.config import OverflowStrategy
 from actors._model.metrics import SubscriptionStatistics
@@ -175,6 +175,8 @@ class SubscriberActor(HandlerRuns, DispatchedActor):
             catchup.on_read(message.future)
         elif type(message) is Joined and catchup is not None:
             catchup.on_joined(message.live_start)
+        elif type(message) is FlushMark and catchup is not None:
+            catchup.mark(message.sequence, message.done)
         else:
             super()._on_message(message)
 
@@ -195,6 +197,8 @@ class SubscriberActor(HandlerRuns, DispatchedActor):
             if page is not None:
                 self.replayed += len(page)
                 self._deliver(page, history=True)
+            if not self._busy():
+                catchup.passed()  # a flush waiting for the pages handled here
             if not catchup.live:
                 if not catchup.waiting and not self._busy():
                     catchup.request()

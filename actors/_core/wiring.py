@@ -30,7 +30,7 @@ import pykka
 
 from actors._core.background import BackgroundLoop, subscribing_loop
 from actors._core.backpressure import BlockGuard
-from actors._core.catchup import CatchUp, durable_overflow
+from actors._core.catchup import CatchUp, durable_overflow, mark_history
 from actors._core.correlator import CorrelationActor
 from actors._core.crossing import waiting_for
 from actors._core.handling import running_here
@@ -484,26 +484,22 @@ class Core:
 
         A catch-up subscription is not a route until it has read history (the
         events published before the call reach it through the journal), so
-        the router's ``Flush`` (with ``taken``) is sent once every catch-up is
-        caught up.  Raises ``RuntimeError`` inside a handler.
+        the router's ``Flush`` (with ``taken``) is sent once every catch-up
+        has handled those events, or caught up (``mark_history``).  Raises
+        ``RuntimeError`` inside a handler.
         """
         if running_here(self.router) is not None:
             raise RuntimeError("flush() cannot be called from inside a handler")
         with self._lock:
             pending = [
-                a.catchup.caught_up
+                (a.actor_inbox, a.catchup.caught_up)
                 for a in self._subs.values()
                 if a.catchup is not None and not a.catchup.caught_up.done()
             ]
         future: BusFuture[None] = BusFuture()
         inbox = self.inbox
-
-        def send() -> None:
-            inbox.put(Flush(future, taken))
-
-        latch = Latch(len(pending), send)
-        for caught_up in pending:
-            caught_up.add_done_callback(lambda _: latch.count_down())
+        latch = Latch(len(pending), lambda: inbox.put(Flush(future, taken)))
+        mark_history(pending, inbox, latch.count_down)
         return future
 
     def correlated(self, correlation_id: uuid.UUID) -> BusFuture[CorrelatedEvents]:
