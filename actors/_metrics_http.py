@@ -146,7 +146,7 @@ class MetricsServer:
         *,
         use_client: bool | None = None,
     ) -> None:
-        if not isinstance(port, int) or not 0 <= port <= 65535:
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
             raise ValueError(f"port must be an int in 0..65535, not {port!r}")
         self.source = source
         client = prometheus_client_available() if use_client is None else use_client

@@ -164,6 +164,24 @@ def test_stats_prometheus_escapes_event_types_in_label_values(tmp_path: Path) ->
     assert stored == dict.fromkeys(types, 1.0)
 
 
+def test_stats_prometheus_escapes_what_a_terminal_would_act_on(tmp_path: Path) -> None:
+    # docs/cli.md: control characters in an event type are printed escaped in
+    # every readable line (a C1 CSI, U+009B, included).
+    path = tmp_path / "journal"
+    with EventBus(EventConfig(persistence_path=path)) as bus:
+        publish_all(bus, [Event(event_type="bell\x07\x1b.x\x9b2J", data=1)])
+    prom = run("stats", "--journal", str(path), "--prometheus")
+    assert prom.exit_code == 0, prom.stderr
+    assert not {"\x07", "\x1b", "\x9b"} & set(prom.stdout)
+    labels = [
+        sample.labels["event_type"]
+        for family in text_string_to_metric_families(prom.stdout)
+        for sample in family.samples
+        if sample.name == "llmspell_events_stored_events"
+    ]
+    assert labels == ["bell\\x07\\x1b.x\\x9b2J"]
+
+
 def test_stats_prometheus_prints_the_journals_figures_only(
     journal: tuple[Path, uuid.UUID],
 ) -> None:

@@ -34,6 +34,24 @@ def test_serve_shares_its_journal_with_readers_and_closes_on_sigterm(tmp_path: P
     assert "events 4" in cli("stats", "--journal", str(journal)).stdout
 
 
+def test_a_node_name_a_terminal_would_act_on_is_printed_escaped(tmp_path: Path) -> None:
+    # docs/cli.md: control characters in a node's name are printed escaped in
+    # every readable line: serve's own lines and query --follow's note.
+    name = "hub\x1b]0;retitled\x07"
+    node = Running("serve", "--listen", "tcp://127.0.0.1:0", "--name", name, "--journal",
+                   str(tmp_path / "journal"))  # fmt: skip
+    try:
+        lines = dict(node.line().split(" ", 1) for _ in range(4))
+        assert lines["node"] == "hub\\x1b]0;retitled\\x07"
+        follow = Running("query", "--peer", lines["request"], "--follow")
+        try:
+            assert follow.line(follow.err) == "following the journal of hub\\x1b]0;retitled\\x07"
+        finally:
+            follow.kill()
+    finally:
+        node.kill()
+
+
 def test_serve_with_keys_needs_authorize(tmp_path: Path) -> None:
     public, secret = keygen(tmp_path / "hub")
     result = CliRunner().invoke(

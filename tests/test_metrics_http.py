@@ -152,8 +152,9 @@ def test_a_taken_port_or_a_bad_port_is_refused() -> None:
     with EventBus() as bus, bus.serve_metrics() as first:
         with pytest.raises(OSError):
             bus.serve_metrics(first.port)
-        with pytest.raises(ValueError, match="port"):
-            bus.serve_metrics(70_000)
+        for bad in (70_000, -1, True, 8080.0):  # a bool is no port (True would bind port 1)
+            with pytest.raises(ValueError, match="port"):
+                bus.serve_metrics(bad)  # type: ignore[arg-type]
 
 
 @pytest.mark.slow

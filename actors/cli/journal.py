@@ -104,7 +104,7 @@ def _follow(bus: EventBus, node: str | None, q: EventQuery, source: Source, as_j
         fail(f"node {node!r} did not acknowledge the subscription in time")
     last_sequence(bus, node, source.connection.timeout)  # fails here without a journal
     with ended_by_signal():  # from the line on, a signal exits with 0
-        note(f"following the journal of {node}")
+        note(f"following the journal of {printable(node)}")
         tail.run(lambda event: emit(event, as_json))
 
 
@@ -188,7 +188,8 @@ def _prometheus(figures: dict[str, Any]) -> str:
     stored = "llmspell_events_stored_events"
     lines = [f"# HELP {stored} Events in the journal, by type.", f"# TYPE {stored} gauge"]
     lines += [
-        f'{stored}{{event_type="{escape_label(t)}"}} {n}' for t, n in figures["by_type"].items()
+        f'{stored}{{event_type="{escape_label(printable(t))}"}} {n}'
+        for t, n in figures["by_type"].items()
     ]
     gauges = [
         (

@@ -13,6 +13,7 @@ from actors._bus import EventBus, PersistentEventBus
 from actors._errors import BridgeError, JournalDamagedError, JournalLockedError
 from actors._model.config import EventConfig, NodeConfig
 from actors._model.event import Event
+from actors._model.trace import printable
 from actors.cli.options import (
     BROKER_LISTEN,
     ENDPOINT,
@@ -149,10 +150,11 @@ def serve(
                     server = stack.enter_context(bus.serve_metrics(metrics_port))
                 except OSError as exc:
                     fail(f"cannot serve metrics on port {metrics_port}: {exc.strerror or exc}")
-            say(f"node {name}")
-            say(f"request {endpoints['request']}")
-            say(f"publish {endpoints['publish']}")
-            say(f"journal {Path(journal).resolve() if journal else 'none'}")
+            # Escaped: a name or a path may hold what a terminal would act on.
+            say(f"node {printable(name)}")
+            say(f"request {printable(str(endpoints['request']))}")
+            say(f"publish {printable(str(endpoints['publish']))}")
+            say(f"journal {printable(str(Path(journal).resolve())) if journal else 'none'}")
             if server is not None:
                 say(f"metrics {server.url}")
             wait_for_signal()
@@ -195,9 +197,9 @@ def broker(
     except (BridgeError, ValueError) as exc:
         fail(str(exc))
     try:
-        say(f"request {hub.endpoint}")
-        say(f"subscribe {hub.subscribe_endpoint}")
-        say(f"publish {hub.publish_endpoint}")
+        say(f"request {printable(hub.endpoint)}")
+        say(f"subscribe {printable(hub.subscribe_endpoint)}")
+        say(f"publish {printable(hub.publish_endpoint)}")
         wait_for_signal()
     finally:
         hub.close()
