@@ -76,6 +76,36 @@ def test_forward_reads_skip_the_damaged_block_with_a_count_and_a_warning(
         assert [e.sequence for e in after] == [gap[0] - 1, gap[-1] + 1, gap[-1] + 2]
 
 
+@pytest.mark.parametrize("keep", [10, 100, N // 2 + 2000])
+def test_retention_keeps_the_newest_events_whatever_block_is_damaged(
+    damaged_records: Path, keep: int
+) -> None:
+    # docs/persistence.md: "max_events: keep the newest max_events events by
+    # sequence".  The unreadable records of the damaged block are as old as
+    # their sequences: they go in their turn.  Before, they counted towards
+    # max_events and could not be deleted: newer readable events went in
+    # their place (with max_events=10, every readable one).
+    config = EventConfig(persistence_path=damaged_records, max_events=keep)
+    with EventBus(config) as bus:
+        # The journal's first turn enforces retention: every read comes after it.
+        events = [e.sequence for e in bus.query(EventQuery())]
+        lost = bus.metrics().journal_corrupt_records
+        assert 0 < lost < 1000
+        if keep < N // 2:
+            assert events == list(range(N - keep + 1, N + 1))
+        else:  # the damaged block is among the newest kept: kept, unreadable
+            assert events[-1] == N
+            assert len(events) == keep - lost
+            assert events[0] == N - keep + 1
+        assert [e.sequence for e in bus.query(EventQuery(descending=True))] == events[::-1]
+        published = bus.publish("t.event", {"after": True}).get(timeout=WAIT)
+        assert [e.sequence for e in bus.query(EventQuery(descending=True, limit=1))] == [
+            published.sequence
+        ]
+    with EventBus(EventConfig(persistence_path=damaged_records)) as reopened:
+        assert reopened.query(EventQuery(descending=True, limit=1))[0].sequence == N + 1
+
+
 def test_a_catch_up_subscription_reads_past_the_damage_and_goes_live(
     damaged_records: Path,
 ) -> None:

@@ -213,12 +213,32 @@ class RetentionMixin:
                 if not floor:
                     self._count = 0  # the counter drifted; the store is empty
                 break
+            # Records of a damaged block the walk skipped are as old as their
+            # sequences say: they go in their turn, or newer events would go
+            # in their place (the count holds them).
+            unread = sorted(s for s in self._corrupt_seen if s < seqs[-1])
+            if unread:
+                merged = sorted({*seqs, *unread})[: min(excess, _RETENTION_CHUNK)]
+                taken = set(seqs)
+                seqs = [s for s in merged if s in taken]
+                unread = [s for s in merged if s not in taken]
             batch = self._new_batch()
-            deleted += self._delete_records(batch, seqs, time_done=False)
+            deleted += self._delete_records(batch, seqs, time_done=False, unread=unread)
         return deleted
 
-    def _delete_records(self, batch: Any, seqs: list[int], *, time_done: bool) -> int:
-        """Add deletes of these sorted sequences and their index keys to ``batch``; write it."""
+    def _delete_records(
+        self, batch: Any, seqs: list[int], *, time_done: bool, unread: Sequence[int] = ()
+    ) -> int:
+        """Add deletes of these sorted sequences and their index keys to ``batch``; write it.
+
+        ``unread``: records of a damaged block (their values cannot be read):
+        their keys and type-index entries go, so no later read reports them
+        again; their other index entries stay, skipped as missing.
+        """
+        for seq in unread:
+            batch.delete(SEQ.pack(seq))
+            for tid in self._type_ids.values():
+                batch.delete(TYPE_KEY.pack(tid, seq), self._type_h)
         values = self._multi_get(seqs)
         present = [(s, v) for s, v in zip(seqs, values, strict=True) if v is not None]
         # Runs of consecutive integers hold no other key: range-delete them.
@@ -243,7 +263,7 @@ class RetentionMixin:
                 batch.delete(TIME_KEY.pack(ts + TS_BIAS, seq), self._time_h)
             if cid is not None:
                 batch.delete(cid + SEQ.pack(seq), self._cid_h)
-        count = max(self._count - len(present), 0)
+        count = max(self._count - len(present) - len(unread), 0)
         batch.put(_META_COUNT, SEQ.pack(count), self._meta_h)
         if present and present[-1][0] >= self._last:
             # The newest record goes: its sequence stays spoken for after a reopen.
@@ -252,7 +272,8 @@ class RetentionMixin:
         self._write(batch, False)
         self._count = count
         self._corrupt_seen.difference_update(s for s, _ in present)
-        return len(present)
+        self._corrupt_seen.difference_update(unread)
+        return len(present) + len(unread)
 
 
 def _delete_run(batch: Any, first: int, last: int) -> None:
