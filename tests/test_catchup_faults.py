@@ -303,7 +303,7 @@ def test_a_flush_ends_though_a_catch_up_never_reaches_the_head(
     thread = threading.Thread(target=publisher, daemon=True)
     thread.start()
     try:
-        bus.subscribe("c.*", chaser, from_sequence=1, dedicated_thread=True)
+        sub = bus.subscribe("c.*", chaser, from_sequence=1, dedicated_thread=True)
         assert wait_for(lambda: len(published) >= 300)
         with lock:
             before = [e.id for e in history] + list(published)
@@ -311,6 +311,10 @@ def test_a_flush_ends_though_a_catch_up_never_reaches_the_head(
         with lock:
             assert set(before) <= set(handled)
         assert thread.is_alive()  # still publishing: the flush did not wait for it to stop
+        bus.flush(WAIT)  # each flush waits for about twice as many events as the one before
+        caught_up = sub._actor.catchup.caught_up  # type: ignore[attr-defined]  # noqa: SLF001
+        assert not caught_up.done()  # still chasing
+        assert not caught_up._callbacks  # noqa: SLF001 - nothing of the ended flushes stays
     finally:
         stop.set()
         permits.release()

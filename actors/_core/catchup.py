@@ -321,9 +321,20 @@ def mark_history(
     """
     if not pending:
         return
-    dones = [once(count_down) for _ in pending]
-    for (_, caught_up), done in zip(pending, dones, strict=True):
+    dones: list[Callable[[], None]] = []
+    for _, caught_up in pending:
+        done = once(count_down)
         caught_up.add_done_callback(done)
+
+        def marked_done(
+            done: Callable[..., None] = done, caught_up: BusFuture[None] = caught_up
+        ) -> None:
+            # Counted by its mark: nothing of this flush stays on ``caught_up``,
+            # which may be far off (a catch-up chasing publishers).
+            caught_up.remove_done_callback(done)
+            done()
+
+        dones.append(marked_done)
 
     def marked(answer: BusFuture[RouterFigures]) -> None:
         if answer.exception() is not None:

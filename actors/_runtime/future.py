@@ -136,6 +136,13 @@ class BusFuture(pykka.Future[T], Generic[T]):
             # Completed while we appended: whoever takes the list runs it.
             self._run_callbacks()
 
+    def remove_done_callback(self, fn: Callable[[BusFuture[T]], None]) -> None:
+        """Forget ``fn`` if it is still to run (its caller stopped waiting for this future)."""
+        with _LOCK:
+            callbacks = self._callbacks
+            if callbacks is not None and not self._done and fn in callbacks:
+                callbacks.remove(fn)
+
     def _complete(self, value: Any, exc: BaseException | None) -> None:
         # Lock-free on the hot path.  The GIL orders these writes: a waiter
         # creates its Event and then re-checks ``_done``, we set ``_done`` and
