@@ -396,15 +396,32 @@ def test_a_flood_at_a_paused_subscriber(
 # -- a broker restarted while a durable subscriber is down -----------------------------------
 
 BROKER_CHILD = """
-import sys
+import sys, threading
 from actors import Broker
+from actors._cluster.wire import PUBLISH
 broker = Broker(sys.argv[1])
+# "relayed N" answers once N publish_remote requests were passed on to their node.
+relayed = threading.Condition()
+publishes = [0]
+relay = broker._relay
+def counted(identity, target, message, parts):
+    relay(identity, target, message, parts)
+    if message.kind == PUBLISH:
+        with relayed:
+            publishes[0] += 1
+            relayed.notify_all()
+broker._relay = counted
 print("ready", broker.endpoint, flush=True)
 for line in sys.stdin:
-    if line.strip() == "close":
+    words = line.split()
+    if words == ["close"]:
         broker.close()
         print("closed", flush=True)
         break
+    if words[:1] == ["relayed"]:
+        with relayed:
+            relayed.wait_for(lambda: publishes[0] >= int(words[1]), 60)
+        print("relayed", publishes[0], flush=True)
 """
 
 

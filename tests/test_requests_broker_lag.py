@@ -24,7 +24,7 @@ import pytest
 from actors import Event, EventBus, NodeConfig
 from actors._cluster.broker import Broker
 from actors._cluster.wire import ERROR, Request
-from tests._support import finished, in_background, pause, reaped
+from tests._support import finished, in_background, pause, reaped, wait_for
 from tests.test_cluster import start
 from tests.test_cluster_fault_edges import WAIT, node_of
 from tests.test_request_resend_faults import SLOW_DEATH, journal
@@ -74,6 +74,9 @@ def test_a_request_sent_again_before_the_broker_heard_the_restart_is_answered(
             b.kill()
             b = start(cluster, **b_config)  # a hears it on the stream; the broker is held
             assert said_closed.wait(WAIT), "the broker never said b's connection closed"
+            # a may hear the restart on the stream before the broker hears its
+            # greeting (two connections): the greeting is the one held here.
+            assert wait_for(lambda: "b" in latest, WAIT)
             with broker._lock:  # noqa: SLF001 - the broker hears the greeting now
                 held.clear()
                 route = broker._names["b"]  # noqa: SLF001
