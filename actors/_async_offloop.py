@@ -10,7 +10,6 @@ handler keeps its causation.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 import functools
 import threading
@@ -19,7 +18,7 @@ from typing import Any, TypeVar
 
 from actors._core.backpressure import Withdrawn, withdrawal
 from actors._model.event import Event
-from actors._runtime.future import BusFuture
+from actors._runtime.future import BusFuture, wrap_future
 
 __all__ = ["in_background", "off_loop", "on_own_thread", "publish_off_loop", "withdrawable"]
 
@@ -119,27 +118,17 @@ async def on_own_thread(fn: Callable[..., T], *args: Any) -> T:
     end; one that gets the outcome also finds the thread ended (joined: it
     has nothing left to do once it handed the outcome over).
     """
-    loop = asyncio.get_running_loop()
-    outcome: asyncio.Future[T] = loop.create_future()
-
-    def settle(result: Any, error: BaseException | None) -> None:
-        if outcome.done():  # the caller stopped waiting (cancelled)
-            return
-        if error is None:
-            outcome.set_result(result)
-        elif isinstance(error, StopIteration):  # a future refuses it: it would hang the caller
-            outcome.set_exception(RuntimeError(f"{fn!r} raised StopIteration"))
-        else:
-            outcome.set_exception(error)
+    done: BusFuture[T] = BusFuture()
 
     def job() -> None:
         try:
-            result, error = fn(*args), None
+            done.set(fn(*args))
+        except StopIteration:  # an asyncio future refuses it: the caller would hang
+            done.set_exception(RuntimeError(f"{fn!r} raised StopIteration"))
         except BaseException as exc:  # handed to the caller on the loop
-            result, error = None, exc
-        with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits
-            loop.call_soon_threadsafe(settle, result, error)
+            done.set_exception(exc)
 
+    outcome = wrap_future(done)
     thread = in_background(job)
     try:
         return await outcome
