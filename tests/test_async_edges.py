@@ -298,7 +298,9 @@ def test_block_stream_paces_publishers_until_the_bus_closes() -> None:
     run(main)
 
 
-def test_an_async_handler_whose_loop_closed_gives_its_events_up_without_a_warning() -> None:
+def test_an_async_handler_whose_loop_closed_gives_its_events_up_without_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     bus = EventBus(EventConfig(handler_retries=0))
     try:
 
@@ -314,8 +316,10 @@ def test_an_async_handler_whose_loop_closed_gives_its_events_up_without_a_warnin
             bus.publish("x.a", 1).get(timeout=30)
             bus.flush(timeout=30)
             gc.collect()  # a coroutine never awaited is reported when it is collected
-        assert [d.event.data for d in bus.dead_letters()] == [1]
+        assert [(d.event.data, d.attempts) for d in bus.dead_letters()] == [(1, 0)]
         assert not [w for w in caught if "never awaited" in str(w.message)]
+        logged = [r.getMessage() for r in caplog.records if "x.a" in r.getMessage()]
+        assert len(logged) == 1 and "before any attempt" in logged[0], logged  # not "0 attempt(s)"
     finally:
         bus.close(timeout=30)
 

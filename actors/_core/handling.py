@@ -7,8 +7,7 @@ without holding the thread: the batch stops where it is (a ``SyncRun``), the
 actor parks, and the bus's ``Timers`` thread wakes it when the retry is due,
 so the events behind wait and order holds.  ``async def`` handlers run a
 whole batch on their loop, where a timeout cancels the call and a retry
-waits with ``asyncio.sleep``.  See ``actors._core.policies`` and
-``docs/architecture.md`` ("Handler policies").
+waits with ``asyncio.sleep``.  See ``docs/architecture.md`` ("Handler policies").
 """
 
 from __future__ import annotations
@@ -578,12 +577,13 @@ class HandlerRuns:
 
     def _dead_letter(self, event: Event, exc: BaseException, attempts: int) -> None:
         self.dead += 1
+        tries = f"after {attempts} attempt(s)" if attempts else "before any attempt"
         logger.warning(
-            "handler of %s (%r) failed on %s after %d attempt(s): %r",
+            "handler of %s (%r) failed on %s %s: %r",
             self.sub_id,
             self.pattern,
             event.event_type,
-            attempts,
+            tries,
             exc,
         )
         self.ports.router.put(
