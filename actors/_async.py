@@ -402,7 +402,8 @@ class AsyncEventBus:
                 left = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
                 await on_own_thread(self._holds.wait_stopped, left)
             return
-        await on_own_thread(bus.close, left)  # one deadline for the flush and the close
+        # One deadline for the flush and the close (its warning says ``timeout``).
+        await on_own_thread(bus._close_asked, left, timeout)  # noqa: SLF001
 
     # -- requests and replies (see EventBus.request; the core: _core/requests.py) ---------
 

@@ -103,6 +103,15 @@ class Closable:
         stops none of the others; its error is logged, and raised (once) by
         the ``close`` that waits for the stop.
         """
+        return self._close_asked(timeout, timeout)
+
+    def _close_asked(
+        self, timeout: float | None, asked: float | None
+    ) -> tuple[SubscriptionStatistics, ...]:
+        """``close(timeout)`` for a caller that was asked for ``asked`` (its warnings say so).
+
+        ``aclose(asked)`` flushes first, then closes within the time left.
+        """
         checks.check_timeout("timeout", timeout)
         claimed = False
         try:
@@ -113,17 +122,19 @@ class Closable:
                 self._closed = True
                 # ``claimed`` first: an interrupt between the two leaves nothing set.
                 claimed = self._close_running = True
-            return self._close(timeout, first=first)
+            return self._close(timeout, asked, first=first)
         finally:
             if claimed:
                 with self._close_lock:
                     self._close_running = False
 
-    def _close(self, timeout: float | None, *, first: bool) -> tuple[SubscriptionStatistics, ...]:
+    def _close(
+        self, timeout: float | None, asked: float | None, *, first: bool
+    ) -> tuple[SubscriptionStatistics, ...]:
         # A handler of another bus waits for this one, unless a handler of
         # this one waits for that bus: then neither could end (``crossing``).
         with waiting_for(self._core.router) as wait:
-            return self._close_waiting(timeout, first=first, circle=wait.circle)
+            return self._close_waiting(timeout, asked, first=first, circle=wait.circle)
 
     def _fail_waiting_handlers(self) -> None:
         """Fail the requests of this bus's handlers once no reply can come to them any more.
@@ -147,7 +158,7 @@ class Closable:
         self._core.inbox.put(Flush(drained, None, requester.route_ids()))
 
     def _close_waiting(
-        self, timeout: float | None, *, first: bool, circle: bool
+        self, timeout: float | None, asked: float | None, *, first: bool, circle: bool
     ) -> tuple[SubscriptionStatistics, ...]:
         if first:
             # From here every publish is refused: one that got past the closed
@@ -172,7 +183,7 @@ class Closable:
                 try:
                     self._flush(deadline.remaining())
                 except pykka.Timeout:
-                    logger.warning("close(): flush timed out after %ss; stopping anyway", timeout)
+                    logger.warning("close(): flush timed out after %ss; stopping anyway", asked)
             # Callers still waiting for replies: none will come.
             self._requests.requester.table.fail_all(BusClosedError("the bus was closed"))
             ended, failed = threading.Event(), list[BaseException]()

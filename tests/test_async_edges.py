@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import gc
+import logging
 import threading
 import uuid
 import warnings
@@ -140,6 +141,31 @@ def test_aclose_keeps_its_deadline_with_every_executor_thread_waiting_for_room()
             assert all(isinstance(o, BusClosedError) for o in outcomes), outcomes
         finally:
             gate.set()
+
+    run(test)
+
+
+def test_aclose_warns_with_the_timeout_it_was_asked_for(caplog: pytest.LogCaptureFixture) -> None:
+    # aclose(t) flushes first, then closes within the time left; the close's
+    # warning said "flush timed out after 0.0s" (the time left), not t.
+    async def test() -> None:
+        bus = AsyncEventBus()
+        entered, gate = threading.Event(), threading.Event()
+
+        def held(event: Event) -> None:
+            entered.set()
+            gate.wait(WAIT)
+
+        await bus.subscribe("held.*", held)
+        try:
+            await bus.publish("held.a", 1)
+            await asyncio.to_thread(entered.wait, WAIT)
+            with caplog.at_level(logging.WARNING, logger="actors"):
+                await asyncio.wait_for(bus.aclose(timeout=0.25), WAIT)
+        finally:
+            gate.set()
+        told = [r.getMessage() for r in caplog.records if "flush timed out" in r.getMessage()]
+        assert told == ["close(): flush timed out after 0.25s; stopping anyway"], told
 
     run(test)
 
