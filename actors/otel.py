@@ -39,7 +39,7 @@ from opentelemetry.trace import Status, StatusCode
 from actors._async import AsyncEventBus
 from actors._bus import EventBus
 from actors._core.handling import current_timeout
-from actors._core.policies import handler_timeout_error
+from actors._core.policies import handler_timeout_error, settle_current_call
 from actors._core.requests import answer_errors
 from actors._model.event import Event
 from actors._model.otelspans import (
@@ -107,7 +107,7 @@ class Instrumentation:
             span = self._start(event, subscription, pattern) if self.active else None
             if span is None:
                 return handler(event)
-            with self._around(span):
+            with self._around(span, watched=True):
                 return handler(event)
 
         try:
@@ -116,11 +116,13 @@ class Instrumentation:
             return traced
 
     @contextlib.contextmanager
-    def _around(self, span: Any) -> Iterator[None]:
+    def _around(self, span: Any, *, watched: bool = False) -> Iterator[None]:
         """Run the handler call in the block with ``span`` current; then record and end it.
 
         An error reply a responder answered with (``answer_errors``) is
         recorded like an exception; the block's own exception goes on as it is.
+        A synchronous call (``watched``) that returned after its subscription's
+        ``timeout`` was noticed (counted in ``timeouts``) records the timeout.
         """
         answered: list[BaseException] = []
         token = answer_errors.set(answered)
@@ -128,6 +130,9 @@ class Instrumentation:
         try:
             with _current(span):
                 yield
+            late = settle_current_call() if watched else None
+            if late is not None:
+                error = handler_timeout_error(late)
         except BaseException as exc:
             error = _as_recorded(exc)
             raise

@@ -33,7 +33,7 @@ from opentelemetry.sdk.trace.sampling import (
 from actors import Event, EventBus, EventConfig, NodeConfig, PersistentEventBus
 from actors._model.otelspans import span_id_of
 from actors.otel import instrument
-from tests._support import WAIT, Collector, SpanSink, span_dict, tracer_provider
+from tests._support import WAIT, Collector, SpanSink, span_dict, tracer_provider, wait_for
 
 CHILD = str(Path(__file__).with_name("_otel_child.py"))
 
@@ -227,6 +227,35 @@ def test_an_async_handler_gets_a_span_current_while_it_awaits(
     published = bus.publish("a.b", None, correlation_id=uuid.uuid4()).get(timeout=WAIT)
     [span] = sink.wait_for(1)
     assert seen == [span_id_of(published.id)] == [span.context.span_id]
+
+
+@pytest.mark.parametrize("dedicated", [False, True], ids=["pool", "dedicated"])
+def test_a_sync_handler_found_past_its_timeout_records_the_timeout_on_its_span(
+    traced: tuple[EventBus, Any], dedicated: bool
+) -> None:
+    # It cannot be cut off: it is counted in ``timeouts`` while it runs, and
+    # its span says so once it returns (its status was left UNSET).
+    bus, sink = traced
+    counted = threading.Event()
+
+    def slow(event: Event) -> None:
+        if event.data == "slow":
+            counted.wait(WAIT)  # returns once the timer has counted it late
+
+    sub = bus.subscribe("wf.*", slow, timeout=0.05, retries=0, dedicated_thread=dedicated)
+    bus.publish("wf.a", "slow").get(timeout=WAIT)
+    assert wait_for(lambda: sub.statistics().timeouts == 1)
+    counted.set()
+    [late] = sink.wait_for(1)
+    bus.publish("wf.b", "fast").get(timeout=WAIT)
+    bus.flush(timeout=WAIT)
+    [_, fast] = sink.wait_for(2)
+    assert late.status.status_code == trace.StatusCode.ERROR
+    assert late.status.description == "TimeoutError: handler ran longer than its timeout of 0.05 s"
+    assert fast.status.status_code == trace.StatusCode.UNSET  # nothing left over for the next call
+    assert sub.statistics().timeouts == 1
+    assert sub.statistics().delivered == 2  # its outcome counts as usual
+    assert bus.dead_letters() == []
 
 
 def test_an_async_handler_cut_off_at_its_timeout_records_the_timeout_on_its_span(

@@ -21,6 +21,7 @@ whichever thread runs the actor's turn.
 
 from __future__ import annotations
 
+import contextvars
 import random
 import threading
 import time
@@ -46,6 +47,7 @@ __all__ = [
     "SyncRun",
     "backoff_delay",
     "handler_timeout_error",
+    "settle_current_call",
 ]
 
 DEFAULT_RETRY_BACKOFF = 0.1  # seconds: the first retry waits up to this
@@ -106,6 +108,27 @@ class Call:
         self.left_behind = False
 
 
+current_call: contextvars.ContextVar[tuple[CallWatch, Call] | None] = contextvars.ContextVar(
+    "actors_current_call", default=None
+)
+"""The watched synchronous call running on this thread (set by ``CallWatch.start``)."""
+
+
+def settle_current_call() -> float | None:
+    """Settle the watched call running here as it returns: its timeout if it timed out.
+
+    For a wrapper of the handler (``actors.otel``), which learns this before
+    the subscriber does: the call is settled now, so the watch's timer can
+    no longer find it late afterwards, and the answer agrees with what
+    ``timeouts`` counts.  None: not timed out, or no watched call here.
+    """
+    watched = current_call.get()
+    if watched is None:
+        return None
+    watch, call = watched
+    return watch.timeout if watch.settle(call) else None
+
+
 class CallWatch:
     """Report synchronous calls that outlive ``timeout``; leave them behind if allowed.
 
@@ -142,6 +165,7 @@ class CallWatch:
             self._armed = True
             if arm:
                 self._timer = self._timers.call_at(call.deadline, self._fire)
+        current_call.set((self, call))
         return call
 
     def close(self) -> None:
@@ -155,10 +179,18 @@ class CallWatch:
 
     def finish(self, call: Call) -> bool:
         """Record that ``call`` returned; False if it was left behind (touch nothing then)."""
+        current_call.set(None)
         with self._lock:
             if self._call is call:
                 self._call = None
             return not call.left_behind
+
+    def settle(self, call: Call) -> bool:
+        """Record that ``call`` returned (``finish`` then only tells); True if it timed out."""
+        with self._lock:
+            if self._call is call:
+                self._call = None
+            return call.timed_out
 
     def _fire(self) -> None:
         with self._lock:
