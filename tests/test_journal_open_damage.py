@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import logging
 import os
 import shutil
 import tempfile
@@ -216,6 +217,32 @@ def test_an_acknowledged_mark_that_is_a_folder_is_a_journal_error(tmp_path: Path
     for read_only in (True, False):
         with pytest.raises(JournalError, match="ACKNOWLEDGED"):
             EventBus(EventConfig(persistence_path=path, read_only=read_only))
+
+
+def test_a_journal_whose_acknowledged_mark_was_deleted_opens_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Without its mark a journal cannot tell acknowledged events lost before
+    # the open; that check went off without a word.  A new journal, which
+    # has no mark yet either, opens quietly, and the first write restores it.
+    path = tmp_path / "j"
+    with caplog.at_level(logging.WARNING, logger="actors.storage"):
+        _journal(path, 10)
+        assert not caplog.records, caplog.text
+        (path / "ACKNOWLEDGED").unlink()
+        for read_only in (True, False, False):  # the writable open makes an empty file
+            with EventBus(EventConfig(persistence_path=path, read_only=read_only)) as bus:
+                assert len(bus.query(EventQuery())) == 10
+            [record] = caplog.records
+            assert "no acknowledged mark (ACKNOWLEDGED)" in record.getMessage()
+            assert "up to sequence 10" in record.getMessage()
+            caplog.clear()
+        with EventBus(EventConfig(persistence_path=path)) as bus:
+            bus.publish("d.e", {}).get(timeout=30)
+        caplog.clear()
+        with EventBus(EventConfig(persistence_path=path)):
+            pass
+        assert not caplog.records, caplog.text
 
 
 def test_a_source_the_journal_cannot_store_is_refused_by_event() -> None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from actors._errors import JournalDamagedError
 from actors._journal.actor import enforce_retention
+from actors._journal.highwater import FILE_NAME
 from actors._journal.rebuild import PARTS, disagree_message
 from actors._journal.records import HIGH_WATER
 from actors._journal.rocks import Recover, RocksStorage, repair_files
@@ -174,6 +175,14 @@ def open_journal(config: EventConfig) -> OpenedJournal | None:
     try:
         done = _reconcile(storage, path, full=storage.repaired, recover=config.recover)
         report = _inspect(storage, path, done)
+        if storage.mark_missing() and report.last_sequence > 0:
+            logger.warning(
+                "journal %s holds events up to sequence %d but no acknowledged mark (%s): "
+                "acknowledged events lost before this open cannot be detected",
+                path,
+                report.last_sequence,
+                FILE_NAME,
+            )
         if report.lost or report.wal_damaged:
             if config.recover == "refuse" and report.lost:
                 msg = (

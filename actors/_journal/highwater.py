@@ -32,6 +32,7 @@ class HighWaterMark:
 
     def __init__(self, folder: str, *, writable: bool) -> None:
         self._file = os.path.join(folder, FILE_NAME)
+        self.missing = False  # no mark at all (a new journal, or its file deleted by hand)
         self.value = self._load()
         self._fd: int | None = None
         self._dirty = False
@@ -43,11 +44,13 @@ class HighWaterMark:
             with open(self._file, "rb") as f:
                 raw = f.read(_RECORD.size)
         except FileNotFoundError:
+            self.missing = True
             return 0
         except OSError as exc:
             msg = f"cannot read the journal's acknowledged mark {self._file!r}: {exc}"
             raise JournalError(msg) from exc
         if not raw:  # created by an open that ended (a kill) before its first write
+            self.missing = True
             logger.info("journal high-water file %s holds no mark yet", self._file)
             return 0
         if len(raw) != _RECORD.size:

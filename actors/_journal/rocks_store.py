@@ -196,6 +196,10 @@ class RocksTables(RebuildMixin, RetentionMixin, IndexedStorage):
         """Return the highest sequence this journal ever acknowledged (its side file)."""
         return 0 if self._mark is None else self._mark.value
 
+    def mark_missing(self) -> bool:
+        """Return True if the journal's folder had no acknowledged mark file when opened."""
+        return self._mark is not None and self._mark.missing
+
     def _check_writable(self) -> None:
         self._check_open()
         if self.read_only:
