@@ -8,6 +8,7 @@ docs/architecture.md or SPEC.md sections 9 and 13 (quoted where it matters).
 
 from __future__ import annotations
 
+import concurrent.futures
 import fcntl
 import os
 import re
@@ -540,6 +541,49 @@ def test_counters_never_read_zero_while_the_router_is_busy(
             hold.set()
         assert before.published == 3
         assert during.published >= before.published, (before.published, during.published)
+    finally:
+        hold.set()
+        bus.close(timeout=WAIT)
+
+
+def test_while_the_router_is_busy_only_the_first_reader_waits_for_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A scrape of /metrics every few seconds waited out the router's 10 s each
+    time (Prometheus's default scrape timeout), and each left one more ask in
+    its inbox.  Now readers after one that gave up get the last figures at
+    once, until the router answers; then they get fresh ones again."""
+    monkeypatch.setattr(router_reads, "ASK_TIMEOUT", 0.5)  # the 10 s wait, shortened
+    bus = EventBus(EventConfig(threads=2))
+    entered, hold = threading.Event(), threading.Event()
+
+    def slow(event: Event) -> bool:
+        if event.data == "slow":
+            entered.set()
+            hold.wait(3 * WAIT)
+        return True
+
+    try:
+        bus.subscribe("s.*", Collector(), filter=slow)
+        for i in range(3):
+            bus.publish("s.e", i).get(timeout=WAIT)
+        bus.flush(WAIT)
+        assert bus.metrics().published == 3
+        bus.publish("s.e", "slow")
+        assert entered.wait(WAIT)
+        later: concurrent.futures.Future[list[int]] = concurrent.futures.Future()
+        try:
+            first = bus.metrics()  # waits ASK_TIMEOUT, then the last figures
+            monkeypatch.setattr(router_reads, "ASK_TIMEOUT", 3600.0)  # waiting again would hang
+            threading.Thread(
+                target=lambda: later.set_result([bus.metrics().published for _ in range(5)]),
+                daemon=True,
+            ).start()
+            assert later.result(WAIT) == [first.published] * 5 == [3] * 5
+        finally:
+            hold.set()
+        bus.flush(WAIT)
+        assert bus.metrics().published == 4  # the router answered: fresh figures again
     finally:
         hold.set()
         bus.close(timeout=WAIT)

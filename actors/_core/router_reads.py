@@ -4,6 +4,9 @@ The router answers while it runs; once stopped it publishes its final
 figures (``RouterActor.final``), which a reader that finds it stopped waits
 for.  A router too busy to answer within ``ASK_TIMEOUT`` gets the last
 answer seen: stale, and no counter ever lower than in an earlier answer.
+Until it answers that overdue ask, later readers of its figures get the
+last answer at once, and no further ask piles up in its inbox: a scrape of
+``/metrics`` every few seconds waits once, not each time.
 """
 
 from __future__ import annotations
@@ -29,17 +32,36 @@ class RouterReads:
         self._seen = RouterFigures(0, 0, 0, 0.0, 0.0)  # the router's last answer
         self._dead_seen: list[DeadLetter] = []  # and its last list of dead letters
         self._lock = threading.Lock()
+        self._asking: BusFuture[RouterFigures] | None = None  # the ask not yet answered
+        self._overdue = False  # a reader gave up waiting for ``_asking``
 
     def figures(self) -> RouterFigures:
         """Ask the router for its counters (its final ones once it stopped)."""
         router = self._router
         if router.actor_ref.is_alive():
-            future: BusFuture[RouterFigures] = BusFuture()
-            router.actor_inbox.put(GetRouterFigures(future))
+            with self._lock:
+                future = self._asking
+                if future is None or future.done():
+                    future = self._asking = BusFuture()
+                    ask, self._overdue = True, False
+                elif self._overdue:  # the router has not answered a reader that gave up
+                    return self._seen
+                else:
+                    ask = False  # an answer is on its way: it counts for this reader too
+            if ask:
+                try:
+                    router.actor_inbox.put(GetRouterFigures(future))
+                except BaseException:
+                    with self._lock:  # never asked: the next reader asks again
+                        if self._asking is future:
+                            self._asking = None
+                    raise
             try:
                 return self._saw(future.get(ASK_TIMEOUT))
             except FutureTimeoutError:
                 if router.actor_ref.is_alive():
+                    with self._lock:
+                        self._overdue = self._asking is future
                     return self._saw(None)
         final = self._final()
         return self._saw(final[0] if final is not None else None)
