@@ -25,6 +25,7 @@ from actors import (
     EventQuery,
     JournalError,
 )
+from actors._core import catchup as catchup_module
 from actors._journal import actor as journal_actor
 from tests._support import Child, Recorder, finished, in_background, publish_all, wait_for
 
@@ -576,6 +577,36 @@ def test_close_while_a_catch_up_is_blocked_then_reopen_and_catch_up_again(
             e.id for e in everything if (e.sequence or 0) >= start
         ]
         bus.close(timeout=WAIT)
+
+
+def test_a_flush_waiting_for_a_catch_up_that_close_gives_up_on_raises_bus_closed(
+    open_bus: Callable[..., EventBus], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The close took the subscription away and marked it caught up, which let
+    # the flush's own Flush go to the router: a router not yet stopped then
+    # answered it, and the flush returned normally though the events it
+    # waited for were never handled.
+    bus = open_bus()
+    publish_all(bus, [Event(event_type="c.e", data=i) for i in range(800)])
+    blocker = Blocker(block_at=2)
+    marked = threading.Event()
+    real = catchup_module.FlushMark
+
+    def spy(sequence: int, done: Callable[[], None]) -> Any:
+        marked.set()
+        return real(sequence, done)
+
+    monkeypatch.setattr(catchup_module, "FlushMark", spy)
+    bus.subscribe("c.*", blocker, from_sequence=1, dedicated_thread=True)
+    try:
+        assert blocker.entered.wait(WAIT)
+        thread, outcome = in_background(lambda: bus.flush(WAIT))
+        assert marked.wait(WAIT)  # the flush waits for the catch-up to reach its mark
+        bus.close(timeout=0.2)
+    finally:
+        blocker.release.set()
+    assert isinstance(finished(thread, outcome), BusClosedError)
+    assert len(blocker.recorder.events) <= 2
 
 
 def test_close_racing_subscribe_with_from_sequence_leaves_nothing_running(

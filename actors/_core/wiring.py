@@ -13,7 +13,7 @@ Which object may hold which (the rest are handles or ports):
 - the router holds every ``Route`` (so every subscriber mailbox), the
   recorders' inboxes (correlation, journal, bridge) and the guard;
 - a subscriber holds only its ``SubscriberPorts`` (the router's inbox, the latency
-  window, its id) and, for catch-up, read/join/save callables that send messages;
+  window, its id) and, for catch-up, callables that send messages;
 - a ``Subscription`` holds its subscriber and an ``Unsubscriber`` port.
 """
 
@@ -132,9 +132,8 @@ class Core:
         self.guard = BlockGuard()
         self._subs: dict[str, SubscriberActor] = {}
         self._lock = threading.Lock()  # guards _subs, _removed, _loop and _owners
-        # The subscription each durable name's checkpoint belongs to now (a
-        # token per subscribe): only the latest subscription of a name saves
-        # it, so an earlier one still finishing cannot move it back.
+        # The subscription each durable name's checkpoint belongs to now (a token per
+        # subscribe): only the latest saves it, so an earlier one cannot move it back.
         self._owners: dict[str, object] = {}
         # Set (under the lock) once the router stopped: a subscriber that
         # stops after it sends its last checkpoint to the journal itself.
@@ -485,8 +484,8 @@ class Core:
         A catch-up subscription is not a route until it has read history (the
         events published before the call reach it through the journal), so
         the router's ``Flush`` (with ``taken``) is sent once every catch-up
-        has handled those events, or caught up (``mark_history``).  Raises
-        ``RuntimeError`` inside a handler.
+        has handled those events, or caught up (``mark_history``); one the
+        close took first fails it (``BusClosedError``).  ``RuntimeError`` inside a handler.
         """
         if running_here(self.router) is not None:
             raise RuntimeError("flush() cannot be called from inside a handler")
@@ -497,9 +496,14 @@ class Core:
                 if a.catchup is not None and not a.catchup.caught_up.done()
             ]
         future: BusFuture[None] = BusFuture()
-        inbox = self.inbox
-        latch = Latch(len(pending), lambda: inbox.put(Flush(future, taken)))
-        mark_history(pending, inbox, latch.count_down)
+
+        def send() -> None:
+            if self._closing:
+                future.set_exception(BusClosedError("the bus closed before the flush ended"))
+            else:
+                self.inbox.put(Flush(future, taken))
+
+        mark_history(pending, self.inbox, Latch(len(pending), send).count_down)
         return future
 
     def correlated(self, correlation_id: uuid.UUID) -> BusFuture[CorrelatedEvents]:
