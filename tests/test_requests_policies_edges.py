@@ -184,12 +184,15 @@ def test_request_data_over_the_depth_bound_fails_before_anything_is_published(
     ],
     ids=["CancelledError", "KeyboardInterrupt", "SystemExit", "GeneratorExit"],
 )
+@pytest.mark.parametrize("timeout", [None, WAIT], ids=["no-timeout", "timeout"])
 def test_an_async_responder_raising_a_base_exception_answers_with_an_error(
-    raised: BaseException,
+    raised: BaseException, timeout: float | None
 ) -> None:
     # docs/requests.md: whatever fn raises is its answer; architecture.md: a
     # CancelledError escaping an async def handler (not its batch being
     # cancelled) is the handler's failure.  Not retried, no dead letter.
+    # With a timeout fn runs as a task of its own, whose KeyboardInterrupt
+    # or SystemExit asyncio raised out of the caller's loop (asyncio.run).
     async def main() -> None:
         async with AsyncEventBus(EventConfig(threads=2)) as abus:
             calls: list[Event] = []
@@ -198,7 +201,9 @@ def test_an_async_responder_raising_a_base_exception_answers_with_an_error(
                 calls.append(event)
                 raise raised
 
-            sub = await abus.respond("svc.base", responder, retries=2, retry_backoff=0)
+            sub = await abus.respond(
+                "svc.base", responder, retries=2, retry_backoff=0, timeout=timeout
+            )
             with pytest.raises(RemoteHandlerError) as caught:
                 await abus.request("svc.base", timeout=WAIT)
             assert caught.value.remote_type == type(raised).__name__

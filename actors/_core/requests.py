@@ -34,7 +34,7 @@ import functools
 import inspect
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from actors._codec.events import NotTextError, encode_shared
@@ -387,11 +387,13 @@ class Responder:
         ``fn`` runs as a task of its own, so a responder that catches its
         cancellation and goes on does not hold the reply back: at the
         deadline the requester gets the ``TimeoutError`` reply, ``fn`` is
-        cancelled and whatever it returns later is dropped.
+        cancelled and whatever it returns later is dropped.  What ``fn`` raises
+        is its outcome, a ``KeyboardInterrupt`` or ``SystemExit`` included,
+        which a task would otherwise raise out of the loop (``_outcome``).
         """
-        call = asyncio.ensure_future(self.fn(request))
+        call = asyncio.ensure_future(_outcome(self.fn(request)))
         try:
-            result = await asyncio.shield(call)
+            result = _result(await asyncio.shield(call))
         except asyncio.CancelledError:
             if call.done():  # it ended as the cancellation came: its own outcome answers
                 self._answer_done(request, call)
@@ -413,7 +415,7 @@ class Responder:
     def _answer_done(self, request: Event, call: asyncio.Future[Any]) -> None:
         """Answer ``request`` with the outcome of ``call`` (done)."""
         try:
-            result = call.result()
+            result = _result(call.result())
         except BaseException as exc:  # raised, or cancelled under it: that is its answer
             self._fail(request, exc)
         else:
@@ -472,10 +474,38 @@ class Responder:
         published.add_done_callback(functools.partial(table.delivered, reply_id, request.id))
 
 
-def _drop_late(call: asyncio.Future[Any]) -> None:
+async def _outcome(call: Coroutine[Any, Any, Any]) -> tuple[bool, Any]:
+    """Await ``call`` as a task's body: (True, its result), or (False, what it raised).
+
+    A task whose body raises ``KeyboardInterrupt`` or ``SystemExit`` raises
+    it out of its loop's ``run_forever``: the caller's application would
+    stop for its responder's failure.  A cancellation stays one.
+    """
+    try:
+        return True, await call
+    except asyncio.CancelledError:
+        raise
+    except BaseException as exc:  # whatever it raises is its answer (as for handlers)
+        return False, exc
+
+
+def _result(outcome: tuple[bool, Any]) -> Any:
+    """Return the result of an ``_outcome``, or raise what the call raised."""
+    ok, value = outcome
+    if not ok:
+        raise value
+    return value
+
+
+def _drop_late(call: asyncio.Future[tuple[bool, Any]]) -> None:
     """Take the outcome of a responder's call its timeout answered for (nobody waits for it)."""
-    if not call.cancelled() and call.exception() is not None:
-        logger.debug("a responder past its timeout ended with %r", call.exception())
+    if call.cancelled():
+        return
+    error = call.exception()
+    if error is None and not call.result()[0]:
+        error = call.result()[1]
+    if error is not None:
+        logger.debug("a responder past its timeout ended with %r", error)
 
 
 def _refused(reply: Event, published: BusFuture[Event]) -> None:
