@@ -29,7 +29,10 @@ from actors import (
     EventConfig,
     OverflowStrategy,
     RequestTimeoutError,
+    Subscription,
 )
+from actors._core import handling
+from tests._support import wait_for
 
 WAIT = 10.0
 
@@ -349,6 +352,43 @@ def test_an_async_handler_whose_loop_closed_gives_its_events_up_without_a_warnin
         assert "before any attempt" in logged[0], logged  # not "after 0 attempt(s)"
     finally:
         bus.close(timeout=30)
+
+
+def test_an_event_waiting_for_its_retry_when_its_loop_closes_keeps_its_attempts_and_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # docs/architecture.md: "The dead letter records the attempts (tries plus
+    # retries) and the last attempt's error".  A loop stopped and closed by
+    # hand (no task cancelled) gave the waiting event up as never tried:
+    # attempts 0, the loop's error, and its failure counted twice.
+    monkeypatch.setattr(handling, "backoff_delay", lambda base, retry: 3600.0)
+    bus = EventBus(EventConfig(handler_retries=5))
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    failed = threading.Event()
+    try:
+
+        async def handler(event: Event) -> None:
+            failed.set()
+            raise ValueError("attempt 1 failed")
+
+        async def subscribe() -> Subscription:
+            return bus.subscribe("job.*", handler)
+
+        sub = asyncio.run_coroutine_threadsafe(subscribe(), loop).result(WAIT)
+        bus.publish("job.a", 1).get(timeout=WAIT)
+        assert failed.wait(WAIT)
+        loop.call_soon_threadsafe(loop.stop)  # runs once the batch waits for its retry
+        thread.join(WAIT)
+        loop.close()
+        assert wait_for(lambda: bus.dead_letters() != [])  # the loop watch's next look
+        [letter] = bus.dead_letters()
+        assert (letter.attempts, letter.error) == (1, "ValueError: attempt 1 failed")
+        stats = sub.statistics()
+        assert (stats.errors, stats.dead_letters, stats.in_flight) == (1, 1, 0)
+    finally:
+        bus.close(timeout=WAIT)
 
 
 def test_a_durable_subscription_awaited_on_a_loop_leaves_the_loop_running(tmp_path: Path) -> None:

@@ -68,11 +68,10 @@ current_event: contextvars.ContextVar[Event | None] = contextvars.ContextVar(
 )
 
 # The subscriber whose handler is running, and the batch it runs: set once per
-# batch (``current_event`` is set per event).  ``current_event`` is set by a
-# handler of any bus; this says which bus the handler belongs to, so a
-# ``close`` or ``flush`` of another bus made in it is an outside call (see
-# ``running_here``), and where the event calling ``close`` is in its
-# batch (``_core/stopping.py``).
+# batch.  ``current_event`` is set by a handler of any bus; this says which bus
+# the handler belongs to, so a ``close`` or ``flush`` of another bus made in it
+# is an outside call (``running_here``), and where the event calling ``close``
+# is in its batch (``_core/stopping.py``).
 current_run: contextvars.ContextVar[tuple[HandlerRuns, Batch] | None] = contextvars.ContextVar(
     "actors_current_run", default=None
 )
@@ -402,11 +401,13 @@ class HandlerRuns:
                             raise
                         delay = self._failed(event, exc, attempts)  # the handler's own
                         if delay is not None:
+                            state.waiting = (exc, attempts)  # for a loop closed meanwhile
                             try:
                                 again = await self._before_retry(delay)
                             except asyncio.CancelledError as cancelled:  # the batch, as it waited
                                 self._cut_waiting(state, i, exc, attempts, cancelled)
                                 raise
+                            state.waiting = None
                             if again and event.ttl is not None and expired_unix(event, time.time()):
                                 self.expired += 1  # expired while it waited: not tried again
                                 break
@@ -436,11 +437,10 @@ class HandlerRuns:
         attempts: int,
         cancelled: BaseException,
     ) -> None:
-        """Give up an async batch cancelled while event ``i`` waited for its retry.
+        """Give up an async batch cancelled (or its loop closed) while event ``i`` waited to retry.
 
-        That event becomes a dead letter with its own last error (its failed
-        attempt is counted already), the rest with the cancellation; all of
-        them are dropped instead if the subscription was given up on first.
+        That event is a dead letter with its own last error (its failed attempt is counted),
+        the rest with ``cancelled``; all are dropped if the subscription was given up on first.
         """
         batch, history = state.batch, state.history
         self._batch_done(batch[:i])

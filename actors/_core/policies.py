@@ -255,5 +255,6 @@ class AsyncRun:
     started: bool = False
     done: bool = False
     in_handler: bool = False  # inside the handler's call (not between events, nor waiting to retry)
+    waiting: tuple[BaseException, int] | None = None  # the last error and attempts, while it waits
     run: Coroutine[Any, Any, None] | None = None
     future: Future[None] | None = None  # ``run`` on the loop: done once it has ended

@@ -310,7 +310,8 @@ class SubscriberActor(HandlerRuns, DispatchedActor):
         to a loop that closed before running it, or started after those
         cancellations, or on a loop closed by hand.  What it finished is
         kept (a durable checkpoint moves past it); the rest become dead
-        letters (dropped, if the subscription was given up on first).
+        letters (dropped, if the subscription was given up on first), the
+        event waiting for its retry with its own attempts and last error.
         """
         state.done = True
         if not state.started and state.run is not None:
@@ -326,10 +327,12 @@ class SubscriberActor(HandlerRuns, DispatchedActor):
         )
         self._inflight = False
         self._async = None
+        closed = RuntimeError("the handler's event loop closed first")
+        if state.waiting is not None:  # its event at ``pos`` failed and waited for a retry
+            self._cut_waiting(state, pos, *state.waiting, closed)
+            return
         self._batch_done(batch[:pos])
-        self._give_up(
-            batch[pos:], RuntimeError("the handler's event loop closed first"), state.history
-        )
+        self._give_up(batch[pos:], closed, state.history)
 
     def _on_turn_end(self) -> bool:
         catchup = self.catchup
