@@ -185,18 +185,27 @@ def test_an_abandoned_async_handler_on_the_bus_loop_finishes_on_its_own() -> Non
 # -- an async handler that blocks its loop past its timeout ------------------------------------
 
 
-def test_an_async_handler_blocking_past_its_timeout_is_counted() -> None:
+@pytest.mark.parametrize("ends", ["returns", "raises", "raises TimeoutError"])
+def test_an_async_handler_blocking_past_its_timeout_is_counted(ends: str) -> None:
+    # As a synchronous one is, whether it returns or raises (one that raised
+    # after blocking its loop was not counted).
     async def main() -> None:
         async with AsyncEventBus() as bus:
             gate = threading.Event()
 
             async def blocks(event: Event) -> None:
                 gate.wait(0.3)  # the fault: blocks the loop well past its timeout
+                if ends == "raises":
+                    raise ValueError("late and failed")
+                if ends == "raises TimeoutError":
+                    raise TimeoutError("its own")
 
-            sub = await bus.subscribe("b.*", blocks, timeout=0.05)
+            sub = await bus.subscribe("b.*", blocks, timeout=0.05, retries=0)
             await bus.publish("b.a")
             await bus.flush(GUARD)
-            assert sub.statistics().timeouts == 1
+            stats = sub.statistics()
+            assert stats.timeouts == 1
+            assert (stats.errors, stats.dead_letters) == ((0, 0) if ends == "returns" else (1, 1))
 
     run(main)
 

@@ -508,25 +508,26 @@ class HandlerRuns:
                 await handler(event)
         except TimeoutError as exc:
             if not scope.expired():
-                raise  # the handler's own TimeoutError
-            self._async_timed_out(event, cancelled=True)
+                self._async_timed_out(event, scope, "")  # its own TimeoutError (late, if blocked)
+                raise
+            self._async_timed_out(event, scope, "cancelled")
             raise handler_timeout_error(timeout) from exc
         except BaseException:
-            if scope.expired():  # cancelled at its timeout, it raised something else on the way
-                self._async_timed_out(event, cancelled=True)
+            # Cancelled at its timeout and raised something else on the way, or
+            # blocked its loop past the deadline (its cancellation never ran).
+            self._async_timed_out(event, scope, "cancelled")
             raise
         finally:
             current_timeout.reset(token)
-        if scope.expired():  # it caught its cancellation and returned: late, but handled
-            self._async_timed_out(event, cancelled=False)
-        else:
-            deadline = scope.when()
-            if deadline is not None and asyncio.get_running_loop().time() > deadline:
-                # It blocked the loop past its deadline: the cancellation never
-                # got to run.  Late, but handled.
-                self._async_timed_out(event, cancelled=False, blocked=True)
+        self._async_timed_out(event, scope, "it caught the cancellation and returned")
 
-    def _async_timed_out(self, event: Event, *, cancelled: bool, blocked: bool = False) -> None:
+    def _async_timed_out(self, event: Event, scope: asyncio.Timeout, how: str) -> None:
+        """Count and report a call that ran past its timeout (if it did): ``how`` if cancelled."""
+        deadline = scope.when()
+        if not scope.expired():
+            if deadline is None or asyncio.get_running_loop().time() <= deadline:
+                return  # in time
+            how = "it blocked its loop, so it could not be cancelled"
         self.timeouts += 1  # on the loop's thread, the writer of an async subscription's counters
         logger.warning(
             "handler of %s (%r) ran on %s for longer than its timeout of %s s; %s",
@@ -534,11 +535,7 @@ class HandlerRuns:
             self.pattern,
             event.event_type,
             self.policy.timeout,
-            "cancelled"
-            if cancelled
-            else "it blocked its loop, so it could not be cancelled"
-            if blocked
-            else "it caught the cancellation and returned",
+            how,
         )
 
     # -- failures ---------------------------------------------------------------------
