@@ -40,6 +40,9 @@ __all__ = [
 
 RECOVER_LIMIT = 5000
 """At most this many events per recovery answer; the asker continues from there."""
+RECOVER_SCAN = 50_000
+"""At most this many journal records read per recovery answer (matching or not): one
+request cannot hold a worker for a read of the whole journal; the asker continues."""
 
 _WAIT = 30.0
 
@@ -140,8 +143,12 @@ def serve_recover(
     name = local.name
     found: list[Piece] = []
     position = after
+    read = 0
     while position < upto:
+        if read >= RECOVER_SCAN:  # the asker goes on after ``position``
+            return found, {"complete": False, "scanned": position, "lost": False}
         page = journal.read(EventQuery(after_sequence=position, limit=1000), _WAIT)
+        read += len(page)
         if not page:
             break
         for event in page:
