@@ -123,3 +123,10 @@ def test_malformed_requests_are_counted_in_dropped(
         # Well-formed ones are not counted.
         greet(dealer, "fine")
         assert broker.dropped == len(garbage)
+
+
+@pytest.mark.parametrize("name", ["", "b" * 256])
+def test_a_broker_named_as_no_node_can_be_is_refused(tmp_path: Path, name: str) -> None:
+    # Its name is the sender of its WELCOME: nodes would drop every one.
+    with pytest.raises(ValueError, match="255 bytes"):
+        Broker(ipc(tmp_path, "named"), name=name)

@@ -15,6 +15,7 @@ from actors._cluster.wire import (
     DATA_HEADER,
     HEARTBEAT,
     HEARTBEAT_TOPIC,
+    HELLO,
     RECOVER,
     SYNC,
     VERSION,
@@ -69,6 +70,20 @@ def test_request_round_trip() -> None:
     assert decode_request(encode_request(message), MAX) == message
     with_payload = Request(CORRELATED, "", "a", "r2", {}, b"\x0a\x00")
     assert decode_request(encode_request(with_payload), MAX) == with_payload
+
+
+def test_a_request_naming_a_node_no_node_can_have_is_refused() -> None:
+    # NodeConfig refuses names over 255 bytes; a HELLO under such a name was
+    # taken, and the node answered it (CREDIT) as a peer.
+    longest = "n" * 255
+    fits = Request(HELLO, longest, longest, "r1", {})
+    assert decode_request(encode_request(fits), MAX) == fits
+    for too_long in (
+        Request(HELLO, "", "n" * 256, "r1", {}),
+        Request(HELLO, "é" * 128, "a", "r", {}),
+    ):
+        with pytest.raises(FrameError, match="at most 255 bytes"):
+            decode_request(encode_request(too_long), MAX)
 
 
 def test_a_request_too_large_to_read_still_says_whom_to_refuse() -> None:

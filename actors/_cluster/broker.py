@@ -60,6 +60,7 @@ from actors._cluster.wire import (
 from actors._errors import BridgeError
 from actors._model.config import (
     DEFAULT_MAX_FRAME_BYTES,
+    MAX_NODE_NAME_BYTES,
     MIN_FRAME_BYTES,
     check_endpoint,
     check_key,
@@ -132,6 +133,8 @@ class Broker:
         route_timeout: float = 30.0,
     ) -> None:
         check_endpoint(listen, "broker listen", bind=True)
+        if not name or len(name.encode("utf-8", "surrogatepass")) > MAX_NODE_NAME_BYTES:
+            raise ValueError(f"broker name must be 1 to {MAX_NODE_NAME_BYTES} bytes in UTF-8")
         _check_settings(
             (curve_public_key, curve_secret_key),
             authorized_keys,

@@ -35,6 +35,7 @@ from typing import Any, NoReturn
 
 from actors._codec.events import decode_batch, encode_batch
 from actors._errors import FrameError, InvalidEventError
+from actors._model.config import MAX_NODE_NAME_BYTES
 from actors._model.event import Event
 
 __all__ = [
@@ -305,6 +306,8 @@ def decode_request(parts: Sequence[bytes], max_bytes: int) -> Request:
         raise FrameError(f"unknown frame version {head[0]}")
     if head[1] not in REQUEST_KINDS:
         raise FrameError(f"unknown request kind {head[1]}")
+    if len(raw[1]) > MAX_NODE_NAME_BYTES or len(raw[2]) > MAX_NODE_NAME_BYTES:
+        raise FrameError(f"a node name is at most {MAX_NODE_NAME_BYTES} bytes")
     if sum(len(p) for p in raw) > max_bytes:
         if len(raw[2]) + len(raw[3]) > 4096:  # no header of ours is that long
             raise FrameError(f"request larger than {max_bytes} bytes")
