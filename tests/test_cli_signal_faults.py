@@ -717,18 +717,19 @@ def test_a_damaged_journal_is_one_error_line_and_left_untouched(
 
 
 @pytest.mark.parametrize("command", READERS)
-def test_a_journal_without_current_is_no_journal_and_left_untouched(
+def test_a_journal_without_current_is_a_damaged_one_and_left_untouched(
     tmp_path: Path, command: str
 ) -> None:
+    # docs/persistence.md: a deleted CURRENT is damage; the CLI called it "no
+    # journal" and sent the user to `serve`, never to `repair()`.
     path = tmp_path / "journal"
     cid = make_journal(path)
     (path / "CURRENT").unlink()
     before = snapshot(path)
     line = one_error(read_journal(command, path, cid))
-    assert (
-        line
-        == f"Error: no journal at {path} (a node makes one: llmspell-events serve --journal {path})"
-    )
+    assert line.startswith(f"Error: journal '{path}' is damaged"), line
+    assert "CURRENT file is missing" in line, line
+    assert "repair(path)" in line, line
     assert snapshot(path) == before
 
 

@@ -12,7 +12,6 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 from actors._bus import EventBus, PersistentEventBus
 from actors._errors import (
@@ -146,14 +145,13 @@ def no_answer(connection: Connection) -> str:
 
 
 def open_journal(path: str) -> EventBus:
-    """Open the journal at ``path`` read-only; fail in one line if it is none or held.
+    """Open the journal at ``path`` read-only; fail in one line if it is none, held or damaged.
 
-    A folder without RocksDB's ``CURRENT`` file is not a journal: it is left
-    untouched.
+    A folder without RocksDB's ``CURRENT`` file and nothing else of a
+    database is not a journal, and is left untouched; one that lost its
+    ``CURRENT`` but holds table files or logs is a damaged journal, which
+    the open says (with how to salvage it).
     """
-    folder = Path(path)
-    if not folder.is_dir() or not (folder / "CURRENT").is_file():
-        fail(f"no journal at {path} (a node makes one: llmspell-events serve --journal {path})")
     try:
         return PersistentEventBus(EventConfig(persistence_path=path, read_only=True, threads=1))
     except JournalLockedError:
