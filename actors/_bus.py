@@ -27,7 +27,7 @@ from actors._bus_requests import RequestReply
 from actors._bus_start import STOP_WAIT, start_runtime
 from actors._core.crossing import handler_of
 from actors._core.publishing import prepare_event
-from actors._core.replay import iter_query
+from actors._core.replay import HEAD, head_of, iter_query
 from actors._core.replay import replay as replay_events
 from actors._core.request_client import RequestClient
 from actors._core.subscriber import DeadLetter, Handler, Subscription
@@ -410,10 +410,13 @@ class EventBus(Closable, RequestReply):
         checks.check_replay(query, handler, speed, page_size)
         if speed is not None and speed <= 0:
             raise ValueError("speed must be positive")
-        return replay_events(self._iter_query(query, page_size), handler, speed)
+        head = None if query.descending or query.limit is not None else head_of(self.query(HEAD))
+        return replay_events(self._iter_query(query, page_size, head), handler, speed)
 
-    def _iter_query(self, query: EventQuery, page_size: int) -> Iterator[Event]:
-        return iter_query(self.query, query, page_size)
+    def _iter_query(
+        self, query: EventQuery, page_size: int, ceiling: int | None = None
+    ) -> Iterator[Event]:
+        return iter_query(self.query, query, page_size, ceiling)
 
     def trace(self, correlation_id: uuid.UUID, *, timeout: float | None = 30.0) -> Trace:
         """Return the causal ``Trace`` of ``correlation_id`` (see ``get_correlated``)."""

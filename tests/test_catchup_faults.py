@@ -8,6 +8,7 @@ exactly once, in sequence order, across the switch from journal to live.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import threading
 import uuid
@@ -18,6 +19,7 @@ from typing import Any
 import pytest
 
 from actors import (
+    AsyncEventBus,
     BusClosedError,
     Event,
     EventBus,
@@ -479,6 +481,37 @@ def test_replay_while_writes_go_on_reads_a_prefix_of_the_final_journal(
         ids = [e.id for e in got]
         assert ids == want[: len(ids)], key
         assert len(ids) >= min(len(want), 300), key
+
+
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_a_replay_ends_at_the_journal_head_of_its_call_though_publishing_goes_on(
+    open_bus: Callable[..., EventBus], flavour: str
+) -> None:
+    # The handler publishes one event the query selects for each it replays:
+    # the replay read on to the head at every page and never ended.  It ends
+    # now at the head the journal had when it was called.
+    bus = open_bus()
+    history = publish_all(bus, [Event(event_type="r.old", data=i) for i in range(25)])
+    replayed: list[Event] = []
+
+    def handler(event: Event) -> None:
+        replayed.append(event)
+        if len(replayed) > 3 * len(history):
+            raise AssertionError("the replay chases the events it makes")
+        bus.publish("r.new", len(replayed)).get(timeout=WAIT)
+
+    query = EventQuery(event_types=["r.*"])
+    if flavour == "sync":
+        count = bus.replay(query, handler, page_size=10)
+    else:
+
+        async def replay() -> int:
+            abus = AsyncEventBus(bus=bus)
+            return await abus.replay(query, handler, page_size=10)
+
+        count = asyncio.run(replay())
+    assert count == len(history)
+    assert [e.id for e in replayed] == [e.id for e in history]
 
 
 # -- catch-up racing unsubscribe and close ------------------------------------------------------

@@ -13,19 +13,38 @@ from actors._core.subscriber import current_event
 from actors._model.event import Event
 from actors._model.query import EventQuery
 
-__all__ = ["iter_query", "replay", "replay_async"]
+__all__ = ["HEAD", "head_of", "iter_query", "replay", "replay_async"]
+
+
+HEAD = EventQuery(descending=True, limit=1)
+"""The query of the journal's last event: a replay goes no further than it was."""
+
+
+def head_of(last: list[Event]) -> int:
+    """Return the sequence of the journal's last event (the answer to ``HEAD``), 0 if none."""
+    return (last[0].sequence or 0) if last else 0
 
 
 def iter_query(
-    read: Callable[[EventQuery], list[Event]], query: EventQuery, page_size: int
+    read: Callable[[EventQuery], list[Event]],
+    query: EventQuery,
+    page_size: int,
+    ceiling: int | None = None,
 ) -> Iterator[Event]:
-    """Yield a query's events page by page (bounded memory for big replays)."""
+    """Yield a query's events page by page (bounded memory for big replays).
+
+    With a ``ceiling``, only events up to that sequence: paging ends there,
+    though publishers go on (a replay ends, whatever is published meanwhile).
+    """
     if query.descending or query.limit is not None:
         yield from read(query)
         return
     after = query.after_sequence
     while True:
         page = read(replace(query, after_sequence=after, limit=page_size))
+        if ceiling is not None and page and (page[-1].sequence or 0) >= ceiling:
+            yield from (e for e in page if (e.sequence or 0) <= ceiling)
+            return
         yield from page
         if len(page) < page_size:
             return
@@ -90,9 +109,13 @@ async def replay_async(
     count = 0
     pace = _Pace(speed)
     whole = query.descending or query.limit is not None
+    ceiling = None if whole else head_of(await read(HEAD))
     after = query.after_sequence
     while True:
         page = await read(query if whole else replace(query, after_sequence=after, limit=page_size))
+        last = bool(page) and ceiling is not None and (page[-1].sequence or 0) >= ceiling
+        if last:
+            page = [e for e in page if (e.sequence or 0) <= (ceiling or 0)]
         for event in page:
             if speed is not None and (delay := pace.delay(event)) > 0:
                 await asyncio.sleep(delay)
@@ -104,6 +127,6 @@ async def replay_async(
             finally:
                 current_event.reset(token)
             count += 1
-        if whole or len(page) < page_size:
+        if whole or last or len(page) < page_size:
             return count
         after = page[-1].sequence
