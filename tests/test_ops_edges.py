@@ -589,6 +589,51 @@ def test_while_the_router_is_busy_only_the_first_reader_waits_for_it(
         bus.close(timeout=WAIT)
 
 
+def test_a_reader_sees_its_own_publish_though_another_readers_ask_is_waiting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``metrics()`` after a ``publish`` counts it, whatever other readers do: a
+    scrape's ask queued before the publish is not this reader's answer."""
+    asked: dict[str, threading.Event] = {"scrape": threading.Event(), "mine": threading.Event()}
+    real = router_reads.GetRouterFigures
+
+    def spy(future: Any) -> Any:
+        name = threading.current_thread().name
+        if name in asked:
+            asked[name].set()
+        return real(future)
+
+    monkeypatch.setattr(router_reads, "GetRouterFigures", spy)
+    bus = EventBus(EventConfig(threads=2))
+    entered, hold = threading.Event(), threading.Event()
+
+    def held(event: Event) -> bool:
+        if event.data == "held":
+            entered.set()
+            hold.wait(3 * WAIT)
+        return True
+
+    try:
+        bus.subscribe("s.*", Collector(), filter=held)
+        bus.publish("s.e", "held")
+        assert entered.wait(WAIT)
+        scrape = threading.Thread(target=bus.metrics, name="scrape", daemon=True)
+        scrape.start()
+        assert asked["scrape"].wait(WAIT)  # its ask is queued behind the held event
+        bus.publish("s.e", "mine")  # queued after that ask
+        mine: concurrent.futures.Future[int] = concurrent.futures.Future()
+        threading.Thread(
+            target=lambda: mine.set_result(bus.metrics().published), name="mine", daemon=True
+        ).start()
+        assert asked["mine"].wait(WAIT)
+        hold.set()
+        assert mine.result(WAIT) == 2
+        scrape.join(WAIT)
+    finally:
+        hold.set()
+        bus.close(timeout=WAIT)
+
+
 def test_scrapes_during_a_nodes_close_all_answer_and_never_go_back() -> None:
     """ "closing the bus does not stop it" (the endpoint) and counters never go back:
     every scrape while a loaded node closes is a 200 with totals at least the last."""

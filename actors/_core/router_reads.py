@@ -32,36 +32,28 @@ class RouterReads:
         self._seen = RouterFigures(0, 0, 0, 0.0, 0.0)  # the router's last answer
         self._dead_seen: list[DeadLetter] = []  # and its last list of dead letters
         self._lock = threading.Lock()
-        self._asking: BusFuture[RouterFigures] | None = None  # the ask not yet answered
-        self._overdue = False  # a reader gave up waiting for ``_asking``
+        self._overdue: BusFuture[RouterFigures] | None = None  # the last ask a reader gave up on
 
     def figures(self) -> RouterFigures:
-        """Ask the router for its counters (its final ones once it stopped)."""
+        """Ask the router for its counters (its final ones once it stopped).
+
+        Each reader asks for itself, after what it published (its answer
+        counts it), except while an ask a reader gave up on is unanswered.
+        """
         router = self._router
         if router.actor_ref.is_alive():
             with self._lock:
-                future = self._asking
-                if future is None or future.done():
-                    future = self._asking = BusFuture()
-                    ask, self._overdue = True, False
-                elif self._overdue:  # the router has not answered a reader that gave up
-                    return self._seen
-                else:
-                    ask = False  # an answer is on its way: it counts for this reader too
-            if ask:
-                try:
-                    router.actor_inbox.put(GetRouterFigures(future))
-                except BaseException:
-                    with self._lock:  # never asked: the next reader asks again
-                        if self._asking is future:
-                            self._asking = None
-                    raise
+                overdue = self._overdue
+                if overdue is not None and not overdue.done():
+                    return self._seen  # the router is still held: the last answer, at once
+            future: BusFuture[RouterFigures] = BusFuture()
+            router.actor_inbox.put(GetRouterFigures(future))
             try:
                 return self._saw(future.get(ASK_TIMEOUT))
             except FutureTimeoutError:
                 if router.actor_ref.is_alive():
                     with self._lock:
-                        self._overdue = self._asking is future
+                        self._overdue = future
                     return self._saw(None)
         final = self._final()
         return self._saw(final[0] if final is not None else None)
