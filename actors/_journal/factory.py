@@ -175,7 +175,13 @@ def open_journal(config: EventConfig) -> OpenedJournal | None:
     try:
         done = _reconcile(storage, path, full=storage.repaired, recover=config.recover)
         report = _inspect(storage, path, done)
-        if storage.mark_missing() and report.last_sequence > 0:
+        # A writable open makes the file before any write; a read-only one
+        # read it before a writer beside it may have made it.
+        if (
+            storage.mark_missing()
+            and report.last_sequence > 0
+            and not (config.read_only and os.path.exists(os.path.join(path, FILE_NAME)))
+        ):
             logger.warning(
                 "journal %s holds events up to sequence %d but no acknowledged mark (%s): "
                 "acknowledged events lost before this open cannot be detected",

@@ -32,7 +32,7 @@ class HighWaterMark:
 
     def __init__(self, folder: str, *, writable: bool) -> None:
         self._file = os.path.join(folder, FILE_NAME)
-        self.missing = False  # no mark at all (a new journal, or its file deleted by hand)
+        self.missing = False  # no file (a new journal, or one deleted by hand)
         self.value = self._load()
         self._fd: int | None = None
         self._dirty = False
@@ -50,7 +50,6 @@ class HighWaterMark:
             msg = f"cannot read the journal's acknowledged mark {self._file!r}: {exc}"
             raise JournalError(msg) from exc
         if not raw:  # created by an open that ended (a kill) before its first write
-            self.missing = True
             logger.info("journal high-water file %s holds no mark yet", self._file)
             return 0
         if len(raw) != _RECORD.size:
