@@ -31,8 +31,8 @@ from actors import (
     JournalError,
 )
 from actors._journal import repair
-from actors._journal.records import StoredRecord
 from actors._journal import rocks as rocks_module
+from actors._journal.records import StoredRecord
 from actors._journal.rocks import RocksStorage
 from actors._model.event import with_fields
 
