@@ -263,9 +263,11 @@ def test_a_read_only_open_whose_mark_a_writer_made_meanwhile_is_quiet(
         return mark
 
     monkeypatch.setattr(rocks_module, "HighWaterMark", then_a_writer_opens)
-    with caplog.at_level(logging.WARNING, logger="actors.storage"):
-        with EventBus(EventConfig(persistence_path=path, read_only=True)) as bus:
-            assert len(bus.query(EventQuery())) == 10
+    with (
+        caplog.at_level(logging.WARNING, logger="actors.storage"),
+        EventBus(EventConfig(persistence_path=path, read_only=True)) as bus,
+    ):
+        assert len(bus.query(EventQuery())) == 10
     assert not caplog.records, caplog.text
 
 
