@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import zmq
 
-from actors import Broker, EventBus
+from actors import Broker, EventBus, NotConnectedError
 from actors._cluster.broker import FORGET_AFTER
 from actors._cluster.wire import (
     CREDIT,
@@ -130,3 +130,17 @@ def test_a_broker_named_as_no_node_can_be_is_refused(tmp_path: Path, name: str) 
     # Its name is the sender of its WELCOME: nodes would drop every one.
     with pytest.raises(ValueError, match="255 bytes"):
         Broker(ipc(tmp_path, "named"), name=name)
+
+
+def test_a_request_to_a_name_no_node_can_have_is_not_connected_at_once(
+    tmp_path: Path, nodes: Callable[..., EventBus]
+) -> None:
+    # The broker drops a request naming a node over 255 bytes (malformed);
+    # the caller waited its whole timeout for an answer that could not come.
+    with Broker(ipc(tmp_path, "hub")) as broker:
+        a, _b = fast(nodes, "a", broker), fast(nodes, "b", broker)
+        assert a.wait_for_peers(["b"], WAIT)
+        for name in ("nosuchnode", "n" * 256):
+            with pytest.raises(NotConnectedError, match="is not connected"):
+                a.remote_metrics(name, timeout=WAIT)  # NoAnswerError after it, before
+        assert broker.dropped == 0

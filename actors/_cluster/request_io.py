@@ -49,6 +49,7 @@ from actors._cluster.wire import (
     decode_events,
     decode_request,
     encode_request,
+    fits_name,
 )
 from actors._codec.events import encode_batch
 from actors._errors import (
@@ -427,7 +428,7 @@ class RequestIO(BridgeBase):
         route = self._route_to(name)
         peer = self._peers.get(name)
         restarting = peer is not None and peer.alive and peer.route_lost
-        if route is None and not restarting:
+        if (route is None and not restarting) or not fits_name(name):  # none can have that name
             future.set_exception(NotConnectedError(f"node {name!r} is not connected"))
             return
         rid = uuid.uuid4().hex

@@ -307,7 +307,7 @@ def decode_request(parts: Sequence[bytes], max_bytes: int) -> Request:
     if head[1] not in REQUEST_KINDS:
         raise FrameError(f"unknown request kind {head[1]}")
     if len(raw[1]) > MAX_NODE_NAME_BYTES or len(raw[2]) > MAX_NODE_NAME_BYTES:
-        raise FrameError(f"a node name is at most {MAX_NODE_NAME_BYTES} bytes")
+        raise FrameError(f"a node name is at most {MAX_NODE_NAME_BYTES} bytes")  # see fits_name
     if sum(len(p) for p in raw) > max_bytes:
         if len(raw[2]) + len(raw[3]) > 4096:  # no header of ours is that long
             raise FrameError(f"request larger than {max_bytes} bytes")
@@ -332,6 +332,11 @@ def decode_events(payload: bytes | None) -> list[Event]:
         return decode_batch(payload)
     except InvalidEventError as exc:
         raise FrameError(f"bad payload: {exc}") from exc
+
+
+def fits_name(name: str) -> bool:
+    """Return whether ``name`` can name a node (a request to or from it is not malformed)."""
+    return len(name.encode("utf-8", "surrogatepass")) <= MAX_NODE_NAME_BYTES
 
 
 def _text(raw: bytes, what: str) -> str:
