@@ -354,6 +354,69 @@ def test_an_async_handler_whose_loop_closed_gives_its_events_up_without_a_warnin
         bus.close(timeout=30)
 
 
+def test_an_event_in_its_handler_when_its_loop_is_closed_by_hand_counts_that_attempt() -> None:
+    # The loop stopped and closed by hand (no task cancelled) under a call in
+    # progress: the event was given up as never tried (attempts 0).
+    bus = EventBus(EventConfig(handler_retries=0))
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    entered = threading.Event()
+    try:
+
+        async def handler(event: Event) -> None:
+            entered.set()
+            await asyncio.Event().wait()  # suspended inside its call
+
+        async def subscribe() -> Subscription:
+            return bus.subscribe("job.*", handler, timeout=3600)
+
+        sub = asyncio.run_coroutine_threadsafe(subscribe(), loop).result(WAIT)
+        bus.publish("job.a", 1).get(timeout=WAIT)
+        assert entered.wait(WAIT)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(WAIT)
+        loop.close()
+        assert wait_for(lambda: bus.dead_letters() != [])  # the loop watch's next look
+        [letter] = bus.dead_letters()
+        assert (letter.attempts, letter.error_type) == (1, "RuntimeError")
+        stats = sub.statistics()
+        assert (stats.errors, stats.dead_letters, stats.timeouts) == (1, 1, 0)
+    finally:
+        bus.close(timeout=WAIT)
+
+
+def test_an_event_whose_call_its_loops_end_cut_off_counts_that_attempt(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # asyncio.run ends while the handler awaits: its batch is cancelled.  The
+    # dead letter said attempts 0 ("before any attempt"), though it ran.
+    bus = EventBus(EventConfig(handler_retries=3))
+    try:
+
+        async def main() -> None:
+            entered = asyncio.Event()
+
+            async def handler(event: Event) -> None:
+                entered.set()
+                await asyncio.Event().wait()  # never set
+
+            bus.subscribe("s.*", handler)
+            bus.publish("s.q", 1).get(timeout=WAIT)
+            await asyncio.wait_for(entered.wait(), WAIT)
+
+        asyncio.run(main())
+        [letter] = bus.dead_letters()
+        assert (letter.attempts, letter.error_type) == (1, "CancelledError")
+        logged = [r.getMessage() for r in caplog.records if "s.q" in r.getMessage()]
+        assert len(logged) == 1, logged
+        assert "after 1 attempt(s)" in logged[0], logged
+        [sub] = bus.subscriptions()
+        assert (sub.statistics().errors, sub.statistics().dead_letters) == (1, 1)
+    finally:
+        bus.close(timeout=WAIT)
+
+
 def test_an_event_waiting_for_its_retry_when_its_loop_closes_keeps_its_attempts_and_error(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

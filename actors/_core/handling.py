@@ -142,7 +142,7 @@ class HandlerRuns:
     def _batch_done(self, batch: Batch) -> None:
         raise NotImplementedError
 
-    def _give_up(self, batch: Batch, exc: BaseException, history: bool) -> None:
+    def _give_up(self, batch: Batch, exc: BaseException, history: bool, tried: int = 0) -> None:
         raise NotImplementedError
 
     def _watch_calls(self, timers: Timers) -> CallWatch | None:
@@ -387,17 +387,17 @@ class HandlerRuns:
                 attempts = 0
                 while True:
                     attempts += 1
-                    state.in_handler = True
+                    state.in_handler = attempts
                     try:
                         await self._await_handler(handler, event)
                     except BaseException as exc:  # see _failed
-                        state.in_handler = False
+                        state.in_handler = 0
                         if isinstance(exc, GeneratorExit) and _loop_gone(self._loop):
                             raise  # closed: its task went with its loop (given up elsewhere)
                         if isinstance(exc, asyncio.CancelledError) and _cancelling():
                             # This batch itself is cancelled (its loop closes).
                             self._batch_done(batch[:i])
-                            self._give_up(batch[i:], exc, history)
+                            self._give_up(batch[i:], exc, history, tried=attempts)
                             raise
                         delay = self._failed(event, exc, attempts)  # the handler's own
                         if delay is not None:
@@ -415,7 +415,7 @@ class HandlerRuns:
                                 continue
                             stop = i
                     else:
-                        state.in_handler = False
+                        state.in_handler = 0
                         self.delivered += 1
                     break
             finally:
@@ -512,13 +512,15 @@ class HandlerRuns:
                 raise
             self._async_timed_out(event, scope, "cancelled")
             raise handler_timeout_error(timeout) from exc
-        except BaseException:
-            # Cancelled at its timeout and raised something else on the way, or
-            # blocked its loop past the deadline (its cancellation never ran).
-            self._async_timed_out(event, scope, "cancelled")
+        except BaseException as exc:
+            # Cancelled at its timeout and raised something else on the way, or blocked
+            # its loop past the deadline; not closed with its loop (GeneratorExit).
+            if not isinstance(exc, GeneratorExit):
+                self._async_timed_out(event, scope, "cancelled")
             raise
         finally:
-            current_timeout.reset(token)
+            with contextlib.suppress(ValueError):  # closed from another context (its loop gone)
+                current_timeout.reset(token)
         self._async_timed_out(event, scope, "it caught the cancellation and returned")
 
     def _async_timed_out(self, event: Event, scope: asyncio.Timeout, how: str) -> None:

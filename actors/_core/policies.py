@@ -254,7 +254,7 @@ class AsyncRun:
     pos: int = 0
     started: bool = False
     done: bool = False
-    in_handler: bool = False  # inside the handler's call (not between events, nor waiting to retry)
+    in_handler: int = 0  # the attempt inside the handler's call (0: between events, or waiting)
     waiting: tuple[BaseException, int] | None = None  # the last error and attempts, while it waits
     run: Coroutine[Any, Any, None] | None = None
     future: Future[None] | None = None  # ``run`` on the loop: done once it has ended

@@ -332,18 +332,19 @@ class SubscriberActor(HandlerRuns, DispatchedActor):
             self._cut_waiting(state, pos, *state.waiting, closed)
             return
         self._batch_done(batch[:pos])
-        self._give_up(batch[pos:], closed, state.history)
+        self._give_up(batch[pos:], closed, state.history, tried=state.in_handler)
 
     def _on_turn_end(self) -> bool:
         catchup = self.catchup
         return self._busy() or (catchup is not None and catchup.waiting)
 
-    def _give_up(self, batch: Batch, exc: BaseException, history: bool) -> None:
+    def _give_up(self, batch: Batch, exc: BaseException, history: bool, tried: int = 0) -> None:
         """Give up ``batch`` (its loop ended under it): dead letters, or dropped once abandoned.
 
         A subscription already given up on (``abandon``: unsubscribed, or a
         close that stopped waiting) makes no dead letter: its events count
-        as dropped, like the rest of a batch it stopped.
+        as dropped, like the rest of a batch it stopped.  The first event's
+        handler was ``tried`` times (its call in hand, cut off), the others never.
         """
         mailbox = self.actor_inbox
         if self.abandoned:
@@ -351,7 +352,8 @@ class SubscriberActor(HandlerRuns, DispatchedActor):
         else:
             for event, _ in batch:
                 self.errors += 1
-                self._dead_letter(event, exc, 0)
+                self._dead_letter(event, exc, tried)
+                tried = 0
         if not history:
             mailbox.finished_by_owner += len(batch)
         mailbox.check_barriers()
