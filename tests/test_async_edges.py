@@ -354,38 +354,6 @@ def test_an_async_handler_whose_loop_closed_gives_its_events_up_without_a_warnin
         bus.close(timeout=30)
 
 
-def test_an_event_in_its_handler_when_its_loop_is_closed_by_hand_counts_that_attempt() -> None:
-    # The loop stopped and closed by hand (no task cancelled) under a call in
-    # progress: the event was given up as never tried (attempts 0).
-    bus = EventBus(EventConfig(handler_retries=0))
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    entered = threading.Event()
-    try:
-
-        async def handler(event: Event) -> None:
-            entered.set()
-            await asyncio.Event().wait()  # suspended inside its call
-
-        async def subscribe() -> Subscription:
-            return bus.subscribe("job.*", handler, timeout=3600)
-
-        sub = asyncio.run_coroutine_threadsafe(subscribe(), loop).result(WAIT)
-        bus.publish("job.a", 1).get(timeout=WAIT)
-        assert entered.wait(WAIT)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(WAIT)
-        loop.close()
-        assert wait_for(lambda: bus.dead_letters() != [])  # the loop watch's next look
-        [letter] = bus.dead_letters()
-        assert (letter.attempts, letter.error_type) == (1, "RuntimeError")
-        stats = sub.statistics()
-        assert (stats.errors, stats.dead_letters, stats.timeouts) == (1, 1, 0)
-    finally:
-        bus.close(timeout=WAIT)
-
-
 def test_an_event_whose_call_its_loops_end_cut_off_counts_that_attempt(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -417,39 +385,46 @@ def test_an_event_whose_call_its_loops_end_cut_off_counts_that_attempt(
         bus.close(timeout=WAIT)
 
 
-def test_an_event_waiting_for_its_retry_when_its_loop_closes_keeps_its_attempts_and_error(
-    monkeypatch: pytest.MonkeyPatch,
+@pytest.mark.parametrize("where", ["in its call", "waiting to retry"])
+def test_an_event_whose_loop_is_closed_by_hand_keeps_its_attempts_and_last_error(
+    monkeypatch: pytest.MonkeyPatch, where: str
 ) -> None:
     # docs/architecture.md: "The dead letter records the attempts (tries plus
     # retries) and the last attempt's error".  A loop stopped and closed by
-    # hand (no task cancelled) gave the waiting event up as never tried:
-    # attempts 0, the loop's error, and its failure counted twice.
+    # hand (no task cancelled) gave the event up as never tried (attempts 0),
+    # and one waiting to retry with the loop's error, its failure counted twice.
     monkeypatch.setattr(handling, "backoff_delay", lambda base, retry: 3600.0)
     bus = EventBus(EventConfig(handler_retries=5))
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
-    failed = threading.Event()
+    ran = threading.Event()
     try:
 
         async def handler(event: Event) -> None:
-            failed.set()
-            raise ValueError("attempt 1 failed")
+            ran.set()
+            if where == "waiting to retry":
+                raise ValueError("attempt 1 failed")
+            await asyncio.Event().wait()  # suspended inside its call
 
         async def subscribe() -> Subscription:
-            return bus.subscribe("job.*", handler)
+            return bus.subscribe("job.*", handler, timeout=3600)
 
         sub = asyncio.run_coroutine_threadsafe(subscribe(), loop).result(WAIT)
         bus.publish("job.a", 1).get(timeout=WAIT)
-        assert failed.wait(WAIT)
-        loop.call_soon_threadsafe(loop.stop)  # runs once the batch waits for its retry
+        assert ran.wait(WAIT)
+        loop.call_soon_threadsafe(loop.stop)  # runs once the batch awaits
         thread.join(WAIT)
         loop.close()
         assert wait_for(lambda: bus.dead_letters() != [])  # the loop watch's next look
         [letter] = bus.dead_letters()
-        assert (letter.attempts, letter.error) == (1, "ValueError: attempt 1 failed")
+        assert (letter.attempts, letter.error) == (
+            (1, "ValueError: attempt 1 failed")
+            if where == "waiting to retry"
+            else (1, "RuntimeError: the handler's event loop closed first")
+        )
         stats = sub.statistics()
-        assert (stats.errors, stats.dead_letters, stats.in_flight) == (1, 1, 0)
+        assert (stats.errors, stats.dead_letters, stats.timeouts, stats.in_flight) == (1, 1, 0, 0)
     finally:
         bus.close(timeout=WAIT)
 

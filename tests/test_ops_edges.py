@@ -9,6 +9,7 @@ docs/architecture.md or SPEC.md sections 9 and 13 (quoted where it matters).
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import fcntl
 import os
 import re
@@ -19,6 +20,7 @@ import threading
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -510,14 +512,9 @@ def test_a_node_with_10000_subscriptions_still_answers_its_scrape() -> None:
         hub.close(timeout=1)
 
 
-# Regression: a router that did not answer within 10 s made metrics() report published 0.
-def test_counters_never_read_zero_while_the_router_is_busy(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """docs/observability.md: "The bus's counters never go back".  Filters run in the
-    router (docs/architecture.md); while one is slow, ``metrics()`` must not report the
-    zeros of a router that never ran (``RouterFigures`` fallback)."""
-    monkeypatch.setattr(router_reads, "ASK_TIMEOUT", 0.5)  # the 10 s wait, shortened
+@contextlib.contextmanager
+def _router_held() -> Iterator[tuple[EventBus, threading.Event, threading.Event]]:
+    """A bus whose router a filter holds on the event "slow" (``entered``) until ``hold``."""
     bus = EventBus(EventConfig(threads=2))
     entered, hold = threading.Event(), threading.Event()
 
@@ -529,6 +526,21 @@ def test_counters_never_read_zero_while_the_router_is_busy(
 
     try:
         bus.subscribe("s.*", Collector(), filter=slow)
+        yield bus, entered, hold
+    finally:
+        hold.set()
+        bus.close(timeout=WAIT)
+
+
+# Regression: a router that did not answer within 10 s made metrics() report published 0.
+def test_counters_never_read_zero_while_the_router_is_busy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """docs/observability.md: "The bus's counters never go back".  Filters run in the
+    router (docs/architecture.md); while one is slow, ``metrics()`` must not report the
+    zeros of a router that never ran (``RouterFigures`` fallback)."""
+    monkeypatch.setattr(router_reads, "ASK_TIMEOUT", 0.5)  # the 10 s wait, shortened
+    with _router_held() as (bus, entered, hold):
         for i in range(3):
             bus.publish("s.e", i).get(timeout=WAIT)
         bus.flush(WAIT)
@@ -541,9 +553,6 @@ def test_counters_never_read_zero_while_the_router_is_busy(
             hold.set()
         assert before.published == 3
         assert during.published >= before.published, (before.published, during.published)
-    finally:
-        hold.set()
-        bus.close(timeout=WAIT)
 
 
 def test_while_the_router_is_busy_only_the_first_reader_waits_for_it(
@@ -554,17 +563,7 @@ def test_while_the_router_is_busy_only_the_first_reader_waits_for_it(
     its inbox.  Now readers after one that gave up get the last figures at
     once, until the router answers; then they get fresh ones again."""
     monkeypatch.setattr(router_reads, "ASK_TIMEOUT", 0.5)  # the 10 s wait, shortened
-    bus = EventBus(EventConfig(threads=2))
-    entered, hold = threading.Event(), threading.Event()
-
-    def slow(event: Event) -> bool:
-        if event.data == "slow":
-            entered.set()
-            hold.wait(3 * WAIT)
-        return True
-
-    try:
-        bus.subscribe("s.*", Collector(), filter=slow)
+    with _router_held() as (bus, entered, hold):
         for i in range(3):
             bus.publish("s.e", i).get(timeout=WAIT)
         bus.flush(WAIT)
@@ -584,9 +583,6 @@ def test_while_the_router_is_busy_only_the_first_reader_waits_for_it(
             hold.set()
         bus.flush(WAIT)
         assert bus.metrics().published == 4  # the router answered: fresh figures again
-    finally:
-        hold.set()
-        bus.close(timeout=WAIT)
 
 
 def test_a_reader_sees_its_own_publish_though_another_readers_ask_is_waiting(
@@ -604,18 +600,8 @@ def test_a_reader_sees_its_own_publish_though_another_readers_ask_is_waiting(
         return real(future)
 
     monkeypatch.setattr(router_reads, "GetRouterFigures", spy)
-    bus = EventBus(EventConfig(threads=2))
-    entered, hold = threading.Event(), threading.Event()
-
-    def held(event: Event) -> bool:
-        if event.data == "held":
-            entered.set()
-            hold.wait(3 * WAIT)
-        return True
-
-    try:
-        bus.subscribe("s.*", Collector(), filter=held)
-        bus.publish("s.e", "held")
+    with _router_held() as (bus, entered, hold):
+        bus.publish("s.e", "slow")
         assert entered.wait(WAIT)
         scrape = threading.Thread(target=bus.metrics, name="scrape", daemon=True)
         scrape.start()
@@ -629,9 +615,6 @@ def test_a_reader_sees_its_own_publish_though_another_readers_ask_is_waiting(
         hold.set()
         assert mine.result(WAIT) == 2
         scrape.join(WAIT)
-    finally:
-        hold.set()
-        bus.close(timeout=WAIT)
 
 
 def test_scrapes_during_a_nodes_close_all_answer_and_never_go_back() -> None:
