@@ -429,6 +429,44 @@ def test_an_event_whose_loop_is_closed_by_hand_keeps_its_attempts_and_last_error
         bus.close(timeout=WAIT)
 
 
+@pytest.mark.parametrize("order", ["unsubscribe first", "close the loop first"])
+def test_unsubscribing_a_batch_whose_loop_is_closed_by_hand_drops_it(order: str) -> None:
+    # docs/architecture.md: a finished subscription shows no event in flight.
+    # The actor stopped before its loop watch saw the closed loop: the batch
+    # stayed in flight for ever, after close() too.
+    bus = EventBus()
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    entered = threading.Event()
+    try:
+
+        async def handler(event: Event) -> None:
+            entered.set()
+            await asyncio.Event().wait()  # suspended inside its call
+
+        async def subscribe() -> Subscription:
+            return bus.subscribe("job.*", handler)
+
+        sub = asyncio.run_coroutine_threadsafe(subscribe(), loop).result(WAIT)
+        for i in range(3):
+            bus.publish("job.a", i).get(timeout=WAIT)
+        assert entered.wait(WAIT)
+        if order == "unsubscribe first":
+            sub.unsubscribe()
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(WAIT)
+        loop.close()
+        if order == "close the loop first":
+            sub.unsubscribe()
+        assert wait_for(lambda: sub.statistics().in_flight == 0)  # the loop watch's next look
+        stats = sub.statistics()
+        assert (stats.accepted, stats.dropped, stats.in_flight, stats.queued) == (3, 3, 0, 0)
+        assert stats.dead_letters == 0
+    finally:
+        bus.close(timeout=WAIT)
+
+
 def test_a_durable_subscription_awaited_on_a_loop_leaves_the_loop_running(tmp_path: Path) -> None:
     # SPEC section 8: awaiting never blocks the event loop.  A durable
     # subscription waits for the journal to load its checkpoint, through the

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import zmq
 
-from actors import Broker, EventBus, NotConnectedError
+from actors import Broker, EventBus, NodeConfig, NotConnectedError
 from actors._cluster.broker import FORGET_AFTER
 from actors._cluster.wire import (
     CREDIT,
@@ -125,11 +125,19 @@ def test_malformed_requests_are_counted_in_dropped(
         assert broker.dropped == len(garbage)
 
 
-@pytest.mark.parametrize("name", ["", "b" * 256])
+@pytest.mark.parametrize("name", ["", "b" * 256, "b\ud800"], ids=["empty", "long", "surrogate"])
 def test_a_broker_named_as_no_node_can_be_is_refused(tmp_path: Path, name: str) -> None:
     # Its name is the sender of its WELCOME: nodes would drop every one.
     with pytest.raises(ValueError, match="255 bytes"):
         Broker(ipc(tmp_path, "named"), name=name)
+
+
+@pytest.mark.parametrize("name", ["n" * 256, "n\ud800"], ids=["long", "surrogate"])
+def test_a_node_named_as_no_frame_can_carry_is_refused(name: str) -> None:
+    # A lone surrogate cannot be encoded into any frame: its bus failed to start
+    # with a BridgeError, far from the cause.
+    with pytest.raises(ValueError, match="node name"):
+        NodeConfig(name=name)
 
 
 def test_a_request_to_a_name_no_node_can_have_is_not_connected_at_once(
@@ -140,7 +148,7 @@ def test_a_request_to_a_name_no_node_can_have_is_not_connected_at_once(
     with Broker(ipc(tmp_path, "hub")) as broker:
         a, _b = fast(nodes, "a", broker), fast(nodes, "b", broker)
         assert a.wait_for_peers(["b"], WAIT)
-        for name in ("nosuchnode", "n" * 256):
+        for name in ("nosuchnode", "n" * 256, "x\ud800"):  # a surrogate broke the send
             with pytest.raises(NotConnectedError, match="is not connected"):
                 a.remote_metrics(name, timeout=WAIT)  # NoAnswerError after it, before
         assert broker.dropped == 0

@@ -235,6 +235,7 @@ def test_a_journal_whose_acknowledged_mark_was_deleted_opens_with_a_warning(
             with EventBus(EventConfig(persistence_path=path, read_only=read_only)) as bus:
                 assert len(bus.query(EventQuery())) == 10
             [record] = caplog.records
+            assert record.name == "actors.storage"  # as docs/persistence.md says
             assert "no acknowledged mark (ACKNOWLEDGED)" in record.getMessage()
             assert "up to sequence 10" in record.getMessage()
             caplog.clear()

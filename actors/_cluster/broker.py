@@ -56,6 +56,7 @@ from actors._cluster.wire import (
     Request,
     decode_request,
     encode_request,
+    fits_name,
 )
 from actors._errors import BridgeError
 from actors._model.config import (
@@ -133,7 +134,7 @@ class Broker:
         route_timeout: float = 30.0,
     ) -> None:
         check_endpoint(listen, "broker listen", bind=True)
-        if not name or len(name.encode("utf-8", "surrogatepass")) > MAX_NODE_NAME_BYTES:
+        if not name or not fits_name(name):
             raise ValueError(f"broker name must be 1 to {MAX_NODE_NAME_BYTES} bytes in UTF-8")
         _check_settings(
             (curve_public_key, curve_secret_key),

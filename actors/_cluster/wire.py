@@ -336,7 +336,10 @@ def decode_events(payload: bytes | None) -> list[Event]:
 
 def fits_name(name: str) -> bool:
     """Return whether ``name`` can name a node (a request to or from it is not malformed)."""
-    return len(name.encode("utf-8", "surrogatepass")) <= MAX_NODE_NAME_BYTES
+    try:
+        return len(name.encode()) <= MAX_NODE_NAME_BYTES
+    except UnicodeEncodeError:  # a lone surrogate: no frame can carry it
+        return False
 
 
 def _text(raw: bytes, what: str) -> str:

@@ -514,8 +514,8 @@ class HandlerRuns:
             raise handler_timeout_error(timeout) from exc
         except BaseException as exc:
             # Cancelled at its timeout and raised something else on the way, or blocked
-            # its loop past the deadline; not closed with its loop (GeneratorExit).
-            if not isinstance(exc, GeneratorExit):
+            # its loop past the deadline (not known of one closed with its loop).
+            if scope.expired() or not isinstance(exc, GeneratorExit):
                 self._async_timed_out(event, scope, "cancelled")
             raise
         finally:

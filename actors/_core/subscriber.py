@@ -288,7 +288,8 @@ class SubscriberActor(HandlerRuns, DispatchedActor):
     def _watch_loop(self) -> None:
         """On the timer thread: wake the actor if its batch's loop closed, else look again later.
 
-        One timer per subscription at most, and only while a batch is on the loop.
+        One timer per subscription at most, and only while a batch is on the loop.  An
+        actor already stopped (unsubscribed before the loop closed) has it settled here.
         """
         if not self._inflight:
             self._loop_watched = False
@@ -297,9 +298,11 @@ class SubscriberActor(HandlerRuns, DispatchedActor):
             # A batch went out as this looked, and saw the flag still set: keep watching.
         loop = self._loop
         if loop is not None and loop.is_closed():
-            self._loop_watched = False
-            self.actor_inbox.wake()
-            return
+            if self.final:  # the actor stopped: no turn of its settles the batch; this does
+                self._loop_watched = False
+                self._async_still_out()
+                return
+            self.actor_inbox.wake()  # its next turn settles it; looked at again, should it stop
         self._timers.call_later(LOOP_WATCH, self._watch_loop)
 
     def _orphaned(self, state: AsyncRun) -> None:
@@ -372,6 +375,8 @@ class SubscriberActor(HandlerRuns, DispatchedActor):
                 if run.timer is not None:
                     self._timers.cancel(run.timer)
                 self._drop_run(run)
+            if self._inflight:  # an async batch whose loop closed under it: settled now or never
+                self._async_still_out()
             self.actor_inbox.refuse_all()  # first: what comes after the clearing is dropped
             self.actor_inbox.clear_events()
             self.actor_inbox.release_barriers()

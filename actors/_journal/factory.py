@@ -182,7 +182,7 @@ def open_journal(config: EventConfig) -> OpenedJournal | None:
             and report.last_sequence > 0
             and not (config.read_only and os.path.exists(os.path.join(path, FILE_NAME)))
         ):
-            logger.warning(
+            logging.getLogger("actors.storage").warning(  # with the mark's other warnings
                 "journal %s holds events up to sequence %d but no acknowledged mark (%s): "
                 "acknowledged events lost before this open cannot be detected",
                 path,

@@ -267,7 +267,11 @@ class NodeConfig:
             raise TypeError(f"node name must be a str, not {type(self.name).__name__}")
         if not self.name or any(c.isspace() for c in self.name):
             raise ValueError(f"node name must be non-empty without whitespace: {self.name!r}")
-        if len(self.name.encode("utf-8", "surrogatepass")) > MAX_NODE_NAME_BYTES:
+        try:
+            size = len(self.name.encode())
+        except UnicodeEncodeError:
+            raise ValueError(f"node name is not valid UTF-8 text: {self.name!r}") from None
+        if size > MAX_NODE_NAME_BYTES:
             raise ValueError(f"node name is over {MAX_NODE_NAME_BYTES} bytes in UTF-8")
         if isinstance(self.peers, str):
             raise TypeError("peers must be a sequence of endpoints, not one str")
