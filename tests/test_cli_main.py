@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import importlib.metadata
+import subprocess
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from actors.cli import main
 from actors.cli.main import COMMANDS
-from tests._cli_support import cli, make_journal
+from tests._cli_support import CLI, WAIT, cli, make_journal
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
@@ -139,3 +141,20 @@ def test_every_option_read_from_the_environment_names_its_variable_in_help() -> 
             envvar = getattr(param, "envvar", None)
             if isinstance(envvar, str) and not getattr(param, "hidden", False):
                 assert f"env var: {envvar}" in text, f"{name} {param.name}: {envvar} not in -h"
+
+
+@pytest.mark.parametrize(
+    ("redirect", "why"), [(">/dev/full", "No space left on device"), (">&-", "it is closed")]
+)
+def test_output_that_cannot_be_written_is_one_error_line(redirect: str, why: str) -> None:
+    # docs/cli.md: every error is one line, never a traceback.  A full disk
+    # or a closed stdout gave an OSError's or AttributeError's traceback.
+    result = subprocess.run(
+        ["/bin/sh", "-c", f'exec "$@" {redirect}', "sh", *CLI, "keygen"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+    )
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [f"Error: cannot write to standard output: {why}"]

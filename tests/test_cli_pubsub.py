@@ -255,3 +255,42 @@ def test_pub_sets_every_field_it_is_given(hub: str) -> None:
     (event,) = stored(hub, "fields.x")
     assert (event["correlation_id"], event["causation_id"]) == (str(cid), str(cause))
     assert (event["source"], event["target"], event["origin"]) == ("planner", "worker", "hub")
+
+
+@pytest.mark.parametrize("reader", ["query --follow", "sub --from-sequence"])
+def test_a_follower_waits_for_its_node_to_come_back(tmp_path: Path, reader: str) -> None:
+    """docs/cli.md: --follow prints like tail -f until Ctrl-C.  A node down for
+    longer than --timeout ended the follower with "did not answer in time"."""
+    endpoint = f"ipc://{tmp_path}/node.sock"
+    journal = str(tmp_path / "journal")
+
+    def start() -> Running:
+        node = Running("serve", "--name", "back", "--listen", endpoint, "--journal", journal)
+        lines = dict(node.line().split(" ", 1) for _ in range(4))
+        assert lines["request"] == endpoint, lines
+        return node
+
+    node = start()
+    common = ("--peer", endpoint, "--json", "--timeout", "0.5")
+    args = (
+        ("query", "--type", "rs.*", "--follow", *common)
+        if reader == "query --follow"
+        else ("sub", "rs.*", "--from-sequence", "1", *common)
+    )
+    tail = Running(*args)
+    try:
+        assert pub(endpoint, "rs.a", '"one"').startswith("published rs.a on back ")
+        assert json.loads(tail.line())["data"] == "one"
+        assert node.interrupt() == 0
+        waiting = tail.line(tail.err)
+        while "is not answering" not in waiting:  # after its first line, in force
+            waiting = tail.line(tail.err)
+        assert waiting.startswith("node back is not answering ("), waiting
+        node = start()
+        assert pub(endpoint, "rs.a", '"two"').startswith("published rs.a on back ")
+        assert json.loads(tail.line())["data"] == "two"
+        assert tail.line(tail.err) == "node back answers again; following on"
+        assert tail.interrupt(signal.SIGINT) == 0
+    finally:
+        tail.kill()
+        node.kill()

@@ -55,6 +55,16 @@ elif kind == "binary":
 elif kind == "env":
     print(json.dumps([os.environ["LLMSPELL_EVENTS_REQUEST_TYPE"],
                       os.environ["LLMSPELL_EVENTS_REQUEST_ID"]]))
+elif kind == "background":  # leaves a process behind, its output to /dev/null, stderr not
+    grandchild = subprocess.Popen(
+        [sys.executable, "-c", "import signal; signal.pause()"], stdout=subprocess.DEVNULL
+    )
+    target = os.path.join(PIDS, f"{data}.pids")
+    with open(target + ".part", "w") as f:
+        f.write(f"{grandchild.pid}")
+    os.rename(target + ".part", target)
+    sys.stderr.write("left one running\\n")
+    print(json.dumps({"left": data}))
 elif kind == "hang":
     grandchild = subprocess.Popen([sys.executable, "-c", "import signal; signal.pause()"])
     target = os.path.join(PIDS, f"{data}.pids")
@@ -242,6 +252,58 @@ def test_a_command_that_cannot_start_is_an_error_reply_and_reply_goes_on(
         assert error_reply(result.stderr).startswith(f"error {expected}: ")
         assert answering.line().startswith(f"answered gone.q{n} ")
     assert answering.finish() == 0
+
+
+def test_a_command_that_leaves_a_process_holding_its_stderr_answers_when_it_exits(
+    hub: tuple[str, str], script: str, pids: Path, started: Started
+) -> None:
+    """docs/requests.md: a run ends when the command's stdout closes (a process
+    left behind has its output redirected).  One that kept stderr open held the
+    reply until it ended, or the run's timeout turned the answer into an error."""
+    endpoint = hub[0]
+    answering = replying(started, "bg.*", "--exec", script, "--peer", endpoint, "--count", "1")
+    result = cli("req", "bg.background", "7", "--peer", endpoint, "--timeout", "30")
+    assert (result.returncode, result.stdout) == (0, '{"left":7}\n'), result.stderr
+    assert answering.line().startswith("answered bg.background ")
+    assert answering.finish() == 0
+    [left] = pids_in(pids / "7.pids")
+    assert not gone(left)  # still running (the fixture kills it): the answer did not wait
+
+
+def test_reply_with_its_stdout_closed_answers_then_ends_with_one_error_line(
+    hub: tuple[str, str], script: str, started: Started
+) -> None:
+    """docs/cli.md: if its stdout is closed the reply is still published, no later
+    request is answered, and reply ends with status 1.  Started with stdout
+    closed (>&-) it answered every request, said nothing, and never ended."""
+    endpoint = hub[0]
+    shell = 'exec "$@" >&-'
+    proc = subprocess.Popen(
+        [
+            "/bin/sh",
+            "-c",
+            shell,
+            "sh",
+            *CLI,
+            "reply",
+            "shut.*",
+            "--exec",
+            script,
+            "--peer",
+            endpoint,
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    started.append(proc)
+    assert proc.stderr is not None
+    assert proc.stderr.readline().startswith("replying to shut.* at ")
+    result = cli("req", "shut.echo", "1", "--peer", endpoint, "--timeout", "30")
+    assert (result.returncode, result.stdout) == (0, '{"got":1}\n'), result.stderr
+    assert proc.wait(WAIT) == 1
+    assert proc.stderr.read().splitlines() == [
+        "Error: cannot write to standard output: it is closed"
+    ]
 
 
 def test_exec_timeout_kills_the_command_and_what_it_started_then_serves_on(

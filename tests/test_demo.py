@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 from actors import demo
 
@@ -45,3 +49,35 @@ def test_demo_can_run_twice_on_one_journal(tmp_path: Path) -> None:
     # Sequences continue across runs; each run replays only its own workflow.
     assert "12 events replayed." in second
     assert any("#13" in line for line in second)
+
+
+def test_a_demo_whose_journal_is_held_says_so_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A second demo on the same folder printed JournalLockedError's traceback.
+    journal = tmp_path / "journal"
+    child = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(journal)],
+        stdout=subprocess.PIPE,
+        stdin=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline() == "held\n"
+        assert demo.main(["--journal", str(journal), "--no-cluster"]) == 1
+    finally:
+        child.communicate("", timeout=30)
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"Error: journal '{journal}' is locked by another process")
+    assert line.endswith("run the demo with another --journal folder")
+
+
+HOLD = """
+import sys
+from actors import EventConfig, PersistentEventBus
+bus = PersistentEventBus(EventConfig(persistence_path=sys.argv[1]))
+print("held", flush=True)
+sys.stdin.read()
+bus.close()
+"""

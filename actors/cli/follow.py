@@ -21,8 +21,11 @@ from pathlib import Path
 import click
 
 from actors._bus import EventBus
+from actors._errors import NoAnswerError, NotConnectedError
 from actors._model.event import Event
 from actors._model.query import EventQuery
+from actors._model.trace import printable
+from actors.cli.output import note
 
 __all__ = ["POLL", "Checkpoint", "JournalTail", "last_sequence", "state_dir"]
 
@@ -54,15 +57,33 @@ class JournalTail:
         self._woken.set()
 
     def run(self, emit: Callable[[Event], None], count: int | None = None) -> int:
-        """Print events until ``count`` were printed (None: until interrupted); return how many."""
+        """Print events until ``count`` were printed (None: until interrupted); return how many.
+
+        A node that stops answering (restarting, paused) is waited for, said
+        once on stderr: the reading goes on after what was printed when it
+        answers again, as ``tail -f`` goes on after a file is rotated.
+        """
         printed = 0
+        away = False
         while count is None or printed < count:
             self._woken.clear()
-            page = self._bus.query(
-                replace(self._query, after_sequence=self.after, limit=PAGE),
-                node=self.node,
-                timeout=self._timeout,
-            )
+            try:
+                page = self._bus.query(
+                    replace(self._query, after_sequence=self.after, limit=PAGE),
+                    node=self.node,
+                    timeout=self._timeout,
+                )
+            except (NoAnswerError, NotConnectedError) as exc:
+                if self.node is None:
+                    raise
+                if not away:
+                    note(f"node {printable(self.node)} is not answering ({exc}); waiting for it")
+                away = True
+                self._woken.wait(POLL)
+                continue
+            if away:
+                note(f"node {printable(self.node or '')} answers again; following on")
+                away = False
             for event in page:
                 emit(event)
                 self.after = event.sequence or self.after

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
+import os
 import queue
 import signal
 import sys
@@ -19,6 +21,7 @@ from actors._model.trace import printable
 T = TypeVar("T")
 
 __all__ = [
+    "OutputError",
     "block_signals",
     "by_interrupt",
     "emit",
@@ -27,6 +30,7 @@ __all__ = [
     "format_event",
     "json_line",
     "note",
+    "quiet_stdout",
     "say",
     "get_until_signal",
     "stop_on_signals",
@@ -40,15 +44,35 @@ def fail(message: str) -> NoReturn:
     raise click.ClickException(message)
 
 
+class OutputError(OSError):
+    """Standard output cannot be written: closed (``>&-``), a closed pipe, a full disk."""
+
+
 def say(line: str) -> None:
     """Print one line on stdout and flush it (scripts wait for lines).
 
     A lone surrogate outside JSON (an event type, a source) is escaped
     (``\\ud800``): UTF-8 cannot carry it; so is any character the output's
-    encoding lacks (``PYTHONIOENCODING=latin-1``).
+    encoding lacks (``PYTHONIOENCODING=latin-1``).  Raises ``OutputError``
+    if stdout cannot take it (the command ends with that one-line error).
     """
-    click.echo(_fit(line, sys.stdout))
-    sys.stdout.flush()
+    stream = sys.stdout
+    if stream is None:  # started with standard output closed
+        raise OutputError(errno.EBADF, "cannot write to standard output: it is closed")
+    try:
+        click.echo(_fit(line, stream))
+        stream.flush()
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise OutputError(exc.errno, f"cannot write to standard output: {reason}") from exc
+
+
+def quiet_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's last flush of what it holds is quiet."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        fd = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(fd, sys.stdout.fileno())
+        os.close(fd)
 
 
 def note(line: str) -> None:

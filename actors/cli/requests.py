@@ -173,6 +173,9 @@ def _exchange(
     Stdout is kept up to ``OUTPUT_LIMIT`` bytes (more raises
     ``EventTooLargeError``: it could not be a reply), stderr's last
     ``_ERR_KEEP``.  Raises ``subprocess.TimeoutExpired`` past ``timeout``.
+    The run ends once stdout is closed and the command has exited: a
+    process it left in the background may hold its stderr open for ever
+    (``cmd > /dev/null &``); what stderr holds by then is kept.
     """
     stdin, stdout, stderr = child.stdin, child.stdout, child.stderr
     assert stdin is not None
@@ -189,6 +192,12 @@ def _exchange(
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 raise subprocess.TimeoutExpired(child.args, timeout or 0.0)
+            if stdout.closed and stdin.closed:  # only stderr is left: until the command exits
+                if child.poll() is not None:
+                    err += _available(stderr)
+                    del err[:-_ERR_KEEP]
+                    break
+                left = _EXITED_POLL if left is None else min(left, _EXITED_POLL)
             for key, _ in selector.select(left):
                 pipe = key.fileobj
                 if pipe is stdin:
@@ -203,6 +212,7 @@ def _exchange(
                 chunk = os.read(key.fd, 65536)
                 if not chunk:
                     selector.unregister(pipe)
+                    (stdout if pipe is stdout else stderr).close()
                 elif pipe is stdout:
                     out += chunk
                     if len(out) > OUTPUT_LIMIT:
@@ -214,6 +224,21 @@ def _exchange(
     left = None if deadline is None else max(0.0, deadline - time.monotonic())
     child.wait(left)  # raises TimeoutExpired
     return bytes(out), bytes(err)
+
+
+_EXITED_POLL = 0.05
+"""Seconds between looks at whether a command whose stdout closed has exited."""
+
+
+def _available(pipe: Any) -> bytes:
+    """Return what ``pipe`` holds now, without waiting for more (its writer may never close it)."""
+    os.set_blocking(pipe.fileno(), False)
+    got = bytearray()
+    with contextlib.suppress(BlockingIOError):
+        while chunk := os.read(pipe.fileno(), 65536):
+            got += chunk
+            del got[:-_ERR_KEEP]
+    return bytes(got)
 
 
 _DRAIN = 5.0

@@ -13,7 +13,9 @@ over ZeroMQ (``actors.demo.cluster``).
 from __future__ import annotations
 
 import argparse
+import sys
 
+from actors._errors import JournalLockedError
 from actors.demo.workflow import DEFAULT_JOURNAL, run
 
 __all__ = ["main", "run"]
@@ -27,10 +29,17 @@ def main(argv: list[str] | None = None) -> int:
         "--no-cluster", action="store_true", help="skip the part across two OS processes"
     )
     args = parser.parse_args(argv)
-    status = run(args.journal)
-    if status or args.no_cluster:
-        return status
-    from actors.demo import cluster as demo_cluster  # noqa: PLC0415 - imports zmq, only when it runs
+    try:
+        status = run(args.journal)
+        if status or args.no_cluster:
+            return status
+        from actors.demo import cluster as demo_cluster  # noqa: PLC0415 - zmq, when it runs
 
-    print()
-    return demo_cluster.run(args.journal)
+        print()
+        return demo_cluster.run(args.journal)
+    except JournalLockedError as exc:  # another demo (or node) has this journal open
+        print(f"Error: {exc}; run the demo with another --journal folder", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("Error: interrupted", file=sys.stderr)
+        return 130
