@@ -158,3 +158,16 @@ def test_output_that_cannot_be_written_is_one_error_line(redirect: str, why: str
     )
     assert result.returncode == 1
     assert result.stderr.splitlines() == [f"Error: cannot write to standard output: {why}"]
+
+
+def test_help_to_a_full_disk_is_one_error_line() -> None:
+    # Click writes the help itself, past the commands' own output checks.
+    result = subprocess.run(
+        ["/bin/sh", "-c", 'exec "$@" >/dev/full', "sh", *CLI, "pub", "--help"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+    )
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == ["Error: No space left on device"]

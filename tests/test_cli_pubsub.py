@@ -257,20 +257,24 @@ def test_pub_sets_every_field_it_is_given(hub: str) -> None:
     assert (event["source"], event["target"], event["origin"]) == ("planner", "worker", "hub")
 
 
+@pytest.mark.parametrize("journal", ["same journal", "another journal"])
 @pytest.mark.parametrize("reader", ["query --follow", "sub --from-sequence"])
-def test_a_follower_waits_for_its_node_to_come_back(tmp_path: Path, reader: str) -> None:
+def test_a_follower_waits_for_its_node_to_come_back(
+    tmp_path: Path, reader: str, journal: str
+) -> None:
     """docs/cli.md: --follow prints like tail -f until Ctrl-C.  A node down for
-    longer than --timeout ended the follower with "did not answer in time"."""
+    longer than --timeout ended the follower with "did not answer in time"; one
+    back with another journal (its sequences from 1 again) was followed past
+    what its old journal had printed, so nothing was printed."""
     endpoint = f"ipc://{tmp_path}/node.sock"
-    journal = str(tmp_path / "journal")
 
-    def start() -> Running:
-        node = Running("serve", "--name", "back", "--listen", endpoint, "--journal", journal)
+    def start(folder: str) -> Running:
+        node = Running("serve", "--name", "back", "--listen", endpoint, "--journal", folder)
         lines = dict(node.line().split(" ", 1) for _ in range(4))
         assert lines["request"] == endpoint, lines
         return node
 
-    node = start()
+    node = start(str(tmp_path / "journal"))
     common = ("--peer", endpoint, "--json", "--timeout", "0.5")
     args = (
         ("query", "--type", "rs.*", "--follow", *common)
@@ -282,14 +286,19 @@ def test_a_follower_waits_for_its_node_to_come_back(tmp_path: Path, reader: str)
         assert pub(endpoint, "rs.a", '"one"').startswith("published rs.a on back ")
         assert json.loads(tail.line())["data"] == "one"
         assert node.interrupt() == 0
-        waiting = tail.line(tail.err)
-        while "is not answering" not in waiting:  # after its first line, in force
-            waiting = tail.line(tail.err)
-        assert waiting.startswith("node back is not answering ("), waiting
-        node = start()
+        said = tail.line(tail.err)
+        while "is not answering" not in said:  # after its first line, in force
+            said = tail.line(tail.err)
+        assert said.startswith("node back is not answering ("), said
+        node = start(str(tmp_path / ("journal" if journal == "same journal" else "other")))
+        assert tail.line(tail.err) == (
+            "node back answers again; following on"
+            if journal == "same journal"
+            else "node back answers again with a journal that ends at #0, before #1 printed: "
+            "another journal; following it from the start"
+        )
         assert pub(endpoint, "rs.a", '"two"').startswith("published rs.a on back ")
         assert json.loads(tail.line())["data"] == "two"
-        assert tail.line(tail.err) == "node back answers again; following on"
         assert tail.interrupt(signal.SIGINT) == 0
     finally:
         tail.kill()

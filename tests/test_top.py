@@ -139,6 +139,16 @@ def test_top_shows_a_live_rate_under_a_terminal_and_q_quits(
         term.close()
 
 
+def test_top_without_a_terminal_says_so_in_one_line() -> None:
+    # Its output a file or a pipe, it drew nothing, said nothing, and ran for ever.
+    with EventBus(node=NodeConfig(name="hub", listen="tcp://127.0.0.1:*")) as bus:
+        result = cli("top", "--peer", str(bus.endpoints["request"]), "--timeout", "30")
+    assert result.returncode == 1
+    assert one_error_line(result) == (
+        "Error: top draws on a terminal, and its output is not one (for figures: stats --peer)"
+    )
+
+
 def test_top_refuses_half_the_curve_keys() -> None:
     public = generate_keypair()[0].decode()
     result = cli("top", "--peer", "tcp://127.0.0.1:1", "--public-key", public)

@@ -47,7 +47,7 @@ class JournalTail:
         self._bus = bus
         self.node: str | None = None  # the node whose journal to read (None: the bus's own)
         self._query = query
-        self.after = query.after_sequence or 0
+        self.after = self._start = query.after_sequence or 0
         self._timeout = timeout
         self._woken = threading.Event()
 
@@ -82,8 +82,13 @@ class JournalTail:
                 self._woken.wait(POLL)
                 continue
             if away:
-                note(f"node {printable(self.node or '')} answers again; following on")
+                try:
+                    self._rewind_if_replaced()
+                except (NoAnswerError, NotConnectedError):
+                    self._woken.wait(POLL)  # gone again
+                    continue
                 away = False
+                continue  # read again from where it now stands
             for event in page:
                 emit(event)
                 self.after = event.sequence or self.after
@@ -93,6 +98,25 @@ class JournalTail:
             if len(page) < PAGE:
                 self._woken.wait(POLL)
         return printed
+
+    def _rewind_if_replaced(self) -> None:
+        """Say the node is back; follow its journal from the start if it ends before ``after``.
+
+        A node back with a journal that ends before what was printed holds
+        another journal (its numbering started again): waiting for it to
+        pass ``after`` would skip its first events without a word.  It is
+        read again from where the reading was asked to start.
+        """
+        name = printable(self.node or "")
+        newest = last_sequence(self._bus, self.node, self._timeout)
+        if newest >= self.after or self.after <= self._start:
+            note(f"node {name} answers again; following on")
+            return
+        note(
+            f"node {name} answers again with a journal that ends at #{newest}, before "
+            f"#{self.after} printed: another journal; following it from the start"
+        )
+        self.after = self._start
 
 
 def last_sequence(bus: EventBus, node: str | None, timeout: float) -> int:

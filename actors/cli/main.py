@@ -85,6 +85,9 @@ class Cli(click.Group):
         except OutputError as exc:  # nothing more can be said there; stderr says why
             quiet_stdout()
             _exit(exc.strerror or str(exc), 1)
+        except OSError as exc:  # one no command translated (click's own help to a full disk)
+            quiet_stdout()
+            _exit(exc.strerror or str(exc), 1)
         except _Interrupted:
             _exit("interrupted", 1)
         except click.Abort:

@@ -204,6 +204,8 @@ def top(*, interval: float, connection: Connection) -> None:
     # Outside the node: a signal while it starts and connects quits too (status 0).
     with ended_by_signal(), short_lived_node(connection, "top") as bus:
         target = peer_name(bus, connection, deadline)
+        if sys.stdout is None or not sys.stdout.isatty():  # nothing would be drawn, for ever
+            fail("top draws on a terminal, and its output is not one (for figures: stats --peer)")
         _watch(
             bus,
             target,

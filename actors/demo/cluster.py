@@ -167,7 +167,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         if not args.peer:
             parser.error("--worker needs --peer")
-        return run_worker(args.peer, args.journal)
+        try:
+            return run_worker(args.peer, args.journal)
+        except KeyboardInterrupt:  # a Ctrl-C reaches the whole group: the parent says it
+            return 130
     return run(args.journal)
 
 
