@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pty
 import queue
 import signal
 import socket
@@ -39,11 +40,17 @@ class Child:
     """A command in a session of its own; its stdout and stderr lines arrive on queues."""
 
     def __init__(
-        self, *args: str, env: dict[str, str] | None = None, read_stdout: bool = True
+        self,
+        *args: str,
+        env: dict[str, str] | None = None,
+        read_stdout: bool = True,
+        terminal: bool = False,
     ) -> None:
+        # ``terminal``: stdout is a pseudo-terminal (top draws only there), read and dropped.
+        screen, stdout = pty.openpty() if terminal else (None, subprocess.PIPE)
         self.proc = subprocess.Popen(
             [*CLI, *args],
-            stdout=subprocess.PIPE,
+            stdout=stdout,
             stderr=subprocess.PIPE,
             stdin=subprocess.DEVNULL,
             text=True,
@@ -54,11 +61,26 @@ class Child:
         self.out: queue.Queue[str] = queue.Queue()
         self.err: queue.Queue[str] = queue.Queue()
         self.err_lines: list[str] = []
-        assert self.proc.stdout is not None
         assert self.proc.stderr is not None
         self._readers = [self._reader(self.proc.stderr, self.err)]
-        if read_stdout:
+        if screen is not None:
+            os.close(stdout)
+            self._readers.append(self._screen(screen))
+        elif read_stdout:
+            assert self.proc.stdout is not None
             self._readers.append(self._reader(self.proc.stdout, self.out))
+
+    @staticmethod
+    def _screen(fd: int) -> threading.Thread:
+        def read() -> None:  # until the child's end closes the terminal (EIO)
+            with contextlib.suppress(OSError):
+                while os.read(fd, 65536):
+                    pass
+            os.close(fd)
+
+        thread = threading.Thread(target=read, daemon=True)
+        thread.start()
+        return thread
 
     @staticmethod
     def _reader(stream: IO[str], lines: queue.Queue[str]) -> threading.Thread:
@@ -404,7 +426,7 @@ def test_top_stops_with_status_0_once_connected(
     started: list[Child], hub: str, signum: int
 ) -> None:
     port = int(hub.rsplit(":", 1)[1])
-    child = start(started, "top", "--peer", hub, "--interval", "0.1")
+    child = start(started, "top", "--peer", hub, "--interval", "0.1", terminal=True)
     assert wait_for(lambda: connected_to(child.pid, port))
     child.signal(signum)
     status, _out, err = child.finish()
