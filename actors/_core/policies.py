@@ -180,10 +180,8 @@ class CallWatch:
     def finish(self, call: Call) -> bool:
         """Record that ``call`` returned; False if it was left behind (touch nothing then)."""
         current_call.set(None)
-        with self._lock:
-            if self._call is call:
-                self._call = None
-            return not call.left_behind
+        self.settle(call)  # after it no timer looks at ``call``: ``left_behind`` is final
+        return not call.left_behind
 
     def settle(self, call: Call) -> bool:
         """Record that ``call`` returned (``finish`` then only tells); True if it timed out."""

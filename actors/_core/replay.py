@@ -25,6 +25,13 @@ def head_of(last: list[Event]) -> int:
     return (last[0].sequence or 0) if last else 0
 
 
+def up_to(page: list[Event], ceiling: int | None) -> tuple[list[Event], bool]:
+    """Return ``page`` cut at sequence ``ceiling`` (None: no ceiling), and whether it reached it."""
+    if ceiling is None or not page or (page[-1].sequence or 0) < ceiling:
+        return page, False
+    return [e for e in page if (e.sequence or 0) <= ceiling], True
+
+
 def iter_query(
     read: Callable[[EventQuery], list[Event]],
     query: EventQuery,
@@ -41,12 +48,9 @@ def iter_query(
         return
     after = query.after_sequence
     while True:
-        page = read(replace(query, after_sequence=after, limit=page_size))
-        if ceiling is not None and page and (page[-1].sequence or 0) >= ceiling:
-            yield from (e for e in page if (e.sequence or 0) <= ceiling)
-            return
+        page, last = up_to(read(replace(query, after_sequence=after, limit=page_size)), ceiling)
         yield from page
-        if len(page) < page_size:
+        if last or len(page) < page_size:
             return
         after = page[-1].sequence
 
@@ -113,9 +117,7 @@ async def replay_async(
     after = query.after_sequence
     while True:
         page = await read(query if whole else replace(query, after_sequence=after, limit=page_size))
-        last = bool(page) and ceiling is not None and (page[-1].sequence or 0) >= ceiling
-        if last:
-            page = [e for e in page if (e.sequence or 0) <= (ceiling or 0)]
+        page, last = up_to(page, ceiling)
         for event in page:
             if speed is not None and (delay := pace.delay(event)) > 0:
                 await asyncio.sleep(delay)

@@ -16,7 +16,7 @@ from typing import Any, NoReturn
 import click
 
 from actors._errors import EventBusError
-from actors.cli.output import OutputError, by_interrupt, quiet_stdout, stop_on_signals
+from actors.cli.output import by_interrupt, quiet_stdout, stop_on_signals
 
 __all__ = ["COMMANDS", "main"]
 
@@ -82,10 +82,7 @@ class Cli(click.Group):
             _exit(exc.format_message(), exc.exit_code)
         except EventBusError as exc:
             _exit(str(exc) or type(exc).__name__, 1)
-        except OutputError as exc:  # nothing more can be said there; stderr says why
-            quiet_stdout()
-            _exit(exc.strerror or str(exc), 1)
-        except OSError as exc:  # one no command translated (click's own help to a full disk)
+        except OSError as exc:  # stdout unwritable (OutputError), or one no command translated
             quiet_stdout()
             _exit(exc.strerror or str(exc), 1)
         except _Interrupted:
