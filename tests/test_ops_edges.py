@@ -585,6 +585,47 @@ def test_while_the_router_is_busy_only_the_first_reader_waits_for_it(
         assert bus.metrics().published == 4  # the router answered: fresh figures again
 
 
+def test_while_the_router_is_busy_dead_letters_wait_once_too(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``dead_letters()`` on a bus without a journal asks the router as ``metrics()``
+    does; each call waited out the 10 s while it was held, and left one more ask in
+    its inbox.  After one reader gave up (of either kind), both get the last answer
+    at once until the router answers."""
+    monkeypatch.setattr(router_reads, "ASK_TIMEOUT", 0.5)  # the 10 s wait, shortened
+
+    def failing(event: Event) -> None:
+        raise RuntimeError("no")
+
+    with _router_held() as (bus, entered, hold):
+        bus.subscribe("f.*", failing, retries=0)
+        bus.publish("f.x", 1).get(timeout=WAIT)
+        bus.flush(WAIT)
+        assert [d.event.data for d in bus.dead_letters()] == [1]
+        published = bus.metrics().published  # the event and its dead letter's announcement
+        bus.publish("s.e", "slow")
+        assert entered.wait(WAIT)
+        later: concurrent.futures.Future[list[Any]] = concurrent.futures.Future()
+        try:
+            first = bus.dead_letters()  # waits ASK_TIMEOUT, then the last list
+            monkeypatch.setattr(router_reads, "ASK_TIMEOUT", 3600.0)  # waiting again would hang
+
+            def read() -> None:
+                later.set_result(
+                    [[d.event.data for d in bus.dead_letters()] for _ in range(3)]
+                    + [bus.metrics().published]
+                )
+
+            threading.Thread(target=read, daemon=True).start()
+            assert [d.event.data for d in first] == [1]
+            assert later.result(WAIT) == [[1], [1], [1], published]
+        finally:
+            hold.set()
+        bus.publish("f.x", 2).get(timeout=WAIT)
+        bus.flush(WAIT)
+        assert [d.event.data for d in bus.dead_letters()] == [1, 2]  # fresh again
+
+
 def test_a_reader_sees_its_own_publish_though_another_readers_ask_is_waiting(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

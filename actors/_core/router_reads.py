@@ -4,14 +4,16 @@ The router answers while it runs; once stopped it publishes its final
 figures (``RouterActor.final``), which a reader that finds it stopped waits
 for.  A router too busy to answer within ``ASK_TIMEOUT`` gets the last
 answer seen: stale, and no counter ever lower than in an earlier answer.
-Until it answers that overdue ask, later readers of its figures get the
-last answer at once, and no further ask piles up in its inbox: a scrape of
-``/metrics`` every few seconds waits once, not each time.
+Until it answers that overdue ask (of either kind), later readers of its
+figures or dead letters get the last answer at once, and no further ask
+piles up in its inbox: a scrape of ``/metrics`` every few seconds, or an
+operator's ``dead_letters()`` in a loop, waits once, not each time.
 """
 
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 from actors._core.messages import DeadLetter, GetDeadLetters, GetRouterFigures, RouterFigures
 from actors._core.router import RouterActor
@@ -32,7 +34,7 @@ class RouterReads:
         self._seen = RouterFigures(0, 0, 0, 0.0, 0.0)  # the router's last answer
         self._dead_seen: list[DeadLetter] = []  # and its last list of dead letters
         self._lock = threading.Lock()
-        self._overdue: BusFuture[RouterFigures] | None = None  # the last ask a reader gave up on
+        self._overdue: BusFuture[Any] | None = None  # the last ask a reader gave up on
 
     def figures(self) -> RouterFigures:
         """Ask the router for its counters (its final ones once it stopped).
@@ -42,21 +44,28 @@ class RouterReads:
         """
         router = self._router
         if router.actor_ref.is_alive():
-            with self._lock:
-                overdue = self._overdue
-                if overdue is not None and not overdue.done():
-                    return self._seen  # the router is still held: the last answer, at once
+            if self._held():
+                return self._saw(None)  # the router is still held: the last answer, at once
             future: BusFuture[RouterFigures] = BusFuture()
             router.actor_inbox.put(GetRouterFigures(future))
             try:
                 return self._saw(future.get(ASK_TIMEOUT))
             except FutureTimeoutError:
                 if router.actor_ref.is_alive():
-                    with self._lock:
-                        self._overdue = future
+                    self._gave_up(future)
                     return self._saw(None)
         final = self._final()
         return self._saw(final[0] if final is not None else None)
+
+    def _held(self) -> bool:
+        """Return whether an ask a reader gave up on is still unanswered."""
+        with self._lock:
+            overdue = self._overdue
+            return overdue is not None and not overdue.done()
+
+    def _gave_up(self, future: BusFuture[Any]) -> None:
+        with self._lock:
+            self._overdue = future
 
     def _final(self) -> tuple[RouterFigures, list[DeadLetter]] | None:
         """The router's final figures; it stopped, so they are being set: wait for them."""
@@ -86,12 +95,15 @@ class RouterReads:
         """Ask the router for the dead letters it keeps (oldest first)."""
         router = self._router
         if router.actor_ref.is_alive():
+            if self._held():
+                return self._saw_letters(None)  # as ``figures``: the last list, at once
             future: BusFuture[list[DeadLetter]] = BusFuture()
             router.actor_inbox.put(GetDeadLetters(future))
             try:
                 return self._saw_letters(future.get(ASK_TIMEOUT))
             except FutureTimeoutError:
                 if router.actor_ref.is_alive():
+                    self._gave_up(future)
                     return self._saw_letters(None)
         final = self._final()
         return self._saw_letters(final[1] if final is not None else None)
