@@ -37,6 +37,16 @@ kind = os.environ["LLMSPELL_EVENTS_REQUEST_TYPE"].rsplit(".", 1)[1]
 if kind == "deaf":
     print(json.dumps("did not listen"))
     sys.exit(0)
+if kind == "bgdeaf":  # reads nothing, and leaves a process holding its stdin and stderr
+    grandchild = subprocess.Popen(
+        [sys.executable, "-c", "import signal; signal.pause()"], stdout=subprocess.DEVNULL
+    )
+    target = os.path.join(PIDS, "bgdeaf.pids")
+    with open(target + ".part", "w") as f:
+        f.write(f"{grandchild.pid}")
+    os.rename(target + ".part", target)
+    print(json.dumps("did not listen"))
+    sys.exit(0)
 data = json.load(sys.stdin)
 if kind == "echo":
     print(json.dumps({"got": data}))
@@ -267,6 +277,23 @@ def test_a_command_that_leaves_a_process_holding_its_stderr_answers_when_it_exit
     assert answering.line().startswith("answered bg.background ")
     assert answering.finish() == 0
     [left] = pids_in(pids / "7.pids")
+    assert not gone(left)  # still running (the fixture kills it): the answer did not wait
+
+
+def test_a_command_that_leaves_a_process_holding_its_unread_stdin_answers_when_it_exits(
+    hub: tuple[str, str], script: str, pids: Path, started: Started
+) -> None:
+    """A request larger than a pipe's buffer, to a command that reads none of it
+    and leaves a process holding its stdin: writing the rest waited for ever, so
+    the reply waited for ``--exec-timeout`` and became an error reply."""
+    endpoint = hub[0]
+    answering = replying(started, "bg.*", "--exec", script, "--peer", endpoint, "--count", "1")
+    big = json.dumps("x" * 100_000)  # more than a pipe holds (64 KiB)
+    result = cli("req", "bg.bgdeaf", big, "--peer", endpoint, "--timeout", "30")
+    assert (result.returncode, result.stdout) == (0, '"did not listen"\n'), result.stderr
+    assert answering.line().startswith("answered bg.bgdeaf ")
+    assert answering.finish() == 0
+    [left] = pids_in(pids / "bgdeaf.pids")
     assert not gone(left)  # still running (the fixture kills it): the answer did not wait
 
 

@@ -174,8 +174,9 @@ def _exchange(
     ``EventTooLargeError``: it could not be a reply), stderr's last
     ``_ERR_KEEP``.  Raises ``subprocess.TimeoutExpired`` past ``timeout``.
     The run ends once stdout is closed and the command has exited: a
-    process it left in the background may hold its stderr open for ever
-    (``cmd > /dev/null &``); what stderr holds by then is kept.
+    process it left in the background may hold its stderr (or its stdin,
+    unread) open for ever (``cmd > /dev/null &``); what stderr holds by
+    then is kept, and the rest of the input is not written.
     """
     stdin, stdout, stderr = child.stdin, child.stdout, child.stderr
     assert stdin is not None
@@ -192,10 +193,13 @@ def _exchange(
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 raise subprocess.TimeoutExpired(child.args, timeout or 0.0)
-            if stdout.closed and stdin.closed:  # only stderr is left: until the command exits
+            if stdout.closed:  # its answer is complete: until the command exits
                 if child.poll() is not None:
-                    err += _available(stderr)
-                    del err[:-_ERR_KEEP]
+                    # What it did not read of its input it did not want, though a
+                    # process it left behind may hold the pipe: none waits for it.
+                    if not stderr.closed:
+                        err += _available(stderr)
+                        del err[:-_ERR_KEEP]
                     break
                 left = _EXITED_POLL if left is None else min(left, _EXITED_POLL)
             for key, _ in selector.select(left):
