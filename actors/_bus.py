@@ -430,7 +430,8 @@ class EventBus(Closable, RequestReply):
 
         Raises ``FutureTimeoutError`` after ``timeout`` seconds,
         ``BusClosedError`` after ``close``, and ``RuntimeError`` when called
-        from inside a handler of this bus (it would wait for itself).
+        from inside a handler of this bus or a subscription's filter (it
+        would wait for itself).
         """
         checks.check_timeout("timeout", timeout)
         self._check_open()

@@ -843,3 +843,31 @@ def test_a_journal_error_for_bad_input_is_still_an_event_bus_error(tmp_path: Pat
                 bus.query(query, timeout=WAIT)
         assert [e.data for e in bus.query(EventQuery(limit=10**40))] == [1]
         assert bus.dead_letters(after=2**70) == []
+
+
+# Regression: flush() inside a filter waited for the router running that filter, for ever.
+def test_flush_from_inside_a_filter_is_refused_and_routing_goes_on() -> None:
+    """A filter runs on the router's turn (docs/architecture.md), which a flush
+    waits for: the router stayed stuck, and ``close(timeout)`` left its threads
+    running.  Refused as inside a handler; everything else goes on."""
+    refused: list[BaseException] = []
+
+    def checking(event: Event) -> bool:
+        try:
+            bus.flush(5)
+        except Exception as exc:  # what the filter got, whatever it is
+            refused.append(exc)
+        return True
+
+    with EventBus() as bus:
+        filtered, other = Collector(1), Collector(1)
+        bus.subscribe("f.*", filtered, filter=checking)
+        bus.subscribe("h.*", other)
+        bus.publish("f.x", 1).get(timeout=WAIT)
+        bus.publish("h.y", 2).get(timeout=WAIT)
+        assert filtered.done.wait(WAIT)
+        assert other.done.wait(WAIT)
+        bus.flush(WAIT)
+    assert [(type(e), str(e)) for e in refused] == [
+        (RuntimeError, "flush() cannot be called from inside a subscription's filter")
+    ]

@@ -2,11 +2,14 @@
 
 A ``Route`` is handed to the router (``Subscribe``) and, for catch-up, to the
 journal reader; ``accepts`` runs its filter so that a filter that raises counts
-as "no match" and is logged the same way wherever it runs.
+as "no match" and is logged the same way wherever it runs.  While a filter
+runs, ``in_filter`` is set: ``flush()`` refuses to wait from there, since a
+filter runs on the router's turn (or a catch-up's), which the flush waits for.
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,9 +21,12 @@ if TYPE_CHECKING:
     from actors._model.event import Event
     from actors._runtime.mailbox import EventMailbox
 
-__all__ = ["Route", "accepts"]
+__all__ = ["Route", "accepts", "in_filter"]
 
 logger = logging.getLogger("actors.router")
+
+in_filter: contextvars.ContextVar[bool] = contextvars.ContextVar("in_filter", default=False)
+"""True while a subscription's filter runs on this thread."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,8 +50,11 @@ def accepts(route: Route, event: Event) -> bool:
     predicate = route.predicate
     if predicate is None:
         return True
+    token = in_filter.set(True)
     try:
         return bool(predicate(event))
     except BaseException:  # whatever a filter raises is its own failure
         logger.exception("filter of subscription %s raised; event not delivered", route.id)
         return False
+    finally:
+        in_filter.reset(token)

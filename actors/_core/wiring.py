@@ -56,7 +56,7 @@ from actors._core.publishing import Publisher
 from actors._core.ratelimit import TokenBucket
 from actors._core.router import RouterActor
 from actors._core.router_reads import RouterReads
-from actors._core.routes import Route
+from actors._core.routes import Route, in_filter
 from actors._core.subscriber import (
     Handler,
     SubscriberActor,
@@ -465,10 +465,8 @@ class Core:
     def require_journal(self) -> FifoMailbox:
         """Return the journal's inbox, or raise ``EventBusError`` on a bus without one."""
         if self.journal is None:
-            raise EventBusError(
-                "this bus has no journal: use PersistentEventBus or "
-                "EventConfig(persistence_path=...)"
-            )
+            use = "use PersistentEventBus or EventConfig(persistence_path=...)"
+            raise EventBusError(f"this bus has no journal: {use}")
         return self.journal
 
     # -- flush ----------------------------------------------------------------------
@@ -484,11 +482,12 @@ class Core:
         A catch-up subscription is not a route until it has read history (the
         events published before the call reach it through the journal), so
         the router's ``Flush`` (with ``taken``) is sent once every catch-up
-        has handled those events, or caught up (``mark_history``); one the
-        close took first fails it (``BusClosedError``).  ``RuntimeError`` inside a handler.
+        has handled those events, or caught up (``mark_history``); one the close
+        took first fails it (``BusClosedError``).  ``RuntimeError`` in a handler or filter.
         """
-        if running_here(self.router) is not None:
-            raise RuntimeError("flush() cannot be called from inside a handler")
+        if running_here(self.router) is not None or in_filter.get():  # would wait for itself
+            where = "a subscription's filter" if in_filter.get() else "a handler"
+            raise RuntimeError(f"flush() cannot be called from inside {where}")
         with self._lock:
             pending = [
                 (a.actor_inbox, a.catchup.caught_up)
