@@ -281,11 +281,28 @@ class AsyncEventBus:
         """Re-deliver stored events to ``handler`` in order, on this loop (see ``EventBus.replay``).
 
         Pages are read without blocking the loop and the spacing of ``speed``
-        is slept with ``asyncio.sleep``; an ``async def`` handler is awaited,
-        a plain one called here.  Returns the number of events replayed.
+        is waited on the loop; an ``async def`` handler is awaited, a plain
+        one called here.  ``BusClosedError`` once the bus closes (as
+        ``EventBus.replay``; a wait for the spacing ends when the bus has
+        stopped).  Returns the number of events replayed.
         """
         checks.check_replay(query, handler, speed, page_size)
-        return await replay_async(self.query, query, handler, speed, page_size)
+        closing = self.sync._closing  # noqa: SLF001 - the facade's own bus
+        return await replay_async(
+            self.query, query, handler, speed, page_size, closing=closing, pause=self._pause
+        )
+
+    async def _pause(self, delay: float) -> None:
+        """``asyncio.sleep(delay)``, or ``BusClosedError`` as soon as the bus stops."""
+        loop = asyncio.get_running_loop()
+        waiting: asyncio.Future[None] = loop.create_future()
+        timer = loop.call_later(delay, _wake, waiting)
+        self._holds.add(waiting, functools.partial(fail_closed, waiting))
+        try:
+            await waiting
+        finally:
+            timer.cancel()
+            self._holds.discard(waiting)
 
     async def flush(self, timeout: float | None = None) -> None:
         """Wait until everything published so far is handled and recorded.
@@ -527,3 +544,9 @@ class AsyncEventBus:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+def _wake(waiting: asyncio.Future[None]) -> None:
+    """End a replay's wait for its spacing, unless the bus's stop ended it."""
+    if not waiting.done():
+        waiting.set_result(None)

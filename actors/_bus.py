@@ -404,14 +404,18 @@ class EventBus(Closable, RequestReply):
         Replayed events go to ``handler`` only: not to live subscribers, and
         they are not journaled again.  ``speed=1.0`` keeps the original
         spacing (2.0 twice as fast); None delivers as fast as possible.  An
-        exception from ``handler`` stops the replay and propagates.  Returns
-        the number of events replayed.
+        exception from ``handler`` stops the replay and propagates; once
+        ``close`` begins, the replay raises ``BusClosedError`` before its next
+        event (or at once, while it waits for the spacing).  Returns the
+        number of events replayed.
         """
         checks.check_replay(query, handler, speed, page_size)
         if speed is not None and speed <= 0:
             raise ValueError("speed must be positive")
         head = None if query.descending or query.limit is not None else head_of(self.query(HEAD))
-        return replay_events(self._iter_query(query, page_size, head), handler, speed)
+        return replay_events(
+            self._iter_query(query, page_size, head), handler, speed, self._closing
+        )
 
     def _iter_query(
         self, query: EventQuery, page_size: int, ceiling: int | None = None

@@ -71,6 +71,7 @@ class Closable:
 
     def _init_close(self) -> None:
         self._closed = False  # every call is refused from the first line of ``close``
+        self._closing = threading.Event()  # set with ``_closed``: a replay under way ends
         self._closed_why = "the bus is closed"
         self._forked_from: int | None = None  # the parent's pid, in a forked child
         self._close_lock = threading.Lock()
@@ -120,6 +121,7 @@ class Closable:
                     return ()
                 first = not self._closed
                 self._closed = True
+                self._closing.set()
                 # ``claimed`` first: an interrupt between the two leaves nothing set.
                 claimed = self._close_running = True
             return self._close(timeout, asked, first=first)
@@ -238,6 +240,7 @@ class Closable:
     def _forked(self, parent: int) -> None:
         """In a forked child: closed to it (``_runtime/forks.py``); nothing of it runs here."""
         self._closed = self._close_finished = self._publisher.closed = True
+        self._closing.set()
         self._forked_from = parent
         self._closed_why = f"the bus belongs to process {parent}: a forked child opens its own"
 

@@ -8,6 +8,7 @@ cross-process cases.  Promises checked come from docs/persistence.md
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 import queue
@@ -23,12 +24,15 @@ from pathlib import Path
 import pytest
 
 from actors import (
+    AsyncEventBus,
+    BusClosedError,
     Event,
     EventBus,
     EventConfig,
     EventQuery,
     JournalError,
     JournalLockedError,
+    PersistentEventBus,
 )
 from actors._journal import actor as journal_actor
 from actors._journal import repair
@@ -713,3 +717,81 @@ def test_after_kill_9_of_the_owner_readers_and_a_new_owner_see_every_acknowledge
             assert seqs(early.query(EventQuery())) == early_seen
     finally:
         early.close(timeout=WAIT)
+
+
+def _hour_apart(bus: EventBus) -> None:
+    now = datetime.now(UTC)
+    publish_all(
+        bus, [Event(event_type="r.e", data=i, timestamp=now + timedelta(hours=i)) for i in range(3)]
+    )
+    bus.flush(WAIT)
+
+
+# Regression: close() neither stopped nor woke a paced replay; its handler ran after the close.
+def test_a_paced_replay_ends_with_bus_closed_error_when_the_bus_closes(tmp_path: Path) -> None:
+    """SPEC 4: after ``close`` calls raise ``BusClosedError``.  A replay waiting
+    an hour for its next event slept on, then called its handler after the close
+    and returned as if it had succeeded."""
+    bus = PersistentEventBus(EventConfig(persistence_path=tmp_path / "j"))
+    _hour_apart(bus)
+    calls: list[tuple[int, bool]] = []
+    first = threading.Event()
+    outcome: queue.Queue[BaseException | int] = queue.Queue()
+
+    def handler(event: Event) -> None:
+        calls.append((event.data, bus.closed))
+        first.set()
+
+    def run() -> None:
+        try:
+            outcome.put(bus.replay(EventQuery(), handler, speed=1.0))
+        except BaseException as exc:
+            outcome.put(exc)
+
+    threading.Thread(target=run, daemon=True).start()
+    assert first.wait(WAIT)
+    bus.close(timeout=WAIT)
+    result = outcome.get(timeout=WAIT)  # at once: it waited out the hour before
+    assert isinstance(result, BusClosedError), result
+    assert calls == [(0, False)]
+
+
+def test_a_replay_whose_handler_closes_the_bus_calls_it_no_more(tmp_path: Path) -> None:
+    with PersistentEventBus(EventConfig(persistence_path=tmp_path / "j")) as bus:
+        _hour_apart(bus)
+        calls: list[int] = []
+
+        def handler(event: Event) -> None:
+            calls.append(event.data)
+            bus.close()
+
+        with pytest.raises(BusClosedError, match="during the replay"):
+            bus.replay(EventQuery(), handler)
+        assert calls == [0]
+
+
+def test_an_async_paced_replay_ends_with_bus_closed_error_when_the_bus_closes(
+    tmp_path: Path,
+) -> None:
+    async def main() -> tuple[BaseException | int, list[int]]:
+        bus = AsyncEventBus(EventConfig(persistence_path=tmp_path / "j"))
+        _hour_apart(bus.sync)
+        calls: list[int] = []
+        first = asyncio.Event()
+
+        def handler(event: Event) -> None:
+            calls.append(event.data)
+            first.set()
+
+        replaying = asyncio.ensure_future(bus.replay(EventQuery(), handler, speed=1.0))
+        await asyncio.wait_for(first.wait(), WAIT)
+        await bus.aclose(timeout=WAIT)
+        try:
+            result: BaseException | int = await asyncio.wait_for(replaying, WAIT)
+        except BusClosedError as exc:
+            result = exc
+        return result, calls
+
+    result, calls = asyncio.run(main())
+    assert isinstance(result, BusClosedError), result
+    assert calls == [0]

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import replace
 from typing import Any
 
 from actors._core.subscriber import current_event
+from actors._errors import BusClosedError
 from actors._model.event import Event
 from actors._model.query import EventQuery
 
@@ -80,18 +82,31 @@ class _Pace:
         return min(wait, LONGEST_WAIT)
 
 
-def replay(events: Iterator[Event], handler: Callable[[Event], Any], speed: float | None) -> int:
+CLOSED = "the bus was closed during the replay"
+"""What a replay under way raises (``BusClosedError``) once its bus closes."""
+
+
+def replay(
+    events: Iterator[Event],
+    handler: Callable[[Event], Any],
+    speed: float | None,
+    closing: threading.Event,
+) -> int:
     """Call ``handler`` with each event, as if handling it; return how many.
 
     ``speed=1.0`` keeps the original spacing between the events' timestamps
     (2.0 twice as fast); None delivers as fast as possible.  An exception from
-    ``handler`` stops the replay and propagates.
+    ``handler`` stops the replay and propagates.  Once ``closing`` is set (the
+    bus's ``close`` began) no handler call follows: ``BusClosedError``, a wait
+    for the spacing included.
     """
     count = 0
     pace = _Pace(speed)
     for event in events:
         if speed is not None and (delay := pace.delay(event)) > 0:
-            time.sleep(delay)
+            closing.wait(delay)
+        if closing.is_set():
+            raise BusClosedError(CLOSED)
         token = current_event.set(event)
         try:
             handler(event)
@@ -107,9 +122,13 @@ async def replay_async(
     handler: Callable[[Event], Any],
     speed: float | None,
     page_size: int,
+    *,
+    closing: threading.Event,
+    pause: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> int:
-    """``replay`` on an event loop: pages read by ``read`` (awaited), spacing slept with
-    ``asyncio.sleep``, an ``async def`` handler awaited; return how many."""
+    """``replay`` on an event loop: pages read by ``read`` (awaited), spacing waited
+    with ``pause`` (``BusClosedError`` if the bus stops first), an ``async def``
+    handler awaited; return how many."""
     count = 0
     pace = _Pace(speed)
     whole = query.descending or query.limit is not None
@@ -120,7 +139,9 @@ async def replay_async(
         page, last = up_to(page, ceiling)
         for event in page:
             if speed is not None and (delay := pace.delay(event)) > 0:
-                await asyncio.sleep(delay)
+                await pause(delay)
+            if closing.is_set():
+                raise BusClosedError(CLOSED)
             token = current_event.set(event)
             try:
                 result = handler(event)
