@@ -467,3 +467,29 @@ def test_a_journal_keeps_the_identity_of_its_numbering_and_a_fresh_one_draws_ano
     finally:
         for storage in (again, view, fresh):
             storage.close()
+
+
+def _deletes_in_memory(storage: RocksStorage) -> list[int]:
+    """The point deletes each index column family holds in its active memtable."""
+    families = (storage._type_cf, storage._time_cf, storage._cid_cf)  # noqa: SLF001
+    return [f.property_int_value("rocksdb.num-deletes-active-mem-table") for f in families]
+
+
+# Regression: retention's index deletes stayed in the memtables, where every query's
+# seek walked them (a limit-1 query by type 64 ms after 300,000 were deleted).
+def test_retention_flushes_the_indexes_once_their_deletes_add_up(tmp_path: Path) -> None:
+    """docs/storage.md: the compact-on-deletion collector compacts index deletes
+    away, but it sees table files only; a 64 MiB memtable holds millions of small
+    index deletes.  Once 10,000 are deleted (over one pass or several) the
+    indexes are flushed, so the collector can do its work."""
+    cid = uuid.uuid4().bytes
+    with RocksStorage(tmp_path / "journal") as s:
+        s.append([StoredRecord(i, "a.x", i, cid, None, b"v") for i in range(1, 20_001)])
+        s.trim_to(16_000)  # 4,000 deleted: they wait in memory
+        s.trim_to(12_000)  # 8,000
+        assert _deletes_in_memory(s) == [8_000] * 3
+        s.trim_to(8_000)  # 12,000: flushed to table files
+        assert _deletes_in_memory(s) == [0] * 3
+        assert s.delete_before(19_000) == 6_999  # by time: the time index by one range
+        assert _deletes_in_memory(s) == [6_999, 0, 6_999]
+        assert s.count() == 1_001

@@ -26,6 +26,7 @@ from actors._journal.records import (
 __all__ = ["RetentionMixin"]
 
 _RETENTION_CHUNK = 50_000  # records per retention WriteBatch: bounds memory and batch size
+_SETTLE_AFTER = 10_000  # records deleted after which the indexes' memtables are flushed
 _META_COUNT = b"s:count"
 META_CHECKPOINT = b"c:"  # c:<name utf-8> -> sequence (u64)
 
@@ -44,6 +45,7 @@ class RetentionMixin:
     _count: int
     _type_ids: dict[str, int]
     _corrupt_seen: set[int]
+    _unsettled: int
     _meta: Any
     _last: int
 
@@ -171,7 +173,7 @@ class RetentionMixin:
                     break
                 keys.append(key)
             if not keys:
-                return deleted
+                return self._settled(deleted)
             seqs = sorted(TIME_KEY.unpack(k)[1] for k in keys)
             batch = self._new_batch()
             if below is None:
@@ -183,7 +185,7 @@ class RetentionMixin:
                 deleted += self._delete_records(batch, kept, time_done=False)
                 start = keys[-1] + b"\x00"  # the kept keys stay: walk on past them
             if len(keys) < _RETENTION_CHUNK:
-                return deleted
+                return self._settled(deleted)
 
     def trim_to(self, max_events: int, below: int | None = None) -> int:
         """Delete the oldest records (by sequence) until at most ``max_events`` remain.
@@ -224,6 +226,23 @@ class RetentionMixin:
                 unread = [s for s in merged if s not in taken]
             batch = self._new_batch()
             deleted += self._delete_records(batch, seqs, time_done=False, unread=unread)
+        return self._settled(deleted)
+
+    def _settled(self, deleted: int) -> int:
+        """Flush the indexes' deletes to table files once they add up; return ``deleted``.
+
+        Index entries go by point deletes, which stay in the memtables (a
+        64 MiB one holds millions of them: index keys are small) where every
+        seek of a query walks them all, and the compact-on-deletion
+        collector, which compacts them away, looks at table files only.
+        Counted across passes: a slow journal's retention deletes little at
+        a time, and its memtables fill slowly.
+        """
+        self._unsettled += deleted
+        if self._unsettled >= _SETTLE_AFTER:
+            for family in (self._type_cf, self._time_cf, self._cid_cf):
+                family.flush(wait=True)
+            self._unsettled = 0
         return deleted
 
     def _delete_records(

@@ -87,6 +87,7 @@ class RocksTables(RebuildMixin, RetentionMixin, IndexedStorage):
         self._closed = True
         self._path = path
         self._corrupt_seen: set[int] = set()
+        self._unsettled = 0  # index entries deleted since the indexes were last flushed
         self._skipped_blocks: set[tuple[int, int]] = set()
         self._source_cache: dict[str, bytes] = {}
         self._mark: HighWaterMark | None = None
