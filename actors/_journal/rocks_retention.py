@@ -240,8 +240,11 @@ class RetentionMixin:
         """
         self._unsettled += deleted
         if self._unsettled >= _SETTLE_AFTER:
-            for family in (self._type_cf, self._time_cf, self._cid_cf):
-                family.flush(wait=True)
+            try:
+                for family in (self._type_cf, self._time_cf, self._cid_cf):
+                    family.flush(wait=True)
+            except Exception as exc:  # rocksdict: a bare Exception per RocksDB status
+                raise JournalError(f"cannot flush the journal's indexes: {exc}") from exc
             self._unsettled = 0
         return deleted
 
