@@ -61,6 +61,7 @@ class BackgroundLoop:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
 
     def get(self) -> asyncio.AbstractEventLoop:
         """Return the loop, starting it (and its thread) the first time."""
@@ -75,14 +76,21 @@ class BackgroundLoop:
                     _run_until_stopped(loop)
                     loop.close()
 
-                threading.Thread(target=run, name="bus-async", daemon=True).start()
+                self._thread = threading.Thread(target=run, name="bus-async", daemon=True)
+                self._thread.start()
                 ready.wait()
                 self._loop = loop
             return self._loop
 
-    def stop(self) -> None:
-        """Stop the loop once its tasks have ended, if it was ever started."""
+    def stop(self, timeout: float) -> None:
+        """Stop the loop once its tasks have ended, if it was ever started.
+
+        Waits up to ``timeout`` for its thread to end (``close`` returns
+        with it gone), unless a task given up on keeps it.
+        """
         with self._lock:
-            loop = self._loop
+            loop, thread = self._loop, self._thread
         if loop is not None:
             loop.call_soon_threadsafe(_stop_when_idle, loop)
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)

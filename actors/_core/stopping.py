@@ -216,7 +216,8 @@ def _stop(  # noqa: PLR0917 - stop_actors' arguments, passed on
             "still running at the deadline; abandoned on its thread"
         )
     system.shutdown(own_deadline.remaining())
-    core.stop_loop()
+    left = own_deadline.remaining()
+    core.stop_loop(grace if left is None else min(grace, left))
     if settle is not None:
         settle()
     urns = {a.sub_id: a.actor_urn for a in subs}

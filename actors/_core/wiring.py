@@ -589,10 +589,10 @@ class Core:
 
     # -- async handlers from sync code ----------------------------------------------
 
-    def stop_loop(self) -> None:
-        """Stop the event loop the bus runs async handlers on, if it made one."""
-        self._loop.stop()
-        self.timers.shutdown()  # pending retries and deadlines are dropped with the handlers
+    def stop_loop(self, timeout: float) -> None:
+        """Stop the async handlers' loop, if made, and the timers; wait ``timeout`` for each."""
+        self._loop.stop(timeout)
+        self.timers.shutdown(timeout)  # pending retries and deadlines are dropped with the handlers
 
     def refs(self) -> list[pykka.ActorRef[Any]]:
         """Return the router's and the correlation actor's refs (stopped after subscribers)."""

@@ -103,13 +103,20 @@ class Timers:
         with self._cond:
             return len(self._heap) - self._cancelled
 
-    def shutdown(self) -> None:
-        """Drop every pending callback and let the thread end.  Idempotent."""
+    def shutdown(self, timeout: float = 0.0) -> None:
+        """Drop every pending callback and let the thread end.  Idempotent.
+
+        Waits up to ``timeout`` for the thread to end (a callback running
+        now finishes first).
+        """
         with self._cond:
             self._alive = False
             self._heap.clear()
             self._cancelled = 0
             self._cond.notify()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
 
     def _run(self) -> None:  # the timer thread: it must never die, whatever is asked of it
         heap = self._heap
