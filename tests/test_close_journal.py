@@ -187,7 +187,7 @@ def test_an_interpreter_exiting_while_a_journal_closes_exits_cleanly(tmp_path: P
         folder = tmp_path / str(run)
         folder.mkdir()
         child = subprocess.run(  # a script, not -m: runpy's exit path narrows the window
-            [sys.executable, str(CHILD), str(folder)],
+            [sys.executable, str(CHILD), str(folder), "close"],
             env={**os.environ, "PYTHONPATH": str(CHILD.parent.parent)},
             capture_output=True,
             text=True,
@@ -196,3 +196,20 @@ def test_an_interpreter_exiting_while_a_journal_closes_exits_cleanly(tmp_path: P
         )
         statuses.append((child.returncode, child.stderr[-500:]))
     assert statuses == [(0, "")] * 8
+
+
+def _exit_child(folder: Path, mode: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(CHILD), str(folder), mode],
+        env={**os.environ, "PYTHONPATH": str(CHILD.parent.parent)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_a_child_forked_while_a_call_is_under_way_exits_at_once(tmp_path: Path) -> None:
+    """The child has neither the call nor its thread: its exit does not wait for it."""
+    child = _exit_child(tmp_path, "fork")
+    assert (child.returncode, child.stdout, child.stderr) == (0, "child 0\n", "")

@@ -25,7 +25,6 @@ file or RocksDB's info log, is written into the journal's folder.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import gc
 import logging
@@ -44,6 +43,7 @@ from actors._errors import (
     JournalNotFoundError,
 )
 from actors._journal.highwater import FILE_NAME, HighWaterMark
+from actors._journal.native import close_native
 from actors._journal.rebuild import disagree_message
 from actors._journal.records import HIGH_WATER
 from actors._journal.rocks_files import (
@@ -157,49 +157,6 @@ def _check_is_journal(path: str) -> None:
         raise JournalNotFoundError(msg)
 
 
-EXIT_WAIT = 10.0
-"""Seconds an exiting interpreter waits for a journal still closing its files."""
-
-_native = threading.Condition()  # guards the two below
-_native_closing = 0  # rocksdict closes under way on any thread
-_exiting = False  # the interpreter is exiting: no close begins any more
-_kept_at_exit: list[Any] = []  # what was not closed then: the process's end releases it
-
-
-def _close_native(handle: Any) -> None:
-    """``handle.close()``, unless the interpreter is exiting.
-
-    rocksdict closes without the GIL.  A daemon thread (a dispatcher's, or
-    the ``bus-close`` of an interrupted ``close``) that comes back from it
-    while the interpreter finalizes is ended by CPython through the Rust
-    frames below it, which aborts the process (SIGABRT).  So an exiting
-    interpreter waits for the closes under way (``_at_exit``), and a close
-    that would begin after that is left to the process's end, as a kill
-    would: what was written is in the write-ahead log.
-    """
-    global _native_closing
-    with _native:
-        if _exiting:
-            _kept_at_exit.append(handle)
-            return
-        _native_closing += 1
-    try:
-        handle.close()
-    finally:
-        with _native:
-            _native_closing -= 1
-            _native.notify_all()
-
-
-@atexit.register
-def _at_exit() -> None:
-    """Let the journal closes under way end before the interpreter finalizes."""
-    global _exiting
-    with _native:
-        _exiting = True
-        _native.wait_for(lambda: _native_closing == 0, EXIT_WAIT)
-
-
 class RocksStorage(RocksTables):
     """Store the journal in RocksDB (rocksdict), WAL always on.
 
@@ -264,7 +221,7 @@ class RocksStorage(RocksTables):
                 # Opened, not attached (a Ctrl-C between the two): the
                 # traceback's frame would keep it, and its lock, alive.
                 with contextlib.suppress(Exception):
-                    _close_native(db)
+                    close_native(db)
             del db
             self._forget()
             raise
@@ -298,7 +255,7 @@ class RocksStorage(RocksTables):
         if recover == "refuse":
             kept = last_kept(db)
             with contextlib.suppress(Exception):
-                _close_native(db)
+                close_native(db)
             del db
             gc.collect()
             acknowledged = HighWaterMark(self._path, writable=False).value
@@ -325,7 +282,7 @@ class RocksStorage(RocksTables):
         if HighWaterMark(self._path, writable=False).value <= last_kept(db):
             return db
         with contextlib.suppress(Exception):
-            _close_native(db)
+            close_native(db)
         del db
         gc.collect()
         return None
@@ -505,7 +462,7 @@ class RocksStorage(RocksTables):
             if handle is None:
                 continue
             try:
-                _close_native(handle)
+                close_native(handle)
             except Exception as exc:
                 # Keep no traceback: its frames would keep the handle (and the
                 # LOCK) alive for as long as anyone holds the error.

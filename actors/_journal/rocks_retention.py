@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from actors._errors import JournalError
 from actors._journal.cursor import walk
+from actors._journal.native import without_gil
 from actors._journal.records import (
     HIGH_WATER,
     MAX_SEQ,
@@ -242,7 +243,7 @@ class RetentionMixin:
         if self._unsettled >= _SETTLE_AFTER:
             try:
                 for family in (self._type_cf, self._time_cf, self._cid_cf):
-                    family.flush(wait=True)
+                    without_gil(family.flush)  # waits for the flush (not at exit)
             except Exception as exc:  # rocksdict: a bare Exception per RocksDB status
                 raise JournalError(f"cannot flush the journal's indexes: {exc}") from exc
             self._unsettled = 0
