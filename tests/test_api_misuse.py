@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import copy
 import json
 import pickle
@@ -871,3 +872,22 @@ def test_flush_from_inside_a_filter_is_refused_and_routing_goes_on() -> None:
     assert [(type(e), str(e)) for e in refused] == [
         (RuntimeError, "flush() cannot be called from inside a subscription's filter")
     ]
+
+
+def test_work_a_filter_hands_on_is_not_inside_the_filter() -> None:
+    """asyncio's ``call_soon_threadsafe`` and ``run_coroutine_threadsafe`` run what
+    a filter hands them in a copy of its context: a flush there, after the filter
+    returned, is an ordinary caller's (a context variable made it "inside")."""
+    handed: list[contextvars.Context] = []
+
+    def filtering(event: Event) -> bool:
+        handed.append(contextvars.copy_context())
+        return True
+
+    with EventBus() as bus:
+        got = Collector(1)
+        bus.subscribe("f.*", got, filter=filtering)
+        bus.publish("f.x", 1).get(timeout=WAIT)
+        assert got.done.wait(WAIT)
+        [context] = handed
+        context.run(bus.flush, WAIT)  # no RuntimeError: not inside the filter

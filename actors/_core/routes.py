@@ -3,14 +3,16 @@
 A ``Route`` is handed to the router (``Subscribe``) and, for catch-up, to the
 journal reader; ``accepts`` runs its filter so that a filter that raises counts
 as "no match" and is logged the same way wherever it runs.  While a filter
-runs, ``in_filter`` is set: ``flush()`` refuses to wait from there, since a
-filter runs on the router's turn (or a catch-up's), which the flush waits for.
+runs, ``in_filter()`` is true on its thread: ``flush()`` refuses to wait from
+there, since a filter runs on the router's turn (or a catch-up's), which the
+flush waits for.  A thread-local, not a context variable: work a filter hands
+to a loop or an executor copies its context, and is not inside the filter.
 """
 
 from __future__ import annotations
 
-import contextvars
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -25,8 +27,12 @@ __all__ = ["Route", "accepts", "in_filter"]
 
 logger = logging.getLogger("actors.router")
 
-in_filter: contextvars.ContextVar[bool] = contextvars.ContextVar("in_filter", default=False)
-"""True while a subscription's filter runs on this thread."""
+_filtering = threading.local()
+
+
+def in_filter() -> bool:
+    """Return whether a subscription's filter is running on this thread."""
+    return getattr(_filtering, "on", False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,11 +56,12 @@ def accepts(route: Route, event: Event) -> bool:
     predicate = route.predicate
     if predicate is None:
         return True
-    token = in_filter.set(True)
+    outer = in_filter()
+    _filtering.on = True
     try:
         return bool(predicate(event))
     except BaseException:  # whatever a filter raises is its own failure
         logger.exception("filter of subscription %s raised; event not delivered", route.id)
         return False
     finally:
-        in_filter.reset(token)
+        _filtering.on = outer

@@ -485,8 +485,8 @@ class Core:
         has handled those events, or caught up (``mark_history``); one the close
         took first fails it (``BusClosedError``).  ``RuntimeError`` in a handler or filter.
         """
-        if running_here(self.router) is not None or in_filter.get():  # would wait for itself
-            where = "a subscription's filter" if in_filter.get() else "a handler"
+        if running_here(self.router) is not None or in_filter():  # would wait for itself
+            where = "a subscription's filter" if in_filter() else "a handler"
             raise RuntimeError(f"flush() cannot be called from inside {where}")
         with self._lock:
             pending = [
