@@ -44,7 +44,7 @@ from actors._core.background import subscribing_loop
 from actors._core.crossing import waiting_for
 from actors._core.handling import running_here
 from actors._core.messages import CorrelatedEvents
-from actors._core.replay import replay_async
+from actors._core.replay import CLOSED, replay_async
 from actors._core.requests import reply_result, timeout_error
 from actors._core.subscriber import DeadLetter, Handler, Subscription
 from actors._errors import BusClosedError, FutureTimeoutError, RequestTimeoutError
@@ -293,13 +293,23 @@ class AsyncEventBus:
         )
 
     async def _pause(self, delay: float) -> None:
-        """``asyncio.sleep(delay)``, or ``BusClosedError`` as soon as the bus stops."""
+        """``asyncio.sleep(delay)``, or ``BusClosedError`` once the bus stops or closes.
+
+        Its stop ends the wait at once; its close is looked at every
+        ``_CLOSED_POLL`` seconds (a close that gave up on a held router
+        never stops it).
+        """
         loop = asyncio.get_running_loop()
         waiting: asyncio.Future[None] = loop.create_future()
         timer = loop.call_later(delay, _wake, waiting)
         self._holds.add(waiting, functools.partial(fail_closed, waiting))
+        closing = self.sync._closing  # noqa: SLF001 - the facade's own bus
         try:
-            await waiting
+            while not waiting.done():
+                if closing.is_set():
+                    raise BusClosedError(CLOSED)
+                await asyncio.wait({waiting}, timeout=_CLOSED_POLL)
+            waiting.result()  # the stop's BusClosedError, if it ended the wait
         finally:
             timer.cancel()
             self._holds.discard(waiting)
@@ -544,6 +554,10 @@ class AsyncEventBus:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+_CLOSED_POLL = 0.1
+"""Seconds between an async replay's looks at whether its bus closed, while it waits."""
 
 
 def _wake(waiting: asyncio.Future[None]) -> None:

@@ -795,3 +795,41 @@ def test_an_async_paced_replay_ends_with_bus_closed_error_when_the_bus_closes(
     result, calls = asyncio.run(main())
     assert isinstance(result, BusClosedError), result
     assert calls == [0]
+
+
+def test_an_async_paced_replay_ends_when_a_close_gave_up_on_a_held_router(
+    tmp_path: Path,
+) -> None:
+    """A close that gives up on the router (a filter holds it) never has it stop,
+    so the bus's holds are never ended: the replay's wait for the spacing must
+    look at the close itself (it slept out the whole gap)."""
+    gate = threading.Event()
+    held = threading.Event()
+
+    def holding(event: Event) -> bool:
+        if event.data == "hold":
+            held.set()
+            gate.wait(3 * WAIT)
+        return True
+
+    async def main() -> BaseException | int:
+        bus = AsyncEventBus(EventConfig(persistence_path=tmp_path / "j"))
+        _hour_apart(bus.sync)
+        first = asyncio.Event()
+        replaying = asyncio.ensure_future(
+            bus.replay(EventQuery(), lambda e: first.set(), speed=1.0)
+        )
+        await asyncio.wait_for(first.wait(), WAIT)
+        bus.sync.subscribe("h.*", lambda e: None, filter=holding)
+        bus.sync.publish("h.x", "hold")
+        assert await asyncio.to_thread(held.wait, WAIT)
+        await asyncio.to_thread(bus.sync.close, 0.2)  # gives up on the router
+        try:
+            return await asyncio.wait_for(replaying, WAIT)
+        except BusClosedError as exc:
+            return exc
+        finally:
+            gate.set()
+
+    result = asyncio.run(main())
+    assert isinstance(result, BusClosedError), result
