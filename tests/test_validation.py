@@ -186,6 +186,16 @@ BAD: dict[str, Bad] = {
     "subscribe-capacity-zero": Bad(
         lambda e: e.bus.subscribe("a.*", _h, capacity=0), ValueError, "capacity"
     ),
+    # Regression: accepted, then the router's turn failed with OverflowError at each match.
+    "subscribe-capacity-10**400": Bad(
+        lambda e: e.bus.subscribe("a.*", _h, capacity=10**400), ValueError, "capacity"
+    ),
+    "subscribe-capacity-2**63": Bad(
+        lambda e: e.bus.subscribe("a.*", _h, capacity=2**63), ValueError, "capacity"
+    ),
+    "respond-capacity-10**400": Bad(
+        lambda e: e.bus.respond("a.*", _h, capacity=10**400), ValueError, "capacity"
+    ),
     "subscribe-capacity-float": Bad(
         lambda e: e.bus.subscribe("a.*", _h, capacity=2.5),  # type: ignore[arg-type]
         TypeError,
@@ -313,6 +323,9 @@ BAD: dict[str, Bad] = {
         "correlation_id",
     ),
     "async-stream-capacity-str": Bad(lambda e: _stream(e, capacity="3"), TypeError, "capacity"),
+    "async-stream-capacity-10**400": Bad(
+        lambda e: _stream(e, capacity=10**400), ValueError, "capacity"
+    ),
     "async-stream-filter-str": Bad(lambda e: _stream(e, filter="x"), TypeError, "filter"),
     "async-stream-overflow-unknown": Bad(
         lambda e: _stream(e, overflow="nope"), ValueError, "overflow"

@@ -14,7 +14,7 @@ import threading
 
 import pykka
 
-from actors._model.config import EventConfig, NodeConfig, OverflowStrategy
+from actors._model.config import MAX_SIZE, EventConfig, NodeConfig, OverflowStrategy
 from actors._model.event import Event
 from actors._model.guards import (
     check_bool,
@@ -129,7 +129,7 @@ def check_stream(filter: object, capacity: object, overflow: object, from_sequen
         raise TypeError(
             f"filter must be None, an EventFilter or a callable, not {type(filter).__name__}"
         )
-    check_int("capacity", capacity, minimum=1, optional=True)
+    check_int("capacity", capacity, minimum=1, maximum=MAX_SIZE, optional=True)
     check_enum("overflow", overflow, OverflowStrategy, optional=True)
     check_int("from_sequence", from_sequence, minimum=0, optional=True)
 
