@@ -310,6 +310,11 @@ class EventBus(Closable, RequestReply):
         checks.check_policy(timeout, retry_backoff, retries)
         if self._closed:
             raise BusClosedError(self._closed_why)
+        if durable is not None and self._read_only:  # its checkpoint could never be saved
+            raise JournalError(
+                "this bus opened its journal read-only (EventConfig(read_only=True)): "
+                "a durable subscription is refused (use from_sequence)"
+            )
         return self._core.subscribe(
             pattern,
             handler,

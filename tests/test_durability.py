@@ -241,3 +241,17 @@ def test_durable_subscriber_killed_resumes_after_its_checkpoint(
     # (the one blocked event) is delivered again.
     assert set(handled1) | set(handled2) == set(all_jobs)
     assert handled2 == [s for s in all_jobs if s >= blocked[0]]
+
+
+# Regression: accepted on a read-only bus, it never saved its checkpoint, without a word.
+def test_a_durable_subscription_on_a_read_only_bus_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "journal"
+    with EventBus(EventConfig(persistence_path=path)) as bus:
+        bus.publish("a.b", 1).get(timeout=30)
+    with EventBus(EventConfig(persistence_path=path, read_only=True)) as reader:
+        with pytest.raises(JournalError, match="durable subscription is refused"):
+            reader.subscribe("a.*", lambda e: None, durable="w")
+        got: list[object] = []
+        reader.subscribe("a.*", lambda e: got.append(e.data), from_sequence=1)  # still works
+        reader.flush(30)
+        assert got == [1]
