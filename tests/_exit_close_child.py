@@ -6,6 +6,10 @@ thread exits as soon as that close has begun.  rocksdict closes without the
 GIL: a close that came back while the interpreter finalized made CPython end
 its thread through Rust frames, and the process died of SIGABRT.
 
+``sync``: a daemon thread fsyncs the WAL after each large put, as a
+``sync`` write does (``flush_wal`` also runs without the GIL), while the
+main thread exits.
+
 ``fork``: a process forked while a call was under way on another thread
 exits at once (the call, and its thread, are the parent's); prints the
 child's exit status.  Exits 0.
@@ -39,6 +43,29 @@ def _close(folder: str) -> None:
     globals()["lingering"] = lingering  # kept until finalization
 
 
+def _sync(folder: str) -> None:
+    from actors._errors import JournalError  # noqa: PLC0415
+    from actors._journal.rocks import RocksStorage  # noqa: PLC0415
+
+    storage = RocksStorage(os.path.join(folder, "j"))
+    db = storage._db  # noqa: SLF001 - large puts, each synced as a sync write is
+    synced = threading.Event()
+
+    def append() -> None:
+        key = 0
+        while True:
+            key += 1
+            db[b"k%d" % key] = b"x" * 100_000
+            try:
+                storage._sync_wal()  # noqa: SLF001 - the fsync of a sync write
+            except JournalError:  # not synced once the interpreter exits: said, not hidden
+                return
+            synced.set()
+
+    threading.Thread(target=append, name="appender", daemon=True).start()
+    synced.wait()
+
+
 def _fork() -> None:
     from actors._journal import native  # noqa: PLC0415
 
@@ -63,5 +90,7 @@ if __name__ == "__main__":
     mode = sys.argv[2]
     if mode == "close":
         _close(sys.argv[1])
+    elif mode == "sync":
+        _sync(sys.argv[1])
     else:
         _fork()

@@ -213,3 +213,17 @@ def test_a_child_forked_while_a_call_is_under_way_exits_at_once(tmp_path: Path) 
     """The child has neither the call nor its thread: its exit does not wait for it."""
     child = _exit_child(tmp_path, "fork")
     assert (child.returncode, child.stdout, child.stderr) == (0, "child 0\n", "")
+
+
+def test_an_interpreter_exiting_while_a_journal_syncs_its_log_exits_cleanly(
+    tmp_path: Path,
+) -> None:
+    """``durability="sync"`` fsyncs the WAL without the GIL on the journal's daemon
+    thread: a script that ended without ``close()`` while it did died of SIGABRT."""
+    statuses = []
+    for run in range(4):
+        folder = tmp_path / str(run)
+        folder.mkdir()
+        child = _exit_child(folder, "sync")
+        statuses.append((child.returncode, child.stderr[-500:]))
+    assert statuses == [(0, "")] * 4

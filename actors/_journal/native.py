@@ -1,13 +1,14 @@
 """rocksdict calls that release the GIL, kept out of an exiting interpreter's way.
 
-rocksdict closes and flushes without the GIL.  A daemon thread (a
+rocksdict closes, flushes and fsyncs its log (``flush_wal``) without the GIL.  A daemon thread (a
 dispatcher's, or the ``bus-close`` of an interrupted ``close``) that comes
 back from such a call while the interpreter finalizes is ended by CPython
 through the Rust frames below it, which aborts the process (SIGABRT).  So
 an exiting interpreter waits for the calls under way (``_at_exit``, up to
 ``EXIT_WAIT``), and a call another thread would begin after that is not
 made: a close is left to the process's end, as a kill would leave it (what
-was written is in the write-ahead log), a flush is skipped.  The main
+was written is in the write-ahead log), a flush is skipped, and a ``sync``
+write's fsync fails the write.  The main
 thread, the one that finalizes, always makes its calls.  So an ``atexit``
 hook that runs after this module's (one registered before the package
 was imported) and closes a bus leaves its journal locked until the

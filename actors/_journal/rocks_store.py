@@ -11,6 +11,7 @@ error is never mistaken for the end of the data.
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import struct
@@ -21,6 +22,7 @@ from typing import Any, TypeVar
 from actors._errors import JournalDamagedError, JournalError
 from actors._journal.cursor import forget_frames, walk, walk_sequences
 from actors._journal.highwater import HighWaterMark
+from actors._journal.native import without_gil
 from actors._journal.planner import IndexedStorage
 from actors._journal.rebuild import META_NEXT_TYPE, RebuildMixin
 from actors._journal.records import (
@@ -233,9 +235,12 @@ class RocksTables(RebuildMixin, RetentionMixin, IndexedStorage):
     def _sync_wal(self) -> None:
         """Fsync the WAL after a write that reached the database; a failure latches."""
         try:
-            self._db.flush_wal(True)
+            synced = without_gil(functools.partial(self._db.flush_wal, True))
         except Exception as exc:
             raise self._fail(f"journal write failed: {exc}", exc) from exc
+        if not synced:  # on a daemon thread of an exiting interpreter (``native``)
+            gone = JournalError("the interpreter is exiting")
+            raise self._fail("journal write not synced: the interpreter is exiting", gone)
 
     def _fail(self, msg: str, cause: BaseException) -> JournalError:
         """Latch a failure that came after a batch reached the database."""
