@@ -24,6 +24,7 @@ from actors import (
     Event,
     EventBus,
     EventConfig,
+    EventQuery,
     EventStream,
     OverflowStrategy,
 )
@@ -282,3 +283,37 @@ def test_a_stream_opened_while_aclose_flushes_does_not_hold_the_close() -> None:
         assert await asyncio.wait_for(read_all(stream), GUARD) == [0, 1, 2]
 
     run(main)
+
+
+# Regression: the router a close gave up on never stopped, so nothing ended these awaits.
+def test_awaits_end_when_a_close_gives_up_on_a_held_router(tmp_path: Any) -> None:
+    """``AsyncEventBus.flush``: BusClosedError if the bus "closes (``sync.close()``
+    gave up) before the flush is done"; so do a query and a replay awaiting a page."""
+    hold, held = threading.Event(), threading.Event()
+
+    def holding(event: Event) -> bool:
+        held.set()
+        hold.wait(120)
+        return True
+
+    async def main() -> list[BaseException | object]:
+        bus = AsyncEventBus(EventConfig(persistence_path=tmp_path / "j"))
+        await bus.publish("a.b", 1)
+        await bus.flush()
+        bus.sync.subscribe("h.*", lambda e: None, filter=holding)
+        bus.sync.publish("h.x", 1)
+        assert await asyncio.to_thread(held.wait, 30)
+        waits = [
+            asyncio.ensure_future(bus.flush()),
+            asyncio.ensure_future(bus.query(EventQuery(), timeout=None)),
+            asyncio.ensure_future(bus.replay(EventQuery(), lambda e: None)),
+        ]
+        try:
+            assert await asyncio.to_thread(bus.sync.close, 0.2) == ()
+            done = await asyncio.wait_for(asyncio.gather(*waits, return_exceptions=True), 30)
+        finally:
+            hold.set()
+        return list(done)
+
+    outcomes = asyncio.run(main())
+    assert [type(o) for o in outcomes] == [BusClosedError] * 3, outcomes

@@ -184,6 +184,12 @@ def _stop(  # noqa: PLR0917 - stop_actors' arguments, passed on
     # checkpoint, through the router and the journal, which must still run.
     running = {ref.actor_urn for ref in wait_stopped(told, deadline)}
     late = wait_stopped(send_stop(core.refs()), own_deadline)
+    if core.router.actor_ref in late:
+        # Given up on (a filter holds it): it may never stop, so what its stop
+        # would end ends now (each listener ends things once, whoever calls it):
+        # awaited flushes and queries raise BusClosedError, stranded publishes fail.
+        for listener in list(core.router.stop_listeners):
+            _step(errors, listener)
     # An ``async`` batch goes on on its loop after its actor stopped: what it
     # awaits may be what the router's stop ends (a stream), and the loop may
     # be the one a ``close`` blocks, so it gets the grace at most, after the
