@@ -440,6 +440,25 @@ BAD: dict[str, Bad] = {
     "node-batch_size-zero": Bad(
         lambda e: NodeConfig(name="a", batch_size=0), ValueError, "batch_size"
     ),
+    # Regression: accepted, then an OverflowError when the node started.
+    "node-recovery_ring-2**63": Bad(
+        lambda e: NodeConfig(name="a", recovery_ring=2**63), ValueError, "recovery_ring"
+    ),
+    "node-send_queue-2**63": Bad(
+        lambda e: NodeConfig(name="a", send_queue=2**63), ValueError, "send_queue"
+    ),
+    "node-send_hwm-2**31": Bad(
+        lambda e: NodeConfig(name="a", send_hwm=2**31), ValueError, "send_hwm"
+    ),
+    "node-receive_hwm-2**31": Bad(
+        lambda e: NodeConfig(name="a", receive_hwm=2**31), ValueError, "receive_hwm"
+    ),
+    "node-max_frame_bytes-2**63": Bad(
+        lambda e: NodeConfig(name="a", max_frame_bytes=2**63), ValueError, "max_frame_bytes"
+    ),
+    "node-credit_window-10**400": Bad(
+        lambda e: NodeConfig(name="a", credit_window=10**400), ValueError, "credit_window"
+    ),
     "node-max_frame_bytes-str": Bad(
         lambda e: NodeConfig(name="a", max_frame_bytes="16M"),  # type: ignore[arg-type]
         TypeError,

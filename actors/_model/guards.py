@@ -277,6 +277,9 @@ class NodeFields(Protocol):
     def lag_policy(self) -> str: ...
 
 
+_C_INT_MAX = 2**31 - 1  # a ZeroMQ high-water mark is a C int
+
+
 def check_node_fields(node: NodeFields) -> None:
     """Check the keys, timings and sizes of a ``NodeConfig`` (not its endpoints or name)."""
     check_instance("curve_public_key", node.curve_public_key, bytes, optional=True)
@@ -290,12 +293,14 @@ def check_node_fields(node: NodeFields) -> None:
             f"heartbeat_timeout ({node.heartbeat_timeout}) must be longer than "
             f"heartbeat_interval ({node.heartbeat_interval})"
         )
-    check_int("batch_size", node.batch_size, minimum=1)
-    check_int("max_frame_bytes", node.max_frame_bytes, minimum=1)
-    check_int("recovery_ring", node.recovery_ring, minimum=1)
-    check_int("send_hwm", node.send_hwm, minimum=0)
-    check_int("receive_hwm", node.receive_hwm, minimum=0)
-    check_int("credit_window", node.credit_window, minimum=1)
-    check_int("send_queue", node.send_queue, minimum=1)
+    # Upper bounds: what a deque, or ZeroMQ's int options, can hold (refused here,
+    # not as an OverflowError when the node starts).
+    check_int("batch_size", node.batch_size, minimum=1, maximum=sys.maxsize)
+    check_int("max_frame_bytes", node.max_frame_bytes, minimum=1, maximum=sys.maxsize)
+    check_int("recovery_ring", node.recovery_ring, minimum=1, maximum=sys.maxsize)
+    check_int("send_hwm", node.send_hwm, minimum=0, maximum=_C_INT_MAX)
+    check_int("receive_hwm", node.receive_hwm, minimum=0, maximum=_C_INT_MAX)
+    check_int("credit_window", node.credit_window, minimum=1, maximum=sys.maxsize)
+    check_int("send_queue", node.send_queue, minimum=1, maximum=sys.maxsize)
     if node.lag_policy not in ("block", "drop"):
         raise ValueError(f"lag_policy must be 'block' or 'drop', not {node.lag_policy!r}")
