@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from click.testing import CliRunner
 
 from actors import EventBus, NodeConfig
 from actors.cli import main
+from tests._cli_support import cli, one_error_line
 
 
 def test_bench_in_process_prints_a_table() -> None:
@@ -52,3 +54,20 @@ def test_bench_rate_paces_the_publisher() -> None:
     figures = json.loads(result.stdout)
     # 200 events at 2000/s take at least 199/2000 s: the rate cannot be beaten.
     assert 0 < figures["pub_per_s"] <= 2000 * 200 / 199 + 1
+
+
+# Regression: each printed a traceback (OverflowError, or EventConfig's ValueError).
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (["--size", str(10**30), "--count", "1"], "--size"),
+        (["--count", str(10**22)], "--count"),
+        (["--count", "2", "--rate", "1e-300"], "--rate"),
+    ],
+)
+def test_bench_options_past_what_it_can_run_are_one_error_line(
+    args: list[str], option: str
+) -> None:
+    result = cli("bench", *args)
+    assert result.returncode == 2
+    assert f"Invalid value for '{option}'" in one_error_line(result)

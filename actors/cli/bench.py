@@ -26,7 +26,7 @@ from actors._model.event import Event
 from actors.cli.connect import peer_name, running, short_lived_node
 from actors.cli.options import Connection, connection_options
 from actors.cli.output import fail, json_line, say
-from actors.cli.pubsub import publish_through
+from actors.cli.pubsub import DATA_LIMIT, publish_through
 
 __all__ = ["Receiver", "bench"]
 
@@ -56,10 +56,23 @@ def _event(topic: str, pad: str) -> Event:
     return Event(event_type=topic, data={"t": time.time_ns(), "pad": pad})
 
 
+MAX_COUNT = 100_000_000
+"""The most events one bench run publishes (each is held until it is handled)."""
+
+MIN_RATE, MAX_RATE = 0.001, 1e9
+"""The range of ``--rate``, events per second (a rate near 0 would wait past the clock's range)."""
+
+
 @click.command()
-@click.option("--count", type=click.IntRange(min=1), default=20_000, show_default=True)
 @click.option(
-    "--size", type=click.IntRange(min=0), default=128, show_default=True, help="bytes of data"
+    "--count", type=click.IntRange(min=1, max=MAX_COUNT), default=20_000, show_default=True
+)
+@click.option(
+    "--size",
+    type=click.IntRange(min=0, max=DATA_LIMIT),
+    default=128,
+    show_default=True,
+    help="bytes of data",
 )
 @click.option(
     "--subs", type=click.IntRange(min=1), default=1, show_default=True, help="subscribers"
@@ -70,7 +83,7 @@ def _event(topic: str, pad: str) -> Event:
 )  # fmt: skip
 @click.option(
     "--rate",
-    type=click.FloatRange(min=0, min_open=True),
+    type=click.FloatRange(min=MIN_RATE, max=MAX_RATE),
     help="publish at most this many events per second (default: as fast as possible)",
 )
 @click.option("--json", "as_json", is_flag=True, help="one JSON object instead of a table")
