@@ -152,3 +152,9 @@ def test_a_request_to_a_name_no_node_can_have_is_not_connected_at_once(
             with pytest.raises(NotConnectedError, match="is not connected"):
                 a.remote_metrics(name, timeout=WAIT)  # NoAnswerError after it, before
         assert broker.dropped == 0
+
+
+# Regression: OverflowError in the constructor (a socket reads parts up to twice it).
+def test_a_broker_refuses_a_max_frame_bytes_its_sockets_cannot_hold(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="max_frame_bytes must be <="):
+        Broker(ipc(tmp_path, "hub"), max_frame_bytes=2**62)

@@ -63,6 +63,7 @@ def test_bench_rate_paces_the_publisher() -> None:
         (["--size", str(10**30), "--count", "1"], "--size"),
         (["--count", str(10**22)], "--count"),
         (["--count", "2", "--rate", "1e-300"], "--rate"),
+        (["--count", "1", "--subs", str(10**11)], "--subs"),
     ],
 )
 def test_bench_options_past_what_it_can_run_are_one_error_line(
@@ -71,3 +72,11 @@ def test_bench_options_past_what_it_can_run_are_one_error_line(
     result = cli("bench", *args)
     assert result.returncode == 2
     assert f"Invalid value for '{option}'" in one_error_line(result)
+
+
+def test_bench_waits_at_most_what_the_clock_can_wait() -> None:
+    """``--timeout`` is checked against the clock's limit, but bench waits it plus
+    its own share per event: past the limit, an OverflowError traceback."""
+    result = cli("bench", "--count", "2000", "--timeout", "9223372036")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("bench in-process: 2000 events")

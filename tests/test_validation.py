@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -455,6 +456,12 @@ BAD: dict[str, Bad] = {
     ),
     "node-max_frame_bytes-2**63": Bad(
         lambda e: NodeConfig(name="a", max_frame_bytes=2**63), ValueError, "max_frame_bytes"
+    ),
+    "node-recovery_ring-maxsize": Bad(  # its ring also holds twice send_queue
+        lambda e: NodeConfig(name="a", recovery_ring=sys.maxsize), ValueError, "recovery_ring"
+    ),
+    "node-max_frame_bytes-2**62": Bad(  # a socket reads parts up to twice it
+        lambda e: NodeConfig(name="a", max_frame_bytes=2**62), ValueError, "max_frame_bytes"
     ),
     "node-credit_window-10**400": Bad(
         lambda e: NodeConfig(name="a", credit_window=10**400), ValueError, "credit_window"

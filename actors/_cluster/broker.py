@@ -66,6 +66,7 @@ from actors._model.config import (
     check_endpoint,
     check_key,
 )
+from actors._model.guards import MAX_FRAME_BYTES
 
 __all__ = ["Broker", "main"]
 
@@ -99,6 +100,8 @@ def _check_settings(
         raise ValueError(
             f"max_frame_bytes must be at least {MIN_FRAME_BYTES}, not {max_frame_bytes}"
         )
+    if max_frame_bytes > MAX_FRAME_BYTES:
+        raise ValueError(f"max_frame_bytes must be <= {MAX_FRAME_BYTES:,}")
     if isinstance(route_timeout, bool) or not isinstance(route_timeout, int | float):
         raise TypeError(f"route_timeout must be a number of seconds, not {route_timeout!r}")
     if not math.isfinite(route_timeout) or route_timeout <= 0:

@@ -278,6 +278,8 @@ class NodeFields(Protocol):
 
 
 _C_INT_MAX = 2**31 - 1  # a ZeroMQ high-water mark is a C int
+MAX_FRAME_BYTES = sys.maxsize // 2
+"""The largest ``max_frame_bytes``: a socket reads parts up to twice it (an int64 option)."""
 
 
 def check_node_fields(node: NodeFields) -> None:
@@ -296,11 +298,16 @@ def check_node_fields(node: NodeFields) -> None:
     # Upper bounds: what a deque, or ZeroMQ's int options, can hold (refused here,
     # not as an OverflowError when the node starts).
     check_int("batch_size", node.batch_size, minimum=1, maximum=sys.maxsize)
-    check_int("max_frame_bytes", node.max_frame_bytes, minimum=1, maximum=sys.maxsize)
+    check_int("max_frame_bytes", node.max_frame_bytes, minimum=1, maximum=MAX_FRAME_BYTES)
     check_int("recovery_ring", node.recovery_ring, minimum=1, maximum=sys.maxsize)
     check_int("send_hwm", node.send_hwm, minimum=0, maximum=_C_INT_MAX)
     check_int("receive_hwm", node.receive_hwm, minimum=0, maximum=_C_INT_MAX)
     check_int("credit_window", node.credit_window, minimum=1, maximum=sys.maxsize)
     check_int("send_queue", node.send_queue, minimum=1, maximum=sys.maxsize)
+    if node.recovery_ring + 2 * node.send_queue > sys.maxsize:  # one ring holds them all
+        raise ValueError(
+            f"recovery_ring + 2 * send_queue must be <= {sys.maxsize:,} (the bridge's ring), "
+            f"not {node.recovery_ring + 2 * node.send_queue:,}"
+        )
     if node.lag_policy not in ("block", "drop"):
         raise ValueError(f"lag_policy must be 'block' or 'drop', not {node.lag_policy!r}")

@@ -59,6 +59,9 @@ def _event(topic: str, pad: str) -> Event:
 MAX_COUNT = 100_000_000
 """The most events one bench run publishes (each is held until it is handled)."""
 
+MAX_SUBS = 10_000
+"""The most subscriptions one bench run makes (SPEC 11 sizes a bus for 10,000)."""
+
 MIN_RATE, MAX_RATE = 0.001, 1e9
 """The range of ``--rate``, events per second (a rate near 0 would wait past the clock's range)."""
 
@@ -75,8 +78,9 @@ MIN_RATE, MAX_RATE = 0.001, 1e9
     help="bytes of data",
 )
 @click.option(
-    "--subs", type=click.IntRange(min=1), default=1, show_default=True, help="subscribers"
-)
+    "--subs", type=click.IntRange(min=1, max=MAX_SUBS), default=1, show_default=True,
+    help="subscribers",
+)  # fmt: skip
 @click.option(
     "--clients", type=click.IntRange(min=1), default=4, show_default=True,
     help="threads sending publish requests (with --peer)",
@@ -159,6 +163,7 @@ def _pace(started: float, n: int, rate: float) -> None:
 
 
 def _wait(receivers: list[Receiver], timeout: float) -> None:
+    timeout = min(timeout, threading.TIMEOUT_MAX)  # --timeout plus the run's own share
     for receiver in receivers:
         if not receiver.done.wait(timeout):
             got = len(receiver.latencies)
