@@ -6,11 +6,13 @@ condition variable); nothing sleeps.
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import zmq
 
 from actors import (
     BridgeError,
@@ -20,6 +22,7 @@ from actors import (
     NotConnectedError,
     PeerRefusedError,
 )
+from actors._cluster import security
 from actors._cluster.broker import Broker
 from actors._cluster.security import generate_keypair
 from actors._cluster.wire import (
@@ -259,3 +262,22 @@ def test_a_forged_sequence_over_the_wire_is_rejected_and_counted(
         assert bridge(a).wait(lambda s: s.sequences_rejected >= 1, WAIT)
         assert bridge(a).statistics().events_delivered == 0
         a_real_peer_gets_through(tmp_path, nodes, a, got)
+
+
+# Regression: a Ctrl-C during a node's start left a socket the context never registered;
+# the start's cleanup then waited in zmq_ctx_term for ever (a demo hung so for two hours).
+def test_closing_a_context_with_a_socket_it_does_not_know_does_not_hang(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(security, "TERM_WAIT", 0.5, raising=False)
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    stray = zmq.Socket(ctx, zmq.PAIR)  # made, never registered with the context
+    closing = threading.Thread(target=security.close_context, args=(ctx, None), daemon=True)
+    try:
+        with caplog.at_level("WARNING", logger="actors.bridge"):
+            closing.start()
+            closing.join(30)
+            assert not closing.is_alive()
+        assert "still had a socket open" in caplog.text
+    finally:
+        stray.close(linger=0)  # the context can end now

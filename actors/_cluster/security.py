@@ -6,12 +6,16 @@ One ``Curve`` per ZeroMQ context.  Without a secret key it does nothing
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Callable
 
 import zmq
 import zmq.auth.thread
 
 __all__ = ["Curve", "check_key_pair", "close_context", "generate_keypair"]
+
+logger = logging.getLogger("actors.bridge")
 
 
 def generate_keypair() -> tuple[bytes, bytes]:
@@ -93,8 +97,28 @@ class Curve:
             self._auth = None
 
 
+TERM_WAIT = 5.0
+"""Seconds ``close_context`` waits for ZeroMQ to terminate a context."""
+
+
 def close_context(ctx: zmq.Context[zmq.Socket[bytes]], curve: Curve | None) -> None:
-    """Close every socket of ``ctx`` at once (linger 0) and terminate it: never hangs."""
+    """Close every socket of ``ctx`` at once (linger 0) and terminate it: never hangs.
+
+    Terminating waits for every socket of the context to be closed, and
+    ``destroy`` closes only those the context registered: a Ctrl-C between
+    ZeroMQ making a socket and pyzmq registering it (a node's start cut
+    short) left one open, and the process hung for ever.  So the context is
+    destroyed on a daemon thread, waited for ``TERM_WAIT`` seconds, then
+    left to the process's end with a warning.
+    """
     if curve is not None:
         curve.stop()
-    ctx.destroy(linger=0)
+    ender = threading.Thread(target=ctx.destroy, kwargs={"linger": 0}, name="zmq-term", daemon=True)
+    ender.start()
+    ender.join(TERM_WAIT)
+    if ender.is_alive():
+        logger.warning(
+            "a ZeroMQ context still had a socket open after %.0f s (a start cut short?); "
+            "left to the process's end",
+            TERM_WAIT,
+        )
