@@ -42,7 +42,7 @@ from actors._async_stream import EventStream, Inbox
 from actors._bus import EventBus
 from actors._core.background import subscribing_loop
 from actors._core.crossing import waiting_for
-from actors._core.handling import running_here
+from actors._core.handling import running_here, wake_future
 from actors._core.messages import CorrelatedEvents
 from actors._core.replay import CLOSED, replay_async
 from actors._core.requests import reply_result, timeout_error
@@ -301,7 +301,7 @@ class AsyncEventBus:
         """
         loop = asyncio.get_running_loop()
         waiting: asyncio.Future[None] = loop.create_future()
-        timer = loop.call_later(delay, _wake, waiting)
+        timer = loop.call_later(delay, wake_future, waiting)
         self._holds.add(waiting, functools.partial(fail_closed, waiting))
         closing = self.sync._closing  # noqa: SLF001 - the facade's own bus
         try:
@@ -558,9 +558,3 @@ class AsyncEventBus:
 
 _CLOSED_POLL = 0.1
 """Seconds between an async replay's looks at whether its bus closed, while it waits."""
-
-
-def _wake(waiting: asyncio.Future[None]) -> None:
-    """End a replay's wait for its spacing, unless the bus's stop ended it."""
-    if not waiting.done():
-        waiting.set_result(None)

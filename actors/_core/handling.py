@@ -55,6 +55,7 @@ __all__ = [
     "current_run",
     "current_timeout",
     "running_here",
+    "wake_future",
 ]
 
 logger = logging.getLogger("actors.subscriber")
@@ -97,7 +98,7 @@ def running_here(router: object) -> tuple[HandlerRuns, Batch] | None:
     return run
 
 
-def _wake(future: asyncio.Future[None]) -> None:
+def wake_future(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
 
@@ -463,7 +464,7 @@ class HandlerRuns:
             loop = asyncio.get_running_loop()
             wake: asyncio.Future[None] = loop.create_future()
             self._retry_wake = wake
-            timer = loop.call_later(delay, _wake, wake)
+            timer = loop.call_later(delay, wake_future, wake)
             try:
                 if not self.abandoned:  # abandon() sees the future, or this sees the flag
                     await wake
@@ -487,7 +488,7 @@ class HandlerRuns:
         loop = self._loop
         if wake is not None and loop is not None:
             with contextlib.suppress(RuntimeError):  # its loop has closed: nothing waits
-                loop.call_soon_threadsafe(_wake, wake)
+                loop.call_soon_threadsafe(wake_future, wake)
         state = self._async
         if state is None or state.done or state.in_handler:
             return None
