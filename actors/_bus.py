@@ -489,6 +489,7 @@ class EventBus(Closable, RequestReply):
         last heard from it.  Raises ``EventBusError`` on a bus that is not a
         node, ``BridgeError`` if the node does not answer within ``timeout``.
         """
+        checks.check_remote(node, timeout)
         self._check_open()
         return self._require_node().remote_metrics(node, timeout)
 

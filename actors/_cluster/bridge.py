@@ -87,6 +87,7 @@ class Bridge(StreamIO, RecoveryIO, RequestIO):
         self.mailbox = WakeMailbox(self._wake)
         self._last = BridgeView(BridgeStatistics())
         self._generation = 0
+        self._views_read = 0  # views built for ``view()`` so far (``_run``'s quiet turns)
         self._cond = threading.Condition()
         self._patterns_lock = threading.Lock()
         self._patterns_next: list[str] | None = None  # the latest local patterns, not yet taken
@@ -239,7 +240,11 @@ class Bridge(StreamIO, RecoveryIO, RequestIO):
 
     def view(self) -> BridgeView:
         """Return a snapshot built on the I/O thread (the last one once it stopped)."""
-        return self._ask_io(self._build_view, self._final_view)
+        return self._ask_io(self._read_view, self._final_view)
+
+    def _read_view(self) -> BridgeView:
+        self._views_read += 1
+        return self._build_view()
 
     def _final_view(self) -> BridgeView:
         thread = self._thread
@@ -401,6 +406,9 @@ class Bridge(StreamIO, RecoveryIO, RequestIO):
             while not self._stopping:
                 wait_ms = max(0, int((next_tick - time.monotonic()) * 1000))
                 ready = dict(poller.poll(wait_ms))
+                # What the turn began with, to tell a quiet turn (below).
+                ran, read, mail = self._calls_run, self._views_read, self.mailbox.events_in
+                had_mail = self.mailbox.has_mail()
                 if self._rfd in ready:
                     with contextlib.suppress(BlockingIOError):
                         os.read(self._rfd, 4096)
@@ -419,13 +427,26 @@ class Bridge(StreamIO, RecoveryIO, RequestIO):
                     if link.sock in ready:
                         step(self._on_link, link)
                 now = time.monotonic()
-                if now >= next_tick:
+                ticked = now >= next_tick
+                if ticked:
                     next_tick = now + hb_interval
                     step(self._heartbeat, now)
                     step(self._hello_links, now)
-                with self._cond:
-                    self._generation += 1
-                    self._cond.notify_all()
+                # A turn that only built views for ``view()`` changed nothing a
+                # ``wait_view`` waits for: counting it would wake the waiter,
+                # whose next ``view()`` makes another such turn, for ever (a
+                # busy loop spending a core while a peer is awaited).
+                quiet = (
+                    not ticked
+                    and not had_mail
+                    and mail == self.mailbox.events_in
+                    and self._calls_run - ran == self._views_read - read
+                    and all(item == self._rfd for item in ready)
+                )
+                if not quiet:
+                    with self._cond:
+                        self._generation += 1
+                        self._cond.notify_all()
         except Exception:
             logger.exception("bridge %s: the I/O thread failed", self.name)
         finally:

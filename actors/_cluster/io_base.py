@@ -86,6 +86,7 @@ class BridgeBase:
         self._pipe_lock = threading.Lock()
         self._pipe_open = True
         self._calls: deque[Callable[[], None]] = deque()
+        self._calls_run = 0  # calls run on the I/O thread so far (``Bridge._run``'s quiet turns)
         # Without a journal the ring answers recovery (with one, the journal
         # does: no ring).  It fills as events join the send queue: it keeps
         # room for the queue (``send_queue`` and what publishers had on the
@@ -193,6 +194,7 @@ class BridgeBase:
 
     def _run_calls(self) -> None:
         while self._calls:
+            self._calls_run += 1
             self._calls.popleft()()
 
     # -- I/O thread -----------------------------------------------------------------------

@@ -30,6 +30,7 @@ from actors._core.router import RouterActor
 from actors._errors import BusClosedError
 from actors._model.config import NodeConfig
 from actors._model.event import Event
+from actors._model.guards import check_timeout
 from actors._model.metrics import BridgeStatistics, BusMetrics
 from actors._model.query import EventQuery
 from actors._runtime.dispatcher import FifoMailbox
@@ -243,6 +244,7 @@ class Node:
 
     def wait(self, predicate: Callable[[BridgeStatistics], bool], timeout: float | None) -> bool:
         """Block until ``predicate(statistics())`` holds; return False after ``timeout``."""
+        check_timeout("timeout", timeout)
         return self._bridge.wait(predicate, timeout)
 
     def call_soon(self, fn: Callable[[], None]) -> None:
