@@ -16,8 +16,10 @@ from actors import generate_keypair
 from actors._cluster.broker import main as broker_main
 from actors._cluster.broker import parse_peer_names
 from actors.cli.node import _peer_names
+from actors.cli.options import Keys
 
 PUBLIC = generate_keypair()[0]
+OWN = Keys(*generate_keypair())  # --public-key and --secret-key: --peer-name needs them
 KEY = PUBLIC.decode()
 
 
@@ -68,20 +70,20 @@ def test_the_key_is_not_loaded_without_a_name() -> None:
 def test_the_command_line_reads_a_key_from_a_file(tmp_path: Path) -> None:
     path = tmp_path / "b.key"
     path.write_text(KEY + "\n")
-    assert _peer_names(("a=" + KEY, f"b={path}")) == {"a": PUBLIC, "b": PUBLIC}
+    assert _peer_names(("a=" + KEY, f"b={path}"), OWN) == {"a": PUBLIC, "b": PUBLIC}
 
 
 @pytest.mark.parametrize("item", ["no-key", "=" + KEY], ids=["no-key", "no-name"])
 def test_the_command_line_says_the_item_is_not_name_key(item: str) -> None:
     with pytest.raises(click.BadParameter) as bad:
-        _peer_names((item,))
+        _peer_names((item,), OWN)
     assert bad.value.param_hint == "--peer-name"
     assert bad.value.message == f"{item!r} is not NAME=KEY"
 
 
 def test_the_command_line_says_why_a_key_is_not_one(tmp_path: Path) -> None:
     with pytest.raises(click.BadParameter) as bad:
-        _peer_names((f"a={tmp_path / 'missing.key'}",))
+        _peer_names((f"a={tmp_path / 'missing.key'}",), OWN)
     assert bad.value.param_hint == "--peer-name"
     assert "no key file" in bad.value.message
 
@@ -100,3 +102,10 @@ def test_broker_main_refuses_an_item_before_starting(
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert f"--peer-name takes NAME=KEY with a 40-character Z85 key: {item!r}" in err
+
+
+def test_the_command_line_refuses_names_without_a_key_pair() -> None:
+    # Without CURVE no name can be bound to a key: the node or broker would
+    # run plain and never check the names it was given.
+    with pytest.raises(click.UsageError, match="--peer-name needs --public-key"):
+        _peer_names(("a=" + KEY,), None)

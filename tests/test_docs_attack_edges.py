@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from actors import EventBus, NodeConfig
+from actors import EventBus, NodeConfig, generate_keypair
+from actors._cluster.broker import Broker
+from tests._cli_support import Running, cli, one_error_line
 from tests._cluster_support import ipc, node
 
 
@@ -55,3 +57,62 @@ def test_remote_metrics_checks_its_timeout(
         pytest.raises(error, match="timeout"),
     ):
         bus.remote_metrics("hub", timeout=timeout)  # type: ignore[arg-type]
+
+
+def test_a_broker_refuses_keys_without_a_key_pair_of_its_own(tmp_path: Path) -> None:
+    # Without CURVE it ran plain: any node joined, the keys silently ignored.
+    key = generate_keypair()[0]
+    with pytest.raises(ValueError, match="need CURVE"):
+        Broker(ipc(tmp_path, "hub"), authorized_keys=[key])
+    with pytest.raises(ValueError, match="need CURVE"):
+        Broker(ipc(tmp_path, "hub"), peer_names={"a": key})
+
+
+def test_serve_behind_a_broker_needs_no_listen(tmp_path: Path) -> None:
+    hub = Broker(ipc(tmp_path, "hub"))
+    node_proc = Running("serve", "--name", "bhub", "--peer", hub.endpoint)
+    try:
+        lines = dict(node_proc.line().split(" ", 1) for _ in range(4))
+        assert lines["request"] == "none"
+        assert lines["publish"] == "none"
+        # Reached by name through the broker.
+        result = cli(
+            "pub", "--peer", hub.endpoint, "--node", "bhub", "--timeout", "30", "t.x", "{}"
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith("published t.x on bhub ")
+    finally:
+        node_proc.kill()
+        hub.close()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("serve", "--name", "x"), "give --listen, or a --peer"),
+        (
+            ("serve", "--name", "x", "--listen", "tcp://127.0.0.1:0", "--peer-name", "a=KEY"),
+            "--peer-name needs --public-key",
+        ),
+        (("broker", "tcp://127.0.0.1:0", "--peer-name", "a=KEY"), "--peer-name needs --public-key"),
+    ],
+)
+def test_serve_and_broker_option_mistakes_are_usage_errors(
+    args: tuple[str, ...], message: str
+) -> None:
+    result = cli(*args)
+    assert result.returncode == 2
+    assert message in one_error_line(result)
+
+
+def test_a_curve_serve_without_a_peer_key_for_its_peer_is_a_usage_error(tmp_path: Path) -> None:
+    public, secret = generate_keypair()
+    (tmp_path / "k.key").write_bytes(public)
+    (tmp_path / "k.key_secret").write_bytes(secret)
+    result = cli(
+        "serve", "--name", "x", "--listen", "tcp://127.0.0.1:0",
+        "--public-key", str(tmp_path / "k.key"), "--secret-key", str(tmp_path / "k.key_secret"),
+        "--authorize", str(tmp_path / "k.key"), "--peer", "tcp://127.0.0.1:1",
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "each --peer needs its --peer-key" in one_error_line(result)

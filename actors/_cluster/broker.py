@@ -94,6 +94,13 @@ def _check_settings(
         if not isinstance(name, str):
             raise TypeError(f"peer_names keys are node names (str), not {name!r}")
         check_key(key, f"peer_names[{name!r}]")
+    if keys[0] is None and (authorized_keys or peer_names):
+        # Without CURVE the broker would run plain and accept anyone, the
+        # keys the user gave silently ignored (as ``NodeConfig`` refuses).
+        raise ValueError(
+            "authorized_keys and peer_names need CURVE: give the broker "
+            "curve_public_key and curve_secret_key too"
+        )
     if isinstance(max_frame_bytes, bool) or not isinstance(max_frame_bytes, int):
         raise TypeError(f"max_frame_bytes must be an int, not {max_frame_bytes!r}")
     if max_frame_bytes < MIN_FRAME_BYTES:
@@ -514,13 +521,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--peer-name takes NAME=KEY with a 40-character Z85 key: {item!r}")
 
     names = parse_peer_names(args.peer_name, _literal_key, refuse)
-    broker = Broker(
-        args.listen,
-        curve_public_key=args.public_key.encode() if args.public_key else None,
-        curve_secret_key=args.secret_key.encode() if args.secret_key else None,
-        authorized_keys=[k.encode() for k in args.authorize],
-        peer_names=names,
-    )
+    try:
+        broker = Broker(
+            args.listen,
+            curve_public_key=args.public_key.encode() if args.public_key else None,
+            curve_secret_key=args.secret_key.encode() if args.secret_key else None,
+            authorized_keys=[k.encode() for k in args.authorize],
+            peer_names=names,
+        )
+    except ValueError as exc:  # a setting that cannot work: a usage error, as for the others
+        parser.error(str(exc))
     print(f"broker at {broker.endpoint}", flush=True)
     try:
         threading.Event().wait()

@@ -45,19 +45,31 @@ def _authorized(keys: Keys | None, authorize: tuple[str, ...]) -> tuple[bytes, .
     return allowed
 
 
-def _peer_keys(items: tuple[str, ...]) -> dict[str, bytes]:
+def _peer_keys(
+    items: tuple[str, ...], peers: tuple[str, ...], own: Keys | None
+) -> dict[str, bytes]:
     keys: dict[str, bytes] = {}
     for item in items:
         endpoint, sep, key = item.rpartition("=")
         if not sep:
             raise click.BadParameter(f"{item!r} is not ENDPOINT=KEY", param_hint="--peer-key")
         keys[PEER.convert(endpoint, None, None)] = load_key(key, "--peer-key") or b""
+    if keys and own is None:
+        raise click.UsageError("--peer-key needs --public-key and --secret-key")
+    missing = [peer for peer in peers if own is not None and peer not in keys]
+    if missing:  # under CURVE a peer is dialled with its key, or not at all
+        raise click.UsageError(
+            f"with --public-key, each --peer needs its --peer-key ENDPOINT=KEY; "
+            f"none for {printable(missing[0])}"
+        )
     return keys
 
 
-def _peer_names(items: tuple[str, ...]) -> dict[str, bytes]:
+def _peer_names(items: tuple[str, ...], keys: Keys | None) -> dict[str, bytes]:
     from actors._cluster.broker import parse_peer_names  # noqa: PLC0415 - imports zmq
 
+    if items and keys is None:  # without CURVE a name cannot be bound to a key
+        raise click.UsageError("--peer-name needs --public-key and --secret-key")
     return parse_peer_names(items, functools.partial(load_key, option="--peer-name"), _not_a_name)
 
 
@@ -78,7 +90,9 @@ _PEER_NAME = click.option(
     "--name", type=NODE_NAME, required=True, help="the node's name (every local event's origin)"
 )
 @click.option(
-    "--listen", type=ENDPOINT, required=True, help="request endpoint, e.g. tcp://127.0.0.1:5701"
+    "--listen",
+    type=ENDPOINT,
+    help="request endpoint, e.g. tcp://127.0.0.1:5701 (needed unless a --peer is given)",
 )
 @click.option(
     "--peer", "peers", type=PEER, multiple=True, help="a node or broker to join (repeatable)"
@@ -98,7 +112,7 @@ _PEER_NAME = click.option(
 def serve(
     *,
     name: str,
-    listen: str,
+    listen: str | None,
     peers: tuple[str, ...],
     journal: str | None,
     record: tuple[str, ...],
@@ -113,6 +127,8 @@ def serve(
 
     With ``--metrics-port`` it also serves ``/metrics`` and ``/healthz`` on 127.0.0.1.
     """
+    if listen is None and not peers:  # a node that neither listens nor joins reaches no one
+        raise click.UsageError("give --listen, or a --peer to join (a broker's endpoint)")
     keys = keys_from(public_key, secret_key)
     try:
         node = NodeConfig(
@@ -122,8 +138,8 @@ def serve(
             curve_public_key=keys.public if keys else None,
             curve_secret_key=keys.secret if keys else None,
             authorized_keys=_authorized(keys, authorize),
-            peer_public_keys=_peer_keys(peer_keys),
-            peer_names=_peer_names(peer_names),
+            peer_public_keys=_peer_keys(peer_keys, peers, keys),
+            peer_names=_peer_names(peer_names, keys),
         )
     except ValueError as exc:
         fail(str(exc))
@@ -152,8 +168,10 @@ def serve(
                     fail(f"cannot serve metrics on port {metrics_port}: {exc.strerror or exc}")
             # Escaped: a name or a path may hold what a terminal would act on.
             say(f"node {printable(name)}")
-            say(f"request {printable(str(endpoints['request']))}")
-            say(f"publish {printable(str(endpoints['publish']))}")
+            # A node behind a broker listens nowhere: it is reached by name.
+            for kind in ("request", "publish"):
+                at = endpoints[kind]
+                say(f"{kind} {printable(at) if at is not None else 'none'}")
             say(f"journal {printable(str(Path(journal).resolve())) if journal else 'none'}")
             if server is not None:
                 say(f"metrics {server.url}")
@@ -184,7 +202,7 @@ def broker(
 
     keys = keys_from(public_key, secret_key)
     allowed = _authorized(keys, authorize)
-    names = _peer_names(peer_names)
+    names = _peer_names(peer_names, keys)
     block_signals()
     try:
         hub = Broker(
