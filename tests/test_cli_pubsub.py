@@ -78,6 +78,7 @@ def test_sub_receives_exactly_what_pub_sent_in_order(hub: str, tmp_path: Path) -
         assert tail.finish() == 0
     finally:
         tail.kill()
+    assert not ready.exists()  # the subscription ended with the command
     assert [e["data"] for e in received] == sent
     assert {(e["origin"], e["source"], e["correlation_id"]) for e in received} == {
         ("hub", "cli", str(cid))

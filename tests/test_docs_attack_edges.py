@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -11,8 +12,8 @@ import pytest
 
 from actors import EventBus, NodeConfig, generate_keypair
 from actors._cluster.broker import Broker
-from tests._cli_support import Running, cli, one_error_line
-from tests._cluster_support import ipc, node
+from tests._cli_support import CLI, Running, cli, one_error_line, silent_endpoint
+from tests._cluster_support import WAIT, ipc, node
 
 
 def test_waiting_for_a_missing_peer_does_not_spin_the_io_loop(tmp_path: Path) -> None:
@@ -116,3 +117,50 @@ def test_a_curve_serve_without_a_peer_key_for_its_peer_is_a_usage_error(tmp_path
     )  # fmt: skip
     assert result.returncode == 2
     assert "each --peer needs its --peer-key" in one_error_line(result)
+
+
+def test_sub_removes_a_ready_file_left_by_an_earlier_run(tmp_path: Path) -> None:
+    # The documented wait loop (`while [ ! -e FILE ]`) passed at once on a
+    # second run: the first run's file was still there.
+    ready = tmp_path / "sub.ready"
+    ready.write_text("subscribed to user.* at hub\n")
+    result = cli(
+        "sub", "user.*", "--peer", silent_endpoint(), "--timeout", "0.5",
+        "--ready-file", str(ready),
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert not ready.exists()
+
+
+def test_query_with_since_after_until_is_a_usage_error(tmp_path: Path) -> None:
+    result = cli("query", "--journal", str(tmp_path), "--since", "1h", "--until", "2h")
+    assert result.returncode == 2
+    assert "--since is after --until" in one_error_line(result)
+
+
+def test_bench_rate_nan_is_a_usage_error() -> None:
+    result = cli("bench", "--rate", "nan", "--count", "10")
+    assert result.returncode == 2
+    assert "not a number of events per second" in one_error_line(result)
+
+
+def test_help_with_stdout_closed_is_one_error_line() -> None:
+    # Python starts with sys.stdout None: click printed the help nowhere, status 0.
+    result = subprocess.run(
+        ["/bin/sh", "-c", 'exec "$@" >&-', "sh", *CLI, "pub", "--help"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+    )
+    assert result.returncode == 1
+    assert result.stderr == "Error: cannot write to standard output: it is closed\n"
+
+
+def test_no_command_prints_the_help_laid_out_on_stderr() -> None:
+    result = cli()
+    assert result.returncode == 2
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert lines[0].startswith("Usage: llmspell-events")
+    assert any(line.split()[:1] == ["serve"] for line in lines)  # one command a line

@@ -10,6 +10,7 @@ ways.  Latency is from the publish call to the handler, on the wall clock
 
 from __future__ import annotations
 
+import math
 import os
 import statistics
 import threading
@@ -66,6 +67,16 @@ MIN_RATE, MAX_RATE = 0.001, 1e9
 """The range of ``--rate``, events per second (a rate near 0 would wait past the clock's range)."""
 
 
+class _Rate(click.FloatRange):
+    """``--rate``: a number in ``MIN_RATE..MAX_RATE`` (NaN passes a range's comparisons)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        rate = super().convert(value, param, ctx)
+        if math.isnan(rate):
+            self.fail(f"{value!r} is not a number of events per second", param, ctx)
+        return rate
+
+
 @click.command()
 @click.option(
     "--count", type=click.IntRange(min=1, max=MAX_COUNT), default=20_000, show_default=True
@@ -87,7 +98,7 @@ MIN_RATE, MAX_RATE = 0.001, 1e9
 )  # fmt: skip
 @click.option(
     "--rate",
-    type=click.FloatRange(min=MIN_RATE, max=MAX_RATE),
+    type=_Rate(min=MIN_RATE, max=MAX_RATE),
     help="publish at most this many events per second (default: as fast as possible)",
 )
 @click.option("--json", "as_json", is_flag=True, help="one JSON object instead of a table")

@@ -63,6 +63,8 @@ def query(
         raise click.UsageError("--follow needs --peer: a journal folder grows only in its node")
     if follow and (desc or limit is not None):
         raise click.UsageError("--follow prints every new event: drop --desc and --limit")
+    if since is not None and until is not None and since > until:
+        raise click.UsageError("--since is after --until: the range selects nothing")
     q = EventQuery(
         event_types=list(types) or None,
         time_range=None if since is None and until is None else (since, until),

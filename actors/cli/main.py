@@ -73,8 +73,15 @@ class Cli(click.Group):
         # Not undone on the way out: a signal coming as the process exits would
         # find the default action again (a traceback, or death by SIGTERM).
         stop_on_signals()
+        if sys.stdout is None and _asks_help(sys.argv[1:] if args is None else args):
+            # Started with stdout closed: click would print the help nowhere, status 0.
+            _exit("cannot write to standard output: it is closed", 1)
         try:
             status = super().main(args, prog_name or PROG, complete_var, False, **extra)
+        except click.exceptions.NoArgsIsHelpError as exc:
+            # No command: the help, as click lays it out (not one line), status 2.
+            click.echo(exc.format_message(), err=True)
+            sys.exit(exc.exit_code)
         except click.UsageError as exc:
             hint = f" (see {exc.ctx.command_path} -h)" if exc.ctx is not None else ""
             _exit(f"{exc.format_message()}{hint}", exc.exit_code)
@@ -94,6 +101,16 @@ class Cli(click.Group):
 
 class _Interrupted(Exception):  # noqa: N818 - a signal, not an error
     """SIGINT or SIGTERM stopped a command before it could end as it documents."""
+
+
+def _asks_help(args: Sequence[str]) -> bool:
+    """Return whether ``args`` ask for a help text (before any ``--``)."""
+    for arg in args:
+        if arg == "--":
+            return False
+        if arg in {"-h", "--help"}:
+            return True
+    return False
 
 
 def _exit(message: str, status: int) -> NoReturn:

@@ -248,6 +248,11 @@ def sub(
     then on is printed.  --from-sequence and --durable read the node's
     journal, so they need a node that has one.
     """
+    ready = None if ready_file is None else Path(ready_file)
+    if ready is not None:
+        # A file left by an earlier run would tell a script waiting for it
+        # that this subscription is in force before it is.
+        _unready(ready, fail_on_error=True)
     stop_on_signals()
     from_journal = from_sequence is not None or durable is not None
     received: queue.Queue[Event] = queue.Queue()
@@ -277,21 +282,32 @@ def sub(
                 checkpoint.save(event.sequence or 0)
 
         with ended_by_signal():  # from the line on, a signal exits with 0
-            _ready(pattern, target, ready_file)
-            if from_journal:
-                with remote_reads(target):
-                    tail.run(show, count)
-                return
-            seen = 0
-            while count is None or seen < count:
-                show(get_until_signal(received))
-                seen += 1
+            _ready(pattern, target, ready)
+            try:
+                if from_journal:
+                    with remote_reads(target):
+                        tail.run(show, count)
+                    return
+                seen = 0
+                while count is None or seen < count:
+                    show(get_until_signal(received))
+                    seen += 1
+            finally:
+                if ready is not None:  # the subscription ends with the command
+                    _unready(ready, fail_on_error=False)
 
 
-def _ready(pattern: str, target: str, ready_file: str | None) -> None:
+def _unready(path: Path, *, fail_on_error: bool) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:
+        if fail_on_error:
+            fail(f"cannot remove the old ready file {path}: {exc.strerror or exc}")
+
+
+def _ready(pattern: str, target: str, path: Path | None) -> None:
     line = f"subscribed to {printable(pattern)} at {printable(target)}"
-    if ready_file is not None:  # first, so a script that saw the line finds the file
-        path = Path(ready_file)
+    if path is not None:  # first, so a script that saw the line finds the file
         scratch = path.with_name(path.name + ".tmp")
         try:
             scratch.write_text(line + "\n")
