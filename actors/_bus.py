@@ -149,7 +149,7 @@ class EventBus(Closable, RequestReply):
             flush=self.flush,
             publish=self.publish,
             metrics=self.metrics,
-            prepare=self._prepare,
+            prepare=prepare_event,  # the node checks the size as its target stamps the event
             check_open=self._check_open,
         )
 

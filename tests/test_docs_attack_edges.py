@@ -10,10 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from actors import EventBus, NodeConfig, generate_keypair
+from actors import Event, EventBus, NodeConfig, generate_keypair
 from actors._cluster.broker import Broker
+from actors._cluster.limits import EventSizeCheck
+from actors._codec.events import encode_event
+from actors._model.config import MIN_FRAME_BYTES
 from tests._cli_support import CLI, Running, cli, one_error_line, silent_endpoint
-from tests._cluster_support import WAIT, ipc, node
+from tests._cluster_support import WAIT, ipc, node, request_endpoint
 
 
 def test_waiting_for_a_missing_peer_does_not_spin_the_io_loop(tmp_path: Path) -> None:
@@ -164,3 +167,25 @@ def test_no_command_prints_the_help_laid_out_on_stderr() -> None:
     lines = result.stderr.splitlines()
     assert lines[0].startswith("Usage: llmspell-events")
     assert any(line.split()[:1] == ["serve"] for line in lines)  # one command a line
+
+
+def test_publish_remote_sizes_the_event_as_its_target_stamps_it(tmp_path: Path) -> None:
+    # The event takes the target's name as its origin; it was sized with the
+    # asking node's name (a long one refused an event the target would send).
+    frame = MIN_FRAME_BYTES
+    long_name = "c" * 200
+    fits_hub = EventSizeCheck(frame, "hub").limit
+    assert EventSizeCheck(frame, long_name).limit < fits_hub
+    data = "x" * (fits_hub - len(encode_event(Event(event_type="t.x", data=""))) - 8)
+    event = Event(event_type="t.x", data=data)
+    assert EventSizeCheck(frame, long_name).limit < len(encode_event(event)) <= fits_hub
+    hub_config = NodeConfig(name="hub", listen=ipc(tmp_path, "hub"), max_frame_bytes=frame)
+    with EventBus(node=hub_config) as hub:
+        client_config = NodeConfig(
+            name=long_name, peers=(request_endpoint(hub),), max_frame_bytes=frame
+        )
+        with EventBus(node=client_config) as client:
+            assert client.wait_for_peers(["hub"], timeout=WAIT)
+            published = client.publish_remote("hub", event, timeout=WAIT)
+    assert published.origin == "hub"
+    assert published.data == data

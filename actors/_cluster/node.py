@@ -214,6 +214,8 @@ class Node:
             raise TypeError(f"node must be a node name (str), not {node!r}")
         self._check_open()
         event = self._prepare(event_or_type, data, fields)
+        # Sized as ``node`` will stamp it (its name is the origin), not as this node would.
+        EventSizeCheck(self.config.max_frame_bytes, node)(event)
         return self._bridge.remote_publish(node, [event], timeout)[0]
 
     @property
