@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from actors import Event, EventBus, NodeConfig, generate_keypair
+from actors import Event, EventBus, EventConfig, NodeConfig, generate_keypair
 from actors._cluster.broker import Broker
 from actors._cluster.limits import EventSizeCheck
 from actors._codec.events import encode_event
@@ -189,3 +189,30 @@ def test_publish_remote_sizes_the_event_as_its_target_stamps_it(tmp_path: Path) 
             published = client.publish_remote("hub", event, timeout=WAIT)
     assert published.origin == "hub"
     assert published.data == data
+
+
+def test_a_range_error_names_the_bound_as_it_is() -> None:
+    with pytest.raises(ValueError, match=r"must be <= 999999999, not 999999999\.5"):
+        EventConfig(retention_days=999_999_999.5)
+
+
+def test_a_timeout_past_what_a_wait_can_take_says_so() -> None:
+    result = cli("query", "--journal", ".", "--timeout", "9223372037")
+    assert result.returncode == 2
+    assert "more than a wait can take (at most" in one_error_line(result)
+
+
+@pytest.mark.parametrize("prefix", ["", "keys/"])
+def test_keygen_out_without_a_file_name_is_a_usage_error(tmp_path: Path, prefix: str) -> None:
+    # It wrote hidden files named ".key" and ".key_secret".
+    result = subprocess.run(
+        [*CLI, "keygen", "--out", prefix],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    assert "names no file" in one_error_line(result)
+    assert list(tmp_path.rglob("*")) == []

@@ -119,7 +119,8 @@ def check_number(
     if minimum is not None and value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, not {_number(value)}")
     if maximum is not None and value > maximum:
-        raise ValueError(f"{name} must be <= {maximum:g}, not {_number(value):.40}")
+        # The bound as it is (``:g`` showed 999999999 as 1e+09, above the value refused).
+        raise ValueError(f"{name} must be <= {_number(maximum)}, not {_number(value):.40}")
 
 
 def check_timeout(name: str, value: object) -> None:

@@ -106,7 +106,12 @@ _PEER_NAME = click.option(
 )
 @key_options
 @click.option("--authorize", multiple=True, help="public key of a node allowed in (repeatable)")
-@click.option("--peer-key", "peer_keys", multiple=True, help="ENDPOINT=KEY: a --peer's public key")
+@click.option(
+    "--peer-key",
+    "peer_keys",
+    multiple=True,
+    help="ENDPOINT=KEY: a --peer's public key (repeatable)",
+)
 @_PEER_NAME
 @click.option("--metrics-port", type=click.IntRange(0, 65535), help="serve /metrics, /healthz")
 def serve(

@@ -70,8 +70,11 @@ class SecondsType(click.ParamType):  # type: ignore[type-arg]
             seconds = float(value)
         except (TypeError, ValueError):
             self.fail(f"{value!r} is not a number of seconds", param, ctx)
-        if not math.isfinite(seconds) or seconds > threading.TIMEOUT_MAX:
-            self.fail(f"{value!r} is not a finite number of seconds a wait can take", param, ctx)
+        if not math.isfinite(seconds):
+            self.fail(f"{value!r} is not a finite number of seconds", param, ctx)
+        if seconds > threading.TIMEOUT_MAX:
+            most = f"{threading.TIMEOUT_MAX:.0f}"
+            self.fail(f"{value!r} is more than a wait can take (at most {most} s)", param, ctx)
         if seconds <= 0 or seconds < self.minimum:
             least = f"at least {self.minimum:g}" if self.minimum else "more than 0"
             self.fail(f"{value!r} is not {least} seconds", param, ctx)
