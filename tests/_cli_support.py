@@ -39,6 +39,17 @@ def cli(
     )
 
 
+def cli_redirected(redirect: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run one command with its stdout redirected by the shell (``>&-``, ``>/dev/full``)."""
+    return subprocess.run(
+        ["/bin/sh", "-c", f'exec "$@" {redirect}', "sh", *CLI, *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+    )
+
+
 def silent_endpoint() -> str:
     """Return a tcp endpoint on 127.0.0.1 where nothing listens (a port just freed)."""
     with socket.socket() as probe:

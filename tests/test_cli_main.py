@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.metadata
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -11,7 +10,7 @@ from click.testing import CliRunner
 
 from actors.cli import main
 from actors.cli.main import COMMANDS
-from tests._cli_support import CLI, WAIT, cli, make_journal
+from tests._cli_support import cli, cli_redirected, make_journal
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
@@ -149,25 +148,13 @@ def test_every_option_read_from_the_environment_names_its_variable_in_help() -> 
 def test_output_that_cannot_be_written_is_one_error_line(redirect: str, why: str) -> None:
     # docs/cli.md: every error is one line, never a traceback.  A full disk
     # or a closed stdout gave an OSError's or AttributeError's traceback.
-    result = subprocess.run(
-        ["/bin/sh", "-c", f'exec "$@" {redirect}', "sh", *CLI, "keygen"],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=WAIT,
-    )
+    result = cli_redirected(redirect, "keygen")
     assert result.returncode == 1
     assert result.stderr.splitlines() == [f"Error: cannot write to standard output: {why}"]
 
 
 def test_help_to_a_full_disk_is_one_error_line() -> None:
     # Click writes the help itself, past the commands' own output checks.
-    result = subprocess.run(
-        ["/bin/sh", "-c", 'exec "$@" >/dev/full', "sh", *CLI, "pub", "--help"],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=WAIT,
-    )
+    result = cli_redirected(">/dev/full", "pub", "--help")
     assert result.returncode == 1
     assert result.stderr.splitlines() == ["Error: No space left on device"]

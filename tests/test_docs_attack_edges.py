@@ -15,7 +15,7 @@ from actors._cluster.broker import Broker
 from actors._cluster.limits import EventSizeCheck
 from actors._codec.events import encode_event
 from actors._model.config import MIN_FRAME_BYTES
-from tests._cli_support import CLI, Running, cli, one_error_line, silent_endpoint
+from tests._cli_support import CLI, Running, cli, cli_redirected, one_error_line, silent_endpoint
 from tests._cluster_support import WAIT, ipc, node, request_endpoint
 
 
@@ -149,13 +149,7 @@ def test_bench_rate_nan_is_a_usage_error() -> None:
 
 def test_help_with_stdout_closed_is_one_error_line() -> None:
     # Python starts with sys.stdout None: click printed the help nowhere, status 0.
-    result = subprocess.run(
-        ["/bin/sh", "-c", 'exec "$@" >&-', "sh", *CLI, "pub", "--help"],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=WAIT,
-    )
+    result = cli_redirected(">&-", "pub", "--help")
     assert result.returncode == 1
     assert result.stderr == "Error: cannot write to standard output: it is closed\n"
 
