@@ -374,6 +374,9 @@ class BridgeBase:
     def _recovery_restarted(self, name: str) -> None:
         raise NotImplementedError
 
+    def _late_answer(self, reply: Request) -> bool:
+        raise NotImplementedError
+
     def _handler_failed(self, what: str) -> None:
         """Count (``frames_dropped``) and log a message whose handling raised; carry on.
 

@@ -58,26 +58,7 @@ class RecoveryIO(BridgeBase):
 
         def done(reply: Request | None) -> None:
             self._recovering.pop(rid, None)  # (a restart pops it and this callback both)
-            if reply is not None and reply.kind == ERROR and reply.sender != request.origin:
-                # A broker that does not know the origin (yet): no route
-                # reaches it, and it still holds the range. Parked, not a try.
-                self._parked[rid] = (request, attempt)
-                return
-            if reply is None or reply.kind == ERROR:
-                self._retry(request, attempt, answered=reply is not None)
-                return
-            try:
-                events = decode_events(reply.payload)
-                body = reply.body
-                complete, scanned = bool_field(body, "complete"), uint_field(body, "scanned")
-                lost = bool_field(body, "lost", False)
-            except FrameError:
-                self._stats.frames_dropped += 1
-                self._deliver(self._in.on_recovery_failed(rid))
-                return
-            self._stats.events_recovered += len(events)
-            self._deliver(self._in.on_recovered(rid, events, complete, scanned, lost))
-            self._arrived(len(events))  # a flush says when they are handled (room for more)
+            self._answered(request, attempt, reply)
 
         self._waiting[rid] = (done, time.monotonic() + 2 * self._node.heartbeat_timeout)
         body: dict[str, object] = {
@@ -89,6 +70,47 @@ class RecoveryIO(BridgeBase):
             body["limit"] = request.limit  # the room this node has for the answer
         body["max_bytes"] = self._max  # the largest answer this node accepts
         self._send(route, Request(RECOVER, request.origin, self.name, request.rid, body))
+
+    def _answered(self, request: RecoverRequest, attempt: int, reply: Request | None) -> None:
+        """Take the answer to a try of ``request`` (None: the try ran out of time)."""
+        rid = request.rid
+        if reply is not None and reply.kind == ERROR and reply.sender != request.origin:
+            # A broker that does not know the origin (yet): no route
+            # reaches it, and it still holds the range. Parked, not a try.
+            self._parked[rid] = (request, attempt)
+            return
+        if reply is None or reply.kind == ERROR:
+            self._retry(request, attempt, answered=reply is not None)
+            return
+        try:
+            events = decode_events(reply.payload)
+            body = reply.body
+            complete, scanned = bool_field(body, "complete"), uint_field(body, "scanned")
+            lost = bool_field(body, "lost", False)
+        except FrameError:
+            self._stats.frames_dropped += 1
+            self._deliver(self._in.on_recovery_failed(rid))
+            return
+        self._stats.events_recovered += len(events)
+        self._deliver(self._in.on_recovered(rid, events, complete, scanned, lost))
+        self._arrived(len(events))  # a flush says when they are handled (room for more)
+
+    def _late_answer(self, reply: Request) -> bool:
+        """Take an answer that came after its try ran out, while the request is parked.
+
+        A try whose origin was silent when it ran out is parked, not
+        counted; the origin (stalled, not gone) often answers just after,
+        with its heartbeats.  Dropped, that answer was asked for again at the
+        next tick, whose answer came as late, for as long as the stalls
+        lasted: the receiver never synced.  Return whether it was taken.
+        """
+        parked = self._parked.get(reply.rid)
+        if parked is None or reply.sender != parked[0].origin:
+            return False
+        del self._parked[reply.rid]
+        if self._in.is_pending(reply.rid):
+            self._answered(*parked, reply)
+        return True
 
     def _retry(self, request: RecoverRequest, attempt: int, *, answered: bool) -> None:
         if not answered:

@@ -165,6 +165,8 @@ class RequestIO(BridgeBase):
             waiting = self._waiting.pop(message.rid, None)
             if waiting is not None:
                 waiting[0](message)
+            else:
+                self._late_answer(message)  # a recovery try that ran out, parked since
 
     def _heard_from(self, sender: str, route: Route, link: Link | None) -> None:
         """``sender`` spoke (its credit, a request): it lives, if heard on no stream.
