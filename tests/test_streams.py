@@ -739,3 +739,29 @@ def test_a_second_paths_backlog_past_the_id_window_is_not_delivered_again() -> N
     assert [e.sequence for e in feed(inbound, more[0])] == list(range(301, 311))
     inbound.on_heartbeat("a", epoch=1, base=1, head=310, chains={}, now=0.0)
     assert [e.sequence for f in more for e in feed(inbound, f)] == list(range(311, 321))
+
+
+def test_a_new_origin_gone_before_any_head_has_its_held_frames_delivered() -> None:
+    # A node that published and closed before its next heartbeat: no head,
+    # no sync reply will ever come.  Its frames were held for ever.
+    inbound = Inbound("b", dedupe=1000)
+    inbound.set_patterns(["user.*"], 0.0)
+    assert feed_at(inbound, 1) == []
+    assert feed_at(inbound, 2) == []
+    assert feed_at(inbound, 5 * MAX_AHEAD) == []  # range-checked from the lowest frame
+    assert inbound.expire_syncs(5.0, 1.0, alive=lambda _name: True) == []  # alive: it waits
+    released = inbound.expire_syncs(5.0, 1.0, alive=lambda _name: False)
+    assert [e.sequence for e in released] == [1, 2]
+    assert inbound.rejected == 1
+    assert inbound.watermarks() == {"a": 2}
+
+
+def test_a_known_origin_gone_before_any_head_still_waits_for_it() -> None:
+    # With a watermark, releasing would skip what lies between it and the
+    # frames held: the origin is waited for, to backfill from where it was.
+    inbound = Inbound("b", dedupe=1000)
+    inbound.loaded("a", SavedMark(1, None, None), 0.0)  # the node saw up to 1 before
+    inbound.set_patterns(["user.*"], 0.0)
+    assert feed_at(inbound, 5) == []
+    assert inbound.expire_syncs(5.0, 1.0, alive=lambda _name: False) == []
+    assert inbound.watermarks() == {"a": 1}

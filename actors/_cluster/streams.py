@@ -34,7 +34,7 @@ Rules that keep it honest (``docs/cluster.md``, "Guarantees"):
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from actors._cluster.checkpoints import SavedMark
 from actors._cluster.origins import MAX_AHEAD, MAX_SEQUENCE, OriginState, RecoverRequest
@@ -478,21 +478,30 @@ class Inbound(Ranges):
                 return released
         return []
 
-    def expire_syncs(self, now: float, timeout: float) -> list[Event]:
+    def expire_syncs(
+        self, now: float, timeout: float, alive: Callable[[str], bool] = bool
+    ) -> list[Event]:
         """Stop waiting for sync replies older than ``timeout``; return released events.
 
         Without a sync reply (lost, or sent while our stream was not yet
         connected) an origin we have a watermark for is still backfilled, up
         to the head its heartbeats announce: so it waits for one heartbeat.
+        A new origin gone (``alive``) before any head was heard (it closed
+        right after publishing) sent all there will be: its frames are delivered.
         """
         out: list[Event] = []
         for name, st in self.origins.items():
             if not st.awaiting_sync or st.loading or now - st.sync_since <= timeout:
                 continue
             if st.head is None:
-                # Not heard since (paused?): nothing to backfill up to yet, and
-                # no head to range-check the held frames against.
-                continue
+                if st.watermark is not None or alive(name) or not st.held:
+                    # Not heard since (paused?): nothing to backfill up to yet,
+                    # and no head to range-check the held frames against.
+                    continue
+                # Gone, never heard: its lowest frame bounds the rest (as a head).
+                st.head, gone = min(e.sequence or 0 for e in st.held), True
+            else:
+                gone = False
             if st.next_epoch is not None:
                 if st.heard - st.next_since <= timeout:
                     # Data of a new incarnation and no word from it yet: its
@@ -515,7 +524,7 @@ class Inbound(Ranges):
                 top = min(top, self._limit(st))
                 self._backfill(name, st, frozenset(self.prefixes - st.synced), top)
             st.synced = set(self.prefixes)
-            st.awaiting_chains = True
+            st.awaiting_chains = not gone
             st.chains_heard.clear()
             self._refetch(name, st)
             self.sync_timeouts += 1
