@@ -501,7 +501,7 @@ class AsyncEventBus:
         started = time.monotonic()
         client = bus.request_client
         requester = client.requester
-        event, new_route = client.prepare(event_type, data, fields)
+        event, new_route = client.prepare(event_type, data, fields, node)
         if new_route:  # a node's first request of this type: blocks once, off the loop
             await off_loop(client.sync_reply_route, event.event_type, timeout, node)
         # Through a node, bounded by the deadline (else it holds an executor thread 30 s).

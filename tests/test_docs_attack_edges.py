@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import subprocess
 import threading
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from actors import Event, EventBus, EventConfig, NodeConfig, generate_keypair
+from actors import AsyncEventBus, Event, EventBus, EventConfig, NodeConfig, generate_keypair
 from actors._cluster.broker import Broker
 from actors._cluster.limits import EventSizeCheck
 from actors._codec.events import encode_event
@@ -181,8 +182,15 @@ def test_publish_remote_sizes_the_event_as_its_target_stamps_it(tmp_path: Path) 
         with EventBus(node=client_config) as client:
             assert client.wait_for_peers(["hub"], timeout=WAIT)
             published = client.publish_remote("hub", event, timeout=WAIT)
+            hub.respond("q.*", lambda _e: "ok")
+            # A request to a node is published there too: sized as it stamps it.
+            reply = client.request("q.x", data, node="hub", timeout=WAIT)
+            areply = asyncio.run(
+                AsyncEventBus(bus=client).request("q.x", data, node="hub", timeout=WAIT)
+            )
     assert published.origin == "hub"
     assert published.data == data
+    assert reply.data == areply.data == "ok"
 
 
 def test_a_range_error_names_the_bound_as_it_is() -> None:

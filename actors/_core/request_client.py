@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from actors._core.messages import Barrier
+from actors._core.publishing import prepare_event
 from actors._core.requests import (
     Pending,
     Requester,
@@ -96,10 +97,16 @@ class RequestClient:
         self.requester = Requester(lambda p, h, w: subscribe(p, h, filter=w))
         self._lock = threading.Lock()
 
-    def prepare(self, event_type: str, data: Any, fields: dict[str, Any]) -> tuple[Event, bool]:
-        """Return the request event, and whether its reply route must first reach the peers."""
+    def prepare(
+        self, event_type: str, data: Any, fields: dict[str, Any], node: str | None = None
+    ) -> tuple[Event, bool]:
+        """Return the request event, and whether its reply route must first reach the peers.
+
+        A request to ``node`` is sized by ``publish_remote``, as that node stamps it.
+        """
         check_request_type(event_type)
-        event = self._prepare(event_type, data, fields)
+        prepare = self._prepare if node is None else prepare_event
+        event = prepare(event_type, data, fields)
         requester = self.requester
         if requester.is_synced(event.event_type):
             return event, False  # the common case: no lock
@@ -174,7 +181,7 @@ class RequestClient:
     ) -> tuple[Event, Pending, float | None]:
         """Prepare, route and publish a request; return it with the time left to wait."""
         started = time.monotonic()
-        event, new_route = self.prepare(event_type, data, fields)
+        event, new_route = self.prepare(event_type, data, fields, node)
         if new_route:
             self.sync_reply_route(event.event_type, timeout, node)
         deadline = None if timeout is None else started + timeout
