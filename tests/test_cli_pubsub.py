@@ -304,3 +304,24 @@ def test_a_follower_waits_for_its_node_to_come_back(
     finally:
         tail.kill()
         node.kill()
+
+
+def test_a_sub_ending_leaves_another_subs_ready_file(hub: str, tmp_path: Path) -> None:
+    # Two subs given one ready file: the first to end removed the file the
+    # second had written, though the second was still subscribed.
+    ready = tmp_path / "ready"
+    first = Running("sub", "x.*", "--peer", hub, "--count", "1", "--ready-file", str(ready))
+    second = None
+    try:
+        subscribed(first)
+        second = Running("sub", "x.*", "--peer", hub, "--ready-file", str(ready))
+        subscribed(second)  # written after the first's: the file is the second's now
+        pub(hub, "x.y", "{}")
+        assert first.finish() == 0
+        assert ready.exists()
+        assert second.interrupt() == 0
+        assert not ready.exists()  # its own: removed as it ended
+    finally:
+        first.kill()
+        if second is not None:
+            second.kill()

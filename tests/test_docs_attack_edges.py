@@ -16,6 +16,8 @@ from actors._cluster.broker import Broker
 from actors._cluster.limits import EventSizeCheck
 from actors._codec.events import encode_event
 from actors._model.config import MIN_FRAME_BYTES
+from actors.cli.node import _peer_keys, _split_peer_key
+from actors.cli.options import Keys
 from tests._cli_support import CLI, Running, cli, cli_redirected, one_error_line, silent_endpoint
 from tests._cluster_support import WAIT, ipc, node, request_endpoint
 
@@ -148,11 +150,20 @@ def test_bench_rate_nan_is_a_usage_error() -> None:
     assert "not a number of events per second" in one_error_line(result)
 
 
-def test_help_with_stdout_closed_is_one_error_line() -> None:
+@pytest.mark.parametrize("args", [("pub", "--help"), ("-vh",), ("keygen", "-h")])
+def test_help_with_stdout_closed_is_one_error_line(args: tuple[str, ...]) -> None:
     # Python starts with sys.stdout None: click printed the help nowhere, status 0.
-    result = cli_redirected(">&-", "pub", "--help")
+    result = cli_redirected(">&-", *args)
     assert result.returncode == 1
     assert result.stderr == "Error: cannot write to standard output: it is closed\n"
+
+
+def test_a_usage_error_before_the_help_is_still_the_usage_error() -> None:
+    # Only a help click would print is refused: `-h` as an option's value, or
+    # after a command that does not exist, is not a help request.
+    result = cli_redirected(">&-", "bogus", "-h")
+    assert result.returncode == 2
+    assert "No such command 'bogus'" in one_error_line(result)
 
 
 def test_no_command_prints_the_help_laid_out_on_stderr() -> None:
@@ -204,7 +215,7 @@ def test_a_timeout_past_what_a_wait_can_take_says_so() -> None:
     assert "more than a wait can take (at most" in one_error_line(result)
 
 
-@pytest.mark.parametrize("prefix", ["", "keys/"])
+@pytest.mark.parametrize("prefix", ["", "keys/", ".", "keys/.", ".."])
 def test_keygen_out_without_a_file_name_is_a_usage_error(tmp_path: Path, prefix: str) -> None:
     # It wrote hidden files named ".key" and ".key_secret".
     result = subprocess.run(
@@ -218,3 +229,18 @@ def test_keygen_out_without_a_file_name_is_a_usage_error(tmp_path: Path, prefix:
     assert result.returncode == 2
     assert "names no file" in one_error_line(result)
     assert list(tmp_path.rglob("*")) == []
+
+
+def test_a_peer_key_holding_an_equals_sign_is_read_whole() -> None:
+    # "=" is a Z85 character (about 4 keys in 10 hold one): ENDPOINT=KEY was
+    # split at the last "=", and such a key was taken for a file name.
+    key = "=" * 40
+    assert _split_peer_key(f"tcp://127.0.0.1:5701={key}") == ("tcp://127.0.0.1:5701", "=", key)
+    assert _split_peer_key("tcp://127.0.0.1:5701=hub.key") == (
+        "tcp://127.0.0.1:5701",
+        "=",
+        "hub.key",
+    )
+    public = generate_keypair()[0].decode()
+    keys = _peer_keys((f"tcp://127.0.0.1:5701={public}",), (), Keys(*generate_keypair()))
+    assert keys == {"tcp://127.0.0.1:5701": public.encode()}

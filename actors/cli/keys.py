@@ -19,7 +19,7 @@ def keygen(prefix: str | None, force: bool) -> None:
     """Make a CURVE key pair (40-character Z85 keys)."""
     from actors._cluster.bridge import generate_keypair  # noqa: PLC0415 - imports zmq
 
-    if prefix is not None and (not prefix or prefix.endswith("/")):
+    if prefix is not None and prefix.rpartition("/")[2] in {"", ".", ".."}:
         # "" or "dir/" would write hidden files named ".key" and ".key_secret"
         raise click.UsageError(f"--out {prefix!r} names no file: give a PREFIX such as hub")
     public, secret = generate_keypair()

@@ -6,6 +6,7 @@ list it once in ``COMMANDS`` below.
 
 from __future__ import annotations
 
+import errno
 import importlib
 import logging
 import signal
@@ -16,7 +17,7 @@ from typing import Any, NoReturn
 import click
 
 from actors._errors import EventBusError
-from actors.cli.output import by_interrupt, quiet_stdout, stop_on_signals
+from actors.cli.output import OutputError, by_interrupt, quiet_stdout, stop_on_signals
 
 __all__ = ["COMMANDS", "main"]
 
@@ -39,12 +40,27 @@ COMMANDS: tuple[tuple[str, str], ...] = (
 PROG = "llmspell-events"
 
 
+class _Context(click.Context):
+    """Every command's context: a help text asked for with stdout closed is an error.
+
+    Python starts with ``sys.stdout`` None when its stdout is closed (``>&-``),
+    and click then prints the help nowhere and exits 0.
+    """
+
+    def get_help(self) -> str:
+        if sys.stdout is None:
+            raise OutputError(errno.EBADF, "cannot write to standard output: it is closed")
+        return super().get_help()
+
+
 class Cli(click.Group):
     """A group whose errors are one line: ``Error: ...`` on stderr, then the exit status.
 
     Status 1 for a failure, 2 for a usage error; a bus error that a command
     did not translate prints its message too, never a traceback.
     """
+
+    context_class = _Context
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return list(self.commands)  # in registration order, not sorted
@@ -73,9 +89,6 @@ class Cli(click.Group):
         # Not undone on the way out: a signal coming as the process exits would
         # find the default action again (a traceback, or death by SIGTERM).
         stop_on_signals()
-        if sys.stdout is None and _asks_help(sys.argv[1:] if args is None else args):
-            # Started with stdout closed: click would print the help nowhere, status 0.
-            _exit("cannot write to standard output: it is closed", 1)
         try:
             status = super().main(args, prog_name or PROG, complete_var, False, **extra)
         except click.exceptions.NoArgsIsHelpError as exc:
@@ -101,16 +114,6 @@ class Cli(click.Group):
 
 class _Interrupted(Exception):  # noqa: N818 - a signal, not an error
     """SIGINT or SIGTERM stopped a command before it could end as it documents."""
-
-
-def _asks_help(args: Sequence[str]) -> bool:
-    """Return whether ``args`` ask for a help text (before any ``--``)."""
-    for arg in args:
-        if arg == "--":
-            return False
-        if arg in {"-h", "--help"}:
-            return True
-    return False
 
 
 def _exit(message: str, status: int) -> NoReturn:
@@ -139,7 +142,9 @@ def main(verbose: bool) -> None:
 
 
 for _module, _name in COMMANDS:
-    main.add_command(getattr(importlib.import_module(f"actors.cli.{_module}"), _name))
+    _command = getattr(importlib.import_module(f"actors.cli.{_module}"), _name)
+    _command.context_class = _Context
+    main.add_command(_command)
 
 
 def run() -> NoReturn:

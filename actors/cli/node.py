@@ -21,6 +21,7 @@ from actors.cli.options import (
     PATTERN,
     PEER,
     Keys,
+    is_z85_key,
     key_options,
     keys_from,
     load_key,
@@ -50,7 +51,7 @@ def _peer_keys(
 ) -> dict[str, bytes]:
     keys: dict[str, bytes] = {}
     for item in items:
-        endpoint, sep, key = item.rpartition("=")
+        endpoint, sep, key = _split_peer_key(item)
         if not sep:
             raise click.BadParameter(f"{item!r} is not ENDPOINT=KEY", param_hint="--peer-key")
         keys[PEER.convert(endpoint, None, None)] = load_key(key, "--peer-key") or b""
@@ -63,6 +64,13 @@ def _peer_keys(
             f"none for {printable(missing[0])}"
         )
     return keys
+
+
+def _split_peer_key(item: str) -> tuple[str, str, str]:
+    """Split ENDPOINT=KEY: a 40-character key may hold ``=`` (Z85); else at the first ``=``."""
+    if len(item) > 41 and item[-41] == "=" and is_z85_key(item[-40:]):
+        return item[:-41], "=", item[-40:]
+    return item.partition("=")
 
 
 def _peer_names(items: tuple[str, ...], keys: Keys | None) -> dict[str, bytes]:

@@ -36,6 +36,7 @@ __all__ = [
     "SecondsType",
     "Source",
     "connection_options",
+    "is_z85_key",
     "key_options",
     "load_key",
     "source_options",
@@ -168,7 +169,7 @@ def load_key(value: str | None, option: str) -> bytes | None:
     if value is None:
         return None
     text = value.strip()
-    if not _is_z85_key(text):
+    if not is_z85_key(text):
         path = Path(value)
         if not path.exists():
             raise click.BadParameter(
@@ -178,7 +179,7 @@ def load_key(value: str | None, option: str) -> bytes | None:
         if not path.is_file():
             raise click.BadParameter(f"{value} is not a key file", param_hint=option)
         text = path.read_text(errors="replace").strip()
-        if not _is_z85_key(text):
+        if not is_z85_key(text):
             raise click.BadParameter(
                 f"{value} does not hold a 40-character Z85 key (made by `keygen --out`?)",
                 param_hint=option,
@@ -186,7 +187,8 @@ def load_key(value: str | None, option: str) -> bytes | None:
     return text.encode()
 
 
-def _is_z85_key(text: str) -> bool:
+def is_z85_key(text: str) -> bool:
+    """Return whether ``text`` is a 40-character Z85 key (not a file name)."""
     return len(text) == 40 and set(text) <= _Z85
 
 

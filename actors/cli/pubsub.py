@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import queue
 import sys
 import time
@@ -282,7 +283,7 @@ def sub(
                 checkpoint.save(event.sequence or 0)
 
         with ended_by_signal():  # from the line on, a signal exits with 0
-            _ready(pattern, target, ready)
+            mine = _ready(pattern, target, ready)
             try:
                 if from_journal:
                     with remote_reads(target):
@@ -294,24 +295,42 @@ def sub(
                     seen += 1
             finally:
                 if ready is not None:  # the subscription ends with the command
-                    _unready(ready, fail_on_error=False)
+                    _unready(ready, fail_on_error=False, mine=mine)
 
 
-def _unready(path: Path, *, fail_on_error: bool) -> None:
+def _unready(path: Path, *, fail_on_error: bool, mine: tuple[int, int, int] | None = None) -> None:
+    """Remove the ready file; with ``mine``, only if it is still the file this run wrote.
+
+    Another ``sub`` given the same path may have written its own since: not ours to remove.
+    """
     try:
+        if mine is not None and _identity(path) != mine:
+            return
         path.unlink(missing_ok=True)
     except OSError as exc:
         if fail_on_error:
             fail(f"cannot remove the old ready file {path}: {exc.strerror or exc}")
 
 
-def _ready(pattern: str, target: str, path: Path | None) -> None:
+def _identity(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino, st.st_mtime_ns  # an inode number is soon reused
+
+
+def _ready(pattern: str, target: str, path: Path | None) -> tuple[int, int, int] | None:
+    """Say the subscription is in force (and write ``path``); return the file's identity."""
     line = f"subscribed to {printable(pattern)} at {printable(target)}"
+    mine = None
     if path is not None:  # first, so a script that saw the line finds the file
-        scratch = path.with_name(path.name + ".tmp")
+        scratch = path.with_name(f"{path.name}.{os.getpid()}.tmp")
         try:
             scratch.write_text(line + "\n")
+            mine = _identity(scratch)
             scratch.replace(path)
         except OSError as exc:
             fail(f"cannot write the ready file {path}: {exc.strerror or exc}")
     note(line)
+    return mine
