@@ -18,7 +18,15 @@ from actors._codec.events import encode_event
 from actors._model.config import MIN_FRAME_BYTES
 from actors.cli.node import _peer_keys, _split_peer_key
 from actors.cli.options import Keys
-from tests._cli_support import CLI, Running, cli, cli_redirected, one_error_line, silent_endpoint
+from tests._cli_support import (
+    CLI,
+    Running,
+    cli,
+    cli_redirected,
+    one_error_line,
+    serving,
+    silent_endpoint,
+)
 from tests._cluster_support import WAIT, ipc, node, request_endpoint
 
 
@@ -244,3 +252,30 @@ def test_a_peer_key_holding_an_equals_sign_is_read_whole() -> None:
     public = generate_keypair()[0].decode()
     keys = _peer_keys((f"tcp://127.0.0.1:5701={public}",), (), Keys(*generate_keypair()))
     assert keys == {"tcp://127.0.0.1:5701": public.encode()}
+
+
+def test_no_command_with_stdout_closed_still_prints_the_help_on_stderr() -> None:
+    result = cli_redirected(">&-")
+    assert result.returncode == 2
+    assert result.stderr.startswith("Usage: llmspell-events")
+
+
+def test_a_peer_key_file_after_an_endpoint_holding_an_equals_sign(tmp_path: Path) -> None:
+    key_file = tmp_path / "hub=1.key"  # "=" in the file name too
+    endpoint = f"ipc://{tmp_path}/a=b.sock"
+    key_file.write_text(generate_keypair()[0].decode())
+    assert _split_peer_key(f"{endpoint}={key_file}") == (endpoint, "=", str(key_file))
+
+
+def test_a_ready_file_with_the_longest_name_is_written(tmp_path: Path) -> None:
+    # The scratch file beside it was named after it, and passed NAME_MAX.
+    ready = tmp_path / ("r" * 250)
+    with serving("--name", "hub") as (_, endpoint):
+        tail = Running("sub", "x.*", "--peer", endpoint, "--ready-file", str(ready))
+        try:
+            assert tail.line(tail.err).startswith("subscribed to x.* at ")
+            assert ready.read_text().startswith("subscribed to x.* at ")
+            assert tail.interrupt() == 0
+        finally:
+            tail.kill()
+    assert not ready.exists()

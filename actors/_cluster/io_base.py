@@ -50,6 +50,10 @@ Route = tuple[zmq.Socket[bytes], bytes | None]
 """Where a request goes: a socket, and a ROUTER identity (None for a DEALER)."""
 
 
+GONE_AFTER = 4
+"""Heartbeat timeouts a peer is silent before a new origin's held frames are delivered."""
+
+
 @dataclass(frozen=True, slots=True)
 class LinkState:
     """A configured peer endpoint as last seen by the I/O thread."""
@@ -202,6 +206,21 @@ class BridgeBase:
     def _alive(self, name: str) -> bool:
         peer = self._peers.get(name)
         return peer is not None and peer.alive
+
+    def _not_gone(self, name: str) -> bool:
+        """Return whether ``name`` is alive or was heard within ``GONE_AFTER`` heartbeat timeouts.
+
+        Dead past that is gone, not stalled: ``Inbound.expire_syncs`` then
+        delivers what a new origin left held (a live peer stalled a little
+        longer than ``heartbeat_timeout`` before its first heartbeat would
+        otherwise have its frames released early, and its late sync reply
+        would count a gap and fetch what it was about to send).
+        """
+        peer = self._peers.get(name)
+        if peer is None or peer.alive:
+            return peer is not None
+        silent = time.monotonic() - max(peer.last_seen, peer.last_heard)
+        return silent <= GONE_AFTER * self._node.heartbeat_timeout
 
     def _broker_lags(
         self, name: str, rid: str, done: Callable[[Request | None], None], deadline: float

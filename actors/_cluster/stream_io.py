@@ -596,5 +596,5 @@ class StreamIO(FlowIO):
                     self._follow_also(peer.name, endpoint, key)
         self._expire_streams(now)
         self._forget_gone(now, FORGET_AFTER * timeout)
-        self._deliver(self._in.expire_syncs(now, timeout, self._alive))
+        self._deliver(self._in.expire_syncs(now, timeout, self._not_gone))
         self._credit_tick(now)

@@ -48,9 +48,12 @@ class _Context(click.Context):
     """
 
     def get_help(self) -> str:
-        if sys.stdout is None:
+        if sys.stdout is None and not self.meta.get(_HELP_ON_STDERR):
             raise OutputError(errno.EBADF, "cannot write to standard output: it is closed")
         return super().get_help()
+
+
+_HELP_ON_STDERR = "actors.cli.help_on_stderr"  # no command: the help goes to stderr
 
 
 class Cli(click.Group):
@@ -61,6 +64,11 @@ class Cli(click.Group):
     """
 
     context_class = _Context
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if not args and self.no_args_is_help:
+            ctx.meta[_HELP_ON_STDERR] = True  # NoArgsIsHelpError: printed on stderr
+        return super().parse_args(ctx, args)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return list(self.commands)  # in registration order, not sorted

@@ -67,9 +67,16 @@ def _peer_keys(
 
 
 def _split_peer_key(item: str) -> tuple[str, str, str]:
-    """Split ENDPOINT=KEY: a 40-character key may hold ``=`` (Z85); else at the first ``=``."""
+    """Split ENDPOINT=KEY, where either may hold ``=`` (Z85 keys, ipc paths, file names).
+
+    A 40-character key after the last ``=`` it can hold; else a key file that
+    exists after an ``=`` (the rightmost such); else at the first ``=``.
+    """
     if len(item) > 41 and item[-41] == "=" and is_z85_key(item[-40:]):
         return item[:-41], "=", item[-40:]
+    for at in reversed([i for i, char in enumerate(item) if char == "="]):
+        if Path(item[at + 1 :]).is_file():
+            return item[:at], "=", item[at + 1 :]
     return item.partition("=")
 
 

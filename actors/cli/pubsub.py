@@ -325,7 +325,7 @@ def _ready(pattern: str, target: str, path: Path | None) -> tuple[int, int, int]
     line = f"subscribed to {printable(pattern)} at {printable(target)}"
     mine = None
     if path is not None:  # first, so a script that saw the line finds the file
-        scratch = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        scratch = path.with_name(f".ready-{os.getpid()}.tmp")  # short: any legal name fits
         try:
             scratch.write_text(line + "\n")
             mine = _identity(scratch)
