@@ -282,9 +282,10 @@ def sub(
             if checkpoint is not None:
                 checkpoint.save(event.sequence or 0)
 
+        written: list[tuple[int, int, int]] = []  # the ready file's identity, once written
         with ended_by_signal():  # from the line on, a signal exits with 0
-            mine = _ready(pattern, target, ready)
-            try:
+            try:  # entered first: a signal right after the line still removes the file
+                _ready(pattern, target, ready, written)
                 if from_journal:
                     with remote_reads(target):
                         tail.run(show, count)
@@ -294,8 +295,8 @@ def sub(
                     show(get_until_signal(received))
                     seen += 1
             finally:
-                if ready is not None:  # the subscription ends with the command
-                    _unready(ready, fail_on_error=False, mine=mine)
+                if ready is not None and written:  # the subscription ends with the command
+                    _unready(ready, fail_on_error=False, mine=written[0])
 
 
 def _unready(path: Path, *, fail_on_error: bool, mine: tuple[int, int, int] | None = None) -> None:
@@ -320,17 +321,23 @@ def _identity(path: Path) -> tuple[int, int, int] | None:
     return st.st_dev, st.st_ino, st.st_mtime_ns  # an inode number is soon reused
 
 
-def _ready(pattern: str, target: str, path: Path | None) -> tuple[int, int, int] | None:
-    """Say the subscription is in force (and write ``path``); return the file's identity."""
+def _ready(
+    pattern: str, target: str, path: Path | None, written: list[tuple[int, int, int]]
+) -> None:
+    """Say the subscription is in force (and write ``path``, its identity into ``written``).
+
+    The identity is noted before the file takes its name (a rename keeps it), so
+    a signal at any moment after finds it noted if the file is there.
+    """
     line = f"subscribed to {printable(pattern)} at {printable(target)}"
-    mine = None
     if path is not None:  # first, so a script that saw the line finds the file
         scratch = path.with_name(f".ready-{os.getpid()}.tmp")  # short: any legal name fits
         try:
             scratch.write_text(line + "\n")
             mine = _identity(scratch)
+            if mine is not None:
+                written.append(mine)
             scratch.replace(path)
         except OSError as exc:
             fail(f"cannot write the ready file {path}: {exc.strerror or exc}")
     note(line)
-    return mine
