@@ -393,7 +393,7 @@ class BridgeBase:
     def _recovery_restarted(self, name: str) -> None:
         raise NotImplementedError
 
-    def _late_answer(self, reply: Request) -> bool:
+    def _late_answer(self, reply: Request) -> None:
         raise NotImplementedError
 
     def _handler_failed(self, what: str) -> None:

@@ -95,22 +95,21 @@ class RecoveryIO(BridgeBase):
         self._deliver(self._in.on_recovered(rid, events, complete, scanned, lost))
         self._arrived(len(events))  # a flush says when they are handled (room for more)
 
-    def _late_answer(self, reply: Request) -> bool:
+    def _late_answer(self, reply: Request) -> None:
         """Take an answer that came after its try ran out, while the request is parked.
 
         A try whose origin was silent when it ran out is parked, not
         counted; the origin (stalled, not gone) often answers just after,
         with its heartbeats.  Dropped, that answer was asked for again at the
         next tick, whose answer came as late, for as long as the stalls
-        lasted: the receiver never synced.  Return whether it was taken.
+        lasted: the receiver never synced.
         """
         parked = self._parked.get(reply.rid)
         if parked is None or reply.sender != parked[0].origin:
-            return False
+            return
         del self._parked[reply.rid]
         if self._in.is_pending(reply.rid):
             self._answered(*parked, reply)
-        return True
 
     def _retry(self, request: RecoverRequest, attempt: int, *, answered: bool) -> None:
         if not answered:

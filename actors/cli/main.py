@@ -6,7 +6,6 @@ list it once in ``COMMANDS`` below.
 
 from __future__ import annotations
 
-import errno
 import importlib
 import logging
 import signal
@@ -17,7 +16,7 @@ from typing import Any, NoReturn
 import click
 
 from actors._errors import EventBusError
-from actors.cli.output import OutputError, by_interrupt, quiet_stdout, stop_on_signals
+from actors.cli.output import by_interrupt, quiet_stdout, stdout_closed, stop_on_signals
 
 __all__ = ["COMMANDS", "main"]
 
@@ -49,7 +48,7 @@ class _Context(click.Context):
 
     def get_help(self) -> str:
         if sys.stdout is None and not self.meta.get(_HELP_ON_STDERR):
-            raise OutputError(errno.EBADF, "cannot write to standard output: it is closed")
+            raise stdout_closed()
         return super().get_help()
 
 

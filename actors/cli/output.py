@@ -48,6 +48,11 @@ class OutputError(OSError):
     """Standard output cannot be written: closed (``>&-``), a closed pipe, a full disk."""
 
 
+def stdout_closed() -> OutputError:
+    """Return the error for a process started with standard output closed (``sys.stdout`` None)."""
+    return OutputError(errno.EBADF, "cannot write to standard output: it is closed")
+
+
 def say(line: str) -> None:
     """Print one line on stdout and flush it (scripts wait for lines).
 
@@ -58,7 +63,7 @@ def say(line: str) -> None:
     """
     stream = sys.stdout
     if stream is None:  # started with standard output closed
-        raise OutputError(errno.EBADF, "cannot write to standard output: it is closed")
+        raise stdout_closed()
     try:
         click.echo(_fit(line, stream))
         stream.flush()
