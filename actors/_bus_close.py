@@ -186,6 +186,8 @@ class Closable:
                     self._flush(deadline.remaining())
                 except pykka.Timeout:
                     logger.warning("close(): flush timed out after %ss; stopping anyway", asked)
+                except BusClosedError:  # its actors were stopped from outside (stop_all)
+                    logger.warning("close(): the bus's actors were stopped before close")
             # Callers still waiting for replies: none will come.
             self._requests.requester.table.fail_all(BusClosedError("the bus was closed"))
             ended, failed = threading.Event(), list[BaseException]()

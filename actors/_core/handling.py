@@ -19,7 +19,6 @@ import functools
 import logging
 import threading
 import time
-import traceback
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, cast
 
@@ -32,6 +31,7 @@ from actors._core.policies import (
     HandlerPolicy,
     SyncRun,
     backoff_delay,
+    exception_text,
     handler_timeout_error,
 )
 from actors._errors import BusClosedError
@@ -593,7 +593,7 @@ class HandlerRuns:
                     pattern=self.pattern,
                     event=event,
                     error_type=type(exc).__name__,
-                    error="".join(traceback.format_exception_only(exc)).strip(),
+                    error=exception_text(exc),
                     attempts=attempts,
                 )
             )

@@ -25,6 +25,7 @@ import contextvars
 import random
 import threading
 import time
+import traceback
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -46,6 +47,7 @@ __all__ = [
     "HandlerPolicy",
     "SyncRun",
     "backoff_delay",
+    "exception_text",
     "handler_timeout_error",
     "settle_current_call",
 ]
@@ -256,3 +258,16 @@ class AsyncRun:
     waiting: tuple[BaseException, int] | None = None  # the last error and attempts, while it waits
     run: Coroutine[Any, Any, None] | None = None
     future: Future[None] | None = None  # ``run`` on the loop: done once it has ended
+
+
+def exception_text(exc: BaseException) -> str:
+    """Return ``exc`` as the last line of its traceback (``Type: message``); never raises.
+
+    A handler may raise what ``traceback`` cannot format (a ``SyntaxError``
+    whose ``text`` is bytes, a ``__str__`` or ``__notes__`` that raises): its
+    dead letter then says so, and the subscription goes on.
+    """
+    try:
+        return "".join(traceback.format_exception_only(exc)).strip()
+    except BaseException:  # whatever formatting it raises: this runs on a bus thread
+        return f"{type(exc).__name__} (its message could not be formatted)"

@@ -1,0 +1,97 @@
+"""Handler failures at the edges: what a handler raises never strands its subscription."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pykka
+import pytest
+
+from actors import AsyncEventBus, BusClosedError, Event, EventBus
+from tests._support import WAIT, wait_for
+
+
+class _NotesBreak(Exception):
+    @property
+    def __notes__(self) -> list[str]:
+        raise RuntimeError("the notes cannot be read")
+
+
+def _unformattable(kind: str) -> BaseException:
+    if kind == "syntax":  # a parser of bytes may build one: ``text`` is bytes
+        return SyntaxError("bad token", ("input.txt", 1, 5, b"some bytes"))
+    return _NotesBreak("x")
+
+
+@pytest.mark.parametrize("kind", ["syntax", "notes"])
+def test_an_exception_traceback_cannot_format_is_a_dead_letter(kind: str) -> None:
+    seen: list[int] = []
+
+    def handler(event: Event) -> None:
+        seen.append(event.data)  # type: ignore[arg-type]
+        if event.data == 0:
+            raise _unformattable(kind)
+
+    with EventBus() as bus:
+        sub = bus.subscribe("a", handler)
+        for i in range(8):
+            bus.publish("a", i)
+        bus.flush(timeout=WAIT)  # before the fix: never done, events 1.. stranded
+        assert seen == list(range(8))
+        stats = sub.statistics()
+        assert (stats.delivered, stats.dead_letters, stats.in_flight) == (7, 1, 0)
+        [letter] = bus.dead_letters()
+        assert letter.error_type == type(_unformattable(kind)).__name__
+        assert "could not be formatted" in letter.error
+        assert bus.metrics().dead_letters == 1
+
+
+@pytest.mark.parametrize("kind", ["syntax", "notes"])
+def test_an_async_handler_raising_what_cannot_be_formatted_goes_on(kind: str) -> None:
+    seen: list[int] = []
+
+    async def handler(event: Event) -> None:
+        seen.append(event.data)  # type: ignore[arg-type]
+        if event.data == 0:
+            raise _unformattable(kind)
+
+    async def main() -> None:
+        async with AsyncEventBus() as bus:
+            sub = await bus.subscribe("a", handler)
+            for i in range(8):
+                await bus.publish("a", i)
+            await bus.flush(timeout=WAIT)
+            assert seen == list(range(8))
+            stats = sub.statistics()
+            assert (stats.delivered, stats.dead_letters, stats.in_flight) == (7, 1, 0)
+            [letter] = bus.dead_letters()
+            assert "could not be formatted" in letter.error
+
+    asyncio.run(main())
+
+
+class _Bails(pykka.ThreadingActor):
+    def on_receive(self, message: object) -> None:
+        raise SystemExit("the worker bails out")  # pykka then stops every actor
+
+
+@pytest.mark.parametrize("how", ["actor raises SystemExit", "stop_all"])
+def test_close_ends_a_bus_whose_actors_pykka_stopped(how: str) -> None:
+    threads = set(threading.enumerate())
+    actors = set(pykka.ActorRegistry.get_all())
+    bus = EventBus()
+    bus.subscribe("other", lambda e: None)
+    if how == "stop_all":
+        pykka.ActorRegistry.stop_all()
+    else:
+        bus.subscribe("job", _Bails.start())
+        bus.publish("job", 1)
+    assert wait_for(lambda: not set(pykka.ActorRegistry.get_all()) - actors)
+    with pytest.raises(BusClosedError):
+        bus.publish("other", 2).get(timeout=WAIT)
+    assert bus.close(timeout=WAIT) == ()  # before: BusClosedError, its threads left running
+    assert bus.close(timeout=WAIT) == ()
+    # The bus's threads: the worker's own (pykka's, ``_Bails-N``) ends on its own time.
+    left = {t for t in threading.enumerate() if not t.name.startswith("_Bails")} - threads
+    assert not {t for t in left if t.is_alive()}
