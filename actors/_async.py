@@ -52,7 +52,7 @@ from actors._model import checks
 from actors._model.config import EventConfig, OverflowStrategy
 from actors._model.event import Event
 from actors._model.filter import FilterLike
-from actors._model.metrics import BusMetrics
+from actors._model.metrics import BusMetrics, SubscriptionStatistics
 from actors._model.query import EventQuery
 from actors._model.trace import Trace, first_copies, merge_events
 from actors._runtime.future import BusFuture, wrap_future
@@ -341,8 +341,11 @@ class AsyncEventBus:
         finally:
             self._holds.discard(waiting)
 
-    async def aclose(self, timeout: float | None = None) -> None:
+    async def aclose(self, timeout: float | None = None) -> tuple[SubscriptionStatistics, ...]:
         """Drain, flush and stop the bus (the async twin of ``close``); end every stream.
+
+        Returns what ``close`` returns: the statistics of the subscriptions it
+        gave up on (empty when everything was handled, or another close did).
 
         The flush is awaited on the loop; stopping the actors (which joins
         their threads) runs on a thread of its own (not the executor, which
@@ -370,7 +373,7 @@ class AsyncEventBus:
         with self._closers_lock:
             self._closers += 1
         try:
-            await self._aclose(timeout)
+            return await self._aclose(timeout)
         except asyncio.CancelledError:
             with self._closers_lock:
                 alone = self._closers == 1
@@ -383,7 +386,7 @@ class AsyncEventBus:
             with self._closers_lock:
                 self._closers -= 1
 
-    async def _aclose(self, timeout: float | None) -> None:
+    async def _aclose(self, timeout: float | None) -> tuple[SubscriptionStatistics, ...]:
         here = asyncio.get_running_loop()
         self._holds.closing = True  # before the streams are listed (``stream``)
         streams = self._holds.held(Inbox)
@@ -394,22 +397,25 @@ class AsyncEventBus:
                 with contextlib.suppress(RuntimeError):  # its loop is closed
                     loop.call_soon_threadsafe(inbox.end)
         try:
-            await self._close(self.sync, timeout)
+            return await self._close(self.sync, timeout)
         finally:
             # Those of other loops end there once the router has stopped.
             for loop, inbox in streams:
                 if loop is here:
                     inbox.finish()
 
-    async def _close(self, bus: EventBus, timeout: float | None) -> None:
+    async def _close(
+        self, bus: EventBus, timeout: float | None
+    ) -> tuple[SubscriptionStatistics, ...]:
         # A handler of another bus waits, unless this bus's handlers wait for it.
         with waiting_for(bus.core.router) as wait:
             if wait.circle or running_here(bus.core.router) is not None:
-                bus.close(timeout)  # as inside a handler of the bus: stops without waiting
-                return
-            await self._close_waiting(bus, timeout)
+                return bus.close(timeout)  # as inside a handler of the bus: stops without waiting
+            return await self._close_waiting(bus, timeout)
 
-    async def _close_waiting(self, bus: EventBus, timeout: float | None) -> None:
+    async def _close_waiting(
+        self, bus: EventBus, timeout: float | None
+    ) -> tuple[SubscriptionStatistics, ...]:
         started = time.monotonic()
         if not bus.closed:
             try:
@@ -424,13 +430,13 @@ class AsyncEventBus:
             # bus has stopped, so every stream got what was published first.
             # One interrupted (a Ctrl-C in ``close``) is seen through here; in
             # a forked child nothing of the bus runs, so nothing is waited for.
-            await on_own_thread(bus.close, left)
+            given_up = await on_own_thread(bus.close, left)
             if bus._forked_from is None:  # noqa: SLF001 - the bus's own state
                 left = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
                 await on_own_thread(self._holds.wait_stopped, left)
-            return
+            return given_up
         # One deadline for the flush and the close (its warning says ``timeout``).
-        await on_own_thread(bus._close_asked, left, timeout)  # noqa: SLF001
+        return await on_own_thread(bus._close_asked, left, timeout)  # noqa: SLF001
 
     # -- requests and replies (see EventBus.request; the core: _core/requests.py) ---------
 

@@ -95,3 +95,27 @@ def test_close_ends_a_bus_whose_actors_pykka_stopped(how: str) -> None:
     # The bus's threads: the worker's own (pykka's, ``_Bails-N``) ends on its own time.
     left = {t for t in threading.enumerate() if not t.name.startswith("_Bails")} - threads
     assert not {t for t in left if t.is_alive()}
+
+
+def test_aclose_returns_what_it_gave_up_on_as_close_does() -> None:
+    release = threading.Event()
+    started = threading.Event()
+
+    def stuck(event: Event) -> None:
+        started.set()
+        release.wait(WAIT)
+
+    async def main() -> None:
+        bus = AsyncEventBus()
+        sub = await bus.subscribe("a", stuck)
+        for i in range(3):
+            await bus.publish("a", i)
+        assert started.wait(WAIT)
+        try:
+            given_up = await bus.aclose(timeout=0.1)  # before: None
+        finally:
+            release.set()
+        assert [(s.id, s.in_flight + s.queued) for s in given_up] == [(sub.id, 3)]
+        assert await bus.aclose() == ()
+
+    asyncio.run(main())
