@@ -46,6 +46,7 @@ from actors._core.handling import running_here, wake_future
 from actors._core.messages import CorrelatedEvents
 from actors._core.replay import CLOSED, replay_async
 from actors._core.requests import reply_result, timeout_error
+from actors._core.router_reads import from_loop
 from actors._core.subscriber import DeadLetter, Handler, Subscription
 from actors._errors import BusClosedError, FutureTimeoutError, RequestTimeoutError
 from actors._model import checks
@@ -536,15 +537,23 @@ class AsyncEventBus:
             withdrawn.set()  # a publish still waiting for room gives up: no one waits for it
 
     def metrics(self) -> BusMetrics:
-        """Return a metrics snapshot (cheap, never blocks)."""
-        return self.sync.metrics()
+        """Return a metrics snapshot (``EventBus.metrics``), holding the loop at most briefly.
+
+        The router is asked ahead of its backlog and waited for at most
+        ``LOOP_ASK_TIMEOUT`` (0.25 s); past that its last figures are given,
+        stale, as ``EventBus.metrics`` gives them past its 10 s.
+        """
+        with from_loop():
+            return self.sync.metrics()
 
     def dead_letters(
         self, *, limit: int | None = None, after: int | None = None
     ) -> list[DeadLetter]:
         """Return the dead letters (see ``EventBus.dead_letters``: read from the journal
-        where persistent, a short read on the calling thread, as before)."""
-        return self.sync.dead_letters(limit=limit, after=after)
+        where persistent, a short read on the calling thread; the router's list, asked
+        as ``metrics`` asks it, otherwise)."""
+        with from_loop():
+            return self.sync.dead_letters(limit=limit, after=after)
 
     def serve_metrics(self, port: int = 0, host: str = "127.0.0.1") -> MetricsServer:
         """Serve ``/metrics`` and ``/healthz`` (see ``EventBus.serve_metrics``; its own thread)."""

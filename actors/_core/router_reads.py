@@ -8,11 +8,21 @@ Until it answers that overdue ask (of either kind), later readers of its
 figures or dead letters get the last answer at once, and no further ask
 piles up in its inbox: a scrape of ``/metrics`` every few seconds, or an
 operator's ``dead_letters()`` in a loop, waits once, not each time.
+
+On an event loop's thread (``AsyncEventBus.metrics`` and ``dead_letters``,
+inside ``from_loop``) the ask goes ahead of the router's backlog, and is
+waited for at most ``LOOP_ASK_TIMEOUT``: the loop is not held behind a
+burst of publishes, nor for long behind a router held by a filter.  Ahead of
+the backlog is still after the caller's own publishes: an awaited publish
+returns once routed.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 from actors._core.messages import DeadLetter, GetDeadLetters, GetRouterFigures, RouterFigures
@@ -20,10 +30,34 @@ from actors._core.router import RouterActor
 from actors._errors import FutureTimeoutError
 from actors._runtime.future import BusFuture
 
-__all__ = ["RouterReads"]
+__all__ = ["RouterReads", "from_loop"]
 
 ASK_TIMEOUT = 10.0
 """How long ``metrics()`` and ``dead_letters()`` wait for the router's answer (seconds)."""
+
+LOOP_ASK_TIMEOUT = 0.25
+"""The same, asked on an event loop's thread (``from_loop``)."""
+
+_on_loop = contextvars.ContextVar("router_ask_on_loop", default=False)
+
+
+@contextlib.contextmanager
+def from_loop() -> Iterator[None]:
+    """Ask ahead of the router's backlog, waiting at most ``LOOP_ASK_TIMEOUT``, in this block."""
+    token = _on_loop.set(True)
+    try:
+        yield
+    finally:
+        _on_loop.reset(token)
+
+
+def _ask(router: RouterActor, message: Any) -> float:
+    """Send ``message`` (an ask) to ``router``; return how long to wait for its answer."""
+    if _on_loop.get():
+        router.actor_inbox.put_first(message)
+        return LOOP_ASK_TIMEOUT
+    router.actor_inbox.put(message)
+    return ASK_TIMEOUT
 
 
 class RouterReads:
@@ -47,9 +81,9 @@ class RouterReads:
             if self._held():
                 return self._saw(None)  # the router is still held: the last answer, at once
             future: BusFuture[RouterFigures] = BusFuture()
-            router.actor_inbox.put(GetRouterFigures(future))
+            wait = _ask(router, GetRouterFigures(future))
             try:
-                return self._saw(future.get(ASK_TIMEOUT))
+                return self._saw(future.get(wait))
             except FutureTimeoutError:
                 if router.actor_ref.is_alive():
                     self._gave_up(future)
@@ -98,9 +132,9 @@ class RouterReads:
             if self._held():
                 return self._saw_letters(None)  # as ``figures``: the last list, at once
             future: BusFuture[list[DeadLetter]] = BusFuture()
-            router.actor_inbox.put(GetDeadLetters(future))
+            wait = _ask(router, GetDeadLetters(future))
             try:
-                return self._saw_letters(future.get(ASK_TIMEOUT))
+                return self._saw_letters(future.get(wait))
             except FutureTimeoutError:
                 if router.actor_ref.is_alive():
                     self._gave_up(future)
