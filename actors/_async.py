@@ -528,12 +528,12 @@ class AsyncEventBus:
             async with asyncio.timeout_at(deadline):
                 return event, await wrap_future(pending.future)
         except TimeoutError:
-            late = table.close(pending.request_id)
+            late = table.close(pending)
             if late is None:  # taken just as the time ran out: its taker completes it now
                 return event, await wrap_future(pending.future)
             return event, late
         finally:
-            table.close(pending.request_id)
+            table.close(pending)
             withdrawn.set()  # a publish still waiting for room gives up: no one waits for it
 
     def metrics(self) -> BusMetrics:

@@ -7,6 +7,7 @@ bus in one process, sync and async.  Across processes: ``test_requests_cluster.p
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 import uuid
 from collections.abc import Coroutine
@@ -121,12 +122,38 @@ def test_table_gathers_up_to_max_replies_and_ignores_duplicates() -> None:
 def test_table_close_returns_what_arrived_and_empties() -> None:
     table = PendingTable()
     request = _request()
-    table.open(request.id, max_replies=None)
+    entry = table.open(request.id, max_replies=None)
     reply = reply_event(request, 1)
     table.offer(reply)
-    assert table.close(request.id) == [reply]
-    assert table.close(request.id) is None
+    assert table.close(entry) == [reply]
+    assert table.close(entry) is None
     assert len(table) == 0
+
+
+def test_table_close_removes_only_its_own_entry() -> None:
+    """Two callers of one request id, one after the other: the first one's clean-up,
+    after its reply took its entry, removed the second one's entry, whose caller then
+    waited for ever past its timeout (nothing left to complete it)."""
+    table = PendingTable()
+    request = _request()
+    first = table.open(request.id)
+    assert table.offer(reply_event(request, 1))  # its reply takes the entry
+    second = table.open(request.id)  # a retry with the same id, before the first returned
+    assert table.close(first) is None  # the first caller's clean-up
+    assert table.waiting(request.id)
+    assert table.close(second) == []
+
+
+def test_a_callers_clean_up_leaves_a_later_callers_wait_of_the_same_id() -> None:
+    requester = Requester(lambda pattern, handler, wanted: None)
+    request = _request()
+    first = requester.send(request, BusFuture.completed)
+    assert requester.table.offer(reply_event(request, 1))
+    second = requester.send(request, BusFuture.completed)  # the id is free again
+    assert [r.data for r in requester.wait(first, WAIT)] == [1]
+    assert requester.table.waiting(request.id)  # before: removed by the first's clean-up
+    assert requester.table.offer(reply_event(request, 2))
+    assert [r.data for r in requester.wait(second, WAIT)] == [2]
 
 
 def test_table_is_bounded() -> None:
@@ -154,14 +181,14 @@ def test_table_sweep_ends_entries_past_their_timeout_as_a_timeout_would(
     fresh = table.open(uuid.uuid4(), timeout=WAIT)
     assert stranded.future.done()
     assert stranded.future.get() == []  # the replies so far, as its own timeout gives
-    assert table.close(stranded.request_id) is None  # its caller, back late, finds it gone
+    assert table.close(stranded) is None  # its caller, back late, finds it gone
     assert not forever.future.done()
     assert not fresh.future.done()
     assert table.offer(reply) is False
     assert len(table) == 2  # a sweep on reading the size keeps what is not past its time
     assert not fresh.future.done()
-    assert table.close(fresh.request_id) == []
-    assert table.close(forever.request_id) == []
+    assert table.close(fresh) == []
+    assert table.close(forever) == []
 
 
 def test_responder_publishes_reply_or_error_and_never_answers_replies() -> None:
@@ -565,3 +592,26 @@ def test_requester_makes_one_reply_route_per_type_and_asks_until_synced() -> Non
     assert requester.route("other.ask")
     assert made == ["tool.invoke.{reply,error}", "other.ask.{reply,error}"]
     assert requester.routes == 2
+
+
+def test_an_event_of_another_type_caused_by_a_request_is_not_its_reply() -> None:
+    """A reply is of type ``<request type>.reply`` or ``.error``: an ``other.reply``
+    caused by a ``q`` request (a handler's own event, once anything on the bus had
+    requested ``other``) was returned as ``q``'s reply."""
+    with EventBus() as bus:
+        bus.respond("other", lambda event: "its own")
+        assert bus.request("other", timeout=WAIT).data == "its own"  # a route for other.*
+        asked: list[Event] = []
+        seen = threading.Event()
+        bus.subscribe("q", lambda event: (asked.append(event), seen.set()))
+        outcome: concurrent.futures.Future[Event] = concurrent.futures.Future()
+        threading.Thread(
+            target=lambda: outcome.set_result(bus.request("q", timeout=WAIT)), daemon=True
+        ).start()
+        assert seen.wait(WAIT)
+        [request] = asked
+        bus.publish("other.reply", {"not": "an answer to q"}, causation_id=request.id)
+        bus.flush(WAIT)  # offered to the waiting request, which must not take it
+        assert not outcome.done()
+        bus.publish("q.reply", "the answer", causation_id=request.id)
+        assert outcome.result(WAIT).event_type == "q.reply"

@@ -350,6 +350,7 @@ def test_a_reply_taken_from_the_table_as_the_wait_times_out_is_returned() -> Non
     # then returns [] (RequestTimeoutError) although its reply was taken,
     # which is what its own "completed just as the time ran out" branch
     # means to prevent.  The reply is then lost to the caller.
+    from actors._core.pending import Pending  # noqa: PLC0415
     from actors._core.requests import ReplyFuture, Requester, reply_event  # noqa: PLC0415
     from actors._runtime.future import BusFuture  # noqa: PLC0415
 
@@ -366,8 +367,8 @@ def test_a_reply_taken_from_the_table_as_the_wait_times_out_is_returned() -> Non
     table = requester.table
     closing = table.close
 
-    def close(request_id: uuid.UUID) -> list[Event] | None:
-        late = closing(request_id)
+    def close(entry: Pending) -> list[Event] | None:
+        late = closing(entry)
         gave_up.set()  # the caller's time ran out and it looked for its entry
         return late
 

@@ -88,6 +88,7 @@ class Pending:
     replies: list[Event] = field(default_factory=list)
     expires: float | None = None  # ``time.monotonic()`` past which a sweep ends it
     inside: bool = False
+    answers: tuple[str, ...] | None = None  # the types of its replies (None: any)
 
 
 class PendingTable:
@@ -126,17 +127,20 @@ class PendingTable:
         gathers: bool = False,
         timeout: float | None = None,
         inside: bool = False,
+        answers: tuple[str, ...] | None = None,
     ) -> Pending:
         """Add an entry for ``request_id``; raise ``BackpressureError`` when the table is full.
 
         ``InvalidEventError`` if a request with that id is already waiting.
 
         With a ``timeout``, a sweep ends the entry ``SWEEP_GRACE`` s after
-        it, should its caller never close it.
+        it, should its caller never close it.  ``answers``: the event types
+        its replies have; an event of another type caused by the request (a
+        responder's own domain event) is not one of them.
         """
         if max_replies is not None and max_replies < 1:
             raise ValueError("max_replies must be at least 1 (or None)")
-        entry = Pending(request_id, max_replies, gathers, inside=inside)
+        entry = Pending(request_id, max_replies, gathers, inside=inside, answers=answers)
         if timeout is not None:
             entry.expires = time.monotonic() + timeout + SWEEP_GRACE
         self._opened += 1
@@ -161,7 +165,8 @@ class PendingTable:
         Not a reply a local responder hands over itself: the route would only
         add a hop for it.
         """
-        return event.causation_id in self._entries and event.id not in self._direct
+        entry = self._entries.get(event.causation_id)  # type: ignore[arg-type]
+        return entry is not None and _answers(entry, event) and event.id not in self._direct
 
     def waiting(self, request_id: uuid.UUID) -> bool:
         """Return whether a caller waits for replies to ``request_id``."""
@@ -224,7 +229,9 @@ class PendingTable:
             return False
         with self._lock:
             entry = self._entries.get(cause)
-            if entry is None or (entry.replies and any(r.id == reply.id for r in entry.replies)):
+            if entry is None or not _answers(entry, reply):
+                return False
+            if entry.replies and any(r.id == reply.id for r in entry.replies):
                 return False
             entry.replies.append(reply)
             full = entry.max_replies is not None and len(entry.replies) >= entry.max_replies
@@ -260,8 +267,19 @@ class PendingTable:
                 entry.future.set_exception(exc)
         return len(entries)
 
-    def close(self, request_id: uuid.UUID) -> list[Event] | None:
-        """Remove the entry (its caller stops waiting); return its replies, None if it was gone."""
+    def close(self, entry: Pending) -> list[Event] | None:
+        """Remove ``entry`` (its caller stops waiting); return its replies, None if it was gone.
+
+        Only that entry: once it was taken (its reply came), a later request
+        with the same id may have opened its own, which stays.
+        """
         with self._lock:
-            entry = self._entries.pop(request_id, None)
-        return None if entry is None else list(entry.replies)
+            if self._entries.get(entry.request_id) is not entry:
+                return None
+            del self._entries[entry.request_id]
+        return list(entry.replies)
+
+
+def _answers(entry: Pending, event: Event) -> bool:
+    """Return whether ``event`` is of a type that answers ``entry``'s request."""
+    return entry.answers is None or event.event_type in entry.answers

@@ -260,17 +260,22 @@ class Requester:
         the entry's future with that error.
         """
         pending = self.table.open(
-            request.id, max_replies, gathers=gathers, timeout=timeout, inside=inside
+            request.id,
+            max_replies,
+            gathers=gathers,
+            timeout=timeout,
+            inside=inside,
+            answers=(f"{request.event_type}.{REPLY}", f"{request.event_type}.{ERROR}"),
         )
         try:
             future = publish(request)
         except BaseException:
-            self.table.close(request.id)
+            self.table.close(pending)
             raise
 
         def published(done: BusFuture[Event]) -> None:
             exc = done.exception()
-            if exc is not None and self.table.close(request.id) is not None:
+            if exc is not None and self.table.close(pending) is not None:
                 pending.future.set_exception(exc)
 
         future.add_done_callback(published)
@@ -284,14 +289,14 @@ class Requester:
         try:
             replies: list[Event] = pending.future.get(timeout=timeout)
         except FutureTimeoutError:
-            late = self.table.close(pending.request_id)
+            late = self.table.close(pending)
             if late is None:
                 # Taken from the table just as the time ran out: whoever took
                 # it (a reply, a failure, the close) completes the future now.
                 return pending.future.get()
             return late
         finally:
-            self.table.close(pending.request_id)
+            self.table.close(pending)
         return replies
 
 
