@@ -91,7 +91,7 @@ def test_a_full_pending_table_refuses_before_publishing_and_sweeps_a_vanished_ca
         assert asked.events == []  # not one of them was published
         # One caller vanishes with a timeout: once past it and its grace, a
         # request that finds the table full sweeps it out and gets through.
-        table.close(forever.pop())
+        table.close(entries.pop())
         table.open(uuid.uuid4(), timeout=0.0)
 
         def answered() -> bool:
