@@ -1,10 +1,14 @@
 """Running the blocking parts of ``AsyncEventBus`` off the loop.
 
-A publish that may wait for room runs in the loop's default executor (one
-thread per waiting publish, up to the executor's size); closing runs on a
-thread of its own, so publishes waiting there never hold up ``aclose``.
-Each runs in a copy of the caller's context, so a publish made from a
-handler keeps its causation.
+A publish that may wait for room, and the other calls that may block, run
+on the bus's off-loop threads (``OFF_LOOP_THREADS`` at most, made as they
+are needed and shared by every bus of the process), not in the loop's
+default executor: that one has a few threads (six on two cores), which a
+few publishes waiting out a full ``BLOCK`` subscription held, so a request
+to an idle responder, or the application's own ``run_in_executor``, waited
+behind them.  Closing runs on a thread of its own, so publishes waiting
+there never hold up ``aclose``.  Each runs in a copy of the caller's
+context, so a publish made from a handler keeps its causation.
 """
 
 from __future__ import annotations
@@ -12,8 +16,10 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import os
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from actors._core.backpressure import Withdrawn, withdrawal
@@ -25,9 +31,37 @@ __all__ = ["in_background", "off_loop", "on_own_thread", "publish_off_loop", "wi
 T = TypeVar("T")
 Publish = Callable[[Event], BusFuture[Event]]
 
+OFF_LOOP_THREADS = 256
+"""Off-loop calls (waiting publishes, mostly) running at once; more wait for a thread."""
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _off_loop_pool() -> ThreadPoolExecutor:
+    """Return the process's off-loop threads (made on first use; again in a forked child)."""
+    global _pool
+    pool = _pool
+    if pool is None:
+        with _pool_lock:
+            if _pool is None:
+                _pool = ThreadPoolExecutor(OFF_LOOP_THREADS, thread_name_prefix="bus-offloop")
+            pool = _pool
+    return pool
+
+
+def _forget_pool() -> None:
+    """In a forked child: the parent's threads are not there; the next use makes new ones."""
+    global _pool, _pool_lock
+    _pool = None
+    _pool_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_pool)
+
 
 async def off_loop(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Run ``fn`` in the loop's default executor, in a copy of the caller's context.
+    """Run ``fn`` on the off-loop threads, in a copy of the caller's context.
 
     The copy carries ``current_event`` (and any other context variable) to
     the thread, so a publish made there inherits causation and correlation
@@ -35,7 +69,7 @@ async def off_loop(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """
     run = contextvars.copy_context().run
     loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(None, functools.partial(run, fn, *args, **kwargs))
+    return await loop.run_in_executor(_off_loop_pool(), functools.partial(run, fn, *args, **kwargs))
 
 
 async def withdrawable(fn: Callable[..., T], *args: Any) -> T:
@@ -64,7 +98,7 @@ async def withdrawable(fn: Callable[..., T], *args: Any) -> T:
 def publish_off_loop(
     publish: Callable[[Event], BusFuture[Event]], withdrawn: threading.Event
 ) -> Publish:
-    """Return a ``publish`` that returns at once and publishes in the default executor.
+    """Return a ``publish`` that returns at once and publishes on the off-loop threads.
 
     The returned future carries the outcome: the published event, or what
     ``publish`` raised (``BackpressureError`` after ``block_timeout``, ...).
@@ -90,7 +124,7 @@ def publish_off_loop(
                 return
             future.add_done_callback(_pass_on(outcome))
 
-        loop.run_in_executor(None, job)
+        loop.run_in_executor(_off_loop_pool(), job)
         return outcome
 
     return start
@@ -110,9 +144,9 @@ def _pass_on(outcome: BusFuture[T]) -> Callable[[BusFuture[T]], None]:
 async def on_own_thread(fn: Callable[..., T], *args: Any) -> T:
     """Run ``fn(*args)`` on a thread of its own and await its outcome.
 
-    For closing: the default executor may be full of publishes waiting for
-    room (each up to ``block_timeout``), and a close queued behind them
-    would miss its deadline, or never run.  The thread is not a daemon, as
+    For closing: the off-loop threads may all be publishes waiting for room
+    (each up to ``block_timeout``), and a close queued behind them would
+    miss its deadline, or never run.  The thread is not a daemon, as
     an executor's is not: the interpreter's exit waits for a close under
     way.  A caller that stops awaiting (cancelled) leaves it running to its
     end; one that gets the outcome also finds the thread ended (joined: it

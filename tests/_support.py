@@ -14,6 +14,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from fnmatch import fnmatchcase
 from functools import cache
 from pathlib import Path
@@ -440,3 +441,18 @@ glob_segment = st.lists(st.one_of(glob_piece, brace_group), min_size=1, max_size
 )
 pattern_segment = st.one_of(type_segment, st.just("*"), st.just("**"), glob_segment)
 patterns = st.lists(pattern_segment, min_size=1, max_size=5).map(".".join)
+
+
+def use_off_loop_threads(executor: ThreadPoolExecutor | None) -> None:
+    """Run the async bus's off-loop calls (waiting publishes) on ``executor`` in this test.
+
+    None: on the bus's own threads again (made anew on their next use).
+
+    As ``loop.set_default_executor`` did before they left the default
+    executor: a test that needs one thread, or to count the jobs, chooses
+    it.  The autouse fixture in ``conftest`` gives the bus's own back after
+    the test.
+    """
+    from actors import _async_offloop  # noqa: PLC0415
+
+    _async_offloop._pool = executor  # noqa: SLF001

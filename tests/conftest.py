@@ -9,13 +9,21 @@ from typing import Any
 import pytest
 from hypothesis import settings
 
-from actors import EventBus, EventConfig, NodeConfig, PersistentEventBus
+from actors import EventBus, EventConfig, NodeConfig, PersistentEventBus, _async_offloop
 from tests._support import WAIT
 
 # A per-example deadline is a timed assertion: on a loaded machine it fails
 # without a bug behind it, so property tests run without one.
 settings.register_profile("suite", deadline=None)
 settings.load_profile("suite")
+
+
+@pytest.fixture(autouse=True)
+def _off_loop_threads_restored() -> Iterator[None]:
+    """Give back the async bus's own off-loop threads after a test that chose them."""
+    saved = _async_offloop._pool  # noqa: SLF001 - tests/_support.use_off_loop_threads sets it
+    yield
+    _async_offloop._pool = saved  # noqa: SLF001
 
 
 @pytest.fixture

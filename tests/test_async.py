@@ -24,6 +24,7 @@ from actors import (
     Subscription,
     Trace,
 )
+from tests._support import use_off_loop_threads
 
 WAIT = 10.0
 
@@ -275,7 +276,7 @@ class _CountingExecutor(concurrent.futures.ThreadPoolExecutor):
 def test_flush_query_and_get_correlated_await_the_core_without_a_thread(tmp_path: Any) -> None:
     async def main() -> None:
         executor = _CountingExecutor()
-        asyncio.get_running_loop().set_default_executor(executor)
+        use_off_loop_threads(executor)
         bus = AsyncEventBus(EventConfig(persistence_path=str(tmp_path / "j")))
         cid = uuid.uuid4()
         published = await bus.publish("a.b", 1, correlation_id=cid)

@@ -34,7 +34,7 @@ from actors import (
     RemoteHandlerError,
     RequestTimeoutError,
 )
-from tests._support import WAIT, finished, in_background, wait_for
+from tests._support import WAIT, finished, in_background, use_off_loop_threads, wait_for
 
 GUARD = 30.0
 
@@ -714,7 +714,7 @@ def test_a_cancelled_durable_subscribe_leaves_no_subscription_behind(tmp_path: P
     async def main() -> None:
         loop = asyncio.get_running_loop()
         one = concurrent.futures.ThreadPoolExecutor(max_workers=1)
-        loop.set_default_executor(one)  # FIFO: a later job runs after the subscribe
+        use_off_loop_threads(one)  # FIFO: a later job runs after the subscribe
         bus = AsyncEventBus(bus=PersistentEventBus(EventConfig(persistence_path=tmp_path / "j")))
         got: list[Any] = []
 

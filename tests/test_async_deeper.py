@@ -23,6 +23,7 @@ from actors import (
     OverflowStrategy,
     RateLimitedError,
 )
+from tests._support import use_off_loop_threads
 from tests.test_async_close import hold_a_handler
 
 GUARD = 10.0
@@ -268,7 +269,7 @@ async def _gated_block_subscriber(
     (withdrawn, or published before it).
     """
     executor = _OneThread()
-    asyncio.get_running_loop().set_default_executor(executor)
+    use_off_loop_threads(executor)
     gate = threading.Event()
     got: list[int] = []
     loop = asyncio.get_running_loop()

@@ -32,7 +32,7 @@ from actors import (
     Subscription,
 )
 from actors._core import handling
-from tests._support import wait_for
+from tests._support import use_off_loop_threads, wait_for
 
 WAIT = 10.0
 
@@ -128,7 +128,7 @@ def test_aclose_keeps_its_deadline_with_every_executor_thread_waiting_for_room()
     # for up to block_timeout; the close used to queue behind them there.
     async def test() -> None:
         executor = CountingExecutor(2)
-        asyncio.get_running_loop().set_default_executor(executor)
+        use_off_loop_threads(executor)
         bus = AsyncEventBus(EventConfig(block_timeout=60.0))
         gate = await fill_block_lane(bus, "full.*", "full.e")
         try:

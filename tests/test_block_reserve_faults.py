@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from actors import AsyncEventBus, BackpressureError, BusClosedError, Event, EventBus, EventConfig
-from tests._support import Collector, wait_for
+from tests._support import Collector, use_off_loop_threads, wait_for
 
 GUARD = 30.0
 
@@ -163,9 +163,11 @@ def test_cancelled_async_publishers_publish_prefixes_and_leave_no_reservation(
     def sent(k: int) -> list[Any]:
         return [[k, i] for i in range(size if k < n_batches else 1)]
 
+    threads = ThreadPoolExecutor(publishers + 2)
+    use_off_loop_threads(threads)
+
     async def main() -> tuple[int, list[Any] | None]:
         loop = asyncio.get_running_loop()
-        loop.set_default_executor(ThreadPoolExecutor(publishers + 2))
 
         def start(k: int) -> Any:
             one = k >= n_batches
@@ -187,7 +189,8 @@ def test_cancelled_async_publishers_publish_prefixes_and_leave_no_reservation(
         return peak, await asyncio.gather(*tasks, return_exceptions=True)
 
     peak, results = asyncio.run(main())
-    # asyncio.run waited for its executor: every publisher has ended.
+    threads.shutdown(wait=True)  # every publisher has ended (cancelled ones withdrawn)
+    use_off_loop_threads(None)  # the bus's own again, for the publishes below
     assert reserved(bus) == {}
     assert peak <= cap + publishers, f"BLOCK mailbox of capacity {cap} held {peak}"
     h.gate.set()
@@ -224,7 +227,7 @@ def test_a_batch_left_pending_on_a_closed_loop_ends_and_gives_its_room_back(worl
     sub_id = h.sub.statistics().id
     everything, total = recorder(bus.sync, "w.*")
     loop, executor = asyncio.new_event_loop(), ThreadPoolExecutor(2)
-    loop.set_default_executor(executor)
+    use_off_loop_threads(executor)
     task = loop.create_task(bus.publish_many(batch(0, 6)))
     loop.run_until_complete(until(lambda: len(waiting_for_room()) == 1))
     loop.close()  # the task is still pending; its executor thread waits on
@@ -234,6 +237,7 @@ def test_a_batch_left_pending_on_a_closed_loop_ends_and_gives_its_room_back(worl
     assert h.sub.statistics().queued == 2
     h.gate.set()
     executor.shutdown(wait=True)
+    use_off_loop_threads(None)  # the bus's own again, for the publish below
     assert reserved(bus) == {}
     bus.sync.flush(GUARD)
     assert [d for d in everything.data if d != "parked"] == h.of(0) == [[0, i] for i in range(6)]
@@ -298,7 +302,7 @@ def test_threads_and_tasks_with_mixed_batches_filters_unsubscribe_and_close(
                 record(k, i, n, type(exc))
 
     async def tasks() -> None:
-        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(n_tasks + 2))
+        use_off_loop_threads(ThreadPoolExecutor(n_tasks + 2))
         abus = AsyncEventBus(bus=bus)
         start.wait(GUARD)
         await asyncio.gather(*(task_publisher(abus, n_threads + k) for k in range(n_tasks)))
@@ -541,7 +545,7 @@ def test_a_batch_cancelled_between_pieces_is_not_published_after_the_callers_nex
         threading.settrace(None)
 
     async def main() -> None:
-        asyncio.get_running_loop().set_default_executor(executor)
+        use_off_loop_threads(executor)
         task = asyncio.create_task(bus.publish_many(batch(0, 6)))
         await until(paused.is_set)
         task.cancel()
@@ -625,3 +629,33 @@ def test_a_single_publish_waits_for_a_reserved_piece_and_other_subscriptions_do_
     assert h.of("b") == [["b", 0]]
     assert h.seen.index(["a", cap - 1]) < h.seen.index(["b", 0])  # B waited for A's piece
     assert reserved(bus) == {}
+
+
+def test_async_requests_waiting_for_room_starve_neither_others_nor_the_default_executor(
+    world: World,
+) -> None:
+    """Waiting publishes ran in the loop's default executor (six threads on two cores):
+    a few requests to a full BLOCK subscription held it, and a request to an idle
+    responder, or the application's own ``run_in_executor``, waited behind them, then
+    timed out."""
+    bus = AsyncEventBus(bus=world.bus(block_timeout=3 * GUARD))
+    parked_block(world, bus.sync, 1, "slow.*")
+    bus.sync.respond("fast", lambda event: "ok")
+    waiting = 11  # the first of 12 takes the room of one
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        tasks = [
+            loop.create_task(bus.request("slow.q", i, timeout=3 * GUARD))
+            for i in range(waiting + 1)
+        ]
+        await until(lambda: len(waiting_for_room()) == waiting)
+        try:
+            assert (await bus.request("fast", timeout=GUARD)).data == "ok"
+            assert await loop.run_in_executor(None, lambda: "free") == "free"
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    asyncio.run(main())

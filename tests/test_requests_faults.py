@@ -34,7 +34,7 @@ from actors import (
     RequestTimeoutError,
 )
 from actors._errors import EventTooLargeError
-from tests._support import LineChild, pause, reaped, wait_for
+from tests._support import LineChild, pause, reaped, use_off_loop_threads, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -450,7 +450,7 @@ def test_async_request_through_a_paused_node_is_bounded_by_its_timeout(
 
         async def ask() -> tuple[BaseException | Event, int]:
             loop = asyncio.get_running_loop()
-            loop.set_default_executor(ThreadPoolExecutor(1))  # one thread: a held one shows
+            use_off_loop_threads(ThreadPoolExecutor(1))  # one thread: a held one shows
             got: BaseException | Event
             try:
                 got = await AsyncEventBus(bus=bus).request("svc.echo", 2, node="b", timeout=1.0)
