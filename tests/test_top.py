@@ -145,7 +145,8 @@ def test_top_without_a_terminal_says_so_in_one_line() -> None:
         result = cli("top", "--peer", str(bus.endpoints["request"]), "--timeout", "30")
     assert result.returncode == 1
     assert one_error_line(result) == (
-        "Error: top draws on a terminal, and its output is not one (for figures: stats --peer)"
+        "Error: top draws on a terminal, and its output is not one "
+        "(live figures: serve --metrics-port, or bus.remote_metrics)"
     )
 
 

@@ -38,7 +38,31 @@ def _build(cls: type[Any], raw: Any) -> Any:
     ]
     if missing:
         raise BridgeError(f"malformed {cls.__name__}: missing {', '.join(missing)}")
+    for name, value in args.items():
+        if not _fits(known[name].type, value):
+            raise BridgeError(f"malformed {cls.__name__}: {name} is {value!r:.40}")
     return cls(**args)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+# A field's type (as written: the module uses postponed annotations) -> its check.
+_CHECKS: dict[str, Any] = {
+    "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "float": _number,
+    "float | None": lambda v: v is None or _number(v),
+    "bool": lambda v: isinstance(v, bool),
+    "str": lambda v: isinstance(v, str),
+    "tuple[str, ...]": lambda v: isinstance(v, list | tuple) and all(isinstance(x, str) for x in v),
+}
+
+
+def _fits(annotation: Any, value: Any) -> bool:
+    """Return whether ``value`` has the type a field of ``annotation`` holds (others: unchecked)."""
+    check = _CHECKS.get(annotation) if isinstance(annotation, str) else None
+    return check is None or bool(check(value))
 
 
 def metrics_from_json(raw: Any) -> BusMetrics:

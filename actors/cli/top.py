@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from actors._bus import EventBus
-from actors._errors import BridgeError
+from actors._errors import BridgeError, PeerRefusedError
 from actors._model.metrics import BusMetrics
 from actors._model.trace import printable
 from actors.cli.connect import peer_name, short_lived_node
@@ -34,6 +34,9 @@ if TYPE_CHECKING:
     from rich.console import RenderableType
 
 __all__ = ["Sample", "render", "top"]
+
+ASK_WAIT = 1.0
+"""The least one ask for the figures waits (seconds); it waits the interval if longer, up to 5."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,11 +208,14 @@ def top(*, interval: float, connection: Connection) -> None:
     with ended_by_signal(), short_lived_node(connection, "top") as bus:
         target = peer_name(bus, connection, deadline)
         if sys.stdout is None or not sys.stdout.isatty():  # nothing would be drawn, for ever
-            fail("top draws on a terminal, and its output is not one (for figures: stats --peer)")
+            fail(
+                "top draws on a terminal, and its output is not one "
+                "(live figures: serve --metrics-port, or bus.remote_metrics)"
+            )
         _watch(
             bus,
             target,
-            timeout=connection.timeout,
+            timeout=max(0.0, deadline - time.monotonic()),  # what --timeout has left
             interval=interval,
             console=Console(),
             live_cls=Live,
@@ -227,8 +233,10 @@ def _watch(
 ) -> None:
     """Redraw ``target``'s figures every ``interval`` seconds until ``q``.
 
-    Fails if the first reading does not come within ``timeout``; later, a
-    silent node keeps its last figures on screen, marked stale.
+    Fails if the first reading does not come within ``timeout``, or at once
+    if the node refuses it; later, a silent node keeps its last figures on
+    screen, marked stale.  One ask waits the interval (``ASK_WAIT`` at least,
+    5 s at most), so ``q`` is read that often while the node is silent.
     """
     before: Sample | None = None
     with (
@@ -237,17 +245,26 @@ def _watch(
     ):
         deadline = time.monotonic() + timeout
         while True:
+            ask = min(max(interval, ASK_WAIT), 5.0)
+            if before is None:
+                ask = min(ask, max(0.0, deadline - time.monotonic()))
             try:
-                metrics, heard = bus.remote_metrics(target, timeout=min(timeout, 5.0))
-            except BridgeError as exc:
-                if before is None and time.monotonic() > deadline:
+                metrics, heard = bus.remote_metrics(target, timeout=ask)
+                now = sample(metrics, heard, time.monotonic(), target, bus.name or "")
+                screen = render(now, before)
+            except PeerRefusedError as exc:  # asking again gets the same answer
+                fail(f"node {target!r} refused its figures: {exc}")
+            except BridgeError as exc:  # silent, or figures malformed
+                if before is None and time.monotonic() >= deadline:
                     fail(f"node {target!r} did not answer: {exc}")
                 if before is not None:  # keep the last figures, say they are stale
                     note = f"node {target!r} is not answering ({exc}); figures as last read"
                     live.update(render(before, None, note), refresh=True)
             else:
-                now = sample(metrics, heard, time.monotonic(), target, bus.name or "")
-                live.update(render(now, before), refresh=True)
+                live.update(screen, refresh=True)
                 before = now
-            if wait(interval) in ("q", "Q"):
+            pause = interval
+            if before is None:  # the first figures are still to come: not past --timeout
+                pause = min(interval, max(0.0, deadline - time.monotonic()))
+            if wait(pause) in ("q", "Q"):
                 return
