@@ -98,6 +98,10 @@ class RemoteHandlerError(EventBusError):
         self.remote_message = remote_message
         self.reply = reply
 
+    def __reduce__(self) -> tuple[type[RemoteHandlerError], tuple[str, str, object]]:
+        # Pickled (a process pool, multiprocessing) and copied whole, as exceptions are.
+        return type(self), (self.remote_type, self.remote_message, self.reply)
+
 
 class JournalError(EventBusError):
     """The journal failed to read or write."""

@@ -354,3 +354,22 @@ def test_data_from_a_closed_standard_input_is_a_usage_error() -> None:
     assert got.returncode == 2, got.stderr
     assert "standard input is closed" in got.stderr
     assert "Traceback" not in got.stderr
+
+
+@pytest.mark.parametrize(
+    ("event_type", "said"),
+    [
+        ("x.reply", "cannot end in '.reply' or '.error'"),
+        ("calc.error", "cannot end in '.reply' or '.error'"),
+        ("a" * 250, "at most 249 characters"),
+    ],
+)
+def test_a_type_no_request_can_have_is_a_usage_error_before_any_connection(
+    event_type: str, said: str
+) -> None:
+    """docs/cli.md: a type ``req`` publishes is checked before anything starts; these
+    were found only after connecting (2 s of ``--timeout`` to a silent endpoint,
+    then status 1)."""
+    result = CliRunner().invoke(main, ["req", event_type, "{}", "--peer", silent_endpoint()])
+    assert result.exit_code == 2, result.output
+    assert said in result.stderr

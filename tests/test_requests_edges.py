@@ -395,3 +395,19 @@ def test_a_responder_to_reserved_types_is_refused_at_respond(bus: EventBus, patt
     with pytest.raises(InvalidPatternError, match="reserved"):
         bus.respond(pattern, lambda e: "answer")
     assert bus.subscriptions() == []
+
+
+def test_a_remote_handler_error_pickles_and_copies_whole() -> None:
+    import copy  # noqa: PLC0415
+    import pickle  # noqa: PLC0415
+
+    reply = Event(event_type="q.error", data={"error_type": "ValueError", "error": "no"})
+    error = RemoteHandlerError("ValueError", "no", reply)
+    for again in (pickle.loads(pickle.dumps(error)), copy.copy(error)):
+        assert isinstance(again, RemoteHandlerError)
+        assert (again.remote_type, again.remote_message, str(again)) == (
+            "ValueError",
+            "no",
+            str(error),
+        )
+        assert again.reply == reply

@@ -23,6 +23,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
+from actors._core.requests import check_request_type
 from actors._model.config import NodeConfig, check_endpoint
 from actors._model.patterns import is_reserved, parse_segments, validate_event_type
 
@@ -130,13 +131,16 @@ class NameType(click.ParamType):  # type: ignore[type-arg]
     """What the bus checks later, checked here, so that a bad value is a usage error.
 
     ``kind`` is ``"node"`` (a node name, as ``NodeConfig`` checks it),
-    ``"pattern"`` (the topic grammar) or ``"type"`` (an event type a command
-    may publish: not a ``$`` type, which only the bus publishes).
+    ``"pattern"`` (the topic grammar), ``"type"`` (an event type a command
+    may publish: not a ``$`` type, which only the bus publishes) or
+    ``"request"`` (such a type a request may have: not a reply's, and room
+    for its ``.error``).
     """
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
-        self.name = {"node": "name", "pattern": "pattern", "type": "event type"}[kind]
+        names = {"node": "name", "pattern": "pattern", "type": "event type"}
+        self.name = names.get(kind, "request type")
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
         text = str(value)
@@ -150,6 +154,8 @@ class NameType(click.ParamType):  # type: ignore[type-arg]
                 if is_reserved(text):
                     reserved = f"event type {text!r} is reserved for the bus ('$' types)"
                     self.fail(reserved, param, ctx)
+                if self.kind == "request":
+                    check_request_type(text)
         except ValueError as exc:  # InvalidPatternError and InvalidEventError are ValueErrors
             self.fail(str(exc), param, ctx)
         return text
@@ -158,6 +164,7 @@ class NameType(click.ParamType):  # type: ignore[type-arg]
 NODE_NAME = NameType("node")
 PATTERN = NameType("pattern")
 EVENT_TYPE = NameType("type")
+REQUEST_TYPE = NameType("request")
 
 
 def load_key(value: str | None, option: str) -> bytes | None:

@@ -41,7 +41,7 @@ from actors._model.event import Event
 from actors._model.trace import printable
 from actors._runtime.future import BusFuture
 from actors.cli.connect import left, peer_name, short_lived_node
-from actors.cli.options import EVENT_TYPE, PATTERN, SECONDS, Connection, connection_options
+from actors.cli.options import PATTERN, REQUEST_TYPE, SECONDS, Connection, connection_options
 from actors.cli.output import (
     ended_by_signal,
     fail,
@@ -60,7 +60,7 @@ REQ_TIMEOUT = 5.0  # ``req --timeout``: for the node and the reply together
 
 
 @click.command()
-@click.argument("event_type", type=EVENT_TYPE)
+@click.argument("event_type", type=REQUEST_TYPE)
 @click.argument("data", required=False)
 @click.option("--source", help="who asks (the reply's target; default: this node's name)")
 @click.option("--json", "as_json", is_flag=True, help="print the whole reply event as JSON")
