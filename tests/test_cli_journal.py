@@ -321,3 +321,21 @@ def test_output_in_an_encoding_without_a_character_is_escaped_not_a_traceback(
     assert got.returncode == 0, got.stderr
     assert b"Traceback" not in got.stderr
     assert b"shop\\u20ac" in got.stdout
+
+
+def test_stats_prometheus_gives_each_label_one_series(tmp_path: Path) -> None:
+    """A type holding ESC is printed as ``\\x1b``, which a type holding those four
+    characters also reads as: two samples of one label set, and a scraper refuses
+    the whole exposition.  Their counts go in one series."""
+    path = tmp_path / "journal"
+    with EventBus(EventConfig(persistence_path=path)) as bus:
+        publish_all(bus, [Event(event_type=t, data=1) for t in ("a\x1bb", "a\\x1bb", "a\\x1bb")])
+    prom = run("stats", "--journal", str(path), "--prometheus")
+    assert prom.exit_code == 0, prom.stderr
+    samples = [
+        (sample.labels["event_type"], sample.value)
+        for family in text_string_to_metric_families(prom.stdout)
+        for sample in family.samples
+        if sample.name == "llmspell_events_stored_events"
+    ]
+    assert samples == [("a\\x1bb", 3.0)]

@@ -189,10 +189,13 @@ def _prometheus(figures: dict[str, Any]) -> str:
     """The journal's figures as gauges (never a short-lived bus's own counters)."""
     stored = "llmspell_events_stored_events"
     lines = [f"# HELP {stored} Events in the journal, by type.", f"# TYPE {stored} gauge"]
-    lines += [
-        f'{stored}{{event_type="{escape_label(printable(t))}"}} {n}'
-        for t, n in figures["by_type"].items()
-    ]
+    # Control characters escaped (``\\x1b``): a type holding one may then read as
+    # another type holding the escape's text; their counts go in one series
+    # (two samples of one label set would make the whole exposition invalid).
+    by_label: Counter[str] = Counter()
+    for t, n in figures["by_type"].items():
+        by_label[printable(t)] += n
+    lines += [f'{stored}{{event_type="{escape_label(t)}"}} {n}' for t, n in by_label.items()]
     gauges = [
         (
             "llmspell_events_journal_last_sequence",
