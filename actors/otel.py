@@ -33,8 +33,13 @@ import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from opentelemetry import trace
-from opentelemetry.trace import Status, StatusCode
+from actors._model.otelspans import OTEL_MISSING
+
+try:
+    from opentelemetry import trace
+    from opentelemetry.trace import Status, StatusCode
+except ImportError as exc:  # the [otel] extra
+    raise ImportError(OTEL_MISSING) from exc
 
 from actors._async import AsyncEventBus
 from actors._bus import EventBus
@@ -47,6 +52,7 @@ from actors._model.otelspans import (
     event_attributes,
     pinned_tracer,
     start_event_span,
+    waits_for_a_provider,
 )
 
 __all__ = ["Instrumentation", "instrument"]
@@ -60,10 +66,15 @@ class Instrumentation:
     Held by the application; the bus holds only its handler wrapper.
     """
 
-    def __init__(self, bus: EventBus, tracer: Any, pinner: PinnedIds | None) -> None:
+    def __init__(
+        self, bus: EventBus, tracer: Any, pinner: PinnedIds | None, *, late: bool = False
+    ) -> None:
         self.bus = bus
         self.tracer = tracer
         self._pinner = pinner
+        # The global provider was OpenTelemetry's stand-in: the SDK's tracer is
+        # taken once the application has set its provider (``_start``).
+        self._late = late
         self._warned = False  # a failure of the tracing itself was logged at WARNING
         self.active = True
         bus.handler_wrappers.append(self.wrap)
@@ -143,6 +154,9 @@ class Instrumentation:
     def _start(self, event: Event, subscription: str, pattern: str) -> Any:
         """Start ``event``'s span; None (the handler runs untraced) if tracing fails."""
         try:
+            if self._late and not waits_for_a_provider(None, None):
+                self.tracer, self._pinner = pinned_tracer(None)
+                self._late = False
             attrs = event_attributes(event, subscription=subscription, pattern=pattern)
             return start_event_span(self.tracer, self._pinner, event, attrs)
         except Exception:
@@ -203,7 +217,8 @@ def _record(span: Any, exc: BaseException) -> None:
 def instrument(bus: EventBus | AsyncEventBus, tracer_provider: Any = None) -> Instrumentation:
     """Make a span of every event handled by ``bus``'s subscriptions made from now on.
 
-    ``tracer_provider`` defaults to OpenTelemetry's global provider.  Raises
+    ``tracer_provider`` defaults to OpenTelemetry's global provider, which
+    may be set after this call (spans follow it from then on).  Raises
     ``TypeError`` when ``bus`` is not an ``EventBus`` or ``AsyncEventBus``.
     """
     if isinstance(bus, AsyncEventBus):
@@ -211,4 +226,5 @@ def instrument(bus: EventBus | AsyncEventBus, tracer_provider: Any = None) -> In
     if not isinstance(bus, EventBus):
         raise TypeError(f"bus must be an EventBus or AsyncEventBus, not {bus!r}")
     tracer, pinner = pinned_tracer(tracer_provider)
-    return Instrumentation(bus, tracer, pinner)
+    late = waits_for_a_provider(tracer_provider, pinner)
+    return Instrumentation(bus, tracer, pinner, late=late)

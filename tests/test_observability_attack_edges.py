@@ -4,6 +4,7 @@ must not crash a reader, and exposition that must stay one series per label set.
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import sys
 
 import pytest
@@ -105,3 +106,73 @@ def test_figures_of_the_wrong_type_are_a_bridge_error(where: str, value: object)
 
 def _figures() -> BusMetrics:
     return _metrics(10, 5, 1)
+
+
+_LATE_PROVIDER = """
+import uuid
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from actors import EventBus
+from actors.otel import instrument
+with EventBus() as bus:
+    instrument(bus)  # the global provider is still OpenTelemetry's stand-in here
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)  # the application sets up the SDK after
+    bus.subscribe("w.a", lambda event: bus.publish("w.b", {}))
+    bus.subscribe("w.b", lambda event: None)
+    cid = uuid.uuid4()
+    bus.publish("w.a", {}, correlation_id=cid)
+    bus.flush(30)
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    root, child = spans["w.a"], spans["w.b"]
+    print(root.context.trace_id == cid.int, child.parent.span_id == root.context.span_id)
+"""
+
+
+def test_a_global_provider_set_after_instrument_still_gives_the_derived_ids() -> None:
+    """In a process of its own: the global provider is set once per process."""
+    result = subprocess.run(
+        [sys.executable, "-c", _LATE_PROVIDER],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["True", "True"]  # before: False False
+
+
+_WITHOUT_OTEL = """
+import sys, uuid
+sys.modules["opentelemetry"] = None  # as if the [otel] extra were not installed
+from actors import EventBus
+try:
+    import actors.otel
+except ImportError as exc:
+    print(exc)
+with EventBus() as bus:
+    cid = uuid.uuid4()
+    bus.publish("a.b", {}, correlation_id=cid).get(30)
+    try:
+        bus.trace(cid).to_otel()
+    except ImportError as exc:
+        print(exc)
+"""
+
+
+def test_without_opentelemetry_the_error_names_the_extra() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_OTEL],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 2
+    assert all("pip install 'llmspell-events[otel]'" in line for line in lines), lines

@@ -25,14 +25,17 @@ from actors._model.event import Event
 
 __all__ = [
     "MESSAGING_SYSTEM",
+    "OTEL_MISSING",
     "PinnedIds",
     "event_attributes",
     "export_spans",
+    "otel_trace",
     "parent_span_id",
     "pinned_tracer",
     "span_id_of",
     "start_event_span",
     "trace_id_of",
+    "waits_for_a_provider",
 ]
 
 #: The value of ``messaging.system`` on every span.
@@ -132,6 +135,33 @@ class PinnedIds:
         return bool(self.fallback.is_trace_id_random())
 
 
+OTEL_MISSING = (
+    "OpenTelemetry is not installed: pip install 'llmspell-events[otel]' "
+    "(opentelemetry-api and opentelemetry-sdk)"
+)
+
+
+def otel_trace() -> Any:
+    """Return ``opentelemetry.trace``; an ``ImportError`` naming the extra if it is missing."""
+    try:
+        from opentelemetry import trace  # noqa: PLC0415 - the [otel] extra
+    except ImportError as exc:
+        raise ImportError(OTEL_MISSING) from exc
+    return trace
+
+
+def waits_for_a_provider(tracer_provider: Any, pinner: PinnedIds | None) -> bool:
+    """Whether the global provider was still OpenTelemetry's stand-in when asked.
+
+    Its tracer is a proxy: once the application sets the SDK's provider, the
+    proxy's spans come from it, but not with the derived ids, which only the
+    SDK's own tracer takes (``pinned_tracer`` asked again then).
+    """
+    if tracer_provider is not None or pinner is not None:
+        return False
+    return isinstance(otel_trace().get_tracer_provider(), otel_trace().ProxyTracerProvider)
+
+
 def pinned_tracer(tracer_provider: Any = None) -> tuple[Any, PinnedIds | None]:
     """Return a tracer of ``tracer_provider`` (default: the global one) and its pinner.
 
@@ -139,7 +169,7 @@ def pinned_tracer(tracer_provider: Any = None) -> tuple[Any, PinnedIds | None]:
     its spans then get the ids it chooses, and parent links hold only within
     a process.
     """
-    from opentelemetry import trace  # noqa: PLC0415 - the [otel] extra
+    trace = otel_trace()
 
     provider = tracer_provider if tracer_provider is not None else trace.get_tracer_provider()
     tracer: Any = provider.get_tracer(_SCOPE)
@@ -183,7 +213,7 @@ def start_event_span(
     start_time: int | None = None,
 ) -> Any:
     """Start the CONSUMER span of ``event`` with its derived ids; return it (not current)."""
-    from opentelemetry import trace  # noqa: PLC0415 - the [otel] extra
+    trace = otel_trace()
 
     trace_id, span_id = trace_id_of(event), span_id_of(event.id)
     parent = parent_span_id(event)
