@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 
 import pykka
 import pytest
 
-from actors import AsyncEventBus, BusClosedError, Event, EventBus
+from actors import AsyncEventBus, BusClosedError, Event, EventBus, EventConfig
 from tests._support import WAIT, wait_for
 
 
@@ -119,3 +120,26 @@ def test_aclose_returns_what_it_gave_up_on_as_close_does() -> None:
         assert await bus.aclose() == ()
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("dedicated", [True, False])
+def test_only_a_shared_pool_warns_that_others_wait_for_its_thread(
+    dedicated: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A ``dedicated_thread`` subscription has its one thread to itself: a slow call
+    there is no "max_threads reached; others wait" (it was logged at every slow
+    call).  A shared pool at its limit still says so."""
+    caplog.set_level(logging.DEBUG, logger="actors.dispatcher")
+    release = threading.Event()
+    config = EventConfig(threads=1, max_threads=1, blocking_threshold=0.05)
+    with EventBus(config) as bus:
+        bus.subscribe("slow", lambda event: release.wait(WAIT), dedicated_thread=dedicated)
+        try:
+            bus.publish("slow", 1)
+            assert wait_for(lambda: "has run one turn for over" in caplog.text)  # seen blocked
+        finally:
+            release.set()
+        bus.flush(WAIT)
+    # The bus closed: its watchdogs ended, the scan that saw the call blocked too.
+    warned = "reached; others wait" in caplog.text
+    assert warned is not dedicated

@@ -250,7 +250,7 @@ class Core:
             except RuntimeError:
                 loop = subscribing_loop.get() or self._loop.get()
         # Every argument is valid: from here on, state changes.
-        sub_id = f"sub-{next(_sub_ids)}"
+        sub_id, threshold = f"sub-{next(_sub_ids)}", self.config.blocking_threshold
         if not isinstance(handler, pykka.ActorRef):
             for wrap in self.handler_wrappers:  # e.g. actors.otel: a span per handled event
                 handler = wrap(handler, sub_id, pattern)
@@ -263,9 +263,7 @@ class Core:
             policy=policy,
             timers=self.timers,
             dispatcher=(
-                Dispatcher(
-                    1, name=f"{sub_id}-thread", blocking_threshold=self.config.blocking_threshold
-                )
+                Dispatcher(1, name=f"{sub_id}-thread", blocking_threshold=threshold, solo=True)
                 if dedicated_thread
                 else self.dispatcher
             ),
