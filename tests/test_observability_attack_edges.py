@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import uuid
 
 import pytest
 
@@ -15,7 +16,7 @@ from actors._model.config import MIN_FRAME_BYTES
 from actors._model.metrics import BusMetrics
 from actors._model.metrics_json import metrics_from_json, metrics_to_json
 from actors._runtime.dispatcher import FifoMailbox
-from tests._support import WAIT
+from tests._support import WAIT, tracer_provider
 from tests.test_ops_edges import _router_held
 from tests.test_top import WAIT as TERMINAL_WAIT
 from tests.test_top import Terminal, _metrics
@@ -176,3 +177,18 @@ def test_without_opentelemetry_the_error_names_the_extra() -> None:
     lines = result.stdout.splitlines()
     assert len(lines) == 2
     assert all("pip install 'llmspell-events[otel]'" in line for line in lines), lines
+
+
+def test_to_otel_makes_a_root_of_the_event_closing_a_causation_cycle() -> None:
+    """Events with forged ids can name each other as causes; ``render`` breaks the
+    cycle at its head, and the exported spans named each other as parents."""
+    cid, a, b = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    with EventBus() as bus:
+        bus.publish(Event(event_type="c.a", id=a, causation_id=b, correlation_id=cid))
+        bus.publish(Event(event_type="c.b", id=b, causation_id=a, correlation_id=cid))
+        bus.flush(WAIT)
+        provider, sink = tracer_provider()
+        assert bus.trace(cid).to_otel(provider) == 2
+    spans = {s.name: s for s in sink.spans}
+    assert spans["c.a"].parent is None  # the cycle's head, as render shows it
+    assert spans["c.b"].parent.span_id == spans["c.a"].context.span_id

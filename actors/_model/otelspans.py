@@ -17,7 +17,7 @@ import datetime
 import hashlib
 import threading
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from typing import Any
 
@@ -211,12 +211,18 @@ def start_event_span(
     event: Event,
     attributes: dict[str, str | int],
     start_time: int | None = None,
+    *,
+    root: bool = False,
 ) -> Any:
-    """Start the CONSUMER span of ``event`` with its derived ids; return it (not current)."""
+    """Start the CONSUMER span of ``event`` with its derived ids; return it (not current).
+
+    ``root``: a span without a parent whatever the event's cause (the event
+    that closes a causation cycle, which ``Trace`` treats as a root).
+    """
     trace = otel_trace()
 
     trace_id, span_id = trace_id_of(event), span_id_of(event.id)
-    parent = parent_span_id(event)
+    parent = None if root else parent_span_id(event)
     context = None
     if parent is not None:
         flags = trace.TraceFlags(
@@ -243,16 +249,24 @@ def start_event_span(
 
 
 def export_spans(
-    items: Sequence[tuple[Event, datetime.datetime]], tracer_provider: Any = None
+    items: Sequence[tuple[Event, datetime.datetime]],
+    tracer_provider: Any = None,
+    roots: Collection[uuid.UUID] = (),
 ) -> int:
     """Emit one finished span per ``(event, end time)``, starting at the event's timestamp.
 
+    The events whose ids are in ``roots`` get no parent (see ``start_event_span``).
     Returns the number of spans emitted.  Used by ``Trace.to_otel``.
     """
     tracer, pinner = pinned_tracer(tracer_provider)
     for event, end in items:
         span = start_event_span(
-            tracer, pinner, event, event_attributes(event), start_time=_ns(event.timestamp)
+            tracer,
+            pinner,
+            event,
+            event_attributes(event),
+            start_time=_ns(event.timestamp),
+            root=event.id in roots,
         )
         span.end(end_time=_ns(end))
     return len(items)

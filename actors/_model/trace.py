@@ -272,8 +272,9 @@ class Trace:
         One span per event, named after its type, from the event's timestamp
         to the latest timestamp among its descendants (so children lie inside
         their parent); trace and span ids are those ``actors.otel.instrument``
-        gives live spans (see ``actors._model.otelspans``).  ``tracer_provider``
-        defaults to the global one.  Needs the ``[otel]`` extra
+        gives live spans (see ``actors._model.otelspans``); the event closing a
+        causation cycle (forged ids) is a root, as ``render`` shows it.
+        ``tracer_provider`` defaults to the global one.  Needs the ``[otel]`` extra
         (``ImportError`` without it).
         """
         from actors._model.otelspans import export_spans  # noqa: PLC0415 - the [otel] extra
@@ -290,7 +291,9 @@ class Trace:
             for kid in self._children.get(event.id, ()):
                 latest = max(latest, end[kid.id])
             end[event.id] = latest
-        return export_spans([(e, end[e.id]) for e in self._events], tracer_provider)
+        # A causation cycle's head is a root here as in ``render``: no span is its own ancestor.
+        items = [(e, end[e.id]) for e in self._events]
+        return export_spans(items, tracer_provider, self._cycle_heads)
 
     # -- rendering ----------------------------------------------------------
 
