@@ -914,3 +914,27 @@ def test_an_error_reply_with_a_multi_line_message_is_one_line(
     assert len(asked.stderr.splitlines()) == 1, asked.stderr.splitlines()
     answering.signal(signal.SIGTERM)
     assert answering.finish()[0] == 0
+
+
+def test_a_signal_inside_a_held_block_interrupts_after_it() -> None:
+    """``sub`` writes its ready file, then says its line; a signal sent as soon as the
+    file appeared stopped it between the two, and its line was never said."""
+    from actors.cli.output import signals_held, stop_on_signals  # noqa: PLC0415
+
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    steps: list[str] = []
+
+    def ready() -> None:
+        with signals_held():
+            steps.append("file")
+            os.kill(os.getpid(), signal.SIGTERM)  # handled at the next bytecode
+            steps.append("line")
+
+    try:
+        stop_on_signals()
+        with pytest.raises(KeyboardInterrupt):
+            ready()
+        assert steps == ["file", "line"]
+    finally:
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)

@@ -33,6 +33,7 @@ __all__ = [
     "quiet_stdout",
     "say",
     "get_until_signal",
+    "signals_held",
     "stop_on_signals",
     "wait_for_signal",
     "wait_until",
@@ -223,10 +224,33 @@ def ended_by_signal() -> Iterator[None]:
             raise
 
 
+_held = threading.local()  # ``signals_held``: a signal waits for the block's end
+
+
 def _interrupt(signum: int, frame: object) -> None:
     signal.signal(signal.SIGINT, _once_stopping)
     signal.signal(signal.SIGTERM, _once_stopping)
+    if getattr(_held, "on", False):
+        _held.pending = True
+        return
     raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Run the block whole: the interrupt of a signal that comes meanwhile is raised after it.
+
+    For steps a script watches together (``sub``'s ready file, then its line):
+    a signal right after the first must not cut off the second.
+    """
+    _held.on, _held.pending = True, False
+    try:
+        yield
+    finally:
+        _held.on = False
+        if _held.pending:
+            _held.pending = False
+            raise KeyboardInterrupt
 
 
 def _once_stopping(signum: int, frame: object) -> None:

@@ -47,6 +47,7 @@ from actors.cli.output import (
     get_until_signal,
     note,
     say,
+    signals_held,
     stop_on_signals,
 )
 
@@ -330,14 +331,15 @@ def _ready(
     a signal at any moment after finds it noted if the file is there.
     """
     line = f"subscribed to {printable(pattern)} at {printable(target)}"
-    if path is not None:  # first, so a script that saw the line finds the file
-        scratch = path.with_name(f".ready-{os.getpid()}.tmp")  # short: any legal name fits
-        try:
-            scratch.write_text(line + "\n")
-            mine = _identity(scratch)
-            if mine is not None:
-                written.append(mine)
-            scratch.replace(path)
-        except OSError as exc:
-            fail(f"cannot write the ready file {path}: {exc.strerror or exc}")
-    note(line)
+    with signals_held():  # a script that saw the file and signals finds the line said
+        if path is not None:  # first, so a script that saw the line finds the file
+            scratch = path.with_name(f".ready-{os.getpid()}.tmp")  # short: any name fits
+            try:
+                scratch.write_text(line + "\n")
+                mine = _identity(scratch)
+                if mine is not None:
+                    written.append(mine)
+                scratch.replace(path)
+            except OSError as exc:
+                fail(f"cannot write the ready file {path}: {exc.strerror or exc}")
+        note(line)
