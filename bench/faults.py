@@ -10,8 +10,8 @@ Topology, every part a separate OS process started with ``python -m bench.faults
 - a ``Broker`` on an ipc endpoint in a temporary folder;
 - ``pub``: a persistent origin (``PersistentEventBus``, ``durability="sync"``)
   publishing ``fault.tick`` events with a counter ``n`` as fast as it can,
-  pipelined, appending ``n id`` of every *acknowledged* event (its future
-  resolved) to ``acked``; on restart it continues from the last ``n`` in its
+  pipelined, appending ``n id`` of every *acknowledged* event to ``acked``
+  as its future resolves; on restart it continues from the last ``n`` in its
   journal; told to stop, it stops publishing but stays up (the subscribers
   may still fetch from it) until the end;
 - ``dur``: a persistent subscriber node with a durable subscription
@@ -25,21 +25,27 @@ never loses a line it had written, and the checker ignores a torn last line.
 Before any fault, ``pub`` publishes ``fault.warmup`` events until both
 subscribers received one (the subscription is then in force at the origin:
 ``docs/cluster.md``, "When delivery starts"); counted events start after.
-Faults, chosen at random (seeded): kill -9 and restart of the publisher, of
-the broker and of each subscriber; SIGSTOP for longer than
-``heartbeat_timeout`` then SIGCONT of each.  Then the publisher is stopped
-cleanly, ``dur`` gets time to receive everything, and the checker reads the
-files:
+Faults, chosen at random (seeded) or by a plan (``EVERY_FAULT``, each kind
+once): kill -9 and restart of the publisher, of the broker and of each
+subscriber; SIGSTOP for longer than ``heartbeat_timeout`` then SIGCONT of
+each.  Then the publisher is stopped cleanly, ``dur`` and ``live`` get time
+to receive everything, and the checker reads the files:
 
 - no acknowledged event lost: every acknowledged id reached ``dur``;
 - no duplicate: within one incarnation of a subscriber, no event id twice;
 - per-origin order: within one incarnation, the ``n`` of an origin's events
-  delivered for the first time strictly increases;
+  strictly increases (events handled again included);
 - a durable subscription is at-least-once across a crash of its node: an
   event handled again by a later incarnation is counted
-  (``redelivered_after_crash``), not a fault;
-- ``live`` is checked for duplicates and order; what it misses while it is
-  down or paused is counted (``live_missed``), not a fault.
+  (``redelivered_after_crash``), not a fault, if it comes before the
+  incarnation's first new event (it resumes at its checkpoint); one after
+  is a ``late_redelivery``, a fault;
+- ``live`` is checked for duplicates and order, and for what it is owed:
+  every acknowledged event after the first its last incarnation received
+  (its subscription was in force at the origin then; what a pause or a
+  broker's restart cut off is fetched again from the persistent origin).
+  What it missed before, while down, is counted (``live_missed``), not a
+  fault (``live_lost`` is).
 
 It prints the faults injected, the events checked and the verdict, and exits
 non-zero when any check fails.
@@ -114,10 +120,20 @@ def run_publisher(folder: Path, broker: str) -> None:
         while not (folder / "go").exists():  # until both subscribers heard from us
             bus.publish("fault.warmup", {"n": -1}).get(timeout=60)
             time.sleep(0.05)
+
+        def note(number: int) -> Callable[[Any], None]:
+            def acknowledged(future: Any) -> None:  # as it resolves: a kill loses no line
+                if future.exception() is None:
+                    os.write(acked, f"{number} {future.get().id}\n".encode())
+
+            return acknowledged
+
         while not (folder / "stop").exists():
             futures = [bus.publish("fault.tick", {"n": n + k}) for k in range(PIPELINE)]
-            lines = [f"{n + k} {future.get(timeout=60).id}\n" for k, future in enumerate(futures)]
-            os.write(acked, "".join(lines).encode())
+            for k, future in enumerate(futures):
+                future.add_done_callback(note(n + k))
+            for future in futures:
+                future.get(timeout=60)
             n += len(futures)
         # Stay up (idle) until the end: the subscribers may still fetch from us.
         (folder / "pub.stopped").touch()
@@ -250,7 +266,9 @@ class Received:
     duplicates: int = 0
     order_violations: int = 0
     redelivered_after_crash: int = 0
+    late_redeliveries: int = 0  # handled before, after a first delivery of the incarnation
     torn_lines: int = 0
+    resumed_at: int | None = None  # the first ``n`` of the last incarnation
 
 
 @dataclass
@@ -264,13 +282,18 @@ class Report:
     lost_acknowledged: int = 0
     lost_sample: list[int] = field(default_factory=list)
     live_missed: int = 0
+    live_lost: int = 0
 
     @property
     def ok(self) -> bool:
         """Return whether every check passed."""
         return not (
             self.lost_acknowledged
-            or any(r.duplicates or r.order_violations for r in (self.durable, self.live))
+            or self.live_lost
+            or any(
+                r.duplicates or r.order_violations or r.late_redeliveries
+                for r in (self.durable, self.live)
+            )
         )
 
     def figures(self) -> dict[str, Any]:
@@ -284,6 +307,7 @@ class Report:
             lost_acknowledged=self.lost_acknowledged,
             lost_sample=self.lost_sample,
             live_missed=self.live_missed,
+            live_lost=self.live_lost,
         )
         for name, received in (("durable", self.durable), ("live", self.live)):
             out[name] = {k: v for k, v in vars(received).items() if k != "ids"}
@@ -308,10 +332,17 @@ def read_acked(folder: Path) -> dict[str, int]:
 
 
 def check_received(path: Path) -> Received:
-    """Check one subscriber's file: duplicates and order within each incarnation."""
+    """Check one subscriber's file: duplicates, order and redeliveries within each incarnation.
+
+    Order covers every delivery of an incarnation, events handled again
+    included; and those come first (a durable subscription resumes at its
+    checkpoint, then goes on): one handled again after the incarnation's
+    first new event is a ``late_redelivery``.
+    """
     out = Received()
     last: dict[tuple[str, str], int] = {}
     mine: dict[str, set[str]] = {}
+    fresh: set[str] = set()  # incarnations that delivered a first-time event
     for parts in _lines(path):
         if len(parts) != 4:
             out.torn_lines += 1
@@ -322,19 +353,24 @@ def check_received(path: Path) -> Received:
         if seen is None:
             seen = mine[incarnation] = set()
             out.incarnations += 1
+            out.resumed_at = None
         if event_id in seen:
             out.duplicates += 1
             continue
         seen.add(event_id)
         if event_id in out.ids:
             # Handled by an earlier incarnation: at-least-once across a crash.
-            # Counted; order is checked on first deliveries only.
             out.redelivered_after_crash += 1
-            continue
-        out.ids.add(event_id)
+            if incarnation in fresh:
+                out.late_redeliveries += 1
+        else:
+            out.ids.add(event_id)
+            fresh.add(incarnation)
         n = int(n_text)
         if n < 0:
             continue  # a warm-up event
+        if out.resumed_at is None:
+            out.resumed_at = n
         key = (incarnation, origin)
         if key in last and n <= last[key]:
             out.order_violations += 1
@@ -352,7 +388,23 @@ def check(folder: Path, report: Report) -> Report:
     report.lost_acknowledged = len(lost)
     report.lost_sample = lost[:5] + lost[-5:] if len(lost) > 10 else lost
     report.live_missed = sum(1 for event_id in acked if event_id not in report.live.ids)
+    report.live_lost = len(_live_owed(acked, report.live))
     return report
+
+
+def _live_owed(acked: dict[str, int], live: Received) -> set[str]:
+    """The acknowledged events ``live`` has not received though it must have.
+
+    Once its last incarnation received an event of the origin (its
+    subscription was then in force there), every acknowledged event after
+    it is owed, whatever the faults: the origin is persistent, and what a
+    pause or a broker's restart cut off is fetched again.  What it missed
+    while down, or before its subscription reached the origin, is not.
+    """
+    start = live.resumed_at
+    if start is None:
+        return set()
+    return {event_id for event_id, n in acked.items() if n > start and event_id not in live.ids}
 
 
 def _last_acked(folder: Path) -> int:
@@ -377,9 +429,21 @@ def _received_warmup(path: Path) -> bool:
     return any(len(p) == 4 for p in _lines(path))
 
 
-def run(faults: int, seed: int, folder: Path | None = None) -> Report:
-    """Run the harness with ``faults`` injected faults; return the checker's report."""
+EVERY_FAULT = [(role, kind) for role in ROLES for kind in ("kill", "stop")]
+"""A plan with each kind of fault once (the test suite's short run)."""
+
+
+def run(
+    faults: int, seed: int, folder: Path | None = None, plan: list[tuple[str, str]] | None = None
+) -> Report:
+    """Run the harness with ``faults`` injected faults; return the checker's report.
+
+    The faults are drawn at random (``seed``), or follow ``plan``: ``(role,
+    "kill" or "stop")`` pairs, in order (``faults`` is then its length).
+    """
     rng = random.Random(seed)
+    if plan is not None:
+        faults = len(plan)
     report = Report()
     with contextlib.ExitStack() as stack:
         if folder is None:
@@ -400,11 +464,14 @@ def run(faults: int, seed: int, folder: Path | None = None) -> Report:
                 "subscribers hear the publisher",
             )
             (folder / "go").touch()
-            for _ in range(faults):
+            for i in range(faults):
                 time.sleep(SETTLE)
-                name = rng.choice(ROLES)
+                if plan is None:
+                    name, kind = rng.choice(ROLES), rng.choice(("kill", "stop"))
+                else:
+                    name, kind = plan[i]
                 proc = procs[name]
-                if rng.random() < 0.5:
+                if kind == "kill":
                     report.faults.append(f"kill -9 {name}, restart")
                     _log_fault(folder, report.faults[-1])
                     proc.kill()
@@ -431,6 +498,13 @@ def run(faults: int, seed: int, folder: Path | None = None) -> Report:
 
             with contextlib.suppress(RuntimeError):
                 _wait_for(received_all, QUIESCE, "dur receives every acknowledged event", None, 0.5)
+            every = read_acked(folder)
+
+            def live_has_all() -> bool:
+                return not _live_owed(every, check_received(folder / "live.received"))
+
+            with contextlib.suppress(RuntimeError):
+                _wait_for(live_has_all, QUIESCE, "live receives what it is owed", None, 0.5)
         finally:
             (folder / "end").touch()
             for proc in procs.values():

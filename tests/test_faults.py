@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.faults import Report, check, check_received, run
+from bench.faults import EVERY_FAULT, Received, Report, check, check_received, run
 
 
 def write(path: Path, text: str) -> Path:
@@ -35,8 +35,39 @@ def test_checker_counts_duplicates_order_and_redelivery(tmp_path: Path) -> None:
     assert got.duplicates == 1
     assert got.order_violations == 1
     assert got.redelivered_after_crash == 1
+    assert got.late_redeliveries == 0
     assert got.torn_lines == 1
     assert got.ids == {"e0", "e1", "e2", "x1", "e3", "w0"}
+    assert got.resumed_at == 2
+
+
+def test_checker_orders_events_handled_again_and_wants_them_first(tmp_path: Path) -> None:
+    received = write(
+        tmp_path / "dur.received",
+        "1 pub 0 e0\n1 pub 1 e1\n1 pub 2 e2\n"
+        # incarnation 2 handles e2, e0 again (out of order), then e3, then e1 again (late)
+        "2 pub 2 e2\n2 pub 0 e0\n2 pub 3 e3\n2 pub 1 e1\n",
+    )
+    got = check_received(received)
+    assert got.redelivered_after_crash == 3
+    assert got.order_violations == 2  # e0 after e2, e1 after e3
+    assert got.late_redeliveries == 1  # e1, after the first new event e3
+
+
+@pytest.mark.parametrize(
+    "received",
+    [
+        Received(duplicates=1),
+        Received(order_violations=1),
+        Received(late_redeliveries=1),
+    ],
+)
+def test_each_fault_of_a_subscriber_fails_the_verdict(received: Received) -> None:
+    assert Report().ok
+    assert not Report(durable=received).ok
+    assert not Report(live=received).ok
+    assert not Report(live_lost=1).ok
+    assert not Report(lost_acknowledged=1).ok
 
 
 def test_checker_reports_acknowledged_events_missing_at_the_durable_subscriber(
@@ -49,26 +80,34 @@ def test_checker_reports_acknowledged_events_missing_at_the_durable_subscriber(
     assert report.acknowledged == 4
     assert report.lost_acknowledged == 1
     assert report.lost_sample == [1]
-    assert report.live_missed == 3  # not a fault: live may be down or paused
+    assert report.live_missed == 3  # not a fault: before its last incarnation heard the origin
+    assert report.live_lost == 0
     assert not report.ok
     write(tmp_path / "dur.received", "1 pub 0 e0\n1 pub 1 e1\n2 pub 1 e1\n2 pub 2 e2\n2 pub 3 e3\n")
     report = check(tmp_path, Report())
     assert report.lost_acknowledged == 0
     assert report.durable.redelivered_after_crash == 1
     assert report.ok
+    # Live's last incarnation heard e1: e2 and e3 are owed, and e3 did not come.
+    write(tmp_path / "live.received", "7 pub 0 e0\n8 pub 1 e1\n8 pub 2 e2\n")
+    report = check(tmp_path, Report())
+    assert (report.live_missed, report.live_lost) == (1, 1)
+    assert not report.ok
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_a_short_seeded_fault_run_loses_nothing(tmp_path: Path) -> None:
-    report = run(6, seed=1, folder=tmp_path)
+def test_a_short_fault_run_of_every_kind_loses_nothing(tmp_path: Path) -> None:
+    """Each role killed (-9) and restarted, and paused past the heartbeat timeout, once."""
+    report = run(0, seed=1, folder=tmp_path, plan=EVERY_FAULT)
     figures = report.figures()
-    assert len(report.faults) == 6
+    assert len(figures["faults_by_kind"]) == 8, figures
     assert report.acknowledged > 1000, figures
     assert report.lost_acknowledged == 0, figures
-    assert report.durable.duplicates == 0, figures
-    assert report.durable.order_violations == 0, figures
-    assert report.live.duplicates == 0, figures
-    assert report.live.order_violations == 0, figures
-    assert report.durable.lines >= report.acknowledged, figures
-    assert report.ok
+    assert report.live_lost == 0, figures
+    for received in (report.durable, report.live):
+        assert received.duplicates == 0, figures
+        assert received.order_violations == 0, figures
+        assert received.late_redeliveries == 0, figures
+    assert report.durable.incarnations == 2, figures  # its kill made a second
+    assert report.live.resumed_at is not None, figures  # heard the origin after its restart
