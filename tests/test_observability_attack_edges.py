@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import threading
 import uuid
 
 import pytest
@@ -15,8 +16,7 @@ from actors._core import router_reads
 from actors._model.config import MIN_FRAME_BYTES
 from actors._model.metrics import BusMetrics
 from actors._model.metrics_json import metrics_from_json, metrics_to_json
-from actors._runtime.dispatcher import FifoMailbox
-from tests._support import WAIT, tracer_provider
+from tests._support import WAIT, tracer_provider, wait_for
 from tests.test_ops_edges import _router_held
 from tests.test_top import WAIT as TERMINAL_WAIT
 from tests.test_top import Terminal, _metrics
@@ -56,13 +56,31 @@ def test_async_metrics_and_dead_letters_do_not_hold_the_loop_behind_a_held_route
         assert asyncio.run(read()) == (6, 1)  # the router answered: fresh again
 
 
-def test_an_ask_put_first_is_taken_before_the_backlog() -> None:
-    """What lets a loop's ask be answered in the router's next turn, not after a burst."""
-    inbox = FifoMailbox()
-    for i in range(3):
-        inbox.put(i)
-    inbox.put_first("ask")
-    assert inbox.take(10) == ["ask", 0, 1, 2]
+def test_a_loop_reader_giving_up_does_not_make_a_threads_reader_stale() -> None:
+    """A reader on a loop waits 0.25 s; one that gave up must not make readers on
+    threads take the last figures at once (the overdue ask is theirs only after
+    their own 10 s): a thread's reader still gets figures counting what it published."""
+    with _router_held() as (bus, entered, hold):
+        bus.publish("s.e", 1).get(timeout=WAIT)
+        bus.flush(WAIT)
+        assert bus.metrics().published == 1
+        bus.publish("s.e", "slow")
+        assert entered.wait(WAIT)
+        abus = AsyncEventBus(bus=bus)
+
+        async def read() -> int:
+            return abus.metrics().published
+
+        assert asyncio.run(read()) == 1  # gave up: the last figures
+        inbox = bus.core.router.actor_inbox
+        waiting = len(inbox)  # the loop reader's ask, behind the held turn
+
+        def release() -> None:  # once the thread's reader has asked too
+            wait_for(lambda: len(inbox) > waiting)
+            hold.set()
+
+        threading.Thread(target=release, daemon=True).start()
+        assert bus.metrics().published == 2  # before: 1, the last figures at once
 
 
 @pytest.mark.slow

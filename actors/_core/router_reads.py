@@ -10,11 +10,12 @@ piles up in its inbox: a scrape of ``/metrics`` every few seconds, or an
 operator's ``dead_letters()`` in a loop, waits once, not each time.
 
 On an event loop's thread (``AsyncEventBus.metrics`` and ``dead_letters``,
-inside ``from_loop``) the ask goes ahead of the router's backlog, and is
-waited for at most ``LOOP_ASK_TIMEOUT``: the loop is not held behind a
-burst of publishes, nor for long behind a router held by a filter.  Ahead of
-the backlog is still after the caller's own publishes: an awaited publish
-returns once routed.
+inside ``from_loop``) the ask is waited for at most ``LOOP_ASK_TIMEOUT``: the
+loop is not held for long behind a backlog of publishes or a router held by
+a filter.  The ask stays in the router's order (behind what was sent
+before it: a dead letter a flushed handler reported is counted), and one
+given up on holds back later readers on loops only: a thread's reader
+still waits its ``ASK_TIMEOUT`` for fresh figures.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ _on_loop = contextvars.ContextVar("router_ask_on_loop", default=False)
 
 @contextlib.contextmanager
 def from_loop() -> Iterator[None]:
-    """Ask ahead of the router's backlog, waiting at most ``LOOP_ASK_TIMEOUT``, in this block."""
+    """Wait at most ``LOOP_ASK_TIMEOUT`` for the router in this block (an event loop's thread)."""
     token = _on_loop.set(True)
     try:
         yield
@@ -51,13 +52,9 @@ def from_loop() -> Iterator[None]:
         _on_loop.reset(token)
 
 
-def _ask(router: RouterActor, message: Any) -> float:
-    """Send ``message`` (an ask) to ``router``; return how long to wait for its answer."""
-    if _on_loop.get():
-        router.actor_inbox.put_first(message)
-        return LOOP_ASK_TIMEOUT
-    router.actor_inbox.put(message)
-    return ASK_TIMEOUT
+def _wait() -> float:
+    """How long this reader waits for the router's answer."""
+    return LOOP_ASK_TIMEOUT if _on_loop.get() else ASK_TIMEOUT
 
 
 class RouterReads:
@@ -69,6 +66,7 @@ class RouterReads:
         self._dead_seen: list[DeadLetter] = []  # and its last list of dead letters
         self._lock = threading.Lock()
         self._overdue: BusFuture[Any] | None = None  # the last ask a reader gave up on
+        self._loop_overdue: BusFuture[Any] | None = None  # ... a reader on a loop (from_loop)
 
     def figures(self) -> RouterFigures:
         """Ask the router for its counters (its final ones once it stopped).
@@ -81,9 +79,9 @@ class RouterReads:
             if self._held():
                 return self._saw(None)  # the router is still held: the last answer, at once
             future: BusFuture[RouterFigures] = BusFuture()
-            wait = _ask(router, GetRouterFigures(future))
+            router.actor_inbox.put(GetRouterFigures(future))
             try:
-                return self._saw(future.get(wait))
+                return self._saw(future.get(_wait()))
             except FutureTimeoutError:
                 if router.actor_ref.is_alive():
                     self._gave_up(future)
@@ -92,14 +90,21 @@ class RouterReads:
         return self._saw(final[0] if final is not None else None)
 
     def _held(self) -> bool:
-        """Return whether an ask a reader gave up on is still unanswered."""
+        """Return whether an ask a reader gave up on is still unanswered.
+
+        One given up on by a reader on a loop (after its short wait) holds back
+        only readers on loops: a thread's reader waits for fresh figures.
+        """
         with self._lock:
-            overdue = self._overdue
-            return overdue is not None and not overdue.done()
+            asks = (self._overdue, self._loop_overdue) if _on_loop.get() else (self._overdue,)
+            return any(ask is not None and not ask.done() for ask in asks)
 
     def _gave_up(self, future: BusFuture[Any]) -> None:
         with self._lock:
-            self._overdue = future
+            if _on_loop.get():
+                self._loop_overdue = future
+            else:
+                self._overdue = future
 
     def _final(self) -> tuple[RouterFigures, list[DeadLetter]] | None:
         """The router's final figures; it stopped, so they are being set: wait for them."""
@@ -132,9 +137,9 @@ class RouterReads:
             if self._held():
                 return self._saw_letters(None)  # as ``figures``: the last list, at once
             future: BusFuture[list[DeadLetter]] = BusFuture()
-            wait = _ask(router, GetDeadLetters(future))
+            router.actor_inbox.put(GetDeadLetters(future))
             try:
-                return self._saw_letters(future.get(wait))
+                return self._saw_letters(future.get(_wait()))
             except FutureTimeoutError:
                 if router.actor_ref.is_alive():
                     self._gave_up(future)

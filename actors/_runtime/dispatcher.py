@@ -137,16 +137,6 @@ class FifoMailbox:
             finally:
                 self._waiting -= 1
 
-    def put_first(self, item: Any, /) -> None:
-        """Put ``item`` ahead of the queued mail and schedule the actor if it was idle.
-
-        For a read-only ask from another thread that must not wait behind a
-        backlog (``AsyncEventBus.metrics`` on its loop).  Never blocks.
-        """
-        self._items.appendleft(item)
-        if self._sched.acquire(False):
-            self._schedule()
-
     def put_front(self, items: list[Any]) -> None:
         """Return ``items`` to the head of the queue, in order (the actor re-reads them)."""
         self._items.extendleft(reversed(items))
