@@ -31,6 +31,8 @@ module of each backend that imports the driver.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pykka
 
 __all__ = [
@@ -98,9 +100,12 @@ class RemoteHandlerError(EventBusError):
         self.remote_message = remote_message
         self.reply = reply
 
-    def __reduce__(self) -> tuple[type[RemoteHandlerError], tuple[str, str, object]]:
-        # Pickled (a process pool, multiprocessing) and copied whole, as exceptions are.
-        return type(self), (self.remote_type, self.remote_message, self.reply)
+    def __reduce__(
+        self,
+    ) -> tuple[type[RemoteHandlerError], tuple[str, str, object], dict[str, Any]]:
+        # Pickled (a process pool, multiprocessing) and copied whole, as exceptions
+        # are: its arguments, and what was added to it (``__notes__``, attributes).
+        return type(self), (self.remote_type, self.remote_message, self.reply), self.__dict__
 
 
 class JournalError(EventBusError):

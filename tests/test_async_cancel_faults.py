@@ -725,7 +725,7 @@ def test_a_cancelled_durable_subscribe_leaves_no_subscription_behind(tmp_path: P
         cancel_after_first_step([attempt])  # its subscribe runs on in the executor
         with pytest.raises(asyncio.CancelledError):
             await attempt
-        await loop.run_in_executor(None, lambda: None)  # the subscribe's job has ended
+        await loop.run_in_executor(one, lambda: None)  # the subscribe's job has ended (FIFO)
         assert bus.sync.metrics().subscriptions == 0
         await bus.publish("x.y", 1)
         sub = await bus.subscribe("x.*", handler, durable="worker")  # the caller retries

@@ -7,10 +7,11 @@ import logging
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 
-from actors import AsyncEventBus, Event, EventBus, EventConfig
+from actors import AsyncEventBus, Event, EventBus, EventConfig, PersistentEventBus
 from tests._support import WAIT, wait_for
 
 
@@ -164,3 +165,18 @@ def test_only_a_shared_pool_warns_that_others_wait_for_its_thread(
     # The bus closed: its watchdogs ended, the scan that saw the call blocked too.
     warned = "reached; others wait" in caplog.text
     assert warned is not dedicated
+
+
+def test_a_dead_letter_whose_message_holds_a_lone_surrogate_is_journaled(tmp_path: Path) -> None:
+    """A file name read with ``surrogateescape`` in the exception's message: UTF-8
+    cannot carry it, and the dead letter's announcement was not journaled."""
+
+    def handler(event: Event) -> None:
+        raise FileNotFoundError(b"/data/caf\xe9.txt".decode("utf-8", "surrogateescape"))
+
+    with PersistentEventBus(EventConfig(persistence_path=tmp_path / "j")) as bus:
+        bus.subscribe("files.*", handler)
+        bus.publish("files.open", 1)
+        bus.flush(WAIT)
+        [letter] = bus.dead_letters()  # read from the journal
+    assert "caf\\udce9.txt" in letter.error

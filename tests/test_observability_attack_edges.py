@@ -210,3 +210,41 @@ def test_to_otel_makes_a_root_of_the_event_closing_a_causation_cycle() -> None:
     spans = {s.name: s for s in sink.spans}
     assert spans["c.a"].parent is None  # the cycle's head, as render shows it
     assert spans["c.b"].parent.span_id == spans["c.a"].context.span_id
+
+
+def test_top_fails_at_once_on_figures_it_cannot_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/cli.md: figures that are not what a node sends are a one-line error at
+    once; ``top`` took them for silence and asked again until ``--timeout``."""
+    import dataclasses  # noqa: PLC0415
+
+    import click  # noqa: PLC0415
+
+    from actors._cluster import request_io  # noqa: PLC0415
+    from actors.cli import top  # noqa: PLC0415
+
+    answer = request_io.metrics_answer
+    monkeypatch.setattr(  # a node sending a string where a count goes
+        request_io,
+        "metrics_answer",
+        lambda metrics, heard: answer(dataclasses.replace(metrics, published="many"), heard),
+    )
+
+    class Screen:
+        def __init__(self, **_: object) -> None:
+            pass
+
+        def __enter__(self) -> Screen:
+            return self
+
+        def __exit__(self, *_: object) -> None:
+            pass
+
+        def update(self, *_: object, **__: object) -> None:
+            pass
+
+    with EventBus(node=NodeConfig(name="hub", listen="tcp://127.0.0.1:*")) as hub:
+        peer = str(hub.endpoints["request"])
+        with EventBus(node=NodeConfig(name="asker", peers=(peer,))) as asker:
+            assert asker.wait_for_peers(["hub"], WAIT)
+            with pytest.raises(click.ClickException, match="sent figures top cannot read"):
+                top._watch(asker, "hub", timeout=3600, interval=1.0, console=None, live_cls=Screen)  # noqa: SLF001

@@ -403,6 +403,7 @@ def test_a_remote_handler_error_pickles_and_copies_whole() -> None:
 
     reply = Event(event_type="q.error", data={"error_type": "ValueError", "error": "no"})
     error = RemoteHandlerError("ValueError", "no", reply)
+    error.add_note("while pricing the order")
     for again in (pickle.loads(pickle.dumps(error)), copy.copy(error)):
         assert isinstance(again, RemoteHandlerError)
         assert (again.remote_type, again.remote_message, str(again)) == (
@@ -411,3 +412,4 @@ def test_a_remote_handler_error_pickles_and_copies_whole() -> None:
             str(error),
         )
         assert again.reply == reply
+        assert again.__notes__ == ["while pricing the order"]

@@ -265,9 +265,13 @@ def exception_text(exc: BaseException) -> str:
 
     A handler may raise what ``traceback`` cannot format (a ``SyntaxError``
     whose ``text`` is bytes, a ``__str__`` or ``__notes__`` that raises): its
-    dead letter then says so, and the subscription goes on.
+    dead letter then says so, and the subscription goes on.  A lone surrogate
+    in the text comes out as an escape (``\\udcff``).
     """
     try:
-        return "".join(traceback.format_exception_only(exc)).strip()
+        text = "".join(traceback.format_exception_only(exc)).strip()
     except BaseException:  # whatever formatting it raises: this runs on a bus thread
-        return f"{type(exc).__name__} (its message could not be formatted)"
+        text = f"{type(exc).__name__} (its message could not be formatted)"
+    # A lone surrogate (a file name decoded with ``surrogateescape``) as an escape:
+    # UTF-8 cannot carry it, and the dead letter would not be journaled.
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")

@@ -10,7 +10,7 @@ import json
 from dataclasses import MISSING, asdict, fields
 from typing import Any
 
-from actors._errors import BridgeError
+from actors._errors import FrameError
 from actors._model.event import Event
 from actors._model.metrics import BridgeStatistics, BusMetrics, SubscriptionStatistics
 
@@ -28,7 +28,7 @@ def metrics_to_json(metrics: BusMetrics) -> dict[str, Any]:
 
 def _build(cls: type[Any], raw: Any) -> Any:
     if not isinstance(raw, dict):
-        raise BridgeError(f"malformed {cls.__name__}: {raw!r:.80}")
+        raise FrameError(f"malformed {cls.__name__}: {raw!r:.80}")
     known = {f.name: f for f in fields(cls) if f.init and f.name != "counters"}
     args = {k: v for k, v in raw.items() if k in known}
     missing = [
@@ -37,10 +37,10 @@ def _build(cls: type[Any], raw: Any) -> Any:
         if n not in args and f.default is MISSING and f.default_factory is MISSING
     ]
     if missing:
-        raise BridgeError(f"malformed {cls.__name__}: missing {', '.join(missing)}")
+        raise FrameError(f"malformed {cls.__name__}: missing {', '.join(missing)}")
     for name, value in args.items():
         if not _fits(known[name].type, value):
-            raise BridgeError(f"malformed {cls.__name__}: {name} is {value!r:.40}")
+            raise FrameError(f"malformed {cls.__name__}: {name} is {value!r:.40}")
     return cls(**args)
 
 
@@ -66,13 +66,13 @@ def _fits(annotation: Any, value: Any) -> bool:
 
 
 def metrics_from_json(raw: Any) -> BusMetrics:
-    """Rebuild ``BusMetrics`` from ``metrics_to_json``'s output; ``BridgeError`` if malformed."""
+    """Rebuild ``BusMetrics`` from ``metrics_to_json``'s output; ``FrameError`` if malformed."""
     if not isinstance(raw, dict):
-        raise BridgeError(f"malformed metrics: {raw!r:.80}")
+        raise FrameError(f"malformed metrics: {raw!r:.80}")
     data = dict(raw)
     subs = data.get("per_subscription") or []
     if not isinstance(subs, list):
-        raise BridgeError("malformed metrics: per_subscription is not a list")
+        raise FrameError("malformed metrics: per_subscription is not a list")
     data["per_subscription"] = tuple(_build(SubscriptionStatistics, s) for s in subs)
     bridge = data.get("bridge")
     if bridge is not None:
@@ -100,12 +100,12 @@ def metrics_answer(metrics: BusMetrics, heard: dict[str, float]) -> Event:
 
 
 def metrics_from_answer(events: list[Event]) -> tuple[BusMetrics, dict[str, float]]:
-    """Return the figures ``metrics_answer`` carried; ``BridgeError`` if malformed."""
+    """Return the figures ``metrics_answer`` carried; ``FrameError`` if malformed."""
     data: Any = events[0].data if events else None
     if not isinstance(data, dict) or not isinstance(data.get("heard"), dict):
-        raise BridgeError("malformed metrics answer")
+        raise FrameError("malformed metrics answer")
     try:
         heard = {str(k): float(v) for k, v in data["heard"].items()}
     except (TypeError, ValueError) as exc:
-        raise BridgeError(f"malformed metrics answer: {exc}") from exc
+        raise FrameError(f"malformed metrics answer: {exc}") from exc
     return metrics_from_json(data.get("metrics")), heard

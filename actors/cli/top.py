@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from actors._bus import EventBus
-from actors._errors import BridgeError, PeerRefusedError
+from actors._errors import BridgeError, FrameError, PeerRefusedError
 from actors._model.metrics import BusMetrics
 from actors._model.trace import printable
 from actors.cli.connect import peer_name, short_lived_node
@@ -254,6 +254,8 @@ def _watch(
                 screen = render(now, before)
             except PeerRefusedError as exc:  # asking again gets the same answer
                 fail(f"node {target!r} refused its figures: {exc}")
+            except FrameError as exc:  # figures that are not what a node sends
+                fail(f"node {target!r} sent figures top cannot read: {exc}")
             except BridgeError as exc:  # silent, or figures malformed
                 if before is None and time.monotonic() >= deadline:
                     fail(f"node {target!r} did not answer: {exc}")
