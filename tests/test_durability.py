@@ -8,13 +8,14 @@ parent reopens the journal and checks that nothing acknowledged is missing.
 from __future__ import annotations
 
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from actors import EventBus, EventConfig, EventQuery, JournalError, JournalLockedError
-from tests._support import Child
+from tests._support import WAIT, Child
 
 pytestmark = pytest.mark.slow
 
@@ -255,3 +256,27 @@ def test_a_durable_subscription_on_a_read_only_bus_is_refused(tmp_path: Path) ->
         reader.subscribe("a.*", lambda e: got.append(e.data), from_sequence=1)  # still works
         reader.flush(30)
         assert got == [1]
+
+
+def test_a_sync_publish_is_acknowledged_only_once_the_wal_is_fsynced(
+    journal: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``durability="sync"``: a publish's future resolves after the WAL's fsync.  With
+    the fsync taken out, every other test of sync durability still passed."""
+    from actors._journal.rocks_store import RocksTables  # noqa: PLC0415
+
+    syncing, release = threading.Event(), threading.Event()
+    fsync = RocksTables._sync_wal  # noqa: SLF001
+
+    def held(self: RocksTables) -> None:
+        syncing.set()
+        assert release.wait(WAIT), "the test never released the fsync"
+        fsync(self)
+
+    with EventBus(EventConfig(persistence_path=journal, durability="sync")) as bus:
+        monkeypatch.setattr(RocksTables, "_sync_wal", held)
+        future = bus.publish("sync.x", 1)
+        assert syncing.wait(WAIT)  # the WAL's fsync is asked for...
+        assert not future.done()  # ...and the publish waits for it
+        release.set()
+        assert future.get(timeout=WAIT).sequence is not None
