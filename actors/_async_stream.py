@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 import weakref
 from collections import deque
@@ -78,6 +79,14 @@ class Inbox:
         return True
 
 
+def _running(loop: asyncio.AbstractEventLoop) -> bool:
+    """Return whether ``loop`` is the one running in this thread."""
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
+
+
 def _abandoned(
     loop: asyncio.AbstractEventLoop,
     inbox: Inbox,
@@ -92,8 +101,12 @@ def _abandoned(
     """
     if inbox.closed:
         return
-    with contextlib.suppress(RuntimeError):
+    try:
         loop.call_soon_threadsafe(_drop, inbox, subscription, on_close)
+    except RuntimeError:  # its loop is closed: nothing will run there again
+        threading.Thread(
+            target=_drop_off_loop, args=(inbox, subscription, on_close), daemon=True
+        ).start()
 
 
 def _drop(
@@ -101,6 +114,16 @@ def _drop(
 ) -> None:
     if inbox.finish() and on_close is not None:
         on_close(inbox)
+    subscription.unsubscribe()
+
+
+def _drop_off_loop(
+    inbox: Inbox, subscription: Subscription, on_close: Callable[[Inbox], None] | None
+) -> None:
+    """``_drop`` on a thread of its own, for a stream whose loop closed (else each
+    event it matched would go to a handler that cannot run: a dead letter)."""
+    with contextlib.suppress(RuntimeError):  # a waiter of the closed loop: none will wake
+        _drop(inbox, subscription, on_close)
     subscription.unsubscribe()
 
 
@@ -142,6 +165,7 @@ class EventStream(AsyncIterator[Event]):
             else None,
         )
         self._on_close = on_close
+        self._loop: asyncio.AbstractEventLoop | None = None  # the reader's, once known
         self.subscription = bus.subscribe(
             pattern,
             inbox.put,
@@ -151,7 +175,7 @@ class EventStream(AsyncIterator[Event]):
             from_sequence=from_sequence,
         )
         with contextlib.suppress(RuntimeError):  # no running loop: no async handler either
-            loop = asyncio.get_running_loop()
+            loop = self._loop = asyncio.get_running_loop()
             finalizer = weakref.finalize(self, _abandoned, loop, inbox, self.subscription, on_close)
             finalizer.atexit = False  # at exit the bus's close (or nothing) ends it
 
@@ -204,7 +228,21 @@ class EventStream(AsyncIterator[Event]):
         self.subscription.unsubscribe()
 
     def _finish(self) -> None:
-        """Take nothing more; the reader gets what is unread, then the iteration stops."""
+        """Take nothing more; the reader gets what is unread, then the iteration stops.
+
+        On the stream's own loop: its events wake only a reader of that loop
+        (an ``aclose`` from another loop or thread hands the finish over).
+        """
+        loop = self._loop
+        if loop is not None and not _running(loop):
+            try:
+                loop.call_soon_threadsafe(self._finish_here)
+                return
+            except RuntimeError:  # its loop is closed: no reader waits there
+                pass
+        self._finish_here()
+
+    def _finish_here(self) -> None:
         if self._inbox.finish() and self._on_close is not None:
             self._on_close(self._inbox)
 
