@@ -25,7 +25,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import zmq
 
@@ -188,13 +188,26 @@ class Bridge(StreamIO, RecoveryIO, RequestIO):
         """Return the events of ``correlation_id`` held by every live peer.
 
         Blocks until each answered or ``timeout`` passed; a peer that does not
-        answer in time is skipped (and logged).
+        answer in time is skipped (and logged).  A peer whose share is larger
+        than one answer holds is read from its journal in pages; one without
+        a journal raises ``PeerRefusedError`` (its share is never left out
+        unsaid).
         """
+        deadline = None if timeout is None else time.monotonic() + timeout
         names = self.view().statistics.peers_alive
         body = {"correlation_id": str(correlation_id)}
         out: list[Event] = []
         for name, result in self._ask_many(names, CORRELATED, body, timeout).items():
-            if isinstance(result, BridgeError):
+            if _too_large(result):
+                query = EventQuery(correlation_id=correlation_id)
+                try:
+                    out.extend(self.remote_query(name, query, _left(deadline)))
+                except BridgeError as exc:
+                    raise PeerRefusedError(
+                        f"node {name!r} holds more of workflow {correlation_id} than one "
+                        f"answer carries, and its journal could not be read in pages: {exc}"
+                    ) from exc
+            elif isinstance(result, BridgeError):
                 logger.warning("node %s did not answer get_correlated: %s", name, result)
             else:
                 out.extend(result)
@@ -203,12 +216,37 @@ class Bridge(StreamIO, RecoveryIO, RequestIO):
     def remote_query(self, node_name: str, query: EventQuery, timeout: float | None) -> list[Event]:
         """Run ``query`` on the journal of ``node_name``.
 
-        Raises ``NotConnectedError``, ``NoAnswerError`` or ``PeerRefusedError``.
+        An ascending query whose answer is larger than a frame is asked again
+        in pages that fit (``_query_in_pages``).  Raises ``NotConnectedError``,
+        ``NoAnswerError`` or ``PeerRefusedError``.
         """
+        deadline = None if timeout is None else time.monotonic() + timeout
         result = self._ask_many([node_name], QUERY, query_to_json(query), timeout)[node_name]
+        if _too_large(result) and not query.descending:
+            return self._query_in_pages(node_name, query, deadline)
         if isinstance(result, BridgeError):
             raise result
         return result
+
+    def _query_in_pages(self, name: str, query: EventQuery, deadline: float | None) -> list[Event]:
+        """Ask ``query`` after each page's last sequence, halving a page that does not fit."""
+        out: list[Event] = []
+        page = max(1, min(query.limit or QUERY_PAGE, QUERY_PAGE) // 2)
+        after = query.after_sequence
+        while query.limit is None or len(out) < query.limit:
+            want = page if query.limit is None else min(page, query.limit - len(out))
+            part = replace(query, after_sequence=after, limit=want)
+            result = self._ask_many([name], QUERY, query_to_json(part), _left(deadline))[name]
+            if _too_large(result) and want > 1:
+                page = max(1, want // 2)
+                continue
+            if isinstance(result, BridgeError):
+                raise result
+            out.extend(result)
+            if len(result) < want or result[-1].sequence is None:
+                break
+            after = result[-1].sequence
+        return out
 
     def remote_publish(
         self, node_name: str, events: Sequence[Event], timeout: float | None
@@ -494,3 +532,19 @@ class Bridge(StreamIO, RecoveryIO, RequestIO):
         close_context(self._ctx, self._curve)
         self._workers.shutdown(wait=False, cancel_futures=True)
         self._close_pipe()
+
+
+QUERY_PAGE = 1000
+"""Events asked for at most per page when an answer was too large for a frame."""
+
+# The refusal ``RequestIO._serve`` sends for an answer past a frame.
+_ANSWER_TOO_LARGE = "the answer is larger than"
+
+
+def _too_large(result: object) -> bool:
+    """Return whether ``result`` is a node's refusal of an answer larger than a frame."""
+    return isinstance(result, PeerRefusedError) and _ANSWER_TOO_LARGE in str(result)
+
+
+def _left(deadline: float | None) -> float | None:
+    return None if deadline is None else max(0.0, deadline - time.monotonic())

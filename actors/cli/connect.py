@@ -175,6 +175,8 @@ def remote_reads(node: str) -> Iterator[None]:
     except NotConnectedError:
         fail(f"node {node!r} is out of reach")
     except BridgeError as exc:
+        if "the answer is larger than" in str(exc):  # a descending query: no pages to go by
+            fail(f"node {node!r} could not send its answer: {exc} (ask for less: --limit)")
         fail(
             f"node {node!r} could not read its journal: {exc} (a node keeps a journal when "
             "served with `llmspell-events serve --journal DIR`)"

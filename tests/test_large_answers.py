@@ -1,0 +1,94 @@
+"""Answers larger than a frame: a node's share of a workflow and a query's result come in pages.
+
+A node refuses to send an answer past its ``max_frame_bytes``; ``get_correlated``
+skipped such a peer with a log line (the CLI's ``trace`` then said the workflow
+had no events), and ``query --peer`` / ``--follow`` failed outright.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from actors import (
+    EventBus,
+    EventConfig,
+    EventQuery,
+    NodeConfig,
+    PeerRefusedError,
+    PersistentEventBus,
+)
+from tests._support import WAIT
+
+EVENTS = 300
+PAD = "x" * 1000  # 300 events of about 1 KB: more than twice what one of the hub's frames carries
+FRAME = 2 * 65536
+
+
+def _hub(tmp_path: Path, *, journal: bool) -> EventBus:
+    node = NodeConfig(name="hub", listen="tcp://127.0.0.1:*", max_frame_bytes=FRAME)
+    if journal:
+        return PersistentEventBus(EventConfig(persistence_path=tmp_path / "hub"), node=node)
+    return EventBus(node=node)
+
+
+@pytest.fixture
+def pair(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[EventBus, EventBus]]:
+    hub = _hub(tmp_path, journal=request.param)
+    try:
+        asker = EventBus(node=NodeConfig(name="asker", peers=(str(hub.endpoints["request"]),)))
+        try:
+            assert asker.wait_for_peers(["hub"], WAIT)
+            yield hub, asker
+        finally:
+            asker.close(timeout=WAIT)
+    finally:
+        hub.close(timeout=WAIT)
+
+
+def _workflow(hub: EventBus) -> uuid.UUID:
+    cid = uuid.uuid4()
+    for i in range(EVENTS):
+        hub.publish("big.step", {"i": i, "pad": PAD}, correlation_id=cid)
+    hub.flush(WAIT)
+    return cid
+
+
+@pytest.mark.parametrize("pair", [True], indirect=True)
+def test_a_peers_large_share_of_a_workflow_is_read_in_pages(
+    pair: tuple[EventBus, EventBus],
+) -> None:
+    hub, asker = pair
+    cid = _workflow(hub)
+    asker.publish("big.start", {}, correlation_id=cid).get(timeout=WAIT)
+    got = asker.get_correlated(cid, timeout=WAIT)
+    steps = [e.data["i"] for e in got if e.event_type == "big.step"]  # type: ignore[index]
+    assert sorted(steps) == list(range(EVENTS))  # before: none of them
+    assert len(got) == EVENTS + 1
+
+
+@pytest.mark.parametrize("pair", [False], indirect=True)
+def test_a_large_share_without_a_journal_is_a_typed_error(
+    pair: tuple[EventBus, EventBus],
+) -> None:
+    hub, asker = pair
+    cid = _workflow(hub)
+    with pytest.raises(PeerRefusedError, match="more of workflow"):
+        asker.get_correlated(cid, timeout=WAIT)  # before: [] and a log line
+
+
+@pytest.mark.parametrize("pair", [True], indirect=True)
+def test_an_ascending_query_larger_than_a_frame_comes_in_pages(
+    pair: tuple[EventBus, EventBus],
+) -> None:
+    hub, asker = pair
+    _workflow(hub)
+    every = asker.query(EventQuery(event_types=["big.*"]), node="hub", timeout=WAIT)
+    assert [e.data["i"] for e in every] == list(range(EVENTS))  # type: ignore[index]
+    some = asker.query(EventQuery(event_types=["big.*"], limit=250), node="hub", timeout=WAIT)
+    assert [e.data["i"] for e in some] == list(range(250))  # type: ignore[index]
+    with pytest.raises(PeerRefusedError, match="larger than"):  # no cursor to page back with
+        asker.query(EventQuery(event_types=["big.*"], descending=True), node="hub", timeout=WAIT)
