@@ -539,9 +539,9 @@ class AsyncEventBus:
     def metrics(self) -> BusMetrics:
         """Return a metrics snapshot (``EventBus.metrics``), holding the loop at most briefly.
 
-        The router is asked ahead of its backlog and waited for at most
-        ``LOOP_ASK_TIMEOUT`` (0.25 s); past that its last figures are given,
-        stale, as ``EventBus.metrics`` gives them past its 10 s.
+        The router is waited for at most ``LOOP_ASK_TIMEOUT`` (0.25 s); past
+        that its last figures are given, stale, as ``EventBus.metrics`` gives
+        them past its 10 s (``actors._core.router_reads``).
         """
         with from_loop():
             return self.sync.metrics()

@@ -74,8 +74,9 @@ class Inbox:
         if self.closed:
             return False
         self.closed = True
-        self.room.set()
-        self.readable.set()
+        for event in (self.room, self.readable):
+            with contextlib.suppress(RuntimeError):  # set; waking a closed loop's waiter fails
+                event.set()
         return True
 
 
@@ -238,7 +239,7 @@ class EventStream(AsyncIterator[Event]):
             try:
                 loop.call_soon_threadsafe(self._finish_here)
                 return
-            except RuntimeError:  # its loop is closed: no reader waits there
+            except RuntimeError:  # its loop is closed: a reader waiting there never wakes
                 pass
         self._finish_here()
 

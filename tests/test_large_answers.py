@@ -71,13 +71,35 @@ def test_a_peers_large_share_of_a_workflow_is_read_in_pages(
 
 
 @pytest.mark.parametrize("pair", [False], indirect=True)
-def test_a_large_share_without_a_journal_is_a_typed_error(
+def test_a_large_share_in_memory_only_is_read_in_pages_too(
     pair: tuple[EventBus, EventBus],
 ) -> None:
+    """A node without a journal holds its share in memory: the pages come from there."""
     hub, asker = pair
     cid = _workflow(hub)
-    with pytest.raises(PeerRefusedError, match="more of workflow"):
-        asker.get_correlated(cid, timeout=WAIT)  # before: [] and a log line
+    got = asker.get_correlated(cid, timeout=WAIT)  # before: [] and a log line
+    assert sorted(e.data["i"] for e in got) == list(range(EVENTS))  # type: ignore[index]
+
+
+def test_an_answer_larger_than_the_askers_frames_is_paged_too(tmp_path: Path) -> None:
+    """The asker's ``max_frame_bytes`` smaller than the hub's: the answer reached it
+    and was dropped there, and the caller waited out its timeout."""
+    hub = PersistentEventBus(
+        EventConfig(persistence_path=tmp_path / "hub"),
+        node=NodeConfig(name="hub", listen="tcp://127.0.0.1:*"),
+    )
+    try:
+        peer = str(hub.endpoints["request"])
+        node = NodeConfig(name="asker", peers=(peer,), max_frame_bytes=FRAME)
+        with EventBus(node=node) as asker:
+            assert asker.wait_for_peers(["hub"], WAIT)
+            cid = _workflow(hub)
+            got = asker.get_correlated(cid, timeout=WAIT)
+            assert sorted(e.data["i"] for e in got) == list(range(EVENTS))  # type: ignore[index]
+            every = asker.query(EventQuery(event_types=["big.*"]), node="hub", timeout=WAIT)
+            assert [e.data["i"] for e in every] == list(range(EVENTS))  # type: ignore[index]
+    finally:
+        hub.close(timeout=WAIT)
 
 
 @pytest.mark.parametrize("pair", [True], indirect=True)

@@ -11,7 +11,7 @@ import uuid
 
 import pytest
 
-from actors import AsyncEventBus, BridgeError, Event, EventBus, NodeConfig
+from actors import AsyncEventBus, BridgeError, Event, EventBus, FrameError, NodeConfig
 from actors._core import router_reads
 from actors._model.config import MIN_FRAME_BYTES
 from actors._model.metrics import BusMetrics
@@ -248,3 +248,12 @@ def test_top_fails_at_once_on_figures_it_cannot_read(monkeypatch: pytest.MonkeyP
             assert asker.wait_for_peers(["hub"], WAIT)
             with pytest.raises(click.ClickException, match="sent figures top cannot read"):
                 top._watch(asker, "hub", timeout=3600, interval=1.0, console=None, live_cls=Screen)  # noqa: SLF001
+
+
+def test_a_figure_no_float_can_hold_is_a_frame_error() -> None:
+    from actors._model.metrics_json import metrics_answer, metrics_from_answer  # noqa: PLC0415
+
+    answer = metrics_answer(_figures(), {"b": 0.5})
+    forged = Event(event_type=answer.event_type, data={**answer.data, "heard": {"b": 10**400}})  # type: ignore[dict-item]
+    with pytest.raises(FrameError, match="malformed metrics answer"):
+        metrics_from_answer([forged])

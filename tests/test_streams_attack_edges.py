@@ -66,3 +66,28 @@ def test_a_stream_collected_after_its_loop_closed_is_unsubscribed() -> None:
             bus.publish("a.x", i)
         bus.flush(WAIT)
         assert bus.metrics().dead_letters == 0
+
+
+def test_aclose_of_a_stream_whose_loop_closed_with_its_reader_waiting() -> None:
+    """The reader's wake-up raised on its closed loop, ``aclose`` raised before it
+    unsubscribed, and every later event was a dead letter."""
+    with EventBus() as bus:
+        loop = asyncio.new_event_loop()
+        held: dict[str, Any] = {}
+
+        async def start() -> None:
+            stream = held["stream"] = AsyncEventBus(bus=bus).stream("x.*")
+            held["reader"] = asyncio.ensure_future(stream.__anext__())
+            await asyncio.sleep(0)  # the reader waits
+
+        loop.run_until_complete(start())
+        loop.close()  # with the reader still waiting
+
+        async def close_it() -> None:
+            await held["stream"].aclose()
+
+        asyncio.run(close_it())
+        assert not held["stream"].subscription.active
+        bus.publish("x.y", {}).get(timeout=WAIT)
+        bus.flush(WAIT)
+        assert bus.metrics().dead_letters == 0

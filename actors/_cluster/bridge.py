@@ -26,6 +26,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
+from typing import Any
 
 import zmq
 
@@ -41,7 +42,13 @@ from actors._cluster.stream_io import StreamIO, WakeMailbox
 from actors._cluster.wire import CORRELATED, METRICS, PUBLISH, QUERY
 from actors._codec.events import encode_batch
 from actors._core.messages import Barrier
-from actors._errors import BridgeError, FutureTimeoutError, PeerRefusedError
+from actors._errors import (
+    BridgeError,
+    FutureTimeoutError,
+    NoAnswerError,
+    NotConnectedError,
+    PeerRefusedError,
+)
 from actors._model.config import NodeConfig
 from actors._model.event import Event
 from actors._model.metrics import BridgeStatistics, BusMetrics
@@ -195,23 +202,43 @@ class Bridge(StreamIO, RecoveryIO, RequestIO):
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         names = self.view().statistics.peers_alive
-        body = {"correlation_id": str(correlation_id)}
+        body = {"correlation_id": str(correlation_id), "max_bytes": self._max}
         out: list[Event] = []
-        for name, result in self._ask_many(names, CORRELATED, body, timeout).items():
-            if _too_large(result):
-                query = EventQuery(correlation_id=correlation_id)
+        for name, first in self._ask_many(names, CORRELATED, body, timeout).items():
+            result = first
+            if _too_large(first):
                 try:
-                    out.extend(self.remote_query(name, query, _left(deadline)))
-                except BridgeError as exc:
+                    result = self._correlated_in_pages(name, body, deadline)
+                except (NoAnswerError, NotConnectedError) as exc:
+                    result = exc  # as any peer gone or silent: skipped, and said
+                except BridgeError as exc:  # a node that cannot page (an older one)
                     raise PeerRefusedError(
                         f"node {name!r} holds more of workflow {correlation_id} than one "
-                        f"answer carries, and its journal could not be read in pages: {exc}"
+                        f"answer carries, and did not send it in pages: {exc}"
                     ) from exc
-            elif isinstance(result, BridgeError):
+            if isinstance(result, BridgeError):
                 logger.warning("node %s did not answer get_correlated: %s", name, result)
             else:
                 out.extend(result)
         return out
+
+    def _correlated_in_pages(
+        self, name: str, body: dict[str, Any], deadline: float | None
+    ) -> list[Event]:
+        """A peer's share of a workflow, from its memory and journal, a page at a time."""
+        out: list[Event] = []
+        page = QUERY_PAGE // 2
+        while True:
+            part = {**body, "offset": len(out), "limit": page}
+            result = self._ask_many([name], CORRELATED, part, _left(deadline))[name]
+            if _too_large(result) and page > 1:
+                page //= 2
+                continue
+            if isinstance(result, BridgeError):
+                raise result
+            out.extend(result)
+            if len(result) < page:
+                return out
 
     def remote_query(self, node_name: str, query: EventQuery, timeout: float | None) -> list[Event]:
         """Run ``query`` on the journal of ``node_name``.
@@ -221,7 +248,8 @@ class Bridge(StreamIO, RecoveryIO, RequestIO):
         ``NoAnswerError`` or ``PeerRefusedError``.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        result = self._ask_many([node_name], QUERY, query_to_json(query), timeout)[node_name]
+        body = {**query_to_json(query), "max_bytes": self._max}
+        result = self._ask_many([node_name], QUERY, body, timeout)[node_name]
         if _too_large(result) and not query.descending:
             return self._query_in_pages(node_name, query, deadline)
         if isinstance(result, BridgeError):
@@ -235,8 +263,9 @@ class Bridge(StreamIO, RecoveryIO, RequestIO):
         after = query.after_sequence
         while query.limit is None or len(out) < query.limit:
             want = page if query.limit is None else min(page, query.limit - len(out))
-            part = replace(query, after_sequence=after, limit=want)
-            result = self._ask_many([name], QUERY, query_to_json(part), _left(deadline))[name]
+            part = {**query_to_json(replace(query, after_sequence=after, limit=want))}
+            part["max_bytes"] = self._max
+            result = self._ask_many([name], QUERY, part, _left(deadline))[name]
             if _too_large(result) and want > 1:
                 page = max(1, want // 2)
                 continue

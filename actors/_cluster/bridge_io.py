@@ -29,7 +29,9 @@ __all__ = [
     "RECOVER_LIMIT",
     "PublishLedger",
     "Piece",
+    "answer_limit",
     "answers",
+    "correlated_page",
     "fit_answer",
     "fit_asker",
     "query_from_json",
@@ -256,6 +258,31 @@ class PublishLedger:
         return out
 
 
+def answer_limit(own: int, body: dict[str, Any]) -> int:
+    """The frame limit of an answer: this node's, or the asker's ``max_bytes`` if smaller.
+
+    An answer over the asker's limit would be dropped on arrival, and the
+    asker would wait out its timeout: refused here, the asker reads it in
+    pages (``Bridge.remote_query``, ``remote_correlated``).
+    """
+    asked = body.get("max_bytes")
+    if isinstance(asked, int) and not isinstance(asked, bool) and asked > 0:
+        return min(own, asked)
+    return own
+
+
+def correlated_page(local: Any, body: dict[str, Any]) -> list[Event]:
+    """The events of a workflow this node holds (memory and journal), from ``offset``, at
+    most ``limit`` of them: the pages of a share too large for one answer."""
+    events: list[Event] = local.local_correlated(uuid.UUID(str(body["correlation_id"])), 30.0)
+    offset, limit = body.get("offset"), body.get("limit")
+    if type(offset) is int and offset > 0:
+        events = events[offset:]
+    if type(limit) is int and limit > 0:
+        events = events[:limit]
+    return events
+
+
 def fit_asker(
     pieces: list[Piece], reply: dict[str, Any], own: int, body: dict[str, Any]
 ) -> tuple[list[Piece], dict[str, Any]]:
@@ -266,10 +293,7 @@ def fit_asker(
     alone is over the asker's limit can never reach it: the answer skips it
     (``lost``) and the asker continues after it.
     """
-    asked = body.get("max_bytes")
-    limit = own
-    if isinstance(asked, int) and not isinstance(asked, bool) and asked > 0:
-        limit = min(own, asked)
+    limit = answer_limit(own, body)
     budget = limit - 4096
     pieces, reply = fit_answer(pieces, reply, budget)
     if len(pieces) == 1 and len(pieces[0][1]) > budget and limit < own:

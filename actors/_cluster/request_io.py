@@ -23,7 +23,9 @@ import zmq
 
 from actors._cluster.bridge_io import (
     Piece,
+    answer_limit,
     answers,
+    correlated_page,
     fit_asker,
     query_from_json,
     run_then_set,
@@ -515,12 +517,11 @@ class RequestIO(BridgeBase):
                 heard = self._ask_io(self._heard, _no_peers)
                 events = [metrics_answer(local.metrics(), heard)]
             else:
-                cid = uuid.UUID(str(message.body["correlation_id"]))
-                events = local.local_correlated(cid, 30.0)
+                events = correlated_page(local, message.body)
             if payload is None:
                 payload = encode_batch(events)
-            if len(payload) > self._max - 4096:
-                raise EventTooLargeError(f"the answer is larger than {self._max} bytes")
+            if len(payload) > (limit := answer_limit(self._max, message.body)) - 4096:
+                raise EventTooLargeError(f"the answer is larger than {limit} bytes")
             reply = Request(EVENTS, message.sender, self.name, message.rid, reply_body, payload)
         except Exception as exc:
             reply = Request(ERROR, message.sender, self.name, message.rid, {"error": str(exc)})

@@ -106,6 +106,6 @@ def metrics_from_answer(events: list[Event]) -> tuple[BusMetrics, dict[str, floa
         raise FrameError("malformed metrics answer")
     try:
         heard = {str(k): float(v) for k, v in data["heard"].items()}
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:  # 10**400 is no float
         raise FrameError(f"malformed metrics answer: {exc}") from exc
     return metrics_from_json(data.get("metrics")), heard
