@@ -456,3 +456,15 @@ def use_off_loop_threads(executor: ThreadPoolExecutor | None) -> None:
     from actors import _async_offloop  # noqa: PLC0415
 
     _async_offloop._pool = executor  # noqa: SLF001
+
+
+def run_python(script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` in a Python process of its own (state a process holds once: pykka's
+    registry, OpenTelemetry's global provider, an import made impossible)."""
+    return subprocess.run(
+        [sys.executable, "-c", script, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )

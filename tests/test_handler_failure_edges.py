@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
 import pytest
 
 from actors import AsyncEventBus, Event, EventBus, EventConfig, PersistentEventBus
-from tests._support import WAIT, wait_for
+from tests._support import WAIT, run_python, wait_for
 
 
 class _NotesBreak(Exception):
@@ -108,13 +106,7 @@ print(sorted(t.name for t in left if t.is_alive()))
 @pytest.mark.parametrize("how", ["actor raises SystemExit", "stop_all"])
 def test_close_ends_a_bus_whose_actors_pykka_stopped(how: str) -> None:
     """In a process of its own: ``stop_all`` stops every pykka actor of the process."""
-    result = subprocess.run(
-        [sys.executable, "-c", _STOPPED_BY_PYKKA, how],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = run_python(_STOPPED_BY_PYKKA, how)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["refused", "() ()", "[]"]
     assert "the bus's actors were stopped before close" in result.stderr

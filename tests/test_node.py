@@ -7,8 +7,6 @@ child process with a timeout, since the fault it guards against is a hang.
 from __future__ import annotations
 
 import logging
-import subprocess
-import sys
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +25,7 @@ from actors import (
 from actors._cluster.broker import Broker
 from actors._cluster.security import generate_keypair
 from actors._cluster.wire import HELLO, Request, encode_request
-from tests._support import WAIT, Collector
+from tests._support import WAIT, Collector, run_python
 
 # -- endpoints are checked when the config is built -----------------------------------
 
@@ -89,13 +87,7 @@ _FAILED_STARTS = textwrap.dedent(
 
 
 def test_a_failed_start_tears_down_without_hanging() -> None:
-    result = subprocess.run(
-        [sys.executable, "-c", _FAILED_STARTS],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_python(_FAILED_STARTS)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].startswith("value-error peer '127.0.0.1:27701' has no transport")

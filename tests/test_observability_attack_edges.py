@@ -4,7 +4,6 @@ must not crash a reader, and exposition that must stay one series per label set.
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import sys
 import threading
 import uuid
@@ -16,7 +15,7 @@ from actors._core import router_reads
 from actors._model.config import MIN_FRAME_BYTES
 from actors._model.metrics import BusMetrics
 from actors._model.metrics_json import metrics_from_json, metrics_to_json
-from tests._support import WAIT, tracer_provider, wait_for
+from tests._support import WAIT, run_python, tracer_provider, wait_for
 from tests.test_ops_edges import _router_held
 from tests.test_top import WAIT as TERMINAL_WAIT
 from tests.test_top import Terminal, _metrics
@@ -154,13 +153,7 @@ with EventBus() as bus:
 
 def test_a_global_provider_set_after_instrument_still_gives_the_derived_ids() -> None:
     """In a process of its own: the global provider is set once per process."""
-    result = subprocess.run(
-        [sys.executable, "-c", _LATE_PROVIDER],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = run_python(_LATE_PROVIDER)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["True", "True"]  # before: False False
 
@@ -184,13 +177,7 @@ with EventBus() as bus:
 
 
 def test_without_opentelemetry_the_error_names_the_extra() -> None:
-    result = subprocess.run(
-        [sys.executable, "-c", _WITHOUT_OTEL],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = run_python(_WITHOUT_OTEL)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert len(lines) == 2
