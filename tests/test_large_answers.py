@@ -10,6 +10,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -114,3 +115,34 @@ def test_an_ascending_query_larger_than_a_frame_comes_in_pages(
     assert [e.data["i"] for e in some] == list(range(250))  # type: ignore[index]
     with pytest.raises(PeerRefusedError, match="larger than"):  # no cursor to page back with
         asker.query(EventQuery(event_types=["big.*"], descending=True), node="hub", timeout=WAIT)
+
+
+def test_pages_of_a_shifting_window_skip_nothing_held_when_asked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A peer without a journal keeps the last ``max_events_per_trace`` of a workflow:
+    events coming in between two pages shift that window, and pages by offset skipped
+    as many events it still held."""
+    from actors._cluster.bridge import Bridge  # noqa: PLC0415
+
+    node = NodeConfig(name="hub", listen="tcp://127.0.0.1:*", max_frame_bytes=FRAME)
+    with EventBus(EventConfig(max_events_per_trace=EVENTS), node=node) as hub:
+        peer = str(hub.endpoints["request"])
+        with EventBus(node=NodeConfig(name="asker", peers=(peer,))) as asker:
+            assert asker.wait_for_peers(["hub"], WAIT)
+            cid = _workflow(hub)
+            held = {e.id for e in hub.get_correlated(cid, timeout=WAIT)}
+            ask = Bridge._ask_many  # noqa: SLF001
+            more = iter(range(EVENTS, 10 * EVENTS))
+
+            def and_more(self: Bridge, names: Any, kind: int, body: Any, *rest: Any) -> Any:
+                answers = ask(self, names, kind, body, *rest)
+                if "limit" in body and any(isinstance(a, list) and a for a in answers.values()):
+                    for _ in range(20):  # the workflow goes on between two pages
+                        hub.publish("big.step", {"i": next(more), "pad": PAD}, correlation_id=cid)
+                    hub.flush(WAIT)
+                return answers
+
+            monkeypatch.setattr(Bridge, "_ask_many", and_more)
+            got = {e.id for e in asker.get_correlated(cid, timeout=WAIT)}
+    assert held <= got  # before: 60 of them missing

@@ -30,7 +30,7 @@ from typing import Any
 
 import zmq
 
-from actors._cluster.bridge_io import query_to_json
+from actors._cluster.bridge_io import page_key, query_to_json
 from actors._cluster.endpoints import Link, bind, derive_endpoint, last_endpoint
 from actors._cluster.io_base import LinkState
 from actors._cluster.limits import cap_inbound
@@ -211,10 +211,11 @@ class Bridge(StreamIO, RecoveryIO, RequestIO):
                     result = self._correlated_in_pages(name, body, deadline)
                 except (NoAnswerError, NotConnectedError) as exc:
                     result = exc  # as any peer gone or silent: skipped, and said
-                except BridgeError as exc:  # a node that cannot page (an older one)
+                except BridgeError as exc:  # a page of one event still too large
                     raise PeerRefusedError(
-                        f"node {name!r} holds more of workflow {correlation_id} than one "
-                        f"answer carries, and did not send it in pages: {exc}"
+                        f"node {name!r} could not send its share of workflow {correlation_id} "
+                        "in answers that fit (an event larger than a frame: give the nodes "
+                        f"a larger max_frame_bytes; or a node too old to page): {exc}"
                     ) from exc
             if isinstance(result, BridgeError):
                 logger.warning("node %s did not answer get_correlated: %s", name, result)
@@ -229,7 +230,9 @@ class Bridge(StreamIO, RecoveryIO, RequestIO):
         out: list[Event] = []
         page = QUERY_PAGE // 2
         while True:
-            part = {**body, "offset": len(out), "limit": page}
+            part = {**body, "limit": page}
+            if out:
+                part["after"] = page_key(out[-1])
             result = self._ask_many([name], CORRELATED, part, _left(deadline))[name]
             if _too_large(result) and page > 1:
                 page //= 2

@@ -32,6 +32,7 @@ __all__ = [
     "answer_limit",
     "answers",
     "correlated_page",
+    "page_key",
     "fit_answer",
     "fit_asker",
     "query_from_json",
@@ -271,13 +272,23 @@ def answer_limit(own: int, body: dict[str, Any]) -> int:
     return own
 
 
+def page_key(event: Event) -> list[Any]:
+    """Where ``event`` stands in a workflow's pages: sequence, timestamp, id (a total order)."""
+    return [event.sequence or 0, event.timestamp.isoformat(), str(event.id)]
+
+
 def correlated_page(local: Any, body: dict[str, Any]) -> list[Event]:
-    """The events of a workflow this node holds (memory and journal), from ``offset``, at
-    most ``limit`` of them: the pages of a share too large for one answer."""
-    events: list[Event] = local.local_correlated(uuid.UUID(str(body["correlation_id"])), 30.0)
-    offset, limit = body.get("offset"), body.get("limit")
-    if type(offset) is int and offset > 0:
-        events = events[offset:]
+    """The events of a workflow this node holds (memory and journal), past ``after`` (a
+    ``page_key``), at most ``limit`` of them: the pages of a share too large for one answer.
+
+    A key, not an offset: events the memory's window drops, or that come in, between
+    two pages move no event held when asked past the next page's start.
+    """
+    events = local.local_correlated(uuid.UUID(str(body["correlation_id"])), 30.0)
+    events = sorted(events, key=page_key)
+    after, limit = body.get("after"), body.get("limit")
+    if type(after) is list and len(after) == 3:
+        events = [e for e in events if page_key(e) > after]
     if type(limit) is int and limit > 0:
         events = events[:limit]
     return events
