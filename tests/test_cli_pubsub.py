@@ -306,6 +306,44 @@ def test_a_follower_waits_for_its_node_to_come_back(
         node.kill()
 
 
+@pytest.mark.slow
+def test_a_node_back_on_another_journal_is_read_again_from_the_asked_start(
+    tmp_path: Path,
+) -> None:
+    """``sub --from-sequence 2`` rewound to the journal's first event, not the second,
+    when its node came back on another journal; and a node back at once (never seen
+    away) was followed past what the old journal had printed, skipping the new one's
+    first events without a word."""
+    endpoint = f"ipc://{tmp_path}/node.sock"
+
+    def start(folder: str) -> Running:
+        node = Running("serve", "--name", "back", "--listen", endpoint, "--journal", folder)
+        lines = dict(node.line().split(" ", 1) for _ in range(4))
+        assert lines["request"] == endpoint, lines
+        return node
+
+    node = start(str(tmp_path / "journal"))
+    tail = Running("sub", "rs.*", "--from-sequence", "2", "--peer", endpoint, "--json")
+    try:
+        for name in ("a1", "a2", "a3"):
+            pub(endpoint, "rs.a", f'"{name}"')
+        assert [json.loads(tail.line())["data"] for _ in range(2)] == ["a2", "a3"]
+        assert node.interrupt() == 0
+        node = start(str(tmp_path / "other"))  # at once: the follower may never see it away
+        said = tail.line(tail.err)
+        while "another journal" not in said:  # whichever way it noticed
+            said = tail.line(tail.err)
+        assert said.endswith("another journal; following it from the start"), said
+        for name in ("b1", "b2", "b3", "b4"):
+            pub(endpoint, "rs.a", f'"{name}"')
+        got = [json.loads(tail.line())["data"] for _ in range(3)]
+        assert got == ["b2", "b3", "b4"]  # from --from-sequence 2 again
+        assert tail.interrupt(signal.SIGINT) == 0
+    finally:
+        tail.kill()
+        node.kill()
+
+
 def test_a_sub_ending_leaves_another_subs_ready_file(hub: str, tmp_path: Path) -> None:
     # Two subs given one ready file: the first to end removed the file the
     # second had written, though the second was still subscribed.

@@ -10,6 +10,7 @@ seconds.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import threading
@@ -50,6 +51,10 @@ class JournalTail:
         self.after = self._start = query.after_sequence or 0
         self._timeout = timeout
         self._woken = threading.Event()
+
+    def start_after(self, sequence: int) -> None:
+        """Read from after ``sequence``; a journal found replaced is read again from there."""
+        self.after = self._start = sequence
 
     def wake(self, event: Event) -> None:
         """Note that something was published (a subscription handler)."""
@@ -95,6 +100,11 @@ class JournalTail:
                 printed += 1
                 if count is not None and printed >= count:
                     return printed
+            if not page and self.node is not None and self.after > self._start:
+                # Nothing new: a node restarted at once on another journal, one that
+                # ends before what was printed, is never seen away (``_replaced``).
+                with contextlib.suppress(NoAnswerError, NotConnectedError):  # the next read says it
+                    self._replaced(last_sequence(self._bus, self.node, self._timeout))
             if len(page) < PAGE:
                 self._woken.wait(POLL)
         return printed
@@ -107,16 +117,20 @@ class JournalTail:
         pass ``after`` would skip its first events without a word.  It is
         read again from where the reading was asked to start.
         """
-        name = printable(self.node or "")
         newest = last_sequence(self._bus, self.node, self._timeout)
+        if not self._replaced(newest, "answers again with"):
+            note(f"node {printable(self.node or '')} answers again; following on")
+
+    def _replaced(self, newest: int, how: str = "holds") -> bool:
+        """If the journal ends (at ``newest``) before what was printed, say so and rewind."""
         if newest >= self.after or self.after <= self._start:
-            note(f"node {name} answers again; following on")
-            return
+            return False
         note(
-            f"node {name} answers again with a journal that ends at #{newest}, before "
+            f"node {printable(self.node or '')} {how} a journal that ends at #{newest}, before "
             f"#{self.after} printed: another journal; following it from the start"
         )
         self.after = self._start
+        return True
 
 
 def last_sequence(bus: EventBus, node: str | None, timeout: float) -> int:

@@ -272,11 +272,11 @@ def sub(
                 checkpoint = Checkpoint(state_dir or default_state_dir(), target, durable)
             saved = checkpoint.load() if checkpoint is not None else None
             if saved is not None:
-                tail.after = saved
+                tail.start_after(saved)
             elif from_sequence is not None:
-                tail.after = from_sequence - 1
+                tail.start_after(from_sequence - 1)
             else:
-                tail.after = newest
+                tail.start_after(newest)
 
         def show(event: Event) -> None:
             emit(event, as_json)
