@@ -104,10 +104,9 @@ def _abandoned(
         return
     try:
         loop.call_soon_threadsafe(_drop, inbox, subscription, on_close)
-    except RuntimeError:  # its loop is closed: nothing will run there again
-        threading.Thread(
-            target=_drop_off_loop, args=(inbox, subscription, on_close), daemon=True
-        ).start()
+    except RuntimeError:  # its loop is closed: on a thread of its own, else each event
+        # it matched would go to a handler that cannot run (a dead letter)
+        threading.Thread(target=_drop, args=(inbox, subscription, on_close), daemon=True).start()
 
 
 def _drop(
@@ -115,16 +114,6 @@ def _drop(
 ) -> None:
     if inbox.finish() and on_close is not None:
         on_close(inbox)
-    subscription.unsubscribe()
-
-
-def _drop_off_loop(
-    inbox: Inbox, subscription: Subscription, on_close: Callable[[Inbox], None] | None
-) -> None:
-    """``_drop`` on a thread of its own, for a stream whose loop closed (else each
-    event it matched would go to a handler that cannot run: a dead letter)."""
-    with contextlib.suppress(RuntimeError):  # a waiter of the closed loop: none will wake
-        _drop(inbox, subscription, on_close)
     subscription.unsubscribe()
 
 

@@ -6,6 +6,7 @@ event types, so they share the node's journal without seeing each other.
 
 from __future__ import annotations
 
+import functools
 import json
 import signal
 import socket
@@ -258,6 +259,14 @@ def test_pub_sets_every_field_it_is_given(hub: str) -> None:
     assert (event["source"], event["target"], event["origin"]) == ("planner", "worker", "hub")
 
 
+def _serve_back(endpoint: str, folder: str) -> Running:
+    """Start a node named back on ``endpoint`` with the journal in ``folder``."""
+    node = Running("serve", "--name", "back", "--listen", endpoint, "--journal", folder)
+    lines = dict(node.line().split(" ", 1) for _ in range(4))
+    assert lines["request"] == endpoint, lines
+    return node
+
+
 @pytest.mark.parametrize("journal", ["same journal", "another journal"])
 @pytest.mark.parametrize("reader", ["query --follow", "sub --from-sequence"])
 def test_a_follower_waits_for_its_node_to_come_back(
@@ -268,13 +277,7 @@ def test_a_follower_waits_for_its_node_to_come_back(
     back with another journal (its sequences from 1 again) was followed past
     what its old journal had printed, so nothing was printed."""
     endpoint = f"ipc://{tmp_path}/node.sock"
-
-    def start(folder: str) -> Running:
-        node = Running("serve", "--name", "back", "--listen", endpoint, "--journal", folder)
-        lines = dict(node.line().split(" ", 1) for _ in range(4))
-        assert lines["request"] == endpoint, lines
-        return node
-
+    start = functools.partial(_serve_back, endpoint)
     node = start(str(tmp_path / "journal"))
     common = ("--peer", endpoint, "--json", "--timeout", "0.5")
     args = (
@@ -315,13 +318,7 @@ def test_a_node_back_on_another_journal_is_read_again_from_the_asked_start(
     away) was followed past what the old journal had printed, skipping the new one's
     first events without a word."""
     endpoint = f"ipc://{tmp_path}/node.sock"
-
-    def start(folder: str) -> Running:
-        node = Running("serve", "--name", "back", "--listen", endpoint, "--journal", folder)
-        lines = dict(node.line().split(" ", 1) for _ in range(4))
-        assert lines["request"] == endpoint, lines
-        return node
-
+    start = functools.partial(_serve_back, endpoint)
     node = start(str(tmp_path / "journal"))
     tail = Running("sub", "rs.*", "--from-sequence", "2", "--peer", endpoint, "--json")
     try:

@@ -30,7 +30,7 @@ from typing import Any
 
 import zmq
 
-from actors._cluster.bridge_io import page_key, query_to_json
+from actors._cluster.bridge_io import ANSWER_TOO_LARGE, page_key, query_to_json
 from actors._cluster.endpoints import Link, bind, derive_endpoint, last_endpoint
 from actors._cluster.io_base import LinkState
 from actors._cluster.limits import cap_inbound
@@ -55,6 +55,7 @@ from actors._model.metrics import BridgeStatistics, BusMetrics
 from actors._model.metrics_json import metrics_from_answer
 from actors._model.query import EventQuery
 from actors._runtime.dispatcher import FifoMailbox
+from actors._runtime.shutdown import Deadline
 
 __all__ = ["Bridge", "BridgeView", "generate_keypair"]
 
@@ -196,19 +197,23 @@ class Bridge(StreamIO, RecoveryIO, RequestIO):
 
         Blocks until each answered or ``timeout`` passed; a peer that does not
         answer in time is skipped (and logged).  A peer whose share is larger
-        than one answer holds is read from its journal in pages; one without
-        a journal raises ``PeerRefusedError`` (its share is never left out
-        unsaid).
+        than one answer holds is read in pages (``_in_pages``), from its memory
+        and journal; one that cannot send it so raises ``PeerRefusedError``
+        (its share is never left out unsaid).
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = Deadline(timeout)
         names = self.view().statistics.peers_alive
-        body = {"correlation_id": str(correlation_id), "max_bytes": self._max}
+        body = {"correlation_id": str(correlation_id)}
         out: list[Event] = []
-        for name, first in self._ask_many(names, CORRELATED, body, timeout).items():
+        for name, first in self._ask_many(names, CORRELATED, self._sized(body), timeout).items():
             result = first
             if _too_large(first):
+
+                def page(want: int, last: Event | None) -> dict[str, Any]:
+                    return {**body, "limit": want, **({"after": page_key(last)} if last else {})}
+
                 try:
-                    result = self._correlated_in_pages(name, body, deadline)
+                    result = self._in_pages(name, CORRELATED, page, deadline)
                 except (NoAnswerError, NotConnectedError) as exc:
                     result = exc  # as any peer gone or silent: skipped, and said
                 except BridgeError as exc:  # a page of one event still too large
@@ -223,62 +228,60 @@ class Bridge(StreamIO, RecoveryIO, RequestIO):
                 out.extend(result)
         return out
 
-    def _correlated_in_pages(
-        self, name: str, body: dict[str, Any], deadline: float | None
-    ) -> list[Event]:
-        """A peer's share of a workflow, from its memory and journal, a page at a time."""
-        out: list[Event] = []
-        page = QUERY_PAGE // 2
-        while True:
-            part = {**body, "limit": page}
-            if out:
-                part["after"] = page_key(out[-1])
-            result = self._ask_many([name], CORRELATED, part, _left(deadline))[name]
-            if _too_large(result) and page > 1:
-                page //= 2
-                continue
-            if isinstance(result, BridgeError):
-                raise result
-            out.extend(result)
-            if len(result) < page:
-                return out
-
     def remote_query(self, node_name: str, query: EventQuery, timeout: float | None) -> list[Event]:
         """Run ``query`` on the journal of ``node_name``.
 
         An ascending query whose answer is larger than a frame is asked again
-        in pages that fit (``_query_in_pages``).  Raises ``NotConnectedError``,
-        ``NoAnswerError`` or ``PeerRefusedError``.
+        in pages that fit (``_in_pages``, after each page's last sequence).
+        Raises ``NotConnectedError``, ``NoAnswerError`` or ``PeerRefusedError``.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        body = {**query_to_json(query), "max_bytes": self._max}
+        deadline = Deadline(timeout)
+        body = self._sized(query_to_json(query))
         result = self._ask_many([node_name], QUERY, body, timeout)[node_name]
         if _too_large(result) and not query.descending:
-            return self._query_in_pages(node_name, query, deadline)
+
+            def page(want: int, last: Event | None) -> dict[str, Any]:
+                after = query.after_sequence if last is None else last.sequence
+                return query_to_json(replace(query, after_sequence=after, limit=want))
+
+            return self._in_pages(node_name, QUERY, page, deadline, query.limit)
         if isinstance(result, BridgeError):
             raise result
         return result
 
-    def _query_in_pages(self, name: str, query: EventQuery, deadline: float | None) -> list[Event]:
-        """Ask ``query`` after each page's last sequence, halving a page that does not fit."""
+    def _in_pages(
+        self,
+        name: str,
+        kind: int,
+        page: Callable[[int, Event | None], dict[str, Any]],
+        deadline: Deadline,
+        total: int | None = None,
+    ) -> list[Event]:
+        """Ask ``name`` for an answer too large for a frame a page at a time.
+
+        ``page(want, last)`` is the request for ``want`` events after ``last``
+        (None: from the start); a page refused as too large is asked again
+        half as large, down to one event.  Ends at a short page, or ``total``.
+        """
         out: list[Event] = []
-        page = max(1, min(query.limit or QUERY_PAGE, QUERY_PAGE) // 2)
-        after = query.after_sequence
-        while query.limit is None or len(out) < query.limit:
-            want = page if query.limit is None else min(page, query.limit - len(out))
-            part = {**query_to_json(replace(query, after_sequence=after, limit=want))}
-            part["max_bytes"] = self._max
-            result = self._ask_many([name], QUERY, part, _left(deadline))[name]
+        size = max(1, min(total or QUERY_PAGE, QUERY_PAGE) // 2)
+        while total is None or len(out) < total:
+            want = size if total is None else min(size, total - len(out))
+            body = self._sized(page(want, out[-1] if out else None))
+            result = self._ask_many([name], kind, body, deadline.remaining())[name]
             if _too_large(result) and want > 1:
-                page = max(1, want // 2)
+                size = max(1, want // 2)
                 continue
             if isinstance(result, BridgeError):
                 raise result
             out.extend(result)
             if len(result) < want or result[-1].sequence is None:
                 break
-            after = result[-1].sequence
         return out
+
+    def _sized(self, body: dict[str, Any]) -> dict[str, Any]:
+        """``body`` with this node's frame limit: a node answers within it (``answer_limit``)."""
+        return {**body, "max_bytes": self._max}
 
     def remote_publish(
         self, node_name: str, events: Sequence[Event], timeout: float | None
@@ -569,14 +572,7 @@ class Bridge(StreamIO, RecoveryIO, RequestIO):
 QUERY_PAGE = 1000
 """Events asked for at most per page when an answer was too large for a frame."""
 
-# The refusal ``RequestIO._serve`` sends for an answer past a frame.
-_ANSWER_TOO_LARGE = "the answer is larger than"
-
 
 def _too_large(result: object) -> bool:
     """Return whether ``result`` is a node's refusal of an answer larger than a frame."""
-    return isinstance(result, PeerRefusedError) and _ANSWER_TOO_LARGE in str(result)
-
-
-def _left(deadline: float | None) -> float | None:
-    return None if deadline is None else max(0.0, deadline - time.monotonic())
+    return isinstance(result, PeerRefusedError) and ANSWER_TOO_LARGE in str(result)

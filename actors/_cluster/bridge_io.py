@@ -25,6 +25,7 @@ from actors._model.query import EventQuery
 from actors._runtime.future import BusFuture
 
 __all__ = [
+    "ANSWER_TOO_LARGE",
     "ASK_GRACE",
     "RECOVER_LIMIT",
     "PublishLedger",
@@ -257,6 +258,10 @@ class PublishLedger:
             running.set_result(known)
             out.append(known)
         return out
+
+
+ANSWER_TOO_LARGE = "the answer is larger than"
+"""How a node's refusal of an answer past a frame begins (the asker pages on it)."""
 
 
 def answer_limit(own: int, body: dict[str, Any]) -> int:

@@ -22,6 +22,7 @@ from typing import Any
 import zmq
 
 from actors._cluster.bridge_io import (
+    ANSWER_TOO_LARGE,
     Piece,
     answer_limit,
     answers,
@@ -521,7 +522,7 @@ class RequestIO(BridgeBase):
             if payload is None:
                 payload = encode_batch(events)
             if len(payload) > (limit := answer_limit(self._max, message.body)) - 4096:
-                raise EventTooLargeError(f"the answer is larger than {limit} bytes")
+                raise EventTooLargeError(f"{ANSWER_TOO_LARGE} {limit} bytes")
             reply = Request(EVENTS, message.sender, self.name, message.rid, reply_body, payload)
         except Exception as exc:
             reply = Request(ERROR, message.sender, self.name, message.rid, {"error": str(exc)})

@@ -159,7 +159,8 @@ def waits_for_a_provider(tracer_provider: Any, pinner: PinnedIds | None) -> bool
     """
     if tracer_provider is not None or pinner is not None:
         return False
-    return isinstance(otel_trace().get_tracer_provider(), otel_trace().ProxyTracerProvider)
+    trace = otel_trace()
+    return isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
 
 
 def pinned_tracer(tracer_provider: Any = None) -> tuple[Any, PinnedIds | None]:

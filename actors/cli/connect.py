@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 
 from actors._bus import EventBus, PersistentEventBus
+from actors._cluster.bridge_io import ANSWER_TOO_LARGE
 from actors._errors import (
     BridgeError,
     FutureTimeoutError,
@@ -175,7 +176,7 @@ def remote_reads(node: str) -> Iterator[None]:
     except NotConnectedError:
         fail(f"node {node!r} is out of reach")
     except BridgeError as exc:
-        if "the answer is larger than" in str(exc):  # a descending query: no pages to go by
+        if ANSWER_TOO_LARGE in str(exc):  # a descending query: no pages to go by
             fail(f"node {node!r} could not send its answer: {exc} (ask for less: --limit)")
         fail(
             f"node {node!r} could not read its journal: {exc} (a node keeps a journal when "

@@ -26,7 +26,7 @@ from actors._bus import EventBus
 from actors._errors import BridgeError, FrameError, PeerRefusedError
 from actors._model.metrics import BusMetrics
 from actors._model.trace import printable
-from actors.cli.connect import peer_name, short_lived_node
+from actors.cli.connect import left, peer_name, short_lived_node
 from actors.cli.options import Connection, SecondsType, connection_options
 from actors.cli.output import ended_by_signal, fail, stop_on_signals
 
@@ -215,7 +215,7 @@ def top(*, interval: float, connection: Connection) -> None:
         _watch(
             bus,
             target,
-            timeout=max(0.0, deadline - time.monotonic()),  # what --timeout has left
+            timeout=left(deadline),  # what --timeout has left
             interval=interval,
             console=Console(),
             live_cls=Live,
@@ -247,7 +247,7 @@ def _watch(
         while True:
             ask = min(max(interval, ASK_WAIT), 5.0)
             if before is None:
-                ask = min(ask, max(0.0, deadline - time.monotonic()))
+                ask = min(ask, left(deadline))
             try:
                 metrics, heard = bus.remote_metrics(target, timeout=ask)
                 now = sample(metrics, heard, time.monotonic(), target, bus.name or "")
@@ -267,6 +267,6 @@ def _watch(
                 before = now
             pause = interval
             if before is None:  # the first figures are still to come: not past --timeout
-                pause = min(interval, max(0.0, deadline - time.monotonic()))
+                pause = min(interval, left(deadline))
             if wait(pause) in ("q", "Q"):
                 return
