@@ -38,6 +38,7 @@ from actors import (
     PersistentEventBus,
     RequestTimeoutError,
 )
+from actors._cluster.recovery_io import LOST
 from tests._support import Collector, LineChild, finished, in_background, pause, reaped, wait_for
 from tests.test_cluster import Node, start
 from tests.test_requests_cluster import Responder
@@ -359,6 +360,7 @@ def test_a_flood_at_a_paused_subscriber(
         node={**FAST, "receive_hwm": 50},
     )
     b.ask("sync a", "synced")
+    b.ask("subscribe $bus.peer.lost", "subscribed")  # what it announces as lost
     a.ask("publish flood.x 0 10", "published")
     b.wait_data(set(range(10)))
     stop(b)
@@ -388,6 +390,15 @@ def test_a_flood_at_a_paused_subscriber(
         )[:10]
         assert len(data) < n + 1, "the ring kept everything: nothing was tested"
         assert stats["gaps_unrecovered"] >= 1, stats  # the loss is counted, never silent
+        # ... and announced: every event missing lies in a range b published as lost
+        # (a's sequences: event i is a's (i + 1)th, it publishes nothing else).
+        assert wait_for(lambda: any(t == LOST for _, t, _ in b.got), WAIT), b.got[-3:]
+        lost = [d for o, t, d in b.got if t == LOST and o == "b"]
+        assert {(d["node"], d["origin"]) for d in lost} == {("b", "a")}, lost
+        announced = {i - 1 for d in lost for i in range(d["first"], d["last"] + 1)}
+        missing = set(range(n + 1)) - set(data)
+        assert missing <= announced, sorted(missing - announced)[:10]
+        assert len(lost) >= stats["gaps_unrecovered"], (stats, lost)  # a page each, at least
     gaps_add_up(stats)
     b.close()
     a.close()
@@ -622,6 +633,7 @@ def test_a_durable_receiver_killed_during_its_recovery_journals_each_event_once(
     }
     b = start(cluster, **b_config)
     b.ask("sync a", "synced")
+    b.ask("subscribe $bus.peer.lost", "subscribed")  # what it announces as lost
     a.ask("publish flood.x 0 10", "published")
     b.wait_data(set(range(10)))
     stop(b)

@@ -218,7 +218,7 @@ class Sim:
             return  # ended meanwhile
         if not quiet and rng.random() < self.fail:
             self.note(f"{r.name} request {rid} failed")
-            self.take(r, r.inbound.on_recovery_failed(rid))
+            self.take(r, r.inbound.on_recovery_failed(rid, "given up"))
             return
         limit = min(self.piece, request.limit or self.piece)
         entries, complete, lost = self.out.from_ring(

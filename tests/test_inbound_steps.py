@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from actors import Event
+from actors._cluster.room import GONE, Loss
 from actors._cluster.streams import Inbound
 
 
@@ -198,12 +199,45 @@ def test_a_range_given_up_is_not_fetched_again_under_a_narrower_prefix() -> None
     take(inbound.on_data("b", epoch=1, first=7, last=7, chains=[(b"", 6)], events=[seven], now=1))
     (request,) = inbound.requests
     inbound.requests.clear()
-    take(inbound.on_recovery_failed(request.rid))
+    take(inbound.on_recovery_failed(request.rid, "given up"))
     assert got == [7]
     chains = {b"": 7, b"x": 6}
     take(inbound.on_heartbeat("b", epoch=1, base=1, head=7, chains=chains, now=2))
     _answer_all(inbound, ring, take)
     assert got == [7], f"6, given up, came after 7: {got}"
+    assert (inbound.gaps, inbound.unrecovered, inbound.gaps_open()) == (1, 1, 0)
+    assert inbound.losses == [Loss("b", 6, 6, "given up")]  # announced by the bridge
+
+
+def test_each_page_the_origin_no_longer_holds_is_kept_as_a_loss() -> None:
+    """A range fetched in pages: each answer that says "lost" names its own page.
+
+    c follows b (``**``), baselined at 1; 2..9 are lost and 10 shows it.  The
+    first answer covers ``(1, 5]``, says part of it is gone and holds 5; the
+    second covers the rest in full; the third (the range's end) says lost
+    again.  Only the two lossy pages are kept, each with its own bounds, and
+    nothing is kept for the page that came whole.
+    """
+    ring = ring_of(dict.fromkeys(range(2, 11), "a"))
+    inbound = Inbound("c", 10_000)
+    got = Got()
+    take = got.take
+    inbound.set_patterns(["**"], 0)
+    take(inbound.on_sync("b", 1, 1, 1, 0, 1))
+    _in_a_row(inbound, ring, take, (10,))
+    (request,) = inbound.requests
+    inbound.requests.clear()
+    assert (request.after, request.upto) == (1, 9)
+    take(inbound.on_recovered(request.rid, [ring[5]], False, 5, True))
+    (second,) = inbound.requests
+    inbound.requests.clear()
+    assert second.after == 5
+    take(inbound.on_recovered(second.rid, [ring[6]], False, 6, False))
+    (third,) = inbound.requests
+    inbound.requests.clear()
+    take(inbound.on_recovered(third.rid, [ring[9]], True, 9, True))
+    assert got == [5, 6, 9, 10]
+    assert inbound.losses == [Loss("b", 2, 5, GONE), Loss("b", 7, 9, GONE)]
     assert (inbound.gaps, inbound.unrecovered, inbound.gaps_open()) == (1, 1, 0)
 
 
@@ -290,7 +324,7 @@ def test_a_range_given_up_is_not_fetched_again_by_a_chain_that_was_behind_it() -
     _in_a_row(inbound, ring, take, (2, 3, 4, 6))
     (request,) = inbound.requests
     inbound.requests.clear()
-    take(inbound.on_recovery_failed(request.rid))  # (4, 5] given up
+    take(inbound.on_recovery_failed(request.rid, "given up"))  # (4, 5] given up
     _answer_all(inbound, ring, take)
     take(inbound.on_heartbeat("b", epoch=1, base=1, head=6, chains={b"": 6, b"x": 5}, now=7))
     _answer_all(inbound, ring, take)

@@ -316,7 +316,7 @@ def test_overlapping_gaps_merge_and_end_together() -> None:
     assert gaps == recovered + unrecovered + still_open
     while inbound.requests:
         request = inbound.requests.pop(0)
-        inbound.on_recovery_failed(request.rid)
+        inbound.on_recovery_failed(request.rid, "given up")
     gaps, recovered, unrecovered, still_open = _counts(inbound)
     assert still_open == 0
     assert gaps == recovered + unrecovered

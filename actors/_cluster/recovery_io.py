@@ -15,7 +15,9 @@ the request channel and hands the answers back.  Rules (``docs/cluster.md``,
 - an ``ERROR`` answer from the origin (it cannot read its journal now) is
   asked again after ``heartbeat_timeout``;
 - a range is given up (``gaps_unrecovered``) only after ``RECOVER_ATTEMPTS``
-  such tries, or when the origin answers that it no longer holds it.
+  such tries, or when the origin answers that it no longer holds it;
+- a range given up is announced: logged at WARNING and published on this
+  bus as ``$bus.peer.lost`` (``LOST``), so no loss is silent.
 """
 
 from __future__ import annotations
@@ -34,13 +36,17 @@ from actors._cluster.wire import (
     decode_events,
     uint_field,
 )
+from actors._model.event import Event, JsonValue
 
-__all__ = ["RECOVER_ATTEMPTS", "RecoveryIO"]
+__all__ = ["LOST", "RECOVER_ATTEMPTS", "RecoveryIO"]
 
 logger = logging.getLogger("actors.bridge")
 
 RECOVER_ATTEMPTS = 4
 """Tries of one recovery request while its origin is heard (parked time does not count)."""
+
+LOST = "$bus.peer.lost"
+"""Published by a receiver for events of an origin it can no longer fetch (``docs/cluster.md``)."""
 
 
 class RecoveryIO(BridgeBase):
@@ -89,11 +95,26 @@ class RecoveryIO(BridgeBase):
             lost = bool_field(body, "lost", False)
         except FrameError:
             self._stats.frames_dropped += 1
-            self._deliver(self._in.on_recovery_failed(rid))
+            self._deliver(self._in.on_recovery_failed(rid, "the origin's answer was malformed"))
+            self._announce_losses()
             return
         self._stats.events_recovered += len(events)
         self._deliver(self._in.on_recovered(rid, events, complete, scanned, lost))
+        self._announce_losses()
         self._arrived(len(events))  # a flush says when they are handled (room for more)
+
+    def _announce_losses(self) -> None:
+        """Log each range lost for good at WARNING and publish ``$bus.peer.lost`` for it."""
+        losses, self._in.losses = self._in.losses, []
+        for loss in losses:
+            logger.warning(
+                "bridge %s: lost events of %s between its sequences %d and %d (%s)",
+                self.name,
+                *loss,
+            )
+            data: dict[str, JsonValue] = {"node": self.name, "origin": loss.origin}
+            data.update(first=loss.first, last=loss.last, reason=loss.why)
+            self._local.inject([Event(event_type=LOST, data=data, source="bus")])
 
     def _late_answer(self, reply: Request) -> None:
         """Take an answer that came after its try ran out, while the request is parked.
@@ -118,15 +139,9 @@ class RecoveryIO(BridgeBase):
                 self._parked[request.rid] = (request, attempt)
                 return
         if attempt >= RECOVER_ATTEMPTS:
-            logger.warning(
-                "bridge %s: gave up fetching %s's events %d..%d after %d tries",
-                self.name,
-                request.origin,
-                request.after + 1,
-                request.upto,
-                attempt,
-            )
-            self._deliver(self._in.on_recovery_failed(request.rid))
+            why = f"no answer after {attempt} tries"
+            self._deliver(self._in.on_recovery_failed(request.rid, why))
+            self._announce_losses()
             return
         self._stats.recovery_retries += 1
         if not answered:

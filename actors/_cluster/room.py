@@ -18,11 +18,25 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from collections.abc import Iterable, Sequence
+from typing import NamedTuple
 
 from actors._cluster.origins import MAX_AHEAD, MAX_SEQUENCE, OriginState, RecoverRequest
 from actors._model.event import Event
 
-__all__ = ["Ranges", "cut_held", "excess", "page_size"]
+__all__ = ["GONE", "Loss", "Ranges", "cut_held", "excess", "page_size"]
+
+GONE = "the origin no longer holds them"
+"""Why a range is lost when its origin answered so (its ring or journal moved past it)."""
+
+
+class Loss(NamedTuple):
+    """Events of ``origin`` between its sequences ``first`` and ``last`` (some or all), lost."""
+
+    origin: str
+    first: int
+    last: int
+    why: str
+
 
 _rids = itertools.count(1)
 
@@ -77,6 +91,7 @@ class Ranges:
     gaps: int
     recovered: int
     unrecovered: int
+    losses: list[Loss]
     rejected: int
 
     def _sync_chains(
@@ -238,6 +253,10 @@ class Ranges:
             lowest = min(range(len(deferred)), key=lambda i: deferred[i][0])
             after, upto, names, count = deferred.pop(lowest)
             self._send(origin, st, after, upto, names, count)
+
+    def _note_lost(self, request: RecoverRequest, upto: int, why: str) -> None:
+        """Keep ``(request.after, upto]`` as lost for good: the bridge announces it."""
+        self.losses.append(Loss(request.origin, request.after + 1, upto, why))
 
     def _end(self, request: RecoverRequest, lost: bool) -> None:
         if lost:

@@ -15,9 +15,9 @@ Rules that keep it honest (``docs/cluster.md``, "Guarantees"):
   moves), is rejected and counted (``rejected``): never delivered, never a
   watermark; frames held before any head was announced are checked when
   they are released, and a sync timeout waits for a heartbeat's head;
-- every gap ends exactly once: ``gaps == recovered + unrecovered + gaps_open()``;
-- gaps found while a request is out wait as separate ranges (overlapping
-  ones merge), so recovery fetches only what is missing;
+- every gap ends exactly once: ``gaps == recovered + unrecovered + gaps_open()``; a
+  range lost for good waits in ``losses`` for the bridge to announce; gaps found while
+  a request is out wait as ranges (overlaps merge): only what is missing is fetched;
 - a new incarnation of an origin is backfilled, for every prefix, from the
   watermark (a restarted persistent node) or from its first sequence (a node
   without a journal, or one whose journal lost a tail we had) to its head;
@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterable, Sequence
 from actors._cluster.checkpoints import SavedMark
 from actors._cluster.origins import MAX_AHEAD, MAX_SEQUENCE, OriginState, RecoverRequest
 from actors._cluster.outbound import MAX_PREFIX_BYTES, Outbound
-from actors._cluster.room import Ranges
+from actors._cluster.room import GONE, Loss, Ranges
 from actors._model.event import Event
 from actors._model.topics import Pattern
 
@@ -73,6 +73,7 @@ class Inbound(Ranges):
         self.gaps = 0
         self.recovered = 0
         self.unrecovered = 0
+        self.losses: list[Loss] = []  # ranges lost for good, not yet announced
         self.filtered = 0
         self.sync_timeouts = 0
         self.rejected = 0
@@ -442,8 +443,11 @@ class Inbound(Ranges):
             ]
             self.rejected += len(events) - len(inside)
             st.held.extend(inside)
+            paged = not complete and request.after < scanned < request.upto
+            if lost:  # the origin no longer holds some of this page
+                self._note_lost(request, scanned if paged else request.upto, GONE)
             lost = lost or request.lost
-            if not complete and request.after < scanned < request.upto:
+            if paged:
                 released = self._release_upto(st, scanned)
                 names = frozenset(request.prefixes)
                 self._send(st_name, st, scanned, request.upto, names, request.gaps, lost)
@@ -456,12 +460,13 @@ class Inbound(Ranges):
             return released
         return []
 
-    def on_recovery_failed(self, rid: str) -> list[Event]:
-        """Give up on a recovery request (timeout or error) and release what is held."""
+    def on_recovery_failed(self, rid: str, why: str) -> list[Event]:
+        """Give up on a recovery request (``why``) and release what is held."""
         for name, st in self.origins.items():
             request = st.pending.pop(rid, None)
             if request is not None:
                 st.asked = 0
+                self._note_lost(request, request.upto, why)
                 self._end(request, lost=True)
                 # What it covers is given up for every prefix under its own:
                 # a chain found behind later must not fetch it after newer
@@ -531,9 +536,7 @@ class Inbound(Ranges):
             out.extend(self._release(st))
         return out
 
-    # -- delivery ---------------------------------------------------------------------
-
-    def _release(self, st: OriginState) -> list[Event]:
+    def _release(self, st: OriginState) -> list[Event]:  # -- delivery --
         if st.blocked() or not st.held:
             return []
         if st.until is not None:
@@ -550,11 +553,9 @@ class Inbound(Ranges):
     def _release_upto(self, st: OriginState, upto: int) -> list[Event]:
         """Release the held events up to ``upto`` while the rest of a long range is fetched.
 
-        Everything of ``st``'s origin up to ``upto`` arrived (the origin read
-        its journal that far) unless a range waiting its turn starts below
-        it: then nothing moves.  A long recovery (a node far behind, a
-        restart loop) thus delivers, and moves the watermark, answer by
-        answer instead of holding the whole range in memory.
+        All up to ``upto`` arrived unless a range waiting its turn starts below
+        it (then nothing moves).  A long recovery (a node far behind, a restart
+        loop) thus delivers, and moves the watermark, answer by answer.
         """
         if st.until is not None:
             upto = min(upto, st.passed)  # the stream has not passed the rest
@@ -586,9 +587,8 @@ class Inbound(Ranges):
             if key in seen:
                 self.duplicates += 1
                 continue
-            # Remembered even when no pattern takes it: fetched again later
-            # (a gap found late under another prefix), it would come after
-            # newer events to a pattern added since.
+            # Remembered even when no pattern takes it: fetched again later (a gap found
+            # late under another prefix), it would come after newer events to a new pattern.
             seen[key] = None
             if len(seen) > self._dedupe:
                 seen.popitem(last=False)
