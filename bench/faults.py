@@ -16,7 +16,12 @@ Topology, every part a separate OS process started with ``python -m bench.faults
   may still fetch from it) until the end;
 - ``dur``: a persistent subscriber node with a durable subscription
   (``durable="dur"``), appending ``incarnation origin n id`` per event;
-- ``live``: a subscriber node without a journal, appending the same.
+- ``live``: a subscriber node without a journal, appending the same;
+- ``vol``: a non-persistent origin (``EventBus``, a small ``recovery_ring``)
+  publishing ``fault.vol`` events at ``VOL_RATE``, appending ``incarnation n
+  sequence id`` of each once routed (``n`` grows across its restarts); both
+  subscribers take them too, and append every ``$bus.peer.lost`` they
+  announce (``incarnation origin first last``) to their ``.lost`` file.
 
 Every line is written with one ``write(2)`` on a file opened ``O_APPEND``
 before the handler (or the acknowledgement) returns, so a killed process
@@ -45,7 +50,16 @@ to receive everything, and the checker reads the files:
   (its subscription was in force at the origin then; what a pause or a
   broker's restart cut off is fetched again from the persistent origin).
   What it missed before, while down, is counted (``live_missed``), not a
-  fault (``live_lost`` is).
+  fault (``live_lost`` is);
+- for the non-persistent origin, at each subscriber's last incarnation:
+  every event of ``vol`` published after that incarnation synced with it
+  (``wait_for_peers``: the subscription was then in force there; noted in
+  its ``.synced`` file), up to the last it got of a killed incarnation of
+  ``vol`` (what that had queued died with it) or, of the last incarnation,
+  to its closing events, either arrived or lies in a range the subscriber
+  announced as lost (``$bus.peer.lost``): a missing event announced
+  nowhere is a ``silent`` loss, a fault, and so is a last incarnation
+  that never synced.
 
 It prints the faults injected, the events checked and the verdict, and exits
 non-zero when any check fails.
@@ -78,11 +92,15 @@ PAUSE = 1.5  # seconds a SIGSTOPped process stays stopped: longer than HEARTBEAT
 SETTLE = 0.7  # seconds of normal running between two faults
 QUIESCE = 60.0  # seconds the durable subscriber gets to receive every acknowledged event
 PIPELINE = 50  # publishes in flight at once
-ROLES = ("broker", "dur", "live", "pub")
+ROLES = ("broker", "dur", "live", "pub", "vol")
+VOL_RATE = 2_000  # events/s of the non-persistent origin, in bursts of VOL_BURST
+VOL_BURST = 20
+VOL_RING = 200  # its recovery_ring and send_queue (it keeps 3 x): a pause outlasts them
+VOL_CLOSING = 10  # events it publishes last, once the faults are over
 ROOT = Path(__file__).resolve().parent.parent  # the children run ``-m bench.faults`` from here
 
 
-def _node(name: str, broker: str) -> Any:
+def _node(name: str, broker: str, **extra: Any) -> Any:
     from actors import NodeConfig  # noqa: PLC0415
 
     return NodeConfig(
@@ -90,6 +108,7 @@ def _node(name: str, broker: str) -> Any:
         peers=(broker,),
         heartbeat_interval=HEARTBEAT_INTERVAL,
         heartbeat_timeout=HEARTBEAT_TIMEOUT,
+        **extra,
     )
 
 
@@ -141,15 +160,60 @@ def run_publisher(folder: Path, broker: str) -> None:
             time.sleep(0.1)
 
 
+def run_volatile(folder: Path, broker: str) -> None:
+    """The non-persistent origin: ``fault.vol`` at ``VOL_RATE`` until ``stop``, then closing."""
+    from actors import Event, EventBus  # noqa: PLC0415
+
+    incarnation = f"{os.getpid()}.{time.monotonic_ns()}"
+    published = _appender(folder / "vol.published")
+    last_n = 0
+
+    def burst(count: int) -> None:
+        nonlocal last_n
+        events = []
+        for _ in range(count):  # n grows across restarts too (the wall clock's nanoseconds)
+            last_n = max(last_n + 1, time.time_ns())
+            events.append(Event(event_type="fault.vol", data={"n": last_n}))
+        lines = []
+        for future in bus.publish_many(events):
+            event = future.get(timeout=60)  # routed (a non-persistent origin acknowledges no more)
+            lines.append(f"{incarnation} {event.data['n']} {event.sequence} {event.id}\n")
+        os.write(published, "".join(lines).encode())
+
+    node = _node("vol", broker, recovery_ring=VOL_RING, send_queue=VOL_RING)
+    with EventBus(node=node) as bus:
+        (folder / "vol.ready").touch()
+        while not (folder / "go").exists():
+            bus.publish("fault.warmup", {"n": -1}).get(timeout=60)
+            time.sleep(0.05)
+        due = time.monotonic()
+        while not (folder / "stop").exists():
+            burst(VOL_BURST)
+            due += VOL_BURST / VOL_RATE
+            time.sleep(max(0.0, due - time.monotonic()))
+        while not (folder / "vol.close").exists():
+            time.sleep(0.05)
+        burst(VOL_CLOSING)
+        (folder / "vol.stopped").touch()
+        while not (folder / "end").exists():
+            time.sleep(0.1)
+
+
 def _run_subscriber(folder: Path, broker: str, name: str, *, durable: bool) -> None:
     from actors import EventBus, EventConfig, PersistentEventBus  # noqa: PLC0415
 
     incarnation = f"{os.getpid()}.{time.monotonic_ns()}"
     out = _appender(folder / f"{name}.received")
 
+    lost = _appender(folder / f"{name}.lost")
+
     def handler(event: Any) -> None:
         line = f"{incarnation} {event.origin} {event.data['n']} {event.id}\n"
         os.write(out, line.encode())
+
+    def announced(event: Any) -> None:  # $bus.peer.lost: events it can no longer fetch
+        d = event.data
+        os.write(lost, f"{incarnation} {d['origin']} {d['first']} {d['last']}\n".encode())
 
     if durable:
         config = EventConfig(persistence_path=str(folder / f"{name}.db"))
@@ -161,7 +225,12 @@ def _run_subscriber(folder: Path, broker: str, name: str, *, durable: bool) -> N
         # over capacity, docs/cluster.md); the default DROP_OLDEST loses a
         # burst (a recovered range, the backlog after a pause) at a slow handler.
         bus.subscribe("fault.**", handler, durable=name if durable else None, overflow="block")
+        bus.subscribe("$bus.peer.lost", announced)
         (folder / f"{name}.ready").touch()
+        # From here both origins hold the subscription: vol's events after it are owed.
+        if bus.node.wait_for_peers(["pub", "vol"], QUIESCE):
+            synced = _appender(folder / f"{name}.synced")
+            os.write(synced, f"{incarnation} {time.time_ns()}\n".encode())
         while not (folder / "end").exists():
             time.sleep(0.1)
         stats = dataclasses.asdict(bus.node.statistics())
@@ -272,6 +341,19 @@ class Received:
 
 
 @dataclass
+class Volatile:
+    """What one subscriber's last incarnation got of the non-persistent origin ``vol``."""
+
+    incarnations: int = 0  # of vol
+    synced: bool = False  # the subscriber's last incarnation synced with vol (else a fault)
+    owed: int = 0
+    received: int = 0
+    announced: int = 0  # owed and missing, inside a range the subscriber announced as lost
+    silent: int = 0  # owed and missing, announced nowhere: a fault
+    not_owed: int = 0  # before its subscription was in force there, or died with a killed vol
+
+
+@dataclass
 class Report:
     """The checker's figures (see the module docstring)."""
 
@@ -283,6 +365,8 @@ class Report:
     lost_sample: list[int] = field(default_factory=list)
     live_missed: int = 0
     live_lost: int = 0
+    vol_durable: Volatile = field(default_factory=Volatile)
+    vol_live: Volatile = field(default_factory=Volatile)
 
     @property
     def ok(self) -> bool:
@@ -290,6 +374,10 @@ class Report:
         return not (
             self.lost_acknowledged
             or self.live_lost
+            or any(
+                v.silent or (v.incarnations and not v.synced)
+                for v in (self.vol_durable, self.vol_live)
+            )
             or any(
                 r.duplicates or r.order_violations or r.late_redeliveries
                 for r in (self.durable, self.live)
@@ -311,6 +399,8 @@ class Report:
         )
         for name, received in (("durable", self.durable), ("live", self.live)):
             out[name] = {k: v for k, v in vars(received).items() if k != "ids"}
+        out["vol_durable"] = vars(self.vol_durable)
+        out["vol_live"] = vars(self.vol_live)
         return out
 
 
@@ -369,7 +459,7 @@ def check_received(path: Path) -> Received:
         n = int(n_text)
         if n < 0:
             continue  # a warm-up event
-        if out.resumed_at is None:
+        if out.resumed_at is None and origin == "pub":
             out.resumed_at = n
         key = (incarnation, origin)
         if key in last and n <= last[key]:
@@ -378,8 +468,55 @@ def check_received(path: Path) -> Received:
     return out
 
 
+def check_volatile(folder: Path, name: str) -> Volatile:
+    """Check what subscriber ``name``'s last incarnation got of ``vol`` (module docstring).
+
+    Its ranges announced as lost are matched by ``vol``'s sequences, whatever
+    the incarnation of ``vol`` (the announcement does not name it).
+    """
+    out = Volatile()
+    lines = [p for p in _lines(folder / f"{name}.received") if len(p) == 4]
+    last = lines[-1][0] if lines else None
+    got = {p[3] for p in lines if p[0] == last and p[1] == "vol"}
+    synced = [int(p[1]) for p in _lines(folder / f"{name}.synced") if len(p) == 2 and p[0] == last]
+    out.synced = bool(synced)
+    since = synced[0] if synced else None  # vol's n is its wall clock's nanoseconds
+    ranges = [
+        (int(p[2]), int(p[3]))
+        for p in _lines(folder / f"{name}.lost")
+        if len(p) == 4 and p[0] == last and p[1] == "vol"
+    ]
+    by_incarnation: dict[str, list[tuple[int, int, str]]] = {}
+    for p in _lines(folder / "vol.published"):
+        if len(p) == 4:
+            by_incarnation.setdefault(p[0], []).append((int(p[1]), int(p[2]), p[3]))
+    out.incarnations = len(by_incarnation)
+    final = list(by_incarnation)[-1] if by_incarnation else None
+    for incarnation, events in by_incarnation.items():
+        # Owed: published after the subscription was in force, up to the last
+        # event received of a killed incarnation (its queue died with it).
+        first = next((i for i, e in enumerate(events) if since is not None and e[0] > since), None)
+        heard = [i for i, (_, _, event_id) in enumerate(events) if event_id in got]
+        end = len(events) if incarnation == final else (heard[-1] + 1 if heard else 0)
+        if first is None or end <= first:
+            out.not_owed += len(events)
+            continue
+        out.not_owed += len(events) - (end - first)
+        for _, sequence, event_id in events[first:end]:
+            out.owed += 1
+            if event_id in got:
+                out.received += 1
+            elif any(lo <= sequence <= hi for lo, hi in ranges):
+                out.announced += 1
+            else:
+                out.silent += 1
+    return out
+
+
 def check(folder: Path, report: Report) -> Report:
     """Fill in the checker's figures from the files in ``folder``."""
+    report.vol_durable = check_volatile(folder, "dur")
+    report.vol_live = check_volatile(folder, "live")
     acked = read_acked(folder)
     report.acknowledged = len(acked)
     report.durable = check_received(folder / "dur.received")
@@ -425,8 +562,8 @@ def _log_fault(folder: Path, fault: str) -> None:
         log.write(f"{time.time():.3f} {_last_acked(folder)} {fault}\n")
 
 
-def _received_warmup(path: Path) -> bool:
-    return any(len(p) == 4 for p in _lines(path))
+def _heard(path: Path, origin: str) -> bool:
+    return any(len(p) == 4 and p[1] == origin for p in _lines(path))
 
 
 EVERY_FAULT = [(role, kind) for role in ROLES for kind in ("kill", "stop")]
@@ -454,14 +591,19 @@ def run(
             "dur": _Proc("dur", [str(folder), broker_endpoint]),
             "live": _Proc("live", [str(folder), broker_endpoint]),
             "pub": _Proc("pub", [str(folder), broker_endpoint]),
+            "vol": _Proc("vol", [str(folder), broker_endpoint]),
         }
         try:
             for name in ROLES:
                 procs[name].start(folder)
             _wait_for(
-                lambda: all(_received_warmup(folder / f"{s}.received") for s in ("dur", "live")),
+                lambda: all(
+                    _heard(folder / f"{s}.received", origin)
+                    for s in ("dur", "live")
+                    for origin in ("pub", "vol")
+                ),
                 60,
-                "subscribers hear the publisher",
+                "subscribers hear the publishers",
             )
             (folder / "go").touch()
             for i in range(faults):
@@ -505,6 +647,14 @@ def run(
 
             with contextlib.suppress(RuntimeError):
                 _wait_for(live_has_all, QUIESCE, "live receives what it is owed", None, 0.5)
+            (folder / "vol.close").touch()  # its closing events, every process up and synced
+            _wait_for((folder / "vol.stopped").exists, 60, "vol closes", procs["vol"].popen)
+
+            def vol_settled() -> bool:
+                return all(not check_volatile(folder, s).silent for s in ("dur", "live"))
+
+            with contextlib.suppress(RuntimeError):
+                _wait_for(vol_settled, QUIESCE, "vol's events arrive or are announced", None, 0.5)
         finally:
             (folder / "end").touch()
             for proc in procs.values():
@@ -524,6 +674,8 @@ def main(argv: list[str] | None = None) -> int:
             run_broker(rest[0])
         elif role == "pub":
             run_publisher(Path(rest[0]), rest[1])
+        elif role == "vol":
+            run_volatile(Path(rest[0]), rest[1])
         else:
             _run_subscriber(Path(rest[0]), rest[1], role, durable=role == "dur")
         return 0

@@ -12,7 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from bench.faults import EVERY_FAULT, Received, Report, check, check_received, run
+from bench.faults import (
+    EVERY_FAULT,
+    Received,
+    Report,
+    Volatile,
+    check,
+    check_received,
+    check_volatile,
+    run,
+)
 
 
 def write(path: Path, text: str) -> Path:
@@ -95,13 +104,46 @@ def test_checker_reports_acknowledged_events_missing_at_the_durable_subscriber(
     assert not report.ok
 
 
+def test_checker_finds_a_silent_loss_of_the_non_persistent_origin(tmp_path: Path) -> None:
+    """vol's incarnation A (killed) then B; ``live``'s last incarnation 9 synced at n 15.
+
+    Owed: A's events after 15 up to the last 9 got of A (A's queue died with
+    it), and all of B after 15.  A's 30 is missing inside a range 9
+    announced, B's 60 missing and announced nowhere: one silent loss.
+    """
+    write(
+        tmp_path / "vol.published",
+        # incarnation n sequence id
+        "A 10 1 a1\nA 20 2 a2\nA 30 3 a3\nA 40 4 a4\nA 50 5 a5\nB 55 1 b1\nB 60 2 b2\nB 70 3 b3\n",
+    )
+    write(tmp_path / "live.synced", "8 1\n9 15\n")
+    # 9 got a1 (before its sync: not owed either way), a2, a4 (a5 died with A), b1, b3.
+    received = "8 vol 10 a1\n9 vol 10 a1\n9 vol 20 a2\n9 vol 40 a4\n9 vol 55 b1\n9 vol 70 b3\n"
+    write(tmp_path / "live.received", received)
+    write(tmp_path / "live.lost", "8 vol 2 3\n9 vol 3 3\n9 pub 2 2\n")  # only 9's, of vol, count
+    got = check_volatile(tmp_path, "live")
+    assert got == Volatile(
+        incarnations=2, synced=True, owed=6, received=4, announced=1, silent=1, not_owed=2
+    )
+    assert not Report(vol_live=got).ok
+    write(tmp_path / "live.lost", "9 vol 3 3\n9 vol 2 2\n")  # B's 60 is sequence 2 too
+    got = check_volatile(tmp_path, "live")
+    assert (got.announced, got.silent) == (2, 0)
+    assert Report(vol_live=got).ok
+    # A last incarnation that never synced with vol is a fault, whatever it got.
+    write(tmp_path / "live.synced", "8 1\n")
+    got = check_volatile(tmp_path, "live")
+    assert (got.synced, got.owed) == (False, 0)
+    assert not Report(vol_live=got).ok
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_a_short_fault_run_of_every_kind_loses_nothing(tmp_path: Path) -> None:
     """Each role killed (-9) and restarted, and paused past the heartbeat timeout, once."""
     report = run(0, seed=1, folder=tmp_path, plan=EVERY_FAULT)
     figures = report.figures()
-    assert len(figures["faults_by_kind"]) == 8, figures
+    assert len(figures["faults_by_kind"]) == 10, figures
     assert report.acknowledged > 1000, figures
     assert report.lost_acknowledged == 0, figures
     assert report.live_lost == 0, figures
@@ -111,3 +153,10 @@ def test_a_short_fault_run_of_every_kind_loses_nothing(tmp_path: Path) -> None:
         assert received.late_redeliveries == 0, figures
     assert report.durable.incarnations == 2, figures  # its kill made a second
     assert report.live.resumed_at is not None, figures  # heard the origin after its restart
+    # The non-persistent origin: nothing owed missing without an announcement.
+    for vol in (report.vol_durable, report.vol_live):
+        assert vol.synced, figures
+        assert vol.owed > 0, figures
+        assert vol.silent == 0, figures
+        assert vol.received + vol.announced == vol.owed, figures
+    assert report.vol_live.incarnations == 2, figures  # its kill made a second
