@@ -435,6 +435,13 @@ def test_malformed_requests_at_the_brokers_router_are_dropped_and_routing_goes_o
             # Answered once the broker handled everything above (one connection, in order).
             probe = Request(PUBLISH, "ghost", "evil", "probe", {})
             dealer.send_multipart(encode_request(probe))
+            # Only the request over max_frame_bytes is answered: refused at once
+            # (its asker waits for an answer), the rest are dropped unanswered.
+            assert dealer.poll(int(WAIT * 1000))
+            refusal = decode_request(dealer.recv_multipart(), 1 << 20)
+            assert (refusal.kind, refusal.rid, refusal.to) == (ERROR, "r", "evil"), refusal
+            assert "the broker's max_frame_bytes" in refusal.body["error"], refusal
+            assert broker.oversized == 1
             assert dealer.poll(int(WAIT * 1000))
             answer = decode_request(dealer.recv_multipart(), 1 << 20)
             assert (answer.kind, answer.rid) == (ERROR, "probe"), answer

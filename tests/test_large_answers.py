@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from actors import (
+    Event,
     EventBus,
     EventConfig,
     EventQuery,
@@ -146,3 +147,45 @@ def test_pages_of_a_shifting_window_skip_nothing_held_when_asked(
             monkeypatch.setattr(Bridge, "_ask_many", and_more)
             got = {e.id for e in asker.get_correlated(cid, timeout=WAIT)}
     assert held <= got  # before: 60 of them missing
+
+
+def test_answers_through_a_broker_with_smaller_frames_are_paged_or_refused(
+    tmp_path: Path,
+) -> None:
+    """A broker whose ``max_frame_bytes`` is smaller than its nodes': it dropped every
+    answer over its limit without a word, and the asker waited out its timeout.
+
+    Nodes now learn the broker's limit when it welcomes them and ask for
+    answers within it (pages), and the broker refuses what is still too large
+    (a request, here a remote publish) at once: ``PeerRefusedError``.
+    """
+    from actors import Broker  # noqa: PLC0415
+
+    with Broker(f"ipc://{tmp_path}/hub.sock", max_frame_bytes=FRAME) as broker:
+        hub_endpoint = broker.endpoint
+        hub = PersistentEventBus(
+            EventConfig(persistence_path=tmp_path / "hub"),
+            node=NodeConfig(name="hub", peers=(hub_endpoint,)),
+        )
+        try:
+            with EventBus(node=NodeConfig(name="asker", peers=(hub_endpoint,))) as asker:
+                assert asker.wait_for_peers(["hub"], WAIT)
+                cid = _workflow(hub)
+                every = asker.query(EventQuery(event_types=["big.*"]), node="hub", timeout=WAIT)
+                assert [e.data["i"] for e in every] == list(range(EVENTS))  # type: ignore[index]
+                got = asker.get_correlated(cid, timeout=WAIT)
+                assert sorted(e.data["i"] for e in got) == list(range(EVENTS))  # type: ignore[index]
+                # A node that never learned the broker's limit (one that predates
+                # it): the broker refuses each answer too large, the asker pages.
+                bridge = asker.node._bridge  # type: ignore[union-attr]  # noqa: SLF001
+                bridge._asked_max = NodeConfig(name="x").max_frame_bytes  # noqa: SLF001
+                refused = broker.oversized
+                every = asker.query(EventQuery(event_types=["big.*"]), node="hub", timeout=WAIT)
+                assert [e.data["i"] for e in every] == list(range(EVENTS))  # type: ignore[index]
+                assert broker.oversized > refused
+                big = Event(event_type="big.one", data="x" * (2 * FRAME))
+                with pytest.raises(PeerRefusedError, match="broker's max_frame_bytes"):
+                    asker.publish_remote("hub", big, timeout=WAIT)
+                assert broker.oversized >= 1
+        finally:
+            hub.close(timeout=WAIT)

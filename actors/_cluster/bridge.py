@@ -280,8 +280,8 @@ class Bridge(StreamIO, RecoveryIO, RequestIO):
         return out
 
     def _sized(self, body: dict[str, Any]) -> dict[str, Any]:
-        """``body`` with this node's frame limit: a node answers within it (``answer_limit``)."""
-        return {**body, "max_bytes": self._max}
+        """``body`` with the frame limit of answers (ours, a smaller broker's): ``answer_limit``."""
+        return {**body, "max_bytes": self._asked_max}
 
     def remote_publish(
         self, node_name: str, events: Sequence[Event], timeout: float | None

@@ -17,9 +17,25 @@ from typing import Any
 
 from actors._cluster.outbound import Outbound
 from actors._cluster.ports import LocalNode
-from actors._cluster.wire import bool_field, text_field, texts_field, uint_field
+from actors._cluster.wire import (
+    ANSWER_TOO_LARGE,
+    ERROR,
+    Request,
+    bool_field,
+    decode_events,
+    text_field,
+    texts_field,
+    uint_field,
+)
 from actors._codec.events import chunk_of
-from actors._errors import BridgeError, FrameError, NoAnswerError
+from actors._errors import (
+    BridgeError,
+    BusClosedError,
+    FrameError,
+    NoAnswerError,
+    NotConnectedError,
+    PeerRefusedError,
+)
 from actors._model.event import Event
 from actors._model.query import EventQuery
 from actors._runtime.future import BusFuture
@@ -32,6 +48,7 @@ __all__ = [
     "Piece",
     "answer_limit",
     "answers",
+    "broker_error",
     "correlated_page",
     "page_key",
     "fit_answer",
@@ -40,6 +57,7 @@ __all__ = [
     "query_to_json",
     "run_then_set",
     "serve_recover",
+    "settle",
 ]
 
 RECOVER_LIMIT = 5000
@@ -260,8 +278,36 @@ class PublishLedger:
         return out
 
 
-ANSWER_TOO_LARGE = "the answer is larger than"
-"""How a node's refusal of an answer past a frame begins (the asker pages on it)."""
+def broker_error(reply: Request, name: str) -> bool:
+    """Whether ``reply`` is a broker's ``ERROR`` saying no connection of ``name`` is there.
+
+    A broker's refusal of a message over its frame limit (``too_large``) is
+    not one: that is final, whatever the connections.
+    """
+    return reply.kind == ERROR and reply.sender != name and not reply.body.get("too_large")
+
+
+def settle(
+    future: BusFuture[list[Event]], name: str, reply: Request | None, stopping: bool
+) -> None:
+    """Resolve an ask of node ``name`` with ``reply`` (None: no answer in time)."""
+    if reply is None:
+        why = f"the bus closed before {name!r} answered" if stopping else None
+        future.set_exception(
+            BusClosedError(why) if why else NoAnswerError(f"node {name!r} did not answer in time")
+        )
+    elif broker_error(reply, name):  # no node of that name is connected at the broker
+        error = reply.body.get("error")
+        future.set_exception(NotConnectedError(f"node {name!r} is not connected: {error}"))
+    elif reply.kind == ERROR:  # the node's refusal, or a broker's of a message too large
+        by = "" if reply.sender == name else f" (broker {reply.sender!r})"
+        error = reply.body.get("error")
+        future.set_exception(PeerRefusedError(f"node {name!r} refused{by}: {error}"))
+    else:
+        try:
+            future.set(decode_events(reply.payload))
+        except FrameError as exc:
+            future.set_exception(exc)
 
 
 def answer_limit(own: int, body: dict[str, Any]) -> int:

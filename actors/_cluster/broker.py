@@ -46,6 +46,7 @@ from actors._cluster.endpoints import bind, derive_endpoint, last_endpoint, reac
 from actors._cluster.limits import cap_inbound
 from actors._cluster.security import Curve, check_key_pair, close_context
 from actors._cluster.wire import (
+    ANSWER_TOO_LARGE,
     ANSWERED,
     CONTROL,
     DATA_HEADER,
@@ -54,6 +55,7 @@ from actors._cluster.wire import (
     WELCOME,
     FrameError,
     Request,
+    RequestTooLargeError,
     decode_request,
     encode_request,
     fits_name,
@@ -163,6 +165,7 @@ class Broker:
         self._refused = 0
         self._impostors = 0
         self._dropped = 0
+        self._oversized = 0
         self._forgotten = 0
         self.routed = 0
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
@@ -235,6 +238,12 @@ class Broker:
             return self._dropped
 
     @property
+    def oversized(self) -> int:
+        """How many requests and answers over ``max_frame_bytes`` were dropped (and refused)."""
+        with self._lock:
+            return self._oversized
+
+    @property
     def forgotten(self) -> int:
         """How many node names were forgotten, not heard for ``FORGET_AFTER`` route timeouts."""
         with self._lock:
@@ -250,6 +259,27 @@ class Broker:
         with self._lock:
             self._dropped += 1
         logger.debug("broker: dropped %s: %s", what, exc)
+
+    def _too_large(self, identity: bytes, exc: RequestTooLargeError) -> None:
+        """A message over ``max_frame_bytes``: counted, logged, and whoever waits for it told.
+
+        A request's asker is its sender; an answer's (too large for this
+        broker, though the answering node's limit let it go) is its ``to``.
+        """
+        with self._lock:
+            self._dropped += 1
+            self._oversized += 1
+        logger.warning("broker: dropped a message from %r to %r: %s", exc.sender, exc.to, exc)
+        if exc.kind in ANSWERED:
+            asker, to, text = identity, exc.sender, f"{exc}: the broker's max_frame_bytes"
+        else:
+            route = self._names.get(exc.to)
+            if route is None:
+                return
+            limit = f"{exc.max_bytes} bytes (the broker's max_frame_bytes)"
+            asker, to, text = route.identity, exc.to, f"{ANSWER_TOO_LARGE} {limit}"
+        body = {"error": text, "too_large": True}
+        self._reply(asker, Request(ERROR, to, self.name, exc.rid, body))
 
     def _impostor(self, what: str, name: str) -> None:
         with self._lock:
@@ -363,6 +393,9 @@ class Broker:
         parts = [f.bytes for f in frames[1:]]
         try:
             message = decode_request(parts, self._max)
+        except RequestTooLargeError as exc:
+            self._too_large(identity, exc)
+            return
         except FrameError as exc:
             self._drop("a request", exc)
             return
@@ -381,6 +414,7 @@ class Broker:
                     "kind": "broker",
                     "xpub": reachable(self.subscribe_endpoint, None),
                     "xsub": reachable(self.publish_endpoint, None),
+                    "max_frame_bytes": self._max,  # answers through us are asked within it
                 }
                 reply = Request(WELCOME, message.sender, self.name, message.rid, body)
                 self._reply(identity, reply)

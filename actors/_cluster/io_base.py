@@ -82,6 +82,8 @@ class BridgeBase:
         # What numbers this node's sequences: its journal's, or this run alone.
         self._numbering = local.numbering if local.numbering is not None else self._epoch
         self._max = node.max_frame_bytes
+        # The largest answer asked for: ours, or a broker's smaller limit once it told it.
+        self._asked_max = node.max_frame_bytes
         self._rfd, self._wfd = os.pipe()
         os.set_blocking(self._rfd, False)
         os.set_blocking(self._wfd, False)

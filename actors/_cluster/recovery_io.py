@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import time
 
+from actors._cluster.bridge_io import broker_error
 from actors._cluster.io_base import BridgeBase
 from actors._cluster.streams import RecoverRequest
 from actors._cluster.wire import (
@@ -74,13 +75,13 @@ class RecoveryIO(BridgeBase):
         }
         if request.limit:
             body["limit"] = request.limit  # the room this node has for the answer
-        body["max_bytes"] = self._max  # the largest answer this node accepts
+        body["max_bytes"] = self._asked_max  # the largest answer that reaches this node
         self._send(route, Request(RECOVER, request.origin, self.name, request.rid, body))
 
     def _answered(self, request: RecoverRequest, attempt: int, reply: Request | None) -> None:
         """Take the answer to a try of ``request`` (None: the try ran out of time)."""
         rid = request.rid
-        if reply is not None and reply.kind == ERROR and reply.sender != request.origin:
+        if reply is not None and broker_error(reply, request.origin):
             # A broker that does not know the origin (yet): no route
             # reaches it, and it still holds the range. Parked, not a try.
             self._parked[rid] = (request, attempt)

@@ -26,11 +26,13 @@ from actors._cluster.bridge_io import (
     Piece,
     answer_limit,
     answers,
+    broker_error,
     correlated_page,
     fit_asker,
     query_from_json,
     run_then_set,
     serve_recover,
+    settle,
 )
 from actors._cluster.endpoints import Link, Peer, reachable
 from actors._cluster.io_base import BridgeBase, Route
@@ -57,12 +59,10 @@ from actors._cluster.wire import (
 from actors._codec.events import encode_batch
 from actors._errors import (
     BridgeError,
-    BusClosedError,
     EventTooLargeError,
-    NoAnswerError,
     NotConnectedError,
-    PeerRefusedError,
 )
+from actors._model.config import MIN_FRAME_BYTES
 from actors._model.event import Event
 from actors._model.metrics_json import metrics_answer
 from actors._runtime.future import BusFuture
@@ -317,6 +317,9 @@ class RequestIO(BridgeBase):
     def _connect_broker(
         self, body: dict[str, Any], via: str | None, key: bytes | None, link: Link | None
     ) -> None:
+        limit = body.get("max_frame_bytes")  # answers through it must fit its frames too
+        if type(limit) is int and MIN_FRAME_BYTES <= limit < self._asked_max:
+            self._asked_max = limit
         xpub, xsub = body.get("xpub"), body.get("xsub")
         if link is None or not isinstance(xpub, str) or not isinstance(xsub, str):
             return
@@ -439,32 +442,14 @@ class RequestIO(BridgeBase):
         rid = uuid.uuid4().hex
 
         def done(reply: Request | None) -> None:
-            if (
-                reply is not None
-                and reply.kind == ERROR
-                and reply.sender != name
-                and self._broker_lags(name, rid, done, deadline)
-            ):
+            lags = reply is not None and broker_error(reply, name)
+            if lags and self._broker_lags(name, rid, done, deadline):
                 return
             self._asks.pop(rid, None)
             self._resent.discard(rid)
-            if reply is None and self._stopping:  # the bus closes: no answer can come now
-                future.set_exception(BusClosedError(f"the bus closed before {name!r} answered"))
-            elif reply is None:
+            if reply is None and not self._stopping:
                 self._unanswered(name)
-                future.set_exception(NoAnswerError(f"node {name!r} did not answer in time"))
-            elif reply.kind == ERROR and reply.sender != name:
-                # A broker answered for it: no node of that name is connected there.
-                error = reply.body.get("error")
-                future.set_exception(NotConnectedError(f"node {name!r} is not connected: {error}"))
-            elif reply.kind == ERROR:
-                error = reply.body.get("error")
-                future.set_exception(PeerRefusedError(f"node {name!r} refused: {error}"))
-            else:
-                try:
-                    future.set(decode_events(reply.payload))
-                except FrameError as exc:
-                    future.set_exception(exc)
+            settle(future, name, reply, self._stopping)
 
         self._waiting[rid] = (done, deadline)
         message = self._asks[rid] = Request(kind, name, self.name, rid, body, payload)

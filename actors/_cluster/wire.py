@@ -39,6 +39,7 @@ from actors._model.config import MAX_NODE_NAME_BYTES
 from actors._model.event import Event
 
 __all__ = [
+    "ANSWER_TOO_LARGE",
     "ANSWERED",
     "CONTROL",
     "CREDIT",
@@ -282,12 +283,16 @@ def encode_request(message: Request) -> list[bytes]:
     return parts
 
 
+ANSWER_TOO_LARGE = "the answer is larger than"
+"""How a node's or a broker's refusal of an answer past a frame begins (the asker pages on it)."""
+
+
 class RequestTooLargeError(FrameError):
     """A well-formed request over ``max_bytes``: its header says whom to tell."""
 
-    def __init__(self, max_bytes: int, kind: int, sender: str, rid: str) -> None:
+    def __init__(self, max_bytes: int, kind: int, to: str, sender: str, rid: str) -> None:
         super().__init__(f"request larger than {max_bytes} bytes")
-        self.kind, self.sender, self.rid = kind, sender, rid
+        self.max_bytes, self.kind, self.to, self.sender, self.rid = max_bytes, kind, to, sender, rid
 
 
 def decode_request(parts: Sequence[bytes], max_bytes: int) -> Request:
@@ -312,7 +317,7 @@ def decode_request(parts: Sequence[bytes], max_bytes: int) -> Request:
         if len(raw[2]) + len(raw[3]) > 4096:  # no header of ours is that long
             raise FrameError(f"request larger than {max_bytes} bytes")
         raise RequestTooLargeError(
-            max_bytes, head[1], _text(raw[2], "sender"), _text(raw[3], "rid")
+            max_bytes, head[1], _text(raw[1], "to"), _text(raw[2], "sender"), _text(raw[3], "rid")
         )
     return Request(
         kind=head[1],
