@@ -82,6 +82,41 @@ def test_a_loop_reader_giving_up_does_not_make_a_threads_reader_stale() -> None:
         assert bus.metrics().published == 2  # before: 1, the last figures at once
 
 
+def test_async_metrics_of_a_node_do_not_hold_the_loop_behind_a_held_bridge(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A node's figures include its bridge's, asked of its I/O thread: held (a long
+    collection, a huge answer decoded), ``AsyncEventBus.metrics()`` held the loop
+    for 10 s, then raised ``TimeoutError``.  It now gives the bridge's last figures
+    after ``LOOP_ASK_TIMEOUT``, as it does the router's; and a thread's reader past
+    its own wait gets them too, not an error."""
+    node = NodeConfig(name="held", listen="tcp://127.0.0.1:*")
+    with EventBus(node=node) as bus:
+        assert bus.node is not None
+        seen = bus.metrics().bridge  # the figures the bridge last gave
+        assert seen is not None
+        gate, held = threading.Event(), threading.Event()
+
+        def hold() -> None:  # until released below, however long the readers wait
+            held.set()
+            gate.wait()
+
+        bus.node.call_soon(hold)
+        assert held.wait(WAIT)
+        abus = AsyncEventBus(bus=bus)
+
+        async def read() -> object:
+            return abus.metrics().bridge
+
+        try:
+            monkeypatch.setattr(router_reads, "ASK_TIMEOUT", 3600.0)  # waiting would hang
+            assert asyncio.run(read()) == seen  # before: 10 s, then TimeoutError
+            monkeypatch.setattr(router_reads, "ASK_TIMEOUT", 0.01)
+            assert bus.metrics().bridge == seen  # a thread's reader past its wait
+        finally:
+            gate.set()
+
+
 @pytest.mark.slow
 def test_top_fails_at_once_when_the_node_refuses_its_figures() -> None:
     """``--timeout`` covers reaching the node and reading its first figures; a node

@@ -42,6 +42,7 @@ from actors._cluster.stream_io import StreamIO, WakeMailbox
 from actors._cluster.wire import CORRELATED, METRICS, PUBLISH, QUERY
 from actors._codec.events import encode_batch
 from actors._core.messages import Barrier
+from actors._core.router_reads import ask_wait
 from actors._errors import (
     BridgeError,
     FutureTimeoutError,
@@ -94,6 +95,7 @@ class Bridge(StreamIO, RecoveryIO, RequestIO):
         super().__init__(local, node)
         self.mailbox = WakeMailbox(self._wake)
         self._last = BridgeView(BridgeStatistics())
+        self._stats_seen = self._last  # the last view ``statistics`` got (given when overdue)
         self._generation = 0
         self._views_read = 0  # views built for ``view()`` so far (``_run``'s quiet turns)
         self._cond = threading.Condition()
@@ -326,8 +328,18 @@ class Bridge(StreamIO, RecoveryIO, RequestIO):
         return self._last
 
     def statistics(self) -> BridgeStatistics:
-        """Return a snapshot of the bridge's counters (asked of the I/O thread)."""
-        return self.view().statistics
+        """Return a snapshot of the bridge's counters (asked of the I/O thread).
+
+        An I/O thread that does not answer within 10 s, or 0.25 s on an
+        event loop's thread (``from_loop``: ``AsyncEventBus.metrics``), gets
+        the last figures it gave: stale, but the loop is not held.
+        """
+        try:
+            view = self._ask_io(self._read_view, self._final_view, ask_wait())
+        except TimeoutError:
+            return self._stats_seen.statistics
+        self._stats_seen = view
+        return view.statistics
 
     def wait(self, predicate: Callable[[BridgeStatistics], bool], timeout: float | None) -> bool:
         """Block until ``predicate(statistics())`` holds; return False after ``timeout``."""

@@ -31,7 +31,7 @@ from actors._core.router import RouterActor
 from actors._errors import FutureTimeoutError
 from actors._runtime.future import BusFuture
 
-__all__ = ["RouterReads", "from_loop"]
+__all__ = ["RouterReads", "ask_wait", "from_loop"]
 
 ASK_TIMEOUT = 10.0
 """How long ``metrics()`` and ``dead_letters()`` wait for the router's answer (seconds)."""
@@ -52,8 +52,8 @@ def from_loop() -> Iterator[None]:
         _on_loop.reset(token)
 
 
-def _wait() -> float:
-    """How long this reader waits for the router's answer."""
+def ask_wait() -> float:
+    """How long this reader waits for an actor's or a thread's answer (router, bridge)."""
     return LOOP_ASK_TIMEOUT if _on_loop.get() else ASK_TIMEOUT
 
 
@@ -81,7 +81,7 @@ class RouterReads:
             future: BusFuture[RouterFigures] = BusFuture()
             router.actor_inbox.put(GetRouterFigures(future))
             try:
-                return self._saw(future.get(_wait()))
+                return self._saw(future.get(ask_wait()))
             except FutureTimeoutError:
                 if router.actor_ref.is_alive():
                     self._gave_up(future)
@@ -139,7 +139,7 @@ class RouterReads:
             future: BusFuture[list[DeadLetter]] = BusFuture()
             router.actor_inbox.put(GetDeadLetters(future))
             try:
-                return self._saw_letters(future.get(_wait()))
+                return self._saw_letters(future.get(ask_wait()))
             except FutureTimeoutError:
                 if router.actor_ref.is_alive():
                     self._gave_up(future)
