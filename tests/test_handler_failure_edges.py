@@ -172,3 +172,36 @@ def test_a_dead_letter_whose_message_holds_a_lone_surrogate_is_journaled(tmp_pat
         bus.flush(WAIT)
         [letter] = bus.dead_letters()  # read from the journal
     assert "caf\\udce9.txt" in letter.error
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_close_says_a_subscription_waiting_to_retry_is_not_retried(
+    kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``close(timeout)`` while a failed event waits out its ``retry_backoff``: the
+    warning said "its handler is still running and is abandoned", though no
+    handler ran; it says the event is not retried."""
+    failed = threading.Event()
+
+    def handler(event: Event) -> None:
+        failed.set()
+        raise RuntimeError("no")
+
+    async def async_handler(event: Event) -> None:
+        handler(event)
+
+    bus = EventBus()
+    try:
+        chosen = handler if kind == "sync" else async_handler
+        bus.subscribe("r.*", chosen, retries=3, retry_backoff=3600.0)
+        bus.publish("r.x", 1)
+        assert failed.wait(WAIT)
+        assert wait_for(lambda: bus.metrics().per_subscription[0].errors == 1)
+    finally:
+        with caplog.at_level(logging.WARNING, logger="actors.bus"):
+            (given_up,) = bus.close(timeout=0.2)
+    assert given_up.in_flight == 1
+    gave_up = [r.getMessage() for r in caplog.records if "gave up on subscription" in r.message]
+    assert len(gave_up) == 1, caplog.text
+    assert "waiting out its retry_backoff: it is not retried" in gave_up[0]
+    assert "still running" not in caplog.text

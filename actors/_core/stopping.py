@@ -81,6 +81,7 @@ def stop_actors(
         )
         if stats.queued or stats.in_flight
     ]
+    retrying = {a.sub_id for a in subs if a.waiting_to_retry()}  # for close's warnings
     # Nothing more is handled once close gives up; async batches that were
     # waiting to retry end at once, and are waited for (their figures).
     ending = [run for run in (actor.abandon() for actor in subs) if run is not None]
@@ -90,7 +91,7 @@ def stop_actors(
         failed,
         core,
         subs,
-        unfinished,
+        (unfinished, retrying),
         ending,
         system,
         deadline,
@@ -157,7 +158,7 @@ def _stop_then(
 def _stop(  # noqa: PLR0917 - stop_actors' arguments, passed on
     core: Core,
     subs: list[SubscriberActor],
-    unfinished: list[SubscriptionStatistics],
+    given_up: tuple[list[SubscriptionStatistics], set[str]],
     ending: list[Future[None]],
     system: Scheduler,
     deadline: Deadline,
@@ -214,7 +215,8 @@ def _stop(  # noqa: PLR0917 - stop_actors' arguments, passed on
         if actor.actor_dispatcher is not core.dispatcher:
             actor.actor_dispatcher.shutdown(deadline.remaining())
     retired = [pool.join(deadline.remaining()) for pool in core.take_retired()]
-    if not (core.dispatcher.shutdown(deadline.remaining()) and all(retired)) and not running:
+    # The grace too: a thread may still be ending the turn that stopped its actor.
+    if not (core.dispatcher.shutdown(own_deadline.remaining()) and all(retired)) and not running:
         # No subscription close waited for is still running: a handler of
         # one removed before (``unsubscribe`` cannot stop a running call).
         logger.warning(
@@ -227,8 +229,9 @@ def _stop(  # noqa: PLR0917 - stop_actors' arguments, passed on
     if settle is not None:
         settle()
     urns = {a.sub_id: a.actor_urn for a in subs}
+    unfinished, retrying = given_up
     for stats in unfinished:
-        still = urns[stats.id] in running
+        still = urns[stats.id] in running and stats.id not in retrying
         logger.warning(
             "close(): gave up on subscription %s (%r) with %d event(s) unhandled "
             "(%d queued, %d in flight)%s",
@@ -237,7 +240,9 @@ def _stop(  # noqa: PLR0917 - stop_actors' arguments, passed on
             stats.queued + stats.in_flight,
             stats.queued,
             stats.in_flight,
-            _fate(still=still, in_flight=stats.in_flight),
+            RETRY_GIVEN_UP
+            if stats.id in retrying
+            else _fate(still=still, in_flight=stats.in_flight),
         )
     if errors:
         raise errors[0]
@@ -250,6 +255,10 @@ def _step(errors: list[BaseException], step: Callable[..., Any], *args: Any) -> 
     except BaseException as exc:
         errors.append(exc)
         return True
+
+
+RETRY_GIVEN_UP = "; a failed event was waiting out its retry_backoff: it is not retried"
+"""What close says of a subscription given up on while it waited to retry (no handler runs)."""
 
 
 def _fate(*, still: bool, in_flight: int) -> str:

@@ -186,6 +186,11 @@ class SubscriberActor(HandlerRuns, DispatchedActor):
         # An async batch on its loop, or a sync batch waiting (a retry's delay).
         return self._inflight or self._run is not None
 
+    def waiting_to_retry(self) -> bool:
+        """Whether a failed event waits out its ``retry_backoff`` now (any thread: a glance)."""
+        run = self._run
+        return (run is not None and run.retry_at is not None) or self._retry_wake is not None
+
     def _drain(self, throughput: int) -> None:
         if self._inflight and self._async_still_out():
             return
