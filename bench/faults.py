@@ -43,8 +43,8 @@ to receive everything, and the checker reads the files:
 - a durable subscription is at-least-once across a crash of its node: an
   event handled again by a later incarnation is counted
   (``redelivered_after_crash``), not a fault, if it comes before the
-  incarnation's first new event (it resumes at its checkpoint); one after
-  is a ``late_redelivery``, a fault;
+  incarnation's first new event of the same origin (it resumes at its
+  checkpoint); one after is a ``late_redelivery``, a fault;
 - ``live`` is checked for duplicates and order, and for what it is owed:
   every acknowledged event after the first its last incarnation received
   (its subscription was in force at the origin then; what a pause or a
@@ -427,12 +427,14 @@ def check_received(path: Path) -> Received:
     Order covers every delivery of an incarnation, events handled again
     included; and those come first (a durable subscription resumes at its
     checkpoint, then goes on): one handled again after the incarnation's
-    first new event is a ``late_redelivery``.
+    first new event of the same origin is a ``late_redelivery``.  Across
+    origins there is no order: a new event of ``vol`` may come before
+    ``pub``'s events fetched again (handled, not yet journaled, at the crash).
     """
     out = Received()
     last: dict[tuple[str, str], int] = {}
     mine: dict[str, set[str]] = {}
-    fresh: set[str] = set()  # incarnations that delivered a first-time event
+    fresh: set[tuple[str, str]] = set()  # (incarnation, origin) that delivered a new event
     for parts in _lines(path):
         if len(parts) != 4:
             out.torn_lines += 1
@@ -451,11 +453,11 @@ def check_received(path: Path) -> Received:
         if event_id in out.ids:
             # Handled by an earlier incarnation: at-least-once across a crash.
             out.redelivered_after_crash += 1
-            if incarnation in fresh:
+            if (incarnation, origin) in fresh:
                 out.late_redeliveries += 1
         else:
             out.ids.add(event_id)
-            fresh.add(incarnation)
+            fresh.add((incarnation, origin))
         n = int(n_text)
         if n < 0:
             continue  # a warm-up event

@@ -63,6 +63,21 @@ def test_checker_orders_events_handled_again_and_wants_them_first(tmp_path: Path
     assert got.late_redeliveries == 1  # e1, after the first new event e3
 
 
+def test_checker_wants_events_handled_again_first_per_origin_only(tmp_path: Path) -> None:
+    """A new event of ``vol`` before ``pub``'s events fetched again is no fault."""
+    received = write(
+        tmp_path / "dur.received",
+        "1 pub 0 e0\n1 pub 1 e1\n"
+        # incarnation 2: vol's v0 (new), then e1 again (pub's first), then e2 (new)
+        "2 vol 5 v0\n2 pub 1 e1\n2 pub 2 e2\n"
+        # incarnation 3: pub's e3 (new), then e2 again: late, whatever vol did
+        "3 pub 3 e3\n3 pub 2 e2\n",
+    )
+    got = check_received(received)
+    assert got.redelivered_after_crash == 2
+    assert got.late_redeliveries == 1  # e2 in incarnation 3 only
+
+
 @pytest.mark.parametrize(
     "received",
     [
