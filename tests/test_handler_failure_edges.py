@@ -205,3 +205,41 @@ def test_close_says_a_subscription_waiting_to_retry_is_not_retried(
     assert len(gave_up) == 1, caplog.text
     assert "waiting out its retry_backoff: it is not retried" in gave_up[0]
     assert "still running" not in caplog.text
+
+
+@pytest.mark.parametrize("returns", [False, True], ids=["never-returns", "returns-late"])
+def test_an_async_handler_that_swallows_its_timeout_is_counted_at_the_deadline(
+    returns: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An ``async def`` handler that catches its timeout's cancellation and goes on
+    was counted in ``timeouts`` only when it returned: one that never did was never
+    counted.  It is counted (and logged) just after the deadline, and once only."""
+    release = threading.Event()
+    caught = threading.Event()
+
+    async def stubborn(event: Event) -> None:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            caught.set()
+        while not release.is_set():  # goes on past its cancellation
+            await asyncio.sleep(0.01)
+
+    bus = EventBus()
+    try:
+        with caplog.at_level(logging.WARNING, logger="actors.subscriber"):
+            bus.subscribe("s.*", stubborn, timeout=0.05, retries=0)
+            bus.publish("s.x", 1)
+            assert caught.wait(WAIT)
+            assert wait_for(lambda: bus.metrics().per_subscription[0].timeouts == 1)
+            assert not release.is_set()  # counted while it still runs
+            if returns:
+                release.set()
+                bus.flush(WAIT)
+                assert bus.metrics().per_subscription[0].timeouts == 1  # not twice
+    finally:
+        release.set()
+        bus.close(WAIT)
+    late = [r.getMessage() for r in caplog.records if "longer than its timeout" in r.message]
+    assert len(late) == 1, late
+    assert "caught the cancellation and has not returned" in late[0]

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, cast
 
+from actors._core.async_calls import AsyncCalls, current_timeout
 from actors._core.messages import DeadLetter, DeadLettered
 from actors._core.policies import (
     MAX_LEFT_BEHIND,
@@ -32,7 +33,6 @@ from actors._core.policies import (
     SyncRun,
     backoff_delay,
     exception_text,
-    handler_timeout_error,
 )
 from actors._errors import BusClosedError
 from actors._model.event import expired_unix
@@ -77,14 +77,6 @@ current_run: contextvars.ContextVar[tuple[HandlerRuns, Batch] | None] = contextv
     "actors_current_run", default=None
 )
 
-# While an ``async def`` handler with a timeout runs: its timeout scope and the
-# timeout in seconds.  A handler that catches its cancellation can tell the
-# timeout from other cancellations (``scope.expired()``); the responder of a
-# request does, to reply with a timeout error (``actors._core.requests``).
-current_timeout: contextvars.ContextVar[tuple[asyncio.Timeout, float] | None] = (
-    contextvars.ContextVar("actors_current_timeout", default=None)
-)
-
 
 def running_here(router: object) -> tuple[HandlerRuns, Batch] | None:
     """Return the subscriber whose handler the caller runs in, and its batch.
@@ -113,7 +105,7 @@ def _cancelling() -> bool:
     return (task := asyncio.current_task()) is not None and task.cancelling() > 0
 
 
-class HandlerRuns:
+class HandlerRuns(AsyncCalls):
     """Run the handler over batches under the subscription's ``HandlerPolicy``."""
 
     # Provided by SubscriberActor (its __init__ sets them).
@@ -494,52 +486,6 @@ class HandlerRuns:
             return None
         run = state.future
         return None if run is None or run.done() else run
-
-    async def _await_handler(
-        self, handler: Callable[[Event], Coroutine[Any, Any, Any]], event: Event
-    ) -> None:
-        timeout = self.policy.timeout
-        if timeout is None:
-            await handler(event)
-            return
-        scope = asyncio.timeout(timeout)
-        token = current_timeout.set((scope, timeout))
-        try:
-            async with scope:
-                await handler(event)
-        except TimeoutError as exc:
-            if not scope.expired():
-                self._async_timed_out(event, scope, "")  # its own TimeoutError (late, if blocked)
-                raise
-            self._async_timed_out(event, scope, "cancelled")
-            raise handler_timeout_error(timeout) from exc
-        except BaseException as exc:
-            # Cancelled at its timeout and raised something else on the way, or blocked
-            # its loop past the deadline (not known of one closed with its loop).
-            if scope.expired() or not isinstance(exc, GeneratorExit):
-                self._async_timed_out(event, scope, "cancelled")
-            raise
-        finally:
-            with contextlib.suppress(ValueError):  # closed from another context (its loop gone)
-                current_timeout.reset(token)
-        self._async_timed_out(event, scope, "it caught the cancellation and returned")
-
-    def _async_timed_out(self, event: Event, scope: asyncio.Timeout, how: str) -> None:
-        """Count and report a call that ran past its timeout (if it did): ``how`` if cancelled."""
-        deadline = scope.when()
-        if not scope.expired():
-            if deadline is None or asyncio.get_running_loop().time() <= deadline:
-                return  # in time
-            how = "it blocked its loop, so it could not be cancelled"
-        self.timeouts += 1  # on the loop's thread, the writer of an async subscription's counters
-        logger.warning(
-            "handler of %s (%r) ran on %s for longer than its timeout of %s s; %s",
-            self.sub_id,
-            self.pattern,
-            event.event_type,
-            self.policy.timeout,
-            how,
-        )
 
     # -- failures ---------------------------------------------------------------------
 
