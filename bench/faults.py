@@ -335,6 +335,7 @@ class Received:
     duplicates: int = 0
     order_violations: int = 0
     redelivered_after_crash: int = 0
+    most_redelivered: int = 0  # by one incarnation: how far its checkpoint was behind
     late_redeliveries: int = 0  # handled before, after a first delivery of the incarnation
     torn_lines: int = 0
     resumed_at: int | None = None  # the first ``n`` of the last incarnation
@@ -435,6 +436,7 @@ def check_received(path: Path) -> Received:
     last: dict[tuple[str, str], int] = {}
     mine: dict[str, set[str]] = {}
     fresh: set[tuple[str, str]] = set()  # (incarnation, origin) that delivered a new event
+    again: dict[str, int] = {}  # events handled again, by incarnation
     for parts in _lines(path):
         if len(parts) != 4:
             out.torn_lines += 1
@@ -453,6 +455,8 @@ def check_received(path: Path) -> Received:
         if event_id in out.ids:
             # Handled by an earlier incarnation: at-least-once across a crash.
             out.redelivered_after_crash += 1
+            again[incarnation] = again.get(incarnation, 0) + 1
+            out.most_redelivered = max(out.most_redelivered, again[incarnation])
             if (incarnation, origin) in fresh:
                 out.late_redeliveries += 1
         else:

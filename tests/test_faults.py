@@ -59,6 +59,7 @@ def test_checker_orders_events_handled_again_and_wants_them_first(tmp_path: Path
     )
     got = check_received(received)
     assert got.redelivered_after_crash == 3
+    assert got.most_redelivered == 3  # all by incarnation 2
     assert got.order_violations == 2  # e0 after e2, e1 after e3
     assert got.late_redeliveries == 1  # e1, after the first new event e3
 
