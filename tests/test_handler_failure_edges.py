@@ -243,3 +243,35 @@ def test_an_async_handler_that_swallows_its_timeout_is_counted_at_the_deadline(
     late = [r.getMessage() for r in caplog.records if "longer than its timeout" in r.message]
     assert len(late) == 1, late
     assert "caught the cancellation and has not returned" in late[0]
+
+
+def test_close_still_tells_of_an_unsubscribed_handler_beside_one_waiting_to_retry(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A subscription waiting to retry is no handler running: it must not hide
+    the warning about the handler of an unsubscribed subscription still running."""
+    release, started, failed = threading.Event(), threading.Event(), threading.Event()
+
+    def failing(event: Event) -> None:
+        failed.set()
+        raise RuntimeError("no")
+
+    def stuck(event: Event) -> None:
+        started.set()
+        release.wait(WAIT)
+
+    bus = EventBus()
+    try:
+        bus.subscribe("r.*", failing, retries=3, retry_backoff=3600.0)
+        sub = bus.subscribe("u.*", stuck)
+        bus.publish("r.x", 1)
+        bus.publish("u.x", 1)
+        assert failed.wait(WAIT)
+        assert started.wait(WAIT)
+        sub.unsubscribe()
+        with caplog.at_level(logging.WARNING, logger="actors.bus"):
+            bus.close(timeout=0.2)
+    finally:
+        release.set()
+    assert "unsubscribed before close was still running" in caplog.text
+    assert "waiting out its retry_backoff: it is not retried" in caplog.text

@@ -215,8 +215,16 @@ def _stop(  # noqa: PLR0917 - stop_actors' arguments, passed on
         if actor.actor_dispatcher is not core.dispatcher:
             actor.actor_dispatcher.shutdown(deadline.remaining())
     retired = [pool.join(deadline.remaining()) for pool in core.take_retired()]
-    # The grace too: a thread may still be ending the turn that stopped its actor.
-    if not (core.dispatcher.shutdown(own_deadline.remaining()) and all(retired)) and not running:
+    unfinished, retrying = given_up
+    urns = {a.sub_id: a.actor_urn for a in subs}
+    # Subscriptions whose handler runs (one waiting to retry is not running it).
+    handling = running - {urns[sub_id] for sub_id in retrying}
+    shut = core.dispatcher.shutdown(deadline.remaining()) and all(retired)
+    if not shut and not handling:
+        # A thread may still be ending the turn that stopped its actor: a
+        # moment more (only here: a stuck handler close knows of is not waited for).
+        shut = core.dispatcher.join(TURN_ENDING) and all(retired)
+    if not shut and not handling:
         # No subscription close waited for is still running: a handler of
         # one removed before (``unsubscribe`` cannot stop a running call).
         logger.warning(
@@ -228,10 +236,8 @@ def _stop(  # noqa: PLR0917 - stop_actors' arguments, passed on
     core.stop_loop(grace if left is None else min(grace, left))
     if settle is not None:
         settle()
-    urns = {a.sub_id: a.actor_urn for a in subs}
-    unfinished, retrying = given_up
     for stats in unfinished:
-        still = urns[stats.id] in running and stats.id not in retrying
+        still = urns[stats.id] in handling
         logger.warning(
             "close(): gave up on subscription %s (%r) with %d event(s) unhandled "
             "(%d queued, %d in flight)%s",
@@ -256,6 +262,9 @@ def _step(errors: list[BaseException], step: Callable[..., Any], *args: Any) -> 
         errors.append(exc)
         return True
 
+
+TURN_ENDING = 0.05
+"""How long past the deadline a dispatcher thread gets to end the turn that stopped its actor."""
 
 RETRY_GIVEN_UP = "; a failed event was waiting out its retry_backoff: it is not retried"
 """What close says of a subscription given up on while it waited to retry (no handler runs)."""
