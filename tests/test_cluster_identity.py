@@ -21,6 +21,7 @@ from actors._cluster.security import generate_keypair
 from actors._cluster.wire import (
     CREDIT,
     ERROR,
+    EVENTS,
     HEARTBEAT,
     HEARTBEAT_TOPIC,
     HELLO,
@@ -33,6 +34,7 @@ from actors._cluster.wire import (
     encode_request,
     parse_sync_topic,
 )
+from actors._model.config import MIN_FRAME_BYTES
 from tests._cluster_support import WAIT, node, request_endpoint
 from tests._cluster_support import Until as Collector
 
@@ -311,6 +313,40 @@ def test_a_broker_route_is_never_taken_by_another_key(
         finally:
             ctx.destroy(0)
         assert node(a).statistics().frames_dropped == 0
+
+
+def test_a_message_over_the_brokers_frames_under_a_bound_name_is_an_impostors(
+    tmp_path: Path, nodes: Callable[..., EventBus]
+) -> None:
+    """The broker checked a message's size before its sender: an oversized "answer"
+    under a's name from another key made it send b a refusal for a's answer (a
+    guessed recovery id: b would ask again, and after four such, give the range up)."""
+    keys = {n: generate_keypair() for n in ("broker", "a", "b", "evil")}
+    with Broker(
+        ipc(tmp_path, "broker"),
+        curve_public_key=keys["broker"][0],
+        curve_secret_key=keys["broker"][1],
+        authorized_keys=[keys[n][0] for n in ("a", "b", "evil")],
+        peer_names={n: keys[n][0] for n in ("a", "b", "evil")},
+        max_frame_bytes=MIN_FRAME_BYTES,
+    ) as broker:
+        curve_node(nodes, "a", broker, keys)
+        b = curve_node(nodes, "b", broker, keys)
+        assert node(b).wait_for_peers(["a"], WAIT)
+        ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        try:
+            evil = raw(ctx, zmq.DEALER, keys["evil"], keys["broker"][0])
+            evil.connect(broker.endpoint)
+            forged = Request(EVENTS, "b", "a", "r1", {}, b"x" * (2 * MIN_FRAME_BYTES))
+            evil.send_multipart(encode_request(forged))
+            # Answered once the broker handled the message above (one connection, in order).
+            grant = {"epoch": 0, "acked": 0, "window": 1, "prefixes": []}
+            evil.send_multipart(encode_request(Request(CREDIT, "nobody", "evil", "x", grant)))
+            assert evil.poll(int(WAIT * 1000))
+            assert evil.recv_multipart()[0] == bytes((1, ERROR))
+            assert (broker.impostors, broker.oversized) == (1, 0)  # before: (0, 1)
+        finally:
+            ctx.destroy(0)
 
 
 def test_a_broker_drops_stream_frames_of_a_bound_name_from_another_key(

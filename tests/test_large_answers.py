@@ -23,7 +23,7 @@ from actors import (
     PeerRefusedError,
     PersistentEventBus,
 )
-from tests._support import WAIT
+from tests._support import WAIT, wait_for
 
 EVENTS = 300
 PAD = "x" * 1000  # 300 events of about 1 KB: more than twice what one of the hub's frames carries
@@ -177,15 +177,89 @@ def test_answers_through_a_broker_with_smaller_frames_are_paged_or_refused(
                 assert sorted(e.data["i"] for e in got) == list(range(EVENTS))  # type: ignore[index]
                 # A node that never learned the broker's limit (one that predates
                 # it): the broker refuses each answer too large, the asker pages.
-                bridge = asker.node._bridge  # type: ignore[union-attr]  # noqa: SLF001
-                bridge._asked_max = NodeConfig(name="x").max_frame_bytes  # noqa: SLF001
+                from actors._cluster.bridge import Bridge  # noqa: PLC0415
+
+                unaware = pytest.MonkeyPatch()
+                unaware.setattr(Bridge, "_route_max", lambda self, route: self._max)
                 refused = broker.oversized
                 every = asker.query(EventQuery(event_types=["big.*"]), node="hub", timeout=WAIT)
                 assert [e.data["i"] for e in every] == list(range(EVENTS))  # type: ignore[index]
                 assert broker.oversized > refused
+                unaware.undo()
                 big = Event(event_type="big.one", data="x" * (2 * FRAME))
                 with pytest.raises(PeerRefusedError, match="broker's max_frame_bytes"):
                     asker.publish_remote("hub", big, timeout=WAIT)
                 assert broker.oversized >= 1
         finally:
             hub.close(timeout=WAIT)
+
+
+def test_a_brokers_smaller_frames_do_not_shrink_answers_on_a_direct_link(tmp_path: Path) -> None:
+    """b follows persistent a directly and links to a broker with smaller frames too.
+
+    The broker's limit applies to what comes through it only: the first version
+    applied it to every ask, so b, restarted, had a's large journaled event
+    skipped as "no longer held" (and announced lost), and a query of a over the
+    direct link failed.
+    """
+    from actors import Broker  # noqa: PLC0415
+    from actors._model.config import MIN_FRAME_BYTES  # noqa: PLC0415
+
+    fast = {"heartbeat_interval": 0.1, "heartbeat_timeout": 0.6}
+    with Broker(f"ipc://{tmp_path}/hub.sock", max_frame_bytes=MIN_FRAME_BYTES) as broker:
+        a_node = NodeConfig(name="a", listen=f"ipc://{tmp_path}/a.sock", **fast)
+        a = PersistentEventBus(EventConfig(persistence_path=tmp_path / "a"), node=a_node)
+        b_node = NodeConfig(name="b", peers=(f"ipc://{tmp_path}/a.sock", broker.endpoint), **fast)
+        try:
+            b = PersistentEventBus(EventConfig(persistence_path=tmp_path / "b"), node=b_node)
+            b.subscribe("big.*", lambda e: None, durable="d")
+            assert b.wait_for_peers(["a"], WAIT)
+            b.close(WAIT)
+            a.publish("big.x", "x" * 100_001).get(timeout=WAIT)  # while b is down
+            a.publish("big.x", "z").get(timeout=WAIT)
+            got: list[int] = []
+            lost: list[Any] = []
+            b = PersistentEventBus(EventConfig(persistence_path=tmp_path / "b"), node=b_node)
+            try:
+                b.subscribe("big.*", lambda e: got.append(len(e.data)), durable="d")
+                b.subscribe("$bus.peer.lost", lambda e: lost.append(e.data))
+                assert wait_for(lambda: len(got) + len(lost) >= 2)
+                assert (got, lost) == ([100_001, 1], [])
+                found = b.query(EventQuery(event_types=["big.x"]), node="a", timeout=WAIT)
+                assert [len(e.data) for e in found] == [100_001, 1]  # type: ignore[arg-type]
+            finally:
+                b.close(WAIT)
+        finally:
+            a.close(WAIT)
+
+
+def test_a_hello_that_says_broker_does_not_change_what_a_node_asks_for(tmp_path: Path) -> None:
+    """Only a broker this node links to, in its WELCOME, tells a limit it obeys: any
+    connection's HELLO saying ``kind: broker`` with small frames made the node ask
+    every peer for answers within them (and its query of a large event failed)."""
+    import zmq  # noqa: PLC0415
+
+    from actors._cluster.wire import HELLO, Request, decode_request, encode_request  # noqa: PLC0415
+    from actors._model.config import MIN_FRAME_BYTES  # noqa: PLC0415
+
+    a_node = NodeConfig(name="a", listen=f"ipc://{tmp_path}/a.sock")
+    b_node = NodeConfig(
+        name="b", listen=f"ipc://{tmp_path}/b.sock", peers=(f"ipc://{tmp_path}/a.sock",)
+    )
+    a_config = EventConfig(persistence_path=tmp_path / "a")
+    with PersistentEventBus(a_config, node=a_node) as a, EventBus(node=b_node) as b:
+        assert b.wait_for_peers(["a"], WAIT)
+        a.publish("big.x", "x" * 100_000).get(timeout=WAIT)
+        ctx = zmq.Context()
+        try:
+            dealer = ctx.socket(zmq.DEALER)
+            dealer.linger = 0
+            dealer.connect(f"ipc://{tmp_path}/b.sock")
+            body = {"kind": "broker", "max_frame_bytes": MIN_FRAME_BYTES}
+            dealer.send_multipart(encode_request(Request(HELLO, "", "mallory", "h", body)))
+            assert dealer.poll(int(WAIT * 1000))  # b answered it: it was handled
+            decode_request(dealer.recv_multipart(), 1 << 20)
+        finally:
+            ctx.destroy(0)
+        found = b.query(EventQuery(event_types=["big.x"]), node="a", timeout=WAIT)
+        assert [len(e.data) for e in found] == [100_000]  # type: ignore[arg-type]

@@ -282,8 +282,8 @@ class Bridge(StreamIO, RecoveryIO, RequestIO):
         return out
 
     def _sized(self, body: dict[str, Any]) -> dict[str, Any]:
-        """``body`` with the frame limit of answers (ours, a smaller broker's): ``answer_limit``."""
-        return {**body, "max_bytes": self._asked_max}
+        """``body`` with this node's frame limit (a broker's on the way is applied when sent)."""
+        return {**body, "max_bytes": self._max}
 
     def remote_publish(
         self, node_name: str, events: Sequence[Event], timeout: float | None

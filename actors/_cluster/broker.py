@@ -260,12 +260,17 @@ class Broker:
             self._dropped += 1
         logger.debug("broker: dropped %s: %s", what, exc)
 
-    def _too_large(self, identity: bytes, exc: RequestTooLargeError) -> None:
+    def _too_large(self, identity: bytes, key: bytes | None, exc: RequestTooLargeError) -> None:
         """A message over ``max_frame_bytes``: counted, logged, and whoever waits for it told.
 
         A request's asker is its sender; an answer's (too large for this
         broker, though the answering node's limit let it go) is its ``to``.
+        One under a name its connection may not hold is an impostor's: dropped
+        as such, no refusal sent for it.
         """
+        if exc.sender and not self._learn(exc.sender, identity, key):
+            self._impostor("a message over max_frame_bytes", exc.sender)
+            return
         with self._lock:
             self._dropped += 1
             self._oversized += 1
@@ -394,7 +399,7 @@ class Broker:
         try:
             message = decode_request(parts, self._max)
         except RequestTooLargeError as exc:
-            self._too_large(identity, exc)
+            self._too_large(identity, key, exc)
             return
         except FrameError as exc:
             self._drop("a request", exc)

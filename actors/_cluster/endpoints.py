@@ -111,6 +111,7 @@ class Link:
     refused: str | None = None  # why the peer (or we) refused the link
     hello_at: float = float("-inf")
     broker_streams: tuple[str, str] | None = None
+    max_frame_bytes: int | None = None  # a broker's, told in its WELCOME: answers through it
 
     def host(self) -> str | None:
         """Return the host of a tcp endpoint, else None."""

@@ -82,8 +82,6 @@ class BridgeBase:
         # What numbers this node's sequences: its journal's, or this run alone.
         self._numbering = local.numbering if local.numbering is not None else self._epoch
         self._max = node.max_frame_bytes
-        # The largest answer asked for: ours, or a broker's smaller limit once it told it.
-        self._asked_max = node.max_frame_bytes
         self._rfd, self._wfd = os.pipe()
         os.set_blocking(self._rfd, False)
         os.set_blocking(self._wfd, False)
@@ -366,6 +364,9 @@ class BridgeBase:
         raise NotImplementedError
 
     def _route_to(self, name: str) -> Route | None:
+        raise NotImplementedError
+
+    def _route_max(self, route: Route) -> int:
         raise NotImplementedError
 
     def _send(self, route: Route, message: Request) -> None:

@@ -75,7 +75,7 @@ class RecoveryIO(BridgeBase):
         }
         if request.limit:
             body["limit"] = request.limit  # the room this node has for the answer
-        body["max_bytes"] = self._asked_max  # the largest answer that reaches this node
+        body["max_bytes"] = self._route_max(route)  # the largest answer that reaches this node
         self._send(route, Request(RECOVER, request.origin, self.name, request.rid, body))
 
     def _answered(self, request: RecoverRequest, attempt: int, reply: Request | None) -> None:

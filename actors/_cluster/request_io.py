@@ -229,6 +229,9 @@ class RequestIO(BridgeBase):
             link.welcomed = True
             link.name = sender
             link.broker = body.get("kind") == "broker"
+            limit = body.get("max_frame_bytes")  # answers through a broker fit its frames too
+            if link.broker and type(limit) is int and limit >= MIN_FRAME_BYTES:
+                link.max_frame_bytes = limit
         if body.get("kind") == "broker":
             self._connect_broker(body, via, key, link)
             return
@@ -317,9 +320,6 @@ class RequestIO(BridgeBase):
     def _connect_broker(
         self, body: dict[str, Any], via: str | None, key: bytes | None, link: Link | None
     ) -> None:
-        limit = body.get("max_frame_bytes")  # answers through it must fit its frames too
-        if type(limit) is int and MIN_FRAME_BYTES <= limit < self._asked_max:
-            self._asked_max = limit
         xpub, xsub = body.get("xpub"), body.get("xsub")
         if link is None or not isinstance(xpub, str) or not isinstance(xsub, str):
             return
@@ -400,6 +400,13 @@ class RequestIO(BridgeBase):
                 error = "its connection closed and it is not responding"
                 waiting[0](Request(ERROR, self.name, self.name, rid, {"error": error}))
 
+    def _route_max(self, route: Route) -> int:
+        """The largest answer that reaches this node on ``route``: ours, or its broker's."""
+        for link in self._links:
+            if link.sock is route[0] and link.max_frame_bytes is not None:
+                return min(self._max, link.max_frame_bytes)
+        return self._max
+
     def _route_to(self, name: str) -> Route | None:
         for link in self._links:
             if link.name == name and link.welcomed and not link.refused:
@@ -452,6 +459,8 @@ class RequestIO(BridgeBase):
             settle(future, name, reply, self._stopping)
 
         self._waiting[rid] = (done, deadline)
+        if route is not None and "max_bytes" in body:  # through a broker: within its frames too
+            body = {**body, "max_bytes": min(body["max_bytes"], self._route_max(route))}
         message = self._asks[rid] = Request(kind, name, self.name, rid, body, payload)
         if route is not None:  # else its connection closed: sent on its next (``_greeted``)
             self._send(route, message)
