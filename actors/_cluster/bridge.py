@@ -70,6 +70,7 @@ class BridgeView:
     statistics: BridgeStatistics
     links: tuple[LinkState, ...] = ()
     refusals: tuple[str, ...] = ()
+    built: int = 0  # how many views the I/O thread built before this one (a later one is newer)
 
     def reasons(self) -> list[str]:
         """Each refusal once: links' refusals, then the rest not already said by one of them.
@@ -95,7 +96,8 @@ class Bridge(StreamIO, RecoveryIO, RequestIO):
         super().__init__(local, node)
         self.mailbox = WakeMailbox(self._wake)
         self._last = BridgeView(BridgeStatistics())
-        self._stats_seen = self._last  # the last view ``statistics`` got (given when overdue)
+        self._stats_seen = self._last  # the newest view ``statistics`` got (given when overdue)
+        self._views_built = 0
         self._generation = 0
         self._views_read = 0  # views built for ``view()`` so far (``_run``'s quiet turns)
         self._cond = threading.Condition()
@@ -321,10 +323,10 @@ class Bridge(StreamIO, RecoveryIO, RequestIO):
         self._views_read += 1
         return self._build_view()
 
-    def _final_view(self) -> BridgeView:
+    def _final_view(self, wait: float = 10.0) -> BridgeView:
         thread = self._thread
         if thread is not None and threading.current_thread() is not thread:
-            thread.join(10.0)
+            thread.join(wait)
         return self._last
 
     def statistics(self) -> BridgeStatistics:
@@ -334,12 +336,15 @@ class Bridge(StreamIO, RecoveryIO, RequestIO):
         event loop's thread (``from_loop``: ``AsyncEventBus.metrics``), gets
         the last figures it gave: stale, but the loop is not held.
         """
+        wait = ask_wait()  # a closing bridge's last view is waited for no longer either
         try:
-            view = self._ask_io(self._read_view, self._final_view, ask_wait())
+            view = self._ask_io(self._read_view, lambda: self._final_view(wait), wait)
         except TimeoutError:
             return self._stats_seen.statistics
-        self._stats_seen = view
-        return view.statistics
+        with self._cond:  # readers on several threads: the newest view stays, never an older
+            if view.built >= self._stats_seen.built:
+                self._stats_seen = view
+            return self._stats_seen.statistics
 
     def wait(self, predicate: Callable[[BridgeStatistics], bool], timeout: float | None) -> bool:
         """Block until ``predicate(statistics())`` holds; return False after ``timeout``."""
@@ -475,7 +480,8 @@ class Bridge(StreamIO, RecoveryIO, RequestIO):
             credit_receivers=tuple(sorted(self._flow.receivers)),
             lagging_peers=tuple(self._flow.lagging()),
         )
-        return BridgeView(stats, self._link_states(), tuple(self._refusals))
+        self._views_built += 1
+        return BridgeView(stats, self._link_states(), tuple(self._refusals), self._views_built)
 
     def _run(self) -> None:
         poller = self._poller

@@ -3,9 +3,9 @@
 The timeout cancels the call (``asyncio.timeout``).  A call that ran past it
 is counted in ``timeouts`` and logged once: when it ends (cancelled, or its
 own ``TimeoutError``, or a loop it blocked past the deadline), or, if it
-caught the cancellation and goes on, just after the deadline (two turns of
-the loop, so a call that honours the cancellation ends first): a handler
-that never returns is counted too, not only when it returns.
+has not ended two turns of the loop after the deadline (it caught the
+cancellation and goes on, or its clean-up awaits: a ``gather``, a task),
+then: a handler that never returns is counted too, not only when it returns.
 """
 
 from __future__ import annotations
@@ -32,6 +32,12 @@ logger = logging.getLogger("actors.subscriber")
 # request does, to reply with a timeout error (``actors._core.requests``).
 current_timeout: contextvars.ContextVar[tuple[asyncio.Timeout, float] | None] = (
     contextvars.ContextVar("actors_current_timeout", default=None)
+)
+
+
+_NOT_RETURNED = (
+    "cancelled, it had not returned two turns of its loop later "
+    "(it caught the cancellation and goes on, or its clean-up awaits)"
 )
 
 
@@ -94,7 +100,7 @@ class AsyncCalls:
     def _overdue(self, event: Event, scope: asyncio.Timeout, call: _Call) -> None:
         """Just past the deadline: a call cancelled and still running caught its cancellation."""
         if not call.ended and scope.expired():
-            self._timed_out(event, scope, call, "it caught the cancellation and has not returned")
+            self._timed_out(event, scope, call, _NOT_RETURNED)
 
     def _timed_out(self, event: Event, scope: asyncio.Timeout, call: _Call, how: str) -> None:
         """Count and report a call that ran past its timeout (if it did), once."""
