@@ -81,3 +81,26 @@ def test_a_run_cut_before_a_prefix_was_taken_again_neither_joins_nor_moves_back_
     assert out.chains() == [["blob.", 3]]
     (run,) = out.runs([local(4, 10)])
     assert decode(out.build(run)).chains == ((b"blob.", 3),)
+
+
+def test_a_ring_answer_cut_short_still_says_what_left_the_ring() -> None:
+    """The ring holds 16..20 of 1..20; a recovery of (0, 20] cut to 3 events said
+    ``lost=False`` (so did one cut to fit the asker's bytes): the receiver went on
+    after 18, and 1..15 were lost without a count or an announcement."""
+    from actors._cluster.bridge_io import fit_answer  # noqa: PLC0415
+
+    out = Outbound("a", epoch=1, batch_size=1000, ring_size=5, max_frame_bytes=MAX)
+    out.add_prefix(b"blob.")
+    out.frames([local(i, 10) for i in range(1, 21)])
+    entries, complete, lost = out.from_ring(0, 20, ("blob.",), limit=3)
+    assert ([e[0] for e in entries], complete, lost) == ([16, 17, 18], False, True)
+    entries, complete, lost = out.from_ring(0, 20, ("blob.",), limit=100)
+    assert ([e[0] for e in entries], complete, lost) == ([16, 17, 18, 19, 20], True, True)
+    assert out.from_ring(16, 20, ("blob.",), limit=3)[2] is False  # nothing before 17 asked
+    pieces = [(seq, chunk) for seq, _, chunk in entries]
+    budget = 2 * len(pieces[0][1]) + 1
+    kept, body = fit_answer(pieces, {"complete": True, "scanned": 20, "lost": True}, budget)
+    assert ([seq for seq, _ in kept], body) == (
+        [16, 17],
+        {"complete": False, "scanned": 17, "lost": True},
+    )

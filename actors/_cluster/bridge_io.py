@@ -195,7 +195,9 @@ def fit_answer(
         size += len(chunk)
         if size > budget:
             kept = pieces[: max(keep, 1)]
-            return kept, {"complete": False, "scanned": kept[-1][0], "lost": False}
+            # A part the origin no longer holds comes before what it sends: in this page.
+            lost = bool(body.get("lost"))
+            return kept, {"complete": False, "scanned": kept[-1][0], "lost": lost}
     return pieces, body
 
 

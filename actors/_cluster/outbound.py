@@ -258,7 +258,7 @@ class Outbound:
 
         ``complete`` is False when ``limit`` cut the answer short; ``lost``
         is True when part of the range has left the ring already (or there
-        is no ring).
+        is no ring), cut short or not: that part comes before the entries.
         """
         if self.ring is None:
             return [], True, after < upto
@@ -270,7 +270,7 @@ class Outbound:
             if entry[0] > upto:
                 break
             if entry[1].startswith(wanted):
-                if len(out) >= limit:
-                    return out, False, False
+                if len(out) >= limit:  # cut short: what left the ring lies before ``out``
+                    return out, False, after < self.evicted_upto
                 out.append(entry)
         return out, True, after < self.evicted_upto
