@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from actors import Event
-from actors._cluster.room import GONE, Loss
+from actors._cluster.room import GONE, RENUMBERED, Loss
 from actors._cluster.streams import Inbound
 
 
@@ -400,3 +400,34 @@ def test_after_a_timed_out_sync_without_a_watermark_a_heartbeat_s_chain_is_the_b
     )
     _answer_all(inbound, ring, take)
     assert got == [17, 18], f"b's events after the heartbeat: {got}"
+
+
+def test_ranges_of_an_origins_earlier_run_end_lost_when_it_restarts_renumbered() -> None:
+    """b, without a journal, loses 6..10 on the wire (11 shows it), then is killed.
+
+    Its new run (a new numbering) used to get the request for ``(5, 10]`` and
+    answer it from its own ring, empty: the range counted as recovered, nothing
+    was announced, and the held 11 came after the new run's events.  The range
+    now ends unrecovered and is announced, up to the held frame, which goes too.
+    """
+    inbound = Inbound("a", 1000)
+    got = Got()
+    take = got.take
+
+    def old(n: int) -> Event:
+        return Event(event_type="x.y", data=n, origin="b", sequence=n)
+
+    inbound.set_patterns(["x.*"], 0.0)
+    take(inbound.on_sync("b", 1, 1, 0, 0.0, 0, {}, numbering=1))
+    for n in [*range(1, 6), 11]:
+        chains = [(b"x.", 10 if n == 11 else n - 1)]
+        take(inbound.on_data("b", epoch=1, first=n, last=n, chains=chains, events=[old(n)], now=1))
+    (request,) = inbound.requests
+    inbound.requests.clear()
+    heard = {"epoch": 2, "base": 1, "head": 3, "chains": {b"x.": 3}, "now": 2.0}
+    take(inbound.on_heartbeat("b", **heard, numbering=2))  # type: ignore[arg-type]
+    assert not inbound.is_pending(request.rid)
+    take(inbound.on_recovered(request.rid, [], True, request.upto, False))  # too late: ignored
+    assert inbound.losses == [Loss("b", 6, 11, RENUMBERED)]
+    assert (inbound.gaps, inbound.unrecovered, inbound.gaps_open()) == (1, 1, 0)
+    assert got == [1, 2, 3, 4, 5]  # 11, of the old numbering, is not delivered among the new

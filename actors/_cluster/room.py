@@ -23,10 +23,13 @@ from typing import NamedTuple
 from actors._cluster.origins import MAX_AHEAD, MAX_SEQUENCE, OriginState, RecoverRequest
 from actors._model.event import Event
 
-__all__ = ["GONE", "Loss", "Ranges", "cut_held", "excess", "page_size"]
+__all__ = ["GONE", "RENUMBERED", "Loss", "Ranges", "cut_held", "excess", "page_size"]
 
 GONE = "the origin no longer holds them"
 """Why a range is lost when its origin answered so (its ring or journal moved past it)."""
+
+RENUMBERED = "the origin restarted with a new numbering (no journal): its earlier run's are gone"
+"""Why the ranges being fetched of an origin's earlier run are lost when it restarts so."""
 
 
 class Loss(NamedTuple):
@@ -257,6 +260,30 @@ class Ranges:
     def _note_lost(self, request: RecoverRequest, upto: int, why: str) -> None:
         """Keep ``(request.after, upto]`` as lost for good: the bridge announces it."""
         self.losses.append(Loss(request.origin, request.after + 1, upto, why))
+
+    def _forget_numbering(self, st: OriginState) -> None:
+        """End what was being fetched of an origin that restarted with a new numbering: lost.
+
+        Its earlier run's ranges cannot come any more (asked again, the new run
+        would answer for its own sequences), and the frames held behind them
+        (of the old numbering, which the new one's sequences would be taken
+        for) go with them: each range ends unrecovered, announced up to the
+        last frame held.  (Before, the new run's empty answer ended them as
+        recovered, silently, and the held frames came after its events.)
+        """
+        if not st.pending and not st.deferred:
+            return
+        origin = next(name for name, state in self.origins.items() if state is st)
+        top = max([e.sequence or 0 for e in st.held], default=0)
+        ranges = [*st.pending.values()]
+        ranges += [RecoverRequest("", origin, a, u, tuple(n), g) for a, u, n, g in st.deferred]
+        for request in ranges:
+            self._note_lost(request, max(request.upto, top), RENUMBERED)
+            self._end(request, lost=True)
+        st.pending.clear()
+        st.deferred.clear()
+        st.held = []
+        st.asked = 0
 
     def _end(self, request: RecoverRequest, lost: bool) -> None:
         if lost:

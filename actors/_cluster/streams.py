@@ -361,16 +361,16 @@ class Inbound(Ranges):
             st.until, st.until_heard = None, False  # what the old one queued comes no more
             st.passed = 0
             st.awaiting_chains = False
-            # A new numbering (no journal, or a fresh one: it may have passed
-            # our watermark already, restarted twice while we were down)
-            # starts from 1, one followed before from where we were in it; an
-            # older peer tells only its ``base``.
+            # A new numbering (no journal, or a fresh one: it may have passed our watermark,
+            # restarted twice while we were down) starts from 1, one followed before from
+            # where we were in it; an older peer tells only its ``base``.
             renumbered, back = st.renumbered(numbering)
+            if renumbered:  # what was being fetched of the old numbering is gone with it
+                self._forget_numbering(st)
             if st.watermark is not None and (renumbered or base <= st.watermark):
-                # Its numbering changed or went back (its journal lost a tail
-                # we had): the old chains mean nothing now; follow the
-                # numbering from where we were in it, the new incarnation from
-                # its own start where that is lower.
+                # Its numbering changed or went back (its journal lost a tail we had): the
+                # old chains mean nothing now; follow the numbering from where we were
+                # in it, the new incarnation from its own start where that is lower.
                 st.known.clear()
                 st.synced.clear()
                 st.watermark = min(back, base - 1) if renumbered else base - 1
