@@ -166,14 +166,9 @@ def serve_recover(
     found: list[Piece] = []
     position = after
     read = 0
-    # The journal numbers every event it keeps, one after another: if the oldest
-    # it still holds is past ``after + 1``, retention deleted the start of the
-    # range (it comes before what is sent: said in this page).
-    oldest = journal.read(EventQuery(limit=1), _WAIT)
-    lost = after < upto and (not oldest or (oldest[0].sequence or 0) > after + 1)
     while position < upto:
         if read >= RECOVER_SCAN:  # the asker goes on after ``position``
-            return found, {"complete": False, "scanned": position, "lost": lost}
+            return found, {"complete": False, "scanned": position, "lost": False}
         page = journal.read(EventQuery(after_sequence=position, limit=1000), _WAIT)
         read += len(page)
         if not page:
@@ -187,8 +182,8 @@ def serve_recover(
             if event.origin == name and event.event_type.startswith(prefixes):
                 found.append((seq, chunk_of(event)))
                 if len(found) >= limit:
-                    return found, {"complete": False, "scanned": seq, "lost": lost}
-    return found, {"complete": True, "scanned": upto, "lost": lost}
+                    return found, {"complete": False, "scanned": seq, "lost": False}
+    return found, {"complete": True, "scanned": upto, "lost": False}
 
 
 def fit_answer(
