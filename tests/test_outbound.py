@@ -104,3 +104,17 @@ def test_a_ring_answer_cut_short_still_says_what_left_the_ring() -> None:
         [16, 17],
         {"complete": False, "scanned": 17, "lost": True},
     )
+
+
+def test_the_ring_letting_go_of_other_types_is_no_loss_to_the_asker() -> None:
+    """1..15 are ``other.x``, 16..20 ``blob.put``; the ring keeps 16..20.  Asked for
+    ``blob.`` from 0, nothing of it left the ring: the answer said lost (any eviction
+    past ``after`` did), so the receiver announced, and counted, a loss it had not."""
+    out = Outbound("a", epoch=1, batch_size=1000, ring_size=5, max_frame_bytes=MAX)
+    out.add_prefix(b"blob.")
+    others = [Event(event_type="other.x", data=i, sequence=i, origin="a") for i in range(1, 16)]
+    out.frames([*others, *(local(i, 10) for i in range(16, 21))])
+    entries, complete, lost = out.from_ring(0, 20, ("blob.",), limit=100)
+    assert ([e[0] for e in entries], complete, lost) == ([16, 17, 18, 19, 20], True, False)
+    assert out.from_ring(0, 20, ("other.",), limit=100)[2] is True  # 1..15 went
+    assert out.from_ring(15, 20, ("other.",), limit=100)[2] is False  # none after 15

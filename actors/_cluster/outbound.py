@@ -46,6 +46,8 @@ RingEntry = tuple[int, str, bytes]
 """A recovery ring entry: origin sequence, event type, the event's chunk."""
 
 _CLASS_CACHE = 4096
+EVICTED_TYPES = 4096
+"""Event types whose last ring eviction is kept apart; past it, one mark for all types."""
 
 
 class Run:
@@ -82,6 +84,9 @@ class Outbound:
         self.prev: dict[bytes, int] = {}
         # ring_size 0: no ring (a persistent bus recovers from its journal).
         self.ring: deque[RingEntry] | None = deque(maxlen=ring_size) if ring_size > 0 else None
+        # The last sequence the ring let go of, per event type (a receiver's range
+        # lost only if one of its types went), and for all types once too many.
+        self.evicted: dict[str, int] = {}
         self.evicted_upto = 0
         self._classes: dict[str, tuple[bytes, ...]] = {}
         self._oversized: list[tuple[Event, int]] = []
@@ -160,7 +165,12 @@ class Outbound:
                 continue
             if ring is not None:
                 if len(ring) == ring.maxlen:
-                    self.evicted_upto = ring[0][0]
+                    gone = ring[0]
+                    evicted = self.evicted
+                    evicted[gone[1]] = gone[0]
+                    if len(evicted) > EVICTED_TYPES:
+                        self.evicted_upto = max(self.evicted_upto, *evicted.values())
+                        evicted.clear()
                 ring.append((seq, event.event_type, chunk))
                 if not matched:
                     continue
@@ -257,8 +267,10 @@ class Outbound:
         I/O thread only, like the rest (the bridge asks it from its workers).
 
         ``complete`` is False when ``limit`` cut the answer short; ``lost``
-        is True when part of the range has left the ring already (or there
-        is no ring), cut short or not: that part comes before the entries.
+        is True when an event of the range under ``prefixes`` has left the
+        ring already (or there is no ring), cut short or not: it came before
+        the entries.  (Events of other types that left it are no loss to the
+        asker: before, any eviction past ``after`` said lost.)
         """
         if self.ring is None:
             return [], True, after < upto
@@ -271,6 +283,12 @@ class Outbound:
                 break
             if entry[1].startswith(wanted):
                 if len(out) >= limit:  # cut short: what left the ring lies before ``out``
-                    return out, False, after < self.evicted_upto
+                    return out, False, self._let_go(after, wanted)
                 out.append(entry)
-        return out, True, after < self.evicted_upto
+        return out, True, self._let_go(after, wanted)
+
+    def _let_go(self, after: int, wanted: tuple[str, ...]) -> bool:
+        """Whether the ring let go of an event past ``after`` of a type under ``wanted``."""
+        if after < self.evicted_upto:
+            return True
+        return any(seq > after and t.startswith(wanted) for t, seq in self.evicted.items())
