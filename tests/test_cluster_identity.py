@@ -315,6 +315,18 @@ def test_a_broker_route_is_never_taken_by_another_key(
         assert node(a).statistics().frames_dropped == 0
 
 
+def bound_broker(tmp_path: Path, keys: dict[str, Keys], **extra: Any) -> Broker:
+    """A CURVE broker that lets a, b and evil in and binds each name to its key."""
+    return Broker(
+        ipc(tmp_path, "broker"),
+        curve_public_key=keys["broker"][0],
+        curve_secret_key=keys["broker"][1],
+        authorized_keys=[keys[n][0] for n in ("a", "b", "evil")],
+        peer_names={n: keys[n][0] for n in ("a", "b", "evil")},
+        **extra,
+    )
+
+
 def test_a_message_over_the_brokers_frames_under_a_bound_name_is_an_impostors(
     tmp_path: Path, nodes: Callable[..., EventBus]
 ) -> None:
@@ -322,14 +334,7 @@ def test_a_message_over_the_brokers_frames_under_a_bound_name_is_an_impostors(
     under a's name from another key made it send b a refusal for a's answer (a
     guessed recovery id: b would ask again, and after four such, give the range up)."""
     keys = {n: generate_keypair() for n in ("broker", "a", "b", "evil")}
-    with Broker(
-        ipc(tmp_path, "broker"),
-        curve_public_key=keys["broker"][0],
-        curve_secret_key=keys["broker"][1],
-        authorized_keys=[keys[n][0] for n in ("a", "b", "evil")],
-        peer_names={n: keys[n][0] for n in ("a", "b", "evil")},
-        max_frame_bytes=MIN_FRAME_BYTES,
-    ) as broker:
+    with bound_broker(tmp_path, keys, max_frame_bytes=MIN_FRAME_BYTES) as broker:
         curve_node(nodes, "a", broker, keys)
         b = curve_node(nodes, "b", broker, keys)
         assert node(b).wait_for_peers(["a"], WAIT)
@@ -353,13 +358,7 @@ def test_a_broker_drops_stream_frames_of_a_bound_name_from_another_key(
     tmp_path: Path, nodes: Callable[..., EventBus]
 ) -> None:
     keys = {n: generate_keypair() for n in ("broker", "a", "b", "evil")}
-    with Broker(
-        ipc(tmp_path, "broker"),
-        curve_public_key=keys["broker"][0],
-        curve_secret_key=keys["broker"][1],
-        authorized_keys=[keys[n][0] for n in ("a", "b", "evil")],
-        peer_names={n: keys[n][0] for n in ("a", "b", "evil")},
-    ) as broker:
+    with bound_broker(tmp_path, keys) as broker:
         a = curve_node(nodes, "a", broker, keys)
         b = curve_node(nodes, "b", broker, keys)
         got = Collector("end")

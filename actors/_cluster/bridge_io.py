@@ -293,11 +293,10 @@ def settle(
     future: BusFuture[list[Event]], name: str, reply: Request | None, stopping: bool
 ) -> None:
     """Resolve an ask of node ``name`` with ``reply`` (None: no answer in time)."""
-    if reply is None:
-        why = f"the bus closed before {name!r} answered" if stopping else None
-        future.set_exception(
-            BusClosedError(why) if why else NoAnswerError(f"node {name!r} did not answer in time")
-        )
+    if reply is None and stopping:
+        future.set_exception(BusClosedError(f"the bus closed before {name!r} answered"))
+    elif reply is None:
+        future.set_exception(NoAnswerError(f"node {name!r} did not answer in time"))
     elif broker_error(reply, name):  # no node of that name is connected at the broker
         error = reply.body.get("error")
         future.set_exception(NotConnectedError(f"node {name!r} is not connected: {error}"))

@@ -256,6 +256,8 @@ class BridgeBase:
         for request in inbound.requests:
             self._send_recover(request)
         inbound.requests.clear()
+        if inbound.losses:  # from any step: an answer, a failure, an origin's restart
+            self._announce_losses()
         if events:
             self._local.inject(events)
             self._stats.events_delivered += len(events)
@@ -367,6 +369,9 @@ class BridgeBase:
         raise NotImplementedError
 
     def _route_max(self, route: Route) -> int:
+        raise NotImplementedError
+
+    def _announce_losses(self) -> None:
         raise NotImplementedError
 
     def _send(self, route: Route, message: Request) -> None:

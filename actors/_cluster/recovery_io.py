@@ -97,15 +97,18 @@ class RecoveryIO(BridgeBase):
         except FrameError:
             self._stats.frames_dropped += 1
             self._deliver(self._in.on_recovery_failed(rid, "the origin's answer was malformed"))
-            self._announce_losses()
             return
         self._stats.events_recovered += len(events)
         self._deliver(self._in.on_recovered(rid, events, complete, scanned, lost))
-        self._announce_losses()
         self._arrived(len(events))  # a flush says when they are handled (room for more)
 
     def _announce_losses(self) -> None:
-        """Log each range lost for good at WARNING and publish ``$bus.peer.lost`` for it."""
+        """Log each range lost for good at WARNING and publish ``$bus.peer.lost`` for it.
+
+        Called by ``_deliver``, through which every step of ``Inbound`` passes
+        its result: a range given up, an answer saying lost, an origin that
+        restarted with a new numbering (which ended its ranges in a heartbeat).
+        """
         losses, self._in.losses = self._in.losses, []
         for loss in losses:
             logger.warning(
@@ -142,7 +145,6 @@ class RecoveryIO(BridgeBase):
         if attempt >= RECOVER_ATTEMPTS:
             why = f"no answer after {attempt} tries"
             self._deliver(self._in.on_recovery_failed(request.rid, why))
-            self._announce_losses()
             return
         self._stats.recovery_retries += 1
         if not answered:
