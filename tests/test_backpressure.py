@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from actors import BackpressureError, BusFuture, Event, EventBus, EventConfig, OverflowStrategy
+from actors._core.publishing import ROUTER_CAPACITY
 from tests._support import WAIT, Collector, Gate
 
 
@@ -185,3 +186,36 @@ def test_bus_events_never_wait_and_are_not_lost(bus: EventBus) -> None:
 
 def _fail(event: Event) -> None:
     raise RuntimeError("boom")
+
+
+def test_the_routers_mailbox_holds_a_fixed_number_of_publishes_whatever_buffer_size() -> None:
+    """A router held by a filter lets ``ROUTER_CAPACITY`` publishes queue, then refuses.
+
+    Regression: its mailbox took ``max(buffer_size, 1024)`` messages, so a bus
+    with large subscription buffers let publishers run 100,000 events ahead of
+    the router (each an object the collector walks, promoted while it waits).
+    Nothing is lost: once the router goes on, every queued publish is routed.
+    """
+    hold, held = threading.Event(), threading.Event()
+
+    def holding(_event: Event) -> bool:
+        held.set()
+        return hold.wait(WAIT)
+
+    seen = Collector()
+    bus = EventBus(EventConfig(buffer_size=100_000, block_timeout=0.2))
+    try:
+        bus.subscribe("h.*", seen, filter=holding)
+        bus.publish("h.first", 0)
+        assert held.wait(WAIT)
+        accepted, refused_at = _publish_until_refused(bus, "h.x")
+        # One queued message per publish (the bus's own messages may take a few places).
+        assert ROUTER_CAPACITY - 8 <= len(accepted) <= ROUTER_CAPACITY, refused_at
+        seen.expected = len(accepted) + 1
+        hold.set()
+        assert [f.get(timeout=WAIT).data for f in accepted] == list(range(1, len(accepted) + 1))
+        assert seen.done.wait(WAIT)
+        assert seen.data == list(range(len(accepted) + 1))
+    finally:
+        hold.set()
+        bus.close(timeout=WAIT)

@@ -30,7 +30,16 @@ from actors._runtime.dispatcher import FifoMailbox
 from actors._runtime.future import BusFuture
 from actors._runtime.pool import Scheduler
 
-__all__ = ["Publisher", "check_not_reserved", "prepare_event"]
+__all__ = ["ROUTER_CAPACITY", "Publisher", "check_not_reserved", "prepare_event"]
+
+ROUTER_CAPACITY = 1024
+"""Messages the router's mailbox holds before ``publish`` waits for room.
+
+A deeper queue absorbs nothing a router that routes in microseconds needs,
+and costs collector time: every event waiting in it outlives collections
+and is promoted, and enough promotions start a full collection of the
+whole process (``docs/performance.md``, "Fewer full collections").
+"""
 
 _now = time.perf_counter
 

@@ -52,7 +52,7 @@ from actors._core.messages import (
 )
 from actors._core.policies import DEFAULT_RETRY_BACKOFF, HandlerPolicy
 from actors._core.ports import SubscriberPorts
-from actors._core.publishing import Publisher
+from actors._core.publishing import ROUTER_CAPACITY, Publisher
 from actors._core.ratelimit import TokenBucket
 from actors._core.router import RouterActor
 from actors._core.router_reads import RouterReads
@@ -157,7 +157,7 @@ class Core:
         start_actor(self.correlation)
         self.router = RouterActor(
             dispatcher=system,
-            capacity=max(config.buffer_size, 1024),
+            capacity=ROUTER_CAPACITY,
             origin=name,
             first_sequence=first_sequence,
             recorders=[self.correlation.actor_inbox],
