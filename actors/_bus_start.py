@@ -75,6 +75,7 @@ def start_runtime(
             system=system,
             first_sequence=first_sequence,
             journal=journal.actor_inbox if journal is not None else None,
+            journal_backlog=journal.backlog if journal is not None else None,
         )
     except BaseException:
         _undo(started, journal, storage)

@@ -12,7 +12,8 @@ mailbox; on its turn it takes a batch, and for each event:
    it for the recorders (journal, correlation actor, bridge), which receive one
    ``Record`` per turn.  A ``BLOCK`` mailbox that is now full is marked full in
    the ``BlockGuard``, where publishers look before sending (see
-   ``actors._core.backpressure``): the router itself never waits.
+   ``actors._core.backpressure``): the router itself never waits for one.  It
+   parks only while the journal lags (``actors._runtime.backlog``).
 
 Subscriptions, flushes and queries travel through the same FIFO mailbox, so
 they are ordered with the publishes around them.  The router also keeps the
@@ -66,6 +67,7 @@ from actors._model.event import (
 )
 from actors._model.metrics import RateMeter
 from actors._model.topics import Pattern, TopicTrie
+from actors._runtime.backlog import Backlog
 from actors._runtime.dispatcher import DispatchedActor, FifoMailbox
 from actors._runtime.future import Latch
 from actors._runtime.mailbox import STARTED
@@ -80,10 +82,9 @@ logger = logging.getLogger("actors.router")
 
 _PLAN_CACHE_LIMIT = 100_000
 
-# Once batches (``PublishBatch``) brought this many events since the last
-# offer, the lanes are offered what is pending, after every 256 events of a
-# batch at most: a lane's pending list holds at most the turn's single
-# publishes (256 messages) plus 511 events of batches (``_offer_pending``).
+# Once batches brought this many events since the last offer, the lanes are
+# offered what is pending (after every 256 events of a batch at most): a lane's
+# pending list holds at most 256 single publishes plus 511 events of batches.
 _OFFER_EVERY = 256
 
 _DEAD_LETTER = "$bus.deadletter"  # the journal reads them by this type (DEAD_LETTER_TYPE)
@@ -115,6 +116,7 @@ class RouterActor(DispatchedActor):
         correlation: FifoMailbox | None = None,
         guard: BlockGuard | None = None,
         dead_letter_limit: int = 10_000,
+        journal_backlog: Backlog | None = None,
     ) -> None:
         super().__init__(dispatcher=dispatcher)
         self.actor_inbox.capacity = capacity
@@ -125,16 +127,16 @@ class RouterActor(DispatchedActor):
         self._routes: dict[str, tuple[Route, Pattern]] = {}
         self._pattern_counts: Counter[str] = Counter()  # the distinct patterns of ``_routes``
         self._plans: dict[str, _Plan] = {}
-        # Recorders get every accepted event; the durable one (a journal with
-        # sync durability) also gets the publish futures to resolve.
+        # Recorders get every accepted event; the durable one (the journal) also
+        # the publish futures to resolve, and it parks this actor when it lags.
         self._recorders = list(recorders or [])
         self._durable = durable_recorder
+        self._backlog = journal_backlog
         self._correlation = correlation
         self._batch: list[Event] = []
-        # Lanes with events routed this turn but not offered yet (each
-        # mailbox's ``pending``), and the publish futures to resolve once
-        # they are: see ``_offer_pending``.  ``_resolved`` fills only while
-        # ``_touched`` holds a lane, and both empty together.
+        # Lanes with events routed this turn but not offered yet (each mailbox's
+        # ``pending``), and the publish futures to resolve once they are (see
+        # ``_offer_pending``); ``_resolved`` fills only while ``_touched`` does.
         self._touched: list[Route] = []
         self._resolved: list[tuple[Callable[[Any], None], Any]] = []  # (future.set, event)
         self._unoffered = 0  # events of batches routed since the last offer
@@ -149,11 +151,10 @@ class RouterActor(DispatchedActor):
         self.end_lock, self.ended = threading.RLock(), False  # ``ended`` set under it: ``put``
         self._flushes: list[BusFuture[None]] = []  # not done yet: failed if the router stops
         self._closing = False  # set by Closing: later publishes are refused
-        # Told the local patterns after every change (the bridge forwards them
-        # to peers as subscriptions).  Called on the router's thread.
+        # Told the local patterns after every change, on the router's thread
+        # (the bridge forwards them to peers as subscriptions).
         self.route_listeners: list[Callable[[list[str]], None]] = []
-        # Called once on the router's thread when it has stopped.
-        self.stop_listeners: list[Callable[[], None]] = []
+        self.stop_listeners: list[Callable[[], None]] = []  # called once it has stopped
 
     # -- wiring (before the actor runs) ----------------------------------------
 
@@ -432,8 +433,7 @@ class RouterActor(DispatchedActor):
     def _routes_changed(self) -> None:
         if not self.route_listeners:
             return
-        # Kept up to date by subscribe/unsubscribe: a copy per change, no
-        # walk of every route (10,000 subscribes would be quadratic).
+        # Kept up to date by subscribe/unsubscribe: a copy per change, no walk of every route.
         patterns = list(self._pattern_counts)
         for listener in self.route_listeners:
             try:
@@ -512,6 +512,8 @@ class RouterActor(DispatchedActor):
             futures = self._batch_futures
             self._batch_futures = []
             self._durable.put(Record(events, futures))
+            if self._backlog is not None:
+                self._backlog.add(len(events), self._park, self._unpark)
 
     def _on_turn_end(self) -> bool:
         self._send_records()

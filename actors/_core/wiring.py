@@ -76,6 +76,7 @@ from actors._model.metrics import (
 )
 from actors._model.query import EventQuery
 from actors._model.topics import Pattern
+from actors._runtime.backlog import Backlog
 from actors._runtime.dispatcher import DispatchedActor, Dispatcher, FifoMailbox
 from actors._runtime.future import BusFuture, Latch
 from actors._runtime.pool import Scheduler
@@ -120,6 +121,7 @@ class Core:
         system: Scheduler | None = None,
         first_sequence: int = 1,
         journal: FifoMailbox | None = None,
+        journal_backlog: Backlog | None = None,
     ) -> None:
         self.config = config
         self.dispatcher = dispatcher
@@ -165,6 +167,7 @@ class Core:
             correlation=self.correlation.actor_inbox,
             guard=self.guard,
             dead_letter_limit=config.dead_letter_limit,
+            journal_backlog=journal_backlog,
         )
         start_actor(self.router)
         self._router_reads = RouterReads(self.router)

@@ -42,6 +42,7 @@ from actors._journal.records import (
 )
 from actors._model.event import Event
 from actors._model.query import EventQuery, to_us
+from actors._runtime.backlog import JOURNAL_BACKLOG, Backlog
 from actors._runtime.dispatcher import DispatchedActor, Dispatcher
 from actors._runtime.future import BusFuture
 
@@ -121,6 +122,9 @@ class JournalActor(DispatchedActor):
         self.write_seconds = 0.0
         self.corrupt = 0
         self._closed = threading.Event()  # set once the storage is closed at the stop
+        # What the router sent and this actor has not written yet: the router
+        # parks past JOURNAL_BACKLOG (``actors._runtime.backlog``).
+        self.backlog = Backlog(JOURNAL_BACKLOG)
 
     def _on_message(self, message: Any) -> None:
         if type(message) is Record:
@@ -169,6 +173,7 @@ class JournalActor(DispatchedActor):
             self._write()
             self.storage.close()
         finally:
+            self.backlog.close()
             self._closed.set()
 
     def wait_closed(self, timeout: float | None) -> bool:
@@ -182,6 +187,14 @@ class JournalActor(DispatchedActor):
     # -- writing ------------------------------------------------------------------
 
     def _write(self) -> None:
+        taken = len(self._pending)
+        try:
+            self._write_pending()
+        finally:
+            if taken:  # written, failed or refused: the router may send more
+                self.backlog.taken(taken)
+
+    def _write_pending(self) -> None:
         events = self._pending
         if events and self.storage.read_only:
             # Only the bus's own notices get here (publish refuses first).

@@ -251,6 +251,9 @@ class DispatchedActor(pykka.Actor):
             self._actor_loop_setup()
         inbox = self.actor_inbox
         stopped = self.actor_stopped.is_set
+        if self._actor_parked and not stopped():  # a put scheduled it: it stays parked
+            inbox.finish_turn(park=True, hard=True)
+            return
         if not stopped():
             batch = inbox.take(throughput)
             for i, item in enumerate(batch):
@@ -284,7 +287,9 @@ class DispatchedActor(pykka.Actor):
         self._teardown()
 
     def _park(self, requeue: Any = None) -> None:
-        """Stop taking messages after the current one until ``_unpark``.
+        """Stop taking messages after the current one until ``_unpark`` (from any thread).
+
+        Turns that mail schedules meanwhile take nothing.
 
         ``requeue`` goes back to the head of the mailbox, before the rest of
         the batch, so it is handled first when the actor resumes.

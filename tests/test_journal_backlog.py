@@ -1,0 +1,152 @@
+"""A journal slower than its publishers holds them back; it never falls behind without bound.
+
+Regression: the router sent the journal one ``Record`` per turn and went on,
+so a journal that lagged (a slow disk, a flood) queued every event published
+meanwhile: memory grew for as long as the flood lasted, and nothing ever
+held a publisher back.  Now the router parks once ``JOURNAL_BACKLOG`` events
+are unwritten, its mailbox fills, and ``publish`` waits for room
+(``block_timeout``, then ``BackpressureError``); nothing accepted is lost.
+
+The journal is a real RocksDB one whose writes are held at a gate, as a
+stalled device would hold them.
+"""
+
+from __future__ import annotations
+
+import inspect
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from actors import BackpressureError, BusFuture, Event, EventBus, EventConfig, EventQuery
+from actors._core.publishing import ROUTER_CAPACITY
+from actors._runtime.backlog import JOURNAL_BACKLOG, Backlog
+from actors._runtime.pool import Dispatcher
+from tests._support import WAIT
+
+# A router turn takes at most this many messages: the most it may route
+# past the limit before it parks at the end of the turn.
+TURN: int = inspect.signature(Dispatcher).parameters["throughput"].default
+
+
+class HeldWrites:
+    """Hold every journal write at a gate until ``release``; count the writes entered."""
+
+    def __init__(self, bus: EventBus) -> None:
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+        storage = bus._journal.storage  # type: ignore[union-attr]  # noqa: SLF001 - the fault's seam
+        self._append: Callable[..., None] = storage.append
+        storage.append = self._held  # an instance attribute: this bus only
+
+    def _held(self, records: Any, **kwargs: Any) -> None:
+        self.entered.set()
+        assert self.gate.wait(WAIT * 4), "journal write held past the test"
+        self._append(records, **kwargs)
+
+    def release(self) -> None:
+        self.gate.set()
+
+
+def _flood(bus: EventBus, most: int) -> tuple[list[BusFuture[Event]], bool]:
+    """Publish ``t.n`` events until one is refused (or ``most``); return the accepted ones."""
+    accepted: list[BusFuture[Event]] = []
+    for i in range(most):
+        try:
+            accepted.append(bus.publish("t.n", i))
+        except BackpressureError:
+            return accepted, True
+    return accepted, False
+
+
+def test_a_held_journal_holds_publishers_back_and_loses_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "j"
+    bus = EventBus(EventConfig(persistence_path=path, block_timeout=0.2))
+    held = HeldWrites(bus)
+    try:
+        bus.publish("t.first", 0)
+        assert held.entered.wait(WAIT)
+        most = JOURNAL_BACKLOG + ROUTER_CAPACITY + 4 * TURN + 10_000
+        accepted, refused = _flood(bus, most)
+        assert refused, f"{most} events queued behind a held journal without a refusal"
+        # Unwritten: up to the limit, the turn that crossed it, the router's mailbox.
+        assert JOURNAL_BACKLOG <= len(accepted) <= JOURNAL_BACKLOG + TURN + ROUTER_CAPACITY
+        held.release()
+        got = [f.get(timeout=WAIT).data for f in accepted]
+        assert got == list(range(len(accepted)))
+        bus.flush(timeout=WAIT)
+        stored = bus.query(EventQuery(event_types=["t.*"]))
+        assert [e.data for e in stored] == [0, *range(len(accepted))]
+        assert [e.sequence for e in stored] == list(range(1, len(accepted) + 2))
+    finally:
+        held.release()
+        bus.close(timeout=WAIT)
+
+
+def test_a_close_behind_a_held_journal_writes_every_accepted_event(tmp_path: Path) -> None:
+    path = tmp_path / "j"
+    bus = EventBus(EventConfig(persistence_path=path, block_timeout=0.2))
+    held = HeldWrites(bus)
+    closed: list[Any] = []
+    try:
+        bus.publish("t.first", 0)
+        assert held.entered.wait(WAIT)
+        accepted, refused = _flood(bus, JOURNAL_BACKLOG + ROUTER_CAPACITY + 4 * TURN + 10_000)
+        assert refused
+        closing = threading.Thread(target=lambda: closed.append(bus.close(timeout=WAIT * 2)))
+        closing.start()
+        held.release()
+        closing.join(WAIT * 3)
+        assert not closing.is_alive()
+        assert closed == [()]
+    finally:
+        held.release()
+        bus.close(timeout=WAIT)
+    with EventBus(EventConfig(persistence_path=path, read_only=True)) as again:
+        assert len(again.query(EventQuery(event_types=["t.*"]))) == len(accepted) + 1
+
+
+def test_past_the_limit_the_feeder_parks_and_resumes_under_half() -> None:
+    backlog = Backlog(10)
+    calls: list[str] = []
+
+    def park() -> None:
+        calls.append("park")
+
+    def resume() -> None:
+        calls.append("resume")
+
+    backlog.add(10, park, resume)
+    assert calls == []
+    assert backlog.lag() == 10
+    backlog.add(1, park, resume)
+    assert calls == ["park"]
+    backlog.taken(5)  # 6 unwritten: above half
+    assert calls == ["park"]
+    backlog.taken(1)  # 5: half
+    assert calls == ["park", "resume"]
+    backlog.taken(5)
+    assert calls == ["park", "resume"]  # resumed once
+
+
+def test_a_feeder_resumes_itself_when_the_taker_caught_up_before_it_armed() -> None:
+    backlog = Backlog(10)
+    calls: list[str] = []
+
+    def park() -> None:
+        calls.append("park")
+        backlog.taken(11)  # the taker writes everything between the park and the arming
+
+    backlog.add(11, park, lambda: calls.append("resume"))
+    assert calls == ["park", "resume"]
+
+
+def test_a_stopped_taker_resumes_a_parked_feeder_and_holds_no_one_back() -> None:
+    backlog = Backlog(10)
+    calls: list[str] = []
+    backlog.add(11, lambda: calls.append("park"), lambda: calls.append("resume"))
+    backlog.close()
+    assert calls == ["park", "resume"]
+    backlog.add(100, lambda: calls.append("park"), lambda: calls.append("resume"))
+    assert calls == ["park", "resume"]
