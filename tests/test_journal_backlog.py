@@ -107,6 +107,43 @@ def test_a_close_behind_a_held_journal_writes_every_accepted_event(tmp_path: Pat
         assert len(again.query(EventQuery(event_types=["t.*"]))) == len(accepted) + 1
 
 
+def test_a_done_callback_that_publishes_while_the_router_waits_for_the_journal_goes_through(
+    tmp_path: Path,
+) -> None:
+    """A publish future resolves on the journal's thread and runs its callbacks there.
+
+    Regression: a callback that published while the router waited for the
+    journal waited for room in the router's full mailbox, holding the one
+    thread that could make room: the bus stood still for ``block_timeout``
+    and the callback's publish was refused.
+    """
+    bus = EventBus(EventConfig(persistence_path=tmp_path / "j", block_timeout=0.5))
+    held = HeldWrites(bus)
+    outcome: list[object] = []
+    fired = threading.Event()
+
+    def follow_up(_future: BusFuture[Event]) -> None:
+        try:
+            outcome.append(bus.publish("t.followup", -1))
+        except BackpressureError as exc:
+            outcome.append(exc)
+        fired.set()
+
+    try:
+        bus.publish("t.first", 0).add_done_callback(follow_up)
+        assert held.entered.wait(WAIT)
+        accepted, refused = _flood(bus, JOURNAL_BACKLOG + ROUTER_CAPACITY + 4 * TURN + 10_000)
+        assert refused  # the router waits for the journal now
+        held.release()
+        assert fired.wait(WAIT)
+        assert isinstance(outcome[0], BusFuture), outcome
+        assert outcome[0].get(timeout=WAIT).event_type == "t.followup"
+        assert [f.get(timeout=WAIT).data for f in accepted] == list(range(len(accepted)))
+    finally:
+        held.release()
+        bus.close(timeout=WAIT)
+
+
 def test_past_the_limit_the_feeder_parks_and_resumes_under_half() -> None:
     backlog = Backlog(10)
     calls: list[str] = []

@@ -43,7 +43,7 @@ from actors._journal.records import (
 from actors._model.event import Event
 from actors._model.query import EventQuery, to_us
 from actors._runtime.backlog import JOURNAL_BACKLOG, Backlog
-from actors._runtime.dispatcher import DispatchedActor, Dispatcher
+from actors._runtime.dispatcher import DispatchedActor, Dispatcher, never_waiting
 from actors._runtime.future import BusFuture
 
 __all__ = ["HIGH_WATER", "JournalActor", "decode_stored", "enforce_retention"]
@@ -125,6 +125,7 @@ class JournalActor(DispatchedActor):
         # What the router sent and this actor has not written yet: the router
         # parks past JOURNAL_BACKLOG (``actors._runtime.backlog``).
         self.backlog = Backlog(JOURNAL_BACKLOG)
+        self._uncounted = 0  # events of the write under way not yet told to the backlog
 
     def _on_message(self, message: Any) -> None:
         if type(message) is Record:
@@ -186,13 +187,27 @@ class JournalActor(DispatchedActor):
 
     # -- writing ------------------------------------------------------------------
 
+    def actor_turn(self, throughput: int) -> None:
+        """A turn in which no put waits for room: this thread is what makes room.
+
+        Resolving a publish future runs its done-callbacks here; one that
+        publishes while the router waits for this journal must not wait for it.
+        """
+        with never_waiting():
+            super().actor_turn(throughput)
+
     def _write(self) -> None:
-        taken = len(self._pending)
+        self._uncounted = len(self._pending)
         try:
             self._write_pending()
         finally:
-            if taken:  # written, failed or refused: the router may send more
-                self.backlog.taken(taken)
+            self._count_taken()
+
+    def _count_taken(self) -> None:
+        """Tell the backlog the events of this write are done with: the router may send more."""
+        taken, self._uncounted = self._uncounted, 0
+        if taken:
+            self.backlog.taken(taken)
 
     def _write_pending(self) -> None:
         events = self._pending
@@ -220,6 +235,7 @@ class JournalActor(DispatchedActor):
                 error = exc if isinstance(exc, JournalError) else JournalError(str(exc))
                 if error is not exc:
                     error.__cause__ = exc
+                self._count_taken()  # before the futures' callbacks run
                 for future in futures:
                     if future is not None:
                         future.set_exception(error)
@@ -227,6 +243,7 @@ class JournalActor(DispatchedActor):
                 self.write_seconds += time.perf_counter() - started
                 self.batches += 1
                 self.written += len(events)
+                self._count_taken()  # before the futures' callbacks run
                 for event, future in zip(events, futures, strict=True):
                     if future is not None:
                         future.set(event)

@@ -21,11 +21,13 @@ thread, so an actor whose handler blocks on I/O holds only its own thread.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import pykka
@@ -35,7 +37,14 @@ from pykka._envelope import Envelope
 from actors._runtime.future import BusFuture
 from actors._runtime.pool import Dispatcher, Scheduler
 
-__all__ = ["DispatchedActor", "Dispatcher", "FifoMailbox", "TurnHandedOff", "default_dispatcher"]
+__all__ = [
+    "DispatchedActor",
+    "Dispatcher",
+    "FifoMailbox",
+    "TurnHandedOff",
+    "default_dispatcher",
+    "never_waiting",
+]
 
 logger = logging.getLogger("actors.dispatcher")
 
@@ -51,6 +60,24 @@ class TurnHandedOff(Exception):  # noqa: N818 - a signal, not an error
 _default: Dispatcher | None = None
 _condition_lock = threading.Lock()  # makes a mailbox's Condition once
 _default_lock = threading.Lock()
+_here = threading.local()  # ``never_wait``: set while this thread is one that makes room
+
+
+@contextlib.contextmanager
+def never_waiting() -> Iterator[None]:
+    """Within the block, a ``put_blocking`` on this thread never waits: it goes past capacity.
+
+    For code run by a thread whose progress is what makes room: the journal's,
+    resolving publish futures whose done-callbacks may publish.  Waiting there
+    for the router, which waits for the journal, would be a cycle that only
+    ``block_timeout`` breaks.
+    """
+    before = getattr(_here, "never_wait", False)
+    _here.never_wait = True
+    try:
+        yield
+    finally:
+        _here.never_wait = before
 
 
 def default_dispatcher() -> Dispatcher:
@@ -108,7 +135,12 @@ class FifoMailbox:
         appends); it exists for backpressure, not as an exact limit.
         """
         cap = self.capacity
-        if cap is not None and len(self._items) >= cap and not self._wait_for_room(cap, timeout):
+        if (
+            cap is not None
+            and len(self._items) >= cap
+            and not getattr(_here, "never_wait", False)
+            and not self._wait_for_room(cap, timeout)
+        ):
             return False
         self._items.append(item)
         if self._sched.acquire(False):
