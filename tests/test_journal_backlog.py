@@ -144,6 +144,45 @@ def test_a_done_callback_that_publishes_while_the_router_waits_for_the_journal_g
         bus.close(timeout=WAIT)
 
 
+def test_a_done_callback_publishing_to_a_block_subscription_does_not_wait_for_the_routing(
+    tmp_path: Path,
+) -> None:
+    """A publish a ``BLOCK`` pattern matches waits until the router routed it, except here.
+
+    Regression: made on the journal's thread (a publish future's callback)
+    while the router waited for that journal, the wait could only end at
+    ``block_timeout``; the journal, and every persistent publish, stood
+    still meanwhile.
+    """
+    bus = EventBus(EventConfig(persistence_path=tmp_path / "j", block_timeout=WAIT * 4))
+    held = HeldWrites(bus)
+    seen: list[int] = []
+    bus.subscribe("b.*", lambda e: seen.append(e.data), overflow="block", capacity=100_000)
+    fired = threading.Event()
+    outcome: list[object] = []
+
+    def follow_up(_future: BusFuture[Event]) -> None:
+        outcome.append(bus.publish("b.followup", -1))
+        fired.set()
+
+    try:
+        bus.publish("t.first", 0).add_done_callback(follow_up)
+        assert held.entered.wait(WAIT)
+        # Past the journal's limit: the router parks behind the held journal.
+        backlog = bus._journal.backlog  # type: ignore[union-attr]  # noqa: SLF001 - the state under test
+        futures = [bus.publish("t.n", i) for i in range(JOURNAL_BACKLOG + TURN)]
+        held.release()
+        assert fired.wait(WAIT), f"callback held; journal lag {backlog.lag()}"
+        assert isinstance(outcome[0], BusFuture)
+        assert outcome[0].get(timeout=WAIT).event_type == "b.followup"
+        assert [f.get(timeout=WAIT).data for f in futures] == list(range(len(futures)))
+        bus.flush(timeout=WAIT)
+        assert seen == [-1]
+    finally:
+        held.release()
+        bus.close(timeout=WAIT)
+
+
 def test_past_the_limit_the_feeder_parks_and_resumes_under_half() -> None:
     backlog = Backlog(10)
     calls: list[str] = []

@@ -26,7 +26,7 @@ from actors._errors import (
 )
 from actors._model.event import FIELD_NAMES, Event, with_fields
 from actors._model.topics import is_reserved
-from actors._runtime.dispatcher import FifoMailbox
+from actors._runtime.dispatcher import FifoMailbox, waits_here
 from actors._runtime.future import BusFuture
 from actors._runtime.pool import Scheduler
 
@@ -364,13 +364,16 @@ class Publisher:
                 raise Withdrawn("the publish was cancelled while it waited for room")
         paced = guard.paces(events)  # counted even when it cannot wait (below)
         dispatcher = self._dispatcher
-        if paced and not dispatcher.on_dispatcher_thread():
+        # Nor on the journal's thread (``never_waiting``): the router may wait for it.
+        here = waits_here()
+        if paced and here and not dispatcher.on_dispatcher_thread():
             return _Paced()  # a node's send queue fills: one publish in the router
         # A handler waits for the routing too, unless its thread may be the
         # one the router needs: else its publishes would run ahead of the
         # router, and a full BLOCK mailbox would be seen full too late.
         if (
             guard.blocking
+            and here
             and not dispatcher.on_system_thread()
             and any(guard.routes_wanted(e.event_type) for e in events)
         ):

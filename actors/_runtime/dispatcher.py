@@ -44,6 +44,7 @@ __all__ = [
     "TurnHandedOff",
     "default_dispatcher",
     "never_waiting",
+    "waits_here",
 ]
 
 logger = logging.getLogger("actors.dispatcher")
@@ -78,6 +79,11 @@ def never_waiting() -> Iterator[None]:
         yield
     finally:
         _here.never_wait = before
+
+
+def waits_here() -> bool:
+    """Return whether this thread may wait on the router (not inside ``never_waiting``)."""
+    return not getattr(_here, "never_wait", False)
 
 
 def default_dispatcher() -> Dispatcher:
