@@ -180,3 +180,77 @@ def test_a_read_error_kept_by_its_caller_does_not_keep_the_journal_locked(
     assert kept
     with EventBus(EventConfig(persistence_path=path)) as bus:  # the error is still held
         assert len(bus.query(EventQuery())) == N
+
+
+def _record_tables(path: Path) -> list[Path]:
+    """The record space's table files (8-byte keys: sequences), oldest first."""
+    import rocksdict  # noqa: PLC0415 - the test reads RocksDB's own file list
+
+    db = rocksdict.Rdict(
+        str(path),
+        options=rocksdict.Options(raw_mode=True),
+        access_type=rocksdict.AccessType.read_only(),
+    )
+    try:
+        names = [f["name"] for f in db.live_files() if len(f["start_key"]) == 8]
+    finally:
+        db.close()
+    return sorted((path / name.lstrip("/") for name in names), key=lambda p: p.name)
+
+
+def test_repair_salvages_the_older_tables_a_damaged_newer_table_hid(tmp_path: Path) -> None:
+    """A damaged first block of the newest level-0 record table hid the intact older tables.
+
+    Every read below it failed, so reads skipped 2,028 records for 28 damaged
+    ones, and ``repair()`` saw a journal that opens and reported nothing lost.
+    It now keeps the readable records aside, lets RocksDB set the damaged
+    table aside, and puts them back: only the damaged block is lost.
+    """
+    path = tmp_path / "journal"
+    for r in range(3):  # each close flushes one level-0 table of 1,000 records
+        with EventBus(EventConfig(persistence_path=path)) as bus:
+            futures = [
+                bus.publish("t.e", {"i": r * 1000 + i, "pad": "x" * 50}) for i in range(1000)
+            ]
+            futures[-1].get(timeout=WAIT)
+    record_tables = _record_tables(path)
+    assert len(record_tables) == 3, record_tables
+    flip_byte(record_tables[-1], 0)
+    with EventBus(EventConfig(persistence_path=path)) as bus:
+        assert len(bus.query(EventQuery())) < 1000  # the older tables hidden
+    report = repair(path)
+    with EventBus(EventConfig(persistence_path=path)) as bus:
+        got = [e.data["i"] for e in bus.query(EventQuery())]  # type: ignore[index]
+        typed = [e.data["i"] for e in bus.query(EventQuery(event_types=["t.*"]))]  # type: ignore[index]
+        corrupt = bus.metrics().journal_corrupt_records
+        bus.publish("t.e", {"i": 3000}).get(timeout=WAIT)
+        assert bus.query(EventQuery(descending=True, limit=1))[0].sequence == 3001
+    lost = 3000 - len(got)
+    assert got[:2000] == list(range(2000))  # the older tables read whole
+    assert got == sorted(got)
+    assert 0 < lost < 100, lost  # the damaged block only
+    assert typed == got
+    assert corrupt == 0
+    assert report.repaired
+    assert report.lost == lost, report
+
+
+def test_repair_sets_a_damaged_block_aside_and_keeps_every_readable_record(
+    damaged_records: Path,
+) -> None:
+    """RocksDB's repair sets the whole damaged table aside; the readable records come back."""
+    with EventBus(EventConfig(persistence_path=damaged_records)) as bus:
+        before = [e.sequence for e in bus.query(EventQuery())]
+    report = repair(damaged_records)
+    with EventBus(EventConfig(persistence_path=damaged_records)) as bus:
+        after = [e.sequence for e in bus.query(EventQuery())]
+        typed = [e.sequence for e in bus.query(EventQuery(event_types=["t.*"]))]
+        corrupt = bus.metrics().journal_corrupt_records
+    assert after == before == typed
+    assert corrupt == 0  # nothing left to skip
+    assert report.repaired
+    assert report.lost == N - len(before)
+    assert report.lost_range is not None
+    low, high = report.lost_range
+    assert [s for s in range(low, high + 1) if s in set(after)] == []
+    assert not [p for p in damaged_records.parent.iterdir() if p.name.startswith(".salvage-")]

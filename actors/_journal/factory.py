@@ -20,6 +20,7 @@ from actors._journal.highwater import FILE_NAME
 from actors._journal.rebuild import PARTS, disagree_message
 from actors._journal.records import HIGH_WATER
 from actors._journal.rocks import Recover, RocksStorage, repair_files
+from actors._journal.salvage import salvage_hidden
 from actors._model.config import EventConfig
 
 __all__ = ["OpenedJournal", "RecoveryReport", "open_journal", "repair"]
@@ -233,6 +234,14 @@ def repair(path: str | os.PathLike[str], *, recover: Recover = "truncate") -> Re
         repair_files(where)
         repaired = True
         storage = RocksStorage(where, create=False, recover=recover)
+    else:
+        try:  # a damaged table that hides records of others: salvage both
+            salvaged = salvage_hidden(storage, where, recover)
+        except BaseException:
+            storage.close()
+            raise
+        if salvaged is not None:
+            storage, repaired = salvaged, True
     try:
         done = _reconcile(storage, where, full=True, recover="truncate", repaired=repaired)
         report = _inspect(storage, where, done)
