@@ -20,7 +20,6 @@ from actors._journal.highwater import FILE_NAME
 from actors._journal.rebuild import PARTS, disagree_message
 from actors._journal.records import HIGH_WATER
 from actors._journal.rocks import Recover, RocksStorage, repair_files
-from actors._journal.salvage import salvage_hidden
 from actors._model.config import EventConfig
 
 __all__ = ["OpenedJournal", "RecoveryReport", "open_journal", "repair"]
@@ -217,7 +216,8 @@ def repair(path: str | os.PathLike[str], *, recover: Recover = "truncate") -> Re
     Opens it with ``recover="truncate"``: a damaged WAL keeps everything up
     to the damage; a journal RocksDB cannot read, or one missing acknowledged
     events with its WAL intact, first goes through RocksDB's repair, which
-    salvages every readable record from the table files and logs.
+    keeps what the log files and the readable table files hold and sets a
+    damaged table file aside whole (its readable records with it).
     Either way the acknowledged mark is kept, so sequences continue above
     every acknowledged one.  Then every record is checked against the type
     registry, count, skew and indexes, and what disagrees is rebuilt from
@@ -234,14 +234,6 @@ def repair(path: str | os.PathLike[str], *, recover: Recover = "truncate") -> Re
         repair_files(where)
         repaired = True
         storage = RocksStorage(where, create=False, recover=recover)
-    else:
-        try:  # a damaged table that hides records of others: salvage both
-            salvaged = salvage_hidden(storage, where, recover)
-        except BaseException:
-            storage.close()
-            raise
-        if salvaged is not None:
-            storage, repaired = salvaged, True
     try:
         done = _reconcile(storage, where, full=True, recover="truncate", repaired=repaired)
         report = _inspect(storage, where, done)

@@ -380,57 +380,6 @@ class RocksTables(RebuildMixin, RetentionMixin, IndexedStorage):
             return seq
         return None
 
-    # -- salvage (``actors._journal.salvage``) ------------------------------------
-
-    def first_unreadable(self) -> int | None:
-        """Return where the first unreadable range of the record space starts, or None.
-
-        One key-only pass, stopped at the first range a read had to skip.
-        """
-        self._check_open()
-        found: list[int] = []
-        walked = walk_sequences(
-            self._db, start=0, values=False, on_skip=lambda first, _resume: found.append(first)
-        )
-        for _ in walked:
-            if found:
-                break
-        return found[0] if found else None
-
-    def readable_rows(self, first: int) -> Iterator[tuple[int, bytes]]:
-        """Yield (sequence, stored row) of every record readable from ``first`` on, in order."""
-        self._check_open()
-        for seq, value in self._sequences(first):
-            if value is not None:
-                yield seq, value
-
-    def restore_rows(self, rows: Iterable[tuple[int, bytes]], chunk: int = 10_000) -> int:
-        """Write back the stored rows this record space lacks, as they were; return how many.
-
-        No index entry and no count: a survey finds them missing and
-        rebuilds them from the records (``repair``).  Synced at the end.
-        """
-        self._check_writable()
-        restored = 0
-        batch, pending = self._new_batch(), 0
-        db = self._db
-        for seq, value in rows:
-            key = SEQ.pack(seq)
-            if read(functools.partial(db.get, key)) is not None:
-                continue
-            batch.put(key, value)
-            pending += 1
-            restored += 1
-            self._last = max(self._last, seq)
-            if pending >= chunk:
-                self._write(batch, False)
-                batch, pending = self._new_batch(), 0
-        if pending:
-            self._write(batch, False)
-        if restored:
-            self._db.flush_wal(True)
-        return restored
-
     def count(self) -> int:
         """Return the number of stored records (a counter kept in ``meta``)."""
         self._check_open()
