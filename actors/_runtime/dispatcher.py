@@ -61,7 +61,13 @@ class TurnHandedOff(Exception):  # noqa: N818 - a signal, not an error
 _default: Dispatcher | None = None
 _condition_lock = threading.Lock()  # makes a mailbox's Condition once
 _default_lock = threading.Lock()
-_here = threading.local()  # ``never_wait``: set while this thread is one that makes room
+
+
+class _Here(threading.local):
+    never_wait = False  # set while this thread is one that makes room (``never_waiting``)
+
+
+_here = _Here()
 
 
 @contextlib.contextmanager
@@ -73,7 +79,7 @@ def never_waiting() -> Iterator[None]:
     for the router, which waits for the journal, would be a cycle that only
     ``block_timeout`` breaks.
     """
-    before = getattr(_here, "never_wait", False)
+    before = _here.never_wait
     _here.never_wait = True
     try:
         yield
@@ -83,7 +89,7 @@ def never_waiting() -> Iterator[None]:
 
 def waits_here() -> bool:
     """Return whether this thread may wait on the router (not inside ``never_waiting``)."""
-    return not getattr(_here, "never_wait", False)
+    return not _here.never_wait
 
 
 def default_dispatcher() -> Dispatcher:
@@ -144,7 +150,7 @@ class FifoMailbox:
         if (
             cap is not None
             and len(self._items) >= cap
-            and not getattr(_here, "never_wait", False)
+            and waits_here()
             and not self._wait_for_room(cap, timeout)
         ):
             return False
