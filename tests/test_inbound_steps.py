@@ -431,3 +431,84 @@ def test_ranges_of_an_origins_earlier_run_end_lost_when_it_restarts_renumbered()
     assert inbound.losses == [Loss("b", 6, 11, RENUMBERED)]
     assert (inbound.gaps, inbound.unrecovered, inbound.gaps_open()) == (1, 1, 0)
     assert got == [1, 2, 3, 4, 5]  # 11, of the old numbering, is not delivered among the new
+
+
+def _held_then_paused(
+    inbound: Inbound, ring: dict[int, Event], take: Callable[[list[Event]], None]
+) -> None:
+    """c, new to b, holds b's frames 1..3 (``job.run``) for its sync reply; 4..10 are lost."""
+    inbound.set_patterns(["job.*"], 0)
+    for n in (1, 2, 3):
+        chains = [(b"job.", n - 1)]
+        take(inbound.on_data("b", epoch=1, first=n, last=n, chains=chains, events=[ring[n]], now=1))
+
+
+# Found by the fault harness (a live subscriber, paused right after it first heard the origin):
+# it delivered 38,500..38,649, then 40,400 on, and never fetched the 1,750 between.
+def test_a_sync_reply_past_the_frames_held_for_it_fetches_what_lies_between() -> None:
+    """The frames held for a first sync reply are delivered: what follows them is owed too.
+
+    c holds b's frames 1..3 for its first sync reply; it is paused, and b's
+    frames 4..10 are lost on the way (a high-water mark).  The reply says
+    head 10.  It used to be the baseline: 1..3 were delivered, then 11 on,
+    and 4..10 were never fetched, with no loss counted or announced.
+    """
+    ring = ring_of(dict.fromkeys(range(1, 12), "job.run"))
+    inbound = Inbound("c", 10_000)
+    got = Got()
+    take = got.take
+
+    _held_then_paused(inbound, ring, take)
+    take(inbound.on_sync("b", 1, 1, 10, 5, 10, {b"job.": 10}))
+    take(
+        inbound.on_data(
+            "b", epoch=1, first=11, last=11, chains=[(b"job.", 10)], events=[ring[11]], now=6
+        )
+    )
+    _answer_all(inbound, ring, take)
+    assert got == list(range(1, 12)), f"b's events at c: {got}"
+    assert inbound.gaps == inbound.recovered + inbound.unrecovered + inbound.gaps_open() == 1
+
+
+def test_after_a_timed_out_first_sync_a_chain_past_the_held_frames_fetches_what_lies_between() -> (
+    None
+):
+    """As above, with the sync reply lost: the baseline comes from a heartbeat's chain."""
+    ring = ring_of(dict.fromkeys(range(1, 12), "job.run"))
+    inbound = Inbound("c", 10_000)
+    got = Got()
+    take = got.take
+
+    _held_then_paused(inbound, ring, take)
+    take(inbound.on_heartbeat("b", epoch=1, base=1, head=3, chains={b"job.": 3}, now=2))
+    take(inbound.expire_syncs(now=10, timeout=5))  # the sync reply was lost
+    take(inbound.on_heartbeat("b", epoch=1, base=1, head=10, chains={b"job.": 10}, now=11))
+    take(
+        inbound.on_data(
+            "b", epoch=1, first=11, last=11, chains=[(b"job.", 10)], events=[ring[11]], now=12
+        )
+    )
+    _answer_all(inbound, ring, take)
+    assert got == list(range(1, 12)), f"b's events at c: {got}"
+
+
+def test_after_a_timed_out_first_sync_a_frame_past_the_held_frames_fetches_what_lies_between() -> (
+    None
+):
+    """As above, the first word after the timeout being a frame chained past the held ones."""
+    ring = ring_of(dict.fromkeys(range(1, 12), "job.run"))
+    inbound = Inbound("c", 10_000)
+    got = Got()
+    take = got.take
+
+    _held_then_paused(inbound, ring, take)
+    take(inbound.on_heartbeat("b", epoch=1, base=1, head=3, chains={b"job.": 3}, now=2))
+    take(inbound.expire_syncs(now=10, timeout=5))  # the sync reply was lost
+    take(
+        inbound.on_data(
+            "b", epoch=1, first=11, last=11, chains=[(b"job.", 10)], events=[ring[11]], now=11
+        )
+    )
+    take(inbound.on_heartbeat("b", epoch=1, base=1, head=11, chains={b"job.": 11}, now=12))
+    _answer_all(inbound, ring, take)
+    assert got == list(range(1, 12)), f"b's events at c: {got}"

@@ -323,6 +323,32 @@ class Ranges:
         """Return whether recovery request ``rid`` is still waiting for its answer."""
         return any(rid in st.pending for st in self.origins.values())
 
+    @staticmethod
+    def _passing(st: OriginState, position: int, heard: bool = False) -> bool:
+        """The stream of ``st``'s origin reached ``position``; return whether a backfill waited.
+
+        What a backfill fetched past ``passed`` waits until ``until`` is
+        reached (by a heartbeat, ``heard``, if ``until_heard``).
+        """
+        if st.until is None:
+            return False
+        if heard or not st.until_heard:
+            st.passed = max(st.passed, position)
+            if position >= st.until:
+                st.until, st.until_heard = None, False
+        return True
+
+    @staticmethod
+    def _held_top(st: OriginState, limit: int) -> int | None:
+        """Return the last sequence held of ``st``'s origin up to ``limit`` (None: none).
+
+        Frames held for a first sync (no watermark yet) are delivered at its
+        baseline: what the origin sent after them and this node lost on the
+        way (a pause, a full queue) is owed too, so a baseline past them
+        fetches what lies between instead of starting past it.
+        """
+        return max((s for e in st.held if (s := e.sequence or 0) <= limit), default=None)
+
     def watermarks(self) -> dict[str, int]:
         """Return the watermark of every origin whose saved one is known.
 

@@ -166,8 +166,10 @@ class Inbound(Ranges):
                 if prefix not in self.prefixes or (waiting and prefix not in st.synced):
                     continue
                 if known is None:
-                    if not waiting:
-                        st.known[prefix] = last  # baseline after a sync that timed out
+                    if not waiting:  # the baseline after a sync that timed out (_held_top)
+                        top = self._held_top(st, prev) if st.watermark is None else None
+                        self._recover(origin, st, prev if top is None else top, prev, (prefix,))
+                        st.known[prefix] = last
                     continue
                 if prev > known:
                     self._recover(origin, st, known, first - 1, (prefix,))
@@ -245,7 +247,9 @@ class Inbound(Ranges):
         baseline = new == self.prefixes and not st.restarted
         if not baseline and not st.restarted:
             self._sync_chains(origin, st, new, head, chains or {})
-        asked = self._backfill(origin, st, new, head)
+        held = self._held_top(st, head) if baseline and st.watermark is None else None
+        lost = held is not None and held < (head if sent is None else sent)  # (_held_top)
+        asked = self._backfill(origin, st, new, head, held if lost else None)
         if (asked or not baseline) and sent is not None and sent < head:
             # Without a backfill, what the origin still had queued may come
             # under the older chains only: a heartbeat past it checks them.
@@ -260,32 +264,25 @@ class Inbound(Ranges):
             st.watermark = head
         return self._release(st)
 
-    @staticmethod
-    def _passing(st: OriginState, position: int, heard: bool = False) -> bool:
-        """The stream of ``st``'s origin reached ``position``; return whether a backfill waited.
-
-        What a backfill fetched past ``passed`` waits until ``until`` is
-        reached (by a heartbeat, ``heard``, if ``until_heard``).
-        """
-        if st.until is None:
-            return False
-        if heard or not st.until_heard:
-            st.passed = max(st.passed, position)
-            if position >= st.until:
-                st.until, st.until_heard = None, False
-        return True
-
-    def _backfill(self, origin: str, st: OriginState, new: frozenset[bytes], head: int) -> bool:
-        """Fetch ``(watermark, head]`` for new prefixes (all of them after a restart).
+    def _backfill(
+        self,
+        origin: str,
+        st: OriginState,
+        new: frozenset[bytes],
+        head: int,
+        since: int | None = None,
+    ) -> bool:
+        """Fetch ``(watermark, head]`` (else ``(since, head]``) for new prefixes (all if restarted).
 
         Return whether a range was asked for.
         """
         wanted = self.prefixes if st.restarted else new
         st.restarted = False
-        asked = bool(wanted) and st.watermark is not None and head > st.watermark
+        start = st.watermark if st.watermark is not None else since
+        asked = bool(wanted) and start is not None and head > start
         if asked:
             names = tuple(sorted(p.decode() for p in wanted))
-            self._recover(origin, st, st.watermark or 0, head, names)
+            self._recover(origin, st, start or 0, head, names)
         # Never below the watermark: what is behind it was delivered or given
         # up, and fetching it again under the new prefix would come after it.
         floor = max(head, st.watermark or 0)
@@ -340,7 +337,10 @@ class Inbound(Ranges):
             # Left without a baseline by a timed-out wait (no watermark): a
             # chain heard gives it, as a first frame under it would.
             if prefix in chains and prefix in self.prefixes:
+                top = self._held_top(st, chains[prefix]) if st.watermark is None else None
                 st.known[prefix] = start = chains[prefix]
+                if top is not None:  # what follows the held frames is owed (_held_top)
+                    self._follow_chain(origin, st, prefix, top, start)
                 if start > head:
                     # The chain starts past what had left the origin: runs it
                     # still had queued, cut before it took the prefix, come
