@@ -90,6 +90,8 @@ HEARTBEAT_INTERVAL = 0.2
 HEARTBEAT_TIMEOUT = 1.0
 PAUSE = 1.5  # seconds a SIGSTOPped process stays stopped: longer than HEARTBEAT_TIMEOUT
 SETTLE = 0.7  # seconds of normal running between two faults
+DEBUG_ENV = "FAULTS_DEBUG"
+"""Set (``--debug``): every process logs its bridge's steps at DEBUG in its ``.log`` file."""
 QUIESCE = 60.0  # seconds the durable subscriber gets to receive every acknowledged event
 PIPELINE = 50  # publishes in flight at once
 ROLES = ("broker", "dur", "live", "pub", "vol")
@@ -676,6 +678,8 @@ def main(argv: list[str] | None = None) -> int:
         logging.basicConfig(
             level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s"
         )
+        if os.environ.get(DEBUG_ENV):  # each step of the bridges' state machines
+            logging.getLogger("actors.bridge").setLevel(logging.DEBUG)
         if role == "broker":
             run_broker(rest[0])
         elif role == "pub":
@@ -689,7 +693,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--faults", type=int, default=100, help="faults to inject")
     parser.add_argument("--seed", type=int, default=int(time.time()), help="random seed")
     parser.add_argument("--keep", type=Path, help="run in this folder and keep it")
+    parser.add_argument(
+        "--debug", action="store_true", help="log the bridges' steps at DEBUG (with --keep)"
+    )
     args = parser.parse_args(argv)
+    if args.debug:
+        os.environ[DEBUG_ENV] = "1"  # the processes it starts inherit it
     if args.keep is not None:
         args.keep.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()

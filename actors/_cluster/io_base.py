@@ -333,6 +333,20 @@ class BridgeBase:
         self._preload_covered = True
         return True
 
+    def _debug(self, what: str, origin: str, *values: object) -> None:
+        """Log a step of ``origin``'s state machine at DEBUG, with its state after the step."""
+        if logger.isEnabledFor(logging.DEBUG):
+            st = self._in.origins.get(origin)
+            state: object = None
+            if st is not None:
+                state = (st.epoch, st.watermark, st.head, st.loading, st.awaiting_sync)
+                state = (*state, st.restarted, len(st.held), len(st.pending))
+            logger.debug(
+                "bridge %s: %s of %s: %s; (epoch, watermark, head, loading, awaiting sync, "
+                "restarted, held, pending) before: %s",
+                *(self.name, what, origin, values, state),
+            )
+
     def _journaled(self) -> Future[dict[str, list[int]]]:
         """Start (once) reading the received events journaled after the saved position."""
         if self._preload is None:

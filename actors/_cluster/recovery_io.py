@@ -62,6 +62,13 @@ class RecoveryIO(BridgeBase):
             return
         rid = request.rid
         self._recovering[rid] = (request, attempt)
+        self._debug(
+            "recovery request (after, upto, try)",
+            request.origin,
+            request.after,
+            request.upto,
+            attempt,
+        )
 
         def done(reply: Request | None) -> None:
             self._recovering.pop(rid, None)  # (a restart pops it and this callback both)
@@ -99,6 +106,14 @@ class RecoveryIO(BridgeBase):
             self._deliver(self._in.on_recovery_failed(rid, "the origin's answer was malformed"))
             return
         self._stats.events_recovered += len(events)
+        self._debug(
+            "recovery answer (events, complete, scanned, lost)",
+            request.origin,
+            len(events),
+            complete,
+            scanned,
+            lost,
+        )
         self._deliver(self._in.on_recovered(rid, events, complete, scanned, lost))
         self._arrived(len(events))  # a flush says when they are handled (room for more)
 

@@ -373,14 +373,12 @@ class StreamIO(FlowIO):
     def _forget_gone(self, now: float, after: float) -> None:
         """Forget peers silent for ``after`` seconds that left nothing to keep.
 
-        Short-lived clients (a command-line ``pub``, ``query``, ``top``) greet
-        a node and go: a peer is forgotten if this node follows no stream of
-        it (nor waits to), does not greet it (no link), takes no credit from
-        it and never received an event of it (no watermark to keep for its
-        return, no recovery of it parked: ``st.pending``).  Silent means not
-        heard at all: a node without ``listen`` has no stream, but its credit
-        and requests say it lives (a request to it goes on its route).  It is
-        a new peer if it greets again.
+        Short-lived clients (``pub``, ``query``, ``top``) greet a node and go: a
+        peer is forgotten if this node follows no stream of it (nor waits to),
+        does not greet it, takes no credit from it and never received an event
+        of it (no watermark to keep, no recovery parked).  Silent means not heard
+        at all: a node without ``listen`` has no stream, but its credit and
+        requests say it lives.  It is a new peer if it greets again.
         """
         linked = {link.name for link in self._links}
         receivers = self._flow.receivers
@@ -516,6 +514,7 @@ class StreamIO(FlowIO):
                 return []
             self._seen(origin, now)
             self._epoch_heard(origin, epoch)
+            self._debug("sync reply (epoch, base, head, sent)", origin, epoch, base, head, sent)
             return self._in.on_sync(origin, epoch, base, head, now, sent, chains, numbering)
         self._seen(origin, now)
         self._epoch_heard(origin, epoch)
@@ -552,6 +551,7 @@ class StreamIO(FlowIO):
             logger.exception("bridge %s: cannot read the watermark of %s", self.name, name)
 
         def loaded() -> None:
+            self._debug("saved mark", name, saved, len(ids))
             self._deliver(self._in.loaded(name, saved, time.monotonic(), ids))
 
         self._call_soon(loaded)
