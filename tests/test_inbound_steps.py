@@ -512,3 +512,102 @@ def test_after_a_timed_out_first_sync_a_frame_past_the_held_frames_fetches_what_
     take(inbound.on_heartbeat("b", epoch=1, base=1, head=11, chains={b"job.": 11}, now=12))
     _answer_all(inbound, ring, take)
     assert got == list(range(1, 12)), f"b's events at c: {got}"
+
+
+def _frame(
+    inbound: Inbound, ring: dict[int, Event], n: int, prefix: bytes, prev: int
+) -> list[Event]:
+    """b's frame of ``n`` alone, chained under ``prefix`` to ``prev``."""
+    chains = [(prefix, prev)]
+    return inbound.on_data("b", epoch=1, first=n, last=n, chains=chains, events=[ring[n]], now=n)
+
+
+def test_a_hole_among_the_frames_held_for_a_first_sync_reply_is_fetched() -> None:
+    """c holds 1..3, then 11 chained to 10 (4..10 lost on the way), then the reply comes."""
+    ring = ring_of(dict.fromkeys(range(1, 13), "job.run"))
+    inbound = Inbound("c", 10_000)
+    got = Got()
+    inbound.set_patterns(["job.*"], 0)
+    for n in (1, 2, 3):
+        got.take(_frame(inbound, ring, n, b"job.", n - 1))
+    got.take(_frame(inbound, ring, 11, b"job.", 10))
+    got.take(inbound.on_sync("b", 1, 1, 11, 20, 11, {b"job.": 11}))
+    got.take(_frame(inbound, ring, 12, b"job.", 11))
+    _answer_all(inbound, ring, got.take)
+    assert got == list(range(1, 13)), f"b's events at c: {got}"
+    assert inbound.gaps == inbound.recovered + inbound.unrecovered + inbound.gaps_open() == 1
+
+
+def test_a_frame_held_under_another_prefix_does_not_hide_a_loss_under_this_one() -> None:
+    """Held: 1..3 (``job.``) and 10 (``x``); ``job.`` 4..9 lost; the reply's chains show it."""
+    types = dict.fromkeys(range(1, 12), "job.run")
+    types[10] = "x"
+    ring = ring_of(types)
+    inbound = Inbound("c", 10_000)
+    got = Got()
+    inbound.set_patterns(["job.*", "x"], 0)
+    for n in (1, 2, 3):
+        got.take(_frame(inbound, ring, n, b"job.", n - 1))
+    got.take(_frame(inbound, ring, 10, b"x", 0))
+    got.take(inbound.on_sync("b", 1, 1, 10, 20, 10, {b"job.": 9, b"x": 10}))
+    got.take(_frame(inbound, ring, 11, b"job.", 9))
+    _answer_all(inbound, ring, got.take)
+    assert got == list(range(1, 12)), f"b's events at c: {got}"
+
+
+def test_after_a_timed_out_first_sync_each_prefix_is_followed_from_its_own_held_frames() -> None:
+    """Held: 1..3 (``job.``) then, after the timeout, 10 (``x``); ``job.`` 4..9 and 11 lost."""
+    types = dict.fromkeys(range(1, 13), "job.run")
+    types[10] = "x"
+    ring = ring_of(types)
+    inbound = Inbound("c", 10_000)
+    got = Got()
+    inbound.set_patterns(["job.*", "x"], 0)
+    for n in (1, 2, 3):
+        got.take(_frame(inbound, ring, n, b"job.", n - 1))
+    take = got.take
+    take(inbound.on_heartbeat("b", epoch=1, base=1, head=3, chains={b"job.": 3}, now=4))
+    take(inbound.expire_syncs(now=10, timeout=5))  # the sync reply was lost
+    take(_frame(inbound, ring, 10, b"x", 0))
+    take(
+        inbound.on_heartbeat("b", epoch=1, base=1, head=11, chains={b"job.": 11, b"x": 10}, now=12)
+    )
+    take(_frame(inbound, ring, 12, b"job.", 11))
+    _answer_all(inbound, ring, take)
+    assert got == list(range(1, 13)), f"b's events at c: {got}"
+
+
+def test_events_of_other_types_after_the_held_frames_are_no_gap() -> None:
+    """Held: 1 (``job.run``); b then published 2..10 of other types: nothing is fetched.
+
+    Asked, an origin without a ring would answer "lost", and a loss would be
+    announced that never was.
+    """
+    types = dict.fromkeys(range(1, 11), "other")
+    types[1] = "job.run"
+    ring = ring_of(types)
+    inbound = Inbound("c", 10_000)
+    got = Got()
+    inbound.set_patterns(["job.*"], 0)
+    got.take(_frame(inbound, ring, 1, b"job.", 0))
+    got.take(inbound.on_sync("b", 1, 1, 10, 5, 10, {b"job.": 1}))
+    assert not inbound.requests
+    assert got == [1]
+    assert inbound.gaps == 0
+
+
+def test_held_frames_cut_for_room_before_a_first_sync_are_fetched_again_as_no_gap() -> None:
+    """With a window of 4, 5 and 6 are cut while held; nothing was lost on the way."""
+    ring = ring_of(dict.fromkeys(range(1, 7), "job.run"))
+    inbound = Inbound("c", 10_000)
+    inbound.window = 4
+    got = Got()
+    inbound.set_patterns(["job.*"], 0)
+    for n in range(1, 7):
+        got.take(_frame(inbound, ring, n, b"job.", n - 1))
+    got.take(inbound.on_sync("b", 1, 1, 6, 5, 6, {b"job.": 6}))
+    while inbound.requests:
+        _answer_all(inbound, ring, got.take)
+        inbound.on_handled(inbound.delivered_counts())
+    assert got == list(range(1, 7)), got
+    assert inbound.gaps == 0, f"{inbound.gaps} gaps (cut {inbound.cut}) though nothing was lost"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Set
 from dataclasses import dataclass, field
 
 from actors._model.event import Event
@@ -51,6 +52,10 @@ class OriginState:
     pending: dict[str, RecoverRequest] = field(default_factory=dict)
     deferred: list[tuple[int, int, frozenset[str], int]] = field(default_factory=list)
     held: list[Event] = field(default_factory=list)
+    # Before its first sync reply (``note_held``): the last sequence held under each
+    # prefix, and the holes the held frames' chains show under it.
+    firsts: dict[bytes, int] = field(default_factory=dict)
+    holes: list[tuple[bytes, int, int]] = field(default_factory=list)
     head: int | None = None  # the head its current incarnation last announced
     restarted: bool = False  # a new incarnation continues the sequences: backfill at sync
     next_epoch: int | None = None  # an epoch seen in data frames, not yet confirmed
@@ -110,6 +115,26 @@ class OriginState:
             while len(self.left) > LEFT_NUMBERINGS:
                 del self.left[next(iter(self.left))]
         return True, back
+
+    def note_held(
+        self, chains: Iterable[tuple[bytes, int]], first: int, last: int, prefixes: Set[bytes]
+    ) -> None:
+        """Follow the chains of a new origin's frames held for its first sync reply.
+
+        They are delivered at it, so what follows them under their prefix is
+        owed too (docs/cluster.md, "No hole after the first event"): the
+        first frame under a prefix is its baseline, and a later one chained
+        past the last held (lost on the way: a pause, a full queue) leaves a
+        hole, fetched once the reply (or a timed-out wait) gives a head.
+        """
+        firsts = self.firsts
+        for prefix, prev in chains:
+            if prefix in prefixes:
+                mark = firsts.get(prefix)
+                if mark is not None and prev > mark:
+                    self.holes.append((prefix, mark, first - 1))
+                if mark is None or last > mark:
+                    firsts[prefix] = last
 
     def untouched(self) -> bool:
         """Return whether nothing was ever received of this origin (nothing to keep for it)."""

@@ -338,16 +338,46 @@ class Ranges:
                 st.until, st.until_heard = None, False
         return True
 
-    @staticmethod
-    def _held_top(st: OriginState, limit: int) -> int | None:
-        """Return the last sequence held of ``st``'s origin up to ``limit`` (None: none).
+    def _holes(self, origin: str, st: OriginState, head: int) -> bool:
+        """Fetch the holes among a new origin's held frames (``note_held``) up to ``head``."""
+        holes, st.holes = st.holes, []
+        asked = False
+        for prefix, after, upto in holes:
+            if prefix in self.prefixes and upto <= head:
+                self._recover(origin, st, after, upto, (prefix.decode(),))
+                asked = True
+        return asked
 
-        Frames held for a first sync (no watermark yet) are delivered at its
-        baseline: what the origin sent after them and this node lost on the
-        way (a pause, a full queue) is owed too, so a baseline past them
-        fetches what lies between instead of starting past it.
+    def _after_held(
+        self,
+        origin: str,
+        st: OriginState,
+        head: int,
+        sent: int | None,
+        chains: dict[bytes, int] | None,
+    ) -> bool:
+        """At a new origin's first sync reply: fetch what its held frames were not followed by.
+
+        The held frames are delivered now, so what the origin sent after them
+        under their prefix is owed (``note_held``): the reply's chains say up
+        to where (a peer that sends none: what it had sent, or its head).
+        Return whether a range was asked for.
         """
-        return max((s for e in st.held if (s := e.sequence or 0) <= limit), default=None)
+        asked = self._holes(origin, st, head)
+        firsts, st.firsts = st.firsts, {}
+        for prefix, mark in firsts.items():
+            if prefix not in self.prefixes or mark > head:
+                continue  # a prefix gone since, or a frame out of range (never delivered)
+            if chains is not None:
+                upto = chains.get(prefix, mark)
+            else:
+                upto = head if mark < (head if sent is None else sent) else mark
+            if upto > mark:
+                self._recover(origin, st, mark, upto, (prefix.decode(),))
+                asked = True
+            # The chain as of the reply: a loss among the runs still queued shows.
+            st.known[prefix] = max(mark, upto)
+        return asked
 
     def watermarks(self) -> dict[str, int]:
         """Return the watermark of every origin whose saved one is known.

@@ -166,15 +166,17 @@ class Inbound(Ranges):
                 if prefix not in self.prefixes or (waiting and prefix not in st.synced):
                     continue
                 if known is None:
-                    if not waiting:  # the baseline after a sync that timed out (_held_top)
-                        top = self._held_top(st, prev) if st.watermark is None else None
-                        self._recover(origin, st, prev if top is None else top, prev, (prefix,))
+                    if not waiting:  # the baseline after a sync that timed out
+                        if prev > st.firsts.get(prefix, prev):  # past the held (note_held)
+                            self._recover(origin, st, st.firsts[prefix], first - 1, (prefix,))
                         st.known[prefix] = last
                     continue
                 if prev > known:
                     self._recover(origin, st, known, first - 1, (prefix,))
                 if last > known:
                     st.known[prefix] = last
+        elif st.watermark is None and not st.synced:  # a new origin's first frames
+            st.note_held(chains, first, last, self.prefixes)
         if self._passing(st, last) or st.blocked():
             st.held.extend(events)
             self._fit(origin, st)
@@ -247,9 +249,9 @@ class Inbound(Ranges):
         baseline = new == self.prefixes and not st.restarted
         if not baseline and not st.restarted:
             self._sync_chains(origin, st, new, head, chains or {})
-        held = self._held_top(st, head) if baseline and st.watermark is None else None
-        lost = held is not None and held < (head if sent is None else sent)  # (_held_top)
-        asked = self._backfill(origin, st, new, head, held if lost else None)
+        asked = self._backfill(origin, st, new, head)
+        if baseline and self._after_held(origin, st, head, sent, chains):
+            asked = True
         if (asked or not baseline) and sent is not None and sent < head:
             # Without a backfill, what the origin still had queued may come
             # under the older chains only: a heartbeat past it checks them.
@@ -264,25 +266,17 @@ class Inbound(Ranges):
             st.watermark = head
         return self._release(st)
 
-    def _backfill(
-        self,
-        origin: str,
-        st: OriginState,
-        new: frozenset[bytes],
-        head: int,
-        since: int | None = None,
-    ) -> bool:
-        """Fetch ``(watermark, head]`` (else ``(since, head]``) for new prefixes (all if restarted).
+    def _backfill(self, origin: str, st: OriginState, new: frozenset[bytes], head: int) -> bool:
+        """Fetch ``(watermark, head]`` for new prefixes (all of them after a restart).
 
         Return whether a range was asked for.
         """
         wanted = self.prefixes if st.restarted else new
         st.restarted = False
-        start = st.watermark if st.watermark is not None else since
-        asked = bool(wanted) and start is not None and head > start
+        asked = bool(wanted) and st.watermark is not None and head > st.watermark
         if asked:
             names = tuple(sorted(p.decode() for p in wanted))
-            self._recover(origin, st, start or 0, head, names)
+            self._recover(origin, st, st.watermark or 0, head, names)
         # Never below the watermark: what is behind it was delivered or given
         # up, and fetching it again under the new prefix would come after it.
         floor = max(head, st.watermark or 0)
@@ -337,10 +331,9 @@ class Inbound(Ranges):
             # Left without a baseline by a timed-out wait (no watermark): a
             # chain heard gives it, as a first frame under it would.
             if prefix in chains and prefix in self.prefixes:
-                top = self._held_top(st, chains[prefix]) if st.watermark is None else None
                 st.known[prefix] = start = chains[prefix]
-                if top is not None:  # what follows the held frames is owed (_held_top)
-                    self._follow_chain(origin, st, prefix, top, start)
+                if prefix in st.firsts:  # what follows the held frames is owed (note_held)
+                    self._follow_chain(origin, st, prefix, st.firsts[prefix], start)
                 if start > head:
                     # The chain starts past what had left the origin: runs it
                     # still had queued, cut before it took the prefix, come
@@ -379,7 +372,7 @@ class Inbound(Ranges):
             # persistent origin, what it sent just before it died) may have
             # missed us: backfill at the sync reply.
             st.restarted = st.watermark is not None
-            st.head = None
+            st.head, st.firsts, st.holes = None, {}, []
         st.epoch = epoch
         st.numbering = numbering if numbering is not None else st.numbering
         st.next_epoch = None
@@ -519,6 +512,7 @@ class Inbound(Ranges):
                 # frame was a late one of another incarnation, on another path.
                 st.next_epoch = None
             st.awaiting_sync = False
+            self._holes(name, st, st.head)
             if st.watermark is not None:
                 # Up to the frames held too: the head last heard can be older
                 # than they are, and a baseline below an event delivered now
