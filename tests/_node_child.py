@@ -20,6 +20,8 @@ one line (every line is flushed at once):
 ``sized TYPE N,N``     publish one event of N characters each -> ``sized ok,too-large``
                        (a received string over 100 characters is printed as ``"len:N"``)
 ``pause`` / ``resume`` block / release the bridge's I/O thread -> ``paused`` / ``resumed``
+``stall`` / ``unstall``  block / release the journal's thread (a publish's done-callback runs
+                       there): reads wait, heartbeats go on -> ``stalled`` / ``unstalled``
 ``refused``            wait until a CURVE client was refused -> ``refused``
 ``stats``              -> ``stats JSON`` (the bridge's statistics)
 ``journal TYPE``       -> ``journal JSON`` (the data of the journaled events of TYPE, in order)
@@ -98,6 +100,7 @@ def main() -> None:
             future.get(timeout=WAIT)
     say(f"ready {bridge.endpoints['request']}")
     gate = threading.Event()
+    journal_gate = threading.Event()
     for line in sys.stdin:
         words = line.split()
         if not words:
@@ -156,6 +159,20 @@ def main() -> None:
         elif command == "resume":
             gate.set()
             say("resumed")
+        elif command == "stall":
+            journal_gate.clear()
+            stalled = threading.Event()
+
+            def hold(_: object, stalled: threading.Event = stalled) -> None:
+                stalled.set()
+                journal_gate.wait(WAIT)
+
+            bus.publish("stall.now", None).add_done_callback(hold)
+            stalled.wait(WAIT)
+            say("stalled")
+        elif command == "unstall":
+            journal_gate.set()
+            say("unstalled")
         elif command == "refused":
             ok = bridge.wait(lambda s: s.auth_refused >= 1, WAIT)
             say("refused" if ok else "not-refused")
@@ -168,6 +185,7 @@ def main() -> None:
             say("journal " + json.dumps([e.data for e in stored]))
         elif command == "close":
             gate.set()
+            journal_gate.set()
             bus.close(WAIT)
             say("closed")
             return

@@ -16,8 +16,9 @@ from typing import Any
 import pytest
 
 from actors._cluster.broker import Broker
-from tests._support import reaped
-from tests.test_cluster import Node, start
+from actors._cluster.recovery_io import RECOVER_ATTEMPTS
+from tests._support import reaped, wait_for
+from tests.test_cluster import WAIT, Node, start
 
 pytestmark = pytest.mark.slow
 
@@ -113,3 +114,45 @@ def test_a_broker_that_does_not_know_the_origin_yet_never_makes_recovery_give_up
     # while b hears a's heartbeats through it all along.
     slow = {"heartbeat_interval": 0.1, "heartbeat_timeout": 8.0, "send_hwm": 5}
     _broker_away_then_back(nodes, tmp_path, slow)
+
+
+# Found by the fault harness: a durable receiver restarted while its persistent origin was
+# restarted and paused again and again asked for 29,508 missed events; the origin, heard but
+# loaded, answered none of 4 tries of 2 x heartbeat_timeout in time, and the range was given
+# up: acknowledged events lost, though the origin's journal held them.
+def test_a_heard_origin_that_answers_late_never_has_its_range_given_up(
+    nodes: list[Node], tmp_path: Path
+) -> None:
+    a = start(
+        nodes, name="a", listen=f"ipc://{tmp_path}/a.sock", path=str(tmp_path / "a"), node=FAST
+    )
+    b_config = {
+        "name": "b",
+        "peers": [a.endpoint],
+        "path": str(tmp_path / "b"),
+        "pattern": "job.*",
+        "durable": "worker",
+        "node": FAST,
+    }
+    b = start(nodes, **b_config)
+    b.ask("sync a", "synced")
+    a.ask("publish job.run 0 10", "published")
+    b.wait_data(set(range(10)))
+    b.kill()
+    a.ask("publish job.run 10 1010", "published")  # b is down
+    a.ask("stall", "stalled")  # a's journal answers nothing now; its heartbeats go on
+    try:
+        b2 = start(nodes, **b_config)
+        # Every try of b2's recovery of 11..1010 runs out while a is heard: more of them
+        # than RECOVER_ATTEMPTS, after which the range used to be given up.
+        assert wait_for(lambda: b2.stats()["recovery_retries"] >= RECOVER_ATTEMPTS, WAIT), (
+            b2.stats()
+        )
+    finally:
+        a.ask("unstall", "unstalled")
+    got = b2.wait_data(set(range(10, 1010)))
+    assert [d for _, _, d in got] == list(range(10, 1010))  # in order, once
+    stats = b2.stats()
+    assert (stats["gaps_unrecovered"], stats["gaps_open"]) == (0, 0), stats
+    b2.close()
+    a.close()

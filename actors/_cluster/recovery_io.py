@@ -9,13 +9,18 @@ the request channel and hands the answers back.  Rules (``docs/cluster.md``,
   journal, or in its ring if it only paused), so a request for it is
   *parked*, never given up: it is asked again once the origin is heard;
 - a request with no answer while its origin is heard is asked again
-  (``recovery_retries``), each try ``2 x heartbeat_timeout`` long;
+  (``recovery_retries``), each try twice as long as the one before, from
+  ``2 x heartbeat_timeout`` up to ``LONGEST_TRY`` times that, and never
+  given up: a heard origin is busy (a big page, a loaded host), and a
+  persistent one still holds the range (after ``RECOVER_ATTEMPTS`` tries
+  it is logged at WARNING, once);
 - an ``ERROR`` answer from a broker (it restarted and does not know the
   origin yet) means no route reaches the origin: the request is parked too;
 - an ``ERROR`` answer from the origin (it cannot read its journal now) is
   asked again after ``heartbeat_timeout``;
 - a range is given up (``gaps_unrecovered``) only after ``RECOVER_ATTEMPTS``
-  such tries, or when the origin answers that it no longer holds it;
+  ``ERROR`` answers of the origin, or when it answers that it no longer
+  holds it;
 - a range given up is announced: logged at WARNING and published on this
   bus as ``$bus.peer.lost`` (``LOST``), so no loss is silent.
 """
@@ -44,6 +49,8 @@ __all__ = ["LOST", "RECOVER_ATTEMPTS", "RecoveryIO"]
 logger = logging.getLogger("actors.bridge")
 
 RECOVER_ATTEMPTS = 4
+LONGEST_TRY = 4
+"""A try waits at most this many times the first one (``2 x heartbeat_timeout``)."""
 """Tries of one recovery request while its origin is heard (parked time does not count)."""
 
 LOST = "$bus.peer.lost"
@@ -74,7 +81,8 @@ class RecoveryIO(BridgeBase):
             self._recovering.pop(rid, None)  # (a restart pops it and this callback both)
             self._answered(request, attempt, reply)
 
-        self._waiting[rid] = (done, time.monotonic() + 2 * self._node.heartbeat_timeout)
+        span = 2 * self._node.heartbeat_timeout * min(1 << min(attempt - 1, 16), LONGEST_TRY)
+        self._waiting[rid] = (done, time.monotonic() + span)
         body: dict[str, object] = {
             "after": request.after,
             "upto": request.upto,
@@ -157,12 +165,18 @@ class RecoveryIO(BridgeBase):
             if not self._alive(request.origin):
                 self._parked[request.rid] = (request, attempt)
                 return
-        if attempt >= RECOVER_ATTEMPTS:
-            why = f"no answer after {attempt} tries"
+        if answered and attempt >= RECOVER_ATTEMPTS:
+            why = f"the origin failed it {attempt} times"
             self._deliver(self._in.on_recovery_failed(request.rid, why))
             return
         self._stats.recovery_retries += 1
         if not answered:
+            if attempt == RECOVER_ATTEMPTS:  # heard, so busy: asked again, never given up
+                logger.warning(
+                    "bridge %s: %s, heard, has not answered %d tries to recover %d..%d; "
+                    "asking again (its later events wait)",
+                    *(self.name, request.origin, attempt, request.after + 1, request.upto),
+                )
             self._send_recover(request, attempt + 1)
             return
 
