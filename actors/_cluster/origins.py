@@ -48,7 +48,8 @@ class OriginState:
     awaiting_sync: bool = True
     sync_since: float = 0.0
     loading: bool = False
-    stashed: tuple[int, int, int, int | None, int | None] | None = None
+    # A sync reply taken while loading: (epoch, base, head, sent, numbering, chains).
+    stashed: tuple[int, int, int, int | None, int | None, dict[bytes, int] | None] | None = None
     pending: dict[str, RecoverRequest] = field(default_factory=dict)
     deferred: list[tuple[int, int, frozenset[str], int]] = field(default_factory=list)
     held: list[Event] = field(default_factory=list)
@@ -135,6 +136,18 @@ class OriginState:
                     self.holes.append((prefix, mark, first - 1))
                 if mark is None or last > mark:
                     firsts[prefix] = last
+
+    def mark(self, prefix: bytes, limit: int) -> int | None:
+        """Return (and forget) the last held sequence under ``prefix`` up to ``limit``.
+
+        A held frame past ``limit`` (out of range: never delivered) does not count.
+        """
+        mark = self.firsts.pop(prefix, None)
+        if mark is not None and mark > limit:
+            text = prefix.decode()
+            held = (e.sequence or 0 for e in self.held if e.event_type.startswith(text))
+            mark = max((s for s in held if s <= limit), default=None)
+        return mark
 
     def untouched(self) -> bool:
         """Return whether nothing was ever received of this origin (nothing to keep for it)."""

@@ -364,10 +364,10 @@ class Ranges:
         Return whether a range was asked for.
         """
         asked = self._holes(origin, st, head)
-        firsts, st.firsts = st.firsts, {}
-        for prefix, mark in firsts.items():
-            if prefix not in self.prefixes or mark > head:
-                continue  # a prefix gone since, or a frame out of range (never delivered)
+        for prefix in list(st.firsts):
+            mark = st.mark(prefix, head)  # a frame past ``head`` is out of range
+            if prefix not in self.prefixes or mark is None:
+                continue
             if chains is not None:
                 upto = chains.get(prefix, mark)
             else:

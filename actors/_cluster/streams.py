@@ -167,8 +167,9 @@ class Inbound(Ranges):
                     continue
                 if known is None:
                     if not waiting:  # the baseline after a sync that timed out
-                        if prev > st.firsts.get(prefix, prev):  # past the held (note_held)
-                            self._recover(origin, st, st.firsts[prefix], first - 1, (prefix,))
+                        mark = st.mark(prefix, prev)  # what follows the held is owed (note_held)
+                        if mark is not None and prev > mark:
+                            self._recover(origin, st, mark, first - 1, (prefix,))
                         st.known[prefix] = last
                     continue
                 if prev > known:
@@ -236,7 +237,7 @@ class Inbound(Ranges):
         if epoch in st.retired:
             return []  # late, from an incarnation replaced since
         if st.loading:
-            st.stashed = (epoch, base, head, sent, numbering)
+            st.stashed = (epoch, base, head, sent, numbering, chains)
             return []
         if max(head, base) > MAX_SEQUENCE or any(v > head for v in (chains or {}).values()):
             self.rejected += 1  # no chain of an origin goes past its head
@@ -250,8 +251,9 @@ class Inbound(Ranges):
         if not baseline and not st.restarted:
             self._sync_chains(origin, st, new, head, chains or {})
         asked = self._backfill(origin, st, new, head)
-        if baseline and self._after_held(origin, st, head, sent, chains):
+        if baseline and st.watermark is None and self._after_held(origin, st, head, sent, chains):
             asked = True
+        st.firsts, st.holes = {}, []  # (``note_held``) only before a first sync
         if (asked or not baseline) and sent is not None and sent < head:
             # Without a backfill, what the origin still had queued may come
             # under the older chains only: a heartbeat past it checks them.
@@ -331,9 +333,10 @@ class Inbound(Ranges):
             # Left without a baseline by a timed-out wait (no watermark): a
             # chain heard gives it, as a first frame under it would.
             if prefix in chains and prefix in self.prefixes:
+                mark = st.mark(prefix, chains[prefix])  # what follows the held is owed
                 st.known[prefix] = start = chains[prefix]
-                if prefix in st.firsts:  # what follows the held frames is owed (note_held)
-                    self._follow_chain(origin, st, prefix, st.firsts[prefix], start)
+                if mark is not None:
+                    self._follow_chain(origin, st, prefix, mark, start)
                 if start > head:
                     # The chain starts past what had left the origin: runs it
                     # still had queued, cut before it took the prefix, come
@@ -410,10 +413,12 @@ class Inbound(Ranges):
             if saved.epoch is not None:
                 st.epoch, st.numbering = saved.epoch, saved.numbering
                 st.left = dict(saved.left)
+        if watermark is not None:  # followed before: the frames held meanwhile are no baseline
+            st.firsts, st.holes = {}, []
         stashed, st.stashed = st.stashed, None
         if stashed is not None:
-            epoch, base, head, sent, numbering = stashed
-            return self.on_sync(origin, epoch, base, head, now, sent, numbering=numbering)
+            epoch, base, head, sent, numbering, chains = stashed
+            return self.on_sync(origin, epoch, base, head, now, sent, chains, numbering)
         if not st.awaiting_sync:
             self._refetch(origin, st)
         return self._release(st)
@@ -512,7 +517,7 @@ class Inbound(Ranges):
                 # frame was a late one of another incarnation, on another path.
                 st.next_epoch = None
             st.awaiting_sync = False
-            self._holes(name, st, st.head)
+            self._holes(name, st, self._limit(st))
             if st.watermark is not None:
                 # Up to the frames held too: the head last heard can be older
                 # than they are, and a baseline below an event delivered now
