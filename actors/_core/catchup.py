@@ -23,54 +23,30 @@ from __future__ import annotations
 import logging
 import sys
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from actors._core.messages import (
-    FlushMark,
-    Forward,
-    GetRouterFigures,
-    HistoryPage,
-    HistoryRead,
-    Joined,
-    PublishBatch,
-    RouterFigures,
-    SaveCheckpoint,
-)
+from actors._core.messages import FlushMark, GetRouterFigures, HistoryRead, Joined, RouterFigures
 from actors._core.routes import Route, accepts
 from actors._model.config import OverflowStrategy
-from actors._model.event import Event, JsonValue
 from actors._model.topics import Pattern
 from actors._runtime.future import BusFuture
 
 if TYPE_CHECKING:
     from actors._core.ports import Inbox
-    from actors._runtime.dispatcher import FifoMailbox
+    from actors._model.event import Event
     from actors._runtime.mailbox import EventMailbox
 
-__all__ = [
-    "REMOVED",
-    "CatchUp",
-    "checkpoint_key",
-    "durable_overflow",
-    "mark_history",
-    "once",
-    "removed_by_retention",
-    "start_saver",
-]
+__all__ = ["CatchUp", "durable_overflow", "mark_history", "once"]
 
 logger = logging.getLogger("actors.subscriber")
 
-Reader = Callable[[int, int, BusFuture[HistoryPage], bool], None]
+Reader = Callable[[int, int, BusFuture[list["Event"]], bool], None]
 """``read(position, limit, answer, indexed)``: by the type index, or by sequence if not."""
 Joiner = Callable[[Route, Callable[[int], None]], None]
 Retrier = Callable[[float, Callable[[], None]], object]
 """``retry(delay, fn)``: call ``fn`` (which only sends messages) on another thread later."""
-
-REMOVED = "$bus.subscription.lost"
-"""Published when retention removed events a catch-up owed (``removed_by_retention``)."""
 
 RETRY_FIRST = 0.05
 """The first wait before a failed history read is asked again (seconds); doubles each time."""
@@ -123,8 +99,6 @@ class CatchUp:
         save: Callable[[str, int], None],
         retry: Retrier,
         release: Callable[[], None] = lambda: None,
-        removed: Callable[[int, int], None] = lambda first, last: None,
-        resumed: bool = False,
     ) -> None:
         self.route = route
         self.position = max(start or 1, 1)  # next sequence to deliver
@@ -136,12 +110,6 @@ class CatchUp:
         self._save = save
         self._retry = retry
         self._release = release  # retention may delete what is published from now on
-        # Told the sequences retention removed before this subscription read
-        # them, once it owes them: from a saved checkpoint (``resumed``), or
-        # from its first page on (a start below the journal's first record
-        # just starts there, as Kafka's "earliest" does).
-        self._removed = removed
-        self._owed = resumed
         # The type index serves the reads until one fails; then the journal is
         # read by sequence (the records themselves), filtered here.
         self._indexed = True
@@ -211,13 +179,13 @@ class CatchUp:
             if mark.after < self._answered and (not full or last >= mark.sequence - 1):
                 mark.read = True
 
-    def _answer(self) -> BusFuture[HistoryPage]:
+    def _answer(self) -> BusFuture[list[Event]]:
         inbox = self._inbox
-        future: BusFuture[HistoryPage] = BusFuture()
+        future: BusFuture[list[Event]] = BusFuture()
         future.add_done_callback(lambda done: inbox.put(HistoryRead(done)))
         return future
 
-    def on_read(self, future: BusFuture[HistoryPage]) -> None:
+    def on_read(self, future: BusFuture[list[Event]]) -> None:
         """Take a page the journal read; join the router once history is exhausted."""
         self._answered += 1
         exc = future.exception()
@@ -225,12 +193,7 @@ class CatchUp:
             self._read_failed(exc)
             return  # still waiting: the same page is asked for again
         self.failed_reads = 0
-        events, first = future.get()
-        if first > self.position:
-            if self._owed:  # retention removed them before they were read
-                self._removed(self.position, first - 1)
-            self.position = first
-        self._owed = True
+        events = future.get()
         full = len(events) >= self.PAGE
         if self._marks:
             self._read_through((events[-1].sequence or 0) if events else 0, full)
@@ -328,49 +291,6 @@ class CatchUp:
             self.position = sequence + 1
         if self.durable is not None:
             self._save(self.durable, sequence)
-
-
-def checkpoint_key(name: str) -> str:
-    """The journal key of durable subscription ``name``'s checkpoint."""
-    return f"sub:{name}"
-
-
-def start_saver(journal: FifoMailbox, name: str) -> Callable[[int], Forward]:
-    """Return what saves a new live durable name's starting point, sent by the router.
-
-    The router sends it as it adds the route (after the records of what
-    came before): before any later subscription of the name loads the
-    checkpoint, which it would miss if the save queued behind that load.
-    """
-
-    def started(first: int) -> Forward:
-        return Forward(journal, SaveCheckpoint(checkpoint_key(name), first - 1))
-
-    return started
-
-
-def removed_by_retention(
-    router: Inbox, route: Route, durable: str | None
-) -> Callable[[int, int], None]:
-    """Return what tells that retention removed ``first..last`` before ``route`` read them.
-
-    Logged at WARNING and published as ``$bus.subscription.lost``
-    (docs/persistence.md): no loss is silent, as a peer's is not.
-    """
-
-    def removed(first: int, last: int) -> None:
-        logger.warning(
-            "subscription %s (%r, durable %r) resumed past sequences %d..%d: retention "
-            "removed them from the journal before it read them",
-            *(route.id, route.pattern, durable, first, last),
-        )
-        data: dict[str, JsonValue] = {"subscription": route.id, "pattern": route.pattern}
-        data["durable"] = durable
-        data.update(first=first, last=last, reason="retention")
-        event = Event(event_type=REMOVED, data=data, source="bus")
-        router.put(PublishBatch([event], [None], time.perf_counter(), internal=True, owned=True))
-
-    return removed
 
 
 def durable_overflow(given: object, strategy: OverflowStrategy) -> OverflowStrategy:

@@ -24,7 +24,6 @@ __all__ = [
     "DeadLetter",
     "DeadLettered",
     "GetDeadLetters",
-    "HistoryPage",
     "HistoryRead",
     "Joined",
     "KeepFrom",
@@ -39,7 +38,6 @@ __all__ = [
     "LoadCheckpoint",
     "Publish",
     "PublishBatch",
-    "ReadHistory",
     "ReadJournal",
     "Record",
     "Relieved",
@@ -183,25 +181,6 @@ class Forward:
     message: object
 
 
-class HistoryPage(NamedTuple):
-    """A catch-up's page: the events read and the lowest sequence the journal still holds.
-
-    ``first`` is the last sequence plus one when the journal holds no record:
-    a catch-up whose next sequence is below it finds what retention removed.
-    """
-
-    events: list[Event]
-    first: int
-
-
-@dataclass(frozen=True, slots=True)
-class ReadHistory:
-    """Journal: reply with a ``HistoryPage`` of the stored events ``query`` selects."""
-
-    query: EventQuery
-    future: BusFuture[HistoryPage]
-
-
 @dataclass(frozen=True, slots=True)
 class ReadJournal:
     """Journal: reply with the stored events ``query`` selects."""
@@ -310,7 +289,7 @@ class RoomFreed:
 class HistoryRead:
     """Subscriber: a page of history it asked the journal for has been read."""
 
-    future: BusFuture[HistoryPage]
+    future: BusFuture[list[Event]]
 
 
 @dataclass(frozen=True, slots=True)

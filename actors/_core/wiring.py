@@ -30,14 +30,7 @@ import pykka
 
 from actors._core.background import BackgroundLoop, subscribing_loop
 from actors._core.backpressure import BlockGuard
-from actors._core.catchup import (
-    CatchUp,
-    checkpoint_key,
-    durable_overflow,
-    mark_history,
-    removed_by_retention,
-    start_saver,
-)
+from actors._core.catchup import CatchUp, durable_overflow, mark_history
 from actors._core.correlator import CorrelationActor
 from actors._core.crossing import waiting_for
 from actors._core.handling import running_here
@@ -48,10 +41,8 @@ from actors._core.messages import (
     FlushTaken,
     Forward,
     GetCorrelated,
-    HistoryPage,
     KeepFrom,
     LoadCheckpoint,
-    ReadHistory,
     ReadJournal,
     Release,
     RouterFigures,
@@ -111,6 +102,11 @@ class JournalFigures(NamedTuple):
 def start_actor(actor: DispatchedActor) -> None:
     """Register and start an actor built directly (keeps the object, as start() would not)."""
     actor.actor_start()
+
+
+def checkpoint_key(name: str) -> str:
+    """The journal key of durable subscription ``name``'s checkpoint."""
+    return f"sub:{name}"
 
 
 class Core:
@@ -242,14 +238,14 @@ class Core:
             move_on=dedicated_thread,
         )
         catch_up = from_sequence is not None or durable is not None
-        start, resumed = from_sequence, False
+        start = from_sequence
         owner = object()
         if catch_up:
             journal = self.require_journal()
             if durable is not None:
                 checkpoint = self._take_checkpoint(journal, durable, owner)
                 if checkpoint is not None:
-                    start, resumed = checkpoint + 1, True
+                    start = checkpoint + 1
         loop = None
         if is_async_handler(handler):
             try:
@@ -286,7 +282,7 @@ class Core:
         if strategy is OverflowStrategy.BLOCK:
             self.guard.add(route)
         if catch_up:
-            actor.catchup = self._catch_up(route, actor, start, durable, owner, resumed=resumed)
+            actor.catchup = self._catch_up(route, actor, start, durable, owner)
         # Decided before the actor starts: a catch-up may go live on its own
         # thread before this call returns (it then joined the router itself).
         live = actor.catchup is None or actor.catchup.live
@@ -312,13 +308,27 @@ class Core:
                 # A new durable subscription starts live: its starting point is
                 # saved at once, so a restart before its first batch is handled
                 # resumes there instead of starting live again.
-                saver = start_saver(self.require_journal(), actor.catchup.durable)
+                saver = self._start_saver(actor.catchup.durable)
                 self.inbox.put(Subscribe(route, on_subscribed=saver))
             else:
                 self.inbox.put(Subscribe(route))
         else:
             actor.actor_inbox.wake()
         return Subscription(actor, self.unsubscribe)
+
+    def _start_saver(self, name: str) -> Callable[[int], Forward]:
+        """Return what saves a new live durable name's starting point, sent by the router.
+
+        The router sends it as it adds the route (after the records of what
+        came before): before any later subscription of the name loads the
+        checkpoint, which it would miss if the save queued behind that load.
+        """
+        journal = self.require_journal()
+
+        def started(first: int) -> Forward:
+            return Forward(journal, SaveCheckpoint(checkpoint_key(name), first - 1))
+
+        return started
 
     def _catch_up(
         self,
@@ -327,17 +337,15 @@ class Core:
         start: int | None,
         durable: str | None,
         owner: object,
-        *,
-        resumed: bool,
     ) -> CatchUp:
         journal = self.require_journal()
         router = self.inbox
         pattern = route.pattern
 
-        def read(position: int, limit: int, future: BusFuture[HistoryPage], indexed: bool) -> None:
+        def read(position: int, limit: int, future: BusFuture[list[Event]], indexed: bool) -> None:
             types = [pattern] if indexed else None  # not indexed: every event, filtered there
             query = EventQuery(event_types=types, after_sequence=position - 1, limit=limit)
-            router.put(Forward(journal, ReadHistory(query, future)))
+            router.put(Forward(journal, ReadJournal(query, future)))
 
         def join(route: Route, joined: Callable[[int], None]) -> None:
             # ``detached`` is set before the ``Unsubscribe`` is sent: a join the
@@ -345,10 +353,11 @@ class Core:
             router.put(Subscribe(route, on_subscribed=joined, cancelled=lambda: actor.detached))
 
         def save(name: str, sequence: int) -> None:
-            # Through the router: the checkpoint reaches the journal after the records of
-            # the events it covers (sent at the end of the turn that handed them here).
-            # Under the lock: it reaches the router before a later subscription of the
-            # name loads the checkpoint, or never.
+            # Through the router: the checkpoint reaches the journal after the
+            # records of the events it covers (the router sends them at the
+            # end of its turn, after it handed the events to this subscription).
+            # Under the lock: a save either reaches the router before a later
+            # subscription of the name loads the checkpoint, or not at all.
             with self._lock:
                 if self._owners.get(name) is not owner:
                     return
@@ -372,8 +381,6 @@ class Core:
             save=save,
             release=release,
             retry=self.timers.call_later,
-            removed=removed_by_retention(router, route, durable),
-            resumed=resumed,
         )
 
     def _take_checkpoint(self, journal: FifoMailbox, name: str, owner: object) -> int | None:

@@ -23,10 +23,8 @@ from typing import Any
 from actors._codec.events import encode_shared
 from actors._core.messages import (
     Barrier,
-    HistoryPage,
     KeepFrom,
     LoadCheckpoint,
-    ReadHistory,
     ReadJournal,
     Record,
     Release,
@@ -153,9 +151,6 @@ class JournalActor(DispatchedActor):
         elif type(message) is ReadJournal:
             self._write()
             self._reply(message.future, self._read, message.query)
-        elif type(message) is ReadHistory:
-            self._write()
-            self._reply(message.future, self._read_page, message.query)
         elif type(message) is LoadCheckpoint:
             self._write()
             self._reply(message.future, self.storage.get_checkpoint, message.name)
@@ -286,13 +281,6 @@ class JournalActor(DispatchedActor):
                 return out
             args["limit"] = limit - len(out)
             args["before_sequence" if args["descending"] else "after_sequence"] = last
-
-    def _read_page(self, query: EventQuery) -> HistoryPage:
-        """Return a catch-up's page, with the lowest sequence still held (``HistoryPage``)."""
-        first = self.storage.first_sequence()
-        return HistoryPage(
-            self._read(query), self.storage.last_sequence() + 1 if first is None else first
-        )
 
     @staticmethod
     def _reply(future: BusFuture[Any], fn: Any, arg: Any) -> None:
