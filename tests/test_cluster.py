@@ -31,7 +31,8 @@ class Node(LineChild):
     def __init__(self, **config: Any) -> None:
         self.got: list[tuple[str, str, Any]] = []
         self._got_changed = threading.Condition()
-        super().__init__(CHILD, config, wait=WAIT, name=config["name"])
+        script = config.pop("child", CHILD)  # another script in its place (same commands)
+        super().__init__(script, config, wait=WAIT, name=config["name"])
         self.endpoint = self.expect("ready").split()[1]
 
     def on_line(self, line: str) -> None:

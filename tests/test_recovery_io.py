@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 
 from actors._cluster.broker import Broker
-from actors._cluster.recovery_io import RECOVER_ATTEMPTS
 from tests._support import reaped, wait_for
 from tests.test_cluster import WAIT, Node, start
 
@@ -119,35 +118,20 @@ def test_a_broker_that_does_not_know_the_origin_yet_never_makes_recovery_give_up
 # Found by the fault harness: a durable receiver restarted while its persistent origin was
 # restarted and paused again and again asked for 29,508 missed events; the origin, heard but
 # loaded, answered none of 4 tries of 2 x heartbeat_timeout in time, and the range was given
-# up: acknowledged events lost, though the origin's journal held them.
+# up: acknowledged events lost, though the origin's journal held them.  Here the origin's
+# journal is stalled past its read timeout (30 s): the tries run out, then an ERROR answer
+# comes (the read timed out), which used to give the range up at once.
 def test_a_heard_origin_that_answers_late_never_has_its_range_given_up(
     nodes: list[Node], tmp_path: Path
 ) -> None:
-    a = start(
-        nodes, name="a", listen=f"ipc://{tmp_path}/a.sock", path=str(tmp_path / "a"), node=FAST
-    )
-    b_config = {
-        "name": "b",
-        "peers": [a.endpoint],
-        "path": str(tmp_path / "b"),
-        "pattern": "job.*",
-        "durable": "worker",
-        "node": FAST,
-    }
-    b = start(nodes, **b_config)
-    b.ask("sync a", "synced")
-    a.ask("publish job.run 0 10", "published")
-    b.wait_data(set(range(10)))
-    b.kill()
-    a.ask("publish job.run 10 1010", "published")  # b is down
+    a, b2 = _restarted_receiver(nodes, tmp_path, {})
     a.ask("stall", "stalled")  # a's journal answers nothing now; its heartbeats go on
     try:
-        b2 = start(nodes, **b_config)
-        # Every try of b2's recovery of 11..1010 runs out while a is heard: more of them
-        # than RECOVER_ATTEMPTS, after which the range used to be given up.
-        assert wait_for(lambda: b2.stats()["recovery_retries"] >= RECOVER_ATTEMPTS, WAIT), (
-            b2.stats()
-        )
+        b2 = start(nodes, **b2)
+        # More tries than RECOVER_ATTEMPTS run out, and the first read of a's journal times
+        # out (an ERROR answer): the range used to be given up at one of these.
+        assert wait_for(lambda: _tried_or_lost(b2, 20), WAIT), b2.stats()
+        assert b2.stats()["gaps_unrecovered"] == 0, b2.stats()
     finally:
         a.ask("unstall", "unstalled")
     got = b2.wait_data(set(range(10, 1010)))
@@ -156,3 +140,64 @@ def test_a_heard_origin_that_answers_late_never_has_its_range_given_up(
     assert (stats["gaps_unrecovered"], stats["gaps_open"]) == (0, 0), stats
     b2.close()
     a.close()
+
+
+def test_an_answer_too_large_to_take_ends_as_an_error_not_a_wait_for_ever(
+    nodes: list[Node], tmp_path: Path
+) -> None:
+    """An origin that ignores the asker's size answers a frame it can never take.
+
+    Never given up, the range held a's later events for ever; each such answer
+    is an error now, and 4 give the range up (announced), so they flow again.
+    """
+    small = {"max_frame_bytes": 65 * 1024}
+    a, b2 = _restarted_receiver(nodes, tmp_path, small, sized=True)
+    b2 = start(nodes, **b2)
+    assert wait_for(lambda: b2.stats()["gaps_unrecovered"] >= 1, WAIT), b2.stats()
+    a.ask("publish job.run 5000 5010", "published")
+    b2.wait_data(set(range(5000, 5010)))
+    b2.close()
+    a.close()
+
+
+def _restarted_receiver(
+    nodes: list[Node], tmp_path: Path, b_node: dict[str, Any], *, sized: bool = False
+) -> tuple[Node, dict[str, Any]]:
+    """Origin ``a``; receiver ``b`` gets 0..9 and is killed; ``a`` publishes more.
+
+    Returns ``a`` and ``b``'s config, to restart it (it then fetches what it missed).
+    ``sized``: ``a`` answers as an older origin (``_old_origin_child``), and
+    publishes two 40,000-character events, one answer of which exceeds ``b_node``.
+    """
+    child = Path(__file__).with_name("_old_origin_child.py")
+    a = start(
+        nodes,
+        name="a",
+        listen=f"ipc://{tmp_path}/a.sock",
+        path=str(tmp_path / "a"),
+        node=FAST,
+        **({"child": str(child)} if sized else {}),
+    )
+    b_config = {
+        "name": "b",
+        "peers": [a.endpoint],
+        "path": str(tmp_path / "b"),
+        "pattern": "job.*",
+        "durable": "worker",
+        "node": {**FAST, **b_node},
+    }
+    b = start(nodes, **b_config)
+    b.ask("sync a", "synced")
+    a.ask("publish job.run 0 10", "published")
+    b.wait_data(set(range(10)))
+    b.kill()
+    if sized:
+        a.ask("sized job.run 40000,40000", "sized ok,ok")
+    else:
+        a.ask("publish job.run 10 1010", "published")  # b is down
+    return a, b_config
+
+
+def _tried_or_lost(node: Node, tries: int) -> bool:
+    stats = node.stats()
+    return bool(stats["gaps_unrecovered"] >= 1 or stats["recovery_retries"] >= tries)

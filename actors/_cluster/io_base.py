@@ -111,6 +111,9 @@ class BridgeBase:
         self._links: list[Link] = []
         self._refusals: list[str] = []
         self._waiting: dict[str, tuple[Callable[[Request | None], None], float]] = {}
+        # Requests of peers being answered (sender, rid): an ask again while its
+        # answer is still being read is not read twice (its answer serves both).
+        self._serving: set[tuple[str, str]] = set()
         # This node's asks waiting for an answer, by rid (``RequestIO._resend_asks``).
         self._asks: dict[str, Request] = {}
         self._resent: set[str] = set()  # of those, the ones sent again (``_resend_asks``)

@@ -30,6 +30,7 @@ class RecoverRequest:
     gaps: int = 1  # how many detected gaps this request ends
     lost: bool = False  # an earlier part of the range was already reported lost
     limit: int = 0  # at most this many events in the answer (0: the origin's own limit)
+    errors: int = 0  # ``ERROR`` answers so far (``recovery_io``): tries that ran out do not count
 
 
 @dataclass(slots=True)

@@ -9,24 +9,25 @@ the request channel and hands the answers back.  Rules (``docs/cluster.md``,
   journal, or in its ring if it only paused), so a request for it is
   *parked*, never given up: it is asked again once the origin is heard;
 - a request with no answer while its origin is heard is asked again
-  (``recovery_retries``), each try twice as long as the one before, from
-  ``2 x heartbeat_timeout`` up to ``LONGEST_TRY`` times that, and never
-  given up: a heard origin is busy (a big page, a loaded host), and a
-  persistent one still holds the range (after ``RECOVER_ATTEMPTS`` tries
-  it is logged at WARNING, once);
+  (``recovery_retries``), each try ``2 x heartbeat_timeout`` long, then
+  ``LONGEST_TRY`` times that, and never given up: a heard origin is busy
+  (a big page, a loaded host), and a persistent one still holds the range
+  (after ``RECOVER_ATTEMPTS`` tries it is logged at WARNING, once);
 - an ``ERROR`` answer from a broker (it restarted and does not know the
   origin yet) means no route reaches the origin: the request is parked too;
 - an ``ERROR`` answer from the origin (it cannot read its journal now) is
   asked again after ``heartbeat_timeout``;
 - a range is given up (``gaps_unrecovered``) only after ``RECOVER_ATTEMPTS``
-  ``ERROR`` answers of the origin, or when it answers that it no longer
-  holds it;
+  ``ERROR`` answers (the origin's, or this node's own for an answer too
+  large to take), counted apart from the tries, or when the origin answers
+  that it no longer holds it;
 - a range given up is announced: logged at WARNING and published on this
   bus as ``$bus.peer.lost`` (``LOST``), so no loss is silent.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 
@@ -49,9 +50,9 @@ __all__ = ["LOST", "RECOVER_ATTEMPTS", "RecoveryIO"]
 logger = logging.getLogger("actors.bridge")
 
 RECOVER_ATTEMPTS = 4
-LONGEST_TRY = 4
+"""``ERROR`` answers of its origin that give a recovery request up (unanswered tries never do)."""
+LONGEST_TRY = 2
 """A try waits at most this many times the first one (``2 x heartbeat_timeout``)."""
-"""Tries of one recovery request while its origin is heard (parked time does not count)."""
 
 LOST = "$bus.peer.lost"
 """Published by a receiver for events of an origin it can no longer fetch (``docs/cluster.md``)."""
@@ -102,7 +103,7 @@ class RecoveryIO(BridgeBase):
             self._parked[rid] = (request, attempt)
             return
         if reply is None or reply.kind == ERROR:
-            self._retry(request, attempt, answered=reply is not None)
+            self._retry(request, attempt, None if reply is None else reply.body.get("error", "?"))
             return
         try:
             events = decode_events(reply.payload)
@@ -159,16 +160,20 @@ class RecoveryIO(BridgeBase):
         if self._in.is_pending(reply.rid):
             self._answered(*parked, reply)
 
-    def _retry(self, request: RecoverRequest, attempt: int, *, answered: bool) -> None:
+    def _retry(self, request: RecoverRequest, attempt: int, error: object) -> None:
+        """Ask ``request`` again after a try ran out (``error`` None) or an ``ERROR`` answer."""
+        answered = error is not None
         if not answered:
             self._unanswered(request.origin)
             if not self._alive(request.origin):
                 self._parked[request.rid] = (request, attempt)
                 return
-        if answered and attempt >= RECOVER_ATTEMPTS:
-            why = f"the origin failed it {attempt} times"
-            self._deliver(self._in.on_recovery_failed(request.rid, why))
-            return
+        if answered:
+            request = dataclasses.replace(request, errors=request.errors + 1)
+            if request.errors >= RECOVER_ATTEMPTS:
+                why = f"{request.errors} error answers, the last: {error}"
+                self._deliver(self._in.on_recovery_failed(request.rid, why))
+                return
         self._stats.recovery_retries += 1
         if not answered:
             if attempt == RECOVER_ATTEMPTS:  # heard, so busy: asked again, never given up

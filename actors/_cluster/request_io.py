@@ -123,10 +123,12 @@ class RequestIO(BridgeBase):
             self._stats.frames_too_large += 1
             self._stats.frames_dropped += 1
             logger.warning("bridge %s: dropped a request from %r: %s", self.name, exc.sender, exc)
-            if exc.kind in ANSWERED:
-                # Its asker would wait its whole timeout: tell it why, at once.
-                body = {"error": f"{exc}: node {self.name}'s max_frame_bytes"}
+            body = {"error": f"{exc}: node {self.name}'s max_frame_bytes"}
+            if exc.kind in ANSWERED:  # its asker would wait its whole timeout: tell it why
                 self._send(route, Request(ERROR, exc.sender, self.name, exc.rid, body))
+            elif exc.rid in self._waiting:  # an answer that can never reach this node: an error
+                done, _ = self._waiting.pop(exc.rid)
+                done(Request(ERROR, self.name, exc.sender, exc.rid, body))
             return
         except FrameError as exc:
             self._stats.frames_dropped += 1
@@ -158,7 +160,8 @@ class RequestIO(BridgeBase):
             self._send(route, self._hello_request(WELCOME, message.sender, message.rid))
         elif kind == CREDIT:
             self._on_credit(message)
-        elif kind in ANSWERED:
+        elif kind in ANSWERED and (asked := (message.sender, message.rid)) not in self._serving:
+            self._serving.add(asked)
             self._workers.submit(self._serve, message, route)
         elif kind == ERROR and link is not None and message.rid == _HELLO_RID:
             reason = str(body.get("error", "refused"))
@@ -174,12 +177,10 @@ class RequestIO(BridgeBase):
     def _heard_from(self, sender: str, route: Route, link: Link | None) -> None:
         """``sender`` spoke (its credit, a request): it lives, if heard on no stream.
 
-        A node without ``listen`` has no stream to be heard on.  Forgotten
-        while it was paused, it may come back without greeting this node
-        again (its link never saw this node die): its route is learnt from
-        what it sends, so requests to it (``publish_remote``) reach it again.
-        What comes on a connection kept aside (``candidate``: a restart, or
-        another node under its name) is not the known peer speaking.
+        A node without ``listen`` has no stream to be heard on.  Forgotten while
+        paused, it may come back without greeting this node again: its route is
+        learnt from what it sends, so requests to it reach it again.  What comes
+        on a connection kept aside (``candidate``) is not the known peer speaking.
         """
         peer = self._peers.get(sender)
         if peer is None:
@@ -520,7 +521,12 @@ class RequestIO(BridgeBase):
             reply = Request(EVENTS, message.sender, self.name, message.rid, reply_body, payload)
         except Exception as exc:
             reply = Request(ERROR, message.sender, self.name, message.rid, {"error": str(exc)})
-        self._call_soon(lambda: self._send(route, reply))
+
+        def send() -> None:
+            self._serving.discard((message.sender, message.rid))
+            self._send(route, reply)
+
+        self._call_soon(send)
 
     def _heard(self) -> dict[str, float]:
         """Return, per peer, the seconds since it was last heard (I/O thread)."""
