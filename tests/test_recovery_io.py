@@ -134,8 +134,10 @@ def test_a_heard_origin_that_answers_late_never_has_its_range_given_up(
         assert b2.stats()["gaps_unrecovered"] == 0, b2.stats()
     finally:
         a.ask("unstall", "unstalled")
-    got = b2.wait_data(set(range(10, 1010)))
-    assert [d for _, _, d in got] == list(range(10, 1010))  # in order, once
+    got = [d for _, _, d in b2.wait_data(set(range(10, 1010)))]
+    # In order, once; 0..9 may come first again (handled before the kill, their checkpoint
+    # not yet written: docs/persistence.md).
+    assert got == sorted(set(got)), got
     stats = b2.stats()
     assert (stats["gaps_unrecovered"], stats["gaps_open"]) == (0, 0), stats
     b2.close()
