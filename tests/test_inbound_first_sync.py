@@ -18,14 +18,27 @@ from actors._cluster.streams import Inbound
 from tests.test_inbound_steps import Got, _answer_all, ring_of
 
 
+def _frame(
+    inbound: Inbound, ring: dict[int, Event], n: int, prefix: bytes, prev: int
+) -> list[Event]:
+    """b's frame of ``n`` alone, chained under ``prefix`` to ``prev``."""
+    chains = [(prefix, prev)]
+    return inbound.on_data("b", epoch=1, first=n, last=n, chains=chains, events=[ring[n]], now=n)
+
+
 def _held_then_paused(
     inbound: Inbound, ring: dict[int, Event], take: Callable[[list[Event]], None]
 ) -> None:
     """c, new to b, holds b's frames 1..3 (``job.run``) for its sync reply; 4..10 are lost."""
     inbound.set_patterns(["job.*"], 0)
     for n in (1, 2, 3):
-        chains = [(b"job.", n - 1)]
-        take(inbound.on_data("b", epoch=1, first=n, last=n, chains=chains, events=[ring[n]], now=1))
+        take(_frame(inbound, ring, n, b"job.", n - 1))
+
+
+def _sync_lost(inbound: Inbound, take: Callable[[list[Event]], None]) -> None:
+    """b's heartbeat shows head 3; the first sync reply is lost and the wait times out."""
+    take(inbound.on_heartbeat("b", epoch=1, base=1, head=3, chains={b"job.": 3}, now=4))
+    take(inbound.expire_syncs(now=10, timeout=5))
 
 
 # Found by the fault harness (a live subscriber, paused right after it first heard the origin):
@@ -45,11 +58,7 @@ def test_a_sync_reply_past_the_frames_held_for_it_fetches_what_lies_between() ->
 
     _held_then_paused(inbound, ring, take)
     take(inbound.on_sync("b", 1, 1, 10, 5, 10, {b"job.": 10}))
-    take(
-        inbound.on_data(
-            "b", epoch=1, first=11, last=11, chains=[(b"job.", 10)], events=[ring[11]], now=6
-        )
-    )
+    take(_frame(inbound, ring, 11, b"job.", 10))
     _answer_all(inbound, ring, take)
     assert got == list(range(1, 12)), f"b's events at c: {got}"
     assert inbound.gaps == inbound.recovered + inbound.unrecovered + inbound.gaps_open() == 1
@@ -65,14 +74,9 @@ def test_after_a_timed_out_first_sync_a_chain_past_the_held_frames_fetches_what_
     take = got.take
 
     _held_then_paused(inbound, ring, take)
-    take(inbound.on_heartbeat("b", epoch=1, base=1, head=3, chains={b"job.": 3}, now=2))
-    take(inbound.expire_syncs(now=10, timeout=5))  # the sync reply was lost
+    _sync_lost(inbound, take)
     take(inbound.on_heartbeat("b", epoch=1, base=1, head=10, chains={b"job.": 10}, now=11))
-    take(
-        inbound.on_data(
-            "b", epoch=1, first=11, last=11, chains=[(b"job.", 10)], events=[ring[11]], now=12
-        )
-    )
+    take(_frame(inbound, ring, 11, b"job.", 10))
     _answer_all(inbound, ring, take)
     assert got == list(range(1, 12)), f"b's events at c: {got}"
 
@@ -87,24 +91,11 @@ def test_after_a_timed_out_first_sync_a_frame_past_the_held_frames_fetches_what_
     take = got.take
 
     _held_then_paused(inbound, ring, take)
-    take(inbound.on_heartbeat("b", epoch=1, base=1, head=3, chains={b"job.": 3}, now=2))
-    take(inbound.expire_syncs(now=10, timeout=5))  # the sync reply was lost
-    take(
-        inbound.on_data(
-            "b", epoch=1, first=11, last=11, chains=[(b"job.", 10)], events=[ring[11]], now=11
-        )
-    )
+    _sync_lost(inbound, take)
+    take(_frame(inbound, ring, 11, b"job.", 10))
     take(inbound.on_heartbeat("b", epoch=1, base=1, head=11, chains={b"job.": 11}, now=12))
     _answer_all(inbound, ring, take)
     assert got == list(range(1, 12)), f"b's events at c: {got}"
-
-
-def _frame(
-    inbound: Inbound, ring: dict[int, Event], n: int, prefix: bytes, prev: int
-) -> list[Event]:
-    """b's frame of ``n`` alone, chained under ``prefix`` to ``prev``."""
-    chains = [(prefix, prev)]
-    return inbound.on_data("b", epoch=1, first=n, last=n, chains=chains, events=[ring[n]], now=n)
 
 
 def test_a_hole_among_the_frames_held_for_a_first_sync_reply_is_fetched() -> None:
@@ -151,8 +142,7 @@ def test_after_a_timed_out_first_sync_each_prefix_is_followed_from_its_own_held_
     for n in (1, 2, 3):
         got.take(_frame(inbound, ring, n, b"job.", n - 1))
     take = got.take
-    take(inbound.on_heartbeat("b", epoch=1, base=1, head=3, chains={b"job.": 3}, now=4))
-    take(inbound.expire_syncs(now=10, timeout=5))  # the sync reply was lost
+    _sync_lost(inbound, take)
     take(_frame(inbound, ring, 10, b"x", 0))
     take(
         inbound.on_heartbeat("b", epoch=1, base=1, head=11, chains={b"job.": 11, b"x": 10}, now=12)
@@ -231,8 +221,7 @@ def _timed_out_then_delivered(inbound: Inbound, ring: dict[int, Event], got: Got
     inbound.set_patterns(["job.*"], 0)
     for n in (1, 2, 3):
         got.take(_frame(inbound, ring, n, b"job.", n - 1))
-    got.take(inbound.on_heartbeat("b", epoch=1, base=1, head=3, chains={b"job.": 3}, now=4))
-    got.take(inbound.expire_syncs(now=10, timeout=5))
+    _sync_lost(inbound, got.take)
     got.take(inbound.on_heartbeat("b", epoch=1, base=1, head=3, chains={b"job.": 3}, now=11))
     for n in range(4, 21):
         got.take(_frame(inbound, ring, n, b"job.", n - 1))

@@ -52,7 +52,7 @@ logger = logging.getLogger("actors.bridge")
 RECOVER_ATTEMPTS = 4
 """``ERROR`` answers of its origin that give a recovery request up (unanswered tries never do)."""
 LONGEST_TRY = 2
-"""A try waits at most this many times the first one (``2 x heartbeat_timeout``)."""
+"""Tries after the first wait this many times as long (the first: ``2 x heartbeat_timeout``)."""
 
 LOST = "$bus.peer.lost"
 """Published by a receiver for events of an origin it can no longer fetch (``docs/cluster.md``)."""
@@ -82,7 +82,7 @@ class RecoveryIO(BridgeBase):
             self._recovering.pop(rid, None)  # (a restart pops it and this callback both)
             self._answered(request, attempt, reply)
 
-        span = 2 * self._node.heartbeat_timeout * min(1 << min(attempt - 1, 16), LONGEST_TRY)
+        span = 2 * self._node.heartbeat_timeout * (1 if attempt == 1 else LONGEST_TRY)
         self._waiting[rid] = (done, time.monotonic() + span)
         body: dict[str, object] = {
             "after": request.after,
